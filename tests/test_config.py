@@ -1,0 +1,124 @@
+"""Settings: presets, JSON round trip, command-line overrides and their errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+import config
+from config import ConfigError, ModelArgs, SampleArgs, TrainArgs
+
+
+@pytest.mark.parametrize("name", list(config.PRESETS))
+def test_every_preset_builds_valid_args(name):
+    model = config.preset(name, ModelArgs)
+    train = config.preset(name, TrainArgs)
+    assert model.dim % model.n_heads == 0
+    assert model.top_k <= model.n_experts
+    assert isinstance(train.lr, float)
+
+
+def test_default_preset_is_the_scaled_down_scout():
+    m = ModelArgs()
+    assert (m.dim, m.n_layers, m.n_heads, m.n_kv_heads) == (512, 6, 8, 2)
+    assert (m.n_experts, m.top_k, m.vocab_size, m.max_seq_len) == (16, 1, 32768, 256)
+    assert m.router_noise and m.moe_every == 1
+    # chunking and temperature tuning must be active at this context
+    assert m.attn_chunk_size < m.max_seq_len and m.attn_floor_scale < m.max_seq_len
+    tiny = config.preset("tiny", ModelArgs)
+    assert tiny.vocab_size == 4096
+
+
+@pytest.mark.parametrize("cls", [ModelArgs, TrainArgs, SampleArgs])
+def test_json_round_trip_is_exact(cls):
+    obj = cls()
+    if cls is ModelArgs:
+        obj = config.preset("scout-17b-16e", ModelArgs)
+    text = json.dumps(config.to_dict(obj))
+    back = config.from_dict(cls, json.loads(text))
+    assert back == obj
+    assert json.dumps(config.to_dict(back)) == text
+
+
+def test_save_json_is_atomic_and_readable(tmp_path):
+    path = tmp_path / "model.json"
+    config.save_json(path, config.to_dict(ModelArgs(dim=256)))
+    assert config.from_dict(ModelArgs, json.loads(path.read_text())).dim == 256
+    assert [p.name for p in tmp_path.iterdir()] == ["model.json"]  # no temporary left behind
+
+
+def test_from_dict_rejects_unknown_and_mistyped_fields():
+    with pytest.raises(ConfigError, match="unknown ModelArgs field"):
+        config.from_dict(ModelArgs, {"dimension": 3})
+    with pytest.raises(ConfigError, match="dim should be int"):
+        config.from_dict(ModelArgs, {"dim": "512"})
+    with pytest.raises(ConfigError, match="qk_norm should be bool"):
+        config.from_dict(ModelArgs, {"qk_norm": 1})
+
+
+def test_cli_overrides_apply_and_are_typed():
+    name, (m, t) = config.parse_args(
+        [ModelArgs, TrainArgs],
+        ["--preset", "tiny", "--dim", "256", "--lr", "1e-3", "--qk_norm", "false", "--compile",
+         "--run", "r1", "--resume"])
+    assert name == "tiny"
+    assert m.dim == 256 and isinstance(m.dim, int)
+    assert t.lr == 1e-3 and isinstance(t.lr, float)
+    assert m.qk_norm is False and t.compile is True
+    assert m.vocab_size == 4096  # the rest of the preset stays
+    assert t.run == "r1" and t.resume == "latest"
+
+
+def test_cli_repeatable_list_field():
+    _, (s,) = config.parse_args([SampleArgs], ["--prompt", "a", "--prompt", "b"])
+    assert s.prompt == ["a", "b"]
+    _, (s,) = config.parse_args([SampleArgs], [])
+    assert s.prompt == []
+
+
+BAD = [
+    (["--dmi", "3"], "--dmi (did you mean --dim?)"),
+    (["--dim", "big"], "--dim: expected an integer, got 'big'"),
+    (["--lr", "fast"], "--lr: expected a number"),
+    (["--qk_norm", "maybe"], "--qk_norm: expected true or false"),
+    (["--n_heads", "7"], "--n_heads: 7 heads do not divide dim=512"),
+    (["--n_kv_heads", "3"], "--n_kv_heads: 3 kv heads do not divide n_heads=8"),
+    (["--top_k", "17"], "--top_k: top_k=17 is larger than n_experts=16"),
+    (["--lr", "-0.1"], "--lr: must be >= 0"),
+    (["--batch_size", "0"], "--batch_size: must be at least 1"),
+    (["--min_lr", "1"], "--min_lr: 1.0 is above lr"),
+    (["--rope_scaling", "yarn"], "--rope_scaling: invalid choice"),
+    (["--preset", "huge"], "--preset: invalid choice"),
+    (["--vocab_size", "4"], "token id"),
+    (["--vision", "--image_size", "100"], "--image_size: 100 is not a multiple of patch_size"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD)
+def test_bad_input_is_one_line_and_exits_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("train.py: error:") and message in err
+
+
+@pytest.mark.parametrize("script,fields", [("train.py", ["--dim", "--lr", "--max_minutes", "--resume"]),
+                                           ("sample.py", ["--ckpt", "--top_p", "--greedy"])])
+def test_entry_points_help_lists_fields(script, fields):
+    out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for f in fields:
+        assert f in out.stdout
+    assert "(default:" in out.stdout
+
+
+def test_entry_point_bad_option_exits_nonzero_with_one_line():
+    out = subprocess.run([sys.executable, "train.py", "--n_heads", "5"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--n_heads" in out.stderr
