@@ -125,7 +125,7 @@ class ModelArgs:
     image_size: int = arg(112, "image side in pixels (one tile)", hf="vision.image_size")
     patch_size: int = arg(14, "patch side in pixels", hf="vision.patch_size")
     pixel_shuffle_ratio: float = arg(0.5, "pixel shuffle ratio", hf="vision.pixel_shuffle_ratio")
-    projector_input_dim: int = arg(256, "vision adapter hidden width",
+    projector_input_dim: int = arg(256, "vision adapter hidden width (= projector_output_dim)",
                                    hf="vision.projector_input_dim")
     projector_output_dim: int = arg(256, "vision adapter output width (= vision_output_dim)",
                                     hf="vision.projector_output_dim")
@@ -187,6 +187,9 @@ class ModelArgs:
             shuffled = grid * self.pixel_shuffle_ratio
             _check(shuffled == int(shuffled) and shuffled >= 1, "pixel_shuffle_ratio",
                    f"the {grid}x{grid} patch grid cannot be shuffled by {self.pixel_shuffle_ratio}")
+            _check(self.projector_input_dim == self.projector_output_dim, "projector_input_dim",
+                   f"{self.projector_input_dim} must equal projector_output_dim="
+                   f"{self.projector_output_dim} (Llama 4's adapter feeds one into the other)")
             _check(self.vision_mlp_dim == round(self.vision_dim / self.pixel_shuffle_ratio**2),
                    "vision_mlp_dim", "must equal vision_dim / pixel_shuffle_ratio^2 "
                    f"= {round(self.vision_dim / self.pixel_shuffle_ratio**2)} (Llama 4 shares it)")
@@ -222,7 +225,9 @@ class TrainArgs:
                                     "validation source is given")
     tokenizer: str = arg("", "tokenizer.json to use; empty = train one on the training text")
     cache_dir: str = arg("cache", "folder for tokenizers and token shards")
-    num_proc: int = arg(0, "tokenizer worker processes (0 = one per CPU core)")
+    num_proc: int = arg(0, "tokenizer worker threads (0 = one per CPU core)")
+    tokenizer_train_mb: float = arg(100.0, "MB of training text, from the start of the training "
+                                           "split, that the BPE tokenizer is trained on (0 = all)")
     # --- batch and optimisation ---
     batch_size: int = arg(32, "sequences per micro-batch (per process)")
     grad_accum: int = arg(1, "micro-batches per optimizer step (global batch is split over "
@@ -271,7 +276,7 @@ class TrainArgs:
                      "save_every", "max_bad_steps"]:
             _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
         for name in ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-                     "eval_windows", "num_proc"]:
+                     "eval_windows", "num_proc", "tokenizer_train_mb"]:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr} is above lr={self.lr}")
         _check(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
@@ -316,14 +321,15 @@ class SampleArgs:
 # Presets: named starting points. Each maps dataclass name -> field overrides.
 
 PRESETS = {
-    # The default: a scaled-down Scout, ~128M parameters in total, ~23M active per token.
+    # The default: a scaled-down Scout, 127.8M parameters in total, 48.2M active per token
+    # (14.7M without the two 16.8M embedding matrices; scripts/count_params.py prints the table).
     # 6 layers of (GQA attention + MoE of 16 routed experts + 1 shared), top-1 noisy routing.
     # Scout pairs a 8192-token attention chunk and temperature floor_scale with contexts of
     # 256K+; at our 256-token context the same ratio would switch both off, so both shrink
     # to 64: RoPE layers see aligned 64-token chunks (4 per window) and the NoPE layer's
     # temperature steps at positions 63, 127 and 191, as Scout's does at 8191, 16383, ...
     "scout-128m": {"ModelArgs": {}, "TrainArgs": {}},
-    # CPU-sized: trains visibly in minutes on 2 cores (~4M parameters, ~0.5M active).
+    # CPU-sized: trains visibly in minutes on 2 cores (4.6M parameters, 1.7M active per token).
     "tiny": {
         "ModelArgs": dict(vocab_size=4096, dim=128, n_layers=4, n_heads=4, n_kv_heads=2,
                           expert_dim=128, mlp_dim=256, max_seq_len=256),
@@ -331,11 +337,11 @@ PRESETS = {
                           save_every=200, max_steps=2000, eval_windows=64),
     },
     # The released shapes, for parameter counting on the meta device (scripts/count_params.py).
-    # Token ids are those of the released tokenizer.
+    # Token ids are those of the released tokenizer; no router noise, as released.
     "scout-17b-16e": {
         "ModelArgs": dict(vocab_size=202048, dim=5120, n_layers=48, n_heads=40, n_kv_heads=8,
                           expert_dim=8192, mlp_dim=16384, n_experts=16, top_k=1, moe_every=1,
-                          max_seq_len=10485760, rope_scaling="llama3", rope_factor=16.0,
+                          router_noise=False, max_seq_len=10485760, rope_scaling="llama3", rope_factor=16.0,
                           rope_low_freq_factor=1.0, rope_high_freq_factor=1.0,
                           rope_original_max_seq_len=8192, qk_norm=True, attn_chunk_size=8192,
                           attn_floor_scale=8192, eos_id=200008, pad_id=200018,
@@ -349,7 +355,7 @@ PRESETS = {
     "maverick-17b-128e": {
         "ModelArgs": dict(vocab_size=202048, dim=5120, n_layers=48, n_heads=40, n_kv_heads=8,
                           expert_dim=8192, mlp_dim=16384, n_experts=128, top_k=1, moe_every=2,
-                          max_seq_len=1048576, qk_norm=False, attn_chunk_size=8192,
+                          router_noise=False, max_seq_len=1048576, qk_norm=False, attn_chunk_size=8192,
                           attn_floor_scale=8192, eos_id=200008, pad_id=200018,
                           image_start_id=200080, image_end_id=200081, image_id=200090,
                           patch_id=200092, tile_x_id=200084, tile_y_id=200085, vision=True,

@@ -1,0 +1,650 @@
+"""The Llama 4 model: a text decoder with a sparse mixture of experts, and the vision stub.
+
+Faithful to Hugging Face `transformers` (`Llama4ForCausalLM`, `Llama4ForConditionalGeneration`):
+the same weights give the same logits (tests/test_model_parity.py). Module and parameter names are
+the HF ones, so export is a matter of adding prefixes (scripts/export_hf.py). In short:
+
+    tokens -> embed_tokens -> n_layers x Block -> norm -> lm_head -> logits
+    Block:  x = x + self_attn(input_layernorm(x));  x = x + feed_forward(post_attention_layernorm(x))
+    self_attn: GQA. RoPE layers (3 of every 4): interleaved-pair RoPE, weightless RMS QK norm,
+               attention within aligned chunks of attn_chunk_size. NoPE layers (every 4th):
+               no positions, full causal attention, query temperature tuning.
+    feed_forward: MoE (every moe_every-th layer) = shared expert + top-k routed experts whose
+               input is scaled by sigmoid(router logit); dense SwiGLU otherwise.
+
+How it departs from the obvious version (and from HF's code):
+- Sparse MoE dispatch: tokens are sorted by expert and each expert runs one matmul on its own
+  tokens (`grouped_mm` where the device has it, a loop over groups otherwise). HF runs every
+  expert on every token. `MoE.impl = "reference"` selects a plain masked loop over experts,
+  kept to test the fast path against.
+- Training-only routing extras (HF has none): noisy top-k gating with a learned noise scale, the
+  switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
+  deterministic or off in eval(), so eval() is exactly HF's model.
+- Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and a KV cache
+  that keeps only the current chunk on chunked layers fall out of the same mask code.
+- Chunked attention in training folds each aligned chunk into the batch and runs plain causal
+  attention on it: no T x T mask is materialised and no masked-out work is done.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from config import ModelArgs
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x), in fp32, times a learned weight (or no weight, for the QK norm)."""
+
+    def __init__(self, dim: int, eps: float, weight: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x):
+        y = x.float()
+        y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return y * self.weight if self.weight is not None else y
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)). The shared expert and the dense layers."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rope_frequencies(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies f_j = theta^(-2j/D), with optional llama3 scaling. Shape (D/2,)."""
+    D = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float) / D))
+    if args.rope_scaling == "llama3":
+        factor, low, high = args.rope_factor, args.rope_low_freq_factor, args.rope_high_freq_factor
+        L0 = args.rope_original_max_seq_len
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > L0 / low, inv_freq / factor, inv_freq)
+        if high > low:  # the band between L0/high and L0/low is interpolated smoothly
+            s = (L0 / wavelen - low) / (high - low)
+            smooth = (1 - s) * scaled / factor + s * scaled
+            medium = (wavelen >= L0 / high) & (wavelen <= L0 / low)
+            scaled = torch.where(medium, smooth, scaled)
+        inv_freq = scaled
+    return inv_freq
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) by angle p * f_j, in fp32 (not rotate-half).
+
+    x: (B, T, H, D); cos, sin: (B, T, 1, D/2) or (T, 1, D/2).
+    """
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)  # (B, T, H, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+class KVCache:
+    """Keys and values of every layer, for generation.
+
+    `next_pos` (B,) is the position the next token of each row takes. Chunked layers drop keys
+    from chunks that no future query can see, so they hold at most attn_chunk_size - 1 keys.
+    `seen` counts slots (tokens fed so far, padding included).
+    """
+
+    def __init__(self, n_layers: int):
+        self.k = [None] * n_layers
+        self.v = [None] * n_layers
+        self.pos = [None] * n_layers  # (B, S) position of each cached key, -1 = padding
+        self.next_pos = None
+        self.seen = 0
+
+    def update(self, i, k, v, pos, chunk_size):
+        """Append this step's keys (B, Hkv, T, D), return all the layer's keys, values, positions."""
+        if self.k[i] is not None:
+            k = torch.cat([self.k[i], k], dim=2)
+            v = torch.cat([self.v[i], v], dim=2)
+            pos = torch.cat([self.pos[i], pos], dim=1)
+        self.k[i], self.v[i], self.pos[i] = k, v, pos
+        return k, v, pos
+
+    def trim(self, i, chunk_size):
+        """Chunked layer i: drop the leading slots no future query can see (call after attention)."""
+        pos = self.pos[i]
+        chunk_start = self.next_pos.div(chunk_size, rounding_mode="floor") * chunk_size  # (B,)
+        needed = (pos >= chunk_start[:, None]).any(0)  # (S,): a suffix of the slots
+        first = int(needed.float().argmax()) if bool(needed.any()) else pos.shape[1]
+        if first > 0:
+            self.k[i], self.v[i], self.pos[i] = (t[..., first:, :] if t.dim() == 4 else t[:, first:]
+                                                 for t in (self.k[i], self.v[i], self.pos[i]))
+
+
+def attention_mask(q_pos, k_pos, chunk_size=None):
+    """Boolean mask (B, 1, Tq, Tk): key visible to query iff causal, not padding and, on chunked
+    layers, in the same aligned chunk. A padding query (position -1) sees only its own slot, so
+    no row is empty (an empty row would put NaN into the values)."""
+    allowed = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
+    if chunk_size is not None:
+        allowed &= (k_pos[:, None, :] // chunk_size) == (q_pos[:, :, None] // chunk_size)
+    Tq, Tk = q_pos.shape[1], k_pos.shape[1]
+    q_slot = Tk - Tq + torch.arange(Tq, device=q_pos.device)  # new queries are the last Tq slots
+    own_slot = torch.arange(Tk, device=q_pos.device) == q_slot[:, None]
+    allowed |= own_slot & (q_pos < 0)[:, :, None]
+    return allowed[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.use_rope = args.uses_rope(layer)
+        self.chunk_size = args.attn_chunk_size if self.use_rope else None
+        self.qk_norm = RMSNorm(self.head_dim, args.norm_eps, weight=False) if (
+            args.qk_norm and self.use_rope) else None
+        self.temperature = args.attn_temperature_tuning and not self.use_rope
+        self.attn_scale, self.floor_scale = args.attn_scale, args.attn_floor_scale
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, pos, rope, cache: KVCache | None = None, default_pos: bool = False):
+        """x (B, T, dim); pos (B, T) positions, -1 for padding; rope = (cos, sin) for `pos`.
+        default_pos: pos is arange(T) in every row and there is no cache (the training case)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.use_rope:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if self.qk_norm is not None:
+                q, k = self.qk_norm(q), self.qk_norm(k)
+        elif self.temperature:
+            p = pos.clamp(min=0).float()
+            scale = 1.0 + self.attn_scale * torch.log1p(torch.floor((p + 1.0) / self.floor_scale))
+            q = (q * scale[:, :, None, None]).type_as(q)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+
+        if default_pos:
+            y = self._attend_aligned(q, k, v)
+        else:
+            k_pos = pos
+            if cache is not None:
+                k, v, k_pos = cache.update(self.layer, k, v, pos, self.chunk_size)
+            mask = attention_mask(pos, k_pos, self.chunk_size)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            if cache is not None and self.chunk_size is not None:
+                cache.trim(self.layer, self.chunk_size)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o_proj(y)
+
+    def _attend_aligned(self, q, k, v):
+        """Positions 0..T-1 in every row: causal attention, chunk by chunk on chunked layers."""
+        B, _, T, D = q.shape
+        C = self.chunk_size
+        if C is None or T <= C:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        if T % C == 0:  # fold the T/C aligned chunks into the batch: (B, H, T, D) -> (B*T/C, H, C, D)
+            n = T // C
+
+            def fold(t):
+                return t.view(B, t.shape[1], n, C, D).transpose(1, 2).reshape(B * n, t.shape[1], C, D)
+            y = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), is_causal=True, enable_gqa=True)
+            return y.view(B, n, -1, C, D).transpose(1, 2).reshape(B, -1, T, D)
+        pos = torch.arange(T, device=q.device).expand(B, T)
+        mask = attention_mask(pos, pos, C)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture of experts
+
+
+def grouped_mm_supported(x: torch.Tensor) -> bool:
+    """torch's grouped GEMM: CPU (fp32/bf16) and CUDA from sm90 on (bf16)."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.bfloat16)
+    if x.device.type == "cuda":
+        return torch.cuda.get_device_capability(x.device) >= (9, 0) and x.dtype == torch.bfloat16
+    return False
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts in the HF layout: gate_up_proj (E, dim, 2I) with gate = first I columns,
+    down_proj (E, I, dim). Expert_e(z) = (silu(z G_e) * (z U_e)) D_e."""
+
+    def __init__(self, n_experts: int, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(n_experts, dim, 2 * hidden))
+        self.down_proj = nn.Parameter(torch.empty(n_experts, hidden, dim))
+
+    def expert(self, e: int, z: torch.Tensor) -> torch.Tensor:
+        gate, up = (z @ self.gate_up_proj[e]).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.down_proj[e]
+
+    def forward(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """xs (M, dim) sorted by expert, counts (E,) tokens per expert -> (M, dim)."""
+        w1, w2 = self.gate_up_proj, self.down_proj
+        if torch.is_autocast_enabled(xs.device.type):  # grouped_mm is not on autocast's list
+            dtype = torch.get_autocast_dtype(xs.device.type)
+            xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
+        if grouped_mm_supported(xs):
+            offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
+            gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
+            ys = F.grouped_mm(F.silu(gate) * up, w2, offs=offs)  # (M, dim)
+            if ys.requires_grad:  # grouped_mm's backward rejects expanded (stride-0) gradients
+                ys.register_hook(lambda g: g.contiguous())
+            return ys
+        groups = xs.split(counts.tolist())
+        return torch.cat([self.expert(e, z) for e, z in enumerate(groups)])
+
+
+class MoE(nn.Module):
+    """Shared expert + top-k routed experts; the router's sigmoid score scales the expert input.
+
+    out = shared(h) + sum_{e in topk(logits)} Expert_e(sigmoid(logit_e) * h)
+    """
+
+    impl = "sparse"  # or "reference": the plain masked loop over experts
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_experts, self.top_k = args.n_experts, args.top_k
+        self.router = nn.Linear(args.dim, args.n_experts, bias=False)
+        # Noisy top-k gating (Shazeer et al. 2017): logits + N(0, 1) * softplus(h W + b), training
+        # only. Not part of HF's model; dropped on export.
+        self.router_noise = nn.Linear(args.dim, args.n_experts, bias=True) if args.router_noise else None
+        self.experts = Experts(args.n_experts, args.dim, args.expert_dim)
+        self.shared_expert = FeedForward(args.dim, args.expert_dim)
+
+    def forward(self, x):
+        """x (B, T, dim) -> out (B, T, dim), stats (aux loss, z loss, router entropy, counts (E,))."""
+        h = x.reshape(-1, x.shape[-1])  # (N, dim)
+        logits = self.router(h)  # (N, E)
+        select = logits
+        if self.training and self.router_noise is not None:
+            select = logits + torch.randn_like(logits) * F.softplus(self.router_noise(h))
+        top_logit, top_idx = select.topk(self.top_k, dim=-1)  # (N, k)
+        scores = torch.sigmoid(top_logit.float()).to(h.dtype)  # (N, k)
+
+        if self.impl == "sparse":
+            out, counts = self._sparse(h, top_idx, scores)
+        else:
+            out, counts = self._reference(h, top_idx, scores)
+        return out.view_as(x), self._stats(logits, counts)
+
+    def _sparse(self, h, top_idx, scores):
+        flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
+        order = flat.argsort(stable=True)  # assignments sorted by expert
+        token = order // self.top_k  # (N*k,) token of each sorted assignment
+        counts = torch.bincount(flat, minlength=self.n_experts)
+        xs = h[token] * scores.reshape(-1, 1)[order]  # (N*k, dim) expert inputs, grouped
+        ys = self.experts(xs, counts)
+        out = self.shared_expert(h).index_add(0, token, ys.to(h.dtype))
+        return out, counts
+
+    def _reference(self, h, top_idx, scores):
+        out = self.shared_expert(h)
+        for e in range(self.n_experts):
+            hit = top_idx == e  # (N, k)
+            rows = hit.any(-1)
+            score = (scores * hit).sum(-1, keepdim=True)  # (N, 1): sigmoid score of e, or 0
+            out = out + torch.where(rows[:, None], self.experts.expert(e, h * score), 0.0)
+        return out, torch.bincount(top_idx.reshape(-1), minlength=self.n_experts)
+
+    def _stats(self, logits, counts):
+        """Switch load-balancing loss E * sum_e f_e P_e (1.0 when perfectly balanced), z-loss,
+        mean router entropy, computed on the clean logits."""
+        logits = logits.float()
+        probs = logits.softmax(-1)  # (N, E)
+        f = counts.float() / counts.sum()  # share of assignments per expert
+        aux = self.n_experts * (f * probs.mean(0)).sum()
+        z = torch.logsumexp(logits, -1).pow(2).mean()
+        entropy = -(probs * torch.log(probs.clamp_min(1e-20))).sum(-1).mean()
+        return aux, z, entropy, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int):
+        super().__init__()
+        self.self_attn = Attention(args, layer)
+        self.is_moe = args.is_moe_layer(layer)
+        self.feed_forward = MoE(args) if self.is_moe else FeedForward(args.dim, args.mlp_dim)
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, pos, rope, cache=None, default_pos=False):
+        x = x + self.self_attn(self.input_layernorm(x), pos, rope, cache, default_pos)
+        h = self.post_attention_layernorm(x)
+        if self.is_moe:
+            y, stats = self.feed_forward(h)
+            return x + y, stats
+        return x + self.feed_forward(h), None
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor  # (B, T, V), or (B, 1, V) with last_only
+    loss: torch.Tensor | None = None  # lm_loss + aux coef * aux_loss + z coef * z_loss
+    lm_loss: torch.Tensor | None = None  # mean cross-entropy over real targets (target >= 0)
+    aux_loss: torch.Tensor | None = None  # load-balancing loss, mean over MoE layers
+    z_loss: torch.Tensor | None = None  # router z-loss, mean over MoE layers
+    router_entropy: torch.Tensor | None = None  # (L_moe,) mean router entropy per MoE layer
+    expert_counts: torch.Tensor | None = None  # (L_moe, E) tokens routed to each expert
+
+
+class Llama4(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_frequencies(args), persistent=False)
+        if args.vision:
+            self.vision_model = VisionModel(args)
+            self.multi_modal_projector = Projector(args)
+        self.grad_checkpoint = False
+        init_weights(self)
+
+    def forward(self, tokens, targets=None, *, images=None, positions=None, cache=None,
+                last_only=False) -> Output:
+        """tokens (B, T) ids; targets (B, T) next-token ids, -1 = ignore; images (N, 3, S, S) in
+        the order of their <|patch|> tokens; positions (B, T), -1 = padding (default: counting on
+        from the cache, or from 0); cache: a KVCache to read and extend."""
+        B, T = tokens.shape
+        self._check_input(tokens, cache)
+        x = self.embed_tokens(tokens)  # (B, T, dim)
+        x = self._merge_images(tokens, x, images)
+        default_pos = positions is None and cache is None
+        if positions is None:
+            start = cache.next_pos if cache is not None and cache.next_pos is not None else None
+            positions = torch.arange(T, device=tokens.device).expand(B, T)
+            if start is not None:
+                positions = positions + start[:, None]
+        if cache is not None:
+            cache.next_pos = positions.max(dim=1).values + 1
+            cache.seen += T
+        freqs = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
+        rope = (freqs.cos()[:, :, None, :], freqs.sin()[:, :, None, :])  # (B, T, 1, D/2) each
+
+        stats = []
+        for layer in self.layers:
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, s = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
+            else:
+                x, s = layer(x, positions, rope, cache, default_pos)
+            if s is not None:
+                stats.append(s)
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        out = Output(logits=self.lm_head(x))
+        if stats:
+            aux, z, entropy, counts = (torch.stack(t) for t in zip(*stats, strict=True))
+            out.aux_loss, out.z_loss = aux.mean(), z.mean()
+            out.router_entropy, out.expert_counts = entropy.detach(), counts
+        if targets is not None:
+            out.lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
+                                          ignore_index=-1)
+            out.loss = out.lm_loss
+            if stats:
+                out.loss = (out.loss + self.args.router_aux_loss_coef * out.aux_loss
+                            + self.args.router_z_loss_coef * out.z_loss)
+        return out
+
+    def _check_input(self, tokens, cache):
+        total = tokens.shape[1] + (cache.seen if cache is not None else 0)
+        if total > self.args.max_seq_len:
+            raise ValueError(f"sequence of {total} tokens is longer than max_seq_len="
+                             f"{self.args.max_seq_len}; shorten the input or raise --max_seq_len")
+        if not torch.compiler.is_compiling():
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.args.vocab_size:
+                raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "
+                                 f"[0, {self.args.vocab_size}); the tokenizer and the model disagree")
+
+    def _merge_images(self, tokens, x, images):
+        """Image features replace, in order, the embeddings of the <|patch|> tokens."""
+        if images is None:
+            return x
+        is_patch = tokens == self.args.patch_id
+        if not self.args.vision:
+            raise ValueError("images given to a model without the vision stub; build it with --vision")
+        feats = self.image_features(images)  # (N_images * image_tokens, dim)
+        n = int(is_patch.sum())
+        if n != feats.shape[0]:
+            raise ValueError(f"{n} <|patch|> tokens for {images.shape[0]} image(s) of "
+                             f"{self.args.image_tokens} features each; put {self.args.image_tokens} "
+                             "<|patch|> tokens per image in the prompt")
+        return x.masked_scatter(is_patch[..., None], feats.to(x.dtype))
+
+    def image_features(self, images):
+        """(N, 3, S, S) pixels -> (N * image_tokens, dim) features in the text model's space."""
+        return self.multi_modal_projector(self.vision_model(images)).flatten(0, 1)
+
+    def set_grad_checkpointing(self, enabled: bool):
+        self.grad_checkpoint = enabled
+
+
+# ---------------------------------------------------------------------------------------------
+# The vision stub (Llama4VisionModel + Llama4MultiModalProjector, same names and shapes)
+
+
+def vision_rope(args: ModelArgs):
+    """2D RoPE for the patch grid: the first half of each head's pairs rotate with the column
+    (x + 1), the second half with the row (y + 1); the class token (last) is not rotated.
+    Returns cos, sin of shape (P + 1, 1, Dv/2)."""
+    g = args.image_size // args.patch_size
+    Dv = args.vision_dim // args.vision_heads
+    idx = torch.arange(g * g)
+    f = 1.0 / (args.vision_rope_theta ** (torch.arange(0, Dv // 2, 2).float() / (Dv // 2)))  # (Dv/4,)
+    angles = torch.cat([((idx % g) + 1)[:, None] * f, ((idx // g) + 1)[:, None] * f], dim=-1)
+    angles = torch.cat([angles, torch.zeros(1, Dv // 2)])  # (P + 1, Dv/2)
+    return angles.cos()[:, None, :], angles.sin()[:, None, :]
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.head_dim = args.vision_heads, args.vision_dim // args.vision_heads
+        self.q_proj = nn.Linear(args.vision_dim, args.vision_dim)
+        self.k_proj = nn.Linear(args.vision_dim, args.vision_dim)
+        self.v_proj = nn.Linear(args.vision_dim, args.vision_dim)
+        self.o_proj = nn.Linear(args.vision_dim, args.vision_dim)
+
+    def forward(self, x, rope):
+        B, P, _ = x.shape
+        q = self.q_proj(x).view(B, P, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, P, self.n_heads, self.head_dim)
+        v = self.v_proj(x).view(B, P, self.n_heads, self.head_dim)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o_proj(y.transpose(1, 2).reshape(B, P, -1))  # bidirectional
+
+
+class VisionMLP(nn.Module):
+    def __init__(self, d_in, d_hidden, d_out, bias, gelu_out=False):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden, bias=bias)
+        self.fc2 = nn.Linear(d_hidden, d_out, bias=bias)
+        self.gelu_out = gelu_out
+
+    def forward(self, x):
+        x = self.fc2(F.gelu(self.fc1(x)))
+        return F.gelu(x) if self.gelu_out else x
+
+
+class VisionLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(args.vision_dim)
+        self.self_attn = VisionAttention(args)
+        self.post_attention_layernorm = nn.LayerNorm(args.vision_dim)
+        self.mlp = VisionMLP(args.vision_dim, args.vision_mlp_dim, args.vision_dim, bias=True)
+
+    def forward(self, x, rope):
+        x = x + self.self_attn(self.input_layernorm(x), rope)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class PatchEmbedding(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.patch_size = args.patch_size
+        self.linear = nn.Linear(3 * args.patch_size**2, args.vision_dim, bias=False)
+
+    def forward(self, images):
+        patches = F.unfold(images, kernel_size=self.patch_size, stride=self.patch_size)  # (N, 3p^2, P)
+        return self.linear(patches.transpose(1, 2))  # (N, P, Hv)
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.layers = nn.ModuleList(VisionLayer(args) for _ in range(args.vision_layers))
+
+
+class PixelShuffleAdapter(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.ratio = args.pixel_shuffle_ratio
+        self.mlp = VisionMLP(args.vision_mlp_dim, args.projector_input_dim, args.projector_output_dim,
+                             bias=False, gelu_out=True)
+
+    def forward(self, x):
+        return self.mlp(pixel_shuffle(x, self.ratio))
+
+
+def pixel_shuffle(x, ratio):
+    """(N, g*g, C) -> (N, (g*r)^2, C/r^2): each output token concatenates an s x s block of
+    patches (s = 1/r), row by row: for r = 0.5, token (i, j) is patches (2i, 2j), (2i, 2j+1),
+    (2i+1, 2j), (2i+1, 2j+1) of the g x g grid, as in transformers' pixel_shuffle."""
+    N, P, C = x.shape
+    g, s = math.isqrt(P), round(1 / ratio)
+    x = x.view(N, g // s, s, g // s, s, C)  # (N, row block, dr, col block, dc, C)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (N, row block, col block, dr, dc, C)
+    return x.reshape(N, (g // s) ** 2, s * s * C)
+
+
+class VisionModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        n_patches = (args.image_size // args.patch_size) ** 2
+        self.patch_embedding = PatchEmbedding(args)
+        self.class_embedding = nn.Parameter(torch.empty(args.vision_dim))
+        self.positional_embedding_vlm = nn.Parameter(torch.empty(n_patches + 1, args.vision_dim))
+        self.layernorm_pre = nn.LayerNorm(args.vision_dim)
+        self.layernorm_post = nn.LayerNorm(args.vision_dim)
+        self.model = VisionEncoder(args)
+        self.vision_adapter = PixelShuffleAdapter(args)
+        cos, sin = vision_rope(args)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, images):
+        """(N, 3, S, S) -> (N, image_tokens, projector_output_dim)."""
+        x = self.patch_embedding(images)  # (N, P, Hv)
+        x = torch.cat([x, self.class_embedding.expand(x.shape[0], 1, -1)], dim=1)  # class token last
+        x = self.layernorm_pre(x + self.positional_embedding_vlm)
+        for layer in self.model.layers:
+            x = layer(x, (self.rope_cos, self.rope_sin))
+        x = self.layernorm_post(x)[:, :-1]  # drop the class token
+        return self.vision_adapter(x)
+
+
+class Projector(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.linear_1 = nn.Linear(args.projector_output_dim, args.dim, bias=False)
+
+    def forward(self, x):
+        return self.linear_1(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation
+
+
+ROUTER_NOISE_INIT = 0.01  # initial noise std: routing starts almost noise-free
+
+
+@torch.no_grad()
+def init_weights(model: Llama4, std: float | None = None):
+    """The one weight init: N(0, init_std) for every linear, embedding, router and expert weight,
+    as transformers does; norms at 1, biases at 0. Two deviations, both outside HF's model:
+    the router noise projection starts at zero weight and a bias giving noise std
+    ROUTER_NOISE_INIT, and the vision class/position embeddings use N(0, vision_dim^-0.5) as HF."""
+    std = model.args.init_std if std is None else std
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, Experts):
+            nn.init.normal_(m.gate_up_proj, 0.0, std)
+            nn.init.normal_(m.down_proj, 0.0, std)
+        elif isinstance(m, (RMSNorm, nn.LayerNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, VisionModel):
+            scale = m.class_embedding.shape[0] ** -0.5
+            nn.init.normal_(m.class_embedding, 0.0, scale)
+            nn.init.normal_(m.positional_embedding_vlm, 0.0, scale)
+    for m in model.modules():  # after the generic pass, which also visited these Linears
+        if isinstance(m, MoE) and m.router_noise is not None:
+            nn.init.zeros_(m.router_noise.weight)
+            nn.init.constant_(m.router_noise.bias, math.log(math.expm1(ROUTER_NOISE_INIT)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter counts
+
+
+def count_parameters(model: Llama4) -> dict:
+    """Total, active per token (routed experts count top_k / n_experts), embedding and the rest.
+    Works on the meta device."""
+    args = model.args
+    total = sum(p.numel() for p in model.parameters())
+    routed = sum(p.numel() for m in model.modules() if isinstance(m, Experts) for p in m.parameters())
+    vision = sum(p.numel() for n, p in model.named_parameters()
+                 if n.startswith(("vision_model.", "multi_modal_projector.")))
+    noise = sum(p.numel() for m in model.modules() if isinstance(m, MoE) and m.router_noise is not None
+                for p in m.router_noise.parameters())
+    embedding = model.embed_tokens.weight.numel()
+    return {
+        "total": total,
+        "text": total - vision,
+        "vision": vision,
+        "embedding": embedding,
+        "non_embedding": total - embedding,
+        "routed_experts": routed,
+        "router_noise": noise,
+        "active_per_token": total - vision - routed + routed * args.top_k // args.n_experts,
+    }

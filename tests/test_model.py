@@ -1,0 +1,301 @@
+"""The model on its own: causality, KV cache, sparse vs reference MoE, routing extras,
+activation checkpointing, parameter counts and bad input."""
+
+import re
+
+import pytest
+import torch
+
+import config
+from config import ModelArgs
+from model import KVCache, Llama4, MoE, count_parameters
+
+SMALL = dict(vocab_size=101, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=32, mlp_dim=48,
+             n_experts=4, max_seq_len=96, attn_chunk_size=8, attn_floor_scale=4, init_std=0.1)
+
+
+def build(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return Llama4(ModelArgs(**{**SMALL, **overrides})).eval()
+
+
+def set_impl(model, impl):
+    for m in model.modules():
+        if isinstance(m, MoE):
+            m.impl = impl
+
+
+# --- causality ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides", [{}, dict(moe_every=2), dict(qk_norm=False, top_k=2),
+                                       dict(attn_chunk_size=96)])
+@pytest.mark.parametrize("T", [40, 48])  # 48 = 6 whole chunks (folded path), 40 = masked path
+def test_future_tokens_never_change_past_logits(overrides, T):
+    model = build(**overrides)
+    x = torch.randint(0, 101, (2, T))
+    with torch.no_grad():
+        ref = model(x).logits
+        for t in [0, 7, 8, 21, T - 2]:
+            y = x.clone()
+            y[:, t + 1:] = torch.randint(0, 101, (2, T - t - 1))
+            out = model(y).logits
+            assert torch.allclose(out[:, :t + 1], ref[:, :t + 1], atol=1e-6), t
+            assert not torch.allclose(out[:, t + 1:], ref[:, t + 1:])
+
+
+def test_causal_in_training_mode_with_noise_off():
+    model = build(router_noise=False).train()
+    x = torch.randint(0, 101, (1, 48))
+    y = x.clone()
+    y[:, 30:] = 0
+    assert torch.allclose(model(x).logits[:, :30], model(y).logits[:, :30], atol=1e-6)
+
+
+def test_each_layer_type_is_present():
+    a = ModelArgs(**{**SMALL, "moe_every": 2})
+    assert [a.uses_rope(i) for i in range(4)] == [True, True, True, False]  # NoPE is layer 3
+    assert [a.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+
+
+def test_attention_is_chunked_on_rope_layers_only():
+    """A token in chunk 2 cannot see chunk 0 through a RoPE layer: with a single RoPE layer the
+    logits at position 20 ignore tokens 0..7; with a single NoPE layer they do not."""
+    rope_only = build(n_layers=1, nope_every=2)
+    nope_only = build(n_layers=1, nope_every=1)
+    x = torch.randint(0, 101, (1, 24))
+    y = x.clone()
+    y[:, :8] = (y[:, :8] + 1) % 101
+    with torch.no_grad():
+        assert torch.allclose(rope_only(x).logits[:, 16:], rope_only(y).logits[:, 16:], atol=1e-6)
+        assert not torch.allclose(nope_only(x).logits[:, 16:], nope_only(y).logits[:, 16:])
+
+
+# --- KV cache -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [[20, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [5, 3, 8, 1, 17, 2]])
+def test_cache_steps_equal_full_forward(steps):
+    model = build()
+    x = torch.randint(0, 101, (2, sum(steps)))
+    with torch.no_grad():
+        full = model(x).logits
+        cache, outs, start = KVCache(model.args.n_layers), [], 0
+        for n in steps:
+            outs.append(model(x[:, start:start + n], cache=cache).logits)
+            start += n
+            for i in range(model.args.n_layers):  # chunked layers keep at most chunk - 1 keys
+                if model.args.uses_rope(i):
+                    assert cache.k[i].shape[2] <= model.args.attn_chunk_size - 1
+    assert (torch.cat(outs, 1) - full).abs().max() < 1e-5
+
+
+def test_left_padded_batch_equals_rows_alone():
+    model = build()
+    a, b = torch.randint(2, 101, (1, 13)), torch.randint(2, 101, (1, 6))
+    pad = model.args.pad_id
+    tokens = torch.cat([a, torch.cat([torch.full((1, 7), pad), b], 1)])
+    positions = torch.stack([torch.arange(13), torch.arange(-7, 6).clamp(min=-1)])
+    with torch.no_grad():
+        cache = KVCache(model.args.n_layers)
+        batched = model(tokens, positions=positions, cache=cache).logits
+        step = model(torch.tensor([[5], [9]]), cache=cache).logits  # positions 13 and 6
+        alone_a = model(torch.cat([a, torch.tensor([[5]])], 1)).logits
+        alone_b = model(torch.cat([b, torch.tensor([[9]])], 1)).logits
+    assert (batched[0] - alone_a[0, :13]).abs().max() < 1e-5
+    assert (batched[1, 7:] - alone_b[0, :6]).abs().max() < 1e-5
+    assert (step[0, 0] - alone_a[0, 13]).abs().max() < 1e-5
+    assert (step[1, 0] - alone_b[0, 6]).abs().max() < 1e-5
+    assert torch.isfinite(batched).all()
+
+
+# --- MoE: sparse dispatch vs the reference loop ---------------------------------------------
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_sparse_dispatch_equals_reference_values_and_gradients(top_k):
+    model = build(top_k=top_k, router_noise=False).train()
+    x = torch.randint(0, 101, (3, 30))
+    grads = {}
+    for impl in ["sparse", "reference"]:
+        set_impl(model, impl)
+        model.zero_grad()
+        out = model(x, targets=x)
+        out.loss.backward()
+        grads[impl] = (out.logits.detach(), out.expert_counts,
+                       {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (la, ca, ga), (lb, cb, gb) = grads["sparse"], grads["reference"]
+    assert torch.allclose(la, lb, atol=1e-5) and torch.equal(ca, cb)
+    assert ga.keys() == gb.keys() and any(".experts." in n for n in ga)
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-5), name
+
+
+def test_loop_fallback_equals_grouped_mm(monkeypatch):
+    import model as model_module
+    m = build(top_k=2, router_noise=False)
+    x = torch.randint(0, 101, (2, 16))
+    with torch.no_grad():
+        fast = m(x).logits
+        monkeypatch.setattr(model_module, "grouped_mm_supported", lambda t: False)
+        slow = m(x).logits
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_dropless_every_assignment_is_computed():
+    model = build(top_k=2)
+    out = model(torch.randint(0, 101, (2, 25)))
+    assert out.expert_counts.shape == (4, 4)
+    assert (out.expert_counts.sum(-1) == 2 * 25 * 2).all()
+
+
+# --- routing extras -------------------------------------------------------------------------
+
+def test_noise_only_in_training_mode():
+    model = build()
+    x = torch.randint(0, 101, (2, 32))
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model(x).logits)  # eval: deterministic
+        model.train()
+        for m in model.modules():  # make the noise large enough to flip routing
+            if isinstance(m, MoE):
+                torch.nn.init.constant_(m.router_noise.bias, 5.0)
+        a, b = model(x).expert_counts, model(x).expert_counts
+        assert not torch.equal(a, b)
+        model.eval()
+        assert torch.equal(model(x).expert_counts, model(x).expert_counts)
+
+
+def test_aux_and_z_loss_equal_hand_computed_values():
+    torch.manual_seed(0)
+    moe = MoE(ModelArgs(**{**SMALL, "router_noise": False}))
+    h = torch.randn(1, 6, 64)
+    logits = torch.tensor([[2.0, 1, 0, 0], [0, 3, 0, 0], [0, 0, 1, 0],
+                           [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 4]])
+    moe.router.weight.data.zero_()
+    with torch.no_grad():  # route through a known logit table
+        moe.router.forward = lambda x: logits
+        _, (aux, z, entropy, counts) = moe(h)
+    # top-1 picks experts 0, 1, 2, 1, 0, 3 -> f = (2, 2, 1, 1) / 6
+    assert counts.tolist() == [2, 2, 1, 1]
+    p = logits.softmax(-1).mean(0)
+    expected = 4 * (2 / 6 * p[0] + 2 / 6 * p[1] + 1 / 6 * p[2] + 1 / 6 * p[3])
+    assert torch.allclose(aux, expected)
+    assert torch.allclose(z, (torch.logsumexp(logits, -1) ** 2).mean())
+    probs = logits.softmax(-1)
+    assert torch.allclose(entropy, -(probs * probs.log()).sum(-1).mean())
+
+
+def test_total_loss_adds_router_terms_with_their_coefficients():
+    model = build(router_aux_loss_coef=0.01, router_z_loss_coef=0.001)
+    x = torch.randint(0, 101, (2, 16))
+    out = model(x, targets=x)
+    assert torch.allclose(out.loss, out.lm_loss + 0.01 * out.aux_loss + 0.001 * out.z_loss)
+
+
+def test_loss_counts_real_tokens_only():
+    model = build()
+    x = torch.randint(0, 101, (2, 16))
+    y = x.clone()
+    y[1, 8:] = -1
+    out = model(x, targets=y)
+    logp = out.logits.log_softmax(-1)
+    picked = torch.cat([logp[0].gather(-1, y[0, :, None]).flatten(),
+                        logp[1, :8].gather(-1, y[1, :8, None]).flatten()])
+    assert torch.allclose(out.lm_loss, -picked.mean())
+
+
+# --- activation checkpointing ---------------------------------------------------------------
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    model = build().train()
+    x = torch.randint(0, 101, (2, 32))
+    results = []
+    for enabled in [False, True]:
+        model.set_grad_checkpointing(enabled)
+        model.zero_grad()
+        torch.manual_seed(5)  # same router noise
+        out = model(x, targets=x)
+        out.loss.backward()
+        results.append((out.loss.detach(), out.expert_counts,
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (la, ca, ga), (lb, cb, gb) = results
+    assert torch.equal(ca, cb) and torch.allclose(la, lb, atol=1e-6)
+    for a, b in zip(ga, gb, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# --- parameter counts (meta device) ---------------------------------------------------------
+
+def hf_count(args):
+    pytest.importorskip("transformers")
+    from transformers import Llama4Config, Llama4ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    from scripts.export_hf import hf_config
+    hf_logging.set_verbosity_error()
+    cfg = hf_config(args)
+    cfg.pop("model_type"), cfg.pop("architectures")
+    with torch.device("meta"):
+        return sum(p.numel() for p in Llama4ForConditionalGeneration(Llama4Config(**cfg)).parameters())
+
+
+@pytest.mark.parametrize("name", ["scout-17b-16e", "maverick-17b-128e"])
+def test_released_shapes_count_like_transformers(name):
+    args = config.preset(name, ModelArgs)
+    with torch.device("meta"):
+        counts = count_parameters(Llama4(args))
+    assert counts["total"] == hf_count(args)
+    if name == "scout-17b-16e":
+        assert counts["total"] == 108_641_793_536
+        assert counts["text"] == 107_769_861_120
+        assert counts["vision"] == 850_960_896 + 20_971_520
+        assert 17e9 < counts["active_per_token"] < 17.3e9
+
+
+def test_count_params_script_explains_the_model_card(capsys):
+    from scripts import count_params
+    counts = count_params.main(["--preset", "scout-17b-16e"])
+    out = capsys.readouterr().out
+    assert "108,641,793,536" in out and "109,676,279,296" in out and "exactly one embedding matrix" in out
+    assert counts["total"] + counts["embedding"] == count_params.SCOUT_CARD_TOTAL
+
+
+def test_default_preset_has_about_128m_parameters():
+    with torch.device("meta"):
+        counts = count_parameters(Llama4(ModelArgs()))
+    assert 125e6 < counts["total"] < 131e6
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_sequence_longer_than_max_seq_len_is_a_clear_error():
+    model = build()
+    with pytest.raises(ValueError, match="longer than max_seq_len=96"):
+        model(torch.zeros(1, 97, dtype=torch.long))
+    cache = KVCache(model.args.n_layers)
+    model(torch.zeros(1, 90, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="longer than max_seq_len"):
+        model(torch.zeros(1, 7, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("bad", [-1, 101])
+def test_out_of_range_token_ids_are_a_clear_error(bad):
+    model = build()
+    x = torch.zeros(1, 5, dtype=torch.long)
+    x[0, 2] = bad
+    with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary"):
+        model(x)
+
+
+def test_wrong_number_of_image_tokens_is_a_clear_error():
+    model = build(vision=True, vision_dim=32, vision_layers=1, vision_heads=2, vision_mlp_dim=128,
+                  image_size=56, patch_size=14, projector_input_dim=32, projector_output_dim=32)
+    a = model.args
+    tokens = torch.tensor([[a.image_start_id] + [a.patch_id] * 3 + [a.image_end_id]])
+    with pytest.raises(ValueError, match=re.escape("3 <|patch|> tokens for 1 image")):
+        model(tokens, images=torch.randn(1, 3, 56, 56))
+    tokens = torch.tensor([[a.image_start_id] + [a.patch_id] * 4 + [a.image_end_id]])
+    assert model(tokens, images=torch.randn(1, 3, 56, 56)).logits.shape == (1, 6, a.vocab_size)
+
+
+def test_images_for_a_text_only_model_are_a_clear_error():
+    with pytest.raises(ValueError, match="without the vision stub"):
+        build()(torch.zeros(1, 4, dtype=torch.long), images=torch.randn(1, 3, 56, 56))
