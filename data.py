@@ -1,0 +1,802 @@
+"""Data: text in, a byte-level BPE tokenizer and memory-mapped token shards out, then batches.
+
+    prepare(train_args, model_args)  sources -> tokenizer -> token shards: the one call train.py makes
+    prepare_eval(..., tokenizer)     the validation shard alone, for evaluating a checkpoint
+    Tokenizer                        byte-level BPE (Hugging Face `tokenizers`), special tokens at 0..7
+    TokenData                        one tokenized split: tokens.bin (read through np.memmap) + meta.json
+    get_batch                        random training windows, a pure function of (seed, step, micro)
+    val_batches, n_val_windows       fixed, ordered windows that cover the validation split once
+    count_bytes, bits_per_byte       exact bits-per-byte bookkeeping
+
+Sources. By default TinyStories from the Hugging Face Hub through `datasets.load_dataset` (splits
+train and validation), cached where `datasets` caches. Or local files, for offline machines and
+custom corpora: --data / --val_data take a file, a folder or a glob of
+- .txt in the official TinyStories layout: documents separated by <|endoftext|> (read by our
+  generator through `datasets.Dataset.from_generator`);
+- .txt without that marker: documents separated by blank lines (`datasets`' "text" builder);
+- .jsonl with a text field (--text_field) and .parquet with a text column ("json" and "parquet").
+Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
+(documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
+empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines).
+
+Token stream layout: every document is preceded by the separator, [eos] doc1 [eos] doc2 ..., so
+token 0 of a stream is eos, every text token can be a target, and eos is predicted at each story end
+of the stream except the last. Special-token strings inside the text are encoded as plain text, so
+the only special tokens in a shard are the separators put there, and meta.json's byte count (the
+UTF-8 bytes of the documents) equals the sum of the tokens' bytes.
+
+How this departs from the obvious version:
+- Everything made lives under --cache_dir, in a folder named by a hash of what made it: the
+  tokenizer by (training source, vocabulary, cap), the shards by (source, tokenizer JSON). Sources
+  are identified by path, size and modification time (as `datasets` does), so a cache hit on local
+  files costs a few stat calls and never imports `datasets`, and a changed source or tokenizer is
+  never mixed in.
+- Nothing half-written is ever trusted: the shard is written to a temporary file and renamed into
+  place, and meta.json is written last (atomically) and checked against the shard's size, the
+  format version and the tokenizer hash on every open. An interrupted run is rebuilt next time.
+- Parallel tokenization uses num_proc Python threads over the Rust encoder (which releases the
+  GIL) instead of processes: no pickling or start-up cost, so it pays off even for small files, and
+  the output is identical to a serial loop. Batches are streamed, so memory does not grow with the
+  corpus.
+- Bytes that are not UTF-8 in a .txt file are replaced by U+FFFD and counted in the log, per file;
+  a file with more than 1% such bytes is refused (it is in another encoding: convert it). .jsonl and
+  .parquet must be valid UTF-8 (both formats require it) and are refused otherwise.
+- Bits per byte count the separator as 0 bytes, while its prediction loss still counts: the figure
+  is slightly conservative (higher) compared with counting only text tokens.
+- The hub is probed with one request before `datasets` (which retries for ~25 s) is asked, so a
+  machine without network fails at once with a line naming --data. HF_HUB_OFFLINE=1 or
+  HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache.
+- The BPE is trained on at most --tokenizer_train_mb MB from the start of the training split
+  (whole documents); the full TinyStories training split is ~1.9 GB.
+
+`python data.py --preset tiny --data FILE` prepares a run's tokenizer and shards without training.
+"""
+
+import codecs
+import glob
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+import torch
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+
+import config
+from config import SPECIAL_TOKENS
+
+FORMAT = 1  # version of the shard layout and tokenization rules; caches of another version are rebuilt
+EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
+KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
+BATCH_DOCS = 1024  # documents per thread per tokenization batch
+READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
+
+
+class DataError(Exception):
+    """Bad input. The message is one line naming the problem and the fix."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}{'s' * (count != 1)}"
+
+
+def _size(n: float) -> str:
+    for unit in ["B", "KB", "MB", "GB"]:
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+@contextmanager
+def _rust_threads_off():
+    """Switch off the `tokenizers` thread pool (it reads TOKENIZERS_PARALLELISM at every call)."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
+class Tokenizer:
+    """A byte-level BPE: a thin wrapper over `tokenizers.Tokenizer` with SPECIAL_TOKENS at ids 0..7.
+
+    No normaliser and no prefix space, so decode(encode(s)) == s for any string of Unicode scalar
+    values (emoji and scripts never seen in training included: every byte is in the vocabulary).
+    Pre-tokenization is the GPT-2 byte-level split (Llama 4's tiktoken-style regex differs mostly on
+    digits and non-Latin scripts, which TinyStories hardly has).
+    `encode` reads special-token strings as special tokens (as transformers does); `decode` keeps
+    them as their text. `token_bytes[i]` is the number of UTF-8 bytes token i stands for, 0 for the
+    special tokens (so bits per byte count the separator as zero bytes: a conservative figure).
+    """
+
+    def __init__(self, tok: tokenizers.Tokenizer):
+        self.tok = tok
+        missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
+        if missing:
+            raise DataError(f"the tokenizer has no {missing[0]} token; leave --tokenizer empty to train "
+                            "one with this project")
+        canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
+        self.hash = hashlib.sha256(canonical.encode()).hexdigest()
+        self.vocab_size = tok.get_vocab_size()
+        self.eos_id = tok.token_to_id(EOT)
+        self.token_bytes = self._count_token_bytes()
+        self._plain = None  # a copy that reads special-token strings as text, for the shards
+
+    @classmethod
+    def train(cls, texts, vocab_size: int) -> "Tokenizer":
+        """Train on an iterable of strings (or of lists of strings). Deterministic for given text."""
+        smallest = len(SPECIAL_TOKENS) + 256
+        if vocab_size < smallest:
+            raise DataError(f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
+                            f"{smallest} ({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        got = tok.get_vocab_size()
+        if got < vocab_size:
+            raise DataError(f"--vocab_size {vocab_size}: the training text can only fill {got} tokens "
+                            f"(no pair of tokens is left to merge); pass --vocab_size {got} or less, or "
+                            "train on more text")
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path) -> "Tokenizer":
+        if not os.path.isfile(path):
+            raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
+                            "train one")
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise DataError(f"--tokenizer: cannot read '{path}' ({_first_line(e)}); pass a tokenizer.json "
+                            "written by this project") from None
+        return cls(tok)
+
+    def save(self, path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        config.atomic_write(path, self.tok.to_str(pretty=True).encode())
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def special_ids(self) -> dict:
+        """ModelArgs field name -> token id, e.g. {"eos_id": 0, "pad_id": 1, ...}."""
+        return {name: self.tok.token_to_id(text) for name, text in SPECIAL_TOKENS.items()}
+
+    def encode_docs(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """Encode documents for the shards: special-token strings in them stay plain text.
+
+        With threads > 1 the list is cut into `threads` parts encoded at the same time (the Rust
+        encoder releases the GIL); the Rust thread pool is off meanwhile, so exactly `threads`
+        threads work. The result does not depend on `threads`.
+        """
+        if self._plain is None:
+            self._plain = tokenizers.Tokenizer.from_str(self.tok.to_str())
+            self._plain.encode_special_tokens = True
+
+        def encode(part):
+            return [e.ids for e in self._plain.encode_batch_fast(part, add_special_tokens=False)]
+
+        with _rust_threads_off():
+            if threads <= 1 or len(texts) < 2:
+                return encode(texts)
+            step = math.ceil(len(texts) / threads)
+            parts = [texts[i:i + step] for i in range(0, len(texts), step)]
+            with ThreadPoolExecutor(len(parts)) as pool:
+                return [ids for out in pool.map(encode, parts) for ids in out]
+
+    def to_transformers(self):
+        """The same tokenizer as a `transformers.PreTrainedTokenizerFast` (for the HF export)."""
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast(tokenizer_object=self.tok, bos_token=EOT, eos_token=EOT,
+                                       pad_token=SPECIAL_TOKENS["pad_id"], clean_up_tokenization_spaces=False)
+
+    def _count_token_bytes(self) -> np.ndarray:
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
+        special = set(self.special_ids().values())
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
+            if i in special:
+                continue
+            if not set(token) <= alphabet:
+                raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r}); leave --tokenizer "
+                                "empty to train one with this project")
+            out[i] = len(token)
+        return out
+
+
+def check_tokenizer(tok: Tokenizer, model_args: config.ModelArgs, where: str = "the tokenizer") -> None:
+    """The model's vocabulary size and special-token ids must be the tokenizer's."""
+    if tok.vocab_size != model_args.vocab_size:
+        raise DataError(f"{where} has {tok.vocab_size} tokens but --vocab_size is {model_args.vocab_size}; "
+                        f"pass --vocab_size {tok.vocab_size}")
+    for name, i in tok.special_ids().items():
+        if getattr(model_args, name) != i:
+            raise DataError(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but --{name} is "
+                            f"{getattr(model_args, name)}; pass --{name} {i}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Token shards
+
+
+class TokenData:
+    """One tokenized split in a folder: tokens.bin (uint16, or uint32 past 65536 tokens) + meta.json.
+
+    Opening checks meta.json against the shard (format, size, and the tokenizer hash when given)
+    and raises DataError when they disagree, so a partial or foreign shard is never used.
+    """
+
+    def __init__(self, path, tokenizer_hash: str | None = None):
+        self.path = Path(path)
+        meta_path, bin_path = self.path / "meta.json", self.path / "tokens.bin"
+        if not meta_path.is_file():
+            raise DataError(f"{self.path} has no meta.json: the tokenization did not finish; run again to "
+                            "rebuild it")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            raise DataError(f"{meta_path} is not valid JSON; delete it and run again") from None
+        if meta.get("format") != FORMAT:
+            raise DataError(f"{self.path} was written in format {meta.get('format')}, not {FORMAT}; run "
+                            "again to rebuild it")
+        if tokenizer_hash is not None and meta["tokenizer_hash"] != tokenizer_hash:
+            raise DataError(f"{self.path} was written by tokenizer {meta['tokenizer_hash'][:12]}, not by "
+                            f"this run's {tokenizer_hash[:12]}; delete it or let prepare() rebuild it")
+        dtype = np.dtype(meta["dtype"])
+        size = bin_path.stat().st_size if bin_path.is_file() else 0
+        if size != meta["n_tokens"] * dtype.itemsize:
+            raise DataError(f"{bin_path} holds {size} bytes, not the {meta['n_tokens']} tokens meta.json "
+                            "promises; run again to rebuild it")
+        self.meta = meta
+        self.tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(meta["n_tokens"],))
+
+    n_tokens = property(lambda self: self.meta["n_tokens"])
+    n_bytes = property(lambda self: self.meta["n_bytes"])
+    n_docs = property(lambda self: self.meta["n_docs"])
+
+    def __len__(self):
+        return self.n_tokens
+
+    def __repr__(self):
+        return f"TokenData({str(self.path)!r}, {self.n_tokens:,} tokens, {self.n_docs:,} documents)"
+
+
+def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, meta: dict | None = None,
+                 what: str = "the text", total: int | None = None, desc: str = "tokenizing") -> TokenData:
+    """Tokenize `batches` (an iterable of lists of documents) into folder/tokens.bin + meta.json.
+
+    Streams: one batch in memory at a time. The shard goes to a temporary file renamed into place
+    when complete; meta.json is removed first and written last, so an interrupted run leaves
+    nothing a later open() would trust. `total` (documents) sizes the progress bar.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in [folder / "meta.json", folder / "tokens.bin", *folder.glob(".tmp-*")]:  # meta.json first
+        stale.unlink(missing_ok=True)
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+    eos = tokenizer.eos_id
+    n_tokens = n_docs = n_bytes = 0
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-tokens.bin")
+    try:
+        with os.fdopen(fd, "wb") as f, tqdm(total=total, unit="doc", desc=desc, disable=None,
+                                             leave=False) as bar:
+            for batch in batches:
+                texts = [s for s in (t.strip() for t in batch) if s]
+                flat = []
+                for ids in tokenizer.encode_docs(texts, threads):
+                    flat.append(eos)
+                    flat.extend(ids)
+                f.write(np.array(flat, dtype=dtype).tobytes())
+                n_tokens += len(flat)
+                n_docs += len(texts)
+                n_bytes += sum(len(t.encode()) for t in texts)
+                bar.update(len(batch))
+            f.flush()
+            os.fsync(f.fileno())
+        if n_docs == 0:
+            raise DataError(f"{what} has no usable text (only whitespace or separators); check the files")
+        os.replace(tmp, folder / "tokens.bin")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    meta = {**(meta or {}), "format": FORMAT, "tokenizer_hash": tokenizer.hash,
+            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "n_tokens": n_tokens,
+            "n_docs": n_docs, "n_bytes": n_bytes, "layout": "[eos] doc [eos] doc ..."}
+    config.save_json(folder / "meta.json", meta)
+    return TokenData(folder, tokenizer.hash)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: local files and the hub, as `datasets.Dataset`s with one "text" column
+
+
+def resolve_files(spec: str, flag: str) -> list[str]:
+    """A file, a folder (its .txt/.jsonl/.json/.parquet files) or a glob -> sorted list of files."""
+    if os.path.isdir(spec):
+        files = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and p.suffix.lower() in KINDS)
+        if not files:
+            raise DataError(f"{flag}: folder '{spec}' holds no .txt, .jsonl or .parquet file; check the path")
+    elif any(c in spec for c in "*?["):
+        files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise DataError(f"{flag}: no files match '{spec}'; check the path or glob")
+    elif os.path.isfile(spec):
+        files = [spec]
+    else:
+        raise DataError(f"{flag}: no such file '{spec}'; check the path")
+    for f in files:
+        if Path(f).suffix.lower() not in KINDS:
+            raise DataError(f"{flag}: '{f}' is not .txt, .jsonl or .parquet; convert it or leave it out")
+        if os.path.getsize(f) == 0:
+            raise DataError(f"{flag}: '{f}' is empty; remove it or point {flag} at text")
+    return files
+
+
+def _scan_txt(path: str, flag: str) -> tuple[bool, int]:
+    """One streaming pass over a .txt file: (has <|endoftext|> markers, bytes that are not UTF-8).
+
+    Refuses a file with no text besides whitespace and markers, or with over 1% non-UTF-8 bytes.
+    """
+    marker = EOT.encode()
+    keep = len(marker) - 1  # the end of a chunk may hold the start of a marker
+    utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
+    size = valid = 0
+    found = has_text = False
+    tail = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            size += len(chunk)
+            valid += len(utf8.decode(chunk).encode())
+            parts = (tail + chunk).split(marker)
+            found = found or len(parts) > 1
+            last = parts.pop()
+            tail = last[-keep:]
+            has_text = has_text or any(p.strip() for p in parts) or bool(last[:-keep].strip())
+    valid += len(utf8.decode(b"", final=True).encode())
+    has_text = has_text or bool(tail.strip())
+    bad = size - valid
+    if bad > MAX_NON_UTF8 * size:
+        raise DataError(f"{flag}: '{path}' is not UTF-8 text ({bad:,} of {size:,} bytes are not UTF-8); "
+                        "convert it, e.g. iconv -f latin1 -t utf-8")
+    if not has_text:
+        raise DataError(f"{flag}: '{path}' has no usable text (only whitespace"
+                        f"{' and ' + EOT + ' separators' if found else ''}); check the file")
+    return found, bad
+
+
+def _eot_documents(path: str, stamp: str):
+    """Documents of a .txt file in the official layout (`stamp`: size and mtime, for the cache key)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        rest = ""
+        while chunk := f.read(1 << 20):
+            *docs, rest = (rest + chunk).split(EOT)
+            yield from ({"text": d} for d in docs if d.strip())
+        if rest.strip():
+            yield {"text": rest}
+
+
+def _json_problem(path: str, field: str) -> str | None:
+    """The first line of a JSON Lines file that has no string `field`, described; None if all do."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except UnicodeDecodeError:
+                return f"line {n} is not UTF-8; convert the file to UTF-8"
+            except ValueError:
+                return f"line {n} is not valid JSON; fix or remove it"
+            if not isinstance(record, dict) or field not in record:
+                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); every line needs "
+                        "one, or pass --text_field NAME")
+            if not isinstance(record[field], str):
+                return (f"line {n}: '{field}' is {type(record[field]).__name__}, not text; fix the line or "
+                        "pass --text_field NAME")
+    return None
+
+
+def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
+    """One local file as a `datasets.Dataset` with a "text" column, cached by `datasets` in cache_dir."""
+    import datasets  # imported on first use: ~1 s, and a cache hit of prepare() never needs it
+
+    if not sys.stderr.isatty():  # no progress bars in logs (the tokenization bar follows the same rule)
+        datasets.disable_progress_bars()
+    kind = KINDS[Path(path).suffix.lower()]
+    if kind == "text":
+        has_marker, bad = _scan_txt(path, flag)
+        if bad:
+            log(f"data: warning: {path}: {bad:,} bytes that are not UTF-8 replaced by U+FFFD")
+        if has_marker:
+            st = os.stat(path)
+            return datasets.Dataset.from_generator(
+                _eot_documents, features=datasets.Features({"text": datasets.Value("string")}),
+                cache_dir=cache_dir, gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}"})
+        return datasets.load_dataset("text", data_files=path, sample_by="paragraph",
+                                     encoding_errors="replace", split="train", cache_dir=cache_dir)
+    try:
+        ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
+    except Exception as e:
+        problem = _json_problem(path, field) if kind == "json" else None
+        raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + _first_line(e) + ')'}") from None
+    feature = ds.features.get(field)
+    column = ds.data.column(field) if field in ds.column_names else None
+    is_text = getattr(feature, "dtype", None) in ("string", "large_string")
+    if column is None or not is_text or column.null_count:
+        if kind == "json":
+            problem = _json_problem(path, field) or f"'{field}' is not text in every line"
+        elif column is None:
+            problem = (f"has no column '{field}' (it has: {', '.join(ds.column_names)}); pass "
+                       "--text_field NAME")
+        elif column.null_count:
+            row = column.is_null().to_pylist().index(True)
+            problem = f"row {row}: '{field}' is empty (null); fill or drop the row"
+        else:
+            problem = f"column '{field}' holds {feature}, not text; pass --text_field NAME"
+        raise DataError(f"{flag}: {path}: {problem}")
+    ds = ds.select_columns([field])
+    if field != "text":
+        ds = ds.rename_column(field, "text")
+    return ds.cast_column("text", datasets.Value("string")) if feature.dtype != "string" else ds
+
+
+def load_files(files: list[str], flag: str, text_field: str = "text", cache_dir: str | None = None,
+               log=print):
+    """Local files as one `datasets.Dataset` with a "text" column: one row per document, file order."""
+    import datasets
+
+    parts = [_load_file(f, flag, text_field, cache_dir, log) for f in files]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def load_hub(name: str, split: str, text_field: str = "text"):
+    """A split of a hub dataset through `datasets.load_dataset`; fails fast when the hub is out of reach."""
+    import datasets
+
+    fix = "pass --data FILE (and --val_data FILE) to train on local text"
+    if not datasets.config.HF_HUB_OFFLINE:
+        from huggingface_hub import HfApi
+        try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
+            HfApi().dataset_info(name, timeout=10)
+        except Exception as e:
+            raise DataError(f"cannot get {name!r} from the Hugging Face Hub ({_first_line(e)}); {fix}, or "
+                            "set HF_HUB_OFFLINE=1 to use a copy in the datasets cache") from None
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        if datasets.config.HF_HUB_OFFLINE:
+            raise DataError(f"cannot load {name!r}: offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) "
+                            f"and not in the datasets cache; {fix}") from None
+        raise DataError(f"cannot load split {split!r} of {name!r} from the Hugging Face Hub "
+                        f"({_first_line(e)}); {fix}") from None
+    if text_field not in ds.column_names:
+        raise DataError(f"{name!r} has no field {text_field!r} (it has: {', '.join(ds.column_names)}); "
+                        "pass --text_field NAME")
+    ds = ds.select_columns([text_field])
+    return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+class Split:
+    """One split's documents: a source (local files or a hub split), all of it or one side of a
+    held-out slice (1 in `every` documents: the (every-1)-th, (2 every-1)-th, ... for "val").
+
+    `signature` identifies the documents cheaply (paths, sizes, mtimes): it keys the caches. For a
+    hub split it needs the loaded dataset (its files in the datasets cache), so `source` may be a
+    function. `documents()` loads them through `datasets`, once, on first use.
+    """
+
+    def __init__(self, label: str, source, load, keep: str = "all", every: int = 0):
+        self.label, self.source, self.load, self.keep, self.every = label, source, load, keep, every
+
+    @property
+    def signature(self) -> dict:
+        source = self.source() if callable(self.source) else self.source
+        return {"source": source, "keep": self.keep, "every": self.every}
+
+    def documents(self):
+        ds = self.load()
+        if self.keep == "all":
+            return ds
+        held = np.arange(len(ds)) % self.every == self.every - 1
+        if self.keep == "val" and not held.any():
+            fix = f" or raise --val_fraction to {1 / len(ds):.3g} or more" if len(ds) > 1 else ""
+            raise DataError(f"--data: holding out 1 in {self.every} of its {_n(len(ds), 'document')} leaves "
+                            f"none for validation; pass --val_data{fix}")
+        return ds.select(np.flatnonzero(held if self.keep == "val" else ~held))
+
+
+def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log) -> Split:
+    files = resolve_files(spec, flag)
+    stats = [os.stat(f) for f in files]
+    stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]
+    source = {"files": stamps, "text_field": text_field}
+    size = _size(sum(s.st_size for s in stats))
+    label = f"{flag} {spec} ({len(files)} file{'s' * (len(files) > 1)}, {size})"
+    load = cache(lambda: load_files(files, flag, text_field, str(cache_dir / "datasets"), log))
+    return Split(label, source, load)
+
+
+def _hub_split(name: str, split: str, text_field: str) -> Split:
+    load = cache(lambda: load_hub(name, split, text_field))
+
+    def source():
+        ds = load()
+        files = [f["filename"] for f in ds.cache_files]
+        return {"hub": name, "split": split, "rows": len(ds), "files": files}
+
+    return Split(f"{name} [{split}] (Hugging Face Hub)", source, load)
+
+
+def resolve_sources(train_args: config.TrainArgs, log=print) -> tuple[Split, Split]:
+    """The training and validation splits that train_args asks for (nothing is read yet)."""
+    a, cache_dir = train_args, Path(train_args.cache_dir)
+    train = (_local_split(a.data, "--data", a.text_field, cache_dir, log) if a.data
+             else _hub_split(a.hf_dataset, "train", a.text_field))
+    if a.val_data:
+        val = _local_split(a.val_data, "--val_data", a.text_field, cache_dir, log)
+    elif not a.data:
+        val = _hub_split(a.hf_dataset, "validation", a.text_field)
+    else:
+        every = max(2, round(1 / a.val_fraction))
+        val = Split(f"1 in {every} documents of --data, held out (no --val_data; --val_fraction "
+                    f"{a.val_fraction}, evenly spread)", train.source, train.load, "val", every)
+        train = Split(train.label, train.source, train.load, "train", every)
+    log(f"data: train: {train.label}; validation: {val.label}")
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare(): the one call the trainer makes
+
+
+def _texts(ds, batch_size: int, cap_bytes: int = 0, used: dict | None = None):
+    """Batches of stripped, non-empty documents of `ds`; with cap_bytes, stop once that many are given."""
+    total = 0
+    for batch in ds.iter(batch_size=batch_size):
+        texts = [s for s in (t.strip() for t in batch["text"]) if s]
+        if cap_bytes:
+            for i, t in enumerate(texts):
+                total += len(t.encode())
+                if total >= cap_bytes:
+                    if used is not None:
+                        used.update(bytes=total, capped=True)
+                    yield texts[:i + 1]
+                    return
+        else:
+            total += sum(len(t.encode()) for t in texts)
+        yield texts
+    if used is not None:
+        used.update(bytes=total, capped=False)
+
+
+def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, train: Split,
+                  log=print) -> Tokenizer:
+    """--tokenizer if given, else the cached BPE for this training text and vocabulary, else train it."""
+    if train_args.tokenizer:
+        tok = Tokenizer.load(train_args.tokenizer)
+        log(f"data: tokenizer: {train_args.tokenizer} ({tok.vocab_size} tokens)")
+        check_tokenizer(tok, model_args, f"--tokenizer {train_args.tokenizer}")
+        return tok
+    vocab, cap = model_args.vocab_size, int(train_args.tokenizer_train_mb * 1e6)
+    key = _key({"source": train.signature, "vocab_size": vocab, "cap_bytes": cap, "format": FORMAT,
+                "special": list(SPECIAL_TOKENS.values())})
+    path = Path(train_args.cache_dir) / f"tokenizer-{key}" / "tokenizer.json"
+    tok = None
+    if path.is_file():
+        try:
+            tok = Tokenizer.load(path)
+            log(f"data: tokenizer: cache hit {path} ({tok.vocab_size} tokens)")
+        except DataError as e:
+            log(f"data: tokenizer: not reusing {path}: {e}")
+    if tok is None:
+        t0, used = time.time(), {}
+        log(f"data: tokenizer: cache miss, training a {vocab}-token byte-level BPE on "
+            + (f"at most {train_args.tokenizer_train_mb:g} MB (--tokenizer_train_mb) of " if cap else "")
+            + "the training text")
+        try:
+            tok = Tokenizer.train(_texts(train.documents(), BATCH_DOCS, cap, used), vocab)
+        except DataError:
+            if used.get("bytes") == 0:
+                raise DataError(f"{train.label} has no usable text; check the files") from None
+            raise
+        tok.save(path)
+        log(f"data: tokenizer: trained on {_size(used['bytes'])}"
+            + (" (the start of the training text, capped)" if used["capped"] else " (all the training text)")
+            + f" in {time.time() - t0:.1f} s -> {path}")
+    check_tokenizer(tok, model_args)
+    return tok
+
+
+def get_tokens(name: str, split: Split, tok: Tokenizer, cache_dir, threads: int = 1, log=print) -> TokenData:
+    """The split's token shard: from the cache when source and tokenizer match, else tokenized now."""
+    key = _key({"source": split.signature, "tokenizer": tok.hash, "format": FORMAT})
+    folder = Path(cache_dir) / "tokens" / f"{name}-{key}"
+    if folder.exists():
+        try:
+            shard = TokenData(folder, tok.hash)
+            if shard.meta.get("key") != key:
+                raise DataError(f"{folder} holds other text (key {shard.meta.get('key')}, not {key})")
+            log(f"data: {name}: cache hit {folder}: {_n(shard.n_docs, 'document')}, "
+                f"{_n(shard.n_tokens, 'token')}, {_n(shard.n_bytes, 'byte')}")
+            return shard
+        except DataError as e:
+            log(f"data: {name}: not reusing the cache: {e}")
+    t0 = time.time()
+    ds = split.documents()
+    batches = (b["text"] for b in ds.iter(batch_size=BATCH_DOCS * threads))
+    shard = write_tokens(folder, batches, tok, threads=threads, total=len(ds), what=split.label,
+                        desc=f"tokenizing {name}", meta={"key": key, "split": name, "source": split.label,
+                                                         "signature": split.signature})
+    dt = time.time() - t0
+    log(f"data: {name}: cache miss, tokenized {_n(shard.n_docs, 'document')} -> "
+        f"{_n(shard.n_tokens, 'token')} ({shard.n_bytes / shard.n_tokens:.2f} bytes/token) in {dt:.1f} s "
+        f"({shard.n_bytes / 1e6 / dt:.1f} MB/s, {threads} thread{'s' * (threads > 1)}) -> {folder}")
+    return shard
+
+
+def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
+            log=print) -> tuple[Tokenizer, TokenData, TokenData]:
+    """Sources -> tokenizer -> token shards for a run; everything made is cached under --cache_dir.
+
+    Raises DataError (one line) on bad input: the entry point prints it and exits with status 1.
+    Under DDP, let rank 0 call it first (the others wait at a barrier, then get cache hits): two
+    processes building the same shard at once would delete each other's files.
+    """
+    threads = train_args.num_proc or os.cpu_count() or 1
+    train_split, val_split = resolve_sources(train_args, log)
+    tok = get_tokenizer(train_args, model_args, train_split, log)
+    train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
+    T = model_args.max_seq_len
+    if train.n_tokens < T + 1:
+        raise DataError(f"{train_split.label}: {train.n_tokens} tokens, fewer than one training window of "
+                        f"--max_seq_len + 1 = {T + 1}; add text or lower --max_seq_len")
+    val = get_tokens("val", val_split, tok, train_args.cache_dir, threads, log)
+    _log_coverage(val, T, train_args.eval_windows, log)
+    return tok, train, val
+
+
+def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok: Tokenizer,
+                 log=print) -> TokenData:
+    """The validation shard alone, for a given tokenizer (evaluating a checkpoint): no BPE training
+    and no training shard, but the same sources, cache and windows as prepare()."""
+    check_tokenizer(tok, model_args)
+    _, val_split = resolve_sources(train_args, log)
+    val = get_tokens("val", val_split, tok, train_args.cache_dir, train_args.num_proc or os.cpu_count() or 1,
+                     log)
+    _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)
+    return val
+
+
+def _log_coverage(val: TokenData, T: int, max_windows: int, log) -> None:
+    windows = n_val_windows(val.tokens, T, max_windows)
+    covered, targets = min(windows * T, val.n_tokens - 1), val.n_tokens - 1
+    log(f"data: validation: {covered:,} of {targets:,} targets in {_n(windows, 'window')} of {T} tokens"
+        + (" (all)" if covered == targets else f" (the first {windows} windows: --eval_windows)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def get_batch(tokens, batch_size: int, seq_len: int, *, seed: int, step: int, micro: int):
+    """A training micro-batch (x, y), int64 tensors of shape (batch_size, seq_len), y = x shifted by one.
+
+    Windows of seq_len + 1 tokens start at random offsets drawn by numpy's default_rng seeded with
+    (seed, step, micro): a pure function of those three, so resuming at step k sees exactly the
+    batches an uninterrupted run would have. With grad_accum micro-batches per step split over W
+    DDP ranks, rank r takes micro = r, r + W, r + 2W, ...: one process and W processes see the same
+    global batch, and no two ranks ever draw the same stream.
+    """
+    tokens = getattr(tokens, "tokens", tokens)
+    n = len(tokens)
+    if n < seq_len + 1:
+        raise DataError(f"the training split has {n} tokens, fewer than one window of {seq_len + 1}; add "
+                        "text or lower --max_seq_len")
+    rng = np.random.default_rng([seed, step, micro])
+    starts = rng.integers(0, n - seq_len, size=batch_size)
+    rows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+
+def n_val_windows(tokens, seq_len: int, max_windows: int = 0) -> int:
+    """Number of validation windows: ceil((len(tokens) - 1) / seq_len), capped at max_windows if > 0."""
+    n = max(0, math.ceil((len(getattr(tokens, "tokens", tokens)) - 1) / seq_len))
+    return min(n, max_windows) if max_windows > 0 else n
+
+
+def rank_windows(n_windows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous (start, stop) range of validation windows that DDP rank `rank` evaluates."""
+    return rank * n_windows // world_size, (rank + 1) * n_windows // world_size
+
+
+def val_batches(tokens, batch_size: int, seq_len: int, max_windows: int = 0, start: int = 0,
+                stop: int | None = None, pad_id: int = 0):
+    """Validation batches (x, y): fixed, ordered, non-overlapping windows, independent of world size.
+
+    Window i has x = tokens[i*T : i*T + T] and y = tokens[i*T + 1 : i*T + T + 1] (T = seq_len);
+    the last window is padded (x with pad_id, y with -1 = ignore), so every token after the first
+    is a target exactly once. max_windows > 0 keeps the first max_windows windows: a fixed prefix.
+    start/stop select a range of windows (see rank_windows); the last batch may be smaller.
+    """
+    tokens = getattr(tokens, "tokens", tokens)
+    total = n_val_windows(tokens, seq_len, max_windows)
+    stop = total if stop is None else min(stop, total)
+    for first in range(start, stop, batch_size):
+        rows = range(first, min(first + batch_size, stop))
+        x = np.full((len(rows), seq_len), pad_id, dtype=np.int64)
+        y = np.full((len(rows), seq_len), -1, dtype=np.int64)
+        for r, i in enumerate(rows):
+            chunk = np.asarray(tokens[i * seq_len:i * seq_len + seq_len + 1], dtype=np.int64)
+            x[r, :len(chunk) - 1] = chunk[:-1]
+            y[r, :len(chunk) - 1] = chunk[1:]
+        yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+def count_bytes(y, token_bytes: np.ndarray) -> int:
+    """UTF-8 bytes that the real targets (y >= 0) of a batch decode to."""
+    y = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
+    return int(token_bytes[y[y >= 0]].sum())
+
+
+def bits_per_byte(total_nats: float, n_bytes: int) -> float:
+    """Summed cross-entropy (nats) over the targets / (ln 2 x the UTF-8 bytes those targets decode to)."""
+    return total_nats / (math.log(2) * n_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    prog = "data.py"
+    _, (model_args, train_args) = config.parse_args(
+        [config.ModelArgs, config.TrainArgs], argv, prog=prog,
+        description="Prepare a run's tokenizer and token shards (train.py does this itself).")
+    try:
+        prepare(train_args, model_args)
+    except DataError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

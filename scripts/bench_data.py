@@ -1,0 +1,197 @@
+"""Benchmark of data.py: BPE training + tokenization speed, and memory against corpus size.
+
+    python scripts/bench_data.py [--data FILE] [--out img/bench_data.json] [--repeat 10]
+
+Measures, on ../shared/data/tinystories/train-lower.txt by default (vocabulary 4096, the tiny
+preset's; 1 in 100 documents held out for validation as prepare() does without --val_data):
+1. end to end: prepare() from a cold cache (read the text through `datasets`, train the BPE,
+   tokenize both splits into shards) in a fresh subprocess: MB of text per second;
+2. tokenization alone, in this process and on the same documents: a single-threaded loop
+   (tokenizer.encode per document), the batched encoder on one thread, and the parallel path
+   prepare() uses (num_proc threads); the speed-up of the parallel path over the loop;
+3. peak memory (peak RSS of the subprocess of 1.) on the file and on the same text repeated
+   `--repeat` times (a temporary file): the ratio must stay under 1.5, since tokenization streams.
+   Peak RSS includes pages of memory-mapped files (the datasets arrow copy, the shards); the peak of
+   anonymous memory, sampled every 20 ms, is shown beside it.
+Prints a table and writes the numbers as JSON.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt"
+
+
+def rss_mb(field="VmRSS") -> float:
+    """Resident memory from /proc/self/status: VmRSS (all), or RssAnon (not backed by a file)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(path: str, cache_dir: str) -> None:
+    """Run prepare() on `path` with a cold cache; print one JSON line of timings and memory."""
+    import datasets  # noqa: F401  (imported here so that the baseline includes every library)
+
+    import config
+    import data
+
+    baseline = rss_mb()
+    # ru_maxrss counts file-backed pages too (the mapped arrow and token files, which the kernel
+    # can drop at will); a sampler also tracks the peak of anonymous memory, the process's own.
+    anon, done = [rss_mb("RssAnon")], threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            anon.append(rss_mb("RssAnon"))
+
+    threading.Thread(target=sample, daemon=True).start()
+    model = config.preset("tiny", config.ModelArgs)
+    args = config.TrainArgs(data=path, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    tok, train, val = data.prepare(args, model, log=lambda line: print(line, file=sys.stderr))
+    seconds = time.perf_counter() - t0
+    done.set()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    print(json.dumps({"seconds": seconds, "mb": os.path.getsize(path) / 1e6, "peak_rss_mb": peak,
+                      "baseline_rss_mb": baseline, "peak_anon_mb": max(anon), "baseline_anon_mb": anon[0],
+                      "tokens": train.n_tokens + val.n_tokens,
+                      "docs": train.n_docs + val.n_docs, "threads": args.num_proc or os.cpu_count()}))
+
+
+def run_child(path, cache_dir) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, __file__, "--child", str(path), str(cache_dir)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"bench_data.py: error: the prepare() subprocess failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best_of(n, fn):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), result
+
+
+def tokenization_speeds(path, tokenizer_path) -> dict:
+    """Single-threaded loop vs batched vs parallel, on the documents of `path`, same process."""
+    import data
+
+    tok = data.Tokenizer.load(tokenizer_path)
+    text = Path(path).read_text(encoding="utf-8")
+    docs = [s for s in (d.strip() for d in text.split(data.EOT)) if s]
+    mb = sum(len(d.encode()) for d in docs) / 1e6
+    threads = os.cpu_count() or 1
+
+    def loop():
+        with data._rust_threads_off():
+            return [tok.encode(d) for d in docs]
+
+    def batched(n):
+        size = data.BATCH_DOCS * n
+        return [ids for i in range(0, len(docs), size) for ids in tok.encode_docs(docs[i:i + size], n)]
+
+    t_loop, ref = best_of(2, loop)
+    t_one, one = best_of(2, lambda: batched(1))
+    t_par, par = best_of(2, lambda: batched(threads))
+    assert one == ref and par == ref, "the parallel path must give the loop's tokens"
+    return {"mb": mb, "docs": len(docs), "threads": threads, "loop_s": t_loop, "batched_1_thread_s": t_one,
+            "parallel_s": t_par, "loop_mb_s": mb / t_loop, "batched_1_thread_mb_s": mb / t_one,
+            "parallel_mb_s": mb / t_par, "speedup_parallel_vs_loop": t_loop / t_par,
+            "speedup_parallel_vs_batched_1_thread": t_one / t_par}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="text file in the official TinyStories layout")
+    p.add_argument("--out", default=str(ROOT / "img" / "bench_data.json"), help="JSON file to write")
+    p.add_argument("--repeat", type=int, default=10, help="copies of the text in the memory test")
+    p.add_argument("--child", nargs=2, metavar=("FILE", "CACHE_DIR"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return child(*a.child)
+    if not os.path.isfile(a.data):
+        sys.exit(f"bench_data.py: error: no such file '{a.data}'; pass --data FILE (../shared holds "
+                 "train-lower.txt)")
+
+    load = os.getloadavg()[0]  # the CPU may be shared: a busy core halves the parallel speed-up
+    with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
+        tmp = Path(tmp)
+        print(f"prepare() on {a.data} ...", file=sys.stderr)
+        small = run_child(a.data, tmp / "cache1")
+        big_path = tmp / f"x{a.repeat}.txt"
+        text = Path(a.data).read_bytes()
+        with open(big_path, "wb") as f:
+            for _ in range(a.repeat):
+                f.write(text)
+        print(f"prepare() on the same text x{a.repeat} ({big_path.stat().st_size / 1e6:.1f} MB) ...",
+              file=sys.stderr)
+        big = run_child(big_path, tmp / "cache10")
+        print("tokenization: loop vs batched vs parallel ...", file=sys.stderr)
+        tokenizer_path = next((tmp / "cache1").glob("tokenizer-*/tokenizer.json"))
+        speed = tokenization_speeds(a.data, tokenizer_path)
+
+    ratio = big["peak_rss_mb"] / small["peak_rss_mb"]
+
+    def mem(r, kind):
+        return f"{r[f'peak_{kind}_mb']:.0f} MB (after imports {r[f'baseline_{kind}_mb']:.0f} MB)"
+
+    result = {
+        "data": os.path.basename(a.data), "vocab_size": 4096, "cpus": os.cpu_count(), "load_average": load,
+        "python": platform.python_version(), "end_to_end": small, "end_to_end_repeated": big,
+        "tokenization": speed, "peak_rss_ratio": ratio, "peak_rss_ratio_ok": ratio < 1.5,
+    }
+    name = os.path.basename(a.data)
+    rows = [
+        ("end to end: prepare(), cold cache", f"{name}, {small['mb']:.1f} MB",
+         f"{small['mb'] / small['seconds']:.2f} MB/s ({small['seconds']:.1f} s, {small['tokens']:,} tokens)"),
+        ("end to end: prepare(), cold cache", f"x{a.repeat}, {big['mb']:.1f} MB",
+         f"{big['mb'] / big['seconds']:.2f} MB/s ({big['seconds']:.1f} s)"),
+        ("tokenize: single-threaded loop", f"{name}, {speed['docs']:,} docs",
+         f"{speed['loop_mb_s']:.2f} MB/s ({speed['loop_s']:.2f} s)"),
+        ("tokenize: batched, 1 thread", "same", f"{speed['batched_1_thread_mb_s']:.2f} MB/s "
+                                                f"({speed['batched_1_thread_s']:.2f} s)"),
+        (f"tokenize: parallel path, {speed['threads']} threads", "same",
+         f"{speed['parallel_mb_s']:.2f} MB/s ({speed['parallel_s']:.2f} s)"),
+        ("speed-up: parallel vs loop", "", f"{speed['speedup_parallel_vs_loop']:.2f}x"),
+        ("speed-up: parallel vs batched 1 thread", "",
+         f"{speed['speedup_parallel_vs_batched_1_thread']:.2f}x"),
+        ("peak RSS: prepare()", name, mem(small, "rss")),
+        ("peak RSS: prepare()", f"x{a.repeat}", mem(big, "rss")),
+        ("peak anonymous memory: prepare()", name, mem(small, "anon")),
+        ("peak anonymous memory: prepare()", f"x{a.repeat}", mem(big, "anon")),
+        (f"peak RSS ratio x{a.repeat} / x1 (must be < 1.5)", "",
+         f"{ratio:.2f} {'ok' if ratio < 1.5 else 'FAIL'}"),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    header = ("measurement", "input", "result")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{os.cpu_count()} CPUs, load average {load:.2f} at the start (other processes share the CPUs)")
+    print(f"wrote {a.out}")
+    if ratio >= 1.5:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

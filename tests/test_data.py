@@ -1,0 +1,540 @@
+"""data.py: sources, the BPE tokenizer, token shards and their cache, batches, bits per byte, bad input.
+
+Every output goes under tmp_path (cache_dir, and with it the `datasets` cache of local files). The
+hub is only tested offline (conftest sets HF_HUB_OFFLINE=1): its failure must be fast and one line.
+"""
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import ROOT, shared_file
+
+import data
+from config import SPECIAL_TOKENS, ModelArgs, TrainArgs
+from data import DataError, TokenData, Tokenizer
+
+EOT = "<|endoftext|>"
+NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max"]
+THINGS = ["red ball", "big box", "shiny stone", "little boat", "blue kite", "funny hat", "green frog"]
+
+
+def stories(n, start=0):
+    """n short stories, different from each other, each with two paragraphs."""
+    out = []
+    for i, (name, thing) in enumerate(itertools.islice(itertools.product(NAMES, THINGS), start, start + n)):
+        out.append(f"Once upon a time, {name} found a {thing} in the park. {name} was very happy.\n\n"
+                   f"{name} played with the {thing} all day, and story {start + i} ended well.")
+    return out
+
+
+def write(path, text, mode="w"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def official(docs):
+    """The official TinyStories .txt layout: stories separated by a line holding <|endoftext|>."""
+    return "".join(d + "\n" + EOT + "\n" for d in docs)
+
+
+def write_jsonl(path, records):
+    return write(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def targs(tmp_path, **kw):
+    kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    kw.setdefault("num_proc", 2)
+    return TrainArgs(**kw)
+
+
+def margs(vocab=300, seq_len=32, **kw):
+    return ModelArgs(vocab_size=vocab, dim=64, n_layers=1, n_heads=2, n_kv_heads=1, expert_dim=64, mlp_dim=64,
+                     max_seq_len=seq_len, **kw)
+
+
+def run(tmp_path, vocab=300, seq_len=32, **kw):
+    logs = []
+    tok, train, val = data.prepare(targs(tmp_path, **kw), margs(vocab, seq_len), log=logs.append)
+    return tok, train, val, logs
+
+
+def stream(docs):
+    return "".join(EOT + d.strip() for d in docs)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Training stories in the official layout, validation stories separated by blank lines."""
+    train_docs, val_docs = stories(30), [s.replace("\n\n", " ") for s in stories(5, start=30)]
+    train = write(tmp_path / "src" / "train.txt", official(train_docs))
+    val = write(tmp_path / "src" / "val.txt", "\n\n".join(val_docs) + "\n")
+    return train, val, train_docs, val_docs
+
+
+def small_tokenizer(vocab=300):
+    return Tokenizer.train(stories(30), vocab)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+
+
+def test_txt_official_layout_and_blank_line_documents(tmp_path, corpus):
+    train_path, val_path, train_docs, val_docs = corpus
+    tok, train, val, logs = run(tmp_path, data=str(train_path), val_data=str(val_path))
+    # [eos] doc1 [eos] doc2 ...: the documents, in order, each preceded by the separator
+    assert tok.decode(train.tokens) == stream(train_docs)
+    assert tok.decode(val.tokens) == stream(val_docs)
+    assert train.tokens[0] == tok.eos_id and val.tokens[0] == tok.eos_id
+    assert (train.n_docs, val.n_docs) == (30, 5)
+    assert train.n_bytes == sum(len(d.encode()) for d in train_docs)
+    assert train.tokens.dtype == np.uint16 and not train.tokens.flags.writeable
+    assert train.meta["n_tokens"] == len(train.tokens) == train.n_tokens
+    assert any("train: cache miss, tokenized 30 documents" in line for line in logs)
+
+
+def test_jsonl_and_parquet_with_a_text_field(tmp_path):
+    docs = stories(20)
+    train = write_jsonl(tmp_path / "train.jsonl", [{"id": i, "story": d} for i, d in enumerate(docs)])
+    val = tmp_path / "val.parquet"
+    pq.write_table(pa.table({"story": docs[:3], "n": [1, 2, 3]}), val)
+    tok, tr, va, _ = run(tmp_path, data=str(train), val_data=str(val), text_field="story")
+    assert tok.decode(tr.tokens) == stream(docs)
+    assert tok.decode(va.tokens) == stream(docs[:3])
+
+
+def test_folder_and_glob_read_files_in_sorted_order(tmp_path):
+    a, b, c = stories(4), stories(4, start=4), stories(4, start=8)
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(a))
+    write_jsonl(folder / "b.jsonl", [{"text": d} for d in b])
+    write(folder / "sub" / "c.txt", official(c))
+    write(folder / "notes.md", "not read")
+    tok, train, _, _ = run(tmp_path, data=str(folder), val_data=str(folder / "a.txt"))
+    assert tok.decode(train.tokens) == stream(a + b + c)
+    tok, train, _, _ = run(tmp_path, data=str(folder / "**" / "*.txt"), val_data=str(folder / "a.txt"))
+    assert tok.decode(train.tokens) == stream(a + c)
+
+
+def test_held_out_validation_is_deterministic_and_logged(tmp_path):
+    docs = stories(40)
+    path = write(tmp_path / "all.txt", official(docs))
+    tok, train, val, logs = run(tmp_path, data=str(path), val_fraction=0.1)
+    held = [d for i, d in enumerate(docs) if i % 10 == 9]  # 1 in 10, evenly spread
+    assert tok.decode(val.tokens) == stream(held)
+    assert tok.decode(train.tokens) == stream([d for d in docs if d not in held])
+    assert any("1 in 10 documents of --data, held out" in line for line in logs)
+
+
+def test_shared_train_sample(tmp_path):
+    path = shared_file("train-sample.txt")
+    text = path.read_text(encoding="utf-8")
+    docs = [d.strip() for d in text.split(EOT) if d.strip()]
+    assert len(docs) == 115
+    t0 = time.time()
+    tok, train, val, logs = run(tmp_path, vocab=2048, seq_len=256, data=str(path))
+    elapsed = time.time() - t0
+    assert train.n_docs + val.n_docs == 115 and val.n_docs == 1  # 1 in 100 held out
+    assert tok.decode(val.tokens) == stream([docs[99]])
+    assert tok.decode(train.tokens) == stream(docs[:99] + docs[100:])
+    assert train.n_bytes + val.n_bytes == sum(len(d.encode()) for d in docs)
+    assert int(tok.token_bytes[train.tokens].sum()) == train.n_bytes
+    assert elapsed < 15, f"prepare() on a 78 KB file took {elapsed:.1f} s"
+    # the tiny preset's 4096 tokens are more than these 78 KB can fill: a clear one-line error
+    with pytest.raises(DataError, match=r"--vocab_size 4096: the training text can only fill \d+ tokens"):
+        run(tmp_path, vocab=4096, data=str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+ROUND_TRIP = [
+    "", " ", "  two  spaces  ", "Once upon a time", "\r\n\t\x00\x07", "naïve café", "🙂👍🏽👨‍👩‍👧",
+    "日本語のテキスト", "Ελληνικά", "العربية", "हिन्दी", "한국어", "e\u0301 combining", "\U0001F600" * 5,
+    EOT + "special tokens as text" + "<|image|><|patch|>", "<|endof", "\ufffd replacement char",
+]
+
+
+def test_round_trip_on_any_utf8_string():
+    tok = small_tokenizer()
+    for s in ROUND_TRIP:
+        assert tok.decode(tok.encode(s)) == s, s
+        assert tok.decode(itertools.chain.from_iterable(tok.encode_docs([s]))) == s, s
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # random code points from the whole Unicode range, surrogates excepted
+        cps = rng.integers(1, 0x10FFFF, size=20)
+        s = "".join(chr(c) for c in cps if not 0xD800 <= c < 0xE000)
+        assert tok.decode(tok.encode(s)) == s
+
+
+def test_special_tokens_ids_and_token_bytes():
+    tok = small_tokenizer()
+    assert tok.special_ids() == {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+    defaults = ModelArgs()
+    assert all(getattr(defaults, name) == i for name, i in tok.special_ids().items())
+    assert tok.eos_id == 0 and tok.vocab_size == 300
+    assert tok.token_bytes.shape == (300,) and (tok.token_bytes[:8] == 0).all()
+    assert (tok.token_bytes[8:] >= 1).all()
+    s = "Once upon a time 🙂 ü"
+    assert tok.token_bytes[tok.encode(s)].sum() == len(s.encode())
+    # encode() reads special-token strings as special tokens; the shards keep them as text
+    assert tok.encode(EOT) == [0]
+    assert 0 not in tok.encode_docs([EOT])[0]
+
+
+def test_training_is_deterministic_and_saved_atomically(tmp_path):
+    a, b = small_tokenizer(), small_tokenizer()
+    assert a.hash == b.hash
+    a.save(tmp_path / "tok" / "tokenizer.json")
+    assert [p.name for p in (tmp_path / "tok").iterdir()] == ["tokenizer.json"]
+    c = Tokenizer.load(tmp_path / "tok" / "tokenizer.json")
+    assert c.hash == a.hash and c.encode("Tom was happy") == a.encode("Tom was happy")
+
+
+def test_tokenizer_json_loads_in_transformers(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+    tok = small_tokenizer()
+    tok.save(tmp_path / "tokenizer.json")
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    for s in ["Once upon a time, Lily 🙂", "naïve\r\n日本語"]:
+        assert hf.encode(s, add_special_tokens=False) == tok.encode(s)
+        assert hf.decode(tok.encode(s), clean_up_tokenization_spaces=False) == s
+    exported = tok.to_transformers()
+    assert (exported.eos_token_id, exported.pad_token_id) == (0, 1)
+
+
+def test_parallel_tokenization_equals_serial(tmp_path):
+    tok = small_tokenizer()
+    docs = stories(42)
+    batches = [docs[i:i + 5] for i in range(0, len(docs), 5)]
+    one = write_tokens_arr(tmp_path / "one", batches, tok, threads=1)
+    three = write_tokens_arr(tmp_path / "three", batches, tok, threads=3)
+    loop = np.concatenate([[tok.eos_id] + tok.encode(d) for d in docs])
+    assert np.array_equal(one, three) and np.array_equal(one, loop)
+
+
+def write_tokens_arr(folder, batches, tok, threads):
+    return np.asarray(data.write_tokens(folder, batches, tok, threads=threads).tokens)
+
+
+def test_shards_are_uint32_past_65536_tokens(tmp_path):
+    tok = small_tokenizer()
+    tok.vocab_size = 70000  # as a 70k-token tokenizer would say; its ids here are all < 300
+    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    assert shard.tokens.dtype == np.uint32 and shard.meta["dtype"] == "uint32"
+    assert tok.decode(shard.tokens) == stream(stories(3))
+    assert TokenData(shard.path).n_tokens == shard.n_tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+def shard_files(cache):
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.parent.parent.name == "tokens")
+
+
+def test_cache_reuse_and_invalidation(tmp_path, corpus):
+    train_path, val_path, train_docs, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, train, val, logs = run(tmp_path, **kw)
+    stamp = (train.path / "tokens.bin").stat().st_mtime_ns
+    tok2, train2, val2, logs2 = run(tmp_path, **kw)
+    assert sum("cache hit" in line for line in logs2) == 3  # tokenizer, train and validation shards
+    assert tok2.hash == tok.hash and train2.path == train.path
+    assert (train2.path / "tokens.bin").stat().st_mtime_ns == stamp
+    # the training text changes: a new tokenizer, new shards, the old ones untouched
+    more = train_docs + stories(3, start=35)
+    write(train_path, official(more))
+    tok3, train3, val3, logs3 = run(tmp_path, **kw)
+    assert not any("cache hit" in line for line in logs3)
+    assert tok3.hash != tok.hash and train3.path != train.path and val3.path != val.path
+    assert tok3.decode(train3.tokens) == stream(more)
+    assert TokenData(train.path, tok.hash).n_docs == 30
+    # another vocabulary: another tokenizer, so other shards for the same text
+    tok4, train4, _, _ = run(tmp_path, vocab=320, **kw)
+    assert tok4.vocab_size == 320 and train4.path != train3.path
+
+
+def test_prepare_eval_builds_the_same_validation_shard_alone(tmp_path, corpus):
+    train_path, val_path, _, _ = corpus
+    tok, _, val, _ = run(tmp_path, data=str(train_path), val_data=str(val_path))
+    other = tmp_path / "other"
+    logs = []
+    args = targs(other, data=str(train_path), val_data=str(val_path))
+    alone = data.prepare_eval(args, margs(), tok, log=logs.append)
+    assert np.array_equal(alone.tokens, val.tokens) and alone.path.name == val.path.name
+    assert not list((other / "cache" / "tokens").glob("train-*"))  # no training shard was built
+    assert not list((other / "cache").glob("tokenizer-*"))  # and no tokenizer trained
+    with pytest.raises(DataError, match="pass --vocab_size 300"):
+        data.prepare_eval(args, margs(vocab=512), tok)
+
+
+def test_cache_written_by_another_tokenizer_is_refused_and_rebuilt(tmp_path, corpus):
+    train_path, val_path, train_docs, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, train, _, _ = run(tmp_path, **kw)
+    other = Tokenizer.train(stories(10), 280)
+    with pytest.raises(DataError, match="was written by tokenizer .*, not by this run's"):
+        TokenData(train.path, other.hash)
+    # plant a shard by another tokenizer where this run's shard belongs: prepare() must not trust it
+    data.write_tokens(train.path, [["some other text"]], other, meta=dict(train.meta))
+    _, again, _, logs = run(tmp_path, **kw)
+    assert any("train: not reusing the cache" in line and "tokenizer" in line for line in logs)
+    assert again.meta["tokenizer_hash"] == tok.hash and tok.decode(again.tokens) == stream(train_docs)
+
+
+def test_interrupted_tokenization_leaves_nothing_and_is_rebuilt(tmp_path, corpus, monkeypatch):
+    train_path, val_path, train_docs, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, train, _, _ = run(tmp_path, **kw)
+    folder = train.path
+    # 1. an interruption while writing: no shard, no meta.json, no temporary file left
+    calls = []
+    real = Tokenizer.encode_docs
+
+    def flaky(self, texts, threads=1):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, texts, threads)
+
+    monkeypatch.setattr(Tokenizer, "encode_docs", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        data.write_tokens(folder, [train_docs[:10], train_docs[10:20], train_docs[20:]], tok)
+    monkeypatch.undo()
+    assert list(folder.iterdir()) == []
+    _, train, _, logs = run(tmp_path, **kw)
+    assert any("no meta.json" in line for line in logs) and train.n_docs == 30
+    # 2. a killed run (no cleanup): a truncated shard beside a meta.json that promises more
+    with open(folder / "tokens.bin", "r+b") as f:
+        f.truncate(100)
+    write(folder / ".tmp-123-tokens.bin", b"\x00" * 10)
+    with pytest.raises(DataError, match="not the .* tokens meta.json promises"):
+        TokenData(folder)
+    _, train, _, logs = run(tmp_path, **kw)
+    assert any("not reusing the cache" in line for line in logs)
+    assert tok.decode(train.tokens) == stream(train_docs)
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokens.bin"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def test_batches_are_a_pure_function_of_seed_step_and_micro():
+    tokens = np.arange(5000, dtype=np.uint16)
+    B, T = 4, 16
+    x, y = data.get_batch(tokens, B, T, seed=1, step=0, micro=0)
+    assert x.shape == y.shape == (B, T) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y[:, -1], x[:, -1] + 1)
+    assert torch.equal(x - x[:, :1], torch.arange(T).expand(B, T))  # contiguous windows of the stream
+
+    def run_steps(steps, grad_accum=4, world=1, rank=0):
+        return [data.get_batch(tokens, B, T, seed=1337, step=s, micro=m)
+                for s in steps for m in range(rank, grad_accum, world)]
+
+    full = run_steps(range(10))
+    resumed = run_steps(range(6, 10))  # a fresh process resuming at step 6
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[24:], resumed,
+                                                                                     strict=True))
+    # two DDP ranks take micro-batches r, r+W, ...: together the single process's global batch
+    r0, r1 = run_steps(range(3), world=2, rank=0), run_steps(range(3), world=2, rank=1)
+    merged = [b for pair in zip(r0, r1, strict=True) for b in pair]
+    single = run_steps(range(3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(merged, single, strict=True))
+    assert not any(torch.equal(a[0], b[0]) for a in r0 for b in r1)  # ranks never draw the same stream
+    other = data.get_batch(tokens, B, T, seed=2, step=0, micro=0)[0]
+    assert not torch.equal(other, x)
+
+
+def test_get_batch_on_a_memmap_shard(tmp_path):
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(10)], tok)
+    x, y = data.get_batch(shard, 3, 32, seed=0, step=5, micro=1)
+    start = x[0, 0].item()
+    assert x.shape == (3, 32) and int(x.max()) < tok.vocab_size and start >= 0
+    with pytest.raises(DataError, match="fewer than one window"):
+        data.get_batch(shard.tokens[:20], 3, 32, seed=0, step=0, micro=0)
+
+
+@pytest.mark.parametrize("n", [101, 102, 103, 111])
+def test_validation_windows_cover_every_token_once(n):
+    tokens = (np.arange(n) * 7 % 300).astype(np.uint16)
+    T = 10
+    windows = data.n_val_windows(tokens, T)
+    assert windows == math.ceil((n - 1) / T)
+
+    def targets(batches):
+        xs, ys = [], []
+        for x, y in batches:
+            assert x.shape == y.shape and x.shape[1] == T and x.shape[0] <= 4
+            keep = y >= 0
+            xs.append(x[keep])
+            ys.append(y[keep])
+        return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+    x, y = targets(data.val_batches(tokens, 4, T))
+    assert np.array_equal(y, tokens[1:]) and np.array_equal(x, tokens[:-1])  # each target exactly once
+    # independent of world size: ranks' ranges of windows join into the same ordered set
+    for world in [2, 3]:
+        parts = [targets(data.val_batches(tokens, 4, T, start=a, stop=b))
+                 for a, b in (data.rank_windows(windows, r, world) for r in range(world))]
+        assert np.array_equal(np.concatenate([p[1] for p in parts]), tokens[1:])
+    # a cap keeps a fixed prefix: the first 5 windows, the targets tokens[1:51]
+    assert data.n_val_windows(tokens, T, max_windows=5) == 5
+    _, y = targets(data.val_batches(tokens, 4, T, max_windows=5))
+    assert np.array_equal(y, tokens[1:51])
+
+
+def test_bits_per_byte_bookkeeping_against_a_hand_count(tmp_path):
+    # "héllo wörld": h é(2) l l o, space, w ö(2) r l d = 6 + 1 + 6 = 13 bytes; "🙂 ok": 4 + 1 + 2 = 7
+    docs = ["héllo wörld", "🙂 ok"]
+    assert sum(len(d.encode()) for d in docs) == 20
+    train = write(tmp_path / "train.txt", official(stories(30)))
+    val = write(tmp_path / "val.txt", "\n\n".join(docs) + "\n")
+    tok, _, val_data, _ = run(tmp_path, data=str(train), val_data=str(val), seq_len=4)
+    assert val_data.n_bytes == 20
+    counted = [data.count_bytes(y, tok.token_bytes) for _, y in data.val_batches(val_data.tokens, 2, 4)]
+    assert sum(counted) == 20
+    # one batch by hand: bytes of "é" (2) + "l" (1) + padding (-1: none) + separator (0)
+    y = torch.tensor([[*tok.encode("é"), *tok.encode("l"), -1, tok.eos_id]])
+    assert data.count_bytes(y, tok.token_bytes) == 3
+    assert data.count_bytes(y.numpy(), tok.token_bytes) == 3
+    assert data.bits_per_byte(20 * math.log(2) * 1.5, 20) == pytest.approx(1.5)
+    assert data.bits_per_byte(math.log(2), 1) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, a DataError, nothing half-written
+
+
+def no_partial_files(cache):
+    """No temporary file, and every shard folder holds a shard that opens (complete, checked)."""
+    if not cache.exists():
+        return True
+    if any(p.name.startswith(".tmp-") for p in cache.rglob("*")):
+        return False
+    for folder in cache.glob("tokens/*"):
+        if any(folder.iterdir()):
+            TokenData(folder)
+    return True
+
+
+LATIN1 = ("café crème brûlée à la mode. " * 50).encode("latin-1")  # 1450 bytes, 250 not UTF-8
+BAD = {  # case: (files written in the test, prepare() settings, the expected message)
+    "missing path": ({}, dict(data="{tmp}/nope.txt"), r"--data: no such file '.*nope.txt'; check the path"),
+    "empty glob": ({}, dict(data="{tmp}/*.jsonl"),
+                   r"--data: no files match '.*\*.jsonl'; check the path or glob"),
+    "empty file": ({"e.txt": ""}, dict(data="{tmp}/e.txt"), r"--data: '.*e.txt' is empty"),
+    "unknown format": ({"x.csv": "a,b"}, dict(data="{tmp}/x.csv"),
+                       r"'.*x.csv' is not .txt, .jsonl or .parquet"),
+    "no usable text": ({"s.txt": f"\n{EOT}\n   \n\n{EOT}\n"}, dict(data="{tmp}/s.txt"),
+                       r"'.*s.txt' has no usable text \(only whitespace and <\|endoftext\|> separators\)"),
+    "no usable jsonl text": ({"j.jsonl": '{"text": ""}\n{"text": "  "}\n'}, dict(data="{tmp}/j.jsonl"),
+                             r"--data .*j.jsonl .* has no usable text"),
+    "not utf-8": ({"l.txt": LATIN1}, dict(data="{tmp}/l.txt"),
+                  r"'.*l.txt' is not UTF-8 text \(250 of 1,450 bytes are not UTF-8\); convert it"),
+    "jsonl line without the field": (
+        {"t.jsonl": '{"text": "a story"}\n{"text": "another"}\n\n{"title": "oops", "id": 3}\n'},
+        dict(data="{tmp}/t.jsonl"),
+        r"--data: .*t.jsonl: line 4 has no 'text' field \(it has: title, id\); every line needs one"),
+    "jsonl line not json": ({"b.jsonl": '{"text": "a story"}\n{"text": \n'}, dict(data="{tmp}/b.jsonl"),
+                            r"b.jsonl: line 2 is not valid JSON"),
+    "jsonl text not a string": ({"n.jsonl": '{"text": "a"}\n{"text": 5}\n'}, dict(data="{tmp}/n.jsonl"),
+                                r"n.jsonl: line 2: 'text' is int, not text"),
+    "vocabulary the corpus cannot fill": (
+        {"v.txt": "a b a b a b\n"}, dict(data="{tmp}/v.txt", val_data="{tmp}/v.txt"),
+        r"--vocab_size 300: the training text can only fill \d+ tokens .*; pass --vocab_size \d+ or less"),
+    "vocabulary too small": (
+        {"v.txt": "a b\n"}, dict(data="{tmp}/v.txt", val_data="{tmp}/v.txt", vocab=200),
+        r"--vocab_size 200 is too small: a byte-level BPE needs at least 264"),
+    "nothing to hold out": (
+        {"f.txt": official(stories(5))}, dict(data="{tmp}/f.txt"),
+        r"holding out 1 in 100 of its 5 documents leaves none for validation; pass --val_data"),
+    "shorter than a window": (
+        {"w.txt": official(stories(2))},
+        dict(data="{tmp}/w.txt", val_data="{tmp}/w.txt", vocab=270, seq_len=256),
+        r"fewer than one training window of --max_seq_len \+ 1 = 257"),
+    "missing tokenizer": ({"t.txt": "text\n"}, dict(data="{tmp}/t.txt", tokenizer="{tmp}/none.json"),
+                          r"--tokenizer: no such file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_one_line_error(tmp_path, case):
+    files, kw, pattern = BAD[case]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, content in files.items():
+        write(src / name, content)
+    kw = {k: v.format(tmp=src) if isinstance(v, str) else v for k, v in kw.items()}
+    model = {k: kw.pop(k) for k in ["vocab", "seq_len"] if k in kw}
+    with pytest.raises(DataError, match=pattern) as e:
+        run(tmp_path, **model, **kw)
+    assert "\n" not in str(e.value)
+    assert no_partial_files(tmp_path / "cache")
+
+
+def test_parquet_without_the_text_column(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"story": ["a", "b"]}), path)
+    with pytest.raises(DataError, match=r"p.parquet: has no column 'text' \(it has: story\); pass"):
+        run(tmp_path, data=str(path))
+    pq.write_table(pa.table({"text": ["a", None]}), path)
+    with pytest.raises(DataError, match=r"row 1: 'text' is empty \(null\)"):
+        run(tmp_path, data=str(path))
+
+
+def test_a_few_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
+    good = official(stories(30)).encode()
+    path = write(tmp_path / "t.txt", good[:100] + b"\xff\xfe" + good[100:200] + b"\xe9" + good[200:])
+    tok, train, _, logs = run(tmp_path, data=str(path), val_data=str(path))
+    assert any(f"{path}: 3 bytes that are not UTF-8 replaced by U+FFFD" in line for line in logs)
+    assert tok.decode(train.tokens).count("\ufffd") == 3
+
+
+def test_tokenizer_that_disagrees_with_the_model(tmp_path, corpus):
+    train_path, val_path, _, _ = corpus
+    tok = small_tokenizer(300)
+    tok.save(tmp_path / "tok.json")
+    kw = dict(data=str(train_path), val_data=str(val_path), tokenizer=str(tmp_path / "tok.json"))
+    with pytest.raises(DataError, match=r"has 300 tokens but --vocab_size is 400; pass --vocab_size 300"):
+        run(tmp_path, vocab=400, **kw)
+    _, train, _, _ = run(tmp_path, vocab=300, **kw)
+    assert train.meta["tokenizer_hash"] == tok.hash
+    with pytest.raises(DataError, match=r"<\|pad\|> at id 1 but --pad_id is 9; pass --pad_id 1"):
+        data.check_tokenizer(tok, margs(300, pad_id=9))
+
+
+def test_hub_offline_fails_fast_naming_data(tmp_path):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    t0 = time.time()
+    with pytest.raises(DataError, match=r"offline .* pass --data FILE") as e:
+        run(tmp_path, hf_dataset="roneneldan/TinyStories")
+    assert time.time() - t0 < 10 and "\n" not in str(e.value)
+
+
+def test_command_line_error_is_one_line_and_exit_1(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cache = tmp_path / "cache"
+    p = subprocess.run([sys.executable, str(ROOT / "data.py"), "--preset", "tiny", "--data", "missing.txt",
+                        "--cache_dir", str(cache)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr == "data.py: error: --data: no such file 'missing.txt'; check the path\n"
+    assert not cache.exists()
