@@ -407,14 +407,18 @@ def save_json(path, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash at any moment leaves the old file or the new."""
+def atomic_write(path, data) -> None:
+    """Replace `path` with `data` (bytes, or a function writing to a binary file) so that a crash
+    at any moment leaves either the old file or the new one, never a mix."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -500,7 +504,17 @@ def build_parser(prog, description, classes, defaults):
     return parser
 
 
-def parse_args(classes, argv=None, prog=None, description=None):
+class Parsed(tuple):
+    """(preset name, instances) with `.given`: the field names (and "preset") typed on the
+    command line, so that a resume can tell what the user asked to change."""
+
+    def __new__(cls, preset, args, given):
+        obj = super().__new__(cls, (preset, args))
+        obj.given = given
+        return obj
+
+
+def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
     """Parse `--preset NAME --field value ...` into one instance of each class in `classes`.
 
     Errors (unknown option, bad type, out of range) print one line and exit with status 2.
@@ -517,6 +531,8 @@ def parse_args(classes, argv=None, prog=None, description=None):
 
     parser = build_parser(prog, description, classes, defaults)
     ns = parser.parse_args(argv)
+    given = {a.dest for a in parser._actions if any(o in argv or any(x.startswith(o + "=") for x in argv)
+                                                     for o in a.option_strings)}
     out = []
     for cls in classes:
         values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
@@ -527,4 +543,4 @@ def parse_args(classes, argv=None, prog=None, description=None):
             out.append(cls(**values))
         except ConfigError as e:
             parser.error(str(e))
-    return ns.preset, tuple(out)
+    return Parsed(ns.preset, tuple(out), frozenset(given))

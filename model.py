@@ -623,6 +623,19 @@ def init_weights(model: Llama4, std: float | None = None):
             nn.init.constant_(m.router_noise.bias, math.log(math.expm1(ROUTER_NOISE_INIT)))
 
 
+def build_from_state(args: ModelArgs, state: dict, device="cpu") -> Llama4:
+    """A model holding `state` (tensors already on `device`), built on the meta device so no
+    random initialisation is computed and thrown away."""
+    with torch.device("meta"):
+        model = Llama4(args)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.inv_freq = rope_frequencies(args).to(device)  # non-persistent buffers: compute them
+    if args.vision:
+        cos, sin = vision_rope(args)
+        model.vision_model.rope_cos, model.vision_model.rope_sin = cos.to(device), sin.to(device)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameter counts
 

@@ -139,7 +139,8 @@ def main(argv=None):
     result = {
         "config": {**base, "batch": a.batch, "dtype": "float32", "threads": 2, "repeats": repeats,
                    "torch": torch.__version__},
-        "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]} for v, c in counts.items()},
+        "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
+                   for v, c in counts.items()},
         "step_seconds": secs,
         "tokens_per_second": {v: tokens / s for v, s in secs.items()},
         "peak_step_memory_mb": {v: m / 2**20 for v, m in mem.items()},

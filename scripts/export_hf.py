@@ -22,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import config  # noqa: E402
 from config import ModelArgs  # noqa: E402
-from model import Llama4, rope_frequencies, vision_rope  # noqa: E402
+from model import Llama4, build_from_state  # noqa: E402
 
 TOP_LEVEL = {"boi_token_index", "eoi_token_index", "image_token_index"}  # Llama4Config, not text
 
@@ -138,8 +137,6 @@ def load_hf(folder, device="cpu") -> Llama4:
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder / name} is missing; is {folder} an exported HF folder?")
     args = args_from_hf(json.loads((folder / "config.json").read_text()))
-    with torch.device("meta"):
-        model = Llama4(args)
     state = load_file(str(folder / "model.safetensors"), device=str(device))
     prefix = "language_model." if args.vision else ""
     ours = {}
@@ -149,13 +146,7 @@ def load_hf(folder, device="cpu") -> Llama4:
         elif name.startswith(prefix + "lm_head."):
             name = name.removeprefix(prefix)
         ours[name] = tensor
-    model.load_state_dict(ours, strict=True, assign=True)
-    # the non-persistent buffers are still on the meta device: compute them
-    model.inv_freq = rope_frequencies(args).to(device)
-    if args.vision:
-        cos, sin = vision_rope(args)
-        model.vision_model.rope_cos, model.vision_model.rope_sin = cos.to(device), sin.to(device)
-    return model.eval()
+    return build_from_state(args, ours, device).eval()
 
 
 def main(argv=None):

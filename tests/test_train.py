@@ -1,0 +1,370 @@
+"""train.py: loss falls, schedule, accumulation, exact resume, crashes, DDP, NaN, signals, logging,
+bad input. Small models on small text so that the whole file runs in about a minute."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, shared_file
+
+import config
+import train
+from config import ModelArgs, TrainArgs
+from model import Llama4
+
+WORDS = ("the cat sat on a mat and a dog ran to the park where kids play with a red ball "
+         "every day mom said be kind lily smiled tim was happy they ate cake").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small synthetic story file in the official TinyStories layout."""
+    import random
+    rng = random.Random(0)
+    stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))).capitalize() + "."
+               for _ in range(200)]
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def args(tmp_path, corpus, cache, *extra, run="r"):
+    return ["--preset", "tiny", "--vocab_size", "320", "--dim", "32", "--n_layers", "2", "--n_heads", "2",
+            "--n_kv_heads", "1", "--expert_dim", "32", "--mlp_dim", "64", "--n_experts", "4",
+            "--nope_every", "2", "--max_seq_len", "32", "--attn_chunk_size", "8", "--attn_floor_scale", "8",
+            "--batch_size", "4", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
+            "--cache_dir", str(cache), "--plot", str(tmp_path / "loss.png"), "--wandb_mode", "disabled",
+            "--eval_windows", "4", "--log_every", "1", "--warmup_steps", "2", *extra, "--run", run]
+
+
+def metrics(tmp_path, run="r", kind="train"):
+    lines = (tmp_path / "ckpt" / run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def weights(tmp_path, run="r", name="last.pt"):
+    return train.load_checkpoint(tmp_path / "ckpt" / run / name)["model"]
+
+
+# --- learning and the schedule --------------------------------------------------------------
+
+def test_loss_falls_on_real_text(tmp_path, cache):
+    text = shared_file("train-sample.txt")
+    a = args(tmp_path, text, cache, "--max_steps", "40", "--eval_every", "20", "--lr", "3e-3",
+             "--vocab_size", "512", "--batch_size", "8")
+    train.main(a)
+    losses = [r["lm_loss"] for r in metrics(tmp_path)]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.8
+    val = metrics(tmp_path, kind="val")
+    assert val[-1]["nats_per_token"] < val[0]["nats_per_token"]
+    assert val[-1]["bits_per_byte"] > 0 and val[-1]["bytes"] > 0
+
+
+def test_schedule_shape():
+    a = TrainArgs(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    lrs = [train.lr_at(a, s) for s in range(110)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup
+    assert all(x < y for x, y in zip(lrs[:10], lrs[1:10], strict=False))
+    assert lrs[10] == pytest.approx(1.0)
+    assert train.lr_at(a, 60) == pytest.approx(0.55)  # half way down the cosine
+    assert all(x >= y for x, y in zip(lrs[10:], lrs[11:], strict=False))
+    assert train.lr_at(a, 110) == pytest.approx(0.1) and train.lr_at(a, 500) == pytest.approx(0.1)
+    budget = TrainArgs(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10**9, max_minutes=10)
+    assert train.lr_at(budget, 5, minutes=5.0) == pytest.approx(0.5)  # laid over the clock
+    assert train.lr_at(budget, 5, minutes=10.0) == pytest.approx(0.0)
+
+
+def test_accumulation_k_by_b_equals_one_batch_of_k_times_b():
+    torch.manual_seed(0)
+    model = Llama4(ModelArgs(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, expert_dim=16,
+                             n_experts=4, max_seq_len=16, router_noise=False, router_aux_loss_coef=0.0))
+    x = torch.randint(0, 64, (8, 16))
+    grads = []
+    for k in [1, 4]:
+        model.zero_grad()
+        batches = list(zip(x.chunk(k), x.roll(1, 1).chunk(k), strict=True))
+        train.accumulate(model, batches, 0, 0, list(range(k)), train.nullcontext(), train.nullcontext)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# --- checkpoints and resume -----------------------------------------------------------------
+
+class Crash(BaseException):
+    pass
+
+
+def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
+    base = ["--max_steps", "8", "--eval_every", "3", "--save_every", "4"]
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    real_save = train.save_checkpoint
+
+    def crash_after_step_4(path, state):
+        real_save(path, state)
+        if state["step"] == 4 and str(path).endswith("last.pt"):
+            raise Crash()
+    monkeypatch.setattr(train, "save_checkpoint", crash_after_step_4)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base, run="broken"))
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert train.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")["step"] == 4
+    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="broken"))
+    whole, broken = metrics(tmp_path, "whole"), metrics(tmp_path, "broken")
+    assert [r["step"] for r in broken] == list(range(1, 9))  # lines of the crashed run were replaced
+    assert [r["loss"] for r in whole] == [r["loss"] for r in broken]  # bit for bit
+    assert [r["nats_per_token"] for r in metrics(tmp_path, "whole", "val")] == \
+        [r["nats_per_token"] for r in metrics(tmp_path, "broken", "val")]
+    a, b = weights(tmp_path, "whole"), weights(tmp_path, "broken")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = train.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")
+    for key in ["optimizer", "rng", "data_position", "tokenizer", "best_val", "model_args", "train_args"]:
+        assert key in ckpt
+    assert (tmp_path / "ckpt" / "broken" / "best.pt").exists()
+    assert (tmp_path / "ckpt" / "broken" / "tokenizer.json").exists()
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys, torch
+sys.path.insert(0, {root!r})
+import train
+real = torch.save
+def half_then_die(obj, f, *a, **k):
+    if obj.get("step") == 4:
+        f.write(b"PK\\x03\\x04 half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, f, *a, **k)
+torch.save = half_then_die
+train.main({argv!r})
+"""
+
+
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint(tmp_path, corpus, cache):
+    argv = args(tmp_path, corpus, cache, "--max_steps", "6", "--save_every", "2", "--eval_every", "100")
+    code = KILL_DURING_SAVE.format(root=str(ROOT), argv=argv)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    run_dir = tmp_path / "ckpt" / "r"
+    assert list(run_dir.glob(".tmp-*"))  # the half-written temporary is there ...
+    assert train.load_checkpoint(run_dir / "last.pt")["step"] == 2  # ... and last.pt is intact
+    train.main(argv + ["--resume"])
+    assert train.load_checkpoint(run_dir / "last.pt")["step"] == 6
+    assert not list(run_dir.glob(".tmp-*"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_left_in_place(tmp_path, corpus, cache, capsys):
+    run_dir = tmp_path / "ckpt" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--resume"))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert "last.pt is corrupt or unreadable" in err and err.count("\n") == 0
+    assert (run_dir / "last.pt").read_bytes() == b"PK\x03\x04 truncated"
+
+
+def test_resume_with_different_model_settings_lists_the_differences(tmp_path, corpus, cache, capsys):
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume", "--dim", "48",
+                        "--n_experts", "8"))
+    err = capsys.readouterr().err
+    assert "dim: checkpoint 32, asked 48" in err and "n_experts: checkpoint 4, asked 8" in err
+    # train settings may change on resume, e.g. a longer run
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "4"])
+    assert train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 4
+
+
+def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, corpus, cache, capsys):
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
+    before = (tmp_path / "ckpt" / "r" / "last.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "ckpt" / "r" / "last.pt").read_bytes() == before
+
+
+def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    capsys.readouterr()
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus),
+                "--cache_dir", str(cache), "--eval_windows", "0"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    r = json.loads(last)
+    assert r["tokens"] > 0 and r["bytes"] > 0 and r["step"] == 2
+    assert r["bits_per_byte"] == pytest.approx(r["nats_per_token"] * r["tokens"] / (math.log(2) * r["bytes"]))
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+def poison(monkeypatch, bad_steps):
+    real = train.accumulate
+
+    def accumulate(model, batches, seed, step, *rest):
+        out = real(model, batches, seed, step, *rest)
+        if step in bad_steps:
+            next(model.parameters()).grad.fill_(float("nan"))
+        return out
+    monkeypatch.setattr(train, "accumulate", accumulate)
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, corpus, cache, monkeypatch):
+    poison(monkeypatch, {2, 3})
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "6"))
+    records = metrics(tmp_path)
+    assert records[-1]["skipped_steps"] == 2
+    w = weights(tmp_path)
+    assert all(torch.isfinite(t).all() for t in w.values())
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, corpus, cache, monkeypatch,
+                                                                    capsys):
+    poison(monkeypatch, set(range(2, 100)))
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "20", "--max_bad_steps", "3",
+                        "--save_every", "1"))
+    assert e.value.code == 1
+    assert "3 non-finite steps in a row" in capsys.readouterr().err
+    ckpt = train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")  # skipped steps 2, 3 saved, 4 raised
+    assert ckpt["step"] == 4 and ckpt["skipped_steps"] == 2
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, corpus, cache, monkeypatch, capsys):
+    real = train.accumulate
+
+    def break_weights(model, batches, seed, step, *rest):
+        out = real(model, batches, seed, step, *rest)
+        if step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+        return out
+    monkeypatch.setattr(train, "accumulate", break_weights)
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "6", "--save_every", "2"))
+    assert "not saving" in capsys.readouterr().err
+    assert train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path, corpus, cache):
+    argv = args(tmp_path, corpus, cache, "--max_steps", "100000", "--save_every", "100000",
+                "--eval_every", "100000")
+    proc = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics_file = tmp_path / "ckpt" / "r" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics_file.exists() and metrics_file.stat().st_size > 0) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in out and "stopped by signal" in out
+    step = train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"]
+    assert 1 <= step < 100000
+
+
+# --- logging --------------------------------------------------------------------------------
+
+def test_metrics_jsonl_and_loss_plot_are_written(tmp_path, corpus, cache):
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--eval_every", "2"))
+    records = metrics(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ["loss", "lm_loss", "aux_loss", "z_loss", "lr", "tokens_per_s", "mfu", "expert_share",
+                "router_entropy"]:
+        assert key in records[-1], key
+    assert len(records[-1]["expert_share"]) == 2 and len(records[-1]["expert_share"][0]) == 4
+    assert sum(records[-1]["expert_share"][0]) == pytest.approx(1.0, abs=1e-3)
+    val = metrics(tmp_path, kind="val")
+    assert [r["step"] for r in val] == [2, 4]
+    for key in ["nats_per_token", "perplexity", "bits_per_byte", "tokens", "bytes"]:
+        assert key in val[-1]
+    png = (tmp_path / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache):
+    from scripts import plot_runs
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "1", run="a"))
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "1", "--top_k", "2",
+                    run="b"))
+    out = plot_runs.plot_runs([tmp_path / "ckpt" / "a", tmp_path / "ckpt" / "b"], tmp_path / "cmp.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "top-2" in plot_runs.run_label(tmp_path / "ckpt" / "b")
+
+
+def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--wandb_mode", "offline"))
+    runs = list((tmp_path / "ckpt" / "r" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_missing_data_is_a_clear_error_before_any_work(tmp_path, cache, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, tmp_path / "nope.txt", cache, "--max_steps", "1"))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: error: --data") and err.count("\n") == 0
+    assert not (tmp_path / "ckpt" / "r" / "last.pt").exists()
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, corpus, cache, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    argv = args(tmp_path, corpus, cache, "--max_steps", "1") + ["--out_dir", str(blocker)]
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 1
+    assert "cannot write to" in capsys.readouterr().err
+
+
+def test_out_of_range_setting_exits_before_any_work(tmp_path, corpus, cache, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--grad_clip", "-1"))
+    assert e.value.code == 2 and "--grad_clip" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
+
+
+# --- scale out ------------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
+    common = ["--max_steps", "3", "--grad_accum", "2", "--eval_every", "100"]
+    train.main(args(tmp_path, corpus, cache, *common, run="single"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--"]  # see README
+    out = subprocess.run([*launcher, "train.py", *args(tmp_path, corpus, cache, *common, run="ddp")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    single, ddp = metrics(tmp_path, "single"), metrics(tmp_path, "ddp")
+    for a, b in zip(single, ddp, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    a, b = weights(tmp_path, "single"), weights(tmp_path, "ddp")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    assert config.from_dict(TrainArgs, json.loads((tmp_path / "ckpt" / "ddp" / "train.json").read_text()))
