@@ -247,7 +247,7 @@ class Experts(nn.Module):
         if torch.is_autocast_enabled(xs.device.type):  # grouped_mm is not on autocast's list
             dtype = torch.get_autocast_dtype(xs.device.type)
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
-        if grouped_mm_supported(xs):
+        if grouped_mm_supported(xs) and xs.shape[0] >= len(counts):  # decoding a few tokens: loop
             offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
             gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
             ys = F.grouped_mm(F.silu(gate) * up, w2, offs=offs)  # (M, dim)
@@ -255,7 +255,7 @@ class Experts(nn.Module):
                 ys.register_hook(lambda g: g.contiguous())
             return ys
         groups = xs.split(counts.tolist())
-        return torch.cat([self.expert(e, z) for e, z in enumerate(groups)])
+        return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
 
 
 class MoE(nn.Module):

@@ -160,6 +160,9 @@ def main(argv=None):
         if a.do_import:
             model = load_hf(a.source)
             train.save_model_only(model, a.dest)
+            tok = Path(a.source) / "tokenizer.json"
+            if tok.exists():
+                config.atomic_write(Path(a.dest).parent / "tokenizer.json", tok.read_bytes())
             print(f"imported {a.source} -> {a.dest}")
         else:
             ckpt_path = train.find_checkpoint(a.source)

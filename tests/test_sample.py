@@ -1,0 +1,190 @@
+"""sample.py: cached vs uncached, batching, seeds, top-k / top-p, stopping, long prompts, HF
+folders, and bad input."""
+
+import random
+
+import pytest
+import torch
+from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
+
+import sample
+import train
+from config import ModelArgs
+from model import KVCache, Llama4
+
+
+def small_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    args = dict(vocab_size=64, dim=48, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=32, mlp_dim=48,
+                n_experts=4, top_k=2, max_seq_len=64, attn_chunk_size=8, attn_floor_scale=4, init_std=0.2)
+    return Llama4(ModelArgs(**{**args, **overrides})).eval()
+
+
+PROMPTS = [[0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [0, 30, 31], [0, 40, 41, 42, 43, 44, 45]]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A real (briefly trained) run: checkpoint + tokenizer."""
+    tmp = tmp_path_factory.mktemp("run")
+    rng = random.Random(0)
+    words = "once upon a time there was a little girl named lily she liked to play in the park".split()
+    stories = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(150)]
+    corpus = tmp / "stories.txt"
+    corpus.write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    train.main(["--preset", "tiny", "--vocab_size", "300", "--dim", "32", "--n_layers", "4", "--n_heads", "2",
+                "--n_kv_heads", "1", "--expert_dim", "32", "--n_experts", "4", "--max_seq_len", "48",
+                "--attn_chunk_size", "8", "--attn_floor_scale", "8", "--batch_size", "4", "--max_steps", "3",
+                "--data", str(corpus), "--out_dir", str(tmp / "ckpt"), "--cache_dir", str(tmp / "cache"),
+                "--plot", "", "--wandb_mode", "disabled", "--run", "r", "--eval_windows", "2"])
+    return tmp / "ckpt" / "r"
+
+
+# --- the generation loop --------------------------------------------------------------------
+
+def test_cache_and_no_cache_give_the_same_greedy_tokens():
+    model = small_model()
+    a = sample.generate(model, PROMPTS, 40, greedy=True, stop_at_eos=False)
+    b = sample.generate(model, PROMPTS, 40, greedy=True, stop_at_eos=False, use_cache=False)
+    assert a == b and all(len(r) == 40 for r in a)
+
+
+def test_per_step_logits_with_the_cache_match_a_full_forward():
+    model = small_model()
+    row = PROMPTS[0] + sample.generate(model, PROMPTS[:1], 30, greedy=True, stop_at_eos=False)[0]
+    x = torch.tensor([row])
+    with torch.no_grad():
+        full = model(x).logits
+        cache = KVCache(model.args.n_layers)
+        steps = [model(x[:, :len(PROMPTS[0])], cache=cache).logits]
+        steps += [model(x[:, t:t + 1], cache=cache).logits for t in range(len(PROMPTS[0]), len(row))]
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+
+
+def test_batched_generation_equals_one_by_one():
+    model = small_model()
+    batched = sample.generate(model, PROMPTS, 30, greedy=True, stop_at_eos=False)
+    alone = [sample.generate(model, [p], 30, greedy=True, stop_at_eos=False)[0] for p in PROMPTS]
+    assert batched == alone
+    sampled = sample.generate(model, PROMPTS, 20, temperature=1.0, seed=3, stop_at_eos=False)
+    first_alone = sample.generate(model, PROMPTS[:1], 20, temperature=1.0, seed=3, stop_at_eos=False)
+    assert sampled[0] == first_alone[0]  # row r draws from its own generator (seed + r)
+
+
+def test_same_seed_same_samples_other_seed_other_samples():
+    model = small_model()
+    a = sample.generate(model, PROMPTS, 30, temperature=1.0, seed=7, stop_at_eos=False)
+    b = sample.generate(model, PROMPTS, 30, temperature=1.0, seed=7, stop_at_eos=False)
+    c = sample.generate(model, PROMPTS, 30, temperature=1.0, seed=8, stop_at_eos=False)
+    assert a == b and a != c
+
+
+def test_top_k_1_equals_greedy():
+    model = small_model()
+    greedy = sample.generate(model, PROMPTS, 25, greedy=True, stop_at_eos=False)
+    assert sample.generate(model, PROMPTS, 25, top_k=1, temperature=2.0, seed=1, stop_at_eos=False) == greedy
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]])
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(sample.filter_logits(logits, top_p=p)).nonzero()[:, 1].tolist()  # noqa: E731
+    assert kept(0.5) == [0]  # 0.5 reaches 0.5 on its own
+    assert kept(0.6) == [0, 1]  # 0.5 < 0.6 <= 0.7
+    assert kept(0.85) == [0, 1, 2]
+    assert kept(0.86) == [0, 1, 2, 3]
+    assert kept(1.0) == [0, 1, 2, 3, 4]
+    shuffled = logits[:, [3, 0, 4, 2, 1]]  # order of the vocabulary does not matter
+    assert torch.isfinite(sample.filter_logits(shuffled, top_p=0.6)).nonzero()[:, 1].tolist() == [1, 4]
+    assert torch.isfinite(sample.filter_logits(logits, top_k=2)).nonzero()[:, 1].tolist() == [0, 1]
+
+
+def test_generation_stops_at_end_of_text():
+    model = small_model()
+    rows = sample.generate(model, PROMPTS, 30, greedy=True, stop_at_eos=False)
+    model.args.eos_id = rows[0][5]  # make the 6th token of row 0 the end-of-text token
+    stopped = sample.generate(model, PROMPTS, 30, greedy=True)
+    assert stopped[0] == rows[0][:rows[0].index(rows[0][5])]
+    for full, cut in zip(rows[1:], stopped[1:], strict=True):  # other rows go on, stopping at theirs
+        assert cut == (full[:full.index(model.args.eos_id)] if model.args.eos_id in full else full)
+
+
+def test_generation_stops_when_the_context_is_full():
+    model = small_model()
+    rows = sample.generate(model, [[0] * 60], 30, greedy=True, stop_at_eos=False)
+    assert len(rows[0]) == 4  # max_seq_len 64
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def test_sample_streams_one_story_and_batches_several(run_dir, capsys):
+    rows = sample.main(["--ckpt", str(run_dir), "--prompt", "once upon", "--max_new_tokens", "10",
+                        "--greedy"])
+    out = capsys.readouterr().out
+    assert out.startswith("once upon") and len(rows) == 1
+    sample.main(["--ckpt", str(run_dir), "--prompt", "lily", "--prompt", "a girl", "--num_samples", "2",
+                 "--max_new_tokens", "5"])
+    out = capsys.readouterr().out
+    assert out.count("-- sample ") == 4 and "sample 4 of 4" in out
+
+
+def test_long_prompt_is_cut_from_the_left_with_a_warning(run_dir, capsys):
+    sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 100, "--max_new_tokens", "3", "--greedy"])
+    err = capsys.readouterr().err
+    assert "warning: prompt of" in err and "keeping its last 47 tokens" in err
+
+
+def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
+    from scripts.export_hf import main as export_main
+    export_main([str(run_dir), str(tmp_path / "hf")])
+    capsys.readouterr()
+    argv = ["--prompt", "once upon a time", "--max_new_tokens", "20", "--seed", "5"]
+    a = sample.main(["--ckpt", str(run_dir), *argv])
+    b = sample.main(["--hf", str(tmp_path / "hf"), *argv])
+    assert a == b
+    export_main(["--import", str(tmp_path / "hf"), str(tmp_path / "back" / "last.pt")])  # and back again
+    assert sample.main(["--ckpt", str(tmp_path / "back"), *argv]) == a
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "no-tokenizer", "other-tokenizer"])
+def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, capsys, problem):
+    import shutil
+    bad = tmp_path / "bad"
+    if problem != "missing":
+        shutil.copytree(run_dir, bad)
+    if problem == "corrupt":
+        (bad / "last.pt").write_bytes(b"not a checkpoint")
+    elif problem == "no-tokenizer":
+        (bad / "tokenizer.json").unlink()
+    elif problem == "other-tokenizer":
+        text = (bad / "tokenizer.json").read_text()
+        (bad / "tokenizer.json").write_text(text.replace('"once"', '"twice"', 1))
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(bad), "--max_new_tokens", "2"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sample.py: error:") and err.count("\n") == 0
+    assert {"missing": "does not exist", "corrupt": "corrupt", "no-tokenizer": "no tokenizer.json",
+            "other-tokenizer": "tokenizer"}[problem] in err
+
+
+def test_image_needs_a_vision_checkpoint(run_dir, tmp_path, capsys):
+    from PIL import Image
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "red.png")
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", str(run_dir), "--image", str(tmp_path / "red.png")])
+    assert "no vision stub" in capsys.readouterr().err
+
+
+def test_image_runs_the_vision_path(tmp_path):
+    model = small_model(vision=True, vision_dim=32, vision_layers=1, vision_heads=2, vision_mlp_dim=128,
+                        image_size=56, patch_size=14, projector_input_dim=32, projector_output_dim=32)
+    from PIL import Image
+    Image.new("RGB", (80, 60), "blue").save(tmp_path / "blue.png")
+    image = sample.load_image(tmp_path / "blue.png", model.args)
+    assert image.shape == (3, 56, 56) and image.min() >= -1 and image.max() <= 1
+    prompt = [0] + sample.image_prompt(model.args) + [20, 21]
+    a = sample.generate(model, [prompt], 10, greedy=True, images=image[None], stop_at_eos=False)
+    b = sample.generate(model, [prompt], 10, greedy=True, images=image[None], stop_at_eos=False,
+                        use_cache=False)
+    assert a == b
