@@ -1,0 +1,104 @@
+"""All benchmarks in one go: model (training step), data (tokenizer + shards), sampling (decode).
+
+    python scripts/bench.py                 # img/bench.json and img/bench.md
+    python scripts/bench.py --only model,sample
+
+Runs scripts/bench_model.py, bench_data.py and bench_sample.py one after another, each in its own
+process (so one's memory and threads do not disturb the next), then gathers their JSON into
+img/bench.json and writes the markdown tables the README quotes into img/bench.md. Each script
+measures its own comparisons side by side in one run; the ratios are what to read, since this
+machine is shared and noisy.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = {"model": "bench_model.py", "data": "bench_data.py", "sample": "bench_sample.py"}
+
+
+def run_part(name: str, out_dir: Path) -> dict:
+    out = out_dir / f"bench_{name}.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / PARTS[name]), "--out", str(out)]
+    print(f"$ {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return json.loads(out.read_text())
+
+
+def markdown(results: dict, machine: dict) -> str:
+    lines = [f"Machine: {machine['cpus']} CPU cores ({machine['cpu']}), torch {machine['torch']}, "
+             f"load average {machine['load_before']:.2f} before the run, {machine['date']}.", ""]
+    if "model" in results:
+        m = results["model"]
+        c, s, r, mem = m["config"], m["step_seconds"], m["ratios"], m["peak_step_memory_mb"]
+        lines += [f"**Training step** (forward + backward + AdamW), batch {c['batch']} x {c['max_seq_len']}, "
+                  f"dim {c['dim']}, {c['n_layers']} layers, {c['n_experts']} experts top-{c['top_k']}, fp32, "
+                  f"2 threads, median of {c['repeats']} interleaved runs:", "",
+                  "| variant | step (s) | tokens/s | peak step memory (MB) |", "|---|---|---|---|"]
+        for v in s:
+            lines.append(f"| {v} | {s[v]:.3f} | {m['tokens_per_second'][v]:,.0f} | "
+                         f"{mem[v]:.0f} |" if v in mem else f"| {v} | {s[v]:.3f} | "
+                         f"{m['tokens_per_second'][v]:,.0f} | |")
+        lines += ["", "| ratio | measured | target |", "|---|---|---|",
+                  f"| our MoE / our dense (same active parameters), time | {r['moe_over_dense_time']:.2f} | "
+                  "<= 1.3 |"]
+        if "hf_over_ours_time" in r:
+            lines.append(f"| transformers Llama4ForCausalLM / ours, time | {r['hf_over_ours_time']:.2f} "
+                         "| >= 4 |")
+        lines += [f"| activation checkpointing: memory saved | {r['ckpt_memory_saving']:.0%} | >= 40% |",
+                  f"| activation checkpointing: time / without | {r['ckpt_over_moe_time']:.2f} | <= 1.4 |",
+                  ""]
+    if "sample" in results:
+        sm = results["sample"]
+        c = sm["config"]
+        lines += [f"**Decoding** {c['new_tokens']} new tokens after a {c['prompt']}-token prompt, preset "
+                  f"{c['preset']}, greedy, fp32, 2 threads, median of {c['repeats']}:", "",
+                  "| batch | cached tok/s | uncached tok/s | transformers tok/s | cached / uncached | "
+                  "cached / transformers |", "|---|---|---|---|---|---|"]
+        for key, r in sm["results"].items():
+            t = r["tokens_per_s"]
+            lines.append(f"| {key.removeprefix('batch')} | {t['cached']:,.0f} | {t['uncached']:,.0f} | "
+                         f"{t.get('hf', float('nan')):,.0f} | {r['cached_over_uncached']:.1f} | "
+                         f"{r.get('cached_over_hf', float('nan')):.1f} |")
+        lines.append("")
+    if "data" in results:
+        d = results["data"]
+        e, rep, tok = d["end_to_end"], d["end_to_end_repeated"], d["tokenization"]
+        lines += [f"**Data** ({d['data']}, vocabulary {d['vocab_size']}):", "",
+                  "| measurement | value |", "|---|---|",
+                  f"| end to end (read, train BPE, tokenize), cold cache | "
+                  f"{e['mb'] / e['seconds']:.2f} MB/s |",
+                  f"| tokenization: parallel path / single-threaded loop | "
+                  f"{tok['loop_s'] / tok['parallel_s']:.2f}x |",
+                  f"| peak RSS, the file vs the file x{round(rep['mb'] / e['mb'])} | "
+                  f"{e['peak_rss_mb']:.0f} MB vs "
+                  f"{rep['peak_rss_mb']:.0f} MB (ratio {rep['peak_rss_mb'] / e['peak_rss_mb']:.2f}) |", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of model,data,sample")
+    p.add_argument("--out_dir", default=str(ROOT / "img"))
+    a = p.parse_args(argv)
+    out_dir = Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import torch
+    machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "load_before": os.getloadavg()[0],
+               "date": time.strftime("%Y-%m-%d")}
+    results = {name: run_part(name, out_dir) for name in a.only.split(",")}
+    (out_dir / "bench.json").write_text(json.dumps({"machine": machine, **results}, indent=2) + "\n")
+    md = markdown(results, machine)
+    (out_dir / "bench.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
