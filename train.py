@@ -552,7 +552,10 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
                 if wandb_run is not None and plot_path:
                     import wandb
                     extra["loss_plot"] = wandb.Image(str(plot_path))
-            metrics.write({"kind": "val", "step": step, "minutes": elapsed / 60, **r}, extra)
+            record = {"kind": "val", "step": step, "minutes": elapsed / 60, "tokens": step * tokens_per_step,
+                      **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_byte")},
+                      "val_tokens": r["tokens"], "val_bytes": r["bytes"]}  # tokens = tokens trained on
+            metrics.write(record, extra)
         return improved
 
     # --- the loop ---

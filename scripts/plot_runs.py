@@ -56,10 +56,9 @@ def plot_runs(run_dirs, out, x="tokens", title=None) -> Path:
             left.plot([r[x] for r in train], [r["lm_loss"] for r in train], color=color, alpha=0.8,
                       label=label)
         if val:
-            right.plot([_x(r, x, train) for r in val], [r["bits_per_byte"] for r in val], "o-",
-                       color=color, label=label)
+            right.plot([r[x] for r in val], [r["bits_per_byte"] for r in val], "o-", color=color, label=label)
             if len(run_dirs) == 1:  # a single run: its validation nats/token next to the train curve
-                left.plot([_x(r, x, train) for r in val], [r["nats_per_token"] for r in val], "o-",
+                left.plot([r[x] for r in val], [r["nats_per_token"] for r in val], "o-",
                           color="C1", label="validation")
     left.set(xlabel=X_LABELS[x], ylabel="LM loss (nats/token)", title="training loss")
     right.set(xlabel=X_LABELS[x], ylabel="bits per byte", title="validation bits per byte")
@@ -75,14 +74,6 @@ def plot_runs(run_dirs, out, x="tokens", title=None) -> Path:
     config.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return out
-
-
-def _x(val_record, x, train):
-    """Val records carry step and minutes; tokens follow from the train records' tokens per step."""
-    if x in val_record:
-        return val_record[x]
-    per_step = train[-1]["tokens"] / train[-1]["step"] if train else 0
-    return val_record["step"] * per_step
 
 
 def main(argv=None):

@@ -69,7 +69,7 @@ def test_loss_falls_on_real_text(tmp_path, cache):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.8
     val = metrics(tmp_path, kind="val")
     assert val[-1]["nats_per_token"] < val[0]["nats_per_token"]
-    assert val[-1]["bits_per_byte"] > 0 and val[-1]["bytes"] > 0
+    assert val[-1]["bits_per_byte"] > 0 and val[-1]["val_bytes"] > 0
 
 
 def test_schedule_shape():
@@ -290,8 +290,9 @@ def test_metrics_jsonl_and_loss_plot_are_written(tmp_path, corpus, cache):
     assert sum(records[-1]["expert_share"][0]) == pytest.approx(1.0, abs=1e-3)
     val = metrics(tmp_path, kind="val")
     assert [r["step"] for r in val] == [2, 4]
-    for key in ["nats_per_token", "perplexity", "bits_per_byte", "tokens", "bytes"]:
+    for key in ["nats_per_token", "perplexity", "bits_per_byte", "val_tokens", "val_bytes"]:
         assert key in val[-1]
+    assert val[-1]["tokens"] == 4 * 4 * 32  # tokens trained on, for plotting against tokens
     png = (tmp_path / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,386 @@
+"""MoE vs dense at equal compute: three training runs in one command, one table and three plots.
+
+    python scripts/compare.py                          # 3 x 10 minutes, about 31 minutes on 2 CPU cores
+    python scripts/compare.py --minutes 2 --dim 96     # shorter; unknown options go to every run
+
+Trains, one after the other in this process, with the same data, tokenizer, seed, batch and
+wall-clock budget on the same machine:
+  moe            our model at the `tiny` preset: 16 routed experts + 1 shared, top-1, noisy routing,
+                 switch balancing loss 0.001
+  dense          the same model with dense SwiGLU layers only, of width (1 + top_k) x expert_dim:
+                 the shared expert plus the routed expert(s) a token uses, so the active parameters
+                 per token match (checked on the meta device and printed; routers are the gap)
+  moe-ablation   the MoE without router noise and without the balancing loss
+and writes to --out (default img/):
+  compare_bpb.png       validation bits/byte against wall-clock minutes and against tokens seen
+  compare_experts.png   token share of each expert per MoE layer over training (heatmaps), both MoE runs
+  compare_entropy.png   mean router entropy per MoE layer over training, both MoE runs
+  compare.json          the table, the settings, each run's command line and machine info
+  compare.md            the table as markdown (also printed)
+
+How this departs from the obvious version:
+- Runs go through train.main, the trainer users run, not a copy of its loop: what is compared is
+  what `python train.py` does. Each run is `train.py --preset tiny` plus the shared settings, then
+  any options compare.py does not know itself (model or training overrides, e.g. `--dim 96
+  --log_every 5`: they apply to all three runs), then the variant's own overrides.
+- The budget is wall clock, as train.py counts it (evaluations and best.pt saves included) and the
+  cosine schedule is laid over it; --max_steps is huge unless given, so the clock stops each run.
+  Training runs cannot be interleaved, so they are sequential on a machine that may be shared: the
+  load average before each run is recorded and the table says so.
+- Run folders are --out_dir/compare-{moe,dense,moe-ablation}. compare.py deletes those three
+  folders (and nothing else) before it starts, so a previous comparison never blocks a new one;
+  copy them elsewhere to keep them. All runs share --cache_dir, so the tokenizer is trained and the
+  shards are tokenized once (the first run's set-up, outside its budget); the three tokenizer.json
+  files are checked to be identical.
+- tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
+  the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
+  peak it measures with a short GEMM at the start of each run). Final validation is the last val
+  record: train.py evaluates at the end of every run. Expert shares are train.py's, the routing of
+  the last step of each logging window.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import config  # noqa: E402
+import train  # noqa: E402
+from config import ModelArgs, TrainArgs  # noqa: E402
+from model import Llama4, count_parameters  # noqa: E402
+from scripts.plot_runs import read_metrics  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "tinystories"
+VARIANTS = ["moe", "dense", "moe-ablation"]
+MOE_RUNS = ["moe", "moe-ablation"]
+# train.py options that compare.py sets for every run and so refuses to pass through.
+OWNED = {"preset", "run", "resume", "eval_only", "plot", "max_minutes", "tokenizer"}
+FIELDS = ["steps", "tokens", "val_nats_per_token", "val_bits_per_byte", "tokens_per_s", "mfu"]
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="compare.py", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Any other option (e.g. --dim 96 --log_every 5) goes to train.py, "
+                                       "for all three runs.")
+    add = p.add_argument
+    add("--minutes", type=float, default=10.0, help="wall-clock budget per run (default 10)")
+    add("--max_steps", type=int, default=None,
+        help="also stop each run after this many steps (default: none, the budget decides)")
+    add("--data", default=str(SHARED / "train-lower.txt"),
+        help="training text (default ../shared/data/tinystories/train-lower.txt)")
+    add("--val_data", default=str(SHARED / "valid-lower.txt"),
+        help="validation text (default ../shared/data/tinystories/valid-lower.txt)")
+    add("--out", default=str(ROOT / "img"), help="folder for the plots, compare.json and .md (default img/)")
+    add("--out_dir", default=str(ROOT / "checkpoints" / "compare"),
+        help="folder for the three run folders (default checkpoints/compare/)")
+    add("--cache_dir", default=str(ROOT / "cache"), help="tokenizer and token shard cache (default cache/)")
+    add("--seed", type=int, default=1337, help="the same for the three runs (default 1337)")
+    add("--batch_size", type=int, default=16, help="sequences per step (default 16, the tiny preset's)")
+    add("--eval_every", type=int, default=50, help="evaluate every N steps and at the end (default 50)")
+    add("--wandb_mode", default="disabled", choices=["auto", "online", "offline", "disabled"],
+        help="Weights & Biases for the runs, group 'compare' (default disabled)")
+    a, extra = p.parse_known_args(argv)
+    for word in extra:
+        if word.startswith("--") and word[2:].split("=")[0] in OWNED:
+            p.error(f"{word.split('=')[0]} is set by compare.py for every run; it cannot be passed through")
+    if a.minutes <= 0 and a.max_steps is None:
+        p.error("--minutes 0 needs --max_steps, or the runs never end")
+    return a, extra
+
+
+def shared_argv(a, extra) -> list[str]:
+    """train.py arguments common to the three runs (then the variant's overrides, then --run)."""
+    return ["--preset", "tiny", "--data", a.data, "--val_data", a.val_data, "--seed", str(a.seed),
+            "--batch_size", str(a.batch_size), "--max_minutes", str(a.minutes),
+            "--max_steps", str(a.max_steps or 10**9), "--save_every", str(a.max_steps or 10**9),
+            "--eval_every", str(a.eval_every), "--out_dir", a.out_dir, "--cache_dir", a.cache_dir,
+            "--plot", "", "--wandb_mode", a.wandb_mode, "--wandb_group", "compare", *extra]
+
+
+def variant_overrides(name: str, m: ModelArgs) -> list[str]:
+    if name == "dense":  # no MoE layer; SwiGLU as wide as the shared expert + the routed expert(s)
+        return ["--moe_every", str(m.n_layers + 1), "--mlp_dim", str((1 + m.top_k) * m.expert_dim)]
+    if name == "moe-ablation":
+        return ["--router_noise", "false", "--router_aux_loss_coef", "0"]
+    return []
+
+
+def settings_of(argv) -> tuple[ModelArgs, TrainArgs]:
+    """What train.py will make of argv (a bad override exits here, before any training)."""
+    return config.parse_args([ModelArgs, TrainArgs], argv, prog="compare.py")[1]
+
+
+def size_of(m: ModelArgs) -> dict:
+    with torch.device("meta"):
+        model = Llama4(m)
+    counts = count_parameters(model)
+    routers = sum(p.numel() for n, p in model.named_parameters() if ".router" in n)  # router, its noise
+    return {"params": counts["total"], "active_params": counts["active_per_token"], "router_params": routers,
+            "flops_per_token": train.flops_per_token(m, m.max_seq_len)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a finished run
+
+
+def load_run(name: str, run_dir) -> dict:
+    """A run's records and settings."""
+    run_dir = Path(run_dir)
+    train_recs, val_recs = read_metrics(run_dir)
+    m = json.loads((run_dir / "model.json").read_text())
+    t = json.loads((run_dir / "train.json").read_text())
+    per_step = t["batch_size"] * t["grad_accum"] * m["max_seq_len"]
+    if m["moe_every"] > m["n_layers"]:
+        desc = f"no MoE, SwiGLU {m['mlp_dim']}"
+    else:
+        noise = "noisy" if m["router_noise"] else "no noise"
+        desc = f"{m['n_experts']} experts top-{m['top_k']}, {noise}, aux {m['router_aux_loss_coef']:g}"
+    return {"name": name, "label": f"{name}: {desc}", "dir": run_dir, "model": m, "train": train_recs,
+            "val": val_recs, "tokens_per_step": per_step,
+            "moe_layers": [i for i in range(m["n_layers"]) if (i + 1) % m["moe_every"] == 0]}
+
+
+def summarize(run: dict, steps: int) -> dict:
+    """The table row of a run."""
+    recs, last_val = run["train"], run["val"][-1] if run["val"] else {}
+    tok_s = mfu = None
+    if recs:  # tokens over training time of the logged windows
+        steps_at = [0] + [r["step"] for r in recs]
+        tokens = [(b - a) * run["tokens_per_step"] for a, b in zip(steps_at, steps_at[1:], strict=False)]
+        tok_s = sum(tokens) / sum(n / r["tokens_per_s"] for n, r in zip(tokens, recs, strict=True))
+        if recs[-1]["mfu"] is not None:
+            mfu = tok_s * recs[-1]["mfu"] / recs[-1]["tokens_per_s"]
+    routed = recs[-1] if recs and "expert_share" in recs[-1] else None
+    entropy = routed and routed["router_entropy"]
+    return {"run": run["name"], "steps": steps, "tokens": steps * run["tokens_per_step"],
+            "val_nats_per_token": last_val.get("nats_per_token"),
+            "val_bits_per_byte": last_val.get("bits_per_byte"), "tokens_per_s": tok_s, "mfu": mfu,
+            "minutes": last_val.get("minutes"),
+            "max_expert_share": max(max(layer) for layer in routed["expert_share"]) if routed else None,
+            "router_entropy": sum(entropy) / len(entropy) if routed else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots: each function returns its Figure (so tests can check the series) after writing the PNG
+
+
+def new_figure(**kw):
+    from matplotlib.figure import Figure
+    return Figure(layout="constrained", **kw)
+
+
+def save(fig, out) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def no_data(out, message: str):
+    """A figure that says why the plot is empty, so that every promised file exists."""
+    fig = new_figure(figsize=(8, 2))
+    fig.text(0.5, 0.5, message, ha="center", va="center")
+    save(fig, out)
+    return fig
+
+
+def plot_bpb(runs: list[dict], out):
+    """Validation bits/byte against wall-clock minutes (left) and tokens seen (right)."""
+    fig = new_figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
+    for i, run in enumerate(runs):
+        bpb = [r["bits_per_byte"] for r in run["val"]]
+        left.plot([r["minutes"] for r in run["val"]], bpb, "o-", ms=3, color=f"C{i}", label=run["label"])
+        right.plot([r["tokens"] for r in run["val"]], bpb, "o-", ms=3, color=f"C{i}", label=run["label"])
+    left.set(xlabel="wall-clock minutes", ylabel="validation bits per byte", title="per unit of time")
+    right.set(xlabel="tokens seen", ylabel="validation bits per byte", title="per token")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("MoE vs dense at the same active parameters and wall-clock budget")
+    save(fig, out)
+    return fig
+
+
+def plot_experts(runs: list[dict], out):
+    """One heatmap per (MoE run, MoE layer): expert (rows) x step (columns), colour = token share."""
+    from matplotlib.ticker import MaxNLocator
+    runs = [r for r in runs if any("expert_share" in t for t in r["train"])]
+    if not runs:
+        return no_data(out, "expert load: no routing records (runs shorter than --log_every steps?)")
+    n_layers = max(len(r["moe_layers"]) for r in runs)
+    fig = new_figure(figsize=(3.2 * n_layers + 1.5, 3.0 * len(runs)))
+    axes = fig.subplots(len(runs), n_layers, squeeze=False)
+    vmax = max(max(max(layer) for layer in t["expert_share"]) for r in runs for t in r["train"]
+               if "expert_share" in t)
+    mesh = None
+    for row, run in zip(axes, runs, strict=True):
+        recs = [t for t in run["train"] if "expert_share" in t]
+        steps = [t["step"] for t in recs]
+        for j, ax in enumerate(row):
+            if j >= len(run["moe_layers"]):
+                ax.set_visible(False)
+                continue
+            share = [[t["expert_share"][j][e] for t in recs] for e in range(len(recs[0]["expert_share"][j]))]
+            mesh = ax.pcolormesh(steps, range(len(share)), share, shading="nearest", vmin=0, vmax=vmax,
+                                 cmap="viridis")
+            ax.set(title=f"{run['name']}: layer {run['moe_layers'][j]}", xlabel="step", ylabel="expert")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    n_experts = runs[0]["model"]["n_experts"]
+    fig.colorbar(mesh, ax=axes, label=f"token share (uniform = 1/{n_experts} = {1 / n_experts:.3f})")
+    fig.suptitle("expert load over training")
+    save(fig, out)
+    return fig
+
+
+def plot_entropy(runs: list[dict], out):
+    """Mean router entropy per MoE layer over training: colour = layer, line style = run."""
+    runs = [r for r in runs if any("router_entropy" in t for t in r["train"])]
+    if not runs:
+        return no_data(out, "router entropy: no routing records (runs shorter than --log_every steps?)")
+    fig = new_figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for style, run in zip(["-", "--", ":", "-."], runs, strict=False):
+        recs = [t for t in run["train"] if "router_entropy" in t]
+        for j, layer in enumerate(run["moe_layers"]):
+            ax.plot([t["step"] for t in recs], [t["router_entropy"][j] for t in recs], style, color=f"C{j}",
+                    label=f"{run['name']}: layer {layer}")
+    n_experts = runs[0]["model"]["n_experts"]
+    ax.axhline(math.log(n_experts), color="gray", lw=0.8, label=f"uniform router: ln {n_experts}")
+    ax.set(xlabel="step", ylabel="router entropy (nats per token)", title="router entropy over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    save(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def fmt(value, spec):
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    s, mach = report["settings"], report["machine"]
+    lines = ["| run | steps | tokens | val nats/token | val bits/byte | tokens/s | MFU | active params "
+             "| max expert share | router entropy | load avg before |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["runs"]:
+        lines.append(f"| {r['label']} | {r['steps']:,} | {r['tokens']:,} "
+                     f"| {fmt(r['val_nats_per_token'], '.4f')} | {fmt(r['val_bits_per_byte'], '.4f')} "
+                     f"| {fmt(r['tokens_per_s'], ',.0f')} "
+                     f"| {fmt(r['mfu'], '.2%')} | {r['active_params']:,} "
+                     f"| {fmt(r['max_expert_share'], '.3f')} | {fmt(r['router_entropy'], '.3f')} "
+                     f"| {r['load_avg_before']:.2f} |")
+    budget = f"{s['minutes']:g} minutes" + (f" or {s['max_steps']} steps" if s["max_steps"] else "")
+    data = f"{Path(s['data']).name} / {Path(s['val_data']).name}"
+    lines += ["", f"Runs were sequential, not interleaved, on the same machine ({mach['cpu_count']} CPUs, "
+              f"{mach['torch_threads']} torch threads, torch {mach['torch']}), each with a budget of "
+              f"{budget}, batch {s['batch_size']} x {s['seq_len']} tokens, seed {s['seed']}, the same "
+              f"tokenizer ({s['tokenizer_sha256'][:12]}) and data ({data}). "
+              "Load average = 1-minute load just before each run (the previous run of this comparison "
+              "counts in it); tokens/s excludes evaluation; MFU against "
+              "the peak train.py measured at the start of each run; max expert share and router entropy "
+              f"(nats, uniform = ln {s['n_experts']} = {math.log(s['n_experts']):.3f}) at the last log step, "
+              "over MoE layers."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def main(argv=None) -> dict:
+    a, extra = parse(sys.argv[1:] if argv is None else list(argv))
+    for what, path in [("training data", a.data), ("validation data", a.val_data)]:
+        if not Path(path).exists():
+            print(f"compare.py: error: {what} {path} does not exist; pass --data / --val_data (defaults: "
+                  "../shared/data/tinystories/train-lower.txt and valid-lower.txt)", file=sys.stderr)
+            sys.exit(1)
+    base = shared_argv(a, extra)
+    argvs, sizes, shared_model = {}, {}, settings_of(base)[0]
+    for name in VARIANTS:
+        m, _ = settings_of(base + variant_overrides(name, shared_model))
+        argvs[name] = base + variant_overrides(name, m) + ["--run", f"compare-{name}"]
+        sizes[name] = size_of(m)
+    moe, dense = sizes["moe"]["active_params"], sizes["dense"]["active_params"]
+    routers, gap = sizes["moe"]["router_params"], dense / moe - 1
+    print(f"active parameters per token: moe {moe:,} ({routers:,} of them in routers), dense {dense:,} "
+          f"({gap:+.2%}; {dense - moe + routers:+,} routers aside)", flush=True)
+    if dense != moe - routers:
+        print("WARNING: the dense run does not match the MoE's active width; check the overrides")
+    elif abs(gap) > 0.01:
+        print("note: at these sizes the routers are more than 1% of the active parameters")
+
+    for name in VARIANTS:  # our own run folders only: a previous comparison must not block this one
+        run_dir = Path(a.out_dir) / f"compare-{name}"
+        if run_dir.is_dir():
+            shutil.rmtree(run_dir)
+
+    rows, runs = [], []
+    for name in VARIANTS:
+        load = [round(x, 2) for x in os.getloadavg()]
+        print(f"\n=== {name} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}): train.py "
+              + " ".join(argvs[name]), flush=True)
+        result = train.main(argvs[name])
+        if result["finished"] == "signal":
+            sys.exit(f"compare.py: stopped during the {name} run; no comparison written")
+        run = load_run(name, result["run_dir"])
+        runs.append(run)
+        rows.append({**summarize(run, result["step"]), "label": run["label"], **sizes[name],
+                     "load_avg_before": load[0], "load_avg_before_1_5_15": load,
+                     "finished": result["finished"], "run_dir": result["run_dir"]})
+    load_after = [round(x, 2) for x in os.getloadavg()]
+
+    hashes = {sha256(r["dir"] / "tokenizer.json") for r in runs}
+    if len(hashes) != 1:
+        raise RuntimeError("the three runs used different tokenizers; clear --cache_dir and run again")
+    m0 = runs[0]["model"]
+    report = {
+        "runs": rows,
+        "settings": {"minutes": a.minutes, "max_steps": a.max_steps, "data": a.data, "val_data": a.val_data,
+                     "seed": a.seed, "batch_size": a.batch_size, "seq_len": m0["max_seq_len"],
+                     "n_experts": m0["n_experts"], "eval_every": a.eval_every, "passed_through": extra,
+                     "tokenizer_sha256": hashes.pop(), "out_dir": a.out_dir, "cache_dir": a.cache_dir,
+                     "train_argv": argvs},
+        "machine": {"sequential": True, "order": VARIANTS, "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "python": platform.python_version(), "platform": platform.platform(),
+                    "load_avg_before": {r["run"]: r["load_avg_before_1_5_15"] for r in rows},
+                    "load_avg_after": load_after},
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"bpb": out / "compare_bpb.png", "experts": out / "compare_experts.png",
+             "entropy": out / "compare_entropy.png", "json": out / "compare.json", "md": out / "compare.md"}
+    figures = {"bpb": plot_bpb(runs, paths["bpb"]),
+               "experts": plot_experts([r for r in runs if r["name"] in MOE_RUNS], paths["experts"]),
+               "entropy": plot_entropy([r for r in runs if r["name"] in MOE_RUNS], paths["entropy"])}
+    report["files"] = {k: str(v) for k, v in paths.items()}
+    config.save_json(paths["json"], report)
+    table = markdown(report)
+    config.atomic_write(paths["md"], table.encode())
+    print("\n" + table + "\n" + "\n".join(str(p) for p in paths.values()))
+    return {**report, "figures": figures}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""scripts/compare.py: three toy runs end to end, every promised file, the series of each plot."""
+
+import json
+import random
+
+import pytest
+from conftest import ROOT
+
+from scripts import compare
+
+WORDS = ("once upon a time there was a little girl named lily she liked to play in the park with "
+         "her big red ball one day a dog came and they were friends").split()
+TOY = ["--vocab_size", "320", "--dim", "32", "--n_layers", "2", "--n_heads", "2", "--n_kv_heads", "1",
+       "--expert_dim", "32", "--n_experts", "4", "--nope_every", "2", "--max_seq_len", "32",
+       "--attn_chunk_size", "8", "--attn_floor_scale", "8", "--eval_windows", "4", "--log_every", "1",
+       "--warmup_steps", "2"]
+NAMES = ["moe", "dense", "moe-ablation"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Synthetic stories in the TinyStories layout: a training and a validation file."""
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, n in [("train.txt", 200), ("valid.txt", 40)]:
+        stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))) + "." for _ in range(n)]
+        (folder / name).write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    stale = out / "runs" / "compare-moe"  # a previous comparison's run must not block this one
+    stale.mkdir(parents=True)
+    (stale / "last.pt").write_bytes(b"old")
+    argv = ["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"), "--minutes", "1",
+            "--max_steps", "6", "--batch_size", "4", "--eval_every", "2", "--out", str(out / "img"),
+            "--out_dir", str(out / "runs"), "--cache_dir", str(out / "cache"), *TOY]
+    return compare.main(argv), out
+
+
+def test_writes_every_promised_file(report):
+    import matplotlib.image
+    result, out = report
+    for name in ["compare_bpb.png", "compare_experts.png", "compare_entropy.png"]:
+        path = out / "img" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert height > 200 and width > 200
+    assert not list((out / "img").glob(".tmp-*"))  # written atomically, nothing left behind
+    table = (out / "img" / "compare.md").read_text()
+    assert all(f"| {name}: " in table for name in NAMES) and "sequential" in table
+    saved = json.loads((out / "img" / "compare.json").read_text())
+    assert [r["run"] for r in saved["runs"]] == NAMES
+    for row in saved["runs"]:
+        for field in compare.FIELDS + ["active_params", "load_avg_before", "minutes"]:
+            assert row[field] is not None, (row["run"], field)
+        assert row["steps"] == 6 and row["tokens"] == 6 * 4 * 32
+        assert row["val_bits_per_byte"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
+    assert saved["machine"]["sequential"] and saved["machine"]["cpu_count"] >= 1
+    assert set(saved["machine"]["load_avg_before"]) == set(NAMES)
+    assert saved["settings"]["passed_through"] == TOY
+    assert (out / "runs" / "compare-moe" / "last.pt").read_bytes() != b"old"
+
+
+def test_variants_differ_only_where_they_should(report):
+    result, out = report
+    models = {n: json.loads((out / "runs" / f"compare-{n}" / "model.json").read_text()) for n in NAMES}
+    assert models["moe"]["router_noise"] and models["moe"]["router_aux_loss_coef"] == 0.001
+    assert models["moe-ablation"] == {**models["moe"], "router_noise": False, "router_aux_loss_coef": 0.0}
+    assert models["dense"]["moe_every"] > models["dense"]["n_layers"] and models["dense"]["mlp_dim"] == 64
+    rows = {r["run"]: r for r in result["runs"]}
+    moe, dense = rows["moe"], rows["dense"]  # the same active parameters, routers aside
+    assert dense["router_params"] == 0
+    assert dense["active_params"] == moe["active_params"] - moe["router_params"]
+    assert abs(dense["flops_per_token"] / moe["flops_per_token"] - 1) < 0.01
+    assert rows["moe"]["max_expert_share"] is not None and rows["dense"]["max_expert_share"] is None
+
+
+def test_plots_have_the_expected_series(report):
+    figs = report[0]["figures"]
+    for ax in figs["bpb"].axes:  # minutes and tokens panels, one line per run, one point per evaluation
+        assert [line.get_label().split(":")[0] for line in ax.lines] == NAMES
+        assert all(len(line.get_xdata()) == 3 for line in ax.lines)  # steps 2, 4 and the final 6
+    assert [ax.get_xlabel() for ax in figs["bpb"].axes] == ["wall-clock minutes", "tokens seen"]
+    tokens = figs["bpb"].axes[1].lines[0].get_xdata()
+    assert list(tokens) == [2 * 128, 4 * 128, 6 * 128]
+
+    maps = [ax for ax in figs["experts"].axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in maps] == ["moe: layer 0", "moe: layer 1", "moe-ablation: layer 0",
+                                               "moe-ablation: layer 1"]
+    for ax in maps:
+        assert ax.collections[0].get_array().shape == (4, 6)  # experts x logged steps
+        assert ax.collections[0].get_array().sum() == pytest.approx(6, abs=1e-3)  # shares sum to 1
+
+    labels = [line.get_label() for line in figs["entropy"].axes[0].lines]
+    assert labels == ["moe: layer 0", "moe: layer 1", "moe-ablation: layer 0", "moe-ablation: layer 1",
+                      "uniform router: ln 4"]
+
+
+def test_missing_data_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert "nope.txt does not exist" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_options_it_owns_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--run", "x", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--run is set by compare.py" in capsys.readouterr().err
+
+
+def test_defaults_point_at_the_shared_files():
+    a, extra = compare.parse([])
+    assert a.data == str(ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt")
+    assert a.val_data.endswith("valid-lower.txt") and a.minutes == 10 and extra == []
