@@ -279,6 +279,7 @@ class TrainArgs:
                      "eval_windows", "num_proc", "tokenizer_train_mb"]:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr} is above lr={self.lr}")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _check(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
@@ -422,6 +423,11 @@ def atomic_write(path, data) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

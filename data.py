@@ -562,7 +562,7 @@ def _hub_split(name: str, split: str, text_field: str) -> Split:
     def source():
         ds = load()
         files = [f["filename"] for f in ds.cache_files]
-        return {"hub": name, "split": split, "rows": len(ds), "files": files}
+        return {"hub": name, "split": split, "text_field": text_field, "rows": len(ds), "files": files}
 
     return Split(f"{name} [{split}] (Hugging Face Hub)", source, load)
 

@@ -21,7 +21,9 @@ How it departs from the obvious version (and from HF's code):
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
   deterministic or off in eval(), so eval() is exactly HF's model.
 - Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and a KV cache
-  that keeps only the current chunk on chunked layers fall out of the same mask code.
+  that keeps only the current chunk on chunked layers fall out of the same mask code. RoPE, chunk
+  boundaries and temperature tuning all count from each row's first real token (HF counts chunks
+  that way too, but tunes the temperature by slot), so a left-padded row equals the row alone.
 - Chunked attention in training folds each aligned chunk into the batch and runs plain causal
   attention on it: no T x T mask is materialised and no masked-out work is done.
 """
@@ -115,7 +117,7 @@ class KVCache:
         self.next_pos = None
         self.seen = 0
 
-    def update(self, i, k, v, pos, chunk_size):
+    def update(self, i, k, v, pos):
         """Append this step's keys (B, Hkv, T, D), return all the layer's keys, values, positions."""
         if self.k[i] is not None:
             k = torch.cat([self.k[i], k], dim=2)
@@ -187,7 +189,7 @@ class Attention(nn.Module):
         else:
             k_pos = pos
             if cache is not None:
-                k, v, k_pos = cache.update(self.layer, k, v, pos, self.chunk_size)
+                k, v, k_pos = cache.update(self.layer, k, v, pos)
             mask = attention_mask(pos, k_pos, self.chunk_size)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             if cache is not None and self.chunk_size is not None:
@@ -220,6 +222,8 @@ class Attention(nn.Module):
 def grouped_mm_supported(x: torch.Tensor) -> bool:
     """torch's grouped GEMM: CPU (fp32/bf16) and CUDA from sm90 on (bf16)."""
     if not hasattr(F, "grouped_mm"):
+        return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:  # its meta kernel is bf16-only
         return False
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16)
@@ -296,11 +300,11 @@ class MoE(nn.Module):
         flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
         order = flat.argsort(stable=True)  # assignments sorted by expert
         token = order // self.top_k  # (N*k,) token of each sorted assignment
-        counts = torch.bincount(flat, minlength=self.n_experts)
+        counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
         xs = h[token] * scores.reshape(-1, 1)[order]  # (N*k, dim) expert inputs, grouped
         ys = self.experts(xs, counts)
-        out = self.shared_expert(h).index_add(0, token, ys.to(h.dtype))
-        return out, counts
+        out = self.shared_expert(h)  # under autocast: bf16, like ys
+        return out.index_add(0, token, ys.to(out.dtype)), counts
 
     def _reference(self, h, top_idx, scores):
         out = self.shared_expert(h)
@@ -309,7 +313,8 @@ class MoE(nn.Module):
             rows = hit.any(-1)
             score = (scores * hit).sum(-1, keepdim=True)  # (N, 1): sigmoid score of e, or 0
             out = out + torch.where(rows[:, None], self.experts.expert(e, h * score), 0.0)
-        return out, torch.bincount(top_idx.reshape(-1), minlength=self.n_experts)
+        flat = top_idx.reshape(-1)
+        return out, flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
 
     def _stats(self, logits, counts):
         """Switch load-balancing loss E * sum_e f_e P_e (1.0 when perfectly balanced), z-loss,
@@ -377,6 +382,8 @@ class Llama4(nn.Module):
         the order of their <|patch|> tokens; positions (B, T), -1 = padding (default: counting on
         from the cache, or from 0); cache: a KVCache to read and extend."""
         B, T = tokens.shape
+        if last_only and targets is not None:
+            raise ValueError("last_only computes one position's logits; it cannot take targets")
         self._check_input(tokens, cache)
         x = self.embed_tokens(tokens)  # (B, T, dim)
         x = self._merge_images(tokens, x, images)
@@ -449,6 +456,15 @@ class Llama4(nn.Module):
 
     def set_grad_checkpointing(self, enabled: bool):
         self.grad_checkpoint = enabled
+
+    def reset_buffers(self, device=None):
+        """Recompute the RoPE tables in fp32 (after building on meta, or casting to bf16)."""
+        device = device or self.embed_tokens.weight.device
+        self.inv_freq = rope_frequencies(self.args).to(device)
+        if self.args.vision:
+            cos, sin = vision_rope(self.args)
+            self.vision_model.rope_cos, self.vision_model.rope_sin = cos.to(device), sin.to(device)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,11 +645,7 @@ def build_from_state(args: ModelArgs, state: dict, device="cpu") -> Llama4:
     with torch.device("meta"):
         model = Llama4(args)
     model.load_state_dict(state, strict=True, assign=True)
-    model.inv_freq = rope_frequencies(args).to(device)  # non-persistent buffers: compute them
-    if args.vision:
-        cos, sin = vision_rope(args)
-        model.vision_model.rope_cos, model.vision_model.rope_sin = cos.to(device), sin.to(device)
-    return model
+    return model.reset_buffers(device)  # the non-persistent buffers are still on the meta device
 
 
 # ---------------------------------------------------------------------------------------------

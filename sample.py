@@ -152,8 +152,8 @@ def load(a: SampleArgs, device) -> tuple[Llama4, data.Tokenizer, str]:
     if expected and tok.hash != expected:
         raise SampleError(f"{tok_file} is not the tokenizer this checkpoint was trained with "
                           f"(sha256 {tok.hash[:12]} != {expected[:12]}); restore the run's tokenizer.json")
-    if device.type == "cuda":
-        model = model.to(torch.bfloat16)
+    if device.type == "cuda":  # bf16 weights; the RoPE tables stay fp32
+        model = model.to(torch.bfloat16).reset_buffers()
     return model, tok, str(where)
 
 

@@ -13,9 +13,11 @@ model.json / train.json, tokenizer.json, metrics.jsonl and the W&B run.
 
 How this departs from the obvious version:
 - A step is a pure function of (seed, step): batches come from data.get_batch(seed, step, micro)
-  and the router noise of each micro-batch is seeded by (seed, step, micro). So a resumed run is
-  bit-identical to an uninterrupted one, and 1 process equals N DDP processes with the same
+  and the router noise of each micro-batch is seeded by (seed, step, micro). So on CPU a resumed
+  run is bit-identical to an uninterrupted one (on CUDA, atomic adds in index_add and attention
+  backward leave float-rounding differences), and 1 process equals N DDP processes with the same
   global batch (rank r takes micro-batches r, r + N, ...). RNG states are saved all the same.
+  With --max_minutes the schedule follows the clock, so a resumed run is not bit-identical.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
   weights_only=True, never written when non-finite; a non-finite step is skipped, not applied.
 - Ctrl-C / SIGTERM finish the current step, save last.pt and exit cleanly.
@@ -30,7 +32,7 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +88,24 @@ def setup_distributed(device: torch.device) -> torch.device:
     return device
 
 
-def all_reduce(values: list[float], device) -> list[float]:
+def all_reduce(values: list[float], device, op=None) -> list[float]:
+    """Sum (or `op`, e.g. dist.ReduceOp.MAX) of a few numbers over the ranks."""
     if WORLD == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t.tolist()
+
+
+@contextmanager
+def rank0_first():
+    """Rank 0 runs the block first (building the data caches); the other ranks then run it (and
+    find the caches built). Two processes writing one cache would delete each other's files."""
+    if RANK != 0:
+        dist.barrier()
+    yield
+    if RANK == 0 and WORLD > 1:
+        dist.barrier()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,9 +184,12 @@ def set_rng_state(s: dict):
 
 
 def make_optimizer(model: Llama4, a: TrainArgs, device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not norms, biases, nor the router noise scale)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW; weight decay on matrices only (not norms, biases, nor the router noise projection,
+    which sets the noise scale: decaying it would push the noise to a constant, not to zero)."""
+    def decays(name, p):
+        return p.dim() >= 2 and ".router_noise." not in name
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), fused=device.type == "cuda")
 
@@ -341,13 +358,36 @@ class Metrics:
             self.wandb.log({**flat, **(wandb_extra or {})}, step=record["step"])
 
 
-def expert_stats(counts, entropy) -> dict:
-    """Token share per expert per MoE layer, and router entropy per layer."""
-    if counts is None:
-        return {}
-    share = (counts.float() / counts.sum(-1, keepdim=True)).tolist()
-    return {"expert_share": [[round(s, 5) for s in layer] for layer in share],
-            "router_entropy": [round(float(e), 5) for e in entropy]}
+def new_window() -> dict:
+    """Sums over the steps since the last log line (this rank's)."""
+    return {"steps": 0, "busy": 0.0, "loss": 0.0, "lm_loss": 0.0, "aux_loss": 0.0, "z_loss": 0.0,
+            "counts": None, "entropy": None}
+
+
+def add_to_window(w: dict, stats: dict, counts, entropy):
+    w["steps"] += 1
+    for k in stats:
+        w[k] += stats[k]
+    if counts is not None:
+        w["counts"] = counts.detach() if w["counts"] is None else w["counts"] + counts.detach()
+        w["entropy"] = entropy if w["entropy"] is None else w["entropy"] + entropy
+
+
+def window_record(w: dict, device) -> dict:
+    """Means over the window's steps and all ranks: losses, each expert's share of the tokens per
+    MoE layer, router entropy per layer."""
+    n = w["steps"] * WORLD
+    losses = all_reduce([w["loss"], w["lm_loss"], w["aux_loss"], w["z_loss"]], device)
+    record = dict(zip(["loss", "lm_loss", "aux_loss", "z_loss"], [v / n for v in losses], strict=True))
+    if w["counts"] is not None:
+        counts, entropy = w["counts"].clone(), w["entropy"].clone()
+        if WORLD > 1:
+            dist.all_reduce(counts)
+            dist.all_reduce(entropy)
+        share = (counts.float() / counts.sum(-1, keepdim=True)).tolist()
+        record["expert_share"] = [[round(s, 5) for s in layer] for layer in share]
+        record["router_entropy"] = [round(float(e) / n, 5) for e in entropy]
+    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +437,9 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     if diffs:
         raise CheckpointError("model settings differ from the checkpoint's (" + "; ".join(diffs)
                               + "); drop them to resume, or start a new --run")
-    saved_train = config.to_dict(config.from_dict(TrainArgs, ckpt["train_args"], "checkpoint"))
     now = config.to_dict(train_args)
+    saved_train = config.to_dict(config.from_dict(TrainArgs, ckpt["train_args"], "checkpoint")) \
+        if "train_args" in ckpt else now  # a weights-only checkpoint (import, export) has none
     keep = {k: (now[k] if k in given else v) for k, v in saved_train.items()}
     keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run)
     return saved_model, TrainArgs(**keep)
@@ -421,6 +462,9 @@ def setup_run(model_args: ModelArgs, a: TrainArgs, preset: str, given) -> tuple:
     ckpt = None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
+        if "optimizer" not in ckpt and not a.eval_only:
+            raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
+                                  "(--eval_only) or sampled, not resumed: start a new --run")
         model_args, a = resume_settings(ckpt, model_args, a, given)
     a = TrainArgs(**{**config.to_dict(a), "run": run_dir.name})
     return run_dir, model_args, a, ckpt, ckpt_path
@@ -448,21 +492,27 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
         raise TrainError(f"--grad_accum {a.grad_accum} does not split over {WORLD} processes; "
                          f"use a multiple of {WORLD}")
 
-    # --- data (rank 0 builds the caches, the others then read them) ---
+    # --- data: a resumed run uses its checkpoint's tokenizer ---
     tok_file = run_dir / "tokenizer.json"
-    if tok_file.exists() and not a.tokenizer:
-        a = TrainArgs(**{**config.to_dict(a), "tokenizer": str(tok_file)})
-    if a.eval_only:
-        tok = data.Tokenizer.load(a.tokenizer) if a.tokenizer else None
-        if tok is None:
-            raise TrainError(f"{run_dir} has no tokenizer.json to evaluate with")
-        val = data.prepare_eval(a, model_args, tok, log)
-    else:
-        if RANK != 0:
-            dist.barrier()
-        tok, train_data, val = data.prepare(a, model_args, log=log if RANK == 0 else (lambda m: None))
-        if RANK == 0 and WORLD > 1:
-            dist.barrier()
+    if ckpt is not None and not a.tokenizer:
+        for candidate in (tok_file, ckpt_path.parent / "tokenizer.json"):
+            if candidate.exists():
+                a = TrainArgs(**{**config.to_dict(a), "tokenizer": str(candidate)})
+                break
+    quiet = log if RANK == 0 else (lambda m: None)
+    with rank0_first():
+        if a.eval_only:
+            if not a.tokenizer:
+                raise TrainError(f"{run_dir} has no tokenizer.json to evaluate with")
+            tok = data.Tokenizer.load(a.tokenizer)
+            val = data.prepare_eval(a, model_args, tok, quiet)
+        else:
+            tok, train_data, val = data.prepare(a, model_args, log=quiet)
+    expected = (ckpt or {}).get("tokenizer", {}).get("sha256")
+    if expected and tok.hash != expected:
+        raise CheckpointError(f"tokenizer {a.tokenizer} is not the one the checkpoint was trained with "
+                              f"(sha256 {tok.hash[:12]} != {expected[:12]}); restore the run's "
+                              "tokenizer.json")
 
     # --- model and optimizer ---
     dtype = torch.bfloat16 if a.dtype == "bfloat16" or (a.dtype == "auto" and device.type == "cuda") \
@@ -531,12 +581,11 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
                 "wandb_id": wandb_run.id if wandb_run is not None else settings.get("wandb_id")}
 
     def save(name, best_val):
-        if RANK != 0:
-            return
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # every rank agrees: same weights
             raise TrainError(f"weights are not finite at step {step}; not saving {name} (the previous "
                              "checkpoint is intact): lower --lr or raise --warmup_steps")
-        save_checkpoint(run_dir / name, state(best_val))
+        if RANK == 0:
+            save_checkpoint(run_dir / name, state(best_val))
 
     def run_eval():
         nonlocal best
@@ -564,7 +613,7 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
     stop = Stop()
     model.train()
     micros = list(range(RANK, a.grad_accum, WORLD))
-    window = {"busy": 0.0, "tokens": 0}  # training time (no eval, no saving) and tokens since the last log
+    window = new_window()
     finished, t_start, elapsed_before = "max_steps", time.time(), elapsed
     try:
         while step < a.max_steps:
@@ -575,7 +624,7 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
             lr = lr_at(a, step, elapsed / 60)
             for g in opt.param_groups:
                 g["lr"] = lr
-            batches = [tuple(t.to(device, non_blocking=True) for t in
+            batches = [tuple(t.to(device) for t in
                              data.get_batch(train_data.tokens, B, T, seed=a.seed, step=step, micro=m))
                        for m in micros]
             stats, counts_, entropy = accumulate(runner, batches, a.seed, step, micros, autocast, no_sync)
@@ -595,32 +644,29 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             window["busy"] += time.time() - t0
-            window["tokens"] += tokens_per_step
-            elapsed = elapsed_before + time.time() - t_start  # wall clock, evaluations included
+            add_to_window(window, stats, counts_, entropy)
+            # the ranks agree on the clock (for the schedule and the budget) and on stopping
+            stop_now, elapsed = all_reduce([float(stop.requested), elapsed_before + time.time() - t_start],
+                                           device, op=dist.ReduceOp.MAX if WORLD > 1 else None)
             bar.update(1)
 
             if step % a.log_every == 0 or step == a.max_steps:
-                loss, lm, aux, z = all_reduce([stats["loss"], stats["lm_loss"], stats["aux_loss"],
-                                               stats["z_loss"]], device)
-                tok_s = window["tokens"] / window["busy"]
-                record = {"kind": "train", "step": step, "loss": loss / WORLD, "lm_loss": lm / WORLD,
-                          "aux_loss": aux / WORLD, "z_loss": z / WORLD, "lr": lr,
-                          "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
-                          "mfu": tok_s * fpt / (peak * WORLD) if peak else None,
-                          "tokens": step * tokens_per_step, "minutes": elapsed / 60,
-                          "skipped_steps": skipped, **expert_stats(counts_, entropy)}
-                window = {"busy": 0.0, "tokens": 0}
+                record = window_record(window, device)
+                tok_s = window["steps"] * tokens_per_step / window["busy"]
+                record.update(kind="train", step=step, lr=lr, grad_norm=float(grad_norm),
+                              tokens_per_s=tok_s, mfu=tok_s * fpt / (peak * WORLD) if peak else None,
+                              tokens=step * tokens_per_step, minutes=elapsed / 60, skipped_steps=skipped)
+                window = new_window()
                 if RANK == 0:
                     bar.set_postfix(loss=f"{record['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
                     extra = {}
-                    if counts_ is not None:
+                    if "expert_share" in record:
                         extra = {f"experts/layer{i}/expert{e}": s for i, layer in
                                  enumerate(record["expert_share"]) for e, s in enumerate(layer)}
                         extra.update({f"router_entropy/layer{i}": h for i, h in
                                       enumerate(record["router_entropy"])})
                     metrics.write(record, extra)
 
-            stop_now = all_reduce([float(stop.requested)], device)[0] > 0
             if step % a.eval_every == 0 and step < a.max_steps and not stop_now:
                 if run_eval():
                     save("best.pt", best)

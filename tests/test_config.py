@@ -88,6 +88,7 @@ BAD = [
     (["--top_k", "17"], "--top_k: top_k=17 is larger than n_experts=16"),
     (["--lr", "-0.1"], "--lr: must be >= 0"),
     (["--batch_size", "0"], "--batch_size: must be at least 1"),
+    (["--seed", "-3"], "--seed: must be >= 0"),
     (["--min_lr", "1"], "--min_lr: 1.0 is above lr"),
     (["--rope_scaling", "yarn"], "--rope_scaling: invalid choice"),
     (["--preset", "huge"], "--preset: invalid choice"),

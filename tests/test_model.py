@@ -128,6 +128,20 @@ def test_sparse_dispatch_equals_reference_values_and_gradients(top_k):
         assert torch.allclose(ga[name], gb[name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("impl", ["sparse", "reference"])
+def test_moe_runs_under_bf16_autocast(impl):
+    """bf16 autocast (the default on CUDA) mixes bf16 expert outputs with fp32 activations."""
+    model = build(top_k=2).train()
+    set_impl(model, impl)
+    x = torch.randint(0, 101, (2, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, targets=x)
+    out.loss.backward()
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()
+               if p.requires_grad and p.grad is not None)
+
+
 def test_loop_fallback_equals_grouped_mm(monkeypatch):
     import model as model_module
     m = build(top_k=2, router_noise=False)

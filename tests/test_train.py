@@ -189,6 +189,29 @@ def test_resume_with_different_model_settings_lists_the_differences(tmp_path, co
     assert train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 4
 
 
+def test_resume_refuses_another_tokenizer(tmp_path, corpus, cache, capsys):
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    tok = tmp_path / "ckpt" / "r" / "tokenizer.json"
+    spec = json.loads(tok.read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = [k for k, v in vocab.items() if v in (100, 101)]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # another tokenizer with the same size and specials
+    tok.write_text(json.dumps(spec))
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume"))
+    assert "is not the one the checkpoint was trained with" in capsys.readouterr().err
+
+
+def test_weights_only_checkpoint_cannot_be_resumed(tmp_path, corpus, cache, capsys):
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    model, _ = train.load_model(tmp_path / "ckpt" / "r" / "last.pt")
+    train.save_model_only(model, tmp_path / "ckpt" / "w" / "last.pt")
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume",
+                        str(tmp_path / "ckpt" / "w" / "last.pt"), run="w2"))
+    assert "holds weights only" in capsys.readouterr().err
+
+
 def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
     before = (tmp_path / "ckpt" / "r" / "last.pt").read_bytes()
