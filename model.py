@@ -107,7 +107,9 @@ class KVCache:
 
     `next_pos` (B,) is the position the next token of each row takes. Chunked layers drop keys
     from chunks that no future query can see, so they hold at most attn_chunk_size - 1 keys.
-    `seen` counts slots (tokens fed so far, padding included).
+    `seen` counts slots (tokens fed so far, padding included). `aligned`: every row sits at
+    positions 0, 1, 2, ... (no padding), so position = slot and a one-token step needs no mask
+    and no device-to-host sync: the fast path of decoding.
     """
 
     def __init__(self, n_layers: int):
@@ -116,6 +118,7 @@ class KVCache:
         self.pos = [None] * n_layers  # (B, S) position of each cached key, -1 = padding
         self.next_pos = None
         self.seen = 0
+        self.aligned = True
 
     def update(self, i, k, v, pos):
         """Append this step's keys (B, Hkv, T, D), return all the layer's keys, values, positions."""
@@ -129,9 +132,12 @@ class KVCache:
     def trim(self, i, chunk_size):
         """Chunked layer i: drop the leading slots no future query can see (call after attention)."""
         pos = self.pos[i]
-        chunk_start = self.next_pos.div(chunk_size, rounding_mode="floor") * chunk_size  # (B,)
-        needed = (pos >= chunk_start[:, None]).any(0)  # (S,): a suffix of the slots
-        first = int(needed.float().argmax()) if bool(needed.any()) else pos.shape[1]
+        if self.aligned:  # the cached keys are positions seen - S .. seen - 1
+            first = (self.seen // chunk_size) * chunk_size - (self.seen - pos.shape[1])
+        else:
+            chunk_start = self.next_pos.div(chunk_size, rounding_mode="floor") * chunk_size  # (B,)
+            needed = (pos >= chunk_start[:, None]).any(0)  # (S,): a suffix of the slots
+            first = int(needed.float().argmax()) if bool(needed.any()) else pos.shape[1]
         if first > 0:
             self.k[i], self.v[i], self.pos[i] = (t[..., first:, :] if t.dim() == 4 else t[:, first:]
                                                  for t in (self.k[i], self.v[i], self.pos[i]))
@@ -190,7 +196,10 @@ class Attention(nn.Module):
             k_pos = pos
             if cache is not None:
                 k, v, k_pos = cache.update(self.layer, k, v, pos)
-            mask = attention_mask(pos, k_pos, self.chunk_size)
+            if cache is not None and cache.aligned and T == 1:
+                mask = None  # every cached key is <= the query and, after trim, in its chunk
+            else:
+                mask = attention_mask(pos, k_pos, self.chunk_size)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
             if cache is not None and self.chunk_size is not None:
                 cache.trim(self.layer, self.chunk_size)
@@ -281,7 +290,8 @@ class MoE(nn.Module):
         self.shared_expert = FeedForward(args.dim, args.expert_dim)
 
     def forward(self, x):
-        """x (B, T, dim) -> out (B, T, dim), stats (aux loss, z loss, router entropy, counts (E,))."""
+        """x (B, T, dim) -> out (B, T, dim), stats (aux loss, z loss, router entropy, counts (E,));
+        the first three only in training mode."""
         h = x.reshape(-1, x.shape[-1])  # (N, dim)
         logits = self.router(h)  # (N, E)
         select = logits
@@ -294,7 +304,8 @@ class MoE(nn.Module):
             out, counts = self._sparse(h, top_idx, scores)
         else:
             out, counts = self._reference(h, top_idx, scores)
-        return out.view_as(x), self._stats(logits, counts)
+        stats = self._stats(logits, counts) if self.training else (None, None, None, counts)
+        return out.view_as(x), stats
 
     def _sparse(self, h, top_idx, scores):
         flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
@@ -358,6 +369,7 @@ class Output:
     aux_loss: torch.Tensor | None = None  # load-balancing loss, mean over MoE layers
     z_loss: torch.Tensor | None = None  # router z-loss, mean over MoE layers
     router_entropy: torch.Tensor | None = None  # (L_moe,) mean router entropy per MoE layer
+    # (aux_loss, z_loss, router_entropy: training mode only; eval() is HF's model, nothing added)
     expert_counts: torch.Tensor | None = None  # (L_moe, E) tokens routed to each expert
 
 
@@ -393,6 +405,9 @@ class Llama4(nn.Module):
             positions = torch.arange(T, device=tokens.device).expand(B, T)
             if start is not None:
                 positions = positions + start[:, None]
+        elif cache is not None and cache.aligned:  # explicit positions: are they 0, 1, 2, ... ?
+            slots = torch.arange(cache.seen, cache.seen + T, device=tokens.device)
+            cache.aligned = bool((positions == slots).all())
         if cache is not None:
             cache.next_pos = positions.max(dim=1).values + 1
             cache.seen += T
@@ -412,14 +427,16 @@ class Llama4(nn.Module):
             x = x[:, -1:]
         out = Output(logits=self.lm_head(x))
         if stats:
-            aux, z, entropy, counts = (torch.stack(t) for t in zip(*stats, strict=True))
-            out.aux_loss, out.z_loss = aux.mean(), z.mean()
-            out.router_entropy, out.expert_counts = entropy.detach(), counts
+            aux, z, entropy, counts = zip(*stats, strict=True)
+            out.expert_counts = torch.stack(counts)
+            if self.training:
+                out.aux_loss, out.z_loss = torch.stack(aux).mean(), torch.stack(z).mean()
+                out.router_entropy = torch.stack(entropy).detach()
         if targets is not None:
             out.lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                           ignore_index=-1)
             out.loss = out.lm_loss
-            if stats:
+            if out.aux_loss is not None:
                 out.loss = (out.loss + self.args.router_aux_loss_coef * out.aux_loss
                             + self.args.router_z_loss_coef * out.z_loss)
         return out

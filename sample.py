@@ -112,9 +112,10 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
             on_token(out)
         if bool(done.all()):
             break
-        step_tokens = nxt[:, None]
-        step_positions = positions[:, -1:] + 1
-        tokens, positions = torch.cat([tokens, step_tokens], 1), torch.cat([positions, step_positions], 1)
+        step_tokens, step_positions = nxt[:, None], None  # the cache knows each row's next position
+        if not use_cache:
+            tokens = torch.cat([tokens, step_tokens], 1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], 1)
     return out
 
 

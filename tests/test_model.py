@@ -198,10 +198,12 @@ def test_aux_and_z_loss_equal_hand_computed_values():
 
 
 def test_total_loss_adds_router_terms_with_their_coefficients():
-    model = build(router_aux_loss_coef=0.01, router_z_loss_coef=0.001)
+    model = build(router_aux_loss_coef=0.01, router_z_loss_coef=0.001).train()
     x = torch.randint(0, 101, (2, 16))
     out = model(x, targets=x)
     assert torch.allclose(out.loss, out.lm_loss + 0.01 * out.aux_loss + 0.001 * out.z_loss)
+    evaluated = model.eval()(x, targets=x)  # eval: the LM loss alone, as transformers computes it
+    assert evaluated.aux_loss is None and torch.equal(evaluated.loss, evaluated.lm_loss)
 
 
 def test_loss_counts_real_tokens_only():
