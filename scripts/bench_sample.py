@@ -1,7 +1,7 @@
 """Decode benchmark: tokens/s for 256 new tokens after a 16-token prompt, batch 1 and batch 8.
 
-    python scripts/bench_sample.py                 # writes img/bench_sample.json
-    python scripts/bench_sample.py --preset scout-128m --max_seq_len 512
+    python scripts/bench_sample.py                 # scout-128m; writes img/bench_sample.json
+    python scripts/bench_sample.py --preset tiny --repeats 3
 
 Same weights, same prompts, greedy, one run (variants interleaved, medians reported), 2 threads:
   cached      our generate() with the KV cache
@@ -42,11 +42,11 @@ def decode(variant, model, hf, prompts, new_tokens) -> list[list[int]]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="scout-128m", help="model shape (random weights: speed only)")
     p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW)
     p.add_argument("--new_tokens", type=int, default=NEW)
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--out", default=str(ROOT / "img" / "bench_sample.json"))
     a = p.parse_args(argv)
