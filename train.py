@@ -184,14 +184,16 @@ def set_rng_state(s: dict):
 
 
 def make_optimizer(model: Llama4, a: TrainArgs, device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not norms, biases, nor the router noise projection,
+    """AdamW (fused); weight decay on matrices only (not norms, biases, nor the router noise projection,
     which sets the noise scale: decaying it would push the noise to a constant, not to zero)."""
     def decays(name, p):
         return p.dim() >= 2 and ".router_noise." not in name
     decay = [p for n, p in model.named_parameters() if decays(n, p)]
     no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), fused=device.type == "cuda")
+    # fused: one kernel over all parameters; on CPU ~3x faster than the default, which matters for
+    # an MoE, whose optimizer state grows with its total (not active) parameters
+    return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), fused=device.type in ("cuda", "cpu"))
 
 
 def lr_at(a: TrainArgs, step: int, minutes: float = 0.0) -> float:

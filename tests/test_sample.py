@@ -142,6 +142,9 @@ def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
     a = sample.main(["--ckpt", str(run_dir), *argv])
     b = sample.main(["--hf", str(tmp_path / "hf"), *argv])
     assert a == b
+    from transformers import AutoTokenizer  # the exported tokenizer loads in transformers
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tok.decode(hf_tok.encode("once upon a time")) == "once upon a time"
     export_main(["--import", str(tmp_path / "hf"), str(tmp_path / "back" / "last.pt")])  # and back again
     assert sample.main(["--ckpt", str(tmp_path / "back"), *argv]) == a
 
