@@ -597,16 +597,14 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
         if RANK == 0:
             log(f"step {step}: val {r['nats_per_token']:.4f} nats/token, {r['bits_per_byte']:.4f} bits/byte, "
                 f"ppl {r['perplexity']:.2f} over {r['tokens']:,} tokens")
-            extra = {}
-            if a.plot:
-                plot_path = plot_loss(run_dir, a.plot)
-                if wandb_run is not None and plot_path:
-                    import wandb
-                    extra["loss_plot"] = wandb.Image(str(plot_path))
             record = {"kind": "val", "step": step, "minutes": elapsed / 60, "tokens": step * tokens_per_step,
                       **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_byte")},
                       "val_tokens": r["tokens"], "val_bytes": r["bytes"]}  # tokens = tokens trained on
-            metrics.write(record, extra)
+            metrics.write(record)
+            plot_path = plot_loss(run_dir, a.plot) if a.plot else None  # after the write: with this point
+            if wandb_run is not None and plot_path:
+                import wandb
+                wandb_run.log({"loss_plot": wandb.Image(str(plot_path))}, step=step)
         return improved
 
     # --- the loop ---
