@@ -609,7 +609,9 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
 
     # --- the loop ---
     from tqdm import tqdm
-    bar = tqdm(total=a.max_steps, initial=step, disable=RANK != 0, dynamic_ncols=True, desc=run_dir.name)
+    # with a wall-clock budget the step count is open, so the bar's ETA is the budget left instead
+    bar = tqdm(total=None if a.max_minutes else a.max_steps, initial=step, disable=RANK != 0,
+               dynamic_ncols=True, desc=run_dir.name)
     stop = Stop()
     model.train()
     micros = list(range(RANK, a.grad_accum, WORLD))
@@ -658,7 +660,9 @@ def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET
                               tokens=step * tokens_per_step, minutes=elapsed / 60, skipped_steps=skipped)
                 window = new_window()
                 if RANK == 0:
-                    bar.set_postfix(loss=f"{record['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                    eta = {"eta": f"{max(0.0, a.max_minutes - elapsed / 60):.1f}min"} if a.max_minutes else {}
+                    bar.set_postfix(loss=f"{record['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                                    **eta)
                     extra = {}
                     if "expert_share" in record:
                         extra = {f"experts/layer{i}/expert{e}": s for i, layer in
