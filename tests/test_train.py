@@ -320,6 +320,18 @@ def test_metrics_jsonl_and_loss_plot_are_written(tmp_path, corpus, cache):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_loss_plot_includes_the_evaluation_just_made(tmp_path, corpus, cache, monkeypatch):
+    drawn_with = []
+    real = train.plot_loss
+
+    def spy(run_dir, out):
+        drawn_with.append(len(metrics(tmp_path, kind="val")))  # val records on disk at drawing time
+        return real(run_dir, out)
+    monkeypatch.setattr(train, "plot_loss", spy)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--eval_every", "2"))
+    assert drawn_with == [1, 2]
+
+
 def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache):
     from scripts import plot_runs
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "1", run="a"))
