@@ -4,7 +4,8 @@ named presets, and the one command-line layer that every entry point shares.
     ModelArgs   the architecture (Llama 4 text decoder + the vision stub)
     TrainArgs   everything about a training run (data, optimisation, schedule, logging ...)
     SampleArgs  everything about sampling stories from a checkpoint
-    PRESETS     named starting points: scout-128m (default), tiny, scout-17b-16e, maverick-17b-128e
+    PRESETS     named starting points: scout-128m (default), tiny, debug (tests), scout-17b-16e,
+                maverick-17b-128e
     parse_args  `--preset NAME` then `--field value` for any field of the dataclasses asked for
 
 How this departs from the obvious version:
@@ -19,16 +20,12 @@ How this departs from the obvious version:
 import argparse
 import dataclasses
 import difflib
-import json
 import os
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field
 
-
-class ConfigError(ValueError):
-    """A setting is missing, mistyped or out of range. The message names the field and the fix."""
+from errors import ConfigError
 
 
 def arg(default, help, *, hf=None, choices=None, const=None):
@@ -145,6 +142,17 @@ class ModelArgs:
     def is_moe_layer(self, i: int) -> bool:
         return (i + 1) % self.moe_every == 0
 
+    @property
+    def is_dense(self) -> bool:
+        """No MoE layer at all (moe_every > n_layers): every feed-forward is a dense SwiGLU."""
+        return not any(self.is_moe_layer(i) for i in range(self.n_layers))
+
+    def dense_twin(self) -> "ModelArgs":
+        """The dense model with the same active parameters per token (routers aside): no MoE
+        layer, SwiGLU layers as wide as the shared expert plus the top_k routed experts."""
+        return dataclasses.replace(self, moe_every=self.n_layers + 1,
+                                   mlp_dim=(1 + self.top_k) * self.expert_dim)
+
     def uses_rope(self, i: int) -> bool:
         return (i + 1) % self.nope_every != 0
 
@@ -260,7 +268,8 @@ class TrainArgs:
                           "folder", const="latest")
     eval_only: bool = arg(False, "evaluate a checkpoint (--resume or the run's latest) on the "
                                  "validation data, print one JSON line and exit")
-    plot: str = arg("img/loss.png", "loss plot refreshed at each evaluation (empty = none)")
+    plot: str = arg("loss.png", "loss plot refreshed at each evaluation; a relative path is inside the "
+                                "run folder (empty = none)")
     wandb_mode: str = arg("auto", "Weights & Biases: auto = online when logged in, else offline",
                           choices=["auto", "online", "offline", "disabled"])
     wandb_project: str = arg("llama4-tinystories", "W&B project")
@@ -337,6 +346,16 @@ PRESETS = {
         "TrainArgs": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50, eval_every=100,
                           save_every=200, max_steps=2000, eval_windows=64),
     },
+    # For tests and quick checks: every layer type in 4 layers (MoE on each, NoPE on layer 3), chunks
+    # of 8 so that 64-token windows cross chunk boundaries; init std 0.1 so that a wrong weight
+    # shows in the logits. Trains in seconds on a CPU.
+    "debug": {
+        "ModelArgs": dict(vocab_size=320, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=32,
+                          mlp_dim=64, n_experts=4, max_seq_len=64, attn_chunk_size=8, attn_floor_scale=4,
+                          init_std=0.1),
+        "TrainArgs": dict(batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=2, max_steps=8, eval_every=4,
+                          save_every=4, log_every=1, eval_windows=4, wandb_mode="disabled"),
+    },
     # The released shapes, for parameter counting on the meta device (scripts/count_params.py).
     # Token ids are those of the released tokenizer; no router noise, as released.
     "scout-17b-16e": {
@@ -377,7 +396,7 @@ def preset(name: str, cls):
 
 
 # ---------------------------------------------------------------------------------------------
-# JSON: settings travel with checkpoints
+# JSON: settings travel with checkpoints (storage.save_json writes them)
 
 
 def to_dict(obj) -> dict:
@@ -401,37 +420,6 @@ def from_dict(cls, d: dict, where: str = "settings"):
             raise ConfigError(f"{where}: {name} should be {kind.__name__}, got {value!r}")
         values[name] = value
     return cls(**values)
-
-
-def save_json(path, obj) -> None:
-    """Write JSON atomically: a temporary file in the same folder, fsync, then rename."""
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_write(path, data) -> None:
-    """Replace `path` with `data` (bytes, or a function writing to a binary file) so that a crash
-    at any moment leaves either the old file or the new one, never a mix."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,10 @@
-"""Data: text in, a byte-level BPE tokenizer and memory-mapped token shards out, then batches.
+"""Data: text in, token shards out (through the tokenizer of tokenizer.py), then batches.
 
     prepare(train_args, model_args)  sources -> tokenizer -> token shards: the one call train.py makes
     prepare_eval(..., tokenizer)     the validation shard alone, for evaluating a checkpoint
-    Tokenizer                        byte-level BPE (Hugging Face `tokenizers`), special tokens at 0..7
     TokenData                        one tokenized split: tokens.bin (read through np.memmap) + meta.json
     get_batch                        random training windows, a pure function of (seed, step, micro)
-    val_batches, n_val_windows       fixed, ordered windows that cover the validation split once
+    val_windows, n_val_windows       fixed, ordered windows that cover the validation split once
     count_bytes, bits_per_byte       exact bits-per-byte bookkeeping
 
 Sources. By default TinyStories from the Hugging Face Hub through `datasets.load_dataset` (splits
@@ -59,40 +58,25 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import numpy as np
-import tokenizers
 import torch
-from tokenizers import decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 import config
+import storage
 from config import SPECIAL_TOKENS
+from errors import DataError, first_line
+from tokenizer import EOT, Tokenizer, check_tokenizer
 
 FORMAT = 1  # version of the shard layout and tokenization rules; caches of another version are rebuilt
-EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
-
-
-class DataError(Exception):
-    """Bad input. The message is one line naming the problem and the fix."""
-
-    def __init__(self, message):
-        super().__init__(" ".join(str(message).splitlines()))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _n(count: int, word: str) -> str:
@@ -108,149 +92,6 @@ def _size(n: float) -> str:
 
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# The tokenizer
-
-
-@contextmanager
-def _rust_threads_off():
-    """Switch off the `tokenizers` thread pool (it reads TOKENIZERS_PARALLELISM at every call)."""
-    old = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = old
-
-
-class Tokenizer:
-    """A byte-level BPE: a thin wrapper over `tokenizers.Tokenizer` with SPECIAL_TOKENS at ids 0..7.
-
-    No normaliser and no prefix space, so decode(encode(s)) == s for any string of Unicode scalar
-    values (emoji and scripts never seen in training included: every byte is in the vocabulary).
-    Pre-tokenization is the GPT-2 byte-level split (Llama 4's tiktoken-style regex differs mostly on
-    digits and non-Latin scripts, which TinyStories hardly has).
-    `encode` reads special-token strings as special tokens (as transformers does); `decode` keeps
-    them as their text. `token_bytes[i]` is the number of UTF-8 bytes token i stands for, 0 for the
-    special tokens (so bits per byte count the separator as zero bytes: a conservative figure).
-    """
-
-    def __init__(self, tok: tokenizers.Tokenizer):
-        self.tok = tok
-        missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
-        if missing:
-            raise DataError(f"the tokenizer has no {missing[0]} token; leave --tokenizer empty to train "
-                            "one with this project")
-        canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
-        self.hash = hashlib.sha256(canonical.encode()).hexdigest()
-        self.vocab_size = tok.get_vocab_size()
-        self.eos_id = tok.token_to_id(EOT)
-        self.token_bytes = self._count_token_bytes()
-        self._plain = None  # a copy that reads special-token strings as text, for the shards
-
-    @classmethod
-    def train(cls, texts, vocab_size: int) -> "Tokenizer":
-        """Train on an iterable of strings (or of lists of strings). Deterministic for given text."""
-        smallest = len(SPECIAL_TOKENS) + 256
-        if vocab_size < smallest:
-            raise DataError(f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
-                            f"{smallest} ({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
-        tok = tokenizers.Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
-        tok.train_from_iterator(texts, trainer)
-        got = tok.get_vocab_size()
-        if got < vocab_size:
-            raise DataError(f"--vocab_size {vocab_size}: the training text can only fill {got} tokens "
-                            f"(no pair of tokens is left to merge); pass --vocab_size {got} or less, or "
-                            "train on more text")
-        return cls(tok)
-
-    @classmethod
-    def load(cls, path) -> "Tokenizer":
-        if not os.path.isfile(path):
-            raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
-                            "train one")
-        try:
-            tok = tokenizers.Tokenizer.from_file(str(path))
-        except Exception as e:
-            raise DataError(f"--tokenizer: cannot read '{path}' ({_first_line(e)}); pass a tokenizer.json "
-                            "written by this project") from None
-        return cls(tok)
-
-    def save(self, path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        config.atomic_write(path, self.tok.to_str(pretty=True).encode())
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def special_ids(self) -> dict:
-        """ModelArgs field name -> token id, e.g. {"eos_id": 0, "pad_id": 1, ...}."""
-        return {name: self.tok.token_to_id(text) for name, text in SPECIAL_TOKENS.items()}
-
-    def encode_docs(self, texts: list[str], threads: int = 1) -> list[list[int]]:
-        """Encode documents for the shards: special-token strings in them stay plain text.
-
-        With threads > 1 the list is cut into `threads` parts encoded at the same time (the Rust
-        encoder releases the GIL); the Rust thread pool is off meanwhile, so exactly `threads`
-        threads work. The result does not depend on `threads`.
-        """
-        if self._plain is None:
-            self._plain = tokenizers.Tokenizer.from_str(self.tok.to_str())
-            self._plain.encode_special_tokens = True
-
-        def encode(part):
-            return [e.ids for e in self._plain.encode_batch_fast(part, add_special_tokens=False)]
-
-        with _rust_threads_off():
-            if threads <= 1 or len(texts) < 2:
-                return encode(texts)
-            step = math.ceil(len(texts) / threads)
-            parts = [texts[i:i + step] for i in range(0, len(texts), step)]
-            with ThreadPoolExecutor(len(parts)) as pool:
-                return [ids for out in pool.map(encode, parts) for ids in out]
-
-    def to_transformers(self):
-        """The same tokenizer as a `transformers.PreTrainedTokenizerFast` (for the HF export)."""
-        from transformers import PreTrainedTokenizerFast
-        return PreTrainedTokenizerFast(tokenizer_object=self.tok, bos_token=EOT, eos_token=EOT,
-                                       pad_token=SPECIAL_TOKENS["pad_id"], clean_up_tokenization_spaces=False)
-
-    def _count_token_bytes(self) -> np.ndarray:
-        alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
-        special = set(self.special_ids().values())
-        out = np.zeros(self.vocab_size, dtype=np.int64)
-        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
-            if i in special:
-                continue
-            if not set(token) <= alphabet:
-                raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r}); leave --tokenizer "
-                                "empty to train one with this project")
-            out[i] = len(token)
-        return out
-
-
-def check_tokenizer(tok: Tokenizer, model_args: config.ModelArgs, where: str = "the tokenizer") -> None:
-    """The model's vocabulary size and special-token ids must be the tokenizer's."""
-    if tok.vocab_size != model_args.vocab_size:
-        raise DataError(f"{where} has {tok.vocab_size} tokens but --vocab_size is {model_args.vocab_size}; "
-                        f"pass --vocab_size {tok.vocab_size}")
-    for name, i in tok.special_ids().items():
-        if getattr(model_args, name) != i:
-            raise DataError(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but --{name} is "
-                            f"{getattr(model_args, name)}; pass --{name} {i}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,11 +154,10 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
         stale.unlink(missing_ok=True)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     eos = tokenizer.eos_id
-    n_tokens = n_docs = n_bytes = 0
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-tokens.bin")
-    try:
-        with os.fdopen(fd, "wb") as f, tqdm(total=total, unit="doc", desc=desc, disable=None,
-                                             leave=False) as bar:
+    counts = {"tokens": 0, "docs": 0, "bytes": 0}
+
+    def write(f):
+        with tqdm(total=total, unit="doc", desc=desc, disable=None, leave=False) as bar:
             for batch in batches:
                 texts = [s for s in (t.strip() for t in batch) if s]
                 flat = []
@@ -325,23 +165,19 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
                     flat.append(eos)
                     flat.extend(ids)
                 f.write(np.array(flat, dtype=dtype).tobytes())
-                n_tokens += len(flat)
-                n_docs += len(texts)
-                n_bytes += sum(len(t.encode()) for t in texts)
+                counts["tokens"] += len(flat)
+                counts["docs"] += len(texts)
+                counts["bytes"] += sum(len(t.encode()) for t in texts)
                 bar.update(len(batch))
-            f.flush()
-            os.fsync(f.fileno())
-        if n_docs == 0:
+        if counts["docs"] == 0:
             raise DataError(f"{what} has no usable text (only whitespace or separators); check the files")
-        os.replace(tmp, folder / "tokens.bin")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    storage.atomic_write(folder / "tokens.bin", write)
+    n_tokens, n_docs, n_bytes = counts["tokens"], counts["docs"], counts["bytes"]
     meta = {**(meta or {}), "format": FORMAT, "tokenizer_hash": tokenizer.hash,
             "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "n_tokens": n_tokens,
             "n_docs": n_docs, "n_bytes": n_bytes, "layout": "[eos] doc [eos] doc ..."}
-    config.save_json(folder / "meta.json", meta)
+    storage.save_json(folder / "meta.json", meta)
     return TokenData(folder, tokenizer.hash)
 
 
@@ -458,7 +294,7 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
     except Exception as e:
         problem = _json_problem(path, field) if kind == "json" else None
-        raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + _first_line(e) + ')'}") from None
+        raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     feature = ds.features.get(field)
     column = ds.data.column(field) if field in ds.column_names else None
     is_text = getattr(feature, "dtype", None) in ("string", "large_string")
@@ -499,7 +335,7 @@ def load_hub(name: str, split: str, text_field: str = "text"):
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
             HfApi().dataset_info(name, timeout=10)
         except Exception as e:
-            raise DataError(f"cannot get {name!r} from the Hugging Face Hub ({_first_line(e)}); {fix}, or "
+            raise DataError(f"cannot get {name!r} from the Hugging Face Hub ({first_line(e)}); {fix}, or "
                             "set HF_HUB_OFFLINE=1 to use a copy in the datasets cache") from None
     try:
         ds = datasets.load_dataset(name, split=split)
@@ -508,7 +344,7 @@ def load_hub(name: str, split: str, text_field: str = "text"):
             raise DataError(f"cannot load {name!r}: offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) "
                             f"and not in the datasets cache; {fix}") from None
         raise DataError(f"cannot load split {split!r} of {name!r} from the Hugging Face Hub "
-                        f"({_first_line(e)}); {fix}") from None
+                        f"({first_line(e)}); {fix}") from None
     if text_field not in ds.column_names:
         raise DataError(f"{name!r} has no field {text_field!r} (it has: {', '.join(ds.column_names)}); "
                         "pass --text_field NAME")
@@ -569,17 +405,17 @@ def _hub_split(name: str, split: str, text_field: str) -> Split:
 
 def resolve_sources(train_args: config.TrainArgs, log=print) -> tuple[Split, Split]:
     """The training and validation splits that train_args asks for (nothing is read yet)."""
-    a, cache_dir = train_args, Path(train_args.cache_dir)
-    train = (_local_split(a.data, "--data", a.text_field, cache_dir, log) if a.data
-             else _hub_split(a.hf_dataset, "train", a.text_field))
-    if a.val_data:
-        val = _local_split(a.val_data, "--val_data", a.text_field, cache_dir, log)
-    elif not a.data:
-        val = _hub_split(a.hf_dataset, "validation", a.text_field)
+    cache_dir = Path(train_args.cache_dir)
+    train = (_local_split(train_args.data, "--data", train_args.text_field, cache_dir, log) if train_args.data
+             else _hub_split(train_args.hf_dataset, "train", train_args.text_field))
+    if train_args.val_data:
+        val = _local_split(train_args.val_data, "--val_data", train_args.text_field, cache_dir, log)
+    elif not train_args.data:
+        val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field)
     else:
-        every = max(2, round(1 / a.val_fraction))
+        every = max(2, round(1 / train_args.val_fraction))
         val = Split(f"1 in {every} documents of --data, held out (no --val_data; --val_fraction "
-                    f"{a.val_fraction}, evenly spread)", train.source, train.load, "val", every)
+                    f"{train_args.val_fraction}, evenly spread)", train.source, train.load, "val", every)
         train = Split(train.label, train.source, train.load, "train", every)
     log(f"data: train: {train.label}; validation: {val.label}")
     return train, val
@@ -749,27 +585,34 @@ def rank_windows(n_windows: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * n_windows // world_size, (rank + 1) * n_windows // world_size
 
 
-def val_batches(tokens, batch_size: int, seq_len: int, max_windows: int = 0, start: int = 0,
-                stop: int | None = None, pad_id: int = 0):
-    """Validation batches (x, y): fixed, ordered, non-overlapping windows, independent of world size.
+def val_windows(tokens, seq_len: int, max_windows: int = 0, start: int = 0, stop: int | None = None,
+                pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation windows start..stop as two int64 tensors (n, seq_len): fixed, ordered and
+    non-overlapping, independent of world size.
 
     Window i has x = tokens[i*T : i*T + T] and y = tokens[i*T + 1 : i*T + T + 1] (T = seq_len);
     the last window is padded (x with pad_id, y with -1 = ignore), so every token after the first
     is a target exactly once. max_windows > 0 keeps the first max_windows windows: a fixed prefix.
-    start/stop select a range of windows (see rank_windows); the last batch may be smaller.
+    start/stop select a range of windows (see rank_windows).
     """
     tokens = getattr(tokens, "tokens", tokens)
     total = n_val_windows(tokens, seq_len, max_windows)
     stop = total if stop is None else min(stop, total)
-    for first in range(start, stop, batch_size):
-        rows = range(first, min(first + batch_size, stop))
-        x = np.full((len(rows), seq_len), pad_id, dtype=np.int64)
-        y = np.full((len(rows), seq_len), -1, dtype=np.int64)
-        for r, i in enumerate(rows):
-            chunk = np.asarray(tokens[i * seq_len:i * seq_len + seq_len + 1], dtype=np.int64)
-            x[r, :len(chunk) - 1] = chunk[:-1]
-            y[r, :len(chunk) - 1] = chunk[1:]
-        yield torch.from_numpy(x), torch.from_numpy(y)
+    first = np.arange(start, max(start, stop))[:, None] * seq_len  # (n, 1) first token of each window
+    idx = first + np.arange(seq_len + 1)  # (n, T + 1)
+    real = idx < len(tokens)
+    rows = np.asarray(tokens[np.minimum(idx, len(tokens) - 1).ravel()], dtype=np.int64).reshape(idx.shape)
+    x = np.where(real[:, 1:], rows[:, :-1], pad_id)
+    y = np.where(real[:, 1:], rows[:, 1:], -1)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def val_batches(tokens, batch_size: int, seq_len: int, max_windows: int = 0, start: int = 0,
+                stop: int | None = None, pad_id: int = 0):
+    """val_windows(...) in batches of batch_size windows (the last may be smaller)."""
+    x, y = val_windows(tokens, seq_len, max_windows, start, stop, pad_id)
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size], y[i:i + batch_size]
 
 
 def count_bytes(y, token_bytes: np.ndarray) -> int:

@@ -30,6 +30,7 @@ How it departs from the obvious version (and from HF's code):
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -271,6 +272,15 @@ class Experts(nn.Module):
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
 
 
+class RouterStats(NamedTuple):
+    """What one MoE layer reports besides its output. aux_loss, z_loss and entropy are None in eval
+    mode (eval() is exactly HF's model); counts always."""
+    aux_loss: torch.Tensor | None  # switch load-balancing loss, 1.0 when perfectly balanced
+    z_loss: torch.Tensor | None  # mean squared logsumexp of the router logits
+    entropy: torch.Tensor | None  # mean router entropy over the tokens (nats, detached)
+    counts: torch.Tensor  # (E,) assignments routed to each expert
+
+
 class MoE(nn.Module):
     """Shared expert + top-k routed experts; the router's sigmoid score scales the expert input.
 
@@ -289,9 +299,8 @@ class MoE(nn.Module):
         self.experts = Experts(args.n_experts, args.dim, args.expert_dim)
         self.shared_expert = FeedForward(args.dim, args.expert_dim)
 
-    def forward(self, x):
-        """x (B, T, dim) -> out (B, T, dim), stats (aux loss, z loss, router entropy, counts (E,));
-        the first three only in training mode."""
+    def forward(self, x) -> tuple[torch.Tensor, RouterStats]:
+        """x (B, T, dim) -> out (B, T, dim), the layer's RouterStats."""
         h = x.reshape(-1, x.shape[-1])  # (N, dim)
         logits = self.router(h)  # (N, E)
         select = logits
@@ -304,7 +313,7 @@ class MoE(nn.Module):
             out, counts = self._sparse(h, top_idx, scores)
         else:
             out, counts = self._reference(h, top_idx, scores)
-        stats = self._stats(logits, counts) if self.training else (None, None, None, counts)
+        stats = self._stats(logits, counts) if self.training else RouterStats(None, None, None, counts)
         return out.view_as(x), stats
 
     def _sparse(self, h, top_idx, scores):
@@ -327,7 +336,7 @@ class MoE(nn.Module):
         flat = top_idx.reshape(-1)
         return out, flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
 
-    def _stats(self, logits, counts):
+    def _stats(self, logits, counts) -> RouterStats:
         """Switch load-balancing loss E * sum_e f_e P_e (1.0 when perfectly balanced), z-loss,
         mean router entropy, computed on the clean logits."""
         logits = logits.float()
@@ -336,7 +345,7 @@ class MoE(nn.Module):
         aux = self.n_experts * (f * probs.mean(0)).sum()
         z = torch.logsumexp(logits, -1).pow(2).mean()
         entropy = -(probs * torch.log(probs.clamp_min(1e-20))).sum(-1).mean()
-        return aux, z, entropy, counts
+        return RouterStats(aux, z, entropy.detach(), counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,11 +436,11 @@ class Llama4(nn.Module):
             x = x[:, -1:]
         out = Output(logits=self.lm_head(x))
         if stats:
-            aux, z, entropy, counts = zip(*stats, strict=True)
-            out.expert_counts = torch.stack(counts)
+            out.expert_counts = torch.stack([s.counts for s in stats])
             if self.training:
-                out.aux_loss, out.z_loss = torch.stack(aux).mean(), torch.stack(z).mean()
-                out.router_entropy = torch.stack(entropy).detach()
+                out.aux_loss = torch.stack([s.aux_loss for s in stats]).mean()
+                out.z_loss = torch.stack([s.z_loss for s in stats]).mean()
+                out.router_entropy = torch.stack([s.entropy for s in stats])
         if targets is not None:
             out.lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                           ignore_index=-1)
@@ -690,3 +699,17 @@ def count_parameters(model: Llama4) -> dict:
         "router_noise": noise,
         "active_per_token": total - vision - routed + routed * args.top_k // args.n_experts,
     }
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x active matmul parameters (embedding lookups excluded) plus
+    attention's score and value matmuls, 12 x heads x head_dim x mean keys per query (causal: about
+    half the context, or half the chunk on chunked layers)."""
+    with torch.device("meta"):
+        counts = count_parameters(Llama4(args))
+    matmul = counts["active_per_token"] - counts["embedding"] - counts["router_noise"]
+    attn = 0.0
+    for i in range(args.n_layers):
+        span = min(seq_len, args.attn_chunk_size) if args.uses_rope(i) else seq_len
+        attn += 12 * args.n_heads * args.head_dim * (span + 1) / 2
+    return 6 * matmul + attn

@@ -25,11 +25,13 @@ from pathlib import Path
 
 import torch
 
+import checkpoint
 import config
-import data
-import train
+import runtime
 from config import SampleArgs
+from errors import UserError
 from model import KVCache, Llama4
+from tokenizer import Tokenizer, check_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Token choice
@@ -123,32 +125,28 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
 # Loading
 
 
-class SampleError(Exception):
+class SampleError(UserError):
     pass
 
 
-def load(a: SampleArgs, device) -> tuple[Llama4, data.Tokenizer, str]:
+def load(sample_args: SampleArgs, device) -> tuple[Llama4, Tokenizer, str]:
     """Model (eval mode, on device) and tokenizer from a checkpoint or an exported HF folder."""
-    if a.hf:
-        from scripts.export_hf import load_hf
-        model, where = load_hf(a.hf, device), Path(a.hf)
+    if sample_args.hf:
+        model, where = checkpoint.load_hf(sample_args.hf, device), Path(sample_args.hf)
         tok_file = where / "tokenizer.json"
         expected = None
     else:
-        ckpt_path = train.find_checkpoint(a.ckpt)
-        ckpt = train.load_checkpoint(ckpt_path, device)
-        model_args = config.from_dict(config.ModelArgs, ckpt["model_args"], where=str(ckpt_path))
-        from model import build_from_state
-        model, where = build_from_state(model_args, ckpt["model"], device).eval(), ckpt_path
-        tok_file = ckpt_path.parent / "tokenizer.json"
+        where = checkpoint.find_checkpoint(sample_args.ckpt)
+        model, ckpt = checkpoint.load_model(where, device)
+        tok_file = where.parent / "tokenizer.json"
         expected = ckpt.get("tokenizer", {}).get("sha256")
     if not tok_file.exists():
         raise SampleError(f"no tokenizer.json beside {where}; copy the run's tokenizer there "
                           "(scripts/export_hf.py writes it into exported folders)")
     try:
-        tok = data.Tokenizer.load(tok_file)
-        data.check_tokenizer(tok, model.args, where=str(tok_file))
-    except data.DataError as e:
+        tok = Tokenizer.load(tok_file)
+        check_tokenizer(tok, model.args, where=str(tok_file))
+    except UserError as e:
         raise SampleError(f"unknown tokenizer: {e}") from e
     if expected and tok.hash != expected:
         raise SampleError(f"{tok_file} is not the tokenizer this checkpoint was trained with "
@@ -175,45 +173,45 @@ def image_prompt(args: config.ModelArgs) -> list[int]:
     return [args.image_start_id, args.image_id] + [args.patch_id] * args.image_tokens + [args.image_end_id]
 
 
-def prompts_from(a: SampleArgs, tok: data.Tokenizer, args: config.ModelArgs, warn) -> list[list[int]]:
-    texts = list(a.prompt)
-    if a.prompt_file:
+def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs, warn) -> list[list[int]]:
+    texts = list(sample_args.prompt)
+    if sample_args.prompt_file:
         try:
-            texts += [ln for ln in Path(a.prompt_file).read_text().splitlines() if ln.strip()]
+            texts += [ln for ln in Path(sample_args.prompt_file).read_text().splitlines() if ln.strip()]
         except OSError as e:
-            raise SampleError(f"--prompt_file {a.prompt_file}: {e.strerror}") from e
+            raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}") from e
     texts = texts or [""]
-    prefix = [args.eos_id] + (image_prompt(args) if a.image else [])
+    prefix = [args.eos_id] + (image_prompt(args) if sample_args.image else [])
     out = []
     for text in texts:
         ids = prefix + tok.encode(text)
         if len(ids) > args.max_seq_len - 1:
             warn(f"warning: prompt of {len(ids)} tokens is longer than the context allows "
                  f"({args.max_seq_len - 1}); keeping its last {args.max_seq_len - 1} tokens")
-            if a.image:
+            if sample_args.image:
                 raise SampleError("the prompt with its image does not fit the context; shorten it")
             ids = ids[-(args.max_seq_len - 1):]
-        out += [ids] * a.num_samples
+        out += [ids] * sample_args.num_samples
     return out
 
 
 def main(argv=None):
-    _, (a,) = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
+    _, (sample_args,) = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
     try:
-        device = train.resolve_device(a.device)
-        model, tok, where = load(a, device)
+        device = runtime.resolve_device(sample_args.device)
+        model, tok, where = load(sample_args, device)
         images = None
-        if a.image:
+        if sample_args.image:
             if not model.args.vision:
                 raise SampleError(f"{where} has no vision stub (it was trained without --vision); "
                                   "drop --image")
-            images = load_image(a.image, model.args).to(device, next(model.parameters()).dtype)
-        prompts = prompts_from(a, tok, model.args, lambda m: print(m, file=sys.stderr))
+            images = load_image(sample_args.image, model.args).to(device, next(model.parameters()).dtype)
+        prompts = prompts_from(sample_args, tok, model.args, lambda m: print(m, file=sys.stderr))
         if images is not None:
             images = images.expand(len(prompts), -1, -1, -1)
-    except (train.CheckpointError, SampleError, train.TrainError, config.ConfigError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(e.exit_code)
 
     texts = [tok.decode(p[1:]) for p in prompts]
     stream = len(prompts) == 1
@@ -228,8 +226,9 @@ def main(argv=None):
 
     if stream:
         sys.stdout.write(texts[0])
-    rows = generate(model, prompts, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                    top_p=a.top_p, greedy=a.greedy, seed=a.seed, use_cache=not a.no_cache, images=images,
+    rows = generate(model, prompts, sample_args.max_new_tokens, temperature=sample_args.temperature,
+                    top_k=sample_args.top_k, top_p=sample_args.top_p, greedy=sample_args.greedy,
+                    seed=sample_args.seed, use_cache=not sample_args.no_cache, images=images,
                     on_token=on_token if stream else None)
     if stream:
         sys.stdout.write(tok.decode(rows[0])[printed[0]:] + "\n")

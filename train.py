@@ -4,12 +4,23 @@
     python train.py --preset tiny --data FILE --val_data FILE --max_minutes 10
     python train.py --run NAME --resume               # continue exactly where NAME stopped
     python train.py --run NAME --eval_only --val_data FILE
-    torchrun --nproc_per_node 8 train.py ...          # DDP, same global batch as one process
+    torchrun --nproc_per_node 8 -- train.py ...       # DDP, same global batch as one process
 
 One step: grad_accum micro-batches (split over DDP ranks), AdamW, linear warmup then cosine decay,
 gradient clipping, bf16 autocast on CUDA. Loss = LM loss over real tokens + the router's
 auxiliary terms, each logged apart. The run folder checkpoints/<run>/ holds last.pt, best.pt,
-model.json / train.json, tokenizer.json, metrics.jsonl and the W&B run.
+model.json / train.json, tokenizer.json, metrics.jsonl, loss.png and the W&B run.
+
+How a training step flows (`run` reads in this order):
+    setup        settings (the checkpoint's when resuming), run folder, data, model, optimizer: a Job
+    lr_at        the learning rate of this step (warmup, then cosine over steps or the clock)
+    batches_at   this process's micro-batches of the step, a pure function of (seed, step, micro)
+    train_step   forward + backward per micro-batch, clipping, the AdamW step (skipped on device
+                 when the gradients are not finite): the unit a compiler can take whole
+    LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
+    log_step     every log_every steps: one metrics record, the only host sync of the loop
+    evaluate     every eval_every steps: validation nats/token and bits/byte, then best.pt
+    maybe_save   every save_every steps, on a signal and at the end: last.pt
 
 How this departs from the obvious version:
 - A step is a pure function of (seed, step): batches come from data.get_batch(seed, step, micro)
@@ -18,8 +29,11 @@ How this departs from the obvious version:
   backward leave float-rounding differences), and 1 process equals N DDP processes with the same
   global batch (rank r takes micro-batches r, r + N, ...). RNG states are saved all the same.
   With --max_minutes the schedule follows the clock, so a resumed run is not bit-identical.
+- The loop does not wait for the device between log steps: losses, expert counts and the count of
+  skipped steps stay on the device until a log step reads them, and a non-finite step is skipped
+  inside the fused AdamW kernel (its found_inf flag) rather than by a test on the host.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
-  weights_only=True, never written when non-finite; a non-finite step is skipped, not applied.
+  weights_only=True, never written when non-finite.
 - Ctrl-C / SIGTERM finish the current step, save last.pt and exit cleanly.
 - --max_minutes lays the cosine over wall-clock time: the schedule's progress is the larger of
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
@@ -27,185 +41,62 @@ How this departs from the obvious version:
 
 import json
 import math
-import os
-import random
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import checkpoint
 import config
 import data
-from config import ConfigError, ModelArgs, TrainArgs
-from model import Llama4, build_from_state, count_parameters
-
-
-class TrainError(Exception):
-    """A run cannot start or continue; the message says why and what to do."""
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, corrupt or does not match the settings."""
-
-
-def log(msg: str):
-    if RANK == 0:
-        from tqdm import tqdm
-        tqdm.write(msg)
-
-
-RANK, WORLD = 0, 1
-
-# ---------------------------------------------------------------------------------------------
-# Devices and processes
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
-def setup_distributed(device: torch.device) -> torch.device:
-    """Under torchrun: join the process group (NCCL on CUDA, gloo on CPU), one GPU per process."""
-    global RANK, WORLD
-    if "RANK" not in os.environ:
-        return device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    RANK, WORLD = dist.get_rank(), dist.get_world_size()
-    return device
-
-
-def all_reduce(values: list[float], device, op=None) -> list[float]:
-    """Sum (or `op`, e.g. dist.ReduceOp.MAX) of a few numbers over the ranks."""
-    if WORLD == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
-
-
-@contextmanager
-def rank0_first():
-    """Rank 0 runs the block first (building the data caches); the other ranks then run it (and
-    find the caches built). Two processes writing one cache would delete each other's files."""
-    if RANK != 0:
-        dist.barrier()
-    yield
-    if RANK == 0 and WORLD > 1:
-        dist.barrier()
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def latest_run(out_dir) -> Path:
-    runs = [p.parent for p in Path(out_dir).glob("*/last.pt")]
-    if not runs:
-        raise CheckpointError(f"no run with a last.pt under {out_dir}/; train one first or pass a path")
-    return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
-
-
-def find_checkpoint(path_or_run: str, out_dir="checkpoints") -> Path:
-    """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run)."""
-    p = Path(path_or_run) if path_or_run else latest_run(out_dir)
-    if not p.exists() and (Path(out_dir) / path_or_run).exists():
-        p = Path(out_dir) / path_or_run
-    if p.is_dir():
-        p = p / "last.pt"
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist; pass a .pt file or a run folder")
-    return p
-
-
-def load_checkpoint(path, device="cpu") -> dict:
-    """torch.load with weights_only=True: tensors and plain data only, no pickled code runs."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
-            raise ValueError("not a checkpoint of this project")
-        return ckpt
-    except Exception as e:  # truncated zip, bad pickle, foreign file ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is corrupt or unreadable ({reason}); it was left in place: "
-                              "resume from another checkpoint (e.g. best.pt) or start a new --run") from e
-
-
-def save_checkpoint(path, state: dict):
-    config.atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_model(path, device="cpu") -> tuple[Llama4, Path]:
-    """A checkpoint -> (model in eval mode, run folder)."""
-    ckpt = load_checkpoint(path, device)
-    args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(path))
-    return build_from_state(args, ckpt["model"], device).eval(), Path(path).parent
-
-
-def save_model_only(model: Llama4, path):
-    """A checkpoint holding only weights and settings (for sample.py and export)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"model": model.state_dict(), "model_args": config.to_dict(model.args), "step": 0})
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state(legacy=False)
-    return {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-            "numpy": np_state["state"]["key"].tolist(), "numpy_pos": int(np_state["state"]["pos"]),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(s: dict):
-    random.setstate((3, tuple(s["python"]), s["python_pos"]))
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": np.array(s["numpy"], dtype=np.uint32), "pos": s["numpy_pos"]},
-                         "has_gauss": 0, "gauss": 0.0})
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
+import runlog
+import runtime
+import storage
+from config import ModelArgs, TrainArgs
+from errors import CheckpointError, RunError, UserError
+from model import Llama4, count_parameters, flops_per_token
+from runtime import World
+from tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Optimisation
 
 
-def make_optimizer(model: Llama4, a: TrainArgs, device) -> torch.optim.AdamW:
+def make_optimizer(model: Llama4, train_args: TrainArgs, device) -> torch.optim.AdamW:
     """AdamW (fused); weight decay on matrices only (not norms, biases, nor the router noise projection,
     which sets the noise scale: decaying it would push the noise to a constant, not to zero)."""
     def decays(name, p):
         return p.dim() >= 2 and ".router_noise." not in name
     decay = [p for n, p in model.named_parameters() if decays(n, p)]
     no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
-    groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": train_args.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel over all parameters; on CPU ~3x faster than the default, which matters for
-    # an MoE, whose optimizer state grows with its total (not active) parameters
-    return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), fused=device.type in ("cuda", "cpu"))
+    # an MoE, whose optimizer state grows with its total (not active) parameters. It also takes
+    # a found_inf flag, which lets a non-finite step be skipped without a host sync.
+    return torch.optim.AdamW(groups, lr=train_args.lr, betas=(train_args.beta1, train_args.beta2),
+                             fused=device.type in ("cuda", "cpu"))
 
 
-def lr_at(a: TrainArgs, step: int, minutes: float = 0.0) -> float:
+def lr_at(train_args: TrainArgs, step: int, minutes: float = 0.0) -> float:
     """Linear warmup for warmup_steps, then cosine from lr to min_lr. Progress is the larger of the
     step fraction and (with --max_minutes) the wall-clock fraction."""
-    if step < a.warmup_steps:
-        return a.lr * (step + 1) / a.warmup_steps
-    progress = (step - a.warmup_steps) / max(1, a.max_steps - a.warmup_steps)
-    if a.max_minutes > 0:
-        progress = max(progress, minutes / a.max_minutes)
+    t = train_args
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    if t.max_minutes > 0:
+        progress = max(progress, minutes / t.max_minutes)
     progress = min(progress, 1.0)
-    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1 + math.cos(math.pi * progress))
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def micro_seed(seed: int, step: int, micro: int) -> int:
@@ -213,194 +104,295 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro, 1]).generate_state(1)[0])
 
 
-def accumulate(model, batches, seed, step, micros, autocast, no_sync):
+class StepOutput(NamedTuple):
+    """One optimizer step, all on the device (reading any of it waits for the step to finish)."""
+    losses: torch.Tensor  # (4,) loss, lm_loss, aux_loss, z_loss: means over this rank's micro-batches
+    expert_counts: torch.Tensor | None  # (L_moe, E) assignments per expert, summed over micro-batches
+    router_entropy: torch.Tensor | None  # (L_moe,) mean over micro-batches
+    grad_norm: torch.Tensor  # () before clipping
+    skipped: torch.Tensor  # () 1.0 when the gradients were not finite and the update was skipped
+
+LOSSES = ("loss", "lm_loss", "aux_loss", "z_loss")
+
+
+def accumulate(runner, batches, seed, step, micros, autocast, no_sync):
     """Forward and backward over this process's micro-batches; gradients summed over them with
     weight 1/len(batches) (DDP then averages over ranks, giving the mean over the global batch).
-    Returns summed detached stats."""
-    stats = {"loss": 0.0, "lm_loss": 0.0, "aux_loss": 0.0, "z_loss": 0.0}
-    counts = entropy = None
+    Returns (losses (4,), expert counts, router entropy), detached, on the device."""
+    losses, counts, entropy = None, None, None
     for i, ((x, y), micro) in enumerate(zip(batches, micros, strict=True)):
         torch.manual_seed(micro_seed(seed, step, micro))
         with nullcontext() if i == len(batches) - 1 else no_sync():  # DDP syncs on the last only
             with autocast:
-                out = model(x, targets=y)
+                out = runner(x, targets=y)
             (out.loss / len(batches)).backward()
-        for k in stats:
-            value = getattr(out, k)
-            stats[k] += float(value.detach()) / len(batches) if value is not None else 0.0
+        parts = [getattr(out, k) for k in LOSSES]
+        zero = torch.zeros((), device=out.loss.device)
+        now = torch.stack([(p.detach().float() if p is not None else zero) for p in parts]) / len(batches)
+        losses = now if losses is None else losses + now
         if out.expert_counts is not None:
             counts = out.expert_counts if counts is None else counts + out.expert_counts
             e = out.router_entropy / len(batches)
             entropy = e if entropy is None else entropy + e
-    return stats, counts, entropy
+    return losses, counts, entropy
+
+
+def train_step(job: "Job", batches, step: int, lr: float) -> StepOutput:
+    """One optimizer step: accumulate, clip, AdamW. No host sync: a non-finite gradient norm sets
+    the fused AdamW's found_inf flag, so the kernel leaves weights and moments as they were."""
+    for group in job.opt.param_groups:
+        group["lr"] = lr
+    losses, counts, entropy = accumulate(job.runner, batches, job.train_args.seed, step, job.micros,
+                                         job.autocast, job.no_sync)
+    grad_norm = torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.train_args.grad_clip or math.inf)
+    skipped = (~torch.isfinite(grad_norm)).float()
+    job.opt.found_inf = skipped
+    job.opt.step()
+    job.opt.zero_grad(set_to_none=True)
+    return StepOutput(losses, counts, entropy, grad_norm, skipped)
+
+
+def batches_at(job: "Job", step: int) -> list:
+    """This process's micro-batches (x, y) of `step`, on the device."""
+    pin = job.device.type == "cuda"
+    out = []
+    for micro in job.micros:
+        x, y = data.get_batch(job.train_data.tokens, job.train_args.batch_size, job.model_args.max_seq_len,
+                              seed=job.train_args.seed, step=step, micro=micro)
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        out.append((x.to(job.device, non_blocking=pin), y.to(job.device, non_blocking=pin)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Throughput
+# What a run holds
 
 
-def flops_per_token(args: ModelArgs, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active matmul parameters (embedding lookups excluded) plus
-    attention's score and value matmuls, 12 x heads x head_dim x mean keys per query (causal: about
-    half the context, or half the chunk on chunked layers)."""
-    with torch.device("meta"):
-        counts = count_parameters(Llama4(args))
-    matmul = counts["active_per_token"] - counts["embedding"] - counts["router_noise"]
-    attn = 0.0
-    for i in range(args.n_layers):
-        span = min(seq_len, args.attn_chunk_size) if args.uses_rope(i) else seq_len
-        attn += 12 * args.n_heads * args.head_dim * (span + 1) / 2
-    return 6 * matmul + attn
+@dataclass
+class LoopState:
+    """Where a run stands: what a checkpoint saves besides weights, optimizer state and settings."""
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on
+    elapsed: float = 0.0  # seconds of the run so far (the --max_minutes budget counts these)
+    best_val: float = math.inf  # best validation nats/token
+    bad_in_row: int = 0  # non-finite steps in a row, up to the last one
+    skipped_steps: int = 0  # non-finite steps skipped in all
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, tokens_per_step: int) -> "LoopState":
+        defaults = asdict(cls())  # a weights-only checkpoint (for --eval_only) has the step alone
+        state = cls(**{k: ckpt.get(k, v) for k, v in defaults.items()})
+        state.tokens = ckpt.get("tokens", state.step * tokens_per_step)  # older checkpoints lack it
+        return state
+
+    def to_checkpoint(self, seed: int) -> dict:
+        """The fields, the RNG states now, and the data position ((seed, step) picks every batch)."""
+        return {**asdict(self), "rng": checkpoint.rng_state(),
+                "data_position": {"seed": seed, "step": self.step}}
 
 
-GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by substring of the device name
-    "H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
-    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10G": 125e12,
-    "A10": 125e12, "A6000": 155e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
-    "T4": 65e12, "B200": 2250e12,
-}
+@dataclass
+class Job:
+    """Everything a training run holds that does not change from step to step."""
+    model_args: ModelArgs
+    train_args: TrainArgs
+    preset: str
+    run_dir: Path
+    device: torch.device
+    world: World
+    log: object  # print-like, rank 0 only
+    tok: Tokenizer
+    train_data: object  # data.TokenData (None for --eval_only)
+    val: "EvalSet"
+    model: Llama4
+    runner: object  # the model as the loop calls it: compiled and/or wrapped in DDP
+    opt: torch.optim.Optimizer | None
+    autocast: object
+    no_sync: object
+    micros: list
+    clock: "Clock"
+    fpt: float  # training FLOPs per token
+    peak: float | None  # the device's peak FLOP/s, for MFU
+    ckpt_path: Path | None = None  # the checkpoint resumed or evaluated
+    metrics: runlog.Metrics | None = None
+    wandb_id: str | None = None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train_args.batch_size * self.train_args.grad_accum * self.model_args.max_seq_len
+
+    def checkpoint(self, state: LoopState) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                **state.to_checkpoint(self.train_args.seed), "model_args": config.to_dict(self.model_args),
+                "train_args": config.to_dict(self.train_args), "preset": self.preset,
+                "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "wandb_id": self.wandb_id}
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The device's peak: a table of GPU bf16 peaks on CUDA; a GEMM measured now on CPU."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
-    n = 1024
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t, reps = time.perf_counter(), 0
-    while time.perf_counter() - t < 0.3:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+class Clock:
+    """The wall-clock budget (--max_minutes): the run's seconds so far, including earlier sessions
+    of a resumed run, agreed over the ranks so that all stop together and share one schedule."""
+
+    def __init__(self, max_minutes: float, elapsed_before: float = 0.0):
+        self.max_seconds = max_minutes * 60
+        self.before, self.start = elapsed_before, time.time()
+
+    def elapsed(self) -> float:
+        return self.before + time.time() - self.start
+
+    def spent(self, state: LoopState) -> bool:
+        return self.max_seconds > 0 and state.elapsed >= self.max_seconds
+
+    def minutes_left(self, state: LoopState) -> float:
+        return max(0.0, (self.max_seconds - state.elapsed) / 60)
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
+class EvalSet:
+    """This rank's share of the fixed validation windows, kept on the device, and the UTF-8 bytes
+    their targets decode to (counted once). Evaluating waits for the device once, at the end."""
+
+    def __init__(self, val, tok: Tokenizer, model_args: ModelArgs, train_args: TrainArgs, world: World,
+                 device):
+        T = model_args.max_seq_len
+        n = data.n_val_windows(val.tokens, T, train_args.eval_windows)
+        start, stop = data.rank_windows(n, world.rank, world.size)
+        x, y = data.val_windows(val.tokens, T, train_args.eval_windows, start, stop, pad_id=model_args.pad_id)
+        self.tokens, self.bytes = int((y >= 0).sum()), data.count_bytes(y, tok.token_bytes)
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size = train_args.batch_size
+        self.world = world
+
+
 @torch.no_grad()
-def evaluate(model, val, tok, args: ModelArgs, a: TrainArgs, device, autocast) -> dict:
+def evaluate(model, val: EvalSet, autocast, device) -> dict:
     """Loss over the fixed validation windows (this rank's share, summed over ranks)."""
     was_training = model.training
     model.eval()
-    n = data.n_val_windows(val.tokens, args.max_seq_len, a.eval_windows)
-    start, stop = data.rank_windows(n, RANK, WORLD)
-    nats = tokens = n_bytes = 0.0
-    for x, y in data.val_batches(val.tokens, a.batch_size, args.max_seq_len, a.eval_windows, start, stop,
-                                 pad_id=args.pad_id):
-        x, y = x.to(device), y.to(device)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, len(val.x), val.batch_size):
+        x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
         with autocast:
             logits = model(x).logits
-        nats += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                                      reduction="sum"))
-        tokens += int((y >= 0).sum())
-        n_bytes += data.count_bytes(y, tok.token_bytes)
-    nats, tokens, n_bytes = all_reduce([nats, tokens, n_bytes], device)
+        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
     model.train(was_training)
+    nats, tokens, n_bytes = runtime.all_reduce([float(nats), val.tokens, val.bytes], device, val.world)
     per_token = nats / max(tokens, 1)
     return {"nats_per_token": per_token, "perplexity": math.exp(min(per_token, 50)),
             "bits_per_byte": data.bits_per_byte(nats, n_bytes) if n_bytes else float("nan"),
             "tokens": int(tokens), "bytes": int(n_bytes)}
 
 
-# ---------------------------------------------------------------------------------------------
-# Logging: tqdm, metrics.jsonl, W&B, the loss plot
-
-
-def wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def start_wandb(a: TrainArgs, run_dir: Path, settings: dict, run_name: str):
-    mode = a.wandb_mode
-    if mode == "disabled":
-        return None
-    if mode == "auto":
-        mode = "online" if wandb_logged_in() else "offline"
-    import wandb
-    try:
-        return wandb.init(project=a.wandb_project, group=a.wandb_group or None, name=a.wandb_name or run_name,
-                          id=settings.get("wandb_id"), resume="allow", dir=str(run_dir), mode=mode,
-                          config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
-    except Exception as e:  # no network, no login: never crash a run over its dashboard
-        log(f"wandb: {mode} start failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-            "logging offline instead")
-        return wandb.init(project=a.wandb_project, name=a.wandb_name or run_name, dir=str(run_dir),
-                          mode="offline", config=settings)
-
-
-class Metrics:
-    """metrics.jsonl in the run folder (rank 0), mirrored to W&B."""
-
-    def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None):
-        self.path = run_dir / "metrics.jsonl"
-        self.wandb = wandb_run
-        if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["step"] <= keep_until_step]
-            config.atomic_write(self.path, "".join(ln + "\n" for ln in kept).encode())
-        elif keep_until_step is None and self.path.exists():
-            self.path.unlink()
-
-    def write(self, record: dict, wandb_extra: dict | None = None):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            prefix = record["kind"]
-            flat = {f"{prefix}/{k}": v for k, v in record.items()
-                    if isinstance(v, (int, float)) and k not in ("step", "kind")}
-            self.wandb.log({**flat, **(wandb_extra or {})}, step=record["step"])
-
-
-def new_window() -> dict:
-    """Sums over the steps since the last log line (this rank's)."""
-    return {"steps": 0, "busy": 0.0, "loss": 0.0, "lm_loss": 0.0, "aux_loss": 0.0, "z_loss": 0.0,
-            "counts": None, "entropy": None}
-
-
-def add_to_window(w: dict, stats: dict, counts, entropy):
-    w["steps"] += 1
-    for k in stats:
-        w[k] += stats[k]
-    if counts is not None:
-        w["counts"] = counts.detach() if w["counts"] is None else w["counts"] + counts.detach()
-        w["entropy"] = entropy if w["entropy"] is None else w["entropy"] + entropy
-
-
-def window_record(w: dict, device) -> dict:
-    """Means over the window's steps and all ranks: losses, each expert's share of the tokens per
-    MoE layer, router entropy per layer."""
-    n = w["steps"] * WORLD
-    losses = all_reduce([w["loss"], w["lm_loss"], w["aux_loss"], w["z_loss"]], device)
-    record = dict(zip(["loss", "lm_loss", "aux_loss", "z_loss"], [v / n for v in losses], strict=True))
-    if w["counts"] is not None:
-        counts, entropy = w["counts"].clone(), w["entropy"].clone()
-        if WORLD > 1:
-            dist.all_reduce(counts)
-            dist.all_reduce(entropy)
-        share = (counts.float() / counts.sum(-1, keepdim=True)).tolist()
-        record["expert_share"] = [[round(s, 5) for s in layer] for layer in share]
-        record["router_entropy"] = [round(float(e) / n, 5) for e in entropy]
-    return record
+def run_eval(job: Job, state: LoopState) -> bool:
+    """Evaluate, write the val record and the loss plot; True when the result is the best yet."""
+    r = evaluate(job.model, job.val, job.autocast, job.device)
+    improved = r["nats_per_token"] < state.best_val
+    state.best_val = min(state.best_val, r["nats_per_token"])
+    if job.world.main:
+        job.log(f"step {state.step}: val {r['nats_per_token']:.4f} nats/token, {r['bits_per_byte']:.4f} "
+                f"bits/byte, ppl {r['perplexity']:.2f} over {r['tokens']:,} tokens")
+        job.metrics.write({"kind": "val", "step": state.step, "minutes": state.elapsed / 60,
+                           "tokens": state.tokens, **{k: r[k] for k in ("nats_per_token", "perplexity",
+                                                                        "bits_per_byte")},
+                           "val_tokens": r["tokens"], "val_bytes": r["bytes"]})
+        if job.train_args.plot:  # drawn after the write, so the plot has this point
+            path = runlog.plot_loss(job.run_dir, job.train_args.plot, job.log)
+            job.metrics.log_image("loss_plot", path, state.step)
+    return improved
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# Logging: a window of steps, read once per log step
+
+
+class Window:
+    """Sums over the steps since the last train record, on the device, and the time they took."""
+
+    def __init__(self, state: LoopState, device):
+        self.steps, self.start, self.paused = 0, time.perf_counter(), 0.0
+        self.losses = self.counts = self.entropy = None
+        self.skipped = torch.zeros((), device=device)  # non-finite steps not yet counted in the state
+        self.bad_in_row = torch.full((), float(state.bad_in_row), device=device)
+
+    def add(self, out: StepOutput):
+        def plus(a, b):
+            return b if a is None else a + b
+        self.steps += 1
+        self.losses = plus(self.losses, out.losses)
+        self.skipped += out.skipped
+        self.bad_in_row = (self.bad_in_row + out.skipped) * out.skipped  # back to 0 after a good step
+        if out.expert_counts is not None:
+            self.counts = plus(self.counts, out.expert_counts)
+            self.entropy = plus(self.entropy, out.router_entropy)
+
+    def settle(self, state: LoopState) -> int:
+        """Move the count of skipped steps into the state (a host sync); returns how many."""
+        skipped, bad = (int(v) for v in torch.stack([self.skipped, self.bad_in_row]).tolist())
+        self.skipped.zero_()
+        state.skipped_steps += skipped
+        state.bad_in_row = bad
+        return skipped
+
+    def record(self, job: Job) -> dict:
+        """Means over the window's steps and all ranks (this waits for the device)."""
+        n = self.steps * job.world.size
+        losses = runtime.all_reduce((self.losses / self.steps).tolist(), job.device, job.world)
+        rec = dict(zip(LOSSES, [v / job.world.size for v in losses], strict=True))
+        if self.counts is not None:
+            counts, entropy = self.counts.clone(), self.entropy.clone()
+            if job.world.size > 1:
+                dist.all_reduce(counts)
+                dist.all_reduce(entropy)
+            share = (counts.float() / counts.sum(-1, keepdim=True)).tolist()
+            rec["expert_share"] = [[round(s, 5) for s in layer] for layer in share]
+            rec["router_entropy"] = [round(float(e) / n, 5) for e in entropy]
+        rec["busy_seconds"] = time.perf_counter() - self.start - self.paused
+        return rec
+
+
+def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOutput, bar) -> None:
+    """Write the window's train record; stop when too many non-finite steps came in a row."""
+    skipped = window.settle(state)
+    if skipped:
+        job.log(f"step {state.step}: {skipped} non-finite loss or gradient step(s) in the last "
+                f"{window.steps}, updates skipped ({state.bad_in_row} in a row)")
+    if state.bad_in_row >= job.train_args.max_bad_steps:
+        raise RunError(f"{state.bad_in_row} non-finite steps in a row (step {state.step}); lower --lr, raise "
+                       "--warmup_steps or check the data; last.pt holds the last good state")
+    rec = window.record(job)
+    tok_s = window.steps * job.tokens_per_step / max(rec.pop("busy_seconds"), 1e-9)
+    rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(out.grad_norm), tokens_per_s=tok_s,
+               mfu=tok_s * job.fpt / (job.peak * job.world.size) if job.peak else None, tokens=state.tokens,
+               minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
+    if job.world.main:
+        eta = {"eta": f"{job.clock.minutes_left(state):.1f}min"} if job.train_args.max_minutes else {}
+        bar.set_postfix(loss=f"{rec['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", **eta)
+        extra = {}
+        if "expert_share" in rec:
+            extra = {f"experts/layer{i}/expert{e}": s for i, layer in enumerate(rec["expert_share"])
+                     for e, s in enumerate(layer)}
+            extra.update({f"router_entropy/layer{i}": h for i, h in enumerate(rec["router_entropy"])})
+        job.metrics.write(rec, extra)
+
+
+def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
+    """Save last.pt or best.pt, unless the weights are not finite (then the old file stays)."""
+    window.settle(state)
+    if not all(torch.isfinite(p).all() for p in job.model.parameters()):  # every rank agrees: same weights
+        raise RunError(f"weights are not finite at step {state.step}; not saving {name} (the previous "
+                       "checkpoint is intact): lower --lr or raise --warmup_steps")
+    if job.world.main:
+        checkpoint.save_checkpoint(job.run_dir / name, job.checkpoint(state))
 
 
 class Stop:
     """SIGINT / SIGTERM ask the loop to stop after the current step; a second signal aborts."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, log):
+        self.requested, self.log = False, log
         self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(self, signum, frame):
@@ -408,24 +400,34 @@ class Stop:
             self.restore()
             raise KeyboardInterrupt
         self.requested = True
-        log(f"\n{signal.Signals(signum).name}: finishing this step, then saving a resumable checkpoint "
-            "(send it again to abort)")
+        self.log(f"\n{signal.Signals(signum).name}: finishing this step, then saving a resumable checkpoint "
+                 "(send it again to abort)")
 
     def restore(self):
         for s, h in self.old.items():
             signal.signal(s, h)
 
 
-def check_writable(run_dir: Path):
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise TrainError(f"cannot write to {run_dir} ({e.strerror}); pick another --out_dir or --run") from e
-    for stale in run_dir.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
-        stale.unlink(missing_ok=True)
+def agree(job: Job, state: LoopState, stop: Stop) -> bool:
+    """Update the clock (agreed over the ranks, as is a stop request); True when a signal asks to stop."""
+    if job.world.size == 1:
+        state.elapsed = job.clock.elapsed()
+        return stop.requested
+    stop_now, state.elapsed = runtime.all_reduce([float(stop.requested), job.clock.elapsed()], job.device,
+                                                 job.world, op=dist.ReduceOp.MAX)
+    return bool(stop_now)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting a run up
+
+
+class RunPlan(NamedTuple):
+    run_dir: Path
+    model_args: ModelArgs
+    train_args: TrainArgs
+    ckpt: dict | None  # the checkpoint to resume or evaluate
+    ckpt_path: Path | None
 
 
 def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArgs, TrainArgs]:
@@ -447,29 +449,209 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     return saved_model, TrainArgs(**keep)
 
 
-def setup_run(model_args: ModelArgs, a: TrainArgs, preset: str, given) -> tuple:
+def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
     """Run folder, settings (the checkpoint's when resuming), the checkpoint and its path."""
-    out = Path(a.out_dir)
-    if a.resume not in ("", "latest"):  # a checkpoint file or run folder
-        ckpt_path = find_checkpoint(a.resume, out)
-        run_dir = out / a.run if a.run else ckpt_path.parent
-    elif a.resume == "latest" or a.eval_only:  # the latest checkpoint of --run (or the newest run)
-        run_dir = out / a.run if a.run else latest_run(out)
-        ckpt_path = find_checkpoint(str(run_dir), out)
+    out = Path(train_args.out_dir)
+    if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
+        ckpt_path = checkpoint.find_checkpoint(train_args.resume, out)
+        run_dir = out / train_args.run if train_args.run else ckpt_path.parent
+    elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
+        run_dir = out / train_args.run if train_args.run else checkpoint.latest_run(out)
+        ckpt_path = checkpoint.find_checkpoint(str(run_dir), out)
     else:  # a new run
-        run_dir, ckpt_path = out / (a.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"), None
+        run_dir = out / (train_args.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        ckpt_path = None
         if (run_dir / "last.pt").exists():
-            raise TrainError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or pick "
-                             "another --run")
+            raise RunError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or pick "
+                           "another --run")
     ckpt = None
     if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        if "optimizer" not in ckpt and not a.eval_only:
+        ckpt = checkpoint.load_checkpoint(ckpt_path)
+        if "optimizer" not in ckpt and not train_args.eval_only:
             raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
                                   "(--eval_only) or sampled, not resumed: start a new --run")
-        model_args, a = resume_settings(ckpt, model_args, a, given)
-    a = TrainArgs(**{**config.to_dict(a), "run": run_dir.name})
-    return run_dir, model_args, a, ckpt, ckpt_path
+        model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
+    train_args = TrainArgs(**{**config.to_dict(train_args), "run": run_dir.name})
+    if ckpt is not None and not train_args.tokenizer:  # a resumed run uses its checkpoint's tokenizer
+        for candidate in (run_dir / "tokenizer.json", ckpt_path.parent / "tokenizer.json"):
+            if candidate.exists():
+                train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
+                break
+    return RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path)
+
+
+def check_writable(run_dir: Path):
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write to {run_dir} ({e.strerror}); pick another --out_dir or --run") from e
+    for stale in run_dir.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
+        stale.unlink(missing_ok=True)
+
+
+def load_data(plan: RunPlan, world: World, log):
+    """(tokenizer, training shard or None for --eval_only, validation shard); rank 0 builds caches."""
+    model_args, train_args = plan.model_args, plan.train_args
+    with runtime.rank0_first(world):
+        if train_args.eval_only:
+            if not train_args.tokenizer:
+                raise RunError(f"{plan.run_dir} has no tokenizer.json to evaluate with")
+            tok = Tokenizer.load(train_args.tokenizer)
+            return tok, None, data.prepare_eval(train_args, model_args, tok, log)
+        return data.prepare(train_args, model_args, log=log)
+
+
+def check_tokenizer_hash(tok: Tokenizer, plan: RunPlan):
+    expected = (plan.ckpt or {}).get("tokenizer", {}).get("sha256")
+    if expected and tok.hash != expected:
+        raise CheckpointError(f"tokenizer {plan.train_args.tokenizer} is not the one the checkpoint was "
+                              f"trained with (sha256 {tok.hash[:12]} != {expected[:12]}); restore the run's "
+                              "tokenizer.json")
+
+
+def make_log(world: World):
+    def log(msg: str):
+        if world.main:
+            from tqdm import tqdm
+            tqdm.write(msg)
+    return log
+
+
+def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> tuple[Job, LoopState]:
+    """Everything before the first step: a Job, and the LoopState to start from."""
+    device, world = runtime.setup_distributed(runtime.resolve_device(train_args.device))
+    log = make_log(world)
+    plan = plan_run(model_args, train_args, preset, given)
+    model_args, train_args, ckpt = plan.model_args, plan.train_args, plan.ckpt
+    if world.main and not train_args.eval_only:
+        check_writable(plan.run_dir)
+    if train_args.grad_accum % world.size:
+        raise RunError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
+                       f"use a multiple of {world.size}")
+    tok, train_data, val = load_data(plan, world, log)
+    check_tokenizer_hash(tok, plan)
+
+    dtype = runtime.compute_dtype(train_args.dtype, device)
+    torch.manual_seed(train_args.seed)
+    model = Llama4(model_args).to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.set_grad_checkpointing(train_args.grad_checkpoint)
+    opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
+    if ckpt is not None and opt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
+    runner = torch.compile(model) if train_args.compile else model
+    if world.size > 1:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            runner, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model_args.vision)
+    job = Job(model_args, train_args, preset, plan.run_dir, device, world, log, tok, train_data,
+              EvalSet(val, tok, model_args, train_args, world, device), model, runner, opt,
+              runtime.autocast(device, dtype), runner.no_sync if world.size > 1 else nullcontext,
+              list(range(world.rank, train_args.grad_accum, world.size)), None,
+              flops_per_token(model_args, model_args.max_seq_len), runtime.peak_flops(device, dtype),
+              plan.ckpt_path, wandb_id=(ckpt or {}).get("wandb_id"))
+    state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
+    job.clock = Clock(train_args.max_minutes, state.elapsed)
+    return job, state
+
+
+def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
+    """Settings files, the start-up summary, W&B and metrics.jsonl (rank 0)."""
+    model_args, train_args, log = job.model_args, job.train_args, job.log
+    counts = count_parameters(job.model)
+    T, B = model_args.max_seq_len, train_args.batch_size
+    log(f"model: {counts['total']:,} parameters, {counts['active_per_token']:,} active per token "
+        f"({counts['non_embedding']:,} non-embedding); {job.fpt / 1e6:.1f} MFLOPs per token")
+    dtype = runtime.compute_dtype(train_args.dtype, job.device)
+    log(f"run: {job.run_dir} | device {job.device}, dtype {str(dtype).removeprefix('torch.')}, world size "
+        f"{job.world.size} | {job.tokens_per_step:,} tokens per step ({train_args.grad_accum} x {B} x {T}) | "
+        f"steps {state.step} -> {train_args.max_steps}"
+        + (f" or {train_args.max_minutes:g} minutes" if train_args.max_minutes else "")
+        + (f" | peak {job.peak / 1e12:.2f} TFLOP/s" if job.peak else ""))
+    if not job.world.main:
+        return
+    storage.save_json(job.run_dir / "model.json", config.to_dict(model_args))
+    storage.save_json(job.run_dir / "train.json", config.to_dict(train_args))
+    if not (job.run_dir / "tokenizer.json").exists():
+        job.tok.save(job.run_dir / "tokenizer.json")
+    settings = {"preset": job.preset, "model": config.to_dict(model_args),
+                "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
+    wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
+    job.wandb_id = wandb_run.id if wandb_run is not None else job.wandb_id
+    job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if resumed else None, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAULT_PRESET,
+        given=frozenset()) -> dict:
+    job, state = setup(model_args, train_args, preset, given)
+    t = job.train_args
+    if t.eval_only:
+        return evaluate_only(job, state)
+    start_logging(job, state, resumed=t.resume != "")
+    from tqdm import tqdm
+    bar = tqdm(total=None if t.max_minutes else t.max_steps, initial=state.step, disable=not job.world.main,
+               dynamic_ncols=True, desc=job.run_dir.name)
+    stop, finished = Stop(job.log), "max_steps"
+    job.model.train()
+    window = Window(state, job.device)
+    try:
+        while state.step < t.max_steps:
+            if job.clock.spent(state):
+                finished = "max_minutes"
+                break
+            lr = lr_at(t, state.step, state.elapsed / 60)
+            out = train_step(job, batches_at(job, state.step), state.step, lr)
+            state.step, state.tokens = state.step + 1, state.tokens + job.tokens_per_step
+            window.add(out)
+            stop_now = agree(job, state, stop)
+            bar.update(1)
+            if state.step % t.log_every == 0 or state.step == t.max_steps:
+                log_step(job, state, window, lr, out, bar)
+                window = Window(state, job.device)
+            paused = time.perf_counter()
+            if state.step % t.eval_every == 0 and state.step < t.max_steps and not stop_now:
+                if run_eval(job, state):
+                    maybe_save(job, state, window, "best.pt")
+            if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
+                maybe_save(job, state, window, "last.pt")
+            window.paused += time.perf_counter() - paused
+            if stop_now:
+                finished = "signal"
+                break
+        if window.steps:  # the last, partial window (a budget or a signal ended the run)
+            log_step(job, state, window, lr, out, bar)
+        if finished != "signal":
+            if run_eval(job, state) or not (job.run_dir / "best.pt").exists():
+                maybe_save(job, state, window, "best.pt")
+            maybe_save(job, state, window, "last.pt")
+    finally:
+        stop.restore()
+        bar.close()
+        if job.metrics is not None:
+            job.metrics.finish()
+    job.log(f"{'stopped by signal' if finished == 'signal' else 'done'} at step {state.step} ({finished}); "
+            f"checkpoints in {job.run_dir}"
+            + (f"; {state.skipped_steps} non-finite steps skipped" if state.skipped_steps else ""))
+    return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir), "finished": finished}
+
+
+def evaluate_only(job: Job, state: LoopState) -> dict:
+    """--eval_only: one JSON line with the checkpoint's validation figures."""
+    result = evaluate(job.model, job.val, job.autocast, job.device)
+    result.update(step=state.step, checkpoint=str(job.ckpt_path))
+    if job.world.main:
+        print(json.dumps(result), flush=True)
+    return result
 
 
 def main(argv=None):
@@ -477,230 +659,12 @@ def main(argv=None):
     preset, (model_args, train_args) = parsed
     try:
         return run(model_args, train_args, preset, parsed.given)
-    except (TrainError, CheckpointError, data.DataError, ConfigError) as e:
+    except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(e.exit_code)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def run(model_args: ModelArgs, a: TrainArgs, preset: str = config.DEFAULT_PRESET, given=frozenset()):
-    device = setup_distributed(resolve_device(a.device))
-    run_dir, model_args, a, ckpt, ckpt_path = setup_run(model_args, a, preset, given)
-    if RANK == 0:
-        check_writable(run_dir)
-    if a.grad_accum % WORLD:
-        raise TrainError(f"--grad_accum {a.grad_accum} does not split over {WORLD} processes; "
-                         f"use a multiple of {WORLD}")
-
-    # --- data: a resumed run uses its checkpoint's tokenizer ---
-    tok_file = run_dir / "tokenizer.json"
-    if ckpt is not None and not a.tokenizer:
-        for candidate in (tok_file, ckpt_path.parent / "tokenizer.json"):
-            if candidate.exists():
-                a = TrainArgs(**{**config.to_dict(a), "tokenizer": str(candidate)})
-                break
-    quiet = log if RANK == 0 else (lambda m: None)
-    with rank0_first():
-        if a.eval_only:
-            if not a.tokenizer:
-                raise TrainError(f"{run_dir} has no tokenizer.json to evaluate with")
-            tok = data.Tokenizer.load(a.tokenizer)
-            val = data.prepare_eval(a, model_args, tok, quiet)
-        else:
-            tok, train_data, val = data.prepare(a, model_args, log=quiet)
-    expected = (ckpt or {}).get("tokenizer", {}).get("sha256")
-    if expected and tok.hash != expected:
-        raise CheckpointError(f"tokenizer {a.tokenizer} is not the one the checkpoint was trained with "
-                              f"(sha256 {tok.hash[:12]} != {expected[:12]}); restore the run's "
-                              "tokenizer.json")
-
-    # --- model and optimizer ---
-    dtype = torch.bfloat16 if a.dtype == "bfloat16" or (a.dtype == "auto" and device.type == "cuda") \
-        else torch.float32
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    torch.manual_seed(a.seed)
-    model = Llama4(model_args).to(device)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    model.set_grad_checkpointing(a.grad_checkpoint)
-
-    if a.eval_only:
-        result = evaluate(model, val, tok, model_args, a, device, autocast)
-        result.update(step=ckpt["step"], checkpoint=str(ckpt_path))
-        if RANK == 0:
-            print(json.dumps(result), flush=True)
-        return result
-
-    opt = make_optimizer(model, a, device)
-    step, elapsed, best, bad_in_row, skipped = 0, 0.0, float("inf"), 0, 0
-    settings = {"preset": preset, "model": config.to_dict(model_args), "train": config.to_dict(a)}
-    if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-        step, elapsed, best = ckpt["step"], ckpt["elapsed"], ckpt["best_val"]
-        bad_in_row, skipped = ckpt["bad_in_row"], ckpt["skipped_steps"]
-        settings["wandb_id"] = ckpt.get("wandb_id")
-        set_rng_state(ckpt["rng"])
-        log(f"resumed {ckpt_path} at step {step}")
-    if RANK == 0:
-        config.save_json(run_dir / "model.json", config.to_dict(model_args))
-        config.save_json(run_dir / "train.json", config.to_dict(a))
-        if not tok_file.exists():
-            tok.save(tok_file)
-
-    runner = model
-    if a.compile:
-        runner = torch.compile(model)
-    if WORLD > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(
-            runner, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model_args.vision)
-    no_sync = runner.no_sync if WORLD > 1 else nullcontext
-
-    # --- start-up summary ---
-    counts = count_parameters(model)
-    T, B = model_args.max_seq_len, a.batch_size
-    tokens_per_step = B * T * a.grad_accum
-    fpt = flops_per_token(model_args, T)
-    peak = peak_flops(device, dtype)
-    log(f"model: {counts['total']:,} parameters, {counts['active_per_token']:,} active per token "
-        f"({counts['non_embedding']:,} non-embedding); {fpt / 1e6:.1f} MFLOPs per token")
-    log(f"run: {run_dir} | device {device}, dtype {str(dtype).removeprefix('torch.')}, world size {WORLD} | "
-        f"{tokens_per_step:,} tokens per step ({a.grad_accum} x {B} x {T}) | steps {step} -> {a.max_steps}"
-        + (f" or {a.max_minutes:g} minutes" if a.max_minutes else "")
-        + (f" | peak {peak / 1e12:.2f} TFLOP/s" if peak else ""))
-
-    wandb_run = start_wandb(a, run_dir, settings, run_dir.name) if RANK == 0 else None
-    metrics = Metrics(run_dir, wandb_run, step if ckpt is not None else None) if RANK == 0 else None
-
-    def state(best_val):
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "best_val": best_val, "bad_in_row": bad_in_row, "skipped_steps": skipped, "rng": rng_state(),
-                "data_position": {"seed": a.seed, "step": step}, "model_args": config.to_dict(model_args),
-                "train_args": config.to_dict(a), "preset": preset,
-                "tokenizer": {"file": "tokenizer.json", "sha256": tok.hash},
-                "wandb_id": wandb_run.id if wandb_run is not None else settings.get("wandb_id")}
-
-    def save(name, best_val):
-        if not all(torch.isfinite(p).all() for p in model.parameters()):  # every rank agrees: same weights
-            raise TrainError(f"weights are not finite at step {step}; not saving {name} (the previous "
-                             "checkpoint is intact): lower --lr or raise --warmup_steps")
-        if RANK == 0:
-            save_checkpoint(run_dir / name, state(best_val))
-
-    def run_eval():
-        nonlocal best
-        r = evaluate(model, val, tok, model_args, a, device, autocast)
-        improved = r["nats_per_token"] < best
-        best = min(best, r["nats_per_token"])
-        if RANK == 0:
-            log(f"step {step}: val {r['nats_per_token']:.4f} nats/token, {r['bits_per_byte']:.4f} bits/byte, "
-                f"ppl {r['perplexity']:.2f} over {r['tokens']:,} tokens")
-            record = {"kind": "val", "step": step, "minutes": elapsed / 60, "tokens": step * tokens_per_step,
-                      **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_byte")},
-                      "val_tokens": r["tokens"], "val_bytes": r["bytes"]}  # tokens = tokens trained on
-            metrics.write(record)
-            plot_path = plot_loss(run_dir, a.plot) if a.plot else None  # after the write: with this point
-            if wandb_run is not None and plot_path:
-                import wandb
-                wandb_run.log({"loss_plot": wandb.Image(str(plot_path))}, step=step)
-        return improved
-
-    # --- the loop ---
-    from tqdm import tqdm
-    # with a wall-clock budget the step count is open, so the bar's ETA is the budget left instead
-    bar = tqdm(total=None if a.max_minutes else a.max_steps, initial=step, disable=RANK != 0,
-               dynamic_ncols=True, desc=run_dir.name)
-    stop = Stop()
-    model.train()
-    micros = list(range(RANK, a.grad_accum, WORLD))
-    window = new_window()
-    finished, t_start, elapsed_before = "max_steps", time.time(), elapsed
-    try:
-        while step < a.max_steps:
-            if a.max_minutes and elapsed >= a.max_minutes * 60:
-                finished = "max_minutes"
-                break
-            t0 = time.time()
-            lr = lr_at(a, step, elapsed / 60)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            batches = [tuple(t.to(device) for t in
-                             data.get_batch(train_data.tokens, B, T, seed=a.seed, step=step, micro=m))
-                       for m in micros]
-            stats, counts_, entropy = accumulate(runner, batches, a.seed, step, micros, autocast, no_sync)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip or float("inf"))
-            if torch.isfinite(grad_norm):
-                opt.step()
-                bad_in_row = 0
-            else:
-                skipped, bad_in_row = skipped + 1, bad_in_row + 1
-                log(f"step {step}: non-finite loss or gradients; update skipped ({bad_in_row} in a row)")
-                if bad_in_row >= a.max_bad_steps:
-                    raise TrainError(f"{bad_in_row} non-finite steps in a row (step {step}); lower --lr, "
-                                     "raise --warmup_steps or check the data; last.pt holds the last good "
-                                     "state")
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            window["busy"] += time.time() - t0
-            add_to_window(window, stats, counts_, entropy)
-            # the ranks agree on the clock (for the schedule and the budget) and on stopping
-            stop_now, elapsed = all_reduce([float(stop.requested), elapsed_before + time.time() - t_start],
-                                           device, op=dist.ReduceOp.MAX if WORLD > 1 else None)
-            bar.update(1)
-
-            if step % a.log_every == 0 or step == a.max_steps:
-                record = window_record(window, device)
-                tok_s = window["steps"] * tokens_per_step / window["busy"]
-                record.update(kind="train", step=step, lr=lr, grad_norm=float(grad_norm),
-                              tokens_per_s=tok_s, mfu=tok_s * fpt / (peak * WORLD) if peak else None,
-                              tokens=step * tokens_per_step, minutes=elapsed / 60, skipped_steps=skipped)
-                window = new_window()
-                if RANK == 0:
-                    eta = {"eta": f"{max(0.0, a.max_minutes - elapsed / 60):.1f}min"} if a.max_minutes else {}
-                    bar.set_postfix(loss=f"{record['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                                    **eta)
-                    extra = {}
-                    if "expert_share" in record:
-                        extra = {f"experts/layer{i}/expert{e}": s for i, layer in
-                                 enumerate(record["expert_share"]) for e, s in enumerate(layer)}
-                        extra.update({f"router_entropy/layer{i}": h for i, h in
-                                      enumerate(record["router_entropy"])})
-                    metrics.write(record, extra)
-
-            if step % a.eval_every == 0 and step < a.max_steps and not stop_now:
-                if run_eval():
-                    save("best.pt", best)
-            if (step % a.save_every == 0 and step < a.max_steps) or stop_now:
-                save("last.pt", best)
-            if stop_now:
-                finished = "signal"
-                break
-        if finished != "signal":
-            if run_eval() or not (run_dir / "best.pt").exists():
-                save("best.pt", best)
-            save("last.pt", best)
-    finally:
-        stop.restore()
-        bar.close()
-        if wandb_run is not None:
-            wandb_run.finish()
-    log(f"{'stopped by signal' if finished == 'signal' else 'done'} at step {step} ({finished}); "
-        f"checkpoints in {run_dir}" + (f"; {skipped} non-finite steps skipped" if skipped else ""))
-    return {"step": step, "best_val": best, "run_dir": str(run_dir), "finished": finished}
-
-
-def plot_loss(run_dir: Path, out) -> Path | None:
-    """Train and validation curves of this run (img/loss.png by default)."""
-    from scripts.plot_runs import plot_runs
-    try:
-        return plot_runs([run_dir], out, title=f"{run_dir.name}: loss")
-    except OSError as e:
-        log(f"plot: could not write {out} ({e}); training goes on")
-        return None
 
 
 if __name__ == "__main__":

@@ -86,14 +86,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of model,data,sample")
     p.add_argument("--out_dir", default=str(ROOT / "img"))
-    a = p.parse_args(argv)
-    out_dir = Path(a.out_dir)
+    opts = p.parse_args(argv)
+    out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     import torch
     machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                "torch": torch.__version__, "load_before": os.getloadavg()[0],
                "date": time.strftime("%Y-%m-%d")}
-    results = {name: run_part(name, out_dir) for name in a.only.split(",")}
+    results = {name: run_part(name, out_dir) for name in opts.only.split(",")}
     (out_dir / "bench.json").write_text(json.dumps({"machine": machine, **results}, indent=2) + "\n")
     md = markdown(results, machine)
     (out_dir / "bench.md").write_text(md + "\n")

@@ -124,29 +124,29 @@ def main():
     p.add_argument("--out", default=str(ROOT / "img" / "bench_data.json"), help="JSON file to write")
     p.add_argument("--repeat", type=int, default=10, help="copies of the text in the memory test")
     p.add_argument("--child", nargs=2, metavar=("FILE", "CACHE_DIR"), help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.child:
-        return child(*a.child)
-    if not os.path.isfile(a.data):
-        sys.exit(f"bench_data.py: error: no such file '{a.data}'; pass --data FILE (../shared holds "
+    opts = p.parse_args()
+    if opts.child:
+        return child(*opts.child)
+    if not os.path.isfile(opts.data):
+        sys.exit(f"bench_data.py: error: no such file '{opts.data}'; pass --data FILE (../shared holds "
                  "train-lower.txt)")
 
     load = os.getloadavg()[0]  # the CPU may be shared: a busy core halves the parallel speed-up
     with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
         tmp = Path(tmp)
-        print(f"prepare() on {a.data} ...", file=sys.stderr)
-        small = run_child(a.data, tmp / "cache1")
-        big_path = tmp / f"x{a.repeat}.txt"
-        text = Path(a.data).read_bytes()
+        print(f"prepare() on {opts.data} ...", file=sys.stderr)
+        small = run_child(opts.data, tmp / "cache1")
+        big_path = tmp / f"x{opts.repeat}.txt"
+        text = Path(opts.data).read_bytes()
         with open(big_path, "wb") as f:
-            for _ in range(a.repeat):
+            for _ in range(opts.repeat):
                 f.write(text)
-        print(f"prepare() on the same text x{a.repeat} ({big_path.stat().st_size / 1e6:.1f} MB) ...",
+        print(f"prepare() on the same text x{opts.repeat} ({big_path.stat().st_size / 1e6:.1f} MB) ...",
               file=sys.stderr)
         big = run_child(big_path, tmp / "cache10")
         print("tokenization: loop vs batched vs parallel ...", file=sys.stderr)
         tokenizer_path = next((tmp / "cache1").glob("tokenizer-*/tokenizer.json"))
-        speed = tokenization_speeds(a.data, tokenizer_path)
+        speed = tokenization_speeds(opts.data, tokenizer_path)
 
     ratio = big["peak_rss_mb"] / small["peak_rss_mb"]
 
@@ -154,15 +154,15 @@ def main():
         return f"{r[f'peak_{kind}_mb']:.0f} MB (after imports {r[f'baseline_{kind}_mb']:.0f} MB)"
 
     result = {
-        "data": os.path.basename(a.data), "vocab_size": 4096, "cpus": os.cpu_count(), "load_average": load,
+        "data": os.path.basename(opts.data), "vocab_size": 4096, "cpus": os.cpu_count(), "load_average": load,
         "python": platform.python_version(), "end_to_end": small, "end_to_end_repeated": big,
         "tokenization": speed, "peak_rss_ratio": ratio, "peak_rss_ratio_ok": ratio < 1.5,
     }
-    name = os.path.basename(a.data)
+    name = os.path.basename(opts.data)
     rows = [
         ("end to end: prepare(), cold cache", f"{name}, {small['mb']:.1f} MB",
          f"{small['mb'] / small['seconds']:.2f} MB/s ({small['seconds']:.1f} s, {small['tokens']:,} tokens)"),
-        ("end to end: prepare(), cold cache", f"x{a.repeat}, {big['mb']:.1f} MB",
+        ("end to end: prepare(), cold cache", f"x{opts.repeat}, {big['mb']:.1f} MB",
          f"{big['mb'] / big['seconds']:.2f} MB/s ({big['seconds']:.1f} s)"),
         ("tokenize: single-threaded loop", f"{name}, {speed['docs']:,} docs",
          f"{speed['loop_mb_s']:.2f} MB/s ({speed['loop_s']:.2f} s)"),
@@ -174,10 +174,10 @@ def main():
         ("speed-up: parallel vs batched 1 thread", "",
          f"{speed['speedup_parallel_vs_batched_1_thread']:.2f}x"),
         ("peak RSS: prepare()", name, mem(small, "rss")),
-        ("peak RSS: prepare()", f"x{a.repeat}", mem(big, "rss")),
+        ("peak RSS: prepare()", f"x{opts.repeat}", mem(big, "rss")),
         ("peak anonymous memory: prepare()", name, mem(small, "anon")),
-        ("peak anonymous memory: prepare()", f"x{a.repeat}", mem(big, "anon")),
-        (f"peak RSS ratio x{a.repeat} / x1 (must be < 1.5)", "",
+        ("peak anonymous memory: prepare()", f"x{opts.repeat}", mem(big, "anon")),
+        (f"peak RSS ratio x{opts.repeat} / x1 (must be < 1.5)", "",
          f"{ratio:.2f} {'ok' if ratio < 1.5 else 'FAIL'}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -185,10 +185,10 @@ def main():
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{os.cpu_count()} CPUs, load average {load:.2f} at the start (other processes share the CPUs)")
-    print(f"wrote {a.out}")
+    print(f"wrote {opts.out}")
     if ratio >= 1.5:
         sys.exit(1)
 

@@ -37,8 +37,8 @@ QUICK = dict(BENCH, dim=64, n_layers=2, expert_dim=64, mlp_dim=128, max_seq_len=
 
 
 def variant_args(variant: str, base: dict) -> ModelArgs:
-    if variant == "dense":  # same active FFN width: shared expert + one routed expert
-        return ModelArgs(**{**base, "moe_every": base["n_layers"] + 1, "mlp_dim": 2 * base["expert_dim"]})
+    if variant == "dense":  # same active FFN width: shared expert + the routed expert(s)
+        return ModelArgs(**base).dense_twin()
     return ModelArgs(**base)
 
 
@@ -51,10 +51,10 @@ def make_step(variant: str, base: dict, batch: int):
         from transformers import Llama4ForCausalLM
         from transformers.utils import logging as hf_logging
 
-        from scripts.export_hf import export
+        from checkpoint import export_hf
         hf_logging.set_verbosity_error()
         with tempfile.TemporaryDirectory() as d:
-            export(ours, d)
+            export_hf(ours, d)
             model = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").train()
     else:
         model = ours
@@ -126,20 +126,20 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "img" / "bench_model.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    if a.child:
-        print(peak_memory_child(a.child, json.loads(a.base), a.batch))
+    opts = p.parse_args(argv)
+    if opts.child:
+        print(peak_memory_child(opts.child, json.loads(opts.base), opts.batch))
         return None
     torch.set_num_threads(2)
-    base, repeats = (QUICK, 2) if a.quick else (BENCH, a.repeats)
-    variants = ["moe", "dense", "moe+ckpt"] + ([] if a.no_hf else ["hf"])
-    secs = time_variants(variants, base, a.batch, repeats)
-    mem = {v: peak_memory(v, base, a.batch) for v in ["moe", "moe+ckpt"]}
+    base, repeats = (QUICK, 2) if opts.quick else (BENCH, opts.repeats)
+    variants = ["moe", "dense", "moe+ckpt"] + ([] if opts.no_hf else ["hf"])
+    secs = time_variants(variants, base, opts.batch, repeats)
+    mem = {v: peak_memory(v, base, opts.batch) for v in ["moe", "moe+ckpt"]}
     with torch.device("meta"):
         counts = {v: count_parameters(Llama4(variant_args(v, base))) for v in ["moe", "dense"]}
-    tokens = a.batch * base["max_seq_len"]
+    tokens = opts.batch * base["max_seq_len"]
     result = {
-        "config": {**base, "batch": a.batch, "dtype": "float32", "threads": 2, "repeats": repeats,
+        "config": {**base, "batch": opts.batch, "dtype": "float32", "threads": 2, "repeats": repeats,
                    "torch": torch.__version__},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},
@@ -154,7 +154,7 @@ def main(argv=None):
     }
     if "hf" in secs:
         result["ratios"]["hf_over_ours_time"] = secs["hf"] / secs["moe"]
-    print(f"training step, batch {a.batch} x {base['max_seq_len']}, dim {base['dim']}, "
+    print(f"training step, batch {opts.batch} x {base['max_seq_len']}, dim {base['dim']}, "
           f"{base['n_experts']} experts, fp32, 2 threads, median of {repeats}")
     print(f"{'variant':10s} {'step s':>8s} {'tok/s':>9s} {'active params':>14s} {'peak MB':>8s}")
     for v in variants:
@@ -163,8 +163,8 @@ def main(argv=None):
         print(f"{v:10s} {secs[v]:8.3f} {tokens / secs[v]:9.0f} {active:14,d} {m}")
     for k, r in result["ratios"].items():
         print(f"{k:24s} {r:6.2f}")
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
+    Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

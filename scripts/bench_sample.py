@@ -49,54 +49,54 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--out", default=str(ROOT / "img" / "bench_sample.json"))
-    a = p.parse_args(argv)
+    opts = p.parse_args(argv)
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    args = config.ModelArgs(**{**config.PRESETS[a.preset]["ModelArgs"], "max_seq_len": a.max_seq_len})
+    args = config.ModelArgs(**{**config.PRESETS[opts.preset]["ModelArgs"], "max_seq_len": opts.max_seq_len})
     model = Llama4(args).eval()
     hf = None
-    if not a.no_hf:
+    if not opts.no_hf:
         from transformers import Llama4ForCausalLM
         from transformers.utils import logging as hf_logging
 
-        from scripts.export_hf import export
+        from checkpoint import export_hf
         hf_logging.set_verbosity_error()
         with tempfile.TemporaryDirectory() as d:
-            export(model, d)
+            export_hf(model, d)
             hf = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").eval()
 
     g = torch.Generator().manual_seed(1)
     results = {}
-    for B in [int(b) for b in a.batches.split(",")]:
+    for B in [int(b) for b in opts.batches.split(",")]:
         prompts = torch.randint(8, args.vocab_size, (B, PROMPT), generator=g)
         runs = ["cached", "uncached"] + (["hf"] if hf is not None else [])
         outputs, times = {}, {k: [] for k in runs}
         with torch.no_grad():
-            for _ in range(a.repeats):
+            for _ in range(opts.repeats):
                 for name in runs:
                     t = time.perf_counter()
-                    outputs[name] = decode(name, model, hf, prompts, a.new_tokens)
+                    outputs[name] = decode(name, model, hf, prompts, opts.new_tokens)
                     times[name].append(time.perf_counter() - t)
         same = {k: outputs[k] == outputs["cached"] for k in runs}
-        tok_s = {k: B * a.new_tokens / statistics.median(v) for k, v in times.items()}
+        tok_s = {k: B * opts.new_tokens / statistics.median(v) for k, v in times.items()}
         results[f"batch{B}"] = {"tokens_per_s": tok_s, "same_tokens_as_cached": same,
                                 "cached_over_uncached": tok_s["cached"] / tok_s["uncached"]}
         if "hf" in tok_s:
             results[f"batch{B}"]["cached_over_hf"] = tok_s["cached"] / tok_s["hf"]
 
-    print(f"decode: {a.new_tokens} new tokens after a {PROMPT}-token prompt, preset {a.preset}, "
-          f"greedy, fp32, 2 threads, median of {a.repeats}")
+    print(f"decode: {opts.new_tokens} new tokens after a {PROMPT}-token prompt, preset {opts.preset}, "
+          f"greedy, fp32, 2 threads, median of {opts.repeats}")
     print(f"{'batch':6s} {'cached tok/s':>13s} {'uncached':>10s} {'hf':>10s} {'cached/uncached':>16s} "
           f"{'cached/hf':>10s}")
     for key, r in results.items():
         t = r["tokens_per_s"]
         print(f"{key[5:]:6s} {t['cached']:13.0f} {t['uncached']:10.0f} {t.get('hf', float('nan')):10.0f} "
               f"{r['cached_over_uncached']:16.2f} {r.get('cached_over_hf', float('nan')):10.2f}")
-    result = {"config": {"preset": a.preset, "max_seq_len": a.max_seq_len, "prompt": PROMPT,
-                         "new_tokens": a.new_tokens, "repeats": a.repeats, "torch": torch.__version__},
+    result = {"config": {"preset": opts.preset, "max_seq_len": opts.max_seq_len, "prompt": PROMPT,
+                         "new_tokens": opts.new_tokens, "repeats": opts.repeats, "torch": torch.__version__},
               "results": results}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -56,16 +56,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
-from model import Llama4, count_parameters  # noqa: E402
-from scripts.plot_runs import read_metrics  # noqa: E402
+from model import Llama4, count_parameters, flops_per_token  # noqa: E402
+from runlog import read_metrics  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
 VARIANTS = ["moe", "dense", "moe-ablation"]
 MOE_RUNS = ["moe", "moe-ablation"]
 # train.py options that compare.py sets for every run and so refuses to pass through.
-OWNED = {"preset", "run", "resume", "eval_only", "plot", "max_minutes", "tokenizer"}
+OWNED = {"run", "resume", "eval_only", "plot", "max_minutes", "tokenizer"}
 FIELDS = ["steps", "tokens", "val_nats_per_token", "val_bits_per_byte", "tokens_per_s", "mfu"]
 
 
@@ -75,6 +76,8 @@ def parse(argv):
                                 epilog="Any other option (e.g. --dim 96 --log_every 5) goes to train.py, "
                                        "for all three runs.")
     add = p.add_argument
+    add("--preset", default="tiny", choices=list(config.PRESETS),
+        help="train.py preset of the runs (default tiny)")
     add("--minutes", type=float, default=10.0, help="wall-clock budget per run (default 10)")
     add("--max_steps", type=int, default=None,
         help="also stop each run after this many steps (default: none, the budget decides)")
@@ -91,27 +94,29 @@ def parse(argv):
     add("--eval_every", type=int, default=50, help="evaluate every N steps and at the end (default 50)")
     add("--wandb_mode", default="disabled", choices=["auto", "online", "offline", "disabled"],
         help="Weights & Biases for the runs, group 'compare' (default disabled)")
-    a, extra = p.parse_known_args(argv)
+    opts, extra = p.parse_known_args(argv)
     for word in extra:
         if word.startswith("--") and word[2:].split("=")[0] in OWNED:
             p.error(f"{word.split('=')[0]} is set by compare.py for every run; it cannot be passed through")
-    if a.minutes <= 0 and a.max_steps is None:
+    if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
-    return a, extra
+    return opts, extra
 
 
-def shared_argv(a, extra) -> list[str]:
+def shared_argv(opts, extra) -> list[str]:
     """train.py arguments common to the three runs (then the variant's overrides, then --run)."""
-    return ["--preset", "tiny", "--data", a.data, "--val_data", a.val_data, "--seed", str(a.seed),
-            "--batch_size", str(a.batch_size), "--max_minutes", str(a.minutes),
-            "--max_steps", str(a.max_steps or 10**9), "--save_every", str(a.max_steps or 10**9),
-            "--eval_every", str(a.eval_every), "--out_dir", a.out_dir, "--cache_dir", a.cache_dir,
-            "--plot", "", "--wandb_mode", a.wandb_mode, "--wandb_group", "compare", *extra]
+    return ["--preset", opts.preset, "--data", opts.data, "--val_data", opts.val_data,
+            "--seed", str(opts.seed),
+            "--batch_size", str(opts.batch_size), "--max_minutes", str(opts.minutes),
+            "--max_steps", str(opts.max_steps or 10**9), "--save_every", str(opts.max_steps or 10**9),
+            "--eval_every", str(opts.eval_every), "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir,
+            "--plot", "", "--wandb_mode", opts.wandb_mode, "--wandb_group", "compare", *extra]
 
 
 def variant_overrides(name: str, m: ModelArgs) -> list[str]:
     if name == "dense":  # no MoE layer; SwiGLU as wide as the shared expert + the routed expert(s)
-        return ["--moe_every", str(m.n_layers + 1), "--mlp_dim", str((1 + m.top_k) * m.expert_dim)]
+        twin = m.dense_twin()
+        return ["--moe_every", str(twin.moe_every), "--mlp_dim", str(twin.mlp_dim)]
     if name == "moe-ablation":
         return ["--router_noise", "false", "--router_aux_loss_coef", "0"]
     return []
@@ -128,7 +133,7 @@ def size_of(m: ModelArgs) -> dict:
     counts = count_parameters(model)
     routers = sum(p.numel() for n, p in model.named_parameters() if ".router" in n)  # router, its noise
     return {"params": counts["total"], "active_params": counts["active_per_token"], "router_params": routers,
-            "flops_per_token": train.flops_per_token(m, m.max_seq_len)}
+            "flops_per_token": flops_per_token(m, m.max_seq_len)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +147,7 @@ def load_run(name: str, run_dir) -> dict:
     m = json.loads((run_dir / "model.json").read_text())
     t = json.loads((run_dir / "train.json").read_text())
     per_step = t["batch_size"] * t["grad_accum"] * m["max_seq_len"]
-    if m["moe_every"] > m["n_layers"]:
+    if config.from_dict(ModelArgs, m, where=str(run_dir / "model.json")).is_dense:
         desc = f"no MoE, SwiGLU {m['mlp_dim']}"
     else:
         noise = "noisy" if m["router_noise"] else "no noise"
@@ -184,7 +189,7 @@ def new_figure(**kw):
 def save(fig, out) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    config.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+    storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def no_data(out, message: str):
@@ -308,13 +313,13 @@ def sha256(path) -> str:
 
 
 def main(argv=None) -> dict:
-    a, extra = parse(sys.argv[1:] if argv is None else list(argv))
-    for what, path in [("training data", a.data), ("validation data", a.val_data)]:
+    opts, extra = parse(sys.argv[1:] if argv is None else list(argv))
+    for what, path in [("training data", opts.data), ("validation data", opts.val_data)]:
         if not Path(path).exists():
             print(f"compare.py: error: {what} {path} does not exist; pass --data / --val_data (defaults: "
                   "../shared/data/tinystories/train-lower.txt and valid-lower.txt)", file=sys.stderr)
             sys.exit(1)
-    base = shared_argv(a, extra)
+    base = shared_argv(opts, extra)
     argvs, sizes, shared_model = {}, {}, settings_of(base)[0]
     for name in VARIANTS:
         m, _ = settings_of(base + variant_overrides(name, shared_model))
@@ -330,7 +335,7 @@ def main(argv=None) -> dict:
         print("note: at these sizes the routers are more than 1% of the active parameters")
 
     for name in VARIANTS:  # our own run folders only: a previous comparison must not block this one
-        run_dir = Path(a.out_dir) / f"compare-{name}"
+        run_dir = Path(opts.out_dir) / f"compare-{name}"
         if run_dir.is_dir():
             shutil.rmtree(run_dir)
 
@@ -355,10 +360,11 @@ def main(argv=None) -> dict:
     m0 = runs[0]["model"]
     report = {
         "runs": rows,
-        "settings": {"minutes": a.minutes, "max_steps": a.max_steps, "data": a.data, "val_data": a.val_data,
-                     "seed": a.seed, "batch_size": a.batch_size, "seq_len": m0["max_seq_len"],
-                     "n_experts": m0["n_experts"], "eval_every": a.eval_every, "passed_through": extra,
-                     "tokenizer_sha256": hashes.pop(), "out_dir": a.out_dir, "cache_dir": a.cache_dir,
+        "settings": {"minutes": opts.minutes, "max_steps": opts.max_steps, "data": opts.data,
+                     "val_data": opts.val_data,
+                     "seed": opts.seed, "batch_size": opts.batch_size, "seq_len": m0["max_seq_len"],
+                     "n_experts": m0["n_experts"], "eval_every": opts.eval_every, "passed_through": extra,
+                     "tokenizer_sha256": hashes.pop(), "out_dir": opts.out_dir, "cache_dir": opts.cache_dir,
                      "train_argv": argvs},
         "machine": {"sequential": True, "order": VARIANTS, "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -367,7 +373,7 @@ def main(argv=None) -> dict:
                     "load_avg_after": load_after},
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = Path(a.out)
+    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"bpb": out / "compare_bpb.png", "experts": out / "compare_experts.png",
              "entropy": out / "compare_entropy.png", "json": out / "compare.json", "md": out / "compare.md"}
@@ -375,9 +381,9 @@ def main(argv=None) -> dict:
                "experts": plot_experts([r for r in runs if r["name"] in MOE_RUNS], paths["experts"]),
                "entropy": plot_entropy([r for r in runs if r["name"] in MOE_RUNS], paths["entropy"])}
     report["files"] = {k: str(v) for k, v in paths.items()}
-    config.save_json(paths["json"], report)
+    storage.save_json(paths["json"], report)
     table = markdown(report)
-    config.atomic_write(paths["md"], table.encode())
+    storage.atomic_write(paths["md"], table.encode())
     print("\n" + table + "\n" + "\n".join(str(p) for p in paths.values()))
     return {**report, "figures": figures}
 

@@ -10,10 +10,7 @@ from scripts import compare
 
 WORDS = ("once upon a time there was a little girl named lily she liked to play in the park with "
          "her big red ball one day a dog came and they were friends").split()
-TOY = ["--vocab_size", "320", "--dim", "32", "--n_layers", "2", "--n_heads", "2", "--n_kv_heads", "1",
-       "--expert_dim", "32", "--n_experts", "4", "--nope_every", "2", "--max_seq_len", "32",
-       "--attn_chunk_size", "8", "--attn_floor_scale", "8", "--eval_windows", "4", "--log_every", "1",
-       "--warmup_steps", "2"]
+EXTRA = ["--eval_windows", "4", "--log_every", "1"]  # passed through to train.py
 NAMES = ["moe", "dense", "moe-ablation"]
 
 
@@ -34,9 +31,10 @@ def report(corpus, tmp_path_factory):
     stale = out / "runs" / "compare-moe"  # a previous comparison's run must not block this one
     stale.mkdir(parents=True)
     (stale / "last.pt").write_bytes(b"old")
-    argv = ["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"), "--minutes", "1",
+    argv = ["--preset", "debug", "--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+            "--minutes", "1",
             "--max_steps", "6", "--batch_size", "4", "--eval_every", "2", "--out", str(out / "img"),
-            "--out_dir", str(out / "runs"), "--cache_dir", str(out / "cache"), *TOY]
+            "--out_dir", str(out / "runs"), "--cache_dir", str(out / "cache"), *EXTRA]
     return compare.main(argv), out
 
 
@@ -56,11 +54,11 @@ def test_writes_every_promised_file(report):
     for row in saved["runs"]:
         for field in compare.FIELDS + ["active_params", "load_avg_before", "minutes"]:
             assert row[field] is not None, (row["run"], field)
-        assert row["steps"] == 6 and row["tokens"] == 6 * 4 * 32
+        assert row["steps"] == 6 and row["tokens"] == 6 * 4 * 64
         assert row["val_bits_per_byte"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
     assert saved["machine"]["sequential"] and saved["machine"]["cpu_count"] >= 1
     assert set(saved["machine"]["load_avg_before"]) == set(NAMES)
-    assert saved["settings"]["passed_through"] == TOY
+    assert saved["settings"]["passed_through"] == EXTRA
     assert (out / "runs" / "compare-moe" / "last.pt").read_bytes() != b"old"
 
 
@@ -85,18 +83,18 @@ def test_plots_have_the_expected_series(report):
         assert all(len(line.get_xdata()) == 3 for line in ax.lines)  # steps 2, 4 and the final 6
     assert [ax.get_xlabel() for ax in figs["bpb"].axes] == ["wall-clock minutes", "tokens seen"]
     tokens = figs["bpb"].axes[1].lines[0].get_xdata()
-    assert list(tokens) == [2 * 128, 4 * 128, 6 * 128]
+    assert list(tokens) == [2 * 256, 4 * 256, 6 * 256]
 
     maps = [ax for ax in figs["experts"].axes if ax.get_label() != "<colorbar>"]
-    assert [ax.get_title() for ax in maps] == ["moe: layer 0", "moe: layer 1", "moe-ablation: layer 0",
-                                               "moe-ablation: layer 1"]
+    assert [ax.get_title() for ax in maps] == [f"{run}: layer {i}" for run in ["moe", "moe-ablation"]
+                                               for i in range(4)]
     for ax in maps:
         assert ax.collections[0].get_array().shape == (4, 6)  # experts x logged steps
         assert ax.collections[0].get_array().sum() == pytest.approx(6, abs=1e-3)  # shares sum to 1
 
     labels = [line.get_label() for line in figs["entropy"].axes[0].lines]
-    assert labels == ["moe: layer 0", "moe: layer 1", "moe-ablation: layer 0", "moe-ablation: layer 1",
-                      "uniform router: ln 4"]
+    assert labels == [f"{run}: layer {i}" for run in ["moe", "moe-ablation"] for i in range(4)] + [
+        "uniform router: ln 4"]
 
 
 def test_missing_data_is_a_one_line_error(tmp_path, capsys):

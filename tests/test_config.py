@@ -43,8 +43,9 @@ def test_json_round_trip_is_exact(cls):
 
 
 def test_save_json_is_atomic_and_readable(tmp_path):
+    import storage
     path = tmp_path / "model.json"
-    config.save_json(path, config.to_dict(ModelArgs(dim=256)))
+    storage.save_json(path, config.to_dict(ModelArgs(dim=256)))
     assert config.from_dict(ModelArgs, json.loads(path.read_text())).dim == 256
     assert [p.name for p in tmp_path.iterdir()] == ["model.json"]  # no temporary left behind
 

@@ -17,11 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT, shared_file
+from conftest import ROOT, debug_args, shared_file
 
 import data
+import tokenizer
 from config import SPECIAL_TOKENS, ModelArgs, TrainArgs
-from data import DataError, TokenData, Tokenizer
+from data import TokenData
+from errors import DataError
+from tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max"]
@@ -62,8 +65,7 @@ def targs(tmp_path, **kw):
 
 
 def margs(vocab=300, seq_len=32, **kw):
-    return ModelArgs(vocab_size=vocab, dim=64, n_layers=1, n_heads=2, n_kv_heads=1, expert_dim=64, mlp_dim=64,
-                     max_seq_len=seq_len, **kw)
+    return debug_args(vocab_size=vocab, max_seq_len=seq_len, **kw)
 
 
 def run(tmp_path, vocab=300, seq_len=32, **kw):
@@ -519,7 +521,7 @@ def test_tokenizer_that_disagrees_with_the_model(tmp_path, corpus):
     _, train, _, _ = run(tmp_path, vocab=300, **kw)
     assert train.meta["tokenizer_hash"] == tok.hash
     with pytest.raises(DataError, match=r"<\|pad\|> at id 1 but --pad_id is 9; pass --pad_id 1"):
-        data.check_tokenizer(tok, margs(300, pad_id=9))
+        tokenizer.check_tokenizer(tok, margs(300, pad_id=9))
 
 
 def test_hub_offline_fails_fast_naming_data(tmp_path):

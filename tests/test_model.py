@@ -5,18 +5,18 @@ import re
 
 import pytest
 import torch
+from conftest import DEBUG, debug_args
 
 import config
 from config import ModelArgs
 from model import KVCache, Llama4, MoE, count_parameters
 
-SMALL = dict(vocab_size=101, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=32, mlp_dim=48,
-             n_experts=4, max_seq_len=96, attn_chunk_size=8, attn_floor_scale=4, init_std=0.1)
+V = DEBUG.vocab_size  # the debug preset: 4 layers (NoPE on layer 3), 4 experts, chunks of 8, context 64
 
 
 def build(seed=0, **overrides):
     torch.manual_seed(seed)
-    return Llama4(ModelArgs(**{**SMALL, **overrides})).eval()
+    return Llama4(debug_args(**overrides)).eval()
 
 
 def set_impl(model, impl):
@@ -28,16 +28,16 @@ def set_impl(model, impl):
 # --- causality ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides", [{}, dict(moe_every=2), dict(qk_norm=False, top_k=2),
-                                       dict(attn_chunk_size=96)])
-@pytest.mark.parametrize("T", [40, 48])  # 48 = 6 whole chunks (folded path), 40 = masked path
+                                       dict(attn_chunk_size=64)])
+@pytest.mark.parametrize("T", [44, 48])  # 48 = 6 whole chunks (folded path), 44 = masked path
 def test_future_tokens_never_change_past_logits(overrides, T):
     model = build(**overrides)
-    x = torch.randint(0, 101, (2, T))
+    x = torch.randint(0, V, (2, T))
     with torch.no_grad():
         ref = model(x).logits
         for t in [0, 7, 8, 21, T - 2]:
             y = x.clone()
-            y[:, t + 1:] = torch.randint(0, 101, (2, T - t - 1))
+            y[:, t + 1:] = torch.randint(0, V, (2, T - t - 1))
             out = model(y).logits
             assert torch.allclose(out[:, :t + 1], ref[:, :t + 1], atol=1e-6), t
             assert not torch.allclose(out[:, t + 1:], ref[:, t + 1:])
@@ -45,14 +45,14 @@ def test_future_tokens_never_change_past_logits(overrides, T):
 
 def test_causal_in_training_mode_with_noise_off():
     model = build(router_noise=False).train()
-    x = torch.randint(0, 101, (1, 48))
+    x = torch.randint(0, V, (1, 48))
     y = x.clone()
     y[:, 30:] = 0
     assert torch.allclose(model(x).logits[:, :30], model(y).logits[:, :30], atol=1e-6)
 
 
 def test_each_layer_type_is_present():
-    a = ModelArgs(**{**SMALL, "moe_every": 2})
+    a = debug_args(moe_every=2)
     assert [a.uses_rope(i) for i in range(4)] == [True, True, True, False]  # NoPE is layer 3
     assert [a.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
 
@@ -62,9 +62,9 @@ def test_attention_is_chunked_on_rope_layers_only():
     logits at position 20 ignore tokens 0..7; with a single NoPE layer they do not."""
     rope_only = build(n_layers=1, nope_every=2)
     nope_only = build(n_layers=1, nope_every=1)
-    x = torch.randint(0, 101, (1, 24))
+    x = torch.randint(0, V, (1, 24))
     y = x.clone()
-    y[:, :8] = (y[:, :8] + 1) % 101
+    y[:, :8] = (y[:, :8] + 1) % V
     with torch.no_grad():
         assert torch.allclose(rope_only(x).logits[:, 16:], rope_only(y).logits[:, 16:], atol=1e-6)
         assert not torch.allclose(nope_only(x).logits[:, 16:], nope_only(y).logits[:, 16:])
@@ -75,7 +75,7 @@ def test_attention_is_chunked_on_rope_layers_only():
 @pytest.mark.parametrize("steps", [[20, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [5, 3, 8, 1, 17, 2]])
 def test_cache_steps_equal_full_forward(steps):
     model = build()
-    x = torch.randint(0, 101, (2, sum(steps)))
+    x = torch.randint(0, V, (2, sum(steps)))
     with torch.no_grad():
         full = model(x).logits
         cache, outs, start = KVCache(model.args.n_layers), [], 0
@@ -90,7 +90,7 @@ def test_cache_steps_equal_full_forward(steps):
 
 def test_left_padded_batch_equals_rows_alone():
     model = build()
-    a, b = torch.randint(2, 101, (1, 13)), torch.randint(2, 101, (1, 6))
+    a, b = torch.randint(2, V, (1, 13)), torch.randint(2, V, (1, 6))
     pad = model.args.pad_id
     tokens = torch.cat([a, torch.cat([torch.full((1, 7), pad), b], 1)])
     positions = torch.stack([torch.arange(13), torch.arange(-7, 6).clamp(min=-1)])
@@ -112,7 +112,7 @@ def test_left_padded_batch_equals_rows_alone():
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_sparse_dispatch_equals_reference_values_and_gradients(top_k):
     model = build(top_k=top_k, router_noise=False).train()
-    x = torch.randint(0, 101, (3, 30))
+    x = torch.randint(0, V, (3, 30))
     grads = {}
     for impl in ["sparse", "reference"]:
         set_impl(model, impl)
@@ -133,7 +133,7 @@ def test_moe_runs_under_bf16_autocast(impl):
     """bf16 autocast (the default on CUDA) mixes bf16 expert outputs with fp32 activations."""
     model = build(top_k=2).train()
     set_impl(model, impl)
-    x = torch.randint(0, 101, (2, 24))
+    x = torch.randint(0, V, (2, 24))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, targets=x)
     out.loss.backward()
@@ -145,7 +145,7 @@ def test_moe_runs_under_bf16_autocast(impl):
 def test_loop_fallback_equals_grouped_mm(monkeypatch):
     import model as model_module
     m = build(top_k=2, router_noise=False)
-    x = torch.randint(0, 101, (2, 16))
+    x = torch.randint(0, V, (2, 16))
     with torch.no_grad():
         fast = m(x).logits
         monkeypatch.setattr(model_module, "grouped_mm_supported", lambda t: False)
@@ -155,7 +155,7 @@ def test_loop_fallback_equals_grouped_mm(monkeypatch):
 
 def test_dropless_every_assignment_is_computed():
     model = build(top_k=2)
-    out = model(torch.randint(0, 101, (2, 25)))
+    out = model(torch.randint(0, V, (2, 25)))
     assert out.expert_counts.shape == (4, 4)
     assert (out.expert_counts.sum(-1) == 2 * 25 * 2).all()
 
@@ -164,7 +164,7 @@ def test_dropless_every_assignment_is_computed():
 
 def test_noise_only_in_training_mode():
     model = build()
-    x = torch.randint(0, 101, (2, 32))
+    x = torch.randint(0, V, (2, 32))
     with torch.no_grad():
         assert torch.equal(model(x).logits, model(x).logits)  # eval: deterministic
         model.train()
@@ -179,7 +179,7 @@ def test_noise_only_in_training_mode():
 
 def test_aux_and_z_loss_equal_hand_computed_values():
     torch.manual_seed(0)
-    moe = MoE(ModelArgs(**{**SMALL, "router_noise": False}))
+    moe = MoE(debug_args(router_noise=False))
     h = torch.randn(1, 6, 64)
     logits = torch.tensor([[2.0, 1, 0, 0], [0, 3, 0, 0], [0, 0, 1, 0],
                            [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 4]])
@@ -199,7 +199,7 @@ def test_aux_and_z_loss_equal_hand_computed_values():
 
 def test_total_loss_adds_router_terms_with_their_coefficients():
     model = build(router_aux_loss_coef=0.01, router_z_loss_coef=0.001).train()
-    x = torch.randint(0, 101, (2, 16))
+    x = torch.randint(0, V, (2, 16))
     out = model(x, targets=x)
     assert torch.allclose(out.loss, out.lm_loss + 0.01 * out.aux_loss + 0.001 * out.z_loss)
     evaluated = model.eval()(x, targets=x)  # eval: the LM loss alone, as transformers computes it
@@ -208,7 +208,7 @@ def test_total_loss_adds_router_terms_with_their_coefficients():
 
 def test_loss_counts_real_tokens_only():
     model = build()
-    x = torch.randint(0, 101, (2, 16))
+    x = torch.randint(0, V, (2, 16))
     y = x.clone()
     y[1, 8:] = -1
     out = model(x, targets=y)
@@ -222,7 +222,7 @@ def test_loss_counts_real_tokens_only():
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     model = build().train()
-    x = torch.randint(0, 101, (2, 32))
+    x = torch.randint(0, V, (2, 32))
     results = []
     for enabled in [False, True]:
         model.set_grad_checkpointing(enabled)
@@ -245,7 +245,7 @@ def hf_count(args):
     from transformers import Llama4Config, Llama4ForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    from scripts.export_hf import hf_config
+    from checkpoint import hf_config
     hf_logging.set_verbosity_error()
     cfg = hf_config(args)
     cfg.pop("model_type"), cfg.pop("architectures")
@@ -284,15 +284,15 @@ def test_default_preset_has_about_128m_parameters():
 
 def test_sequence_longer_than_max_seq_len_is_a_clear_error():
     model = build()
-    with pytest.raises(ValueError, match="longer than max_seq_len=96"):
-        model(torch.zeros(1, 97, dtype=torch.long))
+    with pytest.raises(ValueError, match="longer than max_seq_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
     cache = KVCache(model.args.n_layers)
-    model(torch.zeros(1, 90, dtype=torch.long), cache=cache)
+    model(torch.zeros(1, 60, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="longer than max_seq_len"):
-        model(torch.zeros(1, 7, dtype=torch.long), cache=cache)
+        model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
 
 
-@pytest.mark.parametrize("bad", [-1, 101])
+@pytest.mark.parametrize("bad", [-1, V])
 def test_out_of_range_token_ids_are_a_clear_error(bad):
     model = build()
     x = torch.zeros(1, 5, dtype=torch.long)

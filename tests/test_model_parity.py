@@ -1,23 +1,27 @@
 """Parity with Hugging Face transformers: same weights, same logits (fp32, |diff| <= 1e-4).
 
-Random weights at init std 0.1, exported with scripts/export_hf.py, loaded by
-Llama4ForCausalLM / Llama4ForConditionalGeneration with no missing or unexpected keys.
+Random weights (the debug preset: init std 0.1), every norm weight and every bias perturbed so
+that a norm or bias applied wrongly (or not at all) shows, exported with checkpoint.export_hf and
+loaded by Llama4ForCausalLM / Llama4ForConditionalGeneration with no missing or unexpected keys.
 """
+
+import json
 
 import pytest
 import torch
+from conftest import DEBUG, debug_args
 
 pytest.importorskip("transformers")
 from transformers import Llama4ForCausalLM, Llama4ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from config import ModelArgs  # noqa: E402
+import checkpoint  # noqa: E402
+from config import SPECIAL_TOKENS  # noqa: E402
 from model import Llama4  # noqa: E402
-from scripts.export_hf import export, load_hf  # noqa: E402
 
-TINY = dict(vocab_size=97, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=48, mlp_dim=80,
-            n_experts=4, max_seq_len=64, attn_chunk_size=8, attn_floor_scale=4, init_std=0.1)
-
+V = DEBUG.vocab_size
+VISION = dict(vision=True, vision_dim=32, vision_layers=2, vision_heads=2, vision_mlp_dim=128, image_size=56,
+              patch_size=14, projector_input_dim=40, projector_output_dim=40)
 CASES = {
     "top1-moe-every-layer": {},
     "top2": dict(top_k=2),
@@ -29,9 +33,19 @@ CASES = {
 }
 
 
+@torch.no_grad()
+def perturb_norms_and_biases(model):
+    """Norm weights away from 1 and biases away from 0 (the init leaves them at exactly 1 and 0)."""
+    g = torch.Generator().manual_seed(3)
+    for name, p in model.named_parameters():
+        if name.endswith(".bias") or "norm" in name:
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
 def build(**overrides):
     torch.manual_seed(0)
-    return Llama4(ModelArgs(**{**TINY, **overrides})).eval()
+    return perturb_norms_and_biases(Llama4(debug_args(**overrides))).eval()
 
 
 def load_hf_model(cls, folder):
@@ -42,13 +56,25 @@ def load_hf_model(cls, folder):
     return model.eval()
 
 
+def test_every_norm_weight_and_bias_is_perturbed():
+    model = build(**VISION)
+    touched = [n for n, _ in model.named_parameters() if n.endswith(".bias") or "norm" in n]
+    assert any(n.startswith("layers.") and n.endswith("input_layernorm.weight") for n in touched)
+    assert "norm.weight" in touched and "vision_model.layernorm_pre.bias" in touched
+    assert any(n.endswith("self_attn.q_proj.bias") for n in touched)
+    for name, p in model.named_parameters():
+        if name in touched:
+            baseline = 0.0 if name.endswith(".bias") else 1.0
+            assert (p - baseline).abs().max() > 0.05, name
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_text_logits_match_transformers(case, tmp_path):
     ours = build(**CASES[case])
-    export(ours, tmp_path)
+    checkpoint.export_hf(ours, tmp_path)
     theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
     torch.manual_seed(1)
-    tokens = torch.randint(0, 97, (3, 37))  # batch > 1; 37 crosses four chunk boundaries of 8
+    tokens = torch.randint(0, V, (3, 37))  # batch > 1; 37 crosses four chunk boundaries of 8
     with torch.no_grad():
         a = ours(tokens).logits
         b = theirs(tokens).logits
@@ -57,18 +83,17 @@ def test_text_logits_match_transformers(case, tmp_path):
 
 def test_text_logits_match_at_full_context_through_the_folded_chunk_path(tmp_path):
     ours = build()
-    export(ours, tmp_path)
+    checkpoint.export_hf(ours, tmp_path)
     theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
-    tokens = torch.randint(0, 97, (2, 64))  # T % chunk == 0: the chunks-folded-into-batch path
+    tokens = torch.randint(0, V, (2, 64))  # T % chunk == 0: the chunks-folded-into-batch path
     with torch.no_grad():
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
 
 
 def test_vision_logits_match_transformers_with_two_images(tmp_path):
-    ours = build(vision=True, vision_dim=32, vision_layers=2, vision_heads=2, vision_mlp_dim=128,
-                 image_size=56, patch_size=14, projector_input_dim=40, projector_output_dim=40)
+    ours = build(**VISION)
     a = ours.args
-    export(ours, tmp_path)
+    checkpoint.export_hf(ours, tmp_path)
     theirs = load_hf_model(Llama4ForConditionalGeneration, tmp_path)
     n = a.image_tokens  # 4 features per 56px image
     text = [11, 12, a.image_start_id, a.image_id] + [a.patch_id] * n + [a.image_end_id, 13]
@@ -86,9 +111,33 @@ def test_vision_logits_match_transformers_with_two_images(tmp_path):
 
 def test_import_gives_back_the_same_model(tmp_path):
     ours = build(top_k=2)
-    export(ours, tmp_path)
-    back = load_hf(tmp_path)
-    tokens = torch.randint(0, 97, (2, 20))
+    checkpoint.export_hf(ours, tmp_path)
+    back = checkpoint.load_hf(tmp_path)
+    tokens = torch.randint(0, V, (2, 20))
     with torch.no_grad():
         assert torch.equal(ours(tokens).logits, back(tokens).logits)
     assert back.args.top_k == 2 and back.args.n_experts == 4
+
+
+def test_import_of_a_folder_written_by_transformers(tmp_path):
+    """A Llama 4 folder this project did not write: Meta-style special ids (eos 2, no pad), written
+    by transformers itself. It imports, with the folder's ids, and gives transformers' logits."""
+    from transformers import Llama4TextConfig
+    cfg = Llama4TextConfig(vocab_size=V, hidden_size=64, intermediate_size=32, intermediate_size_mlp=64,
+                           num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           num_local_experts=4, attention_chunk_size=8, floor_scale=4,
+                           max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    torch.manual_seed(4)
+    theirs = Llama4ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.1)
+    theirs.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 2
+    ckpt = checkpoint.import_hf(tmp_path, tmp_path / "imported" / "last.pt")
+    ours, _ = checkpoint.load_model(ckpt)
+    assert ours.args.eos_id == 2 and len({getattr(ours.args, n) for n in SPECIAL_TOKENS}) == 8
+    tokens = torch.randint(0, V, (2, 30))
+    with torch.no_grad():
+        assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
+

@@ -5,19 +5,17 @@ import random
 
 import pytest
 import torch
-from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
+from conftest import debug_args
 
 import sample
 import train
-from config import ModelArgs
 from model import KVCache, Llama4
 
 
 def small_model(seed=0, **overrides):
+    """The debug preset (context 64) with top-2 routing, so that rows mix several experts."""
     torch.manual_seed(seed)
-    args = dict(vocab_size=64, dim=48, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=32, mlp_dim=48,
-                n_experts=4, top_k=2, max_seq_len=64, attn_chunk_size=8, attn_floor_scale=4, init_std=0.2)
-    return Llama4(ModelArgs(**{**args, **overrides})).eval()
+    return Llama4(debug_args(**{"top_k": 2, "init_std": 0.2, **overrides})).eval()
 
 
 PROMPTS = [[0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [0, 30, 31], [0, 40, 41, 42, 43, 44, 45]]
@@ -32,11 +30,9 @@ def run_dir(tmp_path_factory):
     stories = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(150)]
     corpus = tmp / "stories.txt"
     corpus.write_text("\n<|endoftext|>\n".join(stories) + "\n")
-    train.main(["--preset", "tiny", "--vocab_size", "300", "--dim", "32", "--n_layers", "4", "--n_heads", "2",
-                "--n_kv_heads", "1", "--expert_dim", "32", "--n_experts", "4", "--max_seq_len", "48",
-                "--attn_chunk_size", "8", "--attn_floor_scale", "8", "--batch_size", "4", "--max_steps", "3",
-                "--data", str(corpus), "--out_dir", str(tmp / "ckpt"), "--cache_dir", str(tmp / "cache"),
-                "--plot", "", "--wandb_mode", "disabled", "--run", "r", "--eval_windows", "2"])
+    train.main(["--preset", "debug", "--vocab_size", "300", "--max_steps", "3", "--data", str(corpus),
+                "--out_dir", str(tmp / "ckpt"), "--cache_dir", str(tmp / "cache"), "--plot", "",
+                "--run", "r"])
     return tmp / "ckpt" / "r"
 
 
@@ -131,11 +127,11 @@ def test_sample_streams_one_story_and_batches_several(run_dir, capsys):
 def test_long_prompt_is_cut_from_the_left_with_a_warning(run_dir, capsys):
     sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 100, "--max_new_tokens", "3", "--greedy"])
     err = capsys.readouterr().err
-    assert "warning: prompt of" in err and "keeping its last 47 tokens" in err
+    assert "warning: prompt of" in err and "keeping its last 63 tokens" in err
 
 
 def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
-    from scripts.export_hf import main as export_main
+    from scripts.export_hf import main as export_main  # the command line
     export_main([str(run_dir), str(tmp_path / "hf")])
     capsys.readouterr()
     argv = ["--prompt", "once upon a time", "--max_new_tokens", "20", "--seed", "5"]

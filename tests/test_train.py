@@ -12,11 +12,13 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, shared_file
+from conftest import ROOT, debug_args, shared_file
 
+import checkpoint
 import config
+import runlog
 import train
-from config import ModelArgs, TrainArgs
+from config import TrainArgs
 from model import Llama4
 
 WORDS = ("the cat sat on a mat and a dog ran to the park where kids play with a red ball "
@@ -41,12 +43,9 @@ def cache(tmp_path_factory):
 
 
 def args(tmp_path, corpus, cache, *extra, run="r"):
-    return ["--preset", "tiny", "--vocab_size", "320", "--dim", "32", "--n_layers", "2", "--n_heads", "2",
-            "--n_kv_heads", "1", "--expert_dim", "32", "--mlp_dim", "64", "--n_experts", "4",
-            "--nope_every", "2", "--max_seq_len", "32", "--attn_chunk_size", "8", "--attn_floor_scale", "8",
-            "--batch_size", "4", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
-            "--cache_dir", str(cache), "--plot", str(tmp_path / "loss.png"), "--wandb_mode", "disabled",
-            "--eval_windows", "4", "--log_every", "1", "--warmup_steps", "2", *extra, "--run", run]
+    """The debug preset (batch 4 x 64 tokens, logging every step) on `corpus`, in tmp_path."""
+    return ["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
+            "--cache_dir", str(cache), "--plot", str(tmp_path / "loss.png"), *extra, "--run", run]
 
 
 def metrics(tmp_path, run="r", kind="train"):
@@ -55,7 +54,7 @@ def metrics(tmp_path, run="r", kind="train"):
 
 
 def weights(tmp_path, run="r", name="last.pt"):
-    return train.load_checkpoint(tmp_path / "ckpt" / run / name)["model"]
+    return checkpoint.load_checkpoint(tmp_path / "ckpt" / run / name)["model"]
 
 
 # --- learning and the schedule --------------------------------------------------------------
@@ -88,9 +87,8 @@ def test_schedule_shape():
 
 def test_accumulation_k_by_b_equals_one_batch_of_k_times_b():
     torch.manual_seed(0)
-    model = Llama4(ModelArgs(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, expert_dim=16,
-                             n_experts=4, max_seq_len=16, router_noise=False, router_aux_loss_coef=0.0))
-    x = torch.randint(0, 64, (8, 16))
+    model = Llama4(debug_args(max_seq_len=16, router_noise=False, router_aux_loss_coef=0.0))
+    x = torch.randint(0, 320, (8, 16))
     grads = []
     for k in [1, 4]:
         model.zero_grad()
@@ -110,17 +108,17 @@ class Crash(BaseException):
 def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
     base = ["--max_steps", "8", "--eval_every", "3", "--save_every", "4"]
     train.main(args(tmp_path, corpus, cache, *base, run="whole"))
-    real_save = train.save_checkpoint
+    real_save = checkpoint.save_checkpoint
 
     def crash_after_step_4(path, state):
         real_save(path, state)
         if state["step"] == 4 and str(path).endswith("last.pt"):
             raise Crash()
-    monkeypatch.setattr(train, "save_checkpoint", crash_after_step_4)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_step_4)
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, run="broken"))
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
-    assert train.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")["step"] == 4
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")["step"] == 4
     train.main(args(tmp_path, corpus, cache, *base, "--resume", run="broken"))
     whole, broken = metrics(tmp_path, "whole"), metrics(tmp_path, "broken")
     assert [r["step"] for r in broken] == list(range(1, 9))  # lines of the crashed run were replaced
@@ -129,7 +127,7 @@ def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
         [r["nats_per_token"] for r in metrics(tmp_path, "broken", "val")]
     a, b = weights(tmp_path, "whole"), weights(tmp_path, "broken")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ckpt = train.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")
+    ckpt = checkpoint.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")
     for key in ["optimizer", "rng", "data_position", "tokenizer", "best_val", "model_args", "train_args"]:
         assert key in ckpt
     assert (tmp_path / "ckpt" / "broken" / "best.pt").exists()
@@ -137,8 +135,7 @@ def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
 
 
 KILL_DURING_SAVE = """
-import os, signal, sys, torch
-sys.path.insert(0, {root!r})
+import os, signal, torch
 import train
 real = torch.save
 def half_then_die(obj, f, *a, **k):
@@ -154,14 +151,14 @@ train.main({argv!r})
 
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint(tmp_path, corpus, cache):
     argv = args(tmp_path, corpus, cache, "--max_steps", "6", "--save_every", "2", "--eval_every", "100")
-    code = KILL_DURING_SAVE.format(root=str(ROOT), argv=argv)
+    code = KILL_DURING_SAVE.format(argv=argv)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGKILL, out.stderr
     run_dir = tmp_path / "ckpt" / "r"
     assert list(run_dir.glob(".tmp-*"))  # the half-written temporary is there ...
-    assert train.load_checkpoint(run_dir / "last.pt")["step"] == 2  # ... and last.pt is intact
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 2  # ... and last.pt is intact
     train.main(argv + ["--resume"])
-    assert train.load_checkpoint(run_dir / "last.pt")["step"] == 6
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 6
     assert not list(run_dir.glob(".tmp-*"))
 
 
@@ -183,10 +180,10 @@ def test_resume_with_different_model_settings_lists_the_differences(tmp_path, co
         train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume", "--dim", "48",
                         "--n_experts", "8"))
     err = capsys.readouterr().err
-    assert "dim: checkpoint 32, asked 48" in err and "n_experts: checkpoint 4, asked 8" in err
+    assert "dim: checkpoint 64, asked 48" in err and "n_experts: checkpoint 4, asked 8" in err
     # train settings may change on resume, e.g. a longer run
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "4"])
-    assert train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 4
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 4
 
 
 def test_resume_refuses_another_tokenizer(tmp_path, corpus, cache, capsys):
@@ -204,8 +201,8 @@ def test_resume_refuses_another_tokenizer(tmp_path, corpus, cache, capsys):
 
 def test_weights_only_checkpoint_cannot_be_resumed(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
-    model, _ = train.load_model(tmp_path / "ckpt" / "r" / "last.pt")
-    train.save_model_only(model, tmp_path / "ckpt" / "w" / "last.pt")
+    model, _ = checkpoint.load_model(tmp_path / "ckpt" / "r" / "last.pt")
+    checkpoint.save_model_only(model, tmp_path / "ckpt" / "w" / "last.pt")
     with pytest.raises(SystemExit):
         train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume",
                         str(tmp_path / "ckpt" / "w" / "last.pt"), run="w2"))
@@ -262,7 +259,8 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, co
                         "--save_every", "1"))
     assert e.value.code == 1
     assert "3 non-finite steps in a row" in capsys.readouterr().err
-    ckpt = train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")  # skipped steps 2, 3 saved, 4 raised
+    # skipped steps 2, 3 saved, 4 raised
+    ckpt = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
     assert ckpt["step"] == 4 and ckpt["skipped_steps"] == 2
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
@@ -280,7 +278,7 @@ def test_non_finite_weights_are_never_saved(tmp_path, corpus, cache, monkeypatch
     with pytest.raises(SystemExit):
         train.main(args(tmp_path, corpus, cache, "--max_steps", "6", "--save_every", "2"))
     assert "not saving" in capsys.readouterr().err
-    assert train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
 
 
 def test_sigterm_saves_a_resumable_checkpoint(tmp_path, corpus, cache):
@@ -296,7 +294,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, corpus, cache):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "SIGTERM" in out and "stopped by signal" in out
-    step = train.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"]
+    step = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"]
     assert 1 <= step < 100000
 
 
@@ -309,37 +307,39 @@ def test_metrics_jsonl_and_loss_plot_are_written(tmp_path, corpus, cache):
     for key in ["loss", "lm_loss", "aux_loss", "z_loss", "lr", "tokens_per_s", "mfu", "expert_share",
                 "router_entropy"]:
         assert key in records[-1], key
-    assert len(records[-1]["expert_share"]) == 2 and len(records[-1]["expert_share"][0]) == 4
+    assert len(records[-1]["expert_share"]) == 4 and len(records[-1]["expert_share"][0]) == 4
     assert sum(records[-1]["expert_share"][0]) == pytest.approx(1.0, abs=1e-3)
     val = metrics(tmp_path, kind="val")
     assert [r["step"] for r in val] == [2, 4]
     for key in ["nats_per_token", "perplexity", "bits_per_byte", "val_tokens", "val_bytes"]:
         assert key in val[-1]
-    assert val[-1]["tokens"] == 4 * 4 * 32  # tokens trained on, for plotting against tokens
+    assert val[-1]["tokens"] == 4 * 4 * 64  # tokens trained on, for plotting against tokens
     png = (tmp_path / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_loss_plot_includes_the_evaluation_just_made(tmp_path, corpus, cache, monkeypatch):
     drawn_with = []
-    real = train.plot_loss
+    real = runlog.plot_loss
 
-    def spy(run_dir, out):
+    def spy(run_dir, out, log):
         drawn_with.append(len(metrics(tmp_path, kind="val")))  # val records on disk at drawing time
-        return real(run_dir, out)
-    monkeypatch.setattr(train, "plot_loss", spy)
+        return real(run_dir, out, log)
+    monkeypatch.setattr(runlog, "plot_loss", spy)
     train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--eval_every", "2"))
     assert drawn_with == [1, 2]
 
 
-def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache):
+def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache, capsys):
     from scripts import plot_runs
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "1", run="a"))
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "1", "--top_k", "2",
                     run="b"))
-    out = plot_runs.plot_runs([tmp_path / "ckpt" / "a", tmp_path / "ckpt" / "b"], tmp_path / "cmp.png")
+    out = runlog.plot_runs([tmp_path / "ckpt" / "a", tmp_path / "ckpt" / "b"], tmp_path / "cmp.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert "top-2" in plot_runs.run_label(tmp_path / "ckpt" / "b")
+    assert "top-2" in runlog.run_label(tmp_path / "ckpt" / "b")
+    plot_runs.main([str(tmp_path / "ckpt" / "a"), "--out", str(tmp_path / "cli.png")])  # the command line
+    assert (tmp_path / "cli.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):

@@ -1,0 +1,276 @@
+"""Checkpoints and Hugging Face folders: finding, loading, saving, converting. Used by train.py,
+sample.py and scripts/export_hf.py alike.
+
+    find_checkpoint(path_or_run)     a .pt file from a file, a run folder, a run name, or the newest run
+    load_checkpoint / save_checkpoint   torch.load(weights_only=True) / an atomic torch.save
+    load_model / save_model_only     a checkpoint <-> a model in eval mode (weights and settings only)
+    rng_state / set_rng_state        every random generator, as plain data a checkpoint can hold
+    export_hf / load_hf / import_hf  our model <-> a transformers Llama 4 folder (config.json,
+                                     model.safetensors, tokenizer files)
+
+A checkpoint is a dict: "model" (state dict), "model_args" and "train_args" (settings as JSON),
+"tokenizer" ({"file", "sha256"}), "preset", "wandb_id", and for a resumable one "optimizer" and the
+training loop's state (train.LoopState: step, tokens, elapsed, best_val, ..., rng). A weights-only
+checkpoint (save_model_only, an import) holds "model", "model_args", "step" and maybe "tokenizer".
+
+How this departs from the obvious version:
+- Loading never runs pickled code (weights_only=True); a file that is not a checkpoint of this
+  project is named as such, without torch's advice to load it unsafely.
+- Our parameter names are transformers', so the HF state dict only gains prefixes ("model." for
+  the text decoder, "language_model." in front of that with vision); the router noise projection
+  is ours alone and is dropped on export (an imported model has router_noise off).
+- A folder that this project did not write (e.g. Meta's, whose eos_token_id is not 0) imports
+  too: the special-token ids come from its config, and those it does not name take free ids.
+"""
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import config
+import storage
+from config import SPECIAL_TOKENS, ModelArgs
+from errors import CheckpointError, ConfigError, DataError, first_line
+from model import Llama4, build_from_state
+from tokenizer import Tokenizer
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def latest_run(out_dir) -> Path:
+    runs = [p.parent for p in Path(out_dir).glob("*/last.pt")]
+    if not runs:
+        raise CheckpointError(f"no run with a last.pt under {out_dir}/; train one first or pass a path")
+    return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
+
+
+def find_checkpoint(path_or_run: str, out_dir="checkpoints") -> Path:
+    """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run)."""
+    p = Path(path_or_run) if path_or_run else latest_run(out_dir)
+    if not p.exists() and (Path(out_dir) / path_or_run).exists():
+        p = Path(out_dir) / path_or_run
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist; pass a .pt file or a run folder")
+    return p
+
+
+def load_checkpoint(path, device="cpu") -> dict:
+    """torch.load with weights_only=True: tensors and plain data only, no pickled code runs."""
+    fix = "it was left in place: resume from another checkpoint (e.g. best.pt) or start a new --run"
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            reason = "it holds Python objects that a checkpoint of this project never does"
+        else:
+            reason = first_line(e)
+        raise CheckpointError(f"{path} is corrupt or unreadable ({reason}); {fix}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(f"{path} is corrupt or unreadable (not a checkpoint of this project: no model "
+                              f"or settings in it); {fix}")
+    return ckpt
+
+
+def save_checkpoint(path, state: dict) -> None:
+    storage.atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_model(path, device="cpu") -> tuple[Llama4, dict]:
+    """A checkpoint -> (model in eval mode, the checkpoint's other contents)."""
+    ckpt = load_checkpoint(path, device)
+    model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(path))
+    return build_from_state(model_args, ckpt.pop("model"), device).eval(), ckpt
+
+
+def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) -> None:
+    """A checkpoint holding only weights and settings (for sample.py, --eval_only and export)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "model_args": config.to_dict(model.args), "step": 0}
+    if tokenizer_sha256:
+        state["tokenizer"] = {"file": "tokenizer.json", "sha256": tokenizer_sha256}
+    save_checkpoint(path, state)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    return {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+            "numpy": np_state["state"]["key"].tolist(), "numpy_pos": int(np_state["state"]["pos"]),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate((3, tuple(s["python"]), s["python_pos"]))
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": np.array(s["numpy"], dtype=np.uint32), "pos": s["numpy_pos"]},
+                         "has_gauss": 0, "gauss": 0.0})
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face folders
+
+TOP_LEVEL = {"boi_token_index", "eoi_token_index", "image_token_index"}  # Llama4Config, not text
+
+
+def _set(d: dict, dotted: str, value):
+    *path, last = dotted.split(".")
+    for key in path:
+        d = d.setdefault(key, {})
+    d[last] = value
+
+
+def hf_config(model_args: ModelArgs) -> dict:
+    """config.json for Llama4ForCausalLM, or Llama4ForConditionalGeneration with vision."""
+    text, vision, top = {}, {}, {}
+    for f in dataclasses.fields(ModelArgs):
+        name = f.metadata.get("hf")
+        if name is None:
+            continue
+        value = getattr(model_args, f.name)
+        if name.startswith("vision."):
+            _set(vision, name.removeprefix("vision."), value)
+        elif name in TOP_LEVEL:
+            top[name] = value
+        else:
+            _set(text, name, value)
+    rope = text["rope_parameters"]
+    if model_args.rope_scaling == "none":
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": rope["rope_theta"]}
+    vision["rope_parameters"]["rope_type"] = "default"
+    text.update(model_type="llama4_text", architectures=["Llama4ForCausalLM"], head_dim=model_args.head_dim,
+                bos_token_id=model_args.eos_id, hidden_act="silu", attention_bias=False,
+                tie_word_embeddings=False, torch_dtype="float32")
+    if not model_args.vision:
+        return text
+    vision.update(model_type="llama4_vision_model", vision_output_dim=model_args.projector_output_dim,
+                  num_channels=3, hidden_act="gelu")
+    text.pop("architectures")
+    return {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"],
+            "text_config": text, "vision_config": vision, "tie_word_embeddings": False,
+            "torch_dtype": "float32", **top}
+
+
+def hf_state_dict(model: Llama4) -> dict:
+    """Our state dict under HF's names (router noise dropped)."""
+    text_prefix = "language_model." if model.args.vision else ""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if ".router_noise." in name:
+            continue
+        if name.startswith(("vision_model.", "multi_modal_projector.")):
+            out[name] = tensor
+        elif name.startswith("lm_head."):
+            out[text_prefix + name] = tensor
+        else:
+            out[text_prefix + "model." + name] = tensor
+    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+
+def export_hf(model: Llama4, out_dir, tokenizer_path=None) -> Path:
+    """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files."""
+    from safetensors.torch import save
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    storage.atomic_write(out / "config.json", (json.dumps(hf_config(model.args), indent=2) + "\n").encode())
+    storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
+    if tokenizer_path is not None and Path(tokenizer_path).exists():
+        storage.atomic_write(out / "tokenizer.json", Path(tokenizer_path).read_bytes())
+        storage.save_json(out / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
+            "bos_token": SPECIAL_TOKENS["eos_id"], "pad_token": SPECIAL_TOKENS["pad_id"],
+            "model_max_length": model.args.max_seq_len, "clean_up_tokenization_spaces": False})
+    return out
+
+
+def _free_special_ids(values: dict, text: dict) -> None:
+    """Special-token ids: the folder's where its config names them, the first free ids otherwise."""
+    for name in ("eos_id", "pad_id"):
+        value = values.get(name)
+        if isinstance(value, list):  # Meta's configs list several end tokens: the first ends a story
+            values[name] = value[0] if value else None
+    for name in SPECIAL_TOKENS:
+        if values.get(name) is None:
+            values.pop(name, None)
+    taken = {values[n] for n in SPECIAL_TOKENS if n in values}
+    vocab = text.get("vocab_size", ModelArgs.vocab_size)
+    free = (i for i in range(vocab) if i not in taken)
+    for name in SPECIAL_TOKENS:
+        if name not in values:
+            values[name] = next(free)
+
+
+def args_from_hf(cfg: dict) -> ModelArgs:
+    """ModelArgs from a transformers Llama 4 config.json (ours, or one this project did not write)."""
+    vision = cfg.get("model_type") == "llama4"
+    text = cfg["text_config"] if vision else cfg
+    values = {"vision": vision, "router_noise": False}
+    for f in dataclasses.fields(ModelArgs):
+        name = f.metadata.get("hf")
+        if name is None:
+            continue
+        if name.startswith("vision."):
+            if not vision:
+                continue
+            source, name = cfg["vision_config"], name.removeprefix("vision.")
+        else:
+            source = cfg if name in TOP_LEVEL else text
+        if name in TOP_LEVEL and not vision:
+            continue
+        for key in name.split("."):
+            source = source.get(key) if isinstance(source, dict) else None
+        if source is not None or f.name in SPECIAL_TOKENS:
+            values[f.name] = source
+    _free_special_ids(values, text)
+    rope_type = text.get("rope_parameters", {}).get("rope_type", "default")
+    values["rope_scaling"] = "llama3" if rope_type == "llama3" else "none"
+    if rope_type not in ("default", "llama3"):
+        raise ConfigError(f"rope_type {rope_type!r} is not supported (default or llama3)")
+    fields = {f.name: f.type for f in dataclasses.fields(ModelArgs)}
+    values = {k: (float(v) if fields[k] is float else v) for k, v in values.items()}
+    return config.from_dict(ModelArgs, values, where="config.json")
+
+
+def load_hf(folder, device="cpu") -> Llama4:
+    """An HF folder (config.json + model.safetensors) -> our model (eval mode)."""
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).exists():
+            raise CheckpointError(f"{folder / name} is missing; is {folder} an exported HF folder?")
+    model_args = args_from_hf(json.loads((folder / "config.json").read_text()))
+    state = load_file(str(folder / "model.safetensors"), device=str(device))
+    prefix = "language_model." if model_args.vision else ""
+    ours = {}
+    for name, tensor in state.items():
+        if name.startswith(prefix + "model."):
+            name = name.removeprefix(prefix + "model.")
+        elif name.startswith(prefix + "lm_head."):
+            name = name.removeprefix(prefix)
+        ours[name] = tensor
+    return build_from_state(model_args, ours, device).eval()
+
+
+def import_hf(folder, dest) -> Path:
+    """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it."""
+    model = load_hf(folder)
+    tok = Path(folder) / "tokenizer.json"
+    sha = None
+    if tok.exists():
+        try:
+            sha = Tokenizer.load(tok).hash
+        except DataError:  # not a tokenizer of this project's kind: keep the weights, record no hash
+            sha = None
+    save_model_only(model, dest, sha)
+    if tok.exists():
+        storage.atomic_write(Path(dest).parent / "tokenizer.json", tok.read_bytes())
+    return Path(dest)

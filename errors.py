@@ -1,0 +1,39 @@
+"""The project's error types: each is something a user can fix, raised with a one-line message
+that names the problem and the fix. Entry points print `<prog>: error: <message>` and exit with
+`exit_code`: 2 for a bad setting (as argparse does), 1 for everything else.
+
+    UserError          the base; entry points catch it
+      ConfigError      a setting is missing, mistyped or out of range (exit 2)
+      DataError        bad text, tokenizer or token cache
+      CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
+      RunError         a run cannot start or go on (busy run folder, full disk, non-finite weights)
+"""
+
+
+class UserError(Exception):
+    exit_code = 1
+
+    def __init__(self, message):
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
+
+
+class ConfigError(UserError, ValueError):
+    exit_code = 2
+
+
+class DataError(UserError):
+    pass
+
+
+class CheckpointError(UserError):
+    pass
+
+
+class RunError(UserError):
+    pass
+
+
+def first_line(e: BaseException) -> str:
+    """`Type: first line of the message` of a foreign exception, for a one-line report."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

@@ -1,0 +1,172 @@
+"""What a run leaves to read: metrics.jsonl, the Weights & Biases run, and loss plots. train.py
+writes through it; scripts/plot_runs.py and scripts/compare.py read through it.
+
+    Metrics                 metrics.jsonl in the run folder (one JSON line per log step and per
+                            evaluation), mirrored to W&B
+    start_wandb             online when logged in, else offline; never crashes or hangs a run
+    read_metrics            (train records, val records) of a run folder
+    plot_runs / plot_loss   training loss and validation bits/byte of one run or several
+
+Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm",
+"tokens_per_s", "mfu", "tokens", "minutes", "skipped_steps", "expert_share", "router_entropy"}
+and {"kind": "val", "step", "minutes", "tokens", "nats_per_token", "perplexity",
+"bits_per_byte", "val_tokens", "val_bytes"}; `tokens` is tokens trained on.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import config
+import storage
+from errors import first_line
+
+X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl and W&B
+
+
+def wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
+    """The W&B run for this run folder (resumed when `settings` has its id), or None if disabled."""
+    mode = train_args.wandb_mode
+    if mode == "disabled":
+        return None
+    if mode == "auto":
+        mode = "online" if wandb_logged_in() else "offline"
+    import wandb
+    name = train_args.wandb_name or run_dir.name
+    try:
+        return wandb.init(project=train_args.wandb_project, group=train_args.wandb_group or None, name=name,
+                          id=settings.get("wandb_id"), resume="allow", dir=str(run_dir), mode=mode,
+                          config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
+    except Exception as e:  # no network, no login: never crash a run over its dashboard
+        log(f"wandb: {mode} start failed ({first_line(e)}); logging offline instead")
+        return wandb.init(project=train_args.wandb_project, name=name, dir=str(run_dir), mode="offline",
+                          config=settings)
+
+
+class Metrics:
+    """metrics.jsonl in the run folder (rank 0), mirrored to W&B.
+
+    A new run starts the file afresh. A resumed run keeps the records up to the checkpoint's step
+    (the lines a crashed run wrote after its last save are replaced by the resumed run's)."""
+
+    def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print):
+        self.path = run_dir / "metrics.jsonl"
+        self.wandb = wandb_run
+        if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
+            kept = [r for r in storage.read_jsonl(self.path, warn=log) if r["step"] <= keep_until_step]
+            storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode())
+        elif keep_until_step is None and self.path.exists():
+            self.path.unlink()
+
+    def write(self, record: dict, wandb_extra: dict | None = None):
+        storage.append_jsonl(self.path, record)
+        if self.wandb is not None:
+            prefix = record["kind"]
+            flat = {f"{prefix}/{k}": v for k, v in record.items()
+                    if isinstance(v, (int, float)) and k not in ("step", "kind")}
+            self.wandb.log({**flat, **(wandb_extra or {})}, step=record["step"])
+
+    def log_image(self, name: str, path, step: int):
+        if self.wandb is not None and path:
+            import wandb
+            self.wandb.log({name: wandb.Image(str(path))}, step=step)
+
+    def finish(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _line(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs back
+
+
+def read_metrics(run_dir, warn=None) -> tuple[list, list]:
+    """(train records, val records) of a run folder."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
+    records = storage.read_jsonl(path, warn=warn)
+    return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "val"]
+
+
+def run_label(run_dir) -> str:
+    """Run name and the settings that tell runs apart (from model.json and train.json)."""
+    run_dir = Path(run_dir)
+    try:
+        m = json.loads((run_dir / "model.json").read_text())
+        t = json.loads((run_dir / "train.json").read_text())
+        dense = config.from_dict(config.ModelArgs, m).is_dense
+    except (OSError, ValueError):  # ConfigError is a ValueError
+        return run_dir.name
+    noise = "" if m["router_noise"] else " no-noise"
+    moe = "dense" if dense else f"{m['n_experts']}e top-{m['top_k']}{noise}"
+    return (f"{run_dir.name}: d{m['dim']} L{m['n_layers']} {moe}, aux {m['router_aux_loss_coef']:g}, "
+            f"lr {t['lr']:g}, batch {t['batch_size'] * t['grad_accum']}x{m['max_seq_len']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
+    """Left: training LM loss; right: validation bits per byte; against `x` (tokens, step, minutes).
+    One run also gets its validation nats/token beside the training curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, run_dir in enumerate(run_dirs):
+        train, val = read_metrics(run_dir, warn)
+        color = f"C{i}"
+        label = run_label(run_dir)
+        if train:
+            left.plot([r[x] for r in train], [r["lm_loss"] for r in train], color=color, alpha=0.8,
+                      label=label, marker="o" if len(train) == 1 else None)
+        if val:
+            right.plot([r[x] for r in val], [r["bits_per_byte"] for r in val], "o-", color=color, label=label)
+            if len(run_dirs) == 1:  # a single run: its validation nats/token next to the train curve
+                left.plot([r[x] for r in val], [r["nats_per_token"] for r in val], "o-",
+                          color="C1", label="validation")
+    left.set(xlabel=X_LABELS[x], ylabel="LM loss (nats/token)", title="training loss")
+    right.set(xlabel=X_LABELS[x], ylabel="bits per byte", title="validation bits per byte")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return out
+
+
+def plot_loss(run_dir: Path, out, log=print) -> Path | None:
+    """This run's curves at `out` (relative paths are inside the run folder); a plot that cannot be
+    written is reported, and training goes on."""
+    out = Path(run_dir) / out
+    try:
+        return plot_runs([run_dir], out, title=f"{Path(run_dir).name}: loss")
+    except OSError as e:
+        log(f"plot: could not write {out} ({e.strerror or e}); training goes on")
+        return None

@@ -1,0 +1,116 @@
+"""Where the code runs: the device, the processes of a torchrun job, the compute precision and the
+device's peak FLOP/s (for MFU). Used by train.py and sample.py.
+
+    resolve_device("auto")    cuda:0 when there is a GPU, else cpu; a clear error for a bad name
+    World / setup_distributed the rank and world size, one process per GPU under torchrun
+    all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
+    compute_dtype, autocast   bf16 autocast on CUDA, fp32 on CPU (unless asked otherwise)
+    peak_flops                a table of GPU bf16 peaks on CUDA; a GEMM timed now on CPU
+"""
+
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda:0 when available, else cpu; any torch device name otherwise."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: there are {torch.cuda.device_count()} GPUs here; "
+                              f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+class World(NamedTuple):
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
+    """Under torchrun: join the process group (NCCL on CUDA, gloo on CPU), one GPU per process."""
+    if "RANK" not in os.environ:
+        return device, World()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, World(dist.get_rank(), dist.get_world_size())
+
+
+def all_reduce(values: list[float], device, world: World, op=None) -> list[float]:
+    """Sum (or `op`, e.g. dist.ReduceOp.MAX) of a few numbers over the ranks."""
+    if world.size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+@contextmanager
+def rank0_first(world: World):
+    """Rank 0 runs the block first (building the data caches); the other ranks then run it (and
+    find the caches built). Two processes writing one cache would delete each other's files."""
+    if not world.main:
+        dist.barrier()
+    yield
+    if world.main and world.size > 1:
+        dist.barrier()
+
+
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast (fp32 weights, bf16 matmuls), or nothing for fp32."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by substring of the device name
+    "H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
+    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10G": 125e12,
+    "A10": 125e12, "A6000": 155e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+    "T4": 65e12, "B200": 2250e12,
+}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's peak: a table of GPU bf16 peaks on CUDA; a GEMM measured now on CPU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t, reps = time.perf_counter(), 0
+    while time.perf_counter() - t < 0.3:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t)

@@ -1,0 +1,173 @@
+"""The tokenizer: a byte-level BPE (Hugging Face `tokenizers`) with the special tokens at ids 0..7.
+
+    Tokenizer.train(texts, vocab_size)   deterministic for given text
+    Tokenizer.load(path) / .save(path)   tokenizer.json, which transformers' fast tokenizer loads
+    encode / decode                      prompts and stories
+    encode_docs                          documents for the token shards, in threads
+    check_tokenizer(tok, model_args)     the model's vocabulary and special ids are the tokenizer's
+
+How this departs from the obvious version:
+- No normaliser and no prefix space, so decode(encode(s)) == s for any string of Unicode scalar
+  values, and `token_bytes` (UTF-8 bytes per token) makes bits per byte exact.
+- `hash` is the sha256 of the canonical JSON: checkpoints and token caches record it, so a run
+  never silently continues or trains with another tokenizer.
+- encode_docs reads special-token strings as plain text (only separators the data code puts
+  there are special in a shard) and runs the Rust encoder in Python threads, which release the GIL.
+"""
+
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+import storage
+from config import SPECIAL_TOKENS, ModelArgs
+from errors import DataError, first_line
+
+EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
+
+
+@contextmanager
+def _rust_threads_off():
+    """Switch off the `tokenizers` thread pool (it reads TOKENIZERS_PARALLELISM at every call)."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+
+
+class Tokenizer:
+    """A byte-level BPE: a thin wrapper over `tokenizers.Tokenizer` with SPECIAL_TOKENS at ids 0..7.
+
+    No normaliser and no prefix space, so decode(encode(s)) == s for any string of Unicode scalar
+    values (emoji and scripts never seen in training included: every byte is in the vocabulary).
+    Pre-tokenization is the GPT-2 byte-level split (Llama 4's tiktoken-style regex differs mostly on
+    digits and non-Latin scripts, which TinyStories hardly has).
+    `encode` reads special-token strings as special tokens (as transformers does); `decode` keeps
+    them as their text. `token_bytes[i]` is the number of UTF-8 bytes token i stands for, 0 for the
+    special tokens (so bits per byte count the separator as zero bytes: a conservative figure).
+    """
+
+    def __init__(self, tok: tokenizers.Tokenizer):
+        self.tok = tok
+        missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
+        if missing:
+            raise DataError(f"the tokenizer has no {missing[0]} token; leave --tokenizer empty to train "
+                            "one with this project")
+        canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
+        self.hash = hashlib.sha256(canonical.encode()).hexdigest()
+        self.vocab_size = tok.get_vocab_size()
+        self.eos_id = tok.token_to_id(EOT)
+        self.token_bytes = self._count_token_bytes()
+        self._plain = None  # a copy that reads special-token strings as text, for the shards
+
+    @classmethod
+    def train(cls, texts, vocab_size: int) -> "Tokenizer":
+        """Train on an iterable of strings (or of lists of strings). Deterministic for given text."""
+        smallest = len(SPECIAL_TOKENS) + 256
+        if vocab_size < smallest:
+            raise DataError(f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
+                            f"{smallest} ({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        got = tok.get_vocab_size()
+        if got < vocab_size:
+            raise DataError(f"--vocab_size {vocab_size}: the training text can only fill {got} tokens "
+                            f"(no pair of tokens is left to merge); pass --vocab_size {got} or less, or "
+                            "train on more text")
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path) -> "Tokenizer":
+        if not os.path.isfile(path):
+            raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
+                            "train one")
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise DataError(f"--tokenizer: cannot read '{path}' ({first_line(e)}); pass a tokenizer.json "
+                            "written by this project") from None
+        return cls(tok)
+
+    def save(self, path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        storage.atomic_write(path, self.tok.to_str(pretty=True).encode())
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def special_ids(self) -> dict:
+        """ModelArgs field name -> token id, e.g. {"eos_id": 0, "pad_id": 1, ...}."""
+        return {name: self.tok.token_to_id(text) for name, text in SPECIAL_TOKENS.items()}
+
+    def encode_docs(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """Encode documents for the shards: special-token strings in them stay plain text.
+
+        With threads > 1 the list is cut into `threads` parts encoded at the same time (the Rust
+        encoder releases the GIL); the Rust thread pool is off meanwhile, so exactly `threads`
+        threads work. The result does not depend on `threads`.
+        """
+        if self._plain is None:
+            self._plain = tokenizers.Tokenizer.from_str(self.tok.to_str())
+            self._plain.encode_special_tokens = True
+
+        def encode(part):
+            return [e.ids for e in self._plain.encode_batch_fast(part, add_special_tokens=False)]
+
+        with _rust_threads_off():
+            if threads <= 1 or len(texts) < 2:
+                return encode(texts)
+            step = math.ceil(len(texts) / threads)
+            parts = [texts[i:i + step] for i in range(0, len(texts), step)]
+            with ThreadPoolExecutor(len(parts)) as pool:
+                return [ids for out in pool.map(encode, parts) for ids in out]
+
+    def to_transformers(self):
+        """The same tokenizer as a `transformers.PreTrainedTokenizerFast` (for the HF export)."""
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast(tokenizer_object=self.tok, bos_token=EOT, eos_token=EOT,
+                                       pad_token=SPECIAL_TOKENS["pad_id"], clean_up_tokenization_spaces=False)
+
+    def _count_token_bytes(self) -> np.ndarray:
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
+        special = set(self.special_ids().values())
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
+            if i in special:
+                continue
+            if not set(token) <= alphabet:
+                raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r}); leave --tokenizer "
+                                "empty to train one with this project")
+            out[i] = len(token)
+        return out
+
+
+def check_tokenizer(tok: Tokenizer, model_args: ModelArgs, where: str = "the tokenizer") -> None:
+    """The model's vocabulary size and special-token ids must be the tokenizer's."""
+    if tok.vocab_size != model_args.vocab_size:
+        raise DataError(f"{where} has {tok.vocab_size} tokens but --vocab_size is {model_args.vocab_size}; "
+                        f"pass --vocab_size {tok.vocab_size}")
+    for name, i in tok.special_ids().items():
+        if getattr(model_args, name) != i:
+            raise DataError(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but --{name} is "
+                            f"{getattr(model_args, name)}; pass --{name} {i}")
