@@ -451,11 +451,16 @@ class Llama4(nn.Module):
         return out
 
     def _check_input(self, tokens, cache):
+        """Lengths always; token ids only where reading them costs nothing that matters: not in
+        training (train.py checks each token shard once when it opens it) and not in decoding steps
+        after the first (the tokens are the model's own choices), where it would make the host
+        wait for the device at every call."""
         total = tokens.shape[1] + (cache.seen if cache is not None else 0)
         if total > self.args.max_seq_len:
             raise ValueError(f"sequence of {total} tokens is longer than max_seq_len="
                              f"{self.args.max_seq_len}; shorten the input or raise --max_seq_len")
-        if not torch.compiler.is_compiling():
+        decoding = cache is not None and cache.seen > 0
+        if not (self.training or decoding or torch.compiler.is_compiling()):
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.args.vocab_size:
                 raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "
