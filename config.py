@@ -253,7 +253,9 @@ class TrainArgs:
     # --- precision and speed ---
     dtype: str = arg("auto", "compute dtype: auto = bfloat16 autocast on CUDA, float32 on CPU",
                      choices=["auto", "float32", "bfloat16"])
-    compile: bool = arg(False, "torch.compile the model")
+    compile: str = arg("auto", "torch.compile the model: auto = on CUDA (eager where compiling is "
+                               "unavailable, with a warning), true, false", choices=["auto", "true", "false"],
+                        const="true")
     grad_checkpoint: bool = arg(False, "activation checkpointing per block (less memory, more "
                                        "compute)")
     # --- evaluation, logging, checkpoints ---

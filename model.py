@@ -233,13 +233,55 @@ def grouped_mm_supported(x: torch.Tensor) -> bool:
     """torch's grouped GEMM: CPU (fp32/bf16) and CUDA from sm90 on (bf16)."""
     if not hasattr(F, "grouped_mm"):
         return False
-    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:  # its meta kernel is bf16-only
-        return False
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16)
     if x.device.type == "cuda":
         return torch.cuda.get_device_capability(x.device) >= (9, 0) and x.dtype == torch.bfloat16
     return False
+
+
+@torch.library.custom_op("llama4::grouped_mm", mutates_args=())
+def grouped_mm_any_dtype(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """F.grouped_mm as one opaque op, for dtypes torch.compile cannot trace it in (its fake kernel
+    takes bf16 only; the CPU kernel takes fp32 too). Either x (M, K) in groups of rows with w
+    (G, K, N) -> (M, N), or x (K, M) and w (M, N) in groups of M -> (G, K, N) (weight gradients)."""
+    return F.grouped_mm(x, w, offs=offs)
+
+
+@grouped_mm_any_dtype.register_fake
+def _(x, w, offs):
+    if w.dim() == 3:
+        return x.new_empty(x.shape[0], w.shape[-1])
+    return x.new_empty(offs.shape[0], x.shape[0], w.shape[-1])
+
+
+def _grouped_mm_backward(ctx, grad):
+    x, w, offs = ctx.saved_tensors
+    grad = grad.contiguous()  # grouped_mm refuses expanded (stride-0) gradients
+    grad_x = grouped_mm_any_dtype(grad, w.transpose(-2, -1), offs)  # (M, N) x (G, N, K) -> (M, K)
+    grad_w = grouped_mm_any_dtype(x.t(), grad, offs)  # (K, M) x (M, N) -> (G, K, N)
+    return grad_x, grad_w, None
+
+
+grouped_mm_any_dtype.register_autograd(
+    _grouped_mm_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+
+
+class ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (bf16 grouped_mm's own
+    backward refuses expanded, stride-0 gradients, which a .sum() or .mean() loss hands it)."""
+
+    @staticmethod
+    def forward(x):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 class Experts(nn.Module):
@@ -261,14 +303,14 @@ class Experts(nn.Module):
         if torch.is_autocast_enabled(xs.device.type):  # grouped_mm is not on autocast's list
             dtype = torch.get_autocast_dtype(xs.device.type)
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
-        if grouped_mm_supported(xs) and xs.shape[0] >= len(counts):  # decoding a few tokens: loop
+        if grouped_mm_supported(xs):  # no host sync: group boundaries stay on the device
             offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
-            gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
-            ys = F.grouped_mm(F.silu(gate) * up, w2, offs=offs)  # (M, dim)
-            if ys.requires_grad:  # grouped_mm's backward rejects expanded (stride-0) gradients
-                ys.register_hook(lambda g: g.contiguous())
-            return ys
-        groups = xs.split(counts.tolist())
+            if xs.dtype == torch.bfloat16:  # torch.compile traces grouped_mm itself
+                gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
+                return ContiguousGrad.apply(F.grouped_mm(F.silu(gate) * up, w2, offs=offs))  # (M, dim)
+            gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)
+            return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)
+        groups = xs.split(counts.tolist())  # the fallback: one matmul per expert, sizes read on the host
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
 
 
@@ -340,11 +382,16 @@ class MoE(nn.Module):
         """Switch load-balancing loss E * sum_e f_e P_e (1.0 when perfectly balanced), z-loss,
         mean router entropy, computed on the clean logits."""
         logits = logits.float()
-        probs = logits.softmax(-1)  # (N, E)
+        # log-probabilities through one logsumexp, shared by all three terms (computing softmax and
+        # logsumexp separately made torch.compile on CPU, torch 2.13, drop the gradient that reaches
+        # the router through the expert scores; tests/test_compile.py holds this)
+        lse = torch.logsumexp(logits, -1, keepdim=True)  # (N, 1)
+        log_probs = logits - lse  # (N, E)
+        probs = log_probs.exp()
         f = counts.float() / counts.sum()  # share of assignments per expert
         aux = self.n_experts * (f * probs.mean(0)).sum()
-        z = torch.logsumexp(logits, -1).pow(2).mean()
-        entropy = -(probs * torch.log(probs.clamp_min(1e-20))).sum(-1).mean()
+        z = lse.pow(2).mean()
+        entropy = -(probs * log_probs).sum(-1).mean()
         return RouterStats(aux, z, entropy.detach(), counts)
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from errors import ConfigError
+from errors import ConfigError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,6 +91,32 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def compile_model(model, choice: str, device: torch.device, log=print):
+    """torch.compile(model) when `choice` (--compile) says so: true, or auto on CUDA. Where
+    compiling is unavailable (no C compiler, no Triton, an unsupported Python), `auto` and `true`
+    fall back to the eager model with one warning line."""
+    if choice == "false" or (choice == "auto" and device.type != "cuda"):
+        return model
+    problem = compile_problem(device)
+    if problem:
+        log(f"warning: torch.compile is unavailable here ({problem}); running eagerly (--compile false "
+            "skips this check)")
+        return model
+    return torch.compile(model)
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Compile a two-op function, forward and backward, on `device`: None when that works, else why."""
+    try:
+        x = torch.ones(8, device=device, requires_grad=True)
+        torch.compile(lambda t: (t * 2).sin().sum(), fullgraph=True)(x).backward()
+        return None
+    except Exception as e:  # whatever the backend raises: the reason is reported, training goes on
+        return first_line(e)
+    finally:
+        torch._dynamo.reset()
 
 
 GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by substring of the device name

@@ -206,7 +206,8 @@ class Job:
     train_data: object  # data.TokenData (None for --eval_only)
     val: "EvalSet"
     model: Llama4
-    runner: object  # the model as the loop calls it: compiled and/or wrapped in DDP
+    compiled: object  # the model as evaluation calls it: compiled where --compile says so
+    runner: object  # the model as the loop calls it: the compiled one, wrapped in DDP under torchrun
     opt: torch.optim.Optimizer | None
     autocast: object
     no_sync: object
@@ -262,8 +263,11 @@ class EvalSet:
         start, stop = data.rank_windows(n, world.rank, world.size)
         x, y = data.val_windows(val.tokens, T, train_args.eval_windows, start, stop, pad_id=model_args.pad_id)
         self.tokens, self.bytes = int((y >= 0).sum()), data.count_bytes(y, tok.token_bytes)
+        B = self.batch_size = train_args.batch_size
+        fill = -len(x) % B  # whole batches only (one shape for a compiled model): padding windows
+        x = torch.cat([x, torch.full((fill, T), model_args.pad_id, dtype=x.dtype)])
+        y = torch.cat([y, torch.full((fill, T), -1, dtype=y.dtype)])  # ... whose targets are ignored
         self.x, self.y = x.to(device), y.to(device)
-        self.batch_size = train_args.batch_size
         self.world = world
 
 
@@ -288,7 +292,7 @@ def evaluate(model, val: EvalSet, autocast, device) -> dict:
 
 def run_eval(job: Job, state: LoopState) -> bool:
     """Evaluate, write the val record and the loss plot; True when the result is the best yet."""
-    r = evaluate(job.model, job.val, job.autocast, job.device)
+    r = evaluate(job.compiled, job.val, job.autocast, job.device)
     improved = r["nats_per_token"] < state.best_val
     state.best_val = min(state.best_val, r["nats_per_token"])
     if job.world.main:
@@ -545,13 +549,14 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
         opt.load_state_dict(ckpt["optimizer"])
         checkpoint.set_rng_state(ckpt["rng"])
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
-    runner = torch.compile(model) if train_args.compile else model
+    compiled = runtime.compile_model(model, train_args.compile, device, log)
+    runner = compiled
     if world.size > 1:
         runner = torch.nn.parallel.DistributedDataParallel(
-            runner, device_ids=[device.index] if device.type == "cuda" else None,
+            compiled, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=model_args.vision)
     job = Job(model_args, train_args, preset, plan.run_dir, device, world, log, tok, train_data,
-              EvalSet(val, tok, model_args, train_args, world, device), model, runner, opt,
+              EvalSet(val, tok, model_args, train_args, world, device), model, compiled, runner, opt,
               runtime.autocast(device, dtype), runner.no_sync if world.size > 1 else nullcontext,
               list(range(world.rank, train_args.grad_accum, world.size)), None,
               flops_per_token(model_args, model_args.max_seq_len), runtime.peak_flops(device, dtype),
@@ -647,7 +652,7 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
 
 def evaluate_only(job: Job, state: LoopState) -> dict:
     """--eval_only: one JSON line with the checkpoint's validation figures."""
-    result = evaluate(job.model, job.val, job.autocast, job.device)
+    result = evaluate(job.compiled, job.val, job.autocast, job.device)
     result.update(step=state.step, checkpoint=str(job.ckpt_path))
     if job.world.main:
         print(json.dumps(result), flush=True)
