@@ -83,8 +83,8 @@ def test_a_training_step_makes_no_host_sync(tmp_path, corpus):
     number of host syncs: the steps in between make none."""
     def run(steps):
         argv = ["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
-                "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", str(steps), "--log_every", "1000",
-                "--eval_every", "1000", "--save_every", "1000", "--run", f"r{steps}"]
+                "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", str(steps),
+                "--log_every", "1000", "--eval_every", "1000", "--save_every", "1000", "--run", f"r{steps}"]
         return count_syncs(lambda: train.main(argv))
     run(2)  # build the caches first, so that both runs below do the same work outside the loop
     assert run(9) == run(3)
