@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train sample test lint bench clean-venv
+.PHONY: train sample test lint bench clean-venv gpu-prep gpu-check
 
 train: $(VENV)/.runtime
 	$(BIN)/python train.py $(ARGS)
@@ -31,3 +31,18 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The GPU check (README, "GPU"). On this machine: `make gpu-prep` puts the data and the wheels the GPU
+# machine lacks (datasets and its two dependencies; its image has the rest) into git-ignored
+# folders; carry gpu-data and .whl there and run `make gpu-check`, which installs them and runs
+# scripts/gpu_check.py (about 5 minutes on one H100), writing img/gpu/.
+gpu-prep:
+	mkdir -p gpu-data && cp ../shared/data/tinystories/train-lower.txt ../shared/data/tinystories/valid-lower.txt gpu-data/
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+
+gpu-check:
+	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target /tmp/site .whl/*.whl; fi
+	PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py $(ARGS)

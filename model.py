@@ -305,11 +305,11 @@ class Experts(nn.Module):
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
         if grouped_mm_supported(xs):  # no host sync: group boundaries stay on the device
             offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
-            if xs.dtype == torch.bfloat16:  # torch.compile traces grouped_mm itself
-                gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
-                return ContiguousGrad.apply(F.grouped_mm(F.silu(gate) * up, w2, offs=offs))  # (M, dim)
-            gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)
-            return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)
+            if torch.compiler.is_compiling() and xs.dtype != torch.bfloat16:  # compile traces bf16 only
+                gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)
+                return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)
+            gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
+            return ContiguousGrad.apply(F.grouped_mm(F.silu(gate) * up, w2, offs=offs))  # (M, dim)
         groups = xs.split(counts.tolist())  # the fallback: one matmul per expert, sizes read on the host
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
 

@@ -36,24 +36,32 @@ def markdown(results: dict, machine: dict) -> str:
              f"load average {machine['load_before']:.2f} before the run, {machine['date']}.", ""]
     if "model" in results:
         m = results["model"]
-        c, s, r, mem = m["config"], m["step_seconds"], m["ratios"], m["peak_step_memory_mb"]
-        lines += [f"**Training step** (forward + backward + AdamW), batch {c['batch']} x {c['max_seq_len']}, "
-                  f"dim {c['dim']}, {c['n_layers']} layers, {c['n_experts']} experts top-{c['top_k']}, fp32, "
-                  f"2 threads, median of {c['repeats']} interleaved runs:", "",
-                  "| variant | step (s) | tokens/s | peak step memory (MB) |", "|---|---|---|---|"]
-        for v in s:
-            lines.append(f"| {v} | {s[v]:.3f} | {m['tokens_per_second'][v]:,.0f} | "
-                         f"{mem[v]:.0f} |" if v in mem else f"| {v} | {s[v]:.3f} | "
-                         f"{m['tokens_per_second'][v]:,.0f} | |")
-        lines += ["", "| ratio | measured | target |", "|---|---|---|",
-                  f"| our MoE / our dense (same active parameters), time | {r['moe_over_dense_time']:.2f} | "
-                  "<= 1.3 |"]
-        if "hf_over_ours_time" in r:
-            lines.append(f"| transformers Llama4ForCausalLM / ours, time | {r['hf_over_ours_time']:.2f} "
-                         "| >= 4 |")
-        lines += [f"| activation checkpointing: memory saved | {r['ckpt_memory_saving']:.0%} | >= 40% |",
-                  f"| activation checkpointing: time / without | {r['ckpt_over_moe_time']:.2f} | <= 1.4 |",
-                  ""]
+        c = m["config"]
+        for batch, r in m["batches"].items():
+            s, mem = r["step_seconds"], r["peak_step_memory_mb"]
+            lines += [f"**Training step** (train.train_step: forward + backward + clipping + fused AdamW), "
+                      f"batch {batch} x {c['max_seq_len']}, dim {c['dim']}, {c['n_layers']} layers, "
+                      f"{c['n_experts']} experts top-{c['top_k']}, {c['dtype']}, {m['device']}, "
+                      f"median of {c['repeats']} interleaved runs:", "",
+                      "| variant | step (ms) | tokens/s | MFU | aten ops per step | peak step memory (MB) |",
+                      "|---|---|---|---|---|---|"]
+            for v in s:
+                mfu = f"{r['mfu'][v]:.1%}" if r["mfu"] else ""
+                ops = f"{r['ops_per_step'][v]:,}" if v in r["ops_per_step"] else ""
+                lines.append(f"| {v} | {s[v] * 1e3:.1f} | {r['tokens_per_second'][v]:,.0f} | {mfu} | {ops} | "
+                             + (f"{mem[v]:.0f} |" if v in mem else " |"))
+            ratio = r["ratios"]
+            lines += ["", "| ratio | measured | target |", "|---|---|---|",
+                      f"| our MoE / our dense (same active parameters), time | "
+                      f"{ratio['moe_over_dense_time']:.2f} | <= 1.3 |"]
+            if "hf_over_ours_time" in ratio:
+                lines.append("| transformers Llama4ForCausalLM / ours, time | "
+                             f"{ratio['hf_over_ours_time']:.2f} | >= 4 |")
+            lines += ["| activation checkpointing: memory saved | "
+                      f"{ratio['ckpt_memory_saving']:.0%} | >= 40% |",
+                      "| activation checkpointing: time / without | "
+                      f"{ratio['ckpt_over_moe_time']:.2f} | <= 1.4 |",
+                      ""]
     if "sample" in results:
         sm = results["sample"]
         c = sm["config"]

@@ -1,15 +1,22 @@
-"""Model benchmark: one training step (forward + backward + AdamW), fp32, 2 CPU threads.
+"""Model benchmark: one training step as train.py takes it (train.train_step: forward + backward,
+clipping, fused AdamW), on the CPU or a GPU.
 
-    python scripts/bench_model.py                      # writes img/bench_model.json
-    python scripts/bench_model.py --quick              # smaller, for a smoke test
+    python scripts/bench_model.py                      # CPU: dim 256, fp32, 2 threads, batch 8
+    python scripts/bench_model.py --device cuda        # GPU: scout-128m, bf16 autocast, batch 32 and 128,
+                                                       # eager and compiled
+    python scripts/bench_model.py --quick              # tiny shapes, for a smoke test
 
 Compares, on the same token batch and in one run (timings interleaved, medians reported):
   moe         our MoE model (16 routed experts + shared, top-1, sparse dispatch)
-  dense       our model with dense SwiGLU layers of the same active width (shared + 1 expert)
-  hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert)
+  dense       our model with dense SwiGLU layers of the same active width (ModelArgs.dense_twin)
   moe+ckpt    our MoE model with activation checkpointing
-and measures the peak memory of a step (peak RSS above the post-setup baseline, in a fresh
-subprocess per variant) for moe and moe+ckpt. Ratios are what the README quotes.
+  hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert), eager
+  moe+compile, dense+compile   the same, torch.compile'd (with --compile; on by default on CUDA)
+and reports per variant: step time, tokens/s, MFU (train.py's FLOPs per token against the device
+peak: the GPU table, or a GEMM timed now on CPU), aten ops per step of the eager variants (a CPU
+proxy for kernel launches: view ops excluded) and the peak memory of a step for moe and moe+ckpt
+(torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup baseline, in a
+fresh subprocess per variant). Ratios are what the README quotes.
 """
 
 import argparse
@@ -21,32 +28,48 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from config import ModelArgs  # noqa: E402
-from model import Llama4, count_parameters  # noqa: E402
+import config  # noqa: E402
+import runtime  # noqa: E402
+import train  # noqa: E402
+from config import ModelArgs, TrainArgs  # noqa: E402
+from model import Llama4, Output, count_parameters, flops_per_token  # noqa: E402
 
-BENCH = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, expert_dim=512,
-             mlp_dim=1024, n_experts=16, top_k=1, max_seq_len=256, attn_chunk_size=64,
-             attn_floor_scale=64)
-QUICK = dict(BENCH, dim=64, n_layers=2, expert_dim=64, mlp_dim=128, max_seq_len=64, n_heads=4)
+CPU_SHAPE = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, expert_dim=512, mlp_dim=1024,
+                 n_experts=16, top_k=1, max_seq_len=256, attn_chunk_size=64, attn_floor_scale=64)
+QUICK_SHAPE = dict(CPU_SHAPE, dim=64, n_layers=2, expert_dim=64, mlp_dim=128, max_seq_len=64, n_heads=4)
 
 
 def variant_args(variant: str, base: dict) -> ModelArgs:
-    if variant == "dense":  # same active FFN width: shared expert + the routed expert(s)
-        return ModelArgs(**base).dense_twin()
-    return ModelArgs(**base)
+    args = ModelArgs(**base)
+    return args.dense_twin() if variant.startswith("dense") else args
 
 
-def make_step(variant: str, base: dict, batch: int):
-    """Build the model for `variant` and return a function running one training step."""
+class HFRunner(torch.nn.Module):
+    """transformers' model called the way train.accumulate calls ours (labels: the same compute)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x, targets=None):
+        loss = self.hf(input_ids=x, labels=x).loss
+        return Output(logits=None, loss=loss, lm_loss=loss)
+
+
+def make_step(variant: str, base: dict, batch: int, device, dtype):
+    """Build `variant` and return (a function running one train_step, the trained module)."""
     torch.manual_seed(0)
     args = variant_args(variant, base)
-    ours = Llama4(args).train()
+    ours = Llama4(args).to(device).train()
+    model = ours
     if variant == "hf":
         from transformers import Llama4ForCausalLM
         from transformers.utils import logging as hf_logging
@@ -54,39 +77,68 @@ def make_step(variant: str, base: dict, batch: int):
         from checkpoint import export_hf
         hf_logging.set_verbosity_error()
         with tempfile.TemporaryDirectory() as d:
-            export_hf(ours, d)
-            model = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").train()
-    else:
-        model = ours
-        model.set_grad_checkpointing(variant == "moe+ckpt")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py makes it
+            export_hf(ours.cpu(), d)
+            model = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").to(device).train()
+    ours.set_grad_checkpointing(variant == "moe+ckpt")
+    runner = HFRunner(model) if variant == "hf" else model
+    if variant.endswith("+compile"):
+        runner = torch.compile(runner)
+    train_args = TrainArgs(batch_size=batch)
+    job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
+                          opt=train.make_optimizer(model, train_args, device),
+                          autocast=runtime.autocast(device, dtype))
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=g)
+    x = torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=g).to(device)
+    batches = [(x, x)]
 
     def step():
-        if variant == "hf":
-            loss = model(input_ids=x, labels=x).loss
-        else:
-            loss = model(x, targets=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+        out = train.train_step(job, batches, 0, 1e-4)
+        return out.losses
     return step, model
 
 
-def time_variants(variants, base, batch, repeats):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_variants(variants, base, batch, repeats, device, dtype):
     steps = {}
     for v in variants:
-        steps[v], _ = make_step(v, base, batch)
-        steps[v]()  # warm-up (and optimizer state)
+        steps[v], _ = make_step(v, base, batch, device, dtype)
+        for _ in range(3 if v.endswith("+compile") else 1):  # warm-up (compilation, optimizer state)
+            steps[v]()
+        sync(device)
     times = {v: [] for v in variants}
     for _ in range(repeats):  # interleaved, so machine noise hits every variant alike
         for v in variants:
+            sync(device)
             t = time.perf_counter()
             steps[v]()
+            sync(device)
             times[v].append(time.perf_counter() - t)
     return {v: statistics.median(ts) for v, ts in times.items()}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that run (forward, backward and optimizer), view ops excluded."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(variant, base, batch, device, dtype) -> int:
+    step, _ = make_step(variant, base, batch, device, dtype)
+    step()
+    with OpCounter() as counter:
+        step()
+    return counter.ops
 
 
 def _rss_kb(field: str) -> int:
@@ -97,9 +149,9 @@ def _rss_kb(field: str) -> int:
 
 
 def peak_memory_child(variant: str, base: dict, batch: int) -> int:
-    """In a fresh process: peak RSS of one training step above the post-warm-up baseline (bytes)."""
+    """In a fresh process (CPU): peak RSS of one training step above the post-warm-up baseline."""
     torch.set_num_threads(2)
-    step, _ = make_step(variant, base, batch)
+    step, _ = make_step(variant, base, batch, torch.device("cpu"), torch.float32)
     step()
     import gc
     gc.collect()
@@ -109,18 +161,76 @@ def peak_memory_child(variant: str, base: dict, batch: int) -> int:
     return (_rss_kb("VmHWM") - baseline) * 1024
 
 
-def peak_memory(variant, base, batch):
+def peak_memory(variant, base, batch, device, dtype) -> int:
+    """Bytes a training step takes above what is held between steps."""
+    if device.type == "cuda":
+        step, _ = make_step(variant, base, batch, device, dtype)
+        step()
+        sync(device)
+        torch.cuda.empty_cache()
+        held = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - held
     # glibc otherwise keeps freed memory, so RSS would show the allocator's history, not the step's
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--base", json.dumps(base),
-                          "--batch", str(batch)], capture_output=True, text=True, check=True, env=env)
+                          "--batches", str(batch)], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
+
+
+def measure_batch(variants, base, batch, repeats, device, dtype, peak) -> dict:
+    secs = time_variants(variants, base, batch, repeats, device, dtype)
+    tokens = batch * base["max_seq_len"]
+    fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
+    tok_s = {v: tokens / s for v, s in secs.items()}
+    mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in ["moe", "moe+ckpt"]}
+    out = {"step_seconds": secs, "tokens_per_second": tok_s,
+           "mfu": {v: t * fpt / peak for v, t in tok_s.items()} if peak else None,
+           "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in variants
+                            if not v.endswith("+compile")},
+           "peak_step_memory_mb": mem,
+           "ratios": {"moe_over_dense_time": secs["moe"] / secs["dense"],
+                      "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"],
+                      "ckpt_memory_saving": 1 - mem["moe+ckpt"] / mem["moe"]}}
+    if "hf" in secs:
+        out["ratios"]["hf_over_ours_time"] = secs["hf"] / secs["moe"]
+    if "moe+compile" in secs:
+        out["ratios"]["moe_over_dense_time_compiled"] = secs["moe+compile"] / secs["dense+compile"]
+        out["ratios"]["eager_over_compiled_time"] = secs["moe"] / secs["moe+compile"]
+        if "hf" in secs:
+            out["ratios"]["hf_over_ours_compiled_time"] = secs["hf"] / secs["moe+compile"]
+    return out
+
+
+def report(result: dict) -> None:
+    c = result["config"]
+    for batch, r in result["batches"].items():
+        print(f"training step, batch {batch} x {c['max_seq_len']}, dim {c['dim']}, {c['n_experts']} experts, "
+              f"{c['dtype']}, {result['device']}, median of {c['repeats']}")
+        print(f"{'variant':14s} {'step ms':>9s} {'tok/s':>10s} {'MFU':>7s} {'ops':>6s} {'peak MB':>8s}")
+        for v, s in r["step_seconds"].items():
+            mfu = f"{r['mfu'][v]:7.1%}" if r["mfu"] else f"{'':7s}"
+            ops = f"{r['ops_per_step'][v]:6d}" if v in r["ops_per_step"] else f"{'':6s}"
+            mem = f"{r['peak_step_memory_mb'][v]:8.0f}" if v in r["peak_step_memory_mb"] else f"{'':8s}"
+            print(f"{v:14s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}")
+        for k, ratio in r["ratios"].items():
+            print(f"  {k:30s} {ratio:6.2f}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype, as train.py's --dtype (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--preset", default=None, help="model shape (default: scout-128m on CUDA, dim 256 on CPU)")
+    p.add_argument("--batches", default=None,
+                   help="comma-separated batch sizes (default 8 on CPU, 32,128 on CUDA)")
+    p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                   help="also time compiled variants (auto: on CUDA)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats (smoke test)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--out", default=str(ROOT / "img" / "bench_model.json"))
@@ -128,41 +238,36 @@ def main(argv=None):
     p.add_argument("--base", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.child:
-        print(peak_memory_child(opts.child, json.loads(opts.base), opts.batch))
+        print(peak_memory_child(opts.child, json.loads(opts.base), int(opts.batches)))
         return None
-    torch.set_num_threads(2)
-    base, repeats = (QUICK, 2) if opts.quick else (BENCH, opts.repeats)
+    device = runtime.resolve_device(opts.device)
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(2)
+    dtype = runtime.compute_dtype(opts.dtype, device)
+    if opts.quick:
+        base, repeats = QUICK_SHAPE, 2
+    else:
+        preset = opts.preset or ("scout-128m" if cuda else None)
+        base = dict(config.PRESETS[preset]["ModelArgs"]) if preset else CPU_SHAPE
+        base = config.to_dict(ModelArgs(**base))
+        repeats = opts.repeats or (10 if cuda else 9)
+    batches = [int(b) for b in (opts.batches or ("32,128" if cuda else "8")).split(",")]
+    compiled = opts.compile == "true" or (opts.compile == "auto" and cuda)
     variants = ["moe", "dense", "moe+ckpt"] + ([] if opts.no_hf else ["hf"])
-    secs = time_variants(variants, base, opts.batch, repeats)
-    mem = {v: peak_memory(v, base, opts.batch) for v in ["moe", "moe+ckpt"]}
+    variants += ["moe+compile", "dense+compile"] if compiled else []
+    peak = runtime.peak_flops(device, dtype)
     with torch.device("meta"):
         counts = {v: count_parameters(Llama4(variant_args(v, base))) for v in ["moe", "dense"]}
-    tokens = opts.batch * base["max_seq_len"]
     result = {
-        "config": {**base, "batch": opts.batch, "dtype": "float32", "threads": 2, "repeats": repeats,
-                   "torch": torch.__version__},
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, 2 threads)",
+        "config": {**base, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
+                   "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},
-        "step_seconds": secs,
-        "tokens_per_second": {v: tokens / s for v, s in secs.items()},
-        "peak_step_memory_mb": {v: m / 2**20 for v, m in mem.items()},
-        "ratios": {
-            "moe_over_dense_time": secs["moe"] / secs["dense"],
-            "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"],
-            "ckpt_memory_saving": 1 - mem["moe+ckpt"] / mem["moe"],
-        },
+        "batches": {str(b): measure_batch(variants, base, b, repeats, device, dtype, peak) for b in batches},
     }
-    if "hf" in secs:
-        result["ratios"]["hf_over_ours_time"] = secs["hf"] / secs["moe"]
-    print(f"training step, batch {opts.batch} x {base['max_seq_len']}, dim {base['dim']}, "
-          f"{base['n_experts']} experts, fp32, 2 threads, median of {repeats}")
-    print(f"{'variant':10s} {'step s':>8s} {'tok/s':>9s} {'active params':>14s} {'peak MB':>8s}")
-    for v in variants:
-        active = counts.get(v if v in counts else "moe")["active_per_token"]
-        m = f"{mem[v] / 2**20:8.0f}" if v in mem else f"{'':8s}"
-        print(f"{v:10s} {secs[v]:8.3f} {tokens / secs[v]:9.0f} {active:14,d} {m}")
-    for k, r in result["ratios"].items():
-        print(f"{k:24s} {r:6.2f}")
+    report(result)
     os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
     Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -1,0 +1,154 @@
+"""The GPU check: what `make gpu-check` runs on a machine with one CUDA GPU (about 5 minutes on one
+H100), and what its --quick mode runs on a CPU in a test so that it cannot rot.
+
+    python scripts/gpu_check.py                  # on the GPU machine
+    python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
+
+One after another, each in its own process:
+  1. scripts/bench_model.py --device cuda: MoE, dense, MoE + activation checkpointing and
+     transformers, eager and compiled, batch 32 and 128, bf16, with MFU and peak memory;
+  2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate;
+  3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled), then
+     --eval_only on valid-lower.txt and one sampled story.
+It writes to --out (default img/gpu/): bench_model.json, bench_sample.json, train.json (the run's
+figures: steady-state and end-to-end tokens/s and MFU, the evaluation, the story), gpu.md (the
+tables the README's GPU section quotes) and log.txt; the run itself goes to --work
+(checkpoints/gpu-check/, git-ignored). Data: --data / --val_data, by default gpu-data/ in the
+checkout (`make gpu-prep` copies the shared files there, since ../shared does not travel to a
+lent GPU machine), else ../shared/data/tinystories/.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
+
+
+def find(name: str) -> str:
+    for folder in DATA_DIRS:
+        if (folder / name).exists():
+            return str(folder / name)
+    return str(DATA_DIRS[-1] / name)
+
+
+def sh(*argv, log) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; its output goes to the log and stdout."""
+    cmd = [sys.executable, *map(str, argv)]
+    log.write(f"$ {' '.join(cmd[1:])}\n")
+    log.flush()
+    t = time.time()
+    out = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+    log.write(out.stdout + out.stderr + f"[exit {out.returncode}, {time.time() - t:.0f} s]\n\n")
+    log.flush()
+    print(out.stdout[-3000:] + out.stderr[-2000:], flush=True)
+    return out
+
+
+def train_part(opts, out: Path, log) -> dict:
+    """A budgeted train.py run, its --eval_only and one story; the figures as a dict."""
+    work = Path(opts.work)
+    run_dir = work / "gpu-check"
+    if (run_dir / "last.pt").exists():  # a previous check's run: this one starts afresh
+        import shutil
+        shutil.rmtree(run_dir)
+    common = ["--out_dir", work, "--cache_dir", work / "cache", "--run", "gpu-check"]
+    if opts.quick:
+        argv = ["--preset", "debug", "--max_steps", "6", "--eval_every", "3"]
+    else:
+        argv = ["--preset", "scout-128m", "--vocab_size", "8192", "--max_minutes", str(opts.minutes),
+                "--max_steps", "1000000", "--eval_every", "1000000", "--save_every", "1000000"]
+    argv += ["--data", opts.data, "--val_data", opts.val_data, "--compile", opts.compile,
+             "--device", opts.device, "--wandb_mode", "disabled", "--plot", "", *common]
+    result = {"argv": [str(a) for a in argv], "train_exit": sh("train.py", *argv, log=log).returncode}
+    metrics = run_dir / "metrics.jsonl"
+    if result["train_exit"] != 0 or not metrics.exists():
+        return result
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [r for r in records if r["kind"] == "train"]
+    steady = train[1:] or train  # the first window holds the compilation
+    last = records[-1]
+    result.update(steps=train[-1]["step"], tokens=train[-1]["tokens"], minutes=last["minutes"],
+                  steady_tokens_per_s=sorted(r["tokens_per_s"] for r in steady)[len(steady) // 2],
+                  steady_mfu=sorted((r["mfu"] or 0) for r in steady)[len(steady) // 2],
+                  end_to_end_tokens_per_s=train[-1]["tokens"] / (last["minutes"] * 60))
+    if train[-1]["mfu"]:
+        mfu_per_token_s = train[-1]["mfu"] / train[-1]["tokens_per_s"]
+        result["end_to_end_mfu"] = result["end_to_end_tokens_per_s"] * mfu_per_token_s
+    ev = sh("train.py", "--run", "gpu-check", "--eval_only", "--val_data", opts.val_data,
+            "--device", opts.device, "--compile", opts.compile, *common, log=log)
+    if ev.returncode == 0:
+        result["eval"] = json.loads(ev.stdout.strip().splitlines()[-1])
+    story = sh("sample.py", "--ckpt", run_dir, "--prompt", "once upon a time", "--max_new_tokens", "100",
+               "--seed", "1", "--device", opts.device, log=log)
+    failed = f"(sample.py failed: {story.stderr[-300:]})"
+    result["sample"] = story.stdout.strip() if story.returncode == 0 else failed
+    return result
+
+
+def markdown(out: Path) -> str:
+    """gpu.md: the three parts as tables (whatever parts produced their JSON)."""
+    lines = []
+    if (out / "bench_model.json").exists():
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench
+        model = json.loads((out / "bench_model.json").read_text())
+        lines.append(bench.markdown({"model": model}, {"cpus": os.cpu_count(), "cpu": model["device"],
+                                                       "torch": model["config"]["torch"], "load_before": 0.0,
+                                                       "date": time.strftime("%Y-%m-%d")}))
+    if (out / "bench_sample.json").exists():
+        lines += ["**Decoding** (scripts/bench_sample.py):", "", "```",
+                  (out / "bench_sample.json").read_text().strip(), "```", ""]
+    if (out / "train.json").exists():
+        t = json.loads((out / "train.json").read_text())
+        lines += ["**train.py** " + " ".join(t["argv"]), "", "| figure | value |", "|---|---|"]
+        for k in ["steps", "tokens", "minutes", "steady_tokens_per_s", "steady_mfu",
+                  "end_to_end_tokens_per_s", "end_to_end_mfu"]:
+            if k in t:
+                lines.append(f"| {k} | {t[k]:,.4g} |" if isinstance(t[k], float) else f"| {k} | {t[k]:,} |")
+        if "eval" in t:
+            lines.append(f"| eval bits/byte | {t['eval']['bits_per_byte']:.4f} |")
+        lines += ["", "Sample:", "", "> " + t.get("sample", "").replace("\n", "\n> "), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
+    p.add_argument("--minutes", type=float, default=1.5, help="the train.py run's budget (default 1.5)")
+    p.add_argument("--compile", default="true", choices=["auto", "true", "false"])
+    p.add_argument("--data", default=find("train-lower.txt"))
+    p.add_argument("--val_data", default=find("valid-lower.txt"))
+    p.add_argument("--out", default=str(ROOT / "img" / "gpu"), help="the JSON, gpu.md and log.txt")
+    p.add_argument("--work", default=str(ROOT / "checkpoints" / "gpu-check"),
+                   help="run folder and token cache of the train.py part (git-ignored by default)")
+    p.add_argument("--only", default="model,sample,train",
+                   help="comma-separated subset of model,sample,train")
+    opts = p.parse_args(argv)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = opts.only.split(",")
+    quick = ["--quick"] if opts.quick else []
+    with open(out / "log.txt", "w") as log:
+        if "model" in parts:
+            extra = ["--no-hf", "--compile", "false"] if opts.quick else []
+            sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra,
+               "--out", out / "bench_model.json", log=log)
+        if "sample" in parts:
+            sh("scripts/bench_sample.py", "--device", opts.device, *quick,
+               "--out", out / "bench_sample.json", log=log)
+        if "train" in parts:
+            (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")
+    (out / "gpu.md").write_text(markdown(out))
+    print((out / "gpu.md").read_text())
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""scripts/gpu_check.py, the one command for whoever has a GPU, in its quick mode on the CPU: each
+part runs and leaves its file, so the check cannot rot between GPU sessions."""
+
+import json
+import random
+
+from scripts import gpu_check
+
+
+def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
+    rng = random.Random(0)
+    words = ("once upon a time there was a little girl named lily she liked to play in the park with "
+             "her big red ball one day a dog came and they were friends").split()
+    for name, n in [("train.txt", 200), ("valid.txt", 30)]:
+        stories = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(n)]
+        (tmp_path / name).write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    out = gpu_check.main(["--quick", "--device", "cpu", "--compile", "false", "--out", str(tmp_path / "gpu"),
+                          "--work", str(tmp_path / "work"), "--data", str(tmp_path / "train.txt"),
+                          "--val_data", str(tmp_path / "valid.txt"), "--only", "model,train"])
+    model = json.loads((out / "bench_model.json").read_text())
+    assert set(model["batches"]["8"]["step_seconds"]) == {"moe", "dense", "moe+ckpt"}
+    assert model["batches"]["8"]["ops_per_step"]["moe"] > 0
+    run = json.loads((out / "train.json").read_text())
+    assert run["train_exit"] == 0 and run["steps"] == 6 and run["eval"]["bits_per_byte"] > 0
+    assert run["sample"] and not run["sample"].startswith("(sample.py failed")
+    md = (out / "gpu.md").read_text()
+    assert "Training step" in md and "steady_tokens_per_s" in md
