@@ -1,0 +1,217 @@
+"""What 10 CPU minutes should train: a small sweep over the `tiny` preset's shape, learning rate,
+schedule, batch and tokenizer, measured rather than guessed.
+
+    python scripts/sweep.py                      # about 80 minutes on 2 CPU cores
+    python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
+    (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own)
+
+Three stages, each run a `train.py --preset tiny` subprocess with the candidate's overrides on
+../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
+  1. screen: every shape in SHAPES for --screen_minutes (3) of wall clock, then each of
+     VARIATIONS (learning rate, schedule, batch, tokenizer size) on the best shape;
+  2. confirm: the three best for --confirm_minutes (10), the budget the README's demo uses;
+  3. seed: the best confirmed candidate again with another seed (--seed 2), to show the noise.
+It writes img/sweep.json (every run: settings, steps, tokens/s, parameters, validation),
+img/sweep.md (the tables) and img/sweep.png (bits/byte of each candidate, screened and confirmed).
+
+How this departs from the obvious version:
+- The budget is wall clock, as train.py counts it, and each run's cosine is laid over it, so a
+  candidate is scored by what it reaches in the time, not per step: a slower step must earn its
+  keep. Evaluation runs once, after the budget (--eval_every is huge), over every window of
+  valid-lower.txt (--eval_windows 0), so it neither costs budget nor samples the validation set.
+- Runs are sequential on one machine that may be shared: the load average before each run is
+  recorded beside it. A finished run (its folder holds a final validation record) is read back,
+  not run again, so an interrupted sweep continues where it stopped.
+- Candidates are named lists of train.py overrides, applied on top of `--preset tiny`; the first
+  shape spells out the 2026-11 tiny preset in full, so it stays the baseline whatever the preset
+  becomes, and every other shape starts from it.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import config  # noqa: E402
+import storage  # noqa: E402
+from model import Llama4, count_parameters  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "tinystories"
+# Stage 1: shapes at the tiny preset's learning rate. Stage 2 ("@shape"): variations on the winner.
+SHAPES = {
+    "tiny-2026-11": ["--dim", "128", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
+                     "--n_experts", "16", "--expert_dim", "128", "--mlp_dim", "256",
+                     "--vocab_size", "4096", "--batch_size", "16", "--lr", "2e-3", "--min_lr", "2e-4",
+                     "--warmup_steps", "50"],
+    "d192-e8": ["--dim", "192", "--n_heads", "6", "--n_kv_heads", "2", "--n_experts", "8",
+                "--expert_dim", "192", "--mlp_dim", "384"],
+    "d192-e4-w256": ["--dim", "192", "--n_heads", "6", "--n_kv_heads", "2", "--n_experts", "4",
+                     "--expert_dim", "256", "--mlp_dim", "512"],
+    "d256-e4": ["--dim", "256", "--n_heads", "8", "--n_kv_heads", "2", "--n_experts", "4",
+                "--expert_dim", "256", "--mlp_dim", "512"],
+    "d192-L6-e4": ["--dim", "192", "--n_layers", "6", "--n_heads", "6", "--n_kv_heads", "2",
+                   "--n_experts", "4", "--expert_dim", "192", "--mlp_dim", "384"],
+    "d128-L6-e8": ["--n_layers", "6", "--n_experts", "8"],
+    "d192-e4-top2": ["--dim", "192", "--n_heads", "6", "--n_kv_heads", "2", "--n_experts", "4",
+                     "--expert_dim", "192", "--mlp_dim", "384", "--top_k", "2"],
+}
+VARIATIONS = {
+    "lr3e-3": ["--lr", "3e-3", "--min_lr", "3e-5"],
+    "lr1.5e-3": ["--lr", "1.5e-3", "--min_lr", "1.5e-5"],
+    "minlr-low": ["--min_lr", "2e-5"],
+    "batch8": ["--batch_size", "8"],
+    "batch32": ["--batch_size", "32"],
+    "vocab2048": ["--vocab_size", "2048"],
+    "vocab8192": ["--vocab_size", "8192"],
+}
+
+
+def shapes() -> dict[str, list[str]]:
+    """Stage 1, name -> train.py overrides (on top of --preset tiny): each shape starts from the
+    2026-11 tiny preset's settings."""
+    base = SHAPES["tiny-2026-11"]
+    return {name: base if name == "tiny-2026-11" else base + over for name, over in SHAPES.items()}
+
+
+def variations(best: str, overrides: list[str]) -> dict[str, list[str]]:
+    """Stage 2: the variations on the best shape."""
+    return {f"{best}+{name}": overrides + over for name, over in VARIATIONS.items()}
+
+
+def size_of(overrides: list[str]) -> dict:
+    m = config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *overrides],
+                          prog="sweep.py")[1][0]
+    with torch.device("meta"):
+        c = count_parameters(Llama4(m))
+    return {"params": c["total"], "active_params": c["active_per_token"]}
+
+
+def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
+    """One budgeted train.py run (or its earlier result), scored on all of valid-lower.txt."""
+    run = f"{name}-{minutes:g}m-s{seed}"
+    run_dir = Path(opts.out_dir) / run
+    result_file = run_dir / "sweep-result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    if run_dir.exists():  # an interrupted run: start it again
+        import shutil
+        shutil.rmtree(run_dir)
+    argv = ["--preset", "tiny", *overrides, *opts.extra, "--data", opts.data, "--val_data", opts.val_data,
+            "--max_minutes", str(minutes), "--max_steps", "1000000000", "--eval_every", "1000000000",
+            "--save_every", "1000000000", "--eval_windows", "0", "--seed", str(seed), "--plot", "",
+            "--wandb_mode", "disabled", "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir,
+            "--run", run]
+    load = os.getloadavg()[0]
+    print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
+    t = time.time()
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, check=True)
+    records = storage.read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"][-1]
+    result = {"name": name, "run": run, "minutes": minutes, "seed": seed, "overrides": overrides,
+              "steps": val["step"], "tokens": val["tokens"], "bits_per_byte": val["bits_per_byte"],
+              "nats_per_token": val["nats_per_token"], "val_tokens": val["val_tokens"],
+              "tokens_per_s": val["tokens"] / sum(w["tokens"] / w["tokens_per_s"] for w in _windows(train)),
+              "load_avg_before": round(load, 2), "wall_seconds": round(time.time() - t, 1),
+              **size_of(overrides + opts.extra)}
+    storage.save_json(result_file, result)
+    return result
+
+
+def _windows(train: list[dict]) -> list[dict]:
+    """Train records with the tokens of their own window (records carry the running total)."""
+    out, before = [], 0
+    for r in train:
+        out.append({"tokens": r["tokens"] - before, "tokens_per_s": r["tokens_per_s"]})
+        before = r["tokens"]
+    return out
+
+
+def table(rows: list[dict], title: str) -> list[str]:
+    lines = [f"**{title}**", "", "| candidate | minutes | seed | steps | tokens/s | params (active) | "
+             "valid bits/byte | load avg before |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["bits_per_byte"]):
+        lines.append(f"| {r['name']} | {r['minutes']:g} | {r['seed']} | {r['steps']:,} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['params'] / 1e6:.2f}M "
+                     f"({r['active_params'] / 1e6:.2f}M) | {r['bits_per_byte']:.4f} | "
+                     f"{r['load_avg_before']:.2f} |")
+    return lines + [""]
+
+
+def plot(screen: list[dict], confirm: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 0.35 * len(screen) + 2), layout="constrained")
+    ax = fig.subplots()
+    order = sorted(screen, key=lambda r: -r["bits_per_byte"])
+    names = [r["name"] for r in order]
+    ax.barh(names, [r["bits_per_byte"] for r in order], color="C0", alpha=0.6,
+            label=f"screen: {screen[0]['minutes']:g} min")
+    for r in confirm:
+        if r["name"] in names:
+            ax.plot(r["bits_per_byte"], names.index(r["name"]), "o", color="C3" if r["seed"] == 1 else "C2",
+                    label=f"{r['minutes']:g} min, seed {r['seed']}")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    lo = min(r["bits_per_byte"] for r in screen + confirm)
+    ax.set_xlim(lo - 0.05, max(r["bits_per_byte"] for r in screen) + 0.02)
+    ax.set(xlabel="valid-lower.txt bits per byte (lower is better)", title="tiny on 2 CPU cores: the sweep")
+    ax.grid(alpha=0.3, axis="x")
+    storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--screen_minutes", type=float, default=3.0)
+    p.add_argument("--confirm_minutes", type=float, default=10.0)
+    p.add_argument("--confirm", type=int, default=3, help="how many screened candidates to confirm")
+    p.add_argument("--only", default="", help="comma-separated shape names to screen (default: all)")
+    p.add_argument("--no_variations", action="store_true", help="screen shapes only")
+    p.add_argument("--data", default=str(SHARED / "train-lower.txt"))
+    p.add_argument("--val_data", default=str(SHARED / "valid-lower.txt"))
+    p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"))
+    p.add_argument("--cache_dir", default=str(ROOT / "cache"))
+    p.add_argument("--out", default=str(ROOT / "img"), help="folder for sweep.json, sweep.md, sweep.png")
+    opts, opts.extra = p.parse_known_args(argv)
+    only = [s for s in opts.only.split(",") if s]
+    stage1 = {k: v for k, v in shapes().items() if not only or k in only}
+    screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
+    if not opts.no_variations:
+        best = min(screen, key=lambda r: r["bits_per_byte"])
+        stage2 = variations(best["name"], best["overrides"])
+        screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage2.items()]
+    ranked = sorted(screen, key=lambda r: r["bits_per_byte"])[:opts.confirm]
+    confirm = [run_one(r["name"], r["overrides"], opts.confirm_minutes, 1, opts) for r in ranked]
+    best = min(confirm, key=lambda r: r["bits_per_byte"])
+    confirm.append(run_one(best["name"], best["overrides"], opts.confirm_minutes, 2, opts))
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"screen": screen, "confirm": confirm, "best": best["name"], "best_overrides": best["overrides"],
+              "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
+              "command": "python scripts/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "created": time.strftime("%Y-%m-%d %H:%M")}
+    storage.save_json(out / "sweep.json", report)
+    md = "\n".join([f"`{report['command']}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+                    "validation on all of valid-lower.txt after each run's budget.", "",
+                    *table(screen, f"Screening: {opts.screen_minutes:g} minutes each"),
+                    *table(confirm, f"Confirmation: the best {opts.confirm} for "
+                                    f"{opts.confirm_minutes:g} minutes, and the best again with seed 2")])
+    storage.atomic_write(out / "sweep.md", (md + "\n").encode())
+    plot(screen, confirm, out / "sweep.png")
+    print("\n" + md)
+    return report
+
+
+if __name__ == "__main__":
+    main()

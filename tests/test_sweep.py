@@ -1,0 +1,41 @@
+"""scripts/sweep.py on toy settings: the three stages run, the report names the best candidate,
+the table, plot and JSON are written, and a finished run is read back rather than run again."""
+
+import json
+import random
+
+import pytest
+
+from scripts import sweep
+
+TOY = ["--vocab_size", "300", "--num_proc", "1"]  # passed to every run, after the candidate's own
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = random.Random(0)
+    words = ("once upon a time there was a little girl named lily she liked to play in the park with "
+             "her big red ball one day a dog came and they were friends").split()
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, n in [("train.txt", 200), ("valid.txt", 20)]:
+        stories = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(n)]
+        (folder / name).write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    return folder
+
+
+def test_sweep_screens_confirms_and_reseeds(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"]})
+    argv = ["--screen_minutes", "0.03", "--confirm_minutes", "0.05", "--confirm", "1",
+            "--only", "tiny-2026-11", "--data", str(corpus / "train.txt"),
+            "--val_data", str(corpus / "valid.txt"), "--out_dir", str(tmp_path / "runs"),
+            "--cache_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "img"), *TOY]
+    report = sweep.main(argv)
+    assert [r["name"] for r in report["screen"]] == ["tiny-2026-11", "tiny-2026-11+lr3e-3"]
+    assert [r["seed"] for r in report["confirm"]] == [1, 2] and report["confirm"][0]["name"] == report["best"]
+    for r in report["screen"] + report["confirm"]:
+        assert r["bits_per_byte"] > 0 and r["steps"] >= 1 and r["params"] > r["active_params"] > 0
+    assert json.loads((tmp_path / "img" / "sweep.json").read_text())["best"] == report["best"]
+    assert "Screening" in (tmp_path / "img" / "sweep.md").read_text()
+    assert (tmp_path / "img" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    again = sweep.main(argv)  # every run is finished: read back, not rerun
+    assert again["screen"] == report["screen"]
