@@ -25,7 +25,7 @@ def corpus(tmp_path_factory):
 
 def test_sweep_screens_confirms_and_reseeds(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"]})
-    argv = ["--screen_minutes", "0.03", "--confirm_minutes", "0.05", "--confirm", "1",
+    argv = ["--no_compile", "--screen_minutes", "0.03", "--confirm_minutes", "0.05", "--confirm", "1",
             "--only", "tiny-2026-11", "--data", str(corpus / "train.txt"),
             "--val_data", str(corpus / "valid.txt"), "--out_dir", str(tmp_path / "runs"),
             "--cache_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "img"), *TOY]
