@@ -4,12 +4,11 @@ import errno
 import os
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, small_filesystem
 
 import storage
 from errors import StorageError
@@ -31,19 +30,6 @@ def test_atomic_write_gives_the_mode_an_ordinary_write_would(tmp_path, mask, mod
         storage.save_json(tmp_path / "b.json", {"x": 1})
     for name in ("a.pt", "b.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode  # not the temporary file's 0600
-
-
-@pytest.fixture
-def full_disk(monkeypatch):
-    """Every atomic write goes to /dev/full, where any write fails with ENOSPC (the temporary file
-    is still created beside the target, as on a real full disk, so its removal is tested too)."""
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, **kw):
-        fd, name = real(*args, **kw)
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), name
-    monkeypatch.setattr(storage.tempfile, "mkstemp", mkstemp)
 
 
 class FullAfter:
@@ -88,8 +74,9 @@ def test_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
     class Interrupted(FullAfter):
         def write(self, b):
             raise KeyboardInterrupt
+    state = {"w": torch.zeros(10)}
     with pytest.raises(KeyboardInterrupt):
-        storage.atomic_write(tmp_path / "x.pt", lambda f: torch.save({"w": torch.zeros(10)}, Interrupted(f, 0)))
+        storage.atomic_write(tmp_path / "x.pt", lambda f: torch.save(state, Interrupted(f, 0)))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -107,21 +94,6 @@ def test_appending_to_a_log_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
         "/dev/full" if str(p).endswith("metrics.jsonl") else p, "w" if mode == "a" else mode, *a, **k))
     with pytest.raises(StorageError, match=r"metrics.jsonl: the disk is full"):
         storage.append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
-
-
-@contextmanager
-def small_filesystem(path, size="256k"):
-    """A real filesystem of `size` at `path` (tmpfs), or skip when this machine cannot mount one."""
-    path.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({out.stderr.strip() or 'not root'}); the patched "
-                    "writers above cover the same paths")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def test_a_real_full_filesystem(tmp_path):
