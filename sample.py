@@ -18,6 +18,9 @@ How this departs from the obvious version:
   from each row's first real token, so a batch gives the same tokens as its rows one by one.
 - Each row draws from its own generator seeded with seed + row, so sampling is reproducible and
   does not depend on what else is in the batch.
+- The tokenizer.json beside a checkpoint must be the one it was trained with (its sha256, as
+  train.py and the export check it): another is refused with advice to put the run's own back.
+  Errors are one line (exit status 2 for a bad option, 1 otherwise, 130 on Ctrl-C).
 """
 
 import sys

@@ -298,7 +298,7 @@ def no_data(monkeypatch):
 ])
 def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatch, capsys, no_data, extra,
                                              message):
-    monkeypatch.setattr(runtime, "device_memory", lambda device: 16 * 10**9)  # a 16 GB machine
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 16 * 10**9, raising=False)  # 16 GB
     with pytest.raises(SystemExit) as e:
         train.main(args(tmp_path, corpus, cache, *extra))
     line = one_line_error(capsys, 2, e)
