@@ -93,10 +93,9 @@ def _unreadable(path, e: Exception) -> str:
     return f"is corrupt or unreadable ({first_line(e).split('. ')[0]})"
 
 
-def save_checkpoint(path, state: dict) -> None:
+def save_checkpoint(path, state: dict, fix: str = "free some space or pick another --out_dir") -> None:
     """An atomic torch.save; a full disk is a StorageError that leaves the previous file intact."""
-    storage.atomic_write(path, lambda f: torch.save(state, f),
-                         fix="free some space or pick another --out_dir (and --resume from it)")
+    storage.atomic_write(path, lambda f: torch.save(state, f), fix)
 
 
 TOKENIZER_FIX = "put back the tokenizer.json of the run that wrote the checkpoint"
@@ -132,7 +131,7 @@ def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) ->
     state = {"model": model.state_dict(), "model_args": config.to_dict(model.args), "step": 0}
     if tokenizer_sha256:
         state["tokenizer"] = {"file": "tokenizer.json", "sha256": tokenizer_sha256}
-    save_checkpoint(path, state)
+    save_checkpoint(path, state, fix="free some space or write it elsewhere")
 
 
 def rng_state() -> dict:
