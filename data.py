@@ -211,9 +211,11 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
                  what: str = "the text", total: int | None = None, desc: str = "tokenizing") -> TokenData:
     """Tokenize `batches` (an iterable of lists of documents) into folder/tokens.bin + meta.json.
 
-    Streams: one batch in memory at a time. The shard goes to a temporary file renamed into place
-    when complete; meta.json is removed first and written last, so an interrupted run leaves
-    nothing a later open() would trust. `total` (documents) sizes the progress bar.
+    Streams: one batch in memory at a time, a long document a few pieces at a time (_encoded).
+    The shard goes to a temporary file renamed into place when complete; meta.json (with the
+    shard's sha256, largest id and modification time, which TokenData checks) is removed first and
+    written last, so an interrupted run leaves nothing a later open() would trust. `total`
+    (documents) sizes the progress bar.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
