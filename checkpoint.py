@@ -3,6 +3,7 @@ sample.py and scripts/export_hf.py alike.
 
     find_checkpoint(path_or_run)     a .pt file from a file, a run folder, a run name, or the newest run
     load_checkpoint / save_checkpoint   torch.load(weights_only=True) / an atomic torch.save
+    check_tokenizer                  a tokenizer.json is the one a checkpoint was trained with
     load_model / save_model_only     a checkpoint <-> a model in eval mode (weights and settings only)
     rng_state / set_rng_state        every random generator, as plain data a checkpoint can hold
     export_hf / load_hf / import_hf  our model <-> a transformers Llama 4 folder (config.json,
@@ -15,7 +16,8 @@ checkpoint (save_model_only, an import) holds "model", "model_args", "step" and 
 
 How this departs from the obvious version:
 - Loading never runs pickled code (weights_only=True); a file that is not a checkpoint of this
-  project is named as such, without torch's advice to load it unsafely.
+  project is named as such, without torch's advice to load it unsafely. A save that fails (a full
+  disk) is one line, and the previous checkpoint stays as it was (storage.atomic_write).
 - Our parameter names are transformers', so the HF state dict only gains prefixes ("model." for
   the text decoder, "language_model." in front of that with vision); the router noise projection
   is ours alone and is dropped on export (an imported model has router_noise off).
@@ -37,6 +39,7 @@ from config import SPECIAL_TOKENS, ModelArgs
 from errors import CheckpointError, ConfigError, DataError, first_line
 from model import Llama4, build_from_state
 from tokenizer import Tokenizer
+from tokenizer import check_tokenizer as check_model_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint files
@@ -67,19 +70,52 @@ def load_checkpoint(path, device="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
-            reason = "it holds Python objects that a checkpoint of this project never does"
-        else:
-            reason = first_line(e)
-        raise CheckpointError(f"{path} is corrupt or unreadable ({reason}); {fix}") from None
+        raise CheckpointError(f"{path} {_unreadable(path, e)}; {fix}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is corrupt or unreadable (not a checkpoint of this project: no model "
                               f"or settings in it); {fix}")
     return ckpt
 
 
-def save_checkpoint(path, state: dict) -> None:
-    storage.atomic_write(path, lambda f: torch.save(state, f))
+def _unreadable(path, e: Exception) -> str:
+    """Why torch.load failed, in a few words, without torch's advice to load the file with
+    weights_only=False (which runs whatever code a file of unknown origin holds)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as oe:
+        return f"cannot be read ({oe.strerror})"
+    if head != b"PK\x03\x04":
+        return "is corrupt or not a checkpoint at all (not a zip archive, which torch.save writes)"
+    if "weights_only" in str(e) or "Weights only load failed" in str(e):
+        return ("is not a checkpoint of this project (it holds Python objects, which ours never do; it "
+                "was not loaded, as that could run code)")
+    return f"is corrupt or unreadable ({first_line(e).split('. ')[0]})"
+
+
+def save_checkpoint(path, state: dict, fix: str = "free some space or pick another --out_dir") -> None:
+    """An atomic torch.save; a full disk is a StorageError that leaves the previous file intact."""
+    storage.atomic_write(path, lambda f: torch.save(state, f), fix)
+
+
+TOKENIZER_FIX = "put back the tokenizer.json of the run that wrote the checkpoint"
+
+
+def check_tokenizer(tok: Tokenizer, tok_path, ckpt: dict, ckpt_path, fix: str = TOKENIZER_FIX) -> None:
+    """`tok` (read from tok_path) must be the tokenizer the checkpoint was trained with: the same
+    sha256 where the checkpoint records one (train.py always does), the vocabulary size and
+    special-token ids of the checkpoint's model in any case. Train, --eval_only, sample.py and the
+    Hugging Face export all check this way; the advice is about the tokenizer, never the model's
+    settings (a checkpoint's model cannot change)."""
+    expected = (ckpt.get("tokenizer") or {}).get("sha256")
+    if expected and tok.hash != expected:
+        raise CheckpointError(f"{tok_path} is not the tokenizer {ckpt_path} was trained with (sha256 "
+                              f"{tok.hash[:12]} != {expected[:12]}); {fix}")
+    model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(ckpt_path))
+    try:
+        check_model_tokenizer(tok, model_args, str(tok_path), model=f"the model of {ckpt_path}", fix=fix)
+    except DataError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_model(path, device="cpu") -> tuple[Llama4, dict]:
@@ -95,7 +131,7 @@ def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) ->
     state = {"model": model.state_dict(), "model_args": config.to_dict(model.args), "step": 0}
     if tokenizer_sha256:
         state["tokenizer"] = {"file": "tokenizer.json", "sha256": tokenizer_sha256}
-    save_checkpoint(path, state)
+    save_checkpoint(path, state, fix="free some space or write it elsewhere")
 
 
 def rng_state() -> dict:

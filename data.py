@@ -30,9 +30,20 @@ How this departs from the obvious version:
   are identified by path, size and modification time (as `datasets` does), so a cache hit on local
   files costs a few stat calls and never imports `datasets`, and a changed source or tokenizer is
   never mixed in.
-- Nothing half-written is ever trusted: the shard is written to a temporary file and renamed into
-  place, and meta.json is written last (atomically) and checked against the shard's size, the
-  format version and the tokenizer hash on every open. An interrupted run is rebuilt next time.
+- Nothing half-written or altered is ever trusted: the shard is written to a temporary file and
+  renamed into place, and meta.json is written last (atomically) and checked on every open against
+  the shard's size, the format version, the tokenizer hash and the largest token id (one np.max
+  pass); the shard's sha256 is checked too whenever its size or modification time is not the one
+  meta.json recorded (hashing costs a read of the file, ~2 s per GB, too much for every open of
+  the 1.9 GB TinyStories shard). A shard that fails is rebuilt, with a log line.
+- One process at a time builds or checks a cache folder (an flock in --cache_dir/.locks/): runs
+  sharing --cache_dir wait for each other's builds instead of deleting each other's files.
+- A full disk under --cache_dir (while writing a shard, the tokenizer, or `datasets`' own cache,
+  which wraps the OSError in its errors) is one DataError/StorageError line naming --cache_dir.
+- A document longer than 1 MB is tokenized (and the BPE trained on it) in pieces cut where the
+  byte-level pre-tokenizer starts a word anyway (tokenizer.pieces): the same ids, bounded memory
+  (one 50 MB document with no separator: 9 GB peak before, 1.4 GB now). `datasets` still holds
+  such a document as one row, so reading it costs its size in memory a few times over.
 - Parallel tokenization uses num_proc Python threads over the Rust encoder (which releases the
   GIL) instead of processes: no pickling or start-up cost, so it pays off even for small files, and
   the output is identical to a serial loop. Batches are streamed, so memory does not grow with the
@@ -52,6 +63,7 @@ How this departs from the obvious version:
 """
 
 import codecs
+import errno
 import glob
 import hashlib
 import json
@@ -59,6 +71,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -69,10 +82,11 @@ from tqdm import tqdm
 import config
 import storage
 from config import SPECIAL_TOKENS
-from errors import DataError, first_line
-from tokenizer import EOT, Tokenizer, check_tokenizer
+from errors import DataError, UserError, first_line
+from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces
 
-FORMAT = 1  # version of the shard layout and tokenization rules; caches of another version are rebuilt
+FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
+TOKENIZER_FORMAT = 1  # version of the tokenizer training rules; cached tokenizers of another are retrained
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
@@ -101,8 +115,11 @@ def _key(obj) -> str:
 class TokenData:
     """One tokenized split in a folder: tokens.bin (uint16, or uint32 past 65536 tokens) + meta.json.
 
-    Opening checks meta.json against the shard (format, size, and the tokenizer hash when given)
-    and raises DataError when they disagree, so a partial or foreign shard is never used.
+    Opening checks meta.json against the shard and raises DataError when they disagree, so a
+    partial, foreign or altered shard is never used: the format, the tokenizer hash (when given)
+    and the size always; the largest token id always (it must be in the vocabulary: one pass of
+    np.max, ~0.1 s per GB); the sha256 of tokens.bin whenever the file's size or modification time
+    is not the one meta.json recorded (a read of the whole file, ~2 s per GB, so only then).
     """
 
     def __init__(self, path, tokenizer_hash: str | None = None):
@@ -122,12 +139,20 @@ class TokenData:
             raise DataError(f"{self.path} was written by tokenizer {meta['tokenizer_hash'][:12]}, not by "
                             f"this run's {tokenizer_hash[:12]}; delete it or let prepare() rebuild it")
         dtype = np.dtype(meta["dtype"])
-        size = bin_path.stat().st_size if bin_path.is_file() else 0
-        if size != meta["n_tokens"] * dtype.itemsize:
+        st = bin_path.stat() if bin_path.is_file() else None
+        size = st.st_size if st else 0
+        if st is None or size != meta["n_tokens"] * dtype.itemsize:
             raise DataError(f"{bin_path} holds {size} bytes, not the {meta['n_tokens']} tokens meta.json "
                             "promises; run again to rebuild it")
+        if st.st_mtime_ns != meta["mtime_ns"] and _sha256(bin_path) != meta["sha256"]:
+            raise DataError(f"{bin_path} changed since it was written (its sha256 is not the one meta.json "
+                            "recorded); run again to rebuild it")
         self.meta = meta
         self.tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(meta["n_tokens"],))
+        top = _max_id(self.tokens)
+        if top >= meta["vocab_size"]:
+            raise DataError(f"{bin_path} holds token id {top}, outside the tokenizer's {meta['vocab_size']} "
+                            "tokens; run again to rebuild it")
 
     n_tokens = property(lambda self: self.meta["n_tokens"])
     n_bytes = property(lambda self: self.meta["n_bytes"])
@@ -140,44 +165,90 @@ class TokenData:
         return f"TokenData({str(self.path)!r}, {self.n_tokens:,} tokens, {self.n_docs:,} documents)"
 
 
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _max_id(tokens) -> int:
+    step = 1 << 26  # 64M tokens at a time: bounded memory on any shard
+    return max((int(tokens[i:i + step].max()) for i in range(0, len(tokens), step)), default=0)
+
+
+def _encoded(tokenizer: Tokenizer, texts: list[str], threads: int, dtype):
+    """The shard's stream for `texts` ([eos] doc [eos] doc ...) as arrays of bounded size: short
+    documents together, a long one in pieces (tokenizer.pieces: the same ids as the whole),
+    `threads` pieces at a time. Memory stays bounded whatever the length of a document."""
+    eos, short = tokenizer.eos_id, []
+
+    def flush():
+        flat = []
+        for ids in tokenizer.encode_docs(short, threads):
+            flat.append(eos)
+            flat.extend(ids)
+        short.clear()
+        return np.array(flat, dtype=dtype)
+
+    for text in texts:
+        if len(text) <= PIECE_CHARS:
+            short.append(text)
+            continue
+        if short:
+            yield flush()
+        yield np.array([eos], dtype=dtype)
+        parts = pieces(text, PIECE_CHARS)
+        for i in range(0, len(parts), threads):
+            yield np.array([t for ids in tokenizer.encode_docs(parts[i:i + threads], threads) for t in ids],
+                           dtype=dtype)
+    if short:
+        yield flush()
+
+
 def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, meta: dict | None = None,
                  what: str = "the text", total: int | None = None, desc: str = "tokenizing") -> TokenData:
     """Tokenize `batches` (an iterable of lists of documents) into folder/tokens.bin + meta.json.
 
-    Streams: one batch in memory at a time. The shard goes to a temporary file renamed into place
-    when complete; meta.json is removed first and written last, so an interrupted run leaves
-    nothing a later open() would trust. `total` (documents) sizes the progress bar.
+    Streams: one batch in memory at a time, a long document a few pieces at a time (_encoded).
+    The shard goes to a temporary file renamed into place when complete; meta.json (with the
+    shard's sha256, largest id and modification time, which TokenData checks) is removed first and
+    written last, so an interrupted run leaves nothing a later open() would trust. `total`
+    (documents) sizes the progress bar.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [folder / "meta.json", folder / "tokens.bin", *folder.glob(".tmp-*")]:  # meta.json first
         stale.unlink(missing_ok=True)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-    eos = tokenizer.eos_id
-    counts = {"tokens": 0, "docs": 0, "bytes": 0}
+    counts = {"tokens": 0, "docs": 0, "bytes": 0, "max_id": 0}
+    sha = hashlib.sha256()
 
     def write(f):
         with tqdm(total=total, unit="doc", desc=desc, disable=None, leave=False) as bar:
             for batch in batches:
                 texts = [s for s in (t.strip() for t in batch) if s]
-                flat = []
-                for ids in tokenizer.encode_docs(texts, threads):
-                    flat.append(eos)
-                    flat.extend(ids)
-                f.write(np.array(flat, dtype=dtype).tobytes())
-                counts["tokens"] += len(flat)
+                for ids in _encoded(tokenizer, texts, threads, dtype):
+                    raw = ids.tobytes()
+                    f.write(raw)
+                    sha.update(raw)
+                    counts["tokens"] += len(ids)
+                    counts["max_id"] = max(counts["max_id"], int(ids.max(initial=0)))
                 counts["docs"] += len(texts)
                 counts["bytes"] += sum(len(t.encode()) for t in texts)
                 bar.update(len(batch))
         if counts["docs"] == 0:
             raise DataError(f"{what} has no usable text (only whitespace or separators); check the files")
 
-    storage.atomic_write(folder / "tokens.bin", write)
-    n_tokens, n_docs, n_bytes = counts["tokens"], counts["docs"], counts["bytes"]
+    fix = "free some space or pick another --cache_dir"
+    storage.atomic_write(folder / "tokens.bin", write, fix)
     meta = {**(meta or {}), "format": FORMAT, "tokenizer_hash": tokenizer.hash,
-            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "n_tokens": n_tokens,
-            "n_docs": n_docs, "n_bytes": n_bytes, "layout": "[eos] doc [eos] doc ..."}
-    storage.save_json(folder / "meta.json", meta)
+            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "n_tokens": counts["tokens"],
+            "n_docs": counts["docs"], "n_bytes": counts["bytes"], "max_id": counts["max_id"],
+            "sha256": sha.hexdigest(), "mtime_ns": (folder / "tokens.bin").stat().st_mtime_ns,
+            "layout": "[eos] doc [eos] doc ..."}
+    storage.save_json(folder / "meta.json", meta, fix)
     return TokenData(folder, tokenizer.hash)
 
 
@@ -436,13 +507,32 @@ def _texts(ds, batch_size: int, cap_bytes: int = 0, used: dict | None = None):
                 if total >= cap_bytes:
                     if used is not None:
                         used.update(bytes=total, capped=True)
-                    yield texts[:i + 1]
+                    yield from _in_pieces(texts[:i + 1])
                     return
         else:
             total += sum(len(t.encode()) for t in texts)
-        yield texts
+        yield from _in_pieces(texts)
     if used is not None:
         used.update(bytes=total, capped=False)
+
+
+def _in_pieces(texts: list[str], per_batch: int = 4):
+    """`texts` in order, as lists to train on: runs of short documents together, a long document
+    as its pieces (tokenizer.pieces), a few at a time, so that the BPE trainer's memory stays
+    bounded. The trainer counts words, and pieces hold the same words: the tokenizer is the same."""
+    run = []
+    for text in texts:
+        if len(text) <= PIECE_CHARS:
+            run.append(text)
+            continue
+        if run:
+            yield run
+            run = []
+        parts = pieces(text, PIECE_CHARS)
+        for i in range(0, len(parts), per_batch):
+            yield parts[i:i + per_batch]
+    if run:
+        yield run
 
 
 def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, train: Split,
@@ -454,7 +544,7 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
         check_tokenizer(tok, model_args, f"--tokenizer {train_args.tokenizer}")
         return tok
     vocab, cap = model_args.vocab_size, int(train_args.tokenizer_train_mb * 1e6)
-    key = _key({"source": train.signature, "vocab_size": vocab, "cap_bytes": cap, "format": FORMAT,
+    key = _key({"source": train.signature, "vocab_size": vocab, "cap_bytes": cap, "format": TOKENIZER_FORMAT,
                 "special": list(SPECIAL_TOKENS.values())})
     path = Path(train_args.cache_dir) / f"tokenizer-{key}" / "tokenizer.json"
     tok = None
@@ -475,7 +565,7 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
             if used.get("bytes") == 0:
                 raise DataError(f"{train.label} has no usable text; check the files") from None
             raise
-        tok.save(path)
+        tok.save(path, "free some space or pick another --cache_dir")
         log(f"data: tokenizer: trained on {_size(used['bytes'])}"
             + (" (the start of the training text, capped)" if used["capped"] else " (all the training text)")
             + f" in {time.time() - t0:.1f} s -> {path}")
@@ -487,22 +577,23 @@ def get_tokens(name: str, split: Split, tok: Tokenizer, cache_dir, threads: int 
     """The split's token shard: from the cache when source and tokenizer match, else tokenized now."""
     key = _key({"source": split.signature, "tokenizer": tok.hash, "format": FORMAT})
     folder = Path(cache_dir) / "tokens" / f"{name}-{key}"
-    if folder.exists():
-        try:
-            shard = TokenData(folder, tok.hash)
-            if shard.meta.get("key") != key:
-                raise DataError(f"{folder} holds other text (key {shard.meta.get('key')}, not {key})")
-            log(f"data: {name}: cache hit {folder}: {_n(shard.n_docs, 'document')}, "
-                f"{_n(shard.n_tokens, 'token')}, {_n(shard.n_bytes, 'byte')}")
-            return shard
-        except DataError as e:
-            log(f"data: {name}: not reusing the cache: {e}")
-    t0 = time.time()
-    ds = split.documents()
-    batches = (b["text"] for b in ds.iter(batch_size=BATCH_DOCS * threads))
-    shard = write_tokens(folder, batches, tok, threads=threads, total=len(ds), what=split.label,
-                        desc=f"tokenizing {name}", meta={"key": key, "split": name, "source": split.label,
-                                                         "signature": split.signature})
+    with _building(folder, log):
+        if folder.exists():
+            try:
+                shard = TokenData(folder, tok.hash)
+                if shard.meta.get("key") != key:
+                    raise DataError(f"{folder} holds other text (key {shard.meta.get('key')}, not {key})")
+                log(f"data: {name}: cache hit {folder}: {_n(shard.n_docs, 'document')}, "
+                    f"{_n(shard.n_tokens, 'token')}, {_n(shard.n_bytes, 'byte')}")
+                return shard
+            except DataError as e:
+                log(f"data: {name}: not reusing the cache: {e}")
+        t0 = time.time()
+        ds = split.documents()
+        batches = (b["text"] for b in ds.iter(batch_size=BATCH_DOCS * threads))
+        shard = write_tokens(folder, batches, tok, threads=threads, total=len(ds), what=split.label,
+                            desc=f"tokenizing {name}", meta={"key": key, "split": name, "source": split.label,
+                                                             "signature": split.signature})
     dt = time.time() - t0
     log(f"data: {name}: cache miss, tokenized {_n(shard.n_docs, 'document')} -> "
         f"{_n(shard.n_tokens, 'token')} ({shard.n_bytes / shard.n_tokens:.2f} bytes/token) in {dt:.1f} s "
@@ -510,23 +601,64 @@ def get_tokens(name: str, split: Split, tok: Tokenizer, cache_dir, threads: int 
     return shard
 
 
+@contextmanager
+def _cache_writes(cache_dir):
+    """An OSError while reading sources or building caches (a full disk under --cache_dir above all;
+    `datasets` wraps it in its own errors) becomes one DataError line naming the fix."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"cannot write the cache under --cache_dir {cache_dir}: the disk is full "
+                            f"({cause.strerror}); free some space or pick another --cache_dir") from None
+        where = cause.filename or f"--cache_dir {cache_dir}"
+        raise DataError(f"{where}: {cause.strerror or first_line(cause)}; check the path, its permissions "
+                        "and --cache_dir") from None
+
+
+@contextmanager
+def _building(folder: Path, log):
+    """One process at a time builds (or checks) a cache folder: two runs sharing --cache_dir would
+    otherwise delete each other's files. The lock lives beside the folder, in .locks/."""
+    locks = folder.parent.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / f"{folder.parent.name}-{folder.name}.lock"
+    try:
+        held = storage.lock(path)
+    except storage.Busy as e:
+        log(f"data: {folder} is being built by another process ({e.holder}); waiting for it")
+        held = storage.lock(path, wait=True)
+    try:
+        yield
+    finally:
+        held.close()
+
+
 def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
             log=print) -> tuple[Tokenizer, TokenData, TokenData]:
     """Sources -> tokenizer -> token shards for a run; everything made is cached under --cache_dir.
 
-    Raises DataError (one line) on bad input: the entry point prints it and exits with status 1.
-    Under DDP, let rank 0 call it first (the others wait at a barrier, then get cache hits): two
-    processes building the same shard at once would delete each other's files.
+    Raises DataError (one line) on bad input or a full disk: the entry point prints it and exits
+    with status 1. Under DDP, let rank 0 call it first (the others wait at a barrier, then get
+    cache hits); separate runs sharing --cache_dir wait for each other's builds (a lock per folder).
     """
     threads = train_args.num_proc or os.cpu_count() or 1
-    train_split, val_split = resolve_sources(train_args, log)
-    tok = get_tokenizer(train_args, model_args, train_split, log)
-    train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
-    T = model_args.max_seq_len
-    if train.n_tokens < T + 1:
-        raise DataError(f"{train_split.label}: {train.n_tokens} tokens, fewer than one training window of "
-                        f"--max_seq_len + 1 = {T + 1}; add text or lower --max_seq_len")
-    val = get_tokens("val", val_split, tok, train_args.cache_dir, threads, log)
+    with _cache_writes(train_args.cache_dir):
+        train_split, val_split = resolve_sources(train_args, log)
+        tok = get_tokenizer(train_args, model_args, train_split, log)
+        train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
+        T = model_args.max_seq_len
+        if train.n_tokens < T + 1:
+            raise DataError(f"{train_split.label}: {train.n_tokens} tokens, fewer than one training window "
+                            f"of --max_seq_len + 1 = {T + 1}; add text or lower --max_seq_len")
+        val = get_tokens("val", val_split, tok, train_args.cache_dir, threads, log)
     _log_coverage(val, T, train_args.eval_windows, log)
     return tok, train, val
 
@@ -536,9 +668,10 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     """The validation shard alone, for a given tokenizer (evaluating a checkpoint): no BPE training
     and no training shard, but the same sources, cache and windows as prepare()."""
     check_tokenizer(tok, model_args)
-    _, val_split = resolve_sources(train_args, log)
-    val = get_tokens("val", val_split, tok, train_args.cache_dir, train_args.num_proc or os.cpu_count() or 1,
-                     log)
+    with _cache_writes(train_args.cache_dir):
+        _, val_split = resolve_sources(train_args, log)
+        val = get_tokens("val", val_split, tok, train_args.cache_dir,
+                         train_args.num_proc or os.cpu_count() or 1, log)
     _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)
     return val
 
@@ -636,9 +769,13 @@ def main(argv=None):
         description="Prepare a run's tokenizer and token shards (train.py does this itself).")
     try:
         prepare(train_args, model_args)
-    except DataError as e:
+    except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; the caches already complete are kept, the others rebuilt next time",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
       ConfigError      a setting is missing, mistyped or out of range (exit 2)
       DataError        bad text, tokenizer or token cache
       CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
-      RunError         a run cannot start or go on (busy run folder, full disk, non-finite weights)
+      RunError         a run cannot start or go on (busy run folder, non-finite weights)
+      StorageError     a file cannot be written (disk full, quota, read-only); the old one is intact
 """
 
 
@@ -30,6 +31,10 @@ class CheckpointError(UserError):
 
 
 class RunError(UserError):
+    pass
+
+
+class StorageError(UserError):
     pass
 
 

@@ -8,9 +8,16 @@ writes through it; scripts/plot_runs.py and scripts/compare.py read through it.
     plot_runs / plot_loss   training loss and validation bits/byte of one run or several
 
 Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm",
-"tokens_per_s", "mfu", "tokens", "minutes", "skipped_steps", "expert_share", "router_entropy"}
-and {"kind": "val", "step", "minutes", "tokens", "nats_per_token", "perplexity",
-"bits_per_byte", "val_tokens", "val_bytes"}; `tokens` is tokens trained on.
+"tokens_per_s", "mfu", "tokens", "minutes", "skipped_steps", "expert_share", "router_entropy",
+"window_steps"} and {"kind": "val", "step", "minutes", "tokens", "nats_per_token", "perplexity",
+"bits_per_byte", "val_tokens", "val_bytes"}; `tokens` is tokens trained on. A train record holds
+the means over the `window_steps` steps before it: --log_every of them, fewer in the last record
+of a run stopped early (by --max_steps, the budget or a signal).
+
+How this departs from the obvious version: the log survives what a run goes through. A torn last
+line (a crash or a full disk during the append) is dropped with a warning when the file is read; a
+resumed run rewrites the file with the records up to its checkpoint (and says how many it dropped),
+so its records are those of an uninterrupted run; a full disk is one line (StorageError).
 """
 
 import json
@@ -19,9 +26,10 @@ from pathlib import Path
 
 import config
 import storage
-from errors import first_line
+from errors import StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
+FIX = "free some space or pick another --out_dir"  # a full disk under the run folder
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl and W&B
@@ -60,19 +68,31 @@ class Metrics:
     """metrics.jsonl in the run folder (rank 0), mirrored to W&B.
 
     A new run starts the file afresh. A resumed run keeps the records up to the checkpoint's step
-    (the lines a crashed run wrote after its last save are replaced by the resumed run's)."""
+    (the lines a crashed run wrote after its last save are replaced by the resumed run's, and the
+    log says how many). With `open_window` (the checkpoint was saved in the middle of a log
+    window, which the resumed run goes on with), the train record at the checkpoint's step is
+    dropped too: it was that window's partial record, and the resumed run writes the whole one,
+    so that the file holds what an uninterrupted run's holds."""
 
-    def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print):
+    def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print,
+                 open_window: bool = False):
         self.path = run_dir / "metrics.jsonl"
         self.wandb = wandb_run
         if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
-            kept = [r for r in storage.read_jsonl(self.path, warn=log) if r["step"] <= keep_until_step]
-            storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode())
+            records = storage.read_jsonl(self.path, warn=log)
+            k = keep_until_step
+            kept = [r for r in records if r["step"] < k or (r["step"] == k and not (
+                open_window and r["kind"] == "train"))]
+            after = sum(r["step"] > k for r in records)
+            if after:
+                log(f"{self.path}: dropped the {after} records written after step {k}, where the run resumes "
+                    f"from its checkpoint; kept {len(kept)}")
+            storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), FIX)
         elif keep_until_step is None and self.path.exists():
             self.path.unlink()
 
     def write(self, record: dict, wandb_extra: dict | None = None):
-        storage.append_jsonl(self.path, record)
+        storage.append_jsonl(self.path, record, FIX)
         if self.wandb is not None:
             prefix = record["kind"]
             flat = {f"{prefix}/{k}": v for k, v in record.items()
@@ -167,6 +187,6 @@ def plot_loss(run_dir: Path, out, log=print) -> Path | None:
     out = Path(run_dir) / out
     try:
         return plot_runs([run_dir], out, title=f"{Path(run_dir).name}: loss")
-    except OSError as e:
-        log(f"plot: could not write {out} ({e.strerror or e}); training goes on")
+    except (OSError, StorageError) as e:
+        log(f"plot: could not write {out} ({getattr(e, 'strerror', None) or e}); training goes on")
         return None

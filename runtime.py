@@ -6,6 +6,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
     compute_dtype, autocast   bf16 autocast on CUDA, fp32 on CPU (unless asked otherwise)
     peak_flops                a table of GPU bf16 peaks on CUDA; a GEMM timed now on CPU
+    device_memory             the GPU's memory, or the machine's (or its cgroup limit) on CPU
 """
 
 import os
@@ -140,3 +141,22 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         a @ b
         reps += 1
     return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory the device has: the GPU's total, or on CPU the machine's physical memory
+    (or the cgroup v2 limit of this container, when lower). None when it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total

@@ -18,6 +18,9 @@ How this departs from the obvious version:
   from each row's first real token, so a batch gives the same tokens as its rows one by one.
 - Each row draws from its own generator seeded with seed + row, so sampling is reproducible and
   does not depend on what else is in the batch.
+- The tokenizer.json beside a checkpoint must be the one it was trained with (its sha256, as
+  train.py and the export check it): another is refused with advice to put the run's own back.
+  Errors are one line (exit status 2 for a bad option, 1 otherwise, 130 on Ctrl-C).
 """
 
 import sys
@@ -133,24 +136,26 @@ def load(sample_args: SampleArgs, device) -> tuple[Llama4, Tokenizer, str]:
     """Model (eval mode, on device) and tokenizer from a checkpoint or an exported HF folder."""
     if sample_args.hf:
         model, where = checkpoint.load_hf(sample_args.hf, device), Path(sample_args.hf)
-        tok_file = where / "tokenizer.json"
-        expected = None
+        tok_file, ckpt = where / "tokenizer.json", None
     else:
         where = checkpoint.find_checkpoint(sample_args.ckpt)
         model, ckpt = checkpoint.load_model(where, device)
         tok_file = where.parent / "tokenizer.json"
-        expected = ckpt.get("tokenizer", {}).get("sha256")
     if not tok_file.exists():
         raise SampleError(f"no tokenizer.json beside {where}; copy the run's tokenizer there "
                           "(scripts/export_hf.py writes it into exported folders)")
     try:
         tok = Tokenizer.load(tok_file)
-        check_tokenizer(tok, model.args, where=str(tok_file))
     except UserError as e:
         raise SampleError(f"unknown tokenizer: {e}") from e
-    if expected and tok.hash != expected:
-        raise SampleError(f"{tok_file} is not the tokenizer this checkpoint was trained with "
-                          f"(sha256 {tok.hash[:12]} != {expected[:12]}); restore the run's tokenizer.json")
+    if ckpt is not None:  # the same check and advice as train.py's and the export's
+        checkpoint.check_tokenizer(tok, tok_file, ckpt, where)
+    else:
+        try:
+            check_tokenizer(tok, model.args, str(tok_file), model=f"{where / 'config.json'}",
+                            fix="export the folder again with scripts/export_hf.py")
+        except UserError as e:
+            raise SampleError(str(e)) from e
     if device.type == "cuda":  # bf16 weights; the RoPE tables stay fp32
         model = model.to(torch.bfloat16).reset_buffers()
     return model, tok, str(where)
@@ -196,6 +201,14 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nsample.py: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv=None):
     _, (sample_args,) = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
     try:
         device = runtime.resolve_device(sample_args.device)

@@ -1,25 +1,42 @@
-"""Files that must never be half-written: atomic replacement, JSON, and JSON Lines logs.
+"""Files that must never be half-written: atomic replacement, JSON, JSON Lines logs, and folder locks.
 
     atomic_write(path, data)   replace a file all at once (bytes, or a function that writes them)
     save_json(path, obj)       atomic_write of indented, key-sorted JSON
     append_jsonl(path, record) add one line to a log
     read_jsonl(path)           the log's records, a torn last line dropped with a warning
+    lock(path)                 an exclusive lock held while a file stays open (one process per folder)
 
 How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
   a temporary file beside the target, is flushed and fsync'ed, renamed over the target, and the
   folder is fsync'ed so the rename itself survives a power cut. Temporary files are named
   `.tmp-*`, so a run folder can sweep the ones a killed process left behind.
+- A write that fails for want of space (or quota, or a read-only disk) is a StorageError naming
+  the file, the reason and the fix, one line, with the old file intact and no temporary left.
+  torch.save reports such a failure as "RuntimeError: ... unexpected pos ..."; the OSError that
+  caused it is found in the exception's context and reported instead. A KeyboardInterrupt that
+  torch turned into the same RuntimeError is raised again as what it was.
 - The new file gets the permissions an ordinary `open(path, "w")` would give it (0666 less the
   umask), not the 0600 of the temporary file, so a shared run folder stays readable.
 - A log line is written with one `write` call; a process killed (or a disk filled) during it
   leaves at most one torn line, at the end, which `read_jsonl` drops and reports instead of
   failing on it for ever after.
+- Locks are `flock`s on a file that is never deleted while in use: the kernel releases one when
+  its process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
 """
 
+import errno
 import json
 import os
+import socket
 import tempfile
+import time
+
+from errors import StorageError
+
+REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EROFS: "the disk is read-only"}
+DEFAULT_FIX = "free some space there or write somewhere else"
 
 
 def _umask() -> int:
@@ -28,13 +45,33 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path, data) -> None:
+def write_error(path, e: BaseException, fix: str | None = None, intact: bool = False) -> BaseException:
+    """What to raise for a write to `path` that failed with `e`: a StorageError when the cause is
+    an OSError (found through the exception's context: torch.save wraps it in a RuntimeError), the
+    KeyboardInterrupt itself when that was the cause, else `e` unchanged (a bug, not the disk)."""
+    cause = e
+    while cause is not None and not isinstance(cause, (OSError, KeyboardInterrupt)):
+        cause = cause.__cause__ or cause.__context__ if isinstance(cause, RuntimeError) else None
+    if isinstance(cause, KeyboardInterrupt):
+        return cause
+    if not isinstance(cause, OSError):
+        return e
+    reason = REASONS.get(cause.errno) or cause.strerror or str(cause)
+    detail = f" ({cause.strerror})" if cause.errno in REASONS and cause.strerror else ""
+    kept = "; the previous file is intact" if intact else ""
+    return StorageError(f"cannot write {path}: {reason}{detail}{kept}; {fix or DEFAULT_FIX}")
+
+
+def atomic_write(path, data, fix: str | None = None) -> None:
     """Replace `path` with `data` (bytes, or a function writing to a binary file) so that a crash
-    at any moment leaves either the old file or the new one, never a mix."""
+    at any moment leaves either the old file or the new one, never a mix. A failed write raises
+    StorageError (see write_error; `fix` is the advice it ends with)."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    existed = os.path.exists(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
@@ -49,21 +86,27 @@ def atomic_write(path, data) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        mapped = write_error(path, e, fix, intact=existed)
+        if mapped is e:
+            raise
+        raise mapped from None
 
 
-def save_json(path, obj) -> None:
+def save_json(path, obj, fix: str | None = None) -> None:
     """Write JSON atomically (see atomic_write)."""
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), fix)
 
 
-def append_jsonl(path, record: dict) -> None:
-    """Append one JSON line, in one write call."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def append_jsonl(path, record: dict, fix: str | None = None) -> None:
+    """Append one JSON line, in one write call. A failed write raises StorageError."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise write_error(path, e, fix) from None
 
 
 def read_jsonl(path, warn=None) -> list[dict]:
@@ -86,3 +129,40 @@ def read_jsonl(path, warn=None) -> list[dict]:
                 warn(f"{path}: dropped a torn last line (line {i + 1}, {len(line)} characters), "
                      "left by a write that was cut short")
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks
+
+
+class Busy(Exception):
+    """Another process holds the lock; `holder` says who (as it wrote into the lock file)."""
+
+    def __init__(self, path, holder: str):
+        super().__init__(f"{path} is locked by {holder}")
+        self.holder = holder
+
+
+def lock(path, wait: bool = False):
+    """Take an exclusive flock on `path` (created if need be) and return the open file: the lock
+    lasts until the file is closed or the process ends. The file then says who holds it ("pid N on
+    HOST since TIME"). With wait=False a lock held elsewhere raises Busy at once; with wait=True
+    this waits for it. The file is never deleted while in use, so that two processes always lock
+    the same file."""
+    import fcntl  # POSIX only, as is the rest of the training stack
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise Busy(path, holder) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+    except BaseException:
+        f.close()
+        raise
+    return f

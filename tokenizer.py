@@ -13,6 +13,10 @@ How this departs from the obvious version:
   never silently continues or trains with another tokenizer.
 - encode_docs reads special-token strings as plain text (only separators the data code puts
   there are special in a shard) and runs the Rust encoder in Python threads, which release the GIL.
+- A document longer than PIECE_CHARS is encoded (and trained on) in pieces cut before a space
+  between two non-space characters, where the byte-level pre-tokenizer starts a new word anyway:
+  the ids are the whole document's, and memory stays bounded (a 50 MB document with no separator
+  no longer costs gigabytes).
 """
 
 import hashlib
@@ -32,6 +36,8 @@ from config import SPECIAL_TOKENS, ModelArgs
 from errors import DataError, first_line
 
 EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
+MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
+PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
 
 
 @contextmanager
@@ -76,10 +82,9 @@ class Tokenizer:
     @classmethod
     def train(cls, texts, vocab_size: int) -> "Tokenizer":
         """Train on an iterable of strings (or of lists of strings). Deterministic for given text."""
-        smallest = len(SPECIAL_TOKENS) + 256
-        if vocab_size < smallest:
+        if vocab_size < MIN_VOCAB:
             raise DataError(f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
-                            f"{smallest} ({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+                            f"{MIN_VOCAB} ({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
         tok = tokenizers.Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -106,9 +111,9 @@ class Tokenizer:
                             "written by this project") from None
         return cls(tok)
 
-    def save(self, path) -> None:
+    def save(self, path, fix: str | None = None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        storage.atomic_write(path, self.tok.to_str(pretty=True).encode())
+        storage.atomic_write(path, self.tok.to_str(pretty=True).encode(), fix)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -162,12 +167,39 @@ class Tokenizer:
         return out
 
 
-def check_tokenizer(tok: Tokenizer, model_args: ModelArgs, where: str = "the tokenizer") -> None:
-    """The model's vocabulary size and special-token ids must be the tokenizer's."""
+def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters, each cut just before a space that
+    stands between two non-space characters. The byte-level pre-tokenizer (GPT-2's pattern) always
+    starts a word there, the space going with the word after it, and BPE never merges across
+    words: encoding the pieces one by one gives exactly the ids of the whole text. A stretch of
+    limit / 2 characters without such a space (not text) is cut at the limit."""
+    out, start = [], 0
+    while len(text) - start > limit:
+        end = cut = start + limit
+        i = text.rfind(" ", start + 1, end)
+        while i > start + limit // 2:
+            if not text[i - 1].isspace() and not text[i + 1].isspace():
+                cut = i
+                break
+            i = text.rfind(" ", start + 1, i)
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def check_tokenizer(tok: Tokenizer, model_args: ModelArgs, where: str = "the tokenizer", model: str = "",
+                    fix: str = "") -> None:
+    """The model's vocabulary size and special-token ids must be the tokenizer's. `model` names the
+    model when its settings are not the command line's (a checkpoint's), and `fix` then replaces
+    the advice to pass other settings (which a resumed run or sample.py cannot take)."""
     if tok.vocab_size != model_args.vocab_size:
-        raise DataError(f"{where} has {tok.vocab_size} tokens but --vocab_size is {model_args.vocab_size}; "
-                        f"pass --vocab_size {tok.vocab_size}")
+        has = f"{model} has {model_args.vocab_size}" if model else f"--vocab_size is {model_args.vocab_size}"
+        raise DataError(f"{where} has {tok.vocab_size} tokens but {has}; "
+                        f"{fix or f'pass --vocab_size {tok.vocab_size}'}")
     for name, i in tok.special_ids().items():
-        if getattr(model_args, name) != i:
-            raise DataError(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but --{name} is "
-                            f"{getattr(model_args, name)}; pass --{name} {i}")
+        value = getattr(model_args, name)
+        if value != i:
+            has = f"{model} has {value} there" if model else f"--{name} is {value}"
+            raise DataError(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but {has}; "
+                            f"{fix or f'pass --{name} {i}'}")

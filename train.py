@@ -12,7 +12,8 @@ auxiliary terms, each logged apart. The run folder checkpoints/<run>/ holds last
 model.json / train.json, tokenizer.json, metrics.jsonl, loss.png and the W&B run.
 
 How a training step flows (`run` reads in this order):
-    setup        settings (the checkpoint's when resuming), run folder, data, model, optimizer: a Job
+    setup        settings (the checkpoint's when resuming) checked before any work, the run folder
+                 locked (RunFolder), data, model, optimizer: a Job
     lr_at        the learning rate of this step (warmup, then cosine over steps or the clock)
     batches_at   this process's micro-batches of the step, a pure function of (seed, step, micro)
     train_step   forward + backward per micro-batch, clipping, the AdamW step (skipped on device
@@ -33,8 +34,20 @@ How this departs from the obvious version:
   skipped steps stay on the device until a log step reads them, and a non-finite step is skipped
   inside the fused AdamW kernel (its found_inf flag) rather than by a test on the host.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
-  weights_only=True, never written when non-finite.
-- Ctrl-C / SIGTERM finish the current step, save last.pt and exit cleanly.
+  weights_only=True, never written when non-finite. A full disk is one line; the old file stays.
+- A checkpoint also holds the open log window (its loss sums, expert counts, steps): a resumed
+  run goes on with it, so metrics.jsonl gets the records an uninterrupted run writes (the partial
+  record written when the run stopped is replaced by the whole one). Resuming a finished run
+  writes nothing.
+- One process owns a run folder: rank 0 holds an flock on run.lock from before anything is
+  written until the end, so a second train.py on the folder stops with a line naming the first
+  (--eval_only only reads, and takes no lock). A folder a failed run created and left empty is
+  removed.
+- Ctrl-C / SIGTERM finish the current step, save last.pt and exit cleanly; a second signal aborts
+  (exit status 130, one line), but never in the middle of a save: it waits for the file.
+- What can be refused before any work is: a vocabulary below 264, a batch that does not split
+  over the processes, a micro-batch whose weights and logits alone exceed the device's memory
+  (exit status 2, as for any bad setting).
 - --max_minutes lays the cosine over wall-clock time: the schedule's progress is the larger of
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
@@ -44,7 +57,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -61,10 +74,12 @@ import runlog
 import runtime
 import storage
 from config import ModelArgs, TrainArgs
-from errors import CheckpointError, RunError, UserError
+from errors import CheckpointError, ConfigError, RunError, UserError
 from model import Llama4, count_parameters, flops_per_token
 from runtime import World
-from tokenizer import Tokenizer
+from tokenizer import MIN_VOCAB, Tokenizer
+
+OUT_FIX = "free some space or pick another --out_dir"  # the advice when the run folder's disk is full
 
 # ---------------------------------------------------------------------------------------------
 # Optimisation
@@ -218,16 +233,20 @@ class Job:
     ckpt_path: Path | None = None  # the checkpoint resumed or evaluated
     metrics: runlog.Metrics | None = None
     wandb_id: str | None = None
+    folder: "RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
+    stop: "Stop | None" = None  # the signal handler, while the loop runs
+    window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
 
     @property
     def tokens_per_step(self) -> int:
         return self.train_args.batch_size * self.train_args.grad_accum * self.model_args.max_seq_len
 
-    def checkpoint(self, state: LoopState) -> dict:
+    def checkpoint(self, state: LoopState, window: dict) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 **state.to_checkpoint(self.train_args.seed), "model_args": config.to_dict(self.model_args),
                 "train_args": config.to_dict(self.train_args), "preset": self.preset,
-                "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "wandb_id": self.wandb_id}
+                "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "wandb_id": self.wandb_id,
+                "window": window}
 
 
 class Clock:
@@ -313,10 +332,14 @@ def run_eval(job: Job, state: LoopState) -> bool:
 
 
 class Window:
-    """Sums over the steps since the last train record, on the device, and the time they took."""
+    """Sums over the steps since the last train record, on the device, and the time they took.
+
+    A checkpoint saves the open window (summed over the ranks) and a resumed run goes on with it,
+    so that its train records are those of an uninterrupted run: the record after a resume covers
+    the steps before the checkpoint too, not just those after it."""
 
     def __init__(self, state: LoopState, device):
-        self.steps, self.start, self.paused = 0, time.perf_counter(), 0.0
+        self.steps, self.start, self.paused, self.busy_before = 0, time.perf_counter(), 0.0, 0.0
         self.losses = self.counts = self.entropy = None
         self.skipped = torch.zeros((), device=device)  # non-finite steps not yet counted in the state
         self.bad_in_row = torch.full((), float(state.bad_in_row), device=device)
@@ -353,8 +376,31 @@ class Window:
             share = (counts.float() / counts.sum(-1, keepdim=True)).tolist()
             rec["expert_share"] = [[round(s, 5) for s in layer] for layer in share]
             rec["router_entropy"] = [round(float(e) / n, 5) for e in entropy]
-        rec["busy_seconds"] = time.perf_counter() - self.start - self.paused
+        rec["busy_seconds"] = self.busy_before + time.perf_counter() - self.start - self.paused
         return rec
+
+    def to_checkpoint(self, job: Job) -> dict:
+        """The open window, summed over the ranks, on the CPU (saves wait for the device anyway)."""
+        sums = {k: v for k, v in (("losses", self.losses), ("counts", self.counts), ("entropy", self.entropy))
+                if v is not None}
+        if job.world.size > 1:
+            sums = {k: v.clone() for k, v in sums.items()}
+            for v in sums.values():
+                dist.all_reduce(v)
+        busy = self.busy_before + time.perf_counter() - self.start - self.paused
+        return {"steps": self.steps, "busy_seconds": busy, **{k: v.cpu() for k, v in sums.items()}}
+
+    @classmethod
+    def resume(cls, state: LoopState, job: Job) -> "Window":
+        """The window a checkpoint was saved in (rank 0 holds the sums of all ranks), or a new one."""
+        window, saved = cls(state, job.device), job.window
+        if saved and saved["steps"]:
+            window.steps, window.busy_before = saved["steps"], saved["busy_seconds"]
+            for k in ("losses", "counts", "entropy"):
+                if k in saved:
+                    v = saved[k].to(job.device)
+                    setattr(window, k, v if job.world.main else torch.zeros_like(v))
+        return window
 
 
 def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOutput, bar) -> None:
@@ -388,24 +434,45 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
     if not all(torch.isfinite(p).all() for p in job.model.parameters()):  # every rank agrees: same weights
         raise RunError(f"weights are not finite at step {state.step}; not saving {name} (the previous "
                        "checkpoint is intact): lower --lr or raise --warmup_steps")
+    saved_window = window.to_checkpoint(job)  # a collective under DDP: every rank takes part
     if job.world.main:
-        checkpoint.save_checkpoint(job.run_dir / name, job.checkpoint(state))
+        with job.stop.saving() if job.stop is not None else nullcontext():
+            checkpoint.save_checkpoint(job.run_dir / name, job.checkpoint(state, saved_window))
 
 
 class Stop:
-    """SIGINT / SIGTERM ask the loop to stop after the current step; a second signal aborts."""
+    """SIGINT / SIGTERM ask the loop to stop after the current step; a second signal aborts, but
+    never in the middle of a save: then it takes effect once the checkpoint is complete."""
 
     def __init__(self, log):
         self.requested, self.log = False, log
+        self.in_save = self.abort = False
         self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(self, signum, frame):
-        if self.requested:
+        name = signal.Signals(signum).name
+        if self.requested and self.in_save:
+            self.abort = True
+            self.log(f"\n{name}: aborting as soon as the checkpoint being written is complete")
+        elif self.requested:
             self.restore()
             raise KeyboardInterrupt
-        self.requested = True
-        self.log(f"\n{signal.Signals(signum).name}: finishing this step, then saving a resumable checkpoint "
-                 "(send it again to abort)")
+        else:
+            self.requested = True
+            self.log(f"\n{name}: finishing this step, then saving a resumable checkpoint (send it again to "
+                     "abort)")
+
+    @contextmanager
+    def saving(self):
+        """A save: a second signal meanwhile is held back until the file is complete."""
+        self.in_save = True
+        try:
+            yield
+        finally:
+            self.in_save = False
+        if self.abort:
+            self.restore()
+            raise KeyboardInterrupt
 
     def restore(self):
         for s, h in self.old.items():
@@ -436,7 +503,8 @@ class RunPlan(NamedTuple):
 
 def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArgs, TrainArgs]:
     """Settings for a resumed run: the checkpoint's, with the train settings typed on the command
-    line applied on top. Model settings typed on the command line must agree with the checkpoint."""
+    line applied on top. Model settings typed on the command line must agree with the checkpoint.
+    --eval_only on a --val_data typed for it scores all of it, unless --eval_windows is typed too."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     asked = config.to_dict(model_args)
     typed = {k for k in asked if k in given} | (set(asked) if "preset" in given else set())
@@ -450,6 +518,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
         if "train_args" in ckpt else now  # a weights-only checkpoint (import, export) has none
     keep = {k: (now[k] if k in given else v) for k, v in saved_train.items()}
     keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run)
+    if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
+        keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     return saved_model, TrainArgs(**keep)
 
 
@@ -465,9 +535,6 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     else:  # a new run
         run_dir = out / (train_args.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         ckpt_path = None
-        if (run_dir / "last.pt").exists():
-            raise RunError(f"{run_dir} already holds a checkpoint; pass --resume to continue it or pick "
-                           "another --run")
     ckpt = None
     if ckpt_path is not None:
         ckpt = checkpoint.load_checkpoint(ckpt_path)
@@ -484,36 +551,133 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     return RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path)
 
 
-def check_writable(run_dir: Path):
+def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
+    """A lower bound, in bytes, on what one micro-batch needs (the real need is higher): the
+    weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter),
+    the fp32 logits (and their gradient), and the residual stream each layer keeps for backward."""
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in Llama4(model_args).parameters())
+    tokens = train_args.batch_size * model_args.max_seq_len
+    training = not train_args.eval_only
+    return {"weights" + (" and optimizer state" if training else ""): n_params * (16 if training else 4),
+            "logits": tokens * model_args.vocab_size * 4 * (2 if training else 1),
+            "activations": tokens * model_args.dim * 4 * model_args.n_layers * training}
+
+
+def check_settings(plan: RunPlan, device, world: World) -> None:
+    """What can be refused before any work, as a bad setting (ConfigError, exit status 2): a
+    vocabulary smaller than a byte-level BPE, a batch that does not split over the processes, a
+    micro-batch whose weights and logits alone exceed the device's memory."""
+    model_args, train_args = plan.model_args, plan.train_args
+    if plan.ckpt is None and model_args.vocab_size < MIN_VOCAB:
+        raise ConfigError(f"--vocab_size {model_args.vocab_size} is too small: a byte-level BPE needs at "
+                          f"least {MIN_VOCAB} ({MIN_VOCAB - 256} special tokens + 256 bytes)")
+    if train_args.grad_accum % world.size:
+        raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
+                          f"use a multiple of {world.size}")
+    need, have = memory_floor(model_args, train_args), runtime.device_memory(device)
+    if have and sum(need.values()) > have:
+        parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in need.items() if v)
+        raise ConfigError(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
+                          f"needs at least {sum(need.values()) / 1e9:.1f} GB ({parts}) but {device} has "
+                          f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "
+                          "keep the batch), or use a smaller model")
+
+
+class RunFolder:
+    """The run folder, held by this process (rank 0) from before anything is written until the run
+    ends: created if need be, locked (run.lock, an flock the kernel drops if the process dies), and
+    swept of the temporaries a killed save left. A second train.py on the folder stops with a line
+    naming the first. A folder this run created and left empty is removed when it ends."""
+
+    LOCK = "run.lock"
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, None
+        self.created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.lock = storage.lock(path / self.LOCK)
+        except storage.Busy as e:
+            raise RunError(f"{path} is in use by another train.py ({e.holder}); wait for it to end or stop "
+                           "it, or pick another --run") from None
+        except OSError as e:
+            self.release()
+            raise RunError(f"cannot write to {path} ({e.strerror}); pick another --out_dir or --run") \
+                from None
+        for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
+            stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if (self.created and self.lock is not None and self.path.is_dir()
+                and {p.name for p in self.path.iterdir()} == {self.LOCK}):
+            (self.path / self.LOCK).unlink()  # unlinked while still locked: no one else can hold it
+            self.lock.close()
+            self.lock = None
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass  # someone put a file there meanwhile
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+
+def claim_folder(plan: RunPlan) -> RunFolder:
+    """Lock the run folder, then check what only the folder's holder can check: a new run never
+    takes a folder with a checkpoint, and a resumed checkpoint must be the model of the folder."""
+    folder = RunFolder(plan.run_dir)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise RunError(f"cannot write to {run_dir} ({e.strerror}); pick another --out_dir or --run") from e
-    for stale in run_dir.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
-        stale.unlink(missing_ok=True)
+        if plan.ckpt is None and (plan.run_dir / "last.pt").exists():
+            raise RunError(f"{plan.run_dir} already holds a checkpoint; pass --resume to continue it or pick "
+                           "another --run")
+        check_same_model(plan)
+    except BaseException:
+        folder.release()
+        raise
+    return folder
+
+
+def check_same_model(plan: RunPlan) -> None:
+    """A checkpoint resumed into a folder whose model.json describes another model (one copied in
+    from another run) is refused before anything is written: resuming it would cut the folder's
+    metrics.jsonl to the other run's history."""
+    saved = plan.run_dir / "model.json"
+    if plan.ckpt is None or not saved.exists():
+        return
+    try:
+        folder = json.loads(saved.read_text())
+    except ValueError:
+        return  # not ours to judge: start_logging rewrites it
+    diffs = [f"{k}: checkpoint {v!r}, folder {folder[k]!r}" for k, v in plan.ckpt["model_args"].items()
+             if k in folder and folder[k] != v]
+    if diffs:
+        raise CheckpointError(f"{plan.ckpt_path} is not this run's model: its settings differ from {saved} ("
+                              + "; ".join(diffs) + f"); resume it into a folder of its own (--resume "
+                              f"{plan.ckpt_path} --run NEW_NAME), or put this run's own checkpoint back")
 
 
 def load_data(plan: RunPlan, world: World, log):
-    """(tokenizer, training shard or None for --eval_only, validation shard); rank 0 builds caches."""
+    """(tokenizer, training shard or None for --eval_only, validation shard); rank 0 builds caches.
+    A resumed or evaluated run's tokenizer is checked against its checkpoint first, before any
+    data work, with advice about the tokenizer (a checkpoint's model settings cannot change)."""
     model_args, train_args = plan.model_args, plan.train_args
+    fix = "put back the run's own tokenizer.json or pass it with --tokenizer FILE (another is a new --run)"
+    if plan.ckpt is not None and train_args.tokenizer:
+        checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer), train_args.tokenizer, plan.ckpt,
+                                   plan.ckpt_path, fix)
     with runtime.rank0_first(world):
         if train_args.eval_only:
             if not train_args.tokenizer:
-                raise RunError(f"{plan.run_dir} has no tokenizer.json to evaluate with")
+                raise RunError(f"{plan.run_dir} has no tokenizer.json to evaluate with; {fix}")
             tok = Tokenizer.load(train_args.tokenizer)
-            return tok, None, data.prepare_eval(train_args, model_args, tok, log)
-        return data.prepare(train_args, model_args, log=log)
-
-
-def check_tokenizer_hash(tok: Tokenizer, plan: RunPlan):
-    expected = (plan.ckpt or {}).get("tokenizer", {}).get("sha256")
-    if expected and tok.hash != expected:
-        raise CheckpointError(f"tokenizer {plan.train_args.tokenizer} is not the one the checkpoint was "
-                              f"trained with (sha256 {tok.hash[:12]} != {expected[:12]}); restore the run's "
-                              "tokenizer.json")
+            out = tok, None, data.prepare_eval(train_args, model_args, tok, log)
+        else:
+            out = data.prepare(train_args, model_args, log=log)
+    if plan.ckpt is not None:  # a tokenizer from the cache (the run's tokenizer.json was missing)
+        checkpoint.check_tokenizer(out[0], train_args.tokenizer or "the cached tokenizer", plan.ckpt,
+                                   plan.ckpt_path, fix)
+    return out
 
 
 def make_log(world: World):
@@ -525,19 +689,28 @@ def make_log(world: World):
 
 
 def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> tuple[Job, LoopState]:
-    """Everything before the first step: a Job, and the LoopState to start from."""
+    """Everything before the first step: a Job (holding the run folder), and the LoopState to
+    start from. Settings are checked before any work; the folder is locked before anything is
+    written in it, and released (removed, if this run made it and left it empty) on failure."""
     device, world = runtime.setup_distributed(runtime.resolve_device(train_args.device))
     log = make_log(world)
     plan = plan_run(model_args, train_args, preset, given)
-    model_args, train_args, ckpt = plan.model_args, plan.train_args, plan.ckpt
-    if world.main and not train_args.eval_only:
-        check_writable(plan.run_dir)
-    if train_args.grad_accum % world.size:
-        raise RunError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
-                       f"use a multiple of {world.size}")
-    tok, train_data, val = load_data(plan, world, log)
-    check_tokenizer_hash(tok, plan)
+    check_settings(plan, device, world)
+    folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
+    try:
+        job, state = build_job(plan, preset, device, world, log)
+    except BaseException:
+        if folder is not None:
+            folder.release()
+        raise
+    job.folder = folder
+    return job, state
 
+
+def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Job, LoopState]:
+    """Data, model, optimizer: the Job, and the LoopState to start from."""
+    model_args, train_args, ckpt = plan.model_args, plan.train_args, plan.ckpt
+    tok, train_data, val = load_data(plan, world, log)
     dtype = runtime.compute_dtype(train_args.dtype, device)
     torch.manual_seed(train_args.seed)
     model = Llama4(model_args).to(device)
@@ -560,7 +733,7 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
               runtime.autocast(device, dtype), runner.no_sync if world.size > 1 else nullcontext,
               list(range(world.rank, train_args.grad_accum, world.size)), None,
               flops_per_token(model_args, model_args.max_seq_len), runtime.peak_flops(device, dtype),
-              plan.ckpt_path, wandb_id=(ckpt or {}).get("wandb_id"))
+              plan.ckpt_path, wandb_id=(ckpt or {}).get("wandb_id"), window=(ckpt or {}).get("window"))
     state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
     job.clock = Clock(train_args.max_minutes, state.elapsed)
     return job, state
@@ -581,15 +754,16 @@ def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
         + (f" | peak {job.peak / 1e12:.2f} TFLOP/s" if job.peak else ""))
     if not job.world.main:
         return
-    storage.save_json(job.run_dir / "model.json", config.to_dict(model_args))
-    storage.save_json(job.run_dir / "train.json", config.to_dict(train_args))
+    storage.save_json(job.run_dir / "model.json", config.to_dict(model_args), OUT_FIX)
+    storage.save_json(job.run_dir / "train.json", config.to_dict(train_args), OUT_FIX)
     if not (job.run_dir / "tokenizer.json").exists():
-        job.tok.save(job.run_dir / "tokenizer.json")
+        job.tok.save(job.run_dir / "tokenizer.json", fix=OUT_FIX)
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     job.wandb_id = wandb_run.id if wandb_run is not None else job.wandb_id
-    job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if resumed else None, log)
+    job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if resumed else None, log,
+                                 open_window=bool((job.window or {}).get("steps")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,17 +772,34 @@ def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
 
 def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAULT_PRESET,
         given=frozenset()) -> dict:
+    """Set up, then train (or evaluate, with --eval_only); the run folder is held until the end."""
     job, state = setup(model_args, train_args, preset, given)
+    try:
+        if job.train_args.eval_only:
+            return evaluate_only(job, state)
+        if state.step >= job.train_args.max_steps or job.clock.spent(state):  # a finished run resumed
+            limit = "max_steps" if state.step >= job.train_args.max_steps else "max_minutes"
+            job.log(f"{job.run_dir} already reached its --{limit} at step {state.step}; nothing written "
+                    f"(raise --{limit} to train on)")
+            return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir),
+                    "finished": limit}
+        return loop(job, state)
+    finally:
+        if job.folder is not None:
+            job.folder.release()
+
+
+def loop(job: Job, state: LoopState) -> dict:
+    """The training loop, from `state` to max_steps, the budget or a signal."""
     t = job.train_args
-    if t.eval_only:
-        return evaluate_only(job, state)
     start_logging(job, state, resumed=t.resume != "")
     from tqdm import tqdm
     bar = tqdm(total=None if t.max_minutes else t.max_steps, initial=state.step, disable=not job.world.main,
                dynamic_ncols=True, desc=job.run_dir.name)
-    stop, finished = Stop(job.log), "max_steps"
+    job.stop = stop = Stop(job.log)
+    finished = "max_steps"
     job.model.train()
-    window = Window(state, job.device)
+    window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
     try:
         while state.step < t.max_steps:
             if job.clock.spent(state):
@@ -667,6 +858,10 @@ def main(argv=None):
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop: no traceback, status 130
+        print("\ntrain.py: interrupted; the checkpoints already written are complete (--resume continues "
+              "from last.pt)", file=sys.stderr)
+        sys.exit(130)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -337,6 +337,11 @@ def main(argv=None) -> dict:
     for name in VARIANTS:  # our own run folders only: a previous comparison must not block this one
         run_dir = Path(opts.out_dir) / f"compare-{name}"
         if run_dir.is_dir():
+            try:  # not while a train.py holds it (another comparison running)
+                storage.lock(run_dir / "run.lock").close()
+            except storage.Busy as e:
+                sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
+                         "it to end, or pass another --out_dir")
             shutil.rmtree(run_dir)
 
     rows, runs = [], []

@@ -6,7 +6,9 @@
 The folder holds config.json (model_type llama4_text, or llama4 when the model has the vision
 stub), model.safetensors and, when the run has one, the tokenizer (tokenizer.json plus
 tokenizer_config.json for PreTrainedTokenizerFast). `transformers.Llama4ForCausalLM` (or
-`Llama4ForConditionalGeneration`) loads it with no missing or unexpected keys. --import also
+`Llama4ForConditionalGeneration`) loads it with no missing or unexpected keys. The run folder's
+tokenizer.json must be the one the checkpoint was trained with (its sha256 is in the checkpoint):
+another is refused, and nothing is exported. --import also
 takes Llama 4 folders this project did not write (special-token ids come from their config).
 The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is its command line.
 """
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import checkpoint  # noqa: E402
 from errors import UserError  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
 
 
 def main(argv=None):
@@ -33,13 +36,19 @@ def main(argv=None):
             print(f"imported {args.source} -> {args.dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)
-            model, _ = checkpoint.load_model(ckpt_path)
+            model, ckpt = checkpoint.load_model(ckpt_path)
             tok = ckpt_path.parent / "tokenizer.json"
+            if tok.exists():  # the one the checkpoint was trained with, or nothing is exported
+                checkpoint.check_tokenizer(Tokenizer.load(tok), tok, ckpt, ckpt_path,
+                                           fix=checkpoint.TOKENIZER_FIX + "; nothing was exported")
             checkpoint.export_hf(model, args.dest, tok if tok.exists() else None)
             print(f"exported {ckpt_path} -> {args.dest}")
     except UserError as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("export_hf.py: interrupted; the files already written are complete", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

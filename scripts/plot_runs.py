@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import runlog  # noqa: E402
+from errors import UserError  # noqa: E402
 
 
 def main(argv=None):
@@ -27,7 +28,7 @@ def main(argv=None):
     try:
         print(runlog.plot_runs(args.runs, args.out, args.x, args.title,
                                warn=lambda m: print(f"plot_runs.py: warning: {m}", file=sys.stderr)))
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, UserError) as e:  # a bad metrics.jsonl line, a full disk ...
         sys.exit(f"plot_runs.py: error: {e}")
 
 

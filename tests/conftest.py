@@ -3,6 +3,10 @@
 
 import dataclasses
 import os
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,3 +35,35 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared beside the clone holds the TinyStories samples)")
     return path
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write (storage.atomic_write) goes to /dev/full, where a write fails with ENOSPC
+    as on a full disk; the temporary file is still created beside the target, so that its removal
+    is tested too."""
+    import storage
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kw):
+        fd, name = real(*args, **kw)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+    monkeypatch.setattr(storage.tempfile, "mkstemp", mkstemp)
+
+
+@contextmanager
+def small_filesystem(path, size="256k"):
+    """A real filesystem of `size` at `path` (a tmpfs), or skip when this machine cannot mount one
+    (not root): the `full_disk` fixture covers the same code with a patched writer."""
+    path.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({out.stderr.strip() or 'not root'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

@@ -117,6 +117,8 @@ def test_entry_points_help_lists_fields(script, fields):
     for f in fields:
         assert f in out.stdout
     assert "(default:" in out.stdout
+    if script == "train.py":  # torchrun needs the `--`, or its --run-path takes our --run
+        assert "torchrun --nproc_per_node 8 -- train.py" in out.stdout
 
 
 def test_entry_point_bad_option_exits_nonzero_with_one_line():

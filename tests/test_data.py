@@ -4,6 +4,7 @@ Every output goes under tmp_path (cache_dir, and with it the `datasets` cache of
 hub is only tested offline (conftest sets HF_HUB_OFFLINE=1): its failure must be fast and one line.
 """
 
+import errno
 import itertools
 import json
 import math
@@ -17,13 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT, debug_args, shared_file
+from conftest import ROOT, debug_args, shared_file, small_filesystem
 
 import data
 import tokenizer
 from config import SPECIAL_TOKENS, ModelArgs, TrainArgs
 from data import TokenData
-from errors import DataError
+from errors import DataError, UserError
 from tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
@@ -333,6 +334,97 @@ def test_interrupted_tokenization_leaves_nothing_and_is_rebuilt(tmp_path, corpus
     assert any("not reusing the cache" in line for line in logs)
     assert tok.decode(train.tokens) == stream(train_docs)
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokens.bin"]
+
+
+def test_an_altered_shard_is_never_a_cache_hit(tmp_path, corpus):
+    train_path, val_path, train_docs, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, train, _, _ = run(tmp_path, **kw)
+    bin_path = train.path / "tokens.bin"
+    good = np.fromfile(bin_path, dtype=train.tokens.dtype)
+    assert train.meta["max_id"] == good.max() and len(train.meta["sha256"]) == 64
+    # 1. overwritten in place with other valid ids of the same size
+    with open(bin_path, "r+b") as f:
+        f.write(good[::-1].tobytes())
+    _, again, _, logs = run(tmp_path, **kw)
+    assert any("not reusing the cache" in line and "changed since it was written" in line for line in logs)
+    assert tok.decode(again.tokens) == stream(train_docs)
+    # 2. an id outside the vocabulary, the modification time put back as it was
+    st = bin_path.stat()
+    with open(bin_path, "r+b") as f:
+        f.seek(10)
+        f.write(np.array([999], dtype=again.tokens.dtype).tobytes())
+    os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DataError, match="holds token id 999, outside the tokenizer's 300 tokens"):
+        TokenData(again.path, tok.hash)
+    _, third, _, logs = run(tmp_path, **kw)
+    assert any("not reusing the cache" in line and "token id 999" in line for line in logs)
+    assert tok.decode(third.tokens) == stream(train_docs)
+
+
+def test_a_full_cache_disk_is_one_line_naming_cache_dir(tmp_path, corpus, full_disk, monkeypatch):
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    with pytest.raises(UserError, match=r"the disk is full .*; free some space or pick another --cache_dir") \
+            as e:
+        run(tmp_path, **kw)  # writing the tokenizer or a shard
+    assert "\n" not in str(e.value) and no_partial_files(tmp_path / "cache")
+    import datasets  # and `datasets` writing its own cache, which wraps the OSError in its errors
+
+    def full(*args, **kw):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            raise datasets.exceptions.DatasetGenerationError("An error occurred while generating") from e
+    monkeypatch.setattr(datasets.Dataset, "from_generator", full)
+    with pytest.raises(DataError, match=r"cannot write the cache under --cache_dir .*: the disk is full"):
+        run(tmp_path / "other", **kw)
+
+
+def test_a_real_full_cache_disk(tmp_path):
+    text = str(shared_file("train-sample.txt"))  # 78 KB of text: more than the disk holds
+    with small_filesystem(tmp_path / "small", "64k") as disk:
+        with pytest.raises(UserError, match=r"the disk is full .*pick another --cache_dir") as e:
+            data.prepare(targs(disk, data=text, val_data=text), margs(), log=lambda m: None)
+        assert "\n" not in str(e.value)
+
+
+def long_document():
+    """One long document of many paragraphs, with the whitespace and punctuation text has."""
+    parts = [f"{s}  It cost {i} coins, didn't it?\t(Yes!)" for i, s in enumerate(stories(42))]
+    return "\n\n".join(parts) + "\n  \n" + "The end ... " * 20
+
+
+def test_long_documents_are_encoded_in_bounded_pieces_with_the_same_ids(tmp_path, monkeypatch):
+    doc = long_document()
+    parts = tokenizer.pieces(doc, 300)
+    assert "".join(parts) == doc and len(parts) > 20 and max(map(len, parts)) <= 300
+    tok = small_tokenizer()
+    whole = tok.encode_docs([doc])[0]
+    assert [t for p in parts for t in tok.encode_docs([p])[0]] == whole
+    # through data.py: no encoder call and no tokenizer training batch ever holds more than the limit
+    seen = []
+    real_encode, real_train = Tokenizer.encode_docs, tokenizer.tokenizers.Tokenizer.train_from_iterator
+
+    def encode(self, texts, threads=1):
+        seen.append(max(map(len, texts), default=0))
+        return real_encode(self, texts, threads)
+
+    def train_from(self, batches, trainer):
+        batches = list(batches)
+        seen.append(max(len(t) for b in batches for t in b))
+        return real_train(self, batches, trainer)
+    monkeypatch.setattr(data, "PIECE_CHARS", 300)
+    monkeypatch.setattr(Tokenizer, "encode_docs", encode)
+    monkeypatch.setattr(tokenizer.tokenizers.Tokenizer, "train_from_iterator", train_from)
+    path = write(tmp_path / "long.txt", official([doc, "A short one."]))
+    tok2, train, _, _ = run(tmp_path, data=str(path), val_data=str(path))
+    assert max(seen) <= 300
+    monkeypatch.undo()
+    tok3, whole_train, _, _ = run(tmp_path / "whole", data=str(path), val_data=str(path))
+    assert tok2.hash == tok3.hash  # the same tokenizer ...
+    assert np.array_equal(train.tokens, whole_train.tokens)  # ... and the same shard as without pieces
+    assert tok2.decode(train.tokens) == stream([doc, "A short one."])
 
 
 # ---------------------------------------------------------------------------------------------

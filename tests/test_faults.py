@@ -1,0 +1,365 @@
+"""Faults a run must survive, or report in one line (exit status 2 for a bad setting, 1 otherwise,
+130 when interrupted): a run folder another process holds, torn logs, full disks, signals during
+saves, swapped tokenizers, checkpoints of other models, impossible sizes, a finished run resumed.
+Each test reproduces the fault; see the README's Faults section for what is guaranteed."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import ROOT
+from test_storage import FullAfter
+from test_train import WORDS, metrics
+from test_train import args as train_args
+
+import checkpoint
+import data
+import runtime
+import sample
+import train
+from tokenizer import Tokenizer
+
+
+@pytest.fixture(autouse=True)
+def no_peak_timing(monkeypatch):
+    """Skip the 0.3 s GEMM timing each run makes for MFU: nothing here reads MFU."""
+    monkeypatch.setattr(runtime, "peak_flops", lambda device, dtype: 1e12)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    import random
+    rng = random.Random(1)
+    stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))).capitalize() + "."
+               for _ in range(200)]
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory, corpus, cache):
+    """A finished debug run (6 steps, saves and evaluations at 4 and 6) with the default --plot,
+    written under umask 022; and the modification times of img/ before it ran."""
+    tmp = tmp_path_factory.mktemp("done")
+    img = {p.name: p.stat().st_mtime_ns for p in (ROOT / "img").iterdir()}
+    old = os.umask(0o022)
+    try:
+        train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp / "ckpt"),
+                    "--cache_dir", str(cache), "--max_steps", "6", "--run", "r"])
+    finally:
+        os.umask(old)
+    return SimpleNamespace(run_dir=tmp / "ckpt" / "r", img=img)
+
+
+def args(*a, **k):
+    """test_train's arguments without the loss plot (a quarter of a second per evaluation)."""
+    return train_args(*a, **k)[:-2] + ["--plot", "", *train_args(*a, **k)[-2:]]
+
+
+def copy_run(done, tmp_path, name="r"):
+    dest = tmp_path / "ckpt" / name
+    shutil.copytree(done.run_dir, dest)
+    return dest
+
+
+def one_line_error(capsys, code, e):
+    """The last stderr line (a progress bar may come before it): the error, with no traceback."""
+    err = capsys.readouterr().err
+    assert e.value.code == code, err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+# --- one process per run folder ---------------------------------------------------------------
+
+HOLD = """
+import sys, time
+import storage
+held = storage.lock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_train_on_a_busy_run_folder_stops_naming_the_first(tmp_path, corpus, cache, capsys):
+    run_dir = tmp_path / "ckpt" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / ".tmp-1-last.pt").write_bytes(b"the first run's save in progress")
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir / "run.lock")], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as e:
+            train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+        line = one_line_error(capsys, 1, e)
+        assert f"is in use by another train.py (pid {child.pid} on " in line
+        # nothing written, and the first run's temporary file not swept away
+        assert sorted(p.name for p in run_dir.iterdir()) == [".tmp-1-last.pt", "run.lock"]
+    finally:
+        child.kill()
+        child.wait()
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))  # a dead process's lock blocks nothing
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 2
+
+
+def test_a_failed_run_leaves_no_empty_run_folder(tmp_path, corpus, cache, capsys):
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, tmp_path / "missing.txt", cache, "--max_steps", "1"))
+    assert "--data: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt" / "r").exists() and (tmp_path / "ckpt").exists()
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+def test_resume_survives_a_torn_metrics_line_and_plot_runs_names_a_bad_file(tmp_path, done, capsys):
+    from scripts import plot_runs
+    run_dir = copy_run(done, tmp_path)
+    path = run_dir / "metrics.jsonl"
+    with open(path, "a") as f:
+        f.write('{"kind": "train", "step": 7, "lo')  # a disk filled during the append
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "8"])
+    assert "dropped a torn last line" in capsys.readouterr().out
+    assert [r["step"] for r in metrics(tmp_path)] == list(range(1, 9))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1][:25], *lines[2:]]) + "\n")
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])
+    assert f"{path}: line 2 is not valid JSON" in str(e.value.code)
+
+
+def test_the_default_plot_is_in_the_run_folder_and_files_are_readable_by_others(done):
+    assert (done.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert {p.name: p.stat().st_mtime_ns for p in (ROOT / "img").iterdir()} == done.img  # img/ untouched
+    for name in ("last.pt", "best.pt", "model.json", "train.json", "tokenizer.json", "loss.png"):
+        assert (done.run_dir / name).stat().st_mode & 0o777 == 0o644, name  # umask 022, not 0600
+
+
+def test_a_run_stopped_by_its_budget_logs_its_last_partial_window(tmp_path, corpus, cache, monkeypatch):
+    clock = iter(range(0, 10**6, 10))  # 10 s a reading: the 1-minute budget is spent in a few steps
+    monkeypatch.setattr(train.Clock, "elapsed", lambda self: self.before + next(clock))
+    result = train.main(args(tmp_path, corpus, cache, "--max_minutes", "1", "--max_steps", "1000",
+                             "--log_every", "100", "--eval_every", "1000"))
+    assert result["finished"] == "max_minutes" and 1 <= result["step"] < 100
+    records = metrics(tmp_path)
+    assert [(r["step"], r["window_steps"]) for r in records] == [(result["step"], result["step"])]
+    assert [r["step"] for r in metrics(tmp_path, kind="val")] == [result["step"]]
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+def test_resuming_a_finished_run_writes_nothing(tmp_path, done, capsys):
+    run_dir = copy_run(done, tmp_path)
+    def files():
+        return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "run.lock"}
+    before = files()
+    result = train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])
+    assert result["step"] == 6 and "already reached its --max_steps at step 6" in capsys.readouterr().out
+    assert files() == before  # no second val record, no checkpoint written again
+
+
+SAME = ("step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens", "expert_share",
+        "router_entropy", "skipped_steps", "window_steps")
+
+
+class Crash(BaseException):
+    pass
+
+
+def test_a_resumed_run_writes_the_records_of_an_uninterrupted_one(tmp_path, corpus, cache, monkeypatch):
+    """Records every 3 steps, saves every 4: each resume starts inside a log window."""
+    base = ["--max_steps", "7", "--log_every", "3", "--save_every", "4", "--eval_every", "100"]
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    whole = [{k: r[k] for k in SAME} for r in metrics(tmp_path, "whole")]
+    assert [r["window_steps"] for r in whole] == [3, 3, 1]
+    real_save = checkpoint.save_checkpoint
+
+    def crash_after_step_4(path, state):  # as kill -9 would, after the save at step 4
+        real_save(path, state)
+        if state["step"] == 4:
+            raise Crash()
+    monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_step_4)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base, run="crashed"))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    real_agree = train.agree
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 5)
+    train.main(args(tmp_path, corpus, cache, *base, run="stopped"))  # as a signal would, at step 5
+    assert [(r["step"], r["window_steps"]) for r in metrics(tmp_path, "stopped")] == [(3, 3), (5, 2)]
+    monkeypatch.setattr(train, "agree", real_agree)
+    for run in ("crashed", "stopped"):
+        train.main(args(tmp_path, corpus, cache, *base, "--resume", run=run))
+        assert [{k: r[k] for k in SAME} for r in metrics(tmp_path, run)] == whole, run  # bit for bit
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_metrics_are_touched(tmp_path, done, corpus, cache,
+                                                                            capsys):
+    run_dir = copy_run(done, tmp_path)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--top_k", "2", run="other"))
+    shutil.copy(tmp_path / "ckpt" / "other" / "last.pt", run_dir / "last.pt")  # copied in by mistake
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "8"])
+    line = one_line_error(capsys, 1, e)
+    assert "is not this run's model" in line and "top_k: checkpoint 2, folder 1" in line
+    assert "--run NEW_NAME" in line
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_eval_only_on_a_file_given_for_it_scores_all_of_it(tmp_path, done, corpus, capsys):
+    assert json.loads((done.run_dir / "train.json").read_text())["eval_windows"] == 4  # the run's sample
+    other = tmp_path / "other.txt"
+    other.write_text("\n<|endoftext|>\n".join(corpus.read_text().split("\n<|endoftext|>\n")[:40]))
+    capsys.readouterr()
+    r = train.main(["--run", "r", "--out_dir", str(done.run_dir.parent), "--eval_only",
+                    "--val_data", str(other)])
+    found = re.search(r"validation: ([\d,]+) of ([\d,]+) targets", capsys.readouterr().out)
+    covered, targets = (int(g.replace(",", "")) for g in found.groups())
+    assert r["tokens"] == covered == targets > 4 * 64  # every target of the file, not 4 windows
+
+
+# --- full disks and signals -----------------------------------------------------------------------
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_last_checkpoint_stays(tmp_path, corpus, cache,
+                                                                           monkeypatch, capsys):
+    real = torch.save
+
+    def full_at_step_4(obj, f, *a, **k):
+        return real(obj, FullAfter(f, 5000) if obj.get("step") == 4 else f, *a, **k)
+    monkeypatch.setattr(torch, "save", full_at_step_4)
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "6", "--save_every", "2",
+                        "--eval_every", "100"))
+    line = one_line_error(capsys, 1, e)
+    run_dir = tmp_path / "ckpt" / "r"
+    assert line.startswith(f"train.py: error: cannot write {run_dir / 'last.pt'}: the disk is full")
+    assert "the previous file is intact" in line and "pick another --out_dir" in line
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 2
+    assert not list(run_dir.glob(".tmp-*"))
+
+
+def test_a_second_signal_during_a_save_aborts_once_the_save_is_complete(tmp_path, corpus, cache,
+                                                                       monkeypatch, capsys):
+    real = torch.save
+
+    def signals_during_save(obj, f, *a, **k):
+        if obj.get("step") == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # the first: finish the step, save, stop
+            os.kill(os.getpid(), signal.SIGINT)  # the second, in the middle of the save: abort
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", signals_during_save)
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "8", "--save_every", "4",
+                        "--eval_every", "100"))
+    assert one_line_error(capsys, 130, e).startswith("train.py: interrupted")
+    run_dir = tmp_path / "ckpt" / "r"
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 4  # the save went through
+    assert not list(run_dir.glob(".tmp-*"))
+
+
+def test_ctrl_c_before_training_is_one_line_and_leaves_no_run_folder(tmp_path, corpus, monkeypatch, capsys):
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Tokenizer, "train", ctrl_c)  # while the BPE trains
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, tmp_path / "fresh-cache", "--max_steps", "1"))
+    assert one_line_error(capsys, 130, e).startswith("train.py: interrupted")
+    assert not (tmp_path / "ckpt" / "r").exists()
+
+
+# --- settings refused before any work --------------------------------------------------------------
+
+@pytest.fixture
+def no_data(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("data preparation started")
+    monkeypatch.setattr(data, "prepare", fail)
+    monkeypatch.setattr(data, "prepare_eval", fail)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--vocab_size", "100"], "--vocab_size 100 is too small: a byte-level BPE needs at least 264"),
+    (["--max_seq_len", "100000", "--vocab_size", "4096", "--batch_size", "16"],
+     "--max_seq_len 100000 x --batch_size 16 needs at least"),
+    (["--device", "tpu"], "--device tpu: not a device name; use auto, cpu, cuda or cuda:N"),
+])
+def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatch, capsys, no_data, extra,
+                                             message):
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 16 * 10**9, raising=False)  # 16 GB
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, *extra))
+    line = one_line_error(capsys, 2, e)
+    assert line.startswith("train.py: error: ") and message in line
+    assert not (tmp_path / "ckpt" / "r").exists()
+
+
+# --- checkpoints and tokenizers -----------------------------------------------------------------
+
+def test_random_bytes_are_not_a_checkpoint_and_torch_unsafe_advice_is_not_repeated(tmp_path, done, capsys):
+    run_dir = copy_run(done, tmp_path)
+    (run_dir / "last.pt").write_bytes(os.urandom(5000))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])
+    line = one_line_error(capsys, 1, e)
+    assert "not a checkpoint" in line and "weights_only" not in line
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(run_dir)])
+    line = one_line_error(capsys, 1, e)
+    assert "not a checkpoint" in line and "weights_only" not in line
+
+
+def test_sample_on_an_unknown_device_exits_2(done, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(done.run_dir), "--device", "tpu"])
+    assert "--device tpu" in one_line_error(capsys, 2, e)
+
+
+def swap_two_tokens(path):
+    """Another tokenizer of the same size and special tokens."""
+    spec = json.loads(path.read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = [k for k, v in vocab.items() if v in (100, 101)]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(spec))
+
+
+def test_export_refuses_a_tokenizer_the_checkpoint_was_not_trained_with(tmp_path, done, capsys):
+    from scripts.export_hf import main as export_main
+    run_dir = copy_run(done, tmp_path)
+    swap_two_tokens(run_dir / "tokenizer.json")
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(tmp_path / "hf")])
+    line = one_line_error(capsys, 1, e)
+    assert "is not the tokenizer" in line and "nothing was exported" in line
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_tokenizer_of_another_size_gets_advice_about_the_tokenizer(tmp_path, done, corpus, capsys):
+    run_dir = copy_run(done, tmp_path)
+    Tokenizer.train([corpus.read_text()], 300).save(run_dir / "tokenizer.json")  # the run's has 320
+    for main, argv in [(sample.main, ["--ckpt", str(run_dir)]),
+                       (train.main, ["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume",
+                                     "--max_steps", "8"])]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        line = one_line_error(capsys, 1, e)
+        assert "is not the tokenizer" in line and "put back" in line and "--vocab_size" not in line
+    # a checkpoint that records no tokenizer (an import): the sizes are compared, the advice the same
+    ckpt = {"model_args": json.loads((run_dir / "model.json").read_text())}
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.check_tokenizer(Tokenizer.load(run_dir / "tokenizer.json"), "tok.json", ckpt, "w.pt")
+    assert "has 300 tokens but the model of w.pt has 320" in str(e.value)
+    assert "--vocab_size" not in str(e.value)

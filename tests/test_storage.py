@@ -1,0 +1,148 @@
+"""storage.py: atomic writes (permissions, a full disk), JSON Lines with a torn last line, locks."""
+
+import errno
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pytest
+import torch
+from conftest import ROOT, small_filesystem
+
+import storage
+from errors import StorageError
+
+
+@contextmanager
+def umask(mask):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_gives_the_mode_an_ordinary_write_would(tmp_path, mask, mode):
+    with umask(mask):
+        storage.atomic_write(tmp_path / "a.pt", b"new")
+        storage.save_json(tmp_path / "b.json", {"x": 1})
+    for name in ("a.pt", "b.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode  # not the temporary file's 0600
+
+
+class FullAfter:
+    """A binary file that takes `room` bytes and then fails as a full disk does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path, full_disk):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+    with pytest.raises(StorageError) as e:
+        storage.atomic_write(path, b"x" * 1000, fix="free some space or pick another --out_dir")
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {path}: the disk is full") and "\n" not in msg
+    assert "the previous file is intact" in msg and msg.endswith("pick another --out_dir")
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
+
+
+def test_torch_save_on_a_full_disk_is_the_disk_error_not_unexpected_pos(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"old")
+    state = {"w": torch.zeros(10_000)}
+    with pytest.raises(StorageError, match="the disk is full") as e:
+        storage.atomic_write(path, lambda f: torch.save(state, FullAfter(f, 2000)))
+    assert "unexpected pos" not in str(e.value)
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
+    class Interrupted(FullAfter):
+        def write(self, b):
+            raise KeyboardInterrupt
+    state = {"w": torch.zeros(10)}
+    with pytest.raises(KeyboardInterrupt):
+        storage.atomic_write(tmp_path / "x.pt", lambda f: torch.save(state, Interrupted(f, 0)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bug_inside_the_writer_is_not_called_a_disk_error(tmp_path):
+    def buggy(f):
+        raise TypeError("not a disk problem")
+    with pytest.raises(TypeError):
+        storage.atomic_write(tmp_path / "x", buggy)
+
+
+def test_appending_to_a_log_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import builtins
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: real_open(
+        "/dev/full" if str(p).endswith("metrics.jsonl") else p, "w" if mode == "a" else mode, *a, **k))
+    with pytest.raises(StorageError, match=r"metrics.jsonl: the disk is full"):
+        storage.append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+
+
+def test_a_real_full_filesystem(tmp_path):
+    with small_filesystem(tmp_path / "small") as disk:
+        storage.atomic_write(disk / "last.pt", lambda f: torch.save({"w": torch.zeros(10)}, f))
+        before = (disk / "last.pt").read_bytes()
+        with pytest.raises(StorageError, match="the disk is full"):
+            storage.atomic_write(disk / "last.pt", lambda f: torch.save({"w": torch.zeros(100_000)}, f))
+        assert (disk / "last.pt").read_bytes() == before
+        assert [p.name for p in disk.iterdir()] == ["last.pt"]
+
+
+# --- JSON Lines ------------------------------------------------------------------------------
+
+def test_a_torn_last_line_is_dropped_with_a_warning_and_a_bad_middle_line_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    warnings = []
+    assert storage.read_jsonl(path, warn=warnings.append) == [{"step": 1}, {"step": 2}]
+    assert "dropped a torn last line (line 3" in warnings[0]
+    path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not valid JSON"):
+        storage.read_jsonl(path)
+
+
+# --- locks -----------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+import storage
+held = storage.lock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_held_by_a_live_process_names_it_and_a_dead_ones_blocks_nothing(tmp_path):
+    path = tmp_path / "run.lock"
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(storage.Busy) as e:
+            storage.lock(path)
+        assert e.value.holder.startswith(f"pid {child.pid} on ")
+    finally:
+        child.kill()
+        child.wait()
+    assert path.read_text().startswith(f"pid {child.pid}")  # the dead process's file is still there ...
+    held = storage.lock(path)  # ... and blocks nothing
+    assert path.read_text().startswith(f"pid {os.getpid()} ")
+    held.close()
