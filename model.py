@@ -208,21 +208,24 @@ class Attention(nn.Module):
         return self.o_proj(y)
 
     def _attend_aligned(self, q, k, v):
-        """Positions 0..T-1 in every row: causal attention, chunk by chunk on chunked layers."""
+        """Positions 0..T-1 in every row: causal attention, chunk by chunk on chunked layers. No mask
+        is built: whole chunks are folded into the batch, a last partial chunk attends on its own."""
         B, _, T, D = q.shape
         C = self.chunk_size
         if C is None or T <= C:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        if T % C == 0:  # fold the T/C aligned chunks into the batch: (B, H, T, D) -> (B*T/C, H, C, D)
-            n = T // C
+        n = T // C
+        full = n * C
 
-            def fold(t):
-                return t.view(B, t.shape[1], n, C, D).transpose(1, 2).reshape(B * n, t.shape[1], C, D)
-            y = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), is_causal=True, enable_gqa=True)
-            return y.view(B, n, -1, C, D).transpose(1, 2).reshape(B, -1, T, D)
-        pos = torch.arange(T, device=q.device).expand(B, T)
-        mask = attention_mask(pos, pos, C)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        def fold(t):  # the whole chunks into the batch: (B, H, n*C, D) -> (B*n, H, C, D)
+            return t[:, :, :full].reshape(B, t.shape[1], n, C, D).transpose(1, 2).reshape(B * n, -1, C, D)
+        y = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), is_causal=True, enable_gqa=True)
+        y = y.view(B, n, -1, C, D).transpose(1, 2).reshape(B, -1, full, D)  # (B, H, n*C, D)
+        if full < T:  # the last, partial chunk: causal attention within itself
+            tail = F.scaled_dot_product_attention(q[:, :, full:], k[:, :, full:], v[:, :, full:],
+                                                  is_causal=True, enable_gqa=True)
+            y = torch.cat([y, tail], dim=2)
+        return y
 
 
 # ---------------------------------------------------------------------------------------------

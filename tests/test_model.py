@@ -315,3 +315,15 @@ def test_wrong_number_of_image_tokens_is_a_clear_error():
 def test_images_for_a_text_only_model_are_a_clear_error():
     with pytest.raises(ValueError, match="without the vision stub"):
         build()(torch.zeros(1, 4, dtype=torch.long), images=torch.randn(1, 3, 56, 56))
+
+
+@pytest.mark.parametrize("T", [13, 44, 64])
+def test_training_forward_builds_no_t_by_t_mask(T, monkeypatch):
+    """Positions 0..T-1 (training, evaluation): chunks are folded or attend on their own; no mask."""
+    import model as model_module
+    m = build()
+    x = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        ref = m(x, positions=torch.arange(T).expand(2, T)).logits  # the masked path, as reference
+        monkeypatch.setattr(model_module, "attention_mask", lambda *a, **k: pytest.fail("a mask was built"))
+        assert (m(x).logits - ref).abs().max() < 1e-5
