@@ -115,8 +115,8 @@ class KVCache:
     position and left padding needs no special case when decoding. Slot S is scratch: padding
     tokens (position -1) are written there and no query ever sees it. Writes are scatters and
     attention reads all S + 1 slots under a mask, so a decoding step keeps its shapes and never
-    reads the device from the host: what torch.compile and CUDA graphs need (the tensors are
-    marked static, as transformers' StaticCache marks its own).
+    reads the device from the host: what torch.compile and CUDA graphs need (mark_static() tells
+    the compiler the tensors keep their addresses, as transformers' StaticCache does).
 
     `next_pos` (B,), on the device, is the position the next token of each row takes. `seen`
     counts the columns fed by eager calls (padding included), for the length check; a compiled
@@ -132,8 +132,13 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.seen = 0
+
+    def mark_static(self):
+        """For torch.compile: the tensors keep their addresses from call to call, so a CUDA graph
+        reads and writes them in place (imports torch._dynamo, a second or so: only when compiling)."""
         for t in [*self.k, *self.v, self.next_pos]:
             torch._dynamo.mark_static_address(t)
+        return self
 
     def update(self, i, k, v, pos):
         """Write this step's keys and values (B, Hkv, T, D) of positions `pos` (B, T) at their

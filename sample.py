@@ -116,6 +116,7 @@ class DecodeStep:
         self.compiled = None
         if compile:
             mode = "reduce-overhead" if cache.next_pos.device.type == "cuda" else None
+            cache.mark_static()
             self.compiled = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
 
     def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
