@@ -107,36 +107,35 @@ class DecodeStep:
 
     compile: torch.compile(decode_one, fullgraph=True), in mode "reduce-overhead" on CUDA (the
     step replays as one CUDA graph: the static cache gives it fixed shapes and addresses) and in
-    the default mode elsewhere (tests). If compiling fails, which shows at the first call, one
+    the default mode elsewhere (tests). Compiling happens at the first call; if it fails, one
     warning line goes to stderr and the step runs eagerly from then on.
     """
 
     def __init__(self, model: Llama4, cache: KVCache, compile: bool = False):
-        self.model, self.cache, self.calls = model, cache, 0
+        self.model, self.cache, self.compile = model, cache, compile
         self.compiled = None
-        if compile:
-            mode = "reduce-overhead" if cache.next_pos.device.type == "cuda" else None
-            cache.mark_static()
-            self.compiled = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
 
     def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
         tokens = nxt[:, None]  # (B, 1)
-        self.calls += 1
-        if self.compiled is None:
-            return decode_one(self.model, tokens, self.cache)
-        torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
-        if self.calls > 1:
+        if self.compiled is not None:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
             return self.compiled(self.model, tokens, self.cache)
-        next_pos = self.cache.next_pos.clone()
-        try:
-            return self.compiled(self.model, tokens, self.cache)
-        except Exception as e:  # whatever stops the compiler: decode eagerly
-            self.cache.next_pos.copy_(next_pos)
-            self.compiled = None
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "
-                  "decoding eagerly", file=sys.stderr)
-            return decode_one(self.model, tokens, self.cache)
+        if self.compile:  # the first call: compile, or decode eagerly for good
+            self.compile = False
+            next_pos = self.cache.next_pos.clone()
+            try:
+                mode = "reduce-overhead" if next_pos.device.type == "cuda" else None
+                fn = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
+                torch.compiler.cudagraph_mark_step_begin()
+                logits = fn(self.model, tokens, self.cache.mark_static())
+                self.compiled = fn
+                return logits
+            except Exception as e:  # whatever stops the compiler
+                self.cache.next_pos.copy_(next_pos)
+                reason = (str(e).strip().splitlines() or [""])[0][:200]
+                print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "
+                      "decoding eagerly", file=sys.stderr)
+        return decode_one(self.model, tokens, self.cache)
 
 
 @contextmanager
