@@ -114,10 +114,13 @@ class KVCache:
     written at slot p, whatever padding came before it, so every row's cache is aligned by
     position and left padding needs no special case when decoding. Slot S is scratch: padding
     tokens (position -1) are written there and no query ever sees it. Writes are scatters and
-    attention reads all S + 1 slots under a mask, so a decoding step keeps its shapes and never
-    reads the device from the host: what torch.compile and CUDA graphs need (mark_static() tells
-    the compiler the tensors keep their addresses, as transformers' StaticCache does).
+    attention reads all S + 1 slots under a mask (slots and masks are built once per forward
+    call, in its CacheStep), so a decoding step keeps its shapes and never reads the device from
+    the host: what torch.compile and CUDA graphs need (mark_static() tells the compiler the
+    tensors keep their addresses, as transformers' StaticCache does).
 
+    Positions must count 0, 1, 2, ... from each row's first real token, padding only on the left
+    (what sample.left_pad makes), so that no position is beyond the columns fed so far.
     `next_pos` (B,), on the device, is the position the next token of each row takes. `seen`
     counts the columns fed by eager calls (padding included), for the length check; a compiled
     step leaves it alone (a host counter would recompile the step at every token), so whoever
@@ -140,14 +143,43 @@ class KVCache:
             torch._dynamo.mark_static_address(t)
         return self
 
-    def update(self, i, k, v, pos):
-        """Write this step's keys and values (B, Hkv, T, D) of positions `pos` (B, T) at their
-        slots (padding at the scratch slot); return the layer's whole keys and values."""
-        slot = pos.masked_fill(pos < 0, self.length)  # (B, T)
-        index = slot[:, None, :, None].expand_as(k)  # (B, Hkv, T, D)
-        self.k[i].scatter_(2, index, k.to(self.k[i].dtype))
-        self.v[i].scatter_(2, index, v.to(self.v[i].dtype))
-        return self.k[i], self.v[i]
+    def step(self, pos) -> "CacheStep":
+        """This forward call's use of the cache, for its tokens at positions `pos` (B, T), after
+        `seen` counts them. A compiled call reads all S + 1 slots (fixed shapes); an eager one only
+        the first `seen`, which hold every position written so far (the rest are masked anyway)."""
+        n = self.length + 1 if torch.compiler.is_compiling() else min(self.seen, self.length + 1)
+        return CacheStep(self, pos, n)
+
+
+class CacheStep:
+    """One forward call's use of a KVCache, shared by all its layers: the slots its tokens go to
+    and, per layer type (chunked or not), the mask of the first n slots its queries see, each
+    built once per call rather than once per layer."""
+
+    def __init__(self, cache: KVCache, pos, n: int):
+        self.cache, self.pos, self.n = cache, pos, n
+        self.slot = pos.masked_fill(pos < 0, cache.length)  # (B, T): padding to the scratch slot
+        self.masks = {}
+
+    def update(self, i, k, v):
+        """Write layer i's keys and values (B, Hkv, T, D) at this call's slots; return the layer's
+        keys and values in the first n slots, (B, Hkv, n, D) each."""
+        K, V = self.cache.k[i], self.cache.v[i]
+        index = self.slot[:, None, :, None].expand_as(k)  # (B, Hkv, T, D): slot of each key
+        K.scatter_(2, index, k.to(K.dtype))
+        V.scatter_(2, index, v.to(V.dtype))
+        return K[:, :, :self.n], V[:, :, :self.n]
+
+    def mask(self, chunk_size):
+        """(B, 1, T, n), additive: 0 where a query sees a slot (slot s holds position s; the scratch
+        slot, position S, is beyond every query), -inf elsewhere; in the cache's dtype, so that
+        attention does not convert a boolean mask in every layer."""
+        if chunk_size not in self.masks:
+            slots = torch.arange(self.n, device=self.pos.device)[None]  # (1, n)
+            allowed = attention_mask(self.pos, slots, chunk_size)
+            zeros = torch.zeros(allowed.shape, dtype=self.cache.k[0].dtype, device=allowed.device)
+            self.masks[chunk_size] = zeros.masked_fill(~allowed, float("-inf"))
+        return self.masks[chunk_size]
 
 
 def attention_mask(q_pos, k_pos, chunk_size=None):
@@ -179,9 +211,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, pos, rope, cache: KVCache | None = None, default_pos: bool = False):
-        """x (B, T, dim); pos (B, T) positions, -1 for padding; rope = (cos, sin) for `pos`.
-        default_pos: pos is arange(T) in every row and there is no cache (the training case)."""
+    def forward(self, x, pos, rope, cache: CacheStep | None = None, default_pos: bool = False):
+        """x (B, T, dim); pos (B, T) positions, -1 for padding; rope = (cos, sin) for `pos`;
+        cache: this call's KVCache.step(pos). default_pos: pos is arange(T) in every row and there
+        is no cache (the training case)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -199,11 +232,11 @@ class Attention(nn.Module):
         if default_pos:
             y = self._attend_aligned(q, k, v)
         else:
-            k_pos = pos
-            if cache is not None:  # the whole static cache; slot s holds position s
-                k, v = cache.update(self.layer, k, v, pos)  # (B, Hkv, S + 1, D) each
-                k_pos = torch.arange(k.shape[2], device=x.device)[None]  # (1, S + 1)
-            mask = attention_mask(pos, k_pos, self.chunk_size)
+            if cache is not None:  # the static cache, under a mask
+                k, v = cache.update(self.layer, k, v)  # (B, Hkv, n, D) each
+                mask = cache.mask(self.chunk_size)
+            else:
+                mask = attention_mask(pos, pos, self.chunk_size)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y)
@@ -421,12 +454,14 @@ class Llama4(nn.Module):
         freqs = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
         rope = (freqs.cos()[:, :, None, :], freqs.sin()[:, :, None, :])  # (B, T, 1, D/2) each
 
+        step = cache.step(positions) if cache is not None else None  # write slots, masks: once
+
         stats = []
         for layer in self.layers:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, s = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
             else:
-                x, s = layer(x, positions, rope, cache, default_pos)
+                x, s = layer(x, positions, rope, step, default_pos)
             if s is not None:
                 stats.append(s)
         x = self.norm(x)
