@@ -315,6 +315,11 @@ class SampleArgs:
     top_p: float = arg(1.0, "keep the smallest set of tokens whose mass reaches p (1 = off)")
     greedy: bool = arg(False, "always take the most likely token")
     no_cache: bool = arg(False, "recompute the whole sequence each step (reference path)")
+    dtype: str = arg("auto", "weights and compute: auto = bfloat16 on CUDA, float32 on CPU (the "
+                             "RoPE tables stay float32)", choices=["auto", "float32", "bfloat16"])
+    compile: str = arg("auto", "torch.compile the cached one-token decode step (CUDA graphs on "
+                               "CUDA); auto = on for CUDA, off on CPU; eager with a warning if "
+                               "compiling fails", choices=["auto", "true", "false"], const="true")
     image: str = arg("", "PNG/JPEG to show the vision stub; an untrained vision tower makes the "
                          "text meaningless")
     device: str = arg("auto", "auto = cuda:0 when available, else cpu")

@@ -20,10 +20,14 @@ How it departs from the obvious version (and from HF's code):
 - Training-only routing extras (HF has none): noisy top-k gating with a learned noise scale, the
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
   deterministic or off in eval(), so eval() is exactly HF's model.
-- Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and a KV cache
-  that keeps only the current chunk on chunked layers fall out of the same mask code. RoPE, chunk
-  boundaries and temperature tuning all count from each row's first real token (HF counts chunks
-  that way too, but tunes the temperature by slot), so a left-padded row equals the row alone.
+- Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and the KV
+  cache fall out of the same mask code. RoPE, chunk boundaries and temperature tuning all count
+  from each row's first real token (HF counts chunks that way too, but tunes the temperature by
+  slot), so a left-padded row equals the row alone.
+- The KV cache is static and indexed by position (gpt-fast's, and HF's StaticCache): allocated
+  once, written with a scatter, read whole under a mask; chunked layers mask the older chunks
+  rather than drop them. A decoding step then has fixed shapes and no host read, so it can be
+  compiled into a CUDA graph (sample.py does); no cache (the full forward) is the reference.
 - Chunked attention in training folds each aligned chunk into the batch and runs plain causal
   attention on it: no T x T mask is materialised and no masked-out work is done.
 """
@@ -104,57 +108,90 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Keys and values of every layer, for generation.
+    """Keys and values of every layer for generation: static, allocated once, indexed by position.
 
-    `next_pos` (B,) is the position the next token of each row takes. Chunked layers drop keys
-    from chunks that no future query can see, so they hold at most attn_chunk_size - 1 keys.
-    `seen` counts slots (tokens fed so far, padding included). `aligned`: every row sits at
-    positions 0, 1, 2, ... (no padding), so position = slot and a one-token step needs no mask
-    and no device-to-host sync: the fast path of decoding.
+    Layer i keeps k[i], v[i] of shape (B, Hkv, S + 1, D). The token at position p of row b is
+    written at slot p, whatever padding came before it, so every row's cache is aligned by
+    position and left padding needs no special case when decoding. Slot S is scratch: padding
+    tokens (position -1) are written there and no query ever sees it. Writes are scatters and
+    attention reads all S + 1 slots under a mask (slots and masks are built once per forward
+    call, in its CacheStep), so a decoding step keeps its shapes and never reads the device from
+    the host: what torch.compile and CUDA graphs need (mark_static() tells the compiler the
+    tensors keep their addresses, as transformers' StaticCache does).
+
+    Positions must count 0, 1, 2, ... from each row's first real token, padding only on the left
+    (what sample.left_pad makes), so that no position is beyond the columns fed so far.
+    `next_pos` (B,), on the device, is the position the next token of each row takes. `seen`
+    counts the columns fed by eager calls (padding included), for the length check; a compiled
+    step leaves it alone (a host counter would recompile the step at every token), so whoever
+    runs compiled steps bounds them by `length` (sample.generate does).
     """
 
-    def __init__(self, n_layers: int):
-        self.k = [None] * n_layers
-        self.v = [None] * n_layers
-        self.pos = [None] * n_layers  # (B, S) position of each cached key, -1 = padding
-        self.next_pos = None
+    def __init__(self, args: ModelArgs, batch_size: int, length: int | None = None, device=None,
+                 dtype=torch.float32):
+        self.length = length or args.max_seq_len  # S: positions 0 .. S - 1
+        shape = (batch_size, args.n_kv_heads, self.length + 1, args.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.seen = 0
-        self.aligned = True
 
-    def update(self, i, k, v, pos):
-        """Append this step's keys (B, Hkv, T, D), return all the layer's keys, values, positions."""
-        if self.k[i] is not None:
-            k = torch.cat([self.k[i], k], dim=2)
-            v = torch.cat([self.v[i], v], dim=2)
-            pos = torch.cat([self.pos[i], pos], dim=1)
-        self.k[i], self.v[i], self.pos[i] = k, v, pos
-        return k, v, pos
+    def mark_static(self):
+        """For torch.compile: the tensors keep their addresses from call to call, so a CUDA graph
+        reads and writes them in place (imports torch._dynamo, a second or so: only when compiling)."""
+        for t in [*self.k, *self.v, self.next_pos]:
+            torch._dynamo.mark_static_address(t)
+        return self
 
-    def trim(self, i, chunk_size):
-        """Chunked layer i: drop the leading slots no future query can see (call after attention)."""
-        pos = self.pos[i]
-        if self.aligned:  # the cached keys are positions seen - S .. seen - 1
-            first = (self.seen // chunk_size) * chunk_size - (self.seen - pos.shape[1])
-        else:
-            chunk_start = self.next_pos.div(chunk_size, rounding_mode="floor") * chunk_size  # (B,)
-            needed = (pos >= chunk_start[:, None]).any(0)  # (S,): a suffix of the slots
-            first = int(needed.float().argmax()) if bool(needed.any()) else pos.shape[1]
-        if first > 0:
-            self.k[i], self.v[i], self.pos[i] = (t[..., first:, :] if t.dim() == 4 else t[:, first:]
-                                                 for t in (self.k[i], self.v[i], self.pos[i]))
+    def step(self, pos) -> "CacheStep":
+        """This forward call's use of the cache, for its tokens at positions `pos` (B, T), after
+        `seen` counts them. A compiled call reads all S + 1 slots (fixed shapes); an eager one only
+        the first `seen`, which hold every position written so far (the rest are masked anyway)."""
+        n = self.length + 1 if torch.compiler.is_compiling() else min(self.seen, self.length + 1)
+        return CacheStep(self, pos, n)
+
+
+class CacheStep:
+    """One forward call's use of a KVCache, shared by all its layers: the slots its tokens go to
+    and, per layer type (chunked or not), the mask of the first n slots its queries see, each
+    built once per call rather than once per layer."""
+
+    def __init__(self, cache: KVCache, pos, n: int):
+        self.cache, self.pos, self.n = cache, pos, n
+        self.slot = pos.masked_fill(pos < 0, cache.length)  # (B, T): padding to the scratch slot
+        self.masks = {}
+
+    def update(self, i, k, v):
+        """Write layer i's keys and values (B, Hkv, T, D) at this call's slots; return the layer's
+        keys and values in the first n slots, (B, Hkv, n, D) each."""
+        K, V = self.cache.k[i], self.cache.v[i]
+        index = self.slot[:, None, :, None].expand_as(k)  # (B, Hkv, T, D): slot of each key
+        K.scatter_(2, index, k.to(K.dtype))
+        V.scatter_(2, index, v.to(V.dtype))
+        return K[:, :, :self.n], V[:, :, :self.n]
+
+    def mask(self, chunk_size):
+        """(B, 1, T, n), additive: 0 where a query sees a slot (slot s holds position s; the scratch
+        slot, position S, is beyond every query), -inf elsewhere; in the cache's dtype, so that
+        attention does not convert a boolean mask in every layer."""
+        if chunk_size not in self.masks:
+            slots = torch.arange(self.n, device=self.pos.device)[None]  # (1, n)
+            allowed = attention_mask(self.pos, slots, chunk_size)
+            zeros = torch.zeros(allowed.shape, dtype=self.cache.k[0].dtype, device=allowed.device)
+            self.masks[chunk_size] = zeros.masked_fill(~allowed, float("-inf"))
+        return self.masks[chunk_size]
 
 
 def attention_mask(q_pos, k_pos, chunk_size=None):
     """Boolean mask (B, 1, Tq, Tk): key visible to query iff causal, not padding and, on chunked
-    layers, in the same aligned chunk. A padding query (position -1) sees only its own slot, so
-    no row is empty (an empty row would put NaN into the values)."""
-    allowed = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
+    layers, in the same aligned chunk. q_pos (B, Tq), k_pos (B or 1, Tk), -1 = padding. A padding
+    query sees key slot 0 alone, so no row is empty (an empty row would put NaN into the values)."""
+    q, k = q_pos[:, :, None], k_pos[:, None, :]  # (B, Tq, 1), (B or 1, 1, Tk)
+    allowed = (k <= q) & (k >= 0)
     if chunk_size is not None:
-        allowed &= (k_pos[:, None, :] // chunk_size) == (q_pos[:, :, None] // chunk_size)
-    Tq, Tk = q_pos.shape[1], k_pos.shape[1]
-    q_slot = Tk - Tq + torch.arange(Tq, device=q_pos.device)  # new queries are the last Tq slots
-    own_slot = torch.arange(Tk, device=q_pos.device) == q_slot[:, None]
-    allowed |= own_slot & (q_pos < 0)[:, :, None]
+        allowed &= (k // chunk_size) == (q // chunk_size)
+    first_slot = torch.arange(k_pos.shape[1], device=q_pos.device) == 0  # (Tk,)
+    allowed |= first_slot & (q < 0)
     return allowed[:, None]
 
 
@@ -174,9 +211,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, pos, rope, cache: KVCache | None = None, default_pos: bool = False):
-        """x (B, T, dim); pos (B, T) positions, -1 for padding; rope = (cos, sin) for `pos`.
-        default_pos: pos is arange(T) in every row and there is no cache (the training case)."""
+    def forward(self, x, pos, rope, cache: CacheStep | None = None, default_pos: bool = False):
+        """x (B, T, dim); pos (B, T) positions, -1 for padding; rope = (cos, sin) for `pos`;
+        cache: this call's KVCache.step(pos). default_pos: pos is arange(T) in every row and there
+        is no cache (the training case)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -194,16 +232,12 @@ class Attention(nn.Module):
         if default_pos:
             y = self._attend_aligned(q, k, v)
         else:
-            k_pos = pos
-            if cache is not None:
-                k, v, k_pos = cache.update(self.layer, k, v, pos)
-            if cache is not None and cache.aligned and T == 1:
-                mask = None  # every cached key is <= the query and, after trim, in its chunk
+            if cache is not None:  # the static cache, under a mask
+                k, v = cache.update(self.layer, k, v)  # (B, Hkv, n, D) each
+                mask = cache.mask(self.chunk_size)
             else:
-                mask = attention_mask(pos, k_pos, self.chunk_size)
+                mask = attention_mask(pos, pos, self.chunk_size)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-            if cache is not None and self.chunk_size is not None:
-                cache.trim(self.layer, self.chunk_size)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y)
 
@@ -451,7 +485,7 @@ class Llama4(nn.Module):
                 last_only=False) -> Output:
         """tokens (B, T) ids; targets (B, T) next-token ids, -1 = ignore; images (N, 3, S, S) in
         the order of their <|patch|> tokens; positions (B, T), -1 = padding (default: counting on
-        from the cache, or from 0); cache: a KVCache to read and extend."""
+        from the cache, or from 0); cache: a KVCache to write this call's keys into and read."""
         B, T = tokens.shape
         if last_only and targets is not None:
             raise ValueError("last_only computes one position's logits; it cannot take targets")
@@ -460,25 +494,24 @@ class Llama4(nn.Module):
         x = self._merge_images(tokens, x, images)
         default_pos = positions is None and cache is None
         if positions is None:
-            start = cache.next_pos if cache is not None and cache.next_pos is not None else None
             positions = torch.arange(T, device=tokens.device).expand(B, T)
-            if start is not None:
-                positions = positions + start[:, None]
-        elif cache is not None and cache.aligned:  # explicit positions: are they 0, 1, 2, ... ?
-            slots = torch.arange(cache.seen, cache.seen + T, device=tokens.device)
-            cache.aligned = bool((positions == slots).all())
-        if cache is not None:
-            cache.next_pos = positions.max(dim=1).values + 1
-            cache.seen += T
+            if cache is not None:  # each row counts on from its own next position
+                positions = positions + cache.next_pos[:, None]
+        if cache is not None:  # in place, on the device: no host read, a CUDA graph can hold it
+            cache.next_pos.copy_(positions.max(dim=1).values + 1)
+            if not torch.compiler.is_compiling():
+                cache.seen += T
         freqs = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
         rope = (freqs.cos()[:, :, None, :], freqs.sin()[:, :, None, :])  # (B, T, 1, D/2) each
+
+        step = cache.step(positions) if cache is not None else None  # write slots, masks: once
 
         stats = []
         for layer in self.layers:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, s = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
             else:
-                x, s = layer(x, positions, rope, cache, default_pos)
+                x, s = layer(x, positions, rope, step, default_pos)
             if s is not None:
                 stats.append(s)
         x = self.norm(x)
@@ -505,12 +538,17 @@ class Llama4(nn.Module):
         training (train.py checks each token shard once when it opens it) and not in decoding steps
         after the first (the tokens are the model's own choices), where it would make the host
         wait for the device at every call."""
-        total = tokens.shape[1] + (cache.seen if cache is not None else 0)
+        compiling = torch.compiler.is_compiling()  # a compiled step reads no host counter
+        seen = cache.seen if cache is not None and not compiling else 0
+        total = tokens.shape[1] + seen
         if total > self.args.max_seq_len:
             raise ValueError(f"sequence of {total} tokens is longer than max_seq_len="
                              f"{self.args.max_seq_len}; shorten the input or raise --max_seq_len")
-        decoding = cache is not None and cache.seen > 0
-        if not (self.training or decoding or torch.compiler.is_compiling()):
+        if cache is not None and total > cache.length:
+            raise ValueError(f"sequence of {total} tokens is longer than the KV cache "
+                             f"({cache.length} positions); build the cache longer")
+        decoding = seen > 0
+        if not (self.training or decoding or compiling):
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.args.vocab_size:
                 raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "

@@ -5,25 +5,37 @@
     python sample.py --hf hf_export/<run> --greedy     # an exported Hugging Face folder
 
 Every prompt starts with <|endoftext|>, as every story does in training. One sample streams to
-stdout token by token; several samples are generated as one left-padded batch and printed one
+stdout (every 16 tokens); several samples are generated as one left-padded batch and printed one
 after another. Generation stops at <|endoftext|>, after --max_new_tokens, or when the context
 (max_seq_len) is full. A prompt longer than max_seq_len - 1 tokens is cut from the left, with a
 warning. --image shows the vision stub a picture (the checkpoint must have it: --vision); an
-untrained vision tower makes the text meaningless.
+untrained vision tower makes the text meaningless. On CUDA the weights are bf16 and the decode
+step is compiled into a CUDA graph by default (--dtype, --compile); on CPU, fp32 and eager.
 
 How this departs from the obvious version:
-- Incremental decoding with the model's KV cache (model.KVCache: chunked layers keep only the
-  current chunk); --no_cache recomputes the whole sequence each step, the reference path.
+- Incremental decoding with the model's static KV cache (model.KVCache: allocated once, indexed
+  by position): the prompt goes through the model once (prefill, eager), then one token per row
+  per step; --no_cache recomputes the whole sequence each step, the reference path.
+- The decoding loop never waits for the device, except once every 16 tokens: the new tokens and
+  a `done` mask stay on the device, sampling reads nothing back, and the host looks at the tokens
+  every 16 steps (stop when every row has ended; stream) and cuts each row at its first
+  <|endoftext|> at the end. The one-token step, free of host reads and of changing shapes, can
+  be compiled (torch.compile, "reduce-overhead": a CUDA graph) with eager as the fallback. The
+  sparse MoE keeps its expert groups on the device (grouped_mm), so a compiled step runs it as is;
+  where grouped_mm is missing (fp32 on CUDA, GPUs before sm90) its fallback reads group sizes on
+  the host, and a compiled step runs the MoE's reference path (every expert, masked) instead.
 - Left padding is exact: padded slots get position -1 and are masked out, and positions count
   from each row's first real token, so a batch gives the same tokens as its rows one by one.
 - Each row draws from its own generator seeded with seed + row, so sampling is reproducible and
-  does not depend on what else is in the batch.
+  does not depend on what else is in the batch; the draw is torch.multinomial's (argmax of p / q,
+  q ~ Exp(1)) without its host-side input checks.
 - The tokenizer.json beside a checkpoint must be the one it was trained with (its sha256, as
   train.py and the export check it): another is refused with advice to put the run's own back.
   Errors are one line (exit status 2 for a bad option, 1 otherwise, 130 on Ctrl-C).
 """
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,7 +45,7 @@ import config
 import runtime
 from config import SampleArgs
 from errors import UserError
-from model import KVCache, Llama4
+from model import KVCache, Llama4, MoE, grouped_mm_supported
 from tokenizer import Tokenizer, check_tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -57,16 +69,25 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def choose(logits, generators, temperature=1.0, top_k=0, top_p=1.0, greedy=False) -> torch.Tensor:
-    """Next token per row (B,), from the last-position logits (B, V)."""
+    """Next token per row (B,), from the last-position logits (B, V), without a host read.
+
+    Sampling is torch.multinomial(p, 1)'s own method, row by row with the row's generator: draw
+    q ~ Exp(1) and take argmax(p / q), a draw from p; the tokens are the ones torch.multinomial
+    gives. It skips multinomial's input checks, which read the device twice per call: a softmax
+    over logits with a finite maximum needs none."""
     logits = logits.float()
     if greedy:
         return logits.argmax(-1)
     probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)])
+    q = torch.stack([torch.empty_like(p).exponential_(1, generator=g)
+                     for p, g in zip(probs, generators, strict=True)])  # (B, V)
+    return (probs / q).argmax(-1)
 
 
 # ---------------------------------------------------------------------------------------------
 # Generation
+
+CHECK_EVERY = 16  # tokens between the decoding loop's host reads (stop check, streaming)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,48 +101,120 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return tokens.to(device), positions.to(device)
 
 
+def decode_one(model: Llama4, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """One token per row, (B, 1), through the model and its cache -> the next logits (B, V)."""
+    return model(tokens, cache=cache, last_only=True).logits[:, -1]
+
+
+class DecodeStep:
+    """The cached one-token step, eager or compiled: chosen tokens (B,) -> the next logits (B, V).
+
+    compile: torch.compile(decode_one, fullgraph=True), in mode "reduce-overhead" on CUDA (the
+    step replays as one CUDA graph: the static cache gives it fixed shapes and addresses) and in
+    the default mode elsewhere (tests). Compiling happens at the first call; if it fails, one
+    warning line goes to stderr and the step runs eagerly from then on.
+    """
+
+    def __init__(self, model: Llama4, cache: KVCache, compile: bool = False):
+        self.model, self.cache, self.compile = model, cache, compile
+        self.compiled = None
+
+    def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
+        tokens = nxt[:, None]  # (B, 1)
+        if self.compiled is not None:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
+            return self.compiled(self.model, tokens, self.cache)
+        if self.compile:  # the first call: compile, or decode eagerly for good
+            self.compile = False
+            next_pos = self.cache.next_pos.clone()
+            try:
+                mode = "reduce-overhead" if next_pos.device.type == "cuda" else None
+                fn = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
+                torch.compiler.cudagraph_mark_step_begin()
+                logits = fn(self.model, tokens, self.cache.mark_static())
+                self.compiled = fn
+                return logits
+            except Exception as e:  # whatever stops the compiler
+                self.cache.next_pos.copy_(next_pos)
+                reason = (str(e).strip().splitlines() or [""])[0][:200]
+                print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "
+                      "decoding eagerly", file=sys.stderr)
+        return decode_one(self.model, tokens, self.cache)
+
+
+@contextmanager
+def moe_reference_path(model: Llama4, enabled: bool = True):
+    """Inside the block, MoE layers run their reference path (every expert on every token,
+    masked). A compiled step needs it where grouped_mm is missing: the sparse path's fallback then
+    reads expert group sizes on the host, which a CUDA graph cannot hold."""
+    moes = [m for m in model.modules() if isinstance(m, MoE)] if enabled else []
+    saved = [m.impl for m in moes]
+    for m in moes:
+        m.impl = "reference"
+    try:
+        yield
+    finally:
+        for m, impl in zip(moes, saved, strict=True):
+            m.impl = impl
+
+
+def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: bool, compile: bool):
+    """The logits after the prompts (B, V), and the step: chosen tokens (B,) -> the next logits."""
+    if use_cache:  # prefill (eager: its length varies), then one token at a time
+        cache = KVCache(model.args, len(tokens), tokens.shape[1] + max_new, tokens.device,
+                        next(model.parameters()).dtype)
+        logits = model(tokens, positions=positions, cache=cache, images=images, last_only=True).logits
+        return logits[:, -1], DecodeStep(model, cache, compile)
+
+    def step(nxt):  # the reference: recompute the whole sequence each step
+        nonlocal tokens, positions
+        tokens = torch.cat([tokens, nxt[:, None]], 1)
+        positions = torch.cat([positions, positions[:, -1:] + 1], 1)
+        return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1]
+    return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1], step
+
+
 @torch.no_grad()
 def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0,
-             top_p=1.0, greedy=False, seed=0, use_cache=True, images=None, on_token=None,
-             stop_at_eos=True) -> list[list[int]]:
+             top_p=1.0, greedy=False, seed=0, use_cache=True, compile=False, images=None,
+             on_token=None, stop_at_eos=True) -> list[list[int]]:
     """Continue each prompt (token ids); returns the new tokens of each row, <|endoftext|> excluded.
 
-    on_token(row_tokens) is called after each step with the tokens generated so far (for
-    streaming). images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in order.
-    stop_at_eos=False generates max_new_tokens whatever comes (for benchmarks).
+    The loop keeps its state on the device (the new tokens, a `done` mask) and reads it on the
+    host once every CHECK_EVERY tokens and at the end: to stop when every row has ended, and for
+    on_token(rows), called then with each row's tokens so far (streaming; it lags by up to
+    CHECK_EVERY - 1 tokens). images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in
+    order. compile: compile the cached one-token step (DecodeStep). stop_at_eos=False generates
+    max_new_tokens whatever comes (for benchmarks).
     """
     args, device = model.args, next(model.parameters()).device
-    eos = args.eos_id if stop_at_eos else -1
     B = len(prompts)
     tokens, positions = left_pad(prompts, args.pad_id, device)
-    max_new_tokens = min(max_new_tokens, args.max_seq_len - tokens.shape[1])
+    max_new = min(max_new_tokens, args.max_seq_len - tokens.shape[1])  # stop when the context is full
+    if max_new <= 0:
+        return [[] for _ in range(B)]
+    eos = args.eos_id if stop_at_eos else -1
     generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(B)]
-    cache = KVCache(args.n_layers) if use_cache else None
-    out = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    step_tokens, step_positions = tokens, positions
-    for _ in range(max_new_tokens):
-        if use_cache:
-            logits = model(step_tokens, positions=step_positions, cache=cache, images=images,
-                           last_only=True).logits[:, -1]
-            images = None  # seen once, at prefill
-        else:
-            logits = model(tokens, positions=positions, images=images, last_only=True).logits[:, -1]
-        nxt = choose(logits, generators, temperature, top_k, top_p, greedy)
-        nxt = torch.where(done, args.pad_id, nxt)  # finished rows feed padding, ignored
-        for i, (t, finished) in enumerate(zip(nxt.tolist(), done.tolist(), strict=True)):
-            if not finished and t != eos:
-                out[i].append(t)
-        done |= nxt == eos
-        if on_token is not None:
-            on_token(out)
-        if bool(done.all()):
-            break
-        step_tokens, step_positions = nxt[:, None], None  # the cache knows each row's next position
-        if not use_cache:
-            tokens = torch.cat([tokens, step_tokens], 1)
-            positions = torch.cat([positions, positions[:, -1:] + 1], 1)
-    return out
+    sparse_is_sync_free = grouped_mm_supported(next(model.parameters()))
+    with moe_reference_path(model, enabled=compile and use_cache and not sparse_is_sync_free):
+        logits, step = start(model, tokens, positions, images, max_new, use_cache, compile)
+        out = torch.full((B, max_new), args.pad_id, dtype=torch.long, device=device)  # (B, max_new)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        for t in range(max_new):
+            nxt = choose(logits, generators, temperature, top_k, top_p, greedy)
+            nxt = torch.where(done, args.pad_id, nxt)  # finished rows feed padding, ignored
+            out[:, t] = nxt
+            done |= nxt == eos
+            if (t + 1) % CHECK_EVERY == 0 or t == max_new - 1:
+                so_far = out[:, :t + 1].tolist()  # the loop's one host read
+                rows = [r[:r.index(eos)] if eos in r else r for r in so_far]
+                if on_token is not None:
+                    on_token(rows)
+                if all(eos in r for r in so_far):
+                    break
+            if t < max_new - 1:
+                logits = step(nxt)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,8 +225,9 @@ class SampleError(UserError):
     pass
 
 
-def load(sample_args: SampleArgs, device) -> tuple[Llama4, Tokenizer, str]:
-    """Model (eval mode, on device) and tokenizer from a checkpoint or an exported HF folder."""
+def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, Tokenizer, str]:
+    """Model (eval mode, on device, weights in dtype) and tokenizer from a checkpoint or an exported
+    HF folder."""
     if sample_args.hf:
         model, where = checkpoint.load_hf(sample_args.hf, device), Path(sample_args.hf)
         tok_file, ckpt = where / "tokenizer.json", None
@@ -156,9 +250,14 @@ def load(sample_args: SampleArgs, device) -> tuple[Llama4, Tokenizer, str]:
                             fix="export the folder again with scripts/export_hf.py")
         except UserError as e:
             raise SampleError(str(e)) from e
-    if device.type == "cuda":  # bf16 weights; the RoPE tables stay fp32
-        model = model.to(torch.bfloat16).reset_buffers()
+    if next(model.parameters()).dtype != dtype:  # the RoPE tables stay fp32
+        model = model.to(dtype).reset_buffers()
     return model, tok, str(where)
+
+
+def compile_wanted(setting: str, device: torch.device) -> bool:
+    """--compile: auto = on for CUDA (the decode step as a CUDA graph), off on CPU."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
 
 
 def load_image(path, args: config.ModelArgs) -> torch.Tensor:
@@ -212,7 +311,7 @@ def _main(argv=None):
     _, (sample_args,) = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
     try:
         device = runtime.resolve_device(sample_args.device)
-        model, tok, where = load(sample_args, device)
+        model, tok, where = load(sample_args, device, runtime.compute_dtype(sample_args.dtype, device))
         images = None
         if sample_args.image:
             if not model.args.vision:
@@ -242,6 +341,7 @@ def _main(argv=None):
     rows = generate(model, prompts, sample_args.max_new_tokens, temperature=sample_args.temperature,
                     top_k=sample_args.top_k, top_p=sample_args.top_p, greedy=sample_args.greedy,
                     seed=sample_args.seed, use_cache=not sample_args.no_cache, images=images,
+                    compile=compile_wanted(sample_args.compile, device),
                     on_token=on_token if stream else None)
     if stream:
         sys.stdout.write(tok.decode(rows[0])[printed[0]:] + "\n")

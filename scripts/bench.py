@@ -63,18 +63,7 @@ def markdown(results: dict, machine: dict) -> str:
                       f"{ratio['ckpt_over_moe_time']:.2f} | <= 1.4 |",
                       ""]
     if "sample" in results:
-        sm = results["sample"]
-        c = sm["config"]
-        lines += [f"**Decoding** {c['new_tokens']} new tokens after a {c['prompt']}-token prompt, preset "
-                  f"{c['preset']}, greedy, fp32, 2 threads, median of {c['repeats']}:", "",
-                  "| batch | cached tok/s | uncached tok/s | transformers tok/s | cached / uncached | "
-                  "cached / transformers |", "|---|---|---|---|---|---|"]
-        for key, r in sm["results"].items():
-            t = r["tokens_per_s"]
-            lines.append(f"| {key.removeprefix('batch')} | {t['cached']:,.0f} | {t['uncached']:,.0f} | "
-                         f"{t.get('hf', float('nan')):,.0f} | {r['cached_over_uncached']:.1f} | "
-                         f"{r.get('cached_over_hf', float('nan')):.1f} |")
-        lines.append("")
+        lines += sample_table(results["sample"])
     if "data" in results:
         d = results["data"]
         e, rep, tok = d["end_to_end"], d["end_to_end_repeated"], d["tokenization"]
@@ -88,6 +77,26 @@ def markdown(results: dict, machine: dict) -> str:
                   f"{e['peak_rss_mb']:.0f} MB vs "
                   f"{rep['peak_rss_mb']:.0f} MB (ratio {rep['peak_rss_mb'] / e['peak_rss_mb']:.2f}) |", ""]
     return "\n".join(lines)
+
+
+def sample_table(sm: dict) -> list[str]:
+    """The decoding table: tokens/s of each variant bench_sample.py ran, and ours over the others."""
+    c = sm["config"]
+    names = {"cached": "cached", "compiled": "compiled", "uncached": "uncached", "hf": "transformers"}
+    variants = [v for v in names if v in c.get("variants", ["cached", "uncached", "hf"])]
+    ratios = [(a, b) for a in ["cached", "compiled"] for b in ["uncached", "hf"]
+              if a in variants and b in variants]
+    lines = [f"**Decoding** {c['new_tokens']} new tokens after a {c['prompt']}-token prompt, preset "
+             f"{c['preset']}, greedy, {c.get('dtype', 'float32')}, {c.get('device_name', '2 CPU threads')}, "
+             f"median of {c['repeats']}:", "",
+             "| batch | " + " | ".join(f"{names[v]} tok/s" for v in variants) + " | "
+             + " | ".join(f"{names[a]} / {names[b]}" for a, b in ratios) + " |",
+             "|---" * (1 + len(variants) + len(ratios)) + "|"]
+    for key, r in sm["results"].items():
+        t = r["tokens_per_s"]
+        lines.append(f"| {key.removeprefix('batch')} | " + " | ".join(f"{t[v]:,.0f}" for v in variants)
+                     + " | " + " | ".join(f"{r[f'{a}_over_{b}']:.1f}" for a, b in ratios) + " |")
+    return lines + [""]
 
 
 def main(argv=None):

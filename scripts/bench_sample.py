@@ -1,13 +1,20 @@
-"""Decode benchmark: tokens/s for 256 new tokens after a 16-token prompt, batch 1 and batch 8.
+"""Decode benchmark: tokens/s for 256 greedy tokens after a 16-token prompt, batch 1 and batch 8,
+ours against transformers' generate, on the CPU or a GPU.
 
-    python scripts/bench_sample.py                 # scout-128m; writes img/bench_sample.json
-    python scripts/bench_sample.py --preset tiny --repeats 3
+    python scripts/bench_sample.py                  # CPU, scout-128m, fp32: img/bench_sample.json
+    python scripts/bench_sample.py --device cuda    # bf16, eager and compiled: img/bench_sample_cuda.json
+    python scripts/bench_sample.py --quick --out /tmp/b.json   # debug preset, 8 tokens: seconds
 
-Same weights, same prompts, greedy, one run (variants interleaved, medians reported), 2 threads:
-  cached      our generate() with the KV cache
+Same random weights, same prompts, greedy, variants interleaved, medians reported:
+  cached      our generate() with the static KV cache, the decode step eager
+  compiled    the same with the one-token step compiled (CUDA graphs on CUDA); on CUDA by default
   uncached    our generate() recomputing the whole sequence each step (--no_cache)
   hf          transformers' Llama4ForCausalLM.generate on the exported folder (its own cache)
-End-of-text does not stop any of them, so every variant makes exactly 256 tokens per row.
+End-of-text neither stops nor is banned in any of them (transformers gets eos_token_id=None, not
+min_new_tokens, which would mask it), so every variant makes exactly --new_tokens tokens per row.
+Each variant first runs --warmup times untimed (the compiled one at least once: compiling and
+recording the CUDA graph happen there). Each variant's tokens are compared with the cached ones:
+`same_tokens_as_cached` and the share of equal tokens (in bf16 near-ties may flip a token).
 """
 
 import argparse
@@ -24,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import runtime  # noqa: E402
 import sample  # noqa: E402
 from model import Llama4  # noqa: E402
 
@@ -31,31 +39,33 @@ PROMPT, NEW = 16, 256
 
 
 def decode(variant, model, hf, prompts, new_tokens) -> list[list[int]]:
-    """Greedy decode of `new_tokens` tokens per row with one of the three variants."""
+    """Greedy decode of `new_tokens` tokens per row with one of the four variants."""
     if variant == "hf":
         out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=model.args.pad_id)
+                          do_sample=False, eos_token_id=None, pad_token_id=model.args.pad_id)
         return out[:, prompts.shape[1]:].tolist()
     return sample.generate(model, prompts.tolist(), new_tokens, greedy=True, stop_at_eos=False,
-                           use_cache=variant == "cached")
+                           use_cache=variant != "uncached", compile=variant == "compiled")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="scout-128m", help="model shape (random weights: speed only)")
-    p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW)
-    p.add_argument("--new_tokens", type=int, default=NEW)
-    p.add_argument("--batches", default="1,8")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--no-hf", action="store_true")
-    p.add_argument("--out", default=str(ROOT / "img" / "bench_sample.json"))
-    opts = p.parse_args(argv)
-    torch.set_num_threads(2)
+def timed(variant, model, hf, prompts, new_tokens) -> tuple[float, list[list[int]]]:
+    device = prompts.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    out = decode(variant, model, hf, prompts, new_tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t, out
+
+
+def build(opts, device, dtype):
+    """Our model (random weights) and, unless --no-hf, transformers' copy of it, both in dtype."""
     torch.manual_seed(0)
     args = config.ModelArgs(**{**config.PRESETS[opts.preset]["ModelArgs"], "max_seq_len": opts.max_seq_len})
     model = Llama4(args).eval()
     hf = None
-    if not opts.no_hf:
+    if "hf" in opts.variants:
         from transformers import Llama4ForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -63,40 +73,104 @@ def main(argv=None):
         hf_logging.set_verbosity_error()
         with tempfile.TemporaryDirectory() as d:
             export_hf(model, d)
-            hf = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").eval()
+            hf = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa", dtype=dtype)
+    return model.to(device, dtype).reset_buffers(), hf.to(device).eval() if hf is not None else None
 
+
+def measure(opts, model, hf, device) -> dict:
+    """tokens/s of each variant at each batch size, and how their tokens compare."""
     g = torch.Generator().manual_seed(1)
     results = {}
-    for B in [int(b) for b in opts.batches.split(",")]:
-        prompts = torch.randint(8, args.vocab_size, (B, PROMPT), generator=g)
-        runs = ["cached", "uncached"] + (["hf"] if hf is not None else [])
-        outputs, times = {}, {k: [] for k in runs}
+    for B in opts.batches:
+        prompts = torch.randint(8, model.args.vocab_size, (B, PROMPT), generator=g).to(device)
+        outputs, times = {}, {k: [] for k in opts.variants}
         with torch.no_grad():
+            for name in opts.variants:
+                for _ in range(max(opts.warmup, name == "compiled")):
+                    decode(name, model, hf, prompts, opts.new_tokens)
             for _ in range(opts.repeats):
-                for name in runs:
-                    t = time.perf_counter()
-                    outputs[name] = decode(name, model, hf, prompts, opts.new_tokens)
-                    times[name].append(time.perf_counter() - t)
-        same = {k: outputs[k] == outputs["cached"] for k in runs}
+                for name in opts.variants:
+                    seconds, outputs[name] = timed(name, model, hf, prompts, opts.new_tokens)
+                    times[name].append(seconds)
+        ref = outputs.get("cached", next(iter(outputs.values())))
         tok_s = {k: B * opts.new_tokens / statistics.median(v) for k, v in times.items()}
-        results[f"batch{B}"] = {"tokens_per_s": tok_s, "same_tokens_as_cached": same,
-                                "cached_over_uncached": tok_s["cached"] / tok_s["uncached"]}
-        if "hf" in tok_s:
-            results[f"batch{B}"]["cached_over_hf"] = tok_s["cached"] / tok_s["hf"]
+        same = {k: outputs[k] == ref for k in opts.variants}
+        share = {k: sum(a == b for ra, rb in zip(outputs[k], ref, strict=True)
+                        for a, b in zip(ra, rb, strict=True)) / (B * opts.new_tokens) for k in opts.variants}
+        r = {"tokens_per_s": tok_s, "same_tokens_as_cached": same, "share_of_tokens_as_cached": share}
+        for ours in ["cached", "compiled"]:
+            for other in ["uncached", "hf", "cached"]:
+                if ours in tok_s and other in tok_s and ours != other:
+                    r[f"{ours}_over_{other}"] = tok_s[ours] / tok_s[other]
+        results[f"batch{B}"] = r
+    return results
 
-    print(f"decode: {opts.new_tokens} new tokens after a {PROMPT}-token prompt, preset {opts.preset}, "
-          f"greedy, fp32, 2 threads, median of {opts.repeats}")
-    print(f"{'batch':6s} {'cached tok/s':>13s} {'uncached':>10s} {'hf':>10s} {'cached/uncached':>16s} "
-          f"{'cached/hf':>10s}")
-    for key, r in results.items():
+
+def report(opts, result):
+    c = result["config"]
+    print(f"decode: {c['new_tokens']} new tokens after a {PROMPT}-token prompt, preset {c['preset']}, "
+          f"greedy, {c['dtype']}, {c['device_name']}, median of {c['repeats']}")
+    print(f"{'batch':6s}" + "".join(f"{v + ' tok/s':>15s}" for v in opts.variants)
+          + "".join(f"{k:>20s}" for k in ["ours/hf", "ours/uncached", "same as cached"]))
+    for key, r in result["results"].items():
         t = r["tokens_per_s"]
-        print(f"{key[5:]:6s} {t['cached']:13.0f} {t['uncached']:10.0f} {t.get('hf', float('nan')):10.0f} "
-              f"{r['cached_over_uncached']:16.2f} {r.get('cached_over_hf', float('nan')):10.2f}")
+        ours = "compiled" if "compiled" in t else "cached"
+        same = "yes" if all(r["same_tokens_as_cached"].values()) else "NO"
+        print(f"{key[5:]:6s}" + "".join(f"{t[v]:15,.0f}" for v in opts.variants)
+              + f"{r.get(f'{ours}_over_hf', float('nan')):20.2f}"
+              + f"{r.get(f'{ours}_over_uncached', float('nan')):20.2f}{same:>20s}")
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="scout-128m", help="model shape (random weights: speed only)")
+    p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW)
+    p.add_argument("--new_tokens", type=int, default=NEW)
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs per variant (default: 1 on CUDA, "
+                                                            "0 on CPU; the compiled variant always 1+)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights and compute: auto = bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--variants", default=None, help="comma-separated subset of cached,compiled,uncached,hf "
+                                                    "(default: all on CUDA; all but compiled on CPU)")
+    p.add_argument("--no-hf", action="store_true", help="leave transformers out")
+    p.add_argument("--quick", action="store_true", help="the debug preset, 8 new tokens, batches 1,2, one "
+                                                        "warm-up and one timed run: seconds on CPU (a test)")
+    p.add_argument("--out", default=None, help="JSON file (default img/bench_sample.json, or "
+                                               "img/bench_sample_cuda.json on CUDA)")
+    opts = p.parse_args(argv)
+    if opts.quick:
+        opts.preset, opts.new_tokens, opts.batches, opts.repeats, opts.warmup = "debug", 8, "1,2", 1, 1
+        opts.max_seq_len = PROMPT + opts.new_tokens
+    return opts
+
+
+def main(argv=None):
+    opts = parse(argv)
+    device = runtime.resolve_device(opts.device)
+    dtype = runtime.compute_dtype(opts.dtype, device)
+    cuda = device.type == "cuda"
+    default = "cached,compiled,uncached,hf" if cuda else "cached,uncached,hf"
+    opts.variants = (opts.variants or default).split(",")
+    if opts.no_hf and "hf" in opts.variants:
+        opts.variants.remove("hf")
+    opts.batches = [int(b) for b in opts.batches.split(",")]
+    opts.warmup = (1 if cuda else 0) if opts.warmup is None else opts.warmup
+    if not cuda:
+        torch.set_num_threads(2)
+    model, hf = build(opts, device, dtype)
+    name = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
     result = {"config": {"preset": opts.preset, "max_seq_len": opts.max_seq_len, "prompt": PROMPT,
-                         "new_tokens": opts.new_tokens, "repeats": opts.repeats, "torch": torch.__version__},
-              "results": results}
-    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
+                         "new_tokens": opts.new_tokens, "repeats": opts.repeats, "warmup": opts.warmup,
+                         "variants": opts.variants, "device": str(device), "device_name": name,
+                         "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__},
+              "results": measure(opts, model, hf, device)}
+    report(opts, result)
+    out = Path(opts.out or ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 import config
 
@@ -67,3 +68,34 @@ def small_filesystem(path, size="256k"):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::nonzero")
+
+
+def is_host_sync(event) -> bool:
+    """A profiler event that makes the host wait for a CUDA device: nonzero anywhere (its output
+    size lives on the device); a scalar read (item, bool(), int(), torch.equal) made by Python code,
+    not inside another aten op (CPU kernels such as grouped_mm and fused AdamW read their own small
+    inputs that way; their CUDA kernels do not)."""
+    if event.name == "aten::nonzero":
+        return True
+    if event.name not in SYNC_OPS:
+        return False
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def host_syncs(fn) -> int:
+    """Times fn makes the host read a device value: the profiler events above, plus Tensor.tolist
+    (no aten op on CPU, so counted by wrapping it). On CPU nothing waits; on CUDA each would."""
+    calls, tolist = [], torch.Tensor.tolist
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "tolist", lambda t: calls.append(1) or tolist(t))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+    return sum(is_host_sync(e) for e in prof.events()) + len(calls)

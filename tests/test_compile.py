@@ -3,29 +3,10 @@ compiled model trains exactly like the eager one; a training step never waits fo
 
 import pytest
 import torch
-from conftest import debug_args
+from conftest import debug_args, host_syncs
 
 import train
 from model import Llama4
-
-SYNC_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::nonzero")
-
-
-def is_host_sync(event) -> bool:
-    """A profiler event that makes the host wait for a CUDA device: nonzero anywhere (its output
-    size lives on the device); a scalar read (item, bool(), torch.equal) made by Python code, not
-    inside another aten op (CPU kernels such as grouped_mm and fused AdamW read their own small
-    inputs that way; their CUDA kernels do not)."""
-    if event.name == "aten::nonzero":
-        return True
-    if event.name not in SYNC_OPS:
-        return False
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith("aten::"):
-            return False
-        parent = parent.cpu_parent
-    return True
 
 
 def test_compiled_model_equals_eager_in_loss_and_every_gradient():
@@ -49,23 +30,6 @@ def test_compiled_model_equals_eager_in_loss_and_every_gradient():
     assert grads_a["layers.0.feed_forward.router.weight"].abs().max() > 1e-3  # the router learns
 
 
-def count_syncs(fn) -> int:
-    """Host syncs in fn(): profiler events that read a device value on the host, plus tolist()."""
-    calls = []
-    real_tolist = torch.Tensor.tolist
-
-    def tolist(self):
-        calls.append(1)
-        return real_tolist(self)
-    torch.Tensor.tolist = tolist
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            fn()
-    finally:
-        torch.Tensor.tolist = real_tolist
-    return sum(is_host_sync(e) for e in prof.events()) + len(calls)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     import random
@@ -85,6 +49,6 @@ def test_a_training_step_makes_no_host_sync(tmp_path, corpus):
         argv = ["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
                 "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", str(steps),
                 "--log_every", "1000", "--eval_every", "1000", "--save_every", "1000", "--run", f"r{steps}"]
-        return count_syncs(lambda: train.main(argv))
+        return host_syncs(lambda: train.main(argv))
     run(2)  # build the caches first, so that both runs below do the same work outside the loop
     assert run(9) == run(3)

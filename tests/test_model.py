@@ -72,20 +72,24 @@ def test_attention_is_chunked_on_rope_layers_only():
 
 # --- KV cache -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("steps", [[20, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [5, 3, 8, 1, 17, 2]])
+@pytest.mark.parametrize("steps", [[20, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [5, 3, 8, 1, 17, 2],
+                                   [1] * 40])
 def test_cache_steps_equal_full_forward(steps):
+    """Steps of any sizes, across chunk boundaries, equal one full forward; the static cache is
+    written in place and never grows or moves (what a CUDA graph replaying the step relies on)."""
     model = build()
     x = torch.randint(0, V, (2, sum(steps)))
     with torch.no_grad():
         full = model(x).logits
-        cache, outs, start = KVCache(model.args.n_layers), [], 0
+        cache, outs, start = KVCache(model.args, batch_size=2, length=sum(steps)), [], 0
+        buffers = [(t.data_ptr(), t.shape) for t in [*cache.k, *cache.v, cache.next_pos]]
         for n in steps:
             outs.append(model(x[:, start:start + n], cache=cache).logits)
             start += n
-            for i in range(model.args.n_layers):  # chunked layers keep at most chunk - 1 keys
-                if model.args.uses_rope(i):
-                    assert cache.k[i].shape[2] <= model.args.attn_chunk_size - 1
+            assert [(t.data_ptr(), t.shape) for t in [*cache.k, *cache.v, cache.next_pos]] == buffers
+            assert cache.next_pos.tolist() == [start, start]
     assert (torch.cat(outs, 1) - full).abs().max() < 1e-5
+    assert buffers[0][1] == (2, model.args.n_kv_heads, sum(steps) + 1, model.args.head_dim)
 
 
 def test_left_padded_batch_equals_rows_alone():
@@ -95,8 +99,9 @@ def test_left_padded_batch_equals_rows_alone():
     tokens = torch.cat([a, torch.cat([torch.full((1, 7), pad), b], 1)])
     positions = torch.stack([torch.arange(13), torch.arange(-7, 6).clamp(min=-1)])
     with torch.no_grad():
-        cache = KVCache(model.args.n_layers)
+        cache = KVCache(model.args, batch_size=2, length=14)
         batched = model(tokens, positions=positions, cache=cache).logits
+        assert not cache.k[0][1, :, 6:-1].any()  # row 1's padding went to the scratch slot
         step = model(torch.tensor([[5], [9]]), cache=cache).logits  # positions 13 and 6
         alone_a = model(torch.cat([a, torch.tensor([[5]])], 1)).logits
         alone_b = model(torch.cat([b, torch.tensor([[9]])], 1)).logits
@@ -286,10 +291,14 @@ def test_sequence_longer_than_max_seq_len_is_a_clear_error():
     model = build()
     with pytest.raises(ValueError, match="longer than max_seq_len=64"):
         model(torch.zeros(1, 65, dtype=torch.long))
-    cache = KVCache(model.args.n_layers)
+    cache = KVCache(model.args, batch_size=1)
     model(torch.zeros(1, 60, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="longer than max_seq_len"):
         model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+    cache = KVCache(model.args, batch_size=1, length=10)
+    model(torch.zeros(1, 8, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match=r"longer than the KV cache \(10 positions\)"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
 
 
 @pytest.mark.parametrize("bad", [-1, V])

@@ -1,15 +1,18 @@
-"""sample.py: cached vs uncached, batching, seeds, top-k / top-p, stopping, long prompts, HF
-folders, and bad input."""
+"""sample.py: cached vs uncached, batching, seeds, top-k / top-p, stopping, host reads per token,
+streaming, the compiled decode step and its fallback, --dtype / --compile, long prompts, HF
+folders, images, and bad input."""
 
 import random
 
 import pytest
 import torch
-from conftest import debug_args
+from conftest import debug_args, host_syncs
 
+import config
 import sample
 import train
-from model import KVCache, Llama4
+from config import SampleArgs
+from model import KVCache, Llama4, MoE
 
 
 def small_model(seed=0, **overrides):
@@ -38,11 +41,77 @@ def run_dir(tmp_path_factory):
 
 # --- the generation loop --------------------------------------------------------------------
 
-def test_cache_and_no_cache_give_the_same_greedy_tokens():
+@pytest.mark.parametrize("how", [dict(greedy=True), dict(temperature=1.0, top_k=40, top_p=0.9, seed=2)])
+def test_cache_and_no_cache_give_the_same_tokens(how):
     model = small_model()
-    a = sample.generate(model, PROMPTS, 40, greedy=True, stop_at_eos=False)
-    b = sample.generate(model, PROMPTS, 40, greedy=True, stop_at_eos=False, use_cache=False)
+    a = sample.generate(model, PROMPTS, 40, stop_at_eos=False, **how)
+    b = sample.generate(model, PROMPTS, 40, stop_at_eos=False, use_cache=False, **how)
     assert a == b and all(len(r) == 40 for r in a)
+
+
+def test_sampling_draws_what_torch_multinomial_draws():
+    """choose() takes torch.multinomial's own draw (argmax p / q, q ~ Exp(1)) without its host-side
+    checks: the same tokens from the same generators, so seeds keep their meaning."""
+    logits = torch.randn(4, 50)
+    ours, theirs = ([torch.Generator().manual_seed(10 + i) for i in range(4)] for _ in range(2))
+    for _ in range(20):
+        got = sample.choose(logits, ours, temperature=0.7, top_k=10, top_p=0.9)
+        probs = sample.filter_logits(logits / 0.7, 10, 0.9).softmax(-1)
+        want = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, theirs, strict=True)])
+        assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("rows, how, moe", [(3, dict(greedy=True), "sparse"),
+                                            (1, dict(temperature=1.0, top_k=40, top_p=0.9, seed=2), "sparse"),
+                                            (3, dict(greedy=True), "reference")])
+def test_decoding_reads_the_device_at_most_once_every_16_tokens(rows, how, moe):
+    """The cached loop's one host read is the stop check (and streaming) every 16 tokens, with the
+    sparse MoE (grouped_mm, group offsets on the device) and with the reference MoE (what a compiled
+    step runs where grouped_mm is missing). The uncached reference path reads at every step (the
+    token-id check of each full forward): the counter sees them."""
+    model = small_model(max_seq_len=128, n_layers=2, nope_every=2, n_experts=2)  # both layer types
+
+    def reads(n, use_cache=True):
+        return host_syncs(lambda: sample.generate(model, PROMPTS[:rows], n, stop_at_eos=False,
+                                                  use_cache=use_cache, **how))
+    with sample.moe_reference_path(model, enabled=moe == "reference"):
+        assert (reads(80) - reads(16)) / 64 <= 1 / sample.CHECK_EVERY
+        assert (reads(16, use_cache=False) - reads(8, use_cache=False)) / 8 >= 2
+
+
+def test_streaming_gets_the_rows_every_16_tokens_and_at_the_end():
+    model = small_model()
+    seen = []
+    rows = sample.generate(model, PROMPTS, 40, greedy=True, stop_at_eos=False,
+                           on_token=lambda r: seen.append([list(x) for x in r]))
+    assert [len(s[0]) for s in seen] == [16, 32, 40]
+    assert seen[-1] == rows and all(s[i] == rows[i][:len(s[i])] for s in seen for i in range(3))
+
+
+def test_compiled_decode_step_gives_the_same_tokens(capsys):
+    """torch.compile(fullgraph=True) of the one-token step (the default mode on CPU; CUDA graphs on
+    CUDA), on two layers with both layer types: the same tokens as eager and as no cache, greedy
+    and sampled, batched with left padding, across chunk boundaries (10-20 s to compile cold)."""
+    model = small_model(n_layers=2, nope_every=2, n_experts=2)
+    for how in [dict(greedy=True), dict(temperature=1.0, top_k=40, top_p=0.9, seed=2)]:
+        compiled = sample.generate(model, PROMPTS, 30, compile=True, stop_at_eos=False, **how)
+        assert compiled == sample.generate(model, PROMPTS, 30, stop_at_eos=False, **how)
+        assert compiled == sample.generate(model, PROMPTS, 30, use_cache=False, stop_at_eos=False, **how)
+    assert "compiling the decode step failed" not in capsys.readouterr().err
+    assert {m.impl for m in model.modules() if isinstance(m, MoE)} == {"sparse"}  # restored
+
+
+@pytest.mark.parametrize("when", ["wrapping", "first call"])
+def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsys, when):
+    def fail(*args, **kwargs):
+        raise RuntimeError("no compiler here\nand a long trace")
+    monkeypatch.setattr(torch, "compile", fail if when == "wrapping" else lambda fn, **kwargs: fail)
+    model = small_model()
+    rows = sample.generate(model, PROMPTS, 20, greedy=True, compile=True, stop_at_eos=False)
+    assert rows == sample.generate(model, PROMPTS, 20, greedy=True, stop_at_eos=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("warning: compiling the decode step failed (RuntimeError: no compiler here)")
 
 
 def test_per_step_logits_with_the_cache_match_a_full_forward():
@@ -51,7 +120,7 @@ def test_per_step_logits_with_the_cache_match_a_full_forward():
     x = torch.tensor([row])
     with torch.no_grad():
         full = model(x).logits
-        cache = KVCache(model.args.n_layers)
+        cache = KVCache(model.args, batch_size=1, length=len(row))
         steps = [model(x[:, :len(PROMPTS[0])], cache=cache).logits]
         steps += [model(x[:, t:t + 1], cache=cache).logits for t in range(len(PROMPTS[0]), len(row))]
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
@@ -122,6 +191,19 @@ def test_sample_streams_one_story_and_batches_several(run_dir, capsys):
                  "--max_new_tokens", "5"])
     out = capsys.readouterr().out
     assert out.count("-- sample ") == 4 and "sample 4 of 4" in out
+
+
+def test_dtype_and_compile_options(run_dir, capsys):
+    """--dtype bfloat16 runs on CPU too (bf16 weights, fp32 RoPE tables); --compile auto means on
+    for CUDA only, and a bare --compile means true."""
+    argv = ["--ckpt", str(run_dir), "--prompt", "once upon", "--max_new_tokens", "6", "--greedy"]
+    rows = sample.main([*argv, "--dtype", "bfloat16", "--compile", "false"])
+    assert len(rows) == 1 and capsys.readouterr().out.startswith("once upon")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [sample.compile_wanted(s, d) for s in ["auto", "true", "false"] for d in [cpu, cuda]] == [
+        False, True, True, True, False, False]
+    _, (args,) = config.parse_args([SampleArgs], ["--compile"])
+    assert args.compile == "true" and args.dtype == "auto"
 
 
 def test_long_prompt_is_cut_from_the_left_with_a_warning(run_dir, capsys):

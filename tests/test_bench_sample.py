@@ -1,0 +1,21 @@
+"""scripts/bench_sample.py --quick: the decode benchmark runs end to end on CPU in seconds, so that
+it cannot rot, and reports what the README quotes (tokens/s per variant and batch, the ratios, and
+whether the greedy tokens agree)."""
+
+import json
+
+from scripts.bench_sample import main
+
+
+def test_quick_decode_benchmark_reports_every_variant(tmp_path, capsys):
+    out = tmp_path / "bench_sample.json"
+    result = main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["config"]["preset"] == "debug" and result["config"]["dtype"] == "float32"
+    assert set(result["results"]) == {"batch1", "batch2"}
+    for r in result["results"].values():
+        assert set(r["tokens_per_s"]) == {"cached", "uncached", "hf"}
+        assert all(v > 0 for v in r["tokens_per_s"].values())
+        assert all(r["same_tokens_as_cached"].values())  # fp32: ours, uncached and transformers agree
+        assert {"cached_over_uncached", "cached_over_hf"} <= set(r)
+    assert "ours/hf" in capsys.readouterr().out
