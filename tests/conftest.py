@@ -3,6 +3,7 @@
 
 import dataclasses
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,8 @@ import config
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "tinystories"
 DEBUG = config.preset("debug", config.ModelArgs)  # vocab 320, dim 64, 4 layers, 4 experts, context 64
+WORDS = ("the cat sat on a mat and a dog ran to the park where kids play with a red ball "
+         "every day mom said be kind lily smiled tim was happy they ate cake").split()
 
 # Keep tests off the network and off the user's W&B account.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +31,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def debug_args(**overrides) -> config.ModelArgs:
     """The debug preset's ModelArgs with a few fields changed for one test's purpose."""
     return dataclasses.replace(DEBUG, **overrides)
+
+
+def write_stories(path: Path, n: int = 200, seed: int = 0, words=WORDS, length=(30, 80)) -> Path:
+    """n synthetic stories of `length` words in the official TinyStories layout (separated by
+    <|endoftext|> lines): with WORDS, text enough for the debug preset's 320-token BPE."""
+    rng = random.Random(seed)
+    stories = [" ".join(rng.choice(words) for _ in range(rng.randint(*length))).capitalize() + "."
+               for _ in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    return path
 
 
 def shared_file(name: str) -> Path:

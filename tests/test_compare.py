@@ -1,10 +1,9 @@
 """scripts/compare.py: three toy runs end to end, every promised file, the series of each plot."""
 
 import json
-import random
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_stories
 
 from scripts import compare
 
@@ -17,11 +16,9 @@ NAMES = ["moe", "dense", "moe-ablation"]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Synthetic stories in the TinyStories layout: a training and a validation file."""
-    rng = random.Random(0)
     folder = tmp_path_factory.mktemp("corpus")
-    for name, n in [("train.txt", 200), ("valid.txt", 40)]:
-        stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))) + "." for _ in range(n)]
-        (folder / name).write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    write_stories(folder / "train.txt", words=WORDS)
+    write_stories(folder / "valid.txt", n=40, seed=1, words=WORDS)
     return folder
 
 

@@ -3,7 +3,7 @@ compiled model trains exactly like the eager one; a training step never waits fo
 
 import pytest
 import torch
-from conftest import debug_args, host_syncs
+from conftest import debug_args, host_syncs, write_stories
 
 import train
 from model import Llama4
@@ -32,14 +32,7 @@ def test_compiled_model_equals_eager_in_loss_and_every_gradient():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    import random
-    rng = random.Random(0)
-    words = ("the cat sat on a mat and a dog ran to the park where kids play with a red ball every day mom "
-             "said be kind lily smiled tim was happy they ate cake").split()
-    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
-    stories = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(150)]
-    path.write_text("\n<|endoftext|>\n".join(stories))
-    return path
+    return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt")
 
 
 def test_a_training_step_makes_no_host_sync(tmp_path, corpus):

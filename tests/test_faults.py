@@ -14,10 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, write_stories
 from test_storage import FullAfter
-from test_train import WORDS, metrics
 from test_train import args as train_args
+from test_train import metrics
 
 import checkpoint
 import data
@@ -35,13 +35,7 @@ def no_peak_timing(monkeypatch):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    import random
-    rng = random.Random(1)
-    stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))).capitalize() + "."
-               for _ in range(200)]
-    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
-    path.write_text("\n<|endoftext|>\n".join(stories) + "\n")
-    return path
+    return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt", seed=1)
 
 
 @pytest.fixture(scope="module")

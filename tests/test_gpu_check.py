@@ -2,18 +2,15 @@
 part runs and leaves its file, so the check cannot rot between GPU sessions."""
 
 import json
-import random
+
+from conftest import write_stories
 
 from scripts import gpu_check
 
 
 def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
-    rng = random.Random(0)
-    words = ("once upon a time there was a little girl named lily she liked to play in the park with "
-             "her big red ball one day a dog came and they were friends").split()
-    for name, n in [("train.txt", 200), ("valid.txt", 30)]:
-        stories = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(n)]
-        (tmp_path / name).write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    write_stories(tmp_path / "train.txt")
+    write_stories(tmp_path / "valid.txt", n=30, seed=1)
     out = gpu_check.main(["--quick", "--device", "cpu", "--compile", "false", "--out", str(tmp_path / "gpu"),
                           "--work", str(tmp_path / "work"), "--data", str(tmp_path / "train.txt"),
                           "--val_data", str(tmp_path / "valid.txt"), "--only", "model,train"])

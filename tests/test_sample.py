@@ -2,11 +2,10 @@
 streaming, the compiled decode step and its fallback, --dtype / --compile, long prompts, HF
 folders, images, and bad input."""
 
-import random
 
 import pytest
 import torch
-from conftest import debug_args, host_syncs
+from conftest import debug_args, host_syncs, write_stories
 
 import config
 import sample
@@ -28,11 +27,8 @@ PROMPTS = [[0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [0, 30, 31], [0, 40, 41,
 def run_dir(tmp_path_factory):
     """A real (briefly trained) run: checkpoint + tokenizer."""
     tmp = tmp_path_factory.mktemp("run")
-    rng = random.Random(0)
     words = "once upon a time there was a little girl named lily she liked to play in the park".split()
-    stories = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(150)]
-    corpus = tmp / "stories.txt"
-    corpus.write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    corpus = write_stories(tmp / "stories.txt", n=150, words=words, length=(50, 50))
     train.main(["--preset", "debug", "--vocab_size", "300", "--max_steps", "3", "--data", str(corpus),
                 "--out_dir", str(tmp / "ckpt"), "--cache_dir", str(tmp / "cache"), "--plot", "",
                 "--run", "r"])
@@ -238,8 +234,12 @@ def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, caps
     elif problem == "no-tokenizer":
         (bad / "tokenizer.json").unlink()
     elif problem == "other-tokenizer":
-        text = (bad / "tokenizer.json").read_text()
-        (bad / "tokenizer.json").write_text(text.replace('"once"', '"twice"', 1))
+        import json
+        tok = json.loads((bad / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        word = max(vocab, key=len)                     # rename one learned token: another BPE
+        vocab[word + "zz"] = vocab.pop(word)
+        (bad / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(bad), "--max_new_tokens", "2"])
     assert e.value.code == 1

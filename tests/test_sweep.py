@@ -2,9 +2,9 @@
 the table, plot and JSON are written, and a finished run is read back rather than run again."""
 
 import json
-import random
 
 import pytest
+from conftest import write_stories
 
 from scripts import sweep
 
@@ -13,19 +13,15 @@ TOY = ["--vocab_size", "300", "--num_proc", "1"]  # passed to every run, after t
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    words = ("once upon a time there was a little girl named lily she liked to play in the park with "
-             "her big red ball one day a dog came and they were friends").split()
     folder = tmp_path_factory.mktemp("corpus")
-    for name, n in [("train.txt", 200), ("valid.txt", 20)]:
-        stories = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(n)]
-        (folder / name).write_text("\n<|endoftext|>\n".join(stories) + "\n")
+    write_stories(folder / "train.txt")
+    write_stories(folder / "valid.txt", n=20, seed=1)
     return folder
 
 
 def test_sweep_screens_confirms_and_reseeds(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"]})
-    argv = ["--no_compile", "--screen_minutes", "0.03", "--confirm_minutes", "0.05", "--confirm", "1",
+    argv = ["--no_compile", "--screen_minutes", "0.01", "--confirm_minutes", "0.02", "--confirm", "1",
             "--only", "tiny-2026-11", "--data", str(corpus / "train.txt"),
             "--val_data", str(corpus / "valid.txt"), "--out_dir", str(tmp_path / "runs"),
             "--cache_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "img"), *TOY]

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, debug_args, shared_file
+from conftest import ROOT, debug_args, shared_file, write_stories
 
 import checkpoint
 import config
@@ -21,20 +21,11 @@ import train
 from config import TrainArgs
 from model import Llama4
 
-WORDS = ("the cat sat on a mat and a dog ran to the park where kids play with a red ball "
-         "every day mom said be kind lily smiled tim was happy they ate cake").split()
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A small synthetic story file in the official TinyStories layout."""
-    import random
-    rng = random.Random(0)
-    stories = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))).capitalize() + "."
-               for _ in range(200)]
-    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
-    path.write_text("\n<|endoftext|>\n".join(stories) + "\n")
-    return path
+    return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt")
 
 
 @pytest.fixture(scope="module")
