@@ -1,7 +1,7 @@
 """All benchmarks in one go: model (training step), data (tokenizer + shards), sampling (decode).
 
     python scripts/bench.py                 # img/bench.json and img/bench.md
-    python scripts/bench.py --only model,sample
+    python scripts/bench.py --only model,sample   # the data tables are read back from img/bench_data.json
 
 Runs scripts/bench_model.py, bench_data.py and bench_sample.py one after another, each in its own
 process (so one's memory and threads do not disturb the next), then gathers their JSON into
@@ -110,7 +110,19 @@ def main(argv=None):
     machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                "torch": torch.__version__, "load_before": os.getloadavg()[0],
                "date": time.strftime("%Y-%m-%d")}
-    results = {name: run_part(name, out_dir) for name in opts.only.split(",")}
+    only = opts.only.split(",")
+    unknown = sorted(set(only) - set(PARTS))
+    if unknown:
+        p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    # The parts not rerun are read back from their last JSON, so bench.md always holds every table.
+    results = {}
+    for name in PARTS:
+        saved = out_dir / f"bench_{name}.json"
+        if name in only:
+            results[name] = run_part(name, out_dir)
+        elif saved.exists():
+            results[name] = json.loads(saved.read_text())
+    machine["parts_run"] = only
     (out_dir / "bench.json").write_text(json.dumps({"machine": machine, **results}, indent=2) + "\n")
     md = markdown(results, machine)
     (out_dir / "bench.md").write_text(md + "\n")

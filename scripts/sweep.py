@@ -1,13 +1,13 @@
 """What 10 CPU minutes should train: a small sweep over the `tiny` preset's shape, learning rate,
 schedule, batch and tokenizer, measured rather than guessed.
 
-    python scripts/sweep.py                      # about 90 minutes on 2 CPU cores
+    python scripts/sweep.py                      # about 100 minutes on 2 CPU cores
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
     (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own)
 
 Three stages, each run a `train.py --preset tiny` subprocess with the candidate's overrides on
 ../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
-  1. screen: every shape in SHAPES for --screen_minutes (3) of wall clock, then each of
+  1. screen: every shape in SHAPES for --screen_minutes (2.5) of wall clock, then each of
      VARIATIONS (learning rate, schedule, batch, tokenizer size) on the best shape;
   2. confirm: the three best for --confirm_minutes (10), the budget the README's demo uses;
   3. the best confirmed candidate again with another seed (--seed 2), to show the noise, and

@@ -1,0 +1,41 @@
+"""scripts/bench.py: --only reruns the parts named and reads the others back from their last JSON,
+so img/bench.md always holds every table; an unknown part is a clear error."""
+
+import json
+
+import pytest
+
+from scripts import bench
+
+DATA = {"data": "train-lower.txt", "vocab_size": 4096,
+        "end_to_end": {"mb": 4.0, "seconds": 2.0, "peak_rss_mb": 300.0},
+        "end_to_end_repeated": {"mb": 40.0, "seconds": 20.0, "peak_rss_mb": 330.0},
+        "tokenization": {"loop_s": 3.0, "parallel_s": 1.5}}
+SAMPLE = {"config": {"new_tokens": 8, "prompt": 4, "preset": "debug", "repeats": 1,
+                     "variants": ["cached", "uncached"]},
+          "results": {"batch1": {"tokens_per_s": {"cached": 100.0, "uncached": 20.0},
+                                 "cached_over_uncached": 5.0}}}
+
+
+def test_only_reruns_the_parts_named_and_reads_back_the_rest(tmp_path, monkeypatch):
+    (tmp_path / "bench_data.json").write_text(json.dumps(DATA))
+    ran = []
+
+    def fake_run_part(name, out_dir):
+        ran.append(name)
+        return SAMPLE
+
+    monkeypatch.setattr(bench, "run_part", fake_run_part)
+    bench.main(["--only", "sample", "--out_dir", str(tmp_path)])
+    assert ran == ["sample"]
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["data"] == DATA and saved["sample"] == SAMPLE and "model" not in saved
+    assert saved["machine"]["parts_run"] == ["sample"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "**Decoding**" in md and "**Data**" in md and "| 2.00x |" in md
+
+
+def test_an_unknown_part_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "model,speed", "--out_dir", str(tmp_path)])
+    assert e.value.code == 2 and "unknown part(s) speed" in capsys.readouterr().err
