@@ -90,8 +90,10 @@ def parse(argv):
         help="folder for the three run folders (default checkpoints/compare/)")
     add("--cache_dir", default=str(ROOT / "cache"), help="tokenizer and token shard cache (default cache/)")
     add("--seed", type=int, default=1337, help="the same for the three runs (default 1337)")
-    add("--batch_size", type=int, default=16, help="sequences per step (default 16, the tiny preset's)")
-    add("--eval_every", type=int, default=50, help="evaluate every N steps and at the end (default 50)")
+    add("--batch_size", type=int, default=None, help="sequences per step (default: the preset's)")
+    add("--eval_every", type=int, default=500, help="evaluate every N steps and at the end (default 500)")
+    add("--eval_windows", type=int, default=0,
+        help="validation windows per evaluation (default 0: all of --val_data, the same for every run)")
     add("--wandb_mode", default="disabled", choices=["auto", "online", "offline", "disabled"],
         help="Weights & Biases for the runs, group 'compare' (default disabled)")
     opts, extra = p.parse_known_args(argv)
@@ -107,7 +109,8 @@ def shared_argv(opts, extra) -> list[str]:
     """train.py arguments common to the three runs (then the variant's overrides, then --run)."""
     return ["--preset", opts.preset, "--data", opts.data, "--val_data", opts.val_data,
             "--seed", str(opts.seed),
-            "--batch_size", str(opts.batch_size), "--max_minutes", str(opts.minutes),
+            *(["--batch_size", str(opts.batch_size)] if opts.batch_size else []),
+            "--max_minutes", str(opts.minutes), "--eval_windows", str(opts.eval_windows),
             "--max_steps", str(opts.max_steps or 10**9), "--save_every", str(opts.max_steps or 10**9),
             "--eval_every", str(opts.eval_every), "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir,
             "--plot", "", "--wandb_mode", opts.wandb_mode, "--wandb_group", "compare", *extra]
@@ -153,7 +156,7 @@ def load_run(name: str, run_dir) -> dict:
         noise = "noisy" if m["router_noise"] else "no noise"
         desc = f"{m['n_experts']} experts top-{m['top_k']}, {noise}, aux {m['router_aux_loss_coef']:g}"
     return {"name": name, "label": f"{name}: {desc}", "dir": run_dir, "model": m, "train": train_recs,
-            "val": val_recs, "tokens_per_step": per_step,
+            "val": val_recs, "tokens_per_step": per_step, "batch_size": t["batch_size"],
             "moe_layers": [i for i in range(m["n_layers"]) if (i + 1) % m["moe_every"] == 0]}
 
 
@@ -367,8 +370,9 @@ def main(argv=None) -> dict:
         "runs": rows,
         "settings": {"minutes": opts.minutes, "max_steps": opts.max_steps, "data": opts.data,
                      "val_data": opts.val_data,
-                     "seed": opts.seed, "batch_size": opts.batch_size, "seq_len": m0["max_seq_len"],
-                     "n_experts": m0["n_experts"], "eval_every": opts.eval_every, "passed_through": extra,
+                     "seed": opts.seed, "batch_size": runs[0]["batch_size"], "seq_len": m0["max_seq_len"],
+                     "n_experts": m0["n_experts"], "eval_every": opts.eval_every,
+                     "eval_windows": opts.eval_windows, "passed_through": extra,
                      "tokenizer_sha256": hashes.pop(), "out_dir": opts.out_dir, "cache_dir": opts.cache_dir,
                      "train_argv": argvs},
         "machine": {"sequential": True, "order": VARIANTS, "cpu_count": os.cpu_count(),

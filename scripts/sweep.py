@@ -5,12 +5,14 @@ schedule, batch and tokenizer, measured rather than guessed.
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
     (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own)
 
-Three stages, each run a `train.py --preset tiny` subprocess with the candidate's overrides on
+Each run is a `train.py --preset tiny` subprocess with the candidate's overrides on
 ../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
-  1. screen: every shape in SHAPES for --screen_minutes (2.5) of wall clock, then each of
-     VARIATIONS (learning rate, schedule, batch, tokenizer size) on the best shape;
-  2. confirm: the three best for --confirm_minutes (10), the budget the README's demo uses;
-  3. the best confirmed candidate again with another seed (--seed 2), to show the noise, and
+  1. screen every shape in SHAPES for --screen_minutes (2.5) of wall clock;
+  2. screen each of VARIATIONS (learning rate, schedule, batch, tokenizer size) on the best shape;
+  3. screen the variations that helped, combined (one per option: the best of them with each
+     other one, and all of them together);
+  4. confirm the three best screened for --confirm_minutes (10), the budget the README's demo uses;
+  5. run the best confirmed candidate again with another seed (--seed 2), to show the noise, and
      with --compile true (torch.compile on the CPU: faster steps, for a minute of compiling that
      the budget pays).
 It writes img/sweep.json (every run: settings, steps, tokens/s, parameters, validation),
@@ -31,6 +33,7 @@ How this departs from the obvious version:
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,7 +50,8 @@ import storage  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
-# Stage 1: shapes at the tiny preset's learning rate. Stage 2 ("@shape"): variations on the winner.
+# Stage 1: shapes at the tiny preset's learning rate. Stage 2: variations on the winner (the first
+# option each sets is its kind: one of each kind is combined in stage 3).
 SHAPES = {
     "tiny-2026-11": ["--dim", "128", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
                      "--n_experts", "16", "--expert_dim", "128", "--mlp_dim", "256",
@@ -68,6 +72,7 @@ SHAPES = {
 VARIATIONS = {
     "lr3e-3": ["--lr", "3e-3", "--min_lr", "3e-4"],
     "lr1e-3": ["--lr", "1e-3", "--min_lr", "1e-4"],
+    "cosine-to-0": ["--min_lr", "0"],
     "batch8": ["--batch_size", "8"],
     "batch32": ["--batch_size", "32"],
     "vocab2048": ["--vocab_size", "2048"],
@@ -85,6 +90,21 @@ def shapes() -> dict[str, list[str]]:
 def variations(best: str, overrides: list[str]) -> dict[str, list[str]]:
     """Stage 2: the variations on the best shape."""
     return {f"{best}+{name}": overrides + over for name, over in VARIATIONS.items()}
+
+
+def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[str, list[str]]:
+    """Stage 3: the variations that beat the best shape, one per option they set (the best lr, the
+    best batch, ...), combined: the best of them with each other one, and all of them together."""
+    score = {r["name"]: r["bits_per_byte"] for r in screened}
+    winners, options = [], set()
+    for name in sorted(VARIATIONS, key=lambda v: score.get(f"{best}+{v}", math.inf)):
+        option = VARIATIONS[name][0]
+        if score.get(f"{best}+{name}", math.inf) < score[best] and option not in options:
+            winners.append(name)
+            options.add(option)
+    groups = [[winners[0], other] for other in winners[1:]] + ([winners] if len(winners) > 2 else [])
+    return {"+".join([best, *group]): overrides + sum((VARIATIONS[v] for v in group), [])
+            for group in groups}
 
 
 def size_of(overrides: list[str]) -> dict:
@@ -193,6 +213,8 @@ def main(argv=None):
         best = min(screen, key=lambda r: r["bits_per_byte"])
         stage2 = variations(best["name"], best["overrides"])
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage2.items()]
+        stage3 = combinations(best["name"], best["overrides"], screen)
+        screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage3.items()]
     ranked = sorted(screen, key=lambda r: r["bits_per_byte"])[:opts.confirm]
     confirm = [run_one(r["name"], r["overrides"], opts.confirm_minutes, 1, opts) for r in ranked]
     best = min(confirm, key=lambda r: r["bits_per_byte"])

@@ -9,7 +9,7 @@ from scripts import compare
 
 WORDS = ("once upon a time there was a little girl named lily she liked to play in the park with "
          "her big red ball one day a dog came and they were friends").split()
-EXTRA = ["--eval_windows", "4", "--log_every", "1"]  # passed through to train.py
+EXTRA = ["--log_every", "1"]  # passed through to train.py
 NAMES = ["moe", "dense", "moe-ablation"]
 
 
@@ -29,8 +29,8 @@ def report(corpus, tmp_path_factory):
     stale.mkdir(parents=True)
     (stale / "last.pt").write_bytes(b"old")
     argv = ["--preset", "debug", "--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
-            "--minutes", "1",
-            "--max_steps", "6", "--batch_size", "4", "--eval_every", "2", "--out", str(out / "img"),
+            "--minutes", "1", "--max_steps", "6", "--batch_size", "4", "--eval_every", "2",
+            "--eval_windows", "4", "--out", str(out / "img"),
             "--out_dir", str(out / "runs"), "--cache_dir", str(out / "cache"), *EXTRA]
     return compare.main(argv), out
 
@@ -55,7 +55,7 @@ def test_writes_every_promised_file(report):
         assert row["val_bits_per_byte"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
     assert saved["machine"]["sequential"] and saved["machine"]["cpu_count"] >= 1
     assert set(saved["machine"]["load_avg_before"]) == set(NAMES)
-    assert saved["settings"]["passed_through"] == EXTRA
+    assert saved["settings"]["passed_through"] == EXTRA and saved["settings"]["eval_windows"] == 4
     assert (out / "runs" / "compare-moe" / "last.pt").read_bytes() != b"old"
 
 

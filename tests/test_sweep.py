@@ -1,4 +1,4 @@
-"""scripts/sweep.py on toy settings: the three stages run, the report names the best candidate,
+"""scripts/sweep.py on toy settings: the stages run, the report names the best candidate,
 the table, plot and JSON are written, and a finished run is read back rather than run again."""
 
 import json
@@ -35,3 +35,19 @@ def test_sweep_screens_confirms_and_reseeds(corpus, tmp_path, monkeypatch):
     assert (tmp_path / "img" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     again = sweep.main(argv)  # every run is finished: read back, not rerun
     assert again["screen"] == report["screen"]
+
+
+def test_combinations_join_the_variations_that_helped_one_per_option(monkeypatch):
+    monkeypatch.setattr(sweep, "VARIATIONS", {
+        "lr3e-3": ["--lr", "3e-3"], "lr1e-3": ["--lr", "1e-3"], "batch8": ["--batch_size", "8"],
+        "batch32": ["--batch_size", "32"], "vocab2048": ["--vocab_size", "2048"]})
+    scores = {"s": 1.20, "s+lr3e-3": 1.15, "s+lr1e-3": 1.18, "s+batch8": 1.14, "s+batch32": 1.25,
+              "s+vocab2048": 1.17}
+    screened = [{"name": k, "bits_per_byte": v} for k, v in scores.items()]
+    combos = sweep.combinations("s", ["--dim", "96"], screened)
+    # lr1e-3 helped too, but lr3e-3 helped more: one learning rate only; batch32 did not help
+    assert combos == {"s+batch8+lr3e-3": ["--dim", "96", "--batch_size", "8", "--lr", "3e-3"],
+                      "s+batch8+vocab2048": ["--dim", "96", "--batch_size", "8", "--vocab_size", "2048"],
+                      "s+batch8+lr3e-3+vocab2048": ["--dim", "96", "--batch_size", "8", "--lr", "3e-3",
+                                                    "--vocab_size", "2048"]}
+    assert sweep.combinations("s", [], screened[:2]) == {}  # one variation helped: nothing to combine
