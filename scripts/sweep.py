@@ -9,9 +9,9 @@ Each run is a `train.py --preset tiny` subprocess with the candidate's overrides
 ../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
   1. screen every shape in SHAPES for --screen_minutes (2.5) of wall clock;
   2. screen each of VARIATIONS (learning rate, schedule, batch, tokenizer size) on the best shape;
-  3. screen the variations that helped, combined (one per option: the best of them with each
-     other one, and all of them together);
-  4. confirm the three best screened for --confirm_minutes (10), the budget the README's demo uses;
+  3. screen the variations that helped, combined (one per option: every pair, and all together);
+  4. confirm the three best screened for --confirm_minutes (10), the budget the README's demo uses
+     (and report any other screened candidate that an earlier sweep confirmed);
   5. run the best confirmed candidate again with another seed (--seed 2), to show the noise, and
      with --compile true (torch.compile on the CPU: faster steps, for a minute of compiling that
      the budget pays).
@@ -32,6 +32,7 @@ How this departs from the obvious version:
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -94,7 +95,7 @@ def variations(best: str, overrides: list[str]) -> dict[str, list[str]]:
 
 def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[str, list[str]]:
     """Stage 3: the variations that beat the best shape, one per option they set (the best lr, the
-    best batch, ...), combined: the best of them with each other one, and all of them together."""
+    best batch, ...), combined: every pair of them, and all of them together."""
     score = {r["name"]: r["bits_per_byte"] for r in screened}
     winners, options = [], set()
     for name in sorted(VARIATIONS, key=lambda v: score.get(f"{best}+{v}", math.inf)):
@@ -102,7 +103,8 @@ def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[
         if score.get(f"{best}+{name}", math.inf) < score[best] and option not in options:
             winners.append(name)
             options.add(option)
-    groups = [[winners[0], other] for other in winners[1:]] + ([winners] if len(winners) > 2 else [])
+    groups = [list(pair) for pair in itertools.combinations(winners, 2)]
+    groups += [winners] if len(winners) > 2 else []
     return {"+".join([best, *group]): overrides + sum((VARIATIONS[v] for v in group), [])
             for group in groups}
 
@@ -115,11 +117,15 @@ def size_of(overrides: list[str]) -> dict:
     return {"params": c["total"], "active_params": c["active_per_token"]}
 
 
+def result_path(name: str, minutes: float, seed: int, opts) -> Path:
+    return Path(opts.out_dir) / f"{name}-{minutes:g}m-s{seed}" / "sweep-result.json"
+
+
 def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
     """One budgeted train.py run (or its earlier result), scored on all of valid-lower.txt."""
     run = f"{name}-{minutes:g}m-s{seed}"
     run_dir = Path(opts.out_dir) / run
-    result_file = run_dir / "sweep-result.json"
+    result_file = result_path(name, minutes, seed, opts)
     if result_file.exists():
         return json.loads(result_file.read_text())
     if run_dir.exists():  # an interrupted run: start it again
@@ -215,8 +221,10 @@ def main(argv=None):
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage2.items()]
         stage3 = combinations(best["name"], best["overrides"], screen)
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage3.items()]
-    ranked = sorted(screen, key=lambda r: r["bits_per_byte"])[:opts.confirm]
-    confirm = [run_one(r["name"], r["overrides"], opts.confirm_minutes, 1, opts) for r in ranked]
+    # The best --confirm screened, and any other screened candidate an earlier sweep confirmed.
+    ranked = sorted(screen, key=lambda r: r["bits_per_byte"])
+    confirm = [run_one(r["name"], r["overrides"], opts.confirm_minutes, 1, opts) for i, r in enumerate(ranked)
+               if i < opts.confirm or result_path(r["name"], opts.confirm_minutes, 1, opts).exists()]
     best = min(confirm, key=lambda r: r["bits_per_byte"])
     confirm.append(run_one(best["name"], best["overrides"], opts.confirm_minutes, 2, opts))
     if not opts.no_compile:
@@ -232,9 +240,9 @@ def main(argv=None):
     md = "\n".join([f"`{report['command']}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
                     "validation on all of valid-lower.txt after each run's budget.", "",
                     *table(screen, f"Screening: {opts.screen_minutes:g} minutes each"),
-                    *table(confirm, f"Confirmation: the best {opts.confirm} for "
-                                    f"{opts.confirm_minutes:g} minutes; the best again with seed 2, and "
-                                    "compiled")])
+                    *table(confirm, f"Confirmation: the best {opts.confirm} screened (and any confirmed "
+                                    f"earlier) for {opts.confirm_minutes:g} minutes; the best again with "
+                                    "seed 2" + ("" if opts.no_compile else ", and compiled"))])
     storage.atomic_write(out / "sweep.md", (md + "\n").encode())
     plot(screen, confirm, out / "sweep.png")
     print("\n" + md)

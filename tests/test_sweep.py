@@ -48,6 +48,7 @@ def test_combinations_join_the_variations_that_helped_one_per_option(monkeypatch
     # lr1e-3 helped too, but lr3e-3 helped more: one learning rate only; batch32 did not help
     assert combos == {"s+batch8+lr3e-3": ["--dim", "96", "--batch_size", "8", "--lr", "3e-3"],
                       "s+batch8+vocab2048": ["--dim", "96", "--batch_size", "8", "--vocab_size", "2048"],
+                      "s+lr3e-3+vocab2048": ["--dim", "96", "--lr", "3e-3", "--vocab_size", "2048"],
                       "s+batch8+lr3e-3+vocab2048": ["--dim", "96", "--batch_size", "8", "--lr", "3e-3",
                                                     "--vocab_size", "2048"]}
     assert sweep.combinations("s", [], screened[:2]) == {}  # one variation helped: nothing to combine
