@@ -102,8 +102,15 @@ def markdown(out: Path) -> str:
                                                        "torch": model["config"]["torch"], "load_before": 0.0,
                                                        "date": time.strftime("%Y-%m-%d")}))
     if (out / "bench_sample.json").exists():
-        lines += ["**Decoding** (scripts/bench_sample.py):", "", "```",
-                  (out / "bench_sample.json").read_text().strip(), "```", ""]
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench
+        sample = json.loads((out / "bench_sample.json").read_text())
+        lines += bench.sample_table(sample)
+        for key, r in sample["results"].items():  # greedy tokens must agree: say where they do not
+            agree = r.get("share_of_tokens_as_cached", {})
+            lines.append(f"{key}: share of greedy tokens equal to the eager cached loop's: "
+                         + ", ".join(f"{v} {share:.1%}" for v, share in agree.items() if v != "cached"))
+        lines.append("")
     if (out / "train.json").exists():
         t = json.loads((out / "train.json").read_text())
         lines += ["**train.py** " + " ".join(t["argv"]), "", "| figure | value |", "|---|---|"]
