@@ -350,8 +350,8 @@ PRESETS = {
     # CPU-sized: trains visibly in minutes on 2 cores (4.6M parameters, 1.7M active per token).
     # Chosen by scripts/sweep.py (img/sweep.md): of 18 candidate shapes, learning rates, schedules,
     # batches and vocabularies, this shape at lr 3e-3 reached the lowest validation bits/byte in 10
-    # minutes on 2 cores. Wider, deeper or top-2 models do fewer steps and lose at that budget. Evaluation
-    # covers all of --val_data, every 500 steps (about 2% of a 10-minute run).
+    # minutes on 2 cores. Wider, deeper or top-2 models do fewer steps and lose at that budget.
+    # Evaluation covers all of --val_data, every 500 steps (about 2% of a 10-minute run).
     "tiny": {
         "ModelArgs": dict(vocab_size=4096, dim=128, n_layers=4, n_heads=4, n_kv_heads=2,
                           expert_dim=128, mlp_dim=256, max_seq_len=256),

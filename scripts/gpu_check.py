@@ -93,17 +93,15 @@ def train_part(opts, out: Path, log) -> dict:
 
 def markdown(out: Path) -> str:
     """gpu.md: the three parts as tables (whatever parts produced their JSON)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
     lines = []
     if (out / "bench_model.json").exists():
-        sys.path.insert(0, str(ROOT / "scripts"))
-        import bench
         model = json.loads((out / "bench_model.json").read_text())
         lines.append(bench.markdown({"model": model}, {"cpus": os.cpu_count(), "cpu": model["device"],
                                                        "torch": model["config"]["torch"], "load_before": 0.0,
                                                        "date": time.strftime("%Y-%m-%d")}))
     if (out / "bench_sample.json").exists():
-        sys.path.insert(0, str(ROOT / "scripts"))
-        import bench
         sample = json.loads((out / "bench_sample.json").read_text())
         lines += bench.sample_table(sample)
         for key, r in sample["results"].items():  # greedy tokens must agree: say where they do not

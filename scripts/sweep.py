@@ -118,14 +118,14 @@ def size_of(overrides: list[str]) -> dict:
 
 
 def result_path(name: str, minutes: float, seed: int, opts) -> Path:
+    """Where a candidate's run keeps its score: the run folder is named by candidate, budget, seed."""
     return Path(opts.out_dir) / f"{name}-{minutes:g}m-s{seed}" / "sweep-result.json"
 
 
 def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
     """One budgeted train.py run (or its earlier result), scored on all of valid-lower.txt."""
-    run = f"{name}-{minutes:g}m-s{seed}"
-    run_dir = Path(opts.out_dir) / run
     result_file = result_path(name, minutes, seed, opts)
+    run_dir, run = result_file.parent, result_file.parent.name
     if result_file.exists():
         return json.loads(result_file.read_text())
     if run_dir.exists():  # an interrupted run: start it again
