@@ -14,7 +14,10 @@ Each run is a `train.py --preset tiny` subprocess with the candidate's overrides
      (and report any other screened candidate that an earlier sweep confirmed);
   5. run the best confirmed candidate again with another seed (--seed 2), to show the noise, and
      with --compile true (torch.compile on the CPU: faster steps, for a minute of compiling that
-     the budget pays).
+     the budget pays);
+  6. regularise the best confirmed candidate (each of FOLLOWUPS, seeds 1 and 2, --confirm_minutes):
+     10 minutes read train-lower.txt about 7 times and the MoE overfits it, which a 2.5-minute
+     screen is too short to show. The pick is the lowest mean over the two seeds.
 It writes img/sweep.json (every run: settings, steps, tokens/s, parameters, validation),
 img/sweep.md (the tables) and img/sweep.png (bits/byte of each candidate, screened and confirmed).
 
@@ -79,6 +82,12 @@ VARIATIONS = {
     "vocab2048": ["--vocab_size", "2048"],
     "vocab8192": ["--vocab_size", "8192"],
 }
+# Stage 6: regularisation, at the full budget only.
+FOLLOWUPS = {
+    "wd0.5": ["--weight_decay", "0.5"],
+    "wd1.0": ["--weight_decay", "1.0"],
+    "wd2.0": ["--weight_decay", "2.0"],
+}
 
 
 def shapes() -> dict[str, list[str]]:
@@ -107,6 +116,16 @@ def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[
     groups += [winners] if len(winners) > 2 else []
     return {"+".join([best, *group]): overrides + sum((VARIATIONS[v] for v in group), [])
             for group in groups}
+
+
+def pick_best(runs: list[dict]) -> dict:
+    """The candidate with the lowest mean bits/byte over its seeds: name, overrides, mean."""
+    by_name: dict[str, list[dict]] = {}
+    for r in runs:
+        by_name.setdefault(r["name"], []).append(r)
+    means = {n: sum(r["bits_per_byte"] for r in rs) / len(rs) for n, rs in by_name.items()}
+    name = min(means, key=means.get)
+    return {"name": name, "overrides": by_name[name][0]["overrides"], "mean": means[name]}
 
 
 def size_of(overrides: list[str]) -> dict:
@@ -177,11 +196,13 @@ def plot(screen: list[dict], confirm: list[dict], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(10, 0.35 * len(screen) + 2), layout="constrained")
+    # Candidates run only at the full budget (stage 6) get a row without a bar, at the top.
+    extra = list(dict.fromkeys(r["name"] for r in confirm if r["name"] not in {s["name"] for s in screen}))
+    fig = Figure(figsize=(10, 0.35 * (len(screen) + len(extra)) + 2), layout="constrained")
     ax = fig.subplots()
     order = sorted(screen, key=lambda r: -r["bits_per_byte"])
-    names = [r["name"] for r in order]
-    ax.barh(names, [r["bits_per_byte"] for r in order], color="C0", alpha=0.6,
+    names = [r["name"] for r in order] + extra
+    ax.barh(names, [r["bits_per_byte"] for r in order] + [math.nan] * len(extra), color="C0", alpha=0.6,
             label=f"screen: {screen[0]['minutes']:g} min")
     for r in confirm:
         if r["name"] in names:
@@ -206,6 +227,7 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated shape names to screen (default: all)")
     p.add_argument("--no_variations", action="store_true", help="screen shapes only")
     p.add_argument("--no_compile", action="store_true", help="skip the compiled run of the best candidate")
+    p.add_argument("--no_followups", action="store_true", help="skip stage 6 (regularisation)")
     p.add_argument("--data", default=str(SHARED / "train-lower.txt"))
     p.add_argument("--val_data", default=str(SHARED / "valid-lower.txt"))
     p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"))
@@ -230,9 +252,14 @@ def main(argv=None):
     if not opts.no_compile:
         confirm.append(run_one(best["name"] + "+compile", best["overrides"] + ["--compile", "true"],
                                opts.confirm_minutes, 1, opts))
+    followup = [run_one(f"{best['name']}+{name}", best["overrides"] + over, opts.confirm_minutes, seed, opts)
+                for name, over in ({} if opts.no_followups else FOLLOWUPS).items() for seed in (1, 2)]
+    pick = pick_best([r for r in confirm if r["name"] == best["name"]] + followup)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"screen": screen, "confirm": confirm, "best": best["name"], "best_overrides": best["overrides"],
+    report = {"screen": screen, "confirm": confirm, "followup": followup, "best": best["name"],
+              "best_overrides": best["overrides"], "pick": pick["name"], "pick_overrides": pick["overrides"],
+              "pick_mean_bits_per_byte": pick["mean"],
               "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
               "command": "python scripts/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "created": time.strftime("%Y-%m-%d %H:%M")}
@@ -242,9 +269,13 @@ def main(argv=None):
                     *table(screen, f"Screening: {opts.screen_minutes:g} minutes each"),
                     *table(confirm, f"Confirmation: the best {opts.confirm} screened (and any confirmed "
                                     f"earlier) for {opts.confirm_minutes:g} minutes; the best again with "
-                                    "seed 2" + ("" if opts.no_compile else ", and compiled"))])
+                                    "seed 2" + ("" if opts.no_compile else ", and compiled")),
+                    *(table(followup, f"Regularisation of the best: {opts.confirm_minutes:g} minutes, "
+                                      "seeds 1 and 2") if followup else []),
+                    f"Pick (lowest mean over seeds 1 and 2): **{pick['name']}**, {pick['mean']:.4f} "
+                    f"bits/byte: `{' '.join(pick['overrides'])}`"])
     storage.atomic_write(out / "sweep.md", (md + "\n").encode())
-    plot(screen, confirm, out / "sweep.png")
+    plot(screen, confirm + followup, out / "sweep.png")
     print("\n" + md)
     return report
 

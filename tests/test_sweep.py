@@ -19,8 +19,9 @@ def corpus(tmp_path_factory):
     return folder
 
 
-def test_sweep_screens_confirms_and_reseeds(corpus, tmp_path, monkeypatch):
+def test_sweep_screens_confirms_reseeds_and_regularises(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"]})
+    monkeypatch.setattr(sweep, "FOLLOWUPS", {"wd0.5": ["--weight_decay", "0.5"]})
     argv = ["--no_compile", "--screen_minutes", "0.01", "--confirm_minutes", "0.02", "--confirm", "1",
             "--only", "tiny-2026-11", "--data", str(corpus / "train.txt"),
             "--val_data", str(corpus / "valid.txt"), "--out_dir", str(tmp_path / "runs"),
@@ -28,13 +29,26 @@ def test_sweep_screens_confirms_and_reseeds(corpus, tmp_path, monkeypatch):
     report = sweep.main(argv)
     assert [r["name"] for r in report["screen"]] == ["tiny-2026-11", "tiny-2026-11+lr3e-3"]
     assert [r["seed"] for r in report["confirm"]] == [1, 2] and report["confirm"][0]["name"] == report["best"]
-    for r in report["screen"] + report["confirm"]:
+    best = report["best"]
+    wd = f"{best}+wd0.5"
+    assert [(r["name"], r["seed"]) for r in report["followup"]] == [(wd, 1), (wd, 2)]
+    assert report["followup"][0]["overrides"][-2:] == ["--weight_decay", "0.5"]
+    assert report["pick"] in (best, wd)
+    for r in report["screen"] + report["confirm"] + report["followup"]:
         assert r["bits_per_byte"] > 0 and r["steps"] >= 1 and r["params"] > r["active_params"] > 0
     assert json.loads((tmp_path / "img" / "sweep.json").read_text())["best"] == report["best"]
-    assert "Screening" in (tmp_path / "img" / "sweep.md").read_text()
+    md = (tmp_path / "img" / "sweep.md").read_text()
+    assert "Screening" in md and "Regularisation" in md and f"**{report['pick']}**" in md
     assert (tmp_path / "img" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     again = sweep.main(argv)  # every run is finished: read back, not rerun
-    assert again["screen"] == report["screen"]
+    assert again["screen"] == report["screen"] and again["followup"] == report["followup"]
+
+
+def test_pick_is_the_lowest_mean_over_seeds():
+    def run(name, bpb):
+        return {"name": name, "overrides": [f"--{name}"], "bits_per_byte": bpb}
+    runs = [run("a", 0.97), run("a", 1.01), run("b", 0.98), run("b", 0.985)]  # a has the best single run
+    assert sweep.pick_best(runs) == {"name": "b", "overrides": ["--b"], "mean": pytest.approx(0.9825)}
 
 
 def test_combinations_join_the_variations_that_helped_one_per_option(monkeypatch):
