@@ -109,14 +109,16 @@ def decode_one(model: Llama4, tokens: torch.Tensor, cache: KVCache) -> torch.Ten
 class DecodeStep:
     """The cached one-token step, eager or compiled: chosen tokens (B,) -> the next logits (B, V).
 
-    compile: torch.compile(decode_one, fullgraph=True), in mode "reduce-overhead" on CUDA (the
-    step replays as one CUDA graph: the static cache gives it fixed shapes and addresses) and in
-    the default mode elsewhere (tests). Compiling happens at the first call; if it fails, one
-    warning line goes to stderr and the step runs eagerly from then on.
+    compile: True = torch.compile(decode_one, fullgraph=True), in mode "reduce-overhead" on CUDA
+    (the step replays as one CUDA graph: the static cache gives it fixed shapes and addresses) and
+    in the default mode elsewhere (tests); a string names the mode instead ("default": compiled
+    kernels without CUDA graphs, which scripts/bench_sample.py holds beside the graphed step).
+    Compiling happens at the first call; if it fails, one warning line goes to stderr and the step
+    runs eagerly from then on.
     """
 
-    def __init__(self, model: Llama4, cache: KVCache, compile: bool = False):
-        self.model, self.cache, self.compile = model, cache, compile
+    def __init__(self, model: Llama4, cache: KVCache, compile: bool | str = False):
+        self.model, self.cache, self.compile, self.mode = model, cache, bool(compile), compile
         self.compiled = None
 
     def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,8 @@ class DecodeStep:
             self.compile = False
             next_pos = self.cache.next_pos.clone()
             try:
-                mode = "reduce-overhead" if next_pos.device.type == "cuda" else None
+                mode = self.mode if isinstance(self.mode, str) else \
+                    "reduce-overhead" if next_pos.device.type == "cuda" else None
                 fn = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
                 torch.compiler.cudagraph_mark_step_begin()
                 logits = fn(self.model, tokens, self.cache.mark_static())
@@ -158,7 +161,7 @@ def moe_reference_path(model: Llama4, enabled: bool = True):
             m.impl = impl
 
 
-def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: bool, compile: bool):
+def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: bool, compile: bool | str):
     """The logits after the prompts (B, V), and the step: chosen tokens (B,) -> the next logits."""
     if use_cache:  # prefill (eager: its length varies), then one token at a time
         cache = KVCache(model.args, len(tokens), tokens.shape[1] + max_new, tokens.device,
@@ -176,7 +179,7 @@ def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: boo
 
 @torch.no_grad()
 def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0,
-             top_p=1.0, greedy=False, seed=0, use_cache=True, compile=False, images=None,
+             top_p=1.0, greedy=False, seed=0, use_cache=True, compile: bool | str = False, images=None,
              on_token=None, stop_at_eos=True) -> list[list[int]]:
     """Continue each prompt (token ids); returns the new tokens of each row, <|endoftext|> excluded.
 
@@ -184,8 +187,8 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     host once every CHECK_EVERY tokens and at the end: to stop when every row has ended, and for
     on_token(rows), called then with each row's tokens so far (streaming; it lags by up to
     CHECK_EVERY - 1 tokens). images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in
-    order. compile: compile the cached one-token step (DecodeStep). stop_at_eos=False generates
-    max_new_tokens whatever comes (for benchmarks).
+    order. compile: compile the cached one-token step (True, or a torch.compile mode: DecodeStep).
+    stop_at_eos=False generates max_new_tokens whatever comes (for benchmarks).
     """
     args, device = model.args, next(model.parameters()).device
     B = len(prompts)

@@ -8,6 +8,8 @@ ours against transformers' generate, on the CPU or a GPU.
 Same random weights, same prompts, greedy, variants interleaved, medians reported:
   cached      our generate() with the static KV cache, the decode step eager
   compiled    the same with the one-token step compiled (CUDA graphs on CUDA); on CUDA by default
+  compiled-nograph  compiled in torch.compile's default mode: the same kernels, no CUDA graph (only
+              when named in --variants: it tells a CUDA-graph fault from a compiler one)
   uncached    our generate() recomputing the whole sequence each step (--no_cache)
   hf          transformers' Llama4ForCausalLM.generate on the exported folder (its own cache)
 End-of-text neither stops nor is banned in any of them (transformers gets eos_token_id=None, not
@@ -44,8 +46,9 @@ def decode(variant, model, hf, prompts, new_tokens) -> list[list[int]]:
         out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
                           do_sample=False, eos_token_id=None, pad_token_id=model.args.pad_id)
         return out[:, prompts.shape[1]:].tolist()
+    compile = {"compiled": True, "compiled-nograph": "default"}.get(variant, False)
     return sample.generate(model, prompts.tolist(), new_tokens, greedy=True, stop_at_eos=False,
-                           use_cache=variant != "uncached", compile=variant == "compiled")
+                           use_cache=variant != "uncached", compile=compile)
 
 
 def timed(variant, model, hf, prompts, new_tokens) -> tuple[float, list[list[int]]]:
@@ -86,7 +89,7 @@ def measure(opts, model, hf, device) -> dict:
         outputs, times = {}, {k: [] for k in opts.variants}
         with torch.no_grad():
             for name in opts.variants:
-                for _ in range(max(opts.warmup, name == "compiled")):
+                for _ in range(max(opts.warmup, name.startswith("compiled"))):
                     decode(name, model, hf, prompts, opts.new_tokens)
             for _ in range(opts.repeats):
                 for name in opts.variants:
@@ -133,8 +136,9 @@ def parse(argv):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights and compute: auto = bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--variants", default=None, help="comma-separated subset of cached,compiled,uncached,hf "
-                                                    "(default: all on CUDA; all but compiled on CPU)")
+    p.add_argument("--variants", default=None, help="comma-separated, of cached,compiled,compiled-nograph,"
+                                                    "uncached,hf (default: all but compiled-nograph on "
+                                                    "CUDA; cached,uncached,hf on CPU)")
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
     p.add_argument("--quick", action="store_true", help="the debug preset, 8 new tokens, batches 1,2, one "
                                                         "warm-up and one timed run: seconds on CPU (a test)")

@@ -7,12 +7,14 @@ H100), and what its --quick mode runs on a CPU in a test so that it cannot rot.
 One after another, each in its own process:
   1. scripts/bench_model.py --device cuda: MoE, dense, MoE + activation checkpointing and
      transformers, eager and compiled, batch 32 and 128, bf16, with MFU and peak memory;
-  2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate;
+  2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate; then
+     in float32, whether the variants' greedy tokens agree (compiled with and without CUDA graphs);
   3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled), then
-     --eval_only on valid-lower.txt and one sampled story.
-It writes to --out (default img/gpu/): bench_model.json, bench_sample.json, train.json (the run's
-figures: steady-state and end-to-end tokens/s and MFU, the evaluation, the story), gpu.md (the
-tables the README's GPU section quotes) and log.txt; the run itself goes to --work
+     --eval_only on valid-lower.txt, one sampled story, and the greedy story with the decode step
+     compiled and eager, compared.
+It writes to --out (default img/gpu/): bench_model.json, bench_sample.json, bench_sample_fp32.json,
+train.json (the run's figures: steady-state and end-to-end tokens/s and MFU, the evaluation, the
+stories), gpu.md (the tables the README's GPU section quotes) and log.txt; the run goes to --work
 (checkpoints/gpu-check/, git-ignored). Data: --data / --val_data, by default gpu-data/ in the
 checkout (`make gpu-prep` copies the shared files there, since ../shared does not travel to a
 lent GPU machine), else ../shared/data/tinystories/.
@@ -88,7 +90,24 @@ def train_part(opts, out: Path, log) -> dict:
                "--seed", "1", "--device", opts.device, log=log)
     failed = f"(sample.py failed: {story.stderr[-300:]})"
     result["sample"] = story.stdout.strip() if story.returncode == 0 else failed
+    result["greedy"] = greedy_agreement(opts, run_dir, log)
     return result
+
+
+def greedy_agreement(opts, run_dir: Path, log) -> dict:
+    """The trained model's greedy story with the decode step compiled (--compile, a CUDA graph on
+    CUDA) and eager, in the default dtype: where do they part? Trained logits are rarely near-tied,
+    unlike the random weights of bench_sample.py, so an early split points at the compiled step."""
+    stories = {}
+    for name, compile in [("compiled", opts.compile), ("eager", "false")]:
+        r = sh("sample.py", "--ckpt", run_dir, "--prompt", "once upon a time", "--max_new_tokens", "200",
+               "--greedy", "--device", opts.device, "--compile", compile, log=log)
+        stories[name] = r.stdout.strip() if r.returncode == 0 else None
+    a, b = stories["compiled"], stories["eager"]
+    if a is None or b is None:
+        return {"failed": True}
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return {"same": a == b, "same_characters": same, "characters": max(len(a), len(b))}
 
 
 def markdown(out: Path) -> str:
@@ -104,11 +123,15 @@ def markdown(out: Path) -> str:
     if (out / "bench_sample.json").exists():
         sample = json.loads((out / "bench_sample.json").read_text())
         lines += bench.sample_table(sample)
-        for key, r in sample["results"].items():  # greedy tokens must agree: say where they do not
-            agree = r.get("share_of_tokens_as_cached", {})
-            lines.append(f"{key}: share of greedy tokens equal to the eager cached loop's: "
-                         + ", ".join(f"{v} {share:.1%}" for v, share in agree.items() if v != "cached"))
-        lines.append("")
+    for name in ["bench_sample.json", "bench_sample_fp32.json"]:  # greedy tokens must agree: say where not
+        if (out / name).exists():
+            sample = json.loads((out / name).read_text())
+            for key, r in sample["results"].items():
+                agree = r.get("share_of_tokens_as_cached", {})
+                lines.append(f"{sample['config']['dtype']}, {key}: share of greedy tokens equal to the eager "
+                             "cached loop's: " + ", ".join(f"{v} {share:.1%}" for v, share in agree.items()
+                                                           if v != "cached"))
+            lines.append("")
     if (out / "train.json").exists():
         t = json.loads((out / "train.json").read_text())
         lines += ["**train.py** " + " ".join(t["argv"]), "", "| figure | value |", "|---|---|"]
@@ -119,6 +142,11 @@ def markdown(out: Path) -> str:
         if "eval" in t:
             lines.append(f"| eval bits/byte | {t['eval']['bits_per_byte']:.4f} |")
         lines += ["", "Sample:", "", "> " + t.get("sample", "").replace("\n", "\n> "), ""]
+        g = t.get("greedy", {})
+        if "same" in g:
+            verdict = "the same" if g["same"] else "different"
+            lines += [f"Greedy story, compiled decode step vs eager: {verdict} ({g['same_characters']:,} of "
+                      f"{g['characters']:,} characters agree before they part).", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +176,12 @@ def main(argv=None):
         if "sample" in parts:
             sh("scripts/bench_sample.py", "--device", opts.device, *quick,
                "--out", out / "bench_sample.json", log=log)
+            # float32: near-ties are rarer than in bf16, so the variants' tokens should agree; with
+            # and without CUDA graphs, to place a disagreement (speed is not the point here).
+            variants = "cached,uncached" if opts.quick else "cached,compiled,compiled-nograph,uncached,hf"
+            sh("scripts/bench_sample.py", "--device", opts.device, *quick, "--dtype", "float32",
+               "--variants", variants, "--new_tokens", "128", "--repeats", "1",
+               "--out", out / "bench_sample_fp32.json", log=log)
         if "train" in parts:
             (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")
     (out / "gpu.md").write_text(markdown(out))

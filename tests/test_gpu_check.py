@@ -20,5 +20,6 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     run = json.loads((out / "train.json").read_text())
     assert run["train_exit"] == 0 and run["steps"] == 6 and run["eval"]["bits_per_byte"] > 0
     assert run["sample"] and not run["sample"].startswith("(sample.py failed")
+    assert run["greedy"]["same"] and run["greedy"]["same_characters"] == run["greedy"]["characters"] > 0
     md = (out / "gpu.md").read_text()
-    assert "Training step" in md and "steady_tokens_per_s" in md
+    assert "Training step" in md and "steady_tokens_per_s" in md and "Greedy story" in md

@@ -97,6 +97,18 @@ def test_compiled_decode_step_gives_the_same_tokens(capsys):
     assert {m.impl for m in model.modules() if isinstance(m, MoE)} == {"sparse"}  # restored
 
 
+@pytest.mark.parametrize("compile, mode", [(True, None), ("default", "default"),
+                                           ("reduce-overhead", "reduce-overhead")])
+def test_the_decode_step_compiles_in_the_mode_asked(monkeypatch, compile, mode):
+    """compile=True picks the mode by device (CUDA graphs on CUDA only); a string names it, which
+    bench_sample.py's compiled-nograph variant uses to tell a CUDA-graph fault from a compiler one."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs["mode"]) or fn)
+    model = small_model()
+    rows = sample.generate(model, PROMPTS, 5, greedy=True, compile=compile, stop_at_eos=False)
+    assert seen == [mode] and rows == sample.generate(model, PROMPTS, 5, greedy=True, stop_at_eos=False)
+
+
 @pytest.mark.parametrize("when", ["wrapping", "first call"])
 def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsys, when):
     def fail(*args, **kwargs):
