@@ -1,5 +1,6 @@
-"""The GPU check: what `make gpu-check` runs on a machine with one CUDA GPU (about 5 minutes on one
-H100), and what its --quick mode runs on a CPU in a test so that it cannot rot.
+"""The GPU check: what `make gpu-check` runs on a machine with one CUDA GPU (over 8 minutes on one
+H200, mostly compiling: --only runs a part), and what its --quick mode runs on a CPU in a test so
+that it cannot rot.
 
     python scripts/gpu_check.py                  # on the GPU machine
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
