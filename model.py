@@ -30,6 +30,10 @@ How it departs from the obvious version (and from HF's code):
   compiled into a CUDA graph (sample.py does); no cache (the full forward) is the reference.
 - Chunked attention in training folds each aligned chunk into the batch and runs plain causal
   attention on it: no T x T mask is materialised and no masked-out work is done.
+- The training loss never holds the (B*T, V) logits: `linear_cross_entropy` runs the output layer
+  and the cross-entropy chunk by chunk and takes their gradients on the way (no logits are
+  returned then). `Llama4.loss_impl = "reference"` is lm_head + F.cross_entropy, kept to test
+  against; without gradients (evaluation, sampling) the model returns logits as usual.
 """
 
 import math
@@ -433,6 +437,58 @@ class MoE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# The loss: cross-entropy through the output layer, without the (N, V) logits
+
+LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of x @ weight.T against targets (-1 = ignore), and its gradients,
+    chunk by chunk: a chunk's logits (c, V) live only inside the loop, and its gradient
+    (softmax - one-hot) is taken there too, so the backward pass only scales the saved gradients.
+    The full (N, V) logits, their fp32 copy and their log-softmax are never in memory at once.
+    (The idea of Liger-Kernel's fused linear cross-entropy; plain PyTorch ops here.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows: int):
+        # x (N, D) and weight (V, D) in one dtype (the compute dtype), targets (N,)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x, grad_w = torch.empty_like(x), None  # grad_w: (V, D), summed over chunks in fp32
+        for i in range(0, x.shape[0], chunk_rows):
+            xc, tc = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (c, D), (c,)
+            logits = (xc @ weight.t()).float()  # (c, V)
+            ignored = (tc < 0)[:, None]  # (c, 1)
+            t = tc.clamp(min=0)[:, None]  # (c, 1)
+            lse = logits.logsumexp(-1, keepdim=True)  # (c, 1)
+            total += (lse - logits.gather(1, t)).masked_fill_(ignored, 0).sum()
+            g = logits.sub_(lse).exp_()  # softmax (c, V), in place of the logits
+            g.scatter_add_(1, t, torch.full_like(lse, -1.0))  # minus the one-hot
+            g = g.masked_fill_(ignored, 0).to(x.dtype)  # d(total)/d(logits), zero on ignored rows
+            grad_x[i:i + chunk_rows] = g @ weight  # (c, D)
+            gw = (g.t() @ xc).float()  # (V, D)
+            grad_w = gw if grad_w is None else grad_w.add_(gw)
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_total.to(grad_x.dtype), grad_w * grad_total.to(grad_w.dtype), None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of x @ weight.T (x (N, D), weight (V, D)) over targets >= 0, the same
+    value and gradients as F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-1)
+    under the same autocast (tests/test_model.py), in chunks of LOSS_CHUNK logits."""
+    kind = x.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    with torch.autocast(kind, enabled=False):  # cast once here, not per chunk
+        total = LinearCrossEntropy.apply(x.to(dtype), weight.to(dtype), targets,
+                                         max(1, LOSS_CHUNK // weight.shape[0]))
+    return total / (targets >= 0).sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------
 # The decoder
 
 
@@ -456,7 +512,7 @@ class Block(nn.Module):
 
 @dataclass
 class Output:
-    logits: torch.Tensor  # (B, T, V), or (B, 1, V) with last_only
+    logits: torch.Tensor | None  # (B, T, V), (B, 1, V) with last_only, None with a fused loss
     loss: torch.Tensor | None = None  # lm_loss + aux coef * aux_loss + z coef * z_loss
     lm_loss: torch.Tensor | None = None  # mean cross-entropy over real targets (target >= 0)
     aux_loss: torch.Tensor | None = None  # load-balancing loss, mean over MoE layers
@@ -479,6 +535,9 @@ class Llama4(nn.Module):
             self.vision_model = VisionModel(args)
             self.multi_modal_projector = Projector(args)
         self.grad_checkpoint = False
+        # "fused": with targets and gradients on, linear_cross_entropy (no logits returned);
+        # "reference": lm_head, then F.cross_entropy on the fp32 logits (tests hold them equal).
+        self.loss_impl = "fused"
         init_weights(self)
 
     def forward(self, tokens, targets=None, *, images=None, positions=None, cache=None,
@@ -517,16 +576,20 @@ class Llama4(nn.Module):
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
-        out = Output(logits=self.lm_head(x))
+        fused = targets is not None and self.loss_impl == "fused" and torch.is_grad_enabled()
+        out = Output(logits=None if fused else self.lm_head(x))
         if stats:
             out.expert_counts = torch.stack([s.counts for s in stats])
             if self.training:
                 out.aux_loss = torch.stack([s.aux_loss for s in stats]).mean()
                 out.z_loss = torch.stack([s.z_loss for s in stats]).mean()
                 out.router_entropy = torch.stack([s.entropy for s in stats])
-        if targets is not None:
+        if fused:
+            out.lm_loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        elif targets is not None:
             out.lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                           ignore_index=-1)
+        if targets is not None:
             out.loss = out.lm_loss
             if out.aux_loss is not None:
                 out.loss = (out.loss + self.args.router_aux_loss_coef * out.aux_loss

@@ -124,7 +124,7 @@ def test_sparse_dispatch_equals_reference_values_and_gradients(top_k):
         model.zero_grad()
         out = model(x, targets=x)
         out.loss.backward()
-        grads[impl] = (out.logits.detach(), out.expert_counts,
+        grads[impl] = (out.loss.detach(), out.expert_counts,
                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     (la, ca, ga), (lb, cb, gb) = grads["sparse"], grads["reference"]
     assert torch.allclose(la, lb, atol=1e-5) and torch.equal(ca, cb)
@@ -142,7 +142,7 @@ def test_moe_runs_under_bf16_autocast(impl):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, targets=x)
     out.loss.backward()
-    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert out.logits is None and torch.isfinite(out.loss)  # the fused loss: no logits kept
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()
                if p.requires_grad and p.grad is not None)
 
@@ -211,16 +211,50 @@ def test_total_loss_adds_router_terms_with_their_coefficients():
     assert evaluated.aux_loss is None and torch.equal(evaluated.loss, evaluated.lm_loss)
 
 
-def test_loss_counts_real_tokens_only():
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_loss_counts_real_tokens_only(impl):
     model = build()
+    model.loss_impl = impl
     x = torch.randint(0, V, (2, 16))
     y = x.clone()
     y[1, 8:] = -1
     out = model(x, targets=y)
-    logp = out.logits.log_softmax(-1)
+    assert (out.logits is None) == (impl == "fused")  # fused: with gradients on, no (B, T, V) logits
+    logp = model(x).logits.log_softmax(-1)
     picked = torch.cat([logp[0].gather(-1, y[0, :, None]).flatten(),
                         logp[1, :8].gather(-1, y[1, :8, None]).flatten()])
     assert torch.allclose(out.lm_loss, -picked.mean())
+    with torch.no_grad():  # no gradients: the plain path, logits returned
+        assert model(x, targets=y).logits is not None
+
+
+@pytest.mark.parametrize("chunk", [2 ** 25, 7 * V])  # one chunk; chunks of 7 rows, the last one short
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_loss_equals_the_reference_in_value_and_gradients(monkeypatch, chunk, autocast):
+    """linear_cross_entropy (chunks, gradients taken in the forward pass) against lm_head +
+    F.cross_entropy on fp32 logits: the loss and every gradient, with ignored targets, in fp32 and
+    under bf16 autocast (where both run the output layer in bf16)."""
+    import model as model_module
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", chunk)
+    model = build(router_noise=False).train()
+    x = torch.randint(0, V, (3, 20))
+    y = torch.randint(0, V, (3, 20))
+    y[0, 5:9] = -1
+    y[2, :] = -1
+    runs = {}
+    for impl in ["fused", "reference"]:
+        model.loss_impl = impl
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x, targets=y)
+        out.loss.backward()
+        runs[impl] = (out.lm_loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                              if p.grad is not None})
+    (la, ga), (lb, gb) = runs["fused"], runs["reference"]
+    tol = 3e-2 if autocast else 1e-5  # bf16: the 1/N scale rounds before or after the cast
+    assert (la - lb).abs() <= tol * lb.abs() and ga.keys() == gb.keys() and "lm_head.weight" in ga
+    for name in ga:  # relative to the largest gradient of each parameter
+        assert (ga[name] - gb[name]).abs().max() <= tol * gb[name].abs().max(), name
 
 
 # --- activation checkpointing ---------------------------------------------------------------
