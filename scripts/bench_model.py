@@ -10,13 +10,15 @@ Compares, on the same token batch and in one run (timings interleaved, medians r
   moe         our MoE model (16 routed experts + shared, top-1, sparse dispatch)
   dense       our model with dense SwiGLU layers of the same active width (ModelArgs.dense_twin)
   moe+ckpt    our MoE model with activation checkpointing
+  moe+plain-loss  our MoE model with lm_head + F.cross_entropy (loss_impl "reference") instead of
+              the fused linear cross-entropy, which never holds the (B*T, V) logits
   hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert), eager
   moe+compile, dense+compile   the same, torch.compile'd (with --compile; on by default on CUDA)
 and reports per variant: step time, tokens/s, MFU (train.py's FLOPs per token against the device
 peak: the GPU table, or a GEMM timed now on CPU), aten ops per step of the eager variants (a CPU
-proxy for kernel launches: view ops excluded) and the peak memory of a step for moe and moe+ckpt
-(torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup baseline, in a
-fresh subprocess per variant). Ratios are what the README quotes.
+proxy for kernel launches: view ops excluded) and the peak memory of a step for moe, moe+ckpt and
+moe+plain-loss (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
+baseline, in a fresh subprocess per variant). Ratios are what the README quotes.
 """
 
 import argparse
@@ -80,6 +82,7 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
             export_hf(ours.cpu(), d)
             model = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").to(device).train()
     ours.set_grad_checkpointing(variant == "moe+ckpt")
+    ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model
     if variant.endswith("+compile"):
         runner = torch.compile(runner)
@@ -185,7 +188,8 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak) -> dict:
     tokens = batch * base["max_seq_len"]
     fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
     tok_s = {v: tokens / s for v, s in secs.items()}
-    mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in ["moe", "moe+ckpt"]}
+    measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in variants]
+    mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
            "mfu": {v: t * fpt / peak for v, t in tok_s.items()} if peak else None,
            "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in variants
@@ -194,6 +198,9 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak) -> dict:
            "ratios": {"moe_over_dense_time": secs["moe"] / secs["dense"],
                       "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"],
                       "ckpt_memory_saving": 1 - mem["moe+ckpt"] / mem["moe"]}}
+    if "moe+plain-loss" in secs:
+        out["ratios"]["plain_loss_over_fused_time"] = secs["moe+plain-loss"] / secs["moe"]
+        out["ratios"]["fused_loss_memory_saving"] = 1 - mem["moe"] / mem["moe+plain-loss"]
     if "hf" in secs:
         out["ratios"]["hf_over_ours_time"] = secs["hf"] / secs["moe"]
     if "moe+compile" in secs:
@@ -254,7 +261,7 @@ def main(argv=None):
         repeats = opts.repeats or (10 if cuda else 9)
     batches = [int(b) for b in (opts.batches or ("32,128" if cuda else "8")).split(",")]
     compiled = opts.compile == "true" or (opts.compile == "auto" and cuda)
-    variants = ["moe", "dense", "moe+ckpt"] + ([] if opts.no_hf else ["hf"])
+    variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss"] + ([] if opts.no_hf else ["hf"])
     variants += ["moe+compile", "dense+compile"] if compiled else []
     peak = runtime.peak_flops(device, dtype)
     with torch.device("meta"):

@@ -15,7 +15,8 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
                           "--work", str(tmp_path / "work"), "--data", str(tmp_path / "train.txt"),
                           "--val_data", str(tmp_path / "valid.txt"), "--only", "model,train"])
     model = json.loads((out / "bench_model.json").read_text())
-    assert set(model["batches"]["8"]["step_seconds"]) == {"moe", "dense", "moe+ckpt"}
+    assert set(model["batches"]["8"]["step_seconds"]) == {"moe", "dense", "moe+ckpt", "moe+plain-loss"}
+    assert model["batches"]["8"]["peak_step_memory_mb"].keys() == {"moe", "moe+ckpt", "moe+plain-loss"}
     assert model["batches"]["8"]["ops_per_step"]["moe"] > 0
     run = json.loads((out / "train.json").read_text())
     assert run["train_exit"] == 0 and run["steps"] == 6 and run["eval"]["bits_per_byte"] > 0
