@@ -1,7 +1,7 @@
 """What 10 CPU minutes should train: a small sweep over the `tiny` preset's shape, learning rate,
 schedule, batch and tokenizer, measured rather than guessed.
 
-    python scripts/sweep.py                      # about 100 minutes on 2 CPU cores
+    python scripts/sweep.py                      # about 3 hours on 2 CPU cores
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
     (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own)
 
@@ -60,7 +60,7 @@ SHAPES = {
     "tiny-2026-11": ["--dim", "128", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
                      "--n_experts", "16", "--expert_dim", "128", "--mlp_dim", "256",
                      "--vocab_size", "4096", "--batch_size", "16", "--lr", "2e-3", "--min_lr", "2e-4",
-                     "--warmup_steps", "50"],
+                     "--warmup_steps", "50", "--weight_decay", "0.1"],
     "d192-e8": ["--dim", "192", "--n_heads", "6", "--n_kv_heads", "2", "--n_experts", "8",
                 "--expert_dim", "192", "--mlp_dim", "384"],
     "d192-e4-w256": ["--dim", "192", "--n_heads", "6", "--n_kv_heads", "2", "--n_experts", "4",
