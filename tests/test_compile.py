@@ -30,6 +30,23 @@ def test_compiled_model_equals_eager_in_loss_and_every_gradient():
     assert grads_a["layers.0.feed_forward.router.weight"].abs().max() > 1e-3  # the router learns
 
 
+def test_the_cuda_default_compiles_whole_under_bf16_autocast():
+    """What train.py runs on CUDA, on the CPU: fullgraph=True under bf16 autocast, the fused loss
+    included (it casts once and turns autocast off inside), close to eager in loss and gradients."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args(router_noise=False)).train()
+    x = torch.randint(0, model.args.vocab_size, (2, 32))
+    results = []
+    for runner in [model, torch.compile(model, fullgraph=True)]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = runner(x, targets=x)
+        out.loss.backward()
+        results.append((out.loss.detach(), model.lm_head.weight.grad.clone()))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert (loss_a - loss_b).abs() < 1e-2 and (grad_a - grad_b).abs().max() < 2e-2 * grad_a.abs().max()
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt")
