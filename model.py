@@ -192,8 +192,10 @@ def attention_mask(q_pos, k_pos, chunk_size=None):
     query sees key slot 0 alone, so no row is empty (an empty row would put NaN into the values)."""
     q, k = q_pos[:, :, None], k_pos[:, None, :]  # (B, Tq, 1), (B or 1, 1, Tk)
     allowed = (k <= q) & (k >= 0)
-    if chunk_size is not None:
-        allowed &= (k // chunk_size) == (q // chunk_size)
+    if chunk_size is not None:  # causal already: the key need only be at or after its chunk's start.
+        # (Not (k // C) == (q // C): compiled by Inductor on the CPU (torch 2.13), the division over
+        # the keys left the last Tk % 16 slots unwritten, garbage in the decode step's mask.)
+        allowed &= k >= (q // chunk_size) * chunk_size
     first_slot = torch.arange(k_pos.shape[1], device=q_pos.device) == 0  # (Tk,)
     allowed |= first_slot & (q < 0)
     return allowed[:, None]
