@@ -30,10 +30,11 @@ How it departs from the obvious version (and from HF's code):
   compiled into a CUDA graph (sample.py does); no cache (the full forward) is the reference.
 - Chunked attention in training folds each aligned chunk into the batch and runs plain causal
   attention on it: no T x T mask is materialised and no masked-out work is done.
-- The training loss never holds the (B*T, V) logits: `linear_cross_entropy` runs the output layer
-  and the cross-entropy chunk by chunk and takes their gradients on the way (no logits are
-  returned then). `Llama4.loss_impl = "reference"` is lm_head + F.cross_entropy, kept to test
-  against; without gradients (evaluation, sampling) the model returns logits as usual.
+- The loss never holds the (B*T, V) logits: given targets, `linear_cross_entropy` runs the output
+  layer and the cross-entropy chunk by chunk, taking their gradients on the way when training (no
+  logits are returned then; evaluation gets the loss alone too). `Llama4.loss_impl = "reference"`
+  is lm_head + F.cross_entropy, kept to test against; without targets (sampling) the model
+  returns logits as usual.
 """
 
 import math
@@ -448,34 +449,37 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of x @ weight.T against targets (-1 = ignore), and its gradients,
     chunk by chunk: a chunk's logits (c, V) live only inside the loop, and its gradient
     (softmax - one-hot) is taken there too, so the backward pass only scales the saved gradients.
-    The full (N, V) logits, their fp32 copy and their log-softmax are never in memory at once.
+    The full (N, V) logits, their fp32 copy and their log-softmax are never in memory.
+    Without gradients (evaluation) the loop computes the loss alone.
     (The idea of Liger-Kernel's fused linear cross-entropy; plain PyTorch ops here.)"""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, chunk_rows: int):
+    def forward(ctx, x, weight, targets, chunk_rows: int, with_grad: bool):
         # x (N, D) and weight (V, D) in one dtype (the compute dtype), targets (N,)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x, grad_w = torch.empty_like(x), None  # grad_w: (V, D), summed over chunks in fp32
+        grad_x, grad_w = torch.empty_like(x) if with_grad else None, None  # grad_w: (V, D), fp32 sum
         for i in range(0, x.shape[0], chunk_rows):
             xc, tc = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (c, D), (c,)
-            logits = (xc @ weight.t()).float()  # (c, V)
+            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V), one kernel (not logsumexp's few)
             ignored = (tc < 0)[:, None]  # (c, 1)
             t = tc.clamp(min=0)[:, None]  # (c, 1)
-            lse = logits.logsumexp(-1, keepdim=True)  # (c, 1)
-            total += (lse - logits.gather(1, t)).masked_fill_(ignored, 0).sum()
-            g = logits.sub_(lse).exp_()  # softmax (c, V), in place of the logits
-            g.scatter_add_(1, t, torch.full_like(lse, -1.0))  # minus the one-hot
+            total -= log_probs.gather(1, t).masked_fill_(ignored, 0).sum()
+            if not with_grad:
+                continue
+            g = log_probs.exp_()  # softmax (c, V), in place of the log-probabilities
+            g.scatter_add_(1, t, g.new_full(t.shape, -1.0))  # minus the one-hot
             g = g.masked_fill_(ignored, 0).to(x.dtype)  # d(total)/d(logits), zero on ignored rows
             grad_x[i:i + chunk_rows] = g @ weight  # (c, D)
             gw = (g.t() @ xc).float()  # (V, D)
             grad_w = gw if grad_w is None else grad_w.add_(gw)
-        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        if with_grad:
+            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_total.to(grad_x.dtype), grad_w * grad_total.to(grad_w.dtype), None, None
+        return grad_x * grad_total.to(grad_x.dtype), grad_w * grad_total.to(grad_w.dtype), None, None, None
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -484,9 +488,10 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     under the same autocast (tests/test_model.py), in chunks of LOSS_CHUNK logits."""
     kind = x.device.type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     with torch.autocast(kind, enabled=False):  # cast once here, not per chunk
         total = LinearCrossEntropy.apply(x.to(dtype), weight.to(dtype), targets,
-                                         max(1, LOSS_CHUNK // weight.shape[0]))
+                                         max(1, LOSS_CHUNK // weight.shape[0]), with_grad)
     return total / (targets >= 0).sum().clamp(min=1)
 
 
@@ -537,7 +542,7 @@ class Llama4(nn.Module):
             self.vision_model = VisionModel(args)
             self.multi_modal_projector = Projector(args)
         self.grad_checkpoint = False
-        # "fused": with targets and gradients on, linear_cross_entropy (no logits returned);
+        # "fused": with targets, linear_cross_entropy (the loss alone, no logits returned);
         # "reference": lm_head, then F.cross_entropy on the fp32 logits (tests hold them equal).
         self.loss_impl = "fused"
         init_weights(self)
@@ -550,7 +555,7 @@ class Llama4(nn.Module):
         B, T = tokens.shape
         if last_only and targets is not None:
             raise ValueError("last_only computes one position's logits; it cannot take targets")
-        self._check_input(tokens, cache)
+        self._check_input(tokens, targets, cache)
         x = self.embed_tokens(tokens)  # (B, T, dim)
         x = self._merge_images(tokens, x, images)
         default_pos = positions is None and cache is None
@@ -578,7 +583,7 @@ class Llama4(nn.Module):
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
-        fused = targets is not None and self.loss_impl == "fused" and torch.is_grad_enabled()
+        fused = targets is not None and self.loss_impl == "fused"
         out = Output(logits=None if fused else self.lm_head(x))
         if stats:
             out.expert_counts = torch.stack([s.counts for s in stats])
@@ -598,11 +603,12 @@ class Llama4(nn.Module):
                             + self.args.router_z_loss_coef * out.z_loss)
         return out
 
-    def _check_input(self, tokens, cache):
-        """Lengths always; token ids only where reading them costs nothing that matters: not in
-        training (train.py checks each token shard once when it opens it) and not in decoding steps
-        after the first (the tokens are the model's own choices), where it would make the host
-        wait for the device at every call."""
+    def _check_input(self, tokens, targets, cache):
+        """Lengths always; token ids only where reading them costs nothing that matters: not with
+        targets or in training (train.py checks each token shard once when it opens it, and its
+        training and evaluation pass targets) and not in decoding steps after the first (the
+        tokens are the model's own choices), where it would make the host wait for the device at
+        every call."""
         compiling = torch.compiler.is_compiling()  # a compiled step reads no host counter
         seen = cache.seen if cache is not None and not compiling else 0
         total = tokens.shape[1] + seen
@@ -613,7 +619,7 @@ class Llama4(nn.Module):
             raise ValueError(f"sequence of {total} tokens is longer than the KV cache "
                              f"({cache.length} positions); build the cache longer")
         decoding = seen > 0
-        if not (self.training or decoding or compiling):
+        if not (self.training or targets is not None or decoding or compiling):
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.args.vocab_size:
                 raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "

@@ -65,7 +65,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import checkpoint
 import config
@@ -292,21 +291,25 @@ class EvalSet:
 
 @torch.no_grad()
 def evaluate(model, val: EvalSet, autocast, device) -> dict:
-    """Loss over the fixed validation windows (this rank's share, summed over ranks)."""
+    """Loss over the fixed validation windows (this rank's share, summed over ranks), and the
+    seconds the pass took (after the device has finished the training steps queued before it)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(val.x), val.batch_size):
         x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
-        with autocast:
-            logits = model(x).logits
-        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
+        with autocast:  # the loss alone: no (B, T, V) logits, no host read
+            lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
+        nats += lm_loss.double() * (y >= 0).sum()
     model.train(was_training)
     nats, tokens, n_bytes = runtime.all_reduce([float(nats), val.tokens, val.bytes], device, val.world)
     per_token = nats / max(tokens, 1)
     return {"nats_per_token": per_token, "perplexity": math.exp(min(per_token, 50)),
             "bits_per_byte": data.bits_per_byte(nats, n_bytes) if n_bytes else float("nan"),
-            "tokens": int(tokens), "bytes": int(n_bytes)}
+            "tokens": int(tokens), "bytes": int(n_bytes), "seconds": time.perf_counter() - start}
 
 
 def run_eval(job: Job, state: LoopState) -> bool:
@@ -316,11 +319,11 @@ def run_eval(job: Job, state: LoopState) -> bool:
     state.best_val = min(state.best_val, r["nats_per_token"])
     if job.world.main:
         job.log(f"step {state.step}: val {r['nats_per_token']:.4f} nats/token, {r['bits_per_byte']:.4f} "
-                f"bits/byte, ppl {r['perplexity']:.2f} over {r['tokens']:,} tokens")
+                f"bits/byte, ppl {r['perplexity']:.2f} over {r['tokens']:,} tokens in {r['seconds']:.2f} s")
         job.metrics.write({"kind": "val", "step": state.step, "minutes": state.elapsed / 60,
                            "tokens": state.tokens, **{k: r[k] for k in ("nats_per_token", "perplexity",
                                                                         "bits_per_byte")},
-                           "val_tokens": r["tokens"], "val_bytes": r["bytes"]})
+                           "val_tokens": r["tokens"], "val_bytes": r["bytes"], "val_seconds": r["seconds"]})
         if job.train_args.plot:  # drawn after the write, so the plot has this point
             path = runlog.plot_loss(job.run_dir, job.train_args.plot, job.log)
             job.metrics.log_image("loss_plot", path, state.step)

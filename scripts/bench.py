@@ -66,6 +66,10 @@ def markdown(results: dict, machine: dict) -> str:
                           f"{ratio['plain_loss_over_fused_time']:.2f} | not slower (~1) |",
                           "| fused linear cross-entropy: memory saved | "
                           f"{ratio['fused_loss_memory_saving']:.0%} | > 0 |"]
+            for key, how in [("eval_over_train_speed", ""), ("eval_over_train_speed_compiled", ", compiled")]:
+                if key in ratio:
+                    lines.append(f"| evaluation pass tokens/s / training step tokens/s{how} | "
+                                 f"{ratio[key]:.2f} | >= 3 (GPU) |")
             lines.append("")
     if "sample" in results:
         lines += sample_table(results["sample"])

@@ -12,10 +12,14 @@ Compares, on the same token batch and in one run (timings interleaved, medians r
   moe+ckpt    our MoE model with activation checkpointing
   moe+plain-loss  our MoE model with lm_head + F.cross_entropy (loss_impl "reference") instead of
               the fused linear cross-entropy, which never holds the (B*T, V) logits
+  moe+eval    not a training step: train.evaluate on one batch of the same shape (eval mode, no
+              gradients, the loss without logits), the pace of train.py's validation passes
   hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert), eager
-  moe+compile, dense+compile   the same, torch.compile'd (with --compile; on by default on CUDA)
+  moe+compile, dense+compile, moe+eval+compile   the same, torch.compile'd (with --compile; on by
+              default on CUDA)
 and reports per variant: step time, tokens/s, MFU (train.py's FLOPs per token against the device
-peak: the GPU table, or a GEMM timed now on CPU), aten ops per step of the eager variants (a CPU
+peak: the GPU table, or a GEMM timed now on CPU; a third of them for evaluation, which has no
+backward pass), aten ops per step of the eager variants (a CPU
 proxy for kernel launches: view ops excluded) and the peak memory of a step for moe, moe+ckpt and
 moe+plain-loss (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
 baseline, in a fresh subprocess per variant). Ratios are what the README quotes.
@@ -66,6 +70,10 @@ class HFRunner(torch.nn.Module):
         return Output(logits=None, loss=loss, lm_loss=loss)
 
 
+def is_eval(variant: str) -> bool:
+    return variant.startswith("moe+eval")
+
+
 def make_step(variant: str, base: dict, batch: int, device, dtype):
     """Build `variant` and return (a function running one train_step, the trained module)."""
     torch.manual_seed(0)
@@ -93,6 +101,10 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=g).to(device)
     batches = [(x, x)]
+    if is_eval(variant):  # train.py's validation pass over one batch of windows
+        n = x.numel()
+        val = SimpleNamespace(x=x, y=x, batch_size=batch, tokens=n, bytes=n, world=runtime.World())
+        return (lambda: train.evaluate(runner, val, job.autocast, device)), model
 
     def step():
         out = train.train_step(job, batches, 0, 1e-4)
@@ -191,7 +203,7 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak) -> dict:
     measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in variants]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
-           "mfu": {v: t * fpt / peak for v, t in tok_s.items()} if peak else None,
+           "mfu": {v: t * fpt / (3 if is_eval(v) else 1) / peak for v, t in tok_s.items()} if peak else None,
            "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in variants
                             if not v.endswith("+compile")},
            "peak_step_memory_mb": mem,
@@ -201,11 +213,15 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak) -> dict:
     if "moe+plain-loss" in secs:
         out["ratios"]["plain_loss_over_fused_time"] = secs["moe+plain-loss"] / secs["moe"]
         out["ratios"]["fused_loss_memory_saving"] = 1 - mem["moe"] / mem["moe+plain-loss"]
+    if "moe+eval" in secs:  # validation tokens/s over training tokens/s
+        out["ratios"]["eval_over_train_speed"] = secs["moe"] / secs["moe+eval"]
     if "hf" in secs:
         out["ratios"]["hf_over_ours_time"] = secs["hf"] / secs["moe"]
     if "moe+compile" in secs:
         out["ratios"]["moe_over_dense_time_compiled"] = secs["moe+compile"] / secs["dense+compile"]
         out["ratios"]["eager_over_compiled_time"] = secs["moe"] / secs["moe+compile"]
+        if "moe+eval+compile" in secs:
+            out["ratios"]["eval_over_train_speed_compiled"] = secs["moe+compile"] / secs["moe+eval+compile"]
         if "hf" in secs:
             out["ratios"]["hf_over_ours_compiled_time"] = secs["hf"] / secs["moe+compile"]
     return out
@@ -216,12 +232,12 @@ def report(result: dict) -> None:
     for batch, r in result["batches"].items():
         print(f"training step, batch {batch} x {c['max_seq_len']}, dim {c['dim']}, {c['n_experts']} experts, "
               f"{c['dtype']}, {result['device']}, median of {c['repeats']}")
-        print(f"{'variant':14s} {'step ms':>9s} {'tok/s':>10s} {'MFU':>7s} {'ops':>6s} {'peak MB':>8s}")
+        print(f"{'variant':16s} {'step ms':>9s} {'tok/s':>10s} {'MFU':>7s} {'ops':>6s} {'peak MB':>8s}")
         for v, s in r["step_seconds"].items():
             mfu = f"{r['mfu'][v]:7.1%}" if r["mfu"] else f"{'':7s}"
             ops = f"{r['ops_per_step'][v]:6d}" if v in r["ops_per_step"] else f"{'':6s}"
             mem = f"{r['peak_step_memory_mb'][v]:8.0f}" if v in r["peak_step_memory_mb"] else f"{'':8s}"
-            print(f"{v:14s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}")
+            print(f"{v:16s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}")
         for k, ratio in r["ratios"].items():
             print(f"  {k:30s} {ratio:6.2f}")
 
@@ -261,8 +277,8 @@ def main(argv=None):
         repeats = opts.repeats or (10 if cuda else 9)
     batches = [int(b) for b in (opts.batches or ("32,128" if cuda else "8")).split(",")]
     compiled = opts.compile == "true" or (opts.compile == "auto" and cuda)
-    variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss"] + ([] if opts.no_hf else ["hf"])
-    variants += ["moe+compile", "dense+compile"] if compiled else []
+    variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])
+    variants += ["moe+compile", "dense+compile", "moe+eval+compile"] if compiled else []
     peak = runtime.peak_flops(device, dtype)
     with torch.device("meta"):
         counts = {v: count_parameters(Llama4(variant_args(v, base))) for v in ["moe", "dense"]}

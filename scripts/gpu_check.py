@@ -7,10 +7,12 @@ that it cannot rot.
 
 One after another, each in its own process:
   1. scripts/bench_model.py --device cuda: MoE, dense, MoE + activation checkpointing and
-     transformers, eager and compiled, batch 32 and 128, bf16, with MFU and peak memory;
+     transformers, eager and compiled, batch 32 and 128, bf16, with MFU and peak memory, and the
+     evaluation pass's pace beside the training step's;
   2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate; then
      in float32, whether the variants' greedy tokens agree (compiled with and without CUDA graphs);
-  3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled), then
+  3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled, evaluating
+     valid-lower.txt at the default cadence: the seconds per pass are reported), then
      --eval_only on valid-lower.txt, one sampled story, and the greedy story with the decode step
      compiled and eager, compared.
 It writes to --out (default img/gpu/): bench_model.json, bench_sample.json, bench_sample_fp32.json,
@@ -65,7 +67,7 @@ def train_part(opts, out: Path, log) -> dict:
         argv = ["--preset", "debug", "--max_steps", "6", "--eval_every", "3"]
     else:
         argv = ["--preset", "scout-128m", "--vocab_size", "8192", "--max_minutes", str(opts.minutes),
-                "--max_steps", "1000000", "--eval_every", "1000000", "--save_every", "1000000"]
+                "--max_steps", "1000000", "--save_every", "1000000"]  # evaluation: the default cadence
     argv += ["--data", opts.data, "--val_data", opts.val_data, "--compile", opts.compile,
              "--device", opts.device, "--wandb_mode", "disabled", "--plot", "", *common]
     result = {"argv": [str(a) for a in argv], "train_exit": sh("train.py", *argv, log=log).returncode}
@@ -83,6 +85,13 @@ def train_part(opts, out: Path, log) -> dict:
     if train[-1]["mfu"]:
         mfu_per_token_s = train[-1]["mfu"] / train[-1]["tokens_per_s"]
         result["end_to_end_mfu"] = result["end_to_end_tokens_per_s"] * mfu_per_token_s
+    val = [r for r in records if r["kind"] == "val"]
+    passes = val[1:] or val  # the first pass compiles the evaluation graph
+    if passes:
+        seconds = sorted(r["val_seconds"] for r in passes)[len(passes) // 2]
+        result.update(evaluations=len(val), eval_seconds=seconds, eval_tokens=passes[0]["val_tokens"],
+                      eval_tokens_per_s=passes[0]["val_tokens"] / seconds)
+        result["eval_over_train_speed"] = result["eval_tokens_per_s"] / result["steady_tokens_per_s"]
     ev = sh("train.py", "--run", "gpu-check", "--eval_only", "--val_data", opts.val_data,
             "--device", opts.device, "--compile", opts.compile, *common, log=log)
     if ev.returncode == 0:
@@ -136,7 +145,8 @@ def markdown(out: Path) -> str:
         t = json.loads((out / "train.json").read_text())
         lines += ["**train.py** " + " ".join(t["argv"]), "", "| figure | value |", "|---|---|"]
         for k in ["steps", "tokens", "minutes", "steady_tokens_per_s", "steady_mfu",
-                  "end_to_end_tokens_per_s", "end_to_end_mfu"]:
+                  "end_to_end_tokens_per_s", "end_to_end_mfu", "evaluations", "eval_tokens", "eval_seconds",
+                  "eval_tokens_per_s", "eval_over_train_speed"]:
             if k in t:
                 lines.append(f"| {k} | {t[k]:,.4g} |" if isinstance(t[k], float) else f"| {k} | {t[k]:,} |")
         if "eval" in t:

@@ -1,12 +1,18 @@
 """What GPU speed rests on, held on a CPU: the model compiles whole (no graph break) and the
-compiled model trains exactly like the eager one; a training step never waits for the device."""
+compiled model trains exactly like the eager one; a training step never waits for the device,
+and evaluation waits once, at its end."""
+
+from contextlib import nullcontext
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import debug_args, host_syncs, write_stories
 
 import train
 from model import Llama4
+from runtime import World
 
 
 def test_compiled_model_equals_eager_in_loss_and_every_gradient():
@@ -62,3 +68,35 @@ def test_a_training_step_makes_no_host_sync(tmp_path, corpus):
         return host_syncs(lambda: train.main(argv))
     run(2)  # build the caches first, so that both runs below do the same work outside the loop
     assert run(9) == run(3)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_evaluation_waits_for_the_device_once_and_gives_the_logits_loss(compiled):
+    """evaluate() over 1 batch of windows and over 4 makes the same host syncs, one (the total
+    read at the end): no per-window id check or scalar read. Its loss, computed without the
+    (B, T, V) logits, is the one the logits give."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args())
+    runner = torch.compile(model, fullgraph=True) if compiled else model
+    B, T, V = 4, model.args.max_seq_len, model.args.vocab_size
+
+    def val_set(batches):
+        x = torch.randint(0, V, (B * batches, T), generator=torch.Generator().manual_seed(batches))
+        y = x.roll(-1, 1)
+        y[:, -1] = -1
+        y[-1] = -1  # a padding window, as EvalSet adds to fill the last batch
+        n = int((y >= 0).sum())
+        return SimpleNamespace(x=x, y=y, batch_size=B, tokens=n, bytes=n, world=World())
+
+    val = val_set(4)
+    result = train.evaluate(runner, val, nullcontext(), "cpu")  # compiles first, when compiled
+    assert result["tokens"] == val.tokens and model.training  # back in training mode
+    with torch.no_grad():
+        nats = F.cross_entropy(model.eval()(val.x).logits.flatten(0, 1), val.y.flatten(), ignore_index=-1,
+                               reduction="sum")
+    assert result["nats_per_token"] == pytest.approx(float(nats) / val.tokens, rel=1e-5)
+    syncs = []
+    for n in (1, 4):
+        v = val_set(n)
+        syncs.append(host_syncs(lambda v=v: train.evaluate(runner, v, nullcontext(), "cpu")))
+    assert syncs == [1, 1]

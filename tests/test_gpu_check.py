@@ -15,12 +15,15 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
                           "--work", str(tmp_path / "work"), "--data", str(tmp_path / "train.txt"),
                           "--val_data", str(tmp_path / "valid.txt"), "--only", "model,train"])
     model = json.loads((out / "bench_model.json").read_text())
-    assert set(model["batches"]["8"]["step_seconds"]) == {"moe", "dense", "moe+ckpt", "moe+plain-loss"}
+    assert set(model["batches"]["8"]["step_seconds"]) == {"moe", "dense", "moe+ckpt", "moe+plain-loss",
+                                                                 "moe+eval"}
     assert model["batches"]["8"]["peak_step_memory_mb"].keys() == {"moe", "moe+ckpt", "moe+plain-loss"}
     assert model["batches"]["8"]["ops_per_step"]["moe"] > 0
     run = json.loads((out / "train.json").read_text())
     assert run["train_exit"] == 0 and run["steps"] == 6 and run["eval"]["bits_per_byte"] > 0
+    assert run["evaluations"] == 2 and run["eval_seconds"] > 0 and run["eval_over_train_speed"] > 0
     assert run["sample"] and not run["sample"].startswith("(sample.py failed")
     assert run["greedy"]["same"] and run["greedy"]["same_characters"] == run["greedy"]["characters"] > 0
     md = (out / "gpu.md").read_text()
     assert "Training step" in md and "steady_tokens_per_s" in md and "Greedy story" in md
+    assert "eval_over_train_speed" in md and "evaluation pass tokens/s / training step tokens/s" in md

@@ -219,13 +219,15 @@ def test_loss_counts_real_tokens_only(impl):
     y = x.clone()
     y[1, 8:] = -1
     out = model(x, targets=y)
-    assert (out.logits is None) == (impl == "fused")  # fused: with gradients on, no (B, T, V) logits
+    assert (out.logits is None) == (impl == "fused")  # fused: no (B, T, V) logits
     logp = model(x).logits.log_softmax(-1)
     picked = torch.cat([logp[0].gather(-1, y[0, :, None]).flatten(),
                         logp[1, :8].gather(-1, y[1, :8, None]).flatten()])
     assert torch.allclose(out.lm_loss, -picked.mean())
-    with torch.no_grad():  # no gradients: the plain path, logits returned
-        assert model(x, targets=y).logits is not None
+    with torch.no_grad():  # evaluation: the same loss; the fused loss takes no gradients, keeps no logits
+        evaluated = model.eval()(x, targets=y)
+    assert (evaluated.logits is None) == (impl == "fused")
+    assert torch.allclose(evaluated.lm_loss, out.lm_loss)
 
 
 @pytest.mark.parametrize("chunk", [2 ** 25, 7 * V])  # one chunk; chunks of 7 rows, the last one short
@@ -250,6 +252,9 @@ def test_fused_loss_equals_the_reference_in_value_and_gradients(monkeypatch, chu
         out.loss.backward()
         runs[impl] = (out.lm_loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                               if p.grad is not None})
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            no_grad = model(x, targets=y).lm_loss  # evaluation: the loss without the gradient work
+        assert torch.equal(no_grad, runs[impl][0]), impl
     (la, ga), (lb, gb) = runs["fused"], runs["reference"]
     tol = 3e-2 if autocast else 1e-5  # bf16: the 1/N scale rounds before or after the cast
     assert (la - lb).abs() <= tol * lb.abs() and ga.keys() == gb.keys() and "lm_head.weight" in ga

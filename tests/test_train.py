@@ -303,7 +303,7 @@ def test_metrics_jsonl_and_loss_plot_are_written(tmp_path, corpus, cache):
     assert sum(records[-1]["expert_share"][0]) == pytest.approx(1.0, abs=1e-3)
     val = metrics(tmp_path, kind="val")
     assert [r["step"] for r in val] == [2, 4]
-    for key in ["nats_per_token", "perplexity", "bits_per_byte", "val_tokens", "val_bytes"]:
+    for key in ["nats_per_token", "perplexity", "bits_per_byte", "val_tokens", "val_bytes", "val_seconds"]:
         assert key in val[-1]
     assert val[-1]["tokens"] == 4 * 4 * 64  # tokens trained on, for plotting against tokens
     png = (tmp_path / "loss.png").read_bytes()
