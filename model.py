@@ -30,6 +30,8 @@ How it departs from the obvious version (and from HF's code):
   compiled into a CUDA graph (sample.py does); no cache (the full forward) is the reference.
 - Chunked attention in training folds each aligned chunk into the batch and runs plain causal
   attention on it: no T x T mask is materialised and no masked-out work is done.
+- Under autocast each normed activation is cast to bf16 once, in Block (`compute_dtype`), and
+  shared by the projections that read it; autocast alone casts it again for each one (q, k, v).
 - The loss never holds the (B*T, V) logits: given targets, `linear_cross_entropy` runs the output
   layer and the cross-entropy chunk by chunk, taking their gradients on the way when training (no
   logits are returned then; evaluation gets the loss alone too). `Llama4.loss_impl = "reference"`
@@ -348,7 +350,7 @@ class Experts(nn.Module):
             dtype = torch.get_autocast_dtype(xs.device.type)
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
         if grouped_mm_supported(xs):  # no host sync: group boundaries stay on the device
-            offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
+            offs = counts.cumsum(0, dtype=torch.int32)  # end row of each expert's group
             if torch.compiler.is_compiling() and xs.dtype != torch.bfloat16:  # compile traces bf16 only
                 gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)
                 return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)
@@ -405,9 +407,10 @@ class MoE(nn.Module):
     def _sparse(self, h, top_idx, scores):
         flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
         order = flat.argsort(stable=True)  # assignments sorted by expert
-        token = order // self.top_k  # (N*k,) token of each sorted assignment
+        token = order // self.top_k if self.top_k > 1 else order  # (N*k,) token of each sorted assignment
         counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
-        xs = h[token] * scores.reshape(-1, 1)[order]  # (N*k, dim) expert inputs, grouped
+        scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)
+        xs = scaled[order]  # (N*k, dim) expert inputs, grouped: one gather (and one scatter back)
         ys = self.experts(xs, counts)
         out = self.shared_expert(h)  # under autocast: bf16, like ys
         return out.index_add(0, token, ys.to(out.dtype)), counts
@@ -432,7 +435,7 @@ class MoE(nn.Module):
         lse = torch.logsumexp(logits, -1, keepdim=True)  # (N, 1)
         log_probs = logits - lse  # (N, E)
         probs = log_probs.exp()
-        f = counts.float() / counts.sum()  # share of assignments per expert
+        f = counts.float() / (logits.shape[0] * self.top_k)  # share of assignments per expert
         aux = self.n_experts * (f * probs.mean(0)).sum()
         z = lse.pow(2).mean()
         entropy = -(probs * log_probs).sum(-1).mean()
@@ -499,6 +502,16 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
 # The decoder
 
 
+def compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in autocast's dtype where autocast is on (the residual stream stays fp32). A normed
+    activation is read by several projections (q, k and v; router, noise, shared expert gate and
+    up): cast once here, autocast would cast it once per projection, and backward would cast each
+    gradient back. Same values forward; the branches' gradients are summed in bf16 before the one
+    cast back, not in fp32 after several."""
+    kind = x.device.type
+    return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
+
+
 class Block(nn.Module):
     def __init__(self, args: ModelArgs, layer: int):
         super().__init__()
@@ -509,8 +522,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x, pos, rope, cache=None, default_pos=False):
-        x = x + self.self_attn(self.input_layernorm(x), pos, rope, cache, default_pos)
-        h = self.post_attention_layernorm(x)
+        x = x + self.self_attn(compute_dtype(self.input_layernorm(x)), pos, rope, cache, default_pos)
+        h = compute_dtype(self.post_attention_layernorm(x))
         if self.is_moe:
             y, stats = self.feed_forward(h)
             return x + y, stats
