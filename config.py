@@ -220,6 +220,10 @@ SPECIAL_TOKENS = {
 # A training run
 
 
+# torch.compile's modes, as --compile_mode takes them (train.py, scripts/bench_model.py)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainArgs:
     # --- data ---
@@ -257,6 +261,9 @@ class TrainArgs:
     compile: str = arg("auto", "torch.compile the model: auto = on CUDA (eager where compiling is "
                                "unavailable, with a warning), true, false", choices=["auto", "true", "false"],
                         const="true")
+    compile_mode: str = arg("default", "torch.compile mode when compiling: default, reduce-overhead "
+                                       "(CUDA graphs), max-autotune, max-autotune-no-cudagraphs",
+                            choices=list(COMPILE_MODES))
     grad_checkpoint: bool = arg(False, "activation checkpointing per block (less memory, more "
                                        "compute)")
     # --- evaluation, logging, checkpoints ---

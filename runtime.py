@@ -94,10 +94,12 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def compile_model(model, choice: str, device: torch.device, log=print):
-    """torch.compile(model) when `choice` (--compile) says so: true, or auto on CUDA. Where
-    compiling is unavailable (no C compiler, no Triton, an unsupported Python), `auto` and `true`
-    fall back to the eager model with one warning line."""
+def compile_model(model, choice: str, device: torch.device, log=print, mode: str = "default"):
+    """torch.compile(model, mode=mode) when `choice` (--compile) says so: true, or auto on CUDA.
+    Where compiling is unavailable (no C compiler, no Triton, an unsupported Python), `auto` and
+    `true` fall back to the eager model with one warning line. `mode` (--compile_mode):
+    reduce-overhead replays the compiled forward and backward as CUDA graphs (on CUDA; the CPU
+    compiles as by default)."""
     if choice == "false" or (choice == "auto" and device.type != "cuda"):
         return model
     problem = compile_problem(device)
@@ -105,7 +107,7 @@ def compile_model(model, choice: str, device: torch.device, log=print):
         log(f"warning: torch.compile is unavailable here ({problem}); running eagerly (--compile false "
             "skips this check)")
         return model
-    return torch.compile(model)
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def compile_problem(device: torch.device) -> str | None:

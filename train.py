@@ -725,7 +725,7 @@ def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Jo
         opt.load_state_dict(ckpt["optimizer"])
         checkpoint.set_rng_state(ckpt["rng"])
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
-    compiled = runtime.compile_model(model, train_args.compile, device, log)
+    compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
     runner = compiled
     if world.size > 1:
         runner = torch.nn.parallel.DistributedDataParallel(

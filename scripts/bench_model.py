@@ -70,6 +70,9 @@ class HFRunner(torch.nn.Module):
         return Output(logits=None, loss=loss, lm_loss=loss)
 
 
+COMPILE_MODE = "default"  # torch.compile's mode for the +compile variants (--compile_mode)
+
+
 def is_eval(variant: str) -> bool:
     return variant.startswith("moe+eval")
 
@@ -93,7 +96,7 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model
     if variant.endswith("+compile"):
-        runner = torch.compile(runner)
+        runner = torch.compile(runner, mode=None if COMPILE_MODE == "default" else COMPILE_MODE)
     train_args = TrainArgs(batch_size=batch)
     job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
                           opt=train.make_optimizer(model, train_args, device),
@@ -252,6 +255,10 @@ def main(argv=None):
                    help="comma-separated batch sizes (default 8 on CPU, 32,128 on CUDA)")
     p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
                    help="also time compiled variants (auto: on CUDA)")
+    p.add_argument("--compile_mode", default="default",
+                   choices=list(config.COMPILE_MODES),
+                   help="torch.compile mode of the compiled variants (reduce-overhead: CUDA graphs), "
+                        "as train.py's --compile_mode")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats (smoke test)")
@@ -263,6 +270,8 @@ def main(argv=None):
     if opts.child:
         print(peak_memory_child(opts.child, json.loads(opts.base), int(opts.batches)))
         return None
+    global COMPILE_MODE
+    COMPILE_MODE = opts.compile_mode
     device = runtime.resolve_device(opts.device)
     cuda = device.type == "cuda"
     if not cuda:
@@ -285,6 +294,7 @@ def main(argv=None):
     result = {
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, 2 threads)",
         "config": {**base, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
+                   "compile_mode": opts.compile_mode,
                    "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},

@@ -18,7 +18,8 @@ One after another, each in its own process:
 It writes to --out (default img/gpu/): bench_model.json, bench_sample.json, bench_sample_fp32.json,
 train.json (the run's figures: steady-state and end-to-end tokens/s and MFU, the evaluation, the
 stories), gpu.md (the tables the README's GPU section quotes) and log.txt; the run goes to --work
-(checkpoints/gpu-check/, git-ignored). Data: --data / --val_data, by default gpu-data/ in the
+(checkpoints/gpu-check/, git-ignored). --compile_mode reduce-overhead compiles the model and train
+parts with CUDA graphs. Data: --data / --val_data, by default gpu-data/ in the
 checkout (`make gpu-prep` copies the shared files there, since ../shared does not travel to a
 lent GPU machine), else ../shared/data/tinystories/.
 """
@@ -32,6 +33,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import config  # noqa: E402
+
 DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
 
 
@@ -69,6 +74,7 @@ def train_part(opts, out: Path, log) -> dict:
         argv = ["--preset", "scout-128m", "--vocab_size", "8192", "--max_minutes", str(opts.minutes),
                 "--max_steps", "1000000", "--save_every", "1000000"]  # evaluation: the default cadence
     argv += ["--data", opts.data, "--val_data", opts.val_data, "--compile", opts.compile,
+             "--compile_mode", opts.compile_mode,
              "--device", opts.device, "--wandb_mode", "disabled", "--plot", "", *common]
     result = {"argv": [str(a) for a in argv], "train_exit": sh("train.py", *argv, log=log).returncode}
     metrics = run_dir / "metrics.jsonl"
@@ -166,6 +172,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
     p.add_argument("--minutes", type=float, default=1.5, help="the train.py run's budget (default 1.5)")
     p.add_argument("--compile", default="true", choices=["auto", "true", "false"])
+    p.add_argument("--compile_mode", default="default", choices=list(config.COMPILE_MODES),
+                   help="torch.compile mode of the model and train parts (reduce-overhead: CUDA graphs)")
     p.add_argument("--data", default=find("train-lower.txt"))
     p.add_argument("--val_data", default=find("valid-lower.txt"))
     p.add_argument("--out", default=str(ROOT / "img" / "gpu"), help="the JSON, gpu.md and log.txt")
@@ -182,7 +190,7 @@ def main(argv=None):
         if "model" in parts:
             extra = ["--no-hf", "--compile", "false"] if opts.quick else []
             sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra,
-               "--out", out / "bench_model.json", log=log)
+               "--compile_mode", opts.compile_mode, "--out", out / "bench_model.json", log=log)
         if "sample" in parts:
             sh("scripts/bench_sample.py", "--device", opts.device, *quick,
                "--out", out / "bench_sample.json", log=log)

@@ -114,3 +114,17 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     ops = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
     assert ops["moe"] <= 1140 and ops["dense"] <= 760, ops
     assert (ops["moe"] - ops["dense"]) / 4 <= 100, ops  # what one MoE layer adds over a dense one
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch):
+    """--compile_mode goes from the command line to torch.compile (reduce-overhead: CUDA graphs on
+    CUDA); the default mode passes none."""
+    import runtime
+    seen = []
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: None)
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    for mode in ["reduce-overhead", "default"]:
+        train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
+                    "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "1", "--compile",
+                    "true", "--compile_mode", mode, "--run", mode])
+    assert seen == ["reduce-overhead", None]
