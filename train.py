@@ -132,7 +132,8 @@ LOSSES = ("loss", "lm_loss", "aux_loss", "z_loss")
 def accumulate(runner, batches, seed, step, micros, autocast, no_sync):
     """Forward and backward over this process's micro-batches; gradients summed over them with
     weight 1/len(batches) (DDP then averages over ranks, giving the mean over the global batch).
-    Returns (losses (4,), expert counts, router entropy), detached, on the device."""
+    Returns (losses (4,), expert counts, router entropy), detached, on the device, and owned: a
+    model output is read before the next call (under CUDA graphs the next replay overwrites it)."""
     losses, counts, entropy = None, None, None
     for i, ((x, y), micro) in enumerate(zip(batches, micros, strict=True)):
         torch.manual_seed(micro_seed(seed, step, micro))
@@ -145,7 +146,7 @@ def accumulate(runner, batches, seed, step, micros, autocast, no_sync):
         now = torch.stack([(p.detach().float() if p is not None else zero) for p in parts]) / len(batches)
         losses = now if losses is None else losses + now
         if out.expert_counts is not None:
-            counts = out.expert_counts if counts is None else counts + out.expert_counts
+            counts = out.expert_counts.clone() if counts is None else counts + out.expert_counts
             e = out.router_entropy / len(batches)
             entropy = e if entropy is None else entropy + e
     return losses, counts, entropy

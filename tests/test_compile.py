@@ -128,3 +128,43 @@ def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch):
                     "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "1", "--compile",
                     "true", "--compile_mode", mode, "--run", mode])
     assert seen == ["reduce-overhead", None]
+
+
+class ReplayingRunner(torch.nn.Module):
+    """CUDA graphs (--compile_mode reduce-overhead) on the CPU, as the loop sees them: a replay
+    writes its outputs into the buffers of the previous call's, so this poisons the tensors the
+    previous call returned before each call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.returned = model, []
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            for t in self.returned:
+                t.fill_(float("nan") if t.is_floating_point() else -10**6)
+        out = self.model(*args, **kwargs)
+        self.returned = [v for v in vars(out).values() if isinstance(v, torch.Tensor)]
+        return out
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_the_loop_holds_no_model_output_past_the_next_call(tmp_path, corpus, monkeypatch, grad_accum):
+    """Under CUDA graphs a model output is valid until the next call: the training loop (with and
+    without accumulation) and evaluation must copy what they keep. Train records (losses, expert
+    shares, router entropy, over 3-step windows) and validation records equal a plain run's."""
+    import json
+
+    import runtime
+    runs = {}
+    for name in ["plain", "replaying"]:
+        if name == "replaying":
+            monkeypatch.setattr(runtime, "compile_model", lambda model, *a, **k: ReplayingRunner(model))
+        train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
+                    "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "6",
+                    "--log_every", "3", "--eval_every", "3", "--grad_accum", str(grad_accum),
+                    "--compile", "true" if name == "replaying" else "false", "--run", name])
+        lines = (tmp_path / "ckpt" / name / "metrics.jsonl").read_text().splitlines()
+        timings = ("tokens_per_s", "mfu", "minutes", "val_seconds")
+        runs[name] = [{k: v for k, v in r.items() if k not in timings} for r in map(json.loads, lines)]
+    assert runs["replaying"] == runs["plain"] and len(runs["plain"]) == 4
