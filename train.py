@@ -751,8 +751,11 @@ def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
     log(f"model: {counts['total']:,} parameters, {counts['active_per_token']:,} active per token "
         f"({counts['non_embedding']:,} non-embedding); {job.fpt / 1e6:.1f} MFLOPs per token")
     dtype = runtime.compute_dtype(train_args.dtype, job.device)
-    log(f"run: {job.run_dir} | device {job.device}, dtype {str(dtype).removeprefix('torch.')}, world size "
-        f"{job.world.size} | {job.tokens_per_step:,} tokens per step ({train_args.grad_accum} x {B} x {T}) | "
+    mode = "" if train_args.compile_mode == "default" else f" ({train_args.compile_mode})"
+    how = f"compiled{mode}" if job.compiled is not job.model else "eager"
+    log(f"run: {job.run_dir} | device {job.device}, dtype {str(dtype).removeprefix('torch.')}, {how}, "
+        f"world size {job.world.size} | {job.tokens_per_step:,} tokens per step "
+        f"({train_args.grad_accum} x {B} x {T}) | "
         f"steps {state.step} -> {train_args.max_steps}"
         + (f" or {train_args.max_minutes:g} minutes" if train_args.max_minutes else "")
         + (f" | peak {job.peak / 1e12:.2f} TFLOP/s" if job.peak else ""))

@@ -116,17 +116,19 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     assert (ops["moe"] - ops["dense"]) / 4 <= 100, ops  # what one MoE layer adds over a dense one
 
 
-def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch):
+def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsys):
     """--compile_mode goes from the command line to torch.compile (reduce-overhead: CUDA graphs on
-    CUDA); the default mode passes none."""
+    CUDA), and the start-up summary says how the model runs; the default mode passes none."""
     import runtime
     seen = []
     monkeypatch.setattr(runtime, "compile_problem", lambda device: None)
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
-    for mode in ["reduce-overhead", "default"]:
+    monkeypatch.setattr(torch, "compile",  # a wrapper, so that train.py sees a compiled model
+                        lambda model, mode=None: seen.append(mode) or ReplayingRunner(model))
+    for mode, says in [("reduce-overhead", "compiled (reduce-overhead), "), ("default", "compiled, ")]:
         train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
                     "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "1", "--compile",
                     "true", "--compile_mode", mode, "--run", mode])
+        assert f"dtype float32, {says}world size 1" in capsys.readouterr().out
     assert seen == ["reduce-overhead", None]
 
 
