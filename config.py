@@ -220,8 +220,10 @@ SPECIAL_TOKENS = {
 # A training run
 
 
-# torch.compile's modes, as --compile_mode takes them (train.py, scripts/bench_model.py)
+# torch.compile's modes, as --compile_mode takes them (train.py, scripts/bench_model.py and gpu_check.py),
+# and those that replay CUDA graphs on CUDA
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -262,7 +264,9 @@ class TrainArgs:
                                "unavailable, with a warning), true, false", choices=["auto", "true", "false"],
                         const="true")
     compile_mode: str = arg("default", "torch.compile mode when compiling: default, reduce-overhead "
-                                       "(CUDA graphs), max-autotune, max-autotune-no-cudagraphs",
+                                       "(CUDA graphs), max-autotune (tuned kernels and CUDA graphs), "
+                                       "max-autotune-no-cudagraphs; CUDA graphs take one micro-batch "
+                                       "per process",
                             choices=list(COMPILE_MODES))
     grad_checkpoint: bool = arg(False, "activation checkpointing per block (less memory, more "
                                        "compute)")

@@ -445,7 +445,8 @@ class MoE(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The loss: cross-entropy through the output layer, without the (N, V) logits
 
-LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary)
+LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary),
+# held twice for a moment (the fp32 logits and their log-softmax)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -506,8 +507,9 @@ def compute_dtype(x: torch.Tensor) -> torch.Tensor:
     """x in autocast's dtype where autocast is on (the residual stream stays fp32). A normed
     activation is read by several projections (q, k and v; router, noise, shared expert gate and
     up): cast once here, autocast would cast it once per projection, and backward would cast each
-    gradient back. Same values forward; the branches' gradients are summed in bf16 before the one
-    cast back, not in fp32 after several."""
+    gradient back. The projections see the same values; the MoE's expert inputs (h x router score)
+    are now a bf16 product rather than an fp32 one cast after, and the branches' gradients are
+    summed in bf16 before the one cast back, not in fp32 after several: rounding, no more."""
     kind = x.device.type
     return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
 

@@ -46,8 +46,9 @@ How this departs from the obvious version:
 - Ctrl-C / SIGTERM finish the current step, save last.pt and exit cleanly; a second signal aborts
   (exit status 130, one line), but never in the middle of a save: it waits for the file.
 - What can be refused before any work is: a vocabulary below 264, a batch that does not split
-  over the processes, a micro-batch whose weights and logits alone exceed the device's memory
-  (exit status 2, as for any bad setting).
+  over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
+  the device's memory, CUDA graphs with gradient accumulation (exit status 2, as for any bad
+  setting).
 - --max_minutes lays the cosine over wall-clock time: the schedule's progress is the larger of
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
@@ -74,7 +75,7 @@ import runtime
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, RunError, UserError
-from model import Llama4, count_parameters, flops_per_token
+from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
 from runtime import World
 from tokenizer import MIN_VOCAB, Tokenizer
 
@@ -273,7 +274,8 @@ class Clock:
 
 class EvalSet:
     """This rank's share of the fixed validation windows, kept on the device, and the UTF-8 bytes
-    their targets decode to (counted once). Evaluating waits for the device once, at the end."""
+    their targets decode to (counted once). Evaluating reads the device once, at the end (on CUDA
+    it also waits for the queued training steps first, to time the pass alone)."""
 
     def __init__(self, val, tok: Tokenizer, model_args: ModelArgs, train_args: TrainArgs, world: World,
                  device):
@@ -304,7 +306,8 @@ def evaluate(model, val: EvalSet, autocast, device) -> dict:
         x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
         with autocast:  # the loss alone: no (B, T, V) logits, no host read
             lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
-        nats += lm_loss.double() * (y >= 0).sum()
+        n = (y >= 0).sum()
+        nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
     model.train(was_training)
     nats, tokens, n_bytes = runtime.all_reduce([float(nats), val.tokens, val.bytes], device, val.world)
     per_token = nats / max(tokens, 1)
@@ -558,20 +561,23 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
 def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
     """A lower bound, in bytes, on what one micro-batch needs (the real need is higher): the
     weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter),
-    the fp32 logits (and their gradient), and the residual stream each layer keeps for backward."""
+    one chunk of the fused loss's fp32 logits and their log-softmax (the whole (B*T, V) logits are
+    never held), and the residual stream each layer keeps for backward."""
     with torch.device("meta"):
         n_params = sum(p.numel() for p in Llama4(model_args).parameters())
     tokens = train_args.batch_size * model_args.max_seq_len
+    V = model_args.vocab_size
     training = not train_args.eval_only
     return {"weights" + (" and optimizer state" if training else ""): n_params * (16 if training else 4),
-            "logits": tokens * model_args.vocab_size * 4 * (2 if training else 1),
+            "loss chunk": min(tokens, max(1, LOSS_CHUNK // V)) * V * 4 * 2,
             "activations": tokens * model_args.dim * 4 * model_args.n_layers * training}
 
 
 def check_settings(plan: RunPlan, device, world: World) -> None:
     """What can be refused before any work, as a bad setting (ConfigError, exit status 2): a
-    vocabulary smaller than a byte-level BPE, a batch that does not split over the processes, a
-    micro-batch whose weights and logits alone exceed the device's memory."""
+    vocabulary smaller than a byte-level BPE, a batch that does not split over the processes, CUDA
+    graphs with more than one micro-batch per process, a micro-batch whose weights, loss chunk and
+    residual stream alone exceed the device's memory."""
     model_args, train_args = plan.model_args, plan.train_args
     if plan.ckpt is None and model_args.vocab_size < MIN_VOCAB:
         raise ConfigError(f"--vocab_size {model_args.vocab_size} is too small: a byte-level BPE needs at "
@@ -579,6 +585,13 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     if train_args.grad_accum % world.size:
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}")
+    compiling = train_args.compile == "true" or (train_args.compile == "auto" and device.type == "cuda")
+    per_process = train_args.grad_accum // world.size
+    if compiling and train_args.compile_mode in config.CUDA_GRAPH_MODES and per_process > 1:
+        raise ConfigError(f"--compile_mode {train_args.compile_mode} replays CUDA graphs, and a replay "
+                          f"overwrites the gradients of the micro-batch before it, so it takes one "
+                          f"micro-batch per process (here {per_process}): use --grad_accum {world.size}, "
+                          "or --compile_mode max-autotune-no-cudagraphs")
     need, have = memory_floor(model_args, train_args), runtime.device_memory(device)
     if have and sum(need.values()) > have:
         parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in need.items() if v)

@@ -257,8 +257,8 @@ def main(argv=None):
                    help="also time compiled variants (auto: on CUDA)")
     p.add_argument("--compile_mode", default="default",
                    choices=list(config.COMPILE_MODES),
-                   help="torch.compile mode of the compiled variants (reduce-overhead: CUDA graphs), "
-                        "as train.py's --compile_mode")
+                   help="torch.compile mode of the compiled variants (reduce-overhead and max-autotune: "
+                        "CUDA graphs), as train.py's --compile_mode")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats (smoke test)")

@@ -173,7 +173,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=1.5, help="the train.py run's budget (default 1.5)")
     p.add_argument("--compile", default="true", choices=["auto", "true", "false"])
     p.add_argument("--compile_mode", default="default", choices=list(config.COMPILE_MODES),
-                   help="torch.compile mode of the model and train parts (reduce-overhead: CUDA graphs)")
+                   help="torch.compile mode of the model and train parts (reduce-overhead and "
+                        "max-autotune: CUDA graphs)")
     p.add_argument("--data", default=find("train-lower.txt"))
     p.add_argument("--val_data", default=find("valid-lower.txt"))
     p.add_argument("--out", default=str(ROOT / "img" / "gpu"), help="the JSON, gpu.md and log.txt")

@@ -154,7 +154,9 @@ class ReplayingRunner(torch.nn.Module):
 def test_the_loop_holds_no_model_output_past_the_next_call(tmp_path, corpus, monkeypatch, grad_accum):
     """Under CUDA graphs a model output is valid until the next call: the training loop (with and
     without accumulation) and evaluation must copy what they keep. Train records (losses, expert
-    shares, router entropy, over 3-step windows) and validation records equal a plain run's."""
+    shares, router entropy, over 3-step windows) and validation records equal a plain run's.
+    (Gradients are another matter: a replay overwrites them too, so train.py refuses CUDA graphs
+    with more than one micro-batch per process; tests/test_faults.py holds that.)"""
     import json
 
     import runtime

@@ -286,9 +286,11 @@ def no_data(monkeypatch):
 
 @pytest.mark.parametrize("extra,message", [
     (["--vocab_size", "100"], "--vocab_size 100 is too small: a byte-level BPE needs at least 264"),
-    (["--max_seq_len", "100000", "--vocab_size", "4096", "--batch_size", "16"],
-     "--max_seq_len 100000 x --batch_size 16 needs at least"),
+    (["--max_seq_len", "2000000", "--vocab_size", "4096", "--batch_size", "16"],
+     "--max_seq_len 2000000 x --batch_size 16 needs at least 33"),
     (["--device", "tpu"], "--device tpu: not a device name; use auto, cpu, cuda or cuda:N"),
+    (["--compile", "true", "--compile_mode", "reduce-overhead", "--grad_accum", "2"],
+     "--compile_mode reduce-overhead replays CUDA graphs, and a replay overwrites the gradients"),
 ])
 def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatch, capsys, no_data, extra,
                                              message):

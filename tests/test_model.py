@@ -262,6 +262,31 @@ def test_fused_loss_equals_the_reference_in_value_and_gradients(monkeypatch, chu
         assert (ga[name] - gb[name]).abs().max() <= tol * gb[name].abs().max(), name
 
 
+def test_fused_loss_without_gradients_does_no_gradient_work(monkeypatch):
+    """Evaluation's loss: one matmul per chunk (its logits), not three (logits, then the gradients
+    of x and of the weight), though the inputs require gradients."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import model as model_module
+
+    class Matmuls(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm)
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", 7 * V)  # chunks of 7 rows: 9 chunks of 60 rows
+    x, w = torch.randn(60, 16, requires_grad=True), torch.randn(V, 16, requires_grad=True)
+    t = torch.randint(0, V, (60,))
+    counts = []
+    for grad in [False, True]:
+        with torch.set_grad_enabled(grad), Matmuls() as mm:
+            model_module.linear_cross_entropy(x, w, t)
+        counts.append(mm.n)
+    assert counts == [9, 27]
+
+
 # --- activation checkpointing ---------------------------------------------------------------
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
