@@ -380,6 +380,7 @@ class MoE(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_experts, self.top_k = args.n_experts, args.top_k
+        self.z_loss_on = args.router_z_loss_coef != 0  # off: the z-loss is logged, not differentiated
         self.router = nn.Linear(args.dim, args.n_experts, bias=False)
         # Noisy top-k gating (Shazeer et al. 2017): logits + N(0, 1) * softplus(h W + b), training
         # only. Not part of HF's model; dropped on export.
@@ -437,9 +438,9 @@ class MoE(nn.Module):
         probs = log_probs.exp()
         f = counts.float() / (logits.shape[0] * self.top_k)  # share of assignments per expert
         aux = self.n_experts * (f * probs.mean(0)).sum()
-        z = lse.pow(2).mean()
-        entropy = -(probs * log_probs).sum(-1).mean()
-        return RouterStats(aux, z, entropy.detach(), counts)
+        z = (lse if self.z_loss_on else lse.detach()).pow(2).mean()
+        entropy = -(probs.detach() * log_probs.detach()).sum(-1).mean()  # logged only
+        return RouterStats(aux, z, entropy, counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,8 +615,9 @@ class Llama4(nn.Module):
         if targets is not None:
             out.loss = out.lm_loss
             if out.aux_loss is not None:
-                out.loss = (out.loss + self.args.router_aux_loss_coef * out.aux_loss
-                            + self.args.router_z_loss_coef * out.z_loss)
+                out.loss = out.loss + self.args.router_aux_loss_coef * out.aux_loss
+                if self.args.router_z_loss_coef:  # off by default: no backward through it then
+                    out.loss = out.loss + self.args.router_z_loss_coef * out.z_loss
         return out
 
     def _check_input(self, tokens, targets, cache):
