@@ -107,7 +107,10 @@ def compile_model(model, choice: str, device: torch.device, log=print, mode: str
         log(f"warning: torch.compile is unavailable here ({problem}); running eagerly (--compile false "
             "skips this check)")
         return model
-    return torch.compile(model, mode=None if mode == "default" else mode)
+    # dynamic=False: a run's shapes never change, and a graph with a symbolic batch (what
+    # automatic dynamic shapes make of a second shape in one process) is slower than one
+    # compiled for the batch it runs
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
 def compile_problem(device: torch.device) -> str | None:

@@ -96,7 +96,10 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model
     if variant.endswith("+compile"):
-        runner = torch.compile(runner, mode=None if COMPILE_MODE == "default" else COMPILE_MODE)
+        # static shapes, as train.py compiles: without dynamic=False the second batch size would
+        # get a graph with a symbolic batch (automatic dynamic shapes), slower than train.py's
+        mode = None if COMPILE_MODE == "default" else COMPILE_MODE
+        runner = torch.compile(runner, mode=mode, dynamic=False)
     train_args = TrainArgs(batch_size=batch)
     job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
                           opt=train.make_optimizer(model, train_args, device),

@@ -119,18 +119,27 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
 
 def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsys):
     """--compile_mode goes from the command line to torch.compile (reduce-overhead: CUDA graphs on
-    CUDA), and the start-up summary says how the model runs; the default mode passes none."""
+    CUDA), and the start-up summary says how the model runs; the default mode passes none. Shapes
+    are static (dynamic=False): a run has one, and a symbolic batch (automatic dynamic shapes, at
+    a second shape) makes slower kernels. scripts/bench_model.py compiles so too."""
     import runtime
     seen = []
     monkeypatch.setattr(runtime, "compile_problem", lambda device: None)
-    monkeypatch.setattr(torch, "compile",  # a wrapper, so that train.py sees a compiled model
-                        lambda model, mode=None: seen.append(mode) or ReplayingRunner(model))
+
+    def fake_compile(model, mode=None, dynamic=None):  # a wrapper, so that train.py sees a compiled model
+        seen.append((mode, dynamic))
+        return ReplayingRunner(model)
+    monkeypatch.setattr(torch, "compile", fake_compile)
     for mode, says in [("reduce-overhead", "compiled (reduce-overhead), "), ("default", "compiled, ")]:
         train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
                     "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "1", "--compile",
                     "true", "--compile_mode", mode, "--run", mode])
         assert f"dtype float32, {says}world size 1" in capsys.readouterr().out
-    assert seen == ["reduce-overhead", None]
+    assert seen == [("reduce-overhead", False), (None, False)]
+    from scripts import bench_model
+    seen.clear()
+    bench_model.make_step("moe+compile", bench_model.QUICK_SHAPE, 2, torch.device("cpu"), torch.float32)
+    assert seen == [(None, False)]
 
 
 class ReplayingRunner(torch.nn.Module):
