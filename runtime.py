@@ -100,16 +100,25 @@ def compile_model(model, choice: str, device: torch.device, log=print, mode: str
     `true` fall back to the eager model with one warning line. `mode` (--compile_mode):
     reduce-overhead replays the compiled forward and backward as CUDA graphs (on CUDA; the CPU
     compiles as by default)."""
-    if choice == "false" or (choice == "auto" and device.type != "cuda"):
+    if not wants_compile(choice, device):
         return model
     problem = compile_problem(device)
     if problem:
         log(f"warning: torch.compile is unavailable here ({problem}); running eagerly (--compile false "
             "skips this check)")
         return model
-    # dynamic=False: a run's shapes never change, and a graph with a symbolic batch (what
-    # automatic dynamic shapes make of a second shape in one process) is slower than one
-    # compiled for the batch it runs
+    return static_compile(model, mode)
+
+
+def wants_compile(choice: str, device: torch.device) -> bool:
+    """--compile true, or auto on CUDA."""
+    return choice == "true" or (choice == "auto" and device.type == "cuda")
+
+
+def static_compile(model, mode: str = "default"):
+    """torch.compile(model) in `mode` (--compile_mode), for static shapes: a run's shapes never
+    change, and a graph with a symbolic batch (what automatic dynamic shapes make of a second
+    shape in one process) is slower than one compiled for the batch it runs."""
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 

@@ -585,9 +585,9 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     if train_args.grad_accum % world.size:
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}")
-    compiling = train_args.compile == "true" or (train_args.compile == "auto" and device.type == "cuda")
     per_process = train_args.grad_accum // world.size
-    if compiling and train_args.compile_mode in config.CUDA_GRAPH_MODES and per_process > 1:
+    graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES
+    if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):
         raise ConfigError(f"--compile_mode {train_args.compile_mode} replays CUDA graphs, and a replay "
                           f"overwrites the gradients of the micro-batch before it, so it takes one "
                           f"micro-batch per process (here {per_process}): use --grad_accum {world.size}, "

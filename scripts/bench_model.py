@@ -95,22 +95,19 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     ours.set_grad_checkpointing(variant == "moe+ckpt")
     ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model
-    if variant.endswith("+compile"):
-        # static shapes, as train.py compiles: without dynamic=False the second batch size would
-        # get a graph with a symbolic batch (automatic dynamic shapes), slower than train.py's
-        mode = None if COMPILE_MODE == "default" else COMPILE_MODE
-        runner = torch.compile(runner, mode=mode, dynamic=False)
-    train_args = TrainArgs(batch_size=batch)
-    job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
-                          opt=train.make_optimizer(model, train_args, device),
-                          autocast=runtime.autocast(device, dtype))
+    if variant.endswith("+compile"):  # static shapes, as train.py compiles: one graph per batch size
+        runner = runtime.static_compile(runner, COMPILE_MODE)
+    autocast = runtime.autocast(device, dtype)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=g).to(device)
-    batches = [(x, x)]
     if is_eval(variant):  # train.py's validation pass over one batch of windows
         n = x.numel()
         val = SimpleNamespace(x=x, y=x, batch_size=batch, tokens=n, bytes=n, world=runtime.World())
-        return (lambda: train.evaluate(runner, val, job.autocast, device)), model
+        return (lambda: train.evaluate(runner, val, autocast, device)), model
+    train_args = TrainArgs(batch_size=batch)
+    job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
+                          opt=train.make_optimizer(model, train_args, device), autocast=autocast)
+    batches = [(x, x)]
 
     def step():
         out = train.train_step(job, batches, 0, 1e-4)
@@ -288,7 +285,7 @@ def main(argv=None):
         base = config.to_dict(ModelArgs(**base))
         repeats = opts.repeats or (10 if cuda else 9)
     batches = [int(b) for b in (opts.batches or ("32,128" if cuda else "8")).split(",")]
-    compiled = opts.compile == "true" or (opts.compile == "auto" and cuda)
+    compiled = runtime.wants_compile(opts.compile, device)
     variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])
     variants += ["moe+compile", "dense+compile", "moe+eval+compile"] if compiled else []
     peak = runtime.peak_flops(device, dtype)
