@@ -19,7 +19,8 @@ How it departs from the obvious version (and from HF's code):
   kept to test the fast path against.
 - Training-only routing extras (HF has none): noisy top-k gating with a learned noise scale, the
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
-  deterministic or off in eval(), so eval() is exactly HF's model.
+  deterministic or off in eval(), so eval() is exactly HF's model. The losses are computed once
+  for all MoE layers, from their stacked router logits (router_stats), not layer by layer.
 - Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and the KV
   cache fall out of the same mask code. RoPE, chunk boundaries and temperature tuning all count
   from each row's first real token (HF counts chunks that way too, but tunes the temperature by
@@ -360,13 +361,32 @@ class Experts(nn.Module):
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
 
 
-class RouterStats(NamedTuple):
-    """What one MoE layer reports besides its output. aux_loss, z_loss and entropy are None in eval
-    mode (eval() is exactly HF's model); counts always."""
-    aux_loss: torch.Tensor | None  # switch load-balancing loss, 1.0 when perfectly balanced
-    z_loss: torch.Tensor | None  # mean squared logsumexp of the router logits
-    entropy: torch.Tensor | None  # mean router entropy over the tokens (nats, detached)
+class Routing(NamedTuple):
+    """What one MoE layer reports besides its output; the model turns the layers' reports into
+    their losses and statistics at once (router_stats)."""
+    logits: torch.Tensor  # (N, E) the router's clean logits (before noise)
     counts: torch.Tensor  # (E,) assignments routed to each expert
+
+
+def router_stats(logits: torch.Tensor, counts: torch.Tensor, top_k: int, z_grad: bool = True):
+    """Every MoE layer's switch load-balancing loss E * sum_e f_e P_e (1.0 when perfectly
+    balanced), router z-loss (mean squared logsumexp) and mean router entropy (nats, detached),
+    each (L,), from the clean logits (L, N, E) and the counts (L, E). One set of ops for all layers
+    (per layer they were a fifth of what an MoE layer adds to a training step's kernels).
+    z_grad=False: the z-loss is logged, not differentiated (its coefficient is 0)."""
+    logits = logits.float()
+    # log-probabilities through one logsumexp, shared by all three terms (computing softmax and
+    # logsumexp separately made torch.compile on CPU, torch 2.13, drop the gradient that reaches
+    # the router through the expert scores; tests/test_compile.py holds this)
+    lse = torch.logsumexp(logits, -1, keepdim=True)  # (L, N, 1)
+    log_probs = logits - lse  # (L, N, E)
+    probs = log_probs.exp()
+    n_experts, n_tokens = logits.shape[-1], logits.shape[-2]
+    f = counts.float() / (n_tokens * top_k)  # (L, E) share of assignments per expert
+    aux = n_experts * (f * probs.mean(-2)).sum(-1)  # (L,)
+    z = (lse if z_grad else lse.detach()).pow(2).mean((-2, -1))  # (L,)
+    entropy = -(probs.detach() * log_probs.detach()).sum(-1).mean(-1)  # (L,), logged only
+    return aux, z, entropy
 
 
 class MoE(nn.Module):
@@ -380,7 +400,6 @@ class MoE(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_experts, self.top_k = args.n_experts, args.top_k
-        self.z_loss_on = args.router_z_loss_coef != 0  # off: the z-loss is logged, not differentiated
         self.router = nn.Linear(args.dim, args.n_experts, bias=False)
         # Noisy top-k gating (Shazeer et al. 2017): logits + N(0, 1) * softplus(h W + b), training
         # only. Not part of HF's model; dropped on export.
@@ -388,22 +407,24 @@ class MoE(nn.Module):
         self.experts = Experts(args.n_experts, args.dim, args.expert_dim)
         self.shared_expert = FeedForward(args.dim, args.expert_dim)
 
-    def forward(self, x) -> tuple[torch.Tensor, RouterStats]:
-        """x (B, T, dim) -> out (B, T, dim), the layer's RouterStats."""
+    def forward(self, x) -> tuple[torch.Tensor, Routing]:
+        """x (B, T, dim) -> out (B, T, dim), the layer's Routing (logits and counts)."""
         h = x.reshape(-1, x.shape[-1])  # (N, dim)
         logits = self.router(h)  # (N, E)
         select = logits
         if self.training and self.router_noise is not None:
             select = logits + torch.randn_like(logits) * F.softplus(self.router_noise(h))
         top_logit, top_idx = select.topk(self.top_k, dim=-1)  # (N, k)
-        scores = torch.sigmoid(top_logit.float()).to(h.dtype)  # (N, k)
+        # (N, k) in the logits' dtype: HF's sigmoid(float).to(dtype) gives the same values (a bf16
+        # sigmoid computes in fp32 and rounds once; tests/test_model.py), without two casts and
+        # their two backward casts under autocast
+        scores = torch.sigmoid(top_logit)
 
         if self.impl == "sparse":
             out, counts = self._sparse(h, top_idx, scores)
         else:
             out, counts = self._reference(h, top_idx, scores)
-        stats = self._stats(logits, counts) if self.training else RouterStats(None, None, None, counts)
-        return out.view_as(x), stats
+        return out.view_as(x), Routing(logits, counts)
 
     def _sparse(self, h, top_idx, scores):
         flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
@@ -425,22 +446,6 @@ class MoE(nn.Module):
             out = out + torch.where(rows[:, None], self.experts.expert(e, h * score), 0.0)
         flat = top_idx.reshape(-1)
         return out, flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
-
-    def _stats(self, logits, counts) -> RouterStats:
-        """Switch load-balancing loss E * sum_e f_e P_e (1.0 when perfectly balanced), z-loss,
-        mean router entropy, computed on the clean logits."""
-        logits = logits.float()
-        # log-probabilities through one logsumexp, shared by all three terms (computing softmax and
-        # logsumexp separately made torch.compile on CPU, torch 2.13, drop the gradient that reaches
-        # the router through the expert scores; tests/test_compile.py holds this)
-        lse = torch.logsumexp(logits, -1, keepdim=True)  # (N, 1)
-        log_probs = logits - lse  # (N, E)
-        probs = log_probs.exp()
-        f = counts.float() / (logits.shape[0] * self.top_k)  # share of assignments per expert
-        aux = self.n_experts * (f * probs.mean(0)).sum()
-        z = (lse if self.z_loss_on else lse.detach()).pow(2).mean()
-        entropy = -(probs.detach() * log_probs.detach()).sum(-1).mean()  # logged only
-        return RouterStats(aux, z, entropy, counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,8 +533,8 @@ class Block(nn.Module):
         x = x + self.self_attn(compute_dtype(self.input_layernorm(x)), pos, rope, cache, default_pos)
         h = compute_dtype(self.post_attention_layernorm(x))
         if self.is_moe:
-            y, stats = self.feed_forward(h)
-            return x + y, stats
+            y, routing = self.feed_forward(h)
+            return x + y, routing
         return x + self.feed_forward(h), None
 
 
@@ -588,25 +593,26 @@ class Llama4(nn.Module):
 
         step = cache.step(positions) if cache is not None else None  # write slots, masks: once
 
-        stats = []
+        routing = []
         for layer in self.layers:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x, s = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
+                x, r = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
             else:
-                x, s = layer(x, positions, rope, step, default_pos)
-            if s is not None:
-                stats.append(s)
+                x, r = layer(x, positions, rope, step, default_pos)
+            if r is not None:
+                routing.append(r)
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
         fused = targets is not None and self.loss_impl == "fused"
         out = Output(logits=None if fused else self.lm_head(x))
-        if stats:
-            out.expert_counts = torch.stack([s.counts for s in stats])
-            if self.training:
-                out.aux_loss = torch.stack([s.aux_loss for s in stats]).mean()
-                out.z_loss = torch.stack([s.z_loss for s in stats]).mean()
-                out.router_entropy = torch.stack([s.entropy for s in stats])
+        if routing:
+            out.expert_counts = torch.stack([r.counts for r in routing])  # (L_moe, E)
+            if self.training:  # all MoE layers at once: (L_moe, N, E) logits
+                aux, z, out.router_entropy = router_stats(
+                    torch.stack([r.logits for r in routing]), out.expert_counts, self.args.top_k,
+                    z_grad=self.args.router_z_loss_coef != 0)
+                out.aux_loss, out.z_loss = aux.mean(), z.mean()
         if fused:
             out.lm_loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
         elif targets is not None:

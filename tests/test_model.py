@@ -9,7 +9,7 @@ from conftest import DEBUG, debug_args
 
 import config
 from config import ModelArgs
-from model import KVCache, Llama4, MoE, count_parameters
+from model import KVCache, Llama4, MoE, count_parameters, router_stats
 
 V = DEBUG.vocab_size  # the debug preset: 4 layers (NoPE on layer 3), 4 experts, chunks of 8, context 64
 
@@ -147,6 +147,15 @@ def test_moe_runs_under_bf16_autocast(impl):
                if p.requires_grad and p.grad is not None)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_router_scores_in_the_logits_dtype_equal_hfs_fp32_sigmoid(dtype):
+    """The MoE takes sigmoid(top logit) in the logits' dtype (bf16 under autocast); transformers
+    takes it in fp32 and casts back. The same values (the low-precision sigmoid computes in fp32
+    and rounds once), without the two casts and their backward casts."""
+    x = (torch.randn(100_000, generator=torch.Generator().manual_seed(0)) * 8).to(dtype)
+    assert torch.equal(torch.sigmoid(x), torch.sigmoid(x.float()).to(dtype))
+
+
 def test_loop_fallback_equals_grouped_mm(monkeypatch):
     import model as model_module
     m = build(top_k=2, router_noise=False)
@@ -191,13 +200,18 @@ def test_aux_and_z_loss_equal_hand_computed_values():
     moe.router.weight.data.zero_()
     with torch.no_grad():  # route through a known logit table
         moe.router.forward = lambda x: logits
-        _, (aux, z, entropy, counts) = moe(h)
+        _, (clean, counts) = moe(h)
+    assert torch.equal(clean, logits)
     # top-1 picks experts 0, 1, 2, 1, 0, 3 -> f = (2, 2, 1, 1) / 6
     assert counts.tolist() == [2, 2, 1, 1]
     p = logits.softmax(-1).mean(0)
     expected = 4 * (2 / 6 * p[0] + 2 / 6 * p[1] + 1 / 6 * p[2] + 1 / 6 * p[3])
-    assert torch.allclose(aux, expected)
-    assert torch.allclose(z, (torch.logsumexp(logits, -1) ** 2).mean())
+    # two layers at once: this one, and one with the experts' shares swapped around
+    other = torch.roll(logits, 1, dims=-1)
+    aux, z, entropy = router_stats(torch.stack([logits, other]), torch.stack([counts, counts.roll(1)]), 1)
+    assert aux.shape == z.shape == entropy.shape == (2,)
+    assert torch.allclose(aux[0], expected) and torch.allclose(aux[1], expected)
+    assert torch.allclose(z[0], (torch.logsumexp(logits, -1) ** 2).mean())
     probs = logits.softmax(-1)
     assert torch.allclose(entropy, -(probs * probs.log()).sum(-1).mean())
 
@@ -205,8 +219,18 @@ def test_aux_and_z_loss_equal_hand_computed_values():
 def test_total_loss_adds_router_terms_with_their_coefficients():
     model = build(router_aux_loss_coef=0.01, router_z_loss_coef=0.001).train()
     x = torch.randint(0, V, (2, 16))
+    seen = []  # each MoE layer's routing, to compute its terms one layer at a time
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o[1])) for m in model.modules()
+             if isinstance(m, MoE)]
     out = model(x, targets=x)
+    for h in hooks:
+        h.remove()
     assert torch.allclose(out.loss, out.lm_loss + 0.01 * out.aux_loss + 0.001 * out.z_loss)
+    per_layer = [router_stats(r.logits[None], r.counts[None], 1) for r in seen]
+    assert len(per_layer) == 4 and torch.equal(out.expert_counts, torch.stack([r.counts for r in seen]))
+    assert torch.allclose(out.aux_loss, torch.cat([a for a, _, _ in per_layer]).mean())
+    assert torch.allclose(out.z_loss, torch.cat([z for _, z, _ in per_layer]).mean())
+    assert torch.allclose(out.router_entropy, torch.cat([e for _, _, e in per_layer]))
     evaluated = model.eval()(x, targets=x)  # eval: the LM loss alone, as transformers computes it
     assert evaluated.aux_loss is None and torch.equal(evaluated.loss, evaluated.lm_loss)
 
