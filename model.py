@@ -470,17 +470,20 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_w = torch.empty_like(x) if with_grad else None, None  # grad_w: (V, D), fp32 sum
         for i in range(0, x.shape[0], chunk_rows):
             xc, tc = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (c, D), (c,)
-            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V), one kernel (not logsumexp's few)
+            logits = xc @ weight.t()  # (c, V), in the compute dtype
+            log_probs = logits.float().log_softmax(-1)  # (c, V) fp32, one kernel (not logsumexp's few)
             ignored = (tc < 0)[:, None]  # (c, 1)
             t = tc.clamp(min=0)[:, None]  # (c, 1)
             total -= log_probs.gather(1, t).masked_fill_(ignored, 0).sum()
             if not with_grad:
                 continue
-            g = log_probs.exp_()  # softmax (c, V), in place of the log-probabilities
+            # d(total)/d(logits) = softmax - one-hot, written over the spent logits in their dtype:
+            # one pass over (c, V) (an in-place exp, then a cast, took two, and more memory traffic)
+            g = torch.exp(log_probs, out=logits)
             g.scatter_add_(1, t, g.new_full(t.shape, -1.0))  # minus the one-hot
-            g = g.masked_fill_(ignored, 0).to(x.dtype)  # d(total)/d(logits), zero on ignored rows
-            grad_x[i:i + chunk_rows] = g @ weight  # (c, D)
-            gw = (g.t() @ xc).float()  # (V, D)
+            # ignored rows have no gradient: zeroed on the (c, D) side, not over the (c, V) one
+            grad_x[i:i + chunk_rows] = (g @ weight).masked_fill_(ignored, 0)  # (c, D)
+            gw = (g.t() @ xc.masked_fill(ignored, 0)).float()  # (V, D)
             grad_w = gw if grad_w is None else grad_w.add_(gw)
         if with_grad:
             ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
