@@ -71,6 +71,7 @@ def markdown(results: dict, machine: dict) -> str:
                     lines.append(f"| evaluation pass tokens/s / training step tokens/s{how} | "
                                  f"{ratio[key]:.2f} | >= 3 (GPU) |")
             lines.append("")
+            lines += profile_tables(r.get("profile", {}))
     if "sample" in results:
         lines += sample_table(results["sample"])
     if "data" in results:
@@ -86,6 +87,20 @@ def markdown(results: dict, machine: dict) -> str:
                   f"{e['peak_rss_mb']:.0f} MB vs "
                   f"{rep['peak_rss_mb']:.0f} MB (ratio {rep['peak_rss_mb'] / e['peak_rss_mb']:.2f}) |", ""]
     return "\n".join(lines)
+
+
+def profile_tables(profiles: dict) -> list[str]:
+    """bench_model.py --profile: per profiled variant, wall vs kernel time and the top ops."""
+    lines = []
+    for v, prof in profiles.items():
+        head = f"Where a {v} step's time goes (torch.profiler, {prof['steps']} steps): " \
+               f"wall {prof['wall_ms']:.1f} ms"
+        if prof["device_ms"] is not None:
+            head += (f", kernels {prof['device_ms']:.1f} ms in {prof['kernels']:,.0f} launches, "
+                     f"{prof['device_reads']:g} device reads")
+        lines += [head + " per step:", "", "| op or kernel | ms per step | calls per step |", "|---|---|---|"]
+        lines += [f"| `{name}` | {ms:.2f} | {calls:g} |" for name, ms, calls in prof["top"][:10]] + [""]
+    return lines
 
 
 def sample_table(sm: dict) -> list[str]:

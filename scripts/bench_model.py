@@ -22,7 +22,9 @@ peak: the GPU table, or a GEMM timed now on CPU; a third of them for evaluation,
 backward pass), aten ops per step of the eager variants (a CPU
 proxy for kernel launches: view ops excluded) and the peak memory of a step for moe, moe+ckpt and
 moe+plain-loss (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
-baseline, in a fresh subprocess per variant). Ratios are what the README quotes.
+baseline, in a fresh subprocess per variant). Ratios are what the README quotes. --profile adds,
+for moe and moe+compile, where a step's time goes (torch.profiler): on CUDA the kernels' time
+against the wall time (host- or device-bound), their count, and the top kernels.
 """
 
 import argparse
@@ -120,7 +122,8 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_variants(variants, base, batch, repeats, device, dtype):
+def time_variants(variants, base, batch, repeats, device, dtype, profiled=()):
+    """Median seconds per step of each variant, and a profile of those in `profiled`."""
     steps = {}
     for v in variants:
         steps[v], _ = make_step(v, base, batch, device, dtype)
@@ -135,7 +138,43 @@ def time_variants(variants, base, batch, repeats, device, dtype):
             steps[v]()
             sync(device)
             times[v].append(time.perf_counter() - t)
-    return {v: statistics.median(ts) for v, ts in times.items()}
+    profiles = {v: profile_step(steps[v], device) for v in profiled if v in steps}
+    return {v: statistics.median(ts) for v, ts in times.items()}, profiles
+
+
+def profile_step(step, device, n: int = 3, top: int = 15) -> dict:
+    """Where a step's time goes (torch.profiler over n steps, per step): wall time (profiled, so a
+    little slow), and on CUDA the kernels' time and count (time > wall: the device is the limit;
+    well below: the host is), the kernels that take most, and the host's reads of device values
+    (aten::_local_scalar_dense: .item(), .tolist(), a data-dependent shape; each one a wait); on
+    CPU the aten ops that take most."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(n):
+            step()
+        sync(device)
+    wall = (time.perf_counter() - t) / n
+    events = prof.key_averages()
+
+    def self_time(e):  # microseconds, summed over the n steps
+        if cuda:
+            return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        return e.self_cpu_time_total
+    if cuda:
+        timed = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        timed = [e for e in events if e.key.startswith("aten::")]
+    timed.sort(key=self_time, reverse=True)
+    reads = sum(e.count for e in events if e.key == "aten::_local_scalar_dense")
+    return {"steps": n, "wall_ms": wall * 1e3,
+            "device_ms": sum(map(self_time, timed)) / n / 1e3 if cuda else None,
+            "kernels": sum(e.count for e in timed) / n if cuda else None,
+            "device_reads": reads / n if cuda else None,
+            "top": [[e.key[:90], self_time(e) / n / 1e3, e.count / n] for e in timed[:top]]}
 
 
 class OpCounter(TorchDispatchMode):
@@ -198,8 +237,8 @@ def peak_memory(variant, base, batch, device, dtype) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def measure_batch(variants, base, batch, repeats, device, dtype, peak) -> dict:
-    secs = time_variants(variants, base, batch, repeats, device, dtype)
+def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=()) -> dict:
+    secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled)
     tokens = batch * base["max_seq_len"]
     fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
     tok_s = {v: tokens / s for v, s in secs.items()}
@@ -213,6 +252,8 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak) -> dict:
            "ratios": {"moe_over_dense_time": secs["moe"] / secs["dense"],
                       "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"],
                       "ckpt_memory_saving": 1 - mem["moe+ckpt"] / mem["moe"]}}
+    if profiles:
+        out["profile"] = profiles
     if "moe+plain-loss" in secs:
         out["ratios"]["plain_loss_over_fused_time"] = secs["moe+plain-loss"] / secs["moe"]
         out["ratios"]["fused_loss_memory_saving"] = 1 - mem["moe"] / mem["moe+plain-loss"]
@@ -243,6 +284,13 @@ def report(result: dict) -> None:
             print(f"{v:16s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}")
         for k, ratio in r["ratios"].items():
             print(f"  {k:30s} {ratio:6.2f}")
+        for v, prof in r.get("profile", {}).items():
+            device = f", device {prof['device_ms']:.1f} ms in {prof['kernels']:,.0f} kernels" \
+                if prof["device_ms"] is not None else ""
+            reads = f", {prof['device_reads']:g} device reads" if prof["device_reads"] is not None else ""
+            print(f"profile {v}: wall {prof['wall_ms']:.1f} ms{device}{reads}")
+            for name, ms, calls in prof["top"][:8]:
+                print(f"  {ms:8.2f} ms {calls:6.0f}x  {name}")
 
 
 def main(argv=None):
@@ -263,6 +311,9 @@ def main(argv=None):
                    help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats (smoke test)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile moe and moe+compile (torch.profiler, 3 steps): kernels, their "
+                        "time against the wall time, the top ones (the GPU check does)")
     p.add_argument("--out", default=str(ROOT / "img" / "bench_model.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
@@ -298,7 +349,9 @@ def main(argv=None):
                    "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},
-        "batches": {str(b): measure_batch(variants, base, b, repeats, device, dtype, peak) for b in batches},
+        "batches": {str(b): measure_batch(variants, base, b, repeats, device, dtype, peak,
+                                          ["moe", "moe+compile"] if opts.profile else [])
+                    for b in batches},
     }
     report(result)
     os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)

@@ -6,9 +6,10 @@ that it cannot rot.
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
 
 One after another, each in its own process:
-  1. scripts/bench_model.py --device cuda: MoE, dense, MoE + activation checkpointing and
-     transformers, eager and compiled, batch 32 and 128, bf16, with MFU and peak memory, and the
-     evaluation pass's pace beside the training step's;
+  1. scripts/bench_model.py --device cuda --profile: MoE, dense, MoE + activation checkpointing
+     and transformers, eager and compiled, batch 32 and 128, bf16, with MFU and peak memory, the
+     evaluation pass's pace beside the training step's, and a profile of the MoE step, eager and
+     compiled (kernel time against wall time, launches, the top kernels: what to work on next);
   2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate; then
      in float32, whether the variants' greedy tokens agree (compiled with and without CUDA graphs);
   3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled, evaluating
@@ -190,7 +191,7 @@ def main(argv=None):
     with open(out / "log.txt", "w") as log:
         if "model" in parts:
             extra = ["--no-hf", "--compile", "false"] if opts.quick else []
-            sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra,
+            sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra, "--profile",
                "--compile_mode", opts.compile_mode, "--out", out / "bench_model.json", log=log)
         if "sample" in parts:
             sh("scripts/bench_sample.py", "--device", opts.device, *quick,

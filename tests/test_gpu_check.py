@@ -19,6 +19,8 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
                                                                  "moe+eval"}
     assert model["batches"]["8"]["peak_step_memory_mb"].keys() == {"moe", "moe+ckpt", "moe+plain-loss"}
     assert model["batches"]["8"]["ops_per_step"]["moe"] > 0
+    profile = model["batches"]["8"]["profile"]["moe"]  # where the step's time goes (CPU: aten ops)
+    assert profile["wall_ms"] > 0 and profile["top"] and profile["top"][0][0].startswith("aten::")
     run = json.loads((out / "train.json").read_text())
     assert run["train_exit"] == 0 and run["steps"] == 6 and run["eval"]["bits_per_byte"] > 0
     assert run["evaluations"] == 2 and run["eval_seconds"] > 0 and run["eval_over_train_speed"] > 0
@@ -26,4 +28,5 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     assert run["greedy"]["same"] and run["greedy"]["same_characters"] == run["greedy"]["characters"] > 0
     md = (out / "gpu.md").read_text()
     assert "Training step" in md and "steady_tokens_per_s" in md and "Greedy story" in md
+    assert "Where a moe step's time goes" in md
     assert "eval_over_train_speed" in md and "evaluation pass tokens/s / training step tokens/s" in md
