@@ -415,10 +415,9 @@ class MoE(nn.Module):
         if self.training and self.router_noise is not None:
             select = logits + torch.randn_like(logits) * F.softplus(self.router_noise(h))
         top_logit, top_idx = select.topk(self.top_k, dim=-1)  # (N, k)
-        # (N, k) in the logits' dtype: HF's sigmoid(float).to(dtype) gives the same values (a bf16
-        # sigmoid computes in fp32 and rounds once; tests/test_model.py), without two casts and
-        # their two backward casts under autocast
-        scores = torch.sigmoid(top_logit)
+        # (N, k) in fp32 then cast, as HF: a bf16 sigmoid gives the same values, but its backward
+        # takes y(1 - y) from the rounded y, which loses the router's gradient once y nears 1
+        scores = torch.sigmoid(top_logit.float()).to(h.dtype)
 
         if self.impl == "sparse":
             out, counts = self._sparse(h, top_idx, scores)
@@ -470,17 +469,18 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_w = torch.empty_like(x) if with_grad else None, None  # grad_w: (V, D), fp32 sum
         for i in range(0, x.shape[0], chunk_rows):
             xc, tc = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (c, D), (c,)
-            logits = xc @ weight.t()  # (c, V), in the compute dtype
-            log_probs = logits.float().log_softmax(-1)  # (c, V) fp32, one kernel (not logsumexp's few)
+            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V) fp32, one kernel
             ignored = (tc < 0)[:, None]  # (c, 1)
-            t = tc.clamp(min=0)[:, None]  # (c, 1)
-            total -= log_probs.gather(1, t).masked_fill_(ignored, 0).sum()
+            rows, t = torch.arange(len(tc), device=x.device), tc.clamp(min=0)  # (c,) each
+            target_lp = log_probs[rows, t]  # (c,)
+            total -= target_lp.masked_fill(ignored[:, 0], 0).sum()
             if not with_grad:
                 continue
-            # d(total)/d(logits) = softmax - one-hot, written over the spent logits in their dtype:
-            # one pass over (c, V) (an in-place exp, then a cast, took two, and more memory traffic)
-            g = torch.exp(log_probs, out=logits)
-            g.scatter_add_(1, t, g.new_full(t.shape, -1.0))  # minus the one-hot
+            # d(total)/d(logits) = softmax - one-hot, in the compute dtype; the target column is
+            # p_t - 1 from fp32 (expm1), rounded once: a bf16 p_t, then - 1, would zero the
+            # gradient of every token predicted with p_t > 0.998
+            g = log_probs.exp_().to(x.dtype)  # softmax (c, V), in place of the log-probabilities
+            g[rows, t] = torch.expm1(target_lp).to(g.dtype)  # (an index_put: a bf16 scatter is slow on CPU)
             # ignored rows have no gradient: zeroed on the (c, D) side, not over the (c, V) one
             grad_x[i:i + chunk_rows] = (g @ weight).masked_fill_(ignored, 0)  # (c, D)
             gw = (g.t() @ xc.masked_fill(ignored, 0)).float()  # (V, D)

@@ -164,8 +164,11 @@ def profile_step(step, device, n: int = 3, top: int = 15) -> dict:
         if cuda:
             return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
         return e.self_cpu_time_total
-    if cuda:
-        timed = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    if cuda:  # kernels, copies and memsets; not the spans of record_function ranges (annotations)
+        timed = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                 and not getattr(e, "is_user_annotation", False)]
+        if not timed:
+            print("warning: the profiler recorded no CUDA kernels (CUPTI unavailable?)", file=sys.stderr)
     else:
         timed = [e for e in events if e.key.startswith("aten::")]
     timed.sort(key=self_time, reverse=True)

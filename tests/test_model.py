@@ -147,13 +147,24 @@ def test_moe_runs_under_bf16_autocast(impl):
                if p.requires_grad and p.grad is not None)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_router_scores_in_the_logits_dtype_equal_hfs_fp32_sigmoid(dtype):
-    """The MoE takes sigmoid(top logit) in the logits' dtype (bf16 under autocast); transformers
-    takes it in fp32 and casts back. The same values (the low-precision sigmoid computes in fp32
-    and rounds once), without the two casts and their backward casts."""
-    x = (torch.randn(100_000, generator=torch.Generator().manual_seed(0)) * 8).to(dtype)
-    assert torch.equal(torch.sigmoid(x), torch.sigmoid(x.float()).to(dtype))
+def test_router_scores_keep_their_gradient_under_bf16():
+    """The expert score sigmoid(top logit) is taken in fp32 and cast, as HF does. A bf16 sigmoid
+    gives the same values, but it rounds to 1.0 above a logit of about 5.5, and its backward
+    (y(1 - y) from the rounded y) then gives the router no gradient through the score."""
+    torch.manual_seed(0)
+    moe = MoE(debug_args(router_noise=False)).train()
+    for w in moe.parameters():  # the experts are allocated empty; Llama4 initialises them
+        torch.nn.init.normal_(w, std=0.02)
+    logits = torch.full((6, 4), -2.0)
+    logits[:, 0] = torch.linspace(5.5, 8.0, 6)  # confident routing to expert 0
+    logits.requires_grad_(True)
+    moe.router.forward = lambda x: logits.to(x.dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = moe(torch.randn(1, 6, 64).bfloat16())
+    out.float().sum().backward()
+    expected = torch.sigmoid(logits[:, 0].detach().double())
+    slope = expected * (1 - expected)  # d score / d logit, 4e-3 .. 3e-4
+    assert (logits.grad[:, 0].abs() > 0).all() and slope.min() > 1e-4
 
 
 def test_loop_fallback_equals_grouped_mm(monkeypatch):
@@ -252,6 +263,31 @@ def test_loss_counts_real_tokens_only(impl):
         evaluated = model.eval()(x, targets=y)
     assert (evaluated.logits is None) == (impl == "fused")
     assert torch.allclose(evaluated.lm_loss, out.lm_loss)
+
+
+def test_fused_loss_keeps_the_gradient_of_confident_tokens_under_bf16():
+    """Under bf16 autocast the loss's gradient (softmax - one-hot) is bf16, but its target column
+    p_t - 1 must be rounded once, from fp32: rounding p_t first makes it 0 for every token predicted
+    with p_t > 0.998 (a trained model's common case). Checked row by row against float64, on the
+    same bf16 logits, from near-uniform to near-certain predictions."""
+    from model import linear_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    n, d, v = 96, 32, 256
+    w = torch.randn(v, d, generator=g)
+    t = torch.randint(0, v, (n,), generator=g)
+    x = w[t] * torch.linspace(0.0, 0.6, n)[:, None] + 0.1 * torch.randn(n, d, generator=g)
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear_cross_entropy(x, w, t).backward()
+    xb, wb = x.detach().bfloat16(), w.bfloat16()
+    p = (xb @ wb.t()).double().softmax(-1)  # the bf16 logits the model computed, then exact
+    miss = 1 - p.gather(1, t[:, None]).squeeze(1)  # 1 - p_t
+    confident = miss < 0.002
+    resolved = miss > 1e-6  # beyond fp32's log-softmax (and F.cross_entropy's): 1 - p_t rounds to 0
+    assert (confident & resolved).sum() >= 10 and (~confident).sum() >= 10  # both kinds of row
+    expected = (p - torch.nn.functional.one_hot(t, v).double()) @ wb.double() / n  # (n, d)
+    err = ((x.grad.double() - expected).norm(dim=1) / expected.norm(dim=1))[resolved]
+    assert err.max() < 0.03, err
 
 
 @pytest.mark.parametrize("chunk", [2 ** 25, 7 * V])  # one chunk; chunks of 7 rows, the last one short
