@@ -3,7 +3,7 @@ clipping, fused AdamW), on the CPU or a GPU.
 
     python scripts/bench_model.py                      # CPU: dim 256, fp32, 2 threads, batch 8
     python scripts/bench_model.py --device cuda        # GPU: scout-128m, bf16 autocast, batch 32 and 128,
-                                                       # eager and compiled
+                                                       # eager; compiled at 128 (--compile_batches)
     python scripts/bench_model.py --quick              # tiny shapes, for a smoke test
 
 Compares, on the same token batch and in one run (timings interleaved, medians reported):
@@ -16,7 +16,7 @@ Compares, on the same token batch and in one run (timings interleaved, medians r
               gradients, the loss without logits), the pace of train.py's validation passes
   hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert), eager
   moe+compile, dense+compile, moe+eval+compile   the same, torch.compile'd (with --compile; on by
-              default on CUDA)
+              default on CUDA), at the largest batch only unless --compile_batches says otherwise
 and reports per variant: step time, tokens/s, MFU (train.py's FLOPs per token against the device
 peak: the GPU table, or a GEMM timed now on CPU; a third of them for evaluation, which has no
 backward pass), aten ops per step of the eager variants (a CPU
@@ -306,6 +306,9 @@ def main(argv=None):
                    help="comma-separated batch sizes (default 8 on CPU, 32,128 on CUDA)")
     p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
                    help="also time compiled variants (auto: on CUDA)")
+    p.add_argument("--compile_batches", default=None,
+                   help="comma-separated batch sizes that also time the compiled variants (default: the "
+                        "largest of --batches; compiling dominates a GPU run's time)")
     p.add_argument("--compile_mode", default="default",
                    choices=list(config.COMPILE_MODES),
                    help="torch.compile mode of the compiled variants (reduce-overhead and max-autotune: "
@@ -340,8 +343,12 @@ def main(argv=None):
         repeats = opts.repeats or (10 if cuda else 9)
     batches = [int(b) for b in (opts.batches or ("32,128" if cuda else "8")).split(",")]
     compiled = runtime.wants_compile(opts.compile, device)
+    compile_batches = [int(b) for b in (opts.compile_batches or str(max(batches))).split(",")]
     variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])
-    variants += ["moe+compile", "dense+compile", "moe+eval+compile"] if compiled else []
+
+    def variants_at(batch):  # compiling takes most of a GPU run's time: at the batches asked only
+        compiling = compiled and batch in compile_batches
+        return variants + (["moe+compile", "dense+compile", "moe+eval+compile"] if compiling else [])
     peak = runtime.peak_flops(device, dtype)
     with torch.device("meta"):
         counts = {v: count_parameters(Llama4(variant_args(v, base))) for v in ["moe", "dense"]}
@@ -352,7 +359,7 @@ def main(argv=None):
                    "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},
-        "batches": {str(b): measure_batch(variants, base, b, repeats, device, dtype, peak,
+        "batches": {str(b): measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
                                           ["moe", "moe+compile"] if opts.profile else [])
                     for b in batches},
     }

@@ -1,17 +1,24 @@
-"""The GPU check: what `make gpu-check` runs on a machine with one CUDA GPU (over 8 minutes on one
-H200, mostly compiling: --only runs a part), and what its --quick mode runs on a CPU in a test so
-that it cannot rot.
+"""The GPU check: what `make gpu-check` runs on a machine with one CUDA GPU, and what its --quick
+mode runs on a CPU in a test so that it cannot rot.
 
     python scripts/gpu_check.py                  # on the GPU machine
+    python scripts/gpu_check.py --only train,model   # the same in two commands, on a lease whose
+    python scripts/gpu_check.py --only sample        # commands are limited to 10 minutes
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
+
+Compiling takes most of its time. Estimated from the last H200 run (bench_model 236 s with four
+compiled variants, bench_sample 211 s, train 94 + 47 s) and the compiles taken out since: about 6
+minutes for train,model and 5 for sample.
 
 One after another, each in its own process:
   1. scripts/bench_model.py --device cuda --profile: MoE, dense, MoE + activation checkpointing
-     and transformers, eager and compiled, batch 32 and 128, bf16, with MFU and peak memory, the
-     evaluation pass's pace beside the training step's, and a profile of the MoE step, eager and
-     compiled (kernel time against wall time, launches, the top kernels: what to work on next);
+     and transformers at batch 32 and 128, eager, and compiled at 128 (the compiled goals are at
+     128), bf16, with MFU and peak memory, the evaluation pass's pace beside the training step's,
+     and a profile of the MoE step, eager and compiled (kernel time against wall time, launches,
+     the top kernels: what to work on next);
   2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate; then
-     in float32, whether the variants' greedy tokens agree (compiled with and without CUDA graphs);
+     in float32 at batch 8 (left-padded rows), whether the variants' greedy tokens agree (compiled
+     with and without CUDA graphs);
   3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled, evaluating
      valid-lower.txt at the default cadence: the seconds per pass are reported), then
      --eval_only on valid-lower.txt, one sampled story, and the greedy story with the decode step
@@ -201,6 +208,7 @@ def main(argv=None):
             variants = "cached,uncached" if opts.quick else "cached,compiled,compiled-nograph,uncached,hf"
             sh("scripts/bench_sample.py", "--device", opts.device, *quick, "--dtype", "float32",
                "--variants", variants, "--new_tokens", "128", "--repeats", "1",
+               *([] if opts.quick else ["--batches", "8"]),  # left-padded rows; each batch compiles anew
                "--out", out / "bench_sample_fp32.json", log=log)
         if "train" in parts:
             (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")

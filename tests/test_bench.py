@@ -39,3 +39,22 @@ def test_an_unknown_part_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--only", "model,speed", "--out_dir", str(tmp_path)])
     assert e.value.code == 2 and "unknown part(s) speed" in capsys.readouterr().err
+
+
+def test_bench_model_compiles_at_the_largest_batch_unless_told(tmp_path, monkeypatch):
+    """Compiling takes most of a GPU run's time: the compiled variants run at the largest batch only
+    (where issue 11's compiled goals are), or at the batches --compile_batches names."""
+    from scripts import bench_model
+    seen = {}
+
+    def fake_measure(variants, base, batch, *args, **kwargs):
+        seen[batch] = variants
+        return {}
+    monkeypatch.setattr(bench_model, "measure_batch", fake_measure)
+    monkeypatch.setattr(bench_model, "report", lambda result: None)
+    common = ["--quick", "--no-hf", "--compile", "true", "--batches", "2,4", "--out", str(tmp_path / "b")]
+    bench_model.main(common)
+    compiled = {"moe+compile", "dense+compile", "moe+eval+compile"}
+    assert not compiled & set(seen[2]) and compiled <= set(seen[4])
+    bench_model.main([*common, "--compile_batches", "2,4"])
+    assert "moe+compile" in seen[2] and "moe+compile" in seen[4]
