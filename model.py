@@ -20,7 +20,8 @@ How it departs from the obvious version (and from HF's code):
 - Training-only routing extras (HF has none): noisy top-k gating with a learned noise scale, the
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
   deterministic or off in eval(), so eval() is exactly HF's model. The losses are computed once
-  for all MoE layers, from their stacked router logits (router_stats), not layer by layer.
+  for all MoE layers, from their stacked router logits (router_stats), not layer by layer. Under
+  autocast the router stays in fp32 (HF's runs in bf16 there; fp32 parity is unaffected).
 - Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and the KV
   cache fall out of the same mask code. RoPE, chunk boundaries and temperature tuning all count
   from each row's first real token (HF counts chunks that way too, but tunes the temperature by
@@ -410,14 +411,20 @@ class MoE(nn.Module):
     def forward(self, x) -> tuple[torch.Tensor, Routing]:
         """x (B, T, dim) -> out (B, T, dim), the layer's Routing (logits and counts)."""
         h = x.reshape(-1, x.shape[-1])  # (N, dim)
-        logits = self.router(h)  # (N, E)
-        select = logits
-        if self.training and self.router_noise is not None:
-            select = logits + torch.randn_like(logits) * F.softplus(self.router_noise(h))
-        top_logit, top_idx = select.topk(self.top_k, dim=-1)  # (N, k)
-        # (N, k) in fp32 then cast, as HF: a bf16 sigmoid gives the same values, but its backward
-        # takes y(1 - y) from the rounded y, which loses the router's gradient once y nears 1
-        scores = torch.sigmoid(top_logit.float()).to(h.dtype)
+        # The router runs in its weights' dtype, outside autocast: in fp32 under bf16 autocast
+        # (Switch Transformer's "selective precision": routing decisions and scores from fp32
+        # logits), which casts h once rather than the router's and the noise's weights, and their
+        # gradients back. With bf16 weights (sample.py on CUDA) it is HF's bf16 router.
+        with torch.autocast(h.device.type, enabled=False):
+            hr = h.to(self.router.weight.dtype)
+            logits = self.router(hr)  # (N, E)
+            select = logits
+            if self.training and self.router_noise is not None:
+                select = torch.addcmul(logits, torch.randn_like(logits), F.softplus(self.router_noise(hr)))
+            top_logit, top_idx = select.topk(self.top_k, dim=-1)  # (N, k)
+            # (N, k) in fp32 then cast, as HF: a bf16 sigmoid gives the same values, but its backward
+            # takes y(1 - y) from the rounded y, which loses the router's gradient once y nears 1
+            scores = torch.sigmoid(top_logit.float()).to(h.dtype)
 
         if self.impl == "sparse":
             out, counts = self._sparse(h, top_idx, scores)

@@ -135,13 +135,19 @@ def test_sparse_dispatch_equals_reference_values_and_gradients(top_k):
 
 @pytest.mark.parametrize("impl", ["sparse", "reference"])
 def test_moe_runs_under_bf16_autocast(impl):
-    """bf16 autocast (the default on CUDA) mixes bf16 expert outputs with fp32 activations."""
+    """bf16 autocast (the default on CUDA) mixes bf16 expert outputs with fp32 activations; the
+    router stays in fp32 (its logits, hence the routing and the scores)."""
     model = build(top_k=2).train()
     set_impl(model, impl)
     x = torch.randint(0, V, (2, 24))
+    routing = []
+    for m in model.modules():
+        if isinstance(m, MoE):
+            m.register_forward_hook(lambda m, i, o: routing.append(o[1]))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, targets=x)
     out.loss.backward()
+    assert routing and all(r.logits.dtype == torch.float32 for r in routing)
     assert out.logits is None and torch.isfinite(out.loss)  # the fused loss: no logits kept
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()
                if p.requires_grad and p.grad is not None)
