@@ -420,7 +420,7 @@ class MoE(nn.Module):
             logits = self.router(hr)  # (N, E)
             select = logits
             if self.training and self.router_noise is not None:
-                select = torch.addcmul(logits, torch.randn_like(logits), F.softplus(self.router_noise(hr)))
+                select = logits + torch.randn_like(logits) * F.softplus(self.router_noise(hr))
             top_logit, top_idx = select.topk(self.top_k, dim=-1)  # (N, k)
             # (N, k) in fp32 then cast, as HF: a bf16 sigmoid gives the same values, but its backward
             # takes y(1 - y) from the rounded y, which loses the router's gradient once y nears 1
