@@ -51,6 +51,23 @@ def test_causal_in_training_mode_with_noise_off():
     assert torch.allclose(model(x).logits[:, :30], model(y).logits[:, :30], atol=1e-6)
 
 
+@pytest.mark.parametrize("weight", [True, False])
+def test_rms_norm_is_hfs_formula(weight):
+    """RMSNorm (F.rms_norm: on CUDA one fused kernel each way, which this CPU cannot run; here the
+    composite ops) is HF's x * rsqrt(mean(x^2) + eps) in fp32, then the weight: values and grads."""
+    from model import RMSNorm
+    norm = RMSNorm(64, 1e-5, weight=weight)
+    if weight:
+        torch.nn.init.normal_(norm.weight)
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    hf = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    hf = hf * norm.weight if weight else hf
+    ours = norm(x)
+    g = torch.randn_like(x)
+    assert torch.allclose(ours, hf, atol=1e-6)
+    assert torch.allclose(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(hf, x, g)[0], atol=1e-5)
+
+
 def test_each_layer_type_is_present():
     a = debug_args(moe_every=2)
     assert [a.uses_rope(i) for i in range(4)] == [True, True, True, False]  # NoPE is layer 3
