@@ -105,15 +105,23 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
     return inv_freq
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2j], x[2j+1]) by angle p * f_j, in fp32 (not rotate-half).
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (..., D/2) -> (cos, cos) and (-sin, sin) per pair, (..., D): what apply_rope takes,
+    built once per forward call."""
+    return torch.stack([cos, cos], -1).flatten(-2), torch.stack([-sin, sin], -1).flatten(-2)
 
-    x: (B, T, H, D); cos, sin: (B, T, 1, D/2) or (T, 1, D/2).
+
+def apply_rope(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) by angle p * f_j, in fp32 (not rotate-half):
+    (x[2j] cos - x[2j+1] sin, x[2j+1] cos + x[2j] sin) = x * (cos, cos) + swapped pairs * (-sin,
+    sin), three ops rather than seven (HF's complex product is one, but Inductor cannot compile
+    complex numbers).
+
+    x: (B, T, H, D); cos2, sin2 (rope_tables): (B, T, 1, D) or (T, 1, D).
     """
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)  # (B, T, H, D)
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x[2j+1], x[2j]) pairs, (B, T, H, D)
+    return torch.addcmul(xf * cos2, swapped, sin2).type_as(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,7 +611,7 @@ class Llama4(nn.Module):
             if not torch.compiler.is_compiling():
                 cache.seen += T
         freqs = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
-        rope = (freqs.cos()[:, :, None, :], freqs.sin()[:, :, None, :])  # (B, T, 1, D/2) each
+        rope = rope_tables(freqs.cos()[:, :, None, :], freqs.sin()[:, :, None, :])  # (B, T, 1, D) each
 
         step = cache.step(positions) if cache is not None else None  # write slots, masks: once
 
@@ -814,8 +822,9 @@ class VisionModel(nn.Module):
         x = self.patch_embedding(images)  # (N, P, Hv)
         x = torch.cat([x, self.class_embedding.expand(x.shape[0], 1, -1)], dim=1)  # class token last
         x = self.layernorm_pre(x + self.positional_embedding_vlm)
+        rope = rope_tables(self.rope_cos, self.rope_sin)  # (P + 1, 1, Dv) each
         for layer in self.model.layers:
-            x = layer(x, (self.rope_cos, self.rope_sin))
+            x = layer(x, rope)
         x = self.layernorm_post(x)[:, :-1]  # drop the class token
         return self.vision_adapter(x)
 
