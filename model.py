@@ -117,11 +117,12 @@ def apply_rope(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch
     sin), three ops rather than seven (HF's complex product is one, but Inductor cannot compile
     complex numbers).
 
-    x: (B, T, H, D); cos2, sin2 (rope_tables): (B, T, 1, D) or (T, 1, D).
+    x: (B, T, H, D); cos2, sin2 (rope_tables): (B, T, 1, D) or (T, 1, D). Returns fp32: the caller
+    casts back once, after the QK norm where there is one (which also runs in fp32).
     """
     xf = x.float()
     swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x[2j+1], x[2j]) pairs, (B, T, H, D)
-    return torch.addcmul(xf * cos2, swapped, sin2).type_as(x)
+    return torch.addcmul(xf * cos2, swapped, sin2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,9 +244,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.use_rope:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # fp32
             if self.qk_norm is not None:
                 q, k = self.qk_norm(q), self.qk_norm(k)
+            q, k = q.to(v.dtype), k.to(v.dtype)  # one cast back each (HF casts after RoPE and the norm)
         elif self.temperature:
             p = pos.clamp(min=0).float()
             scale = 1.0 + self.attn_scale * torch.log1p(torch.floor((p + 1.0) / self.floor_scale))
@@ -733,7 +735,7 @@ class VisionAttention(nn.Module):
         q = self.q_proj(x).view(B, P, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, P, self.n_heads, self.head_dim)
         v = self.v_proj(x).view(B, P, self.n_heads, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.o_proj(y.transpose(1, 2).reshape(B, P, -1))  # bidirectional
 
