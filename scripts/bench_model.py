@@ -344,6 +344,8 @@ def main(argv=None):
     batches = [int(b) for b in (opts.batches or ("32,128" if cuda else "8")).split(",")]
     compiled = runtime.wants_compile(opts.compile, device)
     compile_batches = [int(b) for b in (opts.compile_batches or str(max(batches))).split(",")]
+    if compiled and not set(compile_batches) <= set(batches):
+        p.error(f"--compile_batches {opts.compile_batches}: each must be one of --batches {batches}")
     variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])
 
     def variants_at(batch):  # compiling takes most of a GPU run's time: at the batches asked only
@@ -355,7 +357,7 @@ def main(argv=None):
     result = {
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, 2 threads)",
         "config": {**base, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
-                   "compile_mode": opts.compile_mode,
+                   "compile_mode": opts.compile_mode, "compile_batches": compile_batches if compiled else [],
                    "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},

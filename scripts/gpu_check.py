@@ -17,8 +17,8 @@ One after another, each in its own process:
      and a profile of the MoE step, eager and compiled (kernel time against wall time, launches,
      the top kernels: what to work on next);
   2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate; then
-     in float32 at batch 8 (left-padded rows), whether the variants' greedy tokens agree (compiled
-     with and without CUDA graphs);
+     in float32 at batch 8, whether the variants' greedy tokens agree (compiled with and without
+     CUDA graphs);
   3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled, evaluating
      valid-lower.txt at the default cadence: the seconds per pass are reported), then
      --eval_only on valid-lower.txt, one sampled story, and the greedy story with the decode step
@@ -195,7 +195,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     parts = opts.only.split(",")
     quick = ["--quick"] if opts.quick else []
-    with open(out / "log.txt", "w") as log:
+    with open(out / "log.txt", "a") as log:  # appended: a check run in parts keeps every part's log
+        log.write(f"# gpu_check.py --only {opts.only}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         if "model" in parts:
             extra = ["--no-hf", "--compile", "false"] if opts.quick else []
             sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra, "--profile",
@@ -208,7 +209,7 @@ def main(argv=None):
             variants = "cached,uncached" if opts.quick else "cached,compiled,compiled-nograph,uncached,hf"
             sh("scripts/bench_sample.py", "--device", opts.device, *quick, "--dtype", "float32",
                "--variants", variants, "--new_tokens", "128", "--repeats", "1",
-               *([] if opts.quick else ["--batches", "8"]),  # left-padded rows; each batch compiles anew
+               *([] if opts.quick else ["--batches", "8"]),  # one batch: each batch compiles anew
                "--out", out / "bench_sample_fp32.json", log=log)
         if "train" in parts:
             (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")

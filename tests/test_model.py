@@ -66,6 +66,9 @@ def test_rms_norm_is_hfs_formula(weight):
     g = torch.randn_like(x)
     assert torch.allclose(ours, hf, atol=1e-6)
     assert torch.allclose(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(hf, x, g)[0], atol=1e-5)
+    xb = (x.detach() * 3).bfloat16()  # bf16 (weights cast for decoding): normed in fp32, rounded once
+    hf_bf16 = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
+    assert torch.equal(norm.bfloat16()(xb), hf_bf16 * norm.weight if weight else hf_bf16)
 
 
 def test_each_layer_type_is_present():
@@ -173,17 +176,19 @@ def test_moe_runs_under_bf16_autocast(impl):
 def test_router_scores_keep_their_gradient_under_bf16():
     """The expert score sigmoid(top logit) is taken in fp32 and cast, as HF does. A bf16 sigmoid
     gives the same values, but it rounds to 1.0 above a logit of about 5.5, and its backward
-    (y(1 - y) from the rounded y) then gives the router no gradient through the score."""
+    (y(1 - y) from the rounded y) then gives the router no gradient through the score. Under
+    autocast the router's logits are fp32 anyway; with bf16 weights (as sample.py casts them on
+    CUDA) they are bf16, the case held here."""
     torch.manual_seed(0)
     moe = MoE(debug_args(router_noise=False)).train()
     for w in moe.parameters():  # the experts are allocated empty; Llama4 initialises them
         torch.nn.init.normal_(w, std=0.02)
+    moe.bfloat16()  # bf16 weights, no autocast: the router's logits are bf16 (under autocast, fp32)
     logits = torch.full((6, 4), -2.0)
     logits[:, 0] = torch.linspace(5.5, 8.0, 6)  # confident routing to expert 0
-    logits.requires_grad_(True)
-    moe.router.forward = lambda x: logits.to(x.dtype)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = moe(torch.randn(1, 6, 64).bfloat16())
+    logits = logits.bfloat16().requires_grad_(True)
+    moe.router.forward = lambda x: logits
+    out, _ = moe(torch.randn(1, 6, 64).bfloat16())
     out.float().sum().backward()
     expected = torch.sigmoid(logits[:, 0].detach().double())
     slope = expected * (1 - expected)  # d score / d logit, 4e-3 .. 3e-4
