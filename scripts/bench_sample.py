@@ -17,6 +17,9 @@ min_new_tokens, which would mask it), so every variant makes exactly --new_token
 Each variant first runs --warmup times untimed (the compiled one at least once: compiling and
 recording the CUDA graph happen there). Each variant's tokens are compared with the cached ones:
 `same_tokens_as_cached` and the share of equal tokens (in bf16 near-ties may flip a token).
+--ragged cuts row i's prompt by i % 8 tokens, so that a batch is left-padded (our variants only:
+transformers tunes the NoPE layers' temperature by slot, not by position, so its padded rows
+differ by design).
 """
 
 import argparse
@@ -40,23 +43,25 @@ from model import Llama4  # noqa: E402
 PROMPT, NEW = 16, 256
 
 
-def decode(variant, model, hf, prompts, new_tokens) -> list[list[int]]:
-    """Greedy decode of `new_tokens` tokens per row with one of the four variants."""
+def decode(variant, model, hf, prompts, new_tokens, ragged=False) -> list[list[int]]:
+    """Greedy decode of `new_tokens` tokens per row with one of the variants; ragged: row i's
+    prompt without its first i % 8 tokens (sample.generate left-pads the batch)."""
     if variant == "hf":
         out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
                           do_sample=False, eos_token_id=None, pad_token_id=model.args.pad_id)
         return out[:, prompts.shape[1]:].tolist()
+    rows = [r[i % 8:] if ragged else r for i, r in enumerate(prompts.tolist())]
     compile = {"compiled": True, "compiled-nograph": "default"}.get(variant, False)
-    return sample.generate(model, prompts.tolist(), new_tokens, greedy=True, stop_at_eos=False,
+    return sample.generate(model, rows, new_tokens, greedy=True, stop_at_eos=False,
                            use_cache=variant != "uncached", compile=compile)
 
 
-def timed(variant, model, hf, prompts, new_tokens) -> tuple[float, list[list[int]]]:
+def timed(variant, model, hf, prompts, new_tokens, ragged=False) -> tuple[float, list[list[int]]]:
     device = prompts.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t = time.perf_counter()
-    out = decode(variant, model, hf, prompts, new_tokens)
+    out = decode(variant, model, hf, prompts, new_tokens, ragged)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t, out
@@ -90,10 +95,10 @@ def measure(opts, model, hf, device) -> dict:
         with torch.no_grad():
             for name in opts.variants:
                 for _ in range(max(opts.warmup, name.startswith("compiled"))):
-                    decode(name, model, hf, prompts, opts.new_tokens)
+                    decode(name, model, hf, prompts, opts.new_tokens, opts.ragged)
             for _ in range(opts.repeats):
                 for name in opts.variants:
-                    seconds, outputs[name] = timed(name, model, hf, prompts, opts.new_tokens)
+                    seconds, outputs[name] = timed(name, model, hf, prompts, opts.new_tokens, opts.ragged)
                     times[name].append(seconds)
         ref = outputs.get("cached", next(iter(outputs.values())))
         tok_s = {k: B * opts.new_tokens / statistics.median(v) for k, v in times.items()}
@@ -140,6 +145,8 @@ def parse(argv):
                                                     "uncached,hf (default: all but compiled-nograph on "
                                                     "CUDA; cached,uncached,hf on CPU)")
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
+    p.add_argument("--ragged", action="store_true", help="prompts of 16 down to 9 tokens, left-padded into "
+                                                         "a batch (our variants only)")
     p.add_argument("--quick", action="store_true", help="the debug preset, 8 new tokens, batches 1,2, one "
                                                         "warm-up and one timed run: seconds on CPU (a test)")
     p.add_argument("--out", default=None, help="JSON file (default img/bench_sample.json, or "
@@ -158,7 +165,7 @@ def main(argv=None):
     cuda = device.type == "cuda"
     default = "cached,compiled,uncached,hf" if cuda else "cached,uncached,hf"
     opts.variants = (opts.variants or default).split(",")
-    if opts.no_hf and "hf" in opts.variants:
+    if (opts.no_hf or opts.ragged) and "hf" in opts.variants:  # ragged: transformers' padded rows differ
         opts.variants.remove("hf")
     opts.batches = [int(b) for b in opts.batches.split(",")]
     opts.warmup = (1 if cuda else 0) if opts.warmup is None else opts.warmup
@@ -168,6 +175,7 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
     result = {"config": {"preset": opts.preset, "max_seq_len": opts.max_seq_len, "prompt": PROMPT,
                          "new_tokens": opts.new_tokens, "repeats": opts.repeats, "warmup": opts.warmup,
+                         "ragged": opts.ragged,
                          "variants": opts.variants, "device": str(device), "device_name": name,
                          "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__},
               "results": measure(opts, model, hf, device)}

@@ -19,3 +19,13 @@ def test_quick_decode_benchmark_reports_every_variant(tmp_path, capsys):
         assert all(r["same_tokens_as_cached"].values())  # fp32: ours, uncached and transformers agree
         assert {"cached_over_uncached", "cached_over_hf"} <= set(r)
     assert "ours/hf" in capsys.readouterr().out
+
+
+def test_ragged_prompts_give_a_left_padded_batch_equal_across_variants(tmp_path):
+    """--ragged (the GPU check's float32 agreement pass): rows of different lengths, left-padded
+    into one batch; the cached and uncached paths give the same tokens, and transformers (which
+    tunes the temperature by slot) is left out."""
+    result = main(["--quick", "--ragged", "--out", str(tmp_path / "b.json")])
+    r = result["results"]["batch2"]  # rows of 16 and 15 tokens
+    assert result["config"]["ragged"] and set(r["tokens_per_s"]) == {"cached", "uncached"}
+    assert all(r["same_tokens_as_cached"].values())
