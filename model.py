@@ -442,22 +442,22 @@ class MoE(nn.Module):
             # takes y(1 - y) from the rounded y, which loses the router's gradient once y nears 1
             scores = torch.sigmoid(top_logit.float()).to(h.dtype)
 
+        flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
+        counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
         if self.impl == "sparse":
-            out, counts = self._sparse(h, top_idx, scores)
+            out = self._sparse(h, flat, counts, scores)
         else:
-            out, counts = self._reference(h, top_idx, scores)
+            out = self._reference(h, top_idx, scores)
         return out.view_as(x), Routing(logits, counts)
 
-    def _sparse(self, h, top_idx, scores):
-        flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
+    def _sparse(self, h, flat, counts, scores):
         order = flat.argsort(stable=True)  # assignments sorted by expert
         token = order // self.top_k if self.top_k > 1 else order  # (N*k,) token of each sorted assignment
-        counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
         scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)
         xs = scaled[order]  # (N*k, dim) expert inputs, grouped: one gather (and one scatter back)
         ys = self.experts(xs, counts)
         out = self.shared_expert(h)  # under autocast: bf16, like ys
-        return out.index_add(0, token, ys.to(out.dtype)), counts
+        return out.index_add(0, token, ys.to(out.dtype))
 
     def _reference(self, h, top_idx, scores):
         out = self.shared_expert(h)
@@ -466,8 +466,7 @@ class MoE(nn.Module):
             rows = hit.any(-1)
             score = (scores * hit).sum(-1, keepdim=True)  # (N, 1): sigmoid score of e, or 0
             out = out + torch.where(rows[:, None], self.experts.expert(e, h * score), 0.0)
-        flat = top_idx.reshape(-1)
-        return out, flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
