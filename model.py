@@ -48,6 +48,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 from torch.utils.checkpoint import checkpoint
 
 from config import ModelArgs
@@ -368,7 +369,8 @@ class Experts(nn.Module):
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
         if grouped_mm_supported(xs):  # no host sync: group boundaries stay on the device
             offs = counts.cumsum(0, dtype=torch.int32)  # end row of each expert's group
-            if torch.compiler.is_compiling() and xs.dtype != torch.bfloat16:  # compile traces bf16 only
+            if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
+                # traced on fake tensors (torch.compile, scripts/memory_model.py): bf16 only
                 gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)
                 return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)
             gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each

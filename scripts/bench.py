@@ -39,17 +39,19 @@ def markdown(results: dict, machine: dict) -> str:
         c = m["config"]
         for batch, r in m["batches"].items():
             s, mem = r["step_seconds"], r["peak_step_memory_mb"]
+            modelled = r.get("modelled_step_memory_mb", {})  # older JSON: none
             lines += [f"**Training step** (train.train_step: forward + backward + clipping + fused AdamW), "
                       f"batch {batch} x {c['max_seq_len']}, dim {c['dim']}, {c['n_layers']} layers, "
                       f"{c['n_experts']} experts top-{c['top_k']}, {c['dtype']}, {m['device']}, "
                       f"median of {c['repeats']} interleaved runs:", "",
-                      "| variant | step (ms) | tokens/s | MFU | aten ops per step | peak step memory (MB) |",
-                      "|---|---|---|---|---|---|"]
+                      "| variant | step (ms) | tokens/s | MFU | aten ops per step | peak step memory (MB) "
+                      "| modelled (MB) |",
+                      "|---|---|---|---|---|---|---|"]
             for v in s:
                 mfu = f"{r['mfu'][v]:.1%}" if r["mfu"] else ""
                 ops = f"{r['ops_per_step'][v]:,}" if v in r["ops_per_step"] else ""
                 lines.append(f"| {v} | {s[v] * 1e3:.1f} | {r['tokens_per_second'][v]:,.0f} | {mfu} | {ops} | "
-                             + (f"{mem[v]:.0f} |" if v in mem else " |"))
+                             + " | ".join(f"{m[v]:,.0f}" if v in m else "" for m in (mem, modelled)) + " |")
             ratio = r["ratios"]
             lines += ["", "| ratio | measured | target |", "|---|---|---|",
                       f"| our MoE / our dense (same active parameters), time | "

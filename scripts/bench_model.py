@@ -22,7 +22,8 @@ peak: the GPU table, or a GEMM timed now on CPU; a third of them for evaluation,
 backward pass), aten ops per step of the eager variants (a CPU
 proxy for kernel launches: view ops excluded) and the peak memory of a step for moe, moe+ckpt and
 moe+plain-loss (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
-baseline, in a fresh subprocess per variant). Ratios are what the README quotes. --profile adds,
+baseline, in a fresh subprocess per variant), beside what scripts/memory_model.py computes for it
+on fake tensors (so that each run checks that model). Ratios are what the README quotes. --profile adds,
 for moe and moe+compile, where a step's time goes (torch.profiler): on CUDA the kernels' time
 against the wall time (host- or device-bound), their count, and the top kernels.
 """
@@ -80,10 +81,12 @@ def is_eval(variant: str) -> bool:
 
 
 def make_step(variant: str, base: dict, batch: int, device, dtype):
-    """Build `variant` and return (a function running one train_step, the trained module)."""
+    """Build `variant` and return (a function running one step, what it holds: .model, .opt)."""
     torch.manual_seed(0)
     args = variant_args(variant, base)
-    ours = Llama4(args).to(device).train()
+    ours = Llama4(args).train()
+    if device.type != "cpu":  # (skipped on the CPU, where it is a no-op that fake tensors refuse)
+        ours = ours.to(device)
     model = ours
     if variant == "hf":
         from transformers import Llama4ForCausalLM
@@ -105,7 +108,7 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     if is_eval(variant):  # train.py's validation pass over one batch of windows
         n = x.numel()
         val = SimpleNamespace(x=x, y=x, batch_size=batch, tokens=n, bytes=n, world=runtime.World())
-        return (lambda: train.evaluate(runner, val, autocast, device)), model
+        return (lambda: train.evaluate(runner, val, autocast, device)), SimpleNamespace(model=model, opt=None)
     train_args = TrainArgs(batch_size=batch)
     job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
                           opt=train.make_optimizer(model, train_args, device), autocast=autocast)
@@ -114,7 +117,7 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     def step():
         out = train.train_step(job, batches, 0, 1e-4)
         return out.losses
-    return step, model
+    return step, job
 
 
 def sync(device):
@@ -240,6 +243,31 @@ def peak_memory(variant, base, batch, device, dtype) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def modelled_step_memory(variant, base, batch, dtype) -> dict:
+    """What peak_memory measures on CUDA (bytes a training step takes above what is held between
+    steps), computed instead: the step runs on the CPU on fake tensors (FakeTensorMode: shapes,
+    dtypes and storage sizes, no data, no arithmetic; seconds even for scout-128m at batch 512)
+    while MemTracker adds up the live tensors, which is what the CUDA caching allocator's
+    max_memory_allocated counts. So a machine with no GPU can tell what a step needs on one.
+    Returns bytes: {"step", "held" (parameters and optimizer state), and the step's parts by
+    MemTracker's kinds: "act", "temp", "grad", ...}; training variants only (not hf, eval or
+    compiled ones)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+    cpu = torch.device("cpu")
+    with FakeTensorMode():
+        step, job = make_step(variant, base, batch, cpu, dtype)
+        step()  # the optimizer's state appears here, and is held between steps from now on
+        tracker = MemTracker()
+        tracker.track_external(job.model, job.opt)
+        with tracker:
+            step()
+        peak = tracker.get_tracker_snapshot("peak")[cpu]
+    kinds = {str(k).rsplit(".", 1)[-1].lower(): v for k, v in peak.items()}
+    held = kinds.pop("param", 0) + kinds.pop("buffer", 0) + kinds.pop("opt", 0)
+    return {"step": kinds.pop("total") - held, "held": held, **{k: v for k, v in kinds.items() if v}}
+
+
 def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=()) -> dict:
     secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled)
     tokens = batch * base["max_seq_len"]
@@ -247,11 +275,13 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
     tok_s = {v: tokens / s for v, s in secs.items()}
     measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in variants]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
+    modelled = {v: modelled_step_memory(v, base, batch, dtype)["step"] / 2**20 for v in measured}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
            "mfu": {v: t * fpt / (3 if is_eval(v) else 1) / peak for v, t in tok_s.items()} if peak else None,
            "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in variants
                             if not v.endswith("+compile")},
            "peak_step_memory_mb": mem,
+           "modelled_step_memory_mb": modelled,  # scripts/memory_model.py: a check of the model
            "ratios": {"moe_over_dense_time": secs["moe"] / secs["dense"],
                       "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"],
                       "ckpt_memory_saving": 1 - mem["moe+ckpt"] / mem["moe"]}}
@@ -279,11 +309,13 @@ def report(result: dict) -> None:
     for batch, r in result["batches"].items():
         print(f"training step, batch {batch} x {c['max_seq_len']}, dim {c['dim']}, {c['n_experts']} experts, "
               f"{c['dtype']}, {result['device']}, median of {c['repeats']}")
-        print(f"{'variant':16s} {'step ms':>9s} {'tok/s':>10s} {'MFU':>7s} {'ops':>6s} {'peak MB':>8s}")
+        print(f"{'variant':16s} {'step ms':>9s} {'tok/s':>10s} {'MFU':>7s} {'ops':>6s} {'peak MB':>8s} "
+              f"{'modelled':>8s}")
         for v, s in r["step_seconds"].items():
             mfu = f"{r['mfu'][v]:7.1%}" if r["mfu"] else f"{'':7s}"
             ops = f"{r['ops_per_step'][v]:6d}" if v in r["ops_per_step"] else f"{'':6s}"
-            mem = f"{r['peak_step_memory_mb'][v]:8.0f}" if v in r["peak_step_memory_mb"] else f"{'':8s}"
+            mem = " ".join(f"{r[k][v]:8.0f}" if v in r.get(k, {}) else f"{'':8s}"
+                           for k in ("peak_step_memory_mb", "modelled_step_memory_mb"))
             print(f"{v:16s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}")
         for k, ratio in r["ratios"].items():
             print(f"  {k:30s} {ratio:6.2f}")

@@ -1,0 +1,118 @@
+"""Memory model: what a training step needs on a GPU, computed on a machine without one.
+
+    python scripts/memory_model.py                    # scout-128m, bf16 autocast, batch 32, 128, 512
+    python scripts/memory_model.py --batches 8 --dtype float32 --preset tiny
+
+Each variant's training step (bench_model.make_step: train.train_step, forward + backward +
+clipping + fused AdamW) runs on fake tensors: torch's FakeTensorMode gives every tensor its shape,
+dtype and storage but no data, so nothing is computed and scout-128m at batch 512 takes seconds on
+two cores. MemTracker adds up the live tensors as it goes, which is what CUDA's caching allocator
+reports as max_memory_allocated. The result is bench_model's "peak step memory" (the bytes a step
+takes above what is held between steps) for a GPU that is not there, under bf16 autocast as on
+CUDA (the CPU's autocast casts the same ops).
+
+How far to trust it: run on the commit the last H200 measurement came from (a842e28), it gave that
+measurement to within 0.2% (MoE step memory 5,416 vs 5,420 MB at batch 32, 21,029 vs 21,039 MB at
+128; with activation checkpointing 3,754 vs 3,754 and 14,920 vs 14,920). bench_model.py records
+this model beside each measurement it takes, so every GPU run checks it again. It cannot see
+what the allocator keeps cached but unused (fragmentation), nor kernels' own workspaces (cuBLAS,
+SDPA), nor a compiled step's different lifetimes (Inductor frees and fuses differently).
+
+Reports per batch: the step memory of moe, moe+ckpt, moe+plain-loss and dense (MB), its largest
+parts, what is held between steps (fp32 parameters and AdamW's two moments), and the
+ratios the README quotes: memory saved by activation checkpointing and by the fused loss.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_model  # noqa: E402
+import torch  # noqa: E402
+
+import config  # noqa: E402
+from config import ModelArgs  # noqa: E402
+
+VARIANTS = ["moe", "moe+ckpt", "moe+plain-loss", "dense"]
+
+
+def measure(base: dict, batches: list[int], dtype, variants=VARIANTS) -> dict:
+    out = {}
+    for b in batches:
+        step = {v: bench_model.modelled_step_memory(v, base, b, dtype) for v in variants}
+        mb = {v: s["step"] / 2**20 for v, s in step.items()}
+        ratios = {}
+        if "moe+ckpt" in mb:
+            ratios["ckpt_memory_saving"] = 1 - mb["moe+ckpt"] / mb["moe"]
+        if "moe+plain-loss" in mb:
+            ratios["fused_loss_memory_saving"] = 1 - mb["moe"] / mb["moe+plain-loss"]
+        out[str(b)] = {"step_memory_mb": mb,
+                       "held_mb": {v: s["held"] / 2**20 for v, s in step.items()},
+                       "parts_mb": {v: {k: x / 2**20 for k, x in s.items() if k not in ("step", "held")}
+                                    for v, s in step.items()},
+                       "ratios": ratios}
+    return out
+
+
+def markdown(result: dict) -> str:
+    c = result["config"]
+    lines = [f"Step memory modelled on fake tensors (scripts/memory_model.py), {c['preset']}, context "
+             f"{c['max_seq_len']}, vocabulary {c['vocab_size']}, {c['dtype']}, torch {c['torch']}:", "",
+             "| batch | variant | step memory (MB) | held between steps (MB) | step + held (GB) |",
+             "|---|---|---|---|---|"]
+    for b, r in result["batches"].items():
+        for v, mb in r["step_memory_mb"].items():
+            held = r["held_mb"][v]
+            lines.append(f"| {b} | {v} | {mb:,.0f} | {held:,.0f} | {(mb + held) / 1024:.1f} |")
+    lines += ["", "| batch | activation checkpointing: memory saved | fused loss: memory saved |",
+              "|---|---|---|"]
+    for b, r in result["batches"].items():
+        ratios = r["ratios"]
+        cells = [f"{ratios[k]:.0%}" if k in ratios else ""
+                 for k in ("ckpt_memory_saving", "fused_loss_memory_saving")]
+        lines.append(f"| {b} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS), help="model shape")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                   help="bfloat16: autocast, as train.py trains on CUDA")
+    p.add_argument("--batches", default="32,128,512", help="comma-separated batch sizes (sequences)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--out", default=str(ROOT / "img" / "memory_model.json"),
+                   help="JSON out; the markdown table goes beside it (.md)")
+    opts = p.parse_args(argv)
+    variants = opts.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "moe" not in variants:
+        p.error(f"--variants: {', '.join(unknown) or 'moe is missing'}; choose from {', '.join(VARIANTS)}, "
+                "moe included (the ratios are to it)")
+    try:
+        batches = [int(b) for b in opts.batches.split(",")]
+    except ValueError:
+        p.error(f"--batches {opts.batches}: give whole numbers separated by commas, e.g. 32,128")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    base = config.to_dict(ModelArgs(**config.PRESETS[opts.preset]["ModelArgs"]))
+    dtype = getattr(torch, opts.dtype)
+    result = {"config": {"preset": opts.preset, **base, "dtype": opts.dtype, "torch": torch.__version__},
+              "batches": measure(base, batches, dtype, variants)}
+    md = markdown(result)
+    print(md, end="")
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
