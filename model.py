@@ -60,11 +60,14 @@ from config import ModelArgs
 class RMSNorm(nn.Module):
     """x / rms(x), in fp32, times a learned weight (or no weight, for the QK norm).
 
-    F.rms_norm is HF's x * rsqrt(mean(x^2) + eps): on the CPU the same ops, on CUDA (torch >= 2.8)
-    one fused kernel each way instead of about 5 forward and a dozen backward (eager steps and
-    decoding are bound by kernel launches there; compiled code fuses either). A bf16 input is
-    normed in fp32 and rounded once, as HF's x.float() ... .type_as(x) does (tests/test_model.py),
-    without the two casts; then the weight, in HF's order."""
+    F.rms_norm is HF's x * rsqrt(mean(x^2) + eps) * weight: on the CPU the same ops, on CUDA
+    (torch >= 2.8) one fused kernel each way instead of about 6 forward and 14 backward (eager
+    steps and decoding are bound by kernel launches there; compiled code fuses either). An fp32
+    input (the residual stream, also under autocast) takes the weight inside the kernel: on the CPU
+    bit for bit HF's values and gradients; on CUDA backward then keeps only x and 1/rms, not also
+    an fp32 copy of the normed x for the weight's gradient (one (B, T, dim) fp32 per norm). A bf16
+    input (weights cast for decoding) is normed in fp32 and rounded, then weighted, as HF's
+    x.float() ... .type_as(x) * weight does (tests/test_model.py), without the two casts."""
 
     def __init__(self, dim: int, eps: float, weight: bool = True):
         super().__init__()
@@ -72,8 +75,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if weight else None
 
     def forward(self, x):
-        y = F.rms_norm(x, (x.shape[-1],), eps=self.eps)
-        return y * self.weight if self.weight is not None else y
+        if x.dtype == torch.float32 or self.weight is None:  # the weight inside the fused kernel
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight  # HF: round, then the weight
 
 
 class FeedForward(nn.Module):

@@ -29,6 +29,7 @@ against the wall time (host- or device-bound), their count, and the top kernels.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import config  # noqa: E402
@@ -243,19 +245,41 @@ def peak_memory(variant, base, batch, device, dtype) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def modelled_step_memory(variant, base, batch, dtype) -> dict:
-    """What peak_memory measures on CUDA (bytes a training step takes above what is held between
-    steps), computed instead: the step runs on the CPU on fake tensors (FakeTensorMode: shapes,
-    dtypes and storage sizes, no data, no arithmetic; seconds even for scout-128m at batch 512)
-    while MemTracker adds up the live tensors, which is what the CUDA caching allocator's
+class CudaRMSNormMemory(torch.autograd.Function):
+    """F.rms_norm with CUDA's memory, for modelled_step_memory (fake tensors: shapes only, no
+    values). CUDA's fused kernel keeps x and 1/rms for backward; the CPU's composite ops also keep
+    the normed x for the weight's gradient, one (B, T, dim) fp32 more per weighted norm."""
+
+    @staticmethod
+    def forward(ctx, x, shape, weight=None, eps=None):
+        rstd = x.new_empty(x.shape[:-1] + (1,), dtype=torch.float32)
+        ctx.save_for_backward(x, rstd, weight)
+        return torch.rms_norm(x, shape, weight, eps)  # (F.rms_norm is this, while modelling)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, _, weight = ctx.saved_tensors
+        return torch.empty_like(x), None, None if weight is None else torch.empty_like(weight), None
+
+
+def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict:
+    """What peak_memory measures (bytes a training step takes above what is held between steps),
+    computed instead: the step runs on the CPU on fake tensors (FakeTensorMode: shapes, dtypes
+    and storage sizes, no data, no arithmetic; seconds even for scout-128m at batch 512) while
+    MemTracker adds up the live tensors, which is what the CUDA caching allocator's
     max_memory_allocated counts. So a machine with no GPU can tell what a step needs on one.
+    cuda: what CUDA's kernels keep for backward where they differ from the CPU's (RMSNorm).
     Returns bytes: {"step", "held" (parameters and optimizer state), and the step's parts by
     MemTracker's kinds: "act", "temp", "grad", ...}; training variants only (not hf, eval or
     compiled ones)."""
+    from unittest import mock
+
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
     cpu = torch.device("cpu")
-    with FakeTensorMode():
+    norm = mock.patch.object(F, "rms_norm", lambda x, shape, weight=None, eps=None: CudaRMSNormMemory.apply(
+        x, shape, weight, eps)) if cuda else contextlib.nullcontext()
+    with FakeTensorMode(), norm:
         step, job = make_step(variant, base, batch, cpu, dtype)
         step()  # the optimizer's state appears here, and is held between steps from now on
         tracker = MemTracker()
@@ -275,7 +299,8 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
     tok_s = {v: tokens / s for v, s in secs.items()}
     measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in variants]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
-    modelled = {v: modelled_step_memory(v, base, batch, dtype)["step"] / 2**20 for v in measured}
+    modelled = {v: modelled_step_memory(v, base, batch, dtype, device.type == "cuda")["step"] / 2**20
+                for v in measured}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
            "mfu": {v: t * fpt / (3 if is_eval(v) else 1) / peak for v, t in tok_s.items()} if peak else None,
            "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in variants

@@ -9,12 +9,15 @@ dtype and storage but no data, so nothing is computed and scout-128m at batch 51
 two cores. MemTracker adds up the live tensors as it goes, which is what CUDA's caching allocator
 reports as max_memory_allocated. The result is bench_model's "peak step memory" (the bytes a step
 takes above what is held between steps) for a GPU that is not there, under bf16 autocast as on
-CUDA (the CPU's autocast casts the same ops).
+CUDA (the CPU's autocast casts the same ops). Where CUDA's kernels keep other tensors for
+backward than the CPU's, it models CUDA's (--device cuda, the default): RMSNorm, one fused kernel
+there that keeps x and 1/rms, where the CPU's composite ops also keep the normed x.
 
 How far to trust it: run on the commit the last H200 measurement came from (a842e28), it gave that
 measurement to within 0.2% (MoE step memory 5,416 vs 5,420 MB at batch 32, 21,029 vs 21,039 MB at
 128; with activation checkpointing 3,754 vs 3,754 and 14,920 vs 14,920). bench_model.py records
-this model beside each measurement it takes, so every GPU run checks it again. It cannot see
+this model beside each measurement it takes (on the CPU, modelling the CPU's kernels: within 2 MB
+of the measured peak RSS), so every GPU run checks it again. It cannot see
 what the allocator keeps cached but unused (fragmentation), nor kernels' own workspaces (cuBLAS,
 SDPA), nor a compiled step's different lifetimes (Inductor frees and fuses differently).
 
@@ -42,10 +45,10 @@ from config import ModelArgs  # noqa: E402
 VARIANTS = ["moe", "moe+ckpt", "moe+plain-loss", "dense"]
 
 
-def measure(base: dict, batches: list[int], dtype, variants=VARIANTS) -> dict:
+def measure(base: dict, batches: list[int], dtype, variants=VARIANTS, cuda: bool = True) -> dict:
     out = {}
     for b in batches:
-        step = {v: bench_model.modelled_step_memory(v, base, b, dtype) for v in variants}
+        step = {v: bench_model.modelled_step_memory(v, base, b, dtype, cuda) for v in variants}
         mb = {v: s["step"] / 2**20 for v, s in step.items()}
         ratios = {}
         if "moe+ckpt" in mb:
@@ -63,7 +66,8 @@ def measure(base: dict, batches: list[int], dtype, variants=VARIANTS) -> dict:
 def markdown(result: dict) -> str:
     c = result["config"]
     lines = [f"Step memory modelled on fake tensors (scripts/memory_model.py), {c['preset']}, context "
-             f"{c['max_seq_len']}, vocabulary {c['vocab_size']}, {c['dtype']}, torch {c['torch']}:", "",
+             f"{c['max_seq_len']}, vocabulary {c['vocab_size']}, {c['dtype']}, as on {c['device']}, "
+             f"torch {c['torch']}:", "",
              "| batch | variant | step memory (MB) | held between steps (MB) | step + held (GB) |",
              "|---|---|---|---|---|"]
     for b, r in result["batches"].items():
@@ -85,6 +89,8 @@ def main(argv=None):
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS), help="model shape")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                    help="bfloat16: autocast, as train.py trains on CUDA")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="whose kernels' saved tensors to model where they differ (RMSNorm)")
     p.add_argument("--batches", default="32,128,512", help="comma-separated batch sizes (sequences)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {','.join(VARIANTS)}")
@@ -103,8 +109,9 @@ def main(argv=None):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     base = config.to_dict(ModelArgs(**config.PRESETS[opts.preset]["ModelArgs"]))
     dtype = getattr(torch, opts.dtype)
-    result = {"config": {"preset": opts.preset, **base, "dtype": opts.dtype, "torch": torch.__version__},
-              "batches": measure(base, batches, dtype, variants)}
+    result = {"config": {"preset": opts.preset, **base, "dtype": opts.dtype, "device": opts.device,
+                         "torch": torch.__version__},
+              "batches": measure(base, batches, dtype, variants, opts.device == "cuda")}
     md = markdown(result)
     print(md, end="")
     out = Path(opts.out)

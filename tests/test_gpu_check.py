@@ -30,6 +30,7 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     assert run["sample"] and not run["sample"].startswith("(sample.py failed")
     assert run["greedy"]["same"] and run["greedy"]["same_characters"] == run["greedy"]["characters"] > 0
     md = (out / "gpu.md").read_text()
-    assert "Training step" in md and "modelled (MB)" in md and "steady_tokens_per_s" in md and "Greedy story" in md
+    assert "Training step" in md and "modelled (MB)" in md
+    assert "steady_tokens_per_s" in md and "Greedy story" in md
     assert "Where a moe step's time goes" in md
     assert "eval_over_train_speed" in md and "evaluation pass tokens/s / training step tokens/s" in md

@@ -5,6 +5,7 @@ on the CPU). Here it holds issue 11's memory goals at the GPU's shape: scout-128
 import json
 
 import pytest
+import torch
 
 from scripts import memory_model
 
@@ -29,3 +30,17 @@ def test_fp32_and_bad_options(tmp_path, capsys):
         with pytest.raises(SystemExit):
             memory_model.main(bad + ["--out", str(tmp_path / "x.json")])
         assert "error:" in capsys.readouterr().err
+
+
+def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():
+    """RMSNorm passes its weight to F.rms_norm (fp32 input): CUDA's fused kernel then keeps x and
+    1/rms for backward, where `F.rms_norm(x) * weight` would also keep the normed x, fp32, for the
+    weight's gradient (as the CPU's composite ops do): one (B, T, dim) fp32 per weighted norm."""
+    from config import PRESETS, ModelArgs, to_dict
+    from scripts import bench_model
+    args = ModelArgs(**PRESETS["debug"]["ModelArgs"])
+    base, batch = to_dict(args), 4
+    cpu, cuda = (bench_model.modelled_step_memory("moe", base, batch, torch.bfloat16, cuda)["step"]
+                 for cuda in (False, True))
+    norms = 2 * args.n_layers + 1  # before attention and the feed-forward in each block, and the last
+    assert cpu - cuda == norms * batch * args.max_seq_len * args.dim * 4

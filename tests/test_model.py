@@ -65,7 +65,9 @@ def test_rms_norm_is_hfs_formula(weight):
     ours = norm(x)
     g = torch.randn_like(x)
     assert torch.allclose(ours, hf, atol=1e-6)
-    assert torch.allclose(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(hf, x, g)[0], atol=1e-5)
+    inputs = (x, norm.weight) if weight else (x,)  # fp32: the weight inside F.rms_norm, same grads
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(hf, inputs, g), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
     xb = (x.detach() * 3).bfloat16()  # bf16 (weights cast for decoding): normed in fp32, rounded once
     hf_bf16 = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + 1e-5)).bfloat16()
     assert torch.equal(norm.bfloat16()(xb), hf_bf16 * norm.weight if weight else hf_bf16)
