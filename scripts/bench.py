@@ -51,7 +51,8 @@ def markdown(results: dict, machine: dict) -> str:
                 mfu = f"{r['mfu'][v]:.1%}" if r["mfu"] else ""
                 ops = f"{r['ops_per_step'][v]:,}" if v in r["ops_per_step"] else ""
                 lines.append(f"| {v} | {s[v] * 1e3:.1f} | {r['tokens_per_second'][v]:,.0f} | {mfu} | {ops} | "
-                             + " | ".join(f"{m[v]:,.0f}" if v in m else "" for m in (mem, modelled)) + " |")
+                             + " | ".join(f"{col[v]:,.0f}" if v in col else "" for col in (mem, modelled))
+                             + " |")
             ratio = r["ratios"]
             lines += ["", "| ratio | measured | target |", "|---|---|---|",
                       f"| our MoE / our dense (same active parameters), time | "

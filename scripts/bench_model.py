@@ -213,10 +213,10 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(field)
 
 
-def peak_memory_child(variant: str, base: dict, batch: int) -> int:
+def peak_memory_child(variant: str, base: dict, batch: int, dtype) -> int:
     """In a fresh process (CPU): peak RSS of one training step above the post-warm-up baseline."""
     torch.set_num_threads(2)
-    step, _ = make_step(variant, base, batch, torch.device("cpu"), torch.float32)
+    step, _ = make_step(variant, base, batch, torch.device("cpu"), dtype)
     step()
     import gc
     gc.collect()
@@ -241,14 +241,16 @@ def peak_memory(variant, base, batch, device, dtype) -> int:
     # glibc otherwise keeps freed memory, so RSS would show the allocator's history, not the step's
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--base", json.dumps(base),
-                          "--batches", str(batch)], capture_output=True, text=True, check=True, env=env)
+                          "--batches", str(batch), "--dtype", str(dtype).removeprefix("torch.")],
+                         capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
 
 class CudaRMSNormMemory(torch.autograd.Function):
     """F.rms_norm with CUDA's memory, for modelled_step_memory (fake tensors: shapes only, no
     values). CUDA's fused kernel keeps x and 1/rms for backward; the CPU's composite ops also keep
-    the normed x for the weight's gradient, one (B, T, dim) fp32 more per weighted norm."""
+    the normed x for the weight's gradient, one (B, T, dim) fp32 more per weighted norm. Assumes
+    an fp32 input, as every norm's is here (CUDA's autocast would also upcast a bf16 one)."""
 
     @staticmethod
     def forward(ctx, x, shape, weight=None, eps=None):
@@ -268,7 +270,9 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     and storage sizes, no data, no arithmetic; seconds even for scout-128m at batch 512) while
     MemTracker adds up the live tensors, which is what the CUDA caching allocator's
     max_memory_allocated counts. So a machine with no GPU can tell what a step needs on one.
-    cuda: what CUDA's kernels keep for backward where they differ from the CPU's (RMSNorm).
+    cuda: what CUDA's kernels keep for backward where they differ from the CPU's (RMSNorm); the
+    experts are modelled on grouped_mm, which CUDA runs in bf16 only (fp32 there loops over the
+    experts: the same saved tensors, other temporaries).
     Returns bytes: {"step", "held" (parameters and optimizer state), and the step's parts by
     MemTracker's kinds: "act", "temp", "grad", ...}; training variants only (not hf, eval or
     compiled ones)."""
@@ -277,8 +281,11 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
     cpu = torch.device("cpu")
-    norm = mock.patch.object(F, "rms_norm", lambda x, shape, weight=None, eps=None: CudaRMSNormMemory.apply(
-        x, shape, weight, eps)) if cuda else contextlib.nullcontext()
+    if variant == "hf" or is_eval(variant) or variant.endswith("+compile"):
+        raise ValueError(f"{variant}: the memory model runs our eager training steps only")
+    norm = mock.patch.object(F, "rms_norm", lambda input, normalized_shape, weight=None, eps=None:
+                             CudaRMSNormMemory.apply(input, normalized_shape, weight, eps)) \
+        if cuda else contextlib.nullcontext()
     with FakeTensorMode(), norm:
         step, job = make_step(variant, base, batch, cpu, dtype)
         step()  # the optimizer's state appears here, and is held between steps from now on
@@ -290,6 +297,16 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     kinds = {str(k).rsplit(".", 1)[-1].lower(): v for k, v in peak.items()}
     held = kinds.pop("param", 0) + kinds.pop("buffer", 0) + kinds.pop("opt", 0)
     return {"step": kinds.pop("total") - held, "held": held, **{k: v for k, v in kinds.items() if v}}
+
+
+def memory_ratios(mem: dict) -> dict:
+    """Step memory saved by activation checkpointing and by the fused loss (fractions)."""
+    out = {}
+    if "moe+ckpt" in mem:
+        out["ckpt_memory_saving"] = 1 - mem["moe+ckpt"] / mem["moe"]
+    if "moe+plain-loss" in mem:
+        out["fused_loss_memory_saving"] = 1 - mem["moe"] / mem["moe+plain-loss"]
+    return out
 
 
 def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=()) -> dict:
@@ -308,13 +325,11 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
            "peak_step_memory_mb": mem,
            "modelled_step_memory_mb": modelled,  # scripts/memory_model.py: a check of the model
            "ratios": {"moe_over_dense_time": secs["moe"] / secs["dense"],
-                      "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"],
-                      "ckpt_memory_saving": 1 - mem["moe+ckpt"] / mem["moe"]}}
+                      "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"], **memory_ratios(mem)}}
     if profiles:
         out["profile"] = profiles
     if "moe+plain-loss" in secs:
         out["ratios"]["plain_loss_over_fused_time"] = secs["moe+plain-loss"] / secs["moe"]
-        out["ratios"]["fused_loss_memory_saving"] = 1 - mem["moe"] / mem["moe+plain-loss"]
     if "moe+eval" in secs:  # validation tokens/s over training tokens/s
         out["ratios"]["eval_over_train_speed"] = secs["moe"] / secs["moe+eval"]
     if "hf" in secs:
@@ -382,7 +397,8 @@ def main(argv=None):
     p.add_argument("--base", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.child:
-        print(peak_memory_child(opts.child, json.loads(opts.base), int(opts.batches)))
+        dtype = getattr(torch, opts.dtype)
+        print(peak_memory_child(opts.child, json.loads(opts.base), int(opts.batches), dtype))
         return None
     global COMPILE_MODE
     COMPILE_MODE = opts.compile_mode

@@ -9,17 +9,21 @@ dtype and storage but no data, so nothing is computed and scout-128m at batch 51
 two cores. MemTracker adds up the live tensors as it goes, which is what CUDA's caching allocator
 reports as max_memory_allocated. The result is bench_model's "peak step memory" (the bytes a step
 takes above what is held between steps) for a GPU that is not there, under bf16 autocast as on
-CUDA (the CPU's autocast casts the same ops). Where CUDA's kernels keep other tensors for
+CUDA (the CPU's autocast casts the same ops, but for rms_norm, which CUDA's runs in fp32; every
+norm's input is fp32 here anyway). Where CUDA's kernels keep other tensors for
 backward than the CPU's, it models CUDA's (--device cuda, the default): RMSNorm, one fused kernel
 there that keeps x and 1/rms, where the CPU's composite ops also keep the normed x.
 
 How far to trust it: run on the commit the last H200 measurement came from (a842e28), it gave that
 measurement to within 0.2% (MoE step memory 5,416 vs 5,420 MB at batch 32, 21,029 vs 21,039 MB at
 128; with activation checkpointing 3,754 vs 3,754 and 14,920 vs 14,920). bench_model.py records
-this model beside each measurement it takes (on the CPU, modelling the CPU's kernels: within 2 MB
-of the measured peak RSS), so every GPU run checks it again. It cannot see
-what the allocator keeps cached but unused (fragmentation), nor kernels' own workspaces (cuBLAS,
-SDPA), nor a compiled step's different lifetimes (Inductor frees and fuses differently).
+this model beside each measurement it takes (on the CPU, modelling the CPU's kernels: in fp32 within 2 MB
+of the measured peak RSS), so each GPU run's bench_model.json and gpu.md show how far off it is
+there. It cannot see
+what the allocator keeps cached but unused (fragmentation), nor what kernels allocate outside
+torch's tensors (workspaces: cuBLAS, SDPA; on the CPU in bf16 the measured RSS runs 9-13 MB above
+the model at bench_model's --quick shape, where fp32 agrees), nor a compiled step's different
+lifetimes (Inductor frees and fuses differently).
 
 Reports per batch: the step memory of moe, moe+ckpt, moe+plain-loss and dense (MB), its largest
 parts, what is held between steps (fp32 parameters and AdamW's two moments), and the
@@ -50,16 +54,11 @@ def measure(base: dict, batches: list[int], dtype, variants=VARIANTS, cuda: bool
     for b in batches:
         step = {v: bench_model.modelled_step_memory(v, base, b, dtype, cuda) for v in variants}
         mb = {v: s["step"] / 2**20 for v, s in step.items()}
-        ratios = {}
-        if "moe+ckpt" in mb:
-            ratios["ckpt_memory_saving"] = 1 - mb["moe+ckpt"] / mb["moe"]
-        if "moe+plain-loss" in mb:
-            ratios["fused_loss_memory_saving"] = 1 - mb["moe"] / mb["moe+plain-loss"]
         out[str(b)] = {"step_memory_mb": mb,
                        "held_mb": {v: s["held"] / 2**20 for v, s in step.items()},
                        "parts_mb": {v: {k: x / 2**20 for k, x in s.items() if k not in ("step", "held")}
                                     for v, s in step.items()},
-                       "ratios": ratios}
+                       "ratios": bench_model.memory_ratios(mb)}
     return out
 
 

@@ -19,8 +19,10 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
                                                                  "moe+eval"}
     measured = model["batches"]["8"]["peak_step_memory_mb"]
     assert measured.keys() == {"moe", "moe+ckpt", "moe+plain-loss"}
-    for v, mb in model["batches"]["8"]["modelled_step_memory_mb"].items():  # the memory model, checked
-        assert abs(mb - measured[v]) <= max(3.0, 0.15 * measured[v]), (v, mb, measured[v])
+    modelled = model["batches"]["8"]["modelled_step_memory_mb"]  # the memory model, checked
+    assert modelled.keys() == measured.keys()
+    for v, mb in modelled.items():
+        assert abs(mb - measured[v]) <= max(3.0, 0.10 * measured[v]), (v, mb, measured[v])
     assert model["batches"]["8"]["ops_per_step"]["moe"] > 0
     profile = model["batches"]["8"]["profile"]["moe"]  # where the step's time goes (CPU: aten ops)
     assert profile["wall_ms"] > 0 and profile["top"] and profile["top"][0][0].startswith("aten::")
