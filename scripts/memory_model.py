@@ -10,23 +10,22 @@ two cores. MemTracker adds up the live tensors as it goes, which is what CUDA's 
 reports as max_memory_allocated. The result is bench_model's "peak step memory" (the bytes a step
 takes above what is held between steps) for a GPU that is not there, under bf16 autocast as on
 CUDA (the CPU's autocast casts the same ops, but for rms_norm, which CUDA's runs in fp32; every
-norm's input is fp32 here anyway). Where CUDA's kernels keep other tensors for
-backward than the CPU's, it models CUDA's (--device cuda, the default): RMSNorm, one fused kernel
-there that keeps x and 1/rms, where the CPU's composite ops also keep the normed x.
+norm's input is fp32 here anyway). Where CUDA's kernels keep other tensors for backward than the
+CPU's, it models CUDA's (--device cuda, the default): RMSNorm, one fused kernel there that keeps
+x and 1/rms, where the CPU's composite ops also keep the normed x.
 
 How far to trust it: run on the commit the last H200 measurement came from (a842e28), it gave that
 measurement to within 0.2% (MoE step memory 5,416 vs 5,420 MB at batch 32, 21,029 vs 21,039 MB at
 128; with activation checkpointing 3,754 vs 3,754 and 14,920 vs 14,920). bench_model.py records
-this model beside each measurement it takes (on the CPU, modelling the CPU's kernels: in fp32 within 2 MB
-of the measured peak RSS), so each GPU run's bench_model.json and gpu.md show how far off it is
-there. It cannot see
-what the allocator keeps cached but unused (fragmentation), nor what kernels allocate outside
-torch's tensors (workspaces: cuBLAS, SDPA; on the CPU in bf16 the measured RSS runs 9-13 MB above
-the model at bench_model's --quick shape, where fp32 agrees), nor a compiled step's different
-lifetimes (Inductor frees and fuses differently).
+this model beside each measurement it takes (on the CPU, modelling the CPU's kernels: in fp32
+within 2 MB of the measured peak RSS), so each GPU run's bench_model.json and gpu.md show how far
+off it is there. It cannot see what the allocator keeps cached but unused (fragmentation), nor
+what kernels allocate outside torch's tensors (workspaces: cuBLAS, SDPA; on the CPU in bf16 the
+measured RSS runs 9-13 MB above the model at bench_model's --quick shape, where fp32 agrees), nor
+a compiled step's different lifetimes (Inductor frees and fuses differently).
 
-Reports per batch: the step memory of moe, moe+ckpt, moe+plain-loss and dense (MB), its largest
-parts, what is held between steps (fp32 parameters and AdamW's two moments), and the
+Reports per batch: the step memory of moe, moe+ckpt, moe+plain-loss and dense (MB; its parts by
+kind in the JSON), what is held between steps (fp32 parameters and AdamW's two moments), and the
 ratios the README quotes: memory saved by activation checkpointing and by the fused loss.
 """
 
