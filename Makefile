@@ -35,8 +35,8 @@ clean-venv:
 # The GPU check (README, "GPU"). On this machine: `make gpu-prep` puts the data and the wheels the GPU
 # machine lacks (datasets and its two dependencies; its image has the rest) into git-ignored
 # folders; carry gpu-data and .whl there and run `make gpu-check`, which installs them and runs
-# scripts/gpu_check.py (about 11 minutes on one H200: run ARGS="--only train,model", then ARGS="--only sample"),
-# writing img/gpu/.
+# scripts/gpu_check.py (about 11 minutes on one H200: run ARGS="--only train,model --deadline 420", then
+# ARGS="--only sample --deadline 300"; --deadline stops it in time with its files written), writing img/gpu/.
 gpu-prep:
 	mkdir -p gpu-data && cp ../shared/data/tinystories/train-lower.txt ../shared/data/tinystories/valid-lower.txt gpu-data/
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -49,6 +49,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import config  # noqa: E402
 import runtime  # noqa: E402
+import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
 from model import Llama4, Output, count_parameters, flops_per_token  # noqa: E402
@@ -434,13 +435,14 @@ def main(argv=None):
                    "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},
-        "batches": {str(b): measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
-                                          ["moe", "moe+compile"] if opts.profile else [])
-                    for b in batches},
+        "batches": {},
     }
-    report(result)
     os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
-    Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
+    for b in batches:  # written after each batch: a run stopped at a time limit keeps those done
+        result["batches"][str(b)] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
+                                                  ["moe", "moe+compile"] if opts.profile else [])
+        report({**result, "batches": {str(b): result["batches"][str(b)]}})
+        storage.atomic_write(opts.out, (json.dumps(result, indent=2) + "\n").encode())
     return result
 
 

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import runtime  # noqa: E402
 import sample  # noqa: E402
+import storage  # noqa: E402
 from model import Llama4  # noqa: E402
 
 PROMPT, NEW = 16, 256
@@ -85,8 +86,9 @@ def build(opts, device, dtype):
     return model.to(device, dtype).reset_buffers(), hf.to(device).eval() if hf is not None else None
 
 
-def measure(opts, model, hf, device) -> dict:
-    """tokens/s of each variant at each batch size, and how their tokens compare."""
+def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
+    """tokens/s of each variant at each batch size, and how their tokens compare; keep(results)
+    after each batch size."""
     g = torch.Generator().manual_seed(1)
     results = {}
     for B in opts.batches:
@@ -111,6 +113,7 @@ def measure(opts, model, hf, device) -> dict:
                 if ours in tok_s and other in tok_s and ours != other:
                     r[f"{ours}_over_{other}"] = tok_s[ours] / tok_s[other]
         results[f"batch{B}"] = r
+        keep(results)
     return results
 
 
@@ -178,11 +181,15 @@ def main(argv=None):
                          "ragged": opts.ragged,
                          "variants": opts.variants, "device": str(device), "device_name": name,
                          "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__},
-              "results": measure(opts, model, hf, device)}
-    report(opts, result)
+              "results": {}}
     out = Path(opts.out or ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def keep(results):  # after each batch size: a run stopped at a time limit keeps those done
+        result["results"] = results
+        storage.atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
+    measure(opts, model, hf, device, keep)
+    report(opts, result)
     return result
 
 

@@ -2,8 +2,8 @@
 mode runs on a CPU in a test so that it cannot rot.
 
     python scripts/gpu_check.py                  # on the GPU machine
-    python scripts/gpu_check.py --only train,model   # the same in two commands, on a lease whose
-    python scripts/gpu_check.py --only sample        # commands are limited to 10 minutes
+    python scripts/gpu_check.py --only train,model --deadline 420   # the same in two commands, within
+    python scripts/gpu_check.py --only sample --deadline 300        # a lease of 15 minutes
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
 
 Compiling takes most of its time. Estimated from the last H200 run (bench_model 236 s with four
@@ -27,16 +27,25 @@ It writes to --out (default img/gpu/): bench_model.json, bench_sample.json, benc
 train.json (the run's figures: steady-state and end-to-end tokens/s and MFU, the evaluation, the
 stories), gpu.md (the tables the README's GPU section quotes) and log.txt; the run goes to --work
 (checkpoints/gpu-check/, git-ignored). --compile_mode reduce-overhead compiles the model and train
-parts with CUDA graphs. Data: --data / --val_data, by default gpu-data/ in the
-checkout (`make gpu-prep` copies the shared files there, since ../shared does not travel to a
-lent GPU machine), else ../shared/data/tinystories/.
+parts with CUDA graphs. Data: --data / --val_data, by default gpu-data/ in the checkout (`make
+gpu-prep` copies the shared files there, since ../shared does not travel to a lent GPU machine),
+else ../shared/data/tinystories/.
+
+A lease's time limit kills a command with all it runs, so the check keeps what it has as it goes:
+each command's output reaches log.txt line by line, the benchmarks rewrite their JSON after each
+batch size, and gpu.md after each part. --deadline SECONDS makes it stop itself first: a command
+still running then is stopped (SIGTERM, then SIGKILL), a part with under 30 s left is skipped, the
+train.py run is shortened to leave 90 s for what follows it, and gpu.md is written. A part's
+files from an earlier check are removed when it begins, so none passes for this one's.
 """
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +54,13 @@ sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
 
+PARTS = {"model": ["bench_model.json"], "sample": ["bench_sample.json", "bench_sample_fp32.json"],
+         "train": ["train.json"]}  # each part's files under --out, in the order the parts run
+STOPPED = 124  # sh()'s exit code for a command stopped at the deadline, or not started past it
+KILL_GRACE_S = 10  # --deadline: from SIGTERM to SIGKILL for a command still running at the deadline
+MIN_PART_S = 30  # --deadline: a part is not begun with less time than this left
+FOLLOW_UP_S = 90  # --deadline: what the train part keeps back from its run's budget (which counts
+# the run's start-up and compiling) for --eval_only and three sample.py runs (47 s on the H200)
 DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
 
 
@@ -55,41 +71,85 @@ def find(name: str) -> str:
     return str(DATA_DIRS[-1] / name)
 
 
-def sh(*argv, log) -> subprocess.CompletedProcess:
-    """Run a command from the repository root; its output goes to the log and stdout."""
+def sh(*argv, log, until=None) -> subprocess.CompletedProcess:
+    """Run a command from the repository root. Its output goes to the log and to our own stdout and
+    stderr line by line as it comes, so that a check stopped from outside (a lease's time limit)
+    keeps what every command printed up to then. `until` (time.monotonic()): the command is killed
+    there, with its children (SIGTERM, then SIGKILL after KILL_GRACE_S), or not started once it has
+    passed: exit code STOPPED either way, what it printed returned as usual."""
     cmd = [sys.executable, *map(str, argv)]
     log.write(f"$ {' '.join(cmd[1:])}\n")
+    if until is not None and time.monotonic() >= until:
+        log.write("[not started: past the check's deadline]\n\n")
+        log.flush()
+        return subprocess.CompletedProcess(cmd, STOPPED, "", "")
     log.flush()
-    t = time.time()
-    out = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
-    log.write(out.stdout + out.stderr + f"[exit {out.returncode}, {time.time() - t:.0f} s]\n\n")
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group: killed whole
+    lock = threading.Lock()
+
+    def pump(pipe, kept: list, echo):
+        for line in pipe:
+            kept.append(line)
+            with lock:
+                log.write(line)
+                log.flush()
+                echo.write(line)
+                echo.flush()
+    out, err = [], []
+    pumps = [threading.Thread(target=pump, args=(proc.stdout, out, sys.stdout)),
+             threading.Thread(target=pump, args=(proc.stderr, err, sys.stderr))]
+    for th in pumps:
+        th.start()
+    code = None
+    try:
+        proc.wait(timeout=None if until is None else max(0.0, until - time.monotonic()))
+    except subprocess.TimeoutExpired:  # SIGTERM first (train.py stops cleanly), then SIGKILL
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        code = STOPPED
+    for th in pumps:
+        th.join()
+    note = "" if code is None else f" ({proc.returncode}), stopped at the check's deadline"
+    log.write(f"[exit {code or proc.returncode}{note}, {time.monotonic() - t:.0f} s]\n\n")
     log.flush()
-    print(out.stdout[-3000:] + out.stderr[-2000:], flush=True)
-    return out
+    return subprocess.CompletedProcess(cmd, code or proc.returncode, "".join(out), "".join(err))
 
 
 def train_part(opts, out: Path, log) -> dict:
-    """A budgeted train.py run, its --eval_only and one story; the figures as a dict."""
+    """A budgeted train.py run, its --eval_only and one story; the figures as a dict. A run killed at
+    the deadline still gives the figures of the windows it logged (train_exit says it was stopped),
+    and the steps that need its checkpoint are left out."""
     work = Path(opts.work)
     run_dir = work / "gpu-check"
-    if (run_dir / "last.pt").exists():  # a previous check's run: this one starts afresh
+    if run_dir.exists():  # a previous check's run, finished or not: this one starts afresh
         import shutil
         shutil.rmtree(run_dir)
     common = ["--out_dir", work, "--cache_dir", work / "cache", "--run", "gpu-check"]
     if opts.quick:
         argv = ["--preset", "debug", "--max_steps", "6", "--eval_every", "3"]
     else:
-        argv = ["--preset", "scout-128m", "--vocab_size", "8192", "--max_minutes", str(opts.minutes),
+        minutes = opts.minutes
+        if opts.until is not None:  # within the deadline, leaving some for compiling and what follows
+            minutes = min(minutes, max(0.25, (opts.until - time.monotonic() - FOLLOW_UP_S) / 60))
+        argv = ["--preset", "scout-128m", "--vocab_size", "8192", "--max_minutes", f"{minutes:.2f}",
                 "--max_steps", "1000000", "--save_every", "1000000"]  # evaluation: the default cadence
     argv += ["--data", opts.data, "--val_data", opts.val_data, "--compile", opts.compile,
              "--compile_mode", opts.compile_mode,
              "--device", opts.device, "--wandb_mode", "disabled", "--plot", "", *common]
-    result = {"argv": [str(a) for a in argv], "train_exit": sh("train.py", *argv, log=log).returncode}
+    trained = sh("train.py", *argv, log=log, until=opts.until)
+    result = {"argv": [str(a) for a in argv], "train_exit": trained.returncode}
     metrics = run_dir / "metrics.jsonl"
-    if result["train_exit"] != 0 or not metrics.exists():
-        return result
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()
+               if line.strip()] if metrics.exists() else []
     train = [r for r in records if r["kind"] == "train"]
+    if not train:
+        return result
     steady = train[1:] or train  # the first window holds the compilation
     last = records[-1]
     result.update(steps=train[-1]["step"], tokens=train[-1]["tokens"], minutes=last["minutes"],
@@ -106,13 +166,16 @@ def train_part(opts, out: Path, log) -> dict:
         result.update(evaluations=len(val), eval_seconds=seconds, eval_tokens=passes[0]["val_tokens"],
                       eval_tokens_per_s=passes[0]["val_tokens"] / seconds)
         result["eval_over_train_speed"] = result["eval_tokens_per_s"] / result["steady_tokens_per_s"]
+    if trained.returncode != 0 or (opts.until is not None and time.monotonic() >= opts.until):
+        return result  # stopped at the deadline, or failed: no checkpoint, or no time, to go on
     ev = sh("train.py", "--run", "gpu-check", "--eval_only", "--val_data", opts.val_data,
-            "--device", opts.device, "--compile", opts.compile, *common, log=log)
+            "--device", opts.device, "--compile", opts.compile, *common, log=log, until=opts.until)
     if ev.returncode == 0:
         result["eval"] = json.loads(ev.stdout.strip().splitlines()[-1])
     story = sh("sample.py", "--ckpt", run_dir, "--prompt", "once upon a time", "--max_new_tokens", "100",
-               "--seed", "1", "--device", opts.device, log=log)
-    failed = f"(sample.py failed: {story.stderr[-300:]})"
+               "--seed", "1", "--device", opts.device, log=log, until=opts.until)
+    failed = "(stopped at the deadline)" if story.returncode == STOPPED else \
+        f"(sample.py failed: {story.stderr[-300:]})"
     result["sample"] = story.stdout.strip() if story.returncode == 0 else failed
     result["greedy"] = greedy_agreement(opts, run_dir, log)
     return result
@@ -122,14 +185,15 @@ def greedy_agreement(opts, run_dir: Path, log) -> dict:
     """The trained model's greedy story with the decode step compiled (--compile, a CUDA graph on
     CUDA) and eager, in the default dtype: where do they part? Trained logits are rarely near-tied,
     unlike the random weights of bench_sample.py, so an early split points at the compiled step."""
-    stories = {}
+    stories, runs = {}, []
     for name, compile in [("compiled", opts.compile), ("eager", "false")]:
         r = sh("sample.py", "--ckpt", run_dir, "--prompt", "once upon a time", "--max_new_tokens", "200",
-               "--greedy", "--device", opts.device, "--compile", compile, log=log)
+               "--greedy", "--device", opts.device, "--compile", compile, log=log, until=opts.until)
         stories[name] = r.stdout.strip() if r.returncode == 0 else None
+        runs.append(r)
     a, b = stories["compiled"], stories["eager"]
     if a is None or b is None:
-        return {"failed": True}
+        return {"failed": True, "exits": [r.returncode for r in runs]}
     same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return {"same": a == b, "same_characters": same, "characters": max(len(a), len(b))}
 
@@ -171,6 +235,8 @@ def markdown(out: Path) -> str:
             verdict = "the same" if g["same"] else "different"
             lines += [f"Greedy story, compiled decode step vs eager: {verdict} ({g['same_characters']:,} of "
                       f"{g['characters']:,} characters agree before they part).", ""]
+        elif g.get("failed"):  # (exit 124: stopped at the deadline, or not started)
+            lines += [f"Greedy story, compiled decode step vs eager: not compared (exits {g['exits']}).", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -189,21 +255,42 @@ def main(argv=None):
     p.add_argument("--work", default=str(ROOT / "checkpoints" / "gpu-check"),
                    help="run folder and token cache of the train.py part (git-ignored by default)")
     p.add_argument("--only", default="model,sample,train",
-                   help="comma-separated subset of model,sample,train")
+                   help="comma-separated subset of model,sample,train (they run in that order)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds: end within this (and 10 s), every file written (a command stopped there, a "
+                        "part with under 30 s left skipped, the train.py run shortened to fit); set it "
+                        "below a lease's time limit, so that the check stops itself first")
     opts = p.parse_args(argv)
+    parts = opts.only.split(",")
+    if not set(parts) <= set(PARTS):
+        p.error(f"--only {opts.only}: each part must be one of {','.join(PARTS)}")
+    opts.until = None if opts.deadline is None else time.monotonic() + opts.deadline
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = opts.only.split(",")
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a") as log:  # appended: a check run in parts keeps every part's log
         log.write(f"# gpu_check.py --only {opts.only}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        if "model" in parts:
+
+        def due(part: str) -> bool:  # asked for, and time left for it; its files from before, removed
+            if part not in parts:
+                return False
+            for name in PARTS[part]:  # (a part stopped early must not leave an older run's figures)
+                (out / name).unlink(missing_ok=True)
+            if opts.until is not None and opts.until - time.monotonic() < MIN_PART_S:
+                log.write(f"# {part}: skipped, under {MIN_PART_S} s left before the deadline\n")
+                print(f"gpu_check: {part} skipped (deadline)", flush=True)
+                return False
+            return True
+
+        if due("model"):
             extra = ["--no-hf", "--compile", "false"] if opts.quick else []
             sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra, "--profile",
-               "--compile_mode", opts.compile_mode, "--out", out / "bench_model.json", log=log)
-        if "sample" in parts:
+               "--compile_mode", opts.compile_mode, "--out", out / "bench_model.json", log=log,
+               until=opts.until)
+            (out / "gpu.md").write_text(markdown(out))  # after each part: what is done is summed up
+        if due("sample"):
             sh("scripts/bench_sample.py", "--device", opts.device, *quick,
-               "--out", out / "bench_sample.json", log=log)
+               "--out", out / "bench_sample.json", log=log, until=opts.until)
             # float32: near-ties are rarer than in bf16, so the variants' tokens should agree; with
             # and without CUDA graphs, to place a disagreement (speed is not the point here); one
             # left-padded batch of ragged prompts (each batch compiles anew; transformers is left
@@ -212,8 +299,9 @@ def main(argv=None):
             sh("scripts/bench_sample.py", "--device", opts.device, *quick, "--dtype", "float32",
                "--variants", variants, "--new_tokens", "128", "--repeats", "1", "--ragged",
                *([] if opts.quick else ["--batches", "8"]),
-               "--out", out / "bench_sample_fp32.json", log=log)
-        if "train" in parts:
+               "--out", out / "bench_sample_fp32.json", log=log, until=opts.until)
+            (out / "gpu.md").write_text(markdown(out))
+        if due("train"):
             (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")
     (out / "gpu.md").write_text(markdown(out))
     print((out / "gpu.md").read_text())

@@ -58,3 +58,21 @@ def test_bench_model_compiles_at_the_largest_batch_unless_told(tmp_path, monkeyp
     assert not compiled & set(seen[2]) and compiled <= set(seen[4])
     bench_model.main([*common, "--compile_batches", "2,4"])
     assert "moe+compile" in seen[2] and "moe+compile" in seen[4]
+
+
+def test_bench_model_writes_each_batch_as_it_is_measured(tmp_path, monkeypatch):
+    """A run stopped by a time limit (a GPU lease) keeps the batches it finished: the JSON is
+    rewritten after each one, whole (a temporary file, then a rename)."""
+    from scripts import bench_model
+
+    def fake_measure(variants, base, batch, *args, **kwargs):
+        if batch == 4:
+            raise KeyboardInterrupt  # stopped from outside while measuring the second batch
+        return {"step_seconds": {"moe": 0.5}}
+    monkeypatch.setattr(bench_model, "measure_batch", fake_measure)
+    monkeypatch.setattr(bench_model, "report", lambda result: None)
+    out = tmp_path / "b.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench_model.main(["--quick", "--no-hf", "--compile", "false", "--batches", "2,4", "--out", str(out)])
+    assert json.loads(out.read_text())["batches"] == {"2": {"step_seconds": {"moe": 0.5}}}
+    assert [p.name for p in tmp_path.iterdir()] == ["b.json"]  # no temporary file left

@@ -4,6 +4,8 @@ whether the greedy tokens agree)."""
 
 import json
 
+import pytest
+
 from scripts.bench_sample import main
 
 
@@ -29,3 +31,20 @@ def test_ragged_prompts_give_a_left_padded_batch_equal_across_variants(tmp_path)
     r = result["results"]["batch2"]  # rows of 16 and 15 tokens
     assert result["config"]["ragged"] and set(r["tokens_per_s"]) == {"cached", "uncached"}
     assert all(r["same_tokens_as_cached"].values())
+
+
+def test_each_batch_is_written_as_it_is_measured(tmp_path, monkeypatch):
+    """A run stopped by a time limit (a GPU lease) keeps the batch sizes it finished."""
+    from scripts import bench_sample
+    real = bench_sample.timed
+
+    def timed(variant, model, hf, prompts, *args):
+        if prompts.shape[0] == 2:
+            raise KeyboardInterrupt  # stopped from outside at the second batch size
+        return real(variant, model, hf, prompts, *args)
+    monkeypatch.setattr(bench_sample, "timed", timed)
+    out = tmp_path / "b.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--quick", "--no-hf", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved["results"]) == {"batch1"} and saved["results"]["batch1"]["tokens_per_s"]["cached"] > 0

@@ -2,7 +2,11 @@
 part runs and leaves its file, so the check cannot rot between GPU sessions."""
 
 import json
+import signal
+import time
+from pathlib import Path
 
+import pytest
 from conftest import write_stories
 
 from scripts import gpu_check
@@ -36,3 +40,53 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     assert "steady_tokens_per_s" in md and "Greedy story" in md
     assert "Where a moe step's time goes" in md
     assert "eval_over_train_speed" in md and "evaluation pass tokens/s / training step tokens/s" in md
+
+
+def test_a_command_past_the_deadline_is_killed_with_its_children_and_its_output_kept(tmp_path):
+    """--deadline: the check stops its own commands before a lease's time limit stops it, and what
+    they printed is in the log by then (it is written line by line, not at their end)."""
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "slow.py"
+    script.write_text("import subprocess, sys, time\n"
+                      "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                      f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+                      "print('begun', flush=True)\n"
+                      "time.sleep(60)\n"
+                      "print('never')\n")
+    t = time.monotonic()
+    with open(tmp_path / "log.txt", "w") as log:
+        r = gpu_check.sh(script, log=log, until=time.monotonic() + 5)
+        assert "begun" in (tmp_path / "log.txt").read_text()
+    assert time.monotonic() - t < 30
+    assert r.returncode == gpu_check.STOPPED and r.stdout == "begun\n"
+    stopped = f"[exit 124 ({-signal.SIGTERM}), stopped at the check's deadline"
+    assert stopped in (tmp_path / "log.txt").read_text()
+    with open(tmp_path / "log.txt", "a") as log:  # past the deadline: not started
+        assert gpu_check.sh(script, log=log, until=time.monotonic()).returncode == gpu_check.STOPPED
+    assert "[not started: past the check's deadline]" in (tmp_path / "log.txt").read_text()
+    status = Path(f"/proc/{pid_file.read_text()}/status")  # its child went too (or is a zombie)
+    for _ in range(50):
+        if not status.exists() or "\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the command's child outlived the deadline")
+
+
+def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path):
+    out = tmp_path / "gpu"
+    out.mkdir()
+    (out / "bench_model.json").write_text("{}")  # an earlier run's: must not pass for this one's
+    gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
+                    "--work", str(tmp_path / "work"), "--only", "model,train"])
+    assert not (out / "bench_model.json").exists() and not (out / "train.json").exists()
+    log = (out / "log.txt").read_text()
+    assert "# model: skipped" in log and "# train: skipped" in log
+    assert (out / "gpu.md").exists()
+
+
+def test_an_unknown_part_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--quick", "--out", str(tmp_path), "--only", "model,speed"])
+    assert e.value.code == 2 and "--only model,speed: each part must be one of model,sample,train" in \
+        capsys.readouterr().err
