@@ -85,18 +85,22 @@ def sh(*argv, log, until=None) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(cmd, STOPPED, "", "")
     log.flush()
     t = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8", errors="replace",  # a stray byte must not stop the pump
                             start_new_session=True)  # its own process group: killed whole
     lock = threading.Lock()
 
-    def pump(pipe, kept: list, echo):
+    def pump(pipe, kept: list, echo):  # drains the pipe to its end, whatever happens to the echo
         for line in pipe:
             kept.append(line)
             with lock:
                 log.write(line)
                 log.flush()
-                echo.write(line)
-                echo.flush()
+                try:
+                    echo.write(line)
+                    echo.flush()
+                except (OSError, ValueError):  # our own stdout closed: the log still has it
+                    pass
     out, err = [], []
     pumps = [threading.Thread(target=pump, args=(proc.stdout, out, sys.stdout)),
              threading.Thread(target=pump, args=(proc.stderr, err, sys.stderr))]
@@ -268,7 +272,7 @@ def main(argv=None):
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if opts.quick else []
-    with open(out / "log.txt", "a") as log:  # appended: a check run in parts keeps every part's log
+    with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept
         log.write(f"# gpu_check.py --only {opts.only}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
 
         def due(part: str) -> bool:  # asked for, and time left for it; its files from before, removed

@@ -44,24 +44,26 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
 
 def test_a_command_past_the_deadline_is_killed_with_its_children_and_its_output_kept(tmp_path):
     """--deadline: the check stops its own commands before a lease's time limit stops it, and what
-    they printed is in the log by then (it is written line by line, not at their end)."""
+    they printed is in the log by then (it is written line by line, not at their end; a byte that
+    is not UTF-8 does not stop it)."""
     pid_file = tmp_path / "child.pid"
     script = tmp_path / "slow.py"
     script.write_text("import subprocess, sys, time\n"
                       "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
                       f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+                      "sys.stdout.buffer.write(b'\\xff stray byte\\n')\n"
                       "print('begun', flush=True)\n"
                       "time.sleep(60)\n"
                       "print('never')\n")
     t = time.monotonic()
-    with open(tmp_path / "log.txt", "w") as log:
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log:
         r = gpu_check.sh(script, log=log, until=time.monotonic() + 5)
         assert "begun" in (tmp_path / "log.txt").read_text()
     assert time.monotonic() - t < 30
-    assert r.returncode == gpu_check.STOPPED and r.stdout == "begun\n"
+    assert r.returncode == gpu_check.STOPPED and r.stdout == "\ufffd stray byte\nbegun\n"
     stopped = f"[exit 124 ({-signal.SIGTERM}), stopped at the check's deadline"
     assert stopped in (tmp_path / "log.txt").read_text()
-    with open(tmp_path / "log.txt", "a") as log:  # past the deadline: not started
+    with open(tmp_path / "log.txt", "a", encoding="utf-8") as log:  # past the deadline: not started
         assert gpu_check.sh(script, log=log, until=time.monotonic()).returncode == gpu_check.STOPPED
     assert "[not started: past the check's deadline]" in (tmp_path / "log.txt").read_text()
     status = Path(f"/proc/{pid_file.read_text()}/status")  # its child went too (or is a zombie)
