@@ -34,6 +34,11 @@ How it departs from the obvious version (and from HF's code):
   attention on it: no T x T mask is materialised and no masked-out work is done.
 - Under autocast each normed activation is cast to bf16 once, in Block (`compute_dtype`), and
   shared by the projections that read it; autocast alone casts it again for each one (q, k, v).
+- In training, q, k and v come from one matmul over their weights side by side (gate and up
+  likewise), and RoPE and the QK norm run once over q and k together: a sixth fewer kernels in an
+  eager step (one weight cast and one matmul each way instead of three, no sum of three input
+  gradients). Evaluation and decoding keep HF's separate projections, which copy no weights per
+  call (decoding on a CPU is bound by reading them); tests hold the two equal.
 - The loss never holds the (B*T, V) logits: given targets, `linear_cross_entropy` runs the output
   layer and the cross-entropy chunk by chunk, taking their gradients on the way when training (no
   logits are returned then; evaluation gets the loss alone too). `Llama4.loss_impl = "reference"`
@@ -81,7 +86,11 @@ class RMSNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)). The shared expert and the dense layers."""
+    """SwiGLU: down(silu(gate(x)) * up(x)). The shared expert and the dense layers.
+
+    In training, gate and up are one matmul over their weights side by side (as Attention does
+    for q, k and v): one weight cast under autocast, one matmul each way, the input's gradient in
+    one piece. Evaluation and decoding keep HF's two, which copy no weights per call."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -90,7 +99,12 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.training:
+            w = torch.cat([self.gate_proj.weight, self.up_proj.weight])  # (2 hidden, dim)
+            gate, up = F.linear(x, w).chunk(2, dim=-1)  # (..., hidden) each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
@@ -246,15 +260,20 @@ class Attention(nn.Module):
         cache: this call's KVCache.step(pos). default_pos: pos is arange(T) in every row and there
         is no cache (the training case)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if self.use_rope:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # fp32
-            if self.qk_norm is not None:
-                q, k = self.qk_norm(q), self.qk_norm(k)
-            q, k = q.to(v.dtype), k.to(v.dtype)  # one cast back each (HF casts after RoPE and the norm)
-        elif self.temperature:
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.training:  # one matmul; q and k side by side, so RoPE and the norm run once
+            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2Hkv)D, dim)
+            qk, v = F.linear(x, w).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
+            if self.use_rope:
+                qk = self._rotate(qk, rope, v.dtype)
+            q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
+        else:  # HF's three projections (the reference, tests/test_model.py): no weights copied
+            q = self.q_proj(x).view(B, T, H, D)
+            k = self.k_proj(x).view(B, T, Hkv, D)
+            v = self.v_proj(x).view(B, T, Hkv, D)
+            if self.use_rope:
+                q, k = self._rotate(q, rope, v.dtype), self._rotate(k, rope, v.dtype)
+        if self.temperature:  # NoPE layers
             p = pos.clamp(min=0).float()
             scale = 1.0 + self.attn_scale * torch.log1p(torch.floor((p + 1.0) / self.floor_scale))
             q = (q * scale[:, :, None, None]).type_as(q)
@@ -271,6 +290,14 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y)
+
+    def _rotate(self, t, rope, dtype):
+        """RoPE, then the QK norm where there is one, both in fp32, then one cast back to `dtype`
+        (HF casts after both). t (B, T, heads, D)."""
+        t = apply_rope(t, *rope)
+        if self.qk_norm is not None:
+            t = self.qk_norm(t)
+        return t.to(dtype)
 
     def _attend_aligned(self, q, k, v):
         """Positions 0..T-1 in every row: causal attention, chunk by chunk on chunked layers. No mask
