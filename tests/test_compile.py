@@ -128,16 +128,15 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     dispatch gathers its inputs once, a z-loss that is off (the default) is not differentiated,
     the router's losses and statistics are computed for all layers at once, the router runs in
     fp32 outside autocast (h cast once, not its weights), and RoPE takes three ops, not seven, and
-    stays in fp32 through the QK norm; in training q, k and v are one matmul, gate and up one, and
-    RoPE and the QK norm run once over q and k. Before: MoE 1,202 ops, dense twin 783; then 1,115
-    and 759; then 934 and 687; now 790 and 539 (the budgets leave a little room for a torch
-    update)."""
+    stays in fp32 through the QK norm; in training q, k and v are one matmul, and RoPE and the QK
+    norm run once over q and k. Before: MoE 1,202 ops, dense twin 783; then 1,115 and 759; then
+    934 and 687; now 810 and 563 (the budgets leave a little room for a torch update)."""
     import config
     from scripts import bench_model
     base = config.to_dict(debug_args())
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     ops = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
-    assert ops["moe"] <= 810 and ops["dense"] <= 555, ops
+    assert ops["moe"] <= 830 and ops["dense"] <= 580, ops
     assert (ops["moe"] - ops["dense"]) / 4 <= 66, ops  # what one MoE layer adds over a dense one
 
 
