@@ -260,7 +260,12 @@ class Attention(nn.Module):
             if self.use_rope:
                 qk = self._rotate(qk, rope, v.dtype)
             q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
-            v = v.contiguous()  # what attention keeps for backward: not a view holding all of q, k, v
+            # what attention keeps for backward must not be views that hold all of q, k and v
+            # (RoPE made q and k anew; on NoPE layers the temperature makes q anew, where tuned)
+            v = v.contiguous()
+            if not self.use_rope:
+                k = k.contiguous()
+                q = q if self.temperature else q.contiguous()
         else:  # HF's three projections (the reference, tests/test_model.py): no weights copied
             q = self.q_proj(x).view(B, T, H, D)
             k = self.k_proj(x).view(B, T, Hkv, D)

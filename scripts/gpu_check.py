@@ -73,10 +73,12 @@ def find(name: str) -> str:
 
 def sh(*argv, log, until=None) -> subprocess.CompletedProcess:
     """Run a command from the repository root. Its output goes to the log and to our own stdout and
-    stderr line by line as it comes, so that a check stopped from outside (a lease's time limit)
-    keeps what every command printed up to then. `until` (time.monotonic()): the command is killed
-    there, with its children (SIGTERM, then SIGKILL after KILL_GRACE_S), or not started once it has
-    passed: exit code STOPPED either way, what it printed returned as usual."""
+    stderr line by line as it comes (the command runs unbuffered), so that a check stopped from
+    outside (a lease's time limit) keeps what every command printed up to then. `until`
+    (time.monotonic()): the command is stopped there, or not started once it has passed: exit code
+    STOPPED either way, what it printed returned as usual. The command runs in its own process
+    group (in our session, so that whatever ends the session ends it too), stopped whole: at the
+    deadline, and if this check itself is interrupted or ends leaving some of it behind."""
     cmd = [sys.executable, *map(str, argv)]
     log.write(f"$ {' '.join(cmd[1:])}\n")
     if until is not None and time.monotonic() >= until:
@@ -87,42 +89,62 @@ def sh(*argv, log, until=None) -> subprocess.CompletedProcess:
     t = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             encoding="utf-8", errors="replace",  # a stray byte must not stop the pump
-                            start_new_session=True)  # its own process group: killed whole
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0)
     lock = threading.Lock()
 
-    def pump(pipe, kept: list, echo):  # drains the pipe to its end, whatever happens to the echo
+    def pump(pipe, kept: list, echo):  # drains the pipe to its end, whatever happens to the writes
         for line in pipe:
             kept.append(line)
             with lock:
-                log.write(line)
-                log.flush()
-                try:
-                    echo.write(line)
-                    echo.flush()
-                except (OSError, ValueError):  # our own stdout closed: the log still has it
-                    pass
+                for f in (log, echo):
+                    try:
+                        f.write(line)
+                        f.flush()
+                    except (OSError, ValueError):  # closed (the check is ending): drain on
+                        pass
     out, err = [], []
-    pumps = [threading.Thread(target=pump, args=(proc.stdout, out, sys.stdout)),
-             threading.Thread(target=pump, args=(proc.stderr, err, sys.stderr))]
+    pumps = [threading.Thread(target=pump, args=(proc.stdout, out, sys.stdout), daemon=True),
+             threading.Thread(target=pump, args=(proc.stderr, err, sys.stderr), daemon=True)]
     for th in pumps:
         th.start()
     code = None
     try:
         proc.wait(timeout=None if until is None else max(0.0, until - time.monotonic()))
-    except subprocess.TimeoutExpired:  # SIGTERM first (train.py stops cleanly), then SIGKILL
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
         code = STOPPED
-    for th in pumps:
-        th.join()
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM made an exception in main): the command too
+        stop_group(proc)
+        raise
+    for th in pumps:  # the pipes close when the last process holding them ends
+        th.join(timeout=KILL_GRACE_S)
+    if any(th.is_alive() for th in pumps):  # something of the command's lives on: end it
+        signal_group(proc, signal.SIGKILL)
+        for th in pumps:
+            th.join()
     note = "" if code is None else f" ({proc.returncode}), stopped at the check's deadline"
     log.write(f"[exit {code or proc.returncode}{note}, {time.monotonic() - t:.0f} s]\n\n")
     log.flush()
     return subprocess.CompletedProcess(cmd, code or proc.returncode, "".join(out), "".join(err))
+
+
+def signal_group(proc: subprocess.Popen, sig) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # the whole group has ended
+        pass
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the command's process group (train.py stops cleanly), SIGKILL after KILL_GRACE_S
+    if the command has not ended, and to whatever of the group is left once it has."""
+    signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(proc, signal.SIGKILL)
+    proc.wait()
 
 
 def train_part(opts, out: Path, log) -> dict:
@@ -140,7 +162,8 @@ def train_part(opts, out: Path, log) -> dict:
     else:
         minutes = opts.minutes
         if opts.until is not None:  # within the deadline, leaving some for compiling and what follows
-            minutes = min(minutes, max(0.25, (opts.until - time.monotonic() - FOLLOW_UP_S) / 60))
+            fits = max(0.25, (opts.until - time.monotonic() - FOLLOW_UP_S) / 60)
+            minutes = min(minutes, fits) if minutes > 0 else fits  # (0: no budget of its own)
         argv = ["--preset", "scout-128m", "--vocab_size", "8192", "--max_minutes", f"{minutes:.2f}",
                 "--max_steps", "1000000", "--save_every", "1000000"]  # evaluation: the default cadence
     argv += ["--data", opts.data, "--val_data", opts.val_data, "--compile", opts.compile,
@@ -149,8 +172,12 @@ def train_part(opts, out: Path, log) -> dict:
     trained = sh("train.py", *argv, log=log, until=opts.until)
     result = {"argv": [str(a) for a in argv], "train_exit": trained.returncode}
     metrics = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines()
-               if line.strip()] if metrics.exists() else []
+    records = []
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # blank, or the last line of a run stopped while writing it
+            pass
     train = [r for r in records if r["kind"] == "train"]
     if not train:
         return result
@@ -240,7 +267,8 @@ def markdown(out: Path) -> str:
             lines += [f"Greedy story, compiled decode step vs eager: {verdict} ({g['same_characters']:,} of "
                       f"{g['characters']:,} characters agree before they part).", ""]
         elif g.get("failed"):  # (exit 124: stopped at the deadline, or not started)
-            lines += [f"Greedy story, compiled decode step vs eager: not compared (exits {g['exits']}).", ""]
+            lines += ["Greedy story, compiled decode step vs eager: not compared "
+                      f"(exits {g.get('exits')}).", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -279,7 +307,8 @@ def main(argv=None):
             if part not in parts:
                 return False
             for name in PARTS[part]:  # (a part stopped early must not leave an older run's figures)
-                (out / name).unlink(missing_ok=True)
+                for f in [out / name, *out.glob(f".tmp-*-{name}")]:  # (and a write cut short by a kill)
+                    f.unlink(missing_ok=True)
             if opts.until is not None and opts.until - time.monotonic() < MIN_PART_S:
                 log.write(f"# {part}: skipped, under {MIN_PART_S} s left before the deadline\n")
                 print(f"gpu_check: {part} skipped (deadline)", flush=True)
@@ -313,4 +342,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the command running is stopped too
     main()

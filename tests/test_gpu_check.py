@@ -42,37 +42,68 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     assert "eval_over_train_speed" in md and "evaluation pass tokens/s / training step tokens/s" in md
 
 
-def test_a_command_past_the_deadline_is_killed_with_its_children_and_its_output_kept(tmp_path):
-    """--deadline: the check stops its own commands before a lease's time limit stops it, and what
-    they printed is in the log by then (it is written line by line, not at their end; a byte that
-    is not UTF-8 does not stop it)."""
-    pid_file = tmp_path / "child.pid"
+def slow_command(tmp_path) -> Path:
+    """A command that starts a child, writes both pids, prints (without flushing), looks whether the
+    check's log (argv[1]) holds that line yet, says so, and sleeps."""
     script = tmp_path / "slow.py"
-    script.write_text("import subprocess, sys, time\n"
+    script.write_text("import os, subprocess, sys, time\n"
                       "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-                      f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+                      f"open({str(tmp_path / 'pids')!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
                       "sys.stdout.buffer.write(b'\\xff stray byte\\n')\n"
-                      "print('begun', flush=True)\n"
+                      "print('begun')\n"
+                      "time.sleep(1)\n"
+                      "print('log had it:', 'begun' in open(sys.argv[1], encoding='utf-8').read())\n"
                       "time.sleep(60)\n"
                       "print('never')\n")
-    t = time.monotonic()
-    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log:
-        r = gpu_check.sh(script, log=log, until=time.monotonic() + 5)
-        assert "begun" in (tmp_path / "log.txt").read_text()
-    assert time.monotonic() - t < 30
-    assert r.returncode == gpu_check.STOPPED and r.stdout == "\ufffd stray byte\nbegun\n"
-    stopped = f"[exit 124 ({-signal.SIGTERM}), stopped at the check's deadline"
-    assert stopped in (tmp_path / "log.txt").read_text()
-    with open(tmp_path / "log.txt", "a", encoding="utf-8") as log:  # past the deadline: not started
-        assert gpu_check.sh(script, log=log, until=time.monotonic()).returncode == gpu_check.STOPPED
-    assert "[not started: past the check's deadline]" in (tmp_path / "log.txt").read_text()
-    status = Path(f"/proc/{pid_file.read_text()}/status")  # its child went too (or is a zombie)
+    return script
+
+
+def gone(pid: str) -> bool:
+    """Whether process `pid` has ended (a zombie counts: ended, not yet reaped), waiting up to 5 s."""
+    status = Path(f"/proc/{pid}/status")
     for _ in range(50):
         if not status.exists() or "\tZ" in status.read_text():
-            break
+            return True
         time.sleep(0.1)
-    else:
-        raise AssertionError("the command's child outlived the deadline")
+    return False
+
+
+def test_a_command_past_the_deadline_is_stopped_with_its_children_and_its_output_kept(tmp_path):
+    """--deadline: the check stops its own commands before a lease's time limit stops it, and what
+    they printed is in the log as they print it (they run unbuffered; a byte that is not UTF-8
+    does not stop the pump)."""
+    script, log_path = slow_command(tmp_path), tmp_path / "log.txt"
+    t = time.monotonic()
+    with open(log_path, "w", encoding="utf-8") as log:
+        r = gpu_check.sh(script, log_path, log=log, until=time.monotonic() + 6)
+    assert time.monotonic() - t < 30
+    assert r.returncode == gpu_check.STOPPED
+    assert r.stdout == "\ufffd stray byte\nbegun\nlog had it: True\n"
+    assert f"[exit 124 ({-signal.SIGTERM}), stopped at the check's deadline" in log_path.read_text()
+    assert all(gone(pid) for pid in (tmp_path / "pids").read_text().split())  # its child went too
+    with open(log_path, "a", encoding="utf-8") as log:  # past the deadline: not started
+        assert gpu_check.sh(script, log_path, log=log, until=time.monotonic()).returncode == gpu_check.STOPPED
+    assert "[not started: past the check's deadline]" in log_path.read_text()
+
+
+def test_an_interrupted_check_stops_its_command_with_its_children(tmp_path):
+    """Ctrl-C (or SIGTERM, which the script turns into an exit) while a command runs: the command
+    and its children are stopped too, not left running on the GPU."""
+    script, log_path = slow_command(tmp_path), tmp_path / "log.txt"
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    before = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 3)
+    t = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt), open(log_path, "w", encoding="utf-8") as log:
+            gpu_check.sh(script, log_path, log=log)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert time.monotonic() - t < 30
+    assert all(gone(pid) for pid in (tmp_path / "pids").read_text().split())
 
 
 def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path):
