@@ -217,7 +217,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None) -> Path:
     from safetensors.torch import save
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    storage.atomic_write(out / "config.json", (json.dumps(hf_config(model.args), indent=2) + "\n").encode())
+    storage.save_json(out / "config.json", hf_config(model.args), sort_keys=False)
     storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
     if tokenizer_path is not None and Path(tokenizer_path).exists():
         storage.atomic_write(out / "tokenizer.json", Path(tokenizer_path).read_bytes())

@@ -95,9 +95,9 @@ def atomic_write(path, data, fix: str | None = None) -> None:
         raise mapped from None
 
 
-def save_json(path, obj, fix: str | None = None) -> None:
-    """Write JSON atomically (see atomic_write)."""
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), fix)
+def save_json(path, obj, fix: str | None = None, sort_keys: bool = True) -> None:
+    """Write JSON atomically (see atomic_write); sort_keys=False keeps the dicts' order."""
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode(), fix)
 
 
 def append_jsonl(path, record: dict, fix: str | None = None) -> None:

@@ -442,7 +442,7 @@ def main(argv=None):
         result["batches"][str(b)] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
                                                   ["moe", "moe+compile"] if opts.profile else [])
         report({**result, "batches": {str(b): result["batches"][str(b)]}})
-        storage.atomic_write(opts.out, (json.dumps(result, indent=2) + "\n").encode())
+        storage.save_json(opts.out, result, sort_keys=False)
     return result
 
 

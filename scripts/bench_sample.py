@@ -23,7 +23,6 @@ differ by design).
 """
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -187,7 +186,7 @@ def main(argv=None):
 
     def keep(results):  # after each batch size: a run stopped at a time limit keeps those done
         result["results"] = results
-        storage.atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
+        storage.save_json(out, result, sort_keys=False)
     measure(opts, model, hf, device, keep)
     report(opts, result)
     return result
