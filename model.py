@@ -159,7 +159,11 @@ class KVCache:
     `next_pos` (B,), on the device, is the position the next token of each row takes. `seen`
     counts the columns fed by eager calls (padding included), for the length check; a compiled
     step leaves it alone (a host counter would recompile the step at every token), so whoever
-    runs compiled steps bounds them by `length` (sample.generate does).
+    runs compiled steps bounds them by `length` (sample.generate does). `padding` is the left
+    padding of the most padded row (whoever pads sets it): the length check counts that row's
+    tokens, seen - padding, the fewest. The other rows reach the end sooner; a position past the
+    end is written to the scratch slot, and its row's output means nothing from then on: the
+    caller has stopped it (sample.generate stops each row at its own context limit).
     """
 
     def __init__(self, args: ModelArgs, batch_size: int, length: int | None = None, device=None,
@@ -170,6 +174,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.seen = 0
+        self.padding = 0
 
     def mark_static(self):
         """For torch.compile: the tensors keep their addresses from call to call, so a CUDA graph
@@ -193,7 +198,8 @@ class CacheStep:
 
     def __init__(self, cache: KVCache, pos, n: int):
         self.cache, self.pos, self.n = cache, pos, n
-        self.slot = pos.masked_fill(pos < 0, cache.length)  # (B, T): padding to the scratch slot
+        # (B, T): padding, and a stopped row's positions past the end, to the scratch slot
+        self.slot = pos.masked_fill((pos < 0) | (pos >= cache.length), cache.length)
         self.masks = {}
 
     def update(self, i, k, v):
@@ -691,7 +697,7 @@ class Llama4(nn.Module):
         every call."""
         compiling = torch.compiler.is_compiling()  # a compiled step reads no host counter
         seen = cache.seen if cache is not None and not compiling else 0
-        total = tokens.shape[1] + seen
+        total = tokens.shape[1] + seen - (cache.padding if cache is not None else 0)  # the fewest
         if total > self.args.max_seq_len:
             raise ValueError(f"sequence of {total} tokens is longer than max_seq_len="
                              f"{self.args.max_seq_len}; shorten the input or raise --max_seq_len")

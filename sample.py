@@ -6,7 +6,7 @@
 
 Every prompt starts with <|endoftext|>, as every story does in training. One sample streams to
 stdout (every 16 tokens); several samples are generated as one left-padded batch and printed one
-after another. Generation stops at <|endoftext|>, after --max_new_tokens, or when the context
+after another. Generation stops at <|endoftext|>, after --max_new_tokens, or when the row's context
 (max_seq_len) is full. A prompt longer than max_seq_len - 1 tokens is cut from the left, with a
 warning. --image shows the vision stub a picture (the checkpoint must have it: --vision); an
 untrained vision tower makes the text meaningless. On CUDA the weights are bf16 and the decode
@@ -24,8 +24,9 @@ How this departs from the obvious version:
   sparse MoE keeps its expert groups on the device (grouped_mm), so a compiled step runs it as is;
   where grouped_mm is missing (fp32 on CUDA, GPUs before sm90) its fallback reads group sizes on
   the host, and a compiled step runs the MoE's reference path (every expert, masked) instead.
-- Left padding is exact: padded slots get position -1 and are masked out, and positions count
-  from each row's first real token, so a batch gives the same tokens as its rows one by one.
+- Left padding is exact: padded slots get position -1 and are masked out, positions count from
+  each row's first real token, and each row stops when its own context is full, so a batch gives
+  the same tokens as its rows one by one.
 - Each row draws from its own generator seeded with seed + row, so sampling is reproducible and
   does not depend on what else is in the batch; the draw is torch.multinomial's (argmax of p / q,
   q ~ Exp(1)) without its host-side input checks.
@@ -48,6 +49,11 @@ from errors import UserError
 from model import KVCache, Llama4, MoE, grouped_mm_supported
 from tokenizer import Tokenizer, check_tokenizer
 
+
+class SampleError(UserError):
+    pass
+
+
 # ---------------------------------------------------------------------------------------------
 # Token choice
 
@@ -68,17 +74,21 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+MIN_TEMPERATURE = 1e-6
+
+
 def choose(logits, generators, temperature=1.0, top_k=0, top_p=1.0, greedy=False) -> torch.Tensor:
     """Next token per row (B,), from the last-position logits (B, V), without a host read.
 
     Sampling is torch.multinomial(p, 1)'s own method, row by row with the row's generator: draw
     q ~ Exp(1) and take argmax(p / q), a draw from p; the tokens are the ones torch.multinomial
     gives. It skips multinomial's input checks, which read the device twice per call: a softmax
-    over logits with a finite maximum needs none."""
+    over logits with a finite maximum needs none. A temperature under MIN_TEMPERATURE samples as
+    that does (the top token alone, but for ties): smaller ones overflow logits / T to inf."""
     logits = logits.float()
     if greedy:
         return logits.argmax(-1)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    probs = filter_logits(logits / max(temperature, MIN_TEMPERATURE), top_k, top_p).softmax(-1)
     q = torch.stack([torch.empty_like(p).exponential_(1, generator=g)
                      for p, g in zip(probs, generators, strict=True)])  # (B, V)
     return (probs / q).argmax(-1)
@@ -161,11 +171,14 @@ def moe_reference_path(model: Llama4, enabled: bool = True):
             m.impl = impl
 
 
-def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: bool, compile: bool | str):
-    """The logits after the prompts (B, V), and the step: chosen tokens (B,) -> the next logits."""
+def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: bool, compile: bool | str,
+          padding: int = 0):
+    """The logits after the prompts (B, V), and the step: chosen tokens (B,) -> the next logits.
+    padding: the left padding of the shortest prompt, whose context runs out last."""
     if use_cache:  # prefill (eager: its length varies), then one token at a time
-        cache = KVCache(model.args, len(tokens), tokens.shape[1] + max_new, tokens.device,
-                        next(model.parameters()).dtype)
+        length = min(tokens.shape[1] + max_new, model.args.max_seq_len)  # positions, not columns
+        cache = KVCache(model.args, len(tokens), length, tokens.device, next(model.parameters()).dtype)
+        cache.padding = padding
         logits = model(tokens, positions=positions, cache=cache, images=images, last_only=True).logits
         return logits[:, -1], DecodeStep(model, cache, compile)
 
@@ -173,7 +186,20 @@ def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: boo
         nonlocal tokens, positions
         tokens = torch.cat([tokens, nxt[:, None]], 1)
         positions = torch.cat([positions, positions[:, -1:] + 1], 1)
-        return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1]
+        over = tokens.shape[1] - model.args.max_seq_len
+        if over <= 0:
+            return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1]
+        # Rows with a real token in the first `over` columns have reached their context limit and
+        # stopped; the others, without those columns (padding to them), are recomputed alone
+        # (images: as many per row).
+        live = (positions[:, :over] < 0).all(1)  # (B,)
+        logits = torch.zeros(len(tokens), model.args.vocab_size, device=tokens.device)
+        if not live.any():
+            return logits
+        some_images = None if images is None else images.unflatten(0, (len(tokens), -1))[live].flatten(0, 1)
+        logits[live] = model(tokens[live, over:], positions=positions[live, over:], images=some_images,
+                             last_only=True).logits[:, -1].float()
+        return logits
     return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1], step
 
 
@@ -193,27 +219,36 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     args, device = model.args, next(model.parameters()).device
     B = len(prompts)
     tokens, positions = left_pad(prompts, args.pad_id, device)
-    max_new = min(max_new_tokens, args.max_seq_len - tokens.shape[1])  # stop when the context is full
+    # each row stops when its own context is full (a batch gives what its rows give one by one)
+    limits = [min(max_new_tokens, args.max_seq_len - len(p)) for p in prompts]
+    max_new = max(limits)
     if max_new <= 0:
         return [[] for _ in range(B)]
     eos = args.eos_id if stop_at_eos else -1
     generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(B)]
     sparse_is_sync_free = grouped_mm_supported(next(model.parameters()))
     with moe_reference_path(model, enabled=compile and use_cache and not sparse_is_sync_free):
-        logits, step = start(model, tokens, positions, images, max_new, use_cache, compile)
+        logits, step = start(model, tokens, positions, images, max_new, use_cache, compile,
+                             padding=tokens.shape[1] - min(map(len, prompts)))
         out = torch.full((B, max_new), args.pad_id, dtype=torch.long, device=device)  # (B, max_new)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        last = torch.tensor(limits, device=device) - 1  # (B,) each row's last step
         for t in range(max_new):
             nxt = choose(logits, generators, temperature, top_k, top_p, greedy)
             nxt = torch.where(done, args.pad_id, nxt)  # finished rows feed padding, ignored
-            out[:, t] = nxt
-            done |= nxt == eos
+            # -1 marks a row whose logits were not finite (NaN weights): an error below
+            out[:, t] = torch.where(done | logits.isfinite().all(-1), nxt, -1)
+            done |= (nxt == eos) | (last == t)
             if (t + 1) % CHECK_EVERY == 0 or t == max_new - 1:
                 so_far = out[:, :t + 1].tolist()  # the loop's one host read
+                so_far = [r[:n] for r, n in zip(so_far, limits, strict=True)]
+                if any(-1 in r for r in so_far):
+                    raise SampleError("the model's logits are not finite (NaN or inf): its weights are "
+                                      "broken (a diverged run?); sample from an earlier checkpoint")
                 rows = [r[:r.index(eos)] if eos in r else r for r in so_far]
                 if on_token is not None:
                     on_token(rows)
-                if all(eos in r for r in so_far):
+                if all(eos in r or len(r) == n for r, n in zip(so_far, limits, strict=True)):
                     break
             if t < max_new - 1:
                 logits = step(nxt)
@@ -222,10 +257,6 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-class SampleError(UserError):
-    pass
 
 
 def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, Tokenizer, str]:

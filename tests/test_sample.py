@@ -87,12 +87,14 @@ def test_streaming_gets_the_rows_every_16_tokens_and_at_the_end():
 def test_compiled_decode_step_gives_the_same_tokens(capsys):
     """torch.compile(fullgraph=True) of the one-token step (the default mode on CPU; CUDA graphs on
     CUDA), on two layers with both layer types: the same tokens as eager and as no cache, greedy
-    and sampled, batched with left padding, across chunk boundaries (10-20 s to compile cold)."""
+    and sampled, batched with left padding, across chunk boundaries, each row to its own context
+    limit (10-20 s to compile cold)."""
     model = small_model(n_layers=2, nope_every=2, n_experts=2)
     for how in [dict(greedy=True), dict(temperature=1.0, top_k=40, top_p=0.9, seed=2)]:
-        compiled = sample.generate(model, PROMPTS, 30, compile=True, stop_at_eos=False, **how)
-        assert compiled == sample.generate(model, PROMPTS, 30, stop_at_eos=False, **how)
-        assert compiled == sample.generate(model, PROMPTS, 30, use_cache=False, stop_at_eos=False, **how)
+        compiled = sample.generate(model, PROMPTS, 64, compile=True, stop_at_eos=False, **how)
+        assert [len(r) for r in compiled] == [64 - len(p) for p in PROMPTS]
+        assert compiled == sample.generate(model, PROMPTS, 64, stop_at_eos=False, **how)
+        assert compiled == sample.generate(model, PROMPTS, 64, use_cache=False, stop_at_eos=False, **how)
     assert "compiling the decode step failed" not in capsys.readouterr().err
     assert {m.impl for m in model.modules() if isinstance(m, MoE)} == {"sparse"}  # restored
 
@@ -157,6 +159,37 @@ def test_batched_generation_equals_one_by_one():
     sampled = sample.generate(model, PROMPTS, 20, temperature=1.0, seed=3, stop_at_eos=False)
     first_alone = sample.generate(model, PROMPTS[:1], 20, temperature=1.0, seed=3, stop_at_eos=False)
     assert sampled[0] == first_alone[0]  # row r draws from its own generator (seed + r)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_each_row_of_a_batch_stops_at_its_own_context_limit(use_cache):
+    """A short prompt beside a long one gets as many tokens as alone (max_seq_len 64), not as
+    many as the long one has room for; greedy and sampled (per-row seeds), with and without the
+    cache, the last row's prompt one token short of the context."""
+    model = small_model()
+    prompts = [PROMPTS[1], [0, *range(20, 60)], PROMPTS[0], [0, *range(100, 162)]]
+    for how in [dict(greedy=True), dict(temperature=1.0, top_k=40, seed=3)]:
+        batched = sample.generate(model, prompts, 100, stop_at_eos=False, use_cache=use_cache, **how)
+        assert [len(r) for r in batched] == [64 - len(p) for p in prompts] == [61, 23, 53, 1]
+        seeds = [dict(seed=how["seed"] + i) if "seed" in how else {} for i in range(len(prompts))]
+        alone = [sample.generate(model, [p], 100, stop_at_eos=False, use_cache=use_cache, **{**how, **s})[0]
+                 for p, s in zip(prompts, seeds, strict=True)]
+        assert batched == alone
+    assert sample.generate(model, prompts, 10, greedy=True, stop_at_eos=False, use_cache=use_cache) == \
+        [r[:10] for r in sample.generate(model, prompts, 100, greedy=True, stop_at_eos=False)]
+
+
+def test_non_finite_logits_are_an_error_and_a_tiny_temperature_is_not():
+    """A NaN weight (a diverged run) stops generation with a SampleError, not a silent empty story
+    (argmax of NaN is token 0); a temperature of 1e-39 samples the top token rather than NaN."""
+    model = small_model()
+    greedy = sample.generate(model, PROMPTS, 20, greedy=True, stop_at_eos=False)
+    assert sample.generate(model, PROMPTS, 20, temperature=1e-39, seed=1, stop_at_eos=False) == greedy
+    with torch.no_grad():
+        model.layers[1].self_attn.o_proj.weight[0, 0] = float("nan")
+    for how in [dict(greedy=True), dict(temperature=1.0)]:
+        with pytest.raises(sample.SampleError, match="not finite"):
+            sample.generate(model, PROMPTS, 20, **how)
 
 
 def test_same_seed_same_samples_other_seed_other_samples():
