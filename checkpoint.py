@@ -64,9 +64,12 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints") -> Path:
     return p
 
 
-def load_checkpoint(path, device="cpu") -> dict:
+RESUME_FIX = "it was left in place: resume from another checkpoint (e.g. best.pt) or start a new --run"
+OTHER_FIX = "it was left in place: pass another checkpoint (e.g. best.pt)"
+
+
+def load_checkpoint(path, device="cpu", fix: str = RESUME_FIX) -> dict:
     """torch.load with weights_only=True: tensors and plain data only, no pickled code runs."""
-    fix = "it was left in place: resume from another checkpoint (e.g. best.pt) or start a new --run"
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...
@@ -120,9 +123,24 @@ def check_tokenizer(tok: Tokenizer, tok_path, ckpt: dict, ckpt_path, fix: str = 
 
 def load_model(path, device="cpu") -> tuple[Llama4, dict]:
     """A checkpoint -> (model in eval mode, the checkpoint's other contents)."""
-    ckpt = load_checkpoint(path, device)
+    ckpt = load_checkpoint(path, device, OTHER_FIX)
     model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(path))
-    return build_from_state(model_args, ckpt.pop("model"), device).eval(), ckpt
+    return build(model_args, ckpt.pop("model"), device, path, OTHER_FIX).eval(), ckpt
+
+
+def build(model_args: ModelArgs, state: dict, device, where, fix: str, model: Llama4 | None = None) -> Llama4:
+    """build_from_state (or model.load_state_dict, where the model is built already), with weights
+    that do not fit the settings (missing, extra or misshapen: a damaged or hand-edited file) a
+    CheckpointError naming the file."""
+    try:
+        if model is None:
+            return build_from_state(model_args, state, device)
+        model.load_state_dict(state)
+        return model
+    except RuntimeError as e:  # load_state_dict lists every problem, one per line
+        problems = " ".join(line.strip() for line in str(e).splitlines()[1:]) or first_line(e)
+        raise CheckpointError(f"{where}: its weights do not fit its settings ({problems[:300]}); "
+                              f"{fix}") from None
 
 
 def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) -> None:
@@ -283,8 +301,18 @@ def load_hf(folder, device="cpu") -> Llama4:
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).exists():
             raise CheckpointError(f"{folder / name} is missing; is {folder} an exported HF folder?")
-    model_args = args_from_hf(json.loads((folder / "config.json").read_text()))
-    state = load_file(str(folder / "model.safetensors"), device=str(device))
+    fix = "export the folder again with scripts/export_hf.py"
+    try:
+        model_args = args_from_hf(json.loads((folder / "config.json").read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing section, ConfigError
+        why = str(e) if isinstance(e, ConfigError) else first_line(e)
+        raise CheckpointError(f"{folder / 'config.json'} describes no model this project builds ({why}); "
+                              f"{fix}") from None
+    try:
+        state = load_file(str(folder / "model.safetensors"), device=str(device))
+    except Exception as e:  # safetensors' own error type: a truncated or foreign file
+        raise CheckpointError(f"{folder / 'model.safetensors'} is corrupt or unreadable ({first_line(e)}); "
+                              f"{fix}") from None
     prefix = "language_model." if model_args.vision else ""
     ours = {}
     for name, tensor in state.items():
@@ -293,7 +321,7 @@ def load_hf(folder, device="cpu") -> Llama4:
         elif name.startswith(prefix + "lm_head."):
             name = name.removeprefix(prefix)
         ours[name] = tensor
-    return build_from_state(model_args, ours, device).eval()
+    return build(model_args, ours, device, folder / "model.safetensors", fix).eval()
 
 
 def import_hf(folder, dest) -> Path:

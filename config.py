@@ -302,7 +302,7 @@ class TrainArgs:
                      "eval_windows", "num_proc", "tokenizer_train_mb"]:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr} is above lr={self.lr}")
-        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")
         _check(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
@@ -344,6 +344,7 @@ class SampleArgs:
                                                     "(use --greedy for argmax decoding)")
         _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")  # row r: seed + r
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ Every prompt starts with <|endoftext|>, as every story does in training. One sam
 stdout (every 16 tokens); several samples are generated as one left-padded batch and printed one
 after another. Generation stops at <|endoftext|>, after --max_new_tokens, or when the row's context
 (max_seq_len) is full. A prompt longer than max_seq_len - 1 tokens is cut from the left, with a
-warning. --image shows the vision stub a picture (the checkpoint must have it: --vision); an
-untrained vision tower makes the text meaningless. On CUDA the weights are bf16 and the decode
-step is compiled into a CUDA graph by default (--dtype, --compile); on CPU, fp32 and eager.
+warning (its <|endoftext|> goes too). --image shows the vision stub a picture (the checkpoint must
+have it: --vision); an untrained vision tower makes the text meaningless. On CUDA the weights are
+bf16 and the decode step is compiled into a CUDA graph by default (--dtype, --compile); on CPU,
+fp32 and eager.
 
 How this departs from the obvious version:
 - Incremental decoding with the model's static KV cache (model.KVCache: allocated once, indexed
@@ -32,9 +33,12 @@ How this departs from the obvious version:
   q ~ Exp(1)) without its host-side input checks.
 - The tokenizer.json beside a checkpoint must be the one it was trained with (its sha256, as
   train.py and the export check it): another is refused with advice to put the run's own back.
-  Errors are one line (exit status 2 for a bad option, 1 otherwise, 130 on Ctrl-C).
+  Errors are one line (exit status 2 for a bad option, 1 otherwise, 130 on Ctrl-C, 141 when the
+  output is closed early, as by `| head`). Prompt text may not hold image tokens (--image adds
+  the image).
 """
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -273,9 +277,9 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
         raise SampleError(f"no tokenizer.json beside {where}; copy the run's tokenizer there "
                           "(scripts/export_hf.py writes it into exported folders)")
     try:
-        tok = Tokenizer.load(tok_file)
+        tok = Tokenizer.load(tok_file, fix="put back the run's own tokenizer.json (or export again)")
     except UserError as e:
-        raise SampleError(f"unknown tokenizer: {e}") from e
+        raise SampleError(str(e)) from e
     if ckpt is not None:  # the same check and advice as train.py's and the export's
         checkpoint.check_tokenizer(tok, tok_file, ckpt, where)
     else:
@@ -318,16 +322,25 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
             texts += [ln for ln in Path(sample_args.prompt_file).read_text().splitlines() if ln.strip()]
         except OSError as e:
             raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise SampleError(f"--prompt_file {sample_args.prompt_file}: not UTF-8 text (byte {e.start}); "
+                              "save it as UTF-8") from e
     texts = texts or [""]
     prefix = [args.eos_id] + (image_prompt(args) if sample_args.image else [])
+    image_ids = set(image_prompt(args))
     out = []
     for text in texts:
-        ids = prefix + tok.encode(text)
+        ids = tok.encode(text)
+        if image_ids & set(ids):  # the tokenizer reads "<|patch|>" in text as the special token
+            raise SampleError(f"the prompt {text[:40]!r} holds an image token (<|image_start|>, <|image|>, "
+                              "<|patch|> or <|image_end|>); remove it (--image puts an image in)")
+        ids = prefix + ids
         if len(ids) > args.max_seq_len - 1:
+            if sample_args.image:
+                raise SampleError(f"the prompt with its image is {len(ids)} tokens, more than the context "
+                                  f"allows ({args.max_seq_len - 1}); shorten it")
             warn(f"warning: prompt of {len(ids)} tokens is longer than the context allows "
                  f"({args.max_seq_len - 1}); keeping its last {args.max_seq_len - 1} tokens")
-            if sample_args.image:
-                raise SampleError("the prompt with its image does not fit the context; shorten it")
             ids = ids[-(args.max_seq_len - 1):]
         out += [ids] * sample_args.num_samples
     return out
@@ -339,6 +352,14 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nsample.py: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly, as a SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        sys.exit(141)
+
+
+def fail(e: UserError):
+    print(f"sample.py: error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 def _main(argv=None):
@@ -356,10 +377,9 @@ def _main(argv=None):
         if images is not None:
             images = images.expand(len(prompts), -1, -1, -1)
     except UserError as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        fail(e)
 
-    texts = [tok.decode(p[1:]) for p in prompts]
+    texts = [tok.decode(p[1:] if p[0] == model.args.eos_id else p) for p in prompts]  # cut: no eos
     stream = len(prompts) == 1
     printed = [0]
 
@@ -372,11 +392,16 @@ def _main(argv=None):
 
     if stream:
         sys.stdout.write(texts[0])
-    rows = generate(model, prompts, sample_args.max_new_tokens, temperature=sample_args.temperature,
-                    top_k=sample_args.top_k, top_p=sample_args.top_p, greedy=sample_args.greedy,
-                    seed=sample_args.seed, use_cache=not sample_args.no_cache, images=images,
-                    compile=compile_wanted(sample_args.compile, device),
-                    on_token=on_token if stream else None)
+    try:
+        rows = generate(model, prompts, sample_args.max_new_tokens, temperature=sample_args.temperature,
+                        top_k=sample_args.top_k, top_p=sample_args.top_p, greedy=sample_args.greedy,
+                        seed=sample_args.seed, use_cache=not sample_args.no_cache, images=images,
+                        compile=compile_wanted(sample_args.compile, device),
+                        on_token=on_token if stream else None)
+    except UserError as e:
+        if stream:
+            sys.stdout.write("\n")
+        fail(e)
     if stream:
         sys.stdout.write(tok.decode(rows[0])[printed[0]:] + "\n")
         return rows

@@ -100,15 +100,15 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
-    def load(cls, path) -> "Tokenizer":
+    def load(cls, path, fix: str = "pass a tokenizer.json written by this project") -> "Tokenizer":
+        """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one)."""
         if not os.path.isfile(path):
             raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
                             "train one")
         try:
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:
-            raise DataError(f"--tokenizer: cannot read '{path}' ({first_line(e)}); pass a tokenizer.json "
-                            "written by this project") from None
+            raise DataError(f"cannot read the tokenizer '{path}' ({first_line(e)}); {fix}") from None
         return cls(tok)
 
     def save(self, path, fix: str | None = None) -> None:

@@ -732,7 +732,7 @@ def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Jo
     torch.manual_seed(train_args.seed)
     model = Llama4(model_args).to(device)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, checkpoint.RESUME_FIX, model)
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:

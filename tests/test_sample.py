@@ -283,7 +283,12 @@ def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
     assert sample.main(["--ckpt", str(tmp_path / "back"), *argv]) == a
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "no-tokenizer", "other-tokenizer"])
+PROBLEMS = {"missing": "does not exist", "corrupt": "corrupt", "no-tokenizer": "no tokenizer.json",
+            "other-tokenizer": "tokenizer", "unreadable-tokenizer": "cannot read the tokenizer",
+            "weights-missing": "weights do not fit its settings (Missing key", "nan-weights": "not finite"}
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
 def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, capsys, problem):
     import shutil
     bad = tmp_path / "bad"
@@ -293,6 +298,8 @@ def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, caps
         (bad / "last.pt").write_bytes(b"not a checkpoint")
     elif problem == "no-tokenizer":
         (bad / "tokenizer.json").unlink()
+    elif problem == "unreadable-tokenizer":
+        (bad / "tokenizer.json").write_text("{bad")
     elif problem == "other-tokenizer":
         import json
         tok = json.loads((bad / "tokenizer.json").read_text())
@@ -300,13 +307,85 @@ def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, caps
         word = max(vocab, key=len)                     # rename one learned token: another BPE
         vocab[word + "zz"] = vocab.pop(word)
         (bad / "tokenizer.json").write_text(json.dumps(tok))
+    elif problem in ("weights-missing", "nan-weights"):
+        ckpt = torch.load(bad / "last.pt", weights_only=True)
+        if problem == "weights-missing":
+            del ckpt["model"]["layers.0.self_attn.q_proj.weight"]
+        else:  # a diverged run: generation stops with an error, not an empty story
+            ckpt["model"]["layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
+        torch.save(ckpt, bad / "last.pt")
     with pytest.raises(SystemExit) as e:
-        sample.main(["--ckpt", str(bad), "--max_new_tokens", "2"])
+        sample.main(["--ckpt", str(bad), "--max_new_tokens", "2", "--prompt", "once"])
     assert e.value.code == 1
+    out, err = capsys.readouterr()
+    err = err.strip()
+    assert err.startswith("sample.py: error:") and err.count("\n") == 0
+    assert PROBLEMS[problem] in err and "--run" not in err and "--tokenizer" not in err
+    assert out in ("", "once\n")  # the streamed prompt, ended
+
+
+@pytest.mark.parametrize("problem", ["config-json", "config-values", "safetensors", "weights-missing"])
+def test_bad_hf_folders_are_clear_errors(run_dir, tmp_path, capsys, problem):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from scripts.export_hf import main as export_main
+    hf = tmp_path / "hf"
+    export_main([str(run_dir), str(hf)])
+    capsys.readouterr()
+    cfg = hf / "config.json"
+    if problem == "config-json":
+        cfg.write_text("{bad")
+    elif problem == "config-values":
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "num_attention_heads": 3}))
+    elif problem == "safetensors":
+        (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:100])
+    else:
+        state = load_file(hf / "model.safetensors")
+        del state["model.layers.0.self_attn.q_proj.weight"]
+        save_file(state, hf / "model.safetensors")
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--hf", str(hf), "--max_new_tokens", "2"])
+    assert e.value.code == 1  # not 2: the user passed no bad option
     err = capsys.readouterr().err.strip()
     assert err.startswith("sample.py: error:") and err.count("\n") == 0
-    assert {"missing": "does not exist", "corrupt": "corrupt", "no-tokenizer": "no tokenizer.json",
-            "other-tokenizer": "tokenizer"}[problem] in err
+    assert err.endswith("export the folder again with scripts/export_hf.py")
+    assert {"config-json": "config.json describes no model", "config-values": "heads do not divide",
+            "safetensors": "model.safetensors is corrupt",
+            "weights-missing": "weights do not fit its settings (Missing key"}[problem] in err
+
+
+def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees(run_dir, tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"once upon\xff a time\n")
+    for argv, want in [(["--prompt_file", str(bad)], "not UTF-8 text (byte 9)"),
+                       (["--prompt", "look <|patch|> here"], "holds an image token"),
+                       (["--seed", str(2 ** 64 - 1)], "--seed: must be in [0, 2^63)")]:
+        with pytest.raises(SystemExit):
+            sample.main(["--ckpt", str(run_dir), "--max_new_tokens", "2", *argv])
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and want in err
+    from tokenizer import Tokenizer
+    text = "lily " + "park " * 100  # cut from the left: the prompt shown is the 63 tokens kept
+    rows = sample.main(["--ckpt", str(run_dir), "--prompt", text, "--max_new_tokens", "1", "--greedy"])
+    tok = Tokenizer.load(run_dir / "tokenizer.json")
+    kept = tok.decode(tok.encode(text)[-63:])
+    assert capsys.readouterr().out == kept + tok.decode(rows[0]) + "\n"
+
+
+def test_output_closed_early_ends_quietly(run_dir):
+    """sample.py | head: no BrokenPipeError traceback; exit 141, as a SIGPIPE would give."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(sample.__file__).parent
+    p = subprocess.Popen([sys.executable, str(root / "sample.py"), "--ckpt", str(run_dir), "--num_samples",
+                          "300", "--max_new_tokens", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == ""
 
 
 def test_image_needs_a_vision_checkpoint(run_dir, tmp_path, capsys):
