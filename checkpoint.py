@@ -58,6 +58,8 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints") -> Path:
     if not p.exists() and (Path(out_dir) / path_or_run).exists():
         p = Path(out_dir) / path_or_run
     if p.is_dir():
+        if not (p / "last.pt").exists() and (p / "best.pt").is_file():  # killed before its first last.pt
+            raise CheckpointError(f"{p} has no last.pt, only best.pt; pass {p / 'best.pt'} to use it")
         p = p / "last.pt"
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist; pass a .pt file or a run folder")

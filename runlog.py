@@ -26,7 +26,7 @@ from pathlib import Path
 
 import config
 import storage
-from errors import StorageError, first_line
+from errors import RunError, StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
 FIX = "free some space or pick another --out_dir"  # a full disk under the run folder
@@ -79,7 +79,10 @@ class Metrics:
         self.path = run_dir / "metrics.jsonl"
         self.wandb = wandb_run
         if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
-            records = storage.read_jsonl(self.path, warn=log)
+            try:
+                records = storage.read_jsonl(self.path, warn=log)
+            except ValueError as e:  # a bad line before the last: not ours to guess at
+                raise RunError(str(e)) from None
             k = keep_until_step
             kept = [r for r in records if r["step"] < k or (r["step"] == k and not (
                 open_window and r["kind"] == "train"))]

@@ -194,6 +194,7 @@ class LoopState:
     best_val: float = math.inf  # best validation nats/token
     bad_in_row: int = 0  # non-finite steps in a row, up to the last one
     skipped_steps: int = 0  # non-finite steps skipped in all
+    eval_due: bool = False  # this step's evaluation was put off by a signal: a resumed run runs it first
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, tokens_per_step: int) -> "LoopState":
@@ -350,6 +351,9 @@ class Window:
         self.losses = self.counts = self.entropy = None
         self.skipped = torch.zeros((), device=device)  # non-finite steps not yet counted in the state
         self.bad_in_row = torch.full((), float(state.bad_in_row), device=device)
+        self.worst = self.bad_in_row.clone()  # the longest run of non-finite steps in the window
+        self.settled = 0  # non-finite steps moved into the state (by a save) and not yet logged
+        self.rank_steps_before = self.steps_before = 0  # what a resumed window holds from before
 
     def add(self, out: StepOutput):
         def plus(a, b):
@@ -358,23 +362,28 @@ class Window:
         self.losses = plus(self.losses, out.losses)
         self.skipped += out.skipped
         self.bad_in_row = (self.bad_in_row + out.skipped) * out.skipped  # back to 0 after a good step
+        self.worst = torch.maximum(self.worst, self.bad_in_row)
         if out.expert_counts is not None:
             self.counts = plus(self.counts, out.expert_counts)
             self.entropy = plus(self.entropy, out.router_entropy)
 
-    def settle(self, state: LoopState) -> int:
-        """Move the count of skipped steps into the state (a host sync); returns how many."""
-        skipped, bad = (int(v) for v in torch.stack([self.skipped, self.bad_in_row]).tolist())
+    def settle(self, state: LoopState) -> tuple[int, int]:
+        """Move the count of skipped steps into the state (a host sync); returns how many the window
+        skipped since it was last logged, and the most in a row."""
+        counts = torch.stack([self.skipped, self.bad_in_row, self.worst]).tolist()
+        skipped, bad, worst = (int(v) for v in counts)
         self.skipped.zero_()
         state.skipped_steps += skipped
         state.bad_in_row = bad
-        return skipped
+        self.settled += skipped
+        return self.settled, worst
 
     def record(self, job: Job) -> dict:
-        """Means over the window's steps and all ranks (this waits for the device)."""
-        n = self.steps * job.world.size
-        losses = runtime.all_reduce((self.losses / self.steps).tolist(), job.device, job.world)
-        rec = dict(zip(LOSSES, [v / job.world.size for v in losses], strict=True))
+        """Means over the window's steps and all ranks (this waits for the device). A resumed window
+        counts its steps from before at the number of processes that took them."""
+        n = self.rank_steps_before + (self.steps - self.steps_before) * job.world.size  # (rank, step) pairs
+        losses = runtime.all_reduce(self.losses.tolist(), job.device, job.world)
+        rec = dict(zip(LOSSES, [v / n for v in losses], strict=True))
         if self.counts is not None:
             counts, entropy = self.counts.clone(), self.entropy.clone()
             if job.world.size > 1:
@@ -395,7 +404,9 @@ class Window:
             for v in sums.values():
                 dist.all_reduce(v)
         busy = self.busy_before + time.perf_counter() - self.start - self.paused
-        return {"steps": self.steps, "busy_seconds": busy, **{k: v.cpu() for k, v in sums.items()}}
+        rank_steps = self.rank_steps_before + (self.steps - self.steps_before) * job.world.size
+        return {"steps": self.steps, "rank_steps": rank_steps, "busy_seconds": busy,
+                **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
     def resume(cls, state: LoopState, job: Job) -> "Window":
@@ -403,6 +414,8 @@ class Window:
         window, saved = cls(state, job.device), job.window
         if saved and saved["steps"]:
             window.steps, window.busy_before = saved["steps"], saved["busy_seconds"]
+            window.steps_before = saved["steps"]  # older checkpoints: taken by as many processes as now
+            window.rank_steps_before = saved.get("rank_steps", saved["steps"] * job.world.size)
             for k in ("losses", "counts", "entropy"):
                 if k in saved:
                     v = saved[k].to(job.device)
@@ -411,13 +424,14 @@ class Window:
 
 
 def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOutput, bar) -> None:
-    """Write the window's train record; stop when too many non-finite steps came in a row."""
-    skipped = window.settle(state)
+    """Write the window's train record; stop when too many non-finite steps came in a row (in
+    this window: the check waits for the log step, the skipped updates changed nothing)."""
+    skipped, worst = window.settle(state)
     if skipped:
         job.log(f"step {state.step}: {skipped} non-finite loss or gradient step(s) in the last "
-                f"{window.steps}, updates skipped ({state.bad_in_row} in a row)")
-    if state.bad_in_row >= job.train_args.max_bad_steps:
-        raise RunError(f"{state.bad_in_row} non-finite steps in a row (step {state.step}); lower --lr, raise "
+                f"{window.steps}, updates skipped (up to {worst} in a row)")
+    if worst >= job.train_args.max_bad_steps:
+        raise RunError(f"{worst} non-finite steps in a row (by step {state.step}); lower --lr, raise "
                        "--warmup_steps or check the data; last.pt holds the last good state")
     rec = window.record(job)
     tok_s = window.steps * job.tokens_per_step / max(rec.pop("busy_seconds"), 1e-9)
@@ -645,9 +659,11 @@ def claim_folder(plan: RunPlan) -> RunFolder:
     takes a folder with a checkpoint, and a resumed checkpoint must be the model of the folder."""
     folder = RunFolder(plan.run_dir)
     try:
-        if plan.ckpt is None and (plan.run_dir / "last.pt").exists():
-            raise RunError(f"{plan.run_dir} already holds a checkpoint; pass --resume to continue it or pick "
-                           "another --run")
+        held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]
+        if plan.ckpt is None and held:  # best.pt alone: a run killed before its first last.pt
+            how = "--resume" if "last.pt" in held else f"--resume {plan.run_dir / 'best.pt'}"
+            raise RunError(f"{plan.run_dir} already holds a checkpoint ({held[0]}); pass {how} to continue "
+                           "it or pick another --run")
         check_same_model(plan)
     except BaseException:
         folder.release()
@@ -724,6 +740,14 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     return job, state
 
 
+def wandb_id(plan: RunPlan) -> str | None:
+    """The W&B run to go on with: the checkpoint's, unless it is resumed into another folder (a
+    fork, --resume CKPT --run NEW_NAME, gets a W&B run of its own)."""
+    if plan.ckpt is None or plan.ckpt_path.parent.resolve() != plan.run_dir.resolve():
+        return None
+    return plan.ckpt.get("wandb_id")
+
+
 def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Job, LoopState]:
     """Data, model, optimizer: the Job, and the LoopState to start from."""
     model_args, train_args, ckpt = plan.model_args, plan.train_args, plan.ckpt
@@ -750,7 +774,7 @@ def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Jo
               runtime.autocast(device, dtype), runner.no_sync if world.size > 1 else nullcontext,
               list(range(world.rank, train_args.grad_accum, world.size)), None,
               flops_per_token(model_args, model_args.max_seq_len), runtime.peak_flops(device, dtype),
-              plan.ckpt_path, wandb_id=(ckpt or {}).get("wandb_id"), window=(ckpt or {}).get("window"))
+              plan.ckpt_path, wandb_id=wandb_id(plan), window=(ckpt or {}).get("window"))
     state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
     job.clock = Clock(train_args.max_minutes, state.elapsed)
     return job, state
@@ -776,7 +800,7 @@ def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
         return
     storage.save_json(job.run_dir / "model.json", config.to_dict(model_args), OUT_FIX)
     storage.save_json(job.run_dir / "train.json", config.to_dict(train_args), OUT_FIX)
-    if not (job.run_dir / "tokenizer.json").exists():
+    if not resumed or not (job.run_dir / "tokenizer.json").exists():  # a killed run's may be there
         job.tok.save(job.run_dir / "tokenizer.json", fix=OUT_FIX)
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
@@ -797,7 +821,8 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
     try:
         if job.train_args.eval_only:
             return evaluate_only(job, state)
-        if state.step >= job.train_args.max_steps or job.clock.spent(state):  # a finished run resumed
+        finished = state.step >= job.train_args.max_steps or job.clock.spent(state)
+        if finished and not state.eval_due:  # a finished run resumed
             limit = "max_steps" if state.step >= job.train_args.max_steps else "max_minutes"
             job.log(f"{job.run_dir} already reached its --{limit} at step {state.step}; nothing written "
                     f"(raise --{limit} to train on)")
@@ -820,7 +845,15 @@ def loop(job: Job, state: LoopState) -> dict:
     finished = "max_steps"
     job.model.train()
     window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
+    evaluated, out = None, None  # the step evaluated last in this session; the last step's output
     try:
+        if state.eval_due:  # the evaluation a signal put off, before training on
+            paused = time.perf_counter()
+            state.eval_due = False
+            if run_eval(job, state):
+                maybe_save(job, state, window, "best.pt")
+            evaluated = state.step
+            window.paused += time.perf_counter() - paused
         while state.step < t.max_steps:
             if job.clock.spent(state):
                 finished = "max_minutes"
@@ -829,25 +862,31 @@ def loop(job: Job, state: LoopState) -> dict:
             out = train_step(job, batches_at(job, state.step), state.step, lr)
             state.step, state.tokens = state.step + 1, state.tokens + job.tokens_per_step
             window.add(out)
-            stop_now = agree(job, state, stop)
+            # a signal at the last step (of max_steps or the budget) changes nothing: the run ends
+            stop_now = agree(job, state, stop) and not (state.step >= t.max_steps or job.clock.spent(state))
             bar.update(1)
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 log_step(job, state, window, lr, out, bar)
                 window = Window(state, job.device)
             paused = time.perf_counter()
-            if state.step % t.eval_every == 0 and state.step < t.max_steps and not stop_now:
-                if run_eval(job, state):
-                    maybe_save(job, state, window, "best.pt")
+            if state.step % t.eval_every == 0 and state.step < t.max_steps:
+                if stop_now:  # put off, not lost: the resumed run evaluates this step first
+                    state.eval_due = True
+                else:
+                    if run_eval(job, state):
+                        maybe_save(job, state, window, "best.pt")
+                    evaluated = state.step
             if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
                 maybe_save(job, state, window, "last.pt")
             window.paused += time.perf_counter() - paused
             if stop_now:
                 finished = "signal"
                 break
-        if window.steps:  # the last, partial window (a budget or a signal ended the run)
+        if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)
             log_step(job, state, window, lr, out, bar)
         if finished != "signal":
-            if run_eval(job, state) or not (job.run_dir / "best.pt").exists():
+            improved = evaluated != state.step and run_eval(job, state)  # once per step: not again
+            if improved or not (job.run_dir / "best.pt").exists():
                 maybe_save(job, state, window, "best.pt")
             maybe_save(job, state, window, "last.pt")
     finally:

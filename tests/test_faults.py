@@ -152,6 +152,24 @@ def test_a_run_stopped_by_its_budget_logs_its_last_partial_window(tmp_path, corp
     assert [r["step"] for r in metrics(tmp_path, kind="val")] == [result["step"]]
 
 
+def test_a_bad_metrics_line_before_the_last_is_one_line_on_resume(tmp_path, done, capsys):
+    path = copy_run(done, tmp_path) / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1][:25], *lines[2:]]) + "\n")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "8"])
+    assert one_line_error(capsys, 1, e).endswith("line 2 is not valid JSON; fix or delete that line")
+
+
+def test_the_budget_ending_on_an_evaluation_step_evaluates_it_once(tmp_path, corpus, cache, monkeypatch):
+    clock = iter(range(0, 10**6, 10))  # 10 s a reading: the 1-minute budget is spent in a few steps
+    monkeypatch.setattr(train.Clock, "elapsed", lambda self: self.before + next(clock))
+    result = train.main(args(tmp_path, corpus, cache, "--max_minutes", "1", "--max_steps", "1000",
+                             "--eval_every", "1"))
+    assert result["finished"] == "max_minutes"
+    assert [r["step"] for r in metrics(tmp_path, kind="val")] == list(range(1, result["step"] + 1))
+
+
 # --- resume -------------------------------------------------------------------------------------
 
 def test_resuming_a_finished_run_writes_nothing(tmp_path, done, capsys):
@@ -196,6 +214,85 @@ def test_a_resumed_run_writes_the_records_of_an_uninterrupted_one(tmp_path, corp
     for run in ("crashed", "stopped"):
         train.main(args(tmp_path, corpus, cache, *base, "--resume", run=run))
         assert [{k: r[k] for k in SAME} for r in metrics(tmp_path, run)] == whole, run  # bit for bit
+
+
+def stop_at(monkeypatch, at):
+    """As a signal would, after step `at`."""
+    real_agree = train.agree
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == at)
+    return lambda: monkeypatch.setattr(train, "agree", real_agree)
+
+
+def test_an_evaluation_a_signal_put_off_is_run_by_the_resumed_run(tmp_path, corpus, cache, monkeypatch):
+    """A signal on an evaluation step stops without evaluating (stopping soon is what it asks);
+    the resumed run evaluates that step first, so the val records are an uninterrupted run's. A
+    signal at the last step changes nothing: the final evaluation and best.pt are written."""
+    base = ["--max_steps", "6", "--log_every", "3", "--eval_every", "2", "--save_every", "100"]
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    whole = [(r["step"], r["nats_per_token"]) for r in metrics(tmp_path, "whole", kind="val")]
+    assert [s for s, _ in whole] == [2, 4, 6]
+    undo = stop_at(monkeypatch, 4)
+    assert train.main(args(tmp_path, corpus, cache, *base, run="stopped"))["finished"] == "signal"
+    assert [r["step"] for r in metrics(tmp_path, "stopped", kind="val")] == [2]
+    undo()
+    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="stopped"))
+    assert [(r["step"], r["nats_per_token"]) for r in metrics(tmp_path, "stopped", kind="val")] == whole
+    undo = stop_at(monkeypatch, 6)
+    result = train.main(args(tmp_path, corpus, cache, *base, run="last"))
+    undo()
+    assert result["finished"] == "max_steps" and result["best_val"] == min(v for _, v in whole)
+    assert [(r["step"], r["nats_per_token"]) for r in metrics(tmp_path, "last", kind="val")] == whole
+    assert (tmp_path / "ckpt" / "last" / "best.pt").exists()
+
+
+def test_a_folder_with_best_pt_alone_is_not_a_new_run(tmp_path, done, corpus, cache, capsys):
+    """A run killed after an evaluation but before its first last.pt leaves best.pt: a new run
+    there would overwrite it, so it is refused, and --resume names the file to pass."""
+    run_dir = copy_run(done, tmp_path)
+    (run_dir / "last.pt").unlink()
+    before = (run_dir / "best.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    assert f"already holds a checkpoint (best.pt); pass --resume {run_dir / 'best.pt'}" in \
+        one_line_error(capsys, 1, e)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])
+    assert f"has no last.pt, only best.pt; pass {run_dir / 'best.pt'}" in one_line_error(capsys, 1, e)
+    assert (run_dir / "best.pt").read_bytes() == before
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", str(run_dir / "best.pt"),
+                "--max_steps", "7"])
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 7
+
+
+def test_a_new_run_writes_its_own_tokenizer_over_a_killed_runs(tmp_path, corpus, cache):
+    run_dir = tmp_path / "ckpt" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "tokenizer.json").write_text("the tokenizer of a run killed before its first save")
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    tok = Tokenizer.load(run_dir / "tokenizer.json")
+    assert tok.hash == checkpoint.load_checkpoint(run_dir / "last.pt")["tokenizer"]["sha256"]
+
+
+def test_a_window_resumed_with_another_number_of_processes_averages_over_what_each_took():
+    """The saved window's sums are over the processes of the run that saved it (2 here, 2 steps
+    each); the resumed one runs alone: its record is the mean over all 5 (rank, step) pairs."""
+    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(0, 1), window={
+        "steps": 2, "rank_steps": 4, "busy_seconds": 1.0, "losses": torch.full((4,), 8.0)})
+    window = train.Window.resume(train.LoopState(step=2), job)
+    window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 5)
+    job.window.pop("rank_steps")  # an older checkpoint: taken by as many processes as now
+    window = train.Window.resume(train.LoopState(step=2), job)
+    window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 3)
+
+
+def test_a_fork_gets_a_wandb_run_of_its_own(tmp_path):
+    ckpt = {"wandb_id": "abc"}
+    plan = train.RunPlan(tmp_path / "r", None, None, ckpt, tmp_path / "r" / "last.pt")
+    assert train.wandb_id(plan) == "abc"  # resumed in its own folder: the same W&B run
+    assert train.wandb_id(plan._replace(run_dir=tmp_path / "fork")) is None
+    assert train.wandb_id(plan._replace(ckpt=None, ckpt_path=None)) is None
 
 
 def test_a_checkpoint_of_another_model_is_refused_before_metrics_are_touched(tmp_path, done, corpus, cache,

@@ -257,6 +257,19 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, co
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
+def test_a_run_of_non_finite_steps_between_log_steps_still_stops_the_run(tmp_path, corpus, cache, monkeypatch,
+                                                                         capsys):
+    """8 non-finite steps in a row, then good ones, all inside one log window of 10 (a save at
+    step 5 in between): the run stops at the log step, and the warning counts all 8."""
+    poison(monkeypatch, set(range(8)))
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "12", "--log_every", "10",
+                        "--save_every", "5", "--max_bad_steps", "5"))
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and "8 non-finite steps in a row (by step 10)" in err
+    assert "step 10: 8 non-finite loss or gradient step(s) in the last 10" in out + err
+
+
 def test_non_finite_weights_are_never_saved(tmp_path, corpus, cache, monkeypatch, capsys):
     real = train.accumulate
 
