@@ -20,6 +20,7 @@ How this departs from the obvious version:
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import typing
@@ -236,7 +237,7 @@ class TrainArgs:
     hf_dataset: str = arg("roneneldan/TinyStories", "dataset on the Hugging Face Hub")
     text_field: str = arg("text", "field holding the text in .jsonl / .parquet / hub records")
     val_fraction: float = arg(0.01, "share of documents held out for validation when no "
-                                    "validation source is given")
+                                    "validation source is given: 1 in round(1 / f), f at most 0.5")
     tokenizer: str = arg("", "tokenizer.json to use; empty = train one on the training text")
     cache_dir: str = arg("cache", "folder for tokenizers and token shards")
     num_proc: int = arg(0, "tokenizer worker threads (0 = one per CPU core)")
@@ -303,7 +304,8 @@ class TrainArgs:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr} is above lr={self.lr}")
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")
-        _check(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(1e-6 <= self.val_fraction <= 0.5, "val_fraction",  # 1 in round(1 / f) documents
+               f"must be in [1e-6, 0.5], got {self.val_fraction}")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
 
@@ -470,9 +472,12 @@ def _typed(kind):
 
     def convert(text):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {names[kind]}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):  # inf passes every range check
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        return value
     convert.__name__ = kind.__name__
     return convert
 

@@ -262,12 +262,12 @@ def resolve_files(spec: str, flag: str) -> list[str]:
         files = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and p.suffix.lower() in KINDS)
         if not files:
             raise DataError(f"{flag}: folder '{spec}' holds no .txt, .jsonl or .parquet file; check the path")
+    elif os.path.isfile(spec):  # before the glob test: a file may be named tiny[1].txt
+        files = [spec]
     elif any(c in spec for c in "*?["):
         files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
         if not files:
             raise DataError(f"{flag}: no files match '{spec}'; check the path or glob")
-    elif os.path.isfile(spec):
-        files = [spec]
     else:
         raise DataError(f"{flag}: no such file '{spec}'; check the path")
     for f in files:
@@ -286,12 +286,13 @@ def _scan_txt(path: str, flag: str) -> tuple[bool, int]:
     marker = EOT.encode()
     keep = len(marker) - 1  # the end of a chunk may hold the start of a marker
     utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
-    size = valid = 0
+    size = valid = nul = 0
     found = has_text = False
     tail = b""
     with open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             size += len(chunk)
+            nul += chunk.count(0)  # valid UTF-8, but text has none: UTF-16 has one every 2 bytes
             valid += len(utf8.decode(chunk).encode())
             parts = (tail + chunk).split(marker)
             found = found or len(parts) > 1
@@ -301,6 +302,9 @@ def _scan_txt(path: str, flag: str) -> tuple[bool, int]:
     valid += len(utf8.decode(b"", final=True).encode())
     has_text = has_text or bool(tail.strip())
     bad = size - valid
+    if nul > MAX_NON_UTF8 * size:
+        raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
+                        "convert it, e.g. iconv -f utf-16 -t utf-8")
     if bad > MAX_NON_UTF8 * size:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({bad:,} of {size:,} bytes are not UTF-8); "
                         "convert it, e.g. iconv -f latin1 -t utf-8")
@@ -474,9 +478,15 @@ def _hub_split(name: str, split: str, text_field: str) -> Split:
     return Split(f"{name} [{split}] (Hugging Face Hub)", source, load)
 
 
-def resolve_sources(train_args: config.TrainArgs, log=print) -> tuple[Split, Split]:
-    """The training and validation splits that train_args asks for (nothing is read yet)."""
+def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = True) -> tuple[Split, Split]:
+    """The training and validation splits that train_args asks for (nothing is read yet).
+    need_train=False (evaluating): with a --val_data, the training split is None, its files not
+    even looked for (a checkpoint is scored where its training text is not)."""
     cache_dir = Path(train_args.cache_dir)
+    if train_args.val_data and not need_train:
+        val = _local_split(train_args.val_data, "--val_data", train_args.text_field, cache_dir, log)
+        log(f"data: validation: {val.label}")
+        return None, val
     train = (_local_split(train_args.data, "--data", train_args.text_field, cache_dir, log) if train_args.data
              else _hub_split(train_args.hf_dataset, "train", train_args.text_field))
     if train_args.val_data:
@@ -543,7 +553,8 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
         log(f"data: tokenizer: {train_args.tokenizer} ({tok.vocab_size} tokens)")
         check_tokenizer(tok, model_args, f"--tokenizer {train_args.tokenizer}")
         return tok
-    vocab, cap = model_args.vocab_size, int(train_args.tokenizer_train_mb * 1e6)
+    mb = train_args.tokenizer_train_mb
+    vocab, cap = model_args.vocab_size, max(1, int(mb * 1e6)) if mb else 0  # a tiny cap is 1 byte, not all
     key = _key({"source": train.signature, "vocab_size": vocab, "cap_bytes": cap, "format": TOKENIZER_FORMAT,
                 "special": list(SPECIAL_TOKENS.values())})
     path = Path(train_args.cache_dir) / f"tokenizer-{key}" / "tokenizer.json"
@@ -669,7 +680,7 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     and no training shard, but the same sources, cache and windows as prepare()."""
     check_tokenizer(tok, model_args)
     with _cache_writes(train_args.cache_dir):
-        _, val_split = resolve_sources(train_args, log)
+        _, val_split = resolve_sources(train_args, log, need_train=False)
         val = get_tokens("val", val_split, tok, train_args.cache_dir,
                          train_args.num_proc or os.cpu_count() or 1, log)
     _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)

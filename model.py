@@ -696,8 +696,8 @@ class Llama4(nn.Module):
         tokens are the model's own choices), where it would make the host wait for the device at
         every call."""
         compiling = torch.compiler.is_compiling()  # a compiled step reads no host counter
-        seen = cache.seen if cache is not None and not compiling else 0
-        total = tokens.shape[1] + seen - (cache.padding if cache is not None else 0)  # the fewest
+        seen, padding = (cache.seen, cache.padding) if cache is not None and not compiling else (0, 0)
+        total = tokens.shape[1] + seen - padding  # the least padded row's tokens
         if total > self.args.max_seq_len:
             raise ValueError(f"sequence of {total} tokens is longer than max_seq_len="
                              f"{self.args.max_seq_len}; shorten the input or raise --max_seq_len")

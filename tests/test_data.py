@@ -131,6 +131,9 @@ def test_folder_and_glob_read_files_in_sorted_order(tmp_path):
     assert tok.decode(train.tokens) == stream(a + b + c)
     tok, train, _, _ = run(tmp_path, data=str(folder / "**" / "*.txt"), val_data=str(folder / "a.txt"))
     assert tok.decode(train.tokens) == stream(a + c)
+    write(folder / "tiny[1].txt", official(b))  # a file whose name looks like a glob is that file
+    tok, train, _, _ = run(tmp_path, data=str(folder / "tiny[1].txt"), val_data=str(folder / "a.txt"))
+    assert tok.decode(train.tokens) == stream(b)
 
 
 def test_held_out_validation_is_deterministic_and_logged(tmp_path):
@@ -286,6 +289,8 @@ def test_prepare_eval_builds_the_same_validation_shard_alone(tmp_path, corpus):
     assert not list((other / "cache").glob("tokenizer-*"))  # and no tokenizer trained
     with pytest.raises(DataError, match="pass --vocab_size 300"):
         data.prepare_eval(args, margs(vocab=512), tok)
+    gone = targs(other, data=str(tmp_path / "moved-away.txt"), val_data=str(val_path))  # not looked for
+    assert np.array_equal(data.prepare_eval(gone, margs(), tok).tokens, val.tokens)
 
 
 def test_cache_written_by_another_tokenizer_is_refused_and_rebuilt(tmp_path, corpus):
@@ -544,6 +549,9 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
                              r"--data .*j.jsonl .* has no usable text"),
     "not utf-8": ({"l.txt": LATIN1}, dict(data="{tmp}/l.txt"),
                   r"'.*l.txt' is not UTF-8 text \(250 of 1,450 bytes are not UTF-8\); convert it"),
+    "utf-16": ({"u.txt": "once upon a time there was a cat.\n".encode("utf-16")}, dict(data="{tmp}/u.txt"),
+               r"'.*u.txt' is not UTF-8 text \(34 of 70 bytes are NUL: UTF-16\?\); convert it, e\.g\. iconv "
+               r"-f utf-16"),
     "jsonl line without the field": (
         {"t.jsonl": '{"text": "a story"}\n{"text": "another"}\n\n{"title": "oops", "id": 3}\n'},
         dict(data="{tmp}/t.jsonl"),
