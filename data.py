@@ -417,7 +417,8 @@ def load_hub(name: str, split: str, text_field: str = "text"):
     except Exception as e:
         if datasets.config.HF_HUB_OFFLINE:
             raise DataError(f"cannot load {name!r}: offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) "
-                            f"and not in the datasets cache; {fix}") from None
+                            f"and not in the datasets cache, or that cache failed ({first_line(e)}); {fix}") \
+                from None
         raise DataError(f"cannot load split {split!r} of {name!r} from the Hugging Face Hub "
                         f"({first_line(e)}); {fix}") from None
     if text_field not in ds.column_names:
