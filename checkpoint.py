@@ -147,7 +147,7 @@ def build(model_args: ModelArgs, state: dict, device, where, fix: str, model: Ll
 
 def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) -> None:
     """A checkpoint holding only weights and settings (for sample.py, --eval_only and export)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    storage.make_folder(Path(path).parent, "write it elsewhere")
     state = {"model": model.state_dict(), "model_args": config.to_dict(model.args), "step": 0}
     if tokenizer_sha256:
         state["tokenizer"] = {"file": "tokenizer.json", "sha256": tokenizer_sha256}
@@ -235,8 +235,7 @@ def hf_state_dict(model: Llama4) -> dict:
 def export_hf(model: Llama4, out_dir, tokenizer_path=None) -> Path:
     """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files."""
     from safetensors.torch import save
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.make_folder(out_dir, "export it elsewhere")
     storage.save_json(out / "config.json", hf_config(model.args), sort_keys=False)
     storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
     if tokenizer_path is not None and Path(tokenizer_path).exists():
@@ -327,7 +326,11 @@ def load_hf(folder, device="cpu") -> Llama4:
 
 
 def import_hf(folder, dest) -> Path:
-    """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it."""
+    """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
+    A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt."""
+    dest = Path(dest)
+    if dest.is_dir() or dest.suffix != ".pt":
+        dest = dest / "last.pt"
     model = load_hf(folder)
     tok = Path(folder) / "tokenizer.json"
     sha = None

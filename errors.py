@@ -11,6 +11,9 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
 """
 
 
+import sys
+
+
 class UserError(Exception):
     exit_code = 1
 
@@ -36,6 +39,16 @@ class RunError(UserError):
 
 class StorageError(UserError):
     pass
+
+
+def run_script(main, prog: str):
+    """A script's entry point: main(), with a UserError printed as `<prog>: error: <message>` and
+    its exit status (scripts/ that have no handler of their own)."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def first_line(e: BaseException) -> str:

@@ -179,7 +179,9 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+    kind = out.suffix.lstrip(".").lower()  # the format the name asks for (png, svg, pdf, ...), else png
+    kind = kind if kind in fig.canvas.get_supported_filetypes() else "png"
+    storage.atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=110))
     plt.close(fig)
     return out
 

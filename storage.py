@@ -31,6 +31,7 @@ import os
 import socket
 import tempfile
 import time
+from pathlib import Path
 
 from errors import StorageError
 
@@ -60,6 +61,16 @@ def write_error(path, e: BaseException, fix: str | None = None, intact: bool = F
     detail = f" ({cause.strerror})" if cause.errno in REASONS and cause.strerror else ""
     kept = "; the previous file is intact" if intact else ""
     return StorageError(f"cannot write {path}: {reason}{detail}{kept}; {fix or DEFAULT_FIX}")
+
+
+def make_folder(path, fix: str | None = None) -> Path:
+    """mkdir -p, with a failure (a file in the way, no permission, a full disk) a StorageError."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create the folder {path}: {e.strerror or e}; "
+                           f"{fix or DEFAULT_FIX}") from None
+    return Path(path)
 
 
 def atomic_write(path, data, fix: str | None = None) -> None:

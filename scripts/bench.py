@@ -27,7 +27,10 @@ def run_part(name: str, out_dir: Path) -> dict:
     out = out_dir / f"bench_{name}.json"
     cmd = [sys.executable, str(ROOT / "scripts" / PARTS[name]), "--out", str(out)]
     print(f"$ {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    done = subprocess.run(cmd, cwd=ROOT)
+    if done.returncode:
+        sys.exit(f"bench.py: error: scripts/{PARTS[name]} failed (exit {done.returncode}, its output is "
+                 "above); bench.json and bench.md are left as they were")
     return json.loads(out.read_text())
 
 

@@ -93,6 +93,7 @@ def best_of(n, fn):
 def tokenization_speeds(path, tokenizer_path) -> dict:
     """Single-threaded loop vs batched vs parallel, on the documents of `path`, same process."""
     import data
+    import tokenizer
 
     tok = data.Tokenizer.load(tokenizer_path)
     text = Path(path).read_text(encoding="utf-8")
@@ -101,7 +102,7 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
     threads = os.cpu_count() or 1
 
     def loop():
-        with data._rust_threads_off():
+        with tokenizer._rust_threads_off():
             return [tok.encode(d) for d in docs]
 
     def batched(n):

@@ -52,6 +52,7 @@ import runtime  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
+from errors import run_script  # noqa: E402
 from model import Llama4, Output, count_parameters, flops_per_token  # noqa: E402
 
 CPU_SHAPE = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, expert_dim=512, mlp_dim=1024,
@@ -374,7 +375,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="compute dtype, as train.py's --dtype (auto: bf16 autocast on CUDA, fp32 on CPU)")
-    p.add_argument("--preset", default=None, help="model shape (default: scout-128m on CUDA, dim 256 on CPU)")
+    p.add_argument("--preset", default=None, choices=sorted(config.PRESETS),
+                   help="model shape (default: scout-128m on CUDA, dim 256 on CPU)")
     p.add_argument("--batches", default=None,
                    help="comma-separated batch sizes (default 8 on CPU, 32,128 on CUDA)")
     p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
@@ -447,4 +449,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_model.py")

@@ -38,9 +38,11 @@ import config  # noqa: E402
 import runtime  # noqa: E402
 import sample  # noqa: E402
 import storage  # noqa: E402
+from errors import run_script  # noqa: E402
 from model import Llama4  # noqa: E402
 
 PROMPT, NEW = 16, 256
+VARIANTS = ("cached", "compiled", "compiled-nograph", "uncached", "hf")
 
 
 def decode(variant, model, hf, prompts, new_tokens, ragged=False) -> list[list[int]]:
@@ -133,7 +135,8 @@ def report(opts, result):
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="scout-128m", help="model shape (random weights: speed only)")
+    p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS),
+                   help="model shape (random weights: speed only)")
     p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW)
     p.add_argument("--new_tokens", type=int, default=NEW)
     p.add_argument("--batches", default="1,8")
@@ -154,6 +157,9 @@ def parse(argv):
     p.add_argument("--out", default=None, help="JSON file (default img/bench_sample.json, or "
                                                "img/bench_sample_cuda.json on CUDA)")
     opts = p.parse_args(argv)
+    unknown = sorted(set((opts.variants or "").split(",")) - set(VARIANTS) - {""})
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {','.join(VARIANTS)}")
     if opts.quick:
         opts.preset, opts.new_tokens, opts.batches, opts.repeats, opts.warmup = "debug", 8, "1,2", 1, 1
         opts.max_seq_len = PROMPT + opts.new_tokens
@@ -193,4 +199,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_sample.py")

@@ -1,7 +1,7 @@
 """Export a checkpoint to a Hugging Face folder, or import one back.
 
     python scripts/export_hf.py checkpoints/<run> hf_export/<run>        # checkpoint -> HF folder
-    python scripts/export_hf.py --import hf_export/<run> checkpoints/<name>/last.pt
+    python scripts/export_hf.py --import hf_export/<run> checkpoints/<name>    # -> checkpoints/<name>/last.pt
 
 The folder holds config.json (model_type llama4_text, or llama4 when the model has the vision
 stub), model.safetensors and, when the run has one, the tokenizer (tokenizer.json plus
@@ -27,13 +27,14 @@ from tokenizer import Tokenizer  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="checkpoint file or run folder (or, with --import, an HF folder)")
-    p.add_argument("dest", help="output HF folder (or, with --import, the checkpoint file to write)")
+    p.add_argument("dest", help="output HF folder (or, with --import, the checkpoint file to write, or a "
+                                "run folder for its last.pt)")
     p.add_argument("--import", dest="do_import", action="store_true", help="HF folder -> checkpoint")
     args = p.parse_args(argv)
     try:
         if args.do_import:
-            checkpoint.import_hf(args.source, args.dest)
-            print(f"imported {args.source} -> {args.dest}")
+            dest = checkpoint.import_hf(args.source, args.dest)
+            print(f"imported {args.source} -> {dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)
             model, ckpt = checkpoint.load_model(ckpt_path)

@@ -36,7 +36,8 @@ each command's output reaches log.txt line by line, the benchmarks rewrite their
 batch size, and gpu.md after each part. --deadline SECONDS makes it stop itself first: a command
 still running then is stopped (SIGTERM, then SIGKILL), a part with under 30 s left is skipped, the
 train.py run is shortened to leave 90 s for what follows it, and gpu.md is written. A part's
-files from an earlier check are removed when it begins, so none passes for this one's.
+files from an earlier check are removed when it begins, so none passes for this one's. A command
+that fails is named at the top of gpu.md, and the check exits 1.
 """
 
 import argparse
@@ -62,6 +63,7 @@ MIN_PART_S = 30  # --deadline: a part is not begun with less time than this left
 FOLLOW_UP_S = 90  # --deadline: what the train part keeps back from its run's budget (which counts
 # the run's start-up and compiling) for --eval_only and three sample.py runs (47 s on the H200)
 DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
+FAILED: list[str] = []  # the commands of this check that failed (not those stopped at the deadline)
 
 
 def find(name: str) -> str:
@@ -125,6 +127,8 @@ def sh(*argv, log, until=None) -> subprocess.CompletedProcess:
     note = "" if code is None else f" ({proc.returncode}), stopped at the check's deadline"
     log.write(f"[exit {code or proc.returncode}{note}, {time.monotonic() - t:.0f} s]\n\n")
     log.flush()
+    if code is None and proc.returncode:
+        FAILED.append(f"{Path(str(argv[0])).name} (exit {proc.returncode})")
     return subprocess.CompletedProcess(cmd, code or proc.returncode, "".join(out), "".join(err))
 
 
@@ -233,7 +237,8 @@ def markdown(out: Path) -> str:
     """gpu.md: the three parts as tables (whatever parts produced their JSON)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench
-    lines = []
+    lines = [f"**Failed:** {', '.join(FAILED)}; see log.txt. The figures below are what the rest gave.", ""] \
+        if FAILED else []
     if (out / "bench_model.json").exists():
         model = json.loads((out / "bench_model.json").read_text())
         lines.append(bench.markdown({"model": model}, {"cpus": os.cpu_count(), "cpu": model["device"],
@@ -297,6 +302,7 @@ def main(argv=None):
     if not set(parts) <= set(PARTS):
         p.error(f"--only {opts.only}: each part must be one of {','.join(PARTS)}")
     opts.until = None if opts.deadline is None else time.monotonic() + opts.deadline
+    FAILED.clear()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if opts.quick else []
@@ -338,6 +344,8 @@ def main(argv=None):
             (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")
     (out / "gpu.md").write_text(markdown(out))
     print((out / "gpu.md").read_text())
+    if FAILED:  # a check that looks done but is not would cost a GPU session
+        sys.exit(f"gpu_check: error: {', '.join(FAILED)} failed; see {out / 'log.txt'}")
     return out
 
 

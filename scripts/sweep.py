@@ -159,7 +159,10 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     load = os.getloadavg()[0]
     print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
     t = time.time()
-    subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, check=True)
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT)
+    if done.returncode:
+        sys.exit(f"sweep.py: error: train.py failed for {run} (exit {done.returncode}, its error is above); "
+                 "the runs finished so far are kept, and a rerun goes on from them")
     records = storage.read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"][-1]
@@ -236,6 +239,9 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "img"), help="folder for sweep.json, sweep.md, sweep.png")
     opts, opts.extra = p.parse_known_args(argv)
     only = [s for s in opts.only.split(",") if s]
+    unknown = sorted(set(only) - set(shapes()))
+    if unknown:
+        p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:

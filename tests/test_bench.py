@@ -76,3 +76,48 @@ def test_bench_model_writes_each_batch_as_it_is_measured(tmp_path, monkeypatch):
         bench_model.main(["--quick", "--no-hf", "--compile", "false", "--batches", "2,4", "--out", str(out)])
     assert json.loads(out.read_text())["batches"] == {"2": {"step_seconds": {"moe": 0.5}}}
     assert [p.name for p in tmp_path.iterdir()] == ["b.json"]  # no temporary file left
+
+
+def test_bench_data_runs_end_to_end(tmp_path):
+    """The data benchmark itself (the others run in their own tests): prepare() in a subprocess on
+    the file and on it repeated, then the tokenizer loop against the parallel path."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, shared_file
+    out = tmp_path / "bench_data.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_data.py"), "--data",
+                           str(shared_file("valid-lower.txt")), "--repeat", "2", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["tokenization"]["docs"] >= 1 and result["end_to_end"]["tokens"] > 0
+    assert result["peak_rss_ratio_ok"]
+
+
+def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "PARTS", {"data": "no_such_script.py"})
+    with pytest.raises(SystemExit) as e:
+        bench.run_part("data", tmp_path)
+    assert str(e.value.code).startswith("bench.py: error: scripts/no_such_script.py failed (exit 2")
+
+
+@pytest.mark.parametrize("script, argv, code, message", [
+    ("bench_model", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
+    ("bench_model", ["--device", "cuda"], 2, "bench_model.py: error: --device cuda: CUDA is not available"),
+    ("bench_model", ["--quick", "--batches", "0", "--no-hf"], 2, "--batch_size: must be at least 1"),
+    ("bench_sample", ["--variants", "cached,uncahced"], 2, "--variants: unknown uncahced; choose from"),
+    ("bench_sample", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
+])
+def test_bad_benchmark_options_are_one_line(script, argv, code, message, capsys):
+    import importlib
+
+    import torch
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from errors import run_script
+    module = importlib.import_module(f"scripts.{script}")
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: module.main(argv), f"{script}.py")
+    err = capsys.readouterr().err.strip()  # (argparse's own errors come after its usage line)
+    assert e.value.code == code and message in err.splitlines()[-1] and "Traceback" not in err

@@ -440,6 +440,31 @@ def test_export_refuses_a_tokenizer_the_checkpoint_was_not_trained_with(tmp_path
     assert not (tmp_path / "hf").exists()
 
 
+def test_export_and_import_destinations(tmp_path, done, capsys):
+    """A destination under a file is one line; --import into a folder name writes its last.pt."""
+    from scripts.export_hf import main as export_main
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file where a folder would go")
+    with pytest.raises(SystemExit) as e:
+        export_main([str(done.run_dir), str(blocker / "hf")])
+    assert f"cannot create the folder {blocker / 'hf'}" in one_line_error(capsys, 1, e)
+    export_main([str(done.run_dir), str(tmp_path / "hf")])
+    with pytest.raises(SystemExit) as e:
+        export_main(["--import", str(tmp_path / "hf"), str(blocker / "last.pt")])
+    assert f"cannot create the folder {blocker}" in one_line_error(capsys, 1, e)
+    export_main(["--import", str(tmp_path / "hf"), str(tmp_path / "ckpt" / "imported")])  # a run folder
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "imported").iterdir()) == ["last.pt", "tokenizer.json"]
+    assert sample.main(["--ckpt", str(tmp_path / "ckpt" / "imported"), "--max_new_tokens", "3", "--greedy"])
+
+
+def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
+    from scripts import plot_runs
+    plot_runs.main([str(done.run_dir), "--out", str(tmp_path / "runs.svg")])
+    assert (tmp_path / "runs.svg").read_text().lstrip().startswith("<?xml")
+    plot_runs.main([str(done.run_dir), "--out", str(tmp_path / "runs.unknown")])  # as before: a PNG
+    assert (tmp_path / "runs.unknown").read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_tokenizer_of_another_size_gets_advice_about_the_tokenizer(tmp_path, done, corpus, capsys):
     run_dir = copy_run(done, tmp_path)
     Tokenizer.train([corpus.read_text()], 300).save(run_dir / "tokenizer.json")  # the run's has 320

@@ -123,3 +123,14 @@ def test_an_unknown_part_is_a_clear_error(tmp_path, capsys):
         gpu_check.main(["--quick", "--out", str(tmp_path), "--only", "model,speed"])
     assert e.value.code == 2 and "--only model,speed: each part must be one of model,sample,train" in \
         capsys.readouterr().err
+
+
+def test_a_failed_command_is_named_in_gpu_md_and_the_check_exits_1(tmp_path):
+    """train.py failing (here: its data is missing, as when gpu-data was not carried) must not pass
+    for a finished check: a GPU session would be spent on it."""
+    out = tmp_path / "gpu"
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--quick", "--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"),
+                        "--data", str(tmp_path / "missing.txt"), "--only", "train"])
+    assert "train.py (exit 1) failed" in str(e.value.code)
+    assert (out / "gpu.md").read_text().startswith("**Failed:** train.py (exit 1); see log.txt.")

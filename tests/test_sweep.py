@@ -66,3 +66,16 @@ def test_combinations_join_the_variations_that_helped_one_per_option(monkeypatch
                       "s+batch8+lr3e-3+vocab2048": ["--dim", "96", "--batch_size", "8", "--lr", "3e-3",
                                                     "--vocab_size", "2048"]}
     assert sweep.combinations("s", [], screened[:2]) == {}  # one variation helped: nothing to combine
+
+
+def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--only", "nosuchshape"])
+    assert e.value.code == 2 and "--only: unknown shape(s) nosuchshape; choose from" in capfd.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
+                    "--data", str(tmp_path / "no.txt"), "--val_data", str(corpus / "valid.txt"),
+                    "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
+                    "--out", str(tmp_path / "img"), *TOY])
+    assert str(e.value.code).startswith("sweep.py: error: train.py failed for ")
+    assert "--data: no such file" in capfd.readouterr().err  # train.py's own line, above ours
