@@ -236,13 +236,13 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
                              padding=tokens.shape[1] - min(map(len, prompts)))
         out = torch.full((B, max_new), args.pad_id, dtype=torch.long, device=device)  # (B, max_new)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        last = torch.tensor(limits, device=device) - 1  # (B,) each row's last step
-        for t in range(max_new):
+        for t in range(max_new):  # (a row past its own limit goes on, into the cache's scratch slot,
+            # and is cut on the host: its tokens are never read)
             nxt = choose(logits, generators, temperature, top_k, top_p, greedy)
             nxt = torch.where(done, args.pad_id, nxt)  # finished rows feed padding, ignored
             # -1 marks a row whose logits were not finite (NaN weights): an error below
-            out[:, t] = torch.where(done | logits.isfinite().all(-1), nxt, -1)
-            done |= (nxt == eos) | (last == t)
+            out[:, t] = torch.where(done | logits.amax(-1).isfinite(), nxt, -1)
+            done |= nxt == eos
             if (t + 1) % CHECK_EVERY == 0 or t == max_new - 1:
                 so_far = out[:, :t + 1].tolist()  # the loop's one host read
                 so_far = [r[:n] for r, n in zip(so_far, limits, strict=True)]
