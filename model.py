@@ -148,7 +148,7 @@ class KVCache:
     Layer i keeps k[i], v[i] of shape (B, Hkv, S + 1, D). The token at position p of row b is
     written at slot p, whatever padding came before it, so every row's cache is aligned by
     position and left padding needs no special case when decoding. Slot S is scratch: padding
-    tokens (position -1) are written there and no query ever sees it. Writes are scatters and
+    tokens (position -1) are written there and no live query sees it. Writes are scatters and
     attention reads all S + 1 slots under a mask (slots and masks are built once per forward
     call, in its CacheStep), so a decoding step keeps its shapes and never reads the device from
     the host: what torch.compile and CUDA graphs need (mark_static() tells the compiler the
@@ -214,7 +214,8 @@ class CacheStep:
     def mask(self, chunk_size):
         """(B, 1, T, n), additive: 0 where a query sees a slot (slot s holds position s; the scratch
         slot, position S, is beyond every query), -inf elsewhere; in the cache's dtype, so that
-        attention does not convert a boolean mask in every layer."""
+        attention does not convert a boolean mask in every layer. (A stopped row's queries past the
+        end, which write to the scratch slot, see it too: their output is never read.)"""
         if chunk_size not in self.masks:
             slots = torch.arange(self.n, device=self.pos.device)[None]  # (1, n)
             allowed = attention_mask(self.pos, slots, chunk_size)
@@ -697,7 +698,7 @@ class Llama4(nn.Module):
         every call."""
         compiling = torch.compiler.is_compiling()  # a compiled step reads no host counter
         seen, padding = (cache.seen, cache.padding) if cache is not None and not compiling else (0, 0)
-        total = tokens.shape[1] + seen - padding  # the least padded row's tokens
+        total = tokens.shape[1] + seen - padding  # the most padded (shortest) row's tokens
         if total > self.args.max_seq_len:
             raise ValueError(f"sequence of {total} tokens is longer than max_seq_len="
                              f"{self.args.max_seq_len}; shorten the input or raise --max_seq_len")

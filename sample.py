@@ -222,6 +222,9 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     """
     args, device = model.args, next(model.parameters()).device
     B = len(prompts)
+    if max(map(len, prompts)) > args.max_seq_len:  # (sample.py cuts them to fit)
+        raise ValueError(f"a prompt of {max(map(len, prompts))} tokens is longer than max_seq_len="
+                         f"{args.max_seq_len}; shorten it")
     tokens, positions = left_pad(prompts, args.pad_id, device)
     # each row stops when its own context is full (a batch gives what its rows give one by one)
     limits = [min(max_new_tokens, args.max_seq_len - len(p)) for p in prompts]

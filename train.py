@@ -378,10 +378,14 @@ class Window:
         self.settled += skipped
         return self.settled, worst
 
+    def rank_steps(self, world: World) -> int:
+        """(process, step) pairs summed: a resumed window counts its steps from before at the number
+        of processes that took them."""
+        return self.rank_steps_before + (self.steps - self.steps_before) * world.size
+
     def record(self, job: Job) -> dict:
-        """Means over the window's steps and all ranks (this waits for the device). A resumed window
-        counts its steps from before at the number of processes that took them."""
-        n = self.rank_steps_before + (self.steps - self.steps_before) * job.world.size  # (rank, step) pairs
+        """Means over the window's steps and all ranks (this waits for the device)."""
+        n = self.rank_steps(job.world)
         losses = runtime.all_reduce(self.losses.tolist(), job.device, job.world)
         rec = dict(zip(LOSSES, [v / n for v in losses], strict=True))
         if self.counts is not None:
@@ -404,9 +408,8 @@ class Window:
             for v in sums.values():
                 dist.all_reduce(v)
         busy = self.busy_before + time.perf_counter() - self.start - self.paused
-        rank_steps = self.rank_steps_before + (self.steps - self.steps_before) * job.world.size
-        return {"steps": self.steps, "rank_steps": rank_steps, "busy_seconds": busy,
-                **{k: v.cpu() for k, v in sums.items()}}
+        return {"steps": self.steps, "rank_steps": self.rank_steps(job.world), "busy_seconds": busy,
+                "worst": int(self.worst), "settled": self.settled, **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
     def resume(cls, state: LoopState, job: Job) -> "Window":
@@ -416,6 +419,8 @@ class Window:
             window.steps, window.busy_before = saved["steps"], saved["busy_seconds"]
             window.steps_before = saved["steps"]  # older checkpoints: taken by as many processes as now
             window.rank_steps_before = saved.get("rank_steps", saved["steps"] * job.world.size)
+            window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
+            window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
             for k in ("losses", "counts", "entropy"):
                 if k in saved:
                     v = saved[k].to(job.device)
@@ -535,13 +540,14 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
         raise CheckpointError("model settings differ from the checkpoint's (" + "; ".join(diffs)
                               + "); drop them to resume, or start a new --run")
     now = config.to_dict(train_args)
-    saved_train = config.to_dict(config.from_dict(TrainArgs, ckpt["train_args"], "checkpoint")) \
-        if "train_args" in ckpt else now  # a weights-only checkpoint (import, export) has none
-    keep = {k: (now[k] if k in given else v) for k, v in saved_train.items()}
+    saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
+    # the typed settings go on top before the checks, so that one a newer version refuses (a saved
+    # --val_fraction 0.9) can be set right on the command line
+    keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
     keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run)
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
-    return saved_model, TrainArgs(**keep)
+    return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
 
 
 def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
@@ -845,14 +851,13 @@ def loop(job: Job, state: LoopState) -> dict:
     finished = "max_steps"
     job.model.train()
     window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
-    evaluated, out = None, None  # the step evaluated last in this session; the last step's output
+    evaluated, out, signalled = None, None, False  # the step evaluated last here; the last step's output
     try:
-        if state.eval_due:  # the evaluation a signal put off, before training on
-            paused = time.perf_counter()
+        if state.eval_due:  # the evaluation a signal put off, before training on; saved at once, so
+            paused = time.perf_counter()  # that a crash before the next save does not run it again
             state.eval_due = False
-            if run_eval(job, state):
-                maybe_save(job, state, window, "best.pt")
-            evaluated = state.step
+            evaluated = evaluate_step(job, state, window)
+            maybe_save(job, state, window, "last.pt")
             window.paused += time.perf_counter() - paused
         while state.step < t.max_steps:
             if job.clock.spent(state):
@@ -862,8 +867,9 @@ def loop(job: Job, state: LoopState) -> dict:
             out = train_step(job, batches_at(job, state.step), state.step, lr)
             state.step, state.tokens = state.step + 1, state.tokens + job.tokens_per_step
             window.add(out)
-            # a signal at the last step (of max_steps or the budget) changes nothing: the run ends
-            stop_now = agree(job, state, stop) and not (state.step >= t.max_steps or job.clock.spent(state))
+            signalled = agree(job, state, stop)
+            # a signal at the last step (of max_steps or the budget) does not cut the run short
+            stop_now = signalled and not (state.step >= t.max_steps or job.clock.spent(state))
             bar.update(1)
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 log_step(job, state, window, lr, out, bar)
@@ -873,9 +879,7 @@ def loop(job: Job, state: LoopState) -> dict:
                 if stop_now:  # put off, not lost: the resumed run evaluates this step first
                     state.eval_due = True
                 else:
-                    if run_eval(job, state):
-                        maybe_save(job, state, window, "best.pt")
-                    evaluated = state.step
+                    evaluated = evaluate_step(job, state, window)
             if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
                 maybe_save(job, state, window, "last.pt")
             window.paused += time.perf_counter() - paused
@@ -885,8 +889,13 @@ def loop(job: Job, state: LoopState) -> dict:
         if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)
             log_step(job, state, window, lr, out, bar)
         if finished != "signal":
-            improved = evaluated != state.step and run_eval(job, state)  # once per step: not again
-            if improved or not (job.run_dir / "best.pt").exists():
+            if evaluated != state.step:  # once per step: not again after the loop's
+                if signalled:  # asked to stop at the last step: last.pt first, the evaluation put off
+                    state.eval_due = True  # in it (in case the rest of the grace period runs out)
+                    maybe_save(job, state, window, "last.pt")
+                    state.eval_due = False
+                evaluate_step(job, state, window)
+            if not (job.run_dir / "best.pt").exists():
                 maybe_save(job, state, window, "best.pt")
             maybe_save(job, state, window, "last.pt")
     finally:
@@ -898,6 +907,13 @@ def loop(job: Job, state: LoopState) -> dict:
             f"checkpoints in {job.run_dir}"
             + (f"; {state.skipped_steps} non-finite steps skipped" if state.skipped_steps else ""))
     return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir), "finished": finished}
+
+
+def evaluate_step(job: Job, state: LoopState, window: Window) -> int:
+    """Evaluate, keep best.pt if the result is the best yet; the step evaluated."""
+    if run_eval(job, state):
+        maybe_save(job, state, window, "best.pt")
+    return state.step
 
 
 def evaluate_only(job: Job, state: LoopState) -> dict:

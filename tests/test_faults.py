@@ -20,6 +20,7 @@ from test_train import args as train_args
 from test_train import metrics
 
 import checkpoint
+import config
 import data
 import runtime
 import sample
@@ -235,14 +236,72 @@ def test_an_evaluation_a_signal_put_off_is_run_by_the_resumed_run(tmp_path, corp
     assert train.main(args(tmp_path, corpus, cache, *base, run="stopped"))["finished"] == "signal"
     assert [r["step"] for r in metrics(tmp_path, "stopped", kind="val")] == [2]
     undo()
-    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="stopped"))
+    real_step = train.train_step
+
+    def crash_in_step_5(job, batches, step, lr):  # after the put-off evaluation, before any save
+        if step == 4:
+            raise Crash()
+        return real_step(job, batches, step, lr)
+    monkeypatch.setattr(train, "train_step", crash_in_step_5)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base, "--resume", run="stopped"))
+    monkeypatch.setattr(train, "train_step", real_step)
+    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="stopped"))  # step 4 not evaluated again
     assert [(r["step"], r["nats_per_token"]) for r in metrics(tmp_path, "stopped", kind="val")] == whole
     undo = stop_at(monkeypatch, 6)
-    result = train.main(args(tmp_path, corpus, cache, *base, run="last"))
+    real_eval = train.run_eval
+
+    def killed_in_the_final_evaluation(job, state):  # a grace period too short for the evaluation
+        if state.step == 6:
+            raise Crash()
+        return real_eval(job, state)
+    monkeypatch.setattr(train, "run_eval", killed_in_the_final_evaluation)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base, run="last"))
     undo()
+    monkeypatch.setattr(train, "run_eval", real_eval)
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "last" / "last.pt")["eval_due"]  # saved first
+    result = train.main(args(tmp_path, corpus, cache, *base, "--resume", run="last"))
     assert result["finished"] == "max_steps" and result["best_val"] == min(v for _, v in whole)
     assert [(r["step"], r["nats_per_token"]) for r in metrics(tmp_path, "last", kind="val")] == whole
     assert (tmp_path / "ckpt" / "last" / "best.pt").exists()
+
+
+def test_a_streak_of_non_finite_steps_survives_a_crash_and_resume(tmp_path, corpus, cache, monkeypatch,
+                                                                  capsys):
+    """Steps 0-5 non-finite, a save at step 8, a crash in step 9: the resumed run still stops at
+    the log step 10 (the window's worst streak is in the checkpoint)."""
+    real_accumulate, real_step = train.accumulate, train.train_step
+
+    def poisoned(runner, batches, seed, step, *rest):
+        out = real_accumulate(runner, batches, seed, step, *rest)
+        if step < 6:
+            next(runner.parameters()).grad.fill_(float("nan"))
+        return out
+
+    def crash_in_step_9(job, batches, step, lr):
+        if step == 8:
+            raise Crash()
+        return real_step(job, batches, step, lr)
+    monkeypatch.setattr(train, "accumulate", poisoned)
+    monkeypatch.setattr(train, "train_step", crash_in_step_9)
+    base = ["--max_steps", "12", "--log_every", "10", "--save_every", "8", "--max_bad_steps", "5"]
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base))
+    monkeypatch.setattr(train, "train_step", real_step)
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, *base, "--resume"))
+    assert "6 non-finite steps in a row (by step 10)" in one_line_error(capsys, 1, e)
+
+
+def test_a_setting_a_checkpoint_saved_and_a_newer_version_refuses_can_be_typed_at_resume():
+    from config import ModelArgs, TrainArgs
+    ckpt = {"model_args": config.to_dict(ModelArgs()),
+            "train_args": {**config.to_dict(TrainArgs()), "val_fraction": 0.9}}  # refused since
+    with pytest.raises(config.ConfigError, match=r"--val_fraction: must be in \[1e-6, 0.5\], got 0.9"):
+        train.resume_settings(ckpt, ModelArgs(), TrainArgs(), given=set())
+    _, t = train.resume_settings(ckpt, ModelArgs(), TrainArgs(val_fraction=0.5), given={"val_fraction"})
+    assert t.val_fraction == 0.5
 
 
 def test_a_folder_with_best_pt_alone_is_not_a_new_run(tmp_path, done, corpus, cache, capsys):

@@ -97,6 +97,12 @@ def test_compiled_decode_step_gives_the_same_tokens(capsys):
         assert compiled == sample.generate(model, PROMPTS, 64, use_cache=False, stop_at_eos=False, **how)
     assert "compiling the decode step failed" not in capsys.readouterr().err
     assert {m.impl for m in model.modules() if isinstance(m, MoE)} == {"sparse"}  # restored
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]  # another batch layout, same shapes: no recompile
+    other = [PROMPTS[0], PROMPTS[2], PROMPTS[2]]  # the shortest row's padding 4, not 8
+    assert sample.generate(model, other, 64, compile=True, greedy=True, stop_at_eos=False) == \
+        sample.generate(model, other, 64, greedy=True, stop_at_eos=False)
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_compiled_decode_step_with_a_cache_longer_than_a_chunk():
@@ -177,6 +183,10 @@ def test_each_row_of_a_batch_stops_at_its_own_context_limit(use_cache):
         assert batched == alone
     assert sample.generate(model, prompts, 10, greedy=True, stop_at_eos=False, use_cache=use_cache) == \
         [r[:10] for r in sample.generate(model, prompts, 100, greedy=True, stop_at_eos=False)]
+    full = [0, *range(200, 263)]  # a whole context: no room, as alone; one more token is an error
+    assert sample.generate(model, [PROMPTS[1], full], 5, greedy=True, use_cache=use_cache)[1] == []
+    with pytest.raises(ValueError, match="a prompt of 65 tokens is longer than max_seq_len=64"):
+        sample.generate(model, [PROMPTS[1], [*full, 7]], 5, greedy=True, use_cache=use_cache)
 
 
 def test_non_finite_logits_are_an_error_and_a_tiny_temperature_is_not():
