@@ -330,9 +330,11 @@ class Attention(nn.Module):
 # Mixture of experts
 
 
-def grouped_mm_supported(x: torch.Tensor) -> bool:
-    """torch's grouped GEMM: CPU (fp32/bf16) and CUDA from sm90 on (bf16)."""
-    if not hasattr(F, "grouped_mm"):
+def grouped_mm_supported(x: torch.Tensor, widths=()) -> bool:
+    """torch's grouped GEMM: CPU (fp32/bf16) and CUDA from sm90 on (bf16), for rows of `widths`
+    elements (the model's dim and expert_dim) in x's dtype that are whole multiples of 16 bytes, as
+    its strides must be (an expert_dim of 100 in fp32, or a dim of 60 in bf16, is not)."""
+    if not hasattr(F, "grouped_mm") or any(w * x.element_size() % 16 for w in widths):
         return False
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16)
@@ -404,7 +406,7 @@ class Experts(nn.Module):
         if torch.is_autocast_enabled(xs.device.type):  # grouped_mm is not on autocast's list
             dtype = torch.get_autocast_dtype(xs.device.type)
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
-        if grouped_mm_supported(xs):  # no host sync: group boundaries stay on the device
+        if grouped_mm_supported(xs, (xs.shape[-1], w2.shape[1])):  # no host sync: groups stay on the device
             offs = counts.cumsum(0, dtype=torch.int32)  # end row of each expert's group
             if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
                 # traced on fake tensors (torch.compile, scripts/memory_model.py): bf16 only

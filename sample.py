@@ -233,7 +233,7 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
         return [[] for _ in range(B)]
     eos = args.eos_id if stop_at_eos else -1
     generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(B)]
-    sparse_is_sync_free = grouped_mm_supported(next(model.parameters()))
+    sparse_is_sync_free = grouped_mm_supported(next(model.parameters()), (args.dim, args.expert_dim))
     with moe_reference_path(model, enabled=compile and use_cache and not sparse_is_sync_free):
         logits, step = start(model, tokens, positions, images, max_new, use_cache, compile,
                              padding=tokens.shape[1] - min(map(len, prompts)))

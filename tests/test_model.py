@@ -233,9 +233,28 @@ def test_loop_fallback_equals_grouped_mm(monkeypatch):
     x = torch.randint(0, V, (2, 16))
     with torch.no_grad():
         fast = m(x).logits
-        monkeypatch.setattr(model_module, "grouped_mm_supported", lambda t: False)
+        monkeypatch.setattr(model_module, "grouped_mm_supported", lambda t, widths=(): False)
         slow = m(x).logits
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, widths", [(torch.float32, dict(expert_dim=30)),
+                                            (torch.bfloat16, dict(expert_dim=36)),
+                                            (torch.bfloat16, dict(dim=60, n_heads=6, n_kv_heads=2))])
+def test_widths_grouped_mm_cannot_take_run_the_loop(dtype, widths):
+    """grouped_mm needs rows of whole multiples of 16 bytes: other widths (an expert_dim of 30 in
+    fp32, 36 or a dim of 60 in bf16) run the loop over experts, in training and evaluation, rather
+    than fail; the values are the reference path's."""
+    m = build(top_k=2, router_noise=False, **widths).train()
+    x = torch.randint(0, V, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        m(x, x).loss.backward()
+        m.eval()
+        with torch.no_grad():
+            sparse = m(x).logits.float()
+            set_impl(m, "reference")
+            reference = m(x).logits.float()
+    assert torch.allclose(sparse, reference, atol=1e-4 if dtype == torch.float32 else 0.1)
 
 
 def test_dropless_every_assignment_is_computed():
