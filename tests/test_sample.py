@@ -385,13 +385,14 @@ def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees
 
 
 def test_output_closed_early_ends_quietly(run_dir):
-    """sample.py | head: no BrokenPipeError traceback; exit 141, as a SIGPIPE would give."""
+    """sample.py | head: no BrokenPipeError traceback; exit 141, as a SIGPIPE would give. (1,000
+    stories: more than a pipe holds, so sample.py cannot have written them all before the close.)"""
     import subprocess
     import sys
     from pathlib import Path
     root = Path(sample.__file__).parent
     p = subprocess.Popen([sys.executable, str(root / "sample.py"), "--ckpt", str(run_dir), "--num_samples",
-                          "300", "--max_new_tokens", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          "1000", "--max_new_tokens", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.read(10)
     p.stdout.close()
     err = p.stderr.read().decode()
