@@ -134,19 +134,26 @@ def compile_problem(device: torch.device) -> str | None:
         torch._dynamo.reset()
 
 
-GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by substring of the device name
-    "H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
+GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by the first key in the device name
+    "H100 NVL": 835e12, "H200 NVL": 835e12, "H100 PCIe": 756e12, "H200": 989e12, "H100": 989e12,
     "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10G": 125e12,
     "A10": 125e12, "A6000": 155e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
     "T4": 65e12, "B200": 2250e12,
 }
 
 
+def gpu_bf16_peak(name: str) -> float | None:
+    """The table's peak for a device name ("NVIDIA H100 80GB HBM3": the H100 SXM's), or None."""
+    return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The device's peak: a table of GPU bf16 peaks on CUDA; a GEMM measured now on CPU."""
+    """The device's peak: a table of GPU bf16 peaks on CUDA (none for other dtypes, whose peaks
+    the table does not hold: no MFU then); a GEMM measured now on CPU."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+        if dtype != torch.bfloat16:
+            return None
+        return gpu_bf16_peak(torch.cuda.get_device_name(device))
     n = 1024
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b

@@ -127,36 +127,42 @@ class DecodeStep:
     (the step replays as one CUDA graph: the static cache gives it fixed shapes and addresses) and
     in the default mode elsewhere (tests); a string names the mode instead ("default": compiled
     kernels without CUDA graphs, which scripts/bench_sample.py holds beside the graphed step).
-    Compiling happens at the first call; if it fails, one warning line goes to stderr and the step
-    runs eagerly from then on.
+    Compiling happens at the first call, and under CUDA graphs recording at the second (the first
+    is a warm-up); if either fails, one warning line goes to stderr and the step runs eagerly from
+    then on, starting with the call that failed.
     """
 
+    TRIAL_CALLS = 2  # compiling, then recording the CUDA graph
+
     def __init__(self, model: Llama4, cache: KVCache, compile: bool | str = False):
-        self.model, self.cache, self.compile, self.mode = model, cache, bool(compile), compile
+        self.model, self.cache, self.mode = model, cache, compile
         self.compiled = None
+        self.trials = self.TRIAL_CALLS if compile else 0  # calls left that may still fail
 
     def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
         tokens = nxt[:, None]  # (B, 1)
-        if self.compiled is not None:
+        if self.trials == 0:
+            if self.compiled is None:
+                return decode_one(self.model, tokens, self.cache)
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
             return self.compiled(self.model, tokens, self.cache)
-        if self.compile:  # the first call: compile, or decode eagerly for good
-            self.compile = False
-            next_pos = self.cache.next_pos.clone()
-            try:
+        self.trials -= 1
+        next_pos = self.cache.next_pos.clone()
+        try:
+            if self.compiled is None:
                 mode = self.mode if isinstance(self.mode, str) else \
                     "reduce-overhead" if next_pos.device.type == "cuda" else None
-                fn = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
-                torch.compiler.cudagraph_mark_step_begin()
-                logits = fn(self.model, tokens, self.cache.mark_static())
-                self.compiled = fn
-                return logits
-            except Exception as e:  # whatever stops the compiler
-                self.cache.next_pos.copy_(next_pos)
-                reason = (str(e).strip().splitlines() or [""])[0][:200]
-                print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "
-                      "decoding eagerly", file=sys.stderr)
-        return decode_one(self.model, tokens, self.cache)
+                self.compiled = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
+                self.cache.mark_static()
+            torch.compiler.cudagraph_mark_step_begin()
+            return self.compiled(self.model, tokens, self.cache)
+        except Exception as e:  # whatever stops the compiler or the recording: eager for good
+            self.cache.next_pos.copy_(next_pos)  # (the keys and values are written again, in place)
+            self.compiled, self.trials = None, 0
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "
+                  "decoding eagerly", file=sys.stderr)
+            return decode_one(self.model, tokens, self.cache)
 
 
 @contextmanager

@@ -132,11 +132,22 @@ def test_the_decode_step_compiles_in_the_mode_asked(monkeypatch, compile, mode):
     assert seen == [mode] and rows == sample.generate(model, PROMPTS, 5, greedy=True, stop_at_eos=False)
 
 
-@pytest.mark.parametrize("when", ["wrapping", "first call"])
+@pytest.mark.parametrize("when", ["wrapping", "first call", "second call"])
 def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsys, when):
+    """Compiling fails at torch.compile or at the first call; recording a CUDA graph, at the second
+    (reduce-overhead runs the first as a warm-up): each falls back to eager, tokens unchanged."""
     def fail(*args, **kwargs):
         raise RuntimeError("no compiler here\nand a long trace")
-    monkeypatch.setattr(torch, "compile", fail if when == "wrapping" else lambda fn, **kwargs: fail)
+    calls = []
+
+    def warm_up_then_fail(model, tokens, cache):  # the decode step once, then a failed recording
+        calls.append(1)
+        if len(calls) == 1:
+            return sample.decode_one(model, tokens, cache)
+        cache.next_pos += 1  # as a call cut short might have left it
+        fail()
+    compiled = {"wrapping": None, "first call": fail, "second call": warm_up_then_fail}[when]
+    monkeypatch.setattr(torch, "compile", fail if when == "wrapping" else lambda fn, **kwargs: compiled)
     model = small_model()
     rows = sample.generate(model, PROMPTS, 20, greedy=True, compile=True, stop_at_eos=False)
     assert rows == sample.generate(model, PROMPTS, 20, greedy=True, stop_at_eos=False)
