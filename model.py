@@ -163,7 +163,7 @@ class KVCache:
     padding of the most padded row (whoever pads sets it): the length check counts that row's
     tokens, seen - padding, the fewest. The other rows reach the end sooner; a position past the
     end is written to the scratch slot, and its row's output means nothing from then on: the
-    caller has stopped it (sample.generate stops each row at its own context limit).
+    caller no longer reads it (sample.generate cuts each row at its own context limit).
     """
 
     def __init__(self, args: ModelArgs, batch_size: int, length: int | None = None, device=None,

@@ -23,8 +23,9 @@ How this departs from the obvious version:
   <|endoftext|> at the end. The one-token step, free of host reads and of changing shapes, can
   be compiled (torch.compile, "reduce-overhead": a CUDA graph) with eager as the fallback. The
   sparse MoE keeps its expert groups on the device (grouped_mm), so a compiled step runs it as is;
-  where grouped_mm is missing (fp32 on CUDA, GPUs before sm90) its fallback reads group sizes on
-  the host, and a compiled step runs the MoE's reference path (every expert, masked) instead.
+  where grouped_mm is missing (fp32 on CUDA, GPUs before sm90) or cannot take the widths (rows
+  not whole multiples of 16 bytes) its fallback reads group sizes on the host, and a compiled
+  step runs the MoE's reference path (every expert, masked) instead.
 - Left padding is exact: padded slots get position -1 and are masked out, positions count from
   each row's first real token, and each row stops when its own context is full, so a batch gives
   the same tokens as its rows one by one.
@@ -136,7 +137,7 @@ class DecodeStep:
 
     def __init__(self, model: Llama4, cache: KVCache, compile: bool | str = False):
         self.model, self.cache, self.mode = model, cache, compile
-        self.compiled = None
+        self.compiled, self.compiled_calls = None, 0
         self.trials = self.TRIAL_CALLS if compile else 0  # calls left that may still fail
 
     def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
@@ -155,9 +156,13 @@ class DecodeStep:
                 self.compiled = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
                 self.cache.mark_static()
             torch.compiler.cudagraph_mark_step_begin()
-            return self.compiled(self.model, tokens, self.cache)
+            logits = self.compiled(self.model, tokens, self.cache)
+            self.compiled_calls += 1
+            return logits
         except Exception as e:  # whatever stops the compiler or the recording: eager for good
             self.cache.next_pos.copy_(next_pos)  # (the keys and values are written again, in place)
+            # compiled calls leave cache.seen alone, and eager calls read its first `seen` slots
+            self.cache.seen += self.compiled_calls
             self.compiled, self.trials = None, 0
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "

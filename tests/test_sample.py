@@ -138,22 +138,37 @@ def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, cap
     (reduce-overhead runs the first as a warm-up): each falls back to eager, tokens unchanged."""
     def fail(*args, **kwargs):
         raise RuntimeError("no compiler here\nand a long trace")
-    calls = []
+    real_compile, calls = torch.compile, []
 
-    def warm_up_then_fail(model, tokens, cache):  # the decode step once, then a failed recording
-        calls.append(1)
-        if len(calls) == 1:
-            return sample.decode_one(model, tokens, cache)
-        cache.next_pos += 1  # as a call cut short might have left it
-        fail()
-    compiled = {"wrapping": None, "first call": fail, "second call": warm_up_then_fail}[when]
-    monkeypatch.setattr(torch, "compile", fail if when == "wrapping" else lambda fn, **kwargs: compiled)
+    def compiled_once_then_fail(fn, **kwargs):  # a real compiled call (it leaves cache.seen alone:
+        real = real_compile(fn, **kwargs)  # the fallback must count it), then a failed recording
+
+        def step(model, tokens, cache):
+            calls.append(1)
+            if len(calls) == 1:
+                return real(model, tokens, cache)
+            cache.next_pos += 1  # as a call cut short might have left it
+            fail()
+        return step
+    compiled = {"wrapping": None, "first call": lambda fn, **kwargs: fail,
+                "second call": compiled_once_then_fail}[when]
+    monkeypatch.setattr(torch, "compile", fail if when == "wrapping" else compiled)
     model = small_model()
     rows = sample.generate(model, PROMPTS, 20, greedy=True, compile=True, stop_at_eos=False)
     assert rows == sample.generate(model, PROMPTS, 20, greedy=True, stop_at_eos=False)
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("warning: compiling the decode step failed (RuntimeError: no compiler here)")
+
+
+def test_a_compiled_step_with_widths_grouped_mm_cannot_take_runs_the_reference_moe(capsys):
+    """expert_dim 30 in fp32 is not a multiple of 16 bytes: the sparse MoE would read group sizes
+    on the host, which a full graph cannot hold; the compiled step runs the reference MoE instead,
+    with no fallback warning and the eager tokens."""
+    model = small_model(n_layers=2, nope_every=2, n_experts=2, expert_dim=30)
+    compiled = sample.generate(model, PROMPTS, 12, compile=True, greedy=True, stop_at_eos=False)
+    assert compiled == sample.generate(model, PROMPTS, 12, greedy=True, stop_at_eos=False)
+    assert "compiling the decode step failed" not in capsys.readouterr().err
 
 
 def test_per_step_logits_with_the_cache_match_a_full_forward():
