@@ -1,6 +1,7 @@
 """Shared test helpers: the `debug` preset every test builds on, the shared TinyStories files.
 (The repository root is on sys.path through pytest's `pythonpath` in pyproject.toml.)"""
 
+import atexit
 import dataclasses
 import os
 import random
@@ -21,11 +22,17 @@ DEBUG = config.preset("debug", config.ModelArgs)  # vocab 320, dim 64, 4 layers,
 WORDS = ("the cat sat on a mat and a dog ran to the park where kids play with a red ball "
          "every day mom said be kind lily smiled tim was happy they ate cake").split()
 
-# Keep tests off the network and off the user's W&B account.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
+# Keep tests off the network, the user's W&B account and datasets cache (a hub copy there would
+# load), and on the CPU: the suite holds the CPU's paths (host syncs, op counts, tokens);
+# LLAMA4_TEST_CUDA=1 lets it see a GPU. Set, not defaulted: a shell's own settings must not win.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="tests-hf-datasets-")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], True)
+if os.environ.get("LLAMA4_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def debug_args(**overrides) -> config.ModelArgs:

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -388,18 +387,12 @@ def test_out_of_range_setting_exits_before_any_work(tmp_path, corpus, cache, cap
 
 # --- scale out ------------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
     common = ["--max_steps", "3", "--grad_accum", "2", "--eval_every", "100"]
     train.main(args(tmp_path, corpus, cache, *common, run="single"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--"]  # see README
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "--"]  # (--standalone: the launcher takes a free port itself; "--": see README)
     out = subprocess.run([*launcher, "train.py", *args(tmp_path, corpus, cache, *common, run="ddp")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
