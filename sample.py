@@ -137,7 +137,7 @@ class DecodeStep:
 
     def __init__(self, model: Llama4, cache: KVCache, compile: bool | str = False):
         self.model, self.cache, self.mode = model, cache, compile
-        self.compiled, self.compiled_calls = None, 0
+        self.compiled = None
         self.trials = self.TRIAL_CALLS if compile else 0  # calls left that may still fail
 
     def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
@@ -156,13 +156,12 @@ class DecodeStep:
                 self.compiled = torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
                 self.cache.mark_static()
             torch.compiler.cudagraph_mark_step_begin()
-            logits = self.compiled(self.model, tokens, self.cache)
-            self.compiled_calls += 1
-            return logits
+            return self.compiled(self.model, tokens, self.cache)
         except Exception as e:  # whatever stops the compiler or the recording: eager for good
             self.cache.next_pos.copy_(next_pos)  # (the keys and values are written again, in place)
-            # compiled calls leave cache.seen alone, and eager calls read its first `seen` slots
-            self.cache.seen += self.compiled_calls
+            # compiled calls leave cache.seen alone, and eager calls read its first `seen` slots:
+            # count the trial calls before this one that ran compiled (none if compiling failed)
+            self.cache.seen += self.TRIAL_CALLS - 1 - self.trials if self.compiled is not None else 0
             self.compiled, self.trials = None, 0
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "
@@ -232,13 +231,13 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     stop_at_eos=False generates max_new_tokens whatever comes (for benchmarks).
     """
     args, device = model.args, next(model.parameters()).device
-    B = len(prompts)
-    if max(map(len, prompts)) > args.max_seq_len:  # (sample.py cuts them to fit)
-        raise ValueError(f"a prompt of {max(map(len, prompts))} tokens is longer than max_seq_len="
-                         f"{args.max_seq_len}; shorten it")
+    B, lens = len(prompts), [len(p) for p in prompts]
+    if max(lens) > args.max_seq_len:  # (sample.py cuts them to fit)
+        raise ValueError(f"a prompt of {max(lens)} tokens is longer than max_seq_len={args.max_seq_len}; "
+                         "shorten it")
     tokens, positions = left_pad(prompts, args.pad_id, device)
     # each row stops when its own context is full (a batch gives what its rows give one by one)
-    limits = [min(max_new_tokens, args.max_seq_len - len(p)) for p in prompts]
+    limits = [min(max_new_tokens, args.max_seq_len - n) for n in lens]
     max_new = max(limits)
     if max_new <= 0:
         return [[] for _ in range(B)]
@@ -247,7 +246,7 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     sparse_is_sync_free = grouped_mm_supported(next(model.parameters()), (args.dim, args.expert_dim))
     with moe_reference_path(model, enabled=compile and use_cache and not sparse_is_sync_free):
         logits, step = start(model, tokens, positions, images, max_new, use_cache, compile,
-                             padding=tokens.shape[1] - min(map(len, prompts)))
+                             padding=max(lens) - min(lens))
         out = torch.full((B, max_new), args.pad_id, dtype=torch.long, device=device)  # (B, max_new)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_new):  # (a row past its own limit goes on, into the cache's scratch slot,
