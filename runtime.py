@@ -97,7 +97,8 @@ def autocast(device: torch.device, dtype: torch.dtype):
 def compile_model(model, choice: str, device: torch.device, log=print, mode: str = "default"):
     """torch.compile(model, mode=mode) when `choice` (--compile) says so: true, or auto on CUDA.
     Where compiling is unavailable (no C compiler, no Triton, an unsupported Python), `auto` and
-    `true` fall back to the eager model with one warning line. `mode` (--compile_mode):
+    `true` fall back to the eager model with one warning line (and where compiling this model
+    fails, train.py's first steps do: train.first_steps). `mode` (--compile_mode):
     reduce-overhead replays the compiled forward and backward as CUDA graphs (on CUDA; the CPU
     compiles as by default)."""
     if not wants_compile(choice, device):

@@ -50,7 +50,7 @@ import checkpoint
 import config
 import runtime
 from config import SampleArgs
-from errors import UserError
+from errors import UserError, first_line
 from model import KVCache, Llama4, MoE, grouped_mm_supported
 from tokenizer import Tokenizer, check_tokenizer
 
@@ -163,8 +163,7 @@ class DecodeStep:
             # count the trial calls before this one that ran compiled (none if compiling failed)
             self.cache.seen += self.TRIAL_CALLS - 1 - self.trials if self.compiled is not None else 0
             self.compiled, self.trials = None, 0
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            print(f"warning: compiling the decode step failed ({type(e).__name__}: {reason}); "
+            print(f"warning: compiling the decode step failed ({first_line(e)[:200]}); "
                   "decoding eagerly", file=sys.stderr)
             return decode_one(self.model, tokens, self.cache)
 

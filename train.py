@@ -18,6 +18,7 @@ How a training step flows (`run` reads in this order):
     batches_at   this process's micro-batches of the step, a pure function of (seed, step, micro)
     train_step   forward + backward per micro-batch, clipping, the AdamW step (skipped on device
                  when the gradients are not finite): the unit a compiler can take whole
+    first_steps  train_step, or eagerly where a compiled model's first steps fail to compile
     LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
     log_step     every log_every steps: one metrics record, the only host sync of the loop
     evaluate     every eval_every steps: validation nats/token and bits/byte, then best.pt
@@ -49,6 +50,9 @@ How this departs from the obvious version:
   over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
   the device's memory, CUDA graphs with gradient accumulation (exit status 2, as for any bad
   setting).
+- A compiled model's first training steps and evaluations (where it compiles, and under CUDA
+  graphs records) fall back to the eager model with one warning line if they fail: the failed
+  step is taken again, eagerly, so the run equals a --compile false one (first_steps).
 - --max_minutes lays the cosine over wall-clock time: the schedule's progress is the larger of
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
@@ -74,7 +78,7 @@ import runlog
 import runtime
 import storage
 from config import ModelArgs, TrainArgs
-from errors import CheckpointError, ConfigError, RunError, UserError
+from errors import CheckpointError, ConfigError, RunError, UserError, first_line
 from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
 from runtime import World
 from tokenizer import MIN_VOCAB, Tokenizer
@@ -168,6 +172,40 @@ def train_step(job: "Job", batches, step: int, lr: float) -> StepOutput:
     return StepOutput(losses, counts, entropy, grad_norm, skipped)
 
 
+def first_steps(job: "Job", batches, step: int, lr: float) -> StepOutput:
+    """train_step, where a compiled model's first steps may still fail in the compiler (the first
+    compiles forward and backward; under CUDA graphs the second records them): after such a
+    failure, one warning line and the same step again, eagerly (its gradients cleared first; its
+    batches and router seeds are the step's own, so it is the step an eager run takes)."""
+    if job.trials == 0:
+        return train_step(job, batches, step, lr)
+    job.trials -= 1
+    try:
+        return train_step(job, batches, step, lr)
+    except Exception as e:  # whatever stops the compiler or the recording, out of memory aside
+        run_eagerly(job, e, "training step")
+        job.opt.zero_grad(set_to_none=True)
+        return train_step(job, batches, step, lr)
+
+
+def run_eagerly(job: "Job", e: Exception, what: str) -> None:
+    """A compiled model's first `what` failed: the eager model from now on, for evaluation only
+    when it was an evaluation. Out of memory is re-raised (eager takes more); so is a training
+    step's failure under torchrun, where the processes could not agree on a fallback."""
+    if isinstance(e, torch.OutOfMemoryError):
+        raise e
+    why = first_line(e)[:200]
+    if what == "training step" and job.world.size > 1:
+        raise RunError(f"the compiled model failed in its first training step ({why}); "
+                       "run with --compile false") from e
+    job.log(f"warning: the compiled model failed in its first {what} ({why}); running it eagerly "
+            "(--compile false skips compiling)")
+    job.compiled, job.eval_trials = job.model, 0
+    if what == "training step":
+        job.runner, job.trials = job.model, 0
+        torch._dynamo.reset()  # its graphs (and CUDA graph memory) are not used again
+
+
 def batches_at(job: "Job", step: int) -> list:
     """This process's micro-batches (x, y) of `step`, on the device."""
     pin = job.device.type == "cuda"
@@ -238,6 +276,8 @@ class Job:
     folder: "RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
+    trials: int = 0  # compiled training steps left that may still fail in the compiler (first_steps)
+    eval_trials: int = 0  # the same for evaluations (evaluate_job)
 
     @property
     def tokens_per_step(self) -> int:
@@ -303,13 +343,15 @@ def evaluate(model, val: EvalSet, autocast, device) -> dict:
     was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
-    for i in range(0, len(val.x), val.batch_size):
-        x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
-        with autocast:  # the loss alone: no (B, T, V) logits, no host read
-            lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
-        n = (y >= 0).sum()
-        nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
-    model.train(was_training)
+    try:
+        for i in range(0, len(val.x), val.batch_size):
+            x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
+            with autocast:  # the loss alone: no (B, T, V) logits, no host read
+                lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
+            n = (y >= 0).sum()
+            nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
+    finally:
+        model.train(was_training)
     nats, tokens, n_bytes = runtime.all_reduce([float(nats), val.tokens, val.bytes], device, val.world)
     per_token = nats / max(tokens, 1)
     return {"nats_per_token": per_token, "perplexity": math.exp(min(per_token, 50)),
@@ -317,9 +359,22 @@ def evaluate(model, val: EvalSet, autocast, device) -> dict:
             "tokens": int(tokens), "bytes": int(n_bytes), "seconds": time.perf_counter() - start}
 
 
+def evaluate_job(job: Job) -> dict:
+    """evaluate() on the job's model; a compiled model's first evaluations fall back to eager as
+    its first training steps do (first_steps)."""
+    if job.eval_trials == 0:
+        return evaluate(job.compiled, job.val, job.autocast, job.device)
+    job.eval_trials -= 1
+    try:
+        return evaluate(job.compiled, job.val, job.autocast, job.device)
+    except Exception as e:  # whatever stops the compiler or the recording, out of memory aside
+        run_eagerly(job, e, "evaluation")
+        return evaluate(job.compiled, job.val, job.autocast, job.device)
+
+
 def run_eval(job: Job, state: LoopState) -> bool:
     """Evaluate, write the val record and the loss plot; True when the result is the best yet."""
-    r = evaluate(job.compiled, job.val, job.autocast, job.device)
+    r = evaluate_job(job)
     improved = r["nats_per_token"] < state.best_val
     state.best_val = min(state.best_val, r["nats_per_token"])
     if job.world.main:
@@ -781,6 +836,8 @@ def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Jo
               list(range(world.rank, train_args.grad_accum, world.size)), None,
               flops_per_token(model_args, model_args.max_seq_len), runtime.peak_flops(device, dtype),
               plan.ckpt_path, wandb_id=wandb_id(plan), window=(ckpt or {}).get("window"))
+    if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
+        job.trials = job.eval_trials = 2 if train_args.compile_mode in config.CUDA_GRAPH_MODES else 1
     state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
     job.clock = Clock(train_args.max_minutes, state.elapsed)
     return job, state
@@ -864,7 +921,7 @@ def loop(job: Job, state: LoopState) -> dict:
                 finished = "max_minutes"
                 break
             lr = lr_at(t, state.step, state.elapsed / 60)
-            out = train_step(job, batches_at(job, state.step), state.step, lr)
+            out = first_steps(job, batches_at(job, state.step), state.step, lr)
             state.step, state.tokens = state.step + 1, state.tokens + job.tokens_per_step
             window.add(out)
             signalled = agree(job, state, stop)
@@ -918,7 +975,7 @@ def evaluate_step(job: Job, state: LoopState, window: Window) -> int:
 
 def evaluate_only(job: Job, state: LoopState) -> dict:
     """--eval_only: one JSON line with the checkpoint's validation figures."""
-    result = evaluate(job.compiled, job.val, job.autocast, job.device)
+    result = evaluate_job(job)
     result.update(step=state.step, checkpoint=str(job.ckpt_path))
     if job.world.main:
         print(json.dumps(result), flush=True)

@@ -205,3 +205,106 @@ def test_the_loop_holds_no_model_output_past_the_next_call(tmp_path, corpus, mon
         timings = ("tokens_per_s", "mfu", "minutes", "val_seconds")
         runs[name] = [{k: v for k, v in r.items() if k not in timings} for r in map(json.loads, lines)]
     assert runs["replaying"] == runs["plain"] and len(runs["plain"]) == 4
+
+
+class FailingRunner(torch.nn.Module):
+    """A compiled model whose first call in training mode (or in evaluation mode) fails, as a
+    compiler or a CUDA graph recording might on some GPU. A failing training call leaves
+    gradients behind, as a backward that fails half-way does."""
+
+    def __init__(self, model, fail: str, calls: int = 1, error=RuntimeError):
+        super().__init__()
+        self.model, self.fail, self.calls, self.error = model, fail, calls, error
+        self.seen = {"train": 0, "eval": 0}
+
+    def forward(self, *args, **kwargs):
+        kind = "train" if self.model.training else "eval"
+        self.seen[kind] += 1
+        if kind == self.fail and self.seen[kind] == self.calls:
+            for p in self.model.parameters() if kind == "train" else []:
+                p.grad = torch.full_like(p, 1e3)
+            raise self.error("Triton compilation failed: out of resource: shared memory")
+        return self.model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fail,calls,mode", [("train", 1, "default"), ("train", 2, "reduce-overhead"),
+                                             ("eval", 1, "default"), ("eval", 2, "reduce-overhead")])
+def test_a_compiled_model_that_fails_at_first_runs_eagerly_as_an_eager_run(tmp_path, corpus, monkeypatch,
+                                                                           capsys, fail, calls, mode):
+    """A compiled model's first steps and evaluations (compiling; under CUDA graphs, recording on
+    the second call) may fail on a GPU the project never ran on. One warning line, then the run
+    goes on eagerly: the failed step again, from the same batches and seeds, so metrics and final
+    weights equal an eager run's. Later calls never go to the compiled model again."""
+    import json
+
+    import runtime
+    runners = []
+
+    def failing(model, *args, **kwargs):
+        runners.append(FailingRunner(model, fail, calls))
+        return runners[-1]
+    runs = {}
+    for name in ["eager", "failing"]:
+        if name == "failing":
+            monkeypatch.setattr(runtime, "compile_model", failing)
+        train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
+                    "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "4",
+                    "--log_every", "1", "--eval_every", "2", "--compile_mode", mode, "--run", name,
+                    "--compile", "true" if name == "failing" else "false"])
+        lines = (tmp_path / "ckpt" / name / "metrics.jsonl").read_text().splitlines()
+        timings = ("tokens_per_s", "mfu", "minutes", "val_seconds")
+        runs[name] = ([{k: v for k, v in r.items() if k not in timings} for r in map(json.loads, lines)],
+                      torch.load(tmp_path / "ckpt" / name / "last.pt", weights_only=True)["model"])
+    out = capsys.readouterr().out
+    what = "training step" if fail == "train" else "evaluation"
+    assert out.count(f"warning: the compiled model failed in its first {what} (RuntimeError: Triton") == 1
+    assert runs["failing"][0] == runs["eager"][0]
+    for k, v in runs["eager"][1].items():
+        assert torch.equal(v, runs["failing"][1][k]), k
+    seen = runners[0].seen
+    assert seen[fail] == calls  # nothing went to the compiled model after its failure
+    if fail == "eval":
+        assert seen["train"] == 4  # training stays compiled
+
+
+def test_out_of_memory_in_a_compiled_first_step_is_not_a_compiler_failure(tmp_path, corpus, monkeypatch):
+    """Running out of memory is raised as it is: the eager model would take more, not less."""
+    import runtime
+    monkeypatch.setattr(runtime, "compile_model",
+                        lambda model, *a, **k: FailingRunner(model, "train", error=torch.OutOfMemoryError))
+    with pytest.raises(torch.OutOfMemoryError):
+        train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
+                    "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "2",
+                    "--compile", "true", "--run", "oom"])
+
+
+def test_under_torchrun_a_compiled_first_step_that_fails_is_a_one_line_error():
+    """Processes that fell back on their own could disagree (one compiled, one eager, DDP
+    hooks half run): under torchrun the failure is one line naming --compile false."""
+    from errors import RunError
+    job = SimpleNamespace(world=World(0, 2), log=print)
+    with pytest.raises(RunError, match=r"training step \(RuntimeError: boom\); run with --compile false"):
+        try:
+            raise RuntimeError("boom\nmore")
+        except RuntimeError as e:
+            train.run_eagerly(job, e, "training step")
+
+
+def test_a_real_compiler_failure_falls_back(tmp_path, corpus, monkeypatch, capsys):
+    """torch.compile with a backend that raises, as Inductor would on a kernel it cannot build:
+    dynamo's own exception (BackendCompilerFailed) reaches the fallback, and the run finishes."""
+    import runtime
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no kernel for this op")
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: None)
+    monkeypatch.setattr(runtime, "static_compile", lambda model, mode="default": torch.compile(
+        model, backend=broken_backend, dynamic=False))
+    try:
+        result = train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
+                             "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "2",
+                             "--compile", "true", "--run", "real"])
+    finally:
+        torch._dynamo.reset()
+    assert result["step"] == 2
+    assert "first training step (BackendCompilerFailed: " in capsys.readouterr().out
