@@ -134,6 +134,7 @@ class DecodeStep:
     """
 
     TRIAL_CALLS = 2  # compiling, then recording the CUDA graph
+    failures: list[str] = []  # why compiled steps fell back, in this process (bench_sample.py says)
 
     def __init__(self, model: Llama4, cache: KVCache, compile: bool | str = False):
         self.model, self.cache, self.mode = model, cache, compile
@@ -163,7 +164,8 @@ class DecodeStep:
             # count the trial calls before this one that ran compiled (none if compiling failed)
             self.cache.seen += self.TRIAL_CALLS - 1 - self.trials if self.compiled is not None else 0
             self.compiled, self.trials = None, 0
-            print(f"warning: compiling the decode step failed ({first_line(e)[:200]}); "
+            DecodeStep.failures.append(first_line(e)[:200])
+            print(f"warning: compiling the decode step failed ({DecodeStep.failures[-1]}); "
                   "decoding eagerly", file=sys.stderr)
             return decode_one(self.model, tokens, self.cache)
 

@@ -34,6 +34,20 @@ def run_part(name: str, out_dir: Path) -> dict:
     return json.loads(out.read_text())
 
 
+RATIO_ROWS = [  # bench_model.py's ratios in the model table: key, what it is, format, target
+    ("moe_over_dense_time", "our MoE / our dense (same active parameters), time", ".2f", "<= 1.3"),
+    ("hf_over_ours_time", "transformers Llama4ForCausalLM / ours, time", ".2f", ">= 4"),
+    ("ckpt_memory_saving", "activation checkpointing: memory saved", ".0%", ">= 40%"),
+    ("ckpt_over_moe_time", "activation checkpointing: time / without", ".2f", "<= 1.4"),
+    ("plain_loss_over_fused_time",
+     "plain loss (lm_head + F.cross_entropy) / fused linear cross-entropy, time", ".2f", "not slower (~1)"),
+    ("fused_loss_memory_saving", "fused linear cross-entropy: memory saved", ".0%", "> 0"),
+    ("eval_over_train_speed", "evaluation pass tokens/s / training step tokens/s", ".2f", ">= 3 (GPU)"),
+    ("eval_over_train_speed_compiled", "evaluation pass tokens/s / training step tokens/s, compiled", ".2f",
+     ">= 3 (GPU)"),
+]
+
+
 def markdown(results: dict, machine: dict) -> str:
     lines = [f"Machine: {machine['cpus']} CPU cores ({machine['cpu']}), torch {machine['torch']}, "
              f"load average {machine['load_before']:.2f} before the run, {machine['date']}.", ""]
@@ -57,25 +71,10 @@ def markdown(results: dict, machine: dict) -> str:
                              + " | ".join(f"{col[v]:,.0f}" if v in col else "" for col in (mem, modelled))
                              + " |")
             ratio = r["ratios"]
-            lines += ["", "| ratio | measured | target |", "|---|---|---|",
-                      f"| our MoE / our dense (same active parameters), time | "
-                      f"{ratio['moe_over_dense_time']:.2f} | <= 1.3 |"]
-            if "hf_over_ours_time" in ratio:
-                lines.append("| transformers Llama4ForCausalLM / ours, time | "
-                             f"{ratio['hf_over_ours_time']:.2f} | >= 4 |")
-            lines += ["| activation checkpointing: memory saved | "
-                      f"{ratio['ckpt_memory_saving']:.0%} | >= 40% |",
-                      "| activation checkpointing: time / without | "
-                      f"{ratio['ckpt_over_moe_time']:.2f} | <= 1.4 |"]
-            if "plain_loss_over_fused_time" in ratio:
-                lines += ["| plain loss (lm_head + F.cross_entropy) / fused linear cross-entropy, time | "
-                          f"{ratio['plain_loss_over_fused_time']:.2f} | not slower (~1) |",
-                          "| fused linear cross-entropy: memory saved | "
-                          f"{ratio['fused_loss_memory_saving']:.0%} | > 0 |"]
-            for key, how in [("eval_over_train_speed", ""), ("eval_over_train_speed_compiled", ", compiled")]:
-                if key in ratio:
-                    lines.append(f"| evaluation pass tokens/s / training step tokens/s{how} | "
-                                 f"{ratio[key]:.2f} | >= 3 (GPU) |")
+            lines += ["", "| ratio | measured | target |", "|---|---|---|"]
+            lines += [f"| {label} | {ratio[key]:{fmt}} | {target} |" for key, label, fmt, target in RATIO_ROWS
+                      if key in ratio]  # (a variant that failed leaves its ratios out)
+            lines += [f"| {v} | failed: {why} | |" for v, why in r.get("failed", {}).items()]
             lines.append("")
             lines += profile_tables(r.get("profile", {}))
     if "sample" in results:
@@ -126,7 +125,9 @@ def sample_table(sm: dict) -> list[str]:
         t = r["tokens_per_s"]
         lines.append(f"| {key.removeprefix('batch')} | " + " | ".join(f"{t[v]:,.0f}" for v in variants)
                      + " | " + " | ".join(f"{r[f'{a}_over_{b}']:.1f}" for a, b in ratios) + " |")
-    return lines + [""]
+    fell_back = [f"At batch {key.removeprefix('batch')}, {v} could not compile ({why}): it was timed eagerly."
+                 for key, r in sm["results"].items() for v, why in r.get("fell_back_to_eager", {}).items()]
+    return lines + ([""] + fell_back if fell_back else []) + [""]
 
 
 def main(argv=None):

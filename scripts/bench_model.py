@@ -52,7 +52,7 @@ import runtime  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
-from errors import first_line, run_script  # noqa: E402
+from errors import UserError, first_line, run_script  # noqa: E402
 from model import Llama4, Output, count_parameters, flops_per_token  # noqa: E402
 
 CPU_SHAPE = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, expert_dim=512, mlp_dim=1024,
@@ -129,17 +129,32 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_variants(variants, base, batch, repeats, device, dtype, profiled=()):
-    """Median seconds per step of each variant, and a profile of those in `profiled`."""
+def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), failed=None):
+    """Median seconds per step of each variant, and a profile of those in `profiled`. A variant
+    that fails to build or warm up (a compiler failure, out of memory at a large batch) is left
+    out with a warning, and its reason goes to `failed`: the others are still measured (a GPU
+    lease is too short to lose them)."""
     steps = {}
     for v in variants:
-        steps[v], _ = make_step(v, base, batch, device, dtype)
-        for _ in range(3 if v.endswith("+compile") else 1):  # warm-up (compilation, optimizer state)
-            steps[v]()
-        sync(device)
-    times = {v: [] for v in variants}
+        try:
+            steps[v], _ = make_step(v, base, batch, device, dtype)
+            for _ in range(3 if v.endswith("+compile") else 1):  # warm-up (compilation, optimizer state)
+                steps[v]()
+            sync(device)
+        except UserError:  # a bad setting: every variant's, said in one line
+            raise
+        except Exception as e:
+            steps.pop(v, None)
+            if failed is None:
+                raise
+            failed[v] = first_line(e)[:300]
+            print(f"bench_model.py: warning: {v} at batch {batch} failed ({failed[v]}); not measured",
+                  file=sys.stderr)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    times = {v: [] for v in steps}
     for _ in range(repeats):  # interleaved, so machine noise hits every variant alike
-        for v in variants:
+        for v in steps:
             sync(device)
             t = time.perf_counter()
             steps[v]()
@@ -316,44 +331,47 @@ def modelled_mb(variant, base, batch, dtype, cuda: bool) -> float | None:
 def memory_ratios(mem: dict) -> dict:
     """Step memory saved by activation checkpointing and by the fused loss (fractions)."""
     out = {}
-    if "moe+ckpt" in mem:
+    if "moe+ckpt" in mem and "moe" in mem:
         out["ckpt_memory_saving"] = 1 - mem["moe+ckpt"] / mem["moe"]
-    if "moe+plain-loss" in mem:
+    if "moe+plain-loss" in mem and "moe" in mem:
         out["fused_loss_memory_saving"] = 1 - mem["moe"] / mem["moe+plain-loss"]
     return out
 
 
+TIME_RATIOS = {  # name: (numerator, denominator) of step seconds, where both were measured
+    "moe_over_dense_time": ("moe", "dense"),
+    "ckpt_over_moe_time": ("moe+ckpt", "moe"),
+    "plain_loss_over_fused_time": ("moe+plain-loss", "moe"),
+    "eval_over_train_speed": ("moe", "moe+eval"),  # validation tokens/s over training tokens/s
+    "hf_over_ours_time": ("hf", "moe"),
+    "moe_over_dense_time_compiled": ("moe+compile", "dense+compile"),
+    "eager_over_compiled_time": ("moe", "moe+compile"),
+    "eval_over_train_speed_compiled": ("moe+compile", "moe+eval+compile"),
+    "hf_over_ours_compiled_time": ("hf", "moe+compile"),
+}
+
+
 def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=()) -> dict:
-    secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled)
+    failed = {}
+    secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed)
     tokens = batch * base["max_seq_len"]
     fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
     tok_s = {v: tokens / s for v, s in secs.items()}
-    measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in variants]
+    measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in secs]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
     modelled = {v: m for v in measured if (m := modelled_mb(v, base, batch, dtype, device.type == "cuda"))}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
            "mfu": {v: t * fpt / (3 if is_eval(v) else 1) / peak for v, t in tok_s.items()} if peak else None,
-           "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in variants
+           "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in secs
                             if not v.endswith("+compile")},
            "peak_step_memory_mb": mem,
            "modelled_step_memory_mb": modelled,  # scripts/memory_model.py: a check of the model
-           "ratios": {"moe_over_dense_time": secs["moe"] / secs["dense"],
-                      "ckpt_over_moe_time": secs["moe+ckpt"] / secs["moe"], **memory_ratios(mem)}}
+           "ratios": {k: secs[a] / secs[b] for k, (a, b) in TIME_RATIOS.items() if a in secs and b in secs}
+           | memory_ratios(mem)}
     if profiles:
         out["profile"] = profiles
-    if "moe+plain-loss" in secs:
-        out["ratios"]["plain_loss_over_fused_time"] = secs["moe+plain-loss"] / secs["moe"]
-    if "moe+eval" in secs:  # validation tokens/s over training tokens/s
-        out["ratios"]["eval_over_train_speed"] = secs["moe"] / secs["moe+eval"]
-    if "hf" in secs:
-        out["ratios"]["hf_over_ours_time"] = secs["hf"] / secs["moe"]
-    if "moe+compile" in secs:
-        out["ratios"]["moe_over_dense_time_compiled"] = secs["moe+compile"] / secs["dense+compile"]
-        out["ratios"]["eager_over_compiled_time"] = secs["moe"] / secs["moe+compile"]
-        if "moe+eval+compile" in secs:
-            out["ratios"]["eval_over_train_speed_compiled"] = secs["moe+compile"] / secs["moe+eval+compile"]
-        if "hf" in secs:
-            out["ratios"]["hf_over_ours_compiled_time"] = secs["hf"] / secs["moe+compile"]
+    if failed:
+        out["failed"] = failed
     return out
 
 
@@ -370,6 +388,8 @@ def report(result: dict) -> None:
             mem = " ".join(f"{r[k][v]:8.0f}" if v in r.get(k, {}) else f"{'':8s}"
                            for k in ("peak_step_memory_mb", "modelled_step_memory_mb"))
             print(f"{v:16s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}")
+        for v, why in r.get("failed", {}).items():
+            print(f"{v:16s} failed: {why}")
         for k, ratio in r["ratios"].items():
             print(f"  {k:30s} {ratio:6.2f}")
         for v, prof in r.get("profile", {}).items():

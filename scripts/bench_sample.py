@@ -94,11 +94,14 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
     results = {}
     for B in opts.batches:
         prompts = torch.randint(8, model.args.vocab_size, (B, PROMPT), generator=g).to(device)
-        outputs, times = {}, {k: [] for k in opts.variants}
+        outputs, times, fell_back = {}, {k: [] for k in opts.variants}, {}
         with torch.no_grad():
             for name in opts.variants:
+                failures = len(sample.DecodeStep.failures)
                 for _ in range(max(opts.warmup, name.startswith("compiled"))):
                     decode(name, model, hf, prompts, opts.new_tokens, opts.ragged)
+                if len(sample.DecodeStep.failures) > failures:  # timed, but eagerly: said so
+                    fell_back[name] = sample.DecodeStep.failures[failures]
             for _ in range(opts.repeats):
                 for name in opts.variants:
                     seconds, outputs[name] = timed(name, model, hf, prompts, opts.new_tokens, opts.ragged)
@@ -109,6 +112,8 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
         share = {k: sum(a == b for ra, rb in zip(outputs[k], ref, strict=True)
                         for a, b in zip(ra, rb, strict=True)) / (B * opts.new_tokens) for k in opts.variants}
         r = {"tokens_per_s": tok_s, "same_tokens_as_cached": same, "share_of_tokens_as_cached": share}
+        if fell_back:  # a compiled variant whose step could not compile ran eagerly
+            r["fell_back_to_eager"] = fell_back
         for ours in ["cached", "compiled"]:
             for other in ["uncached", "hf", "cached"]:
                 if ours in tok_s and other in tok_s and ours != other:
@@ -131,6 +136,8 @@ def report(opts, result):
         print(f"{key[5:]:6s}" + "".join(f"{t[v]:15,.0f}" for v in opts.variants)
               + f"{r.get(f'{ours}_over_hf', float('nan')):20.2f}"
               + f"{r.get(f'{ours}_over_uncached', float('nan')):20.2f}{same:>20s}")
+        for v, why in r.get("fell_back_to_eager", {}).items():
+            print(f"  {v}: compiling failed ({why}); timed eagerly")
 
 
 def parse(argv):

@@ -233,6 +233,19 @@ def greedy_agreement(opts, run_dir: Path, log) -> dict:
     return {"same": a == b, "same_characters": same, "characters": max(len(a), len(b))}
 
 
+def failed_variants(path: Path) -> list[str]:
+    """The variants a benchmark could not measure as asked, as FAILED names: bench_model.py's that
+    failed (it goes on without them), bench_sample.py's compiled ones that fell back to eager."""
+    if not path.exists():
+        return []
+    result = json.loads(path.read_text())
+    if "batches" in result:
+        return [f"bench_model.py {v} at batch {b}" for b, r in result["batches"].items()
+                for v in r.get("failed", {})]
+    return [f"bench_sample.py {v} at {key} (fell back to eager)" for key, r in result["results"].items()
+            for v in r.get("fell_back_to_eager", {})]
+
+
 def markdown(out: Path) -> str:
     """gpu.md: the three parts as tables (whatever parts produced their JSON)."""
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -326,6 +339,7 @@ def main(argv=None):
             sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra, "--profile",
                "--compile_mode", opts.compile_mode, "--out", out / "bench_model.json", log=log,
                until=opts.until)
+            FAILED.extend(failed_variants(out / "bench_model.json"))
             (out / "gpu.md").write_text(markdown(out))  # after each part: what is done is summed up
         if due("sample"):
             sh("scripts/bench_sample.py", "--device", opts.device, *quick,
@@ -339,6 +353,8 @@ def main(argv=None):
                "--variants", variants, "--new_tokens", "128", "--repeats", "1", "--ragged",
                *([] if opts.quick else ["--batches", "8"]),
                "--out", out / "bench_sample_fp32.json", log=log, until=opts.until)
+            FAILED.extend(failed_variants(out / "bench_sample.json")
+                          + failed_variants(out / "bench_sample_fp32.json"))
             (out / "gpu.md").write_text(markdown(out))
         if due("train"):
             (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")

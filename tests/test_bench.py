@@ -137,6 +137,33 @@ def test_a_failing_memory_model_costs_its_column_not_the_run(tmp_path, monkeypat
     assert "warning: the memory model failed on moe (AttributeError" in capsys.readouterr().err
 
 
+def test_a_variant_that_fails_costs_its_row_not_the_run(tmp_path, monkeypatch, capsys):
+    """A variant that fails to build or warm up (Inductor on an untried GPU, out of memory at a
+    large batch) is left out with a warning and a 'failed' entry; the others are measured, their
+    ratios given, and the markdown table says which failed."""
+    from scripts import bench_model
+    make_step = bench_model.make_step
+
+    def failing(variant, *args, **kwargs):
+        if variant in ("dense", "moe+compile"):
+            raise RuntimeError(f"Triton compilation failed for {variant}\nmore")
+        return make_step(variant, *args, **kwargs)
+    monkeypatch.setattr(bench_model, "make_step", failing)
+    result = bench_model.main(["--quick", "--no-hf", "--compile", "true", "--out", str(tmp_path / "m.json")])
+    batch = next(iter(result["batches"].values()))
+    why = "RuntimeError: Triton compilation failed for"
+    assert batch["failed"] == {v: f"{why} {v}" for v in ["dense", "moe+compile"]}
+    assert set(batch["step_seconds"]) == {"moe", "moe+ckpt", "moe+plain-loss", "moe+eval", "dense+compile",
+                                          "moe+eval+compile"}
+    assert set(batch["ratios"]) == {"ckpt_over_moe_time", "plain_loss_over_fused_time", "ckpt_memory_saving",
+                                    "eval_over_train_speed", "fused_loss_memory_saving"}
+    assert "warning: dense at batch 8 failed (RuntimeError: Triton" in capsys.readouterr().err
+    machine = {"cpus": 2, "cpu": "x", "torch": "t", "load_before": 0, "date": "d"}
+    md = bench.markdown({"model": result}, machine)
+    assert "| dense | failed: RuntimeError: Triton compilation failed for dense | |" in md
+    assert "activation checkpointing: time / without" in md and "our MoE / our dense" not in md
+
+
 def test_gpu_peak_table_reads_real_device_names():
     import torch
 

@@ -48,3 +48,28 @@ def test_each_batch_is_written_as_it_is_measured(tmp_path, monkeypatch):
         main(["--quick", "--no-hf", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert set(saved["results"]) == {"batch1"} and saved["results"]["batch1"]["tokens_per_s"]["cached"] > 0
+
+
+def test_a_compiled_variant_that_fell_back_to_eager_is_reported(tmp_path, monkeypatch, capsys):
+    """The decode step falls back to eager when it cannot compile: the benchmark then times eager
+    steps under the compiled variant's name. The result and the table say so (and the GPU check
+    counts it as a failure), so that eager speed is never quoted as compiled."""
+    import torch
+
+    import sample
+    from scripts import bench
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+    monkeypatch.setattr(torch, "compile", fail)
+    monkeypatch.setattr(sample.DecodeStep, "failures", [])
+    result = main(["--quick", "--no-hf", "--variants", "cached,compiled", "--out", str(tmp_path / "b.json")])
+    r = result["results"]["batch1"]
+    assert r["fell_back_to_eager"] == {"compiled": "RuntimeError: no compiler here"}
+    out = capsys.readouterr().out
+    assert "compiled: compiling failed (RuntimeError: no compiler here); timed eagerly" in out
+    assert "At batch 1, compiled could not compile (RuntimeError: no compiler here)" in \
+        "\n".join(bench.sample_table(result))
+    from scripts import gpu_check
+    said = gpu_check.failed_variants(tmp_path / "b.json")
+    assert said == [f"bench_sample.py compiled at batch{b} (fell back to eager)" for b in (1, 2)]

@@ -134,3 +134,22 @@ def test_a_failed_command_is_named_in_gpu_md_and_the_check_exits_1(tmp_path):
                         "--data", str(tmp_path / "missing.txt"), "--only", "train"])
     assert "train.py (exit 1) failed" in str(e.value.code)
     assert (out / "gpu.md").read_text().startswith("**Failed:** train.py (exit 1); see log.txt.")
+
+
+def test_a_variant_bench_model_could_not_measure_fails_the_check(tmp_path, monkeypatch, capsys):
+    """bench_model.py goes on without a variant that fails (a compiler failure on the GPU); the
+    check names it at the top of gpu.md and exits 1, so that the table is not taken as whole."""
+    def fake_sh(*argv, log, until=None):
+        result = {"device": "NVIDIA H200", "config": {"max_seq_len": 256, "dim": 512, "n_layers": 8,
+                                                      "n_experts": 16, "top_k": 1, "dtype": "bfloat16",
+                                                      "repeats": 10, "torch": "2.11"},
+                  "batches": {"128": {"step_seconds": {"moe": 0.05}, "tokens_per_second": {"moe": 6.5e5},
+                                      "mfu": None, "ops_per_step": {}, "peak_step_memory_mb": {},
+                                      "ratios": {}, "failed": {"moe+compile": "InductorError: boom"}}}}
+        Path(argv[argv.index("--out") + 1]).write_text(json.dumps(result))
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    with pytest.raises(SystemExit, match="bench_model.py moe[+]compile at batch 128 failed"):
+        gpu_check.main(["--only", "model", "--device", "cpu", "--out", str(tmp_path / "gpu")])
+    md = (tmp_path / "gpu" / "gpu.md").read_text()
+    assert md.startswith("**Failed:** bench_model.py moe+compile at batch 128; see log.txt")
+    assert "| moe+compile | failed: InductorError: boom | |" in md
