@@ -151,6 +151,16 @@ def stop_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+FALLBACK_WARNINGS = ("warning: torch.compile is unavailable here", "warning: the compiled model failed",
+                     "warning: compiling the decode step failed")  # (runtime.py, train.py, sample.py)
+
+
+def fell_back(proc: subprocess.CompletedProcess) -> str | None:
+    """The warning line of a train.py or sample.py that was asked to compile and ran eagerly."""
+    lines = f"{proc.stdout or ''}\n{proc.stderr or ''}".splitlines()
+    return next((line.strip() for line in lines if line.strip().startswith(FALLBACK_WARNINGS)), None)
+
+
 def train_part(opts, out: Path, log) -> dict:
     """A budgeted train.py run, its --eval_only and one story; the figures as a dict. A run killed at
     the deadline still gives the figures of the windows it logged (train_exit says it was stopped),
@@ -175,6 +185,9 @@ def train_part(opts, out: Path, log) -> dict:
              "--device", opts.device, "--wandb_mode", "disabled", "--plot", "", *common]
     trained = sh("train.py", *argv, log=log, until=opts.until)
     result = {"argv": [str(a) for a in argv], "train_exit": trained.returncode}
+    if (why := fell_back(trained)) and opts.compile != "false":  # eager figures, not compiled ones
+        result["fell_back_to_eager"] = why
+        FAILED.append("train.py (ran eagerly)")
     metrics = run_dir / "metrics.jsonl"
     records = []
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
@@ -229,6 +242,9 @@ def greedy_agreement(opts, run_dir: Path, log) -> dict:
     a, b = stories["compiled"], stories["eager"]
     if a is None or b is None:
         return {"failed": True, "exits": [r.returncode for r in runs]}
+    if (why := fell_back(runs[0])) and opts.compile != "false":  # eager against eager: no comparison
+        FAILED.append("sample.py --greedy (ran eagerly)")
+        return {"fell_back_to_eager": why}
     same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return {"same": a == b, "same_characters": same, "characters": max(len(a), len(b))}
 
@@ -284,6 +300,9 @@ def markdown(out: Path) -> str:
             verdict = "the same" if g["same"] else "different"
             lines += [f"Greedy story, compiled decode step vs eager: {verdict} ({g['same_characters']:,} of "
                       f"{g['characters']:,} characters agree before they part).", ""]
+        elif "fell_back_to_eager" in g:
+            lines += ["Greedy story, compiled decode step vs eager: not compared "
+                      f"({g['fell_back_to_eager']}).", ""]
         elif g.get("failed"):  # (exit 124: stopped at the deadline, or not started)
             lines += ["Greedy story, compiled decode step vs eager: not compared "
                       f"(exits {g.get('exits')}).", ""]

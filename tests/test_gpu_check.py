@@ -153,3 +153,48 @@ def test_a_variant_bench_model_could_not_measure_fails_the_check(tmp_path, monke
     md = (tmp_path / "gpu" / "gpu.md").read_text()
     assert md.startswith("**Failed:** bench_model.py moe+compile at batch 128; see log.txt")
     assert "| moe+compile | failed: InductorError: boom | |" in md
+
+
+def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, capsys):
+    """train.py and sample.py asked to compile go on eagerly, with one warning line, where
+    compiling fails: the check must not report those figures as compiled ones. It reads each
+    warning the project prints (produced here by the code that prints them)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import torch
+
+    import runtime
+    import sample
+    import train
+    from runtime import World
+    said = []
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: "no C compiler")
+    runtime.compile_model(torch.nn.Linear(2, 2), "true", torch.device("cpu"), said.append)
+    train.run_eagerly(SimpleNamespace(world=World(), log=said.append, model=None), RuntimeError("x"),
+                      "evaluation")
+    monkeypatch.setattr(sample.DecodeStep, "failures", [])
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+    monkeypatch.setattr(torch, "compile", fail)
+    from conftest import debug_args
+
+    from model import Llama4
+    sample.generate(Llama4(debug_args()).eval(), [[5, 6, 7]], 3, greedy=True, compile=True)
+    said.append(capsys.readouterr().err)
+    assert len(said) == 3
+    for line in said:
+        proc = subprocess.CompletedProcess([], 0, f"step 1\n{line}\n", "")
+        assert gpu_check.fell_back(proc) == line.strip()
+    assert gpu_check.fell_back(subprocess.CompletedProcess([], 0, "warning: something else\n", "")) is None
+
+    def fake_sh(*argv, log, until=None):  # a train.py that compiled nothing, and wrote no metrics
+        return subprocess.CompletedProcess(argv, 0, f"model: ...\n{said[1]}\n", "")
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    gpu_check.FAILED.clear()
+    opts = SimpleNamespace(work=str(tmp_path), quick=True, data="t.txt", val_data="v.txt", compile="true",
+                           compile_mode="default", device="cpu", until=None)
+    result = gpu_check.train_part(opts, tmp_path, log=None)
+    assert result["fell_back_to_eager"].startswith("warning: the compiled model failed in its first evaluati")
+    assert gpu_check.FAILED == ["train.py (ran eagerly)"]
