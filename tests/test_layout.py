@@ -62,3 +62,18 @@ def test_every_core_file_opens_with_a_docstring():
         tree = ast.parse((ROOT / f"{module}.py").read_text())
         doc = ast.get_docstring(tree)
         assert doc and len(doc.splitlines()) >= 3, f"{module}.py has no opening docstring"
+
+
+def test_the_constraints_pin_every_requirement_at_its_version():
+    """constraints.txt (pip freeze of a tested environment) holds each package the requirements
+    files name, at the same version: a requirement changed without refreezing is caught here."""
+    def pins(name):
+        lines = (ROOT / name).read_text().splitlines()
+        pairs = [line.split("==") for line in lines if line.strip() and not line.startswith("#")]
+        return {n.lower().replace("_", "-"): v for n, v in pairs}
+    frozen = pins("constraints.txt")
+    for name in ["requirements.txt", "requirements-dev.txt"]:
+        for package, version in pins(name).items():
+            assert frozen.get(package) == version, f"{name}: {package}=={version}; constraints.txt has " \
+                                                   f"{frozen.get(package)}: refreeze (see its header)"
+    assert frozen["torch"] == "2.13.0"  # no +cpu: a CUDA build of the same version satisfies it
