@@ -52,7 +52,7 @@ How this departs from the obvious version:
   setting).
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
-  step is taken again, eagerly, so the run equals a --compile false one (first_steps).
+  step is taken again, eagerly, as a --compile false run takes it (first_steps).
 - --max_minutes lays the cosine over wall-clock time: the schedule's progress is the larger of
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
@@ -176,34 +176,49 @@ def first_steps(job: "Job", batches, step: int, lr: float) -> StepOutput:
     """train_step, where a compiled model's first steps may still fail in the compiler (the first
     compiles forward and backward; under CUDA graphs the second records them): after such a
     failure, one warning line and the same step again, eagerly (its gradients cleared first; its
-    batches and router seeds are the step's own, so it is the step an eager run takes)."""
+    batches and router seeds are the step's own, so it is the step an eager run takes: a run
+    whose first step failed is a --compile false run; one whose recording failed, the same but
+    for its first step's rounding)."""
     if job.trials == 0:
         return train_step(job, batches, step, lr)
     job.trials -= 1
     try:
         return train_step(job, batches, step, lr)
     except Exception as e:  # whatever stops the compiler or the recording, out of memory aside
-        run_eagerly(job, e, "training step")
+        run_eagerly(job, e, f"training step {step + 1}")
         job.opt.zero_grad(set_to_none=True)
         return train_step(job, batches, step, lr)
 
 
 def run_eagerly(job: "Job", e: Exception, what: str) -> None:
-    """A compiled model's first `what` failed: the eager model from now on, for evaluation only
-    when it was an evaluation. Out of memory is re-raised (eager takes more); so is a training
-    step's failure under torchrun, where the processes could not agree on a fallback."""
-    if isinstance(e, torch.OutOfMemoryError):
+    """A compiled model's `what` (a training step, or an evaluation) failed: the eager model from
+    now on, for evaluation only when it was an evaluation. Out of memory is re-raised (eager
+    takes more), even wrapped in the compiler's exception; so is a training step's failure under
+    torchrun, where the processes could not agree on a fallback."""
+    if out_of_memory(e):
         raise e
     why = first_line(e)[:200]
-    if what == "training step" and job.world.size > 1:
-        raise RunError(f"the compiled model failed in its first training step ({why}); "
-                       "run with --compile false") from e
-    job.log(f"warning: the compiled model failed in its first {what} ({why}); running it eagerly "
+    training = what.startswith("training step")
+    if training and job.world.size > 1:
+        raise RunError(f"the compiled model failed at {what} ({why}); run with --compile false") from e
+    job.log(f"warning: the compiled model failed at {what} ({why}); running it eagerly from here "
             "(--compile false skips compiling)")
     job.compiled, job.eval_trials = job.model, 0
-    if what == "training step":
+    if training:
         job.runner, job.trials = job.model, 0
         torch._dynamo.reset()  # its graphs (and CUDA graph memory) are not used again
+
+
+def out_of_memory(e: BaseException | None) -> bool:
+    """An out-of-memory error, or an exception wrapping one: Inductor raises what fails while it
+    compiles (max-autotune allocates to time its kernels) inside its own InductorError."""
+    for _ in range(8):  # a short chain: the compiler's wrappers, then the error
+        if e is None:
+            return False
+        if isinstance(e, torch.OutOfMemoryError):
+            return True
+        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+    return False
 
 
 def batches_at(job: "Job", step: int) -> list:
@@ -368,7 +383,7 @@ def evaluate_job(job: Job) -> dict:
     try:
         return evaluate(job.compiled, job.val, job.autocast, job.device)
     except Exception as e:  # whatever stops the compiler or the recording, out of memory aside
-        run_eagerly(job, e, "evaluation")
+        run_eagerly(job, e, "an evaluation")
         return evaluate(job.compiled, job.val, job.autocast, job.device)
 
 

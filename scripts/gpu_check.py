@@ -187,7 +187,7 @@ def train_part(opts, out: Path, log) -> dict:
     result = {"argv": [str(a) for a in argv], "train_exit": trained.returncode}
     if (why := fell_back(trained)) and opts.compile != "false":  # eager figures, not compiled ones
         result["fell_back_to_eager"] = why
-        FAILED.append("train.py (ran eagerly)")
+        FAILED.append(f"train.py ({'evaluated' if 'at an evaluation' in why else 'ran'} eagerly)")
     metrics = run_dir / "metrics.jsonl"
     records = []
     for line in metrics.read_text().splitlines() if metrics.exists() else []:

@@ -172,7 +172,7 @@ def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, ca
     monkeypatch.setattr(runtime, "compile_problem", lambda device: "no C compiler")
     runtime.compile_model(torch.nn.Linear(2, 2), "true", torch.device("cpu"), said.append)
     train.run_eagerly(SimpleNamespace(world=World(), log=said.append, model=None), RuntimeError("x"),
-                      "evaluation")
+                      "an evaluation")
     monkeypatch.setattr(sample.DecodeStep, "failures", [])
 
     def fail(*args, **kwargs):
@@ -196,5 +196,5 @@ def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, ca
     opts = SimpleNamespace(work=str(tmp_path), quick=True, data="t.txt", val_data="v.txt", compile="true",
                            compile_mode="default", device="cpu", until=None)
     result = gpu_check.train_part(opts, tmp_path, log=None)
-    assert result["fell_back_to_eager"].startswith("warning: the compiled model failed in its first evaluati")
-    assert gpu_check.FAILED == ["train.py (ran eagerly)"]
+    assert result["fell_back_to_eager"].startswith("warning: the compiled model failed at an evaluation")
+    assert gpu_check.FAILED == ["train.py (evaluated eagerly)"]
