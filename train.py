@@ -874,6 +874,9 @@ def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
         f"steps {state.step} -> {train_args.max_steps}"
         + (f" or {train_args.max_minutes:g} minutes" if train_args.max_minutes else "")
         + (f" | peak {job.peak / 1e12:.2f} TFLOP/s" if job.peak else ""))
+    if job.trials:  # otherwise a still progress bar looks like a hang
+        log("compiling: the first step and the first evaluation take longer (about a minute each for "
+            "scout-128m on a GPU); --compile false skips it")
     if not job.world.main:
         return
     storage.save_json(job.run_dir / "model.json", config.to_dict(model_args), OUT_FIX)

@@ -157,7 +157,8 @@ def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsy
         train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
                     "--cache_dir", str(tmp_path / "cache"), "--plot", "", "--max_steps", "1", "--compile",
                     "true", "--compile_mode", mode, "--run", mode])
-        assert f"dtype float32, {says}world size 1" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"dtype float32, {says}world size 1" in out and "\ncompiling: the first step" in out
     assert seen == [("reduce-overhead", False), (None, False)]
     from scripts import bench_model
     seen.clear()
