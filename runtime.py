@@ -7,6 +7,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     compute_dtype, autocast   bf16 autocast on CUDA, fp32 on CPU (unless asked otherwise)
     peak_flops                a table of GPU bf16 peaks on CUDA; a GEMM timed now on CPU
     device_memory             the GPU's memory, or the machine's (or its cgroup limit) on CPU
+    out_of_memory             whether an exception is (or wraps) running out of memory
 """
 
 import os
@@ -133,6 +134,20 @@ def compile_problem(device: torch.device) -> str | None:
         return first_line(e)
     finally:
         torch._dynamo.reset()
+
+
+def out_of_memory(e: BaseException | None) -> bool:
+    """An out-of-memory error (CUDA's, or the CPU allocator's RuntimeError), or an exception
+    wrapping one: Inductor raises what fails while it compiles (max-autotune allocates to time
+    its kernels) inside its own InductorError."""
+    for _ in range(8):  # a short chain: the compiler's wrappers, then the error
+        if e is None:
+            return False
+        if isinstance(e, torch.OutOfMemoryError) or (
+                isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)):
+            return True
+        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+    return False
 
 
 GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by the first key in the device name

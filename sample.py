@@ -369,6 +369,12 @@ def main(argv=None):
     except BrokenPipeError:  # stdout closed early (| head): stop quietly, as a SIGPIPE would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         sys.exit(141)
+    except Exception as e:
+        if not runtime.out_of_memory(e):
+            raise
+        print(f"sample.py: error: out of memory ({first_line(e)[:160]}); sample fewer rows at once (prompts "
+              "x --num_samples) or fewer --max_new_tokens, or use --dtype bfloat16", file=sys.stderr)
+        sys.exit(1)
 
 
 def fail(e: UserError):

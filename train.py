@@ -195,7 +195,7 @@ def run_eagerly(job: "Job", e: Exception, what: str) -> None:
     now on, for evaluation only when it was an evaluation. Out of memory is re-raised (eager
     takes more), even wrapped in the compiler's exception; so is a training step's failure under
     torchrun, where the processes could not agree on a fallback."""
-    if out_of_memory(e):
+    if runtime.out_of_memory(e):
         raise e
     why = first_line(e)[:200]
     training = what.startswith("training step")
@@ -208,17 +208,6 @@ def run_eagerly(job: "Job", e: Exception, what: str) -> None:
         job.runner, job.trials = job.model, 0
         torch._dynamo.reset()  # its graphs (and CUDA graph memory) are not used again
 
-
-def out_of_memory(e: BaseException | None) -> bool:
-    """An out-of-memory error, or an exception wrapping one: Inductor raises what fails while it
-    compiles (max-autotune allocates to time its kernels) inside its own InductorError."""
-    for _ in range(8):  # a short chain: the compiler's wrappers, then the error
-        if e is None:
-            return False
-        if isinstance(e, torch.OutOfMemoryError):
-            return True
-        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
-    return False
 
 
 def batches_at(job: "Job", step: int) -> list:
@@ -1012,6 +1001,13 @@ def main(argv=None):
         print("\ntrain.py: interrupted; the checkpoints already written are complete (--resume continues "
               "from last.pt)", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if not runtime.out_of_memory(e):
+            raise
+        print(f"train.py: error: out of memory ({first_line(e)[:160]}); lower --batch_size (now "
+              f"{train_args.batch_size}; --grad_accum keeps the global batch) or set --grad_checkpoint true; "
+              "the checkpoints already written are complete", file=sys.stderr)
+        sys.exit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -401,6 +401,19 @@ def test_bad_hf_folders_are_clear_errors(run_dir, tmp_path, capsys, problem):
             "weights-missing": "weights do not fit its settings (Missing key"}[problem] in err
 
 
+def test_running_out_of_memory_is_one_line_naming_the_fix(run_dir, monkeypatch, capsys):
+    """A batch too large for the GPU (prompts x --num_samples): one line, exit status 1."""
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB. GPU 0 has ...")
+    monkeypatch.setattr(sample, "generate", oom)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(run_dir), "--max_new_tokens", "2", "--num_samples", "64"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.count("\n") == 0
+    assert err.startswith("sample.py: error: out of memory (OutOfMemoryError: CUDA out of memory. Tried")
+    assert "sample fewer rows at once (prompts x --num_samples)" in err
+
+
 def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees(run_dir, tmp_path, capsys):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"once upon\xff a time\n")
