@@ -139,14 +139,15 @@ def compile_problem(device: torch.device) -> str | None:
 def out_of_memory(e: BaseException | None) -> bool:
     """An out-of-memory error (CUDA's, or the CPU allocator's RuntimeError), or an exception
     wrapping one: Inductor raises what fails while it compiles (max-autotune allocates to time
-    its kernels) inside its own InductorError."""
+    its kernels) inside its own InductorError. (Not an error raised while handling one: its
+    __context__ is not followed.)"""
     for _ in range(8):  # a short chain: the compiler's wrappers, then the error
         if e is None:
             return False
         if isinstance(e, torch.OutOfMemoryError) or (
                 isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)):
             return True
-        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+        e = getattr(e, "inner_exception", None) or e.__cause__
     return False
 
 

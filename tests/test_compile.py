@@ -301,6 +301,13 @@ def test_out_of_memory_in_a_compiled_first_step_is_not_a_compiler_failure(tmp_pa
         assert line.startswith("train.py: error: out of memory (") and "Traceback" not in err
         assert "lower --batch_size (now 4; --grad_accum keeps the global batch)" in line
     assert runtime.out_of_memory(RuntimeError("wrapper")) is False
+    try:  # a bug met while handling an out-of-memory error is not one
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        except torch.OutOfMemoryError:
+            raise KeyError("a bug") from None
+    except KeyError as bug:
+        assert runtime.out_of_memory(bug) is False
     assert runtime.out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. "
                                               "DefaultCPUAllocator: can't allocate memory: you tried"))
 
