@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import config
+import runtime
 import storage
 from config import SPECIAL_TOKENS, ModelArgs
 from errors import CheckpointError, ConfigError, DataError, first_line
@@ -75,6 +76,8 @@ def load_checkpoint(path, device="cpu", fix: str = RESUME_FIX) -> dict:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...
+        if runtime.out_of_memory(e):  # a good file too large for the device: not "corrupt"
+            raise
         raise CheckpointError(f"{path} {_unreadable(path, e)}; {fix}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is corrupt or unreadable (not a checkpoint of this project: no model "

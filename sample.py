@@ -159,6 +159,8 @@ class DecodeStep:
             torch.compiler.cudagraph_mark_step_begin()
             return self.compiled(self.model, tokens, self.cache)
         except Exception as e:  # whatever stops the compiler or the recording: eager for good
+            if runtime.out_of_memory(e):  # not the compiler's fault: eager would not help
+                raise
             self.cache.next_pos.copy_(next_pos)  # (the keys and values are written again, in place)
             # compiled calls leave cache.seen alone, and eager calls read its first `seen` slots:
             # count the trial calls before this one that ran compiled (none if compiling failed)

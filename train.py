@@ -889,19 +889,36 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
     """Set up, then train (or evaluate, with --eval_only); the run folder is held until the end."""
     job, state = setup(model_args, train_args, preset, given)
     try:
-        if job.train_args.eval_only:
-            return evaluate_only(job, state)
-        finished = state.step >= job.train_args.max_steps or job.clock.spent(state)
-        if finished and not state.eval_due:  # a finished run resumed
-            limit = "max_steps" if state.step >= job.train_args.max_steps else "max_minutes"
-            job.log(f"{job.run_dir} already reached its --{limit} at step {state.step}; nothing written "
-                    f"(raise --{limit} to train on)")
-            return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir),
-                    "finished": limit}
-        return loop(job, state)
+        return run_job(job, state)
+    except Exception as e:  # out of memory: one line, with the batch this run uses (a checkpoint's)
+        if not runtime.out_of_memory(e):
+            raise
+        raise RunError(f"out of memory ({first_line(e)[:160]}); "
+                       f"{memory_advice(job.train_args.batch_size)}") from e
     finally:
         if job.folder is not None:
             job.folder.release()
+
+
+def memory_advice(batch_size: int | None = None) -> str:
+    """What to do when a run runs out of memory (at set-up, before its batch is known: no batch)."""
+    now = f" (now {batch_size}; --grad_accum keeps the global batch)" if batch_size else ""
+    return (f"lower --batch_size{now} or set --grad_checkpoint true; the checkpoints already written "
+            "are complete")
+
+
+def run_job(job: Job, state: LoopState) -> dict:
+    """Train (or evaluate, with --eval_only) the job set up."""
+    if job.train_args.eval_only:
+        return evaluate_only(job, state)
+    finished = state.step >= job.train_args.max_steps or job.clock.spent(state)
+    if finished and not state.eval_due:  # a finished run resumed
+        limit = "max_steps" if state.step >= job.train_args.max_steps else "max_minutes"
+        job.log(f"{job.run_dir} already reached its --{limit} at step {state.step}; nothing written "
+                f"(raise --{limit} to train on)")
+        return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir),
+                "finished": limit}
+    return loop(job, state)
 
 
 def loop(job: Job, state: LoopState) -> dict:
@@ -1004,10 +1021,8 @@ def main(argv=None):
     except Exception as e:
         if not runtime.out_of_memory(e):
             raise
-        print(f"train.py: error: out of memory ({first_line(e)[:160]}); lower --batch_size (now "
-              f"{train_args.batch_size}; --grad_accum keeps the global batch) or set --grad_checkpoint true; "
-              "the checkpoints already written are complete", file=sys.stderr)
-        sys.exit(1)
+        print(f"train.py: error: out of memory ({first_line(e)[:160]}); {memory_advice()}", file=sys.stderr)
+        sys.exit(1)  # (set-up: loading a checkpoint or the model; run() names the batch of a step)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

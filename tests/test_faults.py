@@ -540,3 +540,26 @@ def test_a_tokenizer_of_another_size_gets_advice_about_the_tokenizer(tmp_path, d
         checkpoint.check_tokenizer(Tokenizer.load(run_dir / "tokenizer.json"), "tok.json", ckpt, "w.pt")
     assert "has 300 tokens but the model of w.pt has 320" in str(e.value)
     assert "--vocab_size" not in str(e.value)
+
+
+def test_out_of_memory_is_one_line_with_the_batch_the_run_uses(tmp_path, corpus, cache, monkeypatch, capsys):
+    """A resumed run trains on its checkpoint's batch: running out of memory names that one, not
+    the default. Loading a checkpoint too large for the device is out of memory, not 'corrupt'."""
+    train.main(train_args(tmp_path, corpus, cache, "--batch_size", "2", "--max_steps", "1"))
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(train, "train_step", oom)
+    with pytest.raises(SystemExit) as e:
+        train.main(train_args(tmp_path, corpus, cache, "--resume", "--max_steps", "2"))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 1
+    assert line.startswith("train.py: error: out of memory (OutOfMemoryError: CUDA out of memory. Tried")
+    assert "lower --batch_size (now 2; --grad_accum keeps the global batch)" in line
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 1  # left as it was
+    monkeypatch.setattr(torch, "load", oom)
+    with pytest.raises(SystemExit) as e:
+        train.main(train_args(tmp_path, corpus, cache, "--resume", "--max_steps", "2"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.startswith("train.py: error: out of memory (") and "corrupt" not in err
+    assert "lower --batch_size or set --grad_checkpoint true" in err

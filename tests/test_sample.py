@@ -414,6 +414,19 @@ def test_running_out_of_memory_is_one_line_naming_the_fix(run_dir, monkeypatch, 
     assert "sample fewer rows at once (prompts x --num_samples)" in err
 
 
+def test_out_of_memory_in_a_compiled_decode_step_is_not_a_compiler_failure(monkeypatch, capsys):
+    """Eager decoding would not need less memory: the error goes up (to sample.py's one line),
+    with no fallback warning."""
+    def compiled(fn, **kwargs):
+        def step(*args):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return step
+    monkeypatch.setattr(torch, "compile", compiled)
+    with pytest.raises(torch.OutOfMemoryError):
+        sample.generate(small_model(), PROMPTS, 4, greedy=True, compile=True, stop_at_eos=False)
+    assert "compiling the decode step failed" not in capsys.readouterr().err
+
+
 def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees(run_dir, tmp_path, capsys):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"once upon\xff a time\n")
