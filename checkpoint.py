@@ -315,6 +315,8 @@ def load_hf(folder, device="cpu") -> Llama4:
     try:
         state = load_file(str(folder / "model.safetensors"), device=str(device))
     except Exception as e:  # safetensors' own error type: a truncated or foreign file
+        if runtime.out_of_memory(e):  # a good file too large for the device: not "corrupt"
+            raise
         raise CheckpointError(f"{folder / 'model.safetensors'} is corrupt or unreadable ({first_line(e)}); "
                               f"{fix}") from None
     prefix = "language_model." if model_args.vision else ""

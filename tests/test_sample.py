@@ -427,6 +427,23 @@ def test_out_of_memory_in_a_compiled_decode_step_is_not_a_compiler_failure(monke
     assert "compiling the decode step failed" not in capsys.readouterr().err
 
 
+def test_an_hf_folder_too_large_for_the_device_is_out_of_memory_not_corrupt(run_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    import safetensors.torch
+
+    from scripts.export_hf import main as export_main
+    export_main([str(run_dir), str(tmp_path / "hf")])
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+    monkeypatch.setattr(safetensors.torch, "load_file", oom)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        sample.main(["--hf", str(tmp_path / "hf"), "--max_new_tokens", "2"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sample.py: error: out of memory (") and "corrupt" not in err
+
+
 def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees(run_dir, tmp_path, capsys):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"once upon\xff a time\n")
