@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train sample test lint bench clean-venv gpu-prep gpu-check
+.PHONY: train sample test lint bench clean-venv constraints gpu-prep gpu-check
 
 train: $(VENV)/.runtime
 	$(BIN)/python train.py $(ARGS)
@@ -31,6 +31,16 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 
 clean-venv:
 	rm -rf $(VENV)
+
+# constraints.txt, refrozen after a requirements file changes: the requirements alone (not under the
+# old constraints) in a fresh environment, every package but pip (setuptools too: torch needs it),
+# torch without its build label (+cpu, +cu130: any build of the version satisfies it).
+constraints:
+	rm -rf .venv-freeze && $(PYTHON) -m venv .venv-freeze
+	.venv-freeze/bin/pip install -r requirements.txt -r requirements-dev.txt
+	{ grep '^#' constraints.txt; .venv-freeze/bin/pip freeze --all | grep -v '^pip==' \
+		| sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt && rm -rf .venv-freeze
 
 # The GPU check (README, "GPU"). On this machine: `make gpu-prep` puts the data and the wheels the GPU
 # machine lacks (datasets and its two dependencies; its image has the rest) into git-ignored

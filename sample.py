@@ -375,7 +375,7 @@ def main(argv=None):
         if not runtime.out_of_memory(e):
             raise
         print(f"sample.py: error: out of memory ({first_line(e)[:160]}); sample fewer rows at once (prompts "
-              "x --num_samples) or fewer --max_new_tokens, or use --dtype bfloat16", file=sys.stderr)
+              "x --num_samples) or fewer --max_new_tokens", file=sys.stderr)
         sys.exit(1)
 
 
@@ -388,7 +388,13 @@ def _main(argv=None):
     _, (sample_args,) = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
     try:
         device = runtime.resolve_device(sample_args.device)
-        model, tok, where = load(sample_args, device, runtime.compute_dtype(sample_args.dtype, device))
+        try:
+            model, tok, where = load(sample_args, device, runtime.compute_dtype(sample_args.dtype, device))
+        except Exception as e:  # the weights alone do not fit: sampling less would not help
+            if not runtime.out_of_memory(e):
+                raise
+            raise SampleError(f"out of memory loading the model on {device} ({first_line(e)[:160]}); free "
+                              "the device's memory or use --device cpu") from None
         images = None
         if sample_args.image:
             if not model.args.vision:

@@ -209,7 +209,6 @@ def run_eagerly(job: "Job", e: Exception, what: str) -> None:
         torch._dynamo.reset()  # its graphs (and CUDA graph memory) are not used again
 
 
-
 def batches_at(job: "Job", step: int) -> list:
     """This process's micro-batches (x, y) of `step`, on the device."""
     pin = job.device.type == "cuda"

@@ -150,8 +150,8 @@ def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), fa
             failed[v] = first_line(e)[:300]
             print(f"bench_model.py: warning: {v} at batch {batch} failed ({failed[v]}); not measured",
                   file=sys.stderr)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        if v in (failed or {}) and device.type == "cuda":  # (not in the except: its traceback
+            torch.cuda.empty_cache()  # holds the failed step's tensors there)
     times = {v: [] for v in steps}
     for _ in range(repeats):  # interleaved, so machine noise hits every variant alike
         for v in steps:

@@ -192,7 +192,7 @@ def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, ca
     def fake_sh(*argv, log, until=None):  # a train.py that compiled nothing, and wrote no metrics
         return subprocess.CompletedProcess(argv, 0, f"model: ...\n{said[1]}\n", "")
     monkeypatch.setattr(gpu_check, "sh", fake_sh)
-    gpu_check.FAILED.clear()
+    monkeypatch.setattr(gpu_check, "FAILED", [])
     opts = SimpleNamespace(work=str(tmp_path), quick=True, data="t.txt", val_data="v.txt", compile="true",
                            compile_mode="default", device="cpu", until=None)
     result = gpu_check.train_part(opts, tmp_path, log=None)

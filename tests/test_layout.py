@@ -75,5 +75,6 @@ def test_the_constraints_pin_every_requirement_at_its_version():
     for name in ["requirements.txt", "requirements-dev.txt"]:
         for package, version in pins(name).items():
             assert frozen.get(package) == version, f"{name}: {package}=={version}; constraints.txt has " \
-                                                   f"{frozen.get(package)}: refreeze (see its header)"
+                                                   f"{frozen.get(package)}: run make constraints"
     assert frozen["torch"] == "2.13.0"  # no +cpu: a CUDA build of the same version satisfies it
+    assert "setuptools" in frozen and "pip" not in frozen  # torch needs setuptools; pip is the venv's own

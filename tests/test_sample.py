@@ -441,7 +441,9 @@ def test_an_hf_folder_too_large_for_the_device_is_out_of_memory_not_corrupt(run_
     with pytest.raises(SystemExit):
         sample.main(["--hf", str(tmp_path / "hf"), "--max_new_tokens", "2"])
     err = capsys.readouterr().err.strip()
-    assert err.startswith("sample.py: error: out of memory (") and "corrupt" not in err
+    assert err.startswith("sample.py: error: out of memory loading the model on cpu (")
+    assert "corrupt" not in err
+    assert err.endswith("free the device's memory or use --device cpu")  # sampling less would not help
 
 
 def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees(run_dir, tmp_path, capsys):
