@@ -8,6 +8,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     peak_flops                a table of GPU bf16 peaks on CUDA; a GEMM timed now on CPU
     device_memory             the GPU's memory, or the machine's (or its cgroup limit) on CPU
     out_of_memory             whether an exception is (or wraps) running out of memory
+    compile_failure           the one-line reason a compiled call failed, for its eager fallback
 """
 
 import os
@@ -149,6 +150,15 @@ def out_of_memory(e: BaseException | None) -> bool:
             return True
         e = getattr(e, "inner_exception", None) or e.__cause__
     return False
+
+
+def compile_failure(e: Exception) -> str:
+    """Why a compiled model's call failed, in one line for a warning, before falling back to
+    eager (train.py's first steps, sample.py's decode step); `e` itself, raised again, when it
+    is out of memory, which running eagerly would not fix."""
+    if out_of_memory(e):
+        raise e
+    return first_line(e)[:200]
 
 
 GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by the first key in the device name

@@ -159,15 +159,14 @@ class DecodeStep:
             torch.compiler.cudagraph_mark_step_begin()
             return self.compiled(self.model, tokens, self.cache)
         except Exception as e:  # whatever stops the compiler or the recording: eager for good
-            if runtime.out_of_memory(e):  # not the compiler's fault: eager would not help
-                raise
+            why = runtime.compile_failure(e)  # (out of memory is raised again: eager would not help)
             self.cache.next_pos.copy_(next_pos)  # (the keys and values are written again, in place)
             # compiled calls leave cache.seen alone, and eager calls read its first `seen` slots:
             # count the trial calls before this one that ran compiled (none if compiling failed)
             self.cache.seen += self.TRIAL_CALLS - 1 - self.trials if self.compiled is not None else 0
             self.compiled, self.trials = None, 0
-            DecodeStep.failures.append(first_line(e)[:200])
-            print(f"warning: compiling the decode step failed ({DecodeStep.failures[-1]}); "
+            DecodeStep.failures.append(why)
+            print(f"warning: compiling the decode step failed ({why}); "
                   "decoding eagerly", file=sys.stderr)
             return decode_one(self.model, tokens, self.cache)
 

@@ -195,9 +195,7 @@ def run_eagerly(job: "Job", e: Exception, what: str) -> None:
     now on, for evaluation only when it was an evaluation. Out of memory is re-raised (eager
     takes more), even wrapped in the compiler's exception; so is a training step's failure under
     torchrun, where the processes could not agree on a fallback."""
-    if runtime.out_of_memory(e):
-        raise e
-    why = first_line(e)[:200]
+    why = runtime.compile_failure(e)
     training = what.startswith("training step")
     if training and job.world.size > 1:
         raise RunError(f"the compiled model failed at {what} ({why}); run with --compile false") from e
