@@ -37,7 +37,8 @@ batch size, and gpu.md after each part. --deadline SECONDS makes it stop itself 
 still running then is stopped (SIGTERM, then SIGKILL), a part with under 30 s left is skipped, the
 train.py run is shortened to leave 90 s for what follows it, and gpu.md is written. A part's
 files from an earlier check are removed when it begins, so none passes for this one's. A command
-that fails is named at the top of gpu.md, and the check exits 1.
+that fails, a benchmark variant that fails or falls back to eager, and a train.py or sample.py
+asked to compile that ran eagerly are named at the top of gpu.md, and the check exits 1.
 """
 
 import argparse
@@ -63,7 +64,8 @@ MIN_PART_S = 30  # --deadline: a part is not begun with less time than this left
 FOLLOW_UP_S = 90  # --deadline: what the train part keeps back from its run's budget (which counts
 # the run's start-up and compiling) for --eval_only and three sample.py runs (47 s on the H200)
 DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
-FAILED: list[str] = []  # the commands of this check that failed (not those stopped at the deadline)
+FAILED: list[str] = []  # what of this check failed (not what was stopped at the deadline): commands,
+# benchmark variants, runs that fell back to eager
 
 
 def find(name: str) -> str:
