@@ -718,14 +718,21 @@ class RunFolder:
 
 def claim_folder(plan: RunPlan) -> RunFolder:
     """Lock the run folder, then check what only the folder's holder can check: a new run never
-    takes a folder with a checkpoint, and a resumed checkpoint must be the model of the folder."""
+    takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed into it:
+    it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), and a
+    resumed checkpoint must be the model of the folder."""
     folder = RunFolder(plan.run_dir)
     try:
         held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]
+        how = "--resume" if "last.pt" in held else f"--resume {plan.run_dir / 'best.pt'}"
         if plan.ckpt is None and held:  # best.pt alone: a run killed before its first last.pt
-            how = "--resume" if "last.pt" in held else f"--resume {plan.run_dir / 'best.pt'}"
             raise RunError(f"{plan.run_dir} already holds a checkpoint ({held[0]}); pass {how} to continue "
                            "it or pick another --run")
+        if plan.ckpt is not None and held and plan.ckpt_path.resolve().parent != plan.run_dir.resolve():
+            raise RunError(f"{plan.run_dir} already holds a run of its own ({held[0]}), which resuming "
+                           f"{plan.ckpt_path} there would replace; fork into a new folder (--resume "
+                           f"{plan.ckpt_path} --run NEW_NAME), or continue that run with --run "
+                           f"{plan.run_dir.name} {how}")
         check_same_model(plan)
     except BaseException:
         folder.release()

@@ -209,6 +209,23 @@ def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, corpus, cache, capsys
     assert (tmp_path / "ckpt" / "r" / "last.pt").read_bytes() == before
 
 
+def test_a_fork_never_overwrites_another_runs_checkpoint(tmp_path, corpus, cache, capsys):
+    """--resume A's checkpoint --run B, where B holds a run of its own (a mistyped --run): refused,
+    B's checkpoint and metrics untouched; B's own checkpoint resumed into B still goes on."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", run="a"))
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", run="b"))
+    b = tmp_path / "ckpt" / "b"
+    before = [(b / n).read_bytes() for n in ("last.pt", "metrics.jsonl")]
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--resume",
+                        str(tmp_path / "ckpt" / "a" / "last.pt"), run="b"))
+    err = capsys.readouterr().err
+    assert "already holds a run of its own (last.pt)" in err and "--run NEW_NAME" in err
+    assert [(b / n).read_bytes() for n in ("last.pt", "metrics.jsonl")] == before
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--resume", str(b / "last.pt"), run="b"))
+    assert checkpoint.load_checkpoint(b / "last.pt")["step"] == 2
+
+
 def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
     capsys.readouterr()
