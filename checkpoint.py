@@ -235,9 +235,14 @@ def hf_state_dict(model: Llama4) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def export_hf(model: Llama4, out_dir, tokenizer_path=None) -> Path:
-    """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files."""
+def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False) -> Path:
+    """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files. A
+    folder that already holds an export is refused unless `replace`."""
     from safetensors.torch import save
+    held = [n for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
+    if held and not replace:
+        raise CheckpointError(f"{out_dir} already holds a model ({held[0]}); pass --force to replace it, "
+                              "or export to another folder")
     out = storage.make_folder(out_dir, "export it elsewhere")
     storage.save_json(out / "config.json", hf_config(model.args), sort_keys=False)
     storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
@@ -302,6 +307,9 @@ def load_hf(folder, device="cpu") -> Llama4:
     """An HF folder (config.json + model.safetensors) -> our model (eval mode)."""
     from safetensors.torch import load_file
     folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; pass an HF folder (config.json, model.safetensors), "
+                              "such as one scripts/export_hf.py writes")
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).exists():
             raise CheckpointError(f"{folder / name} is missing; is {folder} an exported HF folder?")
@@ -330,12 +338,16 @@ def load_hf(folder, device="cpu") -> Llama4:
     return build(model_args, ours, device, folder / "model.safetensors", fix).eval()
 
 
-def import_hf(folder, dest) -> Path:
+def import_hf(folder, dest, replace: bool = False) -> Path:
     """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
-    A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt."""
+    A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt.
+    A checkpoint already at `dest` (a run's, with its optimizer state) is refused unless `replace`."""
     dest = Path(dest)
     if dest.is_dir() or dest.suffix != ".pt":
         dest = dest / "last.pt"
+    if dest.exists() and not replace:
+        raise CheckpointError(f"{dest} already exists; pass --force to replace it (a training checkpoint "
+                              "loses its optimizer state and cannot be resumed), or import to another path")
     model = load_hf(folder)
     tok = Path(folder) / "tokenizer.json"
     sha = None

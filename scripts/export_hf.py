@@ -8,7 +8,8 @@ stub), model.safetensors and, when the run has one, the tokenizer (tokenizer.jso
 tokenizer_config.json for PreTrainedTokenizerFast). `transformers.Llama4ForCausalLM` (or
 `Llama4ForConditionalGeneration`) loads it with no missing or unexpected keys. The run folder's
 tokenizer.json must be the one the checkpoint was trained with (its sha256 is in the checkpoint):
-another is refused, and nothing is exported. --import also
+another is refused, and nothing is exported. An export or a checkpoint already at the destination
+is replaced only with --force (a run's last.pt holds its optimizer state). --import also
 takes Llama 4 folders this project did not write (special-token ids come from their config).
 The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is its command line.
 """
@@ -30,10 +31,12 @@ def main(argv=None):
     p.add_argument("dest", help="output HF folder (or, with --import, the checkpoint file to write, or a "
                                 "run folder for its last.pt)")
     p.add_argument("--import", dest="do_import", action="store_true", help="HF folder -> checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an export or a checkpoint already at dest "
+                                                          "(refused without it)")
     args = p.parse_args(argv)
     try:
         if args.do_import:
-            dest = checkpoint.import_hf(args.source, args.dest)
+            dest = checkpoint.import_hf(args.source, args.dest, args.force)
             print(f"imported {args.source} -> {dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)
@@ -42,7 +45,10 @@ def main(argv=None):
             if tok.exists():  # the one the checkpoint was trained with, or nothing is exported
                 checkpoint.check_tokenizer(Tokenizer.load(tok), tok, ckpt, ckpt_path,
                                            fix=checkpoint.TOKENIZER_FIX + "; nothing was exported")
-            checkpoint.export_hf(model, args.dest, tok if tok.exists() else None)
+            if not tok.exists():
+                print(f"export_hf.py: warning: {tok} is missing: the folder gets no tokenizer, and "
+                      "sample.py --hf needs one", file=sys.stderr)
+            checkpoint.export_hf(model, args.dest, tok if tok.exists() else None, args.force)
             print(f"exported {ckpt_path} -> {args.dest}")
     except UserError as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)

@@ -516,6 +516,26 @@ def test_export_and_import_destinations(tmp_path, done, capsys):
     assert sample.main(["--ckpt", str(tmp_path / "ckpt" / "imported"), "--max_new_tokens", "3", "--greedy"])
 
 
+def test_export_and_import_never_replace_without_force(tmp_path, done, capsys):
+    """--import into a run folder that holds a checkpoint (which has the optimizer state a resume
+    needs), or an export into a folder that holds one, is refused unless --force."""
+    from scripts.export_hf import main as export_main
+    run_dir = copy_run(done, tmp_path)
+    export_main([str(run_dir), str(tmp_path / "hf")])
+    before = {p.name: p.read_bytes() for p in [run_dir / "last.pt", tmp_path / "hf" / "model.safetensors"]}
+    for argv, held in [(["--import", str(tmp_path / "hf"), str(run_dir)], f"{run_dir / 'last.pt'} already exists"),
+                       ([str(run_dir), str(tmp_path / "hf")], f"{tmp_path / 'hf'} already holds a model")]:
+        with pytest.raises(SystemExit) as e:
+            export_main(argv)
+        line = one_line_error(capsys, 1, e)
+        assert held in line and "--force" in line
+    assert {p.name: p.read_bytes() for p in [run_dir / "last.pt", tmp_path / "hf" / "model.safetensors"]} == before
+    assert "optimizer" in checkpoint.load_checkpoint(run_dir / "last.pt")
+    export_main([str(run_dir), str(tmp_path / "hf"), "--force"])
+    export_main(["--import", str(tmp_path / "hf"), str(run_dir), "--force"])
+    assert "optimizer" not in checkpoint.load_checkpoint(run_dir / "last.pt")
+
+
 def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
     from scripts import plot_runs
     plot_runs.main([str(done.run_dir), "--out", str(tmp_path / "runs.svg")])
