@@ -308,8 +308,8 @@ def load_hf(folder, device="cpu") -> Llama4:
     from safetensors.torch import load_file
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder; pass an HF folder (config.json, model.safetensors), "
-                              "such as one scripts/export_hf.py writes")
+        raise CheckpointError(f"{folder} is not a folder; pass an HF folder (config.json, "
+                              "model.safetensors), such as one scripts/export_hf.py writes")
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).exists():
             raise CheckpointError(f"{folder / name} is missing; is {folder} an exported HF folder?")

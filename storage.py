@@ -5,6 +5,7 @@
     append_jsonl(path, record) add one line to a log
     read_jsonl(path)           the log's records, a torn last line dropped with a warning
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
+    results_path(parser, ...)  where a script writes results: never over the README's figures by accident
 
 How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
@@ -29,6 +30,7 @@ import errno
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,6 +111,22 @@ def atomic_write(path, data, fix: str | None = None) -> None:
 def save_json(path, obj, fix: str | None = None, sort_keys: bool = True) -> None:
     """Write JSON atomically (see atomic_write); sort_keys=False keeps the dicts' order."""
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode(), fix)
+
+
+def results_path(parser, opts, figure: Path, ignore=()) -> Path | None:
+    """Where a script writes its results: --out when given; else `figure` (a file the README
+    quotes) only for a run with every option at its default (those in `ignore` aside, such as a
+    --device the figure's name already follows), so that a quick run or another shape never
+    replaces it; else None, and a line on stderr says how to keep the results (--out)."""
+    if opts.out is not None:
+        return Path(opts.out)
+    defaults = vars(parser.parse_args([]))
+    changed = [k for k, v in vars(opts).items() if k != "out" and k not in ignore and defaults.get(k) != v]
+    if not changed:
+        return figure
+    print(f"{parser.prog}: the results are not written to {figure}, which holds a run at the defaults "
+          f"(this one sets --{changed[0]}); pass --out FILE to keep them", file=sys.stderr)
+    return None
 
 
 def append_jsonl(path, record: dict, fix: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """Benchmark of data.py: BPE training + tokenization speed, and memory against corpus size.
 
-    python scripts/bench_data.py [--data FILE] [--out img/bench_data.json] [--repeat 10]
+    python scripts/bench_data.py [--data FILE] [--out FILE] [--repeat 10]
 
 Measures, on ../shared/data/tinystories/train-lower.txt by default (vocabulary 4096, the tiny
 preset's; 1 in 100 documents held out for validation as prepare() does without --val_data):
@@ -30,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import storage  # noqa: E402
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt"
 
 
@@ -122,12 +124,15 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="text file in the official TinyStories layout")
-    p.add_argument("--out", default=str(ROOT / "img" / "bench_data.json"), help="JSON file to write")
+    p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
+                                               "default: img/bench_data.json; other runs write only where "
+                                               "--out says)")
     p.add_argument("--repeat", type=int, default=10, help="copies of the text in the memory test")
     p.add_argument("--child", nargs=2, metavar=("FILE", "CACHE_DIR"), help=argparse.SUPPRESS)
     opts = p.parse_args()
     if opts.child:
         return child(*opts.child)
+    out = storage.results_path(p, opts, ROOT / "img" / "bench_data.json")
     if not os.path.isfile(opts.data):
         sys.exit(f"bench_data.py: error: no such file '{opts.data}'; pass --data FILE (../shared holds "
                  "train-lower.txt)")
@@ -186,10 +191,11 @@ def main():
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{os.cpu_count()} CPUs, load average {load:.2f} at the start (other processes share the CPUs)")
-    print(f"wrote {opts.out}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        storage.save_json(out, result, sort_keys=False)
+        print(f"wrote {out}")
     if ratio >= 1.5:
         sys.exit(1)
 

@@ -426,7 +426,9 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="also profile moe and moe+compile (torch.profiler, 3 steps): kernels, their "
                         "time against the wall time, the top ones (the GPU check does)")
-    p.add_argument("--out", default=str(ROOT / "img" / "bench_model.json"))
+    p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at "
+                                               "its default: img/bench_model.json, or bench_model_cuda.json "
+                                               "on CUDA; other runs write only where --out says)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
@@ -470,12 +472,16 @@ def main(argv=None):
                    for v, c in counts.items()},
         "batches": {},
     }
-    os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
+    figure = ROOT / "img" / ("bench_model_cuda.json" if cuda else "bench_model.json")
+    out = storage.results_path(p, opts, figure, ignore=("device",))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     for b in batches:  # written after each batch: a run stopped at a time limit keeps those done
         result["batches"][str(b)] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
                                                   ["moe", "moe+compile"] if opts.profile else [])
         report({**result, "batches": {str(b): result["batches"][str(b)]}})
-        storage.save_json(opts.out, result, sort_keys=False)
+        if out is not None:
+            storage.save_json(out, result, sort_keys=False)
     return result
 
 

@@ -161,9 +161,11 @@ def parse(argv):
                                                          "a batch (our variants only)")
     p.add_argument("--quick", action="store_true", help="the debug preset, 8 new tokens, batches 1,2, one "
                                                         "warm-up and one timed run: seconds on CPU (a test)")
-    p.add_argument("--out", default=None, help="JSON file (default img/bench_sample.json, or "
-                                               "img/bench_sample_cuda.json on CUDA)")
+    p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
+                                               "default: img/bench_sample.json, or bench_sample_cuda.json on "
+                                               "CUDA; other runs write only where --out says)")
     opts = p.parse_args(argv)
+    opts.given, opts.parser = argparse.Namespace(**vars(opts)), p  # as typed: see storage.results_path
     unknown = sorted(set((opts.variants or "").split(",")) - set(VARIANTS) - {""})
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {','.join(VARIANTS)}")
@@ -194,12 +196,15 @@ def main(argv=None):
                          "variants": opts.variants, "device": str(device), "device_name": name,
                          "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__},
               "results": {}}
-    out = Path(opts.out or ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    figure = ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json")
+    out = storage.results_path(opts.parser, opts.given, figure, ignore=("device",))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
 
     def keep(results):  # after each batch size: a run stopped at a time limit keeps those done
         result["results"] = results
-        storage.save_json(out, result, sort_keys=False)
+        if out is not None:
+            storage.save_json(out, result, sort_keys=False)
     measure(opts, model, hf, device, keep)
     report(opts, result)
     return result

@@ -30,7 +30,6 @@ ratios the README quotes: memory saved by activation checkpointing and by the fu
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ import bench_model  # noqa: E402
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import storage  # noqa: E402
 from config import ModelArgs  # noqa: E402
 
 VARIANTS = ["moe", "moe+ckpt", "moe+plain-loss", "dense"]
@@ -92,9 +92,12 @@ def main(argv=None):
     p.add_argument("--batches", default="32,128,512", help="comma-separated batch sizes (sequences)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {','.join(VARIANTS)}")
-    p.add_argument("--out", default=str(ROOT / "img" / "memory_model.json"),
-                   help="JSON out; the markdown table goes beside it (.md)")
+    p.add_argument("--out", default=None,
+                   help="JSON out, the markdown table beside it (.md) (default, for a run with every "
+                        "other option at its default: img/memory_model.json; other runs write only where "
+                        "--out says)")
     opts = p.parse_args(argv)
+    out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json")
     variants = opts.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "moe" not in variants:
@@ -112,10 +115,10 @@ def main(argv=None):
               "batches": measure(base, batches, dtype, variants, opts.device == "cuda")}
     md = markdown(result)
     print(md, end="")
-    out = Path(opts.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(md)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        storage.save_json(out, result, sort_keys=False)
+        storage.atomic_write(out.with_suffix(".md"), md.encode())
     return result
 
 

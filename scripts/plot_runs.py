@@ -21,7 +21,8 @@ from errors import UserError  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
-    p.add_argument("--out", default="img/compare.png")
+    p.add_argument("--out", default="compare.png", help="image to write, its format by its name (.png, .svg, "
+                                                        ".pdf; default compare.png in the current folder)")
     p.add_argument("--x", choices=list(runlog.X_LABELS), default="tokens")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)

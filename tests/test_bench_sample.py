@@ -23,6 +23,16 @@ def test_quick_decode_benchmark_reports_every_variant(tmp_path, capsys):
     assert "ours/hf" in capsys.readouterr().out
 
 
+def test_a_quick_run_leaves_the_readme_figure_alone(capsys):
+    """Without --out, only a run at the defaults writes img/bench_sample.json (the README's table)."""
+    from scripts.bench_sample import ROOT
+    figure = ROOT / "img" / "bench_sample.json"
+    before = figure.read_bytes()
+    main(["--quick", "--variants", "cached"])
+    assert figure.read_bytes() == before
+    assert "not written to" in capsys.readouterr().err
+
+
 def test_ragged_prompts_give_a_left_padded_batch_equal_across_variants(tmp_path):
     """--ragged (the GPU check's float32 agreement pass): rows of different lengths, left-padded
     into one batch; the cached and uncached paths give the same tokens, and transformers (which

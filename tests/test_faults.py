@@ -522,14 +522,15 @@ def test_export_and_import_never_replace_without_force(tmp_path, done, capsys):
     from scripts.export_hf import main as export_main
     run_dir = copy_run(done, tmp_path)
     export_main([str(run_dir), str(tmp_path / "hf")])
-    before = {p.name: p.read_bytes() for p in [run_dir / "last.pt", tmp_path / "hf" / "model.safetensors"]}
-    for argv, held in [(["--import", str(tmp_path / "hf"), str(run_dir)], f"{run_dir / 'last.pt'} already exists"),
+    kept = [run_dir / "last.pt", tmp_path / "hf" / "model.safetensors"]
+    before = [p.read_bytes() for p in kept]
+    for argv, held in [(["--import", str(tmp_path / "hf"), str(run_dir)], f"{kept[0]} already exists"),
                        ([str(run_dir), str(tmp_path / "hf")], f"{tmp_path / 'hf'} already holds a model")]:
         with pytest.raises(SystemExit) as e:
             export_main(argv)
         line = one_line_error(capsys, 1, e)
         assert held in line and "--force" in line
-    assert {p.name: p.read_bytes() for p in [run_dir / "last.pt", tmp_path / "hf" / "model.safetensors"]} == before
+    assert [p.read_bytes() for p in kept] == before
     assert "optimizer" in checkpoint.load_checkpoint(run_dir / "last.pt")
     export_main([str(run_dir), str(tmp_path / "hf"), "--force"])
     export_main(["--import", str(tmp_path / "hf"), str(run_dir), "--force"])

@@ -405,8 +405,8 @@ def test_an_hf_folder_that_does_not_exist_is_named_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sample.main(["--hf", str(tmp_path / "nosuch"), "--max_new_tokens", "2"])
     assert e.value.code == 1
-    assert capsys.readouterr().err.strip() == f"sample.py: error: {tmp_path / 'nosuch'} is not a folder; pass " \
-        "an HF folder (config.json, model.safetensors), such as one scripts/export_hf.py writes"
+    assert capsys.readouterr().err.strip() == f"sample.py: error: {tmp_path / 'nosuch'} is not a folder; " \
+        "pass an HF folder (config.json, model.safetensors), such as one scripts/export_hf.py writes"
 
 
 def test_running_out_of_memory_is_one_line_naming_the_fix(run_dir, monkeypatch, capsys):

@@ -146,3 +146,21 @@ def test_a_lock_held_by_a_live_process_names_it_and_a_dead_ones_blocks_nothing(t
     held = storage.lock(path)  # ... and blocks nothing
     assert path.read_text().startswith(f"pid {os.getpid()} ")
     held.close()
+
+
+def test_results_go_to_the_readme_figure_only_from_a_run_at_the_defaults(tmp_path, capsys):
+    """A quick run or another shape never replaces the figure the README quotes: it writes where
+    --out says, or nowhere, with a line saying how to keep it."""
+    import argparse
+    p = argparse.ArgumentParser(prog="bench.py")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    figure = tmp_path / "img" / "figure.json"
+    assert storage.results_path(p, p.parse_args([]), figure) == figure
+    assert storage.results_path(p, p.parse_args(["--device", "cuda"]), figure, ignore=("device",)) == figure
+    given = p.parse_args(["--quick", "--out", "x.json"])
+    assert storage.results_path(p, given, figure) == storage.Path("x.json")
+    assert storage.results_path(p, p.parse_args(["--quick"]), figure) is None
+    assert capsys.readouterr().err.strip() == f"bench.py: the results are not written to {figure}, which " \
+        "holds a run at the defaults (this one sets --quick); pass --out FILE to keep them"
