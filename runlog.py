@@ -53,15 +53,14 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     if mode == "auto":
         mode = "online" if wandb_logged_in() else "offline"
     import wandb
-    name = train_args.wandb_name or run_dir.name
+    run = dict(project=train_args.wandb_project, group=train_args.wandb_group or None,
+               name=train_args.wandb_name or run_dir.name, id=settings.get("wandb_id"), resume="allow",
+               dir=str(run_dir), config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
     try:
-        return wandb.init(project=train_args.wandb_project, group=train_args.wandb_group or None, name=name,
-                          id=settings.get("wandb_id"), resume="allow", dir=str(run_dir), mode=mode,
-                          config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
+        return wandb.init(mode=mode, **run)
     except Exception as e:  # no network, no login: never crash a run over its dashboard
         log(f"wandb: {mode} start failed ({first_line(e)}); logging offline instead")
-        return wandb.init(project=train_args.wandb_project, name=name, dir=str(run_dir), mode="offline",
-                          config=settings)
+        return wandb.init(mode="offline", **run)  # the same run (id, group), to sync later
 
 
 class Metrics:

@@ -346,6 +346,26 @@ def test_a_window_resumed_with_another_number_of_processes_averages_over_what_ea
     assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 3)
 
 
+def test_wandb_falling_back_to_offline_keeps_the_run(tmp_path, monkeypatch):
+    """--wandb_mode online without a login or network: the offline run it falls back to is the
+    same W&B run (its id, to resume; its group), as quiet as an offline run asked for."""
+    import runlog
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        if kwargs["mode"] == "online":
+            raise RuntimeError("api_key not configured (no-tty)")
+        return "the run"
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    targs = config.TrainArgs(wandb_mode="online", wandb_group="sweep")
+    lines = []
+    assert runlog.start_wandb(targs, tmp_path, {"wandb_id": "abc"}, log=lines.append) == "the run"
+    online, offline = calls
+    assert offline == {**online, "mode": "offline"} and offline["id"] == "abc" and offline["group"] == "sweep"
+    assert offline["settings"]["silent"] and "logging offline instead" in lines[0]
+
+
 def test_a_fork_gets_a_wandb_run_of_its_own(tmp_path):
     ckpt = {"wandb_id": "abc"}
     plan = train.RunPlan(tmp_path / "r", None, None, ckpt, tmp_path / "r" / "last.pt")
