@@ -174,3 +174,15 @@ def test_gpu_peak_table_reads_real_device_names():
              "NVIDIA A100-SXM4-80GB": 312e12, "a GPU not in the table": None}
     assert {n: runtime.gpu_bf16_peak(n) for n in names} == names
     assert runtime.peak_flops(torch.device("cuda"), torch.float32) is None  # bf16 peaks only: no MFU
+
+
+def test_the_cpu_peak_is_the_fastest_call_not_the_mean():
+    """A start-up where another process held the CPU for a while must not lower the peak (it gave a
+    third of it once, and an MFU over 100% for the whole run): the fastest call counts."""
+    import runtime
+    now = [0.0]
+    durations = iter([0.5, 0.5, 0.01, 0.5, 0.02, 0.5])  # seconds per call: mostly slowed down
+
+    def call():
+        now[0] += next(durations)
+    assert runtime.fastest_call(call, seconds=2.0, clock=lambda: now[0]) == pytest.approx(0.01)
