@@ -894,6 +894,9 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
     job, state = setup(model_args, train_args, preset, given)
     try:
         return run_job(job, state)
+    except KeyboardInterrupt as e:  # main() tells what is left to resume from
+        e.run_dir = job.run_dir
+        raise
     except Exception as e:  # out of memory: one line, with the batch this run uses (a checkpoint's)
         if not runtime.out_of_memory(e):
             raise
@@ -1010,17 +1013,30 @@ def evaluate_only(job: Job, state: LoopState) -> dict:
     return result
 
 
+def left_to_resume(run_dir: Path | None) -> str:
+    """What an interrupted run leaves to go on from."""
+    if run_dir is not None and (run_dir / "last.pt").exists():
+        return f"the checkpoints written are complete (--resume {run_dir} continues from its last.pt)"
+    if run_dir is not None and (run_dir / "best.pt").exists():
+        return f"the checkpoints written are complete (--resume {run_dir / 'best.pt'} continues from it)"
+    return "no checkpoint was written"
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM before the loop (which handles it itself) is a Ctrl-C too
+
+
 def main(argv=None):
     parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__)
     preset, (model_args, train_args) = parsed
+    sigterm = signal.signal(signal.SIGTERM, interrupt)
     try:
         return run(model_args, train_args, preset, parsed.given)
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop: no traceback, status 130
-        print("\ntrain.py: interrupted; the checkpoints already written are complete (--resume continues "
-              "from last.pt)", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a second signal, or one before the loop: no traceback, status 130
+        print(f"\ntrain.py: interrupted; {left_to_resume(getattr(e, 'run_dir', None))}", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         if not runtime.out_of_memory(e):
@@ -1028,6 +1044,7 @@ def main(argv=None):
         print(f"train.py: error: out of memory ({first_line(e)[:160]}); {memory_advice()}", file=sys.stderr)
         sys.exit(1)  # (set-up: loading a checkpoint or the model; run() names the batch of a step)
     finally:
+        signal.signal(signal.SIGTERM, sigterm)
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -434,20 +434,30 @@ def test_a_second_signal_during_a_save_aborts_once_the_save_is_complete(tmp_path
     with pytest.raises(SystemExit) as e:
         train.main(args(tmp_path, corpus, cache, "--max_steps", "8", "--save_every", "4",
                         "--eval_every", "100"))
-    assert one_line_error(capsys, 130, e).startswith("train.py: interrupted")
     run_dir = tmp_path / "ckpt" / "r"
+    assert one_line_error(capsys, 130, e) == f"train.py: interrupted; the checkpoints written are complete " \
+                                             f"(--resume {run_dir} continues from its last.pt)"
     assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 4  # the save went through
     assert not list(run_dir.glob(".tmp-*"))
 
 
-def test_ctrl_c_before_training_is_one_line_and_leaves_no_run_folder(tmp_path, corpus, monkeypatch, capsys):
-    def ctrl_c(*args):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupt_before_training_is_one_line_and_leaves_no_run_folder(tmp_path, corpus, monkeypatch,
+                                                                           capsys, how):
+    """Ctrl-C, or SIGTERM (which killed the process with the run folder left behind), while the BPE
+    trains: one line, status 130, no folder; SIGTERM's own handler is put back afterwards."""
+    def interrupt(*args):
+        if how == "sigterm":
+            assert signal.getsignal(signal.SIGTERM) is train.interrupt  # else it would kill pytest
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler raises KeyboardInterrupt
         raise KeyboardInterrupt
-    monkeypatch.setattr(Tokenizer, "train", ctrl_c)  # while the BPE trains
+    monkeypatch.setattr(Tokenizer, "train", interrupt)
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
         train.main(args(tmp_path, corpus, tmp_path / "fresh-cache", "--max_steps", "1"))
-    assert one_line_error(capsys, 130, e).startswith("train.py: interrupted")
+    assert one_line_error(capsys, 130, e) == "train.py: interrupted; no checkpoint was written"
     assert not (tmp_path / "ckpt" / "r").exists()
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # --- settings refused before any work --------------------------------------------------------------
