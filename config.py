@@ -308,6 +308,9 @@ class TrainArgs:
                f"must be in [1e-6, 0.5], got {self.val_fraction}")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
+        _check("/" not in self.run and self.run not in (".", ".."), "run",  # ../x wrote into the source tree
+               f"{self.run!r} is not a plain name: a run is the folder <out_dir>/<run>; use --out_dir "
+               "to put it elsewhere")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,11 +345,13 @@ class SampleArgs:
         _check(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
         _check(self.max_new_tokens >= 1, "max_new_tokens",
                f"must be at least 1, got {self.max_new_tokens}")
-        _check(self.temperature > 0, "temperature", f"must be positive, got {self.temperature} "
-                                                    "(use --greedy for argmax decoding)")
+        _check(self.temperature > 0 or self.greedy, "temperature", f"must be positive, got "
+                                                                   f"{self.temperature} (use --greedy for "
+                                                                   "argmax decoding)")
         _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")  # row r: seed + r
+        _check(not (self.ckpt and self.hf), "hf", "give --ckpt or --hf, not both")
 
 
 # ---------------------------------------------------------------------------------------------

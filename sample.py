@@ -331,16 +331,24 @@ def image_prompt(args: config.ModelArgs) -> list[int]:
 
 
 def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs, warn) -> list[list[int]]:
+    """Token ids of each prompt (after <|endoftext|>, and the image's tokens with --image), each
+    repeated --num_samples times. A prompt too long to leave room for --max_new_tokens (up to half
+    the context) is cut from the left, with a warning."""
     texts = list(sample_args.prompt)
     if sample_args.prompt_file:
         try:
-            texts += [ln for ln in Path(sample_args.prompt_file).read_text().splitlines() if ln.strip()]
+            lines = [ln for ln in Path(sample_args.prompt_file).read_text().splitlines() if ln.strip()]
         except OSError as e:
             raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}") from e
         except UnicodeDecodeError as e:
             raise SampleError(f"--prompt_file {sample_args.prompt_file}: not UTF-8 text (byte {e.start}); "
                               "save it as UTF-8") from e
+        if not lines:
+            raise SampleError(f"--prompt_file {sample_args.prompt_file} holds no prompt (every line is "
+                              "blank); write one prompt per line, or leave it out for a story from nothing")
+        texts += lines
     texts = texts or [""]
+    keep = args.max_seq_len - min(sample_args.max_new_tokens, args.max_seq_len // 2)
     prefix = [args.eos_id] + (image_prompt(args) if sample_args.image else [])
     image_ids = set(image_prompt(args))
     out = []
@@ -350,13 +358,14 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
             raise SampleError(f"the prompt {text[:40]!r} holds an image token (<|image_start|>, <|image|>, "
                               "<|patch|> or <|image_end|>); remove it (--image puts an image in)")
         ids = prefix + ids
-        if len(ids) > args.max_seq_len - 1:
-            if sample_args.image:
-                raise SampleError(f"the prompt with its image is {len(ids)} tokens, more than the context "
-                                  f"allows ({args.max_seq_len - 1}); shorten it")
-            warn(f"warning: prompt of {len(ids)} tokens is longer than the context allows "
-                 f"({args.max_seq_len - 1}); keeping its last {args.max_seq_len - 1} tokens")
-            ids = ids[-(args.max_seq_len - 1):]
+        if len(ids) > args.max_seq_len - 1 and sample_args.image:
+            raise SampleError(f"the prompt with its image is {len(ids)} tokens, more than the context "
+                              f"allows ({args.max_seq_len - 1}); shorten it")
+        if len(ids) > keep and not sample_args.image:
+            warn(f"warning: prompt of {len(ids)} tokens leaves no room for --max_new_tokens "
+                 f"{sample_args.max_new_tokens} in the context of {args.max_seq_len}; keeping its last "
+                 f"{keep} tokens")
+            ids = ids[-keep:]
         out += [ids] * sample_args.num_samples
     return out
 
@@ -394,6 +403,9 @@ def _main(argv=None):
                 raise
             raise SampleError(f"out of memory loading the model on {device} ({first_line(e)[:160]}); free "
                               "the device's memory or use --device cpu") from None
+        if not (sample_args.ckpt or sample_args.hf):
+            print(f"sample.py: sampling {where}, the most recent run's (--ckpt picks another)",
+                  file=sys.stderr)
         images = None
         if sample_args.image:
             if not model.args.vision:

@@ -79,8 +79,18 @@ def test_cli_repeatable_list_field():
     assert s.prompt == []
 
 
+def test_greedy_takes_any_temperature():
+    assert SampleArgs(greedy=True, temperature=0).greedy
+    with pytest.raises(ConfigError, match="use --greedy for argmax decoding"):
+        SampleArgs(temperature=0)
+    with pytest.raises(ConfigError, match="give --ckpt or --hf, not both"):
+        SampleArgs(ckpt="checkpoints/r", hf="hf_export/r")
+
+
 BAD = [
     (["--dmi", "3"], "--dmi (did you mean --dim?)"),
+    (["--run", "../escape"], "--run: '../escape' is not a plain name: a run is the folder <out_dir>/<run>"),
+    (["--run", "a/b"], "--run: 'a/b' is not a plain name"),
     (["--dim", "big"], "--dim: expected an integer, got 'big'"),
     (["--lr", "fast"], "--lr: expected a number"),
     (["--qk_norm", "maybe"], "--qk_norm: expected true or false"),

@@ -307,10 +307,35 @@ def test_dtype_and_compile_options(run_dir, capsys):
     assert args.compile == "true" and args.dtype == "auto"
 
 
-def test_long_prompt_is_cut_from_the_left_with_a_warning(run_dir, capsys):
-    sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 100, "--max_new_tokens", "3", "--greedy"])
-    err = capsys.readouterr().err
-    assert "warning: prompt of" in err and "keeping its last 63 tokens" in err
+def test_long_prompt_is_cut_from_the_left_to_leave_room_for_the_new_tokens(run_dir, capsys):
+    """Context 64: room for the 3 tokens asked, or for half the context when more are asked (a
+    prompt cut to fill the context left room for one token)."""
+    for new, keep in [(3, 61), (50, 32)]:
+        out = sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 100, "--max_new_tokens", str(new),
+                           "--greedy", "--temperature", "1"])
+        err = capsys.readouterr().err
+        assert f"leaves no room for --max_new_tokens {new} in the context of 64; keeping its last {keep} " \
+               "tokens" in err
+        assert len(out[0]) == 64 - keep or 0 in out[0]  # as many as asked, or <|endoftext|> came first
+    sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 10, "--max_new_tokens", "50"])
+    assert "warning" not in capsys.readouterr().err  # a prompt under half the context is never cut
+
+
+def test_without_ckpt_it_says_which_run_it_samples(run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+    shutil.copytree(run_dir, tmp_path / "checkpoints" / "latest")
+    monkeypatch.chdir(tmp_path)
+    sample.main(["--max_new_tokens", "2"])
+    assert "sample.py: sampling checkpoints/latest/last.pt, the most recent run's" \
+        in capsys.readouterr().err
+
+
+def test_a_prompt_file_with_no_prompt_is_an_error(run_dir, tmp_path, capsys):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(run_dir), "--prompt_file", str(blank)])
+    assert e.value.code == 1 and "holds no prompt (every line is blank)" in capsys.readouterr().err
 
 
 def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
