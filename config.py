@@ -506,11 +506,17 @@ class _Parser(argparse.ArgumentParser):
         return f"unknown option {', '.join(hints)}; see --help for the list"
 
 
+def has_presets(classes) -> bool:
+    """Whether a preset sets any field of these classes (none sets SampleArgs': no --preset there)."""
+    return any(cls.__name__ in p for p in PRESETS.values() for cls in classes)
+
+
 def build_parser(prog, description, classes, defaults):
     parser = _Parser(prog=prog, description=description, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                        help=f"starting point for every field below (default {DEFAULT_PRESET})")
+    if has_presets(classes):
+        parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                            help=f"starting point for every field below (default {DEFAULT_PRESET})")
     for cls in classes:
         group = parser.add_argument_group(cls.__name__)
         for f in dataclasses.fields(cls):
@@ -556,7 +562,7 @@ def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
 
     early = _Parser(prog=prog, add_help=False, allow_abbrev=False)
     early.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
-    name = early.parse_known_args(argv)[0].preset
+    name = early.parse_known_args(argv)[0].preset if has_presets(classes) else DEFAULT_PRESET
     defaults = {cls.__name__: to_dict(preset(name, cls)) for cls in classes}
 
     parser = build_parser(prog, description, classes, defaults)
@@ -573,4 +579,4 @@ def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
             out.append(cls(**values))
         except ConfigError as e:
             parser.error(str(e))
-    return Parsed(ns.preset, tuple(out), frozenset(given))
+    return Parsed(getattr(ns, "preset", name), tuple(out), frozenset(given))

@@ -594,7 +594,7 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
              if k in typed and v != asked[k]]
     if diffs:
         raise CheckpointError("model settings differ from the checkpoint's (" + "; ".join(diffs)
-                              + "); drop them to resume, or start a new --run")
+                              + "); drop them to use the checkpoint's, or start a new --run")
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved

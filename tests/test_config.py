@@ -83,6 +83,8 @@ def test_greedy_takes_any_temperature():
     assert SampleArgs(greedy=True, temperature=0).greedy
     with pytest.raises(ConfigError, match="use --greedy for argmax decoding"):
         SampleArgs(temperature=0)
+    with pytest.raises(SystemExit):  # no preset sets a sampling field: sample.py has no --preset
+        config.parse_args([SampleArgs], ["--preset", "tiny"])
     with pytest.raises(ConfigError, match="give --ckpt or --hf, not both"):
         SampleArgs(ckpt="checkpoints/r", hf="hf_export/r")
 
