@@ -401,7 +401,7 @@ def report(result: dict) -> None:
                 print(f"  {ms:8.2f} ms {calls:6.0f}x  {name}")
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -431,6 +431,11 @@ def main(argv=None):
                                                "on CUDA; other runs write only where --out says)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    p = parser()
     opts = p.parse_args(argv)
     if opts.child:
         dtype = getattr(torch, opts.dtype)

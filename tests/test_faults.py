@@ -567,6 +567,15 @@ def test_export_and_import_never_replace_without_force(tmp_path, done, capsys):
     assert "optimizer" not in checkpoint.load_checkpoint(run_dir / "last.pt")
 
 
+def test_an_export_without_a_tokenizer_says_so(tmp_path, done, capsys):
+    from scripts.export_hf import main as export_main
+    run_dir = copy_run(done, tmp_path)
+    (run_dir / "tokenizer.json").unlink()
+    export_main([str(run_dir), str(tmp_path / "hf")])
+    assert f"warning: {run_dir / 'tokenizer.json'} is missing" in capsys.readouterr().err
+    assert not (tmp_path / "hf" / "tokenizer.json").exists()
+
+
 def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
     from scripts import plot_runs
     plot_runs.main([str(done.run_dir), "--out", str(tmp_path / "runs.svg")])
