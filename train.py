@@ -61,6 +61,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -728,7 +729,7 @@ def claim_folder(plan: RunPlan) -> RunFolder:
         if plan.ckpt is None and held:  # best.pt alone: a run killed before its first last.pt
             raise RunError(f"{plan.run_dir} already holds a checkpoint ({held[0]}); pass {how} to continue "
                            "it or pick another --run")
-        if plan.ckpt is not None and held and plan.ckpt_path.resolve().parent != plan.run_dir.resolve():
+        if plan.ckpt is not None and held and plan.ckpt_path.parent.resolve() != plan.run_dir.resolve():
             raise RunError(f"{plan.run_dir} already holds a run of its own ({held[0]}), which resuming "
                            f"{plan.ckpt_path} there would replace; fork into a new folder (--resume "
                            f"{plan.ckpt_path} --run NEW_NAME), or continue that run with --run "
@@ -797,13 +798,16 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     device, world = runtime.setup_distributed(runtime.resolve_device(train_args.device))
     log = make_log(world)
     plan = plan_run(model_args, train_args, preset, given)
-    check_settings(plan, device, world)
-    folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
+    folder = None
     try:
+        check_settings(plan, device, world)
+        folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
         job, state = build_job(plan, preset, device, world, log)
-    except BaseException:
+    except BaseException as e:
         if folder is not None:
             folder.release()
+        if isinstance(e, KeyboardInterrupt):
+            e.run_dir = plan.run_dir  # main() tells what is left there to resume from
         raise
     job.folder = folder
     return job, state
@@ -1013,11 +1017,15 @@ def evaluate_only(job: Job, state: LoopState) -> dict:
     return result
 
 
-def left_to_resume(run_dir: Path | None) -> str:
-    """What an interrupted run leaves to go on from."""
-    if run_dir is not None and (run_dir / "last.pt").exists():
+def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:
+    """What an interrupted run leaves to go on from (run_dir: None before its folder is known)."""
+    if eval_only:
+        return "nothing was written (--eval_only only reads)"
+    if run_dir is None:
+        return "the checkpoints already written are complete"
+    if (run_dir / "last.pt").exists():
         return f"the checkpoints written are complete (--resume {run_dir} continues from its last.pt)"
-    if run_dir is not None and (run_dir / "best.pt").exists():
+    if (run_dir / "best.pt").exists():
         return f"the checkpoints written are complete (--resume {run_dir / 'best.pt'} continues from it)"
     return "no checkpoint was written"
 
@@ -1026,17 +1034,27 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM before the loop (which handles it itself) is a Ctrl-C too
 
 
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt until the returned function puts the old handler back (a
+    no-op off the main thread, where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
 def main(argv=None):
     parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__)
     preset, (model_args, train_args) = parsed
-    sigterm = signal.signal(signal.SIGTERM, interrupt)
+    restore_sigterm = sigterm_interrupts()
     try:
         return run(model_args, train_args, preset, parsed.given)
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:  # a second signal, or one before the loop: no traceback, status 130
-        print(f"\ntrain.py: interrupted; {left_to_resume(getattr(e, 'run_dir', None))}", file=sys.stderr)
+        print(f"\ntrain.py: interrupted; {left_to_resume(getattr(e, 'run_dir', None), train_args.eval_only)}",
+              file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         if not runtime.out_of_memory(e):
@@ -1044,7 +1062,7 @@ def main(argv=None):
         print(f"train.py: error: out of memory ({first_line(e)[:160]}); {memory_advice()}", file=sys.stderr)
         sys.exit(1)  # (set-up: loading a checkpoint or the model; run() names the batch of a step)
     finally:
-        signal.signal(signal.SIGTERM, sigterm)
+        restore_sigterm()
         if dist.is_initialized():
             dist.destroy_process_group()
 

@@ -460,6 +460,46 @@ def test_an_interrupt_before_training_is_one_line_and_leaves_no_run_folder(tmp_p
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_the_interrupt_line_names_what_is_left_to_resume_from(tmp_path, corpus, cache, monkeypatch, capsys):
+    """A resumed run interrupted while it sets up still has its last.pt; best.pt alone is named by
+    path; --eval_only wrote nothing; before the run folder is known, no claim is made."""
+    train.main(train_args(tmp_path, corpus, cache, "--max_steps", "1"))
+    run_dir = tmp_path / "ckpt" / "r"
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "load_data", ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        train.main(train_args(tmp_path, corpus, cache, "--max_steps", "2", "--resume"))
+    assert one_line_error(capsys, 130, e) == "train.py: interrupted; the checkpoints written are complete " \
+                                             f"(--resume {run_dir} continues from its last.pt)"
+    (run_dir / "last.pt").rename(run_dir / "best.pt")
+    assert train.left_to_resume(run_dir) == "the checkpoints written are complete " \
+                                            f"(--resume {run_dir / 'best.pt'} continues from it)"
+    assert train.left_to_resume(run_dir, eval_only=True).startswith("nothing was written")
+    assert train.left_to_resume(None) == "the checkpoints already written are complete"
+
+
+def test_sigterm_is_left_alone_off_the_main_thread():
+    import threading
+    got = []
+    thread = threading.Thread(target=lambda: got.append(train.sigterm_interrupts()()))
+    thread.start()
+    thread.join()
+    assert got == [None] and signal.getsignal(signal.SIGTERM) is not train.interrupt
+
+
+def test_a_run_whose_last_pt_is_a_symlink_resumes_in_its_own_folder(tmp_path, corpus, cache):
+    """(A fork is told from a resume by the checkpoint's folder, not by where a link points.)"""
+    train.main(train_args(tmp_path, corpus, cache, "--max_steps", "1"))
+    run_dir = tmp_path / "ckpt" / "r"
+    (tmp_path / "store").mkdir()
+    (run_dir / "last.pt").rename(tmp_path / "store" / "r-last.pt")
+    (run_dir / "last.pt").symlink_to(tmp_path / "store" / "r-last.pt")
+    train.main(train_args(tmp_path, corpus, cache, "--max_steps", "2", "--resume"))
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 2
+
+
 # --- settings refused before any work --------------------------------------------------------------
 
 @pytest.fixture
