@@ -246,7 +246,10 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     out = storage.make_folder(out_dir, "export it elsewhere")
     storage.save_json(out / "config.json", hf_config(model.args), sort_keys=False)
     storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
-    if tokenizer_path is not None and Path(tokenizer_path).exists():
+    if tokenizer_path is None or not Path(tokenizer_path).exists():  # a replaced export's would not fit
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (out / name).unlink(missing_ok=True)
+    else:
         storage.atomic_write(out / "tokenizer.json", Path(tokenizer_path).read_bytes())
         storage.save_json(out / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
@@ -341,15 +344,19 @@ def load_hf(folder, device="cpu") -> Llama4:
 def import_hf(folder, dest, replace: bool = False) -> Path:
     """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
     A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt.
-    A checkpoint already at `dest` (a run's, with its optimizer state) is refused unless `replace`."""
+    A checkpoint already at `dest` (a run's, with its optimizer state), or another tokenizer.json
+    beside it (the one its run's checkpoints were trained with), is refused unless `replace`."""
     dest = Path(dest)
     if dest.is_dir() or dest.suffix != ".pt":
         dest = dest / "last.pt"
     if dest.exists() and not replace:
         raise CheckpointError(f"{dest} already exists; pass --force to replace it (a training checkpoint "
                               "loses its optimizer state and cannot be resumed), or import to another path")
+    tok, theirs = Path(folder) / "tokenizer.json", dest.parent / "tokenizer.json"
+    if tok.exists() and theirs.exists() and tok.read_bytes() != theirs.read_bytes() and not replace:
+        raise CheckpointError(f"{theirs} is another tokenizer (its run's checkpoints need it); import into "
+                              "a folder of its own, or pass --force to replace it")
     model = load_hf(folder)
-    tok = Path(folder) / "tokenizer.json"
     sha = None
     if tok.exists():
         try:

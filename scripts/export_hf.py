@@ -45,10 +45,10 @@ def main(argv=None):
             if tok.exists():  # the one the checkpoint was trained with, or nothing is exported
                 checkpoint.check_tokenizer(Tokenizer.load(tok), tok, ckpt, ckpt_path,
                                            fix=checkpoint.TOKENIZER_FIX + "; nothing was exported")
-            if not tok.exists():
-                print(f"export_hf.py: warning: {tok} is missing: the folder gets no tokenizer, and "
-                      "sample.py --hf needs one", file=sys.stderr)
             checkpoint.export_hf(model, args.dest, tok if tok.exists() else None, args.force)
+            if not tok.exists():
+                print(f"export_hf.py: warning: {tok} is missing: the folder got no tokenizer, and "
+                      "sample.py --hf needs one", file=sys.stderr)
             print(f"exported {ckpt_path} -> {args.dest}")
     except UserError as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)

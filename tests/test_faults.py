@@ -602,18 +602,25 @@ def test_export_and_import_never_replace_without_force(tmp_path, done, capsys):
         assert held in line and "--force" in line
     assert [p.read_bytes() for p in kept] == before
     assert "optimizer" in checkpoint.load_checkpoint(run_dir / "last.pt")
+    swap_two_tokens(tmp_path / "hf" / "tokenizer.json")  # an HF folder with another tokenizer
+    tokenizer = (run_dir / "tokenizer.json").read_bytes()
+    with pytest.raises(SystemExit) as e:  # beside the run's checkpoints, under another name
+        export_main(["--import", str(tmp_path / "hf"), str(run_dir / "imported.pt")])
+    assert f"{run_dir / 'tokenizer.json'} is another tokenizer" in one_line_error(capsys, 1, e)
+    assert (run_dir / "tokenizer.json").read_bytes() == tokenizer and not (run_dir / "imported.pt").exists()
     export_main([str(run_dir), str(tmp_path / "hf"), "--force"])
     export_main(["--import", str(tmp_path / "hf"), str(run_dir), "--force"])
     assert "optimizer" not in checkpoint.load_checkpoint(run_dir / "last.pt")
 
 
-def test_an_export_without_a_tokenizer_says_so(tmp_path, done, capsys):
+def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, done, capsys):
     from scripts.export_hf import main as export_main
     run_dir = copy_run(done, tmp_path)
-    (run_dir / "tokenizer.json").unlink()
     export_main([str(run_dir), str(tmp_path / "hf")])
+    (run_dir / "tokenizer.json").unlink()
+    export_main([str(run_dir), str(tmp_path / "hf"), "--force"])  # over an export that had one
     assert f"warning: {run_dir / 'tokenizer.json'} is missing" in capsys.readouterr().err
-    assert not (tmp_path / "hf" / "tokenizer.json").exists()
+    assert not list((tmp_path / "hf").glob("tokenizer*"))
 
 
 def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
