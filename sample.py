@@ -357,15 +357,18 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
         if image_ids & set(ids):  # the tokenizer reads "<|patch|>" in text as the special token
             raise SampleError(f"the prompt {text[:40]!r} holds an image token (<|image_start|>, <|image|>, "
                               "<|patch|> or <|image_end|>); remove it (--image puts an image in)")
-        ids = prefix + ids
-        if len(ids) > args.max_seq_len - 1 and sample_args.image:
-            raise SampleError(f"the prompt with its image is {len(ids)} tokens, more than the context "
-                              f"allows ({args.max_seq_len - 1}); shorten it")
-        if len(ids) > keep and not sample_args.image:
-            warn(f"warning: prompt of {len(ids)} tokens leaves no room for --max_new_tokens "
+        if len(prefix) > args.max_seq_len - 1:
+            raise SampleError(f"the image alone is {len(prefix)} tokens, more than the context allows "
+                              f"({args.max_seq_len - 1})")
+        n = len(prefix) + len(ids)
+        if n > keep:  # an image is kept whole: its text is cut
+            cut = max(keep, len(prefix) + 1) if sample_args.image else keep
+            warn(f"warning: prompt of {n} tokens leaves too little room for --max_new_tokens "
                  f"{sample_args.max_new_tokens} in the context of {args.max_seq_len}; keeping its last "
-                 f"{keep} tokens")
-            ids = ids[-keep:]
+                 f"{cut} tokens (room for {args.max_seq_len - cut} new)")
+            ids = prefix + ids[-(cut - len(prefix)):] if sample_args.image else (prefix + ids)[-cut:]
+        else:
+            ids = prefix + ids
         out += [ids] * sample_args.num_samples
     return out
 

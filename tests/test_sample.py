@@ -314,9 +314,9 @@ def test_long_prompt_is_cut_from_the_left_to_leave_room_for_the_new_tokens(run_d
         out = sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 100, "--max_new_tokens", str(new),
                            "--greedy", "--temperature", "1"])
         err = capsys.readouterr().err
-        assert f"leaves no room for --max_new_tokens {new} in the context of 64; keeping its last {keep} " \
-               "tokens" in err
-        assert len(out[0]) == 64 - keep or 0 in out[0]  # as many as asked, or <|endoftext|> came first
+        assert f"leaves too little room for --max_new_tokens {new} in the context of 64; keeping its last " \
+               f"{keep} tokens (room for {64 - keep} new)" in err
+        assert len(out[0]) <= 64 - keep
     sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 10, "--max_new_tokens", "50"])
     assert "warning" not in capsys.readouterr().err  # a prompt under half the context is never cut
 
@@ -535,3 +535,18 @@ def test_image_runs_the_vision_path(tmp_path):
     b = sample.generate(model, [prompt], 10, greedy=True, images=image[None], stop_at_eos=False,
                         use_cache=False)
     assert a == b
+
+
+def test_an_image_prompt_keeps_its_image_and_cuts_its_text():
+    """With --image the text after the image is cut (from the left) to leave room for the new
+    tokens; the image's tokens are kept whole."""
+    from types import SimpleNamespace
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True, "image_size": 56,
+                               "patch_size": 14})
+    image = sample.image_prompt(args)
+    tok = SimpleNamespace(encode=lambda text: [20 + i for i, _ in enumerate(text.split())])
+    warnings = []
+    (ids,) = sample.prompts_from(SampleArgs(prompt=["w " * 40], image="x.png", max_new_tokens=256), tok, args,
+                                 warnings.append)
+    assert len(ids) == args.max_seq_len // 2 and ids[:1 + len(image)] == [args.eos_id, *image]
+    assert ids[-1] == 20 + 39 and f"(room for {args.max_seq_len // 2} new)" in warnings[0]
