@@ -117,15 +117,18 @@ def results_path(parser, opts, figure: Path, ignore=()) -> Path | None:
     """Where a script writes its results: --out when given; else `figure` (a file the README
     quotes) only for a run with every option at its default (those in `ignore` aside, such as a
     --device the figure's name already follows), so that a quick run or another shape never
-    replaces it; else None, and a line on stderr says how to keep the results (--out)."""
+    replaces it; else None, and a line on stderr says how to keep the results (--out). An option
+    typed with its default value counts as typed."""
     if opts.out is not None:
         return Path(opts.out)
     defaults = vars(parser.parse_args([]))
     changed = [k for k, v in vars(opts).items() if k != "out" and k not in ignore and defaults.get(k) != v]
     if not changed:
         return figure
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
     print(f"{parser.prog}: the results are not written to {figure}, which holds a run at the defaults "
-          f"(this one sets --{changed[0]}); pass --out FILE to keep them", file=sys.stderr)
+          f"(this one sets {flags.get(changed[0], changed[0])}); pass --out FILE to keep them",
+          file=sys.stderr)
     return None
 
 

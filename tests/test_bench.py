@@ -186,3 +186,11 @@ def test_the_cpu_peak_is_the_fastest_call_not_the_mean():
     def call():
         now[0] += next(durations)
     assert runtime.fastest_call(call, seconds=2.0, clock=lambda: now[0]) == pytest.approx(0.01)
+
+
+def test_the_cpu_peak_is_measured_by_the_fastest_call(monkeypatch):
+    import torch
+
+    import runtime
+    monkeypatch.setattr(runtime, "fastest_call", lambda fn, seconds: 0.01)
+    assert runtime.peak_flops(torch.device("cpu"), torch.float32) == 2 * 1024**3 / 0.01

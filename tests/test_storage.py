@@ -154,6 +154,7 @@ def test_results_go_to_the_readme_figure_only_from_a_run_at_the_defaults(tmp_pat
     import argparse
     p = argparse.ArgumentParser(prog="bench.py")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-hf", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None)
     figure = tmp_path / "img" / "figure.json"
@@ -164,3 +165,5 @@ def test_results_go_to_the_readme_figure_only_from_a_run_at_the_defaults(tmp_pat
     assert storage.results_path(p, p.parse_args(["--quick"]), figure) is None
     assert capsys.readouterr().err.strip() == f"bench.py: the results are not written to {figure}, which " \
         "holds a run at the defaults (this one sets --quick); pass --out FILE to keep them"
+    storage.results_path(p, p.parse_args(["--no-hf"]), figure)
+    assert "(this one sets --no-hf)" in capsys.readouterr().err  # the option as typed, not its dest
