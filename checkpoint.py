@@ -246,8 +246,8 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     out = storage.make_folder(out_dir, "export it elsewhere")
     storage.save_json(out / "config.json", hf_config(model.args), sort_keys=False)
     storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
-    if tokenizer_path is None or not Path(tokenizer_path).exists():  # a replaced export's would not fit
-        for name in ("tokenizer.json", "tokenizer_config.json"):
+    if tokenizer_path is None or not Path(tokenizer_path).exists():
+        for name in ("tokenizer.json", "tokenizer_config.json") if held else ():  # the replaced export's
             (out / name).unlink(missing_ok=True)
     else:
         storage.atomic_write(out / "tokenizer.json", Path(tokenizer_path).read_bytes())
@@ -341,6 +341,15 @@ def load_hf(folder, device="cpu") -> Llama4:
     return build(model_args, ours, device, folder / "model.safetensors", fix).eval()
 
 
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Whether two tokenizer.json files are one tokenizer (its hash, as checkpoints record it; the
+    bytes for files this project cannot read)."""
+    try:
+        return Tokenizer.load(a).hash == Tokenizer.load(b).hash
+    except DataError:
+        return a.read_bytes() == b.read_bytes()
+
+
 def import_hf(folder, dest, replace: bool = False) -> Path:
     """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
     A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt.
@@ -353,7 +362,7 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
         raise CheckpointError(f"{dest} already exists; pass --force to replace it (a training checkpoint "
                               "loses its optimizer state and cannot be resumed), or import to another path")
     tok, theirs = Path(folder) / "tokenizer.json", dest.parent / "tokenizer.json"
-    if tok.exists() and theirs.exists() and tok.read_bytes() != theirs.read_bytes() and not replace:
+    if tok.exists() and theirs.exists() and not same_tokenizer(tok, theirs) and not replace:
         raise CheckpointError(f"{theirs} is another tokenizer (its run's checkpoints need it); import into "
                               "a folder of its own, or pass --force to replace it")
     model = load_hf(folder)

@@ -360,15 +360,17 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
         if len(prefix) > args.max_seq_len - 1:
             raise SampleError(f"the image alone is {len(prefix)} tokens, more than the context allows "
                               f"({args.max_seq_len - 1})")
-        n = len(prefix) + len(ids)
-        if n > keep:  # an image is kept whole: its text is cut
-            cut = max(keep, len(prefix) + 1) if sample_args.image else keep
+        n, whole = len(prefix) + len(ids), prefix + ids
+        if sample_args.image:  # the image is kept whole: only its text is cut
+            text = ids[len(ids) - min(len(ids), max(keep - len(prefix), 0)):]
+            whole, what = prefix + text, "the image and the last tokens of its text"
+        elif n > keep:
+            whole, what = whole[-keep:], "its last tokens"
+        if len(whole) < n:
             warn(f"warning: prompt of {n} tokens leaves too little room for --max_new_tokens "
-                 f"{sample_args.max_new_tokens} in the context of {args.max_seq_len}; keeping its last "
-                 f"{cut} tokens (room for {args.max_seq_len - cut} new)")
-            ids = prefix + ids[-(cut - len(prefix)):] if sample_args.image else (prefix + ids)[-cut:]
-        else:
-            ids = prefix + ids
+                 f"{sample_args.max_new_tokens} in the context of {args.max_seq_len}; keeping {what}, "
+                 f"{len(whole)} tokens (room for {args.max_seq_len - len(whole)} new)")
+        ids = whole
         out += [ids] * sample_args.num_samples
     return out
 

@@ -118,7 +118,7 @@ def results_path(parser, opts, figure: Path, ignore=()) -> Path | None:
     quotes) only for a run with every option at its default (those in `ignore` aside, such as a
     --device the figure's name already follows), so that a quick run or another shape never
     replaces it; else None, and a line on stderr says how to keep the results (--out). An option
-    typed with its default value counts as typed."""
+    typed with its default value counts as left at its default."""
     if opts.out is not None:
         return Path(opts.out)
     defaults = vars(parser.parse_args([]))

@@ -530,7 +530,8 @@ class Stop:
     def __init__(self, log):
         self.requested, self.log = False, log
         self.in_save = self.abort = False
-        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        main_thread = threading.current_thread() is threading.main_thread()  # the only one with handlers
+        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM) if main_thread}
 
     def handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -621,7 +622,11 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
         ckpt_path = None
     ckpt = None
     if ckpt_path is not None:
-        ckpt = checkpoint.load_checkpoint(ckpt_path)
+        try:
+            ckpt = checkpoint.load_checkpoint(ckpt_path)
+        except KeyboardInterrupt as e:  # (the slow part of a resume's set-up)
+            e.run_dir = run_dir  # main() tells what is left there to resume from
+            raise
         if "optimizer" not in ckpt and not train_args.eval_only:
             raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
                                   "(--eval_only) or sampled, not resumed: start a new --run")

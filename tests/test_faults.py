@@ -468,11 +468,18 @@ def test_the_interrupt_line_names_what_is_left_to_resume_from(tmp_path, corpus, 
 
     def ctrl_c(*args):
         raise KeyboardInterrupt
+    for slow in ["load_checkpoint", "load_data"]:  # loading the checkpoint, then the data
+        with monkeypatch.context() as m:
+            m.setattr(*((checkpoint, slow) if slow == "load_checkpoint" else (train, slow)), ctrl_c)
+            with pytest.raises(SystemExit) as e:
+                train.main(train_args(tmp_path, corpus, cache, "--max_steps", "2", "--resume"))
+            assert one_line_error(capsys, 130, e) == "train.py: interrupted; the checkpoints written are " \
+                f"complete (--resume {run_dir} continues from its last.pt)", slow
     monkeypatch.setattr(train, "load_data", ctrl_c)
     with pytest.raises(SystemExit) as e:
-        train.main(train_args(tmp_path, corpus, cache, "--max_steps", "2", "--resume"))
-    assert one_line_error(capsys, 130, e) == "train.py: interrupted; the checkpoints written are complete " \
-                                             f"(--resume {run_dir} continues from its last.pt)"
+        train.main(train_args(tmp_path, corpus, cache, "--eval_only"))
+    assert one_line_error(capsys, 130, e) == "train.py: interrupted; nothing was written " \
+                                             "(--eval_only only reads)"
     (run_dir / "last.pt").rename(run_dir / "best.pt")
     assert train.left_to_resume(run_dir) == "the checkpoints written are complete " \
                                             f"(--resume {run_dir / 'best.pt'} continues from it)"
@@ -480,13 +487,15 @@ def test_the_interrupt_line_names_what_is_left_to_resume_from(tmp_path, corpus, 
     assert train.left_to_resume(None) == "the checkpoints already written are complete"
 
 
-def test_sigterm_is_left_alone_off_the_main_thread():
+def test_train_runs_off_the_main_thread(tmp_path, corpus, cache):
+    """Python sets signal handlers on the main thread only: elsewhere train.main runs without them."""
     import threading
     got = []
-    thread = threading.Thread(target=lambda: got.append(train.sigterm_interrupts()()))
+    thread = threading.Thread(target=lambda: got.append(
+        train.main(train_args(tmp_path, corpus, cache, "--max_steps", "1"))))
     thread.start()
     thread.join()
-    assert got == [None] and signal.getsignal(signal.SIGTERM) is not train.interrupt
+    assert got and got[0]["step"] == 1
 
 
 def test_a_run_whose_last_pt_is_a_symlink_resumes_in_its_own_folder(tmp_path, corpus, cache):
@@ -602,6 +611,9 @@ def test_export_and_import_never_replace_without_force(tmp_path, done, capsys):
         assert held in line and "--force" in line
     assert [p.read_bytes() for p in kept] == before
     assert "optimizer" in checkpoint.load_checkpoint(run_dir / "last.pt")
+    tok = run_dir / "tokenizer.json"  # the same tokenizer saved another way: the same one
+    tok.write_text(json.dumps(json.loads(tok.read_text()), indent=4))
+    export_main(["--import", str(tmp_path / "hf"), str(run_dir / "same.pt")])
     swap_two_tokens(tmp_path / "hf" / "tokenizer.json")  # an HF folder with another tokenizer
     tokenizer = (run_dir / "tokenizer.json").read_bytes()
     with pytest.raises(SystemExit) as e:  # beside the run's checkpoints, under another name
@@ -618,6 +630,10 @@ def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, 
     run_dir = copy_run(done, tmp_path)
     export_main([str(run_dir), str(tmp_path / "hf")])
     (run_dir / "tokenizer.json").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # refused: the warning would speak of an export not made
+        export_main([str(run_dir), str(tmp_path / "hf")])
+    assert "warning" not in capsys.readouterr().err
     export_main([str(run_dir), str(tmp_path / "hf"), "--force"])  # over an export that had one
     assert f"warning: {run_dir / 'tokenizer.json'} is missing" in capsys.readouterr().err
     assert not list((tmp_path / "hf").glob("tokenizer*"))

@@ -311,14 +311,47 @@ def test_long_prompt_is_cut_from_the_left_to_leave_room_for_the_new_tokens(run_d
     """Context 64: room for the 3 tokens asked, or for half the context when more are asked (a
     prompt cut to fill the context left room for one token)."""
     for new, keep in [(3, 61), (50, 32)]:
-        out = sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 100, "--max_new_tokens", str(new),
-                           "--greedy", "--temperature", "1"])
-        err = capsys.readouterr().err
+        sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 100, "--max_new_tokens", str(new),
+                     "--greedy"])
         assert f"leaves too little room for --max_new_tokens {new} in the context of 64; keeping its last " \
-               f"{keep} tokens (room for {64 - keep} new)" in err
-        assert len(out[0]) <= 64 - keep
+               f"tokens, {keep} tokens (room for {64 - keep} new)" in capsys.readouterr().err
     sample.main(["--ckpt", str(run_dir), "--prompt", "lily " * 10, "--max_new_tokens", "50"])
     assert "warning" not in capsys.readouterr().err  # a prompt under half the context is never cut
+
+
+def stub_prompts(prompt: str, new: int, **model):
+    """prompts_from on a debug model (context 64) with a tokenizer that reads words as ids 20, 21, ..."""
+    from types import SimpleNamespace
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], **model})
+    tok = SimpleNamespace(encode=lambda text: [20 + i for i, _ in enumerate(text.split())])
+    warnings = []
+    image = "x.png" if model.get("vision") else ""
+    (ids,) = sample.prompts_from(SampleArgs(prompt=[prompt], image=image, max_new_tokens=new), tok, args,
+                                 warnings.append)
+    return ids, args, warnings
+
+
+def test_a_cut_prompt_keeps_its_last_tokens():
+    ids, args, warnings = stub_prompts("w " * 100, new=3)
+    assert len(ids) == 61 and ids[-1] == 20 + 99 and len(warnings) == 1
+    ids, _, warnings = stub_prompts("w " * 10, new=3)
+    assert ids == [args.eos_id, *range(20, 30)] and not warnings
+
+
+def test_an_image_prompt_keeps_its_image_and_cuts_its_text():
+    """With --image the text after the image is cut (from the left) to leave room for the new
+    tokens; the image's tokens are kept whole, even when they alone leave less room."""
+    vision = dict(vision=True, image_size=56, patch_size=14)
+    ids, args, warnings = stub_prompts("w " * 40, new=256, **vision)
+    image = [args.eos_id, *sample.image_prompt(args)]
+    assert len(ids) == 32 and ids[:len(image)] == image and ids[-1] == 20 + 39
+    assert "keeping the image and the last tokens of its text, 32 tokens (room for 32 new)" in warnings[0]
+    big = dict(vision=True, image_size=224, patch_size=14)
+    ids, args, warnings = stub_prompts("", new=256, **big, max_seq_len=128)
+    n = 1 + len(sample.image_prompt(args))  # 68 tokens: past half the context
+    assert len(ids) == n > 64 and not warnings  # but nothing to cut: no warning
+    ids, args, warnings = stub_prompts("w " * 5, new=256, **big, max_seq_len=n + 1)  # one token of room
+    assert len(ids) == n and "(room for 1 new)" in warnings[0]
 
 
 def test_without_ckpt_it_says_which_run_it_samples(run_dir, tmp_path, monkeypatch, capsys):
@@ -536,17 +569,3 @@ def test_image_runs_the_vision_path(tmp_path):
                         use_cache=False)
     assert a == b
 
-
-def test_an_image_prompt_keeps_its_image_and_cuts_its_text():
-    """With --image the text after the image is cut (from the left) to leave room for the new
-    tokens; the image's tokens are kept whole."""
-    from types import SimpleNamespace
-    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True, "image_size": 56,
-                               "patch_size": 14})
-    image = sample.image_prompt(args)
-    tok = SimpleNamespace(encode=lambda text: [20 + i for i, _ in enumerate(text.split())])
-    warnings = []
-    (ids,) = sample.prompts_from(SampleArgs(prompt=["w " * 40], image="x.png", max_new_tokens=256), tok, args,
-                                 warnings.append)
-    assert len(ids) == args.max_seq_len // 2 and ids[:1 + len(image)] == [args.eos_id, *image]
-    assert ids[-1] == 20 + 39 and f"(room for {args.max_seq_len // 2} new)" in warnings[0]
