@@ -350,6 +350,9 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     texts = texts or [""]
     keep = args.max_seq_len - min(sample_args.max_new_tokens, args.max_seq_len // 2)
     prefix = [args.eos_id] + (image_prompt(args) if sample_args.image else [])
+    if len(prefix) > args.max_seq_len - 1:
+        raise SampleError(f"the image alone is {len(prefix)} tokens, more than the context allows "
+                          f"({args.max_seq_len - 1})")
     image_ids = set(image_prompt(args))
     out = []
     for text in texts:
@@ -357,9 +360,6 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
         if image_ids & set(ids):  # the tokenizer reads "<|patch|>" in text as the special token
             raise SampleError(f"the prompt {text[:40]!r} holds an image token (<|image_start|>, <|image|>, "
                               "<|patch|> or <|image_end|>); remove it (--image puts an image in)")
-        if len(prefix) > args.max_seq_len - 1:
-            raise SampleError(f"the image alone is {len(prefix)} tokens, more than the context allows "
-                              f"({args.max_seq_len - 1})")
         n, whole = len(prefix) + len(ids), prefix + ids
         if sample_args.image:  # the image is kept whole: only its text is cut
             text = ids[len(ids) - min(len(ids), max(keep - len(prefix), 0)):]
