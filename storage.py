@@ -113,23 +113,24 @@ def save_json(path, obj, fix: str | None = None, sort_keys: bool = True) -> None
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode(), fix)
 
 
-def results_path(parser, opts, figure: Path, ignore=()) -> Path | None:
-    """Where a script writes its results: --out when given; else `figure` (a file the README
-    quotes) only for a run with every option at its default (those in `ignore` aside, such as a
-    --device the figure's name already follows), so that a quick run or another shape never
-    replaces it; else None, and a line on stderr says how to keep the results (--out). An option
-    typed with its default value counts as left at its default."""
+def results_path(parser, opts, figure: Path, ignore=(), extra=(), fallback=None) -> Path | None:
+    """Where a script writes its results: --out when given; else `figure` (a file or folder the
+    README quotes) only for a run with every option at its default (those in `ignore` aside, such
+    as a --device the figure's name already follows) and no `extra` options passed through, so
+    that a quick run or another shape never replaces it; else `fallback` (None: nowhere), and a
+    line on stderr says so. An option typed with its default value counts as left at its default."""
     if opts.out is not None:
         return Path(opts.out)
     defaults = vars(parser.parse_args([]))
     changed = [k for k, v in vars(opts).items() if k != "out" and k not in ignore and defaults.get(k) != v]
+    changed += [w for w in extra if w.startswith("-")]
     if not changed:
         return figure
     flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    instead = f"they go to {fallback}" if fallback is not None else "pass --out FILE to keep them"
     print(f"{parser.prog}: the results are not written to {figure}, which holds a run at the defaults "
-          f"(this one sets {flags.get(changed[0], changed[0])}); pass --out FILE to keep them",
-          file=sys.stderr)
-    return None
+          f"(this one sets {flags.get(changed[0], changed[0])}); {instead}", file=sys.stderr)
+    return fallback
 
 
 def append_jsonl(path, record: dict, fix: str | None = None) -> None:

@@ -11,7 +11,8 @@ wall-clock budget on the same machine:
                  the shared expert plus the routed expert(s) a token uses, so the active parameters
                  per token match (checked on the meta device and printed; routers are the gap)
   moe-ablation   the MoE without router noise and without the balancing loss
-and writes to --out (default img/):
+and writes to --out (default img/, the README's figures, for a run at the defaults; --out_dir for any
+other, so that a short run never replaces them):
   compare_bpb.png       validation bits/byte against wall-clock minutes and against tokens seen
   compare_experts.png   token share of each expert per MoE layer over training (heatmaps), both MoE runs
   compare_entropy.png   mean router entropy per MoE layer over training, both MoE runs
@@ -85,7 +86,8 @@ def parse(argv):
         help="training text (default ../shared/data/tinystories/train-lower.txt)")
     add("--val_data", default=str(SHARED / "valid-lower.txt"),
         help="validation text (default ../shared/data/tinystories/valid-lower.txt)")
-    add("--out", default=str(ROOT / "img"), help="folder for the plots, compare.json and .md (default img/)")
+    add("--out", default=None, help="folder for the plots, compare.json and .md (default: img/ for a run at "
+                                     "the defaults, the README's; --out_dir for any other)")
     add("--out_dir", default=str(ROOT / "checkpoints" / "compare"),
         help="folder for the three run folders (default checkpoints/compare/)")
     add("--cache_dir", default=str(ROOT / "cache"), help="tokenizer and token shard cache (default cache/)")
@@ -97,6 +99,8 @@ def parse(argv):
     add("--wandb_mode", default="disabled", choices=["auto", "online", "offline", "disabled"],
         help="Weights & Biases for the runs, group 'compare' (default disabled)")
     opts, extra = p.parse_known_args(argv)
+    opts.results = storage.results_path(p, opts, ROOT / "img", ignore=("results",), extra=extra,
+                                        fallback=Path(opts.out_dir))
     for word in extra:
         if word.startswith("--") and word[2:].split("=")[0] in OWNED:
             p.error(f"{word.split('=')[0]} is set by compare.py for every run; it cannot be passed through")
@@ -382,7 +386,7 @@ def main(argv=None) -> dict:
                     "load_avg_after": load_after},
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = Path(opts.out)
+    out = opts.results
     out.mkdir(parents=True, exist_ok=True)
     paths = {"bpb": out / "compare_bpb.png", "experts": out / "compare_experts.png",
              "entropy": out / "compare_entropy.png", "json": out / "compare.json", "md": out / "compare.md"}

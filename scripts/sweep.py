@@ -19,7 +19,9 @@ Each run is a `train.py --preset tiny` subprocess with the candidate's overrides
      10 minutes read train-lower.txt about 7 times and the MoE overfits it, which a 2.5-minute
      screen is too short to show. The pick is the lowest mean over the two seeds.
 It writes img/sweep.json (every run: settings, steps, tokens/s, parameters, validation),
-img/sweep.md (the tables) and img/sweep.png (bits/byte of each candidate, screened and confirmed).
+img/sweep.md (the tables) and img/sweep.png (bits/byte of each candidate, screened and confirmed);
+a sweep with other settings writes them to --out_dir instead (or to --out), never over the
+README's.
 
 How this departs from the obvious version:
 - The budget is wall clock, as train.py counts it, and each run's cosine is laid over it, so a
@@ -236,8 +238,12 @@ def main(argv=None):
     p.add_argument("--val_data", default=str(SHARED / "valid-lower.txt"))
     p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"))
     p.add_argument("--cache_dir", default=str(ROOT / "cache"))
-    p.add_argument("--out", default=str(ROOT / "img"), help="folder for sweep.json, sweep.md, sweep.png")
+    p.add_argument("--out", default=None, help="folder for sweep.json, sweep.md, sweep.png (default: img/ "
+                                                "for a sweep at the defaults, the README's; --out_dir for "
+                                                "any other)")
     opts, opts.extra = p.parse_known_args(argv)
+    out = storage.results_path(p, opts, ROOT / "img", ignore=("extra",), extra=opts.extra,
+                               fallback=Path(opts.out_dir))
     only = [s for s in opts.only.split(",") if s]
     unknown = sorted(set(only) - set(shapes()))
     if unknown:
@@ -262,7 +268,6 @@ def main(argv=None):
     followup = [run_one(f"{best['name']}+{name}", best["overrides"] + over, opts.confirm_minutes, seed, opts)
                 for name, over in ({} if opts.no_followups else FOLLOWUPS).items() for seed in (1, 2)]
     pick = pick_best([r for r in confirm if r["name"] == best["name"]] + followup)
-    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"screen": screen, "confirm": confirm, "followup": followup, "best": best["name"],
               "best_overrides": best["overrides"], "pick": pick["name"], "pick_overrides": pick["overrides"],

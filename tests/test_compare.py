@@ -113,3 +113,14 @@ def test_defaults_point_at_the_shared_files():
     a, extra = compare.parse([])
     assert a.data == str(ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt")
     assert a.val_data.endswith("valid-lower.txt") and a.minutes == 10 and extra == []
+
+
+def test_a_run_off_the_defaults_writes_its_results_beside_its_runs(tmp_path, capsys):
+    """The committed img/ figures are a 10-minute run's: a shorter one (or one with overrides passed
+    through) writes to its --out_dir instead, unless --out says otherwise."""
+    assert compare.parse([])[0].results == compare.ROOT / "img"
+    for argv in (["--minutes", "0.2"], ["--dim", "96"]):
+        opts, _ = compare.parse(argv)
+        assert opts.results == compare.Path(opts.out_dir)
+        assert f"(this one sets {argv[0]}); they go to {opts.out_dir}" in capsys.readouterr().err
+    assert compare.parse(["--minutes", "0.2", "--out", str(tmp_path / "x")])[0].results == tmp_path / "x"

@@ -167,3 +167,7 @@ def test_results_go_to_the_readme_figure_only_from_a_run_at_the_defaults(tmp_pat
         "holds a run at the defaults (this one sets --quick); pass --out FILE to keep them"
     storage.results_path(p, p.parse_args(["--no-hf"]), figure)
     assert "(this one sets --no-hf)" in capsys.readouterr().err  # the option as typed, not its dest
+    # compare.py and sweep.py: options passed through to train.py count; their runs' folder instead
+    runs = tmp_path / "runs"
+    assert storage.results_path(p, p.parse_args([]), figure, extra=["--dim", "96"], fallback=runs) == runs
+    assert "(this one sets --dim); they go to" in capsys.readouterr().err

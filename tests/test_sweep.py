@@ -42,6 +42,9 @@ def test_sweep_screens_confirms_reseeds_and_regularises(corpus, tmp_path, monkey
     assert (tmp_path / "img" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     again = sweep.main(argv)  # every run is finished: read back, not rerun
     assert again["screen"] == report["screen"] and again["followup"] == report["followup"]
+    monkeypatch.setattr(sweep, "ROOT", tmp_path / "repo")  # (a regression must not write the real img/)
+    sweep.main(argv[:argv.index("--out")])  # a sweep of its own without --out: not over the README's
+    assert (tmp_path / "runs" / "sweep.json").exists() and not (tmp_path / "repo").exists()
 
 
 def test_pick_is_the_lowest_mean_over_seeds():
