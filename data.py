@@ -428,6 +428,15 @@ def load_hub(name: str, split: str, text_field: str = "text"):
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
 
 
+
+def fraction_for(n: int) -> float:
+    """The smallest --val_fraction, at 3 significant digits, that holds out one of n documents
+    (1 in round(1 / f) is held out: 1 / n itself, printed rounded to the nearest, may round past n)."""
+    f = 1 / n
+    step = 10 ** (math.floor(math.log10(f)) - 2)
+    return math.ceil(f / step) * step
+
+
 class Split:
     """One split's documents: a source (local files or a hub split), all of it or one side of a
     held-out slice (1 in `every` documents: the (every-1)-th, (2 every-1)-th, ... for "val").
@@ -451,7 +460,7 @@ class Split:
             return ds
         held = np.arange(len(ds)) % self.every == self.every - 1
         if self.keep == "val" and not held.any():
-            fix = f" or raise --val_fraction to {1 / len(ds):.3g} or more" if len(ds) > 1 else ""
+            fix = f" or raise --val_fraction to {fraction_for(len(ds)):.3g} or more" if len(ds) > 1 else ""
             raise DataError(f"--data: holding out 1 in {self.every} of its {_n(len(ds), 'document')} leaves "
                             f"none for validation; pass --val_data{fix}")
         return ds.select(np.flatnonzero(held if self.keep == "val" else ~held))
