@@ -70,7 +70,7 @@ class ModelArgs:
                          hf="num_local_experts")
     top_k: int = arg(1, "routed experts per token", hf="num_experts_per_tok")
     moe_every: int = arg(1, "every moe_every-th layer is MoE (layers moe_every-1, 2*moe_every-1, "
-                            "...); the rest are dense. Scout 1, Maverick 2",
+                            "...); the rest are dense. Scout 1, Maverick 2; above n_layers, a dense model",
                          hf="interleave_moe_layer_step")
     nope_every: int = arg(4, "every nope_every-th layer (3, 7, ... for 4) has no RoPE and attends "
                              "to the whole context; the others use RoPE and chunked attention",

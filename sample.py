@@ -330,6 +330,13 @@ def image_prompt(args: config.ModelArgs) -> list[int]:
     return [args.image_start_id, args.image_id] + [args.patch_id] * args.image_tokens + [args.image_end_id]
 
 
+def prompt_text(ids: list[int], args: config.ModelArgs) -> list[int]:
+    """The ids of a prompt to print: without the <|endoftext|> it starts with (a cut prompt has
+    none) and without the image's tokens."""
+    image = set(image_prompt(args))
+    return [t for t in (ids[1:] if ids[:1] == [args.eos_id] else ids) if t not in image]
+
+
 def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs, warn) -> list[list[int]]:
     """Token ids of each prompt (after <|endoftext|>, and the image's tokens with --image), each
     repeated --num_samples times. A prompt too long to leave room for --max_new_tokens (up to half
@@ -423,7 +430,7 @@ def _main(argv=None):
     except UserError as e:
         fail(e)
 
-    texts = [tok.decode(p[1:] if p[0] == model.args.eos_id else p) for p in prompts]  # cut: no eos
+    texts = [tok.decode(prompt_text(p, model.args)) for p in prompts]
     stream = len(prompts) == 1
     printed = [0]
 

@@ -352,6 +352,8 @@ def test_an_image_prompt_keeps_its_image_and_cuts_its_text():
     assert len(ids) == n > 64 and not warnings  # but nothing to cut: no warning
     ids, args, warnings = stub_prompts("w " * 5, new=256, **big, max_seq_len=n + 1)  # one token of room
     assert len(ids) == n and "(room for 1 new)" in warnings[0]
+    ids, args, _ = stub_prompts("w " * 3, new=8, **vision)
+    assert sample.prompt_text(ids, args) == [20, 21, 22]  # what is printed: the text, not the image's tokens
 
 
 def test_without_ckpt_it_says_which_run_it_samples(run_dir, tmp_path, monkeypatch, capsys):
