@@ -575,6 +575,9 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
         r"fewer than one training window of --max_seq_len \+ 1 = 257"),
     "missing tokenizer": ({"t.txt": "text\n"}, dict(data="{tmp}/t.txt", tokenizer="{tmp}/none.json"),
                           r"--tokenizer: no such file"),
+    "tokenizer folder": ({"run/x.txt": "text\n", "t.txt": "text\n"},
+                         dict(data="{tmp}/t.txt", tokenizer="{tmp}/run"),
+                         r"--tokenizer: '.*run' is a folder; pass the tokenizer.json file itself"),
 }
 
 
