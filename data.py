@@ -347,6 +347,16 @@ def _json_problem(path: str, field: str) -> str | None:
     return None
 
 
+def _parquet_problem(path: str, flag: str) -> str | None:
+    """Why `datasets` could not read a parquet file, in words, where pyarrow can tell."""
+    import pyarrow.parquet as pq
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:
+        return f"is not a parquet file ({first_line(e)}); convert it or leave it out"
+    return f"has no rows; remove it or point {flag} at text" if rows == 0 else None
+
+
 def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     """One local file as a `datasets.Dataset` with a "text" column, cached by `datasets` in cache_dir."""
     import datasets  # imported on first use: ~1 s, and a cache hit of prepare() never needs it
@@ -368,7 +378,7 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
     except Exception as e:
-        problem = _json_problem(path, field) if kind == "json" else None
+        problem = _json_problem(path, field) if kind == "json" else _parquet_problem(path, flag)
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     feature = ds.features.get(field)
     column = ds.data.column(field) if field in ds.column_names else None

@@ -604,6 +604,12 @@ def test_parquet_without_the_text_column(tmp_path):
     pq.write_table(pa.table({"text": ["a", None]}), path)
     with pytest.raises(DataError, match=r"row 1: 'text' is empty \(null\)"):
         run(tmp_path, data=str(path))
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
+    with pytest.raises(DataError, match=r"p.parquet: has no rows; remove it or point --data at text"):
+        run(tmp_path, data=str(path))
+    path.write_text("not parquet")
+    with pytest.raises(DataError, match=r"p.parquet: is not a parquet file \(ArrowInvalid"):
+        run(tmp_path, data=str(path))
 
 
 def test_a_few_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
