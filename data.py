@@ -353,7 +353,7 @@ def _parquet_problem(path: str, flag: str) -> str | None:
     try:
         rows = pq.ParquetFile(path).metadata.num_rows
     except Exception as e:
-        return f"is not a parquet file ({first_line(e)}); convert it or leave it out"
+        return f"is not a parquet file, or a damaged one ({first_line(e)}); replace it or leave it out"
     return f"has no rows; remove it or point {flag} at text" if rows == 0 else None
 
 
@@ -440,11 +440,11 @@ def load_hub(name: str, split: str, text_field: str = "text"):
 
 
 def fraction_for(n: int) -> float:
-    """The smallest --val_fraction, at 3 significant digits, that holds out one of n documents
-    (1 in round(1 / f) is held out: 1 / n itself, printed rounded to the nearest, may round past n)."""
+    """A --val_fraction that holds out one of n documents: 1 / n rounded up at 3 significant digits
+    (1 in round(1 / f) is held out: 1 / n rounded to the nearest may round past n)."""
     f = 1 / n
     step = 10 ** (math.floor(math.log10(f)) - 2)
-    return math.ceil(f / step) * step
+    return math.ceil(round(f / step, 6)) * step  # (round: 1 / 10000 / 1e-6 is 100.00000000000001)
 
 
 class Split:

@@ -128,7 +128,7 @@ def results_path(parser, opts, figure: Path, ignore=(), extra=(), fallback=None)
         return figure
     flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
     instead = f"they go to {fallback}" if fallback is not None else "pass --out FILE to keep them"
-    print(f"{parser.prog}: the results are not written to {figure}, which holds a run at the defaults "
+    print(f"{parser.prog}: the results are not written to {figure}, which holds the README's run "
           f"(this one sets {flags.get(changed[0], changed[0])}); {instead}", file=sys.stderr)
     return fallback
 

@@ -103,8 +103,10 @@ class Tokenizer:
     def load(cls, path, fix: str = "pass a tokenizer.json written by this project") -> "Tokenizer":
         """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one)."""
         if os.path.isdir(path):  # a run folder: its tokenizer is the file inside
-            raise DataError(f"--tokenizer: '{path}' is a folder; pass the tokenizer.json file itself "
-                            f"({Path(path) / 'tokenizer.json'}), or leave it empty to train one")
+            inside = Path(path) / "tokenizer.json"
+            which = f" ({inside})" if inside.is_file() else ""
+            raise DataError(f"--tokenizer: '{path}' is a folder; pass the tokenizer.json file itself{which}, "
+                            "or leave it empty to train one")
         if not os.path.isfile(path):
             raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
                             "train one")

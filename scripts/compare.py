@@ -99,13 +99,13 @@ def parse(argv):
     add("--wandb_mode", default="disabled", choices=["auto", "online", "offline", "disabled"],
         help="Weights & Biases for the runs, group 'compare' (default disabled)")
     opts, extra = p.parse_known_args(argv)
-    opts.results = storage.results_path(p, opts, ROOT / "img", ignore=("results",), extra=extra,
-                                        fallback=Path(opts.out_dir))
     for word in extra:
         if word.startswith("--") and word[2:].split("=")[0] in OWNED:
             p.error(f"{word.split('=')[0]} is set by compare.py for every run; it cannot be passed through")
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
+    opts.results = storage.results_path(p, opts, ROOT / "img", extra=extra, fallback=Path(opts.out_dir),
+                                        ignore=("out_dir", "cache_dir", "wandb_mode"))  # (not the results)
     return opts, extra
 
 

@@ -1,7 +1,7 @@
 """What 10 CPU minutes should train: a small sweep over the `tiny` preset's shape, learning rate,
 schedule, batch and tokenizer, measured rather than guessed.
 
-    python scripts/sweep.py                      # about 3 hours on 2 CPU cores
+    python scripts/sweep.py --no_compile         # about 3 hours on 2 CPU cores (the README's img/sweep.*)
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
     (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own)
 
@@ -224,6 +224,12 @@ def plot(screen: list[dict], confirm: list[dict], out: Path) -> None:
     storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
+def results_folder(p, opts) -> Path:
+    """img/ for the README's sweep (`--no_compile`, any --out_dir or --cache_dir), else --out_dir."""
+    return storage.results_path(p, opts, ROOT / "img", extra=opts.extra, fallback=Path(opts.out_dir),
+                                ignore=("extra", "no_compile", "out_dir", "cache_dir"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,15 +245,14 @@ def main(argv=None):
     p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"))
     p.add_argument("--cache_dir", default=str(ROOT / "cache"))
     p.add_argument("--out", default=None, help="folder for sweep.json, sweep.md, sweep.png (default: img/ "
-                                                "for a sweep at the defaults, the README's; --out_dir for "
-                                                "any other)")
+                                                "for the README's sweep, the defaults with or without "
+                                                "--no_compile; --out_dir for any other)")
     opts, opts.extra = p.parse_known_args(argv)
-    out = storage.results_path(p, opts, ROOT / "img", ignore=("extra",), extra=opts.extra,
-                               fallback=Path(opts.out_dir))
     only = [s for s in opts.only.split(",") if s]
     unknown = sorted(set(only) - set(shapes()))
     if unknown:
         p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
+    out = results_folder(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:

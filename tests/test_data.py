@@ -575,9 +575,12 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
         r"fewer than one training window of --max_seq_len \+ 1 = 257"),
     "missing tokenizer": ({"t.txt": "text\n"}, dict(data="{tmp}/t.txt", tokenizer="{tmp}/none.json"),
                           r"--tokenizer: no such file"),
-    "tokenizer folder": ({"run/x.txt": "text\n", "t.txt": "text\n"},
+    "tokenizer folder": ({"run/tokenizer.json": "{}", "t.txt": "text\n"},
                          dict(data="{tmp}/t.txt", tokenizer="{tmp}/run"),
-                         r"--tokenizer: '.*run' is a folder; pass the tokenizer.json file itself"),
+                         r"--tokenizer: '.*run' is a folder; pass the tokenizer.json file itself "
+                         r"\(.*run/tokenizer.json\)"),
+    "one document of 3 to hold out": ({"f.txt": official(stories(3))}, dict(data="{tmp}/f.txt"),
+                                      r"pass --val_data or raise --val_fraction to 0.334 or more"),
 }
 
 
@@ -608,7 +611,7 @@ def test_parquet_without_the_text_column(tmp_path):
     with pytest.raises(DataError, match=r"p.parquet: has no rows; remove it or point --data at text"):
         run(tmp_path, data=str(path))
     path.write_text("not parquet")
-    with pytest.raises(DataError, match=r"p.parquet: is not a parquet file \(ArrowInvalid"):
+    with pytest.raises(DataError, match=r"p.parquet: is not a parquet file, or a damaged one \(ArrowInvalid"):
         run(tmp_path, data=str(path))
 
 
@@ -657,3 +660,4 @@ def test_the_val_fraction_suggested_holds_out_a_document():
     for n in range(2, 100_000):
         typed = float(f"{data.fraction_for(n):.3g}")
         assert 1 <= round(1 / typed) <= n, n
+    assert data.fraction_for(10_000) == pytest.approx(1e-4)  # not 0.000101 from a float's last digit

@@ -571,3 +571,17 @@ def test_image_runs_the_vision_path(tmp_path):
                         use_cache=False)
     assert a == b
 
+
+
+def test_an_image_prompt_prints_its_text_not_the_image_tokens(run_dir, tmp_path, capsys):
+    from PIL import Image
+    corpus = run_dir.parent.parent / "stories.txt"
+    train.main(["--preset", "debug", "--vocab_size", "300", "--max_steps", "1", "--data", str(corpus),
+                "--out_dir", str(tmp_path / "ckpt"), "--cache_dir", str(tmp_path / "cache"), "--plot", "",
+                "--vision", "true", "--run", "v", "--wandb_mode", "disabled"])
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "red.png")
+    capsys.readouterr()
+    sample.main(["--ckpt", str(tmp_path / "ckpt" / "v"), "--image", str(tmp_path / "red.png"),
+                 "--prompt", "once upon", "--max_new_tokens", "2"])
+    out = capsys.readouterr().out
+    assert out.startswith("once upon") and "<|" not in out

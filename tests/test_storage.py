@@ -164,7 +164,7 @@ def test_results_go_to_the_readme_figure_only_from_a_run_at_the_defaults(tmp_pat
     assert storage.results_path(p, given, figure) == storage.Path("x.json")
     assert storage.results_path(p, p.parse_args(["--quick"]), figure) is None
     assert capsys.readouterr().err.strip() == f"bench.py: the results are not written to {figure}, which " \
-        "holds a run at the defaults (this one sets --quick); pass --out FILE to keep them"
+        "holds the README's run (this one sets --quick); pass --out FILE to keep them"
     storage.results_path(p, p.parse_args(["--no-hf"]), figure)
     assert "(this one sets --no-hf)" in capsys.readouterr().err  # the option as typed, not its dest
     # compare.py and sweep.py: options passed through to train.py count; their runs' folder instead

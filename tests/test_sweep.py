@@ -82,3 +82,19 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
                     "--out", str(tmp_path / "img"), *TOY])
     assert str(e.value.code).startswith("sweep.py: error: train.py failed for ")
     assert "--data: no such file" in capfd.readouterr().err  # train.py's own line, above ours
+
+
+def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(monkeypatch, capsys):
+    """`python scripts/sweep.py --no_compile` made img/sweep.*: it still writes there; a shorter
+    sweep writes beside its runs instead (said on stderr), never over the README's."""
+    class Started(Exception):
+        pass
+
+    def run_one(*args):
+        raise Started
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    for argv, moved in [(["--no_compile"], False), (["--no_compile", "--screen_minutes", "1"], True),
+                        (["--no_compile", "--num_proc", "1"], True)]:
+        with pytest.raises(Started):
+            sweep.main(argv)
+        assert ("they go to" in capsys.readouterr().err) == moved, argv
