@@ -438,7 +438,6 @@ def load_hub(name: str, split: str, text_field: str = "text"):
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
 
 
-
 def fraction_for(n: int) -> float:
     """A --val_fraction that holds out one of n documents: 1 / n rounded up at 3 significant digits
     (1 in round(1 / f) is held out: 1 / n rounded to the nearest may round past n)."""
