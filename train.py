@@ -300,6 +300,7 @@ class Clock:
     def __init__(self, max_minutes: float, elapsed_before: float = 0.0):
         self.max_seconds = max_minutes * 60
         self.before, self.start = elapsed_before, time.time()
+        self.mark = None  # (step, elapsed) when the ETA was first asked for
 
     def elapsed(self) -> float:
         return self.before + time.time() - self.start
@@ -307,8 +308,16 @@ class Clock:
     def spent(self, state: LoopState) -> bool:
         return self.max_seconds > 0 and state.elapsed >= self.max_seconds
 
-    def minutes_left(self, state: LoopState) -> float:
-        return max(0.0, (self.max_seconds - state.elapsed) / 60)
+    def minutes_left(self, state: LoopState, max_steps: int) -> float:
+        """Until the budget or max_steps ends the run, whichever comes first: the steps left at the
+        pace since this session's first call (after the compiling first steps, which are slower)."""
+        left = max(0.0, self.max_seconds - state.elapsed)
+        if self.mark is None:
+            self.mark = (state.step, state.elapsed)
+        elif state.step > self.mark[0]:
+            pace = (state.elapsed - self.mark[1]) / (state.step - self.mark[0])  # seconds per step
+            left = min(left, max(0, max_steps - state.step) * pace)
+        return left / 60
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,7 +510,7 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
                mfu=tok_s * job.fpt / (job.peak * job.world.size) if job.peak else None, tokens=state.tokens,
                minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
     if job.world.main:
-        eta = {"eta": f"{job.clock.minutes_left(state):.1f}min"} if job.train_args.max_minutes else {}
+        eta = {"eta": f"{job.clock.minutes_left(state, job.train_args.max_steps):.1f}min"} if job.train_args.max_minutes else {}
         bar.set_postfix(loss=f"{rec['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", **eta)
         extra = {}
         if "expert_share" in rec:

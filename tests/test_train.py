@@ -75,6 +75,19 @@ def test_schedule_shape():
     assert train.lr_at(budget, 5, minutes=10.0) == pytest.approx(0.0)
 
 
+def test_eta_is_whichever_limit_comes_first():
+    """The progress bar's ETA under --max_minutes: the budget left, unless --max_steps ends the
+    run sooner at the pace measured since the first ETA (it followed the budget alone)."""
+    clock = train.Clock(max_minutes=60)
+    state = train.LoopState(step=10, elapsed=30.0)
+    assert clock.minutes_left(state, max_steps=100) == pytest.approx(59.5)  # no pace yet
+    state.step, state.elapsed = 20, 50.0  # 2 s a step: 80 steps left are 160 s
+    assert clock.minutes_left(state, max_steps=100) == pytest.approx(160 / 60)
+    assert clock.minutes_left(state, max_steps=10**6) == pytest.approx((3600 - 50) / 60)  # the budget
+    state.elapsed = 4000.0
+    assert clock.minutes_left(state, max_steps=10**6) == 0.0
+
+
 def test_accumulation_k_by_b_equals_one_batch_of_k_times_b():
     torch.manual_seed(0)
     model = Llama4(debug_args(max_seq_len=16, router_noise=False, router_aux_loss_coef=0.0))
