@@ -67,6 +67,7 @@ import errno
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -375,11 +376,16 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
                 cache_dir=cache_dir, gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}"})
         return datasets.load_dataset("text", data_files=path, sample_by="paragraph",
                                      encoding_errors="replace", split="train", cache_dir=cache_dir)
+    library_log = logging.getLogger("datasets")
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)  # it logs a failed read before raising: ours is the one line
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
     except Exception as e:
         problem = _json_problem(path, field) if kind == "json" else _parquet_problem(path, flag)
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
+    finally:
+        library_log.setLevel(level)
     feature = ds.features.get(field)
     column = ds.data.column(field) if field in ds.column_names else None
     is_text = getattr(feature, "dtype", None) in ("string", "large_string")
@@ -497,6 +503,17 @@ def _hub_split(name: str, split: str, text_field: str) -> Split:
     return Split(f"{name} [{split}] (Hugging Face Hub)", source, load)
 
 
+def warn_overlap(train: Split, val: Split, log) -> None:
+    """A warning when --val_data names a file that --data names too (by its real path)."""
+    def real(split):
+        return {os.path.realpath(f[0]) for f in split.source["files"]}
+    shared = sorted(real(train) & real(val))
+    if shared:
+        log(f"warning: --val_data and --data share {_n(len(shared), 'file')} ({shared[0]}"
+            f"{', ...' * (len(shared) > 1)}): the validation loss is not held out; give --val_data other "
+            "text, or leave it out to hold out 1 in round(1 / --val_fraction) documents of --data")
+
+
 def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = True) -> tuple[Split, Split]:
     """The training and validation splits that train_args asks for (nothing is read yet).
     need_train=False (evaluating): with a --val_data, the training split is None, its files not
@@ -510,6 +527,8 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
              else _hub_split(train_args.hf_dataset, "train", train_args.text_field))
     if train_args.val_data:
         val = _local_split(train_args.val_data, "--val_data", train_args.text_field, cache_dir, log)
+        if train_args.data:
+            warn_overlap(train, val, log)
     elif not train_args.data:
         val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field)
     else:

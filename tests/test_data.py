@@ -146,6 +146,23 @@ def test_held_out_validation_is_deterministic_and_logged(tmp_path):
     assert any("1 in 10 documents of --data, held out" in line for line in logs)
 
 
+def test_validation_files_inside_the_training_data_get_a_warning(tmp_path):
+    """--val_data naming a file of --data (here through a symlink and a folder) is allowed but
+    scores the model on its training text: one warning line says so; separate files get none."""
+    (tmp_path / "corpus").mkdir()
+    a = write(tmp_path / "corpus" / "a.txt", official(stories(4)))
+    write(tmp_path / "corpus" / "b.txt", official(stories(4)))
+    (tmp_path / "link.txt").symlink_to(a)
+    other = write(tmp_path / "other.txt", official(stories(4)))
+    for val, warned in [(tmp_path / "link.txt", True), (other, False)]:
+        logs = []
+        data.resolve_sources(TrainArgs(data=str(tmp_path / "corpus"), val_data=str(val)), logs.append)
+        lines = [line for line in logs if line.startswith("warning")]
+        assert lines == ([f"warning: --val_data and --data share 1 file ({a}): the validation loss is not "
+                          "held out; give --val_data other text, or leave it out to hold out 1 in "
+                          "round(1 / --val_fraction) documents of --data"] if warned else [])
+
+
 def test_shared_train_sample(tmp_path):
     path = shared_file("train-sample.txt")
     text = path.read_text(encoding="utf-8")
@@ -585,7 +602,7 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_a_one_line_error(tmp_path, case):
+def test_bad_input_is_a_one_line_error(tmp_path, case, capfd):
     files, kw, pattern = BAD[case]
     src = tmp_path / "src"
     src.mkdir()
@@ -596,6 +613,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, case):
     with pytest.raises(DataError, match=pattern) as e:
         run(tmp_path, **model, **kw)
     assert "\n" not in str(e.value)
+    assert "Failed to" not in capfd.readouterr().err  # `datasets` logged its own line before ours
     assert no_partial_files(tmp_path / "cache")
 
 
