@@ -49,7 +49,8 @@ How this departs from the obvious version:
 - What can be refused before any work is: a vocabulary below 264, a batch that does not split
   over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
   the device's memory, CUDA graphs with gradient accumulation (exit status 2, as for any bad
-  setting).
+  setting). Settings that are allowed but probably not meant get a warning line: a warmup as
+  long as the run, a --val_fraction with a validation source, --val_data files inside --data.
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
   step is taken again, eagerly, as a --compile false run takes it (first_steps).
@@ -510,7 +511,8 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
                mfu=tok_s * job.fpt / (job.peak * job.world.size) if job.peak else None, tokens=state.tokens,
                minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
     if job.world.main:
-        eta = {"eta": f"{job.clock.minutes_left(state, job.train_args.max_steps):.1f}min"} if job.train_args.max_minutes else {}
+        t = job.train_args
+        eta = {"eta": f"{job.clock.minutes_left(state, t.max_steps):.1f}min"} if t.max_minutes else {}
         bar.set_postfix(loss=f"{rec['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", **eta)
         extra = {}
         if "expert_share" in rec:
@@ -692,6 +694,21 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
                           "keep the batch), or use a smaller model")
 
 
+def setting_warnings(plan: RunPlan, given) -> list[str]:
+    """Settings that are allowed but are probably not what was meant: a warmup that outlasts the
+    run, a --val_fraction typed where a validation source is given (it holds nothing out)."""
+    t, lines = plan.train_args, []
+    if t.warmup_steps >= t.max_steps and not t.eval_only:
+        lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
+                     f"rate warms up to {lr_at(t, t.max_steps - 1):.2g} of --lr {t.lr:g} and never decays; "
+                     "lower --warmup_steps")
+    if "val_fraction" in given and (t.val_data or not t.data):
+        source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
+        lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
+                     "part of --data only when no --val_data is given)")
+    return [f"warning: {line}" for line in lines]
+
+
 class RunFolder:
     """The run folder, held by this process (rank 0) from before anything is written until the run
     ends: created if need be, locked (run.lock, an flock the kernel drops if the process dies), and
@@ -815,6 +832,8 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     folder = None
     try:
         check_settings(plan, device, world)
+        for line in setting_warnings(plan, given):
+            log(line)
         folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
         job, state = build_job(plan, preset, device, world, log)
     except BaseException as e:

@@ -240,8 +240,8 @@ def test_a_fork_never_overwrites_another_runs_checkpoint(tmp_path, corpus, cache
 
 
 def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
-    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
-    capsys.readouterr()
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))  # the debug preset warms up for 2
+    assert "warning: --warmup_steps 2 is not below --max_steps 2" in capsys.readouterr().out
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus),
                 "--cache_dir", str(cache), "--eval_windows", "0"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -413,6 +413,25 @@ def test_out_of_range_setting_exits_before_any_work(tmp_path, corpus, cache, cap
         train.main(args(tmp_path, corpus, cache, "--grad_clip", "-1"))
     assert e.value.code == 2 and "--grad_clip" in capsys.readouterr().err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_settings_probably_not_meant_get_a_warning_line():
+    """A warmup as long as the run (the rate never decays) and a --val_fraction typed beside a
+    validation source (it holds nothing out) are allowed, with one line each."""
+    def warnings(given=(), **kw):
+        plan = train.RunPlan(None, debug_args(), TrainArgs(**kw), None, None)
+        return train.setting_warnings(plan, set(given))
+
+    assert warnings(max_steps=50, warmup_steps=100, lr=1e-3) == [
+        "warning: --warmup_steps 100 is not below --max_steps 50: the learning rate warms up to 0.0005 "
+        "of --lr 0.001 and never decays; lower --warmup_steps"]
+    assert warnings(max_steps=50, warmup_steps=100, eval_only=True) == []
+    assert warnings(["val_fraction"], data="a.txt", val_data="b.txt", val_fraction=0.1) == [
+        "warning: --val_fraction has no effect: --val_data b.txt is the validation text (it holds out "
+        "part of --data only when no --val_data is given)"]
+    assert "the hub's validation split" in warnings(["val_fraction"], val_fraction=0.1)[0]
+    assert warnings(["val_fraction"], data="a.txt", val_fraction=0.1) == []
+    assert warnings(data="a.txt", val_data="b.txt") == []  # the default, not typed
 
 
 # --- scale out ------------------------------------------------------------------------------
