@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -227,6 +228,30 @@ def test_training_is_deterministic_and_saved_atomically(tmp_path):
     assert [p.name for p in (tmp_path / "tok").iterdir()] == ["tokenizer.json"]
     c = Tokenizer.load(tmp_path / "tok" / "tokenizer.json")
     assert c.hash == a.hash and c.encode("Tom was happy") == a.encode("Tom was happy")
+
+
+def test_the_trainer_sees_long_runs_in_pieces_and_real_text_whole():
+    """The BPE trainer is quadratic in a word's length (3 MB of one word ran for over ten minutes):
+    runs of LONG_RUN spaces or non-spaces reach it in pieces, so no token is longer; text without
+    such runs trains the very tokenizer the unwrapped trainer does."""
+    n = tokenizer.LONG_RUN
+    texts = ["ab" * 4000 + " cd" + " " * (3 * n) + "ef", ["x" * n, "y" * (n + 1), "Once upon a time"]]
+    got = list(tokenizer._short_runs(texts))
+    assert ["".join(p) for p in got] == [texts[0], "".join(texts[1])]
+    too_long = re.compile(rf"\S{{{n + 1}}}|\s{{{n + 1}}}")
+    assert not any(too_long.search(piece) for pieces in got for piece in pieces)
+    assert got[1] == ["x" * n, "y" * n, "y", "Once upon a time"]
+    long = Tokenizer.train([official(stories(30)), "ab" * 4000], 400)
+    assert max(len(long.decode([i])) for i in range(long.vocab_size)) <= n  # "abab...": 8,000 before
+
+    docs = shared_file("train-sample.txt").read_text().split(EOT)
+    plain = tokenizer.tokenizers.Tokenizer(tokenizer.models.BPE())
+    plain.pre_tokenizer = tokenizer.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    plain.decoder = tokenizer.decoders.ByteLevel()
+    plain.train_from_iterator(docs, tokenizer.trainers.BpeTrainer(
+        vocab_size=600, special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=tokenizer.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    assert Tokenizer.train(docs, 600).hash == Tokenizer(plain).hash
 
 
 def test_tokenizer_json_loads_in_transformers(tmp_path):
