@@ -20,7 +20,8 @@ How a training step flows (`run` reads in this order):
                  when the gradients are not finite): the unit a compiler can take whole
     first_steps  train_step, or eagerly where a compiled model's first steps fail to compile
     LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
-    log_step     every log_every steps: one metrics record, the only host sync of the loop
+    log_step     every log_every steps: one metrics record, the only host sync of the loop (under
+                 torchrun, with agree: the ranks' stop requests and clock)
     evaluate     every eval_every steps: validation nats/token and bits/byte, then best.pt
     maybe_save   every save_every steps, on a signal and at the end: last.pt
 
@@ -44,8 +45,9 @@ How this departs from the obvious version:
   written until the end, so a second train.py on the folder stops with a line naming the first
   (--eval_only only reads, and takes no lock). A folder a failed run created and left empty is
   removed.
-- Ctrl-C / SIGTERM finish the current step, save last.pt and exit cleanly; a second signal aborts
-  (exit status 130, one line), but never in the middle of a save: it waits for the file.
+- Ctrl-C / SIGTERM finish the current step (under torchrun, the steps up to the next log step,
+  where the ranks agree), save last.pt and exit cleanly; a second signal aborts (exit status 130,
+  one line), but never in the middle of a save: it waits for the file.
 - What can be refused before any work is: a vocabulary below 264, a batch that does not split
   over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
   the device's memory, CUDA graphs with gradient accumulation (exit status 2, as for any bad
@@ -575,10 +577,15 @@ class Stop:
 
 
 def agree(job: Job, state: LoopState, stop: Stop) -> bool:
-    """Update the clock (agreed over the ranks, as is a stop request); True when a signal asks to stop."""
+    """Update the clock (agreed over the ranks, as is a stop request); True when a signal asks to stop.
+    Under torchrun the ranks agree at log steps only: reading the collective's result waits for the
+    step, which a step between log steps does not (so a signal takes effect at the next log step,
+    and the clock the schedule and the budget read moves in log_every steps)."""
     if job.world.size == 1:
         state.elapsed = job.clock.elapsed()
         return stop.requested
+    if state.step % job.train_args.log_every:
+        return False
     stop_now, state.elapsed = runtime.all_reduce([float(stop.requested), job.clock.elapsed()], job.device,
                                                  job.world, op=dist.ReduceOp.MAX)
     return bool(stop_now)

@@ -436,6 +436,32 @@ def test_settings_probably_not_meant_get_a_warning_line():
 
 # --- scale out ------------------------------------------------------------------------------
 
+def test_ranks_agree_on_stop_and_clock_at_log_steps_only(monkeypatch):
+    """Under torchrun the stop request and clock are all-reduced, and reading the result waits for
+    the step: that happens at log steps only, so steps between them run ahead of the device."""
+    from types import SimpleNamespace
+
+    import runtime
+    calls = []
+
+    def all_reduce(values, device, world, op=None):
+        calls.append(values)
+        return [1.0, 42.0]  # another rank asked to stop; the slowest clock
+    monkeypatch.setattr(runtime, "all_reduce", all_reduce)
+    job = SimpleNamespace(world=runtime.World(0, 2), train_args=TrainArgs(log_every=10), device="cpu",
+                          clock=train.Clock(0))
+    state, stop = train.LoopState(), SimpleNamespace(requested=False)
+    asked = []
+    for step in range(1, 21):
+        state.step = step
+        asked.append(train.agree(job, state, stop))
+    assert len(calls) == 2 and [i + 1 for i, a in enumerate(asked) if a] == [10, 20]
+    assert state.elapsed == 42.0
+    job.world = runtime.World()  # one process reads its own flag and clock at every step, no collective
+    stop.requested = True
+    assert train.agree(job, state, stop) and len(calls) == 2
+
+
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
     common = ["--max_steps", "3", "--grad_accum", "2", "--eval_every", "100"]
     train.main(args(tmp_path, corpus, cache, *common, run="single"))
