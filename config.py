@@ -97,7 +97,7 @@ class ModelArgs:
     attn_scale: float = arg(0.1, "temperature tuning: strength", hf="attn_scale")
     norm_eps: float = arg(1e-5, "RMSNorm epsilon (QK norm included)", hf="rms_norm_eps")
     init_std: float = arg(0.02, "std of the normal weight init", hf="initializer_range")
-    # --- routing extras for training (not in transformers; all off in eval) ---
+    # --- routing in training (off in eval): the noise and the z-loss are ours, the aux weight HF's ---
     router_noise: bool = arg(True, "noisy top-k gating during training (learned noise scale)")
     router_aux_loss_coef: float = arg(0.001, "weight of the switch load-balancing loss",
                                       hf="router_aux_loss_coef")

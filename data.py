@@ -789,14 +789,6 @@ def val_windows(tokens, seq_len: int, max_windows: int = 0, start: int = 0, stop
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def val_batches(tokens, batch_size: int, seq_len: int, max_windows: int = 0, start: int = 0,
-                stop: int | None = None, pad_id: int = 0):
-    """val_windows(...) in batches of batch_size windows (the last may be smaller)."""
-    x, y = val_windows(tokens, seq_len, max_windows, start, stop, pad_id)
-    for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]
-
-
 def count_bytes(y, token_bytes: np.ndarray) -> int:
     """UTF-8 bytes that the real targets (y >= 0) of a batch decode to."""
     y = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)

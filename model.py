@@ -30,8 +30,9 @@ How it departs from the obvious version (and from HF's code):
   once, written with a scatter, read whole under a mask; chunked layers mask the older chunks
   rather than drop them. A decoding step then has fixed shapes and no host read, so it can be
   compiled into a CUDA graph (sample.py does); no cache (the full forward) is the reference.
-- Chunked attention in training folds each aligned chunk into the batch and runs plain causal
-  attention on it: no T x T mask is materialised and no masked-out work is done.
+- Chunked attention with default positions and no cache (training and evaluation) folds each
+  aligned chunk into the batch and runs plain causal attention on it: no T x T mask is
+  materialised and no masked-out work is done.
 - Under autocast each normed activation is cast to bf16 once, in Block (`compute_dtype`), and
   shared by the projections that read it; autocast alone casts it again for each one (q, k, v).
 - In training, q, k and v come from one matmul over their weights side by side, and RoPE and the
@@ -258,7 +259,7 @@ class Attention(nn.Module):
     def forward(self, x, pos, rope, cache: CacheStep | None = None, default_pos: bool = False):
         """x (B, T, dim); pos (B, T) positions, -1 for padding; rope = rope_tables(cos, sin) for `pos`;
         cache: this call's KVCache.step(pos). default_pos: pos is arange(T) in every row and there
-        is no cache (the training case)."""
+        is no cache (training and evaluation)."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self.training:  # one matmul; q and k side by side, so RoPE and the norm run once
@@ -774,12 +775,13 @@ class VisionAttention(nn.Module):
 
     def forward(self, x, rope):
         B, P, _ = x.shape
-        q = self.q_proj(x).view(B, P, self.n_heads, self.head_dim)
+        q = self.q_proj(x).view(B, P, self.n_heads, self.head_dim)  # (B, P, H, D)
         k = self.k_proj(x).view(B, P, self.n_heads, self.head_dim)
         v = self.v_proj(x).view(B, P, self.n_heads, self.head_dim)
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
+        # (B, H, P, D) each; bidirectional
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.o_proj(y.transpose(1, 2).reshape(B, P, -1))  # bidirectional
+        return self.o_proj(y.transpose(1, 2).reshape(B, P, -1))  # (B, H, P, D) -> (B, P, H*D)
 
 
 class VisionMLP(nn.Module):
@@ -890,12 +892,12 @@ ROUTER_NOISE_INIT = 0.01  # initial noise std: routing starts almost noise-free
 
 
 @torch.no_grad()
-def init_weights(model: Llama4, std: float | None = None):
+def init_weights(model: Llama4):
     """The one weight init: N(0, init_std) for every linear, embedding, router and expert weight,
-    as transformers does; norms at 1, biases at 0. Two deviations, both outside HF's model:
-    the router noise projection starts at zero weight and a bias giving noise std
-    ROUTER_NOISE_INIT, and the vision class/position embeddings use N(0, vision_dim^-0.5) as HF."""
-    std = model.args.init_std if std is None else std
+    as transformers does; norms at 1, biases at 0; the vision class and position embeddings
+    N(0, vision_dim^-0.5), as HF. One deviation, outside HF's model: the router noise projection
+    starts at zero weight and a bias giving noise std ROUTER_NOISE_INIT."""
+    std = model.args.init_std
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0.0, std)

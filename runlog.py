@@ -10,9 +10,9 @@ writes through it; scripts/plot_runs.py and scripts/compare.py read through it.
 Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm",
 "tokens_per_s", "mfu", "tokens", "minutes", "skipped_steps", "expert_share", "router_entropy",
 "window_steps"} and {"kind": "val", "step", "minutes", "tokens", "nats_per_token", "perplexity",
-"bits_per_byte", "val_tokens", "val_bytes"}; `tokens` is tokens trained on. A train record holds
-the means over the `window_steps` steps before it: --log_every of them, fewer in the last record
-of a run stopped early (by --max_steps, the budget or a signal).
+"bits_per_byte", "val_tokens", "val_bytes", "val_seconds"}; `tokens` is tokens trained on. A train
+record holds the means over the `window_steps` steps before it: --log_every of them, fewer in the
+last record of a run stopped early (by --max_steps, the budget or a signal).
 
 How this departs from the obvious version: the log survives what a run goes through. A torn last
 line (a crash or a full disk during the append) is dropped with a warning when the file is read; a

@@ -7,11 +7,11 @@
 Every prompt starts with <|endoftext|>, as every story does in training. One sample streams to
 stdout (every 16 tokens); several samples are generated as one left-padded batch and printed one
 after another. Generation stops at <|endoftext|>, after --max_new_tokens, or when the row's context
-(max_seq_len) is full. A prompt longer than max_seq_len - 1 tokens is cut from the left, with a
-warning (its <|endoftext|> goes too). --image shows the vision stub a picture (the checkpoint must
-have it: --vision); an untrained vision tower makes the text meaningless. On CUDA the weights are
-bf16 and the decode step is compiled into a CUDA graph by default (--dtype, --compile); on CPU,
-fp32 and eager.
+(max_seq_len) is full. A prompt too long to leave room for --max_new_tokens (up to half the
+context) is cut from the left, with a warning (its <|endoftext|> goes too). --image shows the
+vision stub a picture (the checkpoint must have it: --vision); an untrained vision tower makes the
+text meaningless. On CUDA the weights are bf16 and the decode step is compiled into a CUDA graph by
+default (--dtype, --compile); on CPU, fp32 and eager.
 
 How this departs from the obvious version:
 - Incremental decoding with the model's static KV cache (model.KVCache: allocated once, indexed
@@ -212,6 +212,7 @@ def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: boo
         logits = torch.zeros(len(tokens), model.args.vocab_size, device=tokens.device)
         if not live.any():
             return logits
+        # images (B*n, 3, S, S) -> (B, n, 3, S, S) -> the live rows' (live*n, 3, S, S)
         some_images = None if images is None else images.unflatten(0, (len(tokens), -1))[live].flatten(0, 1)
         logits[live] = model(tokens[live, over:], positions=positions[live, over:], images=some_images,
                              last_only=True).logits[:, -1].float()
@@ -314,7 +315,7 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 
 
 def load_image(path, args: config.ModelArgs) -> torch.Tensor:
-    """A PNG/JPEG as (1, 3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does."""
+    """A PNG/JPEG as (3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does."""
     from PIL import Image
     try:
         img = Image.open(path).convert("RGB").resize((args.image_size, args.image_size))
@@ -322,7 +323,7 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
         raise SampleError(f"--image {path}: cannot read it as an image ({e})") from e
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(args.image_size,
                                                                                   args.image_size, 3)
-    return (pixels.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5
+    return (pixels.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5  # (S, S, 3) -> (3, S, S)
 
 
 def image_prompt(args: config.ModelArgs) -> list[int]:

@@ -1,4 +1,5 @@
-"""Files that must never be half-written: atomic replacement, JSON, JSON Lines logs, and folder locks.
+"""Files that must never be half-written or overwritten by accident: atomic replacement, JSON,
+JSON Lines logs, folder locks, and where the scripts may write their results.
 
     atomic_write(path, data)   replace a file all at once (bytes, or a function that writes them)
     save_json(path, obj)       atomic_write of indented, key-sorted JSON
@@ -22,8 +23,9 @@ How this departs from the obvious version:
 - A log line is written with one `write` call; a process killed (or a disk filled) during it
   leaves at most one torn line, at the end, which `read_jsonl` drops and reports instead of
   failing on it for ever after.
-- Locks are `flock`s on a file that is never deleted while in use: the kernel releases one when
-  its process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
+- Locks are `flock`s on a file that is never deleted while in use (but by its holder, removing
+  the empty run folder it made: train.py's RunFolder.release): the kernel releases one when its
+  process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
 """
 
 import errno
@@ -180,8 +182,8 @@ def lock(path, wait: bool = False):
     """Take an exclusive flock on `path` (created if need be) and return the open file: the lock
     lasts until the file is closed or the process ends. The file then says who holds it ("pid N on
     HOST since TIME"). With wait=False a lock held elsewhere raises Busy at once; with wait=True
-    this waits for it. The file is never deleted while in use, so that two processes always lock
-    the same file."""
+    this waits for it. The file is never deleted while in use (but by its holder, just before it
+    removes the folder), so that two processes always lock the same file."""
     import fcntl  # POSIX only, as is the rest of the training stack
     f = open(path, "a+")
     try:

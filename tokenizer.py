@@ -157,12 +157,6 @@ class Tokenizer:
             with ThreadPoolExecutor(len(parts)) as pool:
                 return [ids for out in pool.map(encode, parts) for ids in out]
 
-    def to_transformers(self):
-        """The same tokenizer as a `transformers.PreTrainedTokenizerFast` (for the HF export)."""
-        from transformers import PreTrainedTokenizerFast
-        return PreTrainedTokenizerFast(tokenizer_object=self.tok, bos_token=EOT, eos_token=EOT,
-                                       pad_token=SPECIAL_TOKENS["pad_id"], clean_up_tokenization_spaces=False)
-
     def _count_token_bytes(self) -> np.ndarray:
         alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
         special = set(self.special_ids().values())

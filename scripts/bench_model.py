@@ -55,6 +55,7 @@ from config import ModelArgs, TrainArgs  # noqa: E402
 from errors import UserError, first_line, run_script  # noqa: E402
 from model import Llama4, Output, count_parameters, flops_per_token  # noqa: E402
 
+# The benchmark's own shapes, not presets: no run trains them (the README's CPU tables are at CPU_SHAPE)
 CPU_SHAPE = dict(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, expert_dim=512, mlp_dim=1024,
                  n_experts=16, top_k=1, max_seq_len=256, attn_chunk_size=64, attn_floor_scale=64)
 QUICK_SHAPE = dict(CPU_SHAPE, dim=64, n_layers=2, expert_dim=64, mlp_dim=128, max_seq_len=64, n_heads=4)

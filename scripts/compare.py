@@ -36,8 +36,8 @@ How this departs from the obvious version:
 - tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
   the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
   peak it measures with a short GEMM at the start of each run). Final validation is the last val
-  record: train.py evaluates at the end of every run. Expert shares are train.py's, the routing of
-  the last step of each logging window.
+  record: train.py evaluates at the end of every run. Expert shares are train.py's: each expert's
+  share of the assignments of every step in a logging window.
 """
 
 import argparse

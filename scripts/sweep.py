@@ -56,8 +56,9 @@ import storage  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
-# Stage 1: shapes at the tiny preset's learning rate. Stage 2: variations on the winner (the first
-# option each sets is its kind: one of each kind is combined in stage 3).
+# Stage 1: shapes at the learning rate the tiny preset had when the sweep ran (2e-3). Stage 2:
+# variations on the winner (the first option each sets is its kind: one of each kind is combined
+# in stage 3).
 SHAPES = {
     "tiny-2026-11": ["--dim", "128", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
                      "--n_experts", "16", "--expert_dim", "128", "--mlp_dim", "256",

@@ -262,8 +262,6 @@ def test_tokenizer_json_loads_in_transformers(tmp_path):
     for s in ["Once upon a time, Lily 🙂", "naïve\r\n日本語"]:
         assert hf.encode(s, add_special_tokens=False) == tok.encode(s)
         assert hf.decode(tok.encode(s), clean_up_tokenization_spaces=False) == s
-    exported = tok.to_transformers()
-    assert (exported.eos_token_id, exported.pad_token_id) == (0, 1)
 
 
 def test_parallel_tokenization_equals_serial(tmp_path):
@@ -521,25 +519,22 @@ def test_validation_windows_cover_every_token_once(n):
     windows = data.n_val_windows(tokens, T)
     assert windows == math.ceil((n - 1) / T)
 
-    def targets(batches):
-        xs, ys = [], []
-        for x, y in batches:
-            assert x.shape == y.shape and x.shape[1] == T and x.shape[0] <= 4
-            keep = y >= 0
-            xs.append(x[keep])
-            ys.append(y[keep])
-        return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+    def targets(windows):
+        x, y = windows
+        assert x.shape == y.shape and x.shape[1] == T
+        keep = y >= 0
+        return x[keep].numpy(), y[keep].numpy()
 
-    x, y = targets(data.val_batches(tokens, 4, T))
+    x, y = targets(data.val_windows(tokens, T))
     assert np.array_equal(y, tokens[1:]) and np.array_equal(x, tokens[:-1])  # each target exactly once
     # independent of world size: ranks' ranges of windows join into the same ordered set
     for world in [2, 3]:
-        parts = [targets(data.val_batches(tokens, 4, T, start=a, stop=b))
+        parts = [targets(data.val_windows(tokens, T, start=a, stop=b))
                  for a, b in (data.rank_windows(windows, r, world) for r in range(world))]
         assert np.array_equal(np.concatenate([p[1] for p in parts]), tokens[1:])
     # a cap keeps a fixed prefix: the first 5 windows, the targets tokens[1:51]
     assert data.n_val_windows(tokens, T, max_windows=5) == 5
-    _, y = targets(data.val_batches(tokens, 4, T, max_windows=5))
+    _, y = targets(data.val_windows(tokens, T, max_windows=5))
     assert np.array_equal(y, tokens[1:51])
 
 
@@ -551,8 +546,8 @@ def test_bits_per_byte_bookkeeping_against_a_hand_count(tmp_path):
     val = write(tmp_path / "val.txt", "\n\n".join(docs) + "\n")
     tok, _, val_data, _ = run(tmp_path, data=str(train), val_data=str(val), seq_len=4)
     assert val_data.n_bytes == 20
-    counted = [data.count_bytes(y, tok.token_bytes) for _, y in data.val_batches(val_data.tokens, 2, 4)]
-    assert sum(counted) == 20
+    _, y = data.val_windows(val_data.tokens, 4)
+    assert sum(data.count_bytes(y[i:i + 2], tok.token_bytes) for i in range(0, len(y), 2)) == 20
     # one batch by hand: bytes of "é" (2) + "l" (1) + padding (-1: none) + separator (0)
     y = torch.tensor([[*tok.encode("é"), *tok.encode("l"), -1, tok.eos_id]])
     assert data.count_bytes(y, tok.token_bytes) == 3

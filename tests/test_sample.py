@@ -384,6 +384,7 @@ def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
     from transformers import AutoTokenizer  # the exported tokenizer loads in transformers
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert hf_tok.decode(hf_tok.encode("once upon a time")) == "once upon a time"
+    assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (0, 0, 1)
     export_main(["--import", str(tmp_path / "hf"), str(tmp_path / "back" / "last.pt")])  # and back again
     assert sample.main(["--ckpt", str(tmp_path / "back"), *argv]) == a
 
