@@ -36,8 +36,9 @@ How this departs from the obvious version:
   pass); the shard's sha256 is checked too whenever its size or modification time is not the one
   meta.json recorded (hashing costs a read of the file, ~2 s per GB, too much for every open of
   the 1.9 GB TinyStories shard). A shard that fails is rebuilt, with a log line.
-- One process at a time builds or checks a cache folder (an flock in --cache_dir/.locks/): runs
-  sharing --cache_dir wait for each other's builds instead of deleting each other's files.
+- One process at a time builds or checks a cache folder or trains a tokenizer (an flock in
+  --cache_dir/.locks/): runs sharing --cache_dir wait for each other's builds instead of deleting
+  each other's files or training the same tokenizer twice.
 - A full disk under --cache_dir (while writing a shard, the tokenizer, or `datasets`' own cache,
   which wraps the OSError in its errors) is one DataError/StorageError line naming --cache_dir.
 - A document longer than 1 MB is tokenized (and the BPE trained on it) in pieces cut where the
@@ -87,7 +88,8 @@ from errors import DataError, UserError, first_line
 from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
-TOKENIZER_FORMAT = 1  # version of the tokenizer training rules; cached tokenizers of another are retrained
+TOKENIZER_FORMAT = 2  # version of the tokenizer training rules; cached tokenizers of another are retrained
+# (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
@@ -596,37 +598,43 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
     key = _key({"source": train.signature, "vocab_size": vocab, "cap_bytes": cap, "format": TOKENIZER_FORMAT,
                 "special": list(SPECIAL_TOKENS.values())})
     path = Path(train_args.cache_dir) / f"tokenizer-{key}" / "tokenizer.json"
-    tok = None
+    with _building(path.parent, Path(train_args.cache_dir), log):  # another run may be training it
+        tok = _cached_tokenizer(path, log)
+        if tok is None:
+            t0, used = time.time(), {}
+            log(f"data: tokenizer: cache miss, training a {vocab}-token byte-level BPE on "
+                + (f"at most {train_args.tokenizer_train_mb:g} MB (--tokenizer_train_mb) of " if cap else "")
+                + "the training text")
+            try:
+                tok = Tokenizer.train(_texts(train.documents(), BATCH_DOCS, cap, used), vocab)
+            except DataError:
+                if used.get("bytes") == 0:
+                    raise DataError(f"{train.label} has no usable text; check the files") from None
+                raise
+            tok.save(path, "free some space or pick another --cache_dir")
+            what = "the start of the training text, capped" if used["capped"] else "all the training text"
+            log(f"data: tokenizer: trained on {_size(used['bytes'])} ({what}) in {time.time() - t0:.1f} s "
+                f"-> {path}")
+    check_tokenizer(tok, model_args)
+    return tok
+
+
+def _cached_tokenizer(path: Path, log) -> Tokenizer | None:
     if path.is_file():
         try:
             tok = Tokenizer.load(path)
             log(f"data: tokenizer: cache hit {path} ({tok.vocab_size} tokens)")
+            return tok
         except DataError as e:
             log(f"data: tokenizer: not reusing {path}: {e}")
-    if tok is None:
-        t0, used = time.time(), {}
-        log(f"data: tokenizer: cache miss, training a {vocab}-token byte-level BPE on "
-            + (f"at most {train_args.tokenizer_train_mb:g} MB (--tokenizer_train_mb) of " if cap else "")
-            + "the training text")
-        try:
-            tok = Tokenizer.train(_texts(train.documents(), BATCH_DOCS, cap, used), vocab)
-        except DataError:
-            if used.get("bytes") == 0:
-                raise DataError(f"{train.label} has no usable text; check the files") from None
-            raise
-        tok.save(path, "free some space or pick another --cache_dir")
-        log(f"data: tokenizer: trained on {_size(used['bytes'])}"
-            + (" (the start of the training text, capped)" if used["capped"] else " (all the training text)")
-            + f" in {time.time() - t0:.1f} s -> {path}")
-    check_tokenizer(tok, model_args)
-    return tok
+    return None
 
 
 def get_tokens(name: str, split: Split, tok: Tokenizer, cache_dir, threads: int = 1, log=print) -> TokenData:
     """The split's token shard: from the cache when source and tokenizer match, else tokenized now."""
     key = _key({"source": split.signature, "tokenizer": tok.hash, "format": FORMAT})
     folder = Path(cache_dir) / "tokens" / f"{name}-{key}"
-    with _building(folder, log):
+    with _building(folder, Path(cache_dir), log):
         if folder.exists():
             try:
                 shard = TokenData(folder, tok.hash)
@@ -673,12 +681,12 @@ def _cache_writes(cache_dir):
 
 
 @contextmanager
-def _building(folder: Path, log):
+def _building(folder: Path, cache_dir: Path, log):
     """One process at a time builds (or checks) a cache folder: two runs sharing --cache_dir would
-    otherwise delete each other's files. The lock lives beside the folder, in .locks/."""
-    locks = folder.parent.parent / ".locks"
+    otherwise delete each other's files, or both train a tokenizer. The lock is in cache_dir/.locks/."""
+    locks = cache_dir / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
-    path = locks / f"{folder.parent.name}-{folder.name}.lock"
+    path = locks / f"{'-'.join(folder.relative_to(cache_dir).parts)}.lock"
     try:
         held = storage.lock(path)
     except storage.Busy as e:

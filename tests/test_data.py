@@ -317,6 +317,32 @@ def test_cache_reuse_and_invalidation(tmp_path, corpus):
     assert tok4.vocab_size == 320 and train4.path != train3.path
 
 
+def test_runs_sharing_a_cache_train_a_tokenizer_once(tmp_path, corpus):
+    """A run that needs the tokenizer another run (on the same --cache_dir) is training waits for
+    it and reads it from the cache, rather than training it too."""
+    import shutil
+    import threading
+
+    import storage
+    kw = dict(data=str(tmp_path / "src" / "train.txt"), val_data=str(tmp_path / "src" / "val.txt"))
+    run(tmp_path / "elsewhere", **kw)
+    trained = next((tmp_path / "elsewhere" / "cache").glob("tokenizer-*"))
+    (tmp_path / "cache" / ".locks").mkdir(parents=True)
+    held = storage.lock(tmp_path / "cache" / ".locks" / f"{trained.name}.lock")  # the other run, training
+    logs = []
+    thread = threading.Thread(target=lambda: data.prepare(targs(tmp_path, **kw), margs(), log=logs.append))
+    thread.start()
+    deadline = time.time() + 60
+    while not any("waiting for it" in line for line in logs) and time.time() < deadline:
+        time.sleep(0.01)
+    shutil.copytree(trained, tmp_path / "cache" / trained.name)  # what the other run leaves
+    held.close()
+    thread.join()
+    tokenizer_lines = [line for line in logs if "tokenizer" in line]
+    assert f"{trained.name} is being built by another process" in tokenizer_lines[0]
+    assert "cache hit" in tokenizer_lines[1] and not any("training" in line for line in logs)
+
+
 def test_prepare_eval_builds_the_same_validation_shard_alone(tmp_path, corpus):
     train_path, val_path, _, _ = corpus
     tok, _, val, _ = run(tmp_path, data=str(train_path), val_data=str(val_path))
