@@ -686,7 +686,7 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}")
     per_process = train_args.grad_accum // world.size
-    graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES
+    graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES and device.type == "cuda"  # none on a CPU
     if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):
         raise ConfigError(f"--compile_mode {train_args.compile_mode} replays CUDA graphs, and a replay "
                           f"overwrites the gradients of the micro-batch before it, so it takes one "

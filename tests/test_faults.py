@@ -25,6 +25,8 @@ import data
 import runtime
 import sample
 import train
+from config import ModelArgs, TrainArgs
+from errors import ConfigError
 from tokenizer import Tokenizer
 
 
@@ -524,8 +526,6 @@ def no_data(monkeypatch):
     (["--max_seq_len", "2000000", "--vocab_size", "4096", "--batch_size", "16"],
      "--max_seq_len 2000000 x --batch_size 16 needs at least 33"),
     (["--device", "tpu"], "--device tpu: not a device name; use auto, cpu, cuda or cuda:N"),
-    (["--compile", "true", "--compile_mode", "reduce-overhead", "--grad_accum", "2"],
-     "--compile_mode reduce-overhead replays CUDA graphs, and a replay overwrites the gradients"),
 ])
 def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatch, capsys, no_data, extra,
                                              message):
@@ -535,6 +535,19 @@ def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatc
     line = one_line_error(capsys, 2, e)
     assert line.startswith("train.py: error: ") and message in line
     assert not (tmp_path / "ckpt" / "r").exists()
+
+
+def test_cuda_graphs_take_one_micro_batch_per_process_on_cuda_only(tmp_path):
+    """A CUDA graph replay overwrites the gradients of the micro-batch before it: refused with
+    --grad_accum on CUDA; a CPU has no CUDA graphs, and reduce-overhead accumulates there."""
+    argv = ["--preset", "debug", "--compile", "true", "--compile_mode", "reduce-overhead",
+            "--grad_accum", "2"]
+    _, (model_args, settings) = config.parse_args([ModelArgs, TrainArgs], argv)
+    plan = train.RunPlan(tmp_path, model_args, settings, None, None)
+    with pytest.raises(ConfigError, match="--compile_mode reduce-overhead replays CUDA graphs, and a replay "
+                                          "overwrites the gradients"):
+        train.check_settings(plan, torch.device("cuda"), runtime.World())
+    train.check_settings(plan, torch.device("cpu"), runtime.World())
 
 
 # --- checkpoints and tokenizers -----------------------------------------------------------------
