@@ -422,7 +422,8 @@ def parser() -> argparse.ArgumentParser:
                         "CUDA graphs), as train.py's --compile_mode")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
-    p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats (smoke test)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny shape of its own (no --preset), 2 repeats unless --repeats says (smoke test)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--profile", action="store_true",
                    help="also profile moe and moe+compile (torch.profiler, 3 steps): kernels, their "
@@ -449,8 +450,10 @@ def main(argv=None):
     if not cuda:
         torch.set_num_threads(2)
     dtype = runtime.compute_dtype(opts.dtype, device)
+    if opts.quick and opts.preset:
+        p.error("--quick times its own tiny shape, not a preset; drop --preset or --quick")
     if opts.quick:
-        base, repeats = QUICK_SHAPE, 2
+        base, repeats = QUICK_SHAPE, opts.repeats or 2
     else:
         preset = opts.preset or ("scout-128m" if cuda else None)
         base = dict(config.PRESETS[preset]["ModelArgs"]) if preset else CPU_SHAPE

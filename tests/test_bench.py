@@ -106,6 +106,7 @@ def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
     ("bench_model", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
     ("bench_model", ["--device", "cuda"], 2, "bench_model.py: error: --device cuda: CUDA is not available"),
     ("bench_model", ["--quick", "--batches", "0", "--no-hf"], 2, "--batch_size: must be at least 1"),
+    ("bench_model", ["--quick", "--preset", "debug"], 2, "--quick times its own tiny shape, not a preset"),
     ("bench_sample", ["--variants", "cached,uncahced"], 2, "--variants: unknown uncahced; choose from"),
     ("bench_sample", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
 ])
