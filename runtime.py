@@ -121,7 +121,13 @@ def wants_compile(choice: str, device: torch.device) -> bool:
 def static_compile(model, mode: str = "default"):
     """torch.compile(model) in `mode` (--compile_mode), for static shapes: a run's shapes never
     change, and a graph with a symbolic batch (what automatic dynamic shapes make of a second
-    shape in one process) is slower than one compiled for the batch it runs."""
+    shape in one process) is slower than one compiled for the batch it runs. Random numbers (the
+    router noise) come from torch's generator, as in eager mode, not from the compiler's own
+    (other numbers for the same seed): a compiled run trains as the --compile false run does, and
+    either can resume the other. It costs one unfused kernel per MoE layer (inductor's
+    fallback_random, set for the process)."""
+    import torch._inductor.config
+    torch._inductor.config.fallback_random = True
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
