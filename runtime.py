@@ -125,9 +125,9 @@ def static_compile(model, mode: str = "default"):
     router noise) come from torch's generator, as in eager mode, not from the compiler's own
     (other numbers for the same seed): a compiled run trains as the --compile false run does, and
     either can resume the other. It costs one unfused kernel per MoE layer (inductor's
-    fallback_random, set for the process); with --grad_checkpoint the recomputed noise restores
-    the generator's state, which CUDA graphs cannot replay, so reduce-overhead runs those graphs
-    without them."""
+    fallback_random, set for the process). With --grad_checkpoint the recomputed noise restores
+    the generator's state, an op CUDA graph trees refuse: reduce-overhead would then run those
+    graphs without CUDA graphs (not yet seen on a GPU)."""
     import torch._inductor.config
     torch._inductor.config.fallback_random = True
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)

@@ -18,7 +18,7 @@ How this departs from the obvious version:
   the ids are the whole document's, and memory stays bounded (a 50 MB document with no separator
   no longer costs gigabytes).
 - The BPE trainer (not the encoder) gets runs of over LONG_RUN spaces or non-spaces cut into
-  pieces: its time is quadratic in a word's length, and no real word is that long.
+  pieces: its time is quadratic in a word's length, and no word of prose is that long.
 """
 
 import hashlib
@@ -42,7 +42,7 @@ EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
 LONG_RUN = 256  # the BPE trainer sees runs of spaces or of non-spaces in pieces of this many characters
-_LONG = re.compile(rf"\S{{{LONG_RUN}}}|\s{{{LONG_RUN}}}")
+_LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
 
 
 @contextmanager
@@ -196,14 +196,13 @@ def _short_runs(texts):
     """The trainer's texts (strings or lists of strings) as lists of strings in which no run of
     more than LONG_RUN characters is all spaces or all non-spaces: such a run is cut after every
     LONG_RUN characters. The BPE trainer's time grows with the square of a word's length (a 400 KB
-    word took a minute, 3 MB over ten); real text has no such runs and trains the same tokenizer.
-    The pre-tokenizer is not changed: encoding still takes whole words (in time near linear)."""
+    word took a minute, 3 MB over ten). Prose has no such runs and trains the same tokenizer; a
+    cut in a long URL or a line of code may split a word there, which changes the merges learned
+    a little. The pre-tokenizer is not changed: encoding still takes whole words."""
     for item in texts:
         out = []
         for text in [item] if isinstance(item, str) else item:
             ends = [m.end() for m in _LONG.finditer(text)]
-            if ends and ends[-1] == len(text):
-                ends.pop()
             out += [text[a:b] for a, b in zip([0, *ends], [*ends, len(text)], strict=True)]
         yield out
 

@@ -52,7 +52,8 @@ How this departs from the obvious version:
   over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
   the device's memory, CUDA graphs with gradient accumulation (exit status 2, as for any bad
   setting). Settings that are allowed but probably not meant get a warning line: a warmup as
-  long as the run, a --val_fraction with a validation source, --val_data files inside --data.
+  long as the run, a --val_fraction with a validation source (and data.py warns of --val_data
+  files inside --data).
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
   step is taken again, eagerly, as a --compile false run takes it (first_steps).
@@ -540,8 +541,8 @@ class Stop:
     """SIGINT / SIGTERM ask the loop to stop after the current step; a second signal aborts, but
     never in the middle of a save: then it takes effect once the checkpoint is complete."""
 
-    def __init__(self, log):
-        self.requested, self.log = False, log
+    def __init__(self, log, until: str = "this step"):
+        self.requested, self.log, self.until = False, log, until
         self.in_save = self.abort = False
         main_thread = threading.current_thread() is threading.main_thread()  # the only one with handlers
         self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM) if main_thread}
@@ -556,8 +557,8 @@ class Stop:
             raise KeyboardInterrupt
         else:
             self.requested = True
-            self.log(f"\n{name}: finishing this step, then saving a resumable checkpoint (send it again to "
-                     "abort)")
+            self.log(f"\n{name}: finishing {self.until}, then saving a resumable checkpoint (send it again "
+                     "to abort)")
 
     @contextmanager
     def saving(self):
@@ -578,13 +579,13 @@ class Stop:
 
 def agree(job: Job, state: LoopState, stop: Stop) -> bool:
     """Update the clock (agreed over the ranks, as is a stop request); True when a signal asks to stop.
-    Under torchrun the ranks agree at log steps only: reading the collective's result waits for the
-    step, which a step between log steps does not (so a signal takes effect at the next log step,
-    and the clock the schedule and the budget read moves in log_every steps)."""
+    Under torchrun the ranks agree at log steps (and the last step) only: reading the collective's
+    result waits for the step, which a step between them does not (so a signal takes effect at
+    the next log step, and the clock the schedule and the budget read moves in log_every steps)."""
     if job.world.size == 1:
         state.elapsed = job.clock.elapsed()
         return stop.requested
-    if state.step % job.train_args.log_every:
+    if state.step % job.train_args.log_every and state.step < job.train_args.max_steps:
         return False
     stop_now, state.elapsed = runtime.all_reduce([float(stop.requested), job.clock.elapsed()], job.device,
                                                  job.world, op=dist.ReduceOp.MAX)
@@ -707,7 +708,7 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     t, lines = plan.train_args, []
     if t.warmup_steps >= t.max_steps and not t.eval_only:
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
-                     f"rate warms up to {lr_at(t, t.max_steps - 1):.2g} of --lr {t.lr:g} and never decays; "
+                     f"rate rises to {lr_at(t, t.max_steps - 1):.2g} (--lr {t.lr:g}) and never decays; "
                      "lower --warmup_steps")
     if "val_fraction" in given and (t.val_data or not t.data):
         source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
@@ -979,7 +980,8 @@ def loop(job: Job, state: LoopState) -> dict:
     from tqdm import tqdm
     bar = tqdm(total=None if t.max_minutes else t.max_steps, initial=state.step, disable=not job.world.main,
                dynamic_ncols=True, desc=job.run_dir.name)
-    job.stop = stop = Stop(job.log)
+    until = "this step" if job.world.size == 1 else "the steps up to the next log step"  # see agree
+    job.stop = stop = Stop(job.log, until)
     finished = "max_steps"
     job.model.train()
     window = Window.resume(state, job)  # the window the checkpoint was saved in, if any

@@ -235,9 +235,11 @@ def test_the_trainer_sees_long_runs_in_pieces_and_real_text_whole():
     runs of LONG_RUN spaces or non-spaces reach it in pieces, so no token is longer; text without
     such runs trains the very tokenizer the unwrapped trainer does."""
     n = tokenizer.LONG_RUN
-    texts = ["ab" * 4000 + " cd" + " " * (3 * n) + "ef", ["x" * n, "y" * (n + 1), "Once upon a time"]]
+    texts = ["ab" * 4000 + " cd" + " " * (3 * n) + "ef", ["x" * n, "y" * (n + 1), "Once upon a time"],
+             "a" + " " * n + "b" + "c" * (n - 1)]
     got = list(tokenizer._short_runs(texts))
-    assert ["".join(p) for p in got] == [texts[0], "".join(texts[1])]
+    assert ["".join(p) for p in got] == [texts[0], "".join(texts[1]), texts[2]]
+    assert got[2] == [texts[2]]  # runs of LONG_RUN exactly are left whole (a cut would move a space)
     too_long = re.compile(rf"\S{{{n + 1}}}|\s{{{n + 1}}}")
     assert not any(too_long.search(piece) for pieces in got for piece in pieces)
     assert got[1] == ["x" * n, "y" * n, "y", "Once upon a time"]

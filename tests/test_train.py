@@ -423,8 +423,8 @@ def test_settings_probably_not_meant_get_a_warning_line():
         return train.setting_warnings(plan, set(given))
 
     assert warnings(max_steps=50, warmup_steps=100, lr=1e-3) == [
-        "warning: --warmup_steps 100 is not below --max_steps 50: the learning rate warms up to 0.0005 "
-        "of --lr 0.001 and never decays; lower --warmup_steps"]
+        "warning: --warmup_steps 100 is not below --max_steps 50: the learning rate rises to 0.0005 "
+        "(--lr 0.001) and never decays; lower --warmup_steps"]
     assert warnings(max_steps=50, warmup_steps=100, eval_only=True) == []
     assert warnings(["val_fraction"], data="a.txt", val_data="b.txt", val_fraction=0.1) == [
         "warning: --val_fraction has no effect: --val_data b.txt is the validation text (it holds out "
@@ -448,18 +448,18 @@ def test_ranks_agree_on_stop_and_clock_at_log_steps_only(monkeypatch):
         calls.append(values)
         return [1.0, 42.0]  # another rank asked to stop; the slowest clock
     monkeypatch.setattr(runtime, "all_reduce", all_reduce)
-    job = SimpleNamespace(world=runtime.World(0, 2), train_args=TrainArgs(log_every=10), device="cpu",
-                          clock=train.Clock(0))
+    job = SimpleNamespace(world=runtime.World(0, 2), train_args=TrainArgs(log_every=10, max_steps=25),
+                          device="cpu", clock=train.Clock(0))
     state, stop = train.LoopState(), SimpleNamespace(requested=False)
     asked = []
-    for step in range(1, 21):
+    for step in range(1, 26):
         state.step = step
         asked.append(train.agree(job, state, stop))
-    assert len(calls) == 2 and [i + 1 for i, a in enumerate(asked) if a] == [10, 20]
+    assert len(calls) == 3 and [i + 1 for i, a in enumerate(asked) if a] == [10, 20, 25]  # and the last
     assert state.elapsed == 42.0
     job.world = runtime.World()  # one process reads its own flag and clock at every step, no collective
     stop.requested = True
-    assert train.agree(job, state, stop) and len(calls) == 2
+    assert train.agree(job, state, stop) and len(calls) == 3
 
 
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
