@@ -7,6 +7,7 @@ hub is only tested offline (conftest sets HF_HUB_OFFLINE=1): its failure must be
 import errno
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -651,6 +652,8 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_a_one_line_error(tmp_path, case, capfd):
+    import datasets  # noqa: F401  (it sets its logger's level on import)
+    level = logging.getLogger("datasets").level
     files, kw, pattern = BAD[case]
     src = tmp_path / "src"
     src.mkdir()
@@ -662,6 +665,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, case, capfd):
         run(tmp_path, **model, **kw)
     assert "\n" not in str(e.value)
     assert "Failed to" not in capfd.readouterr().err  # `datasets` logged its own line before ours
+    assert logging.getLogger("datasets").level == level  # and is heard again after
     assert no_partial_files(tmp_path / "cache")
 
 
