@@ -538,8 +538,9 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
 
 
 class Stop:
-    """SIGINT / SIGTERM ask the loop to stop after the current step; a second signal aborts, but
-    never in the middle of a save: then it takes effect once the checkpoint is complete."""
+    """SIGINT / SIGTERM ask the loop to stop after the current step (`until`: under torchrun, after
+    the next log step, where the ranks agree); a second signal aborts, but never in the middle of
+    a save: then it takes effect once the checkpoint is complete."""
 
     def __init__(self, log, until: str = "this step"):
         self.requested, self.log, self.until = False, log, until
