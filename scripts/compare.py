@@ -104,6 +104,7 @@ def parse(argv):
             p.error(f"{word.split('=')[0]} is set by compare.py for every run; it cannot be passed through")
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
+    settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
     opts.results = storage.results_path(p, opts, ROOT / "img", extra=extra, fallback=Path(opts.out_dir),
                                         ignore=("out_dir", "cache_dir", "wandb_mode"))  # (not the results)
     return opts, extra

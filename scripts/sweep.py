@@ -253,6 +253,9 @@ def main(argv=None):
     unknown = sorted(set(only) - set(shapes()))
     if unknown:
         p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
+    # an unknown or bad option passed through to train.py: one line now, not after the first run
+    config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *opts.extra],
+                      prog="sweep.py")
     out = results_folder(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]

@@ -109,6 +109,15 @@ def test_options_it_owns_are_refused(tmp_path, capsys):
     assert e.value.code == 2 and "--run is set by compare.py" in capsys.readouterr().err
 
 
+def test_an_unknown_pass_through_option_is_one_line_before_anything_else(tmp_path, capsys):
+    """It used to say where the results would go first (as if the typo were a real setting)."""
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--minuts", "2"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == ("compare.py: error: unknown option --minuts (did you mean "
+                                         "--max_minutes?); see --help for the list")
+
+
 def test_defaults_point_at_the_shared_files():
     a, extra = compare.parse([])
     assert a.data == str(ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt")

@@ -75,6 +75,10 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     with pytest.raises(SystemExit) as e:
         sweep.main(["--only", "nosuchshape"])
     assert e.value.code == 2 and "--only: unknown shape(s) nosuchshape; choose from" in capfd.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a typo passed through to train.py: refused before any run
+        sweep.main(["--minuts", "2", "--out_dir", str(tmp_path / "runs")])
+    assert e.value.code == 2 and "sweep.py: error: unknown option --minuts" in capfd.readouterr().err
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(SystemExit) as e:
         sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
                     "--data", str(tmp_path / "no.txt"), "--val_data", str(corpus / "valid.txt"),
