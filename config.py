@@ -506,6 +506,25 @@ class _Parser(argparse.ArgumentParser):
         return f"unknown option {', '.join(hints)}; see --help for the list"
 
 
+def check_pass_through(parser, extra: list[str], owned=()) -> None:
+    """A script's options for train.py (what parser.parse_known_args left over): one the script
+    sets itself for every run (`owned`), or one train.py does not have, is a one-line error (exit
+    2); an unknown one names the nearest option of the script or of train.py."""
+    fields = {f"--{f.name}" for cls in (ModelArgs, TrainArgs) for f in dataclasses.fields(cls)} | {"--preset"}
+    ours = [s for a in parser._actions for s in a.option_strings]
+    for word in extra:
+        flag = word.split("=")[0]
+        if not flag.startswith("--"):
+            continue
+        if flag[2:] in owned:
+            parser.error(f"{flag} is set by {parser.prog} for every run; it cannot be passed through")
+        if flag not in fields:
+            theirs = sorted(f for f in fields if f[2:] not in owned)
+            close = difflib.get_close_matches(flag, ours + theirs, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            parser.error(f"unknown option {flag}{hint}; see --help for the list")
+
+
 def has_presets(classes) -> bool:
     """Whether a preset sets any field of these classes (none sets SampleArgs': no --preset there)."""
     return any(cls.__name__ in p for p in PRESETS.values() for cls in classes)

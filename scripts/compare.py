@@ -99,9 +99,7 @@ def parse(argv):
     add("--wandb_mode", default="disabled", choices=["auto", "online", "offline", "disabled"],
         help="Weights & Biases for the runs, group 'compare' (default disabled)")
     opts, extra = p.parse_known_args(argv)
-    for word in extra:
-        if word.startswith("--") and word[2:].split("=")[0] in OWNED:
-            p.error(f"{word.split('=')[0]} is set by compare.py for every run; it cannot be passed through")
+    config.check_pass_through(p, extra, OWNED)
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
     settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here

@@ -145,6 +145,10 @@ def result_path(name: str, minutes: float, seed: int, opts) -> Path:
     return Path(opts.out_dir) / f"{name}-{minutes:g}m-s{seed}" / "sweep-result.json"
 
 
+OWNED = {"preset", "max_minutes", "max_steps", "eval_every", "save_every", "eval_windows", "seed", "plot",
+         "wandb_mode", "run", "resume", "eval_only"}  # run_one sets these after the options passed through
+
+
 def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
     """One budgeted train.py run (or its earlier result), scored on all of valid-lower.txt."""
     result_file = result_path(name, minutes, seed, opts)
@@ -253,11 +257,12 @@ def main(argv=None):
     unknown = sorted(set(only) - set(shapes()))
     if unknown:
         p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
-    # an unknown or bad option passed through to train.py: one line now, not after the first run
-    config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *opts.extra],
-                      prog="sweep.py")
-    out = results_folder(p, opts)
+    config.check_pass_through(p, opts.extra, OWNED)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
+    for over in stage1.values():  # a bad value for any shape: one line now, not after some runs
+        config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *over, *opts.extra],
+                          prog="sweep.py")
+    out = results_folder(p, opts)
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
         best = min(screen, key=lambda r: r["bits_per_byte"])

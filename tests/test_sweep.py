@@ -75,9 +75,13 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     with pytest.raises(SystemExit) as e:
         sweep.main(["--only", "nosuchshape"])
     assert e.value.code == 2 and "--only: unknown shape(s) nosuchshape; choose from" in capfd.readouterr().err
-    with pytest.raises(SystemExit) as e:  # a typo passed through to train.py: refused before any run
-        sweep.main(["--minuts", "2", "--out_dir", str(tmp_path / "runs")])
-    assert e.value.code == 2 and "sweep.py: error: unknown option --minuts" in capfd.readouterr().err
+    for argv, message in [  # refused before any run
+            (["--minuts", "2"], "unknown option --minuts (did you mean --screen_minutes?)"),
+            (["--max_minutes", "3"], "--max_minutes is set by sweep.py for every run"),  # it was ignored
+            (["--only", "tiny-2026-11", "--min_lr", "3e-3"], "--min_lr: 0.003 is above lr=0.002")]:
+        with pytest.raises(SystemExit) as e:
+            sweep.main([*argv, "--out_dir", str(tmp_path / "runs")])
+        assert e.value.code == 2 and f"sweep.py: error: {message}" in capfd.readouterr().err, argv
     assert not (tmp_path / "runs").exists()
     with pytest.raises(SystemExit) as e:
         sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
@@ -98,7 +102,8 @@ def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(monkeypatch, 
         raise Started
     monkeypatch.setattr(sweep, "run_one", run_one)
     for argv, moved in [(["--no_compile"], False), (["--no_compile", "--screen_minutes", "1"], True),
-                        (["--no_compile", "--num_proc", "1"], True)]:
+                        (["--no_compile", "--num_proc", "1"], True),
+                        (["--lr", "2.5e-4"], True)]:  # below tiny's min_lr, not the shapes' (each is checked)
         with pytest.raises(Started):
             sweep.main(argv)
         assert ("they go to" in capsys.readouterr().err) == moved, argv
