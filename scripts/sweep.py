@@ -3,7 +3,8 @@ schedule, batch and tokenizer, measured rather than guessed.
 
     python scripts/sweep.py --no_compile         # about 3 hours on 2 CPU cores (the README's img/sweep.*)
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
-    (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own)
+    (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own;
+    those sweep.py sets for every run, such as --max_minutes or --seed, are refused)
 
 Each run is a `train.py --preset tiny` subprocess with the candidate's overrides on
 ../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
