@@ -487,8 +487,9 @@ def _typed(kind):
     return convert
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no 80-field usage dump) and exit with status 2."""
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no 80-field usage dump) and exit with status 2, and an
+    unknown option names the nearest known one. Every command line of the project uses it."""
 
     def error(self, message):
         if message.startswith("unrecognized arguments"):
@@ -531,7 +532,7 @@ def has_presets(classes) -> bool:
 
 
 def build_parser(prog, description, classes, defaults):
-    parser = _Parser(prog=prog, description=description, allow_abbrev=False,
+    parser = Parser(prog=prog, description=description, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if has_presets(classes):
         parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
@@ -579,7 +580,7 @@ def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
     names = [f.name for cls in classes for f in dataclasses.fields(cls)]
     assert len(names) == len(set(names)), "field names must be unique across the dataclasses"
 
-    early = _Parser(prog=prog, add_help=False, allow_abbrev=False)
+    early = Parser(prog=prog, add_help=False, allow_abbrev=False)
     early.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
     name = early.parse_known_args(argv)[0].preset if has_presets(classes) else DEFAULT_PRESET
     defaults = {cls.__name__: to_dict(preset(name, cls)) for cls in classes}

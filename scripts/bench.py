@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
+
 PARTS = {"model": "bench_model.py", "data": "bench_data.py", "sample": "bench_sample.py"}
 
 
@@ -131,7 +134,7 @@ def sample_table(sm: dict) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of model,data,sample")
     p.add_argument("--out_dir", default=str(ROOT / "img"))
     opts = p.parse_args(argv)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
 import storage  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt"
@@ -122,7 +123,7 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = config.Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="text file in the official TinyStories layout")
     p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
                                                "default: img/bench_data.json; other runs write only where "

@@ -141,7 +141,7 @@ def report(opts, result):
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS),
                    help="model shape (random weights: speed only)")
     p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW)

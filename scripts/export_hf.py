@@ -21,12 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import checkpoint  # noqa: E402
+import config  # noqa: E402
 from errors import UserError  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="checkpoint file or run folder (or, with --import, an HF folder)")
     p.add_argument("dest", help="output HF folder (or, with --import, the checkpoint file to write, or a "
                                 "run folder for its last.pt)")

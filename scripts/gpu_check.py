@@ -23,13 +23,14 @@ One after another, each in its own process:
      valid-lower.txt at the default cadence: the seconds per pass are reported), then
      --eval_only on valid-lower.txt, one sampled story, and the greedy story with the decode step
      compiled and eager, compared.
-It writes to --out (default img/gpu/): bench_model.json, bench_sample.json, bench_sample_fp32.json,
-train.json (the run's figures: steady-state and end-to-end tokens/s and MFU, the evaluation, the
-stories), gpu.md (the tables the README's GPU section quotes) and log.txt; the run goes to --work
-(checkpoints/gpu-check/, git-ignored). --compile_mode reduce-overhead compiles the model and train
-parts with CUDA graphs. Data: --data / --val_data, by default gpu-data/ in the checkout (`make
-gpu-prep` copies the shared files there, since ../shared does not travel to a lent GPU machine),
-else ../shared/data/tinystories/.
+It writes to --out (default img/gpu/ for a run at the defaults, --only and --deadline aside, and
+--work/results/ for any other, so that a smoke test never replaces the README's): bench_model.json,
+bench_sample.json, bench_sample_fp32.json, train.json (the run's figures: steady-state and
+end-to-end tokens/s and MFU, the evaluation, the stories), gpu.md (the tables the README's GPU section
+quotes) and log.txt; the run goes to --work (checkpoints/gpu-check/, git-ignored). --compile_mode
+reduce-overhead compiles the model and train parts with CUDA graphs. Data: --data / --val_data, by
+default gpu-data/ in the checkout (`make gpu-prep` copies the shared files there, since ../shared
+does not travel to a lent GPU machine), else ../shared/data/tinystories/.
 
 A lease's time limit kills a command with all it runs, so the check keeps what it has as it goes:
 each command's output reaches log.txt line by line, the benchmarks rewrite their JSON after each
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
+import storage  # noqa: E402
 
 PARTS = {"model": ["bench_model.json"], "sample": ["bench_sample.json", "bench_sample_fp32.json"],
          "train": ["train.json"]}  # each part's files under --out, in the order the parts run
@@ -312,7 +314,7 @@ def markdown(out: Path) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
     p.add_argument("--minutes", type=float, default=1.5, help="the train.py run's budget (default 1.5)")
@@ -322,7 +324,9 @@ def main(argv=None):
                         "max-autotune: CUDA graphs)")
     p.add_argument("--data", default=find("train-lower.txt"))
     p.add_argument("--val_data", default=find("valid-lower.txt"))
-    p.add_argument("--out", default=str(ROOT / "img" / "gpu"), help="the JSON, gpu.md and log.txt")
+    p.add_argument("--out", default=None, help="folder for the JSON, gpu.md and log.txt (default: img/gpu/, "
+                                                "the README's, for a run at the defaults, --only and "
+                                                "--deadline aside; --work/results for any other)")
     p.add_argument("--work", default=str(ROOT / "checkpoints" / "gpu-check"),
                    help="run folder and token cache of the train.py part (git-ignored by default)")
     p.add_argument("--only", default="model,sample,train",
@@ -335,9 +339,15 @@ def main(argv=None):
     parts = opts.only.split(",")
     if not set(parts) <= set(PARTS):
         p.error(f"--only {opts.only}: each part must be one of {','.join(PARTS)}")
+    if opts.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():  # every part would fail, and gpu.md say only that
+            p.error(f"--device {opts.device}: no CUDA GPU here; for the smoke test on a CPU pass --quick "
+                    "--device cpu")
     opts.until = None if opts.deadline is None else time.monotonic() + opts.deadline
     FAILED.clear()
-    out = Path(opts.out)
+    out = storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
+                               ignore=("only", "deadline", "work", "data", "val_data"))
     out.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept

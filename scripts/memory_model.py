@@ -83,7 +83,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS), help="model shape")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                    help="bfloat16: autocast, as train.py trains on CUDA")

@@ -237,7 +237,7 @@ def results_folder(p, opts) -> Path:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
+    p = config.Parser(prog="sweep.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--screen_minutes", type=float, default=2.5)
     p.add_argument("--confirm_minutes", type=float, default=10.0)

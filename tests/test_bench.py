@@ -109,6 +109,8 @@ def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
     ("bench_model", ["--quick", "--preset", "debug"], 2, "--quick times its own tiny shape, not a preset"),
     ("bench_sample", ["--variants", "cached,uncahced"], 2, "--variants: unknown uncahced; choose from"),
     ("bench_sample", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
+    ("export_hf", ["--forse", "a", "b"], 2, "error: unknown option --forse (did you mean --force?)"),
+    ("plot_runs", ["--outt", "x"], 2, "error: unknown option --outt (did you mean --out?)"),
 ])
 def test_bad_benchmark_options_are_one_line(script, argv, code, message, capsys):
     import importlib

@@ -113,7 +113,7 @@ def test_an_unknown_pass_through_option_is_one_line_before_anything_else(tmp_pat
     """It used to say where the results would go first (as if the typo were a real setting)."""
     with pytest.raises(SystemExit) as e:
         compare.main(["--minuts", "2"])
-    err = capsys.readouterr().err.strip().splitlines()  # (argparse's usage line, then the error)
+    err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1] == ("compare.py: error: unknown option --minuts (did you mean "
                                              "--minutes?); see --help for the list")  # compare.py's own
     assert not any("results" in line for line in err)

@@ -118,6 +118,24 @@ def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path)
     assert (out / "gpu.md").exists()
 
 
+def test_a_smoke_test_never_replaces_the_readmes_figures(tmp_path, capsys):
+    """`gpu_check.py --quick` (or an abbreviation of it) without --out emptied img/gpu/ and wrote a
+    failed check's gpu.md there; a check off the defaults now writes to --work/results/, and a
+    CUDA check without a GPU stops before touching anything."""
+    figures = gpu_check.ROOT / "img" / "gpu"
+    before = {f.name: f.read_bytes() for f in figures.iterdir()}
+    out = gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--work", str(tmp_path / "work")])
+    assert out == tmp_path / "work" / "results" and (out / "gpu.md").exists()
+    assert "not written to" in capsys.readouterr().err
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            gpu_check.main(["--work", str(tmp_path / "work2")])
+        assert e.value.code == 2
+        assert "--device cuda: no CUDA GPU here; for the smoke test" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in figures.iterdir()} == before
+
+
 def test_an_unknown_part_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--quick", "--out", str(tmp_path), "--only", "model,speed"])
