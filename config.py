@@ -489,7 +489,11 @@ def _typed(kind):
 
 class Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (no 80-field usage dump) and exit with status 2, and an
-    unknown option names the nearest known one. Every command line of the project uses it."""
+    unknown option names the nearest known one, and no option is taken for an abbreviation (`--quic`
+    is not `--quick`). Every command line of the project uses it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message):
         if message.startswith("unrecognized arguments"):

@@ -313,7 +313,8 @@ def markdown(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def parse(argv):
+    """The options, checked, and the folder the results go to."""
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
@@ -336,18 +337,23 @@ def main(argv=None):
                         "part with under 30 s left skipped, the train.py run shortened to fit); set it "
                         "below a lease's time limit, so that the check stops itself first")
     opts = p.parse_args(argv)
-    parts = opts.only.split(",")
-    if not set(parts) <= set(PARTS):
+    if not set(opts.only.split(",")) <= set(PARTS):
         p.error(f"--only {opts.only}: each part must be one of {','.join(PARTS)}")
     if opts.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():  # every part would fail, and gpu.md say only that
             p.error(f"--device {opts.device}: no CUDA GPU here; for the smoke test on a CPU pass --quick "
                     "--device cpu")
-    opts.until = None if opts.deadline is None else time.monotonic() + opts.deadline
+    return opts, storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
+                                      ignore=("only", "deadline", "work", "data", "val_data"))
+
+
+def main(argv=None):
+    start = time.monotonic()  # (before parse, which may import torch: the deadline counts it)
+    opts, out = parse(argv)
+    parts = opts.only.split(",")
+    opts.until = None if opts.deadline is None else start + opts.deadline
     FAILED.clear()
-    out = storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
-                               ignore=("only", "deadline", "work", "data", "val_data"))
     out.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept
