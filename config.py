@@ -488,9 +488,9 @@ def _typed(kind):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no 80-field usage dump) and exit with status 2, and an
-    unknown option names the nearest known one, and no option is taken for an abbreviation (`--quic`
-    is not `--quick`). Every command line of the project uses it."""
+    """argparse, but errors are one line (no 80-field usage dump) and exit with status 2, an unknown
+    option names the nearest known one, and no option is taken for an abbreviation (`--quic` is not
+    `--quick`). Every command line of the project uses it."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
@@ -536,8 +536,7 @@ def has_presets(classes) -> bool:
 
 
 def build_parser(prog, description, classes, defaults):
-    parser = Parser(prog=prog, description=description, allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if has_presets(classes):
         parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                             help=f"starting point for every field below (default {DEFAULT_PRESET})")
@@ -584,7 +583,7 @@ def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
     names = [f.name for cls in classes for f in dataclasses.fields(cls)]
     assert len(names) == len(set(names)), "field names must be unique across the dataclasses"
 
-    early = Parser(prog=prog, add_help=False, allow_abbrev=False)
+    early = Parser(prog=prog, add_help=False)
     early.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
     name = early.parse_known_args(argv)[0].preset if has_presets(classes) else DEFAULT_PRESET
     defaults = {cls.__name__: to_dict(preset(name, cls)) for cls in classes}

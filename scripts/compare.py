@@ -72,7 +72,7 @@ FIELDS = ["steps", "tokens", "val_nats_per_token", "val_bits_per_byte", "tokens_
 
 
 def parse(argv):
-    p = config.Parser(prog="compare.py", description=__doc__, allow_abbrev=False,
+    p = config.Parser(prog="compare.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Any other option (e.g. --dim 96 --log_every 5) goes to train.py, "
                                        "for all three runs.")
