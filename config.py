@@ -497,26 +497,25 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         if message.startswith("unrecognized arguments"):
-            message = self._explain_unknown(message)
+            words = message.split(": ", 1)[1].split()
+            message = self.unknown([w for w in words if w.startswith("--")] or words)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
-    def _explain_unknown(self, message):
-        options = [s for a in self._actions for s in a.option_strings]
-        words = message.split(": ", 1)[1].split()
-        flags = [w for w in words if w.startswith("--")] or words
+    def unknown(self, words, more_options=()) -> str:
+        """The error for unknown options: each with the nearest of this parser's (or more_options)."""
+        options = [s for a in self._actions for s in a.option_strings] + list(more_options)
         hints = []
-        for w in flags:
+        for w in words:
             close = difflib.get_close_matches(w.split("=")[0], options, n=1)
             hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
         return f"unknown option {', '.join(hints)}; see --help for the list"
 
 
-def check_pass_through(parser, extra: list[str], owned=()) -> None:
+def check_pass_through(parser: Parser, extra: list[str], owned=()) -> None:
     """A script's options for train.py (what parser.parse_known_args left over): one the script
     sets itself for every run (`owned`), or one train.py does not have, is a one-line error (exit
     2); an unknown one names the nearest option of the script or of train.py."""
     fields = {f"--{f.name}" for cls in (ModelArgs, TrainArgs) for f in dataclasses.fields(cls)} | {"--preset"}
-    ours = [s for a in parser._actions for s in a.option_strings]
     for word in extra:
         flag = word.split("=")[0]
         if not flag.startswith("--"):
@@ -524,10 +523,7 @@ def check_pass_through(parser, extra: list[str], owned=()) -> None:
         if flag[2:] in owned:
             parser.error(f"{flag} is set by {parser.prog} for every run; it cannot be passed through")
         if flag not in fields:
-            theirs = sorted(f for f in fields if f[2:] not in owned)
-            close = difflib.get_close_matches(flag, ours + theirs, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            parser.error(f"unknown option {flag}{hint}; see --help for the list")
+            parser.error(parser.unknown([flag], sorted(f for f in fields if f[2:] not in owned)))
 
 
 def has_presets(classes) -> bool:

@@ -604,6 +604,11 @@ class RunPlan(NamedTuple):
     ckpt: dict | None  # the checkpoint to resume or evaluate
     ckpt_path: Path | None
 
+    @property
+    def forks(self) -> bool:
+        """Another folder's checkpoint resumed into this run folder (--resume CKPT --run NEW_NAME)."""
+        return self.ckpt is not None and self.ckpt_path.parent.resolve() != self.run_dir.resolve()
+
 
 def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArgs, TrainArgs]:
     """Settings for a resumed run: the checkpoint's, with the train settings typed on the command
@@ -769,7 +774,7 @@ def claim_folder(plan: RunPlan) -> RunFolder:
         if plan.ckpt is None and held:  # best.pt alone: a run killed before its first last.pt
             raise RunError(f"{plan.run_dir} already holds a checkpoint ({held[0]}); pass {how} to continue "
                            "it or pick another --run")
-        if plan.ckpt is not None and held and plan.ckpt_path.parent.resolve() != plan.run_dir.resolve():
+        if held and plan.forks:
             raise RunError(f"{plan.run_dir} already holds a run of its own ({held[0]}), which resuming "
                            f"{plan.ckpt_path} there would replace; fork into a new folder (--resume "
                            f"{plan.ckpt_path} --run NEW_NAME), or continue that run with --run "
@@ -858,7 +863,7 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
 def wandb_id(plan: RunPlan) -> str | None:
     """The W&B run to go on with: the checkpoint's, unless it is resumed into another folder (a
     fork, --resume CKPT --run NEW_NAME, gets a W&B run of its own)."""
-    if plan.ckpt is None or plan.ckpt_path.parent.resolve() != plan.run_dir.resolve():
+    if plan.ckpt is None or plan.forks:
         return None
     return plan.ckpt.get("wandb_id")
 
