@@ -230,12 +230,12 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 @dataclass
 class TrainArgs:
     # --- data ---
-    data: str = arg("", "training text: a file, folder or glob (.txt, .jsonl, .parquet); "
+    data: str = arg("", "training text: a file, folder or glob (.txt, .jsonl, .json, .parquet); "
                         "empty = TinyStories from the Hugging Face Hub")
     val_data: str = arg("", "validation text (same formats); empty = the hub's validation split, "
                             "or a held-out slice of --data")
     hf_dataset: str = arg("roneneldan/TinyStories", "dataset on the Hugging Face Hub")
-    text_field: str = arg("text", "field holding the text in .jsonl / .parquet / hub records")
+    text_field: str = arg("text", "field holding the text in .jsonl / .json / .parquet / hub records")
     val_fraction: float = arg(0.01, "share of documents held out for validation when no "
                                     "validation source is given: 1 in round(1 / f), f at most 0.5")
     tokenizer: str = arg("", "tokenizer.json to use; empty = train one on the training text")
@@ -302,7 +302,8 @@ class TrainArgs:
         for name in ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
                      "eval_windows", "num_proc", "tokenizer_train_mb"]:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr} is above lr={self.lr}")
+        _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr:g} is above --lr {self.lr:g}; pass a "
+               "--min_lr at most --lr (each preset sets its own)")
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")
         _check(1e-6 <= self.val_fraction <= 0.5, "val_fraction",  # 1 in round(1 / f) documents
                f"must be in [1e-6, 0.5], got {self.val_fraction}")

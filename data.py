@@ -13,7 +13,10 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
 - .txt in the official TinyStories layout: documents separated by <|endoftext|> (read by our
   generator through `datasets.Dataset.from_generator`);
 - .txt without that marker: documents separated by blank lines (`datasets`' "text" builder);
-- .jsonl with a text field (--text_field) and .parquet with a text column ("json" and "parquet").
+- .jsonl (or .json: one array of records) with a text field (--text_field) and .parquet with a
+  text column ("json" and "parquet").
+A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
+--out_dir (so `--data .` does not read our own cache and run files).
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
 (documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
 empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines).
@@ -91,6 +94,7 @@ FORMAT = 2  # version of the shard layout and meta.json; caches of another versi
 TOKENIZER_FORMAT = 2  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+FORMATS = ".txt, .jsonl, .json or .parquet"
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
@@ -259,23 +263,38 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
 # Sources: local files and the hub, as `datasets.Dataset`s with one "text" column
 
 
-def resolve_files(spec: str, flag: str) -> list[str]:
-    """A file, a folder (its .txt/.jsonl/.json/.parquet files) or a glob -> sorted list of files."""
+def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
+    """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json
+    and .parquet files at any depth, and so does a folder a glob matches; files in hidden folders
+    and in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
+    are left out of folders and globs alike."""
+    skip = [Path(d).resolve() for d in skip]
+
+    def wanted(path: str) -> bool:
+        real = Path(path).resolve()
+        return not any(real.is_relative_to(d) for d in skip)
+
+    def walk(folder: str) -> list[str]:
+        return [str(p) for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in KINDS
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+
     if os.path.isdir(spec):
-        files = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and p.suffix.lower() in KINDS)
+        files = sorted(filter(wanted, walk(spec)))
         if not files:
-            raise DataError(f"{flag}: folder '{spec}' holds no .txt, .jsonl or .parquet file; check the path")
+            raise DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file; check the path")
     elif os.path.isfile(spec):  # before the glob test: a file may be named tiny[1].txt
         files = [spec]
     elif any(c in spec for c in "*?["):
-        files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
+        matches = glob.glob(spec, recursive=True)
+        files = sorted(filter(wanted, [m for m in matches if os.path.isfile(m)]
+                              + [f for m in matches if os.path.isdir(m) for f in walk(m)]))
         if not files:
             raise DataError(f"{flag}: no files match '{spec}'; check the path or glob")
     else:
         raise DataError(f"{flag}: no such file '{spec}'; check the path")
     for f in files:
         if Path(f).suffix.lower() not in KINDS:
-            raise DataError(f"{flag}: '{f}' is not .txt, .jsonl or .parquet; convert it or leave it out")
+            raise DataError(f"{flag}: '{f}' is not {FORMATS}; convert it or leave it out")
         if os.path.getsize(f) == 0:
             raise DataError(f"{flag}: '{f}' is empty; remove it or point {flag} at text")
     return files
@@ -483,8 +502,8 @@ class Split:
         return ds.select(np.flatnonzero(held if self.keep == "val" else ~held))
 
 
-def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log) -> Split:
-    files = resolve_files(spec, flag)
+def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:
+    files = resolve_files(spec, flag, skip)
     stats = [os.stat(f) for f in files]
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]
     source = {"files": stamps, "text_field": text_field}
@@ -521,14 +540,19 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
     need_train=False (evaluating): with a --val_data, the training split is None, its files not
     even looked for (a checkpoint is scored where its training text is not)."""
     cache_dir = Path(train_args.cache_dir)
+
+    ours = (cache_dir, train_args.out_dir)  # left out of folders and globs
+
+    def local(spec, flag):
+        return _local_split(spec, flag, train_args.text_field, cache_dir, log, ours)
     if train_args.val_data and not need_train:
-        val = _local_split(train_args.val_data, "--val_data", train_args.text_field, cache_dir, log)
+        val = local(train_args.val_data, "--val_data")
         log(f"data: validation: {val.label}")
         return None, val
-    train = (_local_split(train_args.data, "--data", train_args.text_field, cache_dir, log) if train_args.data
+    train = (local(train_args.data, "--data") if train_args.data
              else _hub_split(train_args.hf_dataset, "train", train_args.text_field))
     if train_args.val_data:
-        val = _local_split(train_args.val_data, "--val_data", train_args.text_field, cache_dir, log)
+        val = local(train_args.val_data, "--val_data")
         if train_args.data:
             warn_overlap(train, val, log)
     elif not train_args.data:

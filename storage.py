@@ -40,7 +40,8 @@ from pathlib import Path
 from errors import StorageError
 
 REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-           errno.EROFS: "the disk is read-only"}
+           errno.EROFS: "the disk is read-only",
+           errno.EFBIG: "the file is over this process's (ulimit -f) or the file system's size limit"}
 DEFAULT_FIX = "free some space there or write somewhere else"
 
 

@@ -110,6 +110,16 @@ def make_optimizer(model: Llama4, train_args: TrainArgs, device) -> torch.optim.
                              fused=device.type in ("cuda", "cpu"))
 
 
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """The checkpoint's optimizer state (AdamW's moments and step counts) into `opt`, keeping the
+    settings `opt` was built with (weight decay, betas, fused): load_state_dict would put back the
+    checkpoint's, and a --weight_decay or --beta2 typed at resume would be ignored."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+    opt.load_state_dict(saved)
+    for group, own in zip(opt.param_groups, settings, strict=True):
+        group.update(own)
+
+
 def lr_at(train_args: TrainArgs, step: int, minutes: float = 0.0) -> float:
     """Linear warmup for warmup_steps, then cosine from lr to min_lr. Progress is the larger of the
     step fraction and (with --max_minutes) the wall-clock fraction."""
@@ -239,6 +249,7 @@ class LoopState:
     bad_in_row: int = 0  # non-finite steps in a row, up to the last one
     skipped_steps: int = 0  # non-finite steps skipped in all
     eval_due: bool = False  # this step's evaluation was put off by a signal: a resumed run runs it first
+    val_set: str = ""  # the validation windows best_val was measured on (EvalSet.key)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, tokens_per_step: int) -> "LoopState":
@@ -282,6 +293,7 @@ class Job:
     folder: "RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
+    continues: bool = False  # resumed into its own folder (a fork starts its folder's logs afresh)
     trials: int = 0  # compiled training steps left that may still fail in the compiler (first_steps)
     eval_trials: int = 0  # the same for evaluations (evaluate_job)
 
@@ -340,6 +352,7 @@ class EvalSet:
         start, stop = data.rank_windows(n, world.rank, world.size)
         x, y = data.val_windows(val.tokens, T, train_args.eval_windows, start, stop, pad_id=model_args.pad_id)
         self.tokens, self.bytes = int((y >= 0).sum()), data.count_bytes(y, tok.token_bytes)
+        self.key = f"{val.meta['sha256'][:16]}:{n}"  # which windows: the shard's content and their count
         B = self.batch_size = train_args.batch_size
         fill = -len(x) % B  # whole batches only (one shape for a compiled model): padding windows
         x = torch.cat([x, torch.full((fill, T), model_args.pad_id, dtype=x.dtype)])
@@ -603,6 +616,7 @@ class RunPlan(NamedTuple):
     train_args: TrainArgs
     ckpt: dict | None  # the checkpoint to resume or evaluate
     ckpt_path: Path | None
+    preset: str = config.DEFAULT_PRESET  # the preset the run's settings started from (the checkpoint's)
 
     @property
     def forks(self) -> bool:
@@ -634,7 +648,7 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
 
 
 def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
-    """Run folder, settings (the checkpoint's when resuming), the checkpoint and its path."""
+    """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset."""
     out = Path(train_args.out_dir)
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out)
@@ -656,13 +670,16 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
             raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
                                   "(--eval_only) or sampled, not resumed: start a new --run")
         model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
+        preset = preset if "preset" in given else ckpt.get("preset", preset)
     train_args = TrainArgs(**{**config.to_dict(train_args), "run": run_dir.name})
-    if ckpt is not None and not train_args.tokenizer:  # a resumed run uses its checkpoint's tokenizer
+    # a resumed run uses its checkpoint's tokenizer: the copy in its folder, unless --tokenizer is
+    # typed (a saved path may be gone: the parent folder of a fork, a renamed run folder)
+    if ckpt is not None and "tokenizer" not in given:
         for candidate in (run_dir / "tokenizer.json", ckpt_path.parent / "tokenizer.json"):
             if candidate.exists():
                 train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
                 break
-    return RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path)
+    return RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset)
 
 
 def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
@@ -849,7 +866,7 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
         for line in setting_warnings(plan, given):
             log(line)
         folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
-        job, state = build_job(plan, preset, device, world, log)
+        job, state = build_job(plan, device, world, log)
     except BaseException as e:
         if folder is not None:
             folder.release()
@@ -868,7 +885,7 @@ def wandb_id(plan: RunPlan) -> str | None:
     return plan.ckpt.get("wandb_id")
 
 
-def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Job, LoopState]:
+def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]:
     """Data, model, optimizer: the Job, and the LoopState to start from."""
     model_args, train_args, ckpt = plan.model_args, plan.train_args, plan.ckpt
     tok, train_data, val = load_data(plan, world, log)
@@ -880,7 +897,7 @@ def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Jo
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer(opt, ckpt["optimizer"])
         checkpoint.set_rng_state(ckpt["rng"])
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
     compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
@@ -889,21 +906,29 @@ def build_job(plan: RunPlan, preset: str, device, world: World, log) -> tuple[Jo
         runner = torch.nn.parallel.DistributedDataParallel(
             compiled, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=model_args.vision)
-    job = Job(model_args, train_args, preset, plan.run_dir, device, world, log, tok, train_data,
+    job = Job(model_args, train_args, plan.preset, plan.run_dir, device, world, log, tok, train_data,
               EvalSet(val, tok, model_args, train_args, world, device), model, compiled, runner, opt,
               runtime.autocast(device, dtype), runner.no_sync if world.size > 1 else nullcontext,
               list(range(world.rank, train_args.grad_accum, world.size)), None,
               flops_per_token(model_args, model_args.max_seq_len), runtime.peak_flops(device, dtype),
-              plan.ckpt_path, wandb_id=wandb_id(plan), window=(ckpt or {}).get("window"))
+              plan.ckpt_path, wandb_id=wandb_id(plan), window=(ckpt or {}).get("window"),
+              continues=ckpt is not None and not plan.forks)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
         job.trials = job.eval_trials = 2 if train_args.compile_mode in config.CUDA_GRAPH_MODES else 1
     state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
+    if state.val_set and state.val_set != job.val.key and math.isfinite(state.best_val):
+        log(f"the validation windows are not those the checkpoint's best ({state.best_val:.4f} nats/token) "
+            "was measured on (another --val_data, --eval_windows or text): the best starts afresh, and "
+            "the next evaluation replaces best.pt")
+        state.best_val = math.inf
+    state.val_set = job.val.key
     job.clock = Clock(train_args.max_minutes, state.elapsed)
     return job, state
 
 
-def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
-    """Settings files, the start-up summary, W&B and metrics.jsonl (rank 0)."""
+def start_logging(job: Job, state: LoopState) -> None:
+    """Settings files, the start-up summary, W&B and metrics.jsonl (rank 0). A fork's folder may
+    hold the logs of a run killed before its first checkpoint: they are replaced, as for a new run."""
     model_args, train_args, log = job.model_args, job.train_args, job.log
     counts = count_parameters(job.model)
     T, B = model_args.max_seq_len, train_args.batch_size
@@ -925,13 +950,13 @@ def start_logging(job: Job, state: LoopState, resumed: bool) -> None:
         return
     storage.save_json(job.run_dir / "model.json", config.to_dict(model_args), OUT_FIX)
     storage.save_json(job.run_dir / "train.json", config.to_dict(train_args), OUT_FIX)
-    if not resumed or not (job.run_dir / "tokenizer.json").exists():  # a killed run's may be there
+    if not job.continues or not (job.run_dir / "tokenizer.json").exists():  # a killed run's may be there
         job.tok.save(job.run_dir / "tokenizer.json", fix=OUT_FIX)
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     job.wandb_id = wandb_run.id if wandb_run is not None else job.wandb_id
-    job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if resumed else None, log,
+    job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if job.continues else None, log,
                                  open_window=bool((job.window or {}).get("steps")))
 
 
@@ -982,7 +1007,7 @@ def run_job(job: Job, state: LoopState) -> dict:
 def loop(job: Job, state: LoopState) -> dict:
     """The training loop, from `state` to max_steps, the budget or a signal."""
     t = job.train_args
-    start_logging(job, state, resumed=t.resume != "")
+    start_logging(job, state)
     from tqdm import tqdm
     bar = tqdm(total=None if t.max_minutes else t.max_steps, initial=state.step, disable=not job.world.main,
                dynamic_ncols=True, desc=job.run_dir.name)

@@ -107,7 +107,7 @@ BAD = [
     (["--batch_size", "0"], "--batch_size: must be at least 1"),
     (["--seed", "-3"], "--seed: must be in [0, 2^63)"),
     (["--seed", str(2 ** 63)], "--seed: must be in [0, 2^63)"),
-    (["--min_lr", "1"], "--min_lr: 1.0 is above lr"),
+    (["--min_lr", "1"], "--min_lr: 1 is above --lr 0.0006; pass a --min_lr at most --lr"),
     (["--rope_scaling", "yarn"], "--rope_scaling: invalid choice"),
     (["--preset", "huge"], "--preset: invalid choice"),
     (["--vocab_size", "4"], "token id"),

@@ -138,6 +138,25 @@ def test_folder_and_glob_read_files_in_sorted_order(tmp_path):
     assert tok.decode(train.tokens) == stream(b)
 
 
+def test_a_folder_leaves_out_the_runs_own_files_and_hidden_folders(tmp_path):
+    """--data on a folder that holds --cache_dir and --out_dir (as `--data .` does): their .json
+    files are ours, not text, and hidden folders are left out too; a .json array of records is
+    read; a glob that matches a folder takes the folder's files."""
+    a, b = stories(4), stories(4, start=4)
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(a))
+    write(folder / "b.json", json.dumps([{"text": d} for d in b]))
+    write(folder / ".hidden" / "x.txt", official(stories(2, start=9)))
+    write(folder / "ckpt" / "r" / "train.json", json.dumps({"lr": 0.1}))
+    kw = dict(data=str(folder), val_data=str(folder / "a.txt"), cache_dir=str(folder / "cache"),
+              out_dir=str(folder / "ckpt"))
+    for _ in range(2):  # the second run finds the first one's cache in the folder
+        tok, train, _, _ = run(tmp_path, **kw)
+        assert tok.decode(train.tokens) == stream(a + b)
+    tok, train, _, _ = run(tmp_path, **{**kw, "data": str(tmp_path / "corp*")})
+    assert tok.decode(train.tokens) == stream(a + b)
+
+
 def test_held_out_validation_is_deterministic_and_logged(tmp_path):
     docs = stories(40)
     path = write(tmp_path / "all.txt", official(docs))

@@ -171,3 +171,16 @@ def test_results_go_to_the_readme_figure_only_from_a_run_at_the_defaults(tmp_pat
     runs = tmp_path / "runs"
     assert storage.results_path(p, p.parse_args([]), figure, extra=["--dim", "96"], fallback=runs) == runs
     assert "(this one sets --dim); they go to" in capsys.readouterr().err
+
+
+def test_a_file_size_limit_is_named_as_such(tmp_path):
+    """`ulimit -f` (RLIMIT_FSIZE): a write past it fails with EFBIG, which is not a full disk."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+    code = ("import resource, storage\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+            f"try: storage.atomic_write({str(path)!r}, b'x' * 5000)\n"
+            "except storage.StorageError as e: print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "the file is over this process's (ulimit -f) or the file system's size limit" in out
+    assert "the disk is full" not in out and path.read_bytes() == b"the previous checkpoint"

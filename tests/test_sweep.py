@@ -78,7 +78,7 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     for argv, message in [  # refused before any run
             (["--minuts", "2"], "unknown option --minuts (did you mean --screen_minutes?)"),
             (["--max_minutes", "3"], "--max_minutes is set by sweep.py for every run"),  # it was ignored
-            (["--only", "tiny-2026-11", "--min_lr", "3e-3"], "--min_lr: 0.003 is above lr=0.002")]:
+            (["--only", "tiny-2026-11", "--min_lr", "3e-3"], "--min_lr: 0.003 is above --lr 0.002")]:
         with pytest.raises(SystemExit) as e:
             sweep.main([*argv, "--out_dir", str(tmp_path / "runs")])
         assert e.value.code == 2 and f"sweep.py: error: {message}" in capfd.readouterr().err, argv

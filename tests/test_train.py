@@ -4,6 +4,7 @@ bad input. Small models on small text so that the whole file runs in about a min
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,6 +238,46 @@ def test_a_fork_never_overwrites_another_runs_checkpoint(tmp_path, corpus, cache
     assert [(b / n).read_bytes() for n in ("last.pt", "metrics.jsonl")] == before
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--resume", str(b / "last.pt"), run="b"))
     assert checkpoint.load_checkpoint(b / "last.pt")["step"] == 2
+
+
+def test_a_fork_keeps_typed_settings_and_its_own_tokenizer_and_log(tmp_path, corpus, cache):
+    """--resume A's checkpoint --run F, where F holds the log of a run killed before its first
+    checkpoint: that log is replaced; the typed optimizer settings hold (load_state_dict would put
+    back the checkpoint's); F, resumed once its parent folder is gone, finds its own tokenizer;
+    the preset saved is the checkpoint's, though none is typed."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", run="a"))
+    f = tmp_path / "ckpt" / "f"
+    f.mkdir()
+    other = {**metrics(tmp_path, "a")[0], "loss": 9.0}  # a record of another run
+    (f / "metrics.jsonl").write_text(json.dumps(other) + "\n")
+    base = ["--out_dir", str(tmp_path / "ckpt"), "--cache_dir", str(cache), "--data", str(corpus)]
+    train.main([*base, "--resume", str(tmp_path / "ckpt" / "a" / "last.pt"), "--run", "f", "--max_steps", "3",
+                "--weight_decay", "0.5", "--beta2", "0.5"])
+    assert [r["step"] for r in metrics(tmp_path, "f")] == [3]
+    groups = checkpoint.load_checkpoint(f / "last.pt")["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], g["betas"]) for g in groups] == [(0.5, (0.9, 0.5)), (0.0, (0.9, 0.5))]
+    shutil.rmtree(tmp_path / "ckpt" / "a")
+    train.main([*base, "--resume", "--run", "f", "--max_steps", "4"])
+    ckpt = checkpoint.load_checkpoint(f / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["preset"] == "debug"
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert (group["weight_decay"], group["betas"]) == (0.5, (0.9, 0.5))
+
+
+def test_best_val_starts_afresh_on_other_validation_windows(tmp_path, corpus, cache, capsys):
+    """A best measured on other windows is not compared with: resumed with another --eval_windows,
+    the next evaluation replaces best.pt, however low the best saved (here one no loss can beat)."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "2", "--eval_windows", "2"))
+    last = tmp_path / "ckpt" / "r" / "last.pt"
+    checkpoint.save_checkpoint(last, {**checkpoint.load_checkpoint(last), "best_val": -1.0})
+
+    def best_step():
+        return checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "best.pt")["step"]
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume"))  # the same windows
+    assert best_step() == 2 and "best starts afresh" not in capsys.readouterr().out
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "6", "--resume", "--eval_windows", "3"))
+    assert "the validation windows are not those the checkpoint's best (-1.0000" in capsys.readouterr().out
+    assert best_step() == 6
 
 
 def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
