@@ -178,6 +178,7 @@ def set_rng_state(s: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # Hugging Face folders
 
+HF_FIX = "export the folder again with scripts/export_hf.py"
 TOP_LEVEL = {"boi_token_index", "eoi_token_index", "image_token_index"}  # Llama4Config, not text
 
 
@@ -236,15 +237,22 @@ def hf_state_dict(model: Llama4) -> dict:
 
 
 def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False) -> Path:
-    """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files. A
-    folder that already holds an export is refused unless `replace`."""
+    """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files, with
+    the tokenizer's sha256 in config.json ("tokenizer_sha256", which loading checks). A folder that
+    already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`."""
     from safetensors.torch import save
-    held = [n for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
+    held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
+    theirs = Path(out_dir) / "tokenizer.json"
+    if tokenizer_path is not None and theirs.exists() and not same_tokenizer(Path(tokenizer_path), theirs):
+        held.append("another tokenizer.json (a run's checkpoints may need it)")
     if held and not replace:
-        raise CheckpointError(f"{out_dir} already holds a model ({held[0]}); pass --force to replace it, "
-                              "or export to another folder")
+        raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
+                              "another folder")
     out = storage.make_folder(out_dir, "export it elsewhere")
-    storage.save_json(out / "config.json", hf_config(model.args), sort_keys=False)
+    cfg = hf_config(model.args)
+    if tokenizer_path is not None and Path(tokenizer_path).exists():
+        cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path).hash
+    storage.save_json(out / "config.json", cfg, sort_keys=False)
     storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
     if tokenizer_path is None or not Path(tokenizer_path).exists():
         for name in ("tokenizer.json", "tokenizer_config.json") if held else ():  # the replaced export's
@@ -306,30 +314,45 @@ def args_from_hf(cfg: dict) -> ModelArgs:
     return config.from_dict(ModelArgs, values, where="config.json")
 
 
+def hf_weight_files(folder: Path) -> list[Path]:
+    """model.safetensors, or the shards model.safetensors.index.json lists (a folder saved with
+    save_pretrained's max_shard_size, as released Llama 4 folders are)."""
+    index = folder / "model.safetensors.index.json"
+    if not (folder / "model.safetensors").exists() and index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index ({first_line(e)}); save the model "
+                                  "again with save_pretrained") from None
+        return [folder / name for name in shards]
+    return [folder / "model.safetensors"]
+
+
 def load_hf(folder, device="cpu") -> Llama4:
-    """An HF folder (config.json + model.safetensors) -> our model (eval mode)."""
+    """An HF folder (config.json + model.safetensors, or its shards) -> our model (eval mode)."""
     from safetensors.torch import load_file
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; pass an HF folder (config.json, "
                               "model.safetensors), such as one scripts/export_hf.py writes")
-    for name in ("config.json", "model.safetensors"):
-        if not (folder / name).exists():
-            raise CheckpointError(f"{folder / name} is missing; is {folder} an exported HF folder?")
-    fix = "export the folder again with scripts/export_hf.py"
+    for path in [folder / "config.json", *hf_weight_files(folder)]:
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing; is {folder} an exported HF folder?")
+    fix = HF_FIX
     try:
         model_args = args_from_hf(json.loads((folder / "config.json").read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing section, ConfigError
         why = str(e) if isinstance(e, ConfigError) else first_line(e)
         raise CheckpointError(f"{folder / 'config.json'} describes no model this project builds ({why}); "
                               f"{fix}") from None
-    try:
-        state = load_file(str(folder / "model.safetensors"), device=str(device))
-    except Exception as e:  # safetensors' own error type: a truncated or foreign file
-        if runtime.out_of_memory(e):  # a good file too large for the device: not "corrupt"
-            raise
-        raise CheckpointError(f"{folder / 'model.safetensors'} is corrupt or unreadable ({first_line(e)}); "
-                              f"{fix}") from None
+    state = {}
+    for path in hf_weight_files(folder):
+        try:
+            state.update(load_file(str(path), device=str(device)))
+        except Exception as e:  # safetensors' own error type: a truncated or foreign file
+            if runtime.out_of_memory(e):  # a good file too large for the device: not "corrupt"
+                raise
+            raise CheckpointError(f"{path} is corrupt or unreadable ({first_line(e)}); {fix}") from None
     prefix = "language_model." if model_args.vision else ""
     ours = {}
     for name, tensor in state.items():
@@ -339,6 +362,17 @@ def load_hf(folder, device="cpu") -> Llama4:
             name = name.removeprefix(prefix)
         ours[name] = tensor
     return build(model_args, ours, device, folder / "model.safetensors", fix).eval()
+
+
+def check_hf_tokenizer(tok: Tokenizer, tok_path, folder, model_args: ModelArgs, fix: str = HF_FIX) -> None:
+    """check_tokenizer for an HF folder: the sha256 its config.json records (our exports do), the
+    vocabulary size and special-token ids in any case."""
+    try:
+        sha = json.loads((Path(folder) / "config.json").read_text()).get("tokenizer_sha256")
+    except (OSError, ValueError, AttributeError):
+        sha = None  # (load_hf has read it already: a folder changed since)
+    check_tokenizer(tok, tok_path, {"model_args": config.to_dict(model_args), "tokenizer": {"sha256": sha}},
+                    folder, fix)
 
 
 def same_tokenizer(a: Path, b: Path) -> bool:
@@ -372,6 +406,8 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
             sha = Tokenizer.load(tok).hash
         except DataError:  # not a tokenizer of this project's kind: keep the weights, record no hash
             sha = None
+        else:
+            check_hf_tokenizer(Tokenizer.load(tok), tok, folder, model.args)
     save_model_only(model, dest, sha)
     if tok.exists():
         storage.atomic_write(Path(dest).parent / "tokenizer.json", tok.read_bytes())

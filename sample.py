@@ -52,7 +52,7 @@ import runtime
 from config import SampleArgs
 from errors import UserError, first_line
 from model import KVCache, Llama4, MoE, grouped_mm_supported
-from tokenizer import Tokenizer, check_tokenizer
+from tokenizer import Tokenizer
 
 
 class SampleError(UserError):
@@ -298,12 +298,8 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
         raise SampleError(str(e)) from e
     if ckpt is not None:  # the same check and advice as train.py's and the export's
         checkpoint.check_tokenizer(tok, tok_file, ckpt, where)
-    else:
-        try:
-            check_tokenizer(tok, model.args, str(tok_file), model=f"{where / 'config.json'}",
-                            fix="export the folder again with scripts/export_hf.py")
-        except UserError as e:
-            raise SampleError(str(e)) from e
+    else:  # the sha256 our export records in config.json, where it does
+        checkpoint.check_hf_tokenizer(tok, tok_file, where, model.args)
     if next(model.parameters()).dtype != dtype:  # the RoPE tables stay fp32
         model = model.to(dtype).reset_buffers()
     return model, tok, str(where)

@@ -8,9 +8,11 @@ stub), model.safetensors and, when the run has one, the tokenizer (tokenizer.jso
 tokenizer_config.json for PreTrainedTokenizerFast). `transformers.Llama4ForCausalLM` (or
 `Llama4ForConditionalGeneration`) loads it with no missing or unexpected keys. The run folder's
 tokenizer.json must be the one the checkpoint was trained with (its sha256 is in the checkpoint):
-another is refused, and nothing is exported. An export or a checkpoint already at the destination
-is replaced only with --force (a run's last.pt holds its optimizer state). --import also
-takes Llama 4 folders this project did not write (special-token ids come from their config).
+another is refused, and nothing is exported; the export records the sha256 in config.json
+(tokenizer_sha256), which --import and `sample.py --hf` check. An export, another tokenizer.json
+or a checkpoint already at the destination is replaced only with --force (a run's last.pt holds
+its optimizer state). --import also takes Llama 4 folders this project did not write (special-token
+ids come from their config; weights in one file or in shards).
 The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is its command line.
 """
 

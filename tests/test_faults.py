@@ -633,6 +633,13 @@ def test_export_and_import_never_replace_without_force(tmp_path, done, capsys):
         export_main(["--import", str(tmp_path / "hf"), str(run_dir / "imported.pt")])
     assert f"{run_dir / 'tokenizer.json'} is another tokenizer" in one_line_error(capsys, 1, e)
     assert (run_dir / "tokenizer.json").read_bytes() == tokenizer and not (run_dir / "imported.pt").exists()
+    other = tmp_path / "other" / "tokenizer.json"  # nor does an export replace another tokenizer.json
+    other.parent.mkdir()
+    other.write_bytes((tmp_path / "hf" / "tokenizer.json").read_bytes())
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(other.parent)])
+    assert f"{other.parent} already holds another tokenizer.json" in one_line_error(capsys, 1, e)
+    assert [p.name for p in other.parent.iterdir()] == ["tokenizer.json"]
     export_main([str(run_dir), str(tmp_path / "hf"), "--force"])
     export_main(["--import", str(tmp_path / "hf"), str(run_dir), "--force"])
     assert "optimizer" not in checkpoint.load_checkpoint(run_dir / "last.pt")

@@ -132,8 +132,10 @@ def test_import_of_a_folder_written_by_transformers(tmp_path):
     with torch.no_grad():
         for p in theirs.parameters():
             p.normal_(0, 0.1)
-    theirs.save_pretrained(tmp_path)
+    theirs.save_pretrained(tmp_path, max_shard_size="100KB")  # in shards, as released folders are
     assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 2
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    assert not (tmp_path / "model.safetensors").exists()
     ckpt = checkpoint.import_hf(tmp_path, tmp_path / "imported" / "last.pt")
     ours, _ = checkpoint.load_model(ckpt)
     assert ours.args.eos_id == 2 and len({getattr(ours.args, n) for n in SPECIAL_TOKENS}) == 8

@@ -430,7 +430,8 @@ def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, caps
     assert out in ("", "once\n")  # the streamed prompt, ended
 
 
-@pytest.mark.parametrize("problem", ["config-json", "config-values", "safetensors", "weights-missing"])
+@pytest.mark.parametrize("problem", ["config-json", "config-values", "safetensors", "weights-missing",
+                                     "other-tokenizer"])
 def test_bad_hf_folders_are_clear_errors(run_dir, tmp_path, capsys, problem):
     import json
 
@@ -447,6 +448,12 @@ def test_bad_hf_folders_are_clear_errors(run_dir, tmp_path, capsys, problem):
         cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "num_attention_heads": 3}))
     elif problem == "safetensors":
         (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:100])
+    elif problem == "other-tokenizer":  # the same size and special ids: only the recorded sha256 tells
+        spec = json.loads((hf / "tokenizer.json").read_text())
+        vocab = spec["model"]["vocab"]
+        a, b = [k for k, v in vocab.items() if v in (100, 101)]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        (hf / "tokenizer.json").write_text(json.dumps(spec))
     else:
         state = load_file(hf / "model.safetensors")
         del state["model.layers.0.self_attn.q_proj.weight"]
@@ -459,7 +466,9 @@ def test_bad_hf_folders_are_clear_errors(run_dir, tmp_path, capsys, problem):
     assert err.endswith("export the folder again with scripts/export_hf.py")
     assert {"config-json": "config.json describes no model", "config-values": "heads do not divide",
             "safetensors": "model.safetensors is corrupt",
-            "weights-missing": "weights do not fit its settings (Missing key"}[problem] in err
+            "weights-missing": "weights do not fit its settings (Missing key",
+            "other-tokenizer": f"{hf / 'tokenizer.json'} is not the tokenizer {hf} was trained with",
+            }[problem] in err
 
 
 def test_an_hf_folder_that_does_not_exist_is_named_so(tmp_path, capsys):
