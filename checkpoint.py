@@ -82,6 +82,11 @@ def load_checkpoint(path, device="cpu", fix: str = RESUME_FIX) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is corrupt or unreadable (not a checkpoint of this project: no model "
                               f"or settings in it); {fix}")
+    try:  # settings this version cannot build: the file's fault, not an option's (exit status 1, not 2)
+        config.from_dict(ModelArgs, ckpt["model_args"], where="model settings")
+    except ConfigError as e:
+        raise CheckpointError(f"{path} is damaged or from another version of this project ({e}); "
+                              f"{fix}") from None
     return ckpt
 
 

@@ -439,6 +439,8 @@ def to_dict(obj) -> dict:
 
 def from_dict(cls, d: dict, where: str = "settings"):
     """Rebuild a dataclass from JSON, refusing unknown fields and wrong types."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: should be a table of {cls.__name__} fields, got {type(d).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:

@@ -391,7 +391,10 @@ def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
 
 PROBLEMS = {"missing": "does not exist", "corrupt": "corrupt", "no-tokenizer": "no tokenizer.json",
             "other-tokenizer": "tokenizer", "unreadable-tokenizer": "cannot read the tokenizer",
-            "weights-missing": "weights do not fit its settings (Missing key", "nan-weights": "not finite"}
+            "weights-missing": "weights do not fit its settings (Missing key", "nan-weights": "not finite",
+            "settings-unknown": "is damaged or from another version of this project (model settings: unknown "
+                                "ModelArgs field(s) bogus)",
+            "settings-not-a-table": "(model settings: should be a table of ModelArgs fields, got str)"}
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)
@@ -413,9 +416,13 @@ def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, caps
         word = max(vocab, key=len)                     # rename one learned token: another BPE
         vocab[word + "zz"] = vocab.pop(word)
         (bad / "tokenizer.json").write_text(json.dumps(tok))
-    elif problem in ("weights-missing", "nan-weights"):
+    elif problem in ("weights-missing", "nan-weights", "settings-unknown", "settings-not-a-table"):
         ckpt = torch.load(bad / "last.pt", weights_only=True)
-        if problem == "weights-missing":
+        if problem == "settings-unknown":  # a damaged file, or one a newer version wrote
+            ckpt["model_args"]["bogus"] = 1
+        elif problem == "settings-not-a-table":
+            ckpt["model_args"] = "hello"
+        elif problem == "weights-missing":
             del ckpt["model"]["layers.0.self_attn.q_proj.weight"]
         else:  # a diverged run: generation stops with an error, not an empty story
             ckpt["model"]["layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
