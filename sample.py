@@ -39,6 +39,7 @@ How this departs from the obvious version:
   the image).
 """
 
+import errno
 import os
 import sys
 from contextlib import contextmanager
@@ -57,6 +58,24 @@ from tokenizer import Tokenizer
 
 class SampleError(UserError):
     pass
+
+
+class OutputError(SampleError):
+    """Standard output cannot take the story (a full disk behind `> FILE`, a closed stdout)."""
+
+
+def write(text: str) -> None:
+    """Text to stdout, flushed (streaming); a failed write is an OutputError (one line, exit 1)."""
+    try:
+        if sys.stdout is None:  # started with stdout closed (>&-)
+            raise OSError(errno.EBADF, "it is closed")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # | head: main() stops quietly
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write the story to standard output ({e.strerror or e}); write it "
+                          "somewhere with room, or to a terminal") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +360,8 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     texts = list(sample_args.prompt)
     if sample_args.prompt_file:
         try:
-            lines = [ln for ln in Path(sample_args.prompt_file).read_text().splitlines() if ln.strip()]
+            text = Path(sample_args.prompt_file).read_text(encoding="utf-8-sig")  # (a BOM is not text)
+            lines = [ln for ln in text.splitlines() if ln.strip()]
         except OSError as e:
             raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}") from e
         except UnicodeDecodeError as e:
@@ -388,6 +408,12 @@ def main(argv=None):
     except BrokenPipeError:  # stdout closed early (| head): stop quietly, as a SIGPIPE would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
         sys.exit(141)
+    except OutputError as e:
+        try:  # what is left in stdout's buffer would fail again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, ValueError, OSError):  # no stdout, or no file behind it
+            pass
+        fail(e)
     except Exception as e:
         if not runtime.out_of_memory(e):
             raise
@@ -415,6 +441,9 @@ def _main(argv=None):
         if not (sample_args.ckpt or sample_args.hf):
             print(f"sample.py: sampling {where}, the most recent run's (--ckpt picks another)",
                   file=sys.stderr)
+        if sample_args.no_cache and sample_args.compile == "true":
+            print("warning: --compile true compiles the cached decode step, and --no_cache has none: "
+                  "decoding eagerly", file=sys.stderr)
         images = None
         if sample_args.image:
             if not model.args.vision:
@@ -434,28 +463,28 @@ def _main(argv=None):
     def on_token(rows):
         text = tok.decode(rows[0])
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[printed[0]:])
-            sys.stdout.flush()
+            write(text[printed[0]:])
             printed[0] = len(text)
 
     if stream:
-        sys.stdout.write(texts[0])
+        write(texts[0])
     try:
         rows = generate(model, prompts, sample_args.max_new_tokens, temperature=sample_args.temperature,
                         top_k=sample_args.top_k, top_p=sample_args.top_p, greedy=sample_args.greedy,
                         seed=sample_args.seed, use_cache=not sample_args.no_cache, images=images,
                         compile=compile_wanted(sample_args.compile, device),
                         on_token=on_token if stream else None)
+    except OutputError:
+        raise
     except UserError as e:
         if stream:
-            sys.stdout.write("\n")
+            write("\n")
         fail(e)
     if stream:
-        sys.stdout.write(tok.decode(rows[0])[printed[0]:] + "\n")
+        write(tok.decode(rows[0])[printed[0]:] + "\n")
         return rows
     for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
-        print(f"{'-' * 20} sample {i + 1} of {len(rows)} {'-' * 20}")
-        print(text + tok.decode(row))
+        write(f"{'-' * 20} sample {i + 1} of {len(rows)} {'-' * 20}\n{text + tok.decode(row)}\n")
     return rows
 
 

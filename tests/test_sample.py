@@ -373,6 +373,21 @@ def test_a_prompt_file_with_no_prompt_is_an_error(run_dir, tmp_path, capsys):
     assert e.value.code == 1 and "holds no prompt (every line is blank)" in capsys.readouterr().err
 
 
+def test_a_prompt_file_is_utf8_and_its_byte_order_mark_is_not_prompt(run_dir, tmp_path, capsys):
+    """A file saved by an editor that starts it with a BOM gives the --prompt's tokens, whatever
+    the locale; --compile true with --no_cache (nothing to compile) says so."""
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffonce upon a time \u00e9\n".encode())
+    argv = ["--ckpt", str(run_dir), "--greedy", "--max_new_tokens", "4"]
+    capsys.readouterr()
+    outs = []
+    for how in (["--prompt_file", str(path)], ["--prompt", "once upon a time \u00e9"]):
+        outs.append((sample.main([*argv, *how]), capsys.readouterr().out))
+    assert outs[0] == outs[1] and outs[0][1].startswith("once upon a time \u00e9")
+    sample.main([*argv, "--no_cache", "--compile", "true"])
+    assert "warning: --compile true compiles the cached decode step" in capsys.readouterr().err
+
+
 def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
     from scripts.export_hf import main as export_main  # the command line
     export_main([str(run_dir), str(tmp_path / "hf")])
@@ -565,6 +580,25 @@ def test_output_closed_early_ends_quietly(run_dir):
     finally:
         os.close(write_end)
     assert done.returncode == 141 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+@pytest.mark.parametrize("samples", [1, 2])  # streamed, and printed at the end
+def test_output_that_cannot_be_written_is_one_line(run_dir, samples):
+    """sample.py > /dev/full (a full disk) and sample.py >&- (no stdout): one line, exit 1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    argv = [sys.executable, str(Path(sample.__file__).parent / "sample.py"), "--ckpt", str(run_dir),
+            "--num_samples", str(samples), "--max_new_tokens", "5"]
+    with open("/dev/full", "w") as full:
+        done = [subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)]
+    if samples == 1:
+        done.append(subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   timeout=120, preexec_fn=lambda: os.close(1)))
+    for d, why in zip(done, ["No space left on device", "it is closed"], strict=False):
+        assert d.returncode == 1 and d.stderr.count("\n") == 1, d.stderr
+        assert d.stderr.startswith(f"sample.py: error: cannot write the story to standard output ({why})")
 
 
 def test_image_needs_a_vision_checkpoint(run_dir, tmp_path, capsys):
