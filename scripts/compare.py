@@ -110,11 +110,12 @@ def parse(argv):
 
 def shared_argv(opts, extra) -> list[str]:
     """train.py arguments common to the three runs (then the variant's overrides, then --run)."""
+    steps = 10**9 if opts.max_steps is None else opts.max_steps  # (0 is train.py's to refuse)
     return ["--preset", opts.preset, "--data", opts.data, "--val_data", opts.val_data,
             "--seed", str(opts.seed),
-            *(["--batch_size", str(opts.batch_size)] if opts.batch_size else []),
+            *(["--batch_size", str(opts.batch_size)] if opts.batch_size is not None else []),
             "--max_minutes", str(opts.minutes), "--eval_windows", str(opts.eval_windows),
-            "--max_steps", str(opts.max_steps or 10**9), "--save_every", str(opts.max_steps or 10**9),
+            "--max_steps", str(steps), "--save_every", str(steps),
             "--eval_every", str(opts.eval_every), "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir,
             "--plot", "", "--wandb_mode", opts.wandb_mode, "--wandb_group", "compare", *extra]
 

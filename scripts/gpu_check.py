@@ -23,9 +23,10 @@ One after another, each in its own process:
      valid-lower.txt at the default cadence: the seconds per pass are reported), then
      --eval_only on valid-lower.txt, one sampled story, and the greedy story with the decode step
      compiled and eager, compared.
-It writes to --out (default img/gpu/ for a run at the defaults, --only and --deadline aside, and
---work/results/ for any other, so that a smoke test never replaces the README's): bench_model.json,
-bench_sample.json, bench_sample_fp32.json, train.json (the run's figures: steady-state and
+It writes to --out (default img/gpu/ for a run at the defaults, --only, --deadline and --work
+aside, and --data / --val_data naming train-lower.txt / valid-lower.txt wherever they lie; and
+--work/results/ for any other, so that a smoke test or other text never replaces the README's):
+bench_model.json, bench_sample.json, bench_sample_fp32.json, train.json (the run's figures: steady-state and
 end-to-end tokens/s and MFU, the evaluation, the stories), gpu.md (the tables the README's GPU section
 quotes) and log.txt; the run goes to --work (checkpoints/gpu-check/, git-ignored). --compile_mode
 reduce-overhead compiles the model and train parts with CUDA graphs. Data: --data / --val_data, by
@@ -326,8 +327,8 @@ def parse(argv):
     p.add_argument("--data", default=find("train-lower.txt"))
     p.add_argument("--val_data", default=find("valid-lower.txt"))
     p.add_argument("--out", default=None, help="folder for the JSON, gpu.md and log.txt (default: img/gpu/, "
-                                                "the README's, for a run at the defaults, --only and "
-                                                "--deadline aside; --work/results for any other)")
+                                                "the README's, for a run at the defaults, --only, "
+                                                "--deadline and --work aside; --work/results for any other)")
     p.add_argument("--work", default=str(ROOT / "checkpoints" / "gpu-check"),
                    help="run folder and token cache of the train.py part (git-ignored by default)")
     p.add_argument("--only", default="model,sample,train",
@@ -344,8 +345,11 @@ def parse(argv):
         if not torch.cuda.is_available():  # every part would fail, and gpu.md say only that
             p.error(f"--device {opts.device}: no CUDA GPU here; for the smoke test on a CPU pass --quick "
                     "--device cpu")
+    # the README's text wherever it lies (../shared or gpu-data/) is the default; other text is not
+    same_text = [k for k in ("data", "val_data")
+                 if Path(getattr(opts, k)).name == Path(p.get_default(k)).name]
     return opts, storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
-                                      ignore=("only", "deadline", "work", "data", "val_data"))
+                                      ignore=("only", "deadline", "work", *same_text))
 
 
 def main(argv=None):

@@ -151,19 +151,24 @@ OWNED = {"preset", "max_minutes", "max_steps", "eval_every", "save_every", "eval
 
 
 def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
-    """One budgeted train.py run (or its earlier result), scored on all of valid-lower.txt."""
+    """One budgeted train.py run (or its earlier result, made with the same train.py options),
+    scored on all of --val_data."""
     result_file = result_path(name, minutes, seed, opts)
     run_dir, run = result_file.parent, result_file.parent.name
+    setting = ["--preset", "tiny", *overrides, *opts.extra, "--data", opts.data, "--val_data", opts.val_data,
+               "--max_minutes", str(minutes), "--max_steps", "1000000000", "--eval_every", "1000000000",
+               "--save_every", "1000000000", "--eval_windows", "0", "--seed", str(seed)]
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)
+            sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
+                     f"({' '.join(result['train_argv'])}); pass another --out_dir for these, or delete it")
+        return result
     if run_dir.exists():  # an interrupted run: start it again
         import shutil
         shutil.rmtree(run_dir)
-    argv = ["--preset", "tiny", *overrides, *opts.extra, "--data", opts.data, "--val_data", opts.val_data,
-            "--max_minutes", str(minutes), "--max_steps", "1000000000", "--eval_every", "1000000000",
-            "--save_every", "1000000000", "--eval_windows", "0", "--seed", str(seed), "--plot", "",
-            "--wandb_mode", "disabled", "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir,
-            "--run", run]
+    argv = [*setting, "--plot", "", "--wandb_mode", "disabled", "--out_dir", opts.out_dir,
+            "--cache_dir", opts.cache_dir, "--run", run]
     load = os.getloadavg()[0]
     print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
     t = time.time()
@@ -175,6 +180,7 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"][-1]
     result = {"name": name, "run": run, "minutes": minutes, "seed": seed, "overrides": overrides,
+              "train_argv": setting,
               "steps": val["step"], "tokens": val["tokens"], "bits_per_byte": val["bits_per_byte"],
               "nats_per_token": val["nats_per_token"], "val_tokens": val["val_tokens"],
               "tokens_per_s": val["tokens"] / sum(w["tokens"] / w["tokens_per_s"] for w in _windows(train)),
@@ -204,7 +210,7 @@ def table(rows: list[dict], title: str) -> list[str]:
     return lines + [""]
 
 
-def plot(screen: list[dict], confirm: list[dict], out: Path) -> None:
+def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "valid-lower.txt") -> None:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -225,7 +231,7 @@ def plot(screen: list[dict], confirm: list[dict], out: Path) -> None:
     ax.legend(unique.values(), unique.keys(), fontsize=8)
     lo = min(r["bits_per_byte"] for r in screen + confirm)
     ax.set_xlim(lo - 0.05, max(r["bits_per_byte"] for r in screen) + 0.02)
-    ax.set(xlabel="valid-lower.txt bits per byte (lower is better)", title="tiny on 2 CPU cores: the sweep")
+    ax.set(xlabel=f"{val_name} bits per byte (lower is better)", title="tiny on 2 CPU cores: the sweep")
     ax.grid(alpha=0.3, axis="x")
     storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
 
@@ -258,6 +264,9 @@ def main(argv=None):
     unknown = sorted(set(only) - set(shapes()))
     if unknown:
         p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
+    for name in ("screen_minutes", "confirm_minutes", "confirm"):  # (0 minutes: no budget, no end)
+        if not getattr(opts, name) > 0:
+            p.error(f"--{name}: must be above 0, got {getattr(opts, name):g}")
     config.check_pass_through(p, opts.extra, OWNED)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     for over in stage1.values():  # a bad value for any shape: one line now, not after some runs
@@ -292,7 +301,7 @@ def main(argv=None):
               "created": time.strftime("%Y-%m-%d %H:%M")}
     storage.save_json(out / "sweep.json", report)
     md = "\n".join([f"`{report['command']}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
-                    "validation on all of valid-lower.txt after each run's budget.", "",
+                    f"validation on all of {Path(opts.val_data).name} after each run's budget.", "",
                     *table(screen, f"Screening: {opts.screen_minutes:g} minutes each"),
                     *table(confirm, f"Confirmation: the best {opts.confirm} screened (and any confirmed "
                                     f"earlier) for {opts.confirm_minutes:g} minutes; the best again with "
@@ -300,9 +309,9 @@ def main(argv=None):
                     *(table(followup, f"Regularisation of the best: {opts.confirm_minutes:g} minutes, "
                                       "seeds 1 and 2") if followup else []),
                     f"Pick (lowest mean over seeds 1 and 2): **{pick['name']}**, {pick['mean']:.4f} "
-                    f"bits/byte: `{' '.join(pick['overrides'])}`"])
+                    f"bits/byte: `{' '.join(pick['overrides'] + opts.extra)}`"])
     storage.atomic_write(out / "sweep.md", (md + "\n").encode())
-    plot(screen, confirm + followup, out / "sweep.png")
+    plot(screen, confirm + followup, out / "sweep.png", Path(opts.val_data).name)
     print("\n" + md)
     return report
 

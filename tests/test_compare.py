@@ -119,6 +119,17 @@ def test_an_unknown_pass_through_option_is_one_line_before_anything_else(tmp_pat
     assert not any("results" in line for line in err)
 
 
+def test_zero_steps_and_batches_are_train_pys_to_refuse(tmp_path, capsys):
+    """--max_steps 0 became 10^9 (a run with --minutes 0 never ended) and --batch_size 0 the
+    preset's batch: both go to train.py's checks now."""
+    for argv, message in [(["--minutes", "0", "--max_steps", "0"], "--max_steps: must be at least 1, got 0"),
+                          (["--batch_size", "0"], "--batch_size: must be at least 1, got 0")]:
+        with pytest.raises(SystemExit) as e:
+            compare.main([*argv, "--out", str(tmp_path)])
+        assert e.value.code == 2 and f"compare.py: error: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_defaults_point_at_the_shared_files():
     a, extra = compare.parse([])
     assert a.data == str(ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt")

@@ -136,6 +136,17 @@ def test_a_smoke_test_never_replaces_the_readmes_figures(tmp_path, capsys):
     assert {f.name: f.read_bytes() for f in figures.iterdir()} == before
 
 
+def test_a_check_on_other_text_writes_beside_its_run(tmp_path, monkeypatch, capsys):
+    """--data or --val_data on other text than the README's (wherever that lies) is off the defaults."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (parse only: nothing runs)
+    work = ["--work", str(tmp_path / "work")]
+    assert gpu_check.parse([*work, "--data", "gpu-data/train-lower.txt"])[1] == gpu_check.ROOT / "img" / "gpu"
+    for flag in ("--data", "--val_data"):
+        assert gpu_check.parse([*work, flag, str(tmp_path / "other.txt")])[1] == tmp_path / "work" / "results"
+        assert f"(this one sets {flag})" in capsys.readouterr().err
+
+
 def test_an_unknown_part_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--quick", "--out", str(tmp_path), "--only", "model,speed"])

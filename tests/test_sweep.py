@@ -40,10 +40,15 @@ def test_sweep_screens_confirms_reseeds_and_regularises(corpus, tmp_path, monkey
     md = (tmp_path / "img" / "sweep.md").read_text()
     assert "Screening" in md and "Regularisation" in md and f"**{report['pick']}**" in md
     assert (tmp_path / "img" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "validation on all of valid.txt" in md  # the --val_data given, not the README's
     again = sweep.main(argv)  # every run is finished: read back, not rerun
     assert again["screen"] == report["screen"] and again["followup"] == report["followup"]
+    with pytest.raises(SystemExit) as e:  # ... but not for other train.py options: refused
+        sweep.main([*argv[:-4], "--vocab_size", "310", "--num_proc", "1"])
+    assert "holds a run made with other train.py options" in str(e.value.code)
     monkeypatch.setattr(sweep, "ROOT", tmp_path / "repo")  # (a regression must not write the real img/)
-    sweep.main(argv[:argv.index("--out")])  # a sweep of its own without --out: not over the README's
+    i = argv.index("--out")
+    sweep.main(argv[:i] + argv[i + 2:])  # a sweep of its own without --out: not over the README's
     assert (tmp_path / "runs" / "sweep.json").exists() and not (tmp_path / "repo").exists()
 
 
@@ -78,7 +83,9 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     for argv, message in [  # refused before any run
             (["--minuts", "2"], "unknown option --minuts (did you mean --screen_minutes?)"),
             (["--max_minutes", "3"], "--max_minutes is set by sweep.py for every run"),  # it was ignored
-            (["--only", "tiny-2026-11", "--min_lr", "3e-3"], "--min_lr: 0.003 is above --lr 0.002")]:
+            (["--only", "tiny-2026-11", "--min_lr", "3e-3"], "--min_lr: 0.003 is above --lr 0.002"),
+            (["--screen_minutes", "0"], "--screen_minutes: must be above 0, got 0"),  # it never ended
+            (["--confirm", "0"], "--confirm: must be above 0, got 0")]:
         with pytest.raises(SystemExit) as e:
             sweep.main([*argv, "--out_dir", str(tmp_path / "runs")])
         assert e.value.code == 2 and f"sweep.py: error: {message}" in capfd.readouterr().err, argv
