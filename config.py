@@ -504,6 +504,16 @@ class Parser(argparse.ArgumentParser):
             message = self.unknown([w for w in words if w.startswith("--")] or words)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def counts(self, flag: str, text: str) -> list[int]:
+        """A comma-separated list of whole numbers above 0 (batch sizes), or a one-line error."""
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) < 1:
+            self.error(f"{flag} {text}: give whole numbers above 0 separated by commas, e.g. 32,128")
+        return values
+
     def unknown(self, words, more_options=()) -> str:
         """The error for unknown options: each with the nearest of this parser's (or more_options)."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
@@ -512,6 +522,17 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(w.split("=")[0], options, n=1)
             hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
         return f"unknown option {', '.join(hints)}; see --help for the list"
+
+
+def at_least_1(text: str) -> int:
+    """An argparse type: a whole number above 0 (a count of repeats or tokens)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return value
 
 
 def check_pass_through(parser: Parser, extra: list[str], owned=()) -> None:

@@ -52,8 +52,12 @@ RATIO_ROWS = [  # bench_model.py's ratios in the model table: key, what it is, f
 
 
 def markdown(results: dict, machine: dict) -> str:
+    load = machine.get("load_before")  # (None where unknown: the GPU check's)
+    ran = machine.get("parts_run", PARTS)
     lines = [f"Machine: {machine['cpus']} CPU cores ({machine['cpu']}), torch {machine['torch']}, "
-             f"load average {machine['load_before']:.2f} before the run, {machine['date']}.", ""]
+             + (f"load average {load:.2f} before the run, " if load is not None else "") + machine["date"]
+             + ("" if set(ran) >= set(PARTS) else f" (the {', '.join(ran)} part; the others read back from "
+                "their last JSON files)") + ".", ""]
     if "model" in results:
         m = results["model"]
         c = m["config"]

@@ -122,15 +122,16 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
             "speedup_parallel_vs_batched_1_thread": t_one / t_par}
 
 
-def main():
+def main(argv=None):
     p = config.Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="text file in the official TinyStories layout")
     p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
                                                "default: img/bench_data.json; other runs write only where "
                                                "--out says)")
-    p.add_argument("--repeat", type=int, default=10, help="copies of the text in the memory test")
+    p.add_argument("--repeat", type=config.at_least_1, default=10,
+                   help="copies of the text in the memory test")
     p.add_argument("--child", nargs=2, metavar=("FILE", "CACHE_DIR"), help=argparse.SUPPRESS)
-    opts = p.parse_args()
+    opts = p.parse_args(argv)
     if opts.child:
         return child(*opts.child)
     out = storage.results_path(p, opts, ROOT / "img" / "bench_data.json")

@@ -420,7 +420,7 @@ def parser() -> argparse.ArgumentParser:
                    choices=list(config.COMPILE_MODES),
                    help="torch.compile mode of the compiled variants (reduce-overhead and max-autotune: "
                         "CUDA graphs), as train.py's --compile_mode")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=config.at_least_1, default=None,
                    help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny shape of its own (no --preset), 2 repeats unless --repeats says (smoke test)")
@@ -459,9 +459,9 @@ def main(argv=None):
         base = dict(config.PRESETS[preset]["ModelArgs"]) if preset else CPU_SHAPE
         base = config.to_dict(ModelArgs(**base))
         repeats = opts.repeats or (10 if cuda else 9)
-    batches = [int(b) for b in (opts.batches or ("32,128" if cuda else "8")).split(",")]
+    batches = p.counts("--batches", opts.batches or ("32,128" if cuda else "8"))
     compiled = runtime.wants_compile(opts.compile, device)
-    compile_batches = [int(b) for b in (opts.compile_batches or str(max(batches))).split(",")]
+    compile_batches = p.counts("--compile_batches", opts.compile_batches or str(max(batches)))
     if compiled and not set(compile_batches) <= set(batches):
         p.error(f"--compile_batches {opts.compile_batches}: each must be one of --batches {batches}")
     variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])

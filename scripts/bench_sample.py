@@ -145,9 +145,9 @@ def parse(argv):
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS),
                    help="model shape (random weights: speed only)")
     p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW)
-    p.add_argument("--new_tokens", type=int, default=NEW)
+    p.add_argument("--new_tokens", type=config.at_least_1, default=NEW)
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=config.at_least_1, default=2)
     p.add_argument("--warmup", type=int, default=None, help="untimed runs per variant (default: 1 on CUDA, "
                                                             "0 on CPU; the compiled variant always 1+)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
@@ -160,7 +160,8 @@ def parse(argv):
     p.add_argument("--ragged", action="store_true", help="prompts of 16 down to 9 tokens, left-padded into "
                                                          "a batch (our variants only)")
     p.add_argument("--quick", action="store_true", help="the debug preset, 8 new tokens, batches 1,2, one "
-                                                        "warm-up and one timed run: seconds on CPU (a test)")
+                                                        "warm-up and one timed run, each unless typed: "
+                                                        "seconds on CPU (a test)")
     p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
                                                "default: img/bench_sample.json, or bench_sample_cuda.json on "
                                                "CUDA; other runs write only where --out says)")
@@ -169,9 +170,14 @@ def parse(argv):
     unknown = sorted(set((opts.variants or "").split(",")) - set(VARIANTS) - {""})
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {','.join(VARIANTS)}")
-    if opts.quick:
-        opts.preset, opts.new_tokens, opts.batches, opts.repeats, opts.warmup = "debug", 8, "1,2", 1, 1
-        opts.max_seq_len = PROMPT + opts.new_tokens
+    if opts.quick and opts.preset != p.get_default("preset"):
+        p.error("--quick decodes the debug preset; drop --preset or --quick")
+    if opts.quick:  # its settings, where the command line gives none
+        for name, value in {"preset": "debug", "new_tokens": 8, "batches": "1,2", "repeats": 1, "warmup": 1,
+                            "max_seq_len": PROMPT + max(8, opts.new_tokens)}.items():
+            if getattr(opts, name) == p.get_default(name):
+                setattr(opts, name, value)
+    opts.batches = p.counts("--batches", opts.batches)
     return opts
 
 
@@ -184,7 +190,6 @@ def main(argv=None):
     opts.variants = (opts.variants or default).split(",")
     if (opts.no_hf or opts.ragged) and "hf" in opts.variants:  # ragged: transformers' padded rows differ
         opts.variants.remove("hf")
-    opts.batches = [int(b) for b in opts.batches.split(",")]
     opts.warmup = (1 if cuda else 0) if opts.warmup is None else opts.warmup
     if not cuda:
         torch.set_num_threads(2)

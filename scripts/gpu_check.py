@@ -276,7 +276,7 @@ def markdown(out: Path) -> str:
     if (out / "bench_model.json").exists():
         model = json.loads((out / "bench_model.json").read_text())
         lines.append(bench.markdown({"model": model}, {"cpus": os.cpu_count(), "cpu": model["device"],
-                                                       "torch": model["config"]["torch"], "load_before": 0.0,
+                                                       "torch": model["config"]["torch"], "load_before": None,
                                                        "date": time.strftime("%Y-%m-%d")}))
     for name in ["bench_sample.json", "bench_sample_fp32.json"]:  # greedy tokens must agree: say where not
         if (out / name).exists():

@@ -103,10 +103,7 @@ def main(argv=None):
     if unknown or "moe" not in variants:
         p.error(f"--variants: {', '.join(unknown) or 'moe is missing'}; choose from {', '.join(VARIANTS)}, "
                 "moe included (the ratios are to it)")
-    try:
-        batches = [int(b) for b in opts.batches.split(",")]
-    except ValueError:
-        p.error(f"--batches {opts.batches}: give whole numbers separated by commas, e.g. 32,128")
+    batches = p.counts("--batches", opts.batches)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     base = config.to_dict(ModelArgs(**config.PRESETS[opts.preset]["ModelArgs"]))
     dtype = getattr(torch, opts.dtype)

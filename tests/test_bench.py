@@ -105,10 +105,16 @@ def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("script, argv, code, message", [
     ("bench_model", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
     ("bench_model", ["--device", "cuda"], 2, "bench_model.py: error: --device cuda: CUDA is not available"),
-    ("bench_model", ["--quick", "--batches", "0", "--no-hf"], 2, "--batch_size: must be at least 1"),
+    ("bench_model", ["--quick", "--batches", "0", "--no-hf"], 2, "--batches 0: give whole numbers above 0"),
+    ("bench_model", ["--quick", "--batches", "x"], 2, "--batches x: give whole numbers above 0"),
+    ("bench_model", ["--quick", "--repeats", "0"], 2, "--repeats: '0' is not a whole number above 0"),
+    ("memory_model", ["--batches", "0", "--out", "-"], 2, "--batches 0: give whole numbers above 0"),
+    ("bench_data", ["--repeat", "0"], 2, "argument --repeat: '0' is not a whole number above 0"),
     ("bench_model", ["--quick", "--preset", "debug"], 2, "--quick times its own tiny shape, not a preset"),
     ("bench_sample", ["--variants", "cached,uncahced"], 2, "--variants: unknown uncahced; choose from"),
     ("bench_sample", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
+    ("bench_sample", ["--quick", "--preset", "tiny"], 2, "--quick decodes the debug preset"),
+    ("bench_sample", ["--batches", "1,0"], 2, "--batches 1,0: give whole numbers above 0"),
     ("export_hf", ["--forse", "a", "b"], 2, "error: unknown option --forse (did you mean --force?)"),
     ("plot_runs", ["--outt", "x"], 2, "error: unknown option --outt (did you mean --out?)"),
 ])
