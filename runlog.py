@@ -169,6 +169,10 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
                           color="C1", label="validation")
     left.set(xlabel=X_LABELS[x], ylabel="LM loss (nats/token)", title="training loss")
     right.set(xlabel=X_LABELS[x], ylabel="bits per byte", title="validation bits per byte")
+    if not left.lines and not right.lines:
+        plt.close(fig)
+        where = ", ".join(map(str, run_dirs))
+        raise ValueError(f"no train or validation records in {where}: nothing to plot")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.lines:

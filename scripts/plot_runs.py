@@ -30,7 +30,10 @@ def main(argv=None):
     try:
         print(runlog.plot_runs(args.runs, args.out, args.x, args.title,
                                warn=lambda m: print(f"plot_runs.py: warning: {m}", file=sys.stderr)))
-    except (OSError, KeyError, ValueError, UserError) as e:  # a bad metrics.jsonl line, a full disk ...
+    except KeyError as e:  # a record without a field every train.py record has
+        sys.exit(f"plot_runs.py: error: a metrics.jsonl record has no {e} field; pass run folders that "
+                 "this project's train.py wrote")
+    except (OSError, ValueError, UserError) as e:  # a bad metrics.jsonl line, a full disk ...
         sys.exit(f"plot_runs.py: error: {e}")
 
 

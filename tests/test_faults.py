@@ -135,6 +135,14 @@ def test_resume_survives_a_torn_metrics_line_and_plot_runs_names_a_bad_file(tmp_
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])
     assert f"{path}: line 2 is not valid JSON" in str(e.value.code)
+    path.write_text(json.dumps({"kind": "train", "step": 1, "lm_loss": 5.0}) + "\n")  # another program's
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])
+    assert "a metrics.jsonl record has no 'tokens' field" in str(e.value.code)
+    path.write_text("")
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])
+    assert "no train or validation records in" in str(e.value.code) and not (tmp_path / "runs.png").exists()
 
 
 def test_the_default_plot_is_in_the_run_folder_and_files_are_readable_by_others(done):
