@@ -26,7 +26,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
-from errors import ConfigError
+from errors import ConfigError, main_rank
 
 
 def arg(default, help, *, hf=None, choices=None, const=None):
@@ -499,6 +499,8 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message):
+        if not main_rank():  # under torchrun every rank parses the same line: rank 0 says it once
+            self.exit(2)
         if message.startswith("unrecognized arguments"):
             words = message.split(": ", 1)[1].split()
             message = self.unknown([w for w in words if w.startswith("--")] or words)

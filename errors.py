@@ -8,9 +8,13 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
       CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
       RunError         a run cannot start or go on (busy run folder, non-finite weights)
       StorageError     a file cannot be written (disk full, quota, read-only); the old one is intact
+      RankError        under torchrun: another rank failed where this one waited for it (no line)
+
+Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`).
 """
 
 
+import os
 import sys
 
 
@@ -39,6 +43,21 @@ class RunError(UserError):
 
 class StorageError(UserError):
     pass
+
+
+class RankError(UserError):
+    pass
+
+
+def main_rank() -> bool:
+    """False in a torchrun worker other than rank 0 (its RANK, set before any process group is)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def reports(e: UserError) -> bool:
+    """Whether this process prints `e`: a bad setting (the same on every rank) on rank 0 alone, a
+    RankError (the failing rank prints its own) nowhere, anything else on every rank that meets it."""
+    return not isinstance(e, RankError) and (main_rank() or not isinstance(e, ConfigError))
 
 
 def run_script(main, prog: str):

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from errors import ConfigError, first_line
+from errors import ConfigError, RankError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,14 +72,25 @@ def all_reduce(values: list[float], device, world: World, op=None) -> list[float
 
 
 @contextmanager
-def rank0_first(world: World):
+def rank0_first(world: World, device):
     """Rank 0 runs the block first (building the data caches); the other ranks then run it (and
-    find the caches built). Two processes writing one cache would delete each other's files."""
+    find the caches built). Two processes writing one cache would delete each other's files.
+    Where rank 0's block fails (bad data: it prints why), the others stop with a RankError rather
+    than a broken barrier's traceback."""
+    if world.size == 1:
+        yield
+        return
     if not world.main:
-        dist.barrier()
-    yield
-    if world.main and world.size > 1:
-        dist.barrier()
+        if all_reduce([1.0], device, world, op=dist.ReduceOp.MIN)[0] < 1:  # waits for rank 0's verdict
+            raise RankError("rank 0 failed setting up the data")
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        all_reduce([0.0], device, world, op=dist.ReduceOp.MIN)
+        raise
+    all_reduce([1.0], device, world, op=dist.ReduceOp.MIN)
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:

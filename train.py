@@ -32,9 +32,10 @@ How this departs from the obvious version:
   backward leave float-rounding differences), and 1 process equals N DDP processes with the same
   global batch (rank r takes micro-batches r, r + N, ...). RNG states are saved all the same.
   With --max_minutes the schedule follows the clock, so a resumed run is not bit-identical.
-- The loop does not wait for the device between log steps: losses, expert counts and the count of
-  skipped steps stay on the device until a log step reads them, and a non-finite step is skipped
-  inside the fused AdamW kernel (its found_inf flag) rather than by a test on the host.
+- The loop does not wait for the device between log steps (under torchrun, nor between the ranks'
+  agreements, about 10 s apart): losses, expert counts and the count of skipped steps stay on the
+  device until a log step reads them, and a non-finite step is skipped inside the fused AdamW
+  kernel (its found_inf flag) rather than by a test on the host.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
   weights_only=True, never written when non-finite. A full disk is one line; the old file stays.
 - A checkpoint also holds the open log window (its loss sums, expert counts, steps): a resumed
@@ -45,9 +46,9 @@ How this departs from the obvious version:
   written until the end, so a second train.py on the folder stops with a line naming the first
   (--eval_only only reads, and takes no lock). A folder a failed run created and left empty is
   removed.
-- Ctrl-C / SIGTERM finish the current step (under torchrun, the steps up to the next log step,
-  where the ranks agree), save last.pt and exit cleanly; a second signal aborts (exit status 130,
-  one line), but never in the middle of a save: it waits for the file.
+- Ctrl-C / SIGTERM finish the current step (under torchrun, the steps up to the ranks' next
+  agreement, within about 10 s: agree), save last.pt and exit cleanly; a second signal aborts
+  (exit status 130, one line), but never in the middle of a save: it waits for the file.
 - What can be refused before any work is: a vocabulary below 264, a batch that does not split
   over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
   the device's memory, CUDA graphs with gradient accumulation (exit status 2, as for any bad
@@ -83,7 +84,7 @@ import runlog
 import runtime
 import storage
 from config import ModelArgs, TrainArgs
-from errors import CheckpointError, ConfigError, RunError, UserError, first_line
+from errors import CheckpointError, ConfigError, RunError, UserError, first_line, reports
 from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
 from runtime import World
 from tokenizer import MIN_VOCAB, Tokenizer
@@ -294,6 +295,8 @@ class Job:
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
     continues: bool = False  # resumed into its own folder (a fork starts its folder's logs afresh)
+    agreed: tuple = (0, 0.0)  # under torchrun: the step and clock of the ranks' last agreement (agree)
+    agree_at: int = 1  # ... and the step of the next one, log steps aside
     trials: int = 0  # compiled training steps left that may still fail in the compiler (first_steps)
     eval_trials: int = 0  # the same for evaluations (evaluate_job)
 
@@ -552,7 +555,7 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
 
 class Stop:
     """SIGINT / SIGTERM ask the loop to stop after the current step (`until`: under torchrun, after
-    the next log step, where the ranks agree); a second signal aborts, but never in the middle of
+    the ranks' next agreement, within about AGREE_SECONDS); a second signal aborts, but never in the middle of
     a save: then it takes effect once the checkpoint is complete."""
 
     def __init__(self, log, until: str = "this step"):
@@ -591,18 +594,30 @@ class Stop:
             signal.signal(s, h)
 
 
+AGREE_SECONDS = 10.0  # under torchrun the ranks agree at least this often (see agree)
+
+
 def agree(job: Job, state: LoopState, stop: Stop) -> bool:
     """Update the clock (agreed over the ranks, as is a stop request); True when a signal asks to stop.
-    Under torchrun the ranks agree at log steps (and the last step) only: reading the collective's
-    result waits for the step, which a step between them does not (so a signal takes effect at
-    the next log step, and the clock the schedule and the budget read moves in log_every steps)."""
+    Under torchrun the ranks agree at log steps, at the last step, and every k steps in between,
+    where k (at most log_every) keeps the agreements about AGREE_SECONDS apart at the pace measured
+    between the last two (agreed clocks: the same k on every rank; the first step agrees, to
+    measure it). Reading the collective's result waits for the step, which the steps between do
+    not. So a signal takes effect within about AGREE_SECONDS, well inside the 30 s torchrun gives
+    its workers after forwarding one, and the clock the schedule and the budget read moves in
+    steps of k."""
     if job.world.size == 1:
         state.elapsed = job.clock.elapsed()
         return stop.requested
-    if state.step % job.train_args.log_every and state.step < job.train_args.max_steps:
+    t = job.train_args
+    if state.step % t.log_every and state.step < t.max_steps and state.step < job.agree_at:
         return False
     stop_now, state.elapsed = runtime.all_reduce([float(stop.requested), job.clock.elapsed()], job.device,
                                                  job.world, op=dist.ReduceOp.MAX)
+    step0, elapsed0 = job.agreed
+    pace = (state.elapsed - elapsed0) / max(state.step - step0, 1)  # seconds per step
+    k = min(t.log_every, int(AGREE_SECONDS / pace)) if pace > 0 else t.log_every
+    job.agreed, job.agree_at = (state.step, state.elapsed), state.step + max(k, 1)
     return bool(stop_now)
 
 
@@ -634,8 +649,9 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     diffs = [f"{k}: checkpoint {v!r}, asked {asked[k]!r}" for k, v in config.to_dict(saved_model).items()
              if k in typed and v != asked[k]]
     if diffs:
+        what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
         raise CheckpointError("model settings differ from the checkpoint's (" + "; ".join(diffs)
-                              + "); drop them to use the checkpoint's, or start a new --run")
+                              + f"); drop {what} to use the checkpoint's, or start a new --run")
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
@@ -822,7 +838,7 @@ def check_same_model(plan: RunPlan) -> None:
                               f"{plan.ckpt_path} --run NEW_NAME), or put this run's own checkpoint back")
 
 
-def load_data(plan: RunPlan, world: World, log):
+def load_data(plan: RunPlan, world: World, device, log):
     """(tokenizer, training shard or None for --eval_only, validation shard); rank 0 builds caches.
     A resumed or evaluated run's tokenizer is checked against its checkpoint first, before any
     data work, with advice about the tokenizer (a checkpoint's model settings cannot change)."""
@@ -831,7 +847,7 @@ def load_data(plan: RunPlan, world: World, log):
     if plan.ckpt is not None and train_args.tokenizer:
         checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer), train_args.tokenizer, plan.ckpt,
                                    plan.ckpt_path, fix)
-    with runtime.rank0_first(world):
+    with runtime.rank0_first(world, device):
         if train_args.eval_only:
             if not train_args.tokenizer:
                 raise RunError(f"{plan.run_dir} has no tokenizer.json to evaluate with; {fix}")
@@ -888,7 +904,7 @@ def wandb_id(plan: RunPlan) -> str | None:
 def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]:
     """Data, model, optimizer: the Job, and the LoopState to start from."""
     model_args, train_args, ckpt = plan.model_args, plan.train_args, plan.ckpt
-    tok, train_data, val = load_data(plan, world, log)
+    tok, train_data, val = load_data(plan, world, device, log)
     dtype = runtime.compute_dtype(train_args.dtype, device)
     torch.manual_seed(train_args.seed)
     model = Llama4(model_args).to(device)
@@ -916,7 +932,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
         job.trials = job.eval_trials = 2 if train_args.compile_mode in config.CUDA_GRAPH_MODES else 1
     state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
-    if state.val_set and state.val_set != job.val.key and math.isfinite(state.best_val):
+    if not train_args.eval_only and state.val_set not in ("", job.val.key) and math.isfinite(state.best_val):
         log(f"the validation windows are not those the checkpoint's best ({state.best_val:.4f} nats/token) "
             "was measured on (another --val_data, --eval_windows or text): the best starts afresh, and "
             "the next evaluation replaces best.pt")
@@ -1011,8 +1027,9 @@ def loop(job: Job, state: LoopState) -> dict:
     from tqdm import tqdm
     bar = tqdm(total=None if t.max_minutes else t.max_steps, initial=state.step, disable=not job.world.main,
                dynamic_ncols=True, desc=job.run_dir.name)
-    until = "this step" if job.world.size == 1 else "the steps up to the next log step"  # see agree
+    until = "this step" if job.world.size == 1 else f"the steps of the next {AGREE_SECONDS:g} s or so"
     job.stop = stop = Stop(job.log, until)
+    job.agreed, job.agree_at = (state.step, state.elapsed), state.step + 1
     finished = "max_steps"
     job.model.train()
     window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
@@ -1120,10 +1137,14 @@ def main(argv=None):
     parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__)
     preset, (model_args, train_args) = parsed
     restore_sigterm = sigterm_interrupts()
+    finished = False
     try:
-        return run(model_args, train_args, preset, parsed.given)
+        result = run(model_args, train_args, preset, parsed.given)
+        finished = True
+        return result
     except UserError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        if reports(e):  # (under torchrun: a bad setting by rank 0 alone)
+            print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:  # a second signal, or one before the loop: no traceback, status 130
         print(f"\ntrain.py: interrupted; {left_to_resume(getattr(e, 'run_dir', None), train_args.eval_only)}",
@@ -1137,6 +1158,8 @@ def main(argv=None):
     finally:
         restore_sigterm()
         if dist.is_initialized():
+            if finished:  # no rank tears the process group down while another still uses it
+                dist.barrier()
             dist.destroy_process_group()
 
 

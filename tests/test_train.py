@@ -185,6 +185,7 @@ def test_resume_with_different_model_settings_lists_the_differences(tmp_path, co
                         "--n_experts", "8"))
     err = capsys.readouterr().err
     assert "dim: checkpoint 64, asked 48" in err and "n_experts: checkpoint 4, asked 8" in err
+    assert "drop --preset (it sets every model setting) and the model options" in err
     # train settings may change on resume, e.g. a longer run
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "4"])
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 4
@@ -278,6 +279,8 @@ def test_best_val_starts_afresh_on_other_validation_windows(tmp_path, corpus, ca
     train.main(args(tmp_path, corpus, cache, "--max_steps", "6", "--resume", "--eval_windows", "3"))
     assert "the validation windows are not those the checkpoint's best (-1.0000" in capsys.readouterr().out
     assert best_step() == 6
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus)])
+    assert "best starts afresh" not in capsys.readouterr().out  # (an evaluation keeps no best)
 
 
 def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
@@ -477,31 +480,34 @@ def test_settings_probably_not_meant_get_a_warning_line():
 
 # --- scale out ------------------------------------------------------------------------------
 
-def test_ranks_agree_on_stop_and_clock_at_log_steps_and_the_last_only(monkeypatch):
+@pytest.mark.parametrize("pace, agreed", [
+    (0.1, [1, 10, 20, 25]),  # fast steps: the first (to measure), the log steps and the last only
+    (4.0, [1, 3, 5, 7, 9, 10, 12, 14, 16, 18, 20, 22, 24, 25])])  # slow: about 10 s apart (2 steps)
+def test_ranks_agree_at_log_steps_the_last_and_every_10_seconds(monkeypatch, pace, agreed):
     """Under torchrun the stop request and clock are all-reduced, and reading the result waits for
-    the step: that happens at log steps and the last step only, so steps between them run ahead
-    of the device."""
+    the step: at log steps, the last step, and often enough that a signal takes effect within
+    about 10 s (torchrun kills its workers 30 s after forwarding one); not at every step."""
     from types import SimpleNamespace
 
     import runtime
     calls = []
 
     def all_reduce(values, device, world, op=None):
-        calls.append(values)
-        return [1.0, 42.0]  # another rank asked to stop; the slowest clock
+        calls.append(state.step)
+        return [float(state.step >= 7), state.step * pace]  # another rank asked to stop at 7; its clock
     monkeypatch.setattr(runtime, "all_reduce", all_reduce)
     job = SimpleNamespace(world=runtime.World(0, 2), train_args=TrainArgs(log_every=10, max_steps=25),
-                          device="cpu", clock=train.Clock(0))
+                          device="cpu", clock=train.Clock(0), agreed=(0, 0.0), agree_at=1)
     state, stop = train.LoopState(), SimpleNamespace(requested=False)
     asked = []
     for step in range(1, 26):
         state.step = step
         asked.append(train.agree(job, state, stop))
-    assert len(calls) == 3 and [i + 1 for i, a in enumerate(asked) if a] == [10, 20, 25]  # and the last
-    assert state.elapsed == 42.0
+    assert calls == agreed and [i + 1 for i, a in enumerate(asked) if a] == [s for s in agreed if s >= 7]
+    assert state.elapsed == 25 * pace
     job.world = runtime.World()  # one process reads its own flag and clock at every step, no collective
     stop.requested = True
-    assert train.agree(job, state, stop) and len(calls) == 3
+    assert train.agree(job, state, stop) and len(calls) == len(agreed)
 
 
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
@@ -519,3 +525,17 @@ def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
     a, b = weights(tmp_path, "single"), weights(tmp_path, "ddp")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     assert config.from_dict(TrainArgs, json.loads((tmp_path / "ckpt" / "ddp" / "train.json").read_text()))
+    # a bad setting (every rank meets it) and rank 0's bad data: one line from the workers in all
+    for bad, line in [(["--grad_accum", "3"], "--grad_accum 3 does not split over 2 processes"),
+                      (["--nope", "1"], "unknown option --nope"),
+                      (["--data", str(tmp_path / "missing.txt")], "--data: no such file")]:
+        argv = args(tmp_path, corpus, cache, *common, run="bad")
+        out = subprocess.run([*launcher, "train.py", *argv, *bad], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+        workers = []  # what the workers print, before torchrun's own report of their failure
+        for text in out.stderr.splitlines():
+            if "torch/distributed/elastic" in text or text.startswith("Traceback"):
+                break
+            workers.append(text)
+        assert out.returncode != 0 and len(workers) == 1 and workers[0].startswith("train.py: error:")
+        assert line in workers[0], out.stderr
