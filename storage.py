@@ -65,7 +65,10 @@ def write_error(path, e: BaseException, fix: str | None = None, intact: bool = F
     reason = REASONS.get(cause.errno) or cause.strerror or str(cause)
     detail = f" ({cause.strerror})" if cause.errno in REASONS and cause.strerror else ""
     kept = "; the previous file is intact" if intact else ""
-    return StorageError(f"cannot write {path}: {reason}{detail}{kept}; {fix or DEFAULT_FIX}")
+    fix = fix or DEFAULT_FIX
+    if cause.errno not in (errno.ENOSPC, errno.EDQUOT):  # freeing space helps a full disk only
+        fix = fix.removeprefix("free some space there or ").removeprefix("free some space or ")
+    return StorageError(f"cannot write {path}: {reason}{detail}{kept}; {fix}")
 
 
 def make_folder(path, fix: str | None = None) -> Path:

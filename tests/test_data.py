@@ -627,7 +627,7 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
                    r"--data: no files match '.*\*.jsonl'; check the path or glob"),
     "empty file": ({"e.txt": ""}, dict(data="{tmp}/e.txt"), r"--data: '.*e.txt' is empty"),
     "unknown format": ({"x.csv": "a,b"}, dict(data="{tmp}/x.csv"),
-                       r"'.*x.csv' is not .txt, .jsonl or .parquet"),
+                       r"'.*x.csv' is not .txt, .jsonl, .json or .parquet"),
     "no usable text": ({"s.txt": f"\n{EOT}\n   \n\n{EOT}\n"}, dict(data="{tmp}/s.txt"),
                        r"'.*s.txt' has no usable text \(only whitespace and <\|endoftext\|> separators\)"),
     "no usable jsonl text": ({"j.jsonl": '{"text": ""}\n{"text": "  "}\n'}, dict(data="{tmp}/j.jsonl"),
