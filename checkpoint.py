@@ -7,7 +7,9 @@ sample.py and scripts/export_hf.py alike.
     load_model / save_model_only     a checkpoint <-> a model in eval mode (weights and settings only)
     rng_state / set_rng_state        every random generator, as plain data a checkpoint can hold
     export_hf / load_hf / import_hf  our model <-> a transformers Llama 4 folder (config.json,
-                                     model.safetensors, tokenizer files)
+                                     model.safetensors or its shards, tokenizer files)
+    check_hf_tokenizer               a folder's tokenizer.json is the one its export recorded
+                                     (config.json's tokenizer_sha256)
 
 A checkpoint is a dict: "model" (state dict), "model_args" and "train_args" (settings as JSON),
 "tokenizer" ({"file", "sha256"}), "preset", "wandb_id", and for a resumable one "optimizer" and the
@@ -340,24 +342,24 @@ def load_hf(folder, device="cpu") -> Llama4:
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder; pass an HF folder (config.json, "
                               "model.safetensors), such as one scripts/export_hf.py writes")
-    for path in [folder / "config.json", *hf_weight_files(folder)]:
+    weights = hf_weight_files(folder)
+    for path in [folder / "config.json", *weights]:
         if not path.exists():
             raise CheckpointError(f"{path} is missing; is {folder} an exported HF folder?")
-    fix = HF_FIX
     try:
         model_args = args_from_hf(json.loads((folder / "config.json").read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing section, ConfigError
         why = str(e) if isinstance(e, ConfigError) else first_line(e)
         raise CheckpointError(f"{folder / 'config.json'} describes no model this project builds ({why}); "
-                              f"{fix}") from None
+                              f"{HF_FIX}") from None
     state = {}
-    for path in hf_weight_files(folder):
+    for path in weights:
         try:
             state.update(load_file(str(path), device=str(device)))
         except Exception as e:  # safetensors' own error type: a truncated or foreign file
             if runtime.out_of_memory(e):  # a good file too large for the device: not "corrupt"
                 raise
-            raise CheckpointError(f"{path} is corrupt or unreadable ({first_line(e)}); {fix}") from None
+            raise CheckpointError(f"{path} is corrupt or unreadable ({first_line(e)}); {HF_FIX}") from None
     prefix = "language_model." if model_args.vision else ""
     ours = {}
     for name, tensor in state.items():
@@ -366,7 +368,8 @@ def load_hf(folder, device="cpu") -> Llama4:
         elif name.startswith(prefix + "lm_head."):
             name = name.removeprefix(prefix)
         ours[name] = tensor
-    return build(model_args, ours, device, folder / "model.safetensors", fix).eval()
+    where = weights[0] if len(weights) == 1 else folder / "model.safetensors.index.json"
+    return build(model_args, ours, device, where, HF_FIX).eval()
 
 
 def check_hf_tokenizer(tok: Tokenizer, tok_path, folder, model_args: ModelArgs, fix: str = HF_FIX) -> None:
@@ -408,11 +411,12 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     sha = None
     if tok.exists():
         try:
-            sha = Tokenizer.load(tok).hash
+            ours = Tokenizer.load(tok)
         except DataError:  # not a tokenizer of this project's kind: keep the weights, record no hash
-            sha = None
-        else:
-            check_hf_tokenizer(Tokenizer.load(tok), tok, folder, model.args)
+            ours = None
+        if ours is not None:
+            check_hf_tokenizer(ours, tok, folder, model.args)  # the sha256 our export recorded, if any
+            sha = ours.hash
     save_model_only(model, dest, sha)
     if tok.exists():
         storage.atomic_write(Path(dest).parent / "tokenizer.json", tok.read_bytes())

@@ -286,8 +286,9 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         files = [spec]
     elif any(c in spec for c in "*?["):
         matches = glob.glob(spec, recursive=True)
-        files = sorted(filter(wanted, [m for m in matches if os.path.isfile(m)]
-                              + [f for m in matches if os.path.isdir(m) for f in walk(m)]))
+        found = [m for m in matches if os.path.isfile(m)] + [f for m in matches if os.path.isdir(m)
+                                                             for f in walk(m)]
+        files = sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its folders)
         if not files:
             raise DataError(f"{flag}: no files match '{spec}'; check the path or glob")
     else:
@@ -545,6 +546,7 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
 
     def local(spec, flag):
         return _local_split(spec, flag, train_args.text_field, cache_dir, log, ours)
+
     if train_args.val_data and not need_train:
         val = local(train_args.val_data, "--val_data")
         log(f"data: validation: {val.label}")

@@ -8,9 +8,11 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
       CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
       RunError         a run cannot start or go on (busy run folder, non-finite weights)
       StorageError     a file cannot be written (disk full, quota, read-only); the old one is intact
+        DeviceError    a setting this process's device cannot take (each rank checks its own)
       RankError        under torchrun: another rank failed where this one waited for it (no line)
 
-Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`).
+Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`); a
+DeviceError, which one rank may meet alone, is printed by each rank that meets it.
 """
 
 
@@ -45,19 +47,27 @@ class StorageError(UserError):
     pass
 
 
+class DeviceError(ConfigError):
+    pass
+
+
 class RankError(UserError):
     pass
 
 
 def main_rank() -> bool:
-    """False in a torchrun worker other than rank 0 (its RANK, set before any process group is)."""
-    return os.environ.get("RANK", "0") == "0"
+    """False in a torchrun worker other than rank 0 (torchrun sets RANK and TORCHELASTIC_RUN_ID
+    before any process group exists; a RANK alone, as some schedulers export, does not count)."""
+    return os.environ.get("RANK", "0") == "0" or "TORCHELASTIC_RUN_ID" not in os.environ
 
 
 def reports(e: UserError) -> bool:
     """Whether this process prints `e`: a bad setting (the same on every rank) on rank 0 alone, a
-    RankError (the failing rank prints its own) nowhere, anything else on every rank that meets it."""
-    return not isinstance(e, RankError) and (main_rank() or not isinstance(e, ConfigError))
+    RankError (the failing rank prints its own) nowhere, anything else (a DeviceError too) on
+    every rank that meets it."""
+    if isinstance(e, RankError):
+        return False
+    return main_rank() or not isinstance(e, ConfigError) or isinstance(e, DeviceError)
 
 
 def run_script(main, prog: str):

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from errors import ConfigError, RankError, first_line
+from errors import ConfigError, DeviceError, RankError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,10 +33,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if not torch.cuda.is_available():  # (a node of a job may lack what another has)
+            raise DeviceError(f"--device {name}: CUDA is not available here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: there are {torch.cuda.device_count()} GPUs here; "
+            raise DeviceError(f"--device {name}: there are {torch.cuda.device_count()} GPUs here; "
                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
@@ -71,6 +71,11 @@ def all_reduce(values: list[float], device, world: World, op=None) -> list[float
     return t.tolist()
 
 
+def _verdict(ok: bool, device, world: World) -> bool:
+    """Whether every rank's `ok` is true (a collective: every rank must call it)."""
+    return all_reduce([float(ok)], device, world, op=dist.ReduceOp.MIN)[0] == 1
+
+
 @contextmanager
 def rank0_first(world: World, device):
     """Rank 0 runs the block first (building the data caches); the other ranks then run it (and
@@ -81,16 +86,28 @@ def rank0_first(world: World, device):
         yield
         return
     if not world.main:
-        if all_reduce([1.0], device, world, op=dist.ReduceOp.MIN)[0] < 1:  # waits for rank 0's verdict
+        if not _verdict(True, device, world):  # waits for rank 0's
             raise RankError("rank 0 failed setting up the data")
         yield
         return
+    with all_ranks_or_none(world, device, "setting up the data"):
+        yield
+
+
+@contextmanager
+def all_ranks_or_none(world: World, device, what: str):
+    """Every rank runs the block, then all learn whether it succeeded everywhere: a rank whose block
+    failed raises its own error (and prints it), the others a RankError (no line of their own),
+    rather than waiting at their next collective for a rank that has gone. The block must hold
+    no collective."""
     try:
         yield
     except BaseException:
-        all_reduce([0.0], device, world, op=dist.ReduceOp.MIN)
+        if world.size > 1:
+            _verdict(False, device, world)
         raise
-    all_reduce([1.0], device, world, op=dist.ReduceOp.MIN)
+    if world.size > 1 and not _verdict(True, device, world):
+        raise RankError(f"another rank failed {what}")
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:

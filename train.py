@@ -21,7 +21,7 @@ How a training step flows (`run` reads in this order):
     first_steps  train_step, or eagerly where a compiled model's first steps fail to compile
     LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
     log_step     every log_every steps: one metrics record, the only host sync of the loop (under
-                 torchrun, with agree: the ranks' stop requests and clock)
+                 torchrun, agree too: the ranks' stop requests and clock, about every 10 s)
     evaluate     every eval_every steps: validation nats/token and bits/byte, then best.pt
     maybe_save   every save_every steps, on a signal and at the end: last.pt
 
@@ -84,7 +84,7 @@ import runlog
 import runtime
 import storage
 from config import ModelArgs, TrainArgs
-from errors import CheckpointError, ConfigError, RunError, UserError, first_line, reports
+from errors import CheckpointError, ConfigError, DeviceError, RunError, UserError, first_line, reports
 from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
 from runtime import World
 from tokenizer import MIN_VOCAB, Tokenizer
@@ -555,8 +555,8 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
 
 class Stop:
     """SIGINT / SIGTERM ask the loop to stop after the current step (`until`: under torchrun, after
-    the ranks' next agreement, within about AGREE_SECONDS); a second signal aborts, but never in the middle of
-    a save: then it takes effect once the checkpoint is complete."""
+    the ranks' next agreement, within about AGREE_SECONDS); a second signal aborts, but never in
+    the middle of a save: then it takes effect once the checkpoint is complete."""
 
     def __init__(self, log, until: str = "this step"):
         self.requested, self.log, self.until = False, log, until
@@ -688,10 +688,11 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
         model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
         preset = preset if "preset" in given else ckpt.get("preset", preset)
     train_args = TrainArgs(**{**config.to_dict(train_args), "run": run_dir.name})
-    # a resumed run uses its checkpoint's tokenizer: the copy in its folder, unless --tokenizer is
-    # typed (a saved path may be gone: the parent folder of a fork, a renamed run folder)
+    # a resumed run uses its checkpoint's tokenizer: the copy beside it (or, that gone, the run
+    # folder's), unless --tokenizer is typed (a saved path may be gone: a fork's parent folder, a
+    # renamed run folder); load_data checks it against the checkpoint's sha256
     if ckpt is not None and "tokenizer" not in given:
-        for candidate in (run_dir / "tokenizer.json", ckpt_path.parent / "tokenizer.json"):
+        for candidate in (ckpt_path.parent / "tokenizer.json", run_dir / "tokenizer.json"):
             if candidate.exists():
                 train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
                 break
@@ -735,7 +736,7 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     need, have = memory_floor(model_args, train_args), runtime.device_memory(device)
     if have and sum(need.values()) > have:
         parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in need.items() if v)
-        raise ConfigError(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
+        raise DeviceError(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
                           f"needs at least {sum(need.values()) / 1e9:.1f} GB ({parts}) but {device} has "
                           f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "
                           "keep the batch), or use a smaller model")
@@ -878,10 +879,11 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     plan = plan_run(model_args, train_args, preset, given)
     folder = None
     try:
-        check_settings(plan, device, world)
-        for line in setting_warnings(plan, given):
-            log(line)
-        folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
+        with runtime.all_ranks_or_none(world, device, "its settings or run folder checks"):
+            check_settings(plan, device, world)  # (its memory check reads each rank's own device)
+            for line in setting_warnings(plan, given):
+                log(line)
+            folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
         job, state = build_job(plan, device, world, log)
     except BaseException as e:
         if folder is not None:
@@ -1158,8 +1160,11 @@ def main(argv=None):
     finally:
         restore_sigterm()
         if dist.is_initialized():
-            if finished:  # no rank tears the process group down while another still uses it
-                dist.barrier()
+            try:
+                if finished:  # no rank tears the process group down while another still uses it
+                    dist.barrier()
+            except KeyboardInterrupt:  # a second signal while the others finish: leave at once
+                pass
             dist.destroy_process_group()
 
 

@@ -53,11 +53,11 @@ RATIO_ROWS = [  # bench_model.py's ratios in the model table: key, what it is, f
 
 def markdown(results: dict, machine: dict) -> str:
     load = machine.get("load_before")  # (None where unknown: the GPU check's)
-    ran = machine.get("parts_run", PARTS)
+    back = [name for name in results if name not in machine.get("parts_run", PARTS)]
     lines = [f"Machine: {machine['cpus']} CPU cores ({machine['cpu']}), torch {machine['torch']}, "
              + (f"load average {load:.2f} before the run, " if load is not None else "") + machine["date"]
-             + ("" if set(ran) >= set(PARTS) else f" (the {', '.join(ran)} part; the others read back from "
-                "their last JSON files)") + ".", ""]
+             + (f" (the {', '.join(back)} tables read back from an earlier run's JSON)" if back else "")
+             + ".", ""]
     if "model" in results:
         m = results["model"]
         c = m["config"]

@@ -402,7 +402,7 @@ def report(result: dict) -> None:
                 print(f"  {ms:8.2f} ms {calls:6.0f}x  {name}")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> config.Parser:
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],

@@ -87,6 +87,9 @@ def test_a_compiled_variant_that_fell_back_to_eager_is_reported(tmp_path, monkey
 def test_quick_keeps_what_is_typed():
     """--quick's own settings went over typed ones silently (--new_tokens 32 decoded 8)."""
     from scripts.bench_sample import PROMPT, parse
-    opts = parse(["--quick", "--new_tokens", "16", "--batches", "3", "--repeats", "3"])
-    assert (opts.preset, opts.new_tokens, opts.batches, opts.repeats) == ("debug", 16, [3], 3)
+    opts = parse(["--quick", "--new_tokens", "16", "--batches", "3", "--repeats", "2"])
+    assert (opts.preset, opts.new_tokens, opts.batches, opts.repeats) == ("debug", 16, [3], 2)
     assert opts.max_seq_len == PROMPT + 16 and opts.warmup == 1
+    opts = parse(["--quick"])
+    got = (opts.preset, opts.new_tokens, opts.batches, opts.repeats, opts.max_seq_len)
+    assert got == ("debug", 8, [1, 2], 1, PROMPT + 8)

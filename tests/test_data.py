@@ -153,8 +153,9 @@ def test_a_folder_leaves_out_the_runs_own_files_and_hidden_folders(tmp_path):
     for _ in range(2):  # the second run finds the first one's cache in the folder
         tok, train, _, _ = run(tmp_path, **kw)
         assert tok.decode(train.tokens) == stream(a + b)
-    tok, train, _, _ = run(tmp_path, **{**kw, "data": str(tmp_path / "corp*")})
-    assert tok.decode(train.tokens) == stream(a + b)
+    for glob in ("corp*", "corpus/**"):  # (** matches each file and the folders above it: once each)
+        tok, train, _, _ = run(tmp_path, **{**kw, "data": str(tmp_path / glob)})
+        assert tok.decode(train.tokens) == stream(a + b)
 
 
 def test_held_out_validation_is_deterministic_and_logged(tmp_path):

@@ -636,6 +636,9 @@ def test_export_and_import_never_replace_without_force(tmp_path, done, capsys):
     tok.write_text(json.dumps(json.loads(tok.read_text()), indent=4))
     export_main(["--import", str(tmp_path / "hf"), str(run_dir / "same.pt")])
     swap_two_tokens(tmp_path / "hf" / "tokenizer.json")  # an HF folder with another tokenizer
+    with pytest.raises(SystemExit) as e:  # than its config.json records: not imported anywhere
+        export_main(["--import", str(tmp_path / "hf"), str(tmp_path / "fresh")])
+    assert "is not the tokenizer" in one_line_error(capsys, 1, e) and not (tmp_path / "fresh").exists()
     tokenizer = (run_dir / "tokenizer.json").read_bytes()
     with pytest.raises(SystemExit) as e:  # beside the run's checkpoints, under another name
         export_main(["--import", str(tmp_path / "hf"), str(run_dir / "imported.pt")])

@@ -510,6 +510,37 @@ def test_ranks_agree_at_log_steps_the_last_and_every_10_seconds(monkeypatch, pac
     assert train.agree(job, state, stop) and len(calls) == len(agreed)
 
 
+def test_a_rank_that_fails_its_checks_alone_stops_the_others_quietly(monkeypatch):
+    """Set-up checks each rank makes (its device's memory, rank 0's run folder): every rank learns
+    whether all passed, so none waits at a collective for a rank that has gone. The failing rank
+    prints its own error; a DeviceError (one rank may meet it alone) is printed off rank 0 too,
+    a bad setting (every rank meets it) by rank 0 alone."""
+    import errors
+    import runtime
+    verdicts = []
+
+    def all_reduce(values, device, world, op=None):
+        verdicts.append(values[0])
+        return [min(values[0], others_ok)]
+    monkeypatch.setattr(runtime, "all_reduce", all_reduce)
+    world = runtime.World(1, 2)
+    others_ok = 1.0
+    with pytest.raises(errors.DeviceError):  # this rank fails: its own error, after saying so
+        with runtime.all_ranks_or_none(world, "cpu", "its checks"):
+            raise errors.DeviceError("--batch_size 64 needs more memory than cuda:1 has")
+    assert verdicts == [0.0]
+    others_ok = 0.0
+    with pytest.raises(errors.RankError, match="another rank failed its checks"):
+        with runtime.all_ranks_or_none(world, "cpu", "its checks"):
+            pass
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    assert errors.reports(errors.DeviceError("x")) and not errors.reports(errors.ConfigError("x"))
+    assert not errors.reports(errors.RankError("x"))
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # a RANK some scheduler exports, without torchrun
+    assert errors.reports(errors.ConfigError("x"))
+
+
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
     common = ["--max_steps", "3", "--grad_accum", "2", "--eval_every", "100"]
     train.main(args(tmp_path, corpus, cache, *common, run="single"))
