@@ -285,7 +285,8 @@ class TrainArgs:
                                  "validation data, print one JSON line and exit")
     plot: str = arg("loss.png", "loss plot refreshed at each evaluation; a relative path is inside the "
                                 "run folder (empty = none)")
-    wandb_mode: str = arg("auto", "Weights & Biases: auto = online when logged in, else offline",
+    wandb_mode: str = arg("auto", "Weights & Biases: auto = the WANDB_MODE environment variable where set, "
+                                  "else online when logged in, else offline",
                           choices=["auto", "online", "offline", "disabled"])
     wandb_project: str = arg("llama4-tinystories", "W&B project")
     wandb_group: str = arg("", "W&B group")

@@ -265,9 +265,10 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
 
 def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json
-    and .parquet files at any depth, and so does a folder a glob matches; files in hidden folders
-    and in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
-    are left out of folders and globs alike."""
+    and .parquet files at any depth, and so does a folder a glob matches, leaving out those in
+    hidden folders under it; files in the `skip` folders (the run's --cache_dir and --out_dir,
+    whose .json files are ours) are left out of folders and globs alike (a glob that names a
+    hidden folder takes its files)."""
     skip = [Path(d).resolve() for d in skip]
 
     def wanted(path: str) -> bool:

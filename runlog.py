@@ -48,10 +48,11 @@ def wandb_logged_in() -> bool:
 def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     """The W&B run for this run folder (resumed when `settings` has its id), or None if disabled."""
     mode = train_args.wandb_mode
+    if mode == "auto":  # W&B's own WANDB_MODE where it is set, else online when logged in
+        env = {"online": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+        mode = env.get(os.environ.get("WANDB_MODE", "")) or ("online" if wandb_logged_in() else "offline")
     if mode == "disabled":
         return None
-    if mode == "auto":
-        mode = "online" if wandb_logged_in() else "offline"
     import wandb
     run = dict(project=train_args.wandb_project, group=train_args.wandb_group or None,
                name=train_args.wandb_name or run_dir.name, id=settings.get("wandb_id"), resume="allow",

@@ -22,7 +22,8 @@ How a training step flows (`run` reads in this order):
     LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
     log_step     every log_every steps: one metrics record, the only host sync of the loop (under
                  torchrun, agree too: the ranks' stop requests and clock, about every 10 s)
-    evaluate     every eval_every steps: validation nats/token and bits/byte, then best.pt
+    run_eval     every eval_every steps (evaluate_step): validation nats/token and bits/byte, a
+                 metrics record, then best.pt
     maybe_save   every save_every steps, on a signal and at the end: last.pt
 
 How this departs from the obvious version:
@@ -51,8 +52,8 @@ How this departs from the obvious version:
   (exit status 130, one line), but never in the middle of a save: it waits for the file.
 - What can be refused before any work is: a vocabulary below 264, a batch that does not split
   over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
-  the device's memory, CUDA graphs with gradient accumulation (exit status 2, as for any bad
-  setting). Settings that are allowed but probably not meant get a warning line: a warmup as
+  the device's memory, CUDA graphs with more than one micro-batch per process (exit status 2,
+  as for any bad setting). Settings that are allowed but probably not meant get a warning line: a warmup as
   long as the run, a --val_fraction with a validation source (and data.py warns of --val_data
   files inside --data).
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA

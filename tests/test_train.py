@@ -429,6 +429,8 @@ def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, m
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--wandb_mode", "offline"))
     runs = list((tmp_path / "ckpt" / "r" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own switch: --wandb_mode auto follows it
+    assert runlog.start_wandb(TrainArgs(wandb_mode="auto"), tmp_path, {}) is None
 
 
 # --- bad input ------------------------------------------------------------------------------
