@@ -4,6 +4,8 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     resolve_device("auto")    cuda:0 when there is a GPU, else cpu; a clear error for a bad name
     World / setup_distributed the rank and world size, one process per GPU under torchrun
     all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
+    all_ranks_or_none         set-up checks every rank learns the outcome of (a failed rank's
+                              error printed once, no rank left waiting at a collective)
     compute_dtype, autocast   bf16 autocast on CUDA, fp32 on CPU (unless asked otherwise)
     peak_flops                a table of GPU bf16 peaks on CUDA; a GEMM timed now on CPU
     device_memory             the GPU's memory, or the machine's (or its cgroup limit) on CPU
