@@ -108,7 +108,7 @@ def _unreadable(path, e: Exception) -> str:
     return f"is corrupt or unreadable ({first_line(e).split('. ')[0]})"
 
 
-def save_checkpoint(path, state: dict, fix: str = "free some space or pick another --out_dir") -> None:
+def save_checkpoint(path, state: dict, fix: str = "pick another --out_dir") -> None:
     """An atomic torch.save; a full disk is a StorageError that leaves the previous file intact."""
     storage.atomic_write(path, lambda f: torch.save(state, f), fix)
 
@@ -161,7 +161,7 @@ def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) ->
     state = {"model": model.state_dict(), "model_args": config.to_dict(model.args), "step": 0}
     if tokenizer_sha256:
         state["tokenizer"] = {"file": "tokenizer.json", "sha256": tokenizer_sha256}
-    save_checkpoint(path, state, fix="free some space or write it elsewhere")
+    save_checkpoint(path, state, fix="write it elsewhere")
 
 
 def rng_state() -> dict:

@@ -507,6 +507,12 @@ class Parser(argparse.ArgumentParser):
             message = self.unknown([w for w in words if w.startswith("--")] or words)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def typed(self, argv) -> set[str]:
+        """The options (their dests) that argv types, `--name value` or `--name=value`."""
+        argv = sys.argv[1:] if argv is None else argv
+        return {a.dest for a in self._actions if any(o in argv or any(x.startswith(o + "=") for x in argv)
+                                                     for o in a.option_strings)}
+
     def counts(self, flag: str, text: str) -> list[int]:
         """A comma-separated list of whole numbers above 0 (batch sizes), or a one-line error."""
         try:
@@ -613,8 +619,7 @@ def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
 
     parser = build_parser(prog, description, classes, defaults)
     ns = parser.parse_args(argv)
-    given = {a.dest for a in parser._actions if any(o in argv or any(x.startswith(o + "=") for x in argv)
-                                                     for o in a.option_strings)}
+    given = parser.typed(argv)
     out = []
     for cls in classes:
         values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}

@@ -248,7 +248,7 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
         if counts["docs"] == 0:
             raise DataError(f"{what} has no usable text (only whitespace or separators); check the files")
 
-    fix = "free some space or pick another --cache_dir"
+    fix = "pick another --cache_dir"
     storage.atomic_write(folder / "tokens.bin", write, fix)
     meta = {**(meta or {}), "format": FORMAT, "tokenizer_hash": tokenizer.hash,
             "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "n_tokens": counts["tokens"],
@@ -638,7 +638,7 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
                 if used.get("bytes") == 0:
                     raise DataError(f"{train.label} has no usable text; check the files") from None
                 raise
-            tok.save(path, "free some space or pick another --cache_dir")
+            tok.save(path, "pick another --cache_dir")
             what = "the start of the training text, capped" if used["capped"] else "all the training text"
             log(f"data: tokenizer: trained on {_size(used['bytes'])} ({what}) in {time.time() - t0:.1f} s "
                 f"-> {path}")

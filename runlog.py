@@ -29,7 +29,7 @@ import storage
 from errors import RunError, StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
-FIX = "free some space or pick another --out_dir"  # a full disk under the run folder
+FIX = "pick another --out_dir"  # where a write under the run folder fails (storage.advice)
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl and W&B

@@ -42,7 +42,14 @@ from errors import StorageError
 REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
            errno.EROFS: "the disk is read-only",
            errno.EFBIG: "the file is over this process's (ulimit -f) or the file system's size limit"}
-DEFAULT_FIX = "free some space there or write somewhere else"
+DEFAULT_FIX = "write somewhere else"
+SPACE = (errno.ENOSPC, errno.EDQUOT)  # what freeing space helps
+
+
+def advice(cause: OSError, fix: str | None) -> str:
+    """The fix for a failed write: `fix` (where else to write), after "free some space" when the
+    disk or the quota is full."""
+    return ("free some space or " if cause.errno in SPACE else "") + (fix or DEFAULT_FIX)
 
 
 def _umask() -> int:
@@ -65,10 +72,7 @@ def write_error(path, e: BaseException, fix: str | None = None, intact: bool = F
     reason = REASONS.get(cause.errno) or cause.strerror or str(cause)
     detail = f" ({cause.strerror})" if cause.errno in REASONS and cause.strerror else ""
     kept = "; the previous file is intact" if intact else ""
-    fix = fix or DEFAULT_FIX
-    if cause.errno not in (errno.ENOSPC, errno.EDQUOT):  # freeing space helps a full disk only
-        fix = fix.removeprefix("free some space there or ").removeprefix("free some space or ")
-    return StorageError(f"cannot write {path}: {reason}{detail}{kept}; {fix}")
+    return StorageError(f"cannot write {path}: {reason}{detail}{kept}; {advice(cause, fix)}")
 
 
 def make_folder(path, fix: str | None = None) -> Path:
@@ -76,8 +80,7 @@ def make_folder(path, fix: str | None = None) -> Path:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StorageError(f"cannot create the folder {path}: {e.strerror or e}; "
-                           f"{fix or DEFAULT_FIX}") from None
+        raise StorageError(f"cannot create the folder {path}: {e.strerror or e}; {advice(e, fix)}") from None
     return Path(path)
 
 

@@ -90,7 +90,7 @@ from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
 from runtime import World
 from tokenizer import MIN_VOCAB, Tokenizer
 
-OUT_FIX = "free some space or pick another --out_dir"  # the advice when the run folder's disk is full
+OUT_FIX = "pick another --out_dir"  # where a write in the run folder fails (storage.advice)
 
 # ---------------------------------------------------------------------------------------------
 # Optimisation

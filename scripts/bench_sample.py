@@ -170,15 +170,15 @@ def parse(argv):
     unknown = sorted(set((opts.variants or "").split(",")) - set(VARIANTS) - {""})
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {','.join(VARIANTS)}")
-    typed = {w.split("=")[0] for w in (sys.argv[1:] if argv is None else argv) if w.startswith("--")}
-    if opts.quick and "--preset" in typed:
+    typed = p.typed(argv)
+    if opts.quick and "preset" in typed:
         p.error("--quick decodes the debug preset; drop --preset or --quick")
     if opts.quick:  # its settings, where the command line gives none
         for name, value in {"preset": "debug", "new_tokens": 8, "batches": "1,2", "repeats": 1,
                             "warmup": 1}.items():
-            if f"--{name}" not in typed:
+            if name not in typed:
                 setattr(opts, name, value)
-        if "--max_seq_len" not in typed:
+        if "max_seq_len" not in typed:
             opts.max_seq_len = PROMPT + opts.new_tokens
     opts.batches = p.counts("--batches", opts.batches)
     return opts

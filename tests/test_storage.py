@@ -52,7 +52,7 @@ def test_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path, 
     path = tmp_path / "last.pt"
     path.write_bytes(b"the previous checkpoint")
     with pytest.raises(StorageError) as e:
-        storage.atomic_write(path, b"x" * 1000, fix="free some space or pick another --out_dir")
+        storage.atomic_write(path, b"x" * 1000, fix="pick another --out_dir")
     msg = str(e.value)
     assert msg.startswith(f"cannot write {path}: the disk is full") and "\n" not in msg
     assert "the previous file is intact" in msg and msg.endswith("pick another --out_dir")
