@@ -1,9 +1,9 @@
 """Benchmark of data.py: BPE training + tokenization speed, and memory against corpus size.
 
-    python scripts/bench_data.py [--data FILE] [--out FILE] [--repeat 10]
+    python scripts/bench_data.py [--data FILE] [--out FILE] [--repeat 10] [--vocab_size 4096]
 
-Measures, on ../shared/data/tinystories/train-lower.txt by default (vocabulary 4096, the tiny
-preset's; 1 in 100 documents held out for validation as prepare() does without --val_data):
+Measures, on ../shared/data/tinystories/train-lower.txt by default (vocabulary 4096 by default, the
+tiny preset's; 1 in 100 documents held out for validation as prepare() does without --val_data):
 1. end to end: prepare() from a cold cache (read the text through `datasets`, train the BPE,
    tokenize both splits into shards) in a fresh subprocess: MB of text per second;
 2. tokenization alone, in this process and on the same documents: a single-threaded loop
@@ -17,6 +17,7 @@ Prints a table and writes the numbers as JSON.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -45,12 +46,14 @@ def rss_mb(field="VmRSS") -> float:
     return float("nan")
 
 
-def child(path: str, cache_dir: str) -> None:
-    """Run prepare() on `path` with a cold cache; print one JSON line of timings and memory."""
+def child(path: str, cache_dir: str, vocab_size: str) -> None:
+    """Run prepare() on `path` with a cold cache; print one JSON line of timings and memory (or,
+    for bad text, one error line)."""
     import datasets  # noqa: F401  (imported here so that the baseline includes every library)
 
     import config
     import data
+    import errors
 
     baseline = rss_mb()
     # ru_maxrss counts file-backed pages too (the mapped arrow and token files, which the kernel
@@ -62,10 +65,13 @@ def child(path: str, cache_dir: str) -> None:
             anon.append(rss_mb("RssAnon"))
 
     threading.Thread(target=sample, daemon=True).start()
-    model = config.preset("tiny", config.ModelArgs)
+    model = dataclasses.replace(config.preset("tiny", config.ModelArgs), vocab_size=int(vocab_size))
     args = config.TrainArgs(data=path, cache_dir=cache_dir)
     t0 = time.perf_counter()
-    tok, train, val = data.prepare(args, model, log=lambda line: print(line, file=sys.stderr))
+    try:
+        tok, train, val = data.prepare(args, model, log=lambda line: print(line, file=sys.stderr))
+    except errors.UserError as e:
+        sys.exit(f"{e}")
     seconds = time.perf_counter() - t0
     done.set()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
@@ -75,10 +81,16 @@ def child(path: str, cache_dir: str) -> None:
                       "docs": train.n_docs + val.n_docs, "threads": args.num_proc or os.cpu_count()}))
 
 
-def run_child(path, cache_dir) -> dict:
+def run_child(path, cache_dir, vocab_size) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, __file__, "--child", str(path), str(cache_dir)],
+    out = subprocess.run([sys.executable, __file__, "--child", str(path), str(cache_dir), str(vocab_size)],
                          capture_output=True, text=True, env=env)
+    if out.returncode == 1 and out.stderr.strip():  # bad text: the child's one line says what
+        line = out.stderr.strip().splitlines()[-1]
+        if "--val_" in line:  # advice about options this script does not have
+            line = (f"--data {path}: too few documents; bench_data.py holds out 1 in 100 for validation, as "
+                    "train.py does by default: pass a --data file of 100 documents or more")
+        sys.exit(f"bench_data.py: error: {line}")
     if out.returncode != 0:
         sys.exit(f"bench_data.py: error: the prepare() subprocess failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -130,7 +142,9 @@ def main(argv=None):
                                                "--out says)")
     p.add_argument("--repeat", type=config.at_least_1, default=10,
                    help="copies of the text in the memory test")
-    p.add_argument("--child", nargs=2, metavar=("FILE", "CACHE_DIR"), help=argparse.SUPPRESS)
+    p.add_argument("--vocab_size", type=config.at_least_1, default=4096,
+                   help="BPE vocabulary to train (default: the tiny preset's)")
+    p.add_argument("--child", nargs=3, metavar=("FILE", "CACHE_DIR", "VOCAB_SIZE"), help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.child:
         return child(*opts.child)
@@ -143,7 +157,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
         tmp = Path(tmp)
         print(f"prepare() on {opts.data} ...", file=sys.stderr)
-        small = run_child(opts.data, tmp / "cache1")
+        small = run_child(opts.data, tmp / "cache1", opts.vocab_size)
         big_path = tmp / f"x{opts.repeat}.txt"
         text = Path(opts.data).read_bytes()
         with open(big_path, "wb") as f:
@@ -151,7 +165,7 @@ def main(argv=None):
                 f.write(text)
         print(f"prepare() on the same text x{opts.repeat} ({big_path.stat().st_size / 1e6:.1f} MB) ...",
               file=sys.stderr)
-        big = run_child(big_path, tmp / "cache10")
+        big = run_child(big_path, tmp / "cache10", opts.vocab_size)
         print("tokenization: loop vs batched vs parallel ...", file=sys.stderr)
         tokenizer_path = next((tmp / "cache1").glob("tokenizer-*/tokenizer.json"))
         speed = tokenization_speeds(opts.data, tokenizer_path)
@@ -162,7 +176,8 @@ def main(argv=None):
         return f"{r[f'peak_{kind}_mb']:.0f} MB (after imports {r[f'baseline_{kind}_mb']:.0f} MB)"
 
     result = {
-        "data": os.path.basename(opts.data), "vocab_size": 4096, "cpus": os.cpu_count(), "load_average": load,
+        "data": os.path.basename(opts.data), "vocab_size": opts.vocab_size, "cpus": os.cpu_count(),
+        "load_average": load,
         "python": platform.python_version(), "end_to_end": small, "end_to_end_repeated": big,
         "tokenization": speed, "peak_rss_ratio": ratio, "peak_rss_ratio_ok": ratio < 1.5,
     }

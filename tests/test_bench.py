@@ -95,6 +95,25 @@ def test_bench_data_runs_end_to_end(tmp_path):
     assert result["peak_rss_ratio_ok"]
 
 
+@pytest.mark.parametrize("vocab, message", [
+    ("4096", "--vocab_size 4096: the training text can only fill"),  # the advice names this script's option
+    ("300", "too few documents; bench_data.py holds out 1 in 100 for validation"),  # not --val_data
+])
+def test_bench_data_on_a_small_text_is_one_line(tmp_path, vocab, message):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, shared_file
+    small = tmp_path / "small.txt"
+    small.write_bytes(shared_file("valid-lower.txt").read_bytes()[:3000])
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_data.py"), "--data", str(small),
+                           "--vocab_size", vocab, "--repeat", "2", "--out", str(tmp_path / "b.json")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and message in lines[-1] and lines[-1].startswith("bench_data.py: error: ")
+    assert "Traceback" not in done.stderr and not (tmp_path / "b.json").exists()
+
+
 def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "PARTS", {"data": "no_such_script.py"})
     with pytest.raises(SystemExit) as e:
