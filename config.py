@@ -161,9 +161,10 @@ class ModelArgs:
         _check_choices(self)
         for name in ["vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "expert_dim",
                      "mlp_dim", "n_experts", "top_k", "moe_every", "nope_every", "max_seq_len",
-                     "attn_chunk_size", "attn_floor_scale"]:
+                     "attn_chunk_size", "attn_floor_scale", "rope_original_max_seq_len"]:
             _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
-        for name in ["rope_theta", "norm_eps", "init_std", "rope_factor"]:
+        for name in ["rope_theta", "norm_eps", "init_std", "rope_factor", "rope_low_freq_factor",
+                     "rope_high_freq_factor", "vision_rope_theta"]:
             _check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         for name in ["router_aux_loss_coef", "router_z_loss_coef", "attn_scale"]:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -196,6 +197,9 @@ class ModelArgs:
             shuffled = grid * self.pixel_shuffle_ratio
             _check(shuffled == int(shuffled) and shuffled >= 1, "pixel_shuffle_ratio",
                    f"the {grid}x{grid} patch grid cannot be shuffled by {self.pixel_shuffle_ratio}")
+            merge = 1 / self.pixel_shuffle_ratio  # patches merged along each side
+            _check(self.pixel_shuffle_ratio <= 1 and abs(merge - round(merge)) < 1e-9, "pixel_shuffle_ratio",
+                   f"{self.pixel_shuffle_ratio} must be 1 / n for a whole n (1, 0.5, 0.25, ...)")
             _check(self.projector_input_dim == self.projector_output_dim, "projector_input_dim",
                    f"{self.projector_input_dim} must equal projector_output_dim="
                    f"{self.projector_output_dim} (Llama 4's adapter feeds one into the other)")

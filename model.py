@@ -662,7 +662,7 @@ class Llama4(nn.Module):
 
         routing = []
         for layer in self.layers:
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled() and step is None:
                 x, r = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
             else:
                 x, r = layer(x, positions, rope, step, default_pos)

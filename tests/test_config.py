@@ -112,6 +112,13 @@ BAD = [
     (["--preset", "huge"], "--preset: invalid choice"),
     (["--vocab_size", "4"], "token id"),
     (["--vision", "--image_size", "100"], "--image_size: 100 is not a multiple of patch_size"),
+    # settings the forward pass would divide by, or that give NaN, refused before any work
+    (["--rope_scaling", "llama3", "--rope_low_freq_factor", "0"], "--rope_low_freq_factor: must be positive"),
+    (["--rope_original_max_seq_len", "0"], "--rope_original_max_seq_len: must be at least 1"),
+    (["--vision", "--vision_rope_theta", "0"], "--vision_rope_theta: must be positive"),
+    (["--vision", "--pixel_shuffle_ratio", "0.75", "--image_size", "56", "--vision_mlp_dim", "228"],
+     "--pixel_shuffle_ratio: 0.75 must be 1 / n for a whole n"),
+    (["--vision", "--pixel_shuffle_ratio", "2", "--vision_mlp_dim", "32"], "--pixel_shuffle_ratio: 2.0 must be"),
 ]
 
 

@@ -446,6 +446,19 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_activation_checkpointing_keeps_a_cache():
+    """A cached forward in training mode with checkpointing on writes and reads the cache, as
+    without checkpointing (checkpointing is skipped for it: recomputing would write it twice)."""
+    model = build(router_noise=False).train()
+    model.set_grad_checkpointing(True)
+    x = torch.randint(0, V, (1, 11))
+    full = model(x).logits
+    cache = KVCache(model.args, batch_size=1, length=11)
+    model(x[:, :10], cache=cache)
+    last = model(x[:, 10:], cache=cache).logits
+    assert (last - full[:, 10:]).abs().max() < 1e-5
+
+
 # --- parameter counts (meta device) ---------------------------------------------------------
 
 def hf_count(args):
