@@ -374,6 +374,9 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     texts = texts or [""]
     keep = args.max_seq_len - min(sample_args.max_new_tokens, args.max_seq_len // 2)
     prefix = [args.eos_id] + (image_prompt(args) if sample_args.image else [])
+    if args.max_seq_len < 2:
+        raise SampleError(f"the model's context is {args.max_seq_len} token: the story's start token "
+                          "fills it, leaving no room for one more; train with --max_seq_len 2 or more")
     if len(prefix) > args.max_seq_len - 1:
         raise SampleError(f"the image alone is {len(prefix)} tokens, more than the context allows "
                           f"({args.max_seq_len - 1})")

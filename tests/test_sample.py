@@ -338,6 +338,13 @@ def test_a_cut_prompt_keeps_its_last_tokens():
     assert ids == [args.eos_id, *range(20, 30)] and not warnings
 
 
+def test_a_context_of_one_token_is_refused_for_what_it_is():
+    """A model trained with --max_seq_len 1 holds only the story's start token: the error says so,
+    not that an image (there is none) is too long."""
+    with pytest.raises(sample.SampleError, match="the model's context is 1 token: the story's start"):
+        stub_prompts("w", new=3, max_seq_len=1, attn_chunk_size=1)
+
+
 def test_an_image_prompt_keeps_its_image_and_cuts_its_text():
     """With --image the text after the image is cut (from the left) to leave room for the new
     tokens; the image's tokens are kept whole, even when they alone leave less room."""
