@@ -290,10 +290,42 @@ def _free_special_ids(values: dict, text: dict) -> None:
             values[name] = next(free)
 
 
+def hf_rope(text: dict) -> dict:
+    """A text config's RoPE settings as transformers reads them: `rope_parameters`, or, in folders
+    saved before transformers 5 (the released Llama 4 ones), `rope_scaling` (which wins when both
+    are there) beside a top-level `rope_theta`."""
+    rope = dict(text.get("rope_scaling") or text.get("rope_parameters") or {})
+    if "type" in rope and "rope_type" not in rope:  # the oldest spelling
+        rope["rope_type"] = rope.pop("type")
+    rope.setdefault("rope_type", "default")
+    if text.get("rope_theta") is not None:
+        rope.setdefault("rope_theta", text["rope_theta"])
+    return rope
+
+
+def _check_hf_layout(text: dict, args: ModelArgs):
+    """Refuse what transformers would build otherwise than ModelArgs can: explicit lists of NoPE
+    or MoE layers off the intervals, another head width, attention biases."""
+    layers = range(args.n_layers)
+    derived = {"no_rope_layers": [int(args.uses_rope(i)) for i in layers],
+               "moe_layers": [i for i in layers if args.is_moe_layer(i)]}
+    for key, want in derived.items():
+        got = text.get(key)
+        if got and list(got) != want:  # (transformers takes an empty no_rope_layers as absent)
+            raise ConfigError(f"{key} {list(got)} is not every n-th layer ({want} from the interval); "
+                              "only interval layouts are supported")
+    if text.get("head_dim") not in (None, args.head_dim):
+        raise ConfigError(f"head_dim {text['head_dim']} differs from hidden_size / num_attention_heads "
+                          f"= {args.head_dim}; only that head width is supported")
+    if text.get("attention_bias"):
+        raise ConfigError("attention_bias true is not supported (Llama 4 has no attention biases)")
+
+
 def args_from_hf(cfg: dict) -> ModelArgs:
     """ModelArgs from a transformers Llama 4 config.json (ours, or one this project did not write)."""
     vision = cfg.get("model_type") == "llama4"
     text = cfg["text_config"] if vision else cfg
+    text = {**text, "rope_parameters": hf_rope(text)}
     values = {"vision": vision, "router_noise": False}
     for f in dataclasses.fields(ModelArgs):
         name = f.metadata.get("hf")
@@ -312,13 +344,15 @@ def args_from_hf(cfg: dict) -> ModelArgs:
         if source is not None or f.name in SPECIAL_TOKENS:
             values[f.name] = source
     _free_special_ids(values, text)
-    rope_type = text.get("rope_parameters", {}).get("rope_type", "default")
+    rope_type = text["rope_parameters"]["rope_type"]
     values["rope_scaling"] = "llama3" if rope_type == "llama3" else "none"
     if rope_type not in ("default", "llama3"):
         raise ConfigError(f"rope_type {rope_type!r} is not supported (default or llama3)")
     fields = {f.name: f.type for f in dataclasses.fields(ModelArgs)}
     values = {k: (float(v) if fields[k] is float else v) for k, v in values.items()}
-    return config.from_dict(ModelArgs, values, where="config.json")
+    args = config.from_dict(ModelArgs, values, where="config.json")
+    _check_hf_layout(text, args)
+    return args
 
 
 def hf_weight_files(folder: Path) -> list[Path]:

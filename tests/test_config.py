@@ -118,7 +118,8 @@ BAD = [
     (["--vision", "--vision_rope_theta", "0"], "--vision_rope_theta: must be positive"),
     (["--vision", "--pixel_shuffle_ratio", "0.75", "--image_size", "56", "--vision_mlp_dim", "228"],
      "--pixel_shuffle_ratio: 0.75 must be 1 / n for a whole n"),
-    (["--vision", "--pixel_shuffle_ratio", "2", "--vision_mlp_dim", "32"], "--pixel_shuffle_ratio: 2.0 must be"),
+    (["--vision", "--pixel_shuffle_ratio", "2", "--vision_mlp_dim", "32"],
+     "--pixel_shuffle_ratio: 2.0 must be"),
 ]
 
 

@@ -143,3 +143,40 @@ def test_import_of_a_folder_written_by_transformers(tmp_path):
     with torch.no_grad():
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
 
+
+
+def test_import_of_a_folder_in_the_pre_v5_rope_layout(tmp_path):
+    """Released Llama 4 folders keep RoPE under `rope_scaling` beside a top-level `rope_theta`
+    (transformers < 5): the import reads them as transformers does, not as the defaults."""
+    ours = build(**CASES["llama3-rope"])
+    checkpoint.export_hf(ours, tmp_path)
+    path = tmp_path / "config.json"
+    cfg = json.loads(path.read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg["rope_theta"], cfg["rope_scaling"] = rope.pop("rope_theta"), rope
+    path.write_text(json.dumps(cfg))
+    back = checkpoint.load_hf(tmp_path)
+    a = back.args
+    assert (a.rope_scaling, a.rope_theta, a.rope_original_max_seq_len) == ("llama3", 100.0, 16)
+    theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
+    tokens = torch.randint(0, V, (2, 37))
+    with torch.no_grad():
+        assert torch.equal(ours(tokens).logits, back(tokens).logits)
+        assert (back(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("no_rope_layers", [1, 0, 1, 1], "no_rope_layers [1, 0, 1, 1] is not every n-th layer ([1, 1, 1, 0]"),
+    ("moe_layers", [0, 2], "moe_layers [0, 2] is not every n-th layer ([0, 1, 2, 3]"),
+    ("head_dim", 32, "head_dim 32 differs from hidden_size / num_attention_heads = 16"),
+    ("attention_bias", True, "attention_bias true is not supported"),
+])
+def test_import_refuses_a_layout_it_cannot_build(tmp_path, key, value, message):
+    """Explicit layer lists off the intervals (transformers follows them) and other head widths
+    are refused, never imported as another model."""
+    checkpoint.export_hf(build(), tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(checkpoint.CheckpointError, match="describes no model this project builds") as e:
+        checkpoint.load_hf(tmp_path)
+    assert message in str(e.value)
