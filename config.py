@@ -150,7 +150,8 @@ class ModelArgs:
 
     def dense_twin(self) -> "ModelArgs":
         """The dense model with the same active parameters per token (routers aside): no MoE
-        layer, SwiGLU layers as wide as the shared expert plus the top_k routed experts."""
+        layer, SwiGLU layers as wide as the shared expert plus the top_k routed experts. Only
+        with moe_every 1: it widens every layer, the dense ones too (scripts/compare.py warns)."""
         return dataclasses.replace(self, moe_every=self.n_layers + 1,
                                    mlp_dim=(1 + self.top_k) * self.expert_dim)
 

@@ -562,7 +562,9 @@ class LinearCrossEntropy(torch.autograd.Function):
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of x @ weight.T (x (N, D), weight (V, D)) over targets >= 0, the same
     value and gradients as F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-1)
-    under the same autocast (tests/test_model.py), in chunks of LOSS_CHUNK logits."""
+    under the same autocast (tests/test_model.py), in chunks of LOSS_CHUNK logits. Two edges
+    differ: with no target >= 0 it is 0 (F.cross_entropy gives NaN), and every negative target
+    is skipped (F.cross_entropy skips only -1)."""
     kind = x.device.type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
     with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)

@@ -28,7 +28,7 @@ How this departs from the obvious version:
   step runs the MoE's reference path (every expert, masked) instead.
 - Left padding is exact: padded slots get position -1 and are masked out, positions count from
   each row's first real token, and each row stops when its own context is full, so a batch gives
-  the same tokens as its rows one by one.
+  the same tokens as its rows one by one (in fp32; in bf16 other matmul shapes round otherwise).
 - Each row draws from its own generator seeded with seed + row, so sampling is reproducible and
   does not depend on what else is in the batch; the draw is torch.multinomial's (argmax of p / q,
   q ~ Exp(1)) without its host-side input checks.
