@@ -73,12 +73,13 @@ RESUME_FIX = "it was left in place: resume from another checkpoint (e.g. best.pt
 OTHER_FIX = "it was left in place: pass another checkpoint (e.g. best.pt)"
 
 
-def load_checkpoint(path, device="cpu", fix: str = RESUME_FIX) -> dict:
-    """torch.load with weights_only=True: tensors and plain data only, no pickled code runs."""
+def load_checkpoint(path, fix: str = RESUME_FIX) -> dict:
+    """torch.load onto the CPU with weights_only=True: tensors and plain data only, no pickled
+    code runs."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...
-        if runtime.out_of_memory(e):  # a good file too large for the device: not "corrupt"
+        if runtime.out_of_memory(e):  # a good file too large for memory: not "corrupt"
             raise
         raise CheckpointError(f"{path} {_unreadable(path, e)}; {fix}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
@@ -134,10 +135,12 @@ def check_tokenizer(tok: Tokenizer, tok_path, ckpt: dict, ckpt_path, fix: str = 
 
 
 def load_model(path, device="cpu") -> tuple[Llama4, dict]:
-    """A checkpoint -> (model in eval mode, the checkpoint's other contents)."""
-    ckpt = load_checkpoint(path, device, OTHER_FIX)
+    """A checkpoint -> (model in eval mode on `device`, the checkpoint's other contents, on the
+    CPU: the optimizer's moments, twice the weights, never reach the GPU)."""
+    ckpt = load_checkpoint(path, OTHER_FIX)
     model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(path))
-    return build(model_args, ckpt.pop("model"), device, path, OTHER_FIX).eval(), ckpt
+    state = {k: v.to(device) for k, v in ckpt.pop("model").items()}
+    return build(model_args, state, device, path, OTHER_FIX).eval(), ckpt
 
 
 def build(model_args: ModelArgs, state: dict, device, where, fix: str, model: Llama4 | None = None) -> Llama4:
@@ -178,8 +181,8 @@ def set_rng_state(s: dict) -> None:
                          "state": {"key": np.array(s["numpy"], dtype=np.uint32), "pos": s["numpy_pos"]},
                          "has_gauss": 0, "gauss": 0.0})
     torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    if s["cuda"] and torch.cuda.is_available():  # (saved where more GPUs were visible: the first ones)
+        torch.cuda.set_rng_state_all(s["cuda"][:torch.cuda.device_count()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +394,7 @@ def load_hf(folder, device="cpu") -> Llama4:
         try:
             state.update(load_file(str(path), device=str(device)))
         except Exception as e:  # safetensors' own error type: a truncated or foreign file
-            if runtime.out_of_memory(e):  # a good file too large for the device: not "corrupt"
+            if runtime.out_of_memory(e):  # a good file too large for memory: not "corrupt"
                 raise
             raise CheckpointError(f"{path} is corrupt or unreadable ({first_line(e)}); {HF_FIX}") from None
     prefix = "language_model." if model_args.vision else ""

@@ -205,6 +205,34 @@ def test_resume_refuses_another_tokenizer(tmp_path, corpus, cache, capsys):
     assert "is not the tokenizer" in err and "was trained with" in err and "--vocab_size" not in err
 
 
+def test_load_model_puts_only_the_weights_on_the_device(tmp_path, monkeypatch):
+    """sample.py's load: the file is read onto the CPU and only the weights move (to "meta" here,
+    standing in for a GPU); the optimizer's moments stay on the CPU."""
+    model = Llama4(debug_args())
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(path, {"model": model.state_dict(), "model_args": config.to_dict(model.args),
+                                      "optimizer": {"exp_avg": torch.ones(3)}})
+    where = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: where.append(k.get("map_location")) or load(*a, **k))
+    back, rest = checkpoint.load_model(path, "meta")
+    assert where == ["cpu"] and {p.device.type for p in back.parameters()} == {"meta"}
+    assert rest["optimizer"]["exp_avg"].device.type == "cpu"
+
+
+def test_rng_state_saved_with_more_gpus_restores_on_fewer(monkeypatch):
+    """A checkpoint written where 8 GPUs were visible resumes where 1 is: the first state is
+    restored (set_rng_state_all took all 8 and failed on the second with an IndexError)."""
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8) + i for i in range(8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    checkpoint.set_rng_state(state)
+    assert len(restored) == 1 and torch.equal(restored[0], state["cuda"][0])
+
+
 def test_weights_only_checkpoint_cannot_be_resumed(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
     model, _ = checkpoint.load_model(tmp_path / "ckpt" / "r" / "last.pt")
