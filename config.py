@@ -264,7 +264,7 @@ class TrainArgs:
     beta2: float = arg(0.95, "AdamW beta2")
     grad_clip: float = arg(1.0, "clip the gradient norm to this (0 = off)")
     # --- precision and speed ---
-    dtype: str = arg("auto", "compute dtype: auto = bfloat16 autocast on CUDA, float32 on CPU",
+    dtype: str = arg("auto", "compute dtype: auto = bfloat16 autocast on CUDA (sm80 and later), else float32",
                      choices=["auto", "float32", "bfloat16"])
     compile: str = arg("auto", "torch.compile the model: auto = on CUDA (eager where compiling is "
                                "unavailable, with a warning), true, false", choices=["auto", "true", "false"],
@@ -338,8 +338,9 @@ class SampleArgs:
     top_p: float = arg(1.0, "keep the smallest set of tokens whose mass reaches p (1 = off)")
     greedy: bool = arg(False, "always take the most likely token")
     no_cache: bool = arg(False, "recompute the whole sequence each step (reference path)")
-    dtype: str = arg("auto", "weights and compute: auto = bfloat16 on CUDA, float32 on CPU (the "
-                             "RoPE tables stay float32)", choices=["auto", "float32", "bfloat16"])
+    dtype: str = arg("auto", "weights and compute: auto = bfloat16 on CUDA (sm80 and later), else "
+                             "float32 (the RoPE tables stay float32)",
+                     choices=["auto", "float32", "bfloat16"])
     compile: str = arg("auto", "torch.compile the cached one-token decode step (CUDA graphs on "
                                "CUDA); auto = on for CUDA, off on CPU; eager with a warning if "
                                "compiling fails", choices=["auto", "true", "false"], const="true")

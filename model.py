@@ -332,7 +332,8 @@ class Attention(nn.Module):
 
 
 def grouped_mm_supported(x: torch.Tensor, widths=()) -> bool:
-    """torch's grouped GEMM: CPU (fp32/bf16) and CUDA from sm90 on (bf16), for rows of `widths`
+    """torch's grouped GEMM: CPU (fp32/bf16) and CUDA sm90/sm100 (bf16; on other GPUs torch's
+    fallback reads the group offsets on the host, a sync per call), for rows of `widths`
     elements (the model's dim and expert_dim) in x's dtype that are whole multiples of 16 bytes, as
     its strides must be (an expert_dim of 100 in fp32, or a dim of 60 in bf16, is not)."""
     if not hasattr(F, "grouped_mm") or any(w * x.element_size() % 16 for w in widths):
@@ -340,7 +341,7 @@ def grouped_mm_supported(x: torch.Tensor, widths=()) -> bool:
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16)
     if x.device.type == "cuda":
-        return torch.cuda.get_device_capability(x.device) >= (9, 0) and x.dtype == torch.bfloat16
+        return torch.cuda.get_device_capability(x.device)[0] in (9, 10) and x.dtype == torch.bfloat16
     return False
 
 

@@ -113,9 +113,11 @@ def all_ranks_or_none(world: World, device, what: str):
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """--dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    """--dtype: auto = bfloat16 on CUDA (float32 below sm80, which has no bf16 tensor cores),
+    float32 on CPU."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+        return torch.bfloat16 if bf16 else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 

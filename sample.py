@@ -23,7 +23,7 @@ How this departs from the obvious version:
   <|endoftext|> at the end. The one-token step, free of host reads and of changing shapes, can
   be compiled (torch.compile, "reduce-overhead": a CUDA graph) with eager as the fallback. The
   sparse MoE keeps its expert groups on the device (grouped_mm), so a compiled step runs it as is;
-  where grouped_mm is missing (fp32 on CUDA, GPUs before sm90) or cannot take the widths (rows
+  where grouped_mm is missing (fp32 on CUDA, GPUs other than sm90 and sm100) or cannot take the widths (rows
   not whole multiples of 16 bytes) its fallback reads group sizes on the host, and a compiled
   step runs the MoE's reference path (every expert, masked) instead.
 - Left padding is exact: padded slots get position -1 and are masked out, positions count from

@@ -238,6 +238,30 @@ def test_loop_fallback_equals_grouped_mm(monkeypatch):
     assert torch.allclose(fast, slow, atol=1e-5)
 
 
+@pytest.mark.parametrize("capability, fast", [((8, 0), False), ((9, 0), True), ((10, 0), True),
+                                              ((12, 0), False)])
+def test_grouped_mm_on_cuda_only_where_it_has_kernels(monkeypatch, capability, fast):
+    """On CUDA, grouped_mm's own kernels are sm90's and sm100's; elsewhere (an A100, an RTX 50xx)
+    torch's fallback reads the offsets on the host, so the MoE takes its own sync-free paths."""
+    from types import SimpleNamespace
+
+    import model as model_module
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    x = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, element_size=lambda: 2)
+    assert model_module.grouped_mm_supported(x, (512, 576)) is fast
+    assert not model_module.grouped_mm_supported(SimpleNamespace(**{**vars(x), "dtype": torch.float32}))
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float32), ((8, 0), torch.bfloat16),
+                                               ((9, 0), torch.bfloat16)])
+def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, dtype):
+    """--dtype auto on a T4 or V100 (no bf16 tensor cores) is float32, not emulated bf16."""
+    import runtime
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert runtime.compute_dtype("auto", torch.device("cuda", 0)) == dtype
+    assert runtime.compute_dtype("auto", torch.device("cpu")) == torch.float32
+
+
 @pytest.mark.parametrize("dtype, widths", [(torch.float32, dict(expert_dim=30)),
                                             (torch.bfloat16, dict(expert_dim=36)),
                                             (torch.bfloat16, dict(dim=60, n_heads=6, n_kv_heads=2))])
