@@ -45,8 +45,9 @@ constraints:
 # The GPU check (README, "GPU"). On this machine: `make gpu-prep` puts the data and the wheels the GPU
 # machine lacks (datasets and its two dependencies; its image has the rest) into git-ignored
 # folders; carry gpu-data and .whl there and run `make gpu-check`, which installs them and runs
-# scripts/gpu_check.py (about 11 minutes on one H200: run ARGS="--only train,model --deadline 420", then
-# ARGS="--only sample --deadline 300"; --deadline stops it in time with its files written), writing img/gpu/.
+# scripts/gpu_check.py (about 11 minutes on one H200: run ARGS="--only train,model --deadline 420", then at
+# once ARGS="--only sample --deadline 280"; --deadline stops it in time with its files written), writing
+# img/gpu/, or $OUT where the device tool sets it (only what is written there comes back).
 gpu-prep:
 	mkdir -p gpu-data && cp ../shared/data/tinystories/train-lower.txt ../shared/data/tinystories/valid-lower.txt gpu-data/
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -56,4 +57,4 @@ gpu-prep:
 gpu-check:
 	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 		--target /tmp/site .whl/*.whl; fi
-	PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py $(ARGS)
+	PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(ARGS)

@@ -10,13 +10,17 @@ Same random weights, same prompts, greedy, variants interleaved, medians reporte
   compiled    the same with the one-token step compiled (CUDA graphs on CUDA); on CUDA by default
   compiled-nograph  compiled in torch.compile's default mode: the same kernels, no CUDA graph (only
               when named in --variants: it tells a CUDA-graph fault from a compiler one)
+  reference   cached, with the MoE's reference path (every expert, masked), eager (only when named
+              in --variants): the path a compiled step takes where grouped_mm is missing (fp32 on
+              CUDA), so that comparing compiled against it leaves the compiler alone in question
   uncached    our generate() recomputing the whole sequence each step (--no_cache)
   hf          transformers' Llama4ForCausalLM.generate on the exported folder (its own cache)
 End-of-text neither stops nor is banned in any of them (transformers gets eos_token_id=None, not
 min_new_tokens, which would mask it), so every variant makes exactly --new_tokens tokens per row.
 Each variant first runs --warmup times untimed (the compiled one at least once: compiling and
 recording the CUDA graph happen there). Each variant's tokens are compared with the cached ones:
-`same_tokens_as_cached` and the share of equal tokens (in bf16 near-ties may flip a token).
+`same_tokens_as_cached` and the share of equal tokens (in bf16 near-ties may flip a token); with
+the reference variant, also the share equal to its tokens.
 --ragged cuts row i's prompt by i % 8 tokens, so that a batch is left-padded (our variants only:
 transformers tunes the NoPE layers' temperature by slot, not by position, so its padded rows
 differ by design).
@@ -42,7 +46,7 @@ from errors import run_script  # noqa: E402
 from model import Llama4  # noqa: E402
 
 PROMPT, NEW = 16, 256
-VARIANTS = ("cached", "compiled", "compiled-nograph", "uncached", "hf")
+VARIANTS = ("cached", "compiled", "compiled-nograph", "reference", "uncached", "hf")
 
 
 def decode(variant, model, hf, prompts, new_tokens, ragged=False) -> list[list[int]]:
@@ -54,8 +58,9 @@ def decode(variant, model, hf, prompts, new_tokens, ragged=False) -> list[list[i
         return out[:, prompts.shape[1]:].tolist()
     rows = [r[i % 8:] if ragged else r for i, r in enumerate(prompts.tolist())]
     compile = {"compiled": True, "compiled-nograph": "default"}.get(variant, False)
-    return sample.generate(model, rows, new_tokens, greedy=True, stop_at_eos=False,
-                           use_cache=variant != "uncached", compile=compile)
+    with sample.moe_reference_path(model, enabled=variant == "reference"):
+        return sample.generate(model, rows, new_tokens, greedy=True, stop_at_eos=False,
+                               use_cache=variant != "uncached", compile=compile)
 
 
 def timed(variant, model, hf, prompts, new_tokens, ragged=False) -> tuple[float, list[list[int]]]:
@@ -87,6 +92,13 @@ def build(opts, device, dtype):
     return model.to(device, dtype).reset_buffers(), hf.to(device).eval() if hf is not None else None
 
 
+def shares(outputs: dict, ref: list[list[int]]) -> dict:
+    """Each variant's share of tokens equal to `ref`'s, position by position."""
+    n = sum(len(row) for row in ref)
+    return {k: sum(a == b for ra, rb in zip(out, ref, strict=True) for a, b in zip(ra, rb, strict=True)) / n
+            for k, out in outputs.items()}
+
+
 def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
     """tokens/s of each variant at each batch size, and how their tokens compare; keep(results)
     after each batch size."""
@@ -109,9 +121,10 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
         ref = outputs.get("cached", next(iter(outputs.values())))
         tok_s = {k: B * opts.new_tokens / statistics.median(v) for k, v in times.items()}
         same = {k: outputs[k] == ref for k in opts.variants}
-        share = {k: sum(a == b for ra, rb in zip(outputs[k], ref, strict=True)
-                        for a, b in zip(ra, rb, strict=True)) / (B * opts.new_tokens) for k in opts.variants}
-        r = {"tokens_per_s": tok_s, "same_tokens_as_cached": same, "share_of_tokens_as_cached": share}
+        r = {"tokens_per_s": tok_s, "same_tokens_as_cached": same,
+             "share_of_tokens_as_cached": shares(outputs, ref)}
+        if "reference" in outputs:
+            r["share_of_tokens_as_reference"] = shares(outputs, outputs["reference"])
         if fell_back:  # a compiled variant whose step could not compile ran eagerly
             r["fell_back_to_eager"] = fell_back
         for ours in ["cached", "compiled"]:
@@ -154,8 +167,8 @@ def parse(argv):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights and compute: auto = bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--variants", default=None, help="comma-separated, of cached,compiled,compiled-nograph,"
-                                                    "uncached,hf (default: all but compiled-nograph on "
-                                                    "CUDA; cached,uncached,hf on CPU)")
+                                                    "reference,uncached,hf (default: cached,compiled,"
+                                                    "uncached,hf on CUDA; cached,uncached,hf on CPU)")
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
     p.add_argument("--ragged", action="store_true", help="prompts of 16 down to 9 tokens, left-padded into "
                                                          "a batch (our variants only)")

@@ -3,7 +3,8 @@ mode runs on a CPU in a test so that it cannot rot.
 
     python scripts/gpu_check.py                  # on the GPU machine
     python scripts/gpu_check.py --only train,model --deadline 420   # the same in two commands, within
-    python scripts/gpu_check.py --only sample --deadline 300        # a lease of 15 minutes
+    python scripts/gpu_check.py --only sample --deadline 280        # a lease of 15 minutes (at once)
+    python scripts/gpu_check.py --render --out img/gpu              # gpu.md from both calls' JSON
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
 
 Compiling takes most of its time. Estimated from the last H200 run (bench_model 236 s with four
@@ -16,13 +17,14 @@ One after another, each in its own process:
      128), bf16, with MFU and peak memory, the evaluation pass's pace beside the training step's,
      and a profile of the MoE step, eager and compiled (kernel time against wall time, launches,
      the top kernels: what to work on next);
-  2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours vs transformers' generate; then
-     in float32, on one left-padded batch of 8 ragged prompts, whether our variants' greedy tokens
-     agree (compiled with and without CUDA graphs, eager, uncached);
+  2. scripts/bench_sample.py --device cuda: decoding tokens/s, ours (eager and compiled) vs
+     transformers' generate; then in float32, on one left-padded batch of 8 ragged prompts, whether
+     our variants' greedy tokens agree (compiled with and without CUDA graphs, eager, and eager on
+     the MoE's reference path, which a compiled step takes in fp32 on CUDA);
   3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled, evaluating
      valid-lower.txt at the default cadence: the seconds per pass are reported), then
-     --eval_only on valid-lower.txt, one sampled story, and the greedy story with the decode step
-     compiled and eager, compared.
+     --eval_only on valid-lower.txt and one sampled story (both eager: no goal times them), and the
+     greedy story with the decode step compiled and eager, compared.
 It writes to --out (default img/gpu/ for a run at the defaults, --only, --deadline and --work
 aside, and --data / --val_data naming train-lower.txt / valid-lower.txt wherever they lie; and
 --work/results/ for any other, so that a smoke test or other text never replaces the README's):
@@ -221,12 +223,14 @@ def train_part(opts, out: Path, log) -> dict:
         result["eval_over_train_speed"] = result["eval_tokens_per_s"] / result["steady_tokens_per_s"]
     if trained.returncode != 0 or (opts.until is not None and time.monotonic() >= opts.until):
         return result  # stopped at the deadline, or failed: no checkpoint, or no time, to go on
+    # the checkpoint evaluates and samples (eagerly: the run's own evaluations timed the compiled
+    # pass, and greedy_agreement compiles the decode step; two more compiles would cost ~40 s)
     ev = sh("train.py", "--run", "gpu-check", "--eval_only", "--val_data", opts.val_data,
-            "--device", opts.device, "--compile", opts.compile, *common, log=log, until=opts.until)
+            "--device", opts.device, "--compile", "false", *common, log=log, until=opts.until)
     if ev.returncode == 0:
         result["eval"] = json.loads(ev.stdout.strip().splitlines()[-1])
     story = sh("sample.py", "--ckpt", run_dir, "--prompt", "once upon a time", "--max_new_tokens", "100",
-               "--seed", "1", "--device", opts.device, log=log, until=opts.until)
+               "--seed", "1", "--device", opts.device, "--compile", "false", log=log, until=opts.until)
     failed = "(stopped at the deadline)" if story.returncode == STOPPED else \
         f"(sample.py failed: {story.stderr[-300:]})"
     result["sample"] = story.stdout.strip() if story.returncode == 0 else failed
@@ -284,10 +288,12 @@ def markdown(out: Path) -> str:
             if name == "bench_sample.json":  # the speed table: bf16, the default dtype
                 lines += bench.sample_table(sample)
             for key, r in sample["results"].items():
-                agree = r.get("share_of_tokens_as_cached", {})
-                lines.append(f"{sample['config']['dtype']}, {key}: share of greedy tokens equal to the eager "
-                             "cached loop's: " + ", ".join(f"{v} {share:.1%}" for v, share in agree.items()
-                                                           if v != "cached"))
+                for ref, what in [("cached", "the eager cached loop's"),
+                                  ("reference", "the eager reference MoE path's")]:
+                    if agree := r.get(f"share_of_tokens_as_{ref}"):
+                        lines.append(f"{sample['config']['dtype']}, {key}: share of greedy tokens equal to "
+                                     f"{what}: " + ", ".join(f"{v} {share:.1%}" for v, share in agree.items()
+                                                             if v != ref))
             lines.append("")
     if (out / "train.json").exists():
         t = json.loads((out / "train.json").read_text())
@@ -333,6 +339,9 @@ def parse(argv):
                    help="run folder and token cache of the train.py part (git-ignored by default)")
     p.add_argument("--only", default="model,sample,train",
                    help="comma-separated subset of model,sample,train (they run in that order)")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: write gpu.md from the JSON already in --out (the files of a check "
+                        "made in two calls, put together)")
     p.add_argument("--deadline", type=float, default=None,
                    help="seconds: end within this (and 10 s), every file written (a command stopped there, a "
                         "part with under 30 s left skipped, the train.py run shortened to fit); set it "
@@ -340,7 +349,7 @@ def parse(argv):
     opts = p.parse_args(argv)
     if not set(opts.only.split(",")) <= set(PARTS):
         p.error(f"--only {opts.only}: each part must be one of {','.join(PARTS)}")
-    if opts.device.startswith("cuda"):
+    if opts.device.startswith("cuda") and not opts.render:
         import torch
         if not torch.cuda.is_available():  # every part would fail, and gpu.md say only that
             p.error(f"--device {opts.device}: no CUDA GPU here; for the smoke test on a CPU pass --quick "
@@ -349,7 +358,7 @@ def parse(argv):
     same_text = [k for k in ("data", "val_data")
                  if Path(getattr(opts, k)).name == Path(p.get_default(k)).name]
     return opts, storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
-                                      ignore=("only", "deadline", "work", *same_text))
+                                      ignore=("only", "deadline", "work", "render", *same_text))
 
 
 def main(argv=None):
@@ -358,6 +367,17 @@ def main(argv=None):
     parts = opts.only.split(",")
     opts.until = None if opts.deadline is None else start + opts.deadline
     FAILED.clear()
+    if opts.render:
+        for name in ["bench_model.json", "bench_sample.json", "bench_sample_fp32.json"]:
+            FAILED.extend(failed_variants(out / name))
+        run = out / "train.json"
+        if run.exists() and "fell_back_to_eager" in json.loads(run.read_text()):
+            FAILED.append("train.py (ran eagerly)")
+        (out / "gpu.md").write_text(markdown(out))
+        print((out / "gpu.md").read_text())
+        if FAILED:
+            sys.exit(f"gpu_check: error: {', '.join(FAILED)} failed")
+        return out
     out.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept
@@ -382,16 +402,19 @@ def main(argv=None):
                until=opts.until)
             FAILED.extend(failed_variants(out / "bench_model.json"))
             (out / "gpu.md").write_text(markdown(out))  # after each part: what is done is summed up
-        if due("sample"):
+        if due("sample"):  # (without the uncached variant on a GPU: no goal counts it, and it is slowest)
             sh("scripts/bench_sample.py", "--device", opts.device, *quick,
+               *([] if opts.quick else ["--variants", "cached,compiled,hf"]),
                "--out", out / "bench_sample.json", log=log, until=opts.until)
             # float32: near-ties are rarer than in bf16, so the variants' tokens should agree; with
-            # and without CUDA graphs, to place a disagreement (speed is not the point here); one
-            # left-padded batch of ragged prompts (each batch compiles anew; transformers is left
-            # out there: it tunes the temperature by slot, so its padded rows differ by design).
-            variants = "cached,uncached" if opts.quick else "cached,compiled,compiled-nograph,uncached"
+            # and without CUDA graphs, and the MoE's reference path eager (what a compiled step runs
+            # where grouped_mm is missing, as in fp32 on CUDA), to place a disagreement (speed is
+            # not the point here: no eager warm-up); one left-padded batch of ragged prompts (each
+            # batch compiles anew; transformers is left out there: it tunes the temperature by
+            # slot, so its padded rows differ by design).
+            variants = "cached,reference," + ("uncached" if opts.quick else "compiled,compiled-nograph")
             sh("scripts/bench_sample.py", "--device", opts.device, *quick, "--dtype", "float32",
-               "--variants", variants, "--new_tokens", "128", "--repeats", "1", "--ragged",
+               "--variants", variants, "--new_tokens", "128", "--repeats", "1", "--ragged", "--warmup", "0",
                *([] if opts.quick else ["--batches", "8"]),
                "--out", out / "bench_sample_fp32.json", log=log, until=opts.until)
             FAILED.extend(failed_variants(out / "bench_sample.json")

@@ -40,6 +40,11 @@ def test_ragged_prompts_give_a_left_padded_batch_equal_across_variants(tmp_path)
     r = result["results"]["batch2"]  # rows of 16 and 15 tokens
     assert result["config"]["ragged"] and set(r["tokens_per_s"]) == {"cached", "uncached"}
     assert all(r["same_tokens_as_cached"].values())
+    # the MoE's reference path, eager: what a compiled step runs where grouped_mm is missing
+    result = main(["--quick", "--ragged", "--variants", "cached,reference", "--out", str(tmp_path / "c")])
+    r = result["results"]["batch2"]
+    assert all(r["same_tokens_as_cached"].values()) and r["share_of_tokens_as_reference"] == {
+        "cached": 1.0, "reference": 1.0}
 
 
 def test_each_batch_is_written_as_it_is_measured(tmp_path, monkeypatch):

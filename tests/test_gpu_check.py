@@ -227,3 +227,60 @@ def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, ca
     result = gpu_check.train_part(opts, tmp_path, log=None)
     assert result["fell_back_to_eager"].startswith("warning: the compiled model failed at an evaluation")
     assert gpu_check.FAILED == ["train.py (evaluated eagerly)"]
+
+
+def test_quick_sample_part_compares_with_the_reference_moe_path(tmp_path):
+    """The decode part: the speed pass, then the float32 agreement, which now also decodes with the
+    MoE's reference path eagerly (what the compiled step runs in fp32 on CUDA), and says so."""
+    out = gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "sample",
+                          "--work", str(tmp_path / "work")])
+    fp32 = json.loads((out / "bench_sample_fp32.json").read_text())
+    assert fp32["config"]["variants"] == ["cached", "reference", "uncached"] and fp32["config"]["warmup"] == 0
+    r = fp32["results"]["batch2"]
+    assert r["share_of_tokens_as_reference"]["cached"] == 1.0
+    md = (out / "gpu.md").read_text()
+    assert "equal to the eager reference MoE path's: cached 100.0%, uncached 100.0%" in md
+
+
+def test_the_gpu_plan_leaves_out_what_no_goal_counts(tmp_path, monkeypatch):
+    """On a GPU (commands recorded, not run): the bf16 decode pass leaves out the slow uncached
+    variant, the float32 one adds the reference path and skips eager warm-ups."""
+    import subprocess
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
+                        or subprocess.CompletedProcess(argv, 0, "", ""))
+    gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "sample"])
+    speed, agree = ran
+    assert speed[speed.index("--variants") + 1] == "cached,compiled,hf"
+    assert agree[agree.index("--variants") + 1] == "cached,reference,compiled,compiled-nograph"
+    assert agree[agree.index("--warmup") + 1] == "0" and agree[agree.index("--dtype") + 1] == "float32"
+
+
+def test_render_puts_two_calls_files_together(tmp_path):
+    """A check made in two device calls comes back as two sets of files: --render writes gpu.md
+    from the JSON in --out, running nothing (and needing no GPU), failures in them named."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    (out / "train.json").write_text(json.dumps({"argv": ["--preset", "x"], "steps": 5, "steady_mfu": 0.3,
+                                                "fell_back_to_eager": "warning: ..."}))
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--render", "--out", str(out)])
+    md = (out / "gpu.md").read_text()
+    assert "| steps | 5 |" in md and "| steady_mfu | 0.3 |" in md
+    assert md.startswith("**Failed:** train.py (ran")
+    assert "eagerly" in str(e.value.code) and not (out / "log.txt").exists()
+
+
+def test_make_gpu_check_writes_where_the_device_tool_collects(tmp_path):
+    """On a lent machine only what lands under $OUT comes back: `make gpu-check` passes it as
+    --out (ARGS, after it, may still name another folder)."""
+    import os
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    dry = subprocess.run(["make", "-n", "gpu-check", "ARGS=--only sample"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "OUT": str(tmp_path)})
+    assert f"scripts/gpu_check.py --out {tmp_path} --only sample" in dry.stdout
