@@ -74,7 +74,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from functools import cache
@@ -235,6 +237,7 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
     def write(f):
         with tqdm(total=total, unit="doc", desc=desc, disable=None, leave=False) as bar:
             for batch in batches:
+                _raise_lost_signal()
                 texts = [s for s in (t.strip() for t in batch) if s]
                 for ids in _encoded(tokenizer, texts, threads, dtype):
                     raw = ids.tobytes()
@@ -734,7 +737,7 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     cache hits); separate runs sharing --cache_dir wait for each other's builds (a lock per folder).
     """
     threads = train_args.num_proc or os.cpu_count() or 1
-    with _cache_writes(train_args.cache_dir):
+    with _signals_kept(), _cache_writes(train_args.cache_dir):
         train_split, val_split = resolve_sources(train_args, log)
         tok = get_tokenizer(train_args, model_args, train_split, log)
         train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
@@ -752,12 +755,47 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     """The validation shard alone, for a given tokenizer (evaluating a checkpoint): no BPE training
     and no training shard, but the same sources, cache and windows as prepare()."""
     check_tokenizer(tok, model_args)
-    with _cache_writes(train_args.cache_dir):
+    with _signals_kept(), _cache_writes(train_args.cache_dir):
         _, val_split = resolve_sources(train_args, log, need_train=False)
         val = get_tokens("val", val_split, tok, train_args.cache_dir,
                          train_args.num_proc or os.cpu_count() or 1, log)
     _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)
     return val
+
+
+_SIGNALLED: list[int] = []  # the signals taken inside _signals_kept
+
+
+@contextmanager
+def _signals_kept():
+    """Python drops a KeyboardInterrupt raised inside a garbage collector's callback (it prints
+    "Exception ignored in: <function WeakKeyDictionary...>" and goes on), and a Ctrl-C as
+    tokenizing begins lands there: the run went on to train. Inside the block, a SIGINT or SIGTERM
+    whose handler is Python's (SIGINT: KeyboardInterrupt; train.py's SIGTERM too) is recorded before
+    it acts; one that was lost is raised again at the next batch tokenized, or at the block's end."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    kept = {s: h for s, h in old.items() if callable(h)}
+    if threading.current_thread() is not threading.main_thread():  # (handlers belong to the main one)
+        kept = {}
+
+    def handler(signum, frame):
+        _SIGNALLED.append(signum)
+        kept[signum](signum, frame)
+    _SIGNALLED.clear()
+    for s in kept:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in kept.items():
+            signal.signal(s, h)
+    _raise_lost_signal()  # (reached only when no exception left the block: a signal taken was lost)
+
+
+def _raise_lost_signal():
+    if _SIGNALLED:
+        _SIGNALLED.clear()
+        raise KeyboardInterrupt
 
 
 def _log_coverage(val: TokenData, T: int, max_windows: int, log) -> None:

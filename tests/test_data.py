@@ -396,6 +396,28 @@ def test_cache_written_by_another_tokenizer_is_refused_and_rebuilt(tmp_path, cor
     assert again.meta["tokenizer_hash"] == tok.hash and tok.decode(again.tokens) == stream(train_docs)
 
 
+def test_a_ctrl_c_python_drops_still_stops_the_preparation(tmp_path, corpus, monkeypatch):
+    """Python drops a KeyboardInterrupt raised inside a garbage collector's callback, where a
+    Ctrl-C as tokenizing begins can land (the run then went on to train, and exited 0). The signal
+    is recorded, and the next batch raises it again (here the validation split's first)."""
+    import signal
+    train_path, val_path, _, _ = corpus
+    real = Tokenizer.encode_docs
+
+    def ctrl_c_lost(self, texts, threads=1):  # what that callback does with the handler's exception
+        try:
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            pass
+        return real(self, texts, threads)
+
+    monkeypatch.setattr(Tokenizer, "encode_docs", ctrl_c_lost)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, data=str(train_path), val_data=str(val_path))
+    assert not list((tmp_path / "cache" / "tokens").glob("val-*/meta.json"))  # the next shard never done
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is Python's again
+
+
 def test_interrupted_tokenization_leaves_nothing_and_is_rebuilt(tmp_path, corpus, monkeypatch):
     train_path, val_path, train_docs, _ = corpus
     kw = dict(data=str(train_path), val_data=str(val_path))
