@@ -10,9 +10,10 @@
 Sources. By default TinyStories from the Hugging Face Hub through `datasets.load_dataset` (splits
 train and validation), cached where `datasets` caches. Or local files, for offline machines and
 custom corpora: --data / --val_data take a file, a folder or a glob of
-- .txt in the official TinyStories layout: documents separated by <|endoftext|> (read by our
-  generator through `datasets.Dataset.from_generator`);
-- .txt without that marker: documents separated by blank lines (`datasets`' "text" builder);
+- .txt in the official TinyStories layout: documents separated by lines that hold only
+  <|endoftext|> (the marker inside a line is text);
+- .txt without such lines: documents separated by blank lines (or lines of spaces and tabs);
+  both read by our generator through `datasets.Dataset.from_generator`, a UTF-8 BOM dropped;
 - .jsonl (or .json: one array of records) with a text field (--text_field) and .parquet with a
   text column ("json" and "parquet").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
@@ -93,6 +94,7 @@ from errors import DataError, UserError, first_line
 from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
+DOCUMENT_RULES = 2  # version of how local files split into documents: a new one rebuilds their caches
 TOKENIZER_FORMAT = 2  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -306,28 +308,34 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
 
 
 def _scan_txt(path: str, flag: str) -> tuple[bool, int]:
-    """One streaming pass over a .txt file: (has <|endoftext|> markers, bytes that are not UTF-8).
+    """One streaming pass over a .txt file: (has lines holding only <|endoftext|>, bytes that are
+    not UTF-8).
 
     Refuses a file with no text besides whitespace and markers, or with over 1% non-UTF-8 bytes.
     """
     marker = EOT.encode()
-    keep = len(marker) - 1  # the end of a chunk may hold the start of a marker
     utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
     size = valid = nul = 0
     found = has_text = False
-    tail = b""
+    tail = b""  # the line the last chunk ended in (cut to b"x" once it is longer than a marker line)
+
+    def look(lines):
+        nonlocal found, has_text
+        found = found or any(line.strip() == marker for line in lines)
+        has_text = has_text or any(line.strip() not in (b"", marker) for line in lines)
+
     with open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             size += len(chunk)
             nul += chunk.count(0)  # valid UTF-8, but text has none: UTF-16 has one every 2 bytes
             valid += len(utf8.decode(chunk).encode())
-            parts = (tail + chunk).split(marker)
-            found = found or len(parts) > 1
-            last = parts.pop()
-            tail = last[-keep:]
-            has_text = has_text or any(p.strip() for p in parts) or bool(last[:-keep].strip())
+            *lines, tail = (tail + chunk).split(b"\n")
+            if not (found and has_text):
+                look(lines)
+            if len(tail.strip()) > len(marker):  # a long line: text, whatever follows on it
+                has_text, tail = True, b"x"
     valid += len(utf8.decode(b"", final=True).encode())
-    has_text = has_text or bool(tail.strip())
+    look([tail])
     bad = size - valid
     if nul > MAX_NON_UTF8 * size:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
@@ -341,15 +349,21 @@ def _scan_txt(path: str, flag: str) -> tuple[bool, int]:
     return found, bad
 
 
-def _eot_documents(path: str, stamp: str):
-    """Documents of a .txt file in the official layout (`stamp`: size and mtime, for the cache key)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        rest = ""
-        while chunk := f.read(1 << 20):
-            *docs, rest = (rest + chunk).split(EOT)
-            yield from ({"text": d} for d in docs if d.strip())
-        if rest.strip():
-            yield {"text": rest}
+def _txt_documents(path: str, stamp: str, markers: bool):
+    """Documents of a .txt file: between lines holding only <|endoftext|> (markers: the official
+    layout), else between blank lines (spaces and tabs count as blank). `stamp`: size and mtime,
+    for the cache key. A BOM is dropped; line endings are read as \\n (universal newlines)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        doc: list[str] = []
+        for line in f:
+            if (line.strip() == EOT) if markers else not line.strip():
+                if any(part.strip() for part in doc):
+                    yield {"text": "".join(doc)}
+                doc = []
+            else:
+                doc.append(line)
+        if any(part.strip() for part in doc):
+            yield {"text": "".join(doc)}
 
 
 def _json_problem(path: str, field: str) -> str | None:
@@ -395,13 +409,11 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         has_marker, bad = _scan_txt(path, flag)
         if bad:
             log(f"data: warning: {path}: {bad:,} bytes that are not UTF-8 replaced by U+FFFD")
-        if has_marker:
-            st = os.stat(path)
-            return datasets.Dataset.from_generator(
-                _eot_documents, features=datasets.Features({"text": datasets.Value("string")}),
-                cache_dir=cache_dir, gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}"})
-        return datasets.load_dataset("text", data_files=path, sample_by="paragraph",
-                                     encoding_errors="replace", split="train", cache_dir=cache_dir)
+        st = os.stat(path)
+        return datasets.Dataset.from_generator(
+            _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
+            cache_dir=cache_dir,
+            gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}", "markers": has_marker})
     library_log = logging.getLogger("datasets")
     level = library_log.level
     library_log.setLevel(logging.CRITICAL)  # it logs a failed read before raising: ours is the one line
@@ -511,7 +523,7 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
     files = resolve_files(spec, flag, skip)
     stats = [os.stat(f) for f in files]
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]
-    source = {"files": stamps, "text_field": text_field}
+    source = {"files": stamps, "text_field": text_field, "documents": DOCUMENT_RULES}
     size = _size(sum(s.st_size for s in stats))
     label = f"{flag} {spec} ({len(files)} file{'s' * (len(files) > 1)}, {size})"
     load = cache(lambda: load_files(files, flag, text_field, str(cache_dir / "datasets"), log))

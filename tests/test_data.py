@@ -112,6 +112,26 @@ def test_txt_official_layout_and_blank_line_documents(tmp_path, corpus):
     assert any("train: cache miss, tokenized 30 documents" in line for line in logs)
 
 
+@pytest.mark.parametrize("text, docs", [
+    # a marker counts only alone on its line; one inside a line is text (it merged the whole file)
+    ("one here.\n\ntwo says <|endoftext|> aloud.\n\nthree.\n", ["one here.", "two says <|endoftext|> aloud.",
+                                                               "three."]),
+    ("a story <|endoftext|> goes on.\n<|endoftext|>\nnext one.\n", ["a story <|endoftext|> goes on.",
+                                                                     "next one."]),
+    ("  <|endoftext|>  \r\nfirst.\r\n<|endoftext|>\r\nsecond.\r\n", ["first.", "second."]),  # CRLF, spaces
+    # a line of spaces or tabs is a blank line (datasets' paragraphs took only "\n\n")
+    ("first one.\n \nsecond one.\n\t\nthird.\n\n\n\nfourth.\n", ["first one.", "second one.", "third.",
+                                                                     "fourth."]),
+    ("\ufeffwith a bom.\n\nnext.\n", ["with a bom.", "next."]),  # a BOM is not text
+    ("\ufeff<|endoftext|>\nwith a bom.\n<|endoftext|>\nnext.\n", ["with a bom.", "next."]),
+])
+def test_txt_documents_split_where_a_reader_sees_them(tmp_path, text, docs):
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode())
+    got = data.load_files([str(path)], "--data", cache_dir=str(tmp_path / "cache"), log=lambda line: None)
+    assert [d.strip() for d in got["text"]] == docs
+
+
 def test_jsonl_and_parquet_with_a_text_field(tmp_path):
     docs = stories(20)
     train = write_jsonl(tmp_path / "train.jsonl", [{"id": i, "story": d} for i, d in enumerate(docs)])
