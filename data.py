@@ -424,25 +424,36 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
         library_log.setLevel(level)
-    feature = ds.features.get(field)
-    column = ds.data.column(field) if field in ds.column_names else None
-    is_text = getattr(feature, "dtype", None) in ("string", "large_string")
-    if column is None or not is_text or column.null_count:
-        if kind == "json":
-            problem = _json_problem(path, field) or f"'{field}' is not text in every line"
-        elif column is None:
-            problem = (f"has no column '{field}' (it has: {', '.join(ds.column_names)}); pass "
-                       "--text_field NAME")
-        elif column.null_count:
-            row = column.is_null().to_pylist().index(True)
-            problem = f"row {row}: '{field}' is empty (null); fill or drop the row"
-        else:
-            problem = f"column '{field}' holds {feature}, not text; pass --text_field NAME"
+    if problem := _column_problem(ds, field):
+        if Path(path).suffix.lower() == ".jsonl":  # the line at fault, where it is one
+            problem = _json_problem(path, field) or problem
         raise DataError(f"{flag}: {path}: {problem}")
+    feature = ds.features[field]
     ds = ds.select_columns([field])
     if field != "text":
         ds = ds.rename_column(field, "text")
     return ds.cast_column("text", datasets.Value("string")) if feature.dtype != "string" else ds
+
+
+def _column_problem(ds, field: str, utf8: bool = True) -> str | None:
+    """Why column `field` of a loaded dataset is not text a run can read (missing, not strings,
+    null rows, with utf8: bytes that are not UTF-8, which pyarrow keeps as a .jsonl has them), or
+    None."""
+    if field not in ds.column_names:
+        return f"has no column '{field}' (it has: {', '.join(ds.column_names)}); pass --text_field NAME"
+    feature = ds.features[field]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        return f"column '{field}' holds {feature}, not text; pass --text_field NAME"
+    column = ds.data.column(field)
+    if column.null_count:
+        row = column.is_null().to_pylist().index(True)
+        return f"row {row}: '{field}' is empty (null); fill or drop the row"
+    if utf8:
+        try:
+            column.validate(full=True)
+        except Exception:
+            return f"'{field}' holds bytes that are not UTF-8; convert the file to UTF-8"
+    return None
 
 
 def load_files(files: list[str], flag: str, text_field: str = "text", cache_dir: str | None = None,
@@ -475,9 +486,8 @@ def load_hub(name: str, split: str, text_field: str = "text"):
                 from None
         raise DataError(f"cannot load split {split!r} of {name!r} from the Hugging Face Hub "
                         f"({first_line(e)}); {fix}") from None
-    if text_field not in ds.column_names:
-        raise DataError(f"{name!r} has no field {text_field!r} (it has: {', '.join(ds.column_names)}); "
-                        "pass --text_field NAME")
+    if problem := _column_problem(ds, text_field, utf8=False):  # (the hub's arrow files are UTF-8)
+        raise DataError(f"{name!r} [{split}] {problem}")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
 

@@ -747,6 +747,21 @@ def test_parquet_without_the_text_column(tmp_path):
         run(tmp_path, data=str(path))
 
 
+def test_jsonl_bytes_that_are_not_utf8_and_null_hub_rows_are_one_line(tmp_path):
+    """pyarrow keeps a .jsonl's bytes as they are: one that is not UTF-8 failed later, in
+    tokenizing, with a traceback. A hub split (here a local folder in the hub's layout) with a null
+    row did too."""
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b'{"text": "a story."}\n{"text": "bad \xff byte"}\n{"text": "third."}\n')
+    with pytest.raises(DataError, match=r"b.jsonl: line 2 is not UTF-8; convert the file to UTF-8"):
+        run(tmp_path, data=str(path))
+    hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["a story.", None, "another."]}), hub / "data" / "train-0.parquet")
+    with pytest.raises(DataError, match=r"\[train\] row 1: 'text' is empty \(null\); fill or drop the row"):
+        run(tmp_path, hf_dataset=str(hub), val_fraction=0.5)
+
+
 def test_a_few_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
     good = official(stories(30)).encode()
     path = write(tmp_path / "t.txt", good[:100] + b"\xff\xfe" + good[100:200] + b"\xe9" + good[200:])
