@@ -608,10 +608,13 @@ class Parsed(tuple):
         return obj
 
 
-def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
+def parse_args(classes, argv=None, prog=None, description=None, checked_later=None) -> Parsed:
     """Parse `--preset NAME --field value ...` into one instance of each class in `classes`.
 
     Errors (unknown option, bad type, out of range) print one line and exit with status 2.
+    checked_later(namespace): True where the caller checks the settings itself once they are
+    complete (train.py at --resume and --eval_only, on the checkpoint's settings with the typed
+    ones on top): a range check that fails here, against the preset's values, is left to it.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or os.path.basename(sys.argv[0])
@@ -635,5 +638,9 @@ def parse_args(classes, argv=None, prog=None, description=None) -> Parsed:
         try:
             out.append(cls(**values))
         except ConfigError as e:
-            parser.error(str(e))
+            if not (checked_later and checked_later(ns)):
+                parser.error(str(e))
+            unchecked = object.__new__(cls)  # (the fields, without __post_init__'s checks)
+            unchecked.__dict__.update(values)
+            out.append(unchecked)
     return Parsed(getattr(ns, "preset", name), tuple(out), frozenset(given))

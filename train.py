@@ -1137,7 +1137,10 @@ def sigterm_interrupts():
 
 
 def main(argv=None):
-    parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__)
+    # at --resume and --eval_only the settings are checked once merged with the checkpoint's
+    # (resume_settings): --lr 1e-5 is fine beside a checkpoint's --min_lr 0, not beside the preset's
+    parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__,
+                               checked_later=lambda ns: bool(ns.resume) or ns.eval_only)
     preset, (model_args, train_args) = parsed
     restore_sigterm = sigterm_interrupts()
     finished = False

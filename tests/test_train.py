@@ -191,6 +191,23 @@ def test_resume_with_different_model_settings_lists_the_differences(tmp_path, co
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 4
 
 
+def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, cache, capsys):
+    """At resume the typed settings are checked with the checkpoint's (--min_lr 0 saved, --lr 1e-5
+    typed), not with the default preset's (--min_lr 6e-5 and lr 6e-4, which refused both ways)."""
+    ckpt = tmp_path / "ckpt"
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--min_lr", "0"))
+    train.main(["--run", "r", "--out_dir", str(ckpt), "--resume", "--max_steps", "3", "--lr", "1e-5"])
+    saved = checkpoint.load_checkpoint(ckpt / "r" / "last.pt")["train_args"]
+    assert (saved["lr"], saved["min_lr"]) == (1e-5, 0.0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # what is wrong with the merged settings is still refused
+        train.main(["--run", "r", "--out_dir", str(ckpt), "--resume", "--max_steps", "4", "--min_lr", "1e-3"])
+    assert e.value.code == 2 and "--min_lr: 0.001 is above --lr 1e-05" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # and a new run is checked at once, against its preset
+        train.main(["--run", "new", "--out_dir", str(ckpt), "--lr", "1e-5"])
+    assert e.value.code == 2 and "--min_lr: 6e-05 is above --lr 1e-05" in capsys.readouterr().err
+
+
 def test_resume_refuses_another_tokenizer(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
     tok = tmp_path / "ckpt" / "r" / "tokenizer.json"
