@@ -669,7 +669,10 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     out = Path(train_args.out_dir)
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out)
-        run_dir = out / train_args.run if train_args.run else ckpt_path.parent
+        # --run naming the checkpoint's own run continues it where it lies (from another directory
+        # too), unless --out_dir is typed; another name forks into --out_dir
+        own = train_args.run == ckpt_path.parent.name and "out_dir" not in given
+        run_dir = out / train_args.run if train_args.run and not own else ckpt_path.parent
     elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
         run_dir = out / train_args.run if train_args.run else checkpoint.latest_run(out)
         ckpt_path = checkpoint.find_checkpoint(str(run_dir), out)
@@ -688,7 +691,8 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
                                   "(--eval_only) or sampled, not resumed: start a new --run")
         model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
         preset = preset if "preset" in given else ckpt.get("preset", preset)
-    train_args = TrainArgs(**{**config.to_dict(train_args), "run": run_dir.name})
+    where = {"run": run_dir.name, "out_dir": str(run_dir.parent)}  # (a resumed run: where it lies)
+    train_args = TrainArgs(**{**config.to_dict(train_args), **where})
     # a resumed run uses its checkpoint's tokenizer: the copy beside it (or, that gone, the run
     # folder's), unless --tokenizer is typed (a saved path may be gone: a fork's parent folder, a
     # renamed run folder); load_data checks it against the checkpoint's sha256

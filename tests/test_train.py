@@ -208,6 +208,21 @@ def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, 
     assert e.value.code == 2 and "--min_lr: 6e-05 is above --lr 1e-05" in capsys.readouterr().err
 
 
+def test_resume_by_path_and_own_run_name_continues_where_it_lies(tmp_path, corpus, cache, monkeypatch):
+    """`--resume /abs/r/last.pt --run r` from another directory continues r in its folder (it
+    forked into ./checkpoints/r, a new run with 2 lines of history), and records where it lies."""
+    ckpt = tmp_path / "ckpt"
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    train.main(["--resume", str(ckpt / "r" / "last.pt"), "--run", "r", "--max_steps", "3"])
+    assert not (elsewhere / "checkpoints").exists()
+    last = checkpoint.load_checkpoint(ckpt / "r" / "last.pt")
+    assert last["step"] == 3 and last["train_args"]["out_dir"] == str(ckpt)
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]  # one history, not a fork's fresh one
+
+
 def test_resume_refuses_another_tokenizer(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
     tok = tmp_path / "ckpt" / "r" / "tokenizer.json"
