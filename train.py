@@ -749,7 +749,8 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
 
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: a warmup that outlasts the
-    run, a --val_fraction typed where a validation source is given (it holds nothing out)."""
+    run, a --val_fraction typed where a validation source is given (it holds nothing out), another
+    held-out slice than the checkpoint's (at --resume or --eval_only)."""
     t, lines = plan.train_args, []
     if t.warmup_steps >= t.max_steps and not t.eval_only:
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
@@ -759,6 +760,15 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
         lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
                      "part of --data only when no --val_data is given)")
+    saved = (plan.ckpt or {}).get("train_args") or {}
+    same_data = saved.get("data") and saved["data"] == t.data and not saved.get("val_data") and not t.val_data
+    if same_data and "val_fraction" in given and t.val_fraction != saved["val_fraction"]:
+        # the checkpoint's validation text was a held-out slice of this --data: another slice overlaps
+        did = "scores documents it trained on" if t.eval_only else "trains on documents it held out"
+        every = round(1 / saved["val_fraction"])
+        lines.append(f"--val_fraction {t.val_fraction:g} is not the checkpoint's: its validation text was 1 "
+                     f"in {every} documents of --data, held out; this slice {did}, so its validation loss "
+                     "is not held out: type the run's own, or --val_data")
     return [f"warning: {line}" for line in lines]
 
 

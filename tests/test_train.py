@@ -538,6 +538,22 @@ def test_settings_probably_not_meant_get_a_warning_line():
     assert "the hub's validation split" in warnings(["val_fraction"], val_fraction=0.1)[0]
     assert warnings(["val_fraction"], data="a.txt", val_fraction=0.1) == []
     assert warnings(data="a.txt", val_data="b.txt") == []  # the default, not typed
+    # at --eval_only or --resume: another held-out slice of the checkpoint's --data overlaps its
+    # training text (it was scored as "held out" without a word)
+    saved = {"train_args": config.to_dict(TrainArgs(data="a.txt", val_fraction=0.01))}
+
+    def resumed(given, **kw):
+        plan = train.RunPlan(None, debug_args(), TrainArgs(**{"data": "a.txt", **kw}), saved, None)
+        return train.setting_warnings(plan, set(given))
+    assert resumed(["val_fraction"], val_fraction=0.5, eval_only=True) == [
+        "warning: --val_fraction 0.5 is not the checkpoint's: its validation text was 1 in 100 documents of "
+        "--data, held out; this slice scores documents it trained on, so its validation loss is not held "
+        "out: type the run's own, or --val_data"]
+    on = resumed(["val_fraction"], val_fraction=0.1, resume="latest")
+    assert "trains on documents it held out" in on[0]
+    assert resumed(["val_fraction", "data"], val_fraction=0.5, data="other.txt", eval_only=True) == []
+    assert resumed(["val_fraction"], val_fraction=0.01, eval_only=True) == []  # the run's own
+    assert resumed(["val_data"], val_data="v.txt", eval_only=True) == []  # a file of its own
 
 
 # --- scale out ------------------------------------------------------------------------------
