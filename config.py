@@ -446,6 +446,13 @@ def to_dict(obj) -> dict:
 
 def from_dict(cls, d: dict, where: str = "settings"):
     """Rebuild a dataclass from JSON, refusing unknown fields and wrong types."""
+    return cls(**typed_fields(cls, d, where))
+
+
+def typed_fields(cls, d: dict, where: str = "settings") -> dict:
+    """The fields of JSON `d` for dataclass `cls` (ints as floats where floats are due); a
+    ConfigError for anything that is not a field of the right type. No range checks: cls() does
+    those."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: should be a table of {cls.__name__} fields, got {type(d).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -462,7 +469,7 @@ def from_dict(cls, d: dict, where: str = "settings"):
         if not ok:
             raise ConfigError(f"{where}: {name} should be {kind.__name__}, got {value!r}")
         values[name] = value
-    return cls(**values)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------

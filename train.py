@@ -686,6 +686,11 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
         except KeyboardInterrupt as e:  # (the slow part of a resume's set-up)
             e.run_dir = run_dir  # main() tells what is left there to resume from
             raise
+        try:  # (types only: a setting a newer version refuses can be typed over, as resume_settings allows)
+            config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
+        except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
+            raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
+                                  f"{checkpoint.RESUME_FIX}") from None
         if "optimizer" not in ckpt and not train_args.eval_only:
             raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
                                   "(--eval_only) or sampled, not resumed: start a new --run")

@@ -223,6 +223,21 @@ def test_resume_by_path_and_own_run_name_continues_where_it_lies(tmp_path, corpu
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]  # one history, not a fork's fresh one
 
 
+def test_damaged_training_settings_in_a_checkpoint_name_the_file(tmp_path, corpus, cache, capsys):
+    """A checkpoint whose training settings this version cannot read (a field it does not know) is
+    the file's fault: exit 1 naming it (it was "checkpoint: unknown TrainArgs field(s)", exit 2)."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    last = tmp_path / "ckpt" / "r" / "last.pt"
+    ckpt = checkpoint.load_checkpoint(last)
+    ckpt["train_args"]["future_field"] = 1
+    checkpoint.save_checkpoint(last, ckpt)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and f"{last} is damaged or from another version of this project (training " \
+        "settings: unknown TrainArgs field(s) future_field)" in err
+
+
 def test_resume_refuses_another_tokenizer(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
     tok = tmp_path / "ckpt" / "r" / "tokenizer.json"
