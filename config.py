@@ -164,6 +164,7 @@ class ModelArgs:
                      "mlp_dim", "n_experts", "top_k", "moe_every", "nope_every", "max_seq_len",
                      "attn_chunk_size", "attn_floor_scale", "rope_original_max_seq_len"]:
             _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+            _check(getattr(self, name) < 2**31, name, f"must be below 2^31, got {getattr(self, name)}")
         for name in ["rope_theta", "norm_eps", "init_std", "rope_factor", "rope_low_freq_factor",
                      "rope_high_freq_factor", "vision_rope_theta"]:
             _check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")

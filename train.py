@@ -70,7 +70,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -709,13 +709,31 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     return RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset)
 
 
+def parameters(model_args: ModelArgs) -> int:
+    """The model's parameter count, from a meta-device model of at most 2 * moe_every layers (a
+    block's parameters depend only on whether it is MoE): no time spent building each of a huge
+    --n_layers."""
+    n = model_args.n_layers
+    with torch.device("meta"):
+        model = Llama4(replace(model_args, n_layers=min(n, 2 * model_args.moe_every)))
+    per_block = {model.args.is_moe_layer(i): sum(p.numel() for p in block.parameters())
+                 for i, block in enumerate(model.layers)}
+    blocks = sum(per_block[model_args.is_moe_layer(i)] for i in range(len(model.layers)))
+    moe = n // model_args.moe_every
+    rest = sum(p.numel() for p in model.parameters()) - blocks
+    return rest + moe * per_block.get(True, 0) + (n - moe) * per_block.get(False, 0)
+
+
 def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
     """A lower bound, in bytes, on what one micro-batch needs (the real need is higher): the
     weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter),
     one chunk of the fused loss's fp32 logits and their log-softmax (the whole (B*T, V) logits are
     never held), and the residual stream each layer keeps for backward."""
-    with torch.device("meta"):
-        n_params = sum(p.numel() for p in Llama4(model_args).parameters())
+    try:
+        n_params = parameters(model_args)
+    except (RuntimeError, OverflowError):  # a tensor past torch's sizes (--n_experts, --dim ... near 2^31)
+        raise ConfigError("the model settings ask for a weight tensor larger than torch can hold; lower "
+                          "--vocab_size, --dim, --n_experts or --expert_dim") from None
     tokens = train_args.batch_size * model_args.max_seq_len
     V = model_args.vocab_size
     training = not train_args.eval_only

@@ -115,6 +115,7 @@ BAD = [
     # settings the forward pass would divide by, or that give NaN, refused before any work
     (["--rope_scaling", "llama3", "--rope_low_freq_factor", "0"], "--rope_low_freq_factor: must be positive"),
     (["--rope_original_max_seq_len", "0"], "--rope_original_max_seq_len: must be at least 1"),
+    (["--vocab_size", str(2**63)], "--vocab_size: must be below 2^31"),  # (a torch traceback)
     (["--vision", "--vision_rope_theta", "0"], "--vision_rope_theta: must be positive"),
     (["--vision", "--pixel_shuffle_ratio", "0.75", "--image_size", "56", "--vision_mlp_dim", "228"],
      "--pixel_shuffle_ratio: 0.75 must be 1 / n for a whole n"),

@@ -536,6 +536,22 @@ def test_out_of_range_setting_exits_before_any_work(tmp_path, corpus, cache, cap
     assert not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.parametrize("preset, changes", [
+    ("debug", {}), ("scout-128m", dict(moe_every=2)), ("tiny", dict(moe_every=3, n_layers=7)),
+    ("debug", dict(n_layers=1)), ("debug", dict(moe_every=9, vision=True))])
+def test_parameters_counted_from_two_blocks_equal_the_models(preset, changes):
+    """The memory check counts parameters from a model of at most 2 * moe_every blocks: the count
+    is the whole model's, and a huge --n_layers (which took minutes and 24 GB to build, even on the
+    meta device) is counted at once."""
+    import dataclasses
+    args = dataclasses.replace(config.preset(preset, config.ModelArgs), **changes)
+    with torch.device("meta"):
+        assert train.parameters(args) == sum(p.numel() for p in Llama4(args).parameters())
+    t = time.perf_counter()
+    assert train.parameters(dataclasses.replace(args, n_layers=2**31 - 1)) > 2**31
+    assert time.perf_counter() - t < 5
+
+
 def test_settings_probably_not_meant_get_a_warning_line():
     """A warmup as long as the run (the rate never decays) and a --val_fraction typed beside a
     validation source (it holds nothing out) are allowed, with one line each."""
