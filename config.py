@@ -540,9 +540,17 @@ class Parser(argparse.ArgumentParser):
     def unknown(self, words, more_options=()) -> str:
         """The error for unknown options: each with the nearest of this parser's (or more_options)."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
+
+        def parts(option):  # --lr_min and --min_lr: the same words in another order
+            return sorted(option.lstrip("-").split("_"))
         hints = []
         for w in words:
-            close = difflib.get_close_matches(w.split("=")[0], options, n=1)
+            name = w.split("=")[0]
+            if not name.startswith("-"):
+                hints.append(f"{w} (options take the form --name value; is a --name missing before it?)")
+                continue
+            close = [o for o in options if parts(o) == parts(name)]
+            close = close or difflib.get_close_matches(name, options, n=1)
             hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
         return f"unknown option {', '.join(hints)}; see --help for the list"
 

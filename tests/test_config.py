@@ -91,6 +91,8 @@ def test_greedy_takes_any_temperature():
 
 BAD = [
     (["--dmi", "3"], "--dmi (did you mean --dim?)"),
+    (["--lr_min", "0"], "--lr_min (did you mean --min_lr?)"),  # the same words in another order
+    (["foo"], "unknown option foo (options take the form --name value; is a --name missing before it?)"),
     (["--run", "../escape"], "--run: '../escape' is not a plain name: a run is the folder <out_dir>/<run>"),
     (["--run", "a/b"], "--run: 'a/b' is not a plain name"),
     (["--dim", "big"], "--dim: expected an integer, got 'big'"),
