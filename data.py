@@ -94,6 +94,7 @@ from errors import DataError, UserError, first_line
 from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
+META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
 DOCUMENT_RULES = 2  # version of how local files split into documents: a new one rebuilds their caches
 TOKENIZER_FORMAT = 2  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1)
@@ -143,9 +144,14 @@ class TokenData:
             meta = json.loads(meta_path.read_text())
         except ValueError:
             raise DataError(f"{meta_path} is not valid JSON; delete it and run again") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path} is not a table of the shard's figures; run again to rebuild it")
         if meta.get("format") != FORMAT:
             raise DataError(f"{self.path} was written in format {meta.get('format')}, not {FORMAT}; run "
                             "again to rebuild it")
+        missing = [k for k in META_FIELDS if k not in meta]
+        if missing:  # (a hand edit, or a damaged file that is still JSON)
+            raise DataError(f"{meta_path} lacks {', '.join(missing)}; run again to rebuild it")
         if tokenizer_hash is not None and meta["tokenizer_hash"] != tokenizer_hash:
             raise DataError(f"{self.path} was written by tokenizer {meta['tokenizer_hash'][:12]}, not by "
                             f"this run's {tokenizer_hash[:12]}; delete it or let prepare() rebuild it")

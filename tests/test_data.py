@@ -470,6 +470,14 @@ def test_interrupted_tokenization_leaves_nothing_and_is_rebuilt(tmp_path, corpus
     assert any("not reusing the cache" in line for line in logs)
     assert tok.decode(train.tokens) == stream(train_docs)
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokens.bin"]
+    # 3. a meta.json that is JSON but not the shard's figures (a field gone, or not a table): rebuilt
+    for damaged in [{k: v for k, v in train.meta.items() if k != "mtime_ns"}, ["a list"]]:
+        (folder / "meta.json").write_text(json.dumps(damaged))
+        with pytest.raises(DataError, match="lacks mtime_ns; run again|not a table of the shard's figures"):
+            TokenData(folder)
+        _, train, _, logs = run(tmp_path, **kw)
+        assert any("not reusing the cache" in line for line in logs) and tok.decode(train.tokens) == stream(
+            train_docs)
 
 
 def test_an_altered_shard_is_never_a_cache_hit(tmp_path, corpus):
