@@ -277,9 +277,9 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
 def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json
     and .parquet files at any depth, and so does a folder a glob matches, leaving out those in
-    hidden folders under it; files in the `skip` folders (the run's --cache_dir and --out_dir,
-    whose .json files are ours) are left out of folders and globs alike (a glob that names a
-    hidden folder takes its files)."""
+    hidden folders under it (a glob leaves out the other files it matches, as a folder does);
+    files in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
+    are left out of folders and globs alike (a glob that names a hidden folder takes its files)."""
     skip = [Path(d).resolve() for d in skip]
 
     def wanted(path: str) -> bool:
@@ -300,9 +300,13 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         matches = glob.glob(spec, recursive=True)
         found = [m for m in matches if os.path.isfile(m)] + [f for m in matches if os.path.isdir(m)
                                                              for f in walk(m)]
-        files = sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its folders)
-        if not files:
+        found = sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its folders)
+        files = [f for f in found if Path(f).suffix.lower() in KINDS]  # (the others left out, as in a folder)
+        if not found:
             raise DataError(f"{flag}: no files match '{spec}'; check the path or glob")
+        if not files:
+            raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file (only {found[0]}"
+                            f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); check the glob")
     else:
         raise DataError(f"{flag}: no such file '{spec}'; check the path")
     for f in files:

@@ -153,6 +153,8 @@ def test_folder_and_glob_read_files_in_sorted_order(tmp_path):
     assert tok.decode(train.tokens) == stream(a + b + c)
     tok, train, _, _ = run(tmp_path, data=str(folder / "**" / "*.txt"), val_data=str(folder / "a.txt"))
     assert tok.decode(train.tokens) == stream(a + c)
+    tok, train, _, _ = run(tmp_path, data=str(folder / "*"), val_data=str(folder / "a.txt"))
+    assert tok.decode(train.tokens) == stream(a + b + c)  # notes.md left out, as the folder leaves it
     write(folder / "tiny[1].txt", official(b))  # a file whose name looks like a glob is that file
     tok, train, _, _ = run(tmp_path, data=str(folder / "tiny[1].txt"), val_data=str(folder / "a.txt"))
     assert tok.decode(train.tokens) == stream(b)
@@ -679,6 +681,9 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
     "empty file": ({"e.txt": ""}, dict(data="{tmp}/e.txt"), r"--data: '.*e.txt' is empty"),
     "unknown format": ({"x.csv": "a,b"}, dict(data="{tmp}/x.csv"),
                        r"'.*x.csv' is not .txt, .jsonl, .json or .parquet"),
+    "glob of other files": ({"x.csv": "a,b", "y.md": "c"}, dict(data="{tmp}/*"),
+                            r"'.*\*' matches no .txt, .jsonl, .json or .parquet file "
+                            r"\(only .*x.csv and 1 more\)"),
     "no usable text": ({"s.txt": f"\n{EOT}\n   \n\n{EOT}\n"}, dict(data="{tmp}/s.txt"),
                        r"'.*s.txt' has no usable text \(only whitespace and <\|endoftext\|> separators\)"),
     "no usable jsonl text": ({"j.jsonl": '{"text": ""}\n{"text": "  "}\n'}, dict(data="{tmp}/j.jsonl"),
