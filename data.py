@@ -430,6 +430,8 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
     except Exception as e:
+        if getattr(_os_error(e), "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise  # the cache it writes, not the file: _cache_writes says so
         problem = _json_problem(path, field) if kind == "json" else _parquet_problem(path, flag)
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
@@ -729,9 +731,7 @@ def _cache_writes(cache_dir):
     except UserError:
         raise
     except Exception as e:
-        cause = e
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
+        cause = _os_error(e)
         if cause is None:
             raise
         if cause.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -740,6 +740,13 @@ def _cache_writes(cache_dir):
         where = cause.filename or f"--cache_dir {cache_dir}"
         raise DataError(f"{where}: {cause.strerror or first_line(cause)}; check the path, its permissions "
                         "and --cache_dir") from None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind an exception (`datasets` and pyarrow wrap it in their own), or None."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
 
 
 @contextmanager

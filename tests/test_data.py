@@ -525,6 +525,11 @@ def test_a_full_cache_disk_is_one_line_naming_cache_dir(tmp_path, corpus, full_d
     monkeypatch.setattr(datasets.Dataset, "from_generator", full)
     with pytest.raises(DataError, match=r"cannot write the cache under --cache_dir .*: the disk is full"):
         run(tmp_path / "other", **kw)
+    # the same for a .jsonl file, whose reader's errors are otherwise put down to the file
+    jsonl = write_jsonl(tmp_path / "t.jsonl", [{"text": d} for d in stories(10)])
+    monkeypatch.setattr(datasets, "load_dataset", full)
+    with pytest.raises(DataError, match=r"cannot write the cache under --cache_dir .*: the disk is full"):
+        run(tmp_path / "third", data=str(jsonl), val_data=str(val_path))
 
 
 def test_a_real_full_cache_disk(tmp_path):
