@@ -754,17 +754,22 @@ def _building(folder: Path, cache_dir: Path, log):
     """One process at a time builds (or checks) a cache folder: two runs sharing --cache_dir would
     otherwise delete each other's files, or both train a tokenizer. The lock is in cache_dir/.locks/."""
     locks = cache_dir / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
     path = locks / f"{'-'.join(folder.relative_to(cache_dir).parts)}.lock"
     try:
+        locks.mkdir(parents=True, exist_ok=True)
         held = storage.lock(path)
     except storage.Busy as e:
         log(f"data: {folder} is being built by another process ({e.holder}); waiting for it")
         held = storage.lock(path, wait=True)
+    except OSError as e:  # a read-only cache (a shared, finished one): nobody builds in it, so no lock;
+        if e.errno not in (errno.EROFS, errno.EACCES):  # a cache miss fails at its first write instead
+            raise
+        held = None
     try:
         yield
     finally:
-        held.close()
+        if held is not None:
+            held.close()
 
 
 def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,

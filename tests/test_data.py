@@ -532,6 +532,22 @@ def test_a_full_cache_disk_is_one_line_naming_cache_dir(tmp_path, corpus, full_d
         run(tmp_path / "third", data=str(jsonl), val_data=str(val_path))
 
 
+def test_a_finished_cache_on_a_read_only_disk_is_used(tmp_path, corpus, monkeypatch):
+    """A complete cache on a read-only file system (a shared one) is a hit: the build lock it
+    cannot create is not needed, since nobody can build there (it refused the hit)."""
+    import storage
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, train, _, _ = run(tmp_path, **kw)
+
+    def read_only(path, wait=False):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    monkeypatch.setattr(storage, "lock", read_only)
+    again, train_again, _, logs = run(tmp_path, **kw)
+    assert again.hash == tok.hash and train_again.meta == train.meta
+    assert any("train: cache hit" in line for line in logs)
+
+
 def test_a_real_full_cache_disk(tmp_path):
     text = str(shared_file("train-sample.txt"))  # 78 KB of text: more than the disk holds
     with small_filesystem(tmp_path / "small", "64k") as disk:
