@@ -83,6 +83,19 @@ class Tokenizer:
         self.eos_id = tok.token_to_id(EOT)
         self.token_bytes = self._count_token_bytes()
         self._plain = None  # a copy that reads special-token strings as text, for the shards
+        self._check_round_trip()
+
+    PROBE = "Once, Tom said: \"<|endoftext|> is text\".\n\tÉté ☀ 42  "
+
+    def _check_round_trip(self) -> None:
+        """The shards must hold the text as it is, and bits/byte count its bytes: a tokenizer that
+        changes text (a normaliser that lower-cases, a prefix space) or reads a special-token string
+        in the text as a special token (one not marked special) is refused."""
+        ids = self.encode_docs([self.PROBE])[0]
+        if self.decode(ids) != self.PROBE or int(self.token_bytes[ids].sum()) != len(self.PROBE.encode()):
+            raise DataError("the tokenizer does not give back the text it encodes (a normaliser, a prefix "
+                            "space, or special tokens not marked special); leave --tokenizer empty to train "
+                            "one with this project")
 
     @classmethod
     def train(cls, texts, vocab_size: int) -> "Tokenizer":

@@ -804,6 +804,25 @@ def test_a_few_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
     assert tok.decode(train.tokens).count("\ufffd") == 3
 
 
+@pytest.mark.parametrize("edit", ["lowercase", "prefix space", "specials not special"])
+def test_a_tokenizer_that_changes_the_text_is_refused(tmp_path, edit):
+    """A --tokenizer from elsewhere that lower-cases, adds a prefix space, or reads "<|endoftext|>"
+    in the text as the separator (its specials not marked special) would put other text in the
+    shards, and other bytes under bits/byte: refused at load."""
+    spec = json.loads(small_tokenizer().tok.to_str())
+    if edit == "lowercase":
+        spec["normalizer"] = {"type": "Lowercase"}
+    elif edit == "prefix space":
+        spec["pre_tokenizer"]["add_prefix_space"] = True
+    else:
+        for token in spec["added_tokens"]:
+            token["special"] = False
+    path = tmp_path / "tok.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(DataError, match="the tokenizer does not give back the text it encodes"):
+        Tokenizer.load(path)
+
+
 def test_tokenizer_that_disagrees_with_the_model(tmp_path, corpus):
     train_path, val_path, _, _ = corpus
     tok = small_tokenizer(300)
