@@ -91,7 +91,7 @@ import config
 import storage
 from config import SPECIAL_TOKENS
 from errors import DataError, UserError, first_line
-from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces
+from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces, too_small
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
 META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
@@ -925,6 +925,9 @@ def main(argv=None):
     _, (model_args, train_args) = config.parse_args(
         [config.ModelArgs, config.TrainArgs], argv, prog=prog,
         description="Prepare a run's tokenizer and token shards (train.py does this itself).")
+    if not train_args.tokenizer and (problem := too_small(model_args.vocab_size)):  # before reading text
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         prepare(train_args, model_args)
     except UserError as e:

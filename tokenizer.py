@@ -40,6 +40,15 @@ from errors import DataError, first_line
 
 EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
+
+
+def too_small(vocab_size: int) -> str | None:
+    """Why a BPE of `vocab_size` tokens cannot be trained, or None (train.py and data.py refuse it
+    as a bad setting, before reading any text)."""
+    if vocab_size < MIN_VOCAB:
+        return (f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB} "
+                f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+    return None
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
 LONG_RUN = 256  # the BPE trainer sees runs of spaces or of non-spaces in pieces of this many characters
 _LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
@@ -100,9 +109,8 @@ class Tokenizer:
     @classmethod
     def train(cls, texts, vocab_size: int) -> "Tokenizer":
         """Train on an iterable of strings (or of lists of strings). Deterministic for given text."""
-        if vocab_size < MIN_VOCAB:
-            raise DataError(f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
-                            f"{MIN_VOCAB} ({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+        if problem := too_small(vocab_size):
+            raise DataError(problem)
         tok = tokenizers.Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()

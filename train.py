@@ -88,7 +88,7 @@ from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, DeviceError, RunError, UserError, first_line, reports
 from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
 from runtime import World
-from tokenizer import MIN_VOCAB, Tokenizer
+from tokenizer import Tokenizer, too_small
 
 OUT_FIX = "pick another --out_dir"  # where a write in the run folder fails (storage.advice)
 
@@ -748,9 +748,8 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     graphs with more than one micro-batch per process, a micro-batch whose weights, loss chunk and
     residual stream alone exceed the device's memory."""
     model_args, train_args = plan.model_args, plan.train_args
-    if plan.ckpt is None and model_args.vocab_size < MIN_VOCAB:
-        raise ConfigError(f"--vocab_size {model_args.vocab_size} is too small: a byte-level BPE needs at "
-                          f"least {MIN_VOCAB} ({MIN_VOCAB - 256} special tokens + 256 bytes)")
+    if plan.ckpt is None and (problem := too_small(model_args.vocab_size)):
+        raise ConfigError(problem)
     if train_args.grad_accum % world.size:
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}")

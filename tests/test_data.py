@@ -852,6 +852,11 @@ def test_command_line_error_is_one_line_and_exit_1(tmp_path):
     assert p.returncode == 1
     assert p.stderr == "data.py: error: --data: no such file 'missing.txt'; check the path\n"
     assert not cache.exists()
+    # a vocabulary no BPE can have is a bad setting, refused before the text is looked at (as train.py does)
+    p = subprocess.run([sys.executable, str(ROOT / "data.py"), "--preset", "tiny", "--data", "missing.txt",
+                        "--vocab_size", "263", "--cache_dir", str(cache)], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith("data.py: error: --vocab_size 263 is too small")
 
 
 def test_the_val_fraction_suggested_holds_out_a_document():
