@@ -432,7 +432,9 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     except Exception as e:
         if getattr(_os_error(e), "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise  # the cache it writes, not the file: _cache_writes says so
-        problem = _json_problem(path, field) if kind == "json" else _parquet_problem(path, flag)
+        jsonl = Path(path).suffix.lower() == ".jsonl"  # (_json_problem reads lines: a .json array has none)
+        problem = (_json_problem(path, field) if jsonl else None) if kind == "json" else \
+            _parquet_problem(path, flag)
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
         library_log.setLevel(level)
@@ -671,9 +673,12 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
                 + "the training text")
             try:
                 tok = Tokenizer.train(_texts(train.documents(), BATCH_DOCS, cap, used), vocab)
-            except DataError:
+            except DataError as e:
                 if used.get("bytes") == 0:
                     raise DataError(f"{train.label} has no usable text; check the files") from None
+                if used.get("capped"):  # more text was there: the cap is the fix too
+                    raise DataError(f"{e}, or raise --tokenizer_train_mb (the first {mb:g} MB were read)") \
+                        from None
                 raise
             tok.save(path, "pick another --cache_dir")
             what = "the start of the training text, capped" if used["capped"] else "all the training text"
@@ -708,7 +713,8 @@ def get_tokens(name: str, split: Split, tok: Tokenizer, cache_dir, threads: int 
                     f"{_n(shard.n_tokens, 'token')}, {_n(shard.n_bytes, 'byte')}")
                 return shard
             except DataError as e:
-                log(f"data: {name}: not reusing the cache: {e}")
+                why = str(e).split("; ")[0]  # (its advice, "run again to rebuild it", is what follows)
+                log(f"data: {name}: not reusing the cache: {why}; rebuilding it")
         t0 = time.time()
         ds = split.documents()
         batches = (b["text"] for b in ds.iter(batch_size=BATCH_DOCS * threads))

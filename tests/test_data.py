@@ -702,6 +702,12 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
     "empty file": ({"e.txt": ""}, dict(data="{tmp}/e.txt"), r"--data: '.*e.txt' is empty"),
     "unknown format": ({"x.csv": "a,b"}, dict(data="{tmp}/x.csv"),
                        r"'.*x.csv' is not .txt, .jsonl, .json or .parquet"),
+    "capped vocabulary": ({"c.txt": official(stories(40))},
+                          dict(data="{tmp}/c.txt", tokenizer_train_mb=0.001),
+                          r"can only fill \d+ tokens .*, or raise --tokenizer_train_mb "
+                          r"\(the first 0.001 MB were read\)"),
+    "bad json array": ({"a.json": '[\n  {"text": "a story"},\n  oops\n]\n'}, dict(data="{tmp}/a.json"),
+                       r"a.json: cannot read it \("),  # (not "line 1 is not valid JSON": "[" is fine)
     "glob of other files": ({"x.csv": "a,b", "y.md": "c"}, dict(data="{tmp}/*"),
                             r"'.*\*' matches no .txt, .jsonl, .json or .parquet file "
                             r"\(only .*x.csv and 1 more\)"),
