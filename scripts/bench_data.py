@@ -134,7 +134,7 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
             "speedup_parallel_vs_batched_1_thread": t_one / t_par}
 
 
-def main(argv=None):
+def parser():
     p = config.Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="text file in the official TinyStories layout")
     p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
@@ -145,6 +145,11 @@ def main(argv=None):
     p.add_argument("--vocab_size", type=config.at_least_1, default=4096,
                    help="BPE vocabulary to train (default: the tiny preset's)")
     p.add_argument("--child", nargs=3, metavar=("FILE", "CACHE_DIR", "VOCAB_SIZE"), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    p = parser()
     opts = p.parse_args(argv)
     if opts.child:
         return child(*opts.child)

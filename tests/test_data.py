@@ -703,7 +703,8 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
     "unknown format": ({"x.csv": "a,b"}, dict(data="{tmp}/x.csv"),
                        r"'.*x.csv' is not .txt, .jsonl, .json or .parquet"),
     "capped vocabulary": ({"c.txt": official(stories(40))},
-                          dict(data="{tmp}/c.txt", tokenizer_train_mb=0.001),
+                          dict(data="{tmp}/c.txt", val_data="{tmp}/c.txt", tokenizer_train_mb=0.001,
+                               vocab=600),
                           r"can only fill \d+ tokens .*, or raise --tokenizer_train_mb "
                           r"\(the first 0.001 MB were read\)"),
     "bad json array": ({"a.json": '[\n  {"text": "a story"},\n  oops\n]\n'}, dict(data="{tmp}/a.json"),
