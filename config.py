@@ -285,10 +285,10 @@ class TrainArgs:
     max_bad_steps: int = arg(5, "stop after this many non-finite steps in a row")
     out_dir: str = arg("checkpoints", "folder holding run folders")
     run: str = arg("", "run name, the folder out_dir/<run>/ (empty = preset and time)")
-    resume: str = arg("", "resume: a checkpoint path, or with no value the latest in the run "
-                          "folder", const="latest")
-    eval_only: bool = arg(False, "evaluate a checkpoint (--resume or the run's latest) on the "
-                                 "validation data, print one JSON line and exit")
+    resume: str = arg("", "resume: a checkpoint file, a run folder or a run name (its last.pt), or "
+                          "with no value the latest in the run folder", const="latest")
+    eval_only: bool = arg(False, "evaluate a checkpoint (--resume CKPT, or the run's latest) on the "
+                                 "validation data, print one JSON line and exit; a flag: it takes no path")
     plot: str = arg("loss.png", "loss plot refreshed at each evaluation; a relative path is inside the "
                                 "run folder (empty = none)")
     wandb_mode: str = arg("auto", "Weights & Biases: auto = the WANDB_MODE environment variable where set, "
@@ -487,7 +487,9 @@ def parse_bool(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    path = "/" in text or text.endswith(".pt")  # (--eval_only checkpoints/x: the flag takes no path)
+    hint = "; this flag takes no path: name a checkpoint with --resume" if path else ""
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}{hint}")
 
 
 def _typed(kind):

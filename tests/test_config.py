@@ -98,6 +98,8 @@ BAD = [
     (["--dim", "big"], "--dim: expected an integer, got 'big'"),
     (["--lr", "fast"], "--lr: expected a number"),
     (["--qk_norm", "maybe"], "--qk_norm: expected true or false"),
+    (["--eval_only", "checkpoints/r"],
+     "expected true or false, got 'checkpoints/r'; this flag takes no path: name a checkpoint with --resume"),
     (["--n_heads", "7"], "--n_heads: 7 heads do not divide dim=512"),
     (["--n_kv_heads", "3"], "--n_kv_heads: 3 kv heads do not divide n_heads=8"),
     (["--top_k", "17"], "--top_k: top_k=17 is larger than n_experts=16"),
