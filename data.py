@@ -95,7 +95,8 @@ from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces, too_
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
 META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
-DOCUMENT_RULES = 2  # version of how local files split into documents: a new one rebuilds their caches
+DOCUMENT_RULES = 3  # version of how local files split into documents (and empty rows are left out of
+# a held-out slice's count): a new one rebuilds their caches
 TOKENIZER_FORMAT = 2  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -535,12 +536,16 @@ class Split:
         ds = self.load()
         if self.keep == "all":
             return ds
-        held = np.arange(len(ds)) % self.every == self.every - 1
+        import pyarrow.compute as pc
+        text = pc.utf8_trim_whitespace(ds.data.column("text"))  # empty rows (a .jsonl's "") hold no document
+        rows = np.flatnonzero(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
+        held = np.arange(len(rows)) % self.every == self.every - 1
         if self.keep == "val" and not held.any():
-            fix = f" or raise --val_fraction to {fraction_for(len(ds)):.3g} or more" if len(ds) > 1 else ""
-            raise DataError(f"--data: holding out 1 in {self.every} of its {_n(len(ds), 'document')} leaves "
+            n = len(rows)
+            fix = f" or raise --val_fraction to {fraction_for(n):.3g} or more" if n > 1 else ""
+            raise DataError(f"--data: holding out 1 in {self.every} of its {_n(n, 'document')} leaves "
                             f"none for validation; pass --val_data{fix}")
-        return ds.select(np.flatnonzero(held if self.keep == "val" else ~held))
+        return ds.select(rows[held if self.keep == "val" else ~held])
 
 
 def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:

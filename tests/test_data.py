@@ -188,6 +188,11 @@ def test_held_out_validation_is_deterministic_and_logged(tmp_path):
     assert tok.decode(val.tokens) == stream(held)
     assert tok.decode(train.tokens) == stream([d for d in docs if d not in held])
     assert any("1 in 10 documents of --data, held out" in line for line in logs)
+    # rows with no text (a .jsonl's "") are no documents: 1 in 2 of the stories is held out, not the
+    # empty rows (every second row here), which left validation nothing
+    rows = [{"text": r} for d in docs[:10] for r in (d, "  ")]
+    tok, train, val, _ = run(tmp_path, data=str(write_jsonl(tmp_path / "gaps.jsonl", rows)), val_fraction=0.5)
+    assert tok.decode(val.tokens) == stream(docs[1:10:2]) and tok.decode(train.tokens) == stream(docs[0:10:2])
 
 
 def test_validation_files_inside_the_training_data_get_a_warning(tmp_path):
