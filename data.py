@@ -11,9 +11,11 @@ Sources. By default TinyStories from the Hugging Face Hub through `datasets.load
 train and validation), cached where `datasets` caches. Or local files, for offline machines and
 custom corpora: --data / --val_data take a file, a folder or a glob of
 - .txt in the official TinyStories layout: documents separated by lines that hold only
-  <|endoftext|> (the marker inside a line is text);
-- .txt without such lines: documents separated by blank lines (or lines of spaces and tabs);
-  both read by our generator through `datasets.Dataset.from_generator`, a UTF-8 BOM dropped;
+  <|endoftext|> (a marker inside a line is then text);
+- .txt without such lines: documents separated by the markers inside lines (a story per line
+  ending in one, GPT-2's a<|endoftext|>b) where the file has them, unless they are under a tenth
+  as many as its blank lines (a stray one in the text); else by blank lines (or lines of spaces
+  and tabs); all read by our generator through `datasets.Dataset.from_generator`, a BOM dropped;
 - .jsonl (or .json: one array of records) with a text field (--text_field) and .parquet with a
   text column ("json" and "parquet").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
@@ -75,6 +77,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -318,35 +321,51 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     return files
 
 
-def _scan_txt(path: str, flag: str) -> tuple[bool, int]:
-    """One streaming pass over a .txt file: (has lines holding only <|endoftext|>, bytes that are
-    not UTF-8).
+_WS = rb"[ \t\r\f\v]*"  # spaces on a line (the newline aside)
+MARKER_LINE = re.compile(rb"(?m)^" + _WS + re.escape(EOT.encode()) + _WS + rb"\n")
+BLANK_LINE = re.compile(rb"(?m)^" + _WS + rb"\n")
+SEPARATORS = {"lines": re.compile(r"(?m)^[ \t\f\v]*" + re.escape(EOT) + r"[ \t\f\v]*\n"),
+              "blank": re.compile(r"(?m)^[ \t\f\v]*\n"), "inline": re.compile(re.escape(EOT))}
+
+
+def _scan_txt(path: str, flag: str) -> tuple[str, int]:
+    """One streaming pass over a .txt file: (its layout, bytes that are not UTF-8). The layout:
+    "lines" where lines holding only <|endoftext|> separate documents (the official one; a marker
+    inside a line is then text), else "inline" where markers inside lines do (one story per line
+    ending in it, or GPT-2's a<|endoftext|>b) unless they are under a tenth as many as the blank
+    lines (a stray one in a file of blank-line documents: text), else "blank" (blank lines).
 
     Refuses a file with no text besides whitespace and markers, or with over 1% non-UTF-8 bytes.
     """
     marker = EOT.encode()
     utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
-    size = valid = nul = 0
-    found = has_text = False
-    tail = b""  # the line the last chunk ended in (cut to b"x" once it is longer than a marker line)
+    size = valid = nul = markers = marker_lines = blank = 0
+    has_text = False
+    tail = b""  # the line the last chunk ended in
 
-    def look(lines):
-        nonlocal found, has_text
-        found = found or any(line.strip() == marker for line in lines)
-        has_text = has_text or any(line.strip() not in (b"", marker) for line in lines)
+    def count(lines: bytes):  # whole lines, each ending in \n
+        nonlocal markers, marker_lines, blank, has_text
+        markers += lines.count(marker)
+        marker_lines += len(MARKER_LINE.findall(lines))
+        blank += len(BLANK_LINE.findall(lines))
+        has_text = has_text or bool(lines.replace(marker, b"").strip())
 
     with open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             size += len(chunk)
             nul += chunk.count(0)  # valid UTF-8, but text has none: UTF-16 has one every 2 bytes
             valid += len(utf8.decode(chunk).encode())
-            *lines, tail = (tail + chunk).split(b"\n")
-            if not (found and has_text):
-                look(lines)
-            if len(tail.strip()) > len(marker):  # a long line: text, whatever follows on it
-                has_text, tail = True, b"x"
+            buf = tail + chunk
+            cut = buf.rfind(b"\n") + 1
+            count(buf[:cut])
+            tail = buf[cut:]
+            if len(tail) > READ_CHUNK:  # a long line: neither blank nor a marker line if it has text
+                head, tail = tail[:1 - len(marker)], tail[1 - len(marker):]  # (a marker may straddle)
+                markers += head.count(marker)
+                has_text = has_text or bool(head.replace(marker, b"").strip())
+                tail = (b"\x01" if head.strip() else b"") + tail  # (its start: not blank, not a marker)
     valid += len(utf8.decode(b"", final=True).encode())
-    look([tail])
+    count(tail + b"\n")
     bad = size - valid
     if nul > MAX_NON_UTF8 * size:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
@@ -356,25 +375,35 @@ def _scan_txt(path: str, flag: str) -> tuple[bool, int]:
                         "convert it, e.g. iconv -f latin1 -t utf-8")
     if not has_text:
         raise DataError(f"{flag}: '{path}' has no usable text (only whitespace"
-                        f"{' and ' + EOT + ' separators' if found else ''}); check the file")
-    return found, bad
+                        f"{' and ' + EOT + ' separators' if markers else ''}); check the file")
+    layout = "lines" if marker_lines else "inline" if markers and markers * 10 >= blank else "blank"
+    return layout, bad
 
 
-def _txt_documents(path: str, stamp: str, markers: bool):
-    """Documents of a .txt file: between lines holding only <|endoftext|> (markers: the official
-    layout), else between blank lines (spaces and tabs count as blank). `stamp`: size and mtime,
-    for the cache key. A BOM is dropped; line endings are read as \\n (universal newlines)."""
+def _txt_documents(path: str, stamp: str, layout: str):
+    """Documents of a .txt file, split as _scan_txt's `layout` says. `stamp`: size and mtime, for
+    the cache key. A BOM is dropped; line endings are read as \\n (universal newlines). Only whole
+    lines are split, and each only once: a document of any length streams through."""
+    separator = SEPARATORS[layout]
     with open(path, encoding="utf-8-sig", errors="replace") as f:
-        doc: list[str] = []
-        for line in f:
-            if (line.strip() == EOT) if markers else not line.strip():
-                if any(part.strip() for part in doc):
-                    yield {"text": "".join(doc)}
+        doc: list[str] = []  # the document being read, in parts
+        line = ""  # the start of a line the last chunk ended in
+        while chunk := f.read(1 << 20):
+            buf = line + chunk
+            cut = buf.rfind("\n") + 1
+            *done, last = separator.split(buf[:cut])
+            line = buf[cut:]
+            for part in done:
+                text = "".join(doc) + part
+                if text.strip():
+                    yield {"text": text}
                 doc = []
-            else:
-                doc.append(line)
-        if any(part.strip() for part in doc):
-            yield {"text": "".join(doc)}
+            doc.append(last)
+        for part in separator.split(line + "\n"):  # (the last line, with the newline it may lack)
+            text = "".join(doc) + part
+            doc = []
+            if text.strip():
+                yield {"text": text}
 
 
 def _json_problem(path: str, field: str) -> str | None:
@@ -417,14 +446,14 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         datasets.disable_progress_bars()
     kind = KINDS[Path(path).suffix.lower()]
     if kind == "text":
-        has_marker, bad = _scan_txt(path, flag)
+        layout, bad = _scan_txt(path, flag)
         if bad:
             log(f"data: warning: {path}: {bad:,} bytes that are not UTF-8 replaced by U+FFFD")
         st = os.stat(path)
         return datasets.Dataset.from_generator(
             _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
             cache_dir=cache_dir,
-            gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}", "markers": has_marker})
+            gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
     library_log = logging.getLogger("datasets")
     level = library_log.level
     library_log.setLevel(logging.CRITICAL)  # it logs a failed read before raising: ours is the one line

@@ -113,9 +113,13 @@ def test_txt_official_layout_and_blank_line_documents(tmp_path, corpus):
 
 
 @pytest.mark.parametrize("text, docs", [
-    # a marker counts only alone on its line; one inside a line is text (it merged the whole file)
-    ("one here.\n\ntwo says <|endoftext|> aloud.\n\nthree.\n", ["one here.", "two says <|endoftext|> aloud.",
-                                                               "three."]),
+    # a stray marker inside a line of a blank-line file is text (it merged the whole file into two)
+    ("".join(f"story {i}.\n\n" for i in range(12)) + "it says <|endoftext|> aloud.\n",
+     [f"story {i}." for i in range(12)] + ["it says <|endoftext|> aloud."]),
+    # files laid out with markers inside lines: one story per line, GPT-2's, paragraphs (as before)
+    ("one.<|endoftext|>\ntwo.<|endoftext|>\nthree.<|endoftext|>\n", ["one.", "two.", "three."]),
+    ("one.<|endoftext|>two.<|endoftext|>three.", ["one.", "two.", "three."]),
+    ("a 1.\n\na 2.<|endoftext|>\nb 1.\n\nb 2.<|endoftext|>\n", ["a 1.\n\na 2.", "b 1.\n\nb 2."]),
     ("a story <|endoftext|> goes on.\n<|endoftext|>\nnext one.\n", ["a story <|endoftext|> goes on.",
                                                                      "next one."]),
     ("  <|endoftext|>  \r\nfirst.\r\n<|endoftext|>\r\nsecond.\r\n", ["first.", "second."]),  # CRLF, spaces
