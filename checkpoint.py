@@ -306,6 +306,14 @@ def hf_rope(text: dict) -> dict:
     return rope
 
 
+def _legacy_vision(vision: dict) -> dict:
+    """A vision config as transformers 5 reads it: the RoPE base of older folders (a top-level
+    `rope_theta`) moved under `rope_parameters`."""
+    if "rope_parameters" not in vision and vision.get("rope_theta") is not None:
+        return {**vision, "rope_parameters": {"rope_type": "default", "rope_theta": vision["rope_theta"]}}
+    return vision
+
+
 def _check_hf_layout(text: dict, args: ModelArgs):
     """Refuse what transformers would build otherwise than ModelArgs can: explicit lists of NoPE
     or MoE layers off the intervals, another head width, attention biases."""
@@ -314,7 +322,8 @@ def _check_hf_layout(text: dict, args: ModelArgs):
                "moe_layers": [i for i in layers if args.is_moe_layer(i)]}
     for key, want in derived.items():
         got = text.get(key)
-        if got and list(got) != want:  # (transformers takes an empty no_rope_layers as absent)
+        given = got is not None if key == "moe_layers" else bool(got)  # (transformers' own tests)
+        if given and list(got) != want:
             raise ConfigError(f"{key} {list(got)} is not every n-th layer ({want} from the interval); "
                               "only interval layouts are supported")
     if text.get("head_dim") not in (None, args.head_dim):
@@ -329,6 +338,10 @@ def args_from_hf(cfg: dict) -> ModelArgs:
     vision = cfg.get("model_type") == "llama4"
     text = cfg["text_config"] if vision else cfg
     text = {**text, "rope_parameters": hf_rope(text)}
+    if vision:
+        cfg = {**cfg, "vision_config": _legacy_vision(cfg["vision_config"])}
+    if isinstance(text.get("attn_temperature_tuning"), int):  # released folders say 4: any non-zero is on
+        text["attn_temperature_tuning"] = bool(text["attn_temperature_tuning"])
     values = {"vision": vision, "router_noise": False}
     for f in dataclasses.fields(ModelArgs):
         name = f.metadata.get("hf")

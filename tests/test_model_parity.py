@@ -154,10 +154,13 @@ def test_import_of_a_folder_in_the_pre_v5_rope_layout(tmp_path):
     cfg = json.loads(path.read_text())
     rope = cfg.pop("rope_parameters")
     cfg["rope_theta"], cfg["rope_scaling"] = rope.pop("rope_theta"), rope
+    cfg["attn_temperature_tuning"] = 4  # as released folders have it (transformers 4 tested its truth)
     path.write_text(json.dumps(cfg))
     back = checkpoint.load_hf(tmp_path)
     a = back.args
     assert (a.rope_scaling, a.rope_theta, a.rope_original_max_seq_len) == ("llama3", 100.0, 16)
+    assert a.attn_temperature_tuning is True
+    path.write_text(json.dumps({**cfg, "attn_temperature_tuning": True}))  # (transformers 5: a bool only)
     theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
     tokens = torch.randint(0, V, (2, 37))
     with torch.no_grad():
@@ -168,6 +171,7 @@ def test_import_of_a_folder_in_the_pre_v5_rope_layout(tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("no_rope_layers", [1, 0, 1, 1], "no_rope_layers [1, 0, 1, 1] is not every n-th layer ([1, 1, 1, 0]"),
     ("moe_layers", [0, 2], "moe_layers [0, 2] is not every n-th layer ([0, 1, 2, 3]"),
+    ("moe_layers", [], "moe_layers [] is not every n-th layer ([0, 1, 2, 3]"),  # (transformers: all dense)
     ("head_dim", 32, "head_dim 32 differs from hidden_size / num_attention_heads = 16"),
     ("attention_bias", True, "attention_bias true is not supported"),
 ])
@@ -180,3 +184,13 @@ def test_import_refuses_a_layout_it_cannot_build(tmp_path, key, value, message):
     with pytest.raises(checkpoint.CheckpointError, match="describes no model this project builds") as e:
         checkpoint.load_hf(tmp_path)
     assert message in str(e.value)
+
+
+def test_import_reads_the_vision_rope_base_of_older_folders(tmp_path):
+    """Before transformers 5 the vision config kept its RoPE base as a top-level `rope_theta`."""
+    checkpoint.export_hf(build(**VISION, vision_rope_theta=20000.0), tmp_path)
+    path = tmp_path / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["vision_config"]["rope_theta"] = cfg["vision_config"].pop("rope_parameters")["rope_theta"]
+    path.write_text(json.dumps(cfg))
+    assert checkpoint.load_hf(tmp_path).args.vision_rope_theta == 20000.0
