@@ -847,25 +847,28 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     return val
 
 
-_SIGNALLED: list[int] = []  # the signals taken inside _signals_kept
+_LOST: list[BaseException] = []  # what a signal's handler raised inside _signals_kept
 
 
 @contextmanager
 def _signals_kept():
-    """Python drops a KeyboardInterrupt raised inside a garbage collector's callback (it prints
+    """Python drops an exception raised inside a garbage collector's callback (it prints
     "Exception ignored in: <function WeakKeyDictionary...>" and goes on), and a Ctrl-C as
-    tokenizing begins lands there: the run went on to train. Inside the block, a SIGINT or SIGTERM
-    whose handler is Python's (SIGINT: KeyboardInterrupt; train.py's SIGTERM too) is recorded before
-    it acts; one that was lost is raised again at the next batch tokenized, or at the block's end."""
+    tokenizing begins lands there: the run went on to train. Inside the block, what the SIGINT
+    and SIGTERM handlers raise (SIGINT: KeyboardInterrupt; train.py's SIGTERM too) is recorded as it
+    is raised; if it was lost, it is raised again at the next batch tokenized, or at the block's end."""
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     kept = {s: h for s, h in old.items() if callable(h)}
     if threading.current_thread() is not threading.main_thread():  # (handlers belong to the main one)
         kept = {}
 
     def handler(signum, frame):
-        _SIGNALLED.append(signum)
-        kept[signum](signum, frame)
-    _SIGNALLED.clear()
+        try:
+            kept[signum](signum, frame)
+        except BaseException as e:
+            _LOST.append(e)
+            raise
+    _LOST.clear()
     for s in kept:
         signal.signal(s, handler)
     try:
@@ -873,13 +876,15 @@ def _signals_kept():
     finally:
         for s, h in kept.items():
             signal.signal(s, h)
-    _raise_lost_signal()  # (reached only when no exception left the block: a signal taken was lost)
+        lost = list(_LOST)
+        _LOST.clear()
+    if lost:  # (reached only when no exception left the block: the one raised was lost)
+        raise lost[0]
 
 
 def _raise_lost_signal():
-    if _SIGNALLED:
-        _SIGNALLED.clear()
-        raise KeyboardInterrupt
+    if _LOST:
+        raise _LOST.pop(0)
 
 
 def _log_coverage(val: TokenData, T: int, max_windows: int, log) -> None:

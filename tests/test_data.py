@@ -429,8 +429,9 @@ def test_cache_written_by_another_tokenizer_is_refused_and_rebuilt(tmp_path, cor
 
 def test_a_ctrl_c_python_drops_still_stops_the_preparation(tmp_path, corpus, monkeypatch):
     """Python drops a KeyboardInterrupt raised inside a garbage collector's callback, where a
-    Ctrl-C as tokenizing begins can land (the run then went on to train, and exited 0). The signal
-    is recorded, and the next batch raises it again (here the validation split's first)."""
+    Ctrl-C as tokenizing begins can land (the run then went on to train, and exited 0). What the
+    handler raised is recorded, and raised again at the next batch: no shard is written. Nothing
+    is kept once the preparation ends, and a handler that raises nothing makes nothing up."""
     import signal
     train_path, val_path, _, _ = corpus
     real = Tokenizer.encode_docs
@@ -445,8 +446,19 @@ def test_a_ctrl_c_python_drops_still_stops_the_preparation(tmp_path, corpus, mon
     monkeypatch.setattr(Tokenizer, "encode_docs", ctrl_c_lost)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, data=str(train_path), val_data=str(val_path))
-    assert not list((tmp_path / "cache" / "tokens").glob("val-*/meta.json"))  # the next shard never done
+    assert not list((tmp_path / "cache" / "tokens").glob("*/meta.json"))  # (lost in the tokenizer's check)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is Python's again
+    monkeypatch.undo()
+    tok = small_tokenizer()
+    data.write_tokens(tmp_path / "later", [["a story."]], tok)  # no interrupt left over for later
+    flagged = []
+    old = signal.signal(signal.SIGTERM, lambda *a: flagged.append(1))  # a handler that raises nothing
+    try:
+        with data._signals_kept():
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert flagged == [1]
 
 
 def test_interrupted_tokenization_leaves_nothing_and_is_rebuilt(tmp_path, corpus, monkeypatch):
