@@ -802,7 +802,10 @@ def _building(folder: Path, cache_dir: Path, log):
         log(f"data: {folder} is being built by another process ({e.holder}); waiting for it")
         held = storage.lock(path, wait=True)
     except OSError as e:  # a read-only cache (a shared, finished one): nobody builds in it, so no lock;
-        if e.errno not in (errno.EROFS, errno.EACCES):  # a cache miss fails at its first write instead
+        # a cache miss fails at its first write instead (a lock file of another user's that this one
+        # cannot open, in a folder it can write, is no such thing: refused, as builds would race)
+        read_only = e.errno == errno.EROFS or (e.errno == errno.EACCES and not os.access(cache_dir, os.W_OK))
+        if not read_only:
             raise
         held = None
     try:

@@ -35,6 +35,7 @@ import config  # noqa: E402
 import storage  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt"
+BAD_TEXT = 3  # the prepare() subprocess's exit status for a one-line error about the text
 
 
 def rss_mb(field="VmRSS") -> float:
@@ -71,7 +72,8 @@ def child(path: str, cache_dir: str, vocab_size: str) -> None:
     try:
         tok, train, val = data.prepare(args, model, log=lambda line: print(line, file=sys.stderr))
     except errors.UserError as e:
-        sys.exit(f"{e}")
+        print(e, file=sys.stderr)
+        sys.exit(BAD_TEXT)
     seconds = time.perf_counter() - t0
     done.set()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
@@ -85,7 +87,7 @@ def run_child(path, cache_dir, vocab_size) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, __file__, "--child", str(path), str(cache_dir), str(vocab_size)],
                          capture_output=True, text=True, env=env)
-    if out.returncode == 1 and out.stderr.strip():  # bad text: the child's one line says what
+    if out.returncode == BAD_TEXT:  # bad text: the child's last line says what (a crash keeps its traceback)
         line = out.stderr.strip().splitlines()[-1]
         if "--val_" in line:  # advice about options this script does not have
             line = (f"--data {path}: too few documents; bench_data.py holds out 1 in 100 for validation, as "
