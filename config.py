@@ -316,9 +316,15 @@ class TrainArgs:
                f"must be in [1e-6, 0.5], got {self.val_fraction}")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
-        _check("/" not in self.run and self.run not in (".", ".."), "run",  # ../x wrote into the source tree
-               f"{self.run!r} is not a plain name: a run is the folder <out_dir>/<run>; use --out_dir "
-               "to put it elsewhere")
+        check_run(self.run)
+
+
+def check_run(run: str) -> None:
+    """--run must be a plain name (../x wrote into the source tree); train.py checks it first at
+    --resume, where the other checks wait for the checkpoint's settings."""
+    _check("/" not in run and run not in (".", ".."), "run",
+           f"{run!r} is not a plain name: a run is the folder <out_dir>/<run>; use --out_dir to put it "
+           "elsewhere")
 
 
 # ---------------------------------------------------------------------------------------------

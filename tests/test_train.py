@@ -203,6 +203,9 @@ def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, 
     with pytest.raises(SystemExit) as e:  # what is wrong with the merged settings is still refused
         train.main(["--run", "r", "--out_dir", str(ckpt), "--resume", "--max_steps", "4", "--min_lr", "1e-3"])
     assert e.value.code == 2 and "--min_lr: 0.001 is above --lr 1e-05" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a --run that is not a plain name is named first, as ever
+        train.main(["--run", "../r", "--out_dir", str(ckpt), "--resume", "--lr", "1e-5"])
+    assert e.value.code == 2 and "--run: '../r' is not a plain name" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # and a new run is checked at once, against its preset
         train.main(["--run", "new", "--out_dir", str(ckpt), "--lr", "1e-5"])
     assert e.value.code == 2 and "--min_lr: 6e-05 is above --lr 1e-05" in capsys.readouterr().err
