@@ -6,7 +6,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
     all_ranks_or_none         set-up checks every rank learns the outcome of (a failed rank's
                               error printed once, no rank left waiting at a collective)
-    compute_dtype, autocast   bf16 autocast on CUDA, fp32 on CPU (unless asked otherwise)
+    compute_dtype, autocast   bf16 autocast on CUDA from sm80 on, else fp32 (unless asked otherwise)
     peak_flops                a table of GPU bf16 peaks on CUDA; a GEMM timed now on CPU
     device_memory             the GPU's memory, or the machine's (or its cgroup limit) on CPU
     out_of_memory             whether an exception is (or wraps) running out of memory

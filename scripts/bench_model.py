@@ -406,7 +406,8 @@ def parser() -> config.Parser:
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="compute dtype, as train.py's --dtype (auto: bf16 autocast on CUDA, fp32 on CPU)")
+                   help="compute dtype, as train.py's --dtype (auto: bf16 autocast on CUDA from sm80, "
+                        "else fp32)")
     p.add_argument("--preset", default=None, choices=sorted(config.PRESETS),
                    help="model shape (default: scout-128m on CUDA, dim 256 on CPU)")
     p.add_argument("--batches", default=None,

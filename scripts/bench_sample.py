@@ -165,7 +165,7 @@ def parse(argv):
                                                             "0 on CPU; the compiled variant always 1+)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="weights and compute: auto = bfloat16 on CUDA, float32 on CPU")
+                   help="weights and compute: auto = bfloat16 on CUDA from sm80 on, else float32")
     p.add_argument("--variants", default=None, help="comma-separated, of cached,compiled,compiled-nograph,"
                                                     "reference,uncached,hf (default: cached,compiled,"
                                                     "uncached,hf on CUDA; cached,uncached,hf on CPU)")

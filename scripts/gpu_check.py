@@ -193,8 +193,7 @@ def train_part(opts, out: Path, log) -> dict:
     trained = sh("train.py", *argv, log=log, until=opts.until)
     result = {"argv": [str(a) for a in argv], "train_exit": trained.returncode}
     if (why := fell_back(trained)) and opts.compile != "false":  # eager figures, not compiled ones
-        result["fell_back_to_eager"] = why
-        FAILED.append(f"train.py ({'evaluated' if 'at an evaluation' in why else 'ran'} eagerly)")
+        result["fell_back_to_eager"] = why  # (a failure: train_fallbacks)
     metrics = run_dir / "metrics.jsonl"
     records = []
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
@@ -252,10 +251,19 @@ def greedy_agreement(opts, run_dir: Path, log) -> dict:
     if a is None or b is None:
         return {"failed": True, "exits": [r.returncode for r in runs]}
     if (why := fell_back(runs[0])) and opts.compile != "false":  # eager against eager: no comparison
-        FAILED.append("sample.py --greedy (ran eagerly)")
-        return {"fell_back_to_eager": why}
+        return {"fell_back_to_eager": why}  # (a failure: train_fallbacks)
     same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return {"same": a == b, "same_characters": same, "characters": max(len(a), len(b))}
+
+
+def train_fallbacks(result: dict) -> list[str]:
+    """The train part's runs asked to compile that ran eagerly, as FAILED names."""
+    out = []
+    if why := result.get("fell_back_to_eager"):
+        out.append(f"train.py ({'evaluated' if 'at an evaluation' in why else 'ran'} eagerly)")
+    if "fell_back_to_eager" in result.get("greedy", {}):
+        out.append("sample.py --greedy (ran eagerly)")
+    return out
 
 
 def failed_variants(path: Path) -> list[str]:
@@ -370,9 +378,8 @@ def main(argv=None):
     if opts.render:
         for name in ["bench_model.json", "bench_sample.json", "bench_sample_fp32.json"]:
             FAILED.extend(failed_variants(out / name))
-        run = out / "train.json"
-        if run.exists() and "fell_back_to_eager" in json.loads(run.read_text()):
-            FAILED.append("train.py (ran eagerly)")
+        if (out / "train.json").exists():
+            FAILED.extend(train_fallbacks(json.loads((out / "train.json").read_text())))
         (out / "gpu.md").write_text(markdown(out))
         print((out / "gpu.md").read_text())
         if FAILED:
@@ -421,7 +428,9 @@ def main(argv=None):
                           + failed_variants(out / "bench_sample_fp32.json"))
             (out / "gpu.md").write_text(markdown(out))
         if due("train"):
-            (out / "train.json").write_text(json.dumps(train_part(opts, out, log), indent=2) + "\n")
+            result = train_part(opts, out, log)
+            FAILED.extend(train_fallbacks(result))
+            (out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "gpu.md").write_text(markdown(out))
     print((out / "gpu.md").read_text())
     if FAILED:  # a check that looks done but is not would cost a GPU session

@@ -226,7 +226,14 @@ def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, ca
                            compile_mode="default", device="cpu", until=None)
     result = gpu_check.train_part(opts, tmp_path, log=None)
     assert result["fell_back_to_eager"].startswith("warning: the compiled model failed at an evaluation")
-    assert gpu_check.FAILED == ["train.py (evaluated eagerly)"]
+    assert gpu_check.train_fallbacks(result) == ["train.py (evaluated eagerly)"]
+    out = tmp_path / "gpu"  # and --render, from the JSON two device calls brought back, says the same
+    out.mkdir()
+    (out / "train.json").write_text(json.dumps({**result, "argv": [], "greedy": {"fell_back_to_eager": "w"}}))
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--render", "--out", str(out)])
+    assert str(e.value.code) == ("gpu_check: error: train.py (evaluated eagerly), sample.py --greedy (ran "
+                                 "eagerly) failed")
 
 
 def test_quick_sample_part_compares_with_the_reference_moe_path(tmp_path):
