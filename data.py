@@ -321,27 +321,32 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     return files
 
 
-_WS = rb"[ \t\r\f\v]*"  # spaces on a line (the newline aside)
+SPACES = b" \t\f\v"  # spaces on a line (the newline aside)
+_WS = rb"[ \t\f\v]*"
 MARKER_LINE = re.compile(rb"(?m)^" + _WS + re.escape(EOT.encode()) + _WS + rb"\n")
 BLANK_LINE = re.compile(rb"(?m)^" + _WS + rb"\n")
 SEPARATORS = {"lines": re.compile(r"(?m)^[ \t\f\v]*" + re.escape(EOT) + r"[ \t\f\v]*\n"),
               "blank": re.compile(r"(?m)^[ \t\f\v]*\n"), "inline": re.compile(re.escape(EOT))}
+INLINE_SHARE = 100  # markers inside lines separate documents unless blank lines are this many times more
 
 
-def _scan_txt(path: str, flag: str) -> tuple[str, int]:
-    """One streaming pass over a .txt file: (its layout, bytes that are not UTF-8). The layout:
-    "lines" where lines holding only <|endoftext|> separate documents (the official one; a marker
-    inside a line is then text), else "inline" where markers inside lines do (one story per line
-    ending in it, or GPT-2's a<|endoftext|>b) unless they are under a tenth as many as the blank
-    lines (a stray one in a file of blank-line documents: text), else "blank" (blank lines).
+def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
+    """One streaming pass over a .txt file: (its layout, bytes that are not UTF-8, a line saying
+    which of two signals it followed, or None). The layout: "lines" where lines holding only
+    <|endoftext|> separate documents (the official one; a marker inside a line is then text), else
+    "inline" where markers inside lines do (one story per line ending in it, or GPT-2's
+    a<|endoftext|>b), unless the file has over INLINE_SHARE times as many blank lines (a stray
+    marker in a file of blank-line documents: text), else "blank" (blank lines). Line endings and
+    a BOM are read as the text-mode split reads them (\\r\\n and \\r are \\n).
 
     Refuses a file with no text besides whitespace and markers, or with over 1% non-UTF-8 bytes.
     """
     marker = EOT.encode()
+    keep = len(marker) - 1  # bytes of a long line kept: a marker may start in them
     utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
     size = valid = nul = markers = marker_lines = blank = 0
     has_text = False
-    tail = b""  # the line the last chunk ended in
+    carry = b""  # the line the last chunk ended in (newlines made \n), and a \r that may precede a \n
 
     def count(lines: bytes):  # whole lines, each ending in \n
         nonlocal markers, marker_lines, blank, has_text
@@ -355,17 +360,26 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int]:
             size += len(chunk)
             nul += chunk.count(0)  # valid UTF-8, but text has none: UTF-16 has one every 2 bytes
             valid += len(utf8.decode(chunk).encode())
-            buf = tail + chunk
+            if size == len(chunk):
+                chunk = chunk.removeprefix(codecs.BOM_UTF8)
+            buf = carry + chunk
+            held = b"\r" if buf.endswith(b"\r") else b""  # (its \n may come in the next chunk)
+            buf = buf[:len(buf) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             cut = buf.rfind(b"\n") + 1
             count(buf[:cut])
             tail = buf[cut:]
-            if len(tail) > READ_CHUNK:  # a long line: neither blank nor a marker line if it has text
-                head, tail = tail[:1 - len(marker)], tail[1 - len(marker):]  # (a marker may straddle)
-                markers += head.count(marker)
-                has_text = has_text or bool(head.replace(marker, b"").strip())
-                tail = (b"\x01" if head.strip() else b"") + tail  # (its start: not blank, not a marker)
+            if len(tail) > READ_CHUNK:  # a long line: kept as short as tells what it may be
+                text = tail.strip(SPACES)
+                if len(text) > len(marker):  # no separator, whatever follows: its start counted now
+                    markers += tail.count(marker)
+                    has_text = has_text or bool(tail.replace(marker, b"").replace(b"\x01", b"").strip())
+                    tail = b"\x01" + tail[-keep:]  # (holds no whole marker: none is counted twice)
+                else:  # spaces around at most a marker: they change nothing (one kept after text)
+                    tail = text + (b" " if text and tail[-1:].strip(SPACES) == b"" else b"")
+            carry = tail + held
     valid += len(utf8.decode(b"", final=True).encode())
-    count(tail + b"\n")
+    if carry.replace(b"\r", b""):
+        count(carry.replace(b"\r", b"") + b"\n")
     bad = size - valid
     if nul > MAX_NON_UTF8 * size:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
@@ -376,30 +390,57 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int]:
     if not has_text:
         raise DataError(f"{flag}: '{path}' has no usable text (only whitespace"
                         f"{' and ' + EOT + ' separators' if markers else ''}); check the file")
-    layout = "lines" if marker_lines else "inline" if markers and markers * 10 >= blank else "blank"
-    return layout, bad
+    if marker_lines:
+        return "lines", bad, None
+    inline = markers and markers * INLINE_SHARE >= blank
+    both = f"{markers:,} {EOT} inside lines and {blank:,} blank lines" if markers and blank else None
+    why = both and (f"{both}: documents split at the markers" if inline else
+                    f"{both}: documents split at the blank lines, the markers kept as text")
+    return ("inline" if inline else "blank"), bad, why
 
 
 def _txt_documents(path: str, stamp: str, layout: str):
     """Documents of a .txt file, split as _scan_txt's `layout` says. `stamp`: size and mtime, for
-    the cache key. A BOM is dropped; line endings are read as \\n (universal newlines). Only whole
-    lines are split, and each only once: a document of any length streams through."""
-    separator = SEPARATORS[layout]
+    the cache key. A BOM is dropped; line endings are read as \\n (universal newlines). Each part
+    of the text is split once: a document (or a line) of any length streams through."""
+    separator, keep, lines = SEPARATORS[layout], len(EOT) - 1, layout != "inline"
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         doc: list[str] = []  # the document being read, in parts
-        line = ""  # the start of a line the last chunk ended in
-        while chunk := f.read(1 << 20):
+        line, mid = "", False  # the end of the last chunk, not yet split; mid: it goes on a line whose
+        # start is already in `doc`, behind a "\x01" that keeps the rest from reading as a line's start
+
+        def split(text: str) -> tuple[list[str], str]:  # the documents `text` ends, and its last part
+            parts = separator.split(text)
+            if mid and text:
+                parts[0] = parts[0][1:]
+            return parts[:-1], parts[-1]
+
+        while chunk := f.read(READ_CHUNK):
             buf = line + chunk
-            cut = buf.rfind("\n") + 1
-            *done, last = separator.split(buf[:cut])
-            line = buf[cut:]
+            if not lines:  # markers inside lines: all split now, but the last characters of what
+                done, last = split(buf)  # follows the last one, where a marker may begin
+                line = last[max(0, len(last) - keep):]
+                last = last[:len(last) - len(line)]
+            else:  # whole lines (a separator is one)
+                cut, moved = buf.rfind("\n") + 1, False
+                rest = buf[cut:]
+                if len(rest) > READ_CHUNK:  # a long line
+                    text = rest.strip(SPACES.decode())
+                    if len(text) > len(EOT):  # no separator, whatever follows: into the document it goes
+                        cut, moved = len(buf), True
+                    else:  # spaces around at most a marker: they change nothing (one kept after text)
+                        end = " " if text and not rest[-1:].strip(SPACES.decode()) else ""
+                        buf = buf[:cut] + text + end
+                done, last = split(buf[:cut])
+                mid, line = (True, "\x01") if moved else (mid and cut == 0, buf[cut:])
             for part in done:
                 text = "".join(doc) + part
                 if text.strip():
                     yield {"text": text}
                 doc = []
             doc.append(last)
-        for part in separator.split(line + "\n"):  # (the last line, with the newline it may lack)
+        done, last = split(line + "\n")  # (the last line, with the newline it may lack)
+        for part in [*done, last]:
             text = "".join(doc) + part
             doc = []
             if text.strip():
@@ -446,7 +487,9 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         datasets.disable_progress_bars()
     kind = KINDS[Path(path).suffix.lower()]
     if kind == "text":
-        layout, bad = _scan_txt(path, flag)
+        layout, bad, why = _scan_txt(path, flag)
+        if why:
+            log(f"data: {path}: {why}")
         if bad:
             log(f"data: warning: {path}: {bad:,} bytes that are not UTF-8 replaced by U+FFFD")
         st = os.stat(path)
@@ -566,8 +609,9 @@ class Split:
         if self.keep == "all":
             return ds
         import pyarrow.compute as pc
-        text = pc.utf8_trim_whitespace(ds.data.column("text"))  # empty rows (a .jsonl's "") hold no document
-        rows = np.flatnonzero(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
+        kept = [pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(chunk)), 0).to_numpy(zero_copy_only=False)
+                for chunk in ds.data.column("text").chunks]  # (a chunk at a time: not the corpus twice)
+        rows = np.flatnonzero(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)  # no empty rows
         held = np.arange(len(rows)) % self.every == self.every - 1
         if self.keep == "val" and not held.any():
             n = len(rows)

@@ -256,9 +256,15 @@ def greedy_agreement(opts, run_dir: Path, log) -> dict:
     return {"same": a == b, "same_characters": same, "characters": max(len(a), len(b))}
 
 
-def train_fallbacks(result: dict) -> list[str]:
-    """The train part's runs asked to compile that ran eagerly, as FAILED names."""
+def train_fallbacks(result: dict, exits: bool = False) -> list[str]:
+    """The train part's runs asked to compile that ran eagerly, as FAILED names; with exits (for
+    --render, where no command's exit is at hand), its commands that failed too."""
     out = []
+    if exits and result.get("train_exit") not in (0, STOPPED, None):
+        out.append(f"train.py (exit {result['train_exit']})")
+    if exits and result.get("greedy", {}).get("failed"):
+        failed = [code for code in result["greedy"]["exits"] if code not in (0, STOPPED)]
+        out += [f"sample.py --greedy (exit {code})" for code in failed]
     if why := result.get("fell_back_to_eager"):
         out.append(f"train.py ({'evaluated' if 'at an evaluation' in why else 'ran'} eagerly)")
     if "fell_back_to_eager" in result.get("greedy", {}):
@@ -379,7 +385,7 @@ def main(argv=None):
         for name in ["bench_model.json", "bench_sample.json", "bench_sample_fp32.json"]:
             FAILED.extend(failed_variants(out / name))
         if (out / "train.json").exists():
-            FAILED.extend(train_fallbacks(json.loads((out / "train.json").read_text())))
+            FAILED.extend(train_fallbacks(json.loads((out / "train.json").read_text()), exits=True))
         (out / "gpu.md").write_text(markdown(out))
         print((out / "gpu.md").read_text())
         if FAILED:

@@ -114,6 +114,18 @@ def test_bench_data_on_a_small_text_is_one_line(tmp_path, vocab, message):
     assert "Traceback" not in done.stderr and not (tmp_path / "b.json").exists()
 
 
+def test_bench_data_keeps_a_crashing_childs_traceback(monkeypatch):
+    """Only bad text (the child's exit 3) is cut to one line; a crash keeps what a bug report needs."""
+    import subprocess
+
+    from scripts import bench_data
+    crash = subprocess.CompletedProcess([], 1, "", "Traceback (most recent call last):\n  ...\nValueError: x")
+    monkeypatch.setattr(bench_data.subprocess, "run", lambda *a, **k: crash)
+    with pytest.raises(SystemExit) as e:
+        bench_data.run_child("f.txt", "cache", 4096)
+    assert "Traceback (most recent call last)" in str(e.value.code)
+
+
 def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "PARTS", {"data": "no_such_script.py"})
     with pytest.raises(SystemExit) as e:

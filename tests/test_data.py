@@ -113,9 +113,16 @@ def test_txt_official_layout_and_blank_line_documents(tmp_path, corpus):
 
 
 @pytest.mark.parametrize("text, docs", [
-    # a stray marker inside a line of a blank-line file is text (it merged the whole file into two)
-    ("".join(f"story {i}.\n\n" for i in range(12)) + "it says <|endoftext|> aloud.\n",
-     [f"story {i}." for i in range(12)] + ["it says <|endoftext|> aloud."]),
+    # a stray marker inside a line of a blank-line file is text (it merged 146 documents into two)
+    ("".join(f"story {i}.\n\n" for i in range(150)) + "it says <|endoftext|> aloud.\n",
+     [f"story {i}." for i in range(150)] + ["it says <|endoftext|> aloud."]),
+    # ... but markers in a file of many paragraphs per document separate its documents
+    ("\n\n".join(f"p{i}." for i in range(10)) + "<|endoftext|>" + "\n\n".join(f"q{i}." for i in range(10)),
+     ["\n\n".join(f"p{i}." for i in range(10)), "\n\n".join(f"q{i}." for i in range(10))]),
+    # line endings as a reader reads them: a lone \r (old Macs) too
+    ("".join(f"story {i}.\r\r" for i in range(150)) + "it says <|endoftext|> aloud.\r",
+     [f"story {i}." for i in range(150)] + ["it says <|endoftext|> aloud."]),
+    ("a says <|endoftext|> x\r<|endoftext|>\rb\r", ["a says <|endoftext|> x", "b"]),
     # files laid out with markers inside lines: one story per line, GPT-2's, paragraphs (as before)
     ("one.<|endoftext|>\ntwo.<|endoftext|>\nthree.<|endoftext|>\n", ["one.", "two.", "three."]),
     ("one.<|endoftext|>two.<|endoftext|>three.", ["one.", "two.", "three."]),
@@ -134,6 +141,26 @@ def test_txt_documents_split_where_a_reader_sees_them(tmp_path, text, docs):
     path.write_bytes(text.encode())
     got = data.load_files([str(path)], "--data", cache_dir=str(tmp_path / "cache"), log=lambda line: None)
     assert [d.strip() for d in got["text"]] == docs
+
+
+def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
+    """The scan and the split read the file in chunks (a MiB): a marker line, a marker, a \\r\\n,
+    a BOM or a long line across a chunk's end reads as it would whole (here chunks of 1 to 29)."""
+    texts = ["\ufeff<|endoftext|>\r\nfirst one.\r\n<|endoftext|>  \r\nsecond, " + "long " * 9 + "\r\n",
+             "".join(f"story {i}.\n\n" for i in range(150)) + "it says <|endoftext|> aloud.",
+             "one " * 12 + "<|endoftext|>two" + " x" * 20 + "<|endoftext|>three",
+             "a\n\n" + " " * 40 + "\n\nb" + "c" * 40 + "\n<|endoftext|>x\n\n" * 3]
+    for n, text in enumerate(texts):
+        path = tmp_path / f"t{n}.txt"
+        path.write_bytes(text.encode())
+        layout, _, _ = data._scan_txt(str(path), "--data")
+        whole = [d["text"].strip() for d in data._txt_documents(str(path), "", layout)]
+        for size in range(1, 30):
+            monkeypatch.setattr(data, "READ_CHUNK", size)
+            assert data._scan_txt(str(path), "--data")[0] == layout, (n, size)
+            assert [d["text"].strip() for d in data._txt_documents(str(path), "", layout)] == whole, (n, size)
+        monkeypatch.undo()
+        assert len(whole) == [2, 151, 3, 4][n], (n, whole)
 
 
 def test_jsonl_and_parquet_with_a_text_field(tmp_path):
@@ -449,8 +476,11 @@ def test_a_ctrl_c_python_drops_still_stops_the_preparation(tmp_path, corpus, mon
     assert not list((tmp_path / "cache" / "tokens").glob("*/meta.json"))  # (lost in the tokenizer's check)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is Python's again
     monkeypatch.undo()
-    tok = small_tokenizer()
-    data.write_tokens(tmp_path / "later", [["a story."]], tok)  # no interrupt left over for later
+    with pytest.raises(KeyboardInterrupt):  # one not lost leaves the block, and no record behind
+        with data._signals_kept():
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    data._raise_lost_signal()
+    data.write_tokens(tmp_path / "later", [["a story."]], small_tokenizer())  # no interrupt left over
     flagged = []
     old = signal.signal(signal.SIGTERM, lambda *a: flagged.append(1))  # a handler that raises nothing
     try:
@@ -567,6 +597,22 @@ def test_a_finished_cache_on_a_read_only_disk_is_used(tmp_path, corpus, monkeypa
     again, train_again, _, logs = run(tmp_path, **kw)
     assert again.hash == tok.hash and train_again.meta == train.meta
     assert any("train: cache hit" in line for line in logs)
+
+
+def test_another_users_lock_in_a_writable_cache_is_not_skipped(tmp_path, corpus, monkeypatch):
+    """Only a read-only cache goes without the build lock: a lock file this user cannot open in a
+    cache it can write (another user's) stays an error, since two builds would race."""
+    import storage
+    train_path, val_path, _, _ = corpus
+
+    def not_mine(path, wait=False):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    monkeypatch.setattr(storage, "lock", not_mine)
+    with pytest.raises(DataError, match="Permission denied"):
+        run(tmp_path, data=str(train_path), val_data=str(val_path))
+    # a cache not this user's to write goes without (root, as here, writes it all the same)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    run(tmp_path / "other", data=str(train_path), val_data=str(val_path))
 
 
 def test_a_real_full_cache_disk(tmp_path):

@@ -276,6 +276,11 @@ def test_render_puts_two_calls_files_together(tmp_path):
     assert "| steps | 5 |" in md and "| steady_mfu | 0.3 |" in md
     assert md.startswith("**Failed:** train.py (ran")
     assert "eagerly" in str(e.value.code) and not (out / "log.txt").exists()
+    (out / "train.json").write_text(json.dumps({"argv": [], "train_exit": 1, "greedy": {"failed": True,
+                                                                                      "exits": [1, 124]}}))
+    with pytest.raises(SystemExit) as e:  # failed commands too, as far as the JSON tells
+        gpu_check.main(["--render", "--out", str(out)])
+    assert str(e.value.code) == "gpu_check: error: train.py (exit 1), sample.py --greedy (exit 1) failed"
 
 
 def test_make_gpu_check_writes_where_the_device_tool_collects(tmp_path):
