@@ -13,9 +13,10 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
 - .txt in the official TinyStories layout: documents separated by lines that hold only
   <|endoftext|> (a marker inside a line is then text);
 - .txt without such lines: documents separated by the markers inside lines (a story per line
-  ending in one, GPT-2's a<|endoftext|>b) where the file has them, unless they are under a tenth
-  as many as its blank lines (a stray one in the text); else by blank lines (or lines of spaces
-  and tabs); all read by our generator through `datasets.Dataset.from_generator`, a BOM dropped;
+  ending in one, GPT-2's a<|endoftext|>b) where the file has them, unless its blank lines are over
+  100 times as many (a stray marker in the text; the log says which it chose when both are
+  there); else by blank lines (or lines of spaces and tabs); all read by our generator through
+  `datasets.Dataset.from_generator`, \\r\\n and \\r read as \\n, a BOM dropped;
 - .jsonl (or .json: one array of records) with a text field (--text_field) and .parquet with a
   text column ("json" and "parquet").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
