@@ -294,7 +294,7 @@ def _free_special_ids(values: dict, text: dict) -> None:
 
 
 def hf_rope(text: dict) -> dict:
-    """A text config's RoPE settings as transformers reads them: `rope_parameters`, or, in folders
+    """A text (or vision) config's RoPE settings as transformers reads them: `rope_parameters`, or, in folders
     saved before transformers 5 (the released Llama 4 ones), `rope_scaling` (which wins when both
     are there) beside a top-level `rope_theta`."""
     rope = dict(text.get("rope_scaling") or text.get("rope_parameters") or {})
@@ -304,14 +304,6 @@ def hf_rope(text: dict) -> dict:
     if text.get("rope_theta") is not None:
         rope.setdefault("rope_theta", text["rope_theta"])
     return rope
-
-
-def _legacy_vision(vision: dict) -> dict:
-    """A vision config as transformers 5 reads it: the RoPE base of older folders (a top-level
-    `rope_theta`) moved under `rope_parameters`."""
-    if "rope_parameters" not in vision and vision.get("rope_theta") is not None:
-        return {**vision, "rope_parameters": {"rope_type": "default", "rope_theta": vision["rope_theta"]}}
-    return vision
 
 
 def _check_hf_layout(text: dict, args: ModelArgs):
@@ -338,8 +330,9 @@ def args_from_hf(cfg: dict) -> ModelArgs:
     vision = cfg.get("model_type") == "llama4"
     text = cfg["text_config"] if vision else cfg
     text = {**text, "rope_parameters": hf_rope(text)}
-    if vision:
-        cfg = {**cfg, "vision_config": _legacy_vision(cfg["vision_config"])}
+    if vision:  # (its RoPE base too: a top-level rope_theta in older folders)
+        seen = cfg["vision_config"]
+        cfg = {**cfg, "vision_config": {**seen, "rope_parameters": hf_rope(seen)}}
     if isinstance(text.get("attn_temperature_tuning"), int):  # released folders say 4: any non-zero is on
         text["attn_temperature_tuning"] = bool(text["attn_temperature_tuning"])
     values = {"vision": vision, "router_noise": False}

@@ -323,11 +323,10 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
 
 
 SPACES = b" \t\f\v"  # spaces on a line (the newline aside)
-_WS = rb"[ \t\f\v]*"
-MARKER_LINE = re.compile(rb"(?m)^" + _WS + re.escape(EOT.encode()) + _WS + rb"\n")
-BLANK_LINE = re.compile(rb"(?m)^" + _WS + rb"\n")
-SEPARATORS = {"lines": re.compile(r"(?m)^[ \t\f\v]*" + re.escape(EOT) + r"[ \t\f\v]*\n"),
-              "blank": re.compile(r"(?m)^[ \t\f\v]*\n"), "inline": re.compile(re.escape(EOT))}
+MARKER_LINE = re.compile(b"(?m)^[" + SPACES + b"]*" + re.escape(EOT.encode()) + b"[" + SPACES + b"]*\n")
+BLANK_LINE = re.compile(b"(?m)^[" + SPACES + b"]*\n")
+SEPARATORS = {"lines": re.compile(MARKER_LINE.pattern.decode()),  # (the text split's: the scan's, decoded)
+              "blank": re.compile(BLANK_LINE.pattern.decode()), "inline": re.compile(re.escape(EOT))}
 INLINE_SHARE = 100  # markers inside lines separate documents unless blank lines are this many times more
 
 
@@ -498,6 +497,7 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
             _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
             cache_dir=cache_dir,
             gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
+    jsonl = Path(path).suffix.lower() == ".jsonl"  # (_json_problem reads lines: a .json array has none)
     library_log = logging.getLogger("datasets")
     level = library_log.level
     library_log.setLevel(logging.CRITICAL)  # it logs a failed read before raising: ours is the one line
@@ -506,14 +506,13 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     except Exception as e:
         if getattr(_os_error(e), "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise  # the cache it writes, not the file: _cache_writes says so
-        jsonl = Path(path).suffix.lower() == ".jsonl"  # (_json_problem reads lines: a .json array has none)
         problem = (_json_problem(path, field) if jsonl else None) if kind == "json" else \
             _parquet_problem(path, flag)
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
         library_log.setLevel(level)
     if problem := _column_problem(ds, field):
-        if Path(path).suffix.lower() == ".jsonl":  # the line at fault, where it is one
+        if jsonl:  # the line at fault, where it is one
             problem = _json_problem(path, field) or problem
         raise DataError(f"{flag}: {path}: {problem}")
     feature = ds.features[field]
