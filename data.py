@@ -65,7 +65,8 @@ How this departs from the obvious version:
   machine without network fails at once with a line naming --data. HF_HUB_OFFLINE=1 or
   HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache.
 - The BPE is trained on at most --tokenizer_train_mb MB from the start of the training split
-  (whole documents); the full TinyStories training split is ~1.9 GB.
+  (whole documents, but of one over 1 MB only its pieces up to the cap: a 200 MB file without
+  separators was all read for a cap of 5 MB); the full TinyStories training split is ~1.9 GB.
 
 `python data.py --preset tiny --data FILE` prepares a run's tokenizer and shards without training.
 """
@@ -101,8 +102,9 @@ FORMAT = 2  # version of the shard layout and meta.json; caches of another versi
 META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
 DOCUMENT_RULES = 3  # version of how local files split into documents (and empty rows are left out of
 # a held-out slice's count): a new one rebuilds their caches
-TOKENIZER_FORMAT = 2  # version of the tokenizer training rules; cached tokenizers of another are retrained
-# (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1)
+TOKENIZER_FORMAT = 3  # version of the tokenizer training rules; cached tokenizers of another are retrained
+# (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1;
+# 3: a document over PIECE_CHARS that crosses --tokenizer_train_mb gives only its pieces up to it)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 FORMATS = ".txt, .jsonl, .json or .parquet"
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
@@ -284,7 +286,8 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     and .parquet files at any depth, and so does a folder a glob matches, leaving out those in
     hidden folders under it (a glob leaves out the other files it matches, as a folder does);
     files in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
-    are left out of folders and globs alike (a glob that names a hidden folder takes its files)."""
+    are left out of folders and globs alike (a glob that names a hidden folder takes its files).
+    A file reached by two paths (a symlink beside its target) is listed once, at its first path."""
     skip = [Path(d).resolve() for d in skip]
 
     def wanted(path: str) -> bool:
@@ -314,6 +317,10 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
                             f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); check the glob")
     else:
         raise DataError(f"{flag}: no such file '{spec}'; check the path")
+    first = {}  # a file reached by two paths (a symlink beside it, a glob through a linked folder): once
+    for f in files:
+        first.setdefault(os.path.realpath(f), f)
+    files = list(first.values())
     for f in files:
         if Path(f).suffix.lower() not in KINDS:
             raise DataError(f"{flag}: '{f}' is not {FORMATS}; convert it or leave it out")
@@ -328,6 +335,8 @@ BLANK_LINE = re.compile(b"(?m)^[" + SPACES + b"]*\n")
 SEPARATORS = {"lines": re.compile(MARKER_LINE.pattern.decode()),  # (the text split's: the scan's, decoded)
               "blank": re.compile(BLANK_LINE.pattern.decode()), "inline": re.compile(re.escape(EOT))}
 INLINE_SHARE = 100  # markers inside lines separate documents unless blank lines are this many times more
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\xfd7zXZ\x00": ("xz", "unxz"),
+              b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}  # (magic bytes)
 
 
 def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
@@ -356,6 +365,8 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
         has_text = has_text or bool(lines.replace(marker, b"").strip())
 
     with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0)
         while chunk := f.read(READ_CHUNK):
             size += len(chunk)
             nul += chunk.count(0)  # valid UTF-8, but text has none: UTF-16 has one every 2 bytes
@@ -381,6 +392,10 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     if carry.replace(b"\r", b""):
         count(carry.replace(b"\r", b"") + b"\n")
     bad = size - valid
+    packed = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
+    if packed and max(nul, bad) > MAX_NON_UTF8 * size:  # (not text: the magic bytes are no accident)
+        raise DataError(f"{flag}: '{path}' is {packed[0][0]}-compressed, not text; decompress it "
+                        f"({packed[0][1]}) and point {flag} at the text")
     if nul > MAX_NON_UTF8 * size:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
                         "convert it, e.g. iconv -f utf-16 -t utf-8")
@@ -697,17 +712,33 @@ def _texts(ds, batch_size: int, cap_bytes: int = 0, used: dict | None = None):
         texts = [s for s in (t.strip() for t in batch["text"]) if s]
         if cap_bytes:
             for i, t in enumerate(texts):
-                total += len(t.encode())
-                if total >= cap_bytes:
+                size = len(t.encode())
+                if total + size >= cap_bytes:
+                    if len(t) > PIECE_CHARS:  # a long document: its first pieces, up to the cap
+                        t, size = _head(t, cap_bytes - total)
+                    total += size
                     if used is not None:
                         used.update(bytes=total, capped=True)
-                    yield from _in_pieces(texts[:i + 1])
+                    yield from _in_pieces([*texts[:i], t])
                     return
+                total += size
         else:
             total += sum(len(t.encode()) for t in texts)
         yield from _in_pieces(texts)
     if used is not None:
         used.update(bytes=total, capped=False)
+
+
+def _head(text: str, limit: int) -> tuple[str, int]:
+    """The first pieces (tokenizer.pieces) of a long document that hold `limit` bytes or more, and
+    their bytes: the cap on the BPE's text holds inside a document too."""
+    head, size = [], 0
+    for part in pieces(text, PIECE_CHARS):
+        head.append(part)
+        size += len(part.encode())
+        if size >= limit:
+            break
+    return "".join(head), size
 
 
 def _in_pieces(texts: list[str], per_batch: int = 4):

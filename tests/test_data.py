@@ -5,6 +5,7 @@ hub is only tested offline (conftest sets HF_HUB_OFFLINE=1): its failure must be
 """
 
 import errno
+import gzip
 import itertools
 import json
 import logging
@@ -191,6 +192,21 @@ def test_folder_and_glob_read_files_in_sorted_order(tmp_path):
     assert tok.decode(train.tokens) == stream(b)
 
 
+def test_a_file_reached_by_two_paths_is_read_once(tmp_path):
+    """A symlink beside its target, or a glob through a linked folder (here a loop: ** followed it
+    40 deep), named the same file again: its text was trained on twice, and the held-out slice
+    had copies of its validation stories in the training split."""
+    a = stories(4)
+    folder = tmp_path / "corpus"
+    write(folder / "sub" / "a.txt", official(a))
+    (folder / "latest.txt").symlink_to(folder / "sub" / "a.txt")
+    (folder / "sub" / "loop").symlink_to(folder / "sub")
+    assert data.resolve_files(str(folder), "--data") == [str(folder / "latest.txt")]
+    assert data.resolve_files(str(folder / "**" / "*.txt"), "--data") == [str(folder / "latest.txt")]
+    tok, train, _, _ = run(tmp_path, data=str(folder), val_data=str(folder / "sub" / "a.txt"))
+    assert tok.decode(train.tokens) == stream(a)
+
+
 def test_a_folder_leaves_out_the_runs_own_files_and_hidden_folders(tmp_path):
     """--data on a folder that holds --cache_dir and --out_dir (as `--data .` does): their .json
     files are ours, not text, and hidden folders are left out too; a .json array of records is
@@ -333,6 +349,27 @@ def test_the_trainer_sees_long_runs_in_pieces_and_real_text_whole():
         vocab_size=600, special_tokens=list(SPECIAL_TOKENS.values()),
         initial_alphabet=tokenizer.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     assert Tokenizer.train(docs, 600).hash == Tokenizer(plain).hash
+
+
+def test_the_tokenizer_cap_holds_inside_a_long_document(monkeypatch):
+    """--tokenizer_train_mb bounds the BPE's text even where one document is longer: a 200 MB file
+    without separators was all trained on for a 5 MB cap (and logged as capped). A long document
+    gives its first pieces up to the cap; shorter ones stay whole."""
+    import datasets
+    monkeypatch.setattr(data, "PIECE_CHARS", 1000)
+    long = " ".join(f"word{i}" for i in range(20000))  # ~190 KB: one document of ~190 pieces
+    ds = datasets.Dataset.from_dict({"text": ["a short story.", long, "never read."]})
+    used = {}
+    got = [t for part in data._texts(ds, 2, 10_000, used) for t in part]
+    assert got[0] == "a short story." and long.startswith("".join(got[1:]))
+    assert 10_000 <= used["bytes"] < 11_000 and used["capped"]
+    assert used["bytes"] == sum(len(t.encode()) for t in got)
+    used = {}
+    first = tokenizer.pieces(long, 1000)[0]  # a cap inside the first piece: that piece
+    assert [t for part in data._texts(ds, 2, 100, used) for t in part] == ["a short story.", first]
+    assert used == {"bytes": 14 + len(first), "capped": True}
+    monkeypatch.undo()  # short documents: whole, as before
+    assert [t for part in data._texts(ds, 2, 20, used) for t in part] == ["a short story.", long]
 
 
 def test_tokenizer_json_loads_in_transformers(tmp_path):
@@ -785,6 +822,8 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
                              r"--data .*j.jsonl .* has no usable text"),
     "not utf-8": ({"l.txt": LATIN1}, dict(data="{tmp}/l.txt"),
                   r"'.*l.txt' is not UTF-8 text \(250 of 1,450 bytes are not UTF-8\); convert it"),
+    "gzip": ({"g.txt": gzip.compress(official(stories(40)).encode())}, dict(data="{tmp}/g.txt"),
+             r"'.*g.txt' is gzip-compressed, not text; decompress it \(gunzip\) and point --data at"),
     "utf-16": ({"u.txt": "once upon a time there was a cat.\n".encode("utf-16")}, dict(data="{tmp}/u.txt"),
                r"'.*u.txt' is not UTF-8 text \(34 of 70 bytes are NUL: UTF-16\?\); convert it, e\.g\. iconv "
                r"-f utf-16"),
