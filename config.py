@@ -367,6 +367,14 @@ class SampleArgs:
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")  # row r: seed + r
         _check(not (self.ckpt and self.hf), "hf", "give --ckpt or --hf, not both")
+        for text in self.prompt:  # bytes that are not UTF-8 reach sys.argv as lone surrogates
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                byte = ord(text[e.start]) & 0xff  # (surrogate U+DC80 + byte)
+                raise ConfigError(f"--prompt: {text[:40]!r} is not UTF-8 text (byte {byte:#x} from the "
+                                  "command line); set the terminal to UTF-8, or use a --prompt_file saved "
+                                  "as UTF-8") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -638,17 +638,18 @@ class Llama4(nn.Module):
         self.loss_impl = "fused"
         init_weights(self)
 
-    def forward(self, tokens, targets=None, *, images=None, positions=None, cache=None,
+    def forward(self, tokens, targets=None, *, images=None, image_mask=None, positions=None, cache=None,
                 last_only=False) -> Output:
         """tokens (B, T) ids; targets (B, T) next-token ids, -1 = ignore; images (N, 3, S, S) in
-        the order of their <|patch|> tokens; positions (B, T), -1 = padding (default: counting on
-        from the cache, or from 0); cache: a KVCache to write this call's keys into and read."""
+        the order of their <|patch|> tokens; image_mask (B, T) bool: the tokens the images fill
+        (default: every <|patch|>); positions (B, T), -1 = padding (default: counting on from the
+        cache, or from 0); cache: a KVCache to write this call's keys into and read."""
         B, T = tokens.shape
         if last_only and targets is not None:
             raise ValueError("last_only computes one position's logits; it cannot take targets")
         self._check_input(tokens, targets, cache)
         x = self.embed_tokens(tokens)  # (B, T, dim)
-        x = self._merge_images(tokens, x, images)
+        x = self._merge_images(tokens, x, images, image_mask)
         default_pos = positions is None and cache is None
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
@@ -718,11 +719,12 @@ class Llama4(nn.Module):
                 raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary "
                                  f"[0, {self.args.vocab_size}); the tokenizer and the model disagree")
 
-    def _merge_images(self, tokens, x, images):
-        """Image features replace, in order, the embeddings of the <|patch|> tokens."""
+    def _merge_images(self, tokens, x, images, image_mask=None):
+        """Image features replace, in order, the embeddings of the <|patch|> tokens (or of those
+        image_mask marks)."""
         if images is None:
             return x
-        is_patch = tokens == self.args.patch_id
+        is_patch = tokens == self.args.patch_id if image_mask is None else image_mask
         if not self.args.vision:
             raise ValueError("images given to a model without the vision stub; build it with --vision")
         feats = self.image_features(images)  # (N_images * image_tokens, dim)

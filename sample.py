@@ -73,6 +73,9 @@ def write(text: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError:  # | head: main() stops quietly
         raise
+    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, a Latin-1 locale, ...
+        raise OutputError(f"cannot write the story to standard output (its encoding, {sys.stdout.encoding}, "
+                          f"has no {e.object[e.start:e.end]!r}); set PYTHONIOENCODING=utf-8") from None
     except OSError as e:
         raise OutputError(f"cannot write the story to standard output ({e.strerror or e}); write it "
                           "somewhere with room, or to a terminal") from None
@@ -217,13 +220,18 @@ def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: boo
         logits = model(tokens, positions=positions, cache=cache, images=images, last_only=True).logits
         return logits[:, -1], DecodeStep(model, cache, compile)
 
+    # the images fill the prompts' <|patch|> tokens; a generated one is text, as in the cached steps
+    patches = tokens == model.args.patch_id  # (B, T)
+
     def step(nxt):  # the reference: recompute the whole sequence each step
-        nonlocal tokens, positions
+        nonlocal tokens, positions, patches
         tokens = torch.cat([tokens, nxt[:, None]], 1)
         positions = torch.cat([positions, positions[:, -1:] + 1], 1)
+        patches = torch.cat([patches, torch.zeros_like(patches[:, :1])], 1)
         over = tokens.shape[1] - model.args.max_seq_len
         if over <= 0:
-            return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1]
+            return model(tokens, positions=positions, images=images, image_mask=patches,
+                         last_only=True).logits[:, -1]
         # Rows with a real token in the first `over` columns have reached their context limit and
         # stopped; the others, without those columns (padding to them), are recomputed alone
         # (images: as many per row).
@@ -234,7 +242,7 @@ def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: boo
         # images (B*n, 3, S, S) -> (B, n, 3, S, S) -> the live rows' (live*n, 3, S, S)
         some_images = None if images is None else images.unflatten(0, (len(tokens), -1))[live].flatten(0, 1)
         logits[live] = model(tokens[live, over:], positions=positions[live, over:], images=some_images,
-                             last_only=True).logits[:, -1].float()
+                             image_mask=patches[live, over:], last_only=True).logits[:, -1].float()
         return logits
     return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1], step
 
@@ -334,7 +342,7 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     from PIL import Image
     try:
         img = Image.open(path).convert("RGB").resize((args.image_size, args.image_size))
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:  # (the latter: over 179M pixels)
         raise SampleError(f"--image {path}: cannot read it as an image ({e})") from e
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(args.image_size,
                                                                                   args.image_size, 3)

@@ -643,3 +643,69 @@ def test_an_image_prompt_prints_its_text_not_the_image_tokens(run_dir, tmp_path,
                  "--prompt", "once upon", "--max_new_tokens", "2"])
     out = capsys.readouterr().out
     assert out.startswith("once upon") and "<|" not in out
+
+
+def test_a_prompt_that_is_not_utf8_is_a_bad_option(capsys):
+    """A terminal in another encoding passes bytes Python keeps as lone surrogates: one line,
+    exit status 2, before any work (the tokenizer raised a TypeError)."""
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", "no-such-run", "--prompt", "caf\udce9 au lait"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0
+    assert err.startswith("sample.py: error: --prompt: 'caf\\udce9 au lait' is not UTF-8 text (byte 0xe9")
+
+
+def test_an_output_encoding_that_cannot_take_the_story_is_one_line(run_dir):
+    """PYTHONIOENCODING=ascii (or a Latin-1 locale) and a story with an accent: one line, exit 1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    argv = [sys.executable, str(Path(sample.__file__).parent / "sample.py"), "--ckpt", str(run_dir),
+            "--prompt", "caf\u00e9", "--max_new_tokens", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("sample.py: error: cannot write the story to standard output (its "
+                                  "encoding, ascii, has no '")  # 'é', or '\\xe9' on an ascii stderr
+    assert done.stderr.endswith("'); set PYTHONIOENCODING=utf-8\n")
+
+
+def test_an_image_too_large_to_decode_is_one_line(tmp_path):
+    """PIL refuses images over 179M pixels (a decompression bomb) with its own error type, not an
+    OSError: still one line naming the file."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 900M pixels, RGB
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    with pytest.raises(sample.SampleError, match="cannot read it as an image .*exceeds limit"):
+        sample.load_image(path, args)
+
+
+def test_uncached_decoding_with_an_image_takes_a_generated_patch_token_as_text(monkeypatch):
+    """The image fills the prompt's <|patch|> tokens; a <|patch|> the model picks is a token like
+    any other, as in the cached path (whose decode steps see no image). The uncached path gave
+    the image to those too: a ValueError (one more <|patch|> than the image has features)."""
+    model = small_model(vision=True, vision_dim=32, vision_layers=1, vision_heads=2, vision_mlp_dim=128,
+                        image_size=56, patch_size=14, projector_input_dim=32, projector_output_dim=32)
+    images = torch.randn(2, 3, 56, 56)
+    prompts = [[0, *sample.image_prompt(model.args), 20, 21], [0, *sample.image_prompt(model.args), 30]]
+    choose, calls = sample.choose, []
+
+    def choose_a_patch_once(logits, *args, **kwargs):  # the third token of each row is a <|patch|>
+        calls.append(1)
+        nxt = choose(logits, *args, **kwargs)
+        return torch.full_like(nxt, model.args.patch_id) if len(calls) == 3 else nxt
+    monkeypatch.setattr(sample, "choose", choose_a_patch_once)
+    rows = []
+    for use_cache in (True, False):
+        calls.clear()
+        rows.append(sample.generate(model, prompts, 8, greedy=True, images=images, use_cache=use_cache,
+                                    stop_at_eos=False))
+    assert rows[0] == rows[1] and rows[0][0][2] == rows[0][1][2] == model.args.patch_id
