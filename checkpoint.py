@@ -262,7 +262,9 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     cfg = hf_config(model.args)
     if tokenizer_path is not None and Path(tokenizer_path).exists():
         cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path).hash
-    storage.save_json(out / "config.json", cfg, sort_keys=False)
+    # the weights first and config.json (what makes the folder a model) last: where the weights
+    # cannot be written (a full disk), the folder is left as it was, not a new config.json beside
+    # the old weights (or none)
     storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
     if tokenizer_path is None or not Path(tokenizer_path).exists():
         for name in ("tokenizer.json", "tokenizer_config.json") if held else ():  # the replaced export's
@@ -273,6 +275,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
             "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
             "bos_token": SPECIAL_TOKENS["eos_id"], "pad_token": SPECIAL_TOKENS["pad_id"],
             "model_max_length": model.args.max_seq_len, "clean_up_tokenization_spaces": False})
+    storage.save_json(out / "config.json", cfg, sort_keys=False)
     return out
 
 

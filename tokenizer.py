@@ -9,8 +9,9 @@
 How this departs from the obvious version:
 - No normaliser and no prefix space, so decode(encode(s)) == s for any string of Unicode scalar
   values, and `token_bytes` (UTF-8 bytes per token) makes bits per byte exact.
-- `hash` is the sha256 of the canonical JSON: checkpoints and token caches record it, so a run
-  never silently continues or trains with another tokenizer.
+- `hash` is the sha256 of the canonical JSON (less the post-processor, which encoding never runs):
+  checkpoints and token caches record it, so a run never silently continues or trains with
+  another tokenizer.
 - encode_docs reads special-token strings as plain text (only separators the data code puts
   there are special in a shard) and runs the Rust encoder in Python threads, which release the GIL.
 - A document longer than PIECE_CHARS is encoded (and trained on) in pieces cut before a space
@@ -86,7 +87,11 @@ class Tokenizer:
         if missing:
             raise DataError(f"the tokenizer has no {missing[0]} token; leave --tokenizer empty to train "
                             "one with this project")
-        canonical = json.dumps(json.loads(tok.to_str()), sort_keys=True, separators=(",", ":"))
+        fields = json.loads(tok.to_str())
+        # encode never runs a post-processor (add_special_tokens=False), and transformers'
+        # save_pretrained adds one that adds nothing: it is no part of the tokenizer's identity
+        fields["post_processor"] = None
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         self.hash = hashlib.sha256(canonical.encode()).hexdigest()
         self.vocab_size = tok.get_vocab_size()
         self.eos_id = tok.token_to_id(EOT)

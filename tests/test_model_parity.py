@@ -194,3 +194,50 @@ def test_import_reads_the_vision_rope_base_of_older_folders(tmp_path):
     cfg["vision_config"]["rope_theta"] = cfg["vision_config"].pop("rope_parameters")["rope_theta"]
     path.write_text(json.dumps(cfg))
     assert checkpoint.load_hf(tmp_path).args.vision_rope_theta == 20000.0
+
+
+def test_import_of_our_export_saved_again_by_transformers(tmp_path):
+    """Load an export in transformers and save_pretrained it (as after fine-tuning there): the
+    tokenizer.json it writes gains a post-processor that adds nothing, and config.json keeps our
+    tokenizer_sha256. It imports (encode never runs a post-processor), with the same model."""
+    from conftest import WORDS
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train([" ".join(WORDS)] * 50, V)
+    tok.save(tmp_path / "tokenizer.json")
+    ours = build()
+    checkpoint.export_hf(ours, tmp_path / "hf", tmp_path / "tokenizer.json")
+    AutoTokenizer.from_pretrained(tmp_path / "hf").save_pretrained(tmp_path / "again")
+    load_hf_model(AutoModelForCausalLM, tmp_path / "hf").save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "tokenizer.json").read_text())["post_processor"] is not None
+    ckpt = checkpoint.import_hf(tmp_path / "again", tmp_path / "back" / "last.pt")
+    back, saved = checkpoint.load_model(ckpt)
+    copied = Tokenizer.load(tmp_path / "back" / "tokenizer.json")
+    assert saved["tokenizer"]["sha256"] == tok.hash == copied.hash
+    tokens = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(ours(tokens).logits, back(tokens).logits)
+
+
+def test_an_export_that_cannot_write_its_weights_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """A full disk stops the large write, the weights: the old export (--force) stays whole, not a
+    new config.json beside the old weights, and a new folder gets no config.json of a model it
+    does not hold (which a second try would take for an export to --force over)."""
+    import storage
+    old = build()
+    checkpoint.export_hf(old, tmp_path / "hf")
+    real = storage.atomic_write
+
+    def full_disk(path, data, fix=None):
+        if str(path).endswith(".safetensors"):
+            raise storage.StorageError(f"cannot write {path}: the disk is full")
+        real(path, data, fix)
+    monkeypatch.setattr(storage, "atomic_write", full_disk)
+    for folder, replace in [(tmp_path / "hf", True), (tmp_path / "new", False)]:
+        with pytest.raises(storage.StorageError):
+            checkpoint.export_hf(build(moe_every=2), folder, replace=replace)
+    assert not (tmp_path / "new" / "config.json").exists()
+    tokens = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(checkpoint.load_hf(tmp_path / "hf")(tokens).logits, old(tokens).logits)
