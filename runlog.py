@@ -53,7 +53,12 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
         mode = env.get(os.environ.get("WANDB_MODE", "")) or ("online" if wandb_logged_in() else "offline")
     if mode == "disabled":
         return None
-    import wandb
+    without = "this run logs to metrics.jsonl only; --wandb_mode disabled silences this"
+    try:
+        import wandb
+    except ImportError as e:  # (a requirement, but a run never depends on its dashboard)
+        log(f"wandb: cannot import it ({first_line(e)}); {without}, pip install wandb brings it back")
+        return None
     run = dict(project=train_args.wandb_project, group=train_args.wandb_group or None,
                name=train_args.wandb_name or run_dir.name, id=settings.get("wandb_id"), resume="allow",
                dir=str(run_dir), config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
@@ -61,7 +66,11 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
         return wandb.init(mode=mode, **run)
     except Exception as e:  # no network, no login: never crash a run over its dashboard
         log(f"wandb: {mode} start failed ({first_line(e)}); logging offline instead")
+    try:
         return wandb.init(mode="offline", **run)  # the same run (id, group), to sync later
+    except Exception as e:  # (its folder unwritable, a broken install): the run goes on without it
+        log(f"wandb: offline start failed too ({first_line(e)}); {without}")
+        return None
 
 
 class Metrics:
@@ -107,9 +116,10 @@ class Metrics:
             import wandb
             self.wandb.log({name: wandb.Image(str(path))}, step=step)
 
-    def finish(self):
+    def finish(self, exit_code: int = 0):
+        """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error)."""
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
 
 
 def _line(record: dict) -> str:
@@ -140,12 +150,36 @@ def run_label(run_dir) -> str:
         return run_dir.name
     noise = "" if m["router_noise"] else " no-noise"
     moe = "dense" if dense else f"{m['n_experts']}e top-{m['top_k']}{noise}"
-    return (f"{run_dir.name}: d{m['dim']} L{m['n_layers']} {moe}, aux {m['router_aux_loss_coef']:g}, "
-            f"lr {t['lr']:g}, batch {t['batch_size'] * t['grad_accum']}x{m['max_seq_len']}")
+    return (f"{run_dir.name}: d{m['dim']} L{m['n_layers']} {moe}, vocab {m['vocab_size']}, "
+            f"aux {m['router_aux_loss_coef']:g}, lr {t['lr']:g}, "
+            f"batch {t['batch_size'] * t['grad_accum']}x{m['max_seq_len']}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Plots
+
+
+def incomparable(runs) -> list[str]:
+    """What makes the curves of (run folder, train records, val records) mislead when overlaid:
+    other tokenizers (nats/token and tokens seen mean other things) or validation on other text
+    (val_bytes of the last evaluation differ: another --val_data, or --eval_windows windows of
+    other tokens)."""
+    problems, tokenizers = [], []
+    for run_dir, _, _ in runs:
+        try:
+            tokenizers.append((Path(run_dir).name, (Path(run_dir) / "tokenizer.json").read_bytes()))
+        except OSError:
+            pass
+    if len({t for _, t in tokenizers}) > 1:
+        names = ", ".join(name for name, _ in tokenizers)
+        problems.append(f"the runs use different tokenizers ({names}): their training loss in nats/token and "
+                        "their tokens seen do not compare; compare validation bits/byte")
+    covered = [(Path(run_dir).name, val[-1].get("val_bytes")) for run_dir, _, val in runs if val]
+    if len({n for _, n in covered}) > 1:
+        sizes = ", ".join(f"{name} {n}" for name, n in covered)
+        problems.append(f"the runs were validated on different text (val_bytes: {sizes}): their bits/byte do "
+                        "not compare; train them with the same --val_data and --eval_windows 0 (all of it)")
+    return problems
 
 
 def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
@@ -155,9 +189,12 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [(run_dir, *read_metrics(run_dir, warn)) for run_dir in run_dirs]
+    for problem in incomparable(runs):
+        if warn is not None:
+            warn(problem)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, run_dir in enumerate(run_dirs):
-        train, val = read_metrics(run_dir, warn)
+    for i, (run_dir, train, val) in enumerate(runs):
         color = f"C{i}"
         label = run_label(run_dir)
         if train:

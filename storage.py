@@ -163,13 +163,17 @@ def read_jsonl(path, warn=None) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
+            record = None
+        if not isinstance(record, dict):  # (valid JSON that is not a record: a log's reader would trip on it)
             if i != last:
                 raise ValueError(f"{path}: line {i + 1} is not valid JSON; fix or delete that line") from None
             if warn is not None:
                 warn(f"{path}: dropped a torn last line (line {i + 1}, {len(line)} characters), "
                      "left by a write that was cut short")
+            continue
+        records.append(record)
     return records
 
 

@@ -523,8 +523,10 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
         job.log(f"step {state.step}: {skipped} non-finite loss or gradient step(s) in the last "
                 f"{window.steps}, updates skipped (up to {worst} in a row)")
     if worst >= job.train_args.max_bad_steps:
+        saved = ("last.pt holds the last good state" if (job.run_dir / "last.pt").exists()
+                 else "no checkpoint was written yet")
         raise RunError(f"{worst} non-finite steps in a row (by step {state.step}); lower --lr, raise "
-                       "--warmup_steps or check the data; last.pt holds the last good state")
+                       f"--warmup_steps or check the data; {saved}")
     rec = window.record(job)
     tok_s = window.steps * job.tokens_per_step / max(rec.pop("busy_seconds"), 1e-9)
     rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(out.grad_norm), tokens_per_s=tok_s,
@@ -549,9 +551,12 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
         raise RunError(f"weights are not finite at step {state.step}; not saving {name} (the previous "
                        "checkpoint is intact): lower --lr or raise --warmup_steps")
     saved_window = window.to_checkpoint(job)  # a collective under DDP: every rank takes part
-    if job.world.main:
-        with job.stop.saving() if job.stop is not None else nullcontext():
-            checkpoint.save_checkpoint(job.run_dir / name, job.checkpoint(state, saved_window))
+    # rank 0 writes; the others learn whether it could (a full disk), rather than failing at their
+    # next collective with a traceback of their own
+    with runtime.all_ranks_or_none(job.world, job.device, f"writing {name}"):
+        if job.world.main:
+            with job.stop.saving() if job.stop is not None else nullcontext():
+                checkpoint.save_checkpoint(job.run_dir / name, job.checkpoint(state, saved_window))
 
 
 class Stop:
@@ -1002,8 +1007,16 @@ def start_logging(job: Job, state: LoopState) -> None:
     if job.trials:  # otherwise a still progress bar looks like a hang
         log("compiling: the first step and the first evaluation take longer (about a minute each for "
             "scout-128m on a GPU); --compile false skips it")
-    if not job.world.main:
-        return
+    # rank 0 writes; the others learn whether it could (a bad metrics.jsonl, a full disk), rather
+    # than failing at the first step's collective with a traceback of their own
+    with runtime.all_ranks_or_none(job.world, job.device, "starting the run's logs"):
+        if job.world.main:
+            open_logs(job, state)
+
+
+def open_logs(job: Job, state: LoopState) -> None:
+    """The settings files, the tokenizer, W&B and metrics.jsonl (rank 0 alone)."""
+    model_args, train_args, log = job.model_args, job.train_args, job.log
     storage.save_json(job.run_dir / "model.json", config.to_dict(model_args), OUT_FIX)
     storage.save_json(job.run_dir / "train.json", config.to_dict(train_args), OUT_FIX)
     if not job.continues or not (job.run_dir / "tokenizer.json").exists():  # a killed run's may be there
@@ -1074,6 +1087,7 @@ def loop(job: Job, state: LoopState) -> dict:
     job.model.train()
     window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
     evaluated, out, signalled = None, None, False  # the step evaluated last here; the last step's output
+    failed = True  # until the loop ends without an exception: the W&B run is then marked failed
     try:
         if state.eval_due:  # the evaluation a signal put off, before training on; saved at once, so
             paused = time.perf_counter()  # that a crash before the next save does not run it again
@@ -1120,11 +1134,12 @@ def loop(job: Job, state: LoopState) -> dict:
             if not (job.run_dir / "best.pt").exists():
                 maybe_save(job, state, window, "best.pt")
             maybe_save(job, state, window, "last.pt")
+        failed = False
     finally:
         stop.restore()
         bar.close()
         if job.metrics is not None:
-            job.metrics.finish()
+            job.metrics.finish(exit_code=1 if failed else 0)
     job.log(f"{'stopped by signal' if finished == 'signal' else 'done'} at step {state.step} ({finished}); "
             f"checkpoints in {job.run_dir}"
             + (f"; {state.skipped_steps} non-finite steps skipped" if state.skipped_steps else ""))

@@ -267,6 +267,8 @@ def main(argv=None):
     for name in ("screen_minutes", "confirm_minutes", "confirm"):  # (0 minutes: no budget, no end)
         if not getattr(opts, name) > 0:
             p.error(f"--{name}: must be above 0, got {getattr(opts, name):g}")
+        if not math.isfinite(getattr(opts, name)):  # train.py refuses it, but only at that stage's first run
+            p.error(f"--{name}: must be a finite number, got {getattr(opts, name):g}")
     config.check_pass_through(p, opts.extra, OWNED)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     for over in stage1.values():  # a bad value for any shape: one line now, not after some runs

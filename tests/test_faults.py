@@ -376,6 +376,25 @@ def test_wandb_falling_back_to_offline_keeps_the_run(tmp_path, monkeypatch):
     assert offline["settings"]["silent"] and "logging offline instead" in lines[0]
 
 
+def test_wandb_that_cannot_start_or_be_imported_leaves_the_run_to_metrics_jsonl(tmp_path, corpus, cache,
+                                                                               monkeypatch, capsys):
+    """W&B failing offline too (its folder unwritable), or not installed: one line, and the run
+    trains on with metrics.jsonl, never a traceback after the data was prepared."""
+    import runlog
+
+    def init(**kwargs):
+        raise NotADirectoryError(20, "Not a directory")
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    lines = []
+    assert runlog.start_wandb(TrainArgs(wandb_mode="online"), tmp_path, {}, log=lines.append) is None
+    assert "offline instead" in lines[0] and "metrics.jsonl only" in lines[1] and len(lines) == 2
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import wandb raises ImportError
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--wandb_mode", "offline"))
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "pip install wandb" in out.out
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2]
+
+
 def test_a_fork_gets_a_wandb_run_of_its_own(tmp_path):
     ckpt = {"wandb_id": "abc"}
     plan = train.RunPlan(tmp_path / "r", None, None, ckpt, tmp_path / "r" / "last.pt")

@@ -117,6 +117,9 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_a_bad_middle_line_named(
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not valid JSON"):
         storage.read_jsonl(path)
+    path.write_text('{"step": 1}\n[1, 2]\n{"step": 3}\n')  # JSON, but not a record: no TypeError later
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not valid JSON"):
+        storage.read_jsonl(path)
 
 
 # --- locks -----------------------------------------------------------------------------------

@@ -408,6 +408,31 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, co
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
+def test_a_run_stopped_by_an_error_is_a_failed_wandb_run_and_names_no_missing_checkpoint(
+        tmp_path, corpus, cache, monkeypatch, capsys):
+    """The W&B run of a run that stops on an error ends as failed (exit code 1), not finished; and
+    the error does not point at a last.pt that was never written."""
+    finished = []
+
+    class Run:
+        id = "fake"
+
+        def log(self, *args, **kwargs):
+            pass
+
+        def finish(self, exit_code=0):
+            finished.append(exit_code)
+    monkeypatch.setattr(runlog, "start_wandb", lambda *args: Run())
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", run="ok"))
+    poison(monkeypatch, set(range(100)))
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "20", "--max_bad_steps", "3"))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "3 non-finite steps in a row" in err
+    assert "no checkpoint was written yet" in err and not (tmp_path / "ckpt" / "r" / "last.pt").exists()
+    assert finished == [0, 1]
+
+
 def test_a_run_of_non_finite_steps_between_log_steps_still_stops_the_run(tmp_path, corpus, cache, monkeypatch,
                                                                          capsys):
     """8 non-finite steps in a row, then good ones, all inside one log window of 10 (a save at
@@ -496,6 +521,27 @@ def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache, capsys):
     assert "top-2" in runlog.run_label(tmp_path / "ckpt" / "b")
     plot_runs.main([str(tmp_path / "ckpt" / "a"), "--out", str(tmp_path / "cli.png")])  # the command line
     assert (tmp_path / "cli.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_runs_warns_when_the_curves_do_not_compare(tmp_path):
+    """Runs with other tokenizers (nats/token, tokens seen) or validated on other text (bits/byte)
+    are overlaid with a warning line for each, not silently."""
+    def run(name, tokenizer, val_bytes):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "tokenizer.json").write_text(tokenizer)
+        records = [{"kind": "train", "step": 1, "tokens": 64, "lm_loss": 5.0},
+                   {"kind": "val", "step": 1, "tokens": 64, "bits_per_byte": 4.0, "val_bytes": val_bytes}]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return folder
+    a, b, c = run("a", "tok-1", 807), run("b", "tok-1", 807), run("c", "tok-2", 1169)
+    warned = []
+    runlog.plot_runs([a, b], tmp_path / "ab.png", warn=warned.append)
+    assert warned == []
+    runlog.plot_runs([a, b, c], tmp_path / "abc.png", warn=warned.append)
+    assert len(warned) == 2
+    assert "different tokenizers (a, b, c)" in warned[0] and "compare validation bits/byte" in warned[0]
+    assert "different text (val_bytes: a 807, b 807, c 1169)" in warned[1]
 
 
 def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):
@@ -651,6 +697,32 @@ def test_a_rank_that_fails_its_checks_alone_stops_the_others_quietly(monkeypatch
     assert not errors.reports(errors.RankError("x"))
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # a RANK some scheduler exports, without torchrun
     assert errors.reports(errors.ConfigError("x"))
+
+
+@pytest.mark.parametrize("write", ["logs", "checkpoint"])
+def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, full_disk, write):
+    """Rank 0 alone writes the run's logs and checkpoints: where it cannot (a full disk, a bad
+    metrics.jsonl), the other ranks learn so (and stop with a RankError, no line of their own)
+    rather than failing at their next collective with gloo's traceback."""
+    from types import SimpleNamespace
+
+    import runtime
+    from errors import StorageError
+    verdicts = []
+    monkeypatch.setattr(runtime, "all_reduce",
+                        lambda values, device, world, op=None: verdicts.append(values[0]) or values)
+    state = train.LoopState()
+    job = SimpleNamespace(model_args=debug_args(), train_args=TrainArgs(wandb_mode="disabled"),
+                          run_dir=tmp_path, log=lambda msg: None, model=Llama4(debug_args()), compiled=None,
+                          fpt=1.0, peak=None,
+                          device=torch.device("cpu"), world=runtime.World(0, 2), tokens_per_step=1, trials=0,
+                          stop=None, checkpoint=lambda state, window: {"step": state.step})
+    with pytest.raises(StorageError):
+        if write == "logs":
+            train.start_logging(job, state)
+        else:
+            train.maybe_save(job, state, train.Window(state, job.device), "last.pt")
+    assert verdicts == [0.0]  # the others were told
 
 
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
