@@ -124,7 +124,7 @@ def check_tokenizer(tok: Tokenizer, tok_path, ckpt: dict, ckpt_path, fix: str = 
     Hugging Face export all check this way; the advice is about the tokenizer, never the model's
     settings (a checkpoint's model cannot change)."""
     expected = (ckpt.get("tokenizer") or {}).get("sha256")
-    if expected and tok.hash != expected:
+    if expected and expected not in (tok.hash, tok.legacy_hash):
         raise CheckpointError(f"{tok_path} is not the tokenizer {ckpt_path} was trained with (sha256 "
                               f"{tok.hash[:12]} != {expected[:12]}); {fix}")
     model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(ckpt_path))
@@ -262,10 +262,9 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     cfg = hf_config(model.args)
     if tokenizer_path is not None and Path(tokenizer_path).exists():
         cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path).hash
-    # the weights first and config.json (what makes the folder a model) last: where the weights
-    # cannot be written (a full disk), the folder is left as it was, not a new config.json beside
-    # the old weights (or none)
-    storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
+    # the tokenizer, then the weights, then config.json (what makes the folder a model): a write
+    # that fails (a full disk) leaves the old export whole, or a new tokenizer that its old
+    # config.json's tokenizer_sha256 refuses at load, never a silent mix
     if tokenizer_path is None or not Path(tokenizer_path).exists():
         for name in ("tokenizer.json", "tokenizer_config.json") if held else ():  # the replaced export's
             (out / name).unlink(missing_ok=True)
@@ -275,6 +274,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
             "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
             "bos_token": SPECIAL_TOKENS["eos_id"], "pad_token": SPECIAL_TOKENS["pad_id"],
             "model_max_length": model.args.max_seq_len, "clean_up_tokenization_spaces": False})
+    storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
     storage.save_json(out / "config.json", cfg, sort_keys=False)
     return out
 

@@ -56,7 +56,7 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     without = "this run logs to metrics.jsonl only; --wandb_mode disabled silences this"
     try:
         import wandb
-    except ImportError as e:  # (a requirement, but a run never depends on its dashboard)
+    except Exception as e:  # not installed, or a broken install: a run never depends on its dashboard
         log(f"wandb: cannot import it ({first_line(e)}); {without}, pip install wandb brings it back")
         return None
     run = dict(project=train_args.wandb_project, group=train_args.wandb_group or None,
@@ -65,10 +65,13 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     try:
         return wandb.init(mode=mode, **run)
     except Exception as e:  # no network, no login: never crash a run over its dashboard
+        if mode == "offline":  # (its folder unwritable, a broken install): the run goes on without it
+            log(f"wandb: offline start failed ({first_line(e)}); {without}")
+            return None
         log(f"wandb: {mode} start failed ({first_line(e)}); logging offline instead")
     try:
         return wandb.init(mode="offline", **run)  # the same run (id, group), to sync later
-    except Exception as e:  # (its folder unwritable, a broken install): the run goes on without it
+    except Exception as e:
         log(f"wandb: offline start failed too ({first_line(e)}); {without}")
         return None
 

@@ -342,7 +342,7 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     from PIL import Image
     try:
         img = Image.open(path).convert("RGB").resize((args.image_size, args.image_size))
-    except (OSError, Image.DecompressionBombError) as e:  # (the latter: over 179M pixels)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # (over 179M pixels; a PNG text bomb)
         raise SampleError(f"--image {path}: cannot read it as an image ({e})") from e
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(args.image_size,
                                                                                   args.image_size, 3)

@@ -168,7 +168,8 @@ def read_jsonl(path, warn=None) -> list[dict]:
             record = None
         if not isinstance(record, dict):  # (valid JSON that is not a record: a log's reader would trip on it)
             if i != last:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON; fix or delete that line") from None
+                raise ValueError(f"{path}: line {i + 1} is not a JSON record; fix or delete that "
+                                 "line") from None
             if warn is not None:
                 warn(f"{path}: dropped a torn last line (line {i + 1}, {len(line)} characters), "
                      "left by a write that was cut short")

@@ -69,6 +69,11 @@ def _rust_threads_off():
             os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
+def _sha256(fields: dict) -> str:
+    """The sha256 of a tokenizer's JSON fields, canonical (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 class Tokenizer:
     """A byte-level BPE: a thin wrapper over `tokenizers.Tokenizer` with SPECIAL_TOKENS at ids 0..7.
 
@@ -89,10 +94,11 @@ class Tokenizer:
                             "one with this project")
         fields = json.loads(tok.to_str())
         # encode never runs a post-processor (add_special_tokens=False), and transformers'
-        # save_pretrained adds one that adds nothing: it is no part of the tokenizer's identity
+        # save_pretrained adds one that adds nothing: it is no part of the tokenizer's identity.
+        # Checkpoints saved before may record the hash with it (legacy_hash; None when it has none).
+        self.legacy_hash = _sha256(fields) if fields.get("post_processor") is not None else None
         fields["post_processor"] = None
-        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        self.hash = hashlib.sha256(canonical.encode()).hexdigest()
+        self.hash = _sha256(fields)
         self.vocab_size = tok.get_vocab_size()
         self.eos_id = tok.token_to_id(EOT)
         self.token_bytes = self._count_token_bytes()

@@ -134,7 +134,7 @@ def test_resume_survives_a_torn_metrics_line_and_plot_runs_names_a_bad_file(tmp_
     path.write_text("\n".join([lines[0], lines[1][:25], *lines[2:]]) + "\n")
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])
-    assert f"{path}: line 2 is not valid JSON" in str(e.value.code)
+    assert f"{path}: line 2 is not a JSON record" in str(e.value.code)
     path.write_text(json.dumps({"kind": "train", "step": 1, "lm_loss": 5.0}) + "\n")  # another program's
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])
@@ -169,7 +169,7 @@ def test_a_bad_metrics_line_before_the_last_is_one_line_on_resume(tmp_path, done
     path.write_text("\n".join([lines[0], lines[1][:25], *lines[2:]]) + "\n")
     with pytest.raises(SystemExit) as e:
         train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "8"])
-    assert one_line_error(capsys, 1, e).endswith("line 2 is not valid JSON; fix or delete that line")
+    assert one_line_error(capsys, 1, e).endswith("line 2 is not a JSON record; fix or delete that line")
 
 
 def test_the_budget_ending_on_an_evaluation_step_evaluates_it_once(tmp_path, corpus, cache, monkeypatch):
@@ -388,6 +388,9 @@ def test_wandb_that_cannot_start_or_be_imported_leaves_the_run_to_metrics_jsonl(
     lines = []
     assert runlog.start_wandb(TrainArgs(wandb_mode="online"), tmp_path, {}, log=lines.append) is None
     assert "offline instead" in lines[0] and "metrics.jsonl only" in lines[1] and len(lines) == 2
+    lines.clear()  # asked for offline: one line, not "offline failed; logging offline instead"
+    assert runlog.start_wandb(TrainArgs(wandb_mode="offline"), tmp_path, {}, log=lines.append) is None
+    assert len(lines) == 1 and "offline start failed" in lines[0] and "metrics.jsonl only" in lines[0]
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import wandb raises ImportError
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--wandb_mode", "offline"))
     out = capsys.readouterr()

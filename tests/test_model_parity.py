@@ -215,6 +215,12 @@ def test_import_of_our_export_saved_again_by_transformers(tmp_path):
     back, saved = checkpoint.load_model(ckpt)
     copied = Tokenizer.load(tmp_path / "back" / "tokenizer.json")
     assert saved["tokenizer"]["sha256"] == tok.hash == copied.hash
+    # a checkpoint saved before recorded the hash with the post-processor: it is still that tokenizer
+    assert copied.legacy_hash not in (None, tok.hash) and tok.legacy_hash is None
+    legacy = {**saved, "tokenizer": {"sha256": copied.legacy_hash}}
+    checkpoint.check_tokenizer(copied, "t.json", legacy, "old.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="is not the tokenizer"):
+        checkpoint.check_tokenizer(copied, "t.json", {**saved, "tokenizer": {"sha256": "0" * 64}}, "old.pt")
     tokens = torch.randint(0, V, (2, 20))
     with torch.no_grad():
         assert torch.equal(ours(tokens).logits, back(tokens).logits)

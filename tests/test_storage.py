@@ -115,10 +115,10 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_a_bad_middle_line_named(
     assert storage.read_jsonl(path, warn=warnings.append) == [{"step": 1}, {"step": 2}]
     assert "dropped a torn last line (line 3" in warnings[0]
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
         storage.read_jsonl(path)
     path.write_text('{"step": 1}\n[1, 2]\n{"step": 3}\n')  # JSON, but not a record: no TypeError later
-    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
         storage.read_jsonl(path)
 
 
