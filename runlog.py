@@ -62,18 +62,15 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     run = dict(project=train_args.wandb_project, group=train_args.wandb_group or None,
                name=train_args.wandb_name or run_dir.name, id=settings.get("wandb_id"), resume="allow",
                dir=str(run_dir), config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
-    try:
-        return wandb.init(mode=mode, **run)
-    except Exception as e:  # no network, no login: never crash a run over its dashboard
-        if mode == "offline":  # (its folder unwritable, a broken install): the run goes on without it
-            log(f"wandb: offline start failed ({first_line(e)}); {without}")
-            return None
-        log(f"wandb: {mode} start failed ({first_line(e)}); logging offline instead")
-    try:
-        return wandb.init(mode="offline", **run)  # the same run (id, group), to sync later
-    except Exception as e:
-        log(f"wandb: offline start failed too ({first_line(e)}); {without}")
-        return None
+    # no network, no login: offline, the same run (id, group) to sync later; offline failing too (its
+    # folder unwritable, a broken install): the run goes on without it. Never crash a run over its dashboard
+    for attempt in dict.fromkeys([mode, "offline"]):
+        try:
+            return wandb.init(mode=attempt, **run)
+        except Exception as e:
+            log(f"wandb: {attempt} start failed ({first_line(e)}); "
+                + ("logging offline instead" if attempt != "offline" else without))
+    return None
 
 
 class Metrics:
