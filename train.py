@@ -524,7 +524,7 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
                 f"{window.steps}, updates skipped (up to {worst} in a row)")
     if worst >= job.train_args.max_bad_steps:
         saved = ("last.pt holds the last good state" if (job.run_dir / "last.pt").exists()
-                 else "no checkpoint was written yet")
+                 else left_to_resume(job.run_dir))  # best.pt alone, or nothing yet
         raise RunError(f"{worst} non-finite steps in a row (by step {state.step}); lower --lr, raise "
                        f"--warmup_steps or check the data; {saved}")
     rec = window.record(job)

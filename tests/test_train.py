@@ -429,8 +429,20 @@ def test_a_run_stopped_by_an_error_is_a_failed_wandb_run_and_names_no_missing_ch
         train.main(args(tmp_path, corpus, cache, "--max_steps", "20", "--max_bad_steps", "3"))
     err = capsys.readouterr().err
     assert e.value.code == 1 and "3 non-finite steps in a row" in err
-    assert "no checkpoint was written yet" in err and not (tmp_path / "ckpt" / "r" / "last.pt").exists()
+    assert "no checkpoint was written" in err and not (tmp_path / "ckpt" / "r" / "last.pt").exists()
     assert finished == [0, 1]
+
+
+def test_non_finite_steps_with_best_pt_alone_point_at_best_pt(tmp_path, corpus, cache, monkeypatch, capsys):
+    """An evaluation wrote best.pt before the first last.pt: the error names it to resume from."""
+    poison(monkeypatch, set(range(3, 100)))
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "20", "--max_bad_steps", "3",
+                        "--eval_every", "2", "--save_every", "100"))
+    err = capsys.readouterr().err
+    best = tmp_path / "ckpt" / "r" / "best.pt"
+    assert e.value.code == 1 and best.exists() and not (tmp_path / "ckpt" / "r" / "last.pt").exists()
+    assert f"--resume {best}" in err and "no checkpoint was written" not in err
 
 
 def test_a_run_of_non_finite_steps_between_log_steps_still_stops_the_run(tmp_path, corpus, cache, monkeypatch,
