@@ -26,6 +26,7 @@ from pathlib import Path
 
 import config
 import storage
+import tokenizer
 from errors import RunError, StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
@@ -166,9 +167,10 @@ def incomparable(runs) -> list[str]:
     other tokens)."""
     problems, tokenizers = [], []
     for run_dir, _, _ in runs:
-        try:
-            tokenizers.append((Path(run_dir).name, (Path(run_dir) / "tokenizer.json").read_bytes()))
-        except OSError:
+        try:  # by identity: a copy transformers saved again is the same tokenizer
+            fields = json.loads((Path(run_dir) / "tokenizer.json").read_text(encoding="utf-8"))
+            tokenizers.append((Path(run_dir).name, tokenizer.identity(fields)))
+        except (OSError, ValueError, TypeError):
             pass
     if len({t for _, t in tokenizers}) > 1:
         names = ", ".join(name for name, _ in tokenizers)

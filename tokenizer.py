@@ -74,6 +74,13 @@ def _sha256(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def identity(fields: dict) -> str:
+    """A tokenizer's hash from its JSON fields. encode never runs a post-processor
+    (add_special_tokens=False), and transformers' save_pretrained adds one that adds nothing: it is
+    no part of the tokenizer's identity."""
+    return _sha256({**fields, "post_processor": None})
+
+
 class Tokenizer:
     """A byte-level BPE: a thin wrapper over `tokenizers.Tokenizer` with SPECIAL_TOKENS at ids 0..7.
 
@@ -93,12 +100,9 @@ class Tokenizer:
             raise DataError(f"the tokenizer has no {missing[0]} token; leave --tokenizer empty to train "
                             "one with this project")
         fields = json.loads(tok.to_str())
-        # encode never runs a post-processor (add_special_tokens=False), and transformers'
-        # save_pretrained adds one that adds nothing: it is no part of the tokenizer's identity.
-        # Checkpoints saved before may record the hash with it (legacy_hash; None when it has none).
+        self.hash = identity(fields)
+        # Checkpoints saved before may record the hash with the post-processor (None when it has none).
         self.legacy_hash = _sha256(fields) if fields.get("post_processor") is not None else None
-        fields["post_processor"] = None
-        self.hash = _sha256(fields)
         self.vocab_size = tok.get_vocab_size()
         self.eos_id = tok.token_to_id(EOT)
         self.token_bytes = self._count_token_bytes()

@@ -546,10 +546,13 @@ def test_plot_runs_warns_when_the_curves_do_not_compare(tmp_path):
                    {"kind": "val", "step": 1, "tokens": 64, "bits_per_byte": 4.0, "val_bytes": val_bytes}]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         return folder
-    a, b, c = run("a", "tok-1", 807), run("b", "tok-1", 807), run("c", "tok-2", 1169)
+    tok_1 = {"model": {"vocab": {"a": 0}}, "post_processor": None}
+    saved_again = {"post_processor": {"type": "TemplateProcessing"}, "model": {"vocab": {"a": 0}}}
+    a, b = run("a", json.dumps(tok_1), 807), run("b", json.dumps(saved_again, indent=2), 807)
+    c = run("c", json.dumps({"model": {"vocab": {"b": 0}}}), 1169)
     warned = []
     runlog.plot_runs([a, b], tmp_path / "ab.png", warn=warned.append)
-    assert warned == []
+    assert warned == []  # a copy transformers saved again (a no-op post-processor) is the same tokenizer
     runlog.plot_runs([a, b, c], tmp_path / "abc.png", warn=warned.append)
     assert len(warned) == 2
     assert "different tokenizers (a, b, c)" in warned[0] and "compare validation bits/byte" in warned[0]
