@@ -369,7 +369,8 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     if sample_args.prompt_file:
         try:
             text = Path(sample_args.prompt_file).read_text(encoding="utf-8-sig")  # (a BOM is not text)
-            lines = [ln for ln in text.splitlines() if ln.strip()]
+            # read_text makes \r\n and \r "\n"; str.splitlines would also split on \f, \u2028, ...
+            lines = [ln for ln in text.split("\n") if ln.strip()]
         except OSError as e:
             raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}") from e
         except UnicodeDecodeError as e:

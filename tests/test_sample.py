@@ -380,6 +380,15 @@ def test_a_prompt_file_with_no_prompt_is_an_error(run_dir, tmp_path, capsys):
     assert e.value.code == 1 and "holds no prompt (every line is blank)" in capsys.readouterr().err
 
 
+def test_a_prompt_file_has_one_prompt_per_line_break_and_no_other_separator(run_dir, tmp_path, capsys):
+    """\n, \r\n and \r end a prompt; a form feed or a Unicode line separator inside one does not."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("once\u2028upon\x0ca time\r\nthe dog\rthe cat\n", encoding="utf-8", newline="")
+    sample.main(["--ckpt", str(run_dir), "--greedy", "--max_new_tokens", "1", "--prompt_file", str(path)])
+    out = capsys.readouterr().out
+    assert out.count(" of 3 ") == 3 and "once\u2028upon\x0ca time" in out
+
+
 def test_a_prompt_file_is_utf8_and_its_byte_order_mark_is_not_prompt(run_dir, tmp_path, capsys):
     """A file saved by an editor that starts it with a BOM gives the --prompt's tokens, whatever
     the locale; --compile true with --no_cache (nothing to compile) says so."""
