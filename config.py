@@ -42,6 +42,17 @@ def _check(ok, name, problem):
         raise ConfigError(f"--{name}: {problem}")
 
 
+def _check_utf8(name, text, fix):
+    """Bytes that are not UTF-8 reach sys.argv as lone surrogates (U+DC80 + byte): refuse them here,
+    before they reach a file name, a plot or W&B."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(text[e.start]) & 0xff
+        raise ConfigError(f"--{name}: {text[:40]!r} is not UTF-8 text (byte {byte:#x} from the command "
+                          f"line); {fix}") from None
+
+
 def _check_choices(obj):
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
@@ -298,7 +309,7 @@ class TrainArgs:
     wandb_group: str = arg("", "W&B group")
     wandb_name: str = arg("", "W&B run name (empty = the run name)")
     # --- machine ---
-    device: str = arg("auto", "auto = cuda:0 when available, else cpu; or any torch device")
+    device: str = arg("auto", "auto = cuda:0 when available, else cpu; or cpu, cuda, cuda:N")
     seed: int = arg(1337, "random seed")
 
     def __post_init__(self):
@@ -311,6 +322,10 @@ class TrainArgs:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr:g} is above --lr {self.lr:g}; pass a "
                "--min_lr at most --lr (each preset sets its own)")
+        if self.lr * self.weight_decay >= 1:  # AdamW scales the matrices by 1 - lr * weight_decay
+            raise ConfigError(f"--weight_decay: {self.weight_decay:g} x --lr {self.lr:g} is at least 1: "
+                              "AdamW would zero or flip the sign of every matrix at each step; pick a "
+                              f"--weight_decay below 1 / lr = {1 / self.lr:g}")
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")
         _check(1e-6 <= self.val_fraction <= 0.5, "val_fraction",  # 1 in round(1 / f) documents
                f"must be in [1e-6, 0.5], got {self.val_fraction}")
@@ -325,6 +340,7 @@ def check_run(run: str) -> None:
     _check("/" not in run and run not in (".", ".."), "run",
            f"{run!r} is not a plain name: a run is the folder <out_dir>/<run>; use --out_dir to put it "
            "elsewhere")
+    _check_utf8("run", run, "set the terminal to UTF-8, or pick a name in plain ASCII")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,14 +383,8 @@ class SampleArgs:
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")  # row r: seed + r
         _check(not (self.ckpt and self.hf), "hf", "give --ckpt or --hf, not both")
-        for text in self.prompt:  # bytes that are not UTF-8 reach sys.argv as lone surrogates
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as e:
-                byte = ord(text[e.start]) & 0xff  # (surrogate U+DC80 + byte)
-                raise ConfigError(f"--prompt: {text[:40]!r} is not UTF-8 text (byte {byte:#x} from the "
-                                  "command line); set the terminal to UTF-8, or use a --prompt_file saved "
-                                  "as UTF-8") from None
+        for text in self.prompt:
+            _check_utf8("prompt", text, "set the terminal to UTF-8, or use a --prompt_file saved as UTF-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,15 +567,24 @@ class Parser(argparse.ArgumentParser):
         """The error for unknown options: each with the nearest of this parser's (or more_options)."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
 
-        def parts(option):  # --lr_min and --min_lr: the same words in another order
-            return sorted(option.lstrip("-").split("_"))
+        def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
+            return sorted(option.lstrip("-").replace("-", "_").split("_"))
         hints = []
         for w in words:
             name = w.split("=")[0]
+            if name == "--":  # argparse takes what follows a bare -- as values, known options too
+                hints.append("-- (a bare -- ends the options, so none after it is read; drop it)")
+                continue
+            if name in options:
+                hints.append(f"{w} (after the bare --)")
+                continue
             if not name.startswith("-"):
                 hints.append(f"{w} (options take the form --name value; is a --name missing before it?)")
                 continue
             close = [o for o in options if parts(o) == parts(name)]
+            starts = [o for o in options if o.startswith(name)]
+            if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)
+                close = starts
             close = close or difflib.get_close_matches(name, options, n=1)
             hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
         return f"unknown option {', '.join(hints)}; see --help for the list"

@@ -25,7 +25,7 @@ from errors import ConfigError, DeviceError, RankError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda:0 when available, else cpu; any torch device name otherwise."""
+    """`auto` -> cuda:0 when available, else cpu; cpu, cuda or cuda:N otherwise (a ConfigError for others)."""
     if name == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:

@@ -50,12 +50,13 @@ How this departs from the obvious version:
 - Ctrl-C / SIGTERM finish the current step (under torchrun, the steps up to the ranks' next
   agreement, within about 10 s: agree), save last.pt and exit cleanly; a second signal aborts
   (exit status 130, one line), but never in the middle of a save: it waits for the file.
-- What can be refused before any work is: a vocabulary below 264, a batch that does not split
-  over the processes, a micro-batch whose weights, loss chunk and residual stream alone exceed
-  the device's memory, CUDA graphs with more than one micro-batch per process (exit status 2,
-  as for any bad setting). Settings that are allowed but probably not meant get a warning line: a warmup as
-  long as the run, a --val_fraction with a validation source (and data.py warns of --val_data
-  files inside --data).
+- What can be refused before any work is: a vocabulary below 264, special-token ids that the
+  tokenizer the run trains does not have, a batch that does not split over the processes, a
+  micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
+  CUDA graphs with more than one micro-batch per process (exit status 2, as for any bad setting).
+  Settings that are allowed but probably not meant get a warning line: a warmup as long as the
+  run, a --val_fraction with a validation source (and data.py warns of --val_data files inside
+  --data).
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
   step is taken again, eagerly, as a --compile false run takes it (first_steps).
@@ -750,12 +751,19 @@ def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
 
 def check_settings(plan: RunPlan, device, world: World) -> None:
     """What can be refused before any work, as a bad setting (ConfigError, exit status 2): a
-    vocabulary smaller than a byte-level BPE, a batch that does not split over the processes, CUDA
+    vocabulary smaller than a byte-level BPE, special-token ids other than those of the tokenizer
+    the run will train, a batch that does not split over the processes, CUDA
     graphs with more than one micro-batch per process, a micro-batch whose weights, loss chunk and
     residual stream alone exceed the device's memory."""
     model_args, train_args = plan.model_args, plan.train_args
     if plan.ckpt is None and (problem := too_small(model_args.vocab_size)):
         raise ConfigError(problem)
+    if plan.ckpt is None and not train_args.tokenizer:  # one trained here puts them at ids 0, 1, ...
+        for i, (name, token) in enumerate(config.SPECIAL_TOKENS.items()):
+            value = getattr(model_args, name)
+            if value != i:
+                raise ConfigError(f"--{name} {value}: the tokenizer this run trains has {token} at id {i}; "
+                                  f"drop --{name} (other ids need a --tokenizer that has them)")
     if train_args.grad_accum % world.size:
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}")

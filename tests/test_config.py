@@ -92,9 +92,15 @@ def test_greedy_takes_any_temperature():
 BAD = [
     (["--dmi", "3"], "--dmi (did you mean --dim?)"),
     (["--lr_min", "0"], "--lr_min (did you mean --min_lr?)"),  # the same words in another order
+    (["--lr-min", "0"], "--lr-min (did you mean --min_lr?)"),  # (once: --lr)
+    (["--", "--dim", "64"],  # (once: "--dim (did you mean --dim?)")
+     "unknown option -- (a bare -- ends the options, so none after it is read; drop it), "
+     "--dim (after the bare --)"),
     (["foo"], "unknown option foo (options take the form --name value; is a --name missing before it?)"),
     (["--run", "../escape"], "--run: '../escape' is not a plain name: a run is the folder <out_dir>/<run>"),
     (["--run", "a/b"], "--run: 'a/b' is not a plain name"),
+    # a latin-1 terminal's é: once crashed the loss plot at the first evaluation, after training
+    (["--run", "caf\udce9"], "--run: 'caf\\udce9' is not UTF-8 text (byte 0xe9 from the command line)"),
     (["--dim", "big"], "--dim: expected an integer, got 'big'"),
     (["--lr", "fast"], "--lr: expected a number"),
     (["--qk_norm", "maybe"], "--qk_norm: expected true or false"),
@@ -112,6 +118,8 @@ BAD = [
     (["--seed", "-3"], "--seed: must be in [0, 2^63)"),
     (["--seed", str(2 ** 63)], "--seed: must be in [0, 2^63)"),
     (["--min_lr", "1"], "--min_lr: 1 is above --lr 0.0006; pass a --min_lr at most --lr"),
+    (["--weight_decay", "2000"],  # (once accepted: AdamW multiplied every matrix by 1 - 1.2 each step)
+     "--weight_decay: 2000 x --lr 0.0006 is at least 1: AdamW would zero or flip the sign of every matrix"),
     (["--rope_scaling", "yarn"], "--rope_scaling: invalid choice"),
     (["--preset", "huge"], "--preset: invalid choice"),
     (["--vocab_size", "4"], "token id"),
@@ -136,6 +144,12 @@ def test_bad_input_is_one_line_and_exits_2(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert err.startswith("train.py: error:") and message in err
+
+
+def test_an_unknown_option_names_the_only_option_it_begins(capsys):
+    with pytest.raises(SystemExit) as e:  # (once: "did you mean --help?")
+        config.parse_args([SampleArgs], ["--temp", "0.5"], prog="sample.py")
+    assert e.value.code == 2 and "--temp (did you mean --temperature?)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script,fields", [("train.py", ["--dim", "--lr", "--max_minutes", "--resume"]),

@@ -557,6 +557,8 @@ def no_data(monkeypatch):
     (["--max_seq_len", "2000000", "--vocab_size", "4096", "--batch_size", "16"],
      "--max_seq_len 2000000 x --batch_size 16 needs at least 33"),
     (["--device", "tpu"], "--device tpu: not a device name; use auto, cpu, cuda or cuda:N"),
+    # (once refused only after the tokenizer was trained, exit status 1)
+    (["--eos_id", "300"], "--eos_id 300: the tokenizer this run trains has <|endoftext|> at id 0; drop"),
 ])
 def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatch, capsys, no_data, extra,
                                              message):
