@@ -616,6 +616,16 @@ def check_pass_through(parser: Parser, extra: list[str], owned=()) -> None:
             parser.error(parser.unknown([flag], sorted(f for f in fields if f[2:] not in owned)))
 
 
+def refuse_training_settings(parser: Parser, argv: list[str], why: str) -> None:
+    """A train.py setting (--lr, --batch_size, ...) typed to a script that takes the model's settings
+    only: one line naming it as such and `why` (the fix), not the "unknown option" the parser gives,
+    with its nearest model option (--lr: did you mean --help?; --batch_size: --patch_size?)."""
+    training = {f"--{f.name}" for f in dataclasses.fields(TrainArgs)}
+    typed = [w.split("=")[0] for w in argv if w.split("=")[0] in training]
+    if typed:
+        parser.error(f"{typed[0]} is a training setting (train.py's), {why}")
+
+
 def has_presets(classes) -> bool:
     """Whether a preset sets any field of these classes (none sets SampleArgs': no --preset there)."""
     return any(cls.__name__ in p for p in PRESETS.values() for cls in classes)

@@ -338,11 +338,19 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 
 
 def load_image(path, args: config.ModelArgs) -> torch.Tensor:
-    """A PNG/JPEG as (3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does."""
-    from PIL import Image
+    """A PNG/JPEG as (3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does. As
+    transformers loads it: turned upright by its EXIF orientation, transparency over white. 16-bit
+    grey is scaled to 8 bits (convert("RGB") clips it: all but black turns white)."""
+    from PIL import Image, ImageOps
     try:
-        img = Image.open(path).convert("RGB").resize((args.image_size, args.image_size))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # (over 179M pixels; a PNG text bomb)
+        img = ImageOps.exif_transpose(Image.open(path))
+        if img.mode.startswith("I;16"):
+            img = img.convert("I").point(lambda v: v / 257).convert("L")
+        if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)
+            img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+        img = img.convert("RGB").resize((args.image_size, args.image_size))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # (a broken PNG chunk;
+        # over 179M pixels; a PNG text bomb)
         raise SampleError(f"--image {path}: cannot read it as an image ({e})") from e
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(args.image_size,
                                                                                   args.image_size, 3)

@@ -61,6 +61,9 @@ def explain_scout_card(counts: dict) -> str:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config.refuse_training_settings(config.Parser(prog="count_params.py"), argv, "which changes no parameter "
+                                    "count; drop it (count_params.py takes --preset and the model settings)")
     name, (args,) = config.parse_args([config.ModelArgs], argv, prog="count_params.py",
                                       description=__doc__)
     rows, counts = table(args)

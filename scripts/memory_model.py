@@ -2,6 +2,7 @@
 
     python scripts/memory_model.py                    # scout-128m, bf16 autocast, batch 32, 128, 512
     python scripts/memory_model.py --batches 8 --dtype float32 --preset tiny
+    python scripts/memory_model.py --preset tiny --top_k 2 --max_seq_len 512   # any ModelArgs override
 
 Each variant's training step (bench_model.make_step: train.train_step, forward + backward +
 clipping + fused AdamW) runs on fake tensors: torch's FakeTensorMode gives every tensor its shape,
@@ -44,6 +45,7 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import storage  # noqa: E402
 from config import ModelArgs  # noqa: E402
+from errors import run_script  # noqa: E402
 
 VARIANTS = ["moe", "moe+ckpt", "moe+plain-loss", "dense"]
 
@@ -63,7 +65,8 @@ def measure(base: dict, batches: list[int], dtype, variants=VARIANTS, cuda: bool
 
 def markdown(result: dict) -> str:
     c = result["config"]
-    lines = [f"Step memory modelled on fake tensors (scripts/memory_model.py), {c['preset']}, context "
+    preset = " ".join([c["preset"], *c.get("overrides", [])])  # (none before they were taken)
+    lines = [f"Step memory modelled on fake tensors (scripts/memory_model.py), {preset}, context "
              f"{c['max_seq_len']}, vocabulary {c['vocab_size']}, {c['dtype']}, as on {c['device']}, "
              f"torch {c['torch']}:", "",
              "| batch | variant | step memory (MB) | held between steps (MB) | step + held (GB) |",
@@ -96,28 +99,32 @@ def main(argv=None):
                    help="JSON out, the markdown table beside it (.md) (default, for a run with every "
                         "other option at its default: img/memory_model.json; other runs write only where "
                         "--out says)")
-    opts = p.parse_args(argv)
-    out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json")
+    opts, overrides = p.parse_known_args(argv)  # the model's settings, as train.py and count_params.py
+    config.refuse_training_settings(p, overrides, "not a model one; drop it (--batches are the batch sizes, "
+                                    "--variants moe+ckpt is --grad_checkpoint, --dtype is this script's own)")
+    _, (model_args,) = config.parse_args([ModelArgs], ["--preset", opts.preset, *overrides], prog=p.prog)
+    out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json", extra=overrides)
     variants = opts.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "moe" not in variants:
-        p.error(f"--variants: {', '.join(unknown) or 'moe is missing'}; choose from {', '.join(VARIANTS)}, "
+        what = f"{', '.join(map(repr, unknown))} unknown" if unknown else "moe is missing"
+        p.error(f"--variants: {what}; choose from {', '.join(VARIANTS)}, "
                 "moe included (the ratios are to it)")
     batches = p.counts("--batches", opts.batches)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    base = config.to_dict(ModelArgs(**config.PRESETS[opts.preset]["ModelArgs"]))
+    base = config.to_dict(model_args)
     dtype = getattr(torch, opts.dtype)
-    result = {"config": {"preset": opts.preset, **base, "dtype": opts.dtype, "device": opts.device,
-                         "torch": torch.__version__},
+    result = {"config": {"preset": opts.preset, "overrides": overrides, **base, "dtype": opts.dtype,
+                         "device": opts.device, "torch": torch.__version__},
               "batches": measure(base, batches, dtype, variants, opts.device == "cuda")}
     md = markdown(result)
     print(md, end="")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        storage.save_json(out, result, sort_keys=False)
-        storage.atomic_write(out.with_suffix(".md"), md.encode())
+        storage.make_folder(out.parent, "pick another --out")
+        storage.save_json(out, result, sort_keys=False, fix="pick another --out")
+        storage.atomic_write(out.with_suffix(".md"), md.encode(), "pick another --out")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "memory_model.py")

@@ -30,6 +30,56 @@ def test_fp32_and_bad_options(tmp_path, capsys):
         with pytest.raises(SystemExit):
             memory_model.main(bad + ["--out", str(tmp_path / "x.json")])
         assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # (a trailing comma: an empty name, not a missing moe)
+        memory_model.main(["--variants", "moe,", "--out", str(tmp_path / "x.json")])
+    assert "--variants: '' unknown; choose from" in capsys.readouterr().err
+
+
+def test_model_settings_override_the_preset_as_in_train_py(tmp_path, capsys):
+    """--top_k 2, --vision, ... change the modelled run as they change train.py's (they were unknown
+    options); the held memory is the overridden model's (fp32 weights, and AdamW's moments for all
+    but the vision stub, which text training leaves without gradients); a bad value or a training
+    setting is one line."""
+    def run(*overrides):
+        return memory_model.main(["--preset", "debug", "--dtype", "float32", "--batches", "2", "--variants",
+                                  "moe", "--out", str(tmp_path / "m.json"), *overrides])
+
+    def held(**overrides):  # fp32 weights and buffers (the RoPE tables); AdamW's two moments and step
+        from config import PRESETS, ModelArgs  # count, but for the stub
+        from model import Llama4
+        with torch.device("meta"):
+            model = Llama4(ModelArgs(**{**PRESETS["debug"]["ModelArgs"], **overrides}))
+        stub = ("vision_model.", "multi_modal_projector.")
+        weights = sum(4 * p.numel() if n.startswith(stub) else 12 * p.numel() + 4
+                      for n, p in model.named_parameters())
+        return weights + sum(4 * b.numel() for b in model.buffers())
+    base, top2, vision = (run(*o)["batches"]["2"] for o in ([], ["--top_k", "2"], ["--vision"]))
+    assert top2["step_memory_mb"]["moe"] > base["step_memory_mb"]["moe"]
+    assert base["held_mb"]["moe"] * 2**20 == held()
+    assert vision["held_mb"]["moe"] * 2**20 == held(vision=True)
+    assert "debug --vision, context 64" in (tmp_path / "m.md").read_text()
+    for bad, said in ((["--top_k", "9"], "--top_k: top_k=9 is larger than n_experts=4"),
+                      (["--lr", "1e-3"], "--lr is a training setting (train.py's), not a model one")):
+        with pytest.raises(SystemExit) as e:
+            run(*bad)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and f"error: {said}" in err, err
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path):
+    """--out in a folder that cannot be made (a file is in the way): one line naming it and --out,
+    exit status 1, after the table is printed (the run is not lost); it was a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    (tmp_path / "file").write_text("")
+    script = Path(memory_model.__file__)
+    done = subprocess.run([sys.executable, str(script), "--preset", "debug", "--batches", "1", "--variants",
+                           "moe", "--out", str(tmp_path / "file" / "m.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"memory_model.py: error: cannot create the folder {tmp_path / 'file'}: ")
+    assert done.stderr.endswith("; pick another --out\n") and "| 1 | moe |" in done.stdout
 
 
 def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():

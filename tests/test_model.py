@@ -519,6 +519,25 @@ def test_count_params_script_explains_the_model_card(capsys):
     assert counts["total"] + counts["embedding"] == count_params.SCOUT_CARD_TOTAL
 
 
+def test_count_params_script_refuses_a_training_setting_in_one_line(capsys):
+    """A train.py command line pasted in: --lr or --batch_size change no parameter count, and
+    are named as training settings (the parser said "unknown option", did you mean --help or
+    --patch_size); a model setting counts, an unknown option still gets its nearest."""
+    from scripts import count_params
+    for typed in (["--lr", "1e-3"], ["--batch_size=4"]):
+        with pytest.raises(SystemExit) as e:
+            count_params.main(["--preset", "debug", "--top_k", "2", *typed])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        flag = typed[0].split("=")[0]
+        assert err.startswith(f"count_params.py: error: {flag} is a training setting (train.py's), which "
+                              "changes no parameter count; drop it")
+    assert count_params.main(["--preset", "debug", "--top_k", "2"])["active_per_token"] == 166_480
+    with pytest.raises(SystemExit):
+        count_params.main(["--preset", "debug", "--nope", "1"])
+    assert "unknown option --nope (did you mean --nope_every?)" in capsys.readouterr().err
+
+
 def test_default_preset_has_about_128m_parameters():
     with torch.device("meta"):
         counts = count_parameters(Llama4(ModelArgs()))

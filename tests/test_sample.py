@@ -697,6 +697,56 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path):
         sample.load_image(path, args)
 
 
+def test_a_png_with_a_broken_chunk_is_one_line(tmp_path):
+    """PIL finds a chunk that is not a chunk (a damaged file) only while decoding, and says so with
+    a SyntaxError, neither OSError nor ValueError: still one line naming the file (a traceback)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    pixels = zlib.compress(b"".join(b"\0" + bytes([9, 9, 9]) * 4 for _ in range(4)))
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", pixels[:5]) + chunk(b"\x01DAT", pixels[5:]) + chunk(b"IEND", b""))
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    with pytest.raises(sample.SampleError, match=r"broken.png: cannot read it as an image \(broken PNG"):
+        sample.load_image(path, args)
+
+
+def test_an_image_is_seen_upright_and_its_transparency_over_white(tmp_path):
+    """As transformers' load_image and Llama 4's processor (convert_to_rgb) see it: a clear pixel
+    (RGBA, or a palette's transparent colour) is white, not the black its RGB holds; a photo is
+    turned by its EXIF orientation."""
+    from PIL import Image
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("P", (20, 20), 0).save(tmp_path / "clear.gif", transparency=0)
+    for name in ("clear.png", "clear.gif"):
+        assert sample.load_image(tmp_path / name, args).min() == 1.0, name
+    photo = Image.new("RGB", (40, 20), "red")
+    photo.paste((0, 0, 255), (0, 0, 20, 20))  # blue left half; orientation 6: turn 90 degrees clockwise
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "photo.png", exif=exif)
+    image = sample.load_image(tmp_path / "photo.png", args)  # upright: blue on top, red below
+    assert image[2, :40].mean() > 0.9 and image[0, -40:].mean() > 0.9
+
+
+def test_a_16_bit_grey_image_keeps_its_shades():
+    """PIL opens a 16-bit grey PNG as mode I;16, whose convert("RGB") clips every value above 255:
+    mid-grey was seen as white. It is scaled to 8 bits instead."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    grey = io.BytesIO()
+    Image.fromarray(np.full((20, 20), 32896, dtype=np.uint16)).save(grey, "PNG")  # 128 * 257: mid-grey
+    assert Image.open(grey).mode == "I;16"
+    assert torch.allclose(sample.load_image(grey, args), torch.tensor(128 / 255 * 2 - 1), atol=1e-6)
+
+
 def test_uncached_decoding_with_an_image_takes_a_generated_patch_token_as_text(monkeypatch):
     """The image fills the prompt's <|patch|> tokens; a <|patch|> the model picks is a token like
     any other, as in the cached path (whose decode steps see no image). The uncached path gave
