@@ -22,8 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
+import storage  # noqa: E402
+from errors import run_script  # noqa: E402
 
 PARTS = {"model": "bench_model.py", "data": "bench_data.py", "sample": "bench_sample.py"}
+FIX = "pick another --out_dir"  # where writing the results fails
 
 
 def run_part(name: str, out_dir: Path) -> dict:
@@ -142,8 +145,6 @@ def main(argv=None):
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of model,data,sample")
     p.add_argument("--out_dir", default=str(ROOT / "img"))
     opts = p.parse_args(argv)
-    out_dir = Path(opts.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     import torch
     machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                "torch": torch.__version__, "load_before": os.getloadavg()[0],
@@ -152,6 +153,7 @@ def main(argv=None):
     unknown = sorted(set(only) - set(PARTS))
     if unknown:
         p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    out_dir = storage.make_folder(opts.out_dir, FIX)
     # The parts not rerun are read back from their last JSON, so bench.md always holds every table.
     results = {}
     for name in PARTS:
@@ -161,11 +163,11 @@ def main(argv=None):
         elif saved.exists():
             results[name] = json.loads(saved.read_text())
     machine["parts_run"] = only
-    (out_dir / "bench.json").write_text(json.dumps({"machine": machine, **results}, indent=2) + "\n")
+    storage.save_json(out_dir / "bench.json", {"machine": machine, **results}, FIX, sort_keys=False)
     md = markdown(results, machine)
-    (out_dir / "bench.md").write_text(md + "\n")
+    storage.atomic_write(out_dir / "bench.md", (md + "\n").encode(), FIX)
     print(md)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench.py")

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 import storage  # noqa: E402
+from errors import run_script  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt"
 BAD_TEXT = 3  # the prepare() subprocess's exit status for a one-line error about the text
@@ -159,6 +160,8 @@ def main(argv=None):
     if not os.path.isfile(opts.data):
         sys.exit(f"bench_data.py: error: no such file '{opts.data}'; pass --data FILE (../shared holds "
                  "train-lower.txt)")
+    if out is not None:  # (before the work, not after it)
+        storage.make_folder(out.parent, "pick another --out")
 
     load = os.getloadavg()[0]  # the CPU may be shared: a busy core halves the parallel speed-up
     with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
@@ -217,7 +220,6 @@ def main(argv=None):
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     print(f"{os.cpu_count()} CPUs, load average {load:.2f} at the start (other processes share the CPUs)")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         storage.save_json(out, result, sort_keys=False)
         print(f"wrote {out}")
     if ratio >= 1.5:
@@ -225,4 +227,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "bench_data.py")

@@ -485,7 +485,7 @@ def main(argv=None):
     figure = ROOT / "img" / ("bench_model_cuda.json" if cuda else "bench_model.json")
     out = storage.results_path(p, opts, figure, ignore=("device",))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        storage.make_folder(out.parent, "pick another --out")
     for b in batches:  # written after each batch: a run stopped at a time limit keeps those done
         result["batches"][str(b)] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
                                                   ["moe", "moe+compile"] if opts.profile else [])

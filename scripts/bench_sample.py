@@ -193,6 +193,10 @@ def parse(argv):
                 setattr(opts, name, value)
         if "max_seq_len" not in typed:
             opts.max_seq_len = PROMPT + opts.new_tokens
+    if opts.max_seq_len < PROMPT + opts.new_tokens:  # generate() would stop at the context, short of them
+        p.error(f"--max_seq_len {opts.max_seq_len} has no room for {opts.new_tokens} --new_tokens after the "
+                f"{PROMPT}-token prompt; raise --max_seq_len to {PROMPT + opts.new_tokens} or lower "
+                "--new_tokens")
     opts.batches = p.counts("--batches", opts.batches)
     return opts
 
@@ -220,7 +224,7 @@ def main(argv=None):
     figure = ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json")
     out = storage.results_path(opts.parser, opts.given, figure, ignore=("device",))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        storage.make_folder(out.parent, "pick another --out")
 
     def keep(results):  # after each batch size: a run stopped at a time limit keeps those done
         result["results"] = results

@@ -60,6 +60,7 @@ import config  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
+from errors import run_script  # noqa: E402
 from model import Llama4, count_parameters, flops_per_token  # noqa: E402
 from runlog import read_metrics  # noqa: E402
 
@@ -100,6 +101,8 @@ def parse(argv):
         help="Weights & Biases for the runs, group 'compare' (default disabled)")
     opts, extra = p.parse_known_args(argv)
     config.check_pass_through(p, extra, OWNED)
+    if not (math.isfinite(opts.minutes) and opts.minutes >= 0):  # (train.py would name its --max_minutes)
+        p.error(f"--minutes: must be a finite number of minutes, 0 or more, got {opts.minutes:g}")
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
     settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
@@ -326,6 +329,7 @@ def main(argv=None) -> dict:
             print(f"compare.py: error: {what} {path} does not exist; pass --data / --val_data (defaults: "
                   "../shared/data/tinystories/train-lower.txt and valid-lower.txt)", file=sys.stderr)
             sys.exit(1)
+    storage.make_folder(opts.results, "pick another --out")  # before the runs, not after them
     base = shared_argv(opts, extra)
     argvs, sizes, shared_model = {}, {}, settings_of(base)[0]
     for name in VARIANTS:
@@ -348,7 +352,7 @@ def main(argv=None) -> dict:
                 storage.lock(run_dir / "run.lock").close()
             except storage.Busy as e:
                 sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
-                         "it to end, or pass another --out_dir")
+                         "it to end, or pick another --out_dir")
             shutil.rmtree(run_dir)
 
     rows, runs = [], []
@@ -386,8 +390,7 @@ def main(argv=None) -> dict:
                     "load_avg_after": load_after},
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = opts.results
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.make_folder(opts.results, "pick another --out")
     paths = {"bpb": out / "compare_bpb.png", "experts": out / "compare_experts.png",
              "entropy": out / "compare_entropy.png", "json": out / "compare.json", "md": out / "compare.md"}
     figures = {"bpb": plot_bpb(runs, paths["bpb"]),
@@ -402,4 +405,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "compare.py")

@@ -47,6 +47,7 @@ asked to compile that ran eagerly are named at the top of gpu.md, and the check 
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -60,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
 import storage  # noqa: E402
+from errors import run_script  # noqa: E402
 
 PARTS = {"model": ["bench_model.json"], "sample": ["bench_sample.json", "bench_sample_fp32.json"],
          "train": ["train.json"]}  # each part's files under --out, in the order the parts run
@@ -363,6 +365,10 @@ def parse(argv):
     opts = p.parse_args(argv)
     if not set(opts.only.split(",")) <= set(PARTS):
         p.error(f"--only {opts.only}: each part must be one of {','.join(PARTS)}")
+    for name in ("minutes", "deadline"):  # (nan stopped every command at once; train.py refused a
+        value = getattr(opts, name)  # negative --minutes only after the other parts had run)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            p.error(f"--{name}: must be a finite number, 0 or more, got {value:g}")
     if opts.device.startswith("cuda") and not opts.render:
         import torch
         if not torch.cuda.is_available():  # every part would fail, and gpu.md say only that
@@ -373,6 +379,11 @@ def parse(argv):
                  if Path(getattr(opts, k)).name == Path(p.get_default(k)).name]
     return opts, storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
                                       ignore=("only", "deadline", "work", "render", *same_text))
+
+
+def write_summary(out: Path) -> None:
+    """gpu.md from the JSON in `out`, written atomically (a kill at a deadline leaves the old one)."""
+    storage.atomic_write(out / "gpu.md", markdown(out).encode(), "pick another --out")
 
 
 def main(argv=None):
@@ -386,12 +397,12 @@ def main(argv=None):
             FAILED.extend(failed_variants(out / name))
         if (out / "train.json").exists():
             FAILED.extend(train_fallbacks(json.loads((out / "train.json").read_text()), exits=True))
-        (out / "gpu.md").write_text(markdown(out))
+        write_summary(out)
         print((out / "gpu.md").read_text())
         if FAILED:
             sys.exit(f"gpu_check: error: {', '.join(FAILED)} failed")
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_folder(out, "pick another --out")
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept
         log.write(f"# gpu_check.py --only {opts.only}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -414,7 +425,7 @@ def main(argv=None):
                "--compile_mode", opts.compile_mode, "--out", out / "bench_model.json", log=log,
                until=opts.until)
             FAILED.extend(failed_variants(out / "bench_model.json"))
-            (out / "gpu.md").write_text(markdown(out))  # after each part: what is done is summed up
+            write_summary(out)  # after each part: what is done is summed up
         if due("sample"):  # (without the uncached variant on a GPU: no goal counts it, and it is slowest)
             sh("scripts/bench_sample.py", "--device", opts.device, *quick,
                *([] if opts.quick else ["--variants", "cached,compiled,hf"]),
@@ -432,12 +443,12 @@ def main(argv=None):
                "--out", out / "bench_sample_fp32.json", log=log, until=opts.until)
             FAILED.extend(failed_variants(out / "bench_sample.json")
                           + failed_variants(out / "bench_sample_fp32.json"))
-            (out / "gpu.md").write_text(markdown(out))
+            write_summary(out)
         if due("train"):
             result = train_part(opts, out, log)
             FAILED.extend(train_fallbacks(result))
-            (out / "train.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "gpu.md").write_text(markdown(out))
+            storage.save_json(out / "train.json", result, "pick another --out", sort_keys=False)
+    write_summary(out)
     print((out / "gpu.md").read_text())
     if FAILED:  # a check that looks done but is not would cost a GPU session
         sys.exit(f"gpu_check: error: {', '.join(FAILED)} failed; see {out / 'log.txt'}")
@@ -446,4 +457,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the command running is stopped too
-    main()
+    run_script(main, "gpu_check.py")

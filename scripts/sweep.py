@@ -162,7 +162,7 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
         result = json.loads(result_file.read_text())
         if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)
             sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
-                     f"({' '.join(result['train_argv'])}); pass another --out_dir for these, or delete it")
+                     f"({' '.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
         return result
     if run_dir.exists():  # an interrupted run: start it again
         import shutil

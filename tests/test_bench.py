@@ -234,3 +234,67 @@ def test_the_cpu_peak_is_measured_by_the_fastest_call(monkeypatch):
     import runtime
     monkeypatch.setattr(runtime, "fastest_call", lambda fn, seconds: 0.01)
     assert runtime.peak_flops(torch.device("cpu"), torch.float32) == 2 * 1024**3 / 0.01
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("bench", ["--only", "sample", "--out_dir", "{bad}"]),
+    ("bench_model", ["--quick", "--no-hf", "--out", "{bad}/b.json"]),
+    ("bench_sample", ["--quick", "--no-hf", "--out", "{bad}/b.json"]),
+    ("bench_data", ["--data", "{small}", "--vocab_size", "300", "--out", "{bad}/b.json"]),
+])
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_the_work(tmp_path, monkeypatch, capsys,
+                                                                           script, argv):
+    """A folder for --out / --out_dir that cannot be made (here: under a file) was a traceback, and
+    bench_data.py found it only after the whole benchmark."""
+    import importlib
+
+    from errors import run_script
+    module = importlib.import_module(f"scripts.{script}")
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "small.txt").write_text("one story.\n")
+    bad = tmp_path / "a_file" / "sub"
+    monkeypatch.setattr(bench, "run_part", lambda name, out_dir: SAMPLE)
+    if script == "bench_model":
+        monkeypatch.setattr(module, "measure_batch", lambda *a, **k: pytest.fail("measured first"))
+    argv = [a.format(bad=bad, small=tmp_path / "small.txt") for a in argv]
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: module.main(argv), f"{script}.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and err[-1].startswith(f"{script}.py: error: cannot create the folder {bad}")
+    assert err[-1].endswith("pick another --out_dir" if script == "bench" else "pick another --out")
+
+
+def test_bench_writes_its_tables_atomically(tmp_path):
+    """bench.json and bench.md were truncated, then written: a write cut short (a full disk, here a
+    file size limit) left them half-written instead of as they were."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    for name in ("bench.json", "bench.md"):
+        (tmp_path / name).write_text("the previous run's\n")
+    code = ("import resource, sys; from scripts import bench; from errors import run_script; "
+            f"bench.run_part = lambda name, out_dir: {SAMPLE!r}; "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100)); "
+            f"argv = ['--only', 'sample', '--out_dir', {str(tmp_path)!r}]; "
+            "run_script(lambda: bench.main(argv), 'bench.py')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert last.startswith(f"bench.py: error: cannot write {tmp_path / 'bench.json'}: the file is over")
+    assert all((tmp_path / name).read_text() == "the previous run's\n" for name in ("bench.json", "bench.md"))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_bench_sample_refuses_a_context_too_short_for_its_tokens(capsys):
+    """generate() stops at the context: --max_seq_len 20 made 4 of 64 --new_tokens, reported as 64
+    (tokens/s 16x too high), and a context shorter than the prompt was a traceback."""
+    from scripts import bench_sample
+    for argv in (["--quick", "--max_seq_len", "20", "--new_tokens", "64"], ["--quick", "--max_seq_len", "12"],
+                 ["--new_tokens", "300"]):
+        with pytest.raises(SystemExit) as e:
+            bench_sample.parse(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "has no room for" in err and "raise --max_seq_len to" in err
+    assert bench_sample.parse(["--quick", "--new_tokens", "64"]).max_seq_len == 80
+

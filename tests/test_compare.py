@@ -145,3 +145,27 @@ def test_a_run_off_the_defaults_writes_its_results_beside_its_runs(tmp_path, cap
         assert opts.results == compare.Path(opts.out_dir)
         assert f"(this one sets {argv[0]}); they go to {opts.out_dir}" in capsys.readouterr().err
     assert compare.parse(["--minutes", "0.2", "--out", str(tmp_path / "x")])[0].results == tmp_path / "x"
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_the_runs(tmp_path, corpus, monkeypatch, capsys):
+    """It was a traceback after the three training runs, their results lost."""
+    from errors import run_script
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained first"))
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "a_file" / "img"
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: compare.main(["--data", str(corpus / "train.txt"), "--val_data",
+                                         str(corpus / "valid.txt"), "--out", str(bad)]), "compare.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and err[-1].startswith(f"compare.py: error: cannot create the folder {bad}")
+
+
+def test_a_bad_minutes_names_minutes(tmp_path, capsys):
+    """--minutes -1 or nan was refused as train.py's --max_minutes, which compare.py does not take,
+    and --minutes -0.5 was called --minutes 0."""
+    for value in ("-1", "nan", "inf", "-0.5"):
+        with pytest.raises(SystemExit) as e:
+            compare.main(["--minutes", value, "--max_steps", "5", "--out", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 2 and err.startswith("compare.py: error: --minutes: must be a finite number")
+    assert not list(tmp_path.iterdir())

@@ -296,3 +296,31 @@ def test_make_gpu_check_writes_where_the_device_tool_collects(tmp_path):
     dry = subprocess.run(["make", "-n", "gpu-check", "ARGS=--only sample"], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, "OUT": str(tmp_path)})
     assert f"scripts/gpu_check.py --out {tmp_path} --only sample" in dry.stdout
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    """--out under a file (or on a read-only disk) was a traceback; --render into a folder that is
+    not there too."""
+    from errors import run_script
+    (tmp_path / "a_file").write_text("")
+    bad, none = tmp_path / "a_file" / "gpu", tmp_path / "none"
+    for argv, message in [(["--quick", "--device", "cpu", "--out", str(bad)],
+                           f"cannot create the folder {bad}"),
+                          (["--render", "--out", str(none)], f"cannot write {none}")]:
+        with pytest.raises(SystemExit) as e:
+            run_script(lambda argv=argv: gpu_check.main(argv), "gpu_check.py")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 1 and err[-1].startswith(f"gpu_check.py: error: {message}")
+        assert err[-1].endswith("pick another --out")
+
+
+@pytest.mark.parametrize("flag, value", [("--deadline", "nan"), ("--deadline", "-5"), ("--minutes", "-1"),
+                                         ("--minutes", "inf")])
+def test_a_deadline_or_budget_that_is_not_a_time_is_refused(tmp_path, capsys, flag, value):
+    """--deadline nan stopped every command at once and the check exited 0 with an empty gpu.md;
+    a negative --minutes failed train.py only after the benchmarks had spent the lease."""
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "gpu"), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and f"error: {flag}: must be a finite number, 0 or more" in err
+    assert not (tmp_path / "gpu").exists()
