@@ -112,11 +112,15 @@ def is_host_sync(event) -> bool:
 
 
 def host_syncs(fn) -> int:
-    """Times fn makes the host read a device value: the profiler events above, plus Tensor.tolist
-    (no aten op on CPU, so counted by wrapping it). On CPU nothing waits; on CUDA each would."""
-    calls, tolist = [], torch.Tensor.tolist
+    """Times fn makes the host read a device value: the profiler events above, plus Tensor.tolist,
+    .cpu() and .numpy() (copies to the host: no aten op for a tensor already on the CPU, so counted
+    by wrapping them). On CPU nothing waits; on CUDA each would."""
+    calls = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.Tensor, "tolist", lambda t: calls.append(1) or tolist(t))
+        for name in ["tolist", "cpu", "numpy"]:
+            method = getattr(torch.Tensor, name)
+            mp.setattr(torch.Tensor, name,
+                       lambda t, *a, method=method, **k: calls.append(1) or method(t, *a, **k))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             fn()
     return sum(is_host_sync(e) for e in prof.events()) + len(calls)

@@ -298,3 +298,28 @@ def test_bench_sample_refuses_a_context_too_short_for_its_tokens(capsys):
         assert e.value.code == 2 and "has no room for" in err and "raise --max_seq_len to" in err
     assert bench_sample.parse(["--quick", "--new_tokens", "64"]).max_seq_len == 80
 
+
+def test_bench_model_reports_aten_ops_per_step_of_each_eager_variant_beside_its_time(monkeypatch, capsys):
+    """Issue 11: aten ops per step (a CPU proxy for kernel launches) of every eager variant measured,
+    in the JSON, in the printed table's row of that variant (beside its step time) and in bench.md's."""
+    import torch
+
+    from scripts import bench_model
+    monkeypatch.setattr(bench_model, "peak_memory", lambda v, *args: 2**20)  # (seconds each: a child)
+    monkeypatch.setattr(bench_model, "modelled_mb", lambda *args: None)
+    variants = ["moe", "dense", "moe+eval"]
+    batch = bench_model.measure_batch(variants, bench_model.QUICK_SHAPE, 2, 1, torch.device("cpu"),
+                                      torch.float32, None)
+    ops = batch["ops_per_step"]
+    assert ops.keys() == batch["step_seconds"].keys() == set(variants)
+    assert ops["moe"] > ops["dense"] > ops["moe+eval"] > 0
+    result = {"device": "cpu", "config": {**bench_model.QUICK_SHAPE, "dtype": "float32", "repeats": 1},
+              "batches": {"2": batch}}
+    bench_model.report(result)
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for v, n in ops.items():  # variant, step ms, tokens/s, (MFU: none without a peak), ops, peak MB
+        assert rows[v][3] == str(n), (v, rows[v])
+    machine = {"cpus": 2, "cpu": "x", "torch": "t", "load_before": 0, "date": "d"}
+    md = bench.markdown({"model": result}, machine).splitlines()
+    for v, n in ops.items():
+        assert any(line.startswith(f"| {v} | ") and f"| {n:,} |" in line for line in md), v

@@ -188,6 +188,47 @@ def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsy
     assert seen == [(None, False)]
 
 
+def test_compiling_is_the_default_on_cuda_only_and_unavailable_compiling_runs_eagerly(tmp_path, corpus,
+                                                                                    monkeypatch, capsys):
+    """Issue 11: --compile auto (train.py's default) compiles on CUDA and not on the CPU; --compile
+    false opts out on CUDA too, true compiles on the CPU too. Where compiling is unavailable (no C
+    compiler, no Triton), auto and true give one warning line and the eager model, and the run
+    trains eagerly."""
+    from config import TrainArgs
+    assert TrainArgs().compile == "auto"
+    model, seen = torch.nn.Linear(2, 2), []
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: seen.append(device.type))
+    monkeypatch.setattr(runtime, "static_compile", lambda m, mode="default": ("compiled", m, mode))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    got = {(c, d.type): runtime.compile_model(model, c, d, print) for c in ["auto", "true", "false"]
+           for d in [cpu, cuda]}
+    compiled = ("compiled", model, "default")
+    assert got == {("auto", "cpu"): model, ("auto", "cuda"): compiled, ("true", "cpu"): compiled,
+                   ("true", "cuda"): compiled, ("false", "cpu"): model, ("false", "cuda"): model}
+    assert seen == ["cuda", "cpu", "cuda"] and capsys.readouterr().out == ""
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: "no C compiler found")
+    for choice, device in [("auto", cuda), ("true", cuda), ("true", cpu)]:
+        assert runtime.compile_model(model, choice, device, print) is model
+        assert capsys.readouterr().out == ("warning: torch.compile is unavailable here (no C compiler "
+                                           "found); running eagerly (--compile false skips this check)\n")
+    choices = []  # train.py, without --compile, asks for auto; with --compile true where it cannot, eager
+
+    def compile_model(model, choice, *args, **kwargs):
+        choices.append(choice)
+        return runtime_compile_model(model, choice, *args, **kwargs)
+    runtime_compile_model = runtime.compile_model
+    monkeypatch.setattr(runtime, "compile_model", compile_model)
+    argv = ["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"), "--cache_dir",
+            str(tmp_path / "cache"), "--plot", "", "--max_steps", "1"]
+    train.main([*argv, "--run", "default"])
+    assert "float32, eager, world size 1" in capsys.readouterr().out
+    assert train.main([*argv, "--compile", "true", "--run", "unavailable"])["step"] == 1
+    out = capsys.readouterr().out
+    assert out.count("warning: torch.compile is unavailable here (no C compiler found)") == 1
+    assert "float32, eager, world size 1" in out and "compiling: the first step" not in out
+    assert choices == ["auto", "true"]
+
+
 class ReplayingRunner(torch.nn.Module):
     """CUDA graphs (--compile_mode reduce-overhead) on the CPU, as the loop sees them: a replay
     writes its outputs into the buffers of the previous call's, so this poisons the tensors the

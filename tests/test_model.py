@@ -228,14 +228,27 @@ def test_router_scores_keep_their_gradient_under_bf16():
 
 
 def test_loop_fallback_equals_grouped_mm(monkeypatch):
+    """The loop over experts (what trains where grouped_mm is missing: fp32 on CUDA, GPUs other
+    than sm90 and sm100) gives grouped_mm's values and, in training, its loss and every gradient."""
     import model as model_module
     m = build(top_k=2, router_noise=False)
     x = torch.randint(0, V, (2, 16))
-    with torch.no_grad():
-        fast = m(x).logits
-        monkeypatch.setattr(model_module, "grouped_mm_supported", lambda t, widths=(): False)
-        slow = m(x).logits
-    assert torch.allclose(fast, slow, atol=1e-5)
+    runs = []
+    for supported in [True, False]:
+        if not supported:
+            monkeypatch.setattr(model_module, "grouped_mm_supported", lambda t, widths=(): False)
+        with torch.no_grad():
+            logits = m.eval()(x).logits
+        m.train().zero_grad()
+        loss = m(x, targets=x).loss
+        loss.backward()
+        runs.append((logits, loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()
+                                             if p.grad is not None}))
+    (fast, loss_fast, grads_fast), (slow, loss_slow, grads_slow) = runs
+    assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(loss_fast, loss_slow, atol=1e-6)
+    assert grads_fast.keys() == grads_slow.keys() and any(".experts." in n for n in grads_fast)
+    for name, g in grads_fast.items():
+        assert torch.allclose(g, grads_slow[name], atol=1e-6), name
 
 
 @pytest.mark.parametrize("capability, fast", [((8, 0), False), ((9, 0), True), ((10, 0), True),

@@ -73,14 +73,19 @@ def test_decoding_reads_the_device_at_most_once_every_16_tokens(rows, how, moe):
     """The cached loop's one host read is the stop check (and streaming) every 16 tokens, with the
     sparse MoE (grouped_mm, group offsets on the device) and with the reference MoE (what a compiled
     step runs where grouped_mm is missing). The uncached reference path reads at every step (the
-    token-id check of each full forward): the counter sees them."""
+    token-id check of each full forward): the counter sees them. Stopping at <|endoftext|> (as
+    sample.py does) is looked at only then too: here with one the rows never generate, so that
+    every row runs its n tokens."""
     model = small_model(max_seq_len=128, n_layers=2, nope_every=2, n_experts=2)  # both layer types
+    made = sample.generate(model, PROMPTS[:rows], 80, stop_at_eos=False, **how)
+    model.args.eos_id = min(set(range(model.args.vocab_size)) - {t for r in made for t in r})
 
-    def reads(n, use_cache=True):
-        return host_syncs(lambda: sample.generate(model, PROMPTS[:rows], n, stop_at_eos=False,
+    def reads(n, use_cache=True, stop_at_eos=False):
+        return host_syncs(lambda: sample.generate(model, PROMPTS[:rows], n, stop_at_eos=stop_at_eos,
                                                   use_cache=use_cache, **how))
     with sample.moe_reference_path(model, enabled=moe == "reference"):
         assert (reads(80) - reads(16)) / 64 <= 1 / sample.CHECK_EVERY
+        assert (reads(80, stop_at_eos=True) - reads(16, stop_at_eos=True)) / 64 <= 1 / sample.CHECK_EVERY
         assert (reads(16, use_cache=False) - reads(8, use_cache=False)) / 8 >= 2
 
 
@@ -133,12 +138,15 @@ def test_compiled_decode_step_with_a_cache_longer_than_a_chunk():
                                            ("reduce-overhead", "reduce-overhead")])
 def test_the_decode_step_compiles_in_the_mode_asked(monkeypatch, compile, mode):
     """compile=True picks the mode by device (CUDA graphs on CUDA only); a string names it, which
-    bench_sample.py's compiled-nograph variant uses to tell a CUDA-graph fault from a compiler one."""
+    bench_sample.py's compiled-nograph variant uses to tell a CUDA-graph fault from a compiler one.
+    Always one whole graph (fullgraph: a graph break, such as a host read, is an error and the eager
+    fallback, not a step split around it) of static shapes."""
     seen = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs["mode"]) or fn)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
     model = small_model()
     rows = sample.generate(model, PROMPTS, 5, greedy=True, compile=compile, stop_at_eos=False)
-    assert seen == [mode] and rows == sample.generate(model, PROMPTS, 5, greedy=True, stop_at_eos=False)
+    assert seen == [dict(mode=mode, fullgraph=True, dynamic=False)]
+    assert rows == sample.generate(model, PROMPTS, 5, greedy=True, stop_at_eos=False)
 
 
 @pytest.mark.parametrize("when", ["wrapping", "first call", "second call"])
@@ -305,6 +313,32 @@ def test_dtype_and_compile_options(run_dir, capsys):
         False, True, True, True, False, False]
     _, (args,) = config.parse_args([SampleArgs], ["--compile"])
     assert args.compile == "true" and args.dtype == "auto"
+
+
+@pytest.mark.parametrize("device, argv, dtype, compiled", [
+    ("cuda", [], torch.bfloat16, True), ("cuda", ["--compile", "false"], torch.bfloat16, False),
+    ("cuda", ["--dtype", "float32"], torch.float32, True), ("cpu", [], torch.float32, False),
+    ("cpu", ["--dtype", "bfloat16", "--compile"], torch.bfloat16, True)])
+def test_sample_defaults_to_bf16_and_a_compiled_step_on_cuda_only(run_dir, monkeypatch, device, argv, dtype,
+                                                                    compiled):
+    """Issue 12: what sample.py's main asks for, on a (pretended) sm90 GPU and on the CPU: the
+    weights' dtype it loads and whether generate() compiles the decode step."""
+    import runtime
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device(device))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    load, asked = sample.load, {}
+
+    def load_on_cpu(sample_args, _device, dtype=torch.float32):  # (the weights stay on the CPU)
+        asked["dtype"] = dtype
+        return load(sample_args, "cpu", dtype)
+
+    def generate(model, prompts, max_new_tokens, **kwargs):
+        asked["compile"], asked["weights"] = kwargs["compile"], next(model.parameters()).dtype
+        return [[5] for _ in prompts]
+    monkeypatch.setattr(sample, "load", load_on_cpu)
+    monkeypatch.setattr(sample, "generate", generate)
+    sample.main(["--ckpt", str(run_dir), "--prompt", "once upon", "--max_new_tokens", "4", *argv])
+    assert asked == {"dtype": dtype, "weights": dtype, "compile": compiled}
 
 
 def test_long_prompt_is_cut_from_the_left_to_leave_room_for_the_new_tokens(run_dir, capsys):
