@@ -331,12 +331,15 @@ class TrainArgs:
                f"must be in [1e-6, 0.5], got {self.val_fraction}")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
-        check_run(self.run)
+        check_run(self.run, self.out_dir)
 
 
-def check_run(run: str) -> None:
-    """--run must be a plain name (../x wrote into the source tree); train.py checks it first at
-    --resume, where the other checks wait for the checkpoint's settings."""
+def check_run(run: str, out_dir: str) -> None:
+    """--run must be a plain name (../x wrote into the source tree) and --out_dir a folder ("" put the
+    run in the current directory); train.py checks them first at --resume, where the other checks
+    wait for the checkpoint's settings."""
+    _check(out_dir != "", "out_dir", "must name a folder, got ''; pass one (the default is checkpoints), "
+           "or . for the current directory")
     _check("/" not in run and run not in (".", ".."), "run",
            f"{run!r} is not a plain name: a run is the folder <out_dir>/<run>; use --out_dir to put it "
            "elsewhere")

@@ -140,6 +140,12 @@ def read_metrics(run_dir, warn=None) -> tuple[list, list]:
     return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "val"]
 
 
+def shown(run_dir) -> str:
+    """The run folder's name as text a plot can draw: bytes that are not UTF-8 (a folder made
+    outside train.py, `mkdir $'caf\\xe9'`) become U+FFFD, where matplotlib's fonts fail on them."""
+    return os.fsencode(Path(run_dir).name).decode("utf-8", "replace")
+
+
 def run_label(run_dir) -> str:
     """Run name and the settings that tell runs apart (from model.json and train.json)."""
     run_dir = Path(run_dir)
@@ -148,10 +154,10 @@ def run_label(run_dir) -> str:
         t = json.loads((run_dir / "train.json").read_text())
         dense = config.from_dict(config.ModelArgs, m).is_dense
     except (OSError, ValueError):  # ConfigError is a ValueError
-        return run_dir.name
+        return shown(run_dir)
     noise = "" if m["router_noise"] else " no-noise"
     moe = "dense" if dense else f"{m['n_experts']}e top-{m['top_k']}{noise}"
-    return (f"{run_dir.name}: d{m['dim']} L{m['n_layers']} {moe}, vocab {m['vocab_size']}, "
+    return (f"{shown(run_dir)}: d{m['dim']} L{m['n_layers']} {moe}, vocab {m['vocab_size']}, "
             f"aux {m['router_aux_loss_coef']:g}, lr {t['lr']:g}, "
             f"batch {t['batch_size'] * t['grad_accum']}x{m['max_seq_len']}")
 
@@ -169,14 +175,14 @@ def incomparable(runs) -> list[str]:
     for run_dir, _, _ in runs:
         try:  # by identity: a copy transformers saved again is the same tokenizer
             fields = json.loads((Path(run_dir) / "tokenizer.json").read_text(encoding="utf-8"))
-            tokenizers.append((Path(run_dir).name, tokenizer.identity(fields)))
+            tokenizers.append((shown(run_dir), tokenizer.identity(fields)))
         except (OSError, ValueError, TypeError):
             pass
     if len({t for _, t in tokenizers}) > 1:
         names = ", ".join(name for name, _ in tokenizers)
         problems.append(f"the runs use different tokenizers ({names}): their training loss in nats/token and "
                         "their tokens seen do not compare; compare validation bits/byte")
-    covered = [(Path(run_dir).name, val[-1].get("val_bytes")) for run_dir, _, val in runs if val]
+    covered = [(shown(run_dir), val[-1].get("val_bytes")) for run_dir, _, val in runs if val]
     if len({n for _, n in covered}) > 1:
         sizes = ", ".join(f"{name} {n}" for name, n in covered)
         problems.append(f"the runs were validated on different text (val_bytes: {sizes}): their bits/byte do "
@@ -234,7 +240,9 @@ def plot_loss(run_dir: Path, out, log=print) -> Path | None:
     written is reported, and training goes on."""
     out = Path(run_dir) / out
     try:
-        return plot_runs([run_dir], out, title=f"{Path(run_dir).name}: loss")
+        return plot_runs([run_dir], out, title=f"{shown(run_dir)}: loss")
     except (OSError, StorageError) as e:
         log(f"plot: could not write {out} ({getattr(e, 'strerror', None) or e}); training goes on")
-        return None
+    except Exception as e:  # matplotlib's own failures: a plot is never worth a run
+        log(f"plot: could not draw {out} ({first_line(e)}); training goes on")
+    return None

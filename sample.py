@@ -42,6 +42,7 @@ How this departs from the obvious version:
 import errno
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -340,10 +341,14 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     """A PNG/JPEG as (3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does. As
     transformers loads it: turned upright by its EXIF orientation, transparency over white. 16-bit
-    grey is scaled to 8 bits (convert("RGB") clips it: all but black turns white)."""
+    grey is scaled to 8 bits (convert("RGB") clips it: all but black turns white). Images of 89M to
+    179M pixels load without PIL's two-line DecompressionBombWarning (larger ones are refused)."""
     from PIL import Image, ImageOps
     try:
-        img = ImageOps.exif_transpose(Image.open(path))
+        with warnings.catch_warnings():  # a large photo, resized to image_size anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = ImageOps.exif_transpose(Image.open(path))
+            img.load()
         if img.mode.startswith("I;16"):
             img = img.convert("I").point(lambda v: v / 257).convert("L")
         if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)
@@ -464,6 +469,10 @@ def _main(argv=None):
         if sample_args.no_cache and sample_args.compile == "true":
             print("warning: --compile true compiles the cached decode step, and --no_cache has none: "
                   "decoding eagerly", file=sys.stderr)
+        if sample_args.greedy and sample_args.num_samples > 1:
+            n = sample_args.num_samples
+            print(f"warning: --greedy takes the most likely token each step, so the {n} --num_samples of a "
+                  "prompt are the same story; drop --greedy for different ones", file=sys.stderr)
         images = None
         if sample_args.image:
             if not model.args.vision:

@@ -672,7 +672,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
 
 def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
     """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset."""
-    config.check_run(train_args.run)  # (at --resume, before the checkpoint is looked for under it)
+    # (at --resume, before the checkpoint is looked for under them)
+    config.check_run(train_args.run, train_args.out_dir)
     out = Path(train_args.out_dir)
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 import storage  # noqa: E402
 from errors import run_script  # noqa: E402
+from tokenizer import too_small  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt"
 BAD_TEXT = 3  # the prepare() subprocess's exit status for a one-line error about the text
@@ -157,6 +158,10 @@ def main(argv=None):
     if opts.child:
         return child(*opts.child)
     out = storage.results_path(p, opts, ROOT / "img" / "bench_data.json")
+    if problem := too_small(opts.vocab_size):  # (the prepare() subprocess would say so, as exit 1)
+        p.error(problem)
+    if os.path.isdir(opts.data):
+        p.error(f"--data {opts.data} is a folder; pass a text file, such as train-lower.txt")
     if not os.path.isfile(opts.data):
         sys.exit(f"bench_data.py: error: no such file '{opts.data}'; pass --data FILE (../shared holds "
                  "train-lower.txt)")

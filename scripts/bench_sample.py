@@ -20,7 +20,8 @@ min_new_tokens, which would mask it), so every variant makes exactly --new_token
 Each variant first runs --warmup times untimed (the compiled one at least once: compiling and
 recording the CUDA graph happen there). Each variant's tokens are compared with the cached ones:
 `same_tokens_as_cached` and the share of equal tokens (in bf16 near-ties may flip a token); with
-the reference variant, also the share equal to its tokens.
+the reference variant, also the share equal to its tokens. Without cached in --variants, they are
+compared with the first variant instead, and the keys and the column say so (`same_tokens_as_uncached`).
 --ragged cuts row i's prompt by i % 8 tokens, so that a batch is left-padded (our variants only:
 transformers tunes the NoPE layers' temperature by slot, not by position, so its padded rows
 differ by design).
@@ -99,6 +100,12 @@ def shares(outputs: dict, ref: list[list[int]]) -> dict:
             for k, out in outputs.items()}
 
 
+def compared_with(variants) -> str:
+    """The variant whose tokens the others are compared with: cached where it ran, else the first
+    (the result's keys and the table's column name it)."""
+    return "cached" if "cached" in variants else variants[0]
+
+
 def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
     """tokens/s of each variant at each batch size, and how their tokens compare; keep(results)
     after each batch size."""
@@ -118,11 +125,11 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
                 for name in opts.variants:
                     seconds, outputs[name] = timed(name, model, hf, prompts, opts.new_tokens, opts.ragged)
                     times[name].append(seconds)
-        ref = outputs.get("cached", next(iter(outputs.values())))
+        base = compared_with(opts.variants)
         tok_s = {k: B * opts.new_tokens / statistics.median(v) for k, v in times.items()}
-        same = {k: outputs[k] == ref for k in opts.variants}
-        r = {"tokens_per_s": tok_s, "same_tokens_as_cached": same,
-             "share_of_tokens_as_cached": shares(outputs, ref)}
+        same = {k: outputs[k] == outputs[base] for k in opts.variants}
+        r = {"tokens_per_s": tok_s, f"same_tokens_as_{base}": same,
+             f"share_of_tokens_as_{base}": shares(outputs, outputs[base])}
         if "reference" in outputs:
             r["share_of_tokens_as_reference"] = shares(outputs, outputs["reference"])
         if fell_back:  # a compiled variant whose step could not compile ran eagerly
@@ -137,15 +144,15 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
 
 
 def report(opts, result):
-    c = result["config"]
+    c, base = result["config"], compared_with(opts.variants)
     print(f"decode: {c['new_tokens']} new tokens after a {PROMPT}-token prompt, preset {c['preset']}, "
           f"greedy, {c['dtype']}, {c['device_name']}, median of {c['repeats']}")
     print(f"{'batch':6s}" + "".join(f"{v + ' tok/s':>15s}" for v in opts.variants)
-          + "".join(f"{k:>20s}" for k in ["ours/hf", "ours/uncached", "same as cached"]))
+          + "".join(f"{k:>20s}" for k in ["ours/hf", "ours/uncached", f"same as {base}"]))
     for key, r in result["results"].items():
         t = r["tokens_per_s"]
         ours = "compiled" if "compiled" in t else "cached"
-        same = "yes" if all(r["same_tokens_as_cached"].values()) else "NO"
+        same = "yes" if all(r[f"same_tokens_as_{base}"].values()) else "NO"
         print(f"{key[5:]:6s}" + "".join(f"{t[v]:15,.0f}" for v in opts.variants)
               + f"{r.get(f'{ours}_over_hf', float('nan')):20.2f}"
               + f"{r.get(f'{ours}_over_uncached', float('nan')):20.2f}{same:>20s}")

@@ -114,6 +114,20 @@ def test_bench_data_on_a_small_text_is_one_line(tmp_path, vocab, message):
     assert "Traceback" not in done.stderr and not (tmp_path / "b.json").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--vocab_size", "100"], "--vocab_size 100 is too small"),  # was exit 1, from the prepare() subprocess
+    (["--data", "."], "--data . is a folder; pass a text file"),  # was "no such file"
+])
+def test_bench_data_refuses_a_bad_argument_before_the_work(tmp_path, monkeypatch, capsys, args, message):
+    from scripts import bench_data
+    monkeypatch.setattr(bench_data, "run_child", lambda *a: pytest.fail("the work started"))
+    text = tmp_path / "t.txt"
+    text.write_text("Once upon a time.")
+    with pytest.raises(SystemExit) as e:
+        bench_data.main(["--data", str(text), *args, "--out", str(tmp_path / "b.json")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_bench_data_keeps_a_crashing_childs_traceback(monkeypatch):
     """Only bad text (the child's exit 3) is cut to one line; a crash keeps what a bug report needs."""
     import subprocess

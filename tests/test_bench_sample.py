@@ -98,3 +98,16 @@ def test_quick_keeps_what_is_typed():
     opts = parse(["--quick"])
     got = (opts.preset, opts.new_tokens, opts.batches, opts.repeats, opts.max_seq_len)
     assert got == ("debug", 8, [1, 2], 1, PROMPT + 8)
+
+
+def test_without_cached_the_tokens_are_compared_with_the_variant_named(tmp_path, capsys):
+    """Without cached in --variants, "same_tokens_as_cached" and the "same as cached" column held a
+    comparison with the first variant: the key and the column now name the variant compared with."""
+    result = main(["--quick", "--no-hf", "--batches", "1", "--variants", "uncached,reference",
+                   "--out", str(tmp_path / "b.json")])
+    r = result["results"]["batch1"]
+    assert "same_tokens_as_cached" not in r and "share_of_tokens_as_cached" not in r
+    assert r["same_tokens_as_uncached"] == {"uncached": True, "reference": True}
+    assert r["share_of_tokens_as_uncached"] == {"uncached": 1.0, "reference": 1.0}
+    out = capsys.readouterr().out
+    assert "same as uncached" in out and "same as cached" not in out

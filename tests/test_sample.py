@@ -302,6 +302,19 @@ def test_sample_streams_one_story_and_batches_several(run_dir, capsys):
     assert out.count("-- sample ") == 4 and "sample 4 of 4" in out
 
 
+def test_greedy_samples_of_a_prompt_are_the_same_story_and_it_says_so(run_dir, capsys):
+    """--greedy --num_samples 3 printed three identical stories without a word: one warning line."""
+    rows = sample.main(["--ckpt", str(run_dir), "--prompt", "lily", "--num_samples", "3", "--greedy",
+                        "--max_new_tokens", "4"])
+    assert rows[0] == rows[1] == rows[2]
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("warning:")] == [
+        "warning: --greedy takes the most likely token each step, so the 3 --num_samples of a prompt are the "
+        "same story; drop --greedy for different ones"]
+    sample.main(["--ckpt", str(run_dir), "--prompt", "lily", "--greedy", "--max_new_tokens", "4"])
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_dtype_and_compile_options(run_dir, capsys):
     """--dtype bfloat16 runs on CPU too (bf16 weights, fp32 RoPE tables); --compile auto means on
     for CUDA only, and a bare --compile means true."""
@@ -729,6 +742,18 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path):
     args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
     with pytest.raises(sample.SampleError, match="cannot read it as an image .*exceeds limit"):
         sample.load_image(path, args)
+
+
+def test_a_large_image_loads_without_pils_two_line_warning(tmp_path, monkeypatch, recwarn):
+    """Between PIL's limit (89M pixels) and twice it, PIL loads the image with a two-line
+    DecompressionBombWarning on stderr: the image is resized anyway, so it loads quietly (the limit
+    is lowered here to 1,000 pixels, not to decode 100M)."""
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "large.png")  # 1,600 pixels: over the limit, under 2x
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    assert sample.load_image(tmp_path / "large.png", args)[0].mean() == 1.0
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_a_png_with_a_broken_chunk_is_one_line(tmp_path):

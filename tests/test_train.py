@@ -559,6 +559,26 @@ def test_plot_runs_warns_when_the_curves_do_not_compare(tmp_path):
     assert "different text (val_bytes: a 807, b 807, c 1169)" in warned[1]
 
 
+def test_a_run_folder_named_in_other_bytes_than_utf8_is_plotted(tmp_path, monkeypatch):
+    """A folder made outside train.py (`mkdir $'caf\\xe9'`): its name crashed matplotlib with a
+    TypeError; it is drawn with U+FFFD, and a plot that fails all the same is a warning line."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    record = {"kind": "train", "step": 1, "tokens": 64, "lm_loss": 5.0}
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    assert runlog.run_label(folder) == "caf\ufffd"
+    assert runlog.plot_runs([folder], tmp_path / "a.png").exists()
+    said = []
+    assert runlog.plot_loss(folder, "loss.png", said.append) == folder / "loss.png" and said == []
+
+    def fail(*args, **kwargs):
+        raise TypeError("set_text(): incompatible function arguments.\nThe following ...")
+    monkeypatch.setattr(runlog, "plot_runs", fail)
+    assert runlog.plot_loss(folder, "loss.png", said.append) is None
+    assert said == [f"plot: could not draw {folder / 'loss.png'} (TypeError: set_text(): incompatible "
+                    "function arguments.); training goes on"]
+
+
 def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
