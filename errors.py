@@ -4,11 +4,11 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
 
     UserError          the base; entry points catch it
       ConfigError      a setting is missing, mistyped or out of range (exit 2)
+        DeviceError    a setting this process's device cannot take (each rank checks its own; exit 2)
       DataError        bad text, tokenizer or token cache
       CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
       RunError         a run cannot start or go on (busy run folder, non-finite weights)
       StorageError     a file cannot be written (disk full, quota, read-only); the old one is intact
-        DeviceError    a setting this process's device cannot take (each rank checks its own)
       RankError        under torchrun: another rank failed where this one waited for it (no line)
 
 Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`); a

@@ -963,9 +963,10 @@ def count_parameters(model: Llama4) -> dict:
 
 
 def flops_per_token(args: ModelArgs, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active matmul parameters (embedding lookups excluded) plus
-    attention's score and value matmuls, 12 x heads x head_dim x mean keys per query (causal: about
-    half the context, or half the chunk on chunked layers)."""
+    """Training FLOPs per token: 6 x active matmul parameters (embedding lookups and the router
+    noise projection, a training extra outside HF's model, excluded) plus attention's score and
+    value matmuls, 12 x heads x head_dim x mean keys per query (causal: about half the context, or
+    half the chunk on chunked layers)."""
     with torch.device("meta"):
         counts = count_parameters(Llama4(args))
     matmul = counts["active_per_token"] - counts["embedding"] - counts["router_noise"]

@@ -3,7 +3,8 @@ writes through it; scripts/plot_runs.py and scripts/compare.py read through it.
 
     Metrics                 metrics.jsonl in the run folder (one JSON line per log step and per
                             evaluation), mirrored to W&B
-    start_wandb             online when logged in, else offline; never crashes or hangs a run
+    start_wandb             --wandb_mode (auto: WANDB_MODE where set, else online when logged in,
+                            else offline); never crashes or hangs a run
     read_metrics            (train records, val records) of a run folder
     plot_runs / plot_loss   training loss and validation bits/byte of one run or several
 

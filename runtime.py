@@ -7,10 +7,21 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     all_ranks_or_none         set-up checks every rank learns the outcome of (a failed rank's
                               error printed once, no rank left waiting at a collective)
     compute_dtype, autocast   bf16 autocast on CUDA from sm80 on, else fp32 (unless asked otherwise)
+    compile_model             torch.compile where --compile says so (wants_compile), through
+                              static_compile; compile_problem: a two-op preflight
     peak_flops                a table of GPU bf16 peaks on CUDA; a GEMM timed now on CPU
     device_memory             the GPU's memory, or the machine's (or its cgroup limit) on CPU
     out_of_memory             whether an exception is (or wraps) running out of memory
     compile_failure           the one-line reason a compiled call failed, for its eager fallback
+
+How this departs from the obvious version:
+- Compiling is static (dynamic=False: one graph per shape, never a symbolic batch) and draws the
+  router noise from torch's generator, as eager mode does: a compiled run draws the noise its
+  --compile false twin draws, and either can resume the other.
+- The CPU's peak is the fastest of half a second of GEMMs, not their mean, so a busy moment at
+  start-up does not lower it (and lift the MFU).
+- A set-up step that fails on one rank is learned by all (all_ranks_or_none): no rank waits at a
+  collective for one that has gone.
 """
 
 import os

@@ -9,7 +9,7 @@
 One step: grad_accum micro-batches (split over DDP ranks), AdamW, linear warmup then cosine decay,
 gradient clipping, bf16 autocast on CUDA. Loss = LM loss over real tokens + the router's
 auxiliary terms, each logged apart. The run folder checkpoints/<run>/ holds last.pt, best.pt,
-model.json / train.json, tokenizer.json, metrics.jsonl, loss.png and the W&B run.
+model.json / train.json, tokenizer.json, metrics.jsonl, loss.png, run.lock and the W&B run.
 
 How a training step flows (`run` reads in this order):
     setup        settings (the checkpoint's when resuming) checked before any work, the run folder
@@ -55,8 +55,8 @@ How this departs from the obvious version:
   micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
   CUDA graphs with more than one micro-batch per process (exit status 2, as for any bad setting).
   Settings that are allowed but probably not meant get a warning line: a warmup as long as the
-  run, a --val_fraction with a validation source (and data.py warns of --val_data files inside
-  --data).
+  run, a --val_fraction with a validation source or other than the checkpoint's at --resume or
+  --eval_only (and data.py warns of --val_data files inside --data).
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
   step is taken again, eagerly, as a --compile false run takes it (first_steps).
