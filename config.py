@@ -372,7 +372,7 @@ class SampleArgs:
                                "compiling fails", choices=["auto", "true", "false"], const="true")
     image: str = arg("", "PNG/JPEG to show the vision stub; an untrained vision tower makes the "
                          "text meaningless")
-    device: str = arg("auto", "auto = cuda:0 when available, else cpu")
+    device: str = arg("auto", "auto = cuda:0 when available, else cpu; or cpu, cuda, cuda:N")
     seed: int = arg(1337, "random seed")
 
     def __post_init__(self):
@@ -570,8 +570,11 @@ class Parser(argparse.ArgumentParser):
         """The error for unknown options: each with the nearest of this parser's (or more_options)."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
 
+        def plain(option):  # --lr-min is --lr_min
+            return option.lstrip("-").replace("-", "_")
+
         def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
-            return sorted(option.lstrip("-").replace("-", "_").split("_"))
+            return sorted(plain(option).split("_"))
         hints = []
         for w in words:
             name = w.split("=")[0]
@@ -585,7 +588,7 @@ class Parser(argparse.ArgumentParser):
                 hints.append(f"{w} (options take the form --name value; is a --name missing before it?)")
                 continue
             close = [o for o in options if parts(o) == parts(name)]
-            starts = [o for o in options if o.startswith(name)]
+            starts = [o for o in options if plain(o).startswith(plain(name))]
             if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)
                 close = starts
             close = close or difflib.get_close_matches(name, options, n=1)

@@ -340,15 +340,22 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 
 def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     """A PNG/JPEG as (3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does. As
-    transformers loads it: turned upright by its EXIF orientation, transparency over white. 16-bit
-    grey is scaled to 8 bits (convert("RGB") clips it: all but black turns white). Images of 89M to
-    179M pixels load without PIL's two-line DecompressionBombWarning (larger ones are refused)."""
+    transformers loads it: turned upright by its EXIF orientation (as stored where the EXIF block is
+    damaged), transparency over white. 16-bit grey is scaled to 8 bits (convert("RGB") clips it:
+    all but black turns white). Images of 89M to 179M pixels load without PIL's two-line
+    DecompressionBombWarning (larger ones are refused)."""
+    import struct
+
     from PIL import Image, ImageOps
     try:
         with warnings.catch_warnings():  # a large photo, resized to image_size anyway
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = ImageOps.exif_transpose(Image.open(path))
+            img = Image.open(path)
             img.load()
+        try:
+            img = ImageOps.exif_transpose(img)
+        except (struct.error, TypeError):  # a damaged EXIF block (PIL writes it back for the turned
+            pass  # image): the image as stored, as before EXIF was read
         if img.mode.startswith("I;16"):
             img = img.convert("I").point(lambda v: v / 257).convert("L")
         if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)

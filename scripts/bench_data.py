@@ -225,7 +225,7 @@ def main(argv=None):
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     print(f"{os.cpu_count()} CPUs, load average {load:.2f} at the start (other processes share the CPUs)")
     if out is not None:
-        storage.save_json(out, result, sort_keys=False)
+        storage.save_json(out, result, "pick another --out", sort_keys=False)
         print(f"wrote {out}")
     if ratio >= 1.5:
         sys.exit(1)

@@ -491,7 +491,7 @@ def main(argv=None):
                                                   ["moe", "moe+compile"] if opts.profile else [])
         report({**result, "batches": {str(b): result["batches"][str(b)]}})
         if out is not None:
-            storage.save_json(out, result, sort_keys=False)
+            storage.save_json(out, result, "pick another --out", sort_keys=False)
     return result
 
 

@@ -236,7 +236,7 @@ def main(argv=None):
     def keep(results):  # after each batch size: a run stopped at a time limit keeps those done
         result["results"] = results
         if out is not None:
-            storage.save_json(out, result, sort_keys=False)
+            storage.save_json(out, result, "pick another --out", sort_keys=False)
     measure(opts, model, hf, device, keep)
     report(opts, result)
     return result

@@ -341,7 +341,8 @@ def parse(argv):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
-    p.add_argument("--minutes", type=float, default=1.5, help="the train.py run's budget (default 1.5)")
+    p.add_argument("--minutes", type=float, default=1.5,
+                   help="the train.py run's budget (default 1.5; 0: what --deadline leaves)")
     p.add_argument("--compile", default="true", choices=["auto", "true", "false"])
     p.add_argument("--compile_mode", default="default", choices=list(config.COMPILE_MODES),
                    help="torch.compile mode of the model and train parts (reduce-overhead and "
@@ -369,6 +370,9 @@ def parse(argv):
         value = getattr(opts, name)  # negative --minutes only after the other parts had run)
         if value is not None and not (math.isfinite(value) and value >= 0):
             p.error(f"--{name}: must be a finite number, 0 or more, got {value:g}")
+    trains = "train" in opts.only.split(",") and not (opts.quick or opts.render)
+    if trains and opts.minutes == 0 and opts.deadline is None:  # (--max_steps 1000000: hours on a GPU)
+        p.error("--minutes 0 (no budget of its own) needs a --deadline, or the train part never ends")
     if opts.device.startswith("cuda") and not opts.render:
         import torch
         if not torch.cuda.is_available():  # every part would fail, and gpu.md say only that

@@ -31,6 +31,7 @@ ratios the README quotes: memory saved by activation checkpointing and by the fu
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -102,6 +103,10 @@ def main(argv=None):
     opts, overrides = p.parse_known_args(argv)  # the model's settings, as train.py and count_params.py
     config.refuse_training_settings(p, overrides, "not a model one; drop it (--batches are the batch sizes, "
                                     "--variants moe+ckpt is --grad_checkpoint, --dtype is this script's own)")
+    model_options = [f"--{f.name}" for f in dataclasses.fields(ModelArgs)]
+    for word in overrides:  # an unknown option: the nearest of this script's options too (--variant)
+        if word.startswith("--") and word.split("=")[0] not in model_options:
+            p.error(p.unknown([word.split("=")[0]], model_options))
     _, (model_args,) = config.parse_args([ModelArgs], ["--preset", opts.preset, *overrides], prog=p.prog)
     out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json", extra=overrides)
     variants = opts.variants.split(",")

@@ -147,10 +147,12 @@ def test_bad_input_is_one_line_and_exits_2(argv, message, capsys):
     assert err.startswith("train.py: error:") and message in err
 
 
-def test_an_unknown_option_names_the_only_option_it_begins(capsys):
-    with pytest.raises(SystemExit) as e:  # (once: "did you mean --help?")
-        config.parse_args([SampleArgs], ["--temp", "0.5"], prog="sample.py")
-    assert e.value.code == 2 and "--temp (did you mean --temperature?)" in capsys.readouterr().err
+@pytest.mark.parametrize("typed, meant", [("--temp", "--temperature"),  # (once: "did you mean --help?")
+                                          ("--prompt-f", "--prompt_file")])  # (once: --prompt)
+def test_an_unknown_option_names_the_only_option_it_begins(capsys, typed, meant):
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([SampleArgs], [typed, "0.5"], prog="sample.py")
+    assert e.value.code == 2 and f"{typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script,fields", [("train.py", ["--dim", "--lr", "--max_minutes", "--resume"]),

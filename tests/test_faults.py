@@ -570,6 +570,21 @@ def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatc
     assert not (tmp_path / "ckpt" / "r").exists()
 
 
+def test_special_token_ids_are_refused_only_for_a_tokenizer_the_run_trains(tmp_path):
+    """A new run that trains its tokenizer has them at 0..7; a --tokenizer may have them elsewhere,
+    and a resumed run's are its checkpoint's (both checked against the tokenizer, later)."""
+    from dataclasses import replace
+    _, (model_args, settings) = config.parse_args([ModelArgs, TrainArgs], ["--preset", "debug", "--eos_id",
+                                                                            "1", "--pad_id", "0"])
+    cpu, world = torch.device("cpu"), runtime.World()
+    with pytest.raises(ConfigError, match="--eos_id 1: the tokenizer this run trains has .* at id 0"):
+        train.check_settings(train.RunPlan(tmp_path, model_args, settings, None, None), cpu, world)
+    own = replace(settings, tokenizer=str(tmp_path / "tokenizer.json"))
+    train.check_settings(train.RunPlan(tmp_path, model_args, own, None, None), cpu, world)
+    resumed = train.RunPlan(tmp_path, model_args, settings, {"model_args": {}}, tmp_path / "last.pt")
+    train.check_settings(resumed, cpu, world)
+
+
 def test_cuda_graphs_take_one_micro_batch_per_process_on_cuda_only(tmp_path):
     """A CUDA graph replay overwrites the gradients of the micro-batch before it: refused with
     --grad_accum on CUDA; a CPU has no CUDA graphs, and reduce-overhead accumulates there."""

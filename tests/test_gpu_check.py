@@ -324,3 +324,16 @@ def test_a_deadline_or_budget_that_is_not_a_time_is_refused(tmp_path, capsys, fl
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and f"error: {flag}: must be a finite number, 0 or more" in err
     assert not (tmp_path / "gpu").exists()
+
+
+def test_minutes_0_needs_a_deadline(tmp_path, capsys):
+    """--minutes 0 is train.py's "no budget": beside the train part's --max_steps 1000000, and with
+    no --deadline to fit the run into, the check trained for hours; with one, or with no train
+    part, it is allowed."""
+    out = str(tmp_path / "gpu")
+    with pytest.raises(SystemExit) as e:  # (parse: without the check, main would run it)
+        gpu_check.parse(["--device", "cpu", "--out", out, "--minutes", "0"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "error: --minutes 0 (no budget of its own) needs a --deadline" in err
+    for allowed in (["--deadline", "300"], ["--only", "model,sample"], ["--quick"]):
+        assert gpu_check.parse(["--device", "cpu", "--out", out, "--minutes", "0", *allowed])[0].minutes == 0

@@ -66,6 +66,18 @@ def test_model_settings_override_the_preset_as_in_train_py(tmp_path, capsys):
         assert e.value.code == 2 and err.count("\n") == 1 and f"error: {said}" in err, err
 
 
+def test_an_unknown_option_names_the_nearest_of_this_scripts_own_too(tmp_path, capsys):
+    """The options left to the model's settings were looked up among those alone: --variant was
+    "unknown option" with no hint, --batch "did you mean --patch_id?"."""
+    for typed, nearest in ((["--variant", "moe"], "--variants"), (["--batch", "3"], "--batches"),
+                           (["--top_k=2", "--dmi", "3"], "--dim")):
+        with pytest.raises(SystemExit) as e:
+            memory_model.main(["--preset", "debug", "--out", str(tmp_path / "m.json"), *typed])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"unknown option {typed[-2]} (did you mean {nearest}?)" in err, err
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_out_that_cannot_be_written_is_one_line(tmp_path):
     """--out in a folder that cannot be made (a file is in the way): one line naming it and --out,
     exit status 1, after the table is printed (the run is not lost); it was a traceback."""

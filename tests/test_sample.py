@@ -792,6 +792,31 @@ def test_an_image_is_seen_upright_and_its_transparency_over_white(tmp_path):
     assert image[2, :40].mean() > 0.9 and image[0, -40:].mean() > 0.9
 
 
+def test_an_image_with_a_damaged_exif_block_is_seen_as_stored():
+    """PIL reads a damaged EXIF block and fails only in writing it back for the turned image
+    (struct.error, TypeError): a traceback, for a photo that loaded before EXIF was looked at."""
+    import io
+    import warnings
+
+    from PIL import Image
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    photo = Image.new("RGB", (40, 20), "red")
+    photo.paste((0, 0, 255), (0, 0, 20, 20))
+    plain = io.BytesIO()
+    photo.save(plain, "JPEG")
+    expected = sample.load_image(plain, args)
+    head = b"Exif\0\0MM\0*\0\0\0\x08\0"  # a make "cam", orientation 6, and a resolution (type 5)
+    tail = b"\0\x02\0\0\0\x04cam\0\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\x01"
+    rational = b"2" + b"\0" * 7 + b"H\0\0\0\x01"
+    for exif in (head + b"\x03\x01\x08" + tail + b"\x1a\0\x05\0\0\0\x01\0\0\0" + rational,  # struct.error
+                 head + b"\x1f\x01\x1e" + tail + b"\x84\0\x05\0\0\0t\0\0\0" + rational):  # TypeError
+        damaged = io.BytesIO()
+        photo.save(damaged, "JPEG", exif=exif)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (PIL's "Corrupt EXIF data")
+            assert torch.equal(sample.load_image(damaged, args), expected)
+
+
 def test_a_16_bit_grey_image_keeps_its_shades():
     """PIL opens a 16-bit grey PNG as mode I;16, whose convert("RGB") clips every value above 255:
     mid-grey was seen as white. It is scaled to 8 bits instead."""
