@@ -337,3 +337,16 @@ def test_minutes_0_needs_a_deadline(tmp_path, capsys):
     assert e.value.code == 2 and "error: --minutes 0 (no budget of its own) needs a --deadline" in err
     for allowed in (["--deadline", "300"], ["--only", "model,sample"], ["--quick"]):
         assert gpu_check.parse(["--device", "cpu", "--out", out, "--minutes", "0", *allowed])[0].minutes == 0
+
+
+def test_a_small_train_budget_is_passed_on_unrounded(tmp_path, monkeypatch):
+    """--minutes 0.004 was passed as --max_minutes 0.00, which train.py reads as no budget at all
+    (a run of --max_steps 1000000). Commands recorded, not run."""
+    import subprocess
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
+                        or subprocess.CompletedProcess(argv, 1, "", ""))
+    gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "train",
+                    "--minutes", "0.004", "--work", str(tmp_path / "work")])
+    train = ran[0]
+    assert train[train.index("--max_minutes") + 1] == "0.004"
