@@ -203,6 +203,14 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
         if warn is not None:
             warn(problem)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    try:  # closed however it ends: a run whose plot fails at each evaluation kept every figure
+        return _draw(fig, left, right, runs, run_dirs, out, x, title)
+    finally:
+        plt.close(fig)
+
+
+def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
+    """plot_runs' curves on its figure, written at out."""
     for i, (run_dir, train, val) in enumerate(runs):
         color = f"C{i}"
         label = run_label(run_dir)
@@ -217,7 +225,6 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
     left.set(xlabel=X_LABELS[x], ylabel="LM loss (nats/token)", title="training loss")
     right.set(xlabel=X_LABELS[x], ylabel="bits per byte", title="validation bits per byte")
     if not left.lines and not right.lines:
-        plt.close(fig)
         where = ", ".join(map(str, run_dirs))
         raise ValueError(f"no train or validation records in {where}: nothing to plot")
     for ax in (left, right):
@@ -232,7 +239,6 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
     kind = out.suffix.lstrip(".").lower()  # the format the name asks for (png, svg, pdf, ...), else png
     kind = kind if kind in fig.canvas.get_supported_filetypes() else "png"
     storage.atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=110))
-    plt.close(fig)
     return out
 
 

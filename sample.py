@@ -354,8 +354,8 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
             img.load()
         try:
             img = ImageOps.exif_transpose(img)
-        except (struct.error, TypeError):  # a damaged EXIF block (PIL writes it back for the turned
-            pass  # image): the image as stored, as before EXIF was read
+        except (struct.error, TypeError, AttributeError):  # a damaged EXIF block (PIL writes it back
+            pass  # for the turned image; a text tag stored as a number: AttributeError): as stored
         if img.mode.startswith("I;16"):
             img = img.convert("I").point(lambda v: v / 257).convert("L")
         if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)

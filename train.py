@@ -664,7 +664,10 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
     # --val_fraction 0.9) can be set right on the command line
     keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
-    keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run)
+    # (the saved --out_dir is not used: plan_run puts where the run lies; one saved as "" before
+    # check_run refused it would stop the resume)
+    keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run,
+                out_dir=train_args.out_dir)
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")

@@ -272,8 +272,8 @@ def main(argv=None):
     config.check_pass_through(p, opts.extra, OWNED)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     for over in stage1.values():  # a bad value for any shape: one line now, not after some runs
-        config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *over, *opts.extra],
-                          prog="sweep.py")
+        config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *over, *opts.extra,
+                                                                 "--out_dir", opts.out_dir], prog="sweep.py")
     out = results_folder(p, opts)
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:

@@ -314,6 +314,15 @@ def test_a_setting_a_checkpoint_saved_and_a_newer_version_refuses_can_be_typed_a
     assert t.val_fraction == 0.5
 
 
+def test_a_checkpoint_saved_with_an_empty_out_dir_resumes():
+    """--out_dir "" was allowed before check_run refused it: a checkpoint that saved it resumes
+    (plan_run puts the folder it lies in), and --resume does not blame an option nobody typed."""
+    ckpt = {"model_args": config.to_dict(ModelArgs()),
+            "train_args": {**config.to_dict(TrainArgs()), "out_dir": ""}}
+    _, t = train.resume_settings(ckpt, ModelArgs(), TrainArgs(resume="run/last.pt"), given={"resume"})
+    assert t.out_dir == TrainArgs().out_dir
+
+
 def test_a_folder_with_best_pt_alone_is_not_a_new_run(tmp_path, done, corpus, cache, capsys):
     """A run killed after an evaluation but before its first last.pt leaves best.pt: a new run
     there would overwrite it, so it is refused, and --resume names the file to pass."""

@@ -809,7 +809,10 @@ def test_an_image_with_a_damaged_exif_block_is_seen_as_stored():
     tail = b"\0\x02\0\0\0\x04cam\0\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\x01"
     rational = b"2" + b"\0" * 7 + b"H\0\0\0\x01"
     for exif in (head + b"\x03\x01\x08" + tail + b"\x1a\0\x05\0\0\0\x01\0\0\0" + rational,  # struct.error
-                 head + b"\x1f\x01\x1e" + tail + b"\x84\0\x05\0\0\0t\0\0\0" + rational):  # TypeError
+                 head + b"\x1f\x01\x1e" + tail + b"\x84\0\x05\0\0\0t\0\0\0" + rational,  # TypeError
+                 bytes.fromhex("4578696600004d4d002a0000000800ce010f000e000000062300003e01120003000000010006"
+                               "00000131000500000001000000440131000200000003737700000000000043616e6f6e0000"
+                               "00004800000001")):  # the software tag as a number: AttributeError
         damaged = io.BytesIO()
         photo.save(damaged, "JPEG", exif=exif)
         with warnings.catch_warnings():

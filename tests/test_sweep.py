@@ -91,6 +91,9 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
             sweep.main([*argv, "--out_dir", str(tmp_path / "runs")])
         assert e.value.code == 2 and f"sweep.py: error: {message}" in capfd.readouterr().err, argv
     assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit) as e:  # train.py refuses it: here, not at the first run
+        sweep.main(["--out_dir", "", "--data", str(tmp_path / "no.txt")])
+    assert e.value.code == 2 and "--out_dir: must name a folder, got ''" in capfd.readouterr().err
     with pytest.raises(SystemExit) as e:
         sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
                     "--data", str(tmp_path / "no.txt"), "--val_data", str(corpus / "valid.txt"),

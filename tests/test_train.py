@@ -789,3 +789,21 @@ def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
             workers.append(text)
         assert out.returncode != 0 and len(workers) == 1 and workers[0].startswith("train.py: error:")
         assert line in workers[0], out.stderr
+
+
+def test_a_plot_that_fails_closes_its_figure(tmp_path, monkeypatch):
+    """plot_loss turns any failure into a warning and training goes on: the figure of each failed
+    plot was left open (one per evaluation, and matplotlib's 'More than 20 figures' warning)."""
+    import matplotlib.pyplot as plt
+    folder = tmp_path / "run"
+    folder.mkdir()
+    record = {"kind": "train", "step": 1, "tokens": 64, "lm_loss": 5.0}
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("savefig failed")
+    monkeypatch.setattr(runlog.storage, "atomic_write", fail)
+    before, said = set(plt.get_fignums()), []
+    for _ in range(3):
+        assert runlog.plot_loss(folder, "loss.png", said.append) is None
+    assert len(said) == 3 and set(plt.get_fignums()) == before
