@@ -345,15 +345,17 @@ def main(argv=None) -> dict:
     elif abs(gap) > 0.01:
         print("note: at these sizes the routers are more than 1% of the active parameters")
 
-    for name in VARIANTS:  # our own run folders only: a previous comparison must not block this one
-        run_dir = Path(opts.out_dir) / f"compare-{name}"
-        if run_dir.is_dir():
-            try:  # not while a train.py holds it (another comparison running)
-                storage.lock(run_dir / "run.lock").close()
-            except storage.Busy as e:
-                sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
-                         "it to end, or pick another --out_dir")
-            shutil.rmtree(run_dir)
+    # Our own run folders only: a previous comparison must not block this one. All three are checked
+    # before any is deleted: another comparison on its second run still needs its first run's folder.
+    run_dirs = [d for d in (Path(opts.out_dir) / f"compare-{name}" for name in VARIANTS) if d.is_dir()]
+    for run_dir in run_dirs:
+        try:  # not while a train.py holds it (another comparison running)
+            storage.lock(run_dir / "run.lock").close()
+        except storage.Busy as e:
+            sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
+                     "it to end, or pick another --out_dir")
+    for run_dir in run_dirs:
+        shutil.rmtree(run_dir)
 
     rows, runs = [], []
     for name in VARIANTS:

@@ -54,6 +54,7 @@ import torch  # noqa: E402
 
 import config  # noqa: E402
 import storage  # noqa: E402
+from errors import run_script  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
@@ -172,13 +173,22 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     load = os.getloadavg()[0]
     print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
     t = time.time()
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT)
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT)
+    except KeyboardInterrupt:  # Ctrl-C (train.py gets it too): one line, not a traceback, status 130
+        print(f"\nsweep.py: interrupted during {run}; the runs finished so far are kept, and a rerun goes on "
+              "from them (this one starts again)", file=sys.stderr)
+        sys.exit(130)
     if done.returncode:
         sys.exit(f"sweep.py: error: train.py failed for {run} (exit {done.returncode}, its error is above); "
                  "the runs finished so far are kept, and a rerun goes on from them")
     records = storage.read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
-    val = [r for r in records if r["kind"] == "val"][-1]
+    val = [r for r in records if r["kind"] == "val"]
+    if not val:  # a signal to train.py alone: it stops cleanly (status 0) before its final evaluation
+        sys.exit(f"sweep.py: error: train.py stopped before its final evaluation for {run} (a signal?); "
+                 "the runs finished so far are kept, and a rerun goes on from them")
+    val = val[-1]
     result = {"name": name, "run": run, "minutes": minutes, "seed": seed, "overrides": overrides,
               "train_argv": setting,
               "steps": val["step"], "tokens": val["tokens"], "bits_per_byte": val["bits_per_byte"],
@@ -274,7 +284,7 @@ def main(argv=None):
     for over in stage1.values():  # a bad value for any shape: one line now, not after some runs
         config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *over, *opts.extra,
                                                                  "--out_dir", opts.out_dir], prog="sweep.py")
-    out = results_folder(p, opts)
+    out = storage.make_folder(results_folder(p, opts), "pick another --out")  # before the runs, not after
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
         best = min(screen, key=lambda r: r["bits_per_byte"])
@@ -294,7 +304,6 @@ def main(argv=None):
     followup = [run_one(f"{best['name']}+{name}", best["overrides"] + over, opts.confirm_minutes, seed, opts)
                 for name, over in ({} if opts.no_followups else FOLLOWUPS).items() for seed in (1, 2)]
     pick = pick_best([r for r in confirm if r["name"] == best["name"]] + followup)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"screen": screen, "confirm": confirm, "followup": followup, "best": best["name"],
               "best_overrides": best["overrides"], "pick": pick["name"], "pick_overrides": pick["overrides"],
               "pick_mean_bits_per_byte": pick["mean"],
@@ -319,4 +328,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "sweep.py")

@@ -169,3 +169,24 @@ def test_a_bad_minutes_names_minutes(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert e.value.code == 2 and err.startswith("compare.py: error: --minutes: must be a finite number")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_busy_run_folder_is_refused_before_any_folder_is_deleted(tmp_path, corpus, monkeypatch, capsys):
+    """With compare-dense in use (another comparison on its second run), compare-moe, that
+    comparison's finished first run, was deleted before the busy one was found: the other
+    comparison then failed at its end, reading the tokenizer of a folder that was gone."""
+    import storage
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    runs = tmp_path / "runs"
+    for name in NAMES:
+        (runs / f"compare-{name}").mkdir(parents=True)
+        (runs / f"compare-{name}" / "tokenizer.json").write_text("{}")
+    held = storage.lock(runs / "compare-dense" / "run.lock")
+    try:
+        with pytest.raises(SystemExit) as e:
+            compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                          "--preset", "debug", "--out_dir", str(runs), "--out", str(tmp_path / "img")])
+    finally:
+        held.close()
+    assert "compare-dense is in use by another train.py" in str(e.value.code)
+    assert all((runs / f"compare-{name}" / "tokenizer.json").exists() for name in NAMES)

@@ -103,7 +103,7 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     assert "--data: no such file" in capfd.readouterr().err  # train.py's own line, above ours
 
 
-def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(monkeypatch, capsys):
+def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(tmp_path, monkeypatch, capsys):
     """`python scripts/sweep.py --no_compile` made img/sweep.*: it still writes there; a shorter
     sweep writes beside its runs instead (said on stderr), never over the README's."""
     class Started(Exception):
@@ -116,5 +116,56 @@ def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(monkeypatch, 
                         (["--no_compile", "--num_proc", "1"], True),
                         (["--lr", "2.5e-4"], True)]:  # below tiny's min_lr, not the shapes' (each is checked)
         with pytest.raises(Started):
-            sweep.main(argv)
+            sweep.main([*argv, "--out_dir", str(tmp_path / "runs")])  # (not a folder of the repo's)
         assert ("they go to" in capsys.readouterr().err) == moved, argv
+
+
+def test_ctrl_c_during_a_run_is_one_line_and_status_130(corpus, tmp_path, monkeypatch, capsys):
+    """Ctrl-C reaches sweep.py as well as its train.py: it was a KeyboardInterrupt traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep.subprocess, "run", interrupted)
+    try:
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
+                        "--screen_minutes", "0.01", "--data", str(corpus / "train.txt"),
+                        "--val_data", str(corpus / "valid.txt"),
+                        "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
+                        "--out", str(tmp_path / "img"), *TOY])
+    except KeyboardInterrupt:  # (not pytest's to take as its own Ctrl-C)
+        pytest.fail("Ctrl-C escaped sweep.py: a traceback")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and err[-1].startswith("sweep.py: interrupted during tiny-2026-11-0.01m-s1; ")
+    assert not (tmp_path / "img" / "sweep.json").exists()
+
+
+def test_a_run_stopped_before_its_evaluation_is_one_line(corpus, tmp_path, monkeypatch):
+    """A signal to train.py alone (`kill` of its pid) stops it cleanly, status 0, with no validation
+    record: that was an IndexError traceback."""
+    def stopped(argv, **kwargs):
+        run_dir = tmp_path / "runs" / argv[argv.index("--run") + 1]
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps(
+            {"kind": "train", "step": 2, "tokens": 512, "tokens_per_s": 100.0}) + "\n")
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", stopped)
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11", "--screen_minutes", "0.01",
+                    "--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                    "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
+                    "--out", str(tmp_path / "img"), *TOY])
+    assert str(e.value.code).startswith("sweep.py: error: train.py stopped before its final evaluation for "
+                                        "tiny-2026-11-0.01m-s1")
+    assert not (tmp_path / "runs" / "tiny-2026-11-0.01m-s1" / "sweep-result.json").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_the_runs(tmp_path, monkeypatch, capsys):
+    """It was a traceback after every run of the sweep (out.mkdir at the end)."""
+    from errors import run_script
+    monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "a_file" / "img"
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: sweep.main(["--only", "tiny-2026-11", "--out", str(bad)]), "sweep.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and err[-1].startswith(f"sweep.py: error: cannot create the folder {bad}")
