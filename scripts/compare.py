@@ -322,6 +322,21 @@ def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def clear_run_folders(out_dir: Path) -> None:
+    """Delete a previous comparison's run folders (ours only), so that it does not block this one.
+    All three are checked before any is deleted: another comparison on its second run still needs
+    its first run's folder."""
+    run_dirs = [d for d in (out_dir / f"compare-{name}" for name in VARIANTS) if d.is_dir()]
+    for run_dir in run_dirs:
+        try:  # not while a train.py holds it (another comparison running)
+            storage.lock(run_dir / "run.lock").close()
+        except storage.Busy as e:
+            sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
+                     "it to end, or pick another --out_dir")
+    for run_dir in run_dirs:
+        shutil.rmtree(run_dir)
+
+
 def main(argv=None) -> dict:
     opts, extra = parse(sys.argv[1:] if argv is None else list(argv))
     for what, path in [("training data", opts.data), ("validation data", opts.val_data)]:
@@ -345,17 +360,7 @@ def main(argv=None) -> dict:
     elif abs(gap) > 0.01:
         print("note: at these sizes the routers are more than 1% of the active parameters")
 
-    # Our own run folders only: a previous comparison must not block this one. All three are checked
-    # before any is deleted: another comparison on its second run still needs its first run's folder.
-    run_dirs = [d for d in (Path(opts.out_dir) / f"compare-{name}" for name in VARIANTS) if d.is_dir()]
-    for run_dir in run_dirs:
-        try:  # not while a train.py holds it (another comparison running)
-            storage.lock(run_dir / "run.lock").close()
-        except storage.Busy as e:
-            sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
-                     "it to end, or pick another --out_dir")
-    for run_dir in run_dirs:
-        shutil.rmtree(run_dir)
+    clear_run_folders(Path(opts.out_dir))
 
     rows, runs = [], []
     for name in VARIANTS:
