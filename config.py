@@ -627,7 +627,7 @@ def refuse_training_settings(parser: Parser, argv: list[str], why: str) -> None:
     only: one line naming it as such and `why` (the fix), not the "unknown option" the parser gives,
     with its nearest model option (--lr: did you mean --help?; --batch_size: --patch_size?)."""
     training = {f"--{f.name}" for f in dataclasses.fields(TrainArgs)}
-    typed = [w.split("=")[0] for w in argv if w.split("=")[0] in training]
+    typed = [flag for flag in (w.split("=")[0] for w in argv) if flag in training]
     if typed:
         parser.error(f"{typed[0]} is a training setting (train.py's), {why}")
 

@@ -104,9 +104,9 @@ def main(argv=None):
     config.refuse_training_settings(p, overrides, "not a model one; drop it (--batches are the batch sizes, "
                                     "--variants moe+ckpt is --grad_checkpoint, --dtype is this script's own)")
     model_options = [f"--{f.name}" for f in dataclasses.fields(ModelArgs)]
-    for word in overrides:  # an unknown option: the nearest of this script's options too (--variant)
-        if word.startswith("--") and word.split("=")[0] not in model_options:
-            p.error(p.unknown([word.split("=")[0]], model_options))
+    for flag in (word.split("=")[0] for word in overrides):  # unknown: the nearest of this script's too
+        if flag.startswith("--") and flag not in model_options:
+            p.error(p.unknown([flag], model_options))
     _, (model_args,) = config.parse_args([ModelArgs], ["--preset", opts.preset, *overrides], prog=p.prog)
     out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json", extra=overrides)
     variants = opts.variants.split(",")

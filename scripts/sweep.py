@@ -151,6 +151,9 @@ OWNED = {"preset", "max_minutes", "max_steps", "eval_every", "save_every", "eval
          "wandb_mode", "run", "resume", "eval_only"}  # run_one sets these after the options passed through
 
 
+KEPT = "the runs finished so far are kept, and a rerun goes on from them"  # (each error of run_one)
+
+
 def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
     """One budgeted train.py run (or its earlier result, made with the same train.py options),
     scored on all of --val_data."""
@@ -176,18 +179,17 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     try:
         done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT)
     except KeyboardInterrupt:  # Ctrl-C (train.py gets it too): one line, not a traceback, status 130
-        print(f"\nsweep.py: interrupted during {run}; the runs finished so far are kept, and a rerun goes on "
-              "from them (this one starts again)", file=sys.stderr)
+        print(f"\nsweep.py: interrupted during {run}; {KEPT} (this one starts again)", file=sys.stderr)
         sys.exit(130)
     if done.returncode:
         sys.exit(f"sweep.py: error: train.py failed for {run} (exit {done.returncode}, its error is above); "
-                 "the runs finished so far are kept, and a rerun goes on from them")
+                 f"{KEPT}")
     records = storage.read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
     if not val:  # a signal to train.py alone: it stops cleanly (status 0) before its final evaluation
         sys.exit(f"sweep.py: error: train.py stopped before its final evaluation for {run} (a signal?); "
-                 "the runs finished so far are kept, and a rerun goes on from them")
+                 f"{KEPT}")
     val = val[-1]
     result = {"name": name, "run": run, "minutes": minutes, "seed": seed, "overrides": overrides,
               "train_argv": setting,
