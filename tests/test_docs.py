@@ -16,6 +16,9 @@ import config
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TORCHRUN = {"--nproc_per_node", "--nnodes", "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id", "--run-path"}
 PLACEHOLDERS = {"--field"}  # "--field value": any field of the dataclasses
+# Another tool's command line (`pip install --upgrade ...`, `python -m pytest --lf`): its options are its own
+OTHER_TOOLS = re.compile(r"(?m)(?:^|`)[ \t]*(?:\S*python3? -m |\S*/)?"
+                         r"(?:pip3?|pytest|git|wandb|nvidia-smi) [^`\n]*")
 
 
 def script_options(path) -> set[str]:
@@ -43,8 +46,15 @@ def project_options() -> set[str]:
 def test_every_option_the_docs_name_exists():
     known = project_options() | TORCHRUN | PLACEHOLDERS
     for doc in DOCS:
-        named = set(re.findall(r"(?<![\w-])--[a-zA-Z][\w-]*", doc.read_text()))
+        named = set(re.findall(r"(?<![\w-])--[a-zA-Z][\w-]*", OTHER_TOOLS.sub("", doc.read_text())))
         assert named <= known, f"{doc.name} names options no command line has: {sorted(named - known)}"
+
+
+def test_other_tools_command_lines_are_theirs_and_prose_is_ours():
+    text = ("Run `pip install --upgrade torch` or\n.venv/bin/python -m pytest --lf -x\n"
+            "the pytest suite takes --dim; `python train.py --dim 8`\n")
+    named = re.findall(r"--\w+", OTHER_TOOLS.sub("", text))
+    assert named == ["--dim", "--dim"]
 
 
 def test_every_file_and_script_the_docs_name_exists():
