@@ -33,7 +33,12 @@ def run_part(name: str, out_dir: Path) -> dict:
     out = out_dir / f"bench_{name}.json"
     cmd = [sys.executable, str(ROOT / "scripts" / PARTS[name]), "--out", str(out)]
     print(f"$ {' '.join(cmd[1:])}", flush=True)
-    done = subprocess.run(cmd, cwd=ROOT)
+    try:
+        done = subprocess.run(cmd)  # (in our cwd: a relative --out_dir means the same folder to both)
+    except KeyboardInterrupt:  # Ctrl-C (the part gets it too): one line, not a traceback, status 130
+        print(f"\nbench.py: interrupted during scripts/{PARTS[name]}; bench.json and bench.md are left as "
+              "they were", file=sys.stderr)
+        sys.exit(130)
     if done.returncode:
         sys.exit(f"bench.py: error: scripts/{PARTS[name]} failed (exit {done.returncode}, its output is "
                  "above); bench.json and bench.md are left as they were")
@@ -141,7 +146,8 @@ def sample_table(sm: dict) -> list[str]:
 
 
 def main(argv=None):
-    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.Parser(prog="bench.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of model,data,sample")
     p.add_argument("--out_dir", default=str(ROOT / "img"))
     opts = p.parse_args(argv)
@@ -149,8 +155,10 @@ def main(argv=None):
     machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                "torch": torch.__version__, "load_before": os.getloadavg()[0],
                "date": time.strftime("%Y-%m-%d")}
-    only = opts.only.split(",")
+    only = [name.strip() for name in opts.only.split(",") if name.strip()]  # ("model, data" too)
     unknown = sorted(set(only) - set(PARTS))
+    if not only:  # (it was "unknown part(s) ;", an empty name)
+        p.error(f"--only: name one or more of {', '.join(PARTS)}")
     if unknown:
         p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     out_dir = storage.make_folder(opts.out_dir, FIX)

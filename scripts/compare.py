@@ -32,7 +32,8 @@ How this departs from the obvious version:
   folders (and nothing else) before it starts, so a previous comparison never blocks a new one;
   copy them elsewhere to keep them. All runs share --cache_dir, so the tokenizer is trained and the
   shards are tokenized once (the first run's set-up, outside its budget); the three tokenizer.json
-  files are checked to be identical.
+  files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as it stops
+  train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison written.
 - tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
   the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
   peak it measures with a short GEMM at the start of each run). Final validation is the last val
@@ -337,6 +338,34 @@ def clear_run_folders(out_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
+def interrupted(name: str):
+    """Ctrl-C or SIGTERM: one line and status 130, as train.py and sweep.py, not a traceback or 1."""
+    print(f"\ncompare.py: interrupted during the {name} run; no comparison written (a rerun starts the "
+          "three runs again)", file=sys.stderr)
+    sys.exit(130)
+
+
+def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict]]:
+    """The three runs, one after the other: their table rows and what load_run read of each."""
+    rows, runs = [], []
+    for name in VARIANTS:
+        load = [round(x, 2) for x in os.getloadavg()]
+        print(f"\n=== {name} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}): train.py "
+              + " ".join(argvs[name]), flush=True)
+        try:
+            result = train.main(argvs[name])
+            if result["finished"] == "signal":  # train.py stopped cleanly (status 0), its run cut short
+                interrupted(name)
+            run = load_run(name, result["run_dir"])
+        except KeyboardInterrupt:  # (outside train.py's training loop, which takes the signal itself)
+            interrupted(name)
+        runs.append(run)
+        rows.append({**summarize(run, result["step"]), "label": run["label"], **sizes[name],
+                     "load_avg_before": load[0], "load_avg_before_1_5_15": load,
+                     "finished": result["finished"], "run_dir": result["run_dir"]})
+    return rows, runs
+
+
 def main(argv=None) -> dict:
     opts, extra = parse(sys.argv[1:] if argv is None else list(argv))
     for what, path in [("training data", opts.data), ("validation data", opts.val_data)]:
@@ -362,19 +391,7 @@ def main(argv=None) -> dict:
 
     clear_run_folders(Path(opts.out_dir))
 
-    rows, runs = [], []
-    for name in VARIANTS:
-        load = [round(x, 2) for x in os.getloadavg()]
-        print(f"\n=== {name} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}): train.py "
-              + " ".join(argvs[name]), flush=True)
-        result = train.main(argvs[name])
-        if result["finished"] == "signal":
-            sys.exit(f"compare.py: stopped during the {name} run; no comparison written")
-        run = load_run(name, result["run_dir"])
-        runs.append(run)
-        rows.append({**summarize(run, result["step"]), "label": run["label"], **sizes[name],
-                     "load_avg_before": load[0], "load_avg_before_1_5_15": load,
-                     "finished": result["finished"], "run_dir": result["run_dir"]})
+    rows, runs = train_variants(argvs, sizes)
     load_after = [round(x, 2) for x in os.getloadavg()]
 
     hashes = {sha256(r["dir"] / "tokenizer.json") for r in runs}

@@ -4,7 +4,8 @@ schedule, batch and tokenizer, measured rather than guessed.
     python scripts/sweep.py --no_compile         # about 3 hours on 2 CPU cores (the README's img/sweep.*)
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
     (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own;
-    those sweep.py sets for every run, such as --max_minutes or --seed, are refused)
+    those sweep.py sets for every run, such as --max_minutes or --seed, are refused, and so is one
+    that any stage's candidate cannot take, before the first run: see every_candidate)
 
 Each run is a `train.py --preset tiny` subprocess with the candidate's overrides on
 ../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
@@ -120,8 +121,30 @@ def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[
             options.add(option)
     groups = [list(pair) for pair in itertools.combinations(winners, 2)]
     groups += [winners] if len(winners) > 2 else []
-    return {"+".join([best, *group]): overrides + sum((VARIATIONS[v] for v in group), [])
+    return {"+".join([best, *group]): overrides + sum((VARIATIONS[v] for v in undone_last(group)), [])
             for group in groups}
+
+
+def undone_last(group: list[str]) -> list[str]:
+    """The group's variations in an order where none undoes another: one whose option another sets
+    too (cosine-to-0's --min_lr, which lr3e-3 sets to 3e-4) comes after it, or it would not count."""
+    return sorted(group, key=lambda v: any(VARIATIONS[v][0] in VARIATIONS[w][1:] for w in group if w != v))
+
+
+def every_candidate(stage1: dict[str, list[str]], opts) -> list[list[str]]:
+    """The overrides of every run the sweep may make, so that each is checked before the first: each
+    shape with any variations (at most one per option, as stage 3 combines them), and the first
+    shape with those and each follow-up or --compile true (the options passed through apply to all,
+    and may clash with a later stage's: --min_lr 1.5e-3 with lr1e-3 failed at stage 2)."""
+    kinds: dict[str, list] = {}
+    for name, over in ({} if opts.no_variations else VARIATIONS).items():
+        kinds.setdefault(over[0], [None]).append(name)
+    groups = [[v for v in pick if v] for pick in itertools.product(*kinds.values())]
+    after = [*FOLLOWUPS.values(), *([] if opts.no_compile else [["--compile", "true"]])]
+    with_variations = [shape + sum((VARIATIONS[v] for v in undone_last(g)), []) for shape in stage1.values()
+                       for g in groups]
+    first = with_variations[:len(groups)]
+    return with_variations + [over + later for over in first for later in after]
 
 
 def pick_best(runs: list[dict]) -> dict:
@@ -177,7 +200,7 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
     t = time.time()
     try:
-        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT)
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv])  # (in our cwd, as the paths)
     except KeyboardInterrupt:  # Ctrl-C (train.py gets it too): one line, not a traceback, status 130
         print(f"\nsweep.py: interrupted during {run}; {KEPT} (this one starts again)", file=sys.stderr)
         sys.exit(130)
@@ -283,7 +306,7 @@ def main(argv=None):
             p.error(f"--{name}: must be a finite number, got {getattr(opts, name):g}")
     config.check_pass_through(p, opts.extra, OWNED)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
-    for over in stage1.values():  # a bad value for any shape: one line now, not after some runs
+    for over in every_candidate(stage1, opts):  # a bad value for any run: one line now, not hours in
         config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *over, *opts.extra,
                                                                  "--out_dir", opts.out_dir], prog="sweep.py")
     out = storage.make_folder(results_folder(p, opts), "pick another --out")  # before the runs, not after

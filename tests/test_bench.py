@@ -337,3 +337,54 @@ def test_bench_model_reports_aten_ops_per_step_of_each_eager_variant_beside_its_
     md = bench.markdown({"model": result}, machine).splitlines()
     for v, n in ops.items():
         assert any(line.startswith(f"| {v} | ") and f"| {n:,} |" in line for line in md), v
+
+
+def test_a_relative_out_dir_is_the_same_folder_to_the_parts(tmp_path, monkeypatch):
+    """The parts ran in the repository (cwd=ROOT), bench.py where it was started: a relative
+    --out_dir got the part's JSON there and bench.py looked for it here (FileNotFoundError)."""
+    import subprocess
+    real_run = subprocess.run
+
+    def part(cmd, **kwargs):  # a part that writes its --out, from the folder it is started in
+        if "--out" not in cmd:  # (platform.processor() runs uname)
+            return real_run(cmd, **kwargs)
+        out = bench.Path(kwargs.get("cwd", ".")) / cmd[cmd.index("--out") + 1]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(SAMPLE))
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(bench, "ROOT", tmp_path / "repo")  # (the old cwd of the parts: not the real one)
+    monkeypatch.setattr(bench.subprocess, "run", part)
+    monkeypatch.chdir(tmp_path)
+    bench.main(["--only", "sample", "--out_dir", "out"])
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["sample"] == SAMPLE
+    assert not (tmp_path / "repo").exists()
+
+
+def test_ctrl_c_during_a_part_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C reaches bench.py as well as the part it runs: it was a KeyboardInterrupt traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    (tmp_path / "bench.md").write_text("the previous run's\n")
+    monkeypatch.setattr(bench.subprocess, "run", interrupted)
+    monkeypatch.setattr(bench.platform, "processor", lambda: "x86_64")  # (it runs uname)
+    try:
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--only", "data", "--out_dir", str(tmp_path)])
+    except KeyboardInterrupt:  # (not pytest's to take as its own Ctrl-C)
+        pytest.fail("Ctrl-C escaped bench.py: a traceback")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and err[-1].startswith("bench.py: interrupted during scripts/bench_data.py; ")
+    assert (tmp_path / "bench.md").read_text() == "the previous run's\n"
+
+
+def test_only_takes_spaces_and_refuses_an_empty_list(tmp_path, monkeypatch, capsys):
+    """`--only "model, sample"` refused " sample" as an unknown part, and `--only ""` said
+    "unknown part(s) ;" (an empty name)."""
+    ran, parts = [], {"data": DATA, "sample": SAMPLE}
+    monkeypatch.setattr(bench, "run_part", lambda name, out_dir: ran.append(name) or parts[name])
+    bench.main(["--only", "data, sample", "--out_dir", str(tmp_path)])
+    assert ran == ["data", "sample"]
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "", "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1] == "bench.py: error: --only: name one or more of model, data, sample"

@@ -190,3 +190,27 @@ def test_a_busy_run_folder_is_refused_before_any_folder_is_deleted(tmp_path, cor
         held.close()
     assert "compare-dense is in use by another train.py" in str(e.value.code)
     assert all((runs / f"compare-{name}" / "tokenizer.json").exists() for name in NAMES)
+
+
+def test_ctrl_c_during_a_run_is_one_line_and_status_130(tmp_path, corpus, monkeypatch, capsys):
+    """train.py stops cleanly on Ctrl-C (status 0, run "finished": "signal"): compare.py then exited 1
+    (sys.exit with its message), where train.py and sweep.py exit 130."""
+    def stopped(argv):
+        return {"step": 3, "best_val": None, "run_dir": str(tmp_path / "runs" / "compare-moe"),
+                "finished": "signal"}
+
+    def interrupted(argv):  # a Ctrl-C that reaches compare.py itself
+        raise KeyboardInterrupt
+    for fake in (stopped, interrupted):
+        monkeypatch.setattr(compare.train, "main", fake)
+        try:
+            with pytest.raises(SystemExit) as e:
+                compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                              "--preset", "debug", "--out_dir", str(tmp_path / "runs"),
+                              "--out", str(tmp_path / "img")])
+        except KeyboardInterrupt:  # (not pytest's to take as its own Ctrl-C)
+            pytest.fail("Ctrl-C escaped compare.py: a traceback")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 130, fake
+        assert err[-1].startswith("compare.py: interrupted during the moe run; "), fake
+        assert not (tmp_path / "img" / "compare.json").exists()

@@ -114,7 +114,7 @@ def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(tmp_path, mon
     monkeypatch.setattr(sweep, "run_one", run_one)
     for argv, moved in [(["--no_compile"], False), (["--no_compile", "--screen_minutes", "1"], True),
                         (["--no_compile", "--num_proc", "1"], True),
-                        (["--lr", "2.5e-4"], True)]:  # below tiny's min_lr, not the shapes' (each is checked)
+                        (["--no_variations", "--lr", "2.5e-4"], True)]:  # below tiny's min_lr
         with pytest.raises(Started):
             sweep.main([*argv, "--out_dir", str(tmp_path / "runs")])  # (not a folder of the repo's)
         assert ("they go to" in capsys.readouterr().err) == moved, argv
@@ -169,3 +169,54 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_the_runs(tmp_path,
         run_script(lambda: sweep.main(["--only", "tiny-2026-11", "--out", str(bad)]), "sweep.py")
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 1 and err[-1].startswith(f"sweep.py: error: cannot create the folder {bad}")
+
+
+def test_relative_paths_mean_the_same_folders_to_train_py(corpus, tmp_path, monkeypatch):
+    """train.py ran in the repository (cwd=ROOT), sweep.py where it was started: a relative --out_dir
+    was written there and read here, a FileNotFoundError traceback after the first run."""
+    def trained(argv, **kwargs):  # a train.py that finishes, in the folder it is started in
+        run_dir = sweep.Path(kwargs.get("cwd", ".")) / argv[argv.index("--out_dir") + 1] / argv[
+            argv.index("--run") + 1]
+        run_dir.mkdir(parents=True)
+        records = [{"kind": "train", "step": 2, "tokens": 512, "tokens_per_s": 100.0},
+                   {"kind": "val", "step": 2, "tokens": 512, "bits_per_byte": 2.0, "nats_per_token": 5.0,
+                    "val_tokens": 100}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep, "ROOT", tmp_path / "repo")  # (the old cwd of train.py: not the real one)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    monkeypatch.chdir(tmp_path)
+    report = sweep.main(["--no_compile", "--no_variations", "--no_followups", "--confirm", "1",
+                         "--only", "tiny-2026-11", "--screen_minutes", "0.01", "--confirm_minutes", "0.02",
+                         "--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                         "--out_dir", "runs", "--cache_dir", "cache", "--out", "img", *TOY])
+    assert [r["run"] for r in report["confirm"]] == ["tiny-2026-11-0.02m-s1", "tiny-2026-11-0.02m-s2"]
+    assert (tmp_path / "runs" / "tiny-2026-11-0.01m-s1" / "sweep-result.json").exists()
+    assert (tmp_path / "img" / "sweep.json").exists() and not (tmp_path / "repo").exists()
+
+
+def test_a_combination_keeps_each_variations_own_setting(monkeypatch):
+    """cosine-to-0 (--min_lr 0) before lr3e-3 (--lr 3e-3 --min_lr 3e-4) in a combination was undone:
+    'tiny-2026-11+cosine-to-0+lr3e-3' trained with --min_lr 3e-4, the lr3e-3 run again."""
+    monkeypatch.setattr(sweep, "VARIATIONS", {k: sweep.VARIATIONS[k] for k in ("lr3e-3", "cosine-to-0")})
+    scores = {"s": 1.20, "s+cosine-to-0": 1.10, "s+lr3e-3": 1.15}  # the better one first
+    combos = sweep.combinations("s", [], [{"name": k, "bits_per_byte": v} for k, v in scores.items()])
+    over = combos["s+cosine-to-0+lr3e-3"]
+    assert dict(zip(over[::2], over[1::2], strict=True)) == {"--lr": "3e-3", "--min_lr": "0"}  # (last wins)
+
+
+def test_an_option_that_clashes_with_a_later_stage_is_refused_before_the_runs(tmp_path, monkeypatch, capsys):
+    """Only the shapes were checked: --min_lr 1.5e-3 suits them (lr 2e-3) but not lr1e-3, whose
+    train.py run failed in stage 2, after the runs before it (sweep.py exit 1)."""
+    monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
+    for argv, message in [(["--min_lr", "1.5e-3"], "--min_lr: 0.0015 is above --lr 0.001"),
+                          (["--weight_decay", "400"], "--weight_decay")]:  # 400 x lr3e-3 reaches 1
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--only", "tiny-2026-11", *argv, "--out_dir", str(tmp_path / "runs")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1].startswith(f"sweep.py: error: {message}"), argv
+    with pytest.raises(SystemExit) as e:  # a follow-up's: weight decay 2.0 x lr 0.6 reaches 1 in stage 6
+        sweep.main(["--only", "tiny-2026-11", "--no_variations", "--lr", "0.6", "--min_lr", "0",
+                    "--out_dir", str(tmp_path / "runs")])
+    assert e.value.code == 2 and "--weight_decay" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
