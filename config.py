@@ -247,7 +247,7 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 @dataclass
 class TrainArgs:
     # --- data ---
-    data: str = arg("", "training text: a file, folder or glob (.txt, .jsonl, .json, .parquet); "
+    data: str = arg("", "training text: a file, folder or glob (.txt, .jsonl, .json, .parquet, .arrow); "
                         "empty = TinyStories from the Hugging Face Hub")
     val_data: str = arg("", "validation text (same formats); empty = the hub's validation split, "
                             "or a held-out slice of --data")
@@ -583,6 +583,11 @@ class Parser(argparse.ArgumentParser):
                 continue
             if name in options:
                 hints.append(f"{w} (after the bare --)")
+                continue
+            if not name.startswith("-") and "--data" in options and os.path.exists(w):  # (a glob the shell
+                # expanded, most often)
+                hints.append(f"{w} (a second file? --data and --val_data take one file, folder or glob: "
+                             "quote a glob, --data 'corpus/*.txt', so that the shell leaves it to us)")
                 continue
             if not name.startswith("-"):
                 hints.append(f"{w} (options take the form --name value; is a --name missing before it?)")

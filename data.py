@@ -17,13 +17,15 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
   100 times as many (a stray marker in the text; the log says which it chose when both are
   there); else by blank lines (or lines of spaces and tabs); all read by our generator through
   `datasets.Dataset.from_generator`, \\r\\n and \\r read as \\n, a BOM dropped;
-- .jsonl (or .json: one array of records) with a text field (--text_field) and .parquet with a
-  text column ("json" and "parquet").
+- .jsonl (or .json: one array of records) with a text field (--text_field), and .parquet or .arrow
+  (Arrow IPC, as `datasets.Dataset.save_to_disk` writes: its folder's state.json and
+  dataset_info.json are left out) with a text column ("json", "parquet" and "arrow").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
 --out_dir (so `--data .` does not read our own cache and run files).
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
 (documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
-empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines).
+empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines), in every
+format: the same text gives the same tokens from a .txt, a .jsonl, a .parquet or the hub.
 
 Token stream layout: every document is preceded by the separator, [eos] doc1 [eos] doc2 ..., so
 token 0 of a stream is eos, every text token can be a target, and eos is predicted at each story end
@@ -57,8 +59,8 @@ How this departs from the obvious version:
   the output is identical to a serial loop. Batches are streamed, so memory does not grow with the
   corpus.
 - Bytes that are not UTF-8 in a .txt file are replaced by U+FFFD and counted in the log, per file;
-  a file with more than 1% such bytes is refused (it is in another encoding: convert it). .jsonl and
-  .parquet must be valid UTF-8 (both formats require it) and are refused otherwise.
+  a file with more than 1% such bytes is refused (it is in another encoding: convert it). .jsonl,
+  .parquet and .arrow must be valid UTF-8 (the formats require it) and are refused otherwise.
 - Bits per byte count the separator as 0 bytes, while its prediction loss still counts: the figure
   is slightly conservative (higher) compared with counting only text tokens.
 - The hub is probed with one request before `datasets` (which retries for ~25 s) is asked, so a
@@ -100,13 +102,14 @@ from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces, too_
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
 META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
-DOCUMENT_RULES = 3  # version of how local files split into documents (and empty rows are left out of
-# a held-out slice's count): a new one rebuilds their caches
+DOCUMENT_RULES = 4  # version of how sources split into documents (and empty rows are left out of
+# a held-out slice's count): a new one rebuilds their caches (4: \r\n and \r are \n in every format)
 TOKENIZER_FORMAT = 3  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1;
 # 3: a document over PIECE_CHARS that crosses --tokenizer_train_mb gives only its pieces up to it)
-KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-FORMATS = ".txt, .jsonl, .json or .parquet"
+KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+FORMATS = ".txt, .jsonl, .json, .parquet or .arrow"
+SAVED = ("state.json", "dataset_info.json")  # what `save_to_disk` writes beside its .arrow files: not text
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
@@ -189,6 +192,12 @@ class TokenData:
         return f"TokenData({str(self.path)!r}, {self.n_tokens:,} tokens, {self.n_docs:,} documents)"
 
 
+def _document(text: str) -> str:
+    """A document as it is tokenized: \\r\\n and \\r read as \\n (as a .txt file's are, whatever the
+    format), surrounding whitespace stripped."""
+    return (text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text).strip()
+
+
 def _sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -253,7 +262,7 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
         with tqdm(total=total, unit="doc", desc=desc, disable=None, leave=False) as bar:
             for batch in batches:
                 _raise_lost_signal()
-                texts = [s for s in (t.strip() for t in batch) if s]
+                texts = [s for s in map(_document, batch) if s]
                 for ids in _encoded(tokenizer, texts, threads, dtype):
                     raw = ids.tobytes()
                     f.write(raw)
@@ -282,17 +291,24 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
 
 
 def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
-    """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json
-    and .parquet files at any depth, and so does a folder a glob matches, leaving out those in
-    hidden folders under it (a glob leaves out the other files it matches, as a folder does);
+    """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json,
+    .parquet and .arrow files at any depth, and so does a folder a glob matches, leaving out those in
+    hidden folders under it and the SAVED files of a `save_to_disk` folder (a glob leaves out the
+    other files it matches, as a folder does; a DatasetDict's folder is refused: it holds all splits);
     files in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
     are left out of folders and globs alike (a glob that names a hidden folder takes its files).
-    A file reached by two paths (a symlink beside its target) is listed once, at its first path."""
+    A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
+    first path."""
     skip = [Path(d).resolve() for d in skip]
 
     def wanted(path: str) -> bool:
-        real = Path(path).resolve()
-        return not any(real.is_relative_to(d) for d in skip)
+        real, p = Path(path).resolve(), Path(path)
+        if any(real.is_relative_to(d) for d in skip):
+            return False
+        if p.name == "dataset_dict.json":
+            raise DataError(f"{flag}: '{p.parent}' is a DatasetDict saved by save_to_disk; point {flag} at "
+                            f"one split's folder ({p.parent / 'train'}), --val_data at another")
+        return not (p.name in SAVED and any(p.parent.glob("*.arrow")))
 
     def walk(folder: str) -> list[str]:
         return [str(p) for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in KINDS
@@ -317,9 +333,9 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
                             f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); check the glob")
     else:
         raise DataError(f"{flag}: no such file '{spec}'; check the path")
-    first = {}  # a file reached by two paths (a symlink beside it, a glob through a linked folder): once
-    for f in files:
-        first.setdefault(os.path.realpath(f), f)
+    first = {}  # a file reached by two paths (a symlink or hard link beside it, a glob through a linked
+    for f in files:  # folder): once
+        first.setdefault(_identity(f), f)
     files = list(first.values())
     for f in files:
         if Path(f).suffix.lower() not in KINDS:
@@ -327,6 +343,12 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         if os.path.getsize(f) == 0:
             raise DataError(f"{flag}: '{f}' is empty; remove it or point {flag} at text")
     return files
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """What a file is, whatever its name: a symlink and a hard link are the file they name."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 SPACES = b" \t\f\v"  # spaces on a line (the newline aside)
@@ -462,12 +484,18 @@ def _txt_documents(path: str, stamp: str, layout: str):
                 yield {"text": text}
 
 
-def _json_problem(path: str, field: str) -> str | None:
-    """The first line of a JSON Lines file that has no string `field`, described; None if all do."""
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
+def _json_problem(path: str, field: str, flag: str) -> str | None:
+    """The first line of a JSON Lines file that has no string `field`, described, or that it has no
+    records (blank lines only); None if all do."""
+    records = 0
+    with open(path, "rb") as f:  # (lines end in \n, \r\n or a lone \r, as pyarrow reads them)
+        lines = (part for line in f for part in line.removesuffix(b"\n").removesuffix(b"\r").split(b"\r"))
+        for n, line in enumerate(lines, 1):
+            if n == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)  # (pyarrow reads past a BOM: so do we)
             if not line.strip():
                 continue
+            records += 1
             try:
                 record = json.loads(line)
             except UnicodeDecodeError:
@@ -481,16 +509,37 @@ def _json_problem(path: str, field: str) -> str | None:
             if not isinstance(record[field], str):
                 return (f"line {n}: '{field}' is {type(record[field]).__name__}, not text; fix the line or "
                         "pass --text_field NAME")
-    return None
+    return None if records else f"has no records (only blank lines); remove it or point {flag} at text"
 
 
-def _parquet_problem(path: str, flag: str) -> str | None:
-    """Why `datasets` could not read a parquet file, in words, where pyarrow can tell."""
-    import pyarrow.parquet as pq
+def _json_array_problem(path: str, flag: str) -> str | None:
+    """That a .json file is an empty array, where it is one (`datasets` says "corresponds to no
+    data"); None otherwise. Read whole: only after `datasets` failed on it."""
     try:
-        rows = pq.ParquetFile(path).metadata.num_rows
+        with open(path, "rb") as f:
+            empty = json.load(f) == []
+    except ValueError:
+        return None
+    return f"has no records (an empty array); remove it or point {flag} at text" if empty else None
+
+
+def _table_problem(path: str, kind: str, flag: str) -> str | None:
+    """Why `datasets` could not read a parquet or Arrow file, in words, where pyarrow can tell."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def arrow_rows():  # (the stream format save_to_disk writes, or the file format)
+        try:
+            with pa.memory_map(path) as f:
+                return pa.ipc.open_stream(f).read_all().num_rows
+        except pa.ArrowInvalid:
+            with pa.memory_map(path) as f:
+                return pa.ipc.open_file(f).read_all().num_rows
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows if kind == "parquet" else arrow_rows()
     except Exception as e:
-        return f"is not a parquet file, or a damaged one ({first_line(e)}); replace it or leave it out"
+        return (f"is not {'a parquet' if kind == 'parquet' else 'an Arrow'} file, or a damaged one "
+                f"({first_line(e)}); replace it or leave it out")
     return f"has no rows; remove it or point {flag} at text" if rows == 0 else None
 
 
@@ -521,14 +570,14 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     except Exception as e:
         if getattr(_os_error(e), "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise  # the cache it writes, not the file: _cache_writes says so
-        problem = (_json_problem(path, field) if jsonl else None) if kind == "json" else \
-            _parquet_problem(path, flag)
+        problem = (_json_problem(path, field, flag) if jsonl else _json_array_problem(path, flag)) \
+            if kind == "json" else _table_problem(path, kind, flag)
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
         library_log.setLevel(level)
     if problem := _column_problem(ds, field):
         if jsonl:  # the line at fault, where it is one
-            problem = _json_problem(path, field) or problem
+            problem = _json_problem(path, field, flag) or problem
         raise DataError(f"{flag}: {path}: {problem}")
     feature = ds.features[field]
     ds = ds.select_columns([field])
@@ -653,16 +702,19 @@ def _hub_split(name: str, split: str, text_field: str) -> Split:
     def source():
         ds = load()
         files = [f["filename"] for f in ds.cache_files]
-        return {"hub": name, "split": split, "text_field": text_field, "rows": len(ds), "files": files}
+        return {"hub": name, "split": split, "text_field": text_field, "rows": len(ds), "files": files,
+                "documents": DOCUMENT_RULES}
 
     return Split(f"{name} [{split}] (Hugging Face Hub)", source, load)
 
 
 def warn_overlap(train: Split, val: Split, log) -> None:
-    """A warning when --val_data names a file that --data names too (by its real path)."""
-    def real(split):
-        return {os.path.realpath(f[0]) for f in split.source["files"]}
-    shared = sorted(real(train) & real(val))
+    """A warning when --val_data names a file that --data names too (the same file: by a symlink
+    or a hard link too)."""
+    def files(split):
+        return {_identity(f[0]): os.path.realpath(f[0]) for f in split.source["files"]}
+    train_files, val_files = files(train), files(val)
+    shared = sorted(val_files[k] for k in val_files.keys() & train_files.keys())
     if shared:
         log(f"warning: --val_data and --data share {_n(len(shared), 'file')} ({shared[0]}"
             f"{', ...' * (len(shared) > 1)}): the validation loss is not held out; give --val_data other "
@@ -709,7 +761,7 @@ def _texts(ds, batch_size: int, cap_bytes: int = 0, used: dict | None = None):
     """Batches of stripped, non-empty documents of `ds`; with cap_bytes, stop once that many are given."""
     total = 0
     for batch in ds.iter(batch_size=batch_size):
-        texts = [s for s in (t.strip() for t in batch["text"]) if s]
+        texts = [s for s in map(_document, batch["text"]) if s]
         if cap_bytes:
             for i, t in enumerate(texts):
                 size = len(t.encode())

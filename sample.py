@@ -341,9 +341,9 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     """A PNG/JPEG as (3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does. As
     transformers loads it: turned upright by its EXIF orientation (as stored where the EXIF block is
-    damaged), transparency over white. 16-bit grey is scaled to 8 bits (convert("RGB") clips it:
-    all but black turns white). Images of 89M to 179M pixels load without PIL's two-line
-    DecompressionBombWarning (larger ones are refused)."""
+    damaged), transparency over white. 16-bit grey is scaled to 8 bits, value * 255 / 65535 rounded
+    to the nearest (convert("RGB") clips it: all but black turns white). Images of 89M to 179M
+    pixels load without PIL's two-line DecompressionBombWarning (larger ones are refused)."""
     import struct
 
     from PIL import Image, ImageOps
@@ -357,7 +357,7 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
         except (struct.error, TypeError, AttributeError):  # a damaged EXIF block (PIL writes it back
             pass  # for the turned image; a text tag stored as a number: AttributeError): as stored
         if img.mode.startswith("I;16"):
-            img = img.convert("I").point(lambda v: v / 257).convert("L")
+            img = img.convert("I").point(lambda v: v / 257 + 0.5).convert("L")  # (+ 0.5: PIL truncates)
         if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)
             img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
         img = img.convert("RGB").resize((args.image_size, args.image_size))

@@ -5,7 +5,8 @@
 
 Rows group the parameters by module kind; "active" counts what one token uses: everything in
 the text model except the routed experts it is not sent to (top_k of n_experts). The vision stub
-is listed apart (it runs once per image, not per token).
+is listed apart (it runs once per image, not per token). A --vocab_size below 264 (8 special
+tokens + 256 bytes) is refused, as train.py refuses it.
 """
 
 import sys
@@ -18,6 +19,7 @@ import torch  # noqa: E402
 
 import config  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
+from tokenizer import too_small  # noqa: E402
 
 # The Llama-4-Scout-17B-16E model card prints this total; the modules sum to one embedding
 # matrix less (see `explain_scout_card`).
@@ -66,6 +68,9 @@ def main(argv=None):
                                     "count; drop it (count_params.py takes --preset and the model settings)")
     name, (args,) = config.parse_args([config.ModelArgs], argv, prog="count_params.py",
                                       description=__doc__)
+    if problem := too_small(args.vocab_size):  # (train.py refuses it too: no tokenizer has so few)
+        print(f"count_params.py: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     rows, counts = table(args)
     print(f"preset {name}: dim {args.dim}, {args.n_layers} layers, "
           f"{args.n_experts} experts top-{args.top_k}, "

@@ -147,6 +147,20 @@ def test_bad_input_is_one_line_and_exits_2(argv, message, capsys):
     assert err.startswith("train.py: error:") and message in err
 
 
+def test_an_unquoted_glob_the_shell_expanded_is_named_as_such(tmp_path, capsys):
+    """`--data corpus/*.txt` unquoted: the shell gives train.py every file, and the second read as
+    a --name left out before it."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("a\n")
+    b.write_text("b\n")
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], ["--data", str(a), str(b)], prog="train.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"unknown option {b} (a second file? --data and --val_data take one file, folder or glob: " \
+        "quote a glob" in err
+
+
 @pytest.mark.parametrize("typed, meant", [("--temp", "--temperature"),  # (once: "did you mean --help?")
                                           ("--prompt-f", "--prompt_file")])  # (once: --prompt)
 def test_an_unknown_option_names_the_only_option_it_begins(capsys, typed, meant):

@@ -174,6 +174,47 @@ def test_jsonl_and_parquet_with_a_text_field(tmp_path):
     assert tok.decode(va.tokens) == stream(docs[:3])
 
 
+def test_line_ends_read_as_newlines_in_every_format(tmp_path):
+    """\\r\\n and a lone \\r were read as \\n in a .txt file only: the same stories in a .jsonl or
+    a .parquet kept their \\r, and so trained and scored on other tokens and bytes."""
+    docs = stories(10)
+    windows = [d.replace("\n\n", "\r\n\r") for d in docs]  # (a CRLF, then a lone CR)
+    write_jsonl(tmp_path / "w.jsonl", [{"text": d} for d in windows])
+    pq.write_table(pa.table({"text": windows}), tmp_path / "w.parquet")
+    write(tmp_path / "w.txt", official(windows))
+    shards = [run(tmp_path, data=str(tmp_path / f"w.{kind}"), val_data=str(tmp_path / "w.txt"))[:2]
+              for kind in ("jsonl", "parquet", "txt")]
+    for tok, train in shards:
+        assert tok.decode(train.tokens) == stream(docs)
+        assert train.n_bytes == sum(len(d.encode()) for d in docs)
+
+
+def test_arrow_files_and_a_save_to_disk_folder(tmp_path):
+    """.arrow files (Arrow IPC, stream or file format) are read like .parquet; a `save_to_disk`
+    folder was refused by its own dataset_info.json (no column 'text'), and a DatasetDict's folder
+    (every split in one) is refused, naming a split's folder."""
+    import datasets
+    docs = stories(20)
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "saved"))
+    table = pa.table({"text": docs[:3]})
+    with pa.OSFile(str(tmp_path / "val.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+    tok, tr, va, _ = run(tmp_path, data=str(tmp_path / "saved"), val_data=str(tmp_path / "val.arrow"))
+    assert tok.decode(tr.tokens) == stream(docs) and tok.decode(va.tokens) == stream(docs[:3])
+    write(tmp_path / "bad.arrow", "not arrow")
+    with pytest.raises(DataError, match=r"bad.arrow: is not an Arrow file, or a damaged one"):
+        run(tmp_path, data=str(tmp_path / "bad.arrow"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs}),
+                          "validation": datasets.Dataset.from_dict({"text": docs[:3]})}).save_to_disk(
+        str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"--data: '.*dd' is a DatasetDict saved by save_to_disk; point "
+                                        r"--data at one split's folder \(.*dd/train\)"):
+        run(tmp_path, data=str(tmp_path / "dd"))
+    tok, tr, va, _ = run(tmp_path, data=str(tmp_path / "dd" / "train"),
+                         val_data=str(tmp_path / "dd" / "validation"))
+    assert tok.decode(va.tokens) == stream(docs[:3])
+
+
 def test_folder_and_glob_read_files_in_sorted_order(tmp_path):
     a, b, c = stories(4), stories(4, start=4), stories(4, start=8)
     folder = tmp_path / "corpus"
@@ -205,6 +246,19 @@ def test_a_file_reached_by_two_paths_is_read_once(tmp_path):
     assert data.resolve_files(str(folder / "**" / "*.txt"), "--data") == [str(folder / "latest.txt")]
     tok, train, _, _ = run(tmp_path, data=str(folder), val_data=str(folder / "sub" / "a.txt"))
     assert tok.decode(train.tokens) == stream(a)
+
+
+def test_a_file_under_two_names_by_a_hard_link_is_read_once_and_warned_of(tmp_path):
+    """A hard link is the same file under another name, as a symlink is: a folder holding both
+    names read its text twice, and --val_data on the link got no warning that it was --data."""
+    a = stories(4)
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(a))
+    os.link(folder / "a.txt", folder / "b.txt")
+    assert data.resolve_files(str(folder), "--data") == [str(folder / "a.txt")]
+    tok, train, _, logs = run(tmp_path, data=str(folder), val_data=str(folder / "b.txt"))
+    assert tok.decode(train.tokens) == stream(a)
+    assert any("--val_data and --data share 1 file" in line for line in logs)
 
 
 def test_a_folder_leaves_out_the_runs_own_files_and_hidden_folders(tmp_path):
@@ -805,7 +859,7 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
                    r"--data: no files match '.*\*.jsonl'; check the path or glob"),
     "empty file": ({"e.txt": ""}, dict(data="{tmp}/e.txt"), r"--data: '.*e.txt' is empty"),
     "unknown format": ({"x.csv": "a,b"}, dict(data="{tmp}/x.csv"),
-                       r"'.*x.csv' is not .txt, .jsonl, .json or .parquet"),
+                       r"'.*x.csv' is not .txt, .jsonl, .json, .parquet or .arrow"),
     "capped vocabulary": ({"c.txt": official(stories(40))},
                           dict(data="{tmp}/c.txt", val_data="{tmp}/c.txt", tokenizer_train_mb=0.001,
                                vocab=600),
@@ -814,7 +868,7 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
     "bad json array": ({"a.json": '[\n  {"text": "a story"},\n  oops\n]\n'}, dict(data="{tmp}/a.json"),
                        r"a.json: cannot read it \("),  # (not "line 1 is not valid JSON": "[" is fine)
     "glob of other files": ({"x.csv": "a,b", "y.md": "c"}, dict(data="{tmp}/*"),
-                            r"'.*\*' matches no .txt, .jsonl, .json or .parquet file "
+                            r"'.*\*' matches no .txt, .jsonl, .json, .parquet or .arrow file "
                             r"\(only .*x.csv and 1 more\)"),
     "no usable text": ({"s.txt": f"\n{EOT}\n   \n\n{EOT}\n"}, dict(data="{tmp}/s.txt"),
                        r"'.*s.txt' has no usable text \(only whitespace and <\|endoftext\|> separators\)"),
@@ -833,6 +887,16 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
         r"--data: .*t.jsonl: line 4 has no 'text' field \(it has: title, id\); every line needs one"),
     "jsonl line not json": ({"b.jsonl": '{"text": "a story"}\n{"text": \n'}, dict(data="{tmp}/b.jsonl"),
                             r"b.jsonl: line 2 is not valid JSON"),
+    "jsonl of blank lines": ({"w.jsonl": "\n  \n\n"}, dict(data="{tmp}/w.jsonl"),
+                             r"--data: .*w.jsonl: has no records \(only blank lines\); remove it or point "
+                             r"--data at text"),  # (was: cannot read it (Instruction "train" ...))
+    "jsonl of a BOM and blank lines": ({"b.jsonl": "\ufeff\n\n"}, dict(data="{tmp}/b.jsonl"),
+                                       r"b.jsonl: has no records \(only blank lines\)"),  # (not "line 1 is
+    # not valid JSON")
+    "jsonl with lone CR line ends": ({"r.jsonl": '{"text": "a"}\r{"text": "b"}\r{"title": 1}\r'},
+                                     dict(data="{tmp}/r.jsonl"), r"r.jsonl: line 3 has no 'text' field"),
+    "json empty array": ({"e.json": "[]\n"}, dict(data="{tmp}/e.json"),
+                         r"--data: .*e.json: has no records \(an empty array\); remove it or point --data"),
     "jsonl text not a string": ({"n.jsonl": '{"text": "a"}\n{"text": 5}\n'}, dict(data="{tmp}/n.jsonl"),
                                 r"n.jsonl: line 2: 'text' is int, not text"),
     "vocabulary the corpus cannot fill": (

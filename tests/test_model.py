@@ -551,6 +551,18 @@ def test_count_params_script_refuses_a_training_setting_in_one_line(capsys):
     assert "unknown option --nope (did you mean --nope_every?)" in capsys.readouterr().err
 
 
+def test_count_params_script_refuses_the_vocabularies_train_py_refuses(capsys):
+    """--vocab_size 100 was counted while train.py refuses it (a byte-level BPE needs 264): the
+    two agree on the smallest vocabulary, one line and exit status 2."""
+    from scripts import count_params
+    with pytest.raises(SystemExit) as e:
+        count_params.main(["--preset", "debug", "--vocab_size", "100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("count_params.py: error: --vocab_size 100 is too small") and "264" in err
+    assert count_params.main(["--preset", "debug", "--vocab_size", "264"])["total"] > 0
+
+
 def test_default_preset_has_about_128m_parameters():
     with torch.device("meta"):
         counts = count_parameters(Llama4(ModelArgs()))

@@ -834,6 +834,21 @@ def test_a_16_bit_grey_image_keeps_its_shades():
     assert torch.allclose(sample.load_image(grey, args), torch.tensor(128 / 255 * 2 - 1), atol=1e-6)
 
 
+@pytest.mark.parametrize("value", [129, 386, 65406 - 129])
+def test_a_16_bit_grey_image_is_rounded_to_8_bits_not_truncated(value):
+    """16-bit grey scales to the nearest 8-bit value, value * 255 / 65535 rounded: PIL's point()
+    truncates, so 386 (1.502) read as 1 and 129 (0.502) as black."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    grey = io.BytesIO()
+    Image.fromarray(np.full((20, 20), value, dtype=np.uint16)).save(grey, "PNG")
+    eight = round(value * 255 / 65535)
+    assert torch.allclose(sample.load_image(grey, args), torch.tensor(eight / 255 * 2 - 1), atol=1e-6)
+
+
 def test_uncached_decoding_with_an_image_takes_a_generated_patch_token_as_text(monkeypatch):
     """The image fills the prompt's <|patch|> tokens; a <|patch|> the model picks is a token like
     any other, as in the cached path (whose decode steps see no image). The uncached path gave
