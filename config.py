@@ -25,6 +25,7 @@ import os
 import sys
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from errors import ConfigError, main_rank
 
@@ -337,13 +338,15 @@ class TrainArgs:
 def check_run(run: str, out_dir: str) -> None:
     """--run must be a plain name (../x wrote into the source tree) and --out_dir a folder ("" put the
     run in the current directory); train.py checks them first at --resume, where the other checks
-    wait for the checkpoint's settings."""
+    wait for the checkpoint's settings. A name that is not UTF-8 is refused for a new folder only:
+    one made outside train.py (`mkdir $'r\\xff'`) is the run's own, and resumes under it."""
     _check(out_dir != "", "out_dir", "must name a folder, got ''; pass one (the default is checkpoints), "
            "or . for the current directory")
     _check("/" not in run and run not in (".", ".."), "run",
            f"{run!r} is not a plain name: a run is the folder <out_dir>/<run>; use --out_dir to put it "
            "elsewhere")
-    _check_utf8("run", run, "set the terminal to UTF-8, or pick a name in plain ASCII")
+    if not (Path(out_dir) / run).is_dir():
+        _check_utf8("run", run, "set the terminal to UTF-8, or pick a name in plain ASCII")
 
 
 # ---------------------------------------------------------------------------------------------

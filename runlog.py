@@ -18,7 +18,13 @@ last record of a run stopped early (by --max_steps, the budget or a signal).
 How this departs from the obvious version: the log survives what a run goes through. A torn last
 line (a crash or a full disk during the append) is dropped with a warning when the file is read; a
 resumed run rewrites the file with the records up to its checkpoint (and says how many it dropped),
-so its records are those of an uninterrupted run; a full disk is one line (StorageError).
+so its records are those of an uninterrupted run; a full disk is one line (StorageError). W&B's
+history cannot be rewritten, and a resumed W&B run drops what is logged at a step below its last one,
+so each record is logged with its optimizer step as a value (`step`, the x axis of every chart) rather
+than as W&B's own step: the evaluation a signal put off, logged at a step W&B already holds a train
+record of, is kept. What a run killed with -9 had logged is unknown (W&B may have kept all of it or
+nothing): the resumed run logs again what it replaces in metrics.jsonl, so none is missing in W&B,
+and a record that reached W&B before the crash is there twice, at the same step.
 """
 
 import json
@@ -32,6 +38,7 @@ from errors import RunError, StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
 FIX = "pick another --out_dir"  # where a write under the run folder fails (storage.advice)
+STEP = "step"  # the x axis of the W&B charts: the optimizer step, logged as a value (see Metrics)
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl and W&B
@@ -47,6 +54,15 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def utf8(text: str) -> bool:
+    """Whether `text` is UTF-8 text (a name in other bytes holds lone surrogates: os.fsdecode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     """The W&B run for this run folder (resumed when `settings` has its id), or None if disabled."""
     mode = train_args.wandb_mode
@@ -56,6 +72,9 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     if mode == "disabled":
         return None
     without = "this run logs to metrics.jsonl only; --wandb_mode disabled silences this"
+    if not utf8(str(run_dir)):  # a folder made outside train.py: W&B's logs fail on it, with tracebacks
+        log(f"wandb: the run folder's name {run_dir.name!r} is not UTF-8, which W&B cannot take; {without}")
+        return None
     try:
         import wandb
     except Exception as e:  # not installed, or a broken install: a run never depends on its dashboard
@@ -70,9 +89,20 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
         try:
             return wandb.init(mode=attempt, **run)
         except Exception as e:
-            log(f"wandb: {attempt} start failed ({first_line(e)}); "
+            log(f"wandb: {attempt} start failed ({_why(e)}); "
                 + ("logging offline instead" if attempt != "offline" else without))
     return None
+
+
+def _why(e: Exception) -> str:
+    """first_line(e), naming the setting when W&B refuses its settings (WANDB_CONSOLE=bogus in the
+    environment: a pydantic error whose first line is only "1 validation error for Settings")."""
+    try:
+        err = e.errors()[0]
+        setting = ".".join(map(str, err["loc"]))
+        return f"{type(e).__name__}: setting {setting}: {err['msg']} (got {err['input']!r})"
+    except Exception:  # not a validation error
+        return first_line(e)
 
 
 class Metrics:
@@ -83,12 +113,19 @@ class Metrics:
     log says how many). With `open_window` (the checkpoint was saved in the middle of a log
     window, which the resumed run goes on with), the train record at the checkpoint's step is
     dropped too: it was that window's partial record, and the resumed run writes the whole one,
-    so that the file holds what an uninterrupted run's holds."""
+    so that the file holds what an uninterrupted run's holds.
+
+    W&B gets each record as one row whose `step` value is the chart's x axis (W&B's own step, one
+    per row, only grows: a resumed W&B run would drop a row logged at a step it has passed, such as
+    the evaluation a signal put off). With `backfill` (a resumed run's new W&B run: the run trained
+    without W&B until now, or its checkpoint holds no W&B run id), the records kept are logged to it
+    first, so that it holds the whole history. A W&B call that fails (W&B's service died, its folder's disk
+    is full) is one line, and the run goes on logging to metrics.jsonl only."""
 
     def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print,
-                 open_window: bool = False):
-        self.path = run_dir / "metrics.jsonl"
-        self.wandb = wandb_run
+                 open_window: bool = False, backfill: bool = False):
+        self.path, self.wandb, self.log = run_dir / "metrics.jsonl", wandb_run, log
+        self._to_wandb(_against_step)
         if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
             try:
                 records = storage.read_jsonl(self.path, warn=log)
@@ -102,26 +139,62 @@ class Metrics:
                 log(f"{self.path}: dropped the {after} records written after step {k}, where the run resumes "
                     f"from its checkpoint; kept {len(kept)}")
             storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), FIX)
+            for r in kept if backfill else []:
+                self._to_wandb(lambda run, r=r: run.log(_wandb_row(r)))
         elif keep_until_step is None and self.path.exists():
             self.path.unlink()
 
-    def write(self, record: dict, wandb_extra: dict | None = None):
+    def write(self, record: dict):
         storage.append_jsonl(self.path, record, FIX)
-        if self.wandb is not None:
-            prefix = record["kind"]
-            flat = {f"{prefix}/{k}": v for k, v in record.items()
-                    if isinstance(v, (int, float)) and k not in ("step", "kind")}
-            self.wandb.log({**flat, **(wandb_extra or {})}, step=record["step"])
+        self._to_wandb(lambda run: run.log(_wandb_row(record)))
 
     def log_image(self, name: str, path, step: int):
-        if self.wandb is not None and path:
-            import wandb
-            self.wandb.log({name: wandb.Image(str(path))}, step=step)
+        if path:
+            self._to_wandb(lambda run: run.log({STEP: step, name: _wandb().Image(str(path))}))
 
     def finish(self, exit_code: int = 0):
         """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error)."""
-        if self.wandb is not None:
-            self.wandb.finish(exit_code=exit_code)
+        self._to_wandb(lambda run: run.finish(exit_code=exit_code))
+
+    def _to_wandb(self, call):
+        """call(the W&B run), if there is one; a failure ends W&B logging with one line (a run never
+        stops over its dashboard)."""
+        if self.wandb is None:
+            return
+        try:
+            call(self.wandb)
+        except Exception as e:  # its service killed, a full disk under its folder, ...
+            self.wandb = None
+            self.log(f"wandb: logging failed ({first_line(e)}); this run logs to metrics.jsonl only from "
+                     "here on")
+            try:  # else W&B's own exit hook prints the same failure again, as a traceback
+                _wandb().teardown()
+            except Exception:
+                pass
+
+
+def _wandb_row(record: dict) -> dict:
+    """A metrics record as W&B keys: train/loss, ..., val/bits_per_byte, ..., and each expert's share
+    and each layer's router entropy in their own panels."""
+    prefix = record["kind"]
+    row = {STEP: record["step"], **{f"{prefix}/{k}": v for k, v in record.items()
+                                    if isinstance(v, (int, float)) and k not in ("step", "kind")}}
+    for i, layer in enumerate(record.get("expert_share") or []):
+        row.update({f"experts/layer{i}/expert{e}": s for e, s in enumerate(layer)})
+    row.update({f"router_entropy/layer{i}": h for i, h in enumerate(record.get("router_entropy") or [])})
+    return row
+
+
+def _against_step(run):
+    """Every chart of the W&B run against the records' `step` value (see Metrics)."""
+    run.define_metric(STEP)
+    for name in ("train/*", "val/*", "experts/*", "router_entropy/*", "loss_plot"):
+        run.define_metric(name, step_metric=STEP)
+
+
+def _wandb():
+    import wandb
+    return wandb
 
 
 def _line(record: dict) -> str:

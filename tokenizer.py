@@ -152,7 +152,9 @@ class Tokenizer:
             raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
                             "train one")
         try:
-            tok = tokenizers.Tokenizer.from_file(str(path))
+            # read here, not by from_file: the Rust side takes only UTF-8 paths (a run folder made
+            # outside train.py may have another name)
+            tok = tokenizers.Tokenizer.from_str(Path(path).read_bytes().decode("utf-8"))
         except Exception as e:
             raise DataError(f"cannot read the tokenizer '{path}' ({first_line(e)}); {fix}") from None
         return cls(tok)

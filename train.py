@@ -39,7 +39,7 @@ How this departs from the obvious version:
   kernel (its found_inf flag) rather than by a test on the host.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
   weights_only=True, never written when non-finite. A full disk is one line; the old file stays.
-- A checkpoint also holds the open log window (its loss sums, expert counts, steps): a resumed
+- A checkpoint also holds the open log window (its loss sums, expert counts, steps, tokens): a resumed
   run goes on with it, so metrics.jsonl gets the records an uninterrupted run writes (the partial
   record written when the run stopped is replaced by the whole one). Resuming a finished run
   writes nothing.
@@ -49,7 +49,9 @@ How this departs from the obvious version:
   removed.
 - Ctrl-C / SIGTERM finish the current step (under torchrun, the steps up to the ranks' next
   agreement, within about 10 s: agree), save last.pt and exit cleanly; a second signal aborts
-  (exit status 130, one line), but never in the middle of a save: it waits for the file.
+  (exit status 130, one line), but never in the middle of a save: it waits for the file. One
+  before this session's first step is done aborts at once (a compiled first step compiles for
+  minutes; torchrun kills its workers 30 s after forwarding a signal).
 - What can be refused before any work is: a vocabulary below 264, special-token ids that the
   tokenizer the run trains does not have, a batch that does not split over the processes, a
   micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
@@ -70,6 +72,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -82,6 +85,7 @@ import torch.distributed as dist
 import checkpoint
 import config
 import data
+import errors
 import runlog
 import runtime
 import storage
@@ -410,17 +414,23 @@ def run_eval(job: Job, state: LoopState) -> bool:
     r = evaluate_job(job)
     improved = r["nats_per_token"] < state.best_val
     state.best_val = min(state.best_val, r["nats_per_token"])
-    if job.world.main:
-        job.log(f"step {state.step}: val {r['nats_per_token']:.4f} nats/token, {r['bits_per_byte']:.4f} "
-                f"bits/byte, ppl {r['perplexity']:.2f} over {r['tokens']:,} tokens in {r['seconds']:.2f} s")
-        job.metrics.write({"kind": "val", "step": state.step, "minutes": state.elapsed / 60,
-                           "tokens": state.tokens, **{k: r[k] for k in ("nats_per_token", "perplexity",
-                                                                        "bits_per_byte")},
-                           "val_tokens": r["tokens"], "val_bytes": r["bytes"], "val_seconds": r["seconds"]})
-        if job.train_args.plot:  # drawn after the write, so the plot has this point
-            path = runlog.plot_loss(job.run_dir, job.train_args.plot, job.log)
-            job.metrics.log_image("loss_plot", path, state.step)
+    with runtime.all_ranks_or_none(job.world, job.device, "writing metrics.jsonl"):  # (as log_step)
+        if job.world.main:
+            write_val_record(job, state, r)
     return improved
+
+
+def write_val_record(job: Job, state: LoopState, r: dict) -> None:
+    """The evaluation's line, its metrics record and the loss plot (rank 0 alone)."""
+    job.log(f"step {state.step}: val {r['nats_per_token']:.4f} nats/token, {r['bits_per_byte']:.4f} "
+            f"bits/byte, ppl {r['perplexity']:.2f} over {r['tokens']:,} tokens in {r['seconds']:.2f} s")
+    job.metrics.write({"kind": "val", "step": state.step, "minutes": state.elapsed / 60,
+                       "tokens": state.tokens, **{k: r[k] for k in ("nats_per_token", "perplexity",
+                                                                    "bits_per_byte")},
+                       "val_tokens": r["tokens"], "val_bytes": r["bytes"], "val_seconds": r["seconds"]})
+    if job.train_args.plot:  # drawn after the write, so the plot has this point
+        path = runlog.plot_loss(job.run_dir, job.train_args.plot, job.log)
+        job.metrics.log_image("loss_plot", path, state.step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +452,7 @@ class Window:
         self.worst = self.bad_in_row.clone()  # the longest run of non-finite steps in the window
         self.settled = 0  # non-finite steps moved into the state (by a save) and not yet logged
         self.rank_steps_before = self.steps_before = 0  # what a resumed window holds from before
+        self.tokens_before = None  # ... and their tokens (None: an older checkpoint's, at today's per step)
 
     def add(self, out: StepOutput):
         def plus(a, b):
@@ -471,6 +482,14 @@ class Window:
         of processes that took them."""
         return self.rank_steps_before + (self.steps - self.steps_before) * world.size
 
+    def tokens(self, job: Job) -> int:
+        """Tokens the window's steps trained on: a resumed window's steps from before at the tokens per
+        step they were taken with (another --batch_size or --grad_accum at resume)."""
+        before = self.tokens_before
+        if before is None:
+            before = self.steps_before * job.tokens_per_step
+        return before + (self.steps - self.steps_before) * job.tokens_per_step
+
     def record(self, job: Job) -> dict:
         """Means over the window's steps and all ranks (this waits for the device)."""
         n = self.rank_steps(job.world)
@@ -496,7 +515,8 @@ class Window:
             for v in sums.values():
                 dist.all_reduce(v)
         busy = self.busy_before + time.perf_counter() - self.start - self.paused
-        return {"steps": self.steps, "rank_steps": self.rank_steps(job.world), "busy_seconds": busy,
+        return {"steps": self.steps, "rank_steps": self.rank_steps(job.world), "tokens": self.tokens(job),
+                "busy_seconds": busy,
                 "worst": int(self.worst), "settled": self.settled, **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
@@ -507,6 +527,7 @@ class Window:
             window.steps, window.busy_before = saved["steps"], saved["busy_seconds"]
             window.steps_before = saved["steps"]  # older checkpoints: taken by as many processes as now
             window.rank_steps_before = saved.get("rank_steps", saved["steps"] * job.world.size)
+            window.tokens_before = saved.get("tokens")
             window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
             window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
             for k in ("losses", "counts", "entropy"):
@@ -529,20 +550,18 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
         raise RunError(f"{worst} non-finite steps in a row (by step {state.step}); lower --lr, raise "
                        f"--warmup_steps or check the data; {saved}")
     rec = window.record(job)
-    tok_s = window.steps * job.tokens_per_step / max(rec.pop("busy_seconds"), 1e-9)
+    tok_s = window.tokens(job) / max(rec.pop("busy_seconds"), 1e-9)
     rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(out.grad_norm), tokens_per_s=tok_s,
                mfu=tok_s * job.fpt / (job.peak * job.world.size) if job.peak else None, tokens=state.tokens,
                minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
-    if job.world.main:
-        t = job.train_args
-        eta = {"eta": f"{job.clock.minutes_left(state, t.max_steps):.1f}min"} if t.max_minutes else {}
-        bar.set_postfix(loss=f"{rec['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", **eta)
-        extra = {}
-        if "expert_share" in rec:
-            extra = {f"experts/layer{i}/expert{e}": s for i, layer in enumerate(rec["expert_share"])
-                     for e, s in enumerate(layer)}
-            extra.update({f"router_entropy/layer{i}": h for i, h in enumerate(rec["router_entropy"])})
-        job.metrics.write(rec, extra)
+    # rank 0 writes; the others learn whether it could (a full disk), rather than failing at their
+    # next collective with a traceback of their own
+    with runtime.all_ranks_or_none(job.world, job.device, "writing metrics.jsonl"):
+        if job.world.main:
+            t = job.train_args
+            eta = {"eta": f"{job.clock.minutes_left(state, t.max_steps):.1f}min"} if t.max_minutes else {}
+            bar.set_postfix(loss=f"{rec['lm_loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", **eta)
+            job.metrics.write(rec)
 
 
 def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
@@ -563,16 +582,25 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
 class Stop:
     """SIGINT / SIGTERM ask the loop to stop after the current step (`until`: under torchrun, after
     the ranks' next agreement, within about AGREE_SECONDS); a second signal aborts, but never in
-    the middle of a save: then it takes effect once the checkpoint is complete."""
+    the middle of a save: then it takes effect once the checkpoint is complete. Before this
+    session's first step is done (`started`), a signal aborts at once, as one before the loop
+    does: that step would add nothing worth saving, and a compiled model's takes minutes to
+    compile, past the 30 s torchrun gives its workers before killing them."""
 
     def __init__(self, log, until: str = "this step"):
         self.requested, self.log, self.until = False, log, until
-        self.in_save = self.abort = False
+        self.in_save = self.abort = self.started = False
         main_thread = threading.current_thread() is threading.main_thread()  # the only one with handlers
         self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM) if main_thread}
 
     def handle(self, signum, frame):
         name = signal.Signals(signum).name
+        if not (self.started or self.requested or self.in_save):  # (main() says what is left)
+            self.restore()
+            # (a compiled model's first backward is traced in anomaly mode, which would print
+            # where its forward was called from as a warning)
+            warnings.filterwarnings("ignore", "Error detected in", UserWarning)
+            raise KeyboardInterrupt
         if self.requested and self.in_save:
             self.abort = True
             self.log(f"\n{name}: aborting as soon as the checkpoint being written is complete")
@@ -1036,9 +1064,10 @@ def open_logs(job: Job, state: LoopState) -> None:
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
+    new_wandb = wandb_run is not None and wandb_run.id != job.wandb_id  # not the checkpoint's W&B run
     job.wandb_id = wandb_run.id if wandb_run is not None else job.wandb_id
     job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if job.continues else None, log,
-                                 open_window=bool((job.window or {}).get("steps")))
+                                 open_window=bool((job.window or {}).get("steps")), backfill=new_wandb)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1116,6 +1145,7 @@ def loop(job: Job, state: LoopState) -> dict:
             state.step, state.tokens = state.step + 1, state.tokens + job.tokens_per_step
             window.add(out)
             signalled = agree(job, state, stop)
+            stop.started = True
             # a signal at the last step (of max_steps or the budget) does not cut the run short
             stop_now = signalled and not (state.step >= t.max_steps or job.clock.spent(state))
             bar.update(1)
@@ -1206,6 +1236,8 @@ def main(argv=None):
     parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__,
                                checked_later=lambda ns: bool(ns.resume) or ns.eval_only)
     preset, (model_args, train_args) = parsed
+    if hasattr(sys.stdout, "reconfigure"):  # a run folder's name that is not UTF-8 (made outside
+        sys.stdout.reconfigure(errors="backslashreplace")  # train.py) is printed as stderr prints it
     restore_sigterm = sigterm_interrupts()
     finished = False
     try:
@@ -1217,8 +1249,9 @@ def main(argv=None):
             print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:  # a second signal, or one before the loop: no traceback, status 130
-        print(f"\ntrain.py: interrupted; {left_to_resume(getattr(e, 'run_dir', None), train_args.eval_only)}",
-              file=sys.stderr)
+        if errors.main_rank():  # (under torchrun every rank is signalled: one line)
+            left = left_to_resume(getattr(e, "run_dir", None), train_args.eval_only)
+            print(f"\ntrain.py: interrupted; {left}", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         if not runtime.out_of_memory(e):

@@ -3,6 +3,7 @@
 saves, swapped tokenizers, checkpoints of other models, impossible sizes, a finished run resumed.
 Each test reproduces the fault; see the README's Faults section for what is guaranteed."""
 
+import io
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import typing
 from types import SimpleNamespace
 
 import pytest
@@ -365,6 +367,92 @@ def test_a_window_resumed_with_another_number_of_processes_averages_over_what_ea
     assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 3)
 
 
+def test_tokens_per_second_after_a_resume_with_another_batch_counts_the_tokens_each_step_took(
+        tmp_path, corpus, cache, monkeypatch):
+    """Stopped in the middle of a log window and resumed with --grad_accum 2: the window's record
+    divides the tokens its steps trained on (2 steps of 256, then 2 of 512), not 4 steps at the new
+    512, by its busy seconds (held at 1 here); MFU follows tokens/s."""
+    real_record = train.Window.record
+    monkeypatch.setattr(train.Window, "record", lambda window, job: {**real_record(window, job),
+                                                                      "busy_seconds": 1.0})
+    base = ["--max_steps", "6", "--log_every", "4", "--eval_every", "100", "--save_every", "100"]
+    undo = stop_at(monkeypatch, 2)
+    train.main(train_args(tmp_path, corpus, cache, *base))
+    undo()
+    train.main(train_args(tmp_path, corpus, cache, *base, "--resume", "--grad_accum", "2"))
+    records = metrics(tmp_path)
+    assert [(r["step"], r["tokens"]) for r in records] == [(4, 2 * 256 + 2 * 512), (6, 1536 + 2 * 512)]
+    assert [r["tokens_per_s"] for r in records] == [1536, 1024]
+    assert records[0]["mfu"] == pytest.approx(records[1]["mfu"] * 1536 / 1024)
+
+
+class FakeWandbRun:
+    """A W&B run as W&B keeps its history: rows at a step that only grows (a row logged at a step
+    below the current one is dropped, with a warning W&B prints); a resumed run (its id seen before)
+    goes on after its last row; a row logged without a step is a row of its own at the next one."""
+
+    def __init__(self, run_id: str, rows: list):
+        self.id, self.rows = run_id, rows
+        self.step = rows[-1]["_step"] + 1 if rows else 0
+
+    def define_metric(self, name, step_metric=None):
+        pass
+
+    def log(self, data, step=None):
+        if step is not None and step < self.step:
+            return  # "Tried to log to step 4 that is less than the current step 5 ... will be ignored"
+        self.step = self.step if step is None else step
+        if self.rows and self.rows[-1]["_step"] == self.step:
+            self.rows[-1].update(data)
+        else:
+            self.rows.append({"_step": self.step, **data})
+        self.step += step is None
+
+    def finish(self, exit_code=0):
+        pass
+
+    def records(self) -> list:
+        """(kind, step) of each record the rows hold, in order: what a chart against `step` shows."""
+        return [(kind, row.get("step", row["_step"])) for row in self.rows for kind in ("train", "val")
+                if any(k.startswith(kind + "/") for k in row)]
+
+
+def test_the_wandb_run_of_a_stopped_crashed_and_resumed_run_holds_the_records_of_metrics_jsonl(
+        tmp_path, corpus, cache, monkeypatch):
+    """A signal at step 4 puts its evaluation off after its train record went to W&B; the resumed
+    run evaluates step 4 (a W&B step the run has passed, where W&B would drop it), logs step 5 and
+    crashes; the next resume logs step 5 again. The W&B history, against its `step` values, holds
+    each record of metrics.jsonl in order (step 5's twice: a crashed run's W&B may or may not have
+    kept what it logged)."""
+    runs = {}
+
+    def start_wandb(targs, run_dir, settings, log):
+        run_id = settings["wandb_id"] or f"w{len(runs)}"
+        return FakeWandbRun(run_id, runs.setdefault(run_id, []))
+    monkeypatch.setattr(train.runlog, "start_wandb", start_wandb)
+    base = ["--max_steps", "6", "--log_every", "1", "--eval_every", "2", "--save_every", "4", "--plot", ""]
+    undo = stop_at(monkeypatch, 4)
+    train.main(train_args(tmp_path, corpus, cache, *base))
+    undo()
+    real_step = train.train_step
+
+    def crash_in_step_6(job, batches, step, lr):
+        if step == 5:
+            raise Crash()
+        return real_step(job, batches, step, lr)
+    monkeypatch.setattr(train, "train_step", crash_in_step_6)
+    with pytest.raises(Crash):
+        train.main(train_args(tmp_path, corpus, cache, *base, "--resume"))
+    monkeypatch.setattr(train, "train_step", real_step)
+    train.main(train_args(tmp_path, corpus, cache, *base, "--resume"))
+    lines = (tmp_path / "ckpt" / "r" / "metrics.jsonl").read_text().splitlines()
+    records = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
+    assert records == [("train", 1), ("train", 2), ("val", 2), ("train", 3), ("train", 4), ("val", 4),
+                       ("train", 5), ("train", 6), ("val", 6)]
+    logged = FakeWandbRun("w0", runs["w0"]).records()
+    assert len(runs) == 1 and list(dict.fromkeys(logged)) == records and logged.count(("train", 5)) == 2
+
+
 def test_wandb_falling_back_to_offline_keeps_the_run(tmp_path, monkeypatch):
     """--wandb_mode online without a login or network: the offline run it falls back to is the
     same W&B run (its id, to resume; its group), as quiet as an offline run asked for."""
@@ -405,6 +493,68 @@ def test_wandb_that_cannot_start_or_be_imported_leaves_the_run_to_metrics_jsonl(
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "pip install wandb" in out.out
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2]
+
+
+def test_wandb_turned_on_at_resume_gets_the_whole_history(tmp_path, corpus, cache, monkeypatch):
+    """A run trained without W&B (or whose checkpoint holds no W&B run id) resumed with W&B: the
+    new W&B run gets the records metrics.jsonl kept too, expert shares included, then the new ones."""
+    runs = {}
+    base = ["--max_steps", "6", "--eval_every", "2", "--plot", ""]
+    train.main(train_args(tmp_path, corpus, cache, *base, "--max_steps", "4"))  # the debug preset: no W&B
+    monkeypatch.setattr(train.runlog, "start_wandb", lambda targs, run_dir, settings, log: FakeWandbRun(
+        settings["wandb_id"] or "w", runs.setdefault(settings["wandb_id"] or "w", [])))
+    train.main(train_args(tmp_path, corpus, cache, *base, "--resume"))
+    lines = (tmp_path / "ckpt" / "r" / "metrics.jsonl").read_text().splitlines()
+    records = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
+    assert FakeWandbRun("w", runs["w"]).records() == records and records[-1] == ("val", 6)
+    assert "experts/layer0/expert0" in runs["w"][0] and runs["w"][0]["step"] == 1
+
+
+def test_wandb_refusing_its_settings_names_the_setting(tmp_path, monkeypatch):
+    """WANDB_CONSOLE=bogus in the environment: W&B's error says "1 validation error for Settings"
+    in its first line; the line names the setting and the value instead."""
+    import pydantic
+
+    import runlog
+
+    class Settings(pydantic.BaseModel):
+        console: typing.Literal["auto", "off"] = "auto"
+
+    def init(**kwargs):
+        Settings(console="bogus")
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    lines = []
+    assert runlog.start_wandb(TrainArgs(wandb_mode="offline"), tmp_path, {}, log=lines.append) is None
+    assert len(lines) == 1 and "offline start failed (ValidationError: setting console: Input should be " \
+        "'auto' or 'off' (got 'bogus'))" in lines[0]
+
+
+def test_wandb_failing_in_the_middle_of_a_run_is_one_line_and_the_run_trains_on(tmp_path, corpus, cache,
+                                                                                 monkeypatch, capsys):
+    """W&B's service killed (or its disk full) after a few records: wandb.log raises from then on.
+    One line; the run trains to its end, writes every record and checkpoint, and W&B's teardown
+    (its exit hook would print a traceback) is called instead of finish."""
+    calls = []
+
+    class DyingRun(FakeWandbRun):
+        def log(self, data, step=None):
+            calls.append("log")
+            if len(calls) > 3:
+                raise ConnectionResetError("Connection lost")
+            super().log(data, step)
+
+        def finish(self, exit_code=0):
+            calls.append("finish")
+    monkeypatch.setattr(train.runlog, "start_wandb", lambda *a: DyingRun("w", []))
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(teardown=lambda: calls.append("teardown")))
+    train.main(train_args(tmp_path, corpus, cache, "--max_steps", "6", "--plot", ""))
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.startswith("wandb:")]
+    assert lines == ["wandb: logging failed (ConnectionResetError: Connection lost); this run logs to "
+                     "metrics.jsonl only from here on"]
+    assert "Traceback" not in out.err and calls == ["log"] * 4 + ["teardown"]
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 6
 
 
 def test_a_fork_gets_a_wandb_run_of_its_own(tmp_path):
@@ -529,6 +679,39 @@ def test_the_interrupt_line_names_what_is_left_to_resume_from(tmp_path, corpus, 
     assert train.left_to_resume(None) == "the checkpoints already written are complete"
 
 
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_first_step_aborts_at_once(tmp_path, corpus, cache, monkeypatch, capsys, how):
+    """A signal before this session's first step is done is one before the loop: one line, status
+    130, at once. It finished the step first, and a compiled model's first step compiles for
+    minutes: under torchrun, which kills its workers 30 s after forwarding a signal, the run was
+    killed with nothing saved, after promising a checkpoint."""
+    real_step = train.train_step
+
+    def compiling(job, batches, step, lr):
+        os.kill(os.getpid(), how)
+        return real_step(job, batches, step, lr)
+    monkeypatch.setattr(train, "train_step", compiling)
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "3"))
+    assert one_line_error(capsys, 130, e) == "train.py: interrupted; no checkpoint was written"
+    assert not (tmp_path / "ckpt" / "r" / "last.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_interrupt_is_one_line_from_rank_0_alone(monkeypatch, capsys):
+    """torchrun forwards a signal to every worker: each printed the interrupt line."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "run", interrupted)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    line = "train.py: interrupted; the checkpoints already written are complete"
+    for rank, lines in [("1", []), ("0", ["", line])]:
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            train.main(["--preset", "debug"])
+        assert e.value.code == 130 and capsys.readouterr().err.splitlines() == lines
+
+
 def test_train_runs_off_the_main_thread(tmp_path, corpus, cache):
     """Python sets signal handlers on the main thread only: elsewhere train.main runs without them."""
     import threading
@@ -538,6 +721,22 @@ def test_train_runs_off_the_main_thread(tmp_path, corpus, cache):
     thread.start()
     thread.join()
     assert got and got[0]["step"] == 1
+
+
+def test_a_run_folder_named_in_other_bytes_than_utf8_resumes_under_its_name(tmp_path, done, monkeypatch):
+    """A run copied into a folder made outside train.py (`mkdir $'r\\xff'`): --run refused its name
+    (not UTF-8), the tokenizer beside the checkpoint could not be read (the Rust side takes only
+    UTF-8 paths), and a strict stdout (a UTF-8 locale) failed on the first line naming it."""
+    name = os.fsdecode(b"r\xff")
+    run_dir = copy_run(done, tmp_path, name)
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="utf-8", errors="strict"))
+    train.main(["--out_dir", str(run_dir.parent), "--run", name, "--resume", "--max_steps", "7"])
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == 7
+    sys.stdout.flush()
+    assert b"r\\udcff | device cpu" in out.getvalue()
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):  # a new folder is still refused
+        config.check_run(os.fsdecode(b"s\xff"), str(tmp_path))
 
 
 def test_a_run_whose_last_pt_is_a_symlink_resumes_in_its_own_folder(tmp_path, corpus, cache):

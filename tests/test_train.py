@@ -420,6 +420,9 @@ def test_a_run_stopped_by_an_error_is_a_failed_wandb_run_and_names_no_missing_ch
         def log(self, *args, **kwargs):
             pass
 
+        def define_metric(self, *args, **kwargs):
+            pass
+
         def finish(self, exit_code=0):
             finished.append(exit_code)
     monkeypatch.setattr(runlog, "start_wandb", lambda *args: Run())
@@ -579,6 +582,16 @@ def test_a_run_folder_named_in_other_bytes_than_utf8_is_plotted(tmp_path, monkey
                     "function arguments.); training goes on"]
 
 
+def test_wandb_is_not_started_in_a_run_folder_named_in_other_bytes_than_utf8(tmp_path):
+    """W&B's own logging failed on the folder's name, with some 70 lines of logging tracebacks
+    before the run went on without it: one line instead."""
+    folder = tmp_path / os.fsdecode(b"r\xff")
+    said = []
+    assert runlog.start_wandb(TrainArgs(wandb_mode="offline"), folder, {}, said.append) is None
+    assert said == ["wandb: the run folder's name 'r\\udcff' is not UTF-8, which W&B cannot take; this run "
+                    "logs to metrics.jsonl only; --wandb_mode disabled silences this"]
+
+
 def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -734,11 +747,12 @@ def test_a_rank_that_fails_its_checks_alone_stops_the_others_quietly(monkeypatch
     assert errors.reports(errors.ConfigError("x"))
 
 
-@pytest.mark.parametrize("write", ["logs", "checkpoint"])
+@pytest.mark.parametrize("write", ["logs", "checkpoint", "train record", "val record"])
 def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, full_disk, write):
-    """Rank 0 alone writes the run's logs and checkpoints: where it cannot (a full disk, a bad
-    metrics.jsonl), the other ranks learn so (and stop with a RankError, no line of their own)
-    rather than failing at their next collective with gloo's traceback."""
+    """Rank 0 alone writes the run's logs, metrics records and checkpoints: where it cannot (a full
+    disk, a bad metrics.jsonl), the other ranks learn so (and stop with a RankError, no line of
+    their own) rather than failing at their next collective with gloo's traceback (a record that
+    failed at a log step or an evaluation did)."""
     from types import SimpleNamespace
 
     import runtime
@@ -752,12 +766,25 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
                           fpt=1.0, peak=None,
                           device=torch.device("cpu"), world=runtime.World(0, 2), tokens_per_step=1, trials=0,
                           stop=None, checkpoint=lambda state, window: {"step": state.step})
+    job.metrics = runlog.Metrics(tmp_path, None, None)
+    (tmp_path / "metrics.jsonl").mkdir()  # a record cannot be appended
+    window = train.Window(state, job.device)
+    monkeypatch.setattr(train, "evaluate_job", lambda job: {
+        "nats_per_token": 5.0, "perplexity": 148.4, "bits_per_byte": 4.0, "tokens": 256, "bytes": 400,
+        "seconds": 0.1})
     with pytest.raises(StorageError):
         if write == "logs":
             train.start_logging(job, state)
+        elif write == "checkpoint":
+            train.maybe_save(job, state, window, "last.pt")
+        elif write == "train record":
+            out = train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
+            window.add(out)
+            bar = SimpleNamespace(set_postfix=lambda **kw: None)
+            train.log_step(job, state, window, 1e-3, out, bar)
         else:
-            train.maybe_save(job, state, train.Window(state, job.device), "last.pt")
-    assert verdicts == [0.0]  # the others were told
+            train.run_eval(job, state)
+    assert verdicts[-1:] == [0.0]  # the others were told
 
 
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
