@@ -345,10 +345,12 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     return files
 
 
-def _identity(path: str) -> tuple[int, int]:
-    """What a file is, whatever its name: a symlink and a hard link are the file they name."""
+def _identity(path: str) -> tuple[int, int] | str:
+    """What a file is, whatever its name: a symlink and a hard link are the file they name. Where
+    the file system gives no inode number (0: FAT, some network shares on Windows), its real path:
+    else every file there would be one file, and all but the first left out."""
     st = os.stat(path)
-    return st.st_dev, st.st_ino
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
 
 
 SPACES = b" \t\f\v"  # spaces on a line (the newline aside)
@@ -570,8 +572,10 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     except Exception as e:
         if getattr(_os_error(e), "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise  # the cache it writes, not the file: _cache_writes says so
-        problem = (_json_problem(path, field, flag) if jsonl else _json_array_problem(path, flag)) \
-            if kind == "json" else _table_problem(path, kind, flag)
+        if kind != "json":
+            problem = _table_problem(path, kind, flag)
+        else:
+            problem = _json_problem(path, field, flag) if jsonl else _json_array_problem(path, flag)
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
         library_log.setLevel(level)

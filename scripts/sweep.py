@@ -134,13 +134,15 @@ def undone_last(group: list[str]) -> list[str]:
 def every_candidate(stage1: dict[str, list[str]], opts) -> list[list[str]]:
     """The overrides of every run the sweep may make, so that each is checked before the first: each
     shape with any variations (at most one per option, as stage 3 combines them), and the first
-    shape with those and each follow-up or --compile true (the options passed through apply to all,
-    and may clash with a later stage's: --min_lr 1.5e-3 with lr1e-3 failed at stage 2)."""
+    shape with those and each follow-up or --compile true, of the stages the sweep runs (the options
+    passed through apply to all, and may clash with a later stage's: --min_lr 1.5e-3 with lr1e-3
+    failed at stage 2)."""
     kinds: dict[str, list] = {}
     for name, over in ({} if opts.no_variations else VARIATIONS).items():
         kinds.setdefault(over[0], [None]).append(name)
     groups = [[v for v in pick if v] for pick in itertools.product(*kinds.values())]
-    after = [*FOLLOWUPS.values(), *([] if opts.no_compile else [["--compile", "true"]])]
+    followups = [] if opts.no_followups else list(FOLLOWUPS.values())
+    after = followups + ([] if opts.no_compile else [["--compile", "true"]])
     with_variations = [shape + sum((VARIATIONS[v] for v in undone_last(g)), []) for shape in stage1.values()
                        for g in groups]
     first = with_variations[:len(groups)]

@@ -261,6 +261,27 @@ def test_a_file_under_two_names_by_a_hard_link_is_read_once_and_warned_of(tmp_pa
     assert any("--val_data and --data share 1 file" in line for line in logs)
 
 
+def test_files_without_inode_numbers_are_told_apart_by_path(tmp_path, monkeypatch):
+    """Where os.stat gives st_ino 0 (FAT, some Windows network shares), (st_dev, st_ino) is the
+    same for every file: a folder of two files gave one, and --val_data on another file of the
+    same disk was warned of as --data's."""
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(stories(2)))
+    write(folder / "b.txt", official(stories(2, start=2)))
+    real_stat = os.stat
+
+    def no_inode(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        return os.stat_result((st.st_mode, 0, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
+                               st.st_atime, st.st_mtime, st.st_ctime))
+    monkeypatch.setattr(os, "stat", no_inode)
+    assert data.resolve_files(str(folder), "--data") == [str(folder / "a.txt"), str(folder / "b.txt")]
+    logs = []
+    train, val = (data.Split(f, {"files": [[str(folder / f)]]}, None) for f in ("a.txt", "b.txt"))
+    data.warn_overlap(train, val, logs.append)
+    assert logs == []
+
+
 def test_a_folder_leaves_out_the_runs_own_files_and_hidden_folders(tmp_path):
     """--data on a folder that holds --cache_dir and --out_dir (as `--data .` does): their .json
     files are ours, not text, and hidden folders are left out too; a .json array of records is

@@ -453,6 +453,32 @@ def test_the_wandb_run_of_a_stopped_crashed_and_resumed_run_holds_the_records_of
     assert len(runs) == 1 and list(dict.fromkeys(logged)) == records and logged.count(("train", 5)) == 2
 
 
+def test_every_key_logged_to_wandb_is_charted_against_the_step_value(tmp_path, monkeypatch):
+    """Each row carries the optimizer step as `step`, not as W&B's own step: a key that no
+    define_metric(..., step_metric="step") covers is charted against W&B's row count instead (a
+    resumed run's put-off evaluation off by one, every image after a backfill off by its rows)."""
+    import fnmatch
+
+    import runlog
+
+    class Run(FakeWandbRun):
+        def define_metric(self, name, step_metric=None):
+            axes[name] = step_metric
+    axes, rows = {}, []
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Image=lambda path: path))
+    m = runlog.Metrics(tmp_path, Run("w", rows), None)
+    m.write({"kind": "train", "step": 3, "lm_loss": 2.5, "expert_share": [[0.5, 0.5]],
+             "router_entropy": [0.7]})
+    m.write({"kind": "val", "step": 3, "bits_per_byte": 1.5})
+    m.log_image("loss_plot", tmp_path / "loss.png", 3)
+    keys = {k for row in rows for k in row if k not in ("_step", runlog.STEP)}
+    assert {"train/lm_loss", "experts/layer0/expert1", "router_entropy/layer0", "val/bits_per_byte",
+            "loss_plot"} <= keys
+    assert axes.pop(runlog.STEP) is None
+    assert all(any(fnmatch.fnmatchcase(k, glob) for glob in axes) for k in keys), keys
+    assert set(axes.values()) == {runlog.STEP} and all(row[runlog.STEP] == 3 for row in rows)
+
+
 def test_wandb_falling_back_to_offline_keeps_the_run(tmp_path, monkeypatch):
     """--wandb_mode online without a login or network: the offline run it falls back to is the
     same W&B run (its id, to resume; its group), as quiet as an offline run asked for."""

@@ -220,3 +220,18 @@ def test_an_option_that_clashes_with_a_later_stage_is_refused_before_the_runs(tm
                     "--out_dir", str(tmp_path / "runs")])
     assert e.value.code == 2 and "--weight_decay" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_stage_left_out_is_not_checked(tmp_path, monkeypatch):
+    """--no_followups: the follow-ups are not run, so an option that clashes only with theirs (weight
+    decay 2.0 x lr 0.6 reaches 1) is not refused; it was, as if they ran."""
+    class Started(Exception):
+        pass
+
+    def run_one(*args):
+        raise Started
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    with pytest.raises(Started):
+        sweep.main(["--only", "tiny-2026-11", "--no_variations", "--no_followups", "--no_compile",
+                    "--lr", "0.6", "--min_lr", "0", "--out_dir", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "img")])
