@@ -33,7 +33,8 @@ How this departs from the obvious version:
   copy them elsewhere to keep them. All runs share --cache_dir, so the tokenizer is trained and the
   shards are tokenized once (the first run's set-up, outside its budget); the three tokenizer.json
   files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as it stops
-  train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison written.
+  train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison written
+  (compare.py's line comes last, after any of train.py's: a rerun starts the three runs again).
 - tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
   the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
   peak it measures with a short GEMM at the start of each run). Final validation is the last val
@@ -359,6 +360,10 @@ def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict]]:
             run = load_run(name, result["run_dir"])
         except KeyboardInterrupt:  # (outside train.py's training loop, which takes the signal itself)
             interrupted(name)
+        except SystemExit as e:  # train.main's exit 130: a signal before its first step, or a second one
+            if e.code == 130:
+                interrupted(name)
+            raise
         runs.append(run)
         rows.append({**summarize(run, result["step"]), "label": run["label"], **sizes[name],
                      "load_avg_before": load[0], "load_avg_before_1_5_15": load,

@@ -5,7 +5,8 @@ schedule, batch and tokenizer, measured rather than guessed.
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
     (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own;
     those sweep.py sets for every run, such as --max_minutes or --seed, are refused, and so is one
-    that any stage's candidate cannot take, before the first run: see every_candidate)
+    that any stage's candidate cannot take, before the first run: see every_candidate; --compile
+    only with --no_compile, as the sweep makes the compiled run itself)
 
 Each run is a `train.py --preset tiny` subprocess with the candidate's overrides on
 ../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
@@ -39,6 +40,8 @@ How this departs from the obvious version:
 """
 
 import argparse
+import contextlib
+import io
 import itertools
 import json
 import math
@@ -128,11 +131,11 @@ def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[
 def undone_last(group: list[str]) -> list[str]:
     """The group's variations in an order where none undoes another: one whose option another sets
     too (cosine-to-0's --min_lr, which lr3e-3 sets to 3e-4) comes after it, or it would not count."""
-    return sorted(group, key=lambda v: any(VARIATIONS[v][0] in VARIATIONS[w][1:] for w in group if w != v))
+    return sorted(group, key=lambda v: any(VARIATIONS[v][0] in VARIATIONS[w][2::2] for w in group if w != v))
 
 
-def every_candidate(stage1: dict[str, list[str]], opts) -> list[list[str]]:
-    """The overrides of every run the sweep may make, so that each is checked before the first: each
+def every_candidate(stage1: dict[str, list[str]], opts) -> dict[str, list[str]]:
+    """Every run the sweep may make, name -> overrides, so that each is checked before the first: each
     shape with any variations (at most one per option, as stage 3 combines them), and the first
     shape with those and each follow-up or --compile true, of the stages the sweep runs (the options
     passed through apply to all, and may clash with a later stage's: --min_lr 1.5e-3 with lr1e-3
@@ -141,12 +144,43 @@ def every_candidate(stage1: dict[str, list[str]], opts) -> list[list[str]]:
     for name, over in ({} if opts.no_variations else VARIATIONS).items():
         kinds.setdefault(over[0], [None]).append(name)
     groups = [[v for v in pick if v] for pick in itertools.product(*kinds.values())]
-    followups = [] if opts.no_followups else list(FOLLOWUPS.values())
-    after = followups + ([] if opts.no_compile else [["--compile", "true"]])
-    with_variations = [shape + sum((VARIATIONS[v] for v in undone_last(g)), []) for shape in stage1.values()
-                       for g in groups]
-    first = with_variations[:len(groups)]
-    return with_variations + [over + later for over in first for later in after]
+    after = {} if opts.no_followups else dict(FOLLOWUPS)
+    after |= {} if opts.no_compile else {"compile": ["--compile", "true"]}
+    candidates = {"+".join([shape, *g]): over + sum((VARIATIONS[v] for v in undone_last(g)), [])
+                  for shape, over in stage1.items() for g in groups}
+    first = list(candidates.items())[:len(groups)]
+    return candidates | {f"{name}+{later}": over + more for name, over in first
+                         for later, more in after.items()}
+
+
+def check_pass_through(p, opts) -> None:
+    """The options for train.py: none that sweep.py sets itself, nor --compile beside the compiled run
+    (it comes after that run's --compile true)."""
+    config.check_pass_through(p, opts.extra, OWNED)
+    if not opts.no_compile and any(w.split("=")[0] == "--compile" for w in opts.extra):
+        p.error("--compile would set every run's, the sweep's own compiled run of the best candidate too "
+                "(a copy of another then); leave it out, or add --no_compile to pass it to every run")
+
+
+def check_candidates(p, stage1: dict[str, list[str]], opts) -> None:
+    """A bad value for any run of the sweep: one line naming the run now, not hours in."""
+    for name, over in every_candidate(stage1, opts).items():
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):
+                config.parse_args([config.ModelArgs, config.TrainArgs],
+                                  ["--preset", "tiny", *over, *opts.extra, "--out_dir", opts.out_dir],
+                                  prog="sweep.py")
+        except SystemExit:
+            p.error(f"candidate {name}: {said.getvalue().strip().removeprefix('sweep.py: error: ')}")
+
+
+def repeated(opts) -> list[str]:
+    """The variations and follow-ups the sweep runs whose option (the first each sets) is passed
+    through as well: it comes after theirs, so each would repeat the run it varies."""
+    flags = {w.split("=")[0] for w in opts.extra}
+    stages = ({} if opts.no_variations else VARIATIONS) | ({} if opts.no_followups else FOLLOWUPS)
+    return [name for name, over in stages.items() if over[0] in flags]
 
 
 def pick_best(runs: list[dict]) -> dict:
@@ -306,11 +340,13 @@ def main(argv=None):
             p.error(f"--{name}: must be above 0, got {getattr(opts, name):g}")
         if not math.isfinite(getattr(opts, name)):  # train.py refuses it, but only at that stage's first run
             p.error(f"--{name}: must be a finite number, got {getattr(opts, name):g}")
-    config.check_pass_through(p, opts.extra, OWNED)
+    check_pass_through(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
-    for over in every_candidate(stage1, opts):  # a bad value for any run: one line now, not hours in
-        config.parse_args([config.ModelArgs, config.TrainArgs], ["--preset", "tiny", *over, *opts.extra,
-                                                                 "--out_dir", opts.out_dir], prog="sweep.py")
+    check_candidates(p, stage1, opts)
+    if repeated(opts):  # (allowed: --vocab_size 512 for every run is a smaller sweep, if not the README's)
+        print(f"sweep.py: warning: {', '.join(repeated(opts))} would repeat the run each varies, as the "
+              "options passed through come after theirs; leave those out, or add --no_variations or "
+              "--no_followups", file=sys.stderr)
     out = storage.make_folder(results_folder(p, opts), "pick another --out")  # before the runs, not after
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
@@ -319,10 +355,13 @@ def main(argv=None):
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage2.items()]
         stage3 = combinations(best["name"], best["overrides"], screen)
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage3.items()]
-    # The best --confirm screened, and any other screened candidate an earlier sweep confirmed.
+    # The best --confirm screened, and any other screened candidate an earlier sweep confirmed (none
+    # at --confirm_minutes equal to --screen_minutes: every screened run's result is where its would be).
     ranked = sorted(screen, key=lambda r: r["bits_per_byte"])
+    earlier = opts.confirm_minutes != opts.screen_minutes
     confirm = [run_one(r["name"], r["overrides"], opts.confirm_minutes, 1, opts) for i, r in enumerate(ranked)
-               if i < opts.confirm or result_path(r["name"], opts.confirm_minutes, 1, opts).exists()]
+               if i < opts.confirm or (earlier and result_path(r["name"], opts.confirm_minutes, 1,
+                                                               opts).exists())]
     best = min(confirm, key=lambda r: r["bits_per_byte"])
     confirm.append(run_one(best["name"], best["overrides"], opts.confirm_minutes, 2, opts))
     if not opts.no_compile:

@@ -214,3 +214,25 @@ def test_ctrl_c_during_a_run_is_one_line_and_status_130(tmp_path, corpus, monkey
         assert e.value.code == 130, fake
         assert err[-1].startswith("compare.py: interrupted during the moe run; "), fake
         assert not (tmp_path / "img" / "compare.json").exists()
+
+
+def test_ctrl_c_before_a_runs_first_step_ends_with_compares_line(tmp_path, corpus, monkeypatch, capsys):
+    """A signal before train.py's loop (or a second one) ends train.main with status 130 and its own
+    line, which told to --resume the run: compare.py's line was never printed (it waited for a
+    KeyboardInterrupt), and a resumed compare-moe is no comparison (compare.py starts them again);
+    its line now comes last."""
+    runs = tmp_path / "runs"
+
+    def setting_up(model_args, train_args, preset, given):  # train.run, interrupted at set-up
+        (runs / "compare-moe").mkdir(parents=True)
+        (runs / "compare-moe" / "last.pt").write_bytes(b"")  # (for train.py's --resume hint)
+        e = KeyboardInterrupt()
+        e.run_dir = runs / "compare-moe"
+        raise e
+    monkeypatch.setattr(compare.train, "run", setting_up)  # train.main itself says what it says
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--preset", "debug", "--out_dir", str(runs), "--out", str(tmp_path / "img")])
+    err = capsys.readouterr().err
+    assert e.value.code == 130
+    assert err.strip().splitlines()[-1].startswith("compare.py: interrupted during the moe run; ")

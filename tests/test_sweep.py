@@ -83,7 +83,8 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     for argv, message in [  # refused before any run
             (["--minuts", "2"], "unknown option --minuts (did you mean --screen_minutes?)"),
             (["--max_minutes", "3"], "--max_minutes is set by sweep.py for every run"),  # it was ignored
-            (["--only", "tiny-2026-11", "--min_lr", "3e-3"], "--min_lr: 0.003 is above --lr 0.002"),
+            (["--only", "tiny-2026-11", "--min_lr", "3e-3"],
+             "candidate tiny-2026-11: --min_lr: 0.003 is above --lr 0.002"),
             (["--screen_minutes", "0"], "--screen_minutes: must be above 0, got 0"),  # it never ended
             (["--confirm_minutes", "inf"], "--confirm_minutes: must be a finite number, got inf"),  # hours in
             (["--confirm", "0"], "--confirm: must be above 0, got 0")]:
@@ -207,19 +208,52 @@ def test_a_combination_keeps_each_variations_own_setting(monkeypatch):
 
 def test_an_option_that_clashes_with_a_later_stage_is_refused_before_the_runs(tmp_path, monkeypatch, capsys):
     """Only the shapes were checked: --min_lr 1.5e-3 suits them (lr 2e-3) but not lr1e-3, whose
-    train.py run failed in stage 2, after the runs before it (sweep.py exit 1)."""
+    train.py run failed in stage 2, after the runs before it (sweep.py exit 1). The line names the
+    run that cannot take it: it named only the option, as if no run could."""
     monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
-    for argv, message in [(["--min_lr", "1.5e-3"], "--min_lr: 0.0015 is above --lr 0.001"),
-                          (["--weight_decay", "400"], "--weight_decay")]:  # 400 x lr3e-3 reaches 1
+    for argv, message in [
+            (["--min_lr", "1.5e-3"], "candidate tiny-2026-11+lr1e-3: --min_lr: 0.0015 is above --lr 0.001"),
+            (["--weight_decay", "400"], "candidate tiny-2026-11+lr3e-3: --weight_decay"),  # 400 x 3e-3 >= 1
+            # a follow-up's: weight decay 2.0 x lr 0.6 reaches 1 in stage 6
+            (["--no_variations", "--lr", "0.6", "--min_lr", "0"],
+             "candidate tiny-2026-11+wd2.0: --weight_decay")]:
         with pytest.raises(SystemExit) as e:
             sweep.main(["--only", "tiny-2026-11", *argv, "--out_dir", str(tmp_path / "runs")])
         err = capsys.readouterr().err.strip().splitlines()
-        assert e.value.code == 2 and err[-1].startswith(f"sweep.py: error: {message}"), argv
-    with pytest.raises(SystemExit) as e:  # a follow-up's: weight decay 2.0 x lr 0.6 reaches 1 in stage 6
-        sweep.main(["--only", "tiny-2026-11", "--no_variations", "--lr", "0.6", "--min_lr", "0",
-                    "--out_dir", str(tmp_path / "runs")])
-    assert e.value.code == 2 and "--weight_decay" in capsys.readouterr().err
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"sweep.py: error: {message}"), argv
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_compile_passed_through_is_refused_unless_there_is_no_compiled_run(tmp_path, monkeypatch, capsys):
+    """--compile false came after the compiled run's own --compile true: that run was the best candidate
+    again under another name (and --compile true made every run compiled, the same copy)."""
+    class Started(Exception):
+        pass
+
+    def run_one(*args):
+        raise Started
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    for flag in (["--compile", "false"], ["--compile=true"]):
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--only", "tiny-2026-11", *flag, "--out_dir", str(tmp_path / "runs")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, flag
+        assert err[0].startswith("sweep.py: error: --compile would set every run's"), flag
+        assert "leave it out, or add --no_compile" in err[0]
+    with pytest.raises(Started):  # no compiled run of its own: --compile goes to every run
+        sweep.main(["--only", "tiny-2026-11", "--no_compile", "--compile", "true",
+                    "--out_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "img")])
+
+
+def test_undone_last_reads_the_options_other_variations_set_not_their_values(monkeypatch):
+    """A variation goes after one that sets its option too, as a later option (even positions from 2);
+    a value that reads like that option is no setting of it."""
+    monkeypatch.setattr(sweep, "VARIATIONS", {"zero": ["--min_lr", "0"],
+                                              "lr": ["--lr", "3e-3", "--min_lr", "3e-4"],
+                                              "odd": ["--tokenizer", "--min_lr"]})
+    assert sweep.undone_last(["zero", "lr"]) == ["lr", "zero"]
+    assert sweep.undone_last(["lr", "zero"]) == ["lr", "zero"]
+    assert sweep.undone_last(["zero", "odd"]) == ["zero", "odd"]  # a value ("--min_lr" a file name) moved it
 
 
 def test_a_stage_left_out_is_not_checked(tmp_path, monkeypatch):
@@ -235,3 +269,43 @@ def test_a_stage_left_out_is_not_checked(tmp_path, monkeypatch):
         sweep.main(["--only", "tiny-2026-11", "--no_variations", "--no_followups", "--no_compile",
                     "--lr", "0.6", "--min_lr", "0", "--out_dir", str(tmp_path / "runs"),
                     "--out", str(tmp_path / "img")])
+
+
+def test_confirm_minutes_equal_to_the_screens_confirm_the_best_alone(tmp_path, monkeypatch):
+    """With --confirm_minutes equal to --screen_minutes every screened run's result file is where a
+    confirmation's would be: all of them were taken as confirmed by an earlier sweep (the table
+    listed every screened candidate as confirmed, with --confirm 1)."""
+    def run_one(name, overrides, minutes, seed, opts):
+        path = sweep.result_path(name, minutes, seed, opts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        return {"name": name, "run": path.parent.name, "minutes": minutes, "seed": seed,
+                "overrides": overrides, "steps": 1, "tokens_per_s": 1.0, "params": 2, "active_params": 1,
+                "load_avg_before": 0.0,
+                "bits_per_byte": {"tiny-2026-11": 1.2, "d192-e8": 1.1, "d256-e4": 1.15}[name] + seed / 1000}
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    report = sweep.main(["--only", "tiny-2026-11,d192-e8,d256-e4", "--no_variations", "--no_compile",
+                         "--no_followups", "--confirm", "1", "--screen_minutes", "1",
+                         "--confirm_minutes", "1",
+                         "--out_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "img")])
+    assert [(r["name"], r["seed"]) for r in report["confirm"]] == [("d192-e8", 1), ("d192-e8", 2)]
+
+
+def test_a_pass_through_option_that_a_variation_sets_is_warned_of(tmp_path, monkeypatch, capsys):
+    """--vocab_size 512 came after vocab2048's and vocab8192's own: both ran as copies of the best
+    shape (the same bits/byte in the table), with nothing said."""
+    class Started(Exception):
+        pass
+
+    def run_one(*args):
+        raise Started
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    for argv, warned in [(["--vocab_size", "512"], "vocab2048, vocab8192 would repeat the run each varies"),
+                         (["--weight_decay=0.2", "--no_variations"], "wd1.0, wd2.0, wd0.1 would repeat"),
+                         (["--vocab_size", "512", "--no_variations"], None)]:
+        with pytest.raises(Started):
+            sweep.main(["--only", "tiny-2026-11", "--no_compile", *argv, "--out_dir", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "img")])
+        err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+        assert len(err) == (1 if warned else 0), argv
+        assert not warned or err[0].startswith(f"sweep.py: warning: {warned}"), argv
