@@ -16,7 +16,8 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
   ending in one, GPT-2's a<|endoftext|>b) where the file has them, unless its blank lines are over
   100 times as many (a stray marker in the text; the log says which it chose when both are
   there); else by blank lines (or lines of spaces and tabs); all read by our generator through
-  `datasets.Dataset.from_generator`, \\r\\n and \\r read as \\n, a BOM dropped;
+  `datasets.Dataset.from_generator`, \\r\\n and \\r read as \\n, a BOM (U+FEFF) dropped wherever
+  it is (two files joined hold one inside: a marker line behind it is one);
 - .jsonl (or .json: one array of records) with a text field (--text_field), and .parquet or .arrow
   (Arrow IPC, as `datasets.Dataset.save_to_disk` writes: its folder's state.json and
   dataset_info.json are left out) with a text column ("json", "parquet" and "arrow").
@@ -24,8 +25,9 @@ A folder gives all such files under it, except in hidden folders and in the run'
 --out_dir (so `--data .` does not read our own cache and run files).
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
 (documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
-empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines), in every
-format: the same text gives the same tokens from a .txt, a .jsonl, a .parquet or the hub.
+empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines) and U+FEFF
+dropped, in every format: the same text gives the same tokens from a .txt, a .jsonl, a .parquet or
+the hub.
 
 Token stream layout: every document is preceded by the separator, [eos] doc1 [eos] doc2 ..., so
 token 0 of a stream is eos, every text token can be a target, and eos is predicted at each story end
@@ -49,7 +51,8 @@ How this departs from the obvious version:
   --cache_dir/.locks/): runs sharing --cache_dir wait for each other's builds instead of deleting
   each other's files or training the same tokenizer twice.
 - A full disk under --cache_dir (while writing a shard, the tokenizer, or `datasets`' own cache,
-  which wraps the OSError in its errors) is one DataError/StorageError line naming --cache_dir.
+  which wraps the OSError in its errors) is one DataError/StorageError line naming --cache_dir;
+  so is a --cache_dir that cannot be written (read-only, or not ours) on a cache miss.
 - A document longer than 1 MB is tokenized (and the BPE trained on it) in pieces cut where the
   byte-level pre-tokenizer starts a word anyway (tokenizer.pieces): the same ids, bounded memory
   (one 50 MB document with no separator: 9 GB peak before, 1.4 GB now). `datasets` still holds
@@ -82,6 +85,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -102,8 +106,9 @@ from tokenizer import EOT, PIECE_CHARS, Tokenizer, check_tokenizer, pieces, too_
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
 META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
-DOCUMENT_RULES = 4  # version of how sources split into documents (and empty rows are left out of
-# a held-out slice's count): a new one rebuilds their caches (4: \r\n and \r are \n in every format)
+DOCUMENT_RULES = 5  # version of how sources split into documents (and empty rows are left out of
+# a held-out slice's count): a new one rebuilds their caches (4: \r\n and \r are \n in every format;
+# 5: U+FEFF is dropped wherever it is, in every format)
 TOKENIZER_FORMAT = 3  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1;
 # 3: a document over PIECE_CHARS that crosses --tokenizer_train_mb gives only its pieces up to it)
@@ -113,6 +118,7 @@ SAVED = ("state.json", "dataset_info.json")  # what `save_to_disk` writes beside
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
+BOM = "\ufeff"  # a byte-order mark, not text wherever it is (two files joined hold one inside): dropped
 
 
 def _n(count: int, word: str) -> str:
@@ -193,9 +199,11 @@ class TokenData:
 
 
 def _document(text: str) -> str:
-    """A document as it is tokenized: \\r\\n and \\r read as \\n (as a .txt file's are, whatever the
-    format), surrounding whitespace stripped."""
-    return (text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text).strip()
+    """A document as it is tokenized: \\r\\n and \\r read as \\n and U+FEFF dropped (as a .txt
+    file's are, whatever the format), surrounding whitespace stripped."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return (text.replace(BOM, "") if BOM in text else text).strip()
 
 
 def _sha256(path) -> str:
@@ -370,7 +378,7 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     "inline" where markers inside lines do (one story per line ending in it, or GPT-2's
     a<|endoftext|>b), unless the file has over INLINE_SHARE times as many blank lines (a stray
     marker in a file of blank-line documents: text), else "blank" (blank lines). Line endings and
-    a BOM are read as the text-mode split reads them (\\r\\n and \\r are \\n).
+    BOMs are read as the text-mode split reads them (\\r\\n and \\r are \\n, every U+FEFF dropped).
 
     Refuses a file with no text besides whitespace and markers, or with over 1% non-UTF-8 bytes.
     """
@@ -395,11 +403,10 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
             size += len(chunk)
             nul += chunk.count(0)  # valid UTF-8, but text has none: UTF-16 has one every 2 bytes
             valid += len(utf8.decode(chunk).encode())
-            if size == len(chunk):
-                chunk = chunk.removeprefix(codecs.BOM_UTF8)
-            buf = carry + chunk
+            buf = carry + chunk  # (a BOM cut by the chunk's end is whole in the next one's carry)
             held = b"\r" if buf.endswith(b"\r") else b""  # (its \n may come in the next chunk)
             buf = buf[:len(buf) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            buf = buf.replace(codecs.BOM_UTF8, b"")
             cut = buf.rfind(b"\n") + 1
             count(buf[:cut])
             tail = buf[cut:]
@@ -440,8 +447,8 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
 
 def _txt_documents(path: str, stamp: str, layout: str):
     """Documents of a .txt file, split as _scan_txt's `layout` says. `stamp`: size and mtime, for
-    the cache key. A BOM is dropped; line endings are read as \\n (universal newlines). Each part
-    of the text is split once: a document (or a line) of any length streams through."""
+    the cache key. Every BOM (U+FEFF) is dropped; line endings are read as \\n (universal newlines).
+    Each part of the text is split once: a document (or a line) of any length streams through."""
     separator, keep, lines = SEPARATORS[layout], len(EOT) - 1, layout != "inline"
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         doc: list[str] = []  # the document being read, in parts
@@ -455,7 +462,7 @@ def _txt_documents(path: str, stamp: str, layout: str):
             return parts[:-1], parts[-1]
 
         while chunk := f.read(READ_CHUNK):
-            buf = line + chunk
+            buf = line + chunk.replace(BOM, "")
             if not lines:  # markers inside lines: all split now, but the last characters of what
                 done, last = split(buf)  # follows the last one, where a marker may begin
                 line = last[max(0, len(last) - keep):]
@@ -525,6 +532,30 @@ def _json_array_problem(path: str, flag: str) -> str | None:
     return f"has no records (an empty array); remove it or point {flag} at text" if empty else None
 
 
+def _json_object_problem(path: str, field: str, flag: str) -> str | None:
+    """For a .json file that is one object holding the records in a list ({"data": [...]}, which
+    `datasets` reads as one row of lists): that, and the jq command that makes it JSON Lines; None
+    otherwise. Read whole: only after the file was refused."""
+    try:
+        with open(path, "rb") as f:
+            obj = json.load(f)
+    except ValueError:
+        return None
+    lists = {k: v for k, v in obj.items() if isinstance(v, list) and v} if isinstance(obj, dict) else {}
+    records = [k for k, v in lists.items() if isinstance(v[0], dict)]
+    texts = [k for k, v in lists.items() if isinstance(v[0], str)]
+    key = next((k for k in records if field in lists[k][0]), None) or next(iter(records + texts), None)
+    if key is None:
+        return None
+    expr = (f".{key}[]" if re.fullmatch(r"[A-Za-z_]\w*", key, re.ASCII) else f".[{json.dumps(key)}][]") \
+        + ("" if key in records else f" | {{{json.dumps(field)}: .}}")
+    out = Path(path).with_suffix(".jsonl")
+    what = "records" if key in records else "texts"
+    return (f"is one JSON object with the {what} in its '{key}' list, not an array of records; convert it "
+            f"to JSON Lines (jq -c {shlex.quote(expr)} {shlex.quote(path)} > {shlex.quote(str(out))}) and "
+            f"point {flag} at that")
+
+
 def _table_problem(path: str, kind: str, flag: str) -> str | None:
     """Why `datasets` could not read a parquet or Arrow file, in words, where pyarrow can tell."""
     import pyarrow as pa
@@ -570,18 +601,22 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
     except Exception as e:
-        if getattr(_os_error(e), "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        cause = _os_error(e)
+        if cause and (cause.errno in (errno.ENOSPC, errno.EDQUOT) or _not_writable(cause, cache_dir)):
             raise  # the cache it writes, not the file: _cache_writes says so
         if kind != "json":
             problem = _table_problem(path, kind, flag)
         else:
-            problem = _json_problem(path, field, flag) if jsonl else _json_array_problem(path, flag)
+            problem = _json_problem(path, field, flag) if jsonl else (
+                _json_array_problem(path, flag) or _json_object_problem(path, field, flag))
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
         library_log.setLevel(level)
     if problem := _column_problem(ds, field):
         if jsonl:  # the line at fault, where it is one
             problem = _json_problem(path, field, flag) or problem
+        elif kind == "json":  # records inside an object: no --text_field reads them
+            problem = _json_object_problem(path, field, flag) or problem
         raise DataError(f"{flag}: {path}: {problem}")
     feature = ds.features[field]
     ds = ds.select_columns([field])
@@ -908,9 +943,26 @@ def _cache_writes(cache_dir):
         if cause.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DataError(f"cannot write the cache under --cache_dir {cache_dir}: the disk is full "
                             f"({cause.strerror}); free some space or pick another --cache_dir") from None
+        if _not_writable(cause, cache_dir):
+            raise DataError(f"cannot write the cache under --cache_dir {cache_dir}: the folder is not "
+                            f"writable ({cause.strerror}); pick a writable --cache_dir") from None
         where = cause.filename or f"--cache_dir {cache_dir}"
         raise DataError(f"{where}: {cause.strerror or first_line(cause)}; check the path, its permissions "
                         "and --cache_dir") from None
+
+
+def _not_writable(cause: OSError, cache_dir) -> bool:
+    """Whether an OSError is a write refused in cache_dir: a read-only disk (nothing is written
+    elsewhere), or no permission for a file in it or for a folder on the way to it (a source file
+    not readable is another matter)."""
+    if cause.errno == errno.EROFS:
+        return True
+    if cause.errno != errno.EACCES:
+        return False
+    if cause.filename is None:
+        return True
+    path, cache = Path(os.fsdecode(cause.filename)).resolve(), Path(cache_dir).resolve()
+    return path.is_relative_to(cache) or cache.is_relative_to(path)
 
 
 def _os_error(e: BaseException) -> OSError | None:

@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -136,6 +138,10 @@ def test_txt_official_layout_and_blank_line_documents(tmp_path, corpus):
                                                                      "fourth."]),
     ("\ufeffwith a bom.\n\nnext.\n", ["with a bom.", "next."]),  # a BOM is not text
     ("\ufeff<|endoftext|>\nwith a bom.\n<|endoftext|>\nnext.\n", ["with a bom.", "next."]),
+    # two files that start with a BOM, joined: the second BOM is no text either (it hid a marker line)
+    ("\ufeffone.\n<|endoftext|>\n" * 2, ["one.", "one."]),
+    ("\ufeff<|endoftext|>\none.\n" * 2, ["one.", "one."]),
+    ("\ufeffone.\n\n" * 2, ["one.", "one."]),
 ])
 def test_txt_documents_split_where_a_reader_sees_them(tmp_path, text, docs):
     path = tmp_path / "t.txt"
@@ -150,7 +156,8 @@ def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
     texts = ["\ufeff<|endoftext|>\r\nfirst one.\r\n<|endoftext|>  \r\nsecond, " + "long " * 9 + "\r\n",
              "".join(f"story {i}.\n\n" for i in range(150)) + "it says <|endoftext|> aloud.",
              "one " * 12 + "<|endoftext|>two" + " x" * 20 + "<|endoftext|>three",
-             "a\n\n" + " " * 40 + "\n\nb" + "c" * 40 + "\n<|endoftext|>x\n\n" * 3]
+             "a\n\n" + " " * 40 + "\n\nb" + "c" * 40 + "\n<|endoftext|>x\n\n" * 3,
+             "\ufeff<|endoftext|>\r\nfirst.\r\n" * 3 + "\ufeffx" * 9]
     for n, text in enumerate(texts):
         path = tmp_path / f"t{n}.txt"
         path.write_bytes(text.encode())
@@ -161,7 +168,7 @@ def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
             assert data._scan_txt(str(path), "--data")[0] == layout, (n, size)
             assert [d["text"].strip() for d in data._txt_documents(str(path), "", layout)] == whole, (n, size)
         monkeypatch.undo()
-        assert len(whole) == [2, 151, 3, 4][n], (n, whole)
+        assert len(whole) == [2, 151, 3, 4, 3][n], (n, whole)
 
 
 def test_jsonl_and_parquet_with_a_text_field(tmp_path):
@@ -187,6 +194,30 @@ def test_line_ends_read_as_newlines_in_every_format(tmp_path):
     for tok, train in shards:
         assert tok.decode(train.tokens) == stream(docs)
         assert train.n_bytes == sum(len(d.encode()) for d in docs)
+
+
+def test_a_bom_is_no_text_in_any_format(tmp_path, monkeypatch):
+    """Files that each start with a BOM, joined, hold U+FEFF inside the text: it was tokenized, in a
+    .txt (where it also hid the marker line behind it) as at a document's start in a .jsonl or a
+    .parquet. And caches that the rules before made (BOMs kept) are not reused."""
+    docs = stories(10)
+    write(tmp_path / "w.txt", "\ufeff" + official(docs[:5]) + "\ufeff" + EOT + "\n" + official(docs[5:]))
+    write_jsonl(tmp_path / "w.jsonl", [{"text": "\ufeff" + d} for d in docs])
+    pq.write_table(pa.table({"text": [" \ufeff" + d for d in docs]}), tmp_path / "w.parquet")
+    for kind in ("txt", "jsonl", "parquet"):
+        tok, train, val, _ = run(tmp_path, data=str(tmp_path / f"w.{kind}"), val_data=str(tmp_path / "w.txt"))
+        assert tok.decode(train.tokens) == tok.decode(val.tokens) == stream(docs), kind
+        assert train.n_bytes == sum(len(d.encode()) for d in docs)
+    kw = dict(data=str(tmp_path / "w.jsonl"), val_data=str(tmp_path / "w.txt"))
+    kept = lambda text: text.replace("\r\n", "\n").replace("\r", "\n").strip()  # noqa: E731 (rules 4's)
+    with monkeypatch.context() as m:
+        m.setattr(data, "DOCUMENT_RULES", 4)
+        m.setattr(data, "_document", kept)
+        tok, train, _, _ = run(tmp_path / "old", **kw)
+        assert "\ufeff" in tok.decode(train.tokens)
+    tok, train, _, logs = run(tmp_path / "old", **kw)
+    assert not any("train: cache hit" in line for line in logs)
+    assert tok.decode(train.tokens) == stream(docs)
 
 
 def test_arrow_files_and_a_save_to_disk_folder(tmp_path):
@@ -735,6 +766,41 @@ def test_a_real_full_cache_disk(tmp_path):
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_a_cache_dir_that_cannot_be_written_is_one_line_naming_it(tmp_path, corpus, monkeypatch, code, kind):
+    """A cache miss in a --cache_dir this process cannot write (a read-only disk; a folder chmod'ed
+    away from this user, which root, as here, writes all the same: so mkdir is refused in it) said
+    "<path>: Read-only file system; check the path, ...", or, from `datasets` reading a .jsonl into
+    it, that the .jsonl could not be read."""
+    train_path, val_path, train_docs, _ = corpus
+    if kind == "jsonl":
+        train_path = write_jsonl(tmp_path / "src" / "train.jsonl", [{"text": d} for d in train_docs])
+    cache = tmp_path / "cache"
+    real_mkdir = os.mkdir
+
+    def refused(path, *args, **kw):
+        if str(path).startswith(str(cache)):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_mkdir(path, *args, **kw)
+    monkeypatch.setattr(os, "mkdir", refused)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # (what a user other than root is told)
+    with pytest.raises(DataError, match=rf"cannot write the cache under --cache_dir {cache}: the folder "
+                       rf"is not writable \({os.strerror(code)}\); pick a writable --cache_dir$") as e:
+        run(tmp_path, data=str(train_path), val_data=str(val_path))
+    assert "\n" not in str(e.value) and not cache.exists()
+
+
+def test_a_real_read_only_cache_dir(tmp_path):
+    text = str(shared_file("train-sample.txt"))
+    with small_filesystem(tmp_path / "ro", "64k") as disk:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(DataError, match=r"the folder is not writable \(Read-only file system\); pick a "
+                           r"writable --cache_dir") as e:
+            data.prepare(targs(disk, data=text, val_data=text), margs(), log=lambda m: None)
+        assert "\n" not in str(e.value)
+
+
 def long_document():
     """One long document of many paragraphs, with the whitespace and punctuation text has."""
     parts = [f"{s}  It cost {i} coins, didn't it?\t(Yes!)" for i, s in enumerate(stories(42))]
@@ -961,6 +1027,31 @@ def test_bad_input_is_a_one_line_error(tmp_path, case, capfd):
     assert "Failed to" not in capfd.readouterr().err  # `datasets` logged its own line before ours
     assert logging.getLogger("datasets").level == level  # and is heard again after
     assert no_partial_files(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("shape, field, key, expr", [
+    ({"version": 1, "data": "records"}, "text", "data", ".data[]"),
+    ({"data": "records"}, "data", "data", ".data[]"),  # (the --text_field the old hint named)
+    ({"my rows": "records"}, "text", "my rows", '.["my rows"][]'),
+    ({"text": "texts"}, "text", "text", '.text[] | {"text": .}'),
+])
+def test_a_json_object_holding_the_records_gets_a_command_that_works(tmp_path, shape, field, key, expr):
+    """A .json object holding its records ({"data": [...]}, as many datasets ship) got "has no column
+    'text' (it has: data); pass --text_field NAME", and --text_field data then failed too."""
+    docs = stories(20)
+    rows = {"records": [{"text": d} for d in docs], "texts": docs}
+    path = write(tmp_path / "src" / "o.json", json.dumps({k: rows.get(v, v) for k, v in shape.items()}))
+    with pytest.raises(DataError, match=rf"--data: {path}: is one JSON object with the {shape[key]} in its "
+                       rf"'{key}' list, not an array of records; convert it to JSON Lines \(jq -c "
+                       rf"{re.escape(shlex.quote(expr))} {path} > {path.with_suffix('.jsonl')}\) and point "
+                       r"--data at that$") as e:
+        run(tmp_path, data=str(path), text_field=field)
+    if shutil.which("jq") is None:
+        pytest.skip("no jq here to run the command the error gives")
+    subprocess.run(re.search(r"\((jq .*)\) and point", str(e.value))[1], shell=True, check=True)
+    jsonl = str(path.with_suffix(".jsonl"))
+    tok, train, _, _ = run(tmp_path, data=jsonl, val_data=jsonl, text_field="text")
+    assert tok.decode(train.tokens) == stream(docs)
 
 
 def test_parquet_without_the_text_column(tmp_path):
