@@ -359,7 +359,7 @@ class SampleArgs:
                         "checkpoints/)")
     hf: str = arg("", "load an exported Hugging Face folder instead of a checkpoint")
     prompt: list[str] = arg([], "story opening; repeat for several prompts")
-    prompt_file: str = arg("", "file with one prompt per line")
+    prompt_file: str = arg("", "file with one prompt per line (-: standard input)")
     num_samples: int = arg(1, "samples per prompt")
     max_new_tokens: int = arg(256, "tokens to generate at most (stops early at <|endoftext|>)")
     temperature: float = arg(0.8, "softmax temperature")

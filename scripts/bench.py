@@ -2,12 +2,18 @@
 
     python scripts/bench.py                 # img/bench.json and img/bench.md
     python scripts/bench.py --only model,sample   # the data tables are read back from img/bench_data.json
+    python scripts/bench.py --quick         # each part at a toy size: a check that the bench works
 
 Runs scripts/bench_model.py, bench_data.py and bench_sample.py one after another, each in its own
 process (so one's memory and threads do not disturb the next), then gathers their JSON into
 img/bench.json and writes the markdown tables the README quotes into img/bench.md. Each script
 measures its own comparisons side by side in one run; the ratios are what to read, since this
 machine is shared and noisy.
+
+--quick runs each part at a toy size, a few minutes in all on 2 CPU cores, to check that the bench
+works before a long run: bench_model.py and bench_sample.py with their own --quick, bench_data.py on
+train-sample.txt (78 KB) with a 512-token vocabulary and 2 copies. Its results are not the README's:
+they go to a temporary folder, deleted at the end, unless --out_dir says where.
 """
 
 import argparse
@@ -16,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +34,14 @@ from errors import run_script  # noqa: E402
 
 PARTS = {"model": "bench_model.py", "data": "bench_data.py", "sample": "bench_sample.py"}
 FIX = "pick another --out_dir"  # where writing the results fails
+QUICK_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-sample.txt"
+QUICK = {"model": ["--quick"], "data": ["--data", str(QUICK_DATA), "--repeat", "2", "--vocab_size", "512"],
+         "sample": ["--quick"]}  # each part's options under --quick
 
 
-def run_part(name: str, out_dir: Path) -> dict:
+def run_part(name: str, out_dir: Path, extra=()) -> dict:
     out = out_dir / f"bench_{name}.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / PARTS[name]), "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "scripts" / PARTS[name]), "--out", str(out), *extra]
     print(f"$ {' '.join(cmd[1:])}", flush=True)
     try:
         done = subprocess.run(cmd)  # (in our cwd: a relative --out_dir means the same folder to both)
@@ -149,7 +159,11 @@ def main(argv=None):
     p = config.Parser(prog="bench.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of model,data,sample")
-    p.add_argument("--out_dir", default=str(ROOT / "img"))
+    p.add_argument("--out_dir", default=None, help="where the JSON and bench.md go (default: img/; with "
+                                                  "--quick, a temporary folder, deleted at the end)")
+    p.add_argument("--quick", action="store_true", help="each part at a toy size, a few minutes in all: "
+                                                        "a check that the bench works (not the README's "
+                                                        "results)")
     opts = p.parse_args(argv)
     import torch
     machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
@@ -161,13 +175,21 @@ def main(argv=None):
         p.error(f"--only: name one or more of {', '.join(PARTS)}")
     if unknown:
         p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    out_dir = storage.make_folder(opts.out_dir, FIX)
+    if opts.quick and opts.out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="bench-quick-") as tmp:
+            return run(opts, only, machine, Path(tmp))
+    return run(opts, only, machine, Path(opts.out_dir or ROOT / "img"))
+
+
+def run(opts, only: list[str], machine: dict, out_dir: Path) -> None:
+    """Run the parts named, read the others back from out_dir, write bench.json and bench.md there."""
+    out_dir = storage.make_folder(out_dir, FIX)
     # The parts not rerun are read back from their last JSON, so bench.md always holds every table.
     results = {}
     for name in PARTS:
         saved = out_dir / f"bench_{name}.json"
         if name in only:
-            results[name] = run_part(name, out_dir)
+            results[name] = run_part(name, out_dir, QUICK[name] if opts.quick else [])
         elif saved.exists():
             results[name] = json.loads(saved.read_text())
     machine["parts_run"] = only

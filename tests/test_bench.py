@@ -21,7 +21,7 @@ def test_only_reruns_the_parts_named_and_reads_back_the_rest(tmp_path, monkeypat
     (tmp_path / "bench_data.json").write_text(json.dumps(DATA))
     ran = []
 
-    def fake_run_part(name, out_dir):
+    def fake_run_part(name, out_dir, extra=()):
         ran.append(name)
         return SAMPLE
 
@@ -267,7 +267,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_the_work(tmp_pa
     (tmp_path / "a_file").write_text("")
     (tmp_path / "small.txt").write_text("one story.\n")
     bad = tmp_path / "a_file" / "sub"
-    monkeypatch.setattr(bench, "run_part", lambda name, out_dir: SAMPLE)
+    monkeypatch.setattr(bench, "run_part", lambda name, out_dir, extra=(): SAMPLE)
     if script == "bench_model":
         monkeypatch.setattr(module, "measure_batch", lambda *a, **k: pytest.fail("measured first"))
     argv = [a.format(bad=bad, small=tmp_path / "small.txt") for a in argv]
@@ -288,7 +288,7 @@ def test_bench_writes_its_tables_atomically(tmp_path):
     for name in ("bench.json", "bench.md"):
         (tmp_path / name).write_text("the previous run's\n")
     code = ("import resource, sys; from scripts import bench; from errors import run_script; "
-            f"bench.run_part = lambda name, out_dir: {SAMPLE!r}; "
+            f"bench.run_part = lambda name, out_dir, extra=(): {SAMPLE!r}; "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100)); "
             f"argv = ['--only', 'sample', '--out_dir', {str(tmp_path)!r}]; "
             "run_script(lambda: bench.main(argv), 'bench.py')")
@@ -381,10 +381,44 @@ def test_only_takes_spaces_and_refuses_an_empty_list(tmp_path, monkeypatch, caps
     """`--only "model, sample"` refused " sample" as an unknown part, and `--only ""` said
     "unknown part(s) ;" (an empty name)."""
     ran, parts = [], {"data": DATA, "sample": SAMPLE}
-    monkeypatch.setattr(bench, "run_part", lambda name, out_dir: ran.append(name) or parts[name])
+    monkeypatch.setattr(bench, "run_part", lambda name, out_dir, extra=(): ran.append(name) or parts[name])
     bench.main(["--only", "data, sample", "--out_dir", str(tmp_path)])
     assert ran == ["data", "sample"]
     with pytest.raises(SystemExit) as e:
         bench.main(["--only", "", "--out_dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1] == "bench.py: error: --only: name one or more of model, data, sample"
+
+
+def test_quick_runs_each_part_small_and_keeps_the_readme_results(tmp_path, monkeypatch):
+    """--quick gives each part its toy-size options and writes into a temporary folder, gone at the
+    end, never into img/ (whose JSON holds the README's runs)."""
+    monkeypatch.setattr(bench, "ROOT", tmp_path / "repo")
+    ran = {}
+
+    def fake_run_part(name, out_dir, extra=()):
+        ran[name] = (out_dir, list(extra))
+        return {"model": None, "data": DATA, "sample": SAMPLE}[name]
+
+    monkeypatch.setattr(bench, "run_part", fake_run_part)
+    monkeypatch.setattr(bench, "markdown", lambda results, machine: "tables")
+    bench.main(["--quick"])
+    assert [extra for _, extra in ran.values()] == [bench.QUICK[name] for name in bench.PARTS]
+    assert ran["model"][1] == ["--quick"] and "train-sample.txt" in " ".join(ran["data"][1])
+    out_dir = ran["model"][0]
+    assert not out_dir.exists() and not (tmp_path / "repo").exists()
+    bench.main(["--quick", "--only", "sample", "--out_dir", str(tmp_path / "q")])  # kept where asked
+    assert json.loads((tmp_path / "q" / "bench.json").read_text())["sample"] == SAMPLE
+
+
+def test_quick_runs(tmp_path):
+    """bench.py --quick for real (its data part: the other two run their own --quick in their tests)."""
+    import subprocess
+    import sys
+    if not bench.QUICK_DATA.exists():
+        pytest.skip(f"{bench.QUICK_DATA} is absent")
+    cmd = [sys.executable, str(bench.ROOT / "scripts" / "bench.py"), "--quick", "--only", "data", "--out_dir",
+           str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "**Data** (train-sample.txt, vocabulary 512)" in (tmp_path / "bench.md").read_text()

@@ -870,3 +870,48 @@ def test_uncached_decoding_with_an_image_takes_a_generated_patch_token_as_text(m
         rows.append(sample.generate(model, prompts, 8, greedy=True, images=images, use_cache=use_cache,
                                     stop_at_eos=False))
     assert rows[0] == rows[1] and rows[0][0][2] == rows[0][1][2] == model.args.patch_id
+
+
+def test_prompt_file_dash_reads_standard_input(run_dir, monkeypatch, capsys):
+    """--prompt_file - takes the prompts from standard input (it was "No such file or directory"),
+    as the file would give them: BOM dropped, CRLF a line break."""
+    import io
+    import sys
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\ufeffonce upon\r\n\nthe dog\n".encode())))
+    sample.main(["--ckpt", str(run_dir), "--greedy", "--max_new_tokens", "2", "--prompt_file", "-"])
+    out = capsys.readouterr().out
+    assert "sample 2 of 2 " in out and "\nonce upon" in out and "\nthe dog" in out
+
+
+def test_a_missing_prompt_file_names_the_fix(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(run_dir), "--prompt_file", str(tmp_path / "nope.txt")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and len(err.splitlines()) == 1
+    assert err.endswith("No such file or directory; pass a text file with one prompt per line, or - for "
+                        "standard input")
+
+
+@pytest.mark.parametrize("num_samples", [1, 2])
+def test_ctrl_c_keeps_what_was_generated(run_dir, monkeypatch, capsys, num_samples):
+    """Ctrl-C during a batch printed nothing of its samples (they are printed at the end): each is
+    printed as far as it got, marked, and the exit status is 130; a streamed sample ends its line."""
+    real = sample.generate
+
+    def interrupted(model, prompts, max_new_tokens, **kw):  # Ctrl-C after the first host read
+        real(model, prompts, sample.CHECK_EVERY, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "generate", interrupted)
+    argv = ["--ckpt", str(run_dir), "--prompt", "once upon", "--num_samples", str(num_samples), "--seed", "3"]
+    with pytest.raises(SystemExit) as e:
+        sample.main(argv)
+    got = capsys.readouterr()
+    assert e.value.code == 130 and got.err.strip() == "sample.py: interrupted"
+    monkeypatch.setattr(sample, "generate", real)
+    sample.main(argv + ["--max_new_tokens", str(sample.CHECK_EVERY)])
+    whole = capsys.readouterr().out
+    if num_samples == 1:
+        assert got.out.startswith("once upon") and got.out.endswith("\n") and len(got.out) > 10
+    else:
+        assert got.out == whole.replace(f"of {num_samples} ", f"of {num_samples} (interrupted) ")
