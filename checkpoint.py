@@ -55,27 +55,49 @@ def latest_run(out_dir) -> Path:
     return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
 
 
-def find_checkpoint(path_or_run: str, out_dir="checkpoints") -> Path:
-    """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run)."""
+NOT_SAVED_FIX = "pass another run folder or a .pt file, or train this run again"
+
+
+def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str = NOT_SAVED_FIX) -> Path:
+    """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run). A run
+    folder its run made but wrote no checkpoint into (stopped before its first save, or still
+    before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising `not_saved_fix`."""
     p = Path(path_or_run) if path_or_run else latest_run(out_dir)
     if not p.exists() and (Path(out_dir) / path_or_run).exists():
         p = Path(out_dir) / path_or_run
     if p.is_dir():
-        if not (p / "last.pt").exists() and (p / "best.pt").is_file():  # killed before its first last.pt
+        last = p / "last.pt"
+        if not last.exists() and (p / "best.pt").is_file():  # killed before its first last.pt
             raise CheckpointError(f"{p} has no last.pt, only best.pt; pass {p / 'best.pt'} to use it")
-        p = p / "last.pt"
+        if not last.exists() and not last.is_symlink():  # (a dangling link is named below)
+            if any((p / name).exists() for name in ("run.lock", "train.json")):  # train.py's first files
+                raise ConfigError(f"{p} holds no checkpoint yet (its run stopped before its first save, or "
+                                  f"has not reached it); {not_saved_fix}")
+            raise CheckpointError(f"{p} is not a run folder (no last.pt in it); pass a .pt file or a run "
+                                  "folder")
+        p = last
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist; pass a .pt file or a run folder")
     return p
 
 
-RESUME_FIX = "it was left in place: resume from another checkpoint (e.g. best.pt) or start a new --run"
 OTHER_FIX = "it was left in place: pass another checkpoint (e.g. best.pt)"
 
 
-def load_checkpoint(path, fix: str = RESUME_FIX) -> dict:
+def resume_fix(path) -> str:
+    """The advice when the checkpoint `path` cannot be resumed: the other of its folder's last.pt
+    and best.pt where there is one (not best.pt when it is best.pt that failed), else a new run."""
+    path = Path(path)
+    for other in (path.with_name("last.pt"), path.with_name("best.pt")):
+        if other.name != path.name and other.is_file():
+            return f"it was left in place: pass --resume {other}, or start a new --run"
+    return "it was left in place: start a new --run, or pass --resume another checkpoint"
+
+
+def load_checkpoint(path, fix: str | None = None) -> dict:
     """torch.load onto the CPU with weights_only=True: tensors and plain data only, no pickled
-    code runs."""
+    code runs. A file that is no checkpoint is a CheckpointError advising `fix` (resume_fix by default)."""
+    fix = fix or resume_fix(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, a pickle with code in it ...

@@ -13,6 +13,10 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
 
 Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`); a
 DeviceError, which one rank may meet alone, is printed by each rank that meets it.
+
+Importing this module makes a Ctrl-C that nothing catches one line, `<prog>: interrupted`, instead
+of a traceback (the exit status stays a SIGINT's, 130): train.py imports it before torch, whose
+import takes seconds.
 """
 
 
@@ -72,12 +76,32 @@ def reports(e: UserError) -> bool:
 
 def run_script(main, prog: str):
     """A script's entry point: main(), with a UserError printed as `<prog>: error: <message>` and
-    its exit status (scripts/ that have no handler of their own)."""
+    its exit status (scripts/ that have no handler of their own), and output read by something that
+    stops early (`| head -1`) ending quietly, with the status a SIGPIPE gives (141), as cat's does."""
     try:
-        return main()
-    except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        try:
+            return main()
+        except UserError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        finally:  # what stdout still holds (--help's text too) meets a closed pipe here, not at exit
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:  # Python's advice: stdout to devnull, or the flush at exit fails again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+
+
+def _interrupted(kind, value, traceback):
+    """sys.excepthook: an uncaught KeyboardInterrupt (one during the imports) is one line, from rank 0
+    alone under torchrun; anything else goes to the hook there was."""
+    if not issubclass(kind, KeyboardInterrupt):
+        return _excepthook(kind, value, traceback)
+    if main_rank():
+        print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+
+
+_excepthook, sys.excepthook = sys.excepthook, _interrupted
 
 
 def first_line(e: BaseException) -> str:

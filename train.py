@@ -78,6 +78,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import errors  # first: a Ctrl-C during the slow imports below is one line, not a traceback
+
+# isort: split
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -85,7 +88,6 @@ import torch.distributed as dist
 import checkpoint
 import config
 import data
-import errors
 import runlog
 import runtime
 import storage
@@ -706,15 +708,17 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     # (at --resume, before the checkpoint is looked for under them)
     config.check_run(train_args.run, train_args.out_dir)
     out = Path(train_args.out_dir)
+    # a run folder whose run stopped before its first save: a new run there is what is left
+    not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else "start it again without --resume"
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
-        ckpt_path = checkpoint.find_checkpoint(train_args.resume, out)
+        ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved)
         # --run naming the checkpoint's own run continues it where it lies (from another directory
         # too), unless --out_dir is typed; another name forks into --out_dir
         own = train_args.run == ckpt_path.parent.name and "out_dir" not in given
         run_dir = out / train_args.run if train_args.run and not own else ckpt_path.parent
     elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
         run_dir = out / train_args.run if train_args.run else checkpoint.latest_run(out)
-        ckpt_path = checkpoint.find_checkpoint(str(run_dir), out)
+        ckpt_path = checkpoint.find_checkpoint(str(run_dir), out, not_saved)
     else:  # a new run
         run_dir = out / (train_args.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         ckpt_path = None
@@ -729,7 +733,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
             config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
         except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
             raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
-                                  f"{checkpoint.RESUME_FIX}") from None
+                                  f"{checkpoint.resume_fix(ckpt_path)}") from None
         if "optimizer" not in ckpt and not train_args.eval_only:
             raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
                                   "(--eval_only) or sampled, not resumed: start a new --run")
@@ -994,7 +998,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     torch.manual_seed(train_args.seed)
     model = Llama4(model_args).to(device)
     if ckpt is not None:
-        checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, checkpoint.RESUME_FIX, model)
+        fix = checkpoint.resume_fix(plan.ckpt_path)
+        checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:

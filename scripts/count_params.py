@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+from errors import run_script  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
 from tokenizer import too_small  # noqa: E402
 
@@ -87,4 +88,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "count_params.py")

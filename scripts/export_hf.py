@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import checkpoint  # noqa: E402
 import config  # noqa: E402
-from errors import UserError  # noqa: E402
+from errors import UserError, run_script  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -62,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "export_hf.py")

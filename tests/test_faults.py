@@ -344,6 +344,34 @@ def test_a_folder_with_best_pt_alone_is_not_a_new_run(tmp_path, done, corpus, ca
     assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 7
 
 
+def test_resuming_a_run_that_stopped_before_its_first_save_says_to_start_it_again(tmp_path, done, corpus,
+                                                                                  cache, capsys):
+    """A run killed before its first save leaves its settings and tokenizer, no checkpoint: --resume
+    said `last.pt does not exist; pass ... a run folder` (a run folder was passed). It names what
+    happened and the fix, exit status 2; sample.py and --eval_only too; a folder that is no run's
+    is named as such."""
+    run_dir = copy_run(done, tmp_path)
+    for name in ("last.pt", "best.pt"):
+        (run_dir / name).unlink()
+    for how in (["--resume"], ["--resume", str(run_dir)], ["--resume", "r", "--run", "fork"]):
+        with pytest.raises(SystemExit) as e:
+            train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), *how])
+        assert one_line_error(capsys, 2, e) == f"train.py: error: {run_dir} holds no checkpoint yet (its " \
+            "run stopped before its first save, or has not reached it); start it again without --resume", how
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only"])
+    assert one_line_error(capsys, 2, e).endswith(f"not reached it); {checkpoint.NOT_SAVED_FIX}")
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(run_dir)])
+    assert "holds no checkpoint yet" in one_line_error(capsys, 2, e)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out_dir", str(tmp_path / "ckpt"), "--resume", str(tmp_path)])
+    assert one_line_error(capsys, 1, e) == f"train.py: error: {tmp_path} is not a run folder (no last.pt " \
+                                           "in it); pass a .pt file or a run folder"
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))  # the advice holds
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 1
+
+
 def test_a_new_run_writes_its_own_tokenizer_over_a_killed_runs(tmp_path, corpus, cache):
     run_dir = tmp_path / "ckpt" / "r"
     run_dir.mkdir(parents=True)
@@ -738,6 +766,18 @@ def test_an_interrupt_is_one_line_from_rank_0_alone(monkeypatch, capsys):
         assert e.value.code == 130 and capsys.readouterr().err.splitlines() == lines
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_interrupt_while_torch_imports_is_one_line(tmp_path, rank):
+    """Ctrl-C in the seconds `import torch` takes, before main() can catch anything: Python's
+    traceback was printed. One line (from rank 0 alone under torchrun), a SIGINT's status."""
+    (tmp_path / "torch.py").write_text("raise KeyboardInterrupt  # Ctrl-C while torch imports\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "RANK": rank, "TORCHELASTIC_RUN_ID": "job"}
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "debug"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode in (130, -signal.SIGINT)  # (Python ends itself by SIGINT, as the shell expects)
+    assert done.stderr == ("\ntrain.py: interrupted\n" if rank == "0" else "")
+
+
 def test_train_runs_off_the_main_thread(tmp_path, corpus, cache):
     """Python sets signal handlers on the main thread only: elsewhere train.main runs without them."""
     import threading
@@ -841,10 +881,16 @@ def test_random_bytes_are_not_a_checkpoint_and_torch_unsafe_advice_is_not_repeat
         train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])
     line = one_line_error(capsys, 1, e)
     assert "not a checkpoint" in line and "weights_only" not in line
+    # the advice names the run's best.pt (it said "e.g. best.pt", also where there was none)
+    assert line.endswith(f"it was left in place: pass --resume {run_dir / 'best.pt'}, or start a new --run")
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(run_dir)])
     line = one_line_error(capsys, 1, e)
     assert "not a checkpoint" in line and "weights_only" not in line
+    (run_dir / "best.pt").unlink()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only"])
+    assert one_line_error(capsys, 1, e).endswith("start a new --run, or pass --resume another checkpoint")
 
 
 def test_sample_on_an_unknown_device_exits_2(done, capsys):
@@ -942,6 +988,23 @@ def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, 
     export_main([str(run_dir), str(tmp_path / "hf"), "--force"])  # over an export that had one
     assert f"warning: {run_dir / 'tokenizer.json'} is missing" in capsys.readouterr().err
     assert not list((tmp_path / "hf").glob("tokenizer*"))
+
+
+@pytest.mark.parametrize("script,argv,unbuffered", [("count_params.py", ["--preset", "debug"], "1"),
+                                                     ("count_params.py", ["--preset", "debug"], ""),
+                                                     ("export_hf.py", ["--help"], "")])
+def test_a_script_whose_output_is_closed_early_ends_quietly(script, argv, unbuffered):
+    """scripts/count_params.py | head -1: no BrokenPipeError traceback (at a print, or at the flush
+    when Python exits with stdout block-buffered), and exit 141, as a SIGPIPE gives."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that is gone before the first write: no race with the pipe's buffer
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
