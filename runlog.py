@@ -63,6 +63,14 @@ def utf8(text: str) -> bool:
     return True
 
 
+def not_utf8(path: Path) -> str:
+    """Which part of `path` is not UTF-8: the run folder's name, or a folder above it."""
+    if not utf8(path.name):
+        return f"the run folder's name {path.name!r}"
+    bad = next(i for i, part in enumerate(path.parts) if not utf8(part))
+    return f"the name of {str(Path(*path.parts[:bad + 1]))!r}, a folder above the run folder,"
+
+
 def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     """The W&B run for this run folder (resumed when `settings` has its id), or None if disabled."""
     mode = train_args.wandb_mode
@@ -73,7 +81,7 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
         return None
     without = "this run logs to metrics.jsonl only; --wandb_mode disabled silences this"
     if not utf8(str(run_dir)):  # a folder made outside train.py: W&B's logs fail on it, with tracebacks
-        log(f"wandb: the run folder's name {run_dir.name!r} is not UTF-8, which W&B cannot take; {without}")
+        log(f"wandb: {not_utf8(run_dir)} is not UTF-8, which W&B cannot take; {without}")
         return None
     try:
         import wandb
@@ -120,7 +128,8 @@ class Metrics:
     the evaluation a signal put off). With `backfill` (a resumed run's new W&B run: the run trained
     without W&B until now, or its checkpoint holds no W&B run id), the records kept are logged to it
     first, so that it holds the whole history. A W&B call that fails (W&B's service died, its folder's disk
-    is full) is one line, and the run goes on logging to metrics.jsonl only."""
+    is full) is one line, and the run goes on logging to metrics.jsonl only; its checkpoints then hold
+    no W&B run id (wandb_id), so that the resumed run starts a new W&B run with the whole history."""
 
     def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print,
                  open_window: bool = False, backfill: bool = False):
@@ -152,21 +161,29 @@ class Metrics:
         if path:
             self._to_wandb(lambda run: run.log({STEP: step, name: _wandb().Image(str(path))}))
 
+    @property
+    def wandb_id(self) -> str | None:
+        """The id of the W&B run that got every record of this session, for the checkpoint; None
+        without one (W&B off, failed to start or failed since), so that the resume starts a new W&B
+        run, which gets the whole history, rather than going on with one that lacks records."""
+        return None if self.wandb is None else self.wandb.id
+
     def finish(self, exit_code: int = 0):
         """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error)."""
-        self._to_wandb(lambda run: run.finish(exit_code=exit_code))
+        self._to_wandb(lambda run: run.finish(exit_code=exit_code),
+                       "finishing the W&B run failed ({}); it may lack the last records, which metrics.jsonl "
+                       "holds")
 
-    def _to_wandb(self, call):
-        """call(the W&B run), if there is one; a failure ends W&B logging with one line (a run never
-        stops over its dashboard)."""
+    def _to_wandb(self, call, failed="logging failed ({}); this run logs to metrics.jsonl only from here on"):
+        """call(the W&B run), if there is one; a failure ends W&B logging with one line, `failed` with
+        the error in it (a run never stops over its dashboard)."""
         if self.wandb is None:
             return
         try:
             call(self.wandb)
         except Exception as e:  # its service killed, a full disk under its folder, ...
             self.wandb = None
-            self.log(f"wandb: logging failed ({first_line(e)}); this run logs to metrics.jsonl only from "
-                     "here on")
+            self.log("wandb: " + failed.format(first_line(e)))
             try:  # else W&B's own exit hook prints the same failure again, as a traceback
                 _wandb().teardown()
             except Exception:

@@ -298,7 +298,7 @@ class Job:
     peak: float | None  # the device's peak FLOP/s, for MFU
     ckpt_path: Path | None = None  # the checkpoint resumed or evaluated
     metrics: runlog.Metrics | None = None
-    wandb_id: str | None = None
+    wandb_id: str | None = None  # the checkpoint's W&B run, to go on with (saves: Metrics.wandb_id)
     folder: "RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
@@ -316,8 +316,8 @@ class Job:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 **state.to_checkpoint(self.train_args.seed), "model_args": config.to_dict(self.model_args),
                 "train_args": config.to_dict(self.train_args), "preset": self.preset,
-                "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "wandb_id": self.wandb_id,
-                "window": window}
+                "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "window": window,
+                "wandb_id": self.metrics.wandb_id if self.metrics is not None else None}
 
 
 class Clock:
@@ -455,6 +455,7 @@ class Window:
         self.settled = 0  # non-finite steps moved into the state (by a save) and not yet logged
         self.rank_steps_before = self.steps_before = 0  # what a resumed window holds from before
         self.tokens_before = None  # ... and their tokens (None: an older checkpoint's, at today's per step)
+        self.process_seconds_before = None  # ... and busy seconds x processes (None: at today's count)
 
     def add(self, out: StepOutput):
         def plus(a, b):
@@ -492,6 +493,14 @@ class Window:
             before = self.steps_before * job.tokens_per_step
         return before + (self.steps - self.steps_before) * job.tokens_per_step
 
+    def process_seconds(self, world: World, busy: float) -> float:
+        """Busy seconds summed over the processes (the MFU's time; `busy`: the window's busy seconds):
+        a resumed window's from before at the number of processes that took them."""
+        before = self.process_seconds_before
+        if before is None:
+            before = self.busy_before * world.size
+        return before + (busy - self.busy_before) * world.size
+
     def record(self, job: Job) -> dict:
         """Means over the window's steps and all ranks (this waits for the device)."""
         n = self.rank_steps(job.world)
@@ -518,7 +527,7 @@ class Window:
                 dist.all_reduce(v)
         busy = self.busy_before + time.perf_counter() - self.start - self.paused
         return {"steps": self.steps, "rank_steps": self.rank_steps(job.world), "tokens": self.tokens(job),
-                "busy_seconds": busy,
+                "busy_seconds": busy, "process_seconds": self.process_seconds(job.world, busy),
                 "worst": int(self.worst), "settled": self.settled, **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
@@ -530,6 +539,7 @@ class Window:
             window.steps_before = saved["steps"]  # older checkpoints: taken by as many processes as now
             window.rank_steps_before = saved.get("rank_steps", saved["steps"] * job.world.size)
             window.tokens_before = saved.get("tokens")
+            window.process_seconds_before = saved.get("process_seconds")
             window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
             window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
             for k in ("losses", "counts", "entropy"):
@@ -552,9 +562,12 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
         raise RunError(f"{worst} non-finite steps in a row (by step {state.step}); lower --lr, raise "
                        f"--warmup_steps or check the data; {saved}")
     rec = window.record(job)
-    tok_s = window.tokens(job) / max(rec.pop("busy_seconds"), 1e-9)
+    busy = rec.pop("busy_seconds")
+    tok_s = window.tokens(job) / max(busy, 1e-9)
+    flops = window.tokens(job) * job.fpt  # over what the processes could do in their busy seconds
+    mfu = flops / (job.peak * max(window.process_seconds(job.world, busy), 1e-9)) if job.peak else None
     rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(out.grad_norm), tokens_per_s=tok_s,
-               mfu=tok_s * job.fpt / (job.peak * job.world.size) if job.peak else None, tokens=state.tokens,
+               mfu=mfu, tokens=state.tokens,
                minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
     # rank 0 writes; the others learn whether it could (a full disk), rather than failing at their
     # next collective with a traceback of their own
@@ -1070,7 +1083,6 @@ def open_logs(job: Job, state: LoopState) -> None:
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     new_wandb = wandb_run is not None and wandb_run.id != job.wandb_id  # not the checkpoint's W&B run
-    job.wandb_id = wandb_run.id if wandb_run is not None else job.wandb_id
     job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if job.continues else None, log,
                                  open_window=bool((job.window or {}).get("steps")), backfill=new_wandb)
 

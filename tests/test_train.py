@@ -590,6 +590,76 @@ def test_wandb_is_not_started_in_a_run_folder_named_in_other_bytes_than_utf8(tmp
     assert runlog.start_wandb(TrainArgs(wandb_mode="offline"), folder, {}, said.append) is None
     assert said == ["wandb: the run folder's name 'r\\udcff' is not UTF-8, which W&B cannot take; this run "
                     "logs to metrics.jsonl only; --wandb_mode disabled silences this"]
+    said.clear()  # the bytes in a folder above it: that folder is named, not the run folder's own name
+    parent = tmp_path / os.fsdecode(b"p\xff")
+    assert runlog.start_wandb(TrainArgs(wandb_mode="offline"), parent / "r", {}, said.append) is None
+    assert said == [f"wandb: the name of {str(parent)!r}, a folder above the run folder, is not UTF-8, "
+                    "which W&B cannot take; this run logs to metrics.jsonl only; --wandb_mode disabled "
+                    "silences this"]
+
+
+class WandbRun:
+    """A W&B run that keeps its rows; its log raises once it holds `fails_after` rows (its service
+    killed), its finish when `finish_fails`."""
+
+    def __init__(self, run_id, rows, fails_after=None, finish_fails=False):
+        self.id, self.rows, self.fails_after, self.finish_fails = run_id, rows, fails_after, finish_fails
+
+    def define_metric(self, name, step_metric=None):
+        pass
+
+    def log(self, data, step=None):
+        if self.fails_after is not None and len(self.rows) >= self.fails_after:
+            raise ConnectionResetError("Connection lost")
+        self.rows.append(data)
+
+    def finish(self, exit_code=0):
+        if self.finish_fails:
+            raise ConnectionResetError("Connection lost")
+
+
+def test_a_run_whose_wandb_failed_resumes_into_a_new_wandb_run_that_gets_the_whole_history(
+        tmp_path, corpus, cache, monkeypatch):
+    """W&B fails after two records: the run's checkpoints then hold no W&B run id (the W&B run lacks
+    the records after the failure), so the resumed run starts a new W&B run, which gets the records
+    metrics.jsonl kept and then its own: every record, in order. A session without W&B saves no id
+    either."""
+    from types import SimpleNamespace
+    runs = {"w0": []}
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(teardown=lambda: None))
+    monkeypatch.setattr(runlog, "start_wandb", lambda *a: WandbRun("w0", runs["w0"], fails_after=2))
+    base = ["--max_steps", "6", "--eval_every", "2", "--plot", ""]
+    train.main(args(tmp_path, corpus, cache, *base, "--max_steps", "4"))
+    assert len(runs["w0"]) == 2
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["wandb_id"] is None
+
+    def start_wandb(targs, run_dir, settings, log):
+        run_id = settings["wandb_id"] or f"w{len(runs)}"
+        return WandbRun(run_id, runs.setdefault(run_id, []))
+    monkeypatch.setattr(runlog, "start_wandb", start_wandb)
+    train.main(args(tmp_path, corpus, cache, *base, "--resume"))
+    lines = (tmp_path / "ckpt" / "r" / "metrics.jsonl").read_text().splitlines()
+    records = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
+    logged = [(kind, row["step"]) for row in runs["w1"] for kind in ("train", "val")
+              if any(k.startswith(kind + "/") for k in row)]
+    assert logged == records and records[-1] == ("val", 6) and len(runs) == 2
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["wandb_id"] == "w1"
+    monkeypatch.setattr(runlog, "start_wandb", lambda *a: None)  # a session without W&B: w1 lacks it too
+    train.main(args(tmp_path, corpus, cache, *base, "--resume", "--max_steps", "7"))
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["wandb_id"] is None
+
+
+def test_wandb_failing_to_finish_says_so_not_from_here_on(tmp_path, monkeypatch):
+    """W&B's finish failing at the end of a run: the line says what is true there (the W&B run may
+    lack its last records), not that the run logs to metrics.jsonl only "from here on"."""
+    from types import SimpleNamespace
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(teardown=lambda: None))
+    said = []
+    m = runlog.Metrics(tmp_path, WandbRun("w", [], finish_fails=True), None, log=said.append)
+    m.write({"kind": "train", "step": 1, "lm_loss": 5.0})
+    m.finish()
+    assert said == ["wandb: finishing the W&B run failed (ConnectionResetError: Connection lost); it may "
+                    "lack the last records, which metrics.jsonl holds"]
 
 
 def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):
@@ -785,6 +855,45 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
         else:
             train.run_eval(job, state)
     assert verdicts[-1:] == [0.0]  # the others were told
+
+
+def test_mfu_of_a_window_resumed_with_another_number_of_processes_counts_the_processes_each_step_had(
+        tmp_path, monkeypatch):
+    """A log window saved by 2 processes (2 steps of 1 s) and resumed by 1 (2 steps of 2 s: each step
+    as efficient): its MFU is each step's, 0.3, not 0.4 (the earlier seconds counted at today's one
+    process); tokens/s is its tokens over its 6 busy seconds. An older checkpoint, without the
+    window's process seconds, counts them at today's number of processes."""
+    from types import SimpleNamespace
+
+    import runtime
+    now = [0.0]
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: None)  # the sum over ranks
+    run_dir = tmp_path / "ckpt" / "r"
+    run_dir.mkdir(parents=True)
+    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(0, 2), window=None,
+                          tokens_per_step=100, fpt=6.0, peak=1000.0, train_args=TrainArgs(), run_dir=run_dir,
+                          log=print)
+    job.metrics = runlog.Metrics(run_dir, None, None)
+    out = train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
+    window = train.Window.resume(train.LoopState(), job)
+    for _ in range(2):
+        now[0] += 1.0
+        window.add(out)
+    saved = window.to_checkpoint(job)
+    job.world = runtime.World(0, 1)
+    for older in (False, True):
+        job.window = {k: v for k, v in saved.items() if not (older and k == "process_seconds")}
+        state = train.LoopState(step=2, tokens=200)
+        window = train.Window.resume(state, job)
+        for _ in range(2):
+            now[0] += 2.0
+            window.add(out)
+            state.step, state.tokens = state.step + 1, state.tokens + 100
+        train.log_step(job, state, window, 1e-3, out, SimpleNamespace(set_postfix=lambda **kw: None))
+    new, old = metrics(tmp_path)
+    assert new["mfu"] == pytest.approx(0.3) and new["tokens_per_s"] == pytest.approx(400 / 6)
+    assert old["mfu"] == pytest.approx(0.4)
 
 
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
