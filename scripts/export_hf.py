@@ -56,8 +56,11 @@ def main(argv=None):
     except UserError as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("export_hf.py: interrupted; the files already written are complete", file=sys.stderr)
+    except KeyboardInterrupt:  # (it said "the files already written are complete", of a folder without
+        # config.json, or a checkpoint without its tokenizer.json, and the next run refused them)
+        what = "import" if args.do_import else "export"
+        print(f"export_hf.py: interrupted; {args.dest} may hold part of this {what}: run the command again, "
+              "with --force if it refuses", file=sys.stderr)
         sys.exit(130)
 
 

@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
 import storage  # noqa: E402
-from errors import run_script  # noqa: E402
+from errors import UserError, first_line, run_script  # noqa: E402
 
 PARTS = {"model": ["bench_model.json"], "sample": ["bench_sample.json", "bench_sample_fp32.json"],
          "train": ["train.json"]}  # each part's files under --out, in the order the parts run
@@ -390,6 +390,38 @@ def write_summary(out: Path) -> None:
     storage.atomic_write(out / "gpu.md", markdown(out).encode(), "pick another --out")
 
 
+def render(out: Path) -> Path:
+    """--render: gpu.md from the JSON a check left in `out`, its failures named (exit 1). A file that
+    is not a check's JSON is a one-line error, and gpu.md is left as it was."""
+    names = [name for files in PARTS.values() for name in files]
+    if not out.is_dir():  # (it said it could not write gpu.md there)
+        raise UserError(f"--render: {out} does not exist; pass --out the folder a check wrote its JSON to")
+    if not any((out / name).is_file() for name in names):  # (it wrote an empty gpu.md, exit 0)
+        raise UserError(f"--render: {out} holds none of {', '.join(names)}; pass --out the folder a "
+                        "check wrote them to")
+    try:
+        for name in names:
+            if (out / name).is_file() and not isinstance(json.loads((out / name).read_text()), dict):
+                raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:  # (a copy cut short was a JSONDecodeError traceback)
+        raise UserError(f"--render: {out / name} is not a check's JSON ({first_line(e)}); copy it again "
+                        "from the check, or run that part again") from None
+    try:
+        for name in ["bench_model.json", "bench_sample.json", "bench_sample_fp32.json"]:
+            FAILED.extend(failed_variants(out / name))
+        if (out / "train.json").exists():
+            FAILED.extend(train_fallbacks(json.loads((out / "train.json").read_text()), exits=True))
+        md = markdown(out)
+    except (KeyError, TypeError, AttributeError) as e:  # (JSON of another program, or of an older check)
+        raise UserError(f"--render: the JSON in {out} is not what this gpu_check.py writes "
+                        f"({first_line(e)}); run those parts again") from None
+    storage.atomic_write(out / "gpu.md", md.encode(), "pick another --out")
+    print(md)
+    if FAILED:
+        sys.exit(f"gpu_check: error: {', '.join(FAILED)} failed")
+    return out
+
+
 def main(argv=None):
     start = time.monotonic()  # (before parse, which may import torch: the deadline counts it)
     opts, out = parse(argv)
@@ -397,15 +429,7 @@ def main(argv=None):
     opts.until = None if opts.deadline is None else start + opts.deadline
     FAILED.clear()
     if opts.render:
-        for name in ["bench_model.json", "bench_sample.json", "bench_sample_fp32.json"]:
-            FAILED.extend(failed_variants(out / name))
-        if (out / "train.json").exists():
-            FAILED.extend(train_fallbacks(json.loads((out / "train.json").read_text()), exits=True))
-        write_summary(out)
-        print((out / "gpu.md").read_text())
-        if FAILED:
-            sys.exit(f"gpu_check: error: {', '.join(FAILED)} failed")
-        return out
+        return render(out)
     storage.make_folder(out, "pick another --out")
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept

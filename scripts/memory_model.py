@@ -86,6 +86,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_out(p, out: str | None) -> None:
+    """A one-line error, before any work, for an --out that would not keep the JSON."""
+    if out == "-":  # (it wrote a file named -)
+        p.error("--out -: the table already goes to standard output; --out names the JSON file to write "
+                "(its .md beside it), e.g. --out memory.json")
+    if out is not None and Path(out).suffix.lower() == ".md":  # (the table beside it replaced the JSON)
+        p.error(f"--out {out}: the table is written beside the JSON as {Path(out).with_suffix('.md').name}; "
+                f"name the JSON file, e.g. --out {Path(out).with_suffix('.json')}")
+    if out is not None and Path(out).is_dir():  # (found only after the work)
+        p.error(f"--out {out} is a folder; name the JSON file, e.g. --out {Path(out) / 'memory_model.json'}")
+
+
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS), help="model shape")
@@ -108,7 +120,6 @@ def main(argv=None):
         if flag.startswith("--") and flag not in model_options:
             p.error(p.unknown([flag], model_options))
     _, (model_args,) = config.parse_args([ModelArgs], ["--preset", opts.preset, *overrides], prog=p.prog)
-    out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json", extra=overrides)
     variants = opts.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "moe" not in variants:
@@ -116,6 +127,8 @@ def main(argv=None):
         p.error(f"--variants: {what}; choose from {', '.join(VARIANTS)}, "
                 "moe included (the ratios are to it)")
     batches = p.counts("--batches", opts.batches)
+    check_out(p, opts.out)  # (before the results_path line: an error is the one line printed)
+    out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json", extra=overrides)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     base = config.to_dict(model_args)
     dtype = getattr(torch, opts.dtype)

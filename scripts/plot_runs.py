@@ -16,7 +16,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config  # noqa: E402
 import runlog  # noqa: E402
-from errors import UserError  # noqa: E402
+from errors import UserError, run_script  # noqa: E402
+
+
+def check_out(p, out: str) -> None:
+    """A one-line error, before any work, for an --out that cannot be an image file."""
+    if out == "-":  # (it wrote an image file named -)
+        p.error("--out -: the plot is an image file, not text for standard output; name it, "
+                "e.g. --out compare.png")
+    if Path(out).is_dir():
+        p.error(f"--out {out} is a folder; name the image file, e.g. --out {Path(out) / 'compare.png'}")
+    folder = Path(out).parent  # the nearest folder that exists must be one (a file there was errno 17)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        p.error(f"--out {out}: {folder} is a file, not a folder; pick another --out")
 
 
 def main(argv=None):
@@ -27,15 +41,17 @@ def main(argv=None):
     p.add_argument("--x", choices=list(runlog.X_LABELS), default="tokens")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    check_out(p, args.out)
     try:
-        print(runlog.plot_runs(args.runs, args.out, args.x, args.title,
-                               warn=lambda m: print(f"plot_runs.py: warning: {m}", file=sys.stderr)))
+        out = runlog.plot_runs(args.runs, args.out, args.x, args.title,
+                               warn=lambda m: print(f"plot_runs.py: warning: {m}", file=sys.stderr))
     except KeyError as e:  # a record without a field every train.py record has
         sys.exit(f"plot_runs.py: error: a metrics.jsonl record has no {e} field; pass run folders that "
                  "this project's train.py wrote")
     except (OSError, ValueError, UserError) as e:  # a bad metrics.jsonl line, a full disk ...
         sys.exit(f"plot_runs.py: error: {e}")
+    print(out)  # (outside the try: a closed pipe is run_script's quiet 141, not an error)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "plot_runs.py")

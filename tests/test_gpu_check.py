@@ -299,14 +299,12 @@ def test_make_gpu_check_writes_where_the_device_tool_collects(tmp_path):
 
 
 def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
-    """--out under a file (or on a read-only disk) was a traceback; --render into a folder that is
-    not there too."""
+    """--out under a file (or on a read-only disk) was a traceback."""
     from errors import run_script
     (tmp_path / "a_file").write_text("")
-    bad, none = tmp_path / "a_file" / "gpu", tmp_path / "none"
+    bad = tmp_path / "a_file" / "gpu"
     for argv, message in [(["--quick", "--device", "cpu", "--out", str(bad)],
-                           f"cannot create the folder {bad}"),
-                          (["--render", "--out", str(none)], f"cannot write {none}")]:
+                           f"cannot create the folder {bad}")]:
         with pytest.raises(SystemExit) as e:
             run_script(lambda argv=argv: gpu_check.main(argv), "gpu_check.py")
         err = capsys.readouterr().err.strip().splitlines()
@@ -350,3 +348,35 @@ def test_a_small_train_budget_is_passed_on_unrounded(tmp_path, monkeypatch):
                     "--minutes", "0.004", "--work", str(tmp_path / "work")])
     train = ran[0]
     assert train[train.index("--max_minutes") + 1] == "0.004"
+
+
+@pytest.mark.parametrize("files, message", [
+    (None, "--render: {out} does not exist; pass --out the folder a check wrote its JSON to"),
+    ({}, "--render: {out} holds none of bench_model.json, bench_sample.json, bench_sample_fp32.json, "
+         "train.json; pass --out"),
+    ({"bench_model.json": '{"batches": {"32": '}, "--render: {out}/bench_model.json is not a check's JSON "
+                                                  "(JSONDecodeError: "),
+    ({"train.json": "[]"}, "--render: {out}/train.json is not a check's JSON "
+                           "(ValueError: not a JSON object)"),
+    ({"bench_sample.json": "{}"}, "--render: the JSON in {out} is not what this gpu_check.py writes "
+                                  "(KeyError: 'results'); run those parts again"),
+    ({"train.json": '{"steps": 3}'}, "--render: the JSON in {out} is not what this gpu_check.py writes "
+                                     "(KeyError: 'argv')"),
+])
+def test_render_of_missing_or_partial_results_is_one_line_and_keeps_gpu_md(tmp_path, capsys, files, message):
+    """--render on a folder that is not there said it could not write gpu.md there; on a folder without
+    results it wrote an empty gpu.md and exited 0; a JSON file cut short (a copy that stopped) or of
+    another shape was a traceback. Now one line, exit 1, and gpu.md as it was."""
+    from errors import run_script
+    out = tmp_path / "gpu"
+    if files is not None:
+        out.mkdir()
+        (out / "gpu.md").write_text("the last good one\n")
+        for name, text in files.items():
+            (out / name).write_text(text)
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: gpu_check.main(["--render", "--out", str(out)]), "gpu_check.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith("gpu_check.py: error: " + message.format(out=out)), err
+    assert files is None or (out / "gpu.md").read_text() == "the last good one\n"

@@ -106,3 +106,30 @@ def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():
                  for cuda in (False, True))
     norms = 2 * args.n_layers + 1  # before attention and the feed-forward in each block, and the last
     assert cpu - cuda == norms * batch * args.max_seq_len * args.dim * 4
+
+
+@pytest.mark.parametrize("out, message", [
+    ("-", "--out -: the table already goes to standard output; --out names the JSON file to write"),
+    ("m.md", "--out m.md: the table is written beside the JSON as m.md; name the JSON file, "
+             "e.g. --out m.json"),
+    ("folder", "--out folder is a folder; name the JSON file, e.g. --out folder/memory_model.json"),
+])
+def test_an_out_that_would_not_keep_the_json_is_refused_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                        out, message):
+    """`--out -` wrote a file named `-`; `--out m.md` wrote the JSON there, then the table over it; a
+    folder failed after the work. Now one line, exit 2, before any work, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit) as e:
+        memory_model.main(["--preset", "debug", "--batches", "1", "--variants", "moe", "--out", out])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"] and not list((tmp_path / "folder").iterdir())
+
+
+def test_a_bad_option_is_the_only_line_printed(tmp_path, capsys):
+    """A bad --batches came after the line that the results would not be written to img/: two lines."""
+    with pytest.raises(SystemExit) as e:
+        memory_model.main(["--preset", "debug", "--batches", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--batches 0: give whole numbers" in err, err

@@ -1,0 +1,86 @@
+"""The smaller scripts as a user runs them: scripts/plot_runs.py's output closed early and its
+--out checked before any work; scripts/export_hf.py's Ctrl-C. Run folders are written by hand
+(metrics.jsonl records as train.py writes them), so no model is trained here."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from scripts import export_hf, plot_runs
+
+
+def fake_run(path):
+    """A run folder with the metrics.jsonl fields plot_runs reads."""
+    path.mkdir(parents=True)
+    records = [{"kind": "train", "step": s, "tokens": 256 * s, "minutes": s / 60, "lm_loss": 6 - s / 10}
+               for s in (5, 10)]
+    records.append({"kind": "val", "step": 10, "tokens": 2560, "minutes": 1 / 6, "nats_per_token": 5.5,
+                    "bits_per_byte": 3.2, "val_bytes": 1000})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_plot_runs_output_closed_early_ends_quietly(tmp_path):
+    """plot_runs.py ... | head -0: the closed pipe was caught as an OSError and reported as
+    `plot_runs.py: error: [Errno 32] Broken pipe`, exit 1; now quiet, exit 141 (errors.run_script)."""
+    run = fake_run(tmp_path / "r1")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that is gone before the first write
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_runs.py"), str(run), "--out",
+                               str(tmp_path / "p.png")], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=300)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+    assert (tmp_path / "p.png").exists()  # the plot was written before the path was printed
+
+
+@pytest.mark.parametrize("out, message", [
+    ("-", "--out -: the plot is an image file, not text for standard output"),
+    ("folder", "--out {tmp}/folder is a folder; name the image file, e.g. --out {tmp}/folder/compare.png"),
+    ("a_file/x.png", "--out {tmp}/a_file/x.png: {tmp}/a_file is a file, not a folder; pick another --out"),
+    ("a_file/b/x.png", "--out {tmp}/a_file/b/x.png: {tmp}/a_file is a file, not a folder"),
+])
+def test_plot_runs_refuses_an_out_that_cannot_be_an_image_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                          out, message):
+    """`--out -` wrote a PNG file named `-`; a folder was found only after the plot was drawn; a file
+    in the way of the folder was `[Errno 17] File exists: ...`. Now one line, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    run = fake_run(tmp_path / "r1")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    out = out if out == "-" else str(tmp_path / out)
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run), "--out", out])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.split(": error: ", 1)[1].startswith(message.format(tmp=tmp_path)), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folder", "r1"]
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+@pytest.mark.parametrize("do_import", [False, True])
+def test_export_hf_interrupted_says_the_destination_may_be_unfinished(tmp_path, monkeypatch, capsys,
+                                                                       do_import):
+    """Ctrl-C during an export said "the files already written are complete", of a folder with
+    model.safetensors and no config.json (written last) that the next run refused without --force.
+    Now: the destination may hold part of it; run again, with --force if refused. Exit 130."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export_hf.checkpoint, "import_hf", interrupted)
+    monkeypatch.setattr(export_hf.checkpoint, "export_hf", interrupted)
+    monkeypatch.setattr(export_hf.checkpoint, "find_checkpoint", lambda source: tmp_path / "run" / "last.pt")
+    monkeypatch.setattr(export_hf.checkpoint, "load_model", lambda path: (None, {}))
+    dest = tmp_path / "dest"
+    with pytest.raises(SystemExit) as e:
+        export_hf.main([*(["--import"] if do_import else []), str(tmp_path / "src"), str(dest)])
+    err = capsys.readouterr().err
+    what = "import" if do_import else "export"
+    assert e.value.code == 130 and err.count("\n") == 1
+    assert err == (f"export_hf.py: interrupted; {dest} may hold part of this {what}: run the command again, "
+                   "with --force if it refuses\n")
