@@ -54,6 +54,15 @@ def _check_utf8(name, text, fix):
                           f"line); {fix}") from None
 
 
+def _divisors(n: int, near: int, ok=lambda d: True, count=6) -> str:
+    """The fix for a count that must divide n: up to `count` divisors d of n with ok(d), those
+    nearest `near`, as "a, b or c" ("" when none is ok)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    chosen = sorted(d for d in {*small, *(n // d for d in small)} if ok(d))
+    chosen = sorted(sorted(chosen, key=lambda d: abs(d - near))[:count])
+    return " or ".join(filter(None, [", ".join(map(str, chosen[:-1])), *map(str, chosen[-1:])]))
+
+
 def _check_choices(obj):
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
@@ -182,44 +191,71 @@ class ModelArgs:
             _check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         for name in ["router_aux_loss_coef", "router_z_loss_coef", "attn_scale"]:
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        _check(self.dim % self.n_heads == 0, "n_heads",
-               f"{self.n_heads} heads do not divide dim={self.dim}; pick a divisor of {self.dim}")
-        _check(self.head_dim % 2 == 0, "n_heads",
-               f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE")
+        if self.dim % self.n_heads or self.head_dim % 2:
+            def even(d):  # n_heads = d gives an even head_dim
+                return self.dim // d % 2 == 0
+            heads = (_divisors(self.dim, self.n_heads, lambda d: even(d) and d % self.n_kv_heads == 0)
+                     or _divisors(self.dim, self.n_heads, even))
+            fix = f"pick --n_heads {heads}" if heads else "use an even --dim"
+            _check(self.dim % self.n_heads == 0, "n_heads",
+                   f"{self.n_heads} heads do not divide dim={self.dim}; {fix}")
+            _check(False, "n_heads", f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE; "
+                   f"{fix}")
         _check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
-               f"{self.n_kv_heads} kv heads do not divide n_heads={self.n_heads}")
+               f"{self.n_kv_heads} kv heads do not divide n_heads={self.n_heads}; pick --n_kv_heads "
+               f"{_divisors(self.n_heads, self.n_kv_heads)}")
         _check(self.top_k <= self.n_experts, "top_k",
-               f"top_k={self.top_k} is larger than n_experts={self.n_experts}")
+               f"top_k={self.top_k} is larger than n_experts={self.n_experts}; lower --top_k to at most "
+               f"{self.n_experts}, or raise --n_experts")
         _check(self.rope_high_freq_factor >= self.rope_low_freq_factor, "rope_high_freq_factor",
-               "must be at least rope_low_freq_factor")
+               f"{self.rope_high_freq_factor:g} is below rope_low_freq_factor={self.rope_low_freq_factor:g}; "
+               "raise it or lower --rope_low_freq_factor")
+        self._check_special_ids()
+        if self.vision:
+            self._check_vision()
+
+    def _check_special_ids(self):
         ids = {n: getattr(self, n) for n in SPECIAL_TOKENS}
         for name, value in ids.items():
             _check(0 <= value < self.vocab_size, name,
-                   f"token id {value} is outside the vocabulary [0, {self.vocab_size})")
-        _check(len(set(ids.values())) == len(ids), "eos_id", f"special token ids collide: {ids}")
-        if self.vision:
-            for name in ["vision_dim", "vision_layers", "vision_heads", "image_size", "patch_size",
-                         "projector_input_dim", "projector_output_dim"]:
-                _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+                   f"token id {value} is outside the vocabulary [0, {self.vocab_size}); give an id below "
+                   f"{self.vocab_size}, or a --vocab_size above {value}")
+        for name, value in ids.items():
+            first = next(n for n, v in ids.items() if v == value)
+            _check(first == name, first, f"{value} is also --{name}'s id; give each special token an id of "
+                   "its own")
+
+    def _check_vision(self):
+        for name in ["vision_dim", "vision_layers", "vision_heads", "image_size", "patch_size",
+                     "projector_input_dim", "projector_output_dim"]:
+            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+            _check(getattr(self, name) < 2**31, name, f"must be below 2^31, got {getattr(self, name)}")
+        if self.vision_dim % self.vision_heads or self.vision_dim // self.vision_heads % 4:
+            heads = _divisors(self.vision_dim, self.vision_heads, lambda d: self.vision_dim // d % 4 == 0)
+            fix = f"pick --vision_heads {heads}" if heads else "use a --vision_dim that is a multiple of 4"
             _check(self.vision_dim % self.vision_heads == 0, "vision_heads",
-                   f"{self.vision_heads} heads do not divide vision_dim={self.vision_dim}")
-            _check((self.vision_dim // self.vision_heads) % 4 == 0, "vision_heads",
-                   "vision head dim must be a multiple of 4 for the 2D RoPE")
-            _check(self.image_size % self.patch_size == 0, "image_size",
-                   f"{self.image_size} is not a multiple of patch_size={self.patch_size}")
-            grid = self.image_size // self.patch_size
-            shuffled = grid * self.pixel_shuffle_ratio
-            _check(shuffled == int(shuffled) and shuffled >= 1, "pixel_shuffle_ratio",
-                   f"the {grid}x{grid} patch grid cannot be shuffled by {self.pixel_shuffle_ratio}")
-            merge = 1 / self.pixel_shuffle_ratio  # patches merged along each side
-            _check(self.pixel_shuffle_ratio <= 1 and abs(merge - round(merge)) < 1e-9, "pixel_shuffle_ratio",
-                   f"{self.pixel_shuffle_ratio} must be 1 / n for a whole n (1, 0.5, 0.25, ...)")
-            _check(self.projector_input_dim == self.projector_output_dim, "projector_input_dim",
-                   f"{self.projector_input_dim} must equal projector_output_dim="
-                   f"{self.projector_output_dim} (Llama 4's adapter feeds one into the other)")
-            _check(self.vision_mlp_dim == round(self.vision_dim / self.pixel_shuffle_ratio**2),
-                   "vision_mlp_dim", "must equal vision_dim / pixel_shuffle_ratio^2 "
-                   f"= {round(self.vision_dim / self.pixel_shuffle_ratio**2)} (Llama 4 shares it)")
+                   f"{self.vision_heads} heads do not divide vision_dim={self.vision_dim}; {fix}")
+            _check(False, "vision_heads", "vision head dim = vision_dim / vision_heads = "
+                   f"{self.vision_dim // self.vision_heads} must be a multiple of 4 for the 2D RoPE; {fix}")
+        below = self.image_size // self.patch_size * self.patch_size
+        _check(self.image_size % self.patch_size == 0, "image_size",
+               f"{self.image_size} is not a multiple of patch_size={self.patch_size}; use "
+               + (f"{below} or {below + self.patch_size}" if below else f"{self.patch_size}"))
+        grid = self.image_size // self.patch_size
+        shuffled = grid * self.pixel_shuffle_ratio
+        ratios = ", ".join(f"{1 / d:g}" for d in range(1, min(grid, 8) + 1) if grid % d == 0)
+        _check(shuffled == int(shuffled) and shuffled >= 1, "pixel_shuffle_ratio",
+               f"the {grid}x{grid} patch grid cannot be shuffled by {self.pixel_shuffle_ratio}; use one of "
+               f"{ratios} (1 / n for an n that divides {grid}), or change --image_size / --patch_size")
+        merge = 1 / self.pixel_shuffle_ratio  # patches merged along each side
+        _check(self.pixel_shuffle_ratio <= 1 and abs(merge - round(merge)) < 1e-9, "pixel_shuffle_ratio",
+               f"{self.pixel_shuffle_ratio} must be 1 / n for a whole n (1, 0.5, 0.25, ...)")
+        _check(self.projector_input_dim == self.projector_output_dim, "projector_input_dim",
+               f"{self.projector_input_dim} must equal projector_output_dim="
+               f"{self.projector_output_dim} (Llama 4's adapter feeds one into the other)")
+        _check(self.vision_mlp_dim == round(self.vision_dim / self.pixel_shuffle_ratio**2),
+               "vision_mlp_dim", "must equal vision_dim / pixel_shuffle_ratio^2 "
+               f"= {round(self.vision_dim / self.pixel_shuffle_ratio**2)} (Llama 4 shares it)")
 
 
 # Special-token fields, in the order the tokenizer reserves them (ids 0, 1, 2, ...).
@@ -522,6 +558,15 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}{hint}")
 
 
+def _whole_number(text: str) -> int | None:
+    """The integer a number written as a float stands for (256.0, 1e4), or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and abs(value) < 2**53 else None
+
+
 def _typed(kind):
     names = {int: "an integer", float: "a number", str: "text"}
 
@@ -529,7 +574,9 @@ def _typed(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {names[kind]}, got {text!r}") from None
+            whole = _whole_number(text) if kind is int else None  # --dim 256.0, --max_steps 1e4
+            hint = f"; write {whole}" if whole is not None else ""
+            raise argparse.ArgumentTypeError(f"expected {names[kind]}, got {text!r}{hint}") from None
         if kind is float and not math.isfinite(value):  # inf passes every range check
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         return value

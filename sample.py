@@ -39,6 +39,8 @@ How this departs from the obvious version:
   Errors are one line (exit status 2 for a bad option, 1 otherwise, 130 on Ctrl-C, 141 when the
   output is closed early, as by `| head`). Prompt text may not hold image tokens (--image adds
   the image).
+- Prompts are encoded as training encodes a story (Tokenizer.encode_docs): "<|endoftext|>" typed
+  in a prompt is text, as inside a story of the training text, not a story break.
 """
 
 import errno
@@ -48,13 +50,15 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from errors import UserError, first_line  # first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 import torch
 
 import checkpoint
 import config
 import runtime
 from config import SampleArgs
-from errors import UserError, first_line
 from model import KVCache, Llama4, MoE, grouped_mm_supported
 from tokenizer import Tokenizer
 
@@ -316,7 +320,7 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
         model, where = checkpoint.load_hf(sample_args.hf, device), Path(sample_args.hf)
         tok_file, ckpt = where / "tokenizer.json", None
     else:
-        where = checkpoint.find_checkpoint(sample_args.ckpt)
+        where = checkpoint.find_checkpoint(sample_args.ckpt, option="--ckpt ")
         model, ckpt = checkpoint.load_model(where, device)
         tok_file = where.parent / "tokenizer.json"
     if not tok_file.exists():
@@ -399,19 +403,23 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     the context) is cut from the left, with a warning."""
     texts = list(sample_args.prompt)
     if sample_args.prompt_file:
+        stdin = sample_args.prompt_file == "-"
         try:
             text = read_prompt_file(sample_args.prompt_file)
             # \r\n and \r are "\n" by now; str.splitlines would also split on \f, \u2028, ...
             lines = [ln for ln in text.split("\n") if ln.strip()]
         except OSError as e:
-            raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}; pass a text file with "
-                              "one prompt per line, or - for standard input") from e
+            fix = ("pipe the prompts into it, one per line, or pass a text file" if stdin else
+                   "pass a text file with one prompt per line, or - for standard input")
+            raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}; {fix}") from e
         except UnicodeDecodeError as e:
             raise SampleError(f"--prompt_file {sample_args.prompt_file}: not UTF-8 text (byte {e.start}); "
                               "save it as UTF-8") from e
         if not lines:
-            raise SampleError(f"--prompt_file {sample_args.prompt_file} holds no prompt (every line is "
-                              "blank); write one prompt per line, or leave it out for a story from nothing")
+            where, fix = (("standard input was empty or blank", "pipe the prompts in") if stdin else
+                          ("every line is blank", "write the prompts"))
+            raise SampleError(f"--prompt_file {sample_args.prompt_file} holds no prompt ({where}); {fix}, "
+                              "one per line, or leave --prompt_file out for a story from nothing")
         texts += lines
     texts = texts or [""]
     keep = args.max_seq_len - min(sample_args.max_new_tokens, args.max_seq_len // 2)
@@ -422,11 +430,12 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     if len(prefix) > args.max_seq_len - 1:
         raise SampleError(f"the image alone is {len(prefix)} tokens, more than the context allows "
                           f"({args.max_seq_len - 1})")
-    image_ids = set(image_prompt(args))
+    image_tokens = [config.SPECIAL_TOKENS[n] for n in ["image_start_id", "image_id", "patch_id",
+                                                       "image_end_id"]]
     out = []
-    for text in texts:
-        ids = tok.encode(text)
-        if image_ids & set(ids):  # the tokenizer reads "<|patch|>" in text as the special token
+    # encoded as training encodes a story: "<|endoftext|>" typed in a prompt is text, not a story break
+    for text, ids in zip(texts, tok.encode_docs(texts), strict=True):
+        if any(t in text for t in image_tokens):  # (text to the model too; the user meant an image)
             raise SampleError(f"the prompt {text[:40]!r} holds an image token (<|image_start|>, <|image|>, "
                               "<|patch|> or <|image_end|>); remove it (--image puts an image in)")
         n, whole = len(prefix) + len(ids), prefix + ids

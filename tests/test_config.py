@@ -107,9 +107,27 @@ BAD = [
     (["--qk_norm", "maybe"], "--qk_norm: expected true or false"),
     (["--eval_only", "checkpoints/r"],
      "expected true or false, got 'checkpoints/r'; this flag takes no path: name a checkpoint with --resume"),
-    (["--n_heads", "7"], "--n_heads: 7 heads do not divide dim=512"),
-    (["--n_kv_heads", "3"], "--n_kv_heads: 3 kv heads do not divide n_heads=8"),
-    (["--top_k", "17"], "--top_k: top_k=17 is larger than n_experts=16"),
+    # each names its fix (they named none, or a divisor of dim that gave an odd head_dim)
+    (["--n_heads", "7"], "--n_heads: 7 heads do not divide dim=512; pick --n_heads 2, 4, 8, 16, 32 or 64"),
+    (["--dim", "24", "--n_heads", "8"],
+     "--n_heads: head_dim = dim / n_heads = 3 must be even for RoPE; pick --n_heads 2, 4, 6 or 12"),
+    (["--dim", "25", "--n_heads", "5"],
+     "head_dim = dim / n_heads = 5 must be even for RoPE; use an even --dim"),
+    (["--n_kv_heads", "3"],
+     "--n_kv_heads: 3 kv heads do not divide n_heads=8; pick --n_kv_heads 1, 2, 4 or 8"),
+    (["--top_k", "17"],
+     "--top_k: top_k=17 is larger than n_experts=16; lower --top_k to at most 16, or raise --n_experts"),
+    (["--rope_low_freq_factor", "4", "--rope_high_freq_factor", "2"],
+     "--rope_high_freq_factor: 2 is below rope_low_freq_factor=4; raise it or lower --rope_low_freq_factor"),
+    (["--eos_id", "40000"], "--eos_id: token id 40000 is outside the vocabulary [0, 32768); give an id below "
+                            "32768, or a --vocab_size above 40000"),
+    (["--eos_id", "1"], "--eos_id: 1 is also --pad_id's id; give each special token an id of its own"),
+    (["--vision", "--vision_heads", "64"], "--vision_heads: vision head dim = vision_dim / vision_heads = 2 "
+     "must be a multiple of 4 for the 2D RoPE; pick --vision_heads 1, 2, 4, 8, 16 or 32"),
+    (["--vision", "--pixel_shuffle_ratio", "0.3"], "--pixel_shuffle_ratio: the 8x8 patch grid cannot be "
+     "shuffled by 0.3; use one of 1, 0.5, 0.25, 0.125 (1 / n for an n that divides 8)"),
+    (["--dim", "256.0"], "--dim: expected an integer, got '256.0'; write 256"),  # (a float typed for an int)
+    (["--max_steps", "1e4"], "--max_steps: expected an integer, got '1e4'; write 10000"),
     (["--lr", "-0.1"], "--lr: must be >= 0"),
     (["--lr", "inf"], "--lr: expected a finite number, got 'inf'"),
     (["--max_minutes", "Infinity"], "--max_minutes: expected a finite number"),
@@ -124,12 +142,15 @@ BAD = [
     (["--rope_scaling", "yarn"], "--rope_scaling: invalid choice"),
     (["--preset", "huge"], "--preset: invalid choice"),
     (["--vocab_size", "4"], "token id"),
-    (["--vision", "--image_size", "100"], "--image_size: 100 is not a multiple of patch_size"),
+    (["--vision", "--image_size", "100"],
+     "--image_size: 100 is not a multiple of patch_size=14; use 98 or 112"),
     # settings the forward pass would divide by, or that give NaN, refused before any work
     (["--rope_scaling", "llama3", "--rope_low_freq_factor", "0"], "--rope_low_freq_factor: must be positive"),
     (["--rope_original_max_seq_len", "0"], "--rope_original_max_seq_len: must be at least 1"),
     (["--vocab_size", str(2**63)], "--vocab_size: must be below 2^31"),  # (a torch traceback)
     (["--vision", "--vision_rope_theta", "0"], "--vision_rope_theta: must be positive"),
+    (["--vision", "--image_size", str(2**40), "--patch_size", "1"],  # (passed: a 2^40 x 2^40 patch grid)
+     "--image_size: must be below 2^31"),
     (["--vision", "--pixel_shuffle_ratio", "0.75", "--image_size", "56", "--vision_mlp_dim", "228"],
      "--pixel_shuffle_ratio: 0.75 must be 1 / n for a whole n"),
     (["--vision", "--pixel_shuffle_ratio", "2", "--vision_mlp_dim", "32"],

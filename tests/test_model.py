@@ -463,6 +463,25 @@ def test_fused_loss_without_gradients_does_no_gradient_work(monkeypatch):
     assert counts == [9, 27]
 
 
+@pytest.mark.parametrize("overrides", [
+    dict(n_experts=1),  # one routed expert (and the shared one)
+    dict(moe_every=9, nope_every=9),  # above n_layers: dense, RoPE on every layer
+    dict(nope_every=1, top_k=4),  # NoPE on every layer; every expert for every token
+    dict(max_seq_len=21, attn_chunk_size=8),  # a context that ends in a partial chunk
+    dict(max_seq_len=3, attn_chunk_size=1, attn_floor_scale=1),
+    dict(dim=68, n_heads=2, n_kv_heads=1, expert_dim=100, mlp_dim=36),  # widths not 16-byte rows
+])
+def test_odd_valid_shapes_train(overrides):
+    """Settings config.py accepts but no preset has: a training step's loss and gradients are finite."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args(**overrides)).train()
+    T = model.args.max_seq_len
+    out = model(torch.randint(0, V, (2, T)), torch.randint(0, V, (2, T)))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 # --- activation checkpointing ---------------------------------------------------------------
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():

@@ -370,7 +370,8 @@ def stub_prompts(prompt: str, new: int, **model):
     """prompts_from on a debug model (context 64) with a tokenizer that reads words as ids 20, 21, ..."""
     from types import SimpleNamespace
     args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], **model})
-    tok = SimpleNamespace(encode=lambda text: [20 + i for i, _ in enumerate(text.split())])
+    tok = SimpleNamespace(encode_docs=lambda texts: [[20 + i for i, _ in enumerate(t.split())]
+                                                     for t in texts])
     warnings = []
     image = "x.png" if model.get("vision") else ""
     (ids,) = sample.prompts_from(SampleArgs(prompt=[prompt], image=image, max_new_tokens=new), tok, args,
@@ -881,6 +882,34 @@ def test_prompt_file_dash_reads_standard_input(run_dir, monkeypatch, capsys):
     sample.main(["--ckpt", str(run_dir), "--greedy", "--max_new_tokens", "2", "--prompt_file", "-"])
     out = capsys.readouterr().out
     assert "sample 2 of 2 " in out and "\nonce upon" in out and "\nthe dog" in out
+
+
+@pytest.mark.parametrize("stdin, want", [
+    (None, "--prompt_file -: standard input is closed; pipe the prompts into it, one per line, or pass "
+           "a text file"),
+    ("\n \n", "--prompt_file - holds no prompt (standard input was empty or blank); pipe the prompts in, "
+             "one per line, or leave --prompt_file out")])
+def test_prompt_file_dash_with_nothing_on_standard_input_names_the_fix(monkeypatch, stdin, want):
+    """The fix for a closed standard input was "..., or - for standard input", which is what was given."""
+    import io
+    import sys
+    monkeypatch.setattr(sys, "stdin", stdin and io.TextIOWrapper(io.BytesIO(stdin.encode())))
+    args = config.ModelArgs(**config.PRESETS["debug"]["ModelArgs"])
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompts_from(SampleArgs(prompt_file="-"), None, args, print)
+    assert str(e.value).startswith(want) and "- for standard input" not in str(e.value)
+
+
+def test_endoftext_typed_in_a_prompt_is_text_as_inside_a_training_story():
+    """Training encodes a story's text with special-token strings as text (Tokenizer.encode_docs); a
+    prompt's "<|endoftext|>" became the special token, a story break the model never saw there."""
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train(["once upon a time there was a dog. the end."] * 20, vocab_size=280)
+    args = config.ModelArgs(**config.PRESETS["debug"]["ModelArgs"])
+    text = "the end.<|endoftext|>once upon a time"
+    (ids,) = sample.prompts_from(SampleArgs(prompt=[text], max_new_tokens=3), tok, args, print)
+    assert ids == [args.eos_id, *tok.encode_docs([text])[0]]
+    assert args.eos_id not in ids[1:] and tok.decode(ids[1:]) == text
 
 
 def test_a_missing_prompt_file_names_the_fix(run_dir, tmp_path, capsys):
