@@ -2,6 +2,7 @@
 sample.py and scripts/export_hf.py alike.
 
     find_checkpoint(path_or_run)     a .pt file from a file, a run folder, a run name, or the newest run
+    run_folders(out_dir)             the run folders under an --out_dir, the one written to last first
     load_checkpoint / save_checkpoint   torch.load(weights_only=True) / an atomic torch.save
     check_tokenizer                  a tokenizer.json is the one a checkpoint was trained with
     load_model / save_model_only     a checkpoint <-> a model in eval mode (weights and settings only)
@@ -55,13 +56,46 @@ def latest_run(out_dir) -> Path:
     return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
 
 
+RUN_FILES = ("last.pt", "best.pt", "train.json", "run.lock")  # one of them makes a folder a run's
+
+
+def run_folders(out_dir) -> list[Path]:
+    """The run folders under out_dir (with a checkpoint, or train.py's first files), the one written
+    to last first."""
+    runs = [p for p in Path(out_dir).glob("*") if any((p / name).exists() for name in RUN_FILES)]
+    return sorted(runs, key=_written, reverse=True)
+
+
+def _written(folder: Path) -> float:
+    """When a file in `folder` was last written (0 for a folder that cannot be read; a file gone
+    meanwhile, a save's temporary renamed, is skipped)."""
+    times = []
+    try:
+        for f in folder.iterdir():
+            try:
+                times.append(f.stat().st_mtime)
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return max(times, default=0.0)
+
+
+def named_runs(runs: list[Path], most: int = 5) -> str:
+    """Up to `most` run names, and how many more there are."""
+    more = f" and {len(runs) - most} more" if len(runs) > most else ""
+    return ", ".join(p.name for p in runs[:most]) + more
+
+
 NOT_SAVED_FIX = "pass another run folder or a .pt file, or train this run again"
 
 
-def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str = NOT_SAVED_FIX) -> Path:
+def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str = NOT_SAVED_FIX,
+                    option: str = "") -> Path:
     """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run). A run
     folder its run made but wrote no checkpoint into (stopped before its first save, or still
-    before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising `not_saved_fix`."""
+    before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising `not_saved_fix`;
+    so is a folder of runs (an --out_dir), advising `option` (e.g. "--ckpt ") and its newest run."""
     p = Path(path_or_run) if path_or_run else latest_run(out_dir)
     if not p.exists() and (Path(out_dir) / path_or_run).exists():
         p = Path(out_dir) / path_or_run
@@ -73,6 +107,10 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str 
             if any((p / name).exists() for name in ("run.lock", "train.json")):  # train.py's first files
                 raise ConfigError(f"{p} holds no checkpoint yet (its run stopped before its first save, or "
                                   f"has not reached it); {not_saved_fix}")
+            runs = run_folders(p)
+            if runs:  # --out_dir itself, not one of its runs
+                raise ConfigError(f"{p} is a folder of runs, not a run; pass {option}{runs[0]} (the newest) "
+                                  f"or another of its runs ({named_runs(runs)})")
             raise CheckpointError(f"{p} is not a run folder (no last.pt in it); pass a .pt file or a run "
                                   "folder")
         p = last

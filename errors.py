@@ -94,8 +94,9 @@ def run_script(main, prog: str):
 
 def _interrupted(kind, value, traceback):
     """sys.excepthook: an uncaught KeyboardInterrupt (one during the imports) is one line, from rank 0
-    alone under torchrun; anything else goes to the hook there was."""
-    if not issubclass(kind, KeyboardInterrupt):
+    alone under torchrun; anything else (and an interactive session's, with no program) goes to the
+    hook there was."""
+    if not issubclass(kind, KeyboardInterrupt) or not sys.argv[0]:
         return _excepthook(kind, value, traceback)
     if main_rank():
         print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)

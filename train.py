@@ -716,6 +716,32 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
 
 
+def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
+    """The run folder of --resume without a path (or --eval_only): --run's, which must exist, else the
+    newest run with a last.pt. A run written to since that holds none (it stopped before its first
+    save) is refused, not passed over: it is most likely the run meant, and resuming another one
+    would train that one on."""
+    verb, runs = ("evaluate" if train_args.eval_only else "resume"), checkpoint.run_folders(out)
+    if train_args.run:
+        if (out / train_args.run).exists():
+            return out / train_args.run
+        new = "" if train_args.eval_only else f", or drop --resume to start {train_args.run} as a new run"
+        there = (f"its runs: {checkpoint.named_runs(runs)}; pass one of them to --run{new}" if runs else
+                 f"nor any other run; pass the --out_dir it was trained in{new}")
+        raise ConfigError(f"there is no run {train_args.run} under --out_dir {out}/ ({there})")
+    run_dir = checkpoint.latest_run(out)
+    newest = runs[0] if runs else run_dir
+    if newest != run_dir and not (newest / "last.pt").exists():
+        best = newest / "best.pt"
+        first = "" if train_args.eval_only else f"start it again with --run {newest.name} without --resume"
+        if best.exists():
+            first = f"pass --resume {best} to {verb} its best.pt"
+        raise ConfigError(f"the newest run, {newest}, holds no last.pt (it stopped before its first save, or "
+                          f"has not reached it); {first}{', or ' if first else ''}pass --run {run_dir.name} "
+                          f"to {verb} the newest run with one")
+    return run_dir
+
+
 def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
     """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset."""
     # (at --resume, before the checkpoint is looked for under them)
@@ -724,13 +750,13 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     # a run folder whose run stopped before its first save: a new run there is what is left
     not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else "start it again without --resume"
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
-        ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved)
+        ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved, option="--resume ")
         # --run naming the checkpoint's own run continues it where it lies (from another directory
         # too), unless --out_dir is typed; another name forks into --out_dir
         own = train_args.run == ckpt_path.parent.name and "out_dir" not in given
         run_dir = out / train_args.run if train_args.run and not own else ckpt_path.parent
     elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
-        run_dir = out / train_args.run if train_args.run else checkpoint.latest_run(out)
+        run_dir = run_to_resume(train_args, out)
         ckpt_path = checkpoint.find_checkpoint(str(run_dir), out, not_saved)
     else:  # a new run
         run_dir = out / (train_args.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")

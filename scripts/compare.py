@@ -355,15 +355,16 @@ def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict]]:
               + " ".join(argvs[name]), flush=True)
         try:
             result = train.main(argvs[name])
-            if result["finished"] == "signal":  # train.py stopped cleanly (status 0), its run cut short
-                interrupted(name)
-            run = load_run(name, result["run_dir"])
+            stopped = result["finished"] == "signal"  # train.py stopped cleanly (status 0), its run cut short
+            run = None if stopped else load_run(name, result["run_dir"])
         except KeyboardInterrupt:  # (outside train.py's training loop, which takes the signal itself)
             interrupted(name)
         except SystemExit as e:  # train.main's exit 130: a signal before its first step, or a second one
             if e.code == 130:
                 interrupted(name)
             raise
+        if stopped:  # (outside the try: interrupted's own SystemExit would print its line again)
+            interrupted(name)
         runs.append(run)
         rows.append({**summarize(run, result["step"]), "label": run["label"], **sizes[name],
                      "load_avg_before": load[0], "load_avg_before_1_5_15": load,

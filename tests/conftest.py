@@ -6,6 +6,7 @@ import dataclasses
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -33,6 +34,9 @@ os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="tests-hf-datasets-")
 atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], True)
 if os.environ.get("LLAMA4_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# Ctrl-C as in a terminal, for the tests of it (and their child processes): a shell starts a job it
+# puts in the background (`make test &`, nohup) with SIGINT ignored, which Python then keeps
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def debug_args(**overrides) -> config.ModelArgs:

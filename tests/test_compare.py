@@ -213,6 +213,7 @@ def test_ctrl_c_during_a_run_is_one_line_and_status_130(tmp_path, corpus, monkey
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 130, fake
         assert err[-1].startswith("compare.py: interrupted during the moe run; "), fake
+        assert sum(line.startswith("compare.py: interrupted") for line in err) == 1, fake  # (it was twice)
         assert not (tmp_path / "img" / "compare.json").exists()
 
 

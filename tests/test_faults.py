@@ -24,6 +24,7 @@ from test_train import metrics
 import checkpoint
 import config
 import data
+import errors
 import runtime
 import sample
 import train
@@ -370,6 +371,74 @@ def test_resuming_a_run_that_stopped_before_its_first_save_says_to_start_it_agai
                                            "in it); pass a .pt file or a run folder"
     train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))  # the advice holds
     assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 1
+
+
+def two_runs(done, tmp_path, newer_saved: bool):
+    """Runs "old" (its checkpoints) and "new" (stopped before its first save), "new" written to last
+    (or "old", with `newer_saved`)."""
+    old, new = copy_run(done, tmp_path, "old"), copy_run(done, tmp_path, "new")
+    for name in ("last.pt", "best.pt"):
+        (new / name).unlink()
+    for run_dir, age in ((old, 100 if not newer_saved else 10), (new, 10 if not newer_saved else 100)):
+        for f in run_dir.iterdir():
+            os.utime(f, (f.stat().st_atime, f.stat().st_mtime - age))
+    return old, new
+
+
+def test_resume_without_run_refuses_when_the_newest_run_holds_no_checkpoint(tmp_path, done, capsys):
+    """--resume (and --eval_only) without --run takes the newest run with a last.pt: a run written to
+    since that holds none (stopped before its first save: most likely the run meant) was passed over,
+    and an older run trained on, named only in the `run:` line. It is refused, naming both runs and
+    both fixes, exit status 2, nothing written; a newer run with only best.pt is named with it."""
+    old, new = two_runs(done, tmp_path, newer_saved=False)
+    before = (old / "last.pt").read_bytes()
+    out = ["--out_dir", str(tmp_path / "ckpt")]
+    for how, fix in ((["--resume"], "start it again with --run new without --resume, or pass --run old to "
+                                    "resume"), (["--eval_only"], "pass --run old to evaluate")):
+        with pytest.raises(SystemExit) as e:
+            train.main([*out, *how])
+        assert one_line_error(capsys, 2, e) == f"train.py: error: the newest run, {new}, holds no last.pt " \
+            f"(it stopped before its first save, or has not reached it); {fix} the newest run with one", how
+    shutil.copy(old / "best.pt", new / "best.pt")
+    with pytest.raises(SystemExit) as e:
+        train.main([*out, "--resume"])
+    assert f"has not reached it); pass --resume {new / 'best.pt'} to resume its best.pt, or pass --run old " \
+           "to resume the newest run with one" in one_line_error(capsys, 2, e)
+    assert (old / "last.pt").read_bytes() == before
+    (new / "best.pt").unlink()
+    for f in new.iterdir():  # a run without a checkpoint older than the newest with one: not the one meant
+        os.utime(f, (f.stat().st_atime, f.stat().st_mtime - 1000))
+    assert train.main([*out, "--resume", "--max_steps", "7"])["step"] == 7
+
+
+def test_resume_of_a_run_that_does_not_exist_lists_the_runs_there(tmp_path, done, capsys):
+    """--resume --run NOPE said `checkpoint checkpoints/NOPE does not exist` (a folder called a
+    checkpoint): it says there is no such run under --out_dir and names those there, or that there
+    are none; exit status 2."""
+    two_runs(done, tmp_path, newer_saved=True)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out_dir", str(ckpt), "--resume", "--run", "nope"])
+    assert one_line_error(capsys, 2, e) == f"train.py: error: there is no run nope under --out_dir {ckpt}/ " \
+        "(its runs: old, new; pass one of them to --run, or drop --resume to start nope as a new run)"
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out_dir", str(tmp_path / "empty"), "--eval_only", "--run", "nope"])
+    assert one_line_error(capsys, 2, e) == f"train.py: error: there is no run nope under --out_dir " \
+        f"{tmp_path / 'empty'}/ (nor any other run; pass the --out_dir it was trained in)"
+
+
+def test_a_folder_of_runs_passed_as_a_checkpoint_names_its_newest_run(tmp_path, done, capsys):
+    """sample.py --ckpt checkpoints (the folder of runs, not one run) said checkpoints/last.pt does
+    not exist: it says what the folder is and names its newest run to pass; train.py --resume too."""
+    two_runs(done, tmp_path, newer_saved=True)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(ckpt)])
+    assert one_line_error(capsys, 2, e) == f"sample.py: error: {ckpt} is a folder of runs, not a run; " \
+        f"pass --ckpt {ckpt / 'old'} (the newest) or another of its runs (old, new)"
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out_dir", str(ckpt), "--resume", str(ckpt)])
+    assert f"pass --resume {ckpt / 'old'} (the newest)" in one_line_error(capsys, 2, e)
 
 
 def test_a_new_run_writes_its_own_tokenizer_over_a_killed_runs(tmp_path, corpus, cache):
@@ -776,6 +845,24 @@ def test_an_interrupt_while_torch_imports_is_one_line(tmp_path, rank):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode in (130, -signal.SIGINT)  # (Python ends itself by SIGINT, as the shell expects)
     assert done.stderr == ("\ntrain.py: interrupted\n" if rank == "0" else "")
+
+
+def test_an_interrupt_while_sample_imports_torch_is_one_line(tmp_path):
+    """sample.py as train.py: Ctrl-C in its first seconds (`import torch`) printed a traceback."""
+    (tmp_path / "torch.py").write_text("raise KeyboardInterrupt  # Ctrl-C while torch imports\n")
+    done = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--prompt", "x"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert (done.returncode in (130, -signal.SIGINT), done.stderr) == (True, "\nsample.py: interrupted\n")
+
+
+def test_an_interactive_sessions_interrupt_keeps_pythons_report(monkeypatch):
+    """A Ctrl-C in a Python prompt that imported a project module printed ": interrupted" (no program
+    name) in place of Python's KeyboardInterrupt."""
+    seen = []
+    monkeypatch.setattr(errors, "_excepthook", lambda *a: seen.append(a[0]))
+    monkeypatch.setattr(sys, "argv", [""])
+    errors._interrupted(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert seen == [KeyboardInterrupt]
 
 
 def test_train_runs_off_the_main_thread(tmp_path, corpus, cache):
