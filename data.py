@@ -109,6 +109,8 @@ META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n
 DOCUMENT_RULES = 5  # version of how sources split into documents (and empty rows are left out of
 # a held-out slice's count): a new one rebuilds their caches (4: \r\n and \r are \n in every format;
 # 5: U+FEFF is dropped wherever it is, in every format)
+HELD_OUT_RULES = 2  # version of which rows a held-out slice counts as documents: a new one rebuilds the
+# caches of held-out slices alone (2: a row of byte-order marks and whitespace is none, as _document says)
 TOKENIZER_FORMAT = 3  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1;
 # 3: a document over PIECE_CHARS that crosses --tokenizer_train_mb gives only its pieces up to it)
@@ -534,8 +536,9 @@ def _json_array_problem(path: str, flag: str) -> str | None:
 
 def _json_object_problem(path: str, field: str, flag: str) -> str | None:
     """For a .json file that is one object holding the records in a list ({"data": [...]}, which
-    `datasets` reads as one row of lists): that, and the jq command that makes it JSON Lines; None
-    otherwise. Read whole: only after the file was refused."""
+    `datasets` reads as one row of lists): that, the jq command that makes it JSON Lines, and the
+    --text_field that reads those lines where it is not `field` (--text_field data named the list);
+    None otherwise. Read whole: only after the file was refused."""
     try:
         with open(path, "rb") as f:
             obj = json.load(f)
@@ -551,9 +554,14 @@ def _json_object_problem(path: str, field: str, flag: str) -> str | None:
         + ("" if key in records else f" | {{{json.dumps(field)}: .}}")
     out = Path(path).with_suffix(".jsonl")
     what = "records" if key in records else "texts"
+    record = lists[key][0] if key in records else {field: ""}  # (texts become records with `field`)
+    strings = [k for k, v in record.items() if isinstance(v, str)]
+    name = field if field in record else next((k for k in ["text", *strings] if k in strings), field)
+    then = "" if name == field else f" with --text_field {shlex.quote(name)}" + (
+        " (or no --text_field)" if name == "text" else "")
     return (f"is one JSON object with the {what} in its '{key}' list, not an array of records; convert it "
             f"to JSON Lines (jq -c {shlex.quote(expr)} {shlex.quote(path)} > {shlex.quote(str(out))}) and "
-            f"point {flag} at that")
+            f"point {flag} at that{then}")
 
 
 def _table_problem(path: str, kind: str, flag: str) -> str | None:
@@ -705,16 +713,19 @@ class Split:
     @property
     def signature(self) -> dict:
         source = self.source() if callable(self.source) else self.source
-        return {"source": source, "keep": self.keep, "every": self.every}
+        held_out = {"counting": HELD_OUT_RULES} if self.keep != "all" else {}
+        return {"source": source, "keep": self.keep, "every": self.every, **held_out}
 
     def documents(self):
         ds = self.load()
         if self.keep == "all":
             return ds
         import pyarrow.compute as pc
-        kept = [pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(chunk)), 0).to_numpy(zero_copy_only=False)
-                for chunk in ds.data.column("text").chunks]  # (a chunk at a time: not the corpus twice)
-        rows = np.flatnonzero(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)  # no empty rows
+        kept = []  # the rows that are documents once _document drops U+FEFF and strips whitespace
+        for chunk in ds.data.column("text").chunks:  # (a chunk at a time: not the corpus twice)
+            text = pc.utf8_trim_whitespace(pc.replace_substring(chunk, BOM, ""))
+            kept.append(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
+        rows = np.flatnonzero(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
         held = np.arange(len(rows)) % self.every == self.every - 1
         if self.keep == "val" and not held.any():
             n = len(rows)

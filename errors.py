@@ -21,6 +21,7 @@ import takes seconds.
 
 
 import os
+import select
 import sys
 
 
@@ -77,19 +78,38 @@ def reports(e: UserError) -> bool:
 def run_script(main, prog: str):
     """A script's entry point: main(), with a UserError printed as `<prog>: error: <message>` and
     its exit status (scripts/ that have no handler of their own), and output read by something that
-    stops early (`| head -1`) ending quietly, with the status a SIGPIPE gives (141), as cat's does."""
+    stops early (`| head -1`) ending quietly, with the status a SIGPIPE gives (141), as cat's does;
+    after a UserError, with the error's status. A broken pipe that is not stdout's (a closed
+    subprocess or socket) is not that: it goes on as an uncaught error."""
+    status = 141
     try:
         try:
             return main()
         except UserError as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
+            status = e.exit_code
             sys.exit(e.exit_code)
         finally:  # what stdout still holds (--help's text too) meets a closed pipe here, not at exit
             if sys.stdout is not None:
                 sys.stdout.flush()
-    except BrokenPipeError:  # Python's advice: stdout to devnull, or the flush at exit fails again
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # Python's advice: stdout to devnull, or the flush at exit fails again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
+        sys.exit(status)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader is gone: polling its write end says so
+    (POLLERR on Linux, POLLHUP on macOS). False where it cannot tell (no stdout, no file behind it,
+    no poll on Windows)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _interrupted(kind, value, traceback):

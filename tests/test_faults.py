@@ -1094,6 +1094,34 @@ def test_a_script_whose_output_is_closed_early_ends_quietly(script, argv, unbuff
     assert (done.returncode, done.stderr) == (141, "")
 
 
+
+def run_script_with(main_body: str, stdout) -> subprocess.CompletedProcess:
+    """A script whose main() is `main_body`, run through errors.run_script with `stdout`."""
+    code = (f"import os, sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom errors import DataError, ConfigError, "
+            f"run_script\ndef main():\n    {main_body}\nrun_script(main, 'x.py')\n")
+    return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          timeout=60, env={**os.environ, "PYTHONUNBUFFERED": ""})
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
+    """A script's write to a subprocess or socket whose reader is gone was taken for `| head` closing
+    stdout: exit 141 and nothing said. Only stdout's closed pipe is quiet now."""
+    done = run_script_with("r, w = os.pipe(); os.close(r); os.write(w, b'x')", subprocess.PIPE)
+    assert done.returncode == 1 and "BrokenPipeError" in done.stderr
+
+
+def test_an_error_whose_output_is_closed_keeps_its_exit_status():
+    """A UserError after output that meets a closed stdout at the final flush exited 141 (a SIGPIPE's),
+    not the error's status: a caller checking for 2 (a bad setting) saw a quiet pipe."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = run_script_with("print('partial'); raise ConfigError('--x 1: bad; pass --x 2')", write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (2, "x.py: error: --x 1: bad; pass --x 2\n")
+
+
 def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
     from scripts import plot_runs
     plot_runs.main([str(done.run_dir), "--out", str(tmp_path / "runs.svg")])
