@@ -1153,7 +1153,7 @@ def run_job(job: Job, state: LoopState) -> dict:
         job.log(f"{job.run_dir} already reached its --{limit} at step {state.step}; nothing written "
                 f"(raise --{limit} to train on)")
         return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir),
-                "finished": limit}
+                "finished": limit, "signalled": False}
     return loop(job, state)
 
 
@@ -1195,30 +1195,30 @@ def loop(job: Job, state: LoopState) -> dict:
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 log_step(job, state, window, lr, out, bar)
                 window = Window(state, job.device)
-            paused = time.perf_counter()
-            if state.step % t.eval_every == 0 and state.step < t.max_steps:
-                if stop_now:  # put off, not lost: the resumed run evaluates this step first
-                    state.eval_due = True
-                else:
-                    evaluated = evaluate_step(job, state, window)
-            if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
-                maybe_save(job, state, window, "last.pt")
-            window.paused += time.perf_counter() - paused
+            with window.pause():
+                if state.step % t.eval_every == 0 and state.step < t.max_steps:
+                    if stop_now:  # put off, not lost: the resumed run evaluates this step first
+                        state.eval_due = True
+                    else:
+                        evaluated = evaluate_step(job, state, window)
+                if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
+                    maybe_save(job, state, window, "last.pt")
             if stop_now:
                 finished = "signal"
                 break
         if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)
             log_step(job, state, window, lr, out, bar)
-        if finished != "signal":
-            if evaluated != state.step:  # once per step: not again after the loop's
-                if signalled:  # asked to stop at the last step: last.pt first, the evaluation put off
-                    state.eval_due = True  # in it (in case the rest of the grace period runs out)
-                    maybe_save(job, state, window, "last.pt")
-                    state.eval_due = False
-                evaluate_step(job, state, window)
-            if not (job.run_dir / "best.pt").exists():
-                maybe_save(job, state, window, "best.pt")
-            maybe_save(job, state, window, "last.pt")
+        with window.pause():  # (the budget may end the run in the middle of a window: the saves hold it)
+            if finished != "signal":
+                if evaluated != state.step:  # once per step: not again after the loop's
+                    if signalled:  # asked to stop at the last step: last.pt first, the evaluation put off
+                        state.eval_due = True  # in it (in case the rest of the grace period runs out)
+                        maybe_save(job, state, window, "last.pt")
+                        state.eval_due = False
+                    evaluate_step(job, state, window)
+                if not (job.run_dir / "best.pt").exists():
+                    maybe_save(job, state, window, "best.pt")
+                maybe_save(job, state, window, "last.pt")
         failed = False
     finally:
         stop.restore()
@@ -1228,7 +1228,9 @@ def loop(job: Job, state: LoopState) -> dict:
     job.log(f"{'stopped by signal' if finished == 'signal' else 'done'} at step {state.step} ({finished}); "
             f"checkpoints in {job.run_dir}"
             + (f"; {state.skipped_steps} non-finite steps skipped" if state.skipped_steps else ""))
-    return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir), "finished": finished}
+    # signalled: also a signal at the last step or after it, which cut nothing short (compare.py stops on it)
+    return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir), "finished": finished,
+            "signalled": signalled or stop.requested}
 
 
 def evaluate_step(job: Job, state: LoopState, window: Window) -> int:

@@ -35,6 +35,7 @@ How this departs from the obvious version:
   files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as it stops
   train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison written
   (compare.py's line comes last, after any of train.py's: a rerun starts the three runs again).
+  One at a run's last step lets that run finish, as train.py does, and then stops compare.py too.
 - tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
   the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
   peak it measures with a short GEMM at the start of each run). Final validation is the last val
@@ -355,7 +356,9 @@ def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict]]:
               + " ".join(argvs[name]), flush=True)
         try:
             result = train.main(argvs[name])
-            stopped = result["finished"] == "signal"  # train.py stopped cleanly (status 0), its run cut short
+            # train.py stopped cleanly (status 0), its run cut short, or whole when the signal came at its
+            # last step (or later): either way the user asked to stop, not to train the next run
+            stopped = result["finished"] == "signal" or result.get("signalled", False)
             run = None if stopped else load_run(name, result["run_dir"])
         except KeyboardInterrupt:  # (outside train.py's training loop, which takes the signal itself)
             interrupted(name)

@@ -5,10 +5,12 @@
 
 Rows group the parameters by module kind; "active" counts what one token uses: everything in
 the text model except the routed experts it is not sent to (top_k of n_experts). The vision stub
-is listed apart (it runs once per image, not per token). A --vocab_size below 264 (8 special
-tokens + 256 bytes) is refused, as train.py refuses it.
+is listed apart (it runs once per image, not per token). Only one or two layers are built (each
+kind of layer is counted once and multiplied), so any --n_layers answers at once. A --vocab_size
+below 264 (8 special tokens + 256 bytes) is refused, as train.py refuses it.
 """
 
+import dataclasses
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -45,13 +47,38 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def table(args: config.ModelArgs) -> tuple[list, dict]:
+def counted(args: config.ModelArgs) -> tuple[dict, dict]:
+    """Parameters by module kind, and count_parameters, of the model built on the meta device."""
     with torch.device("meta"):
         model = Llama4(args)
     rows = defaultdict(int)
     for name, p in model.named_parameters():
         rows[kind_of(name)] += p.numel()
-    return sorted(rows.items(), key=lambda r: -r[1]), count_parameters(model)
+    return rows, count_parameters(model)
+
+
+def table(args: config.ModelArgs) -> tuple[list, dict]:
+    """Layers differ in their parameters only by their feed-forward (MoE or dense), so three models
+    of one or two layers give what lies outside the layers and what each kind of layer holds; the
+    whole is their sum over the layers, none of which is built (--n_layers 2000000000 built two
+    billion modules, for hours)."""
+    one_moe, one_dense, two_moe = (counted(dataclasses.replace(args, n_layers=n, moe_every=m))
+                                   for n, m in [(1, 1), (1, 2), (2, 1)])
+    n_moe = args.n_layers // args.moe_every
+    n_dense = args.n_layers - n_moe
+
+    def whole(i: int) -> dict:
+        a, b, c = one_moe[i], one_dense[i], two_moe[i]
+        out = {}
+        for k in a | b | c:
+            moe = c.get(k, 0) - a.get(k, 0)  # one MoE layer
+            outside = a.get(k, 0) - moe  # embedding, final norm, lm_head, vision
+            dense = b.get(k, 0) - outside  # one dense layer
+            out[k] = outside + n_moe * moe + n_dense * dense
+        return out
+
+    rows, counts = whole(0), whole(1)
+    return sorted(((k, n) for k, n in rows.items() if n), key=lambda r: -r[1]), counts
 
 
 def explain_scout_card(counts: dict) -> str:

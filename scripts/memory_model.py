@@ -25,6 +25,10 @@ what kernels allocate outside torch's tensors (workspaces: cuBLAS, SDPA; on the 
 measured RSS runs 9-13 MB above the model at bench_model's --quick shape, where fp32 agrees), nor
 a compiled step's different lifetimes (Inductor frees and fuses differently).
 
+Only the fused loss costs more time at a larger batch (a loop over chunks of logits, as long on
+fake tensors as the kernels' launches on real ones), so a batch that needs over 4,096 of them
+(scout-128m: above 16,384) is refused with one line, before any work.
+
 Reports per batch: the step memory of moe, moe+ckpt, moe+plain-loss and dense (MB; its parts by
 kind in the JSON), what is held between steps (fp32 parameters and AdamW's two moments), and the
 ratios the README quotes: memory saved by activation checkpointing and by the fused loss.
@@ -44,11 +48,15 @@ import bench_model  # noqa: E402
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import model  # noqa: E402
 import storage  # noqa: E402
 from config import ModelArgs  # noqa: E402
 from errors import run_script  # noqa: E402
 
 VARIANTS = ["moe", "moe+ckpt", "moe+plain-loss", "dense"]
+# The fused loss loops over chunks of model.LOSS_CHUNK logits, and on fake tensors each chunk costs
+# about as much as one on real ones does launching its kernels: 512 chunks took 30 s on two cores.
+MAX_LOSS_CHUNKS = 4096
 
 
 def measure(base: dict, batches: list[int], dtype, variants=VARIANTS, cuda: bool = True) -> dict:
@@ -98,6 +106,20 @@ def check_out(p, out: str | None) -> None:
         p.error(f"--out {out} is a folder; name the JSON file, e.g. --out {Path(out) / 'memory_model.json'}")
 
 
+def check_batches(p, batches: list[int], args: ModelArgs) -> None:
+    """A one-line error, before any work, for a batch whose loss loop would run for hours
+    (--batches 100000000 on scout-128m: 25 million chunks; all else costs the same at any batch)."""
+    rows = max(1, model.LOSS_CHUNK // args.vocab_size)  # as model.linear_cross_entropy chunks
+    chunks = -(-max(batches) * args.max_seq_len // rows)
+    if chunks <= MAX_LOSS_CHUNKS:
+        return
+    largest = MAX_LOSS_CHUNKS * rows // args.max_seq_len
+    fix = (f"give batches up to {largest}" if largest else
+           f"lower --max_seq_len to at most {MAX_LOSS_CHUNKS * rows} or --vocab_size")
+    p.error(f"--batches {max(batches)}: its step runs the loss in {chunks:,} chunks of {rows:,} rows, more "
+            f"than the {MAX_LOSS_CHUNKS:,} (minutes on fake tensors) this script models; {fix}")
+
+
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS), help="model shape")
@@ -127,6 +149,7 @@ def main(argv=None):
         p.error(f"--variants: {what}; choose from {', '.join(VARIANTS)}, "
                 "moe included (the ratios are to it)")
     batches = p.counts("--batches", opts.batches)
+    check_batches(p, batches, model_args)
     check_out(p, opts.out)  # (before the results_path line: an error is the one line printed)
     out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json", extra=overrides)
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -17,7 +17,8 @@ Each run is a `train.py --preset tiny` subprocess with the candidate's overrides
      (and report any other screened candidate that an earlier sweep confirmed);
   5. run the best confirmed candidate again with another seed (--seed 2), to show the noise, and
      with --compile true (torch.compile on the CPU: faster steps, for a minute of compiling that
-     the budget pays);
+     the budget pays); every other run then gets --compile false, so the compiled run is compared
+     with eager ones on any device (--compile auto compiles every run on CUDA);
   6. regularise the best confirmed candidate (each of FOLLOWUPS, seeds 1 and 2, --confirm_minutes):
      10 minutes read train-lower.txt about 7 times and the MoE overfits it, which a 2.5-minute
      screen is too short to show. The pick is the lowest mean over the two seeds.
@@ -218,9 +219,12 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     scored on all of --val_data."""
     result_file = result_path(name, minutes, seed, opts)
     run_dir, run = result_file.parent, result_file.parent.name
-    setting = ["--preset", "tiny", *overrides, *opts.extra, "--data", opts.data, "--val_data", opts.val_data,
-               "--max_minutes", str(minutes), "--max_steps", "1000000000", "--eval_every", "1000000000",
-               "--save_every", "1000000000", "--eval_windows", "0", "--seed", str(seed)]
+    # Beside the compiled run, every other is eager: --compile auto compiles them all on CUDA
+    eager = [] if opts.no_compile or "--compile" in overrides else ["--compile", "false"]
+    setting = ["--preset", "tiny", *eager, *overrides, *opts.extra, "--data", opts.data,
+               "--val_data", opts.val_data, "--max_minutes", str(minutes), "--max_steps", "1000000000",
+               "--eval_every", "1000000000", "--save_every", "1000000000", "--eval_windows", "0",
+               "--seed", str(seed)]
     if result_file.exists():
         result = json.loads(result_file.read_text())
         if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)

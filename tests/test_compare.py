@@ -237,3 +237,31 @@ def test_ctrl_c_before_a_runs_first_step_ends_with_compares_line(tmp_path, corpu
     err = capsys.readouterr().err
     assert e.value.code == 130
     assert err.strip().splitlines()[-1].startswith("compare.py: interrupted during the moe run; ")
+
+
+def test_ctrl_c_at_a_runs_last_step_stops_compare_after_that_run(tmp_path, corpus, monkeypatch, capsys):
+    """A signal during a run's last step lets train.py finish that run (final evaluation, checkpoints:
+    "finished" is "max_steps", not "signal"), and compare.py went on to the next full run. train.main
+    now says a signal came ("signalled"): compare.py stops there, one line, exit 130."""
+    import signal
+
+    import train
+    real_agree = train.agree
+
+    def signal_in_the_last_step(job, state, stop):  # as Stop's handler takes a Ctrl-C mid-step
+        if state.step == job.train_args.max_steps:
+            stop.handle(signal.SIGINT, None)
+        return real_agree(job, state, stop)
+    monkeypatch.setattr(train, "agree", signal_in_the_last_step)
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--preset", "debug", "--data", str(corpus / "train.txt"),
+                      "--val_data", str(corpus / "valid.txt"), "--minutes", "1", "--max_steps", "2",
+                      "--batch_size", "2", "--eval_windows", "2", "--out", str(tmp_path / "img"),
+                      "--out_dir", str(runs), "--cache_dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130
+    assert err[-1].startswith("compare.py: interrupted during the moe run; ")
+    assert sum(line.startswith("compare.py: interrupted") for line in err) == 1
+    assert (runs / "compare-moe" / "last.pt").exists() and not (runs / "compare-dense").exists()
+    assert not (tmp_path / "img" / "compare.json").exists()

@@ -133,3 +133,26 @@ def test_a_bad_option_is_the_only_line_printed(tmp_path, capsys):
         memory_model.main(["--preset", "debug", "--batches", "0"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "--batches 0: give whole numbers" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batches", "32,100000000"], "--batches 100000000: its step runs the loss in 25,000,000 chunks "
+     "of 1,024 rows, more than the 4,096 (minutes on fake tensors) this script models; give batches up to "
+     "16384"),
+    (["--preset", "debug", "--vocab_size", "40000000", "--max_seq_len", "5000", "--batches", "1"],
+     "--batches 1: its step runs the loss in 5,000 chunks of 1 rows, more than the 4,096 (minutes on "
+     "fake tensors) this script models; lower --max_seq_len to at most 4096 or --vocab_size"),
+])
+def test_a_batch_too_large_to_model_in_minutes_is_refused_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                         argv, message):
+    """--batches 100000000 never finished: the fused loss loops over 25 million chunks of logits,
+    each costing on fake tensors what its kernel launches cost. Now one line, exit 2, no work."""
+    def work(*args):
+        raise AssertionError("the step was modelled")
+    monkeypatch.setattr(memory_model.bench_model, "modelled_step_memory", work)
+    with pytest.raises(SystemExit) as e:
+        memory_model.main([*argv, "--out", str(tmp_path / "m.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.endswith(f": error: {message}\n") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+    assert memory_model.MAX_LOSS_CHUNKS * 1024 // 256 == 16384  # (the docstring's scout-128m figure)

@@ -1,5 +1,6 @@
 """The smaller scripts as a user runs them: scripts/plot_runs.py's output closed early and its
---out checked before any work; scripts/export_hf.py's Ctrl-C. Run folders are written by hand
+--out checked before any work; scripts/export_hf.py's Ctrl-C; scripts/count_params.py's counts of
+any number of layers. Run folders are written by hand
 (metrics.jsonl records as train.py writes them), so no model is trained here."""
 
 import json
@@ -8,9 +9,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
-from scripts import export_hf, plot_runs
+import config
+import model
+from scripts import count_params, export_hf, plot_runs
 
 
 def fake_run(path):
@@ -84,3 +88,38 @@ def test_export_hf_interrupted_says_the_destination_may_be_unfinished(tmp_path, 
     assert e.value.code == 130 and err.count("\n") == 1
     assert err == (f"export_hf.py: interrupted; {dest} may hold part of this {what}: run the command again, "
                    "with --force if it refuses\n")
+
+
+@pytest.mark.parametrize("argv", [
+    *(["--preset", name] for name in sorted(config.PRESETS)),
+    ["--preset", "debug", "--n_layers", "7", "--moe_every", "3", "--nope_every", "2",
+     "--router_noise", "false"],
+    ["--preset", "debug", "--n_layers", "3", "--moe_every", "5", "--vision", "true", "--qk_norm", "false"],
+    ["--preset", "maverick-17b-128e", "--n_layers", "5"],
+])
+def test_count_params_counts_as_the_whole_model_built_on_the_meta_device(argv, capsys):
+    """count_params.py builds a few one- or two-layer models, not every layer (--n_layers 2000000000
+    built two billion modules and never answered); its table and counts are the whole model's."""
+    _, (args,) = config.parse_args([config.ModelArgs], argv)
+    with torch.device("meta"):
+        whole = model.Llama4(args)
+    rows = {}
+    for name, p in whole.named_parameters():
+        rows[count_params.kind_of(name)] = rows.get(count_params.kind_of(name), 0) + p.numel()
+    assert count_params.main(argv) == model.count_parameters(whole)
+    assert sorted(count_params.table(args)[0]) == sorted(rows.items())
+
+
+def test_count_params_answers_two_billion_layers_without_building_them(monkeypatch, capsys):
+    built = []
+    block_init = model.Block.__init__
+    monkeypatch.setattr(model.Block, "__init__", lambda self, *a: (built.append(1), block_init(self, *a))[1])
+    counts = count_params.main(["--preset", "tiny", "--n_layers", "1000"])
+    assert len(built) <= 4  # (1000 before)
+    one = count_params.main(["--preset", "tiny", "--n_layers", "1"])
+    two = count_params.main(["--preset", "tiny", "--n_layers", "2"])
+    layer = {k: two[k] - one[k] for k in one}
+    assert counts == {k: one[k] + 999 * layer[k] for k in one}
+    huge = count_params.main(["--preset", "tiny", "--n_layers", "2000000000"])
+    assert huge["total"] == one["total"] + 1_999_999_999 * layer["total"]
+    assert "1,778,208,000,524,416" in capsys.readouterr().out

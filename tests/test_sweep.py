@@ -309,3 +309,34 @@ def test_a_pass_through_option_that_a_variation_sets_is_warned_of(tmp_path, monk
         err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
         assert len(err) == (1 if warned else 0), argv
         assert not warned or err[0].startswith(f"sweep.py: warning: {warned}"), argv
+
+
+@pytest.mark.parametrize("no_compile", [False, True])
+def test_beside_the_compiled_run_every_run_is_eager_on_any_device(tmp_path, monkeypatch, no_compile):
+    """The +compile run was compared with the best candidate, but on CUDA --compile auto compiled
+    every run: the +compile run was a copy. Now the others pass --compile false (none with
+    --no_compile, where there is no compiled run and --compile may be passed through)."""
+    launched = {}
+
+    def fake_train(cmd, **kwargs):  # train.py's metrics.jsonl, without training
+        argv = cmd[2:]
+        launched[argv[argv.index("--run") + 1]] = argv
+        run_dir = tmp_path / "runs" / argv[argv.index("--run") + 1]
+        run_dir.mkdir(parents=True)
+        records = [{"kind": "train", "step": 1, "tokens": 100, "tokens_per_s": 10.0},
+                   {"kind": "val", "step": 1, "tokens": 100, "bits_per_byte": 1.0, "nats_per_token": 1.0,
+                    "val_tokens": 10}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return sweep.subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", fake_train)
+    monkeypatch.setattr(sweep, "plot", lambda *args: None)
+    sweep.main(["--only", "tiny-2026-11", "--no_variations", "--no_followups", "--confirm", "1",
+                *(["--no_compile"] if no_compile else []), "--screen_minutes", "1", "--confirm_minutes", "2",
+                "--out_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "img")])
+    compiles = {run: [argv[i + 1] for i, w in enumerate(argv) if w == "--compile"]
+                for run, argv in launched.items()}
+    expected = {"tiny-2026-11-1m-s1": ["false"], "tiny-2026-11-2m-s1": ["false"],
+                "tiny-2026-11-2m-s2": ["false"], "tiny-2026-11+compile-2m-s1": ["true"]}
+    if no_compile:
+        expected = {run: [] for run in expected if "+compile" not in run}
+    assert compiles == expected
