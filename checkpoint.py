@@ -122,13 +122,18 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str 
 OTHER_FIX = "it was left in place: pass another checkpoint (e.g. best.pt)"
 
 
-def resume_fix(path) -> str:
-    """The advice when the checkpoint `path` cannot be resumed: the other of its folder's last.pt
-    and best.pt where there is one (not best.pt when it is best.pt that failed), else a new run."""
+def resume_fix(path, eval_only: bool = False) -> str:
+    """The advice when the checkpoint `path` cannot be resumed (or, `eval_only`, evaluated: --eval_only
+    takes its checkpoint from --resume too): the other of its folder's last.pt and best.pt where
+    there is one (not best.pt when it is best.pt that failed), else a new run (or another checkpoint)."""
     path = Path(path)
     for other in (path.with_name("last.pt"), path.with_name("best.pt")):
         if other.name != path.name and other.is_file():
+            if eval_only:
+                return f"it was left in place: pass --resume {other} to evaluate that one"
             return f"it was left in place: pass --resume {other}, or start a new --run"
+    if eval_only:
+        return "it was left in place: evaluate another checkpoint with --resume (a .pt file or a run folder)"
     return "it was left in place: start a new --run, or pass --resume another checkpoint"
 
 

@@ -763,8 +763,9 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
         ckpt_path = None
     ckpt = None
     if ckpt_path is not None:
+        fix = checkpoint.resume_fix(ckpt_path, train_args.eval_only)
         try:
-            ckpt = checkpoint.load_checkpoint(ckpt_path)
+            ckpt = checkpoint.load_checkpoint(ckpt_path, fix)
         except KeyboardInterrupt as e:  # (the slow part of a resume's set-up)
             e.run_dir = run_dir  # main() tells what is left there to resume from
             raise
@@ -772,7 +773,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
             config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
         except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
             raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
-                                  f"{checkpoint.resume_fix(ckpt_path)}") from None
+                                  f"{fix}") from None
         if "optimizer" not in ckpt and not train_args.eval_only:
             raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
                                   "(--eval_only) or sampled, not resumed: start a new --run")
@@ -1037,7 +1038,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     torch.manual_seed(train_args.seed)
     model = Llama4(model_args).to(device)
     if ckpt is not None:
-        fix = checkpoint.resume_fix(plan.ckpt_path)
+        fix = checkpoint.resume_fix(plan.ckpt_path, train_args.eval_only)
         checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)

@@ -974,9 +974,18 @@ def test_random_bytes_are_not_a_checkpoint_and_torch_unsafe_advice_is_not_repeat
         sample.main(["--ckpt", str(run_dir)])
     line = one_line_error(capsys, 1, e)
     assert "not a checkpoint" in line and "weights_only" not in line
+    # --eval_only takes its checkpoint from --resume too; a new --run evaluates nothing
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only"])
+    assert one_line_error(capsys, 1, e).endswith(f"it was left in place: pass --resume {run_dir / 'best.pt'} "
+                                                 "to evaluate that one")
     (run_dir / "best.pt").unlink()
     with pytest.raises(SystemExit) as e:
         train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only"])
+    assert one_line_error(capsys, 1, e).endswith("it was left in place: evaluate another checkpoint with "
+                                                 "--resume (a .pt file or a run folder)")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])
     assert one_line_error(capsys, 1, e).endswith("start a new --run, or pass --resume another checkpoint")
 
 
