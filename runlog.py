@@ -121,7 +121,9 @@ class Metrics:
     log says how many). With `open_window` (the checkpoint was saved in the middle of a log
     window, which the resumed run goes on with), the train record at the checkpoint's step is
     dropped too: it was that window's partial record, and the resumed run writes the whole one,
-    so that the file holds what an uninterrupted run's holds.
+    so that the file holds what an uninterrupted run's holds. With `eval_due` (a signal put off the
+    evaluation at the checkpoint's step, which the resumed run runs first), the val record at that
+    step is dropped: a resumed run killed before its next save may have written it already.
 
     W&B gets each record as one row whose `step` value is the chart's x axis (W&B's own step, one
     per row, only grows: a resumed W&B run would drop a row logged at a step it has passed, such as
@@ -132,7 +134,7 @@ class Metrics:
     no W&B run id (wandb_id), so that the resumed run starts a new W&B run with the whole history."""
 
     def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print,
-                 open_window: bool = False, backfill: bool = False):
+                 open_window: bool = False, backfill: bool = False, eval_due: bool = False):
         self.path, self.wandb, self.log = run_dir / "metrics.jsonl", wandb_run, log
         self._to_wandb(_against_step)
         if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
@@ -141,8 +143,8 @@ class Metrics:
             except ValueError as e:  # a bad line before the last: not ours to guess at
                 raise RunError(str(e)) from None
             k = keep_until_step
-            kept = [r for r in records if r["step"] < k or (r["step"] == k and not (
-                open_window and r["kind"] == "train"))]
+            again = {kind for kind, redone in (("train", open_window), ("val", eval_due)) if redone}
+            kept = [r for r in records if r["step"] < k or (r["step"] == k and r["kind"] not in again)]
             after = sum(r["step"] > k for r in records)
             if after:
                 log(f"{self.path}: dropped the {after} records written after step {k}, where the run resumes "

@@ -448,6 +448,7 @@ class Window:
 
     def __init__(self, state: LoopState, device):
         self.steps, self.start, self.paused, self.busy_before = 0, time.perf_counter(), 0.0, 0.0
+        self.paused_at = None  # when the pause under way (pause) began
         self.losses = self.counts = self.entropy = None
         self.skipped = torch.zeros((), device=device)  # non-finite steps not yet counted in the state
         self.bad_in_row = torch.full((), float(state.bad_in_row), device=device)
@@ -455,7 +456,8 @@ class Window:
         self.settled = 0  # non-finite steps moved into the state (by a save) and not yet logged
         self.rank_steps_before = self.steps_before = 0  # what a resumed window holds from before
         self.tokens_before = None  # ... and their tokens (None: an older checkpoint's, at today's per step)
-        self.process_seconds_before = None  # ... and busy seconds x processes (None: at today's count)
+        self.possible_before = 0.0  # ... and the FLOPs their processes could have done (None: unknown)
+        self.process_seconds_before = 0.0  # ... and their busy seconds x processes (for an unknown one)
 
     def add(self, out: StepOutput):
         def plus(a, b):
@@ -480,6 +482,22 @@ class Window:
         self.settled += skipped
         return self.settled, worst
 
+    @contextmanager
+    def pause(self):
+        """Evaluations and saves: not the window's training time."""
+        self.paused_at = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - self.paused_at
+            self.paused_at = None
+
+    def busy(self) -> float:
+        """The window's training seconds so far, a pause under way excluded too (a save after an
+        evaluation saves the seconds before the evaluation)."""
+        now = time.perf_counter() if self.paused_at is None else self.paused_at
+        return self.busy_before + now - self.start - self.paused
+
     def rank_steps(self, world: World) -> int:
         """(process, step) pairs summed: a resumed window counts its steps from before at the number
         of processes that took them."""
@@ -493,13 +511,17 @@ class Window:
             before = self.steps_before * job.tokens_per_step
         return before + (self.steps - self.steps_before) * job.tokens_per_step
 
-    def process_seconds(self, world: World, busy: float) -> float:
-        """Busy seconds summed over the processes (the MFU's time; `busy`: the window's busy seconds):
-        a resumed window's from before at the number of processes that took them."""
-        before = self.process_seconds_before
-        if before is None:
-            before = self.busy_before * world.size
-        return before + (busy - self.busy_before) * world.size
+    def possible_flops(self, job: Job, busy: float) -> float | None:
+        """FLOPs the processes could have done in the window's busy seconds (`busy`), the MFU's
+        denominator: a resumed window's from before at the peak and number of processes they had (the
+        peak is measured anew at each start on CPU, and a resume may run on another device). None
+        without a peak."""
+        if not job.peak:
+            return None
+        before = self.possible_before
+        if before is None:  # an older checkpoint's window, or one saved without a peak: at today's
+            before = self.process_seconds_before * job.peak
+        return before + (busy - self.busy_before) * job.world.size * job.peak
 
     def record(self, job: Job) -> dict:
         """Means over the window's steps and all ranks (this waits for the device)."""
@@ -514,7 +536,7 @@ class Window:
             share = (counts.float() / counts.sum(-1, keepdim=True)).tolist()
             rec["expert_share"] = [[round(s, 5) for s in layer] for layer in share]
             rec["router_entropy"] = [round(float(e) / n, 5) for e in entropy]
-        rec["busy_seconds"] = self.busy_before + time.perf_counter() - self.start - self.paused
+        rec["busy_seconds"] = self.busy()
         return rec
 
     def to_checkpoint(self, job: Job) -> dict:
@@ -525,9 +547,9 @@ class Window:
             sums = {k: v.clone() for k, v in sums.items()}
             for v in sums.values():
                 dist.all_reduce(v)
-        busy = self.busy_before + time.perf_counter() - self.start - self.paused
+        busy = self.busy()
         return {"steps": self.steps, "rank_steps": self.rank_steps(job.world), "tokens": self.tokens(job),
-                "busy_seconds": busy, "process_seconds": self.process_seconds(job.world, busy),
+                "busy_seconds": busy, "possible_flops": self.possible_flops(job, busy),
                 "worst": int(self.worst), "settled": self.settled, **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
@@ -539,7 +561,8 @@ class Window:
             window.steps_before = saved["steps"]  # older checkpoints: taken by as many processes as now
             window.rank_steps_before = saved.get("rank_steps", saved["steps"] * job.world.size)
             window.tokens_before = saved.get("tokens")
-            window.process_seconds_before = saved.get("process_seconds")
+            window.possible_before = saved.get("possible_flops")
+            window.process_seconds_before = saved.get("process_seconds", window.busy_before * job.world.size)
             window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
             window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
             for k in ("losses", "counts", "entropy"):
@@ -564,8 +587,8 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
     rec = window.record(job)
     busy = rec.pop("busy_seconds")
     tok_s = window.tokens(job) / max(busy, 1e-9)
-    flops = window.tokens(job) * job.fpt  # over what the processes could do in their busy seconds
-    mfu = flops / (job.peak * max(window.process_seconds(job.world, busy), 1e-9)) if job.peak else None
+    possible = window.possible_flops(job, busy)  # FLOPs done over those the processes could have done
+    mfu = window.tokens(job) * job.fpt / max(possible, 1e-9) if possible is not None else None
     rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(out.grad_norm), tokens_per_s=tok_s,
                mfu=mfu, tokens=state.tokens,
                minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
@@ -1111,7 +1134,8 @@ def open_logs(job: Job, state: LoopState) -> None:
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     new_wandb = wandb_run is not None and wandb_run.id != job.wandb_id  # not the checkpoint's W&B run
     job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if job.continues else None, log,
-                                 open_window=bool((job.window or {}).get("steps")), backfill=new_wandb)
+                                 open_window=bool((job.window or {}).get("steps")), backfill=new_wandb,
+                                 eval_due=state.eval_due)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1175,11 +1199,10 @@ def loop(job: Job, state: LoopState) -> dict:
     failed = True  # until the loop ends without an exception: the W&B run is then marked failed
     try:
         if state.eval_due:  # the evaluation a signal put off, before training on; saved at once, so
-            paused = time.perf_counter()  # that a crash before the next save does not run it again
-            state.eval_due = False
-            evaluated = evaluate_step(job, state, window)
-            maybe_save(job, state, window, "last.pt")
-            window.paused += time.perf_counter() - paused
+            with window.pause():  # that a crash before the next save does not run it again
+                state.eval_due = False
+                evaluated = evaluate_step(job, state, window)
+                maybe_save(job, state, window, "last.pt")
         while state.step < t.max_steps:
             if job.clock.spent(state):
                 finished = "max_minutes"

@@ -857,12 +857,10 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
     assert verdicts[-1:] == [0.0]  # the others were told
 
 
-def test_mfu_of_a_window_resumed_with_another_number_of_processes_counts_the_processes_each_step_had(
-        tmp_path, monkeypatch):
-    """A log window saved by 2 processes (2 steps of 1 s) and resumed by 1 (2 steps of 2 s: each step
-    as efficient): its MFU is each step's, 0.3, not 0.4 (the earlier seconds counted at today's one
-    process); tokens/s is its tokens over its 6 busy seconds. An older checkpoint, without the
-    window's process seconds, counts them at today's number of processes."""
+def resumed_window_record(tmp_path, monkeypatch, before, after, drop=(), add=None):
+    """The train record of a log window of 4 steps of 100 tokens at 6 FLOPs each: 2 steps taken with
+    `before` (processes, peak FLOP/s, seconds per step) and saved, less the keys in `drop` and with
+    those of `add` (an older checkpoint's), then 2 resumed with `after`; a fake clock."""
     from types import SimpleNamespace
 
     import runtime
@@ -870,30 +868,115 @@ def test_mfu_of_a_window_resumed_with_another_number_of_processes_counts_the_pro
     monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: None)  # the sum over ranks
     run_dir = tmp_path / "ckpt" / "r"
-    run_dir.mkdir(parents=True)
-    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(0, 2), window=None,
-                          tokens_per_step=100, fpt=6.0, peak=1000.0, train_args=TrainArgs(), run_dir=run_dir,
-                          log=print)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = SimpleNamespace(device=torch.device("cpu"), window=None, tokens_per_step=100, fpt=6.0,
+                          train_args=TrainArgs(), run_dir=run_dir, log=print)
     job.metrics = runlog.Metrics(run_dir, None, None)
     out = train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
-    window = train.Window.resume(train.LoopState(), job)
-    for _ in range(2):
-        now[0] += 1.0
-        window.add(out)
-    saved = window.to_checkpoint(job)
-    job.world = runtime.World(0, 1)
-    for older in (False, True):
-        job.window = {k: v for k, v in saved.items() if not (older and k == "process_seconds")}
-        state = train.LoopState(step=2, tokens=200)
+    state = train.LoopState()
+    for i, (processes, peak, seconds) in enumerate((before, after)):
+        job.world, job.peak = runtime.World(0, processes), peak
         window = train.Window.resume(state, job)
         for _ in range(2):
-            now[0] += 2.0
+            now[0] += seconds
             window.add(out)
             state.step, state.tokens = state.step + 1, state.tokens + 100
-        train.log_step(job, state, window, 1e-3, out, SimpleNamespace(set_postfix=lambda **kw: None))
-    new, old = metrics(tmp_path)
+        if i == 0:
+            job.window = {k: v for k, v in window.to_checkpoint(job).items() if k not in drop} | (add or {})
+    train.log_step(job, state, window, 1e-3, out, SimpleNamespace(set_postfix=lambda **kw: None))
+    return metrics(tmp_path)[-1]
+
+
+def test_mfu_of_a_window_resumed_with_another_number_of_processes_counts_the_processes_each_step_had(
+        tmp_path, monkeypatch):
+    """A log window saved by 2 processes (2 steps of 1 s) and resumed by 1 (2 steps of 2 s: each step
+    as efficient): its MFU is each step's, 0.3, not 0.4 (the earlier seconds counted at today's one
+    process); tokens/s is its tokens over its 6 busy seconds. An older checkpoint, without the
+    window's possible FLOPs, counts them at today's number of processes, or at its process seconds
+    where it saved those (4 here)."""
+    new = resumed_window_record(tmp_path, monkeypatch, (2, 1000.0, 1.0), (1, 1000.0, 2.0))
     assert new["mfu"] == pytest.approx(0.3) and new["tokens_per_s"] == pytest.approx(400 / 6)
+    old = resumed_window_record(tmp_path, monkeypatch, (2, 1000.0, 1.0), (1, 1000.0, 2.0),
+                                drop=("possible_flops",))
     assert old["mfu"] == pytest.approx(0.4)
+    older = resumed_window_record(tmp_path, monkeypatch, (2, 1000.0, 1.0), (1, 1000.0, 2.0),
+                                  drop=("possible_flops",), add={"process_seconds": 4.0})
+    assert older["mfu"] == pytest.approx(0.3)
+
+
+def test_mfu_of_a_window_resumed_at_another_peak_counts_the_peak_each_step_had(tmp_path, monkeypatch):
+    """A log window saved at a peak of 1000 FLOP/s (2 steps of 1 s) and resumed at 2000 (a faster
+    device, or the CPU's peak measured anew: 2 steps of 0.5 s, each step as efficient): its MFU is each
+    step's, 0.6, not 0.4 (the earlier seconds counted at today's peak). A window saved without a
+    peak counts its earlier seconds at today's; none today, no MFU."""
+    new = resumed_window_record(tmp_path, monkeypatch, (1, 1000.0, 1.0), (1, 2000.0, 0.5))
+    assert new["mfu"] == pytest.approx(0.6) and new["tokens_per_s"] == pytest.approx(400 / 3)
+    unknown = resumed_window_record(tmp_path, monkeypatch, (1, None, 1.0), (1, 2000.0, 0.5))
+    assert unknown["mfu"] == pytest.approx(0.4)
+    none_now = resumed_window_record(tmp_path, monkeypatch, (1, 1000.0, 1.0), (1, None, 0.5))
+    assert none_now["mfu"] is None
+
+
+def saved_windows(monkeypatch):
+    """{step: the window each save at it held} of the run to come, whose evaluations take a fake 100 s
+    more of train's clock."""
+    from types import SimpleNamespace
+    offset, real_evaluate, real_save, saved = [0.0], train.evaluate_job, checkpoint.save_checkpoint, {}
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0],
+                                                       time=time.time))
+
+    def evaluate_job(job):
+        offset[0] += 100.0
+        return real_evaluate(job)
+
+    def save_checkpoint(path, ckpt):
+        saved[ckpt["step"]] = ckpt["window"]
+        real_save(path, ckpt)
+    monkeypatch.setattr(train, "evaluate_job", evaluate_job)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
+    return saved
+
+
+def test_a_window_saved_after_an_evaluation_does_not_count_the_evaluation_as_training_time(
+        tmp_path, corpus, cache, monkeypatch):
+    """A save in the same step as an evaluation, in the middle of a log window: the window it saves
+    holds the training seconds alone, not the evaluation's (a fake 100 s), which a run resumed from
+    it would count in its tokens/s and MFU. So does the window the last saves hold when the budget
+    ends the run in the middle of one (its resume with a larger --max_minutes goes on with it)."""
+    saved = saved_windows(monkeypatch)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--log_every", "4", "--eval_every", "3",
+                    "--save_every", "3"))
+    assert saved[3]["steps"] == 3 and saved[3]["busy_seconds"] < 100
+    assert metrics(tmp_path)[-1]["tokens_per_s"] > 4 * 256 / 100  # the whole window, in the same run
+    monkeypatch.setattr(train.Clock, "spent", lambda clock, state: state.step >= 2)  # the budget
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--log_every", "4", "--max_minutes", "1",
+                    run="budget"))
+    assert saved[2]["steps"] == 2 and saved[2]["busy_seconds"] < 100
+
+
+def test_a_crash_while_saving_an_evaluation_a_signal_put_off_does_not_write_its_record_twice(
+        tmp_path, corpus, cache, monkeypatch):
+    """Stopped on an evaluation step (the evaluation put off), resumed: the resumed run writes the val
+    record, then dies while saving (killed). Resumed again from the same checkpoint, it evaluates the
+    step again: metrics.jsonl holds its val record once, as an uninterrupted run's does."""
+    class Killed(BaseException):
+        pass
+
+    real_agree, real_save = train.agree, checkpoint.save_checkpoint
+    base = ["--max_steps", "4", "--log_every", "3", "--eval_every", "2", "--save_every", "100", "--plot", ""]
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    train.main(args(tmp_path, corpus, cache, *base))
+    monkeypatch.setattr(train, "agree", real_agree)
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["eval_due"]
+
+    def killed(path, ckpt):
+        raise Killed
+    monkeypatch.setattr(checkpoint, "save_checkpoint", killed)
+    with pytest.raises(Killed):
+        train.main(args(tmp_path, corpus, cache, *base, "--resume"))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    train.main(args(tmp_path, corpus, cache, *base, "--resume"))
+    assert [r["step"] for r in metrics(tmp_path, kind="val")] == [2, 4]
 
 
 def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
