@@ -555,7 +555,8 @@ def _json_object_problem(path: str, field: str, flag: str) -> str | None:
     out = Path(path).with_suffix(".jsonl")
     what = "records" if key in records else "texts"
     record = lists[key][0] if key in records else {field: ""}  # (texts become records with `field`)
-    strings = [k for k, v in record.items() if isinstance(v, str)]
+    strings = [k for k, v in record.items() if isinstance(v, str)]  # the longest first: the text, not an id
+    strings.sort(key=lambda k: -len(record[k]))
     name = field if field in record else next((k for k in ["text", *strings] if k in strings), field)
     then = "" if name == field else f" with --text_field {shlex.quote(name)}" + (
         " (or no --text_field)" if name == "text" else "")

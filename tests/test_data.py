@@ -1069,6 +1069,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, case, capfd):
     ({"text": "texts"}, "text", "text", '.text[] | {"text": .}', ""),
     ({"text": "texts"}, "data", "text", '.text[] | {"data": .}', ""),
     ({"data": "stories"}, "data", "data", ".data[]", " with --text_field story"),
+    ({"data": "named"}, "data", "data", ".data[]", " with --text_field story"),  # not the id before it
 ])
 def test_a_json_object_holding_the_records_gets_a_command_that_works(tmp_path, shape, field, key, expr, then):
     """A .json object holding its records ({"data": [...]}, as many datasets ship) got "has no column
@@ -1076,7 +1077,8 @@ def test_a_json_object_holding_the_records_gets_a_command_that_works(tmp_path, s
     --text_field data (the list's name) the converted lines need another: the hint names it."""
     docs = stories(20)
     rows = {"records": [{"text": d} for d in docs], "texts": docs,
-            "stories": [{"id": 1, "story": d} for d in docs]}
+            "stories": [{"id": 1, "story": d} for d in docs],
+            "named": [{"id": f"s{i}", "story": d} for i, d in enumerate(docs)]}
     path = write(tmp_path / "src" / "o.json", json.dumps({k: rows.get(v, v) for k, v in shape.items()}))
     what = "texts" if shape[key] == "texts" else "records"
     with pytest.raises(DataError, match=rf"--data: {path}: is one JSON object with the {what} in its "
