@@ -449,7 +449,8 @@ class Window:
     def __init__(self, state: LoopState, device):
         self.steps, self.start, self.paused, self.busy_before = 0, time.perf_counter(), 0.0, 0.0
         self.paused_at = None  # when the pause under way (pause) began
-        self.losses = self.counts = self.entropy = None
+        self.losses = self.counts = self.entropy = None  # sums over the steps applied (not skipped)
+        self.applied = torch.zeros((), device=device)  # steps applied, of this rank (rank 0: + those before)
         self.skipped = torch.zeros((), device=device)  # non-finite steps not yet counted in the state
         self.bad_in_row = torch.full((), float(state.bad_in_row), device=device)
         self.worst = self.bad_in_row.clone()  # the longest run of non-finite steps in the window
@@ -460,10 +461,12 @@ class Window:
         self.process_seconds_before = 0.0  # ... and their busy seconds x processes (for an unknown one)
 
     def add(self, out: StepOutput):
-        def plus(a, b):
-            return b if a is None else a + b
+        def plus(a, b):  # a skipped step's numbers (NaN, inf) are left out of the means
+            return torch.where(skip, 0, b) if a is None else a + torch.where(skip, 0, b)
+        skip = out.skipped.bool()
         self.steps += 1
         self.losses = plus(self.losses, out.losses)
+        self.applied += 1 - out.skipped
         self.skipped += out.skipped
         self.bad_in_row = (self.bad_in_row + out.skipped) * out.skipped  # back to 0 after a good step
         self.worst = torch.maximum(self.worst, self.bad_in_row)
@@ -524,10 +527,10 @@ class Window:
         return before + (busy - self.busy_before) * job.world.size * job.peak
 
     def record(self, job: Job) -> dict:
-        """Means over the window's steps and all ranks (this waits for the device)."""
-        n = self.rank_steps(job.world)
-        losses = runtime.all_reduce(self.losses.tolist(), job.device, job.world)
-        rec = dict(zip(LOSSES, [v / n for v in losses], strict=True))
+        """Means over the window's applied steps and all ranks (this waits for the device); NaN
+        where every step was skipped."""
+        *losses, n = runtime.all_reduce(self.losses.tolist() + [float(self.applied)], job.device, job.world)
+        rec = dict(zip(LOSSES, [v / n if n else math.nan for v in losses], strict=True))
         if self.counts is not None:
             counts, entropy = self.counts.clone(), self.entropy.clone()
             if job.world.size > 1:
@@ -535,14 +538,14 @@ class Window:
                 dist.all_reduce(entropy)
             share = (counts.float() / counts.sum(-1, keepdim=True)).tolist()
             rec["expert_share"] = [[round(s, 5) for s in layer] for layer in share]
-            rec["router_entropy"] = [round(float(e) / n, 5) for e in entropy]
+            rec["router_entropy"] = [round(float(e) / n, 5) if n else math.nan for e in entropy]
         rec["busy_seconds"] = self.busy()
         return rec
 
     def to_checkpoint(self, job: Job) -> dict:
         """The open window, summed over the ranks, on the CPU (saves wait for the device anyway)."""
-        sums = {k: v for k, v in (("losses", self.losses), ("counts", self.counts), ("entropy", self.entropy))
-                if v is not None}
+        sums = {k: v for k, v in (("losses", self.losses), ("counts", self.counts), ("entropy", self.entropy),
+                                  ("applied", self.applied if self.steps else None)) if v is not None}
         if job.world.size > 1:
             sums = {k: v.clone() for k, v in sums.items()}
             for v in sums.values():
@@ -565,6 +568,8 @@ class Window:
             window.process_seconds_before = saved.get("process_seconds", window.busy_before * job.world.size)
             window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
             window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
+            # an older checkpoint's: every step counted as applied (its sums hold a skipped step's loss)
+            window.applied.fill_(saved.get("applied", window.rank_steps_before) if job.world.main else 0)
             for k in ("losses", "counts", "entropy"):
                 if k in saved:
                     v = saved[k].to(job.device)
@@ -1133,9 +1138,12 @@ def open_logs(job: Job, state: LoopState) -> None:
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     new_wandb = wandb_run is not None and wandb_run.id != job.wandb_id  # not the checkpoint's W&B run
+    # an open window's record is written again only by a run that trains on (not one resumed for the
+    # evaluation a signal put off, with its budget spent: it would lose the record)
+    trains = state.step < train_args.max_steps and not job.clock.spent(state)
     job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if job.continues else None, log,
-                                 open_window=bool((job.window or {}).get("steps")), backfill=new_wandb,
-                                 eval_due=state.eval_due)
+                                 open_window=trains and bool((job.window or {}).get("steps")),
+                                 backfill=new_wandb, eval_due=state.eval_due)
 
 
 # ---------------------------------------------------------------------------------------------

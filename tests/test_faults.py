@@ -5,6 +5,7 @@ Each test reproduces the fault; see the README's Faults section for what is guar
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -280,6 +281,27 @@ def test_an_evaluation_a_signal_put_off_is_run_by_the_resumed_run(tmp_path, corp
     assert (tmp_path / "ckpt" / "last" / "best.pt").exists()
 
 
+def test_a_resumed_run_that_trains_no_step_keeps_the_train_record_of_its_window(tmp_path, corpus, cache,
+                                                                                monkeypatch):
+    """Stopped on an evaluation step in the middle of a log window (step 4), then resumed with
+    --max_steps 4: the resumed run dropped the partial train record of step 4 and trained no step,
+    so the record was lost; a run that trains no more keeps it."""
+    base = ["--log_every", "3", "--eval_every", "2", "--save_every", "100"]
+    undo = stop_at(monkeypatch, 4)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "6", *base))
+    undo()
+    partial = metrics(tmp_path)[-1]
+    assert (partial["step"], partial["window_steps"]) == (4, 1)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", *base, "--resume"))
+    lines = (tmp_path / "ckpt" / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [(r["kind"], r["step"]) for r in map(json.loads, lines)] == [
+        ("val", 2), ("train", 3), ("train", 4), ("val", 4)]  # as a run to step 4 writes them
+    again = metrics(tmp_path)[-1]  # the same record, but for the timings
+    timings = ("tokens_per_s", "mfu", "minutes")
+    assert {k: v for k, v in again.items() if k not in timings} == {
+        k: v for k, v in partial.items() if k not in timings}
+
+
 def test_a_streak_of_non_finite_steps_survives_a_crash_and_resume(tmp_path, corpus, cache, monkeypatch,
                                                                   capsys):
     """Steps 0-5 non-finite, a save at step 8, a crash in step 9: the resumed run still stops at
@@ -458,6 +480,13 @@ def test_a_window_resumed_with_another_number_of_processes_averages_over_what_ea
     window = train.Window.resume(train.LoopState(step=2), job)
     window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 5)
+    job.window |= {"applied": torch.tensor(3.0)}  # one of the 4 (rank, step) pairs saved was skipped
+    window = train.Window.resume(train.LoopState(step=2), job)
+    window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    window.add(train.StepOutput(torch.full((4,), math.nan), None, None, torch.tensor(math.nan),
+                                torch.tensor(1.0)))  # skipped: in no mean
+    assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 4)
+    job.window.pop("applied")
     job.window.pop("rank_steps")  # an older checkpoint: taken by as many processes as now
     window = train.Window.resume(train.LoopState(step=2), job)
     window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))

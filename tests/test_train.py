@@ -394,6 +394,37 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, corpus, cache, monke
     assert all(torch.isfinite(t).all() for t in w.values())
 
 
+def test_a_log_window_with_a_skipped_step_means_the_applied_steps(tmp_path, corpus, cache, monkeypatch):
+    """Steps 1 and 2 have a NaN loss and are skipped: the window of steps 0-3 records the mean of
+    steps 0 and 3 (each logged alone in a run that logs every step), not NaN, and counts the two;
+    a window of skipped steps alone has no mean (NaN). Stopped after step 2 and resumed, the same."""
+    real = train.accumulate
+
+    def accumulate(model, batches, seed, step, *rest):
+        losses, counts, entropy = real(model, batches, seed, step, *rest)
+        if step in (1, 2):
+            next(model.parameters()).grad.fill_(float("nan"))
+            losses = losses * float("nan")
+        return losses, counts, entropy
+    monkeypatch.setattr(train, "accumulate", accumulate)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", run="each"))
+    each = metrics(tmp_path, "each")
+    assert [math.isnan(r["lm_loss"]) for r in each] == [False, True, True, False]
+    base = ["--max_steps", "4", "--log_every", "4", "--save_every", "100"]
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    [whole] = metrics(tmp_path, "whole")
+    assert whole["lm_loss"] == pytest.approx((each[0]["lm_loss"] + each[3]["lm_loss"]) / 2, abs=1e-6)
+    assert whole["skipped_steps"] == 2 and whole["window_steps"] == 4
+    real_agree = train.agree  # as a signal would, after step 2
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    train.main(args(tmp_path, corpus, cache, *base, run="resumed"))
+    monkeypatch.setattr(train, "agree", real_agree)
+    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="resumed"))
+    [resumed] = metrics(tmp_path, "resumed")
+    assert {k: resumed[k] for k in ("lm_loss", "loss", "skipped_steps")} == {
+        k: whole[k] for k in ("lm_loss", "loss", "skipped_steps")}
+
+
 def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, corpus, cache, monkeypatch,
                                                                     capsys):
     poison(monkeypatch, set(range(2, 100)))
@@ -1026,3 +1057,32 @@ def test_a_plot_that_fails_closes_its_figure(tmp_path, monkeypatch):
     for _ in range(3):
         assert runlog.plot_loss(folder, "loss.png", said.append) is None
     assert len(said) == 3 and set(plt.get_fignums()) == before
+
+
+def test_a_crash_in_the_last_evaluation_of_a_budget_ended_run_keeps_its_last_train_record(
+        tmp_path, corpus, cache, monkeypatch):
+    """The budget ends the run in the middle of a log window and a signal came at its last step: last.pt
+    holds the open window and the evaluation put off, and the run dies evaluating. Resumed (the budget
+    still spent), it evaluates and trains no more: the window's train record at that step, which it
+    does not write again, is kept (it was dropped: metrics.jsonl lost the run's last train record)."""
+    class Killed(BaseException):
+        pass
+
+    real_agree, real_evaluate = train.agree, train.evaluate_job
+    base = ["--max_steps", "10", "--log_every", "4", "--eval_every", "100", "--max_minutes", "1",
+            "--plot", ""]
+    monkeypatch.setattr(train.Clock, "spent", lambda clock, state: state.step >= 2)  # the budget
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+
+    def killed(job):
+        raise Killed
+    monkeypatch.setattr(train, "evaluate_job", killed)
+    with pytest.raises(Killed):
+        train.main(args(tmp_path, corpus, cache, *base))
+    monkeypatch.setattr(train, "agree", real_agree)
+    monkeypatch.setattr(train, "evaluate_job", real_evaluate)
+    last = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    assert last["eval_due"] and last["window"]["steps"] == 2
+    train.main(args(tmp_path, corpus, cache, *base, "--resume"))
+    assert [r["step"] for r in metrics(tmp_path)] == [2]
+    assert [r["step"] for r in metrics(tmp_path, kind="val")] == [2]
