@@ -71,6 +71,11 @@ def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    # torch._dynamo (which DDP imports) keeps references to the torch objects it finds at import,
+    # the default group among them: one created before it outlives destroy_process_group, and a
+    # gloo group torn down as the interpreter exits can abort it ("terminate called without an
+    # active exception", exit -6). Imported first, it holds no group.
+    from torch import _dynamo  # noqa: F401
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, World(dist.get_rank(), dist.get_world_size())
 

@@ -1041,6 +1041,33 @@ def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
         assert line in workers[0], out.stderr
 
 
+GROUP_OUTLIVES_DESTROY = """
+import gc, os, socket, weakref
+import torch, torch.distributed as dist
+import runtime
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+runtime.setup_distributed(torch.device("cpu"))
+group = weakref.ref(dist.group.WORLD)
+torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))  # (imports torch._dynamo)
+dist.destroy_process_group()
+gc.collect()
+print("alive" if group() is not None else "freed")
+"""
+
+
+def test_the_process_group_is_freed_by_destroy_process_group():
+    """A worker under torchrun sometimes aborted at exit ("terminate called without an active
+    exception", exit -6, under load): DDP imports torch._dynamo, whose import kept a reference to
+    the default group created before it, so the gloo group outlived destroy_process_group and was
+    torn down as the interpreter exited. (A fresh process: this one has imported torch._dynamo.)"""
+    out = subprocess.run([sys.executable, "-c", GROUP_OUTLIVES_DESTROY], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["freed"], out.stderr[-3000:]
+
+
 def test_a_plot_that_fails_closes_its_figure(tmp_path, monkeypatch):
     """plot_loss turns any failure into a warning and training goes on: the figure of each failed
     plot was left open (one per evaluation, and matplotlib's 'More than 20 figures' warning)."""
