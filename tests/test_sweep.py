@@ -172,17 +172,22 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_the_runs(tmp_path,
     assert e.value.code == 1 and err[-1].startswith(f"sweep.py: error: cannot create the folder {bad}")
 
 
+def finished_run(run_dir, step, tokens, tokens_per_s, bpb, nats, val_tokens):
+    """The metrics.jsonl of a finished train.py run (a train and a val record), without training."""
+    run_dir.mkdir(parents=True)
+    records = [{"kind": "train", "step": step, "tokens": tokens, "tokens_per_s": tokens_per_s},
+               {"kind": "val", "step": step, "tokens": tokens, "bits_per_byte": bpb, "nats_per_token": nats,
+                "val_tokens": val_tokens}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 def test_relative_paths_mean_the_same_folders_to_train_py(corpus, tmp_path, monkeypatch):
     """train.py ran in the repository (cwd=ROOT), sweep.py where it was started: a relative --out_dir
     was written there and read here, a FileNotFoundError traceback after the first run."""
     def trained(argv, **kwargs):  # a train.py that finishes, in the folder it is started in
         run_dir = sweep.Path(kwargs.get("cwd", ".")) / argv[argv.index("--out_dir") + 1] / argv[
             argv.index("--run") + 1]
-        run_dir.mkdir(parents=True)
-        records = [{"kind": "train", "step": 2, "tokens": 512, "tokens_per_s": 100.0},
-                   {"kind": "val", "step": 2, "tokens": 512, "bits_per_byte": 2.0, "nats_per_token": 5.0,
-                    "val_tokens": 100}]
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
         return sweep.subprocess.CompletedProcess(argv, 0)
     monkeypatch.setattr(sweep, "ROOT", tmp_path / "repo")  # (the old cwd of train.py: not the real one)
     monkeypatch.setattr(sweep.subprocess, "run", trained)
@@ -322,11 +327,7 @@ def test_beside_the_compiled_run_every_run_is_eager_on_any_device(tmp_path, monk
         argv = cmd[2:]
         launched[argv[argv.index("--run") + 1]] = argv
         run_dir = tmp_path / "runs" / argv[argv.index("--run") + 1]
-        run_dir.mkdir(parents=True)
-        records = [{"kind": "train", "step": 1, "tokens": 100, "tokens_per_s": 10.0},
-                   {"kind": "val", "step": 1, "tokens": 100, "bits_per_byte": 1.0, "nats_per_token": 1.0,
-                    "val_tokens": 10}]
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        finished_run(run_dir, step=1, tokens=100, tokens_per_s=10.0, bpb=1.0, nats=1.0, val_tokens=10)
         return sweep.subprocess.CompletedProcess(cmd, 0)
     monkeypatch.setattr(sweep.subprocess, "run", fake_train)
     monkeypatch.setattr(sweep, "plot", lambda *args: None)
