@@ -15,7 +15,7 @@ Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (
 DeviceError, which one rank may meet alone, is printed by each rank that meets it.
 
 Importing this module makes a Ctrl-C that nothing catches one line, `<prog>: interrupted`, instead
-of a traceback (the exit status stays a SIGINT's, 130): train.py imports it before torch, whose
+of a traceback (the exit status stays a SIGINT's, 130): train.py and sample.py import it before torch, whose
 import takes seconds.
 """
 
