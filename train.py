@@ -458,7 +458,6 @@ class Window:
         self.rank_steps_before = self.steps_before = 0  # what a resumed window holds from before
         self.tokens_before = None  # ... and their tokens (None: an older checkpoint's, at today's per step)
         self.possible_before = 0.0  # ... and the FLOPs their processes could have done (None: unknown)
-        self.process_seconds_before = 0.0  # ... and their busy seconds x processes (for an unknown one)
 
     def add(self, out: StepOutput):
         def plus(a, b):  # a skipped step's numbers (NaN, inf) are left out of the means
@@ -523,7 +522,7 @@ class Window:
             return None
         before = self.possible_before
         if before is None:  # an older checkpoint's window, or one saved without a peak: at today's
-            before = self.process_seconds_before * job.peak
+            before = self.busy_before * job.world.size * job.peak
         return before + (busy - self.busy_before) * job.world.size * job.peak
 
     def record(self, job: Job) -> dict:
@@ -565,7 +564,6 @@ class Window:
             window.rank_steps_before = saved.get("rank_steps", saved["steps"] * job.world.size)
             window.tokens_before = saved.get("tokens")
             window.possible_before = saved.get("possible_flops")
-            window.process_seconds_before = saved.get("process_seconds", window.busy_before * job.world.size)
             window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
             window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
             # an older checkpoint's: every step counted as applied (its sums hold a skipped step's loss)
