@@ -347,8 +347,8 @@ def main(argv=None):
     check_pass_through(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     check_candidates(p, stage1, opts)
-    if repeated(opts):  # (allowed: --vocab_size 512 for every run is a smaller sweep, if not the README's)
-        print(f"sweep.py: warning: {', '.join(repeated(opts))} would repeat the run each varies, as the "
+    if again := repeated(opts):  # (allowed: --vocab_size 512 for all is a smaller sweep)
+        print(f"sweep.py: warning: {', '.join(again)} would repeat the run each varies, as the "
               "options passed through come after theirs; leave those out, or add --no_variations or "
               "--no_followups", file=sys.stderr)
     out = storage.make_folder(results_folder(p, opts), "pick another --out")  # before the runs, not after
