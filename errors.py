@@ -79,8 +79,8 @@ def run_script(main, prog: str):
     """A script's entry point: main(), with a UserError printed as `<prog>: error: <message>` and
     its exit status (scripts/ that have no handler of their own), and output read by something that
     stops early (`| head -1`) ending quietly, with the status a SIGPIPE gives (141), as cat's does;
-    after a UserError, with the error's status. A broken pipe that is not stdout's (a closed
-    subprocess or socket) is not that: it goes on as an uncaught error."""
+    after a UserError or a failing sys.exit (argparse's 2), with that status. A broken pipe that is
+    not stdout's (a closed subprocess or socket) is not that: it goes on as an uncaught error."""
     status = 141
     try:
         try:
@@ -89,6 +89,10 @@ def run_script(main, prog: str):
             print(f"{prog}: error: {e}", file=sys.stderr)
             status = e.exit_code
             sys.exit(e.exit_code)
+        except SystemExit as e:  # a failure's status, already said, outranks the pipe (--help's 0 does not)
+            if e.code:
+                status = e.code
+            raise
         finally:  # what stdout still holds (--help's text too) meets a closed pipe here, not at exit
             if sys.stdout is not None:
                 sys.stdout.flush()

@@ -1160,6 +1160,20 @@ def test_an_error_whose_output_is_closed_keeps_its_exit_status():
     assert (done.returncode, done.stderr) == (2, "x.py: error: --x 1: bad; pass --x 2\n")
 
 
+def test_a_bad_option_whose_output_is_closed_keeps_argparses_exit_status():
+    """argparse's error (SystemExit(2), its line already on stderr) after output that meets a closed
+    stdout at the final flush exited 141: the pipe's status replaced the one already chosen."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = run_script_with("print('partial'); import argparse; "
+                               "argparse.ArgumentParser(prog='x.py').parse_args(['--bad'])", write_end)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 2
+    assert done.stderr == "usage: x.py [-h]\nx.py: error: unrecognized arguments: --bad\n"
+
+
 def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
     from scripts import plot_runs
     plot_runs.main([str(done.run_dir), "--out", str(tmp_path / "runs.svg")])
