@@ -1115,6 +1115,38 @@ def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, 
     assert not list((tmp_path / "hf").glob("tokenizer*"))
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_export_interrupted_as_it_replaces_another_leaves_one_whole(signum, tmp_path, done, monkeypatch,
+                                                                        capsys):
+    """export --force over an export, with Ctrl-C (or SIGTERM) between its new weights and its new
+    config.json, left the new weights beside the old config.json. Now the signal waits for the last
+    rename: the folder is the whole new export, then the interrupt's line and 130."""
+    from scripts.export_hf import main as export_main
+    run_dir, hf, want = copy_run(done, tmp_path), tmp_path / "hf", tmp_path / "want"
+    export_main([str(run_dir), str(hf)])
+    (run_dir / "tokenizer.json").unlink()  # the new export: no tokenizer, no tokenizer_sha256 in config.json
+    export_main([str(run_dir), str(want)])  # what the interrupted one must leave
+    real_replace = os.replace
+
+    def replace(src, dst):  # the signal lands as the new weights are in place
+        real_replace(src, dst)
+        if os.fspath(dst) == str(hf / "model.safetensors"):
+            os.kill(os.getpid(), signum)
+
+    def on_sigterm(signum, frame):  # (SIGTERM's own action would end pytest)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", replace)
+    kept = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with pytest.raises(SystemExit) as e:
+            export_main([str(run_dir), str(hf), "--force"])
+    finally:
+        signal.signal(signal.SIGTERM, kept)
+    assert e.value.code == 130 and "export_hf.py: interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in hf.iterdir()) == sorted(p.name for p in want.iterdir())  # nor .tmp-*
+    assert all((hf / p.name).read_bytes() == p.read_bytes() for p in want.iterdir())
+
+
 @pytest.mark.parametrize("script,argv,unbuffered", [("count_params.py", ["--preset", "debug"], "1"),
                                                      ("count_params.py", ["--preset", "debug"], ""),
                                                      ("export_hf.py", ["--help"], "")])
