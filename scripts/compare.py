@@ -35,7 +35,9 @@ How this departs from the obvious version:
   files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as it stops
   train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison written
   (compare.py's line comes last, after any of train.py's: a rerun starts the three runs again).
-  One at a run's last step lets that run finish, as train.py does, and then stops compare.py too.
+  One at a run's last step lets that run finish, as train.py does, and then stops compare.py too;
+  at the last run's last step every run is whole, so the comparison is written first (then the
+  line, and 130: a script that calls compare.py stops there too).
 - tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
   the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
   peak it measures with a short GEMM at the start of each run). Final validation is the last val
@@ -340,16 +342,18 @@ def clear_run_folders(out_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
-def interrupted(name: str):
+def interrupted(name: str, whole: bool = False):
     """Ctrl-C or SIGTERM: one line and status 130, as train.py and sweep.py, not a traceback or 1."""
-    print(f"\ncompare.py: interrupted during the {name} run; no comparison written (a rerun starts the "
-          "three runs again)", file=sys.stderr)
+    when = f"after the {name} run (which finished)" if whole else f"during the {name} run"
+    print(f"\ncompare.py: interrupted {when}; no comparison written (a rerun starts the three runs again)",
+          file=sys.stderr)
     sys.exit(130)
 
 
-def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict]]:
-    """The three runs, one after the other: their table rows and what load_run read of each."""
-    rows, runs = [], []
+def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict], bool]:
+    """The three runs, one after the other: their table rows, what load_run read of each, and whether
+    a signal came at the last run's last step (every run whole: the comparison is still made)."""
+    rows, runs, signalled = [], [], False
     for name in VARIANTS:
         load = [round(x, 2) for x in os.getloadavg()]
         print(f"\n=== {name} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}): train.py "
@@ -358,21 +362,21 @@ def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict]]:
             result = train.main(argvs[name])
             # train.py stopped cleanly (status 0), its run cut short, or whole when the signal came at its
             # last step (or later): either way the user asked to stop, not to train the next run
-            stopped = result["finished"] == "signal" or result.get("signalled", False)
-            run = None if stopped else load_run(name, result["run_dir"])
+            cut, signalled = result["finished"] == "signal", result.get("signalled", False)
+            run = None if cut else load_run(name, result["run_dir"])
         except KeyboardInterrupt:  # (outside train.py's training loop, which takes the signal itself)
             interrupted(name)
         except SystemExit as e:  # train.main's exit 130: a signal before its first step, or a second one
             if e.code == 130:
                 interrupted(name)
             raise
-        if stopped:  # (outside the try: interrupted's own SystemExit would print its line again)
-            interrupted(name)
+        if cut or (signalled and name != VARIANTS[-1]):  # (outside the try: interrupted's own SystemExit
+            interrupted(name, whole=not cut)  # would print its line again)
         runs.append(run)
         rows.append({**summarize(run, result["step"]), "label": run["label"], **sizes[name],
                      "load_avg_before": load[0], "load_avg_before_1_5_15": load,
                      "finished": result["finished"], "run_dir": result["run_dir"]})
-    return rows, runs
+    return rows, runs, signalled
 
 
 def main(argv=None) -> dict:
@@ -400,7 +404,7 @@ def main(argv=None) -> dict:
 
     clear_run_folders(Path(opts.out_dir))
 
-    rows, runs = train_variants(argvs, sizes)
+    rows, runs, signalled = train_variants(argvs, sizes)
     load_after = [round(x, 2) for x in os.getloadavg()]
 
     hashes = {sha256(r["dir"] / "tokenizer.json") for r in runs}
@@ -434,6 +438,10 @@ def main(argv=None) -> dict:
     table = markdown(report)
     storage.atomic_write(paths["md"], table.encode())
     print("\n" + table + "\n" + "\n".join(str(p) for p in paths.values()))
+    if signalled:  # nothing was cut short, but the user asked to stop: a calling script stops too
+        print(f"\ncompare.py: interrupted as the last run ended; every run finished, comparison written to "
+              f"{out}", file=sys.stderr)
+        sys.exit(130)
     return {**report, "figures": figures}
 
 

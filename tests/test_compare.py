@@ -261,7 +261,37 @@ def test_ctrl_c_at_a_runs_last_step_stops_compare_after_that_run(tmp_path, corpu
                       "--out_dir", str(runs), "--cache_dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 130
-    assert err[-1].startswith("compare.py: interrupted during the moe run; ")
+    assert err[-1].startswith("compare.py: interrupted after the moe run (which finished); ")
     assert sum(line.startswith("compare.py: interrupted") for line in err) == 1
     assert (runs / "compare-moe" / "last.pt").exists() and not (runs / "compare-dense").exists()
     assert not (tmp_path / "img" / "compare.json").exists()
+
+
+def test_ctrl_c_at_the_last_runs_last_step_still_writes_the_comparison(tmp_path, corpus, monkeypatch, capsys):
+    """A signal during the last run's last step cuts no run short, yet compare.py dropped the whole
+    comparison and said a rerun starts the runs again. Now it writes it, then its line and 130."""
+    import signal
+
+    import train
+    real_agree = train.agree
+
+    def signal_in_the_last_step(job, state, stop):  # as Stop's handler takes a Ctrl-C mid-step
+        if job.run_dir.name == "compare-moe-ablation" and state.step == job.train_args.max_steps:
+            stop.handle(signal.SIGTERM, None)
+        return real_agree(job, state, stop)
+    monkeypatch.setattr(train, "agree", signal_in_the_last_step)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--preset", "debug", "--data", str(corpus / "train.txt"),
+                      "--val_data", str(corpus / "valid.txt"), "--minutes", "1", "--max_steps", "2",
+                      "--batch_size", "2", "--eval_windows", "2", "--out", str(tmp_path / "img"),
+                      "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert e.value.code == 130
+    assert err[-1] == f"compare.py: interrupted as the last run ended; every run finished, comparison " \
+                      f"written to {tmp_path / 'img'}"
+    assert sum(line.startswith("compare.py: interrupted") for line in err) == 1
+    written = json.loads((tmp_path / "img" / "compare.json").read_text())
+    rows = [(r["run"], r["steps"], r["finished"]) for r in written["runs"]]
+    assert rows == [(name, 2, "max_steps") for name in NAMES]
+    assert "| moe-ablation: " in captured.out and (tmp_path / "img" / "compare_bpb.png").exists()
