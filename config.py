@@ -167,7 +167,7 @@ class ModelArgs:
     @property
     def is_dense(self) -> bool:
         """No MoE layer at all (moe_every > n_layers): every feed-forward is a dense SwiGLU."""
-        return not any(self.is_moe_layer(i) for i in range(self.n_layers))
+        return self.moe_every > self.n_layers  # the first MoE layer is layer moe_every - 1
 
     def dense_twin(self) -> "ModelArgs":
         """The dense model with the same active parameters per token (routers aside): no MoE

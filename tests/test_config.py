@@ -1,6 +1,7 @@
 """Settings: presets, JSON round trip, command-line overrides and their errors."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -40,6 +41,26 @@ def test_json_round_trip_is_exact(cls):
     back = config.from_dict(cls, json.loads(text))
     assert back == obj
     assert json.dumps(config.to_dict(back)) == text
+
+
+@pytest.mark.parametrize("n_layers, moe_every, dense", [
+    (2**31 - 2, 2**31 - 1, True), (2**31 - 1, 10**9, False), (4, 4, False), (4, 5, True), (1, 1, False)])
+def test_is_dense_answers_at_once_for_any_depth(n_layers, moe_every, dense):
+    """is_dense looked at every layer: 2 billion of them (count_params.py and memory_model.py take
+    such a --n_layers) took minutes. The first MoE layer is layer moe_every - 1."""
+    args = ModelArgs(n_layers=n_layers, moe_every=moe_every)
+
+    def too_slow(*_):
+        raise AssertionError("is_dense looks at every layer")
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, 2)  # (minutes before)
+    try:
+        assert args.is_dense is dense
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    if n_layers < 10:
+        assert dense == (not any(args.is_moe_layer(i) for i in range(n_layers)))
 
 
 def test_save_json_is_atomic_and_readable(tmp_path):
