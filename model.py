@@ -48,7 +48,7 @@ How it departs from the obvious version (and from HF's code):
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -963,15 +963,31 @@ def count_parameters(model: Llama4) -> dict:
 
 
 def flops_per_token(args: ModelArgs, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active matmul parameters (embedding lookups and the router
-    noise projection, a training extra outside HF's model, excluded) plus attention's score and
-    value matmuls, 12 x heads x head_dim x mean keys per query (causal: about half the context, or
-    half the chunk on chunked layers)."""
-    with torch.device("meta"):
-        counts = count_parameters(Llama4(args))
-    matmul = counts["active_per_token"] - counts["embedding"] - counts["router_noise"]
-    attn = 0.0
-    for i in range(args.n_layers):
-        span = min(seq_len, args.attn_chunk_size) if args.uses_rope(i) else seq_len
-        attn += 12 * args.n_heads * args.head_dim * (span + 1) / 2
-    return 6 * matmul + attn
+    """Training FLOPs per token: 6 x active matmul parameters (embedding lookups, the RMSNorm
+    weights, which multiply no matrix, and the router noise projection, a training extra outside
+    HF's model, excluded) plus attention's score and value matmuls, 12 x heads x head_dim x mean
+    keys per query over a window of seq_len tokens (causal: (seq_len + 1) / 2; on chunked layers
+    the same within each aligned chunk, the window's last chunk possibly shorter). Layers differ
+    only by their feed-forward (MoE or dense) and their attention span (RoPE or NoPE), so models
+    of one or two layers are built and each kind of layer is counted once and multiplied: any
+    n_layers answers at once."""
+    def matmul(n_layers, moe_every):  # active matmul parameters of a model this deep
+        with torch.device("meta"):
+            model = Llama4(replace(args, n_layers=n_layers, moe_every=moe_every))
+        counts = count_parameters(model)
+        norms = sum(p.numel() for m in model.modules() if isinstance(m, RMSNorm) for p in m.parameters())
+        return counts["active_per_token"] - counts["embedding"] - counts["router_noise"] - norms
+
+    one_moe, one_dense, two_moe = matmul(1, 1), matmul(1, 2), matmul(2, 1)
+    moe = two_moe - one_moe  # one MoE layer
+    outside = one_moe - moe  # lm_head
+    dense = one_dense - outside  # one dense layer
+    n_moe = args.n_layers // args.moe_every
+    n_nope = args.n_layers // args.nope_every
+
+    def attn(span):  # one layer's attention matmuls per token, queries seeing 1..span keys per chunk
+        full, rest = divmod(seq_len, span)
+        keys = (full * span * (span + 1) + rest * (rest + 1)) / 2 / seq_len  # mean keys per query
+        return 12 * args.n_heads * args.head_dim * keys
+    return (6 * (outside + n_moe * moe + (args.n_layers - n_moe) * dense)
+            + (args.n_layers - n_nope) * attn(args.attn_chunk_size) + n_nope * attn(seq_len))

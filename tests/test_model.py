@@ -2,14 +2,16 @@
 activation checkpointing, parameter counts and bad input."""
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import DEBUG, debug_args
 
 import config
+import model as model_module
 from config import ModelArgs
-from model import KVCache, Llama4, MoE, count_parameters, router_stats
+from model import KVCache, Llama4, MoE, count_parameters, flops_per_token, router_stats
 
 V = DEBUG.vocab_size  # the debug preset: 4 layers (NoPE on layer 3), 4 experts, chunks of 8, context 64
 
@@ -586,6 +588,47 @@ def test_default_preset_has_about_128m_parameters():
     with torch.device("meta"):
         counts = count_parameters(Llama4(ModelArgs()))
     assert 125e6 < counts["total"] < 131e6
+
+
+def hand_flops(a, T):
+    """Training FLOPs per token by hand from the shapes, layer by layer: 6 x the weights a token
+    multiplies (norm weights multiply no matrix), 12 x heads x head_dim x the keys a query sees."""
+    flops = 6 * a.dim * a.vocab_size  # lm_head (the embedding is a lookup)
+    for i in range(a.n_layers):
+        flops += 6 * (2 * a.dim * a.n_heads * a.head_dim + 2 * a.dim * a.n_kv_heads * a.head_dim)  # q o k v
+        flops += 6 * (a.dim * a.n_experts + 3 * a.dim * a.expert_dim * (1 + a.top_k) if a.is_moe_layer(i)
+                      else 3 * a.dim * a.mlp_dim)  # router, shared and top_k routed experts; or SwiGLU
+        span = a.attn_chunk_size if a.uses_rope(i) else T
+        flops += 12 * a.n_heads * a.head_dim * sum(t % span + 1 for t in range(T)) / T  # query t: its chunk's
+    return flops
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(moe_every=2), dict(n_layers=7, moe_every=3, nope_every=2),
+                                       dict(n_layers=3, moe_every=5, vision=True, router_noise=False),
+                                       dict(n_layers=1), dict(n_layers=9, top_k=2, attn_chunk_size=64)])
+@pytest.mark.parametrize("seq_len", [64, 20, 5])  # 20: two chunks of 8 and one of 4
+def test_flops_per_token_is_the_hand_count(overrides, seq_len):
+    """MFU's FLOPs: the RMSNorm weights were counted as matmul weights (0.5% too many on debug),
+    and a window whose last chunk is short as if all its chunks were whole."""
+    args = debug_args(**overrides)
+    assert flops_per_token(args, seq_len) == pytest.approx(hand_flops(args, seq_len), rel=1e-12)
+
+
+def test_flops_per_token_answers_a_billion_layers_without_building_them(monkeypatch):
+    """It built every layer on the meta device: --n_layers 1000000000 (which count_params.py and
+    memory_model.py take) never answered. Each kind of layer is now built once and multiplied."""
+    tiny = config.preset("tiny", ModelArgs)  # NoPE every 4th layer: 4 layers repeat
+    four, eight = (flops_per_token(replace(tiny, n_layers=n), 256) for n in (4, 8))
+    built = []
+    block_init = model_module.Block.__init__
+
+    def counted_init(self, *a):
+        built.append(1)
+        assert len(built) <= 4, "flops_per_token builds every layer"
+        block_init(self, *a)
+    monkeypatch.setattr(model_module.Block, "__init__", counted_init)
+    huge = flops_per_token(replace(tiny, n_layers=10**9), 256)
+    assert huge == pytest.approx(four + (10**9 // 4 - 1) * (eight - four), rel=1e-12)
 
 
 # --- bad input ------------------------------------------------------------------------------
