@@ -13,7 +13,9 @@ Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr"
 "window_steps"} and {"kind": "val", "step", "minutes", "tokens", "nats_per_token", "perplexity",
 "bits_per_byte", "val_tokens", "val_bytes", "val_seconds"}; `tokens` is tokens trained on. A train
 record holds the means over the `window_steps` steps before it: --log_every of them, fewer in the
-last record of a run stopped early (by --max_steps, the budget or a signal).
+last record of a run stopped early (by --max_steps, the budget or a signal). Skipped (non-finite)
+steps are left out of the means; `lr` is the last step's, and `grad_norm` (before clipping) the last
+applied step's: NaN where every step of the window was skipped.
 
 How this departs from the obvious version: the log survives what a run goes through. A torn last
 line (a crash or a full disk during the append) is dropped with a warning when the file is read; a
@@ -39,6 +41,7 @@ from errors import RunError, StorageError, first_line
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
 FIX = "pick another --out_dir"  # where a write under the run folder fails (storage.advice)
 STEP = "step"  # the x axis of the W&B charts: the optimizer step, logged as a value (see Metrics)
+UNFINISHED = "wandb_unfinished.txt"  # the W&B runs whose finish failed, an id a line (Metrics.finish)
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl and W&B
@@ -131,7 +134,9 @@ class Metrics:
     without W&B until now, or its checkpoint holds no W&B run id), the records kept are logged to it
     first, so that it holds the whole history. A W&B call that fails (W&B's service died, its folder's disk
     is full) is one line, and the run goes on logging to metrics.jsonl only; its checkpoints then hold
-    no W&B run id (wandb_id), so that the resumed run starts a new W&B run with the whole history."""
+    no W&B run id (wandb_id), so that the resumed run starts a new W&B run with the whole history. A
+    finish that fails comes after the last save, whose checkpoint holds the id: the run folder's
+    wandb_unfinished.txt names that W&B run instead (unfinished_wandb), which a resume does not go on with."""
 
     def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print,
                  open_window: bool = False, backfill: bool = False, eval_due: bool = False):
@@ -171,10 +176,18 @@ class Metrics:
         return None if self.wandb is None else self.wandb.id
 
     def finish(self, exit_code: int = 0):
-        """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error)."""
+        """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error). If that
+        fails, the W&B run is added to the run folder's wandb_unfinished.txt (see the class)."""
+        run_id = self.wandb_id
         self._to_wandb(lambda run: run.finish(exit_code=exit_code),
                        "finishing the W&B run failed ({}); it may lack the last records, which metrics.jsonl "
-                       "holds")
+                       "holds: a resume starts a new W&B run with all of them")
+        if run_id is not None and self.wandb is None:  # it failed
+            ids = "".join(f"{i}\n" for i in sorted(unfinished_wandb(self.path.parent) | {run_id}))
+            try:
+                storage.atomic_write(self.path.with_name(UNFINISHED), ids.encode(), FIX)
+            except StorageError as e:  # a full disk
+                self.log(f"wandb: a resume goes on with that W&B run after all ({e})")
 
     def _to_wandb(self, call, failed="logging failed ({}); this run logs to metrics.jsonl only from here on"):
         """call(the W&B run), if there is one; a failure ends W&B logging with one line, `failed` with
@@ -190,6 +203,15 @@ class Metrics:
                 _wandb().teardown()
             except Exception:
                 pass
+
+
+def unfinished_wandb(run_dir: Path) -> set[str]:
+    """The ids of the W&B runs of this run folder whose finish failed (Metrics.finish): they may lack
+    records, so a resume starts a new W&B run rather than going on with one of them."""
+    try:
+        return set((Path(run_dir) / UNFINISHED).read_text(errors="replace").split())
+    except OSError:  # none failed to finish (an unreadable file: as if none had)
+        return set()
 
 
 def _wandb_row(record: dict) -> dict:

@@ -458,6 +458,8 @@ class Window:
         self.rank_steps_before = self.steps_before = 0  # what a resumed window holds from before
         self.tokens_before = None  # ... and their tokens (None: an older checkpoint's, at today's per step)
         self.possible_before = 0.0  # ... and the FLOPs their processes could have done (None: unknown)
+        self.process_seconds_before = 0.0  # ... and their busy seconds summed over their processes
+        self.grad_norm = torch.full((), math.nan, device=device)  # of the last applied step (NaN: none)
 
     def add(self, out: StepOutput):
         def plus(a, b):  # a skipped step's numbers (NaN, inf) are left out of the means
@@ -466,6 +468,7 @@ class Window:
         self.steps += 1
         self.losses = plus(self.losses, out.losses)
         self.applied += 1 - out.skipped
+        self.grad_norm = torch.where(skip, self.grad_norm, out.grad_norm)
         self.skipped += out.skipped
         self.bad_in_row = (self.bad_in_row + out.skipped) * out.skipped  # back to 0 after a good step
         self.worst = torch.maximum(self.worst, self.bad_in_row)
@@ -513,6 +516,11 @@ class Window:
             before = self.steps_before * job.tokens_per_step
         return before + (self.steps - self.steps_before) * job.tokens_per_step
 
+    def process_seconds(self, world: World, busy: float) -> float:
+        """The window's busy seconds (`busy`) summed over the processes: a resumed window's from before
+        at the number of processes they had."""
+        return self.process_seconds_before + (busy - self.busy_before) * world.size
+
     def possible_flops(self, job: Job, busy: float) -> float | None:
         """FLOPs the processes could have done in the window's busy seconds (`busy`), the MFU's
         denominator: a resumed window's from before at the peak and number of processes they had (the
@@ -521,8 +529,8 @@ class Window:
         if not job.peak:
             return None
         before = self.possible_before
-        if before is None:  # an older checkpoint's window, or one saved without a peak: at today's
-            before = self.busy_before * job.world.size * job.peak
+        if before is None:  # an older checkpoint's window, or one saved without a peak: at today's peak
+            before = self.process_seconds_before * job.peak
         return before + (busy - self.busy_before) * job.world.size * job.peak
 
     def record(self, job: Job) -> dict:
@@ -552,6 +560,7 @@ class Window:
         busy = self.busy()
         return {"steps": self.steps, "rank_steps": self.rank_steps(job.world), "tokens": self.tokens(job),
                 "busy_seconds": busy, "possible_flops": self.possible_flops(job, busy),
+                "process_seconds": self.process_seconds(job.world, busy), "grad_norm": float(self.grad_norm),
                 "worst": int(self.worst), "settled": self.settled, **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
@@ -564,6 +573,10 @@ class Window:
             window.rank_steps_before = saved.get("rank_steps", saved["steps"] * job.world.size)
             window.tokens_before = saved.get("tokens")
             window.possible_before = saved.get("possible_flops")
+            # older checkpoints: at the processes per step the window had
+            window.process_seconds_before = saved.get(
+                "process_seconds", window.busy_before * window.rank_steps_before / window.steps_before)
+            window.grad_norm.fill_(saved.get("grad_norm", math.nan))  # older checkpoints: unknown
             window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
             window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
             # an older checkpoint's: every step counted as applied (its sums hold a skipped step's loss)
@@ -575,7 +588,7 @@ class Window:
         return window
 
 
-def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOutput, bar) -> None:
+def log_step(job: Job, state: LoopState, window: Window, lr: float, bar) -> None:
     """Write the window's train record; stop when too many non-finite steps came in a row (in
     this window: the check waits for the log step, the skipped updates changed nothing)."""
     skipped, worst = window.settle(state)
@@ -592,7 +605,8 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, out: StepOut
     tok_s = window.tokens(job) / max(busy, 1e-9)
     possible = window.possible_flops(job, busy)  # FLOPs done over those the processes could have done
     mfu = window.tokens(job) * job.fpt / max(possible, 1e-9) if possible is not None else None
-    rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(out.grad_norm), tokens_per_s=tok_s,
+    # the gradient norm of the window's last applied step (the same on every rank; NaN: none applied)
+    rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(window.grad_norm), tokens_per_s=tok_s,
                mfu=mfu, tokens=state.tokens,
                minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
     # rank 0 writes; the others learn whether it could (a full disk), rather than failing at their
@@ -1050,10 +1064,12 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
 
 def wandb_id(plan: RunPlan) -> str | None:
     """The W&B run to go on with: the checkpoint's, unless it is resumed into another folder (a
-    fork, --resume CKPT --run NEW_NAME, gets a W&B run of its own)."""
+    fork, --resume CKPT --run NEW_NAME, gets a W&B run of its own) or that W&B run failed to finish
+    (it may lack records: a new one gets the whole history)."""
     if plan.ckpt is None or plan.forks:
         return None
-    return plan.ckpt.get("wandb_id")
+    run_id = plan.ckpt.get("wandb_id")
+    return None if run_id in runlog.unfinished_wandb(plan.run_dir) else run_id
 
 
 def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]:
@@ -1223,7 +1239,7 @@ def loop(job: Job, state: LoopState) -> dict:
             stop_now = signalled and not (state.step >= t.max_steps or job.clock.spent(state))
             bar.update(1)
             if state.step % t.log_every == 0 or state.step == t.max_steps:
-                log_step(job, state, window, lr, out, bar)
+                log_step(job, state, window, lr, bar)
                 window = Window(state, job.device)
             with window.pause():
                 if state.step % t.eval_every == 0 and state.step < t.max_steps:
@@ -1237,7 +1253,7 @@ def loop(job: Job, state: LoopState) -> dict:
                 finished = "signal"
                 break
         if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)
-            log_step(job, state, window, lr, out, bar)
+            log_step(job, state, window, lr, bar)
         with window.pause():  # (the budget may end the run in the middle of a window: the saves hold it)
             if finished != "signal":
                 if evaluated != state.step:  # once per step: not again after the loop's

@@ -425,6 +425,28 @@ def test_a_log_window_with_a_skipped_step_means_the_applied_steps(tmp_path, corp
         k: whole[k] for k in ("lm_loss", "loss", "skipped_steps")}
 
 
+def test_grad_norm_of_a_window_whose_last_step_was_skipped_is_its_last_applied_steps(
+        tmp_path, corpus, cache, monkeypatch):
+    """Step 3, the last of a window of 4, is skipped: the record's grad_norm is step 2's (as a run
+    logging every step records it), not step 3's NaN; a window of skipped steps alone has none (NaN).
+    Stopped after step 2 and resumed (the resumed part of the window: step 3 alone), the same."""
+    poison(monkeypatch, {3})
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", run="each"))
+    each = metrics(tmp_path, "each")
+    assert math.isfinite(each[2]["grad_norm"]) and math.isnan(each[3]["grad_norm"])
+    base = ["--max_steps", "4", "--log_every", "4", "--save_every", "100"]
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    [whole] = metrics(tmp_path, "whole")
+    assert whole["grad_norm"] == each[2]["grad_norm"] and whole["skipped_steps"] == 1
+    real_agree = train.agree  # as a signal would, after step 2
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 3)
+    train.main(args(tmp_path, corpus, cache, *base, run="resumed"))
+    monkeypatch.setattr(train, "agree", real_agree)
+    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="resumed"))
+    [resumed] = metrics(tmp_path, "resumed")
+    assert resumed["grad_norm"] == whole["grad_norm"]
+
+
 def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, corpus, cache, monkeypatch,
                                                                     capsys):
     poison(monkeypatch, set(range(2, 100)))
@@ -682,7 +704,8 @@ def test_a_run_whose_wandb_failed_resumes_into_a_new_wandb_run_that_gets_the_who
 
 def test_wandb_failing_to_finish_says_so_not_from_here_on(tmp_path, monkeypatch):
     """W&B's finish failing at the end of a run: the line says what is true there (the W&B run may
-    lack its last records), not that the run logs to metrics.jsonl only "from here on"."""
+    lack its last records), not that the run logs to metrics.jsonl only "from here on". Where the
+    note of it cannot be written (a full disk), a second line says that a resume goes on with it."""
     from types import SimpleNamespace
     monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(teardown=lambda: None))
     said = []
@@ -690,7 +713,46 @@ def test_wandb_failing_to_finish_says_so_not_from_here_on(tmp_path, monkeypatch)
     m.write({"kind": "train", "step": 1, "lm_loss": 5.0})
     m.finish()
     assert said == ["wandb: finishing the W&B run failed (ConnectionResetError: Connection lost); it may "
-                    "lack the last records, which metrics.jsonl holds"]
+                    "lack the last records, which metrics.jsonl holds: a resume starts a new W&B run with "
+                    "all of them"]
+    assert runlog.unfinished_wandb(tmp_path) == {"w"}
+    runlog.Metrics(tmp_path, WandbRun("v", []), None).finish()  # a finish that works adds nothing
+    assert runlog.unfinished_wandb(tmp_path) == {"w"}
+
+    def full_disk(*args):
+        raise runlog.StorageError("cannot write x: the disk is full; pick another --out_dir")
+    monkeypatch.setattr(runlog.storage, "atomic_write", full_disk)
+    said.clear()
+    runlog.Metrics(tmp_path, WandbRun("u", [], finish_fails=True), None, log=said.append).finish()
+    assert said[1:] == ["wandb: a resume goes on with that W&B run after all (cannot write x: the disk is "
+                        "full; pick another --out_dir)"]
+
+
+def test_a_wandb_run_that_failed_to_finish_is_not_gone_on_with(tmp_path, corpus, cache, monkeypatch):
+    """W&B's finish fails at the end of a run, after last.pt was saved with its W&B run's id: that W&B
+    run may lack the last records. The run folder's wandb_unfinished.txt names it, so a resume with a
+    larger --max_steps starts a new W&B run, which gets every record; that one finishes, and the next
+    resume goes on with it."""
+    from types import SimpleNamespace
+    runs = {}
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(teardown=lambda: None))
+
+    def start_wandb(targs, run_dir, settings, log):
+        run_id = settings["wandb_id"] or f"w{len(runs)}"
+        return WandbRun(run_id, runs.setdefault(run_id, []), finish_fails=run_id == "w0")
+    monkeypatch.setattr(runlog, "start_wandb", start_wandb)
+    base = ["--eval_every", "2", "--plot", ""]
+    run_dir = tmp_path / "ckpt" / "r"
+    train.main(args(tmp_path, corpus, cache, *base, "--max_steps", "4"))
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["wandb_id"] == "w0"
+    train.main(args(tmp_path, corpus, cache, *base, "--max_steps", "6", "--resume"))
+    records = [(r["kind"], r["step"]) for r in metrics(tmp_path) + metrics(tmp_path, kind="val")]
+    logged = [(kind, row["step"]) for row in runs["w1"] for kind in ("train", "val")
+              if any(k.startswith(kind + "/") for k in row)]
+    assert sorted(logged) == sorted(records) and ("val", 6) in records and list(runs) == ["w0", "w1"]
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["wandb_id"] == "w1"
+    train.main(args(tmp_path, corpus, cache, *base, "--max_steps", "7", "--resume"))
+    assert list(runs) == ["w0", "w1"] and runs["w1"][-1]["step"] == 7
 
 
 def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):
@@ -882,7 +944,7 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
             out = train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
             window.add(out)
             bar = SimpleNamespace(set_postfix=lambda **kw: None)
-            train.log_step(job, state, window, 1e-3, out, bar)
+            train.log_step(job, state, window, 1e-3, bar)
         else:
             train.run_eval(job, state)
     assert verdicts[-1:] == [0.0]  # the others were told
@@ -914,7 +976,7 @@ def resumed_window_record(tmp_path, monkeypatch, before, after, drop=()):
             state.step, state.tokens = state.step + 1, state.tokens + 100
         if i == 0:
             job.window = {k: v for k, v in window.to_checkpoint(job).items() if k not in drop}
-    train.log_step(job, state, window, 1e-3, out, SimpleNamespace(set_postfix=lambda **kw: None))
+    train.log_step(job, state, window, 1e-3, SimpleNamespace(set_postfix=lambda **kw: None))
     return metrics(tmp_path)[-1]
 
 
@@ -922,13 +984,20 @@ def test_mfu_of_a_window_resumed_with_another_number_of_processes_counts_the_pro
         tmp_path, monkeypatch):
     """A log window saved by 2 processes (2 steps of 1 s) and resumed by 1 (2 steps of 2 s: each step
     as efficient): its MFU is each step's, 0.3, not 0.4 (the earlier seconds counted at today's one
-    process); tokens/s is its tokens over its 6 busy seconds. An older checkpoint, without the
-    window's possible FLOPs, counts them at today's number of processes."""
+    process); tokens/s is its tokens over its 6 busy seconds. So when it was saved without a peak
+    (none measured then: its earlier seconds at today's peak, but at the 2 processes they had). An
+    older checkpoint, without the window's process-seconds, counts them at its processes per step;
+    one without those either, at today's number of processes."""
     new = resumed_window_record(tmp_path, monkeypatch, (2, 1000.0, 1.0), (1, 1000.0, 2.0))
     assert new["mfu"] == pytest.approx(0.3) and new["tokens_per_s"] == pytest.approx(400 / 6)
+    no_peak = resumed_window_record(tmp_path, monkeypatch, (2, None, 1.0), (1, 1000.0, 2.0))
+    assert no_peak["mfu"] == pytest.approx(0.3)
     old = resumed_window_record(tmp_path, monkeypatch, (2, 1000.0, 1.0), (1, 1000.0, 2.0),
-                                drop=("possible_flops",))
-    assert old["mfu"] == pytest.approx(0.4)
+                                drop=("possible_flops", "process_seconds"))
+    assert old["mfu"] == pytest.approx(0.3)
+    oldest = resumed_window_record(tmp_path, monkeypatch, (2, 1000.0, 1.0), (1, 1000.0, 2.0),
+                                   drop=("possible_flops", "process_seconds", "rank_steps"))
+    assert oldest["mfu"] == pytest.approx(0.4)
 
 
 def test_mfu_of_a_window_resumed_at_another_peak_counts_the_peak_each_step_had(tmp_path, monkeypatch):
