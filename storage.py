@@ -20,9 +20,10 @@ How this departs from the obvious version:
   torch turned into the same RuntimeError is raised again as what it was.
 - The new file gets the permissions an ordinary `open(path, "w")` would give it (0666 less the
   umask), not the 0600 of the temporary file, so a shared run folder stays readable.
-- A log line is written with one `write` call; a process killed (or a disk filled) during it
-  leaves at most one torn line, at the end, which `read_jsonl` drops and reports instead of
-  failing on it for ever after.
+- A log line is written with one `write` call; a disk that fills (or a `ulimit -f` reached)
+  during it is one line, and the part written is cut off again; a process killed during it leaves
+  at most one torn line, at the end, which `read_jsonl` drops and reports instead of failing on
+  it for ever after.
 - Locks are `flock`s on a file that is never deleted while in use (but by its holder, removing
   the empty run folder it made: train.py's RunFolder.release): the kernel releases one when its
   process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
@@ -48,8 +49,14 @@ SPACE = (errno.ENOSPC, errno.EDQUOT)  # what freeing space helps
 
 def advice(cause: OSError, fix: str | None) -> str:
     """The fix for a failed write: `fix` (where else to write), after "free some space" when the
-    disk or the quota is full."""
-    return ("free some space or " if cause.errno in SPACE else "") + (fix or DEFAULT_FIX)
+    disk or the quota is full, or "raise ulimit -f" past a size limit (where else to write helps
+    only when the limit is the file system's)."""
+    first = ""
+    if cause.errno in SPACE:
+        first = "free some space or "
+    elif cause.errno == errno.EFBIG:
+        first = "raise the limit (ulimit -f unlimited) or "
+    return first + (fix or DEFAULT_FIX)
 
 
 def _umask() -> int:
@@ -143,12 +150,22 @@ def results_path(parser, opts, figure: Path, ignore=(), extra=(), fallback=None)
 
 
 def append_jsonl(path, record: dict, fix: str | None = None) -> None:
-    """Append one JSON line, in one write call. A failed write raises StorageError."""
+    """Append one JSON line, in one write call. A failed write (a full disk, `ulimit -f`) raises
+    StorageError, and the part of the line it wrote is cut off again: the log is as it was."""
+    line = (json.dumps(record) + "\n").encode()
     try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as e:
         raise write_error(path, e, fix) from None
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        while line:  # (one call, unless the disk took only part of it: the next then fails)
+            line = line[os.write(fd, line):]
+    except OSError as e:
+        os.ftruncate(fd, end)
+        raise write_error(path, e, fix, intact=True) from None
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path, warn=None) -> list[dict]:

@@ -87,13 +87,39 @@ def test_a_bug_inside_the_writer_is_not_called_a_disk_error(tmp_path):
         storage.atomic_write(tmp_path / "x", buggy)
 
 
-def test_appending_to_a_log_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
-    import builtins
-    real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: real_open(
-        "/dev/full" if str(p).endswith("metrics.jsonl") else p, "w" if mode == "a" else mode, *a, **k))
-    with pytest.raises(StorageError, match=r"metrics.jsonl: the disk is full"):
-        storage.append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+def test_appending_to_a_log_on_a_full_disk_is_one_line_and_leaves_no_torn_line(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    storage.append_jsonl(path, {"step": 1})
+    real_write = os.write
+    taken = []
+
+    def full(fd, data):  # the disk takes 5 bytes of the line, then is full
+        if taken:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        taken.append(fd)
+        return real_write(fd, data[:5])
+    with monkeypatch.context() as m:
+        m.setattr(storage.os, "write", full)
+        with pytest.raises(StorageError, match=r"metrics.jsonl: the disk is full") as e:
+            storage.append_jsonl(path, {"step": 2})
+    assert "\n" not in str(e.value) and taken
+    assert path.read_text() == '{"step": 1}\n'  # the 5 bytes written cut off again: no torn line
+    storage.append_jsonl(path, {"step": 3})  # (room again: the log goes on, every line whole)
+    assert storage.read_jsonl(path) == [{"step": 1}, {"step": 3}]
+
+
+def test_a_log_line_past_ulimit_f_is_cut_off_again(tmp_path):
+    """A real short write: `ulimit -f` lets the line in up to the limit, then fails (EFBIG)."""
+    path = tmp_path / "metrics.jsonl"
+    code = ("import resource, storage\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+            "try:\n"
+            f"    for i in range(100): storage.append_jsonl({str(path)!r}, {{'step': i, 'pad': 'x' * 30}})\n"
+            "except storage.StorageError as e: print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
+    assert out.count("\n") == 1 and "(ulimit -f)" in out and "raise the limit (ulimit -f unlimited)" in out
+    assert path.stat().st_size < 1000 and path.read_bytes().endswith(b"}\n")
+    assert len(storage.read_jsonl(path)) == path.read_bytes().count(b"\n")  # every line whole
 
 
 def test_a_real_full_filesystem(tmp_path):
@@ -187,5 +213,5 @@ def test_a_file_size_limit_is_named_as_such(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
     assert "the file is over this process's (ulimit -f) or the file system's size limit" in out
     assert "the disk is full" not in out and "free some space" not in out and out.strip().endswith(
-        "write somewhere else")
+        "; raise the limit (ulimit -f unlimited) or write somewhere else")  # (not only somewhere else)
     assert path.read_bytes() == b"the previous checkpoint"
