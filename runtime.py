@@ -65,9 +65,15 @@ class World(NamedTuple):
 
 
 def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
-    """Under torchrun: join the process group (NCCL on CUDA, gloo on CPU), one GPU per process."""
+    """Under torchrun: join the process group (NCCL on CUDA, gloo on CPU), one GPU per process.
+    A RANK without the rest of torchrun's variables (a scheduler's, or one left in the shell) is
+    a ConfigError naming them, not torch's rendezvous traceback."""
     if "RANK" not in os.environ:
         return device, World()
+    missing = [v for v in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise ConfigError(f"RANK={os.environ['RANK']} is set, but not {', '.join(missing)}: this is not a "
+                          "torchrun job; start it with torchrun, or unset RANK to train in one process")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)

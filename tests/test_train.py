@@ -1106,6 +1106,25 @@ def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
         assert line in workers[0], out.stderr
 
 
+@pytest.mark.parametrize("env", [dict(RANK="0"), dict(RANK="3", WORLD_SIZE="4")])
+def test_a_rank_without_torchrun_is_one_line_before_any_work(tmp_path, corpus, cache, capsys, monkeypatch,
+                                                              env):
+    """RANK exported without torchrun's other variables (by a scheduler, or left in the shell): it
+    was torch's traceback "environment variable WORLD_SIZE expected, but not set"."""
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"train.py: error: RANK={env['RANK']} is set, but not ") and err.count("\n") == 1
+    assert "MASTER_ADDR, MASTER_PORT: this is not a torchrun job; start it with torchrun, or unset RANK" \
+        in err
+    assert not (tmp_path / "ckpt").exists()  # (before any work: no run folder)
+
+
 GROUP_OUTLIVES_DESTROY = """
 import gc, os, socket, weakref
 import torch, torch.distributed as dist
