@@ -50,9 +50,13 @@ How this departs from the obvious version:
 - One process at a time builds or checks a cache folder or trains a tokenizer (an flock in
   --cache_dir/.locks/): runs sharing --cache_dir wait for each other's builds instead of deleting
   each other's files or training the same tokenizer twice.
-- A full disk under --cache_dir (while writing a shard, the tokenizer, or `datasets`' own cache,
-  which wraps the OSError in its errors) is one DataError/StorageError line naming --cache_dir;
-  so is a --cache_dir that cannot be written (read-only, or not ours) on a cache miss.
+- A full disk under --cache_dir (or a file past `ulimit -f`; while writing a shard, the tokenizer,
+  or `datasets`' own cache, which wraps the OSError in its errors) is one DataError/StorageError
+  line naming --cache_dir; so is a --cache_dir that cannot be written (read-only, or not ours) on
+  a cache miss. A log line that cannot be printed (standard output closed, as by `| head`, or on
+  a full disk) is one line naming standard output, not the cache.
+- A --data that is a pipe (`cat x | ... --data /dev/stdin`, a FIFO) is refused as such: a source
+  is read more than once (scanned, then read, and identified by its size and time).
 - A document longer than 1 MB is tokenized (and the BPE trained on it) in pieces cut where the
   byte-level pre-tokenizer starts a word anyway (tokenizer.pieces): the same ids, bounded memory
   (one 50 MB document with no separator: 9 GB peak before, 1.4 GB now). `datasets` still holds
@@ -120,6 +124,8 @@ SAVED = ("state.json", "dataset_info.json")  # what `save_to_disk` writes beside
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
+CACHE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a cache write that failed for want of room (or
+# past `ulimit -f`): named as such, not put down to the source file or the path
 BOM = "\ufeff"  # a byte-order mark, not text wherever it is (two files joined hold one inside): dropped
 
 
@@ -341,6 +347,12 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         if not files:
             raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file (only {found[0]}"
                             f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); check the glob")
+    elif os.path.exists(spec):  # a pipe (/dev/stdin of `cat x |`, a FIFO) or a device: read more than once
+        raise DataError(f"{flag}: '{spec}' is not a regular file (a pipe or a device), and the text is read "
+                        f"more than once; save it to a .txt file and point {flag} at that")
+    elif os.path.islink(spec):
+        raise DataError(f"{flag}: '{spec}' is a link to '{os.readlink(spec)}', which does not exist; fix the "
+                        "link or the path")
     else:
         raise DataError(f"{flag}: no such file '{spec}'; check the path")
     first = {}  # a file reached by two paths (a symlink or hard link beside it, a glob through a linked
@@ -611,7 +623,7 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
     except Exception as e:
         cause = _os_error(e)
-        if cause and (cause.errno in (errno.ENOSPC, errno.EDQUOT) or _not_writable(cause, cache_dir)):
+        if cause and (cause.errno in CACHE_FULL or _not_writable(cause, cache_dir)):
             raise  # the cache it writes, not the file: _cache_writes says so
         if kind != "json":
             problem = _table_problem(path, kind, flag)
@@ -952,9 +964,10 @@ def _cache_writes(cache_dir):
         cause = _os_error(e)
         if cause is None:
             raise
-        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DataError(f"cannot write the cache under --cache_dir {cache_dir}: the disk is full "
-                            f"({cause.strerror}); free some space or pick another --cache_dir") from None
+        if cause.errno in CACHE_FULL:
+            reason, fix = storage.REASONS[cause.errno], storage.advice(cause, "pick another --cache_dir")
+            raise DataError(f"cannot write the cache under --cache_dir {cache_dir}: {reason} "
+                            f"({cause.strerror}); {fix}") from None
         if _not_writable(cause, cache_dir):
             raise DataError(f"cannot write the cache under --cache_dir {cache_dir}: the folder is not "
                             f"writable ({cause.strerror}); pick a writable --cache_dir") from None
@@ -1000,6 +1013,9 @@ def _building(folder: Path, cache_dir: Path, log):
         # a cache miss fails at its first write instead (a lock file of another user's that this one
         # cannot open, in a folder it can write, is no such thing: refused, as builds would race)
         read_only = e.errno == errno.EROFS or (e.errno == errno.EACCES and not os.access(cache_dir, os.W_OK))
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):  # (--cache_dir names a file)
+            raise DataError(f"--cache_dir {cache_dir}: a file is where a folder should be ({e.filename}); "
+                            "pick another --cache_dir") from None
         if not read_only:
             raise
         held = None
@@ -1018,7 +1034,7 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     with status 1. Under DDP, let rank 0 call it first (the others wait at a barrier, then get
     cache hits); separate runs sharing --cache_dir wait for each other's builds (a lock per folder).
     """
-    threads = train_args.num_proc or os.cpu_count() or 1
+    threads, log = train_args.num_proc or os.cpu_count() or 1, _printing(log)
     with _signals_kept(), _cache_writes(train_args.cache_dir):
         train_split, val_split = resolve_sources(train_args, log)
         tok = get_tokenizer(train_args, model_args, train_split, log)
@@ -1037,12 +1053,25 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     """The validation shard alone, for a given tokenizer (evaluating a checkpoint): no BPE training
     and no training shard, but the same sources, cache and windows as prepare()."""
     check_tokenizer(tok, model_args)
+    log = _printing(log)
     with _signals_kept(), _cache_writes(train_args.cache_dir):
         _, val_split = resolve_sources(train_args, log, need_train=False)
         val = get_tokens("val", val_split, tok, train_args.cache_dir,
                          train_args.num_proc or os.cpu_count() or 1, log)
     _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)
     return val
+
+
+def _printing(log):
+    """`log`, whose own failure (standard output closed, as by `| head`, or on a full disk) is a
+    DataError naming it: _cache_writes would put that OSError down to --cache_dir."""
+    def checked(msg: str):
+        try:
+            log(msg)
+        except OSError as e:
+            raise DataError(f"cannot print the log ({e.strerror or e}): standard output is closed or its "
+                            "disk is full; send it to a file with room, or to a terminal") from None
+    return checked
 
 
 _LOST: list[BaseException] = []  # what a signal's handler raised inside _signals_kept

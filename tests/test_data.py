@@ -759,6 +759,78 @@ def test_a_full_cache_disk_is_one_line_naming_cache_dir(tmp_path, corpus, full_d
         run(tmp_path / "third", data=str(jsonl), val_data=str(val_path))
 
 
+def test_a_cache_write_past_ulimit_f_names_the_limit_not_the_path_or_the_file(tmp_path, corpus, monkeypatch):
+    """`ulimit -f` reached while `datasets` writes its cache (EFBIG, wrapped in its errors): the
+    limit and --cache_dir, not "check the path, its permissions", nor a .jsonl "cannot read it"."""
+    import datasets
+    train_path, val_path, _, _ = corpus
+
+    def too_big(*args, **kw):
+        try:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        except OSError as e:
+            raise datasets.exceptions.DatasetGenerationError("An error occurred while generating") from e
+    expected = (r"cannot write the cache under --cache_dir .*: the file is over this process's "
+                r"\(ulimit -f\) or the file system's size limit \(File too large\); raise the limit "
+                r"\(ulimit -f unlimited\) or pick another --cache_dir$")
+    monkeypatch.setattr(datasets.Dataset, "from_generator", too_big)
+    with pytest.raises(DataError, match=expected):
+        run(tmp_path, data=str(train_path), val_data=str(val_path))
+    jsonl = write_jsonl(tmp_path / "t.jsonl", [{"text": d} for d in stories(10)])
+    monkeypatch.setattr(datasets, "load_dataset", too_big)
+    with pytest.raises(DataError, match=expected):
+        run(tmp_path / "other", data=str(jsonl), val_data=str(val_path))
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)),
+                                   OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))])
+def test_a_log_that_cannot_be_printed_is_not_put_down_to_the_cache(tmp_path, corpus, error):
+    """`train.py | head` or stdout on a full disk: the log's own failure names standard output (it
+    was "--cache_dir cache: Broken pipe; check the path, its permissions and --cache_dir", or a
+    full cache disk, which freeing space under --cache_dir would not fix)."""
+    train_path, val_path, _, _ = corpus
+
+    def log(msg):
+        raise error
+    args = targs(tmp_path, data=str(train_path), val_data=str(val_path))
+    for call in (lambda: data.prepare(args, margs(), log=log),
+                 lambda: data.prepare_eval(args, margs(), small_tokenizer(), log=log)):
+        with pytest.raises(DataError) as e:
+            call()
+        msg = str(e.value)
+        assert msg.startswith(f"cannot print the log ({error.strerror}): standard output") and "\n" not in msg
+        assert "cache_dir" not in msg
+
+
+def test_a_cache_dir_that_is_a_file_is_named_as_such(tmp_path, corpus):
+    """--cache_dir naming a file (or holding a file where .locks goes): it was "FILE/.locks: Not a
+    directory; check the path, its permissions and --cache_dir"."""
+    train_path, val_path, _, _ = corpus
+    text = train_path.read_text()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / ".locks").write_text("not a folder")
+    for cache in (train_path, tmp_path / "c"):
+        args = targs(tmp_path, data=str(train_path), val_data=str(val_path), cache_dir=str(cache))
+        with pytest.raises(DataError, match=rf"^--cache_dir {re.escape(str(cache))}: a file is where a "
+                           r"folder should be \(.*\.locks\); pick another --cache_dir$"):
+            data.prepare(args, margs(), log=lambda msg: None)
+    assert train_path.read_text() == text  # (nothing written over it)
+
+
+def test_a_pipe_or_a_broken_link_as_a_source_is_named_as_such(tmp_path):
+    """`cat x | train.py --data /dev/stdin`, a FIFO, a link to nothing: not "no such file"."""
+    fifo, link = tmp_path / "fifo.txt", tmp_path / "link.txt"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(DataError, match=r"^--data: '.*fifo.txt' is not a regular file \(a pipe or a "
+                       r"device\), and the text is read more than once; save it to a .txt file and point "
+                       r"--data at that$"):
+        run(tmp_path, data=str(fifo))  # (and returns at once: a FIFO with no writer is never opened)
+    with pytest.raises(DataError, match=r"^--val_data: '.*link.txt' is a link to '.*gone.txt', which does "
+                       r"not exist; fix the link or the path$"):
+        data.resolve_files(str(link), "--val_data")
+
+
 def test_a_finished_cache_on_a_read_only_disk_is_used(tmp_path, corpus, monkeypatch):
     """A complete cache on a read-only file system (a shared one) is a hit: the build lock it
     cannot create is not needed, since nobody can build there (it refused the hit)."""
