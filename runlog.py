@@ -136,7 +136,8 @@ class Metrics:
     is full) is one line, and the run goes on logging to metrics.jsonl only; its checkpoints then hold
     no W&B run id (wandb_id), so that the resumed run starts a new W&B run with the whole history. A
     finish that fails comes after the last save, whose checkpoint holds the id: the run folder's
-    wandb_unfinished.txt names that W&B run instead (unfinished_wandb), which a resume does not go on with."""
+    wandb_unfinished.txt names that W&B run instead (unfinished_wandb: listed before the finish, taken
+    off once it succeeds), which a resume does not go on with."""
 
     def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print,
                  open_window: bool = False, backfill: bool = False, eval_due: bool = False):
@@ -176,18 +177,34 @@ class Metrics:
         return None if self.wandb is None else self.wandb.id
 
     def finish(self, exit_code: int = 0):
-        """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error). If that
-        fails, the W&B run is added to the run folder's wandb_unfinished.txt (see the class)."""
+        """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error). Its id is
+        in the run folder's wandb_unfinished.txt until the finish succeeds, so that one which fails
+        or is cut short (Ctrl-C or a kill during W&B's last upload) is not gone on with (see the class)."""
         run_id = self.wandb_id
+        if run_id is None:
+            return
+        listed = self._unfinished(run_id, listed=True)
         self._to_wandb(lambda run: run.finish(exit_code=exit_code),
                        "finishing the W&B run failed ({}); it may lack the last records, which metrics.jsonl "
                        "holds: a resume starts a new W&B run with all of them")
-        if run_id is not None and self.wandb is None:  # it failed
-            ids = "".join(f"{i}\n" for i in sorted(unfinished_wandb(self.path.parent) | {run_id}))
-            try:
-                storage.atomic_write(self.path.with_name(UNFINISHED), ids.encode(), FIX)
-            except StorageError as e:  # a full disk
-                self.log(f"wandb: a resume goes on with that W&B run after all ({e})")
+        if self.wandb is not None and listed:  # finished: off the list
+            self._unfinished(run_id, listed=False)
+
+    def _unfinished(self, run_id: str, listed: bool) -> bool:
+        """Put run_id on wandb_unfinished.txt, or take it off; False where the file cannot be written."""
+        ids = unfinished_wandb(self.path.parent)
+        ids = ids | {run_id} if listed else ids - {run_id}
+        path = self.path.with_name(UNFINISHED)
+        try:
+            if ids:
+                storage.atomic_write(path, "".join(f"{i}\n" for i in sorted(ids)).encode(), FIX)
+            else:
+                path.unlink(missing_ok=True)
+            return True
+        except (StorageError, OSError) as e:  # a full disk
+            if listed:
+                self.log(f"wandb: should finishing the W&B run fail, a resume would go on with it ({e})")
+            return False
 
     def _to_wandb(self, call, failed="logging failed ({}); this run logs to metrics.jsonl only from here on"):
         """call(the W&B run), if there is one; a failure ends W&B logging with one line, `failed` with

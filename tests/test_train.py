@@ -705,7 +705,8 @@ def test_a_run_whose_wandb_failed_resumes_into_a_new_wandb_run_that_gets_the_who
 def test_wandb_failing_to_finish_says_so_not_from_here_on(tmp_path, monkeypatch):
     """W&B's finish failing at the end of a run: the line says what is true there (the W&B run may
     lack its last records), not that the run logs to metrics.jsonl only "from here on". Where the
-    note of it cannot be written (a full disk), a second line says that a resume goes on with it."""
+    note of it cannot be written (a full disk), a line says that a resume would go on with it; one cut
+    short (Ctrl-C during the upload) stays noted."""
     from types import SimpleNamespace
     monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(teardown=lambda: None))
     said = []
@@ -719,13 +720,20 @@ def test_wandb_failing_to_finish_says_so_not_from_here_on(tmp_path, monkeypatch)
     runlog.Metrics(tmp_path, WandbRun("v", []), None).finish()  # a finish that works adds nothing
     assert runlog.unfinished_wandb(tmp_path) == {"w"}
 
+    class Interrupted(WandbRun):  # Ctrl-C during W&B's last upload: the id stays listed
+        def finish(self, exit_code=0):
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        runlog.Metrics(tmp_path, Interrupted("t", []), None).finish()
+    assert runlog.unfinished_wandb(tmp_path) == {"t", "w"}
+
     def full_disk(*args):
         raise runlog.StorageError("cannot write x: the disk is full; pick another --out_dir")
     monkeypatch.setattr(runlog.storage, "atomic_write", full_disk)
     said.clear()
     runlog.Metrics(tmp_path, WandbRun("u", [], finish_fails=True), None, log=said.append).finish()
-    assert said[1:] == ["wandb: a resume goes on with that W&B run after all (cannot write x: the disk is "
-                        "full; pick another --out_dir)"]
+    assert said[:1] == ["wandb: should finishing the W&B run fail, a resume would go on with it (cannot "
+                        "write x: the disk is full; pick another --out_dir)"]
 
 
 def test_a_wandb_run_that_failed_to_finish_is_not_gone_on_with(tmp_path, corpus, cache, monkeypatch):
