@@ -326,7 +326,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     out = storage.make_folder(out_dir, "export it elsewhere")
     cfg = hf_config(model.args)
     if tokenizer_path is not None and Path(tokenizer_path).exists():
-        cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path).hash
+        cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path, exact=False).hash
     # the tokenizer, then the weights, then config.json (what makes the folder a model): a write
     # that fails (a full disk) leaves the old export whole, or a new tokenizer that its old
     # config.json's tokenizer_sha256 refuses at load, never a silent mix
@@ -498,7 +498,7 @@ def same_tokenizer(a: Path, b: Path) -> bool:
     """Whether two tokenizer.json files are one tokenizer (its hash, as checkpoints record it; the
     bytes for files this project cannot read)."""
     try:
-        return Tokenizer.load(a).hash == Tokenizer.load(b).hash
+        return Tokenizer.load(a, exact=False).hash == Tokenizer.load(b, exact=False).hash
     except DataError:
         return a.read_bytes() == b.read_bytes()
 
@@ -522,7 +522,7 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     sha = None
     if tok.exists():
         try:
-            ours = Tokenizer.load(tok)
+            ours = Tokenizer.load(tok, exact=False)  # (one older versions trained with, too)
         except DataError:  # not a tokenizer of this project's kind: keep the weights, record no hash
             ours = None
         if ours is not None:

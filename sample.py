@@ -327,7 +327,8 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
         raise SampleError(f"no tokenizer.json beside {where}; copy the run's tokenizer there "
                           "(scripts/export_hf.py writes it into exported folders)")
     try:
-        tok = Tokenizer.load(tok_file, fix="put back the run's own tokenizer.json (or export again)")
+        tok = Tokenizer.load(tok_file, fix="put back the run's own tokenizer.json (or export again)",
+                             exact=False)  # (a run an older version trained with one that lower-cases)
     except UserError as e:
         raise SampleError(str(e)) from e
     if ckpt is not None:  # the same check and advice as train.py's and the export's

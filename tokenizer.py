@@ -12,6 +12,9 @@ How this departs from the obvious version:
 - `hash` is the sha256 of the canonical JSON (less the post-processor, which encoding never runs):
   checkpoints and token caches record it, so a run never silently continues or trains with
   another tokenizer.
+- A tokenizer.json that does not give back the text it encodes (a normaliser, a prefix space) is
+  refused for training and evaluation, naming the file; sampling and the export load it with
+  exact=False, for the runs that earlier versions trained with one.
 - encode_docs reads special-token strings as plain text (only separators the data code puts
   there are special in a shard) and runs the Rust encoder in Python threads, which release the GIL.
 - A document longer than PIECE_CHARS is encoded (and trained on) in pieces cut before a space
@@ -41,6 +44,8 @@ from errors import DataError, first_line
 
 EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
+NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser, a prefix space, or special "
+             "tokens not marked special)")
 
 
 def too_small(vocab_size: int) -> str | None:
@@ -93,7 +98,7 @@ class Tokenizer:
     special tokens (so bits per byte count the separator as zero bytes: a conservative figure).
     """
 
-    def __init__(self, tok: tokenizers.Tokenizer):
+    def __init__(self, tok: tokenizers.Tokenizer, exact: bool = True):
         self.tok = tok
         missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
         if missing:
@@ -107,19 +112,17 @@ class Tokenizer:
         self.eos_id = tok.token_to_id(EOT)
         self.token_bytes = self._count_token_bytes()
         self._plain = None  # a copy that reads special-token strings as text, for the shards
-        self._check_round_trip()
+        if exact and not self.gives_back_text():
+            raise DataError(NOT_EXACT + "; leave --tokenizer empty to train one with this project")
 
     PROBE = "Once, Tom said: \"<|endoftext|> is text\".\n\tÉté ☀ 42  "
 
-    def _check_round_trip(self) -> None:
+    def gives_back_text(self) -> bool:
         """The shards must hold the text as it is, and bits/byte count its bytes: a tokenizer that
         changes text (a normaliser that lower-cases, a prefix space) or reads a special-token string
-        in the text as a special token (one not marked special) is refused."""
+        in the text as a special token (one not marked special) is refused for training (`exact`)."""
         ids = self.encode_docs([self.PROBE])[0]
-        if self.decode(ids) != self.PROBE or int(self.token_bytes[ids].sum()) != len(self.PROBE.encode()):
-            raise DataError("the tokenizer does not give back the text it encodes (a normaliser, a prefix "
-                            "space, or special tokens not marked special); leave --tokenizer empty to train "
-                            "one with this project")
+        return self.decode(ids) == self.PROBE and int(self.token_bytes[ids].sum()) == len(self.PROBE.encode())
 
     @classmethod
     def train(cls, texts, vocab_size: int) -> "Tokenizer":
@@ -141,8 +144,11 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
-    def load(cls, path, fix: str = "pass a tokenizer.json written by this project") -> "Tokenizer":
-        """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one)."""
+    def load(cls, path, fix: str = "pass a tokenizer.json written by this project",
+             exact: bool = True) -> "Tokenizer":
+        """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one).
+        `exact` refuses one that does not give back its text, as training and evaluation must; a run
+        that an earlier version trained with such a one is still sampled with it (not exact)."""
         if os.path.isdir(path):  # a run folder: its tokenizer is the file inside
             inside = Path(path) / "tokenizer.json"
             which = f" ({inside})" if inside.is_file() else ""
@@ -157,7 +163,12 @@ class Tokenizer:
             tok = tokenizers.Tokenizer.from_str(Path(path).read_bytes().decode("utf-8"))
         except Exception as e:
             raise DataError(f"cannot read the tokenizer '{path}' ({first_line(e)}); {fix}") from None
-        return cls(tok)
+        loaded = cls(tok, exact=False)
+        if exact and not loaded.gives_back_text():
+            raise DataError(f"{path}: {NOT_EXACT}, which training and evaluation refuse (earlier versions of "
+                            "this project took it; sample.py still reads their runs); leave "
+                            "--tokenizer empty to train one with this project")
+        return loaded
 
     def save(self, path, fix: str | None = None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

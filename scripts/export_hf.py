@@ -103,7 +103,7 @@ def main(argv=None):
             model, ckpt = checkpoint.load_model(ckpt_path)
             tok = ckpt_path.parent / "tokenizer.json"
             if tok.exists():  # the one the checkpoint was trained with, or nothing is exported
-                checkpoint.check_tokenizer(Tokenizer.load(tok), tok, ckpt, ckpt_path,
+                checkpoint.check_tokenizer(Tokenizer.load(tok, exact=False), tok, ckpt, ckpt_path,
                                            fix=checkpoint.TOKENIZER_FIX + "; nothing was exported")
             export(model, args.dest, tok if tok.exists() else None, args.force)
             if not tok.exists():

@@ -468,6 +468,42 @@ def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
     assert sample.main(["--ckpt", str(tmp_path / "back"), *argv]) == a
 
 
+def test_a_run_an_older_version_trained_with_a_lower_casing_tokenizer_still_samples(run_dir, tmp_path):
+    """Earlier versions trained with a --tokenizer that does not give back its text (here
+    one that lower-cases). Training and evaluation refuse it now, naming the file, but such a run
+    still samples with it, as it did, and so do its export and the import of that."""
+    import json
+    import re
+    import shutil
+
+    import tokenizers
+
+    import checkpoint
+    from errors import DataError
+    from tokenizer import Tokenizer, identity
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    spec = json.loads((old / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Lowercase"}
+    (old / "tokenizer.json").write_text(json.dumps(spec))
+    ckpt = torch.load(old / "last.pt", weights_only=True)  # the sha256 the older version recorded
+    lower = tokenizers.Tokenizer.from_str(json.dumps(spec))
+    ckpt["tokenizer"]["sha256"] = identity(json.loads(lower.to_str()))
+    torch.save(ckpt, old / "last.pt")
+    argv = ["--max_new_tokens", "8", "--greedy"]
+    expected = sample.main(["--ckpt", str(run_dir), "--prompt", "once upon", *argv])
+    assert sample.main(["--ckpt", str(old), "--prompt", "Once Upon", *argv]) == expected
+    from scripts import export_hf  # its export (the script's checks too) and the import of that export
+    export_hf.main([str(old), str(tmp_path / "hf")])
+    checkpoint.import_hf(tmp_path / "hf", tmp_path / "back")
+    assert sample.main(["--hf", str(tmp_path / "hf"), "--prompt", "Once Upon", *argv]) == expected
+    assert sample.main(["--ckpt", str(tmp_path / "back"), "--prompt", "Once Upon", *argv]) == expected
+    named = re.escape(str(old / "tokenizer.json"))
+    with pytest.raises(DataError, match=f"^{named}: the tokenizer does not give back the text it encodes "
+                                        ".*earlier versions of this project"):
+        Tokenizer.load(old / "tokenizer.json")
+
+
 PROBLEMS = {"missing": "does not exist", "corrupt": "corrupt", "no-tokenizer": "no tokenizer.json",
             "other-tokenizer": "tokenizer", "unreadable-tokenizer": "cannot read the tokenizer",
             "weights-missing": "weights do not fit its settings (Missing key", "nan-weights": "not finite",
