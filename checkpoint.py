@@ -30,6 +30,7 @@ How this departs from the obvious version:
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 
@@ -311,11 +312,19 @@ def hf_state_dict(model: Llama4) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
+EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "model.safetensors", "config.json")
+
+
 def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False) -> Path:
     """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files, with
     the tokenizer's sha256 in config.json ("tokenizer_sha256", which loading checks). A folder that
-    already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`."""
-    from safetensors.torch import save
+    already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`.
+    The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
+    config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
+    interrupt leaves the folder as it was or the whole new export, never a mix (a kill -9 may leave
+    the hidden folder: delete it)."""
+    import shutil
+    import tempfile
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
     theirs = Path(out_dir) / "tokenizer.json"
     if tokenizer_path is not None and theirs.exists() and not same_tokenizer(Path(tokenizer_path), theirs):
@@ -323,25 +332,42 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     if held and not replace:
         raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
                               "another folder")
-    out = storage.make_folder(out_dir, "export it elsewhere")
+    out, fix = storage.make_folder(out_dir, "export it elsewhere"), "export it elsewhere"
+    try:
+        stage = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-export-"))
+    except OSError as e:
+        raise storage.write_error(out / "model.safetensors", e, fix) from None
+    try:
+        _write_export(model, stage, tokenizer_path, fix)
+        with storage.signals_put_off():
+            for name in EXPORT_FILES:
+                try:
+                    if (stage / name).exists():
+                        os.replace(stage / name, out / name)
+                    elif held:  # the replaced export's tokenizer, when this one has none
+                        (out / name).unlink(missing_ok=True)
+                except OSError as e:
+                    raise storage.write_error(out / name, e, fix) from None
+            storage.sync_folder(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
+    """export_hf's files, into an empty folder."""
+    from safetensors.torch import save
     cfg = hf_config(model.args)
     if tokenizer_path is not None and Path(tokenizer_path).exists():
         cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path, exact=False).hash
-    # the tokenizer, then the weights, then config.json (what makes the folder a model): a write
-    # that fails (a full disk) leaves the old export whole, or a new tokenizer that its old
-    # config.json's tokenizer_sha256 refuses at load, never a silent mix
-    if tokenizer_path is None or not Path(tokenizer_path).exists():
-        for name in ("tokenizer.json", "tokenizer_config.json") if held else ():  # the replaced export's
-            (out / name).unlink(missing_ok=True)
-    else:
-        storage.atomic_write(out / "tokenizer.json", Path(tokenizer_path).read_bytes())
+        storage.atomic_write(out / "tokenizer.json", Path(tokenizer_path).read_bytes(), fix)
         storage.save_json(out / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
             "bos_token": SPECIAL_TOKENS["eos_id"], "pad_token": SPECIAL_TOKENS["pad_id"],
-            "model_max_length": model.args.max_seq_len, "clean_up_tokenization_spaces": False})
-    storage.atomic_write(out / "model.safetensors", save(hf_state_dict(model), metadata={"format": "pt"}))
-    storage.save_json(out / "config.json", cfg, sort_keys=False)
-    return out
+            "model_max_length": model.args.max_seq_len, "clean_up_tokenization_spaces": False}, fix)
+    weights = save(hf_state_dict(model), metadata={"format": "pt"})
+    storage.atomic_write(out / "model.safetensors", weights, fix)
+    storage.save_json(out / "config.json", cfg, fix, sort_keys=False)
 
 
 def _free_special_ids(values: dict, text: dict) -> None:

@@ -29,9 +29,11 @@ How this departs from the obvious version:
   process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
 """
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -82,6 +84,28 @@ def write_error(path, e: BaseException, fix: str | None = None, intact: bool = F
     return StorageError(f"cannot write {path}: {reason}{detail}{kept}; {advice(cause, fix)}")
 
 
+@contextlib.contextmanager
+def signals_put_off():
+    """SIGINT and SIGTERM noted, not acted on, until the block ends, then raised again: for a short
+    series of renames that must not stop half way. Not pthread_sigmask: it holds back the main
+    thread's signals only, and one of torch's worker threads would take a Ctrl-C instead. (A no-op
+    off the main thread, where Python cannot set handlers.)"""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    kept = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+            for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, handler)
+        for s in caught:
+            signal.raise_signal(s)
+
+
 def make_folder(path, fix: str | None = None) -> Path:
     """mkdir -p, with a failure (a file in the way, no permission, a full disk) a StorageError."""
     try:
@@ -110,11 +134,7 @@ def atomic_write(path, data, fix: str | None = None) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_folder(folder)  # make the rename itself durable
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
@@ -122,6 +142,15 @@ def atomic_write(path, data, fix: str | None = None) -> None:
         if mapped is e:
             raise
         raise mapped from None
+
+
+def sync_folder(folder) -> None:
+    """fsync a folder: the renames into it made durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_json(path, obj, fix: str | None = None, sort_keys: bool = True) -> None:

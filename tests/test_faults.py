@@ -1120,7 +1120,9 @@ def test_an_export_interrupted_as_it_replaces_another_leaves_one_whole(signum, t
                                                                         capsys):
     """export --force over an export, with Ctrl-C (or SIGTERM) between its new weights and its new
     config.json, left the new weights beside the old config.json. Now the signal waits for the last
-    rename: the folder is the whole new export, then the interrupt's line and 130."""
+    rename: the folder is the whole new export, then the interrupt's line and 130. SIGTERM is a
+    Ctrl-C while the script runs (its hidden folder is removed), and put back after."""
+    from scripts import export_hf
     from scripts.export_hf import main as export_main
     run_dir, hf, want = copy_run(done, tmp_path), tmp_path / "hf", tmp_path / "want"
     export_main([str(run_dir), str(hf)])
@@ -1135,16 +1137,37 @@ def test_an_export_interrupted_as_it_replaces_another_leaves_one_whole(signum, t
 
     def on_sigterm(signum, frame):  # (SIGTERM's own action would end pytest)
         raise KeyboardInterrupt
+    load_model, handlers = export_hf.checkpoint.load_model, []
+
+    def load(path):  # the SIGTERM handler while the script works
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        return load_model(path)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(export_hf.checkpoint, "load_model", load)
     kept = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with pytest.raises(SystemExit) as e:
             export_main([str(run_dir), str(hf), "--force"])
+        assert handlers == [signal.default_int_handler] and signal.getsignal(signal.SIGTERM) is on_sigterm
     finally:
         signal.signal(signal.SIGTERM, kept)
     assert e.value.code == 130 and "export_hf.py: interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in hf.iterdir()) == sorted(p.name for p in want.iterdir())  # nor .tmp-*
     assert all((hf / p.name).read_bytes() == p.read_bytes() for p in want.iterdir())
+
+
+def test_an_export_whose_file_cannot_be_put_in_place_is_one_line(tmp_path, done, capsys):
+    """A rename into the destination that fails (a folder where model.safetensors goes) is one line
+    naming the file, exit 1, and leaves no hidden folder, not an IsADirectoryError traceback."""
+    from scripts.export_hf import main as export_main
+    run_dir, hf = copy_run(done, tmp_path), tmp_path / "hf"
+    (hf / "model.safetensors").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(hf), "--force"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1
+    assert err.startswith(f"export_hf.py: error: cannot write {hf / 'model.safetensors'}: ")
+    assert not list(hf.glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("script,argv,unbuffered", [("count_params.py", ["--preset", "debug"], "1"),

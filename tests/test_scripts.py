@@ -73,7 +73,8 @@ def test_export_hf_interrupted_says_the_destination_may_be_unfinished(tmp_path, 
                                                                        do_import):
     """Ctrl-C during an export said "the files already written are complete", of a folder with
     model.safetensors and no config.json (written last) that the next run refused without --force.
-    Now: the destination may hold part of it; run again, with --force if refused. Exit 130."""
+    Now: what the destination holds (an export is put in place whole); run again, with --force if
+    refused. Exit 130."""
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(export_hf.checkpoint, "import_hf", interrupted)
@@ -84,10 +85,11 @@ def test_export_hf_interrupted_says_the_destination_may_be_unfinished(tmp_path, 
     with pytest.raises(SystemExit) as e:
         export_hf.main([*(["--import"] if do_import else []), str(tmp_path / "src"), str(dest)])
     err = capsys.readouterr().err
-    what = "import" if do_import else "export"
+    held = ("may hold part of this import" if do_import else
+            "holds what it held before, or the whole export if the interrupt came as it was put in place")
     assert e.value.code == 130 and err.count("\n") == 1
-    assert err == (f"export_hf.py: interrupted; {dest} may hold part of this {what}: run the command again, "
-                   "with --force if it refuses\n")
+    assert err == f"export_hf.py: interrupted; {dest} {held}: run the command again, with --force if it " \
+                  "refuses\n"
 
 
 @pytest.mark.parametrize("argv", [
