@@ -464,7 +464,7 @@ def hf_weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if not (folder / "model.safetensors").exists() and index.exists():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(json.loads(index.read_bytes())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index} is not a safetensors index ({first_line(e)}); save the model "
                                   "again with save_pretrained") from None
@@ -484,7 +484,7 @@ def load_hf(folder, device="cpu") -> Llama4:
         if not path.exists():
             raise CheckpointError(f"{path} is missing; is {folder} an exported HF folder?")
     try:
-        model_args = args_from_hf(json.loads((folder / "config.json").read_text()))
+        model_args = args_from_hf(json.loads((folder / "config.json").read_bytes()))
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing section, ConfigError
         why = str(e) if isinstance(e, ConfigError) else first_line(e)
         raise CheckpointError(f"{folder / 'config.json'} describes no model this project builds ({why}); "
@@ -513,7 +513,7 @@ def check_hf_tokenizer(tok: Tokenizer, tok_path, folder, model_args: ModelArgs, 
     """check_tokenizer for an HF folder: the sha256 its config.json records (our exports do), the
     vocabulary size and special-token ids in any case."""
     try:
-        sha = json.loads((Path(folder) / "config.json").read_text()).get("tokenizer_sha256")
+        sha = json.loads((Path(folder) / "config.json").read_bytes()).get("tokenizer_sha256")
     except (OSError, ValueError, AttributeError):
         sha = None  # (load_hf has read it already: a folder changed since)
     check_tokenizer(tok, tok_path, {"model_args": config.to_dict(model_args), "tokenizer": {"sha256": sha}},

@@ -165,7 +165,7 @@ class TokenData:
             raise DataError(f"{self.path} has no meta.json: the tokenization did not finish; run again to "
                             "rebuild it")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_bytes())
         except ValueError:
             raise DataError(f"{meta_path} is not valid JSON; delete it and run again") from None
         if not isinstance(meta, dict):

@@ -282,8 +282,8 @@ def run_label(run_dir) -> str:
     """Run name and the settings that tell runs apart (from model.json and train.json)."""
     run_dir = Path(run_dir)
     try:
-        m = json.loads((run_dir / "model.json").read_text())
-        t = json.loads((run_dir / "train.json").read_text())
+        m = json.loads((run_dir / "model.json").read_bytes())
+        t = json.loads((run_dir / "train.json").read_bytes())
         dense = config.from_dict(config.ModelArgs, m).is_dense
     except (OSError, ValueError):  # ConfigError is a ValueError
         return shown(run_dir)

@@ -52,7 +52,7 @@ def run_part(name: str, out_dir: Path, extra=()) -> dict:
     if done.returncode:
         sys.exit(f"bench.py: error: scripts/{PARTS[name]} failed (exit {done.returncode}, its output is "
                  "above); bench.json and bench.md are left as they were")
-    return json.loads(out.read_text())
+    return json.loads(out.read_bytes())
 
 
 RATIO_ROWS = [  # bench_model.py's ratios in the model table: key, what it is, format, target
@@ -191,7 +191,7 @@ def run(opts, only: list[str], machine: dict, out_dir: Path) -> None:
         if name in only:
             results[name] = run_part(name, out_dir, QUICK[name] if opts.quick else [])
         elif saved.exists():
-            results[name] = json.loads(saved.read_text())
+            results[name] = json.loads(saved.read_bytes())
     machine["parts_run"] = only
     storage.save_json(out_dir / "bench.json", {"machine": machine, **results}, FIX, sort_keys=False)
     md = markdown(results, machine)

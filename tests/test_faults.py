@@ -1156,6 +1156,21 @@ def test_an_export_interrupted_as_it_replaces_another_leaves_one_whole(signum, t
     assert all((hf / p.name).read_bytes() == p.read_bytes() for p in want.iterdir())
 
 
+def test_an_hf_folder_with_non_ascii_settings_loads_under_a_c_locale(tmp_path, done):
+    """config.json is UTF-8 whatever the locale: under LC_ALL=C (without Python's UTF-8 mode) a
+    folder whose config.json held non-ASCII text was "a folder that describes no model"."""
+    from scripts.export_hf import main as export_main
+    hf = tmp_path / "hf"
+    export_main([str(copy_run(done, tmp_path)), str(hf)])
+    cfg = json.loads((hf / "config.json").read_bytes())
+    cfg["_name_or_path"] = "café ☀"
+    (hf / "config.json").write_bytes(json.dumps(cfg, ensure_ascii=False).encode())
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    ran = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--hf", str(hf), "--prompt", "once",
+                          "--max_new_tokens", "2", "--greedy"], env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+
+
 def test_an_export_whose_file_cannot_be_put_in_place_is_one_line(tmp_path, done, capsys):
     """A rename into the destination that fails (a folder where model.safetensors goes) is one line
     naming the file, exit 1, and leaves no hidden folder, not an IsADirectoryError traceback."""
