@@ -1083,7 +1083,8 @@ def _signals_kept():
     "Exception ignored in: <function WeakKeyDictionary...>" and goes on), and a Ctrl-C as
     tokenizing begins lands there: the run went on to train. Inside the block, what the SIGINT
     and SIGTERM handlers raise (SIGINT: KeyboardInterrupt; train.py's SIGTERM too) is recorded as it
-    is raised; if it was lost, it is raised again at the next batch tokenized, or at the block's end."""
+    is raised; if it was lost, it is raised again at the next batch tokenized, or at the block's end,
+    and Python's "Exception ignored" report of it (sys.unraisablehook) is left out."""
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     kept = {s: h for s, h in old.items() if callable(h)}
     if threading.current_thread() is not threading.main_thread():  # (handlers belong to the main one)
@@ -1095,12 +1096,17 @@ def _signals_kept():
         except BaseException as e:
             _LOST.append(e)
             raise
+    def unraisable(report):  # a lost interrupt is raised again, not reported as a traceback
+        if not any(report.exc_value is e for e in _LOST):
+            hook(report)
     _LOST.clear()
     for s in kept:
         signal.signal(s, handler)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for s, h in kept.items():
             signal.signal(s, h)
         lost = list(_LOST)

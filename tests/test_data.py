@@ -667,6 +667,25 @@ def test_a_ctrl_c_python_drops_still_stops_the_preparation(tmp_path, corpus, mon
     assert flagged == [1]
 
 
+def test_an_interrupt_lost_in_a_gc_callback_is_raised_again_without_a_report(capfd, monkeypatch):
+    """A Ctrl-C (or train.py's SIGTERM) landing in a weakref callback (as right after the tokenizer is
+    trained) was raised again, but Python's "Exception ignored in ..." traceback came first."""
+    import gc
+    import signal
+    import weakref
+
+    class Thing:
+        pass
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's, not pytest's
+    with pytest.raises(KeyboardInterrupt):
+        with data._signals_kept():
+            thing = Thing()
+            ref = weakref.ref(thing, lambda r: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))
+            del thing
+            gc.collect()
+    assert ref() is None and "Exception ignored" not in capfd.readouterr().err
+
+
 def test_interrupted_tokenization_leaves_nothing_and_is_rebuilt(tmp_path, corpus, monkeypatch):
     train_path, val_path, train_docs, _ = corpus
     kw = dict(data=str(train_path), val_data=str(val_path))
