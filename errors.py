@@ -20,6 +20,7 @@ import takes seconds.
 """
 
 
+import errno
 import os
 import select
 import sys
@@ -80,8 +81,13 @@ def run_script(main, prog: str):
     its exit status (scripts/ that have no handler of their own), and output read by something that
     stops early (`| head -1`) ending quietly, with the status a SIGPIPE gives (141), as cat's does;
     after a UserError or a failing sys.exit (argparse's 2), with that status. A broken pipe that is
-    not stdout's (a closed subprocess or socket) is not that: it goes on as an uncaught error."""
-    status = 141
+    not stdout's (a closed subprocess or socket) is not that: it goes on as an uncaught error.
+    Standard output that fails otherwise (`> FILE` on a full disk) is one line saying so, exit 1 (or
+    the status already chosen); an OSError that is not stdout's goes on as an uncaught error."""
+    status = 0
+    stdout = sys.stdout
+    if stdout is not None:
+        sys.stdout = _Stdout(stdout)
     try:
         try:
             return main()
@@ -99,9 +105,55 @@ def run_script(main, prog: str):
     except BrokenPipeError:
         if not _stdout_closed():
             raise
-        # Python's advice: stdout to devnull, or the flush at exit fails again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(status)
+        drop_output()
+        sys.exit(status or 141)
+    except OSError as e:
+        if not getattr(e, "stdout", False):
+            raise
+        where = "somewhere with room" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "to a file"
+        print(f"{prog}: error: cannot write to standard output ({e.strerror or e}); send the output {where}, "
+              "or to a terminal", file=sys.stderr)
+        drop_output()
+        sys.exit(status or 1)
+    finally:
+        if isinstance(sys.stdout, _Stdout):
+            sys.stdout = stdout
+
+
+class _Stdout:
+    """sys.stdout while run_script runs a script: an OSError from a write or flush is marked as
+    standard output's (`e.stdout`), as a print's error names no file to tell it from another's."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def write(self, text):
+        return self._marked(self.stream.write, text)
+
+    def flush(self):
+        return self._marked(self.stream.flush)
+
+    @staticmethod
+    def _marked(call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            e.stdout = True
+            raise
+
+
+def drop_output(stream=None):
+    """A failed output stream (stdout by default) pointed at devnull (Python's advice), or what its
+    buffer still holds fails again at exit."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, (stream or sys.stdout).fileno())
+        os.close(null)
+    except (AttributeError, ValueError, OSError):  # no file behind it (an io.StringIO): nothing to fail
+        pass
 
 
 def _stdout_closed() -> bool:

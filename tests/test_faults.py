@@ -1244,6 +1244,44 @@ def test_a_bad_option_whose_output_is_closed_keeps_argparses_exit_status():
     assert done.stderr == "usage: x.py [-h]\nx.py: error: unrecognized arguments: --bad\n"
 
 
+FULL = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+NO_ROOM = ("error: cannot write to standard output (No space left on device); send the output somewhere "
+           "with room, or to a terminal\n")
+
+
+@FULL
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_script_whose_output_has_no_room_says_so_in_one_line(unbuffered):
+    """scripts/count_params.py > FILE on a full disk ended in an OSError traceback (at a print,
+    or at the final flush): only a closed pipe was handled. Now one line naming stdout, exit 1."""
+    with open("/dev/full", "w") as full:
+        script = ROOT / "scripts" / "count_params.py"
+        done = subprocess.run([sys.executable, str(script), "--preset", "debug"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    assert (done.returncode, done.stderr) == (1, f"count_params.py: {NO_ROOM}")
+
+
+@FULL
+@pytest.mark.parametrize("body,status,first", [
+    ("print('partial'); raise ConfigError('--x 1: bad; pass --x 2')", 2,
+     "x.py: error: --x 1: bad; pass --x 2\n"),
+    ("print('help'); raise SystemExit(0)", 1, ""),
+    ("print('x' * 100000)", 1, "")])
+def test_output_with_no_room_keeps_an_exit_status_already_chosen(body, status, first):
+    """A UserError's 2 stays 2 when its output then finds no room (--help's 0 becomes 1), and the
+    flush at exit says nothing more (stdout goes to devnull, as for a closed pipe)."""
+    with open("/dev/full", "w") as full:
+        done = run_script_with(body, full)
+    assert (done.returncode, done.stderr) == (status, f"{first}x.py: {NO_ROOM}")
+
+
+def test_an_oserror_that_is_not_stdouts_is_not_taken_for_it():
+    """Only stdout's failure is the output line: another file's OSError is not hidden behind it."""
+    done = run_script_with("os.write(os.open(os.devnull, os.O_RDONLY), b'x')", subprocess.PIPE)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "standard output" not in done.stderr
+
+
 def test_plot_runs_writes_the_format_its_name_asks_for(tmp_path, done):
     from scripts import plot_runs
     plot_runs.main([str(done.run_dir), "--out", str(tmp_path / "runs.svg")])
