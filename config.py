@@ -290,6 +290,7 @@ class TrainArgs:
                             "or a held-out slice of --data")
     hf_dataset: str = arg("roneneldan/TinyStories", "dataset on the Hugging Face Hub")
     text_field: str = arg("text", "field holding the text in .jsonl / .json / .parquet / hub records")
+    val_text_field: str = arg("", "field holding the text in --val_data's records (empty = --text_field's)")
     val_fraction: float = arg(0.01, "share of documents held out for validation when no "
                                     "validation source is given: 1 in round(1 / f), f at most 0.5")
     tokenizer: str = arg("", "tokenizer.json to use; empty = train one on the training text")
@@ -366,6 +367,10 @@ class TrainArgs:
         _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")
         _check(1e-6 <= self.val_fraction <= 0.5, "val_fraction",  # 1 in round(1 / f) documents
                f"must be in [1e-6, 0.5], got {self.val_fraction}")
+        _check(self.val_data or not self.val_text_field, "val_text_field",
+               f"{self.val_text_field!r} names the text field of --val_data's records, and there is no "
+               "--val_data (the hub's validation split and a held-out slice use --text_field); pass "
+               "--val_data FILE, or --val_text_field ''")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
         check_run(self.run, self.out_dir)

@@ -18,9 +18,10 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
   there); else by blank lines (or lines of spaces and tabs); all read by our generator through
   `datasets.Dataset.from_generator`, \\r\\n and \\r read as \\n, a BOM (U+FEFF) dropped wherever
   it is (two files joined hold one inside: a marker line behind it is one);
-- .jsonl (or .json: one array of records) with a text field (--text_field), and .parquet or .arrow
-  (Arrow IPC, as `datasets.Dataset.save_to_disk` writes: its folder's state.json and
-  dataset_info.json are left out) with a text column ("json", "parquet" and "arrow").
+- .jsonl (or .json: one array of records) with a text field (--text_field; --val_text_field for
+  --val_data's, where it differs), and .parquet or .arrow (Arrow IPC, as
+  `datasets.Dataset.save_to_disk` writes: its folder's state.json and dataset_info.json are left
+  out) with a text column ("json", "parquet" and "arrow").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
 --out_dir (so `--data .` does not read our own cache and run files).
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
@@ -507,6 +508,11 @@ def _txt_documents(path: str, stamp: str, layout: str):
                 yield {"text": text}
 
 
+def _field_option(flag: str) -> str:
+    """The option that names the text field of `flag`'s files: --val_data's has its own."""
+    return "--val_text_field" if flag == "--val_data" else "--text_field"
+
+
 def _json_problem(path: str, field: str, flag: str) -> str | None:
     """The first line of a JSON Lines file that has no string `field`, described, or that it has no
     records (blank lines only); None if all do."""
@@ -528,10 +534,10 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                 return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); every line needs "
-                        "one, or pass --text_field NAME")
+                        f"one, or pass {_field_option(flag)} NAME")
             if not isinstance(record[field], str):
                 return (f"line {n}: '{field}' is {type(record[field]).__name__}, not text; fix the line or "
-                        "pass --text_field NAME")
+                        f"pass {_field_option(flag)} NAME")
     return None if records else f"has no records (only blank lines); remove it or point {flag} at text"
 
 
@@ -549,8 +555,8 @@ def _json_array_problem(path: str, flag: str) -> str | None:
 def _json_object_problem(path: str, field: str, flag: str) -> str | None:
     """For a .json file that is one object holding the records in a list ({"data": [...]}, which
     `datasets` reads as one row of lists): that, the jq command that makes it JSON Lines, and the
-    --text_field that reads those lines where it is not `field` (--text_field data named the list);
-    None otherwise. Read whole: only after the file was refused."""
+    --text_field (--val_text_field for --val_data) that reads those lines where it is not `field`
+    (--text_field data named the list); None otherwise. Read whole: only after the file was refused."""
     try:
         with open(path, "rb") as f:
             obj = json.load(f)
@@ -570,8 +576,9 @@ def _json_object_problem(path: str, field: str, flag: str) -> str | None:
     strings = [k for k, v in record.items() if isinstance(v, str)]  # the longest first: the text, not an id
     strings.sort(key=lambda k: -len(record[k]))
     name = field if field in record else next((k for k in ["text", *strings] if k in strings), field)
-    then = "" if name == field else f" with --text_field {shlex.quote(name)}" + (
-        " (or no --text_field)" if name == "text" else "")
+    option = _field_option(flag)  # (no --val_text_field reads --text_field's field, maybe not "text")
+    then = "" if name == field else f" with {option} {shlex.quote(name)}" + (
+        " (or no --text_field)" if name == "text" and option == "--text_field" else "")
     return (f"is one JSON object with the {what} in its '{key}' list, not an array of records; convert it "
             f"to JSON Lines (jq -c {shlex.quote(expr)} {shlex.quote(path)} > {shlex.quote(str(out))}) and "
             f"point {flag} at that{then}")
@@ -633,7 +640,7 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
     finally:
         library_log.setLevel(level)
-    if problem := _column_problem(ds, field):
+    if problem := _column_problem(ds, field, option=_field_option(flag)):
         if jsonl:  # the line at fault, where it is one
             problem = _json_problem(path, field, flag) or problem
         elif kind == "json":  # records inside an object: no --text_field reads them
@@ -646,15 +653,15 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     return ds.cast_column("text", datasets.Value("string")) if feature.dtype != "string" else ds
 
 
-def _column_problem(ds, field: str, utf8: bool = True) -> str | None:
+def _column_problem(ds, field: str, utf8: bool = True, option: str = "--text_field") -> str | None:
     """Why column `field` of a loaded dataset is not text a run can read (missing, not strings,
     null rows, with utf8: bytes that are not UTF-8, which pyarrow keeps as a .jsonl has them), or
-    None."""
+    None. `option` is the one that names the field."""
     if field not in ds.column_names:
-        return f"has no column '{field}' (it has: {', '.join(ds.column_names)}); pass --text_field NAME"
+        return f"has no column '{field}' (it has: {', '.join(ds.column_names)}); pass {option} NAME"
     feature = ds.features[field]
     if getattr(feature, "dtype", None) not in ("string", "large_string"):
-        return f"column '{field}' holds {feature}, not text; pass --text_field NAME"
+        return f"column '{field}' holds {feature}, not text; pass {option} NAME"
     column = ds.data.column(field)
     if column.null_count:
         row = column.is_null().to_pylist().index(True)
@@ -792,8 +799,9 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
 
     ours = (cache_dir, train_args.out_dir)  # left out of folders and globs
 
-    def local(spec, flag):
-        return _local_split(spec, flag, train_args.text_field, cache_dir, log, ours)
+    def local(spec, flag):  # (a --val_data's own --val_text_field; the hub's splits share their columns)
+        field = train_args.val_text_field if flag == "--val_data" else ""
+        return _local_split(spec, flag, field or train_args.text_field, cache_dir, log, ours)
 
     if train_args.val_data and not need_train:
         val = local(train_args.val_data, "--val_data")

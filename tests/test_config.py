@@ -1,6 +1,7 @@
 """Settings: presets, JSON round trip, command-line overrides and their errors."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,25 @@ def test_an_unknown_option_names_the_only_option_it_begins(capsys, typed, meant)
     with pytest.raises(SystemExit) as e:
         config.parse_args([SampleArgs], [typed, "0.5"], prog="sample.py")
     assert e.value.code == 2 and f"{typed} (did you mean {meant}?)" in capsys.readouterr().err
+
+
+def test_val_text_field_defaults_to_text_field_and_needs_val_data(capsys):
+    """--val_text_field (the text field of --val_data's records) is new: a run's saved settings
+    without it take the default, "" (= --text_field), silently; without a --val_data it reads
+    nothing, so it is refused in one line; --help names it."""
+    saved = config.to_dict(TrainArgs(val_data="v.jsonl"))
+    del saved["val_text_field"]
+    assert config.from_dict(TrainArgs, saved).val_text_field == ""
+    assert TrainArgs(val_data="v.jsonl", val_text_field="story").val_text_field == "story"
+    with pytest.raises(ConfigError, match=r"^--val_text_field: 'story' names the text field of --val_data's "
+                                          r"records, and there is no --val_data .*; pass --val_data FILE"):
+        TrainArgs(val_text_field="story")
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([TrainArgs], ["--val_text_field", "story"], prog="train.py")
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("train.py: error: --val_text_field: ")
+    with pytest.raises(SystemExit):
+        config.parse_args([TrainArgs], ["--help"], prog="train.py")
+    assert re.search(r"--val_text_field STR +field holding the text in --val_data's", capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("script,fields", [("train.py", ["--dim", "--lr", "--max_minutes", "--resume"]),

@@ -181,6 +181,37 @@ def test_jsonl_and_parquet_with_a_text_field(tmp_path):
     assert tok.decode(va.tokens) == stream(docs[:3])
 
 
+def test_a_validation_file_with_its_own_text_field(tmp_path):
+    """One --text_field served --data and --val_data: a validation .jsonl keeping its text under
+    another name than the training file's could not be used. --val_text_field names its own; the
+    hints say which option fits which file, and a run without it keys its caches as before."""
+    docs = stories(20)
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": d} for d in docs])
+    val = write_jsonl(tmp_path / "val.jsonl", [{"id": i, "story": d} for i, d in enumerate(docs[:3])])
+    tok, tr, va, _ = run(tmp_path, data=str(train), val_data=str(val), val_text_field="story")
+    assert tok.decode(tr.tokens) == stream(docs) and tok.decode(va.tokens) == stream(docs[:3])
+    with pytest.raises(DataError, match=r"^--val_data: .*val.jsonl: line 1 has no 'text' field .* pass "
+                                        r"--val_text_field NAME$"):
+        run(tmp_path, data=str(train), val_data=str(val))
+    with pytest.raises(DataError, match=r"^--data: .*train.jsonl: line 1 has no 'story' field .* pass "
+                                        r"--text_field NAME$"):
+        run(tmp_path, data=str(train), val_data=str(val), text_field="story")
+    sources = [data.resolve_sources(targs(tmp_path, data=str(train), val_data=str(val), **kw), log=print)
+               for kw in ({}, {"val_text_field": "story"}, {"text_field": "story"})]
+    assert [split.signature["source"]["text_field"] for split in sources[0]] == ["text", "text"]
+    assert [split.signature["source"]["text_field"] for split in sources[1]] == ["text", "story"]
+    assert [split.signature["source"]["text_field"] for split in sources[2]] == ["story", "story"]
+
+
+def test_a_validation_json_object_hint_names_val_text_field(tmp_path):
+    """The jq hint for a .json object of records named --text_field for --val_data's file too, and
+    "(or no --text_field)", which reads --text_field's field there, not "text"."""
+    train = write_jsonl(tmp_path / "train.jsonl", [{"body": d} for d in stories(8)])
+    val = write(tmp_path / "val.json", json.dumps({"data": [{"story": d} for d in stories(3, start=8)]}))
+    with pytest.raises(DataError, match=r"^--val_data: .* at that with --val_text_field story$"):
+        run(tmp_path, data=str(train), val_data=str(val), text_field="body")
+
+
 def test_line_ends_read_as_newlines_in_every_format(tmp_path):
     """\\r\\n and a lone \\r were read as \\n in a .txt file only: the same stories in a .jsonl or
     a .parquet kept their \\r, and so trained and scored on other tokens and bytes."""
