@@ -39,6 +39,7 @@ How this departs from the obvious version:
   kernel (its found_inf flag) rather than by a test on the host.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
   weights_only=True, never written when non-finite. A full disk is one line; the old file stays.
+  A console that goes away (`| head`, 2>/dev/full) does not stop the run (Console).
 - A checkpoint also holds the open log window (its loss sums, expert counts, steps, tokens): a resumed
   run goes on with it, so metrics.jsonl gets the records an uninterrupted run writes (the partial
   record written when the run stopped is replaced by the whole one). Resuming a finished run
@@ -66,8 +67,10 @@ How this departs from the obvious version:
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
 
+import glob
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -829,7 +832,37 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
             if candidate.exists():
                 train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
                 break
-    return RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset)
+    plan = RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset)
+    for name, value in saved_relative(plan, given):  # an older checkpoint's, read here as before
+        if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
+            raise errors.DataError(f"--{name}: the checkpoint's {value} is relative to the folder its run "
+                                   f"was started in, and there is no such file here ({os.getcwd()}); "
+                                   f"pass --{name} PATH")
+    paths = {k: absolute(getattr(train_args, k)) for k in PATHS}  # (as saved: a resume reads the same files)
+    return plan._replace(train_args=replace(train_args, **paths))
+
+
+PATHS = ("data", "val_data", "tokenizer", "cache_dir")  # settings naming local files (empty --data: the hub)
+
+
+def absolute(path: str) -> str:
+    """A path setting made absolute against the working directory, as it is saved with the run, so
+    that a resume from another folder reads the same files ('' stays: none, or the hub; a glob's
+    folder is escaped, its name taken literally)."""
+    if not path or os.path.isabs(path):
+        return path
+    cwd = os.getcwd()
+    if any(c in path for c in "*?[") and not os.path.lexists(path):
+        cwd = glob.escape(cwd)
+    return str(Path(cwd) / path)
+
+
+def saved_relative(plan: RunPlan, given) -> list[tuple[str, str]]:
+    """The relative --data and --val_data an older checkpoint saved as typed (relative to the folder its
+    run was started in, which it does not record) that this session reads: (name, path) pairs."""
+    saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
+    names = ["val_data"] + ([] if t.eval_only and t.val_data else ["data"])  # (--eval_only: --val_data alone)
+    return [(n, saved[n]) for n in names if n not in given and saved.get(n) and not os.path.isabs(saved[n])]
 
 
 def parameters(model_args: ModelArgs) -> int:
@@ -913,7 +946,8 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
                      "part of --data only when no --val_data is given)")
     saved = (plan.ckpt or {}).get("train_args") or {}
-    same_data = saved.get("data") and saved["data"] == t.data and not saved.get("val_data") and not t.val_data
+    same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
+                 and not saved.get("val_data") and not t.val_data)  # (an older checkpoint's: as typed)
     if same_data and "val_fraction" in given and t.val_fraction != saved["val_fraction"]:
         # the checkpoint's validation text was a held-out slice of this --data: another slice overlaps
         did = "scores documents it trained on" if t.eval_only else "trains on documents it held out"
@@ -1292,6 +1326,9 @@ def evaluate_only(job: Job, state: LoopState) -> dict:
     result.update(step=state.step, checkpoint=str(job.ckpt_path))
     if job.world.main:
         print(json.dumps(result), flush=True)
+        if getattr(sys.stdout, "lost", False):  # (its one output: not to be lost as the log may be)
+            raise RunError("cannot print the result: standard output is closed or its disk is full; send it "
+                           "to a file with room, or to a terminal")
     return result
 
 
@@ -1321,6 +1358,55 @@ def sigterm_interrupts():
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
+class Console:
+    """sys.stdout or sys.stderr while train.py runs: a run does not die because its console went
+    away (`train.py | head`, a log file on a full disk, 2>/dev/full). At the first failed write the
+    stream is dropped, with one line on the other one if that still works, and the run trains on
+    (metrics.jsonl and the checkpoints carry on); its descriptor then points at /dev/null, so that
+    the flush at exit does not fail on what the stream still holds."""
+
+    def __init__(self, stream, name: str):
+        self.stream, self.name, self.lost, self.other = stream, name, False, None
+
+    def write(self, text: str) -> int:
+        written = self.guard(self.stream.write, text)
+        return len(text) if written is None else written
+
+    def flush(self) -> None:
+        self.guard(self.stream.flush)
+
+    def guard(self, call, *args):
+        if self.lost:
+            return None
+        try:
+            return call(*args)
+        except OSError as e:
+            self.lost = True
+            errors.drop_output(self.stream)
+            if self.other is not None:
+                self.other.write(f"train.py: warning: cannot write to {self.name} ({e.strerror or e}); "
+                                 "going on without it (metrics.jsonl and the checkpoints carry on)\n")
+                self.other.flush()
+            return None
+
+    def __getattr__(self, name):  # isatty, encoding, fileno, ...
+        return getattr(self.stream, name)
+
+
+def tolerant_consoles():
+    """sys.stdout and sys.stderr as Consoles until the returned function puts the old ones back."""
+    old = sys.stdout, sys.stderr
+    out, err = Console(sys.stdout, "standard output"), Console(sys.stderr, "standard error")
+    out.other, err.other = err, out
+    sys.stdout, sys.stderr = out, err
+
+    def restore():
+        for stream in (out, err):  # what a stream still holds meets its closed pipe here, not at exit
+            stream.flush()
+        sys.stdout, sys.stderr = old
+    return restore
+
+
 def main(argv=None):
     # at --resume and --eval_only the settings are checked once merged with the checkpoint's
     # (resume_settings): --lr 1e-5 is fine beside a checkpoint's --min_lr 0, not beside the preset's
@@ -1329,7 +1415,7 @@ def main(argv=None):
     preset, (model_args, train_args) = parsed
     if hasattr(sys.stdout, "reconfigure"):  # a run folder's name that is not UTF-8 (made outside
         sys.stdout.reconfigure(errors="backslashreplace")  # train.py) is printed as stderr prints it
-    restore_sigterm = sigterm_interrupts()
+    restore_sigterm, restore_consoles = sigterm_interrupts(), tolerant_consoles()
     finished = False
     try:
         result = run(model_args, train_args, preset, parsed.given)
@@ -1351,6 +1437,7 @@ def main(argv=None):
         sys.exit(1)  # (set-up: loading a checkpoint or the model; run() names the batch of a step)
     finally:
         restore_sigterm()
+        restore_consoles()
         if dist.is_initialized():
             try:
                 if finished:  # no rank tears the process group down while another still uses it

@@ -744,6 +744,23 @@ def test_eval_only_on_a_file_given_for_it_scores_all_of_it(tmp_path, done, corpu
     assert r["tokens"] == covered == targets > 4 * 64  # every target of the file, not 4 windows
 
 
+def test_eval_only_whose_output_cannot_be_written_is_an_error(done, capsys, monkeypatch):
+    """A training run goes on without its console; --eval_only, whose one output is its JSON line,
+    does not end with status 0 having printed nothing."""
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sys, "stdout", Full())
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(done.run_dir.parent), "--eval_only"])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: warning: cannot write to standard output (No space left on device); going on without it "
+        "(metrics.jsonl and the checkpoints carry on)",
+        "train.py: error: cannot print the result: standard output is closed or its disk is full; send it "
+        "to a file with room, or to a terminal"]
+
+
 # --- full disks and signals -----------------------------------------------------------------------
 
 def test_a_full_disk_during_a_save_is_one_line_and_the_last_checkpoint_stays(tmp_path, corpus, cache,
@@ -1201,6 +1218,34 @@ def test_a_script_whose_output_is_closed_early_ends_quietly(script, argv, unbuff
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
 
+
+
+@pytest.mark.parametrize("lost,unbuffered", [("stdout", "1"), ("stdout", ""), ("stderr", "1")])
+def test_a_run_whose_console_goes_away_trains_on_to_its_last_checkpoint(tmp_path, corpus, cache, lost,
+                                                                        unbuffered):
+    """`train.py | head -1` (stdout's reader gone: at a log line, or at the flush at the end) or
+    `2>/dev/full` (the progress bar): the run trains on to its last.pt and exits 0, with one line
+    on the other stream, instead of dying at the next write with the steps since its last save."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that is gone before the first write: no race with the pipe's buffer
+    argv = [sys.executable, "train.py", *train_args(tmp_path, corpus, cache, "--max_steps", "3")]
+    try:
+        with open("/dev/full", "w") as full:
+            streams = {"stdout": write_end, "stderr": subprocess.PIPE} if lost == "stdout" else \
+                {"stdout": subprocess.PIPE, "stderr": full}
+            done = subprocess.run(argv, cwd=ROOT, **streams, text=True, timeout=300,
+                                  env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+    finally:
+        os.close(write_end)
+    said = done.stderr if lost == "stdout" else done.stdout
+    why = "standard output (Broken pipe)" if lost == "stdout" else "standard error (No space left on device)"
+    assert done.returncode == 0, said
+    assert said.count("cannot write") == 1
+    assert f"train.py: warning: cannot write to {why}; going on without it" in said
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 3
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]
 
 
 def run_script_with(main_body: str, stdout) -> subprocess.CompletedProcess:

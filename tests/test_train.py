@@ -226,6 +226,39 @@ def test_resume_by_path_and_own_run_name_continues_where_it_lies(tmp_path, corpu
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]  # one history, not a fork's fresh one
 
 
+def test_a_resume_from_another_folder_reads_the_files_the_run_started_with(tmp_path, corpus, cache,
+                                                                            monkeypatch, capsys):
+    """Relative path settings are saved absolute: `--resume` from another working directory, where
+    the same relative --data names other text, trains on the run's own file (it read the other one
+    without a word). An older checkpoint's relative --data is read here as before; where there is
+    no such file, the line says it is the checkpoint's, relative to where its run was started."""
+    shutil.copy(corpus, tmp_path / "small.txt")
+    write_stories(tmp_path / "sub" / "small.txt", seed=1)  # other stories under the same relative name
+    for folder in ("w1", "sub/w7", "sub/w7/deeper"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path / "w1")
+    train.main(["--preset", "debug", "--data", "../small.txt", "--cache_dir", "../cache", "--plot", "",
+                "--max_steps", "1", "--run", "r"])
+    last = tmp_path / "w1" / "checkpoints" / "r" / "last.pt"
+    monkeypatch.chdir(tmp_path / "sub" / "w7")
+    train.main(["--resume", str(last), "--max_steps", "2"])
+    saved = checkpoint.load_checkpoint(last)
+    assert saved["step"] == 2
+    assert os.path.realpath(saved["train_args"]["data"]) == str((tmp_path / "small.txt").resolve())
+    assert os.path.realpath(saved["train_args"]["cache_dir"]) == str((tmp_path / "cache").resolve())
+    assert not (tmp_path / "sub" / "cache").exists()
+    saved["train_args"]["data"] = "../small.txt"  # as an older version saved it
+    checkpoint.save_checkpoint(last, saved)
+    monkeypatch.chdir(tmp_path / "sub" / "w7" / "deeper")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--resume", str(last), "--max_steps", "3"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err == (
+        "train.py: error: --data: the checkpoint's ../small.txt is relative to the folder its run was "
+        f"started in, and there is no such file here ({tmp_path / 'sub/w7/deeper'}); pass --data PATH")
+
+
 def test_damaged_training_settings_in_a_checkpoint_name_the_file(tmp_path, corpus, cache, capsys):
     """A checkpoint whose training settings this version cannot read (a field it does not know) is
     the file's fault: exit 1 naming it (it was "checkpoint: unknown TrainArgs field(s)", exit 2)."""
