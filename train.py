@@ -83,6 +83,8 @@ from typing import NamedTuple
 
 import errors  # first: a Ctrl-C during the slow imports below is one line, not a traceback
 
+if __name__ == "__main__":  # ... and so is a SIGTERM (as the README says: one line, 130)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 # isort: split
 import numpy as np
 import torch

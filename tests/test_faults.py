@@ -893,6 +893,16 @@ def test_an_interrupt_while_torch_imports_is_one_line(tmp_path, rank):
     assert done.stderr == ("\ntrain.py: interrupted\n" if rank == "0" else "")
 
 
+def test_a_sigterm_while_torch_imports_is_one_line_too(tmp_path):
+    """SIGTERM in the seconds `import torch` takes (a scheduler's stop, before main() can take it) ended
+    the process silently, by the signal: now as Ctrl-C, one line and a SIGINT's status."""
+    (tmp_path / "torch.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\n"
+                                       "time.sleep(30)\n")
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "debug"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert (done.returncode in (130, -signal.SIGINT), done.stderr) == (True, "\ntrain.py: interrupted\n")
+
+
 def test_an_interrupt_while_sample_imports_torch_is_one_line(tmp_path):
     """sample.py as train.py: Ctrl-C in its first seconds (`import torch`) printed a traceback."""
     (tmp_path / "torch.py").write_text("raise KeyboardInterrupt  # Ctrl-C while torch imports\n")
