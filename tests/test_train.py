@@ -448,14 +448,20 @@ def test_a_log_window_with_a_skipped_step_means_the_applied_steps(tmp_path, corp
     [whole] = metrics(tmp_path, "whole")
     assert whole["lm_loss"] == pytest.approx((each[0]["lm_loss"] + each[3]["lm_loss"]) / 2, abs=1e-6)
     assert whole["skipped_steps"] == 2 and whole["window_steps"] == 4
-    real_agree = train.agree  # as a signal would, after step 2
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    [resumed] = stopped_and_resumed(tmp_path, corpus, cache, monkeypatch, base, at=2)
+    assert {k: resumed[k] for k in ("lm_loss", "loss", "skipped_steps")} == {
+        k: whole[k] for k in ("lm_loss", "loss", "skipped_steps")}
+
+
+def stopped_and_resumed(tmp_path, corpus, cache, monkeypatch, base, at):
+    """The records of run "resumed": stopped as a signal would stop it once state.step is `at`, then
+    resumed to its end."""
+    real_agree = train.agree
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == at)
     train.main(args(tmp_path, corpus, cache, *base, run="resumed"))
     monkeypatch.setattr(train, "agree", real_agree)
     train.main(args(tmp_path, corpus, cache, *base, "--resume", run="resumed"))
-    [resumed] = metrics(tmp_path, "resumed")
-    assert {k: resumed[k] for k in ("lm_loss", "loss", "skipped_steps")} == {
-        k: whole[k] for k in ("lm_loss", "loss", "skipped_steps")}
+    return metrics(tmp_path, "resumed")
 
 
 def test_grad_norm_of_a_window_whose_last_step_was_skipped_is_its_last_applied_steps(
@@ -471,12 +477,7 @@ def test_grad_norm_of_a_window_whose_last_step_was_skipped_is_its_last_applied_s
     train.main(args(tmp_path, corpus, cache, *base, run="whole"))
     [whole] = metrics(tmp_path, "whole")
     assert whole["grad_norm"] == each[2]["grad_norm"] and whole["skipped_steps"] == 1
-    real_agree = train.agree  # as a signal would, after step 2
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 3)
-    train.main(args(tmp_path, corpus, cache, *base, run="resumed"))
-    monkeypatch.setattr(train, "agree", real_agree)
-    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="resumed"))
-    [resumed] = metrics(tmp_path, "resumed")
+    [resumed] = stopped_and_resumed(tmp_path, corpus, cache, monkeypatch, base, at=3)
     assert resumed["grad_norm"] == whole["grad_norm"]
 
 
