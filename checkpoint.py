@@ -321,8 +321,8 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`.
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
-    interrupt leaves the folder as it was or the whole new export, never a mix (a kill -9 may leave
-    the hidden folder: delete it)."""
+    interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
+    kill -9 leaves is removed by the next export there)."""
     import shutil
     import tempfile
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
@@ -333,6 +333,8 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
         raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
                               "another folder")
     out, fix = storage.make_folder(out_dir, "export it elsewhere"), "export it elsewhere"
+    for stale in out.glob(".tmp-export-*"):  # an export killed (kill -9) before it cleaned up
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         stage = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-export-"))
     except OSError as e:

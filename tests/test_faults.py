@@ -1181,6 +1181,11 @@ def test_an_export_interrupted_as_it_replaces_another_leaves_one_whole(signum, t
     assert e.value.code == 130 and "export_hf.py: interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in hf.iterdir()) == sorted(p.name for p in want.iterdir())  # nor .tmp-*
     assert all((hf / p.name).read_bytes() == p.read_bytes() for p in want.iterdir())
+    (hf / ".tmp-export-killed").mkdir()  # what a kill -9 leaves: the next export removes it
+    (hf / ".tmp-export-killed" / "model.safetensors").write_bytes(b"part")
+    monkeypatch.undo()
+    export_main([str(run_dir), str(hf), "--force"])
+    assert not list(hf.glob(".tmp-*"))
 
 
 def test_an_hf_folder_with_non_ascii_settings_loads_under_a_c_locale(tmp_path, done):
