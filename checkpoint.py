@@ -41,7 +41,7 @@ import config
 import runtime
 import storage
 from config import SPECIAL_TOKENS, ModelArgs
-from errors import CheckpointError, ConfigError, DataError, first_line
+from errors import CheckpointError, ConfigError, DataError, StorageError, first_line
 from model import Llama4, build_from_state
 from tokenizer import Tokenizer
 from tokenizer import check_tokenizer as check_model_tokenizer
@@ -327,7 +327,11 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     import tempfile
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
     theirs = Path(out_dir) / "tokenizer.json"
-    if tokenizer_path is not None and theirs.exists() and not same_tokenizer(Path(tokenizer_path), theirs):
+    if tokenizer_path is None:  # this export has none: an old export's own may go, not a run's
+        same = _exported_with(theirs)
+    else:
+        same = theirs.exists() and same_tokenizer(Path(tokenizer_path), theirs)
+    if theirs.exists() and not same:
         held.append("another tokenizer.json (a run's checkpoints may need it)")
     if held and not replace:
         raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
@@ -340,7 +344,10 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     except OSError as e:
         raise storage.write_error(out / "model.safetensors", e, fix) from None
     try:
-        _write_export(model, stage, tokenizer_path, fix)
+        try:
+            _write_export(model, stage, tokenizer_path, fix)
+        except StorageError as e:  # named as the file it was to become (the hidden folder is gone)
+            raise StorageError(f"{str(e).replace(str(stage), str(out))} ({out} is as it was)") from None
         with storage.signals_put_off():
             for name in EXPORT_FILES:
                 try:
@@ -354,6 +361,16 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _exported_with(tok: Path) -> bool:
+    """Whether tok (a folder's tokenizer.json) is the one the folder's export recorded (config.json's
+    tokenizer_sha256), not a run's own."""
+    try:
+        sha = json.loads((tok.parent / "config.json").read_bytes()).get("tokenizer_sha256")
+        return sha is not None and Tokenizer.load(tok, exact=False).hash == sha
+    except (OSError, ValueError, AttributeError, DataError):  # no export there, or not ours to read
+        return False
 
 
 def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:

@@ -1140,6 +1140,13 @@ def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, 
     export_main([str(run_dir), str(tmp_path / "hf"), "--force"])  # over an export that had one
     assert f"warning: {run_dir / 'tokenizer.json'} is missing" in capsys.readouterr().err
     assert not list((tmp_path / "hf").glob("tokenizer*"))
+    # into a folder holding a run's own tokenizer.json (not an export's): refused, as with a tokenizer
+    # (it was kept beside a model that records none, and a second export with --force deleted it)
+    other = copy_run(done, tmp_path / "other")
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(other)])
+    assert e.value.code == 1 and "already holds another tokenizer.json" in capsys.readouterr().err
+    assert (other / "tokenizer.json").exists() and not (other / "config.json").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -1201,6 +1208,32 @@ def test_an_hf_folder_with_non_ascii_settings_loads_under_a_c_locale(tmp_path, d
     ran = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--hf", str(hf), "--prompt", "once",
                           "--max_new_tokens", "2", "--greedy"], env=env, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
+
+
+def test_an_export_on_a_full_disk_names_the_file_it_was_to_become(tmp_path, done, capsys, monkeypatch):
+    """A full disk while the export is staged named the hidden folder's file, a folder already gone;
+    now the file it was to become, and that the folder is as it was (the old export, whole)."""
+    import errno
+
+    import storage
+    from scripts.export_hf import main as export_main
+    run_dir, hf = copy_run(done, tmp_path), tmp_path / "hf"
+    export_main([str(run_dir), str(hf)])
+    before = {p.name: p.read_bytes() for p in hf.iterdir()}
+    real = storage.atomic_write
+
+    def full(path, data, fix=None):
+        if str(path).endswith("model.safetensors"):
+            raise storage.write_error(path, OSError(errno.ENOSPC, "No space left on device"), fix)
+        return real(path, data, fix)
+    monkeypatch.setattr(storage, "atomic_write", full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(hf), "--force"])
+    assert e.value.code == 1 and capsys.readouterr().err == (
+        f"export_hf.py: error: cannot write {hf / 'model.safetensors'}: the disk is full (No space left on "
+        f"device); free some space or export it elsewhere ({hf} is as it was)\n")
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == before
 
 
 def test_an_export_whose_file_cannot_be_put_in_place_is_one_line(tmp_path, done, capsys):
