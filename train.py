@@ -835,36 +835,40 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
                 train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
                 break
     plan = RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset)
-    for name, value in saved_relative(plan, given):  # an older checkpoint's, read here as before
+    for name, value in saved_paths(plan, given):  # the checkpoint's (not typed again): still there?
         if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
-            raise errors.DataError(f"--{name}: the checkpoint's {value} is relative to the folder its run "
-                                   f"was started in, and there is no such file here ({os.getcwd()}); "
-                                   f"pass --{name} PATH")
+            where = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run was "
+                     f"started in, and there is no such file here ({os.getcwd()})")  # (an older checkpoint's)
+            raise errors.DataError(f"--{name}: the checkpoint's {value} {where}; pass --{name} PATH")
     paths = {k: absolute(getattr(train_args, k)) for k in PATHS}  # (as saved: a resume reads the same files)
     return plan._replace(train_args=replace(train_args, **paths))
 
 
-PATHS = ("data", "val_data", "tokenizer", "cache_dir")  # settings naming local files (empty --data: the hub)
+# settings naming the text a run reads (empty --data: the hub); not --cache_dir, which is found by its
+# contents: a relative one is the working directory's (a moved project keeps its cache)
+PATHS = ("data", "val_data", "tokenizer")
 
 
 def absolute(path: str) -> str:
     """A path setting made absolute against the working directory, as it is saved with the run, so
     that a resume from another folder reads the same files ('' stays: none, or the hub; a glob's
-    folder is escaped, its name taken literally)."""
+    folder is escaped, its name taken literally; a file that is not there stays as typed, for the
+    error that names it)."""
     if not path or os.path.isabs(path):
         return path
-    cwd = os.getcwd()
-    if any(c in path for c in "*?[") and not os.path.lexists(path):
-        cwd = glob.escape(cwd)
-    return str(Path(cwd) / path)
+    cwd, pattern = os.getcwd(), any(c in path for c in "*?[") and not os.path.lexists(path)
+    if not pattern and not os.path.lexists(path):
+        return path
+    return str(Path(glob.escape(cwd) if pattern else cwd) / path)
 
 
-def saved_relative(plan: RunPlan, given) -> list[tuple[str, str]]:
-    """The relative --data and --val_data an older checkpoint saved as typed (relative to the folder its
-    run was started in, which it does not record) that this session reads: (name, path) pairs."""
+def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
+    """The --data and --val_data the checkpoint saved (absolute, or an older checkpoint's as typed:
+    relative to the folder its run was started in, which it does not record) that this session
+    reads without their being typed again: (name, path) pairs."""
     saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
     names = ["val_data"] + ([] if t.eval_only and t.val_data else ["data"])  # (--eval_only: --val_data alone)
-    return [(n, saved[n]) for n in names if n not in given and saved.get(n) and not os.path.isabs(saved[n])]
+    return [(n, saved[n]) for n in names if n not in given and saved.get(n)]
 
 
 def parameters(model_args: ModelArgs) -> int:

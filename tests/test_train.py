@@ -228,10 +228,11 @@ def test_resume_by_path_and_own_run_name_continues_where_it_lies(tmp_path, corpu
 
 def test_a_resume_from_another_folder_reads_the_files_the_run_started_with(tmp_path, corpus, cache,
                                                                             monkeypatch, capsys):
-    """Relative path settings are saved absolute: `--resume` from another working directory, where
-    the same relative --data names other text, trains on the run's own file (it read the other one
-    without a word). An older checkpoint's relative --data is read here as before; where there is
-    no such file, the line says it is the checkpoint's, relative to where its run was started."""
+    """Relative --data, --val_data, --tokenizer are saved absolute: `--resume` from another working
+    directory, where the same relative --data names other text, trains on the run's own file (it read
+    the other one without a word). An older checkpoint's relative --data is read here as before;
+    where there is no such file, the line says it is the checkpoint's, relative to where its run was
+    started; a saved file since moved is named as the checkpoint's too."""
     shutil.copy(corpus, tmp_path / "small.txt")
     write_stories(tmp_path / "sub" / "small.txt", seed=1)  # other stories under the same relative name
     for folder in ("w1", "sub/w7", "sub/w7/deeper"):
@@ -245,8 +246,7 @@ def test_a_resume_from_another_folder_reads_the_files_the_run_started_with(tmp_p
     saved = checkpoint.load_checkpoint(last)
     assert saved["step"] == 2
     assert os.path.realpath(saved["train_args"]["data"]) == str((tmp_path / "small.txt").resolve())
-    assert os.path.realpath(saved["train_args"]["cache_dir"]) == str((tmp_path / "cache").resolve())
-    assert not (tmp_path / "sub" / "cache").exists()
+    assert saved["train_args"]["cache_dir"] == "../cache"  # found by its contents: the working directory's
     saved["train_args"]["data"] = "../small.txt"  # as an older version saved it
     checkpoint.save_checkpoint(last, saved)
     monkeypatch.chdir(tmp_path / "sub" / "w7" / "deeper")
@@ -257,6 +257,13 @@ def test_a_resume_from_another_folder_reads_the_files_the_run_started_with(tmp_p
     assert e.value.code == 1 and err == (
         "train.py: error: --data: the checkpoint's ../small.txt is relative to the folder its run was "
         f"started in, and there is no such file here ({tmp_path / 'sub/w7/deeper'}); pass --data PATH")
+    saved["train_args"]["data"] = str(tmp_path / "moved.txt")  # a file moved since (or the project)
+    checkpoint.save_checkpoint(last, saved)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--resume", str(last), "--max_steps", "3"])
+    moved = tmp_path / "moved.txt"
+    assert capsys.readouterr().err.strip() == (f"train.py: error: --data: the checkpoint's {moved} no longer "
+                                               "exists; pass --data PATH")
 
 
 def test_damaged_training_settings_in_a_checkpoint_name_the_file(tmp_path, corpus, cache, capsys):
