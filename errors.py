@@ -90,7 +90,10 @@ def run_script(main, prog: str):
         sys.stdout = _Stdout(stdout)
     try:
         try:
-            return main()
+            result = main()
+            if getattr(sys.stdout, "failed", None) is not None:  # lost inside train.main: said here
+                raise sys.stdout.failed
+            return result
         except UserError as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
             status = e.exit_code
@@ -126,6 +129,7 @@ class _Stdout:
 
     def __init__(self, stream):
         self.stream = stream
+        self.failed = None  # an error a caller took (train.py's Console: it trains on), said at the end
 
     def __getattr__(self, name):
         return getattr(self.stream, name)

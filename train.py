@@ -1371,8 +1371,10 @@ class Console:
     (metrics.jsonl and the checkpoints carry on); its descriptor then points at /dev/null, so that
     the flush at exit does not fail on what the stream still holds."""
 
-    def __init__(self, stream, name: str):
-        self.stream, self.name, self.lost, self.other = stream, name, False, None
+    def __init__(self, stream, name: str, warn: bool = True):
+        self.lost = stream is None  # (closed before the start: `>&-`)
+        self.stream = open(os.devnull, "w") if stream is None else stream
+        self.name, self.warn, self.other = name, warn, None
 
     def write(self, text: str) -> int:
         written = self.guard(self.stream.write, text)
@@ -1389,7 +1391,9 @@ class Console:
         except OSError as e:
             self.lost = True
             errors.drop_output(self.stream)
-            if self.other is not None:
+            if getattr(e, "stdout", False):  # run_script's (compare.py runs train.main): said at its end
+                self.stream.failed = e
+            if self.other is not None and self.warn:
                 self.other.write(f"train.py: warning: cannot write to {self.name} ({e.strerror or e}); "
                                  "going on without it (metrics.jsonl and the checkpoints carry on)\n")
                 self.other.flush()
@@ -1399,10 +1403,11 @@ class Console:
         return getattr(self.stream, name)
 
 
-def tolerant_consoles():
-    """sys.stdout and sys.stderr as Consoles until the returned function puts the old ones back."""
+def tolerant_consoles(warn: bool = True):
+    """sys.stdout and sys.stderr as Consoles until the returned function puts the old ones back
+    (warn: the line that a lost one is gone without, not for --eval_only, which fails instead)."""
     old = sys.stdout, sys.stderr
-    out, err = Console(sys.stdout, "standard output"), Console(sys.stderr, "standard error")
+    out, err = Console(sys.stdout, "standard output", warn), Console(sys.stderr, "standard error", warn)
     out.other, err.other = err, out
     sys.stdout, sys.stderr = out, err
 
@@ -1421,7 +1426,7 @@ def main(argv=None):
     preset, (model_args, train_args) = parsed
     if hasattr(sys.stdout, "reconfigure"):  # a run folder's name that is not UTF-8 (made outside
         sys.stdout.reconfigure(errors="backslashreplace")  # train.py) is printed as stderr prints it
-    restore_sigterm, restore_consoles = sigterm_interrupts(), tolerant_consoles()
+    restore_sigterm, restore_consoles = sigterm_interrupts(), tolerant_consoles(warn=not train_args.eval_only)
     finished = False
     try:
         result = run(model_args, train_args, preset, parsed.given)
@@ -1454,4 +1459,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the import's SIGTERM-as-Ctrl-C ends with main: a kill during the exit's work is a kill
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

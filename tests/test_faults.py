@@ -754,9 +754,7 @@ def test_eval_only_whose_output_cannot_be_written_is_an_error(done, capsys, monk
     with pytest.raises(SystemExit) as e:
         train.main(["--run", "r", "--out_dir", str(done.run_dir.parent), "--eval_only"])
     assert e.value.code == 1
-    assert capsys.readouterr().err.splitlines() == [
-        "train.py: warning: cannot write to standard output (No space left on device); going on without it "
-        "(metrics.jsonl and the checkpoints carry on)",
+    assert capsys.readouterr().err.splitlines() == [  # (not the training run's warning: it goes on)
         "train.py: error: cannot print the result: standard output is closed or its disk is full; send it "
         "to a file with room, or to a terminal"]
 
@@ -1302,6 +1300,39 @@ def run_script_with(main_body: str, stdout) -> subprocess.CompletedProcess:
             f"run_script\ndef main():\n    {main_body}\nrun_script(main, 'x.py')\n")
     return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True,
                           timeout=60, env={**os.environ, "PYTHONUNBUFFERED": ""})
+
+
+def test_a_script_whose_output_a_run_inside_it_lost_still_says_so():
+    """compare.py runs train.main in its process: train.py's Console took the full disk of stdout and
+    trained on, and compare ended 0 with its table gone. run_script now says it at the end, exit 1."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        done = run_script_with("import train; c = train.Console(sys.stdout, 'standard output'); "
+                               "c.write('x' * 100000); c.flush(); print('the table')", full)
+    assert done.returncode == 1 and done.stderr == (
+        "x.py: error: cannot write to standard output (No space left on device); send the output "
+        "somewhere with room, or to a terminal\n")
+
+
+def test_a_run_started_with_stdout_closed_trains(tmp_path, corpus, cache):
+    """`train.py ... >&-`: Python's sys.stdout is None, which the Console wrapped and failed on (exit
+    120, a traceback, no checkpoint). It trains, printing nothing there."""
+    argv = [sys.executable, "train.py", *train_args(tmp_path, corpus, cache, "--max_steps", "2")]
+    done = subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=300, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0 and "Error" not in done.stderr, done.stderr
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
+
+
+def test_train_py_run_as_a_script_leaves_sigterm_as_it_found_it():
+    """The SIGTERM-as-Ctrl-C train.py installs when run as a script (for its imports) stayed after
+    main(): a kill during the exit's work (W&B's, an atexit hook) was a traceback and exit 0."""
+    code = ("import runpy, signal, sys\nsys.argv = ['train.py', '--help']\ntry:\n"
+            "    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "True", done.stderr
 
 
 def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
