@@ -105,8 +105,8 @@ def run_script(main, prog: str):
         finally:  # what stdout still holds (--help's text too) meets a closed pipe here, not at exit
             if sys.stdout is not None:
                 sys.stdout.flush()
-    except BrokenPipeError:
-        if not _stdout_closed():
+    except BrokenPipeError as e:
+        if not (getattr(e, "stdout", False) or _stdout_closed()):  # (marked: stdout's, maybe since dropped)
             raise
         drop_output()
         sys.exit(status or 141)

@@ -1313,6 +1313,14 @@ def test_a_script_whose_output_a_run_inside_it_lost_still_says_so():
     assert done.returncode == 1 and done.stderr == (
         "x.py: error: cannot write to standard output (No space left on device); send the output "
         "somewhere with room, or to a terminal\n")
+    read_end, write_end = os.pipe()  # `compare.py | head`: quiet, a SIGPIPE's status
+    os.close(read_end)
+    try:
+        done = run_script_with("import train; c = train.Console(sys.stdout, 'standard output'); "
+                               "c.write('x' * 100000); c.flush(); print('the table')", write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_a_run_started_with_stdout_closed_trains(tmp_path, corpus, cache):
