@@ -322,7 +322,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
-    kill -9 leaves is removed by the next export there)."""
+    kill -9 leaves is removed by the next export there, once its process is gone)."""
     import shutil
     import tempfile
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
@@ -336,22 +336,25 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     if held and not replace:
         raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
                               "another folder")
-    out, fix = storage.make_folder(out_dir, "export it elsewhere"), "export it elsewhere"
-    for stale in out.glob(".tmp-export-*"):  # an export killed (kill -9) before it cleaned up
-        shutil.rmtree(stale, ignore_errors=True)
+    existed, fix = Path(out_dir).exists(), "export it elsewhere"
+    out = storage.make_folder(out_dir, fix)
+    _sweep_stages(out)
     try:
-        stage = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-export-"))
+        stage = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-export-{os.getpid()}-"))
     except OSError as e:
         raise storage.write_error(out / "model.safetensors", e, fix) from None
+    wrote = set(EXPORT_FILES) if tokenizer_path is not None and Path(tokenizer_path).exists() else \
+        {"model.safetensors", "config.json"}
     try:
         try:
             _write_export(model, stage, tokenizer_path, fix)
         except StorageError as e:  # named as the file it was to become (the hidden folder is gone)
-            raise StorageError(f"{str(e).replace(str(stage), str(out))} ({out} is as it was)") from None
+            kept = f"{out} is as it was" if existed else "nothing was exported"
+            raise StorageError(f"{str(e).replace(str(stage), str(out))} ({kept})") from None
         with storage.signals_put_off():
             for name in EXPORT_FILES:
                 try:
-                    if (stage / name).exists():
+                    if name in wrote:  # (a staged file gone is an error, not a file this export lacks)
                         os.replace(stage / name, out / name)
                     elif held:  # the replaced export's tokenizer, when this one has none
                         (out / name).unlink(missing_ok=True)
@@ -361,6 +364,21 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _sweep_stages(out: Path) -> None:
+    """Remove the hidden .tmp-export-PID-* folders that exports killed (kill -9) left in out: those
+    whose process is gone (not another export's at work there, nor a folder named otherwise)."""
+    import shutil
+    for stage in out.glob(".tmp-export-*-*"):
+        try:
+            os.kill(int(stage.name.split("-")[2]), 0)
+        except ValueError:  # not one of ours
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except OSError:  # alive, another user's
+            continue
 
 
 def _exported_with(tok: Path) -> bool:

@@ -1186,11 +1186,15 @@ def test_an_export_interrupted_as_it_replaces_another_leaves_one_whole(signum, t
     assert e.value.code == 130 and "export_hf.py: interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in hf.iterdir()) == sorted(p.name for p in want.iterdir())  # nor .tmp-*
     assert all((hf / p.name).read_bytes() == p.read_bytes() for p in want.iterdir())
-    (hf / ".tmp-export-killed").mkdir()  # what a kill -9 leaves: the next export removes it
-    (hf / ".tmp-export-killed" / "model.safetensors").write_bytes(b"part")
+    gone = subprocess.Popen([sys.executable, "-c", ""])  # a process that has ended
+    gone.wait()
+    (hf / f".tmp-export-{gone.pid}-x").mkdir()  # what a kill -9 leaves: the next export removes it
+    (hf / f".tmp-export-{gone.pid}-x" / "model.safetensors").write_bytes(b"part")
+    (hf / f".tmp-export-{os.getpid()}-y").mkdir()  # a live export's (this process's) and a folder not
+    (hf / ".tmp-export-mine").mkdir()  # of this kind: kept
     monkeypatch.undo()
     export_main([str(run_dir), str(hf), "--force"])
-    assert not list(hf.glob(".tmp-*"))
+    assert sorted(p.name for p in hf.glob(".tmp-*")) == [f".tmp-export-{os.getpid()}-y", ".tmp-export-mine"]
 
 
 def test_an_hf_folder_with_non_ascii_settings_loads_under_a_c_locale(tmp_path, done):
@@ -1231,6 +1235,29 @@ def test_an_export_on_a_full_disk_names_the_file_it_was_to_become(tmp_path, done
     assert e.value.code == 1 and capsys.readouterr().err == (
         f"export_hf.py: error: cannot write {hf / 'model.safetensors'}: the disk is full (No space left on "
         f"device); free some space or export it elsewhere ({hf} is as it was)\n")
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == before
+
+
+def test_an_export_whose_staged_file_is_gone_keeps_the_folder(tmp_path, done, capsys, monkeypatch):
+    """A staged file gone before its rename (another export sweeping the folder) was read as one this
+    export lacks: the old file was deleted and the export said it succeeded, leaving an empty folder.
+    Now it is an error, and the old export stays whole."""
+    import checkpoint
+    from scripts.export_hf import main as export_main
+    run_dir, hf = copy_run(done, tmp_path), tmp_path / "hf"
+    export_main([str(run_dir), str(hf)])
+    before = {p.name: p.read_bytes() for p in hf.iterdir()}
+    real = checkpoint._write_export
+
+    def then_lost(model, stage, tokenizer_path, fix):
+        real(model, stage, tokenizer_path, fix)
+        (stage / "tokenizer.json").unlink()
+    monkeypatch.setattr(checkpoint, "_write_export", then_lost)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(hf), "--force"])
+    assert e.value.code == 1 and capsys.readouterr().err.startswith(
+        f"export_hf.py: error: cannot write {hf / 'tokenizer.json'}: ")
     assert {p.name: p.read_bytes() for p in hf.iterdir()} == before
 
 
