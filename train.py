@@ -852,13 +852,13 @@ PATHS = ("data", "val_data", "tokenizer")
 def absolute(path: str) -> str:
     """A path setting made absolute against the working directory, as it is saved with the run, so
     that a resume from another folder reads the same files ('' stays: none, or the hub; a glob's
-    folder is escaped, its name taken literally; a file that is not there stays as typed, for the
-    error that names it)."""
+    folder is escaped, its name taken literally; a file that is not there, or a glob that matches
+    nothing, stays as typed, for the error that names it)."""
     if not path or os.path.isabs(path):
         return path
     cwd, pattern = os.getcwd(), any(c in path for c in "*?[") and not os.path.lexists(path)
-    if not pattern and not os.path.lexists(path):
-        return path
+    if not (glob.glob(path, recursive=True) if pattern else os.path.lexists(path)):
+        return path  # (nothing there)
     return str(Path(glob.escape(cwd) if pattern else cwd) / path)
 
 

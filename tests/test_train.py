@@ -226,6 +226,19 @@ def test_resume_by_path_and_own_run_name_continues_where_it_lies(tmp_path, corpu
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3]  # one history, not a fork's fresh one
 
 
+def test_path_settings_are_made_absolute_only_where_they_name_something(tmp_path, monkeypatch):
+    """In a folder whose name holds a glob character, a missing file or a glob matching nothing stays
+    as typed (its error named '/.../a[[]1]/nope*.txt'); what is there is made absolute, a glob's
+    folder escaped."""
+    import glob
+    (tmp_path / "a[1]").mkdir()
+    (tmp_path / "a[1]" / "x1.txt").write_text("x")
+    monkeypatch.chdir(tmp_path / "a[1]")
+    assert [train.absolute(p) for p in ("nope.txt", "nope*.txt", "")] == ["nope.txt", "nope*.txt", ""]
+    assert train.absolute("x1.txt") == str(tmp_path / "a[1]" / "x1.txt")
+    assert train.absolute("x*.txt") == glob.escape(str(tmp_path / "a[1]")) + "/x*.txt"
+
+
 def test_a_resume_from_another_folder_reads_the_files_the_run_started_with(tmp_path, corpus, cache,
                                                                             monkeypatch, capsys):
     """Relative --data, --val_data, --tokenizer are saved absolute: `--resume` from another working
