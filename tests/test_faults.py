@@ -1340,13 +1340,9 @@ def test_a_script_whose_output_a_run_inside_it_lost_still_says_so():
     assert done.returncode == 1 and done.stderr == (
         "x.py: error: cannot write to standard output (No space left on device); send the output "
         "somewhere with room, or to a terminal\n")
-    read_end, write_end = os.pipe()  # `compare.py | head`: quiet, a SIGPIPE's status
-    os.close(read_end)
-    try:
-        done = run_script_with("import train; c = train.Console(sys.stdout, 'standard output'); "
-                               "c.write('x' * 100000); c.flush(); print('the table')", write_end)
-    finally:
-        os.close(write_end)
+    done = run_script_into_a_closed_pipe(  # `compare.py | head`: quiet, a SIGPIPE's status
+        "import train; c = train.Console(sys.stdout, 'standard output'); c.write('x' * 100000); c.flush(); "
+        "print('the table')")
     assert (done.returncode, done.stderr) == (141, "")
 
 
@@ -1370,6 +1366,16 @@ def test_train_py_run_as_a_script_leaves_sigterm_as_it_found_it():
     assert done.stdout.splitlines()[-1] == "True", done.stderr
 
 
+def run_script_into_a_closed_pipe(main_body: str) -> subprocess.CompletedProcess:
+    """run_script_with, its stdout a pipe whose reader is gone (`| head` that has stopped reading)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return run_script_with(main_body, write_end)
+    finally:
+        os.close(write_end)
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
     """A script's write to a subprocess or socket whose reader is gone was taken for `| head` closing
     stdout: exit 141 and nothing said. Only stdout's closed pipe is quiet now."""
@@ -1380,25 +1386,15 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
 def test_an_error_whose_output_is_closed_keeps_its_exit_status():
     """A UserError after output that meets a closed stdout at the final flush exited 141 (a SIGPIPE's),
     not the error's status: a caller checking for 2 (a bad setting) saw a quiet pipe."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        done = run_script_with("print('partial'); raise ConfigError('--x 1: bad; pass --x 2')", write_end)
-    finally:
-        os.close(write_end)
+    done = run_script_into_a_closed_pipe("print('partial'); raise ConfigError('--x 1: bad; pass --x 2')")
     assert (done.returncode, done.stderr) == (2, "x.py: error: --x 1: bad; pass --x 2\n")
 
 
 def test_a_bad_option_whose_output_is_closed_keeps_argparses_exit_status():
     """argparse's error (SystemExit(2), its line already on stderr) after output that meets a closed
     stdout at the final flush exited 141: the pipe's status replaced the one already chosen."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        done = run_script_with("print('partial'); import argparse; "
-                               "argparse.ArgumentParser(prog='x.py').parse_args(['--bad'])", write_end)
-    finally:
-        os.close(write_end)
+    done = run_script_into_a_closed_pipe("print('partial'); import argparse; "
+                                         "argparse.ArgumentParser(prog='x.py').parse_args(['--bad'])")
     assert done.returncode == 2
     assert done.stderr == "usage: x.py [-h]\nx.py: error: unrecognized arguments: --bad\n"
 
