@@ -940,13 +940,17 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
 
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: a warmup that outlasts the
-    run, a --val_fraction typed where a validation source is given (it holds nothing out), another
-    held-out slice than the checkpoint's (at --resume or --eval_only)."""
+    run, a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source
+    is given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
+    --eval_only)."""
     t, lines = plan.train_args, []
     if t.warmup_steps >= t.max_steps and not t.eval_only:
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
                      f"rate rises to {lr_at(t, t.max_steps - 1):.2g} (--lr {t.lr:g}) and never decays; "
                      "lower --warmup_steps")
+    if t.val_text_field and t.val_data.lower().endswith(".txt"):  # (a folder or glob may hold records)
+        lines.append(f"--val_text_field has no effect: --val_data {t.val_data} is plain text (it names the "
+                     "text field of .jsonl, .json, .parquet and .arrow records)")
     if "val_fraction" in given and (t.val_data or not t.data):
         source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
         lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "

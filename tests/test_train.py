@@ -875,8 +875,9 @@ def test_parameters_counted_from_two_blocks_equal_the_models(preset, changes):
 
 
 def test_settings_probably_not_meant_get_a_warning_line():
-    """A warmup as long as the run (the rate never decays) and a --val_fraction typed beside a
-    validation source (it holds nothing out) are allowed, with one line each."""
+    """A warmup as long as the run (the rate never decays), a --val_text_field for a .txt --val_data
+    and a --val_fraction typed beside a validation source (it holds nothing out) are allowed, with
+    one line each."""
     def warnings(given=(), **kw):
         plan = train.RunPlan(None, debug_args(), TrainArgs(**kw), None, None)
         return train.setting_warnings(plan, set(given))
@@ -891,6 +892,10 @@ def test_settings_probably_not_meant_get_a_warning_line():
     assert "the hub's validation split" in warnings(["val_fraction"], val_fraction=0.1)[0]
     assert warnings(["val_fraction"], data="a.txt", val_fraction=0.1) == []
     assert warnings(data="a.txt", val_data="b.txt") == []  # the default, not typed
+    assert warnings(data="a.txt", val_data="b.TXT", val_text_field="story") == [
+        "warning: --val_text_field has no effect: --val_data b.TXT is plain text (it names the text field "
+        "of .jsonl, .json, .parquet and .arrow records)"]
+    assert warnings(data="a.txt", val_data="b.jsonl", val_text_field="story") == []
     # at --eval_only or --resume: another held-out slice of the checkpoint's --data overlaps its
     # training text (it was scored as "held out" without a word)
     saved = {"train_args": config.to_dict(TrainArgs(data="a.txt", val_fraction=0.01))}
