@@ -384,11 +384,19 @@ def _sweep_stages(out: Path) -> None:
 def _exported_with(tok: Path) -> bool:
     """Whether tok (a folder's tokenizer.json) is the one the folder's export recorded (config.json's
     tokenizer_sha256), not a run's own."""
+    sha = recorded_tokenizer(tok.parent)
     try:
-        sha = json.loads((tok.parent / "config.json").read_bytes()).get("tokenizer_sha256")
         return sha is not None and Tokenizer.load(tok, exact=False).hash == sha
-    except (OSError, ValueError, AttributeError, DataError):  # no export there, or not ours to read
+    except DataError:  # not ours to read
         return False
+
+
+def recorded_tokenizer(folder) -> str | None:
+    """The tokenizer sha256 an HF folder's config.json records (our exports do); None without one."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_bytes()).get("tokenizer_sha256")
+    except (OSError, ValueError, AttributeError):  # no export there, or not a settings object
+        return None
 
 
 def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
@@ -549,10 +557,7 @@ def load_hf(folder, device="cpu") -> Llama4:
 def check_hf_tokenizer(tok: Tokenizer, tok_path, folder, model_args: ModelArgs, fix: str = HF_FIX) -> None:
     """check_tokenizer for an HF folder: the sha256 its config.json records (our exports do), the
     vocabulary size and special-token ids in any case."""
-    try:
-        sha = json.loads((Path(folder) / "config.json").read_bytes()).get("tokenizer_sha256")
-    except (OSError, ValueError, AttributeError):
-        sha = None  # (load_hf has read it already: a folder changed since)
+    sha = recorded_tokenizer(folder)  # (None where it cannot be read: load_hf has read it, so changed since)
     check_tokenizer(tok, tok_path, {"model_args": config.to_dict(model_args), "tokenizer": {"sha256": sha}},
                     folder, fix)
 

@@ -23,7 +23,9 @@ import takes seconds.
 import errno
 import os
 import select
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -147,6 +149,16 @@ class _Stdout:
         except OSError as e:
             e.stdout = True
             raise
+
+
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt (a Ctrl-C: the entry point's one line and clean-up) until the
+    returned function puts the old handler back (a no-op off the main thread, where Python cannot
+    set handlers). train.py's loop takes the signal itself; this covers the rest of a run."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 def drop_output(stream=None):

@@ -1355,19 +1355,6 @@ def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:
     return "no checkpoint was written"
 
 
-def interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM before the loop (which handles it itself) is a Ctrl-C too
-
-
-def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt until the returned function puts the old handler back (a
-    no-op off the main thread, where Python cannot set handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    old = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
-
-
 class Console:
     """sys.stdout or sys.stderr while train.py runs: a run does not die because its console went
     away (`train.py | head`, a log file on a full disk, 2>/dev/full). At the first failed write the
@@ -1430,7 +1417,8 @@ def main(argv=None):
     preset, (model_args, train_args) = parsed
     if hasattr(sys.stdout, "reconfigure"):  # a run folder's name that is not UTF-8 (made outside
         sys.stdout.reconfigure(errors="backslashreplace")  # train.py) is printed as stderr prints it
-    restore_sigterm, restore_consoles = sigterm_interrupts(), tolerant_consoles(warn=not train_args.eval_only)
+    restore_sigterm = errors.sigterm_interrupts()
+    restore_consoles = tolerant_consoles(warn=not train_args.eval_only)
     finished = False
     try:
         result = run(model_args, train_args, preset, parsed.given)

@@ -19,7 +19,6 @@ The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is it
 """
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import checkpoint  # noqa: E402
 import config  # noqa: E402
-from errors import UserError, run_script  # noqa: E402
+from errors import UserError, run_script, sigterm_interrupts  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -40,7 +39,7 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="replace an export or a checkpoint already at dest "
                                                           "(refused without it)")
     args = p.parse_args(argv)
-    kept = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill is a Ctrl-C: cleaned up
+    restore_sigterm = sigterm_interrupts()  # a kill is a Ctrl-C: the hidden folder is cleaned up
     try:
         if args.do_import:
             dest = checkpoint.import_hf(args.source, args.dest, args.force)
@@ -68,7 +67,7 @@ def main(argv=None):
               "refuses", file=sys.stderr)
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, kept)
+        restore_sigterm()
 
 
 if __name__ == "__main__":
