@@ -157,8 +157,16 @@ def sigterm_interrupts():
     set handlers). train.py's loop takes the signal itself; this covers the rest of a run."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    old = take_signal(signal.SIGTERM, signal.default_int_handler)
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
+def take_signal(signum, handler):
+    """signal.signal, but a signal the process was told to ignore (SIG_IGN: what a non-interactive
+    shell's background job starts with for SIGINT) stays ignored; the old handler."""
+    if signal.getsignal(signum) is signal.SIG_IGN:
+        return signal.SIG_IGN
+    return signal.signal(signum, handler)
 
 
 def drop_output(stream=None):

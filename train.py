@@ -84,7 +84,7 @@ from typing import NamedTuple
 import errors  # first: a Ctrl-C during the slow imports below is one line, not a traceback
 
 if __name__ == "__main__":  # ... and so is a SIGTERM (as the README says: one line, 130)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    SIGTERM_AT_START = errors.take_signal(signal.SIGTERM, signal.default_int_handler)
 # isort: split
 import numpy as np
 import torch
@@ -645,13 +645,15 @@ class Stop:
     the middle of a save: then it takes effect once the checkpoint is complete. Before this
     session's first step is done (`started`), a signal aborts at once, as one before the loop
     does: that step would add nothing worth saving, and a compiled model's takes minutes to
-    compile, past the 30 s torchrun gives its workers before killing them."""
+    compile, past the 30 s torchrun gives its workers before killing them. A signal the process
+    was started to ignore (a non-interactive shell's background job ignores SIGINT) stays ignored."""
 
     def __init__(self, log, until: str = "this step"):
         self.requested, self.log, self.until = False, log, until
         self.in_save = self.abort = self.started = False
         main_thread = threading.current_thread() is threading.main_thread()  # the only one with handlers
-        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM) if main_thread}
+        self.old = {s: errors.take_signal(s, self.handle)
+                    for s in (signal.SIGINT, signal.SIGTERM) if main_thread}
 
     def handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -1454,4 +1456,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:  # the import's SIGTERM-as-Ctrl-C ends with main: a kill during the exit's work is a kill
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, SIGTERM_AT_START or signal.SIG_DFL)

@@ -865,6 +865,28 @@ def test_a_signal_during_the_first_step_aborts_at_once(tmp_path, corpus, cache, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_signal_the_run_was_started_to_ignore_stays_ignored(tmp_path, corpus, cache, monkeypatch):
+    """`python train.py &` from a script starts with SIGINT ignored (and a scheduler may ignore
+    SIGTERM): start-up honoured that, but the loop's handler took the signal and stopped the run."""
+    real_step = train.train_step
+
+    def signalled(job, batches, step, lr):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(job, batches, step, lr)
+    monkeypatch.setattr(train, "train_step", signalled)
+    kept = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = train.main(args(tmp_path, corpus, cache, "--max_steps", "4"))
+        after = [signal.getsignal(s) for s in kept]
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, handler)
+    assert result["finished"] == "max_steps" and result["step"] == 4 and not result["signalled"]
+    assert after == [signal.SIG_IGN, signal.SIG_IGN]
+
+
 def test_an_interrupt_is_one_line_from_rank_0_alone(monkeypatch, capsys):
     """torchrun forwards a signal to every worker: each printed the interrupt line."""
     def interrupted(*args, **kwargs):
@@ -1356,12 +1378,15 @@ def test_a_run_started_with_stdout_closed_trains(tmp_path, corpus, cache):
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
 
 
-def test_train_py_run_as_a_script_leaves_sigterm_as_it_found_it():
+@pytest.mark.parametrize("at_start", ["SIG_DFL", "SIG_IGN"])
+def test_train_py_run_as_a_script_leaves_sigterm_as_it_found_it(at_start):
     """The SIGTERM-as-Ctrl-C train.py installs when run as a script (for its imports) stayed after
-    main(): a kill during the exit's work (W&B's, an atexit hook) was a traceback and exit 0."""
-    code = ("import runpy, signal, sys\nsys.argv = ['train.py', '--help']\ntry:\n"
+    main(): a kill during the exit's work (W&B's, an atexit hook) was a traceback and exit 0. A
+    SIGTERM ignored from the start is not taken at all, and is ignored after main() too."""
+    code = (f"import runpy, signal, sys\nsignal.signal(signal.SIGTERM, signal.{at_start})\n"
+            "sys.argv = ['train.py', '--help']\ntry:\n"
             "    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)")
+            f"print(signal.getsignal(signal.SIGTERM) == signal.{at_start})")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "True", done.stderr
 
