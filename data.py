@@ -51,6 +51,11 @@ How this departs from the obvious version:
 - One process at a time builds or checks a cache folder or trains a tokenizer (an flock in
   --cache_dir/.locks/): runs sharing --cache_dir wait for each other's builds instead of deleting
   each other's files or training the same tokenizer twice.
+- Nothing under --cache_dir is deleted (an older checkout of the project may still read a shard):
+  a cache miss names, in one log line with their size and an `rm -r` command, the older shards of
+  the same files (or hub split) and tokenizer that other document rules, another shard format or an
+  earlier version of the files left behind (1.9 GB each on TinyStories), but for those another
+  process holds the lock of. Shards of another tokenizer are never named: another run may use them.
 - A full disk under --cache_dir (or a file past `ulimit -f`; while writing a shard, the tokenizer,
   or `datasets`' own cache, which wraps the OSError in its errors) is one DataError/StorageError
   line naming --cache_dir; so is a --cache_dir that cannot be written (read-only, or not ours) on
@@ -957,7 +962,44 @@ def get_tokens(name: str, split: Split, tok: Tokenizer, cache_dir, threads: int 
     log(f"data: {name}: cache miss, tokenized {_n(shard.n_docs, 'document')} -> "
         f"{_n(shard.n_tokens, 'token')} ({shard.n_bytes / shard.n_tokens:.2f} bytes/token) in {dt:.1f} s "
         f"({shard.n_bytes / 1e6 / dt:.1f} MB/s, {threads} thread{'s' * (threads > 1)}) -> {folder}")
+    _log_superseded(name, shard.meta, folder, Path(cache_dir), log)
     return shard
+
+
+def _log_superseded(name: str, meta: dict, folder: Path, cache_dir: Path, log) -> None:
+    """After a cache miss, one line naming the other shards of this split in cache_dir/tokens/ made
+    from the same source (the same files by path, or the same hub split, read the same way) by the
+    same tokenizer, but under other rules or from an earlier version of the files. They are left
+    there: an older checkout may use them. Those whose meta.json cannot be read, and those another
+    process holds the lock of (building or checking them), are left out; an OSError skips a folder."""
+    import fcntl
+
+    def origin(m: dict) -> tuple:  # (what a new version of the files or of our rules leaves alone)
+        sig, source = m["signature"], m["signature"]["source"]
+        files = None if "hub" in source else [f[0] for f in source["files"]]
+        return (m["split"], m["tokenizer_hash"], {**sig, "source": None, "counting": None},
+                {**source, "files": files, "documents": None, "rows": None})
+
+    ours, found = origin(meta), []
+    try:
+        paths = sorted(folder.parent.iterdir())
+    except OSError:
+        return
+    for path in paths:
+        try:
+            if path.name == folder.name or origin(json.loads((path / "meta.json").read_bytes())) != ours:
+                continue
+            with open(cache_dir / ".locks" / f"tokens-{path.name}.lock", "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (BlockingIOError: held elsewhere)
+                found.append((path, sum(e.stat().st_size for e in os.scandir(path) if e.is_file())))
+        except (OSError, ValueError, LookupError, TypeError, AttributeError):
+            continue
+    if found:
+        them, more = "it" if len(found) == 1 else "them", f" (and {len(found) - 3} more)" * (len(found) > 3)
+        log(f"data: {name}: {folder.parent} also holds {_n(len(found), 'older cache')} of this source and "
+            f"tokenizer ({_size(sum(size for _, size in found))}), made by other rules of this project or "
+            f"from an earlier version of the files; delete {them} if no older checkout of this project "
+            f"uses {them}: rm -r {' '.join(shlex.quote(str(p)) for p, _ in found[:3])}{more}")
 
 
 @contextmanager

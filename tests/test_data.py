@@ -605,6 +605,104 @@ def test_cache_reuse_and_invalidation(tmp_path, corpus):
     assert tok4.vocab_size == 320 and train4.path != train3.path
 
 
+def older_caches(logs):
+    return [line for line in logs if "older cache" in line]
+
+
+def folder_size(path):
+    return sum(p.stat().st_size for p in path.iterdir())
+
+
+def test_a_cache_miss_names_the_older_caches_of_its_source_and_keeps_them(tmp_path, corpus, monkeypatch):
+    """New document rules, or a changed file, leave the old shards of the same files behind (1.9 GB
+    each on TinyStories, kept for ever): the miss names them, their size and how to delete them,
+    and deletes nothing (an older checkout of the project may use them); a hit says nothing."""
+    train_path, val_path, _, val_docs = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    _, train, val, logs = run(tmp_path, **kw)
+    assert not older_caches(logs)
+    monkeypatch.setattr(data, "DOCUMENT_RULES", data.DOCUMENT_RULES + 1)
+    _, train2, val2, logs = run(tmp_path, **kw)
+    assert train2.path != train.path and train2.meta["tokenizer_hash"] == train.meta["tokenizer_hash"]
+    assert older_caches(logs) == [
+        f"data: {name}: {old.parent} also holds 1 older cache of this source and tokenizer "
+        f"({data._size(folder_size(old))}), made by other rules of this project or from an earlier version "
+        f"of the files; delete it if no older checkout of this project uses it: rm -r {old}"
+        for name, old in (("train", train.path), ("val", val.path))]
+    assert train.path.is_dir() and val.path.is_dir() and TokenData(train.path).n_docs == 30
+    _, _, _, logs = run(tmp_path, **kw)  # a cache hit: nothing to say
+    assert any("train: cache hit" in line for line in logs) and not older_caches(logs)
+    write(val_path, "\n\n".join(val_docs[:3]) + "\n")  # the validation file changes: both its shards are old
+    _, _, val3, logs = run(tmp_path, **kw)
+    [line] = older_caches(logs)
+    size = data._size(folder_size(val.path) + folder_size(val2.path))
+    assert line.startswith(f"data: val: {val.path.parent} also holds 2 older caches of this source and "
+                           f"tokenizer ({size}), made by") and "delete them if" in line
+    assert line.split("rm -r ")[1].split() == sorted([str(val.path), str(val2.path)])
+    assert val.path.is_dir() and val2.path.is_dir() and val3.n_docs == 3
+
+
+def test_older_caches_of_another_tokenizer_in_use_or_unreadable_are_not_named(tmp_path, corpus, monkeypatch):
+    """A shard of another tokenizer (another vocabulary, which another run may use), one whose build
+    lock another process holds, and one whose meta.json cannot be read are never named, and
+    do not fail the run; a long list names three and counts the rest."""
+    import storage
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    _, train, _, _ = run(tmp_path, **kw)
+    _, other, _, logs = run(tmp_path, vocab=320, **kw)
+    assert other.path != train.path and not older_caches(logs)
+    tokens = train.path.parent
+    for i, text in enumerate(["{", "[]", '{"signature": 1}', '{"split": "train"}']):
+        shutil.copytree(train.path, tokens / f"train-broken{i}")
+        (tokens / f"train-broken{i}" / "meta.json").write_text(text)
+    (tokens / "train-empty").mkdir()
+    write(tokens / "stray.txt", "not a shard")
+    for i in range(3):  # older shards of the same file
+        shutil.copytree(train.path, tokens / f"train-copy{i}")
+    busy = shutil.copytree(train.path, tokens / "train-busy")
+    held = storage.lock(tmp_path / "cache" / ".locks" / f"tokens-{busy.name}.lock")  # another run checks it
+    monkeypatch.setattr(data, "DOCUMENT_RULES", data.DOCUMENT_RULES + 1)
+    try:
+        _, train2, _, logs = run(tmp_path, **kw)
+    finally:
+        held.close()
+    [line, _] = older_caches(logs)  # (train, val)
+    assert line.startswith(f"data: train: {tokens} also holds 4 older caches of this source and tokenizer "
+                           f"({data._size(4 * folder_size(train.path))})") and line.endswith(" (and 1 more)")
+    named = line.split("rm -r ")[1].split()[:3]
+    assert named == sorted(str(p) for p in [train.path, *tokens.glob("train-copy*")])[:3]
+    assert not any(w in line for w in ("broken", "empty", "busy", "stray", other.path.name))
+    assert all(p.exists() for p in [train.path, other.path, busy, *tokens.glob("train-*")])
+
+
+def test_older_caches_of_a_hub_split_are_found_by_its_name(tmp_path):
+    """A hub split's shards are the same source whatever files and rows the `datasets` cache holds
+    (a new revision of the dataset): the name, the split and the text field say which."""
+    tokens = tmp_path / "tokens"
+    (tmp_path / ".locks").mkdir()
+
+    def shard(key, **changes):
+        source = {"hub": "roneneldan/TinyStories", "split": "train", "text_field": "text", "rows": 10,
+                  "files": [f"/hf/{key}.arrow"], "documents": 5, **changes}
+        meta = {"key": key, "split": "train", "tokenizer_hash": "t", "format": 2,
+                "signature": {"source": source, "keep": "all", "every": 0}}
+        write(tokens / f"train-{key}" / "tokens.bin", b"x" * 1000)
+        write(tokens / f"train-{key}" / "meta.json", json.dumps(meta))
+        return meta
+
+    new = shard("new", rows=11, documents=6)
+    shard("old")
+    shard("otherfield", text_field="story")
+    shard("othersplit", split="validation")
+    shard("otherhub", hub="someone/Stories")
+    logs = []
+    data._log_superseded("train", json.loads(json.dumps(new)), tokens / "train-new", tmp_path, logs.append)
+    [line] = logs
+    assert f"({data._size(folder_size(tokens / 'train-old'))})" in line
+    assert line.endswith(f"rm -r {tokens / 'train-old'}")
+
+
 def test_runs_sharing_a_cache_train_a_tokenizer_once(tmp_path, corpus):
     """A run that needs the tokenizer another run (on the same --cache_dir) is training waits for
     it and reads it from the cache, rather than training it too."""
