@@ -280,7 +280,8 @@ class LoopState:
 
 @dataclass
 class Job:
-    """Everything a training run holds that does not change from step to step."""
+    """What a run holds beside its LoopState: set up by build_job; the fields from `metrics` on are
+    filled in or changed as the run goes, and a compile failure sets `compiled` and `runner` to `model`."""
     model_args: ModelArgs
     train_args: TrainArgs
     preset: str
@@ -1132,7 +1133,6 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
         load_optimizer(opt, ckpt["optimizer"])
-        checkpoint.set_rng_state(ckpt["rng"])
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
     compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
     runner = compiled
@@ -1140,12 +1140,15 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
         runner = torch.nn.parallel.DistributedDataParallel(
             compiled, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=model_args.vision)
-    job = Job(model_args, train_args, plan.preset, plan.run_dir, device, world, log, tok, train_data,
-              EvalSet(val, tok, model_args, train_args, world, device), model, compiled, runner, opt,
-              runtime.autocast(device, dtype), runner.no_sync if world.size > 1 else nullcontext,
-              list(range(world.rank, train_args.grad_accum, world.size)), None,
-              flops_per_token(model_args, model_args.max_seq_len), runtime.peak_flops(device, dtype),
-              plan.ckpt_path, wandb_id=wandb_id(plan), window=(ckpt or {}).get("window"),
+    job = Job(model_args=model_args, train_args=train_args, preset=plan.preset, run_dir=plan.run_dir,
+              device=device, world=world, log=log, tok=tok, train_data=train_data,
+              val=EvalSet(val, tok, model_args, train_args, world, device),
+              model=model, compiled=compiled, runner=runner, opt=opt,
+              autocast=runtime.autocast(device, dtype),
+              no_sync=runner.no_sync if world.size > 1 else nullcontext,
+              micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
+              fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
+              ckpt_path=plan.ckpt_path, wandb_id=wandb_id(plan), window=(ckpt or {}).get("window"),
               continues=ckpt is not None and not plan.forks)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
         job.trials = job.eval_trials = 2 if train_args.compile_mode in config.CUDA_GRAPH_MODES else 1
@@ -1157,6 +1160,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
         state.best_val = math.inf
     state.val_set = job.val.key
     job.clock = Clock(train_args.max_minutes, state.elapsed)
+    if ckpt is not None and opt is not None:  # last: set-up draws (peak_flops' GEMM on the CPU)
+        checkpoint.set_rng_state(ckpt["rng"])
     return job, state
 
 

@@ -4,12 +4,14 @@ bad input. Small models on small text so that the whole file runs in about a min
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, debug_args, shared_file, write_stories
@@ -321,6 +323,25 @@ def test_load_model_puts_only_the_weights_on_the_device(tmp_path, monkeypatch):
     back, rest = checkpoint.load_model(path, "meta")
     assert where == ["cpu"] and {p.device.type for p in back.parameters()} == {"meta"}
     assert rest["optimizer"]["exp_avg"].device.type == "cpu"
+
+
+def test_a_resumed_run_starts_its_loop_with_the_checkpoints_random_state(tmp_path, corpus, cache,
+                                                                          monkeypatch):
+    """The random state was restored before the rest of set-up, whose CPU peak measurement draws
+    two random matrices: the loop started from another state than the checkpoint's."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    saved = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["rng"]
+    real, at_loop = train.build_job, []
+
+    def build_job(*a, **k):
+        job, state = real(*a, **k)
+        at_loop.append((torch.get_rng_state(), random.getstate()[1], np.random.get_state()[1].tolist()))
+        return job, state
+    monkeypatch.setattr(train, "build_job", build_job)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "3", "--resume"))
+    (torch_state, python_state, numpy_state), = at_loop
+    assert torch.equal(torch_state, saved["torch"])
+    assert list(python_state) == saved["python"] and numpy_state == saved["numpy"]
 
 
 def test_rng_state_saved_with_more_gpus_restores_on_fewer(monkeypatch):
