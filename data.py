@@ -783,6 +783,12 @@ def _hub_split(name: str, split: str, text_field: str) -> Split:
     return Split(f"{name} [{split}] (Hugging Face Hub)", source, load)
 
 
+def held_out_every(val_fraction: float) -> int:
+    """Without a validation source, 1 in this many documents of --data is held out (at least 1 in 2:
+    an older checkpoint's --val_fraction may be over the 0.5 allowed now)."""
+    return max(2, round(1 / val_fraction))
+
+
 def warn_overlap(train: Split, val: Split, log) -> None:
     """A warning when --val_data names a file that --data names too (the same file: by a symlink
     or a hard link too)."""
@@ -821,7 +827,7 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
     elif not train_args.data:
         val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field)
     else:
-        every = max(2, round(1 / train_args.val_fraction))
+        every = held_out_every(train_args.val_fraction)
         val = Split(f"1 in {every} documents of --data, held out (no --val_data; --val_fraction "
                     f"{train_args.val_fraction}, evenly spread)", train.source, train.load, "val", every)
         train = Split(train.label, train.source, train.load, "train", every)

@@ -76,7 +76,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -961,10 +961,10 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     saved = (plan.ckpt or {}).get("train_args") or {}
     same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
                  and not saved.get("val_data") and not t.val_data)  # (an older checkpoint's: as typed)
-    if same_data and "val_fraction" in given and t.val_fraction != saved["val_fraction"]:
+    if same_data and "val_fraction" in given and saved.get("val_fraction") not in (None, t.val_fraction):
         # the checkpoint's validation text was a held-out slice of this --data: another slice overlaps
         did = "scores documents it trained on" if t.eval_only else "trains on documents it held out"
-        every = round(1 / saved["val_fraction"])
+        every = data.held_out_every(saved["val_fraction"])
         lines.append(f"--val_fraction {t.val_fraction:g} is not the checkpoint's: its validation text was 1 "
                      f"in {every} documents of --data, held out; this slice {did}, so its validation loss "
                      "is not held out: type the run's own, or --val_data")
@@ -989,7 +989,9 @@ class RunFolder:
             raise RunError(f"{path} is in use by another train.py ({e.holder}); wait for it to end or stop "
                            "it, or pick another --run") from None
         except OSError as e:
-            self.release()
+            with suppress(OSError):  # a folder made here a moment ago and left empty goes
+                if self.created and not any(path.iterdir()):
+                    path.rmdir()
             raise RunError(f"cannot write to {path} ({e.strerror}); pick another --out_dir or --run") \
                 from None
         for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact

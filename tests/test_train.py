@@ -1,6 +1,7 @@
 """train.py: loss falls, schedule, accumulation, exact resume, crashes, DDP, NaN, signals, logging,
 bad input. Small models on small text so that the whole file runs in about a minute."""
 
+import errno
 import json
 import math
 import os
@@ -342,6 +343,20 @@ def test_a_resumed_run_starts_its_loop_with_the_checkpoints_random_state(tmp_pat
     (torch_state, python_state, numpy_state), = at_loop
     assert torch.equal(torch_state, saved["torch"])
     assert list(python_state) == saved["python"] and numpy_state == saved["numpy"]
+
+
+def test_a_run_folder_that_cannot_be_locked_is_not_left_behind(tmp_path, monkeypatch):
+    """A folder made for the run whose lock then failed (a full disk, a quota) stayed, empty."""
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(train.storage, "lock", full)
+    with pytest.raises(train.RunError, match="No space left on device"):
+        train.RunFolder(tmp_path / "out" / "run")
+    assert not (tmp_path / "out" / "run").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there before is kept
+    with pytest.raises(train.RunError):
+        train.RunFolder(tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_rng_state_saved_with_more_gpus_restores_on_fewer(monkeypatch):
@@ -933,6 +948,10 @@ def test_settings_probably_not_meant_get_a_warning_line():
     assert resumed(["val_fraction", "data"], val_fraction=0.5, data="other.txt", eval_only=True) == []
     assert resumed(["val_fraction"], val_fraction=0.01, eval_only=True) == []  # the run's own
     assert resumed(["val_data"], val_data="v.txt", eval_only=True) == []  # a file of its own
+    saved["train_args"]["val_fraction"] = 0.9  # an older version's (1 in 2 held out, as data.py does)
+    assert "1 in 2 documents" in resumed(["val_fraction"], val_fraction=0.1, eval_only=True)[0]
+    del saved["train_args"]["val_fraction"]  # (none recorded: nothing to compare with)
+    assert resumed(["val_fraction"], val_fraction=0.1, eval_only=True) == []
 
 
 # --- scale out ------------------------------------------------------------------------------
