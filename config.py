@@ -27,7 +27,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from errors import ConfigError, main_rank
+from errors import ConfigError, drop_output, main_rank, stdout_failed
 
 
 def arg(default, help, *, hf=None, choices=None, const=None):
@@ -604,6 +604,26 @@ class Parser(argparse.ArgumentParser):
             words = message.split(": ", 1)[1].split()
             message = self.unknown([w for w in words if w.startswith("--")] or words)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _print_message(self, message, file=None):
+        """argparse passes over a write that fails, so --help > FILE on a full disk (or into a closed
+        pipe) exited 0 with nothing written. Standard output's failure is now said as a script's output
+        is (errors.stdout_failed: one line and exit 1; a closed pipe quiet, 141). Stderr's (an error's
+        line) is still passed over, as there is nowhere to say it, but goes to devnull: what its buffer
+        kept failed again at exit, and the status was Python's 120 for that, not the error's 2."""
+        file = file or sys.stderr  # (argparse's: no stdout at all (>&-) puts --help on stderr)
+        if not message or file is None:
+            return
+        try:
+            file.write(message)
+            file.flush()  # (now: what the buffer kept would fail at exit, after the status is chosen)
+        except AttributeError:  # (argparse's: a file that is not one)
+            pass
+        except OSError as e:
+            if file is sys.stdout:
+                stdout_failed(e, self.prog)
+            if file is sys.stderr:
+                drop_output(sys.stderr)
 
     def typed(self, argv) -> set[str]:
         """The options (their dests) that argv types, `--name value` or `--name=value`."""

@@ -110,19 +110,30 @@ def run_script(main, prog: str):
     except BrokenPipeError as e:
         if not (getattr(e, "stdout", False) or _stdout_closed()):  # (marked: stdout's, maybe since dropped)
             raise
-        drop_output()
-        sys.exit(status or 141)
+        stdout_failed(e, prog, status)
     except OSError as e:
         if not getattr(e, "stdout", False):
             raise
-        where = "somewhere with room" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "to a file"
-        print(f"{prog}: error: cannot write to standard output ({e.strerror or e}); send the output {where}, "
-              "or to a terminal", file=sys.stderr)
-        drop_output()
-        sys.exit(status or 1)
+        stdout_failed(e, prog, status)
     finally:
         if isinstance(sys.stdout, _Stdout):
             sys.stdout = stdout
+
+
+def stdout_failed(e: OSError, prog: str, status=0):
+    """Standard output's failed write `e`, said as run_script says it, and exit: a closed pipe (`| head`
+    that stopped reading) quietly with a SIGPIPE's status (141), anything else (`> FILE` on a full disk)
+    in one line, exit 1; `status`, a failure's already chosen (and said), outranks either. Stdout goes to
+    devnull first, or what its buffer still holds fails again at exit. (config.Parser's --help too.)"""
+    if not isinstance(e, BrokenPipeError):
+        where = "somewhere with room" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "to a file"
+        try:
+            print(f"{prog}: error: cannot write to standard output ({e.strerror or e}); send the output "
+                  f"{where}, or to a terminal", file=sys.stderr)
+        except OSError:  # stderr full too: the status says it (and not Python's 120 for a failed exit)
+            drop_output(sys.stderr)
+    drop_output()
+    sys.exit(status or (141 if isinstance(e, BrokenPipeError) else 1))
 
 
 class _Stdout:

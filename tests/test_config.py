@@ -1,6 +1,7 @@
 """Settings: presets, JSON round trip, command-line overrides and their errors."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -249,3 +250,59 @@ def test_entry_point_bad_option_exits_nonzero_with_one_line():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--n_heads" in out.stderr
+
+
+NO_ROOM = ("error: cannot write to standard output (No space left on device); send the output somewhere "
+           "with room, or to a terminal\n")
+
+
+def parse_in_a_child(call: str, stdout, stderr=subprocess.PIPE, unbuffered: str = ""):
+    """`call` (a parse of config's) run in a child whose stdout is `stdout`: /dev/full, or the write end of
+    a pipe whose reader is gone (`| head` that has stopped reading)."""
+    code = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport config\n{call}\n"
+    return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=stderr, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+
+
+def into_a_closed_pipe(run):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return run(write_end)
+    finally:
+        os.close(write_end)
+
+
+HELP_CALLS = {  # train.py's (20 KB: its write fails inside argparse) and a short one (fails at the flush)
+    "long": "config.parse_args([config.ModelArgs, config.TrainArgs], ['--help'], prog='train.py')",
+    "short": "p = config.Parser(prog='train.py'); p.add_argument('--x'); p.parse_args(['--help'])"}
+
+
+FULL = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+
+
+@FULL
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize("size", ["long", "short"])
+def test_help_that_cannot_be_written_is_said_not_passed_over(size, unbuffered):
+    """`train.py --help > FILE` on a full disk exited 0 with nothing written (argparse's _print_message
+    passes over an OSError); into a closed pipe, 0 too. Now as a script's output: one line, exit 1; a
+    closed pipe quiet, 141."""
+    with open("/dev/full", "w") as full:
+        done = parse_in_a_child(HELP_CALLS[size], full, unbuffered=unbuffered)
+    assert (done.returncode, done.stderr) == (1, f"train.py: {NO_ROOM}")
+    done = into_a_closed_pipe(lambda out: parse_in_a_child(HELP_CALLS[size], out, unbuffered=unbuffered))
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+@FULL
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_an_error_line_that_cannot_be_written_keeps_its_status(unbuffered):
+    """`train.py --bogus 2>/dev/full`: the line argparse passed over failed again at exit's flush, and
+    the status was Python's 120 for that, not a bad setting's 2. Both streams full at --help: 1."""
+    with open("/dev/full", "w") as full:
+        done = parse_in_a_child("config.parse_args([config.TrainArgs], ['--bogus'], prog='train.py')",
+                                subprocess.PIPE, stderr=full, unbuffered=unbuffered)
+        assert (done.returncode, done.stdout) == (2, "")
+        done = parse_in_a_child(HELP_CALLS["short"], full, stderr=full, unbuffered=unbuffered)
+        assert done.returncode == 1

@@ -125,3 +125,30 @@ def test_count_params_answers_two_billion_layers_without_building_them(monkeypat
     huge = count_params.main(["--preset", "tiny", "--n_layers", "2000000000"])
     assert huge["total"] == one["total"] + 1_999_999_999 * layer["total"]
     assert "1,778,208,000,524,416" in capsys.readouterr().out
+
+
+NO_ROOM = ("error: cannot write to standard output (No space left on device); send the output somewhere "
+           "with room, or to a terminal\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "scripts/count_params.py",
+                                    "scripts/export_hf.py"])
+def test_help_with_nowhere_to_go_is_said_as_any_output_is(script):
+    """`<script> --help > FILE` on a full disk, and into a pipe whose reader is gone, exited 0 with
+    nothing written: argparse passes over a failed write. Now as the scripts' other output: one line,
+    exit 1; a closed pipe quiet, 141 (PYTHONUNBUFFERED set: the write fails inside argparse)."""
+    def run(stdout):
+        return subprocess.run([sys.executable, str(ROOT / script), "--help"], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open("/dev/full", "w") as full:
+        done = run(full)
+    assert (done.returncode, done.stderr) == (1, f"{os.path.basename(script)}: {NO_ROOM}")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that is gone before the first write
+    try:
+        done = run(write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
