@@ -9,22 +9,26 @@
 One step: grad_accum micro-batches (split over DDP ranks), AdamW, linear warmup then cosine decay,
 gradient clipping, bf16 autocast on CUDA. Loss = LM loss over real tokens + the router's
 auxiliary terms, each logged apart. The run folder checkpoints/<run>/ holds last.pt, best.pt,
-model.json / train.json, tokenizer.json, metrics.jsonl, loss.png, run.lock and the W&B run.
+model.json / train.json, tokenizer.json, metrics.jsonl, loss.png (--plot), run.lock and the W&B
+run (wandb_unfinished.txt while its upload is not finished).
 
-How a training step flows (`run` reads in this order):
+How a training step flows (`run` calls setup, then `loop`, which calls the rest in this order):
     setup        settings (the checkpoint's when resuming) checked before any work, the run folder
-                 locked (RunFolder), data, model, optimizer: a Job
+                 locked (RunFolder), data, model, optimizer: a Job, and the LoopState to start from
+    LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
     lr_at        the learning rate of this step (warmup, then cosine over steps or the clock)
     batches_at   this process's micro-batches of the step, a pure function of (seed, step, micro)
     train_step   forward + backward per micro-batch, clipping, the AdamW step (skipped on device
                  when the gradients are not finite): the unit a compiler can take whole
     first_steps  train_step, or eagerly where a compiled model's first steps fail to compile
-    LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
-    log_step     every log_every steps: one metrics record, the only host sync of the loop (under
-                 torchrun, agree too: the ranks' stop requests and clock, about every 10 s)
-    run_eval     every eval_every steps (evaluate_step): validation nats/token and bits/byte, a
-                 metrics record, then best.pt
-    maybe_save   every save_every steps, on a signal and at the end: last.pt
+    Window       the log window: losses, expert counts and skipped steps summed on the device
+    agree        under torchrun: the ranks' stop requests and clock, agreed about every 10 s
+    log_step     every log_every steps: one metrics record (with agree, the only host syncs of the
+                 training steps)
+    evaluate_and_save  every eval_every steps evaluate_step (run_eval: validation nats/token and
+                 bits/byte, a metrics record, the plot; best.pt if it is the best), and every
+                 save_every steps and on a signal, last.pt (maybe_save)
+    wrap_up      at the end: the final evaluation, best.pt if there is none, last.pt
 
 How this departs from the obvious version:
 - A step is a pure function of (seed, step): batches come from data.get_batch(seed, step, micro)
@@ -59,7 +63,8 @@ How this departs from the obvious version:
   CUDA graphs with more than one micro-batch per process (exit status 2, as for any bad setting).
   Settings that are allowed but probably not meant get a warning line: a warmup as long as the
   run, a --val_fraction with a validation source or other than the checkpoint's at --resume or
-  --eval_only (and data.py warns of --val_data files inside --data).
+  --eval_only, a --val_text_field for a .txt --val_data (and data.py warns of --val_data files
+  inside --data).
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
   step is taken again, eagerly, as a --compile false run takes it (first_steps).
@@ -328,7 +333,8 @@ class Job:
 
 class Clock:
     """The wall-clock budget (--max_minutes): the run's seconds so far, including earlier sessions
-    of a resumed run, agreed over the ranks so that all stop together and share one schedule."""
+    of a resumed run (under torchrun, agree makes the ranks share it, so that all stop together and
+    follow one schedule)."""
 
     def __init__(self, max_minutes: float, elapsed_before: float = 0.0):
         self.max_seconds = max_minutes * 60
@@ -626,7 +632,8 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, bar) -> None
 
 
 def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
-    """Save last.pt or best.pt, unless the weights are not finite (then the old file stays)."""
+    """Save last.pt or best.pt now (the window's skipped steps settled into the state first); weights
+    that are not finite are not saved: a RunError ends the run, the old file intact."""
     window.settle(state)
     if not all(torch.isfinite(p).all() for p in job.model.parameters()):  # every rank agrees: same weights
         raise RunError(f"weights are not finite at step {state.step}; not saving {name} (the previous "
@@ -792,7 +799,8 @@ def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
 
 def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
     """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset."""
-    # (at --resume, before the checkpoint is looked for under them)
+    # --run and --out_dir checked before they are used as paths (at --resume, before a checkpoint is
+    # looked for under them)
     config.check_run(train_args.run, train_args.out_dir)
     out = Path(train_args.out_dir)
     # a run folder whose run stopped before its first save: a new run there is what is left
@@ -1258,7 +1266,8 @@ def run_job(job: Job, state: LoopState) -> dict:
 
 
 def loop(job: Job, state: LoopState) -> dict:
-    """The training loop, from `state` to max_steps, the budget or a signal."""
+    """The training loop: the run's logs started (start_logging) and the evaluation a signal put off
+    run, then steps to max_steps, the budget or a signal, then the final evaluation and checkpoints."""
     t = job.train_args
     start_logging(job, state)
     from tqdm import tqdm
@@ -1270,7 +1279,9 @@ def loop(job: Job, state: LoopState) -> dict:
     finished = "max_steps"
     job.model.train()
     window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
-    evaluated, out, signalled = None, None, False  # the step evaluated last here; the last step's output
+    evaluated = None  # the step evaluated last here, if it was the last step taken
+    out = None  # the last step's output
+    signalled = False
     failed = True  # until the loop ends without an exception: the W&B run is then marked failed
     try:
         if state.eval_due:  # the evaluation a signal put off, before training on; saved at once, so
@@ -1294,30 +1305,14 @@ def loop(job: Job, state: LoopState) -> dict:
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 log_step(job, state, window, lr, bar)
                 window = Window(state, job.device)
-            with window.pause():
-                if state.step % t.eval_every == 0 and state.step < t.max_steps:
-                    if stop_now:  # put off, not lost: the resumed run evaluates this step first
-                        state.eval_due = True
-                    else:
-                        evaluated = evaluate_step(job, state, window)
-                if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
-                    maybe_save(job, state, window, "last.pt")
+            evaluated = evaluate_and_save(job, state, window, stop_now)
             if stop_now:
                 finished = "signal"
                 break
         if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)
             log_step(job, state, window, lr, bar)
-        with window.pause():  # (the budget may end the run in the middle of a window: the saves hold it)
-            if finished != "signal":
-                if evaluated != state.step:  # once per step: not again after the loop's
-                    if signalled:  # asked to stop at the last step: last.pt first, the evaluation put off
-                        state.eval_due = True  # in it (in case the rest of the grace period runs out)
-                        maybe_save(job, state, window, "last.pt")
-                        state.eval_due = False
-                    evaluate_step(job, state, window)
-                if not (job.run_dir / "best.pt").exists():
-                    maybe_save(job, state, window, "best.pt")
-                maybe_save(job, state, window, "last.pt")
+        if finished != "signal":
+            wrap_up(job, state, window, evaluated, signalled)
         failed = False
     finally:
         stop.restore()
@@ -1330,6 +1325,38 @@ def loop(job: Job, state: LoopState) -> dict:
     # signalled: also a signal at the last step or after it, which cut nothing short (compare.py stops on it)
     return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir), "finished": finished,
             "signalled": signalled or stop.requested}
+
+
+def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool) -> int | None:
+    """After a step before the last: the evaluation every eval_every steps (put off, not lost, when a
+    signal stops the run here: the resumed run evaluates this step first), last.pt every save_every
+    steps and when stopping. The step evaluated, or None."""
+    t, evaluated = job.train_args, None
+    with window.pause():
+        if state.step % t.eval_every == 0 and state.step < t.max_steps:
+            if stop_now:
+                state.eval_due = True
+            else:
+                evaluated = evaluate_step(job, state, window)
+        if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
+            maybe_save(job, state, window, "last.pt")
+    return evaluated
+
+
+def wrap_up(job: Job, state: LoopState, window: Window, evaluated: int | None, signalled: bool) -> None:
+    """The end of a run no signal cut short: the final evaluation, unless the loop evaluated this step
+    (asked to stop at the last step: last.pt first, with the evaluation put off in it, in case the rest
+    of the grace period runs out), best.pt if there is none yet, then last.pt."""
+    with window.pause():  # (the budget may end the run in the middle of a window: the saves hold it)
+        if evaluated != state.step:
+            if signalled:
+                state.eval_due = True
+                maybe_save(job, state, window, "last.pt")
+                state.eval_due = False
+            evaluate_step(job, state, window)
+        if not (job.run_dir / "best.pt").exists():
+            maybe_save(job, state, window, "best.pt")
+        maybe_save(job, state, window, "last.pt")
 
 
 def evaluate_step(job: Job, state: LoopState, window: Window) -> int:
