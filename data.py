@@ -1,10 +1,11 @@
 """Data: text in, token shards out (through the tokenizer of tokenizer.py), then batches.
 
-    prepare(train_args, model_args)  sources -> tokenizer -> token shards: the one call train.py makes
+    prepare(train_args, model_args)  sources -> tokenizer -> token shards: a training run's data
     prepare_eval(..., tokenizer)     the validation shard alone, for evaluating a checkpoint
     TokenData                        one tokenized split: tokens.bin (read through np.memmap) + meta.json
     get_batch                        random training windows, a pure function of (seed, step, micro)
     val_windows, n_val_windows       fixed, ordered windows that cover the validation split once
+    rank_windows                     the part of them a DDP rank evaluates
     count_bytes, bits_per_byte       exact bits-per-byte bookkeeping
 
 Sources. By default TinyStories from the Hugging Face Hub through `datasets.load_dataset` (splits
@@ -63,9 +64,9 @@ How this departs from the obvious version:
   a full disk) is one line naming standard output, not the cache.
 - A --data that is a pipe (`cat x | ... --data /dev/stdin`, a FIFO) is refused as such: a source
   is read more than once (scanned, then read, and identified by its size and time).
-- A document longer than 1 MB is tokenized (and the BPE trained on it) in pieces cut where the
-  byte-level pre-tokenizer starts a word anyway (tokenizer.pieces): the same ids, bounded memory
-  (one 50 MB document with no separator: 9 GB peak before, 1.4 GB now). `datasets` still holds
+- A document longer than 2^20 characters (PIECE_CHARS, about 1 MB) is tokenized (and the BPE
+  trained on it) in pieces cut where the byte-level pre-tokenizer starts a word anyway
+  (tokenizer.pieces): the same ids, bounded memory. `datasets` still holds
   such a document as one row, so reading it costs its size in memory a few times over.
 - Parallel tokenization uses num_proc Python threads over the Rust encoder (which releases the
   GIL) instead of processes: no pickling or start-up cost, so it pays off even for small files, and
@@ -80,8 +81,8 @@ How this departs from the obvious version:
   machine without network fails at once with a line naming --data. HF_HUB_OFFLINE=1 or
   HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache.
 - The BPE is trained on at most --tokenizer_train_mb MB from the start of the training split
-  (whole documents, but of one over 1 MB only its pieces up to the cap: a 200 MB file without
-  separators was all read for a cap of 5 MB); the full TinyStories training split is ~1.9 GB.
+  (whole documents, but of one over PIECE_CHARS only its pieces up to the cap); the full
+  TinyStories training split is ~1.9 GB.
 
 `python data.py --preset tiny --data FILE` prepares a run's tokenizer and shards without training.
 """
@@ -155,7 +156,8 @@ def _key(obj) -> str:
 
 
 class TokenData:
-    """One tokenized split in a folder: tokens.bin (uint16, or uint32 past 65536 tokens) + meta.json.
+    """One tokenized split in a folder: tokens.bin (uint16; uint32 for a vocabulary over 65,536) and
+    meta.json.
 
     Opening checks meta.json against the shard and raises DataError when they disagree, so a
     partial, foreign or altered shard is never used: the format, the tokenizer hash (when given)
@@ -268,9 +270,9 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
 
     Streams: one batch in memory at a time, a long document a few pieces at a time (_encoded).
     The shard goes to a temporary file renamed into place when complete; meta.json (with the
-    shard's sha256, largest id and modification time, which TokenData checks) is removed first and
-    written last, so an interrupted run leaves nothing a later open() would trust. `total`
-    (documents) sizes the progress bar.
+    shard's sha256 and modification time, which TokenData checks, and its largest id, which
+    TokenData computes again) is removed first and written last, so an interrupted run leaves
+    nothing a later open() would trust. `total` (documents) sizes the progress bar.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -836,11 +838,14 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
 
 
 # ---------------------------------------------------------------------------------------------
-# prepare(): the one call the trainer makes
+# prepare(): a training run's data (prepare_eval: a checkpoint's evaluation)
 
 
 def _texts(ds, batch_size: int, cap_bytes: int = 0, used: dict | None = None):
-    """Batches of stripped, non-empty documents of `ds`; with cap_bytes, stop once that many are given."""
+    """Batches of stripped, non-empty documents of `ds`, a long one as its pieces (_in_pieces), to
+    train the BPE on; with cap_bytes, stop once that many bytes are given (the document that crosses
+    the cap included, a long one up to its piece that does). `used` gets the bytes given and whether
+    the cap was reached."""
     total = 0
     for batch in ds.iter(batch_size=batch_size):
         texts = [s for s in map(_document, batch["text"]) if s]
@@ -903,7 +908,8 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
         check_tokenizer(tok, model_args, f"--tokenizer {train_args.tokenizer}")
         return tok
     mb = train_args.tokenizer_train_mb
-    vocab, cap = model_args.vocab_size, max(1, int(mb * 1e6)) if mb else 0  # a tiny cap is 1 byte, not all
+    vocab = model_args.vocab_size
+    cap = max(1, int(mb * 1e6)) if mb else 0  # a tiny cap is 1 byte, not all
     key = _key({"source": train.signature, "vocab_size": vocab, "cap_bytes": cap, "format": TOKENIZER_FORMAT,
                 "special": list(SPECIAL_TOKENS.values())})
     path = Path(train_args.cache_dir) / f"tokenizer-{key}" / "tokenizer.json"
@@ -1202,8 +1208,8 @@ def get_batch(tokens, batch_size: int, seq_len: int, *, seed: int, step: int, mi
         raise DataError(f"the training split has {n} tokens, fewer than one window of {seq_len + 1}; add "
                         "text or lower --max_seq_len")
     rng = np.random.default_rng([seed, step, micro])
-    starts = rng.integers(0, n - seq_len, size=batch_size)
-    rows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+    starts = rng.integers(0, n - seq_len, size=batch_size)  # (B,)
+    rows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)  # (B, T + 1)
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
 
