@@ -7,6 +7,7 @@ writes through it; scripts/plot_runs.py and scripts/compare.py read through it.
                             else offline); never crashes or hangs a run
     read_metrics            (train records, val records) of a run folder
     plot_runs / plot_loss   training loss and validation bits/byte of one run or several
+    writable_home_dirs      matplotlib's and W&B's cache folders, where the home folder's are unwritable
 
 Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm",
 "tokens_per_s", "mfu", "tokens", "minutes", "skipped_steps", "expert_share", "router_entropy",
@@ -31,6 +32,7 @@ and a record that reached W&B before the crash is there twice, at the same step.
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import config
@@ -42,6 +44,70 @@ X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-
 FIX = "pick another --out_dir"  # where a write under the run folder fails (storage.advice)
 STEP = "step"  # the x axis of the W&B charts: the optimizer step, logged as a value (see Metrics)
 UNFINISHED = "wandb_unfinished.txt"  # the W&B runs whose finish failed, an id a line (Metrics.finish)
+
+# ---------------------------------------------------------------------------------------------
+# Where matplotlib and W&B keep their caches
+
+# Each variable, and the folders it stands for: (XDG variable, its default under the home folder)/name
+HOME_DIRS = {"MPLCONFIGDIR": [("XDG_CONFIG_HOME", ".config", "matplotlib"),
+                              ("XDG_CACHE_HOME", ".cache", "matplotlib")],
+             "WANDB_CACHE_DIR": [("XDG_CACHE_HOME", ".cache", "wandb")]}
+
+
+def writable_home_dirs(*variables: str) -> None:
+    """Point each of `variables` (MPLCONFIGDIR, WANDB_CACHE_DIR) that is unset, and whose default
+    folders (HOME_DIRS) cannot be written, at a folder of this project's in the system temp dir;
+    called before matplotlib or W&B is first imported (matplotlib reads its folder once, at import).
+
+    Why: a read-only home (a cluster), HOME=/nonexistent (a container) or an unwritable XDG_CACHE_HOME
+    lose nothing a run keeps (its plot, metrics.jsonl, the W&B offline run are in the run folder), but
+    matplotlib warned on every import ("Matplotlib created a temporary cache directory ...", and built
+    its font cache again each time), and W&B's service, unable to open its debug log, printed its whole
+    log to stderr. A variable the user set is kept, and so are the defaults where they can be written.
+    (Under MPLCONFIGDIR a matplotlibrc in the default config folder is not read: our plots set what
+    they draw.)"""
+    for var in variables:
+        if os.environ.get(var) or all(_writable(folder) for folder in _defaults(var)):
+            continue
+        ours = _temp_folder(HOME_DIRS[var][0][2])
+        if ours is not None:  # else the library's own fallback (and its warning)
+            os.environ[var] = str(ours)
+
+
+def _defaults(var: str) -> list[Path | None]:
+    """The folders `var` stands for where it is unset (None: the home folder is unknown)."""
+    folders = []
+    for xdg, under_home, name in HOME_DIRS[var]:
+        try:
+            base = Path(os.environ.get(xdg) or Path.home() / under_home)
+        except RuntimeError:  # no HOME and no passwd entry
+            base = None
+        folders.append(base / name if base is not None and base.is_absolute() else None)
+    return folders
+
+
+def _writable(folder: Path | None) -> bool:
+    """Whether `folder` is, or could be made, a writable folder (its nearest existing one is)."""
+    if folder is None:
+        return False
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def _temp_folder(name: str) -> Path | None:
+    """<temp dir>/llama4-tinystories-<uid>/<name>, kept across runs (matplotlib's font cache);
+    None where it cannot be made or is not ours (another user made it first)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None  # (None on Windows: the temp dir is the user's)
+    try:
+        folder = Path(tempfile.gettempdir(), "llama4-tinystories" + (f"-{uid}" if uid is not None else ""))
+        folder.mkdir(mode=0o700, exist_ok=True)
+        (folder / name).mkdir(exist_ok=True)
+        ours = uid is None or folder.stat().st_uid == uid
+    except OSError:  # no writable temp dir
+        return None
+    return folder / name if ours and _writable(folder / name) else None
+
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl and W&B
@@ -86,6 +152,7 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     if not utf8(str(run_dir)):  # a folder made outside train.py: W&B's logs fail on it, with tracebacks
         log(f"wandb: {not_utf8(run_dir)} is not UTF-8, which W&B cannot take; {without}")
         return None
+    writable_home_dirs("WANDB_CACHE_DIR")
     try:
         import wandb
     except Exception as e:  # not installed, or a broken install: a run never depends on its dashboard
@@ -325,6 +392,7 @@ def incomparable(runs) -> list[str]:
 def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
     """Left: training LM loss; right: validation bits per byte; against `x` (tokens, step, minutes).
     One run also gets its validation nats/token beside the training curve."""
+    writable_home_dirs("MPLCONFIGDIR")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -67,7 +67,7 @@ import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
 from errors import run_script  # noqa: E402
 from model import Llama4, count_parameters, flops_per_token  # noqa: E402
-from runlog import read_metrics  # noqa: E402
+from runlog import read_metrics, writable_home_dirs  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
 VARIANTS = ["moe", "dense", "moe-ablation"]
@@ -197,6 +197,7 @@ def summarize(run: dict, steps: int) -> dict:
 
 
 def new_figure(**kw):
+    writable_home_dirs("MPLCONFIGDIR")  # (before matplotlib's first import: its warning)
     from matplotlib.figure import Figure
     return Figure(layout="constrained", **kw)
 
@@ -235,12 +236,12 @@ def plot_bpb(runs: list[dict], out):
 
 def plot_experts(runs: list[dict], out):
     """One heatmap per (MoE run, MoE layer): expert (rows) x step (columns), colour = token share."""
-    from matplotlib.ticker import MaxNLocator
     runs = [r for r in runs if any("expert_share" in t for t in r["train"])]
     if not runs:
         return no_data(out, "expert load: no routing records (runs shorter than --log_every steps?)")
     n_layers = max(len(r["moe_layers"]) for r in runs)
     fig = new_figure(figsize=(3.2 * n_layers + 1.5, 3.0 * len(runs)))
+    from matplotlib.ticker import MaxNLocator  # (after new_figure, which readies matplotlib's folders)
     axes = fig.subplots(len(runs), n_layers, squeeze=False)
     vmax = max(max(max(layer) for layer in t["expert_share"]) for r in runs for t in r["train"]
                if "expert_share" in t)

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import runlog  # noqa: E402
 import storage  # noqa: E402
 from errors import run_script  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
@@ -286,6 +287,7 @@ def table(rows: list[dict], title: str) -> list[str]:
 
 
 def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "valid-lower.txt") -> None:
+    runlog.writable_home_dirs("MPLCONFIGDIR")  # (before matplotlib's first import: its warning)
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure

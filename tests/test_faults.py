@@ -1509,3 +1509,48 @@ def test_out_of_memory_is_one_line_with_the_batch_the_run_uses(tmp_path, corpus,
     err = capsys.readouterr().err.strip()
     assert e.value.code == 1 and err.startswith("train.py: error: out of memory (") and "corrupt" not in err
     assert "lower --batch_size or set --grad_checkpoint true" in err
+
+
+def test_a_home_that_cannot_be_written_costs_no_plot_and_prints_no_noise(tmp_path, corpus, cache):
+    """HOME and XDG_CACHE_HOME unwritable (a read-only home on a cluster, HOME=/nonexistent in a
+    container; a file here, which root cannot write under either): matplotlib warned "Matplotlib
+    created a temporary cache directory ..." and W&B's service, without its debug log, printed its
+    whole log ("ERROR main: failed to get logger path ..."). Now silent; the plot and the W&B offline
+    run are written as before."""
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MPLCONFIGDIR", "WANDB_CACHE_DIR", "WANDB_MODE", "XDG_CONFIG_HOME")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home), TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *train_args(tmp_path, corpus, cache),
+                           "--max_steps", "1", "--wandb_mode", "offline"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.replace("\r", "\n").splitlines()  # (all but the progress bar)
+             if line.strip() and not line.startswith("r: ")]
+    assert noise == [] and not re.search("matplotlib|wandb|W&B", done.stdout, re.I)
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert list((tmp_path / "ckpt" / "r" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_matplotlib_and_wandb_folders_move_only_where_unset_and_unwritable(tmp_path, monkeypatch):
+    import tempfile
+
+    import runlog
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for var in ("MPLCONFIGDIR", "WANDB_CACHE_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # writable: to be made, as the libraries would
+    runlog.writable_home_dirs("MPLCONFIGDIR", "WANDB_CACHE_DIR")
+    assert "MPLCONFIGDIR" not in os.environ and "WANDB_CACHE_DIR" not in os.environ
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mine"))  # the user's choice is kept
+    runlog.writable_home_dirs("MPLCONFIGDIR", "WANDB_CACHE_DIR")
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "mine")
+    ours = tmp_path / f"llama4-tinystories-{os.getuid()}"
+    assert os.environ["WANDB_CACHE_DIR"] == str(ours / "wandb") and (ours / "wandb").is_dir()
+    monkeypatch.delenv("MPLCONFIGDIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))  # the config folder alone: moved too
+    runlog.writable_home_dirs("MPLCONFIGDIR")
+    assert os.environ["MPLCONFIGDIR"] == str(ours / "matplotlib")
