@@ -97,9 +97,7 @@ import math
 import os
 import re
 import shlex
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from functools import cache
@@ -110,6 +108,7 @@ import torch
 from tqdm import tqdm
 
 import config
+import errors
 import storage
 from config import SPECIAL_TOKENS
 from errors import DataError, UserError, first_line
@@ -285,7 +284,7 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
     def write(f):
         with tqdm(total=total, unit="doc", desc=desc, disable=None, leave=False) as bar:
             for batch in batches:
-                _raise_lost_signal()
+                errors.raise_lost_signal()
                 texts = [s for s in map(_document, batch) if s]
                 for ids in _encoded(tokenizer, texts, threads, dtype):
                     raw = ids.tobytes()
@@ -1097,7 +1096,7 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     cache hits); separate runs sharing --cache_dir wait for each other's builds (a lock per folder).
     """
     threads, log = train_args.num_proc or os.cpu_count() or 1, _printing(log)
-    with _signals_kept(), _cache_writes(train_args.cache_dir):
+    with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         train_split, val_split = resolve_sources(train_args, log)
         tok = get_tokenizer(train_args, model_args, train_split, log)
         train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
@@ -1116,7 +1115,7 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     and no training shard, but the same sources, cache and windows as prepare()."""
     check_tokenizer(tok, model_args)
     log = _printing(log)
-    with _signals_kept(), _cache_writes(train_args.cache_dir):
+    with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         _, val_split = resolve_sources(train_args, log, need_train=False)
         val = get_tokens("val", val_split, tok, train_args.cache_dir,
                          train_args.num_proc or os.cpu_count() or 1, log)
@@ -1134,52 +1133,6 @@ def _printing(log):
             raise DataError(f"cannot print the log ({e.strerror or e}): standard output is closed or its "
                             "disk is full; send it to a file with room, or to a terminal") from None
     return checked
-
-
-_LOST: list[BaseException] = []  # what a signal's handler raised inside _signals_kept
-
-
-@contextmanager
-def _signals_kept():
-    """Python drops an exception raised inside a garbage collector's callback (it prints
-    "Exception ignored in: <function WeakKeyDictionary...>" and goes on), and a Ctrl-C as
-    tokenizing begins lands there: the run went on to train. Inside the block, what the SIGINT
-    and SIGTERM handlers raise (SIGINT: KeyboardInterrupt; train.py's SIGTERM too) is recorded as it
-    is raised; if it was lost, it is raised again at the next batch tokenized, or at the block's end,
-    and Python's "Exception ignored" report of it (sys.unraisablehook) is left out."""
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    kept = {s: h for s, h in old.items() if callable(h)}
-    if threading.current_thread() is not threading.main_thread():  # (handlers belong to the main one)
-        kept = {}
-
-    def handler(signum, frame):
-        try:
-            kept[signum](signum, frame)
-        except BaseException as e:
-            _LOST.append(e)
-            raise
-    def unraisable(report):  # a lost interrupt is raised again, not reported as a traceback
-        if not any(report.exc_value is e for e in _LOST):
-            hook(report)
-    _LOST.clear()
-    for s in kept:
-        signal.signal(s, handler)
-    hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    try:
-        yield
-    finally:
-        sys.unraisablehook = hook
-        for s, h in kept.items():
-            signal.signal(s, h)
-        lost = list(_LOST)
-        _LOST.clear()
-    if lost:  # (reached only when no exception left the block: the one raised was lost)
-        raise lost[0]
-
-
-def _raise_lost_signal():
-    if _LOST:
-        raise _LOST.pop(0)
 
 
 def _log_coverage(val: TokenData, T: int, max_windows: int, log) -> None:

@@ -17,6 +17,9 @@ DeviceError, which one rank may meet alone, is printed by each rank that meets i
 Importing this module makes a Ctrl-C that nothing catches one line, `<prog>: interrupted`, instead
 of a traceback (the exit status stays a SIGINT's, 130): train.py and sample.py import it before torch, whose
 import takes seconds.
+
+tolerant_consoles puts sys.stdout and sys.stderr in Consoles: a training run whose console goes away
+trains on. signals_kept raises again a Ctrl-C lost in a garbage collector's callback (data.py's).
 """
 
 
@@ -26,6 +29,7 @@ import select
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -142,7 +146,7 @@ class _Stdout:
 
     def __init__(self, stream):
         self.stream = stream
-        self.failed = None  # an error a caller took (train.py's Console: it trains on), said at the end
+        self.failed = None  # an error a caller took (a Console: train.py trains on), said at the end
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
@@ -180,6 +184,54 @@ def take_signal(signum, handler):
     return signal.signal(signum, handler)
 
 
+_LOST: list[BaseException] = []  # what a signal's handler raised inside signals_kept
+
+
+@contextmanager
+def signals_kept():
+    """Python drops an exception raised inside a garbage collector's callback (it prints
+    "Exception ignored in: <function WeakKeyDictionary...>" and goes on), and a Ctrl-C as
+    tokenizing begins lands there: the run went on to train. Inside the block, what the SIGINT
+    and SIGTERM handlers raise (SIGINT: KeyboardInterrupt; train.py's SIGTERM too) is recorded as it
+    is raised; if it was lost, it is raised again at the next batch tokenized (data.py calls
+    raise_lost_signal there), or at the block's end, and Python's "Exception ignored" report of it
+    (sys.unraisablehook) is left out."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    kept = {s: h for s, h in old.items() if callable(h)}
+    if threading.current_thread() is not threading.main_thread():  # (handlers belong to the main one)
+        kept = {}
+
+    def handler(signum, frame):
+        try:
+            kept[signum](signum, frame)
+        except BaseException as e:
+            _LOST.append(e)
+            raise
+    def unraisable(report):  # a lost interrupt is raised again, not reported as a traceback
+        if not any(report.exc_value is e for e in _LOST):
+            hook(report)
+    _LOST.clear()
+    for s in kept:
+        signal.signal(s, handler)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        for s, h in kept.items():
+            signal.signal(s, h)
+        lost = list(_LOST)
+        _LOST.clear()
+    if lost:  # (reached only when no exception left the block: the one raised was lost)
+        raise lost[0]
+
+
+def raise_lost_signal():
+    """Raise the first interrupt signals_kept recorded that is still pending (none: nothing)."""
+    if _LOST:
+        raise _LOST.pop(0)
+
+
 def drop_output(stream=None):
     """A failed output stream (stdout by default) pointed at devnull (Python's advice), or what its
     buffer still holds fails again at exit."""
@@ -189,6 +241,61 @@ def drop_output(stream=None):
         os.close(null)
     except (AttributeError, ValueError, OSError):  # no file behind it (an io.StringIO): nothing to fail
         pass
+
+
+class Console:
+    """sys.stdout or sys.stderr while train.py runs: a run does not die because its console went
+    away (`train.py | head`, a log file on a full disk, 2>/dev/full). At the first failed write the
+    stream is dropped, with one line on the other one if that still works, and the run trains on
+    (metrics.jsonl and the checkpoints carry on); its descriptor then points at /dev/null, so that
+    the flush at exit does not fail on what the stream still holds."""
+
+    def __init__(self, stream, name: str, prog: str, warn: bool = True):
+        self.lost = stream is None  # (closed before the start: `>&-`)
+        self.stream = open(os.devnull, "w") if stream is None else stream
+        self.name, self.prog, self.warn, self.other = name, prog, warn, None
+
+    def write(self, text: str) -> int:
+        written = self.guard(self.stream.write, text)
+        return len(text) if written is None else written
+
+    def flush(self) -> None:
+        self.guard(self.stream.flush)
+
+    def guard(self, call, *args):
+        if self.lost:
+            return None
+        try:
+            return call(*args)
+        except OSError as e:
+            self.lost = True
+            drop_output(self.stream)
+            if getattr(e, "stdout", False):  # run_script's (compare.py runs train.main): said at its end
+                self.stream.failed = e
+            if self.other is not None and self.warn:
+                self.other.write(f"{self.prog}: warning: cannot write to {self.name} ({e.strerror or e}); "
+                                 "going on without it (metrics.jsonl and the checkpoints carry on)\n")
+                self.other.flush()
+            return None
+
+    def __getattr__(self, name):  # isatty, encoding, fileno, ...
+        return getattr(self.stream, name)
+
+
+def tolerant_consoles(prog: str, warn: bool = True):
+    """sys.stdout and sys.stderr as Consoles until the returned function puts the old ones back
+    (warn: the line that a lost one is gone without, not for --eval_only, which fails instead)."""
+    old = sys.stdout, sys.stderr
+    out = Console(sys.stdout, "standard output", prog, warn)
+    err = Console(sys.stderr, "standard error", prog, warn)
+    out.other, err.other = err, out
+    sys.stdout, sys.stderr = out, err
+
+    def restore():
+        for stream in (out, err):  # what a stream still holds meets its closed pipe here, not at exit
+            stream.flush()
+        sys.stdout, sys.stderr = old
+    return restore
 
 
 def _stdout_closed() -> bool:

@@ -6,6 +6,7 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     append_jsonl(path, record) add one line to a log
     read_jsonl(path)           the log's records, a torn last line dropped with a warning
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
+    RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
     results_path(parser, ...)  where a script writes results: never over the README's figures by accident
 
 How this departs from the obvious version:
@@ -25,7 +26,7 @@ How this departs from the obvious version:
   at most one torn line, at the end, which `read_jsonl` drops and reports instead of failing on
   it for ever after.
 - Locks are `flock`s on a file that is never deleted while in use (but by its holder, removing
-  the empty run folder it made: train.py's RunFolder.release): the kernel releases one when its
+  the empty run folder it made: RunFolder.release): the kernel releases one when its
   process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
 """
 
@@ -40,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from errors import StorageError
+from errors import RunError, StorageError
 
 REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
            errno.EROFS: "the disk is read-only",
@@ -259,3 +260,44 @@ def lock(path, wait: bool = False):
         f.close()
         raise
     return f
+
+
+class RunFolder:
+    """The run folder, held by this process (rank 0) from before anything is written until the run
+    ends: created if need be, locked (run.lock, an flock the kernel drops if the process dies), and
+    swept of the temporaries a killed save left. A second train.py on the folder stops with a line
+    naming the first. A folder this run created and left empty is removed when it ends."""
+
+    LOCK = "run.lock"
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, None
+        self.created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.lock = lock(path / self.LOCK)
+        except Busy as e:
+            raise RunError(f"{path} is in use by another train.py ({e.holder}); wait for it to end or stop "
+                           "it, or pick another --run") from None
+        except OSError as e:
+            with contextlib.suppress(OSError):  # a folder made here a moment ago and left empty goes
+                if self.created and not any(path.iterdir()):
+                    path.rmdir()
+            raise RunError(f"cannot write to {path} ({e.strerror}); pick another --out_dir or --run") \
+                from None
+        for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
+            stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if (self.created and self.lock is not None and self.path.is_dir()
+                and {p.name for p in self.path.iterdir()} == {self.LOCK}):
+            (self.path / self.LOCK).unlink()  # unlinked while still locked: no one else can hold it
+            self.lock.close()
+            self.lock = None
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass  # someone put a file there meanwhile
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None

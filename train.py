@@ -14,7 +14,7 @@ run (wandb_unfinished.txt while its upload is not finished).
 
 How a training step flows (`run` calls setup, then `loop`, which calls the rest in this order):
     setup        settings (the checkpoint's when resuming) checked before any work, the run folder
-                 locked (RunFolder), data, model, optimizer: a Job, and the LoopState to start from
+                 locked (storage.RunFolder), data, model, optimizer: a Job, and the LoopState to start from
     LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
     lr_at        the learning rate of this step (warmup, then cosine over steps or the clock)
     batches_at   this process's micro-batches of the step, a pure function of (seed, step, micro)
@@ -43,7 +43,7 @@ How this departs from the obvious version:
   kernel (its found_inf flag) rather than by a test on the host.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
   weights_only=True, never written when non-finite. A full disk is one line; the old file stays.
-  A console that goes away (`| head`, 2>/dev/full) does not stop the run (Console).
+  A console that goes away (`| head`, 2>/dev/full) does not stop the run (errors.Console).
 - A checkpoint also holds the open log window (its loss sums, expert counts, steps, tokens): a resumed
   run goes on with it, so metrics.jsonl gets the records an uninterrupted run writes (the partial
   record written when the run stopped is replaced by the whole one). Resuming a finished run
@@ -81,7 +81,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -310,7 +310,7 @@ class Job:
     ckpt_path: Path | None = None  # the checkpoint resumed or evaluated
     metrics: runlog.Metrics | None = None
     wandb_id: str | None = None  # the checkpoint's W&B run, to go on with (saves: Metrics.wandb_id)
-    folder: "RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
+    folder: "storage.RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
     continues: bool = False  # resumed into its own folder (a fork starts its folder's logs afresh)
@@ -979,53 +979,12 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     return [f"warning: {line}" for line in lines]
 
 
-class RunFolder:
-    """The run folder, held by this process (rank 0) from before anything is written until the run
-    ends: created if need be, locked (run.lock, an flock the kernel drops if the process dies), and
-    swept of the temporaries a killed save left. A second train.py on the folder stops with a line
-    naming the first. A folder this run created and left empty is removed when it ends."""
-
-    LOCK = "run.lock"
-
-    def __init__(self, path: Path):
-        self.path, self.lock = path, None
-        self.created = not path.exists()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            self.lock = storage.lock(path / self.LOCK)
-        except storage.Busy as e:
-            raise RunError(f"{path} is in use by another train.py ({e.holder}); wait for it to end or stop "
-                           "it, or pick another --run") from None
-        except OSError as e:
-            with suppress(OSError):  # a folder made here a moment ago and left empty goes
-                if self.created and not any(path.iterdir()):
-                    path.rmdir()
-            raise RunError(f"cannot write to {path} ({e.strerror}); pick another --out_dir or --run") \
-                from None
-        for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
-            stale.unlink(missing_ok=True)
-
-    def release(self) -> None:
-        if (self.created and self.lock is not None and self.path.is_dir()
-                and {p.name for p in self.path.iterdir()} == {self.LOCK}):
-            (self.path / self.LOCK).unlink()  # unlinked while still locked: no one else can hold it
-            self.lock.close()
-            self.lock = None
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass  # someone put a file there meanwhile
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
-
-
-def claim_folder(plan: RunPlan) -> RunFolder:
+def claim_folder(plan: RunPlan) -> storage.RunFolder:
     """Lock the run folder, then check what only the folder's holder can check: a new run never
     takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed into it:
     it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), and a
     resumed checkpoint must be the model of the folder."""
-    folder = RunFolder(plan.run_dir)
+    folder = storage.RunFolder(plan.run_dir)
     try:
         held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]
         how = "--resume" if "last.pt" in held else f"--resume {plan.run_dir / 'best.pt'}"
@@ -1391,60 +1350,6 @@ def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:
     return "no checkpoint was written"
 
 
-class Console:
-    """sys.stdout or sys.stderr while train.py runs: a run does not die because its console went
-    away (`train.py | head`, a log file on a full disk, 2>/dev/full). At the first failed write the
-    stream is dropped, with one line on the other one if that still works, and the run trains on
-    (metrics.jsonl and the checkpoints carry on); its descriptor then points at /dev/null, so that
-    the flush at exit does not fail on what the stream still holds."""
-
-    def __init__(self, stream, name: str, warn: bool = True):
-        self.lost = stream is None  # (closed before the start: `>&-`)
-        self.stream = open(os.devnull, "w") if stream is None else stream
-        self.name, self.warn, self.other = name, warn, None
-
-    def write(self, text: str) -> int:
-        written = self.guard(self.stream.write, text)
-        return len(text) if written is None else written
-
-    def flush(self) -> None:
-        self.guard(self.stream.flush)
-
-    def guard(self, call, *args):
-        if self.lost:
-            return None
-        try:
-            return call(*args)
-        except OSError as e:
-            self.lost = True
-            errors.drop_output(self.stream)
-            if getattr(e, "stdout", False):  # run_script's (compare.py runs train.main): said at its end
-                self.stream.failed = e
-            if self.other is not None and self.warn:
-                self.other.write(f"train.py: warning: cannot write to {self.name} ({e.strerror or e}); "
-                                 "going on without it (metrics.jsonl and the checkpoints carry on)\n")
-                self.other.flush()
-            return None
-
-    def __getattr__(self, name):  # isatty, encoding, fileno, ...
-        return getattr(self.stream, name)
-
-
-def tolerant_consoles(warn: bool = True):
-    """sys.stdout and sys.stderr as Consoles until the returned function puts the old ones back
-    (warn: the line that a lost one is gone without, not for --eval_only, which fails instead)."""
-    old = sys.stdout, sys.stderr
-    out, err = Console(sys.stdout, "standard output", warn), Console(sys.stderr, "standard error", warn)
-    out.other, err.other = err, out
-    sys.stdout, sys.stderr = out, err
-
-    def restore():
-        for stream in (out, err):  # what a stream still holds meets its closed pipe here, not at exit
-            stream.flush()
-        sys.stdout, sys.stderr = old
-    return restore
-
-
 def main(argv=None):
     # at --resume and --eval_only the settings are checked once merged with the checkpoint's
     # (resume_settings): --lr 1e-5 is fine beside a checkpoint's --min_lr 0, not beside the preset's
@@ -1454,7 +1359,7 @@ def main(argv=None):
     if hasattr(sys.stdout, "reconfigure"):  # a run folder's name that is not UTF-8 (made outside
         sys.stdout.reconfigure(errors="backslashreplace")  # train.py) is printed as stderr prints it
     restore_sigterm = errors.sigterm_interrupts()
-    restore_consoles = tolerant_consoles(warn=not train_args.eval_only)
+    restore_consoles = errors.tolerant_consoles("train.py", warn=not train_args.eval_only)
     finished = False
     try:
         result = run(model_args, train_args, preset, parsed.given)

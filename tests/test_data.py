@@ -26,6 +26,7 @@ import torch
 from conftest import ROOT, debug_args, shared_file, small_filesystem
 
 import data
+import errors
 import tokenizer
 from config import SPECIAL_TOKENS, ModelArgs, TrainArgs
 from data import TokenData
@@ -782,14 +783,14 @@ def test_a_ctrl_c_python_drops_still_stops_the_preparation(tmp_path, corpus, mon
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler is Python's again
     monkeypatch.undo()
     with pytest.raises(KeyboardInterrupt):  # one not lost leaves the block, and no record behind
-        with data._signals_kept():
+        with errors.signals_kept():
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-    data._raise_lost_signal()
+    errors.raise_lost_signal()
     data.write_tokens(tmp_path / "later", [["a story."]], small_tokenizer())  # no interrupt left over
     flagged = []
     old = signal.signal(signal.SIGTERM, lambda *a: flagged.append(1))  # a handler that raises nothing
     try:
-        with data._signals_kept():
+        with errors.signals_kept():
             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -807,7 +808,7 @@ def test_an_interrupt_lost_in_a_gc_callback_is_raised_again_without_a_report(cap
         pass
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's, not pytest's
     with pytest.raises(KeyboardInterrupt):
-        with data._signals_kept():
+        with errors.signals_kept():
             thing = Thing()
             ref = weakref.ref(thing, lambda r: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))
             del thing

@@ -1357,14 +1357,14 @@ def test_a_script_whose_output_a_run_inside_it_lost_still_says_so():
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     with open("/dev/full", "w") as full:
-        done = run_script_with("import train; c = train.Console(sys.stdout, 'standard output'); "
-                               "c.write('x' * 100000); c.flush(); print('the table')", full)
+        done = run_script_with("import errors; c = errors.Console(sys.stdout, 'standard output', "
+                               "'train.py'); c.write('x' * 100000); c.flush(); print('the table')", full)
     assert done.returncode == 1 and done.stderr == (
         "x.py: error: cannot write to standard output (No space left on device); send the output "
         "somewhere with room, or to a terminal\n")
     done = run_script_into_a_closed_pipe(  # `compare.py | head`: quiet, a SIGPIPE's status
-        "import train; c = train.Console(sys.stdout, 'standard output'); c.write('x' * 100000); c.flush(); "
-        "print('the table')")
+        "import errors; c = errors.Console(sys.stdout, 'standard output', 'train.py'); "
+        "c.write('x' * 100000); c.flush(); print('the table')")
     assert (done.returncode, done.stderr) == (141, "")
 
 

@@ -20,6 +20,7 @@ from conftest import ROOT, debug_args, shared_file, write_stories
 import checkpoint
 import config
 import runlog
+import storage
 import train
 from config import TrainArgs
 from model import Llama4
@@ -349,13 +350,13 @@ def test_a_run_folder_that_cannot_be_locked_is_not_left_behind(tmp_path, monkeyp
     """A folder made for the run whose lock then failed (a full disk, a quota) stayed, empty."""
     def full(path):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(train.storage, "lock", full)
+    monkeypatch.setattr(storage, "lock", full)
     with pytest.raises(train.RunError, match="No space left on device"):
-        train.RunFolder(tmp_path / "out" / "run")
+        storage.RunFolder(tmp_path / "out" / "run")
     assert not (tmp_path / "out" / "run").exists()
     (tmp_path / "mine").mkdir()  # a folder that was there before is kept
     with pytest.raises(train.RunError):
-        train.RunFolder(tmp_path / "mine")
+        storage.RunFolder(tmp_path / "mine")
     assert (tmp_path / "mine").is_dir()
 
 
