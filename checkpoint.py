@@ -175,7 +175,7 @@ def _unreadable(path, e: Exception) -> str:
     return f"is corrupt or unreadable ({first_line(e).split('. ')[0]})"
 
 
-def save_checkpoint(path, state: dict, fix: str = "pick another --out_dir") -> None:
+def save_checkpoint(path, state: dict, fix: str = storage.OUT_FIX) -> None:
     """An atomic torch.save; a full disk is a StorageError that leaves the previous file intact."""
     storage.atomic_write(path, lambda f: torch.save(state, f), fix)
 

@@ -128,6 +128,7 @@ KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet
 FORMATS = ".txt, .jsonl, .json, .parquet or .arrow"
 SAVED = ("state.json", "dataset_info.json")  # what `save_to_disk` writes beside its .arrow files: not text
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
+CACHE_FIX = "pick another --cache_dir"  # where a write under --cache_dir fails
 BATCH_DOCS = 1024  # documents per thread per tokenization batch
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
 CACHE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a cache write that failed for want of room (or
@@ -298,14 +299,13 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
         if counts["docs"] == 0:
             raise DataError(f"{what} has no usable text (only whitespace or separators); check the files")
 
-    fix = "pick another --cache_dir"
-    storage.atomic_write(folder / "tokens.bin", write, fix)
+    storage.atomic_write(folder / "tokens.bin", write, CACHE_FIX)
     meta = {**(meta or {}), "format": FORMAT, "tokenizer_hash": tokenizer.hash,
             "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "n_tokens": counts["tokens"],
             "n_docs": counts["docs"], "n_bytes": counts["bytes"], "max_id": counts["max_id"],
             "sha256": sha.hexdigest(), "mtime_ns": (folder / "tokens.bin").stat().st_mtime_ns,
             "layout": "[eos] doc [eos] doc ..."}
-    storage.save_json(folder / "meta.json", meta, fix)
+    storage.save_json(folder / "meta.json", meta, CACHE_FIX)
     return TokenData(folder, tokenizer.hash)
 
 
@@ -928,7 +928,7 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
                     raise DataError(f"{e}, or raise --tokenizer_train_mb (the first {mb:g} MB were read)") \
                         from None
                 raise
-            tok.save(path, "pick another --cache_dir")
+            tok.save(path, CACHE_FIX)
             what = "the start of the training text, capped" if used["capped"] else "all the training text"
             log(f"data: tokenizer: trained on {_size(used['bytes'])} ({what}) in {time.time() - t0:.1f} s "
                 f"-> {path}")
@@ -1026,7 +1026,7 @@ def _cache_writes(cache_dir):
         if cause is None:
             raise
         if cause.errno in CACHE_FULL:
-            reason, fix = storage.REASONS[cause.errno], storage.advice(cause, "pick another --cache_dir")
+            reason, fix = storage.REASONS[cause.errno], storage.advice(cause, CACHE_FIX)
             raise DataError(f"cannot write the cache under --cache_dir {cache_dir}: {reason} "
                             f"({cause.strerror}); {fix}") from None
         if _not_writable(cause, cache_dir):
@@ -1076,7 +1076,7 @@ def _building(folder: Path, cache_dir: Path, log):
         read_only = e.errno == errno.EROFS or (e.errno == errno.EACCES and not os.access(cache_dir, os.W_OK))
         if e.errno in (errno.ENOTDIR, errno.EEXIST):  # (--cache_dir names a file)
             raise DataError(f"--cache_dir {cache_dir}: a file is where a folder should be ({e.filename}); "
-                            "pick another --cache_dir") from None
+                            f"{CACHE_FIX}") from None
         if not read_only:
             raise
         held = None

@@ -41,7 +41,6 @@ import tokenizer
 from errors import RunError, StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
-FIX = "pick another --out_dir"  # where a write under the run folder fails (storage.advice)
 STEP = "step"  # the x axis of the W&B charts: the optimizer step, logged as a value (see Metrics)
 UNFINISHED = "wandb_unfinished.txt"  # the W&B runs whose finish failed, an id a line (Metrics.finish)
 
@@ -222,14 +221,14 @@ class Metrics:
             if after:
                 log(f"{self.path}: dropped the {after} records written after step {k}, where the run resumes "
                     f"from its checkpoint; kept {len(kept)}")
-            storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), FIX)
+            storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), storage.OUT_FIX)
             for r in kept if backfill else []:
                 self._to_wandb(lambda run, r=r: run.log(_wandb_row(r)))
         elif keep_until_step is None and self.path.exists():
             self.path.unlink()
 
     def write(self, record: dict):
-        storage.append_jsonl(self.path, record, FIX)
+        storage.append_jsonl(self.path, record, storage.OUT_FIX)
         self._to_wandb(lambda run: run.log(_wandb_row(record)))
 
     def log_image(self, name: str, path, step: int):
@@ -264,7 +263,7 @@ class Metrics:
         path = self.path.with_name(UNFINISHED)
         try:
             if ids:
-                storage.atomic_write(path, "".join(f"{i}\n" for i in sorted(ids)).encode(), FIX)
+                storage.atomic_write(path, "".join(f"{i}\n" for i in sorted(ids)).encode(), storage.OUT_FIX)
             else:
                 path.unlink(missing_ok=True)
             return True

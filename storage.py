@@ -47,6 +47,7 @@ REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is us
            errno.EROFS: "the disk is read-only",
            errno.EFBIG: "the file is over this process's (ulimit -f) or the file system's size limit"}
 DEFAULT_FIX = "write somewhere else"
+OUT_FIX = "pick another --out_dir"  # where a write in a run folder fails
 SPACE = (errno.ENOSPC, errno.EDQUOT)  # what freeing space helps
 
 

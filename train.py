@@ -107,8 +107,6 @@ from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
 from runtime import World
 from tokenizer import Tokenizer, too_small
 
-OUT_FIX = "pick another --out_dir"  # where a write in the run folder fails (storage.advice)
-
 # ---------------------------------------------------------------------------------------------
 # Optimisation
 
@@ -474,9 +472,10 @@ class Window:
         self.grad_norm = torch.full((), math.nan, device=device)  # of the last applied step (NaN: none)
 
     def add(self, out: StepOutput):
+        skip = out.skipped.bool()
+
         def plus(a, b):  # a skipped step's numbers (NaN, inf) are left out of the means
             return torch.where(skip, 0, b) if a is None else a + torch.where(skip, 0, b)
-        skip = out.skipped.bool()
         self.steps += 1
         self.losses = plus(self.losses, out.losses)
         self.applied += 1 - out.skipped
@@ -1164,10 +1163,10 @@ def start_logging(job: Job, state: LoopState) -> None:
 def open_logs(job: Job, state: LoopState) -> None:
     """The settings files, the tokenizer, W&B and metrics.jsonl (rank 0 alone)."""
     model_args, train_args, log = job.model_args, job.train_args, job.log
-    storage.save_json(job.run_dir / "model.json", config.to_dict(model_args), OUT_FIX)
-    storage.save_json(job.run_dir / "train.json", config.to_dict(train_args), OUT_FIX)
+    storage.save_json(job.run_dir / "model.json", config.to_dict(model_args), storage.OUT_FIX)
+    storage.save_json(job.run_dir / "train.json", config.to_dict(train_args), storage.OUT_FIX)
     if not job.continues or not (job.run_dir / "tokenizer.json").exists():  # a killed run's may be there
-        job.tok.save(job.run_dir / "tokenizer.json", fix=OUT_FIX)
+        job.tok.save(job.run_dir / "tokenizer.json", fix=storage.OUT_FIX)
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
