@@ -14,7 +14,7 @@ How this departs from the obvious version:
   for what this project adds), so `--help`, the Hugging Face export and this file cannot drift.
 - Values are checked in `__post_init__`, so a bad preset, a bad command-line override and a bad
   checkpoint JSON all fail the same way: a ConfigError naming the field and the fix.
-- Settings travel with checkpoints as plain JSON (`to_dict` / `from_dict`, exact round trip).
+- Settings travel with checkpoints as plain data (`to_dict` / `from_dict`, exact round trip).
 """
 
 import argparse
@@ -158,8 +158,7 @@ class ModelArgs:
     @property
     def image_tokens(self) -> int:
         """Number of <|patch|> tokens (and features) per image tile."""
-        grid = self.image_size // self.patch_size
-        return int(grid * grid * self.pixel_shuffle_ratio**2)
+        return (self.image_size // self.patch_size // round(1 / self.pixel_shuffle_ratio)) ** 2
 
     def is_moe_layer(self, i: int) -> bool:
         return (i + 1) % self.moe_every == 0
@@ -241,21 +240,21 @@ class ModelArgs:
         _check(self.image_size % self.patch_size == 0, "image_size",
                f"{self.image_size} is not a multiple of patch_size={self.patch_size}; use "
                + (f"{below} or {below + self.patch_size}" if below else f"{self.patch_size}"))
-        grid = self.image_size // self.patch_size
-        shuffled = grid * self.pixel_shuffle_ratio
+        grid, ratio = self.image_size // self.patch_size, self.pixel_shuffle_ratio
+        merge = round(1 / ratio) if ratio * grid >= 0.5 else 0  # patches merged along a side (0: none fit)
         ratios = ", ".join(f"{1 / d:g}" for d in range(1, min(grid, 8) + 1) if grid % d == 0)
-        _check(shuffled == int(shuffled) and shuffled >= 1, "pixel_shuffle_ratio",
-               f"the {grid}x{grid} patch grid cannot be shuffled by {self.pixel_shuffle_ratio}; use one of "
-               f"{ratios} (1 / n for an n that divides {grid}), or change --image_size / --patch_size")
-        merge = 1 / self.pixel_shuffle_ratio  # patches merged along each side
-        _check(self.pixel_shuffle_ratio <= 1 and abs(merge - round(merge)) < 1e-9, "pixel_shuffle_ratio",
-               f"{self.pixel_shuffle_ratio} must be 1 / n for a whole n (1, 0.5, 0.25, ...)")
+        _check(merge >= 1 and grid % merge == 0 and abs(ratio - 1 / merge) <= 1e-6, "pixel_shuffle_ratio",
+               f"the {grid}x{grid} patch grid cannot be shuffled by {ratio}; use one of {ratios} (1 / n "
+               f"for an n that divides {grid}), or change --image_size / --patch_size")
+        # exactly 1 / n, as the advice's 6 digits (0.333333) are not: transformers' int(grid * ratio)
+        # would truncate 24 x 0.333333 to 7
+        self.pixel_shuffle_ratio = 1 / merge
         _check(self.projector_input_dim == self.projector_output_dim, "projector_input_dim",
                f"{self.projector_input_dim} must equal projector_output_dim="
                f"{self.projector_output_dim} (Llama 4's adapter feeds one into the other)")
-        _check(self.vision_mlp_dim == round(self.vision_dim / self.pixel_shuffle_ratio**2),
-               "vision_mlp_dim", "must equal vision_dim / pixel_shuffle_ratio^2 "
-               f"= {round(self.vision_dim / self.pixel_shuffle_ratio**2)} (Llama 4 shares it)")
+        _check(self.vision_mlp_dim == self.vision_dim * merge**2, "vision_mlp_dim",
+               f"must equal vision_dim / pixel_shuffle_ratio^2 = {self.vision_dim * merge**2} (Llama 4 "
+               "shares it)")
 
 
 # Special-token fields, in the order the tokenizer reserves them (ids 0, 1, 2, ...).
@@ -459,9 +458,10 @@ PRESETS = {
         "TrainArgs": dict(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=1.0,
                           eval_every=500),
     },
-    # For tests and quick checks: every layer type in 4 layers (MoE on each, NoPE on layer 3), chunks
-    # of 8 so that 64-token windows cross chunk boundaries; init std 0.1 so that a wrong weight
-    # shows in the logits. Trains in seconds on a CPU.
+    # For tests and quick checks: every attention type in 4 layers (MoE on each, NoPE on layer 3;
+    # tests of the dense SwiGLU layers set moe_every=2), chunks of 8 so that 64-token windows cross
+    # chunk boundaries; init std 0.1 so that a wrong weight shows in the logits. Trains in seconds
+    # on a CPU.
     "debug": {
         "ModelArgs": dict(vocab_size=320, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, expert_dim=32,
                           mlp_dim=64, n_experts=4, max_seq_len=64, attn_chunk_size=8, attn_floor_scale=4,

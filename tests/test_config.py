@@ -175,10 +175,26 @@ BAD = [
     (["--vision", "--image_size", str(2**40), "--patch_size", "1"],  # (passed: a 2^40 x 2^40 patch grid)
      "--image_size: must be below 2^31"),
     (["--vision", "--pixel_shuffle_ratio", "0.75", "--image_size", "56", "--vision_mlp_dim", "228"],
-     "--pixel_shuffle_ratio: 0.75 must be 1 / n for a whole n"),
+     "--pixel_shuffle_ratio: the 4x4 patch grid cannot be shuffled by 0.75; use one of 1, 0.5, 0.25 ("),
     (["--vision", "--pixel_shuffle_ratio", "2", "--vision_mlp_dim", "32"],
-     "--pixel_shuffle_ratio: 2.0 must be"),
+     "--pixel_shuffle_ratio: the 8x8 patch grid cannot be shuffled by 2.0; use one of"),
+    (["--vision", "--pixel_shuffle_ratio", "1e-320"], "cannot be shuffled by 1e-320"),  # (1 / ratio is inf)
 ]
+
+
+def test_the_pixel_shuffle_ratios_the_error_suggests_are_accepted():
+    """The advice prints 1/3 as 0.333333 (it once refused that very value: 24 x 0.333333 is not 8).
+    Each is taken as exactly 1 / n; an image gets (24 // n)^2 tokens, as model.pixel_shuffle makes."""
+    with pytest.raises(ConfigError) as e:
+        ModelArgs(vision=True, image_size=336, pixel_shuffle_ratio=0.4)
+    suggested = re.search(r"use one of ([\d., ]+) \(", str(e.value)).group(1).split(", ")
+    assert suggested == ["1", "0.5", "0.333333", "0.25", "0.166667", "0.125"]
+    for text in suggested:
+        n = round(1 / float(text))
+        a = ModelArgs(vision=True, image_size=336, pixel_shuffle_ratio=float(text),
+                      vision_mlp_dim=128 * n * n)
+        assert a.pixel_shuffle_ratio == 1 / n and a.image_tokens == (24 // n) ** 2
+        assert int(24 * a.pixel_shuffle_ratio) == 24 // n  # (transformers' pixel_shuffle truncates)
 
 
 @pytest.mark.parametrize("argv,message", BAD)
