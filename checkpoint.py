@@ -151,6 +151,10 @@ def load_checkpoint(path, fix: str | None = None) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is corrupt or unreadable (not a checkpoint of this project: no model "
                               f"or settings in it); {fix}")
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"{path} is corrupt or unreadable (not a checkpoint of this project: its model "
+                              f"is not a dict of tensors); {fix}")
     try:  # settings this version cannot build: the file's fault, not an option's (exit status 1, not 2)
         config.from_dict(ModelArgs, ckpt["model_args"], where="model settings")
     except ConfigError as e:
@@ -235,6 +239,7 @@ def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) ->
 
 def rng_state() -> dict:
     np_state = np.random.get_state(legacy=False)
+    # (python_pos is gauss_next, not a position: the name is historical; the MT position ends "python")
     return {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
             "numpy": np_state["state"]["key"].tolist(), "numpy_pos": int(np_state["state"]["pos"]),
             "torch": torch.get_rng_state(),
@@ -429,7 +434,11 @@ def _free_special_ids(values: dict, text: dict) -> None:
     free = (i for i in range(vocab) if i not in taken)
     for name in SPECIAL_TOKENS:
         if name not in values:
-            values[name] = next(free)
+            values[name] = next(free, None)
+            if values[name] is None:
+                raise ConfigError(f"vocab_size {vocab} is too small: no free id is left for "
+                                  f"{SPECIAL_TOKENS[name]}; a vocabulary must hold all {len(SPECIAL_TOKENS)} "
+                                  "special tokens")
 
 
 def hf_rope(text: dict) -> dict:

@@ -19,9 +19,11 @@ How it departs from the obvious version (and from HF's code):
   kept to test the fast path against.
 - Training-only routing extras (HF has none): noisy top-k gating with a learned noise scale, the
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
-  deterministic or off in eval(), so eval() is exactly HF's model. The losses are computed once
-  for all MoE layers, from their stacked router logits (router_stats), not layer by layer. Under
-  autocast the router stays in fp32 (HF's runs in bf16 there; fp32 parity is unaffected).
+  deterministic or off in eval(), so eval() is exactly HF's model in fp32 (in bf16, ours rounds q
+  and k once after RoPE and the QK norm where HF rounds after each: one bf16 rounding more
+  precise; Attention._rotate). The losses are computed once for all MoE layers, from their
+  stacked router logits (router_stats), not layer by layer. Under autocast the router stays in
+  fp32 (HF's runs in bf16 there; fp32 parity is unaffected).
 - Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and the KV
   cache fall out of the same mask code. RoPE, chunk boundaries and temperature tuning all count
   from each row's first real token (HF counts chunks that way too, but tunes the temperature by
@@ -33,7 +35,7 @@ How it departs from the obvious version (and from HF's code):
 - Chunked attention with default positions and no cache (training and evaluation) folds each
   aligned chunk into the batch and runs plain causal attention on it: no T x T mask is
   materialised and no masked-out work is done.
-- Under autocast each normed activation is cast to bf16 once, in Block (`compute_dtype`), and
+- Under autocast each normed activation is cast to bf16 once, in Block (`to_compute_dtype`), and
   shared by the projections that read it; autocast alone casts it again for each one (q, k, v).
 - In training, q, k and v come from one matmul over their weights side by side, and RoPE and the
   QK norm run once over q and k together: a seventh fewer kernels in an eager step (one weight
@@ -216,7 +218,8 @@ class CacheStep:
         """(B, 1, T, n), additive: 0 where a query sees a slot (slot s holds position s; the scratch
         slot, position S, is beyond every query), -inf elsewhere; in the cache's dtype, so that
         attention does not convert a boolean mask in every layer. (A stopped row's queries past the
-        end, which write to the scratch slot, see it too: their output is never read.)"""
+        end write to the scratch slot; on a chunked layer they may see no slot at all: NaN in that
+        row, whose output is never read.)"""
         if chunk_size not in self.masks:
             slots = torch.arange(self.n, device=self.pos.device)[None]  # (1, n)
             allowed = attention_mask(self.pos, slots, chunk_size)
@@ -228,7 +231,9 @@ class CacheStep:
 def attention_mask(q_pos, k_pos, chunk_size=None):
     """Boolean mask (B, 1, Tq, Tk): key visible to query iff causal, not padding and, on chunked
     layers, in the same aligned chunk. q_pos (B, Tq), k_pos (B or 1, Tk), -1 = padding. A padding
-    query sees key slot 0 alone, so no row is empty (an empty row would put NaN into the values)."""
+    query sees key slot 0 alone, so its row is not empty (an empty row would put NaN into the
+    values). A query whose chunk starts after every key (a stopped row's, past the end of a KV
+    cache) sees none: NaN in a row whose output is never read."""
     q, k = q_pos[:, :, None], k_pos[:, None, :]  # (B, Tq, 1), (B or 1, 1, Tk)
     allowed = (k <= q) & (k >= 0)
     if chunk_size is not None:  # causal already: the key need only be at or after its chunk's start.
@@ -299,8 +304,9 @@ class Attention(nn.Module):
         return self.o_proj(y)
 
     def _rotate(self, t, rope, dtype):
-        """RoPE, then the QK norm where there is one, both in fp32, then one cast back to `dtype`
-        (HF casts after both). t (B, T, heads, D)."""
+        """RoPE, then the QK norm where there is one, both in fp32, then one cast back to `dtype`.
+        t (B, T, heads, D). HF casts back after RoPE and again after the norm: equal in fp32, one
+        bf16 rounding more precise here (kept: bf16 runs resume bit for bit)."""
         t = apply_rope(t, *rope)
         if self.qk_norm is not None:
             t = self.qk_norm(t)
@@ -579,7 +585,7 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
 # The decoder
 
 
-def compute_dtype(x: torch.Tensor) -> torch.Tensor:
+def to_compute_dtype(x: torch.Tensor) -> torch.Tensor:
     """x in autocast's dtype where autocast is on (the residual stream stays fp32). A normed
     activation is read by several projections (q, k and v; router, noise, shared expert gate and
     up): cast once here, autocast would cast it once per projection, and backward would cast each
@@ -600,8 +606,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x, pos, rope, cache=None, default_pos=False):
-        x = x + self.self_attn(compute_dtype(self.input_layernorm(x)), pos, rope, cache, default_pos)
-        h = compute_dtype(self.post_attention_layernorm(x))
+        x = x + self.self_attn(to_compute_dtype(self.input_layernorm(x)), pos, rope, cache, default_pos)
+        h = to_compute_dtype(self.post_attention_layernorm(x))
         if self.is_moe:
             y, routing = self.feed_forward(h)
             return x + y, routing
@@ -617,10 +623,14 @@ class Output:
     z_loss: torch.Tensor | None = None  # router z-loss, mean over MoE layers
     router_entropy: torch.Tensor | None = None  # (L_moe,) mean router entropy per MoE layer
     # (aux_loss, z_loss, router_entropy: training mode only; eval() is HF's model, nothing added)
-    expert_counts: torch.Tensor | None = None  # (L_moe, E) tokens routed to each expert
+    expert_counts: torch.Tensor | None = None  # (L_moe, E) assignments (top_k per token, padding too)
 
 
 class Llama4(nn.Module):
+    # "fused": with targets, linear_cross_entropy (the loss alone, no logits returned);
+    # "reference": lm_head, then F.cross_entropy on the fp32 logits (tests hold them equal).
+    loss_impl = "fused"
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -633,9 +643,6 @@ class Llama4(nn.Module):
             self.vision_model = VisionModel(args)
             self.multi_modal_projector = Projector(args)
         self.grad_checkpoint = False
-        # "fused": with targets, linear_cross_entropy (the loss alone, no logits returned);
-        # "reference": lm_head, then F.cross_entropy on the fp32 logits (tests hold them equal).
-        self.loss_impl = "fused"
         init_weights(self)
 
     def forward(self, tokens, targets=None, *, images=None, image_mask=None, positions=None, cache=None,

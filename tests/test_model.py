@@ -383,6 +383,16 @@ def test_loss_counts_real_tokens_only(impl):
     assert torch.allclose(evaluated.lm_loss, out.lm_loss)
 
 
+def test_the_reference_loss_is_a_class_level_switch(monkeypatch):
+    """`Llama4.loss_impl = "reference"`, as the model's docstring has it, reaches every model, built
+    before or after (it was an instance attribute: the class-level switch did nothing)."""
+    before = build()
+    monkeypatch.setattr(Llama4, "loss_impl", "reference")
+    x = torch.randint(0, V, (1, 8))
+    for model in (before, build()):
+        assert model(x, targets=x).logits is not None  # lm_head + F.cross_entropy: logits returned
+
+
 def test_fused_loss_keeps_the_gradient_of_confident_tokens_under_bf16():
     """Under bf16 autocast the loss's gradient (softmax - one-hot) is bf16, but its target column
     p_t - 1 must be rounded once, from fp32: rounding p_t first makes it 0 for every token predicted
@@ -670,6 +680,16 @@ def test_wrong_number_of_image_tokens_is_a_clear_error():
 def test_images_for_a_text_only_model_are_a_clear_error():
     with pytest.raises(ValueError, match="without the vision stub"):
         build()(torch.zeros(1, 4, dtype=torch.long), images=torch.randn(1, 3, 56, 56))
+
+
+@pytest.mark.parametrize("weights", [[1], {"lm_head.weight": 1}])
+def test_a_checkpoint_whose_model_is_not_weights_is_a_clear_error(tmp_path, weights):
+    """A hand-made .pt whose "model" is no state dict: a CheckpointError, not load_model's
+    AttributeError ('list' object has no attribute 'items')."""
+    import checkpoint
+    torch.save({"model": weights, "model_args": config.to_dict(DEBUG)}, tmp_path / "x.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="its model is not a dict of tensors"):
+        checkpoint.load_model(tmp_path / "x.pt")
 
 
 @pytest.mark.parametrize("T", [13, 44, 64])

@@ -174,6 +174,8 @@ def test_import_of_a_folder_in_the_pre_v5_rope_layout(tmp_path):
     ("moe_layers", [], "moe_layers [] is not every n-th layer ([0, 1, 2, 3]"),  # (transformers: all dense)
     ("head_dim", 32, "head_dim 32 differs from hidden_size / num_attention_heads = 16"),
     ("attention_bias", True, "attention_bias true is not supported"),
+    # (was a StopIteration traceback: no free id for the special tokens the config does not name)
+    ("vocab_size", 4, "vocab_size 4 is too small: no free id is left for <|image|>"),
 ])
 def test_import_refuses_a_layout_it_cannot_build(tmp_path, key, value, message):
     """Explicit layer lists off the intervals (transformers follows them) and other head widths
