@@ -12,7 +12,7 @@ sample.py and scripts/export_hf.py alike.
     check_hf_tokenizer               a folder's tokenizer.json is the one its export recorded
                                      (config.json's tokenizer_sha256)
 
-A checkpoint is a dict: "model" (state dict), "model_args" and "train_args" (settings as JSON),
+A checkpoint is a dict: "model" (state dict), "model_args" and "train_args" (settings as plain data),
 "tokenizer" ({"file", "sha256"}), "preset", "wandb_id", and for a resumable one "optimizer" and the
 training loop's state (train.LoopState: step, tokens, elapsed, best_val, ..., rng). A weights-only
 checkpoint (save_model_only, an import) holds "model", "model_args", "step" and maybe "tokenizer".
