@@ -457,6 +457,7 @@ class Window:
     the steps before the checkpoint too, not just those after it."""
 
     def __init__(self, state: LoopState, device):
+        self.device = device
         self.steps, self.start, self.paused, self.busy_before = 0, time.perf_counter(), 0.0, 0.0
         self.paused_at = None  # when the pause under way (pause) began
         self.losses = self.counts = self.entropy = None  # sums over the steps applied (not skipped)
@@ -500,7 +501,11 @@ class Window:
 
     @contextmanager
     def pause(self):
-        """Evaluations and saves: not the window's training time."""
+        """Evaluations and saves: not the window's training time. On CUDA the steps queued before
+        it are waited for first: they are training time (a save or evaluation would wait for them
+        inside the pause)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self.paused_at = time.perf_counter()
         try:
             yield
@@ -1290,13 +1295,16 @@ def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool
     signal stops the run here: the resumed run evaluates this step first), last.pt every save_every
     steps and when stopping. The step evaluated, or None."""
     t, evaluated = job.train_args, None
+    evaluate = state.step % t.eval_every == 0 and state.step < t.max_steps
+    save = (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now
+    if not (evaluate or save):
+        return None  # (no pause: on CUDA it waits for the device)
     with window.pause():
-        if state.step % t.eval_every == 0 and state.step < t.max_steps:
-            if stop_now:
-                state.eval_due = True
-            else:
-                evaluated = evaluate_step(job, state, window)
-        if (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now:
+        if evaluate and stop_now:
+            state.eval_due = True
+        elif evaluate:
+            evaluated = evaluate_step(job, state, window)
+        if save:
             maybe_save(job, state, window, "last.pt")
     return evaluated
 

@@ -1158,6 +1158,21 @@ def test_a_window_saved_after_an_evaluation_does_not_count_the_evaluation_as_tra
     assert saved[2]["steps"] == 2 and saved[2]["busy_seconds"] < 100
 
 
+def test_a_pause_on_cuda_waits_for_the_steps_queued_before_it(monkeypatch):
+    """On CUDA the loop does not wait for the device between log steps, so a save or evaluation off
+    the log grid waited for the queued training steps inside its pause: their seconds counted as
+    paused, and tokens/s and MFU came out high. The pause now waits for them before its clock starts."""
+    window = train.Window(train.LoopState(), torch.device("cpu"))
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(window.paused_at))
+    with window.pause():
+        pass
+    assert waited == []  # (on the CPU nothing is queued)
+    window.device = torch.device("cuda", 0)
+    with window.pause():
+        assert waited == [None]  # before the pause's clock started
+
+
 def test_a_crash_while_saving_an_evaluation_a_signal_put_off_does_not_write_its_record_twice(
         tmp_path, corpus, cache, monkeypatch):
     """Stopped on an evaluation step (the evaluation put off), resumed: the resumed run writes the val
