@@ -19,15 +19,16 @@ How this departs from the obvious version:
 - Incremental decoding with the model's static KV cache (model.KVCache: allocated once, indexed
   by position): the prompt goes through the model once (prefill, eager), then one token per row
   per step; --no_cache recomputes the whole sequence each step, the reference path.
-- The decoding loop never waits for the device, except once every 16 tokens: the new tokens and
-  a `done` mask stay on the device, sampling reads nothing back, and the host looks at the tokens
-  every 16 steps (stop when every row has ended; stream) and cuts each row at its first
-  <|endoftext|> at the end. The one-token step, free of host reads and of changing shapes, can
-  be compiled (torch.compile, "reduce-overhead": a CUDA graph) with eager as the fallback. The
-  sparse MoE keeps its expert groups on the device (grouped_mm), so a compiled step runs it as is;
-  where grouped_mm is missing (fp32 on CUDA, GPUs other than sm90 and sm100) or cannot take the widths (rows
-  not whole multiples of 16 bytes) its fallback reads group sizes on the host, and a compiled
-  step runs the MoE's reference path (every expert, masked) instead.
+- The cached decoding loop never waits for the device, except once every 16 tokens (--no_cache
+  reads it at every step): the new tokens and a `done` mask stay on the device, sampling reads
+  nothing back, and the host looks at the tokens every 16 steps (stop when every row has ended;
+  stream) and cuts each row at its first <|endoftext|> at the end. The one-token step, free of
+  host reads and of changing shapes, can be compiled (torch.compile, "reduce-overhead": a CUDA
+  graph) with eager as the fallback. The sparse MoE keeps its expert groups on the device
+  (grouped_mm), so a compiled step runs it as is; where grouped_mm is missing (fp32 on CUDA, GPUs
+  other than sm90 and sm100) or cannot take the widths (rows not whole multiples of 16 bytes) its
+  fallback reads group sizes on the host (an eager step then waits once per MoE layer), and a
+  compiled step runs the MoE's reference path (every expert, masked) instead.
 - Left padding is exact: padded slots get position -1 and are masked out, positions count from
   each row's first real token, and each row stops when its own context is full, so a batch gives
   the same tokens as its rows one by one (in fp32; in bf16 other matmul shapes round otherwise).
@@ -93,8 +94,9 @@ def write(text: str) -> None:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Mask (to -inf) all but the top_k tokens and all but the smallest set whose probability mass
-    reaches top_p. logits: (B, V)."""
+    """Mask (to -inf) all but the top_k tokens (and those tied with the k-th) and all but the
+    smallest set whose probability mass reaches top_p. The top token always stays: top_p <= 0
+    keeps it alone (masking every token would make choose() return token 0). logits: (B, V)."""
     if top_k > 0:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -103,6 +105,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         probs = sorted_logits.softmax(-1)
         before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each token
         drop_sorted = before >= top_p  # the set is complete before this token
+        drop_sorted[:, 0] = False  # (before is 0 there: top_p <= 0 would drop it)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -118,10 +121,14 @@ def choose(logits, generators, temperature=1.0, top_k=0, top_p=1.0, greedy=False
     q ~ Exp(1) and take argmax(p / q), a draw from p; the tokens are the ones torch.multinomial
     gives. It skips multinomial's input checks, which read the device twice per call: a softmax
     over logits with a finite maximum needs none. A temperature under MIN_TEMPERATURE samples as
-    that does (the top token alone, but for ties): smaller ones overflow logits / T to inf."""
+    that does (the top token alone, but for near-ties, within about 1e-5): smaller ones overflow
+    logits / T to inf. A negative one is a ValueError, as on the command line."""
     logits = logits.float()
     if greedy:
         return logits.argmax(-1)
+    if not temperature >= 0:  # (NaN too) max() below would silently take -1 as MIN_TEMPERATURE
+        raise ValueError(f"temperature: must be at least 0, got {temperature} (use greedy=True for argmax "
+                         "decoding)")
     probs = filter_logits(logits / max(temperature, MIN_TEMPERATURE), top_k, top_p).softmax(-1)
     q = torch.stack([torch.empty_like(p).exponential_(1, generator=g)
                      for p, g in zip(probs, generators, strict=True)])  # (B, V)
@@ -192,7 +199,8 @@ class DecodeStep:
             self.cache.next_pos.copy_(next_pos)  # (the keys and values are written again, in place)
             # compiled calls leave cache.seen alone, and eager calls read its first `seen` slots:
             # count the trial calls before this one that ran compiled (none if compiling failed)
-            self.cache.seen += self.TRIAL_CALLS - 1 - self.trials if self.compiled is not None else 0
+            ran_compiled = self.TRIAL_CALLS - 1 - self.trials if self.compiled is not None else 0
+            self.cache.seen += ran_compiled
             self.compiled, self.trials = None, 0
             DecodeStep.failures.append(why)
             print(f"warning: compiling the decode step failed ({why}); "
@@ -206,42 +214,43 @@ def moe_reference_path(model: Llama4, enabled: bool = True):
     masked). A compiled step needs it where grouped_mm is missing: the sparse path's fallback then
     reads expert group sizes on the host, which a CUDA graph cannot hold."""
     moes = [m for m in model.modules() if isinstance(m, MoE)] if enabled else []
-    saved = [m.impl for m in moes]
+    saved = [vars(m).get("impl") for m in moes]  # None: the layer follows the class's MoE.impl
     for m in moes:
         m.impl = "reference"
     try:
         yield
-    finally:
+    finally:  # as it was, so that a later `MoE.impl = ...` reaches the layers again
         for m, impl in zip(moes, saved, strict=True):
-            m.impl = impl
+            if impl is None:
+                del m.impl
+            else:
+                m.impl = impl
 
 
-def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: bool, compile: bool | str,
-          padding: int = 0):
-    """The logits after the prompts (B, V), and the step: chosen tokens (B,) -> the next logits.
-    padding: the left padding of the shortest prompt, whose context runs out last."""
-    if use_cache:  # prefill (eager: its length varies), then one token at a time
-        length = min(tokens.shape[1] + max_new, model.args.max_seq_len)  # positions, not columns
-        cache = KVCache(model.args, len(tokens), length, tokens.device, next(model.parameters()).dtype)
-        cache.padding = padding
-        logits = model(tokens, positions=positions, cache=cache, images=images, last_only=True).logits
-        return logits[:, -1], DecodeStep(model, cache, compile)
+class RecomputeStep:
+    """The reference step (--no_cache): chosen tokens (B,) -> the next logits (B, V), recomputing
+    every row's whole sequence. The images fill the prompts' <|patch|> tokens; a generated <|patch|>
+    is text, as in the cached steps.
 
-    # the images fill the prompts' <|patch|> tokens; a generated one is text, as in the cached steps
-    patches = tokens == model.args.patch_id  # (B, T)
+    Past the context: once the sequence is `over` columns longer than max_seq_len, a row with a
+    real token in its first `over` columns has reached its context limit and stopped (its logits
+    are zeros, and generate cuts its tokens); the others, padding there, are recomputed alone
+    without those columns (with their own images).
+    """
 
-    def step(nxt):  # the reference: recompute the whole sequence each step
-        nonlocal tokens, positions, patches
-        tokens = torch.cat([tokens, nxt[:, None]], 1)
-        positions = torch.cat([positions, positions[:, -1:] + 1], 1)
-        patches = torch.cat([patches, torch.zeros_like(patches[:, :1])], 1)
+    def __init__(self, model: Llama4, tokens, positions, images):
+        self.model, self.tokens, self.positions, self.images = model, tokens, positions, images
+        self.patches = tokens == model.args.patch_id  # (B, T)
+
+    def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
+        model, images = self.model, self.images
+        tokens = self.tokens = torch.cat([self.tokens, nxt[:, None]], 1)
+        positions = self.positions = torch.cat([self.positions, self.positions[:, -1:] + 1], 1)
+        patches = self.patches = torch.cat([self.patches, torch.zeros_like(self.patches[:, :1])], 1)
         over = tokens.shape[1] - model.args.max_seq_len
         if over <= 0:
             return model(tokens, positions=positions, images=images, image_mask=patches,
                          last_only=True).logits[:, -1]
-        # Rows with a real token in the first `over` columns have reached their context limit and
-        # stopped; the others, without those columns (padding to them), are recomputed alone
-        # (images: as many per row).
         live = (positions[:, :over] < 0).all(1)  # (B,)
         logits = torch.zeros(len(tokens), model.args.vocab_size, device=tokens.device)
         if not live.any():
@@ -251,7 +260,21 @@ def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: boo
         logits[live] = model(tokens[live, over:], positions=positions[live, over:], images=some_images,
                              image_mask=patches[live, over:], last_only=True).logits[:, -1].float()
         return logits
-    return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1], step
+
+
+def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: bool, compile: bool | str,
+          padding: int = 0):
+    """The logits after the prompts (B, V), and the step: chosen tokens (B,) -> the next logits.
+    padding: the left padding of the shortest prompt, whose context runs out last."""
+    if not use_cache:
+        step = RecomputeStep(model, tokens, positions, images)
+        return model(tokens, positions=positions, images=images, last_only=True).logits[:, -1], step
+    # prefill (eager: its length varies), then one token at a time
+    length = min(tokens.shape[1] + max_new, model.args.max_seq_len)  # positions, not columns
+    cache = KVCache(model.args, len(tokens), length, tokens.device, next(model.parameters()).dtype)
+    cache.padding = padding
+    logits = model(tokens, positions=positions, cache=cache, images=images, last_only=True).logits
+    return logits[:, -1], DecodeStep(model, cache, compile)
 
 
 @torch.no_grad()
@@ -265,10 +288,17 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     on_token(rows), called then with each row's tokens so far (streaming; it lags by up to
     CHECK_EVERY - 1 tokens). images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in
     order. compile: compile the cached one-token step (True, or a torch.compile mode: DecodeStep).
-    stop_at_eos=False generates max_new_tokens whatever comes (for benchmarks).
+    stop_at_eos=False generates max_new_tokens whatever comes (for benchmarks). The model must be
+    in eval mode and every prompt hold a token (ValueError otherwise).
     """
     args, device = model.args, next(model.parameters()).device
+    if any(m.training for m in model.modules()):  # (its router would draw noise from torch's generator)
+        raise ValueError("the model is in training mode (noisy routing: rows no longer reproducible from "
+                         "their seeds); call model.eval() first")
     B, lens = len(prompts), [len(p) for p in prompts]
+    if 0 in lens:  # (a row of padding alone: torch's error by itself, tokens drawn from nothing in a batch)
+        raise ValueError(f"prompts[{lens.index(0)}] is empty; every prompt needs at least one token, e.g. "
+                         f"the <|endoftext|> id ({args.eos_id})")
     if max(lens) > args.max_seq_len:  # (sample.py cuts them to fit)
         raise ValueError(f"a prompt of {max(lens)} tokens is longer than max_seq_len={args.max_seq_len}; "
                          "shorten it")
@@ -441,8 +471,8 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
                               "<|patch|> or <|image_end|>); remove it (--image puts an image in)")
         n, whole = len(prefix) + len(ids), prefix + ids
         if sample_args.image:  # the image is kept whole: only its text is cut
-            text = ids[len(ids) - min(len(ids), max(keep - len(prefix), 0)):]
-            whole, what = prefix + text, "the image and the last tokens of its text"
+            tail = ids[len(ids) - min(len(ids), max(keep - len(prefix), 0)):]
+            whole, what = prefix + tail, "the image and the last tokens of its text"
         elif n > keep:
             whole, what = whole[-keep:], "its last tokens"
         if len(whole) < n:

@@ -188,6 +188,20 @@ def test_a_compiled_step_with_widths_grouped_mm_cannot_take_runs_the_reference_m
     assert "compiling the decode step failed" not in capsys.readouterr().err
 
 
+def test_the_moe_reference_path_leaves_each_layer_as_it_was(monkeypatch):
+    """On exit every MoE layer held impl as its own attribute, so the documented class switch
+    `MoE.impl = "reference"` no longer reached that model: a layer without one is left without,
+    and a layer's own value is put back."""
+    model = small_model()
+    moes = [m for m in model.modules() if isinstance(m, MoE)]
+    moes[0].impl = "sparse"  # this layer's own setting, whatever the class says
+    with sample.moe_reference_path(model):
+        assert {m.impl for m in moes} == {"reference"}
+    assert [vars(m).get("impl") for m in moes] == ["sparse"] + [None] * (len(moes) - 1)
+    monkeypatch.setattr(MoE, "impl", "reference")
+    assert [m.impl for m in moes] == ["sparse"] + ["reference"] * (len(moes) - 1)
+
+
 def test_per_step_logits_with_the_cache_match_a_full_forward():
     model = small_model()
     row = PROMPTS[0] + sample.generate(model, PROMPTS[:1], 30, greedy=True, stop_at_eos=False)[0]
@@ -232,6 +246,25 @@ def test_each_row_of_a_batch_stops_at_its_own_context_limit(use_cache):
         sample.generate(model, [PROMPTS[1], [*full, 7]], 5, greedy=True, use_cache=use_cache)
 
 
+@pytest.mark.parametrize("prompts", [[[]], [[0, 5, 6], []]])
+def test_an_empty_prompt_is_an_error_naming_it(prompts):
+    """A prompt of no token crashed alone (a RuntimeError from torch's min()) and in a batch drew
+    its tokens from padding (its one query sees an unwritten slot)."""
+    model = small_model()
+    want = rf"^prompts\[{len(prompts) - 1}\] is empty; every prompt needs at least one token, e.g. the " \
+           rf"<\|endoftext\|> id \({model.args.eos_id}\)$"
+    with pytest.raises(ValueError, match=want):
+        sample.generate(model, prompts, 4)
+
+
+def test_a_model_in_training_mode_is_refused():
+    """Training mode routes with noise from torch's global generator, not the rows' own: a row's
+    tokens no longer followed from its seed (and the token-id check was skipped)."""
+    model = small_model().train()
+    with pytest.raises(ValueError, match=r"^the model is in training mode .*; call model.eval\(\) first$"):
+        sample.generate(model, PROMPTS, 4, seed=1)
+
+
 def test_non_finite_logits_are_an_error_and_a_tiny_temperature_is_not():
     """A NaN weight (a diverged run) stops generation with a SampleError, not a silent empty story
     (argmax of NaN is token 0); a temperature of 1e-39 samples the top token rather than NaN."""
@@ -271,6 +304,25 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     shuffled = logits[:, [3, 0, 4, 2, 1]]  # order of the vocabulary does not matter
     assert torch.isfinite(sample.filter_logits(shuffled, top_p=0.6)).nonzero()[:, 1].tolist() == [1, 4]
     assert torch.isfinite(sample.filter_logits(logits, top_k=2)).nonzero()[:, 1].tolist() == [0, 1]
+
+
+def test_top_p_of_zero_keeps_the_top_token_and_a_negative_temperature_is_refused():
+    """generate(top_p=0) masked every token, and choose() returned token 0 (argmax of NaN) without
+    a word: empty stories. A negative temperature sampled near-greedily (as MIN_TEMPERATURE): a
+    ValueError naming it, as the command line's check."""
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    logits[:, 0] = -10  # (token 0 is what a NaN row gives)
+    for p in (0.0, -1.0):
+        kept = torch.isfinite(sample.filter_logits(logits, top_p=p))
+        assert kept.nonzero()[:, 1].tolist() == logits.argmax(-1).tolist()
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    assert sample.choose(logits, generators, top_p=0.0).tolist() == logits.argmax(-1).tolist()
+    model = small_model()
+    greedy = sample.generate(model, PROMPTS, 8, greedy=True, stop_at_eos=False)
+    assert sample.generate(model, PROMPTS, 8, top_p=0.0, seed=1, stop_at_eos=False) == greedy
+    for t in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match=rf"^temperature: must be at least 0, got {t} \(use greedy=True"):
+            sample.generate(model, PROMPTS, 8, temperature=t)
 
 
 def test_generation_stops_at_end_of_text():
