@@ -27,7 +27,10 @@ so each record is logged with its optimizer step as a value (`step`, the x axis 
 than as W&B's own step: the evaluation a signal put off, logged at a step W&B already holds a train
 record of, is kept. What a run killed with -9 had logged is unknown (W&B may have kept all of it or
 nothing): the resumed run logs again what it replaces in metrics.jsonl, so none is missing in W&B,
-and a record that reached W&B before the crash is there twice, at the same step.
+and a record that reached W&B before the crash is there twice, at the same step; so is the partial
+record of a window a signal cut short, beside the whole one the resumed run writes. W&B cannot
+resume an offline run (syncing a second offline folder of one id replaces the history): a resume
+of an offline session, or one offline now, is a new W&B run that gets the whole history.
 """
 
 import json
@@ -160,11 +163,14 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     run = dict(project=train_args.wandb_project, group=train_args.wandb_group or None,
                name=train_args.wandb_name or run_dir.name, id=settings.get("wandb_id"), resume="allow",
                dir=str(run_dir), config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
-    # no network, no login: offline, the same run (id, group) to sync later; offline failing too (its
-    # folder unwritable, a broken install): the run goes on without it. Never crash a run over its dashboard
+    # no network, no login: offline, to sync later; offline failing too (its folder unwritable, a
+    # broken install): the run goes on without it. Never crash a run over its dashboard. Offline, a W&B
+    # run is not resumed: `wandb sync` of a second offline folder of one id replaces the history the
+    # first gave it (wandb/wandb#3841, #5865), so a resume offline is a new W&B run, which train.py
+    # gives the whole history (backfill), and Metrics.resumable_id saves no offline run's id.
     for attempt in dict.fromkeys([mode, "offline"]):
         try:
-            return wandb.init(mode=attempt, **run)
+            return wandb.init(mode=attempt, **(run if attempt != "offline" else {**run, "id": None}))
         except Exception as e:
             log(f"wandb: {attempt} start failed ({_why(e)}); "
                 + ("logging offline instead" if attempt != "offline" else without))
@@ -241,6 +247,13 @@ class Metrics:
         without one (W&B off, failed to start or failed since), so that the resume starts a new W&B
         run, which gets the whole history, rather than going on with one that lacks records."""
         return None if self.wandb is None else self.wandb.id
+
+    @property
+    def resumable_id(self) -> str | None:
+        """wandb_id, for the checkpoint, where a resume may go on with that W&B run: not an offline
+        one, which W&B cannot resume (start_wandb); its resume starts a new W&B run instead, which
+        gets the whole history."""
+        return None if getattr(self.wandb, "offline", False) else self.wandb_id
 
     def finish(self, exit_code: int = 0):
         """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error). Its id is

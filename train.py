@@ -326,7 +326,7 @@ class Job:
                 **state.to_checkpoint(self.train_args.seed), "model_args": config.to_dict(self.model_args),
                 "train_args": config.to_dict(self.train_args), "preset": self.preset,
                 "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "window": window,
-                "wandb_id": self.metrics.wandb_id if self.metrics is not None else None}
+                "wandb_id": self.metrics.resumable_id if self.metrics is not None else None}
 
 
 class Clock:

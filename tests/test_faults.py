@@ -605,9 +605,10 @@ def test_every_key_logged_to_wandb_is_charted_against_the_step_value(tmp_path, m
     assert set(axes.values()) == {runlog.STEP} and all(row[runlog.STEP] == 3 for row in rows)
 
 
-def test_wandb_falling_back_to_offline_keeps_the_run(tmp_path, monkeypatch):
-    """--wandb_mode online without a login or network: the offline run it falls back to is the
-    same W&B run (its id, to resume; its group), as quiet as an offline run asked for."""
+def test_wandb_falling_back_to_offline_is_a_new_run_of_the_group(tmp_path, monkeypatch):
+    """--wandb_mode online without a login or network: the offline run it falls back to keeps the
+    group and is as quiet as an offline run asked for, but is a new W&B run: W&B cannot resume an
+    offline one (syncing it would replace the history of the run it resumed)."""
     import runlog
     calls = []
 
@@ -621,8 +622,33 @@ def test_wandb_falling_back_to_offline_keeps_the_run(tmp_path, monkeypatch):
     lines = []
     assert runlog.start_wandb(targs, tmp_path, {"wandb_id": "abc"}, log=lines.append) == "the run"
     online, offline = calls
-    assert offline == {**online, "mode": "offline"} and offline["id"] == "abc" and offline["group"] == "sweep"
-    assert offline["settings"]["silent"] and "logging offline instead" in lines[0]
+    assert offline == {**online, "mode": "offline", "id": None} and online["id"] == "abc"
+    assert offline["group"] == "sweep" and offline["settings"]["silent"]
+    assert "logging offline instead" in lines[0]
+
+
+def test_a_run_that_logged_to_wandb_offline_resumes_into_a_new_wandb_run_with_the_whole_history(
+        tmp_path, corpus, cache, monkeypatch):
+    """An offline W&B run cannot be resumed: `wandb sync` of the resumed session's folder (same id)
+    replaced the history the first folder gave the run, losing the steps before the checkpoint. The
+    checkpoint now saves no offline run's id, so the resume is a new W&B run that gets them all."""
+    runs = {}
+
+    class OfflineRun(FakeWandbRun):
+        offline = True
+
+    def start_wandb(targs, run_dir, settings, log):
+        run_id = settings["wandb_id"] or f"w{len(runs)}"
+        return OfflineRun(run_id, runs.setdefault(run_id, []))
+    monkeypatch.setattr(train.runlog, "start_wandb", start_wandb)
+    base = ["--max_steps", "4", "--eval_every", "2", "--plot", ""]
+    train.main(train_args(tmp_path, corpus, cache, *base, "--max_steps", "2"))
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["wandb_id"] is None
+    train.main(train_args(tmp_path, corpus, cache, *base, "--resume"))
+    lines = (tmp_path / "ckpt" / "r" / "metrics.jsonl").read_text().splitlines()
+    records = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
+    assert sorted(runs) == ["w0", "w1"] and OfflineRun("w1", runs["w1"]).records() == records
+    assert records[0] == ("train", 1) and records[-1] == ("val", 4)
 
 
 def test_wandb_that_cannot_start_or_be_imported_leaves_the_run_to_metrics_jsonl(tmp_path, corpus, cache,
