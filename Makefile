@@ -43,10 +43,12 @@ constraints:
 	mv constraints.txt.tmp constraints.txt && rm -rf .venv-freeze
 
 # The GPU check (README, "GPU"). On this machine: `make gpu-prep` puts the data and the wheels the GPU
-# machine lacks (datasets and its two dependencies; its image has the rest) into git-ignored
-# folders; carry gpu-data and .whl there and run `make gpu-check`, which installs them and runs
-# scripts/gpu_check.py (about 11 minutes on one H200: run ARGS="--only train,model --deadline 420", then at
-# once ARGS="--only sample --deadline 280"; --deadline stops it in time with its files written), writing
+# machine lacks (datasets and its two dependencies, for Python 3.12; its image has the rest) into
+# git-ignored folders; carry gpu-data and .whl there and run `make gpu-check`, which installs them (it
+# stops at once, in one line, where python3 is not 3.12) and runs scripts/gpu_check.py (about 11
+# minutes on one H200: run ARGS="--only train,model --deadline 420", then at once ARGS="--only sample
+# --deadline 280", or budget_left_s (the device tool's status) less 40 where that is less, with a
+# timeout_s of the deadline plus 20; --deadline stops it in time with its files written), writing
 # img/gpu/, or $OUT where the device tool sets it (only what is written there comes back).
 gpu-prep:
 	mkdir -p gpu-data && cp ../shared/data/tinystories/train-lower.txt ../shared/data/tinystories/valid-lower.txt gpu-data/
@@ -55,6 +57,9 @@ gpu-prep:
 		-d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 
 gpu-check:
+	@if [ -d .whl ] && ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then \
+		echo "gpu-check: .whl holds wheels for Python 3.12 (make gpu-prep), but python3 is $$(python3 -V 2>&1)" >&2; \
+		exit 1; fi
 	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 		--target /tmp/site .whl/*.whl; fi
 	PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(ARGS)

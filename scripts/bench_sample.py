@@ -18,7 +18,9 @@ Same random weights, same prompts, greedy, variants interleaved, medians reporte
 End-of-text neither stops nor is banned in any of them (transformers gets eos_token_id=None, not
 min_new_tokens, which would mask it), so every variant makes exactly --new_tokens tokens per row.
 Each variant first runs --warmup times untimed (the compiled one at least once: compiling and
-recording the CUDA graph happen there). Each variant's tokens are compared with the cached ones:
+recording the CUDA graph happen there; `cudagraph_skips` counts the CUDA graphs Inductor skipped
+meanwhile, which it does without an error or, by default, a word: nonzero, the variant was timed
+without them). Each variant's tokens are compared with the cached ones:
 `same_tokens_as_cached` and the share of equal tokens (in bf16 near-ties may flip a token); with
 the reference variant, also the share equal to its tokens. Without cached in --variants, they are
 compared with the first variant instead, and the keys and the column say so (`same_tokens_as_uncached`).
@@ -62,6 +64,17 @@ def decode(variant, model, hf, prompts, new_tokens, ragged=False) -> list[list[i
     with sample.moe_reference_path(model, enabled=variant == "reference"):
         return sample.generate(model, rows, new_tokens, greedy=True, stop_at_eos=False,
                                use_cache=variant != "uncached", compile=compile)
+
+
+def cudagraph_skips() -> int | None:
+    """How many CUDA graphs Inductor has skipped in this process ("skipping cudagraphs due to ...",
+    logged only where its artifact log is on): a compiled step that runs without its graph raises
+    nothing. None where torch keeps no such count."""
+    try:
+        from torch._dynamo.utils import counters
+        return int(counters["inductor"].get("cudagraph_skips", 0))
+    except Exception:  # (torch's internals: another version may lack them)
+        return None
 
 
 def timed(variant, model, hf, prompts, new_tokens, ragged=False) -> tuple[float, list[list[int]]]:
@@ -113,14 +126,17 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
     results = {}
     for B in opts.batches:
         prompts = torch.randint(8, model.args.vocab_size, (B, PROMPT), generator=g).to(device)
-        outputs, times, fell_back = {}, {k: [] for k in opts.variants}, {}
+        outputs, times, fell_back, skips = {}, {k: [] for k in opts.variants}, {}, {}
         with torch.no_grad():
             for name in opts.variants:
-                failures = len(sample.DecodeStep.failures)
-                for _ in range(max(opts.warmup, name.startswith("compiled"))):
+                compiled, failures = name.startswith("compiled"), len(sample.DecodeStep.failures)
+                skipped = cudagraph_skips() if compiled else None
+                for _ in range(max(opts.warmup, compiled)):
                     decode(name, model, hf, prompts, opts.new_tokens, opts.ragged)
                 if len(sample.DecodeStep.failures) > failures:  # timed, but eagerly: said so
                     fell_back[name] = sample.DecodeStep.failures[failures]
+                if skipped is not None:  # (compiled and recorded in the warm-up)
+                    skips[name] = cudagraph_skips() - skipped
             for _ in range(opts.repeats):
                 for name in opts.variants:
                     seconds, outputs[name] = timed(name, model, hf, prompts, opts.new_tokens, opts.ragged)
@@ -134,6 +150,8 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
             r["share_of_tokens_as_reference"] = shares(outputs, outputs["reference"])
         if fell_back:  # a compiled variant whose step could not compile ran eagerly
             r["fell_back_to_eager"] = fell_back
+        if skips:  # CUDA graphs Inductor skipped as a compiled variant compiled (nonzero: ran without)
+            r["cudagraph_skips"] = skips
         for ours in ["cached", "compiled"]:
             for other in ["uncached", "hf", "cached"]:
                 if ours in tok_s and other in tok_s and ours != other:
@@ -158,6 +176,9 @@ def report(opts, result):
               + f"{r.get(f'{ours}_over_uncached', float('nan')):20.2f}{same:>20s}")
         for v, why in r.get("fell_back_to_eager", {}).items():
             print(f"  {v}: compiling failed ({why}); timed eagerly")
+        for v, n in r.get("cudagraph_skips", {}).items():
+            if n:
+                print(f"  {v}: Inductor skipped {n} CUDA graph(s); timed without them")
 
 
 def parse(argv):

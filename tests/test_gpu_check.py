@@ -237,8 +237,8 @@ def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, ca
 
 
 def test_quick_sample_part_compares_with_the_reference_moe_path(tmp_path):
-    """The decode part: the speed pass, then the float32 agreement, which now also decodes with the
-    MoE's reference path eagerly (what the compiled step runs in fp32 on CUDA), and says so."""
+    """The decode part: the float32 agreement, which now also decodes with the MoE's reference path
+    eagerly (what the compiled step runs in fp32 on CUDA), and says so; then the speed pass."""
     out = gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "sample",
                           "--work", str(tmp_path / "work")])
     fp32 = json.loads((out / "bench_sample_fp32.json").read_text())
@@ -251,13 +251,15 @@ def test_quick_sample_part_compares_with_the_reference_moe_path(tmp_path):
 
 def test_the_gpu_plan_leaves_out_what_no_goal_counts(tmp_path, monkeypatch):
     """On a GPU (commands recorded, not run): the bf16 decode pass leaves out the slow uncached
-    variant, the float32 one adds the reference path and skips eager warm-ups."""
+    variant, the float32 one adds the reference path and skips eager warm-ups. The float32 one, the
+    correctness question, runs first: a deadline then cuts the speed figures instead (it ran last,
+    and the deadline cut it)."""
     import subprocess
     ran = []
     monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
                         or subprocess.CompletedProcess(argv, 0, "", ""))
     gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "sample"])
-    speed, agree = ran
+    agree, speed = ran
     assert speed[speed.index("--variants") + 1] == "cached,compiled,hf"
     assert agree[agree.index("--variants") + 1] == "cached,reference,compiled,compiled-nograph"
     assert agree[agree.index("--warmup") + 1] == "0" and agree[agree.index("--dtype") + 1] == "float32"
@@ -380,3 +382,172 @@ def test_render_of_missing_or_partial_results_is_one_line_and_keeps_gpu_md(tmp_p
     assert e.value.code == 1 and err.count("\n") == 1, err
     assert err.startswith("gpu_check.py: error: " + message.format(out=out)), err
     assert files is None or (out / "gpu.md").read_text() == "the last good one\n"
+
+
+def fake_train_run(tmp_path, monkeypatch, windows: int, follow_ups: dict, exit: int = 0):
+    """gpu_check.sh recording the commands (argv and what train.json held as each began): a train.py
+    run that logs `windows` train windows and two evaluations and exits `exit`, and follow-ups
+    answering follow_ups[name] = (exit, stdout)."""
+    import subprocess
+    ran = []
+
+    def fake_sh(*argv, log, until=None):
+        argv = [str(a) for a in argv]
+        kept = tmp_path / "gpu" / "train.json"
+        ran.append((argv, json.loads(kept.read_text()) if kept.exists() else None))
+        if argv[0] == "train.py" and "--eval_only" not in argv:
+            run_dir = tmp_path / "work" / "gpu-check"
+            run_dir.mkdir(parents=True)
+            records = [{"kind": "train", "step": 10 * (i + 1), "tokens": 1000 * (i + 1),
+                        "minutes": 0.1 * (i + 1), "tokens_per_s": 50.0 if i == 0 else 100.0 + i, "mfu": None}
+                       for i in range(windows)]
+            records += [{"kind": "val", "minutes": 0.1 * windows, "val_seconds": 2.0, "val_tokens": 500}] * 2
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            return subprocess.CompletedProcess(argv, exit, "", "")
+        name = "eval_only" if "--eval_only" in argv else f"greedy {argv[-1]}" if "--greedy" in argv \
+            else "story"
+        code, out = follow_ups[name]
+        return subprocess.CompletedProcess(argv, code, out, "")
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    return ran
+
+
+def test_the_greedy_comparison_runs_first_and_what_the_deadline_cuts_is_named(tmp_path, monkeypatch):
+    """After the train.py run: the greedy comparison first (it matters most), then --eval_only and
+    the story; train.json is written after the run and after each of them (a kill there keeps the
+    figures); a follow-up stopped at the deadline (exit 124) is named at the top of gpu.md as cut,
+    and an --eval_only whose last line is not its figures is a failure, not a traceback. The run
+    leaves FOLLOW_UP_S (140 s: start-up and four commands) of the deadline to them."""
+    ran = fake_train_run(tmp_path, monkeypatch, windows=3, follow_ups={
+        "greedy true": (0, "once upon a time"), "greedy false": (gpu_check.STOPPED, ""),
+        "eval_only": (0, ""), "story": (gpu_check.STOPPED, "")})
+    out = tmp_path / "gpu"
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"),
+                        "--only", "train", "--minutes", "0", "--deadline", "1000"])
+    commands = [(argv[0], "--eval_only" in argv, "--greedy" in argv) for argv, _ in ran]
+    assert commands == [("train.py", False, False), ("sample.py", False, True), ("sample.py", False, True),
+                        ("train.py", True, False), ("sample.py", False, False)]
+    train = ran[0][0]
+    assert float(train[train.index("--max_minutes") + 1]) <= (1000 - 140) / 60
+    assert [kept and kept["steps"] for _, kept in ran] == [None, 30, 30, 30, 30]  # kept before the follow-ups
+    assert ran[4][1]["greedy"] == {"failed": True, "exits": [0, gpu_check.STOPPED]}
+    cut = "sample.py --greedy (eager) (cut by the deadline), sample.py (story) (cut by the deadline), " \
+          "train.py --eval_only (no figures)"
+    assert str(e.value.code).startswith(f"gpu_check: error: {cut} failed")
+    result = json.loads((out / "train.json").read_text())
+    assert result["cut"] == ["sample.py --greedy (eager)", "sample.py (story)"]
+    assert "no JSON figures" in result["eval_failed"] and "eval" not in result
+    assert (out / "gpu.md").read_text().startswith(f"**Failed:** {cut}; see log.txt.")
+    with pytest.raises(SystemExit) as e:  # and --render, from train.json alone, says the same
+        gpu_check.main(["--render", "--out", str(out)])
+    assert str(e.value.code) == f"gpu_check: error: {cut} failed"
+    with pytest.raises(ValueError, match="no JSON figures"):
+        gpu_check.eval_result("evaluating...\nnot json\n")
+    assert gpu_check.eval_result('x\n{"bits_per_byte": 1.5}\n') == {"bits_per_byte": 1.5}
+
+
+def test_a_train_run_the_deadline_stopped_names_what_it_cut(tmp_path, monkeypatch):
+    """train.py stopped at the deadline keeps the figures of its windows, but the commands on its
+    checkpoint (the greedy comparison first) do not run: named as cut, not lost in silence."""
+    ran = fake_train_run(tmp_path, monkeypatch, windows=3, follow_ups={}, exit=gpu_check.STOPPED)
+    out = tmp_path / "gpu"
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"),
+                        "--only", "train"])
+    assert len(ran) == 1 and json.loads((out / "train.json").read_text())["steps"] == 30
+    cut = "train.py (cut by the deadline), the commands on its checkpoint (cut by the deadline)"
+    assert str(e.value.code).startswith(f"gpu_check: error: {cut} failed")
+    assert (out / "gpu.md").read_text().startswith(f"**Failed:** {cut}; see log.txt.")
+
+
+def test_a_run_with_one_window_reports_no_steady_state(tmp_path, monkeypatch):
+    """A run whose budget the first step's compiling filled logs one train window: the compile's, not
+    a steady state. Its steady figures are left out (None, and gpu.md says so), not that window's."""
+    fake_train_run(tmp_path, monkeypatch, windows=1, follow_ups={
+        "greedy true": (0, "a"), "greedy false": (0, "a"), "eval_only": (0, '{"bits_per_byte": 2.0}'),
+        "story": (0, "b")})
+    out = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
+                          "--only", "train"])
+    result = json.loads((out / "train.json").read_text())
+    assert result["steady_windows"] == 0 and result["steady_tokens_per_s"] is None
+    assert result["steady_mfu"] is None and "eval_over_train_speed" not in result
+    assert result["end_to_end_tokens_per_s"] > 0 and result["eval"] == {"bits_per_byte": 2.0}
+    md = (out / "gpu.md").read_text()
+    assert "| steady_tokens_per_s | none: no window after the first, which compiled |" in md
+    assert "| steady_windows | 0 |" in md
+
+
+def test_a_train_part_without_datasets_stops_before_the_slow_parts(tmp_path, monkeypatch):
+    """make gpu-check installs datasets from .whl; a check run without it (.whl not carried) ran the
+    benchmarks for minutes and then failed train.py. Now one line, at once."""
+    import sys
+
+    from errors import UserError
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append(argv))
+    monkeypatch.setitem(sys.modules, "datasets", None)  # (import datasets: ImportError)
+    with pytest.raises(UserError, match="the train part needs datasets .*: carry .whl"):
+        gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "model,train",
+                        "--work", str(tmp_path / "work")])
+    assert ran == [] and not (tmp_path / "gpu").exists()
+
+
+def test_a_skipped_cuda_graph_is_counted_and_fails_the_check(tmp_path, monkeypatch):
+    """Inductor skips a CUDA graph it cannot record without an error (and, by default, a word): the
+    compiled decode step then runs without one. bench_sample.py counts the skips per compiled
+    variant (its counter, monkeypatched here: no CUDA graphs on a CPU), and the check names a
+    nonzero count as it names a variant that fell back to eager."""
+    from collections import Counter
+
+    from torch._dynamo.utils import counters
+
+    from scripts import bench_sample
+    monkeypatch.setitem(counters, "inductor", Counter())
+
+    def fake_decode(variant, model, hf, prompts, new_tokens, ragged=False):
+        if variant == "compiled":
+            counters["inductor"]["cudagraph_skips"] += 2
+        return [[1] * new_tokens for _ in range(prompts.shape[0])]
+    monkeypatch.setattr(bench_sample, "decode", fake_decode)
+    out = tmp_path / "gpu"
+    result = bench_sample.main(["--quick", "--variants", "cached,compiled",
+                                "--out", str(out / "bench_sample.json")])
+    assert result["results"]["batch1"]["cudagraph_skips"] == {"compiled": 2}
+    monkeypatch.setitem(counters, "inductor", Counter())  # none skipped: 0, and nothing named
+    bench_sample.main(["--quick", "--variants", "cached,compiled-nograph", "--out", str(tmp_path / "b.json")])
+    assert gpu_check.failed_variants(tmp_path / "b.json") == []
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--render", "--out", str(out)])
+    named = ", ".join(f"bench_sample.py compiled at batch{b} (CUDA graphs skipped: 2)" for b in (1, 2))
+    assert str(e.value.code) == f"gpu_check: error: {named} failed"
+    assert (out / "gpu.md").read_text().startswith(f"**Failed:** {named}; see log.txt")
+
+
+def test_make_gpu_check_stops_at_once_on_a_python_the_wheels_do_not_fit(tmp_path):
+    """make gpu-prep downloads wheels for Python 3.12 (multiprocess is built per version): on another
+    python3, pip install --target failed with pip's error. Now one line first; 3.12 goes on."""
+    import os
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text(  # a python3 of version $FAKE, running nothing
+        '#!/bin/sh\ncase "$1" in -V) echo "Python $FAKE";; -c) [ "${FAKE%.*}" = 3.12 ];; '
+        '*) echo "$@" >> ran;; esac\n')
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    (tmp_path / ".whl").mkdir()
+    for version, code in [("3.11.7", 2), ("3.12.3", 0)]:
+        env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "FAKE": version}
+        env.pop("OUT", None)
+        r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "gpu-check"], cwd=tmp_path,
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == code, r.stderr
+        if code:
+            assert r.stderr.splitlines()[0] == ("gpu-check: .whl holds wheels for Python 3.12 (make "
+                                                "gpu-prep), but python3 is Python 3.11.7")
+            assert not (tmp_path / "ran").exists()  # (neither pip nor the check ran)
+    assert r.stderr == "" and "scripts/gpu_check.py" in (tmp_path / "ran").read_text()
