@@ -223,11 +223,11 @@ def compile_failure(e: Exception) -> str:
     return first_line(e)[:200]
 
 
-GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by the first key in the device name
+GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by the first key in the device name (V100 and T4,
+    # without bf16 tensor cores, have none: no MFU there)
     "H100 NVL": 835e12, "H200 NVL": 835e12, "H100 PCIe": 756e12, "H200": 989e12, "H100": 989e12,
     "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10G": 125e12,
-    "A10": 125e12, "A6000": 155e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
-    "T4": 65e12, "B200": 2250e12,
+    "A10": 125e12, "A6000": 155e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "B200": 2250e12,
 }
 
 

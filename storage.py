@@ -123,7 +123,7 @@ def atomic_write(path, data, fix: str | None = None) -> None:
     StorageError (see write_error; `fix` is the advice it ends with)."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    existed = os.path.exists(path)
+    existed, replaced = os.path.exists(path), False
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
@@ -136,11 +136,12 @@ def atomic_write(path, data, fix: str | None = None) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        replaced = True
         sync_folder(folder)  # make the rename itself durable
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        mapped = write_error(path, e, fix, intact=existed)
+        mapped = write_error(path, e, fix, intact=existed and not replaced)  # (replaced: the new one is)
         if mapped is e:
             raise
         raise mapped from None
@@ -284,10 +285,11 @@ class RunFolder:
             with contextlib.suppress(OSError):  # a folder made here a moment ago and left empty goes
                 if self.created and not any(path.iterdir()):
                     path.rmdir()
-            raise RunError(f"cannot write to {path} ({e.strerror}); pick another --out_dir or --run") \
+            raise RunError(f"cannot write to {path} ({e.strerror or e}); pick another --out_dir or --run") \
                 from None
         for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
-            stale.unlink(missing_ok=True)
+            if not stale.is_dir():  # (a killed export's staging folder: the next export's to sweep)
+                stale.unlink(missing_ok=True)
 
     def release(self) -> None:
         if (self.created and self.lock is not None and self.path.is_dir()

@@ -225,7 +225,8 @@ def test_gpu_peak_table_reads_real_device_names():
     import runtime
     names = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 NVL": 835e12, "NVIDIA H200 NVL": 835e12,
              "NVIDIA H200": 989e12, "NVIDIA GH200 480GB": 989e12, "NVIDIA H100 PCIe": 756e12,
-             "NVIDIA A100-SXM4-80GB": 312e12, "a GPU not in the table": None}
+             "NVIDIA A100-SXM4-80GB": 312e12, "a GPU not in the table": None,
+             "Tesla V100-SXM2-16GB": None, "Tesla T4": None}  # (no bf16 tensor cores: no bf16 peak)
     assert {n: runtime.gpu_bf16_peak(n) for n in names} == names
     assert runtime.peak_flops(torch.device("cuda"), torch.float32) is None  # bf16 peaks only: no MFU
 

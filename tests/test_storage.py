@@ -60,6 +60,34 @@ def test_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
 
 
+def test_a_folder_sync_that_fails_after_the_rename_does_not_claim_the_old_file_stays(tmp_path, monkeypatch):
+    """The rename went through and the folder's fsync failed (EIO, a network file system): the
+    error said "the previous file is intact" of a file already replaced by the new one."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def eio(folder):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(storage, "sync_folder", eio)
+    with pytest.raises(StorageError) as e:
+        storage.atomic_write(path, b"the new one")
+    assert "Input/output error" in str(e.value) and "intact" not in str(e.value)
+    assert path.read_bytes() == b"the new one"
+
+
+def test_a_run_folder_sweeps_killed_saves_and_leaves_an_exports_staging_folder(tmp_path):
+    """A killed export into a run folder leaves its hidden .tmp-export-* folder: the run folder's
+    sweep of killed saves' temporaries unlinked it, a traceback (IsADirectoryError) at the next run."""
+    run = tmp_path / "r"
+    (run / ".tmp-export-1-x").mkdir(parents=True)
+    (run / ".tmp-abc-last.pt").write_bytes(b"half a save")
+    folder = storage.RunFolder(run)
+    try:
+        assert sorted(p.name for p in run.iterdir()) == [".tmp-export-1-x", "run.lock"]
+    finally:
+        folder.release()
+
+
 def test_torch_save_on_a_full_disk_is_the_disk_error_not_unexpected_pos(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"old")
