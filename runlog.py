@@ -16,7 +16,8 @@ Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr"
 record holds the means over the `window_steps` steps before it: --log_every of them, fewer in the
 last record of a run stopped early (by --max_steps, the budget or a signal). Skipped (non-finite)
 steps are left out of the means; `lr` is the last step's, and `grad_norm` (before clipping) the last
-applied step's: NaN where every step of the window was skipped.
+applied step's: NaN where every step of the window was skipped; `skipped_steps` is the run's total
+so far, not the window's.
 
 How this departs from the obvious version: the log survives what a run goes through. A torn last
 line (a crash or a full disk during the append) is dropped with a warning when the file is read; a
@@ -220,13 +221,18 @@ class Metrics:
                 records = storage.read_jsonl(self.path, warn=log)
             except ValueError as e:  # a bad line before the last: not ours to guess at
                 raise RunError(str(e)) from None
+            foreign = next((r for r in records if not isinstance(r.get("step"), int) or "kind" not in r),
+                           None)
+            if foreign is not None:  # (a line added by hand, or by another program)
+                raise RunError(f"{self.path}: a record without a step and kind ({json.dumps(foreign)[:80]}), "
+                               "which train.py never writes; remove that line")
             k = keep_until_step
             again = {kind for kind, redone in (("train", open_window), ("val", eval_due)) if redone}
             kept = [r for r in records if r["step"] < k or (r["step"] == k and r["kind"] not in again)]
-            after = sum(r["step"] > k for r in records)
-            if after:
-                log(f"{self.path}: dropped the {after} records written after step {k}, where the run resumes "
-                    f"from its checkpoint; kept {len(kept)}")
+            if len(kept) < len(records):
+                dropped = len(records) - len(kept)
+                log(f"{self.path}: dropped {dropped} of its records, from step {k} on, which the run resumed "
+                    f"from its checkpoint there writes again; kept {len(kept)}")
             storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), storage.OUT_FIX)
             for r in kept if backfill else []:
                 self._to_wandb(lambda run, r=r: run.log(_wandb_row(r)))
@@ -354,17 +360,17 @@ def read_metrics(run_dir, warn=None) -> tuple[list, list]:
 def shown(run_dir) -> str:
     """The run folder's name as text a plot can draw: bytes that are not UTF-8 (a folder made
     outside train.py, `mkdir $'caf\\xe9'`) become U+FFFD, where matplotlib's fonts fail on them."""
-    return os.fsencode(Path(run_dir).name).decode("utf-8", "replace")
+    return os.fsencode(Path(run_dir).resolve().name).decode("utf-8", "replace")  # (".": the folder's name)
 
 
 def run_label(run_dir) -> str:
     """Run name and the settings that tell runs apart (from model.json and train.json)."""
     run_dir = Path(run_dir)
-    try:
-        m = json.loads((run_dir / "model.json").read_bytes())
-        t = json.loads((run_dir / "train.json").read_bytes())
+    try:  # (a field the run's version did not have yet takes today's default)
+        m = {**config.to_dict(config.ModelArgs()), **json.loads((run_dir / "model.json").read_bytes())}
+        t = {**config.to_dict(config.TrainArgs()), **json.loads((run_dir / "train.json").read_bytes())}
         dense = config.from_dict(config.ModelArgs, m).is_dense
-    except (OSError, ValueError):  # ConfigError is a ValueError
+    except (OSError, ValueError, TypeError):  # (ConfigError is a ValueError; TypeError: not a table)
         return shown(run_dir)
     noise = "" if m["router_noise"] else " no-noise"
     moe = "dense" if dense else f"{m['n_experts']}e top-{m['top_k']}{noise}"

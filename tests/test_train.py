@@ -706,6 +706,41 @@ def test_plot_runs_warns_when_the_curves_do_not_compare(tmp_path):
     assert "different text (val_bytes: a 807, b 807, c 1169)" in warned[1]
 
 
+def test_a_run_label_takes_todays_defaults_for_fields_a_run_lacks(tmp_path, monkeypatch):
+    """A model.json from before a field existed (router_noise) made plot_runs.py blame metrics.jsonl
+    for a missing field; a train.json that is not a table was a TypeError traceback. The label
+    takes the field's default, or is the run's name alone; `plot_runs.py .` names the folder."""
+    run = tmp_path / "old"
+    run.mkdir()
+    model = config.to_dict(debug_args())
+    del model["router_noise"]
+    (run / "model.json").write_text(json.dumps(model))
+    (run / "train.json").write_text(json.dumps(config.to_dict(TrainArgs(lr=0.002))))
+    aux, batch = debug_args().router_aux_loss_coef, TrainArgs().batch_size
+    label = f"old: d64 L4 4e top-1, vocab 320, aux {aux:g}, lr 0.002, batch {batch}x64"
+    assert runlog.run_label(run) == label
+    (run / "train.json").write_text("[]")
+    assert runlog.run_label(run) == "old"
+    monkeypatch.chdir(run)
+    assert runlog.run_label(".") == runlog.shown(".") == "old"
+
+
+def test_a_resumed_log_says_what_it_dropped_and_refuses_a_record_it_did_not_write(tmp_path):
+    """The count left out the records at the checkpoint's step (a window's partial train record,
+    a val record run again), and said nothing when those were all; a line without step or kind
+    (added by hand) was a KeyError traceback."""
+    lines = [{"kind": "train", "step": 5}, {"kind": "train", "step": 10}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    said = []
+    runlog.Metrics(tmp_path, None, 10, log=said.append, open_window=True)
+    assert said == [f"{tmp_path / 'metrics.jsonl'}: dropped 1 of its records, from step 10 on, which the run "
+                    "resumed from its checkpoint there writes again; kept 1"]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"note": "mine"}\n{"kind": "train", "step": 6}\n')
+    with pytest.raises(train.RunError, match='a record without a step and kind \\({"note": "mine"}\\)'):
+        runlog.Metrics(tmp_path, None, 10)
+
+
 def test_a_run_folder_named_in_other_bytes_than_utf8_is_plotted(tmp_path, monkeypatch):
     """A folder made outside train.py (`mkdir $'caf\\xe9'`): its name crashed matplotlib with a
     TypeError; it is drawn with U+FFFD, and a plot that fails all the same is a warning line."""
