@@ -65,7 +65,7 @@ import config  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
-from errors import run_script  # noqa: E402
+from errors import DataError, run_script  # noqa: E402
 from model import Llama4, count_parameters, flops_per_token  # noqa: E402
 from runlog import read_metrics, writable_home_dirs  # noqa: E402
 
@@ -390,10 +390,10 @@ def main(argv=None) -> dict:
     storage.make_folder(opts.results, "pick another --out")  # before the runs, not after them
     base = shared_argv(opts, extra)
     argvs, sizes, shared_model = {}, {}, settings_of(base)[0]
-    for name in VARIANTS:
-        m, _ = settings_of(base + variant_overrides(name, shared_model))
-        argvs[name] = base + variant_overrides(name, m) + ["--run", f"compare-{name}"]
-        sizes[name] = size_of(m)
+    for name in VARIANTS:  # the variant's own overrides come after the options passed through (in base)
+        over = variant_overrides(name, shared_model)
+        argvs[name] = base + over + ["--run", f"compare-{name}"]
+        sizes[name] = size_of(settings_of(base + over)[0])
     moe, dense = sizes["moe"]["active_params"], sizes["dense"]["active_params"]
     routers, gap = sizes["moe"]["router_params"], dense / moe - 1
     print(f"active parameters per token: moe {moe:,} ({routers:,} of them in routers), dense {dense:,} "
@@ -410,7 +410,9 @@ def main(argv=None) -> dict:
 
     hashes = {sha256(r["dir"] / "tokenizer.json") for r in runs}
     if len(hashes) != 1:
-        raise RuntimeError("the three runs used different tokenizers; clear --cache_dir and run again")
+        raise DataError(f"the three runs used different tokenizers (the tokenizer.json files of "
+                        f"{', '.join(str(r['dir']) for r in runs)} differ); clear --cache_dir "
+                        f"({opts.cache_dir}) and run again")
     m0 = runs[0]["model"]
     report = {
         "runs": rows,

@@ -33,8 +33,9 @@ How this departs from the obvious version:
   keep. Evaluation runs once, after the budget (--eval_every is huge), over every window of
   valid-lower.txt (--eval_windows 0), so it neither costs budget nor samples the validation set.
 - Runs are sequential on one machine that may be shared: the load average before each run is
-  recorded beside it. A finished run (its folder holds a final validation record) is read back,
-  not run again, so an interrupted sweep continues where it stopped.
+  recorded beside it. A run whose folder holds sweep-result.json (written after its final
+  validation) is read back, not run again, so an interrupted sweep continues where it stopped; any
+  other folder of a candidate (a run cut short) is deleted and run again.
 - Candidates are named lists of train.py overrides, applied on top of `--preset tiny`; the first
   shape spells out the 2026-11 tiny preset in full, so it stays the baseline whatever the preset
   becomes, and every other shape starts from it.
@@ -97,7 +98,8 @@ VARIATIONS = {
 FOLLOWUPS = {
     "wd1.0": ["--weight_decay", "1.0"],
     "wd2.0": ["--weight_decay", "2.0"],
-    # the default decay, rerun: stages 1-5 ran before the fused loss made the step about 5% faster
+    # the baseline's decay (tiny-2026-11's), rerun: stages 1-5 ran before the fused loss made the step
+    # about 5% faster
     "wd0.1": ["--weight_decay", "0.1"],
 }
 
@@ -114,14 +116,22 @@ def variations(best: str, overrides: list[str]) -> dict[str, list[str]]:
     return {f"{best}+{name}": overrides + over for name, over in VARIATIONS.items()}
 
 
+def ranking(r: dict) -> tuple[bool, float]:
+    """The key of every ranking of runs, best first: the lowest bits/byte, a NaN (an evaluation that
+    overflowed) last. On the bare scores min() kept a NaN that came first, and sorted() left a list
+    with a NaN unsorted."""
+    return math.isnan(r["bits_per_byte"]), r["bits_per_byte"]
+
+
 def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[str, list[str]]:
     """Stage 3: the variations that beat the best shape, one per option they set (the best lr, the
     best batch, ...), combined: every pair of them, and all of them together."""
-    score = {r["name"]: r["bits_per_byte"] for r in screened}
+    score = {r["name"]: ranking(r) for r in screened}
+    unscreened = (True, math.inf)  # (ranks with the NaNs: beats nothing)
     winners, options = [], set()
-    for name in sorted(VARIATIONS, key=lambda v: score.get(f"{best}+{v}", math.inf)):
+    for name in sorted(VARIATIONS, key=lambda v: score.get(f"{best}+{v}", unscreened)):
         option = VARIATIONS[name][0]
-        if score.get(f"{best}+{name}", math.inf) < score[best] and option not in options:
+        if score.get(f"{best}+{name}", unscreened) < score[best] and option not in options:
             winners.append(name)
             options.add(option)
     groups = [list(pair) for pair in itertools.combinations(winners, 2)]
@@ -190,9 +200,11 @@ def pick_best(runs: list[dict]) -> dict:
     by_name: dict[str, list[dict]] = {}
     for r in runs:
         by_name.setdefault(r["name"], []).append(r)
-    means = {n: sum(r["bits_per_byte"] for r in rs) / len(rs) for n, rs in by_name.items()}
-    name = min(means, key=means.get)
-    return {"name": name, "overrides": by_name[name][0]["overrides"], "mean": means[name]}
+    means = [{"name": n, "bits_per_byte": sum(r["bits_per_byte"] for r in rs) / len(rs)}
+             for n, rs in by_name.items()]
+    best = min(means, key=ranking)
+    return {"name": best["name"], "overrides": by_name[best["name"]][0]["overrides"],
+            "mean": best["bits_per_byte"]}
 
 
 def size_of(overrides: list[str]) -> dict:
@@ -259,34 +271,40 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
               "train_argv": setting,
               "steps": val["step"], "tokens": val["tokens"], "bits_per_byte": val["bits_per_byte"],
               "nats_per_token": val["nats_per_token"], "val_tokens": val["val_tokens"],
-              "tokens_per_s": val["tokens"] / sum(w["tokens"] / w["tokens_per_s"] for w in _windows(train)),
+              "tokens_per_s": tokens_per_s(train),
               "load_avg_before": round(load, 2), "wall_seconds": round(time.time() - t, 1),
               **size_of(overrides + opts.extra)}
     storage.save_json(result_file, result)
     return result
 
 
-def _windows(train: list[dict]) -> list[dict]:
-    """Train records with the tokens of their own window (records carry the running total)."""
-    out, before = [], 0
-    for r in train:
-        out.append({"tokens": r["tokens"] - before, "tokens_per_s": r["tokens_per_s"]})
+def tokens_per_s(train: list[dict]) -> float | None:
+    """The run's tokens over its training seconds (evaluation excluded), i.e. the token-weighted
+    harmonic mean of its windows' rates, as compare.py's; None (n/a in the tables) for a run with no
+    train record, whose budget ran out before its first step: its score still ranks, and the sweep
+    goes on (it was a ZeroDivisionError, the runs after it not made)."""
+    seconds, before = 0.0, 0
+    for r in train:  # (records carry the running total of tokens: each window's own over its rate)
+        seconds += (r["tokens"] - before) / r["tokens_per_s"]
         before = r["tokens"]
-    return out
+    return train[-1]["tokens"] / seconds if train else None
 
 
 def table(rows: list[dict], title: str) -> list[str]:
     lines = [f"**{title}**", "", "| candidate | minutes | seed | steps | tokens/s | params (active) | "
              "valid bits/byte | load avg before |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: r["bits_per_byte"]):
+    for r in sorted(rows, key=ranking):
+        speed = "n/a" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
         lines.append(f"| {r['name']} | {r['minutes']:g} | {r['seed']} | {r['steps']:,} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['params'] / 1e6:.2f}M "
+                     f"{speed} | {r['params'] / 1e6:.2f}M "
                      f"({r['active_params'] / 1e6:.2f}M) | {r['bits_per_byte']:.4f} | "
                      f"{r['load_avg_before']:.2f} |")
     return lines + [""]
 
 
-def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "valid-lower.txt") -> None:
+def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "valid-lower.txt"):
+    """Bits/byte of each candidate, screened (bars) and confirmed (points); returns the Figure (so tests
+    can check its axes) after writing the PNG."""
     runlog.writable_home_dirs("MPLCONFIGDIR")  # (before matplotlib's first import: its warning)
     import matplotlib
     matplotlib.use("Agg")
@@ -295,7 +313,7 @@ def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "va
     extra = list(dict.fromkeys(r["name"] for r in confirm if r["name"] not in {s["name"] for s in screen}))
     fig = Figure(figsize=(10, 0.35 * (len(screen) + len(extra)) + 2), layout="constrained")
     ax = fig.subplots()
-    order = sorted(screen, key=lambda r: -r["bits_per_byte"])
+    order = sorted(screen, key=ranking, reverse=True)  # the worst (a NaN) first: the bottom row
     names = [r["name"] for r in order] + extra
     ax.barh(names, [r["bits_per_byte"] for r in order] + [math.nan] * len(extra), color="C0", alpha=0.6,
             label=f"screen: {screen[0]['minutes']:g} min")
@@ -306,11 +324,13 @@ def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "va
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
-    lo = min(r["bits_per_byte"] for r in screen + confirm)
-    ax.set_xlim(lo - 0.05, max(r["bits_per_byte"] for r in screen) + 0.02)
+    shown = [r["bits_per_byte"] for r in screen + confirm if math.isfinite(r["bits_per_byte"])]
+    if shown:  # every point, confirmed ones worse than any screened too (they were off the right edge)
+        ax.set_xlim(min(shown) - 0.05, max(shown) + 0.02)
     ax.set(xlabel=f"{val_name} bits per byte (lower is better)", title="tiny on 2 CPU cores: the sweep")
     ax.grid(alpha=0.3, axis="x")
     storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+    return fig
 
 
 def results_folder(p, opts) -> Path:
@@ -356,19 +376,19 @@ def main(argv=None):
     out = storage.make_folder(results_folder(p, opts), "pick another --out")  # before the runs, not after
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
-        best = min(screen, key=lambda r: r["bits_per_byte"])
+        best = min(screen, key=ranking)
         stage2 = variations(best["name"], best["overrides"])
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage2.items()]
         stage3 = combinations(best["name"], best["overrides"], screen)
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage3.items()]
     # The best --confirm screened, and any other screened candidate an earlier sweep confirmed (none
     # at --confirm_minutes equal to --screen_minutes: every screened run's result is where its would be).
-    ranked = sorted(screen, key=lambda r: r["bits_per_byte"])
+    ranked = sorted(screen, key=ranking)
     earlier = opts.confirm_minutes != opts.screen_minutes
     confirm = [run_one(r["name"], r["overrides"], opts.confirm_minutes, 1, opts) for i, r in enumerate(ranked)
                if i < opts.confirm or (earlier and result_path(r["name"], opts.confirm_minutes, 1,
                                                                opts).exists())]
-    best = min(confirm, key=lambda r: r["bits_per_byte"])
+    best = min(confirm, key=ranking)
     confirm.append(run_one(best["name"], best["overrides"], opts.confirm_minutes, 2, opts))
     if not opts.no_compile:
         confirm.append(run_one(best["name"] + "+compile", best["overrides"] + ["--compile", "true"],

@@ -295,3 +295,28 @@ def test_ctrl_c_at_the_last_runs_last_step_still_writes_the_comparison(tmp_path,
     rows = [(r["run"], r["steps"], r["finished"]) for r in written["runs"]]
     assert rows == [(name, 2, "max_steps") for name in NAMES]
     assert "| moe-ablation: " in captured.out and (tmp_path / "img" / "compare_bpb.png").exists()
+
+
+def test_different_tokenizers_are_one_line_naming_the_run_folders(tmp_path, corpus, monkeypatch, capsys):
+    """It was a RuntimeError, a traceback after the three runs, and it did not say where they were."""
+    from errors import run_script
+    runs = tmp_path / "runs"
+
+    def trained(argv):
+        return {"step": 1, "run_dir": str(runs / argv[argv.index("--run") + 1]), "finished": "max_steps"}
+
+    def load_run(name, run_dir):
+        return {"name": name, "label": name, "dir": compare.Path(run_dir), "train": [], "val": [],
+                "tokens_per_step": 1}
+    monkeypatch.setattr(compare.train, "main", trained)
+    monkeypatch.setattr(compare, "load_run", load_run)
+    monkeypatch.setattr(compare, "sha256", str)  # (each folder's tokenizer.json: another hash)
+    argv = ["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"), "--preset", "debug",
+            "--out_dir", str(runs), "--out", str(tmp_path / "img")]
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: compare.main(argv), "compare.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1
+    assert err[-1].startswith("compare.py: error: the three runs used different tokenizers")
+    assert all(f"{runs / f'compare-{name}'}" in err[-1] for name in NAMES) and "--cache_dir" in err[-1]
+    assert not (tmp_path / "img" / "compare.json").exists()

@@ -341,3 +341,77 @@ def test_beside_the_compiled_run_every_run_is_eager_on_any_device(tmp_path, monk
     if no_compile:
         expected = {run: [] for run in expected if "+compile" not in run}
     assert compiles == expected
+
+
+def test_a_nan_score_ranks_last_everywhere(tmp_path, monkeypatch):
+    """min() kept a NaN bits/byte that came first and sorted() left a list with one unsorted: a
+    diverged shape was the 'best' that stage 2 varied and the one confirmed, and the tables were
+    out of order."""
+    nan = float("nan")
+    monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"]})
+    scores = {"tiny-2026-11": nan, "d192-e8": 1.1, "d256-e4": 1.15, "d192-e8+lr3e-3": 1.05}
+
+    def run_one(name, overrides, minutes, seed, opts):
+        return {"name": name, "run": f"{name}-s{seed}", "minutes": minutes, "seed": seed,
+                "overrides": overrides, "steps": 1, "tokens_per_s": 1.0, "params": 2, "active_params": 1,
+                "load_avg_before": 0.0, "bits_per_byte": scores.get(name, 9.0) + seed / 1000}
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    monkeypatch.setattr(sweep, "plot", lambda *args: None)  # (the next test's)
+    report = sweep.main(["--only", "tiny-2026-11,d192-e8,d256-e4", "--no_compile", "--no_followups",
+                         "--confirm", "1", "--out_dir", str(tmp_path / "runs"),
+                         "--out", str(tmp_path / "img")])
+    assert [r["name"] for r in report["screen"]][3:] == ["d192-e8+lr3e-3"]  # varied: the best finite
+    assert report["best"] == report["pick"] == "d192-e8+lr3e-3"
+    md = (tmp_path / "img" / "sweep.md").read_text().split("**Confirmation")[0]
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in md.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["d192-e8+lr3e-3", "d192-e8", "d256-e4", "tiny-2026-11"]  # (rows[0]: the header)
+
+    def run(name, bpb):
+        return {"name": name, "overrides": [f"--{name}"], "bits_per_byte": bpb}
+    assert sweep.pick_best([run("a", nan), run("a", 0.9), run("b", 1.0)])["name"] == "b"
+    monkeypatch.setattr(sweep, "VARIATIONS", {
+        "lr1e-3": ["--lr", "1e-3"], "batch8": ["--batch_size", "8"], "lr3e-3": ["--lr", "3e-3"],
+        "vocab2048": ["--vocab_size", "2048"]})
+    screened = [run("s", 1.2), run("s+lr1e-3", 1.18), run("s+batch8", nan), run("s+lr3e-3", 1.15),
+                run("s+vocab2048", 1.17)]
+    assert list(sweep.combinations("s", [], screened)) == ["s+lr3e-3+vocab2048"]  # the better lr
+
+
+def test_the_plot_shows_every_point_a_nan_bar_at_the_bottom(tmp_path):
+    """The right limit came from the screened runs only: a confirmed run worse than all of them (a
+    regularisation that hurts, a --confirm_minutes shorter than the screen's) was off the plot."""
+    nan = float("nan")
+    scores = {"a": 2.0, "b": nan, "d": 1.5}
+    screen = [{"name": name, "bits_per_byte": bpb, "minutes": 1} for name, bpb in scores.items()]
+    confirm = [{"name": "a", "bits_per_byte": 2.5, "seed": 1, "minutes": 0.5},
+               {"name": "c", "bits_per_byte": 1.4, "seed": 2, "minutes": 0.5}]  # (c: a stage-6 candidate)
+    ax = sweep.plot(screen, confirm, tmp_path / "sweep.png").axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo < 1.4 and 2.5 < hi
+    assert [line.get_xdata()[0] for line in ax.lines] == [2.5, 1.4]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a", "d", "c"]  # bottom to top
+
+
+@pytest.mark.parametrize("train, expected", [
+    ([{"kind": "train", "step": 2, "tokens": 100, "tokens_per_s": 10.0},
+      {"kind": "train", "step": 4, "tokens": 300, "tokens_per_s": 20.0}], 15.0),  # 300 tokens in 10 + 10 s
+    ([], None)])  # the budget spent before the first step: it was a ZeroDivisionError
+def test_tokens_per_s_is_over_the_training_seconds_and_none_without_a_train_record(tmp_path, monkeypatch,
+                                                                                  train, expected):
+    import argparse
+
+    def trained(argv, **kwargs):
+        run_dir = tmp_path / "runs" / argv[argv.index("--run") + 1]
+        run_dir.mkdir(parents=True)
+        val = {"kind": "val", "step": 4 if train else 0, "tokens": 300 if train else 0, "bits_per_byte": 3.0,
+               "nats_per_token": 5.0, "val_tokens": 100}
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*train, val]))
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    opts = argparse.Namespace(out_dir=str(tmp_path / "runs"), no_compile=True, extra=[], data="train.txt",
+                              val_data="valid.txt", cache_dir=str(tmp_path / "cache"))
+    result = sweep.run_one("tiny-2026-11", [], 0.01, 1, opts)
+    assert result["tokens_per_s"] == expected
+    assert sweep.run_one("tiny-2026-11", [], 0.01, 1, opts) == result  # (read back: sweep-result.json)
+    row = sweep.table([result], "t")[-2]
+    assert f"| {result['steps']:,} | {'n/a' if expected is None else '15'} | " in row
