@@ -242,10 +242,14 @@ class ModelArgs:
                + (f"{below} or {below + self.patch_size}" if below else f"{self.patch_size}"))
         grid, ratio = self.image_size // self.patch_size, self.pixel_shuffle_ratio
         merge = round(1 / ratio) if ratio * grid >= 0.5 else 0  # patches merged along a side (0: none fit)
-        ratios = ", ".join(f"{1 / d:g}" for d in range(1, min(grid, 8) + 1) if grid % d == 0)
-        _check(merge >= 1 and grid % merge == 0 and abs(ratio - 1 / merge) <= 1e-6, "pixel_shuffle_ratio",
+        dims = (self.vision_dim, self.projector_input_dim)
+        fits = [d for d in range(1, min(grid, 8) + 1) if grid % d == 0 and _shuffles_exactly(d, grid, dims)]
+        ratios = ", ".join(f"{1 / d:g}" for d in fits)
+        exact = merge in fits or (merge > 8 and grid % merge == 0 and _shuffles_exactly(merge, grid, dims))
+        _check(exact and abs(ratio - 1 / merge) <= 1e-6, "pixel_shuffle_ratio",
                f"the {grid}x{grid} patch grid cannot be shuffled by {ratio}; use one of {ratios} (1 / n "
-               f"for an n that divides {grid}), or change --image_size / --patch_size")
+               f"for an n that divides {grid}, and whose sizes transformers computes exactly), or change "
+               "--image_size / --patch_size")
         # exactly 1 / n, as the advice's 6 digits (0.333333) are not: transformers' int(grid * ratio)
         # would truncate 24 x 0.333333 to 7
         self.pixel_shuffle_ratio = 1 / merge
@@ -255,6 +259,15 @@ class ModelArgs:
         _check(self.vision_mlp_dim == self.vision_dim * merge**2, "vision_mlp_dim",
                f"must equal vision_dim / pixel_shuffle_ratio^2 = {self.vision_dim * merge**2} (Llama 4 "
                "shares it)")
+
+
+def _shuffles_exactly(n: int, grid: int, dims) -> bool:
+    """Whether transformers' pixel shuffle, which sizes by float products of the ratio 1/n
+    (int(width * r), int(c / r), int(c / r**2), c // r**2), gets n's sizes exactly for a grid and
+    channel counts `dims`: 1/5 does not ((1/5)**2 is 0.04000000000000001: one channel short)."""
+    r = 1 / n
+    return int(grid * r) == grid // n and all(
+        int(c / r) == c * n and int(c / r**2) == c * n * n and c // r**2 == c * n * n for c in dims)
 
 
 # Special-token fields, in the order the tokenizer reserves them (ids 0, 1, 2, ...).

@@ -52,7 +52,8 @@ How this departs from the obvious version:
 - One process at a time builds or checks a cache folder or trains a tokenizer (an flock in
   --cache_dir/.locks/): runs sharing --cache_dir wait for each other's builds instead of deleting
   each other's files or training the same tokenizer twice.
-- Nothing under --cache_dir is deleted (an older checkout of the project may still read a shard):
+- Nothing under --cache_dir is deleted (a run started before the change, or an older checkout of
+  the project, may still read a shard):
   a cache miss names, in one log line with their size and an `rm -r` command, the older shards of
   the same files (or hub split) and tokenizer that other document rules, another shard format or an
   earlier version of the files left behind (1.9 GB each on TinyStories), but for those another
@@ -981,8 +982,10 @@ def _log_superseded(name: str, meta: dict, folder: Path, cache_dir: Path, log) -
     """After a cache miss, one line naming the other shards of this split in cache_dir/tokens/ made
     from the same source (the same files by path, or the same hub split, read the same way) by the
     same tokenizer, but under other rules or from an earlier version of the files. They are left
-    there: an older checkout may use them. Those whose meta.json cannot be read, and those another
-    process holds the lock of (building or checking them), are left out; an OSError skips a folder."""
+    there: a run started before the change, or an older checkout, may use them (a shard's lock is
+    held while it is built or checked, not while a run trains on it). Those whose meta.json cannot
+    be read, and those another process holds the lock of (building or checking them), are left out;
+    an OSError skips a folder."""
     import fcntl
 
     def origin(m: dict) -> tuple:  # (what a new version of the files or of our rules leaves alone)
@@ -1009,8 +1012,9 @@ def _log_superseded(name: str, meta: dict, folder: Path, cache_dir: Path, log) -
         them, more = "it" if len(found) == 1 else "them", f" (and {len(found) - 3} more)" * (len(found) > 3)
         log(f"data: {name}: {folder.parent} also holds {_n(len(found), 'older cache')} of this source and "
             f"tokenizer ({_size(sum(size for _, size in found))}), made by other rules of this project or "
-            f"from an earlier version of the files; delete {them} if no older checkout of this project "
-            f"uses {them}: rm -r {' '.join(shlex.quote(str(p)) for p, _ in found[:3])}{more}")
+            f"from an earlier version of the files; delete {them} once no run still training on {them} and "
+            f"no older checkout of this project uses {them}: "
+            f"rm -r {' '.join(shlex.quote(str(p)) for p, _ in found[:3])}{more}")
 
 
 @contextmanager

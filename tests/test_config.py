@@ -148,7 +148,8 @@ BAD = [
     (["--vision", "--vision_heads", "64"], "--vision_heads: vision head dim = vision_dim / vision_heads = 2 "
      "must be a multiple of 4 for the 2D RoPE; pick --vision_heads 1, 2, 4, 8, 16 or 32"),
     (["--vision", "--pixel_shuffle_ratio", "0.3"], "--pixel_shuffle_ratio: the 8x8 patch grid cannot be "
-     "shuffled by 0.3; use one of 1, 0.5, 0.25, 0.125 (1 / n for an n that divides 8)"),
+     "shuffled by 0.3; use one of 1, 0.5, 0.25, 0.125 (1 / n for an n that divides 8, and whose sizes "
+     "transformers computes exactly), or change --image_size / --patch_size"),
     (["--dim", "256.0"], "--dim: expected an integer, got '256.0'; write 256"),  # (a float typed for an int)
     (["--max_steps", "1e4"], "--max_steps: expected an integer, got '1e4'; write 10000"),
     (["--lr", "-0.1"], "--lr: must be >= 0"),
@@ -195,6 +196,16 @@ def test_the_pixel_shuffle_ratios_the_error_suggests_are_accepted():
                       vision_mlp_dim=128 * n * n)
         assert a.pixel_shuffle_ratio == 1 / n and a.image_tokens == (24 // n) ** 2
         assert int(24 * a.pixel_shuffle_ratio) == 24 // n  # (transformers' pixel_shuffle truncates)
+
+
+def test_a_pixel_shuffle_ratio_transformers_sizes_wrongly_is_refused():
+    """1/5 divides a 20x20 grid, but transformers sizes its adapter with int(c / r**2), and
+    (1/5)**2 is 0.04000000000000001: one channel short (1599 for 64), an export it cannot load. It
+    is neither accepted nor suggested."""
+    with pytest.raises(ConfigError) as e:
+        ModelArgs(vision=True, image_size=280, pixel_shuffle_ratio=0.2, vision_mlp_dim=128 * 25)
+    assert "use one of 1, 0.5, 0.25 (" in str(e.value)
+    assert not config._shuffles_exactly(5, 20, (64,)) and config._shuffles_exactly(4, 20, (64, 88))
 
 
 @pytest.mark.parametrize("argv,message", BAD)

@@ -628,7 +628,8 @@ def test_a_cache_miss_names_the_older_caches_of_its_source_and_keeps_them(tmp_pa
     assert older_caches(logs) == [
         f"data: {name}: {old.parent} also holds 1 older cache of this source and tokenizer "
         f"({data._size(folder_size(old))}), made by other rules of this project or from an earlier version "
-        f"of the files; delete it if no older checkout of this project uses it: rm -r {old}"
+        f"of the files; delete it once no run still training on it and no older checkout of this project "
+        f"uses it: rm -r {old}"
         for name, old in (("train", train.path), ("val", val.path))]
     assert train.path.is_dir() and val.path.is_dir() and TokenData(train.path).n_docs == 30
     _, _, _, logs = run(tmp_path, **kw)  # a cache hit: nothing to say
@@ -638,7 +639,7 @@ def test_a_cache_miss_names_the_older_caches_of_its_source_and_keeps_them(tmp_pa
     [line] = older_caches(logs)
     size = data._size(folder_size(val.path) + folder_size(val2.path))
     assert line.startswith(f"data: val: {val.path.parent} also holds 2 older caches of this source and "
-                           f"tokenizer ({size}), made by") and "delete them if" in line
+                           f"tokenizer ({size}), made by") and "delete them once" in line
     assert line.split("rm -r ")[1].split() == sorted([str(val.path), str(val2.path)])
     assert val.path.is_dir() and val2.path.is_dir() and val3.n_docs == 3
 
