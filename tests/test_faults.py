@@ -891,6 +891,18 @@ def test_a_signal_during_the_first_step_aborts_at_once(tmp_path, corpus, cache, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_sigterm_ignored_from_the_start_stays_ignored_outside_the_loop_too():
+    """errors.sigterm_interrupts (train.py's set-up and export_hf.py) took an ignored SIGTERM."""
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        restore = errors.sigterm_interrupts()
+        during = signal.getsignal(signal.SIGTERM)
+        restore()
+        assert during is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_a_signal_the_run_was_started_to_ignore_stays_ignored(tmp_path, corpus, cache, monkeypatch):
     """`python train.py &` from a script starts with SIGINT ignored (and a scheduler may ignore
     SIGTERM): start-up honoured that, but the loop's handler took the signal and stopped the run."""

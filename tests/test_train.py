@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -1206,6 +1207,9 @@ def test_a_pause_on_cuda_waits_for_the_steps_queued_before_it(monkeypatch):
     window.device = torch.device("cuda", 0)
     with window.pause():
         assert waited == [None]  # before the pause's clock started
+    job = SimpleNamespace(train_args=TrainArgs(max_steps=100, eval_every=10, save_every=20))
+    state = train.LoopState(step=3)  # nothing to evaluate or save: no pause, so no wait on every step
+    assert train.evaluate_and_save(job, state, window, stop_now=False) is None and waited == [None]
 
 
 def test_a_crash_while_saving_an_evaluation_a_signal_put_off_does_not_write_its_record_twice(
