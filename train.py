@@ -283,8 +283,10 @@ class LoopState:
 
 @dataclass
 class Job:
-    """What a run holds beside its LoopState: set up by build_job; the fields from `metrics` on are
-    filled in or changed as the run goes, and a compile failure sets `compiled` and `runner` to `model`."""
+    """What a run holds beside its LoopState, set up by build_job. Set or changed later: `clock` (at
+    the end of build_job), `metrics`, `folder` and `stop` (as the run starts), `agreed` and `agree_at`
+    (at each agreement), the trial counts, and `compiled` and `runner`, which a compile failure sets
+    to `model`."""
     model_args: ModelArgs
     train_args: TrainArgs
     preset: str
