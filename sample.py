@@ -296,6 +296,8 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
         raise ValueError("the model is in training mode (noisy routing: rows no longer reproducible from "
                          "their seeds); call model.eval() first")
     B, lens = len(prompts), [len(p) for p in prompts]
+    if not prompts:
+        raise ValueError("no prompts: pass a list of at least one prompt (a list of token ids)")
     if 0 in lens:  # (a row of padding alone: torch's error by itself, tokens drawn from nothing in a batch)
         raise ValueError(f"prompts[{lens.index(0)}] is empty; every prompt needs at least one token, e.g. "
                          f"the <|endoftext|> id ({args.eos_id})")

@@ -255,6 +255,8 @@ def test_an_empty_prompt_is_an_error_naming_it(prompts):
            rf"<\|endoftext\|> id \({model.args.eos_id}\)$"
     with pytest.raises(ValueError, match=want):
         sample.generate(model, prompts, 4)
+    with pytest.raises(ValueError, match=r"^no prompts: "):  # (Python's max() of an empty list before)
+        sample.generate(model, [], 4)
 
 
 def test_a_model_in_training_mode_is_refused():
