@@ -702,3 +702,20 @@ def test_training_forward_builds_no_t_by_t_mask(T, monkeypatch):
         ref = m(x, positions=torch.arange(T).expand(2, T)).logits  # the masked path, as reference
         monkeypatch.setattr(model_module, "attention_mask", lambda *a, **k: pytest.fail("a mask was built"))
         assert (m(x).logits - ref).abs().max() < 1e-5
+
+
+def test_few_row_logits_equal_lm_head_and_keep_gradients():
+    """Decoding's logits on the CPU go through weight @ x.T (a faster kernel there for a few rows):
+    the same values as lm_head up to rounding, for one row (sent as two), a few, and past FEW_ROWS;
+    with gradients, lm_head itself (training never takes the other path)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 320, bias=False)
+    for shape in [(1, 1, 64), (8, 1, 64), (2, 9, 64), (model_module.FEW_ROWS + 1, 64)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            got = model_module.few_row_logits(x, head)
+        assert got.shape == (*shape[:-1], 320)
+        torch.testing.assert_close(got, head(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(3, 1, 64, requires_grad=True)
+    model_module.few_row_logits(x, head).sum().backward()
+    torch.testing.assert_close(x.grad, head.weight.sum(0).expand(3, 1, 64))
