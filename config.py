@@ -245,7 +245,7 @@ class ModelArgs:
         dims = (self.vision_dim, self.projector_input_dim)
         fits = [d for d in range(1, min(grid, 8) + 1) if grid % d == 0 and _shuffles_exactly(d, grid, dims)]
         ratios = ", ".join(f"{1 / d:g}" for d in fits)
-        exact = merge in fits or (merge > 8 and grid % merge == 0 and _shuffles_exactly(merge, grid, dims))
+        exact = merge >= 1 and grid % merge == 0 and _shuffles_exactly(merge, grid, dims)
         _check(exact and abs(ratio - 1 / merge) <= 1e-6, "pixel_shuffle_ratio",
                f"the {grid}x{grid} patch grid cannot be shuffled by {ratio}; use one of {ratios} (1 / n "
                f"for an n that divides {grid}, and whose sizes transformers computes exactly), or change "

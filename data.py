@@ -986,8 +986,6 @@ def _log_superseded(name: str, meta: dict, folder: Path, cache_dir: Path, log) -
     held while it is built or checked, not while a run trains on it). Those whose meta.json cannot
     be read, and those another process holds the lock of (building or checking them), are left out;
     an OSError skips a folder."""
-    import fcntl
-
     def origin(m: dict) -> tuple:  # (what a new version of the files or of our rules leaves alone)
         sig, source = m["signature"], m["signature"]["source"]
         files = None if "hub" in source else [f[0] for f in source["files"]]
@@ -1003,8 +1001,7 @@ def _log_superseded(name: str, meta: dict, folder: Path, cache_dir: Path, log) -
         try:
             if path.name == folder.name or origin(json.loads((path / "meta.json").read_bytes())) != ours:
                 continue
-            with open(cache_dir / ".locks" / f"tokens-{path.name}.lock", "a+") as lock:
-                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (BlockingIOError: held elsewhere)
+            if not storage.held(_lock_path(path, cache_dir)):
                 found.append((path, sum(e.stat().st_size for e in os.scandir(path) if e.is_file())))
         except (OSError, ValueError, LookupError, TypeError, AttributeError):
             continue
@@ -1062,14 +1059,18 @@ def _os_error(e: BaseException) -> OSError | None:
     return e
 
 
+def _lock_path(folder: Path, cache_dir: Path) -> Path:
+    """The lock file of a cache folder: cache_dir/.locks/<its path under cache_dir, - for />.lock."""
+    return cache_dir / ".locks" / f"{'-'.join(folder.relative_to(cache_dir).parts)}.lock"
+
+
 @contextmanager
 def _building(folder: Path, cache_dir: Path, log):
     """One process at a time builds (or checks) a cache folder: two runs sharing --cache_dir would
     otherwise delete each other's files, or both train a tokenizer. The lock is in cache_dir/.locks/."""
-    locks = cache_dir / ".locks"
-    path = locks / f"{'-'.join(folder.relative_to(cache_dir).parts)}.lock"
+    path = _lock_path(folder, cache_dir)
     try:
-        locks.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         held = storage.lock(path)
     except storage.Busy as e:
         log(f"data: {folder} is being built by another process ({e.holder}); waiting for it")
