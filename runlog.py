@@ -465,8 +465,8 @@ def plot_loss(run_dir: Path, out, log=print) -> Path | None:
     out = Path(run_dir) / out
     try:
         return plot_runs([run_dir], out, title=f"{shown(run_dir)}: loss")
-    except (OSError, StorageError) as e:
-        log(f"plot: could not write {out} ({getattr(e, 'strerror', None) or e}); training goes on")
+    except (OSError, StorageError) as e:  # (the error names its file: metrics.jsonl, or the plot)
+        log(f"plot: could not make {out} ({e}); training goes on")
     except Exception as e:  # matplotlib's own failures: a plot is never worth a run
         log(f"plot: could not draw {out} ({first_line(e)}); training goes on")
     return None

@@ -1332,6 +1332,22 @@ def test_a_plot_that_fails_closes_its_figure(tmp_path, monkeypatch):
     assert len(said) == 3 and set(plt.get_fignums()) == before
 
 
+def test_a_plot_whose_records_cannot_be_read_says_so(tmp_path, monkeypatch):
+    """A metrics.jsonl that cannot be read was reported as "could not write loss.png (Permission
+    denied)": the line now names the file that failed."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "tokens": 64}) + "\n")
+
+    def unreadable(path, warn=None):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(runlog.storage, "read_jsonl", unreadable)
+    said = []
+    assert runlog.plot_loss(folder, "loss.png", said.append) is None
+    assert said == [f"plot: could not make {folder / 'loss.png'} ([Errno 13] Permission denied: "
+                    f"'{folder / 'metrics.jsonl'}'); training goes on"]
+
+
 def test_a_crash_in_the_last_evaluation_of_a_budget_ended_run_keeps_its_last_train_record(
         tmp_path, corpus, cache, monkeypatch):
     """The budget ends the run in the middle of a log window and a signal came at its last step: last.pt
