@@ -49,6 +49,8 @@ REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is us
 DEFAULT_FIX = "write somewhere else"
 OUT_FIX = "pick another --out_dir"  # where a write in a run folder fails
 SPACE = (errno.ENOSPC, errno.EDQUOT)  # what freeing space helps
+NO_ROOM = (*SPACE, errno.EFBIG)  # a write that failed for want of room (or past `ulimit -f`): named as
+# such, not put down to the file read or the path
 
 
 def advice(cause: OSError, fix: str | None) -> str:
@@ -61,6 +63,27 @@ def advice(cause: OSError, fix: str | None) -> str:
     elif cause.errno == errno.EFBIG:
         first = "raise the limit (ulimit -f unlimited) or "
     return first + (fix or DEFAULT_FIX)
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind an exception (`datasets` and pyarrow wrap it in their own), or None."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def refused_in(cause: OSError, folder) -> bool:
+    """Whether an OSError is a write refused in `folder`: a read-only disk (nothing is written
+    elsewhere), or no permission for a file in it or for a folder on the way to it (a source file
+    not readable is another matter)."""
+    if cause.errno == errno.EROFS:
+        return True
+    if cause.errno != errno.EACCES:
+        return False
+    if cause.filename is None:
+        return True
+    path, folder = Path(os.fsdecode(cause.filename)).resolve(), Path(folder).resolve()
+    return path.is_relative_to(folder) or folder.is_relative_to(path)
 
 
 def _umask() -> int:

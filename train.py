@@ -63,7 +63,7 @@ How this departs from the obvious version:
   CUDA graphs with more than one micro-batch per process (exit status 2, as for any bad setting).
   Settings that are allowed but probably not meant get a warning line: a warmup as long as the
   run, a --val_fraction with a validation source or other than the checkpoint's at --resume or
-  --eval_only, a --val_text_field for a .txt --val_data (and data.py warns of --val_data files
+  --eval_only, a --val_text_field for a .txt --val_data (and sources.py warns of --val_data files
   inside --data).
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
@@ -100,6 +100,7 @@ import config
 import data
 import runlog
 import runtime
+import sources
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, DeviceError, RunError, UserError, first_line, reports
@@ -978,7 +979,7 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     if same_data and "val_fraction" in given and saved.get("val_fraction") not in (None, t.val_fraction):
         # the checkpoint's validation text was a held-out slice of this --data: another slice overlaps
         did = "scores documents it trained on" if t.eval_only else "trains on documents it held out"
-        every = data.held_out_every(saved["val_fraction"])
+        every = sources.held_out_every(saved["val_fraction"])
         lines.append(f"--val_fraction {t.val_fraction:g} is not the checkpoint's: its validation text was 1 "
                      f"in {every} documents of --data, held out; this slice {did}, so its validation loss "
                      "is not held out: type the run's own, or --val_data")

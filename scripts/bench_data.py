@@ -116,7 +116,7 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
 
     tok = data.Tokenizer.load(tokenizer_path)
     text = Path(path).read_text(encoding="utf-8")
-    docs = [s for s in (d.strip() for d in text.split(data.EOT)) if s]
+    docs = [s for s in (d.strip() for d in text.split(tokenizer.EOT)) if s]
     mb = sum(len(d.encode()) for d in docs) / 1e6
     threads = os.cpu_count() or 1
 

@@ -1,4 +1,5 @@
-"""data.py: sources, the BPE tokenizer, token shards and their cache, batches, bits per byte, bad input.
+"""data.py and sources.py: sources, the BPE tokenizer, token shards and their cache, batches, bits per
+byte, bad input.
 
 Every output goes under tmp_path (cache_dir, and with it the `datasets` cache of local files). The
 hub is only tested offline (conftest sets HF_HUB_OFFLINE=1): its failure must be fast and one line.
@@ -27,6 +28,7 @@ from conftest import ROOT, debug_args, shared_file, small_filesystem
 
 import data
 import errors
+import sources
 import tokenizer
 from config import SPECIAL_TOKENS, ModelArgs, TrainArgs
 from data import TokenData
@@ -147,7 +149,7 @@ def test_txt_official_layout_and_blank_line_documents(tmp_path, corpus):
 def test_txt_documents_split_where_a_reader_sees_them(tmp_path, text, docs):
     path = tmp_path / "t.txt"
     path.write_bytes(text.encode())
-    got = data.load_files([str(path)], "--data", cache_dir=str(tmp_path / "cache"), log=lambda line: None)
+    got = sources.load_files([str(path)], "--data", cache_dir=str(tmp_path / "cache"), log=lambda line: None)
     assert [d.strip() for d in got["text"]] == docs
 
 
@@ -162,12 +164,13 @@ def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
     for n, text in enumerate(texts):
         path = tmp_path / f"t{n}.txt"
         path.write_bytes(text.encode())
-        layout, _, _ = data._scan_txt(str(path), "--data")
-        whole = [d["text"].strip() for d in data._txt_documents(str(path), "", layout)]
+        layout, _, _ = sources._scan_txt(str(path), "--data")
+        whole = [d["text"].strip() for d in sources._txt_documents(str(path), "", layout)]
         for size in range(1, 30):
-            monkeypatch.setattr(data, "READ_CHUNK", size)
-            assert data._scan_txt(str(path), "--data")[0] == layout, (n, size)
-            assert [d["text"].strip() for d in data._txt_documents(str(path), "", layout)] == whole, (n, size)
+            monkeypatch.setattr(sources, "READ_CHUNK", size)
+            assert sources._scan_txt(str(path), "--data")[0] == layout, (n, size)
+            assert [d["text"].strip() for d in sources._txt_documents(str(path), "", layout)] == whole, \
+                (n, size)
         monkeypatch.undo()
         assert len(whole) == [2, 151, 3, 4, 3][n], (n, whole)
 
@@ -197,11 +200,11 @@ def test_a_validation_file_with_its_own_text_field(tmp_path):
     with pytest.raises(DataError, match=r"^--data: .*train.jsonl: line 1 has no 'story' field .* pass "
                                         r"--text_field NAME$"):
         run(tmp_path, data=str(train), val_data=str(val), text_field="story")
-    sources = [data.resolve_sources(targs(tmp_path, data=str(train), val_data=str(val), **kw), log=print)
-               for kw in ({}, {"val_text_field": "story"}, {"text_field": "story"})]
-    assert [split.signature["source"]["text_field"] for split in sources[0]] == ["text", "text"]
-    assert [split.signature["source"]["text_field"] for split in sources[1]] == ["text", "story"]
-    assert [split.signature["source"]["text_field"] for split in sources[2]] == ["story", "story"]
+    splits = [sources.resolve_sources(targs(tmp_path, data=str(train), val_data=str(val), **kw), log=print)
+              for kw in ({}, {"val_text_field": "story"}, {"text_field": "story"})]
+    assert [split.signature["source"]["text_field"] for split in splits[0]] == ["text", "text"]
+    assert [split.signature["source"]["text_field"] for split in splits[1]] == ["text", "story"]
+    assert [split.signature["source"]["text_field"] for split in splits[2]] == ["story", "story"]
 
 
 def test_a_validation_json_object_hint_names_val_text_field(tmp_path):
@@ -243,8 +246,8 @@ def test_a_bom_is_no_text_in_any_format(tmp_path, monkeypatch):
     kw = dict(data=str(tmp_path / "w.jsonl"), val_data=str(tmp_path / "w.txt"))
     kept = lambda text: text.replace("\r\n", "\n").replace("\r", "\n").strip()  # noqa: E731 (rules 4's)
     with monkeypatch.context() as m:
-        m.setattr(data, "DOCUMENT_RULES", 4)
-        m.setattr(data, "_document", kept)
+        m.setattr(sources, "DOCUMENT_RULES", 4)
+        m.setattr(sources, "document", kept)
         tok, train, _, _ = run(tmp_path / "old", **kw)
         assert "\ufeff" in tok.decode(train.tokens)
     tok, train, _, logs = run(tmp_path / "old", **kw)
@@ -305,8 +308,8 @@ def test_a_file_reached_by_two_paths_is_read_once(tmp_path):
     write(folder / "sub" / "a.txt", official(a))
     (folder / "latest.txt").symlink_to(folder / "sub" / "a.txt")
     (folder / "sub" / "loop").symlink_to(folder / "sub")
-    assert data.resolve_files(str(folder), "--data") == [str(folder / "latest.txt")]
-    assert data.resolve_files(str(folder / "**" / "*.txt"), "--data") == [str(folder / "latest.txt")]
+    assert sources.resolve_files(str(folder), "--data") == [str(folder / "latest.txt")]
+    assert sources.resolve_files(str(folder / "**" / "*.txt"), "--data") == [str(folder / "latest.txt")]
     tok, train, _, _ = run(tmp_path, data=str(folder), val_data=str(folder / "sub" / "a.txt"))
     assert tok.decode(train.tokens) == stream(a)
 
@@ -318,7 +321,7 @@ def test_a_file_under_two_names_by_a_hard_link_is_read_once_and_warned_of(tmp_pa
     folder = tmp_path / "corpus"
     write(folder / "a.txt", official(a))
     os.link(folder / "a.txt", folder / "b.txt")
-    assert data.resolve_files(str(folder), "--data") == [str(folder / "a.txt")]
+    assert sources.resolve_files(str(folder), "--data") == [str(folder / "a.txt")]
     tok, train, _, logs = run(tmp_path, data=str(folder), val_data=str(folder / "b.txt"))
     assert tok.decode(train.tokens) == stream(a)
     assert any("--val_data and --data share 1 file" in line for line in logs)
@@ -338,10 +341,10 @@ def test_files_without_inode_numbers_are_told_apart_by_path(tmp_path, monkeypatc
         return os.stat_result((st.st_mode, 0, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
                                st.st_atime, st.st_mtime, st.st_ctime))
     monkeypatch.setattr(os, "stat", no_inode)
-    assert data.resolve_files(str(folder), "--data") == [str(folder / "a.txt"), str(folder / "b.txt")]
+    assert sources.resolve_files(str(folder), "--data") == [str(folder / "a.txt"), str(folder / "b.txt")]
     logs = []
-    train, val = (data.Split(f, {"files": [[str(folder / f)]]}, None) for f in ("a.txt", "b.txt"))
-    data.warn_overlap(train, val, logs.append)
+    train, val = (sources.Split(f, {"files": [[str(folder / f)]]}, None) for f in ("a.txt", "b.txt"))
+    sources.warn_overlap(train, val, logs.append)
     assert logs == []
 
 
@@ -384,20 +387,20 @@ def test_held_out_validation_is_deterministic_and_logged(tmp_path):
 def test_a_held_out_slice_counts_the_documents_tokenization_keeps(tmp_path, monkeypatch):
     """Which rows a held-out slice counted was judged before U+FEFF was dropped: a row of a
     byte-order mark alone (and whitespace) counted, then tokenized to nothing, and the 1 in k held
-    out moved past it. Now a row counts where _document leaves text; caches of the old count rebuild."""
+    out moved past it. Now a row counts where document leaves text; caches of the old count rebuild."""
     import datasets
     odd = ["\ufeff", " \ufeff\r\n", "\r", "\u2028\x1c", "\xa0\ufeff\t", "\ufeffa", "b\ufeff", " c "]
     rows = [r for i, d in enumerate(stories(12)) for r in (d, odd[i % len(odd)])]
     ds = datasets.Dataset.from_dict({"text": rows})
-    docs = [r for r in rows if data._document(r)]
-    assert data.Split("x", {}, lambda: ds, "val", 3).documents()["text"] == docs[2::3]
-    assert data.Split("x", {}, lambda: ds, "train", 3).documents()["text"] == [
+    docs = [r for r in rows if sources.document(r)]
+    assert sources.Split("x", {}, lambda: ds, "val", 3).documents()["text"] == docs[2::3]
+    assert sources.Split("x", {}, lambda: ds, "train", 3).documents()["text"] == [
         d for i, d in enumerate(docs) if i % 3 != 2]
     # text without such rows is split as before (rows whose text is more than whitespace, counted)
     blocks = shared_file("valid-lower.txt").read_text().split("\n\n")
     ds = datasets.Dataset.from_dict({"text": [r for b in blocks for r in (b, " \n")]})
     before = [r for r in ds["text"] if r.strip()][6::7]
-    assert data.Split("x", {}, lambda: ds, "val", 7).documents()["text"] == before
+    assert sources.Split("x", {}, lambda: ds, "val", 7).documents()["text"] == before
     # end to end, from a .jsonl and a .parquet holding such rows
     docs = stories(10)
     write_jsonl(tmp_path / "b.jsonl", [{"text": r} for d in docs for r in (d, "\ufeff")])
@@ -407,7 +410,7 @@ def test_a_held_out_slice_counts_the_documents_tokenization_keeps(tmp_path, monk
         assert tok.decode(val.tokens) == stream(docs[1::2]), kind
         assert tok.decode(train.tokens) == stream(docs[0::2]), kind
     with monkeypatch.context() as m:  # a cache made under the old count is not reused
-        m.setattr(data, "HELD_OUT_RULES", 1)
+        m.setattr(sources, "HELD_OUT_RULES", 1)
         run(tmp_path / "old", data=str(tmp_path / "b.jsonl"), val_fraction=0.5)
     *_, logs = run(tmp_path / "old", data=str(tmp_path / "b.jsonl"), val_fraction=0.5)
     assert not any("cache hit" in line for line in logs)
@@ -423,7 +426,7 @@ def test_validation_files_inside_the_training_data_get_a_warning(tmp_path):
     other = write(tmp_path / "other.txt", official(stories(4)))
     for val, warned in [(tmp_path / "link.txt", True), (other, False)]:
         logs = []
-        data.resolve_sources(TrainArgs(data=str(tmp_path / "corpus"), val_data=str(val)), logs.append)
+        sources.resolve_sources(TrainArgs(data=str(tmp_path / "corpus"), val_data=str(val)), logs.append)
         lines = [line for line in logs if line.startswith("warning")]
         assert lines == ([f"warning: --val_data and --data share 1 file ({a}): the validation loss is not "
                           "held out; give --val_data other text, or leave it out to hold out 1 in "
@@ -622,14 +625,14 @@ def test_a_cache_miss_names_the_older_caches_of_its_source_and_keeps_them(tmp_pa
     kw = dict(data=str(train_path), val_data=str(val_path))
     _, train, val, logs = run(tmp_path, **kw)
     assert not older_caches(logs)
-    monkeypatch.setattr(data, "DOCUMENT_RULES", data.DOCUMENT_RULES + 1)
+    monkeypatch.setattr(sources, "DOCUMENT_RULES", sources.DOCUMENT_RULES + 1)
     _, train2, val2, logs = run(tmp_path, **kw)
     assert train2.path != train.path and train2.meta["tokenizer_hash"] == train.meta["tokenizer_hash"]
     assert older_caches(logs) == [
         f"data: {name}: {old.parent} also holds 1 older cache of this source and tokenizer "
-        f"({data._size(folder_size(old))}), made by other rules of this project or from an earlier version "
-        f"of the files; delete it once no run still training on it and no older checkout of this project "
-        f"uses it: rm -r {old}"
+        f"({sources.in_bytes(folder_size(old))}), made by other rules of this project or from an earlier "
+        f"version of the files; delete it once no run still training on it and no older checkout of this "
+        f"project uses it: rm -r {old}"
         for name, old in (("train", train.path), ("val", val.path))]
     assert train.path.is_dir() and val.path.is_dir() and TokenData(train.path).n_docs == 30
     _, _, _, logs = run(tmp_path, **kw)  # a cache hit: nothing to say
@@ -637,7 +640,7 @@ def test_a_cache_miss_names_the_older_caches_of_its_source_and_keeps_them(tmp_pa
     write(val_path, "\n\n".join(val_docs[:3]) + "\n")  # the validation file changes: both its shards are old
     _, _, val3, logs = run(tmp_path, **kw)
     [line] = older_caches(logs)
-    size = data._size(folder_size(val.path) + folder_size(val2.path))
+    size = sources.in_bytes(folder_size(val.path) + folder_size(val2.path))
     assert line.startswith(f"data: val: {val.path.parent} also holds 2 older caches of this source and "
                            f"tokenizer ({size}), made by") and "delete them once" in line
     assert line.split("rm -r ")[1].split() == sorted([str(val.path), str(val2.path)])
@@ -664,14 +667,15 @@ def test_older_caches_of_another_tokenizer_in_use_or_unreadable_are_not_named(tm
         shutil.copytree(train.path, tokens / f"train-copy{i}")
     busy = shutil.copytree(train.path, tokens / "train-busy")
     held = storage.lock(tmp_path / "cache" / ".locks" / f"tokens-{busy.name}.lock")  # another run checks it
-    monkeypatch.setattr(data, "DOCUMENT_RULES", data.DOCUMENT_RULES + 1)
+    monkeypatch.setattr(sources, "DOCUMENT_RULES", sources.DOCUMENT_RULES + 1)
     try:
         _, train2, _, logs = run(tmp_path, **kw)
     finally:
         held.close()
     [line, _] = older_caches(logs)  # (train, val)
     assert line.startswith(f"data: train: {tokens} also holds 4 older caches of this source and tokenizer "
-                           f"({data._size(4 * folder_size(train.path))})") and line.endswith(" (and 1 more)")
+                           f"({sources.in_bytes(4 * folder_size(train.path))})") \
+        and line.endswith(" (and 1 more)")
     named = line.split("rm -r ")[1].split()[:3]
     assert named == sorted(str(p) for p in [train.path, *tokens.glob("train-copy*")])[:3]
     assert not any(w in line for w in ("broken", "empty", "busy", "stray", other.path.name))
@@ -701,7 +705,7 @@ def test_older_caches_of_a_hub_split_are_found_by_its_name(tmp_path):
     logs = []
     data._log_superseded("train", json.loads(json.dumps(new)), tokens / "train-new", tmp_path, logs.append)
     [line] = logs
-    assert f"({data._size(folder_size(tokens / 'train-old'))})" in line
+    assert f"({sources.in_bytes(folder_size(tokens / 'train-old'))})" in line
     assert line.endswith(f"rm -r {tokens / 'train-old'}")
 
 
@@ -978,7 +982,7 @@ def test_a_pipe_or_a_broken_link_as_a_source_is_named_as_such(tmp_path):
         run(tmp_path, data=str(fifo))  # (and returns at once: a FIFO with no writer is never opened)
     with pytest.raises(DataError, match=r"^--val_data: '.*link.txt' is a link to '.*gone.txt', which does "
                        r"not exist; fix the link or the path$"):
-        data.resolve_files(str(link), "--val_data")
+        sources.resolve_files(str(link), "--val_data")
 
 
 def test_a_finished_cache_on_a_read_only_disk_is_used(tmp_path, corpus, monkeypatch):
@@ -1415,6 +1419,6 @@ def test_the_val_fraction_suggested_holds_out_a_document():
     """The error's suggestion, as printed (3 significant digits), must work when typed back: 1 / n
     rounded to the nearest did not for about half of all n (1,811 documents: 0.000552 -> 1 in 1812)."""
     for n in range(2, 100_000):
-        typed = float(f"{data.fraction_for(n):.3g}")
+        typed = float(f"{sources.fraction_for(n):.3g}")
         assert 1 <= round(1 / typed) <= n, n
-    assert data.fraction_for(10_000) == pytest.approx(1e-4)  # not 0.000101 from a float's last digit
+    assert sources.fraction_for(10_000) == pytest.approx(1e-4)  # not 0.000101 from a float's last digit

@@ -1,7 +1,7 @@
 """The shape of the code: imports point down, and no function is longer than a screen and a half.
 
 Layers, lowest first (a module imports only modules below it):
-    errors, storage, config, model, tokenizer, runtime, checkpoint, data, runlog
+    errors, storage, config, model, tokenizer, runtime, checkpoint, sources, data, runlog
 then the entry points train.py and sample.py, which never import each other, and scripts/,
 which the core never imports.
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-LAYERS = ["errors", "storage", "config", "model", "tokenizer", "runtime", "checkpoint", "data", "runlog"]
+LAYERS = ["errors", "storage", "config", "model", "tokenizer", "runtime", "checkpoint", "sources", "data",
+          "runlog"]
 ENTRY_POINTS = ["train", "sample"]
 PROJECT = set(LAYERS) | set(ENTRY_POINTS) | {"scripts"}
 MAX_LINES = 80

@@ -985,7 +985,7 @@ def test_settings_probably_not_meant_get_a_warning_line():
     assert resumed(["val_fraction", "data"], val_fraction=0.5, data="other.txt", eval_only=True) == []
     assert resumed(["val_fraction"], val_fraction=0.01, eval_only=True) == []  # the run's own
     assert resumed(["val_data"], val_data="v.txt", eval_only=True) == []  # a file of its own
-    saved["train_args"]["val_fraction"] = 0.9  # an older version's (1 in 2 held out, as data.py does)
+    saved["train_args"]["val_fraction"] = 0.9  # an older version's (1 in 2 held out, as sources.py does)
     assert "1 in 2 documents" in resumed(["val_fraction"], val_fraction=0.1, eval_only=True)[0]
     del saved["train_args"]["val_fraction"]  # (none recorded: nothing to compare with)
     assert resumed(["val_fraction"], val_fraction=0.1, eval_only=True) == []
