@@ -82,6 +82,12 @@ def test_from_dict_rejects_unknown_and_mistyped_fields():
         config.from_dict(ModelArgs, {"qk_norm": 1})
 
 
+def test_from_dict_refuses_a_bool_where_a_number_is_due():
+    # catches: JSON true taken as the integer 1 (bool is an int subclass): a damaged settings file loading
+    with pytest.raises(ConfigError, match="dim should be int, got True"):
+        config.from_dict(ModelArgs, {"dim": True})
+
+
 def test_cli_overrides_apply_and_are_typed():
     name, (m, t) = config.parse_args(
         [ModelArgs, TrainArgs],
@@ -93,6 +99,13 @@ def test_cli_overrides_apply_and_are_typed():
     assert m.qk_norm is False and t.compile == "true"  # a bare --compile means true
     assert m.vocab_size == 4096  # the rest of the preset stays
     assert t.run == "r1" and t.resume == "latest"
+
+
+def test_options_typed_with_an_equals_sign_count_as_typed():
+    # catches: --lr=1e-3 not counted as typed, so a resume put the checkpoint's --lr back over it
+    parsed = config.parse_args([ModelArgs, TrainArgs], ["--lr=1e-3", "--dim", "256", "--qk_norm=false"])
+    assert parsed.given == {"lr", "dim", "qk_norm"}
+    assert parsed[1][1].lr == 1e-3
 
 
 def test_cli_repeatable_list_field():
@@ -159,6 +172,7 @@ BAD = [
     (["--val_fraction", "1e-30"], "--val_fraction: must be in [1e-6, 0.5]"),
     (["--batch_size", "0"], "--batch_size: must be at least 1"),
     (["--seed", "-3"], "--seed: must be in [0, 2^63)"),
+    (["--beta2", "1"], "--beta2: must be in [0, 1)"),  # (passed: AdamW's second moment never updated)
     (["--seed", str(2 ** 63)], "--seed: must be in [0, 2^63)"),
     (["--min_lr", "1"], "--min_lr: 1 is above --lr 0.0006; pass a --min_lr at most --lr"),
     (["--weight_decay", "2000"],  # (once accepted: AdamW multiplied every matrix by 1 - 1.2 each step)

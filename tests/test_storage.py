@@ -2,6 +2,7 @@
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -73,6 +74,21 @@ def test_a_folder_sync_that_fails_after_the_rename_does_not_claim_the_old_file_s
         storage.atomic_write(path, b"the new one")
     assert "Input/output error" in str(e.value) and "intact" not in str(e.value)
     assert path.read_bytes() == b"the new one"
+
+
+def test_atomic_write_syncs_the_new_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    # catches: a write whose data or rename is not fsync'ed (a power cut could leave an empty last.pt)
+    path, events = tmp_path / "last.pt", []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        mode = os.fstat(fd).st_mode
+        events.append("folder" if stat.S_ISDIR(mode) else f"file of {os.fstat(fd).st_size} bytes")
+        real_fsync(fd)
+    monkeypatch.setattr(storage.os, "fsync", fsync)
+    monkeypatch.setattr(storage.os, "replace", lambda a, b: events.append("rename") or real_replace(a, b))
+    storage.atomic_write(path, b"new data")
+    assert events == ["file of 8 bytes", "rename", "folder"]
 
 
 def test_a_run_folder_sweeps_killed_saves_and_leaves_an_exports_staging_folder(tmp_path):

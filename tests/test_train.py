@@ -21,9 +21,11 @@ from conftest import ROOT, debug_args, shared_file, write_stories
 import checkpoint
 import config
 import runlog
+import runtime
 import storage
 import train
 from config import TrainArgs
+from errors import ConfigError
 from model import Llama4
 
 
@@ -108,7 +110,79 @@ def test_accumulation_k_by_b_equals_one_batch_of_k_times_b():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_the_schedule_follows_the_steps_or_the_clock_whichever_is_further():
+    # catches: --max_minutes progress replacing the step progress instead of taking the larger of the two
+    a = TrainArgs(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10, max_minutes=100)
+    assert train.lr_at(a, 5, minutes=1.0) == pytest.approx(0.5)  # the steps half done, the clock barely
+    assert train.lr_at(a, 10, minutes=1.0) == pytest.approx(0.0)
+
+
+def test_accumulated_losses_are_means_over_the_micro_batches():
+    # catches: the logged losses summed over the micro-batches (a loss k times too high at --grad_accum k)
+    torch.manual_seed(0)
+    model = Llama4(debug_args(max_seq_len=16, router_noise=False))
+    x = torch.randint(0, 320, (8, 16))
+    lm = []
+    for k in [1, 4]:
+        batches = list(zip(x.chunk(k), x.roll(1, 1).chunk(k), strict=True))
+        losses, _, _ = train.accumulate(model, batches, 0, 0, list(range(k)), train.nullcontext(),
+                                        train.nullcontext)
+        lm.append(float(losses[1]))  # lm_loss: each micro-batch holds as many targets
+    assert lm[1] == pytest.approx(lm[0], rel=1e-5)
+
+
+def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise():
+    # catches: every micro-batch of a step taking the same windows, or the same router noise seed
+    job = SimpleNamespace(device=torch.device("cpu"), micros=[0, 1], model_args=debug_args(max_seq_len=16),
+                          train_data=SimpleNamespace(tokens=np.arange(10_000)),
+                          train_args=TrainArgs(batch_size=2))
+    (x0, y0), (x1, _) = train.batches_at(job, step=5)
+    assert not torch.equal(x0, x1) and torch.equal(y0[:, :-1], x0[:, 1:])
+    assert torch.equal(train.batches_at(job, step=5)[0][0], x0)  # a pure function of (seed, step, micro)
+    seeds = {train.micro_seed(1337, step, micro) for step in range(3) for micro in range(4)}
+    assert len(seeds) == 12 and train.micro_seed(1337, 2, 3) != train.micro_seed(7, 2, 3)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_adamw_sees_the_gradients_clipped_to_grad_clip_and_0_clips_nothing(clip):
+    # catches: clipping skipped, or --grad_clip 0 ("off") clipping every gradient to zero
+    torch.manual_seed(0)
+    model = Llama4(debug_args(max_seq_len=16))
+    t = TrainArgs(grad_clip=clip)
+    opt = train.make_optimizer(model, t, torch.device("cpu"))
+    seen, real_step = [], opt.step
+    opt.step = lambda *a, **k: seen.append(float(torch.nn.utils.get_total_norm(
+        [p.grad for p in model.parameters() if p.grad is not None]))) or real_step(*a, **k)
+    job = SimpleNamespace(model=model, runner=model, opt=opt, train_args=t, micros=[0],
+                          autocast=train.nullcontext(), no_sync=train.nullcontext)
+    x = torch.randint(0, 320, (2, 16))
+    out = train.train_step(job, [(x, x.roll(-1, 1))], 0, 1e-3)
+    assert float(out.grad_norm) > 0.05  # (the norm before clipping)
+    assert seen == [pytest.approx(clip or float(out.grad_norm), rel=1e-4)]
+
+
+def test_weight_decay_falls_on_weight_matrices_only():
+    # catches: decay on norms, biases or the router noise projection (which sets the noise scale)
+    model = Llama4(debug_args())
+    opt = train.make_optimizer(model, TrainArgs(weight_decay=0.1), torch.device("cpu"))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(decay) == len(named)  # every parameter in one group
+    for name, p in named.items():
+        matrix = name.endswith(("q_proj.weight", "down_proj", "embed_tokens.weight", "lm_head.weight",
+                                "router.weight"))
+        if "norm" in name or "router_noise" in name or p.dim() < 2 or matrix:
+            assert decay[id(p)] == (0.1 if matrix else 0.0), name
+
+
 # --- checkpoints and resume -----------------------------------------------------------------
+
+def test_a_checkpoint_restores_every_field_of_the_loop_state():
+    # catches: a field not restored at resume (the run's count of skipped steps started again from 0)
+    state = train.LoopState(step=7, tokens=900, elapsed=12.5, best_val=2.5, bad_in_row=1, skipped_steps=3,
+                            eval_due=True, val_set="ab:3")
+    assert train.LoopState.from_checkpoint(state.to_checkpoint(seed=1), tokens_per_step=64) == state
+
 
 class Crash(BaseException):
     pass
@@ -463,6 +537,27 @@ def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
     assert r["bits_per_byte"] == pytest.approx(r["nats_per_token"] * r["tokens"] / (math.log(2) * r["bytes"]))
 
 
+class TargetIdLoss(torch.nn.Module):
+    """A stand-in model whose loss on each real target is the target's id."""
+
+    def forward(self, x, targets):
+        return SimpleNamespace(lm_loss=targets[targets >= 0].double().mean())
+
+
+def test_validation_is_a_mean_over_real_targets_and_bytes_are_those_the_targets_decode_to():
+    # catches: the mean of batch means (a padded last batch weighs as much as a full one), and bytes
+    # counted over the inputs rather than the targets
+    tokens = np.arange(5, 27, 2)  # 11 tokens: 3 windows of 4, the last padded; batches of 2 windows
+    token_bytes = np.arange(320) % 7 + 1
+    val = train.EvalSet(SimpleNamespace(tokens=tokens, meta={"sha256": "0" * 64}),
+                        SimpleNamespace(token_bytes=token_bytes), debug_args(max_seq_len=4),
+                        TrainArgs(batch_size=2), train.World(), "cpu")
+    assert (val.tokens, val.bytes) == (10, int(token_bytes[tokens[1:]].sum()))
+    r = train.evaluate(TargetIdLoss(), val, train.nullcontext(), "cpu")
+    assert r["nats_per_token"] == pytest.approx(tokens[1:].mean())
+    assert r["bits_per_byte"] == pytest.approx(tokens[1:].sum() / (math.log(2) * val.bytes))
+
+
 # --- faults ---------------------------------------------------------------------------------
 
 def poison(monkeypatch, bad_steps):
@@ -509,6 +604,16 @@ def test_a_log_window_with_a_skipped_step_means_the_applied_steps(tmp_path, corp
     [resumed] = stopped_and_resumed(tmp_path, corpus, cache, monkeypatch, base, at=2)
     assert {k: resumed[k] for k in ("lm_loss", "loss", "skipped_steps")} == {
         k: whole[k] for k in ("lm_loss", "loss", "skipped_steps")}
+
+
+def test_a_streak_of_non_finite_steps_ends_at_an_applied_step():
+    # catches: the count of non-finite steps in a row not reset by a good step (scattered skips stop a run)
+    window = train.Window(train.LoopState(), torch.device("cpu"))
+    for skipped in [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]:
+        window.add(train.StepOutput(torch.zeros(4), None, None, torch.tensor(1.0), torch.tensor(skipped)))
+    state = train.LoopState()
+    assert window.settle(state) == (4, 2)  # skipped in the window, and the most in a row
+    assert (state.skipped_steps, state.bad_in_row) == (4, 1)
 
 
 def stopped_and_resumed(tmp_path, corpus, cache, monkeypatch, base, at):
@@ -1375,3 +1480,36 @@ def test_a_crash_in_the_last_evaluation_of_a_budget_ended_run_keeps_its_last_tra
     train.main(args(tmp_path, corpus, cache, *base, "--resume"))
     assert [r["step"] for r in metrics(tmp_path)] == [2]
     assert [r["step"] for r in metrics(tmp_path, kind="val")] == [2]
+
+
+# --- runtime --------------------------------------------------------------------------------
+
+def test_auto_device_is_the_first_gpu_where_there_is_one(monkeypatch):
+    # catches: --device auto training on the CPU of a GPU machine, or a device other than cpu or cuda taken
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_device("auto") == torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="this project runs on cpu or cuda"):  # (and not: mps accepted)
+        runtime.resolve_device("mps")
+
+
+def test_bf16_is_an_autocast_and_fp32_none():
+    # catches: --dtype bfloat16 (auto on a recent GPU) quietly computing in fp32
+    a = torch.ones(4, 4)
+    with runtime.autocast(torch.device("cpu"), torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+    with runtime.autocast(torch.device("cpu"), torch.float32):
+        assert (a @ a).dtype == torch.float32
+
+
+@pytest.mark.parametrize("limit", ["1048576", "max"])
+def test_cpu_memory_is_the_cgroup_limit_where_it_is_lower(tmp_path, monkeypatch, limit):
+    # catches: the container's memory limit ignored (or taken where it is above the machine's memory)
+    cgroup = tmp_path / "memory.max"
+    cgroup.write_text(limit + "\n")
+    real_open = open
+    monkeypatch.setattr(runtime, "open", lambda path, *a, **k: real_open(
+        cgroup if path == "/sys/fs/cgroup/memory.max" else path, *a, **k), raising=False)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert runtime.device_memory(torch.device("cpu")) == (2**20 if limit != "max" else physical)
