@@ -175,6 +175,23 @@ def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
         assert len(whole) == [2, 151, 3, 4, 3][n], (n, whole)
 
 
+def test_markers_inside_lines_split_up_to_exactly_100_times_as_many_blank_lines(tmp_path):
+    # catches an off-by-one in INLINE_SHARE: only blank lines *over* 100 times the markers make them text
+    for blanks, layout in [(100, "inline"), (101, "blank")]:
+        text = "".join(f"p{i}.\n\n" for i in range(blanks)) + "x <|endoftext|> y\n"
+        path = write(tmp_path / f"{blanks}.txt", text)
+        assert sources._scan_txt(str(path), "--data")[0] == layout, blanks
+
+
+def test_empty_rows_are_no_documents_in_a_shard(tmp_path):
+    # catches blank rows of a .jsonl tokenized as documents: a separator each, counted in n_docs
+    docs = stories(10)
+    rows = [{"text": r} for d in docs for r in (d, "  ", "")]
+    val = write(tmp_path / "val.txt", official(docs[:2]))
+    tok, train, _, _ = run(tmp_path, data=str(write_jsonl(tmp_path / "gaps.jsonl", rows)), val_data=str(val))
+    assert tok.decode(train.tokens) == stream(docs) and train.n_docs == 10
+
+
 def test_jsonl_and_parquet_with_a_text_field(tmp_path):
     docs = stories(20)
     train = write_jsonl(tmp_path / "train.jsonl", [{"id": i, "story": d} for i, d in enumerate(docs)])
@@ -384,6 +401,32 @@ def test_held_out_validation_is_deterministic_and_logged(tmp_path):
 
 
 
+def test_a_folder_inside_a_hidden_folder_is_read_and_relative_skip_folders_are_skipped(tmp_path, monkeypatch):
+    # catches hidden folders judged above the folder named (~/.data/corpus gave no file), and --cache_dir
+    # compared unresolved (`--data . --cache_dir cache` read the cache's .json files)
+    folder = tmp_path / ".data" / "corpus"
+    write(folder / "a.txt", official(stories(2)))
+    write(folder / "cache" / "tokens" / "t" / "meta.json", "{}")
+    assert sources.resolve_files(str(folder), "--data", skip=[folder / "cache"]) == [str(folder / "a.txt")]
+    monkeypatch.chdir(folder)
+    assert sources.resolve_files(".", "--data", skip=["cache"]) == ["a.txt"]
+
+
+def test_held_out_every_rounds_and_keeps_training_text():
+    # catches 1 in int(1 / f) (0.15 is 1 in 7, not 6) and a 1-in-1 slice that leaves no training text
+    fractions = (0.01, 0.15, 1 / 3, 0.5, 0.9, 1.0)
+    assert [sources.held_out_every(f) for f in fractions] == [100, 7, 3, 2, 2, 2]
+
+
+def test_held_out_shards_of_another_val_fraction_are_not_reused(tmp_path):
+    # catches a held-out slice's cache key without its 1 in k: --val_fraction 0.5 got the 0.1 run's shards
+    docs = stories(20)
+    path = write(tmp_path / "all.txt", official(docs))
+    run(tmp_path, data=str(path), val_fraction=0.1)
+    tok, train, val, _ = run(tmp_path, data=str(path), val_fraction=0.5)
+    assert tok.decode(val.tokens) == stream(docs[1::2]) and tok.decode(train.tokens) == stream(docs[0::2])
+
+
 def test_a_held_out_slice_counts_the_documents_tokenization_keeps(tmp_path, monkeypatch):
     """Which rows a held-out slice counted was judged before U+FEFF was dropped: a row of a
     byte-order mark alone (and whitespace) counted, then tokenized to nothing, and the 1 in k held
@@ -499,6 +542,15 @@ def test_training_is_deterministic_and_saved_atomically(tmp_path):
     assert c.hash == a.hash and c.encode("Tom was happy") == a.encode("Tom was happy")
 
 
+def test_a_post_processor_is_no_part_of_the_tokenizer_hash():
+    # catches the hash taken over the post-processor too (encoding never runs it: transformers adds one)
+    tok = small_tokenizer()
+    again = tokenizer.tokenizers.Tokenizer.from_str(tok.tok.to_str())
+    again.post_processor = tokenizer.tokenizers.processors.ByteLevel(trim_offsets=False)
+    copy = Tokenizer(again)
+    assert copy.hash == tok.hash and copy.legacy_hash not in (None, tok.hash)
+
+
 def test_the_trainer_sees_long_runs_in_pieces_and_real_text_whole():
     """The BPE trainer is quadratic in a word's length (3 MB of one word ran for over ten minutes):
     runs of LONG_RUN spaces or non-spaces reach it in pieces, so no token is longer; text without
@@ -544,6 +596,25 @@ def test_the_tokenizer_cap_holds_inside_a_long_document(monkeypatch):
     assert used == {"bytes": 14 + len(first), "capped": True}
     monkeypatch.undo()  # short documents: whole, as before
     assert [t for part in data._texts(ds, 2, 20, used) for t in part] == ["a short story.", long]
+
+
+def test_the_tokenizer_cap_stops_at_a_document_that_reaches_it_exactly():
+    # catches `>` for `>=`: a document that brings the bytes read to the cap exactly ends the reading
+    import datasets
+    ds = datasets.Dataset.from_dict({"text": ["abcd", "efgh", "ijkl"]})
+    used = {}
+    assert [t for part in data._texts(ds, 2, 8, used) for t in part] == ["abcd", "efgh"]
+    assert used == {"bytes": 8, "capped": True}
+
+
+def test_the_tokenizer_cache_is_keyed_by_the_cap_and_a_tiny_cap_still_caps(tmp_path, corpus):
+    # catches a tokenizer cache key without --tokenizer_train_mb, and a cap under 1 byte read as no cap
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path), vocab=270)
+    run(tmp_path, **kw)
+    *_, logs = run(tmp_path, tokenizer_train_mb=1e-7, **kw)
+    assert not any("tokenizer: cache hit" in line for line in logs)
+    assert any("(the start of the training text, capped)" in line for line in logs)
 
 
 def test_tokenizer_json_loads_in_transformers(tmp_path):
@@ -889,6 +960,23 @@ def test_an_altered_shard_is_never_a_cache_hit(tmp_path, corpus):
     assert tok.decode(third.tokens) == stream(train_docs)
 
 
+def test_a_token_id_equal_to_the_vocabulary_size_is_refused(tmp_path):
+    # catches `>` for `>=` in TokenData's id check: id vocab_size is already outside the vocabulary
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    bin_path = shard.path / "tokens.bin"
+    st = bin_path.stat()
+    for top in (tok.vocab_size - 1, tok.vocab_size):
+        with open(bin_path, "r+b") as f:
+            f.seek(2)
+            f.write(np.array([top], dtype=np.uint16).tobytes())
+        os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # (no sha256 check: only the id check)
+        if top < tok.vocab_size:
+            assert TokenData(shard.path, tok.hash).n_tokens == shard.n_tokens
+    with pytest.raises(DataError, match=f"holds token id {tok.vocab_size}, outside the tokenizer's"):
+        TokenData(shard.path, tok.hash)
+
+
 def test_a_full_cache_disk_is_one_line_naming_cache_dir(tmp_path, corpus, full_disk, monkeypatch):
     train_path, val_path, _, _ = corpus
     kw = dict(data=str(train_path), val_data=str(val_path))
@@ -1138,6 +1226,26 @@ def test_get_batch_on_a_memmap_shard(tmp_path):
         data.get_batch(shard.tokens[:20], 3, 32, seed=0, step=0, micro=0)
 
 
+def test_batch_windows_reach_the_last_token_and_never_pass_it():
+    # catches an off-by-one in get_batch's starts: the last window never drawn, or one past the end
+    T = 16
+    tokens = np.arange(T + 3, dtype=np.uint16)
+    x, y = data.get_batch(tokens, 200, T, seed=0, step=0, micro=0)
+    assert set(x[:, 0].tolist()) == {0, 1, 2} and int(y.max()) == T + 2  # starts 0 .. n - T - 1
+    x, y = data.get_batch(tokens[:T + 1], 2, T, seed=0, step=0, micro=0)  # one window exactly
+    assert torch.equal(y[0], torch.arange(1, T + 1))
+    with pytest.raises(DataError, match="fewer than one window"):  # (T tokens: no window, not a numpy error)
+        data.get_batch(tokens[:T], 2, T, seed=0, step=0, micro=0)
+
+
+def test_no_two_seed_step_micro_triples_draw_the_same_batch():
+    # catches a seed that mixes its parts (seed + step): seed 1 at step 1 drew seed 2's step 0
+    tokens = np.arange(50000, dtype=np.uint16)
+    firsts = {tuple(data.get_batch(tokens, 4, 8, seed=s, step=t, micro=m)[0][:, 0].tolist())
+              for s, t, m in itertools.product(range(3), repeat=3)}
+    assert len(firsts) == 27
+
+
 @pytest.mark.parametrize("n", [101, 102, 103, 111])
 def test_validation_windows_cover_every_token_once(n):
     tokens = (np.arange(n) * 7 % 300).astype(np.uint16)
@@ -1162,6 +1270,24 @@ def test_validation_windows_cover_every_token_once(n):
     assert data.n_val_windows(tokens, T, max_windows=5) == 5
     _, y = targets(data.val_windows(tokens, T, max_windows=5))
     assert np.array_equal(y, tokens[1:51])
+
+
+def test_the_last_validation_window_is_padded_with_pad_id():
+    # catches x kept real past the last target: the padding after it must be pad_id (and y -1)
+    tokens = np.arange(100, 113, dtype=np.uint16)  # 13 tokens: windows of 5 at 0, 5 and 10
+    x, y = data.val_windows(tokens, 5, pad_id=7)
+    assert x[2].tolist() == [110, 111, 7, 7, 7] and y[2].tolist() == [111, 112, -1, -1, -1]
+
+
+def test_the_coverage_log_counts_targets_not_the_padding():
+    # catches the last window's padding counted as covered targets: "15 of 12 ... (the first 3 windows)"
+    from types import SimpleNamespace
+    val, logs = SimpleNamespace(tokens=np.arange(13, dtype=np.uint16), n_tokens=13), []  # 12 targets
+    data._log_coverage(val, 5, 0, logs.append)
+    data._log_coverage(val, 5, 2, logs.append)
+    assert logs == ["data: validation: 12 of 12 targets in 3 windows of 5 tokens (all)",
+                    "data: validation: 10 of 12 targets in 2 windows of 5 tokens (the first 2 windows: "
+                    "--eval_windows)"]
 
 
 def test_bits_per_byte_bookkeeping_against_a_hand_count(tmp_path):
