@@ -222,8 +222,8 @@ class CacheStep:
         """(B, 1, T, n), additive: 0 where a query sees a slot (slot s holds position s; the scratch
         slot, position S, is beyond every query), -inf elsewhere; in the cache's dtype, so that
         attention does not convert a boolean mask in every layer. (A stopped row's queries past the
-        end write to the scratch slot; on a chunked layer they may see no slot at all: NaN in that
-        row, whose output is never read.)"""
+        end write to the scratch slot; on a chunked layer they may see no slot at all: a row whose
+        output, NaN on some backends and zeros on others, is never read.)"""
         if chunk_size not in self.masks:
             slots = torch.arange(self.n, device=self.pos.device)[None]  # (1, n)
             allowed = attention_mask(self.pos, slots, chunk_size)
@@ -235,9 +235,9 @@ class CacheStep:
 def attention_mask(q_pos, k_pos, chunk_size=None):
     """Boolean mask (B, 1, Tq, Tk): key visible to query iff causal, not padding and, on chunked
     layers, in the same aligned chunk. q_pos (B, Tq), k_pos (B or 1, Tk), -1 = padding. A padding
-    query sees key slot 0 alone, so its row is not empty (an empty row would put NaN into the
-    values). A query whose chunk starts after every key (a stopped row's, past the end of a KV
-    cache) sees none: NaN in a row whose output is never read."""
+    query sees key slot 0 alone, so its row is not empty (an empty row is NaN on some backends,
+    zeros on others, such as torch 2.13's CPU kernel). A query whose chunk starts after every key
+    (a stopped row's, past the end of a KV cache) sees none: a row whose output is never read."""
     q, k = q_pos[:, :, None], k_pos[:, None, :]  # (B, Tq, 1), (B or 1, 1, Tk)
     allowed = (k <= q) & (k >= 0)
     if chunk_size is not None:  # causal already: the key need only be at or after its chunk's start.

@@ -249,3 +249,18 @@ def test_an_export_that_cannot_write_its_weights_leaves_the_folder_as_it_was(tmp
     tokens = torch.randint(0, V, (2, 20))
     with torch.no_grad():
         assert torch.equal(checkpoint.load_hf(tmp_path / "hf")(tokens).logits, old(tokens).logits)
+
+
+def test_import_takes_the_first_end_token_and_rope_scaling_over_rope_parameters():
+    """Catches the import taking the last of a list of end tokens (Meta's configs list several; the
+    first ends a story), reading `rope_parameters` before `rope_scaling` where both are there, and
+    the export naming another bos token than <|endoftext|>, which starts every story."""
+    cfg = checkpoint.hf_config(debug_args())
+    assert cfg["bos_token_id"] == DEBUG.eos_id
+    cfg["eos_token_id"] = [9, 0]
+    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                           "high_freq_factor": 2.0, "original_max_position_embeddings": 16,
+                           "rope_theta": 1000.0}
+    args = checkpoint.args_from_hf(cfg)
+    assert args.eos_id == 9
+    assert (args.rope_scaling, args.rope_factor, args.rope_theta) == ("llama3", 4.0, 1000.0)

@@ -184,6 +184,27 @@ def test_a_checkpoint_restores_every_field_of_the_loop_state():
     assert train.LoopState.from_checkpoint(state.to_checkpoint(seed=1), tokens_per_step=64) == state
 
 
+def test_rng_state_round_trips_every_generator():
+    """Catches set_rng_state dropping numpy's position in its key or Python's cached gauss: after
+    restoring, every generator draws what it drew after the state was taken."""
+    random.gauss(0, 1)  # mid-stream: Python holds the second of a pair of gaussians
+    np.random.rand(5)  # and numpy a position inside its key
+    state = checkpoint.rng_state()
+    draws = [(random.gauss(0, 1), random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+             for _ in range(2)]
+    checkpoint.set_rng_state(state)
+    draws.append((random.gauss(0, 1), random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()))
+    assert draws[2] == draws[0] != draws[1]
+
+
+def test_load_model_gives_a_model_in_eval_mode(tmp_path):
+    """Catches load_model returning a model in training mode (noisy routing: sample.py refuses it;
+    --eval_only would route with noise)."""
+    checkpoint.save_model_only(Llama4(debug_args()), tmp_path / "m.pt")
+    model, _ = checkpoint.load_model(tmp_path / "m.pt")
+    assert not any(m.training for m in model.modules())
+
+
 class Crash(BaseException):
     pass
 
