@@ -228,6 +228,39 @@ def test_import_of_our_export_saved_again_by_transformers(tmp_path):
         assert torch.equal(ours(tokens).logits, back(tokens).logits)
 
 
+def test_an_exported_tokenizer_decodes_in_transformers_as_ours_does(tmp_path):
+    """Catches tokenizer_config.json turning on transformers' clean-up of spaces (" ." read back as
+    "."): transformers 5 ignores it for BPE, with a warning, but transformers 4 would change the text."""
+    from conftest import WORDS
+    from transformers import AutoTokenizer
+
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train([" ".join(WORDS) + " . !"] * 50, V)
+    tok.save(tmp_path / "tokenizer.json")
+    checkpoint.export_hf(build(), tmp_path / "hf", tmp_path / "tokenizer.json")
+    text = "the cat sat . mom said be kind !"
+    ids = tok.encode(text)
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").decode(ids) == tok.decode(ids) == text
+    settings = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert settings["clean_up_tokenization_spaces"] is False
+
+
+def test_an_hf_folder_without_its_weights_is_named_so(tmp_path):
+    """Catches load_hf reading a folder whose model.safetensors is gone: "is missing", not "corrupt"."""
+    checkpoint.export_hf(build(), tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="model.safetensors is missing; is .* an exported"):
+        checkpoint.load_hf(tmp_path)
+
+
+def test_the_export_says_its_output_layer_is_not_the_input_embeddings():
+    """Catches config.json saying tie_word_embeddings true: transformers 5 warns and keeps both matrices
+    (so the logits tests pass), but a reader that ties them (transformers 4) takes the wrong output layer."""
+    vision = checkpoint.hf_config(debug_args(**VISION))
+    assert checkpoint.hf_config(debug_args())["tie_word_embeddings"] is False
+    assert vision["tie_word_embeddings"] is False and vision["text_config"]["tie_word_embeddings"] is False
+
+
 def test_an_export_that_cannot_write_its_weights_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     """A full disk stops the large write, the weights: the old export (--force) stays whole, not a
     new config.json beside the old weights, and a new folder gets no config.json of a model it

@@ -369,6 +369,43 @@ def test_greedy_samples_of_a_prompt_are_the_same_story_and_it_says_so(run_dir, c
     assert "warning" not in capsys.readouterr().err
 
 
+def test_every_sampling_option_reaches_generate(run_dir, monkeypatch):
+    """Catches an option dropped between the command line and generate() (--seed, --top_k,
+    --no_cache, ... silently left at their defaults: the story still comes, from other settings)."""
+    asked = []
+
+    def generate(model, prompts, max_new_tokens, **kw):
+        asked.append(dict(max_new_tokens=max_new_tokens, **{k: kw[k] for k in [
+            "temperature", "top_k", "top_p", "greedy", "seed", "use_cache"]}))
+        return [[5] for _ in prompts]
+    monkeypatch.setattr(sample, "generate", generate)
+    argv = ["--ckpt", str(run_dir), "--prompt", "once", "--max_new_tokens", "7"]
+    sample.main([*argv, "--temperature", "0.5", "--top_k", "3", "--top_p", "0.7", "--seed", "9",
+                 "--no_cache"])
+    sample.main([*argv, "--greedy"])
+    assert asked == [dict(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.7, greedy=False, seed=9,
+                          use_cache=False),
+                     dict(max_new_tokens=7, temperature=0.8, top_k=0, top_p=1.0, greedy=True, seed=1337,
+                          use_cache=True)]
+
+
+def test_a_streamed_story_is_printed_once_and_in_whole_characters(run_dir, monkeypatch, capsys):
+    """Catches the text printed at the end repeating what was streamed, and a character whose bytes
+    two host reads split (an é) streamed as U+FFFD."""
+    from tokenizer import Tokenizer
+    tok = Tokenizer.load(run_dir / "tokenizer.json")
+    story = tok.encode(" lily \u00e9 lily")
+    assert any(tok.decode(story[:n]).endswith("\ufffd") for n in range(len(story)))  # é: two byte tokens
+
+    def generate(model, prompts, max_new_tokens, on_token, **kw):  # a host read after every token
+        for n in range(1, len(story) + 1):
+            on_token([story[:n]])
+        return [story]
+    monkeypatch.setattr(sample, "generate", generate)
+    sample.main(["--ckpt", str(run_dir), "--prompt", "once"])
+    assert capsys.readouterr().out == "once lily \u00e9 lily\n"
+
+
 def test_dtype_and_compile_options(run_dir, capsys):
     """--dtype bfloat16 runs on CPU too (bf16 weights, fp32 RoPE tables); --compile auto means on
     for CUDA only, and a bare --compile means true."""
@@ -512,8 +549,9 @@ def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
     capsys.readouterr()
     argv = ["--prompt", "once upon a time", "--max_new_tokens", "20", "--seed", "5"]
     a = sample.main(["--ckpt", str(run_dir), *argv])
+    capsys.readouterr()
     b = sample.main(["--hf", str(tmp_path / "hf"), *argv])
-    assert a == b
+    assert a == b and "most recent run" not in capsys.readouterr().err  # (--hf is not the latest run)
     from transformers import AutoTokenizer  # the exported tokenizer loads in transformers
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert hf_tok.decode(hf_tok.encode("once upon a time")) == "once upon a time"

@@ -205,6 +205,32 @@ def test_load_model_gives_a_model_in_eval_mode(tmp_path):
     assert not any(m.training for m in model.modules())
 
 
+def test_find_checkpoint_takes_a_runs_last_pt_by_folder_or_name_and_the_newest_run(tmp_path):
+    """Catches a run folder giving best.pt, a run name not looked up in --out_dir, `latest` (no
+    path) taking the oldest run, and run_folders listing the oldest first."""
+    out = tmp_path / "out"
+    for age, run in enumerate(["run-new", "run-old"]):
+        (out / run).mkdir(parents=True)
+        for name in ("best.pt", "last.pt"):
+            (out / run / name).touch()
+            os.utime(out / run / name, (1e9 - 1000 * age, 1e9 - 1000 * age))
+    assert checkpoint.find_checkpoint("", out_dir=out) == out / "run-new" / "last.pt"
+    assert checkpoint.find_checkpoint(str(out / "run-old"), out_dir=out) == out / "run-old" / "last.pt"
+    assert checkpoint.find_checkpoint("run-old", out_dir=out) == out / "run-old" / "last.pt"
+    assert checkpoint.run_folders(out) == [out / "run-new", out / "run-old"]
+
+
+def test_loading_a_checkpoint_never_runs_the_code_it_holds(tmp_path):
+    """Catches torch.load without weights_only=True: a .pt from elsewhere ran the code pickled in it."""
+    class Code:
+        def __reduce__(self):
+            return os.mkdir, (str(tmp_path / "ran"),)
+    torch.save({"model": {}, "model_args": {}, "code": Code()}, tmp_path / "x.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="it holds Python objects"):
+        checkpoint.load_checkpoint(tmp_path / "x.pt")
+    assert not (tmp_path / "ran").exists()
+
+
 class Crash(BaseException):
     pass
 
