@@ -320,3 +320,36 @@ def test_different_tokenizers_are_one_line_naming_the_run_folders(tmp_path, corp
     assert err[-1].startswith("compare.py: error: the three runs used different tokenizers")
     assert all(f"{runs / f'compare-{name}'}" in err[-1] for name in NAMES) and "--cache_dir" in err[-1]
     assert not (tmp_path / "img" / "compare.json").exists()
+
+
+def test_a_row_weights_windows_by_their_tokens_and_reads_the_last_records():
+    """Catches summarize's tokens/s or MFU inverted or taken per window, its validation read from the
+    first evaluation, and the max expert share read as a min."""
+    run = {"name": "moe", "tokens_per_step": 10, "val": [
+        {"nats_per_token": 5.0, "bits_per_byte": 3.0, "minutes": 1.0},
+        {"nats_per_token": 4.0, "bits_per_byte": 2.5, "minutes": 2.0}], "train": [
+        {"step": 2, "tokens_per_s": 10.0, "mfu": 0.1, "expert_share": [[0.5, 0.5]], "router_entropy": [0.6]},
+        {"step": 6, "tokens_per_s": 40.0, "mfu": 0.4, "expert_share": [[0.75, 0.25], [0.6, 0.4]],
+         "router_entropy": [0.5, 0.3]}]}
+    row = compare.summarize(run, 6)
+    # 20 tokens in 2 s, then 40 in 1 s: 60 tokens in 3 s; MFU scales with the rate, from the last window's
+    assert row["tokens_per_s"] == pytest.approx(20.0) and row["mfu"] == pytest.approx(0.2)
+    assert (row["val_nats_per_token"], row["val_bits_per_byte"], row["minutes"]) == (4.0, 2.5, 2.0)
+    assert row["max_expert_share"] == 0.75 and row["router_entropy"] == pytest.approx(0.4)
+    assert row["tokens"] == 60
+
+
+def test_one_run_of_another_tokenizer_is_refused_too(tmp_path, corpus, monkeypatch):
+    """Catches the tokenizer check passing when two of the three runs share a tokenizer and one does not."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(compare.train, "main", lambda argv: {
+        "step": 1, "run_dir": str(runs / argv[argv.index("--run") + 1]), "finished": "max_steps"})
+    monkeypatch.setattr(compare, "load_run", lambda name, run_dir: {
+        "name": name, "label": name, "dir": compare.Path(run_dir), "train": [], "val": [],
+        "tokens_per_step": 1})
+    monkeypatch.setattr(compare, "sha256", lambda path: "b" if "compare-dense" in str(path) else "a")
+    argv = ["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"), "--preset", "debug",
+            "--out_dir", str(runs), "--out", str(tmp_path / "img")]
+    with pytest.raises(compare.DataError, match="the three runs used different tokenizers"):
+        compare.main(argv)
+    assert not (tmp_path / "img" / "compare.json").exists()

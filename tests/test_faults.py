@@ -1592,3 +1592,33 @@ def test_matplotlib_and_wandb_folders_move_only_where_unset_and_unwritable(tmp_p
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))  # the config folder alone: moved too
     runlog.writable_home_dirs("MPLCONFIGDIR")
     assert os.environ["MPLCONFIGDIR"] == str(ours / "matplotlib")
+
+
+def test_a_console_passes_on_an_error_that_is_not_its_streams():
+    """Catches Console taking any exception for a lost console: a bug in the caller (bytes written
+    to a text stream) went silent, and the stream was dropped for the rest of the run."""
+    console = errors.Console(io.StringIO(), "standard output", "train.py")
+    with pytest.raises(TypeError):
+        console.write(b"bytes")
+    assert not console.lost and console.write("text") == 4 and console.stream.getvalue() == "text"
+
+
+def test_signals_kept_puts_the_handlers_back_after_its_block():
+    """Catches signals_kept leaving its recording handler on SIGINT and SIGTERM after the block."""
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+    old, sigint = signal.signal(signal.SIGTERM, mine), signal.getsignal(signal.SIGINT)
+    try:
+        with errors.signals_kept():
+            assert signal.getsignal(signal.SIGTERM) is not mine  # (recording what mine raises)
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is sigint
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_a_closed_stdout_met_outside_its_wrapper_ends_quietly_too():
+    """Catches run_script knowing stdout's closed pipe only by its wrapper's mark: a write to fd 1 past
+    sys.stdout (os.write, a library's own handle) met `| head` with a traceback and exit 1."""
+    done = run_script_into_a_closed_pipe("os.write(1, b'x' * 100000)")
+    assert (done.returncode, done.stderr) == (141, "")

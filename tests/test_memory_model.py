@@ -156,3 +156,31 @@ def test_a_batch_too_large_to_model_in_minutes_is_refused_before_any_work(tmp_pa
     assert e.value.code == 2 and err.endswith(f": error: {message}\n") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
     assert memory_model.MAX_LOSS_CHUNKS * 1024 // 256 == 16384  # (the docstring's scout-128m figure)
+
+
+def test_the_table_adds_held_to_step_memory_in_gigabytes_of_1024_mb():
+    """Catches the table's `step + held (GB)` column leaving out the held memory, or dividing by 1000."""
+    result = {"config": {"preset": "tiny", "max_seq_len": 64, "vocab_size": 4096, "dtype": "float32",
+                         "device": "cuda", "torch": "2"},
+              "batches": {"8": {"step_memory_mb": {"moe": 1536.0}, "held_mb": {"moe": 2560.0},
+                                "ratios": {"ckpt_memory_saving": 0.5}}}}
+    md = memory_model.markdown(result)
+    assert "| 8 | moe | 1,536 | 2,560 | 4.0 |" in md and "| 8 | 50% |  |" in md
+
+
+def test_a_batch_one_chunk_over_the_limit_is_refused(tmp_path, monkeypatch, capsys):
+    """Catches the loss's chunk count rounded down: a batch whose last chunk is partial (scout-128m at
+    16,385 sequences: 4,096.25 chunks) passed the 4,096 limit and was modelled."""
+    def work(*args):
+        raise AssertionError("the step was modelled")
+    monkeypatch.setattr(memory_model.bench_model, "modelled_step_memory", work)
+    with pytest.raises(SystemExit) as e:
+        memory_model.main(["--batches", "16385", "--out", str(tmp_path / "m.json")])
+    assert e.value.code == 2 and "loss in 4,097 chunks" in capsys.readouterr().err
+
+
+def test_an_out_named_md_in_capitals_is_refused_too(tmp_path, capsys):
+    """Catches the .md check reading the suffix's case: --out m.MD had its JSON replaced by the table."""
+    with pytest.raises(SystemExit) as e:
+        memory_model.main(["--preset", "debug", "--batches", "2", "--out", str(tmp_path / "m.MD")])
+    assert e.value.code == 2 and "the table is written beside the JSON as m.md" in capsys.readouterr().err

@@ -5,6 +5,7 @@ any number of layers. Run folders are written by hand
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -13,7 +14,9 @@ import torch
 from conftest import ROOT
 
 import config
+import errors
 import model
+import runlog
 from scripts import count_params, export_hf, plot_runs
 
 
@@ -152,3 +155,114 @@ def test_help_with_nowhere_to_go_is_said_as_any_output_is(script):
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def drawn(monkeypatch) -> list:
+    """The (left, right) axes of each runlog.plot_runs drawing, kept after its figure is closed."""
+    axes, draw = [], runlog._draw
+
+    def spy(fig, left, right, *args):
+        axes.append((left, right))
+        return draw(fig, left, right, *args)
+    monkeypatch.setattr(runlog, "_draw", spy)
+    return axes
+
+
+def test_plot_runs_draws_every_curve_against_the_x_asked_for(tmp_path, monkeypatch):
+    """Catches validation bits/byte drawn against another x than --x, and the single run's
+    `validation` nats/token curve drawn beside each of several runs."""
+    axes = drawn(monkeypatch)
+    runlog.plot_runs([fake_run(tmp_path / "a"), fake_run(tmp_path / "b")], tmp_path / "p.png", x="minutes")
+    left, right = axes[0]
+    assert [list(line.get_xdata()) for line in left.lines] == [[5 / 60, 10 / 60]] * 2  # no validation line
+    assert [list(line.get_xdata()) for line in right.lines] == [[1 / 6]] * 2
+    assert left.get_xlabel() == right.get_xlabel() == "wall-clock minutes"
+    runlog.plot_runs([tmp_path / "a"], tmp_path / "p.png", x="step")
+    left, right = axes[1]
+    assert [line.get_label() for line in left.lines][1:] == ["validation"]
+    assert [list(line.get_xdata()) for line in (*left.lines[1:], *right.lines)] == [[10], [10]]
+
+
+def test_plot_runs_draws_a_run_with_validation_records_only(tmp_path, monkeypatch):
+    """Catches a run with no train record (one evaluated before its first log step) left off the
+    plot: its validation curve is drawn, not 'nothing to plot'."""
+    run = tmp_path / "r"
+    run.mkdir()
+    val = {"kind": "val", "step": 0, "tokens": 0, "minutes": 0.1, "nats_per_token": 5.5, "bits_per_byte": 3.2}
+    (run / "metrics.jsonl").write_text(json.dumps(val) + "\n")
+    axes = drawn(monkeypatch)
+    assert runlog.plot_runs([run], tmp_path / "p.png").exists()
+    left, right = axes[0]
+    assert [line.get_label() for line in left.lines] == ["validation"] and len(right.lines) == 1
+
+
+def test_the_legend_tells_apart_runs_of_other_batches_and_router_noise(tmp_path):
+    """Catches run_label leaving out --grad_accum from the batch (8 x 4 said 8) or router noise off."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({"router_noise": False}))  # (the rest: today's defaults)
+    (run / "train.json").write_text(json.dumps({"batch_size": 8, "grad_accum": 4}))
+    label = runlog.run_label(run)
+    assert " no-noise," in label and f"batch 32x{config.ModelArgs().max_seq_len}" in label, label
+
+
+def test_runs_are_compared_on_the_text_of_their_last_evaluation(tmp_path):
+    """Catches incomparable reading val_bytes from a run's first evaluation, not its last (a run
+    resumed with another --val_data)."""
+    a = (tmp_path / "a", [], [{"val_bytes": 807}, {"val_bytes": 1169}])
+    b = (tmp_path / "b", [], [{"val_bytes": 807}])
+    assert runlog.incomparable([a, b]) == [
+        "the runs were validated on different text (val_bytes: a 1169, b 807): their bits/byte do not "
+        "compare; train them with the same --val_data and --eval_windows 0 (all of it)"]
+    assert runlog.incomparable([a, (tmp_path / "c", [], [{"val_bytes": 1169}])]) == []
+
+
+def test_count_params_refuses_a_tiny_vocabulary_as_a_bad_setting(capsys):
+    """Catches count_params.py's too-small --vocab_size exiting 1 instead of a bad setting's 2."""
+    with pytest.raises(SystemExit) as e:
+        count_params.main(["--preset", "debug", "--vocab_size", "100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("count_params.py: error: ") and err.count("\n") == 1
+
+
+def test_count_params_explains_the_scout_model_cards_total(capsys):
+    """Catches the Scout card's total said to be 'not one embedding matrix' more than the modules'."""
+    counts = count_params.main(["--preset", "scout-17b-16e"])
+    out = capsys.readouterr().out
+    assert count_params.SCOUT_CARD_TOTAL - counts["total"] == counts["embedding"]
+    assert "exactly one embedding matrix" in out and "not one embedding" not in out
+
+
+def test_export_hf_keeps_a_bad_settings_status_and_puts_sigterm_back(tmp_path, monkeypatch, capsys):
+    """Catches export_hf.py exiting 1 for a bad setting (a folder of runs given as the checkpoint: 2),
+    and leaving SIGTERM as a Ctrl-C once it is done (its caller's handler lost)."""
+    def refused(*args, **kwargs):
+        raise errors.ConfigError(f"{tmp_path / 'x'} is a folder of runs, not a run")
+    monkeypatch.setattr(export_hf.checkpoint, "find_checkpoint", refused)
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(SystemExit) as e:
+            export_hf.main([str(tmp_path / "x"), str(tmp_path / "dest")])
+        assert e.value.code == 2 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_plot_runs_warns_of_a_torn_last_line_and_plots_the_rest(tmp_path, capsys):
+    """Catches read_metrics (or plot_runs.py) dropping a torn last metrics.jsonl line without a word."""
+    run = fake_run(tmp_path / "r")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 15, "lo')  # a crash during the append
+    plot_runs.main([str(run), "--out", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    assert err.startswith("plot_runs.py: warning: ") and "dropped a torn last line (line 4" in err
+    assert (tmp_path / "p.png").exists()
+
+
+def test_count_params_shares_are_of_the_whole_model_vision_stub_included(capsys):
+    """Catches the share column taken of the text model alone: with the vision stub the rows summed
+    past 100%."""
+    count_params.main(["--preset", "debug", "--vision", "true"])
+    out = capsys.readouterr().out.splitlines()
+    shares = [float(line.split()[-1][:-1]) for line in out if line.endswith("%")]
+    assert sum(shares) == pytest.approx(100, abs=0.05 * len(shares))

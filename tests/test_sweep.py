@@ -1,11 +1,15 @@
 """scripts/sweep.py on toy settings: the stages run, the report names the best candidate,
 the table, plot and JSON are written, and a finished run is read back rather than run again."""
 
+import argparse
 import json
 
 import pytest
+import torch
 from conftest import write_stories
 
+import config
+import model
 from scripts import sweep
 
 TOY = ["--vocab_size", "300", "--num_proc", "1"]  # passed to every run, after the candidate's own
@@ -415,3 +419,47 @@ def test_tokens_per_s_is_over_the_training_seconds_and_none_without_a_train_reco
     assert sweep.run_one("tiny-2026-11", [], 0.01, 1, opts) == result  # (read back: sweep-result.json)
     row = sweep.table([result], "t")[-2]
     assert f"| {result['steps']:,} | {'n/a' if expected is None else '15'} | " in row
+
+
+def test_a_variation_that_only_ties_the_best_shape_is_not_combined(monkeypatch):
+    """Catches combinations taking a variation that scored the same as the best shape for one that helped."""
+    monkeypatch.setattr(sweep, "VARIATIONS", {
+        "lr3e-3": ["--lr", "3e-3"], "batch8": ["--batch_size", "8"], "vocab2048": ["--vocab_size", "2048"]})
+    scores = {"s": 1.2, "s+lr3e-3": 1.1, "s+batch8": 1.2, "s+vocab2048": 1.15}
+    screened = [{"name": k, "bits_per_byte": v} for k, v in scores.items()]
+    assert list(sweep.combinations("s", [], screened)) == ["s+lr3e-3+vocab2048"]
+
+
+def fake_train_py(tmp_path, monkeypatch, extra=()):
+    """run_one's options, and a train.py that finishes at once in a run folder it makes (mkdir: one
+    already there is an error)."""
+    def trained(argv, **kwargs):
+        finished_run(tmp_path / "runs" / argv[argv.index("--run") + 1], step=2, tokens=512,
+                     tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    return argparse.Namespace(out_dir=str(tmp_path / "runs"), no_compile=True, extra=list(extra),
+                              data="train.txt", val_data="valid.txt", cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_runs_sizes_are_those_of_the_model_it_trained(tmp_path, monkeypatch):
+    """Catches run_one's sizes leaving out the options passed through to every run (--n_experts 8), or
+    counting every expert as active."""
+    opts = fake_train_py(tmp_path, monkeypatch, ["--n_experts", "8"])
+    result = sweep.run_one("top2", ["--top_k", "2"], 0.01, 1, opts)
+    m = config.parse_args([config.ModelArgs], ["--preset", "tiny", "--top_k", "2", "--n_experts", "8"])[1][0]
+    with torch.device("meta"):
+        counts = model.count_parameters(model.Llama4(m))
+    assert (result["params"], result["active_params"]) == (counts["total"], counts["active_per_token"])
+    assert result["active_params"] < result["params"]
+
+
+def test_a_run_cut_short_is_run_again_in_a_fresh_folder(tmp_path, monkeypatch):
+    """Catches run_one starting train.py again in the folder an interrupted run left (no
+    sweep-result.json in it) instead of deleting it first."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    left = sweep.result_path("s", 0.01, 1, opts).parent
+    left.mkdir(parents=True)
+    (left / "last.pt").write_bytes(b"a run cut short")
+    assert sweep.run_one("s", [], 0.01, 1, opts)["bits_per_byte"] == 2.0
+    assert not (left / "last.pt").exists() and (left / "sweep-result.json").exists()
