@@ -11,7 +11,7 @@ then batches.
 
 Sources (TinyStories from the Hugging Face Hub, or local .txt, .jsonl, .json, .parquet and .arrow
 files), how their text splits into documents and the held-out validation slice live in sources.py:
-resolve_sources gives the two splits that prepare tokenizes.
+sources.resolve_sources gives the two splits that prepare tokenizes.
 
 Token stream layout: every document is preceded by the separator, [eos] doc1 [eos] doc2 ..., so
 token 0 of a stream is eos, every text token can be a target, and eos is predicted at each story end
@@ -83,7 +83,7 @@ import sources
 import storage
 from config import SPECIAL_TOKENS
 from errors import DataError, UserError, first_line
-from sources import Split, in_bytes, plural, resolve_sources
+from sources import in_bytes, plural  # (log-line formatting; the rest is used as sources.X)
 from tokenizer import PIECE_CHARS, Tokenizer, check_tokenizer, pieces, too_small
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
@@ -311,7 +311,7 @@ def _in_pieces(texts: list[str], per_batch: int = 4):
         yield run
 
 
-def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, train: Split,
+def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, train: sources.Split,
                   log=print) -> Tokenizer:
     """--tokenizer if given, else the cached BPE for this training text and vocabulary, else train it."""
     if train_args.tokenizer:
@@ -360,7 +360,8 @@ def _cached_tokenizer(path: Path, log) -> Tokenizer | None:
     return None
 
 
-def get_tokens(name: str, split: Split, tok: Tokenizer, cache_dir, threads: int = 1, log=print) -> TokenData:
+def get_tokens(name: str, split: sources.Split, tok: Tokenizer, cache_dir, threads: int = 1,
+               log=print) -> TokenData:
     """The split's token shard: from the cache when source and tokenizer match, else tokenized now."""
     key = _key({"source": split.signature, "tokenizer": tok.hash, "format": FORMAT})
     folder = Path(cache_dir) / "tokens" / f"{name}-{key}"
@@ -493,7 +494,7 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     """
     threads, log = train_args.num_proc or os.cpu_count() or 1, _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
-        train_split, val_split = resolve_sources(train_args, log)
+        train_split, val_split = sources.resolve_sources(train_args, log)
         tok = get_tokenizer(train_args, model_args, train_split, log)
         train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
         T = model_args.max_seq_len
@@ -512,7 +513,7 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     check_tokenizer(tok, model_args)
     log = _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
-        _, val_split = resolve_sources(train_args, log, need_train=False)
+        _, val_split = sources.resolve_sources(train_args, log, need_train=False)
         val = get_tokens("val", val_split, tok, train_args.cache_dir,
                          train_args.num_proc or os.cpu_count() or 1, log)
     _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)

@@ -461,11 +461,14 @@ def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
 
 def plot_loss(run_dir: Path, out, log=print) -> Path | None:
     """This run's curves at `out` (relative paths are inside the run folder); a plot that cannot be
-    written is reported, and training goes on."""
+    made (its records unreadable, its file unwritable, matplotlib failing) is one line, and training
+    goes on."""
     out = Path(run_dir) / out
     try:
         return plot_runs([run_dir], out, title=f"{shown(run_dir)}: loss")
-    except (OSError, StorageError) as e:  # (the error names its file: metrics.jsonl, or the plot)
+    except StorageError as e:  # (its line names the plot and the fix)
+        log(f"plot: {e}; training goes on")
+    except OSError as e:  # (its text names the file: metrics.jsonl, or the plot's folder)
         log(f"plot: could not make {out} ({e}); training goes on")
     except Exception as e:  # matplotlib's own failures: a plot is never worth a run
         log(f"plot: could not draw {out} ({first_line(e)}); training goes on")

@@ -263,6 +263,9 @@ def fastest_call(fn, seconds: float, clock=time.perf_counter) -> float:
             return best
 
 
+CGROUP_MEMORY_MAX = "/sys/fs/cgroup/memory.max"  # this container's memory limit under cgroup v2, or "max"
+
+
 def device_memory(device: torch.device) -> int | None:
     """Bytes of memory the device has: the GPU's total, or on CPU the machine's physical memory
     (or the cgroup v2 limit of this container, when lower). None when it cannot be told."""
@@ -273,7 +276,7 @@ def device_memory(device: torch.device) -> int | None:
     except (ValueError, OSError, AttributeError):
         return None
     try:
-        with open("/sys/fs/cgroup/memory.max") as f:
+        with open(CGROUP_MEMORY_MAX) as f:
             limit = f.read().strip()
         if limit.isdigit():
             total = min(total, int(limit))

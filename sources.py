@@ -6,6 +6,8 @@
     load_files, load_hub             local files or a hub split as a `datasets.Dataset` with a "text" column
     held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
     warn_overlap                     a warning when --val_data names files of --data
+    document                         a document's text as it is tokenized (data.py applies it)
+    plural, in_bytes                 counts and sizes in log lines (data.py's too)
     DOCUMENT_RULES, HELD_OUT_RULES   versions of these rules, part of the cache keys (data.py's)
 
 Sources. By default TinyStories from the Hugging Face Hub through `datasets.load_dataset` (splits
@@ -32,6 +34,9 @@ dropped, in every format: the same text gives the same tokens from a .txt, a .js
 the hub.
 
 How this departs from the obvious version:
+- A Split is identified without reading it: its `signature` (each file's path, size and
+  modification time, the document rules, the held-out slice) is what data.py's cache keys hold,
+  so a cache hit on local files costs a few stat calls.
 - A --data that is a pipe (`cat x | ... --data /dev/stdin`, a FIFO) is refused as such: a source
   is read more than once (scanned, then read, and identified by its size and time).
 - Bytes that are not UTF-8 in a .txt file are replaced by U+FFFD and counted in the log, per file;
@@ -65,7 +70,7 @@ DOCUMENT_RULES = 5  # version of how sources split into documents (and empty row
 # a held-out slice's count): a new one rebuilds their caches (4: \r\n and \r are \n in every format;
 # 5: U+FEFF is dropped wherever it is, in every format)
 HELD_OUT_RULES = 2  # version of which rows a held-out slice counts as documents: a new one rebuilds the
-# caches of held-out slices alone (2: a row of byte-order marks and whitespace is none, as document says)
+# caches of held-out slices alone (2: a row of byte-order marks and whitespace is none, as document() says)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 FORMATS = ".txt, .jsonl, .json, .parquet or .arrow"
 SAVED = ("state.json", "dataset_info.json")  # what `save_to_disk` writes beside its .arrow files: not text
@@ -531,7 +536,7 @@ class Split:
         if self.keep == "all":
             return ds
         import pyarrow.compute as pc
-        kept = []  # the rows that are documents once document drops U+FEFF and strips whitespace
+        kept = []  # the rows that are documents once document() drops U+FEFF and strips whitespace
         for chunk in ds.data.column("text").chunks:  # (a chunk at a time: not the corpus twice)
             text = pc.utf8_trim_whitespace(pc.replace_substring(chunk, BOM, ""))
             kept.append(pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))

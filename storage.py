@@ -7,6 +7,7 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     read_jsonl(path)           the log's records, a torn last line dropped with a warning
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
     RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
+    os_error_in, refused_in    the OSError behind a wrapped failure; whether it is a write refused in a folder
     results_path(parser, ...)  where a script writes results: never over the README's figures by accident
 
 How this departs from the obvious version:
@@ -74,7 +75,7 @@ def os_error_in(e: BaseException) -> OSError | None:
 
 def refused_in(cause: OSError, folder) -> bool:
     """Whether an OSError is a write refused in `folder`: a read-only disk (nothing is written
-    elsewhere), or no permission for a file in it or for a folder on the way to it (a source file
+    elsewhere), or no permission for a file in it or for a folder on the way to it (a file elsewhere
     not readable is another matter)."""
     if cause.errno == errno.EROFS:
         return True

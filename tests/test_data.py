@@ -176,7 +176,7 @@ def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
 
 
 def test_markers_inside_lines_split_up_to_exactly_100_times_as_many_blank_lines(tmp_path):
-    # catches an off-by-one in INLINE_SHARE: only blank lines *over* 100 times the markers make them text
+    # catches `>` for `>=` in _scan_txt's test: only blank lines *over* 100 times the markers make them text
     for blanks, layout in [(100, "inline"), (101, "blank")]:
         text = "".join(f"p{i}.\n\n" for i in range(blanks)) + "x <|endoftext|> y\n"
         path = write(tmp_path / f"{blanks}.txt", text)
@@ -430,7 +430,7 @@ def test_held_out_shards_of_another_val_fraction_are_not_reused(tmp_path):
 def test_a_held_out_slice_counts_the_documents_tokenization_keeps(tmp_path, monkeypatch):
     """Which rows a held-out slice counted was judged before U+FEFF was dropped: a row of a
     byte-order mark alone (and whitespace) counted, then tokenized to nothing, and the 1 in k held
-    out moved past it. Now a row counts where document leaves text; caches of the old count rebuild."""
+    out moved past it. Now a row counts where document() leaves text; caches of the old count rebuild."""
     import datasets
     odd = ["\ufeff", " \ufeff\r\n", "\r", "\u2028\x1c", "\xa0\ufeff\t", "\ufeffa", "b\ufeff", " c "]
     rows = [r for i, d in enumerate(stories(12)) for r in (d, odd[i % len(odd)])]

@@ -371,22 +371,23 @@ def test_greedy_samples_of_a_prompt_are_the_same_story_and_it_says_so(run_dir, c
 
 def test_every_sampling_option_reaches_generate(run_dir, monkeypatch):
     """Catches an option dropped between the command line and generate() (--seed, --top_k,
-    --no_cache, ... silently left at their defaults: the story still comes, from other settings)."""
+    --no_cache, --compile, ... silently left at their defaults: the story still comes, from other
+    settings)."""
     asked = []
 
     def generate(model, prompts, max_new_tokens, **kw):
         asked.append(dict(max_new_tokens=max_new_tokens, **{k: kw[k] for k in [
-            "temperature", "top_k", "top_p", "greedy", "seed", "use_cache"]}))
+            "temperature", "top_k", "top_p", "greedy", "seed", "use_cache", "compile"]}))
         return [[5] for _ in prompts]
     monkeypatch.setattr(sample, "generate", generate)
     argv = ["--ckpt", str(run_dir), "--prompt", "once", "--max_new_tokens", "7"]
     sample.main([*argv, "--temperature", "0.5", "--top_k", "3", "--top_p", "0.7", "--seed", "9",
-                 "--no_cache"])
+                 "--no_cache", "--compile", "true"])
     sample.main([*argv, "--greedy"])
     assert asked == [dict(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.7, greedy=False, seed=9,
-                          use_cache=False),
+                          use_cache=False, compile=True),
                      dict(max_new_tokens=7, temperature=0.8, top_k=0, top_p=1.0, greedy=True, seed=1337,
-                          use_cache=True)]
+                          use_cache=True, compile=False)]  # (auto: eager on the CPU)
 
 
 def test_a_streamed_story_is_printed_once_and_in_whole_characters(run_dir, monkeypatch, capsys):

@@ -131,7 +131,7 @@ def test_accumulated_losses_are_means_over_the_micro_batches():
     assert lm[1] == pytest.approx(lm[0], rel=1e-5)
 
 
-def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise():
+def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise(monkeypatch):
     # catches: every micro-batch of a step taking the same windows, or the same router noise seed
     job = SimpleNamespace(device=torch.device("cpu"), micros=[0, 1], model_args=debug_args(max_seq_len=16),
                           train_data=SimpleNamespace(tokens=np.arange(10_000)),
@@ -141,6 +141,12 @@ def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise()
     assert torch.equal(train.batches_at(job, step=5)[0][0], x0)  # a pure function of (seed, step, micro)
     seeds = {train.micro_seed(1337, step, micro) for step in range(3) for micro in range(4)}
     assert len(seeds) == 12 and train.micro_seed(1337, 2, 3) != train.micro_seed(7, 2, 3)
+    seen, real_seed = [], torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seen.append(s) or real_seed(s))
+    model = Llama4(debug_args(max_seq_len=16, router_noise=True)).train()
+    batches = [(x % 320, y % 320) for x, y in train.batches_at(job, step=5)]  # (ids in the vocabulary)
+    train.accumulate(model, batches, 1337, 5, [0, 1], train.nullcontext(), train.nullcontext)
+    assert seen == [train.micro_seed(1337, 5, 0), train.micro_seed(1337, 5, 1)]
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])
@@ -184,9 +190,12 @@ def test_a_checkpoint_restores_every_field_of_the_loop_state():
     assert train.LoopState.from_checkpoint(state.to_checkpoint(seed=1), tokens_per_step=64) == state
 
 
-def test_rng_state_round_trips_every_generator():
+def test_rng_state_round_trips_the_python_numpy_and_torch_streams():
     """Catches set_rng_state dropping numpy's position in its key or Python's cached gauss: after
-    restoring, every generator draws what it drew after the state was taken."""
+    restoring, each generator draws what it drew after the state was taken."""
+    kept = checkpoint.rng_state()
+    random.seed(0)  # (no gaussian cached yet, whatever ran before)
+    np.random.seed(0)
     random.gauss(0, 1)  # mid-stream: Python holds the second of a pair of gaussians
     np.random.rand(5)  # and numpy a position inside its key
     state = checkpoint.rng_state()
@@ -194,6 +203,7 @@ def test_rng_state_round_trips_every_generator():
              for _ in range(2)]
     checkpoint.set_rng_state(state)
     draws.append((random.gauss(0, 1), random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()))
+    checkpoint.set_rng_state(kept)
     assert draws[2] == draws[0] != draws[1]
 
 
@@ -1489,15 +1499,25 @@ def test_a_plot_whose_records_cannot_be_read_says_so(tmp_path, monkeypatch):
     denied)": the line now names the file that failed."""
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "tokens": 64}) + "\n")
+    record = {"kind": "train", "step": 1, "tokens": 64, "lm_loss": 5.0}
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
 
     def unreadable(path, warn=None):
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(runlog.storage, "read_jsonl", unreadable)
+    monkeypatch.setattr(storage, "read_jsonl", unreadable)
     said = []
     assert runlog.plot_loss(folder, "loss.png", said.append) is None
     assert said == [f"plot: could not make {folder / 'loss.png'} ([Errno 13] Permission denied: "
                     f"'{folder / 'metrics.jsonl'}'); training goes on"]
+    monkeypatch.undo()
+
+    def full(path, data, fix=None):  # a StorageError's line names the file and the fix itself
+        raise storage.write_error(path, OSError(errno.ENOSPC, "No space left on device"))
+    monkeypatch.setattr(storage, "atomic_write", full)
+    said.clear()
+    assert runlog.plot_loss(folder, "loss.png", said.append) is None
+    assert said == [f"plot: cannot write {folder / 'loss.png'}: the disk is full (No space left on device); "
+                    "free some space or write somewhere else; training goes on"]
 
 
 def test_a_crash_in_the_last_evaluation_of_a_budget_ended_run_keeps_its_last_train_record(
@@ -1550,13 +1570,11 @@ def test_bf16_is_an_autocast_and_fp32_none():
         assert (a @ a).dtype == torch.float32
 
 
-@pytest.mark.parametrize("limit", ["1048576", "max"])
+@pytest.mark.parametrize("limit", [str(2**20), "max", str(2**62)])
 def test_cpu_memory_is_the_cgroup_limit_where_it_is_lower(tmp_path, monkeypatch, limit):
-    # catches: the container's memory limit ignored (or taken where it is above the machine's memory)
+    # catches: the container's memory limit ignored, or taken where it is above the machine's memory
     cgroup = tmp_path / "memory.max"
     cgroup.write_text(limit + "\n")
-    real_open = open
-    monkeypatch.setattr(runtime, "open", lambda path, *a, **k: real_open(
-        cgroup if path == "/sys/fs/cgroup/memory.max" else path, *a, **k), raising=False)
+    monkeypatch.setattr(runtime, "CGROUP_MEMORY_MAX", str(cgroup))
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert runtime.device_memory(torch.device("cpu")) == (2**20 if limit != "max" else physical)
+    assert runtime.device_memory(torch.device("cpu")) == (2**20 if limit == str(2**20) else physical)
