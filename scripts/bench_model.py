@@ -475,6 +475,7 @@ def main(argv=None):
         counts = {v: count_parameters(Llama4(variant_args(v, base))) for v in ["moe", "dense"]}
     result = {
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, 2 threads)",
+        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),  # (the run's, for gpu_check.py --render)
         "config": {**base, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
                    "compile_mode": opts.compile_mode, "compile_batches": compile_batches if compiled else [],
                    "torch": torch.__version__, "peak_flops": peak},

@@ -356,9 +356,10 @@ def markdown(out: Path) -> str:
         if FAILED else []
     if (out / "bench_model.json").exists():
         model = json.loads((out / "bench_model.json").read_text())
-        lines.append(bench.markdown({"model": model}, {"cpus": os.cpu_count(), "cpu": model["device"],
-                                                       "torch": model["config"]["torch"], "load_before": None,
-                                                       "date": time.strftime("%Y-%m-%d")}))
+        # the run's machine and day, not those of a --render elsewhere (older JSON: this machine's, today)
+        machine = {"cpus": model.get("cpus", os.cpu_count()), "cpu": model["device"], "load_before": None,
+                   "torch": model["config"]["torch"], "date": model.get("date", time.strftime("%Y-%m-%d"))}
+        lines.append(bench.markdown({"model": model}, machine))
     for name in ["bench_sample.json", "bench_sample_fp32.json"]:  # greedy tokens must agree: say where not
         if (out / name).exists():
             sample = json.loads((out / name).read_text())

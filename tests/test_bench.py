@@ -423,3 +423,141 @@ def test_quick_runs(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "**Data** (train-sample.txt, vocabulary 512)" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_model_figures_from_step_times(monkeypatch):
+    """tokens/s, MFU (a third of the training FLOPs for evaluation, against the peak given) and the
+    ratios, from step times given: catches a wrong token count, FLOPs or peak, an inverted ratio."""
+    import torch
+
+    from model import flops_per_token
+    from scripts import bench_model
+    secs = {"moe": 0.5, "dense": 0.4, "moe+ckpt": 0.6, "moe+eval": 0.1}
+    monkeypatch.setattr(bench_model, "time_variants", lambda variants, *a, **k: (secs, {}))
+    monkeypatch.setattr(bench_model, "peak_memory", lambda v, *a: {"moe": 100, "moe+ckpt": 40}[v] * 2**20)
+    monkeypatch.setattr(bench_model, "modelled_mb", lambda *args: None)
+    monkeypatch.setattr(bench_model, "ops_per_step", lambda *args: 1)
+    base = bench_model.QUICK_SHAPE
+    r = bench_model.measure_batch(list(secs), base, 2, 1, torch.device("cpu"), torch.float32, 1e12)
+    tokens = 2 * base["max_seq_len"]
+    assert r["tokens_per_second"]["moe"] == tokens / 0.5
+    fpt = flops_per_token(bench_model.ModelArgs(**base), base["max_seq_len"])
+    assert r["mfu"]["moe"] == pytest.approx(tokens / 0.5 * fpt / 1e12)
+    assert r["mfu"]["moe+eval"] == pytest.approx(tokens / 0.1 * fpt / 3 / 1e12)
+    assert r["ratios"] == pytest.approx({"moe_over_dense_time": 1.25, "ckpt_over_moe_time": 1.2,
+                                         "eval_over_train_speed": 5.0, "ckpt_memory_saving": 0.6})
+
+
+def test_bench_model_times_are_medians_after_a_warm_up(monkeypatch):
+    """Each variant's step seconds: the median of the timed steps, the warm-up step not among them
+    (catches the mean, and a failed variant left in the timings)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from scripts import bench_model
+    now, calls = [0.0], iter([100.0, 1.0, 1.0, 10.0])  # seconds per step: the warm-up, then 3 timed
+
+    def make_step(variant, *args):
+        def step():
+            if variant == "dense":  # fails in its warm-up step
+                raise RuntimeError("out of memory")
+            now[0] += next(calls)
+        return step, None
+    monkeypatch.setattr(bench_model, "make_step", make_step)
+    monkeypatch.setattr(bench_model, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    failed = {}
+    secs, _ = bench_model.time_variants(["moe", "dense"], {}, 2, 3, torch.device("cpu"), torch.float32,
+                                        failed=failed)
+    assert secs == {"moe": 1.0} and failed == {"dense": "RuntimeError: out of memory"}
+
+
+def test_ops_per_step_counts_one_step_after_the_first_and_no_views(monkeypatch):
+    """The aten op count: of a step after the first (which makes the optimizer's state), view ops
+    left out."""
+    import torch
+
+    from scripts import bench_model
+    x, calls = torch.ones(4), [0]
+
+    def step():
+        calls[0] += 1
+        y = x.view(2, 2).unsqueeze(0)  # views: not counted
+        for _ in range(5 if calls[0] == 1 else 2):  # the first step runs more ops
+            y = y + 1
+    monkeypatch.setattr(bench_model, "make_step", lambda *args: (step, None))
+    assert bench_model.ops_per_step("moe", {}, 2, torch.device("cpu"), torch.float32) == 2
+
+
+def test_cuda_peak_memory_is_the_measured_steps_above_what_is_held(monkeypatch):
+    """On CUDA (the allocator faked here): the peak counter is reset after the warm-up step, whose
+    optimizer-state peak must not count, and what is held between steps is subtracted."""
+    import torch
+
+    from scripts import bench_model
+    mem = {"now": 100, "peak": 0}
+
+    def step():  # the first step's peak (optimizer state made) is higher than a later step's
+        mem["peak"] = max(mem["peak"], mem["now"] + (1000 if not mem["peak"] else 300))
+    monkeypatch.setattr(bench_model, "make_step", lambda *args: (step, None))
+    monkeypatch.setattr(bench_model, "sync", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: mem["now"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: mem.update(peak=mem["now"]))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: mem["peak"])
+    assert bench_model.peak_memory("moe", {}, 2, torch.device("cuda"), torch.bfloat16) == 300
+
+
+def test_bench_md_quotes_the_right_figures_and_rows():
+    """bench.md: MB/s and the peak-RSS ratio the right way up, every batch's decoding row, the model
+    ratio rows under their own keys, and the tables read back from an earlier run named."""
+    sample = {**SAMPLE, "results": {**SAMPLE["results"], "batch8": {"tokens_per_s": {"cached": 400.0,
+                                                                                     "uncached": 100.0},
+                                                                    "cached_over_uncached": 4.0}}}
+    c = {"max_seq_len": 64, "dim": 64, "n_layers": 2, "n_experts": 16, "top_k": 1, "dtype": "float32",
+         "repeats": 2}
+    model = {"device": "cpu", "config": c, "batches": {"8": {
+        "step_seconds": {"moe": 0.1}, "tokens_per_second": {"moe": 5120.0}, "mfu": None, "ops_per_step": {},
+        "peak_step_memory_mb": {}, "ratios": {"moe_over_dense_time": 1.25, "eval_over_train_speed": 3.5}}}}
+    machine = {"cpus": 2, "cpu": "x", "torch": "t", "load_before": 0, "date": "d", "parts_run": ["sample"]}
+    md = bench.markdown({"model": model, "sample": sample, "data": DATA}, machine)
+    assert "(the model, data tables read back from an earlier run's JSON)" in md
+    assert "| our MoE / our dense (same active parameters), time | 1.25 | <= 1.3 |" in md
+    assert "| evaluation pass tokens/s / training step tokens/s | 3.50 | >= 3 (GPU) |" in md
+    assert "| 1 | 100 | 20 | 5.0 |" in md and "| 8 | 400 | 100 | 4.0 |" in md
+    assert "| 2.00 MB/s |" in md and "300 MB vs 330 MB (ratio 1.10)" in md and "the file x10 |" in md
+
+
+def test_bench_data_speed_ups_and_memory_ratio_the_right_way_up(tmp_path, monkeypatch, capsys):
+    """Speed-ups are the loop's (or one thread's) time over the parallel path's; the memory ratio is
+    the repeated text's peak over the file's, and 1.5 or more fails (exit 1). The prepare()
+    subprocess and the tokenizer are faked: figures given, not measured."""
+    from types import SimpleNamespace
+
+    import data
+    from scripts import bench_data
+    times = iter([3.0, 2.0, 1.0])  # loop, batched on one thread, parallel
+    monkeypatch.setattr(bench_data, "best_of", lambda n, fn: (next(times), fn()))
+    tok = SimpleNamespace(encode=lambda d: [len(d)], encode_docs=lambda docs, n: [[len(d)] for d in docs])
+    monkeypatch.setattr(data, "Tokenizer", SimpleNamespace(load=lambda path: tok))
+    text = tmp_path / "t.txt"
+    text.write_text("One story.<|endoftext|>Another one.")
+    speed = bench_data.tokenization_speeds(text, "tokenizer.json")
+    assert speed["speedup_parallel_vs_loop"] == 3.0 and speed["speedup_parallel_vs_batched_1_thread"] == 2.0
+    for peak, code in [(330.0, None), (480.0, 1)]:
+        def run_child(path, cache_dir, vocab_size, peak=peak):
+            (cache_dir / "tokenizer-x").mkdir(parents=True)
+            (cache_dir / "tokenizer-x" / "tokenizer.json").write_text("{}")
+            rss = 300.0 if cache_dir.name == "cache1" else peak
+            return {"seconds": 1.0, "mb": 1.0, "tokens": 10, "peak_rss_mb": rss, "baseline_rss_mb": 1.0,
+                    "peak_anon_mb": 1.0, "baseline_anon_mb": 1.0}
+        monkeypatch.setattr(bench_data, "run_child", run_child)
+        monkeypatch.setattr(bench_data, "tokenization_speeds", lambda path, tp: speed)
+        out = tmp_path / f"{peak}.json"
+        if code is None:
+            bench_data.main(["--data", str(text), "--repeat", "2", "--out", str(out)])
+        else:
+            with pytest.raises(SystemExit) as e:
+                bench_data.main(["--data", str(text), "--repeat", "2", "--out", str(out)])
+            assert e.value.code == code
+        assert json.loads(out.read_text())["peak_rss_ratio"] == pytest.approx(peak / 300)

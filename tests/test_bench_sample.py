@@ -111,3 +111,51 @@ def test_without_cached_the_tokens_are_compared_with_the_variant_named(tmp_path,
     assert r["share_of_tokens_as_uncached"] == {"uncached": 1.0, "reference": 1.0}
     out = capsys.readouterr().out
     assert "same as uncached" in out and "same as cached" not in out
+
+
+def test_figures_from_given_times_and_tokens(tmp_path, monkeypatch):
+    """tokens/s = batch x new tokens / the median time; ours over the others the right way up; the
+    tokens compared with cached's and with reference's, shares per token; the compiled variant
+    warmed up even at --warmup 0. Times and tokens faked (catches the mean, a tokens/s without the
+    batch, a comparison of a variant with itself, an inverted ratio)."""
+    from scripts import bench_sample
+    times = {"cached": iter([1.0, 1.0, 7.0]), "uncached": iter([4.0, 4.0, 4.0]),
+             "reference": iter([2.0] * 3), "compiled": iter([0.5] * 3)}
+    tokens = {"cached": [[1] * 8, [2] * 8], "uncached": [[1] * 8, [2] * 7 + [3]],
+              "reference": [[1] * 8, [2] * 6 + [3, 3]], "compiled": [[1] * 8, [2] * 8]}
+    warmed = []
+    monkeypatch.setattr(bench_sample, "decode", lambda variant, *args: warmed.append(variant))
+    monkeypatch.setattr(bench_sample, "timed", lambda variant, *args: (next(times[variant]), tokens[variant]))
+    result = main(["--quick", "--variants", "cached,uncached,reference,compiled", "--batches", "2",
+                   "--repeats", "3", "--warmup", "0", "--out", str(tmp_path / "b.json")])
+    r = result["results"]["batch2"]
+    assert warmed == ["compiled"]
+    assert r["tokens_per_s"] == {"cached": 16.0, "uncached": 4.0, "reference": 8.0, "compiled": 32.0}
+    assert r["cached_over_uncached"] == 4.0 and r["compiled_over_cached"] == 2.0
+    assert r["same_tokens_as_cached"] == {"cached": True, "uncached": False, "reference": False,
+                                          "compiled": True}
+    assert r["share_of_tokens_as_cached"] == {"cached": 1.0, "uncached": 15 / 16, "reference": 14 / 16,
+                                              "compiled": 1.0}
+    assert r["share_of_tokens_as_reference"]["cached"] == 14 / 16
+
+
+def test_hf_decodes_with_transformers_and_ragged_rows_are_cut(monkeypatch):
+    """The hf variant is transformers' generate (its new tokens only), not our model; --ragged cuts
+    row i's prompt by i % 8 tokens before our generate() pads the batch."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import sample
+    from scripts import bench_sample
+
+    class FakeHF:
+        def generate(self, prompts, **kwargs):
+            return torch.cat([prompts, torch.full((prompts.shape[0], kwargs["max_new_tokens"]), 7)], 1)
+    model = SimpleNamespace(args=SimpleNamespace(pad_id=0))  # (hf: its pad id; ragged: generate's, faked)
+    prompts = torch.arange(48).reshape(3, 16)
+    assert bench_sample.decode("hf", model, FakeHF(), prompts, 3) == [[7, 7, 7]] * 3
+    rows = []
+    monkeypatch.setattr(sample, "generate", lambda model, r, *args, **kwargs: rows.extend(r))
+    bench_sample.decode("cached", model, None, prompts, 3, ragged=True)
+    assert rows == [prompts[0].tolist(), prompts[1, 1:].tolist(), prompts[2, 2:].tolist()]

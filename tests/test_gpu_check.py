@@ -551,3 +551,131 @@ def test_make_gpu_check_stops_at_once_on_a_python_the_wheels_do_not_fit(tmp_path
                                                 "gpu-prep), but python3 is Python 3.11.7")
             assert not (tmp_path / "ran").exists()  # (neither pip nor the check ran)
     assert r.stderr == "" and "scripts/gpu_check.py" in (tmp_path / "ran").read_text()
+
+
+def test_run_figures_are_the_medians_of_the_steady_windows_and_later_passes(tmp_path):
+    """The train part's figures from metrics.jsonl: medians over the windows after the first (which
+    compiled) and the evaluation passes after the first; end to end over the whole run, in seconds;
+    catches the first window's or the mean's tokens/s, minutes for seconds, an inverted ratio."""
+    train = [(10, 0.5, 10.0, 0.01), (20, 1.0, 100.0, 0.1), (30, 1.5, 300.0, 0.3), (40, 2.0, 200.0, 0.2)]
+    records = [{"kind": "train", "step": s, "tokens": 100 * s, "minutes": m, "tokens_per_s": t, "mfu": f}
+               for s, m, t, f in train]
+    records += [{"kind": "val", "minutes": 2.5, "val_seconds": s, "val_tokens": 900}
+                for s in (10.0, 2.0, 3.0, 4.0)]  # the first pass compiled
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    got = gpu_check.run_figures(tmp_path / "metrics.jsonl")
+    assert got["steps"] == 40 and got["steady_windows"] == 3
+    assert got["steady_tokens_per_s"] == 200.0 and got["steady_mfu"] == 0.2
+    assert got["end_to_end_tokens_per_s"] == pytest.approx(4000 / 150)
+    assert got["end_to_end_mfu"] == pytest.approx(4000 / 150 * 0.2 / 200)  # the last window's MFU per tok/s
+    assert got["evaluations"] == 4 and got["eval_seconds"] == 3.0 and got["eval_tokens_per_s"] == 300.0
+    assert got["eval_over_train_speed"] == pytest.approx(1.5)
+
+
+def test_greedy_agreement_says_where_the_stories_part(tmp_path):
+    """The compiled decode step's greedy story against the eager one's: catches a comparison that
+    always agrees, a wrong count of agreeing characters, and a compiled run that fell back to
+    eager compared as compiled."""
+    import subprocess
+    from types import SimpleNamespace
+    opts = SimpleNamespace(compile="true", device="cpu")
+    stories = {"compiled": "once upon a time", "eager": "once upon a dog!"}
+
+    def run(name, *argv, warn=""):
+        story = stories["compiled" if "(compiled)" in name else "eager"]
+        return subprocess.CompletedProcess(argv, 0, story + "\n", warn if "(compiled)" in name else "")
+    assert gpu_check.greedy_agreement(opts, tmp_path, run) == {"same": False, "same_characters": 12,
+                                                                "characters": 16}
+    stories["eager"] = "once upon a time, a cat"  # one the other's start: they part where it ends
+    assert gpu_check.greedy_agreement(opts, tmp_path, run) == {"same": False, "same_characters": 16,
+                                                                "characters": 23}
+    warning = "warning: compiling the decode step failed (RuntimeError: x); decoding eagerly"
+    said = gpu_check.greedy_agreement(opts, tmp_path, lambda *a: run(*a, warn=warning + "\n"))
+    assert said == {"fell_back_to_eager": warning}
+
+
+def test_a_train_run_that_ends_past_the_deadline_runs_nothing_on_its_checkpoint(tmp_path, monkeypatch):
+    """train.py exits 0 but the deadline has passed: the follow-ups are not started, and they are
+    named as cut (catches the `past` test dropped from either place)."""
+    from types import SimpleNamespace
+    ran = fake_train_run(tmp_path, monkeypatch, windows=3, follow_ups={})
+    (tmp_path / "gpu").mkdir()
+    opts = SimpleNamespace(work=str(tmp_path / "work"), quick=True, data="t.txt", val_data="v.txt",
+                           compile="true", compile_mode="default", device="cpu", until=time.monotonic() - 1)
+    result = gpu_check.train_part(opts, tmp_path / "gpu", log=None)
+    assert len(ran) == 1 and result["steps"] == 30 and result["train_exit"] == 0
+    assert gpu_check.train_fallbacks(result) == ["the commands on its checkpoint (cut by the deadline)"]
+
+
+def test_the_train_budget_is_the_smaller_of_minutes_and_what_the_deadline_leaves(tmp_path, monkeypatch):
+    """--minutes within --deadline: the run gets the smaller (a max let it overrun the lease)."""
+    import subprocess
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
+                        or subprocess.CompletedProcess(argv, 1, "", ""))
+    for minutes, deadline in [("1", "1000"), ("30", "440")]:
+        gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "train",
+                        "--minutes", minutes, "--deadline", deadline, "--work", str(tmp_path / "work")])
+    budgets = [float(argv[argv.index("--max_minutes") + 1]) for argv in ran]
+    assert budgets[0] == 1 and 4.5 < budgets[1] <= (440 - 140) / 60
+
+
+def test_a_part_with_under_min_part_s_left_is_not_begun(tmp_path, monkeypatch):
+    """A deadline leaving 20 s (under MIN_PART_S, 30) skips every part, not only at 0 s left."""
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append(argv))
+    out = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "model,sample",
+                          "--deadline", "20"])
+    assert ran == [] and "# model: skipped" in (out / "log.txt").read_text()
+
+
+def test_render_names_fp32_failures_tables_the_bf16_speeds_and_the_eval(tmp_path):
+    """--render: a fallback in the float32 agreement pass fails the check too; the speed table is
+    bench_sample.json's (bf16), not the fp32 pass's; a stopped train.py is "cut", not "exit 124";
+    the checkpoint's bits/byte is in the table."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    config = {"new_tokens": 8, "prompt": 16, "preset": "debug", "repeats": 1, "variants": ["cached"]}
+    for name, dtype, tok_s in [("bench_sample.json", "bfloat16", 1111.0),
+                               ("bench_sample_fp32.json", "float32", 2222.0)]:
+        results = {"batch1": {"tokens_per_s": {"cached": tok_s}}}
+        if dtype == "float32":
+            results["batch1"]["fell_back_to_eager"] = {"compiled": "RuntimeError: x"}
+        (out / name).write_text(json.dumps({"config": {**config, "dtype": dtype}, "results": results}))
+    (out / "train.json").write_text(json.dumps({"argv": [], "train_exit": gpu_check.STOPPED,
+                                                "cut": ["train.py"], "eval": {"bits_per_byte": 1.2345}}))
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--render", "--out", str(out)])
+    assert str(e.value.code) == ("gpu_check: error: bench_sample.py compiled at batch1 (fell back to eager), "
+                                 "train.py (cut by the deadline) failed")
+    md = (out / "gpu.md").read_text()
+    assert "| 1 | 1,111 |" in md and "2,222" not in md and "| eval bits/byte | 1.2345 |" in md
+
+
+def test_a_fallback_in_the_fp32_sample_pass_fails_the_check(tmp_path, monkeypatch):
+    """The float32 agreement pass's compiled variant that fell back to eager is named, as the bf16
+    pass's is (its files written by a fake bench_sample.py)."""
+    def fake_sh(*argv, log, until=None):
+        fell = {"fell_back_to_eager": {"compiled": "E"}} if "float32" in argv else {}
+        result = {"config": {"new_tokens": 8, "prompt": 16, "preset": "debug", "repeats": 1,
+                             "dtype": "float32", "variants": ["cached"]},
+                  "results": {"batch1": {"tokens_per_s": {"cached": 1.0}, **fell}}}
+        Path(argv[argv.index("--out") + 1]).write_text(json.dumps(result))
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    with pytest.raises(SystemExit, match="bench_sample.py compiled at batch1 .fell back to eager. failed"):
+        gpu_check.main(["--only", "sample", "--device", "cpu", "--out", str(tmp_path / "gpu")])
+
+
+def test_render_elsewhere_keeps_the_gpu_runs_machine_and_day(tmp_path, monkeypatch):
+    """gpu.md's "Machine:" line gave the core count and the day of the machine that ran --render
+    (img/gpu/gpu.md said "2 CPU cores (NVIDIA H200)"): now the GPU run's, from bench_model.json."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    config = {"max_seq_len": 256, "dim": 512, "n_layers": 8, "n_experts": 16, "top_k": 1, "dtype": "bfloat16",
+              "repeats": 10, "torch": "2.11"}
+    model = {"device": "NVIDIA H200", "cpus": 16, "date": "2026-11-27", "config": config, "batches": {}}
+    (out / "bench_model.json").write_text(json.dumps(model))
+    monkeypatch.setattr(gpu_check.os, "cpu_count", lambda: 2)
+    gpu_check.main(["--render", "--out", str(out)])
+    md = (out / "gpu.md").read_text()
+    assert md.startswith("Machine: 16 CPU cores (NVIDIA H200), torch 2.11, 2026-11-27.")
