@@ -1578,3 +1578,163 @@ def test_cpu_memory_is_the_cgroup_limit_where_it_is_lower(tmp_path, monkeypatch,
     monkeypatch.setattr(runtime, "CGROUP_MEMORY_MAX", str(cgroup))
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert runtime.device_memory(torch.device("cpu")) == (2**20 if limit == str(2**20) else physical)
+
+
+# --- the loop's control flow, step by step (evaluate_and_save, wrap_up, evaluate_step, Stop) ----
+
+def recorded_loop_steps(monkeypatch, tmp_path, best_exists=False):
+    """A job whose evaluations and saves are recorded, not made: (what, step, eval_due) tuples."""
+    calls = []
+    monkeypatch.setattr(train, "evaluate_step", lambda job, state, window: calls.append(
+        ("eval", state.step, state.eval_due)) or state.step)
+    monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name: calls.append(
+        (name, state.step, state.eval_due)))
+    if best_exists:
+        (tmp_path / "best.pt").write_bytes(b"")
+    job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=3), run_dir=tmp_path)
+    return job, calls
+
+
+def test_evaluations_and_saves_fall_on_their_steps_and_the_last_is_evaluated_once(monkeypatch, tmp_path):
+    # catches: evaluating or saving off the eval_every / save_every grid, the last step evaluated twice or
+    # not at all, best.pt not written by a run that never improved, or the final last.pt not written
+    job, calls = recorded_loop_steps(monkeypatch, tmp_path)
+    state, window = train.LoopState(), train.Window(train.LoopState(), torch.device("cpu"))
+    evaluated = None
+    for step in range(1, 7):
+        state.step = step
+        evaluated = train.evaluate_and_save(job, state, window, stop_now=False)
+    assert evaluated is None
+    train.wrap_up(job, state, window, evaluated, signalled=False)
+    assert calls == [("eval", 2, False), ("last.pt", 3, False), ("eval", 4, False), ("eval", 6, False),
+                     ("best.pt", 6, False), ("last.pt", 6, False)]
+
+
+def test_a_signal_on_an_evaluation_step_saves_last_pt_with_the_evaluation_put_off(monkeypatch, tmp_path):
+    # catches: a signal stop not saving last.pt, or evaluating anyway / losing the evaluation it put off
+    job, calls = recorded_loop_steps(monkeypatch, tmp_path)
+    state, window = train.LoopState(step=4), train.Window(train.LoopState(), torch.device("cpu"))
+    assert train.evaluate_and_save(job, state, window, stop_now=True) is None
+    state.step = 5  # off the grids: saved all the same
+    train.evaluate_and_save(job, state, window, stop_now=True)
+    assert calls == [("last.pt", 4, True), ("last.pt", 5, True)]
+
+
+def test_wrap_up_after_a_signal_at_the_last_step_saves_the_put_off_evaluation_first(monkeypatch, tmp_path):
+    # catches: wrap_up's first last.pt not marking the evaluation due, the final last.pt still
+    # marking it (a resume would evaluate a finished run again), or best.pt overwritten at the end
+    job, calls = recorded_loop_steps(monkeypatch, tmp_path, best_exists=True)
+    state, window = train.LoopState(step=6), train.Window(train.LoopState(), torch.device("cpu"))
+    train.wrap_up(job, state, window, None, signalled=True)
+    assert calls == [("last.pt", 6, True), ("eval", 6, False), ("last.pt", 6, False)]
+    calls.clear()
+    train.wrap_up(job, state, window, 6, signalled=True)  # evaluated at this step already: saved alone
+    assert calls == [("last.pt", 6, False)]
+
+
+def test_best_pt_is_saved_only_when_validation_improves(monkeypatch):
+    # catches: best.pt saved when validation got worse, or best_val following the last evaluation
+    results = iter([3.0, 2.0, 2.5, 2.2, 1.0])
+    monkeypatch.setattr(train, "evaluate_job", lambda job: {"nats_per_token": next(results)})
+    monkeypatch.setattr(train, "write_val_record", lambda job, state, r: None)
+    saved = []
+    monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name:
+                        saved.append((name, state.step)))
+    job, state = SimpleNamespace(world=runtime.World(), device="cpu"), train.LoopState()
+    for step in range(1, 6):
+        state.step = step
+        assert train.evaluate_step(job, state, None) == step
+    assert saved == [("best.pt", 1), ("best.pt", 2), ("best.pt", 5)] and state.best_val == 1.0
+
+
+def test_a_signal_aborts_before_the_first_step_stops_after_it_and_a_second_waits_for_the_save():
+    # catches: a signal before the first step not aborting at once, one after it not asking for a stop,
+    # or a second signal during a save never aborting once the save is complete
+    said = []
+    stop = train.Stop(said.append)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)  # before the first step: nothing worth saving
+        stop = train.Stop(said.append)
+        stop.started = True
+        stop.handle(signal.SIGTERM, None)
+        assert stop.requested and not stop.abort and "SIGTERM: finishing this step" in said[-1]
+        with pytest.raises(KeyboardInterrupt):
+            with stop.saving():
+                stop.handle(signal.SIGINT, None)  # held back until the checkpoint is complete
+                assert stop.abort
+    finally:
+        stop.restore()
+
+
+def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_put_off(monkeypatch,
+                                                                                          tmp_path):
+    # catches: a run resumed at its --max_steps or budget training on, or skipping its put-off
+    # evaluation
+    monkeypatch.setattr(train, "loop", lambda job, state: "loop")
+    said = []
+    job = SimpleNamespace(train_args=TrainArgs(max_steps=6), clock=train.Clock(1), run_dir=tmp_path,
+                          log=said.append)
+    assert train.run_job(job, train.LoopState(step=5)) == "loop"
+    assert train.run_job(job, train.LoopState(step=6, eval_due=True)) == "loop"
+    assert train.run_job(job, train.LoopState(step=6))["finished"] == "max_steps"
+    assert train.run_job(job, train.LoopState(step=3, elapsed=60))["finished"] == "max_minutes"
+    assert "already reached its --max_minutes at step 3" in said[-1]
+
+
+def test_the_evaluation_a_signal_put_off_is_saved_as_done_before_training_on(tmp_path, corpus, cache,
+                                                                              monkeypatch):
+    # catches: the resumed run not saving last.pt right after the put-off evaluation (a crash before
+    # the next save would evaluate that step again, and send its val record to W&B twice)
+    real_agree, real_step = train.agree, train.train_step
+    base = ["--max_steps", "6", "--eval_every", "2", "--save_every", "100", "--plot", ""]
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    assert train.main(args(tmp_path, corpus, cache, *base))["finished"] == "signal"
+    monkeypatch.setattr(train, "agree", real_agree)
+
+    def crash_in_step_3(job, batches, step, lr):
+        if step == 2:
+            raise Crash()
+        return real_step(job, batches, step, lr)
+    monkeypatch.setattr(train, "train_step", crash_in_step_3)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base, "--resume"))
+    saved = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    assert saved["step"] == 2 and not saved["eval_due"]
+
+
+def test_a_signal_during_the_final_evaluation_is_reported_as_signalled(tmp_path, corpus, cache, monkeypatch):
+    # catches: the result's "signalled" missing a signal after the last step (compare.py stops on it)
+    real_eval = train.run_eval
+
+    def signalled_meanwhile(job, state):
+        job.stop.requested = True
+        return real_eval(job, state)
+    monkeypatch.setattr(train, "run_eval", signalled_meanwhile)
+    result = train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "100",
+                             "--plot", ""))
+    assert result["finished"] == "max_steps" and result["signalled"]
+
+
+def test_a_resumed_runs_budget_counts_the_seconds_of_its_earlier_sessions():
+    # catches: the clock of a resumed run starting from 0, so that --max_minutes is a budget per session
+    job = SimpleNamespace(world=runtime.World(), clock=train.Clock(max_minutes=1, elapsed_before=90.0))
+    state = train.LoopState(step=5, elapsed=90.0)
+    assert not train.agree(job, state, SimpleNamespace(requested=False))
+    assert 90.0 <= state.elapsed < 100 and job.clock.spent(state)
+
+
+def test_a_signal_at_the_last_step_finishes_the_run_as_done(tmp_path, corpus, cache, monkeypatch, capsys):
+    # catches: a run a signal did not cut short (it came at the last step) saying "stopped by signal"
+    real_agree = train.agree
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    result = train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "100",
+                             "--plot", ""))
+    assert result["finished"] == "max_steps" and result["signalled"]
+    assert "done at step 2 (max_steps)" in capsys.readouterr().out
+
+
+def test_no_plot_is_drawn_with_an_empty_plot_setting(tmp_path, corpus, cache, capsys):
+    # catches: --plot "" still drawing a plot at each evaluation (into the run folder itself: an error line)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--plot", ""))
+    assert "plot:" not in capsys.readouterr().out and not list(tmp_path.rglob("*.png"))
