@@ -13,8 +13,8 @@ model.json / train.json, tokenizer.json, metrics.jsonl, loss.png (--plot), run.l
 run (wandb_unfinished.txt while its upload is not finished).
 
 How a training step flows (`run` calls setup, then `loop`, which calls the rest in this order):
-    setup        settings (the checkpoint's when resuming) checked before any work, the run folder
-                 locked (storage.RunFolder), data, model, optimizer: a Job, and the LoopState to start from
+    setup        the RunPlan (runplan.py: settings, the checkpoint's when resuming, checked before any
+                 work; the run folder locked), then data, model, optimizer: a Job, and the LoopState
     LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves
     lr_at        the learning rate of this step (warmup, then cosine over steps or the clock)
     batches_at   this process's micro-batches of the step, a pure function of (seed, step, micro)
@@ -57,14 +57,8 @@ How this departs from the obvious version:
   (exit status 130, one line), but never in the middle of a save: it waits for the file. One
   before this session's first step is done aborts at once (a compiled first step compiles for
   minutes; torchrun kills its workers 30 s after forwarding a signal).
-- What can be refused before any work is: a vocabulary below 264, special-token ids that the
-  tokenizer the run trains does not have, a batch that does not split over the processes, a
-  micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
-  CUDA graphs with more than one micro-batch per process (exit status 2, as for any bad setting).
-  Settings that are allowed but probably not meant get a warning line: a warmup as long as the
-  run, a --val_fraction with a validation source or other than the checkpoint's at --resume or
-  --eval_only, a --val_text_field for a .txt --val_data (and sources.py warns of --val_data files
-  inside --data).
+- What is refused before any work (a bad setting: exit status 2) and what gets a warning line are
+  runplan.py's: the run's settings, folder and checkpoint are planned and checked there first.
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
   step is taken again, eagerly, as a --compile false run takes it (first_steps).
@@ -72,17 +66,15 @@ How this departs from the obvious version:
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
 
-import glob
 import json
 import math
-import os
 import signal
 import sys
 import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -99,14 +91,15 @@ import checkpoint
 import config
 import data
 import runlog
+import runplan
 import runtime
-import sources
 import storage
 from config import ModelArgs, TrainArgs
-from errors import CheckpointError, ConfigError, DeviceError, RunError, UserError, first_line, reports
-from model import LOSS_CHUNK, Llama4, count_parameters, flops_per_token
+from errors import RunError, UserError, first_line, reports
+from model import Llama4, count_parameters, flops_per_token
+from runplan import RunPlan
 from runtime import World
-from tokenizer import Tokenizer, too_small
+from tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Optimisation
@@ -737,298 +730,6 @@ def agree(job: Job, state: LoopState, stop: Stop) -> bool:
 # Setting a run up
 
 
-class RunPlan(NamedTuple):
-    run_dir: Path
-    model_args: ModelArgs
-    train_args: TrainArgs
-    ckpt: dict | None  # the checkpoint to resume or evaluate
-    ckpt_path: Path | None
-    preset: str = config.DEFAULT_PRESET  # the preset the run's settings started from (the checkpoint's)
-
-    @property
-    def forks(self) -> bool:
-        """Another folder's checkpoint resumed into this run folder (--resume CKPT --run NEW_NAME)."""
-        return self.ckpt is not None and self.ckpt_path.parent.resolve() != self.run_dir.resolve()
-
-
-def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArgs, TrainArgs]:
-    """Settings for a resumed run: the checkpoint's, with the train settings typed on the command
-    line applied on top. Model settings typed on the command line must agree with the checkpoint.
-    --eval_only on a --val_data typed for it scores all of it, unless --eval_windows is typed too."""
-    saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
-    asked = config.to_dict(model_args)
-    typed = {k for k in asked if k in given} | (set(asked) if "preset" in given else set())
-    diffs = [f"{k}: checkpoint {v!r}, asked {asked[k]!r}" for k, v in config.to_dict(saved_model).items()
-             if k in typed and v != asked[k]]
-    if diffs:
-        what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
-        raise CheckpointError("model settings differ from the checkpoint's (" + "; ".join(diffs)
-                              + f"); drop {what} to use the checkpoint's, or start a new --run")
-    now = config.to_dict(train_args)
-    saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
-    # the typed settings go on top before the checks, so that one a newer version refuses (a saved
-    # --val_fraction 0.9) can be set right on the command line
-    keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
-    # (the saved --out_dir is not used: plan_run puts where the run lies; one saved as "" before
-    # check_run refused it would stop the resume)
-    keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run,
-                out_dir=train_args.out_dir)
-    if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
-        keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
-    return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
-
-
-def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
-    """The run folder of --resume without a path (or --eval_only): --run's, which must exist, else the
-    newest run with a last.pt. A run written to since that holds none (it stopped before its first
-    save) is refused, not passed over: it is most likely the run meant, and resuming another one
-    would train that one on."""
-    verb, runs = ("evaluate" if train_args.eval_only else "resume"), checkpoint.run_folders(out)
-    if train_args.run:
-        if (out / train_args.run).exists():
-            return out / train_args.run
-        new = "" if train_args.eval_only else f", or drop --resume to start {train_args.run} as a new run"
-        there = (f"its runs: {checkpoint.named_runs(runs)}; pass one of them to --run{new}" if runs else
-                 f"nor any other run; pass the --out_dir it was trained in{new}")
-        raise ConfigError(f"there is no run {train_args.run} under --out_dir {out}/ ({there})")
-    run_dir = checkpoint.latest_run(out)
-    newest = runs[0] if runs else run_dir
-    if newest != run_dir and not (newest / "last.pt").exists():
-        best = newest / "best.pt"
-        first = "" if train_args.eval_only else f"start it again with --run {newest.name} without --resume"
-        if best.exists():
-            first = f"pass --resume {best} to {verb} its best.pt"
-        raise ConfigError(f"the newest run, {newest}, holds no last.pt (it stopped before its first save, or "
-                          f"has not reached it); {first}{', or ' if first else ''}pass --run {run_dir.name} "
-                          f"to {verb} the newest run with one")
-    return run_dir
-
-
-def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
-    """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset."""
-    # --run and --out_dir checked before they are used as paths (at --resume, before a checkpoint is
-    # looked for under them)
-    config.check_run(train_args.run, train_args.out_dir)
-    out = Path(train_args.out_dir)
-    # a run folder whose run stopped before its first save: a new run there is what is left
-    not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else "start it again without --resume"
-    if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
-        ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved, option="--resume ")
-        # --run naming the checkpoint's own run continues it where it lies (from another directory
-        # too), unless --out_dir is typed; another name forks into --out_dir
-        own = train_args.run == ckpt_path.parent.name and "out_dir" not in given
-        run_dir = out / train_args.run if train_args.run and not own else ckpt_path.parent
-    elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
-        run_dir = run_to_resume(train_args, out)
-        ckpt_path = checkpoint.find_checkpoint(str(run_dir), out, not_saved)
-    else:  # a new run
-        run_dir = out / (train_args.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        ckpt_path = None
-    ckpt = None
-    if ckpt_path is not None:
-        fix = checkpoint.resume_fix(ckpt_path, train_args.eval_only)
-        try:
-            ckpt = checkpoint.load_checkpoint(ckpt_path, fix)
-        except KeyboardInterrupt as e:  # (the slow part of a resume's set-up)
-            e.run_dir = run_dir  # main() tells what is left there to resume from
-            raise
-        try:  # (types only: a setting a newer version refuses can be typed over, as resume_settings allows)
-            config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
-        except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
-            raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
-                                  f"{fix}") from None
-        if "optimizer" not in ckpt and not train_args.eval_only:
-            raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
-                                  "(--eval_only) or sampled, not resumed: start a new --run")
-        model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
-        preset = preset if "preset" in given else ckpt.get("preset", preset)
-    where = {"run": run_dir.name, "out_dir": str(run_dir.parent)}  # (a resumed run: where it lies)
-    train_args = TrainArgs(**{**config.to_dict(train_args), **where})
-    # a resumed run uses its checkpoint's tokenizer: the copy beside it (or, that gone, the run
-    # folder's), unless --tokenizer is typed (a saved path may be gone: a fork's parent folder, a
-    # renamed run folder); load_data checks it against the checkpoint's sha256
-    if ckpt is not None and "tokenizer" not in given:
-        for candidate in (ckpt_path.parent / "tokenizer.json", run_dir / "tokenizer.json"):
-            if candidate.exists():
-                train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
-                break
-    plan = RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset)
-    for name, value in saved_paths(plan, given):  # the checkpoint's (not typed again): still there?
-        if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
-            where = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run was "
-                     f"started in, and there is no such file here ({os.getcwd()})")  # (an older checkpoint's)
-            raise errors.DataError(f"--{name}: the checkpoint's {value} {where}; pass --{name} PATH")
-    paths = {k: absolute(getattr(train_args, k)) for k in PATHS}  # (as saved: a resume reads the same files)
-    return plan._replace(train_args=replace(train_args, **paths))
-
-
-# settings naming the text a run reads (empty --data: the hub); not --cache_dir, which is found by its
-# contents: a relative one is the working directory's (a moved project keeps its cache)
-PATHS = ("data", "val_data", "tokenizer")
-
-
-def absolute(path: str) -> str:
-    """A path setting made absolute against the working directory, as it is saved with the run, so
-    that a resume from another folder reads the same files ('' stays: none, or the hub; a glob's
-    folder is escaped, its name taken literally; a file that is not there, or a glob that matches
-    nothing, stays as typed, for the error that names it)."""
-    if not path or os.path.isabs(path):
-        return path
-    cwd, pattern = os.getcwd(), any(c in path for c in "*?[") and not os.path.lexists(path)
-    if not (glob.glob(path, recursive=True) if pattern else os.path.lexists(path)):
-        return path  # (nothing there)
-    return str(Path(glob.escape(cwd) if pattern else cwd) / path)
-
-
-def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
-    """The --data and --val_data the checkpoint saved (absolute, or an older checkpoint's as typed:
-    relative to the folder its run was started in, which it does not record) that this session
-    reads without their being typed again: (name, path) pairs."""
-    saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
-    names = ["val_data"] + ([] if t.eval_only and t.val_data else ["data"])  # (--eval_only: --val_data alone)
-    return [(n, saved[n]) for n in names if n not in given and saved.get(n)]
-
-
-def parameters(model_args: ModelArgs) -> int:
-    """The model's parameter count, from a meta-device model of at most 2 * moe_every layers (a
-    block's parameters depend only on whether it is MoE): no time spent building each of a huge
-    --n_layers."""
-    n = model_args.n_layers
-    with torch.device("meta"):
-        model = Llama4(replace(model_args, n_layers=min(n, 2 * model_args.moe_every)))
-    per_block = {model.args.is_moe_layer(i): sum(p.numel() for p in block.parameters())
-                 for i, block in enumerate(model.layers)}
-    blocks = sum(per_block[model_args.is_moe_layer(i)] for i in range(len(model.layers)))
-    moe = n // model_args.moe_every
-    rest = sum(p.numel() for p in model.parameters()) - blocks
-    return rest + moe * per_block.get(True, 0) + (n - moe) * per_block.get(False, 0)
-
-
-def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
-    """A lower bound, in bytes, on what one micro-batch needs (the real need is higher): the
-    weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter),
-    one chunk of the fused loss's fp32 logits and their log-softmax (the whole (B*T, V) logits are
-    never held), and the residual stream each layer keeps for backward."""
-    try:
-        n_params = parameters(model_args)
-    except (RuntimeError, OverflowError):  # a tensor past torch's sizes (--n_experts, --dim ... near 2^31)
-        raise ConfigError("the model settings ask for a weight tensor larger than torch can hold; lower "
-                          "--vocab_size, --dim, --n_experts or --expert_dim") from None
-    tokens = train_args.batch_size * model_args.max_seq_len
-    V = model_args.vocab_size
-    training = not train_args.eval_only
-    return {"weights" + (" and optimizer state" if training else ""): n_params * (16 if training else 4),
-            "loss chunk": min(tokens, max(1, LOSS_CHUNK // V)) * V * 4 * 2,
-            "activations": tokens * model_args.dim * 4 * model_args.n_layers * training}
-
-
-def check_settings(plan: RunPlan, device, world: World) -> None:
-    """What can be refused before any work, as a bad setting (ConfigError, exit status 2): a
-    vocabulary smaller than a byte-level BPE, special-token ids other than those of the tokenizer
-    the run will train, a batch that does not split over the processes, CUDA
-    graphs with more than one micro-batch per process, a micro-batch whose weights, loss chunk and
-    residual stream alone exceed the device's memory."""
-    model_args, train_args = plan.model_args, plan.train_args
-    if plan.ckpt is None and (problem := too_small(model_args.vocab_size)):
-        raise ConfigError(problem)
-    if plan.ckpt is None and not train_args.tokenizer:  # one trained here puts them at ids 0, 1, ...
-        for i, (name, token) in enumerate(config.SPECIAL_TOKENS.items()):
-            value = getattr(model_args, name)
-            if value != i:
-                raise ConfigError(f"--{name} {value}: the tokenizer this run trains has {token} at id {i}; "
-                                  f"drop --{name} (other ids need a --tokenizer that has them)")
-    if train_args.grad_accum % world.size:
-        raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
-                          f"use a multiple of {world.size}")
-    per_process = train_args.grad_accum // world.size
-    graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES and device.type == "cuda"  # none on a CPU
-    if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):
-        raise ConfigError(f"--compile_mode {train_args.compile_mode} replays CUDA graphs, and a replay "
-                          f"overwrites the gradients of the micro-batch before it, so it takes one "
-                          f"micro-batch per process (here {per_process}): use --grad_accum {world.size}, "
-                          "or --compile_mode max-autotune-no-cudagraphs")
-    need, have = memory_floor(model_args, train_args), runtime.device_memory(device)
-    if have and sum(need.values()) > have:
-        parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in need.items() if v)
-        raise DeviceError(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
-                          f"needs at least {sum(need.values()) / 1e9:.1f} GB ({parts}) but {device} has "
-                          f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "
-                          "keep the batch), or use a smaller model")
-
-
-def setting_warnings(plan: RunPlan, given) -> list[str]:
-    """Settings that are allowed but are probably not what was meant: a warmup that outlasts the
-    run, a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source
-    is given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
-    --eval_only)."""
-    t, lines = plan.train_args, []
-    if t.warmup_steps >= t.max_steps and not t.eval_only:
-        lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
-                     f"rate rises to {lr_at(t, t.max_steps - 1):.2g} (--lr {t.lr:g}) and never decays; "
-                     "lower --warmup_steps")
-    if t.val_text_field and t.val_data.lower().endswith(".txt"):  # (a folder or glob may hold records)
-        lines.append(f"--val_text_field has no effect: --val_data {t.val_data} is plain text (it names the "
-                     "text field of .jsonl, .json, .parquet and .arrow records)")
-    if "val_fraction" in given and (t.val_data or not t.data):
-        source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
-        lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
-                     "part of --data only when no --val_data is given)")
-    saved = (plan.ckpt or {}).get("train_args") or {}
-    same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
-                 and not saved.get("val_data") and not t.val_data)  # (an older checkpoint's: as typed)
-    if same_data and "val_fraction" in given and saved.get("val_fraction") not in (None, t.val_fraction):
-        # the checkpoint's validation text was a held-out slice of this --data: another slice overlaps
-        did = "scores documents it trained on" if t.eval_only else "trains on documents it held out"
-        every = sources.held_out_every(saved["val_fraction"])
-        lines.append(f"--val_fraction {t.val_fraction:g} is not the checkpoint's: its validation text was 1 "
-                     f"in {every} documents of --data, held out; this slice {did}, so its validation loss "
-                     "is not held out: type the run's own, or --val_data")
-    return [f"warning: {line}" for line in lines]
-
-
-def claim_folder(plan: RunPlan) -> storage.RunFolder:
-    """Lock the run folder, then check what only the folder's holder can check: a new run never
-    takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed into it:
-    it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), and a
-    resumed checkpoint must be the model of the folder."""
-    folder = storage.RunFolder(plan.run_dir)
-    try:
-        held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]
-        how = "--resume" if "last.pt" in held else f"--resume {plan.run_dir / 'best.pt'}"
-        if plan.ckpt is None and held:  # best.pt alone: a run killed before its first last.pt
-            raise RunError(f"{plan.run_dir} already holds a checkpoint ({held[0]}); pass {how} to continue "
-                           "it or pick another --run")
-        if held and plan.forks:
-            raise RunError(f"{plan.run_dir} already holds a run of its own ({held[0]}), which resuming "
-                           f"{plan.ckpt_path} there would replace; fork into a new folder (--resume "
-                           f"{plan.ckpt_path} --run NEW_NAME), or continue that run with --run "
-                           f"{plan.run_dir.name} {how}")
-        check_same_model(plan)
-    except BaseException:
-        folder.release()
-        raise
-    return folder
-
-
-def check_same_model(plan: RunPlan) -> None:
-    """A checkpoint resumed into a folder whose model.json describes another model (one copied in
-    from another run) is refused before anything is written: resuming it would cut the folder's
-    metrics.jsonl to the other run's history."""
-    saved = plan.run_dir / "model.json"
-    if plan.ckpt is None or not saved.exists():
-        return
-    try:
-        folder = json.loads(saved.read_text())
-    except ValueError:
-        return  # not ours to judge: start_logging rewrites it
-    diffs = [f"{k}: checkpoint {v!r}, folder {folder[k]!r}" for k, v in plan.ckpt["model_args"].items()
-             if k in folder and folder[k] != v]
-    if diffs:
-        raise CheckpointError(f"{plan.ckpt_path} is not this run's model: its settings differ from {saved} ("
-                              + "; ".join(diffs) + f"); resume it into a folder of its own (--resume "
-                              f"{plan.ckpt_path} --run NEW_NAME), or put this run's own checkpoint back")
-
-
 def load_data(plan: RunPlan, world: World, device, log):
     """(tokenizer, training shard or None for --eval_only, validation shard); rank 0 builds caches.
     A resumed or evaluated run's tokenizer is checked against its checkpoint first, before any
@@ -1066,14 +767,14 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     written in it, and released (removed, if this run made it and left it empty) on failure."""
     device, world = runtime.setup_distributed(runtime.resolve_device(train_args.device))
     log = make_log(world)
-    plan = plan_run(model_args, train_args, preset, given)
+    plan = runplan.plan_run(model_args, train_args, preset, given)
     folder = None
     try:
         with runtime.all_ranks_or_none(world, device, "its settings or run folder checks"):
-            check_settings(plan, device, world)  # (its memory check reads each rank's own device)
-            for line in setting_warnings(plan, given):
+            runplan.check_settings(plan, device, world)  # (its memory check reads each rank's own device)
+            for line in runplan.setting_warnings(plan, given):
                 log(line)
-            folder = claim_folder(plan) if world.main and not plan.train_args.eval_only else None
+            folder = runplan.claim_folder(plan) if world.main and not plan.train_args.eval_only else None
         job, state = build_job(plan, device, world, log)
     except BaseException as e:
         if folder is not None:
@@ -1083,16 +784,6 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
         raise
     job.folder = folder
     return job, state
-
-
-def wandb_id(plan: RunPlan) -> str | None:
-    """The W&B run to go on with: the checkpoint's, unless it is resumed into another folder (a
-    fork, --resume CKPT --run NEW_NAME, gets a W&B run of its own) or that W&B run failed to finish
-    (it may lack records: a new one gets the whole history)."""
-    if plan.ckpt is None or plan.forks:
-        return None
-    run_id = plan.ckpt.get("wandb_id")
-    return None if run_id in runlog.unfinished_wandb(plan.run_dir) else run_id
 
 
 def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]:
@@ -1124,7 +815,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               no_sync=runner.no_sync if world.size > 1 else nullcontext,
               micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
               fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
-              ckpt_path=plan.ckpt_path, wandb_id=wandb_id(plan), window=(ckpt or {}).get("window"),
+              ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan), window=(ckpt or {}).get("window"),
               continues=ckpt is not None and not plan.forks)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
         job.trials = job.eval_trials = 2 if train_args.compile_mode in config.CUDA_GRAPH_MODES else 1
@@ -1362,7 +1053,7 @@ def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:
 
 def main(argv=None):
     # at --resume and --eval_only the settings are checked once merged with the checkpoint's
-    # (resume_settings): --lr 1e-5 is fine beside a checkpoint's --min_lr 0, not beside the preset's
+    # (runplan.resume_settings): --lr 1e-5 is fine beside a checkpoint's --min_lr 0, not beside the preset's
     parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__,
                                checked_later=lambda ns: bool(ns.resume) or ns.eval_only)
     preset, (model_args, train_args) = parsed

@@ -26,6 +26,7 @@ import checkpoint
 import config
 import data
 import errors
+import runplan
 import runtime
 import sample
 import train
@@ -334,8 +335,8 @@ def test_a_setting_a_checkpoint_saved_and_a_newer_version_refuses_can_be_typed_a
     ckpt = {"model_args": config.to_dict(ModelArgs()),
             "train_args": {**config.to_dict(TrainArgs()), "val_fraction": 0.9}}  # refused since
     with pytest.raises(config.ConfigError, match=r"--val_fraction: must be in \[1e-6, 0.5\], got 0.9"):
-        train.resume_settings(ckpt, ModelArgs(), TrainArgs(), given=set())
-    _, t = train.resume_settings(ckpt, ModelArgs(), TrainArgs(val_fraction=0.5), given={"val_fraction"})
+        runplan.resume_settings(ckpt, ModelArgs(), TrainArgs(), given=set())
+    _, t = runplan.resume_settings(ckpt, ModelArgs(), TrainArgs(val_fraction=0.5), given={"val_fraction"})
     assert t.val_fraction == 0.5
 
 
@@ -344,7 +345,7 @@ def test_a_checkpoint_saved_with_an_empty_out_dir_resumes():
     (plan_run puts the folder it lies in), and --resume does not blame an option nobody typed."""
     ckpt = {"model_args": config.to_dict(ModelArgs()),
             "train_args": {**config.to_dict(TrainArgs()), "out_dir": ""}}
-    _, t = train.resume_settings(ckpt, ModelArgs(), TrainArgs(resume="run/last.pt"), given={"resume"})
+    _, t = runplan.resume_settings(ckpt, ModelArgs(), TrainArgs(resume="run/last.pt"), given={"resume"})
     assert t.out_dir == TrainArgs().out_dir
 
 
@@ -737,10 +738,10 @@ def test_wandb_failing_in_the_middle_of_a_run_is_one_line_and_the_run_trains_on(
 
 def test_a_fork_gets_a_wandb_run_of_its_own(tmp_path):
     ckpt = {"wandb_id": "abc"}
-    plan = train.RunPlan(tmp_path / "r", None, None, ckpt, tmp_path / "r" / "last.pt")
-    assert train.wandb_id(plan) == "abc"  # resumed in its own folder: the same W&B run
-    assert train.wandb_id(plan._replace(run_dir=tmp_path / "fork")) is None
-    assert train.wandb_id(plan._replace(ckpt=None, ckpt_path=None)) is None
+    plan = runplan.RunPlan(tmp_path / "r", None, None, ckpt, tmp_path / "r" / "last.pt")
+    assert runplan.wandb_id(plan) == "abc"  # resumed in its own folder: the same W&B run
+    assert runplan.wandb_id(plan._replace(run_dir=tmp_path / "fork")) is None
+    assert runplan.wandb_id(plan._replace(ckpt=None, ckpt_path=None)) is None
 
 
 def test_a_checkpoint_of_another_model_is_refused_before_metrics_are_touched(tmp_path, done, corpus, cache,
@@ -1053,11 +1054,11 @@ def test_special_token_ids_are_refused_only_for_a_tokenizer_the_run_trains(tmp_p
                                                                             "1", "--pad_id", "0"])
     cpu, world = torch.device("cpu"), runtime.World()
     with pytest.raises(ConfigError, match="--eos_id 1: the tokenizer this run trains has .* at id 0"):
-        train.check_settings(train.RunPlan(tmp_path, model_args, settings, None, None), cpu, world)
+        runplan.check_settings(runplan.RunPlan(tmp_path, model_args, settings, None, None), cpu, world)
     own = replace(settings, tokenizer=str(tmp_path / "tokenizer.json"))
-    train.check_settings(train.RunPlan(tmp_path, model_args, own, None, None), cpu, world)
-    resumed = train.RunPlan(tmp_path, model_args, settings, {"model_args": {}}, tmp_path / "last.pt")
-    train.check_settings(resumed, cpu, world)
+    runplan.check_settings(runplan.RunPlan(tmp_path, model_args, own, None, None), cpu, world)
+    resumed = runplan.RunPlan(tmp_path, model_args, settings, {"model_args": {}}, tmp_path / "last.pt")
+    runplan.check_settings(resumed, cpu, world)
 
 
 def test_cuda_graphs_take_one_micro_batch_per_process_on_cuda_only(tmp_path):
@@ -1066,11 +1067,11 @@ def test_cuda_graphs_take_one_micro_batch_per_process_on_cuda_only(tmp_path):
     argv = ["--preset", "debug", "--compile", "true", "--compile_mode", "reduce-overhead",
             "--grad_accum", "2"]
     _, (model_args, settings) = config.parse_args([ModelArgs, TrainArgs], argv)
-    plan = train.RunPlan(tmp_path, model_args, settings, None, None)
+    plan = runplan.RunPlan(tmp_path, model_args, settings, None, None)
     with pytest.raises(ConfigError, match="--compile_mode reduce-overhead replays CUDA graphs, and a replay "
                                           "overwrites the gradients"):
-        train.check_settings(plan, torch.device("cuda"), runtime.World())
-    train.check_settings(plan, torch.device("cpu"), runtime.World())
+        runplan.check_settings(plan, torch.device("cuda"), runtime.World())
+    runplan.check_settings(plan, torch.device("cpu"), runtime.World())
 
 
 # --- checkpoints and tokenizers -----------------------------------------------------------------

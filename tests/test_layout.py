@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 LAYERS = ["errors", "storage", "config", "model", "tokenizer", "runtime", "checkpoint", "sources", "data",
-          "runlog"]
+          "runlog", "runplan"]
 ENTRY_POINTS = ["train", "sample"]
 PROJECT = set(LAYERS) | set(ENTRY_POINTS) | {"scripts"}
 MAX_LINES = 80

@@ -21,6 +21,7 @@ from conftest import ROOT, debug_args, shared_file, write_stories
 import checkpoint
 import config
 import runlog
+import runplan
 import runtime
 import storage
 import train
@@ -370,9 +371,9 @@ def test_path_settings_are_made_absolute_only_where_they_name_something(tmp_path
     (tmp_path / "a[1]").mkdir()
     (tmp_path / "a[1]" / "x1.txt").write_text("x")
     monkeypatch.chdir(tmp_path / "a[1]")
-    assert [train.absolute(p) for p in ("nope.txt", "nope*.txt", "")] == ["nope.txt", "nope*.txt", ""]
-    assert train.absolute("x1.txt") == str(tmp_path / "a[1]" / "x1.txt")
-    assert train.absolute("x*.txt") == glob.escape(str(tmp_path / "a[1]")) + "/x*.txt"
+    assert [runplan.absolute(p) for p in ("nope.txt", "nope*.txt", "")] == ["nope.txt", "nope*.txt", ""]
+    assert runplan.absolute("x1.txt") == str(tmp_path / "a[1]" / "x1.txt")
+    assert runplan.absolute("x*.txt") == glob.escape(str(tmp_path / "a[1]")) + "/x*.txt"
 
 
 def test_a_resume_from_another_folder_reads_the_files_the_run_started_with(tmp_path, corpus, cache,
@@ -1103,9 +1104,9 @@ def test_parameters_counted_from_two_blocks_equal_the_models(preset, changes):
     import dataclasses
     args = dataclasses.replace(config.preset(preset, config.ModelArgs), **changes)
     with torch.device("meta"):
-        assert train.parameters(args) == sum(p.numel() for p in Llama4(args).parameters())
+        assert runplan.parameters(args) == sum(p.numel() for p in Llama4(args).parameters())
     t = time.perf_counter()
-    assert train.parameters(dataclasses.replace(args, n_layers=2**31 - 1)) > 2**31
+    assert runplan.parameters(dataclasses.replace(args, n_layers=2**31 - 1)) > 2**31
     assert time.perf_counter() - t < 5
 
 
@@ -1114,8 +1115,8 @@ def test_settings_probably_not_meant_get_a_warning_line():
     and a --val_fraction typed beside a validation source (it holds nothing out) are allowed, with
     one line each."""
     def warnings(given=(), **kw):
-        plan = train.RunPlan(None, debug_args(), TrainArgs(**kw), None, None)
-        return train.setting_warnings(plan, set(given))
+        plan = runplan.RunPlan(None, debug_args(), TrainArgs(**kw), None, None)
+        return runplan.setting_warnings(plan, set(given))
 
     assert warnings(max_steps=50, warmup_steps=100, lr=1e-3) == [
         "warning: --warmup_steps 100 is not below --max_steps 50: the learning rate rises to 0.0005 "
@@ -1136,8 +1137,8 @@ def test_settings_probably_not_meant_get_a_warning_line():
     saved = {"train_args": config.to_dict(TrainArgs(data="a.txt", val_fraction=0.01))}
 
     def resumed(given, **kw):
-        plan = train.RunPlan(None, debug_args(), TrainArgs(**{"data": "a.txt", **kw}), saved, None)
-        return train.setting_warnings(plan, set(given))
+        plan = runplan.RunPlan(None, debug_args(), TrainArgs(**{"data": "a.txt", **kw}), saved, None)
+        return runplan.setting_warnings(plan, set(given))
     assert resumed(["val_fraction"], val_fraction=0.5, eval_only=True) == [
         "warning: --val_fraction 0.5 is not the checkpoint's: its validation text was 1 in 100 documents of "
         "--data, held out; this slice scores documents it trained on, so its validation loss is not held "
