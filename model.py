@@ -270,25 +270,7 @@ class Attention(nn.Module):
         cache: this call's KVCache.step(pos). default_pos: pos is arange(T) in every row and there
         is no cache (training and evaluation)."""
         B, T, _ = x.shape
-        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        if self.training:  # one matmul; q and k side by side, so RoPE and the norm run once
-            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2Hkv)D, dim)
-            qk, v = F.linear(x, w).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
-            if self.use_rope:
-                qk = self._rotate(qk, rope, v.dtype)
-            q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
-            # what attention keeps for backward must not be views that hold all of q, k and v
-            # (RoPE made q and k anew; on NoPE layers the temperature makes q anew, where tuned)
-            v = v.contiguous()
-            if not self.use_rope:
-                k = k.contiguous()
-                q = q if self.temperature else q.contiguous()
-        else:  # HF's three projections (the reference, tests/test_model.py): no weights copied
-            q = self.q_proj(x).view(B, T, H, D)
-            k = self.k_proj(x).view(B, T, Hkv, D)
-            v = self.v_proj(x).view(B, T, Hkv, D)
-            if self.use_rope:
-                q, k = self._rotate(q, rope, v.dtype), self._rotate(k, rope, v.dtype)
+        q, k, v = self._project(x, rope)  # (B, T, H, D), (B, T, Hkv, D), (B, T, Hkv, D)
         if self.temperature:  # NoPE layers
             p = pos.clamp(min=0).float()
             scale = 1.0 + self.attn_scale * torch.log1p(torch.floor((p + 1.0) / self.floor_scale))
@@ -306,6 +288,31 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y)
+
+    def _project(self, x, rope):
+        """q, k, v of x (B, T, dim), RoPE (and the QK norm) applied on RoPE layers."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if not self.training:  # HF's three projections (the reference, tests/test_model.py): no copies
+            q = self.q_proj(x).view(B, T, H, D)
+            k = self.k_proj(x).view(B, T, Hkv, D)
+            v = self.v_proj(x).view(B, T, Hkv, D)
+            if self.use_rope:
+                q, k = self._rotate(q, rope, v.dtype), self._rotate(k, rope, v.dtype)
+            return q, k, v
+        # training: one matmul; q and k side by side, so RoPE and the norm run once
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2Hkv)D, dim)
+        qk, v = F.linear(x, w).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
+        if self.use_rope:
+            qk = self._rotate(qk, rope, v.dtype)
+        q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
+        # what attention keeps for backward must not be views that hold all of q, k and v
+        # (RoPE made q and k anew; on NoPE layers the temperature makes q anew, where tuned)
+        v = v.contiguous()
+        if not self.use_rope:
+            k = k.contiguous()
+            q = q if self.temperature else q.contiguous()
+        return q, k, v
 
     def _rotate(self, t, rope, dtype):
         """RoPE, then the QK norm where there is one, both in fp32, then one cast back to `dtype`.
