@@ -6,13 +6,15 @@
     folder = claim_folder(plan)                               # the run folder, locked
 
 train.py's setup calls these in that order, then builds the data, model and optimizer from the
-RunPlan. Nothing here builds a model (parameter counts come from the meta device) or reads a token.
+RunPlan. Nothing here reads a token or builds a model in memory (parameter counts come from the
+meta device); a resumed run's checkpoint is loaded here, since its settings are the run's.
 
 How this departs from the obvious version:
 - A resumed run's settings are its checkpoint's, with the training settings typed on the command
   line on top (`given`: the options typed); model settings typed must agree with the checkpoint.
-  A checkpoint's --data, --val_data and tokenizer are checked to be still there, and path
-  settings are saved absolute, so a resume from another folder reads the same files.
+  The checkpoint's --data and --val_data must still be there (unless typed again), its tokenizer
+  is the copy beside it, and path settings are saved absolute, so that a resume from another
+  folder reads the same files.
 - --resume without a path takes --run's last.pt, else the newest run's; a newest run that holds
   no last.pt is refused rather than passed over (it is most likely the run meant).
 - What can be refused before any work is: a vocabulary below 264, special-token ids that the
