@@ -347,3 +347,364 @@ def test_an_error_line_that_cannot_be_written_keeps_its_status(unbuffered):
         assert (done.returncode, done.stdout) == (2, "")
         done = parse_in_a_child(HELP_CALLS["short"], full, stderr=full, unbuffered=unbuffered)
         assert done.returncode == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# What a mutation audit of config.py found untested: every range check's field, the boundaries
+# each check keeps, the fixes the messages name, the presets' promises, saved settings' types,
+# the command line's spellings, ranks, `given`, checked_later and the helpers scripts share.
+
+MODEL_AT_LEAST_1 = ["vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "expert_dim", "mlp_dim",
+                    "n_experts", "top_k", "moe_every", "nope_every", "max_seq_len", "attn_chunk_size",
+                    "attn_floor_scale", "rope_original_max_seq_len"]
+MODEL_POSITIVE = ["rope_theta", "norm_eps", "init_std", "rope_factor", "rope_low_freq_factor",
+                  "rope_high_freq_factor", "vision_rope_theta"]
+MODEL_NOT_NEGATIVE = ["router_aux_loss_coef", "router_z_loss_coef", "attn_scale"]
+VISION_AT_LEAST_1 = ["vision_dim", "vision_layers", "vision_heads", "image_size", "patch_size",
+                     "projector_input_dim", "projector_output_dim"]
+TRAIN_AT_LEAST_1 = ["batch_size", "grad_accum", "max_steps", "eval_every", "log_every", "save_every",
+                    "max_bad_steps"]
+TRAIN_NOT_NEGATIVE = ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
+                      "eval_windows", "num_proc", "tokenizer_train_mb"]
+
+
+@pytest.mark.parametrize("name", MODEL_AT_LEAST_1)
+def test_every_model_count_is_refused_at_0_and_at_2_to_the_31(name):
+    """A model count left out of the range check (--moe_every 0 divided by zero in is_moe_layer), or
+    its bound 2^31 let through (<= for <)."""
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0$"):
+        ModelArgs(**{name: 0})
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be below 2\^31, got {2**31}$"):
+        ModelArgs(**{name: 2**31})
+
+
+@pytest.mark.parametrize("name", VISION_AT_LEAST_1)
+def test_every_vision_count_is_refused_at_0_and_at_2_to_the_31(name):
+    """A vision count left out of the range check (--patch_size 0: a ZeroDivisionError, not a
+    ConfigError), or its bound 2^31 let through."""
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0$"):
+        ModelArgs(vision=True, **{name: 0})
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be below 2\^31, got {2**31}$"):
+        ModelArgs(vision=True, **{name: 2**31})
+
+
+@pytest.mark.parametrize("name", MODEL_POSITIVE)
+def test_every_model_scale_is_refused_at_0(name):
+    """A scale left out of the positivity check (--norm_eps 0: NaN on an all-zero row)."""
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be positive, got 0.0$"):
+        ModelArgs(**{name: 0.0})
+
+
+@pytest.mark.parametrize("name", MODEL_NOT_NEGATIVE)
+def test_every_model_weight_is_refused_below_0_and_taken_at_0(name):
+    """A loss weight or strength left out of the >= 0 check (--attn_scale -1), or 0 (off) refused."""
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be >= 0, got -0.1$"):
+        ModelArgs(**{name: -0.1})
+    assert getattr(ModelArgs(**{name: 0.0}), name) == 0.0
+
+
+@pytest.mark.parametrize("name", TRAIN_AT_LEAST_1)
+def test_every_training_count_is_refused_at_0(name):
+    """A training count left out of the range check (--save_every 0: a modulo by zero mid-run)."""
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0$"):
+        TrainArgs(**{name: 0})
+
+
+@pytest.mark.parametrize("name", TRAIN_NOT_NEGATIVE)
+def test_every_training_amount_is_refused_below_0(name):
+    """A training amount left out of the >= 0 check (--grad_clip -1 clipped every gradient to 0)."""
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be >= 0, got -1"):
+        TrainArgs(**{name: -1})
+
+
+def test_each_training_amount_may_be_0():
+    """A >= 0 check made > 0: 0 is each one's "off" (no budget, no decay, no clipping, all windows)."""
+    args = TrainArgs(**{name: 0 for name in TRAIN_NOT_NEGATIVE})
+    assert all(getattr(args, name) == 0 for name in TRAIN_NOT_NEGATIVE)
+
+
+@pytest.mark.parametrize("name", ["beta1", "beta2"])
+def test_each_adam_beta_is_in_0_to_1(name):
+    """--beta1 left out of the [0, 1) check (beta2 alone is in BAD), or 0 (no momentum) refused."""
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=rf"^--{name}: must be in \[0, 1\), got {bad}$"):
+            TrainArgs(**{name: bad})
+    assert getattr(TrainArgs(**{name: 0.0}), name) == 0.0
+
+
+def test_the_training_checks_keep_their_boundaries():
+    """A boundary moved: --min_lr equal to --lr (a constant rate) refused; lr x weight_decay exactly 1
+    (AdamW zeroes every matrix) let through; --val_fraction 0.5 or 1e-6 refused; seed 0 or 2^63 - 1
+    refused."""
+    assert TrainArgs(lr=1e-3, min_lr=1e-3).min_lr == 1e-3
+    with pytest.raises(ConfigError, match=r"^--weight_decay: 2 x --lr 0.5 is at least 1: .* below "
+                                          r"1 / lr = 2$"):
+        TrainArgs(lr=0.5, min_lr=0.0, weight_decay=2.0)
+    assert TrainArgs(lr=0.5, min_lr=0.0, weight_decay=1.99).weight_decay == 1.99
+    assert TrainArgs(val_fraction=0.5).val_fraction == 0.5
+    assert TrainArgs(val_fraction=1e-6).val_fraction == 1e-6
+    assert TrainArgs(seed=0).seed == 0 and TrainArgs(seed=2**63 - 1).seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("run", [".", ".."])
+def test_a_run_named_dot_or_dot_dot_is_refused(run):
+    """--run .. wrote the run into out_dir's parent (the source tree), --run . into out_dir itself:
+    neither has a "/" for the check to see."""
+    with pytest.raises(ConfigError, match=rf"^--run: {re.escape(repr(run))} is not a plain name"):
+        TrainArgs(run=run)
+
+
+def test_a_run_folder_not_named_in_utf8_is_taken_where_it_exists(tmp_path):
+    """The UTF-8 check made for every name: a run folder made outside train.py (`mkdir $'r\\xff'`)
+    could not be resumed; a new one is still refused."""
+    name = os.fsdecode(b"r\xff")
+    (tmp_path / name).mkdir()
+    config.check_run(name, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^--run: 's\\udcff' is not UTF-8 text \(byte 0xff "):
+        config.check_run(os.fsdecode(b"s\xff"), str(tmp_path))
+
+
+def test_the_model_checks_keep_their_boundaries():
+    """A boundary moved: top_k equal to n_experts (every expert for every token) refused; a special
+    token id equal to vocab_size (one past the embedding table) let through."""
+    assert ModelArgs(n_experts=4, top_k=4).top_k == 4
+    assert ModelArgs(tile_y_id=32767).tile_y_id == 32767
+    with pytest.raises(ConfigError, match=r"^--tile_y_id: token id 32768 is outside the vocabulary "
+                                          r"\[0, 32768\)"):
+        ModelArgs(tile_y_id=32768)
+
+
+@pytest.mark.parametrize("changes, message", [
+    # the heads nearest the typed count (not the smallest six)
+    (dict(dim=4096, n_heads=100), "--n_heads: 100 heads do not divide dim=4096; pick --n_heads 4, 8, 16, 32, "
+                                  "64 or 128"),
+    # none divisible by n_kv_heads: the even-head_dim ones still (not "use an even --dim" for dim 6)
+    (dict(dim=6, n_heads=4, n_kv_heads=4), "--n_heads: 4 heads do not divide dim=6; pick --n_heads 1 or 3"),
+    # an image smaller than one patch: the patch size, not "0 or 14"
+    (dict(vision=True, image_size=10), "--image_size: 10 is not a multiple of patch_size=14; use 14"),
+    (dict(vision=True, projector_input_dim=128),
+     "--projector_input_dim: 128 must equal projector_output_dim=256 (Llama 4's adapter feeds one into the "
+     "other)"),
+    (dict(vision=True, vision_mlp_dim=500),
+     "--vision_mlp_dim: must equal vision_dim / pixel_shuffle_ratio^2 = 512 (Llama 4 shares it)"),
+])
+def test_each_model_error_names_its_fix(changes, message):
+    """A fix suggestion that lost its nearest counts or its fallback, or a vision check skipped (the
+    adapter widths that Llama 4 ties, transformers' export could not load)."""
+    with pytest.raises(ConfigError) as e:
+        ModelArgs(**changes)
+    assert str(e.value) == message
+
+
+def test_the_divisors_offered_are_the_nearest_and_ok():
+    """_divisors: sqrt(n) itself left out (range stops short), or the nearest replaced by the smallest."""
+    assert config._divisors(64, 8) == "1, 2, 4, 8, 16 or 32"
+    assert config._divisors(36, 6) == "1, 2, 3, 4, 6 or 9"
+    assert config._divisors(36, 6, lambda d: d % 2 == 1) == "1, 3 or 9"
+    assert config._divisors(7, 3, lambda d: d > 7) == ""
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_samples=0), "--num_samples: must be at least 1, got 0"),
+    (dict(max_new_tokens=0), "--max_new_tokens: must be at least 1, got 0"),
+    (dict(top_k=-1), "--top_k: must be >= 0, got -1"),
+    (dict(top_p=0.0), "--top_p: must be in (0, 1], got 0.0"),  # (nothing to sample from)
+    (dict(top_p=1.5), "--top_p: must be in (0, 1], got 1.5"),
+    (dict(seed=-1), "--seed: must be in [0, 2^63), got -1"),
+    (dict(seed=2**63), f"--seed: must be in [0, 2^63), got {2**63}"),
+    (dict(prompt=["ok", "caf\udce9"]), "--prompt: 'caf\\udce9' is not UTF-8 text (byte 0xe9 from the command "
+                                       "line); set the terminal to UTF-8, or use a --prompt_file saved as "
+                                       "UTF-8"),
+])
+def test_each_sampling_check_refuses_its_value(changes, message):
+    """A sampling check skipped or loosened (--top_p 0, --num_samples 0, a prompt not in UTF-8)."""
+    with pytest.raises(ConfigError) as e:
+        SampleArgs(**changes)
+    assert str(e.value) == message
+    assert SampleArgs(top_p=1.0, top_k=0, seed=0).top_p == 1.0
+
+
+def test_the_presets_are_what_their_comments_and_the_readme_promise():
+    """A preset field changed that the parameter counts (test_docs) do not see: heads, learning
+    rates, weight decay, batch, chunking, RoPE scaling, QK norm, init std, W&B off in tests."""
+    scout = config.preset("scout-128m", ModelArgs)
+    assert scout == ModelArgs() and config.preset("scout-128m", TrainArgs) == TrainArgs()
+    assert (scout.dim, scout.n_heads, scout.n_kv_heads, scout.n_experts, scout.top_k) == (512, 8, 2, 16, 1)
+    assert (scout.attn_chunk_size, scout.attn_floor_scale, scout.nope_every, scout.moe_every) == \
+        (64, 64, 4, 1)
+    assert scout.router_noise and scout.qk_norm and scout.rope_scaling == "none" and not scout.vision
+    assert config.DEFAULT_PRESET == "scout-128m"
+
+    tiny, tiny_train = config.preset("tiny", ModelArgs), config.preset("tiny", TrainArgs)
+    assert (tiny.dim, tiny.n_layers, tiny.n_heads, tiny.n_kv_heads, tiny.n_experts, tiny.top_k) == \
+        (128, 4, 4, 2, 16, 1)
+    assert (tiny.expert_dim, tiny.vocab_size, tiny.max_seq_len) == (128, 4096, 256)
+    assert (tiny_train.batch_size, tiny_train.lr, tiny_train.min_lr, tiny_train.weight_decay) == \
+        (16, 3e-3, 3e-4, 1.0)
+    assert (tiny_train.warmup_steps, tiny_train.eval_every, tiny_train.eval_windows) == (50, 500, 0)
+
+    debug, debug_train = config.preset("debug", ModelArgs), config.preset("debug", TrainArgs)
+    assert (debug.n_layers, debug.moe_every, debug.nope_every, debug.attn_chunk_size, debug.init_std) == \
+        (4, 1, 4, 8, 0.1)
+    assert debug.max_seq_len == 64 and debug.max_seq_len % debug.attn_chunk_size == 0
+    assert debug_train.wandb_mode == "disabled" and debug_train.max_steps == 8
+
+    # the released shapes, as their config.json has them
+    scout17 = config.preset("scout-17b-16e", ModelArgs)
+    assert (scout17.dim, scout17.n_layers, scout17.n_heads, scout17.n_kv_heads) == (5120, 48, 40, 8)
+    assert (scout17.n_experts, scout17.top_k, scout17.moe_every, scout17.qk_norm) == (16, 1, 1, True)
+    assert (scout17.rope_scaling, scout17.rope_factor, scout17.rope_low_freq_factor,
+            scout17.rope_high_freq_factor, scout17.rope_original_max_seq_len) == \
+        ("llama3", 16.0, 1.0, 1.0, 8192)
+    assert (scout17.attn_chunk_size, scout17.attn_floor_scale, scout17.router_noise) == (8192, 8192, False)
+    maverick = config.preset("maverick-17b-128e", ModelArgs)
+    assert (maverick.dim, maverick.n_layers, maverick.n_heads, maverick.n_kv_heads) == (5120, 48, 40, 8)
+    assert (maverick.n_experts, maverick.top_k, maverick.moe_every, maverick.qk_norm) == (128, 1, 2, False)
+    assert (maverick.rope_scaling, maverick.router_noise, maverick.max_seq_len) == ("none", False, 1048576)
+    for big in (scout17, maverick):
+        assert (big.vocab_size, big.eos_id, big.pad_id, big.patch_id) == (202048, 200008, 200018, 200092)
+        assert big.vision and big.vision_dim == 1408 and big.image_tokens == 144
+    with pytest.raises(ConfigError, match=r"^--preset: unknown preset 'huge'; choose one of "
+                                          r"scout-128m, tiny, "):
+        config.preset("huge", ModelArgs)
+
+
+def test_saved_settings_take_whole_numbers_as_floats_and_no_other_types():
+    """typed_fields: a float written as a whole number (json.dumps of a hand-edited 500000) refused;
+    JSON true taken as 1.0 for a float; a text taken for a list; a list for a table: a TypeError."""
+    assert config.from_dict(ModelArgs, {"rope_theta": 500000}).rope_theta == 500000.0
+    assert isinstance(config.from_dict(ModelArgs, {"rope_theta": 500000}).rope_theta, float)
+    with pytest.raises(ConfigError, match=r"^settings: rope_theta should be float, got True$"):
+        config.from_dict(ModelArgs, {"rope_theta": True})
+    with pytest.raises(ConfigError, match=r"^settings: prompt should be list, got 'a cat'$"):
+        config.from_dict(SampleArgs, {"prompt": "a cat"})
+    with pytest.raises(ConfigError, match=r"^model\.json: should be a table of ModelArgs fields, got list$"):
+        config.from_dict(ModelArgs, [512], where="model.json")
+    with pytest.raises(ConfigError, match=r"^x: unknown TrainArgs field\(s\) a, b$"):
+        config.typed_fields(TrainArgs, {"b": 1, "a": 2, "lr": 1.0}, "x")
+
+
+@pytest.mark.parametrize("text", ["1", "true", "yes", "on", "True", " ON ", "YES"])
+def test_a_flag_takes_each_spelling_of_true(text):
+    """parse_bool: a spelling dropped ("on"), or case kept (--qk_norm True refused)."""
+    assert config.parse_bool(text) is True
+    false = {"1": "0", "true": "false", "yes": "no", "on": "off"}.get(text, "False")
+    assert config.parse_bool(false) is False
+
+
+def test_a_flag_given_a_checkpoint_names_resume():
+    """parse_bool: the hint for a path lost for a bare checkpoint file name (--eval_only last.pt)."""
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match=r"got 'last\.pt'; this flag takes no path: name a "
+                                                         r"checkpoint with --resume$"):
+        config.parse_bool("last.pt")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^expected true or false, got 'maybe'$"):
+        config.parse_bool("maybe")
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--dim", "2.5"], "argument --dim: expected an integer, got '2.5'"),  # (not "; write 2")
+    (["--dim", "1e300"], "argument --dim: expected an integer, got '1e300'"),  # (not 301 digits to write)
+    (["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),  # (NaN passes every range check)
+    (["--dmi", "3"], "unknown option --dmi (did you mean --dim?); see --help for the list"),  # (not "3" too)
+])
+def test_the_whole_error_line(argv, line, capsys):
+    """A hint offered where it is wrong: a whole number for 2.5 or 1e300, NaN let through, the value
+    after an unknown option named as a second unknown one."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py")
+    assert e.value.code == 2 and capsys.readouterr().err == f"train.py: error: {line}\n"
+
+
+def test_a_bad_setting_is_said_on_rank_0_only(monkeypatch, capsys):
+    """Parser.error on a torchrun worker other than rank 0: the same line printed by every rank."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    for argv in (["--dmi", "3"], ["--dim", "0"]):
+        with pytest.raises(SystemExit) as e:
+            config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py")
+        assert e.value.code == 2 and capsys.readouterr().err == ""
+
+
+def test_given_holds_what_was_typed_and_nothing_it_begins():
+    """`given`: --compile_mode typed counted --compile as typed too (a resume then put the typed
+    --compile over the checkpoint's); --preset typed not counted."""
+    assert config.parse_args([ModelArgs, TrainArgs], ["--compile_mode", "default"]).given == {"compile_mode"}
+    assert config.parse_args([ModelArgs, TrainArgs], ["--compile_mode=default"]).given == {"compile_mode"}
+    assert config.parse_args([ModelArgs, TrainArgs], ["--preset", "tiny"]).given == {"preset"}
+    assert config.parse_args([ModelArgs, TrainArgs], []).given == set()
+
+
+def test_checked_later_defers_a_failed_check_only_where_it_says_so(capsys):
+    """checked_later's answer ignored: a callable that says False (no --resume) still deferred the
+    range checks, and a run started with --min_lr above --lr."""
+    def resuming(ns):
+        return bool(ns.resume)
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], ["--min_lr", "1"], prog="train.py", checked_later=resuming)
+    assert e.value.code == 2 and "--min_lr: 1 is above --lr" in capsys.readouterr().err
+    parsed = config.parse_args([ModelArgs, TrainArgs], ["--min_lr", "1", "--resume"], checked_later=resuming)
+    model, train = parsed[1]
+    assert (train.min_lr, train.resume, train.lr, model.dim) == (1.0, "latest", 6e-4, 512)
+    assert parsed.given == {"min_lr", "resume"}
+
+
+def test_counts_and_at_least_1_refuse_0():
+    """Parser.counts and at_least_1 (the scripts' --batches, --repeats): 0 let through."""
+    import argparse
+    p = config.Parser(prog="bench.py")
+    assert p.counts("--batches", "8,16") == [8, 16]
+    for bad in ("0", "8,0", "x", ""):
+        with pytest.raises(SystemExit):
+            p.counts("--batches", bad)
+    assert config.at_least_1("1") == 1
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a whole number above 0"):
+            config.at_least_1(bad)
+
+
+def test_pass_through_options_are_train_pys_and_not_the_scripts_own(capsys):
+    """check_pass_through: --preset refused (not a dataclass field), an owned option let through, a
+    value taken for an option."""
+    p = config.Parser(prog="sweep.py")
+    config.check_pass_through(p, ["--preset", "tiny", "--dim", "64", "--lr=1e-3"], owned=("run",))
+    for extra, said in ((["--run", "r"], "--run is set by sweep.py for every run; it cannot be passed "
+                                          "through"),
+                        (["--dmi", "64"], "unknown option --dmi (did you mean --dim?)")):
+        with pytest.raises(SystemExit) as e:
+            config.check_pass_through(p, extra, owned=("run",))
+        assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [(["--lr=1e-3"], "--lr"), (["--dim", "64", "--batch_size", "8"],
+                                                                    "--batch_size")])
+def test_a_training_setting_given_to_a_model_only_script_is_named_as_one(argv, flag, capsys):
+    """refuse_training_settings: --lr=1e-3 (with an equals sign) slipped past to "unknown option"."""
+    p = config.Parser(prog="count_params.py")
+    config.refuse_training_settings(p, ["--dim", "64", "--preset", "tiny"], "drop it")
+    with pytest.raises(SystemExit) as e:
+        config.refuse_training_settings(p, argv, "drop it")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == \
+        f"count_params.py: error: {flag} is a training setting (train.py's), drop it\n"
+
+
+def test_a_pixel_shuffle_whose_grid_transformers_truncates_is_refused():
+    """_shuffles_exactly without its grid check: 1/49 divides a 49x49 grid and every channel count
+    exactly, but transformers' int(49 * (1/49)) is 0 (1/49 rounds below), an empty image."""
+    assert not config._shuffles_exactly(49, 49, (128, 256)) and config._shuffles_exactly(7, 49, (128, 256))
+    with pytest.raises(ConfigError, match=r"^--pixel_shuffle_ratio: the 49x49 patch grid cannot be shuffled "
+                                          r"by 0\.0204\d+; use one of 1, 0\.142857 \("):
+        ModelArgs(vision=True, image_size=686, pixel_shuffle_ratio=1 / 49, vision_mlp_dim=128 * 49 * 49)
+
+
+def test_a_choice_is_checked_where_settings_do_not_pass_argparse():
+    """_check_choices skipped: argparse refuses --rope_scaling yarn on the command line, but a
+    checkpoint's settings (from_dict) and a direct construction reach __post_init__ only."""
+    with pytest.raises(ConfigError, match=r"^--rope_scaling: 'yarn' is not one of none, llama3$"):
+        config.from_dict(ModelArgs, {"rope_scaling": "yarn"})
+    with pytest.raises(ConfigError, match=r"^--dtype: 'float16' is not one of auto, float32, bfloat16$"):
+        TrainArgs(dtype="float16")
+    with pytest.raises(ConfigError, match=r"^--compile_mode: 'fast' is not one of default, "
+                                          r"reduce-overhead, "):
+        config.from_dict(TrainArgs, {"compile_mode": "fast"})
