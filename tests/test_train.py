@@ -1739,3 +1739,179 @@ def test_no_plot_is_drawn_with_an_empty_plot_setting(tmp_path, corpus, cache, ca
     # catches: --plot "" still drawing a plot at each evaluation (into the run folder itself: an error line)
     train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--plot", ""))
     assert "plot:" not in capsys.readouterr().out and not list(tmp_path.rglob("*.png"))
+
+
+# --- what a run records: a window's train record, a val record, evaluate (fast, no training) -----
+
+def step_out(losses, counts=None, entropy=None, grad_norm=1.0, skipped=0.0):
+    """A StepOutput from plain numbers (counts: (L_moe, E) per layer and expert; entropy: (L_moe,))."""
+    return train.StepOutput(torch.tensor(losses, dtype=torch.float),
+                            None if counts is None else torch.tensor(counts, dtype=torch.float),
+                            None if entropy is None else torch.tensor(entropy), torch.tensor(grad_norm),
+                            torch.tensor(skipped))
+
+
+def test_a_windows_expert_shares_and_router_entropy_are_over_its_applied_steps():
+    """Catches router entropy summed over the window's steps (or averaged over all of them, the
+    skipped one too), a skipped step's expert counts or entropy in the record, and shares summed over
+    every layer rather than each layer's, or rounded to a tenth."""
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World())
+    window = train.Window(train.LoopState(), cpu)
+    window.add(step_out([4.0, 3.0, 0.5, 0.25], [[3, 1], [2, 2]], [0.5, 0.25]))
+    window.add(step_out([math.nan] * 4, [[0, 4], [4, 0]], [1.0, 1.0], math.nan, skipped=1.0))  # left out
+    window.add(step_out([6.0, 5.0, 1.5, 0.75], [[3, 1], [1, 3]], [0.75, 0.25]))
+    rec = window.record(job)
+    assert {k: rec[k] for k in train.LOSSES} == {"loss": 5.0, "lm_loss": 4.0, "aux_loss": 1.0, "z_loss": 0.5}
+    assert rec["expert_share"] == [[0.75, 0.25], [0.375, 0.625]]
+    assert rec["router_entropy"] == [0.625, 0.25]
+
+
+def logged_window(tmp_path, monkeypatch, outs, state, train_args=None, seconds=1.0):
+    """(the train record, the progress bar's fields, the log's lines) of log_step over a window of
+    `outs`, each step `seconds` on a fake clock, of 100 tokens at 6 FLOPs each on a 1000 FLOP/s device."""
+    now = [0.0]
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: now[0], time=time.time))
+    t = train_args or TrainArgs()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    said, bar = [], {}
+    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(), window=None, tokens_per_step=100,
+                          fpt=6.0, peak=1000.0, train_args=t, run_dir=run_dir, log=said.append,
+                          clock=train.Clock(t.max_minutes, state.elapsed))
+    job.metrics = runlog.Metrics(run_dir, None, None)
+    window = train.Window(state, job.device)
+    for out in outs:
+        now[0] += seconds
+        window.add(out)
+        state.step, state.tokens = state.step + 1, state.tokens + 100
+    train.log_step(job, state, window, 2e-3, SimpleNamespace(set_postfix=lambda **kw: bar.update(kw)))
+    return runlog.read_metrics(run_dir)[0][-1], bar, said
+
+
+def test_a_train_record_holds_each_field_under_its_key_in_its_units(tmp_path, monkeypatch):
+    """Catches the train record's minutes in seconds, its tokens the window's rather than the run's,
+    skipped_steps the window's rather than the run's total, window_steps or lr wrong, tokens/s or MFU
+    off; and the warning line counting the longest streak as the skipped steps, or not said at all."""
+    good = [4.0, 3.0, 0.5, 0.25]
+    state = train.LoopState(step=10, tokens=1000, elapsed=90.0, skipped_steps=2)
+    bad = step_out([math.nan] * 4, grad_norm=math.nan, skipped=1.0)
+    outs = [step_out(good, grad_norm=0.5), bad, step_out(good, grad_norm=0.25), bad]
+    rec, bar, said = logged_window(tmp_path, monkeypatch, outs, state)
+    keys = ("step", "tokens", "minutes", "skipped_steps", "window_steps", "lr", "grad_norm")
+    assert {k: rec[k] for k in keys} == {"step": 14, "tokens": 1400, "minutes": 1.5, "skipped_steps": 4,
+                                         "window_steps": 4, "lr": 2e-3, "grad_norm": 0.25}
+    assert rec["loss"] == 4.0 and rec["lm_loss"] == 3.0
+    # 400 tokens in 4 s; 2400 FLOPs done of the 4000 possible
+    assert rec["tokens_per_s"] == pytest.approx(100.0) and rec["mfu"] == pytest.approx(0.6)
+    assert said == ["step 14: 2 non-finite loss or gradient step(s) in the last 4, updates skipped (up to 1 "
+                    "in a row)"]
+
+
+def test_the_progress_bar_shows_the_lm_loss_and_an_eta_under_a_budget(tmp_path, monkeypatch):
+    """Catches the progress bar showing the total loss (router terms in it) as `loss`, or no ETA for a
+    run with --max_minutes (the bar's own counts no total then); none without one."""
+    state = train.LoopState(step=4, elapsed=30.0)
+    outs = [step_out([4.0, 3.0, 0.5, 0.25])] * 2
+    _, bar, said = logged_window(tmp_path, monkeypatch, outs, state)
+    assert bar == {"loss": "3.000", "lr": "2.00e-03", "tok_s": "100"} and said == []
+    _, bar, _ = logged_window(tmp_path, monkeypatch, outs, train.LoopState(step=4, elapsed=30.0),
+                              TrainArgs(max_minutes=2.0))
+    assert bar["loss"] == "3.000" and bar["eta"] == "1.5min"  # 90 s of the 120 left
+
+
+def test_a_val_record_and_line_hold_each_figure_under_its_own_name(tmp_path, monkeypatch):
+    """Catches the val record's minutes in seconds, its tokens the validation's rather than those
+    trained on, val_tokens and val_bytes swapped, its step off; the line's figures swapped; and the
+    loss plot logged to W&B at another step than the evaluation's."""
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Image=lambda path: f"image of {path}"))
+    monkeypatch.setattr(runlog, "plot_loss", lambda run_dir, out, log: run_dir / out)
+    rows, said = [], []
+    job = SimpleNamespace(run_dir=tmp_path, train_args=TrainArgs(plot="loss.png"), log=said.append)
+    job.metrics = runlog.Metrics(tmp_path, WandbRun("w", rows), None)
+    r = {"nats_per_token": 2.5, "perplexity": math.exp(2.5), "bits_per_byte": 0.875, "tokens": 1234,
+         "bytes": 5678, "seconds": 1.25}
+    train.write_val_record(job, train.LoopState(step=6, tokens=3000, elapsed=45.0), r)
+    [rec] = runlog.read_metrics(tmp_path)[1]
+    assert rec == {"kind": "val", "step": 6, "minutes": 0.75, "tokens": 3000, "nats_per_token": 2.5,
+                   "perplexity": math.exp(2.5), "bits_per_byte": 0.875, "val_tokens": 1234, "val_bytes": 5678,
+                   "val_seconds": 1.25}
+    assert said == ["step 6: val 2.5000 nats/token, 0.8750 bits/byte, ppl 12.18 over 1,234 tokens in 1.25 s"]
+    assert rows[-1] == {"step": 6, "loss_plot": f"image of {tmp_path / 'loss.png'}"}
+
+
+class ModeLoss(torch.nn.Module):
+    """A stand-in model whose loss on each batch is `loss`, and which notes the mode it was called in."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss, self.modes = loss, []
+
+    def forward(self, x, targets):
+        self.modes.append(self.training)
+        return SimpleNamespace(lm_loss=torch.tensor(self.loss, dtype=torch.float64))
+
+
+def windows_of_4(n_tokens, batch_size):
+    """An EvalSet of windows of 4 over n_tokens token ids (a byte each), in batches of batch_size windows."""
+    return train.EvalSet(SimpleNamespace(tokens=np.arange(5, 5 + n_tokens), meta={"sha256": "0" * 64}),
+                         SimpleNamespace(token_bytes=np.ones(320, dtype=np.int64)), debug_args(max_seq_len=4),
+                         TrainArgs(batch_size=batch_size), train.World(), "cpu")
+
+
+def test_evaluation_runs_in_eval_mode_fills_whole_batches_and_gives_the_perplexity_of_its_mean():
+    """Catches an evaluation in training mode (router noise in the validation loss), the model left
+    in training mode after it (an --eval_only model evaluated twice), padding that does not fill the
+    last batch (another shape for a compiled model), and the perplexity of the summed nats rather than
+    of the mean, or one that overflows on a diverged model."""
+    val = windows_of_4(13, 4)  # 3 windows of 4: one padding window fills the batch of 4
+    assert val.x.shape == val.y.shape == (4, 4) and (val.y[3] == -1).all() and val.tokens == 12
+    model = ModeLoss(0.5).eval()
+    r = train.evaluate(model, val, train.nullcontext(), "cpu")
+    assert model.modes == [False] and not model.training
+    assert (r["tokens"], r["nats_per_token"], r["perplexity"]) == (12, 0.5, pytest.approx(math.exp(0.5)))
+    model = ModeLoss(1000.0).train()  # diverged: no OverflowError
+    r = train.evaluate(model, windows_of_4(13, 2), train.nullcontext(), "cpu")
+    assert model.modes == [False, False] and model.training  # back in training mode
+    assert r["nats_per_token"] == 1000.0 and r["perplexity"] == math.exp(50)
+
+
+def test_a_resumed_window_counts_the_skipped_steps_and_the_streak_settled_before_its_save():
+    """Catches a resumed window forgetting the non-finite steps a save settled into the state (its
+    warning line then counts only those after the resume) or the longest streak before the save,
+    which had ended (a streak in the window not weighed against --max_bad_steps)."""
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World(), tokens_per_step=100, peak=None, window=None)
+    state = train.LoopState()
+    window = train.Window(state, cpu)
+    for skipped in (1.0, 1.0, 0.0):
+        window.add(step_out([1.0] * 4, skipped=skipped))
+    window.settle(state)  # as a save does
+    job.window = window.to_checkpoint(job)
+    window = train.Window.resume(state, job)
+    window.add(step_out([1.0] * 4))
+    assert window.settle(state) == (2, 2) and (state.skipped_steps, state.bad_in_row) == (2, 0)
+
+
+def test_a_windows_busy_seconds_leave_out_each_of_its_pauses(monkeypatch):
+    """Catches a pause's seconds replacing the window's earlier pauses rather than adding to them (an
+    evaluation and a later save in one window: the evaluation counted as training time)."""
+    now = [0.0]
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    window = train.Window(train.LoopState(), torch.device("cpu"))
+    for start, end, busy in ((1.0, 3.0, 1.0), (4.0, 7.0, 2.0)):  # paused 2 s, then 3 s
+        now[0] = start
+        with window.pause():
+            now[0] = end
+            assert window.busy() == busy  # (a save in a pause: the seconds before it)
+    now[0] = 8.0
+    assert window.busy() == 3.0
+
+
+def test_a_batch_of_padding_windows_alone_adds_nothing_to_the_validation_loss():
+    """Catches a batch without one real target (its mean loss NaN: no targets to average) making the
+    whole validation loss NaN, where evaluate() is given such a batch (EvalSet's hold a real window)."""
+    y = torch.tensor([[5, 6], [-1, -1]])
+    val = SimpleNamespace(x=torch.zeros_like(y), y=y, batch_size=1, tokens=2, bytes=2, world=runtime.World())
+    r = train.evaluate(TargetIdLoss(), val, train.nullcontext(), "cpu")
+    assert (r["nats_per_token"], r["tokens"]) == (5.5, 2)
