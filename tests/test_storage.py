@@ -259,3 +259,164 @@ def test_a_file_size_limit_is_named_as_such(tmp_path):
     assert "the disk is full" not in out and "free some space" not in out and out.strip().endswith(
         "; raise the limit (ulimit -f unlimited) or write somewhere else")  # (not only somewhere else)
     assert path.read_bytes() == b"the previous checkpoint"
+
+
+# --- what a second mutation audit of storage.py found untested -------------------------------
+
+def test_a_full_quota_is_named_and_advises_freeing_space(tmp_path):
+    """Catches advice() offering "free some space" for ENOSPC alone: a full quota (EDQUOT) is freed
+    the same way, and its line named the quota, not the disk."""
+    quota = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    assert storage.advice(quota, "pick another --out_dir") == "free some space or pick another --out_dir"
+    msg = str(storage.write_error(tmp_path / "last.pt", quota, "pick another --out_dir", intact=True))
+    assert msg == (f"cannot write {tmp_path / 'last.pt'}: the disk quota is used up "
+                   f"({os.strerror(errno.EDQUOT)}); the previous file is intact; free some space or pick "
+                   "another --out_dir")
+    assert storage.advice(OSError(errno.EROFS, "Read-only file system"), None) == storage.DEFAULT_FIX
+
+
+def test_the_oserror_behind_a_wrapped_failure_is_found_through_its_context():
+    """Catches os_error_in following only __cause__: a library that raises its own error while
+    handling the OSError (`raise X` in an except block, no `from`) hid a full disk."""
+    def wrapped(wrap_with_from):
+        try:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as inner:
+                if wrap_with_from:
+                    raise RuntimeError("arrow write failed") from inner
+                raise ValueError("arrow write failed")  # noqa: B904 (as a library does)
+        except Exception as e:
+            return e
+    for how in (True, False):
+        cause = storage.os_error_in(wrapped(how))
+        assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+    assert storage.os_error_in(ValueError("no OSError behind it")) is None
+
+
+def test_a_write_refused_in_a_folder_is_told_from_a_file_elsewhere(tmp_path):
+    """Catches refused_in getting a refusal wrong: a read-only disk, no permission for a file in the
+    folder or for a folder on the way to it, or with no file named, is the folder's; no permission
+    for a file elsewhere is not."""
+    folder = tmp_path / "cache"
+
+    def denied(name):
+        return OSError(errno.EACCES, "Permission denied", None if name is None else str(name))
+    assert storage.refused_in(OSError(errno.EROFS, "Read-only file system"), folder)
+    assert storage.refused_in(denied(folder / "shard-0.bin"), folder)  # a file in it
+    assert storage.refused_in(denied(tmp_path), folder)  # a folder on the way to it
+    assert storage.refused_in(denied(None), folder)
+    assert not storage.refused_in(denied(tmp_path / "elsewhere" / "data.txt"), folder)
+    assert not storage.refused_in(OSError(errno.ENOENT, "No such file or directory", str(folder)), folder)
+
+
+def test_a_bug_raised_while_handling_a_disk_error_is_not_called_a_disk_error(tmp_path):
+    """Catches write_error following the context of any exception, not only torch's RuntimeError:
+    a TypeError raised in a writer's except block over an OSError became "cannot write ...: the disk
+    is full", hiding the bug; the file as it was, no temporary left."""
+    path = tmp_path / "x.json"
+    path.write_bytes(b"old")
+
+    def buggy(f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise TypeError("a bug in the handler")  # noqa: B904
+    with pytest.raises(TypeError, match="a bug in the handler"):
+        storage.atomic_write(path, buggy)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_make_folder_makes_every_missing_parent_and_a_file_in_the_way_is_one_line(tmp_path):
+    """Catches make_folder without parents=True (an --out of a/b/c failed with a traceback-free but
+    wrong "No such file or directory"), and a file in the way not being a StorageError."""
+    assert storage.make_folder(tmp_path / "a" / "b" / "c", "pick another --out") == tmp_path / "a" / "b" / "c"
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+    storage.make_folder(tmp_path / "a" / "b" / "c")  # already there: fine
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError) as e:
+        storage.make_folder(tmp_path / "file" / "sub", "pick another --out")
+    assert str(e.value).startswith(f"cannot create the folder {tmp_path / 'file' / 'sub'}: ")
+    assert str(e.value).endswith("; pick another --out") and "\n" not in str(e.value)
+
+
+def test_a_torn_last_line_followed_by_blank_lines_is_still_the_last_line(tmp_path):
+    """Catches read_jsonl taking the file's last line, blank or not, for its last record: a torn
+    line with a newline after it (an editor adds one on saving) failed every resume after."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n\n')
+    warnings = []
+    assert storage.read_jsonl(path, warn=warnings.append) == [{"step": 1}]
+    assert len(warnings) == 1 and "dropped a torn last line (line 2, 15 characters)" in warnings[0]
+
+
+def test_a_log_line_the_disk_refused_says_the_log_is_as_it_was(tmp_path, monkeypatch):
+    """Catches append_jsonl's failure line not saying the log is intact (the part written is cut
+    off again), and a log that cannot be opened claiming it."""
+    path = tmp_path / "metrics.jsonl"
+    storage.append_jsonl(path, {"step": 1})
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with monkeypatch.context() as m:
+        m.setattr(storage.os, "write", full)
+        with pytest.raises(StorageError) as e:
+            storage.append_jsonl(path, {"step": 2}, fix="pick another --out_dir")
+    assert str(e.value) == (f"cannot write {path}: the disk is full ({os.strerror(errno.ENOSPC)}); the "
+                            "previous file is intact; free some space or pick another --out_dir")
+    with pytest.raises(StorageError) as e:  # a folder in the way: nothing was written, nothing claimed
+        storage.append_jsonl(tmp_path / "missing" / "metrics.jsonl", {"step": 1})
+    assert "intact" not in str(e.value) and str(e.value).endswith("; write somewhere else")
+
+
+def test_a_run_folder_goes_at_release_only_when_this_run_made_it_and_left_it_empty(tmp_path):
+    """Catches RunFolder.release removing a folder it did not make (an empty folder the user made
+    for the run), and unlinking run.lock from a folder it keeps (one with files in it: the lock
+    file must stay, so that two processes always lock the same file)."""
+    made = tmp_path / "made"
+    storage.RunFolder(made).release()
+    assert not made.exists()  # made here and left empty: gone
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    storage.RunFolder(theirs).release()
+    assert theirs.is_dir() and [p.name for p in theirs.iterdir()] == ["run.lock"]  # there before: kept
+    written = tmp_path / "written"
+    folder = storage.RunFolder(written)
+    (written / "train.json").write_text("{}")
+    folder.release()
+    assert sorted(p.name for p in written.iterdir()) == ["run.lock", "train.json"]
+    assert folder.lock is None and not storage.held(written / "run.lock")  # let go all the same
+
+
+def test_a_run_folder_sweeps_the_temporaries_of_every_kind_of_save(tmp_path):
+    """Catches the sweep taking checkpoints' temporaries alone: a killed atomic write of
+    train.json or tokenizer.json left its .tmp-* file in the folder for good. Files not named
+    .tmp-* stay."""
+    run = tmp_path / "r"
+    run.mkdir()
+    for name in (".tmp-a1-last.pt", ".tmp-b2-train.json", ".tmp-c3-tokenizer.json", "notes.tmp-x", "last.pt"):
+        (run / name).write_bytes(b"x")
+    folder = storage.RunFolder(run)
+    try:
+        assert sorted(p.name for p in run.iterdir()) == ["last.pt", "notes.tmp-x", "run.lock"]
+    finally:
+        folder.release()
+
+
+def test_a_lock_held_without_a_note_is_named_another_process_and_held_sees_it(tmp_path):
+    """Catches Busy naming no one when the holder has not written its line yet (an empty lock
+    file: "locked by " and nothing), and `held` missing a lock held elsewhere or taking one itself."""
+    import fcntl
+    path = tmp_path / "run.lock"
+    with open(path, "a+") as other:  # another open file: its flock conflicts as another process's
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert storage.held(path)
+        with pytest.raises(storage.Busy) as e:
+            storage.lock(path)
+        assert e.value.holder == "another process" and str(e.value) == f"{path} is locked by another process"
+    assert not storage.held(path) and not storage.held(path)  # (a probe takes nothing)
+    mine = storage.lock(path)
+    try:
+        assert path.read_text().startswith(f"pid {os.getpid()} on ")
+    finally:
+        mine.close()
