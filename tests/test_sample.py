@@ -1073,3 +1073,168 @@ def test_ctrl_c_keeps_what_was_generated(run_dir, monkeypatch, capsys, num_sampl
         assert got.out.startswith("once upon") and got.out.endswith("\n") and len(got.out) > 10
     else:
         assert got.out == whole.replace(f"of {num_samples} ", f"of {num_samples} (interrupted) ")
+
+
+# --- what a mutation audit of sample.py found untested ----------------------------------------
+
+def test_top_k_above_the_vocabulary_keeps_every_token():
+    """Catches top_k passed to topk() uncapped (a RuntimeError for --top_k over the vocabulary's
+    size): a top_k past the vocabulary keeps every token, as top_k 0 does."""
+    logits = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample.filter_logits(logits, top_k=50), logits)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert sample.choose(logits, generators, top_k=50).shape == (2,)
+
+
+def test_bf16_logits_are_sampled_as_their_fp32_values():
+    """Catches choose() dropping its .float(): bf16 logits (a bf16 model's) were divided, filtered
+    and drawn against in bf16, other tokens than their fp32 values give from the same generators."""
+    logits = (torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()
+    ours, theirs = ([torch.Generator().manual_seed(10 + i) for i in range(4)] for _ in range(2))
+    for _ in range(30):
+        assert sample.choose(logits, ours, temperature=0.7, top_p=0.95).tolist() == \
+            sample.choose(logits.float(), theirs, temperature=0.7, top_p=0.95).tolist()
+
+
+def test_left_pad_right_aligns_each_row_and_counts_positions_from_its_first_token():
+    """Catches padding that is not pad_id at position -1, rows not right-aligned, and positions
+    counting from the batch's first column (or from 1) instead of each row's first real token."""
+    tokens, positions = sample.left_pad([[5, 6, 7], [8], [9, 10]], 1, "cpu")
+    assert tokens.tolist() == [[5, 6, 7], [1, 1, 8], [1, 9, 10]]
+    assert positions.tolist() == [[0, 1, 2], [-1, -1, 0], [-1, 0, 1]]
+
+
+def test_a_batch_with_no_room_to_generate_gives_empty_rows():
+    """Catches the early return for a batch with no room (max_new_tokens 0, or every prompt filling
+    the context) skipped: the loop never ran and `rows` was never set (an UnboundLocalError)."""
+    model = small_model()
+    assert sample.generate(model, PROMPTS, 0) == [[], [], []]
+    full = [0, *range(200, 263)]  # 64 tokens: the whole context
+    assert sample.generate(model, [full, full], 5, use_cache=False) == [[], []]
+
+
+def test_generation_stops_at_the_first_check_where_every_row_has_ended():
+    """Catches the loop running on to max_new_tokens once every row has ended (the stop check's
+    break lost, or a row at its own context limit not counted as ended): rows ended by
+    <|endoftext|> or by their context within the first 16 tokens stop the loop at the first
+    host read, so on_token is called once."""
+    model = small_model()
+    long = [0, *range(100, 160)]  # 61 tokens: room for 3 in the context of 64
+    prompts = [PROMPTS[1], long]
+    rows = sample.generate(model, prompts, 40, greedy=True, stop_at_eos=False)
+    assert len(rows[0]) == 40 and len(rows[1]) == 3
+    eos = next(t for t in rows[0][4:10] if t not in rows[1] and t not in rows[0][:4])
+    model.args.eos_id = eos
+    seen = []
+    stopped = sample.generate(model, prompts, 40, greedy=True, on_token=seen.append)
+    assert stopped == [rows[0][:rows[0].index(eos)], rows[1]]
+    assert len(seen) == 1 and seen[0] == stopped
+    seen.clear()  # the rows that ended by <|endoftext|> alone
+    assert sample.generate(model, prompts[:1], 40, greedy=True, on_token=seen.append) == stopped[:1]
+    assert len(seen) == 1
+
+
+def test_image_prompt_is_llama4s_single_tile_layout():
+    """Catches the image's tokens out of Llama 4's order or count: <|image_start|> <|image|>, one
+    <|patch|> per image token, <|image_end|>."""
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True, "image_size": 56,
+                               "patch_size": 14})
+    assert args.image_tokens == 4  # 4 x 4 patches, pixel-shuffled to 2 x 2
+    assert sample.image_prompt(args) == [args.image_start_id, args.image_id, *[args.patch_id] * 4,
+                                         args.image_end_id]
+
+
+def test_a_prompt_holding_any_image_token_is_refused():
+    """Catches one of the four image tokens left out of the check: each, typed in a prompt, is a
+    SampleError naming the fix."""
+    for token in ["<|image_start|>", "<|image|>", "<|patch|>", "<|image_end|>"]:
+        with pytest.raises(sample.SampleError, match=r"holds an image token .*--image puts an image in"):
+            stub_prompts(f"look {token} here", new=3)
+
+
+def test_prompts_and_a_prompt_file_are_all_told_each_num_samples_times_in_order(tmp_path):
+    """Catches --prompt_file's prompts replacing the --prompt ones (both are told, --prompt first),
+    and the --num_samples copies of a prompt not kept together, in the prompts' order."""
+    from types import SimpleNamespace
+    path = tmp_path / "prompts.txt"
+    path.write_text("c d\n\ne\n")
+    args = config.ModelArgs(**config.PRESETS["debug"]["ModelArgs"])
+    words = {w: 20 + i for i, w in enumerate("abcde")}
+    tok = SimpleNamespace(encode_docs=lambda texts: [[words[w] for w in t.split()] for t in texts])
+    got = sample.prompts_from(SampleArgs(prompt=["a", "b"], prompt_file=str(path), num_samples=2,
+                                         max_new_tokens=3), tok, args, print)
+    eos = args.eos_id
+    assert got == [[eos, 20], [eos, 20], [eos, 21], [eos, 21], [eos, 22, 23], [eos, 22, 23], [eos, 24],
+                   [eos, 24]]
+
+
+def test_prompt_file_dash_takes_a_bare_cr_as_a_line_break(monkeypatch):
+    """Catches standard input's lone CR (an old Mac file piped in) left inside a prompt: as in a
+    --prompt_file, CRLF and CR both end a line, and a BOM is dropped, whatever stdin's encoding."""
+    import io
+    import sys
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\ufeffonce\rupon\r\ncaf\u00e9\n".encode()),
+                                                       encoding="latin-1"))
+    assert sample.read_prompt_file("-") == "once\nupon\ncaf\u00e9\n"
+
+
+def test_several_samples_are_printed_each_under_its_numbered_line():
+    """Catches the samples' layout: each under a line numbering it (1-based, of how many, the note
+    after), its prompt's text then its story, and a line break after each."""
+    from types import SimpleNamespace
+    tok = SimpleNamespace(decode=lambda ids: "".join(chr(96 + i) for i in ids))
+    got = sample.samples(["Once", "Then"], [[1, 2], [3]], tok, " (interrupted)")
+    bar = "-" * 20
+    assert got == (f"{bar} sample 1 of 2 (interrupted) {bar}\nOnceab\n"
+                   f"{bar} sample 2 of 2 (interrupted) {bar}\nThenc\n")
+    assert sample.samples(["x"], [[]], tok) == f"{bar} sample 1 of 1 {bar}\nx\n"
+
+
+def test_write_flushes_what_it_streams(monkeypatch):
+    """Catches write() leaving the text in stdout's buffer: a streamed story shows only at the end
+    (or when the buffer fills), not as it is generated."""
+    import sys
+    calls = []
+    out = type("Out", (), {"write": lambda self, s: calls.append(("write", s)),
+                           "flush": lambda self: calls.append(("flush",)), "encoding": "utf-8"})()
+    monkeypatch.setattr(sys, "stdout", out)
+    sample.write("once")
+    assert calls == [("write", "once"), ("flush",)]
+
+
+def test_an_image_is_given_to_every_prompt_and_sample_in_the_weights_dtype(run_dir, tmp_path, monkeypatch):
+    """Catches main giving generate() one image for a batch (not one per prompt x --num_samples)
+    or in fp32 for bf16 weights."""
+    from PIL import Image
+    model = small_model(vision=True, vision_dim=32, vision_layers=1, vision_heads=2, vision_mlp_dim=128,
+                        image_size=56, patch_size=14, projector_input_dim=32, projector_output_dim=32)
+    from tokenizer import Tokenizer
+    tok = Tokenizer.load(run_dir / "tokenizer.json")
+    monkeypatch.setattr(sample, "load", lambda sample_args, device, dtype: (model.to(dtype), tok, "v"))
+    seen = []
+
+    def generate(model, prompts, max_new_tokens, images, **kw):
+        seen.append((len(prompts), tuple(images.shape), images.dtype))
+        return [[5] for _ in prompts]
+    monkeypatch.setattr(sample, "generate", generate)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "red.png")
+    sample.main(["--ckpt", str(run_dir), "--image", str(tmp_path / "red.png"), "--prompt", "once",
+                 "--prompt", "lily", "--num_samples", "2", "--max_new_tokens", "2", "--dtype", "bfloat16"])
+    assert seen == [(4, (4, 3, 56, 56), torch.bfloat16)]
+
+
+def test_stop_at_eos_false_generates_past_end_of_text():
+    """Catches stop_at_eos=False still stopping at <|endoftext|> (the benchmarks time every one of
+    max_new_tokens): the rows are as long, whatever the end-of-text id."""
+    model = small_model()
+    rows = sample.generate(model, PROMPTS, 20, greedy=True, stop_at_eos=False)
+    model.args.eos_id = rows[0][3]
+    assert sample.generate(model, PROMPTS, 20, greedy=True, stop_at_eos=False) == rows
+
+
+def test_no_cache_alone_does_not_warn_about_compiling(run_dir, capsys):
+    """Catches the --no_cache warning given for --compile auto (the default, eager on the CPU) or
+    false: only --compile true asks for a compiled step that --no_cache does not have."""
+    for how in ([], ["--compile", "false"]):
+        sample.main(["--ckpt", str(run_dir), "--prompt", "once", "--max_new_tokens", "2", "--no_cache", *how])
+        assert "warning" not in capsys.readouterr().err
