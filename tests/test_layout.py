@@ -1,7 +1,7 @@
 """The shape of the code: imports point down, and no function is longer than a screen and a half.
 
 Layers, lowest first (a module imports only modules below it):
-    errors, storage, config, model, tokenizer, runtime, checkpoint, sources, data, runlog
+    errors, storage, config, model, tokenizer, runtime, checkpoint, sources, data, runlog, runplan
 then the entry points train.py and sample.py, which never import each other, and scripts/,
 which the core never imports.
 """

@@ -364,6 +364,7 @@ def test_a_log_line_the_disk_refused_says_the_log_is_as_it_was(tmp_path, monkeyp
             storage.append_jsonl(path, {"step": 2}, fix="pick another --out_dir")
     assert str(e.value) == (f"cannot write {path}: the disk is full ({os.strerror(errno.ENOSPC)}); the "
                             "previous file is intact; free some space or pick another --out_dir")
+    assert path.read_text() == '{"step": 1}\n'  # as it was
     with pytest.raises(StorageError) as e:  # a folder in the way: nothing was written, nothing claimed
         storage.append_jsonl(tmp_path / "missing" / "metrics.jsonl", {"step": 1})
     assert "intact" not in str(e.value) and str(e.value).endswith("; write somewhere else")
