@@ -290,10 +290,12 @@ class Attention(nn.Module):
         return self.o_proj(y)
 
     def _project(self, x, rope):
-        """q, k, v of x (B, T, dim), RoPE (and the QK norm) applied on RoPE layers."""
+        """q, k, v of x (B, T, dim), RoPE (and the QK norm) applied on RoPE layers. In training, a NoPE
+        layer's q with temperature tuning on is still a view of the fused projection: forward's
+        temperature makes it anew."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        if not self.training:  # HF's three projections (the reference, tests/test_model.py): no copies
+        if not self.training:  # HF's three projections (the reference, tests/test_model.py): no weight copy
             q = self.q_proj(x).view(B, T, H, D)
             k = self.k_proj(x).view(B, T, Hkv, D)
             v = self.v_proj(x).view(B, T, Hkv, D)

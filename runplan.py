@@ -3,11 +3,14 @@
     plan = plan_run(model_args, train_args, preset, given)   # settings, run folder, checkpoint
     check_settings(plan, device, world)                       # refused: a ConfigError, exit status 2
     setting_warnings(plan, given)                             # allowed, but probably not meant
-    folder = claim_folder(plan)                               # the run folder, locked
+    folder = claim_folder(plan)                               # the run folder, locked (rank 0; not
+                                                              # at --eval_only, which only reads)
+    wandb_id(plan)                                            # the W&B run to go on with, if any
 
-train.py's setup calls these in that order, then builds the data, model and optimizer from the
-RunPlan. Nothing here reads a token or builds a model in memory (parameter counts come from the
-meta device); a resumed run's checkpoint is loaded here, since its settings are the run's.
+train.py's setup calls the first four in that order, then builds the data, model and optimizer
+from the RunPlan (build_job, which asks wandb_id). Nothing here reads a token or builds a model in
+memory (parameter counts come from the meta device); a resumed run's checkpoint is loaded here,
+since its settings are the run's.
 
 How this departs from the obvious version:
 - A resumed run's settings are its checkpoint's, with the training settings typed on the command
@@ -26,8 +29,8 @@ How this departs from the obvious version:
   --eval_only, a --val_text_field for a .txt --val_data (and sources.py warns of --val_data files
   inside --data).
 - The run folder is locked (storage.RunFolder) before what only its holder can check: a new run
-  never takes a folder with a checkpoint, a fork never takes another run's folder, and a resumed
-  checkpoint must be the model the folder's model.json describes.
+  never takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed
+  into it), and a resumed checkpoint must be the model the folder's model.json describes.
 """
 
 import glob

@@ -1122,6 +1122,10 @@ def test_settings_probably_not_meant_get_a_warning_line():
         "warning: --warmup_steps 100 is not below --max_steps 50: the learning rate rises to 0.0005 "
         "(--lr 0.001) and never decays; lower --warmup_steps"]
     assert warnings(max_steps=50, warmup_steps=100, eval_only=True) == []
+    for steps, warmup, lr in [(50, 100, 1e-3), (7, 7, 3e-4), (1, 3, 0.02)]:  # the rate train.lr_at gives
+        rate = train.lr_at(TrainArgs(max_steps=steps, warmup_steps=warmup, lr=lr, min_lr=0), steps - 1)
+        line = warnings(max_steps=steps, warmup_steps=warmup, lr=lr, min_lr=0)[0]
+        assert f"rises to {rate:.2g} (--lr {lr:g})" in line
     assert warnings(["val_fraction"], data="a.txt", val_data="b.txt", val_fraction=0.1) == [
         "warning: --val_fraction has no effect: --val_data b.txt is the validation text (it holds out "
         "part of --data only when no --val_data is given)"]
