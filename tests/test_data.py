@@ -1548,3 +1548,67 @@ def test_the_val_fraction_suggested_holds_out_a_document():
         typed = float(f"{sources.fraction_for(n):.3g}")
         assert 1 <= round(1 / typed) <= n, n
     assert sources.fraction_for(10_000) == pytest.approx(1e-4)  # not 0.000101 from a float's last digit
+
+
+# --- tokenizer.py: a second mutation audit ------------------------------------------------------
+
+def test_too_small_refuses_below_the_bytes_and_specials_only():
+    """Catches too_small refusing the smallest vocabulary a byte-level BPE can have (264), or taking 263."""
+    assert tokenizer.MIN_VOCAB == 264 and tokenizer.too_small(264) is None
+    assert tokenizer.too_small(263) == ("--vocab_size 263 is too small: a byte-level BPE needs at least 264 "
+                                        "(8 special tokens + 256 bytes)")
+    with pytest.raises(DataError, match="--vocab_size 100 is too small"):
+        Tokenizer.train(["Once upon a time"], 100)
+    tok = Tokenizer.train(["Once upon a time"], 264)  # every byte and special token, no merge
+    assert tok.vocab_size == 264 and tok.decode(tok.encode("Once")) == "Once"
+
+
+def test_a_vocabulary_the_text_cannot_fill_is_refused_naming_what_it_can():
+    """Catches Tokenizer.train returning a smaller vocabulary than asked (the model's then disagrees)."""
+    with pytest.raises(DataError, match=r"--vocab_size 400: the training text can only fill \d+ tokens") as e:
+        Tokenizer.train(["ab ab ab"], 400)
+    got = int(re.search(r"fill (\d+)", str(e.value)).group(1))
+    assert 264 < got < 400 and f"pass --vocab_size {got} or less" in str(e.value)
+    assert Tokenizer.train(["ab ab ab"], got).vocab_size == got
+
+
+def test_a_tokenizer_without_a_special_token_is_refused_naming_it():
+    """Catches a tokenizer.json lacking one of the special tokens taken (its ids then another's)."""
+    spec = json.loads(small_tokenizer().tok.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] != "<|pad|>"]
+    del spec["model"]["vocab"]["<|pad|>"]
+    with pytest.raises(DataError, match=r"^the tokenizer has no <\|pad\|> token; leave --tokenizer empty"):
+        Tokenizer(tokenizer.tokenizers.Tokenizer.from_str(json.dumps(spec)))
+
+
+def test_decode_keeps_special_tokens_as_text_and_hashes_differ_by_vocabulary():
+    """Catches decode dropping the special tokens (a sample's separator lost), or a hash that does not
+    tell two tokenizers apart."""
+    tok = small_tokenizer()
+    assert tok.decode([0, *tok.encode("Tom")]) == EOT + "Tom"
+    assert tok.hash != small_tokenizer(280).hash and tok.legacy_hash is None
+    assert re.fullmatch(r"[0-9a-f]{64}", tok.hash)
+
+
+def test_loading_refuses_a_folder_a_missing_file_and_unreadable_json(tmp_path):
+    """Catches Tokenizer.load's errors losing the path or the fix they name (a folder's tokenizer.json,
+    `fix` for an unreadable file)."""
+    (tmp_path / "run").mkdir()
+    small_tokenizer().save(tmp_path / "run" / "tokenizer.json")
+    with pytest.raises(DataError, match=rf"'{tmp_path / 'run'}' is a folder; pass the tokenizer.json file "
+                                        rf"itself \({tmp_path / 'run' / 'tokenizer.json'}\)"):
+        Tokenizer.load(tmp_path / "run")
+    with pytest.raises(DataError, match=r"--tokenizer: no such file '.*nope.json'; check the path"):
+        Tokenizer.load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"^cannot read the tokenizer '.*bad.json' \(\w+: .+\); use another$"):
+        Tokenizer.load(tmp_path / "bad.json", fix="use another")
+
+
+def test_a_tokenizer_that_changes_text_loads_when_not_exact(tmp_path):
+    """Catches exact=False ignored by load (sample.py could not read runs an earlier version trained)."""
+    spec = json.loads(small_tokenizer().tok.to_str())
+    spec["normalizer"] = {"type": "Lowercase"}
+    path = tmp_path / "tok.json"
+    path.write_text(json.dumps(spec))
+    assert Tokenizer.load(path, exact=False).vocab_size == 300

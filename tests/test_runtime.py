@@ -1,0 +1,500 @@
+"""runtime.py and errors.py, unit by unit: the device, torchrun's variables and collectives (faked:
+no process group), the precision, compiling's choice, the peaks, the memory; the error types, their
+exit statuses and one-line reports, the signal handlers and the Consoles. CUDA is faked where a
+branch needs it (torch.cuda's functions monkeypatched); what only a GPU can run is not here."""
+
+import io
+import os
+import signal
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import errors
+import runtime
+from errors import ConfigError, DeviceError, RankError
+from runtime import World
+
+# --- resolve_device ---------------------------------------------------------------------------
+
+
+def fake_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_a_gpu_index_past_the_last_is_refused_naming_the_range(monkeypatch):
+    """Catches cuda:N with N == the number of GPUs accepted (> for >=), or the range named wrong."""
+    fake_gpus(monkeypatch, 2)
+    assert runtime.resolve_device("cuda:1") == torch.device("cuda:1")
+    assert runtime.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(DeviceError, match=r"^--device cuda:2: there are 2 GPUs here; use cuda:0 to cuda:1$"):
+        runtime.resolve_device("cuda:2")
+
+
+def test_cuda_where_there_is_none_is_a_device_error(monkeypatch):
+    """Catches --device cuda taken on a machine without CUDA (a node of a job may lack it)."""
+    fake_gpus(monkeypatch, 0)
+    with pytest.raises(DeviceError, match="CUDA is not available here; use --device cpu"):
+        runtime.resolve_device("cuda")
+    with pytest.raises(DeviceError):
+        runtime.resolve_device("cuda:0")
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_bad_device_name_is_a_config_error_not_torchs():
+    """Catches torch's RuntimeError for a name that is no device reaching the user as a traceback."""
+    with pytest.raises(ConfigError, match="--device gpu0: not a device name; use auto, cpu, cuda or cuda:N"):
+        runtime.resolve_device("gpu0")
+    with pytest.raises(ConfigError, match="runs on cpu or cuda"):
+        runtime.resolve_device("meta")
+
+
+# --- setup_distributed, all_reduce, _verdict, rank0_first, all_ranks_or_none -------------------
+
+
+TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """torchrun's variables cleared, and the process group faked: init_process_group's backend kept."""
+    for name in TORCHRUN:
+        monkeypatch.delenv(name, raising=False)
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: int(os.environ["RANK"]))
+    monkeypatch.setattr(dist, "get_world_size", lambda: int(os.environ["WORLD_SIZE"]))
+    return joined
+
+
+def test_without_rank_no_process_group_is_joined(torchrun_env, monkeypatch):
+    """Catches setup_distributed joining a group (or another device) without torchrun's RANK."""
+    monkeypatch.setenv("LOCAL_RANK", "1")  # (not torchrun's without RANK)
+    assert runtime.setup_distributed(torch.device("cpu")) == (torch.device("cpu"), World(0, 1))
+    assert torchrun_env == []
+
+
+@pytest.mark.parametrize("missing", ["WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"])
+def test_a_rank_without_each_torchrun_variable_is_a_config_error_naming_it(torchrun_env, monkeypatch,
+                                                                            missing):
+    """Catches one of torchrun's variables left out of the check (torch's rendezvous traceback then)."""
+    for name, value in dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        if name != missing:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"^RANK=0 is set, but not {missing}: this is not a torchrun job"):
+        runtime.setup_distributed(torch.device("cpu"))
+    assert torchrun_env == []
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank_and_nccl(torchrun_env, monkeypatch):
+    """Catches a process on the GPU of its global rank (cuda:5 on a node of 4), the GPU not made
+    current, or the backends swapped (gloo on CUDA, nccl on CPU)."""
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert runtime.setup_distributed(torch.device("cuda")) == (torch.device("cuda", 1), World(5, 8))
+    assert current == [torch.device("cuda", 1)] and torchrun_env == ["nccl"]
+    assert runtime.setup_distributed(torch.device("cpu")) == (torch.device("cpu"), World(5, 8))
+    assert torchrun_env == ["nccl", "gloo"] and len(current) == 1
+
+
+@pytest.fixture
+def fake_all_reduce(monkeypatch):
+    """dist.all_reduce faked: each call's values and op are recorded, and `others` (what the other
+    ranks hold) is combined in by the op."""
+    calls = SimpleNamespace(seen=[], others=None)
+
+    def all_reduce(t, op):
+        calls.seen.append((t.tolist(), op, t.dtype))
+        if calls.others is not None:
+            other = torch.tensor(calls.others, dtype=t.dtype)
+            t.copy_({dist.ReduceOp.SUM: t + other, dist.ReduceOp.MIN: torch.minimum(t, other),
+                     dist.ReduceOp.MAX: torch.maximum(t, other)}[op])
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    return calls
+
+
+def test_all_reduce_sums_by_default_in_float64_and_one_process_skips_it(fake_all_reduce):
+    """Catches all_reduce taking another op than a sum by default, a lossy dtype (a token count over
+    2**24 in float32), or a collective called in a one-process run (there is no group)."""
+    assert runtime.all_reduce([1.0, 2.0], "cpu", World()) == [1.0, 2.0] and fake_all_reduce.seen == []
+    fake_all_reduce.others = [3.0, 4.0]
+    big = 2.0**24 + 1
+    assert runtime.all_reduce([1.0, big], "cpu", World(0, 2)) == [4.0, big + 4.0]
+    assert fake_all_reduce.seen == [([1.0, big], dist.ReduceOp.SUM, torch.float64)]
+    assert runtime.all_reduce([1.0, 9.0], "cpu", World(0, 2), op=dist.ReduceOp.MAX) == [3.0, 9.0]
+
+
+@pytest.mark.parametrize("mine, others, verdict", [(True, 1.0, True), (True, 0.0, False),
+                                                   (False, 1.0, False)])
+def test_the_verdict_is_true_only_where_every_rank_succeeded(fake_all_reduce, mine, others, verdict):
+    """Catches the verdict taken as any rank's success (MAX for MIN), or a failure read as success."""
+    fake_all_reduce.others = [others]
+    assert runtime._verdict(mine, "cpu", World(0, 2)) is verdict
+    assert fake_all_reduce.seen[0][1] == dist.ReduceOp.MIN
+
+
+def test_a_rank_other_than_0_waits_for_rank_0_and_stops_where_it_failed(fake_all_reduce):
+    """Catches ranks other than 0 running the block without waiting for rank 0's verdict (two
+    processes writing one cache), or running it after rank 0 failed."""
+    ran = []
+    fake_all_reduce.others = [1.0]
+    with runtime.rank0_first(World(1, 2), "cpu"):
+        ran.append(len(fake_all_reduce.seen))
+    assert ran == [1]  # the block ran after the verdict, not before
+    fake_all_reduce.others = [0.0]
+    with pytest.raises(RankError, match="rank 0 failed setting up the data"):
+        with runtime.rank0_first(World(1, 2), "cpu"):
+            ran.append("ran")
+    assert ran == [1]
+
+
+def test_rank_0_runs_the_block_first_then_tells_the_others(fake_all_reduce):
+    """Catches rank 0 telling the others before its block ran (they would read half-built caches),
+    or keeping a failure to itself (the others then wait at the barrier for ever)."""
+    ran = []
+    fake_all_reduce.others = [1.0]
+    with runtime.rank0_first(World(0, 2), "cpu"):
+        ran.append(len(fake_all_reduce.seen))
+    assert ran == [0] and [v for v, _, _ in fake_all_reduce.seen] == [[1.0]]
+    with pytest.raises(ValueError):
+        with runtime.rank0_first(World(0, 2), "cpu"):
+            raise ValueError("bad data")
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[1.0], [0.0]]
+    with runtime.rank0_first(World(), "cpu"):  # one process: no collective
+        ran.append("alone")
+    assert ran == [0, "alone"] and len(fake_all_reduce.seen) == 2
+
+
+def test_a_ctrl_c_in_one_ranks_block_is_told_to_the_others(fake_all_reduce):
+    """Catches all_ranks_or_none telling the others of an Exception only: a KeyboardInterrupt (or a
+    SystemExit) on one rank left the others waiting at their next collective."""
+    for stop in (KeyboardInterrupt, SystemExit):
+        with pytest.raises(stop):
+            with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+                raise stop()
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0], [0.0]]
+    with pytest.raises(KeyboardInterrupt):  # one process: nothing to tell
+        with runtime.all_ranks_or_none(World(), "cpu", "its checks"):
+            raise KeyboardInterrupt
+    assert len(fake_all_reduce.seen) == 2
+
+
+# --- compute_dtype, wants_compile, compile_model ----------------------------------------------
+
+
+def test_an_explicit_dtype_is_taken_as_named_on_any_device(monkeypatch):
+    """Catches --dtype bfloat16 or float32 read as the other, or overridden by the GPU's capability."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    for device in (torch.device("cpu"), torch.device("cuda", 0)):
+        assert runtime.compute_dtype("bfloat16", device) == torch.bfloat16
+        assert runtime.compute_dtype("float32", device) == torch.float32
+
+
+def test_compile_auto_means_cuda_only_and_true_everywhere():
+    """Catches --compile auto compiling on the CPU (minutes of compile for a CPU run), or true not."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [runtime.wants_compile(c, cpu) for c in ("auto", "true", "false")] == [False, True, False]
+    assert [runtime.wants_compile(c, cuda) for c in ("auto", "true", "false")] == [True, True, False]
+
+
+def test_an_unavailable_compiler_falls_back_to_eager_with_one_warning(monkeypatch):
+    """Catches compile_model compiling anyway where the preflight failed, or falling back silently."""
+    said = []
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: "RuntimeError: no C compiler")
+    monkeypatch.setattr(runtime, "static_compile", lambda model, mode: pytest.fail("compiled anyway"))
+    model = torch.nn.Linear(2, 2)
+    assert runtime.compile_model(model, "true", torch.device("cpu"), said.append) is model
+    assert said == ["warning: torch.compile is unavailable here (RuntimeError: no C compiler); running "
+                    "eagerly (--compile false skips this check)"]
+
+
+def test_compile_model_passes_the_mode_on(monkeypatch):
+    """Catches --compile_mode dropped between compile_model and static_compile."""
+    monkeypatch.setattr(runtime, "compile_problem", lambda device: None)
+    monkeypatch.setattr(runtime, "static_compile", lambda model, mode: ("compiled", model, mode))
+    model = torch.nn.Linear(2, 2)
+    assert runtime.compile_model(model, "true", torch.device("cpu"), print, mode="reduce-overhead") == (
+        "compiled", model, "reduce-overhead")
+
+
+def test_static_compile_is_static_with_eager_random_numbers(monkeypatch):
+    """Catches a dynamic (symbolic-batch) compile, the compiler's own random numbers, or --compile_mode
+    default passed to torch.compile by name (it takes None)."""
+    import torch._inductor.config
+    asked = []
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", False)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: asked.append(kw) or model)
+    runtime.static_compile("m")
+    runtime.static_compile("m", "max-autotune")
+    assert asked == [dict(mode=None, dynamic=False), dict(mode="max-autotune", dynamic=False)]
+    assert torch._inductor.config.fallback_random is True
+
+
+def test_the_compile_preflight_names_the_failure_and_resets(monkeypatch):
+    """Catches compile_problem letting the backend's error out (the run dies instead of going on
+    eagerly), or leaving dynamo's caches of the probe behind."""
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+
+    def broken(fn, **kw):
+        raise RuntimeError("Compiler: cc is not found\nmore detail")
+    monkeypatch.setattr(torch, "compile", broken)
+    assert runtime.compile_problem(torch.device("cpu")) == "RuntimeError: Compiler: cc is not found"
+    assert resets == [1]
+
+
+# --- out_of_memory, compile_failure -----------------------------------------------------------
+
+
+def test_out_of_memory_follows_a_compilers_wrappers():
+    """Catches out_of_memory looking at the error alone, or following only one kind of link (an
+    InductorError's inner_exception, a raise ... from's __cause__), or following __context__."""
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    inner = RuntimeError("inductor")
+    inner.inner_exception = oom
+    assert runtime.out_of_memory(oom) and runtime.out_of_memory(inner)
+    caused = RuntimeError("wrapper")
+    caused.__cause__ = inner
+    assert runtime.out_of_memory(caused)
+    context = RuntimeError("while handling")
+    context.__context__ = oom
+    assert not runtime.out_of_memory(context) and not runtime.out_of_memory(None)
+
+
+def test_compile_failure_is_one_short_line_and_out_of_memory_raised_again():
+    """Catches compile_failure's warning line unbounded (a compiler's error runs to pages), or an
+    out-of-memory error turned into an eager fallback that runs out of memory again."""
+    assert runtime.compile_failure(ValueError("x" * 500 + "\nsecond")) == ("ValueError: " + "x" * 500)[:200]
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(torch.OutOfMemoryError):
+        runtime.compile_failure(oom)
+
+
+# --- peak_flops, device_memory ----------------------------------------------------------------
+
+
+def test_a_gpus_bf16_peak_is_read_from_its_name(monkeypatch):
+    """Catches peak_flops on CUDA ignoring the device's name, or giving a bf16 peak for fp32."""
+    names = []
+    monkeypatch.setattr(torch.cuda, "get_device_name",
+                        lambda device=None: names.append(device) or "NVIDIA L4")
+    assert runtime.peak_flops(torch.device("cuda", 1), torch.bfloat16) == 121e12
+    assert names == [torch.device("cuda", 1)]
+    assert runtime.peak_flops(torch.device("cuda", 1), torch.float32) is None
+
+
+def test_gpu_memory_is_the_devices_total(monkeypatch):
+    """Catches device_memory on CUDA giving the machine's memory (or another GPU's)."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: asked.append(device) or SimpleNamespace(total_memory=80 * 2**30))
+    assert runtime.device_memory(torch.device("cuda", 1)) == 80 * 2**30 and asked == [torch.device("cuda", 1)]
+
+
+def test_cpu_memory_without_a_cgroup_file_is_the_machines(tmp_path, monkeypatch):
+    """Catches device_memory failing (or giving None) where there is no cgroup v2 file (macOS, v1)."""
+    monkeypatch.setattr(runtime, "CGROUP_MEMORY_MAX", str(tmp_path / "none"))
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert runtime.device_memory(torch.device("cpu")) == physical
+
+
+def test_cpu_memory_that_cannot_be_told_is_none(monkeypatch):
+    """Catches device_memory raising where sysconf has no such name (Windows, some BSDs)."""
+    def sysconf(name):
+        raise ValueError(f"unrecognized configuration name {name}")
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    assert runtime.device_memory(torch.device("cpu")) is None
+
+
+# --- errors: types, statuses, reports, first_line ---------------------------------------------
+
+
+def test_each_error_types_exit_status():
+    """Catches a bad setting exiting 1 (argparse's is 2), or another error exiting 2."""
+    assert [e.exit_code for e in (errors.ConfigError, errors.DeviceError)] == [2, 2]
+    others = (errors.UserError, errors.DataError, errors.CheckpointError, errors.RunError,
+              errors.StorageError, errors.RankError)
+    assert [e.exit_code for e in others] == [1] * len(others)
+    assert all(issubclass(e, errors.UserError) for e in others)
+    assert issubclass(errors.DeviceError, errors.ConfigError) and issubclass(errors.ConfigError, ValueError)
+
+
+def test_a_user_errors_message_is_one_line():
+    """Catches a message's lines kept (the entry point's `prog: error:` line then runs over several),
+    or its blank lines and indentation left in."""
+    e = errors.DataError("  the file is bad\n\n      because of this  \nfix it\n")
+    assert str(e) == "the file is bad because of this fix it"
+
+
+@pytest.mark.parametrize("rank, elastic, main", [(None, None, True), (None, "job", True), ("0", "job", True),
+                                                 ("1", "job", False), ("1", None, True)])
+def test_main_rank_is_false_only_in_a_torchrun_worker_other_than_0(monkeypatch, rank, elastic, main):
+    """Catches main_rank reading a scheduler's RANK alone as a worker's (no process prints the error),
+    or rank 0 under torchrun as not main."""
+    for name, value in (("RANK", rank), ("TORCHELASTIC_RUN_ID", elastic)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert errors.main_rank() is main
+    assert errors.reports(errors.DataError("x"))  # (every rank prints what is not a bad setting)
+    assert errors.reports(errors.ConfigError("x")) is main
+
+
+def test_first_line_is_the_type_and_the_messages_first_line():
+    """Catches first_line giving the whole message, a leading blank line, or failing on no message."""
+    assert errors.first_line(RuntimeError("\n  one\ntwo")) == "RuntimeError: one"
+    assert errors.first_line(KeyError()) == "KeyError"
+    assert errors.first_line(OSError("  ")) == "OSError"
+
+
+# --- errors: signals ----------------------------------------------------------------------------
+
+
+def test_take_signal_gives_the_old_handler_and_keeps_an_ignored_signal_ignored():
+    """Catches take_signal returning the new handler instead of the old (the restore then keeps
+    ours), or taking a signal the process was started to ignore."""
+    def mine(signum, frame):
+        pass
+
+    def ours(signum, frame):
+        pass
+    old = signal.signal(signal.SIGUSR1, mine)
+    try:
+        assert errors.take_signal(signal.SIGUSR1, ours) is mine
+        assert signal.getsignal(signal.SIGUSR1) is ours
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        assert errors.take_signal(signal.SIGUSR1, ours) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def test_sigterm_interrupts_until_restored():
+    """Catches sigterm_interrupts not raising KeyboardInterrupt on SIGTERM, or its restore not
+    putting the old handler back."""
+    def mine(signum, frame):
+        pass
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        restore = errors.sigterm_interrupts()
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        restore()
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# --- errors: Console, tolerant_consoles, the top-level handler ----------------------------------
+
+
+class Gone(io.StringIO):
+    """A stream whose writes fail from `after` writes on (a closed pipe, a full disk)."""
+
+    def __init__(self, after=0, error=None):
+        super().__init__()
+        self.after, self.flushes = after, 0
+        self.error = error or BrokenPipeError(32, "Broken pipe")
+
+    def write(self, text):
+        if self.after <= 0:
+            raise self.error
+        self.after -= 1
+        return super().write(text)
+
+    def flush(self):
+        self.flushes += 1
+        if self.after <= 0:
+            raise self.error
+
+
+def test_a_console_that_goes_away_is_dropped_with_one_line_on_the_other():
+    """Catches a lost console stopping the run, being written to again (a second failure, a second
+    warning), its write's count wrong, or the warning not said (or said twice) on the other stream."""
+    out, err = errors.Console(Gone(after=1), "standard output", "train.py"), errors.Console(
+        io.StringIO(), "standard error", "train.py")
+    out.other, err.other = err, out
+    assert out.write("step 1\n") == 7
+    assert out.write("step 2\n") == 7 and out.lost  # lost here: the run goes on
+    assert out.write("step 3\n") == 7
+    out.flush()
+    assert out.stream.getvalue() == "step 1\n"
+    assert err.stream.getvalue() == ("train.py: warning: cannot write to standard output (Broken pipe); "
+                                     "going on without it (metrics.jsonl and the checkpoints carry on)\n")
+
+
+def test_a_console_without_warn_or_other_is_dropped_quietly():
+    """Catches warn=False (--eval_only) still saying the line, or a console with no other failing."""
+    out = errors.Console(Gone(), "standard output", "train.py", warn=False)
+    err = io.StringIO()
+    out.other = err
+    assert out.write("x") == 1 and out.lost and err.getvalue() == ""
+    alone = errors.Console(Gone(), "standard error", "train.py")
+    assert alone.write("x") == 1 and alone.lost
+
+
+def test_a_console_closed_before_the_start_is_lost_from_the_start():
+    """Catches `>&-` (sys.stdout None) failing at the first print."""
+    console = errors.Console(None, "standard output", "train.py")
+    assert console.lost and console.write("x") == 1
+    console.flush()
+
+
+def test_tolerant_consoles_pair_the_streams_and_put_them_back(monkeypatch):
+    """Catches a lost stdout's warning sent to itself (so never seen) rather than to stderr, or the old
+    streams not put back (and flushed) by restore."""
+    out, err = Gone(after=0), io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", err)
+    import sys
+    restore = errors.tolerant_consoles("train.py")
+    print("hello")
+    assert sys.stdout.lost and "cannot write to standard output" in err.getvalue()
+    restore()
+    assert sys.stdout is out and sys.stderr is err
+
+
+def test_restoring_the_consoles_flushes_what_they_hold(monkeypatch):
+    """Catches tolerant_consoles' restore not flushing its Consoles: what a stream still held then met
+    a closed pipe at exit, outside the Console (a traceback), not inside it (dropped quietly)."""
+    out, err = Gone(after=10), Gone(after=10)
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", err)
+    restore = errors.tolerant_consoles("train.py")
+    restore()
+    assert (out.flushes, err.flushes) == (1, 1)
+
+
+def test_the_uncaught_interrupt_is_one_line_on_rank_0_only(monkeypatch, capsys):
+    """Catches the excepthook printing the interrupt on every rank, or passing a non-interrupt by."""
+    monkeypatch.setattr("sys.argv", ["/x/train.py"])
+    passed = []
+    monkeypatch.setattr(errors, "_excepthook", lambda *a: passed.append(a[0]))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    errors._interrupted(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    errors._interrupted(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().err == "\ntrain.py: interrupted\n"
+    errors._interrupted(ValueError, ValueError(), None)
+    assert passed == [ValueError]
+
+
+def test_run_script_prints_a_user_errors_line_and_exits_with_its_status(capsys):
+    """Catches run_script exiting 1 for a bad setting (or 2 for another error), or the line's form."""
+    for error, status in ((errors.ConfigError("--x 3: too big"), 2), (errors.DataError("--x 3: too big"), 1)):
+        def main(error=error):
+            raise error
+        with pytest.raises(SystemExit) as e:
+            errors.run_script(main, "tool.py")
+        assert e.value.code == status
+        assert capsys.readouterr().err == "tool.py: error: --x 3: too big\n"
