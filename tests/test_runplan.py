@@ -1,0 +1,450 @@
+"""runplan.py: a run's set-up, unit by unit, on fake checkpoints (empty weights, the debug preset's
+settings) in tmp_path: no token read, no model built but on the meta device."""
+
+import glob
+import os
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DEBUG, debug_args
+
+import checkpoint
+import config
+import runplan
+import runtime
+import storage
+from config import ModelArgs, TrainArgs
+from errors import CheckpointError, ConfigError, DataError, RunError
+
+
+def fake_checkpoint(path, model=DEBUG, optimizer=True, preset="debug", **train):
+    """A checkpoint file train.py could resume: no weights, the settings given."""
+    state = {"model": {}, "model_args": config.to_dict(model),
+             "train_args": config.to_dict(TrainArgs(**train)), "preset": preset}
+    if optimizer:
+        state["optimizer"] = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_checkpoint(path, state)
+    return path
+
+
+def plan(tmp_path, given=(), model=DEBUG, preset="debug", **train):
+    """plan_run with the TrainArgs of `train` (out_dir under tmp_path unless given), `given` typed."""
+    typed = set(given) | set(train)
+    train.setdefault("out_dir", str(tmp_path / "ckpt"))
+    return runplan.plan_run(model, TrainArgs(**train), preset, typed)
+
+
+# --- resume_settings ------------------------------------------------------------------------------
+
+def saved(**train):
+    return {"model_args": config.to_dict(DEBUG), "train_args": config.to_dict(TrainArgs(**train))}
+
+
+def test_a_typed_preset_must_agree_with_the_checkpoints_model():
+    """Bug caught: --preset typed at --resume not counted as typing every model setting (another preset's
+    model resumed from the debug checkpoint without a word)."""
+    with pytest.raises(CheckpointError, match=r"dim: checkpoint 64, asked .*drop --preset"):
+        runplan.resume_settings(saved(), ModelArgs(), TrainArgs(), {"preset"})
+    model, _ = runplan.resume_settings(saved(), ModelArgs(), TrainArgs(), set())  # untyped: the checkpoint's
+    assert model == DEBUG
+    model, _ = runplan.resume_settings(saved(), DEBUG, TrainArgs(), {"preset", "dim"})  # the same: agrees
+    assert model == DEBUG
+
+
+def test_eval_only_scores_a_typed_val_data_whole_unless_eval_windows_is_typed():
+    """Bug caught: --eval_windows typed beside --eval_only --val_data overridden by 0, or a resumed
+    training run given --val_data evaluating whole files (eval_windows 0 outside --eval_only)."""
+    ckpt = saved(eval_windows=4)
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(eval_only=True, val_data="v.txt"),
+                                   {"eval_only", "val_data"})
+    assert t.eval_windows == 0 and t.val_data == "v.txt"
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(eval_only=True, val_data="v.txt", eval_windows=7),
+                                   {"eval_only", "val_data", "eval_windows"})
+    assert t.eval_windows == 7
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest", val_data="v.txt"),
+                                   {"resume", "val_data"})
+    assert t.eval_windows == 4 and not t.eval_only
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(eval_only=True), {"eval_only"})
+    assert t.eval_windows == 4  # the run's own validation text: its sample
+
+
+def test_resumed_settings_are_the_checkpoints_with_the_typed_ones_on_top():
+    """Bug caught: untyped settings taken from the command line's defaults, not the checkpoint's; or
+    --resume, --eval_only, --run taken from the checkpoint (a run resumed as it was saved)."""
+    ckpt = saved(lr=1e-3, min_lr=0.0, max_steps=10, run="old", resume="", eval_only=False)
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(max_steps=20, run="r", resume="latest"),
+                                   {"max_steps", "run", "resume"})
+    assert (t.lr, t.min_lr, t.max_steps) == (1e-3, 0.0, 20)
+    assert (t.run, t.resume, t.eval_only) == ("r", "latest", False)
+
+
+def test_a_weights_only_checkpoint_is_evaluated_with_the_settings_typed():
+    """Bug caught: a checkpoint without training settings (an import) failing --eval_only."""
+    ckpt = {"model_args": config.to_dict(DEBUG)}
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(eval_only=True, batch_size=3), {"eval_only"})
+    assert t.batch_size == 3 and t.eval_only
+
+
+# --- run_to_resume ------------------------------------------------------------------------------------
+
+def test_resume_without_a_path_takes_the_named_run_or_the_newest_with_a_last_pt(tmp_path):
+    """Bug caught: --run ignored for the newest run, or a newest run without last.pt passed over."""
+    out = tmp_path / "ckpt"
+    old = fake_checkpoint(out / "old" / "last.pt")
+    fake_checkpoint(out / "new" / "last.pt")
+    os.utime(old, (1, time.time() - 100))
+    assert runplan.run_to_resume(TrainArgs(resume="latest"), out) == out / "new"
+    assert runplan.run_to_resume(TrainArgs(resume="latest", run="old"), out) == out / "old"
+    (out / "newest").mkdir()
+    (out / "newest" / "train.json").write_text("{}")  # stopped before its first save
+    with pytest.raises(ConfigError, match="the newest run, .*newest, holds no last.pt"):
+        runplan.run_to_resume(TrainArgs(resume="latest"), out)
+    with pytest.raises(ConfigError, match=re.escape("has not reached it); pass --run new to evaluate the "
+                                                    "newest run with one")):
+        runplan.run_to_resume(TrainArgs(eval_only=True), out)  # (no new run to start at --eval_only)
+    with pytest.raises(ConfigError, match=re.escape(f"there is no run nope under --out_dir {out}/ (its runs: "
+                                                    "newest, new, old; pass one of them to --run, or drop "
+                                                    "--resume to start nope as a new run)")):
+        runplan.run_to_resume(TrainArgs(resume="latest", run="nope"), out)
+    (out / "newest" / "best.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=re.escape(f"pass --resume {out / 'newest' / 'best.pt'} to evaluate "
+                                                    "its best.pt, or pass --run new to evaluate")):
+        runplan.run_to_resume(TrainArgs(eval_only=True), out)
+
+
+def test_a_checkpoint_resumed_where_it_lies_is_no_fork_however_the_paths_are_spelled(tmp_path, monkeypatch):
+    """Bug caught: a run folder compared unresolved (relative, or through a link) with the checkpoint's
+    folder: a run resumed in its own folder taken for a fork (a new W&B run, its folder refused)."""
+    fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    (tmp_path / "link").symlink_to(tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    ckpt = {"wandb_id": "abc"}
+    for run_dir in (Path("ckpt/r"), tmp_path / "link" / "r"):
+        p = runplan.RunPlan(run_dir, DEBUG, TrainArgs(), ckpt, tmp_path / "ckpt" / "r" / "last.pt")
+        assert not p.forks and runplan.wandb_id(p) == "abc", run_dir
+    assert runplan.RunPlan(Path("ckpt/f"), DEBUG, TrainArgs(), ckpt, Path("ckpt/r/last.pt")).forks
+
+
+# --- plan_run -------------------------------------------------------------------------------------------
+
+def test_a_new_run_is_named_after_its_preset_and_the_time(tmp_path):
+    """Bug caught: a new run without --run put in another folder than --out_dir/PRESET-YYYYmmdd-HHMMSS."""
+    p = plan(tmp_path, preset="debug")
+    assert p.run_dir.parent == tmp_path / "ckpt" and re.fullmatch(r"debug-\d{8}-\d{6}", p.run_dir.name)
+    assert p.ckpt is None and p.ckpt_path is None and not p.forks
+    assert p.train_args.run == p.run_dir.name and p.train_args.out_dir == str(tmp_path / "ckpt")
+    assert plan(tmp_path, run="mine").run_dir == tmp_path / "ckpt" / "mine"
+
+
+def test_resume_by_path_with_out_dir_typed_forks_into_it(tmp_path):
+    """Bug caught: --resume A/r/last.pt --run r --out_dir B continuing r where it lies, not in B/r
+    (--run naming the checkpoint's own run continues it only without --out_dir typed)."""
+    last = fake_checkpoint(tmp_path / "a" / "r" / "last.pt")
+    here = plan(tmp_path, resume=str(last), run="r")
+    assert here.run_dir == last.parent and not here.forks
+    assert here.train_args.out_dir == str(tmp_path / "a")  # where it lies, not the --out_dir default
+    there = plan(tmp_path, resume=str(last), run="r", out_dir=str(tmp_path / "b"))
+    assert there.run_dir == tmp_path / "b" / "r" and there.forks
+    fork = plan(tmp_path, resume=str(last), run="f")
+    assert fork.run_dir == tmp_path / "ckpt" / "f" and fork.forks
+
+
+def test_a_resumed_run_takes_the_tokenizer_beside_its_checkpoint_first(tmp_path):
+    """Bug caught: a fork reading the tokenizer of the folder it forks into (a killed run's) before the
+    one beside its checkpoint; or a typed --tokenizer replaced by the checkpoint's."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "a" / "last.pt")
+    (last.parent / "tokenizer.json").write_text("{}")
+    (tmp_path / "ckpt" / "f").mkdir()
+    (tmp_path / "ckpt" / "f" / "tokenizer.json").write_text("{}")
+    beside = str(last.parent / "tokenizer.json")
+    assert plan(tmp_path, resume=str(last), run="f").train_args.tokenizer == beside
+    (last.parent / "tokenizer.json").unlink()  # gone: the run folder's
+    assert plan(tmp_path, resume=str(last), run="f").train_args.tokenizer == \
+        str(tmp_path / "ckpt" / "f" / "tokenizer.json")
+    mine = tmp_path / "mine.json"
+    mine.write_text("{}")
+    assert plan(tmp_path, resume=str(last), run="f", tokenizer=str(mine)).train_args.tokenizer == str(mine)
+
+
+def test_a_weights_only_checkpoint_is_evaluated_not_resumed(tmp_path):
+    """Bug caught: a checkpoint without an optimizer state resumed (or --eval_only on it refused)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "w" / "last.pt", optimizer=False)
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        plan(tmp_path, resume=str(last), run="w2")
+    p = plan(tmp_path, run="w", eval_only=True)
+    assert p.ckpt_path == last and p.train_args.eval_only
+
+
+def test_a_checkpoints_preset_is_the_runs_unless_one_is_typed(tmp_path):
+    """Bug caught: the preset recorded for a resumed run taken from the command line's default."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", preset="debug")
+    assert plan(tmp_path, preset=config.DEFAULT_PRESET, resume=str(last)).preset == "debug"
+    assert plan(tmp_path, ["preset"], preset="other", resume=str(last)).preset == "other"
+
+
+def test_a_checkpoints_missing_data_is_a_data_error_unless_typed_again(tmp_path):
+    """Bug caught: a saved --data glob that still matches refused as gone; a --data typed again still
+    checked as the checkpoint's; --eval_only without --val_data not checking the saved --data."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("x")
+    pattern = glob.escape(str(tmp_path / "d")) + "/*.txt"
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", data=pattern)
+    assert plan(tmp_path, resume=str(last)).train_args.data == pattern  # a glob that matches: there
+    gone = fake_checkpoint(tmp_path / "ckpt" / "g" / "last.pt", data=str(tmp_path / "gone.txt"),
+                           val_data=str(tmp_path / "gone-val.txt"))
+    fake_checkpoint(tmp_path / "ckpt" / "h" / "last.pt", data=str(tmp_path / "gone.txt"))
+    with pytest.raises(DataError, match=re.escape(f"--val_data: the checkpoint's {tmp_path / 'gone-val.txt'} "
+                                                  "no longer exists; pass --val_data PATH")):
+        plan(tmp_path, resume=str(gone), data=str(tmp_path / "d" / "a.txt"))
+    with pytest.raises(DataError, match="--data: the checkpoint's .*gone.txt no longer exists"):
+        plan(tmp_path, run="h", eval_only=True)  # scores a held-out slice of the checkpoint's --data
+    p = plan(tmp_path, resume=str(gone), data=str(tmp_path / "d" / "a.txt"),
+             val_data=str(tmp_path / "d" / "a.txt"))  # both typed again: neither checked
+    assert p.train_args.data == str(tmp_path / "d" / "a.txt")
+    p = plan(tmp_path, run="g", eval_only=True, val_data=str(tmp_path / "d" / "a.txt"))  # --val_data alone
+    assert p.train_args.val_data == str(tmp_path / "d" / "a.txt")
+
+
+def test_saved_paths_at_eval_only_with_val_data_are_val_data_alone():
+    """Bug caught: --eval_only with --val_data still requiring the checkpoint's --data."""
+    ckpt = {"train_args": {"data": "/gone/a.txt", "val_data": "/gone/b.txt"}}
+    t = TrainArgs(eval_only=True, val_data="mine.txt")
+    assert runplan.saved_paths(runplan.RunPlan(None, DEBUG, t, ckpt, None), {"val_data"}) == []
+    t = TrainArgs(eval_only=True)
+    assert runplan.saved_paths(runplan.RunPlan(None, DEBUG, t, ckpt, None), set()) == [
+        ("val_data", "/gone/b.txt"), ("data", "/gone/a.txt")]
+    assert runplan.saved_paths(runplan.RunPlan(None, DEBUG, t, None, None), set()) == []
+
+
+def test_path_settings_are_saved_absolute(tmp_path, monkeypatch):
+    """Bug caught: a relative --tokenizer (or --val_data) kept relative: a resume from another folder
+    reads another file."""
+    for name in ("a.txt", "v.txt", "tok.json"):
+        (tmp_path / name).write_text("x")
+    monkeypatch.chdir(tmp_path)
+    p = plan(tmp_path, data="a.txt", val_data="v.txt", tokenizer="tok.json", run="r")
+    assert (p.train_args.data, p.train_args.val_data, p.train_args.tokenizer) == \
+        (str(tmp_path / "a.txt"), str(tmp_path / "v.txt"), str(tmp_path / "tok.json"))
+
+
+def test_damaged_training_settings_are_the_checkpoints_fault(tmp_path):
+    """Bug caught: a checkpoint's training setting of the wrong type blamed on an option (ConfigError,
+    exit status 2) rather than the file (CheckpointError, exit status 1)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    state = checkpoint.load_checkpoint(last)
+    state["train_args"]["max_steps"] = "many"
+    checkpoint.save_checkpoint(last, state)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(last))} is damaged or from another version"):
+        plan(tmp_path, resume=str(last))
+
+
+# --- parameters and memory_floor ---------------------------------------------------------------------
+
+def test_the_memory_floor_counts_weights_loss_chunk_and_activations():
+    """Bug caught: the floor's weights not 16 bytes a parameter in training and 4 at --eval_only, its loss
+    chunk not capped at the batch's tokens, or activations counted at --eval_only."""
+    from model import LOSS_CHUNK
+    n = runplan.parameters(DEBUG)
+    t = TrainArgs(batch_size=2)
+    tokens = 2 * DEBUG.max_seq_len
+    V = DEBUG.vocab_size
+    assert runplan.memory_floor(DEBUG, t) == {
+        "weights and optimizer state": 16 * n,
+        "loss chunk": min(tokens, LOSS_CHUNK // V) * V * 8,
+        "activations": tokens * DEBUG.dim * 4 * DEBUG.n_layers}
+    assert runplan.memory_floor(DEBUG, TrainArgs(batch_size=2, eval_only=True)) == {
+        "weights": 4 * n, "loss chunk": min(tokens, LOSS_CHUNK // V) * V * 8, "activations": 0}
+    assert LOSS_CHUNK // V > tokens  # (the cap above is the batch's tokens)
+    big = debug_args(vocab_size=LOSS_CHUNK * 2)  # a vocabulary past the chunk: one row at a time
+    assert runplan.memory_floor(big, t)["loss chunk"] == big.vocab_size * 8
+
+
+def test_a_tensor_past_torchs_sizes_is_a_setting_refused():
+    """Bug caught: a model too large for torch's tensors a traceback rather than a ConfigError."""
+    with pytest.raises(ConfigError, match="larger than torch can hold"):
+        runplan.memory_floor(debug_args(dim=2**30, n_experts=2**30, expert_dim=2**30), TrainArgs())
+
+
+def test_a_parameter_count_past_cs_integers_is_a_setting_refused(monkeypatch):
+    """Bug caught: an OverflowError from the meta model (a size past a C integer) a traceback, not the
+    ConfigError a RuntimeError there gets."""
+    def overflow(model_args):
+        raise OverflowError("Python int too large to convert to C long")
+    monkeypatch.setattr(runplan, "parameters", overflow)
+    with pytest.raises(ConfigError, match="lower --vocab_size, --dim, --n_experts or --expert_dim"):
+        runplan.memory_floor(DEBUG, TrainArgs())
+
+
+# --- check_settings -----------------------------------------------------------------------------------
+
+def test_a_resumed_checkpoints_vocabulary_is_not_refused_as_too_small(tmp_path):
+    """Bug caught: a resumed (or imported) checkpoint's vocabulary refused as a new run's would be."""
+    small = debug_args(vocab_size=100)
+    cpu, world = torch.device("cpu"), runtime.World()
+    with pytest.raises(ConfigError, match="--vocab_size 100 is too small"):
+        runplan.check_settings(runplan.RunPlan(tmp_path, small, TrainArgs(), None, None), cpu, world)
+    resumed = runplan.RunPlan(tmp_path, small, TrainArgs(), {"model_args": {}}, tmp_path / "last.pt")
+    runplan.check_settings(resumed, cpu, world)
+
+
+def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_process(tmp_path, monkeypatch):
+    """Bug caught: CUDA graphs refused for --grad_accum 2 over 2 processes (one micro-batch each: the
+    per-process count taken as the whole --grad_accum), or a --grad_accum that does not split allowed."""
+    monkeypatch.setattr(runtime, "device_memory", lambda device: None)
+    cuda, two = torch.device("cuda"), runtime.World(0, 2)
+    t = TrainArgs(compile="true", compile_mode="reduce-overhead", grad_accum=2)
+    runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, t, None, None), cuda, two)  # 1 each: allowed
+    with pytest.raises(ConfigError, match=r"\(here 2\): use --grad_accum 2"):
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, replace(t, grad_accum=4), None, None), cuda,
+                               two)
+    with pytest.raises(ConfigError, match="--grad_accum 3 does not split over 2 processes; use a multiple of "
+                                          "2"):
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, TrainArgs(grad_accum=3), None, None),
+                               torch.device("cpu"), two)
+
+
+def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tmp_path, monkeypatch):
+    """Bug caught: the memory check made against an unknown (None) device memory, or not made."""
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2), None, None)
+    need = sum(runplan.memory_floor(DEBUG, p.train_args).values())
+    cpu, world = torch.device("cpu"), runtime.World()
+    monkeypatch.setattr(runtime, "device_memory", lambda device: need - 1)
+    with pytest.raises(runplan.DeviceError, match="--max_seq_len 64 x --batch_size 2 needs at least"):
+        runplan.check_settings(p, cpu, world)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: need)
+    runplan.check_settings(p, cpu, world)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: None)
+    runplan.check_settings(p, cpu, world)
+
+
+# --- claim_folder and check_same_model --------------------------------------------------------------
+
+def test_a_refused_claim_lets_go_of_the_folders_lock(tmp_path):
+    """Bug caught: the run folder left locked after claim_folder refused it (a retry in the same
+    process, or another train.py, told the folder is in use)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    new = runplan.RunPlan(last.parent, DEBUG, TrainArgs(), None, None)
+    try:
+        runplan.claim_folder(new)
+    except RunError as e:  # (kept, with its traceback, as a caller reporting it would)
+        refused = e
+    assert str(refused).endswith("already holds a checkpoint (last.pt); pass --resume to continue it or "
+                                 "pick another --run")
+    assert not storage.held(last.parent / "run.lock")
+    (last.parent / "last.pt").rename(last.parent / "best.pt")  # best.pt alone: a run killed before last.pt
+    with pytest.raises(RunError, match=re.escape(f"holds a checkpoint (best.pt); pass --resume "
+                                                 f"{last.parent / 'best.pt'} to continue")):
+        runplan.claim_folder(new)
+    (last.parent / "best.pt").rename(last)
+    other = fake_checkpoint(tmp_path / "ckpt" / "o" / "last.pt")
+    fork = runplan.RunPlan(last.parent, DEBUG, TrainArgs(), checkpoint.load_checkpoint(other), other)
+    with pytest.raises(RunError, match="already holds a run of its own"):
+        runplan.claim_folder(fork)
+    assert not storage.held(last.parent / "run.lock")
+    (last.parent / "last.pt").rename(last.parent / "best.pt")  # its best.pt alone is its own run's too
+    with pytest.raises(RunError, match=re.escape(f"already holds a run of its own (best.pt), which resuming "
+                                                 f"{other} there would replace")):
+        runplan.claim_folder(fork)
+    (last.parent / "best.pt").rename(last)
+    own = runplan.RunPlan(last.parent, DEBUG, TrainArgs(), checkpoint.load_checkpoint(last), last)
+    folder = runplan.claim_folder(own)  # its own checkpoint: taken
+    assert storage.held(last.parent / "run.lock")
+    folder.release()
+
+
+def test_a_fork_into_an_empty_folder_is_claimed(tmp_path):
+    """Bug caught: a fork refused from a folder with no checkpoint of its own."""
+    other = fake_checkpoint(tmp_path / "ckpt" / "o" / "last.pt")
+    fork = runplan.RunPlan(tmp_path / "ckpt" / "f", DEBUG, TrainArgs(), checkpoint.load_checkpoint(other),
+                           other)
+    assert fork.forks
+    runplan.claim_folder(fork).release()
+
+
+def test_the_folders_model_json_is_compared_on_the_keys_it_has(tmp_path):
+    """Bug caught: a model.json lacking a setting (an older version's) or not JSON stopping the resume
+    with a traceback; one of another model let through."""
+    last = fake_checkpoint(tmp_path / "r" / "last.pt")
+    p = runplan.RunPlan(last.parent, DEBUG, TrainArgs(), checkpoint.load_checkpoint(last), last)
+    model_json = last.parent / "model.json"
+    model_json.write_text('{"dim": 64}')
+    runplan.check_same_model(p)
+    model_json.write_text("not json")
+    runplan.check_same_model(p)
+    model_json.write_text('{"dim": 48, "top_k": 1}')
+    with pytest.raises(CheckpointError, match=r"its settings differ from .*model.json \(dim: checkpoint 64, "
+                                              r"folder 48\); resume it into a folder of its own"):
+        runplan.check_same_model(p)
+    runplan.check_same_model(p._replace(ckpt=None, ckpt_path=None))  # a new run: nothing to compare
+
+
+def test_a_run_whose_wandb_run_did_not_finish_gets_a_new_one(tmp_path, monkeypatch):
+    """Bug caught: a W&B run that failed to finish gone on with (its history may lack records)."""
+    last = tmp_path / "r" / "last.pt"
+    p = runplan.RunPlan(tmp_path / "r", DEBUG, TrainArgs(), {"wandb_id": "abc"}, last)
+    monkeypatch.setattr(runplan.runlog, "unfinished_wandb", lambda run_dir: {"abc"})
+    assert runplan.wandb_id(p) is None
+    monkeypatch.setattr(runplan.runlog, "unfinished_wandb", lambda run_dir: {"xyz"})
+    assert runplan.wandb_id(p) == "abc"
+
+
+@pytest.mark.parametrize("n_layers, moe_every", [(5, 2), (7, 3), (2, 3)])
+def test_parameters_count_the_moe_layers_of_a_depth_moe_every_does_not_divide(n_layers, moe_every):
+    """Bug caught: the MoE layers counted as ceil(n_layers / moe_every) (layers moe_every-1, 2*moe_every-1,
+    ... are MoE: floor), which only presets of a depth moe_every divides hide."""
+    from model import Llama4
+    args = debug_args(n_layers=n_layers, moe_every=moe_every)
+    with torch.device("meta"):
+        assert runplan.parameters(args) == sum(p.numel() for p in Llama4(args).parameters())
+
+
+def test_a_run_folder_without_a_checkpoint_yet_gets_the_advice_of_what_was_asked(tmp_path):
+    """Bug caught: --eval_only on a run that stopped before its first save told to start it again
+    without --resume (an option it did not type) rather than to pass another checkpoint."""
+    (tmp_path / "ckpt" / "r").mkdir(parents=True)
+    (tmp_path / "ckpt" / "r" / "train.json").write_text("{}")
+    with pytest.raises(ConfigError, match=re.escape(f"has not reached it); {checkpoint.NOT_SAVED_FIX}")):
+        plan(tmp_path, run="r", eval_only=True)
+    with pytest.raises(ConfigError, match=re.escape("has not reached it); start it again without --resume")):
+        plan(tmp_path, run="r", resume="latest")
+
+
+def test_an_interrupt_while_loading_the_checkpoint_names_the_run_folder(tmp_path, monkeypatch):
+    """Bug caught: a Ctrl-C during the checkpoint's load not carrying the run folder (main() names what
+    is left there to resume from)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "load_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt) as e:
+        plan(tmp_path, resume=str(last), run="f")
+    assert e.value.run_dir == tmp_path / "ckpt" / "f"
+
+
+def test_another_val_fraction_of_the_same_data_is_warned_of_however_its_path_is_spelled(tmp_path,
+                                                                                        monkeypatch):
+    """Bug caught: the checkpoint's --data and this session's compared as typed, not as the files they
+    name (a link to it, or a relative spelling, took another held-out slice without a word)."""
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "a.txt")
+    monkeypatch.chdir(tmp_path)
+    ckpt = {"train_args": config.to_dict(TrainArgs(data=str(tmp_path / "a.txt"), val_fraction=0.01))}
+    for data in ("a.txt", str(tmp_path / "link.txt")):
+        p = runplan.RunPlan(None, DEBUG, TrainArgs(data=data, val_fraction=0.5, eval_only=True), ckpt, None)
+        lines = runplan.setting_warnings(p, {"val_fraction"})
+        assert "--val_fraction 0.5 is not the checkpoint's" in " ".join(lines), data
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_of():
+    """Bug caught: --warmup_steps equal to --max_steps let through (the rate never decays there either)."""
+    p = runplan.RunPlan(None, DEBUG, TrainArgs(max_steps=10, warmup_steps=10, lr=1e-3), None, None)
+    assert runplan.setting_warnings(p, set()) == [
+        "warning: --warmup_steps 10 is not below --max_steps 10: the learning rate rises to 0.001 "
+        "(--lr 0.001) and never decays; lower --warmup_steps"]
+    assert runplan.setting_warnings(p._replace(train_args=replace(p.train_args, warmup_steps=9)), set()) == []
