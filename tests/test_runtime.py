@@ -230,12 +230,14 @@ def test_static_compile_is_static_with_eager_random_numbers(monkeypatch):
     default passed to torch.compile by name (it takes None)."""
     import torch._inductor.config
     asked = []
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", False)
     monkeypatch.setattr(torch, "compile", lambda model, **kw: asked.append(kw) or model)
-    runtime.static_compile("m")
-    runtime.static_compile("m", "max-autotune")
+    # (config.patch, not monkeypatch: monkeypatch's undo deletes an inductor setting, and every later
+    # compile in the session then fails)
+    with torch._inductor.config.patch(fallback_random=False):
+        runtime.static_compile("m")
+        runtime.static_compile("m", "max-autotune")
+        assert torch._inductor.config.fallback_random is True
     assert asked == [dict(mode=None, dynamic=False), dict(mode="max-autotune", dynamic=False)]
-    assert torch._inductor.config.fallback_random is True
 
 
 def test_the_compile_preflight_names_the_failure_and_resets(monkeypatch):
