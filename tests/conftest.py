@@ -128,3 +128,47 @@ def host_syncs(fn) -> int:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             fn()
     return sum(is_host_sync(e) for e in prof.events()) + len(calls)
+
+
+# ---------------------------------------------------------------------------------------------
+# What ends a run from outside: a signal, a crash. (train and checkpoint are imported where used:
+# train imports datasets, which reads HF_DATASETS_CACHE, set above, when it is imported.)
+
+
+class Crash(BaseException):
+    """A crash (kill -9, a lost machine) at a chosen point: not an Exception, so train.py's error
+    handling does not catch it and nothing after it runs."""
+
+
+def stop_at(monkeypatch, at: int):
+    """As a signal would stop train.py: after step `at` (once state.step is `at`); returns the undo."""
+    import train
+    real_agree = train.agree
+    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == at)
+    return lambda: monkeypatch.setattr(train, "agree", real_agree)
+
+
+def crash_in_step(monkeypatch, n: int):
+    """A crash as step n (counted from 1: after n - 1 steps) begins; returns the undo."""
+    import train
+    real_step = train.train_step
+
+    def crashing(job, batches, step, lr):
+        if step == n - 1:
+            raise Crash()
+        return real_step(job, batches, step, lr)
+    monkeypatch.setattr(train, "train_step", crashing)
+    return lambda: monkeypatch.setattr(train, "train_step", real_step)
+
+
+def crash_after_saving(monkeypatch, step: int, name: str = "last.pt"):
+    """A crash just after train.py saved `name` at `step` (the file complete); returns the undo."""
+    import checkpoint
+    real_save = checkpoint.save_checkpoint
+
+    def saved_then_crashed(path, state):
+        real_save(path, state)
+        if state["step"] == step and Path(path).name == name:
+            raise Crash()
+    monkeypatch.setattr(checkpoint, "save_checkpoint", saved_then_crashed)
+    return lambda: monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)

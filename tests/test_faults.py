@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, write_stories
+from conftest import ROOT, Crash, crash_after_saving, crash_in_step, stop_at, write_stories
 from test_storage import FullAfter
 from test_train import args as train_args
 from test_train import metrics
@@ -202,41 +202,23 @@ SAME = ("step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm", "tok
         "router_entropy", "skipped_steps", "window_steps")
 
 
-class Crash(BaseException):
-    pass
-
-
 def test_a_resumed_run_writes_the_records_of_an_uninterrupted_one(tmp_path, corpus, cache, monkeypatch):
     """Records every 3 steps, saves every 4: each resume starts inside a log window."""
     base = ["--max_steps", "7", "--log_every", "3", "--save_every", "4", "--eval_every", "100"]
     train.main(args(tmp_path, corpus, cache, *base, run="whole"))
     whole = [{k: r[k] for k in SAME} for r in metrics(tmp_path, "whole")]
     assert [r["window_steps"] for r in whole] == [3, 3, 1]
-    real_save = checkpoint.save_checkpoint
-
-    def crash_after_step_4(path, state):  # as kill -9 would, after the save at step 4
-        real_save(path, state)
-        if state["step"] == 4:
-            raise Crash()
-    monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_step_4)
+    undo = crash_after_saving(monkeypatch, 4)
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, run="crashed"))
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
-    real_agree = train.agree
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 5)
-    train.main(args(tmp_path, corpus, cache, *base, run="stopped"))  # as a signal would, at step 5
+    undo()
+    undo = stop_at(monkeypatch, 5)
+    train.main(args(tmp_path, corpus, cache, *base, run="stopped"))
     assert [(r["step"], r["window_steps"]) for r in metrics(tmp_path, "stopped")] == [(3, 3), (5, 2)]
-    monkeypatch.setattr(train, "agree", real_agree)
+    undo()
     for run in ("crashed", "stopped"):
         train.main(args(tmp_path, corpus, cache, *base, "--resume", run=run))
         assert [{k: r[k] for k in SAME} for r in metrics(tmp_path, run)] == whole, run  # bit for bit
-
-
-def stop_at(monkeypatch, at):
-    """As a signal would, after step `at`."""
-    real_agree = train.agree
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == at)
-    return lambda: monkeypatch.setattr(train, "agree", real_agree)
 
 
 def test_an_evaluation_a_signal_put_off_is_run_by_the_resumed_run(tmp_path, corpus, cache, monkeypatch):
@@ -251,16 +233,10 @@ def test_an_evaluation_a_signal_put_off_is_run_by_the_resumed_run(tmp_path, corp
     assert train.main(args(tmp_path, corpus, cache, *base, run="stopped"))["finished"] == "signal"
     assert [r["step"] for r in metrics(tmp_path, "stopped", kind="val")] == [2]
     undo()
-    real_step = train.train_step
-
-    def crash_in_step_5(job, batches, step, lr):  # after the put-off evaluation, before any save
-        if step == 4:
-            raise Crash()
-        return real_step(job, batches, step, lr)
-    monkeypatch.setattr(train, "train_step", crash_in_step_5)
+    undo = crash_in_step(monkeypatch, 5)  # after the put-off evaluation, before any save
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, "--resume", run="stopped"))
-    monkeypatch.setattr(train, "train_step", real_step)
+    undo()
     train.main(args(tmp_path, corpus, cache, *base, "--resume", run="stopped"))  # step 4 not evaluated again
     assert [(r["step"], r["nats_per_token"]) for r in metrics(tmp_path, "stopped", kind="val")] == whole
     undo = stop_at(monkeypatch, 6)
@@ -307,24 +283,19 @@ def test_a_streak_of_non_finite_steps_survives_a_crash_and_resume(tmp_path, corp
                                                                   capsys):
     """Steps 0-5 non-finite, a save at step 8, a crash in step 9: the resumed run still stops at
     the log step 10 (the window's worst streak is in the checkpoint)."""
-    real_accumulate, real_step = train.accumulate, train.train_step
+    real_accumulate = train.accumulate
 
     def poisoned(runner, batches, seed, step, *rest):
         out = real_accumulate(runner, batches, seed, step, *rest)
         if step < 6:
             next(runner.parameters()).grad.fill_(float("nan"))
         return out
-
-    def crash_in_step_9(job, batches, step, lr):
-        if step == 8:
-            raise Crash()
-        return real_step(job, batches, step, lr)
     monkeypatch.setattr(train, "accumulate", poisoned)
-    monkeypatch.setattr(train, "train_step", crash_in_step_9)
+    undo = crash_in_step(monkeypatch, 9)
     base = ["--max_steps", "12", "--log_every", "10", "--save_every", "8", "--max_bad_steps", "5"]
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base))
-    monkeypatch.setattr(train, "train_step", real_step)
+    undo()
     with pytest.raises(SystemExit) as e:
         train.main(args(tmp_path, corpus, cache, *base, "--resume"))
     assert "6 non-finite steps in a row (by step 10)" in one_line_error(capsys, 1, e)
@@ -561,16 +532,10 @@ def test_the_wandb_run_of_a_stopped_crashed_and_resumed_run_holds_the_records_of
     undo = stop_at(monkeypatch, 4)
     train.main(train_args(tmp_path, corpus, cache, *base))
     undo()
-    real_step = train.train_step
-
-    def crash_in_step_6(job, batches, step, lr):
-        if step == 5:
-            raise Crash()
-        return real_step(job, batches, step, lr)
-    monkeypatch.setattr(train, "train_step", crash_in_step_6)
+    undo = crash_in_step(monkeypatch, 6)
     with pytest.raises(Crash):
         train.main(train_args(tmp_path, corpus, cache, *base, "--resume"))
-    monkeypatch.setattr(train, "train_step", real_step)
+    undo()
     train.main(train_args(tmp_path, corpus, cache, *base, "--resume"))
     lines = (tmp_path / "ckpt" / "r" / "metrics.jsonl").read_text().splitlines()
     records = [(r["kind"], r["step"]) for r in map(json.loads, lines)]

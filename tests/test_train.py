@@ -16,7 +16,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, debug_args, shared_file, write_stories
+from conftest import (
+    ROOT,
+    Crash,
+    crash_after_saving,
+    crash_in_step,
+    debug_args,
+    shared_file,
+    stop_at,
+    write_stories,
+)
 
 import checkpoint
 import config
@@ -242,23 +251,13 @@ def test_loading_a_checkpoint_never_runs_the_code_it_holds(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-class Crash(BaseException):
-    pass
-
-
 def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
     base = ["--max_steps", "8", "--eval_every", "3", "--save_every", "4"]
     train.main(args(tmp_path, corpus, cache, *base, run="whole"))
-    real_save = checkpoint.save_checkpoint
-
-    def crash_after_step_4(path, state):
-        real_save(path, state)
-        if state["step"] == 4 and str(path).endswith("last.pt"):
-            raise Crash()
-    monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_step_4)
+    undo = crash_after_saving(monkeypatch, 4)
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, run="broken"))
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    undo()
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")["step"] == 4
     train.main(args(tmp_path, corpus, cache, *base, "--resume", run="broken"))
     whole, broken = metrics(tmp_path, "whole"), metrics(tmp_path, "broken")
@@ -677,10 +676,9 @@ def test_a_streak_of_non_finite_steps_ends_at_an_applied_step():
 def stopped_and_resumed(tmp_path, corpus, cache, monkeypatch, base, at):
     """The records of run "resumed": stopped as a signal would stop it once state.step is `at`, then
     resumed to its end."""
-    real_agree = train.agree
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == at)
+    undo = stop_at(monkeypatch, at)
     train.main(args(tmp_path, corpus, cache, *base, run="resumed"))
-    monkeypatch.setattr(train, "agree", real_agree)
+    undo()
     train.main(args(tmp_path, corpus, cache, *base, "--resume", run="resumed"))
     return metrics(tmp_path, "resumed")
 
@@ -1384,20 +1382,17 @@ def test_a_crash_while_saving_an_evaluation_a_signal_put_off_does_not_write_its_
     """Stopped on an evaluation step (the evaluation put off), resumed: the resumed run writes the val
     record, then dies while saving (killed). Resumed again from the same checkpoint, it evaluates the
     step again: metrics.jsonl holds its val record once, as an uninterrupted run's does."""
-    class Killed(BaseException):
-        pass
-
-    real_agree, real_save = train.agree, checkpoint.save_checkpoint
+    real_save = checkpoint.save_checkpoint
     base = ["--max_steps", "4", "--log_every", "3", "--eval_every", "2", "--save_every", "100", "--plot", ""]
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    undo = stop_at(monkeypatch, 2)
     train.main(args(tmp_path, corpus, cache, *base))
-    monkeypatch.setattr(train, "agree", real_agree)
+    undo()
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["eval_due"]
 
     def killed(path, ckpt):
-        raise Killed
+        raise Crash
     monkeypatch.setattr(checkpoint, "save_checkpoint", killed)
-    with pytest.raises(Killed):
+    with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, "--resume"))
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
     train.main(args(tmp_path, corpus, cache, *base, "--resume"))
@@ -1531,21 +1526,18 @@ def test_a_crash_in_the_last_evaluation_of_a_budget_ended_run_keeps_its_last_tra
     holds the open window and the evaluation put off, and the run dies evaluating. Resumed (the budget
     still spent), it evaluates and trains no more: the window's train record at that step, which it
     does not write again, is kept (it was dropped: metrics.jsonl lost the run's last train record)."""
-    class Killed(BaseException):
-        pass
-
-    real_agree, real_evaluate = train.agree, train.evaluate_job
+    real_evaluate = train.evaluate_job
     base = ["--max_steps", "10", "--log_every", "4", "--eval_every", "100", "--max_minutes", "1",
             "--plot", ""]
     monkeypatch.setattr(train.Clock, "spent", lambda clock, state: state.step >= 2)  # the budget
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    undo = stop_at(monkeypatch, 2)
 
     def killed(job):
-        raise Killed
+        raise Crash
     monkeypatch.setattr(train, "evaluate_job", killed)
-    with pytest.raises(Killed):
+    with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base))
-    monkeypatch.setattr(train, "agree", real_agree)
+    undo()
     monkeypatch.setattr(train, "evaluate_job", real_evaluate)
     last = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
     assert last["eval_due"] and last["window"]["steps"] == 2
@@ -1691,17 +1683,11 @@ def test_the_evaluation_a_signal_put_off_is_saved_as_done_before_training_on(tmp
                                                                               monkeypatch):
     # catches: the resumed run not saving last.pt right after the put-off evaluation (a crash before
     # the next save would evaluate that step again, and send its val record to W&B twice)
-    real_agree, real_step = train.agree, train.train_step
     base = ["--max_steps", "6", "--eval_every", "2", "--save_every", "100", "--plot", ""]
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    undo = stop_at(monkeypatch, 2)
     assert train.main(args(tmp_path, corpus, cache, *base))["finished"] == "signal"
-    monkeypatch.setattr(train, "agree", real_agree)
-
-    def crash_in_step_3(job, batches, step, lr):
-        if step == 2:
-            raise Crash()
-        return real_step(job, batches, step, lr)
-    monkeypatch.setattr(train, "train_step", crash_in_step_3)
+    undo()
+    crash_in_step(monkeypatch, 3)
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, "--resume"))
     saved = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
@@ -1731,8 +1717,7 @@ def test_a_resumed_runs_budget_counts_the_seconds_of_its_earlier_sessions():
 
 def test_a_signal_at_the_last_step_finishes_the_run_as_done(tmp_path, corpus, cache, monkeypatch, capsys):
     # catches: a run a signal did not cut short (it came at the last step) saying "stopped by signal"
-    real_agree = train.agree
-    monkeypatch.setattr(train, "agree", lambda job, state, *a: real_agree(job, state, *a) or state.step == 2)
+    stop_at(monkeypatch, 2)
     result = train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "100",
                              "--plot", ""))
     assert result["finished"] == "max_steps" and result["signalled"]
