@@ -1612,3 +1612,265 @@ def test_a_tokenizer_that_changes_text_loads_when_not_exact(tmp_path):
     path = tmp_path / "tok.json"
     path.write_text(json.dumps(spec))
     assert Tokenizer.load(path, exact=False).vocab_size == 300
+
+
+# --- data.py: a second mutation audit (caches, tokenizer training, windows) --------------------
+
+def test_a_shard_of_another_format_is_refused_and_a_new_one_is_built_beside_it(tmp_path, corpus, monkeypatch):
+    """Catches TokenData not checking meta.json's format, and shard cache keys without it: a new
+    format rebuilt the shard an older checkout of the project reads in place, instead of beside it."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    _, train, _, _ = run(tmp_path, **kw)
+    meta = json.loads((train.path / "meta.json").read_text())
+    (train.path / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(DataError, match=rf"was written in format 1, not {data.FORMAT}; run again to rebuild"):
+        TokenData(train.path)
+    _, again, _, logs = run(tmp_path, **kw)
+    assert any("train: not reusing the cache" in line and "format 1" in line for line in logs)
+    assert again.path == train.path and again.meta["format"] == data.FORMAT
+    monkeypatch.setattr(data, "FORMAT", data.FORMAT + 1)
+    _, newer, _, logs = run(tmp_path, **kw)
+    assert newer.path != train.path and newer.meta["format"] == data.FORMAT
+    assert not any("not reusing" in line for line in logs)
+    monkeypatch.undo()
+    assert TokenData(train.path).meta["format"] == data.FORMAT  # the older shard, untouched
+
+
+def test_a_cache_hit_does_not_hash_the_shard(tmp_path, monkeypatch):
+    """Catches TokenData hashing tokens.bin on every open (~2 s per GB), not only when its size or
+    modification time is not the one meta.json recorded."""
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    hashed = []
+    monkeypatch.setattr(data, "_sha256", lambda path: hashed.append(path) or "0" * 64)
+    assert TokenData(shard.path, tok.hash).n_tokens == shard.n_tokens and hashed == []
+    os.utime(shard.path / "tokens.bin")  # touched: hashed, and a sha256 not the one recorded is refused
+    with pytest.raises(DataError, match="changed since it was written"):
+        TokenData(shard.path, tok.hash)
+    assert hashed == [shard.path / "tokens.bin"]
+
+
+def test_a_shard_longer_than_meta_json_promises_is_refused(tmp_path):
+    """Catches TokenData's size check passing a tokens.bin longer than meta.json says (tokens
+    appended with the modification time put back, so no sha256 check)."""
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    bin_path = shard.path / "tokens.bin"
+    st = bin_path.stat()
+    with open(bin_path, "ab") as f:
+        f.write(np.array([5, 6], dtype=np.uint16).tobytes())
+    os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DataError, match=rf"holds {st.st_size + 4} bytes, not the {shard.n_tokens} tokens"):
+        TokenData(shard.path, tok.hash)
+
+
+def test_shards_are_uint16_up_to_65536_tokens_exactly(tmp_path):
+    """Catches the uint16/uint32 boundary off by one: a 65,536-token vocabulary's ids (0 .. 65,535)
+    fit uint16 (half the disk and memory of uint32); one of 65,537 does not."""
+    tok = small_tokenizer()
+    for vocab, dtype in [(1 << 16, np.uint16), ((1 << 16) + 1, np.uint32)]:
+        tok.vocab_size = vocab
+        shard = data.write_tokens(tmp_path / str(vocab), [stories(2)], tok)
+        assert shard.tokens.dtype == dtype and shard.meta["dtype"] == np.dtype(dtype).name
+
+
+def test_meta_json_records_the_largest_id_of_every_batch(tmp_path):
+    """Catches meta.json's max_id taken from the last batch written, not the largest of all."""
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(5), ["a"]], tok)
+    assert shard.meta["max_id"] == int(np.max(shard.tokens)) > max(tok.encode("a"))
+
+
+def test_a_shard_of_no_documents_is_refused_naming_the_text(tmp_path):
+    """Catches write_tokens's empty check skipped: a shard of no tokens was written and trusted
+    (get_batch, the windows and the bytes/token log then fail far from the cause)."""
+    with pytest.raises(DataError, match=r"^--data x.txt has no usable text \(only whitespace or "
+                       r"separators\); check the files$"):
+        data.write_tokens(tmp_path / "s", [["  ", "\ufeff", ""], ["\n"]], small_tokenizer(),
+                          what="--data x.txt")
+    assert list((tmp_path / "s").iterdir()) == []  # nothing a later open would trust
+
+
+def test_the_tokenizer_cap_counts_the_documents_before_a_long_one(monkeypatch):
+    """Catches the head of a long document that crosses --tokenizer_train_mb read up to the whole
+    cap, not up to what the documents before it left of it (nearly twice the cap)."""
+    import datasets
+    monkeypatch.setattr(data, "PIECE_CHARS", 1000)
+    short = [" ".join(f"s{i}w{j}" for j in range(150)) for i in range(8)]  # ~7 KB, each under 1000
+    long = " ".join(f"word{i}" for i in range(20000))
+    ds = datasets.Dataset.from_dict({"text": [*short, long]})
+    used = {}
+    got = [t for part in data._texts(ds, 4, 10_000, used) for t in part]
+    assert got[:8] == short and long.startswith("".join(got[8:])) and len(got) > 8
+    assert 10_000 <= used["bytes"] < 11_000 and used["capped"]
+
+
+def test_the_bytes_a_tokenizer_trains_on_are_counted_with_or_without_a_cap():
+    """Catches the bytes read not counted without a cap (--tokenizer_train_mb 0 logged "trained on
+    0 B"), all the text read logged as capped, and the cap counted in characters, not bytes."""
+    import datasets
+    docs = ["héllo", "  ", "wörld 🙂"]
+    ds = datasets.Dataset.from_dict({"text": docs})
+    for cap in (0, 1000):
+        used = {}
+        assert [t for part in data._texts(ds, 2, cap, used) for t in part] == ["héllo", "wörld 🙂"]
+        assert used == {"bytes": 6 + 11, "capped": False}, cap
+    # the cap is in bytes, not characters: "éé" is 4 bytes, so two of them reach a cap of 8
+    ds = datasets.Dataset.from_dict({"text": ["éé", "éé", "x"]})
+    used = {}
+    assert [t for part in data._texts(ds, 2, 8, used) for t in part] == ["éé", "éé"]
+    assert used == {"bytes": 8, "capped": True}
+
+
+def test_a_long_document_keeps_its_place_among_short_ones(tmp_path, monkeypatch):
+    """Catches the short documents before a long one written after it (a long one is encoded in
+    pieces, apart from the batch of short ones): the stream keeps the text's order."""
+    monkeypatch.setattr(data, "PIECE_CHARS", 300)
+    tok = small_tokenizer()
+    docs = ["A short one.", long_document(), "Another short one."]
+    shard = data.write_tokens(tmp_path / "s", [docs], tok)
+    assert tok.decode(shard.tokens) == stream(docs) and shard.n_docs == 3
+
+
+def test_a_vocabulary_all_the_text_cannot_fill_names_no_cap(tmp_path):
+    """Catches the --tokenizer_train_mb hint added when the cap was not reached: all the text was
+    read, so raising it cannot help."""
+    v = write(tmp_path / "v.txt", "a b a b a b\n")
+    for mb in (100.0, 0):
+        with pytest.raises(DataError, match=r"can only fill \d+ tokens .*; pass --vocab_size \d+ or less, or "
+                           r"train on more text$") as e:
+            run(tmp_path, data=str(v), val_data=str(v), tokenizer_train_mb=mb)
+        assert "tokenizer_train_mb" not in str(e.value)
+
+
+def test_the_largest_id_is_found_past_the_first_chunk():
+    """Catches _max_id reading only its first chunk of 64M tokens: an id outside the vocabulary
+    further on in a large shard (TinyStories' holds ~470M) went unseen."""
+    tokens = np.zeros((1 << 26) + 10, dtype=np.uint16)
+    tokens[-1] = 7
+    assert data._max_id(tokens) == 7 and data._max_id(tokens[:0]) == 0
+
+
+def test_a_trained_or_cached_tokenizer_is_checked_against_the_model(tmp_path, corpus):
+    """Catches prepare() not checking the BPE it trains, or finds in the cache, against the model's
+    special-token ids (a --pad_id that is another token's id)."""
+    train_path, val_path, _, _ = corpus
+    args = targs(tmp_path, data=str(train_path), val_data=str(val_path))
+    for _ in range(2):  # trained, then a cache hit
+        with pytest.raises(DataError, match=r"<\|pad\|> at id 1 but --pad_id is 9; pass --pad_id 1"):
+            data.prepare(args, margs(pad_id=9), log=lambda msg: None)
+    assert list((tmp_path / "cache").glob("tokenizer-*/tokenizer.json"))
+
+
+def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, corpus):
+    """Catches a cached tokenizer.json that cannot be read (a damaged file) failing every later run
+    instead of being trained again, with a log line naming it."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, *_ = run(tmp_path, **kw)
+    [path] = (tmp_path / "cache").glob("tokenizer-*/tokenizer.json")
+    path.write_text("{not json")
+    again, *_, logs = run(tmp_path, **kw)
+    assert any(line.startswith(f"data: tokenizer: not reusing {path}: cannot read") for line in logs)
+    assert again.hash == tok.hash == Tokenizer.load(path).hash
+
+
+def test_the_tokenizer_cache_is_keyed_by_its_rules_and_special_tokens(tmp_path, corpus, monkeypatch):
+    """Catches the tokenizer cache key without TOKENIZER_FORMAT (a BPE trained by older rules
+    reused) or without the special tokens."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    run(tmp_path, **kw)
+    monkeypatch.setattr(data, "TOKENIZER_FORMAT", data.TOKENIZER_FORMAT + 1)
+    *_, logs = run(tmp_path, **kw)
+    assert any("tokenizer: cache miss" in line for line in logs)
+    renamed = {k: v.replace("|>", "-v2|>") for k, v in SPECIAL_TOKENS.items()}
+    monkeypatch.setattr(data, "SPECIAL_TOKENS", renamed)
+    *_, logs = run(tmp_path, **kw)
+    assert any("tokenizer: cache miss" in line for line in logs)
+    assert len(list((tmp_path / "cache").glob("tokenizer-*"))) == 3
+
+
+def test_a_shard_folder_holding_other_text_is_not_a_cache_hit(tmp_path, corpus):
+    """Catches get_tokens trusting a shard by its tokenizer alone: the validation shard, copied where
+    the training shard belongs (the same tokenizer, other text), was trained on."""
+    train_path, val_path, train_docs, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, train, val, _ = run(tmp_path, **kw)
+    shutil.rmtree(train.path)
+    shutil.copytree(val.path, train.path)
+    _, again, _, logs = run(tmp_path, **kw)
+    assert any(f"holds other text (key {val.meta['key']}, not {train.meta['key']}); rebuilding" in line
+               for line in logs)
+    assert again.n_docs == 30 and tok.decode(again.tokens) == stream(train_docs)
+
+
+def test_a_training_split_of_exactly_one_window_is_enough(tmp_path, corpus):
+    """Catches prepare()'s window check off by one: a split of --max_seq_len tokens (no window of
+    --max_seq_len + 1) passed, and get_batch failed at the first step."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    _, train, _, _ = run(tmp_path, **kw)
+    n = train.n_tokens
+    assert run(tmp_path, seq_len=n - 1, **kw)[1].n_tokens == n  # one window exactly
+    with pytest.raises(DataError, match=rf": {n} tokens, fewer than one training window of --max_seq_len "
+                       rf"\+ 1 = {n + 1}; add text or lower --max_seq_len$"):
+        run(tmp_path, seq_len=n, **kw)
+
+
+def test_the_coverage_log_of_a_run_counts_eval_windows(tmp_path, corpus):
+    """Catches prepare() or prepare_eval() logging the coverage of every window whatever
+    --eval_windows (the run evaluates only the first ones), and prepare() tokenizing on one thread
+    whatever --num_proc."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path), eval_windows=2)
+    tok, _, val, logs = run(tmp_path, **kw)
+    line = (f"data: validation: 64 of {val.n_tokens - 1:,} targets in 2 windows of 32 tokens (the first 2 "
+            "windows: --eval_windows)")
+    assert line in logs and val.n_tokens - 1 > 64
+    assert sum(", 2 threads) -> " in x for x in logs) == 2  # (targs: --num_proc 2) train and val
+    logs = []
+    data.prepare_eval(targs(tmp_path, **kw), margs(), tok, log=logs.append)
+    assert line in logs
+
+
+def test_validation_windows_stop_at_the_cap_and_the_end():
+    """Catches val_windows not capping `stop` at the windows there are (or --eval_windows): a range
+    past them gave windows beyond the cap, or padding-only windows past the end."""
+    tokens = np.arange(101, dtype=np.uint16)  # 10 windows of 10
+    _, y = data.val_windows(tokens, 10, max_windows=5, start=3, stop=8)
+    assert y.tolist() == [list(range(31, 41)), list(range(41, 51))]
+    _, y = data.val_windows(tokens, 10, start=8, stop=20)
+    assert y.tolist() == [list(range(81, 91)), list(range(91, 101))]
+
+
+def test_a_ctrl_c_in_data_py_exits_130_saying_what_is_kept(monkeypatch, capsys):
+    """Catches data.py's Ctrl-C exit status not a SIGINT's (130), or without its one line: a script
+    took it for bad data."""
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "prepare", interrupted)
+    with pytest.raises(SystemExit) as e:
+        data.main(["--preset", "tiny", "--data", "x.txt"])
+    assert e.value.code == 130 and capsys.readouterr().err == (
+        "\ndata.py: interrupted; the caches already complete are kept, the others rebuilt next time\n")
+
+
+def test_batch_starts_are_the_documented_seed_step_micro_stream():
+    """Catches the seed sequence reordered (seed, micro, step): every batch changed, so a run resumed
+    from a checkpoint of an earlier version of this file no longer saw the batches it would have."""
+    tokens = np.arange(10_000, dtype=np.uint16)
+    for seed, step, micro in [(1337, 5, 2), (0, 1, 0)]:
+        starts = np.random.default_rng([seed, step, micro]).integers(0, 10_000 - 16, size=4)
+        x, _ = data.get_batch(tokens, 4, 16, seed=seed, step=step, micro=micro)
+        assert x[:, 0].tolist() == starts.tolist()
+
+
+def test_an_eval_windows_cap_above_the_windows_there_are_keeps_them_all():
+    """Catches n_val_windows returning --eval_windows itself when the split has fewer windows:
+    padding-only windows past the end were evaluated, and the log counted them."""
+    tokens = np.arange(101, dtype=np.uint16)  # 10 windows of 10
+    assert data.n_val_windows(tokens, 10, max_windows=50) == 10
+    x, y = data.val_windows(tokens, 10, max_windows=50)
+    assert x.shape == (10, 10) and (y >= 0).all()
