@@ -157,7 +157,6 @@ def main(argv=None):
     opts = p.parse_args(argv)
     if opts.child:
         return child(*opts.child)
-    out = storage.results_path(p, opts, ROOT / "img" / "bench_data.json")
     if problem := too_small(opts.vocab_size):  # (the prepare() subprocess would say so, as exit 1)
         p.error(problem)
     if os.path.isdir(opts.data):
@@ -165,6 +164,7 @@ def main(argv=None):
     if not os.path.isfile(opts.data):
         sys.exit(f"bench_data.py: error: no such file '{opts.data}'; pass --data FILE (../shared holds "
                  "train-lower.txt)")
+    out = storage.results_path(p, opts, ROOT / "img" / "bench_data.json")  # (after the errors: one line)
     if out is not None:  # (before the work, not after it)
         storage.make_folder(out.parent, "pick another --out")
 

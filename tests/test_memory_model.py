@@ -184,3 +184,43 @@ def test_an_out_named_md_in_capitals_is_refused_too(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         memory_model.main(["--preset", "debug", "--batches", "2", "--out", str(tmp_path / "m.MD")])
     assert e.value.code == 2 and "the table is written beside the JSON as m.md" in capsys.readouterr().err
+
+
+def test_what_main_passes_to_the_model_and_writes_from_what_it_returns(tmp_path, monkeypatch, capsys):
+    """Catches --dtype or --device not reaching the modelled step (bf16 always, CUDA's kernels always),
+    the held memory listed among the step's parts, the ratios left out, and a batch of exactly 4,096
+    loss chunks (scout-128m at 16,384) refused. The step's memory is faked: figures given."""
+    seen = []
+
+    def modelled(variant, base, batch, dtype, cuda):
+        seen.append((variant, batch, dtype, cuda))
+        mb = {"moe": 100, "moe+ckpt": 60, "moe+plain-loss": 200, "dense": 80}[variant]
+        return {"step": mb * 2**20, "held": 50 * 2**20, "activations": (mb - 10) * 2**20,
+                "logits": 10 * 2**20}
+    monkeypatch.setattr(memory_model.bench_model, "modelled_step_memory", modelled)
+    result = memory_model.main(["--batches", "16384", "--out", str(tmp_path / "m.json")])
+    assert seen == [(v, 16384, torch.bfloat16, True) for v in memory_model.VARIANTS]
+    r = result["batches"]["16384"]
+    assert r["parts_mb"]["moe"] == {"activations": 90, "logits": 10} and r["held_mb"]["dense"] == 50
+    assert r["ratios"] == pytest.approx({"ckpt_memory_saving": 0.4, "fused_loss_memory_saving": 0.5})
+    assert json.loads((tmp_path / "m.json").read_text()) == result
+    seen.clear()
+    result = memory_model.main(["--batches", "2", "--dtype", "float32", "--device", "cpu", "--variants",
+                                "moe", "--out", str(tmp_path / "m.json")])
+    assert seen == [("moe", 2, torch.float32, False)]
+    assert (result["config"]["dtype"], result["config"]["device"]) == ("float32", "cpu")
+
+
+def test_only_a_run_at_every_default_replaces_the_readmes_figure(tmp_path, monkeypatch, capsys):
+    """Catches a model setting passed through (--top_k 2) not counted as a change from the defaults:
+    img/memory_model.json, the README's run, was replaced by another model's."""
+    def modelled(variant, base, batch, dtype, cuda):
+        return {"step": base["top_k"] * 2**20, "held": 2**20}
+    monkeypatch.setattr(memory_model.bench_model, "modelled_step_memory", modelled)
+    monkeypatch.setattr(memory_model, "ROOT", tmp_path)
+    memory_model.main(["--top_k", "2"])
+    assert not (tmp_path / "img").exists()
+    assert "the results are not written to" in capsys.readouterr().err
+    memory_model.main([])
+    assert json.loads((tmp_path / "img" / "memory_model.json").read_text())["config"]["top_k"] == 1
+    assert (tmp_path / "img" / "memory_model.md").exists()

@@ -266,3 +266,109 @@ def test_count_params_shares_are_of_the_whole_model_vision_stub_included(capsys)
     out = capsys.readouterr().out.splitlines()
     shares = [float(line.split()[-1][:-1]) for line in out if line.endswith("%")]
     assert sum(shares) == pytest.approx(100, abs=0.05 * len(shares))
+
+
+def test_count_params_prints_the_debug_presets_table_as_counted_by_hand(capsys):
+    """Catches a row under another's label (routed experts as dense layers), the table not sorted
+    largest first, a share not of the total, a wrong top-k in the heading, or a count (active per
+    token) left out of the totals printed. The debug preset's parameters, counted by hand."""
+    count_params.main(["--preset", "debug"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "preset debug: dim 64, 4 layers, 4 experts top-1, vocab 320, vision off"
+    dim, layers, head = 64, 4, 64 // 4  # 4 query heads, 2 key/value heads, expert_dim 32
+    routed = layers * 4 * 3 * dim * 32  # gate, up and down of each of the 4 experts
+    want = {"routed experts": routed, "attention q/k/v/o": layers * (2 * dim * 4 * head + 2 * dim * 2 * head),
+            "shared expert": layers * 3 * dim * 32, "token embedding": 320 * dim,
+            "lm_head (untied)": 320 * dim,
+            "router noise (ours)": layers * (dim * 4 + 4), "router": layers * dim * 4,
+            "RMSNorm weights": (2 * layers + 1) * dim}
+    total = sum(want.values())
+    end = out.index("-" * 59)
+    rows = [line.rsplit(None, 2) for line in out[2:end]]
+    assert {kind: int(n.replace(",", "")) for kind, n, _ in rows} == want
+    sizes = [int(n.replace(",", "")) for _, n, _ in rows]
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(share == f"{want[kind] / total:.1%}" for kind, _, share in rows)
+    totals = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out[end + 1:]}
+    assert totals == {"total": total, "text": total, "vision": 0, "embedding": 320 * dim,
+                      "non_embedding": total - 320 * dim, "active_per_token": total - routed + routed // 4}
+
+
+def test_count_params_explains_the_scout_card_only_for_the_scout_preset_as_it_is(capsys):
+    """Catches the model card's total explained for a Scout with other settings (here 2 layers),
+    whose module sum is not the card's model."""
+    count_params.main(["--preset", "scout-17b-16e", "--n_layers", "2"])
+    assert "model card total" not in capsys.readouterr().out
+
+
+def fake_checkpoint(monkeypatch, tmp_path, tokenizer=True) -> list:
+    """A run folder (its last.pt, and tokenizer.json when asked) whose loading, tokenizer check, export
+    and import export_hf.py calls are faked: the calls, in order, with what they were given."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    if tokenizer:
+        (run / "tokenizer.json").write_text("{}")
+    calls = []
+    cp = export_hf.checkpoint
+    monkeypatch.setattr(cp, "find_checkpoint", lambda source: run / "last.pt")
+    monkeypatch.setattr(cp, "load_model", lambda path: ("model", {"tokenizer": {}}))
+    monkeypatch.setattr(export_hf.Tokenizer, "load", lambda path, exact=True: "tok")
+    monkeypatch.setattr(cp, "check_tokenizer", lambda tok, path, ckpt, ckpt_path, fix: calls.append(
+        ("check", path, fix)))
+    monkeypatch.setattr(cp, "export_hf", lambda model, dest, tok=None, replace=False: calls.append(
+        ("export", dest, tok, replace)))
+    monkeypatch.setattr(cp, "import_hf", lambda source, dest, replace=False: calls.append(
+        ("import", dest, replace)) or tmp_path / "ckpt" / "last.pt")
+    return calls
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_export_hf_checks_the_runs_tokenizer_then_exports_it_and_passes_force(tmp_path, monkeypatch,
+                                                                             capsys, force):
+    """Catches export_hf.py dropping --force (an export at dest refused even with it), skipping the
+    tokenizer check, leaving the tokenizer out, its error losing "nothing was exported", or looking for
+    tokenizer.json beside the path given (a checkpoint file) instead of beside the checkpoint."""
+    calls = fake_checkpoint(monkeypatch, tmp_path)
+    run, dest = tmp_path / "run", str(tmp_path / "hf")
+    export_hf.main([str(run / "last.pt"), dest, *(["--force"] if force else [])])
+    fix = export_hf.checkpoint.TOKENIZER_FIX + "; nothing was exported"
+    assert calls == [("check", run / "tokenizer.json", fix), ("export", dest, run / "tokenizer.json", force)]
+    assert capsys.readouterr() == (f"exported {run / 'last.pt'} -> {dest}\n", "")
+    calls.clear()
+    export_hf.main(["--import", dest, str(tmp_path / "ckpt"), *(["--force"] if force else [])])
+    assert calls == [("import", str(tmp_path / "ckpt"), force)]
+    assert capsys.readouterr().out == f"imported {dest} -> {tmp_path / 'ckpt' / 'last.pt'}\n"
+
+
+def test_export_hf_without_the_runs_tokenizer_exports_the_model_and_says_so(tmp_path, monkeypatch, capsys):
+    """Catches a run folder without tokenizer.json exported with no word that the folder got no
+    tokenizer (sample.py --hf needs one)."""
+    calls = fake_checkpoint(monkeypatch, tmp_path, tokenizer=False)
+    export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")])
+    assert calls == [("export", str(tmp_path / "hf"), None, False)]
+    err = capsys.readouterr().err
+    assert err == (f"export_hf.py: warning: {tmp_path / 'run' / 'tokenizer.json'} is missing: the folder got "
+                   "no tokenizer, and sample.py --hf needs one\n")
+
+
+def test_plot_runs_passes_x_and_title_on(tmp_path, monkeypatch, capsys):
+    """Catches plot_runs.py drawing against tokens whatever --x says, or dropping --title."""
+    given = []
+    monkeypatch.setattr(plot_runs.runlog, "plot_runs", lambda runs, out, x, title, warn: given.append(
+        (runs, out, x, title)) or out)
+    run, out = str(fake_run(tmp_path / "r")), str(tmp_path / "p.png")
+    plot_runs.main([run, "--out", out, "--x", "step", "--title", "two runs"])
+    assert given == [([run], out, "step", "two runs")] and capsys.readouterr().out == f"{out}\n"
+
+
+def test_plot_runs_names_the_field_a_record_lacks(tmp_path):
+    """Catches a metrics.jsonl record without a field train.py writes (from another program) as a
+    KeyError traceback instead of one line naming the field."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "lm_loss": 5.0}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run), "--out", str(tmp_path / "p.png")])
+    assert str(e.value.code).startswith("plot_runs.py: error: a metrics.jsonl record has no 'tokens' field")
+    assert not (tmp_path / "p.png").exists()
