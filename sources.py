@@ -411,7 +411,7 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         if why:
             log(f"data: {path}: {why}")
         if bad:
-            log(f"data: warning: {path}: {bad:,} bytes that are not UTF-8 replaced by U+FFFD")
+            log(f"data: warning: {path}: {plural(bad, 'byte')} not UTF-8, replaced by U+FFFD")
         st = os.stat(path)
         return datasets.Dataset.from_generator(
             _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
