@@ -353,3 +353,100 @@ def test_one_run_of_another_tokenizer_is_refused_too(tmp_path, corpus, monkeypat
     with pytest.raises(compare.DataError, match="the three runs used different tokenizers"):
         compare.main(argv)
     assert not (tmp_path / "img" / "compare.json").exists()
+
+
+def test_every_option_it_owns_is_refused_and_minutes_0_needs_max_steps(tmp_path, capsys):
+    """Catches an owned option (--max_minutes: the budget compare.py sets) passed through to override
+    it, and --minutes 0 without --max_steps (runs that never end) let through."""
+    for flag in ("--run", "--resume", "--eval_only", "--plot", "--max_minutes", "--tokenizer"):
+        with pytest.raises(SystemExit) as e:
+            compare.parse([flag, "x", "--out", str(tmp_path)])
+        assert e.value.code == 2 and f"{flag} is set by compare.py" in capsys.readouterr().err, flag
+    with pytest.raises(SystemExit) as e:
+        compare.parse(["--minutes", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--minutes 0 needs --max_steps" in capsys.readouterr().err
+    assert compare.parse(["--minutes", "0", "--max_steps", "5", "--out", str(tmp_path)])[0].minutes == 0
+
+
+def test_where_the_runs_are_logged_leaves_the_readmes_results_where_they_are(capsys):
+    """Catches --wandb_mode (not a result) sending a run at the defaults away from img/."""
+    assert compare.parse(["--wandb_mode", "offline", "--cache_dir", "elsewhere"])[0].results == ROOT / "img"
+    assert "they go to" not in capsys.readouterr().err
+
+
+def test_clearing_a_previous_comparison_deletes_its_three_run_folders_only(tmp_path):
+    """Catches clear_run_folders deleting other run folders of --out_dir (another user's run beside)."""
+    for name in [*(f"compare-{n}" for n in NAMES), "compare-other", "mine"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "mine" / "last.pt").write_bytes(b"keep")
+    compare.clear_run_folders(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare-other", "mine"]
+
+
+def test_a_run_is_read_with_its_accumulated_batch_its_moe_layers_and_its_routing(tmp_path):
+    """Catches load_run leaving --grad_accum out of the tokens per step, counting MoE layers from
+    layer 0 (with --moe_every 2 they are layers 1 and 3), and labelling a run without router noise
+    noisy."""
+    import config
+    m = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "moe_every": 2, "router_noise": False})
+    t = config.TrainArgs(batch_size=3, grad_accum=2)
+    (tmp_path / "model.json").write_text(json.dumps(config.to_dict(m)))
+    (tmp_path / "train.json").write_text(json.dumps(config.to_dict(t)))
+    val = {"kind": "val", "step": 1, "bits_per_byte": 3.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(val) + "\n")
+    run = compare.load_run("moe-ablation", tmp_path)
+    assert run["tokens_per_step"] == 3 * 2 * 64 and run["batch_size"] == 3
+    assert run["moe_layers"] == [1, 3]
+    assert run["label"] == "moe-ablation: 4 experts top-1, no noise, aux 0.001"
+    assert len(run["val"]) == 1 and run["train"] == []
+
+
+def fake_train_main(seen: dict):
+    """train.main, without training: the run folder of what argv asks for (its settings, a tokenizer,
+    a train record at step 4 and the final evaluation at step 5), and argv's settings in `seen`."""
+    import config
+
+    def trained(argv):
+        m, t = compare.settings_of(argv)
+        seen[t.run] = m, t
+        run_dir = compare.Path(t.out_dir) / t.run
+        run_dir.mkdir(parents=True)
+        (run_dir / "model.json").write_text(json.dumps(config.to_dict(m)))
+        (run_dir / "train.json").write_text(json.dumps(config.to_dict(t)))
+        (run_dir / "tokenizer.json").write_text("{}")
+        moe = [] if m.is_dense else [0] * m.n_layers
+        records = [{"kind": "train", "step": 4, "tokens_per_s": 100.0, "mfu": None,
+                    **({"expert_share": [[0.25] * 4 for _ in moe], "router_entropy": [1.0 for _ in moe]}
+                       if moe else {})},
+                   {"kind": "val", "step": 5, "tokens": 5 * 512, "minutes": 0.5, "nats_per_token": 5.0,
+                    "bits_per_byte": 2.0}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return {"step": 5, "run_dir": str(run_dir), "finished": "max_steps"}
+    return trained
+
+
+def test_the_runs_get_the_settings_and_the_table_says_what_they_ran(tmp_path, corpus, monkeypatch, capsys):
+    """Catches shared_argv dropping --seed or --eval_windows, the variant's overrides put before the
+    options passed through (--moe_every 1 made the dense run MoE), a row's steps read from the last
+    train record (not where the run ended), the table's batch taken from compare.py's --batch_size
+    (None when not given), its budget without --max_steps, its nats and bits columns swapped, and the
+    active-width warning printed for matching runs."""
+    seen = {}
+    monkeypatch.setattr(compare.train, "main", fake_train_main(seen))
+    result = compare.main(["--preset", "debug", "--data", str(corpus / "train.txt"),
+                           "--val_data", str(corpus / "valid.txt"), "--minutes", "1", "--max_steps", "5",
+                           "--eval_windows", "3", "--seed", "7", "--out", str(tmp_path / "img"),
+                           "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
+                           "--grad_accum", "2", "--moe_every", "1"])
+    assert list(seen) == [f"compare-{name}" for name in NAMES]
+    for _, t in seen.values():
+        assert (t.seed, t.eval_windows, t.max_minutes, t.max_steps, t.grad_accum) == (7, 3, 1.0, 5, 2)
+    dense = seen["compare-dense"][0]
+    assert dense.is_dense and dense.mlp_dim == (1 + dense.top_k) * dense.expert_dim
+    assert not seen["compare-moe"][0].is_dense and "WARNING" not in capsys.readouterr().out
+    assert [(r["run"], r["steps"], r["tokens"]) for r in result["runs"]] == [(n, 5, 5 * 4 * 2 * 64)
+                                                                            for n in NAMES]
+    assert result["settings"]["batch_size"] == 4
+    table = (tmp_path / "img" / "compare.md").read_text()
+    assert "| 5 | 2,560 | 5.0000 | 2.0000 | 100 | n/a |" in table.splitlines()[2]
+    assert "a budget of 1 minutes or 5 steps, batch 4 x 64 tokens, seed 7," in table

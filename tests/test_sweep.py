@@ -463,3 +463,141 @@ def test_a_run_cut_short_is_run_again_in_a_fresh_folder(tmp_path, monkeypatch):
     (left / "last.pt").write_bytes(b"a run cut short")
     assert sweep.run_one("s", [], 0.01, 1, opts)["bits_per_byte"] == 2.0
     assert not (left / "last.pt").exists() and (left / "sweep-result.json").exists()
+
+
+def test_every_shape_and_variation_starts_from_what_it_varies():
+    """Catches a shape losing the 2026-11 baseline it starts from (its --lr 2e-3, batch, ...), or a
+    variation losing the best shape's overrides."""
+    base = sweep.SHAPES["tiny-2026-11"]
+    for name, over in sweep.shapes().items():
+        assert over == base + ([] if name == "tiny-2026-11" else sweep.SHAPES[name]), name
+    assert sweep.variations("s", ["--dim", "96"]) == {f"s+{name}": ["--dim", "96", *over]
+                                                      for name, over in sweep.VARIATIONS.items()}
+
+
+def test_the_candidates_checked_are_those_the_stages_run(tmp_path, monkeypatch):
+    """Catches every_candidate checking the follow-ups on the first shape alone, not on its variations
+    (the best confirmed may be one), and checking variations that --no_variations leaves out (so that
+    --min_lr 1.5e-3, too high for lr1e-3 only, was refused)."""
+    opts = argparse.Namespace(no_variations=False, no_followups=False, no_compile=False)
+    checked = sweep.every_candidate(sweep.shapes(), opts)
+    assert checked["tiny-2026-11+lr3e-3+batch8+wd2.0"][-8:] == [
+        "--lr", "3e-3", "--min_lr", "3e-4", "--batch_size", "8", "--weight_decay", "2.0"]
+    assert checked["tiny-2026-11+cosine-to-0+compile"][-2:] == ["--compile", "true"]
+    assert "d192-e8+lr3e-3" in checked and "d192-e8+wd2.0" not in checked  # (stage 6: the first shape's)
+
+    class Started(Exception):
+        pass
+
+    def run_one(*args):
+        raise Started
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    with pytest.raises(Started):
+        sweep.main(["--only", "tiny-2026-11", "--no_variations", "--no_compile", "--min_lr", "1.5e-3",
+                    "--out_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "img")])
+
+
+def test_every_option_sweep_sets_for_each_run_is_refused(tmp_path, capsys):
+    """Catches an option sweep.py sets (--seed: seed 2 is the noise run; --eval_windows 0: all of the
+    validation text) passed through, where it came after sweep.py's own or clashed with it."""
+    for flag in ("--preset", "--max_minutes", "--max_steps", "--eval_every", "--save_every", "--eval_windows",
+                 "--seed", "--plot", "--wandb_mode", "--run", "--resume", "--eval_only"):
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--only", "tiny-2026-11", flag, "1", "--out_dir", str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"sweep.py: error: {flag} is set by sweep.py for every run" in err, flag
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_train_py_settings_and_its_score_from_the_last_evaluation(tmp_path, monkeypatch):
+    """Catches run_one's train.py command dropping the seed it is given (seed 2 ran seed 1 again),
+    --max_steps (the preset's 5000 stopped the run before its budget) or --eval_windows 0 (a sample
+    of the validation text), or putting the options passed through before the candidate's (the
+    candidate's then won); and its score read from the first evaluation, its bits/byte as nats/token,
+    or its steps from the last train record (logged every --log_every steps) not the run's end."""
+    launched = []
+
+    def trained(argv, **kwargs):
+        launched.append(argv[2:])
+        run_dir = tmp_path / "runs" / argv[argv.index("--run") + 1]
+        run_dir.mkdir(parents=True)
+        records = [{"kind": "train", "step": 2, "tokens": 512, "tokens_per_s": 100.0},
+                   {"kind": "val", "step": 2, "tokens": 512, "bits_per_byte": 3.0, "nats_per_token": 6.0,
+                    "val_tokens": 100},
+                   {"kind": "val", "step": 3, "tokens": 768, "bits_per_byte": 2.0, "nats_per_token": 5.0,
+                    "val_tokens": 100}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    opts = argparse.Namespace(out_dir=str(tmp_path / "runs"), no_compile=True, extra=["--lr", "1e-3"],
+                              data="train.txt", val_data="valid.txt", cache_dir=str(tmp_path / "cache"))
+    result = sweep.run_one("s", ["--lr", "3e-3", "--dim", "96"], 0.5, 2, opts)
+    _, (m, t) = config.parse_args([config.ModelArgs, config.TrainArgs], launched[0])
+    assert (t.seed, t.lr, m.dim, t.max_minutes) == (2, 1e-3, 96, 0.5)
+    assert (t.max_steps, t.eval_every, t.save_every, t.eval_windows) == (10**9, 10**9, 10**9, 0)
+    assert launched[0][launched[0].index("--eval_windows") + 1] == "0"  # (not left to the preset)
+    assert (t.data, t.val_data, t.run) == ("train.txt", "valid.txt", "s-0.5m-s2")
+    assert {k: result[k] for k in ("steps", "tokens", "bits_per_byte", "nats_per_token", "val_tokens")} == {
+        "steps": 3, "tokens": 768, "bits_per_byte": 2.0, "nats_per_token": 5.0, "val_tokens": 100}
+
+
+def test_an_earlier_result_is_read_back_and_a_killed_train_py_is_one_line(tmp_path, monkeypatch):
+    """Catches a sweep-result.json from before train_argv was recorded being refused as made with
+    other options (the docs keep it), and a train.py killed by a signal (a negative status) read
+    as finished: a FileNotFoundError traceback for its metrics.jsonl, not sweep.py's line."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    path = sweep.result_path("s", 0.01, 1, opts)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "s", "bits_per_byte": 1.5}))
+    assert sweep.run_one("s", [], 0.01, 1, opts) == {"name": "s", "bits_per_byte": 1.5}
+    killed = sweep.subprocess.CompletedProcess([], -9)  # (SIGKILL: the kernel's OOM killer, `kill -9`)
+    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kw: killed)
+    with pytest.raises(SystemExit) as e:
+        sweep.run_one("s", [], 0.02, 1, opts)
+    assert str(e.value.code).startswith("sweep.py: error: train.py failed for s-0.02m-s1 (exit -9")
+
+
+def test_the_best_confirmed_is_reseeded_and_the_pick_is_its_mean_over_seeds(tmp_path, monkeypatch):
+    """Catches the best confirmed taken as the best screened (confirmation reversed them), a follow-up
+    run with seed 1 alone, the pick made among every confirmed run (one lucky seed-1 run of another
+    candidate), its mean taken as the best seed's score, and its command in sweep.md without the
+    options passed through."""
+    scores = {("tiny-2026-11", 1, 1): 1.2, ("d192-e8", 1, 1): 1.1, ("d256-e4", 1, 1): 1.15,
+              ("d192-e8", 2, 1): 1.06, ("d256-e4", 2, 1): 1.05, ("d256-e4", 2, 2): 1.25,
+              ("d256-e4+wd", 2, 1): 1.12, ("d256-e4+wd", 2, 2): 1.16}
+
+    def run_one(name, overrides, minutes, seed, opts):
+        return {"name": name, "run": f"{name}-{minutes:g}m-s{seed}", "minutes": minutes, "seed": seed,
+                "overrides": overrides, "steps": 1, "tokens_per_s": 1.0, "params": 2, "active_params": 1,
+                "load_avg_before": 0.0, "bits_per_byte": scores[name, minutes, seed]}
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    monkeypatch.setattr(sweep, "plot", lambda *args: None)
+    monkeypatch.setattr(sweep, "FOLLOWUPS", {"wd": ["--weight_decay", "0.5"]})
+    report = sweep.main(["--only", "tiny-2026-11,d192-e8,d256-e4", "--no_variations", "--no_compile",
+                         "--confirm", "2", "--screen_minutes", "1", "--confirm_minutes", "2",
+                         "--out_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "img"),
+                         "--num_proc", "1"])
+    assert [(r["name"], r["seed"]) for r in report["confirm"]] == [("d192-e8", 1), ("d256-e4", 1),
+                                                                   ("d256-e4", 2)]
+    assert report["best"] == "d256-e4"
+    assert [(r["name"], r["seed"]) for r in report["followup"]] == [("d256-e4+wd", 1), ("d256-e4+wd", 2)]
+    assert (report["pick"], report["pick_mean_bits_per_byte"]) == ("d256-e4+wd", pytest.approx(1.14))
+    assert report["pick_overrides"] == sweep.shapes()["d256-e4"] + ["--weight_decay", "0.5"]
+    md = (tmp_path / "img" / "sweep.md").read_text().splitlines()
+    assert md[-1].startswith("Pick (lowest mean over seeds 1 and 2): **d256-e4+wd**, 1.1400 bits/byte: `")
+    assert md[-1].endswith(" --weight_decay 0.5 --num_proc 1`")
+
+
+def test_the_readmes_sweep_may_keep_its_runs_and_cache_elsewhere(tmp_path, monkeypatch, capsys):
+    """Catches --cache_dir (where tokenizers are kept, not a result) sending the README's sweep away
+    from img/."""
+    class Started(Exception):
+        pass
+
+    def run_one(*args):
+        raise Started
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    monkeypatch.setattr(sweep, "check_candidates", lambda *args: None)  # (every candidate: seconds)
+    with pytest.raises(Started):
+        sweep.main(["--no_compile", "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "c")])
+    assert "they go to" not in capsys.readouterr().err
