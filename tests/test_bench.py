@@ -561,3 +561,112 @@ def test_bench_data_speed_ups_and_memory_ratio_the_right_way_up(tmp_path, monkey
                 bench_data.main(["--data", str(text), "--repeat", "2", "--out", str(out)])
             assert e.value.code == code
         assert json.loads(out.read_text())["peak_rss_ratio"] == pytest.approx(peak / 300)
+
+
+def test_compiled_variants_warm_up_three_steps_and_a_failed_one_is_not_profiled(monkeypatch):
+    """A compiled variant takes 3 untimed steps (compiling, then recording its CUDA graphs), an eager
+    one 1; a variant that failed is not profiled (catches `if v in steps` dropped: a KeyError that
+    lost a GPU run's every figure); a UserError is not taken for a failed variant."""
+    import torch
+
+    from errors import UserError
+    from scripts import bench_model
+    calls = {}
+
+    def make_step(variant, *args):
+        def step():
+            if variant == "dense":
+                raise RuntimeError("out of memory")
+            if variant == "bad":
+                raise UserError("a bad setting")
+            calls[variant] = calls.get(variant, 0) + 1
+        return step, None
+    monkeypatch.setattr(bench_model, "make_step", make_step)
+    monkeypatch.setattr(bench_model, "profile_step", lambda step, device: {"steps": 3})
+    failed = {}
+    secs, profiles = bench_model.time_variants(["moe", "moe+compile", "dense"], {}, 2, 2, torch.device("cpu"),
+                                               torch.float32, profiled=["moe", "dense"], failed=failed)
+    assert calls == {"moe": 1 + 2, "moe+compile": 3 + 2} and set(secs) == {"moe", "moe+compile"}
+    assert profiles == {"moe": {"steps": 3}} and set(failed) == {"dense"}
+    with pytest.raises(UserError):
+        bench_model.time_variants(["bad"], {}, 2, 2, torch.device("cpu"), torch.float32, failed={})
+
+
+def test_a_profile_is_per_step_and_its_top_ops_take_most_first(monkeypatch):
+    """profile_step: the wall time and call counts per step (of n), the top ops sorted by the time
+    they take, most first (catches a total for a mean, and the sort the wrong way)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from scripts import bench_model
+    now, a = [0.0], torch.randn(64, 64)
+
+    def step():
+        now[0] += 0.5  # (the clock: faked)
+        a @ a
+        for _ in range(2):
+            torch.add(a, 1)
+    monkeypatch.setattr(bench_model, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    prof = bench_model.profile_step(step, torch.device("cpu"), n=3)
+    assert prof["steps"] == 3 and prof["wall_ms"] == 500.0 and prof["device_ms"] is None
+    ms = [t for _, t, _ in prof["top"]]
+    assert ms == sorted(ms, reverse=True) and ms[0] > ms[-1]
+    assert {name: calls for name, _, calls in prof["top"]}["aten::add"] == 2
+
+
+def test_bench_model_every_ratio_the_right_way_up(monkeypatch):
+    """Each ratio of TIME_RATIOS and the memory savings from given step times and memory, every
+    variant measured (catches a pair swapped or a wrong variant); ops per step of eager variants only."""
+    import torch
+
+    from scripts import bench_model
+    secs = {"moe": 0.6, "dense": 0.5, "moe+ckpt": 0.9, "moe+plain-loss": 0.8, "moe+eval": 0.2, "hf": 1.8,
+            "moe+compile": 0.3, "dense+compile": 0.25, "moe+eval+compile": 0.05}
+    monkeypatch.setattr(bench_model, "time_variants", lambda variants, *a, **k: (secs, {}))
+    memory = {"moe": 100, "moe+ckpt": 40, "moe+plain-loss": 125}
+    monkeypatch.setattr(bench_model, "peak_memory", lambda v, *a: memory[v] * 2**20)
+    monkeypatch.setattr(bench_model, "modelled_mb", lambda *args: None)
+    monkeypatch.setattr(bench_model, "ops_per_step", lambda *args: 1)
+    r = bench_model.measure_batch(list(secs), bench_model.QUICK_SHAPE, 2, 1, torch.device("cpu"),
+                                  torch.float32, None)
+    assert r["ratios"] == pytest.approx({
+        "moe_over_dense_time": 1.2, "ckpt_over_moe_time": 1.5, "plain_loss_over_fused_time": 0.8 / 0.6,
+        "eval_over_train_speed": 3.0, "hf_over_ours_time": 3.0, "moe_over_dense_time_compiled": 1.2,
+        "eager_over_compiled_time": 2.0, "eval_over_train_speed_compiled": 6.0,
+        "hf_over_ours_compiled_time": 6.0, "ckpt_memory_saving": 0.6, "fused_loss_memory_saving": 0.2})
+    assert set(r["ops_per_step"]) == {v for v in secs if not v.endswith("+compile")} and r["mfu"] is None
+
+
+def test_compile_batches_outside_batches_are_refused(tmp_path, capsys):
+    """--compile_batches 3 with --batches 2,4 timed no compiled variant at all, silently."""
+    from scripts import bench_model
+    with pytest.raises(SystemExit) as e:
+        bench_model.main(["--quick", "--no-hf", "--compile", "true", "--batches", "2,4",
+                          "--compile_batches", "3", "--out", str(tmp_path / "b.json")])
+    assert e.value.code == 2 and "--compile_batches 3: each must be one of --batches [2, 4]" in \
+        capsys.readouterr().err
+
+
+def test_bench_model_builds_what_each_variant_names(tmp_path, monkeypatch):
+    """moe+ckpt checkpoints activations, moe+plain-loss takes the reference loss, dense+compile is the
+    dense twin, and the compiled variants take --compile_mode (catches each dropped)."""
+    import torch
+
+    from scripts import bench_model
+    modes = []
+    monkeypatch.setattr(bench_model.runtime, "static_compile",
+                        lambda model, mode: modes.append(mode) or model)
+    monkeypatch.setattr(bench_model, "COMPILE_MODE", "default")  # (restored after: main sets it)
+    monkeypatch.setattr(bench_model, "measure_batch", lambda *args, **kwargs: {})
+    monkeypatch.setattr(bench_model, "report", lambda result: None)
+    bench_model.main(["--quick", "--no-hf", "--compile", "false", "--compile_mode", "reduce-overhead",
+                      "--batches", "2", "--out", str(tmp_path / "b.json")])
+    assert bench_model.COMPILE_MODE == "reduce-overhead"
+    cpu, base = torch.device("cpu"), bench_model.QUICK_SHAPE
+    built = {v: bench_model.make_step(v, base, 1, cpu, torch.float32)[1].model
+             for v in ["moe", "moe+ckpt", "moe+plain-loss", "dense+compile"]}
+    assert modes == ["reduce-overhead"]
+    assert [built[v].grad_checkpoint for v in built] == [False, True, False, False]
+    assert [built[v].loss_impl for v in built] == ["fused", "fused", "reference", "fused"]
+    assert built["dense+compile"].args == bench_model.ModelArgs(**base).dense_twin() != built["moe"].args

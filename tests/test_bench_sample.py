@@ -159,3 +159,68 @@ def test_hf_decodes_with_transformers_and_ragged_rows_are_cut(monkeypatch):
     monkeypatch.setattr(sample, "generate", lambda model, r, *args, **kwargs: rows.extend(r))
     bench_sample.decode("cached", model, None, prompts, 3, ragged=True)
     assert rows == [prompts[0].tolist(), prompts[1, 1:].tolist(), prompts[2, 2:].tolist()]
+
+
+def test_each_variant_decodes_as_its_name_says(monkeypatch):
+    """compiled: compile=True (CUDA graphs on CUDA), compiled-nograph: the default mode, uncached: no
+    cache, reference: the MoE's reference path (catches each flag lost: the variants then time and
+    compare the same thing under other names)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    import sample
+    from scripts import bench_sample
+    seen = []
+
+    @contextlib.contextmanager
+    def reference_path(model, enabled=True):
+        seen.append(("reference", enabled))
+        yield
+    monkeypatch.setattr(sample, "moe_reference_path", reference_path)
+    monkeypatch.setattr(sample, "generate", lambda model, rows, n, **kw: seen.append((kw["use_cache"],
+                                                                                      kw["compile"])))
+    model, prompts = SimpleNamespace(args=SimpleNamespace(pad_id=0)), torch.ones(1, 4, dtype=torch.long)
+    for variant in ["cached", "compiled", "compiled-nograph", "reference", "uncached"]:
+        bench_sample.decode(variant, model, None, prompts, 2)
+    assert seen == [("reference", False), (True, False), ("reference", False), (True, True),
+                    ("reference", False), (True, "default"), ("reference", True), (True, False),
+                    ("reference", False), (False, False)]
+
+
+def test_every_compiled_variant_is_warmed_up_and_its_own_skips_counted(tmp_path, monkeypatch):
+    """compiled-nograph is compiled too: warmed up at --warmup 0, and the CUDA graphs skipped are
+    counted per variant, those skipped while it compiled only (catches `== "compiled"` for
+    `startswith`, and the process's total given to each)."""
+    from collections import Counter
+
+    from torch._dynamo.utils import counters
+
+    from scripts import bench_sample
+    monkeypatch.setitem(counters, "inductor", Counter())
+    warmed = []
+
+    def fake_decode(variant, model, hf, prompts, new_tokens, ragged=False):
+        warmed.append(variant)
+        if variant == "compiled":
+            counters["inductor"]["cudagraph_skips"] += 2
+        return [[1] * new_tokens for _ in range(prompts.shape[0])]
+    monkeypatch.setattr(bench_sample, "decode", fake_decode)
+    monkeypatch.setattr(bench_sample, "timed", lambda variant, model, hf, prompts, n, ragged: (
+        1.0, [[1] * n for _ in range(prompts.shape[0])]))
+    result = main(["--quick", "--variants", "cached,compiled,compiled-nograph", "--batches", "1",
+                   "--warmup", "0", "--out", str(tmp_path / "b.json")])
+    assert warmed == ["compiled", "compiled-nograph"]
+    assert result["results"]["batch1"]["cudagraph_skips"] == {"compiled": 2, "compiled-nograph": 0}
+
+
+def test_the_model_is_built_with_the_context_asked(tmp_path):
+    """--max_seq_len sizes the model (and its static KV cache), not the preset's context."""
+    import torch
+
+    from scripts import bench_sample
+    opts = bench_sample.parse(["--quick", "--variants", "cached"])
+    opts.variants = ["cached"]
+    model, hf = bench_sample.build(opts, torch.device("cpu"), torch.float32)
+    assert model.args.max_seq_len == opts.max_seq_len == 24 and hf is None

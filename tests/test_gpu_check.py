@@ -679,3 +679,160 @@ def test_render_elsewhere_keeps_the_gpu_runs_machine_and_day(tmp_path, monkeypat
     gpu_check.main(["--render", "--out", str(out)])
     md = (out / "gpu.md").read_text()
     assert md.startswith("Machine: 16 CPU cores (NVIDIA H200), torch 2.11, 2026-11-27.")
+
+
+def test_only_a_failed_command_not_one_stopped_at_the_deadline_is_named_by_sh(tmp_path, monkeypatch):
+    """sh() names a command that failed in FAILED, not one the deadline stopped (only the train
+    part's are named, as cut): catches the `code is None` test dropped, which failed a check for a
+    benchmark cut short by a deadline set on purpose."""
+    monkeypatch.setattr(gpu_check, "FAILED", [])
+    (tmp_path / "fails.py").write_text("import sys; sys.exit(3)\n")
+    (tmp_path / "sleeps.py").write_text("import time; time.sleep(30)\n")
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log:
+        assert gpu_check.sh(tmp_path / "fails.py", log=log).returncode == 3
+        stopped = gpu_check.sh(tmp_path / "sleeps.py", log=log, until=time.monotonic() + 1)
+    assert stopped.returncode == gpu_check.STOPPED and gpu_check.FAILED == ["fails.py (exit 3)"]
+
+
+def test_a_command_that_ends_leaving_a_child_on_its_pipes_does_not_hang_the_check(tmp_path, monkeypatch):
+    """A command that exits while a child of its own still holds its stdout: the pumps never end,
+    so the group is killed KILL_GRACE_S later (catches that SIGKILL dropped: the check waited for
+    the child, a whole lease)."""
+    monkeypatch.setattr(gpu_check, "KILL_GRACE_S", 1)
+    script = tmp_path / "leaves.py"
+    script.write_text("import subprocess, sys\n"
+                      "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(20)'])\n"
+                      f"open({str(tmp_path / 'pid')!r}, 'w').write(str(child.pid))\n"
+                      "print('parent done')\n")
+    t = time.monotonic()
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log:
+        r = gpu_check.sh(script, log=log)
+    assert time.monotonic() - t < 15 and r.returncode == 0 and r.stdout == "parent done\n"
+    assert gone((tmp_path / "pid").read_text())
+
+
+def test_a_fallback_warning_on_stderr_is_found():
+    """train.py's and sample.py's fallback warnings go to stderr: fell_back reads it as well as
+    stdout (catches stdout alone)."""
+    import subprocess
+    line = "warning: compiling the decode step failed (RuntimeError: x); decoding eagerly"
+    assert gpu_check.fell_back(subprocess.CompletedProcess([], 0, "once upon a time\n", line + "\n")) == line
+
+
+def test_a_deadline_leaving_little_time_still_gives_train_py_a_budget(tmp_path, monkeypatch):
+    """Under FOLLOW_UP_S left: the run gets the 0.25 minute floor, never --max_minutes 0, which
+    train.py reads as no budget at all (a run of --max_steps 1000000, stopped only by the deadline)."""
+    import subprocess
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
+                        or subprocess.CompletedProcess(argv, 1, "", ""))
+    for minutes in ("0", "1"):
+        gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "train",
+                        "--minutes", minutes, "--deadline", "100", "--work", str(tmp_path / "work")])
+    assert [float(argv[argv.index("--max_minutes") + 1]) for argv in ran] == [0.25, 0.25]
+
+
+def test_a_train_run_without_a_window_runs_nothing_on_its_checkpoint(tmp_path, monkeypatch):
+    """train.py exits 0 without logging a train window: no figures, and nothing to go on with
+    (catches the `"steps" not in result` test dropped); an old run folder is removed first."""
+    stale = tmp_path / "work" / "gpu-check"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 999, "tokens": 1, "minutes": 1,
+                                                     "tokens_per_s": 1.0, "mfu": None}) + "\n")
+    ran = fake_train_run(tmp_path, monkeypatch, windows=0, follow_ups={})
+    out = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
+                          "--only", "train"])
+    result = json.loads((out / "train.json").read_text())
+    assert len(ran) == 1 and result["train_exit"] == 0 and "steps" not in result
+
+
+def test_a_failed_follow_up_is_not_cut_by_the_deadline(tmp_path, monkeypatch):
+    """A command on the checkpoint that fails (exit 1: sh names it) is not "cut by the deadline",
+    and a failed --eval_only is not read for its figures (catches `returncode == STOPPED` made
+    `returncode`, and the `ev.returncode == 0` test dropped); the story says why it is missing."""
+    fake_train_run(tmp_path, monkeypatch, windows=3, follow_ups={
+        "greedy true": (0, "a"), "greedy false": (1, ""), "eval_only": (1, "Traceback"), "story": (1, "")})
+    out = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
+                          "--only", "train"])
+    result = json.loads((out / "train.json").read_text())
+    assert "cut" not in result and "eval_failed" not in result and "eval" not in result
+    assert result["greedy"] == {"failed": True, "exits": [0, 1]}
+    assert result["sample"].startswith("(sample.py failed")
+
+
+def test_a_single_evaluation_pass_still_gives_the_eval_figures(tmp_path):
+    """A short run evaluates once: that pass's figures are given (it compiled, but it is all
+    there is), not none (catches `val[1:] or val` made `val[1:]`)."""
+    records = [{"kind": "train", "step": s, "tokens": 100 * s, "minutes": s / 10, "tokens_per_s": 10.0 * s,
+                "mfu": None} for s in (1, 2)]
+    records.append({"kind": "val", "minutes": 0.3, "val_seconds": 4.0, "val_tokens": 800})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    got = gpu_check.run_figures(tmp_path / "metrics.jsonl")
+    assert got["evaluations"] == 1 and got["eval_seconds"] == 4.0 and got["eval_tokens_per_s"] == 200.0
+    assert got["eval_over_train_speed"] == 10.0
+
+
+def test_render_says_whether_the_greedy_stories_agree(tmp_path):
+    """gpu.md's greedy line: "the same" only where the stories are (catches the verdict inverted),
+    and why they were not compared when a run failed or was stopped."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    for greedy, line in [({"same": False, "same_characters": 12, "characters": 1600},
+                          "compiled decode step vs eager: different (12 of 1,600 characters agree"),
+                         ({"same": True, "same_characters": 16, "characters": 16},
+                          "compiled decode step vs eager: the same (16 of 16 characters agree"),
+                         ({"failed": True, "exits": [0, gpu_check.STOPPED]},
+                          "compiled decode step vs eager: not compared (exits [0, 124]).")]:
+        (out / "train.json").write_text(json.dumps({"argv": [], "greedy": greedy}))
+        gpu_check.main(["--render", "--out", str(out)])
+        assert line in (out / "gpu.md").read_text()
+
+
+def test_only_and_deadline_keep_the_readmes_folder(tmp_path, monkeypatch, capsys):
+    """The two calls a lease takes (--only, --deadline) write img/gpu/ as a full check does; --quick
+    does not (catches "only" and "deadline" dropped from what results_path ignores)."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (parse only: nothing runs)
+    work = ["--work", str(tmp_path / "work")]
+    for argv in (["--only", "train,model", "--deadline", "420"], ["--only", "sample", "--deadline", "280"]):
+        assert gpu_check.parse([*work, *argv])[1] == gpu_check.ROOT / "img" / "gpu"
+    assert gpu_check.parse([*work, "--only", "sample", "--quick"])[1] == tmp_path / "work" / "results"
+
+
+def test_a_part_removes_its_half_written_files_from_before(tmp_path):
+    """A write a kill cut short leaves .tmp-*-NAME: removed with the part's files when it begins."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    (out / ".tmp-123-bench_model.json").write_text("{")
+    gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out), "--only", "model"])
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_the_compile_mode_reaches_the_model_and_train_parts(tmp_path, monkeypatch):
+    """--compile_mode reduce-overhead is passed to bench_model.py and train.py (catches it dropped
+    from the model part: its compiled variants timed in the default mode, as if with CUDA graphs);
+    the float32 agreement pass decodes 8 ragged prompts (catches --ragged dropped)."""
+    import subprocess
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
+                        or subprocess.CompletedProcess(argv, 1, "", ""))
+    gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
+                    "--compile_mode", "reduce-overhead"])
+    model, agree, _, train = ran
+    for argv in (model, train):
+        assert argv[argv.index("--compile_mode") + 1] == "reduce-overhead", argv
+    assert "--ragged" in agree and agree[agree.index("--batches") + 1] == "8"
+
+
+def test_the_data_is_found_in_gpu_data_first_else_in_shared(tmp_path, monkeypatch):
+    """gpu-data/ (what make gpu-prep fills) before ../shared; where neither holds the file, the
+    shared path, the one the README names (catches the first folder given as the fallback)."""
+    first, shared = tmp_path / "gpu-data", tmp_path / "shared"
+    monkeypatch.setattr(gpu_check, "DATA_DIRS", [first, shared])
+    shared.mkdir()
+    (shared / "a.txt").write_text("x")
+    assert gpu_check.find("a.txt") == str(shared / "a.txt")
+    assert gpu_check.find("b.txt") == str(shared / "b.txt")
+    first.mkdir()
+    (first / "a.txt").write_text("x")
+    assert gpu_check.find("a.txt") == str(first / "a.txt")
