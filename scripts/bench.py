@@ -55,17 +55,24 @@ def run_part(name: str, out_dir: Path, extra=()) -> dict:
     return json.loads(out.read_bytes())
 
 
-RATIO_ROWS = [  # bench_model.py's ratios in the model table: key, what it is, format, target
-    ("moe_over_dense_time", "our MoE / our dense (same active parameters), time", ".2f", "<= 1.3"),
-    ("hf_over_ours_time", "transformers Llama4ForCausalLM / ours, time", ".2f", ">= 4"),
-    ("ckpt_memory_saving", "activation checkpointing: memory saved", ".0%", ">= 40%"),
-    ("ckpt_over_moe_time", "activation checkpointing: time / without", ".2f", "<= 1.4"),
+RATIO_ROWS = [  # bench_model.py's ratios in the model table: key, what it is, format, target on the CPU,
+    # target on a GPU (the training-speed issue's goals; "" where there is none)
+    ("moe_over_dense_time", "our MoE / our dense (same active parameters), time", ".2f", "<= 1.3", "<= 1.25"),
+    ("moe_over_dense_time_compiled", "our MoE / our dense, time, both compiled", ".2f", "", "<= 1.15"),
+    ("hf_over_ours_time", "transformers Llama4ForCausalLM / ours, time", ".2f", ">= 4", ">= 2 (batch 32)"),
+    ("hf_over_ours_compiled_time", "transformers Llama4ForCausalLM (eager) / ours compiled, time", ".2f", "",
+     ">= 5 (batch 128)"),
+    ("eager_over_compiled_time", "our MoE eager / compiled, time", ".2f", "", ""),
+    ("ckpt_memory_saving", "activation checkpointing: memory saved", ".0%", ">= 40%", ">= 40%"),
+    ("ckpt_over_moe_time", "activation checkpointing: time / without", ".2f", "<= 1.4", "<= 1.3"),
     ("plain_loss_over_fused_time",
-     "plain loss (lm_head + F.cross_entropy) / fused linear cross-entropy, time", ".2f", "not slower (~1)"),
-    ("fused_loss_memory_saving", "fused linear cross-entropy: memory saved", ".0%", "> 0"),
-    ("eval_over_train_speed", "evaluation pass tokens/s / training step tokens/s", ".2f", ">= 3 (GPU)"),
+     "plain loss (lm_head + F.cross_entropy) / fused linear cross-entropy, time", ".2f", "not slower (~1)",
+     "not slower (~1)"),
+    ("fused_loss_memory_saving", "fused linear cross-entropy: memory saved", ".0%", "> 0", "> 0"),
+    ("eval_over_train_speed", "evaluation pass tokens/s / training step tokens/s", ".2f", ">= 3 (GPU)",
+     ">= 3"),
     ("eval_over_train_speed_compiled", "evaluation pass tokens/s / training step tokens/s, compiled", ".2f",
-     ">= 3 (GPU)"),
+     ">= 3 (GPU)", ">= 3"),
 ]
 
 
@@ -95,9 +102,10 @@ def markdown(results: dict, machine: dict) -> str:
                 lines.append(f"| {v} | {s[v] * 1e3:.1f} | {r['tokens_per_second'][v]:,.0f} | {mfu} | {ops} | "
                              + " | ".join(f"{col[v]:,.0f}" if v in col else "" for col in (mem, modelled))
                              + " |")
-            ratio = r["ratios"]
+            ratio, gpu = r["ratios"], not m["device"].startswith("cpu")
             lines += ["", "| ratio | measured | target |", "|---|---|---|"]
-            lines += [f"| {label} | {ratio[key]:{fmt}} | {target} |" for key, label, fmt, target in RATIO_ROWS
+            lines += [f"| {label} | {ratio[key]:{fmt}} | {on_gpu if gpu else on_cpu} |"
+                      for key, label, fmt, on_cpu, on_gpu in RATIO_ROWS
                       if key in ratio]  # (a variant that failed leaves its ratios out)
             lines += [f"| {v} | failed: {why} | |" for v, why in r.get("failed", {}).items()]
             lines.append("")
