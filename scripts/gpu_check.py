@@ -46,9 +46,10 @@ train.py run is shortened to leave 140 s for its start-up and what follows it, a
 written (train.json is written after the run and after each command that follows it). A part's
 files from an earlier check are removed when it begins, so none passes for this one's. A command
 that fails, a benchmark variant that fails, falls back to eager or (decoding) runs without the
-CUDA graph Inductor skipped, a train.py or sample.py asked to compile that ran eagerly, and the
-train part's run or a command on its checkpoint that the deadline stopped or left unstarted ("cut
-by the deadline") are named at the top of gpu.md, and the check exits 1.
+CUDA graph Inductor skipped, a train.py or sample.py asked to compile that ran eagerly, and what
+the deadline stopped or left unstarted ("cut by the deadline": a part, a benchmark, whose JSON keeps
+the batch sizes it finished and says it was cut, the train part's run or a command on its
+checkpoint) are named at the top of gpu.md, and the check exits 1.
 """
 
 import argparse
@@ -80,7 +81,7 @@ FOLLOW_UP_S = 140  # --deadline: what the train part keeps back from its run's b
 # one compiling the decode step: 70-95 s); the budget counts the first step's compiling
 DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
 FAILED: list[str] = []  # what of this check failed: commands, benchmark variants, runs that fell back
-# to eager; of what the deadline stopped, only the train part's commands ("cut by the deadline")
+# to eager, and what the deadline stopped or skipped ("cut by the deadline")
 
 
 def find(name: str) -> str:
@@ -329,17 +330,33 @@ def train_fallbacks(result: dict, exits: bool = False) -> list[str]:
     return out
 
 
+def run_bench(path: Path, *argv, log, until) -> None:
+    """A benchmark writing `path`. One the deadline stopped is marked cut in its JSON (which it
+    rewrites after each batch size: what it measured is kept) so that --render names it too, or,
+    with no JSON yet, named as cut with nothing measured."""
+    if sh(*argv, "--out", path, log=log, until=until).returncode == STOPPED:
+        if path.exists():
+            storage.save_json(path, {**json.loads(path.read_text()), "cut_by_deadline": True},
+                              "pick another --out", sort_keys=False)
+        else:
+            FAILED.append(f"{path.name} (cut by the deadline, nothing measured)")
+    FAILED.extend(failed_variants(path))
+
+
 def failed_variants(path: Path) -> list[str]:
-    """The variants a benchmark could not measure as asked, as FAILED names: bench_model.py's that
-    failed (it goes on without them), bench_sample.py's compiled ones that fell back to eager or
-    ran without their CUDA graphs (Inductor skipped them, saying nothing)."""
+    """What a benchmark could not measure as asked, as FAILED names: all it had left when the deadline
+    stopped it, bench_model.py's variants that failed (it goes on without them), bench_sample.py's
+    compiled ones that fell back to eager or ran without their CUDA graphs (Inductor skipped them,
+    saying nothing)."""
     if not path.exists():
         return []
     result = json.loads(path.read_text())
+    cut = [f"{path.name} (cut by the deadline: the batch sizes it lists are done)"] \
+        if result.get("cut_by_deadline") else []
     if "batches" in result:
-        return [f"bench_model.py {v} at batch {b}" for b, r in result["batches"].items()
-                for v in r.get("failed", {})]
-    names = []
+        return cut + [f"bench_model.py {v} at batch {b}" for b, r in result["batches"].items()
+                      for v in r.get("failed", {})]
+    names = cut
     for key, r in result["results"].items():
         names += [f"bench_sample.py {v} at {key} (fell back to eager)"
                   for v in r.get("fell_back_to_eager", {})]
@@ -514,15 +531,14 @@ def main(argv=None):
             if opts.until is not None and opts.until - time.monotonic() < MIN_PART_S:
                 log.write(f"# {part}: skipped, under {MIN_PART_S} s left before the deadline\n")
                 print(f"gpu_check: {part} skipped (deadline)", flush=True)
+                FAILED.append(f"the {part} part (cut by the deadline: under {MIN_PART_S} s left, not begun)")
                 return False
             return True
 
         if due("model"):
             extra = ["--no-hf", "--compile", "false"] if opts.quick else []
-            sh("scripts/bench_model.py", "--device", opts.device, *quick, *extra, "--profile",
-               "--compile_mode", opts.compile_mode, "--out", out / "bench_model.json", log=log,
-               until=opts.until)
-            FAILED.extend(failed_variants(out / "bench_model.json"))
+            run_bench(out / "bench_model.json", "scripts/bench_model.py", "--device", opts.device, *quick,
+                      *extra, "--profile", "--compile_mode", opts.compile_mode, log=log, until=opts.until)
             write_summary(out)  # after each part: what is done is summed up
         if due("sample"):
             # first the correctness question (a deadline cuts what runs last: better the speed
@@ -533,18 +549,16 @@ def main(argv=None):
             # (each batch compiles anew; transformers is left out there: it tunes the temperature by
             # slot, so its padded rows differ by design).
             variants = "cached,reference," + ("uncached" if opts.quick else "compiled,compiled-nograph")
-            sh("scripts/bench_sample.py", "--device", opts.device, *quick, "--dtype", "float32",
-               "--variants", variants, "--new_tokens", "128", "--repeats", "1", "--ragged", "--warmup", "0",
-               *([] if opts.quick else ["--batches", "8"]),
-               "--out", out / "bench_sample_fp32.json", log=log, until=opts.until)
-            FAILED.extend(failed_variants(out / "bench_sample_fp32.json"))
+            run_bench(out / "bench_sample_fp32.json", "scripts/bench_sample.py", "--device", opts.device,
+                      *quick, "--dtype", "float32", "--variants", variants, "--new_tokens", "128",
+                      "--repeats", "1", "--ragged", "--warmup", "0",
+                      *([] if opts.quick else ["--batches", "8"]), log=log, until=opts.until)
             write_summary(out)
             # then speed, in bf16 (on a GPU without the uncached variant: no goal counts it, and it
             # is the slowest)
-            sh("scripts/bench_sample.py", "--device", opts.device, *quick,
-               *([] if opts.quick else ["--variants", "cached,compiled,hf"]),
-               "--out", out / "bench_sample.json", log=log, until=opts.until)
-            FAILED.extend(failed_variants(out / "bench_sample.json"))
+            run_bench(out / "bench_sample.json", "scripts/bench_sample.py", "--device", opts.device, *quick,
+                      *([] if opts.quick else ["--variants", "cached,compiled,hf"]), log=log,
+                      until=opts.until)
             write_summary(out)
         if due("train"):
             result = train_part(opts, out, log)

@@ -107,15 +107,19 @@ def test_an_interrupted_check_stops_its_command_with_its_children(tmp_path):
 
 
 def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path):
+    """...and named in gpu.md as cut by the deadline, with exit 1 (a skipped part was only logged: a
+    check that looked done)."""
     out = tmp_path / "gpu"
     out.mkdir()
     (out / "bench_model.json").write_text("{}")  # an earlier run's: must not pass for this one's
-    gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
-                    "--work", str(tmp_path / "work"), "--only", "model,train"])
+    with pytest.raises(SystemExit, match=r"error: the model part \(cut by the deadline: under 30 s left, "
+                                         r"not begun\), the train part \(cut by the deadline"):
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
+                        "--work", str(tmp_path / "work"), "--only", "model,train"])
     assert not (out / "bench_model.json").exists() and not (out / "train.json").exists()
     log = (out / "log.txt").read_text()
     assert "# model: skipped" in log and "# train: skipped" in log
-    assert (out / "gpu.md").exists()
+    assert (out / "gpu.md").read_text().startswith("**Failed:** the model part (cut by the deadline")
 
 
 def test_a_smoke_test_never_replaces_the_readmes_figures(tmp_path, capsys):
@@ -124,8 +128,10 @@ def test_a_smoke_test_never_replaces_the_readmes_figures(tmp_path, capsys):
     CUDA check without a GPU stops before touching anything."""
     figures = gpu_check.ROOT / "img" / "gpu"
     before = {f.name: f.read_bytes() for f in figures.iterdir()}
-    out = gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--work", str(tmp_path / "work")])
-    assert out == tmp_path / "work" / "results" and (out / "gpu.md").exists()
+    with pytest.raises(SystemExit, match="cut by the deadline"):  # (every part skipped)
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--work", str(tmp_path / "work")])
+    out = tmp_path / "work" / "results"
+    assert (out / "gpu.md").exists()
     assert "not written to" in capsys.readouterr().err
     import torch
     if not torch.cuda.is_available():
@@ -168,6 +174,8 @@ def test_a_failed_command_is_named_in_gpu_md_and_the_check_exits_1(tmp_path):
 def test_a_variant_bench_model_could_not_measure_fails_the_check(tmp_path, monkeypatch, capsys):
     """bench_model.py goes on without a variant that fails (a compiler failure on the GPU); the
     check names it at the top of gpu.md and exits 1, so that the table is not taken as whole."""
+    import subprocess
+
     def fake_sh(*argv, log, until=None):
         result = {"device": "NVIDIA H200", "config": {"max_seq_len": 256, "dim": 512, "n_layers": 8,
                                                       "n_experts": 16, "top_k": 1, "dtype": "bfloat16",
@@ -176,6 +184,7 @@ def test_a_variant_bench_model_could_not_measure_fails_the_check(tmp_path, monke
                                       "mfu": None, "ops_per_step": {}, "peak_step_memory_mb": {},
                                       "ratios": {}, "failed": {"moe+compile": "InductorError: boom"}}}}
         Path(argv[argv.index("--out") + 1]).write_text(json.dumps(result))
+        return subprocess.CompletedProcess(argv, 0, "", "")
     monkeypatch.setattr(gpu_check, "sh", fake_sh)
     with pytest.raises(SystemExit, match="bench_model.py moe[+]compile at batch 128 failed"):
         gpu_check.main(["--only", "model", "--device", "cpu", "--out", str(tmp_path / "gpu")])
@@ -622,10 +631,11 @@ def test_the_train_budget_is_the_smaller_of_minutes_and_what_the_deadline_leaves
 
 def test_a_part_with_under_min_part_s_left_is_not_begun(tmp_path, monkeypatch):
     """A deadline leaving 20 s (under MIN_PART_S, 30) skips every part, not only at 0 s left."""
-    ran = []
+    ran, out = [], tmp_path / "gpu"
     monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append(argv))
-    out = gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "model,sample",
-                          "--deadline", "20"])
+    with pytest.raises(SystemExit, match="the model part .cut by the deadline: under 30 s left, not begun., "
+                                         "the sample part .cut by the deadline"):
+        gpu_check.main(["--device", "cpu", "--out", str(out), "--only", "model,sample", "--deadline", "20"])
     assert ran == [] and "# model: skipped" in (out / "log.txt").read_text()
 
 
@@ -655,12 +665,15 @@ def test_render_names_fp32_failures_tables_the_bf16_speeds_and_the_eval(tmp_path
 def test_a_fallback_in_the_fp32_sample_pass_fails_the_check(tmp_path, monkeypatch):
     """The float32 agreement pass's compiled variant that fell back to eager is named, as the bf16
     pass's is (its files written by a fake bench_sample.py)."""
+    import subprocess
+
     def fake_sh(*argv, log, until=None):
         fell = {"fell_back_to_eager": {"compiled": "E"}} if "float32" in argv else {}
         result = {"config": {"new_tokens": 8, "prompt": 16, "preset": "debug", "repeats": 1,
                              "dtype": "float32", "variants": ["cached"]},
                   "results": {"batch1": {"tokens_per_s": {"cached": 1.0}, **fell}}}
         Path(argv[argv.index("--out") + 1]).write_text(json.dumps(result))
+        return subprocess.CompletedProcess(argv, 0, "", "")
     monkeypatch.setattr(gpu_check, "sh", fake_sh)
     with pytest.raises(SystemExit, match="bench_sample.py compiled at batch1 .fell back to eager. failed"):
         gpu_check.main(["--only", "sample", "--device", "cpu", "--out", str(tmp_path / "gpu")])
@@ -804,7 +817,9 @@ def test_a_part_removes_its_half_written_files_from_before(tmp_path):
     out = tmp_path / "gpu"
     out.mkdir()
     (out / ".tmp-123-bench_model.json").write_text("{")
-    gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out), "--only", "model"])
+    with pytest.raises(SystemExit, match="cut by the deadline"):
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
+                        "--only", "model"])
     assert not list(out.glob(".tmp-*"))
 
 
@@ -836,3 +851,35 @@ def test_the_data_is_found_in_gpu_data_first_else_in_shared(tmp_path, monkeypatc
     first.mkdir()
     (first / "a.txt").write_text("x")
     assert gpu_check.find("a.txt") == str(first / "a.txt")
+
+
+def test_a_benchmark_the_deadline_stopped_is_named_and_render_names_it_again(tmp_path, monkeypatch):
+    """A benchmark the deadline stopped was not named (only the train part's commands were), so a
+    gpu.md without a batch size or without the decoding table looked complete. Now its JSON, which
+    holds the batch sizes it finished, is marked cut, and --render reads that back; one stopped
+    before writing any JSON is named as having measured nothing."""
+    import subprocess
+    out = tmp_path / "gpu"
+
+    def fake_sh(*argv, log, until=None):
+        path = Path(argv[argv.index("--out") + 1])
+        if path.name == "bench_model.json":  # batch 32 done, then stopped
+            config = {"max_seq_len": 256, "dim": 512, "n_layers": 6, "n_experts": 16, "top_k": 1,
+                      "dtype": "bfloat16", "repeats": 10, "torch": "2.11"}
+            batch = {"step_seconds": {"moe": 0.05}, "tokens_per_second": {"moe": 1.6e5}, "mfu": None,
+                     "ops_per_step": {}, "peak_step_memory_mb": {}, "ratios": {}}
+            path.write_text(json.dumps({"device": "NVIDIA H200", "config": config, "batches": {"32": batch}}))
+        return subprocess.CompletedProcess(argv, gpu_check.STOPPED, "", "")
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--only", "model,sample", "--device", "cpu", "--out", str(out)])
+    model = "bench_model.json (cut by the deadline: the batch sizes it lists are done)"
+    named = (f"{model}, bench_sample_fp32.json (cut by the deadline, nothing measured), "
+             "bench_sample.json (cut by the deadline, nothing measured)")
+    assert str(e.value.code) == f"gpu_check: error: {named} failed; see {out / 'log.txt'}"
+    assert (out / "gpu.md").read_text().startswith(f"**Failed:** {named}; see log.txt")
+    kept = json.loads((out / "bench_model.json").read_text())
+    assert kept["cut_by_deadline"] and list(kept["batches"]) == ["32"]
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--render", "--out", str(out)])
+    assert str(e.value.code) == f"gpu_check: error: {model} failed"
