@@ -1,0 +1,343 @@
+"""train.py's training loop, piece by piece: the optimizer (its settings, and those kept at resume),
+accumulation (DDP's no_sync, router seeds, means), a step's learning rate and gradients, the compiled
+model's fallback, the batches of a step, Stop's signals, agree, evaluate_and_save, main's exits.
+Each test names the bug it catches: a mutation audit found these went unnoticed."""
+
+import signal
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import debug_args
+
+import runtime
+import train
+from config import TrainArgs
+from model import Llama4
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return Llama4(debug_args(max_seq_len=16, **overrides))
+
+
+def step_job(model, train_args, **extra):
+    """What train_step reads of a Job, on the CPU, with the eager model."""
+    opt = train.make_optimizer(model, train_args, torch.device("cpu"))
+    return SimpleNamespace(model=model, runner=model, opt=opt, train_args=train_args, micros=[0],
+                           autocast=train.nullcontext(), no_sync=train.nullcontext, **extra)
+
+
+def batch(seed=0, rows=2, T=16):
+    x = torch.randint(0, 320, (rows, T), generator=torch.Generator().manual_seed(seed))
+    return x, x.roll(-1, 1)
+
+
+# --- the optimizer --------------------------------------------------------------------------
+
+def test_adamw_takes_beta1_and_beta2_as_given_and_is_fused_on_the_cpu():
+    """Catches --beta1 and --beta2 swapped (or dropped) on their way to AdamW, or the CPU's unfused
+    AdamW (which ignores found_inf: a non-finite step would be applied)."""
+    opt = train.make_optimizer(tiny_model(), TrainArgs(beta1=0.8, beta2=0.99), torch.device("cpu"))
+    assert all(g["betas"] == (0.8, 0.99) and g["fused"] for g in opt.param_groups)
+
+
+def test_a_resumed_optimizer_keeps_its_moments_and_the_settings_typed_at_resume():
+    """Catches load_optimizer leaving the checkpoint's weight decay and betas in place (a --weight_decay
+    or --beta2 typed at resume silently ignored), or not loading the checkpoint's moments."""
+    model = tiny_model()
+    old = train.make_optimizer(model, TrainArgs(weight_decay=0.1, beta2=0.95), torch.device("cpu"))
+    model(*batch()[:1], targets=batch()[1]).loss.backward()
+    old.step()
+    new = train.make_optimizer(model, TrainArgs(weight_decay=0.2, beta2=0.9), torch.device("cpu"))
+    train.load_optimizer(new, old.state_dict())
+    assert [g["weight_decay"] for g in new.param_groups] == [0.2, 0.0]
+    assert all(g["betas"] == (0.9, 0.9) for g in new.param_groups)
+    p = next(model.parameters())
+    assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    assert float(new.state[p]["step"]) == 1
+
+
+# --- accumulation and a step ----------------------------------------------------------------
+
+def test_ddp_syncs_gradients_on_the_last_micro_batch_only():
+    """Catches no_sync put on the wrong micro-batch (DDP would all-reduce early, and the last micro-batch's
+    gradients would stay local to each rank)."""
+    model, synced = tiny_model(router_noise=False), []
+
+    @contextmanager
+    def no_sync():
+        synced.append(False)
+        yield
+    real_backward = torch.Tensor.backward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "backward",
+                   lambda t, *a, **k: synced.append(True) or real_backward(t, *a, **k))
+        train.accumulate(model, [batch(i) for i in range(3)], 0, 0, [0, 1, 2], train.nullcontext(), no_sync)
+    # each micro-batch: no_sync entered (False) or not, then its backward (True)
+    assert synced == [False, True, False, True, True]
+
+
+def test_a_ranks_router_noise_is_seeded_by_its_micro_batch_numbers_not_their_positions(monkeypatch):
+    """Catches the router seed drawn from a micro-batch's position in this rank's list: rank 1 of 2 (micro-
+    batches 1 and 3) would repeat rank 0's noise, and N processes would no longer equal one."""
+    seen, real_seed = [], torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seen.append(s) or real_seed(s))
+    model = Llama4(debug_args(max_seq_len=16, router_noise=True)).train()
+    train.accumulate(model, [batch(1), batch(3)], 7, 4, [1, 3], train.nullcontext(), train.nullcontext)
+    assert seen == [train.micro_seed(7, 4, 1), train.micro_seed(7, 4, 3)]
+
+
+def test_router_entropy_is_a_mean_over_the_micro_batches_and_expert_counts_a_sum():
+    """Catches the router entropy summed over the micro-batches (k times too high at --grad_accum k)."""
+    model = tiny_model(router_noise=False)
+    _, counts1, entropy1 = train.accumulate(model, [batch()], 0, 0, [0], train.nullcontext(),
+                                            train.nullcontext)
+    _, counts4, entropy4 = train.accumulate(model, [batch()] * 4, 0, 0, [0, 1, 2, 3], train.nullcontext(),
+                                            train.nullcontext)
+    assert torch.allclose(entropy4, entropy1, rtol=1e-5) and torch.equal(counts4, 4 * counts1)
+
+
+def test_a_step_applies_the_learning_rate_it_is_given_and_leaves_no_gradients():
+    """Catches train_step not setting the step's learning rate on the optimizer (the schedule ignored:
+    every step at the initial --lr), or leaving the gradients to add up into the next step."""
+    model = tiny_model()
+    job = step_job(model, TrainArgs(lr=1e-2, weight_decay=0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    out = train.train_step(job, [batch()], 0, lr=0.0)
+    assert float(out.grad_norm) > 0 and float(out.skipped) == 0
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))  # lr 0: no change
+    assert all(p.grad is None for p in model.parameters())
+    train.train_step(job, [batch()], 1, lr=1e-3)
+    assert job.opt.param_groups[0]["lr"] == 1e-3
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+# --- a compiled model's fallback ------------------------------------------------------------
+
+def fallback_job(trials=1, eval_trials=1, size=1):
+    said = []
+    return SimpleNamespace(trials=trials, eval_trials=eval_trials, world=runtime.World(0, size),
+                           log=said.append, model="eager", compiled="compiled", runner="ddp(compiled)",
+                           said=said, opt=SimpleNamespace(zero_grad=lambda set_to_none: None))
+
+
+def test_a_compiled_step_that_fails_after_its_trials_is_raised_not_run_eagerly(monkeypatch):
+    """Catches first_steps never counting its trials down: a failure at any later step (a real bug,
+    a lost device) would be taken for a compiler's and the run would go on eagerly with a warning."""
+    calls = []
+
+    def step(job, batches, step, lr):
+        calls.append((step, job.runner))
+        if step == 1 and job.runner != "eager":
+            raise RuntimeError("not the compiler")
+        return step
+    monkeypatch.setattr(train, "train_step", step)
+    job = fallback_job(trials=1)
+    assert train.first_steps(job, [], 0, 1e-3) == 0 and job.trials == 0
+    with pytest.raises(RuntimeError, match="not the compiler"):
+        train.first_steps(job, [], 1, 1e-3)
+    assert job.said == [] and job.runner == "ddp(compiled)"
+
+
+def test_a_compiled_evaluation_that_fails_after_its_trials_is_raised(monkeypatch):
+    """Catches evaluate_job never counting its trials down (any later evaluation's failure taken for
+    the compiler's)."""
+    calls = []
+
+    def evaluate(model, val, autocast, device):
+        calls.append(model)
+        if len(calls) == 2:
+            raise RuntimeError("not the compiler")
+        return {"model": model}
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    job = fallback_job(eval_trials=1)
+    job.val = job.autocast = job.device = None
+    assert train.evaluate_job(job) == {"model": "compiled"} and job.eval_trials == 0
+    with pytest.raises(RuntimeError, match="not the compiler"):
+        train.evaluate_job(job)
+    assert calls == ["compiled", "compiled"] and job.said == []
+
+
+def test_a_failed_compiled_step_moves_training_and_evaluation_to_the_eager_model(monkeypatch):
+    """Catches run_eagerly after a training step's failure leaving evaluations on the compiled model (or
+    its trials), the loop on it, or dynamo's graphs (and CUDA graph memory) kept."""
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    job = fallback_job(trials=1, eval_trials=1)
+    train.run_eagerly(job, RuntimeError("no kernel"), "training step 1")
+    assert (job.runner, job.compiled, job.trials, job.eval_trials) == ("eager", "eager", 0, 0)
+    assert resets == [1] and "failed at training step 1 (RuntimeError: no kernel)" in job.said[0]
+
+
+def test_under_torchrun_a_failed_compiled_evaluation_falls_back_on_every_rank(monkeypatch):
+    """Catches an evaluation's failure under torchrun stopping the run as a training step's does: every
+    rank evaluates the same windows, so each falls back alike; training stays compiled."""
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: pytest.fail("training is still compiled"))
+    job = fallback_job(trials=1, eval_trials=1, size=2)
+    train.run_eagerly(job, RuntimeError("no kernel"), "an evaluation")
+    assert (job.runner, job.compiled, job.trials, job.eval_trials) == ("ddp(compiled)", "eager", 1, 0)
+
+
+# --- the batches of a step ------------------------------------------------------------------
+
+def test_each_step_and_each_seed_draws_other_batches():
+    """Catches batches_at passing a fixed step (every step trains on the same windows) or a fixed seed
+    (--seed not changing the data order)."""
+    def job(seed):
+        return SimpleNamespace(device=torch.device("cpu"), micros=[0], model_args=debug_args(max_seq_len=16),
+                               train_data=SimpleNamespace(tokens=np.arange(10_000)),
+                               train_args=TrainArgs(batch_size=2, seed=seed))
+    x5 = train.batches_at(job(3), 5)[0][0]
+    assert not torch.equal(x5, train.batches_at(job(3), 6)[0][0])
+    assert not torch.equal(x5, train.batches_at(job(4), 5)[0][0])
+
+
+def test_a_rank_draws_the_micro_batches_of_its_own_numbers():
+    """Catches batches_at numbering a rank's micro-batches by their position in its list: rank 1 of 2
+    (micro-batches 1 and 3) would train on rank 0's windows, half the global batch repeated."""
+    job = SimpleNamespace(device=torch.device("cpu"), micros=[1, 3], model_args=debug_args(max_seq_len=16),
+                          train_data=SimpleNamespace(tokens=np.arange(10_000)),
+                          train_args=TrainArgs(batch_size=2))
+    got = [x for x, _ in train.batches_at(job, 5)]
+    want = [train.data.get_batch(np.arange(10_000), 2, 16, seed=job.train_args.seed, step=5, micro=m)[0]
+            for m in (1, 3)]
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+# --- signals --------------------------------------------------------------------------------
+
+@contextmanager
+def stop_handler():
+    """A Stop whose log is a list, its signal handlers put back afterwards whatever the test did."""
+    said = []
+    stop = train.Stop(said.append)
+    try:
+        yield stop, said
+    finally:
+        stop.restore()
+
+
+def test_a_first_signal_during_a_save_asks_for_a_stop_and_the_save_goes_on():
+    """Catches a first signal during a save taken for a second (the run aborts after the save instead
+    of stopping cleanly), and one during a save before the first step (the put-off evaluation's save
+    of a resumed run) aborting in the middle of the save."""
+    for started in (False, True):
+        with stop_handler() as (stop, said):
+            stop.started = started
+            try:
+                with stop.saving():
+                    stop.handle(signal.SIGTERM, None)  # no KeyboardInterrupt here, nor after the block
+            except KeyboardInterrupt:
+                pytest.fail(f"a first signal during a save aborted (started={started})")
+            assert stop.requested and not stop.abort and "SIGTERM: finishing this step" in said[-1]
+
+
+def test_a_second_signal_after_a_save_aborts_at_once_and_puts_the_handlers_back():
+    """Catches a save leaving the Stop marked as saving (a second signal after it would wait for a
+    save that never comes), or the abort leaving train.py's handler in place (a third Ctrl-C, while
+    the exception unwinds, would not be Python's)."""
+    before = signal.getsignal(signal.SIGINT)
+    with stop_handler() as (stop, said):
+        stop.started = True
+        with stop.saving():
+            pass
+        try:
+            stop.handle(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            pytest.fail("a first signal after a save aborted")
+        assert stop.requested and signal.getsignal(signal.SIGINT) == stop.handle
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)
+        assert not stop.abort and signal.getsignal(signal.SIGINT) is before
+
+
+def test_ranks_take_the_largest_clock_and_any_stop_request(monkeypatch):
+    """Catches agree summing the ranks' clocks (a budget spent N times too fast) or their stop flags,
+    rather than taking the largest."""
+    ops = []
+    monkeypatch.setattr(runtime, "all_reduce",
+                        lambda values, device, world, op=None: ops.append(op) or values)
+    job = SimpleNamespace(world=runtime.World(0, 2), train_args=TrainArgs(log_every=10, max_steps=25),
+                          device="cpu", clock=train.Clock(0), agreed=(0, 0.0), agree_at=1)
+    assert not train.agree(job, train.LoopState(step=1), SimpleNamespace(requested=False))
+    assert ops == [train.dist.ReduceOp.MAX]
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+def test_the_schedule_reads_the_clock_in_minutes(monkeypatch, tmp_path):
+    """Catches the loop passing lr_at the seconds spent rather than the minutes: under --max_minutes
+    the cosine would run 60 times too fast."""
+    seen, real = [], train.lr_at
+    monkeypatch.setattr(train, "lr_at",
+                        lambda t, step, minutes=0.0: seen.append(minutes) or real(t, step, minutes))
+    lrs, out = [], train.StepOutput(torch.zeros(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
+    monkeypatch.setattr(train, "first_steps", lambda job, batches, step, lr: lrs.append(lr) or out)
+    for name in ("start_logging", "log_step", "wrap_up"):
+        monkeypatch.setattr(train, name, lambda *a: None)
+    monkeypatch.setattr(train, "evaluate_and_save", lambda *a: None)
+    monkeypatch.setattr(train, "batches_at", lambda job, step: [])
+    monkeypatch.setattr(train.Clock, "elapsed", lambda self: 120.0)  # 2 minutes at every agreement
+    t = TrainArgs(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=3, max_minutes=10)
+    job = SimpleNamespace(train_args=t, world=runtime.World(), run_dir=tmp_path, log=lambda msg: None,
+                          model=torch.nn.Linear(1, 1), device=torch.device("cpu"), clock=train.Clock(10),
+                          tokens_per_step=1, metrics=None, window=None)
+    result = train.loop(job, train.LoopState())
+    assert result["finished"] == "max_steps" and seen == [0.0, 2.0, 2.0]
+    assert lrs == [1.0, pytest.approx(real(t, 1, 2.0)), pytest.approx(real(t, 2, 2.0))]
+
+
+def test_a_signal_off_the_evaluation_grid_puts_no_evaluation_off(monkeypatch, tmp_path):
+    """Catches a signal at a step that is not an evaluation step marking an evaluation due: the resumed
+    run would evaluate (and write a val record, and maybe best.pt) off the --eval_every grid."""
+    calls = []
+    monkeypatch.setattr(train, "evaluate_step", lambda job, state, window: calls.append(("eval", state.step)))
+    monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name: calls.append(
+        (name, state.step, state.eval_due)))
+    job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=4), run_dir=tmp_path)
+    state, window = train.LoopState(step=3), train.Window(train.LoopState(), torch.device("cpu"))
+    assert train.evaluate_and_save(job, state, window, stop_now=True) is None
+    assert calls == [("last.pt", 3, False)] and not state.eval_due
+
+
+def test_a_save_settles_the_windows_skipped_steps_into_the_checkpoint(monkeypatch, tmp_path):
+    """Catches maybe_save not settling the window's non-finite steps into the state first: the checkpoint
+    would hold the count and streak of the last log step, and a run resumed from it would forget the
+    steps skipped since."""
+    saved = []
+    monkeypatch.setattr(train.checkpoint, "save_checkpoint",
+                        lambda path, ckpt: saved.append((path.name, ckpt)))
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(model=torch.nn.Linear(1, 1), world=runtime.World(), device=cpu, stop=None,
+                          run_dir=tmp_path, tokens_per_step=1, peak=None,
+                          checkpoint=lambda state, window: (state.skipped_steps, state.bad_in_row,
+                                                            window["settled"]))
+    state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
+    for skipped in (1.0, 0.0, 1.0, 1.0):
+        window.add(train.StepOutput(torch.zeros(4), None, None, torch.tensor(1.0), torch.tensor(skipped)))
+    train.maybe_save(job, state, window, "last.pt")
+    assert saved == [("last.pt", (3, 2, 3))]
+
+# --- how main exits -------------------------------------------------------------------------------
+
+def test_main_reports_out_of_memory_in_one_line_and_lets_any_other_error_through(monkeypatch, capsys):
+    """Catches main taking every exception from set-up for out of memory (a bug would be reported as
+    "out of memory", with advice about the batch, and its traceback lost)."""
+    def fails(error):
+        def run(*args, **kwargs):
+            raise error
+        return run
+    monkeypatch.setattr(train, "run", fails(KeyError("a bug")))
+    with pytest.raises(KeyError, match="a bug"):
+        train.main(["--preset", "debug"])
+    assert "out of memory" not in capsys.readouterr().err
+    monkeypatch.setattr(train, "run", fails(torch.OutOfMemoryError("CUDA out of memory. Tried")))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "debug"])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == ("train.py: error: out of memory (OutOfMemoryError: CUDA out of "
+                                       "memory. Tried); lower --batch_size or set --grad_checkpoint true; "
+                                       "the checkpoints already written are complete\n")
