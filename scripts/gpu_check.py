@@ -49,7 +49,9 @@ that fails, a benchmark variant that fails, falls back to eager or (decoding) ru
 CUDA graph Inductor skipped, a train.py or sample.py asked to compile that ran eagerly, and what
 the deadline stopped or left unstarted ("cut by the deadline": a part, a benchmark, whose JSON keeps
 the batch sizes it finished and says it was cut, the train part's run or a command on its
-checkpoint) are named at the top of gpu.md, and the check exits 1.
+checkpoint) are named at the top of gpu.md, and the check exits 1. A part skipped or a benchmark
+that wrote nothing leaves a JSON that says so in place of its figures, so that --render, after the
+two calls of a lease, names it too.
 """
 
 import argparse
@@ -315,6 +317,8 @@ def train_fallbacks(result: dict, exits: bool = False) -> list[str]:
     """The train part's runs asked to compile that ran eagerly, its commands on the checkpoint cut by
     the deadline (the greedy comparison first), and an --eval_only without its figures, as FAILED
     names; with exits (for --render, where no command's exit is at hand), its commands that failed too."""
+    if "not_measured" in result:  # (the part was skipped)
+        return [result["not_measured"]]
     out = [f"{name} (cut by the deadline)" for name in result.get("cut", [])]
     if "eval_failed" in result:
         out.append("train.py --eval_only (no figures)")
@@ -330,29 +334,47 @@ def train_fallbacks(result: dict, exits: bool = False) -> list[str]:
     return out
 
 
+def not_measured(path: Path, name: str) -> None:
+    """In place of the JSON a part or a benchmark did not write, what it was not measured for (a
+    FAILED name): --render, which sees only files, names it too; gpu.md has no table for it."""
+    storage.save_json(path, {"not_measured": name}, "pick another --out")
+
+
+def measured(path: Path) -> dict | None:
+    """A part's JSON, None where there is none or it was not measured."""
+    result = json.loads(path.read_text()) if path.exists() else None
+    return None if result is None or "not_measured" in result else result
+
+
 def run_bench(path: Path, *argv, log, until) -> None:
-    """A benchmark writing `path`. One the deadline stopped is marked cut in its JSON (which it
-    rewrites after each batch size: what it measured is kept) so that --render names it too, or,
-    with no JSON yet, named as cut with nothing measured."""
-    if sh(*argv, "--out", path, log=log, until=until).returncode == STOPPED:
+    """A benchmark writing `path`. One the deadline stopped or that failed is named in its JSON
+    ("incomplete": it rewrites that after each batch size, so what it measured is kept), or, with no
+    JSON yet, in one saying nothing was measured, so that --render names it too (a failure under
+    the name sh gave it)."""
+    code = sh(*argv, "--out", path, log=log, until=until).returncode
+    if code:
+        name = f"{Path(str(argv[0])).name} (exit {code})" if code != STOPPED else \
+            f"{path.name} (cut by the deadline: " + ("the batch sizes it lists are done)" if path.exists()
+                                                     else "nothing measured)")
         if path.exists():
-            storage.save_json(path, {**json.loads(path.read_text()), "cut_by_deadline": True},
-                              "pick another --out", sort_keys=False)
+            done = {**json.loads(path.read_text()), "incomplete": name}
+            storage.save_json(path, done, "pick another --out", sort_keys=False)
         else:
-            FAILED.append(f"{path.name} (cut by the deadline, nothing measured)")
+            not_measured(path, name)
     FAILED.extend(failed_variants(path))
 
 
 def failed_variants(path: Path) -> list[str]:
-    """What a benchmark could not measure as asked, as FAILED names: all it had left when the deadline
-    stopped it, bench_model.py's variants that failed (it goes on without them), bench_sample.py's
-    compiled ones that fell back to eager or ran without their CUDA graphs (Inductor skipped them,
-    saying nothing)."""
+    """What a benchmark could not measure as asked, as FAILED names: all of it (its part skipped, or
+    nothing measured before the deadline or a failure) or all it had left, bench_model.py's variants
+    that failed (it goes on without them), bench_sample.py's compiled ones that fell back to eager or
+    ran without their CUDA graphs (Inductor skipped them, saying nothing)."""
     if not path.exists():
         return []
     result = json.loads(path.read_text())
-    cut = [f"{path.name} (cut by the deadline: the batch sizes it lists are done)"] \
-        if result.get("cut_by_deadline") else []
+    if "not_measured" in result:
+        return [result["not_measured"]]
+    cut = [result["incomplete"]] if "incomplete" in result else []
     if "batches" in result:
         return cut + [f"bench_model.py {v} at batch {b}" for b, r in result["batches"].items()
                       for v in r.get("failed", {})]
@@ -371,15 +393,13 @@ def markdown(out: Path) -> str:
     import bench
     lines = [f"**Failed:** {', '.join(FAILED)}; see log.txt. The figures below are what the rest gave.", ""] \
         if FAILED else []
-    if (out / "bench_model.json").exists():
-        model = json.loads((out / "bench_model.json").read_text())
+    if model := measured(out / "bench_model.json"):
         # the run's machine and day, not those of a --render elsewhere (older JSON: this machine's, today)
         machine = {"cpus": model.get("cpus", os.cpu_count()), "cpu": model["device"], "load_before": None,
                    "torch": model["config"]["torch"], "date": model.get("date", time.strftime("%Y-%m-%d"))}
         lines.append(bench.markdown({"model": model}, machine))
     for name in ["bench_sample.json", "bench_sample_fp32.json"]:  # greedy tokens must agree: say where not
-        if (out / name).exists():
-            sample = json.loads((out / name).read_text())
+        if sample := measured(out / name):
             if name == "bench_sample.json":  # the speed table: bf16, the default dtype
                 lines += bench.sample_table(sample)
             for key, r in sample["results"].items():
@@ -390,8 +410,7 @@ def markdown(out: Path) -> str:
                                      f"{what}: " + ", ".join(f"{v} {share:.1%}" for v, share in agree.items()
                                                              if v != ref))
             lines.append("")
-    if (out / "train.json").exists():
-        t = json.loads((out / "train.json").read_text())
+    if t := measured(out / "train.json"):
         lines += ["**train.py** " + " ".join(t["argv"]), "", "| figure | value |", "|---|---|"]
         for k in ["steps", "tokens", "minutes", "steady_windows", "steady_tokens_per_s", "steady_mfu",
                   "end_to_end_tokens_per_s", "end_to_end_mfu", "evaluations", "eval_tokens", "eval_seconds",
@@ -531,7 +550,9 @@ def main(argv=None):
             if opts.until is not None and opts.until - time.monotonic() < MIN_PART_S:
                 log.write(f"# {part}: skipped, under {MIN_PART_S} s left before the deadline\n")
                 print(f"gpu_check: {part} skipped (deadline)", flush=True)
-                FAILED.append(f"the {part} part (cut by the deadline: under {MIN_PART_S} s left, not begun)")
+                name = f"the {part} part (cut by the deadline: under {MIN_PART_S} s left, not begun)"
+                not_measured(out / PARTS[part][0], name)  # (in its first file: named once)
+                FAILED.append(name)
                 return False
             return True
 
@@ -563,6 +584,7 @@ def main(argv=None):
         if due("train"):
             result = train_part(opts, out, log)
             FAILED.extend(train_fallbacks(result))  # (train.json: written as it went)
+    FAILED[:] = dict.fromkeys(FAILED)  # (a failed benchmark: named by sh, then from its JSON)
     write_summary(out)
     print((out / "gpu.md").read_text())
     if FAILED:  # a check that looks done but is not would cost a GPU session

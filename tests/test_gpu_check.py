@@ -107,8 +107,8 @@ def test_an_interrupted_check_stops_its_command_with_its_children(tmp_path):
 
 
 def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path):
-    """...and named in gpu.md as cut by the deadline, with exit 1 (a skipped part was only logged: a
-    check that looked done)."""
+    """A part with no time left is skipped, its files from before removed, and it is named in gpu.md
+    as cut by the deadline, with exit 1 (it was only logged: a check that looked done)."""
     out = tmp_path / "gpu"
     out.mkdir()
     (out / "bench_model.json").write_text("{}")  # an earlier run's: must not pass for this one's
@@ -116,7 +116,9 @@ def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path)
                                          r"not begun\), the train part \(cut by the deadline"):
         gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
                         "--work", str(tmp_path / "work"), "--only", "model,train"])
-    assert not (out / "bench_model.json").exists() and not (out / "train.json").exists()
+    for name, part in [("bench_model.json", "model"), ("train.json", "train")]:  # (what --render reads)
+        assert json.loads((out / name).read_text()) == {
+            "not_measured": f"the {part} part (cut by the deadline: under 30 s left, not begun)"}
     log = (out / "log.txt").read_text()
     assert "# model: skipped" in log and "# train: skipped" in log
     assert (out / "gpu.md").read_text().startswith("**Failed:** the model part (cut by the deadline")
@@ -695,9 +697,9 @@ def test_render_elsewhere_keeps_the_gpu_runs_machine_and_day(tmp_path, monkeypat
 
 
 def test_only_a_failed_command_not_one_stopped_at_the_deadline_is_named_by_sh(tmp_path, monkeypatch):
-    """sh() names a command that failed in FAILED, not one the deadline stopped (only the train
-    part's are named, as cut): catches the `code is None` test dropped, which failed a check for a
-    benchmark cut short by a deadline set on purpose."""
+    """sh() names a command that failed in FAILED ("exit 3"), not one the deadline stopped, which
+    its caller names as cut, saying what was kept (run_bench, train_part): catches the `code is None`
+    test dropped, which named a stopped command as "exit 124"."""
     monkeypatch.setattr(gpu_check, "FAILED", [])
     (tmp_path / "fails.py").write_text("import sys; sys.exit(3)\n")
     (tmp_path / "sleeps.py").write_text("import time; time.sleep(30)\n")
@@ -831,8 +833,9 @@ def test_the_compile_mode_reaches_the_model_and_train_parts(tmp_path, monkeypatc
     ran = []
     monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
                         or subprocess.CompletedProcess(argv, 1, "", ""))
-    gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
-                    "--compile_mode", "reduce-overhead"])
+    with pytest.raises(SystemExit, match=r"bench_model.py \(exit 1\)"):  # (every command fails here)
+        gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
+                        "--compile_mode", "reduce-overhead"])
     model, agree, _, train = ran
     for argv in (model, train):
         assert argv[argv.index("--compile_mode") + 1] == "reduce-overhead", argv
@@ -874,12 +877,46 @@ def test_a_benchmark_the_deadline_stopped_is_named_and_render_names_it_again(tmp
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--only", "model,sample", "--device", "cpu", "--out", str(out)])
     model = "bench_model.json (cut by the deadline: the batch sizes it lists are done)"
-    named = (f"{model}, bench_sample_fp32.json (cut by the deadline, nothing measured), "
-             "bench_sample.json (cut by the deadline, nothing measured)")
+    named = (f"{model}, bench_sample_fp32.json (cut by the deadline: nothing measured), "
+             "bench_sample.json (cut by the deadline: nothing measured)")
     assert str(e.value.code) == f"gpu_check: error: {named} failed; see {out / 'log.txt'}"
     assert (out / "gpu.md").read_text().startswith(f"**Failed:** {named}; see log.txt")
     kept = json.loads((out / "bench_model.json").read_text())
-    assert kept["cut_by_deadline"] and list(kept["batches"]) == ["32"]
+    assert kept["incomplete"] == model and list(kept["batches"]) == ["32"]
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--render", "--out", str(out)])
-    assert str(e.value.code) == f"gpu_check: error: {model} failed"
+    nothing = "(cut by the deadline: nothing measured)"
+    assert str(e.value.code) == (f"gpu_check: error: {model}, bench_sample.json {nothing}, "
+                                 f"bench_sample_fp32.json {nothing} failed")
+
+
+def test_render_names_a_skipped_part_and_a_failed_benchmark_and_shows_no_table_for_them(tmp_path,
+                                                                                        monkeypatch):
+    """--render sees only files: a part the deadline skipped and a benchmark that failed before
+    writing its JSON left none, so the two calls' merged gpu.md said nothing of them and exited 0.
+    Each now leaves a JSON naming what was not measured; gpu.md names it, with no table for it, and
+    a failure named by sh and again from its JSON is named once."""
+    import subprocess
+    import time
+    from types import SimpleNamespace
+    out, calls, clock = tmp_path / "gpu", [], [0.0]
+
+    def fake_sh(*argv, log, until=None):  # bench_model.py fails after 15 s (a bad import on the GPU)
+        calls.append(argv[0])
+        clock[0] += 15
+        gpu_check.FAILED.append("bench_model.py (exit 3)")  # (as sh names it)
+        return subprocess.CompletedProcess(argv, 3, "", "")
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    monkeypatch.setattr(gpu_check, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                           strftime=time.strftime))
+    with pytest.raises(SystemExit, match=r"error: bench_model.py \(exit 3\), the train part \(cut by the "
+                                         r"deadline: under 30 s left, not begun\) failed"):
+        gpu_check.main(["--only", "model,train", "--device", "cpu", "--out", str(out), "--deadline", "40",
+                        "--work", str(tmp_path / "work")])
+    assert calls == ["scripts/bench_model.py"]
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--render", "--out", str(out)])
+    assert str(e.value.code) == ("gpu_check: error: bench_model.py (exit 3), the train part (cut by the "
+                                 "deadline: under 30 s left, not begun) failed")
+    md = (out / "gpu.md").read_text()
+    assert "**Training step**" not in md and "**train.py**" not in md
