@@ -14,7 +14,8 @@ from scripts import bench, bench_data
 
 def fake_child(monkeypatch, small: float = 300.0, big: float = 330.0) -> list:
     """run_child and tokenization_speeds faked: peak RSS `small` on the file, `big` on its copies;
-    returns the (path, size in bytes, cache folder, vocab_size) each child was given."""
+    returns the (path, size in bytes, cache folder, vocab_size) each child was given, and a
+    ("speed", ...) tuple for each tokenization_speeds call."""
     given = []
 
     def run_child(path, cache_dir, vocab_size):
@@ -137,6 +138,8 @@ def test_a_bad_option_is_the_only_line_printed(tmp_path, monkeypatch, capsys, ar
     the point (memory_model.py had the same, fixed before)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench_data, "run_child", lambda *a: pytest.fail("the work started"))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         bench_data.main(argv)
-    assert "the results are not written" not in capsys.readouterr().err
+    captured = capsys.readouterr()
+    said = captured.err + (e.value.code if isinstance(e.value.code, str) else "")  # (sys.exit("..."))
+    assert captured.out == "" and len(said.splitlines()) == 1 and "error:" in said

@@ -321,7 +321,8 @@ def test_a_save_settles_the_windows_skipped_steps_into_the_checkpoint(monkeypatc
     train.maybe_save(job, state, window, "last.pt")
     assert saved == [("last.pt", (3, 2, 3))]
 
-# --- how main exits -------------------------------------------------------------------------------
+
+# --- how main exits ------------------------------------------------------------------------
 
 def test_main_reports_out_of_memory_in_one_line_and_lets_any_other_error_through(monkeypatch, capsys):
     """Catches main taking every exception from set-up for out of memory (a bug would be reported as

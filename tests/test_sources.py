@@ -123,16 +123,19 @@ def test_a_txt_file_with_exactly_one_percent_of_bytes_not_utf8_is_repaired(tmp_p
 
 
 def test_local_files_are_cached_in_the_cache_dir_and_read_again_once_changed(tmp_path):
-    """Catches a .txt file's size and mtime left out of its generator's arguments (an edited file
-    gave the documents `datasets` had cached from it before), and files cached outside cache_dir."""
-    txt, jsonl = tmp_path / "t.txt", tmp_path / "t.jsonl"
+    """Catches a .txt file's mtime left out of its generator's arguments (a file edited to the same
+    size gave the documents `datasets` had cached from it before), and files cached outside
+    cache_dir: by our generator (.txt) or by `datasets`' own loaders (.jsonl)."""
+    txt, jsonl, cache = tmp_path / "t.txt", tmp_path / "t.jsonl", tmp_path / "cache"
     write(jsonl, "".join(json.dumps({"text": d}) + "\n" for d in docs(2)))
     write(txt, official(docs(2)))
-    assert load([txt, jsonl], tmp_path) == docs(2) * 2
-    cached = {p.name for p in (tmp_path / "cache").iterdir()}
-    assert {"generator", "json"} <= cached, cached
-    write(txt, official(docs(3, start=5)))
-    assert load([txt], tmp_path) == docs(3, start=5)
+    assert load([txt], tmp_path) == docs(2)
+    by_txt = set(cache.iterdir())
+    assert by_txt and load([jsonl], tmp_path) == docs(2) and set(cache.iterdir()) > by_txt
+    st = os.stat(txt)
+    write(txt, official(docs(2, start=5)))  # the same size: "Story 5", "Story 6"
+    os.utime(txt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # (a coarse clock: a second on)
+    assert os.stat(txt).st_size == st.st_size and load([txt], tmp_path) == docs(2, start=5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +287,6 @@ def test_evaluating_without_a_validation_file_holds_out_the_same_slice(tmp_path)
     _, alone = sources.resolve_sources(args, log=lambda line: None, need_train=False)
     assert alone.signature == held.signature and (alone.keep, alone.every) == ("val", 2)
     assert alone.documents()["text"] == [d + "\n" for d in docs(6)[1::2]]
-
 
 
 def test_a_local_signature_holds_each_files_absolute_path_size_and_mtime(tmp_path, monkeypatch):
