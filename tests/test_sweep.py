@@ -108,15 +108,21 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     assert "--data: no such file" in capfd.readouterr().err  # train.py's own line, above ours
 
 
-def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(tmp_path, monkeypatch, capsys):
-    """`python scripts/sweep.py --no_compile` made img/sweep.*: it still writes there; a shorter
-    sweep writes beside its runs instead (said on stderr), never over the README's."""
-    class Started(Exception):
-        pass
+class Started(Exception):
+    """sweep.py reached its first run: every check before it passed."""
 
+
+def stop_at_the_first_run(monkeypatch):
+    """sweep.main raises Started where it would begin its first run."""
     def run_one(*args):
         raise Started
     monkeypatch.setattr(sweep, "run_one", run_one)
+
+
+def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(tmp_path, monkeypatch, capsys):
+    """`python scripts/sweep.py --no_compile` made img/sweep.*: it still writes there; a shorter
+    sweep writes beside its runs instead (said on stderr), never over the README's."""
+    stop_at_the_first_run(monkeypatch)
     for argv, moved in [(["--no_compile"], False), (["--no_compile", "--screen_minutes", "1"], True),
                         (["--no_compile", "--num_proc", "1"], True),
                         (["--no_variations", "--lr", "2.5e-4"], True)]:  # below tiny's min_lr
@@ -236,12 +242,7 @@ def test_an_option_that_clashes_with_a_later_stage_is_refused_before_the_runs(tm
 def test_a_compile_passed_through_is_refused_unless_there_is_no_compiled_run(tmp_path, monkeypatch, capsys):
     """--compile false came after the compiled run's own --compile true: that run was the best candidate
     again under another name (and --compile true made every run compiled, the same copy)."""
-    class Started(Exception):
-        pass
-
-    def run_one(*args):
-        raise Started
-    monkeypatch.setattr(sweep, "run_one", run_one)
+    stop_at_the_first_run(monkeypatch)
     for flag in (["--compile", "false"], ["--compile=true"]):
         with pytest.raises(SystemExit) as e:
             sweep.main(["--only", "tiny-2026-11", *flag, "--out_dir", str(tmp_path / "runs")])
@@ -268,12 +269,7 @@ def test_undone_last_reads_the_options_other_variations_set_not_their_values(mon
 def test_a_stage_left_out_is_not_checked(tmp_path, monkeypatch):
     """--no_followups: the follow-ups are not run, so an option that clashes only with theirs (weight
     decay 2.0 x lr 0.6 reaches 1) is not refused; it was, as if they ran."""
-    class Started(Exception):
-        pass
-
-    def run_one(*args):
-        raise Started
-    monkeypatch.setattr(sweep, "run_one", run_one)
+    stop_at_the_first_run(monkeypatch)
     with pytest.raises(Started):
         sweep.main(["--only", "tiny-2026-11", "--no_variations", "--no_followups", "--no_compile",
                     "--lr", "0.6", "--min_lr", "0", "--out_dir", str(tmp_path / "runs"),
@@ -303,12 +299,7 @@ def test_confirm_minutes_equal_to_the_screens_confirm_the_best_alone(tmp_path, m
 def test_a_pass_through_option_that_a_variation_sets_is_warned_of(tmp_path, monkeypatch, capsys):
     """--vocab_size 512 came after vocab2048's and vocab8192's own: both ran as copies of the best
     shape (the same bits/byte in the table), with nothing said."""
-    class Started(Exception):
-        pass
-
-    def run_one(*args):
-        raise Started
-    monkeypatch.setattr(sweep, "run_one", run_one)
+    stop_at_the_first_run(monkeypatch)
     for argv, warned in [(["--vocab_size", "512"], "vocab2048, vocab8192 would repeat the run each varies"),
                          (["--weight_decay=0.2", "--no_variations"], "wd1.0, wd2.0, wd0.1 would repeat"),
                          (["--vocab_size", "512", "--no_variations"], None)]:
@@ -486,12 +477,7 @@ def test_the_candidates_checked_are_those_the_stages_run(tmp_path, monkeypatch):
     assert checked["tiny-2026-11+cosine-to-0+compile"][-2:] == ["--compile", "true"]
     assert "d192-e8+lr3e-3" in checked and "d192-e8+wd2.0" not in checked  # (stage 6: the first shape's)
 
-    class Started(Exception):
-        pass
-
-    def run_one(*args):
-        raise Started
-    monkeypatch.setattr(sweep, "run_one", run_one)
+    stop_at_the_first_run(monkeypatch)
     with pytest.raises(Started):
         sweep.main(["--only", "tiny-2026-11", "--no_variations", "--no_compile", "--min_lr", "1.5e-3",
                     "--out_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "img")])
@@ -591,12 +577,7 @@ def test_the_best_confirmed_is_reseeded_and_the_pick_is_its_mean_over_seeds(tmp_
 def test_the_readmes_sweep_may_keep_its_runs_and_cache_elsewhere(tmp_path, monkeypatch, capsys):
     """Catches --cache_dir (where tokenizers are kept, not a result) sending the README's sweep away
     from img/."""
-    class Started(Exception):
-        pass
-
-    def run_one(*args):
-        raise Started
-    monkeypatch.setattr(sweep, "run_one", run_one)
+    stop_at_the_first_run(monkeypatch)
     monkeypatch.setattr(sweep, "check_candidates", lambda *args: None)  # (every candidate: seconds)
     with pytest.raises(Started):
         sweep.main(["--no_compile", "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "c")])
