@@ -2,10 +2,13 @@
 
 import json
 import math
+import os
 import sys
+import tempfile
 from types import SimpleNamespace
 
 import runlog
+from config import TrainArgs
 
 
 class Rows:
@@ -76,3 +79,180 @@ def test_a_new_run_starts_metrics_jsonl_afresh_and_each_record_is_a_line_and_a_w
     assert [row["step"] for row in run.rows] == [1, 1, 1]
     assert run.rows[0]["train/loss"] == 3.0 and run.rows[1] == {"step": 1, "val/bits_per_byte": 2.0}
     assert run.rows[2] == {"step": 1, "loss_plot": f"image of {tmp_path / 'loss.png'}"}
+
+
+# --- the loss plot and plot_runs ---------------------------------------------------------------
+
+def drawn(monkeypatch) -> list:
+    """(figure, left axes, right axes) of each plot_runs drawing, kept after the figure is closed."""
+    figures, draw = [], runlog._draw
+
+    def spy(fig, left, right, *args):
+        figures.append((fig, left, right))
+        return draw(fig, left, right, *args)
+    monkeypatch.setattr(runlog, "_draw", spy)
+    return figures
+
+
+def a_run(folder, steps=(5, 10)):
+    """A run folder whose metrics.jsonl holds train records at `steps` and one evaluation at step 10."""
+    folder.mkdir(parents=True)
+    write_records(folder, [{"kind": "train", "step": s, "tokens": 256 * s, "minutes": s / 60, "loss": 9.0,
+                            "lm_loss": 6 - s / 10} for s in steps]
+                  + [{"kind": "val", "step": 10, "tokens": 2560, "minutes": 1 / 6, "nats_per_token": 5.25,
+                      "bits_per_byte": 3.5, "val_bytes": 1000}])
+    return folder
+
+
+def test_the_loss_plot_draws_lm_loss_nats_and_bits_per_byte_with_a_legend_and_the_runs_title(
+        tmp_path, monkeypatch):
+    """Catches the validation curve beside the training loss drawn as bits/byte (or the right panel's
+    as nats/token) or in the training curve's colour, the training curve left out of the legend, and
+    the loss plot drawn without its title (the run's name)."""
+    figures = drawn(monkeypatch)
+    run, said = a_run(tmp_path / "r"), []
+    assert runlog.plot_loss(run, "loss.png", said.append) == run / "loss.png" and said == []
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    fig, left, right = figures[0]
+    assert fig.get_suptitle() == "r: loss"
+    assert [list(line.get_ydata()) for line in left.lines] == [[5.5, 5.0], [5.25]]
+    assert [list(line.get_ydata()) for line in right.lines] == [[3.5]]
+    assert left.lines[0].get_color() != left.lines[1].get_color()
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["r", "validation"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["r"]
+
+
+def test_a_single_train_record_is_drawn_as_a_point(tmp_path, monkeypatch):
+    """Catches a run's one train record (a run stopped after its first log step) drawn as a line
+    of one point, which shows nothing."""
+    figures = drawn(monkeypatch)
+    runlog.plot_runs([a_run(tmp_path / "r", steps=(5,))], tmp_path / "p.png")
+    _, left, _ = figures[0]
+    assert left.lines[0].get_marker() == "o"
+    runlog.plot_runs([tmp_path / "r", a_run(tmp_path / "s")], tmp_path / "p.png")
+    _, left, _ = figures[1]
+    assert [line.get_marker() for line in left.lines] == ["o", "None"]
+
+
+def test_a_plot_is_written_in_a_new_folder_in_the_format_its_name_asks_for_in_any_case(tmp_path):
+    """Catches plot_runs failing on an --out whose folder does not exist yet, and an upper-case
+    suffix (runs.SVG) written as a PNG."""
+    out = runlog.plot_runs([a_run(tmp_path / "r")], tmp_path / "new" / "deeper" / "runs.SVG")
+    assert out == tmp_path / "new" / "deeper" / "runs.SVG"
+    assert out.read_text().lstrip().startswith("<?xml")
+
+
+def test_a_dense_run_is_labelled_dense(tmp_path):
+    """Catches run_label calling a dense model (no MoE layer) by its unused expert count."""
+    run = a_run(tmp_path / "r")
+    (run / "model.json").write_text(json.dumps({"n_layers": 2, "moe_every": 3}))
+    (run / "train.json").write_text(json.dumps({}))
+    label = runlog.run_label(run)
+    assert label.startswith("r: ") and " L2 dense, vocab " in label and "top-" not in label, label
+
+
+# --- starting W&B -------------------------------------------------------------------------------
+
+def fake_wandb(monkeypatch, tmp_path) -> list:
+    """A wandb module whose init keeps its arguments; the list of them."""
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        return Rows()
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    return calls
+
+
+def test_start_wandb_gives_init_the_runs_names_id_folder_and_settings(tmp_path, monkeypatch):
+    """Catches the run's W&B run not resumed (resume other than "allow", or no saved id), started
+    without its settings as config or outside the run folder, and --wandb_name or --wandb_project
+    ignored."""
+    calls = fake_wandb(monkeypatch, tmp_path)
+    settings = {"wandb_id": "abc", "lr": 0.5}
+    targs = TrainArgs(wandb_mode="online", wandb_project="proj", wandb_group="g", wandb_name="mine")
+    assert runlog.start_wandb(targs, tmp_path / "r", settings, log=print).id == "w"
+    (call,) = calls
+    assert {k: v for k, v in call.items() if k != "settings"} == {
+        "mode": "online", "project": "proj", "group": "g", "name": "mine", "id": "abc", "resume": "allow",
+        "dir": str(tmp_path / "r"), "config": settings}
+    runlog.start_wandb(TrainArgs(wandb_mode="online"), tmp_path / "r", {}, log=print)
+    assert calls[1]["name"] == "r" and calls[1]["group"] is None and calls[1]["id"] is None
+
+
+def test_wandb_mode_auto_follows_wandb_mode_and_then_the_login(tmp_path, monkeypatch):
+    """Catches --wandb_mode auto going online without a login (or offline with one: WANDB_API_KEY
+    or ~/.netrc), ignoring W&B's own WANDB_MODE, and starting a W&B run when it says disabled."""
+    calls = fake_wandb(monkeypatch, tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    unset(monkeypatch, "WANDB_MODE", "WANDB_API_KEY", "NETRC")
+
+    def mode():
+        runlog.start_wandb(TrainArgs(wandb_mode="auto"), tmp_path / "r", {}, log=print)
+        return calls.pop()["mode"]
+    assert mode() == "offline"  # not logged in
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert mode() == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert mode() == "online"  # `wandb login` wrote its key there
+    for how in ("disabled", "auto"):
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        assert runlog.start_wandb(TrainArgs(wandb_mode=how), tmp_path / "r", {}, log=print) is None
+    assert calls == []
+
+
+def test_no_image_is_logged_for_a_plot_that_failed(tmp_path, monkeypatch):
+    """Catches log_image logging an image of a plot that was not drawn (plot_loss gave None): W&B's
+    Image of a missing file raises, and W&B logging ended over a failed plot."""
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Image=lambda path: f"image of {path}"))
+    run = Rows()
+    m = runlog.Metrics(tmp_path, run, None)
+    m.log_image("loss_plot", None, 2)
+    assert run.rows == [] and m.wandb_id == "w"
+
+
+def unset(monkeypatch, *names):
+    """Unset each of `names` for the test, so that what the code under test sets there is undone too
+    (monkeypatch.delenv of an unset variable records nothing to undo)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def test_a_temp_folder_of_another_users_is_not_used(tmp_path, monkeypatch):
+    """Catches writable_home_dirs pointing matplotlib's folder at <temp>/llama4-tinystories-<uid>
+    when another user made that folder (theirs to change under us): the library's own fallback."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    unset(monkeypatch, "MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)  # the folder is not this uid's
+    runlog.writable_home_dirs("MPLCONFIGDIR")
+    assert "MPLCONFIGDIR" not in os.environ
+
+
+def test_a_relative_xdg_folder_or_home_moves_the_cache_to_ours(tmp_path, monkeypatch):
+    """Catches a relative XDG_CACHE_HOME / XDG_CONFIG_HOME (or HOME="") taken as a folder under the
+    working directory, where the libraries would then leave their caches, rather than as unusable."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    unset(monkeypatch, "MPLCONFIGDIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    runlog.writable_home_dirs("MPLCONFIGDIR")
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / f"llama4-tinystories-{os.getuid()}" / "matplotlib")
+
+
+def test_a_run_without_wandb_notes_no_unfinished_wandb_run(tmp_path):
+    """Catches finish() of a run without W&B (off, or failed before the end) listing an id in
+    wandb_unfinished.txt ("None"): a note of a W&B run that does not exist."""
+    runlog.Metrics(tmp_path, None, None).finish(exit_code=1)
+    assert not (tmp_path / runlog.UNFINISHED).exists() and runlog.unfinished_wandb(tmp_path) == set()
