@@ -990,3 +990,87 @@ def test_left_padded_batch_without_a_cache_equals_rows_alone():
         batched = model(tokens, positions=positions).logits
         assert (batched[0] - model(a).logits[0]).abs().max() < 1e-5
         assert (batched[1, 7:] - model(b).logits[0]).abs().max() < 1e-5
+
+
+# --- found by a third mutation audit (vision, decoding, the fused loss) -----------------------
+
+SMALL_VISION = dict(vision=True, vision_dim=32, vision_layers=1, vision_heads=2, vision_mlp_dim=128,
+                    image_size=56, patch_size=14, projector_input_dim=32, projector_output_dim=32)
+
+
+def test_too_many_patch_tokens_are_a_clear_error_too():
+    """Catches the <|patch|> count checked one way only (too few): five <|patch|> tokens for one image
+    of four features fell through to masked_scatter, whose RuntimeError names no fix."""
+    model = build(**SMALL_VISION)
+    a = model.args
+    tokens = torch.tensor([[a.image_start_id] + [a.patch_id] * 5 + [a.image_end_id]])
+    with pytest.raises(ValueError, match=re.escape("5 <|patch|> tokens for 1 image(s) of 4 features")):
+        model(tokens, images=torch.randn(1, 3, 56, 56))
+
+
+def test_a_batch_with_no_real_target_has_a_zero_loss_not_nan():
+    """Catches the fused loss's count of real targets not clamped to 1: a batch whose targets are all
+    ignored gave 0 / 0, a NaN loss and NaN gradients (the docstring promises 0)."""
+    model = build(router_noise=False).train()
+    x = torch.randint(0, V, (2, 8))
+    out = model(x, targets=torch.full_like(x, -1))
+    out.lm_loss.backward()
+    assert out.lm_loss.item() == 0
+    assert not model.lm_head.weight.grad.any()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_the_fused_loss_skips_every_negative_target_not_only_minus_1():
+    """Catches the fused loss ignoring -1 alone (F.cross_entropy's ignore_index): a target of -100
+    (HF's ignore index) was read as token 0 (clamped) and counted in the loss and its gradients."""
+    from model import linear_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(12, 16, generator=g), torch.randn(V, 16, generator=g)
+    t = torch.randint(1, V, (12,), generator=g)
+    t[3:7] = -1
+    runs = []
+    for ignore in (-1, -100):
+        xi, wi = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        loss = linear_cross_entropy(xi, wi, t.masked_fill(t < 0, ignore))
+        loss.backward()
+        runs.append((loss.detach(), xi.grad, wi.grad))
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_fused_loss_trains_the_output_layer_alone_when_its_input_is_frozen():
+    """Catches the fused loss taking gradients only when its input x requires them: with the body
+    frozen (x without gradients, lm_head trained) backward found no saved gradient and failed."""
+    from model import linear_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 16, generator=g)
+    t = torch.randint(0, V, (10,), generator=g)
+    w = torch.randn(V, 16, generator=g, requires_grad=True)
+    linear_cross_entropy(x, w, t).backward()
+    ref = w.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(x @ ref.t(), t).backward()
+    torch.testing.assert_close(w.grad, ref.grad)
+
+
+def test_grouped_mm_takes_every_width_of_whole_16_byte_rows():
+    """Catches the width check counting elements, not bytes (w % 16): an fp32 expert_dim of 100
+    (400-byte rows) ran the loop over experts, which reads the group sizes on the host every call."""
+    from model import grouped_mm_supported
+    fp32, bf16 = torch.empty(2, 4), torch.empty(2, 4, dtype=torch.bfloat16)
+    assert grouped_mm_supported(fp32, (68, 100)) and grouped_mm_supported(bf16, (64, 96))
+    assert not grouped_mm_supported(fp32, (64, 30)) and not grouped_mm_supported(bf16, (64, 100))
+
+
+def test_a_bf16_cache_masks_in_bf16_and_decodes_as_the_full_forward():
+    """Catches the decoding mask built in fp32 whatever the cache's dtype: with bf16 weights and
+    cache (sample.py on CUDA) attention then converted it in every layer at every step."""
+    model = build().bfloat16().reset_buffers()
+    x = torch.randint(0, V, (1, 12))
+    cache = KVCache(model.args, batch_size=1, length=12, dtype=torch.bfloat16)
+    with torch.no_grad():
+        model(x[:, :9], cache=cache)
+        step = cache.step(torch.tensor([[9]]))
+        assert step.mask(8).dtype == step.mask(None).dtype == torch.bfloat16
+        last = torch.cat([model(x[:, t:t + 1], cache=cache).logits for t in (9, 10, 11)], 1)
+        full = model(x).logits[:, 9:]
+    assert (last.float() - full.float()).abs().max() < 0.1
