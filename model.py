@@ -354,7 +354,7 @@ def grouped_mm_supported(x: torch.Tensor, widths=()) -> bool:
     """torch's grouped GEMM: CPU (fp32/bf16) and CUDA sm90/sm100 (bf16; on other GPUs torch's
     fallback reads the group offsets on the host, a sync per call), for rows of `widths`
     elements (the model's dim and expert_dim) in x's dtype that are whole multiples of 16 bytes, as
-    its strides must be (an expert_dim of 100 in fp32, or a dim of 60 in bf16, is not)."""
+    its strides must be (an expert_dim of 98 in fp32, or a dim of 60 in bf16, is not)."""
     if not hasattr(F, "grouped_mm") or any(w * x.element_size() % 16 for w in widths):
         return False
     if x.device.type == "cpu":
