@@ -55,6 +55,19 @@ def write_stories(path: Path, n: int = 200, seed: int = 0, words=WORDS, length=(
     return path
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small synthetic story file in the official TinyStories layout, one per test module (a module
+    may define its own)."""
+    return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A token and tokenizer cache folder shared by a test module's runs."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def shared_file(name: str) -> Path:
     """A file from ../shared/data/tinystories, or skip the test when the folder is absent."""
     path = SHARED_DATA / name

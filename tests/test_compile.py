@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import debug_args, host_syncs, write_stories
+from conftest import debug_args, host_syncs
 
 import runtime
 import train
@@ -73,11 +73,6 @@ def test_the_cuda_default_compiles_whole_under_bf16_autocast():
         results.append((out.loss.detach(), model.lm_head.weight.grad.clone()))
     (loss_a, grad_a), (loss_b, grad_b) = results
     assert (loss_a - loss_b).abs() < 1e-2 and (grad_a - grad_b).abs().max() < 2e-2 * grad_a.abs().max()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt")
 
 
 def test_a_training_step_makes_no_host_sync(tmp_path, corpus):

@@ -24,16 +24,6 @@ from config import ModelArgs, TrainArgs
 from model import flops_per_token
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def argv(tmp_path, corpus, cache, *extra):
     return ["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
             "--cache_dir", str(cache), "--plot", "", "--wandb_mode", "disabled", *extra, "--run", "r"]

@@ -39,17 +39,6 @@ from errors import ConfigError
 from model import Llama4
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small synthetic story file in the official TinyStories layout."""
-    return write_stories(tmp_path_factory.mktemp("corpus") / "stories.txt")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def args(tmp_path, corpus, cache, *extra, run="r"):
     """The debug preset (batch 4 x 64 tokens, logging every step) on `corpus`, in tmp_path."""
     return ["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
