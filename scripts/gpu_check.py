@@ -353,10 +353,11 @@ def run_bench(path: Path, *argv, log, until) -> None:
     the name sh gave it)."""
     code = sh(*argv, "--out", path, log=log, until=until).returncode
     if code:
-        name = f"{Path(str(argv[0])).name} (exit {code})" if code != STOPPED else \
-            f"{path.name} (cut by the deadline: " + ("the batch sizes it lists are done)" if path.exists()
-                                                     else "nothing measured)")
-        if path.exists():
+        kept = path.exists()
+        what = "the batch sizes it lists are done" if kept else "nothing measured"
+        name = f"{path.name} (cut by the deadline: {what})" if code == STOPPED else \
+            f"{Path(str(argv[0])).name} (exit {code})"
+        if kept:
             done = {**json.loads(path.read_text()), "incomplete": name}
             storage.save_json(path, done, "pick another --out", sort_keys=False)
         else:
