@@ -1074,3 +1074,49 @@ def test_a_bf16_cache_masks_in_bf16_and_decodes_as_the_full_forward():
         last = torch.cat([model(x[:, t:t + 1], cache=cache).logits for t in (9, 10, 11)], 1)
         full = model(x).logits[:, 9:]
     assert (last.float() - full.float()).abs().max() < 0.1
+
+
+def test_one_row_of_decoding_logits_goes_as_two_columns_of_one_matmul():
+    """Catches few_row_logits sending a single row alone (the matrix-vector kernel, as slow as
+    F.linear's on the CPU: the point of the path is lost though the values stay the same), or
+    taking its path past FEW_ROWS rows or with gradients (lm_head's own matmul there)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.mv, torch.ops.aten.addmm):
+                self.calls.append((func.overloadpacket.__name__, *[tuple(a.shape) for a in args[:2]]))
+            return func(*args, **(kwargs or {}))
+
+    head = torch.nn.Linear(64, 320, bias=False)
+    many = model_module.FEW_ROWS + 1
+    for x, grad, want in [(torch.randn(1, 1, 64), False, ("mm", (320, 64), (64, 2))),
+                          (torch.randn(5, 64), False, ("mm", (320, 64), (64, 5))),
+                          (torch.randn(many, 64), False, ("mm", (many, 64), (64, 320))),
+                          (torch.randn(1, 64, requires_grad=True), True, ("mm", (1, 64), (64, 320)))]:
+        with torch.set_grad_enabled(grad), Shapes() as seen:
+            model_module.few_row_logits(x, head)
+        assert seen.calls == [want], (x.shape, grad)
+
+
+def test_an_eager_cache_step_reads_only_the_slots_written(monkeypatch):
+    """Catches an eager decoding step reading more of the cache than the columns fed so far (one
+    slot longer, or all S + 1: masked, so the same values, but every layer's attention reads and
+    masks slots no token has written, at every token); a compiled step reads all S + 1 (its
+    shapes fixed), and the window stops at S + 1 when rows run past the end."""
+    model = build()
+    cache = KVCache(model.args, batch_size=2, length=12)
+    got = []
+    real = model_module.CacheStep.update
+    monkeypatch.setattr(model_module.CacheStep, "update",
+                        lambda self, i, k, v: got.append(self.n) or real(self, i, k, v))
+    with torch.no_grad():
+        model(torch.randint(0, V, (2, 5)), cache=cache)
+        model(torch.randint(0, V, (2, 1)), cache=cache)
+    assert set(got[:model.args.n_layers]) == {5} and set(got[model.args.n_layers:]) == {6}
+    cache.seen = 40
+    assert cache.step(torch.tensor([[39], [39]])).n == 13
