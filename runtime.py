@@ -36,7 +36,8 @@ from errors import ConfigError, DeviceError, RankError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda:0 when available, else cpu; cpu, cuda or cuda:N otherwise (a ConfigError for others)."""
+    """`auto` -> cuda:0 when available, else cpu; cpu, cuda or cuda:N otherwise (a ConfigError for others:
+    cpu:1 too, which torch takes as the one CPU device)."""
     if name == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
@@ -45,6 +46,10 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        if device.index:  # torch runs cpu:N on the one CPU device: not a second one
+            raise ConfigError(f"--device {name}: there is one CPU device; use --device cpu")
+        return torch.device("cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():  # (a node of a job may lack what another has)
             raise DeviceError(f"--device {name}: CUDA is not available here; use --device cpu")

@@ -52,6 +52,13 @@ def test_a_bad_device_name_is_a_config_error_not_torchs():
         runtime.resolve_device("meta")
 
 
+def test_a_cpu_index_is_refused_and_cpu_0_is_the_cpu():
+    """Catches --device cpu:1 taken (torch runs it on the one CPU device, as if a second existed)."""
+    with pytest.raises(ConfigError, match=r"^--device cpu:1: there is one CPU device; use --device cpu$"):
+        runtime.resolve_device("cpu:1")
+    assert runtime.resolve_device("cpu:0") == runtime.resolve_device("cpu") == torch.device("cpu")
+
+
 # --- setup_distributed, all_reduce, _verdict, rank0_first, all_ranks_or_none -------------------
 
 
