@@ -45,10 +45,10 @@ constraints:
 # The GPU check (README, "GPU"). On this machine: `make gpu-prep` puts the data and the wheels the GPU
 # machine lacks (datasets and its two dependencies, for Python 3.12; its image has the rest) into
 # git-ignored folders; carry gpu-data and .whl there and run `make gpu-check`, which installs them (it
-# stops at once, in one line, where python3 is not 3.12) and runs scripts/gpu_check.py (about 11
-# minutes on one H200: run ARGS="--only train,model --deadline 420", then at once ARGS="--only sample
-# --deadline 280", or budget_left_s (the device tool's status) less 40 where that is less, with a
-# timeout_s of the deadline plus 20; --deadline stops it in time with its files written), writing
+# stops at once, in one line, where python3 is not 3.12) and runs scripts/gpu_check.py (about 12
+# minutes on one H200: run ARGS="--only train,model --deadline 450", then at once ARGS="--only sample
+# --deadline 280", or budget_left_s (the device tool's status) less 50 where that is less, with a
+# timeout_s of the deadline plus 30; --deadline stops it in time with its files written), writing
 # img/gpu/, or $OUT where the device tool sets it (only what is written there comes back).
 gpu-prep:
 	mkdir -p gpu-data && cp ../shared/data/tinystories/train-lower.txt ../shared/data/tinystories/valid-lower.txt gpu-data/

@@ -23,9 +23,10 @@ backward pass), aten ops per step of the eager variants (a CPU
 proxy for kernel launches: view ops excluded) and the peak memory of a step for moe, moe+ckpt and
 moe+plain-loss (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
 baseline, in a fresh subprocess per variant), beside what scripts/memory_model.py computes for it
-on fake tensors (so that each run checks that model). Ratios are what the README quotes. --profile adds,
-for moe and moe+compile, where a step's time goes (torch.profiler): on CUDA the kernels' time
-against the wall time (host- or device-bound), their count, and the top kernels.
+on fake tensors (so that each run checks that model; --no-modelled skips that CPU work). Ratios
+are what the README quotes. --profile adds, for moe and moe+compile, where a step's time goes
+(torch.profiler): on CUDA the kernels' time against the wall time (host- or device-bound), their
+count, and the top kernels.
 """
 
 import argparse
@@ -161,7 +162,13 @@ def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), fa
             steps[v]()
             sync(device)
             times[v].append(time.perf_counter() - t)
-    profiles = {v: profile_step(steps[v], device) for v in profiled if v in steps}
+    profiles = {}
+    for v in [v for v in profiled if v in steps]:
+        try:  # (CUPTI on a GPU: a failure must not take the timings with it)
+            profiles[v] = profile_step(steps[v], device)
+        except Exception as e:
+            print(f"bench_model.py: warning: profiling {v} at batch {batch} failed ({first_line(e)[:300]}); "
+                  "no profile", file=sys.stderr)
     return {v: statistics.median(ts) for v, ts in times.items()}, profiles
 
 
@@ -352,7 +359,7 @@ TIME_RATIOS = {  # name: (numerator, denominator) of step seconds, where both we
 }
 
 
-def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=()) -> dict:
+def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=(), modelled=True) -> dict:
     failed = {}
     secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed)
     tokens = batch * base["max_seq_len"]
@@ -360,7 +367,8 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
     tok_s = {v: tokens / s for v, s in secs.items()}
     measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in secs]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
-    modelled = {v: m for v in measured if (m := modelled_mb(v, base, batch, dtype, device.type == "cuda"))}
+    modelled = {v: m for v in measured if modelled and (m := modelled_mb(v, base, batch, dtype,
+                                                                         device.type == "cuda"))}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
            "mfu": {v: t * fpt / (3 if is_eval(v) else 1) / peak for v, t in tok_s.items()} if peak else None,
            "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in secs
@@ -426,6 +434,9 @@ def parser() -> config.Parser:
     p.add_argument("--quick", action="store_true",
                    help="a tiny shape of its own (no --preset), 2 repeats unless --repeats says (smoke test)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--no-modelled", action="store_true",
+                   help="skip the memory model's figures (CPU work, seconds each: scripts/memory_model.py "
+                        "gives them anywhere; the GPU check skips them)")
     p.add_argument("--profile", action="store_true",
                    help="also profile moe and moe+compile (torch.profiler, 3 steps): kernels, their "
                         "time against the wall time, the top ones (the GPU check does)")
@@ -489,7 +500,8 @@ def main(argv=None):
         storage.make_folder(out.parent, "pick another --out")
     for b in batches:  # written after each batch: a run stopped at a time limit keeps those done
         result["batches"][str(b)] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
-                                                  ["moe", "moe+compile"] if opts.profile else [])
+                                                  ["moe", "moe+compile"] if opts.profile else [],
+                                                  modelled=not opts.no_modelled)
         report({**result, "batches": {str(b): result["batches"][str(b)]}})
         if out is not None:
             storage.save_json(out, result, "pick another --out", sort_keys=False)

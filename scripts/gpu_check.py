@@ -2,21 +2,24 @@
 mode runs on a CPU in a test so that it cannot rot.
 
     python scripts/gpu_check.py                  # on the GPU machine
-    python scripts/gpu_check.py --only train,model --deadline 420   # the same in two commands, within
+    python scripts/gpu_check.py --only train,model --deadline 450   # the same in two commands, within
     python scripts/gpu_check.py --only sample --deadline 280        # a lease of 15 minutes (at once)
     python scripts/gpu_check.py --render --out img/gpu              # gpu.md from both calls' JSON
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
 
 Compiling takes most of its time. Estimated from the last H200 run (bench_model 236 s with four
-compiled variants, bench_sample 211 s, train 94 + 47 s) and the compiles taken out since: about 6
-minutes for train,model and 5 for sample.
+compiled variants, bench_sample 211 s, train 94 + 47 s), the compiles taken out since and the
+variants added: about 7 minutes for train,model and 5 for sample; with --deadline, the parts before
+a train part leave it TRAIN_RESERVE_S (200 s: a minute of training, its start-up and what follows),
+so that a benchmark running long is cut rather than the run.
 
 One after another, each in its own process:
-  1. scripts/bench_model.py --device cuda --profile: MoE, dense, MoE + activation checkpointing
-     and transformers at batch 32 and 128, eager, and compiled at 128 (the compiled goals are at
-     128), bf16, with MFU and peak memory, the evaluation pass's pace beside the training step's,
-     and a profile of the MoE step, eager and compiled (kernel time against wall time, launches,
-     the top kernels: what to work on next);
+  1. scripts/bench_model.py --device cuda --profile --no-modelled: MoE, dense, MoE + activation
+     checkpointing and transformers at batch 32 and 128, eager, and compiled at 128 (the compiled
+     goals are at 128), bf16, with MFU and peak memory (not the memory model's figures: CPU work,
+     which scripts/memory_model.py gives anywhere), the evaluation pass's pace beside the training
+     step's, and a profile of the MoE step, eager and compiled (kernel time against wall time,
+     launches, the top kernels: what to work on next);
   2. scripts/bench_sample.py --device cuda: in float32, on one left-padded batch of 8 ragged prompts,
      whether our variants' greedy tokens agree (compiled with and without CUDA graphs, eager, and
      eager on the MoE's reference path, which a compiled step takes in fp32 on CUDA); then decoding
@@ -81,6 +84,8 @@ FOLLOW_UP_S = 140  # --deadline: what the train part keeps back from its run's b
 # budget does not count (the run's start-up before its clock starts, ~34 s on the H200 with the data
 # cached, its last evaluation and saves) and the four follow-ups (--eval_only, three sample.py runs,
 # one compiling the decode step: 70-95 s); the budget counts the first step's compiling
+TRAIN_RESERVE_S = FOLLOW_UP_S + 60  # --deadline: what the parts before a train part due after them
+# leave it (its FOLLOW_UP_S and a minute of training): the benchmark before it is cut, not the run
 DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
 FAILED: list[str] = []  # what of this check failed: commands, benchmark variants, runs that fell back
 # to eager, and what the deadline stopped or skipped ("cut by the deadline")
@@ -542,13 +547,13 @@ def main(argv=None):
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept
         log.write(f"# gpu_check.py --only {opts.only}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
 
-        def due(part: str) -> bool:  # asked for, and time left for it; its files from before, removed
+        def due(part: str, until) -> bool:  # asked for, and time left for it; its old files removed
             if part not in parts:
                 return False
             for name in PARTS[part]:  # (a part stopped early must not leave an older run's figures)
                 for f in [out / name, *out.glob(f".tmp-*-{name}")]:  # (and a write cut short by a kill)
                     f.unlink(missing_ok=True)
-            if opts.until is not None and opts.until - time.monotonic() < MIN_PART_S:
+            if until is not None and until - time.monotonic() < MIN_PART_S:
                 log.write(f"# {part}: skipped, under {MIN_PART_S} s left before the deadline\n")
                 print(f"gpu_check: {part} skipped (deadline)", flush=True)
                 name = f"the {part} part (cut by the deadline: under {MIN_PART_S} s left, not begun)"
@@ -557,12 +562,15 @@ def main(argv=None):
                 return False
             return True
 
-        if due("model"):
-            extra = ["--no-hf", "--compile", "false"] if opts.quick else []
+        before_train = opts.until  # the deadline of the parts before train, TRAIN_RESERVE_S sooner
+        if opts.until is not None and "train" in parts:
+            before_train = opts.until - TRAIN_RESERVE_S
+        if due("model", before_train):  # (the memory model is CPU work: not on a lease's time)
+            extra = ["--no-hf", "--compile", "false"] if opts.quick else ["--no-modelled"]
             run_bench(out / "bench_model.json", "scripts/bench_model.py", "--device", opts.device, *quick,
-                      *extra, "--profile", "--compile_mode", opts.compile_mode, log=log, until=opts.until)
+                      *extra, "--profile", "--compile_mode", opts.compile_mode, log=log, until=before_train)
             write_summary(out)  # after each part: what is done is summed up
-        if due("sample"):
+        if due("sample", before_train):
             # first the correctness question (a deadline cuts what runs last: better the speed
             # figures): in float32, near-ties are rarer than in bf16, so the variants' tokens should
             # agree; with and without CUDA graphs, and the MoE's reference path eager (what a compiled
@@ -574,15 +582,15 @@ def main(argv=None):
             run_bench(out / "bench_sample_fp32.json", "scripts/bench_sample.py", "--device", opts.device,
                       *quick, "--dtype", "float32", "--variants", variants, "--new_tokens", "128",
                       "--repeats", "1", "--ragged", "--warmup", "0",
-                      *([] if opts.quick else ["--batches", "8"]), log=log, until=opts.until)
+                      *([] if opts.quick else ["--batches", "8"]), log=log, until=before_train)
             write_summary(out)
             # then speed, in bf16 (on a GPU without the uncached variant: no goal counts it, and it
             # is the slowest)
             run_bench(out / "bench_sample.json", "scripts/bench_sample.py", "--device", opts.device, *quick,
                       *([] if opts.quick else ["--variants", "cached,compiled,hf"]), log=log,
-                      until=opts.until)
+                      until=before_train)
             write_summary(out)
-        if due("train"):
+        if due("train", opts.until):
             result = train_part(opts, out, log)
             FAILED.extend(train_fallbacks(result))  # (train.json: written as it went)
     FAILED[:] = dict.fromkeys(FAILED)  # (a failed benchmark: named by sh, then from its JSON)

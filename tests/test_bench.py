@@ -191,6 +191,28 @@ def test_a_failing_memory_model_costs_its_column_not_the_run(tmp_path, monkeypat
     assert "warning: the memory model failed on moe (AttributeError" in capsys.readouterr().err
 
 
+def test_no_modelled_skips_the_memory_model_and_a_failed_profile_costs_only_itself(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """--no-modelled (the GPU check's: CPU work, seconds a variant, on a lease's time) never runs the
+    memory model; a profiler that fails (CUPTI on a GPU) is a warning line, and the batch's timings
+    are kept (it ran before they were returned, and took them with it)."""
+    from scripts import bench_model
+    monkeypatch.setattr(bench_model, "modelled_mb", lambda *args: pytest.fail("the memory model ran"))
+    monkeypatch.setattr(bench_model, "peak_memory", lambda v, *args: 2**20)  # (seconds each: a child)
+
+    def broken(step, device):
+        raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED\nmore")
+    monkeypatch.setattr(bench_model, "profile_step", broken)
+    result = bench_model.main(["--quick", "--no-hf", "--compile", "false", "--no-modelled", "--profile",
+                               "--out", str(tmp_path / "m.json")])
+    batch = next(iter(result["batches"].values()))
+    assert batch["modelled_step_memory_mb"] == {} and "profile" not in batch
+    assert set(batch["step_seconds"]) == {"moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"}
+    err = capsys.readouterr().err
+    assert ("warning: profiling moe at batch 8 failed (RuntimeError: CUPTI_ERROR_NOT_INITIALIZED); "
+            "no profile") in err
+
+
 def test_a_variant_that_fails_costs_its_row_not_the_run(tmp_path, monkeypatch, capsys):
     """A variant that fails to build or warm up (Inductor on an untried GPU, out of memory at a
     large batch) is left out with a warning and a 'failed' entry; the others are measured, their

@@ -3,6 +3,7 @@ part runs and leaves its file, so the check cannot rot between GPU sessions."""
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -631,6 +632,41 @@ def test_the_train_budget_is_the_smaller_of_minutes_and_what_the_deadline_leaves
     assert budgets[0] == 1 and 4.5 < budgets[1] <= (440 - 140) / 60
 
 
+def test_the_parts_before_train_leave_it_its_reserve_of_the_deadline(tmp_path, monkeypatch):
+    """With train due after them, the model and sample parts stop TRAIN_RESERVE_S before the deadline
+    (catches a benchmark that ran long leaving the training run its 15-second floor and every
+    command after it cut); without train they have it all. On a GPU bench_model skips the memory
+    model (CPU work on the lease's time); the quick check keeps it, to test it."""
+    import subprocess
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append(
+        ([str(a) for a in argv], until)) or subprocess.CompletedProcess(argv, 0, "", ""))
+    monkeypatch.setattr(gpu_check, "train_part",
+                        lambda opts, out, log: ran.append((["train"], opts.until)) or {})
+    monkeypatch.setitem(sys.modules, "datasets", object())
+    for only in ["model,sample,train", "model,sample"]:
+        ran.clear()
+        start = time.monotonic()
+        gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", only,
+                        "--deadline", "600"])
+        (model, until), *rest = ran
+        reserve = gpu_check.TRAIN_RESERVE_S if "train" in only else 0
+        assert start + 600 - reserve <= until <= time.monotonic() + 600 - reserve, only
+        assert all(u == until for _, u in rest[:2]) and "--no-modelled" in model
+        if "train" in only:
+            assert rest[2] == (["train"], until + reserve)
+    assert gpu_check.TRAIN_RESERVE_S >= gpu_check.FOLLOW_UP_S + 60
+    ran.clear()  # the reserve less than MIN_PART_S away: the benchmarks are not begun, train is
+    with pytest.raises(SystemExit, match="the model part .cut by the deadline.*the sample part .cut"):
+        gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "model,sample,train",
+                        "--deadline", str(gpu_check.TRAIN_RESERVE_S + 10)])
+    assert [argv for argv, _ in ran] == [["train"]]
+    ran.clear()
+    monkeypatch.setattr(gpu_check, "run_bench", lambda *argv, log, until: ran.append(argv))
+    gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "q"), "--only", "model"])
+    assert "--no-modelled" not in ran[0]
+
+
 def test_a_part_with_under_min_part_s_left_is_not_begun(tmp_path, monkeypatch):
     """A deadline leaving 20 s (under MIN_PART_S, 30) skips every part, not only at 0 s left."""
     ran, out = [], tmp_path / "gpu"
@@ -809,7 +845,7 @@ def test_only_and_deadline_keep_the_readmes_folder(tmp_path, monkeypatch, capsys
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (parse only: nothing runs)
     work = ["--work", str(tmp_path / "work")]
-    for argv in (["--only", "train,model", "--deadline", "420"], ["--only", "sample", "--deadline", "280"]):
+    for argv in (["--only", "train,model", "--deadline", "450"], ["--only", "sample", "--deadline", "280"]):
         assert gpu_check.parse([*work, *argv])[1] == gpu_check.ROOT / "img" / "gpu"
     assert gpu_check.parse([*work, "--only", "sample", "--quick"])[1] == tmp_path / "work" / "results"
 
@@ -901,9 +937,9 @@ def test_render_names_a_skipped_part_and_a_failed_benchmark_and_shows_no_table_f
     from types import SimpleNamespace
     out, calls, clock = tmp_path / "gpu", [], [0.0]
 
-    def fake_sh(*argv, log, until=None):  # bench_model.py fails after 15 s (a bad import on the GPU)
+    def fake_sh(*argv, log, until=None):  # bench_model.py fails after 220 s (out of memory at last)
         calls.append(argv[0])
-        clock[0] += 15
+        clock[0] += 220
         gpu_check.FAILED.append("bench_model.py (exit 3)")  # (as sh names it)
         return subprocess.CompletedProcess(argv, 3, "", "")
     monkeypatch.setattr(gpu_check, "sh", fake_sh)
@@ -911,8 +947,8 @@ def test_render_names_a_skipped_part_and_a_failed_benchmark_and_shows_no_table_f
                                                            strftime=time.strftime))
     with pytest.raises(SystemExit, match=r"error: bench_model.py \(exit 3\), the train part \(cut by the "
                                          r"deadline: under 30 s left, not begun\) failed"):
-        gpu_check.main(["--only", "model,train", "--device", "cpu", "--out", str(out), "--deadline", "40",
-                        "--work", str(tmp_path / "work")])
+        gpu_check.main(["--only", "model,train", "--device", "cpu", "--out", str(out), "--deadline",
+                        str(gpu_check.TRAIN_RESERVE_S + 40), "--work", str(tmp_path / "work")])
     assert calls == ["scripts/bench_model.py"]
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--render", "--out", str(out)])
