@@ -1,5 +1,6 @@
 """Settings: presets, JSON round trip, command-line overrides and their errors."""
 
+import dataclasses
 import json
 import os
 import re
@@ -655,7 +656,7 @@ def test_counts_and_at_least_1_refuse_0():
     import argparse
     p = config.Parser(prog="bench.py")
     assert p.counts("--batches", "8,16") == [8, 16]
-    for bad in ("0", "8,0", "x", ""):
+    for bad in ("0", "8,0", "x", "", "8,,16", "8,"):  # (an empty item: a typo, not a list of one)
         with pytest.raises(SystemExit):
             p.counts("--batches", bad)
     assert config.at_least_1("1") == 1
@@ -709,3 +710,197 @@ def test_a_choice_is_checked_where_settings_do_not_pass_argparse():
     with pytest.raises(ConfigError, match=r"^--compile_mode: 'fast' is not one of default, "
                                           r"reduce-overhead, "):
         config.from_dict(TrainArgs, {"compile_mode": "fast"})
+
+
+# ---------------------------------------------------------------------------------------------
+# A second mutation audit of config.py: the command line's order, defaults and fall-backs, the
+# derived layer layout, the presets' remaining fields and the constants other modules read.
+
+
+def test_a_preset_typed_after_the_fields_still_starts_them():
+    """The early --preset parse looking at the start of the line only: `--dim 64 --preset tiny` took
+    scout-128m's values under tiny's name."""
+    for argv in (["--dim", "64", "--preset", "tiny"], ["--dim=64", "--preset=tiny"]):
+        parsed = config.parse_args([ModelArgs, TrainArgs], argv)
+        name, (model, train) = parsed
+        assert (name, model.dim, model.vocab_size, train.lr) == ("tiny", 64, 4096, 3e-3)
+        assert parsed.given == {"dim", "preset"}
+
+
+def test_no_preset_typed_is_named_the_default_one():
+    """--preset's default dropped (None): a run with no --preset was named after no preset."""
+    assert config.parse_args([ModelArgs, TrainArgs], [])[0] == config.DEFAULT_PRESET == "scout-128m"
+    assert config.parse_args([SampleArgs], [])[0] == config.DEFAULT_PRESET
+
+
+def test_the_command_line_is_read_from_sys_argv_by_default(monkeypatch, capsys):
+    """argv None read as sys.argv (the script's own path taken for an option), or the error line
+    prefixed with the script's whole path instead of its name."""
+    monkeypatch.setattr(sys, "argv", ["/some/where/train.py", "--dim", "64"])
+    assert config.parse_args([ModelArgs])[1][0].dim == 64
+    monkeypatch.setattr(sys, "argv", ["/some/where/train.py", "--dmi", "64"])
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs])
+    assert capsys.readouterr().err.startswith("train.py: error: unknown option --dmi (did you mean --dim?)")
+
+
+def test_an_option_with_its_value_after_a_bare_double_dash_is_named_as_such(capsys):
+    """Parser.unknown not splitting `--dim=64` at its "=": a known option after the bare -- was
+    offered as a guess (did you mean --dim?), not named as one the -- hid."""
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs, TrainArgs], ["--", "--dim=64"], prog="train.py")
+    assert "--dim=64 (after the bare --); see --help" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        config.parse_args([SampleArgs], ["--temp=0.5"], prog="sample.py")
+    assert "--temp=0.5 (did you mean --temperature?)" in capsys.readouterr().err
+
+
+def test_pass_through_never_suggests_an_option_the_script_owns(capsys):
+    """check_pass_through offering an owned option (--runn: did you mean --run?), which it then refuses;
+    or a negative value (-1e-5) taken for an unknown option."""
+    p = config.Parser(prog="sweep.py")
+    with pytest.raises(SystemExit):
+        config.check_pass_through(p, ["--runn", "x"], owned=("run",))
+    err = capsys.readouterr().err
+    assert err.startswith("sweep.py: error: unknown option --runn") and "--run?" not in err
+    config.check_pass_through(p, ["--min_lr", "-1e-5"], owned=("run",))  # a value: train.py checks it
+
+
+def test_the_layer_layout_rope_and_moe():
+    """uses_rope off by one (NoPE on layers 0, 4, ... not 3, 7, ...), or is_moe_layer (Maverick's MoE
+    on layers 1, 3, ...)."""
+    args = ModelArgs(n_layers=8, nope_every=4, moe_every=2)
+    assert [i for i in range(8) if not args.uses_rope(i)] == [3, 7]
+    assert [i for i in range(8) if args.is_moe_layer(i)] == [1, 3, 5, 7]
+    assert not any(ModelArgs(nope_every=1).uses_rope(i) for i in range(6))  # every layer NoPE
+    assert all(ModelArgs(nope_every=7).uses_rope(i) for i in range(6))  # (above n_layers: none)
+
+
+def test_the_dense_twin_is_dense_and_as_wide_as_the_active_experts():
+    """dense_twin: an MoE layer left in (moe_every = n_layers makes the last layer MoE), or the
+    shared expert left out of the width (top_k x expert_dim)."""
+    args = ModelArgs(n_layers=4, top_k=2, expert_dim=96)
+    twin = args.dense_twin()
+    assert twin.is_dense and not any(twin.is_moe_layer(i) for i in range(4))
+    assert twin.mlp_dim == 3 * 96
+    assert config.to_dict(twin) == {**config.to_dict(args), "moe_every": 5, "mlp_dim": 288}
+
+
+def test_a_text_only_model_does_not_check_the_vision_settings():
+    """The vision checks run without --vision: a text-only model refused for a vision tower it
+    does not build."""
+    args = ModelArgs(vision_heads=3, image_size=100, pixel_shuffle_ratio=0.3, projector_input_dim=7)
+    assert not args.vision and args.pixel_shuffle_ratio == 0.3
+    with pytest.raises(ConfigError):
+        ModelArgs(vision=True, vision_heads=3)
+
+
+def test_a_list_default_is_not_shared_between_instances():
+    """arg() giving every SampleArgs the same default list: a prompt added to one appeared in all."""
+    a, b = SampleArgs(), SampleArgs()
+    assert a.prompt == [] and a.prompt is not b.prompt
+    a.prompt.append("x")
+    assert SampleArgs().prompt == []
+
+
+def test_the_defaults_leave_the_machine_to_decide_and_sample_as_documented():
+    """A default changed: dtype, compile or device fixed (not auto: bfloat16 and compiling on CUDA,
+    float32 and eager on a CPU), clipping off, or sampling's temperature, top-p or cache."""
+    train = TrainArgs()
+    assert (train.dtype, train.compile, train.device, train.wandb_mode) == ("auto",) * 4
+    assert (train.compile_mode, train.grad_clip, train.grad_checkpoint, train.eval_only) == \
+        ("default", 1.0, False, False)
+    assert (train.beta1, train.beta2, train.max_steps, train.warmup_steps, train.batch_size) == \
+        (0.9, 0.95, 5000, 100, 128)
+    sample = SampleArgs()
+    assert (sample.dtype, sample.compile, sample.device) == ("auto",) * 3
+    assert (sample.temperature, sample.top_k, sample.top_p, sample.max_new_tokens, sample.num_samples) == \
+        (0.8, 0, 1.0, 256, 1)
+    assert not (sample.greedy or sample.no_cache or sample.ckpt or sample.hf)
+    _, (s,) = config.parse_args([SampleArgs], ["--compile"])  # a bare --compile: on, as for train.py
+    assert s.compile == "true"
+
+
+def test_the_presets_remaining_fields():
+    """Preset fields the first audit left: tiny's dense width, debug's temperature steps and its
+    schedule, the released context lengths, vision towers and special token ids (a tile id pair
+    swapped)."""
+    tiny = config.preset("tiny", ModelArgs)
+    assert (tiny.mlp_dim, tiny.n_experts, tiny.moe_every, tiny.nope_every) == (256, 16, 1, 4)
+    debug, debug_train = config.preset("debug", ModelArgs), config.preset("debug", TrainArgs)
+    assert (debug.vocab_size, debug.dim, debug.n_heads, debug.n_kv_heads, debug.expert_dim, debug.mlp_dim,
+            debug.n_experts, debug.attn_floor_scale) == (320, 64, 4, 2, 32, 64, 4, 4)
+    assert (debug_train.batch_size, debug_train.lr, debug_train.min_lr, debug_train.warmup_steps,
+            debug_train.eval_every, debug_train.save_every, debug_train.log_every,
+            debug_train.eval_windows) == (4, 3e-3, 3e-4, 2, 4, 4, 1, 4)
+    scout17 = config.preset("scout-17b-16e", ModelArgs)
+    maverick = config.preset("maverick-17b-128e", ModelArgs)
+    assert (scout17.max_seq_len, maverick.max_seq_len) == (10485760, 1048576)
+    for big in (scout17, maverick):
+        assert (big.expert_dim, big.mlp_dim, big.nope_every, big.rope_theta) == (8192, 16384, 4, 500000.0)
+        assert [getattr(big, n) for n in config.SPECIAL_TOKENS] == \
+            [200008, 200018, 200080, 200081, 200090, 200092, 200084, 200085]
+        assert (big.vision_dim, big.vision_layers, big.vision_heads, big.vision_mlp_dim, big.image_size,
+                big.patch_size, big.pixel_shuffle_ratio, big.projector_input_dim,
+                big.projector_output_dim) == (1408, 34, 16, 5632, 336, 14, 0.5, 4096, 4096)
+        assert isinstance(big.image_tokens, int)  # (a float count breaks the tensor shapes it sizes)
+    for name, sets in config.PRESETS.items():  # only the two classes with presets
+        assert set(sets) == {"ModelArgs", "TrainArgs"}, name
+
+
+def test_the_special_tokens_are_listed_in_the_order_of_their_default_ids():
+    """SPECIAL_TOKENS reordered: the tokenizer reserves ids in this order (0, 1, 2, ...), so the
+    <|image|> and <|patch|> entries swapped gave each the other's id."""
+    assert [getattr(ModelArgs(), n) for n in config.SPECIAL_TOKENS] == list(range(8))
+    assert list(config.SPECIAL_TOKENS.values())[:2] == ["<|endoftext|>", "<|pad|>"]
+    tokens = config.SPECIAL_TOKENS
+    assert (tokens["image_id"], tokens["patch_id"]) == ("<|image|>", "<|patch|>")
+
+
+def test_the_compile_modes_that_replay_cuda_graphs():
+    """CUDA_GRAPH_MODES without max-autotune (it replays CUDA graphs too: one micro-batch per process)."""
+    assert config.CUDA_GRAPH_MODES == ("reduce-overhead", "max-autotune")
+    assert set(config.CUDA_GRAPH_MODES) < set(config.COMPILE_MODES)
+    assert [f.metadata["choices"] for f in dataclasses.fields(TrainArgs)
+            if f.name == "compile_mode"] == [list(config.COMPILE_MODES)]
+
+
+def test_help_shows_the_typed_presets_defaults(capsys):
+    """--help's "(default: ...)" taken from the class, not the preset typed: `--preset tiny --help`
+    said vocab_size 32768 where tiny uses 4096."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], ["--preset", "tiny", "--help"], prog="train.py")
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert re.search(r"--vocab_size INT +vocabulary size, special tokens included \(default:\s+4096\)", out)
+    assert re.search(r"--lr FLOAT +peak learning rate \(default:\s+0\.003\)", out)
+
+
+def test_checked_later_keeps_every_value_of_the_preset():
+    """The unchecked instance (a deferred check) holding only some fields: the rest fell back to the
+    class defaults (scout-128m's lr under --preset tiny) with no error."""
+    parsed = config.parse_args([ModelArgs, TrainArgs], ["--preset", "tiny", "--min_lr", "1", "--resume"],
+                               checked_later=lambda ns: True)
+    train = parsed[1][1]
+    assert (train.lr, train.batch_size, train.weight_decay, train.min_lr) == (3e-3, 16, 1.0, 1.0)
+    assert {f.name for f in dataclasses.fields(TrainArgs)} <= set(vars(train))
+
+
+def test_a_stray_file_is_blamed_on_a_glob_only_where_there_is_a_data_option(tmp_path, capsys):
+    """The unquoted-glob hint given to a script with no --data (sample.py), whose stray file name
+    is a missing --name."""
+    stray = tmp_path / "a.txt"
+    stray.write_text("a\n")
+    with pytest.raises(SystemExit):
+        config.parse_args([SampleArgs], [str(stray)], prog="sample.py")
+    assert f"unknown option {stray} (options take the form --name value" in capsys.readouterr().err
+
+
+def test_to_dict_is_a_copy_of_the_settings():
+    """to_dict returning the instance's own __dict__ (vars): a changed copy (a resume's settings, a
+    sweep's variant) changed the settings it came from, a prompt list included."""
+    model, sample = ModelArgs(), SampleArgs(prompt=["a"])
+    d, s = config.to_dict(model), config.to_dict(sample)
+    d["dim"] = 64
+    s["prompt"].append("b")
+    assert model.dim == 512 and sample.prompt == ["a"]
