@@ -448,3 +448,134 @@ def test_a_warmup_as_long_as_the_run_is_warned_of():
         "warning: --warmup_steps 10 is not below --max_steps 10: the learning rate rises to 0.001 "
         "(--lr 0.001) and never decays; lower --warmup_steps"]
     assert runplan.setting_warnings(p._replace(train_args=replace(p.train_args, warmup_steps=9)), set()) == []
+
+
+# --- a second audit: what the first left untested ---------------------------------------------------
+
+def test_resume_of_a_run_under_an_out_dir_with_no_runs_still_offers_a_new_run(tmp_path):
+    """Bug caught: --resume --run NAME under an --out_dir that holds no run at all not told it can drop
+    --resume to start NAME as a new run (the advice kept only where other runs are listed)."""
+    out = tmp_path / "empty"
+    with pytest.raises(ConfigError, match=re.escape(f"there is no run r under --out_dir {out}/ (nor any "
+                                                    "other run; pass the --out_dir it was trained in, or "
+                                                    "drop --resume to start r as a new run)")):
+        runplan.run_to_resume(TrainArgs(resume="latest", run="r"), out)
+
+
+def test_a_checkpoint_that_saved_an_empty_out_dir_still_resumes(tmp_path):
+    """Bug caught: the checkpoint's own --out_dir kept by resume_settings: one saved as '' (before
+    --out_dir '' was refused) stopping the resume on an option nobody typed."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    state = checkpoint.load_checkpoint(last)
+    state["train_args"]["out_dir"] = ""
+    checkpoint.save_checkpoint(last, state)
+    p = plan(tmp_path, resume=str(last))
+    assert p.run_dir == last.parent and p.train_args.out_dir == str(tmp_path / "ckpt")
+
+
+def test_a_file_whose_name_holds_a_glob_character_is_that_file(tmp_path, monkeypatch):
+    """Bug caught: a saved --data named like a glob (d[1].txt) that is there refused as gone (looked for
+    as a pattern alone), or a relative one typed left relative (taken for a pattern matching nothing)."""
+    (tmp_path / "d[1].txt").write_text("x")
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", data=str(tmp_path / "d[1].txt"))
+    assert plan(tmp_path, resume=str(last)).train_args.data == str(tmp_path / "d[1].txt")
+    monkeypatch.chdir(tmp_path)
+    assert runplan.absolute("d[1].txt") == str(tmp_path / "d[1].txt")
+
+
+def test_a_resumed_training_run_checks_its_saved_data_beside_its_val_data(tmp_path):
+    """Bug caught: the checkpoint's --data left unchecked whenever it has a --val_data (only --eval_only
+    reads --val_data alone): a training resume whose training text is gone not told so."""
+    (tmp_path / "v.txt").write_text("x")
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", data=str(tmp_path / "gone.txt"),
+                           val_data=str(tmp_path / "v.txt"))
+    with pytest.raises(DataError, match=re.escape(f"--data: the checkpoint's {tmp_path / 'gone.txt'} no "
+                                                  "longer exists; pass --data PATH")):
+        plan(tmp_path, resume=str(last))
+    assert plan(tmp_path, resume=str(last), eval_only=True).train_args.val_data == str(tmp_path / "v.txt")
+
+
+def test_the_memory_refusal_names_what_it_counted_and_the_fix(tmp_path, monkeypatch):
+    """Bug caught: the memory refusal listing a term that is nothing (activations 0.0 at --eval_only),
+    or losing the fix it names (a smaller micro-batch, --grad_accum to keep the batch)."""
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 1)
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2, eval_only=True), None, None)
+    with pytest.raises(runplan.DeviceError) as e:
+        runplan.check_settings(p, torch.device("cpu"), runtime.World())
+    assert str(e.value) == ("--max_seq_len 64 x --batch_size 2 needs at least 0.0 GB (weights 0.0, loss "
+                            "chunk 0.0) but cpu has 0.0 GB; lower --max_seq_len or --batch_size (raise "
+                            "--grad_accum to keep the batch), or use a smaller model")
+    assert e.value.exit_code == 2  # a setting the device cannot take, as argparse's
+
+
+def test_no_overlap_is_warned_of_where_the_checkpoint_had_a_val_data_of_its_own(tmp_path):
+    """Bug caught: the checkpoint's own --val_data ignored by the overlap warning: a held-out slice
+    asked of a run that was validated on a file of its own told (wrongly) that its validation text
+    was a held-out slice of --data."""
+    (tmp_path / "a.txt").write_text("x")
+    ckpt = {"train_args": config.to_dict(TrainArgs(data=str(tmp_path / "a.txt"), val_data="v.txt",
+                                                   val_fraction=0.01))}
+    t = TrainArgs(data=str(tmp_path / "a.txt"), val_fraction=0.5, eval_only=True)
+    p = runplan.RunPlan(None, DEBUG, t, ckpt, None)
+    assert runplan.setting_warnings(p, {"val_fraction", "val_data"}) == []
+
+
+def test_a_claim_refused_for_another_model_lets_go_of_the_lock(tmp_path):
+    """Bug caught: claim_folder not comparing the folder's model.json (another model's checkpoint resumed
+    into it), or keeping the folder locked after that refusal (released on a RunError alone)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    (last.parent / "model.json").write_text('{"dim": 48}')
+    own = runplan.RunPlan(last.parent, DEBUG, TrainArgs(), checkpoint.load_checkpoint(last), last)
+    with pytest.raises(CheckpointError, match="is not this run's model") as refused:
+        runplan.claim_folder(own)
+    # (the error kept, with its traceback, as a caller reporting it would: a lock left held stays held)
+    assert refused.tb is not None and not storage.held(last.parent / "run.lock")
+
+
+def test_cuda_graphs_are_refused_only_where_the_model_is_compiled(tmp_path, monkeypatch):
+    """Bug caught: --compile_mode reduce-overhead with --grad_accum refused on CUDA under --compile false
+    (nothing compiled, no graph replayed), or let through under --compile auto (compiled on CUDA)."""
+    monkeypatch.setattr(runtime, "device_memory", lambda device: None)
+    cuda, world = torch.device("cuda"), runtime.World()
+    t = TrainArgs(compile="false", compile_mode="reduce-overhead", grad_accum=2)
+    runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, t, None, None), cuda, world)
+    with pytest.raises(ConfigError, match="replays CUDA graphs"):
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, replace(t, compile="auto"), None, None), cuda,
+                               world)
+
+
+def test_eval_only_evaluates_the_checkpoint_resume_names(tmp_path):
+    """Bug caught: --eval_only --resume CKPT evaluating the newest run's last.pt (or --run's) instead of
+    the checkpoint named."""
+    out = tmp_path / "ckpt"
+    old = fake_checkpoint(out / "a" / "last.pt")
+    best = fake_checkpoint(out / "a" / "best.pt")
+    fake_checkpoint(out / "b" / "last.pt")
+    os.utime(old, (1, time.time() - 100))
+    os.utime(best, (1, time.time() - 100))
+    p = plan(tmp_path, resume=str(old), eval_only=True)
+    assert (p.ckpt_path, p.run_dir, p.train_args.eval_only) == (old, old.parent, True)
+    assert plan(tmp_path, resume=str(best), run="a", eval_only=True).ckpt_path == best
+
+
+def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):
+    """Bug caught: the weights-only refusal or the model-settings refusal losing its way on (a new
+    --run; --eval_only for an import)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "w" / "last.pt", optimizer=False)
+    with pytest.raises(CheckpointError) as e:
+        plan(tmp_path, resume=str(last))
+    assert str(e.value) == (f"{last} holds weights only (an import); it can be evaluated (--eval_only) or "
+                            "sampled, not resumed: start a new --run")
+    with pytest.raises(CheckpointError) as e:
+        runplan.resume_settings(saved(), debug_args(dim=48), TrainArgs(), {"dim"})
+    assert str(e.value) == ("model settings differ from the checkpoint's (dim: checkpoint 64, asked 48); "
+                            "drop them to use the checkpoint's, or start a new --run")
+
+
+def test_a_tokenizer_typed_empty_at_resume_is_kept_empty(tmp_path):
+    """Bug caught: --tokenizer typed as '' at --resume (the tokenizer cached for the data, not a file)
+    replaced by the copy beside the checkpoint: typed is typed, whatever its value."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    (last.parent / "tokenizer.json").write_text("{}")
+    assert plan(tmp_path, resume=str(last), tokenizer="").train_args.tokenizer == ""
+    assert plan(tmp_path, resume=str(last)).train_args.tokenizer == str(last.parent / "tokenizer.json")
