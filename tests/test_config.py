@@ -137,6 +137,7 @@ BAD = [
     (["--run", "../escape"], "--run: '../escape' is not a plain name: a run is the folder <out_dir>/<run>"),
     (["--run", "a/b"], "--run: 'a/b' is not a plain name"),
     (["--out_dir", ""], "--out_dir: must name a folder, got ''"),  # (the run went into the current directory)
+    (["--cache_dir", ""], "--cache_dir: must name a folder, got ''"),  # (the caches went there too)
     # a latin-1 terminal's é: once crashed the loss plot at the first evaluation, after training
     (["--run", "caf\udce9"], "--run: 'caf\\udce9' is not UTF-8 text (byte 0xe9 from the command line)"),
     (["--dim", "big"], "--dim: expected an integer, got 'big'"),
