@@ -112,8 +112,10 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str 
             if runs:  # --out_dir itself, not one of its runs
                 raise ConfigError(f"{p} is a folder of runs, not a run; pass {option}{runs[0]} (the newest) "
                                   f"or another of its runs ({named_runs(runs)})")
+            hf = ("; it is a Hugging Face folder: sample.py takes it as --hf, and scripts/export_hf.py "
+                  "--import makes a checkpoint of it" if (p / "config.json").is_file() else "")
             raise CheckpointError(f"{p} is not a run folder (no last.pt in it); pass a .pt file or a run "
-                                  "folder")
+                                  f"folder{hf}")
         p = last
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist; pass a .pt file or a run folder")

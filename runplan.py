@@ -23,7 +23,8 @@ How this departs from the obvious version:
 - What can be refused before any work is: a vocabulary below 264, special-token ids that the
   tokenizer the run trains does not have, a batch that does not split over the processes, a
   micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
-  CUDA graphs with more than one micro-batch per process (exit status 2, as for any bad setting).
+  CUDA graphs with more than one micro-batch per process, a --plot named as a file of the run or
+  one already there other than an image (exit status 2, as for any bad setting).
   Settings that are allowed but probably not meant get a warning line: a warmup as long as the
   run, a --val_fraction with a validation source or other than the checkpoint's at --resume or
   --eval_only, a --val_text_field for a .txt --val_data (and sources.py warns of --val_data files
@@ -129,6 +130,9 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     # --run and --out_dir checked before they are used as paths (at --resume, before a checkpoint is
     # looked for under them)
     config.check_run(train_args.run, train_args.out_dir)
+    if "resume" in given and not train_args.resume:  # (an unset $CKPT: it started a new run)
+        raise ConfigError("--resume '': name a checkpoint, a run folder or a run, or give --resume alone "
+                          "for the run's latest checkpoint")
     out = Path(train_args.out_dir)
     # a run folder whose run stopped before its first save: a new run there is what is left
     not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else "start it again without --resume"
@@ -247,8 +251,11 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     vocabulary smaller than a byte-level BPE, special-token ids other than those of the tokenizer
     the run will train, a batch that does not split over the processes, CUDA
     graphs with more than one micro-batch per process, a micro-batch whose weights, loss chunk and
-    residual stream alone exceed the device's memory."""
+    residual stream alone exceed the device's memory, a --plot that would replace a file of the run
+    (metrics.jsonl, last.pt: a plot is written at every evaluation)."""
     model_args, train_args = plan.model_args, plan.train_args
+    if problem := storage.not_an_image("--plot", train_args.plot, plan.run_dir):
+        raise ConfigError(problem)
     if plan.ckpt is None and (problem := too_small(model_args.vocab_size)):
         raise ConfigError(problem)
     if plan.ckpt is None and not train_args.tokenizer:  # one trained here puts them at ids 0, 1, ...

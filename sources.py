@@ -113,9 +113,18 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     first path."""
     skip = [Path(d).resolve() for d in skip]
 
+    def skipped(path: str) -> bool:
+        return any(Path(path).resolve().is_relative_to(d) for d in skip)
+
+    def left_out(raw: list[str]) -> None:  # ("holds no .txt file" of a folder that held some)
+        if any(map(skipped, raw)):
+            raise DataError(f"{flag}: the files of '{spec}' lie in this run's --out_dir or --cache_dir, "
+                            f"which {flag} leaves out; move the text out of them, or pick another "
+                            "--out_dir or --cache_dir")
+
     def wanted(path: str) -> bool:
-        real, p = Path(path).resolve(), Path(path)
-        if any(real.is_relative_to(d) for d in skip):
+        p = Path(path)
+        if skipped(path):
             return False
         if p.name == "dataset_dict.json":
             raise DataError(f"{flag}: '{p.parent}' is a DatasetDict saved by save_to_disk; point {flag} at "
@@ -129,6 +138,7 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     if os.path.isdir(spec):
         files = sorted(filter(wanted, walk(spec)))
         if not files:
+            left_out(walk(spec))
             raise DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file; check the path")
     elif os.path.isfile(spec):  # before the glob test: a file may be named tiny[1].txt
         files = [spec]
@@ -136,9 +146,10 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         matches = glob.glob(spec, recursive=True)
         found = [m for m in matches if os.path.isfile(m)] + [f for m in matches if os.path.isdir(m)
                                                              for f in walk(m)]
-        found = sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its folders)
+        raw, found = found, sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its dirs)
         files = [f for f in found if Path(f).suffix.lower() in KINDS]  # (the others left out, as in a folder)
         if not found:
+            left_out(raw)
             raise DataError(f"{flag}: no files match '{spec}'; check the path or glob")
         if not files:
             raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file (only {found[0]}"

@@ -132,6 +132,31 @@ def signals_put_off():
             signal.raise_signal(s)
 
 
+# what matplotlib writes (Figure.savefig's formats); a plot named otherwise is written as PNG
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".eps", ".ps", ".pgf",
+                  ".svgz", ".raw", ".rgba")
+RUN_FILES = ("last.pt", "best.pt", "model.json", "train.json", "tokenizer.json", "metrics.jsonl", "run.lock",
+             "wandb_unfinished.txt")  # what train.py keeps in a run folder
+
+
+def not_an_image(option: str, path: str, folder=".") -> str | None:
+    """Why a plot may not be written at `path` (relative to `folder`), or None: a name that is no
+    image's and is one of a run folder's files, or a file already there that is not a PNG (--plot
+    metrics.jsonl, train.json or last.pt replaced that file of the run with a PNG; a PNG there is
+    this plot from before, at --resume)."""
+    suffix, target = Path(path).suffix.lower(), Path(folder) / path
+    if not suffix or suffix in IMAGE_SUFFIXES:
+        return None
+    if Path(path).name not in RUN_FILES:
+        try:
+            if not target.is_file() or target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n":
+                return None  # (written as a PNG)
+        except OSError:  # (unreadable: writing it fails later, in a line of its own)
+            return None
+    return (f"{option} {path}: the plot would replace that file with an image; name a .png, .svg or "
+            ".pdf file")
+
+
 def make_folder(path, fix: str | None = None) -> Path:
     """mkdir -p, with a failure (a file in the way, no permission, a full disk) a StorageError."""
     try:

@@ -737,7 +737,7 @@ def load_data(plan: RunPlan, world: World, device, log):
     model_args, train_args = plan.model_args, plan.train_args
     fix = "put back the run's own tokenizer.json or pass it with --tokenizer FILE (another is a new --run)"
     if plan.ckpt is not None and train_args.tokenizer:
-        checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer), train_args.tokenizer, plan.ckpt,
+        checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer, fix), train_args.tokenizer, plan.ckpt,
                                    plan.ckpt_path, fix)
     with runtime.rank0_first(world, device):
         if train_args.eval_only:

@@ -39,6 +39,9 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="replace an export or a checkpoint already at dest "
                                                           "(refused without it)")
     args = p.parse_args(argv)
+    for name in ("source", "dest"):  # ("" was the current folder: an export or last.pt landed there)
+        if not getattr(args, name):
+            p.error(f"{name} is empty; name a path (. for the current folder)")
     restore_sigterm = sigterm_interrupts()  # a kill is a Ctrl-C: the hidden folder is cleaned up
     try:
         if args.do_import:
@@ -49,8 +52,9 @@ def main(argv=None):
             model, ckpt = checkpoint.load_model(ckpt_path)
             tok = ckpt_path.parent / "tokenizer.json"
             if tok.exists():  # the one the checkpoint was trained with, or nothing is exported
-                checkpoint.check_tokenizer(Tokenizer.load(tok, exact=False), tok, ckpt, ckpt_path,
-                                           fix=checkpoint.TOKENIZER_FIX + "; nothing was exported")
+                fix = checkpoint.TOKENIZER_FIX + "; nothing was exported"
+                checkpoint.check_tokenizer(Tokenizer.load(tok, fix, exact=False), tok, ckpt, ckpt_path,
+                                           fix=fix)
             checkpoint.export_hf(model, args.dest, tok if tok.exists() else None, args.force)
             if not tok.exists():
                 print(f"export_hf.py: warning: {tok} is missing: the folder got no tokenizer, and "

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config  # noqa: E402
 import runlog  # noqa: E402
+import storage  # noqa: E402
 from errors import UserError, run_script  # noqa: E402
 
 
@@ -24,6 +25,8 @@ def check_out(p, out: str) -> None:
     if out == "-":  # (it wrote an image file named -)
         p.error("--out -: the plot is an image file, not text for standard output; name it, "
                 "e.g. --out compare.png")
+    if problem := storage.not_an_image("--out", out):  # (--out RUN/metrics.jsonl replaced the log read)
+        p.error(problem)
     if Path(out).is_dir():
         p.error(f"--out {out} is a folder; name the image file, e.g. --out {Path(out) / 'compare.png'}")
     folder = Path(out).parent  # the nearest folder that exists must be one (a file there was errno 17)

@@ -579,3 +579,13 @@ def test_a_tokenizer_typed_empty_at_resume_is_kept_empty(tmp_path):
     (last.parent / "tokenizer.json").write_text("{}")
     assert plan(tmp_path, resume=str(last), tokenizer="").train_args.tokenizer == ""
     assert plan(tmp_path, resume=str(last)).train_args.tokenizer == str(last.parent / "tokenizer.json")
+
+
+def test_resume_typed_empty_is_refused_not_a_new_run(tmp_path):
+    """Bug caught: `--resume ''` (an unset $CKPT) read as no --resume: a new run started, exit 0,
+    where the user asked to go on with one."""
+    with pytest.raises(ConfigError, match=r"^--resume '': name a checkpoint, a run folder or a run, or give "
+                                          r"--resume alone for the run's latest checkpoint$"):
+        runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path), run="r"), "debug", frozenset({"resume"}))
+    plan = runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path), run="r"), "debug", frozenset())
+    assert plan.ckpt is None and plan.run_dir == tmp_path / "r"

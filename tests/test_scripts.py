@@ -313,7 +313,7 @@ def fake_checkpoint(monkeypatch, tmp_path, tokenizer=True) -> list:
     cp = export_hf.checkpoint
     monkeypatch.setattr(cp, "find_checkpoint", lambda source: run / "last.pt")
     monkeypatch.setattr(cp, "load_model", lambda path: ("model", {"tokenizer": {}}))
-    monkeypatch.setattr(export_hf.Tokenizer, "load", lambda path, exact=True: "tok")
+    monkeypatch.setattr(export_hf.Tokenizer, "load", lambda path, fix=None, exact=True: "tok")
     monkeypatch.setattr(cp, "check_tokenizer", lambda tok, path, ckpt, ckpt_path, fix: calls.append(
         ("check", path, fix)))
     monkeypatch.setattr(cp, "export_hf", lambda model, dest, tok=None, replace=False: calls.append(

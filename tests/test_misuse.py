@@ -1,0 +1,141 @@
+"""What careless command lines met, found by trying them: each test names the bug it catches."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from scripts import export_hf, plot_runs
+
+
+def fake_export(monkeypatch, tmp_path) -> list:
+    """export_hf.py's conversions faked: the destinations they were asked to write."""
+    calls = []
+    monkeypatch.setattr(export_hf.checkpoint, "find_checkpoint", lambda source: tmp_path / "run" / "last.pt")
+    monkeypatch.setattr(export_hf.checkpoint, "load_model", lambda path: (None, {}))
+    monkeypatch.setattr(export_hf.checkpoint, "export_hf", lambda model, dest, *a: calls.append(dest))
+    monkeypatch.setattr(export_hf.checkpoint, "import_hf", lambda src, dest, *a: calls.append(dest) or dest)
+    return calls
+
+
+@pytest.mark.parametrize("argv", [["run", ""], ["", "hf"], ["--import", "hf", ""]])
+def test_export_hf_refuses_an_empty_path_instead_of_writing_into_the_current_folder(argv, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """Catches export_hf.py taking an empty source or dest (an unset shell variable) as the current
+    folder: `export_hf.py RUN ""` wrote config.json, model.safetensors and tokenizer.json into the
+    working directory (the source tree), and `--import HF ""` a last.pt there, with exit status 0."""
+    calls = fake_export(monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        export_hf.main(argv)
+    assert e.value.code == 2 and calls == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is empty; name a path" in err
+
+
+def test_export_hf_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Catches export_hf.py's advice for a run folder's corrupt tokenizer.json: "pass a tokenizer.json
+    written by this project", for a script that takes no tokenizer option."""
+    calls = fake_export(monkeypatch, tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tokenizer.json").write_text('{"x":')
+    with pytest.raises(SystemExit) as e:
+        export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and calls == [] and err.count("\n") == 1
+    assert "put back the tokenizer.json of the run" in err and "nothing was exported" in err
+    assert "pass a tokenizer.json" not in err
+
+
+def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tmp_path):
+    """Catches train.py --resume of a run whose tokenizer.json is corrupt advising "pass a
+    tokenizer.json written by this project" (no --tokenizer was typed; another tokenizer is a new run)
+    instead of putting the run's own back."""
+    import train
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text("")
+    plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer=str(tok), eval_only=False),
+                           ckpt={}, ckpt_path=tmp_path / "last.pt", run_dir=tmp_path)
+    with pytest.raises(train.UserError) as e:
+        train.load_data(plan, None, "cpu", print)
+    assert "put back the run's own tokenizer.json" in str(e.value)
+    assert Path(tok).read_text() == ""
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train.json", "last.pt"])
+def test_plot_runs_refuses_an_out_that_would_replace_a_runs_own_file(name, tmp_path, capsys):
+    """Catches plot_runs.py --out RUN/metrics.jsonl (or train.json, last.pt: a slip of tab completion)
+    replacing that file of the run with a PNG, exit status 0: the run's log, settings or checkpoint lost."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1,
+                                                   "lm_loss": 5.5}) + "\n")
+    target = run / name
+    if not target.exists():
+        target.write_bytes(b"a checkpoint")
+    before = target.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run), "--out", str(target)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "would replace that file with an image" in err
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train.json", "last.pt"])
+def test_train_refuses_a_plot_named_as_a_runs_own_file(name, tmp_path, capsys):
+    """Catches train.py --plot metrics.jsonl (or train.json, last.pt) writing its loss plot over that
+    file of the run folder at each evaluation: the log and settings became PNGs, and last.pt was one
+    from each evaluation to the next save. Refused as a bad setting, before any work."""
+    import train
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "debug", "--data", str(tmp_path / "none.txt"), "--plot", name,
+                    "--out_dir", str(tmp_path / "ck"), "--cache_dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"train.py: error: --plot {name}: the plot would replace" in err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_plot_names_that_replace_nothing_are_taken(tmp_path):
+    """Catches the plot-name check refusing what runlog writes: an image format, no suffix, or a new
+    file of another suffix (PNG, as before)."""
+    import storage
+    for name in ["loss.png", "a/b.SVG", "x.pdf", "loss", "", "runs.unknown"]:
+        assert storage.not_an_image("--plot", name, tmp_path) is None
+    (tmp_path / "notes.txt").write_text("mine")
+    assert "would replace that file" in storage.not_an_image("--out", "notes.txt", tmp_path)
+    (tmp_path / "loss.txt").write_bytes(b"\x89PNG\r\n\x1a\n...")  # this plot from before (--resume)
+    (tmp_path / "plots.d").mkdir()
+    assert storage.not_an_image("--plot", "loss.txt", tmp_path) is None
+    assert storage.not_an_image("--plot", "plots.d", tmp_path) is None  # (a folder: its own line later)
+
+
+@pytest.mark.parametrize("spec", ["runs", "runs/*.txt"])
+def test_data_inside_out_dir_is_named_as_left_out_not_as_missing(spec, tmp_path, monkeypatch):
+    """Catches `--data runs --out_dir runs` (text kept beside the runs) saying "folder 'runs' holds no
+    .txt ... file" or "no files match" of a folder that holds one: its files are left out because it is
+    the run's --out_dir, and the line now says so and how to fix it."""
+    import sources
+    from errors import DataError
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "stories.txt").write_text("Once upon a time.\n")
+    with pytest.raises(DataError) as e:
+        sources.resolve_files(spec, "--data", skip=["runs", "cache"])
+    assert "lie in this run's --out_dir or --cache_dir" in str(e.value) and "holds no" not in str(e.value)
+
+
+def test_an_hf_folder_given_as_a_checkpoint_is_named_as_one(tmp_path):
+    """Catches `sample.py --ckpt hf_export/x` (or train.py --resume of one) saying only "is not a run
+    folder (no last.pt in it)" of an exported Hugging Face folder, without naming --hf or --import."""
+    import checkpoint
+    from errors import CheckpointError
+    (tmp_path / "config.json").write_text("{}")
+    want = r"is not a run folder .*Hugging Face folder: sample.py takes it as --hf, and scripts/export_hf.py"
+    with pytest.raises(CheckpointError, match=want):
+        checkpoint.find_checkpoint(str(tmp_path))
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.find_checkpoint(str(tmp_path))
+    assert "Hugging Face" not in str(e.value)
