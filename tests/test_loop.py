@@ -1,8 +1,12 @@
 """train.py's training loop, piece by piece: the optimizer (its settings, and those kept at resume),
 accumulation (DDP's no_sync, router seeds, means), a step's learning rate and gradients, the compiled
-model's fallback, the batches of a step, Stop's signals, agree, evaluate_and_save, main's exits.
+model's fallback, the batches of a step, Stop's signals, agree, evaluate_and_save, main's exits; and
+evaluation and logging: each rank's share of the validation windows and the sums over the ranks, rank 0
+alone writing, tokens/s and MFU under torchrun, a resumed window's tokens and process-steps, best.pt's
+ties, an evaluation's seconds, --eval_only's line.
 Each test names the bug it catches: a mutation audit found these went unnoticed."""
 
+import json
 import signal
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -342,3 +346,196 @@ def test_main_reports_out_of_memory_in_one_line_and_lets_any_other_error_through
     assert capsys.readouterr().err == ("train.py: error: out of memory (OutOfMemoryError: CUDA out of "
                                        "memory. Tried); lower --batch_size or set --grad_checkpoint true; "
                                        "the checkpoints already written are complete\n")
+
+
+# --- evaluation and logging under torchrun, best.pt's ties, the clock, --eval_only ------------
+
+def as_two_ranks(monkeypatch):
+    """runtime.all_reduce as under torchrun with 2 ranks that hold the same numbers (a sum doubles them;
+    a verdict or a MAX is the rank's own); a tensor's all_reduce leaves it as it is."""
+    monkeypatch.setattr(runtime, "all_reduce", lambda values, device, world, op=None:
+                        [2 * v for v in values] if op is None else list(values))
+    monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: None)
+
+
+def eval_set(n_tokens=41, world=None, batch_size=2, eval_windows=0):
+    """An EvalSet of windows of 4 over n_tokens token ids (a byte each) for `world`."""
+    return train.EvalSet(SimpleNamespace(tokens=np.arange(5, 5 + n_tokens), meta={"sha256": "0" * 64}),
+                         SimpleNamespace(token_bytes=np.ones(320, dtype=np.int64)), debug_args(max_seq_len=4),
+                         TrainArgs(batch_size=batch_size, eval_windows=eval_windows),
+                         world or runtime.World(), "cpu")
+
+
+class MeanTarget(torch.nn.Module):
+    """A stand-in model whose loss on a batch is the mean id of its real targets."""
+
+    def forward(self, x, targets):
+        return SimpleNamespace(lm_loss=targets[targets >= 0].double().mean())
+
+
+def test_under_torchrun_each_rank_evaluates_its_own_share_of_the_windows():
+    """Catches EvalSet giving every rank the first rank's windows (under torchrun the validation loss
+    would be rank 0's share counted N times, the rest of the set never evaluated)."""
+    whole, ranks = eval_set(), [eval_set(world=runtime.World(r, 2)) for r in (0, 1)]
+    real = torch.cat([v.x[(v.y >= 0).any(1)] for v in ranks])
+    assert torch.equal(real, whole.x[(whole.y >= 0).any(1)])
+    assert sum(v.tokens for v in ranks) == whole.tokens == 40
+
+
+def test_under_torchrun_evaluation_sums_nats_tokens_and_bytes_over_the_ranks(monkeypatch):
+    """Catches evaluate reporting this rank's tokens or bytes rather than the sums over the ranks, or
+    dividing this rank's nats by every rank's tokens (the loss N times too low under torchrun)."""
+    as_two_ranks(monkeypatch)
+    val = eval_set(world=runtime.World(0, 2))  # windows 0-4 of 10: targets 6..25
+    r = train.evaluate(MeanTarget(), val, train.nullcontext(), "cpu")
+    assert (r["tokens"], r["bytes"]) == (2 * val.tokens, 2 * val.bytes) == (40, 40)
+    assert r["nats_per_token"] == pytest.approx(np.arange(6, 26).mean())
+
+
+def test_an_evaluation_reports_the_seconds_it_took(monkeypatch):
+    """Catches evaluate's seconds not measured around the pass (the val record's val_seconds wrong)."""
+    now = [100.0]
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    class Slow(MeanTarget):
+        def forward(self, x, targets):
+            now[0] += 1.5
+            return super().forward(x, targets)
+    assert train.evaluate(Slow(), eval_set(n_tokens=17), train.nullcontext(), "cpu")["seconds"] == 3.0
+
+
+def test_a_tie_with_the_best_validation_is_no_improvement(monkeypatch):
+    """Catches run_eval taking a result equal to the best for an improvement: best.pt rewritten with a
+    later, no better checkpoint (and its step moved on)."""
+    results = iter([2.0, 2.0, 1.5, 1.5])
+    monkeypatch.setattr(train, "evaluate_job", lambda job: {"nats_per_token": next(results)})
+    monkeypatch.setattr(train, "write_val_record", lambda job, state, r: None)
+    job, state = SimpleNamespace(world=runtime.World(), device="cpu"), train.LoopState()
+    assert [train.run_eval(job, state) for _ in range(4)] == [True, False, True, False]
+    assert state.best_val == 1.5
+
+
+def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only_line(monkeypatch, tmp_path,
+                                                                                      capsys):
+    """Catches a rank other than 0 writing the val record (or the train record) to metrics.jsonl, saving a
+    checkpoint, or printing --eval_only's JSON line: each once per rank, the files written over by
+    every process at once."""
+    as_two_ranks(monkeypatch)
+    wrote = []
+    monkeypatch.setattr(train, "evaluate_job", lambda job: {"nats_per_token": 1.0})
+    monkeypatch.setattr(train, "write_val_record", lambda job, state, r: wrote.append("val"))
+    monkeypatch.setattr(train.checkpoint, "save_checkpoint", lambda path, ckpt: wrote.append(path.name))
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(world=runtime.World(1, 2), device=cpu, model=torch.nn.Linear(1, 1), stop=None,
+                          run_dir=tmp_path, tokens_per_step=1, peak=None, ckpt_path=tmp_path / "last.pt",
+                          checkpoint=lambda state, window: {}, fpt=1.0, train_args=TrainArgs(),
+                          metrics=SimpleNamespace(write=lambda rec: wrote.append("train")))
+    state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
+    assert train.run_eval(job, state)
+    train.maybe_save(job, state, window, "last.pt")
+    window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    train.log_step(job, state, window, 1e-3, SimpleNamespace(set_postfix=lambda **kw: wrote.append("bar")))
+    assert train.evaluate_only(job, state) == {"nats_per_token": 1.0, "step": 0,
+                                               "checkpoint": str(tmp_path / "last.pt")}
+    assert wrote == [] and capsys.readouterr().out == ""
+
+
+def logged_on_two_ranks(monkeypatch, tmp_path, steps=2, seconds=1.0):
+    """log_step's train record on rank 0 of 2, over `steps` steps of `seconds` on a fake clock, each of 100
+    tokens (the global batch, both ranks' micro-batches) at 6 FLOPs each; a peak of 1000 FLOP/s."""
+    as_two_ranks(monkeypatch)
+    now = [0.0]
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    records = []
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, fpt=6.0, peak=1000.0,
+                          train_args=TrainArgs(), run_dir=tmp_path, log=lambda msg: None,
+                          metrics=SimpleNamespace(write=records.append))
+    state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
+    for _ in range(steps):
+        now[0] += seconds
+        window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+        state.step, state.tokens = state.step + 1, state.tokens + 100
+    train.log_step(job, state, window, 1e-3, SimpleNamespace(set_postfix=lambda **kw: None))
+    return records[-1]
+
+
+def test_under_torchrun_tokens_per_second_are_the_global_batchs_and_mfu_counts_every_process(monkeypatch,
+                                                                                           tmp_path):
+    """Catches tokens/s or MFU divided by the number of processes once more (a step's tokens are already
+    the global batch's, over all ranks) or the possible FLOPs counted for one process (MFU N times too
+    high under torchrun)."""
+    rec = logged_on_two_ranks(monkeypatch, tmp_path)
+    # 200 tokens in 2 s; 1200 FLOPs done of the 2 processes' 2 x 2 s x 1000 FLOP/s
+    assert rec["tokens_per_s"] == pytest.approx(100.0) and rec["mfu"] == pytest.approx(0.3)
+    assert rec["loss"] == 1.0 and rec["window_steps"] == 2
+
+
+def test_a_resumed_window_counts_its_earlier_tokens_at_the_tokens_per_step_they_had():
+    """Catches an older checkpoint's window (saved without its tokens) resumed with its earlier steps'
+    tokens left out (tokens/s and MFU low), not counted at today's tokens per step; and a newer one's
+    counted at today's, not at those they were taken with (another --batch_size or --grad_accum)."""
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World(), tokens_per_step=100,
+                          window={"steps": 2, "busy_seconds": 2.0, "tokens": 400})  # taken at 200 a step
+    window = train.Window.resume(train.LoopState(), job)
+    window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    assert window.tokens(job) == 500
+    del job.window["tokens"]  # an older checkpoint's: at today's tokens per step
+    assert train.Window.resume(train.LoopState(), job).tokens(job) == 200
+
+
+def test_under_torchrun_a_resumed_windows_sums_are_rank_0s_alone(monkeypatch):
+    """Catches every rank taking up the saved window's sums (they are already summed over the ranks): the
+    resumed record's loss sums and applied steps counted once per rank (its means right by chance, its
+    expert shares and the steps it averages over not)."""
+    cpu = torch.device("cpu")
+    saved = {"steps": 2, "busy_seconds": 2.0, "applied": torch.tensor(4.0), "losses": torch.full((4,), 8.0)}
+    for rank, applied, losses in ((0, 4.0, 8.0), (1, 0.0, 0.0)):
+        job = SimpleNamespace(device=cpu, world=runtime.World(rank, 2), tokens_per_step=100, window=saved)
+        window = train.Window.resume(train.LoopState(), job)
+        assert float(window.applied) == applied and torch.equal(window.losses, torch.full((4,), losses))
+
+
+def test_eval_only_evaluates_the_compiled_model_and_prints_the_step_and_checkpoint(monkeypatch, tmp_path,
+                                                                                     capsys):
+    """Catches --eval_only's line without the checkpoint it evaluated or its step, or an evaluation of
+    the eager model where evaluate_job takes the compiled one (falling back as training does)."""
+    seen = []
+    monkeypatch.setattr(train, "evaluate",
+                        lambda model, val, autocast, device: seen.append(model) or {"x": 1})
+    job = SimpleNamespace(eval_trials=0, compiled="compiled", model="eager", val=None, autocast=None,
+                          device="cpu", world=runtime.World(), ckpt_path=tmp_path / "best.pt")
+    result = train.evaluate_only(job, train.LoopState(step=7))
+    assert result == {"x": 1, "step": 7, "checkpoint": str(tmp_path / "best.pt")} and seen == ["compiled"]
+    assert capsys.readouterr().out.splitlines() == [json.dumps(result)]
+
+
+def test_a_window_saved_again_after_a_resume_counts_each_processes_steps_once(monkeypatch):
+    """Catches Window.rank_steps counting a resumed window's steps from before again at today's number of
+    processes (a window saved by 2 processes, resumed by 1 and saved again: 7 process-steps, not 5)."""
+    monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: None)
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None, window=None)
+    window = train.Window(train.LoopState(), cpu)
+    for _ in range(2):
+        window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    job.window = window.to_checkpoint(job)
+    assert (job.window["steps"], job.window["rank_steps"]) == (2, 4)
+    job.world = runtime.World()
+    window = train.Window.resume(train.LoopState(), job)
+    window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    saved = window.to_checkpoint(job)
+    assert (saved["steps"], saved["rank_steps"], saved["tokens"]) == (3, 5, 300)
+
+
+def test_an_older_checkpoints_window_resumed_under_torchrun_counts_its_steps_at_todays_processes():
+    """Catches a window saved without its process-steps (an older checkpoint's) counting them as one
+    process's when resumed by 2: its applied steps (the means' divisor) and busy process-seconds (MFU's
+    earlier FLOPs at today's peak) half what they were."""
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None,
+                          window={"steps": 2, "busy_seconds": 3.0, "losses": torch.full((4,), 8.0)})
+    window = train.Window.resume(train.LoopState(), job)
+    assert (window.rank_steps(job.world), float(window.applied)) == (4, 4.0)
+    assert window.process_seconds(job.world, window.busy_before) == 6.0
