@@ -1238,3 +1238,207 @@ def test_no_cache_alone_does_not_warn_about_compiling(run_dir, capsys):
     for how in ([], ["--compile", "false"]):
         sample.main(["--ckpt", str(run_dir), "--prompt", "once", "--max_new_tokens", "2", "--no_cache", *how])
         assert "warning" not in capsys.readouterr().err
+
+
+# --- a third mutation audit of sample.py: the loop's bookkeeping, the filters' edges, the trials --
+
+def test_top_p_1_keeps_every_token_even_where_the_mass_rounds_to_1_early():
+    """Catches top_p 1.0 (the default) run through the top-p filter: once the running mass rounds
+    to 1.0 in fp32, the tokens after it were dropped, so the rarest tokens could never be drawn."""
+    logits = torch.tensor([[0.0, -100.0, -100.0, -120.0], [-100.0, 3.0, -100.0, 2.0]])
+    assert torch.equal(sample.filter_logits(logits, top_p=1.0), logits)
+    assert torch.equal(sample.filter_logits(logits, top_k=4, top_p=1.0), logits)
+
+
+def test_a_small_temperature_is_sampled_as_it_is_and_a_tinier_one_as_min_temperature():
+    """Catches a MIN_TEMPERATURE floor far above 1e-6 (a --temperature 0.05 sampled as a larger one):
+    a temperature above the floor draws what torch.multinomial draws at that temperature, and one
+    below it what the floor draws."""
+    base = torch.randn(4, 40, generator=torch.Generator().manual_seed(1))
+    for t in (0.05, 1e-5):
+        logits = base * t  # ties within t: each temperature draws other tokens
+        ours, theirs = ([torch.Generator().manual_seed(20 + i) for i in range(4)] for _ in range(2))
+        for _ in range(10):
+            probs = (logits / t).softmax(-1)
+            want = [torch.multinomial(p, 1, generator=g).item() for p, g in zip(probs, theirs, strict=True)]
+            assert sample.choose(logits, ours, temperature=t).tolist() == want
+    ours, floor = ([torch.Generator().manual_seed(i) for i in range(4)] for _ in range(2))
+    tiny = torch.tensor([[0.0, 1e-6, 2e-6, -1e-6]] * 4)
+    for _ in range(10):
+        assert sample.choose(tiny, ours, temperature=1e-9).tolist() == \
+            sample.choose(tiny, floor, temperature=sample.MIN_TEMPERATURE).tolist()
+
+
+def test_row_r_of_a_batch_draws_with_a_generator_seeded_seed_plus_r():
+    """Catches each row's generator seeded otherwise than --seed + its row (seed + r + 1, or every
+    row the same seed): a row's story is what torch.multinomial draws, step by step, from a full
+    forward's logits at the temperature asked, with torch.Generator().manual_seed(seed + r)."""
+    model = small_model()
+    prompts, seed, temperature = [PROMPTS[1], PROMPTS[2]], 5, 0.9
+    rows = sample.generate(model, prompts, 6, temperature=temperature, seed=seed, stop_at_eos=False)
+    for r, (prompt, got) in enumerate(zip(prompts, rows, strict=True)):
+        g, ids = torch.Generator().manual_seed(seed + r), list(prompt)
+        with torch.no_grad():
+            for _ in range(6):
+                probs = (model(torch.tensor([ids])).logits[0, -1].float() / temperature).softmax(-1)
+                ids.append(torch.multinomial(probs, 1, generator=g).item())
+        assert got == ids[len(prompt):]
+
+
+def test_without_compile_the_decode_step_is_never_compiled(monkeypatch):
+    """Catches the step's compile trials armed whatever compile says: compile=False (the CPU's
+    default) went through torch.compile all the same."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    model = small_model()
+    sample.generate(model, PROMPTS, 5, greedy=True, stop_at_eos=False)
+    assert seen == []
+
+
+def test_every_compiled_call_starts_a_cuda_graph_step_and_the_cache_is_marked_static(monkeypatch):
+    """Catches a compiled call not preceded by torch.compiler.cudagraph_mark_step_begin() (under CUDA
+    graphs the last step's outputs would be held, or overwritten while still read), and the cache's
+    tensors not marked static for the compiler (a CUDA graph would copy them in at every replay)."""
+    events = []
+
+    def compile(fn, **kwargs):
+        def compiled(*args):
+            events.append("call")
+            return fn(*args)
+        return compiled
+    monkeypatch.setattr(torch, "compile", compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
+    monkeypatch.setattr(KVCache, "mark_static", lambda self: events.append("static") or self)
+    sample.generate(small_model(), PROMPTS, 6, greedy=True, compile=True, stop_at_eos=False)
+    assert events == ["static"] + ["mark", "call"] * 5  # 6 tokens: the prefill's, then 5 steps
+
+
+@pytest.mark.parametrize("compile, use_cache, expert_dim, want", [
+    (True, True, 32, "sparse"),  # grouped_mm takes these widths: the sparse MoE, compiled as is
+    (True, False, 30, "sparse"),  # --no_cache has no compiled step: nothing to swap
+    (True, True, 30, "reference")])  # a compiled step where grouped_mm cannot take the widths
+def test_the_reference_moe_runs_only_in_a_compiled_step_that_needs_it(monkeypatch, compile, use_cache,
+                                                                      expert_dim, want):
+    """Catches the reference MoE (every expert on every token) run where the sparse one would do:
+    in a compiled step whose widths grouped_mm takes, or on --no_cache's eager path."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    model = small_model(expert_dim=expert_dim)
+    impls = set()
+    moe = next(m for m in model.modules() if isinstance(m, MoE))
+    moe.register_forward_pre_hook(lambda m, args: impls.add(m.impl))
+    sample.generate(model, PROMPTS, 4, greedy=True, compile=compile, use_cache=use_cache, stop_at_eos=False)
+    assert impls == {want}
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_row_past_its_own_context_limit_is_not_checked_for_finite_logits(monkeypatch, use_cache):
+    """Catches the non-finite check reading a row's tokens past its own context limit: on CUDA a
+    row that has stopped there may see no cache slot on a chunked layer, NaN logits that mean
+    nothing (its tokens are cut), and the batch stopped with "weights are broken"."""
+    model = small_model()
+    prompts = [PROMPTS[1], [0, *range(100, 160)]]  # the second: room for 3 tokens of the context of 64
+    want = sample.generate(model, prompts, 20, greedy=True, stop_at_eos=False, use_cache=use_cache)
+    start = sample.start
+
+    def start_nan_past_the_limit(*args, **kwargs):
+        logits, step = start(*args, **kwargs)
+        calls = []
+
+        def nan_step(nxt):
+            calls.append(1)
+            out = step(nxt).clone()
+            if len(calls) >= 3:  # the logits for row 1's fourth token, past its limit
+                out[1] = float("nan")
+            return out
+        return logits, nan_step
+    monkeypatch.setattr(sample, "start", start_nan_past_the_limit)
+    assert sample.generate(model, prompts, 20, greedy=True, stop_at_eos=False, use_cache=use_cache) == want
+    assert [len(r) for r in want] == [20, 3]
+
+
+def test_bf16_weights_keep_their_rope_tables_in_fp32(run_dir):
+    """Catches --dtype bfloat16 casting the model without recomputing its RoPE tables: .to(bf16)
+    rounds inv_freq to bf16 (positions rotate by the wrong angles, more so the further into the
+    story); they stay fp32, as trained."""
+    from model import rope_frequencies
+    model, _, _ = sample.load(SampleArgs(ckpt=str(run_dir)), "cpu", torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.inv_freq.dtype == torch.float32 and torch.equal(model.inv_freq, rope_frequencies(model.args))
+
+
+def test_the_kv_cache_is_no_longer_than_the_context():
+    """Catches the cache sized prompt + max_new_tokens past the context: --max_new_tokens 1000 on a
+    context of 64 allocated 1,000-odd slots per layer (memory, and a compiled step reads every
+    slot), where no row ever holds more than max_seq_len positions."""
+    model = small_model()
+    tokens, positions = sample.left_pad(PROMPTS, model.args.pad_id, "cpu")
+    with torch.no_grad():
+        _, step = sample.start(model, tokens, positions, None, 1000, True, False)
+    assert step.cache.length == model.args.max_seq_len == 64
+
+
+def test_top_k_keeps_every_token_tied_with_the_kth():
+    """Catches top_k keeping exactly k tokens (topk's pick among equals, by index): the tokens tied
+    with the k-th are kept with it, whatever their place in the vocabulary."""
+    logits = torch.tensor([[3.0, 2.0, 0.0, 2.0, 1.0], [1.0, 1.0, 1.0, 5.0, 0.0]])
+    kept = torch.isfinite(sample.filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[True, True, False, True, False], [True, True, True, True, False]]
+
+
+def test_a_compile_failure_is_recorded_for_the_benchmark(monkeypatch, capsys):
+    """Catches the fallback not recording why it fell back: scripts/bench_sample.py reads
+    DecodeStep.failures to say that a compiled variant was timed eagerly."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+    monkeypatch.setattr(sample.DecodeStep, "failures", [])
+    monkeypatch.setattr(torch, "compile", fail)
+    sample.generate(small_model(), PROMPTS, 3, greedy=True, compile=True, stop_at_eos=False)
+    assert sample.DecodeStep.failures == ["RuntimeError: no compiler here"]
+    assert "compiling the decode step failed (RuntimeError: no compiler here)" in capsys.readouterr().err
+
+
+def test_several_samples_print_nothing_before_they_are_all_told(run_dir, capsys):
+    """Catches a batch streaming its first row as it is generated (on_token writing whatever the
+    batch): several samples are printed at the end only, each under its numbered line, nothing
+    before the first."""
+    from tokenizer import Tokenizer
+    rows = sample.main(["--ckpt", str(run_dir), "--prompt", "once upon", "--num_samples", "2",
+                        "--max_new_tokens", "20", "--seed", "4"])
+    tok = Tokenizer.load(run_dir / "tokenizer.json")
+    assert capsys.readouterr().out == sample.samples(["once upon"] * 2, rows, tok)
+
+
+
+def test_a_fallback_at_the_second_call_counts_the_compiled_call_in_the_caches_seen(monkeypatch, capsys):
+    """Catches the fallback counting the trial calls that ran compiled wrongly (both trials, or
+    none): the cache's `seen` (the columns fed, which eager calls read and the length check counts)
+    is the prompts' columns plus one per step, whichever steps ran compiled."""
+    def compiled_once_then_fail(fn, **kwargs):
+        def step(model, tokens, cache):
+            if not calls:
+                calls.append(1)
+                seen = cache.seen
+                logits = fn(model, tokens, cache)
+                cache.seen = seen  # as a compiled call leaves it
+                return logits
+            raise RuntimeError("recording failed")
+        return step
+    calls = []
+    monkeypatch.setattr(torch, "compile", compiled_once_then_fail)
+    model = small_model()
+    tokens, positions = sample.left_pad(PROMPTS, model.args.pad_id, "cpu")
+    with torch.no_grad():
+        _, step = sample.start(model, tokens, positions, None, 10, True, True, padding=8)
+        for t in range(4):
+            step(torch.tensor([7 + t] * 3))
+    assert step.cache.seen == tokens.shape[1] + 4 and calls == [1]
+    assert "compiling the decode step failed (RuntimeError: recording failed)" in capsys.readouterr().err
+
+
+def test_top_p_is_taken_from_the_distribution_at_the_temperature_asked():
+    """Catches the temperature applied after the top-p filter: at temperature 0.25 the top token of
+    (0.5, 0.3, 0.2) holds 86% of the mass, so top_p 0.6 keeps it alone; filtered at temperature 1
+    the second token stayed (11% of the draws)."""
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(64, 3)
+    generators = [torch.Generator().manual_seed(i) for i in range(64)]
+    assert sample.choose(logits, generators, temperature=0.25, top_p=0.6).tolist() == [0] * 64
