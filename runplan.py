@@ -94,6 +94,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     # check_run refused it would stop the resume)
     keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run,
                 out_dir=train_args.out_dir)
+    if keep.get("cache_dir") == "":  # (saved before --cache_dir '' was refused: it meant the current folder)
+        keep["cache_dir"] = "."
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
@@ -254,7 +256,8 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     residual stream alone exceed the device's memory, a --plot that would replace a file of the run
     (metrics.jsonl, last.pt: a plot is written at every evaluation)."""
     model_args, train_args = plan.model_args, plan.train_args
-    if problem := storage.not_an_image("--plot", train_args.plot, plan.run_dir):
+    plot = "" if train_args.eval_only else train_args.plot  # (--eval_only draws no plot)
+    if problem := storage.not_an_image("--plot", plot, plan.run_dir):
         raise ConfigError(problem)
     if plan.ckpt is None and (problem := too_small(model_args.vocab_size)):
         raise ConfigError(problem)

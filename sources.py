@@ -118,9 +118,9 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
 
     def left_out(raw: list[str]) -> None:  # ("holds no .txt file" of a folder that held some)
         if any(map(skipped, raw)):
-            raise DataError(f"{flag}: the files of '{spec}' lie in this run's --out_dir or --cache_dir, "
-                            f"which {flag} leaves out; move the text out of them, or pick another "
-                            "--out_dir or --cache_dir")
+            raise DataError(f"{flag}: '{spec}' holds no {FORMATS} file outside this run's --out_dir and "
+                            f"--cache_dir, which {flag} leaves out; check the path, or move the text out "
+                            "of them")
 
     def wanted(path: str) -> bool:
         p = Path(path)

@@ -134,7 +134,7 @@ def signals_put_off():
 
 # what matplotlib writes (Figure.savefig's formats); a plot named otherwise is written as PNG
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".eps", ".ps", ".pgf",
-                  ".svgz", ".raw", ".rgba")
+                  ".svgz", ".raw", ".rgba", ".gif", ".avif")
 RUN_FILES = ("last.pt", "best.pt", "model.json", "train.json", "tokenizer.json", "metrics.jsonl", "run.lock",
              "wandb_unfinished.txt")  # what train.py keeps in a run folder
 
@@ -149,8 +149,11 @@ def not_an_image(option: str, path: str, folder=".") -> str | None:
         return None
     if Path(path).name not in RUN_FILES:
         try:
-            if not target.is_file() or target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n":
+            if not target.is_file():
                 return None  # (written as a PNG)
+            with open(target, "rb") as f:  # (a PNG there: this plot from before)
+                if f.read(8) == b"\x89PNG\r\n\x1a\n":
+                    return None
         except OSError:  # (unreadable: writing it fails later, in a line of its own)
             return None
     return (f"{option} {path}: the plot would replace that file with an image; name a .png, .svg or "

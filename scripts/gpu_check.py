@@ -10,7 +10,7 @@ mode runs on a CPU in a test so that it cannot rot.
 Compiling takes most of its time. Estimated from the last H200 run (bench_model 236 s with four
 compiled variants, bench_sample 211 s, train 94 + 47 s), the compiles taken out since and the
 variants added: about 7 minutes for train,model and 5 for sample; with --deadline, the parts before
-a train part leave it TRAIN_RESERVE_S (200 s: a minute of training, its start-up and what follows),
+a train part leave it TRAIN_RESERVE_S (210 s: a minute of training, its start-up and what follows),
 so that a benchmark running long is cut rather than the run.
 
 One after another, each in its own process:
@@ -84,8 +84,9 @@ FOLLOW_UP_S = 140  # --deadline: what the train part keeps back from its run's b
 # budget does not count (the run's start-up before its clock starts, ~34 s on the H200 with the data
 # cached, its last evaluation and saves) and the four follow-ups (--eval_only, three sample.py runs,
 # one compiling the decode step: 70-95 s); the budget counts the first step's compiling
-TRAIN_RESERVE_S = FOLLOW_UP_S + 60  # --deadline: what the parts before a train part due after them
-# leave it (its FOLLOW_UP_S and a minute of training): the benchmark before it is cut, not the run
+TRAIN_RESERVE_S = FOLLOW_UP_S + 60 + KILL_GRACE_S  # --deadline: what the parts before a train part due
+# after them leave it (its FOLLOW_UP_S, a minute of training, and the grace of a benchmark stopped at
+# its own deadline): the benchmark before it is cut, not the run
 DATA_DIRS = [ROOT / "gpu-data", ROOT.parent / "shared" / "data" / "tinystories"]
 FAILED: list[str] = []  # what of this check failed: commands, benchmark variants, runs that fell back
 # to eager, and what the deadline stopped or skipped ("cut by the deadline")
@@ -554,9 +555,11 @@ def main(argv=None):
                 for f in [out / name, *out.glob(f".tmp-*-{name}")]:  # (and a write cut short by a kill)
                     f.unlink(missing_ok=True)
             if until is not None and until - time.monotonic() < MIN_PART_S:
-                log.write(f"# {part}: skipped, under {MIN_PART_S} s left before the deadline\n")
+                kept = "" if until == opts.until else \
+                    f" before the {TRAIN_RESERVE_S} s kept for the train part"
+                log.write(f"# {part}: skipped, under {MIN_PART_S} s left{kept or ' before the deadline'}\n")
                 print(f"gpu_check: {part} skipped (deadline)", flush=True)
-                name = f"the {part} part (cut by the deadline: under {MIN_PART_S} s left, not begun)"
+                name = f"the {part} part (cut by the deadline: under {MIN_PART_S} s left{kept}, not begun)"
                 not_measured(out / PARTS[part][0], name)  # (in its first file: named once)
                 FAILED.append(name)
                 return False

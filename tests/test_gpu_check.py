@@ -113,13 +113,14 @@ def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path)
     out = tmp_path / "gpu"
     out.mkdir()
     (out / "bench_model.json").write_text("{}")  # an earlier run's: must not pass for this one's
-    with pytest.raises(SystemExit, match=r"error: the model part \(cut by the deadline: under 30 s left, "
-                                         r"not begun\), the train part \(cut by the deadline"):
+    reserved = " before the 210 s kept for the train part"
+    with pytest.raises(SystemExit, match=rf"error: the model part \(cut by the deadline: under 30 s left"
+                                         rf"{reserved}, not begun\), the train part \(cut by the deadline"):
         gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
                         "--work", str(tmp_path / "work"), "--only", "model,train"])
-    for name, part in [("bench_model.json", "model"), ("train.json", "train")]:  # (what --render reads)
-        assert json.loads((out / name).read_text()) == {
-            "not_measured": f"the {part} part (cut by the deadline: under 30 s left, not begun)"}
+    for name, part, kept in [("bench_model.json", "model", reserved), ("train.json", "train", "")]:
+        assert json.loads((out / name).read_text()) == {  # (what --render reads)
+            "not_measured": f"the {part} part (cut by the deadline: under 30 s left{kept}, not begun)"}
     log = (out / "log.txt").read_text()
     assert "# model: skipped" in log and "# train: skipped" in log
     assert (out / "gpu.md").read_text().startswith("**Failed:** the model part (cut by the deadline")
@@ -665,7 +666,8 @@ def test_the_parts_before_train_leave_it_its_reserve_of_the_deadline(tmp_path, m
             assert rest[2] == (["train"], until + reserve)
     assert gpu_check.TRAIN_RESERVE_S >= gpu_check.FOLLOW_UP_S + 60
     ran.clear()  # the reserve less than MIN_PART_S away: the benchmarks are not begun, train is
-    with pytest.raises(SystemExit, match="the model part .cut by the deadline.*the sample part .cut"):
+    with pytest.raises(SystemExit, match=r"the model part \(cut by the deadline: under 30 s left before the "
+                                         r"210 s kept for the train part, not begun\), the sample part .cut"):
         gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "model,sample,train",
                         "--deadline", str(gpu_check.TRAIN_RESERVE_S + 10)])
     assert [argv for argv, _ in ran] == [["train"]]
@@ -945,9 +947,9 @@ def test_render_names_a_skipped_part_and_a_failed_benchmark_and_shows_no_table_f
     from types import SimpleNamespace
     out, calls, clock = tmp_path / "gpu", [], [0.0]
 
-    def fake_sh(*argv, log, until=None):  # bench_model.py fails after 220 s (out of memory at last)
+    def fake_sh(*argv, log, until=None):  # bench_model.py fails after 230 s (out of memory at last)
         calls.append(argv[0])
-        clock[0] += 220
+        clock[0] += 230
         gpu_check.FAILED.append("bench_model.py (exit 3)")  # (as sh names it)
         return subprocess.CompletedProcess(argv, 3, "", "")
     monkeypatch.setattr(gpu_check, "sh", fake_sh)

@@ -123,7 +123,8 @@ def test_data_inside_out_dir_is_named_as_left_out_not_as_missing(spec, tmp_path,
     (tmp_path / "runs" / "stories.txt").write_text("Once upon a time.\n")
     with pytest.raises(DataError) as e:
         sources.resolve_files(spec, "--data", skip=["runs", "cache"])
-    assert "lie in this run's --out_dir or --cache_dir" in str(e.value) and "holds no" not in str(e.value)
+    assert ("holds no .txt, .jsonl, .json, .parquet or .arrow file outside this run's --out_dir and "
+            "--cache_dir") in str(e.value)
 
 
 def test_an_hf_folder_given_as_a_checkpoint_is_named_as_one(tmp_path):
@@ -139,3 +140,34 @@ def test_an_hf_folder_given_as_a_checkpoint_is_named_as_one(tmp_path):
     with pytest.raises(CheckpointError) as e:
         checkpoint.find_checkpoint(str(tmp_path))
     assert "Hugging Face" not in str(e.value)
+
+
+def test_every_format_matplotlib_writes_is_an_image_name():
+    """Catches a plot format missing from storage.IMAGE_SUFFIXES: a run trained with --plot loss.gif
+    (a real GIF) was refused at --resume, its own plot taken for a file the plot would replace."""
+    from matplotlib.figure import Figure
+
+    import storage
+    formats = {f".{kind}" for kind in Figure().canvas.get_supported_filetypes()}
+    assert formats <= set(storage.IMAGE_SUFFIXES), formats - set(storage.IMAGE_SUFFIXES)
+
+
+def test_eval_only_and_resume_are_not_refused_over_their_own_saved_settings(tmp_path):
+    """Catches --eval_only refused over a --plot it never draws, and a checkpoint that saved
+    --cache_dir '' (before it was refused: the current folder) stopping its own resume."""
+    from conftest import DEBUG
+
+    import runplan
+    import runtime
+    from config import TrainArgs, to_dict
+    (tmp_path / "notes.txt").write_text("mine")
+    args = TrainArgs(out_dir=str(tmp_path), run="r", plot=str(tmp_path / "notes.txt"))
+    plan = runplan.RunPlan(tmp_path / "r", DEBUG, args, None, None)
+    with pytest.raises(runplan.ConfigError, match="would replace that file"):
+        runplan.check_settings(plan, runtime.resolve_device("cpu"), runtime.World())
+    evaluating = plan._replace(train_args=TrainArgs(out_dir=str(tmp_path), run="r", plot=args.plot,
+                                                    eval_only=True))
+    runplan.check_settings(evaluating, runtime.resolve_device("cpu"), runtime.World())
+    saved = {"model_args": to_dict(DEBUG), "train_args": {**to_dict(TrainArgs()), "cache_dir": ""}}
+    _, resumed = runplan.resume_settings(saved, DEBUG, TrainArgs(resume="latest"), frozenset({"resume"}))
+    assert resumed.cache_dir == "."
