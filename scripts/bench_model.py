@@ -359,7 +359,8 @@ TIME_RATIOS = {  # name: (numerator, denominator) of step seconds, where both we
 }
 
 
-def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=(), modelled=True) -> dict:
+def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=(),
+                  model_memory=True) -> dict:
     failed = {}
     secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed)
     tokens = batch * base["max_seq_len"]
@@ -367,8 +368,8 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
     tok_s = {v: tokens / s for v, s in secs.items()}
     measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in secs]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
-    modelled = {v: m for v in measured if modelled and (m := modelled_mb(v, base, batch, dtype,
-                                                                         device.type == "cuda"))}
+    cuda = device.type == "cuda"
+    modelled = {v: m for v in measured if model_memory and (m := modelled_mb(v, base, batch, dtype, cuda))}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
            "mfu": {v: t * fpt / (3 if is_eval(v) else 1) / peak for v, t in tok_s.items()} if peak else None,
            "ops_per_step": {v: ops_per_step(v, base, batch, device, dtype) for v in secs
@@ -501,7 +502,7 @@ def main(argv=None):
     for b in batches:  # written after each batch: a run stopped at a time limit keeps those done
         result["batches"][str(b)] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
                                                   ["moe", "moe+compile"] if opts.profile else [],
-                                                  modelled=not opts.no_modelled)
+                                                  model_memory=not opts.no_modelled)
         report({**result, "batches": {str(b): result["batches"][str(b)]}})
         if out is not None:
             storage.save_json(out, result, "pick another --out", sort_keys=False)
