@@ -551,10 +551,15 @@ def typed_fields(cls, d: dict, where: str = "settings") -> dict:
         kind = _base_type(known[name].type)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        ok = isinstance(value, list) if kind is list else (
-            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+        if kind is list:  # list[str]: a list of str, not of anything (["a", 3] reached the prompts)
+            item = (typing.get_args(known[name].type) or (object,))[0]
+            ok = isinstance(value, list) and all(isinstance(v, item) for v in value)
+            kind = known[name].type
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if not ok:
-            raise ConfigError(f"{where}: {name} should be {kind.__name__}, got {value!r}")
+            kind = kind if typing.get_origin(kind) else kind.__name__  # (list[str] says what it holds)
+            raise ConfigError(f"{where}: {name} should be {kind}, got {value!r}")
         values[name] = value
     return values
 
@@ -686,6 +691,10 @@ class Parser(argparse.ArgumentParser):
             starts = [o for o in options if plain(o).startswith(plain(name))]
             if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)
                 close = starts
+            if not close and len(starts) > 1:  # --max: --max_steps or --max_minutes, not a guess at one
+                shown = starts[:4] + ([f"{len(starts) - 4} more"] if len(starts) > 4 else [])
+                hints.append(f"{w} (which one? {', '.join(shown[:-1])} or {shown[-1]})")
+                continue
             close = close or difflib.get_close_matches(name, options, n=1)
             hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
         return f"unknown option {', '.join(hints)}; see --help for the list"

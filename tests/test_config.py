@@ -89,6 +89,14 @@ def test_from_dict_refuses_a_bool_where_a_number_is_due():
         config.from_dict(ModelArgs, {"dim": True})
 
 
+def test_from_dict_checks_what_a_list_holds():
+    """A list field ("prompt": ["a", 3]) was checked as a list only, so a number reached the prompts."""
+    assert config.from_dict(SampleArgs, {"prompt": ["a", "b"]}).prompt == ["a", "b"]
+    for bad in (["a", 3], "ab", [None]):
+        with pytest.raises(ConfigError, match=r"prompt should be list\[str\], got"):
+            config.from_dict(SampleArgs, {"prompt": bad})
+
+
 def test_cli_overrides_apply_and_are_typed():
     name, (m, t) = config.parse_args(
         [ModelArgs, TrainArgs],
@@ -254,6 +262,18 @@ def test_an_unknown_option_names_the_only_option_it_begins(capsys, typed, meant)
     with pytest.raises(SystemExit) as e:
         config.parse_args([SampleArgs], [typed, "0.5"], prog="sample.py")
     assert e.value.code == 2 and f"{typed} (did you mean {meant}?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prog, cls, typed, hint", [
+    ("sample.py", SampleArgs, "--to", "--to (which one? --top_k or --top_p)"),
+    ("train.py", TrainArgs, "--max", "--max (which one? --max_steps, --max_minutes or --max_bad_steps)")])
+def test_an_unknown_option_that_begins_several_names_them(capsys, prog, cls, typed, hint):
+    """An unknown prefix of several options (--max) was given difflib's one guess, which could be any of
+    them: each is named (up to four), not a pick."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([cls], [typed, "5"], prog=prog)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and hint in err and "did you mean" not in err, err
 
 
 def test_val_text_field_defaults_to_text_field_and_needs_val_data(capsys):
