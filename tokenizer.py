@@ -47,6 +47,10 @@ MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per by
 NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser, a prefix space, or special "
              "tokens not marked special)")
 
+PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
+LONG_RUN = 256  # the BPE trainer sees runs of spaces or of non-spaces in pieces of this many characters
+_LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
+
 
 def too_small(vocab_size: int) -> str | None:
     """Why a BPE of `vocab_size` tokens cannot be trained, or None (train.py and data.py refuse it
@@ -55,9 +59,6 @@ def too_small(vocab_size: int) -> str | None:
         return (f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB} "
                 f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
     return None
-PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
-LONG_RUN = 256  # the BPE trainer sees runs of spaces or of non-spaces in pieces of this many characters
-_LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
 
 
 @contextmanager
@@ -171,7 +172,7 @@ class Tokenizer:
         return loaded
 
     def save(self, path, fix: str | None = None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        storage.make_folder(Path(path).parent, fix)  # (a file in the way: one line, not a traceback)
         storage.atomic_write(path, self.tok.to_str(pretty=True).encode(), fix)
 
     def encode(self, text: str) -> list[int]:

@@ -1874,3 +1874,13 @@ def test_an_eval_windows_cap_above_the_windows_there_are_keeps_them_all():
     assert data.n_val_windows(tokens, 10, max_windows=50) == 10
     x, y = data.val_windows(tokens, 10, max_windows=50)
     assert x.shape == (10, 10) and (y >= 0).all()
+
+
+def test_a_tokenizer_saved_under_a_file_is_one_line_naming_the_fix(tmp_path):
+    """Tokenizer.save made its folder with a bare mkdir: a file in the way was a traceback
+    (NotADirectoryError), not the one line with the caller's fix that every other write gives."""
+    tok = Tokenizer.train(["hello world " * 50], tokenizer.MIN_VOCAB + 2)
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    with pytest.raises(errors.StorageError, match=r"cannot create the folder .*blocked/run.*; pick another"):
+        tok.save(tmp_path / "blocked" / "run" / "tokenizer.json", "pick another --out_dir")
+    assert (tmp_path / "blocked").read_text() == "a file, not a folder"
