@@ -408,6 +408,33 @@ class ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+def empty_groups_unzeroed(x: torch.Tensor) -> bool:
+    """Whether grouped_mm on x's device may leave the weight gradient of an empty group (an expert
+    no token was routed to) unwritten: Blackwell (sm100 and later), where torch's CUTLASS kernel
+    does not clear a group whose summed dimension is 0 (pytorch/pytorch#172439; sm90 writes zeros)."""
+    return x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] >= 10
+
+
+class ZeroEmptyGroups(torch.autograd.Function):
+    """Identity on expert weights (E, ...) whose backward zeroes the gradient of the experts with no
+    rows (counts (E,) == 0): what grouped_mm left there is whatever the memory held, NaN included
+    (masked_fill, not a product: 0 * NaN is NaN). On the device, no host sync."""
+
+    @staticmethod
+    def forward(w, counts):
+        return w.view_as(w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (counts,) = ctx.saved_tensors
+        empty = (counts == 0).view(-1, *[1] * (grad.dim() - 1))  # (E, 1, 1)
+        return grad.masked_fill(empty, 0), None
+
+
 class Experts(nn.Module):
     """E SwiGLU experts in the HF layout: gate_up_proj (E, dim, 2I) with gate = first I columns,
     down_proj (E, I, dim). Expert_e(z) = (silu(z G_e) * (z U_e)) D_e."""
@@ -429,6 +456,8 @@ class Experts(nn.Module):
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
         if grouped_mm_supported(xs, (xs.shape[-1], w2.shape[1])):  # no host sync: groups stay on the device
             offs = counts.cumsum(0, dtype=torch.int32)  # end row of each expert's group
+            if w1.requires_grad and empty_groups_unzeroed(xs):  # (sm100: an idle expert's gradient: garbage)
+                w1, w2 = ZeroEmptyGroups.apply(w1, counts), ZeroEmptyGroups.apply(w2, counts)
             if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
                 # traced on fake tensors (torch.compile, scripts/memory_model.py): bf16 only
                 gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)

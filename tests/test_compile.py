@@ -58,9 +58,13 @@ def test_a_compiled_run_draws_the_eager_router_noise():
     assert grads_a["layers.0.feed_forward.router_noise.weight"].abs().max() > 0  # the noise was drawn
 
 
-def test_the_cuda_default_compiles_whole_under_bf16_autocast():
+@pytest.mark.parametrize("blackwell", [False, True])
+def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, blackwell):
     """What train.py runs on CUDA, on the CPU: fullgraph=True under bf16 autocast, the fused loss
-    included (it casts once and turns autocast off inside), close to eager in loss and gradients."""
+    included (it casts once and turns autocast off inside), close to eager in loss and gradients;
+    also with the idle experts' gradients zeroed, as on sm100 (model.ZeroEmptyGroups)."""
+    import model as model_module
+    monkeypatch.setattr(model_module, "empty_groups_unzeroed", lambda x: blackwell)
     torch.manual_seed(0)
     model = Llama4(debug_args(router_noise=False)).train()
     x = torch.randint(0, model.args.vocab_size, (2, 32))
@@ -70,9 +74,11 @@ def test_the_cuda_default_compiles_whole_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = runner(x, targets=x)
         out.loss.backward()
-        results.append((out.loss.detach(), model.lm_head.weight.grad.clone()))
-    (loss_a, grad_a), (loss_b, grad_b) = results
+        results.append((out.loss.detach(), model.lm_head.weight.grad.clone(),
+                        model.layers[0].feed_forward.experts.down_proj.grad.clone()))
+    (loss_a, grad_a, experts_a), (loss_b, grad_b, experts_b) = results
     assert (loss_a - loss_b).abs() < 1e-2 and (grad_a - grad_b).abs().max() < 2e-2 * grad_a.abs().max()
+    assert (experts_a - experts_b).abs().max() < 2e-2 * experts_a.abs().max()
 
 
 def test_a_training_step_makes_no_host_sync(tmp_path, corpus):

@@ -269,6 +269,73 @@ def test_grouped_mm_on_cuda_only_where_it_has_kernels(monkeypatch, capability, f
     assert not model_module.grouped_mm_supported(SimpleNamespace(**{**vars(x), "dtype": torch.float32}))
 
 
+@pytest.mark.parametrize("capability, zeroed", [((9, 0), True), ((10, 0), False), ((10, 3), False)])
+def test_empty_groups_are_zeroed_where_grouped_mm_leaves_them(monkeypatch, capability, zeroed):
+    """On Blackwell (sm100, sm103) torch's grouped_mm leaves the weight gradient of an expert no token
+    went to unwritten (pytorch/pytorch#172439): the MoE zeroes it there (ZeroEmptyGroups); an H100's
+    kernel writes zeros itself, and the CPU's."""
+    from types import SimpleNamespace
+
+    import model as model_module
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert model_module.empty_groups_unzeroed(SimpleNamespace(device=torch.device("cuda", 0))) is not zeroed
+    assert not model_module.empty_groups_unzeroed(torch.ones(1))
+
+
+class PoisonEmptyGroups(torch.autograd.Function):
+    """Identity whose backward puts NaN in the gradient of the empty groups, as a grouped_mm that
+    leaves them unwritten may (test_an_idle_experts_gradient_is_zero_where_grouped_mm_leaves_garbage)."""
+
+    @staticmethod
+    def forward(w, offs):
+        return w.view_as(w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (offs,) = ctx.saved_tensors
+        sizes = torch.diff(offs, prepend=offs.new_zeros(1))
+        return grad.masked_fill((sizes == 0).view(-1, 1, 1), float("nan")), None
+
+
+@pytest.mark.parametrize("blackwell", [True, False])
+def test_an_idle_experts_gradient_is_zero_where_grouped_mm_leaves_garbage(monkeypatch, blackwell):
+    """With a grouped_mm that leaves an empty group's weight gradient as NaN (what sm100's may
+    leave), the experts no row went to still get a zero gradient where empty_groups_unzeroed says
+    so, and the others the gradient of the unpoisoned kernel; without it, the NaN reaches them
+    (what the guard is for)."""
+    from types import SimpleNamespace
+
+    import model as model_module
+    torch.manual_seed(0)
+    experts = model_module.Experts(4, 16, 32)
+    for p in experts.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    counts = torch.tensor([3, 0, 5, 0])  # experts 1 and 3 idle
+    xs = torch.randn(8, 16)
+    experts(xs, counts).sum().backward()
+    clean = [p.grad.clone() for p in (experts.gate_up_proj, experts.down_proj)]
+    experts.zero_grad()
+
+    real = torch.nn.functional
+
+    def poisoned(x, w, offs):
+        return real.grouped_mm(x, PoisonEmptyGroups.apply(w, offs), offs=offs)
+    functional = SimpleNamespace(**{n: getattr(real, n) for n in dir(real) if not n.startswith("__")})
+    functional.grouped_mm = poisoned
+    monkeypatch.setattr(model_module, "F", functional)  # (model.py's name for it only)
+    monkeypatch.setattr(model_module, "empty_groups_unzeroed", lambda x: blackwell)
+    experts(xs, counts).sum().backward()
+    for p, want in zip((experts.gate_up_proj, experts.down_proj), clean, strict=True):
+        if blackwell:
+            assert torch.equal(p.grad, want) and p.grad[[1, 3]].abs().sum() == 0
+        else:
+            assert p.grad[[1, 3]].isnan().all() and torch.equal(p.grad[[0, 2]], want[[0, 2]])
+
+
 @pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float32), ((8, 0), torch.bfloat16),
                                                ((9, 0), torch.bfloat16)])
 def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, dtype):
