@@ -215,7 +215,9 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
         markers += lines.count(marker)
         marker_lines += len(MARKER_LINE.findall(lines))
         blank += len(BLANK_LINE.findall(lines))
-        has_text = has_text or bool(lines.replace(marker, b"").strip())
+        # text as the split judges a document: str.strip's whitespace (U+3000, U+00A0 too) is none
+        # ("ignore": a character cut by a long line's carry; a lone bad byte is no text to train on)
+        has_text = has_text or bool(lines.replace(marker, b"").decode("utf-8", "ignore").strip())
 
     with open(path, "rb") as f:
         head = f.read(8)
@@ -235,8 +237,9 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
                 text = tail.strip(SPACES)
                 if len(text) > len(marker):  # no separator, whatever follows: its start counted now
                     markers += tail.count(marker)
-                    has_text = has_text or bool(tail.replace(marker, b"").replace(b"\x01", b"").strip())
-                    tail = b"\x01" + tail[-keep:]  # (holds no whole marker: none is counted twice)
+                    has_text = has_text or bool(tail.replace(marker, b"").decode("utf-8", "ignore").strip())
+                    tail = b"\x1f" + tail[-keep:]  # (holds no whole marker: none is counted twice; \x1f:
+                    # whitespace to str.strip, so no text; not in SPACES: no blank or marker line)
                 else:  # spaces around at most a marker: they change nothing (one kept after text)
                     tail = text + (b" " if text and tail[-1:].strip(SPACES) == b"" else b"")
             carry = tail + held

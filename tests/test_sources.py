@@ -1,9 +1,11 @@
 """sources.py: a mutation audit's tests (what tests/test_data.py left unpinned).
 
-Which files a folder or a glob names, how .txt layouts are logged, where `datasets` caches local
-files and when it reads them again, text columns of other Arrow types, the hub path (a local folder
-in the hub's layout, and stubs for the online probe: the tests have no network), the splits
-resolve_sources gives, their signatures (the cache keys) and the held-out slice's error.
+Which files a folder or a glob names, how .txt layouts are chosen and logged, which bytes refuse a
+.txt file, where `datasets` caches local files and when it reads them again, text columns of other
+Arrow types, the hints for tables and JSON objects, the hub path (a local folder in the hub's
+layout, and stubs for the online probe: the tests have no network), the splits resolve_sources
+gives, their log lines and signatures (the cache keys), that each is read once, and the held-out
+slice's error.
 """
 
 import json
@@ -61,6 +63,18 @@ def test_plural_and_in_bytes():
         "999 B", "1.5 KB", "2.5 MB", "3.0 GB", "5000.0 GB"]
 
 
+def test_in_bytes_makes_a_thousand_bytes_a_kilobyte():
+    """Catches <= for < at a unit's limit: 1000 bytes read "1000 B", not "1.0 KB"."""
+    assert [sources.in_bytes(n) for n in (1000, 1_000_000)] == ["1.0 KB", "1.0 MB"]
+
+
+def test_a_lone_carriage_return_is_a_newline_in_a_document():
+    """Catches \\r read as \\n only where a \\r\\n is there too: a .jsonl or .parquet row of old Mac
+    text (lone \\r only) kept its \\r, and so gave other tokens than the same text from a .txt."""
+    assert sources.document("\ufeff one\rtwo\r\rthree\r ") == "one\ntwo\n\nthree"
+    assert sources.document("a\r\nb\rc\n") == "a\nb\nc"
+
+
 # ---------------------------------------------------------------------------------------------
 # Files: folders and globs
 
@@ -87,6 +101,53 @@ def test_a_state_json_of_records_is_text_where_no_arrow_file_is_beside_it(tmp_pa
     write(folder / "saved" / "state.json", "{}")
     assert sources.resolve_files(str(folder), "--data") == [
         str(folder / "saved" / "data-00000-of-00001.arrow"), str(folder / "state.json")]
+
+
+def test_a_folder_named_like_a_text_file_is_walked_not_read(tmp_path):
+    """Catches a folder named more.txt taken for a file by a folder's walk (and a glob's): it was
+    listed as a file to read, beside the stories inside it."""
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(docs(2)))
+    write(folder / "more.txt" / "b.txt", official(docs(2, start=2)))
+    want = [str(folder / "a.txt"), str(folder / "more.txt" / "b.txt")]
+    assert sources.resolve_files(str(folder), "--data") == want
+    assert sources.resolve_files(str(tmp_path / "corp*"), "--data") == want
+    assert load(want, tmp_path) == docs(4)
+
+
+def test_a_folder_reached_through_a_link_leaves_out_the_cache_inside_it(tmp_path):
+    """Catches the files compared with --cache_dir by their path as given, not resolved: --data
+    through a link to the folder that holds --cache_dir read the cache's .json files."""
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(docs(2)))
+    write(folder / "cache" / "tokens" / "t" / "meta.json", "{}")
+    (tmp_path / "link").symlink_to(folder)
+    assert sources.resolve_files(str(tmp_path / "link"), "--data", skip=[folder / "cache"]) == [
+        str(tmp_path / "link" / "a.txt")]
+
+
+def test_without_inode_numbers_a_link_beside_its_file_is_read_once(tmp_path, monkeypatch):
+    """Catches a file told by its path as given where the file system has no inode numbers (st_ino
+    0): a symlink beside its target was a second file, and its text read twice."""
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(docs(2)))
+    (folder / "b.txt").symlink_to(folder / "a.txt")
+    real_stat = os.stat
+
+    def no_inode(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        return os.stat_result((st.st_mode, 0, *st[2:10]))
+    monkeypatch.setattr(os, "stat", no_inode)
+    assert sources.resolve_files(str(folder), "--data") == [str(folder / "a.txt")]
+
+
+def test_a_glob_of_a_character_class_names_its_files(tmp_path):
+    """Catches a glob with only [...] in it taken for a path: part[12].txt was "no such file"."""
+    folder = tmp_path / "corpus"
+    for n in (1, 2, 3):
+        write(folder / f"part{n}.txt", official(docs(1, start=n)))
+    assert sources.resolve_files(str(folder / "part[12].txt"), "--data") == [
+        str(folder / "part1.txt"), str(folder / "part2.txt")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +179,57 @@ def test_a_txt_file_with_exactly_one_percent_of_bytes_not_utf8_is_repaired(tmp_p
         load([path], tmp_path)
 
 
+def test_a_txt_file_with_exactly_one_percent_nul_bytes_is_read(tmp_path):
+    """Catches >= for > at the NUL check: 1 NUL in 100 bytes is text (a stray one, kept), 2 are
+    refused as UTF-16."""
+    path = write(tmp_path / "t.txt", b"a" * 98 + b"\n\x00")
+    assert load([path], tmp_path) == ["a" * 98 + "\n\x00"]
+    write(path, b"a" * 97 + b"\n\x00\x00")
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(2 of 100 bytes are NUL: UTF-16\?\)"):
+        load([path], tmp_path)
+
+
+def test_a_stored_zip_is_named_as_a_zip_by_its_nul_bytes(tmp_path):
+    """Catches the archive test judged by bytes that are not UTF-8 alone: a zip that stores its text
+    uncompressed (zip -0) has few of them but many NULs, and was told "UTF-16? convert it"."""
+    import zipfile
+    path = tmp_path / "t.txt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("t.txt", official(docs(20)))
+    with pytest.raises(DataError, match=r"t.txt' is zip-compressed, not text; decompress it \(unzip\)"):
+        load([path], tmp_path)
+
+
+def test_a_marker_line_behind_a_bom_makes_a_marker_inside_a_line_text(tmp_path):
+    """Catches the scan keeping the BOMs that the split drops: two files joined, whose only marker
+    line is behind the second's BOM, were taken for markers-inside-lines text and split at the
+    marker a story quotes."""
+    text = "\ufeffThe sign said <|endoftext|> in red.\n" + "\ufeff<|endoftext|>\nNext.\n"
+    path = write(tmp_path / "t.txt", text)
+    assert load([path], tmp_path) == ["The sign said <|endoftext|> in red.", "Next."]
+
+
+def test_a_last_marker_line_without_a_newline_separates(tmp_path):
+    """Catches the last line left out when it lacks a newline: a file whose only marker line ends it
+    was split at the marker a story quotes (the scan), or kept that line as text (the split)."""
+    path = write(tmp_path / "t.txt", "The sign said <|endoftext|> in red.\n<|endoftext|>")
+    assert load([path], tmp_path) == ["The sign said <|endoftext|> in red."]
+
+
+def test_a_txt_file_of_unicode_spaces_alone_has_no_usable_text(tmp_path, monkeypatch):
+    """Catches the scan taking bytes that are Unicode whitespace for text (a bug, fixed): a .txt file
+    of no-break and ideographic spaces passed it, no document came out of it, and `datasets` failed
+    with a traceback ('Instruction "train" corresponds to no data!'), on a long line too."""
+    path = write(tmp_path / "s.txt", "\u3000\n\n\xa0 \n" + EOT + "\n\u2028\n")
+    with pytest.raises(DataError, match=r"s.txt' has no usable text \(only whitespace and <\|endoftext\|> "
+                                        r"separators\); check the file$"):
+        load([path], tmp_path)
+    monkeypatch.setattr(sources, "READ_CHUNK", 4)  # (a line longer than a read: a character cut by it)
+    write(path, "\xa0 " * 9 + "\u3000" * 9 + "\n")
+    with pytest.raises(DataError, match=r"s.txt' has no usable text \(only whitespace\); check the file$"):
+        load([path], tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # The `datasets` cache of local files
 
@@ -136,6 +248,35 @@ def test_local_files_are_cached_in_the_cache_dir_and_read_again_once_changed(tmp
     write(txt, official(docs(2, start=5)))  # the same size: "Story 5", "Story 6"
     os.utime(txt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # (a coarse clock: a second on)
     assert os.stat(txt).st_size == st.st_size and load([txt], tmp_path) == docs(2, start=5)
+
+
+def test_a_txt_file_edited_within_a_clock_tick_is_read_again(tmp_path):
+    """Catches a .txt file's size left out of its generator's arguments: text edited under the same
+    modification time (a coarse clock, a copy that keeps times) gave the documents cached before."""
+    txt = write(tmp_path / "t.txt", official(docs(2)))
+    assert load([txt], tmp_path) == docs(2)
+    st = os.stat(txt)
+    write(txt, official(docs(3)))
+    os.utime(txt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load([txt], tmp_path) == docs(3)
+
+
+def test_a_failed_read_gives_the_datasets_logger_its_level_back(tmp_path):
+    """Catches the `datasets` logger left at CRITICAL after a file it failed to read (its warnings
+    unheard for the rest of the run). The level is set here: an earlier failed read in the same
+    process would otherwise leave CRITICAL before as after."""
+    import logging
+
+    import datasets  # noqa: F401  (it sets its logger's level on import)
+    library_log = logging.getLogger("datasets")
+    before = library_log.level
+    library_log.setLevel(logging.INFO)
+    try:
+        with pytest.raises(DataError, match=r"a.json: cannot read it"):
+            load([write(tmp_path / "a.json", '[\n  {"text": "a story"},\n  oops\n]\n')], tmp_path)
+        assert library_log.level == logging.INFO
+    finally:
+        library_log.setLevel(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +319,54 @@ def test_a_jsonl_line_that_is_no_record_is_named(tmp_path, line, what):
     path = write(tmp_path / "t.jsonl", '{"text": "a story."}\n' + line + "\n")
     with pytest.raises(DataError, match=rf"t.jsonl: line 2 has no 'text' field \(it has: {what}\)"):
         load([path], tmp_path)
+
+
+def test_a_validation_table_without_a_text_column_names_val_text_field(tmp_path):
+    """Catches a --val_data table's column hint naming --text_field, which does not name the field
+    of --val_data's files once --val_text_field is given."""
+    for name, table, what in (("a", pa.table({"story": docs(2)}), r"has no column 'text' \(it has: story\)"),
+                              ("b", pa.table({"text": [1, 2]}), r"column 'text' holds .*int64.*, not text")):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(table, path)
+        with pytest.raises(DataError, match=rf"^--val_data: .*{name}.parquet: {what}; pass "
+                                            r"--val_text_field NAME$"):
+            sources.load_files([str(path)], "--val_data", cache_dir=str(tmp_path / "cache"), log=print)
+
+
+def test_a_json_object_hint_picks_the_list_whose_records_hold_the_field(tmp_path):
+    """Catches the first list of records taken, whatever it holds: {"authors": [...], "stories":
+    [{"text": ...}]} was told to convert its authors."""
+    path = write(tmp_path / "o.json", json.dumps({"authors": [{"name": "Ann", "bio": "A long one."}],
+                                                 "stories": [{"text": d} for d in docs(3)]}))
+    with pytest.raises(DataError, match=r"the records in its 'stories' list, .*\(jq -c '\.stories\[\]' "):
+        load([path], tmp_path)
+
+
+def test_a_json_object_hint_quotes_a_key_that_is_no_jq_identifier(tmp_path):
+    """Catches a key with letters outside ASCII written as .key (jq's identifiers are ASCII: the
+    command failed); it is quoted, as a key with a space is."""
+    path = write(tmp_path / "o.json", json.dumps({"données": [{"text": d} for d in docs(3)]}))
+    with pytest.raises(DataError, match=r"in its 'données' list.*jq -c '\.\[\"donn\\u00e9es\"\]\[\]'"):
+        load([path], tmp_path)
+
+
+def test_a_validation_json_object_hint_names_no_text_field_option_it_does_not_read(tmp_path):
+    """Catches "(or no --text_field)" in a --val_data hint: --text_field does not name the field of
+    --val_data's records once --val_text_field does, so leaving it out does not read "text"."""
+    path = write(tmp_path / "o.json", json.dumps({"data": [{"text": d} for d in docs(3)]}))
+    with pytest.raises(DataError, match=r"^--val_data: .*o.json: is one JSON object .*\.jsonl\) and point "
+                                        r"--val_data at that with --val_text_field text$"):
+        sources.load_files([str(path)], "--val_data", "data", str(tmp_path / "cache"), log=print)
+
+
+def test_a_files_other_columns_are_left_out(tmp_path):
+    """Catches a file's columns beside its text field kept: a .jsonl's ids joined the split (null in
+    the rows of the .txt file read with it), a column data.py never reads."""
+    txt = write(tmp_path / "a.txt", official(docs(2)))
+    jsonl = write(tmp_path / "b.jsonl", "".join(json.dumps({"id": i, "story": d}) + "\n"
+                                                for i, d in enumerate(docs(2, start=2))))
+    ds = sources.load_files([str(txt), str(jsonl)], "--data", "story", str(tmp_path / "cache"), log=print)
+    assert ds.column_names == ["text"] and [sources.document(t) for t in ds["text"]] == docs(4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +431,20 @@ def test_offline_the_hub_is_not_probed(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", None)  # (a call fails)
     hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(2)}})
     assert sources.load_hub(str(hub), "train")["text"] == docs(2)
+
+
+def test_a_hub_split_is_loaded_once_and_keyed_by_its_files(tmp_path, monkeypatch):
+    """Catches a hub split loaded again for each signature and documents() call (each a load through
+    `datasets`), and its signature without the files the split was read from (a new revision of the
+    same size hit the old shards)."""
+    calls, real = [], sources.load_hub
+    monkeypatch.setattr(sources, "load_hub", lambda *a: calls.append(a) or real(*a))
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": docs(2)}})
+    train, _ = sources.resolve_sources(targs(tmp_path, hf_dataset=str(hub)), log=lambda line: None)
+    files = train.signature["source"]["files"]
+    assert train.signature["source"]["files"] == files and train.documents()["text"] == docs(4)
+    assert calls == [(str(hub), "train", "text")]
+    assert files == [f["filename"] for f in train.documents().cache_files] and all(map(os.path.isfile, files))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,3 +528,62 @@ def test_holding_out_from_one_document_names_no_val_fraction(tmp_path):
         with pytest.raises(DataError, match=rf"holding out 1 in 3 of its {sources.plural(n, 'document')} "
                                             rf"leaves none for validation; {fix}"):
             sources.Split("x", {}, lambda ds=ds: ds, "val", 3).documents()
+
+
+def test_a_hub_split_with_a_text_field_is_keyed_by_it_and_the_document_rules(tmp_path):
+    """Catches the hub's validation split read by "text" rather than --text_field, and a hub split's
+    signature without its text field or the document rules (a change of either reused its shards)."""
+    hub = hub_folder(tmp_path / "hub", {"train": {"story": docs(4)},
+                                        "validation": {"story": docs(2, start=4)}})
+    train, val = sources.resolve_sources(targs(tmp_path, hf_dataset=str(hub), text_field="story"),
+                                         log=lambda line: None)
+    assert val.documents()["text"] == docs(2, start=4)
+    for split, name, rows in ((train, "train", 4), (val, "validation", 2)):
+        assert {k: v for k, v in split.signature["source"].items() if k != "files"} == {
+            "hub": str(hub), "split": name, "text_field": "story", "rows": rows,
+            "documents": sources.DOCUMENT_RULES}
+
+
+def test_the_log_names_each_split_with_its_file_count_and_size(tmp_path):
+    """Catches "1 files" in a split's log line, its size taken from the first file alone, and the
+    validation split left out of the log when evaluating (need_train=False)."""
+    folder = tmp_path / "corpus"
+    a, b = write(folder / "a.txt", "a" * 599 + "\n"), write(folder / "b.txt", "b" * 699 + "\n")
+    val = write(tmp_path / "v.txt", "v" * 99 + "\n")
+    logs = []
+    sources.resolve_sources(targs(tmp_path, data=str(a), val_fraction=0.5), logs.append)
+    sources.resolve_sources(targs(tmp_path, data=str(folder), val_data=str(val)), logs.append)
+    sources.resolve_sources(targs(tmp_path, data=str(b), val_data=str(val)), logs.append, need_train=False)
+    assert logs == [f"data: train: --data {a} (1 file, 600 B); validation: 1 in 2 documents of --data, held "
+                    "out (no --val_data; --val_fraction 0.5, evenly spread)",
+                    f"data: train: --data {folder} (2 files, 1.3 KB); validation: --val_data {val} (1 file, "
+                    "100 B)",
+                    f"data: validation: --val_data {val} (1 file, 100 B)"]
+
+
+def test_both_sides_of_a_held_out_slice_read_the_files_once(tmp_path, monkeypatch):
+    """Catches a local split's load not kept (the training side, the held-out side and each call
+    read, scanned and logged the files again), and `datasets`' files of it written among the
+    run's caches rather than in --cache_dir/datasets."""
+    calls, real = [], sources.load_files
+    monkeypatch.setattr(sources, "load_files", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+    path = write(tmp_path / "d.txt", official(docs(4)))
+    train, val = sources.resolve_sources(targs(tmp_path, data=str(path), val_fraction=0.5),
+                                         log=lambda line: None)
+    assert calls == []  # (nothing read yet)
+    assert val.documents()["text"] == [d + "\n" for d in docs(4)[1::2]]
+    assert train.documents()["text"] == [d + "\n" for d in docs(4)[0::2]]
+    val.documents()
+    assert calls == [[str(path)]] and os.listdir(tmp_path / "cache") == ["datasets"]
+
+
+def test_evaluating_reads_the_validation_file_by_its_own_text_field(tmp_path):
+    """Catches need_train=False resolving --val_data as --data: its --val_text_field was not read,
+    and the split's key was not the one training gave it (its shards were not found)."""
+    train = write(tmp_path / "t.txt", official(docs(4)))
+    val = write(tmp_path / "v.jsonl", "".join(json.dumps({"story": d}) + "\n" for d in docs(2, start=4)))
+    args = targs(tmp_path, data=str(train), val_data=str(val), val_text_field="story")
+    _, held = sources.resolve_sources(args, log=lambda line: None)
+    none, alone = sources.resolve_sources(args, log=lambda line: None, need_train=False)
+    assert none is None and alone.signature == held.signature and alone.label == held.label
+    assert alone.documents()["text"] == docs(2, start=4)
