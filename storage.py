@@ -145,7 +145,7 @@ def not_an_image(option: str, path: str, folder=".") -> str | None:
     metrics.jsonl, train.json or last.pt replaced that file of the run with a PNG; a PNG there is
     this plot from before, at --resume)."""
     suffix, target = Path(path).suffix.lower(), Path(folder) / path
-    if not suffix or suffix in IMAGE_SUFFIXES:
+    if not path or suffix in IMAGE_SUFFIXES:  # ("": no plot)
         return None
     if Path(path).name not in RUN_FILES:
         try:

@@ -232,3 +232,377 @@ def test_an_export_over_a_folders_weights_alone_needs_force(tmp_path):
     assert (out / "model.safetensors").read_bytes() == b"theirs"
     checkpoint.export_hf(model, out, replace=True)
     assert (out / "model.safetensors").read_bytes() != b"theirs"
+
+
+# --- what a third mutation audit of checkpoint.py found untested -----------------------------
+
+def touch_at(path, when):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    os.utime(path, (when, when))
+    return path
+
+
+def test_the_newest_run_is_the_one_whose_last_pt_was_written_last(tmp_path):
+    """Catches latest_run taking the run with the oldest last.pt: `--resume` with no run name (and
+    sample.py with no --ckpt) took last week's run instead of today's."""
+    out = tmp_path / "out"
+    touch_at(out / "old" / "last.pt", 1e9 - 1e5)
+    touch_at(out / "new" / "last.pt", 1e9)
+    touch_at(out / "no-checkpoint" / "train.json", 1e9 + 1)
+    assert checkpoint.latest_run(out) == out / "new"
+    assert checkpoint.find_checkpoint("", out_dir=out) == out / "new" / "last.pt"
+
+
+def test_a_folder_holding_run_lock_alone_is_a_run(tmp_path):
+    """Catches run_folders leaving out a folder holding only run.lock (a run still before it wrote
+    train.json, or stopped there): a folder of runs then did not list it, or was not one at all."""
+    out = tmp_path / "out"
+    touch_at(out / "starting" / "run.lock", 1e9)
+    touch_at(out / "trained" / "best.pt", 1e9 - 10)
+    touch_at(out / "notes" / "readme.txt", 1e9 + 10)
+    assert checkpoint.run_folders(out) == [out / "starting", out / "trained"]
+
+
+def test_a_run_with_best_pt_alone_names_that_file(tmp_path):
+    """Catches find_checkpoint calling a run killed before its first last.pt, with a best.pt,
+    "no checkpoint yet": the best.pt there is named, to be passed instead."""
+    run = tmp_path / "r"
+    touch_at(run / "train.json", 1e9)
+    touch_at(run / "best.pt", 1e9)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.find_checkpoint(str(run))
+    assert str(e.value) == f"{run} has no last.pt, only best.pt; pass {run / 'best.pt'} to use it"
+
+
+def test_a_folder_of_runs_given_as_a_run_names_its_newest(tmp_path):
+    """Catches find_checkpoint advising the oldest run of an --out_dir passed as a run (the list is
+    newest first): the line said "(the newest)" of the run written to longest ago."""
+    out = tmp_path / "out"
+    touch_at(out / "old" / "last.pt", 1e9 - 100)
+    touch_at(out / "new" / "last.pt", 1e9)
+    with pytest.raises(ConfigError) as e:
+        checkpoint.find_checkpoint(str(out), option="--ckpt ")
+    assert str(e.value) == (f"{out} is a folder of runs, not a run; pass --ckpt {out / 'new'} (the newest) "
+                            "or another of its runs (new, old)")
+
+
+def test_the_advice_for_a_checkpoint_that_failed_is_the_other_one_of_its_run(tmp_path):
+    """Catches resume_fix advising the very checkpoint that failed (best.pt for a bad best.pt), or
+    best.pt before last.pt for another file of the run (last.pt, the newer, goes on training)."""
+    run = tmp_path / "r"
+    touch_at(run / "last.pt", 1e9)
+    touch_at(run / "best.pt", 1e9)
+    assert checkpoint.resume_fix(run / "best.pt") == (
+        f"it was left in place: pass --resume {run / 'last.pt'}, or start a new --run")
+    assert checkpoint.resume_fix(run / "last.pt") == (
+        f"it was left in place: pass --resume {run / 'best.pt'}, or start a new --run")
+    assert checkpoint.resume_fix(run / "step100.pt", eval_only=True) == (
+        f"it was left in place: pass --resume {run / 'last.pt'} to evaluate that one")
+    (run / "last.pt").unlink()
+    assert checkpoint.resume_fix(run / "best.pt") == ("it was left in place: start a new --run, or pass "
+                                                      "--resume another checkpoint")
+
+
+def test_a_corrupt_checkpoint_is_named_with_the_other_checkpoint_of_its_run(tmp_path):
+    """Catches load_checkpoint's default advice not being resume_fix (best.pt beside a corrupt
+    last.pt went unnamed), and _unreadable telling random bytes from a torn zip wrongly."""
+    run = tmp_path / "r"
+    small_checkpoint(touch_at(run / "best.pt", 1e9))
+    (run / "last.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_checkpoint(run / "last.pt")
+    assert str(e.value) == (f"{run / 'last.pt'} is corrupt or not a checkpoint at all (not a zip archive, "
+                            "which torch.save writes); it was left in place: pass --resume "
+                            f"{run / 'best.pt'}, or start a new --run")
+    (run / "last.pt").write_bytes((run / "best.pt").read_bytes()[:300])  # a torn save: a zip's start
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_checkpoint(run / "last.pt", fix="fix it")
+    msg = str(e.value)
+    assert msg.startswith(f"{run / 'last.pt'} is corrupt or unreadable (") and "at all" not in msg
+
+
+def test_the_random_generators_come_back_exactly_mid_sequence():
+    """Catches set_rng_state dropping numpy's position in its key (pos) or Python's cached second
+    Gaussian (gauss_next): a resumed run drew other numbers than an uninterrupted one."""
+    import random
+
+    import numpy as np
+    saved = checkpoint.rng_state()
+    try:
+        random.seed(1)
+        np.random.seed(1)
+        torch.manual_seed(1)
+        random.gauss(0, 1)  # (an odd number of draws: the second of the pair is cached)
+        np.random.random(3)
+        state = checkpoint.rng_state()
+
+        def draws():
+            return random.gauss(0, 1), random.random(), np.random.random(3).tolist(), torch.rand(3).tolist()
+        first = draws()
+        checkpoint.set_rng_state(state)
+        assert draws() == first
+    finally:
+        checkpoint.set_rng_state(saved)
+
+
+def tiny_tokenizer(path, text):
+    """A 266-token BPE (the 8 special tokens, 256 bytes, 2 merges of `text`), saved at path."""
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train([text] * 20, 266)
+    tok.save(path)
+    return tok
+
+
+def tokenizer_model():
+    """A small model with the vocabulary of tiny_tokenizer."""
+    return checkpoint.Llama4(ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=266,
+                                       n_experts=2, max_seq_len=16))
+
+
+def test_a_checkpoint_takes_its_tokenizer_by_either_recorded_hash_and_refuses_another(tmp_path):
+    """Catches check_tokenizer refusing the hash older versions recorded (with the post-processor:
+    their runs could no longer be sampled or resumed), or not checking the recorded hash at all."""
+    from tokenizers import processors
+    tok = tiny_tokenizer(tmp_path / "a.json", "aaaa aaaa")
+    tok.tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    from tokenizer import Tokenizer
+    tok = Tokenizer(tok.tok, exact=False)
+    assert tok.legacy_hash not in (None, tok.hash)
+    args = config.to_dict(tokenizer_model().args)
+    for sha in (tok.hash, tok.legacy_hash):
+        ckpt = {"model_args": args, "tokenizer": {"sha256": sha}}
+        checkpoint.check_tokenizer(tok, "a.json", ckpt, "r/last.pt")
+    other = tiny_tokenizer(tmp_path / "b.json", "bbbb bbbb")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.check_tokenizer(tok, "a.json", {"model_args": args, "tokenizer": {"sha256": other.hash}},
+                                   "r/last.pt")
+    assert str(e.value).startswith("a.json is not the tokenizer r/last.pt was trained with (sha256 ")
+
+
+def test_stages_of_exports_killed_are_swept_and_live_or_foreign_ones_kept(tmp_path, monkeypatch):
+    """Catches _sweep_stages removing the staging folder of an export at work there under another
+    user (os.kill: no permission), or reading the pid from the wrong part of the name (a killed
+    export's folder then stayed for good)."""
+    dead, theirs = 999_999_991, 999_999_992
+    for name in (f".tmp-export-{dead}-abc", f".tmp-export-{theirs}-abc", f".tmp-export-{os.getpid()}-abc",
+                 ".tmp-export-x-abc"):
+        (tmp_path / name).mkdir()
+
+    def kill(pid, sig):
+        assert sig == 0
+        if pid == dead:
+            raise ProcessLookupError(3, "No such process")
+        if pid == theirs:
+            raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(checkpoint.os, "kill", kill)
+    checkpoint._sweep_stages(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".tmp-export-{theirs}-abc", f".tmp-export-{os.getpid()}-abc", ".tmp-export-x-abc"])
+
+
+def test_an_export_never_replaces_a_runs_own_tokenizer_without_force(tmp_path):
+    """Catches export_hf taking a tokenizer.json already in the folder for its own: an export
+    without a tokenizer deleted a run folder's tokenizer.json (its checkpoints need it), and one
+    with another tokenizer replaced it, both without --force."""
+    model = small_model()
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_tokenizer(run / "tokenizer.json", "aaaa aaaa")
+    before = (run / "tokenizer.json").read_bytes()
+    tiny_tokenizer(tmp_path / "other.json", "bbbb bbbb")
+    for tokenizer_path in (None, tmp_path / "other.json"):
+        with pytest.raises(checkpoint.CheckpointError) as e:
+            checkpoint.export_hf(model, run, tokenizer_path)
+        assert "already holds another tokenizer.json" in str(e.value)
+        assert sorted(p.name for p in run.iterdir()) == ["tokenizer.json"]
+        assert (run / "tokenizer.json").read_bytes() == before
+    checkpoint.export_hf(model, run, run / "tokenizer.json")  # the same tokenizer: no --force needed
+
+
+def test_a_config_json_that_is_no_settings_object_records_no_tokenizer(tmp_path):
+    """Catches recorded_tokenizer failing (AttributeError) on a config.json holding a list: it
+    records no tokenizer, as a missing or unreadable one does."""
+    assert checkpoint.recorded_tokenizer(tmp_path) is None
+    (tmp_path / "config.json").write_text("[1, 2]")
+    assert checkpoint.recorded_tokenizer(tmp_path) is None
+    (tmp_path / "config.json").write_text("{not json")
+    assert checkpoint.recorded_tokenizer(tmp_path) is None
+    (tmp_path / "config.json").write_text('{"tokenizer_sha256": "ab"}')
+    assert checkpoint.recorded_tokenizer(tmp_path) == "ab"
+
+
+def test_an_hf_folder_too_large_for_memory_is_out_of_memory_not_corrupt(tmp_path, monkeypatch):
+    """Catches load_hf calling a good model.safetensors that does not fit in memory "corrupt or
+    unreadable": the out-of-memory error goes on as it was. A file given for the folder is named."""
+    import safetensors.torch
+    hf = checkpoint.export_hf(small_model(), tmp_path / "hf")
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(safetensors.torch, "load_file", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        checkpoint.load_hf(hf)
+    with pytest.raises(checkpoint.CheckpointError, match="config.json is not a folder; pass an HF folder"):
+        checkpoint.load_hf(hf / "config.json")
+
+
+def test_tokenizer_files_this_project_cannot_read_are_compared_by_their_bytes(tmp_path):
+    """Catches same_tokenizer calling two identical files it cannot read as tokenizers different
+    (an import beside a copy of the same foreign tokenizer.json was refused)."""
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text('{"not": "a tokenizer"}')
+    b.write_text('{"not": "a tokenizer"}')
+    c.write_text('{"another": 1}')
+    assert checkpoint.same_tokenizer(a, b) and not checkpoint.same_tokenizer(a, c)
+
+
+def test_an_import_goes_to_a_run_folders_last_pt_and_records_its_tokenizer(tmp_path):
+    """Catches import_hf writing a checkpoint file named as the run ("imported", no .pt) instead of
+    the run folder's last.pt, recording no tokenizer hash (sample.py could not check it), refusing
+    the same tokenizer beside it, or replacing another one without --force."""
+    model = tokenizer_model()
+    tok = tiny_tokenizer(tmp_path / "tokenizer.json", "aaaa aaaa")
+    hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "tokenizer.json")
+    dest = checkpoint.import_hf(hf, tmp_path / "imported")
+    assert dest == tmp_path / "imported" / "last.pt"
+    saved = checkpoint.load_checkpoint(dest)
+    assert saved["tokenizer"] == {"file": "tokenizer.json", "sha256": tok.hash}
+    assert (tmp_path / "imported" / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
+    checkpoint.import_hf(hf, tmp_path / "imported" / "again.pt")  # the same tokenizer there: fine
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_tokenizer(run / "tokenizer.json", "bbbb bbbb")
+    with pytest.raises(checkpoint.CheckpointError, match="tokenizer.json is another tokenizer"):
+        checkpoint.import_hf(hf, run / "x.pt")
+    assert sorted(p.name for p in run.iterdir()) == ["tokenizer.json"]
+
+
+def test_an_import_refuses_a_tokenizer_its_export_did_not_record(tmp_path):
+    """Catches import_hf skipping check_hf_tokenizer: a folder whose tokenizer.json was replaced
+    after its export was imported with it, a model paired with another tokenizer."""
+    model = tokenizer_model()
+    tiny_tokenizer(tmp_path / "tokenizer.json", "aaaa aaaa")
+    hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "tokenizer.json")
+    tiny_tokenizer(hf / "tokenizer.json", "bbbb bbbb")
+    with pytest.raises(checkpoint.CheckpointError, match="is not the tokenizer"):
+        checkpoint.import_hf(hf, tmp_path / "imported")
+    assert not (tmp_path / "imported").exists()
+
+
+def test_rope_settings_of_older_folders_are_read_as_transformers_reads_them():
+    """Catches hf_rope letting a top-level rope_theta override the one inside rope_scaling (the
+    nested one is transformers' choice), dropping the oldest spelling ("type" for "rope_type": a
+    llama3 folder imported without its scaling), and args_from_hf importing a RoPE type it cannot
+    build (yarn) as plain RoPE instead of refusing it."""
+    cfg = checkpoint.hf_config(small_model().args)
+    del cfg["rope_parameters"]
+    cfg["rope_theta"] = 500000.0
+    cfg["rope_scaling"] = {"type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 2.0,
+                           "original_max_position_embeddings": 16, "rope_theta": 1000.0}
+    assert checkpoint.hf_rope(cfg)["rope_type"] == "llama3"
+    args = checkpoint.args_from_hf(cfg)
+    assert (args.rope_scaling, args.rope_factor, args.rope_theta) == ("llama3", 4.0, 1000.0)
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    with pytest.raises(ConfigError, match="rope_type 'yarn' is not supported"):
+        checkpoint.args_from_hf(cfg)
+
+
+def test_a_sharded_folder_loads_every_shard_and_a_misfit_names_its_index(tmp_path):
+    """Catches load_hf reading the first shard alone of a sharded folder (save_pretrained's
+    max_shard_size: released Llama 4 folders), and naming a shard, not the index, when the weights
+    do not fit the settings."""
+    from safetensors.torch import load_file, save_file
+    model = small_model()
+    hf = checkpoint.export_hf(model, tmp_path / "hf")
+    state = load_file(str(hf / "model.safetensors"))
+    (hf / "model.safetensors").unlink()
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(hf / shard), metadata={"format": "pt"})
+    index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (hf / "model.safetensors.index.json").write_text(json.dumps(index))
+    back = checkpoint.load_hf(hf)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in back.state_dict().items())
+    save_file({k: state[k] for k in names[1::2][1:]}, str(hf / "model-00002-of-00002.safetensors"))
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_hf(hf)
+    index_path = hf / "model.safetensors.index.json"
+    assert str(e.value).startswith(f"{index_path}: its weights do not fit its settings (")
+
+
+def test_an_export_given_a_tokenizer_path_that_is_not_there_writes_the_model_alone(tmp_path):
+    """Catches export_hf counting on a tokenizer file that is not there (a run folder whose
+    tokenizer.json was deleted): the export failed as it renamed the staged tokenizer it never
+    wrote, or recorded the hash of a file it could not read."""
+    model = small_model()
+    hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "gone" / "tokenizer.json")
+    assert sorted(p.name for p in hf.iterdir()) == ["config.json", "model.safetensors"]
+    assert "tokenizer_sha256" not in json.loads((hf / "config.json").read_text())
+
+
+def test_an_import_over_a_checkpoint_or_another_tokenizer_needs_force_and_then_replaces_both(tmp_path):
+    """Catches import_hf replacing a checkpoint already at its destination without --force (a
+    run's last.pt, with its optimizer state, lost), and --force not replacing another tokenizer.json
+    beside it (the import then refused whatever was passed)."""
+    model = tokenizer_model()
+    tok = tiny_tokenizer(tmp_path / "tokenizer.json", "aaaa aaaa")
+    hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "tokenizer.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"a run's checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="last.pt already exists; pass --force"):
+        checkpoint.import_hf(hf, run)
+    assert (run / "last.pt").read_bytes() == b"a run's checkpoint"
+    tiny_tokenizer(run / "tokenizer.json", "bbbb bbbb")
+    assert checkpoint.import_hf(hf, run, replace=True) == run / "last.pt"
+    assert checkpoint.load_checkpoint(run / "last.pt")["tokenizer"]["sha256"] == tok.hash
+    assert (run / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
+
+
+def test_a_tokenizer_of_another_size_than_the_checkpoints_model_is_a_checkpoint_error(tmp_path):
+    """Catches check_tokenizer letting the tokenizer module's DataError out (exit status of a data
+    problem, advice to pass --vocab_size, which a checkpoint's model cannot take): it is a
+    CheckpointError with the advice about the tokenizer."""
+    tok = tiny_tokenizer(tmp_path / "tokenizer.json", "aaaa aaaa")
+    ckpt = {"model_args": config.to_dict(small_model().args)}
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.check_tokenizer(tok, "tokenizer.json", ckpt, "r/last.pt", fix="put it back")
+    assert str(e.value) == "tokenizer.json has 266 tokens but the model of r/last.pt has 64; put it back"
+
+
+def test_a_special_token_a_config_sets_to_null_takes_a_free_id(tmp_path):
+    """Catches args_from_hf keeping a special-token id the folder's config.json sets to null (no
+    pad token: Meta's configs say so) instead of giving it a free id."""
+    cfg = checkpoint.hf_config(small_model().args)
+    cfg["pad_token_id"] = None
+    args = checkpoint.args_from_hf(cfg)
+    ids = [getattr(args, name) for name in config.SPECIAL_TOKENS]
+    assert isinstance(args.pad_id, int) and len(set(ids)) == len(ids)
+
+
+def test_an_explicit_layer_list_on_the_interval_is_taken_and_one_off_it_refused():
+    """Catches _check_hf_layout deriving no_rope_layers the wrong way round (1 means RoPE, as in
+    transformers): a folder listing its layers as the interval makes them was refused."""
+    args = ModelArgs(dim=32, n_layers=4, n_heads=2, n_kv_heads=1, vocab_size=64, n_experts=2, max_seq_len=16)
+    cfg = checkpoint.hf_config(args)
+    cfg["no_rope_layers"] = [1, 1, 1, 0]  # (layer 3 of 4 is the NoPE one)
+    assert checkpoint.args_from_hf(cfg).nope_every == 4
+    cfg["no_rope_layers"] = [0, 1, 1, 1]
+    with pytest.raises(ConfigError, match=r"no_rope_layers \[0, 1, 1, 1\] is not every n-th layer"):
+        checkpoint.args_from_hf(cfg)
+
+
+def test_weights_loaded_into_a_built_model_must_fit_it_all(tmp_path):
+    """Catches build loading a state dict into a model built already without strict checking (a
+    resumed run whose checkpoint lacks a weight went on with that weight freshly initialised): a
+    missing or extra weight is a CheckpointError naming the file."""
+    model = small_model()
+    state = dict(model.state_dict())
+    del state["norm.weight"]
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.build(model.args, state, "cpu", "r/last.pt", "fix it", model=small_model())
+    msg = str(e.value)
+    assert msg.startswith("r/last.pt: its weights do not fit its settings (") and "norm.weight" in msg
+    assert msg.endswith("; fix it")

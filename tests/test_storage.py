@@ -421,3 +421,197 @@ def test_a_lock_held_without_a_note_is_named_another_process_and_held_sees_it(tm
         assert path.read_text().startswith(f"pid {os.getpid()} on ")
     finally:
         mine.close()
+
+
+# --- what a third mutation audit of storage.py found untested --------------------------------
+
+def test_an_error_outside_the_named_reasons_is_said_once_and_one_without_strerror_still_named(tmp_path):
+    """Catches write_error repeating the strerror of an errno it has no words of its own for
+    ("Input/output error (Input/output error)"), and naming an OSError that carries no strerror
+    "None" instead of its text."""
+    path = tmp_path / "last.pt"
+    eio = OSError(errno.EIO, "Input/output error")
+    assert str(storage.write_error(path, eio)) == (
+        f"cannot write {path}: Input/output error; write somewhere else")
+    bare = OSError("the mount went away")
+    assert str(storage.write_error(path, bare, "pick another --out_dir")) == (
+        f"cannot write {path}: the mount went away; pick another --out_dir")
+
+
+def test_a_failed_first_write_of_a_file_does_not_claim_a_previous_one_is_intact(tmp_path, full_disk):
+    """Catches atomic_write saying "the previous file is intact" where there was no previous file
+    (the first save of a run on a full disk): the line must not promise a checkpoint that is not there."""
+    with pytest.raises(StorageError) as e:
+        storage.atomic_write(tmp_path / "last.pt", b"x" * 100)
+    assert "intact" not in str(e.value) and str(e.value).startswith(f"cannot write {tmp_path / 'last.pt'}: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_atomic_write_to_a_bare_file_name_goes_to_the_current_folder(tmp_path, monkeypatch):
+    """Catches atomic_write taking the folder of a bare name ("results.json", no folder in it) as
+    "": mkstemp and the folder's fsync then failed, and `--out results.json` wrote nothing."""
+    monkeypatch.chdir(tmp_path)
+    storage.atomic_write("results.json", b"data")
+    storage.save_json("b.json", {"x": 1})
+    assert (tmp_path / "results.json").read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "results.json"]
+
+
+def test_save_json_is_indented_key_sorted_and_ends_with_a_newline_unless_told_to_keep_the_order(tmp_path):
+    """Catches save_json writing keys in the dict's order by default (train.json and the README's
+    figures then changed with every run that built its dict otherwise: diffs full of noise), or
+    on one line, or without the final newline."""
+    storage.save_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    storage.save_json(tmp_path / "c.json", {"b": 1, "a": 2}, sort_keys=False)
+    assert (tmp_path / "c.json").read_text() == '{\n  "b": 1,\n  "a": 2\n}\n'
+
+
+def test_the_option_named_for_a_run_off_the_figure_is_its_long_spelling(capsys, tmp_path):
+    """Catches results_path naming an option by its first spelling: `-q/--quick` was named "-q",
+    which the line's reader cannot look up as easily as --quick."""
+    import argparse
+    p = argparse.ArgumentParser(prog="bench.py")
+    p.add_argument("-q", "--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    assert storage.results_path(p, p.parse_args(["-q"]), tmp_path / "figure.json") is None
+    assert "(this one sets --quick)" in capsys.readouterr().err
+
+
+def test_a_new_log_gets_the_mode_an_ordinary_write_would(tmp_path):
+    """Catches append_jsonl creating metrics.jsonl 0600: in a shared run folder no one else could
+    read the run's log (plot_runs.py of another user failed on it)."""
+    with umask(0o022):
+        storage.append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+    assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_last_line_torn_inside_a_character_is_dropped_not_a_decode_error(tmp_path):
+    """Catches read_jsonl reading strictly as UTF-8: a write cut off in the middle of a multi-byte
+    character (a story's "é") made every later resume fail with UnicodeDecodeError."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n{"text": "caf' + "é".encode()[:1])
+    warnings = []
+    assert storage.read_jsonl(path, warn=warnings.append) == [{"step": 1}]
+    assert len(warnings) == 1 and "dropped a torn last line (line 2" in warnings[0]
+
+
+def test_held_on_a_missing_lock_file_is_false_and_creates_it(tmp_path):
+    """Catches `held` failing (FileNotFoundError) on a run folder with no run.lock yet: it is not
+    held, and the file is made as `lock` would make it."""
+    path = tmp_path / "run.lock"
+    assert not storage.held(path) and path.is_file()
+
+
+def test_a_lock_taken_with_wait_waits_for_the_holder_to_let_go(tmp_path):
+    """Catches lock(wait=True) raising Busy at once, as wait=False does, instead of waiting for
+    the process that holds it."""
+    import fcntl
+    import threading
+    path = tmp_path / "run.lock"
+    other = open(path, "a+")  # another open file: its flock conflicts as another process's would
+    fcntl.flock(other, fcntl.LOCK_EX)
+    timer = threading.Timer(0.3, other.close)
+    timer.start()
+    try:
+        mine = storage.lock(path, wait=True)
+    finally:
+        timer.join()
+        other.close()
+    try:
+        assert path.read_text().startswith(f"pid {os.getpid()} on ")
+    finally:
+        mine.close()
+
+
+def test_a_run_folder_that_cannot_be_locked_is_one_line_and_the_folder_it_made_goes(tmp_path, monkeypatch):
+    """Catches RunFolder leaving behind the empty folder it made when run.lock cannot be written
+    (no permission, a full disk): the failed run left a run folder with nothing in it; a folder
+    that was there before stays."""
+    def denied(path, wait=False):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    monkeypatch.setattr(storage, "lock", denied)
+    made, theirs = tmp_path / "made", tmp_path / "theirs"
+    theirs.mkdir()
+    for run in (made, theirs):
+        with pytest.raises(storage.RunError) as e:
+            storage.RunFolder(run)
+        assert str(e.value) == (f"cannot write to {run} (Permission denied); pick another --out_dir or "
+                                "--run")
+    assert not made.exists() and theirs.is_dir()
+
+
+def test_a_plot_may_replace_a_png_from_before_but_no_other_file(tmp_path):
+    """Catches not_an_image refusing a PNG already there (the same plot, written before the run
+    was resumed: every --resume with --plot was refused), and letting a plot replace a file that
+    is no image (notes.dat) or a run's own file whatever is in it."""
+    (tmp_path / "plot.dat").write_bytes(b"\x89PNG\r\n\x1a\n" + b"rest")
+    (tmp_path / "notes.dat").write_text("my notes")
+    assert storage.not_an_image("--plot", "plot.dat", tmp_path) is None
+    assert storage.not_an_image("--plot", "new.dat", tmp_path) is None  # (written as a PNG)
+    assert storage.not_an_image("--plot", "plot.PNG", tmp_path) is None
+    assert storage.not_an_image("--plot", "notes.dat", tmp_path) == (
+        "--plot notes.dat: the plot would replace that file with an image; name a .png, .svg or .pdf file")
+    assert storage.not_an_image("--plot", "metrics.jsonl", tmp_path) is not None  # (not there yet: refused)
+
+
+def test_a_plot_named_without_a_suffix_does_not_replace_a_file_that_is_no_image(tmp_path):
+    """Catches not_an_image passing every name without a suffix: `--plot LICENSE` (or plot_runs.py
+    --out notes) wrote a PNG over that file, though the plot is written under the very name given
+    (format png, no suffix added); such a name not there yet, or a PNG there, is fine, as is "" (no plot)."""
+    (tmp_path / "notes").write_text("my notes")
+    (tmp_path / "plot").write_bytes(b"\x89PNG\r\n\x1a\n" + b"rest")
+    assert storage.not_an_image("--plot", "notes", tmp_path) == (
+        "--plot notes: the plot would replace that file with an image; name a .png, .svg or .pdf file")
+    assert storage.not_an_image("--plot", "plot", tmp_path) is None
+    assert storage.not_an_image("--plot", "new", tmp_path) is None
+    assert storage.not_an_image("--plot", "", tmp_path) is None
+
+
+def test_a_signal_put_off_is_raised_when_the_block_ends_and_the_handler_is_restored():
+    """Catches signals_put_off dropping the Ctrl-C it held back (an export interrupted during its
+    renames went on as if none came), or not putting back the handler it replaced (later Ctrl-Cs
+    were ignored for good)."""
+    import signal
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with storage.signals_put_off():
+        pass
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with storage.signals_put_off():
+            signal.raise_signal(signal.SIGINT)
+            done.append("the rest of the block")
+    assert done == ["the rest of the block"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_second_run_on_a_busy_folder_leaves_the_first_ones_save_in_progress_alone(tmp_path):
+    """Catches RunFolder sweeping .tmp-* files before it holds the lock: a second train.py on a
+    busy run folder deleted the save the first one was writing, then was refused."""
+    import fcntl
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".tmp-abc-last.pt").write_bytes(b"a save in progress")
+    with open(run / "run.lock", "a+") as other:  # held as another process's would be
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(storage.RunError, match="is in use by another train.py"):
+            storage.RunFolder(run)
+    assert (run / ".tmp-abc-last.pt").read_bytes() == b"a save in progress"
+
+
+def test_an_interrupt_torch_wrapped_in_a_runtime_error_is_raised_as_the_interrupt(tmp_path):
+    """Catches atomic_write raising torch's RuntimeError (its "unexpected pos" over a Ctrl-C in the
+    middle of a save) instead of the KeyboardInterrupt behind it: an interrupted save became a crash
+    with a traceback; the old file stays and no temporary is left."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"old")
+
+    def interrupted(f):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 64 vs 0")  # noqa: B904
+    with pytest.raises(KeyboardInterrupt):
+        storage.atomic_write(path, interrupted)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
