@@ -165,7 +165,12 @@ def make_folder(path, fix: str | None = None) -> Path:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StorageError(f"cannot create the folder {path}: {e.strerror or e}; {advice(e, fix)}") from None
+        why = e.strerror or e
+        if isinstance(e, (FileExistsError, NotADirectoryError)):  # ("File exists" of what?)
+            blocker = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()),
+                           None)
+            why = f"{blocker} is a file, not a folder" if blocker is not None else why
+        raise StorageError(f"cannot create the folder {path}: {why}; {advice(e, fix)}") from None
     return Path(path)
 
 

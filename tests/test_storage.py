@@ -340,6 +340,17 @@ def test_make_folder_makes_every_missing_parent_and_a_file_in_the_way_is_one_lin
     assert str(e.value).endswith("; pick another --out") and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_make_folder_names_the_file_in_the_way(tmp_path, under):
+    """make_folder said "File exists" (or "Not a directory") without saying which file: the folder's
+    own name taken by a file (export_hf.py RUN FILE), or a file above it."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError) as e:
+        storage.make_folder(tmp_path / "file" / under, "export it elsewhere")
+    assert f": {tmp_path / 'file'} is a file, not a folder; export it elsewhere" in str(e.value)
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_a_torn_last_line_followed_by_blank_lines_is_still_the_last_line(tmp_path):
     """Catches read_jsonl taking the file's last line, blank or not, for its last record: a torn
     line with a newline after it (an editor adds one on saving) failed every resume after."""
