@@ -44,6 +44,7 @@ How this departs from the obvious version:
   in a prompt is text, as inside a story of the training text, not a story break.
 """
 
+import codecs
 import errno
 import os
 import sys
@@ -349,6 +350,10 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
     """Model (eval mode, on device, weights in dtype) and tokenizer from a checkpoint or an exported
     HF folder."""
     if sample_args.hf:
+        hf = Path(sample_args.hf)
+        if (hf / "last.pt").is_file() and not (hf / "config.json").exists():  # (was "config.json is missing")
+            raise SampleError(f"--hf {hf} is a run folder (it holds last.pt), not an exported Hugging Face "
+                              f"folder; pass it as --ckpt {hf}")
         model, where = checkpoint.load_hf(sample_args.hf, device), Path(sample_args.hf)
         tok_file, ckpt = where / "tokenizer.json", None
     else:
@@ -426,8 +431,60 @@ def read_prompt_file(name: str) -> str:
     if name == "-":
         if sys.stdin is None:  # started with stdin closed (<&-)
             raise OSError(errno.EBADF, "standard input is closed")
-        return sys.stdin.buffer.read().decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
-    return Path(name).read_text(encoding="utf-8-sig")  # (universal newlines)
+        data = sys.stdin.buffer.read()
+    else:
+        data = Path(name).read_bytes()
+    return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+
+
+WIDE_BOMS = [(codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),  # (before UTF-16 LE's
+             (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")]  # FF FE, which they start)
+
+
+def not_utf8(name: str, data: bytes, byte: int) -> str:
+    """Why --prompt_file `name`, whose bytes are `data`, is no UTF-8 text (`byte`: the first bad
+    one), and how to convert it: UTF-16 and UTF-32 are named by their byte-order mark or, without
+    one, by their NUL bytes (which UTF-8 decodes, but no prompt holds)."""
+    utf8 = Path(name).with_stem(Path(name).stem + "-utf8") if Path(name).stem else "prompts-utf8.txt"
+    to = f"{name} > {utf8}" if name != "-" else "FILE | sample.py ... --prompt_file -"  # (> {name}: lost)
+    for bom, codec in WIDE_BOMS:
+        if data.startswith(bom):
+            return (f"{codec} text, not UTF-8 (it starts with a {codec} byte-order mark, "
+                    f"{bom.hex(' ').upper()}); convert it: iconv -f {codec} -t UTF-8 {to}")
+    nul, head = data.count(0), data[:1 << 16]
+    even, odd = head[0::2].count(0), head[1::2].count(0)  # Latin text in UTF-16: NUL every other byte
+    if max(even, odd) * 2 >= len(head) // 2 > 0 and min(even, odd) * 20 <= max(even, odd):  # (not a .pt)
+        codec = "UTF-16BE" if even > odd else "UTF-16LE"
+        return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, every other one: {codec} without "
+                f"a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")
+    if nul:
+        return (f"not text ({nul:,} NUL byte{'s' * (nul > 1)}: a binary file?); pass a text file with one "
+                "prompt per line")
+    return f"not UTF-8 text (byte {byte}); save it as UTF-8"
+
+
+def prompt_file_lines(name: str) -> list[str]:
+    """The prompts of --prompt_file `name` (- : standard input), its non-blank lines; a SampleError
+    (naming the fix) where it cannot be read, is not UTF-8 text or holds no prompt."""
+    stdin = name == "-"
+    try:
+        text = read_prompt_file(name)
+    except OSError as e:
+        fix = ("pipe the prompts into it, one per line, or pass a text file" if stdin else
+               "pass a text file with one prompt per line, or - for standard input")
+        raise SampleError(f"--prompt_file {name}: {e.strerror}; {fix}") from e
+    except UnicodeDecodeError as e:
+        raise SampleError(f"--prompt_file {name}: {not_utf8(name, e.object, e.start)}") from e
+    if "\0" in text:  # valid UTF-8, but no text holds NUL: UTF-16 or UTF-32 without a byte-order mark
+        raise SampleError(f"--prompt_file {name}: {not_utf8(name, text.encode(), text.index(chr(0)))}")
+    # \r\n and \r are "\n" by now; str.splitlines would also split on \f, \u2028, ...
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if not lines:
+        where, fix = (("standard input was empty or blank", "pipe the prompts in") if stdin else
+                      ("every line is blank", "write the prompts"))
+        raise SampleError(f"--prompt_file {name} holds no prompt ({where}); {fix}, "
+                          "one per line, or leave --prompt_file out for a story from nothing")
+    return lines
 
 
 def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs, warn) -> list[list[int]]:
@@ -436,24 +493,7 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     the context) is cut from the left, with a warning."""
     texts = list(sample_args.prompt)
     if sample_args.prompt_file:
-        stdin = sample_args.prompt_file == "-"
-        try:
-            text = read_prompt_file(sample_args.prompt_file)
-            # \r\n and \r are "\n" by now; str.splitlines would also split on \f, \u2028, ...
-            lines = [ln for ln in text.split("\n") if ln.strip()]
-        except OSError as e:
-            fix = ("pipe the prompts into it, one per line, or pass a text file" if stdin else
-                   "pass a text file with one prompt per line, or - for standard input")
-            raise SampleError(f"--prompt_file {sample_args.prompt_file}: {e.strerror}; {fix}") from e
-        except UnicodeDecodeError as e:
-            raise SampleError(f"--prompt_file {sample_args.prompt_file}: not UTF-8 text (byte {e.start}); "
-                              "save it as UTF-8") from e
-        if not lines:
-            where, fix = (("standard input was empty or blank", "pipe the prompts in") if stdin else
-                          ("every line is blank", "write the prompts"))
-            raise SampleError(f"--prompt_file {sample_args.prompt_file} holds no prompt ({where}); {fix}, "
-                              "one per line, or leave --prompt_file out for a story from nothing")
-        texts += lines
+        texts += prompt_file_lines(sample_args.prompt_file)
     texts = texts or [""]
     keep = args.max_seq_len - min(sample_args.max_new_tokens, args.max_seq_len // 2)
     prefix = [args.eos_id] + (image_prompt(args) if sample_args.image else [])

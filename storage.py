@@ -9,6 +9,8 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
     os_error_in, refused_in    the OSError behind a wrapped failure; whether it is a write refused in a folder
     results_path(parser, ...)  where a script writes results: never over the README's figures by accident
+    special_kind, not_an_image, not_a_file_to_write   what an output may not be written over: a device or
+                               FIFO (atomic_write refuses it), a run's own file, a folder
 
 How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
@@ -37,6 +39,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -143,8 +146,10 @@ def not_an_image(option: str, path: str, folder=".") -> str | None:
     """Why a plot may not be written at `path` (relative to `folder`), or None: a name that is no
     image's and is one of a run folder's files, or a file already there that is not a PNG (--plot
     metrics.jsonl, train.json or last.pt replaced that file of the run with a PNG; a PNG there is
-    this plot from before, at --resume)."""
+    this plot from before, at --resume), or a device, named pipe or socket (special_kind)."""
     suffix, target = Path(path).suffix.lower(), Path(folder) / path
+    if path and (problem := special_file(option, target)):  # (--plot /dev/null: root lost the device)
+        return problem
     if not path or suffix in IMAGE_SUFFIXES:  # ("": no plot)
         return None
     if Path(path).name not in RUN_FILES:
@@ -174,11 +179,53 @@ def make_folder(path, fix: str | None = None) -> Path:
     return Path(path)
 
 
+SPECIAL_FILES = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                 (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")]
+
+
+def special_kind(path) -> str | None:
+    """What `path` is when it is a device, named pipe or socket ("a character device"), or None (a
+    file, a folder, nothing there, or a name the OS cannot take). Writing there atomically (a new
+    file renamed over the name) would replace it: `--out /dev/null` run as root replaced /dev/null
+    with a PNG. atomic_write refuses it; the scripts' --out and train.py's --plot, before any work."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((what for test, what in SPECIAL_FILES if test(mode)), None)
+
+
+def special_file(option: str, path) -> str | None:
+    """The one-line error for `option` naming a device, named pipe or socket (special_kind), or None."""
+    if kind := special_kind(path):
+        return (f"{option} {path} is {kind}, not a file: what is written there replaces it; name a "
+                "file to write")
+    return None
+
+
+def not_a_file_to_write(option: str, path: str | None, example: str) -> str | None:
+    """Why a script's output file may not be written at `path`, or None, said before any work (the
+    write came after minutes of benchmark): empty (an unset variable: "cannot write .: Device or
+    resource busy"), a folder ("the previous file is intact"), or a special file. (A folder that
+    cannot be made for it is make_folder's line, also before the work.) None: no such option given."""
+    if path is None:
+        return None
+    if not path:
+        return f"{option} is empty; name the file to write, e.g. {option} {example}"
+    if os.path.isdir(path):
+        return (f"{option} {path} is a folder; name the file to write, e.g. "
+                f"{option} {os.path.join(path, example)}")
+    return special_file(option, path)
+
+
 def atomic_write(path, data, fix: str | None = None) -> None:
     """Replace `path` with `data` (bytes, or a function writing to a binary file) so that a crash
     at any moment leaves either the old file or the new one, never a mix. A failed write raises
     StorageError (see write_error; `fix` is the advice it ends with)."""
     path = os.fspath(path)
+    if kind := special_kind(path):  # (os.replace would put a file in its place)
+        raise StorageError(f"cannot write {path}: it is {kind}, which a file written there would replace; "
+                           f"{fix or DEFAULT_FIX}")
     folder = os.path.dirname(path) or "."
     existed, replaced = os.path.exists(path), False
     tmp = None

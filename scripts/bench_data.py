@@ -157,6 +157,8 @@ def main(argv=None):
     opts = p.parse_args(argv)
     if opts.child:
         return child(*opts.child)
+    if problem := storage.not_a_file_to_write("--out", opts.out, "bench_data.json"):
+        p.error(problem)  # (before the work: a device there became the JSON, a folder failed)
     if problem := too_small(opts.vocab_size):  # (the prepare() subprocess would say so, as exit 1)
         p.error(problem)
     if os.path.isdir(opts.data):

@@ -456,6 +456,8 @@ def main(argv=None):
         dtype = getattr(torch, opts.dtype)
         print(peak_memory_child(opts.child, json.loads(opts.base), int(opts.batches), dtype))
         return None
+    if problem := storage.not_a_file_to_write("--out", opts.out, "bench_model.json"):
+        p.error(problem)  # (before the work: a device there became the JSON, a folder failed)
     global COMPILE_MODE
     COMPILE_MODE = opts.compile_mode
     device = runtime.resolve_device(opts.device)

@@ -110,6 +110,8 @@ def parse(argv):
         p.error(f"--minutes: must be a finite number of minutes, 0 or more, got {opts.minutes:g}")
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
+    if opts.out == "":  # (an unset variable: the results went into the current folder)
+        p.error("--out is empty (an unset variable?); name a folder, or leave --out out for its default")
     settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
     opts.results = storage.results_path(p, opts, ROOT / "img", extra=extra, fallback=Path(opts.out_dir),
                                         ignore=("out_dir", "cache_dir", "wandb_mode"))  # (not the results)
@@ -387,7 +389,8 @@ def main(argv=None) -> dict:
             print(f"compare.py: error: {what} {path} does not exist; pass --data / --val_data (defaults: "
                   "../shared/data/tinystories/train-lower.txt and valid-lower.txt)", file=sys.stderr)
             sys.exit(1)
-    storage.make_folder(opts.results, "pick another --out")  # before the runs, not after them
+    fix = "pick another " + ("--out_dir (or a --out)" if opts.results == Path(opts.out_dir) else "--out")
+    storage.make_folder(opts.results, fix)  # before the runs, not after them (no --out: in --out_dir)
     base = shared_argv(opts, extra)
     argvs, sizes, shared_model = {}, {}, settings_of(base)[0]
     for name in VARIANTS:  # the variant's own overrides come after the options passed through (in base)
@@ -430,7 +433,7 @@ def main(argv=None) -> dict:
                     "load_avg_after": load_after},
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = storage.make_folder(opts.results, "pick another --out")
+    out = storage.make_folder(opts.results, fix)
     paths = {"bpb": out / "compare_bpb.png", "experts": out / "compare_experts.png",
              "entropy": out / "compare_entropy.png", "json": out / "compare.json", "md": out / "compare.md"}
     figures = {"bpb": plot_bpb(runs, paths["bpb"]),

@@ -25,7 +25,8 @@ def check_out(p, out: str) -> None:
     if out == "-":  # (it wrote an image file named -)
         p.error("--out -: the plot is an image file, not text for standard output; name it, "
                 "e.g. --out compare.png")
-    if problem := storage.not_an_image("--out", out):  # (--out RUN/metrics.jsonl replaced the log read)
+    if problem := storage.not_an_image("--out", out):  # (--out RUN/metrics.jsonl replaced the log read;
+        # --out /dev/null, as root, the device)
         p.error(problem)
     if Path(out).is_dir():
         p.error(f"--out {out} is a folder; name the image file, e.g. --out {Path(out) / 'compare.png'}")

@@ -339,6 +339,24 @@ def results_folder(p, opts) -> Path:
                                 ignore=("extra", "no_compile", "out_dir", "cache_dir"))
 
 
+def check_options(p, opts) -> list[str]:
+    """A one-line error (exit 2), before any run, for a bad option of the sweep's own or one passed
+    through; the --only shapes."""
+    only = [s for s in opts.only.split(",") if s]
+    unknown = sorted(set(only) - set(shapes()))
+    if unknown:
+        p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
+    for name in ("screen_minutes", "confirm_minutes", "confirm"):  # (0 minutes: no budget, no end)
+        if not getattr(opts, name) > 0:
+            p.error(f"--{name}: must be above 0, got {getattr(opts, name):g}")
+        if not math.isfinite(getattr(opts, name)):  # train.py refuses it, but only at that stage's first run
+            p.error(f"--{name}: must be a finite number, got {getattr(opts, name):g}")
+    check_pass_through(p, opts)
+    if opts.out == "":  # (an unset variable: the results went into the current folder)
+        p.error("--out is empty (an unset variable?); name a folder, or leave --out out for its default")
+    return only
+
+
 def main(argv=None):
     p = config.Parser(prog="sweep.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -357,23 +375,16 @@ def main(argv=None):
                                                 "for the README's sweep, the defaults with or without "
                                                 "--no_compile; --out_dir for any other)")
     opts, opts.extra = p.parse_known_args(argv)
-    only = [s for s in opts.only.split(",") if s]
-    unknown = sorted(set(only) - set(shapes()))
-    if unknown:
-        p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
-    for name in ("screen_minutes", "confirm_minutes", "confirm"):  # (0 minutes: no budget, no end)
-        if not getattr(opts, name) > 0:
-            p.error(f"--{name}: must be above 0, got {getattr(opts, name):g}")
-        if not math.isfinite(getattr(opts, name)):  # train.py refuses it, but only at that stage's first run
-            p.error(f"--{name}: must be a finite number, got {getattr(opts, name):g}")
-    check_pass_through(p, opts)
+    only = check_options(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     check_candidates(p, stage1, opts)
     if again := repeated(opts):  # (allowed: --vocab_size 512 for all is a smaller sweep)
         print(f"sweep.py: warning: {', '.join(again)} would repeat the run each varies, as the "
               "options passed through come after theirs; leave those out, or add --no_variations or "
               "--no_followups", file=sys.stderr)
-    out = storage.make_folder(results_folder(p, opts), "pick another --out")  # before the runs, not after
+    results = results_folder(p, opts)  # (no --out: the results go to --out_dir, which the advice names)
+    fix = "pick another --out" if results != Path(opts.out_dir) else "pick another --out_dir (or a --out)"
+    out = storage.make_folder(results, fix)  # before the runs, not after
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
         best = min(screen, key=ranking)

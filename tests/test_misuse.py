@@ -171,3 +171,194 @@ def test_eval_only_and_resume_are_not_refused_over_their_own_saved_settings(tmp_
     saved = {"model_args": to_dict(DEBUG), "train_args": {**to_dict(TrainArgs()), "cache_dir": ""}}
     _, resumed = runplan.resume_settings(saved, DEBUG, TrainArgs(resume="latest"), frozenset({"resume"}))
     assert resumed.cache_dir == "."
+
+
+@pytest.mark.parametrize("data, want", [
+    ("once upon\n".encode("utf-16"), "UTF-16 text, not UTF-8 (it starts with a UTF-16 byte-order mark, "
+                                     "FF FE); convert it: iconv -f UTF-16 -t UTF-8 {path} > {new}"),
+    ("\ufeffonce\n".encode("utf-16-be"), "UTF-16 byte-order mark, FE FF); convert it: iconv -f UTF-16 "),
+    ("once\n".encode("utf-32"), "UTF-32 byte-order mark, FF FE 00 00); convert it: iconv -f UTF-32 "),
+    ("once upon a time\n".encode("utf-16-be"), "are NUL, every other one: UTF-16BE without a byte-order "
+                                               "mark?); convert it, e.g. iconv -f UTF-16BE -t UTF-8 "),
+    ("caf\u00e9\n".encode("utf-16-le"), "are NUL, every other one: UTF-16LE without a byte-order mark?)"),
+    (b"once\0upon\n", "not text (1 NUL byte: a binary file?)"),
+    (b"PK\3\4" + bytes(400), "not text (400 NUL bytes: a binary file?)")],  # (last.pt, zeros and all)
+    ids=["utf16-bom", "utf16be-bom", "utf32-bom", "utf16be", "utf16le", "binary", "zeros"])
+def test_a_utf16_prompt_file_is_named_as_utf16_with_the_command_that_converts_it(data, want, tmp_path):
+    """Catches sample.py --prompt_file of a UTF-16 (or UTF-32) file saying "not UTF-8 text (byte 0); save
+    it as UTF-8" without naming the encoding or its BOM; and one without a BOM (valid UTF-8, NUL every other
+    byte) read silently as a prompt of NUL characters."""
+    import config
+    import sample
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(data)
+    args = config.ModelArgs(**config.PRESETS["debug"]["ModelArgs"])
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompts_from(config.SampleArgs(prompt_file=str(path)), None, args, print)
+    assert want.format(path=path, new=tmp_path / "prompts-utf8.txt") in str(e.value)
+    assert str(e.value).startswith(f"--prompt_file {path}: ")
+    assert path.read_bytes() == data
+
+
+def special_out(tmp_path) -> Path:
+    """A named pipe where an output file would go (as /dev/null or /dev/full would be)."""
+    import os
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    return fifo
+
+
+def test_plot_runs_refuses_to_replace_a_device_or_fifo_given_as_out(tmp_path, capsys):
+    """Catches plot_runs.py --out /dev/null (or /dev/full, a FIFO) renaming its PNG over that name:
+    run as root it replaced the device node with a regular file, exit status 0 (found on /dev/full)."""
+    import stat
+    fifo = special_out(tmp_path)
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1,
+                                                   "lm_loss": 5.5}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run), "--out", str(fifo)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert f"--out {fifo} is a named pipe (FIFO), not a file" in err and "name a file to write" in err
+
+
+@pytest.mark.parametrize("script, work", [("bench_data", "run_child"), ("bench_sample", "measure"),
+                                          ("bench_model", "measure_batch"), ("memory_model", "measure")])
+def test_benchmarks_refuse_to_replace_a_device_or_fifo_given_as_out(script, work, tmp_path, monkeypatch,
+                                                                      capsys):
+    """Catches scripts/bench_*.py and memory_model.py --out /dev/null (a device, a FIFO) replaced by the
+    JSON written over its name (as root: /dev/null became a regular file), after minutes of work."""
+    import importlib
+    import stat
+    module = importlib.import_module(f"scripts.{script}")
+
+    def begun(*a, **k):
+        raise AssertionError("the work began")
+    monkeypatch.setattr(module, work, begun)
+    fifo = special_out(tmp_path)
+    argv = {"bench_data": ["--data", str(Path(__file__))],
+            "memory_model": ["--preset", "debug", "--batches", "2"]}
+    with pytest.raises(SystemExit) as e:
+        module.main([*argv.get(script, ["--quick"]), "--out", str(fifo)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert f".py: error: --out {fifo} is a named pipe (FIFO), not a file" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("script, work", [("bench_data", "run_child"), ("bench_sample", "measure"),
+                                          ("bench_model", "measure_batch")])
+def test_benchmarks_refuse_an_empty_out_or_a_folder_before_the_work(script, work, tmp_path, monkeypatch,
+                                                                     capsys):
+    """Catches scripts/bench_*.py --out FOLDER failing only after the whole benchmark ("cannot write
+    FOLDER: Is a directory; the previous file is intact"), and --out "" (an unset variable) saying
+    "cannot write .: Device or resource busy"."""
+    import importlib
+    module = importlib.import_module(f"scripts.{script}")
+
+    def begun(*a, **k):
+        raise AssertionError("the work began")
+    monkeypatch.setattr(module, work, begun)
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["--data", str(Path(__file__))] if script == "bench_data" else ["--quick"]
+    for out, want in [(str(tmp_path), f"--out {tmp_path} is a folder; name the file to write, e.g. --out "
+                                      f"{tmp_path / script}.json"),
+                      ("", f"--out is empty; name the file to write, e.g. --out {script}.json")]:
+        with pytest.raises(SystemExit) as e:
+            module.main([*argv, "--out", out])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and want in err[-1], err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_bench_sample_refuses_a_negative_warmup(capsys):
+    """Catches bench_sample.py --warmup -1 taken without a word (run as no warm-up, recorded as -1 in its
+    JSON), where every other count of the script is refused below its least value."""
+    from scripts import bench_sample
+    for value in ["-1", "x"]:
+        with pytest.raises(SystemExit) as e:
+            bench_sample.parse(["--quick", "--warmup", value])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.count("\n") == 0
+        assert err.endswith(f"argument --warmup: {value!r} is not a whole number, 0 or more")
+    assert bench_sample.parse(["--quick", "--warmup", "0"]).warmup == 0
+
+
+def test_a_run_folder_given_as_hf_is_named_as_one(tmp_path, capsys):
+    """Catches `sample.py --hf checkpoints/run` saying only "checkpoints/run/config.json is missing; is
+    it an exported HF folder?" of a run folder, without naming --ckpt (the way back, an HF folder
+    given as --ckpt, names --hf)."""
+    import sample
+    (tmp_path / "last.pt").write_bytes(b"a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--hf", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1
+    assert f"--hf {tmp_path} is a run folder (it holds last.pt)" in err
+    assert err.endswith(f"pass it as --ckpt {tmp_path}\n")
+    assert (tmp_path / "last.pt").read_bytes() == b"a checkpoint"
+
+
+@pytest.mark.parametrize("script", ["compare", "sweep"])
+def test_compare_and_sweep_refuse_an_empty_path_instead_of_the_current_folder(script, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Catches compare.py and sweep.py taking an empty --out (an unset shell variable) as the current
+    folder: the comparison's or sweep's JSON, markdown and plots were written into the working directory
+    (the source tree), over any file of those names there, after the runs."""
+    from scripts import compare, sweep
+    monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        if script == "compare":
+            compare.parse(["--out", "", "--minutes", "0.1"])
+        else:
+            sweep.main(["--only", "tiny-2026-11", "--out", ""])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--out is empty (an unset variable?)" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_results_folder_that_cannot_be_made_names_the_option_that_chose_it(tmp_path, monkeypatch, capsys):
+    """Catches `sweep.py --out_dir FILE` (no --out: the results go to --out_dir) advising "pick another
+    --out", an option that was not typed."""
+    from errors import run_script
+    from scripts import sweep
+    monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: sweep.main(["--only", "tiny-2026-11", "--screen_minutes", "1",
+                                       "--out_dir", str(tmp_path / "a_file")]), "sweep.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and err[-1].endswith("pick another --out_dir (or a --out)")
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_train_refuses_a_device_or_fifo_as_plot(tmp_path, capsys):
+    """Catches train.py --plot /dev/null (a device, a FIFO) passing the plot check: the loss plot, written
+    atomically at every evaluation, would put a regular file in the device's place (as root)."""
+    import stat
+
+    import train
+    fifo = special_out(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "debug", "--data", str(tmp_path / "none.txt"), "--plot", str(fifo),
+                    "--out_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"train.py: error: --plot {fifo} is a named pipe (FIFO), not a file" in err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_an_atomic_write_never_replaces_a_device_or_fifo(tmp_path):
+    """Catches storage.atomic_write renaming its new file over a device or FIFO (as root, /dev/full and
+    /dev/null became regular files): a StorageError naming it, the node left as it was."""
+    import stat
+
+    import errors
+    import storage
+    fifo = special_out(tmp_path)
+    with pytest.raises(errors.StorageError) as e:
+        storage.atomic_write(fifo, b"data", "write it elsewhere")
+    assert str(e.value) == (f"cannot write {fifo}: it is a named pipe (FIFO), which a file written there "
+                            "would replace; write it elsewhere")
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and not list(tmp_path.glob(".tmp-*"))
