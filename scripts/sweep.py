@@ -61,7 +61,7 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import runlog  # noqa: E402
 import storage  # noqa: E402
-from errors import run_script  # noqa: E402
+from errors import run_script, sigterm_interrupts  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
@@ -252,11 +252,14 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     load = os.getloadavg()[0]
     print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
     t = time.time()
-    try:
+    restore_sigterm = sigterm_interrupts()  # a kill (timeout, a scheduler) is a Ctrl-C: train.py was left
+    try:  # running on its own; now subprocess.run ends it, as on a Ctrl-C (this run starts again anyway)
         done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv])  # (in our cwd, as the paths)
     except KeyboardInterrupt:  # Ctrl-C (train.py gets it too): one line, not a traceback, status 130
         print(f"\nsweep.py: interrupted during {run}; {KEPT} (this one starts again)", file=sys.stderr)
         sys.exit(130)
+    finally:
+        restore_sigterm()
     if done.returncode:
         sys.exit(f"sweep.py: error: train.py failed for {run} (exit {done.returncode}, its error is above); "
                  f"{KEPT}")

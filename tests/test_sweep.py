@@ -131,6 +131,40 @@ def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(tmp_path, mon
         assert ("they go to" in capsys.readouterr().err) == moved, argv
 
 
+def test_a_kill_during_a_run_ends_its_train_py_too(corpus, tmp_path, monkeypatch, capsys):
+    """Catches SIGTERM (kill, timeout, a scheduler) ending sweep.py alone: its train.py, which gets no
+    Ctrl-C from the terminal, went on running on its own. The kill is now a Ctrl-C in sweep.py while
+    train.py runs (subprocess.run then ends the child): one line, status 130; the handler put back."""
+    import os
+    import signal
+    import time
+
+    class Escaped(Exception):
+        pass
+
+    def escaped(*args):
+        raise Escaped
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # (the handler runs here)
+        pytest.fail("SIGTERM did nothing")
+    monkeypatch.setattr(sweep.subprocess, "run", killed)
+    old = signal.signal(signal.SIGTERM, escaped)  # (what the old code let through, not pytest's death)
+    try:
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
+                        "--screen_minutes", "0.01", "--data", str(corpus / "train.txt"),
+                        "--val_data", str(corpus / "valid.txt"),
+                        "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
+                        "--out", str(tmp_path / "img"), *TOY])
+        assert signal.getsignal(signal.SIGTERM) is escaped
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and err[-1].startswith("sweep.py: interrupted during tiny-2026-11-0.01m-s1; ")
+
+
 def test_ctrl_c_during_a_run_is_one_line_and_status_130(corpus, tmp_path, monkeypatch, capsys):
     """Ctrl-C reaches sweep.py as well as its train.py: it was a KeyboardInterrupt traceback."""
     def interrupted(*args, **kwargs):
