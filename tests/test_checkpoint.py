@@ -606,3 +606,14 @@ def test_weights_loaded_into_a_built_model_must_fit_it_all(tmp_path):
     msg = str(e.value)
     assert msg.startswith("r/last.pt: its weights do not fit its settings (") and "norm.weight" in msg
     assert msg.endswith("; fix it")
+
+
+def test_a_device_or_fifo_given_as_a_checkpoint_is_named_as_one(tmp_path):
+    """Catches --ckpt /dev/null (or a FIFO) said to "not exist": it exists, and is no file."""
+    import os
+    fifo = tmp_path / "ckpt.pt"
+    os.mkfifo(fifo)
+    for path, kind in [(fifo, "a named pipe (FIFO)"), ("/dev/null", "a character device")]:
+        with pytest.raises(checkpoint.CheckpointError) as e:
+            checkpoint.find_checkpoint(str(path))
+        assert str(e.value) == f"checkpoint {path} is {kind}, not a file; pass a .pt file or a run folder"
