@@ -7,6 +7,7 @@ hub is only tested offline (conftest sets HF_HUB_OFFLINE=1): its failure must be
 
 import errno
 import gzip
+import hashlib
 import itertools
 import json
 import logging
@@ -1884,3 +1885,106 @@ def test_a_tokenizer_saved_under_a_file_is_one_line_naming_the_fix(tmp_path):
     with pytest.raises(errors.StorageError, match=r"cannot create the folder .*blocked/run.*; pick another"):
         tok.save(tmp_path / "blocked" / "run" / "tokenizer.json", "pick another --out_dir")
     assert (tmp_path / "blocked").read_text() == "a file, not a folder"
+
+
+# --- tokenizer.py: a third mutation audit -------------------------------------------------------
+
+def test_encoding_switches_the_rust_thread_pool_off_and_puts_the_setting_back(monkeypatch):
+    """Catches encode_docs leaving the `tokenizers` thread pool on while it encodes (a pool per
+    thread: threads x cores), or not putting back the TOKENIZERS_PARALLELISM the user had set."""
+    tok, seen = small_tokenizer(), []
+    tok.encode_docs(["warm"])  # makes tok._plain, the copy encode_docs encodes with
+
+    class Spy:  # the Rust tokenizer's type cannot be patched: its copy is wrapped
+        def __init__(self, plain):
+            self.plain = plain
+
+        def encode_batch_fast(self, texts, add_special_tokens):
+            seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+            return self.plain.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+    tok._plain = Spy(tok._plain)
+    docs = stories(6)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    assert tok.encode_docs(docs, threads=2) == [tok.encode(d) for d in docs]
+    assert seen == ["false", "false"] and os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    tok.encode_docs(docs)
+    assert seen[2:] == ["false"] and "TOKENIZERS_PARALLELISM" not in os.environ
+
+
+def test_the_tokenizer_hash_is_the_sha256_of_its_canonical_json():
+    """Catches the hash taken over the JSON in another form (keys in their given order, with spaces):
+    the same tokenizer got another hash, and every checkpoint and token cache made before was refused."""
+    fields = {"b": [1, 2], "a": {"y": "\u00e9", "x": None}, "post_processor": {"type": "ByteLevel"}}
+    canonical = '{"a":{"x":null,"y":"\\u00e9"},"b":[1,2],"post_processor":null}'
+    assert tokenizer.identity(fields) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert tokenizer.identity(dict(reversed(fields.items()))) == tokenizer.identity(fields)
+
+
+def test_a_tokenizer_json_that_changes_text_is_refused_naming_the_file(tmp_path):
+    """Catches Tokenizer.load refusing a tokenizer that does not give back its text without naming
+    the file (the --tokenizer to replace) or saying that sample.py still reads such runs."""
+    spec = json.loads(small_tokenizer().tok.to_str())
+    spec["normalizer"] = {"type": "Lowercase"}
+    path = tmp_path / "tok.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: the tokenizer does not give back the "
+                                        r"text it encodes .*sample.py still reads their runs"):
+        Tokenizer.load(path)
+
+
+def test_a_tokenizer_in_a_folder_named_in_other_bytes_than_utf8_loads(tmp_path):
+    """Catches Tokenizer.load reading the file on the Rust side (from_file), which takes UTF-8 paths
+    only: a run folder made outside train.py (`mkdir $'caf\\xe9'`) could not be sampled or resumed."""
+    tok = small_tokenizer()
+    path = tmp_path / os.fsdecode(b"caf\xe9") / "tokenizer.json"
+    tok.save(path)
+    assert Tokenizer.load(path).hash == tok.hash
+
+
+def test_a_vocabulary_one_token_larger_than_the_text_can_fill_is_refused():
+    """Catches Tokenizer.train's check off by one: a tokenizer one token short of --vocab_size taken
+    (the model's embedding then has a row no token ever reaches, and check_tokenizer fails later)."""
+    with pytest.raises(DataError, match=r"fill (\d+) tokens") as e:
+        Tokenizer.train(["ab ab ab"], 400)
+    got = int(re.search(r"fill (\d+)", str(e.value)).group(1))
+    with pytest.raises(DataError, match=rf"^--vocab_size {got + 1}: the training text can only fill {got} "):
+        Tokenizer.train(["ab ab ab"], got + 1)
+
+
+def test_encode_docs_uses_exactly_the_threads_asked_for_and_takes_an_empty_list(monkeypatch):
+    """Catches encode_docs cutting the list into more parts than `threads` (more threads than asked
+    for: 5 documents in parts of 5 // 2 made 3), and failing on an empty list with threads > 1."""
+    tok, pools = small_tokenizer(), []
+    real = tokenizer.ThreadPoolExecutor
+    monkeypatch.setattr(tokenizer, "ThreadPoolExecutor", lambda n: pools.append(n) or real(n))
+    docs = stories(5)
+    assert tok.encode_docs(docs, threads=2) == [tok.encode(d) for d in docs] and pools == [2]
+    assert tok.encode_docs([], threads=4) == []
+    assert tok.encode_docs(docs[:1], threads=4) == [tok.encode(docs[0])]
+
+
+def test_a_tokenizer_that_is_not_a_byte_level_bpe_is_refused_even_when_not_exact():
+    """Catches _count_token_bytes counting a token of any other kind of tokenizer (here a word-level
+    one) by its characters, not its bytes: bits/byte of a run sampled or exported with it were wrong."""
+    vocab = {**{t: i for i, t in enumerate(SPECIAL_TOKENS.values())}, "\u65e5\u672c": len(SPECIAL_TOKENS)}
+    words = tokenizer.tokenizers.Tokenizer(tokenizer.models.WordLevel(vocab, unk_token=EOT))
+    with pytest.raises(DataError, match=r"^the tokenizer is not a byte-level BPE \(token '\u65e5\u672c'\)"):
+        Tokenizer(words, exact=False)
+
+
+def test_a_long_stretch_without_a_cut_between_words_is_cut_at_the_limit():
+    """Catches pieces cutting at a space far back in its window (here after 1 character, not 10):
+    the stretch of limit / 2 characters without a space between words is cut at the limit."""
+    text = "a b" + "c" * 20
+    assert tokenizer.pieces(text, 10) == ["a bccccccc", "cccccccccc", "ccc"]
+    assert tokenizer.pieces("ab cdefg hij", 10) == ["ab cdefg", " hij"]  # a space past half: cut there
+
+
+def test_a_checkpoints_special_id_that_disagrees_names_its_model_and_the_fix_given():
+    """Catches check_tokenizer's special-id error naming a flag (--pad_id) where the settings are a
+    checkpoint's model's, which a resume or sample.py cannot change, rather than that model and `fix`."""
+    with pytest.raises(DataError, match=r"^tok.json has <\|pad\|> at id 1 but the model of w.pt has 9 there; "
+                                        r"put back the run's tokenizer.json$"):
+        tokenizer.check_tokenizer(small_tokenizer(), margs(300, pad_id=9), "tok.json",
+                                  model="the model of w.pt", fix="put back the run's tokenizer.json")

@@ -3,12 +3,16 @@
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 from types import SimpleNamespace
 
+import pytest
+
 import runlog
 from config import TrainArgs
+from errors import RunError, StorageError
 
 
 class Rows:
@@ -256,3 +260,141 @@ def test_a_run_without_wandb_notes_no_unfinished_wandb_run(tmp_path):
     wandb_unfinished.txt ("None"): a note of a W&B run that does not exist."""
     runlog.Metrics(tmp_path, None, None).finish(exit_code=1)
     assert not (tmp_path / runlog.UNFINISHED).exists() and runlog.unfinished_wandb(tmp_path) == set()
+
+
+# --- a third mutation audit -----------------------------------------------------------------------
+
+def test_our_temp_folder_is_private_to_its_user(tmp_path, monkeypatch):
+    """Catches <temp>/llama4-tinystories-<uid> made with the default mode (0o755 under umask 022):
+    other users could read what matplotlib and W&B keep there."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    unset(monkeypatch, "MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    old = os.umask(0o022)
+    try:
+        runlog.writable_home_dirs("MPLCONFIGDIR")
+    finally:
+        os.umask(old)
+    ours = tmp_path / f"llama4-tinystories-{os.getuid()}"
+    assert os.environ["MPLCONFIGDIR"] == str(ours / "matplotlib")
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o700
+
+
+def test_a_netrc_that_cannot_be_parsed_is_no_login(tmp_path, monkeypatch):
+    """Catches a ~/.netrc that netrc cannot parse (another tool's syntax) crashing --wandb_mode auto
+    with a traceback, rather than counting as no login (offline)."""
+    calls = fake_wandb(monkeypatch, tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    unset(monkeypatch, "WANDB_MODE", "WANDB_API_KEY", "NETRC")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  bogus x\n")
+    assert runlog.wandb_logged_in() is False
+    runlog.start_wandb(TrainArgs(wandb_mode="auto"), tmp_path / "r", {}, log=print)
+    assert [call["mode"] for call in calls] == ["offline"]
+
+
+def test_wandb_is_started_silent(tmp_path, monkeypatch):
+    """Catches wandb.init started without silent=True: W&B's banner and its sync hints in every run's
+    output, between the training lines."""
+    calls = fake_wandb(monkeypatch, tmp_path)
+    runlog.start_wandb(TrainArgs(wandb_mode="offline"), tmp_path / "r", {}, log=print)
+    assert calls[0]["settings"]["silent"] is True
+
+
+def test_a_resumed_log_refuses_a_record_without_a_kind_as_one_line(tmp_path):
+    """Catches a line with a step but no kind (added by hand) crashing the resume with a KeyError
+    traceback, rather than the one line that names it and the fix."""
+    write_records(tmp_path, [{"kind": "train", "step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}])
+    with pytest.raises(RunError, match=r'a record without a step and kind \(\{"step": 2, "loss": 1.0\}\), '
+                                        r"which train.py never writes; remove that line$"):
+        runlog.Metrics(tmp_path, None, 2, log=lambda msg: None)
+
+
+def test_a_resume_drops_the_record_at_its_step_of_the_kind_it_writes_again(tmp_path):
+    """Catches open_window and eval_due swapped: a resume with an evaluation put off dropped the
+    whole train record at its checkpoint's step (never written again) and kept the val record it
+    writes again (twice in metrics.jsonl); or a record at the step dropped with neither."""
+    records = [{"kind": "train", "step": 1}, {"kind": "train", "step": 2}, {"kind": "val", "step": 2},
+               {"kind": "train", "step": 3}]
+    for how, kept in [({}, [("train", 1), ("train", 2), ("val", 2)]),
+                      ({"eval_due": True}, [("train", 1), ("train", 2)]),
+                      ({"open_window": True}, [("train", 1), ("val", 2)])]:
+        write_records(tmp_path, records)
+        runlog.Metrics(tmp_path, None, 2, log=lambda msg: None, **how)
+        train, val = runlog.read_metrics(tmp_path)
+        assert [(r["kind"], r["step"]) for r in train + val] == kept, how
+
+
+def test_a_wandb_start_that_fails_is_one_line_per_try_naming_the_error(tmp_path, monkeypatch):
+    """Catches a failed start reported with the error's whole text (many lines: W&B's errors carry its
+    service's traceback) or without its type, and the offline retry resuming the online run's id."""
+    tries = []
+
+    def init(**kwargs):
+        tries.append((kwargs["mode"], kwargs["id"]))
+        raise RuntimeError("cannot reach api.wandb.ai\nTraceback (most recent call last):\n  ...")
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    lines = []
+    targs = TrainArgs(wandb_mode="online")
+    assert runlog.start_wandb(targs, tmp_path / "r", {"wandb_id": "abc"}, log=lines.append) is None
+    assert tries == [("online", "abc"), ("offline", None)]
+    why = "(RuntimeError: cannot reach api.wandb.ai)"
+    assert lines == [f"wandb: online start failed {why}; logging offline instead",
+                     f"wandb: offline start failed {why}; this run logs to metrics.jsonl only; --wandb_mode "
+                     "disabled silences this"]
+
+
+def test_a_resume_says_how_many_records_it_dropped_and_kept_and_nothing_when_none(tmp_path):
+    """Catches the resume's line counting the records kept as those dropped (or the other way round),
+    and a line where nothing was dropped."""
+    write_records(tmp_path, [{"kind": "train", "step": s} for s in range(1, 6)])
+    said = []
+    runlog.Metrics(tmp_path, None, 5, log=said.append)
+    assert said == []
+    runlog.Metrics(tmp_path, None, 2, log=said.append)
+    assert said == [f"{tmp_path / 'metrics.jsonl'}: dropped 3 of its records, from step 2 on, which the run "
+                    "resumed from its checkpoint there writes again; kept 2"]
+
+
+def test_a_finish_that_works_takes_its_run_off_the_list_and_the_empty_list_away(tmp_path):
+    """Catches a successful finish leaving its W&B run in wandb_unfinished.txt (the last id not taken
+    off): the next resume would start a new W&B run rather than go on with this one."""
+    runlog.Metrics(tmp_path, Rows("w"), None).finish()
+    assert runlog.unfinished_wandb(tmp_path) == set() and not (tmp_path / runlog.UNFINISHED).exists()
+
+
+def test_only_a_note_that_cannot_be_put_on_the_list_is_said(tmp_path, monkeypatch):
+    """Catches the warning that a failed finish would be gone on with said where it is not so: the
+    note of a finished run could not be taken off (it stays listed: a resume starts a new W&B run)."""
+    (tmp_path / runlog.UNFINISHED).write_text("old\n")  # another W&B run's note: the list stays a file
+    real, writes = runlog.storage.atomic_write, []
+
+    def atomic_write(path, data, fix=None):
+        writes.append(path)
+        if len(writes) == fail_at:
+            raise StorageError(f"{path}: the disk is full")
+        real(path, data, fix)
+    monkeypatch.setattr(runlog.storage, "atomic_write", atomic_write)
+    said, fail_at = [], 2  # taking the note off fails
+    runlog.Metrics(tmp_path, Rows("w"), None, log=said.append).finish()
+    assert said == [] and runlog.unfinished_wandb(tmp_path) == {"old", "w"}
+    (tmp_path / runlog.UNFINISHED).write_text("old\n")
+    writes, fail_at = [], 1  # putting it on fails: said, and the finish goes on
+    runlog.Metrics(tmp_path, Rows("v"), None, log=said.append).finish()
+    assert said == [f"wandb: should finishing the W&B run fail, a resume would go on with it "
+                    f"({tmp_path / runlog.UNFINISHED}: the disk is full)"]
+    assert runlog.unfinished_wandb(tmp_path) == {"old"}
+
+
+def test_a_run_whose_tokenizer_json_or_train_json_is_damaged_is_compared_and_labelled_by_name(tmp_path):
+    """Catches a run folder's damaged tokenizer.json (not JSON, or not a table) or train.json (not a
+    table) crashing plot_runs and compare.py with a traceback, rather than that check left out and the
+    run labelled by its name alone."""
+    a, b = a_run(tmp_path / "a"), a_run(tmp_path / "b")
+    (a / "tokenizer.json").write_text("{not json")
+    (b / "tokenizer.json").write_text("[1, 2]")
+    assert runlog.incomparable([(a, [], []), (b, [], [])]) == []
+    (a / "model.json").write_text("{}")
+    (a / "train.json").write_text("[1, 2]")
+    assert runlog.run_label(a) == "a"
