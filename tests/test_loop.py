@@ -119,6 +119,32 @@ def test_a_step_applies_the_learning_rate_it_is_given_and_leaves_no_gradients():
     assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
 
 
+def test_a_steps_tokens_count_every_micro_batch_of_grad_accum():
+    """Catches Job.tokens_per_step leaving out --grad_accum: the run's token count (logged, checkpointed,
+    tokens/s and MFU) would be grad_accum times too low."""
+    job = SimpleNamespace(train_args=TrainArgs(batch_size=2, grad_accum=3),
+                          model_args=debug_args(max_seq_len=16))
+    assert train.Job.tokens_per_step.fget(job) == 2 * 3 * 16
+
+
+def test_a_step_whose_gradient_overflowed_to_inf_is_skipped(monkeypatch):
+    """Catches train_step skipping NaN gradients alone: a step whose gradients overflowed to inf (no NaN)
+    would be applied, and AdamW would turn the weights to NaN."""
+    real = train.accumulate
+
+    def overflows(runner, *rest):
+        out = real(runner, *rest)
+        next(runner.parameters()).grad[0] = float("inf")
+        return out
+    monkeypatch.setattr(train, "accumulate", overflows)
+    model = tiny_model()
+    job = step_job(model, TrainArgs(lr=1e-2))
+    before = [p.detach().clone() for p in model.parameters()]
+    out = train.train_step(job, [batch()], 0, lr=1e-2)
+    assert float(out.skipped) == 1
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
 # --- a compiled model's fallback ------------------------------------------------------------
 
 def fallback_job(trials=1, eval_trials=1, size=1):
@@ -185,6 +211,24 @@ def test_under_torchrun_a_failed_compiled_evaluation_falls_back_on_every_rank(mo
     assert (job.runner, job.compiled, job.trials, job.eval_trials) == ("ddp(compiled)", "eager", 1, 0)
 
 
+def test_a_compiled_step_that_fails_is_taken_again_from_cleared_gradients(monkeypatch):
+    """Catches first_steps taking a failed compiled step again without clearing the gradients its
+    backward left: the eager step would add them to its own (a step twice as large, or worse)."""
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: None)
+    model, said, real = tiny_model(), [], train.train_step
+    job = step_job(model, TrainArgs(), trials=1, world=runtime.World(), log=said.append, compiled=model)
+
+    def fails_after_backward(job, batches, step, lr):
+        if not said:  # the compiled attempt: its backward ran, then the compiler gave up
+            model(*batches[0][:1], targets=batches[0][1]).loss.backward()
+            raise RuntimeError("no kernel")
+        assert all(p.grad is None for p in model.parameters()), "the failed attempt's gradients are kept"
+        return real(job, batches, step, lr)
+    monkeypatch.setattr(train, "train_step", fails_after_backward)
+    out = train.first_steps(job, [batch()], 0, 1e-3)
+    assert float(out.skipped) == 0 and "failed at training step 1" in said[0] and job.trials == 0
+
+
 # --- the batches of a step ------------------------------------------------------------------
 
 def test_each_step_and_each_seed_draws_other_batches():
@@ -239,6 +283,16 @@ def test_a_first_signal_during_a_save_asks_for_a_stop_and_the_save_goes_on():
             assert stop.requested and not stop.abort and "SIGTERM: finishing this step" in said[-1]
 
 
+def test_a_signal_before_the_first_step_aborts_and_puts_the_handlers_back():
+    """Catches the abort before the first step leaving train.py's handler in place: a later Ctrl-C (while
+    the exception unwinds, or after the run in the same process) would still reach the Stop."""
+    before = signal.getsignal(signal.SIGINT)
+    with stop_handler() as (stop, said):
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)
+        assert signal.getsignal(signal.SIGINT) is before and said == [] and not stop.requested
+
+
 def test_a_second_signal_after_a_save_aborts_at_once_and_puts_the_handlers_back():
     """Catches a save leaving the Stop marked as saving (a second signal after it would wait for a
     save that never comes), or the abort leaving train.py's handler in place (a third Ctrl-C, while
@@ -268,6 +322,36 @@ def test_ranks_take_the_largest_clock_and_any_stop_request(monkeypatch):
                           device="cpu", clock=train.Clock(0), agreed=(0, 0.0), agree_at=1)
     assert not train.agree(job, train.LoopState(step=1), SimpleNamespace(requested=False))
     assert ops == [train.dist.ReduceOp.MAX]
+
+
+def test_under_torchrun_a_sessions_first_step_is_agreed_on(monkeypatch, tmp_path):
+    """Catches the loop not agreeing at its first step under torchrun: the pace between agreements is
+    not measured, and a signal is not acted on before the first log step, which may come after the
+    30 s torchrun gives its workers."""
+    taken, agreed = [], []
+    out = train.StepOutput(torch.zeros(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
+    monkeypatch.setattr(train, "first_steps", lambda job, batches, step, lr: taken.append(step + 1) or out)
+    monkeypatch.setattr(runtime, "all_reduce", lambda values, device, world, op=None:
+                        agreed.append(taken[-1]) or values)
+    for name in ("start_logging", "log_step", "wrap_up", "evaluate_and_save"):
+        monkeypatch.setattr(train, name, lambda *a: None)
+    monkeypatch.setattr(train, "batches_at", lambda job, step: [])
+    job = SimpleNamespace(train_args=TrainArgs(max_steps=7, log_every=10), world=runtime.World(0, 2),
+                          run_dir=tmp_path, log=lambda msg: None, model=torch.nn.Linear(1, 1),
+                          device=torch.device("cpu"), clock=train.Clock(0), tokens_per_step=1, metrics=None,
+                          window=None)
+    train.loop(job, train.LoopState(step=2))  # a resumed session: its first step is step 3
+    assert taken == [3, 4, 5, 6, 7] and agreed[0] == 3 and agreed[-1] == 7
+
+
+def test_a_single_process_moves_the_runs_clock_at_every_step(monkeypatch):
+    """Catches agree (one process) leaving the state's clock where it was: --max_minutes would never end
+    the run, the schedule would not follow the clock, and checkpoints would save a stale elapsed."""
+    monkeypatch.setattr(train.Clock, "elapsed", lambda self: 42.0)
+    job = SimpleNamespace(world=runtime.World(), clock=train.Clock(1))
+    state = train.LoopState(step=3, elapsed=1.0)
+    assert not train.agree(job, state, SimpleNamespace(requested=False)) and state.elapsed == 42.0
+    assert train.agree(job, state, SimpleNamespace(requested=True))
 
 
 # --- the loop -------------------------------------------------------------------------------

@@ -189,6 +189,13 @@ def test_a_checkpoint_restores_every_field_of_the_loop_state():
     assert train.LoopState.from_checkpoint(state.to_checkpoint(seed=1), tokens_per_step=64) == state
 
 
+def test_an_older_checkpoint_without_a_token_count_resumes_at_its_steps_tokens():
+    """Catches a checkpoint without "tokens" (an older train.py's) resuming at 0 tokens: the token count
+    logged and saved from then on would leave out every step before the resume."""
+    state = train.LoopState.from_checkpoint({"step": 5, "best_val": 2.5}, tokens_per_step=64)
+    assert (state.step, state.tokens, state.best_val) == (5, 320, 2.5)
+
+
 def test_rng_state_round_trips_the_python_numpy_and_torch_streams():
     """Catches set_rng_state dropping numpy's position in its key or Python's cached gauss: after
     restoring, each generator draws what it drew after the state was taken."""
@@ -481,6 +488,19 @@ def test_a_run_folder_that_cannot_be_locked_is_not_left_behind(tmp_path, monkeyp
     assert (tmp_path / "mine").is_dir()
 
 
+def test_a_run_that_fails_after_set_up_unlocks_and_removes_the_empty_folder_it_made(tmp_path, corpus, cache,
+                                                                                     monkeypatch):
+    """Catches run() not releasing the run folder when the run fails: the folder it made is left behind
+    holding run.lock alone, locked for as long as the error is kept (a caller retrying in-process). Also
+    catches run() taking any error for out of memory (a bug reported as one line of memory advice)."""
+    def fails(job, state):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(train, "run_job", fails)
+    with pytest.raises(RuntimeError, match="a bug") as e:
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
+    assert e.value is not None and not (tmp_path / "ckpt" / "r").exists()  # (the error, and the job, kept)
+
+
 def test_rng_state_saved_with_more_gpus_restores_on_fewer(monkeypatch):
     """A checkpoint written where 8 GPUs were visible resumes where 1 is: the first state is
     restored (set_rng_state_all took all 8 and failed on the second with an IndexError)."""
@@ -570,6 +590,19 @@ def test_best_val_starts_afresh_on_other_validation_windows(tmp_path, corpus, ca
     assert best_step() == 6
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus)])
     assert "best starts afresh" not in capsys.readouterr().out  # (an evaluation keeps no best)
+
+
+def test_an_older_checkpoint_without_its_validation_windows_keeps_its_best(tmp_path, corpus, cache, capsys):
+    """Catches a checkpoint that does not name its validation windows (an older train.py's) losing its
+    best at resume: the next evaluation, however worse, would replace best.pt."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "2", "--plot", ""))
+    last = tmp_path / "ckpt" / "r" / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    del saved["val_set"]
+    checkpoint.save_checkpoint(last, {**saved, "best_val": -1.0})  # a best no loss can beat
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume", "--plot", ""))
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "best.pt")["step"] == 2
+    assert "best starts afresh" not in capsys.readouterr().out
 
 
 def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
@@ -1702,6 +1735,17 @@ def test_a_resumed_runs_budget_counts_the_seconds_of_its_earlier_sessions():
     state = train.LoopState(step=5, elapsed=90.0)
     assert not train.agree(job, state, SimpleNamespace(requested=False))
     assert 90.0 <= state.elapsed < 100 and job.clock.spent(state)
+
+
+def test_a_resumed_run_goes_on_with_the_clock_its_checkpoint_saved(tmp_path, corpus, cache):
+    """Catches a resumed run's clock starting from 0 rather than the checkpoint's elapsed seconds:
+    --max_minutes would be a budget per session, and the schedule would go back up the cosine."""
+    base = ["--max_minutes", "10", "--eval_every", "100", "--plot", ""]
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", *base))
+    last = tmp_path / "ckpt" / "r" / "last.pt"
+    checkpoint.save_checkpoint(last, {**checkpoint.load_checkpoint(last), "elapsed": 300.0})
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "3", *base, "--resume"))
+    assert 5.0 <= metrics(tmp_path)[-1]["minutes"] < 6.0
 
 
 def test_a_signal_at_the_last_step_finishes_the_run_as_done(tmp_path, corpus, cache, monkeypatch, capsys):
