@@ -691,7 +691,8 @@ class Parser(argparse.ArgumentParser):
             starts = [o for o in options if plain(o).startswith(plain(name))]
             if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)
                 close = starts
-            if not close and len(starts) > 1:  # --max: --max_steps or --max_minutes, not a guess at one
+            if not close and len(starts) > 1 and plain(name):  # --max: --max_steps or --max_minutes, not a
+                # guess at one (a lone - begins every option)
                 shown = starts[:4] + ([f"{len(starts) - 4} more"] if len(starts) > 4 else [])
                 hints.append(f"{w} (which one? {', '.join(shown[:-1])} or {shown[-1]})")
                 continue

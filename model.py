@@ -456,7 +456,8 @@ class Experts(nn.Module):
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
         if grouped_mm_supported(xs, (xs.shape[-1], w2.shape[1])):  # no host sync: groups stay on the device
             offs = counts.cumsum(0, dtype=torch.int32)  # end row of each expert's group
-            if w1.requires_grad and empty_groups_unzeroed(xs):  # (sm100: an idle expert's gradient: garbage)
+            if torch.is_grad_enabled() and w1.requires_grad and empty_groups_unzeroed(xs):  # (sm100: an idle
+                # expert's weight gradient was garbage; not when sampling)
                 w1, w2 = ZeroEmptyGroups.apply(w1, counts), ZeroEmptyGroups.apply(w2, counts)
             if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
                 # traced on fake tensors (torch.compile, scripts/memory_model.py): bf16 only

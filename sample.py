@@ -452,6 +452,11 @@ def not_utf8(name: str, data: bytes, byte: int) -> str:
             return (f"{codec} text, not UTF-8 (it starts with a {codec} byte-order mark, "
                     f"{bom.hex(' ').upper()}); convert it: iconv -f {codec} -t UTF-8 {to}")
     nul, head = data.count(0), data[:1 << 16]
+    fours = [head[i::4].count(0) for i in range(4)]  # Latin text in UTF-32: NUL in 3 bytes of every 4
+    if sorted(fours)[1] * 10 >= len(head) // 4 * 9 > 0 and min(fours) * 20 <= max(fours):
+        codec = "UTF-32LE" if fours.index(min(fours)) == 0 else "UTF-32BE"
+        return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, three in every four: {codec} "
+                f"without a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")
     even, odd = head[0::2].count(0), head[1::2].count(0)  # Latin text in UTF-16: NUL every other byte
     if max(even, odd) * 2 >= len(head) // 2 > 0 and min(even, odd) * 20 <= max(even, odd):  # (not a .pt)
         codec = "UTF-16BE" if even > odd else "UTF-16LE"

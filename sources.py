@@ -258,7 +258,8 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({bad:,} of {size:,} bytes are not UTF-8); "
                         "convert it, e.g. iconv -f latin1 -t utf-8")
     if not has_text:
-        raise DataError(f"{flag}: '{path}' has no usable text (only whitespace"
+        bytes_too = f", {plural(bad, 'byte')} not UTF-8" if bad else ""
+        raise DataError(f"{flag}: '{path}' has no usable text (only whitespace{bytes_too}"
                         f"{' and ' + EOT + ' separators' if markers else ''}); check the file")
     if marker_lines:
         return "lines", bad, None

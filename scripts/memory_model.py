@@ -103,10 +103,8 @@ def check_out(p, out: str | None) -> None:
     if out is not None and Path(out).suffix.lower() == ".md":  # (the table beside it replaced the JSON)
         p.error(f"--out {out}: the table is written beside the JSON as {Path(out).with_suffix('.md').name}; "
                 f"name the JSON file, e.g. --out {Path(out).with_suffix('.json')}")
-    if out is not None and (problem := storage.special_file("--out", out)):  # (a device became the JSON)
-        p.error(problem)
-    if out is not None and Path(out).is_dir():  # (found only after the work)
-        p.error(f"--out {out} is a folder; name the JSON file, e.g. --out {Path(out) / 'memory_model.json'}")
+    if problem := storage.not_a_file_to_write("--out", out, "memory_model.json"):  # (a folder: found only
+        p.error(problem)  # after the work; a device became the JSON; "" was taken for the current folder)
 
 
 def check_batches(p, batches: list[int], args: ModelArgs) -> None:

@@ -58,13 +58,9 @@ def test_a_compiled_run_draws_the_eager_router_noise():
     assert grads_a["layers.0.feed_forward.router_noise.weight"].abs().max() > 0  # the noise was drawn
 
 
-@pytest.mark.parametrize("blackwell", [False, True])
-def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, blackwell):
+def test_the_cuda_default_compiles_whole_under_bf16_autocast():
     """What train.py runs on CUDA, on the CPU: fullgraph=True under bf16 autocast, the fused loss
-    included (it casts once and turns autocast off inside), close to eager in loss and gradients;
-    also with the idle experts' gradients zeroed, as on sm100 (model.ZeroEmptyGroups)."""
-    import model as model_module
-    monkeypatch.setattr(model_module, "empty_groups_unzeroed", lambda x: blackwell)
+    included (it casts once and turns autocast off inside), close to eager in loss and gradients."""
     torch.manual_seed(0)
     model = Llama4(debug_args(router_noise=False)).train()
     x = torch.randint(0, model.args.vocab_size, (2, 32))
@@ -74,11 +70,23 @@ def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, blackw
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = runner(x, targets=x)
         out.loss.backward()
-        results.append((out.loss.detach(), model.lm_head.weight.grad.clone(),
-                        model.layers[0].feed_forward.experts.down_proj.grad.clone()))
-    (loss_a, grad_a, experts_a), (loss_b, grad_b, experts_b) = results
+        results.append((out.loss.detach(), model.lm_head.weight.grad.clone()))
+    (loss_a, grad_a), (loss_b, grad_b) = results
     assert (loss_a - loss_b).abs() < 1e-2 and (grad_a - grad_b).abs().max() < 2e-2 * grad_a.abs().max()
-    assert (experts_a - experts_b).abs().max() < 2e-2 * experts_a.abs().max()
+
+
+def test_idle_experts_are_zeroed_inside_one_compiled_graph():
+    """model.ZeroEmptyGroups (what the MoE puts on its expert weights on sm100, whose grouped_mm can
+    leave an idle expert's weight gradient unwritten) compiles with fullgraph=True, and there too
+    turns what reaches an idle expert (NaN, inf) into zeros and passes the others' gradients on."""
+    from model import ZeroEmptyGroups
+    w = torch.ones(4, 3, 2, requires_grad=True)
+    counts = torch.tensor([2, 0, 5, 0])
+    grad = torch.full((4, 3, 2), 3.0)
+    grad[1], grad[3] = float("nan"), float("inf")
+    out = torch.compile(lambda w, c: ZeroEmptyGroups.apply(w, c) * 2, fullgraph=True)(w, counts)
+    out.backward(grad)
+    assert w.grad[[1, 3]].eq(0).all() and w.grad[[0, 2]].eq(6).all()
 
 
 def test_a_training_step_makes_no_host_sync(tmp_path, corpus):

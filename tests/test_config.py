@@ -276,6 +276,16 @@ def test_an_unknown_option_that_begins_several_names_them(capsys, prog, cls, typ
     assert e.value.code == 2 and hint in err and "did you mean" not in err, err
 
 
+def test_a_lone_dash_is_not_named_as_a_prefix_of_every_option(capsys):
+    """A lone - (empty once its dashes are gone) began every option: "which one? -h, --help, --preset,
+    --data or 40 more" helped no one."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([TrainArgs], ["-"], prog="train.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "which one?" not in err
+    assert err.startswith("train.py: error: unknown option -")
+
+
 def test_val_text_field_defaults_to_text_field_and_needs_val_data(capsys):
     """--val_text_field (the text field of --val_data's records) is new: a run's saved settings
     without it take the default, "" (= --text_field), silently; without a --val_data it reads
@@ -598,7 +608,7 @@ def test_saved_settings_take_whole_numbers_as_floats_and_no_other_types():
     assert isinstance(config.from_dict(ModelArgs, {"rope_theta": 500000}).rope_theta, float)
     with pytest.raises(ConfigError, match=r"^settings: rope_theta should be float, got True$"):
         config.from_dict(ModelArgs, {"rope_theta": True})
-    with pytest.raises(ConfigError, match=r"^settings: prompt should be list, got 'a cat'$"):
+    with pytest.raises(ConfigError, match=r"^settings: prompt should be list\[str\], got 'a cat'$"):
         config.from_dict(SampleArgs, {"prompt": "a cat"})
     with pytest.raises(ConfigError, match=r"^model\.json: should be a table of ModelArgs fields, got list$"):
         config.from_dict(ModelArgs, [512], where="model.json")

@@ -112,7 +112,8 @@ def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():
     ("-", "--out -: the table already goes to standard output; --out names the JSON file to write"),
     ("m.md", "--out m.md: the table is written beside the JSON as m.md; name the JSON file, "
              "e.g. --out m.json"),
-    ("folder", "--out folder is a folder; name the JSON file, e.g. --out folder/memory_model.json"),
+    ("folder", "--out folder is a folder; name the file to write, e.g. --out folder/memory_model.json"),
+    ("", "--out is empty; name the file to write, e.g. --out memory_model.json"),  # (was "is a folder")
 ])
 def test_an_out_that_would_not_keep_the_json_is_refused_before_any_work(tmp_path, monkeypatch, capsys,
                                                                         out, message):

@@ -181,9 +181,13 @@ def test_eval_only_and_resume_are_not_refused_over_their_own_saved_settings(tmp_
     ("once upon a time\n".encode("utf-16-be"), "are NUL, every other one: UTF-16BE without a byte-order "
                                                "mark?); convert it, e.g. iconv -f UTF-16BE -t UTF-8 "),
     ("caf\u00e9\n".encode("utf-16-le"), "are NUL, every other one: UTF-16LE without a byte-order mark?)"),
+    ("hi\n".encode("utf-32-be"), "are NUL, three in every four: UTF-32BE without a byte-order mark?); "
+                                 "convert it, e.g. iconv -f UTF-32BE -t UTF-8 "),
+    ("once upon\n".encode("utf-32-le"), "three in every four: UTF-32LE without a byte-order mark?)"),
     (b"once\0upon\n", "not text (1 NUL byte: a binary file?)"),
     (b"PK\3\4" + bytes(400), "not text (400 NUL bytes: a binary file?)")],  # (last.pt, zeros and all)
-    ids=["utf16-bom", "utf16be-bom", "utf32-bom", "utf16be", "utf16le", "binary", "zeros"])
+    ids=["utf16-bom", "utf16be-bom", "utf32-bom", "utf16be", "utf16le", "utf32be", "utf32le", "binary",
+         "zeros"])
 def test_a_utf16_prompt_file_is_named_as_utf16_with_the_command_that_converts_it(data, want, tmp_path):
     """Catches sample.py --prompt_file of a UTF-16 (or UTF-32) file saying "not UTF-8 text (byte 0); save
     it as UTF-8" without naming the encoding or its BOM; and one without a BOM (valid UTF-8, NUL every other

@@ -320,6 +320,24 @@ def test_an_idle_experts_gradient_is_zero_where_grouped_mm_leaves_garbage(monkey
             assert p.grad[[1, 3]].isnan().all() and torch.equal(p.grad[[0, 2]], want[[0, 2]])
 
 
+def test_sampling_puts_nothing_on_the_expert_weights(monkeypatch):
+    """Without gradients (sampling, evaluation) the idle experts need no zeroing: ZeroEmptyGroups is
+    not applied on sm100 there (parameters keep requires_grad under no_grad)."""
+    import model as model_module
+
+    class Refused:
+        @staticmethod
+        def apply(*args):
+            raise AssertionError("ZeroEmptyGroups applied")
+    monkeypatch.setattr(model_module, "empty_groups_unzeroed", lambda x: True)
+    monkeypatch.setattr(model_module, "ZeroEmptyGroups", Refused)
+    experts = model_module.Experts(4, 16, 32)
+    with torch.no_grad():
+        experts(torch.randn(8, 16), torch.tensor([3, 0, 5, 0]))
+    with pytest.raises(AssertionError, match="ZeroEmptyGroups applied"):  # (with gradients: it is)
+        experts(torch.randn(8, 16), torch.tensor([3, 0, 5, 0]))
+
+
 @pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float32), ((8, 0), torch.bfloat16),
                                                ((9, 0), torch.bfloat16)])
 def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, dtype):

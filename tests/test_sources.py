@@ -230,6 +230,16 @@ def test_a_txt_file_of_unicode_spaces_alone_has_no_usable_text(tmp_path, monkeyp
         load([path], tmp_path)
 
 
+def test_a_txt_file_of_whitespace_and_a_stray_byte_names_the_byte(tmp_path):
+    """A file of blank lines and one byte that is not UTF-8 (under the 1% refused as another encoding)
+    has no text to train on, and was said to hold "only whitespace": the byte is named too."""
+    path = tmp_path / "s.txt"
+    path.write_bytes(b"\n" * 300 + b"\xff\n")
+    with pytest.raises(DataError, match=r"s.txt' has no usable text \(only whitespace, 1 byte not UTF-8\); "
+                                        r"check the file$"):
+        load([path], tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # The `datasets` cache of local files
 
