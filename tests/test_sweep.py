@@ -131,6 +131,14 @@ def test_the_readmes_sweep_writes_img_and_any_other_its_own_folder(tmp_path, mon
         assert ("they go to" in capsys.readouterr().err) == moved, argv
 
 
+def one_toy_run(corpus, tmp_path) -> list[str]:
+    """sweep.py's options for one screened toy run, its folders in tmp_path."""
+    return ["--no_compile", "--no_variations", "--only", "tiny-2026-11", "--screen_minutes", "0.01",
+            "--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+            "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "img"), *TOY]
+
+
 def test_a_kill_during_a_run_ends_its_train_py_too(corpus, tmp_path, monkeypatch, capsys):
     """Catches SIGTERM (kill, timeout, a scheduler) ending sweep.py alone: its train.py, which gets no
     Ctrl-C from the terminal, went on running on its own. The kill is now a Ctrl-C in sweep.py while
@@ -153,11 +161,7 @@ def test_a_kill_during_a_run_ends_its_train_py_too(corpus, tmp_path, monkeypatch
     old = signal.signal(signal.SIGTERM, escaped)  # (what the old code let through, not pytest's death)
     try:
         with pytest.raises(SystemExit) as e:
-            sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
-                        "--screen_minutes", "0.01", "--data", str(corpus / "train.txt"),
-                        "--val_data", str(corpus / "valid.txt"),
-                        "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
-                        "--out", str(tmp_path / "img"), *TOY])
+            sweep.main(one_toy_run(corpus, tmp_path))
         assert signal.getsignal(signal.SIGTERM) is escaped
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -172,11 +176,7 @@ def test_ctrl_c_during_a_run_is_one_line_and_status_130(corpus, tmp_path, monkey
     monkeypatch.setattr(sweep.subprocess, "run", interrupted)
     try:
         with pytest.raises(SystemExit) as e:
-            sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
-                        "--screen_minutes", "0.01", "--data", str(corpus / "train.txt"),
-                        "--val_data", str(corpus / "valid.txt"),
-                        "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
-                        "--out", str(tmp_path / "img"), *TOY])
+            sweep.main(one_toy_run(corpus, tmp_path))
     except KeyboardInterrupt:  # (not pytest's to take as its own Ctrl-C)
         pytest.fail("Ctrl-C escaped sweep.py: a traceback")
     err = capsys.readouterr().err.strip().splitlines()
