@@ -270,7 +270,11 @@ def results_path(parser, opts, figure: Path, ignore=(), extra=(), fallback=None)
     README quotes) only for a run with every option at its default (those in `ignore` aside, such
     as a --device the figure's name already follows) and no `extra` options passed through, so
     that a quick run or another shape never replaces it; else `fallback` (None: nowhere), and a
-    line on stderr says so. An option typed with its default value counts as left at its default."""
+    line on stderr says so. An option typed with its default value counts as left at its default.
+    An empty --out (an unset shell variable, which was the current folder) is a one-line error."""
+    if opts.out == "":
+        parser.error("--out is empty (an unset variable?); name where to write the results, or leave --out "
+                     "out for its default")
     if opts.out is not None:
         return Path(opts.out)
     defaults = vars(parser.parse_args([]))

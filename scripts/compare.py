@@ -110,8 +110,6 @@ def parse(argv):
         p.error(f"--minutes: must be a finite number of minutes, 0 or more, got {opts.minutes:g}")
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
-    if opts.out == "":  # (an unset variable: the results went into the current folder)
-        p.error("--out is empty (an unset variable?); name a folder, or leave --out out for its default")
     settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
     opts.results = storage.results_path(p, opts, ROOT / "img", extra=extra, fallback=Path(opts.out_dir),
                                         ignore=("out_dir", "cache_dir", "wandb_mode"))  # (not the results)

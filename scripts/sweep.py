@@ -355,8 +355,6 @@ def check_options(p, opts) -> list[str]:
         if not math.isfinite(getattr(opts, name)):  # train.py refuses it, but only at that stage's first run
             p.error(f"--{name}: must be a finite number, got {getattr(opts, name):g}")
     check_pass_through(p, opts)
-    if opts.out == "":  # (an unset variable: the results went into the current folder)
-        p.error("--out is empty (an unset variable?); name a folder, or leave --out out for its default")
     return only
 
 

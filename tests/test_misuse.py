@@ -304,20 +304,22 @@ def test_a_run_folder_given_as_hf_is_named_as_one(tmp_path, capsys):
     assert (tmp_path / "last.pt").read_bytes() == b"a checkpoint"
 
 
-@pytest.mark.parametrize("script", ["compare", "sweep"])
-def test_compare_and_sweep_refuse_an_empty_path_instead_of_the_current_folder(script, tmp_path, monkeypatch,
-                                                                               capsys):
-    """Catches compare.py and sweep.py taking an empty --out (an unset shell variable) as the current
-    folder: the comparison's or sweep's JSON, markdown and plots were written into the working directory
-    (the source tree), over any file of those names there, after the runs."""
-    from scripts import compare, sweep
+@pytest.mark.parametrize("script", ["compare", "sweep", "gpu_check"])
+def test_an_empty_results_folder_is_refused_instead_of_the_current_folder(script, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Catches compare.py, sweep.py and gpu_check.py taking an empty --out (an unset shell variable) as
+    the current folder: the JSON, markdown and plots were written into the working directory (the source
+    tree), over any file of those names there, after the runs (storage.results_path refuses it)."""
+    from scripts import compare, gpu_check, sweep
     monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         if script == "compare":
             compare.parse(["--out", "", "--minutes", "0.1"])
-        else:
+        elif script == "sweep":
             sweep.main(["--only", "tiny-2026-11", "--out", ""])
+        else:  # (its gpu.md, JSON and log.txt went into the current folder too)
+            gpu_check.main(["--quick", "--device", "cpu", "--out", ""])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "--out is empty (an unset variable?)" in err
     assert not list(tmp_path.iterdir())
