@@ -118,7 +118,8 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str 
                                   f"folder{hf}")
         p = last
     if not p.is_file():
-        kind = storage.special_kind(p)  # (--ckpt /dev/null: "does not exist" said the wrong thing)
+        kind = "a folder" if p.is_dir() else storage.special_kind(p)  # (a last.pt folder, --ckpt /dev/null:
+        # "does not exist" said the wrong thing)
         problem = f"is {kind}, not a file" if kind else "does not exist"
         raise CheckpointError(f"checkpoint {p} {problem}; pass a .pt file or a run folder")
     return p

@@ -66,7 +66,7 @@ def test_a_run_whose_last_pt_is_a_dangling_link_or_a_folder_names_that_file(tmp_
     assert str(e.value) == f"checkpoint {run / 'last.pt'} does not exist; pass a .pt file or a run folder"
     (run / "last.pt").unlink()
     (run / "last.pt").mkdir()
-    with pytest.raises(checkpoint.CheckpointError, match="last.pt does not exist"):
+    with pytest.raises(checkpoint.CheckpointError, match="last.pt is a folder, not a file; pass a .pt file"):
         checkpoint.find_checkpoint(str(run))
 
 
