@@ -3,6 +3,7 @@ no process group), the precision, compiling's choice, the peaks, the memory; the
 exit statuses and one-line reports, the signal handlers and the Consoles. CUDA is faked where a
 branch needs it (torch.cuda's functions monkeypatched); what only a GPU can run is not here."""
 
+import errno
 import io
 import os
 import signal
@@ -59,6 +60,14 @@ def test_a_cpu_index_is_refused_and_cpu_0_is_the_cpu():
     assert runtime.resolve_device("cpu:0") == runtime.resolve_device("cpu") == torch.device("cpu")
 
 
+
+def test_auto_is_the_first_gpu_where_there_is_one(monkeypatch):
+    """Catches --device auto giving cuda (no index: the current GPU, not a set one) or cpu with a GPU."""
+    fake_gpus(monkeypatch, 2)
+    assert runtime.resolve_device("auto") == torch.device("cuda", 0)
+    fake_gpus(monkeypatch, 0)
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+
 # --- setup_distributed, all_reduce, _verdict, rank0_first, all_ranks_or_none -------------------
 
 
@@ -111,6 +120,14 @@ def test_each_process_takes_the_gpu_of_its_local_rank_and_nccl(torchrun_env, mon
     assert runtime.setup_distributed(torch.device("cpu")) == (torch.device("cpu"), World(5, 8))
     assert torchrun_env == ["nccl", "gloo"] and len(current) == 1
 
+
+
+def test_a_process_without_local_rank_takes_the_first_gpu(torchrun_env, monkeypatch):
+    """Catches LOCAL_RANK's default (0) taken from the global rank: cuda:3 on a one-GPU node."""
+    for name, value in dict(RANK="3", WORLD_SIZE="4", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    assert runtime.setup_distributed(torch.device("cuda")) == (torch.device("cuda", 0), World(3, 4))
 
 @pytest.fixture
 def fake_all_reduce(monkeypatch):
@@ -194,6 +211,19 @@ def test_a_ctrl_c_in_one_ranks_block_is_told_to_the_others(fake_all_reduce):
     assert len(fake_all_reduce.seen) == 2
 
 
+
+def test_a_rank_whose_block_succeeded_stops_where_another_failed(fake_all_reduce):
+    """Catches all_ranks_or_none letting a rank go on where another rank's block failed (it would wait
+    for ever at its next collective), or rank 0 in rank0_first going on after another's failure."""
+    fake_all_reduce.others = [0.0]
+    with pytest.raises(RankError, match="^another rank failed its checks$"):
+        with runtime.all_ranks_or_none(World(0, 2), "cpu", "its checks"):
+            pass
+    with pytest.raises(RankError, match="another rank failed setting up the data"):
+        with runtime.rank0_first(World(0, 2), "cpu"):
+            pass
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[1.0], [1.0]]
+
 # --- compute_dtype, wants_compile, compile_model ----------------------------------------------
 
 
@@ -260,6 +290,38 @@ def test_the_compile_preflight_names_the_failure_and_resets(monkeypatch):
     assert resets == [1]
 
 
+
+def test_the_compile_preflight_runs_a_backward_and_resets_when_it_works(monkeypatch):
+    """Catches compile_problem skipping the backward (a backend whose backward fails passed the
+    preflight, and the run died at its first step), or resetting dynamo only when it failed."""
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+
+    class NoBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward: no kernel\ndetail")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # eager: works
+    assert runtime.compile_problem(torch.device("cpu")) is None and resets == [1]
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda t: fn(NoBackward.apply(t)))
+    assert runtime.compile_problem(torch.device("cpu")) == "RuntimeError: backward: no kernel"
+    assert resets == [1, 1]
+
+
+def test_the_compile_preflight_names_a_missing_backend_too(monkeypatch):
+    """Catches compile_problem taking RuntimeError alone: a backend that cannot be imported (no Triton)
+    raises an ImportError, and the run then died rather than going on eagerly."""
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: None)
+
+    def no_triton(fn, **kw):
+        raise ImportError("No module named 'triton'")
+    monkeypatch.setattr(torch, "compile", no_triton)
+    assert runtime.compile_problem(torch.device("cpu")) == "ImportError: No module named 'triton'"
+
 # --- out_of_memory, compile_failure -----------------------------------------------------------
 
 
@@ -300,6 +362,24 @@ def test_a_gpus_bf16_peak_is_read_from_its_name(monkeypatch):
     assert runtime.peak_flops(torch.device("cuda", 1), torch.float32) is None
 
 
+
+def test_gpu_names_that_hold_another_gpus_name_get_their_own_peak():
+    """Catches the table's order letting a shorter name win ("L4" in "NVIDIA L40S", "L40" in "L40S",
+    "A10" in "A10G"), or a peak of these GPUs mistyped."""
+    names = {"NVIDIA L4": 121e12, "NVIDIA L40": 181e12, "NVIDIA L40S": 362e12, "NVIDIA A10G": 125e12,
+             "NVIDIA A10": 125e12, "NVIDIA RTX A6000": 155e12, "NVIDIA GeForce RTX 4090": 165e12,
+             "NVIDIA B200": 2250e12, "NVIDIA A800-SXM4-80GB": 312e12, "NVIDIA GeForce RTX 3090": 71e12}
+    assert {n: runtime.gpu_bf16_peak(n) for n in names} == names
+
+
+def test_the_cpu_peak_times_a_gemm_in_the_runs_dtype(monkeypatch):
+    """Catches the CPU's peak timed in float32 for a bfloat16 run (another peak: a wrong MFU), or its
+    FLOP count (2 n**3) wrong."""
+    seen = []
+    monkeypatch.setattr(runtime, "fastest_call", lambda fn, seconds: seen.append(fn().dtype) or 0.5)
+    assert runtime.peak_flops(torch.device("cpu"), torch.bfloat16) == 2 * 1024**3 / 0.5
+    assert seen == [torch.bfloat16]
+
 def test_gpu_memory_is_the_devices_total(monkeypatch):
     """Catches device_memory on CUDA giving the machine's memory (or another GPU's)."""
     asked = []
@@ -322,6 +402,14 @@ def test_cpu_memory_that_cannot_be_told_is_none(monkeypatch):
     monkeypatch.setattr(os, "sysconf", sysconf)
     assert runtime.device_memory(torch.device("cpu")) is None
 
+
+
+def test_cpu_memory_whose_sysconf_fails_is_none(monkeypatch):
+    """Catches device_memory raising where sysconf fails with an OSError (a name the system lacks)."""
+    def sysconf(name):
+        raise OSError(22, "Invalid argument")
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    assert runtime.device_memory(torch.device("cpu")) is None
 
 # --- errors: types, statuses, reports, first_line ---------------------------------------------
 
@@ -357,6 +445,17 @@ def test_main_rank_is_false_only_in_a_torchrun_worker_other_than_0(monkeypatch, 
     assert errors.reports(errors.DataError("x"))  # (every rank prints what is not a bad setting)
     assert errors.reports(errors.ConfigError("x")) is main
 
+
+
+def test_a_device_error_is_said_by_every_rank_and_a_rank_error_by_none(monkeypatch):
+    """Catches a DeviceError (one rank's own GPU) kept quiet off rank 0 like a bad setting (no rank then
+    says why the job stopped), or a RankError printed (a second line for one failure)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    assert errors.reports(errors.DeviceError("x")) and not errors.reports(errors.ConfigError("x"))
+    assert not errors.reports(errors.RankError("x"))
+    monkeypatch.setenv("RANK", "0")
+    assert not errors.reports(errors.RankError("x"))
 
 def test_first_line_is_the_type_and_the_messages_first_line():
     """Catches first_line giving the whole message, a leading blank line, or failing on no message."""
@@ -401,6 +500,57 @@ def test_sigterm_interrupts_until_restored():
     finally:
         signal.signal(signal.SIGTERM, old)
 
+
+
+def test_sigterm_interrupts_restores_a_handler_python_did_not_set_as_the_default():
+    """Catches the restore passing None (the old handler where one was not set from Python) to
+    signal.signal, a TypeError as the run ends, rather than SIGTERM's default."""
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(errors, "take_signal", lambda signum, handler: None)
+            restore = errors.sigterm_interrupts()
+        restore()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_signals_kept_leaves_an_ignored_signal_ignored_and_puts_pythons_hook_back(monkeypatch):
+    """Catches signals_kept wrapping a handler that is not a function (SIG_IGN: a SIGTERM the run was
+    started to ignore then reached a wrapper), or leaving its unraisable hook in place after the block."""
+    import sys
+
+    def hook(report):
+        pass
+    monkeypatch.setattr(sys, "unraisablehook", hook)
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with errors.signals_kept():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            assert sys.unraisablehook is not hook
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and sys.unraisablehook is hook
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_a_lost_interrupt_raised_again_is_raised_once():
+    """Catches raise_lost_signal leaving the interrupt it raised pending: caught once (a clean-up's
+    handler), it was raised again at the next batch, and again at the block's end."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with errors.signals_kept():
+            try:  # (what a garbage collector's callback does with it)
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            except KeyboardInterrupt:
+                pass
+            with pytest.raises(KeyboardInterrupt):
+                errors.raise_lost_signal()
+            errors.raise_lost_signal()  # nothing left: the block ends without a second one
+    except KeyboardInterrupt:  # (failed here, not left to stop pytest's session)
+        pytest.fail("the interrupt already raised was raised again")
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 # --- errors: Console, tolerant_consoles, the top-level handler ----------------------------------
 
@@ -449,6 +599,20 @@ def test_a_console_without_warn_or_other_is_dropped_quietly():
     alone = errors.Console(Gone(), "standard error", "train.py")
     assert alone.write("x") == 1 and alone.lost
 
+
+
+def test_a_lost_consoles_warning_is_flushed_at_once():
+    """Catches the warning that a console is lost left in the other stream's buffer (a block-buffered
+    log file shows it, if ever, at exit: long after the run stopped printing)."""
+    class Counted(io.StringIO):
+        flushes = 0
+
+        def flush(self):
+            self.flushes += 1
+    out, other = errors.Console(Gone(), "standard output", "train.py"), Counted()
+    out.other = other
+    out.write("x")
+    assert other.flushes == 1 and "cannot write to standard output" in other.getvalue()
 
 def test_a_console_closed_before_the_start_is_lost_from_the_start():
     """Catches `>&-` (sys.stdout None) failing at the first print."""
@@ -507,3 +671,49 @@ def test_run_script_prints_a_user_errors_line_and_exits_with_its_status(capsys):
             errors.run_script(main, "tool.py")
         assert e.value.code == status
         assert capsys.readouterr().err == "tool.py: error: --x 3: too big\n"
+
+
+
+def test_run_script_puts_stdout_back_after_the_script(monkeypatch):
+    """Catches run_script leaving its wrapper as sys.stdout after main returned or failed (a later
+    caller, a test, then writes through a wrapper of a stream it never chose)."""
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    import sys
+    assert errors.run_script(lambda: print("hi") or 7, "tool.py") == 7 and sys.stdout is out
+
+    def main():
+        raise errors.DataError("bad")
+    with pytest.raises(SystemExit):
+        errors.run_script(main, "tool.py")
+    assert sys.stdout is out and out.getvalue() == "hi\n"
+
+
+ROOM = "somewhere with room"
+
+
+@pytest.mark.parametrize("code, where", [(errno.ENOSPC, ROOM), (errno.EDQUOT, ROOM), (errno.EFBIG, ROOM),
+                                         (errno.EIO, "to a file")])
+def test_stdout_without_room_names_the_fix(monkeypatch, code, where):
+    """Catches a quota (EDQUOT) or file-size limit (EFBIG) told to send the output "to a file" (it is
+    one already: the fix is room), or a status chosen before lost."""
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    monkeypatch.setattr("sys.stderr", err)
+    with pytest.raises(SystemExit) as e:
+        errors.stdout_failed(OSError(code, os.strerror(code)), "tool.py")
+    assert e.value.code == 1
+    assert err.getvalue() == (f"tool.py: error: cannot write to standard output ({os.strerror(code)}); "
+                              f"send the output {where}, or to a terminal\n")
+
+
+def test_stdout_and_stderr_both_full_exit_with_the_status(monkeypatch):
+    """Catches stderr's failure while saying stdout's escaping stdout_failed (a traceback, and Python's
+    120 at exit) rather than the status alone."""
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    monkeypatch.setattr("sys.stderr", Gone(error=OSError(errno.ENOSPC, "No space left on device")))
+    for status, expected in ((0, 1), (2, 2)):
+        with pytest.raises(SystemExit) as e:
+            errors.stdout_failed(OSError(errno.ENOSPC, "No space left on device"), "tool.py", status)
+        assert e.value.code == expected
