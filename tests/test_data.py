@@ -1988,3 +1988,81 @@ def test_a_checkpoints_special_id_that_disagrees_names_its_model_and_the_fix_giv
                                         r"put back the run's tokenizer.json$"):
         tokenizer.check_tokenizer(small_tokenizer(), margs(300, pad_id=9), "tok.json",
                                   model="the model of w.pt", fix="put back the run's tokenizer.json")
+
+
+def test_a_meta_json_without_a_format_is_refused(tmp_path):
+    """Catches TokenData taking a meta.json without a format (one written before formats were
+    numbered, or a hand edit) for one of the current format, so a shard of other rules was trusted."""
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    meta = json.loads((shard.path / "meta.json").read_text())
+    del meta["format"]
+    (shard.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"was written in format None, not {data.FORMAT}; run again"):
+        TokenData(shard.path, tok.hash)
+
+
+def test_the_head_of_a_long_document_stops_at_the_piece_that_reaches_the_cap_exactly(monkeypatch):
+    """Catches _head's `>=` as `>`: a piece that brings the bytes to the cap exactly was followed by
+    one more, so the BPE read past --tokenizer_train_mb."""
+    monkeypatch.setattr(data, "PIECE_CHARS", 1000)
+    long = " ".join(f"word{i}" for i in range(2000))
+    parts = tokenizer.pieces(long, 1000)
+    limit = len(parts[0].encode()) + len(parts[1].encode())
+    assert data._head(long, limit) == (parts[0] + parts[1], limit)
+    assert data._head(long, limit + 1)[0] == "".join(parts[:3])
+
+
+def test_count_bytes_counts_a_target_of_id_0():
+    """Catches count_bytes keeping only targets > 0: a tokenizer whose id 0 is text lost its bytes
+    (only -1 is ignored)."""
+    token_bytes = np.array([3, 4, 0])
+    assert data.count_bytes(np.array([[0, 1, -1, 2]]), token_bytes) == 7
+    assert data.count_bytes(torch.tensor([0, 0]), token_bytes) == 6
+
+
+def test_a_shard_touched_but_unchanged_still_opens(tmp_path):
+    """Catches meta.json recording a sha256 that is not tokens.bin's: a shard whose modification time
+    changed (copied without -p, restored from a backup) but not its bytes was refused and rebuilt."""
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    bin_path = shard.path / "tokens.bin"
+    assert shard.meta["sha256"] == hashlib.sha256(bin_path.read_bytes()).hexdigest()
+    os.utime(bin_path, ns=(shard.meta["mtime_ns"] + 10**9,) * 2)
+    assert np.array_equal(TokenData(shard.path, tok.hash).tokens, shard.tokens)
+
+
+def test_older_caches_of_other_files_are_not_named(tmp_path, corpus):
+    """Catches _log_superseded's origin ignoring the files' paths: a shard of other files (another
+    dataset, same tokenizer) was named as an older cache to `rm -r`."""
+    train_path, val_path, _, _ = corpus
+    tok_path = tmp_path / "tok" / "tokenizer.json"
+    small_tokenizer().save(tok_path)
+    other = write(tmp_path / "src" / "other.txt", official(stories(20, start=10)))
+    kw = dict(val_data=str(val_path), tokenizer=str(tok_path))
+    _, first, _, logs = run(tmp_path, data=str(train_path), **kw)
+    _, second, _, logs = run(tmp_path, data=str(other), **kw)
+    assert second.path != first.path and any("train: cache miss" in line for line in logs)
+    assert not older_caches(logs)
+
+
+def test_data_py_exits_with_the_errors_own_code(tmp_path, monkeypatch, capsys):
+    """Catches main() exiting 1 for every UserError: a bad setting found while preparing (a
+    ConfigError) must exit 2, as argparse does."""
+    def bad_setting(*args, **kwargs):
+        raise errors.ConfigError("--val_fraction 2 is not a fraction")
+    monkeypatch.setattr(data, "prepare", bad_setting)
+    with pytest.raises(SystemExit) as e:
+        data.main(["--preset", "tiny", "--data", "x.txt", "--cache_dir", str(tmp_path / "cache")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "data.py: error: --val_fraction 2 is not a fraction\n"
+
+
+def test_data_py_leaves_the_vocabulary_of_a_given_tokenizer_to_prepare(tmp_path, monkeypatch):
+    """Catches main()'s too-small --vocab_size check applied with --tokenizer too: the given
+    tokenizer's vocabulary is what counts, and prepare() checks the model against it, naming the fix."""
+    called = []
+    monkeypatch.setattr(data, "prepare", lambda train_args, model_args: called.append(model_args.vocab_size))
+    data.main(["--preset", "tiny", "--data", "x.txt", "--tokenizer", "t.json", "--vocab_size", "263",
+               "--cache_dir", str(tmp_path / "cache")])
+    assert called == [263]
