@@ -701,15 +701,23 @@ class Parser(argparse.ArgumentParser):
         return f"unknown option {', '.join(hints)}; see --help for the list"
 
 
-def at_least_1(text: str) -> int:
-    """An argparse type: a whole number above 0 (a count of repeats or tokens)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
-    return value
+def at_least(low: int):
+    """An argparse type: a whole number of `low` or more (1: a count of repeats or tokens; 0: of
+    warm-ups, which may be none)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number"
+                                             + (" above 0" if low == 1 else f", {low} or more"))
+        return value
+    convert.__name__ = f"at_least_{low}"
+    return convert
+
+
+at_least_1 = at_least(1)
 
 
 def check_pass_through(parser: Parser, extra: list[str], owned=()) -> None:

@@ -289,6 +289,12 @@ def results_path(parser, opts, figure: Path, ignore=(), extra=(), fallback=None)
     return fallback
 
 
+def results_fix(results: Path, fallback) -> str:
+    """The advice where results_path's folder cannot be made: the option that chose it (`fallback`,
+    the script's --out_dir, when no --out was given)."""
+    return "pick another --out_dir (or a --out)" if Path(results) == Path(fallback) else "pick another --out"
+
+
 def append_jsonl(path, record: dict, fix: str | None = None) -> None:
     """Append one JSON line, in one write call. A failed write (a full disk, `ulimit -f`) raises
     StorageError, and the part of the line it wrote is cut off again: the log is as it was."""

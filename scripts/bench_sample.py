@@ -181,17 +181,6 @@ def report(opts, result):
                 print(f"  {v}: Inductor skipped {n} CUDA graph(s); timed without them")
 
 
-def at_least_0(text: str) -> int:
-    """An argparse type: a whole number, 0 or more (--warmup -1 ran as 0 and recorded -1)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 0 or more")
-    return value
-
-
 def parse(argv):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS),
@@ -200,7 +189,7 @@ def parse(argv):
     p.add_argument("--new_tokens", type=config.at_least_1, default=NEW)
     p.add_argument("--batches", default="1,8")
     p.add_argument("--repeats", type=config.at_least_1, default=2)
-    p.add_argument("--warmup", type=at_least_0, default=None,
+    p.add_argument("--warmup", type=config.at_least(0), default=None,
                    help="untimed runs per variant (default: 1 on CUDA, 0 on CPU; the compiled variant "
                         "always 1+)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

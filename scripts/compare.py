@@ -387,7 +387,7 @@ def main(argv=None) -> dict:
             print(f"compare.py: error: {what} {path} does not exist; pass --data / --val_data (defaults: "
                   "../shared/data/tinystories/train-lower.txt and valid-lower.txt)", file=sys.stderr)
             sys.exit(1)
-    fix = "pick another " + ("--out_dir (or a --out)" if opts.results == Path(opts.out_dir) else "--out")
+    fix = storage.results_fix(opts.results, opts.out_dir)
     storage.make_folder(opts.results, fix)  # before the runs, not after them (no --out: in --out_dir)
     base = shared_argv(opts, extra)
     argvs, sizes, shared_model = {}, {}, settings_of(base)[0]

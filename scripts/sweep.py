@@ -384,7 +384,7 @@ def main(argv=None):
               "options passed through come after theirs; leave those out, or add --no_variations or "
               "--no_followups", file=sys.stderr)
     results = results_folder(p, opts)  # (no --out: the results go to --out_dir, which the advice names)
-    fix = "pick another --out" if results != Path(opts.out_dir) else "pick another --out_dir (or a --out)"
+    fix = storage.results_fix(results, opts.out_dir)
     out = storage.make_folder(results, fix)  # before the runs, not after
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
