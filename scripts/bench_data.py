@@ -152,6 +152,35 @@ def parser():
     return p
 
 
+def measure(opts) -> tuple[dict, dict, dict]:
+    """prepare() on --data and on it repeated (each in a child), then the tokenizer's speeds."""
+    with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
+        tmp = Path(tmp)
+        print(f"prepare() on {opts.data} ...", file=sys.stderr)
+        small = run_child(opts.data, tmp / "cache1", opts.vocab_size)
+        big_path = tmp / f"x{opts.repeat}.txt"
+        text = Path(opts.data).read_bytes()
+        with open(big_path, "wb") as f:
+            for _ in range(opts.repeat):
+                f.write(text)
+        print(f"prepare() on the same text x{opts.repeat} ({big_path.stat().st_size / 1e6:.1f} MB) ...",
+              file=sys.stderr)
+        big = run_child(big_path, tmp / "cache10", opts.vocab_size)
+        print("tokenization: loop vs batched vs parallel ...", file=sys.stderr)
+        tokenizer_path = next((tmp / "cache1").glob("tokenizer-*/tokenizer.json"))
+        speed = tokenization_speeds(opts.data, tokenizer_path)
+    return small, big, speed
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    """A markdown table of (measurement, input, result) rows."""
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    header = ("measurement", "input", "result")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
 def main(argv=None):
     p = parser()
     opts = p.parse_args(argv)
@@ -171,21 +200,7 @@ def main(argv=None):
         storage.make_folder(out.parent, "pick another --out")
 
     load = os.getloadavg()[0]  # the CPU may be shared: a busy core halves the parallel speed-up
-    with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
-        tmp = Path(tmp)
-        print(f"prepare() on {opts.data} ...", file=sys.stderr)
-        small = run_child(opts.data, tmp / "cache1", opts.vocab_size)
-        big_path = tmp / f"x{opts.repeat}.txt"
-        text = Path(opts.data).read_bytes()
-        with open(big_path, "wb") as f:
-            for _ in range(opts.repeat):
-                f.write(text)
-        print(f"prepare() on the same text x{opts.repeat} ({big_path.stat().st_size / 1e6:.1f} MB) ...",
-              file=sys.stderr)
-        big = run_child(big_path, tmp / "cache10", opts.vocab_size)
-        print("tokenization: loop vs batched vs parallel ...", file=sys.stderr)
-        tokenizer_path = next((tmp / "cache1").glob("tokenizer-*/tokenizer.json"))
-        speed = tokenization_speeds(opts.data, tokenizer_path)
+    small, big, speed = measure(opts)
 
     ratio = big["peak_rss_mb"] / small["peak_rss_mb"]
 
@@ -220,11 +235,7 @@ def main(argv=None):
         (f"peak RSS ratio x{opts.repeat} / x1 (must be < 1.5)", "",
          f"{ratio:.2f} {'ok' if ratio < 1.5 else 'FAIL'}"),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    header = ("measurement", "input", "result")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print_table(rows)
     print(f"{os.cpu_count()} CPUs, load average {load:.2f} at the start (other processes share the CPUs)")
     if out is not None:
         storage.save_json(out, result, "pick another --out", sort_keys=False)
