@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train sample test lint bench clean-venv constraints gpu-prep gpu-check
+.PHONY: train sample test lint bench clean-venv constraints gpu-prep gpu-check test-gpu-versions
 
 train: $(VENV)/.runtime
 	$(BIN)/python train.py $(ARGS)
@@ -64,3 +64,21 @@ gpu-check:
 		--target /tmp/site .whl/*.whl || echo "gpu-check: warning: the wheels in .whl did not install;" \
 		"a check without its train part goes on, one with it stops (it needs datasets)" >&2; fi
 	PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(ARGS)
+
+# The tests under the versions a lent GPU machine has (torch 2.11, transformers 5.17, huggingface-hub
+# 1.33; KINDS.md in the device tool's folder), on this machine's CPU, before a lease is spent on them:
+# torch.compile in 2.11 once zeroed every gradient through the loss that 2.13 takes right (model.py,
+# LinearCrossEntropy), which only a compiled run on 2.11 shows. It downloads torch's CUDA build with
+# its libraries (about 4.5 GB) into .venv-gpu (git-ignored) on first use. ARGS narrows the run (a
+# test file, -k); by default the suite. The Python may differ (3.12 there).
+GPU_VERSIONS := torch==2.11.0 transformers==5.17.0 huggingface-hub==1.33.0
+test-gpu-versions: .venv-gpu/.done
+	.venv-gpu/bin/python -m pytest $(ARGS)
+
+.venv-gpu/.done: requirements.txt requirements-dev.txt constraints.txt
+	rm -rf .venv-gpu && $(PYTHON) -m venv .venv-gpu
+	grep -v -i -e '^torch==' -e '^transformers==' -e '^huggingface[-_]hub==' -e '^setuptools==' \
+		constraints.txt > .venv-gpu/constraints.txt
+	grep -h -v -e '^torch==' -e '^transformers==' requirements.txt requirements-dev.txt > .venv-gpu/requirements.txt
+	.venv-gpu/bin/pip install $(GPU_VERSIONS) -r .venv-gpu/requirements.txt -c .venv-gpu/constraints.txt
+	touch $@

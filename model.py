@@ -587,7 +587,9 @@ class LinearCrossEntropy(torch.autograd.Function):
             ignored = (tc < 0)[:, None]  # (c, 1)
             rows, t = torch.arange(len(tc), device=x.device), tc.clamp(min=0)  # (c,) each
             target_lp = log_probs[rows, t]  # (c,)
-            total -= target_lp.masked_fill(ignored[:, 0], 0).sum()
+            # (out of place: under torch.compile, torch 2.11 loses the gradient of an output
+            # that was updated in place, and every gradient through the loss came out 0)
+            total = total - target_lp.masked_fill(ignored[:, 0], 0).sum()
             if not with_grad:
                 continue
             # d(total)/d(logits) = softmax - one-hot, in the compute dtype; the target column is
