@@ -70,13 +70,14 @@ gpu-check:
 # torch.compile in 2.11 once zeroed every gradient through the loss that 2.13 takes right (model.py,
 # LinearCrossEntropy), which only a compiled run on 2.11 shows. It downloads torch's CUDA build with
 # its libraries (about 4.5 GB) into .venv-gpu (git-ignored) on first use. ARGS narrows the run (a
-# test file, -k); by default the suite. The Python may differ (3.12 there).
+# test file, -k); by default the suite. GPU_PYTHON=python3.12 matches its Python too.
 GPU_VERSIONS := torch==2.11.0 transformers==5.17.0 huggingface-hub==1.33.0
+GPU_PYTHON ?= $(PYTHON)
 test-gpu-versions: .venv-gpu/.done
 	.venv-gpu/bin/python -m pytest $(ARGS)
 
 .venv-gpu/.done: requirements.txt requirements-dev.txt constraints.txt
-	rm -rf .venv-gpu && $(PYTHON) -m venv .venv-gpu
+	rm -rf .venv-gpu && $(GPU_PYTHON) -m venv .venv-gpu
 	grep -v -i -e '^torch==' -e '^transformers==' -e '^huggingface[-_]hub==' -e '^setuptools==' \
 		constraints.txt > .venv-gpu/constraints.txt
 	grep -h -v -e '^torch==' -e '^transformers==' requirements.txt requirements-dev.txt > .venv-gpu/requirements.txt
