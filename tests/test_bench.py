@@ -723,3 +723,45 @@ def test_bench_model_builds_what_each_variant_names(tmp_path, monkeypatch):
     assert [built[v].grad_checkpoint for v in built] == [False, True, False, False]
     assert [built[v].loss_impl for v in built] == ["fused", "fused", "reference", "fused"]
     assert built["dense+compile"].args == bench_model.ModelArgs(**base).dense_twin() != built["moe"].args
+
+
+def test_profile_asks_for_the_eager_and_the_compiled_moe_step(tmp_path, monkeypatch):
+    """--profile profiles moe and moe+compile (the GPU check's "what to work on next": the compiled
+    step's kernels above all); catches moe+compile dropped from what measure_batch is asked to profile,
+    and --no-modelled passed the wrong way up."""
+    from scripts import bench_model
+    seen = []
+
+    def fake_measure(variants, base, batch, repeats, device, dtype, peak, profiled=(), model_memory=True):
+        seen.append((list(profiled), model_memory))
+        return {}
+    monkeypatch.setattr(bench_model, "measure_batch", fake_measure)
+    monkeypatch.setattr(bench_model, "report", lambda result: None)
+    monkeypatch.setattr(bench_model.runtime, "peak_flops", lambda device, dtype: None)  # (seconds on a CPU)
+    common = ["--quick", "--no-hf", "--compile", "false", "--out", str(tmp_path / "b.json")]
+    bench_model.main([*common, "--profile", "--no-modelled"])
+    bench_model.main(common)
+    assert seen == [(["moe", "moe+compile"], False), ([], True)]
+
+
+def test_a_variant_that_failed_is_not_profiled_nor_warned_about(monkeypatch, capsys):
+    """Catches `if v in steps` dropped from the profiled variants: the KeyError of a failed variant,
+    now inside the profiler's try, was a second, false warning ("profiling dense failed (KeyError)")
+    beside the real one, on every GPU run with a failed variant."""
+    import torch
+
+    from scripts import bench_model
+
+    def make_step(variant, *args):
+        def step():
+            if variant == "dense":
+                raise RuntimeError("out of memory")
+        return step, None
+    monkeypatch.setattr(bench_model, "make_step", make_step)
+    monkeypatch.setattr(bench_model, "profile_step", lambda step, device: {"steps": 3})
+    failed = {}
+    _, profiles = bench_model.time_variants(["moe", "dense"], {}, 2, 1, torch.device("cpu"), torch.float32,
+                                            profiled=["moe", "dense"], failed=failed)
+    assert profiles == {"moe": {"steps": 3}} and set(failed) == {"dense"}
+    err = capsys.readouterr().err
+    assert "warning: dense at batch 2 failed (RuntimeError: out of memory)" in err and "profiling" not in err

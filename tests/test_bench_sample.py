@@ -224,3 +224,23 @@ def test_the_model_is_built_with_the_context_asked(tmp_path):
     opts.variants = ["cached"]
     model, hf = bench_sample.build(opts, torch.device("cpu"), torch.float32)
     assert model.args.max_seq_len == opts.max_seq_len == 24 and hf is None
+
+
+def test_warmup_0_is_kept_on_cuda_where_the_default_is_1(tmp_path, monkeypatch):
+    """Catches --warmup 0 taken for "not given" (`opts.warmup or ...`): on CUDA the GPU check's float32
+    pass asks for no eager warm-up and got one per variant; without --warmup, CUDA warms up once.
+    (A CUDA device faked: nothing is built or run.)"""
+    import torch
+
+    import runtime
+    from scripts import bench_sample
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(bench_sample, "build", lambda opts, device, dtype: (None, None))
+    monkeypatch.setattr(bench_sample, "report", lambda opts, result: None)
+    seen = []
+    monkeypatch.setattr(bench_sample, "measure",
+                        lambda opts, model, hf, device, keep: seen.append(opts.warmup))
+    for warmup in (["--warmup", "0"], []):
+        main(["--dtype", "float32", "--no-hf", *warmup, "--out", str(tmp_path / "b.json")])
+    assert seen == [0, 1]

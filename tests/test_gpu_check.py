@@ -966,3 +966,174 @@ def test_render_names_a_skipped_part_and_a_failed_benchmark_and_shows_no_table_f
                                  "deadline: under 30 s left, not begun) failed")
     md = (out / "gpu.md").read_text()
     assert "**Training step**" not in md and "**train.py**" not in md
+
+
+def test_a_skipped_part_removes_each_of_its_files_from_before(tmp_path):
+    """Catches only a part's first file removed: a sample part skipped at the deadline left an older
+    check's bench_sample_fp32.json, whose agreement lines --render then showed as this check's."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    old = {"config": {"dtype": "float32"}, "results": {"batch8": {"share_of_tokens_as_cached": {"x": 0.5}}}}
+    for name in ("bench_sample.json", "bench_sample_fp32.json"):
+        (out / name).write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=r"the sample part \(cut by the deadline"):
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
+                        "--only", "sample"])
+    assert not (out / "bench_sample_fp32.json").exists()
+    assert list(json.loads((out / "bench_sample.json").read_text())) == ["not_measured"]
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--render", "--out", str(out)])
+    assert "share of greedy tokens" not in (out / "gpu.md").read_text()
+
+
+def test_a_decode_benchmark_the_deadline_cut_after_a_batch_size_is_named(tmp_path, monkeypatch):
+    """Catches bench_sample.py's "incomplete" mark dropped by failed_variants (only bench_model.py's
+    was read): a speed pass stopped after batch 1 kept its JSON and passed for a whole one; its
+    fallbacks are still named beside the cut."""
+    import subprocess
+    path = tmp_path / "bench_sample.json"
+
+    def fake_sh(*argv, log, until=None):  # batch 1 done (its compiled step fell back), then stopped
+        batch = {"tokens_per_s": {"cached": 1.0}, "fell_back_to_eager": {"compiled": "E"}}
+        result = {"config": {"dtype": "bfloat16"}, "results": {"batch1": batch}}
+        path.write_text(json.dumps(result))
+        return subprocess.CompletedProcess(argv, gpu_check.STOPPED, "", "")
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    monkeypatch.setattr(gpu_check, "FAILED", [])
+    gpu_check.run_bench(path, "scripts/bench_sample.py", log=None, until=None)
+    cut = "bench_sample.json (cut by the deadline: the batch sizes it lists are done)"
+    assert gpu_check.FAILED == [cut, "bench_sample.py compiled at batch1 (fell back to eager)"]
+    assert gpu_check.failed_variants(path) == gpu_check.FAILED  # (what --render reads back)
+
+
+def test_each_benchmark_of_the_gpu_plan_gets_the_device_and_its_settings(tmp_path, monkeypatch):
+    """The command lines the benchmarks get on a GPU (recorded, not run): catches --device dropped
+    from one (bench_sample.py's default is the CPU: a lease spent timing it), and the float32 pass's
+    128 tokens, single repeat and batch 8, the model part's profile and its JSON paths dropped."""
+    import subprocess
+
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (parse only: nothing runs on it)
+    ran, out = [], tmp_path / "gpu"
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
+                        or subprocess.CompletedProcess(argv, 0, "", ""))
+    gpu_check.main(["--device", "cuda:1", "--out", str(out), "--only", "model,sample"])
+    model, agree, speed = ran
+
+    def value(argv, flag):
+        return argv[argv.index(flag) + 1]
+    assert [argv[0] for argv in ran] == ["scripts/bench_model.py", "scripts/bench_sample.py",
+                                         "scripts/bench_sample.py"]
+    assert [value(argv, "--device") for argv in ran] == ["cuda:1"] * 3
+    assert [value(argv, "--out") for argv in ran] == [str(out / name) for name in
+                                                     ("bench_model.json", "bench_sample_fp32.json",
+                                                      "bench_sample.json")]
+    assert "--profile" in model and "--no-modelled" in model and "--quick" not in model + agree + speed
+    assert [value(agree, flag) for flag in ("--new_tokens", "--repeats", "--batches")] == ["128", "1", "8"]
+
+
+def test_gpu_md_is_rewritten_after_each_benchmark(tmp_path, monkeypatch):
+    """A lease's limit may kill the check during any command: gpu.md sums up what is done after each
+    benchmark (catches the write after the model part or after the float32 pass dropped: a kill in
+    the next command left no gpu.md, or one without what had finished)."""
+    import subprocess
+    out, seen = tmp_path / "gpu", []
+
+    def fake_sh(*argv, log, until=None):  # each benchmark fails, writing nothing
+        seen.append((out / "gpu.md").read_text() if (out / "gpu.md").exists() else None)
+        return subprocess.CompletedProcess(argv, 3, "", "")
+    monkeypatch.setattr(gpu_check, "sh", fake_sh)
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--device", "cpu", "--out", str(out), "--only", "model,sample"])
+    assert seen[0] is None
+    assert seen[1].startswith("**Failed:** bench_model.py (exit 3); see")
+    assert seen[2].startswith("**Failed:** bench_model.py (exit 3), bench_sample.py (exit 3); see")
+
+
+def test_render_alone_reads_the_readmes_folder(tmp_path, monkeypatch):
+    """`gpu_check.py --render` without --out puts the README's img/gpu/ together, as the two calls of
+    a lease wrote it (catches "render" dropped from what results_path ignores: --render then read
+    --work/results/, where no lease's files are). Nothing runs: no GPU needed."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["--render"], ["--render", "--only", "sample"]):
+        assert gpu_check.parse([*argv, "--work", str(tmp_path / "work")])[1] == gpu_check.ROOT / "img" / "gpu"
+
+
+def test_the_deadline_counts_from_before_the_options_are_read(tmp_path, monkeypatch):
+    """parse() may import torch (seconds, on a GPU machine): the deadline counts from the check's
+    start, not from after it (catches `start` made time.monotonic() after parse: every command's
+    deadline that much later, past a lease's limit)."""
+    import subprocess
+    import time
+    from types import SimpleNamespace
+    clock, deadlines = [1000.0], []
+    monkeypatch.setattr(gpu_check, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                           strftime=time.strftime))
+    parse = gpu_check.parse
+
+    def slow_parse(argv):
+        clock[0] += 50  # importing torch
+        return parse(argv)
+    monkeypatch.setattr(gpu_check, "parse", slow_parse)
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: deadlines.append(until)
+                        or subprocess.CompletedProcess(argv, 0, "", ""))
+    gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "model",
+                    "--deadline", "300"])
+    assert deadlines == [1300.0]
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, monkeypatch):
+    """Catches the SIGKILL after KILL_GRACE_S dropped from stop_group: a command that does not end on
+    SIGTERM (one saving as it stops, a hung CUDA call) was waited for without end, past a lease's limit."""
+    monkeypatch.setattr(gpu_check, "KILL_GRACE_S", 1)
+    script = tmp_path / "stubborn.py"
+    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                      "print('begun', flush=True)\ntime.sleep(20)\n")
+    t = time.monotonic()
+    with open(tmp_path / "log.txt", "w", encoding="utf-8") as log:
+        r = gpu_check.sh(script, log=log, until=time.monotonic() + 3)
+    assert r.returncode == gpu_check.STOPPED and r.stdout == "begun\n" and time.monotonic() - t < 12
+    log = (tmp_path / "log.txt").read_text()
+    assert f"[exit 124 ({-signal.SIGKILL}), stopped at the check's deadline" in log
+
+
+def test_a_second_call_keeps_the_first_calls_files_and_log(tmp_path, monkeypatch):
+    """The two calls of a lease may share --out: --only sample must not remove the files of the parts
+    it was not asked for (catches the removal of a part's old files made before the `part not in
+    parts` test: train.json and bench_model.json gone), and log.txt is appended to, not replaced."""
+    import subprocess
+    out = tmp_path / "gpu"
+    out.mkdir()
+    first = {"bench_model.json": '{"not_measured": "x"}', "train.json": '{"not_measured": "y"}'}
+    for name, text in first.items():
+        (out / name).write_text(text)
+    (out / "log.txt").write_text("# gpu_check.py --only train,model, the first call\n")
+    done = subprocess.CompletedProcess([], 0, "", "")
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: done)
+    gpu_check.main(["--device", "cpu", "--out", str(out), "--only", "sample"])
+    assert {name: (out / name).read_text() for name in first} == first
+    log = (out / "log.txt").read_text()
+    assert log.startswith("# gpu_check.py --only train,model, the first call\n"
+                          "# gpu_check.py --only sample, ")
+
+
+def test_the_train_part_gives_each_command_its_data_device_and_compile(tmp_path, monkeypatch):
+    """The train part's command lines (recorded, not run): catches the run's --vocab_size or
+    --save_every dropped (another model, or checkpoints saved on a lease's time), --eval_only without
+    its --val_data, --device or --compile false, and the story compiled (~20 s of a lease each)."""
+    ran = fake_train_run(tmp_path, monkeypatch, windows=3, follow_ups={
+        "greedy true": (0, "a"), "greedy false": (0, "a"), "eval_only": (0, '{"bits_per_byte": 2.0}'),
+        "story": (0, "b")})
+    data, val = str(tmp_path / "t.txt"), str(tmp_path / "v.txt")
+    gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
+                    "--only", "train", "--data", data, "--val_data", val])
+    train, compiled, eager, ev, story = [argv for argv, _ in ran]
+
+    def value(argv, flag):
+        return argv[argv.index(flag) + 1]
+    flags = ("--preset", "--vocab_size", "--save_every", "--data", "--val_data", "--compile")
+    assert [value(train, flag) for flag in flags] == ["scout-128m", "8192", "1000000", data, val, "true"]
+    assert [value(argv, "--compile") for argv in (compiled, eager, ev, story)] == ["true"] + ["false"] * 3
+    assert [value(argv, "--device") for argv in (train, compiled, eager, ev, story)] == ["cpu"] * 5
+    assert "--eval_only" in ev and value(ev, "--val_data") == val
