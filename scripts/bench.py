@@ -113,6 +113,8 @@ def markdown(results: dict, machine: dict) -> str:
                       for key, label, fmt, on_cpu, on_gpu in RATIO_ROWS
                       if key in ratio]  # (a variant that failed leaves its ratios out)
             lines += [f"| {v} | failed: {why} | |" for v, why in r.get("failed", {}).items()]
+            lines += [f"| {v} | disagrees with eager: {why} | |"
+                      for v, why in r.get("disagrees_with_eager", {}).items()]
             lines.append("")
             lines += profile_tables(r.get("profile", {}))
     if "sample" in results:

@@ -765,3 +765,62 @@ def test_a_variant_that_failed_is_not_profiled_nor_warned_about(monkeypatch, cap
     assert profiles == {"moe": {"steps": 3}} and set(failed) == {"dense"}
     err = capsys.readouterr().err
     assert "warning: dense at batch 2 failed (RuntimeError: out of memory)" in err and "profiling" not in err
+
+
+def test_a_compiled_step_that_is_not_the_eager_one_is_named():
+    """disagreements: a compiled variant whose first step's lm_loss or gradient norm is not its
+    eager twin's within AGREE_TOL (torch 2.11 compiled the fused loss to zero gradients: the same
+    loss, a fast step, nothing learnt); catches the check dropped, the wrong twin, NaN passing."""
+    import math
+
+    from scripts import bench_model
+    eager = {"moe": (9.0, 2.0), "dense": (9.1, 1.5)}
+    close = {"moe+compile": (9.01, 2.04), "dense+compile": (9.1, 1.46)}
+    assert bench_model.disagreements({**eager, **close}) == {}
+    got = bench_model.disagreements({**eager, "moe+compile": (9.0, 0.01), "dense+compile": (math.nan, 1.5)})
+    assert got == {"moe+compile": "first step's gradient norm 0.01, eager 2",
+                   "dense+compile": "first step's lm_loss nan, eager 9.1"}
+    assert bench_model.disagreements({"moe+compile": (9.0, 0.0), "dense": (9.1, 1.5)}) == {}  # (no twin)
+
+
+def test_the_first_steps_are_compared_and_a_lost_gradient_is_a_failure(tmp_path, monkeypatch):
+    """measure_batch records each training variant's first step (lm_loss, gradient norm) and names a
+    compiled variant whose gradients were lost (a "compiler" that zeroes the loss's gradient, on the
+    quick shapes), in the JSON, in the table and as a GPU-check failure; the same compiled as eager
+    agrees. Catches the first step not recorded, or the disagreement not carried to gpu_check.py."""
+    import torch
+
+    from scripts import bench_model, gpu_check
+
+    class LosesGradient(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, targets=None):
+            out = self.model(x, targets=targets)
+            out.loss = out.loss * 0  # (lm_loss, what is reported, unchanged)
+            return out
+    monkeypatch.setattr(bench_model, "peak_memory", lambda v, *args: 2**20)  # (seconds each: a child)
+    monkeypatch.setattr(bench_model, "ops_per_step", lambda *args: 1)
+    variants, cpu = ["moe", "dense", "moe+compile", "dense+compile"], torch.device("cpu")
+    results = {}
+    compilers = {"same": lambda model, mode: model, "lost": lambda model, mode: LosesGradient(model)}
+    for name, compiler in compilers.items():
+        monkeypatch.setattr(bench_model.runtime, "static_compile", compiler)
+        results[name] = bench_model.measure_batch(variants, bench_model.QUICK_SHAPE, 2, 1, cpu, torch.float32,
+                                                  None, model_memory=False)
+    same, lost = results["same"], results["lost"]
+    assert set(same["first_step"]) == set(variants) and "disagrees_with_eager" not in same
+    assert same["first_step"]["moe+compile"] == same["first_step"]["moe"]
+    assert same["first_step"]["moe"]["lm_loss"] > 3 and same["first_step"]["moe"]["grad_norm"] > 0
+    assert set(lost["disagrees_with_eager"]) == {"moe+compile", "dense+compile"}
+    assert lost["disagrees_with_eager"]["moe+compile"].startswith("first step's gradient norm 0, eager ")
+    machine = {"cpus": 2, "cpu": "x", "torch": "t", "load_before": 0, "date": "d"}
+    result = {"device": "cpu", "config": {**bench_model.QUICK_SHAPE, "dtype": "float32", "repeats": 1},
+              "batches": {"2": lost}}
+    assert "| moe+compile | disagrees with eager: first step's gradient norm 0, eager " in \
+        bench.markdown({"model": result}, machine)
+    (tmp_path / "bench_model.json").write_text(json.dumps(result))
+    assert gpu_check.failed_variants(tmp_path / "bench_model.json") == [
+        f"bench_model.py {v} at batch 2 (not the eager step)" for v in ["moe+compile", "dense+compile"]]

@@ -2,6 +2,7 @@
 part runs and leaves its file, so the check cannot rot between GPU sessions."""
 
 import json
+import math
 import signal
 import sys
 import time
@@ -397,10 +398,11 @@ def test_render_of_missing_or_partial_results_is_one_line_and_keeps_gpu_md(tmp_p
     assert files is None or (out / "gpu.md").read_text() == "the last good one\n"
 
 
-def fake_train_run(tmp_path, monkeypatch, windows: int, follow_ups: dict, exit: int = 0):
+def fake_train_run(tmp_path, monkeypatch, windows: int, follow_ups: dict, exit: int = 0, steps: int = 10,
+                   lm_loss: float | None = None):
     """gpu_check.sh recording the commands (argv and what train.json held as each began): a train.py
-    run that logs `windows` train windows and two evaluations and exits `exit`, and follow-ups
-    answering follow_ups[name] = (exit, stdout)."""
+    run that logs `windows` train windows of `steps` steps (with `lm_loss`, where given) and two
+    evaluations and exits `exit`, and follow-ups answering follow_ups[name] = (exit, stdout)."""
     import subprocess
     ran = []
 
@@ -411,9 +413,9 @@ def fake_train_run(tmp_path, monkeypatch, windows: int, follow_ups: dict, exit: 
         if argv[0] == "train.py" and "--eval_only" not in argv:
             run_dir = tmp_path / "work" / "gpu-check"
             run_dir.mkdir(parents=True)
-            records = [{"kind": "train", "step": 10 * (i + 1), "tokens": 1000 * (i + 1),
+            records = [{"kind": "train", "step": steps * (i + 1), "tokens": 1000 * (i + 1),
                         "minutes": 0.1 * (i + 1), "tokens_per_s": 50.0 if i == 0 else 100.0 + i, "mfu": None}
-                       for i in range(windows)]
+                       | ({} if lm_loss is None else {"lm_loss": lm_loss}) for i in range(windows)]
             records += [{"kind": "val", "minutes": 0.1 * windows, "val_seconds": 2.0, "val_tokens": 500}] * 2
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             return subprocess.CompletedProcess(argv, exit, "", "")
@@ -1137,3 +1139,46 @@ def test_the_train_part_gives_each_command_its_data_device_and_compile(tmp_path,
     assert [value(argv, "--compile") for argv in (compiled, eager, ev, story)] == ["true"] + ["false"] * 3
     assert [value(argv, "--device") for argv in (train, compiled, eager, ev, story)] == ["cpu"] * 5
     assert "--eval_only" in ev and value(ev, "--val_data") == val
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_run_that_learnt_nothing_is_a_failure(tmp_path, monkeypatch, quick):
+    """The train part's run still near ln(8192) nats after LEARNT_AFTER steps learnt nothing (torch
+    2.11 compiled the fused loss to zero gradients: fast steps, the loss of a uniform guess): named
+    at the top of gpu.md, exit 1; its last window's lm_loss is in the table. A run that learnt is no
+    failure, nor a --quick one (the debug preset's few steps). Catches the check dropped or inverted."""
+    follow_ups = {"greedy true": (0, "a"), "greedy false": (0, "a"),
+                  "eval_only": (0, '{"bits_per_byte": 2.0}'), "story": (0, "b")}
+    argv = ["--device", "cpu", "--work", str(tmp_path / "work"), "--only", "train"] + ["--quick"] * quick
+    out = tmp_path / "gpu"
+    fake_train_run(tmp_path, monkeypatch, windows=3, steps=100, lm_loss=8.9, follow_ups=follow_ups)
+    if quick:
+        gpu_check.main([*argv, "--out", str(out)])
+        assert "Failed" not in (out / "gpu.md").read_text()
+        return
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main([*argv, "--out", str(out)])
+    md = (out / "gpu.md").read_text()
+    named = "train.py (learnt nothing: lm_loss 8.90 after 300 steps, ln(vocabulary) 9.01)"
+    assert str(e.value.code).startswith(f"gpu_check: error: {named} failed")
+    assert md.startswith(f"**Failed:** {named}; see log.txt.")
+    assert "| lm_loss | 8.9 |" in md
+    gpu_check.FAILED.clear()
+    import shutil
+    shutil.rmtree(tmp_path / "work")
+    fake_train_run(tmp_path, monkeypatch, windows=3, steps=100, lm_loss=3.1, follow_ups=follow_ups)
+    gpu_check.main([*argv, "--out", str(tmp_path / "gpu2")])
+    assert "Failed" not in (tmp_path / "gpu2" / "gpu.md").read_text()
+
+
+def test_learnt_nothing_judges_only_a_run_long_enough():
+    """learnt_nothing: no verdict before LEARNT_AFTER steps (warm-up is 100 steps) or without the
+    uniform loss (a --quick run); a NaN loss learnt nothing; the bound is LEARNT_SHARE of ln(vocab)."""
+    u = math.log(8192)
+    base = {"steps": gpu_check.LEARNT_AFTER, "uniform_lm_loss": u}
+    assert gpu_check.learnt_nothing({**base, "lm_loss": 8.0})
+    assert not gpu_check.learnt_nothing({**base, "lm_loss": 8.0, "steps": gpu_check.LEARNT_AFTER - 1})
+    assert not gpu_check.learnt_nothing({"steps": 1000, "lm_loss": 8.0})
+    assert gpu_check.learnt_nothing({**base, "lm_loss": math.nan})
+    assert not gpu_check.learnt_nothing({**base, "lm_loss": 0.74 * u})
+    assert gpu_check.learnt_nothing({**base, "lm_loss": 0.76 * u})
