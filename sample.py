@@ -47,6 +47,7 @@ How this departs from the obvious version:
 import codecs
 import errno
 import os
+import shlex
 import sys
 import warnings
 from contextlib import contextmanager
@@ -446,7 +447,8 @@ def not_utf8(name: str, data: bytes, byte: int) -> str:
     one), and how to convert it: UTF-16 and UTF-32 are named by their byte-order mark or, without
     one, by their NUL bytes (which UTF-8 decodes, but no prompt holds)."""
     utf8 = Path(name).with_stem(Path(name).stem + "-utf8") if Path(name).stem else "prompts-utf8.txt"
-    to = f"{name} > {utf8}" if name != "-" else "FILE | sample.py ... --prompt_file -"  # (> {name}: lost)
+    to = (f"{shlex.quote(name)} > {shlex.quote(str(utf8))}" if name != "-" else  # (> {name}: lost)
+          "FILE | sample.py ... --prompt_file -")
     for bom, codec in WIDE_BOMS:
         if data.startswith(bom):
             return (f"{codec} text, not UTF-8 (it starts with a {codec} byte-order mark, "

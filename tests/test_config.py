@@ -276,6 +276,46 @@ def test_an_unknown_option_that_begins_several_names_them(capsys, prog, cls, typ
     assert e.value.code == 2 and hint in err and "did you mean" not in err, err
 
 
+@pytest.mark.parametrize("cls, typed, hint", [
+    (TrainArgs, "--wandb", "--wandb (which one? --wandb_mode, --wandb_project, --wandb_group or "
+                           "--wandb_name)"),
+    (TrainArgs, "--wa", "--wa (which one? --warmup_steps, --wandb_mode, --wandb_project, --wandb_group or "
+                        "1 more)"),
+    (ModelArgs, "--rope", "--rope (which one? --rope_theta, --rope_scaling, --rope_factor, "
+                          "--rope_low_freq_factor or 2 more)")])
+def test_an_unknown_prefix_names_four_options_and_counts_the_rest(capsys, cls, typed, hint):
+    """Catches the options an unknown prefix begins miscounted: four of four followed by "or 0 more",
+    three named beside "2 more" of six, or "6 more" (all of them) where two were left unnamed."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([cls], [typed, "1"], prog="train.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unknown option {hint}; see --help" in err, err
+
+
+@pytest.mark.parametrize("cls, typed", [(SampleArgs, "-prompt"), (TrainArgs, "-compile"),
+                                        (ModelArgs, "-vision")])
+def test_an_option_typed_with_one_dash_is_named_with_two(capsys, cls, typed):
+    """Catches `-prompt` (one dash, as some tools spell options) answered "which one? --prompt or
+    --prompt_file": its words are exactly --prompt's, so that one is named, not every option it begins."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([cls], [typed], prog="x.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unknown option {typed} (did you mean -{typed}?)" in err, err
+    assert "which one?" not in err
+
+
+@pytest.mark.parametrize("classes, typed, meant", [([ModelArgs, TrainArgs], "--steps", "--max_steps"),
+                                                  ([SampleArgs], "--checkpoint", "--ckpt"),
+                                                  ([SampleArgs], "--samples", "--num_samples")])
+def test_an_unknown_option_names_a_loose_match(capsys, classes, typed, meant):
+    """Catches the nearest-option guess made stricter than difflib's default (cutoff 0.6): --steps, the
+    usual name elsewhere, or --checkpoint got no "did you mean" at all."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args(classes, [typed, "5"], prog="x.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unknown option {typed} (did you mean {meant}?)" in err, err
+
+
 def test_a_lone_dash_is_not_named_as_a_prefix_of_every_option(capsys):
     """A lone - (empty once its dashes are gone) began every option: "which one? -h, --help, --preset,
     --data or 40 more" helped no one."""

@@ -90,6 +90,17 @@ def test_a_weights_only_checkpoint_is_evaluated_with_the_settings_typed():
     assert t.batch_size == 3 and t.eval_only
 
 
+def test_a_saved_or_typed_cache_dir_is_kept_at_resume():
+    """Bug caught: every resumed run's --cache_dir taken as . (the current folder), not only one saved as
+    '' (before '' was refused): a resume rebuilt its data caches in the working directory."""
+    ckpt = saved(cache_dir="/data/cache")
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest"), {"resume"})
+    assert t.cache_dir == "/data/cache"
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest", cache_dir="c2"),
+                                   {"resume", "cache_dir"})
+    assert t.cache_dir == "c2"
+
+
 # --- run_to_resume ------------------------------------------------------------------------------------
 
 def test_resume_without_a_path_takes_the_named_run_or_the_newest_with_a_last_pt(tmp_path):
@@ -320,6 +331,24 @@ def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tm
     runplan.check_settings(p, cpu, world)
     monkeypatch.setattr(runtime, "device_memory", lambda device: None)
     runplan.check_settings(p, cpu, world)
+
+
+def test_a_plot_is_checked_against_the_files_of_the_run_folder_it_is_written_in(tmp_path):
+    """Bug caught: --plot NAME checked in --out_dir, not in the run folder the plot is written in: the run
+    folder's notes.txt replaced with the loss plot without a word, and a notes.txt beside the runs refused."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    (tmp_path / "other.txt").write_text("not the run's")
+    cpu, world = torch.device("cpu"), runtime.World()
+
+    def check(plot):
+        args = TrainArgs(out_dir=str(tmp_path), run="r", plot=plot)
+        runplan.check_settings(runplan.RunPlan(run_dir, DEBUG, args, None, None), cpu, world)
+    with pytest.raises(ConfigError, match=r"^--plot notes\.txt: the plot would replace that file"):
+        check("notes.txt")
+    check("other.txt")
+    assert (run_dir / "notes.txt").read_text() == "mine"
 
 
 # --- claim_folder and check_same_model --------------------------------------------------------------
@@ -589,3 +618,12 @@ def test_resume_typed_empty_is_refused_not_a_new_run(tmp_path):
         runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path), run="r"), "debug", frozenset({"resume"}))
     plan = runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path), run="r"), "debug", frozenset())
     assert plan.ckpt is None and plan.run_dir == tmp_path / "r"
+
+
+def test_resume_typed_empty_is_refused_at_eval_only_too(tmp_path):
+    """Bug caught: `--eval_only --resume ''` (an unset $CKPT) taken as --eval_only alone: the newest run's
+    last.pt evaluated in place of the checkpoint meant, without a word."""
+    fake_checkpoint(tmp_path / "r" / "last.pt")
+    with pytest.raises(ConfigError, match=r"^--resume '': name a checkpoint, a run folder or a run"):
+        runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path), eval_only=True), "debug",
+                         frozenset({"resume", "eval_only"}))

@@ -2,6 +2,7 @@
 streaming, the compiled decode step and its fallback, --dtype / --compile, long prompts, HF
 folders, images, and bad input."""
 
+import codecs
 
 import pytest
 import torch
@@ -501,6 +502,18 @@ def test_an_image_prompt_keeps_its_image_and_cuts_its_text():
     assert len(ids) == n and "(room for 1 new)" in warnings[0]
     ids, args, _ = stub_prompts("w " * 3, new=8, **vision)
     assert sample.prompt_text(ids, args) == [20, 21, 22]  # what is printed: the text, not the image's tokens
+
+
+def test_an_image_that_fills_the_context_is_refused():
+    """Catches an image whose tokens fill the whole context (not one place left for a new token) let
+    through: it is refused, naming its length and the context's room, as a longer one is."""
+    big = dict(vision=True, image_size=224, patch_size=14)
+    n = 1 + len(sample.image_prompt(config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], **big})))
+    with pytest.raises(sample.SampleError, match=rf"^the image alone is {n} tokens, more than the context "
+                                                 rf"allows \({n - 1}\)$"):
+        stub_prompts("", new=8, **big, max_seq_len=n)
+    ids, _, _ = stub_prompts("", new=8, **big, max_seq_len=n + 1)
+    assert len(ids) == n
 
 
 def test_without_ckpt_it_says_which_run_it_samples(run_dir, tmp_path, monkeypatch, capsys):
@@ -1041,6 +1054,18 @@ def test_endoftext_typed_in_a_prompt_is_text_as_inside_a_training_story():
     assert args.eos_id not in ids[1:] and tok.decode(ids[1:]) == text
 
 
+def test_a_folder_of_runs_given_as_ckpt_names_its_newest_run_as_ckpt(tmp_path, capsys):
+    """Catches sample.py --ckpt checkpoints (the folder of runs) advising "pass checkpoints/r (the
+    newest)" without the option it goes to: the advice is --ckpt checkpoints/r, exit status 2."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "last.pt").write_bytes(b"a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"{tmp_path} is a folder of runs, not a run; pass --ckpt {tmp_path / 'r'} (the newest)" in err
+
+
 def test_a_missing_prompt_file_names_the_fix(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(run_dir), "--prompt_file", str(tmp_path / "nope.txt")])
@@ -1168,6 +1193,31 @@ def test_prompts_and_a_prompt_file_are_all_told_each_num_samples_times_in_order(
                    [eos, 24]]
 
 
+def test_prompts_from_leaves_the_prompt_list_it_was_given_as_it_was(tmp_path):
+    """Catches prompts_from adding the --prompt_file's lines to SampleArgs.prompt itself: a second call
+    on the same settings (a caller sampling twice) told the file's prompts twice."""
+    from types import SimpleNamespace
+    path = tmp_path / "prompts.txt"
+    path.write_text("c\n")
+    args = config.ModelArgs(**config.PRESETS["debug"]["ModelArgs"])
+    tok = SimpleNamespace(encode_docs=lambda texts: [[20 + "abc".index(t)] for t in texts])
+    settings = SampleArgs(prompt=["a"], prompt_file=str(path), max_new_tokens=3)
+    first = sample.prompts_from(settings, tok, args, print)
+    assert settings.prompt == ["a"] and first == [[args.eos_id, 20], [args.eos_id, 22]]
+    assert sample.prompts_from(settings, tok, args, print) == first
+
+
+def test_a_utf32_big_endian_byte_order_mark_is_named(tmp_path):
+    """Catches a UTF-32 big-endian file's byte-order mark (00 00 FE FF) passed over: the file was said to
+    be UTF-32BE "without a byte-order mark?", which it has."""
+    path = tmp_path / "p.txt"
+    path.write_bytes(codecs.BOM_UTF32_BE + "once upon\n".encode("utf-32-be"))
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompt_file_lines(str(path))
+    assert "UTF-32 text, not UTF-8 (it starts with a UTF-32 byte-order mark, 00 00 FE FF); convert it: " \
+        "iconv -f UTF-32 -t UTF-8 " in str(e.value)
+
+
 def test_prompt_file_dash_takes_a_bare_cr_as_a_line_break(monkeypatch):
     """Catches standard input's lone CR (an old Mac file piped in) left inside a prompt: as in a
     --prompt_file, CRLF and CR both end a line, and a BOM is dropped, whatever stdin's encoding."""
@@ -1176,6 +1226,83 @@ def test_prompt_file_dash_takes_a_bare_cr_as_a_line_break(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\ufeffonce\rupon\r\ncaf\u00e9\n".encode()),
                                                        encoding="latin-1"))
     assert sample.read_prompt_file("-") == "once\nupon\ncaf\u00e9\n"
+
+
+def test_a_utf16_standard_input_names_a_conversion_that_pipes_into_it(monkeypatch):
+    """Catches --prompt_file - of UTF-16 text naming `iconv -f UTF-16 -t UTF-8 - > --utf8` as the fix (a
+    file named --utf8 that nothing reads): for standard input the converted text is piped in."""
+    import io
+    import sys
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("once upon\n".encode("utf-16"))))
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompt_file_lines("-")
+    assert str(e.value) == ("--prompt_file -: UTF-16 text, not UTF-8 (it starts with a UTF-16 byte-order "
+                            "mark, FF FE); convert it: iconv -f UTF-16 -t UTF-8 FILE | sample.py ... "
+                            "--prompt_file -")
+
+
+def test_the_conversion_command_quotes_a_file_name_with_a_space(tmp_path):
+    """Catches the iconv command named for a UTF-16 "my prompts.txt" left unquoted: pasted, `iconv ... my
+    prompts.txt > my prompts-utf8.txt` reads the wrong files and truncates a file named "my"."""
+    import shlex
+    path = tmp_path / "my prompts.txt"
+    path.write_bytes("once upon\n".encode("utf-16"))
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompt_file_lines(str(path))
+    command = str(e.value).split("; convert it: ")[1]
+    assert shlex.split(command) == ["iconv", "-f", "UTF-16", "-t", "UTF-8", str(path), ">",
+                                    str(tmp_path / "my prompts-utf8.txt")]
+
+
+@pytest.mark.parametrize("data", [b"\xff", b"\xe9\n", b"ab\xff"])
+def test_a_short_file_that_is_not_utf8_is_not_named_utf16_or_utf32(data, tmp_path):
+    """Catches a prompt file of 1 to 3 bytes, Latin-1 say, named "UTF-32BE without a byte-order mark"
+    (or UTF-16): with no whole 4 (or 2) bytes to count NULs in, the NUL tests held for 0 of 0."""
+    path = tmp_path / "p.txt"
+    path.write_bytes(data)
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompt_file_lines(str(path))
+    byte = len(data) - 1 if data.endswith(b"\xff") else 0
+    assert str(e.value) == f"--prompt_file {path}: not UTF-8 text (byte {byte}); save it as UTF-8"
+
+
+@pytest.mark.parametrize("text, codec, want", [
+    ("once upon a time \U0001F600 there was a dog\n", "utf-32-le", "three in every four: UTF-32LE"),
+    ("once upon a time \u0432 \u043b\u0435\u0441\u0443\n", "utf-16-le", "every other one: UTF-16LE"),
+    ("\u0417\u0430\u0433\u043e\u043b\u043e\u0432\u043e\u043a " * 30 + "\n" + "once upon a time\n" * 300,
+     "utf-16-be", "every other one: UTF-16BE")], ids=["utf32-emoji", "utf16-cyrillic", "utf16-title"])
+def test_utf16_and_utf32_with_some_non_latin_text_are_still_named(text, codec, want, tmp_path):
+    """Catches the NUL counts that name UTF-16 and UTF-32 without a byte-order mark asking every character
+    to be Latin-1 (a word in Cyrillic, an emoji: "a binary file?"), or reading only the first few hundred
+    bytes (a title line in Cyrillic before English stories); they ask for most, over the first 64 KiB."""
+    path = tmp_path / "p.txt"
+    path.write_bytes(text.encode(codec))
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompt_file_lines(str(path))
+    assert f"{want} without a byte-order mark?)" in str(e.value)
+
+
+def test_the_nul_count_of_a_large_utf16_file_is_of_the_whole_file():
+    """Catches not_utf8 counting the NUL bytes of the first 64 KiB it samples, not of the file: "32,768
+    of 170,000 bytes are NUL" of a 170 kB UTF-16 file, half of whose bytes are NUL."""
+    data = ("once upon a time\n" * 5000).encode("utf-16-be")
+    assert "(85,000 of 170,000 bytes are NUL, every other one: UTF-16BE" in sample.not_utf8("p.txt", data, 0)
+
+
+def test_an_hf_folder_holding_a_last_pt_too_is_loaded_as_an_hf_folder(tmp_path, monkeypatch):
+    """Catches sample.py --hf refusing an exported folder (config.json there) as a run folder whenever a
+    last.pt lies beside its files: only a folder with last.pt and no config.json is a run folder."""
+    (tmp_path / "last.pt").write_bytes(b"a checkpoint")
+    (tmp_path / "config.json").write_text("{}")
+    loaded, device = [], torch.device("cuda", 3)  # (never used: load_hf is faked)
+
+    def load_hf(path, device):
+        loaded.append((path, device))
+        raise sample.SampleError("loaded as an HF folder")
+    monkeypatch.setattr(sample.checkpoint, "load_hf", load_hf)
+    with pytest.raises(sample.SampleError, match="^loaded as an HF folder$"):
+        sample.load(SampleArgs(hf=str(tmp_path)), device)
+    assert loaded == [(str(tmp_path), device)]  # (onto the device asked, as a checkpoint is)
 
 
 def test_several_samples_are_printed_each_under_its_numbered_line():
