@@ -60,7 +60,8 @@ def test_a_compiled_run_draws_the_eager_router_noise():
 
 def test_the_cuda_default_compiles_whole_under_bf16_autocast():
     """What train.py runs on CUDA, on the CPU: fullgraph=True under bf16 autocast, the fused loss
-    included (it casts once and turns autocast off inside), close to eager in loss and gradients."""
+    included (it casts once and turns autocast off inside), close to eager in loss and in every
+    parameter's gradient (bf16 rounding: a few percent of each one's largest), the experts' too."""
     torch.manual_seed(0)
     model = Llama4(debug_args(router_noise=False)).train()
     x = torch.randint(0, model.args.vocab_size, (2, 32))
@@ -70,9 +71,11 @@ def test_the_cuda_default_compiles_whole_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = runner(x, targets=x)
         out.loss.backward()
-        results.append((out.loss.detach(), model.lm_head.weight.grad.clone()))
-    (loss_a, grad_a), (loss_b, grad_b) = results
-    assert (loss_a - loss_b).abs() < 1e-2 and (grad_a - grad_b).abs().max() < 2e-2 * grad_a.abs().max()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert (loss_a - loss_b).abs() < 1e-2
+    for name, g in grads_a.items():
+        assert g.abs().max() > 0 and (g - grads_b[name]).abs().max() < 5e-2 * g.abs().max(), name
 
 
 def test_idle_experts_are_zeroed_inside_one_compiled_graph():
