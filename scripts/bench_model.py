@@ -279,7 +279,7 @@ class CudaRMSNormMemory(torch.autograd.Function):
     """F.rms_norm with CUDA's memory, for modelled_step_memory (fake tensors: shapes only, no
     values). CUDA's fused kernel keeps x and 1/rms for backward; the CPU's composite ops also keep
     the normed x for the weight's gradient, one (B, T, dim) fp32 more per weighted norm. Assumes
-    an fp32 input, as every norm's is here (CUDA's autocast would also upcast a bf16 one)."""
+    an fp32 input, as every norm's is here (torch 2.13's CUDA autocast would also upcast a bf16 one)."""
 
     @staticmethod
     def forward(ctx, x, shape, weight=None, eps=None):

@@ -10,10 +10,10 @@ dtype and storage but no data, so nothing is computed and scout-128m at batch 51
 two cores. MemTracker adds up the live tensors as it goes, which is what CUDA's caching allocator
 reports as max_memory_allocated. The result is bench_model's "peak step memory" (the bytes a step
 takes above what is held between steps) for a GPU that is not there, under bf16 autocast as on
-CUDA (the CPU's autocast casts the same ops, but for rms_norm, which CUDA's runs in fp32; every
-norm's input is fp32 here anyway). Where CUDA's kernels keep other tensors for backward than the
-CPU's, it models CUDA's (--device cuda, the default): RMSNorm, one fused kernel there that keeps
-x and 1/rms, where the CPU's composite ops also keep the normed x.
+CUDA (the CPU's autocast casts the same ops, but for rms_norm, which CUDA's runs in fp32 from
+torch 2.13 on; every norm's input is fp32 here anyway). Where CUDA's kernels keep other tensors
+for backward than the CPU's, it models CUDA's (--device cuda, the default): RMSNorm, one fused
+kernel there that keeps x and 1/rms, where the CPU's composite ops also keep the normed x.
 
 How far to trust it: run on the commit the last H200 measurement came from (a842e28), it gave that
 measurement to within 0.2% (MoE step memory 5,416 vs 5,420 MB at batch 32, 21,029 vs 21,039 MB at
