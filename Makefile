@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train sample test lint bench clean-venv constraints gpu-prep gpu-check test-gpu-versions
+.PHONY: train sample test lint bench clean-venv constraints gpu-prep gpu-check test-gpu-versions FORCE
 
 train: $(VENV)/.runtime
 	$(BIN)/python train.py $(ARGS)
@@ -66,20 +66,28 @@ gpu-check:
 	PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(ARGS)
 
 # The tests under the versions a lent GPU machine has (torch 2.11, transformers 5.17, huggingface-hub
-# 1.33; KINDS.md in the device tool's folder), on this machine's CPU, before a lease is spent on them:
-# torch.compile in 2.11 once zeroed every gradient through the loss that 2.13 takes right (model.py,
-# LinearCrossEntropy), which only a compiled run on 2.11 shows. It downloads torch's CUDA build with
-# its libraries (about 4.5 GB) into .venv-gpu (git-ignored) on first use. ARGS narrows the run (a
-# test file, -k); by default the suite. GPU_PYTHON=python3.12 matches its Python too.
+# 1.33 and Python 3.12, where this machine has python3.12; KINDS.md in the device tool's folder), on
+# this machine's CPU, before a lease is spent on them: torch.compile in 2.11 once zeroed every gradient
+# through the loss that 2.13 takes right (model.py, LinearCrossEntropy), which only a compiled run on
+# 2.11 shows. The other packages are constraints.txt's. It downloads torch's CUDA build with its
+# libraries (about 4.5 GB) into .venv-gpu (git-ignored), again when GPU_PYTHON or GPU_VERSIONS change.
+# ARGS narrows the run (a test file, -k); by default the suite.
 GPU_VERSIONS := torch==2.11.0 transformers==5.17.0 huggingface-hub==1.33.0
-GPU_PYTHON ?= $(PYTHON)
+GPU_PYTHON ?= $(shell python3.12 -V >/dev/null 2>&1 && echo python3.12 || echo $(PYTHON))
+GPU_SETTINGS = $(shell $(GPU_PYTHON) -V 2>&1) $(GPU_VERSIONS)
 test-gpu-versions: .venv-gpu/.done
 	.venv-gpu/bin/python -m pytest $(ARGS)
 
-.venv-gpu/.done: requirements.txt requirements-dev.txt constraints.txt
+.venv-gpu/settings: FORCE  # rewritten (so that the environment is remade) only when the settings change
+	@mkdir -p .venv-gpu && [ "$$(cat $@ 2>/dev/null)" = "$(GPU_SETTINGS)" ] || echo "$(GPU_SETTINGS)" > $@
+
+.venv-gpu/.done: .venv-gpu/settings requirements.txt requirements-dev.txt constraints.txt
 	rm -rf .venv-gpu && $(GPU_PYTHON) -m venv .venv-gpu
 	grep -v -i -e '^torch==' -e '^transformers==' -e '^huggingface[-_]hub==' -e '^setuptools==' \
 		constraints.txt > .venv-gpu/constraints.txt
 	grep -h -v -e '^torch==' -e '^transformers==' requirements.txt requirements-dev.txt > .venv-gpu/requirements.txt
 	.venv-gpu/bin/pip install $(GPU_VERSIONS) -r .venv-gpu/requirements.txt -c .venv-gpu/constraints.txt
+	echo "$(GPU_SETTINGS)" > .venv-gpu/settings
 	touch $@
+
+FORCE:

@@ -24,9 +24,10 @@ proxy for kernel launches: view ops excluded) and the peak memory of a step for 
 moe+plain-loss (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
 baseline, in a fresh subprocess per variant), beside what scripts/memory_model.py computes for it
 on fake tensors (so that each run checks that model; --no-modelled skips that CPU work). Ratios
-are what the README quotes. A compiled variant's first step (the weights, batch and router noise
-of its eager twin's) must give the eager lm_loss and gradient norm within AGREE_TOL: one that does
-not is named (disagrees_with_eager), since a fast step that computes the wrong gradients is none.
+are what the README quotes. A compiled variant's warm-up steps (the weights, batch and router
+noise of its eager twin's, which warms up as many) must give the eager lm_loss and gradient norm
+within AGREE_TOL, the first (compiled) and the last (a CUDA graph's replay, where one is recorded):
+one that does not is named (disagrees_with_eager), since a fast step with wrong gradients is none.
 --profile adds, for moe and moe+compile, where a step's time goes (torch.profiler): on CUDA the
 kernels' time against the wall time (host- or device-bound), their count, and the top kernels.
 """
@@ -132,20 +133,22 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), failed=None, first=None):
+def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), failed=None, warm=None):
     """Median seconds per step of each variant, and a profile of those in `profiled`. A variant
     that fails to build or warm up (a compiler failure, out of memory at a large batch) is left
     out with a warning, and its reason goes to `failed`: the others are still measured (a GPU
-    lease is too short to lose them). `first` gets each training variant's first step's
-    (lm_loss, gradient norm), for `disagreements`."""
+    lease is too short to lose them). `warm` gets each training variant's warm-up steps'
+    (lm_loss, gradient norm), for `disagreements`; an eager twin of a compiled variant there
+    then warms up as many steps as it."""
     steps = {}
     for v in variants:
         try:
             steps[v], _ = make_step(v, base, batch, device, dtype)
-            for i in range(3 if v.endswith("+compile") else 1):  # warm-up (compilation, optimizer state)
+            twin = warm is not None and f"{v}+compile" in variants and f"{v}+compile" in AGREE_WITH
+            for _ in range(3 if v.endswith("+compile") or twin else 1):  # (compiling, optimizer state)
                 out = steps[v]()
-                if i == 0 and first is not None and hasattr(out, "grad_norm"):  # (a host read: warm-up)
-                    first[v] = (float(out.losses[1]), float(out.grad_norm))
+                if warm is not None and hasattr(out, "grad_norm"):  # (a host read, in the warm-up)
+                    warm.setdefault(v, []).append((float(out.losses[1]), float(out.grad_norm)))
             sync(device)
         except UserError:  # a bad setting: every variant's, said in one line
             raise
@@ -364,28 +367,31 @@ TIME_RATIOS = {  # name: (numerator, denominator) of step seconds, where both we
 
 
 AGREE_WITH = {"moe+compile": "moe", "dense+compile": "dense"}  # compiled: the eager step it must equal
-AGREE_TOL = 0.05  # relative, on the first step (the same weights, batch and router noise): bf16 rounding
-# and a routing tie or two, not a lost gradient (under torch.compile, torch 2.11 once took every gradient
-# through the fused loss as 0: the same loss, a fast step, and nothing learnt)
+AGREE_TOL = {"lm_loss": 0.01, "gradient norm": 0.05}  # relative, step by step (the same weights, batch
+# and router noise): bf16 rounding and a routing tie or two, not a lost gradient (under torch.compile,
+# torch 2.11 once took every gradient through the fused loss as 0: the loss, a fast step, nothing learnt)
 
 
-def disagreements(first: dict) -> dict:
-    """The compiled variants whose first step's lm_loss or gradient norm is not their eager twin's
-    (within AGREE_TOL), each with the figures; first: {variant: (lm_loss, grad_norm)}."""
+def disagreements(warm: dict) -> dict:
+    """The compiled variants whose lm_loss or gradient norm at a warm-up step is not their eager
+    twin's at that step (within AGREE_TOL), each with the figures of the first such step; warm:
+    {variant: [(lm_loss, grad_norm) per warm-up step]}."""
     out = {}
     for v, eager in AGREE_WITH.items():
-        if v in first and eager in first:
-            for name, a, b in zip(("lm_loss", "gradient norm"), first[v], first[eager], strict=True):
-                if not abs(a - b) <= AGREE_TOL * abs(b):  # (NaN too)
-                    out[v] = f"first step's {name} {a:.4g}, eager {b:.4g}"
-                    break
+        for i, (ours, theirs) in enumerate(zip(warm.get(v, []), warm.get(eager, []), strict=False)):
+            wrong = [f"warm-up step {i + 1}'s {name} {a:.4g}, eager {b:.4g}"
+                     for (name, tol), a, b in zip(AGREE_TOL.items(), ours, theirs, strict=True)
+                     if not abs(a - b) <= tol * abs(b)]  # (NaN too)
+            if wrong:
+                out[v] = wrong[0]
+                break
     return out
 
 
 def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=(),
                   model_memory=True) -> dict:
-    failed, first = {}, {}
-    secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed, first)
+    failed, warm = {}, {}
+    secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed, warm)
     tokens = batch * base["max_seq_len"]
     fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
     tok_s = {v: tokens / s for v, s in secs.items()}
@@ -401,8 +407,9 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
            "modelled_step_memory_mb": modelled,  # scripts/memory_model.py: a check of the model
            "ratios": {k: secs[a] / secs[b] for k, (a, b) in TIME_RATIOS.items() if a in secs and b in secs}
            | memory_ratios(mem)}
-    out["first_step"] = {v: {"lm_loss": loss, "grad_norm": norm} for v, (loss, norm) in first.items()}
-    if wrong := disagreements(first):  # (measured, but not the eager step: gpu_check.py names it)
+    out["warm_up_steps"] = {v: [{"lm_loss": loss, "grad_norm": norm} for loss, norm in steps]
+                            for v, steps in warm.items()}
+    if wrong := disagreements(warm):  # (measured, but not the eager step: gpu_check.py names it)
         out["disagrees_with_eager"] = wrong
     if profiles:
         out["profile"] = profiles
