@@ -46,17 +46,17 @@ each command's output reaches log.txt line by line, the benchmarks rewrite their
 batch size, and gpu.md after each part. --deadline SECONDS makes it stop itself first: a command
 still running then is stopped (SIGTERM, then SIGKILL), a part with under 30 s left is skipped, the
 train.py run is shortened to leave 140 s for its start-up and what follows it, and gpu.md is
-written (train.json is written after the run and after each command that follows it). A part's
-files from an earlier check are removed when it begins, so none passes for this one's. A command
-that fails, a benchmark variant that fails, falls back to eager or (decoding) runs without the
-CUDA graph Inductor skipped, a compiled benchmark variant whose first step is not its eager twin's
-(its loss or gradient norm), a train.py or sample.py asked to compile that ran eagerly, a training
-run that learnt nothing (its loss still above LEARNT_SHARE of its first window's after LEARNT_AFTER
+written (train.json is written after the run and after each command that follows it). A part's files
+from an earlier check are removed when it begins, so none passes for this one's. A command that
+fails, a benchmark variant that fails, falls back to eager or (decoding) runs without the CUDA graph
+Inductor skipped, a compiled benchmark variant whose warm-up steps are not its eager twin's (their
+loss or gradient norm), a train.py or sample.py asked to compile that ran eagerly, a training run
+that learnt nothing (its loss still above LEARNT_SHARE of its first window's after LEARNT_AFTER
 steps: a lost gradient makes fast steps), and what the deadline stopped or left unstarted ("cut by
 the deadline": a part, a benchmark, whose JSON keeps the batch sizes it finished and says it was
 cut, the train part's run or a command on its checkpoint) are named at the top of gpu.md, and the
-check exits 1. A part skipped or a benchmark that wrote nothing leaves a JSON that says so in place of
-its figures, so that --render, after the two calls of a lease, names it too.
+check exits 1. A part skipped or a benchmark that wrote nothing leaves a JSON that says so in place
+of its figures, so that --render, after the two calls of a lease, names it too.
 """
 
 import argparse
