@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -622,7 +623,10 @@ class Parser(argparse.ArgumentParser):
             self.exit(2)
         if message.startswith("unrecognized arguments"):
             words = message.split(": ", 1)[1].split()
-            message = self.unknown([w for w in words if w.startswith("--")] or words)
+            # name the options alone where there are any: a value after one (-prompt "Once upon")
+            # is not also a missing --name (a negative number or a lone - is a value, not an option)
+            options = [w for w in words if w.startswith("-") and w != "-" and not re.match(r"-\.?\d", w)]
+            message = self.unknown(options or words)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def _print_message(self, message, file=None):

@@ -242,6 +242,24 @@ def test_bad_input_is_one_line_and_exits_2(argv, message, capsys):
     assert err.startswith("train.py: error:") and message in err
 
 
+@pytest.mark.parametrize("argv,named,unnamed", [
+    (["-dim", "256"], "unknown option -dim (did you mean --dim?); see", "256"),
+    (["-prompt", "Once", "upon"], "unknown option -prompt (did you mean --prompt?); see", "Once"),
+    (["--foo", "-1"], "unknown option --foo; see", "-1"),  # a negative number is a value
+    (["--foo", "-.5"], "unknown option --foo; see", "-.5"),
+])
+def test_an_option_with_one_dash_is_named_without_its_value(argv, named, unnamed, capsys):
+    """`-dim 256` also called 256 a value with its --name missing: the options alone are named where
+    there are any, the single-dash ones too (which the user meant as an option), not a negative number."""
+    parser = config.Parser(prog="sample.py")
+    parser.add_argument("--dim")
+    parser.add_argument("--prompt")
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and named in err and unnamed not in err.split("error:")[1], err
+
+
 def test_an_unquoted_glob_the_shell_expanded_is_named_as_such(tmp_path, capsys):
     """`--data corpus/*.txt` unquoted: the shell gives train.py every file, and the second read as
     a --name left out before it."""
