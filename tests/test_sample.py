@@ -567,8 +567,14 @@ def test_exported_hf_folder_gives_the_same_tokens(run_dir, tmp_path, capsys):
     b = sample.main(["--hf", str(tmp_path / "hf"), *argv])
     assert a == b and "most recent run" not in capsys.readouterr().err  # (--hf is not the latest run)
     from transformers import AutoTokenizer  # the exported tokenizer loads in transformers
+
+    from tokenizer import Tokenizer
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert hf_tok.decode(hf_tok.encode("once upon a time")) == "once upon a time"
+    # a text starts as a story did in training and as sample.py prompts: <|endoftext|> first (it
+    # did not, so transformers users prompted the model mid-story)
+    ids = hf_tok("once upon a time").input_ids
+    assert ids == [0] + Tokenizer.load(run_dir / "tokenizer.json").encode("once upon a time")
+    assert hf_tok.decode(ids, skip_special_tokens=True) == "once upon a time"
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (0, 0, 1)
     export_main(["--import", str(tmp_path / "hf"), str(tmp_path / "back" / "last.pt")])  # and back again
     assert sample.main(["--ckpt", str(tmp_path / "back"), *argv]) == a
