@@ -23,6 +23,7 @@ import difflib
 import math
 import os
 import re
+import shlex
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -194,9 +195,12 @@ class ModelArgs:
         if self.dim % self.n_heads or self.head_dim % 2:
             def even(d):  # n_heads = d gives an even head_dim
                 return self.dim // d % 2 == 0
-            heads = (_divisors(self.dim, self.n_heads, lambda d: even(d) and d % self.n_kv_heads == 0)
-                     or _divisors(self.dim, self.n_heads, even))
+            heads = _divisors(self.dim, self.n_heads, lambda d: even(d) and d % self.n_kv_heads == 0)
             fix = f"pick --n_heads {heads}" if heads else "use an even --dim"
+            if not heads and (heads := _divisors(self.dim, self.n_heads, even)):  # none that n_kv_heads
+                # divides: each would fail its check next (--dim 130: 1, 5, 13 or 65, n_kv_heads 2)
+                fix = (f"pick --n_heads {heads}, each with --n_kv_heads 1 or another divisor of it "
+                       f"({self.n_kv_heads} divides none)")
             _check(self.dim % self.n_heads == 0, "n_heads",
                    f"{self.n_heads} heads do not divide dim={self.dim}; {fix}")
             _check(False, "n_heads", f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE; "
@@ -610,6 +614,34 @@ def _typed(kind):
     return convert
 
 
+# For an option typed to the wrong script (train.py --num_samples, sample.py --lr): whose it is, and
+# where the other script names the same thing otherwise, how.
+SCRIPT_FIELDS = {"train.py": ("ModelArgs", "TrainArgs"), "sample.py": ("SampleArgs",)}
+OTHER_SPELLING = {("sample.py", "--run"): "name the run's folder: --ckpt checkpoints/RUN",
+                  ("sample.py", "--resume"): "name a run's folder or checkpoint with --ckpt",
+                  ("sample.py", "--out_dir"): "name a run's folder or checkpoint with --ckpt",
+                  ("sample.py", "--preset"): "a checkpoint carries its model's settings",
+                  ("train.py", "--ckpt"): "name a checkpoint to resume with --resume PATH"}
+
+
+def other_scripts_option(option: str, prog: str) -> str | None:
+    """'sample.py's option, not train.py's' for an option of the project's other main script (with
+    that script's spelling of the same thing, if it has one); None for any other."""
+    for script, classes in SCRIPT_FIELDS.items():
+        fields = {f.name for cls in classes for f in dataclasses.fields(globals()[cls])}
+        fields |= {"preset"} if script == "train.py" else set()
+        if script != prog and option.startswith("--") and option[2:] in fields:
+            fix = OTHER_SPELLING.get((prog, option))
+            return f"{script}'s option, not {prog}'s" + (f"; {fix}" if fix else "")
+    return None
+
+
+def _option_words(words: list[str]) -> list[str]:
+    """The words that are options: where there are any, they alone are named, as a value after one
+    (-prompt "Once upon") is not also a missing --name (a negative number or a lone - is a value)."""
+    return [w for w in words if w.startswith("-") and w != "-" and not re.match(r"-\.?\d", w)]
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (no 80-field usage dump) and exit with status 2, an unknown
     option names the nearest known one, and no option is taken for an abbreviation (`--quic` is not
@@ -618,15 +650,20 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but what it does not know is named from the words as typed (its error message
+        joins them with spaces, and a quoted "once upon a time" came back as four words)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unknown(_option_words(extras) or extras))
+        return ns
+
     def error(self, message):
         if not main_rank():  # under torchrun every rank parses the same line: rank 0 says it once
             self.exit(2)
-        if message.startswith("unrecognized arguments"):
+        if message.startswith("unrecognized arguments"):  # (from argparse's other parse methods)
             words = message.split(": ", 1)[1].split()
-            # name the options alone where there are any: a value after one (-prompt "Once upon")
-            # is not also a missing --name (a negative number or a lone - is a value, not an option)
-            options = [w for w in words if w.startswith("-") and w != "-" and not re.match(r"-\.?\d", w)]
-            message = self.unknown(options or words)
+            message = self.unknown(_option_words(words) or words)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def _print_message(self, message, file=None):
@@ -689,9 +726,14 @@ class Parser(argparse.ArgumentParser):
                              "quote a glob, --data 'corpus/*.txt', so that the shell leaves it to us)")
                 continue
             if not name.startswith("-"):
-                hints.append(f"{w} (options take the form --name value; is a --name missing before it?)")
+                missing = "--prompt" if "--prompt" in options else "a --name"  # (sample.py "once upon")
+                hints.append(f"{shlex.quote(w)} (options take the form --name value; is {missing} missing "
+                             "before it?)")
                 continue
             close = [o for o in options if parts(o) == parts(name)]
+            if not close and (theirs := other_scripts_option(name, self.prog)):
+                hints.append(f"{w} ({theirs})")
+                continue
             starts = [o for o in options if plain(o).startswith(plain(name))]
             if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)
                 close = starts

@@ -142,6 +142,16 @@ BAD = [
      "unknown option -- (a bare -- ends the options, so none after it is read; drop it), "
      "--dim (after the bare --)"),
     (["foo"], "unknown option foo (options take the form --name value; is a --name missing before it?)"),
+    (["once upon a time"],  # one word as typed (argparse's message split it into four, each named)
+     "unknown option 'once upon a time' (options take the form --name value; is a --name missing before it?)"
+     "; see"),
+    # an option of sample.py's: whose it is (--ckpt was "did you mean --plot?"), and train.py's spelling
+    (["--num_samples", "3"], "unknown option --num_samples (sample.py's option, not train.py's); see"),
+    (["--ckpt", "c"], "--ckpt (sample.py's option, not train.py's; name a checkpoint to resume with "
+                      "--resume PATH)"),
+    # the fallback's head counts are ones n_kv_heads=2 divides none of: say so, or each fails next
+    (["--dim", "130"], "pick --n_heads 1, 5, 13 or 65, each with --n_kv_heads 1 or another divisor of it "
+                       "(2 divides none)"),
     (["--run", "../escape"], "--run: '../escape' is not a plain name: a run is the folder <out_dir>/<run>"),
     (["--run", "a/b"], "--run: 'a/b' is not a plain name"),
     (["--out_dir", ""], "--out_dir: must name a folder, got ''"),  # (the run went into the current directory)
@@ -258,6 +268,24 @@ def test_an_option_with_one_dash_is_named_without_its_value(argv, named, unnamed
         parser.parse_args(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and named in err and unnamed not in err.split("error:")[1], err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--run", "demo"], "--run (train.py's option, not sample.py's; name the run's folder: --ckpt "
+                        "checkpoints/RUN); see"),
+    (["--lr", "0.1"], "--lr (train.py's option, not sample.py's); see"),  # (was: did you mean --help?)
+    (["--preset", "tiny"], "--preset (train.py's option, not sample.py's; a checkpoint carries its "
+                           "model's settings)"),  # (was: did you mean --prompt?)
+    (["once upon a time"], "unknown option 'once upon a time' (options take the form --name value; is "
+                           "--prompt missing before it?); see"),
+])
+def test_sample_py_names_train_py_options_and_a_prompt_without_its_option(argv, message, capsys):
+    """sample.py given train.py's options was told of its own nearest (--lr: --help, --preset: --prompt,
+    --run: nothing), and a story typed without --prompt was four unknown words."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([SampleArgs], argv, prog="sample.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
 def test_an_unquoted_glob_the_shell_expanded_is_named_as_such(tmp_path, capsys):
@@ -569,7 +597,8 @@ def test_the_model_checks_keep_their_boundaries():
     (dict(dim=4096, n_heads=100), "--n_heads: 100 heads do not divide dim=4096; pick --n_heads 4, 8, 16, 32, "
                                   "64 or 128"),
     # none divisible by n_kv_heads: the even-head_dim ones still (not "use an even --dim" for dim 6)
-    (dict(dim=6, n_heads=4, n_kv_heads=4), "--n_heads: 4 heads do not divide dim=6; pick --n_heads 1 or 3"),
+    (dict(dim=6, n_heads=4, n_kv_heads=4), "--n_heads: 4 heads do not divide dim=6; pick --n_heads 1 or 3, "
+     "each with --n_kv_heads 1 or another divisor of it (4 divides none)"),
     # an image smaller than one patch: the patch size, not "0 or 14"
     (dict(vision=True, image_size=10), "--image_size: 10 is not a multiple of patch_size=14; use 14"),
     (dict(vision=True, projector_input_dim=128),
