@@ -1,6 +1,7 @@
 """Export a checkpoint to a Hugging Face folder, or import one back.
 
-    python scripts/export_hf.py checkpoints/<run> hf_export/<run>        # checkpoint -> HF folder
+    python scripts/export_hf.py checkpoints/<run> hf_export/<run>        # its last.pt -> HF folder
+    python scripts/export_hf.py checkpoints/<run>/best.pt hf_export/<run>    # the best validation loss
     python scripts/export_hf.py --import hf_export/<run> checkpoints/<name>    # -> checkpoints/<name>/last.pt
 
 The folder holds config.json (model_type llama4_text, or llama4 when the model has the vision
@@ -32,7 +33,8 @@ from tokenizer import Tokenizer  # noqa: E402
 
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="checkpoint file or run folder (or, with --import, an HF folder)")
+    p.add_argument("source", help="checkpoint file or run folder (its last.pt; name <run>/best.pt for the "
+                                  "best validation loss), or, with --import, an HF folder")
     p.add_argument("dest", help="output HF folder (or, with --import, the checkpoint file to write, or a "
                                 "run folder for its last.pt)")
     p.add_argument("--import", dest="do_import", action="store_true", help="HF folder -> checkpoint")
