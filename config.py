@@ -322,7 +322,8 @@ class TrainArgs:
                              "processes)")
     max_steps: int = arg(5000, "optimizer steps")
     max_minutes: float = arg(0.0, "wall-clock budget in minutes; the schedule is laid over it and "
-                                  "the run stops when it is spent (0 = no budget)")
+                                  "training stops when it is spent, then evaluates and saves (time "
+                                  "beyond the budget; 0 = no budget)")
     lr: float = arg(6e-4, "peak learning rate")
     min_lr: float = arg(6e-5, "learning rate at the end of the cosine decay")
     warmup_steps: int = arg(100, "linear warmup steps")
