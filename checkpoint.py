@@ -409,18 +409,17 @@ def recorded_tokenizer(folder) -> str | None:
         return None
 
 
-def with_story_start(tokenizer_json: bytes) -> bytes:
-    """The tokenizer.json with a post-processor that puts <|endoftext|> before a text, as every
-    story began in training and as sample.py prompts: transformers' tokenizer("the cat") runs it
-    (ours never does: encode passes add_special_tokens=False). Without it, transformers users
-    prompted the model mid-story. The tokenizer's hash leaves the post-processor out: it is the same
-    tokenizer (tokenizer.identity)."""
+def with_story_start(tokenizer_json: bytes, start_id: int) -> bytes:
+    """The tokenizer.json with a post-processor that puts the model's eos_id (<|endoftext|>) before a
+    text, as every story began in training and as sample.py prompts: transformers'
+    tokenizer("the cat") runs it (ours never does: encode passes add_special_tokens=False). Without
+    it, transformers users prompted the model mid-story. The tokenizer's hash leaves the
+    post-processor out: it is the same tokenizer (tokenizer.identity)."""
     import tokenizers
-    start = SPECIAL_TOKENS["eos_id"]
     tok = tokenizers.Tokenizer.from_str(tokenizer_json.decode())
+    start = tok.id_to_token(start_id)
     tok.post_processor = tokenizers.processors.TemplateProcessing(
-        single=f"{start} $A", pair=f"{start} $A {start} $B:1",
-        special_tokens=[(start, tok.token_to_id(start))])
+        single=f"{start} $A", pair=f"{start} $A {start} $B:1", special_tokens=[(start, start_id)])
     fields = json.loads(tokenizer_json)  # the file as it was, but for the post-processor
     fields["post_processor"] = json.loads(tok.to_str())["post_processor"]
     return json.dumps(fields, ensure_ascii=False, indent=2).encode()
@@ -432,7 +431,8 @@ def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
     cfg = hf_config(model.args)
     if tokenizer_path is not None and Path(tokenizer_path).exists():
         cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path, exact=False).hash
-        storage.atomic_write(out / "tokenizer.json", with_story_start(Path(tokenizer_path).read_bytes()), fix)
+        tokenizer_json = with_story_start(Path(tokenizer_path).read_bytes(), model.args.eos_id)
+        storage.atomic_write(out / "tokenizer.json", tokenizer_json, fix)
         storage.save_json(out / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
             "bos_token": SPECIAL_TOKENS["eos_id"], "pad_token": SPECIAL_TOKENS["pad_id"],

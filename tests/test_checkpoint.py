@@ -617,3 +617,21 @@ def test_a_device_or_fifo_given_as_a_checkpoint_is_named_as_one(tmp_path):
         with pytest.raises(checkpoint.CheckpointError) as e:
             checkpoint.find_checkpoint(str(path))
         assert str(e.value) == f"checkpoint {path} is {kind}, not a file; pass a .pt file or a run folder"
+
+
+def test_an_exported_tokenizer_starts_a_text_with_the_models_own_eos_id(tmp_path):
+    """Catches with_story_start prefixing the string <|endoftext|> whatever the model's eos_id (an
+    imported Meta model's is 2), or rewriting the rest of tokenizer.json: transformers' tokenizer
+    must give the ids sample.py prompts with, [eos_id] + the text's, and the hash must not move."""
+    from conftest import WORDS
+    from transformers import PreTrainedTokenizerFast
+
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train([" ".join(WORDS)] * 20, 300)
+    tok.save(tmp_path / "tokenizer.json")
+    for start_id in (0, 2):
+        out = tmp_path / f"start{start_id}.json"
+        out.write_bytes(checkpoint.with_story_start((tmp_path / "tokenizer.json").read_bytes(), start_id))
+        hf = PreTrainedTokenizerFast(tokenizer_file=str(out))
+        assert hf("the cat").input_ids == [start_id] + tok.encode("the cat")
+        assert Tokenizer.load(out).hash == tok.hash
