@@ -50,10 +50,13 @@ from tokenizer import check_tokenizer as check_model_tokenizer
 # Checkpoint files
 
 
-def latest_run(out_dir) -> Path:
+def latest_run(out_dir, option: str = "") -> Path:
+    """The run under out_dir whose last.pt was written last; none is an error advising `option` (e.g.
+    "--ckpt ", the caller's option for a path; "" for a positional one)."""
     runs = [p.parent for p in Path(out_dir).glob("*/last.pt")]
     if not runs:
-        raise CheckpointError(f"no run with a last.pt under {out_dir}/; train one first or pass a path")
+        raise CheckpointError(f"no run with a last.pt under {out_dir}/; train one first or pass {option}a "
+                              ".pt file or a run folder")
     return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
 
 
@@ -96,8 +99,9 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str 
     """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run). A run
     folder its run made but wrote no checkpoint into (stopped before its first save, or still
     before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising `not_saved_fix`;
-    so is a folder of runs (an --out_dir), advising `option` (e.g. "--ckpt ") and its newest run."""
-    p = Path(path_or_run) if path_or_run else latest_run(out_dir)
+    so is a folder of runs (an --out_dir), advising `option` (e.g. "--ckpt ") and its newest run; `option`
+    is also the advice when "" finds no run."""
+    p = Path(path_or_run) if path_or_run else latest_run(out_dir, option)
     if not p.exists() and (Path(out_dir) / path_or_run).exists():
         p = Path(out_dir) / path_or_run
     if p.is_dir():

@@ -101,6 +101,15 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
 
 
+def start_again(run: str = "") -> str:
+    """The advice for a run folder whose run stopped before its first save: a new run there (--run `run`
+    where not typed), with the settings it was started with (model.json and train.json are written
+    before the first step; a run started again with no settings typed is the default preset's)."""
+    settings = f"--run {run} and the settings" if run else "the settings"
+    return (f"start it again without --resume, with {settings} it was started with (in its model.json and "
+            "train.json)")
+
+
 def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
     """The run folder of --resume without a path (or --eval_only): --run's, which must exist, else the
     newest run with a last.pt. A run written to since that holds none (it stopped before its first
@@ -114,11 +123,11 @@ def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
         there = (f"its runs: {checkpoint.named_runs(runs)}; pass one of them to --run{new}" if runs else
                  f"nor any other run; pass the --out_dir it was trained in{new}")
         raise ConfigError(f"there is no run {train_args.run} under --out_dir {out}/ ({there})")
-    run_dir = checkpoint.latest_run(out)
+    run_dir = checkpoint.latest_run(out, option="--resume ")
     newest = runs[0] if runs else run_dir
     if newest != run_dir and not (newest / "last.pt").exists():
         best = newest / "best.pt"
-        first = "" if train_args.eval_only else f"start it again with --run {newest.name} without --resume"
+        first = "" if train_args.eval_only else start_again(newest.name)
         if best.exists():
             first = f"pass --resume {best} to {verb} its best.pt"
         raise ConfigError(f"the newest run, {newest}, holds no last.pt (it stopped before its first save, or "
@@ -137,7 +146,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
                           "for the run's latest checkpoint")
     out = Path(train_args.out_dir)
     # a run folder whose run stopped before its first save: a new run there is what is left
-    not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else "start it again without --resume"
+    not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else start_again()
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved, option="--resume ")
         # --run naming the checkpoint's own run continues it where it lies (from another directory

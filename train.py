@@ -976,8 +976,9 @@ def loop(job: Job, state: LoopState) -> dict:
         bar.close()
         if job.metrics is not None:
             job.metrics.finish(exit_code=1 if failed else 0)
-    job.log(f"{'stopped by signal' if finished == 'signal' else 'done'} at step {state.step} ({finished}); "
-            f"checkpoints in {job.run_dir}"
+    job.log((f"stopped by a signal at step {state.step}; checkpoints in {job.run_dir} (resume with "
+             f"{resume_options(job.run_dir)})" if finished == "signal" else
+             f"done at step {state.step} ({finished}); checkpoints in {job.run_dir}")
             + (f"; {state.skipped_steps} non-finite steps skipped" if state.skipped_steps else ""))
     # signalled: also a signal at the last step or after it, which cut nothing short (compare.py stops on it)
     return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir), "finished": finished,
@@ -1036,6 +1037,14 @@ def evaluate_only(job: Job, state: LoopState) -> dict:
             raise RunError("cannot print the result: standard output is closed or its disk is full; send it "
                            "to a file with room, or to a terminal")
     return result
+
+
+def resume_options(run_dir: Path) -> str:
+    """The options that resume the run in run_dir: its name, and its --out_dir where not the default."""
+    if run_dir.name in ("", ".."):  # (--resume last.pt from inside the run folder: run_dir is ".")
+        run_dir = run_dir.resolve()
+    out = "" if run_dir.parent == Path(TrainArgs.out_dir) else f" --out_dir {run_dir.parent}"
+    return f"--run {run_dir.name}{out} --resume"
 
 
 def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:

@@ -1,6 +1,6 @@
 """Overlay the loss curves of several runs, read from their metrics.jsonl files.
 
-    python scripts/plot_runs.py checkpoints/run-a checkpoints/run-b --out img/compare.png
+    python scripts/plot_runs.py checkpoints/run-a checkpoints/run-b    # -> checkpoints/compare.png
 
 Left: training LM loss; right: validation bits per byte; both against tokens seen (or --x step /
 minutes). The legend names each run with its key settings (from model.json and train.json).
@@ -9,6 +9,7 @@ command line.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,11 +41,16 @@ def check_out(p, out: str) -> None:
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
-    p.add_argument("--out", default="compare.png", help="image to write, its format by its name (.png, .svg, "
-                                                        ".pdf; default compare.png in the current folder)")
+    p.add_argument("--out", default=None, help="image to write, its format by its name (.png, .svg, .pdf; "
+                                               "default compare.png beside the first run's folder: "
+                                               "checkpoints/compare.png for checkpoints/<run>)")
     p.add_argument("--x", choices=list(runlog.X_LABELS), default="tokens")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    if args.out is None:  # (compare.png in the current folder: an untracked file in the source tree)
+        first = Path(os.path.normpath(args.runs[0]))
+        first = Path(os.path.abspath(first)) if first.name in ("", "..") else first  # (`plot_runs.py .`)
+        args.out = str(first.parent / "compare.png")
     check_out(p, args.out)
     try:
         out = runlog.plot_runs(args.runs, args.out, args.x, args.title,

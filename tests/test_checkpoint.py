@@ -254,6 +254,18 @@ def test_the_newest_run_is_the_one_whose_last_pt_was_written_last(tmp_path):
     assert checkpoint.find_checkpoint("", out_dir=out) == out / "new" / "last.pt"
 
 
+def test_no_run_to_take_names_the_callers_option_for_a_path(tmp_path):
+    """Bug caught: "no run with a last.pt under checkpoints/; train one first or pass a path" named no
+    option: sample.py takes the path as --ckpt (train.py as --resume; export_hf.py as its first argument)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for option in ("--ckpt ", ""):
+        with pytest.raises(checkpoint.CheckpointError) as e:
+            checkpoint.find_checkpoint("", out_dir=out, option=option)
+        assert str(e.value) == (f"no run with a last.pt under {out}/; train one first or pass {option}a .pt "
+                                "file or a run folder")
+
+
 def test_a_folder_holding_run_lock_alone_is_a_run(tmp_path):
     """Catches run_folders leaving out a folder holding only run.lock (a run still before it wrote
     train.json, or stopped there): a folder of runs then did not list it, or was not one at all."""

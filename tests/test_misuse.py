@@ -83,6 +83,26 @@ def test_plot_runs_refuses_an_out_that_would_replace_a_runs_own_file(name, tmp_p
     assert target.read_bytes() == before
 
 
+def test_plot_runs_without_out_writes_beside_the_runs_not_into_the_current_folder(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Catches plot_runs.py without --out writing compare.png into the current folder: from the repo
+    root, an untracked file in the source tree. It lands beside the first run's folder (for
+    checkpoints/<run>, git-ignored checkpoints/), from anywhere, `plot_runs.py .` in a run folder too."""
+    runs = tmp_path / "checkpoints"
+    for name in ("a", "b"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 5, "tokens": 1280,
+                                                               "minutes": 0.1, "lm_loss": 5.5}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    plot_runs.main(["checkpoints/a", "checkpoints/b"])
+    assert capsys.readouterr().out == "checkpoints/compare.png\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"] and (runs / "compare.png").is_file()
+    (runs / "compare.png").unlink()
+    monkeypatch.chdir(runs / "b")
+    plot_runs.main(["."])
+    assert (runs / "compare.png").is_file() and not (runs / "b" / "compare.png").exists()
+
+
 @pytest.mark.parametrize("name", ["metrics.jsonl", "train.json", "last.pt"])
 def test_train_refuses_a_plot_named_as_a_runs_own_file(name, tmp_path, capsys):
     """Catches train.py --plot metrics.jsonl (or train.json, last.pt) writing its loss plot over that

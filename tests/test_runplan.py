@@ -443,6 +443,34 @@ def test_a_run_folder_without_a_checkpoint_yet_gets_the_advice_of_what_was_asked
         plan(tmp_path, run="r", resume="latest")
 
 
+def test_a_run_folder_without_a_checkpoint_yet_says_to_start_it_again_with_its_own_settings(tmp_path):
+    """Bug caught: --resume on a run that stopped before its first save said "start it again without
+    --resume": done as said, that is the default preset on the Hub's data, not the run's settings (its
+    model.json and train.json, written before the first step); the newest run without --run too."""
+    settings = "the settings it was started with (in its model.json and train.json)"
+    (tmp_path / "ckpt" / "r").mkdir(parents=True)
+    (tmp_path / "ckpt" / "r" / "train.json").write_text("{}")
+    with pytest.raises(ConfigError, match=re.escape(f"it); start it again without --resume, with {settings}")
+                       + "$"):
+        plan(tmp_path, run="r", resume="latest")
+    fake_checkpoint(tmp_path / "ckpt" / "old" / "last.pt")
+    os.utime(tmp_path / "ckpt" / "old" / "last.pt", (1, time.time() - 100))
+    with pytest.raises(ConfigError, match=re.escape(f"start it again without --resume, with --run r and "
+                                                    f"{settings}, or pass --run old")):
+        runplan.run_to_resume(TrainArgs(resume="latest"), tmp_path / "ckpt")
+
+
+def test_resume_with_no_run_anywhere_names_the_option_for_a_path(tmp_path):
+    """Bug caught: --resume (or --eval_only) with no run under --out_dir said "pass a path", naming no
+    option: train.py takes it as --resume."""
+    (tmp_path / "ckpt").mkdir()
+    for train_args in (TrainArgs(resume="latest"), TrainArgs(eval_only=True)):
+        with pytest.raises(CheckpointError) as e:
+            runplan.run_to_resume(train_args, tmp_path / "ckpt")
+        assert str(e.value) == (f"no run with a last.pt under {tmp_path / 'ckpt'}/; train one first or pass "
+                                "--resume a .pt file or a run folder")
+
+
 def test_an_interrupt_while_loading_the_checkpoint_names_the_run_folder(tmp_path, monkeypatch):
     """Bug caught: a Ctrl-C during the checkpoint's load not carrying the run folder (main() names what
     is left there to resume from)."""

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -817,7 +818,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, corpus, cache):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "SIGTERM: finishing this step" in out and "stopped by signal" in out
+    assert "SIGTERM: finishing this step" in out and "stopped by a signal" in out
     step = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"]
     assert 1 <= step < 100000
 
@@ -1755,6 +1756,22 @@ def test_a_signal_at_the_last_step_finishes_the_run_as_done(tmp_path, corpus, ca
                              "--plot", ""))
     assert result["finished"] == "max_steps" and result["signalled"]
     assert "done at step 2 (max_steps)" in capsys.readouterr().out
+
+
+def test_a_run_stopped_by_a_signal_says_it_once_and_how_to_resume(tmp_path, corpus, cache, monkeypatch,
+                                                                  capsys):
+    """Bug caught: the last line of a run a signal stopped read "stopped by signal at step 2 (signal)"
+    (the word twice) and gave no way on; it names the options that resume it, and they do."""
+    undo = stop_at(monkeypatch, 2)
+    result = train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--eval_every", "100",
+                             "--plot", ""))
+    assert result["finished"] == "signal"
+    out, run_dir = tmp_path / "ckpt", tmp_path / "ckpt" / "r"
+    assert f"stopped by a signal at step 2; checkpoints in {run_dir} (resume with --run r --out_dir {out} " \
+           "--resume)\n" in capsys.readouterr().out
+    undo()
+    assert train.main(["--run", "r", "--out_dir", str(out), "--resume"])["step"] == 4  # (as it says)
+    assert train.resume_options(Path("checkpoints") / "r") == "--run r --resume"  # (the default --out_dir)
 
 
 def test_no_plot_is_drawn_with_an_empty_plot_setting(tmp_path, corpus, cache, capsys):
