@@ -173,8 +173,9 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
             raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
                                   f"{fix}") from None
         if "optimizer" not in ckpt and not train_args.eval_only:
-            raise CheckpointError(f"{ckpt_path} holds weights only (an import); it can be evaluated "
-                                  "(--eval_only) or sampled, not resumed: start a new --run")
+            raise CheckpointError(f"{ckpt_path} holds weights only (an import), with no optimizer state or "
+                                  "step to resume: it can be evaluated (--eval_only) or sampled; train.py "
+                                  "cannot start from its weights (a new --run starts from scratch)")
         model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
         preset = preset if "preset" in given else ckpt.get("preset", preset)
     where = {"run": run_dir.name, "out_dir": str(run_dir.parent)}  # (a resumed run: where it lies)

@@ -617,12 +617,13 @@ def test_eval_only_evaluates_the_checkpoint_resume_names(tmp_path):
 
 def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):
     """Bug caught: the weights-only refusal or the model-settings refusal losing its way on (a new
-    --run; --eval_only for an import)."""
+    --run; --eval_only for an import, which once also advised a new --run, which trains from scratch)."""
     last = fake_checkpoint(tmp_path / "ckpt" / "w" / "last.pt", optimizer=False)
     with pytest.raises(CheckpointError) as e:
         plan(tmp_path, resume=str(last))
-    assert str(e.value) == (f"{last} holds weights only (an import); it can be evaluated (--eval_only) or "
-                            "sampled, not resumed: start a new --run")
+    assert str(e.value) == (f"{last} holds weights only (an import), with no optimizer state or step to "
+                            "resume: it can be evaluated (--eval_only) or sampled; train.py cannot start "
+                            "from its weights (a new --run starts from scratch)")
     with pytest.raises(CheckpointError) as e:
         runplan.resume_settings(saved(), debug_args(dim=48), TrainArgs(), {"dim"})
     assert str(e.value) == ("model settings differ from the checkpoint's (dim: checkpoint 64, asked 48); "
