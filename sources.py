@@ -572,8 +572,16 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
     source = {"files": stamps, "text_field": text_field, "documents": DOCUMENT_RULES}
     size = in_bytes(sum(s.st_size for s in stats))
     label = f"{flag} {spec} ({len(files)} file{'s' * (len(files) > 1)}, {size})"
-    load = cache(lambda: load_files(files, flag, text_field, str(cache_dir / "datasets"), log))
-    return Split(label, source, load)
+    def load():
+        try:
+            return load_files(files, flag, text_field, str(cache_dir / "datasets"), log)
+        except DataError as e:
+            if len(files) == 1:
+                raise
+            # (--data . read a tokenizer.json in a cache folder, and was told to convert it to records)
+            raise DataError(f"{e}; or, if that file is no training text, name the text alone ({flag} "
+                            f"{shlex.quote(spec)} reads every {FORMATS} file in it: {len(files)})") from None
+    return Split(label, source, cache(load))
 
 
 def _hub_split(name: str, split: str, text_field: str) -> Split:

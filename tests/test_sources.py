@@ -597,3 +597,24 @@ def test_evaluating_reads_the_validation_file_by_its_own_text_field(tmp_path):
     none, alone = sources.resolve_sources(args, log=lambda line: None, need_train=False)
     assert none is None and alone.signature == held.signature and alone.label == held.label
     assert alone.documents()["text"] == docs(2, start=4)
+
+
+def test_a_folder_whose_stray_file_fails_also_says_to_name_the_text_alone(tmp_path):
+    """Catches a folder's unreadable file (--data . in a project: a tokenizer.json) advised only to
+    be converted into records to train on: it says too that the folder reads every such file, and
+    how many; a file named alone is not told so."""
+    folder = tmp_path / "project"
+    write(folder / "stories.txt", official(docs(3)))
+    tokens = {"added_tokens": [{"id": 0, "content": "x"}]}
+    bad = write(folder / "cache" / "tokenizer.json", json.dumps(tokens))
+    val = str(folder / "stories.txt")
+    train, _ = sources.resolve_sources(targs(tmp_path, data=str(folder), val_data=val), log=lambda line: None)
+    with pytest.raises(DataError) as e:
+        train.load()
+    assert "jq -c '.added_tokens[]'" in str(e.value) and str(e.value).endswith(
+        f"; or, if that file is no training text, name the text alone (--data {folder} reads every "
+        f"{sources.FORMATS} file in it: 2)")
+    alone, _ = sources.resolve_sources(targs(tmp_path, data=str(bad), val_data=val), log=lambda line: None)
+    with pytest.raises(DataError) as e:
+        alone.load()
+    assert "name the text alone" not in str(e.value)
