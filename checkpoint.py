@@ -94,11 +94,12 @@ def named_runs(runs: list[Path], most: int = 5) -> str:
 NOT_SAVED_FIX = "pass another run folder or a .pt file, or train this run again"
 
 
-def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str = NOT_SAVED_FIX,
+def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix=NOT_SAVED_FIX,
                     option: str = "") -> Path:
     """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run). A run
     folder its run made but wrote no checkpoint into (stopped before its first save, or still
-    before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising `not_saved_fix`;
+    before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising `not_saved_fix`
+    (a string, or a function of that folder that gives one);
     so is a folder of runs (an --out_dir), advising `option` (e.g. "--ckpt ") and its newest run; `option`
     is also the advice when "" finds no run."""
     p = Path(path_or_run) if path_or_run else latest_run(out_dir, option)
@@ -110,8 +111,9 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix: str 
             raise CheckpointError(f"{p} has no last.pt, only best.pt; pass {p / 'best.pt'} to use it")
         if not last.exists() and not last.is_symlink():  # (a dangling link is named below)
             if any((p / name).exists() for name in ("run.lock", "train.json")):  # train.py's first files
+                fix = not_saved_fix(p) if callable(not_saved_fix) else not_saved_fix
                 raise ConfigError(f"{p} holds no checkpoint yet (its run stopped before its first save, or "
-                                  f"has not reached it); {not_saved_fix}")
+                                  f"has not reached it); {fix}")
             runs = run_folders(p)
             if runs:  # --out_dir itself, not one of its runs
                 raise ConfigError(f"{p} is a folder of runs, not a run; pass {option}{runs[0]} (the newest) "

@@ -37,6 +37,7 @@ How this departs from the obvious version:
 import glob
 import json
 import os
+import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -101,13 +102,24 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
 
 
-def start_again(run: str = "") -> str:
-    """The advice for a run folder whose run stopped before its first save: a new run there (--run `run`
-    where not typed), with the settings it was started with (model.json and train.json are written
-    before the first step; a run started again with no settings typed is the default preset's)."""
-    settings = f"--run {run} and the settings" if run else "the settings"
-    return (f"start it again without --resume, with {settings} it was started with (in its model.json and "
-            "train.json)")
+def run_options(run_dir: Path) -> str:
+    """The options that name the run in run_dir: --run NAME, and --out_dir where not the default
+    (quoted for the shell; --run=NAME for a name that begins with -)."""
+    if run_dir.name in ("", ".", ".."):  # (--resume last.pt from inside the run folder: run_dir is ".")
+        run_dir = run_dir.resolve()
+    run = ("--run=" if run_dir.name.startswith("-") else "--run ") + shlex.quote(run_dir.name)
+    default = run_dir.parent == Path(TrainArgs.out_dir)
+    return run + ("" if default else f" --out_dir {shlex.quote(str(run_dir.parent))}")
+
+
+def start_again(run_dir: Path) -> str:
+    """The advice for a run folder whose run stopped before its first save: a new run there, with the
+    settings it was started with (a run started again with none typed is the default preset's), and
+    where they are recorded: model.json and train.json, where the run got as far as writing them."""
+    saved = [name for name in ("model.json", "train.json") if (run_dir / name).is_file()]
+    where = f" (in its {' and '.join(saved)})" if saved else ""
+    return (f"start it again without --resume, with {run_options(run_dir)} and the settings it was started "
+            f"with{where}")
 
 
 def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
@@ -127,7 +139,7 @@ def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
     newest = runs[0] if runs else run_dir
     if newest != run_dir and not (newest / "last.pt").exists():
         best = newest / "best.pt"
-        first = "" if train_args.eval_only else start_again(newest.name)
+        first = "" if train_args.eval_only else start_again(newest)
         if best.exists():
             first = f"pass --resume {best} to {verb} its best.pt"
         raise ConfigError(f"the newest run, {newest}, holds no last.pt (it stopped before its first save, or "
@@ -146,7 +158,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
                           "for the run's latest checkpoint")
     out = Path(train_args.out_dir)
     # a run folder whose run stopped before its first save: a new run there is what is left
-    not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else start_again()
+    not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else start_again  # (given the folder)
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved, option="--resume ")
         # --run naming the checkpoint's own run continues it where it lies (from another directory

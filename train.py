@@ -1041,10 +1041,7 @@ def evaluate_only(job: Job, state: LoopState) -> dict:
 
 def resume_options(run_dir: Path) -> str:
     """The options that resume the run in run_dir: its name, and its --out_dir where not the default."""
-    if run_dir.name in ("", ".."):  # (--resume last.pt from inside the run folder: run_dir is ".")
-        run_dir = run_dir.resolve()
-    out = "" if run_dir.parent == Path(TrainArgs.out_dir) else f" --out_dir {run_dir.parent}"
-    return f"--run {run_dir.name}{out} --resume"
+    return f"{runplan.run_options(run_dir)} --resume"
 
 
 def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:

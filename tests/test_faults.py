@@ -353,7 +353,8 @@ def test_resuming_a_run_that_stopped_before_its_first_save_says_to_start_it_agai
             train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), *how])
         assert one_line_error(capsys, 2, e) == f"train.py: error: {run_dir} holds no checkpoint yet (its " \
             "run stopped before its first save, or has not reached it); start it again without --resume, " \
-            "with the settings it was started with (in its model.json and train.json)", how
+            f"with --run r --out_dir {tmp_path / 'ckpt'} and the settings it was started with (in its " \
+            "model.json and train.json)", how
     with pytest.raises(SystemExit) as e:
         train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only"])
     assert one_line_error(capsys, 2, e).endswith(f"not reached it); {checkpoint.NOT_SAVED_FIX}")
@@ -388,9 +389,10 @@ def test_resume_without_run_refuses_when_the_newest_run_holds_no_checkpoint(tmp_
     old, new = two_runs(done, tmp_path, newer_saved=False)
     before = (old / "last.pt").read_bytes()
     out = ["--out_dir", str(tmp_path / "ckpt")]
-    for how, fix in ((["--resume"], "start it again without --resume, with --run new and the settings it was "
-                                    "started with (in its model.json and train.json), or pass --run old to "
-                                    "resume"), (["--eval_only"], "pass --run old to evaluate")):
+    for how, fix in ((["--resume"], f"start it again without --resume, with --run new --out_dir {out[1]} and "
+                                    "the settings it was started with (in its model.json and train.json), or "
+                                    "pass --run old to resume"),
+                    (["--eval_only"], "pass --run old to evaluate")):
         with pytest.raises(SystemExit) as e:
             train.main([*out, *how])
         assert one_line_error(capsys, 2, e) == f"train.py: error: the newest run, {new}, holds no last.pt " \

@@ -446,18 +446,39 @@ def test_a_run_folder_without_a_checkpoint_yet_gets_the_advice_of_what_was_asked
 def test_a_run_folder_without_a_checkpoint_yet_says_to_start_it_again_with_its_own_settings(tmp_path):
     """Bug caught: --resume on a run that stopped before its first save said "start it again without
     --resume": done as said, that is the default preset on the Hub's data, not the run's settings (its
-    model.json and train.json, written before the first step); the newest run without --run too."""
-    settings = "the settings it was started with (in its model.json and train.json)"
-    (tmp_path / "ckpt" / "r").mkdir(parents=True)
-    (tmp_path / "ckpt" / "r" / "train.json").write_text("{}")
-    with pytest.raises(ConfigError, match=re.escape(f"it); start it again without --resume, with {settings}")
-                       + "$"):
-        plan(tmp_path, run="r", resume="latest")
+    model.json and train.json, named where they were written), nor its folder (--resume ckpt/r with no
+    --run started a run of another name); the newest run without --run too."""
+    run_dir = tmp_path / "ckpt" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train.json").write_text("{}")
+    again = f"start it again without --resume, with --run r --out_dir {tmp_path / 'ckpt'} and the settings it"
+    for how in (dict(run="r", resume="latest"), dict(resume=str(run_dir))):
+        with pytest.raises(ConfigError, match=re.escape(f"it); {again} was started with (in its train.json)")
+                           + "$"):
+            plan(tmp_path, **how)
+    (run_dir / "model.json").write_text("{}")
     fake_checkpoint(tmp_path / "ckpt" / "old" / "last.pt")
     os.utime(tmp_path / "ckpt" / "old" / "last.pt", (1, time.time() - 100))
-    with pytest.raises(ConfigError, match=re.escape(f"start it again without --resume, with --run r and "
-                                                    f"{settings}, or pass --run old")):
+    with pytest.raises(ConfigError, match=re.escape(f"{again} was started with (in its model.json and "
+                                                    "train.json), or pass --run old")):
         runplan.run_to_resume(TrainArgs(resume="latest"), tmp_path / "ckpt")
+    (run_dir / "train.json").unlink()
+    (run_dir / "model.json").unlink()
+    (run_dir / "run.lock").touch()  # (killed while its data was prepared: no settings written yet)
+    with pytest.raises(ConfigError, match=re.escape(f"{again} was started with") + "$"):
+        plan(tmp_path, run="r", resume="latest")
+
+
+def test_the_options_that_name_a_run_are_quoted_and_leave_out_the_default_out_dir(tmp_path, monkeypatch):
+    """Bug caught: a run named "my run" was told --run my run --resume, and one named -x --run -x (which
+    argparse takes for an option); a run_dir of "." (--resume last.pt inside the run) named no run."""
+    assert runplan.run_options(Path("checkpoints") / "r") == "--run r"
+    assert runplan.run_options(Path("out dir") / "my run") == "--run 'my run' --out_dir 'out dir'"
+    assert runplan.run_options(Path("checkpoints") / "-x") == "--run=-x"
+    (tmp_path / "ckpt" / "r").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "ckpt" / "r")
+    assert runplan.run_options(Path(".")) == f"--run r --out_dir {tmp_path / 'ckpt'}"
+    assert config.parse_args([ModelArgs, TrainArgs], ["--run=-x"])[1][1].run == "-x"  # (as it says)
 
 
 def test_resume_with_no_run_anywhere_names_the_option_for_a_path(tmp_path):
