@@ -626,13 +626,16 @@ OTHER_SPELLING = {("sample.py", "--run"): "name the run's folder: --ckpt checkpo
 
 
 def other_scripts_option(option: str, prog: str) -> str | None:
-    """'sample.py's option, not train.py's' for an option of the project's other main script (with
-    that script's spelling of the same thing, if it has one); None for any other."""
+    """'sample.py's option, not train.py's' for train.py or sample.py given an option of the other
+    (--num-samples and -num_samples too), with that script's spelling of the same thing, if it has
+    one; None for any other option or script (the scripts' own options are nearer: gpu_check.py
+    --max_minutes is its --minutes)."""
+    name = option.lstrip("-").replace("-", "_")
     for script, classes in SCRIPT_FIELDS.items():
         fields = {f.name for cls in classes for f in dataclasses.fields(globals()[cls])}
         fields |= {"preset"} if script == "train.py" else set()
-        if script != prog and option.startswith("--") and option[2:] in fields:
-            fix = OTHER_SPELLING.get((prog, option))
+        if prog in SCRIPT_FIELDS and script != prog and option.startswith("-") and name in fields:
+            fix = OTHER_SPELLING.get((prog, f"--{name}"))
             return f"{script}'s option, not {prog}'s" + (f"; {fix}" if fix else "")
     return None
 
@@ -656,8 +659,29 @@ class Parser(argparse.ArgumentParser):
         joins them with spaces, and a quoted "once upon a time" came back as four words)."""
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            self.error(self.unknown(_option_words(extras) or extras))
+            argv = sys.argv[1:] if args is None else list(args)
+            self.error(self.unquoted("--prompt", argv, extras)
+                       or self.unknown(_option_words(extras) or extras))
         return ns
+
+    def unquoted(self, option: str, argv: list[str], extras: list[str]) -> str | None:
+        """For `--prompt once upon a time` (the words after its first left over): that a value of several
+        words is one quoted argument, and the option as it should be typed; None otherwise."""
+        if option not in (s for a in self._actions for s in a.option_strings):
+            return None
+        for i, word in enumerate(argv):
+            value, rest = ((argv[i + 1] if i + 1 < len(argv) else None), i + 2) if word == option else (
+                (word.split("=", 1)[1], i + 1) if word.startswith(option + "=") else (None, 0))
+            words = []
+            while value is not None and rest < len(argv) and argv[rest] in extras and not \
+                    _option_words([argv[rest]]):
+                words.append(argv[rest])
+                rest += 1
+            if words:
+                strays = " ".join(shlex.quote(w) for w in words)
+                return (f"{strays} after {option} {shlex.quote(value)}: a {option[2:]} of several words is "
+                        f"one argument; quote it: {option} {shlex.quote(' '.join([value, *words]))}")
+        return None
 
     def error(self, message):
         if not main_rank():  # under torchrun every rank parses the same line: rank 0 says it once

@@ -149,6 +149,7 @@ BAD = [
     (["--num_samples", "3"], "unknown option --num_samples (sample.py's option, not train.py's); see"),
     (["--ckpt", "c"], "--ckpt (sample.py's option, not train.py's; name a checkpoint to resume with "
                       "--resume PATH)"),
+    (["-num-samples", "3"], "-num-samples (sample.py's option, not train.py's)"),  # (however spelt)
     # the fallback's head counts are ones n_kv_heads=2 divides none of: say so, or each fails next
     (["--dim", "130"], "pick --n_heads 1, 5, 13 or 65, each with --n_kv_heads 1 or another divisor of it "
                        "(2 divides none)"),
@@ -278,14 +279,35 @@ def test_an_option_with_one_dash_is_named_without_its_value(argv, named, unnamed
                            "model's settings)"),  # (was: did you mean --prompt?)
     (["once upon a time"], "unknown option 'once upon a time' (options take the form --name value; is "
                            "--prompt missing before it?); see"),
+    # --prompt typed, the story not quoted: not "is --prompt missing before it?" for each word after one
+    (["--prompt", "once", "upon", "a", "time", "--seed", "3"], "error: upon a time after --prompt once: a "
+     "prompt of several words is one argument; quote it: --prompt 'once upon a time'\n"),
+    (["--prompt=once", "upon"], "error: upon after --prompt once: a prompt of several words is one argument; "
+                                "quote it: --prompt 'once upon'\n"),
+    (["--num-samples", "2"], "--num-samples (did you mean --num_samples?)"),
 ])
-def test_sample_py_names_train_py_options_and_a_prompt_without_its_option(argv, message, capsys):
+def test_sample_py_names_train_py_options_and_a_prompt_without_its_option_or_quotes(argv, message, capsys):
     """sample.py given train.py's options was told of its own nearest (--lr: --help, --preset: --prompt,
     --run: nothing), and a story typed without --prompt was four unknown words."""
     with pytest.raises(SystemExit) as e:
         config.parse_args([SampleArgs], argv, prog="sample.py")
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("prog,argv,message", [
+    ("gpu_check.py", ["--max_minutes", "2"], "--max_minutes (did you mean --minutes?)"),
+    ("bench_sample.py", ["--max_new_tokens", "2"], "--max_new_tokens (did you mean --new_tokens?)"),
+])
+def test_a_script_other_than_train_or_sample_py_points_at_its_own_option(prog, argv, message, capsys):
+    """Bug caught: every script was told "train.py's option, not gpu_check.py's" of --max_minutes, no longer
+    pointed at its own --minutes: the whose-option hint is train.py's and sample.py's alone."""
+    import importlib
+    module = importlib.import_module(f"scripts.{prog[:-3]}")
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "'s option" not in err, err
 
 
 def test_an_unquoted_glob_the_shell_expanded_is_named_as_such(tmp_path, capsys):
