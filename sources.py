@@ -579,8 +579,10 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
             if len(files) == 1:
                 raise
             # (--data . read a tokenizer.json in a cache folder, and was told to convert it to records)
+            which = "in it" if os.path.isdir(spec) else "it matches"  # (a folder, or a glob)
             raise DataError(f"{e}; or, if that file is no training text, name the text alone ({flag} "
-                            f"{shlex.quote(spec)} reads every {FORMATS} file in it: {len(files)})") from None
+                            f"{shlex.quote(spec)} reads every {FORMATS} file {which}: {len(files)})") \
+                from None
     return Split(label, source, cache(load))
 
 

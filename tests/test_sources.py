@@ -614,6 +614,11 @@ def test_a_folder_whose_stray_file_fails_also_says_to_name_the_text_alone(tmp_pa
     assert "jq -c '.added_tokens[]'" in str(e.value) and str(e.value).endswith(
         f"; or, if that file is no training text, name the text alone (--data {folder} reads every "
         f"{sources.FORMATS} file in it: 2)")
+    spec = f"{folder}/**"
+    glob, _ = sources.resolve_sources(targs(tmp_path, data=spec, val_data=val), log=lambda line: None)
+    with pytest.raises(DataError) as e:
+        glob.load()
+    assert str(e.value).endswith(f"(--data '{spec}' reads every {sources.FORMATS} file it matches: 2)")
     alone, _ = sources.resolve_sources(targs(tmp_path, data=str(bad), val_data=val), log=lambda line: None)
     with pytest.raises(DataError) as e:
         alone.load()
