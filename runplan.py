@@ -308,12 +308,22 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
                           "keep the batch), or use a smaller model")
 
 
+# The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).
+TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay",
+                 "beta1", "beta2", "grad_clip", "grad_checkpoint", "eval_every", "log_every", "save_every",
+                 "max_bad_steps")
+
+
 def setting_warnings(plan: RunPlan, given) -> list[str]:
-    """Settings that are allowed but are probably not what was meant: a warmup that outlasts the
-    run, a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source
-    is given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
-    --eval_only)."""
+    """Settings that are allowed but are probably not what was meant: training settings typed
+    beside --eval_only, a warmup that outlasts the run, a --val_text_field for a .txt --val_data, a
+    --val_fraction typed where a validation source is given (it holds nothing out), another
+    held-out slice than the checkpoint's (at --resume or --eval_only)."""
     t, lines = plan.train_args, []
+    ignored = [f"--{name}" for name in TRAINING_ONLY if name in given] if t.eval_only else []
+    if ignored:  # (train.py --eval_only --lr 5 --max_steps 3 said nothing of them)
+        verb = "has" if len(ignored) == 1 else "have"
+        lines.append(f"--eval_only trains nothing: {', '.join(ignored)} {verb} no effect")
     if t.warmup_steps >= t.max_steps and not t.eval_only:
         last = t.lr * t.max_steps / t.warmup_steps  # the last step's (train.lr_at's warmup)
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "

@@ -519,6 +519,19 @@ def test_another_val_fraction_of_the_same_data_is_warned_of_however_its_path_is_
         assert "--val_fraction 0.5 is not the checkpoint's" in " ".join(lines), data
 
 
+def test_training_settings_typed_beside_eval_only_are_warned_of():
+    """Bug caught: train.py --eval_only --lr 5 --max_steps 3 said nothing of settings that change nothing
+    there; those of the evaluation (--eval_windows, --batch_size) and those untyped are not named."""
+    p = runplan.RunPlan(None, DEBUG, TrainArgs(eval_only=True, lr=5.0, max_steps=3), None, None)
+    assert runplan.setting_warnings(p, {"lr", "max_steps", "eval_windows", "batch_size"}) == [
+        "warning: --eval_only trains nothing: --max_steps, --lr have no effect"]
+    assert runplan.setting_warnings(p, {"grad_clip"}) == [
+        "warning: --eval_only trains nothing: --grad_clip has no effect"]
+    assert runplan.setting_warnings(p, {"eval_windows"}) == []
+    training = p._replace(train_args=replace(p.train_args, eval_only=False, max_steps=1000))
+    assert runplan.setting_warnings(training, {"lr"}) == []
+
+
 def test_a_warmup_as_long_as_the_run_is_warned_of():
     """Bug caught: --warmup_steps equal to --max_steps let through (the rate never decays there either)."""
     p = runplan.RunPlan(None, DEBUG, TrainArgs(max_steps=10, warmup_steps=10, lr=1e-3), None, None)
