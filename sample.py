@@ -562,7 +562,8 @@ def fail(e: UserError):
 
 
 def _main(argv=None):
-    _, (sample_args,) = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
+    parsed = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
+    sample_args = parsed[1][0]
     try:
         device = runtime.resolve_device(sample_args.device)
         try:
@@ -578,6 +579,11 @@ def _main(argv=None):
         if sample_args.no_cache and sample_args.compile == "true":
             print("warning: --compile true compiles the cached decode step, and --no_cache has none: "
                   "decoding eagerly", file=sys.stderr)
+        unused = [f"--{name}" for name in ("temperature", "top_k", "top_p") if name in parsed.given]
+        if sample_args.greedy and unused:  # (--greedy --temperature 0.5 said nothing)
+            print(f"warning: --greedy takes the most likely token each step: {', '.join(unused)} "
+                  f"{'has' if len(unused) == 1 else 'have'} no effect; drop --greedy to sample with "
+                  f"{'it' if len(unused) == 1 else 'them'}", file=sys.stderr)
         if sample_args.greedy and sample_args.num_samples > 1:
             n = sample_args.num_samples
             print(f"warning: --greedy takes the most likely token each step, so the {n} --num_samples of a "

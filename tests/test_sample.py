@@ -370,6 +370,20 @@ def test_greedy_samples_of_a_prompt_are_the_same_story_and_it_says_so(run_dir, c
     assert "warning" not in capsys.readouterr().err
 
 
+def test_sampling_settings_typed_beside_greedy_are_warned_of(run_dir, capsys):
+    """--greedy --temperature 0.5 --top_k 3 said nothing of two settings greedy decoding never reads: one
+    warning line names those typed; without --greedy they are used, and nothing is said."""
+    base = ["--ckpt", str(run_dir), "--prompt", "lily", "--max_new_tokens", "2"]
+    sample.main([*base, "--greedy", "--temperature", "0.5", "--top_k", "3"])
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")] == [
+        "warning: --greedy takes the most likely token each step: --temperature, --top_k have no effect; "
+        "drop --greedy to sample with them"]
+    sample.main([*base, "--greedy", "--top_p", "0.5"])
+    assert "--top_p has no effect; drop --greedy to sample with it" in capsys.readouterr().err
+    sample.main([*base, "--temperature", "0.5", "--top_k", "3"])
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_every_sampling_option_reaches_generate(run_dir, monkeypatch):
     """Catches an option dropped between the command line and generate() (--seed, --top_k,
     --no_cache, --compile, ... silently left at their defaults: the story still comes, from other
