@@ -408,7 +408,8 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
         img = img.convert("RGB").resize((args.image_size, args.image_size))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # (a broken PNG chunk;
         # over 179M pixels; a PNG text bomb)
-        raise SampleError(f"--image {path}: cannot read it as an image ({e})") from e
+        raise SampleError(f"--image {path}: cannot read it as an image ({e}); pass a PNG or JPEG file "
+                          "(any format Pillow reads)") from e
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(args.image_size,
                                                                                   args.image_size, 3)
     return (pixels.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5  # (S, S, 3) -> (3, S, S)

@@ -932,7 +932,8 @@ def test_a_png_with_a_broken_chunk_is_one_line(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
                      + chunk(b"IDAT", pixels[:5]) + chunk(b"\x01DAT", pixels[5:]) + chunk(b"IEND", b""))
     args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
-    with pytest.raises(sample.SampleError, match=r"broken.png: cannot read it as an image \(broken PNG"):
+    with pytest.raises(sample.SampleError, match=r"broken.png: cannot read it as an image \(broken PNG.*\); "
+                                                 r"pass a PNG or JPEG file \(any format Pillow reads\)$"):
         sample.load_image(path, args)
 
 
