@@ -25,10 +25,10 @@ How this departs from the obvious version:
   micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
   CUDA graphs with more than one micro-batch per process, a --plot named as a file of the run or
   one already there other than an image (exit status 2, as for any bad setting).
-  Settings that are allowed but probably not meant get a warning line: a warmup as long as the
-  run, a --val_fraction with a validation source or other than the checkpoint's at --resume or
-  --eval_only, a --val_text_field for a .txt --val_data (and sources.py warns of --val_data files
-  inside --data).
+  Settings that are allowed but probably not meant get a warning line: training settings typed
+  beside --eval_only, a warmup as long as the run, a --val_fraction with a validation source or
+  other than the checkpoint's at --resume or --eval_only, a --val_text_field for a .txt --val_data
+  (and sources.py warns of --val_data files inside --data).
 - The run folder is locked (storage.RunFolder) before what only its holder can check: a new run
   never takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed
   into it), and a resumed checkpoint must be the model the folder's model.json describes.
@@ -107,9 +107,10 @@ def run_options(run_dir: Path) -> str:
     (quoted for the shell; --run=NAME for a name that begins with -)."""
     if run_dir.name in ("", ".", ".."):  # (--resume last.pt from inside the run folder: run_dir is ".")
         run_dir = run_dir.resolve()
-    run = ("--run=" if run_dir.name.startswith("-") else "--run ") + shlex.quote(run_dir.name)
+    def option(name, value):  # (--run -x is taken for an option: --run=-x)
+        return f"--{name}{'=' if value.startswith('-') else ' '}{shlex.quote(value)}"
     default = run_dir.parent == Path(TrainArgs.out_dir)
-    return run + ("" if default else f" --out_dir {shlex.quote(str(run_dir.parent))}")
+    return option("run", run_dir.name) + ("" if default else " " + option("out_dir", str(run_dir.parent)))
 
 
 def start_again(run_dir: Path) -> str:
@@ -289,10 +290,12 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
             if value != i:
                 raise ConfigError(f"--{name} {value}: the tokenizer this run trains has {token} at id {i}; "
                                   f"drop --{name} (other ids need a --tokenizer that has them)")
-    if train_args.grad_accum % world.size:
+    # (micro-batches are training's: --eval_only splits its windows over the ranks, whatever the
+    # checkpoint's --grad_accum, which refused a run trained on 4 processes evaluated on 3)
+    if train_args.grad_accum % world.size and not train_args.eval_only:
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}")
-    per_process = train_args.grad_accum // world.size
+    per_process = 1 if train_args.eval_only else train_args.grad_accum // world.size
     graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES and device.type == "cuda"  # none on a CPU
     if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):
         raise ConfigError(f"--compile_mode {train_args.compile_mode} replays CUDA graphs, and a replay "
@@ -311,7 +314,8 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
 # The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).
 TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay",
                  "beta1", "beta2", "grad_clip", "grad_checkpoint", "eval_every", "log_every", "save_every",
-                 "max_bad_steps")
+                 "max_bad_steps", "tokenizer_train_mb", "plot", "wandb_mode", "wandb_project", "wandb_group",
+                 "wandb_name")
 
 
 def setting_warnings(plan: RunPlan, given) -> list[str]:

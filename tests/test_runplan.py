@@ -317,6 +317,10 @@ def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_proc
                                           "2"):
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, TrainArgs(grad_accum=3), None, None),
                                torch.device("cpu"), two)
+    # --eval_only trains no micro-batch: a checkpoint's --grad_accum 3 (or 4, with CUDA graphs) evaluates on 2
+    for accum, device in ((3, torch.device("cpu")), (4, cuda)):
+        evaluate = replace(t, grad_accum=accum, eval_only=True)
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, evaluate, None, None), device, two)
 
 
 def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tmp_path, monkeypatch):
@@ -475,6 +479,7 @@ def test_the_options_that_name_a_run_are_quoted_and_leave_out_the_default_out_di
     assert runplan.run_options(Path("checkpoints") / "r") == "--run r"
     assert runplan.run_options(Path("out dir") / "my run") == "--run 'my run' --out_dir 'out dir'"
     assert runplan.run_options(Path("checkpoints") / "-x") == "--run=-x"
+    assert runplan.run_options(Path("-o") / "r") == "--run r --out_dir=-o"
     (tmp_path / "ckpt" / "r").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "ckpt" / "r")
     assert runplan.run_options(Path(".")) == f"--run r --out_dir {tmp_path / 'ckpt'}"
