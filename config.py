@@ -625,16 +625,19 @@ OTHER_SPELLING = {("sample.py", "--run"): "name the run's folder: --ckpt checkpo
                   ("train.py", "--ckpt"): "name a checkpoint to resume with --resume PATH"}
 
 
-def other_scripts_option(option: str, prog: str) -> str | None:
+def other_scripts_option(option: str, prog: str, options=()) -> str | None:
     """'sample.py's option, not train.py's' for train.py or sample.py given an option of the other
     (--num-samples and -num_samples too), with that script's spelling of the same thing, if it has
-    one; None for any other option or script (the scripts' own options are nearer: gpu_check.py
-    --max_minutes is its --minutes)."""
+    one, and for a script that passes train.py's options through (compare.py, sweep.py: `options`
+    holds them) given one of sample.py's; None for any other option or script (the scripts' own
+    options are nearer: gpu_check.py --max_minutes is its --minutes)."""
     name = option.lstrip("-").replace("-", "_")
+    if prog not in SCRIPT_FIELDS and "--lr" not in options:
+        return None
     for script, classes in SCRIPT_FIELDS.items():
         fields = {f.name for cls in classes for f in dataclasses.fields(globals()[cls])}
         fields |= {"preset"} if script == "train.py" else set()
-        if prog in SCRIPT_FIELDS and script != prog and option.startswith("-") and name in fields:
+        if script != prog and option.startswith("-") and name in fields:
             fix = OTHER_SPELLING.get((prog, f"--{name}"))
             return f"{script}'s option, not {prog}'s" + (f"; {fix}" if fix else "")
     return None
@@ -670,6 +673,8 @@ class Parser(argparse.ArgumentParser):
         if option not in (s for a in self._actions for s in a.option_strings):
             return None
         for i, word in enumerate(argv):
+            if word == "--":  # (what follows a bare -- is no option's: unknown() names the --)
+                return None
             value, rest = ((argv[i + 1] if i + 1 < len(argv) else None), i + 2) if word == option else (
                 (word.split("=", 1)[1], i + 1) if word.startswith(option + "=") else (None, 0))
             words = []
@@ -680,7 +685,7 @@ class Parser(argparse.ArgumentParser):
             if words:
                 strays = " ".join(shlex.quote(w) for w in words)
                 return (f"{strays} after {option} {shlex.quote(value)}: a {option[2:]} of several words is "
-                        f"one argument; quote it: {option} {shlex.quote(' '.join([value, *words]))}")
+                        f"one argument; quote it: {option} {shlex.quote(' '.join([value, *words]).strip())}")
         return None
 
     def error(self, message):
@@ -756,7 +761,7 @@ class Parser(argparse.ArgumentParser):
                              "before it?)")
                 continue
             close = [o for o in options if parts(o) == parts(name)]
-            if not close and (theirs := other_scripts_option(name, self.prog)):
+            if not close and (theirs := other_scripts_option(name, self.prog, options)):
                 hints.append(f"{w} ({theirs})")
                 continue
             starts = [o for o in options if plain(o).startswith(plain(name))]

@@ -408,8 +408,11 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
         img = img.convert("RGB").resize((args.image_size, args.image_size))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # (a broken PNG chunk;
         # over 179M pixels; a PNG text bomb)
-        raise SampleError(f"--image {path}: cannot read it as an image ({e}); pass a PNG or JPEG file "
-                          "(any format Pillow reads)") from e
+        fix = ("check the path" if isinstance(e, FileNotFoundError) else "name an image file in it"
+               if isinstance(e, IsADirectoryError) else "pass a smaller image"
+               if isinstance(e, Image.DecompressionBombError) else "pass a PNG or JPEG file (any format "
+               "Pillow reads)")
+        raise SampleError(f"--image {path}: cannot read it as an image ({e}); {fix}") from e
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(args.image_size,
                                                                                   args.image_size, 3)
     return (pixels.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5  # (S, S, 3) -> (3, S, S)
@@ -582,9 +585,10 @@ def _main(argv=None):
                   "decoding eagerly", file=sys.stderr)
         unused = [f"--{name}" for name in ("temperature", "top_k", "top_p") if name in parsed.given]
         if sample_args.greedy and unused:  # (--greedy --temperature 0.5 said nothing)
+            drop = "" if sample_args.temperature <= 0 else \
+                f"; drop --greedy to sample with {'it' if len(unused) == 1 else 'them'}"  # (0: greedy's own)
             print(f"warning: --greedy takes the most likely token each step: {', '.join(unused)} "
-                  f"{'has' if len(unused) == 1 else 'have'} no effect; drop --greedy to sample with "
-                  f"{'it' if len(unused) == 1 else 'them'}", file=sys.stderr)
+                  f"{'has' if len(unused) == 1 else 'have'} no effect{drop}", file=sys.stderr)
         if sample_args.greedy and sample_args.num_samples > 1:
             n = sample_args.num_samples
             print(f"warning: --greedy takes the most likely token each step, so the {n} --num_samples of a "

@@ -295,6 +295,28 @@ def test_sample_py_names_train_py_options_and_a_prompt_without_its_option_or_quo
     assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
+def test_a_script_passing_train_py_options_through_names_sample_py_options_as_such(capsys):
+    """Bug caught: compare.py --num_samples was told "did you mean --attn_scale?": a script that passes
+    train.py's options through says an option of sample.py's is sample.py's."""
+    parser = config.Parser(prog="compare.py")
+    with pytest.raises(SystemExit):
+        config.check_pass_through(parser, ["--num_samples", "3"])
+    assert "--num_samples (sample.py's option, not compare.py's)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--prompt=", "once", "upon"], "error: once upon after --prompt '': a prompt of several words is one "
+                                    "argument; quote it: --prompt 'once upon'\n"),
+    (["--", "--prompt", "once", "upon"], "unknown option -- (a bare -- ends the options"),
+])
+def test_an_unquoted_prompt_after_an_empty_one_or_a_bare_double_dash(argv, message, capsys):
+    """Bug caught: --prompt= once upon advised --prompt ' once upon' (a space first), and after a bare --
+    (the fault named first) the story was said to want quotes."""
+    with pytest.raises(SystemExit):
+        config.parse_args([SampleArgs], argv, prog="sample.py")
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("prog,argv,message", [
     ("gpu_check.py", ["--max_minutes", "2"], "--max_minutes (did you mean --minutes?)"),
     ("bench_sample.py", ["--max_new_tokens", "2"], "--max_new_tokens (did you mean --new_tokens?)"),

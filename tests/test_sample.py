@@ -382,6 +382,8 @@ def test_sampling_settings_typed_beside_greedy_are_warned_of(run_dir, capsys):
     assert "--top_p has no effect; drop --greedy to sample with it" in capsys.readouterr().err
     sample.main([*base, "--temperature", "0.5", "--top_k", "3"])
     assert "warning" not in capsys.readouterr().err
+    sample.main([*base, "--greedy", "--temperature", "0"])  # (without --greedy, 0 is refused: no advice)
+    assert capsys.readouterr().err.endswith("--temperature has no effect\n")
 
 
 def test_every_sampling_option_reaches_generate(run_dir, monkeypatch):
@@ -903,8 +905,14 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
                      + chunk(b"IEND", b""))
     args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
-    with pytest.raises(sample.SampleError, match="cannot read it as an image .*exceeds limit"):
+    with pytest.raises(sample.SampleError, match="cannot read it as an image .*exceeds limit.*; pass a "
+                                                 "smaller image$"):
         sample.load_image(path, args)
+    # each with its own fix (all were told to pass a PNG or JPEG file)
+    with pytest.raises(sample.SampleError, match=r"No such file .*\); check the path$"):
+        sample.load_image(tmp_path / "gone.png", args)
+    with pytest.raises(sample.SampleError, match=r"Is a directory.*\); name an image file in it$"):
+        sample.load_image(tmp_path, args)
 
 
 def test_a_large_image_loads_without_pils_two_line_warning(tmp_path, monkeypatch, recwarn):
