@@ -84,8 +84,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
              if k in typed and v != asked[k]]
     if diffs:
         what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
-        raise CheckpointError("model settings differ from the checkpoint's (" + "; ".join(diffs)
-                              + f"); drop {what} to use the checkpoint's, or start a new --run")
+        raise ConfigError("model settings differ from the checkpoint's (" + "; ".join(diffs)  # (exit 2: the
+                          + f"); drop {what} to use the checkpoint's, or start a new --run")  # options typed)
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved

@@ -48,7 +48,7 @@ def saved(**train):
 def test_a_typed_preset_must_agree_with_the_checkpoints_model():
     """Bug caught: --preset typed at --resume not counted as typing every model setting (another preset's
     model resumed from the debug checkpoint without a word)."""
-    with pytest.raises(CheckpointError, match=r"dim: checkpoint 64, asked .*drop --preset"):
+    with pytest.raises(ConfigError, match=r"dim: checkpoint 64, asked .*drop --preset"):
         runplan.resume_settings(saved(), ModelArgs(), TrainArgs(), {"preset"})
     model, _ = runplan.resume_settings(saved(), ModelArgs(), TrainArgs(), set())  # untyped: the checkpoint's
     assert model == DEBUG
@@ -663,7 +663,7 @@ def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):
     assert str(e.value) == (f"{last} holds weights only (an import), with no optimizer state or step to "
                             "resume: it can be evaluated (--eval_only) or sampled; train.py cannot start "
                             "from its weights (a new --run starts from scratch)")
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(ConfigError) as e:
         runplan.resume_settings(saved(), debug_args(dim=48), TrainArgs(), {"dim"})
     assert str(e.value) == ("model settings differ from the checkpoint's (dim: checkpoint 64, asked 48); "
                             "drop them to use the checkpoint's, or start a new --run")

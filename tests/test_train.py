@@ -313,9 +313,10 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_in_place(tmp_path, corpus,
 
 def test_resume_with_different_model_settings_lists_the_differences(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume", "--dim", "48",
                         "--n_experts", "8"))
+    assert e.value.code == 2  # a setting typed, as the README's rule has it (it was 1)
     err = capsys.readouterr().err
     assert "dim: checkpoint 64, asked 48" in err and "n_experts: checkpoint 4, asked 8" in err
     assert "drop --preset (it sets every model setting) and the model options" in err
