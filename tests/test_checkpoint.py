@@ -647,3 +647,33 @@ def test_an_exported_tokenizer_starts_a_text_with_the_models_own_eos_id(tmp_path
         hf = PreTrainedTokenizerFast(tokenizer_file=str(out))
         assert hf("the cat").input_ids == [start_id] + tok.encode("the cat")
         assert Tokenizer.load(out).hash == tok.hash
+
+
+def test_an_exported_tokenizer_marks_the_second_text_of_a_pair_as_its_own(tmp_path):
+    """Bug caught: with_story_start's pair template without $B:1, so that the second text of a pair
+    got the first's token type id 0: each text starts a story, the second's text typed 1 (its
+    <|endoftext|>, as a template's special tokens are, 0)."""
+    import tokenizers
+    from conftest import WORDS
+
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train([" ".join(WORDS)] * 20, 300)
+    tok.save(tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_str(checkpoint.with_story_start((tmp_path / "tokenizer.json").read_bytes(),
+                                                                   2).decode())
+    a, b = tok.encode("the cat"), tok.encode("a dog")
+    pair = hf.encode("the cat", "a dog")
+    assert pair.ids == [2, *a, 2, *b]
+    assert pair.type_ids == [0] * (2 + len(a)) + [1] * len(b)
+
+
+def test_an_export_starts_a_text_with_its_models_eos_id_not_the_defaults(tmp_path):
+    """Bug caught: export_hf's tokenizer.json given the default eos_id 0 as a story's start, not the
+    model's own (an imported Meta model's is 2): transformers users prompted with another token."""
+    import tokenizers
+    tok = tiny_tokenizer(tmp_path / "tokenizer.json", "aaaa aaaa")
+    model = checkpoint.Llama4(ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=266,
+                                        n_experts=2, max_seq_len=16, eos_id=2, image_start_id=0))
+    hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "tokenizer.json")
+    exported = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json"))
+    assert exported.encode("aaaa").ids == [2, *tok.encode("aaaa")]

@@ -1066,3 +1066,42 @@ def test_to_dict_is_a_copy_of_the_settings():
     d["dim"] = 64
     s["prompt"].append("b")
     assert model.dim == 512 and sample.prompt == ["a"]
+
+
+@pytest.mark.parametrize("prog,classes,argv,message", [
+    # the prompt's stray words stop at an unknown option: it is not one of the story's words
+    ("sample.py", [SampleArgs], ["--prompt", "once", "upon", "--foo"],
+     "error: upon after --prompt once: a prompt of several words is one argument; quote it: "
+     "--prompt 'once upon'\n"),
+    # train.py has no --prompt: its unknown --prompt is sample.py's, not a story to quote
+    ("train.py", [ModelArgs, TrainArgs], ["--prompt", "once", "upon"],
+     "error: unknown option --prompt (sample.py's option, not train.py's); see"),
+])
+def test_what_is_named_of_stray_words_beside_an_unknown_option(prog, classes, argv, message, capsys):
+    """Bugs caught: an unknown option after an unquoted prompt taken for one of its words; train.py
+    --prompt once upon told to quote the prompt of an option it does not have (Parser.unquoted without
+    its check)."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args(classes, argv, prog=prog)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_argparses_own_unrecognized_arguments_name_the_options_alone(capsys):
+    """Bug caught: Parser.error given argparse's "unrecognized arguments" (parse_intermixed_args and
+    argparse's other parse methods) naming every word, a negative number (a value) too."""
+    parser = config.Parser(prog="sample.py")
+    parser.add_argument("--dim")
+    with pytest.raises(SystemExit) as e:
+        parser.parse_intermixed_args(["--foo", "-1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: unknown option --foo; see" in err and "-1" not in err, err
+
+
+def test_a_lone_dash_beside_an_unknown_option_is_not_named(capsys):
+    """Bug caught: _option_words keeping a lone - (a value: standard input), so that --foo - named it
+    too: "--foo (did you mean --hf?), - (did you mean -h?)"."""
+    with pytest.raises(SystemExit):
+        config.parse_args([SampleArgs], ["--foo", "-"], prog="sample.py")
+    err = capsys.readouterr().err
+    assert err.startswith("sample.py: error: unknown option --foo ") and "-h?" not in err, err

@@ -388,3 +388,15 @@ def test_an_atomic_write_never_replaces_a_device_or_fifo(tmp_path):
     assert str(e.value) == (f"cannot write {fifo}: it is a named pipe (FIFO), which a file written there "
                             "would replace; write it elsewhere")
     assert stat.S_ISFIFO(fifo.stat().st_mode) and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_plot_runs_without_out_from_below_a_run_folder_writes_beside_the_run(tmp_path, monkeypatch, capsys):
+    """Bug caught: `plot_runs.py ..` (the run folder, from a folder inside it) without --out took ".."
+    as a name and wrote compare.png into the current folder, inside the run; it lands beside the run."""
+    run = tmp_path / "checkpoints" / "a"
+    (run / "sub").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1,
+                                                   "lm_loss": 5.5}) + "\n")
+    monkeypatch.chdir(run / "sub")
+    plot_runs.main([".."])
+    assert (tmp_path / "checkpoints" / "compare.png").is_file() and not (run / "sub" / "compare.png").exists()

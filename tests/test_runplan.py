@@ -695,3 +695,22 @@ def test_resume_typed_empty_is_refused_at_eval_only_too(tmp_path):
     with pytest.raises(ConfigError, match=r"^--resume '': name a checkpoint, a run folder or a run"):
         runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path), eval_only=True), "debug",
                          frozenset({"resume", "eval_only"}))
+
+
+def test_every_training_only_setting_typed_beside_eval_only_is_warned_of():
+    """Bug caught: --plot, --wandb_* or --tokenizer_train_mb dropped from TRAINING_ONLY (typed beside
+    --eval_only, they change nothing, and were named with the rest only since they were added)."""
+    p = runplan.RunPlan(None, DEBUG, TrainArgs(eval_only=True), None, None)
+    given = {"plot", "wandb_mode", "wandb_project", "wandb_group", "wandb_name", "tokenizer_train_mb",
+             "grad_accum"}
+    assert runplan.setting_warnings(p, given) == [
+        "warning: --eval_only trains nothing: --grad_accum, --tokenizer_train_mb, --plot, --wandb_mode, "
+        "--wandb_project, --wandb_group, --wandb_name have no effect"]
+
+
+def test_the_options_that_name_a_run_from_below_its_folder_name_the_run(tmp_path, monkeypatch):
+    """Bug caught: a run_dir of ".." (--resume ../last.pt from a folder inside the run) was named
+    --run .. --out_dir . (a run folder's parent resolved for "." alone)."""
+    (tmp_path / "ckpt" / "r" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "ckpt" / "r" / "sub")
+    assert runplan.run_options(Path("..")) == f"--run r --out_dir {tmp_path / 'ckpt'}"

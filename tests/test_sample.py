@@ -386,6 +386,15 @@ def test_sampling_settings_typed_beside_greedy_are_warned_of(run_dir, capsys):
     assert capsys.readouterr().err.endswith("--temperature has no effect\n")
 
 
+
+def test_a_sampling_setting_typed_at_its_default_beside_greedy_is_warned_of(run_dir, capsys):
+    """Bug caught: the --greedy warning naming only settings whose value differs from the default:
+    --greedy --top_p 1 --temperature 0.8 was typed, and greedy decoding reads neither."""
+    sample.main(["--ckpt", str(run_dir), "--prompt", "lily", "--max_new_tokens", "2", "--greedy", "--top_p",
+                 str(SampleArgs().top_p), "--temperature", str(SampleArgs().temperature)])
+    assert ("warning: --greedy takes the most likely token each step: --temperature, --top_p have no "
+            "effect; drop --greedy to sample with them\n") in capsys.readouterr().err
+
 def test_every_sampling_option_reaches_generate(run_dir, monkeypatch):
     """Catches an option dropped between the command line and generate() (--seed, --top_k,
     --no_cache, --compile, ... silently left at their defaults: the story still comes, from other
@@ -1598,3 +1607,14 @@ def test_top_p_is_taken_from_the_distribution_at_the_temperature_asked():
     logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(64, 3)
     generators = [torch.Generator().manual_seed(i) for i in range(64)]
     assert sample.choose(logits, generators, temperature=0.25, top_p=0.6).tolist() == [0] * 64
+
+
+def test_a_file_that_is_no_image_is_told_to_pass_one(tmp_path):
+    """Bug caught: a --image that is a file but no image (Pillow's UnidentifiedImageError is an OSError,
+    as a folder's and a missing file's are) given another case's fix: it is told to pass an image file."""
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image\n")
+    with pytest.raises(sample.SampleError, match=r"cannot read it as an image .*\); pass a PNG or JPEG file "
+                                                 r"\(any format Pillow reads\)$"):
+        sample.load_image(notes, args)
