@@ -651,8 +651,10 @@ def _option_words(words: list[str]) -> list[str]:
 
 class Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (no 80-field usage dump) and exit with status 2, an unknown
-    option names the nearest known one, and no option is taken for an abbreviation (`--quic` is not
-    `--quick`). Every command line of the project uses it."""
+    option names the nearest known one (or, one of train.py's or sample.py's typed to the other,
+    whose it is), stray words are named as typed (an unquoted --prompt story: how to quote it), and
+    no option is taken for an abbreviation (`--quic` is not `--quick`). Every command line of the
+    project uses it."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
