@@ -354,6 +354,9 @@ class TrainArgs:
     run: str = arg("", "run name, the folder out_dir/<run>/ (empty = preset and time)")
     resume: str = arg("", "resume: a checkpoint file, a run folder or a run name (its last.pt), or "
                           "with no value the latest in the run folder", const="latest")
+    init_from: str = arg("", "start a new run from a checkpoint's weights (a .pt file, a run folder or a run "
+                             "name: its last.pt; or an import): its model settings and tokenizer, a fresh "
+                             "optimizer and schedule from step 0, this command line's training settings")
     eval_only: bool = arg(False, "evaluate a checkpoint (--resume CKPT, or the run's latest) on the "
                                  "validation data, print one JSON line and exit; a flag: it takes no path")
     plot: str = arg("loss.png", "loss plot refreshed at each evaluation; a relative path is inside the "

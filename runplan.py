@@ -20,6 +20,9 @@ How this departs from the obvious version:
   folder reads the same files.
 - --resume without a path takes --run's last.pt, else the newest run's; a newest run that holds
   no last.pt is refused rather than passed over (it is most likely the run meant).
+- --init_from CKPT is a new run (plan.ckpt None: step 0, its own optimizer and W&B run) holding
+  the checkpoint in plan.init: its model settings and the tokenizer.json beside it, and the
+  training settings typed on its preset's (init_settings); build_job loads its weights.
 - What can be refused before any work is: a vocabulary below 264, special-token ids that the
   tokenizer the run trains does not have, a batch that does not split over the processes, a
   micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
@@ -66,6 +69,8 @@ class RunPlan(NamedTuple):
     ckpt: dict | None  # the checkpoint to resume or evaluate
     ckpt_path: Path | None
     preset: str = config.DEFAULT_PRESET  # the preset the run's settings started from (the checkpoint's)
+    init: dict | None = None  # --init_from's checkpoint: a new run starts from its weights
+    init_path: Path | None = None
 
     @property
     def forks(self) -> bool:
@@ -78,14 +83,10 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     line applied on top. Model settings typed on the command line must agree with the checkpoint.
     --eval_only on a --val_data typed for it scores all of it, unless --eval_windows is typed too."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
-    asked = config.to_dict(model_args)
-    typed = {k for k in asked if k in given} | (set(asked) if "preset" in given else set())
-    diffs = [f"{k}: checkpoint {v!r}, asked {asked[k]!r}" for k, v in config.to_dict(saved_model).items()
-             if k in typed and v != asked[k]]
-    if diffs:
-        what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
-        raise ConfigError("model settings differ from the checkpoint's (" + "; ".join(diffs)  # (exit 2: the
-                          + f"); drop {what} to use the checkpoint's, or start a new --run")  # options typed)
+    what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
+    typed = set(given) | (set(config.to_dict(model_args)) if "preset" in given else set())
+    check_model_typed(saved_model, model_args, typed, f"drop {what} to use the checkpoint's, or start a new "
+                      "--run")
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
@@ -100,6 +101,48 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
+
+
+def check_model_typed(saved: ModelArgs, model_args: ModelArgs, typed, fix: str) -> None:
+    """The model settings typed (names in `typed`) must be the checkpoint's: a ConfigError (exit status 2:
+    the options typed) listing those that differ, advising `fix`."""
+    asked = config.to_dict(model_args)
+    diffs = [f"{k}: checkpoint {v!r}, asked {asked[k]!r}" for k, v in config.to_dict(saved).items()
+             if k in typed and v != asked[k]]
+    if diffs:
+        raise ConfigError("model settings differ from the checkpoint's (" + "; ".join(diffs) + f"); {fix}")
+
+
+INIT_FIX = "pass --init_from another checkpoint (a .pt file, e.g. the run's best.pt)"
+
+
+def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, preset: str,
+                  given) -> tuple[ModelArgs, TrainArgs, str]:
+    """--init_from's settings: the checkpoint's model (model options typed must agree: its weights are
+    that model's), and the training settings typed on those of the preset, which is the checkpoint's
+    unless --preset is typed (a tiny model goes on with tiny's batch and learning rate; an import,
+    which names none, with the default's). --preset picks training settings only here."""
+    saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
+    check_model_typed(saved_model, model_args, given, "drop them: --init_from takes the checkpoint's model "
+                      "(another model starts from scratch: drop --init_from)")
+    if "preset" not in given and ckpt.get("preset") in config.PRESETS:
+        preset = ckpt["preset"]
+    typed = {k: v for k, v in config.to_dict(train_args).items() if k in given}
+    return saved_model, TrainArgs(**{**config.to_dict(config.preset(preset, TrainArgs)), **typed}), preset
+
+
+def check_init(train_args: TrainArgs, given) -> None:
+    """--init_from names a checkpoint, and starts a new run: not beside --resume or --eval_only."""
+    if "init_from" in given and not train_args.init_from:  # (an unset $CKPT: a run from scratch)
+        raise ConfigError("--init_from '': name a checkpoint (a .pt file, a run folder or a run), or drop "
+                          "--init_from to start from scratch")
+    if train_args.init_from and train_args.resume:
+        raise ConfigError("--init_from starts a new run from a checkpoint's weights and --resume goes on "
+                          "with a run; drop one of them (--resume CKPT --run NEW_NAME forks a run, with its "
+                          "optimizer state and step)")
+    if train_args.init_from and train_args.eval_only:
+        raise ConfigError("--eval_only evaluates the checkpoint of --resume (or --run's latest), and "
+                          "--init_from starts training; pass the checkpoint with --resume instead")
 
 
 def run_options(run_dir: Path) -> str:
@@ -157,9 +200,11 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     if "resume" in given and not train_args.resume:  # (an unset $CKPT: it started a new run)
         raise ConfigError("--resume '': name a checkpoint, a run folder or a run, or give --resume alone "
                           "for the run's latest checkpoint")
+    check_init(train_args, given)
     out = Path(train_args.out_dir)
     # a run folder whose run stopped before its first save: a new run there is what is left
     not_saved = checkpoint.NOT_SAVED_FIX if train_args.eval_only else start_again  # (given the folder)
+    init = init_path = None
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved, option="--resume ")
         # --run naming the checkpoint's own run continues it where it lies (from another directory
@@ -169,7 +214,14 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
     elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
         run_dir = run_to_resume(train_args, out)
         ckpt_path = checkpoint.find_checkpoint(str(run_dir), out, not_saved)
-    else:  # a new run
+    else:  # a new run, from scratch or from --init_from's weights
+        if train_args.init_from:
+            init_path = checkpoint.find_checkpoint(train_args.init_from, out, INIT_FIX, option="--init_from ")
+            init = checkpoint.load_checkpoint(init_path, INIT_FIX)
+            model_args, train_args, preset = init_settings(init, model_args, train_args, preset, given)
+            # (saved as the file it was: a run name or folder names another file once the run goes on)
+            tokenizer = train_args.tokenizer if "tokenizer" in given else str(init_tokenizer(init_path))
+            train_args = replace(train_args, init_from=str(init_path.resolve()), tokenizer=tokenizer)
         run_dir = out / (train_args.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         ckpt_path = None
     ckpt = None
@@ -187,8 +239,8 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
                                   f"{fix}") from None
         if "optimizer" not in ckpt and not train_args.eval_only:
             raise CheckpointError(f"{ckpt_path} holds weights only (an import), with no optimizer state or "
-                                  "step to resume: it can be evaluated (--eval_only) or sampled; train.py "
-                                  "cannot start from its weights (a new --run starts from scratch)")
+                                  "step to resume: it can be evaluated (--eval_only) or sampled, and a new "
+                                  f"run trains on from its weights with --init_from {ckpt_path}")
         model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
         preset = preset if "preset" in given else ckpt.get("preset", preset)
     where = {"run": run_dir.name, "out_dir": str(run_dir.parent)}  # (a resumed run: where it lies)
@@ -201,7 +253,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
             if candidate.exists():
                 train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
                 break
-    plan = RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset)
+    plan = RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset, init, init_path)
     for name, value in saved_paths(plan, given):  # the checkpoint's (not typed again): still there?
         if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
             where = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run was "
@@ -214,6 +266,16 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
 # settings naming the text a run reads (empty --data: the hub); not --cache_dir, which is found by its
 # contents: a relative one is the working directory's (a moved project keeps its cache)
 PATHS = ("data", "val_data", "tokenizer")
+
+
+def init_tokenizer(init_path: Path) -> Path:
+    """The tokenizer of --init_from's checkpoint: the tokenizer.json beside it (train.py and an import
+    write one there); load_data checks it against the checkpoint's sha256."""
+    beside = init_path.parent / "tokenizer.json"
+    if not beside.is_file():
+        raise CheckpointError(f"--init_from: there is no tokenizer.json beside {init_path} (the tokenizer "
+                              "its model reads); pass --tokenizer FILE, the one it was trained with")
+    return beside
 
 
 def absolute(path: str) -> str:
@@ -282,7 +344,7 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     plot = "" if train_args.eval_only else train_args.plot  # (--eval_only draws no plot)
     if problem := storage.not_an_image("--plot", plot, plan.run_dir):
         raise ConfigError(problem)
-    if plan.ckpt is None and (problem := too_small(model_args.vocab_size)):
+    if plan.ckpt is None and plan.init is None and (problem := too_small(model_args.vocab_size)):
         raise ConfigError(problem)
     if plan.ckpt is None and not train_args.tokenizer:  # one trained here puts them at ids 0, 1, ...
         for i, (name, token) in enumerate(config.SPECIAL_TOKENS.items()):

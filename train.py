@@ -4,6 +4,7 @@
     python train.py --preset tiny --data FILE --val_data FILE --max_minutes 10
     python train.py --run NAME --resume               # continue exactly where NAME stopped
     python train.py --run NAME --eval_only --val_data FILE
+    python train.py --init_from CKPT --data FILE      # a new run from CKPT's weights (fine-tuning)
     torchrun --nproc_per_node 8 -- train.py ...       # DDP, same global batch as one process
 
 One step: grad_accum micro-batches (split over DDP ranks), AdamW, linear warmup then cosine decay,
@@ -736,9 +737,12 @@ def load_data(plan: RunPlan, world: World, device, log):
     data work, with advice about the tokenizer (a checkpoint's model settings cannot change)."""
     model_args, train_args = plan.model_args, plan.train_args
     fix = "put back the run's own tokenizer.json or pass it with --tokenizer FILE (another is a new --run)"
-    if plan.ckpt is not None and train_args.tokenizer:
-        checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer, fix), train_args.tokenizer, plan.ckpt,
-                                   plan.ckpt_path, fix)
+    ckpt, ckpt_path = plan.ckpt, plan.ckpt_path
+    if plan.init is not None:  # (its model reads that tokenizer's ids)
+        ckpt, ckpt_path, fix = plan.init, plan.init_path, "pass --tokenizer FILE, the one it was trained with"
+    if ckpt is not None and train_args.tokenizer:
+        checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer, fix), train_args.tokenizer, ckpt,
+                                   ckpt_path, fix)
     with runtime.rank0_first(world, device):
         if train_args.eval_only:
             if not train_args.tokenizer:
@@ -747,9 +751,9 @@ def load_data(plan: RunPlan, world: World, device, log):
             out = tok, None, data.prepare_eval(train_args, model_args, tok, log)
         else:
             out = data.prepare(train_args, model_args, log=log)
-    if plan.ckpt is not None:  # a tokenizer from the cache (the run's tokenizer.json was missing)
-        checkpoint.check_tokenizer(out[0], train_args.tokenizer or "the cached tokenizer", plan.ckpt,
-                                   plan.ckpt_path, fix)
+    if ckpt is not None:  # a tokenizer from the cache (the run's tokenizer.json was missing)
+        checkpoint.check_tokenizer(out[0], train_args.tokenizer or "the cached tokenizer", ckpt, ckpt_path,
+                                   fix)
     return out
 
 
@@ -796,6 +800,9 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     if ckpt is not None:
         fix = checkpoint.resume_fix(plan.ckpt_path, train_args.eval_only)
         checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
+    elif plan.init is not None:  # a new run from another's weights: its own optimizer, from step 0
+        checkpoint.build(model_args, plan.init["model"], device, plan.init_path, runplan.INIT_FIX, model)
+        log(f"initialised from {plan.init_path} (its step {plan.init.get('step', 0)}): a new run from step 0")
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
@@ -1059,9 +1066,10 @@ def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:
 
 def main(argv=None):
     # at --resume and --eval_only the settings are checked once merged with the checkpoint's
-    # (runplan.resume_settings): --lr 1e-5 is fine beside a checkpoint's --min_lr 0, not beside the preset's
+    # (runplan.resume_settings): --lr 1e-5 is fine beside a checkpoint's --min_lr 0, not beside the
+    # preset's; at --init_from, once on the checkpoint's preset (runplan.init_settings)
     parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py", description=__doc__,
-                               checked_later=lambda ns: bool(ns.resume) or ns.eval_only)
+                               checked_later=lambda ns: bool(ns.resume or ns.init_from) or ns.eval_only)
     preset, (model_args, train_args) = parsed
     if hasattr(sys.stdout, "reconfigure"):  # a run folder's name that is not UTF-8 (made outside
         sys.stdout.reconfigure(errors="backslashreplace")  # train.py) is printed as stderr prints it

@@ -73,7 +73,7 @@ SHARED = ROOT.parent / "shared" / "data" / "tinystories"
 VARIANTS = ["moe", "dense", "moe-ablation"]
 MOE_RUNS = ["moe", "moe-ablation"]
 # train.py options that compare.py sets for every run and so refuses to pass through.
-OWNED = {"run", "resume", "eval_only", "plot", "max_minutes", "tokenizer"}
+OWNED = {"run", "resume", "init_from", "eval_only", "plot", "max_minutes", "tokenizer"}
 FIELDS = ["steps", "tokens", "val_nats_per_token", "val_bits_per_byte", "tokens_per_s", "mfu"]
 
 

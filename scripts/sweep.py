@@ -220,8 +220,9 @@ def result_path(name: str, minutes: float, seed: int, opts) -> Path:
     return Path(opts.out_dir) / f"{name}-{minutes:g}m-s{seed}" / "sweep-result.json"
 
 
+# run_one sets these after the options passed through (each candidate starts from scratch)
 OWNED = {"preset", "max_minutes", "max_steps", "eval_every", "save_every", "eval_windows", "seed", "plot",
-         "wandb_mode", "run", "resume", "eval_only"}  # run_one sets these after the options passed through
+         "wandb_mode", "run", "resume", "init_from", "eval_only"}
 
 
 KEPT = "the runs finished so far are kept, and a rerun goes on from them"  # (each error of run_one)

@@ -358,7 +358,7 @@ def test_one_run_of_another_tokenizer_is_refused_too(tmp_path, corpus, monkeypat
 def test_every_option_it_owns_is_refused_and_minutes_0_needs_max_steps(tmp_path, capsys):
     """Catches an owned option (--max_minutes: the budget compare.py sets) passed through to override
     it, and --minutes 0 without --max_steps (runs that never end) let through."""
-    for flag in ("--run", "--resume", "--eval_only", "--plot", "--max_minutes", "--tokenizer"):
+    for flag in ("--run", "--resume", "--init_from", "--eval_only", "--plot", "--max_minutes", "--tokenizer"):
         with pytest.raises(SystemExit) as e:
             compare.parse([flag, "x", "--out", str(tmp_path)])
         assert e.value.code == 2 and f"{flag} is set by compare.py" in capsys.readouterr().err, flag

@@ -49,18 +49,23 @@ def test_export_hf_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable
     assert "pass a tokenizer.json" not in err
 
 
-def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tmp_path):
+@pytest.mark.parametrize("init, fix", [(False, "put back the run's own tokenizer.json"),
+                                       (True, "pass --tokenizer FILE, the one it was trained with")])
+def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tmp_path, init, fix):
     """Catches train.py --resume of a run whose tokenizer.json is corrupt advising "pass a
     tokenizer.json written by this project" (no --tokenizer was typed; another tokenizer is a new run)
-    instead of putting the run's own back."""
+    instead of putting the run's own back; at --init_from (a new run: nothing of its own to put back),
+    the advice names the checkpoint's tokenizer."""
     import train
     tok = tmp_path / "tokenizer.json"
     tok.write_text("")
     plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer=str(tok), eval_only=False),
-                           ckpt={}, ckpt_path=tmp_path / "last.pt", run_dir=tmp_path)
+                           ckpt=None if init else {}, ckpt_path=None if init else tmp_path / "last.pt",
+                           init={} if init else None, init_path=tmp_path / "last.pt" if init else None,
+                           run_dir=tmp_path)
     with pytest.raises(train.UserError) as e:
         train.load_data(plan, None, "cpu", print)
-    assert "put back the run's own tokenizer.json" in str(e.value)
+    assert fix in str(e.value)
     assert Path(tok).read_text() == ""
 
 

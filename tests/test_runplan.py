@@ -661,8 +661,8 @@ def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):
     with pytest.raises(CheckpointError) as e:
         plan(tmp_path, resume=str(last))
     assert str(e.value) == (f"{last} holds weights only (an import), with no optimizer state or step to "
-                            "resume: it can be evaluated (--eval_only) or sampled; train.py cannot start "
-                            "from its weights (a new --run starts from scratch)")
+                            "resume: it can be evaluated (--eval_only) or sampled, and a new run trains "
+                            f"on from its weights with --init_from {last}")
     with pytest.raises(ConfigError) as e:
         runplan.resume_settings(saved(), debug_args(dim=48), TrainArgs(), {"dim"})
     assert str(e.value) == ("model settings differ from the checkpoint's (dim: checkpoint 64, asked 48); "
@@ -714,3 +714,87 @@ def test_the_options_that_name_a_run_from_below_its_folder_name_the_run(tmp_path
     (tmp_path / "ckpt" / "r" / "sub").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "ckpt" / "r" / "sub")
     assert runplan.run_options(Path("..")) == f"--run r --out_dir {tmp_path / 'ckpt'}"
+
+
+# --- --init_from: a new run from a checkpoint's weights ----------------------------------------------
+
+def init_checkpoint(tmp_path, run="a", **kw):
+    """A fake checkpoint of the debug preset in run folder `run`, with a tokenizer.json beside it."""
+    last = fake_checkpoint(tmp_path / "ckpt" / run / "last.pt", **kw)
+    (last.parent / "tokenizer.json").write_text("{}")
+    return last
+
+
+def test_init_from_takes_the_checkpoints_model_tokenizer_and_presets_training_settings(tmp_path):
+    """Bug caught: the command line's model (the default preset's) built instead of the checkpoint's; the
+    default preset's training settings for a debug checkpoint (batch 128 for a 64-dim model); a typed
+    training setting dropped; the run resumed (step, optimizer, W&B) rather than started; the
+    checkpoint recorded as typed (a run name, which names another file once that run goes on)."""
+    last = init_checkpoint(tmp_path)
+    debug = config.preset("debug", TrainArgs)
+    p = runplan.plan_run(ModelArgs(), TrainArgs(init_from="a", out_dir=str(tmp_path / "ckpt"), lr=1e-3),
+                         config.DEFAULT_PRESET, {"init_from", "out_dir", "lr"})
+    assert p.model_args == DEBUG and p.preset == "debug" and p.run_dir.name.startswith("debug-")
+    assert (p.train_args.batch_size, p.train_args.max_steps, p.train_args.lr) == (debug.batch_size,
+                                                                                   debug.max_steps, 1e-3)
+    assert p.ckpt is None and p.ckpt_path is None and p.init_path == last and p.init["preset"] == "debug"
+    assert p.train_args.init_from == str(last.resolve()) and p.train_args.tokenizer == str(
+        last.parent / "tokenizer.json")
+    assert runplan.wandb_id(p) is None and not p.forks
+    # --preset typed picks the training settings only; the model stays the checkpoint's
+    p = plan(tmp_path, {"preset"}, model=ModelArgs(), preset="tiny", init_from=str(last.parent), run="b")
+    assert (p.model_args, p.preset, p.train_args.batch_size) == (DEBUG, "tiny", 16)
+    assert (p.run_dir, p.init_path) == (tmp_path / "ckpt" / "b", last)
+    # an import names no preset: the one the command line has
+    w = init_checkpoint(tmp_path, run="w", optimizer=False, preset=None)
+    p = plan(tmp_path, model=ModelArgs(), preset=config.DEFAULT_PRESET, init_from=str(w), run="c")
+    assert (p.model_args, p.preset, p.train_args.batch_size) == (DEBUG, config.DEFAULT_PRESET, 128)
+
+
+def test_init_from_refuses_model_settings_typed_that_differ_from_the_checkpoints(tmp_path):
+    """Bug caught: a typed --dim dropped without a word (the checkpoint's model trained), or one that
+    agrees refused; the typed training settings checked against the default preset's (--lr 1e-3 below
+    scout's --min_lr is fine on debug's 3e-4)."""
+    last = init_checkpoint(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        plan(tmp_path, {"dim"}, model=debug_args(dim=48), init_from=str(last))
+    assert str(e.value) == ("model settings differ from the checkpoint's (dim: checkpoint 64, asked 48); "
+                            "drop them: --init_from takes the checkpoint's model (another model starts from "
+                            "scratch: drop --init_from)")
+    assert plan(tmp_path, {"dim"}, model=DEBUG, init_from=str(last), run="b").model_args == DEBUG
+    with pytest.raises(ConfigError, match="min_lr"):  # checked on the checkpoint's preset's settings
+        plan(tmp_path, init_from=str(last), lr=1e-4, run="c")
+
+
+@pytest.mark.parametrize("train, message", [
+    (dict(init_from=""), "--init_from '': name a checkpoint"),
+    (dict(resume="latest"), "--init_from starts a new run from a checkpoint's weights and --resume goes on"),
+    (dict(resume="a"), "drop one of them"),
+    (dict(eval_only=True), "--eval_only evaluates the checkpoint of --resume"),
+])
+def test_init_from_is_refused_empty_or_beside_resume_or_eval_only(tmp_path, train, message):
+    """Bug caught: an unset $CKPT starting a run from scratch; --init_from beside --resume or --eval_only
+    taking one of them without a word."""
+    init_checkpoint(tmp_path)
+    train = {"init_from": str(tmp_path / "ckpt" / "a"), **train}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan(tmp_path, **train)
+
+
+def test_init_from_needs_the_checkpoints_tokenizer_and_a_folder_of_its_own(tmp_path):
+    """Bug caught: a checkpoint without a tokenizer.json beside it training a new BPE (ids its
+    embeddings never learnt); a --tokenizer typed not taken; a folder holding a checkpoint taken."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "a" / "last.pt")
+    with pytest.raises(CheckpointError) as e:
+        plan(tmp_path, init_from=str(last))
+    assert str(e.value) == (f"--init_from: there is no tokenizer.json beside {last} (the tokenizer its model "
+                            "reads); pass --tokenizer FILE, the one it was trained with")
+    tok = tmp_path / "tok.json"
+    tok.write_text("{}")
+    assert plan(tmp_path, init_from=str(last), tokenizer=str(tok), run="b").train_args.tokenizer == str(tok)
+    with pytest.raises(RunError, match="already holds a checkpoint"):
+        runplan.claim_folder(plan(tmp_path, init_from=str(last), tokenizer=str(tok), run="a"))
+    with pytest.raises(ConfigError, match="holds no checkpoint yet.*pass --init_from another checkpoint"):
+        (tmp_path / "ckpt" / "e").mkdir()
+        (tmp_path / "ckpt" / "e" / "train.json").write_text("{}")
+        plan(tmp_path, init_from=str(tmp_path / "ckpt" / "e"))

@@ -521,7 +521,7 @@ def test_every_option_sweep_sets_for_each_run_is_refused(tmp_path, capsys):
     """Catches an option sweep.py sets (--seed: seed 2 is the noise run; --eval_windows 0: all of the
     validation text) passed through, where it came after sweep.py's own or clashed with it."""
     for flag in ("--preset", "--max_minutes", "--max_steps", "--eval_every", "--save_every", "--eval_windows",
-                 "--seed", "--plot", "--wandb_mode", "--run", "--resume", "--eval_only"):
+                 "--seed", "--plot", "--wandb_mode", "--run", "--resume", "--init_from", "--eval_only"):
         with pytest.raises(SystemExit) as e:
             sweep.main(["--only", "tiny-2026-11", flag, "1", "--out_dir", str(tmp_path / "runs")])
         err = capsys.readouterr().err

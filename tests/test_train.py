@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import (
     ROOT,
+    WORDS,
     Crash,
     crash_after_saving,
     crash_in_step,
@@ -38,6 +39,7 @@ import train
 from config import TrainArgs
 from errors import ConfigError
 from model import Llama4
+from tokenizer import Tokenizer
 
 
 def args(tmp_path, corpus, cache, *extra, run="r"):
@@ -524,6 +526,52 @@ def test_weights_only_checkpoint_cannot_be_resumed(tmp_path, corpus, cache, caps
         train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume",
                         str(tmp_path / "ckpt" / "w" / "last.pt"), run="w2"))
     assert "holds weights only" in capsys.readouterr().err
+
+
+def test_init_from_starts_a_new_run_from_the_checkpoints_weights(tmp_path, corpus, cache, capsys):
+    """--init_from A --run B at learning rate 0: B's weights are A's, at B's own step 1 with a fresh
+    AdamW (one step of moments, not A's three) and A's tokenizer; B resumes with A gone (the checkpoint
+    is not read again). Bug caught: the weights not loaded (B trained from scratch), A's optimizer state
+    or step taken, B's tokenizer trained anew, a resume of B reading A."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "3", run="a"))
+    a = tmp_path / "ckpt" / "a"
+    base = ["--out_dir", str(tmp_path / "ckpt"), "--cache_dir", str(cache), "--data", str(corpus),
+            "--plot", "", "--run", "b"]
+    train.main([*base, "--init_from", "a", "--max_steps", "1", "--lr", "0", "--min_lr", "0"])
+    assert f"initialised from {a / 'last.pt'} (its step 3): a new run from step 0" in capsys.readouterr().out
+    b = checkpoint.load_checkpoint(tmp_path / "ckpt" / "b" / "last.pt")
+    assert b["model"].keys() == weights(tmp_path, "a").keys()
+    assert all(torch.equal(b["model"][k], v) for k, v in weights(tmp_path, "a").items())
+    assert b["step"] == 1 and b["preset"] == "debug" and b["train_args"]["init_from"] == str(a / "last.pt")
+    assert {int(s["step"]) for s in b["optimizer"]["state"].values()} == {1}
+    assert (tmp_path / "ckpt" / "b" / "tokenizer.json").read_bytes() == (a / "tokenizer.json").read_bytes()
+    assert [r["step"] for r in metrics(tmp_path, "b")] == [1]
+    shutil.rmtree(a)
+    train.main([*base, "--resume", "--max_steps", "2"])
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "b" / "last.pt")["step"] == 2
+
+
+def test_init_from_an_import_and_its_refusals(tmp_path, corpus, cache, capsys):
+    """An import (weights only) trains on with --init_from; another tokenizer is refused (exit 1),
+    and so are model settings that differ (exit 2), with nothing written."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", run="a"))
+    model, _ = checkpoint.load_model(tmp_path / "ckpt" / "a" / "last.pt")
+    w = tmp_path / "ckpt" / "w"
+    tok = tmp_path / "ckpt" / "a" / "tokenizer.json"
+    checkpoint.save_model_only(model, w / "last.pt", Tokenizer.load(tok).hash)
+    shutil.copy(tok, w / "tokenizer.json")
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--init_from", str(w), run="b"))
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "b" / "last.pt")["step"] == 1
+    other = write_stories(tmp_path / "other.txt", n=400, seed=5, words=(*WORDS[::2], "zebra", "xylophone"))
+    train.main(args(tmp_path, other, cache, "--max_steps", "1", run="o"))
+    capsys.readouterr()
+    for extra, code, message in [
+            (["--tokenizer", str(tmp_path / "ckpt" / "o" / "tokenizer.json")], 1, "is not the tokenizer"),
+            (["--dim", "32"], 2, "settings differ from the checkpoint's (dim: checkpoint 64, asked 32)")]:
+        with pytest.raises(SystemExit) as e:
+            train.main(args(tmp_path, corpus, cache, "--init_from", str(w), *extra, run="c"))
+        assert e.value.code == code and message in capsys.readouterr().err
+        assert not (tmp_path / "ckpt" / "c").exists()
 
 
 def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, corpus, cache, capsys):
