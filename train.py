@@ -757,11 +757,13 @@ def load_data(plan: RunPlan, world: World, device, log):
     return out
 
 
-def make_log(world: World):
+def make_log(world: World, stderr: bool = False):
+    """print for rank 0 alone, past the progress bar; on standard error where standard output holds a
+    result (--eval_only's JSON line is then all of it)."""
     def log(msg: str):
         if world.main:
             from tqdm import tqdm
-            tqdm.write(msg)
+            tqdm.write(msg, file=sys.stderr if stderr else None)
     return log
 
 
@@ -770,7 +772,7 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     start from. Settings are checked before any work; the folder is locked before anything is
     written in it, and released (removed, if this run made it and left it empty) on failure."""
     device, world = runtime.setup_distributed(runtime.resolve_device(train_args.device))
-    log = make_log(world)
+    log = make_log(world, stderr=train_args.eval_only)
     plan = runplan.plan_run(model_args, train_args, preset, given)
     folder = None
     try:

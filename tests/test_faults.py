@@ -735,7 +735,7 @@ def test_eval_only_on_a_file_given_for_it_scores_all_of_it(tmp_path, done, corpu
     capsys.readouterr()
     r = train.main(["--run", "r", "--out_dir", str(done.run_dir.parent), "--eval_only",
                     "--val_data", str(other)])
-    found = re.search(r"validation: ([\d,]+) of ([\d,]+) targets", capsys.readouterr().out)
+    found = re.search(r"validation: ([\d,]+) of ([\d,]+) targets", capsys.readouterr().err)
     covered, targets = (int(g.replace(",", "")) for g in found.groups())
     assert r["tokens"] == covered == targets > 4 * 64  # every target of the file, not 4 windows
 
@@ -750,9 +750,10 @@ def test_eval_only_whose_output_cannot_be_written_is_an_error(done, capsys, monk
     with pytest.raises(SystemExit) as e:
         train.main(["--run", "r", "--out_dir", str(done.run_dir.parent), "--eval_only"])
     assert e.value.code == 1
-    assert capsys.readouterr().err.splitlines() == [  # (not the training run's warning: it goes on)
-        "train.py: error: cannot print the result: standard output is closed or its disk is full; send it "
-        "to a file with room, or to a terminal"]
+    err = capsys.readouterr().err.splitlines()  # the log (standard error's), then the error
+    assert err[-1] == ("train.py: error: cannot print the result: standard output is closed or its disk is "
+                       "full; send it to a file with room, or to a terminal")
+    assert all(line.startswith("data: ") for line in err[:-1])  # (not the training run's warning: it goes on)
 
 
 # --- full disks and signals -----------------------------------------------------------------------

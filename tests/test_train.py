@@ -655,13 +655,16 @@ def test_an_older_checkpoint_without_its_validation_windows_keeps_its_best(tmp_p
     assert "best starts afresh" not in capsys.readouterr().out
 
 
-def test_eval_only_prints_one_json_line_last(tmp_path, corpus, cache, capsys):
+def test_eval_only_prints_one_json_line_and_logs_on_stderr(tmp_path, corpus, cache, capsys):
+    """Bug caught: the data log lines printed on standard output before the JSON line (`> result.json`
+    was not JSON), or the log lost."""
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))  # the debug preset warms up for 2
     assert "warning: --warmup_steps 2 is not below --max_steps 2" in capsys.readouterr().out
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus),
-                "--cache_dir", str(cache), "--eval_windows", "0"])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    r = json.loads(last)
+                "--cache_dir", str(cache), "--eval_windows", "0", "--lr", "1"])
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and "data: validation:" in err and "--eval_only trains nothing" in err
+    r = json.loads(out)
     assert r["tokens"] > 0 and r["bytes"] > 0 and r["step"] == 2
     assert r["bits_per_byte"] == pytest.approx(r["nats_per_token"] * r["tokens"] / (math.log(2) * r["bytes"]))
 
