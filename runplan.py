@@ -59,7 +59,7 @@ from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, DeviceError, RunError
 from model import LOSS_CHUNK, Llama4
 from runtime import World
-from tokenizer import too_small
+from tokenizer import Tokenizer, check_tokenizer, too_small
 
 
 class RunPlan(NamedTuple):
@@ -335,17 +335,20 @@ def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
 
 def check_settings(plan: RunPlan, device, world: World) -> None:
     """What can be refused before any work, as a bad setting (ConfigError, exit status 2): a
-    vocabulary smaller than a byte-level BPE, special-token ids other than those of the tokenizer
-    the run will train, a batch that does not split over the processes, CUDA
-    graphs with more than one micro-batch per process, a micro-batch whose weights, loss chunk and
-    residual stream alone exceed the device's memory, a --plot that would replace a file of the run
-    (metrics.jsonl, last.pt: a plot is written at every evaluation)."""
+    vocabulary smaller than a byte-level BPE, a vocabulary size or special-token ids other than those
+    of the tokenizer the run will train or was given (--tokenizer), a batch that does not split over
+    the processes, CUDA graphs with more than one micro-batch per process, a micro-batch whose
+    weights, loss chunk and residual stream alone exceed the device's memory, a --plot that would
+    replace a file of the run (metrics.jsonl, last.pt: a plot is written at every evaluation)."""
     model_args, train_args = plan.model_args, plan.train_args
     plot = "" if train_args.eval_only else train_args.plot  # (--eval_only draws no plot)
     if problem := storage.not_an_image("--plot", plot, plan.run_dir):
         raise ConfigError(problem)
     if plan.ckpt is None and plan.init is None and (problem := too_small(model_args.vocab_size)):
         raise ConfigError(problem)
+    if plan.ckpt is None and plan.init is None and train_args.tokenizer:  # (before any data is read)
+        where = f"--tokenizer {train_args.tokenizer}"
+        check_tokenizer(Tokenizer.load(train_args.tokenizer), model_args, where)
     if plan.ckpt is None and not train_args.tokenizer:  # one trained here puts them at ids 0, 1, ...
         for i, (name, token) in enumerate(config.SPECIAL_TOKENS.items()):
             value = getattr(model_args, name)

@@ -40,7 +40,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import storage
 from config import SPECIAL_TOKENS, ModelArgs
-from errors import DataError, first_line
+from errors import ConfigError, DataError, first_line
 
 EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
@@ -260,15 +260,17 @@ def _short_runs(texts):
 def check_tokenizer(tok: Tokenizer, model_args: ModelArgs, where: str = "the tokenizer", model: str = "",
                     fix: str = "") -> None:
     """The model's vocabulary size and special-token ids must be the tokenizer's. `model` names the
-    model when its settings are not the command line's (a checkpoint's), and `fix` then replaces
-    the advice to pass other settings (which a resumed run or sample.py cannot take)."""
+    model when its settings are not the command line's (a checkpoint's: a DataError, the file's
+    fault), and `fix` then replaces the advice to pass other settings (which a resumed run or
+    sample.py cannot take); the command line's settings are a ConfigError (exit status 2)."""
+    error = DataError if model else ConfigError
     if tok.vocab_size != model_args.vocab_size:
         has = f"{model} has {model_args.vocab_size}" if model else f"--vocab_size is {model_args.vocab_size}"
-        raise DataError(f"{where} has {tok.vocab_size} tokens but {has}; "
-                        f"{fix or f'pass --vocab_size {tok.vocab_size}'}")
+        raise error(f"{where} has {tok.vocab_size} tokens but {has}; "
+                    f"{fix or f'pass --vocab_size {tok.vocab_size}'}")
     for name, i in tok.special_ids().items():
         value = getattr(model_args, name)
         if value != i:
             has = f"{model} has {value} there" if model else f"--{name} is {value}"
-            raise DataError(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but {has}; "
-                            f"{fix or f'pass --{name} {i}'}")
+            raise error(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but {has}; "
+                        f"{fix or f'pass --{name} {i}'}")

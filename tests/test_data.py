@@ -33,7 +33,7 @@ import sources
 import tokenizer
 from config import SPECIAL_TOKENS, ModelArgs, TrainArgs
 from data import TokenData
-from errors import DataError, UserError
+from errors import ConfigError, DataError, UserError
 from tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
@@ -817,7 +817,7 @@ def test_prepare_eval_builds_the_same_validation_shard_alone(tmp_path, corpus):
     assert np.array_equal(alone.tokens, val.tokens) and alone.path.name == val.path.name
     assert not list((other / "cache" / "tokens").glob("train-*"))  # no training shard was built
     assert not list((other / "cache").glob("tokenizer-*"))  # and no tokenizer trained
-    with pytest.raises(DataError, match="pass --vocab_size 300"):
+    with pytest.raises(ConfigError, match="pass --vocab_size 300"):
         data.prepare_eval(args, margs(vocab=512), tok)
     gone = targs(other, data=str(tmp_path / "moved-away.txt"), val_data=str(val_path))  # not looked for
     assert np.array_equal(data.prepare_eval(gone, margs(), tok).tokens, val.tokens)
@@ -1511,11 +1511,11 @@ def test_tokenizer_that_disagrees_with_the_model(tmp_path, corpus):
     tok = small_tokenizer(300)
     tok.save(tmp_path / "tok.json")
     kw = dict(data=str(train_path), val_data=str(val_path), tokenizer=str(tmp_path / "tok.json"))
-    with pytest.raises(DataError, match=r"has 300 tokens but --vocab_size is 400; pass --vocab_size 300"):
+    with pytest.raises(ConfigError, match=r"has 300 tokens but --vocab_size is 400; pass --vocab_size 300"):
         run(tmp_path, vocab=400, **kw)
     _, train, _, _ = run(tmp_path, vocab=300, **kw)
     assert train.meta["tokenizer_hash"] == tok.hash
-    with pytest.raises(DataError, match=r"<\|pad\|> at id 1 but --pad_id is 9; pass --pad_id 1"):
+    with pytest.raises(ConfigError, match=r"<\|pad\|> at id 1 but --pad_id is 9; pass --pad_id 1"):
         tokenizer.check_tokenizer(tok, margs(300, pad_id=9))
 
 
@@ -1759,7 +1759,7 @@ def test_a_trained_or_cached_tokenizer_is_checked_against_the_model(tmp_path, co
     train_path, val_path, _, _ = corpus
     args = targs(tmp_path, data=str(train_path), val_data=str(val_path))
     for _ in range(2):  # trained, then a cache hit
-        with pytest.raises(DataError, match=r"<\|pad\|> at id 1 but --pad_id is 9; pass --pad_id 1"):
+        with pytest.raises(ConfigError, match=r"<\|pad\|> at id 1 but --pad_id is 9; pass --pad_id 1"):
             data.prepare(args, margs(pad_id=9), log=lambda msg: None)
     assert list((tmp_path / "cache").glob("tokenizer-*/tokenizer.json"))
 

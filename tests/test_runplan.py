@@ -19,6 +19,7 @@ import runtime
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, DataError, RunError
+from tokenizer import Tokenizer
 
 
 def fake_checkpoint(path, model=DEBUG, optimizer=True, preset="debug", **train):
@@ -301,6 +302,23 @@ def test_a_resumed_checkpoints_vocabulary_is_not_refused_as_too_small(tmp_path):
         runplan.check_settings(runplan.RunPlan(tmp_path, small, TrainArgs(), None, None), cpu, world)
     resumed = runplan.RunPlan(tmp_path, small, TrainArgs(), {"model_args": {}}, tmp_path / "last.pt")
     runplan.check_settings(resumed, cpu, world)
+
+
+def test_a_typed_tokenizer_that_disagrees_with_the_model_settings_is_refused_before_any_work(tmp_path):
+    """Bug caught: a --tokenizer whose size is not --vocab_size refused only once the data was read (a hub
+    download first), as a file's fault (exit status 1) though the fix is a setting; or one that fits
+    refused; or a resumed or --init_from run's checked against the command line's model (load_data checks
+    it against the checkpoint's)."""
+    tok = Tokenizer.train([" ".join(["the cat sat on the mat"] * 20) + f" story {i}" for i in range(40)], 280)
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    cpu, world, t = torch.device("cpu"), runtime.World(), TrainArgs(tokenizer=str(path))
+    with pytest.raises(ConfigError) as e:
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, t, None, None), cpu, world)
+    assert str(e.value) == f"--tokenizer {path} has 280 tokens but --vocab_size is 320; pass --vocab_size 280"
+    runplan.check_settings(runplan.RunPlan(tmp_path, debug_args(vocab_size=280), t, None, None), cpu, world)
+    runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, t, {}, tmp_path / "last.pt"), cpu, world)
+    runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, t, None, None, init={}), cpu, world)
 
 
 def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_process(tmp_path, monkeypatch):
