@@ -1016,17 +1016,24 @@ def test_bad_settings_exit_2_before_any_work(tmp_path, corpus, cache, monkeypatc
     assert not (tmp_path / "ckpt" / "r").exists()
 
 
-def test_special_token_ids_are_refused_only_for_a_tokenizer_the_run_trains(tmp_path):
-    """A new run that trains its tokenizer has them at 0..7; a --tokenizer may have them elsewhere,
-    and a resumed run's are its checkpoint's (both checked against the tokenizer, later)."""
+def test_special_token_ids_are_refused_only_for_a_tokenizer_the_run_trains(tmp_path, monkeypatch):
+    """A new run that trains its tokenizer has them at 0..7; a --tokenizer may have them elsewhere
+    (checked against it), and a resumed run's are its checkpoint's (checked against the tokenizer,
+    later)."""
     from dataclasses import replace
     _, (model_args, settings) = config.parse_args([ModelArgs, TrainArgs], ["--preset", "debug", "--eos_id",
                                                                             "1", "--pad_id", "0"])
     cpu, world = torch.device("cpu"), runtime.World()
     with pytest.raises(ConfigError, match="--eos_id 1: the tokenizer this run trains has .* at id 0"):
         runplan.check_settings(runplan.RunPlan(tmp_path, model_args, settings, None, None), cpu, world)
+    ids = {name: getattr(model_args, name) for name in config.SPECIAL_TOKENS}  # a tokenizer with eos at 1
+    given = SimpleNamespace(vocab_size=model_args.vocab_size, special_ids=lambda: ids)
+    monkeypatch.setattr(runplan.Tokenizer, "load", lambda path: given)
     own = replace(settings, tokenizer=str(tmp_path / "tokenizer.json"))
     runplan.check_settings(runplan.RunPlan(tmp_path, model_args, own, None, None), cpu, world)
+    ids["eos_id"] = 2
+    with pytest.raises(ConfigError, match="has <\\|endoftext\\|> at id 2 but --eos_id is 1; pass --eos_id 2"):
+        runplan.check_settings(runplan.RunPlan(tmp_path, model_args, own, None, None), cpu, world)
     resumed = runplan.RunPlan(tmp_path, model_args, settings, {"model_args": {}}, tmp_path / "last.pt")
     runplan.check_settings(resumed, cpu, world)
 
