@@ -334,13 +334,18 @@ EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "model.safetensors", 
 def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False) -> Path:
     """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files, with
     the tokenizer's sha256 in config.json ("tokenizer_sha256", which loading checks). A folder that
-    already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`.
+    already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`;
+    a training run's folder always is (an export there mixed HF files into the run's).
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
     kill -9 leaves is removed by the next export there, once its process is gone)."""
     import shutil
     import tempfile
+    run = [n for n in ("last.pt", "best.pt", "train.json", "metrics.jsonl") if (Path(out_dir) / n).exists()]
+    if run:  # (the arguments swapped, or a run folder named as the destination)
+        raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
+                              f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
     theirs = Path(out_dir) / "tokenizer.json"
     if tokenizer_path is None:  # this export has none: an old export's own may go, not a run's
@@ -612,7 +617,8 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
     A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt.
     A checkpoint already at `dest` (a run's, with its optimizer state), or another tokenizer.json
-    beside it (the one its run's checkpoints were trained with), is refused unless `replace`."""
+    beside it (the one its run's checkpoints were trained with), is refused unless `replace`; the
+    same tokenizer beside it is left as it is (not rewritten as the HF folder saved it)."""
     dest = Path(dest)
     if dest.is_dir() or dest.suffix != ".pt":
         dest = dest / "last.pt"
@@ -634,6 +640,6 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
             check_hf_tokenizer(ours, tok, folder, model.args)  # the sha256 our export recorded, if any
             sha = ours.hash
     save_model_only(model, dest, sha)
-    if tok.exists():
-        storage.atomic_write(Path(dest).parent / "tokenizer.json", tok.read_bytes())
+    if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
+        storage.atomic_write(theirs, tok.read_bytes())
     return Path(dest)

@@ -48,6 +48,11 @@ def main(argv=None):
     try:
         if args.do_import:
             dest = checkpoint.import_hf(args.source, args.dest, args.force)
+            theirs = Path(args.source) / "tokenizer.json"
+            if not theirs.exists() and not (dest.parent / "tokenizer.json").exists():
+                print(f"export_hf.py: warning: {theirs} is missing: the checkpoint got no tokenizer; "
+                      "sample.py, train.py --eval_only and --init_from need the model's tokenizer.json "
+                      f"beside it, in {dest.parent}", file=sys.stderr)
             print(f"imported {args.source} -> {dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)

@@ -1178,11 +1178,48 @@ def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, 
     assert not list((tmp_path / "hf").glob("tokenizer*"))
     # into a folder holding a run's own tokenizer.json (not an export's): refused, as with a tokenizer
     # (it was kept beside a model that records none, and a second export with --force deleted it)
-    other = copy_run(done, tmp_path / "other")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(done.run_dir / "tokenizer.json", other / "tokenizer.json")
     with pytest.raises(SystemExit) as e:
         export_main([str(run_dir), str(other)])
     assert e.value.code == 1 and "already holds another tokenizer.json" in capsys.readouterr().err
     assert (other / "tokenizer.json").exists() and not (other / "config.json").exists()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_an_export_into_a_training_runs_folder_is_refused(tmp_path, done, capsys, force):
+    """Bug caught: `export_hf.py RUN_A RUN_B` (a run folder as the destination: the arguments swapped, or
+    a slip) wrote config.json and model.safetensors among RUN_B's files and rewrote its tokenizer.json,
+    exit 0; --force, which replaces an export, does not make a run folder one."""
+    from scripts.export_hf import main as export_main
+    other = copy_run(done, tmp_path, "other")
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as e:
+        export_main([str(done.run_dir), str(other), *force])
+    assert one_line_error(capsys, 1, e) == (f"export_hf.py: error: {other} is a training run's folder (it "
+                                            "holds last.pt); export into a folder of its own, e.g. "
+                                            "hf_export/other")
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
+
+
+def test_an_import_without_a_tokenizer_says_so_and_keeps_the_same_one_beside_it(tmp_path, done, capsys):
+    """Bug caught: an HF folder without tokenizer.json imported silently into a checkpoint that sample.py,
+    --eval_only and --init_from then refuse; or an import beside the same tokenizer (a run folder's)
+    rewriting the run's tokenizer.json as the HF folder saved it."""
+    from scripts.export_hf import main as export_main
+    run_dir = copy_run(done, tmp_path)
+    export_main([str(run_dir), str(tmp_path / "hf")])
+    before = (run_dir / "tokenizer.json").read_bytes()
+    capsys.readouterr()
+    export_main(["--import", str(tmp_path / "hf"), str(run_dir / "imported.pt")])
+    assert (run_dir / "tokenizer.json").read_bytes() == before and "warning" not in capsys.readouterr().err
+    (tmp_path / "hf" / "tokenizer.json").unlink()
+    export_main(["--import", str(tmp_path / "hf"), str(tmp_path / "bare")])
+    assert (f"export_hf.py: warning: {tmp_path / 'hf' / 'tokenizer.json'} is missing: the checkpoint got no "
+            "tokenizer") in capsys.readouterr().err
+    export_main(["--import", str(tmp_path / "hf"), str(run_dir / "again.pt")])  # the run's own is there
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
