@@ -302,6 +302,8 @@ def test_a_resumed_checkpoints_vocabulary_is_not_refused_as_too_small(tmp_path):
         runplan.check_settings(runplan.RunPlan(tmp_path, small, TrainArgs(), None, None), cpu, world)
     resumed = runplan.RunPlan(tmp_path, small, TrainArgs(), {"model_args": {}}, tmp_path / "last.pt")
     runplan.check_settings(resumed, cpu, world)
+    started_from = runplan.RunPlan(tmp_path, small, TrainArgs(), None, None, init={"model_args": {}})
+    runplan.check_settings(started_from, cpu, world)  # (--init_from: its model's vocabulary)
 
 
 def test_a_typed_tokenizer_that_disagrees_with_the_model_settings_is_refused_before_any_work(tmp_path):
