@@ -738,7 +738,8 @@ class Parser(argparse.ArgumentParser):
         return values
 
     def unknown(self, words, more_options=()) -> str:
-        """The error for unknown options: each with the nearest of this parser's (or more_options)."""
+        """The error for unknown options: each with the nearest of this parser's (or more_options);
+        several stray words (an unquoted story) in one clause, not one each."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
 
         def plain(option):  # --lr-min is --lr_min
@@ -746,9 +747,18 @@ class Parser(argparse.ArgumentParser):
 
         def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
             return sorted(plain(option).split("_"))
-        hints = []
+        strays = [w for w in words if not w.startswith("-")  # (a word, not a --name; a file: a glob's)
+                  and not ("--data" in options and os.path.exists(w))]
+        hints, clauses = [], []
+        if len(strays) > 1:  # once for them all, not a clause each (sample.py once upon a time)
+            missing = "--prompt" if "--prompt" in options else "a --name"
+            quote = f" quote the story: --prompt {shlex.quote(' '.join(strays))}" * (missing == "--prompt")
+            clauses.append(f"unknown words {' '.join(map(shlex.quote, strays))} (options take the form "
+                           f"--name value; is {missing} missing before them?{quote})")
         for w in words:
             name = w.split("=")[0]
+            if len(strays) > 1 and w in strays:
+                continue
             if name == "--":  # argparse takes what follows a bare -- as values, known options too
                 hints.append("-- (a bare -- ends the options, so none after it is read; drop it)")
                 continue
@@ -779,7 +789,8 @@ class Parser(argparse.ArgumentParser):
                 continue
             close = close or difflib.get_close_matches(name, options, n=1)
             hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
-        return f"unknown option {', '.join(hints)}; see --help for the list"
+        clauses = [f"unknown option {', '.join(hints)}"] * bool(hints) + clauses
+        return f"{'; '.join(clauses)}; see --help for the list"
 
 
 def at_least(low: int):
@@ -803,14 +814,17 @@ at_least_1 = at_least(1)
 
 def check_pass_through(parser: Parser, extra: list[str], owned=()) -> None:
     """A script's options for train.py (what parser.parse_known_args left over): one the script
-    sets itself for every run (`owned`), or one train.py does not have, is a one-line error (exit
-    2); an unknown one names the nearest option of the script or of train.py."""
+    sets itself for every run or cannot take (`owned`: names, or a dict of name -> why and what to
+    do instead), or one train.py does not have, is a one-line error (exit 2); an unknown one names
+    the nearest option of the script or of train.py."""
     fields = {f"--{f.name}" for cls in (ModelArgs, TrainArgs) for f in dataclasses.fields(cls)} | {"--preset"}
     for word in extra:
         flag = word.split("=")[0]
         if not flag.startswith("--"):
             continue
         if flag[2:] in owned:
+            if isinstance(owned, dict):
+                parser.error(f"{flag} cannot be passed through to train.py: {owned[flag[2:]]}")
             parser.error(f"{flag} is set by {parser.prog} for every run; it cannot be passed through")
         if flag not in fields:
             parser.error(parser.unknown([flag], sorted(f for f in fields if f[2:] not in owned)))

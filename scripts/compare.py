@@ -28,15 +28,18 @@ How this departs from the obvious version:
   cosine schedule is laid over it; --max_steps is huge unless given, so the clock stops each run.
   Training runs cannot be interleaved, so they are sequential on a machine that may be shared: the
   load average before each run is recorded and the table says so.
-- Run folders are --out_dir/compare-{moe,dense,moe-ablation}. compare.py deletes those three
-  folders (and nothing else) before it starts, so a previous comparison never blocks a new one;
-  copy them elsewhere to keep them. All runs share --cache_dir, so the tokenizer is trained and the
-  shards are tokenized once (the first run's set-up, outside its budget); the three tokenizer.json
-  files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as it stops
-  train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison written
-  (compare.py's line comes last, after any of train.py's: a rerun starts the three runs again).
-  One at a run's last step lets that run finish, as train.py does, and then stops compare.py too;
-  at the last run's last step every run is whole, so the comparison is written first (then the
+- Run folders are --out_dir/compare-{moe,dense,moe-ablation}. compare.py deletes those three folders
+  (and nothing else) before it starts, so a previous comparison never blocks a new one; copy them
+  elsewhere to keep them. Bad --data or --val_data (an empty file, a checkpoint) is refused before
+  that, as train.py would refuse it. The previous comparison's compare.json, .md and PNGs are only
+  replaced at the end: a run that fails or is interrupted leaves them as they were (the last comparison's
+  table and plots, though its run folders are gone). All runs share --cache_dir, so the tokenizer is
+  trained and the shards are tokenized once (the first run's set-up, outside its budget); the three
+  tokenizer.json files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as
+  it stops train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison
+  written (compare.py's line comes last, after any of train.py's: a rerun starts the three runs
+  again). One at a run's last step lets that run finish, as train.py does, and then stops compare.py
+  too; at the last run's last step every run is whole, so the comparison is written first (then the
   line, and 130: a script that calls compare.py stops there too).
 - tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
   the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
@@ -62,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import sources  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
@@ -72,8 +76,15 @@ from runlog import read_metrics, writable_home_dirs  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
 VARIANTS = ["moe", "dense", "moe-ablation"]
 MOE_RUNS = ["moe", "moe-ablation"]
-# train.py options that compare.py sets for every run and so refuses to pass through.
-OWNED = {"run", "resume", "init_from", "eval_only", "plot", "max_minutes", "tokenizer"}
+# train.py options that compare.py refuses to pass through: why, and what to do instead.
+OWNED = {"run": "compare.py names each run's folder (--out_dir/compare-NAME); pick the folder with --out_dir",
+         "resume": "every run of a comparison starts from scratch; rerun compare.py to train the three "
+                   "again",
+         "init_from": "every run of a comparison starts from scratch, as the table compares them",
+         "eval_only": "compare.py trains the three runs; score one with `train.py --eval_only --resume RUN`",
+         "plot": "compare.py draws its own plots (in --out); plot_runs.py draws a run's loss curves",
+         "max_minutes": "set each run's budget with compare.py's own --minutes",
+         "tokenizer": "the three runs share one tokenizer, trained on --data and kept in --cache_dir"}
 FIELDS = ["steps", "tokens", "val_nats_per_token", "val_bits_per_byte", "tokens_per_s", "mfu"]
 
 
@@ -387,10 +398,14 @@ def main(argv=None) -> dict:
             print(f"compare.py: error: {what} {path} does not exist; pass --data / --val_data (defaults: "
                   "../shared/data/tinystories/train-lower.txt and valid-lower.txt)", file=sys.stderr)
             sys.exit(1)
+    base = shared_argv(opts, extra)
+    shared_model, shared_train = settings_of(base)
+    # an empty --data or a checkpoint named as one: train.py's DataError here, before the last comparison's
+    # run folders are deleted (train.py found it only after clear_run_folders)
+    sources.resolve_sources(shared_train, log=lambda *_: None)
     fix = storage.results_fix(opts.results, opts.out_dir)
     storage.make_folder(opts.results, fix)  # before the runs, not after them (no --out: in --out_dir)
-    base = shared_argv(opts, extra)
-    argvs, sizes, shared_model = {}, {}, settings_of(base)[0]
+    argvs, sizes = {}, {}
     for name in VARIANTS:  # the variant's own overrides come after the options passed through (in base)
         over = variant_overrides(name, shared_model)
         argvs[name] = base + over + ["--run", f"compare-{name}"]

@@ -5,7 +5,8 @@
 Left: training LM loss; right: validation bits per byte; both against tokens seen (or --x step /
 minutes). The legend names each run with its key settings (from model.json and train.json).
 The drawing is runlog.plot_runs (train.py draws each run's loss.png with it); this is its
-command line.
+command line, which takes a run's metrics.jsonl for its folder and refuses an --out whose name asks
+for a format matplotlib cannot write (runlog.plot_runs would write a PNG under that name).
 """
 
 import argparse
@@ -23,12 +24,19 @@ from errors import UserError, run_script  # noqa: E402
 
 def check_out(p, out: str) -> None:
     """A one-line error, before any work, for an --out that cannot be an image file."""
+    if not out:  # (an unset shell variable: it said "--out  is a folder")
+        p.error("--out is empty (an unset variable?); name the image file, e.g. --out compare.png, or leave "
+                "--out out for its default")
     if out == "-":  # (it wrote an image file named -)
         p.error("--out -: the plot is an image file, not text for standard output; name it, "
                 "e.g. --out compare.png")
     if problem := storage.not_an_image("--out", out):  # (--out RUN/metrics.jsonl replaced the log read;
         # --out /dev/null, as root, the device)
         p.error(problem)
+    suffix = Path(out).suffix.lower()
+    if suffix and suffix not in storage.IMAGE_SUFFIXES:  # (--out cmp.xyz was a PNG of that name)
+        p.error(f"--out {out}: matplotlib writes no {suffix} file, and the format comes from the name; name "
+                "a .png, .svg or .pdf file")
     if Path(out).is_dir():
         p.error(f"--out {out} is a folder; name the image file, e.g. --out {Path(out) / 'compare.png'}")
     folder = Path(out).parent  # the nearest folder that exists must be one (a file there was errno 17)
@@ -38,15 +46,36 @@ def check_out(p, out: str) -> None:
         p.error(f"--out {out}: {folder} is a file, not a folder; pick another --out")
 
 
+def run_folder(p, run: str) -> str:
+    """The run folder of what was typed: RUN/metrics.jsonl is RUN; a folder of runs (an --out_dir)
+    is a one-line error naming its runs, the newest first (it said "no metrics.jsonl; is it a run
+    folder?")."""
+    path = Path(run)
+    if path.name == "metrics.jsonl" and path.is_file():
+        return str(path.parent)
+    if path.is_dir() and not (path / "metrics.jsonl").exists():
+        try:
+            runs = [d for d in path.iterdir() if (d / "metrics.jsonl").is_file()]
+        except OSError:  # (unreadable: plot_runs says so)
+            runs = []
+        runs.sort(key=lambda d: (d / "metrics.jsonl").stat().st_mtime, reverse=True)
+        if runs:
+            more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+            p.error(f"{run} is a folder of runs, not a run; pass {runs[0]} (the newest) or others of its "
+                    f"runs ({', '.join(d.name for d in runs[:5])}{more})")
+    return run
+
+
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
+    p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl), or their metrics.jsonl")
     p.add_argument("--out", default=None, help="image to write, its format by its name (.png, .svg, .pdf; "
                                                "default compare.png beside the first run's folder: "
                                                "checkpoints/compare.png for checkpoints/<run>)")
     p.add_argument("--x", choices=list(runlog.X_LABELS), default="tokens")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    args.runs = [run_folder(p, run) for run in args.runs]
     if args.out is None:  # (compare.png in the current folder: an untracked file in the source tree)
         first = Path(os.path.normpath(args.runs[0]))
         first = Path(os.path.abspath(first)) if first.name in ("", "..") else first  # (`plot_runs.py .`)

@@ -60,6 +60,7 @@ import torch  # noqa: E402
 
 import config  # noqa: E402
 import runlog  # noqa: E402
+import sources  # noqa: E402
 import storage  # noqa: E402
 from errors import run_script, sigterm_interrupts  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
@@ -220,9 +221,24 @@ def result_path(name: str, minutes: float, seed: int, opts) -> Path:
     return Path(opts.out_dir) / f"{name}-{minutes:g}m-s{seed}" / "sweep-result.json"
 
 
-# run_one sets these after the options passed through (each candidate starts from scratch)
-OWNED = {"preset", "max_minutes", "max_steps", "eval_every", "save_every", "eval_windows", "seed", "plot",
-         "wandb_mode", "run", "resume", "init_from", "eval_only"}
+# train.py options sweep.py refuses to pass through: why, and what to do instead. run_one sets most
+# after the options passed through; each candidate starts from scratch.
+SET = "sweep.py sets it for every run"
+OWNED = {"preset": f"{SET} (tiny, with each candidate's overrides)",
+         "max_minutes": f"{SET}; use sweep.py's own --screen_minutes and --confirm_minutes",
+         "max_steps": f"{SET} (none: the budget in minutes stops each run); use --screen_minutes and "
+                      "--confirm_minutes",
+         "eval_every": f"{SET} (one evaluation, after the budget, which it does not cost)",
+         "save_every": f"{SET} (a save at the end only)",
+         "eval_windows": f"{SET} (0: all of --val_data, so that every run is scored on the same text)",
+         "seed": f"{SET} (1, and 2 for the best candidate's noise run)",
+         "plot": f"{SET} (no plot per run; sweep.png is the sweep's)",
+         "wandb_mode": f"{SET} (disabled)",
+         "run": "sweep.py names each run's folder after its candidate; pick the folder with --out_dir",
+         "resume": "every candidate starts from scratch; rerun sweep.py with the same options to go on "
+                   "from the finished runs",
+         "init_from": "every candidate starts from scratch, as the sweep compares them",
+         "eval_only": "sweep.py trains its candidates; score a run with `train.py --eval_only --resume RUN`"}
 
 
 KEPT = "the runs finished so far are kept, and a rerun goes on from them"  # (each error of run_one)
@@ -242,6 +258,7 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     if result_file.exists():
         result = json.loads(result_file.read_text())
         if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)
+            check_data(setting, opts)  # (a mistyped --data was blamed on the earlier run's options)
             sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
                      f"({' '.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
         return result
@@ -280,6 +297,15 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
               **size_of(overrides + opts.extra)}
     storage.save_json(result_file, result)
     return result
+
+
+def check_data(setting: list[str], opts) -> None:
+    """A --data or --val_data that train.py would refuse (no such file, an empty one, a checkpoint):
+    its DataError, one line naming it."""
+    train_args = config.parse_args([config.ModelArgs, config.TrainArgs],
+                                   [*setting, "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir],
+                                   prog="sweep.py")[1][1]
+    sources.resolve_sources(train_args, log=lambda *_: None)
 
 
 def tokens_per_s(train: list[dict]) -> float | None:
@@ -346,7 +372,10 @@ def results_folder(p, opts) -> Path:
 def check_options(p, opts) -> list[str]:
     """A one-line error (exit 2), before any run, for a bad option of the sweep's own or one passed
     through; the --only shapes."""
-    only = [s for s in opts.only.split(",") if s]
+    only = [s for s in (opts.only or "").split(",") if s]
+    if opts.only is not None and not only:  # (an empty shell variable: it ran the whole sweep, ~3 hours)
+        p.error(f"--only is empty; name shapes to screen, e.g. --only {','.join(list(shapes())[:2])}, or "
+                "leave --only out to screen them all")
     unknown = sorted(set(only) - set(shapes()))
     if unknown:
         p.error(f"--only: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(shapes())}")
@@ -365,7 +394,7 @@ def main(argv=None):
     p.add_argument("--screen_minutes", type=float, default=2.5)
     p.add_argument("--confirm_minutes", type=float, default=10.0)
     p.add_argument("--confirm", type=int, default=3, help="how many screened candidates to confirm")
-    p.add_argument("--only", default="", help="comma-separated shape names to screen (default: all)")
+    p.add_argument("--only", default=None, help="comma-separated shape names to screen (default: all)")
     p.add_argument("--no_variations", action="store_true", help="screen shapes only")
     p.add_argument("--no_compile", action="store_true", help="skip the compiled run of the best candidate")
     p.add_argument("--no_followups", action="store_true", help="skip stage 6 (regularisation)")

@@ -106,7 +106,8 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys):
 def test_options_it_owns_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         compare.main(["--run", "x", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "--run is set by compare.py" in capsys.readouterr().err
+    assert e.value.code == 2 and "--run cannot be passed through to train.py: compare.py names each run's " \
+                                 "folder" in capsys.readouterr().err
 
 
 def test_an_unknown_pass_through_option_is_one_line_before_anything_else(tmp_path, capsys):
@@ -361,7 +362,9 @@ def test_every_option_it_owns_is_refused_and_minutes_0_needs_max_steps(tmp_path,
     for flag in ("--run", "--resume", "--init_from", "--eval_only", "--plot", "--max_minutes", "--tokenizer"):
         with pytest.raises(SystemExit) as e:
             compare.parse([flag, "x", "--out", str(tmp_path)])
-        assert e.value.code == 2 and f"{flag} is set by compare.py" in capsys.readouterr().err, flag
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"{flag} cannot be passed through to train.py: " in err, flag
+        assert err.count("\n") == 1, err
     with pytest.raises(SystemExit) as e:
         compare.parse(["--minutes", "0", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--minutes 0 needs --max_steps" in capsys.readouterr().err
@@ -450,3 +453,28 @@ def test_the_runs_get_the_settings_and_the_table_says_what_they_ran(tmp_path, co
     table = (tmp_path / "img" / "compare.md").read_text()
     assert "| 5 | 2,560 | 5.0000 | 2.0000 | 100 | n/a |" in table.splitlines()[2]
     assert "a budget of 1 minutes or 5 steps, batch 4 x 64 tokens, seed 7," in table
+
+
+@pytest.mark.parametrize("bad", ["empty", "checkpoint", "val_empty"])
+def test_bad_data_is_refused_before_the_previous_comparisons_runs_are_deleted(tmp_path, corpus, monkeypatch,
+                                                                               bad):
+    """Bug caught: an empty --data (or a last.pt named as one, or an empty --val_data) was refused by
+    train.py only after clear_run_folders had deleted the previous comparison's three run folders:
+    exit 1 with the old runs gone. Now train.py's DataError comes first and nothing is touched."""
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    runs = tmp_path / "runs"
+    for name in NAMES:
+        (runs / f"compare-{name}").mkdir(parents=True)
+        (runs / f"compare-{name}" / "last.pt").write_bytes(b"old")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "last.pt").write_bytes(b"a checkpoint")
+    data, val = {"empty": (tmp_path / "empty.txt", corpus / "valid.txt"),
+                 "checkpoint": (tmp_path / "last.pt", corpus / "valid.txt"),
+                 "val_empty": (corpus / "train.txt", tmp_path / "empty.txt")}[bad]
+    with pytest.raises(compare.DataError) as e:
+        compare.main(["--data", str(data), "--val_data", str(val), "--preset", "debug",
+                      "--out_dir", str(runs), "--out", str(tmp_path / "img")])
+    said = {"empty": "--data: ", "checkpoint": "--data: ", "val_empty": "--val_data: "}[bad]
+    assert str(e.value).startswith(said) and ("is empty" in str(e.value) or "is not .txt" in str(e.value))
+    assert all((runs / f"compare-{name}" / "last.pt").read_bytes() == b"old" for name in NAMES)
+    assert not (tmp_path / "img").exists()

@@ -1105,3 +1105,32 @@ def test_a_lone_dash_beside_an_unknown_option_is_not_named(capsys):
         config.parse_args([SampleArgs], ["--foo", "-"], prog="sample.py")
     err = capsys.readouterr().err
     assert err.startswith("sample.py: error: unknown option --foo ") and "-h?" not in err, err
+
+
+def test_an_unquoted_story_is_one_clause_not_one_per_word(capsys):
+    """Bug caught: `sample.py --ckpt X once upon a time` said "unknown option once (options take the
+    form --name value; is --prompt missing before it?), upon (options take ...), a (...), time (...)":
+    the words are now named once, with the story quoted as it should be typed."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([SampleArgs], ["--ckpt", "X", "once", "upon", "a", "time"], prog="sample.py")
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "sample.py: error: unknown words once upon a time (options take the form --name value; is --prompt "
+        "missing before them? quote the story: --prompt 'once upon a time'); see --help for the list\n")
+    with pytest.raises(SystemExit):  # a script without --prompt: a missing --name, once
+        config.parse_args([ModelArgs], ["foo", "bar"], prog="train.py")
+    assert capsys.readouterr().err == (
+        "train.py: error: unknown words foo bar (options take the form --name value; is a --name missing "
+        "before them?); see --help for the list\n")
+
+
+def test_an_option_a_script_refuses_to_pass_through_says_why(capsys):
+    """Bug caught: compare.py said "--resume is set by compare.py for every run" of options it does not
+    set (--resume, --init_from: every run starts from scratch) and did not point --max_minutes to its
+    own --minutes. check_pass_through now takes each option's reason and fix."""
+    p = config.Parser(prog="compare.py")
+    with pytest.raises(SystemExit) as e:
+        config.check_pass_through(p, ["--dim", "64", "--max_minutes=3"],
+                                  owned={"max_minutes": "use --minutes"})
+    assert e.value.code == 2 and capsys.readouterr().err == \
+        "compare.py: error: --max_minutes cannot be passed through to train.py: use --minutes\n"
+    config.check_pass_through(p, ["--dim", "64"], owned={"max_minutes": "use --minutes"})

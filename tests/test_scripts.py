@@ -52,6 +52,10 @@ def test_plot_runs_output_closed_early_ends_quietly(tmp_path):
     ("folder", "--out {tmp}/folder is a folder; name the image file, e.g. --out {tmp}/folder/compare.png"),
     ("a_file/x.png", "--out {tmp}/a_file/x.png: {tmp}/a_file is a file, not a folder; pick another --out"),
     ("a_file/b/x.png", "--out {tmp}/a_file/b/x.png: {tmp}/a_file is a file, not a folder"),
+    # Bugs caught: `--out ""` said "--out  is a folder"; --out cmp.xyz wrote a PNG named cmp.xyz
+    ("", "--out is empty (an unset variable?); name the image file"),
+    ("cmp.xyz", "--out {tmp}/cmp.xyz: matplotlib writes no .xyz file, and the format comes from the name; "
+                "name a .png, .svg or .pdf file"),
 ])
 def test_plot_runs_refuses_an_out_that_cannot_be_an_image_before_any_work(tmp_path, monkeypatch, capsys,
                                                                           out, message):
@@ -61,7 +65,7 @@ def test_plot_runs_refuses_an_out_that_cannot_be_an_image_before_any_work(tmp_pa
     run = fake_run(tmp_path / "r1")
     (tmp_path / "folder").mkdir()
     (tmp_path / "a_file").write_text("")
-    out = out if out == "-" else str(tmp_path / out)
+    out = out if out in ("-", "") else str(tmp_path / out)
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run), "--out", out])
     err = capsys.readouterr().err
@@ -371,4 +375,20 @@ def test_plot_runs_names_the_field_a_record_lacks(tmp_path):
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run), "--out", str(tmp_path / "p.png")])
     assert str(e.value.code).startswith("plot_runs.py: error: a metrics.jsonl record has no 'tokens' field")
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_runs_takes_a_runs_metrics_jsonl_and_names_the_runs_of_a_folder_of_runs(tmp_path, capsys):
+    """Bugs caught: `plot_runs.py RUN/metrics.jsonl` said ".../metrics.jsonl/metrics.jsonl does not
+    exist"; a folder of runs (an --out_dir) said it had no metrics.jsonl, not which runs it holds."""
+    older, newer = fake_run(tmp_path / "runs" / "older"), fake_run(tmp_path / "runs" / "newer")
+    os.utime(older / "metrics.jsonl", (1e9, 1e9))
+    plot_runs.main([str(newer / "metrics.jsonl")])  # its folder's: compare.png beside the run
+    assert capsys.readouterr().out == f"{tmp_path / 'runs' / 'compare.png'}\n"
+    assert (tmp_path / "runs" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(tmp_path / "runs"), "--out", str(tmp_path / "p.png")])
+    assert e.value.code == 2 and capsys.readouterr().err.split(": error: ", 1)[1] == (
+        f"{tmp_path / 'runs'} is a folder of runs, not a run; pass {newer} (the newest) or others of its "
+        "runs (newer, older)\n")
     assert not (tmp_path / "p.png").exists()

@@ -86,7 +86,9 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     assert e.value.code == 2 and "--only: unknown shape(s) nosuchshape; choose from" in capfd.readouterr().err
     for argv, message in [  # refused before any run
             (["--minuts", "2"], "unknown option --minuts (did you mean --screen_minutes?)"),
-            (["--max_minutes", "3"], "--max_minutes is set by sweep.py for every run"),  # it was ignored
+            (["--max_minutes", "3"],  # it was ignored
+             "--max_minutes cannot be passed through to train.py: sweep.py sets it for every run; use "
+             "sweep.py's own --screen_minutes"),
             (["--only", "tiny-2026-11", "--min_lr", "3e-3"],
              "candidate tiny-2026-11: --min_lr: 0.003 is above --lr 0.002"),
             (["--screen_minutes", "0"], "--screen_minutes: must be above 0, got 0"),  # it never ended
@@ -106,6 +108,42 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
                     "--out", str(tmp_path / "img"), *TOY])
     assert str(e.value.code).startswith("sweep.py: error: train.py failed for ")
     assert "--data: no such file" in capfd.readouterr().err  # train.py's own line, above ours
+
+
+def test_an_empty_only_is_refused_not_the_whole_sweep(tmp_path, monkeypatch, capsys):
+    """Bug caught: `--only ""` (an empty shell variable) screened every shape, the ~3-hour sweep,
+    where --only nosuchshape is refused."""
+    stop_at_the_first_run(monkeypatch)
+    for only in ("", ","):
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--only", only, "--out_dir", str(tmp_path / "runs")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith("sweep.py: error: --only is empty; name shapes to screen, e.g. --only "
+                              "tiny-2026-11,d192-e8, or leave --only out"), err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(Started):  # no --only: every shape, as before
+        sweep.main(["--out_dir", str(tmp_path / "runs")])
+
+
+def test_a_missing_data_file_is_named_even_beside_earlier_runs(corpus, tmp_path, monkeypatch):
+    """Bug caught: a mistyped --data in an --out_dir holding an earlier sweep's finished run said that
+    run "holds a run made with other train.py options ... pick another --out_dir", not that the file
+    does not exist (as a fresh --out_dir's first train.py run says)."""
+    def trained(argv, **kwargs):  # a train.py that finishes
+        run_dir = sweep.Path(argv[argv.index("--out_dir") + 1]) / argv[argv.index("--run") + 1]
+        finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    argv = one_toy_run(corpus, tmp_path)
+    sweep.main([*argv, "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"])
+    argv[argv.index("--data") + 1] = str(tmp_path / "nope.txt")
+    with pytest.raises(sweep.sources.DataError, match=r"^--data: no such file '.*nope\.txt'; check the "):
+        sweep.main([*argv, "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"])
+    argv[argv.index("--data") + 1] = str(corpus / "valid.txt")  # text that exists: the earlier run is named
+    with pytest.raises(SystemExit) as e:
+        sweep.main([*argv, "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"])
+    assert "holds a run made with other train.py options" in str(e.value.code)
 
 
 class Started(Exception):
@@ -525,7 +563,9 @@ def test_every_option_sweep_sets_for_each_run_is_refused(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             sweep.main(["--only", "tiny-2026-11", flag, "1", "--out_dir", str(tmp_path / "runs")])
         err = capsys.readouterr().err
-        assert e.value.code == 2 and f"sweep.py: error: {flag} is set by sweep.py for every run" in err, flag
+        said = f"sweep.py: error: {flag} cannot be passed through to train.py: "
+        assert e.value.code == 2 and said in err, flag
+        assert err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
 
 
