@@ -9,8 +9,9 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
     os_error_in, refused_in    the OSError behind a wrapped failure; whether it is a write refused in a folder
     results_path(parser, ...)  where a script writes results: never over the README's figures by accident
-    special_kind, not_an_image, not_a_file_to_write   what an output may not be written over: a device or
-                               FIFO (atomic_write refuses it), a run's own file, a folder
+    special_kind, not_an_image, not_a_file_to_write, not_a_result   what an output may not be written
+                               over: a device or FIFO (atomic_write refuses it), a run's own file, a
+                               folder, a file that is not an earlier result of the same benchmark
 
 How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
@@ -216,6 +217,38 @@ def not_a_file_to_write(option: str, path: str | None, example: str) -> str | No
         return (f"{option} {path} is a folder; name the file to write, e.g. "
                 f"{option} {os.path.join(path, example)}")
     return special_file(option, path)
+
+
+RESULT_MAX_BYTES = 1 << 26  # a benchmark's JSON is kilobytes: a bigger file is something else (not read)
+
+
+def not_a_result(option: str, path: str | None, example: str, keys: tuple[str, ...]) -> str | None:
+    """Why a benchmark's JSON may not be written at `path`, or None, said before any work: what
+    not_a_file_to_write refuses, a name that is no .json file's, or a file already there that is
+    not an earlier result of the same benchmark (a JSON object holding all of `keys`, or gpu_check.py's
+    stand-in for one, {"not_measured": ...}): `--out RUN/last.pt` replaced a checkpoint with JSON,
+    `--out RUN/train.json` a run's settings. An earlier result (the README's figure, a rerun) and an
+    empty file (mktemp's) may be replaced. None: no such option given."""
+    if path is None:
+        return None
+    if problem := not_a_file_to_write(option, path, example):
+        return problem
+    instead = f"name a new .json file, e.g. {option} {os.path.join(os.path.dirname(path), example)}"
+    if Path(path).suffix.lower() != ".json":
+        return f"{option} {path}: the results are JSON; {instead}"
+    doc = None
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:  # (nothing there to lose)
+            return None
+        if os.path.getsize(path) <= RESULT_MAX_BYTES:
+            with open(path, "rb") as f:
+                doc = json.load(f)
+    except (OSError, ValueError):  # (unreadable, or not JSON: refused as something else)
+        pass
+    if isinstance(doc, dict) and (set(keys) <= doc.keys() or "not_measured" in doc):
+        return None
+    return (f"{option} {path} is not an earlier result of this benchmark, and the results would replace "
+            f"it; {instead}")
 
 
 def atomic_write(path, data, fix: str | None = None) -> None:

@@ -38,6 +38,7 @@ from tokenizer import too_small  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt"
 BAD_TEXT = 3  # the prepare() subprocess's exit status for a one-line error about the text
+RESULT_KEYS = ("end_to_end", "tokenization")  # in its JSON: an existing --out without them is refused
 
 
 def rss_mb(field="VmRSS") -> float:
@@ -141,7 +142,8 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
 def parser():
     p = config.Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="text file in the official TinyStories layout")
-    p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
+    p.add_argument("--out", default=None, help="a .json file, new or an earlier result of this benchmark "
+                                               "(default, for a run with every other option at its "
                                                "default: img/bench_data.json; other runs write only where "
                                                "--out says)")
     p.add_argument("--repeat", type=config.at_least_1, default=10,
@@ -186,8 +188,8 @@ def main(argv=None):
     opts = p.parse_args(argv)
     if opts.child:
         return child(*opts.child)
-    if problem := storage.not_a_file_to_write("--out", opts.out, "bench_data.json"):
-        p.error(problem)  # (before the work: a device there became the JSON, a folder failed)
+    if problem := storage.not_a_result("--out", opts.out, "bench_data.json", RESULT_KEYS):
+        p.error(problem)  # (before the work: a device or a checkpoint there became the JSON, a folder failed)
     if problem := too_small(opts.vocab_size):  # (the prepare() subprocess would say so, as exit 1)
         p.error(problem)
     if os.path.isdir(opts.data):

@@ -83,6 +83,7 @@ class HFRunner(torch.nn.Module):
 
 
 COMPILE_MODE = "default"  # torch.compile's mode for the +compile variants (--compile_mode)
+RESULT_KEYS = ("config", "batches", "params")  # in its JSON: an existing --out without them is refused
 
 
 def is_eval(variant: str) -> bool:
@@ -476,9 +477,10 @@ def parser() -> config.Parser:
     p.add_argument("--profile", action="store_true",
                    help="also profile moe and moe+compile (torch.profiler, 3 steps): kernels, their "
                         "time against the wall time, the top ones (the GPU check does)")
-    p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at "
-                                               "its default: img/bench_model.json, or bench_model_cuda.json "
-                                               "on CUDA; other runs write only where --out says)")
+    p.add_argument("--out", default=None, help="a .json file, new or an earlier result of this benchmark "
+                                               "(default, for a run with every other option at its "
+                                               "default: img/bench_model.json, or bench_model_cuda.json on "
+                                               "CUDA; other runs write only where --out says)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     return p
@@ -491,8 +493,8 @@ def main(argv=None):
         dtype = getattr(torch, opts.dtype)
         print(peak_memory_child(opts.child, json.loads(opts.base), int(opts.batches), dtype))
         return None
-    if problem := storage.not_a_file_to_write("--out", opts.out, "bench_model.json"):
-        p.error(problem)  # (before the work: a device there became the JSON, a folder failed)
+    if problem := storage.not_a_result("--out", opts.out, "bench_model.json", RESULT_KEYS):
+        p.error(problem)  # (before the work: a device or a checkpoint there became the JSON, a folder failed)
     global COMPILE_MODE
     COMPILE_MODE = opts.compile_mode
     device = runtime.resolve_device(opts.device)

@@ -50,6 +50,7 @@ from model import Llama4  # noqa: E402
 
 PROMPT, NEW = 16, 256
 VARIANTS = ("cached", "compiled", "compiled-nograph", "reference", "uncached", "hf")
+RESULT_KEYS = ("config", "results")  # in its JSON: an existing --out without them is refused
 
 
 def decode(variant, model, hf, prompts, new_tokens, ragged=False) -> list[list[int]]:
@@ -162,18 +163,20 @@ def measure(opts, model, hf, device, keep=lambda results: None) -> dict:
 
 
 def report(opts, result):
+    """The table on stdout: tokens/s, ours (compiled, else cached) over each of uncached and hf that
+    ran (a variant left out, such as hf under --no-hf, has no column), and whether tokens agree."""
     c, base = result["config"], compared_with(opts.variants)
+    ours = "compiled" if "compiled" in opts.variants else "cached"
+    others = [v for v in ["hf", "uncached"] if v in opts.variants and ours in opts.variants]
     print(f"decode: {c['new_tokens']} new tokens after a {PROMPT}-token prompt, preset {c['preset']}, "
           f"greedy, {c['dtype']}, {c['device_name']}, median of {c['repeats']}")
     print(f"{'batch':6s}" + "".join(f"{v + ' tok/s':>15s}" for v in opts.variants)
-          + "".join(f"{k:>20s}" for k in ["ours/hf", "ours/uncached", f"same as {base}"]))
+          + "".join(f"{k:>20s}" for k in [*(f"ours/{v}" for v in others), f"same as {base}"]))
     for key, r in result["results"].items():
         t = r["tokens_per_s"]
-        ours = "compiled" if "compiled" in t else "cached"
         same = "yes" if all(r[f"same_tokens_as_{base}"].values()) else "NO"
         print(f"{key[5:]:6s}" + "".join(f"{t[v]:15,.0f}" for v in opts.variants)
-              + f"{r.get(f'{ours}_over_hf', float('nan')):20.2f}"
-              + f"{r.get(f'{ours}_over_uncached', float('nan')):20.2f}{same:>20s}")
+              + "".join(f"{r[f'{ours}_over_{v}']:20.2f}" for v in others) + f"{same:>20s}")
         for v, why in r.get("fell_back_to_eager", {}).items():
             print(f"  {v}: compiling failed ({why}); timed eagerly")
         for v, n in r.get("cudagraph_skips", {}).items():
@@ -204,9 +207,10 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="the debug preset, 8 new tokens, batches 1,2, one "
                                                         "warm-up and one timed run, each unless typed: "
                                                         "seconds on CPU (a test)")
-    p.add_argument("--out", default=None, help="JSON file (default, for a run with every other option at its "
-                                               "default: img/bench_sample.json, or bench_sample_cuda.json on "
-                                               "CUDA; other runs write only where --out says)")
+    p.add_argument("--out", default=None, help="a .json file, new or an earlier result of this benchmark "
+                                               "(default, for a run with every other option at its "
+                                               "default: img/bench_sample.json, or bench_sample_cuda.json "
+                                               "on CUDA; other runs write only where --out says)")
     opts = p.parse_args(argv)
     opts.given, opts.parser = argparse.Namespace(**vars(opts)), p  # as typed: see storage.results_path
     unknown = sorted(set((opts.variants or "").split(",")) - set(VARIANTS) - {""})
@@ -232,8 +236,8 @@ def parse(argv):
 
 def main(argv=None):
     opts = parse(argv)
-    if problem := storage.not_a_file_to_write("--out", opts.out, "bench_sample.json"):
-        opts.parser.error(problem)  # (before the work: a device there became the JSON, a folder failed)
+    if problem := storage.not_a_result("--out", opts.out, "bench_sample.json", RESULT_KEYS):
+        opts.parser.error(problem)  # (before the work: a device or checkpoint there became the JSON)
     device = runtime.resolve_device(opts.device)
     dtype = runtime.compute_dtype(opts.dtype, device)
     cuda = device.type == "cuda"

@@ -39,7 +39,8 @@ end-to-end tokens/s and MFU, the evaluation, the stories), gpu.md (the tables th
 quotes) and log.txt; the run goes to --work (checkpoints/gpu-check/, git-ignored). --compile_mode
 reduce-overhead compiles the model and train parts with CUDA graphs. Data: --data / --val_data, by
 default gpu-data/ in the checkout (`make gpu-prep` copies the shared files there, since ../shared
-does not travel to a lent GPU machine), else ../shared/data/tinystories/.
+does not travel to a lent GPU machine), else ../shared/data/tinystories/. A training run's folder
+is refused as --out: the check's train.json would replace the run's.
 
 A lease's time limit kills a command with all it runs, so the check keeps what it has as it goes:
 each command's output reaches log.txt line by line, the benchmarks rewrite their JSON after each
@@ -509,8 +510,13 @@ def parse(argv):
     # the README's text wherever it lies (../shared or gpu-data/) is the default; other text is not
     same_text = [k for k in ("data", "val_data")
                  if Path(getattr(opts, k)).name == Path(p.get_default(k)).name]
-    return opts, storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
-                                      ignore=("only", "deadline", "work", "render", *same_text))
+    out = storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
+                               ignore=("only", "deadline", "work", "render", *same_text))
+    run = [name for name in storage.RUN_FILES if name != "train.json" and (out / name).is_file()]
+    if run and not opts.render:  # (the train part replaced the run's settings)
+        p.error(f"--out {out} is a training run's folder (it holds {run[0]}), whose train.json the check's "
+                f"would replace; name a folder of its own, e.g. --out {out / 'gpu'}")
+    return opts, out
 
 
 def write_summary(out: Path) -> None:

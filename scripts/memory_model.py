@@ -103,8 +103,10 @@ def check_out(p, out: str | None) -> None:
     if out is not None and Path(out).suffix.lower() == ".md":  # (the table beside it replaced the JSON)
         p.error(f"--out {out}: the table is written beside the JSON as {Path(out).with_suffix('.md').name}; "
                 f"name the JSON file, e.g. --out {Path(out).with_suffix('.json')}")
-    if problem := storage.not_a_file_to_write("--out", out, "memory_model.json"):  # (a folder: found only
-        p.error(problem)  # after the work; a device became the JSON; "" was taken for the current folder)
+    # (a folder: found only after the work; a device, or a checkpoint, became the JSON; "" was taken for
+    # the current folder)
+    if problem := storage.not_a_result("--out", out, "memory_model.json", ("config", "batches")):
+        p.error(problem)
 
 
 def check_batches(p, batches: list[int], args: ModelArgs) -> None:

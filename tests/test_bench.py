@@ -52,7 +52,8 @@ def test_bench_model_compiles_at_the_largest_batch_unless_told(tmp_path, monkeyp
         return {}
     monkeypatch.setattr(bench_model, "measure_batch", fake_measure)
     monkeypatch.setattr(bench_model, "report", lambda result: None)
-    common = ["--quick", "--no-hf", "--compile", "true", "--batches", "2,4", "--out", str(tmp_path / "b")]
+    out = str(tmp_path / "b.json")
+    common = ["--quick", "--no-hf", "--compile", "true", "--batches", "2,4", "--out", out]
     bench_model.main(common)
     compiled = {"moe+compile", "dense+compile", "moe+eval+compile"}
     assert not compiled & set(seen[2]) and compiled <= set(seen[4])
@@ -831,3 +832,66 @@ def test_the_warm_up_steps_are_compared_and_a_lost_gradient_is_a_failure(tmp_pat
     (tmp_path / "bench_model.json").write_text(json.dumps(result))
     assert gpu_check.failed_variants(tmp_path / "bench_model.json") == [
         f"bench_model.py {v} at batch 2 (not the eager step)" for v in ["moe+compile", "dense+compile"]]
+
+
+@pytest.mark.parametrize("script, work", [("bench_data", "run_child"), ("bench_sample", "measure"),
+                                          ("bench_model", "measure_batch")])
+def test_benchmarks_refuse_an_out_that_is_no_earlier_result_of_theirs(script, work, tmp_path, monkeypatch,
+                                                                      capsys):
+    """Bug caught: bench_sample.py --quick --out checkpoints/a/last.pt (bench_model.py and
+    bench_data.py likewise) wrote its JSON over the checkpoint, exit 0; so over a run's
+    metrics.jsonl or train.json, a .txt, another benchmark's JSON. Now refused before the work, exit
+    2, in one line naming a .json file; every file left as it was, none made."""
+    import importlib
+    from pathlib import Path
+    module = importlib.import_module(f"scripts.{script}")
+
+    def begun(*a, **k):
+        raise AssertionError("the work began")
+    monkeypatch.setattr(module, work, begun)
+    run = tmp_path / "run"
+    run.mkdir()
+    other = DATA if script != "bench_data" else SAMPLE  # (another benchmark's result)
+    files = {"last.pt": b"PK\x03\x04 a checkpoint", "metrics.jsonl": b'{"step": 1}\n',
+             "train.json": b'{"lr": 0.001}\n', "notes.txt": b"mine", "other.json": json.dumps(other).encode(),
+             "broken.json": b"PK\x03\x04"}
+    for name, data in files.items():
+        (run / name).write_bytes(data)
+    argv = ["--data", str(Path(__file__))] if script == "bench_data" else ["--quick"]
+    fix = f"; name a new .json file, e.g. --out {run / script}.json"
+    for name in [*files, "new.txt", "new.pt"]:
+        with pytest.raises(SystemExit) as e:
+            module.main([*argv, "--out", str(run / name)])
+        err = capsys.readouterr().err.strip().splitlines()
+        if name.endswith(".json"):
+            want = f"--out {run / name} is not an earlier result of this benchmark, and the results would " \
+                   "replace it" + fix
+        else:
+            want = f"--out {run / name}: the results are JSON" + fix
+        assert e.value.code == 2 and err[-1].endswith(f": error: {want}"), err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+
+
+@pytest.mark.parametrize("script, figures", [
+    ("bench_model", ["bench_model.json", "bench_model_scout_cpu.json", "gpu/bench_model.json"]),
+    ("bench_sample", ["bench_sample.json", "gpu/bench_sample.json"]), ("bench_data", ["bench_data.json"])])
+def test_a_rerun_may_replace_the_readme_figures_and_earlier_results(script, figures, tmp_path):
+    """Catches the --out check refusing a benchmark's own earlier JSON: the README's figures in img/
+    (bench.py and a rerun pass them as --out), one cut short by a deadline (gpu_check.py marks it
+    "incomplete"), gpu_check.py's stand-in for one not measured, an empty file (mktemp's); a new
+    .json file, any case of the suffix, is fine too."""
+    import importlib
+
+    from conftest import ROOT
+
+    import storage
+    keys = importlib.import_module(f"scripts.{script}").RESULT_KEYS
+    for figure in figures:
+        assert storage.not_a_result("--out", str(ROOT / "img" / figure), f"{script}.json", keys) is None
+    first = json.loads((ROOT / "img" / figures[0]).read_text())
+    for name, data in [("cut.json", {**first, "incomplete": "cut by the deadline"}),
+                       ("stand-in.json", {"not_measured": f"{script}.py (exit 1)"}), ("empty.json", None),
+                       ("new.json", False), ("NEW.JSON", False)]:
+        if data is not False:
+            (tmp_path / name).write_text("" if data is None else json.dumps(data))
+        assert storage.not_a_result("--out", str(tmp_path / name), f"{script}.json", keys) is None, name

@@ -41,7 +41,8 @@ def test_ragged_prompts_give_a_left_padded_batch_equal_across_variants(tmp_path)
     assert result["config"]["ragged"] and set(r["tokens_per_s"]) == {"cached", "uncached"}
     assert all(r["same_tokens_as_cached"].values())
     # the MoE's reference path, eager: what a compiled step runs where grouped_mm is missing
-    result = main(["--quick", "--ragged", "--variants", "cached,reference", "--out", str(tmp_path / "c")])
+    result = main(["--quick", "--ragged", "--variants", "cached,reference", "--out",
+                   str(tmp_path / "c.json")])
     r = result["results"]["batch2"]
     assert all(r["same_tokens_as_cached"].values()) and r["share_of_tokens_as_reference"] == {
         "cached": 1.0, "reference": 1.0}
@@ -244,3 +245,17 @@ def test_warmup_0_is_kept_on_cuda_where_the_default_is_1(tmp_path, monkeypatch):
     for warmup in (["--warmup", "0"], []):
         main(["--dtype", "float32", "--no-hf", *warmup, "--out", str(tmp_path / "b.json")])
     assert seen == [0, 1]
+
+
+def test_no_hf_leaves_the_transformers_column_out_of_the_table(tmp_path, capsys):
+    """Bug caught: --no-hf printed an ours/hf column filled with nan; a column is there only for a
+    variant that ran (the JSON never held the missing ratio: bench.py's table reads it unchanged)."""
+    result = main(["--quick", "--no-hf", "--out", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("batch"))
+    assert "ours/hf" not in header and "ours/uncached" in header and "nan" not in out
+    assert all("cached_over_hf" not in r for r in result["results"].values())
+    main(["--quick", "--no-hf", "--variants", "cached", "--out", str(tmp_path / "b.json")])  # (a rerun)
+    out = capsys.readouterr().out
+    assert "ours/" not in out and "nan" not in out and out.splitlines()[1].split() == [
+        "batch", "cached", "tok/s", "same", "as", "cached"]

@@ -1177,3 +1177,21 @@ def test_learnt_nothing_judges_only_a_run_long_enough():
     assert gpu_check.learnt_nothing({**base, "lm_loss": math.nan})
     assert not gpu_check.learnt_nothing({**base, "lm_loss": 0.89 * 9.0})
     assert gpu_check.learnt_nothing({**base, "lm_loss": 0.91 * 9.0})
+
+
+def test_a_training_runs_folder_is_refused_as_out(tmp_path, capsys):
+    """Bug caught: --out checkpoints/a (a training run's folder) let the train part remove the run's
+    train.json (its settings) and write the check's figures in its place. Refused before any work,
+    exit 2, one line; the run's files left as they were (--render, which writes only gpu.md, aside)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"train.json": '{"lr": 0.001}', "last.pt": "a checkpoint", "metrics.jsonl": '{"step": 1}\n'}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--quick", "--device", "cpu", "--out", str(run), "--only", "train"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].endswith(
+        f"error: --out {run} is a training run's folder (it holds last.pt), whose train.json the check's "
+        f"would replace; name a folder of its own, e.g. --out {run / 'gpu'}")
+    assert {p.name: p.read_text() for p in run.iterdir()} == files

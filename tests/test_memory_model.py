@@ -114,6 +114,9 @@ def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():
              "e.g. --out m.json"),
     ("folder", "--out folder is a folder; name the file to write, e.g. --out folder/memory_model.json"),
     ("", "--out is empty; name the file to write, e.g. --out memory_model.json"),  # (was "is a folder")
+    ("last.pt", "--out last.pt: the results are JSON; name a new .json file, e.g. --out memory_model.json"),
+    ("notes.json", "--out notes.json is not an earlier result of this benchmark, and the results would "
+                   "replace it"),
 ])
 def test_an_out_that_would_not_keep_the_json_is_refused_before_any_work(tmp_path, monkeypatch, capsys,
                                                                         out, message):
@@ -121,11 +124,16 @@ def test_an_out_that_would_not_keep_the_json_is_refused_before_any_work(tmp_path
     folder failed after the work. Now one line, exit 2, before any work, nothing written."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "folder").mkdir()
+    kept = {"last.pt": b"PK\x03\x04 a checkpoint", "notes.json": b'{"mine": 1}'}  # (replaced by the JSON)
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
     with pytest.raises(SystemExit) as e:
         memory_model.main(["--preset", "debug", "--batches", "1", "--variants", "moe", "--out", out])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
-    assert [p.name for p in tmp_path.iterdir()] == ["folder"] and not list((tmp_path / "folder").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", *sorted(kept)]
+    assert not list((tmp_path / "folder").iterdir())
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
 
 
 def test_a_bad_option_is_the_only_line_printed(tmp_path, capsys):

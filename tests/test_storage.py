@@ -1,6 +1,7 @@
 """storage.py: atomic writes (permissions, a full disk), JSON Lines with a torn last line, locks."""
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -577,6 +578,36 @@ def test_a_plot_named_without_a_suffix_does_not_replace_a_file_that_is_no_image(
     assert storage.not_an_image("--plot", "plot", tmp_path) is None
     assert storage.not_an_image("--plot", "new", tmp_path) is None
     assert storage.not_an_image("--plot", "", tmp_path) is None
+
+
+def test_a_benchmark_result_replaces_only_an_earlier_result_of_its_own(tmp_path):
+    """Bug caught: a benchmark's --out took any file (bench_sample.py --out RUN/last.pt wrote JSON over
+    the checkpoint). not_a_result: a .json name, and a file already there holding the benchmark's keys
+    (or gpu_check.py's {"not_measured": ...}) or empty; a folder, not JSON, a JSON that is not a dict, a
+    dict without the keys (a run's train.json, another benchmark's result) or a file too big to be one:
+    one line naming a .json file beside it."""
+    keys = ("config", "results")
+    files = {"mine.json": {"config": {}, "results": {}, "incomplete": "x"},
+             "gone.json": {"not_measured": "x"}, "train.json": {"lr": 1e-3}, "list.json": [1],
+             "other.json": {"config": {}, "batches": {}}}
+    for name, doc in files.items():
+        (tmp_path / name).write_text(json.dumps(doc))
+    (tmp_path / "empty.json").write_text("")
+    (tmp_path / "last.json").write_bytes(b"PK\x03\x04\xff")
+    (tmp_path / "big.json").write_text(json.dumps({"config": {}, "results": "x" * storage.RESULT_MAX_BYTES}))
+    (tmp_path / "dir.json").mkdir()
+    for name in ["mine.json", "gone.json", "empty.json", "new.json", "new.JSON"]:
+        assert storage.not_a_result("--out", str(tmp_path / name), "b.json", keys) is None, name
+    assert storage.not_a_result("--out", None, "b.json", keys) is None
+    fix = f"name a new .json file, e.g. --out {tmp_path / 'b.json'}"
+    for name in ["train.json", "list.json", "other.json", "last.json", "big.json"]:
+        assert storage.not_a_result("--out", str(tmp_path / name), "b.json", keys) == (
+            f"--out {tmp_path / name} is not an earlier result of this benchmark, and the results would "
+            f"replace it; {fix}")
+    assert storage.not_a_result("--out", "last.pt", "b.json", keys) == (
+        "--out last.pt: the results are JSON; name a new .json file, e.g. "
+        "--out b.json")
+    assert "is a folder" in storage.not_a_result("--out", str(tmp_path / "dir.json"), "b.json", keys)
 
 
 def test_a_signal_put_off_is_raised_when_the_block_ends_and_the_handler_is_restored():
