@@ -102,6 +102,8 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix=NOT_S
     (a string, or a function of that folder that gives one);
     so is a folder of runs (an --out_dir), advising `option` (e.g. "--ckpt ") and its newest run; `option`
     is also the advice when "" finds no run."""
+    if problem := storage.too_long(option.strip() or "the checkpoint", path_or_run):  # (a traceback)
+        raise CheckpointError(problem)
     p = Path(path_or_run) if path_or_run else latest_run(out_dir, option)
     if not p.exists() and (Path(out_dir) / path_or_run).exists():
         p = Path(out_dir) / path_or_run

@@ -29,6 +29,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import storage
 from errors import ConfigError, drop_output, main_rank, stdout_failed
 
 
@@ -402,15 +403,22 @@ class TrainArgs:
 def check_run(run: str, out_dir: str) -> None:
     """--run must be a plain name (../x wrote into the source tree) and --out_dir a folder ("" put the
     run in the current directory); train.py checks them first at --resume, where the other checks
-    wait for the checkpoint's settings. A name that is not UTF-8 is refused for a new folder only:
-    one made outside train.py (`mkdir $'r\\xff'`) is the run's own, and resumes under it."""
+    wait for the checkpoint's settings. A name longer than a file system takes is refused; one that
+    is not UTF-8, or holds a control character, for a new folder only: one made outside train.py
+    (`mkdir $'r\\xff'`) is the run's own, and resumes under it."""
     _check(out_dir != "", "out_dir", "must name a folder, got ''; pass one (the default is checkpoints), "
            "or . for the current directory")
     _check("/" not in run and run not in (".", ".."), "run",
            f"{run!r} is not a plain name: a run is the folder <out_dir>/<run>; use --out_dir to put it "
            "elsewhere")
+    for option, path in (("--run", run), ("--out_dir", out_dir)):
+        if problem := storage.too_long(option, path):  # (a traceback, errno 36)
+            raise ConfigError(problem)
     if not (Path(out_dir) / run).is_dir():
         _check_utf8("run", run, "set the terminal to UTF-8, or pick a name in plain ASCII")
+        # (a newline split the log's lines; a tab was a raw matplotlib warning)
+        _check(not any(ord(c) < 32 or ord(c) == 127 for c in run), "run",
+               f"{run!r} holds a control character (a tab, a newline, ...); pick a name without one")
 
 
 # ---------------------------------------------------------------------------------------------

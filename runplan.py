@@ -427,6 +427,8 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
     try:
         held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]
         how = "--resume" if "last.pt" in held else f"--resume {plan.run_dir / 'best.pt'}"
+        if plan.init is not None:  # (--resume beside --init_from is refused)
+            how = f"{how} without --init_from"
         if plan.ckpt is None and held:  # best.pt alone: a run killed before its first last.pt
             raise RunError(f"{plan.run_dir} already holds a checkpoint ({held[0]}); pass {how} to continue "
                            "it or pick another --run")

@@ -493,11 +493,14 @@ def load_files(files: list[str], flag: str, text_field: str = "text", cache_dir:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def load_hub(name: str, split: str, text_field: str = "text"):
+TRAIN_LOCALLY = "pass --data FILE (and --val_data FILE) to train on local text"
+EVALUATE_LOCALLY = "pass --val_data FILE to evaluate on local text"  # (--eval_only: nothing is trained)
+
+
+def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_LOCALLY):
     """A split of a hub dataset through `datasets.load_dataset`; fails fast when the hub is out of reach."""
     import datasets
 
-    fix = "pass --data FILE (and --val_data FILE) to train on local text"
     if not datasets.config.HF_HUB_OFFLINE:
         from huggingface_hub import HfApi
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
@@ -586,8 +589,8 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
     return Split(label, source, cache(load))
 
 
-def _hub_split(name: str, split: str, text_field: str) -> Split:
-    load = cache(lambda: load_hub(name, split, text_field))
+def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY) -> Split:
+    load = cache(lambda: load_hub(name, split, text_field, fix))
 
     def source():
         ds = load()
@@ -640,7 +643,8 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         if train_args.data:
             warn_overlap(train, val, log)
     elif not train_args.data:
-        val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field)
+        val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field,
+                         TRAIN_LOCALLY if need_train else EVALUATE_LOCALLY)
     else:
         every = held_out_every(train_args.val_fraction)
         val = Split(f"1 in {every} documents of --data, held out (no --val_data; --val_fraction "

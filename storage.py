@@ -184,6 +184,20 @@ SPECIAL_FILES = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block d
                  (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")]
 
 
+NAME_MAX = 255  # bytes in one file or folder name (Linux's and macOS's file systems)
+
+
+def too_long(option: str, path) -> str | None:
+    """Why `path` cannot name a file, or None: a name in it longer than NAME_MAX bytes (pathlib's
+    exists() and is_dir() raise on it, errno 36, where a missing file is False: a traceback)."""
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            short = part if len(part) <= 40 else part[:20] + "..." + part[-10:]
+            return (f"{option} names {short}, {len(os.fsencode(part))} bytes long; a file or folder name "
+                    f"takes at most {NAME_MAX}: use a shorter one")
+    return None
+
+
 def special_kind(path) -> str | None:
     """What `path` is when it is a device, named pipe or socket ("a character device"), or None (a
     file, a folder, nothing there, or a name the OS cannot take). Writing there atomically (a new

@@ -804,7 +804,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
         checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
     elif plan.init is not None:  # a new run from another's weights: its own optimizer, from step 0
         checkpoint.build(model_args, plan.init["model"], device, plan.init_path, runplan.INIT_FIX, model)
-        log(f"initialised from {plan.init_path} (its step {plan.init.get('step', 0)}): a new run from step 0")
+        at = f"its step {plan.init.get('step', 0)}" if "optimizer" in plan.init else "an import, weights only"
+        log(f"initialised from {plan.init_path} ({at}): a new run from step 0")
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:

@@ -50,7 +50,12 @@ def run_folder(p, run: str) -> str:
     """The run folder of what was typed: RUN/metrics.jsonl is RUN; a folder of runs (an --out_dir)
     is a one-line error naming its runs, the newest first (it said "no metrics.jsonl; is it a run
     folder?")."""
+    if problem := storage.too_long("a run", run):  # (a traceback, errno 36)
+        p.error(problem)
     path = Path(run)
+    named = Path(config.TrainArgs.out_dir) / run
+    if not path.exists() and named.is_dir():  # a run's name, as train.py takes it (under checkpoints/)
+        return str(named)
     if path.name == "metrics.jsonl" and path.is_file():
         return str(path.parent)
     if path.is_dir() and not (path / "metrics.jsonl").exists():

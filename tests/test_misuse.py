@@ -405,3 +405,73 @@ def test_plot_runs_without_out_from_below_a_run_folder_writes_beside_the_run(tmp
     monkeypatch.chdir(run / "sub")
     plot_runs.main([".."])
     assert (tmp_path / "checkpoints" / "compare.png").is_file() and not (run / "sub" / "compare.png").exists()
+
+
+LONG = "x" * 300  # a name past the 255 bytes a file system takes
+
+
+@pytest.mark.parametrize("script, argv, code, option", [
+    ("train", ["--preset", "debug", "--run", LONG], 2, "--run"),
+    ("train", ["--preset", "debug", "--out_dir", f"/tmp/{LONG}/ckpt"], 2, "--out_dir"),
+    ("train", ["--preset", "debug", "--init_from", LONG], 1, "--init_from"),
+    ("train", ["--eval_only", "--resume", f"/tmp/{LONG}"], 1, "--resume"),
+    ("sample", ["--ckpt", f"/tmp/{LONG}"], 1, "--ckpt"),
+    ("plot_runs", [f"/tmp/{LONG}"], 2, "a run"),
+])
+def test_a_name_too_long_for_a_file_system_is_one_line(script, argv, code, option, tmp_path, monkeypatch,
+                                                        capsys):
+    """Bug caught: pathlib's is_dir()/exists() raising on a name past NAME_MAX (errno 36, "File name too
+    long"): a traceback from train.py's --run/--out_dir/--init_from/--resume, sample.py's --ckpt and
+    plot_runs.py, where a missing file is one line."""
+    import sample
+    import train
+    monkeypatch.chdir(tmp_path)
+    main = {"train": train.main, "sample": sample.main, "plot_runs": plot_runs.main}[script]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == code and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert (f"{option} names xxxxxxxxxxxxxxxxxxxx...xxxxxxxxxx, 300 bytes long; a file or folder name takes "
+            "at most 255: use a shorter one") in err
+
+
+def test_a_new_runs_name_with_a_control_character_is_refused_but_an_existing_folders_resumes(tmp_path):
+    """Bug caught: --run 'a<TAB>b' or 'a<NEWLINE>b' taken (the newline split the log's lines, the tab was a
+    raw matplotlib warning in the plot's title); a folder already named so (made outside train.py) is
+    the run's own and stays resumable."""
+    import config
+    from errors import ConfigError
+    for name in ("a\tb", "a\nb", "a\x7fb"):
+        with pytest.raises(ConfigError, match="holds a control character"):
+            config.check_run(name, str(tmp_path))
+    (tmp_path / "a\tb").mkdir()
+    config.check_run("a\tb", str(tmp_path))
+
+
+def test_a_taken_folder_at_init_from_says_to_resume_without_it(tmp_path):
+    """Bug caught: `--init_from A --run B`, B holding a checkpoint, advised "pass --resume", which the
+    --init_from beside it then refused."""
+    from conftest import DEBUG
+
+    import runplan
+    from config import TrainArgs
+    from errors import RunError
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "last.pt").write_bytes(b"")
+    for init, advice in ((None, "pass --resume to continue it"), ({}, "pass --resume without --init_from")):
+        with pytest.raises(RunError, match=advice):
+            runplan.claim_folder(runplan.RunPlan(tmp_path / "b", DEBUG, TrainArgs(), None, None, init=init))
+
+
+def test_an_evaluation_on_the_hubs_text_offline_advises_local_validation_text(tmp_path):
+    """Bug caught: --eval_only of an import (no data settings: the hub's validation split) on a machine
+    without the hub advised `pass --data FILE (and --val_data FILE) to train on local text`."""
+    import sources
+    from config import TrainArgs
+    from errors import DataError
+    args = TrainArgs(cache_dir=str(tmp_path / "cache"))
+    for need_train, fix in ((False, "pass --val_data FILE to evaluate on local text"),
+                            (True, "pass --data FILE (and --val_data FILE) to train on local text")):
+        _, val = sources.resolve_sources(args, log=lambda *_: None, need_train=need_train)
+        with pytest.raises(DataError, match=fix.replace("(", r"\(").replace(")", r"\)")):
+            val.load()

@@ -453,7 +453,7 @@ def test_a_hub_split_is_loaded_once_and_keyed_by_its_files(tmp_path, monkeypatch
     train, _ = sources.resolve_sources(targs(tmp_path, hf_dataset=str(hub)), log=lambda line: None)
     files = train.signature["source"]["files"]
     assert train.signature["source"]["files"] == files and train.documents()["text"] == docs(4)
-    assert calls == [(str(hub), "train", "text")]
+    assert calls == [(str(hub), "train", "text", sources.TRAIN_LOCALLY)]
     assert files == [f["filename"] for f in train.documents().cache_files] and all(map(os.path.isfile, files))
 
 
