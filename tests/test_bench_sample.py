@@ -259,3 +259,21 @@ def test_no_hf_leaves_the_transformers_column_out_of_the_table(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "ours/" not in out and "nan" not in out and out.splitlines()[1].split() == [
         "batch", "cached", "tok/s", "same", "as", "cached"]
+
+
+def test_the_table_compares_the_compiled_variant_where_it_ran(capsys):
+    """Bug caught: the ours/uncached column taken from the cached variant though compiled ran (ours is
+    compiled where it ran, else cached, as the results' `{ours}_over_*` keys are). The result is made up:
+    nothing is built or timed."""
+    from types import SimpleNamespace
+
+    from scripts import bench_sample
+    result = {"config": {"new_tokens": 8, "preset": "debug", "dtype": "float32", "device_name": "cpu",
+                         "repeats": 1},
+              "results": {"batch1": {"tokens_per_s": {"cached": 100.0, "compiled": 300.0, "uncached": 50.0},
+                                     "compiled_over_uncached": 6.0, "cached_over_uncached": 2.0,
+                                     "same_tokens_as_cached": {"compiled": True, "uncached": True}}}}
+    bench_sample.report(SimpleNamespace(variants=["cached", "compiled", "uncached"]), result)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-4:] == ["ours/uncached", "same", "as", "cached"]
+    assert lines[2].split() == ["1", "100", "300", "50", "6.00", "yes"]

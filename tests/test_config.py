@@ -1134,3 +1134,29 @@ def test_an_option_a_script_refuses_to_pass_through_says_why(capsys):
     assert e.value.code == 2 and capsys.readouterr().err == \
         "compare.py: error: --max_minutes cannot be passed through to train.py: use --minutes\n"
     config.check_pass_through(p, ["--dim", "64"], owned={"max_minutes": "use --minutes"})
+
+
+def test_a_shell_expanded_glob_beside_stray_words_keeps_its_own_hint(tmp_path, capsys):
+    """Bug caught: the files of a glob the shell expanded (`--data corpus/*.txt`) counted among the
+    stray words of an unquoted story, so that "unknown words a.txt foo bar" lost the hint to quote the
+    glob; or the stray words' clause put before the options' (the order the words were typed)."""
+    stray = tmp_path / "a.txt"
+    stray.write_text("a\n")
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], ["--data", str(tmp_path / "b.txt"), str(stray), "foo",
+                                                   "bar"], prog="train.py")
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"train.py: error: unknown option {stray} (a second file? --data and --val_data take one file, "
+        "folder or glob: quote a glob, --data 'corpus/*.txt', so that the shell leaves it to us); unknown "
+        "words foo bar (options take the form --name value; is a --name missing before them?); see --help "
+        "for the list\n")
+
+
+def test_one_stray_word_is_named_once(capsys):
+    """Bug caught: a single stray word (`sample.py --ckpt X once`) named twice, as an unknown option and
+    again as the unknown words of a story: the one-clause form is for several words only."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([SampleArgs], ["--ckpt", "X", "once"], prog="sample.py")
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "sample.py: error: unknown option once (options take the form --name value; is --prompt missing "
+        "before it?); see --help for the list\n")

@@ -1222,6 +1222,35 @@ def test_an_import_without_a_tokenizer_says_so_and_keeps_the_same_one_beside_it(
     assert "warning" not in capsys.readouterr().err
 
 
+def test_an_export_into_a_run_folder_before_its_first_save_is_refused(tmp_path):
+    """Bug caught: a run folder that holds no checkpoint yet (train.json and metrics.jsonl: a run still
+    before its first save, or killed there) taken as an export's destination, its files mixed with the
+    export's; refused before the model is read, as a run folder with its last.pt is."""
+    for name in ("train.json", "metrics.jsonl"):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text("{}")
+        held = re.escape(f"is a training run's folder (it holds {name})")
+        with pytest.raises(errors.CheckpointError, match=held):
+            checkpoint.export_hf(None, folder)
+        assert [p.name for p in folder.iterdir()] == [name]
+
+
+def test_an_import_with_force_replaces_another_tokenizer_beside_it(tmp_path, done):
+    """Bug caught: --import --force into a folder holding another tokenizer.json kept that one beside the
+    new checkpoint, which records the sha256 of the HF folder's: sample.py and --init_from then refused
+    the pair (--force replaces it, as the refusal without --force says)."""
+    from scripts.export_hf import main as export_main
+    export_main([str(done.run_dir), str(tmp_path / "hf")])
+    dest = tmp_path / "w"
+    dest.mkdir()
+    shutil.copy(tmp_path / "hf" / "tokenizer.json", dest / "tokenizer.json")
+    swap_two_tokens(dest / "tokenizer.json")
+    export_main(["--import", str(tmp_path / "hf"), str(dest), "--force"])
+    assert (dest / "tokenizer.json").read_bytes() == (tmp_path / "hf" / "tokenizer.json").read_bytes()
+    checkpoint.load_model(dest / "last.pt")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_export_interrupted_as_it_replaces_another_leaves_one_whole(signum, tmp_path, done, monkeypatch,
                                                                         capsys):

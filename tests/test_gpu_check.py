@@ -1195,3 +1195,12 @@ def test_a_training_runs_folder_is_refused_as_out(tmp_path, capsys):
         f"error: --out {run} is a training run's folder (it holds last.pt), whose train.json the check's "
         f"would replace; name a folder of its own, e.g. --out {run / 'gpu'}")
     assert {p.name: p.read_text() for p in run.iterdir()} == files
+
+
+def test_render_takes_an_out_that_holds_a_training_runs_files(tmp_path):
+    """Bug caught: --render (which writes gpu.md alone, from the figures there) refused as --out a folder
+    holding a run's files, as a check that would replace the run's train.json is."""
+    for name in ("last.pt", "metrics.jsonl"):
+        (tmp_path / name).write_text("a run's")
+    opts, out = gpu_check.parse(["--render", "--out", str(tmp_path)])
+    assert opts.render and out == tmp_path

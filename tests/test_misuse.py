@@ -69,6 +69,23 @@ def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tm
     assert Path(tok).read_text() == ""
 
 
+def test_init_from_with_an_empty_tokenizer_checks_the_one_the_data_work_trained(tmp_path, monkeypatch):
+    """Catches `train.py --init_from CKPT --tokenizer ""` (no tokenizer file to check before the data
+    work, so data.prepare trains a new BPE) going on with that tokenizer: the second check, of the one
+    the data work found or trained, skipped for --init_from's checkpoint (it ran for a resume's only)."""
+    import runtime
+    import train
+    trained = SimpleNamespace(hash="a" * 64, legacy_hash="b" * 64)
+    monkeypatch.setattr(train.data, "prepare", lambda *a, **k: (trained, None, None))
+    plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer="", eval_only=False),
+                           ckpt=None, ckpt_path=None, init={"tokenizer": {"sha256": "c" * 64}},
+                           init_path=tmp_path / "last.pt", run_dir=tmp_path)
+    with pytest.raises(train.UserError) as e:
+        train.load_data(plan, runtime.World(), "cpu", print)
+    assert str(e.value).startswith(f"the cached tokenizer is not the tokenizer {tmp_path / 'last.pt'} was "
+                                   "trained with") and "pass --tokenizer FILE" in str(e.value)
+
+
 @pytest.mark.parametrize("name", ["metrics.jsonl", "train.json", "last.pt"])
 def test_plot_runs_refuses_an_out_that_would_replace_a_runs_own_file(name, tmp_path, capsys):
     """Catches plot_runs.py --out RUN/metrics.jsonl (or train.json, last.pt: a slip of tab completion)
@@ -475,3 +492,15 @@ def test_an_evaluation_on_the_hubs_text_offline_advises_local_validation_text(tm
         _, val = sources.resolve_sources(args, log=lambda *_: None, need_train=need_train)
         with pytest.raises(DataError, match=fix.replace("(", r"\(").replace(")", r"\)")):
             val.load()
+
+
+def test_plot_runs_takes_a_runs_name_as_train_py_does(tmp_path, monkeypatch, capsys):
+    """Bug caught: `plot_runs.py parent ft1` (the names train.py's --run, --resume and --init_from take)
+    refused as folders that do not exist."""
+    monkeypatch.chdir(tmp_path)
+    for run in ("parent", "ft1"):
+        (tmp_path / "checkpoints" / run).mkdir(parents=True)
+        (tmp_path / "checkpoints" / run / "metrics.jsonl").write_text(json.dumps(
+            {"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1, "lm_loss": 5.5}) + "\n")
+    plot_runs.main(["parent", "ft1", "--out", str(tmp_path / "both.png")])
+    assert (tmp_path / "both.png").read_bytes().startswith(b"\x89PNG")

@@ -818,3 +818,12 @@ def test_init_from_needs_the_checkpoints_tokenizer_and_a_folder_of_its_own(tmp_p
         (tmp_path / "ckpt" / "e").mkdir()
         (tmp_path / "ckpt" / "e" / "train.json").write_text("{}")
         plan(tmp_path, init_from=str(tmp_path / "ckpt" / "e"))
+
+
+def test_init_from_a_checkpoint_of_a_preset_this_version_lacks_takes_the_command_lines(tmp_path):
+    """Bug caught: a checkpoint naming a preset this version does not have (renamed since, or a newer
+    version's) refused as "--preset: unknown preset" though no --preset was typed; its model is the
+    checkpoint's and its training settings the command line's preset's, as for an import."""
+    last = init_checkpoint(tmp_path, preset="retired")
+    p = plan(tmp_path, model=ModelArgs(), preset="tiny", init_from=str(last))
+    assert (p.model_args, p.preset, p.train_args.batch_size) == (DEBUG, "tiny", 16)

@@ -392,3 +392,27 @@ def test_plot_runs_takes_a_runs_metrics_jsonl_and_names_the_runs_of_a_folder_of_
         f"{tmp_path / 'runs'} is a folder of runs, not a run; pass {newer} (the newest) or others of its "
         "runs (newer, older)\n")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_runs_names_five_runs_of_a_big_folder_and_plots_a_run_holding_runs(tmp_path, capsys):
+    """Bugs caught: a folder of many runs (an --out_dir of a sweep) named every one of them on the error
+    line, not the newest five and a count of the rest; a run folder that holds runs of its own (an
+    --out_dir inside it) refused as a folder of runs though it has its metrics.jsonl."""
+    runs = [fake_run(tmp_path / "runs" / f"r{i}") for i in range(7)]
+    for i, run in enumerate(runs):
+        os.utime(run / "metrics.jsonl", (1e9 + i, 1e9 + i))
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(tmp_path / "runs"), "--out", str(tmp_path / "p.png")])
+    assert e.value.code == 2 and capsys.readouterr().err.endswith(
+        f"pass {runs[6]} (the newest) or others of its runs (r6, r5, r4, r3, r2 and 2 more)\n")
+    fake_run(runs[0] / "inner")
+    plot_runs.main([str(runs[0]), "--out", str(tmp_path / "p.png")])
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_runs_takes_an_image_suffix_in_capitals(tmp_path):
+    """Bug caught: --out cmp.PNG refused as a format matplotlib cannot write (the suffix compared as
+    typed), though matplotlib writes the PNG its name asks for."""
+    run = fake_run(tmp_path / "run")
+    plot_runs.main([str(run), "--out", str(tmp_path / "cmp.PNG")])
+    assert (tmp_path / "cmp.PNG").read_bytes()[:4] == b"\x89PNG"

@@ -66,9 +66,11 @@ def set_up():
 
 # --- load_data --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("how", ["--resume", "--init_from"])
 def test_a_resume_with_another_tokenizer_is_refused_before_any_data_work(tmp_path, done, corpus, cache,
-                                                                          monkeypatch):
-    """The first tokenizer check (before data.prepare) skipped: the caches were built first."""
+                                                                          monkeypatch, how):
+    """The first tokenizer check (before data.prepare) skipped: the caches were built first (at
+    --init_from too, with the tokenizer beside the checkpoint)."""
     run_dir = copy_run(done, tmp_path)
     spec = json.loads((run_dir / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]
@@ -77,8 +79,10 @@ def test_a_resume_with_another_tokenizer_is_refused_before_any_data_work(tmp_pat
     (run_dir / "tokenizer.json").write_text(json.dumps(spec))
     prepared = []
     monkeypatch.setattr(data, "prepare", lambda *a, **k: prepared.append(1))
+    extra = ["--resume"] if how == "--resume" else ["--init_from", str(run_dir), "--out_dir",
+                                                    str(tmp_path / "new")]
     with pytest.raises(checkpoint.CheckpointError, match="is not the tokenizer"):
-        train.setup(*parse(argv(tmp_path, corpus, cache, "--max_steps", "4", "--resume")))
+        train.setup(*parse(argv(tmp_path, corpus, cache, "--max_steps", "4", *extra)))
     assert prepared == []
 
 

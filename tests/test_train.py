@@ -560,8 +560,10 @@ def test_init_from_an_import_and_its_refusals(tmp_path, corpus, cache, capsys):
     tok = tmp_path / "ckpt" / "a" / "tokenizer.json"
     checkpoint.save_model_only(model, w / "last.pt", Tokenizer.load(tok).hash)
     shutil.copy(tok, w / "tokenizer.json")
+    capsys.readouterr()
     train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--init_from", str(w), run="b"))
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "b" / "last.pt")["step"] == 1
+    assert f"initialised from {w / 'last.pt'} (an import, weights only): a new run" in capsys.readouterr().out
     other = write_stories(tmp_path / "other.txt", n=400, seed=5, words=(*WORDS[::2], "zebra", "xylophone"))
     train.main(args(tmp_path, other, cache, "--max_steps", "1", run="o"))
     capsys.readouterr()
@@ -572,6 +574,16 @@ def test_init_from_an_import_and_its_refusals(tmp_path, corpus, cache, capsys):
             train.main(args(tmp_path, corpus, cache, "--init_from", str(w), *extra, run="c"))
         assert e.value.code == code and message in capsys.readouterr().err
         assert not (tmp_path / "ckpt" / "c").exists()
+
+
+def test_init_from_settings_are_checked_on_the_checkpoints_preset_not_at_parsing(monkeypatch):
+    """Bug caught: `train.py --init_from CKPT --min_lr 1e-3` refused at parsing as above the default
+    preset's --lr 6e-4, though the run takes the checkpoint's preset's (debug's --lr 3e-3), on which
+    runplan.init_settings checks them once."""
+    calls = []
+    monkeypatch.setattr(train, "run", lambda *a: calls.append(a))
+    train.main(["--init_from", "a", "--min_lr", "1e-3"])
+    assert len(calls) == 1 and calls[0][1].min_lr == 1e-3
 
 
 def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, corpus, cache, capsys):
