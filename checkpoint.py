@@ -345,7 +345,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     import shutil
     import tempfile
     run = [n for n in ("last.pt", "best.pt", "train.json", "metrics.jsonl") if (Path(out_dir) / n).exists()]
-    if run:  # (the arguments swapped, or a run folder named as the destination)
+    if run:  # (a run's best.pt exported into its own folder, or another run's named as the destination)
         raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
                               f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]

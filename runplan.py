@@ -24,7 +24,8 @@ How this departs from the obvious version:
   the checkpoint in plan.init: its model settings and the tokenizer.json beside it, and the
   training settings typed on its preset's (init_settings); build_job loads its weights.
 - What can be refused before any work is: a vocabulary below 264, special-token ids that the
-  tokenizer the run trains does not have, a batch that does not split over the processes, a
+  tokenizer the run trains does not have, a --tokenizer whose size or special ids are not the
+  model settings' (a new run from scratch), a batch that does not split over the processes, a
   micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
   CUDA graphs with more than one micro-batch per process, a --plot named as a file of the run or
   one already there other than an image (exit status 2, as for any bad setting).
@@ -140,6 +141,10 @@ def check_init(train_args: TrainArgs, given) -> None:
         raise ConfigError("--init_from starts a new run from a checkpoint's weights and --resume goes on "
                           "with a run; drop one of them (--resume CKPT --run NEW_NAME forks a run, with its "
                           "optimizer state and step)")
+    if train_args.init_from and "tokenizer" in given and not train_args.tokenizer:  # (an unset $TOK)
+        raise ConfigError("--tokenizer '' beside --init_from would train a new tokenizer, whose ids the "
+                          "checkpoint's model never learnt; drop --tokenizer to take the one beside the "
+                          "checkpoint, or name it")
     if train_args.init_from and train_args.eval_only:
         raise ConfigError("--eval_only evaluates the checkpoint of --resume (or --run's latest), and "
                           "--init_from starts training; pass the checkpoint with --resume instead")
@@ -218,6 +223,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
         if train_args.init_from:
             init_path = checkpoint.find_checkpoint(train_args.init_from, out, INIT_FIX, option="--init_from ")
             init = checkpoint.load_checkpoint(init_path, INIT_FIX)
+            init.pop("optimizer", None)  # (a new optimizer: its moments, twice the weights, are not kept)
             model_args, train_args, preset = init_settings(init, model_args, train_args, preset, given)
             # (saved as the file it was: a run name or folder names another file once the run goes on)
             tokenizer = train_args.tokenizer if "tokenizer" in given else str(init_tokenizer(init_path))

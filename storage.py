@@ -236,18 +236,20 @@ def not_a_file_to_write(option: str, path: str | None, example: str) -> str | No
 RESULT_MAX_BYTES = 1 << 26  # a benchmark's JSON is kilobytes: a bigger file is something else (not read)
 
 
-def not_a_result(option: str, path: str | None, example: str, keys: tuple[str, ...]) -> str | None:
+def not_a_result(option: str, path: str | None, example: str, keys: tuple[str, ...],
+                 foreign: tuple[str, ...] = ()) -> str | None:
     """Why a benchmark's JSON may not be written at `path`, or None, said before any work: what
     not_a_file_to_write refuses, a name that is no .json file's, or a file already there that is
     not an earlier result of the same benchmark (a JSON object holding all of `keys`, or gpu_check.py's
     stand-in for one, {"not_measured": ...}): `--out RUN/last.pt` replaced a checkpoint with JSON,
     `--out RUN/train.json` a run's settings. An earlier result (the README's figure, a rerun) and an
-    empty file (mktemp's) may be replaced. None: no such option given."""
+    empty file (mktemp's) may be replaced; a file holding any of `foreign` is another benchmark's (one
+    whose keys include all of these). None: no such option given."""
     if path is None:
         return None
     if problem := not_a_file_to_write(option, path, example):
         return problem
-    instead = f"name a new .json file, e.g. {option} {os.path.join(os.path.dirname(path), example)}"
+    instead = f"name a new .json file, e.g. {option} {example}"  # (not beside it: a run's folder, img/)
     if Path(path).suffix.lower() != ".json":
         return f"{option} {path}: the results are JSON; {instead}"
     doc = None
@@ -259,7 +261,8 @@ def not_a_result(option: str, path: str | None, example: str, keys: tuple[str, .
                 doc = json.load(f)
     except (OSError, ValueError):  # (unreadable, or not JSON: refused as something else)
         pass
-    if isinstance(doc, dict) and (set(keys) <= doc.keys() or "not_measured" in doc):
+    ours = set(keys) <= doc.keys() and not set(foreign) & doc.keys() if isinstance(doc, dict) else False
+    if ours or (isinstance(doc, dict) and "not_measured" in doc):
         return None
     return (f"{option} {path} is not an earlier result of this benchmark, and the results would replace "
             f"it; {instead}")

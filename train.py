@@ -733,8 +733,9 @@ def agree(job: Job, state: LoopState, stop: Stop) -> bool:
 
 def load_data(plan: RunPlan, world: World, device, log):
     """(tokenizer, training shard or None for --eval_only, validation shard); rank 0 builds caches.
-    A resumed or evaluated run's tokenizer is checked against its checkpoint first, before any
-    data work, with advice about the tokenizer (a checkpoint's model settings cannot change)."""
+    A resumed or evaluated run's tokenizer (or --init_from's) is checked against its checkpoint first,
+    before any data work, with advice about the tokenizer (a checkpoint's model settings cannot
+    change)."""
     model_args, train_args = plan.model_args, plan.train_args
     fix = "put back the run's own tokenizer.json or pass it with --tokenizer FILE (another is a new --run)"
     ckpt, ckpt_path = plan.ckpt, plan.ckpt_path
@@ -804,7 +805,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
         checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
     elif plan.init is not None:  # a new run from another's weights: its own optimizer, from step 0
         checkpoint.build(model_args, plan.init["model"], device, plan.init_path, runplan.INIT_FIX, model)
-        at = f"its step {plan.init.get('step', 0)}" if "optimizer" in plan.init else "an import, weights only"
+        trained = "train_args" in plan.init  # (an import holds weights and model settings only)
+        at = f"its step {plan.init.get('step', 0)}" if trained else "an import, weights only"
         log(f"initialised from {plan.init_path} ({at}): a new run from step 0")
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)

@@ -81,7 +81,8 @@ OWNED = {"run": "compare.py names each run's folder (--out_dir/compare-NAME); pi
          "resume": "every run of a comparison starts from scratch; rerun compare.py to train the three "
                    "again",
          "init_from": "every run of a comparison starts from scratch, as the table compares them",
-         "eval_only": "compare.py trains the three runs; score one with `train.py --eval_only --resume RUN`",
+         "eval_only": "compare.py trains the three runs; score one with `train.py --eval_only --out_dir "
+                      "OUT_DIR --run compare-moe` (its --out_dir: checkpoints/compare by default)",
          "plot": "compare.py draws its own plots (in --out); plot_runs.py draws a run's loss curves",
          "max_minutes": "set each run's budget with compare.py's own --minutes",
          "tokenizer": "the three runs share one tokenizer, trained on --data and kept in --cache_dir"}

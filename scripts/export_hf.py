@@ -48,11 +48,13 @@ def main(argv=None):
     try:
         if args.do_import:
             dest = checkpoint.import_hf(args.source, args.dest, args.force)
-            theirs = Path(args.source) / "tokenizer.json"
-            if not theirs.exists() and not (dest.parent / "tokenizer.json").exists():
-                print(f"export_hf.py: warning: {theirs} is missing: the checkpoint got no tokenizer; "
-                      "sample.py, train.py --eval_only and --init_from need the model's tokenizer.json "
-                      f"beside it, in {dest.parent}", file=sys.stderr)
+            theirs, beside = Path(args.source) / "tokenizer.json", dest.parent / "tokenizer.json"
+            if not theirs.exists():  # (one already beside it is another run's, or an older import's)
+                what = (f"the {beside} already there is not checked against its weights" if beside.exists()
+                        else "sample.py, train.py --eval_only and --init_from need the model's "
+                        f"tokenizer.json beside it, in {dest.parent}")
+                print(f"export_hf.py: warning: {theirs} is missing: the checkpoint got no tokenizer; {what}",
+                      file=sys.stderr)
             print(f"imported {args.source} -> {dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)

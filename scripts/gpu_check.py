@@ -514,8 +514,9 @@ def parse(argv):
                                ignore=("only", "deadline", "work", "render", *same_text))
     run = [name for name in storage.RUN_FILES if name != "train.json" and (out / name).is_file()]
     if run and not opts.render:  # (the train part replaced the run's settings)
+        beside = out.parent / f"{out.name}-gpu-check"
         p.error(f"--out {out} is a training run's folder (it holds {run[0]}), whose train.json the check's "
-                f"would replace; name a folder of its own, e.g. --out {out / 'gpu'}")
+                f"would replace; name a folder of its own, e.g. --out {beside}")
     return opts, out
 
 

@@ -105,7 +105,8 @@ def check_out(p, out: str | None) -> None:
                 f"name the JSON file, e.g. --out {Path(out).with_suffix('.json')}")
     # (a folder: found only after the work; a device, or a checkpoint, became the JSON; "" was taken for
     # the current folder)
-    if problem := storage.not_a_result("--out", out, "memory_model.json", ("config", "batches")):
+    # (bench_model.py's results hold these keys too, and its "params": not one of ours)
+    if problem := storage.not_a_result("--out", out, "memory_model.json", ("config", "batches"), ("params",)):
         p.error(problem)
 
 

@@ -238,7 +238,8 @@ OWNED = {"preset": f"{SET} (tiny, with each candidate's overrides)",
          "resume": "every candidate starts from scratch; rerun sweep.py with the same options to go on "
                    "from the finished runs",
          "init_from": "every candidate starts from scratch, as the sweep compares them",
-         "eval_only": "sweep.py trains its candidates; score a run with `train.py --eval_only --resume RUN`"}
+         "eval_only": "sweep.py trains its candidates; score a run with `train.py --eval_only --out_dir "
+                      "OUT_DIR --run RUN` (its --out_dir: checkpoints/sweep by default)"}
 
 
 KEPT = "the runs finished so far are kept, and a rerun goes on from them"  # (each error of run_one)

@@ -858,7 +858,7 @@ def test_benchmarks_refuse_an_out_that_is_no_earlier_result_of_theirs(script, wo
     for name, data in files.items():
         (run / name).write_bytes(data)
     argv = ["--data", str(Path(__file__))] if script == "bench_data" else ["--quick"]
-    fix = f"; name a new .json file, e.g. --out {run / script}.json"
+    fix = f"; name a new .json file, e.g. --out {script}.json"
     for name in [*files, "new.txt", "new.pt"]:
         with pytest.raises(SystemExit) as e:
             module.main([*argv, "--out", str(run / name)])

@@ -1189,9 +1189,9 @@ def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, 
 
 @pytest.mark.parametrize("force", [[], ["--force"]])
 def test_an_export_into_a_training_runs_folder_is_refused(tmp_path, done, capsys, force):
-    """Bug caught: `export_hf.py RUN_A RUN_B` (a run folder as the destination: the arguments swapped, or
-    a slip) wrote config.json and model.safetensors among RUN_B's files and rewrote its tokenizer.json,
-    exit 0; --force, which replaces an export, does not make a run folder one."""
+    """Bug caught: `export_hf.py RUN_A RUN_B` (a run folder as the destination: a run exported into its
+    own folder, or a slip) wrote config.json and model.safetensors among RUN_B's files and rewrote its
+    tokenizer.json, exit 0; --force, which replaces an export, does not make a run folder one."""
     from scripts.export_hf import main as export_main
     other = copy_run(done, tmp_path, "other")
     before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
@@ -1204,6 +1204,7 @@ def test_an_export_into_a_training_runs_folder_is_refused(tmp_path, done, capsys
 
 
 def test_an_import_without_a_tokenizer_says_so_and_keeps_the_same_one_beside_it(tmp_path, done, capsys):
+    # (and, beside a tokenizer already there, that it was not checked: it may be another model's)
     """Bug caught: an HF folder without tokenizer.json imported silently into a checkpoint that sample.py,
     --eval_only and --init_from then refuse; or an import beside the same tokenizer (a run folder's)
     rewriting the run's tokenizer.json as the HF folder saved it."""
@@ -1219,7 +1220,8 @@ def test_an_import_without_a_tokenizer_says_so_and_keeps_the_same_one_beside_it(
     assert (f"export_hf.py: warning: {tmp_path / 'hf' / 'tokenizer.json'} is missing: the checkpoint got no "
             "tokenizer") in capsys.readouterr().err
     export_main(["--import", str(tmp_path / "hf"), str(run_dir / "again.pt")])  # the run's own is there
-    assert "warning" not in capsys.readouterr().err
+    assert f"the {run_dir / 'tokenizer.json'} already there is not checked against its weights" in \
+        capsys.readouterr().err
 
 
 def test_an_export_into_a_run_folder_before_its_first_save_is_refused(tmp_path):

@@ -1193,7 +1193,7 @@ def test_a_training_runs_folder_is_refused_as_out(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1].endswith(
         f"error: --out {run} is a training run's folder (it holds last.pt), whose train.json the check's "
-        f"would replace; name a folder of its own, e.g. --out {run / 'gpu'}")
+        f"would replace; name a folder of its own, e.g. --out {run.parent / (run.name + '-gpu-check')}")
     assert {p.name: p.read_text() for p in run.iterdir()} == files
 
 

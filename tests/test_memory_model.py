@@ -117,6 +117,7 @@ def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():
     ("last.pt", "--out last.pt: the results are JSON; name a new .json file, e.g. --out memory_model.json"),
     ("notes.json", "--out notes.json is not an earlier result of this benchmark, and the results would "
                    "replace it"),
+    ("bench_model.json", "--out bench_model.json is not an earlier result of this benchmark"),
 ])
 def test_an_out_that_would_not_keep_the_json_is_refused_before_any_work(tmp_path, monkeypatch, capsys,
                                                                         out, message):
@@ -124,14 +125,16 @@ def test_an_out_that_would_not_keep_the_json_is_refused_before_any_work(tmp_path
     folder failed after the work. Now one line, exit 2, before any work, nothing written."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "folder").mkdir()
-    kept = {"last.pt": b"PK\x03\x04 a checkpoint", "notes.json": b'{"mine": 1}'}  # (replaced by the JSON)
+    kept = {"last.pt": b"PK\x03\x04 a checkpoint", "notes.json": b'{"mine": 1}',  # (replaced by the JSON;
+            "bench_model.json": b'{"config": {}, "batches": [], "params": {}}'}  # bench_model.py's: ours and
+    # its own keys)
     for name, data in kept.items():
         (tmp_path / name).write_bytes(data)
     with pytest.raises(SystemExit) as e:
         memory_model.main(["--preset", "debug", "--batches", "1", "--variants", "moe", "--out", out])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", *sorted(kept)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["folder", *kept])
     assert not list((tmp_path / "folder").iterdir())
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
 

@@ -791,6 +791,7 @@ def test_init_from_refuses_model_settings_typed_that_differ_from_the_checkpoints
     (dict(resume="latest"), "--init_from starts a new run from a checkpoint's weights and --resume goes on"),
     (dict(resume="a"), "drop one of them"),
     (dict(eval_only=True), "--eval_only evaluates the checkpoint of --resume"),
+    (dict(tokenizer=""), "--tokenizer '' beside --init_from would train a new tokenizer"),
 ])
 def test_init_from_is_refused_empty_or_beside_resume_or_eval_only(tmp_path, train, message):
     """Bug caught: an unset $CKPT starting a run from scratch; --init_from beside --resume or --eval_only

@@ -599,7 +599,7 @@ def test_a_benchmark_result_replaces_only_an_earlier_result_of_its_own(tmp_path)
     for name in ["mine.json", "gone.json", "empty.json", "new.json", "new.JSON"]:
         assert storage.not_a_result("--out", str(tmp_path / name), "b.json", keys) is None, name
     assert storage.not_a_result("--out", None, "b.json", keys) is None
-    fix = f"name a new .json file, e.g. --out {tmp_path / 'b.json'}"
+    fix = "name a new .json file, e.g. --out b.json"  # (not beside the file refused: a run's folder)
     for name in ["train.json", "list.json", "other.json", "last.json", "big.json"]:
         assert storage.not_a_result("--out", str(tmp_path / name), "b.json", keys) == (
             f"--out {tmp_path / name} is not an earlier result of this benchmark, and the results would "
