@@ -197,8 +197,11 @@ def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
     return run_dir
 
 
-def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> RunPlan:
-    """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset."""
+def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
+             started: float | None = None) -> RunPlan:
+    """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset.
+    A new run without --run is named by its preset and `started` (time.time(); now by default: under
+    torchrun, rank 0's, which every rank must name the same folder by)."""
     # --run and --out_dir checked before they are used as paths (at --resume, before a checkpoint is
     # looked for under them)
     config.check_run(train_args.run, train_args.out_dir)
@@ -228,7 +231,8 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -
             # (saved as the file it was: a run name or folder names another file once the run goes on)
             tokenizer = train_args.tokenizer if "tokenizer" in given else str(init_tokenizer(init_path))
             train_args = replace(train_args, init_from=str(init_path.resolve()), tokenizer=tokenizer)
-        run_dir = out / (train_args.run or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+        run_dir = out / (train_args.run or f"{preset}-{stamp}")
         ckpt_path = None
     ckpt = None
     if ckpt_path is not None:

@@ -774,7 +774,10 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     written in it, and released (removed, if this run made it and left it empty) on failure."""
     device, world = runtime.setup_distributed(runtime.resolve_device(train_args.device))
     log = make_log(world, stderr=train_args.eval_only)
-    plan = runplan.plan_run(model_args, train_args, preset, given)
+    # (the clock of rank 0: ranks that each read their own, a --init_from loaded more slowly on one,
+    # named a new run's folder by different seconds, and the run hung at its end)
+    started = runtime.all_reduce([time.time() if world.main else 0.0], device, world)[0]
+    plan = runplan.plan_run(model_args, train_args, preset, given, started)
     folder = None
     try:
         with runtime.all_ranks_or_none(world, device, "its settings or run folder checks"):

@@ -828,3 +828,12 @@ def test_init_from_a_checkpoint_of_a_preset_this_version_lacks_takes_the_command
     last = init_checkpoint(tmp_path, preset="retired")
     p = plan(tmp_path, model=ModelArgs(), preset="tiny", init_from=str(last))
     assert (p.model_args, p.preset, p.train_args.batch_size) == (DEBUG, "tiny", 16)
+
+
+def test_a_new_run_without_a_name_is_named_by_the_time_it_is_given(tmp_path):
+    """Bug caught: the folder named by each process's own clock (under torchrun, ranks a second apart,
+    one slower to load an --init_from checkpoint, named different folders, and the run hung at its end);
+    train.setup passes rank 0's time to every rank."""
+    t = 1_000_000_000.0
+    p = runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path)), "debug", frozenset(), t)
+    assert p.run_dir == tmp_path / ("debug-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(t)))

@@ -326,3 +326,23 @@ def test_a_resume_that_runs_a_put_off_evaluation_first_drops_its_val_record(tmp_
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == []
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
+
+
+def test_setup_names_a_new_run_by_rank_0s_clock(monkeypatch):
+    """Bug caught: each rank's own time.time() taken for a new run's folder name (under torchrun they
+    differ by a second: ranks in different folders); rank 0's goes to every rank (an all_reduce of it
+    and zeros)."""
+    sent, got = [], []
+
+    class Planned(Exception):
+        pass
+
+    def plan_run(*args):
+        got.append(args[-1])
+        raise Planned
+    monkeypatch.setattr(train.runtime, "setup_distributed", lambda device: (device, runtime.World(1, 2)))
+    monkeypatch.setattr(train.runtime, "all_reduce", lambda values, *a, **k: sent.append(values) or [42.0])
+    monkeypatch.setattr(train.runplan, "plan_run", plan_run)
+    with pytest.raises(Planned):
+        train.setup(*parse(["--preset", "debug"]))
+    assert sent == [[0.0]] and got == [42.0]  # (rank 1 sends nothing of its own clock)
