@@ -707,6 +707,11 @@ class Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments"):  # (from argparse's other parse methods)
             words = message.split(": ", 1)[1].split()
             message = self.unknown(_option_words(words) or words)
+        choice = r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)"
+        if found := re.fullmatch(choice, message, re.S):
+            choices = re.findall(r"'([^']*)'", found[3])  # (--preset debg: "did you mean debug?")
+            close = difflib.get_close_matches(found[2], choices, n=1, cutoff=0.5)
+            message += f"; did you mean {found[1]} {close[0]}?" if close else ""
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def _print_message(self, message, file=None):

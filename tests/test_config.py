@@ -1160,3 +1160,15 @@ def test_one_stray_word_is_named_once(capsys):
     assert e.value.code == 2 and capsys.readouterr().err == (
         "sample.py: error: unknown option once (options take the form --name value; is --prompt missing "
         "before it?); see --help for the list\n")
+
+
+def test_an_invalid_choice_names_the_nearest_one(capsys):
+    """Bug caught: `--preset debg` or `--dtype bf16` answered with argparse's list alone ("invalid choice:
+    'debg' (choose from ...)"), where an unknown option gets "did you mean"; a value near none gets none."""
+    for argv, hint in ((["--preset", "debg"], "; did you mean --preset debug?"),
+                       (["--compile_mode", "reduce"], "; did you mean --compile_mode reduce-overhead?"),
+                       (["--compile_mode", "xyz"], "")):
+        with pytest.raises(SystemExit) as e:
+            config.parse_args([config.ModelArgs, config.TrainArgs], argv, prog="train.py")
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "invalid choice" in err and err.rstrip("\n").endswith(")" + hint), err
