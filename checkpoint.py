@@ -344,10 +344,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     kill -9 leaves is removed by the next export there, once its process is gone)."""
     import shutil
     import tempfile
-    run = [n for n in ("last.pt", "best.pt", "train.json", "metrics.jsonl") if (Path(out_dir) / n).exists()]
-    if run:  # (a run's best.pt exported into its own folder, or another run's named as the destination)
-        raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
-                              f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
+    check_export_folder(out_dir)
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
     theirs = Path(out_dir) / "tokenizer.json"
     if tokenizer_path is None:  # this export has none: an old export's own may go, not a run's
@@ -387,6 +384,16 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def check_export_folder(out_dir) -> None:
+    """A training run's folder is no export's (a run's best.pt exported into its own folder, or another
+    run's named as the destination: HF files among the run's): a CheckpointError, --force or not.
+    scripts/export_hf.py asks before it loads the checkpoint."""
+    run = [n for n in ("last.pt", "best.pt", "train.json", "metrics.jsonl") if (Path(out_dir) / n).exists()]
+    if run:
+        raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
+                              f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
 
 
 def _sweep_stages(out: Path) -> None:

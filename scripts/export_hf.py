@@ -58,6 +58,7 @@ def main(argv=None):
             print(f"imported {args.source} -> {dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)
+            checkpoint.check_export_folder(args.dest)  # (before the checkpoint is read: it may be large)
             model, ckpt = checkpoint.load_model(ckpt_path)
             tok = ckpt_path.parent / "tokenizer.json"
             if tok.exists():  # the one the checkpoint was trained with, or nothing is exported

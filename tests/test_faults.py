@@ -1188,13 +1188,14 @@ def test_an_export_without_a_tokenizer_says_so_and_keeps_no_older_one(tmp_path, 
 
 
 @pytest.mark.parametrize("force", [[], ["--force"]])
-def test_an_export_into_a_training_runs_folder_is_refused(tmp_path, done, capsys, force):
+def test_an_export_into_a_training_runs_folder_is_refused(tmp_path, done, capsys, force, monkeypatch):
     """Bug caught: `export_hf.py RUN_A RUN_B` (a run folder as the destination: a run exported into its
     own folder, or a slip) wrote config.json and model.safetensors among RUN_B's files and rewrote its
     tokenizer.json, exit 0; --force, which replaces an export, does not make a run folder one."""
     from scripts.export_hf import main as export_main
     other = copy_run(done, tmp_path, "other")
     before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    monkeypatch.setattr(checkpoint, "load_model", None)  # (refused before the checkpoint is read)
     with pytest.raises(SystemExit) as e:
         export_main([str(done.run_dir), str(other), *force])
     assert one_line_error(capsys, 1, e) == (f"export_hf.py: error: {other} is a training run's folder (it "
