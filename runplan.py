@@ -354,9 +354,10 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     plot = "" if train_args.eval_only else train_args.plot  # (--eval_only draws no plot)
     if problem := storage.not_an_image("--plot", plot, plan.run_dir):
         raise ConfigError(problem)
-    if plan.ckpt is None and plan.init is None and (problem := too_small(model_args.vocab_size)):
+    scratch = plan.ckpt is None and plan.init is None  # a new model (resumed or --init_from: the checkpoint's)
+    if scratch and (problem := too_small(model_args.vocab_size)):
         raise ConfigError(problem)
-    if plan.ckpt is None and plan.init is None and train_args.tokenizer:  # (before any data is read)
+    if scratch and train_args.tokenizer:  # (before any data is read)
         where = f"--tokenizer {train_args.tokenizer}"
         check_tokenizer(Tokenizer.load(train_args.tokenizer), model_args, where)
     if plan.ckpt is None and not train_args.tokenizer:  # one trained here puts them at ids 0, 1, ...
