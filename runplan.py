@@ -354,7 +354,7 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     plot = "" if train_args.eval_only else train_args.plot  # (--eval_only draws no plot)
     if problem := storage.not_an_image("--plot", plot, plan.run_dir):
         raise ConfigError(problem)
-    scratch = plan.ckpt is None and plan.init is None  # a new model (resumed or --init_from: the checkpoint's)
+    scratch = plan.ckpt is None and plan.init is None  # (resumed, or --init_from: the checkpoint's model)
     if scratch and (problem := too_small(model_args.vocab_size)):
         raise ConfigError(problem)
     if scratch and train_args.tokenizer:  # (before any data is read)
