@@ -12,7 +12,8 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     special_kind, not_an_image, not_a_file_to_write, not_a_result   what an output may not be written
                                over: a device or FIFO (atomic_write refuses it), a run's own file, a
                                folder, a file that is not an earlier result of the same benchmark
-    too_long(option, path)     a name in a path past the 255 bytes a file system takes (one line, not errno 36)
+    too_long(option, path)     a name in a path past the 255 bytes a file system takes (a line, not
+                               errno 36's traceback)
 
 How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
