@@ -390,7 +390,7 @@ def check_export_folder(out_dir) -> None:
     """A training run's folder is no export's (a run's best.pt exported into its own folder, or another
     run's named as the destination: HF files among the run's): a CheckpointError, --force or not.
     scripts/export_hf.py asks before it loads the checkpoint."""
-    run = [n for n in ("last.pt", "best.pt", "train.json", "metrics.jsonl") if (Path(out_dir) / n).exists()]
+    run = storage.run_files(out_dir, but=("tokenizer.json",))
     if run:
         raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
                               f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")

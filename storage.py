@@ -145,6 +145,12 @@ RUN_FILES = ("last.pt", "best.pt", "model.json", "train.json", "tokenizer.json",
              "wandb_unfinished.txt")  # what train.py keeps in a run folder
 
 
+def run_files(folder, but=()) -> list[str]:
+    """The RUN_FILES in `folder` (a training run's, when any is), leaving out `but`: an export's folder
+    holds a tokenizer.json too, a GPU check's a train.json."""
+    return [name for name in RUN_FILES if name not in but and (Path(folder) / name).is_file()]
+
+
 def not_an_image(option: str, path: str, folder=".") -> str | None:
     """Why a plot may not be written at `path` (relative to `folder`), or None: a name that is no
     image's and is one of a run folder's files, or a file already there that is not a PNG (--plot

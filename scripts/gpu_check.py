@@ -512,7 +512,7 @@ def parse(argv):
                  if Path(getattr(opts, k)).name == Path(p.get_default(k)).name]
     out = storage.results_path(p, opts, ROOT / "img" / "gpu", fallback=Path(opts.work) / "results",
                                ignore=("only", "deadline", "work", "render", *same_text))
-    run = [name for name in storage.RUN_FILES if name != "train.json" and (out / name).is_file()]
+    run = storage.run_files(out, but=("train.json",))
     if run and not opts.render:  # (the train part replaced the run's settings)
         beside = out.parent / f"{out.name}-gpu-check"
         p.error(f"--out {out} is a training run's folder (it holds {run[0]}), whose train.json the check's "
