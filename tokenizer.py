@@ -87,6 +87,16 @@ def identity(fields: dict) -> str:
     return _sha256({**fields, "post_processor": None})
 
 
+def _has_model(text: str) -> bool:
+    """Whether a file tokenizers cannot read is a tokenizer at all: not JSON, or a damaged tokenizer
+    (True), or JSON of another kind (False)."""
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return True
+    return isinstance(spec, dict) and "model" in spec
+
+
 class Tokenizer:
     """A byte-level BPE: a thin wrapper over `tokenizers.Tokenizer` with SPECIAL_TOKENS at ids 0..7.
 
@@ -158,12 +168,17 @@ class Tokenizer:
         if not os.path.isfile(path):
             raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
                             "train one")
+        text = None
         try:
             # read here, not by from_file: the Rust side takes only UTF-8 paths (a run folder made
             # outside train.py may have another name)
-            tok = tokenizers.Tokenizer.from_str(Path(path).read_bytes().decode("utf-8"))
+            text = Path(path).read_bytes().decode("utf-8")
+            tok = tokenizers.Tokenizer.from_str(text)
         except Exception as e:
-            raise DataError(f"cannot read the tokenizer '{path}' ({first_line(e)}); {fix}") from None
+            why = first_line(e)
+            if text is not None and not _has_model(text):  # (the Rust parser's message then misleads:
+                why = 'JSON, but not a tokenizer: it has no "model"'  # `expected , or }` on {"a": 1})
+            raise DataError(f"cannot read the tokenizer '{path}' ({why}); {fix}") from None
         loaded = cls(tok, exact=False)
         if exact and not loaded.gives_back_text():
             raise DataError(f"{path}: {NOT_EXACT}, which training and evaluation refuse (earlier versions of "

@@ -1604,6 +1604,14 @@ def test_loading_refuses_a_folder_a_missing_file_and_unreadable_json(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match=r"^cannot read the tokenizer '.*bad.json' \(\w+: .+\); use another$"):
         Tokenizer.load(tmp_path / "bad.json", fix="use another")
+    for other in ('{"a": 1}', "[1, 2]", '"text"'):  # Bug caught: `expected , or } at line 1 column 5`
+        (tmp_path / "other.json").write_text(other)
+        with pytest.raises(DataError, match=r"^cannot read the tokenizer '.*other.json' \(JSON, but not a "
+                                            r'tokenizer: it has no "model"\); use another$'):
+            Tokenizer.load(tmp_path / "other.json", fix="use another")
+    (tmp_path / "damaged.json").write_text('{"model": {"type": "BPE"}}')
+    with pytest.raises(DataError, match=r"\(\w+: Missing vocab/merges.*\); use another$"):
+        Tokenizer.load(tmp_path / "damaged.json", fix="use another")
 
 
 def test_a_tokenizer_that_changes_text_loads_when_not_exact(tmp_path):
