@@ -712,6 +712,8 @@ class Parser(argparse.ArgumentParser):
             choices = re.findall(r"'([^']*)'", found[3])  # (--preset debg: "did you mean debug?")
             close = difflib.get_close_matches(found[2], choices, n=1, cutoff=0.5)
             message += f"; did you mean {found[1]} {close[0]}?" if close else ""
+        if found := re.fullmatch(r"argument (--\w+): expected one argument", message):
+            message += f"; give it a value ({found[1]}=VALUE where the value starts with '-')"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def _print_message(self, message, file=None):

@@ -1172,3 +1172,17 @@ def test_an_invalid_choice_names_the_nearest_one(capsys):
             config.parse_args([config.ModelArgs, config.TrainArgs], argv, prog="train.py")
         err = capsys.readouterr().err
         assert e.value.code == 2 and "invalid choice" in err and err.rstrip("\n").endswith(")" + hint), err
+
+
+def test_an_option_without_its_value_says_how_to_type_a_value_that_starts_with_a_dash(capsys):
+    """Bug caught: `--run -x` (or `--prompt` last) got argparse's bare "expected one argument", with no
+    way on: a value that starts with '-' is taken for an option unless typed `--run=-x`."""
+    for argv in (["--run", "-x"], ["--max_steps"]):
+        with pytest.raises(SystemExit) as e:
+            config.parse_args([config.ModelArgs, config.TrainArgs], argv, prog="train.py")
+        option = argv[0]
+        assert e.value.code == 2 and capsys.readouterr().err == (
+            f"train.py: error: argument {option}: expected one argument; give it a value ({option}=VALUE "
+            "where the value starts with '-')\n")
+    _, (_, train_args) = config.parse_args([config.ModelArgs, config.TrainArgs], ["--run=-x"])
+    assert train_args.run == "-x"
