@@ -48,7 +48,7 @@ How this departs from the obvious version:
 - A checkpoint also holds the open log window (its loss sums, expert counts, steps, tokens): a resumed
   run goes on with it, so metrics.jsonl gets the records an uninterrupted run writes (the partial
   record written when the run stopped is replaced by the whole one). Resuming a finished run
-  writes nothing.
+  writes nothing, and reads no data (train.finished_run).
 - One process owns a run folder: rank 0 holds an flock on run.lock from before anything is
   written until the end, so a second train.py on the folder stops with a line naming the first
   (--eval_only only reads, and takes no lock). A folder a failed run created and left empty is
@@ -785,6 +785,8 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
             for line in runplan.setting_warnings(plan, given):
                 log(line)
             folder = runplan.claim_folder(plan) if world.main and not plan.train_args.eval_only else None
+        if (done := finished_run(plan, log)) is not None:
+            raise Finished(done)
         job, state = build_job(plan, device, world, log)
     except BaseException as e:
         if folder is not None:
@@ -794,6 +796,31 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
         raise
     job.folder = folder
     return job, state
+
+
+class Finished(Exception):
+    """setup's way out for a finished run resumed: run() returns the result it carries."""
+
+    def __init__(self, result: dict):
+        super().__init__(result["finished"])
+        self.result = result
+
+
+def finished_run(plan: RunPlan, log) -> dict | None:
+    """A run resumed at its --max_steps or with its --max_minutes spent, and no evaluation put off by
+    a signal: it says so and gives the result, judged on the checkpoint before any data is read or
+    model built (there is nothing to train; a lost cache or an offline hub does not matter). None
+    where the run trains on, and for --eval_only."""
+    if plan.ckpt is None or plan.train_args.eval_only:
+        return None
+    state, max_steps = LoopState.from_checkpoint(plan.ckpt, 0), plan.train_args.max_steps
+    if state.eval_due or not (state.step >= max_steps or Clock(plan.train_args.max_minutes).spent(state)):
+        return None
+    limit = "max_steps" if state.step >= max_steps else "max_minutes"
+    log(f"{plan.run_dir} already reached its --{limit} at step {state.step}; nothing written "
+        f"(raise --{limit} to train on)")
+    return {"step": state.step, "best_val": state.best_val, "run_dir": str(plan.run_dir),
+            "finished": limit, "signalled": False}
 
 
 def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]:
@@ -900,7 +927,10 @@ def open_logs(job: Job, state: LoopState) -> None:
 def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAULT_PRESET,
         given=frozenset()) -> dict:
     """Set up, then train (or evaluate, with --eval_only); the run folder is held until the end."""
-    job, state = setup(model_args, train_args, preset, given)
+    try:
+        job, state = setup(model_args, train_args, preset, given)
+    except Finished as e:
+        return e.result
     try:
         return run_job(job, state)
     except KeyboardInterrupt as e:  # main() tells what is left to resume from
@@ -927,14 +957,7 @@ def run_job(job: Job, state: LoopState) -> dict:
     """Train (or evaluate, with --eval_only) the job set up."""
     if job.train_args.eval_only:
         return evaluate_only(job, state)
-    finished = state.step >= job.train_args.max_steps or job.clock.spent(state)
-    if finished and not state.eval_due:  # a finished run resumed
-        limit = "max_steps" if state.step >= job.train_args.max_steps else "max_minutes"
-        job.log(f"{job.run_dir} already reached its --{limit} at step {state.step}; nothing written "
-                f"(raise --{limit} to train on)")
-        return {"step": state.step, "best_val": state.best_val, "run_dir": str(job.run_dir),
-                "finished": limit, "signalled": False}
-    return loop(job, state)
+    return loop(job, state)  # (a finished run resumed never gets here: finished_run)
 
 
 def loop(job: Job, state: LoopState) -> dict:

@@ -188,7 +188,9 @@ def test_the_budget_ending_on_an_evaluation_step_evaluates_it_once(tmp_path, cor
 
 # --- resume -------------------------------------------------------------------------------------
 
-def test_resuming_a_finished_run_writes_nothing(tmp_path, done, capsys):
+def test_resuming_a_finished_run_writes_nothing(tmp_path, done, capsys, monkeypatch):
+    """Bug caught too: it prepared the data first (a lost cache was tokenized again, for nothing)."""
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("the data was prepared"))
     run_dir = copy_run(done, tmp_path)
     def files():
         return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "run.lock"}

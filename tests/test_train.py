@@ -1755,15 +1755,19 @@ def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_
                                                                                           tmp_path):
     # catches: a run resumed at its --max_steps or budget training on, or skipping its put-off
     # evaluation
-    monkeypatch.setattr(train, "loop", lambda job, state: "loop")
     said = []
-    job = SimpleNamespace(train_args=TrainArgs(max_steps=6), clock=train.Clock(1), run_dir=tmp_path,
-                          log=said.append)
-    assert train.run_job(job, train.LoopState(step=5)) == "loop"
-    assert train.run_job(job, train.LoopState(step=6, eval_due=True)) == "loop"
-    assert train.run_job(job, train.LoopState(step=6))["finished"] == "max_steps"
-    assert train.run_job(job, train.LoopState(step=3, elapsed=60))["finished"] == "max_minutes"
+    def finished(state: train.LoopState, eval_only=False):
+        plan = SimpleNamespace(ckpt=state.to_checkpoint(0), run_dir=tmp_path,
+                               train_args=TrainArgs(max_steps=6, max_minutes=1, eval_only=eval_only))
+        return train.finished_run(plan, said.append)
+    assert finished(train.LoopState(step=5)) is None
+    assert finished(train.LoopState(step=6, eval_due=True)) is None
+    assert finished(train.LoopState(step=6))["finished"] == "max_steps"
+    assert finished(train.LoopState(step=3, elapsed=60))["finished"] == "max_minutes"
     assert "already reached its --max_minutes at step 3" in said[-1]
+    assert finished(train.LoopState(step=6), eval_only=True) is None  # (scoring a finished run is its use)
+    new_run = SimpleNamespace(ckpt=None, train_args=TrainArgs(max_steps=1))
+    assert train.finished_run(new_run, said.append) is None
 
 
 def test_the_evaluation_a_signal_put_off_is_saved_as_done_before_training_on(tmp_path, corpus, cache,
