@@ -122,10 +122,13 @@ def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, pres
     """--init_from's settings: the checkpoint's model (model options typed must agree: its weights are
     that model's), and the training settings typed on those of the preset, which is the checkpoint's
     unless --preset is typed (a tiny model goes on with tiny's batch and learning rate; an import,
-    which names none, with the default's). --preset picks training settings only here."""
+    which names none, with the default's). --preset picks training settings only here. --max_seq_len
+    may differ (a fine-tune at another context: no weight depends on it)."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
-    check_model_typed(saved_model, model_args, given, "drop them: --init_from takes the checkpoint's model "
-                      "(another model starts from scratch: drop --init_from)")
+    check_model_typed(saved_model, model_args, set(given) - {"max_seq_len"}, "drop them: --init_from takes "
+                      "the checkpoint's model (another model starts from scratch: drop --init_from)")
+    if "max_seq_len" in given:
+        saved_model = ModelArgs(**{**config.to_dict(saved_model), "max_seq_len": model_args.max_seq_len})
     if "preset" not in given and ckpt.get("preset") in config.PRESETS:
         preset = ckpt["preset"]
     typed = {k: v for k, v in config.to_dict(train_args).items() if k in given}

@@ -782,6 +782,9 @@ def test_init_from_refuses_model_settings_typed_that_differ_from_the_checkpoints
                             "drop them: --init_from takes the checkpoint's model (another model starts from "
                             "scratch: drop --init_from)")
     assert plan(tmp_path, {"dim"}, model=DEBUG, init_from=str(last), run="b").model_args == DEBUG
+    # Bug caught: a fine-tune at a longer context refused, though no weight depends on --max_seq_len
+    p = plan(tmp_path, {"max_seq_len"}, model=ModelArgs(max_seq_len=128), init_from=str(last), run="d")
+    assert p.model_args == debug_args(max_seq_len=128)
     with pytest.raises(ConfigError, match="min_lr"):  # checked on the checkpoint's preset's settings
         plan(tmp_path, init_from=str(last), lr=1e-4, run="c")
 

@@ -549,6 +549,12 @@ def test_init_from_starts_a_new_run_from_the_checkpoints_weights(tmp_path, corpu
     shutil.rmtree(a)
     train.main([*base, "--resume", "--max_steps", "2"])
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "b" / "last.pt")["step"] == 2
+    # at another context (--max_seq_len; debug's is 64): the same weights, a model of the new context
+    train.main([*base[:-1], "c", "--init_from", "b", "--max_steps", "1", "--max_seq_len", "96", "--lr", "0",
+                "--min_lr", "0"])
+    c = checkpoint.load_checkpoint(tmp_path / "ckpt" / "c" / "last.pt")
+    assert c["model_args"]["max_seq_len"] == 96 and c["model_args"]["dim"] == b["model_args"]["dim"]
+    assert all(torch.equal(c["model"][k], v) for k, v in weights(tmp_path, "b").items())
 
 
 def test_init_from_an_import_and_its_refusals(tmp_path, corpus, cache, capsys):
