@@ -16,7 +16,8 @@ Compares, on the same token batch and in one run (timings interleaved, medians r
               gradients, the loss without logits), the pace of train.py's validation passes
   hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert), eager
   moe+compile, dense+compile, moe+eval+compile   the same, torch.compile'd (with --compile; on by
-              default on CUDA), at the largest batch only unless --compile_batches says otherwise
+              default on CUDA), at the largest batch only unless --compile_batches says otherwise;
+              the batches that compile are measured first (a run cut at a deadline keeps them)
 and reports per variant: step time, tokens/s, MFU (train.py's FLOPs per token against the device
 peak: the GPU table, or a GEMM timed now on CPU; a third of them for evaluation, which has no
 backward pass), aten ops per step of the eager variants (a CPU
@@ -538,11 +539,15 @@ def main(argv=None):
     out = storage.results_path(p, opts, figure, ignore=("device",))
     if out is not None:
         storage.make_folder(out.parent, "pick another --out")
-    for b in batches:  # written after each batch: a run stopped at a time limit keeps those done
-        result["batches"][str(b)] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
-                                                  ["moe", "moe+compile"] if opts.profile else [],
-                                                  model_memory=not opts.no_modelled)
-        report({**result, "batches": {str(b): result["batches"][str(b)]}})
+    # the compiling batches first: a run stopped at a time limit (a GPU lease) loses the eager rows of
+    # the others rather than every compiled figure; written after each batch, in the order of --batches
+    done = {}
+    for b in sorted(batches, key=lambda b: not (compiled and b in compile_batches)):
+        done[b] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
+                                ["moe", "moe+compile"] if opts.profile else [],
+                                model_memory=not opts.no_modelled)
+        result["batches"] = {str(x): done[x] for x in batches if x in done}
+        report({**result, "batches": {str(b): done[b]}})
         if out is not None:
             storage.save_json(out, result, "pick another --out", sort_keys=False)
     return result

@@ -61,6 +61,33 @@ def test_bench_model_compiles_at_the_largest_batch_unless_told(tmp_path, monkeyp
     assert "moe+compile" in seen[2] and "moe+compile" in seen[4]
 
 
+def test_bench_model_measures_the_compiling_batch_first_and_writes_in_the_order_asked(tmp_path, monkeypatch):
+    """Bug caught: batch 32 (eager only) measured before 128 (the compiled goals' batch), so a GPU
+    check cut at its deadline lost every compiled figure. The JSON still lists the batches as asked."""
+    from scripts import bench_model
+    order = []
+
+    def fake_measure(variants, base, batch, *args, **kwargs):
+        order.append(batch)
+        if len(order) == 2:
+            raise KeyboardInterrupt  # the deadline, during the second batch
+        return {"step_seconds": {"moe": batch}}
+    monkeypatch.setattr(bench_model, "measure_batch", fake_measure)
+    monkeypatch.setattr(bench_model, "report", lambda result: None)
+    out = tmp_path / "b.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench_model.main(["--quick", "--no-hf", "--compile", "true", "--batches", "2,4", "--out", str(out)])
+    assert order == [4, 2] and list(json.loads(out.read_text())["batches"]) == ["4"]
+    order.clear()
+    monkeypatch.setattr(bench_model, "measure_batch", lambda v, b, batch, *a, **k: order.append(batch) or {})
+    result = bench_model.main(["--quick", "--no-hf", "--compile", "true", "--batches", "2,8,4", "--out",
+                               str(tmp_path / "c.json")])
+    assert order == [8, 2, 4] and list(result["batches"]) == ["2", "8", "4"]
+    bench_model.main(["--quick", "--no-hf", "--compile", "false", "--batches", "2,8,4", "--out",
+                      str(tmp_path / "d.json")])
+    assert order[3:] == [2, 8, 4]  # nothing compiles: as typed
+
+
 def test_bench_model_writes_each_batch_as_it_is_measured(tmp_path, monkeypatch):
     """A run stopped by a time limit (a GPU lease) keeps the batches it finished: the JSON is
     rewritten after each one, whole (a temporary file, then a rename)."""
