@@ -26,6 +26,7 @@ How this departs from the obvious version:
 
 import os
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
@@ -87,7 +88,10 @@ def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
     # gloo group torn down as the interpreter exits can abort it ("terminate called without an
     # active exception", exit -6). Imported first, it holds no group.
     from torch import _dynamo  # noqa: F401
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":  # (bound to its GPU: barrier() then warns of no guess at the device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     return device, World(dist.get_rank(), dist.get_world_size())
 
 
@@ -189,6 +193,10 @@ def static_compile(model, mode: str = "default"):
     graphs without CUDA graphs (not yet seen on a GPU)."""
     import torch._inductor.config
     torch._inductor.config.fallback_random = True
+    # the router's fp32 matmuls (the routing decision, kept out of bf16 on purpose) would make
+    # Inductor warn on CUDA, on two lines, that TF32 is not enabled: they stay fp32, without the warning
+    warnings.filterwarnings("ignore", "TensorFloat32 tensor cores for float32 matrix multiplication",
+                            UserWarning)
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
 
@@ -204,6 +212,12 @@ def compile_problem(device: torch.device) -> str | None:
         torch._dynamo.reset()
 
 
+# out of memory raised as a RuntimeError, not torch.OutOfMemoryError: the CPU allocator's, and CUDA's
+# outside torch's caching allocator (a library's workspace: torch.AcceleratorError, cuBLAS)
+OUT_OF_MEMORY_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "CUDA error: out of memory",
+                          "CUBLAS_STATUS_ALLOC_FAILED")
+
+
 def out_of_memory(e: BaseException | None) -> bool:
     """An out-of-memory error (CUDA's, or the CPU allocator's RuntimeError), or an exception
     wrapping one: Inductor raises what fails while it compiles (max-autotune allocates to time
@@ -212,8 +226,8 @@ def out_of_memory(e: BaseException | None) -> bool:
     for _ in range(8):  # a short chain: the compiler's wrappers, then the error
         if e is None:
             return False
-        if isinstance(e, torch.OutOfMemoryError) or (
-                isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)):
+        if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and any(
+                m in str(e) for m in OUT_OF_MEMORY_MESSAGES)):
             return True
         e = getattr(e, "inner_exception", None) or e.__cause__
     return False

@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import signal
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -80,7 +81,11 @@ def torchrun_env(monkeypatch):
     for name in TORCHRUN:
         monkeypatch.delenv(name, raising=False)
     joined = []
-    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
+    def init_process_group(backend, **kw):
+        joined.append(backend)
+        if backend == "nccl":  # Bug caught: no device_id (barrier() warned it guessed the device)
+            assert kw == {"device_id": torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))}
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
     monkeypatch.setattr(dist, "get_rank", lambda: int(os.environ["RANK"]))
     monkeypatch.setattr(dist, "get_world_size", lambda: int(os.environ["WORLD_SIZE"]))
     return joined
@@ -338,6 +343,31 @@ def test_out_of_memory_follows_a_compilers_wrappers():
     context = RuntimeError("while handling")
     context.__context__ = oom
     assert not runtime.out_of_memory(context) and not runtime.out_of_memory(None)
+
+
+def test_out_of_memory_outside_torchs_allocator_is_out_of_memory():
+    """Bug caught: CUDA running out outside torch's caching allocator (torch.AcceleratorError, a
+    RuntimeError: "CUDA error: out of memory"; cuBLAS's workspace) taken for a compile failure (an
+    eager fallback) or a traceback, not the one line about --batch_size."""
+    for message in ("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+                    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                    "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"):
+        assert runtime.out_of_memory(RuntimeError(message)), message
+    assert not runtime.out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not runtime.out_of_memory(ValueError("CUDA error: out of memory"))  # (not the runtime's)
+
+
+def test_static_compile_keeps_inductors_tf32_warning_off_the_console():
+    """Bug caught: every compiled bf16 run on CUDA printed Inductor's two-line warning that TF32 is not
+    enabled, for the router's fp32 matmuls (kept fp32 on purpose); other warnings still show."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        runtime.static_compile(torch.nn.Linear(2, 2))
+        warnings.warn("TensorFloat32 tensor cores for float32 matrix multiplication available but not "
+                      "enabled", UserWarning, stacklevel=1)
+        warnings.warn("another", UserWarning, stacklevel=1)
+    said = [str(w.message) for w in seen]  # (and what importing the compiler warns, deprecations)
+    assert "another" in said and not [m for m in said if "TensorFloat32" in m]
 
 
 def test_compile_failure_is_one_short_line_and_out_of_memory_raised_again():
