@@ -5,6 +5,7 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
     UserError          the base; entry points catch it
       ConfigError      a setting is missing, mistyped or out of range (exit 2)
         DeviceError    a setting this process's device cannot take (each rank checks its own; exit 2)
+          MachineError a device this machine lacks (no CUDA, too few GPUs)
       DataError        bad text, tokenizer or token cache
       CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
       RunError         a run cannot start or go on (busy run folder, non-finite weights)
@@ -12,7 +13,9 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
       RankError        under torchrun: another rank failed where this one waited for it (no line)
 
 Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`); a
-DeviceError, which one rank may meet alone, is printed by each rank that meets it.
+DeviceError, which one rank may meet alone, is printed by each rank that meets it, a MachineError
+by each machine's first process (LOCAL_RANK 0). (Other errors that every rank meets in a set-up
+step, a corrupt checkpoint, are printed by rank 0 alone too: runtime.all_ranks_or_none.)
 
 Importing this module makes a Ctrl-C that nothing catches one line, `<prog>: interrupted`, instead
 of a traceback (the exit status stays a SIGINT's, 130): train.py and sample.py import it before torch, whose
@@ -63,6 +66,10 @@ class DeviceError(ConfigError):
     pass
 
 
+class MachineError(DeviceError):
+    """A device this machine lacks (no CUDA, too few GPUs): the same for each process on it."""
+
+
 class RankError(UserError):
     pass
 
@@ -75,10 +82,12 @@ def main_rank() -> bool:
 
 def reports(e: UserError) -> bool:
     """Whether this process prints `e`: a bad setting (the same on every rank) on rank 0 alone, a
-    RankError (the failing rank prints its own) nowhere, anything else (a DeviceError too) on
-    every rank that meets it."""
+    RankError (the failing rank prints its own) nowhere, a MachineError on each machine's local rank
+    0, anything else (a DeviceError too) on every rank that meets it."""
     if isinstance(e, RankError):
         return False
+    if isinstance(e, MachineError):  # (a node of a job may lack what another has)
+        return os.environ.get("LOCAL_RANK", "0") == "0"
     return main_rank() or not isinstance(e, ConfigError) or isinstance(e, DeviceError)
 
 

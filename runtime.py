@@ -13,6 +13,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     device_memory             the GPU's memory, or the machine's (or its cgroup limit) on CPU
     out_of_memory             whether an exception is (or wraps) running out of memory
     compile_failure           the one-line reason a compiled call failed, for its eager fallback
+    peer_lost                 whether an error is a collective's, another process of the job gone
 
 How this departs from the obvious version:
 - Compiling is static (dynamic=False: one graph per shape, never a symbolic batch) and draws the
@@ -21,7 +22,7 @@ How this departs from the obvious version:
 - The CPU's peak is the fastest of half a second of GEMMs, not their mean, so a busy moment at
   start-up does not lower it (and lift the MFU).
 - A set-up step that fails on one rank is learned by all (all_ranks_or_none): no rank waits at a
-  collective for one that has gone.
+  collective for one that has gone; one that fails on every rank is printed by rank 0 alone.
 """
 
 import os
@@ -33,7 +34,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from errors import ConfigError, DeviceError, RankError, first_line
+from errors import ConfigError, MachineError, RankError, UserError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,9 +54,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():  # (a node of a job may lack what another has)
-            raise DeviceError(f"--device {name}: CUDA is not available here; use --device cpu")
+            raise MachineError(f"--device {name}: CUDA is not available here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {name}: there are {torch.cuda.device_count()} GPUs here; "
+            raise MachineError(f"--device {name}: there are {torch.cuda.device_count()} GPUs here; "
                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
@@ -104,9 +105,11 @@ def all_reduce(values: list[float], device, world: World, op=None) -> list[float
     return t.tolist()
 
 
-def _verdict(ok: bool, device, world: World) -> bool:
-    """Whether every rank's `ok` is true (a collective: every rank must call it)."""
-    return all_reduce([float(ok)], device, world, op=dist.ReduceOp.MIN)[0] == 1
+def _verdict(ok: bool, device, world: World) -> tuple[bool, bool]:
+    """(whether every rank's `ok` is true, whether rank 0's is) (a collective: every rank must call it)."""
+    failed = float(not ok)
+    total, rank0 = all_reduce([failed, failed if world.main else 0.0], device, world)
+    return total == 0, rank0 == 0
 
 
 @contextmanager
@@ -119,7 +122,7 @@ def rank0_first(world: World, device):
         yield
         return
     if not world.main:
-        if not _verdict(True, device, world):  # waits for rank 0's
+        if not _verdict(True, device, world)[0]:  # waits for rank 0's
             raise RankError("rank 0 failed setting up the data")
         yield
         return
@@ -131,16 +134,30 @@ def rank0_first(world: World, device):
 def all_ranks_or_none(world: World, device, what: str):
     """Every rank runs the block, then all learn whether it succeeded everywhere: a rank whose block
     failed raises its own error (and prints it), the others a RankError (no line of their own),
-    rather than waiting at their next collective for a rank that has gone. The block must hold
-    no collective."""
+    rather than waiting at their next collective for a rank that has gone. Where rank 0's block
+    failed too, another rank's UserError is a RankError as well: the ranks read the same settings and
+    files, and rank 0's line stands for all (it was printed once per process). The block must hold no
+    collective."""
     try:
         yield
-    except BaseException:
+    except BaseException as e:
         if world.size > 1:
-            _verdict(False, device, world)
+            rank0_ok = _verdict(False, device, world)[1]
+            if isinstance(e, UserError) and not (world.main or rank0_ok):
+                raise RankError(f"rank 0 failed {what} too") from None
         raise
-    if world.size > 1 and not _verdict(True, device, world):
+    if world.size > 1 and not _verdict(True, device, world)[0]:
         raise RankError(f"another rank failed {what}")
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether `e` is a collective failing because another process of the torchrun job went away (killed,
+    or crashed): gloo's connection to it reset or closed, or NCCL's backend error."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    gloo = ("Connection reset by peer", "Connection closed by peer")
+    return isinstance(e, (dist.DistBackendError, dist.DistNetworkError)) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in gloo))
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:

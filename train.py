@@ -742,8 +742,9 @@ def load_data(plan: RunPlan, world: World, device, log):
     if plan.init is not None:  # (its model reads that tokenizer's ids)
         ckpt, ckpt_path, fix = plan.init, plan.init_path, "pass --tokenizer FILE, the one it was trained with"
     if ckpt is not None and train_args.tokenizer:
-        checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer, fix), train_args.tokenizer, ckpt,
-                                   ckpt_path, fix)
+        with runtime.all_ranks_or_none(world, device, "checking the tokenizer"):  # (one line, not one a rank)
+            checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer, fix), train_args.tokenizer, ckpt,
+                                       ckpt_path, fix)
     with runtime.rank0_first(world, device):
         if train_args.eval_only:
             if not train_args.tokenizer:
@@ -777,10 +778,10 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     # (the clock of rank 0: ranks that each read their own, a --init_from loaded more slowly on one,
     # named a new run's folder by different seconds, and the run hung at its end)
     started = runtime.all_reduce([time.time() if world.main else 0.0], device, world)[0]
-    plan = runplan.plan_run(model_args, train_args, preset, given, started)
-    folder = None
-    try:
+    plan = folder = None
+    try:  # (a checkpoint that fails on every rank: rank 0's line alone, not one per process)
         with runtime.all_ranks_or_none(world, device, "its settings or run folder checks"):
+            plan = runplan.plan_run(model_args, train_args, preset, given, started)
             runplan.check_settings(plan, device, world)  # (its memory check reads each rank's own device)
             for line in runplan.setting_warnings(plan, given):
                 log(line)
@@ -791,7 +792,7 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     except BaseException as e:
         if folder is not None:
             folder.release()
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, KeyboardInterrupt) and plan is not None:
             e.run_dir = plan.run_dir  # main() tells what is left there to resume from
         raise
     job.folder = folder
@@ -937,6 +938,9 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
         e.run_dir = job.run_dir
         raise
     except Exception as e:  # out of memory: one line, with the batch this run uses (a checkpoint's)
+        if runtime.peer_lost(e):  # (a rank killed: the others' collective fails, with a page of traceback)
+            raise RunError("another process of this torchrun job stopped (killed, or failed: torchrun's log "
+                           f"names it); {left_to_resume(job.run_dir)}") from e
         if not runtime.out_of_memory(e):
             raise
         raise RunError(f"out of memory ({first_line(e)[:160]}); "

@@ -39,7 +39,7 @@ def test_a_gpu_index_past_the_last_is_refused_naming_the_range(monkeypatch):
 def test_cuda_where_there_is_none_is_a_device_error(monkeypatch):
     """Catches --device cuda taken on a machine without CUDA (a node of a job may lack it)."""
     fake_gpus(monkeypatch, 0)
-    with pytest.raises(DeviceError, match="CUDA is not available here; use --device cpu"):
+    with pytest.raises(errors.MachineError, match="CUDA is not available here; use --device cpu"):
         runtime.resolve_device("cuda")
     with pytest.raises(DeviceError):
         runtime.resolve_device("cuda:0")
@@ -161,24 +161,27 @@ def test_all_reduce_sums_by_default_in_float64_and_one_process_skips_it(fake_all
     assert runtime.all_reduce([1.0, 9.0], "cpu", World(0, 2), op=dist.ReduceOp.MAX) == [3.0, 9.0]
 
 
-@pytest.mark.parametrize("mine, others, verdict", [(True, 1.0, True), (True, 0.0, False),
-                                                   (False, 1.0, False)])
-def test_the_verdict_is_true_only_where_every_rank_succeeded(fake_all_reduce, mine, others, verdict):
-    """Catches the verdict taken as any rank's success (MAX for MIN), or a failure read as success."""
-    fake_all_reduce.others = [others]
-    assert runtime._verdict(mine, "cpu", World(0, 2)) is verdict
-    assert fake_all_reduce.seen[0][1] == dist.ReduceOp.MIN
+@pytest.mark.parametrize("rank, mine, others, verdict", [
+    (0, True, [0.0, 0.0], (True, True)), (0, True, [1.0, 0.0], (False, True)),
+    (0, False, [0.0, 0.0], (False, False)), (1, False, [0.0, 0.0], (False, True)),
+    (1, True, [1.0, 1.0], (False, False)), (1, False, [1.0, 1.0], (False, False))])
+def test_the_verdict_is_true_only_where_every_rank_succeeded(fake_all_reduce, rank, mine, others, verdict):
+    """Catches the verdict taken as any rank's success, or a failure read as success; or rank 0's
+    outcome (the second) taken from another rank's."""
+    fake_all_reduce.others = others  # (the other ranks' failures, summed; rank 0's, where it is another)
+    assert runtime._verdict(mine, "cpu", World(rank, 2)) == verdict
+    assert fake_all_reduce.seen[0][1] == dist.ReduceOp.SUM
 
 
 def test_a_rank_other_than_0_waits_for_rank_0_and_stops_where_it_failed(fake_all_reduce):
     """Catches ranks other than 0 running the block without waiting for rank 0's verdict (two
     processes writing one cache), or running it after rank 0 failed."""
     ran = []
-    fake_all_reduce.others = [1.0]
+    fake_all_reduce.others = [0.0, 0.0]
     with runtime.rank0_first(World(1, 2), "cpu"):
         ran.append(len(fake_all_reduce.seen))
     assert ran == [1]  # the block ran after the verdict, not before
-    fake_all_reduce.others = [0.0]
+    fake_all_reduce.others = [1.0, 1.0]
     with pytest.raises(RankError, match="rank 0 failed setting up the data"):
         with runtime.rank0_first(World(1, 2), "cpu"):
             ran.append("ran")
@@ -189,14 +192,14 @@ def test_rank_0_runs_the_block_first_then_tells_the_others(fake_all_reduce):
     """Catches rank 0 telling the others before its block ran (they would read half-built caches),
     or keeping a failure to itself (the others then wait at the barrier for ever)."""
     ran = []
-    fake_all_reduce.others = [1.0]
+    fake_all_reduce.others = [0.0, 0.0]
     with runtime.rank0_first(World(0, 2), "cpu"):
         ran.append(len(fake_all_reduce.seen))
-    assert ran == [0] and [v for v, _, _ in fake_all_reduce.seen] == [[1.0]]
+    assert ran == [0] and [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0]]
     with pytest.raises(ValueError):
         with runtime.rank0_first(World(0, 2), "cpu"):
             raise ValueError("bad data")
-    assert [v for v, _, _ in fake_all_reduce.seen] == [[1.0], [0.0]]
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0], [1.0, 1.0]]
     with runtime.rank0_first(World(), "cpu"):  # one process: no collective
         ran.append("alone")
     assert ran == [0, "alone"] and len(fake_all_reduce.seen) == 2
@@ -209,7 +212,7 @@ def test_a_ctrl_c_in_one_ranks_block_is_told_to_the_others(fake_all_reduce):
         with pytest.raises(stop):
             with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
                 raise stop()
-    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0], [0.0]]
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[1.0, 0.0], [1.0, 0.0]]
     with pytest.raises(KeyboardInterrupt):  # one process: nothing to tell
         with runtime.all_ranks_or_none(World(), "cpu", "its checks"):
             raise KeyboardInterrupt
@@ -220,14 +223,46 @@ def test_a_ctrl_c_in_one_ranks_block_is_told_to_the_others(fake_all_reduce):
 def test_a_rank_whose_block_succeeded_stops_where_another_failed(fake_all_reduce):
     """Catches all_ranks_or_none letting a rank go on where another rank's block failed (it would wait
     for ever at its next collective), or rank 0 in rank0_first going on after another's failure."""
-    fake_all_reduce.others = [0.0]
+    fake_all_reduce.others = [1.0, 0.0]
     with pytest.raises(RankError, match="^another rank failed its checks$"):
         with runtime.all_ranks_or_none(World(0, 2), "cpu", "its checks"):
             pass
     with pytest.raises(RankError, match="another rank failed setting up the data"):
         with runtime.rank0_first(World(0, 2), "cpu"):
             pass
-    assert [v for v, _, _ in fake_all_reduce.seen] == [[1.0], [1.0]]
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_an_error_every_rank_meets_in_a_set_up_step_is_rank_0s_line_alone(fake_all_reduce):
+    """Bug caught: a corrupt checkpoint (or another tokenizer) under torchrun printed once per process,
+    two lines sometimes run into one. Where rank 0's block failed too, another rank's UserError is a
+    RankError (no line); where rank 0's succeeded, or the error is a bug's, the rank raises its own."""
+    fake_all_reduce.others = [1.0, 1.0]  # rank 0 failed
+    with pytest.raises(RankError, match="^rank 0 failed its checks too$"):
+        with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+            raise errors.CheckpointError("last.pt is corrupt")
+    with pytest.raises(ValueError):  # (a bug's traceback is never hidden)
+        with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+            raise ValueError("a bug")
+    with pytest.raises(errors.CheckpointError):  # rank 0 prints its own
+        with runtime.all_ranks_or_none(World(0, 2), "cpu", "its checks"):
+            raise errors.CheckpointError("last.pt is corrupt")
+    fake_all_reduce.others = [0.0, 0.0]  # rank 0 succeeded: this rank's error is its own to print
+    with pytest.raises(errors.DeviceError):
+        with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+            raise errors.DeviceError("cuda:1 has too little memory")
+
+
+def test_peer_lost_is_a_collective_failing_for_a_process_gone(monkeypatch):
+    """Bug caught: a torchrun worker killed (kill -9) left the others a page of gloo traceback. The
+    errors a lost process gives are recognised, only inside a process group."""
+    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:38300: Connection reset "
+                        "by peer. This is typically caused by a remote worker hanging")
+    assert not runtime.peer_lost(gloo)  # (no process group: not a collective's)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    assert runtime.peer_lost(gloo) and runtime.peer_lost(RuntimeError("... Connection closed by peer ..."))
+    assert runtime.peer_lost(dist.DistBackendError("NCCL communicator was aborted"))
+    assert not runtime.peer_lost(RuntimeError("shape mismatch")) and not runtime.peer_lost(ValueError("x"))
 
 # --- compute_dtype, wants_compile, compile_model ----------------------------------------------
 

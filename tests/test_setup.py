@@ -21,6 +21,7 @@ import runplan
 import runtime
 import train
 from config import ModelArgs, TrainArgs
+from errors import RunError
 from model import flops_per_token
 
 
@@ -313,6 +314,25 @@ def test_an_interrupt_during_the_run_names_the_run_folder(tmp_path, corpus, cach
     assert e.value.run_dir == tmp_path / "ckpt" / "r"
 
 
+def test_a_process_of_the_job_lost_in_the_run_is_one_line_naming_what_is_left(tmp_path, corpus, cache,
+                                                                               monkeypatch):
+    """Bug caught: a torchrun worker killed (kill -9) left each other rank a page of gloo traceback
+    ("Connection reset by peer"), where a line saying so and what is left to resume from will do."""
+    import torch.distributed as dist
+    def run_job(job, state):
+        (job.run_dir / "last.pt").write_bytes(b"")
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)  # (a collective of a torchrun job)
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:3830: Connection reset "
+                           "by peer. This is typically caused by a remote worker hanging")
+    monkeypatch.setattr(train, "run_job", run_job)
+    with pytest.raises(RunError) as e:
+        train.run(*parse(argv(tmp_path, corpus, cache, "--max_steps", "1")))
+    run_dir = tmp_path / "ckpt" / "r"
+    assert str(e.value) == ("another process of this torchrun job stopped (killed, or failed: torchrun's log "
+                            f"names it); the checkpoints written are complete (--resume {run_dir} continues "
+                            "from its last.pt)")
+
+
 def test_a_resume_that_runs_a_put_off_evaluation_first_drops_its_val_record(tmp_path, done, corpus, cache,
                                                                               set_up):
     """open_logs not passing the checkpoint's eval_due to Metrics: the val record a killed resumed run
@@ -341,8 +361,9 @@ def test_setup_names_a_new_run_by_rank_0s_clock(monkeypatch):
         got.append(args[-1])
         raise Planned
     monkeypatch.setattr(train.runtime, "setup_distributed", lambda device: (device, runtime.World(1, 2)))
-    monkeypatch.setattr(train.runtime, "all_reduce", lambda values, *a, **k: sent.append(values) or [42.0])
+    monkeypatch.setattr(train.runtime, "all_reduce",  # (then the verdict on the failed plan)
+                        lambda values, *a, **k: sent.append(values) or ([42.0] if len(sent) == 1 else values))
     monkeypatch.setattr(train.runplan, "plan_run", plan_run)
     with pytest.raises(Planned):
         train.setup(*parse(["--preset", "debug"]))
-    assert sent == [[0.0]] and got == [42.0]  # (rank 1 sends nothing of its own clock)
+    assert sent[0] == [0.0] and got == [42.0]  # (rank 1 sends nothing of its own clock)

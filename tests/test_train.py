@@ -1290,16 +1290,16 @@ def test_a_rank_that_fails_its_checks_alone_stops_the_others_quietly(monkeypatch
     import runtime
     verdicts = []
 
-    def all_reduce(values, device, world, op=None):
+    def all_reduce(values, device, world, op=None):  # (rank 0, the other, succeeded)
         verdicts.append(values[0])
-        return [min(values[0], others_ok)]
+        return [values[0] + 1 - others_ok, values[1]]
     monkeypatch.setattr(runtime, "all_reduce", all_reduce)
     world = runtime.World(1, 2)
     others_ok = 1.0
     with pytest.raises(errors.DeviceError):  # this rank fails: its own error, after saying so
         with runtime.all_ranks_or_none(world, "cpu", "its checks"):
             raise errors.DeviceError("--batch_size 64 needs more memory than cuda:1 has")
-    assert verdicts == [0.0]
+    assert verdicts == [1.0]
     others_ok = 0.0
     with pytest.raises(errors.RankError, match="another rank failed its checks"):
         with runtime.all_ranks_or_none(world, "cpu", "its checks"):
@@ -1308,6 +1308,11 @@ def test_a_rank_that_fails_its_checks_alone_stops_the_others_quietly(monkeypatch
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     assert errors.reports(errors.DeviceError("x")) and not errors.reports(errors.ConfigError("x"))
     assert not errors.reports(errors.RankError("x"))
+    # a device this machine lacks (--device cuda without CUDA): once a machine, not once a process
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not errors.reports(errors.MachineError("x"))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert errors.reports(errors.MachineError("x"))
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # a RANK some scheduler exports, without torchrun
     assert errors.reports(errors.ConfigError("x"))
 
@@ -1349,7 +1354,7 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
             train.log_step(job, state, window, 1e-3, bar)
         else:
             train.run_eval(job, state)
-    assert verdicts[-1:] == [0.0]  # the others were told
+    assert verdicts[-1:] == [1.0]  # the others were told (of a failure)
 
 
 def resumed_window_record(tmp_path, monkeypatch, before, after, drop=()):
