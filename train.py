@@ -818,7 +818,8 @@ def finished_run(plan: RunPlan, log) -> dict | None:
     if state.eval_due or not (state.step >= max_steps or Clock(plan.train_args.max_minutes).spent(state)):
         return None
     limit = "max_steps" if state.step >= max_steps else "max_minutes"
-    log(f"{plan.run_dir} already reached its --{limit} at step {state.step}; nothing written "
+    which = plan.ckpt_path if plan.forks else plan.run_dir  # (a fork's folder is not made: the parent's)
+    log(f"{which} already reached its --{limit} at step {state.step}; nothing written "
         f"(raise --{limit} to train on)")
     return {"step": state.step, "best_val": state.best_val, "run_dir": str(plan.run_dir),
             "finished": limit, "signalled": False}

@@ -1768,7 +1768,7 @@ def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_
     # evaluation
     said = []
     def finished(state: train.LoopState, eval_only=False):
-        plan = SimpleNamespace(ckpt=state.to_checkpoint(0), run_dir=tmp_path,
+        plan = SimpleNamespace(ckpt=state.to_checkpoint(0), run_dir=tmp_path, forks=False,
                                train_args=TrainArgs(max_steps=6, max_minutes=1, eval_only=eval_only))
         return train.finished_run(plan, said.append)
     assert finished(train.LoopState(step=5)) is None
@@ -1777,6 +1777,11 @@ def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_
     assert finished(train.LoopState(step=3, elapsed=60))["finished"] == "max_minutes"
     assert "already reached its --max_minutes at step 3" in said[-1]
     assert finished(train.LoopState(step=6), eval_only=True) is None  # (scoring a finished run is its use)
+    # Bug caught: a fork of a finished run (--resume A --run B) named B, a folder never made
+    fork = SimpleNamespace(ckpt=train.LoopState(step=6).to_checkpoint(0), run_dir=tmp_path / "b", forks=True,
+                           ckpt_path=tmp_path / "a" / "last.pt", train_args=TrainArgs(max_steps=6))
+    assert train.finished_run(fork, said.append)["finished"] == "max_steps"
+    assert said[-1].startswith(f"{tmp_path / 'a' / 'last.pt'} already reached its --max_steps at step 6")
     new_run = SimpleNamespace(ckpt=None, train_args=TrainArgs(max_steps=1))
     assert train.finished_run(new_run, said.append) is None
 
