@@ -73,12 +73,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import errors  # first: a Ctrl-C during the slow imports below is one line, not a traceback
+
+# isort: split
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import config
-import errors
 import sources
 import storage
 from config import SPECIAL_TOKENS

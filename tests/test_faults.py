@@ -934,12 +934,14 @@ def test_a_sigterm_while_torch_imports_is_one_line_too(tmp_path):
     assert (done.returncode in (130, -signal.SIGINT), done.stderr) == (True, "\ntrain.py: interrupted\n")
 
 
-def test_an_interrupt_while_sample_imports_torch_is_one_line(tmp_path):
-    """sample.py as train.py: Ctrl-C in its first seconds (`import torch`) printed a traceback."""
+@pytest.mark.parametrize("script", ["sample.py", "data.py"])
+def test_an_interrupt_while_sample_imports_torch_is_one_line(tmp_path, script):
+    """sample.py as train.py: Ctrl-C in its first seconds (`import torch`) printed a traceback; data.py
+    too (Bug caught: its imports came before errors')."""
     (tmp_path / "torch.py").write_text("raise KeyboardInterrupt  # Ctrl-C while torch imports\n")
-    done = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--prompt", "x"], capture_output=True,
+    done = subprocess.run([sys.executable, str(ROOT / script), "--prompt", "x"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert (done.returncode in (130, -signal.SIGINT), done.stderr) == (True, "\nsample.py: interrupted\n")
+    assert (done.returncode in (130, -signal.SIGINT), done.stderr) == (True, f"\n{script}: interrupted\n")
 
 
 def test_an_interactive_sessions_interrupt_keeps_pythons_report(monkeypatch):
