@@ -614,12 +614,15 @@ def bits_per_byte(total_nats: float, n_bytes: int) -> float:
 
 def main(argv=None):
     prog = "data.py"
-    _, (model_args, train_args) = config.parse_args(
-        [config.ModelArgs, config.TrainArgs], argv, prog=prog,
-        description="Prepare a run's tokenizer and token shards (train.py does this itself).")
+    parsed = config.parse_args([config.ModelArgs, config.TrainArgs], argv, prog=prog,
+                               description="Prepare a run's tokenizer and token shards (train.py does this "
+                               "itself).")
+    _, (model_args, train_args) = parsed
     if not train_args.tokenizer and (problem := too_small(model_args.vocab_size)):  # before reading text
         print(f"{prog}: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    for line in sources.source_warnings(train_args, parsed.given):  # (as train.py gives them)
+        print(f"warning: {line}")
     try:
         prepare(train_args, model_args)
     except UserError as e:

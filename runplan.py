@@ -412,13 +412,7 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
                      f"rate rises to {last:.2g} (--lr {t.lr:g}) and never decays; "
                      "lower --warmup_steps")
-    if t.val_text_field and t.val_data.lower().endswith(".txt"):  # (a folder or glob may hold records)
-        lines.append(f"--val_text_field has no effect: --val_data {t.val_data} is plain text (it names the "
-                     "text field of .jsonl, .json, .parquet and .arrow records)")
-    if "val_fraction" in given and (t.val_data or not t.data):
-        source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
-        lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
-                     "part of --data only when no --val_data is given)")
+    lines += sources.source_warnings(t, given)
     saved = (plan.ckpt or {}).get("train_args") or {}
     same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
                  and not saved.get("val_data") and not t.val_data)  # (an older checkpoint's: as typed)

@@ -131,9 +131,17 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
                             f"one split's folder ({p.parent / 'train'}), --val_data at another")
         return not (p.name in SAVED and any(p.parent.glob("*.arrow")))
 
-    def walk(folder: str) -> list[str]:
-        return [str(p) for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in KINDS
-                and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    def walk(folder: str) -> list[str]:  # (into linked folders too, each once: a link up is no loop)
+        found, seen = [], set()
+        for root, dirs, names in os.walk(folder, followlinks=True):
+            if (real := os.path.realpath(root)) in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [path for n in names if not n.startswith(".") and Path(n).suffix.lower() in KINDS
+                      and os.path.isfile(path := os.path.join(root, n))]
+        return found
 
     if os.path.isdir(spec):
         files = sorted(filter(wanted, walk(spec)))
@@ -568,11 +576,31 @@ class Split:
         return ds.select(rows[held if self.keep == "val" else ~held])
 
 
+def source_warnings(t, given) -> list[str]:
+    """The text sources' settings that have no effect, for train.py (runplan.setting_warnings) and data.py:
+    a text field named for plain text, a --val_fraction where a validation source is given."""
+    lines = []
+    for option, field, spec in (("--text_field", "text_field" in given, t.data),
+                                ("--val_text_field", bool(t.val_text_field), t.val_data)):
+        if field and spec.lower().endswith(".txt"):  # (a folder or glob may hold records)
+            flag = "--data" if option == "--text_field" else "--val_data"
+            lines.append(f"{option} has no effect: {flag} {spec} is plain text (it names the text field of "
+                         ".jsonl, .json, .parquet and .arrow records)")
+    if "val_fraction" in given and (t.val_data or not t.data):
+        source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
+        lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
+                     "part of --data only when no --val_data is given)")
+    return lines
+
+
 def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:
     files = resolve_files(spec, flag, skip)
     stats = [os.stat(f) for f in files]
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]
-    source = {"files": stamps, "text_field": text_field, "documents": DOCUMENT_RULES}
+    # plain text has no fields: its shards are keyed as under the default whatever --text_field says
+    # (a --text_field typed for a .txt retokenized it, to the same tokens)
+    plain = all(KINDS[Path(f).suffix.lower()] == "text" for f in files)
+    source = {"files": stamps, "text_field": "text" if plain else text_field, "documents": DOCUMENT_RULES}
     size = in_bytes(sum(s.st_size for s in stats))
     label = f"{flag} {spec} ({len(files)} file{'s' * (len(files) > 1)}, {size})"
     def load():

@@ -1866,6 +1866,18 @@ def test_a_ctrl_c_in_data_py_exits_130_saying_what_is_kept(monkeypatch, capsys):
         "\ndata.py: interrupted; the caches already complete are kept, the others rebuilt next time\n")
 
 
+def test_data_py_warns_of_source_settings_as_train_py_does(monkeypatch, capsys):
+    """Bug caught: data.py (which prepares with train.py's options) said nothing of a --val_fraction
+    beside --val_data or a text field named for plain text, where train.py warns."""
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: None)
+    data.main(["--preset", "tiny", "--data", "x.txt", "--val_data", "v.txt", "--val_fraction", "0.1",
+               "--text_field", "story"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[1].strip() for line in out] == ["--text_field has no effect",
+                                                            "--val_fraction has no effect"]
+    assert all(line.startswith("warning: ") for line in out)
+
+
 def test_batch_starts_are_the_documented_seed_step_micro_stream():
     """Catches the seed sequence reordered (seed, micro, step): every batch changed, so a run resumed
     from a checkpoint of an earlier version of this file no longer saw the batches it would have."""

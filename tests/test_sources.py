@@ -126,6 +126,34 @@ def test_a_folder_reached_through_a_link_leaves_out_the_cache_inside_it(tmp_path
         str(tmp_path / "link" / "a.txt")]
 
 
+def test_a_folder_gives_the_files_of_folders_linked_inside_it_each_once(tmp_path):
+    """Bug caught: a folder left out its linked sub-folders (Path.rglob does not enter them) while a
+    glob over it read them: `--data corpus` 1 file, `--data 'corpus/*'` 11. A link up (a loop) is
+    walked once, a broken link and hidden files are left out."""
+    write(tmp_path / "more" / "b.txt", official(docs(2)))
+    folder = tmp_path / "corpus"
+    write(folder / "a.txt", official(docs(2)))
+    write(folder / ".hidden.txt", official(docs(1)))
+    (folder / "linked").symlink_to(tmp_path / "more")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to(folder)
+    (folder / "broken.txt").symlink_to(tmp_path / "gone.txt")
+    want = [str(folder / "a.txt"), str(folder / "linked" / "b.txt")]
+    assert sources.resolve_files(str(folder), "--data") == want
+    assert sources.resolve_files(str(folder / "*"), "--data") == want
+
+
+def test_a_text_field_typed_for_plain_text_keeps_its_shards_key(tmp_path):
+    """Bug caught: --text_field foo beside a .txt --data (which has no fields) keyed new shards and a new
+    tokenizer: the whole text tokenized again, to the same tokens. Records still key by their field."""
+    write(tmp_path / "a.txt", official(docs(2)))
+    write(tmp_path / "a.jsonl", "".join(json.dumps({"foo": d}) + "\n" for d in docs(2)))
+    def key(name, field):
+        return sources._local_split(str(tmp_path / name), "--data", field, tmp_path / "cache", print).source
+    assert key("a.txt", "foo") == key("a.txt", "text")
+    assert key("a.jsonl", "foo") != key("a.jsonl", "text")
+
+
 def test_without_inode_numbers_a_link_beside_its_file_is_read_once(tmp_path, monkeypatch):
     """Catches a file told by its path as given where the file system has no inode numbers (st_ino
     0): a symlink beside its target was a second file, and its text read twice."""

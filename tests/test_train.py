@@ -1227,6 +1227,11 @@ def test_settings_probably_not_meant_get_a_warning_line():
         "warning: --val_text_field has no effect: --val_data b.TXT is plain text (it names the text field "
         "of .jsonl, .json, .parquet and .arrow records)"]
     assert warnings(data="a.txt", val_data="b.jsonl", val_text_field="story") == []
+    # Bug caught: --text_field for a .txt --data said nothing (and retokenized it, to the same tokens)
+    assert warnings(["text_field"], data="a.txt", text_field="story") == [
+        "warning: --text_field has no effect: --data a.txt is plain text (it names the text field of "
+        ".jsonl, .json, .parquet and .arrow records)"]
+    assert warnings(["text_field"], data="a.jsonl", text_field="story") == []
     # at --eval_only or --resume: another held-out slice of the checkpoint's --data overlaps its
     # training text (it was scored as "held out" without a word)
     saved = {"train_args": config.to_dict(TrainArgs(data="a.txt", val_fraction=0.01))}
