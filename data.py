@@ -498,12 +498,14 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         train_split, val_split = sources.resolve_sources(train_args, log)
         tok = get_tokenizer(train_args, model_args, train_split, log)
+        # the validation text first: what is wrong with it (a bad file, a held-out slice of none) is
+        # said before the long pass over --data (all of TinyStories: minutes), not after
+        val = get_tokens("val", val_split, tok, train_args.cache_dir, threads, log)
         train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
         T = model_args.max_seq_len
         if train.n_tokens < T + 1:
             raise DataError(f"{train_split.label}: {train.n_tokens} tokens, fewer than one training window "
                             f"of --max_seq_len + 1 = {T + 1}; add text or lower --max_seq_len")
-        val = get_tokens("val", val_split, tok, train_args.cache_dir, threads, log)
     _log_coverage(val, T, train_args.eval_windows, log)
     return tok, train, val
 

@@ -140,7 +140,7 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
             seen.add(real)
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             found += [path for n in names if not n.startswith(".") and Path(n).suffix.lower() in KINDS
-                      and os.path.isfile(path := os.path.join(root, n))]
+                      and os.path.isfile(path := str(Path(root) / n))]  # (a.txt, not ./a.txt, as rglob)
         return found
 
     if os.path.isdir(spec):

@@ -705,7 +705,7 @@ def test_a_cache_miss_names_the_older_caches_of_its_source_and_keeps_them(tmp_pa
         f"({sources.in_bytes(folder_size(old))}), made by other rules of this project or from an earlier "
         f"version of the files; delete it once no run still training on it and no older checkout of this "
         f"project uses it: rm -r {old}"
-        for name, old in (("train", train.path), ("val", val.path))]
+        for name, old in (("val", val.path), ("train", train.path))]  # (validation first: data.prepare)
     assert train.path.is_dir() and val.path.is_dir() and TokenData(train.path).n_docs == 30
     _, _, _, logs = run(tmp_path, **kw)  # a cache hit: nothing to say
     assert any("train: cache hit" in line for line in logs) and not older_caches(logs)
@@ -744,7 +744,7 @@ def test_older_caches_of_another_tokenizer_in_use_or_unreadable_are_not_named(tm
         _, train2, _, logs = run(tmp_path, **kw)
     finally:
         held.close()
-    [line, _] = older_caches(logs)  # (train, val)
+    [_, line] = older_caches(logs)  # (val, train)
     assert line.startswith(f"data: train: {tokens} also holds 4 older caches of this source and tokenizer "
                            f"({sources.in_bytes(4 * folder_size(train.path))})") \
         and line.endswith(" (and 1 more)")
@@ -1864,6 +1864,20 @@ def test_a_ctrl_c_in_data_py_exits_130_saying_what_is_kept(monkeypatch, capsys):
         data.main(["--preset", "tiny", "--data", "x.txt"])
     assert e.value.code == 130 and capsys.readouterr().err == (
         "\ndata.py: interrupted; the caches already complete are kept, the others rebuilt next time\n")
+
+
+def test_the_validation_text_is_tokenized_before_the_training_text(tmp_path):
+    """Bug caught: a bad --val_data (not UTF-8, a damaged parquet, no text field) or a held-out slice of
+    no document was said only after the whole of --data was tokenized (minutes on TinyStories)."""
+    path = write(tmp_path / "all.txt", official(stories(20)))
+    bad = tmp_path / "val.txt"
+    bad.write_bytes(b"\xff\xfe\x00\x80" * 400)
+    with pytest.raises(DataError, match="is not UTF-8"):
+        run(tmp_path, data=str(path), val_data=str(bad))
+    assert not list((tmp_path / "cache" / "tokens").glob("train-*"))  # (the tokenizer alone trained)
+    with pytest.raises(DataError, match="leaves none for validation"):
+        run(tmp_path, data=str(path), val_fraction=0.01)
+    assert not list((tmp_path / "cache" / "tokens").glob("train-*"))
 
 
 def test_data_py_warns_of_source_settings_as_train_py_does(monkeypatch, capsys):
