@@ -259,9 +259,15 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     if packed and max(nul, bad) > MAX_NON_UTF8 * size:  # (not text: the magic bytes are no accident)
         raise DataError(f"{flag}: '{path}' is {packed[0][0]}-compressed, not text; decompress it "
                         f"({packed[0][1]}) and point {flag} at the text")
-    if nul > MAX_NON_UTF8 * size:
+    # UTF-16 has a byte-order mark, or a NUL in about every other byte of Latin text (fewer for other
+    # scripts): NULs past that, or far fewer without a mark, are a binary file's (a program, an image)
+    utf16 = head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or 0.3 * size <= nul <= 0.55 * size
+    if nul > MAX_NON_UTF8 * size and utf16:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
                         "convert it, e.g. iconv -f utf-16 -t utf-8")
+    if nul > MAX_NON_UTF8 * size:
+        raise DataError(f"{flag}: '{path}' is not text ({nul:,} of {size:,} bytes are NUL: a binary file?); "
+                        f"point {flag} at text")
     if bad > MAX_NON_UTF8 * size:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({bad:,} of {size:,} bytes are not UTF-8); "
                         "convert it, e.g. iconv -f latin1 -t utf-8")

@@ -10,6 +10,7 @@ slice's error.
 
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -213,8 +214,21 @@ def test_a_txt_file_with_exactly_one_percent_nul_bytes_is_read(tmp_path):
     path = write(tmp_path / "t.txt", b"a" * 98 + b"\n\x00")
     assert load([path], tmp_path) == ["a" * 98 + "\n\x00"]
     write(path, b"a" * 97 + b"\n\x00\x00")
-    with pytest.raises(DataError, match=r"is not UTF-8 text \(2 of 100 bytes are NUL: UTF-16\?\)"):
+    with pytest.raises(DataError, match=r"is not text \(2 of 100 bytes are NUL: a binary file\?\)"):
         load([path], tmp_path)
+
+
+def test_nul_bytes_are_put_down_to_utf16_only_where_utf16_is_likely(tmp_path):
+    """Bug caught: a program (82% NUL) or a file with a few NULs was "UTF-16? convert it with iconv". UTF-16
+    has its byte-order mark, or a NUL in about every other byte of Latin text."""
+    path = tmp_path / "t.txt"
+    for body, says in [("once upon a time.\n".encode("utf-16"), "UTF-16?"),  # a mark
+                       ("once upon a time.\n".encode("utf-16-le"), "UTF-16?"),  # none: half NUL
+                       (b"\x7fELF" + b"\x00" * 80 + b"\x01\x02" * 8, "a binary file?"),
+                       (b"text\n" * 20 + b"\x00" * 10, "a binary file?")]:
+        write(path, body)
+        with pytest.raises(DataError, match=re.escape(says)):
+            load([path], tmp_path)
 
 
 def test_a_stored_zip_is_named_as_a_zip_by_its_nul_bytes(tmp_path):
