@@ -781,9 +781,14 @@ class Parser(argparse.ArgumentParser):
                 hints.append(f"{w} (after the bare --)")
                 continue
             if not name.startswith("-") and "--data" in options and os.path.exists(w):  # (a glob the shell
-                # expanded, most often)
-                hints.append(f"{w} (a second file? --data and --val_data take one file, folder or glob: "
-                             "quote a glob, --data 'corpus/*.txt', so that the shell leaves it to us)")
+                # expanded, most often: its files named in one clause, not the advice once a file)
+                files = [f for f in words if not f.startswith("-") and os.path.exists(f)]
+                if w == files[0]:
+                    n = len(files) - 1
+                    more = f" and {n} more file{'s' * (n > 1)}" if n else ""
+                    hints.append(f"{w}{more} (a second file? --data and --val_data take one file, folder "
+                                 "or glob: quote a glob, --data 'corpus/*.txt', so that the shell leaves it "
+                                 "to us)")
                 continue
             if not name.startswith("-"):
                 missing = "--prompt" if "--prompt" in options else "a --name"  # (sample.py "once upon")

@@ -344,6 +344,14 @@ def test_an_unquoted_glob_the_shell_expanded_is_named_as_such(tmp_path, capsys):
     assert e.value.code == 2 and err.count("\n") == 1, err
     assert f"unknown option {b} (a second file? --data and --val_data take one file, folder or glob: " \
         "quote a glob" in err
+    # Bug caught: the advice once a file (9 files: a line of 1,576 characters)
+    more = [tmp_path / f"{n}.txt" for n in range(3)]
+    for f in more:
+        f.write_text("c\n")
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], ["--data", str(a), str(b), *map(str, more)])
+    err = capsys.readouterr().err
+    assert f"unknown option {b} and 3 more files (a second file? " in err and err.count("a second file") == 1
 
 
 @pytest.mark.parametrize("typed, meant", [("--temp", "--temperature"),  # (once: "did you mean --help?")
