@@ -200,6 +200,27 @@ COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\
               b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}  # (magic bytes)
 
 
+def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int) -> None:
+    """A DataError for a .txt file that is not UTF-8 text, from its first bytes and its counts of NUL
+    bytes and of bytes that are not UTF-8: compressed, UTF-16, a binary file, another encoding."""
+    packed = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
+    if packed and max(nul, bad) > MAX_NON_UTF8 * size:  # (not text: the magic bytes are no accident)
+        raise DataError(f"{flag}: '{path}' is {packed[0][0]}-compressed, not text; decompress it "
+                        f"({packed[0][1]}) and point {flag} at the text")
+    # UTF-16 has a byte-order mark, or a NUL in about every other byte of Latin text (fewer for other
+    # scripts): NULs past that, or far fewer without a mark, are a binary file's (a program, an image)
+    utf16 = head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or 0.3 * size <= nul <= 0.55 * size
+    if nul > MAX_NON_UTF8 * size and utf16:
+        raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
+                        "convert it, e.g. iconv -f utf-16 -t utf-8")
+    if nul > MAX_NON_UTF8 * size:
+        raise DataError(f"{flag}: '{path}' is not text ({nul:,} of {size:,} bytes are NUL: a binary file?); "
+                        f"point {flag} at text")
+    if bad > MAX_NON_UTF8 * size:
+        raise DataError(f"{flag}: '{path}' is not UTF-8 text ({bad:,} of {size:,} bytes are not UTF-8); "
+                        "convert it, e.g. iconv -f latin1 -t utf-8")
+
+
 def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     """One streaming pass over a .txt file: (its layout, bytes that are not UTF-8, a line saying
     which of two signals it followed, or None). The layout: "lines" where lines holding only
@@ -255,22 +276,7 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     if carry.replace(b"\r", b""):
         count(carry.replace(b"\r", b"") + b"\n")
     bad = size - valid
-    packed = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
-    if packed and max(nul, bad) > MAX_NON_UTF8 * size:  # (not text: the magic bytes are no accident)
-        raise DataError(f"{flag}: '{path}' is {packed[0][0]}-compressed, not text; decompress it "
-                        f"({packed[0][1]}) and point {flag} at the text")
-    # UTF-16 has a byte-order mark, or a NUL in about every other byte of Latin text (fewer for other
-    # scripts): NULs past that, or far fewer without a mark, are a binary file's (a program, an image)
-    utf16 = head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or 0.3 * size <= nul <= 0.55 * size
-    if nul > MAX_NON_UTF8 * size and utf16:
-        raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
-                        "convert it, e.g. iconv -f utf-16 -t utf-8")
-    if nul > MAX_NON_UTF8 * size:
-        raise DataError(f"{flag}: '{path}' is not text ({nul:,} of {size:,} bytes are NUL: a binary file?); "
-                        f"point {flag} at text")
-    if bad > MAX_NON_UTF8 * size:
-        raise DataError(f"{flag}: '{path}' is not UTF-8 text ({bad:,} of {size:,} bytes are not UTF-8); "
-                        "convert it, e.g. iconv -f latin1 -t utf-8")
+    _check_text(path, flag, head, size, nul, bad)
     if not has_text:
         bytes_too = f", {plural(bad, 'byte')} not UTF-8" if bad else ""
         raise DataError(f"{flag}: '{path}' has no usable text (only whitespace{bytes_too}"
@@ -584,7 +590,8 @@ class Split:
 
 def source_warnings(t, given) -> list[str]:
     """The text sources' settings that have no effect, for train.py (runplan.setting_warnings) and data.py:
-    a text field named for plain text, a --val_fraction where a validation source is given."""
+    a text field named for plain text, a --val_fraction where a validation source is given, an
+    --hf_dataset beside --data."""
     lines = []
     for option, field, spec in (("--text_field", "text_field" in given, t.data),
                                 ("--val_text_field", bool(t.val_text_field), t.val_data)):
@@ -592,6 +599,9 @@ def source_warnings(t, given) -> list[str]:
             flag = "--data" if option == "--text_field" else "--val_data"
             lines.append(f"{option} has no effect: {flag} {spec} is plain text (it names the text field of "
                          ".jsonl, .json, .parquet and .arrow records)")
+    if "hf_dataset" in given and t.data:  # (the hub is read only for a split no file gives)
+        lines.append(f"--hf_dataset has no effect: --data {t.data} is the training text, and the validation "
+                     "text is --val_data's or held out of --data")
     if "val_fraction" in given and (t.val_data or not t.data):
         source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
         lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
