@@ -395,8 +395,10 @@ class TrainArgs:
                "--val_data FILE, or --val_text_field ''")
         for name in ["beta1", "beta2"]:
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
-        _check(self.cache_dir != "", "cache_dir", "must name a folder, got '' (the caches went into the "
+        _check(self.cache_dir != "", "cache_dir", "must name a folder, got '' (the caches would go into the "
                "current directory); pass one (the default is cache), or . for the current directory")
+        _check(self.text_field != "", "text_field", "must name the records' text field, got ''; pass one "
+               "(the default is text)")  # (an unset variable: once refused at the first record)
         check_run(self.run, self.out_dir)
 
 

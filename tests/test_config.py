@@ -157,6 +157,7 @@ BAD = [
     (["--run", "a/b"], "--run: 'a/b' is not a plain name"),
     (["--out_dir", ""], "--out_dir: must name a folder, got ''"),  # (the run went into the current directory)
     (["--cache_dir", ""], "--cache_dir: must name a folder, got ''"),  # (the caches went there too)
+    (["--text_field", ""], "--text_field: must name the records' text field, got ''"),  # (once: at a record)
     # a latin-1 terminal's é: once crashed the loss plot at the first evaluation, after training
     (["--run", "caf\udce9"], "--run: 'caf\\udce9' is not UTF-8 text (byte 0xe9 from the command line)"),
     (["--dim", "big"], "--dim: expected an integer, got 'big'"),

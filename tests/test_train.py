@@ -1232,6 +1232,11 @@ def test_settings_probably_not_meant_get_a_warning_line():
         "warning: --text_field has no effect: --data a.txt is plain text (it names the text field of "
         ".jsonl, .json, .parquet and .arrow records)"]
     assert warnings(["text_field"], data="a.jsonl", text_field="story") == []
+    # Bug caught: --hf_dataset beside --data (which replaces it) ignored without a word
+    assert warnings(["hf_dataset"], data="a.txt", hf_dataset="me/stories") == [
+        "warning: --hf_dataset has no effect: --data a.txt is the training text, and the validation text is "
+        "--val_data's or held out of --data"]
+    assert warnings(["hf_dataset"], val_data="v.txt", hf_dataset="me/stories") == []  # (it trains on it)
     # at --eval_only or --resume: another held-out slice of the checkpoint's --data overlaps its
     # training text (it was scored as "held out" without a word)
     saved = {"train_args": config.to_dict(TrainArgs(data="a.txt", val_fraction=0.01))}
