@@ -625,6 +625,7 @@ def main(argv=None):
         sys.exit(2)
     for line in sources.source_warnings(train_args, parsed.given):  # (as train.py gives them)
         print(f"warning: {line}")
+    restore_sigterm = errors.sigterm_interrupts()  # (a scheduler's stop: a Ctrl-C's line, not a silent 143)
     try:
         prepare(train_args, model_args)
     except UserError as e:
@@ -634,6 +635,8 @@ def main(argv=None):
         print(f"\n{prog}: interrupted; the caches already complete are kept, the others rebuilt next time",
               file=sys.stderr)
         sys.exit(130)
+    finally:
+        restore_sigterm()
 
 
 if __name__ == "__main__":

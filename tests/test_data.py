@@ -1880,6 +1880,24 @@ def test_the_validation_text_is_tokenized_before_the_training_text(tmp_path):
     assert not list((tmp_path / "cache" / "tokens").glob("train-*"))
 
 
+def test_a_sigterm_in_data_py_is_a_ctrl_c(monkeypatch, capsys):
+    """Bug caught: SIGTERM (a scheduler's stop) ended data.py silently with status 143, where Ctrl-C says
+    what is kept; the handler is put back after."""
+    import signal
+
+    def untaken(signum, frame):  # (what the test process does with one data.py does not take)
+        raise RuntimeError("SIGTERM not taken")
+    before = signal.signal(signal.SIGTERM, untaken)
+    try:
+        monkeypatch.setattr(data, "prepare", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(SystemExit) as e:
+            data.main(["--preset", "tiny", "--data", "x.txt"])
+        assert signal.getsignal(signal.SIGTERM) is untaken
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert e.value.code == 130 and "data.py: interrupted; the caches already" in capsys.readouterr().err
+
+
 def test_data_py_warns_of_source_settings_as_train_py_does(monkeypatch, capsys):
     """Bug caught: data.py (which prepares with train.py's options) said nothing of a --val_fraction
     beside --val_data or a text field named for plain text, where train.py warns."""
