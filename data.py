@@ -70,7 +70,7 @@ import os
 import shlex
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import errors  # first: a Ctrl-C during the slow imports below is one line, not a traceback
@@ -241,7 +241,12 @@ def write_tokens(folder, batches, tokenizer: Tokenizer, *, threads: int = 1, met
         if counts["docs"] == 0:
             raise DataError(f"{what} has no usable text (only whitespace or separators); check the files")
 
-    storage.atomic_write(folder / "tokens.bin", write, CACHE_FIX)
+    try:
+        storage.atomic_write(folder / "tokens.bin", write, CACHE_FIX)
+    except BaseException:  # (a Ctrl-C, text with no document: no empty folder for the next run to explain)
+        with suppress(OSError):
+            folder.rmdir()  # (only where it is empty)
+        raise
     meta = {**(meta or {}), "format": FORMAT, "tokenizer_hash": tokenizer.hash,
             "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "n_tokens": counts["tokens"],
             "n_docs": counts["docs"], "n_bytes": counts["bytes"], "max_id": counts["max_id"],
