@@ -86,8 +86,9 @@ def reports(e: UserError) -> bool:
     0, anything else (a DeviceError too) on every rank that meets it."""
     if isinstance(e, RankError):
         return False
-    if isinstance(e, MachineError):  # (a node of a job may lack what another has)
-        return os.environ.get("LOCAL_RANK", "0") == "0"
+    if isinstance(e, MachineError):  # (a node of a job may lack what another has; a LOCAL_RANK without
+        # torchrun, left in the shell or another launcher's, is no job's)
+        return "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("LOCAL_RANK", "0") == "0"
     return main_rank() or not isinstance(e, ConfigError) or isinstance(e, DeviceError)
 
 

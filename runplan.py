@@ -99,6 +99,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
                 out_dir=train_args.out_dir)
     if keep.get("cache_dir") == "":  # (saved before --cache_dir '' was refused: it meant the current folder)
         keep["cache_dir"] = "."
+    if keep.get("text_field") == "":  # (saved before it was refused: beside .txt text, which has no fields)
+        keep["text_field"] = "text"
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from errors import ConfigError, MachineError, RankError, UserError, first_line
+from errors import ConfigError, DeviceError, MachineError, RankError, UserError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,21 +143,27 @@ def all_ranks_or_none(world: World, device, what: str):
     except BaseException as e:
         if world.size > 1:
             rank0_ok = _verdict(False, device, world)[1]
-            if isinstance(e, UserError) and not (world.main or rank0_ok):
+            # (a DeviceError is this rank's own device's: printed by each rank that meets it)
+            if isinstance(e, UserError) and not isinstance(e, DeviceError) and not (world.main or rank0_ok):
                 raise RankError(f"rank 0 failed {what} too") from None
         raise
     if world.size > 1 and not _verdict(True, device, world)[0]:
         raise RankError(f"another rank failed {what}")
 
 
+# what a collective says when another process of the job has gone: gloo's connection to it reset or
+# closed, NCCL's remote error (not NCCL's other errors: a local CUDA fault, out of memory)
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "ncclRemoteError",
+             "remote process exited")
+
+
 def peer_lost(e: BaseException) -> bool:
     """Whether `e` is a collective failing because another process of the torchrun job went away (killed,
-    or crashed): gloo's connection to it reset or closed, or NCCL's backend error."""
+    or crashed). (NCCL mostly waits for its watchdog instead, and torchrun then stops the others.)"""
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    gloo = ("Connection reset by peer", "Connection closed by peer")
-    return isinstance(e, (dist.DistBackendError, dist.DistNetworkError)) or (
-        isinstance(e, RuntimeError) and any(m in str(e) for m in gloo))
+    return isinstance(e, dist.DistNetworkError) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in PEER_LOST))
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -102,6 +102,30 @@ def document(text: str) -> str:
 # Sources: local files and the hub, as `datasets.Dataset`s with one "text" column
 
 
+def _walk(folder: str) -> list[str]:
+    """The data files under a folder (hidden ones and those in hidden folders left out), in linked
+    folders too, but for a link up (a loop); a file reached twice is listed at each path (resolve_files
+    keeps the first in sorted order)."""
+    found = []
+
+    def visit(path: Path, above: frozenset) -> None:
+        if (real := os.path.realpath(path)) in above:
+            return
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:  # (a folder we may not read: passed over, as rglob did)
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                visit(path / e.name, above | {real})
+            elif e.is_file() and Path(e.name).suffix.lower() in KINDS:
+                found.append(str(path / e.name))  # (a.txt, not ./a.txt, as rglob spelt it)
+    visit(Path(folder), frozenset())
+    return found
+
+
 def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json,
     .parquet and .arrow files at any depth, and so does a folder a glob matches, leaving out those in
@@ -131,29 +155,17 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
                             f"one split's folder ({p.parent / 'train'}), --val_data at another")
         return not (p.name in SAVED and any(p.parent.glob("*.arrow")))
 
-    def walk(folder: str) -> list[str]:  # (into linked folders too, each once: a link up is no loop)
-        found, seen = [], set()
-        for root, dirs, names in os.walk(folder, followlinks=True):
-            if (real := os.path.realpath(root)) in seen:
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found += [path for n in names if not n.startswith(".") and Path(n).suffix.lower() in KINDS
-                      and os.path.isfile(path := str(Path(root) / n))]  # (a.txt, not ./a.txt, as rglob)
-        return found
-
     if os.path.isdir(spec):
-        files = sorted(filter(wanted, walk(spec)))
+        files = sorted(filter(wanted, _walk(spec)))
         if not files:
-            left_out(walk(spec))
+            left_out(_walk(spec))
             raise DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file; check the path")
     elif os.path.isfile(spec):  # before the glob test: a file may be named tiny[1].txt
         files = [spec]
     elif any(c in spec for c in "*?["):
         matches = glob.glob(spec, recursive=True)
         found = [m for m in matches if os.path.isfile(m)] + [f for m in matches if os.path.isdir(m)
-                                                             for f in walk(m)]
+                                                             for f in _walk(m)]
         raw, found = found, sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its dirs)
         files = [f for f in found if Path(f).suffix.lower() in KINDS]  # (the others left out, as in a folder)
         if not found:
@@ -200,16 +212,19 @@ COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\
               b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}  # (magic bytes)
 
 
-def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int) -> None:
+def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, odd_nul: int = 0) -> None:
     """A DataError for a .txt file that is not UTF-8 text, from its first bytes and its counts of NUL
-    bytes and of bytes that are not UTF-8: compressed, UTF-16, a binary file, another encoding."""
+    bytes (of them at odd offsets) and of bytes that are not UTF-8: compressed, UTF-16, a binary file,
+    another encoding."""
     packed = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
     if packed and max(nul, bad) > MAX_NON_UTF8 * size:  # (not text: the magic bytes are no accident)
         raise DataError(f"{flag}: '{path}' is {packed[0][0]}-compressed, not text; decompress it "
                         f"({packed[0][1]}) and point {flag} at the text")
-    # UTF-16 has a byte-order mark, or a NUL in about every other byte of Latin text (fewer for other
-    # scripts): NULs past that, or far fewer without a mark, are a binary file's (a program, an image)
-    utf16 = head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or 0.3 * size <= nul <= 0.55 * size
+    # UTF-16 has a byte-order mark, or its NULs (the high bytes of ASCII: half of Latin text's bytes,
+    # fewer in other scripts) nearly all at odd offsets (little-endian) or at even ones; a binary
+    # file's (a program, an image) fall on both
+    utf16 = head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or (
+        nul <= 0.55 * size and max(odd_nul, nul - odd_nul) >= 0.95 * nul)
     if nul > MAX_NON_UTF8 * size and utf16:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
                         "convert it, e.g. iconv -f utf-16 -t utf-8")
@@ -235,7 +250,7 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     marker = EOT.encode()
     keep = len(marker) - 1  # bytes of a long line kept: a marker may start in them
     utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
-    size = valid = nul = markers = marker_lines = blank = 0
+    size = valid = nul = odd_nul = markers = marker_lines = blank = 0
     has_text = False
     carry = b""  # the line the last chunk ended in (newlines made \n), and a \r that may precede a \n
 
@@ -252,8 +267,9 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
         head = f.read(8)
         f.seek(0)
         while chunk := f.read(READ_CHUNK):
+            if n := chunk.count(0):  # valid UTF-8, but text has none: UTF-16's fall on one parity
+                nul, odd_nul = nul + n, odd_nul + chunk[1 - size % 2::2].count(0)  # (at odd offsets)
             size += len(chunk)
-            nul += chunk.count(0)  # valid UTF-8, but text has none: UTF-16 has one every 2 bytes
             valid += len(utf8.decode(chunk).encode())
             buf = carry + chunk  # (a BOM cut by the chunk's end is whole in the next one's carry)
             held = b"\r" if buf.endswith(b"\r") else b""  # (its \n may come in the next chunk)
@@ -276,7 +292,7 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     if carry.replace(b"\r", b""):
         count(carry.replace(b"\r", b"") + b"\n")
     bad = size - valid
-    _check_text(path, flag, head, size, nul, bad)
+    _check_text(path, flag, head, size, nul, bad, odd_nul)
     if not has_text:
         bytes_too = f", {plural(bad, 'byte')} not UTF-8" if bad else ""
         raise DataError(f"{flag}: '{path}' has no usable text (only whitespace{bytes_too}"

@@ -821,7 +821,8 @@ def finished_run(plan: RunPlan, log) -> dict | None:
     which = plan.ckpt_path if plan.forks else plan.run_dir  # (a fork's folder is not made: the parent's)
     log(f"{which} already reached its --{limit} at step {state.step}; nothing written "
         f"(raise --{limit} to train on)")
-    return {"step": state.step, "best_val": state.best_val, "run_dir": str(plan.run_dir),
+    run_dir = plan.ckpt_path.parent if plan.forks else plan.run_dir
+    return {"step": state.step, "best_val": state.best_val, "run_dir": str(run_dir),
             "finished": limit, "signalled": False}
 
 
@@ -940,8 +941,7 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
         raise
     except Exception as e:  # out of memory: one line, with the batch this run uses (a checkpoint's)
         if runtime.peer_lost(e):  # (a rank killed: the others' collective fails, with a page of traceback)
-            raise RunError("another process of this torchrun job stopped (killed, or failed: torchrun's log "
-                           f"names it); {left_to_resume(job.run_dir)}") from e
+            raise peer_lost_error(e, job.run_dir) from e
         if not runtime.out_of_memory(e):
             raise
         raise RunError(f"out of memory ({first_line(e)[:160]}); "
@@ -949,6 +949,14 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
     finally:
         if job.folder is not None:
             job.folder.release()
+
+
+def peer_lost_error(e: Exception, run_dir: Path | None) -> RunError:
+    """The line for a collective that failed because another process of the job went away."""
+    why = next(m for m in runtime.PEER_LOST if m in str(e)) if not isinstance(e, dist.DistNetworkError) else \
+        first_line(e)[:120]
+    return RunError(f"another process of this torchrun job stopped ({why}: it was killed or failed, and "
+                    f"torchrun's log names it); {left_to_resume(run_dir)}")
 
 
 def memory_advice(batch_size: int | None = None) -> str:
@@ -1126,6 +1134,9 @@ def main(argv=None):
             print(f"\ntrain.py: interrupted; {left}", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
+        if runtime.peer_lost(e):  # (in set-up, or at the last barrier: run() names the run folder)
+            print(f"train.py: error: {peer_lost_error(e, getattr(e, 'run_dir', None))}", file=sys.stderr)
+            sys.exit(1)
         if not runtime.out_of_memory(e):
             raise
         print(f"train.py: error: out of memory ({first_line(e)[:160]}); {memory_advice()}", file=sys.stderr)

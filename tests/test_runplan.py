@@ -674,6 +674,14 @@ def test_eval_only_evaluates_the_checkpoint_resume_names(tmp_path):
     assert plan(tmp_path, resume=str(best), run="a", eval_only=True).ckpt_path == best
 
 
+def test_a_checkpoint_saved_with_an_empty_text_field_resumes(tmp_path):
+    """Bug caught: --text_field '' (refused since; it once trained on .txt text, which has no fields)
+    saved in a checkpoint stopped its resume and --eval_only with a refusal of a setting not typed."""
+    ckpt = {**saved(), "train_args": {**config.to_dict(TrainArgs()), "text_field": ""}}
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest"), set())
+    assert t.text_field == "text"
+
+
 def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):
     """Bug caught: the weights-only refusal or the model-settings refusal losing its way on (a new
     --run; --eval_only for an import, which once also advised a new --run, which trains from scratch)."""

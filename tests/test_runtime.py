@@ -251,6 +251,10 @@ def test_an_error_every_rank_meets_in_a_set_up_step_is_rank_0s_line_alone(fake_a
     with pytest.raises(errors.DeviceError):
         with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
             raise errors.DeviceError("cuda:1 has too little memory")
+    fake_all_reduce.others = [1.0, 1.0]  # a DeviceError is this rank's device's, whatever rank 0 met
+    with pytest.raises(errors.DeviceError):
+        with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+            raise errors.DeviceError("cuda:1 has too little memory")
 
 
 def test_peer_lost_is_a_collective_failing_for_a_process_gone(monkeypatch):
@@ -261,8 +265,12 @@ def test_peer_lost_is_a_collective_failing_for_a_process_gone(monkeypatch):
     assert not runtime.peer_lost(gloo)  # (no process group: not a collective's)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     assert runtime.peer_lost(gloo) and runtime.peer_lost(RuntimeError("... Connection closed by peer ..."))
-    assert runtime.peer_lost(dist.DistBackendError("NCCL communicator was aborted"))
+    assert runtime.peer_lost(dist.DistBackendError("NCCL error: remote process exited or there was a network "
+                                                   "error, NCCL version 2.27"))
+    assert runtime.peer_lost(dist.DistNetworkError("failed to connect"))
     assert not runtime.peer_lost(RuntimeError("shape mismatch")) and not runtime.peer_lost(ValueError("x"))
+    # Bug caught: every NCCL error taken for a lost process (a local CUDA fault's cause then hidden)
+    assert not runtime.peer_lost(dist.DistBackendError("NCCL error: unhandled cuda error"))
 
 # --- compute_dtype, wants_compile, compile_model ----------------------------------------------
 

@@ -328,9 +328,25 @@ def test_a_process_of_the_job_lost_in_the_run_is_one_line_naming_what_is_left(tm
     with pytest.raises(RunError) as e:
         train.run(*parse(argv(tmp_path, corpus, cache, "--max_steps", "1")))
     run_dir = tmp_path / "ckpt" / "r"
-    assert str(e.value) == ("another process of this torchrun job stopped (killed, or failed: torchrun's log "
-                            f"names it); the checkpoints written are complete (--resume {run_dir} continues "
-                            "from its last.pt)")
+    assert str(e.value) == ("another process of this torchrun job stopped (Connection reset by peer: it was "
+                            "killed or failed, and torchrun's log names it); the checkpoints written are "
+                            f"complete (--resume {run_dir} continues from its last.pt)")
+
+
+def test_a_process_lost_in_set_up_is_one_line_too(monkeypatch, capsys):
+    """Bug caught (the review's): a process killed while the others set up (the data, minutes) or at the
+    last barrier still gave gloo's traceback: main() says it in one line, exit 1."""
+    import torch.distributed as dist
+    def run(*args):
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:589] Read error: Connection closed by peer")
+    monkeypatch.setattr(train, "run", run)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "debug"])
+    assert e.value.code == 1 and capsys.readouterr().err == (
+        "train.py: error: another process of this torchrun job stopped (Connection closed by peer: it was "
+        "killed or failed, and torchrun's log names it); the checkpoints already written are complete\n")
 
 
 def test_a_resume_that_runs_a_put_off_evaluation_first_drops_its_val_record(tmp_path, done, corpus, cache,

@@ -142,6 +142,14 @@ def test_a_folder_gives_the_files_of_folders_linked_inside_it_each_once(tmp_path
     want = [str(folder / "a.txt"), str(folder / "linked" / "b.txt")]
     assert sources.resolve_files(str(folder), "--data") == want
     assert sources.resolve_files(str(folder / "*"), "--data") == want
+    # a folder reached by several links: at its first path in sorted order, whatever the listing's order
+    # (Bug caught: the file system's order picked it, another spelling, cache key, than the glob's)
+    many = tmp_path / "many"
+    many.mkdir()
+    for name in "hbgadcfe":
+        (many / name).symlink_to(tmp_path / "more")
+    assert sources.resolve_files(str(many), "--data") == sources.resolve_files(str(many / "*"), "--data") == [
+        str(many / "a" / "b.txt")]
 
 
 def test_a_text_field_typed_for_plain_text_keeps_its_shards_key(tmp_path):
@@ -224,6 +232,8 @@ def test_nul_bytes_are_put_down_to_utf16_only_where_utf16_is_likely(tmp_path):
     path = tmp_path / "t.txt"
     for body, says in [("once upon a time.\n".encode("utf-16"), "UTF-16?"),  # a mark
                        ("once upon a time.\n".encode("utf-16-le"), "UTF-16?"),  # none: half NUL
+                       ("Жили-были дед и баба.\n".encode("utf-16-le"), "UTF-16?"),  # 12% NUL, at odd offsets
+                       ("從前有隻貓。\n".encode("utf-16-be"), "UTF-16?"),  # (at even ones)
                        (b"\x7fELF" + b"\x00" * 80 + b"\x01\x02" * 8, "a binary file?"),
                        (b"text\n" * 20 + b"\x00" * 10, "a binary file?")]:
         write(path, body)

@@ -1325,6 +1325,8 @@ def test_a_rank_that_fails_its_checks_alone_stops_the_others_quietly(monkeypatch
     assert errors.reports(errors.MachineError("x"))
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # a RANK some scheduler exports, without torchrun
     assert errors.reports(errors.ConfigError("x"))
+    monkeypatch.setenv("LOCAL_RANK", "1")  # ... or a LOCAL_RANK: no job's (Bug caught: nothing printed)
+    assert errors.reports(errors.MachineError("x"))
 
 
 @pytest.mark.parametrize("write", ["logs", "checkpoint", "train record", "val record"])
@@ -1790,7 +1792,7 @@ def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_
     # Bug caught: a fork of a finished run (--resume A --run B) named B, a folder never made
     fork = SimpleNamespace(ckpt=train.LoopState(step=6).to_checkpoint(0), run_dir=tmp_path / "b", forks=True,
                            ckpt_path=tmp_path / "a" / "last.pt", train_args=TrainArgs(max_steps=6))
-    assert train.finished_run(fork, said.append)["finished"] == "max_steps"
+    assert train.finished_run(fork, said.append)["run_dir"] == str(tmp_path / "a")
     assert said[-1].startswith(f"{tmp_path / 'a' / 'last.pt'} already reached its --max_steps at step 6")
     new_run = SimpleNamespace(ckpt=None, train_args=TrainArgs(max_steps=1))
     assert train.finished_run(new_run, said.append) is None
