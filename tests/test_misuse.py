@@ -64,7 +64,7 @@ def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tm
                            init={} if init else None, init_path=tmp_path / "last.pt" if init else None,
                            run_dir=tmp_path)
     with pytest.raises(train.UserError) as e:
-        train.load_data(plan, None, "cpu", print)
+        train.load_data(plan, train.World(), "cpu", print)
     assert fix in str(e.value)
     assert Path(tok).read_text() == ""
 
