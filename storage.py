@@ -151,20 +151,26 @@ def run_files(folder, but=()) -> list[str]:
     return [name for name in RUN_FILES if name not in but and (Path(folder) / name).is_file()]
 
 
-def not_an_image(option: str, path: str, folder=".") -> str | None:
+def not_an_image(option: str, path: str, folder=".", example: str = "loss.png") -> str | None:
     """Why a plot may not be written at `path` (relative to `folder`), or None: a name that is no
     image's and is one of a run folder's files, or a file already there that is not a PNG (--plot
     metrics.jsonl, train.json or last.pt replaced that file of the run with a PNG; a PNG there is
-    this plot from before, at --resume), or a device, named pipe or socket (special_kind)."""
+    this plot from before, at --resume), a device, named pipe or socket (special_kind), a folder, or
+    a new name whose suffix is no image format's (matplotlib takes the format from the name: --plot
+    model.pt was a PNG of that name). A name without a suffix is written as a PNG."""
     suffix, target = Path(path).suffix.lower(), Path(folder) / path
     if path and (problem := special_file(option, target)):  # (--plot /dev/null: root lost the device)
         return problem
+    if path and target.is_dir():  # (it warned at every evaluation that it could not write there)
+        return f"{option} {path} is a folder; name the image file, e.g. {option} {Path(path) / example}"
     if not path or suffix in IMAGE_SUFFIXES:  # ("": no plot)
         return None
     if Path(path).name not in RUN_FILES:
         try:
-            if not target.is_file():
-                return None  # (written as a PNG)
+            if not target.is_file():  # (written as a PNG where the name has no suffix)
+                return None if not suffix else (
+                    f"{option} {path}: matplotlib writes no {suffix} file, and the format comes from the "
+                    "name; name a .png, .svg or .pdf file")
             with open(target, "rb") as f:  # (a PNG there: this plot from before)
                 if f.read(8) == b"\x89PNG\r\n\x1a\n":
                     return None

@@ -30,15 +30,9 @@ def check_out(p, out: str) -> None:
     if out == "-":  # (it wrote an image file named -)
         p.error("--out -: the plot is an image file, not text for standard output; name it, "
                 "e.g. --out compare.png")
-    if problem := storage.not_an_image("--out", out):  # (--out RUN/metrics.jsonl replaced the log read;
-        # --out /dev/null, as root, the device)
+    if problem := storage.not_an_image("--out", out, example="compare.png"):  # (--out RUN/metrics.jsonl
+        # replaced the log read; --out /dev/null, as root, the device; --out cmp.xyz was a PNG so named)
         p.error(problem)
-    suffix = Path(out).suffix.lower()
-    if suffix and suffix not in storage.IMAGE_SUFFIXES:  # (--out cmp.xyz was a PNG of that name)
-        p.error(f"--out {out}: matplotlib writes no {suffix} file, and the format comes from the name; name "
-                "a .png, .svg or .pdf file")
-    if Path(out).is_dir():
-        p.error(f"--out {out} is a folder; name the image file, e.g. --out {Path(out) / 'compare.png'}")
     folder = Path(out).parent  # the nearest folder that exists must be one (a file there was errno 17)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

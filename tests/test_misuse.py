@@ -140,17 +140,22 @@ def test_train_refuses_a_plot_named_as_a_runs_own_file(name, tmp_path, capsys):
 
 
 def test_plot_names_that_replace_nothing_are_taken(tmp_path):
-    """Catches the plot-name check refusing what runlog writes: an image format, no suffix, or a new
-    file of another suffix (PNG, as before)."""
+    """Catches the plot-name check refusing what runlog writes: an image format, no suffix (a PNG), or
+    this plot from before under another suffix (a run resumed). Bug caught: a new file of another
+    suffix (--plot model.pt: a PNG of that name) and a folder (a warning at every evaluation) taken."""
     import storage
-    for name in ["loss.png", "a/b.SVG", "x.pdf", "loss", "", "runs.unknown"]:
+    for name in ["loss.png", "a/b.SVG", "x.pdf", "loss", ""]:
         assert storage.not_an_image("--plot", name, tmp_path) is None
+    assert storage.not_an_image("--plot", "model.pt", tmp_path) == (
+        "--plot model.pt: matplotlib writes no .pt file, and the format comes from the name; name a .png, "
+        ".svg or .pdf file")
     (tmp_path / "notes.txt").write_text("mine")
     assert "would replace that file" in storage.not_an_image("--out", "notes.txt", tmp_path)
     (tmp_path / "loss.txt").write_bytes(b"\x89PNG\r\n\x1a\n...")  # this plot from before (--resume)
     (tmp_path / "plots.d").mkdir()
     assert storage.not_an_image("--plot", "loss.txt", tmp_path) is None
-    assert storage.not_an_image("--plot", "plots.d", tmp_path) is None  # (a folder: its own line later)
+    assert storage.not_an_image("--plot", "plots.d", tmp_path) == (
+        "--plot plots.d is a folder; name the image file, e.g. --plot plots.d/loss.png")
 
 
 @pytest.mark.parametrize("spec", ["runs", "runs/*.txt"])
