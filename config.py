@@ -399,6 +399,10 @@ class TrainArgs:
                "current directory); pass one (the default is cache), or . for the current directory")
         _check(self.text_field != "", "text_field", "must name the records' text field, got ''; pass one "
                "(the default is text)")  # (an unset variable: once refused at the first record)
+        bad = sorted(set(self.wandb_project) & set("/\\#?%:"))  # (W&B refused them: a run without W&B)
+        held = f" (it holds {' '.join(bad)})" if bad else ""
+        _check(self.wandb_project != "" and not bad, "wandb_project", f"{self.wandb_project!r} is no W&B "
+               f"project name{held}; pass one without / \\ # ? % :")
         check_run(self.run, self.out_dir)
 
 
