@@ -54,6 +54,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -370,7 +371,7 @@ def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict], bo
     for name in VARIANTS:
         load = [round(x, 2) for x in os.getloadavg()]
         print(f"\n=== {name} (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}): train.py "
-              + " ".join(argvs[name]), flush=True)
+              + shlex.join(argvs[name]), flush=True)  # (as a shell reads it: --plot '', not --plot)
         try:
             result = train.main(argvs[name])
             # train.py stopped cleanly (status 0), its run cut short, or whole when the signal came at its

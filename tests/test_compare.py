@@ -478,3 +478,21 @@ def test_bad_data_is_refused_before_the_previous_comparisons_runs_are_deleted(tm
     assert str(e.value).startswith(said) and ("is empty" in str(e.value) or "is not .txt" in str(e.value))
     assert all((runs / f"compare-{name}" / "last.pt").read_bytes() == b"old" for name in NAMES)
     assert not (tmp_path / "img").exists()
+
+
+def test_the_printed_command_line_is_the_one_run(tmp_path, corpus, monkeypatch, capsys):
+    """Bug caught: the command line printed before each run joined its words with spaces, so that an
+    empty value (--plot '') read as none: pasted into a shell, it failed with --plot's missing value."""
+    import shlex
+    seen = []
+
+    def interrupted(argv):
+        seen.append(argv)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(compare.train, "main", interrupted)
+    with pytest.raises(SystemExit):
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--preset", "debug", "--out_dir", str(tmp_path / "runs"),
+                      "--out", str(tmp_path / "img")])
+    printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("=== moe"))
+    assert "--plot ''" in printed and shlex.split(printed.split(": train.py ", 1)[1]) == seen[0]
