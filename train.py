@@ -602,17 +602,23 @@ class Window:
 
 
 def log_step(job: Job, state: LoopState, window: Window, lr: float, bar) -> None:
-    """Write the window's train record; stop when too many non-finite steps came in a row (in
-    this window: the check waits for the log step, the skipped updates changed nothing)."""
+    """Write the window's train record; then stop when too many non-finite steps came in a row (in
+    this window: the check waits for the log step, the skipped updates changed nothing), the record
+    that shows them written."""
     skipped, worst = window.settle(state)
     if skipped:
         job.log(f"step {state.step}: {skipped} non-finite loss or gradient step(s) in the last "
                 f"{window.steps}, updates skipped (up to {worst} in a row)")
+    write_train_record(job, state, window, lr, bar)
     if worst >= job.train_args.max_bad_steps:
         saved = ("last.pt holds the last good state" if (job.run_dir / "last.pt").exists()
                  else left_to_resume(job.run_dir))  # best.pt alone, or nothing yet
         raise RunError(f"{worst} non-finite steps in a row (by step {state.step}); lower --lr, raise "
                        f"--warmup_steps or check the data; {saved}")
+
+
+def write_train_record(job: Job, state: LoopState, window: Window, lr: float, bar) -> None:
+    """The window's train record, to metrics.jsonl and W&B (rank 0), and the progress bar's figures."""
     rec = window.record(job)
     busy = rec.pop("busy_seconds")
     tok_s = window.tokens(job) / max(busy, 1e-9)

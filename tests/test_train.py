@@ -805,6 +805,8 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, co
     ckpt = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
     assert ckpt["step"] == 4 and ckpt["skipped_steps"] == 2
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    # Bug caught: the record of the steps that stopped the run was printed, never written
+    assert (metrics(tmp_path)[-1]["step"], metrics(tmp_path)[-1]["skipped_steps"]) == (5, 3)
 
 
 def test_a_run_stopped_by_an_error_is_a_failed_wandb_run_and_names_no_missing_checkpoint(
