@@ -143,6 +143,9 @@ def not_utf8(path: Path) -> str:
     return f"the name of {str(Path(*path.parts[:bad + 1]))!r}, a folder above the run folder,"
 
 
+WANDB_TIMEOUT = 60  # seconds an online W&B start may take before the run logs offline
+
+
 def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     """The W&B run for this run folder (resumed when `settings` has its id), or None if disabled."""
     mode = train_args.wandb_mode
@@ -163,13 +166,17 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
         return None
     run = dict(project=train_args.wandb_project, group=train_args.wandb_group or None,
                name=train_args.wandb_name or run_dir.name, id=settings.get("wandb_id"), resume="allow",
-               dir=str(run_dir), config=settings, settings=wandb.Settings(init_timeout=60, silent=True))
+               dir=str(run_dir), config=settings,
+               settings=wandb.Settings(init_timeout=WANDB_TIMEOUT, silent=True))
     # no network, no login: offline, to sync later; offline failing too (its folder unwritable, a
     # broken install): the run goes on without it. Never crash a run over its dashboard. Offline, a W&B
     # run is not resumed: `wandb sync` of a second offline folder of one id replaces the history the
     # first gave it (wandb/wandb#3841, #5865), so a resume offline is a new W&B run, which train.py
     # gives the whole history (backfill), and Metrics.resumable_id saves no offline run's id.
     for attempt in dict.fromkeys([mode, "offline"]):
+        if attempt == "online":  # (without a network it waits out init_timeout, in silence: say so)
+            log(f"wandb: connecting (up to {WANDB_TIMEOUT} s without a network; offline after that, and "
+                "--wandb_mode offline skips the wait)")
         try:
             return wandb.init(mode=attempt, **(run if attempt != "offline" else {**run, "id": None}))
         except Exception as e:

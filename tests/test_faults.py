@@ -596,7 +596,11 @@ def test_wandb_falling_back_to_offline_is_a_new_run_of_the_group(tmp_path, monke
     online, offline = calls
     assert offline == {**online, "mode": "offline", "id": None} and online["id"] == "abc"
     assert offline["group"] == "sweep" and offline["settings"]["silent"]
-    assert "logging offline instead" in lines[0]
+    # Bug caught: a start online without a network waited its 60 s without a word
+    assert lines[0] == ("wandb: connecting (up to 60 s without a network; offline after that, and "
+                        "--wandb_mode offline skips the wait)")
+    assert online["settings"]["init_timeout"] == runlog.WANDB_TIMEOUT == 60
+    assert "logging offline instead" in lines[1] and len(lines) == 2
 
 
 def test_a_run_that_logged_to_wandb_offline_resumes_into_a_new_wandb_run_with_the_whole_history(
@@ -634,7 +638,7 @@ def test_wandb_that_cannot_start_or_be_imported_leaves_the_run_to_metrics_jsonl(
     monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
     lines = []
     assert runlog.start_wandb(TrainArgs(wandb_mode="online"), tmp_path, {}, log=lines.append) is None
-    assert "offline instead" in lines[0] and "metrics.jsonl only" in lines[1] and len(lines) == 2
+    assert "offline instead" in lines[1] and "metrics.jsonl only" in lines[2] and len(lines) == 3
     lines.clear()  # asked for offline: one line, not "offline failed; logging offline instead"
     assert runlog.start_wandb(TrainArgs(wandb_mode="offline"), tmp_path, {}, log=lines.append) is None
     assert len(lines) == 1 and "offline start failed" in lines[0] and "metrics.jsonl only" in lines[0]
