@@ -423,7 +423,9 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
     import matplotlib.pyplot as plt
 
     runs = [(run_dir, *read_metrics(run_dir, warn)) for run_dir in run_dirs]
-    for problem in incomparable(runs):
+    empty = [f"{shown(run_dir)} has no records yet: it is not in the plot"
+             for run_dir, train, val in runs if not train and not val]
+    for problem in incomparable(runs) + empty:
         if warn is not None:
             warn(problem)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -435,9 +437,12 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
 
 def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
     """plot_runs' curves on its figure, written at out."""
+    names = [shown(run_dir) for run_dir, _, _ in runs]
     for i, (run_dir, train, val) in enumerate(runs):
         color = f"C{i}"
         label = run_label(run_dir)
+        if names.count(names[i]) > 1:  # (runs of one name in two folders: told apart by the folder)
+            label = f"{Path(run_dir).resolve().parent.name}/{label}"
         if train:
             left.plot([r[x] for r in train], [r["lm_loss"] for r in train], color=color, alpha=0.8,
                       label=label, marker="o" if len(train) == 1 else None)

@@ -138,6 +138,21 @@ def test_a_single_train_record_is_drawn_as_a_point(tmp_path, monkeypatch):
     assert [line.get_marker() for line in left.lines] == ["o", "None"]
 
 
+def test_a_run_with_no_records_is_named_and_runs_of_one_name_are_told_apart(tmp_path, monkeypatch):
+    """Bug caught: a run whose metrics.jsonl is empty left out of the plot without a word; two runs named
+    r in two folders drawn with one legend entry twice."""
+    figures, warned = drawn(monkeypatch), []
+    a_run(tmp_path / "x" / "r")
+    a_run(tmp_path / "y" / "r")
+    (tmp_path / "e").mkdir()
+    write_records(tmp_path / "e", [])
+    runlog.plot_runs([tmp_path / "x" / "r", tmp_path / "y" / "r", tmp_path / "e"], tmp_path / "p.png",
+                     warn=warned.append)
+    assert warned == ["e has no records yet: it is not in the plot"]
+    _, left, _ = figures[0]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["x/r", "y/r"]
+
+
 def test_a_plot_is_written_in_a_new_folder_in_the_format_its_name_asks_for_in_any_case(tmp_path):
     """Catches plot_runs failing on an --out whose folder does not exist yet, and an upper-case
     suffix (runs.SVG) written as a PNG."""
