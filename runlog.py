@@ -196,6 +196,21 @@ def _why(e: Exception) -> str:
         return first_line(e)
 
 
+def resumed_records(path: Path, warn=None) -> list[dict]:
+    """The records of the metrics.jsonl a run resumed in its folder goes on with; a RunError for a bad
+    line before the last (not ours to guess at) or a record train.py never writes. (runplan checks it
+    before any data work too: the refusal came after the data and the model.)"""
+    try:
+        records = storage.read_jsonl(path, warn=warn)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    foreign = next((r for r in records if not isinstance(r.get("step"), int) or "kind" not in r), None)
+    if foreign is not None:  # (a line added by hand, or by another program)
+        raise RunError(f"{path}: a record without a step and kind ({json.dumps(foreign)[:80]}), which "
+                       "train.py never writes; remove that line")
+    return records
+
+
 class Metrics:
     """metrics.jsonl in the run folder (rank 0), mirrored to W&B.
 
@@ -224,15 +239,7 @@ class Metrics:
         self.path, self.wandb, self.log = run_dir / "metrics.jsonl", wandb_run, log
         self._to_wandb(_against_step)
         if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
-            try:
-                records = storage.read_jsonl(self.path, warn=log)
-            except ValueError as e:  # a bad line before the last: not ours to guess at
-                raise RunError(str(e)) from None
-            foreign = next((r for r in records if not isinstance(r.get("step"), int) or "kind" not in r),
-                           None)
-            if foreign is not None:  # (a line added by hand, or by another program)
-                raise RunError(f"{self.path}: a record without a step and kind ({json.dumps(foreign)[:80]}), "
-                               "which train.py never writes; remove that line")
+            records = resumed_records(self.path, warn=log)
             k = keep_until_step
             again = {kind for kind, redone in (("train", open_window), ("val", eval_due)) if redone}
             kept = [r for r in records if r["step"] < k or (r["step"] == k and r["kind"] not in again)]

@@ -448,6 +448,9 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
                            f"{plan.ckpt_path} --run NEW_NAME), or continue that run with --run "
                            f"{plan.run_dir.name} {how}")
         check_same_model(plan)
+        log = plan.run_dir / "metrics.jsonl"
+        if plan.ckpt is not None and not plan.forks and log.exists():  # (its own log, which it goes on with)
+            runlog.resumed_records(log)
     except BaseException:
         folder.release()
         raise

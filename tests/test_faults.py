@@ -168,7 +168,9 @@ def test_a_run_stopped_by_its_budget_logs_its_last_partial_window(tmp_path, corp
     assert [r["step"] for r in metrics(tmp_path, kind="val")] == [result["step"]]
 
 
-def test_a_bad_metrics_line_before_the_last_is_one_line_on_resume(tmp_path, done, capsys):
+def test_a_bad_metrics_line_before_the_last_is_one_line_on_resume(tmp_path, done, capsys, monkeypatch):
+    """Bug caught too: it was refused only after the data was prepared and the model built."""
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("the data was prepared"))
     path = copy_run(done, tmp_path) / "metrics.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], lines[1][:25], *lines[2:]]) + "\n")
