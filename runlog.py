@@ -250,7 +250,10 @@ class Metrics:
             storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), storage.OUT_FIX)
             for r in kept if backfill else []:
                 self._to_wandb(lambda run, r=r: run.log(_wandb_row(r)))
-        elif keep_until_step is None and self.path.exists():
+        elif keep_until_step is None and self.path.exists():  # (a run killed before its first save)
+            n = sum(1 for line in self.path.read_bytes().splitlines() if line.strip())
+            log(f"{self.path}: replacing its {n} record{'s' * (n != 1)}, of a run here that saved no "
+                "checkpoint")
             self.path.unlink()
 
     def write(self, record: dict):

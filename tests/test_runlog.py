@@ -370,6 +370,10 @@ def test_a_resume_says_how_many_records_it_dropped_and_kept_and_nothing_when_non
     runlog.Metrics(tmp_path, None, 2, log=said.append)
     assert said == [f"{tmp_path / 'metrics.jsonl'}: dropped 3 of its records, from step 2 on, which the run "
                     "resumed from its checkpoint there writes again; kept 2"]
+    # Bug caught: a new run in the folder of one killed before its first save replaced its log silently
+    runlog.Metrics(tmp_path, None, None, log=said.append)
+    assert said[-1] == (f"{tmp_path / 'metrics.jsonl'}: replacing its 2 records, of a run here that saved no "
+                        "checkpoint") and not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_a_finish_that_works_takes_its_run_off_the_list_and_the_empty_list_away(tmp_path):
