@@ -79,10 +79,13 @@ def test_bench_model_measures_the_compiling_batch_first_and_writes_in_the_order_
         bench_model.main(["--quick", "--no-hf", "--compile", "true", "--batches", "2,4", "--out", str(out)])
     assert order == [4, 2] and list(json.loads(out.read_text())["batches"]) == ["4"]
     order.clear()
+    reported = []
+    monkeypatch.setattr(bench_model, "report", lambda r: reported.append(list(r["batches"])))  # (each once)
     monkeypatch.setattr(bench_model, "measure_batch", lambda v, b, batch, *a, **k: order.append(batch) or {})
     result = bench_model.main(["--quick", "--no-hf", "--compile", "true", "--batches", "2,8,4", "--out",
                                str(tmp_path / "c.json")])
     assert order == [8, 2, 4] and list(result["batches"]) == ["2", "8", "4"]
+    assert reported == [["8"], ["2"], ["4"]]
     bench_model.main(["--quick", "--no-hf", "--compile", "false", "--batches", "2,8,4", "--out",
                       str(tmp_path / "d.json")])
     assert order[3:] == [2, 8, 4]  # nothing compiles: as typed

@@ -356,6 +356,9 @@ def test_an_unquoted_glob_the_shell_expanded_is_named_as_such(tmp_path, capsys):
         config.parse_args([ModelArgs, TrainArgs], ["--data", str(a), str(b), *map(str, more)])
     err = capsys.readouterr().err
     assert f"unknown option {b} and 3 more files (a second file? " in err and err.count("a second file") == 1
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs, TrainArgs], ["--data", str(a), str(b), str(more[0])])
+    assert f"unknown option {b} and 1 more file (a second file? " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("typed, meant", [("--temp", "--temperature"),  # (once: "did you mean --help?")

@@ -1605,11 +1605,15 @@ def test_loading_refuses_a_folder_a_missing_file_and_unreadable_json(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match=r"^cannot read the tokenizer '.*bad.json' \(\w+: .+\); use another$"):
         Tokenizer.load(tmp_path / "bad.json", fix="use another")
-    for other in ('{"a": 1}', "[1, 2]", '"text"'):  # Bug caught: `expected , or } at line 1 column 5`
+    # Bug caught: `expected , or } at line 1 column 5`
+    for other in ('{"a": 1}', "[1, 2]", '"text"', '"model"', '["model"]'):
         (tmp_path / "other.json").write_text(other)
         with pytest.raises(DataError, match=r"^cannot read the tokenizer '.*other.json' \(JSON, but not a "
                                             r'tokenizer: it has no "model"\); use another$'):
             Tokenizer.load(tmp_path / "other.json", fix="use another")
+    (tmp_path / "utf16.json").write_bytes(b"\xff\xfe{\x00")  # (not UTF-8: no JSON verdict to make)
+    with pytest.raises(DataError, match=r"^cannot read the tokenizer '.*utf16.json' \(UnicodeDecodeError"):
+        Tokenizer.load(tmp_path / "utf16.json", fix="use another")
     (tmp_path / "damaged.json").write_text('{"model": {"type": "BPE"}}')
     with pytest.raises(DataError, match=r"\(\w+: Missing vocab/merges.*\); use another$"):
         Tokenizer.load(tmp_path / "damaged.json", fix="use another")

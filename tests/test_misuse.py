@@ -69,6 +69,21 @@ def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tm
     assert Path(tok).read_text() == ""
 
 
+def test_a_tokenizer_every_rank_refuses_is_rank_0s_line_alone(tmp_path, monkeypatch):
+    """Catches load_data's tokenizer check outside the ranks' agreement: under torchrun, a --tokenizer
+    that is not the checkpoint's was printed once per process."""
+    import runtime
+    import train
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text("")
+    monkeypatch.setattr(runtime, "all_reduce", lambda values, *a, **k: [1.0, 1.0])  # rank 0 failed too
+    plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer=str(tok), eval_only=False),
+                           ckpt={}, ckpt_path=tmp_path / "last.pt", init=None, init_path=None,
+                           run_dir=tmp_path)
+    with pytest.raises(train.errors.RankError, match="rank 0 failed checking the tokenizer too"):
+        train.load_data(plan, train.World(1, 2), "cpu", print)
+
+
 def test_init_from_with_an_empty_tokenizer_checks_the_one_the_data_work_trained(tmp_path, monkeypatch):
     """Catches `train.py --init_from CKPT --tokenizer ""` (no tokenizer file to check before the data
     work, so data.prepare trains a new BPE) going on with that tokenizer: the second check, of the one

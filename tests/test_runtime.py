@@ -32,7 +32,8 @@ def test_a_gpu_index_past_the_last_is_refused_naming_the_range(monkeypatch):
     fake_gpus(monkeypatch, 2)
     assert runtime.resolve_device("cuda:1") == torch.device("cuda:1")
     assert runtime.resolve_device("cuda") == torch.device("cuda")
-    with pytest.raises(DeviceError, match=r"^--device cuda:2: there are 2 GPUs here; use cuda:0 to cuda:1$"):
+    with pytest.raises(errors.MachineError, match=r"^--device cuda:2: there are 2 GPUs here; use cuda:0 to "
+                                                r"cuda:1$"):  # (the machine's: once a machine under torchrun)
         runtime.resolve_device("cuda:2")
 
 
@@ -248,6 +249,9 @@ def test_an_error_every_rank_meets_in_a_set_up_step_is_rank_0s_line_alone(fake_a
         with runtime.all_ranks_or_none(World(0, 2), "cpu", "its checks"):
             raise errors.CheckpointError("last.pt is corrupt")
     fake_all_reduce.others = [0.0, 0.0]  # rank 0 succeeded: this rank's error is its own to print
+    with pytest.raises(errors.CheckpointError):
+        with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+            raise errors.CheckpointError("last.pt is corrupt here")
     with pytest.raises(errors.DeviceError):
         with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
             raise errors.DeviceError("cuda:1 has too little memory")
@@ -269,6 +273,7 @@ def test_peer_lost_is_a_collective_failing_for_a_process_gone(monkeypatch):
                                                    "error, NCCL version 2.27"))
     assert runtime.peer_lost(dist.DistNetworkError("failed to connect"))
     assert not runtime.peer_lost(RuntimeError("shape mismatch")) and not runtime.peer_lost(ValueError("x"))
+    assert not runtime.peer_lost(ConnectionResetError(104, "Connection reset by peer"))  # (a download's)
     # Bug caught: every NCCL error taken for a lost process (a local CUDA fault's cause then hidden)
     assert not runtime.peer_lost(dist.DistBackendError("NCCL error: unhandled cuda error"))
 

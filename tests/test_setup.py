@@ -349,6 +349,26 @@ def test_a_process_lost_in_set_up_is_one_line_too(monkeypatch, capsys):
         "killed or failed, and torchrun's log names it); the checkpoints already written are complete\n")
 
 
+def test_a_ctrl_c_while_the_run_is_planned_is_an_interrupt_with_no_run_folder(monkeypatch):
+    """Catches setup naming the run folder of a plan not made yet (plan_run now runs inside the ranks'
+    agreement): a Ctrl-C while a checkpoint loads was an AttributeError traceback."""
+    def plan_run(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.runplan, "plan_run", plan_run)
+    with pytest.raises(KeyboardInterrupt) as e:
+        train.setup(*parse(["--preset", "debug"]))
+    assert getattr(e.value, "run_dir", None) is None
+
+
+def test_a_lost_peers_network_error_is_named_by_its_first_line():
+    """Catches peer_lost_error looking for gloo's words in a DistNetworkError that has none of them (a
+    StopIteration traceback instead of the line)."""
+    import torch.distributed as dist
+    e = dist.DistNetworkError("failed to recv, got 0 bytes\nException raised from recvBytes")
+    assert str(train.peer_lost_error(e, None)).startswith(
+        "another process of this torchrun job stopped (DistNetworkError: failed to recv, got 0 bytes: it was")
+
+
 def test_a_resume_that_runs_a_put_off_evaluation_first_drops_its_val_record(tmp_path, done, corpus, cache,
                                                                               set_up):
     """open_logs not passing the checkpoint's eval_due to Metrics: the val record a killed resumed run
@@ -383,3 +403,4 @@ def test_setup_names_a_new_run_by_rank_0s_clock(monkeypatch):
     with pytest.raises(Planned):
         train.setup(*parse(["--preset", "debug"]))
     assert sent[0] == [0.0] and got == [42.0]  # (rank 1 sends nothing of its own clock)
+    assert sent[1:] == [[1.0, 0.0]]  # (its failed plan told to the others: rank 0's line stands for it)

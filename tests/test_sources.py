@@ -135,6 +135,7 @@ def test_a_folder_gives_the_files_of_folders_linked_inside_it_each_once(tmp_path
     folder = tmp_path / "corpus"
     write(folder / "a.txt", official(docs(2)))
     write(folder / ".hidden.txt", official(docs(1)))
+    write(folder / "README.md", "not data")
     (folder / "linked").symlink_to(tmp_path / "more")
     (folder / "sub").mkdir()
     (folder / "sub" / "up").symlink_to(folder)
@@ -161,6 +162,9 @@ def test_a_text_field_typed_for_plain_text_keeps_its_shards_key(tmp_path):
         return sources._local_split(str(tmp_path / name), "--data", field, tmp_path / "cache", print).source
     assert key("a.txt", "foo") == key("a.txt", "text")
     assert key("a.jsonl", "foo") != key("a.jsonl", "text")
+    write(tmp_path / "mixed" / "a.txt", official(docs(2)))  # records beside plain text: the field counts
+    write(tmp_path / "mixed" / "b.jsonl", json.dumps({"foo": "x"}) + "\n")
+    assert key("mixed", "foo") != key("mixed", "text")
 
 
 def test_without_inode_numbers_a_link_beside_its_file_is_read_once(tmp_path, monkeypatch):
@@ -231,6 +235,7 @@ def test_nul_bytes_are_put_down_to_utf16_only_where_utf16_is_likely(tmp_path):
     has its byte-order mark, or a NUL in about every other byte of Latin text."""
     path = tmp_path / "t.txt"
     for body, says in [("once upon a time.\n".encode("utf-16"), "UTF-16?"),  # a mark
+                       (("一二三\n" * 10).encode("utf-16"), "UTF-16?"),  # a mark, NULs on both parities
                        ("once upon a time.\n".encode("utf-16-le"), "UTF-16?"),  # none: half NUL
                        ("Жили-были дед и баба.\n".encode("utf-16-le"), "UTF-16?"),  # 12% NUL, at odd offsets
                        ("從前有隻貓。\n".encode("utf-16-be"), "UTF-16?"),  # (at even ones)

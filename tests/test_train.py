@@ -1323,6 +1323,8 @@ def test_a_rank_that_fails_its_checks_alone_stops_the_others_quietly(monkeypatch
     # a device this machine lacks (--device cuda without CUDA): once a machine, not once a process
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert not errors.reports(errors.MachineError("x"))
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert not errors.reports(errors.MachineError("x"))
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert errors.reports(errors.MachineError("x"))
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # a RANK some scheduler exports, without torchrun
@@ -1787,7 +1789,8 @@ def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_
         return train.finished_run(plan, said.append)
     assert finished(train.LoopState(step=5)) is None
     assert finished(train.LoopState(step=6, eval_due=True)) is None
-    assert finished(train.LoopState(step=6))["finished"] == "max_steps"
+    assert finished(train.LoopState(step=6, best_val=1.5)) == {
+        "step": 6, "best_val": 1.5, "run_dir": str(tmp_path), "finished": "max_steps", "signalled": False}
     assert finished(train.LoopState(step=3, elapsed=60))["finished"] == "max_minutes"
     assert "already reached its --max_minutes at step 3" in said[-1]
     assert finished(train.LoopState(step=6), eval_only=True) is None  # (scoring a finished run is its use)
