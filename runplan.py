@@ -374,8 +374,9 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     # (micro-batches are training's: --eval_only splits its windows over the ranks, whatever the
     # checkpoint's --grad_accum, which refused a run trained on 4 processes evaluated on 3)
     if train_args.grad_accum % world.size and not train_args.eval_only:
+        fit = -(-train_args.grad_accum // world.size) * world.size  # (the preset's 1, often: untyped)
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
-                          f"use a multiple of {world.size}")
+                          f"use a multiple of {world.size}, e.g. --grad_accum {fit}")
     per_process = 1 if train_args.eval_only else train_args.grad_accum // world.size
     graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES and device.type == "cuda"  # none on a CPU
     if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):

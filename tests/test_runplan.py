@@ -334,7 +334,7 @@ def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_proc
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, replace(t, grad_accum=4), None, None), cuda,
                                two)
     with pytest.raises(ConfigError, match="--grad_accum 3 does not split over 2 processes; use a multiple of "
-                                          "2"):
+                                          "2, e.g. --grad_accum 4$"):  # (the way on, typed out)
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, TrainArgs(grad_accum=3), None, None),
                                torch.device("cpu"), two)
     # --eval_only trains no micro-batch: a checkpoint's --grad_accum 3 (or 4, with CUDA graphs) evaluates on 2
