@@ -363,7 +363,7 @@ def test_a_plot_is_checked_against_the_files_of_the_run_folder_it_is_written_in(
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
-    (tmp_path / "other.txt").write_text("not the run's")
+    (tmp_path / "other").write_text("not the run's")  # (no suffix: a new name in the run folder, a PNG)
     cpu, world = torch.device("cpu"), runtime.World()
 
     def check(plot):
@@ -371,7 +371,7 @@ def test_a_plot_is_checked_against_the_files_of_the_run_folder_it_is_written_in(
         runplan.check_settings(runplan.RunPlan(run_dir, DEBUG, args, None, None), cpu, world)
     with pytest.raises(ConfigError, match=r"^--plot notes\.txt: the plot would replace that file"):
         check("notes.txt")
-    check("other.txt")
+    check("other")
     assert (run_dir / "notes.txt").read_text() == "mine"
 
 
