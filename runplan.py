@@ -446,7 +446,8 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
         if held and plan.forks:
             raise RunError(f"{plan.run_dir} already holds a run of its own ({held[0]}), which resuming "
                            f"{plan.ckpt_path} there would replace; fork into a new folder (--resume "
-                           f"{plan.ckpt_path} --run NEW_NAME), or continue that run with --run "
+                           f"{plan.ckpt_path} {run_options(plan.run_dir.parent / 'NEW_NAME')}), or continue "
+                           "that run with --run "
                            f"{plan.run_dir.name} {how}")
         check_same_model(plan)
         log = plan.run_dir / "metrics.jsonl"
@@ -474,7 +475,8 @@ def check_same_model(plan: RunPlan) -> None:
     if diffs:
         raise CheckpointError(f"{plan.ckpt_path} is not this run's model: its settings differ from {saved} ("
                               + "; ".join(diffs) + f"); resume it into a folder of its own (--resume "
-                              f"{plan.ckpt_path} --run NEW_NAME), or put this run's own checkpoint back")
+                              f"{plan.ckpt_path} {run_options(plan.run_dir.parent / 'NEW_NAME')}), or put "
+                              "this run's own checkpoint back")
 
 
 def wandb_id(plan: RunPlan) -> str | None:

@@ -612,7 +612,9 @@ def test_a_fork_never_overwrites_another_runs_checkpoint(tmp_path, corpus, cache
         train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--resume",
                         str(tmp_path / "ckpt" / "a" / "last.pt"), run="b"))
     err = capsys.readouterr().err
-    assert "already holds a run of its own (last.pt)" in err and "--run NEW_NAME" in err
+    assert "already holds a run of its own (last.pt)" in err
+    # Bug caught: the fork it advised left out --out_dir (typed out, it forked into ./checkpoints)
+    assert f"--run NEW_NAME --out_dir {tmp_path / 'ckpt'})" in err
     assert [(b / n).read_bytes() for n in ("last.pt", "metrics.jsonl")] == before
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--resume", str(b / "last.pt"), run="b"))
     assert checkpoint.load_checkpoint(b / "last.pt")["step"] == 2
