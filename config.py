@@ -399,10 +399,9 @@ class TrainArgs:
                "current directory); pass one (the default is cache), or . for the current directory")
         _check(self.text_field != "", "text_field", "must name the records' text field, got ''; pass one "
                "(the default is text)")  # (an unset variable: once refused at the first record)
-        bad = sorted(set(self.wandb_project) & set("/\\#?%:"))  # (W&B refused them: a run without W&B)
-        held = f" (it holds {' '.join(bad)})" if bad else ""
-        _check(self.wandb_project != "" and not bad, "wandb_project", f"{self.wandb_project!r} is no W&B "
-               f"project name{held}; pass one without / \\ # ? % :")
+        _check(wandb_project_ok(self.wandb_project), "wandb_project", f"{self.wandb_project!r} is no W&B "
+               f"project name (W&B refuses it: the run went without W&B); pass a name of at most 128 "
+               f"characters without / \\ # ? % or : (the default is {TrainArgs.wandb_project})")
         check_run(self.run, self.out_dir)
 
 
@@ -817,6 +816,11 @@ class Parser(argparse.ArgumentParser):
             hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
         clauses = [f"unknown option {', '.join(hints)}"] * bool(hints) + clauses
         return f"{'; '.join(clauses)}; see --help for the list"
+
+
+def wandb_project_ok(name: str) -> bool:
+    """Whether W&B takes `name` as a project: one to 128 characters, none of / \\ # ? % :."""
+    return 0 < len(name) <= 128 and not set(name) & set("/\\#?%:")
 
 
 def at_least(low: int):

@@ -204,6 +204,9 @@ def resumed_records(path: Path, warn=None) -> list[dict]:
         records = storage.read_jsonl(path, warn=warn)
     except ValueError as e:
         raise RunError(str(e)) from None
+    except OSError as e:  # (a folder of that name, a file we may not read)
+        raise RunError(f"cannot read {path} ({e.strerror or e}); make it the run's log again, or move it "
+                       "away to start the log afresh") from None
     foreign = next((r for r in records if not isinstance(r.get("step"), int) or "kind" not in r), None)
     if foreign is not None:  # (a line added by hand, or by another program)
         raise RunError(f"{path}: a record without a step and kind ({json.dumps(foreign)[:80]}), which "
@@ -452,7 +455,7 @@ def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
         color = f"C{i}"
         label = run_label(run_dir)
         if names.count(names[i]) > 1:  # (runs of one name in two folders: told apart by the folder)
-            label = f"{Path(run_dir).resolve().parent.name}/{label}"
+            label = f"{shown(Path(run_dir).resolve().parent)}/{label}"
         if train:
             left.plot([r[x] for r in train], [r["lm_loss"] for r in train], color=color, alpha=0.8,
                       label=label, marker="o" if len(train) == 1 else None)

@@ -101,6 +101,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
         keep["cache_dir"] = "."
     if keep.get("text_field") == "":  # (saved before it was refused: beside .txt text, which has no fields)
         keep["text_field"] = "text"
+    if not config.wandb_project_ok(keep.get("wandb_project", "")):  # (saved before it was refused: that
+        keep["wandb_project"] = TrainArgs.wandb_project  # W&B run never started, nor will one under it)
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
@@ -429,11 +431,24 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     return [f"warning: {line}" for line in lines]
 
 
+def finished_limit(plan: RunPlan) -> str | None:
+    """The limit a resumed run's checkpoint has reached (max_steps, or max_minutes: its time so far),
+    with no evaluation put off by a signal: there is nothing to train (train.finished_run). None where
+    the run trains on, and for --eval_only."""
+    ckpt, t = plan.ckpt, plan.train_args
+    if ckpt is None or t.eval_only or ckpt.get("eval_due"):
+        return None
+    if ckpt.get("step", 0) >= t.max_steps:
+        return "max_steps"
+    return "max_minutes" if t.max_minutes and ckpt.get("elapsed", 0.0) >= t.max_minutes * 60 else None
+
+
 def claim_folder(plan: RunPlan) -> storage.RunFolder:
     """Lock the run folder, then check what only the folder's holder can check: a new run never
     takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed into it:
-    it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), and a
-    resumed checkpoint must be the model of the folder."""
+    it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), a
+    resumed checkpoint must be the model of the folder, and the metrics.jsonl a resumed run goes on
+    with must read (before any data work: it was refused after the data and the model)."""
     folder = storage.RunFolder(plan.run_dir)
     try:
         held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]
@@ -447,11 +462,10 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
             raise RunError(f"{plan.run_dir} already holds a run of its own ({held[0]}), which resuming "
                            f"{plan.ckpt_path} there would replace; fork into a new folder (--resume "
                            f"{plan.ckpt_path} {run_options(plan.run_dir.parent / 'NEW_NAME')}), or continue "
-                           "that run with --run "
-                           f"{plan.run_dir.name} {how}")
+                           f"that run with {run_options(plan.run_dir)} {how}")
         check_same_model(plan)
-        log = plan.run_dir / "metrics.jsonl"
-        if plan.ckpt is not None and not plan.forks and log.exists():  # (its own log, which it goes on with)
+        log = plan.run_dir / "metrics.jsonl"  # (its own log, which it goes on with: not a finished run's)
+        if plan.ckpt is not None and not plan.forks and log.exists() and not finished_limit(plan):
             runlog.resumed_records(log)
     except BaseException:
         folder.release()

@@ -159,9 +159,14 @@ def not_an_image(option: str, path: str, folder=".", example: str = "loss.png") 
     a new name whose suffix is no image format's (matplotlib takes the format from the name: --plot
     model.pt was a PNG of that name). A name without a suffix is written as a PNG."""
     suffix, target = Path(path).suffix.lower(), Path(folder) / path
+    if not suffix[1:].isalpha():  # (loss-0.1, lr3e-4_wd0.1: a name of numbers, no format's suffix)
+        suffix = ""
+    if path and (problem := too_long(option, target)):  # (is_dir raised on it: a traceback)
+        return problem
     if path and (problem := special_file(option, target)):  # (--plot /dev/null: root lost the device)
         return problem
-    if path and target.is_dir():  # (it warned at every evaluation that it could not write there)
+    if path and (target.is_dir() or path.endswith(os.sep)):  # (it warned at every evaluation, or wrote
+        # a file of the folder's name)
         return f"{option} {path} is a folder; name the image file, e.g. {option} {Path(path) / example}"
     if not path or suffix in IMAGE_SUFFIXES:  # ("": no plot)
         return None

@@ -818,12 +818,9 @@ def finished_run(plan: RunPlan, log) -> dict | None:
     a signal: it says so and gives the result, judged on the checkpoint before any data is read or
     model built (there is nothing to train; a lost cache or an offline hub does not matter). None
     where the run trains on, and for --eval_only."""
-    if plan.ckpt is None or plan.train_args.eval_only:
+    if (limit := runplan.finished_limit(plan)) is None:
         return None
-    state, max_steps = LoopState.from_checkpoint(plan.ckpt, 0), plan.train_args.max_steps
-    if state.eval_due or not (state.step >= max_steps or Clock(plan.train_args.max_minutes).spent(state)):
-        return None
-    limit = "max_steps" if state.step >= max_steps else "max_minutes"
+    state = LoopState.from_checkpoint(plan.ckpt, 0)
     which = plan.ckpt_path if plan.forks else plan.run_dir  # (a fork's folder is not made: the parent's)
     log(f"{which} already reached its --{limit} at step {state.step}; nothing written "
         f"(raise --{limit} to train on)")

@@ -194,6 +194,8 @@ def test_resuming_a_finished_run_writes_nothing(tmp_path, done, capsys, monkeypa
     """Bug caught too: it prepared the data first (a lost cache was tokenized again, for nothing)."""
     monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("the data was prepared"))
     run_dir = copy_run(done, tmp_path)
+    log = run_dir / "metrics.jsonl"  # (a bad line in a log it never touches: no refusal, review's catch)
+    log.write_text('{"broken\n' + log.read_text())
     def files():
         return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "run.lock"}
     before = files()

@@ -151,6 +151,18 @@ def test_a_run_with_no_records_is_named_and_runs_of_one_name_are_told_apart(tmp_
     assert warned == ["e has no records yet: it is not in the plot"]
     _, left, _ = figures[0]
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["x/r", "y/r"]
+    odd = tmp_path / os.fsdecode(b"caf\xe9")  # (a folder made outside train.py: its name not UTF-8)
+    a_run(odd / "r")
+    runlog.plot_runs([odd / "r", tmp_path / "x" / "r"], tmp_path / "q.png")  # (matplotlib's TypeError once)
+    _, left, _ = figures[1]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["caf\ufffd/r", "x/r"]
+
+
+def test_a_resumed_log_that_cannot_be_read_is_one_line(tmp_path):
+    """Bug caught: a metrics.jsonl that is a folder (or unreadable) was a traceback at resume."""
+    (tmp_path / "metrics.jsonl").mkdir()
+    with pytest.raises(RunError, match=r"^cannot read .*metrics.jsonl \(Is a directory\); make it"):
+        runlog.resumed_records(tmp_path / "metrics.jsonl")
 
 
 def test_a_plot_is_written_in_a_new_folder_in_the_format_its_name_asks_for_in_any_case(tmp_path):

@@ -680,6 +680,10 @@ def test_a_checkpoint_saved_with_an_empty_text_field_resumes(tmp_path):
     ckpt = {**saved(), "train_args": {**config.to_dict(TrainArgs()), "text_field": ""}}
     _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest"), set())
     assert t.text_field == "text"
+    # the same for a --wandb_project W&B refuses (the run went without W&B: --eval_only was refused too)
+    ckpt = {**saved(), "train_args": {**config.to_dict(TrainArgs()), "wandb_project": "team/proj"}}
+    _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest", eval_only=True), set())
+    assert t.wandb_project == TrainArgs().wandb_project
 
 
 def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):

@@ -615,6 +615,7 @@ def test_a_fork_never_overwrites_another_runs_checkpoint(tmp_path, corpus, cache
     assert "already holds a run of its own (last.pt)" in err
     # Bug caught: the fork it advised left out --out_dir (typed out, it forked into ./checkpoints)
     assert f"--run NEW_NAME --out_dir {tmp_path / 'ckpt'})" in err
+    assert f"or continue that run with --run b --out_dir {tmp_path / 'ckpt'} --resume" in err
     assert [(b / n).read_bytes() for n in ("last.pt", "metrics.jsonl")] == before
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--resume", str(b / "last.pt"), run="b"))
     assert checkpoint.load_checkpoint(b / "last.pt")["step"] == 2
