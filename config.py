@@ -400,8 +400,8 @@ class TrainArgs:
         _check(self.text_field != "", "text_field", "must name the records' text field, got ''; pass one "
                "(the default is text)")  # (an unset variable: once refused at the first record)
         _check(wandb_project_ok(self.wandb_project), "wandb_project", f"{self.wandb_project!r} is no W&B "
-               f"project name (W&B refuses it: the run went without W&B); pass a name of at most 128 "
-               f"characters without / \\ # ? % or : (the default is {TrainArgs.wandb_project})")
+               f"project name (the run went without W&B); pass 1 to 128 characters without / \\ # ? % or : "
+               f"(the default is {TrainArgs.wandb_project})")
         check_run(self.run, self.out_dir)
 
 

@@ -159,8 +159,10 @@ BAD = [
     (["--cache_dir", ""], "--cache_dir: must name a folder, got ''"),  # (the caches went there too)
     (["--text_field", ""], "--text_field: must name the records' text field, got ''"),  # (once: at a record)
     # (W&B refused it once the run had started: the whole run went without W&B, exit 0)
-    (["--wandb_project", "a/b"], "--wandb_project: 'a/b' is no W&B project name (it holds /); pass one"),
-    (["--wandb_project", ""], "--wandb_project: '' is no W&B project name; pass one without"),
+    (["--wandb_project", "a/b"], "--wandb_project: 'a/b' is no W&B project name (the run went without W&B); "
+                                 "pass 1 to 128 characters without / \\ # ? % or : (the default is "),
+    (["--wandb_project", ""], "--wandb_project: '' is no W&B project name"),
+    (["--wandb_project", "p" * 129], "is no W&B project name"),
     # a latin-1 terminal's é: once crashed the loss plot at the first evaluation, after training
     (["--run", "caf\udce9"], "--run: 'caf\\udce9' is not UTF-8 text (byte 0xe9 from the command line)"),
     (["--dim", "big"], "--dim: expected an integer, got 'big'"),
