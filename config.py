@@ -46,6 +46,15 @@ def _check(ok, name, problem):
         raise ConfigError(f"--{name}: {problem}")
 
 
+def _in_range(obj, name, ok, rule):
+    """A range check (ok = the value of field `name` is `rule`) whose fix is the field's default."""
+    if not ok:
+        value = getattr(obj, name)
+        default = next(f.default for f in dataclasses.fields(obj) if f.name == name)
+        default = default if isinstance(default, int) else f"{default:g}"
+        raise ConfigError(f"--{name}: must be {rule}, got {value}; e.g. --{name} {default} (the default)")
+
+
 def _check_utf8(name, text, fix):
     """Bytes that are not UTF-8 reach sys.argv as lone surrogates (U+DC80 + byte): refuse them here,
     before they reach a file name, a plot or W&B."""
@@ -186,13 +195,13 @@ class ModelArgs:
         for name in ["vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "expert_dim",
                      "mlp_dim", "n_experts", "top_k", "moe_every", "nope_every", "max_seq_len",
                      "attn_chunk_size", "attn_floor_scale", "rope_original_max_seq_len"]:
-            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
-            _check(getattr(self, name) < 2**31, name, f"must be below 2^31, got {getattr(self, name)}")
+            _in_range(self, name, getattr(self, name) >= 1, "at least 1")
+            _in_range(self, name, getattr(self, name) < 2**31, "below 2^31")
         for name in ["rope_theta", "norm_eps", "init_std", "rope_factor", "rope_low_freq_factor",
                      "rope_high_freq_factor", "vision_rope_theta"]:
-            _check(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+            _in_range(self, name, getattr(self, name) > 0, "positive")
         for name in ["router_aux_loss_coef", "router_z_loss_coef", "attn_scale"]:
-            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+            _in_range(self, name, getattr(self, name) >= 0, ">= 0")
         if self.dim % self.n_heads or self.head_dim % 2:
             def even(d):  # n_heads = d gives an even head_dim
                 return self.dim // d % 2 == 0
@@ -233,8 +242,8 @@ class ModelArgs:
     def _check_vision(self):
         for name in ["vision_dim", "vision_layers", "vision_heads", "image_size", "patch_size",
                      "projector_input_dim", "projector_output_dim"]:
-            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
-            _check(getattr(self, name) < 2**31, name, f"must be below 2^31, got {getattr(self, name)}")
+            _in_range(self, name, getattr(self, name) >= 1, "at least 1")
+            _in_range(self, name, getattr(self, name) < 2**31, "below 2^31")
         if self.vision_dim % self.vision_heads or self.vision_dim // self.vision_heads % 4:
             heads = _divisors(self.vision_dim, self.vision_heads, lambda d: self.vision_dim // d % 4 == 0)
             fix = f"pick --vision_heads {heads}" if heads else "use a --vision_dim that is a multiple of 4"
@@ -376,25 +385,25 @@ class TrainArgs:
         _check_choices(self)
         for name in ["batch_size", "grad_accum", "max_steps", "eval_every", "log_every",
                      "save_every", "max_bad_steps"]:
-            _check(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+            _in_range(self, name, getattr(self, name) >= 1, "at least 1")
         for name in ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
                      "eval_windows", "num_proc", "tokenizer_train_mb"]:
-            _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+            _in_range(self, name, getattr(self, name) >= 0, ">= 0")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr:g} is above --lr {self.lr:g}; pass a "
                "--min_lr at most --lr (each preset sets its own)")
         if self.lr * self.weight_decay >= 1:  # AdamW scales the matrices by 1 - lr * weight_decay
             raise ConfigError(f"--weight_decay: {self.weight_decay:g} x --lr {self.lr:g} is at least 1: "
                               "AdamW would zero or flip the sign of every matrix at each step; pick a "
                               f"--weight_decay below 1 / lr = {1 / self.lr:g}")
-        _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")
-        _check(1e-6 <= self.val_fraction <= 0.5, "val_fraction",  # 1 in round(1 / f) documents
-               f"must be in [1e-6, 0.5], got {self.val_fraction}")
+        _in_range(self, "seed", 0 <= self.seed < 2 ** 63, "in [0, 2^63)")
+        _in_range(self, "val_fraction", 1e-6 <= self.val_fraction <= 0.5,  # 1 in round(1 / f) documents
+                  "in [1e-6, 0.5]")
         _check(self.val_data or not self.val_text_field, "val_text_field",
                f"{self.val_text_field!r} names the text field of --val_data's records, and there is no "
                "--val_data (the hub's validation split and a held-out slice use --text_field); pass "
                "--val_data FILE, or --val_text_field ''")
         for name in ["beta1", "beta2"]:
-            _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}")
+            _in_range(self, name, 0 <= getattr(self, name) < 1, "in [0, 1)")
         _check(self.cache_dir != "", "cache_dir", "must name a folder, got '' (the caches would go into the "
                "current directory); pass one (the default is cache), or . for the current directory")
         _check(self.text_field != "", "text_field", "must name the records' text field, got ''; pass one "
@@ -456,15 +465,14 @@ class SampleArgs:
     seed: int = arg(1337, "random seed")
 
     def __post_init__(self):
-        _check(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
-        _check(self.max_new_tokens >= 1, "max_new_tokens",
-               f"must be at least 1, got {self.max_new_tokens}")
+        _in_range(self, "num_samples", self.num_samples >= 1, "at least 1")
+        _in_range(self, "max_new_tokens", self.max_new_tokens >= 1, "at least 1")
         _check(self.temperature > 0 or self.greedy, "temperature", f"must be positive, got "
                                                                    f"{self.temperature} (use --greedy for "
                                                                    "argmax decoding)")
-        _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
-        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _check(0 <= self.seed < 2 ** 63, "seed", f"must be in [0, 2^63), got {self.seed}")  # row r: seed + r
+        _in_range(self, "top_k", self.top_k >= 0, ">= 0")
+        _in_range(self, "top_p", 0 < self.top_p <= 1, "in (0, 1]")
+        _in_range(self, "seed", 0 <= self.seed < 2 ** 63, "in [0, 2^63)")  # row r: seed + r
         _check(not (self.ckpt and self.hf), "hf", "give --ckpt or --hf, not both")
         for text in self.prompt:
             _check_utf8("prompt", text, "set the terminal to UTF-8, or use a --prompt_file saved as UTF-8")

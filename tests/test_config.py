@@ -547,13 +547,35 @@ TRAIN_NOT_NEGATIVE = ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_dec
                       "eval_windows", "num_proc", "tokenizer_train_mb"]
 
 
+def suggests(name):
+    """The end of a range error: its fix, the field's default."""
+    return rf"; e.g. --{name} \S+ \(the default\)$"
+
+
+@pytest.mark.parametrize("cls, name, bad", [
+    *[(ModelArgs, n, 0) for n in MODEL_AT_LEAST_1 + MODEL_POSITIVE],
+    *[(ModelArgs, n, -1.0) for n in MODEL_NOT_NEGATIVE],
+    *[(TrainArgs, n, 0) for n in TRAIN_AT_LEAST_1], *[(TrainArgs, n, -1) for n in TRAIN_NOT_NEGATIVE],
+    (TrainArgs, "seed", -1), (TrainArgs, "val_fraction", 0.9), (TrainArgs, "beta1", 1.0),
+    (TrainArgs, "beta2", -0.5), (SampleArgs, "num_samples", 0), (SampleArgs, "max_new_tokens", 0),
+    (SampleArgs, "top_k", -1), (SampleArgs, "top_p", 0.0), (SampleArgs, "seed", 2 ** 63)])
+def test_a_range_error_names_a_value_in_range_that_is_taken(cls, name, bad):
+    """Bug caught: a range error (--lr: must be >= 0, got -1.0) named the problem and no fix; the fix it
+    now names, the field's default, is itself accepted (typed as printed)."""
+    with pytest.raises(ConfigError, match=suggests(name)) as e:
+        cls(**{name: bad})
+    typed = str(e.value).split(f"e.g. --{name} ")[1].split(" (the default)")[0]
+    kind = type(next(f.default for f in dataclasses.fields(cls) if f.name == name))
+    assert getattr(cls(**{name: kind(typed)}), name) == kind(typed)
+
+
 @pytest.mark.parametrize("name", MODEL_AT_LEAST_1)
 def test_every_model_count_is_refused_at_0_and_at_2_to_the_31(name):
     """A model count left out of the range check (--moe_every 0 divided by zero in is_moe_layer), or
     its bound 2^31 let through (<= for <)."""
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0$"):
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0{suggests(name)}"):
         ModelArgs(**{name: 0})
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be below 2\^31, got {2**31}$"):
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be below 2\^31, got {2**31}{suggests(name)}"):
         ModelArgs(**{name: 2**31})
 
 
@@ -561,23 +583,23 @@ def test_every_model_count_is_refused_at_0_and_at_2_to_the_31(name):
 def test_every_vision_count_is_refused_at_0_and_at_2_to_the_31(name):
     """A vision count left out of the range check (--patch_size 0: a ZeroDivisionError, not a
     ConfigError), or its bound 2^31 let through."""
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0$"):
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0{suggests(name)}"):
         ModelArgs(vision=True, **{name: 0})
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be below 2\^31, got {2**31}$"):
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be below 2\^31, got {2**31}{suggests(name)}"):
         ModelArgs(vision=True, **{name: 2**31})
 
 
 @pytest.mark.parametrize("name", MODEL_POSITIVE)
 def test_every_model_scale_is_refused_at_0(name):
     """A scale left out of the positivity check (--norm_eps 0: NaN on an all-zero row)."""
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be positive, got 0.0$"):
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be positive, got 0.0{suggests(name)}"):
         ModelArgs(**{name: 0.0})
 
 
 @pytest.mark.parametrize("name", MODEL_NOT_NEGATIVE)
 def test_every_model_weight_is_refused_below_0_and_taken_at_0(name):
     """A loss weight or strength left out of the >= 0 check (--attn_scale -1), or 0 (off) refused."""
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be >= 0, got -0.1$"):
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be >= 0, got -0.1{suggests(name)}"):
         ModelArgs(**{name: -0.1})
     assert getattr(ModelArgs(**{name: 0.0}), name) == 0.0
 
@@ -585,7 +607,7 @@ def test_every_model_weight_is_refused_below_0_and_taken_at_0(name):
 @pytest.mark.parametrize("name", TRAIN_AT_LEAST_1)
 def test_every_training_count_is_refused_at_0(name):
     """A training count left out of the range check (--save_every 0: a modulo by zero mid-run)."""
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0$"):
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0{suggests(name)}"):
         TrainArgs(**{name: 0})
 
 
@@ -606,7 +628,7 @@ def test_each_training_amount_may_be_0():
 def test_each_adam_beta_is_in_0_to_1(name):
     """--beta1 left out of the [0, 1) check (beta2 alone is in BAD), or 0 (no momentum) refused."""
     for bad in (1.0, -0.1):
-        with pytest.raises(ConfigError, match=rf"^--{name}: must be in \[0, 1\), got {bad}$"):
+        with pytest.raises(ConfigError, match=rf"^--{name}: must be in \[0, 1\), got {bad}{suggests(name)}"):
             TrainArgs(**{name: bad})
     assert getattr(TrainArgs(**{name: 0.0}), name) == 0.0
 
