@@ -36,6 +36,7 @@ of an offline session, or one offline now, is a new W&B run that gets the whole 
 
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -148,10 +149,11 @@ WANDB_TIMEOUT = 60  # seconds an online W&B start may take before the run logs o
 
 def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     """The W&B run for this run folder (resumed when `settings` has its id), or None if disabled."""
-    mode = train_args.wandb_mode
+    mode, why_offline = train_args.wandb_mode, ""
     if mode == "auto":  # W&B's own WANDB_MODE where it is set, else online when logged in
         env = {"online": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
         mode = env.get(os.environ.get("WANDB_MODE", "")) or ("online" if wandb_logged_in() else "offline")
+        why_offline = "" if os.environ.get("WANDB_MODE") else " (not logged in: `wandb login` for online)"
     if mode == "disabled":
         return None
     without = "this run logs to metrics.jsonl only; --wandb_mode disabled silences this"
@@ -178,11 +180,31 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
             log(f"wandb: connecting (up to {WANDB_TIMEOUT} s without a network; offline after that, and "
                 "--wandb_mode offline skips the wait)")
         try:
-            return wandb.init(mode=attempt, **(run if attempt != "offline" else {**run, "id": None}))
+            started = wandb.init(mode=attempt, **(run if attempt != "offline" else {**run, "id": None}))
         except Exception as e:
             log(f"wandb: {attempt} start failed ({_why(e)}); "
                 + ("logging offline instead" if attempt != "offline" else without))
+            why_offline = ""  # (said)
+            continue
+        _say_where(started, why_offline, log)
+        return started
     return None
+
+
+def _say_where(run, why_offline: str, log) -> None:
+    """The one line W&B's own banner gave (it is started silent): the run's page online, or the
+    command that uploads an offline run (its folder, relative where it is under the current one)."""
+    if getattr(run, "offline", False):
+        folder = getattr(getattr(run, "settings", None), "sync_dir", None)
+        if folder:
+            try:
+                inside = Path(folder).resolve().is_relative_to(Path.cwd())
+            except OSError:  # the current folder deleted
+                inside = False
+            shown = os.path.relpath(folder) if inside else folder
+            log(f"wandb: logging offline{why_offline}; upload it later with: wandb sync {shlex.quote(shown)}")
+    elif getattr(run, "url", None):
+        log(f"wandb: {run.url}")
 
 
 def _why(e: Exception) -> str:

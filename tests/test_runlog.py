@@ -328,6 +328,36 @@ def test_wandb_is_started_silent(tmp_path, monkeypatch):
     assert calls[0]["settings"]["silent"] is True
 
 
+def test_a_wandb_run_started_silent_says_where_it_is_in_one_line(tmp_path, monkeypatch):
+    """Bug caught: W&B is started silent (its banner hid the training lines), so nothing said where a
+    run went: now the page of an online run, or the `wandb sync` command of an offline one (its folder
+    relative to the current one where inside it, quoted for a shell), with why it is offline when
+    --wandb_mode auto chose it (no login)."""
+    monkeypatch.chdir(tmp_path)
+    unset(monkeypatch, "WANDB_MODE", "WANDB_API_KEY", "NETRC")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    folder = tmp_path / "my r" / "wandb" / "o-1"
+    offline = SimpleNamespace(id="o", offline=True, settings=SimpleNamespace(sync_dir=str(folder)))
+    online = SimpleNamespace(id="w", offline=False, url="https://wandb.ai/me/llama4/runs/w")
+
+    def said(how, run):
+        wandb = SimpleNamespace(init=lambda **k: run, Settings=lambda **k: k)
+        monkeypatch.setitem(sys.modules, "wandb", wandb)
+        lines = []
+        assert runlog.start_wandb(TrainArgs(wandb_mode=how), tmp_path / "r", {}, log=lines.append) is run
+        return lines[1:] if how == "online" else lines  # (after "connecting")
+    sync = "upload it later with: wandb sync 'my r/wandb/o-1'"
+    assert said("offline", offline) == [f"wandb: logging offline; {sync}"]
+    why = "(not logged in: `wandb login` for online)"
+    assert said("auto", offline) == [f"wandb: logging offline {why}; {sync}"]
+    assert said("online", online) == ["wandb: https://wandb.ai/me/llama4/runs/w"]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # outside the current folder: the whole path
+    assert said("offline", offline) == [f"wandb: logging offline; {sync.split(' wandb sync')[0]} wandb sync "
+                                        f"'{folder}'"]
+
+
 def test_a_resumed_log_refuses_a_record_without_a_kind_as_one_line(tmp_path):
     """Catches a line with a step but no kind (added by hand) crashing the resume with a KeyError
     traceback, rather than the one line that names it and the fix."""
