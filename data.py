@@ -319,8 +319,11 @@ def _in_pieces(texts: list[str], per_batch: int = 4):
 
 
 def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, train: sources.Split,
-                  log=print) -> Tokenizer:
-    """--tokenizer if given, else the cached BPE for this training text and vocabulary, else train it."""
+                  log=print, val: sources.Split | None = None) -> Tokenizer:
+    """--tokenizer if given, else the cached BPE for this training text and vocabulary, else train it.
+    Before training one, `val`'s documents are loaded: what is wrong with them (a file of whitespace, a
+    held-out slice of none) is said before the BPE pass, not after (a new tokenizer's val shard is
+    a cache miss: they are loaded anyway)."""
     if train_args.tokenizer:
         tok = Tokenizer.load(train_args.tokenizer)
         log(f"data: tokenizer: {train_args.tokenizer} ({tok.vocab_size} tokens)")
@@ -335,6 +338,8 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
     with _building(path.parent, Path(train_args.cache_dir), log):  # another run may be training it
         tok = _cached_tokenizer(path, log)
         if tok is None:
+            if val is not None:
+                val.documents()
             t0, used = time.time(), {}
             log(f"data: tokenizer: cache miss, training a {vocab}-token byte-level BPE on "
                 + (f"at most {train_args.tokenizer_train_mb:g} MB (--tokenizer_train_mb) of " if cap else "")
@@ -502,7 +507,7 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     threads, log = train_args.num_proc or os.cpu_count() or 1, _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         train_split, val_split = sources.resolve_sources(train_args, log)
-        tok = get_tokenizer(train_args, model_args, train_split, log)
+        tok = get_tokenizer(train_args, model_args, train_split, log, val_split)
         # the validation text first: what is wrong with it (a bad file, a held-out slice of none) is
         # said before the long pass over --data (all of TinyStories: minutes), not after
         val = get_tokens("val", val_split, tok, train_args.cache_dir, threads, log)

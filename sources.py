@@ -576,8 +576,10 @@ class Split:
     function. `documents()` loads them through `datasets`, once, on first use.
     """
 
-    def __init__(self, label: str, source, load, keep: str = "all", every: int = 0):
+    def __init__(self, label: str, source, load, keep: str = "all", every: int = 0, whole: str = ""):
         self.label, self.source, self.load, self.keep, self.every = label, source, load, keep, every
+        self.whole = whole or label  # the label of the source a held-out side is part of
+        self._documents = None
 
     @property
     def signature(self) -> dict:
@@ -586,6 +588,11 @@ class Split:
         return {"source": source, "keep": self.keep, "every": self.every, **held_out}
 
     def documents(self):
+        if self._documents is None:  # (a held-out side: one pass over the column to find it)
+            self._documents = self._select()
+        return self._documents
+
+    def _select(self):
         ds = self.load()
         if self.keep == "all":
             return ds
@@ -598,6 +605,8 @@ class Split:
         held = np.arange(len(rows)) % self.every == self.every - 1
         if self.keep == "val" and not held.any():
             n = len(rows)
+            if n == 0:  # (the training text's problem, as the tokenizer's training says it)
+                raise DataError(f"{self.whole} has no usable text; check the files")
             fix = f" or raise --val_fraction to {fraction_for(n):.3g} or more" if n > 1 else ""
             raise DataError(f"--data: holding out 1 in {self.every} of its {plural(n, 'document')} leaves "
                             f"none for validation; pass --val_data{fix}")
@@ -708,7 +717,8 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
     else:
         every = held_out_every(train_args.val_fraction)
         val = Split(f"1 in {every} documents of --data, held out (no --val_data; --val_fraction "
-                    f"{train_args.val_fraction}, evenly spread)", train.source, train.load, "val", every)
+                    f"{train_args.val_fraction}, evenly spread)", train.source, train.load, "val", every,
+                    train.label)
         train = Split(train.label, train.source, train.load, "train", every)
     log(f"data: train: {train.label}; validation: {val.label}")
     return train, val

@@ -1871,18 +1871,21 @@ def test_a_ctrl_c_in_data_py_exits_130_saying_what_is_kept(monkeypatch, capsys):
         "\ndata.py: interrupted; the caches already complete are kept, the others rebuilt next time\n")
 
 
-def test_the_validation_text_is_tokenized_before_the_training_text(tmp_path):
+def test_the_validation_text_is_read_before_the_tokenizer_is_trained(tmp_path):
     """Bug caught: a bad --val_data (not UTF-8, a damaged parquet, no text field) or a held-out slice of
-    no document was said only after the whole of --data was tokenized (minutes on TinyStories)."""
+    no document was said only after the whole of --data was tokenized (minutes on TinyStories); then
+    (a file of whitespace, a held-out slice of none) only after the tokenizer was trained on it."""
     path = write(tmp_path / "all.txt", official(stories(20)))
     bad = tmp_path / "val.txt"
     bad.write_bytes(b"\xff\xfe\x00\x80" * 400)
-    with pytest.raises(DataError, match="is not UTF-8"):
-        run(tmp_path, data=str(path), val_data=str(bad))
-    assert not list((tmp_path / "cache" / "tokens").glob("train-*"))  # (the tokenizer alone trained)
-    with pytest.raises(DataError, match="leaves none for validation"):
-        run(tmp_path, data=str(path), val_fraction=0.01)
-    assert not list((tmp_path / "cache" / "tokens").glob("train-*"))
+    blank = write(tmp_path / "blank.txt", "\n \n\n")
+    for how, problem in [(dict(val_data=str(bad)), "is not UTF-8"),
+                         (dict(val_data=str(blank)), r"has no usable text \(only whitespace\)"),
+                         (dict(val_fraction=0.01), "leaves none for validation")]:
+        with pytest.raises(DataError, match=problem):
+            run(tmp_path, data=str(path), **how)
+        assert not list((tmp_path / "cache" / "tokens").glob("train-*")), how
+        assert not list((tmp_path / "cache").glob("tokenizer-*/tokenizer.json")), how
 
 
 def test_a_sigterm_in_data_py_is_a_ctrl_c(monkeypatch, capsys):
