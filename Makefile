@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train sample test lint bench clean-venv constraints gpu-prep gpu-check test-gpu-versions FORCE
+.PHONY: train sample test lint clean-venv constraints gpu-prep gpu-check test-gpu-versions FORCE
 
 train: $(VENV)/.runtime
 	$(BIN)/python train.py $(ARGS)
@@ -20,8 +20,12 @@ test: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 
+# (a .venv made by another Python is kept: one older than 3.11 is refused at once, with the way out)
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "make: $(VENV) has" \
+		"$$($(BIN)/python -V 2>&1), and this project needs Python 3.11 or later; make clean-venv, then" \
+		"make PYTHON=python3.11 (or another 3.11+)" >&2; exit 1; }
 	$(BIN)/pip install -r requirements.txt -c constraints.txt
 	touch $@
 
@@ -50,15 +54,20 @@ constraints:
 # --deadline 280", or budget_left_s (the device tool's status) less 50 where that is less, with a
 # timeout_s of the deadline plus 30; --deadline stops it in time with its files written), writing
 # img/gpu/, or $OUT where the device tool sets it (only what is written there comes back).
+# (copies writable: the shared files are read-only, and a copy of their mode failed a second run)
+TEXTS := ../shared/data/tinystories/train-lower.txt ../shared/data/tinystories/valid-lower.txt
 gpu-prep:
-	mkdir -p gpu-data && cp ../shared/data/tinystories/train-lower.txt ../shared/data/tinystories/valid-lower.txt gpu-data/
+	@for f in $(TEXTS); do [ -f $$f ] || { echo "gpu-prep: $$f is missing; clone this project beside" \
+		"the shared folder (../shared), or copy the two texts into gpu-data/ yourself" >&2; exit 1; }; done
+	mkdir -p gpu-data && install -m 644 $(TEXTS) gpu-data/
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 
 gpu-check:
 	@if [ -d .whl ] && ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then \
-		echo "gpu-check: .whl holds wheels for Python 3.12 (make gpu-prep), but python3 is $$(python3 -V 2>&1)" >&2; \
+		echo "gpu-check: .whl holds wheels for Python 3.12 (make gpu-prep), but python3 is $$(python3 -V 2>&1);" \
+			"run it on the GPU machine, or remove .whl (only the check's train part needs them)" >&2; \
 		exit 1; fi
 	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 		--target /tmp/site .whl/*.whl || echo "gpu-check: warning: the wheels in .whl did not install;" \

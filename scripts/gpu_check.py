@@ -30,7 +30,8 @@ One after another, each in its own process:
      valid-lower.txt at the default cadence: the seconds per pass are reported), then the greedy
      story with the decode step compiled and eager, compared (first: it matters most), --eval_only
      on valid-lower.txt and one sampled story (both eager: no goal times them). It needs datasets
-     (make gpu-check installs it from .whl): without it the check stops at once, before the rest.
+     (make gpu-check installs it from .whl): without it the check stops at once, before the rest,
+     as it does on a Python without torch.
 It writes to --out (default img/gpu/ for a run at the defaults, --only, --deadline and --work
 aside, and --data / --val_data naming train-lower.txt / valid-lower.txt wherever they lie; and
 --work/results/ for any other, so that a smoke test or other text never replaces the README's):
@@ -565,6 +566,12 @@ def main(argv=None):
     FAILED.clear()
     if opts.render:
         return render(out)
+    try:  # every part runs the project: a python3 without torch (not the GPU machine's) failed each one
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"{sys.executable} has no torch ({first_line(e)}); run the check with the project's "
+                        "Python (.venv/bin/python scripts/gpu_check.py), or make gpu-check on the GPU "
+                        "machine, whose python3 has it") from None
     if "train" in parts:  # before the slow parts: train.py needs datasets, which a lent GPU machine lacks
         try:
             import datasets  # noqa: F401

@@ -508,6 +508,22 @@ def test_a_train_part_without_datasets_stops_before_the_slow_parts(tmp_path, mon
     assert ran == [] and not (tmp_path / "gpu").exists()
 
 
+def test_a_python_without_torch_stops_the_check_at_once_naming_the_python_to_use(tmp_path, monkeypatch):
+    """Bug caught: make gpu-check (python3) on a machine whose python3 lacks torch ran each part into a
+    child's ModuleNotFoundError traceback, wrote a gpu.md of failures, or advised carrying .whl."""
+    import sys
+
+    from errors import UserError
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append(argv))
+    monkeypatch.setitem(sys.modules, "torch", None)  # (import torch: ImportError)
+    with pytest.raises(UserError, match=r"has no torch \(.*\); run the check with the project's Python "
+                                        r"\(\.venv/bin/python scripts/gpu_check\.py\)"):
+        gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--only", "model,train",
+                        "--work", str(tmp_path / "work")])
+    assert ran == [] and not (tmp_path / "gpu").exists()
+
+
 def test_a_skipped_cuda_graph_is_counted_and_fails_the_check(tmp_path, monkeypatch):
     """Inductor skips a CUDA graph it cannot record without an error (and, by default, a word): the
     compiled decode step then runs without one. bench_sample.py counts the skips per compiled
@@ -564,7 +580,9 @@ def test_make_gpu_check_stops_at_once_on_a_python_the_wheels_do_not_fit(tmp_path
         assert r.returncode == code, r.stderr
         if code:
             assert r.stderr.splitlines()[0] == ("gpu-check: .whl holds wheels for Python 3.12 (make "
-                                                "gpu-prep), but python3 is Python 3.11.7")
+                                                "gpu-prep), but python3 is Python 3.11.7; run it on the GPU "
+                                                "machine, or remove .whl (only the check's train part needs "
+                                                "them)")
             assert not (tmp_path / "ran").exists()  # (neither pip nor the check ran)
     assert r.stderr == "" and "scripts/gpu_check.py" in (tmp_path / "ran").read_text()
     (tmp_path / "ran").unlink()  # wheels that fail to install: one warning line, and the check goes on

@@ -416,3 +416,56 @@ def test_plot_runs_takes_an_image_suffix_in_capitals(tmp_path):
     run = fake_run(tmp_path / "run")
     plot_runs.main([str(run), "--out", str(tmp_path / "cmp.PNG")])
     assert (tmp_path / "cmp.PNG").read_bytes()[:4] == b"\x89PNG"
+
+
+def make(target, cwd, env=None):
+    import shutil
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    return subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), target], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_make_refuses_a_venv_of_a_python_older_than_3_11_with_the_way_out(tmp_path):
+    """Bug caught: a .venv made by python3.10 (make PYTHON=..., or a system python3 of 3.10) failed
+    pip's install with a resolver error that named no Python, and every later make kept that .venv."""
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    fake = tmp_path / ".venv" / "bin" / "python"  # a Python 3.10, running nothing
+    fake.write_text('#!/bin/sh\ncase "$1" in -V) echo "Python 3.10.13";; -c) exit 1;; '
+                    '*) echo "$@" >> ran;; esac\n')
+    fake.chmod(0o755)
+    (tmp_path / "requirements.txt").touch()
+    (tmp_path / "constraints.txt").touch()
+    r = make(".venv/.runtime", tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines()[0] == (
+        "make: .venv has Python 3.10.13, and this project needs Python 3.11 or later; make clean-venv, then "
+        "make PYTHON=python3.11 (or another 3.11+)")
+    assert not (tmp_path / "ran").exists()  # (pip never ran)
+
+
+def test_make_gpu_prep_runs_twice_and_says_when_the_shared_texts_are_missing(tmp_path):
+    """Bug caught: the shared texts are read-only and cp kept their mode, so a second make gpu-prep
+    (not as root) failed on its own copies; without ../shared it failed on cp's line and left an empty
+    gpu-data/."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text("#!/bin/sh\nexit 0\n")  # (pip download: nothing)
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    r = make("gpu-prep", project, env)
+    assert r.returncode == 2 and r.stderr.splitlines()[0] == (
+        "gpu-prep: ../shared/data/tinystories/train-lower.txt is missing; clone this project beside the "
+        "shared folder (../shared), or copy the two texts into gpu-data/ yourself")
+    assert not (project / "gpu-data").exists()
+    texts = tmp_path / "shared" / "data" / "tinystories"
+    texts.mkdir(parents=True)
+    for name in ("train-lower.txt", "valid-lower.txt"):
+        (texts / name).write_text(f"{name}\n")
+        (texts / name).chmod(0o444)
+    for _ in range(2):
+        r = make("gpu-prep", project, env)
+        assert r.returncode == 0, r.stderr
+    copies = sorted((project / "gpu-data").iterdir())
+    assert [c.read_text() for c in copies] == ["train-lower.txt\n", "valid-lower.txt\n"]
+    assert all(c.stat().st_mode & 0o200 for c in copies)  # (replaceable by their owner)
