@@ -883,8 +883,20 @@ def has_presets(classes) -> bool:
     return any(cls.__name__ in p for p in PRESETS.values() for cls in classes)
 
 
+def for_users(doc: str | None) -> str | None:
+    """A module docstring as --help's description: up to its first "How ..." section (how the code
+    works, which is for its readers: train.py's --help was 320 lines), and where the rest is."""
+    if doc is None:
+        return None
+    head, cut, _ = doc.partition("\nHow ")
+    return head.rstrip() + ("\n\n(How it works: the docstring at the top of the file.)" if cut else "")
+
+
 def build_parser(prog, description, classes, defaults):
-    parser = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # usage: one line, not every option twice (they are listed below, grouped)
+    usage = f"%(prog)s [-h]{' [--preset NAME]' * has_presets(classes)} [--option VALUE ...]"
+    parser = Parser(prog=prog, description=for_users(description), usage=usage,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     if has_presets(classes):
         parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                             help=f"starting point for every field below (default {DEFAULT_PRESET})")
