@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -236,9 +237,37 @@ def build(model_args: ModelArgs, state: dict, device, where, fix: str, model: Ll
         model.load_state_dict(state)
         return model
     except RuntimeError as e:  # load_state_dict lists every problem, one per line
-        problems = " ".join(line.strip() for line in str(e).splitlines()[1:]) or first_line(e)
-        raise CheckpointError(f"{where}: its weights do not fit its settings ({problems[:300]}); "
+        raise CheckpointError(f"{where}: its weights do not fit its settings ({weight_problems(e)}); "
                               f"{fix}") from None
+
+
+MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+                      r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)")
+
+
+def weight_problems(e: RuntimeError, room: int = 300) -> str:
+    """load_state_dict's problems (one a line) in about `room` characters, none cut in the middle (a
+    shape cut at 300 characters read "torch.Size(["): a misshapen weight as its name and both shapes,
+    missing and unexpected keys the first few, and how many more problems there are."""
+    lines = [line.strip().rstrip(".") for line in str(e).splitlines()[1:] if line.strip()] or [first_line(e)]
+    said, left = [], len(lines)
+    for line in lines:
+        if m := MISMATCH.match(line):
+            line = f"{m[1]} is {m[2]} in the file, {m[3]} by the settings"
+        elif len(line) > room and '"' in line:  # Missing key(s) in state_dict: "a", "b", ...
+            head, keys = line.split('"')[0].rstrip(), line.split('"')[1::2]
+            n = 1
+            while n < len(keys) and sum(len(k) + 4 for k in keys[:n + 1]) < room // 2:
+                n += 1
+            line = f"{head} " + ", ".join(f'"{k}"' for k in keys[:n]) + \
+                (f" and {len(keys) - n} more" if n < len(keys) else "")
+        elif len(line) > room:  # (none of load_state_dict's kinds: cut, and said to be)
+            line = line[:room] + "..."
+        if said and sum(map(len, said)) + len(line) > room:
+            break
+        said.append(line)
+        left -= 1
+    return "; ".join(said) + (f"; and {left} more problem{'s' * (left > 1)}" if left else "")
 
 
 def save_model_only(model: Llama4, path, tokenizer_sha256: str | None = None) -> None:
@@ -337,7 +366,9 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files, with
     the tokenizer's sha256 in config.json ("tokenizer_sha256", which loading checks). A folder that
     already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`;
-    a training run's folder always is (an export there mixed HF files into the run's).
+    a training run's folder always is (an export there mixed HF files into the run's). The export it
+    replaces goes whole: its shards, index and generation_config.json too (a re-save by transformers),
+    not the folder's other files.
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
@@ -345,7 +376,8 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     import shutil
     import tempfile
     check_export_folder(out_dir)
-    held = [f"a model ({n})" for n in ("config.json", "model.safetensors") if (Path(out_dir) / n).exists()]
+    held = [f"a model ({n})" for n in ("config.json", "model.safetensors", "model.safetensors.index.json")
+            if (Path(out_dir) / n).exists()]
     theirs = Path(out_dir) / "tokenizer.json"
     if tokenizer_path is None:  # this export has none: an old export's own may go, not a run's
         same = _exported_with(theirs)
@@ -374,6 +406,9 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
         with storage.signals_put_off():
             for name in EXPORT_FILES:
                 try:
+                    if name == "config.json" and held:  # the replaced export's other files go first
+                        for path in _other_export_files(out):
+                            path.unlink(missing_ok=True)
                     if name in wrote:  # (a staged file gone is an error, not a file this export lacks)
                         os.replace(stage / name, out / name)
                     elif held:  # the replaced export's tokenizer, when this one has none
@@ -384,6 +419,22 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _other_export_files(out: Path) -> list[Path]:
+    """The files of an export in `out` that ours do not hold, and so would not replace: what
+    transformers' save_pretrained adds (generation_config.json, special_tokens_map.json) and its
+    weights in shards (model.safetensors.index.json, the model-*-of-*.safetensors it lists)."""
+    index = out / "model.safetensors.index.json"
+    names = {"generation_config.json", "special_tokens_map.json", index.name}
+    names |= {p.name for p in out.glob("model-*-of-*.safetensors")}
+    try:
+        listed = json.loads(index.read_bytes())["weight_map"].values()
+        names |= {n for n in listed if isinstance(n, str) and n.endswith(".safetensors")
+                  and Path(n).name == n}  # (a file of this folder, not one a path in the index names)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none there, or not an index
+        pass
+    return [out / n for n in sorted(names - set(EXPORT_FILES)) if (out / n).is_file()]
 
 
 def check_export_folder(out_dir) -> None:
@@ -627,7 +678,17 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt.
     A checkpoint already at `dest` (a run's, with its optimizer state), or another tokenizer.json
     beside it (the one its run's checkpoints were trained with), is refused unless `replace`; the
-    same tokenizer beside it is left as it is (not rewritten as the HF folder saved it)."""
+    same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A training
+    run's folder or checkpoint as `folder` is the export mistaken for an import: said so."""
+    source, what = Path(folder), None
+    if source.is_file() and source.suffix == ".pt":
+        what = "a checkpoint"
+    elif source.is_dir() and not (source / "config.json").is_file():
+        run = storage.run_files(source, but=("tokenizer.json",))
+        what = f"a training run's folder (it holds {run[0]})" if run else None
+    if what:
+        raise CheckpointError(f"{folder} is {what}, not an HF folder; drop --import to export it "
+                              "(--import makes a checkpoint of an HF folder)")
     dest = Path(dest)
     if dest.is_dir() or dest.suffix != ".pt":
         dest = dest / "last.pt"

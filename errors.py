@@ -18,11 +18,12 @@ by each machine's first process (LOCAL_RANK 0). (Other errors that every rank me
 step, a corrupt checkpoint, are printed by rank 0 alone too: runtime.all_ranks_or_none.)
 
 Importing this module makes a Ctrl-C that nothing catches one line, `<prog>: interrupted`, instead
-of a traceback (the exit status stays a SIGINT's, 130): train.py and sample.py import it before torch, whose
-import takes seconds.
+of a traceback (the exit status stays a SIGINT's, 130): train.py, sample.py and the scripts/ that import
+torch import it before torch, whose import takes seconds.
 
 tolerant_consoles puts sys.stdout and sys.stderr in Consoles: a training run whose console goes away
-trains on. signals_kept raises again a Ctrl-C lost in a garbage collector's callback (data.py's).
+trains on; quiet_stderr puts stderr alone in one, which drops a warning it cannot write (sample.py,
+export_hf.py). signals_kept raises again a Ctrl-C lost in a garbage collector's callback (data.py's).
 """
 
 
@@ -308,6 +309,20 @@ def tolerant_consoles(prog: str, warn: bool = True):
     return restore
 
 
+def quiet_stderr():
+    """sys.stderr as a Console that drops, with no word, what it cannot take, until the returned function
+    puts the old one back: a warning to a full stderr (2>/dev/full) does not stop sample.py's story or
+    export_hf.py's export, and one to a closed stderr (2>&-, where sys.stderr is None and print's
+    file=None means stdout) does not land in the story. The exit status still says a failure."""
+    old = sys.stderr
+    sys.stderr = Console(old, "standard error", "", warn=False)
+
+    def restore():
+        sys.stderr.flush()  # (what it still holds meets its end here, dropped if it fails)
+        sys.stderr = old
+    return restore
+
+
 def _stdout_closed() -> bool:
     """Whether stdout is a pipe (or socket) whose reader is gone: polling its write end says so
     (POLLERR on Linux, POLLHUP on macOS). False where it cannot tell (no stdout, no file behind it,
@@ -326,7 +341,7 @@ def _interrupted(kind, value, traceback):
     hook there was."""
     if not issubclass(kind, KeyboardInterrupt) or not sys.argv[0]:
         return _excepthook(kind, value, traceback)
-    if main_rank():
+    if main_rank() and sys.stderr is not None:  # (None: stderr closed; print would put it in stdout)
         print(f"\n{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
 
 

@@ -437,10 +437,14 @@ def incomparable(runs) -> list[str]:
             tokenizers.append((shown(run_dir), tokenizer.identity(fields)))
         except (OSError, ValueError, TypeError):
             pass
-    if len({t for _, t in tokenizers}) > 1:
-        names = ", ".join(name for name, _ in tokenizers)
-        problems.append(f"the runs use different tokenizers ({names}): their training loss in nats/token and "
-                        "their tokens seen do not compare; compare validation bits/byte")
+    groups = {}  # tokenizer -> its runs: which share one (all runs listed hid the odd one out)
+    for name, t in tokenizers:
+        groups.setdefault(t, []).append(name)
+    if len(groups) > 1:
+        which = "; ".join(f"{'another' if i else 'one'} in {', '.join(names)}"
+                          for i, names in enumerate(groups.values()))
+        problems.append(f"the runs use {len(groups)} different tokenizers ({which}): their training loss in "
+                        "nats/token and their tokens seen do not compare; compare validation bits/byte")
     covered = [(shown(run_dir), val[-1].get("val_bytes")) for run_dir, _, val in runs if val]
     if len({n for _, n in covered}) > 1:
         sizes = ", ".join(f"{name} {n}" for name, n in covered)

@@ -317,10 +317,20 @@ def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
     return [(n, saved[n]) for n in names if n not in given and saved.get(n)]
 
 
+_COUNTED: dict[str, int] = {}  # parameters() of each model's settings (repr) met so far
+
+
 def parameters(model_args: ModelArgs) -> int:
     """The model's parameter count, from a meta-device model of at most 2 * moe_every layers (a
     block's parameters depend only on whether it is MoE): no time spent building each of a huge
-    --n_layers."""
+    --n_layers. Counted once per settings (sweep.py checks ~600 candidates, of ~20 models)."""
+    key = repr(model_args)
+    if key not in _COUNTED:
+        _COUNTED[key] = _count_parameters(model_args)
+    return _COUNTED[key]
+
+
+def _count_parameters(model_args: ModelArgs) -> int:
     n = model_args.n_layers
     with torch.device("meta"):
         model = Llama4(replace(model_args, n_layers=min(n, 2 * model_args.moe_every)))

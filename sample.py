@@ -38,7 +38,10 @@ How this departs from the obvious version:
 - The tokenizer.json beside a checkpoint must be the one it was trained with (its sha256, as
   train.py and the export check it): another is refused with advice to put the run's own back.
   Errors are one line (exit status 2 for a bad option, 1 otherwise, 130 on Ctrl-C, 141 when the
-  output is closed early, as by `| head`). Prompt text may not hold image tokens (--image adds
+  output is closed early, as by `| head`); a warning stderr cannot take (2>/dev/full, or 2>&-,
+  where print would put it in stdout) is dropped, never the story (errors.quiet_stderr). A Ctrl-C
+  during torch's import, which can lose it or abort on it, is held back until the import ends
+  (storage.signals_put_off), about a second. Prompt text may not hold image tokens (--image adds
   the image).
 - Prompts are encoded as training encodes a story (Tokenizer.encode_docs): "<|endoftext|>" typed
   in a prompt is text, as inside a story of the training text, not a story break.
@@ -53,21 +56,30 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from errors import UserError, first_line  # first: a Ctrl-C while torch imports is one line, no traceback
+from errors import UserError, first_line, quiet_stderr  # first: a Ctrl-C while torch imports is one line
+from storage import signals_put_off
 
 # isort: split
-import torch
+# torch's import is not safe to interrupt: its C code imports numpy and clears what that raised (the
+# whole story was told, exit 0), importlib's weakref callbacks drop it, its C++ aborts on it (134). So
+# a Ctrl-C (or SIGTERM) during it is held back and acted on when it ends, about a second later.
+with signals_put_off():
+    import torch
 
-import checkpoint
-import config
-import runtime
-from config import SampleArgs
-from model import KVCache, Llama4, MoE, grouped_mm_supported
-from tokenizer import Tokenizer
+    import checkpoint
+    import config
+    import runtime
+    from config import SampleArgs
+    from model import KVCache, Llama4, MoE, grouped_mm_supported
+    from tokenizer import Tokenizer
 
 
 class SampleError(UserError):
     pass
+
+
+class PromptError(SampleError, config.ConfigError):
+    """A --prompt that cannot be told (an image token typed in it): a bad option, exit 2."""
 
 
 class OutputError(SampleError):
@@ -518,10 +530,14 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
                                                        "image_end_id"]]
     out = []
     # encoded as training encodes a story: "<|endoftext|>" typed in a prompt is text, not a story break
-    for text, ids in zip(texts, tok.encode_docs(texts), strict=True):
+    for i, (text, ids) in enumerate(zip(texts, tok.encode_docs(texts), strict=True)):
         if any(t in text for t in image_tokens):  # (text to the model too; the user meant an image)
-            raise SampleError(f"the prompt {text[:40]!r} holds an image token (<|image_start|>, <|image|>, "
-                              "<|patch|> or <|image_end|>); remove it (--image puts an image in)")
+            given = i < len(sample_args.prompt)  # (--prompt: a bad option; a --prompt_file line: a bad file)
+            where = f"--prompt {text[:40]!r}" if given else \
+                f"--prompt_file {sample_args.prompt_file}: the prompt {text[:40]!r}"
+            raise (PromptError if given else SampleError)(
+                f"{where} holds an image token (<|image_start|>, <|image|>, <|patch|> or <|image_end|>); "
+                "remove it (--image puts an image in)")
         n, whole = len(prefix) + len(ids), prefix + ids
         if sample_args.image:  # the image is kept whole: only its text is cut
             tail = ids[len(ids) - min(len(ids), max(keep - len(prefix), 0)):]
@@ -538,6 +554,7 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
 
 
 def main(argv=None):
+    restore_stderr = quiet_stderr()  # a warning stderr cannot take (2>/dev/full, 2>&-) is dropped
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -558,6 +575,8 @@ def main(argv=None):
         print(f"sample.py: error: out of memory ({first_line(e)[:160]}); sample fewer rows at once (prompts "
               "x --num_samples) or fewer --max_new_tokens", file=sys.stderr)
         sys.exit(1)
+    finally:
+        restore_stderr()
 
 
 def fail(e: UserError):

@@ -5,6 +5,8 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     save_json(path, obj)       atomic_write of indented, key-sorted JSON
     append_jsonl(path, record) add one line to a log
     read_jsonl(path)           the log's records, a torn last line dropped with a warning
+    writable_folder(path)      mkdir -p, and a file made and removed there: an output folder, checked
+                               before the work
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
     RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
     os_error_in, refused_in    the OSError behind a wrapped failure; whether it is a write refused in a folder
@@ -197,6 +199,20 @@ def make_folder(path, fix: str | None = None) -> Path:
             why = f"{blocker} is a file, not a folder" if blocker is not None else why
         raise StorageError(f"cannot create the folder {path}: {why}; {advice(e, fix)}") from None
     return Path(path)
+
+
+def writable_folder(path, fix: str | None = None) -> Path:
+    """make_folder, then a file made and removed in it: a folder that takes no new file (/proc, /sys,
+    a read-only disk, no permission) is a StorageError before the work, not after minutes of it."""
+    path = make_folder(path, fix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:  # (/proc says ENOENT of a folder that is there)
+        why = "it takes no new files" if e.errno == errno.ENOENT else REASONS.get(e.errno) or e.strerror or e
+        raise StorageError(f"cannot write in the folder {path}: {why}; {advice(e, fix)}") from None
+    return path
 
 
 SPECIAL_FILES = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -14,6 +14,10 @@ machine is shared and noisy.
 works before a long run: bench_model.py and bench_sample.py with their own --quick, bench_data.py on
 train-sample.txt (78 KB) with a 512-token vocabulary and 2 copies. Its results are not the README's:
 they go to a temporary folder, deleted at the end, unless --out_dir says where.
+
+The files it writes in --out_dir (bench.json, bench.md, each part's JSON) must be new, empty or
+an earlier result of theirs, and the folder must take a new file: else one line before any work,
+as for each part's --out (a user's own bench.md was replaced; /sys failed after the parts ran).
 """
 
 import argparse
@@ -190,15 +194,43 @@ def main(argv=None):
         p.error(f"--only: name one or more of {', '.join(PARTS)}")
     if unknown:
         p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    if opts.out_dir == "":  # (an unset variable: it was img/, the README's figures, even with --quick)
+        p.error("--out_dir is empty (an unset variable?); name a folder, e.g. --out_dir bench-quick, or "
+                "leave --out_dir out for its default")
     if opts.quick and opts.out_dir is None:
         with tempfile.TemporaryDirectory(prefix="bench-quick-") as tmp:
             return run(opts, only, machine, Path(tmp))
-    return run(opts, only, machine, Path(opts.out_dir or ROOT / "img"))
+    out_dir = ROOT / "img" if opts.out_dir is None else Path(opts.out_dir)
+    if problem := not_ours(out_dir, only):
+        p.error(problem)
+    return run(opts, only, machine, out_dir)
+
+
+def not_ours(out_dir: Path, only: list[str]) -> str | None:
+    """Why bench.py may not write in out_dir, or None, said before any work: bench.json, bench.md or
+    a part's JSON there that is not an earlier result of theirs (a user's own notes were replaced).
+    Empty files and new names are fine, as for each part's --out (storage.not_a_result)."""
+    import importlib
+    keys = {f"bench_{name}.json": importlib.import_module(f"scripts.{PARTS[name][:-3]}").RESULT_KEYS
+            for name in only}
+    theirs = [name for name, k in {"bench.json": ("machine",), **keys}.items()
+              if storage.not_a_result("--out_dir", str(out_dir / name), name, k)]
+    md = out_dir / "bench.md"
+    try:
+        if md.exists() and md.stat().st_size and not md.read_bytes().startswith(b"Machine: "):
+            theirs.append(md.name)  # (ours begins with the machine line: see markdown())
+    except OSError:  # (unreadable: its write fails later, in a line of its own)
+        pass
+    if not theirs:
+        return None
+    is_, it = ("is not an earlier result", "it") if len(theirs) == 1 else ("are not earlier results", "them")
+    return (f"--out_dir {out_dir}: {' and '.join(theirs)} there {is_} of bench.py, and the results would "
+            f"replace {it}; pick another --out_dir, or move {it} away")
 
 
 def run(opts, only: list[str], machine: dict, out_dir: Path) -> None:
     """Run the parts named, read the others back from out_dir, write bench.json and bench.md there."""
-    out_dir = storage.make_folder(out_dir, FIX)
+    out_dir = storage.writable_folder(out_dir, FIX)  # (before the work: /sys failed after it)
     # The parts not rerun are read back from their last JSON, so bench.md always holds every table.
     results = {}
     for name in PARTS:

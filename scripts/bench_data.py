@@ -192,6 +192,9 @@ def main(argv=None):
         p.error(problem)  # (before the work: a device or a checkpoint there became the JSON, a folder failed)
     if problem := too_small(opts.vocab_size):  # (the prepare() subprocess would say so, as exit 1)
         p.error(problem)
+    if not opts.data:  # (an unset variable: it was "no such file ''", exit 1)
+        p.error("--data is empty (an unset variable?); pass a text file, such as train-lower.txt, or leave "
+                "--data out for its default")
     if os.path.isdir(opts.data):
         p.error(f"--data {opts.data} is a folder; pass a text file, such as train-lower.txt")
     if not os.path.isfile(opts.data):
@@ -199,7 +202,7 @@ def main(argv=None):
                  "train-lower.txt)")
     out = storage.results_path(p, opts, ROOT / "img" / "bench_data.json")  # (after the errors: one line)
     if out is not None:  # (before the work, not after it)
-        storage.make_folder(out.parent, "pick another --out")
+        storage.writable_folder(out.parent, "pick another --out")
 
     load = os.getloadavg()[0]  # the CPU may be shared: a busy core halves the parallel speed-up
     small, big, speed = measure(opts)

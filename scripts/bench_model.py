@@ -47,6 +47,9 @@ from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -515,8 +518,12 @@ def main(argv=None):
     batches = p.counts("--batches", opts.batches or ("32,128" if cuda else "8"))
     compiled = runtime.wants_compile(opts.compile, device)
     compile_batches = p.counts("--compile_batches", opts.compile_batches or str(max(batches)))
-    if compiled and not set(compile_batches) <= set(batches):
+    if not set(compile_batches) <= set(batches):  # (also when nothing compiles: it was ignored)
         p.error(f"--compile_batches {opts.compile_batches}: each must be one of --batches {batches}")
+    figure = ROOT / "img" / ("bench_model_cuda.json" if cuda else "bench_model.json")
+    out = storage.results_path(p, opts, figure, ignore=("device",))
+    if out is not None:  # (before the work: a folder that takes no file was found after it)
+        storage.writable_folder(out.parent, "pick another --out")
     variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])
 
     def variants_at(batch):  # compiling takes most of a GPU run's time: at the batches asked only
@@ -535,10 +542,6 @@ def main(argv=None):
                    for v, c in counts.items()},
         "batches": {},
     }
-    figure = ROOT / "img" / ("bench_model_cuda.json" if cuda else "bench_model.json")
-    out = storage.results_path(p, opts, figure, ignore=("device",))
-    if out is not None:
-        storage.make_folder(out.parent, "pick another --out")
     # the compiling batches first: a run stopped at a time limit (a GPU lease) loses the eager rows of
     # the others rather than every compiled figure; written after each batch, in the order of --batches
     done = {}

@@ -38,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 
 import torch  # noqa: E402
 
@@ -184,6 +187,26 @@ def report(opts, result):
                 print(f"  {v}: Inductor skipped {n} CUDA graph(s); timed without them")
 
 
+def check_variants(p, opts) -> None:
+    """--variants as a one-line error before any work: a name unknown, named twice (two identical
+    columns), none at all (an unset variable: it was the default set), or only hf where --no-hf or
+    --ragged leaves it out (an IndexError after the model was built)."""
+    if opts.variants is None:
+        return
+    names = [v for v in opts.variants.split(",") if v]
+    if not names:
+        p.error(f"--variants is empty; name some of {','.join(VARIANTS)}, or leave --variants out for the "
+                "default set")
+    if unknown := sorted(set(names) - set(VARIANTS)):
+        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {','.join(VARIANTS)}")
+    if twice := sorted({v for v in names if names.count(v) > 1}):
+        p.error(f"--variants: {', '.join(twice)} named twice; name each variant once")
+    if names == ["hf"] and (opts.no_hf or opts.ragged):
+        why = "--no-hf" if opts.no_hf else "--ragged (our variants only)"
+        p.error(f"--variants hf with {why} leaves no variant to run; name another variant, e.g. "
+                "--variants cached")
+
+
 def parse(argv):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS),
@@ -213,9 +236,7 @@ def parse(argv):
                                                "on CUDA; other runs write only where --out says)")
     opts = p.parse_args(argv)
     opts.given, opts.parser = argparse.Namespace(**vars(opts)), p  # as typed: see storage.results_path
-    unknown = sorted(set((opts.variants or "").split(",")) - set(VARIANTS) - {""})
-    if unknown:
-        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {','.join(VARIANTS)}")
+    check_variants(p, opts)
     typed = p.typed(argv)
     if opts.quick and "preset" in typed:
         p.error("--quick decodes the debug preset; drop --preset or --quick")
@@ -242,12 +263,16 @@ def main(argv=None):
     dtype = runtime.compute_dtype(opts.dtype, device)
     cuda = device.type == "cuda"
     default = "cached,compiled,uncached,hf" if cuda else "cached,uncached,hf"
-    opts.variants = (opts.variants or default).split(",")
+    opts.variants = [v for v in (opts.variants or default).split(",") if v]
     if (opts.no_hf or opts.ragged) and "hf" in opts.variants:  # ragged: transformers' padded rows differ
         opts.variants.remove("hf")
     opts.warmup = (1 if cuda else 0) if opts.warmup is None else opts.warmup
     if not cuda:
         torch.set_num_threads(2)
+    figure = ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json")
+    out = storage.results_path(opts.parser, opts.given, figure, ignore=("device",))
+    if out is not None:  # (before the work: a folder that takes no file was found after it)
+        storage.writable_folder(out.parent, "pick another --out")
     model, hf = build(opts, device, dtype)
     name = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
     result = {"config": {"preset": opts.preset, "max_seq_len": opts.max_seq_len, "prompt": PROMPT,
@@ -256,10 +281,6 @@ def main(argv=None):
                          "variants": opts.variants, "device": str(device), "device_name": name,
                          "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__},
               "results": {}}
-    figure = ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json")
-    out = storage.results_path(opts.parser, opts.given, figure, ignore=("device",))
-    if out is not None:
-        storage.make_folder(out.parent, "pick another --out")
 
     def keep(results):  # after each batch size: a run stopped at a time limit keeps those done
         result["results"] = results

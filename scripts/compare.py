@@ -37,10 +37,12 @@ How this departs from the obvious version:
   trained and the shards are tokenized once (the first run's set-up, outside its budget); the three
   tokenizer.json files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as
   it stops train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison
-  written (compare.py's line comes last, after any of train.py's: a rerun starts the three runs
-  again). One at a run's last step lets that run finish, as train.py does, and then stops compare.py
-  too; at the last run's last step every run is whole, so the comparison is written first (then the
-  line, and 130: a script that calls compare.py stops there too).
+  written (compare.py's line comes last, after any of train.py's, whose hint to --resume the run
+  trains that run on by itself: compare.py cannot go on from its runs, and a rerun deletes their
+  folders and starts the three again). One at a run's last step lets that run finish, as train.py
+  does, and then stops compare.py too; at the last run's last step every run is whole, so the
+  comparison is written first (then the line, and 130: a script that calls compare.py stops there
+  too).
 - tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
   the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
   peak it measures with a short GEMM at the start of each run). Final validation is the last val
@@ -62,6 +64,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 
 import torch  # noqa: E402
 
@@ -359,8 +364,10 @@ def clear_run_folders(out_dir: Path) -> None:
 def interrupted(name: str, whole: bool = False):
     """Ctrl-C or SIGTERM: one line and status 130, as train.py and sweep.py, not a traceback or 1."""
     when = f"after the {name} run (which finished)" if whole else f"during the {name} run"
-    print(f"\ncompare.py: interrupted {when}; no comparison written (a rerun starts the three runs again)",
-          file=sys.stderr)
+    # (train.py's own line may have said how to --resume the run: true of train.py, not of a comparison)
+    print(f"\ncompare.py: interrupted {when}; no comparison written, and compare.py cannot go on from its "
+          "runs: a rerun starts the three again, deleting their folders (kept until then: train.py --resume "
+          "trains one on, by itself)", file=sys.stderr)
     sys.exit(130)
 
 

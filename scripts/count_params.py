@@ -16,6 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 
 import torch  # noqa: E402
 

@@ -12,10 +12,14 @@ tokenizer.json must be the one the checkpoint was trained with (its sha256 is in
 another is refused, and nothing is exported; the export records the sha256 in config.json
 (tokenizer_sha256), which --import and `sample.py --hf` check. An export, another tokenizer.json
 or a checkpoint already at the destination is replaced only with --force (a run's last.pt holds
-its optimizer state). --import also takes Llama 4 folders this project did not write (special-token
-ids come from their config; weights in one file or in shards). An export is written into a hidden
-.tmp-export-* folder in the destination, then renamed into place with Ctrl-C and SIGTERM put off:
-an interrupt or a full disk leaves the folder as it was or the whole new export, never a mix.
+its optimizer state); an export is replaced whole (shards, index and generation_config.json of a
+re-save by transformers too), the folder's other files left. --import also takes Llama 4 folders
+this project did not write (special-token ids come from their config; weights in one file or in
+shards); a run folder or checkpoint given to --import is said to want no --import. An export is
+written into a hidden .tmp-export-* folder in the destination, then renamed into place with Ctrl-C
+and SIGTERM put off: an interrupt or a full disk leaves the folder as it was or the whole new
+export, never a mix. Ctrl-C while torch imports is one line (errors is imported first, as in the
+other scripts that import torch); a warning stderr cannot take (2>/dev/full, 2>&-) is dropped.
 The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is its command line.
 """
 
@@ -24,14 +28,25 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 
 import checkpoint  # noqa: E402
 import config  # noqa: E402
-from errors import UserError, run_script, sigterm_interrupts  # noqa: E402
+from errors import UserError, quiet_stderr, run_script, sigterm_interrupts  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
 def main(argv=None):
+    restore_stderr = quiet_stderr()  # a warning stderr cannot take (2>/dev/full, 2>&-) is dropped, not
+    try:  # the export, and never lands in stdout
+        export_or_import(argv)
+    finally:
+        restore_stderr()
+
+
+def export_or_import(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="checkpoint file or run folder (its last.pt; name <run>/best.pt for the "
                                   "best validation loss), or, with --import, an HF folder")

@@ -44,6 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 
 import bench_model  # noqa: E402
 import torch  # noqa: E402
@@ -156,6 +159,8 @@ def main(argv=None):
     check_batches(p, batches, model_args)
     check_out(p, opts.out)  # (before the results_path line: an error is the one line printed)
     out = storage.results_path(p, opts, ROOT / "img" / "memory_model.json", extra=overrides)
+    if out is not None:  # (before the work: a folder that takes no file was found after it)
+        storage.writable_folder(out.parent, "pick another --out")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     base = config.to_dict(model_args)
     dtype = getattr(torch, opts.dtype)
@@ -165,7 +170,6 @@ def main(argv=None):
     md = markdown(result)
     print(md, end="")
     if out is not None:
-        storage.make_folder(out.parent, "pick another --out")
         storage.save_json(out, result, sort_keys=False, fix="pick another --out")
         storage.atomic_write(out.with_suffix(".md"), md.encode(), "pick another --out")
     return result

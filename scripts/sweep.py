@@ -5,7 +5,8 @@ schedule, batch and tokenizer, measured rather than guessed.
     python scripts/sweep.py --screen_minutes 1 --confirm_minutes 2 --only tiny-2026-11,d192-e8
     (any other option, e.g. --num_proc 1, goes to every train.py run, after the candidate's own;
     those sweep.py sets for every run, such as --max_minutes or --seed, are refused, and so is one
-    that any stage's candidate cannot take, before the first run: see every_candidate; --compile
+    that any stage's candidate cannot take, before the first run: see every_candidate (what train.py
+    refuses before reading any text: --vocab_size 100, a --data it cannot read); --compile
     only with --no_compile, as the sweep makes the compiled run itself)
 
 Each run is a `train.py --preset tiny` subprocess with the candidate's overrides on
@@ -55,14 +56,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
 
 import torch  # noqa: E402
 
 import config  # noqa: E402
 import runlog  # noqa: E402
+import runplan  # noqa: E402
+import runtime  # noqa: E402
 import sources  # noqa: E402
 import storage  # noqa: E402
-from errors import run_script, sigterm_interrupts  # noqa: E402
+from errors import ConfigError, run_script, sigterm_interrupts  # noqa: E402
 from model import Llama4, count_parameters  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
@@ -176,16 +182,27 @@ def check_pass_through(p, opts) -> None:
 
 
 def check_candidates(p, stage1: dict[str, list[str]], opts) -> None:
-    """A bad value for any run of the sweep: one line naming the run now, not hours in."""
+    """A bad value for any run of the sweep: one line naming the run now, not hours in. Each run's
+    train.py command goes through what train.py refuses before any data work: its option checks
+    (config), then its settings checks (runplan: a vocabulary too small for a BPE, a --tokenizer of
+    another size, a batch too large for the device's memory, ...); then the --data and --val_data
+    (sources: no such file, an empty one, a checkpoint, a folder with no text; exit status 1)."""
     for name, over in every_candidate(stage1, opts).items():
         said = io.StringIO()
+        run = result_path(name, opts.screen_minutes, 1, opts).parent.name
+        argv = train_argv(train_setting(over, opts.screen_minutes, 1, opts), run, opts)
         try:
             with contextlib.redirect_stderr(said):
-                config.parse_args([config.ModelArgs, config.TrainArgs],
-                                  ["--preset", "tiny", *over, *opts.extra, "--out_dir", opts.out_dir],
-                                  prog="sweep.py")
+                parsed = config.parse_args([config.ModelArgs, config.TrainArgs], argv, prog="sweep.py")
         except SystemExit:
             p.error(f"candidate {name}: {said.getvalue().strip().removeprefix('sweep.py: error: ')}")
+        preset, (model_args, train_args) = parsed
+        try:
+            plan = runplan.plan_run(model_args, train_args, preset, parsed.given)
+            runplan.check_settings(plan, runtime.resolve_device(train_args.device), runtime.World())
+        except ConfigError as e:
+            p.error(f"candidate {name}: {e}")
+    sources.resolve_sources(train_args, log=lambda *_: None)  # (the same --data and --val_data for all)
 
 
 def repeated(opts) -> list[str]:
@@ -245,29 +262,38 @@ OWNED = {"preset": f"{SET} (tiny, with each candidate's overrides)",
 KEPT = "the runs finished so far are kept, and a rerun goes on from them"  # (each error of run_one)
 
 
+def train_setting(overrides: list[str], minutes: float, seed: int, opts) -> list[str]:
+    """A run's train.py options, as its result records them (train_argv)."""
+    # Beside the compiled run, every other is eager: --compile auto compiles them all on CUDA
+    eager = [] if opts.no_compile or "--compile" in overrides else ["--compile", "false"]
+    return ["--preset", "tiny", *eager, *overrides, *opts.extra, "--data", opts.data,
+            "--val_data", opts.val_data, "--max_minutes", str(minutes), "--max_steps", "1000000000",
+            "--eval_every", "1000000000", "--save_every", "1000000000", "--eval_windows", "0",
+            "--seed", str(seed)]
+
+
+def train_argv(setting: list[str], run: str, opts) -> list[str]:
+    """The whole train.py command line of a run: its setting, with where it goes."""
+    return [*setting, "--plot", "", "--wandb_mode", "disabled", "--out_dir", opts.out_dir,
+            "--cache_dir", opts.cache_dir, "--run", run]
+
+
 def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
     """One budgeted train.py run (or its earlier result, made with the same train.py options),
     scored on all of --val_data."""
     result_file = result_path(name, minutes, seed, opts)
     run_dir, run = result_file.parent, result_file.parent.name
-    # Beside the compiled run, every other is eager: --compile auto compiles them all on CUDA
-    eager = [] if opts.no_compile or "--compile" in overrides else ["--compile", "false"]
-    setting = ["--preset", "tiny", *eager, *overrides, *opts.extra, "--data", opts.data,
-               "--val_data", opts.val_data, "--max_minutes", str(minutes), "--max_steps", "1000000000",
-               "--eval_every", "1000000000", "--save_every", "1000000000", "--eval_windows", "0",
-               "--seed", str(seed)]
+    setting = train_setting(overrides, minutes, seed, opts)
     if result_file.exists():
         result = json.loads(result_file.read_text())
         if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)
-            check_data(setting, opts)  # (a mistyped --data was blamed on the earlier run's options)
             sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
                      f"({' '.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
         return result
     if run_dir.exists():  # an interrupted run: start it again
         import shutil
         shutil.rmtree(run_dir)
-    argv = [*setting, "--plot", "", "--wandb_mode", "disabled", "--out_dir", opts.out_dir,
-            "--cache_dir", opts.cache_dir, "--run", run]
+    argv = train_argv(setting, run, opts)
     load = os.getloadavg()[0]
     print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
     t = time.time()
@@ -298,15 +324,6 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
               **size_of(overrides + opts.extra)}
     storage.save_json(result_file, result)
     return result
-
-
-def check_data(setting: list[str], opts) -> None:
-    """A --data or --val_data that train.py would refuse (no such file, an empty one, a checkpoint):
-    its DataError, one line naming it."""
-    train_args = config.parse_args([config.ModelArgs, config.TrainArgs],
-                                   [*setting, "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir],
-                                   prog="sweep.py")[1][1]
-    sources.resolve_sources(train_args, log=lambda *_: None)
 
 
 def tokens_per_s(train: list[dict]) -> float | None:

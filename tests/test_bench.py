@@ -126,17 +126,17 @@ def test_bench_data_runs_end_to_end(tmp_path):
     assert result["peak_rss_ratio_ok"]
 
 
-@pytest.mark.parametrize("vocab, message", [
-    ("4096", "--vocab_size 4096: the training text can only fill"),  # the advice names this script's option
-    ("300", "too few documents; bench_data.py holds out 1 in 100 for validation"),  # not --val_data
+@pytest.mark.parametrize("vocab, size, message", [
+    ("4096", 40000, "--vocab_size 4096: the training text can only fill"),  # the advice names this option
+    ("300", 3000, "too few documents; bench_data.py holds out 1 in 100 for validation"),  # not --val_data
 ])
-def test_bench_data_on_a_small_text_is_one_line(tmp_path, vocab, message):
+def test_bench_data_on_a_small_text_is_one_line(tmp_path, vocab, size, message):
     import subprocess
     import sys
 
     from conftest import ROOT, shared_file
     small = tmp_path / "small.txt"
-    small.write_bytes(shared_file("valid-lower.txt").read_bytes()[:3000])
+    small.write_bytes(shared_file("valid-lower.txt").read_bytes()[:size])  # (40 KB: 100+ documents)
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_data.py"), "--data", str(small),
                            "--vocab_size", vocab, "--repeat", "2", "--out", str(tmp_path / "b.json")],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -339,8 +339,9 @@ def test_bench_writes_its_tables_atomically(tmp_path):
     import sys
 
     from conftest import ROOT
-    for name in ("bench.json", "bench.md"):
-        (tmp_path / name).write_text("the previous run's\n")
+    before = {"bench.json": '{"machine": "earlier"}\n', "bench.md": "Machine: the previous run's\n"}
+    for name, text in before.items():  # (an earlier result of bench.py's: anything else is refused)
+        (tmp_path / name).write_text(text)
     code = ("import resource, sys; from scripts import bench; from errors import run_script; "
             f"bench.run_part = lambda name, out_dir, extra=(): {SAMPLE!r}; "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100)); "
@@ -350,7 +351,7 @@ def test_bench_writes_its_tables_atomically(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert last.startswith(f"bench.py: error: cannot write {tmp_path / 'bench.json'}: the file is over")
-    assert all((tmp_path / name).read_text() == "the previous run's\n" for name in ("bench.json", "bench.md"))
+    assert all((tmp_path / name).read_text() == text for name, text in before.items())
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -418,7 +419,7 @@ def test_ctrl_c_during_a_part_is_one_line_and_status_130(tmp_path, monkeypatch, 
     """Ctrl-C reaches bench.py as well as the part it runs: it was a KeyboardInterrupt traceback."""
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    (tmp_path / "bench.md").write_text("the previous run's\n")
+    (tmp_path / "bench.md").write_text("Machine: the previous run's\n")
     monkeypatch.setattr(bench.subprocess, "run", interrupted)
     monkeypatch.setattr(bench.platform, "processor", lambda: "x86_64")  # (it runs uname)
     try:
@@ -428,7 +429,7 @@ def test_ctrl_c_during_a_part_is_one_line_and_status_130(tmp_path, monkeypatch, 
         pytest.fail("Ctrl-C escaped bench.py: a traceback")
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 130 and err[-1].startswith("bench.py: interrupted during scripts/bench_data.py; ")
-    assert (tmp_path / "bench.md").read_text() == "the previous run's\n"
+    assert (tmp_path / "bench.md").read_text() == "Machine: the previous run's\n"
 
 
 def test_only_takes_spaces_and_refuses_an_empty_list(tmp_path, monkeypatch, capsys):
@@ -925,3 +926,85 @@ def test_a_rerun_may_replace_the_readme_figures_and_earlier_results(script, figu
         if data is not False:
             (tmp_path / name).write_text("" if data is None else json.dumps(data))
         assert storage.not_a_result("--out", str(tmp_path / name), f"{script}.json", keys) is None, name
+
+
+def test_bench_refuses_an_empty_out_dir_before_any_work(tmp_path, monkeypatch, capsys):
+    """Bug caught: `bench.py --quick --out_dir ''` (an unset variable) wrote its toy results over
+    img/bench_model.json, the README's figures, and then bench.json and bench.md: an empty value
+    fell back to img/. Now one line, exit 2, nothing run or written."""
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # (a regression writes here, not into the real img/)
+    monkeypatch.setattr(bench, "run_part", lambda *a, **k: pytest.fail("a part ran"))
+    for argv in (["--quick"], []):
+        with pytest.raises(SystemExit) as e:
+            bench.main([*argv, "--only", "sample", "--out_dir", ""])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1] == (
+            "bench.py: error: --out_dir is empty (an unset variable?); name a folder, e.g. --out_dir "
+            "bench-quick, or leave --out_dir out for its default")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_refuses_an_out_dir_holding_files_not_its_own(tmp_path, monkeypatch, capsys):
+    """Bug caught: `bench.py --quick --only sample --out_dir d` replaced the user's own d/bench.md
+    and d/bench.json (and would a d/bench_sample.json of theirs), exit 0. Now refused before any
+    work, exit 2, as each part refuses an --out that is not its earlier result; bench.py's own
+    earlier results (and empty files) are replaced as before."""
+    monkeypatch.setattr(bench, "run_part", lambda *a, **k: pytest.fail("a part ran"))
+    mine = {"bench.md": b"my notes\n", "bench.json": b'{"mine": 1}\n', "bench_sample.json": b"[1, 2]"}
+    for name, data in mine.items():
+        folder = tmp_path / name.replace(".", "-")
+        folder.mkdir()
+        (folder / name).write_bytes(data)
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--quick", "--only", "sample", "--out_dir", str(folder)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1] == (
+            f"bench.py: error: --out_dir {folder}: {name} there is not an earlier result of bench.py, and "
+            "the results would replace it; pick another --out_dir, or move it away")
+        assert [(p.name, p.read_bytes()) for p in folder.iterdir()] == [(name, data)]
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "bench.md").write_bytes(b"")  # (an empty file: mktemp's)
+    monkeypatch.setattr(bench, "run_part", lambda *a, **k: SAMPLE)
+    bench.main(["--only", "sample", "--out_dir", str(ours)])
+    bench.main(["--only", "sample", "--out_dir", str(ours)])  # (its own earlier bench.json and bench.md)
+    assert json.loads((ours / "bench.json").read_text())["sample"] == SAMPLE
+
+
+@pytest.mark.parametrize("script, argv, work", [
+    ("bench_model", ["--quick", "--no-hf"], "measure_batch"),
+    ("bench_sample", ["--quick", "--no-hf"], "build"),
+    ("bench_data", ["--data", __file__], "run_child"),
+    ("memory_model", ["--preset", "debug", "--batches", "2"], "measure"),
+    ("bench", ["--only", "sample"], "run_part"),
+])
+def test_an_out_folder_that_takes_no_file_is_one_line_before_the_work(script, argv, work, monkeypatch,
+                                                                      capsys):
+    """Bug caught: `bench_model.py --out /proc/x.json` (or /sys, a read-only disk) ran the whole
+    benchmark, minutes at the default sizes, and only then said "cannot write ...; pick another
+    --out" (bench_data.py, bench_sample.py, memory_model.py and bench.py's --out_dir likewise).
+    Now a file is made and removed in the folder first: one line, exit 1, before any work."""
+    import importlib
+
+    from errors import run_script
+    module = importlib.import_module(f"scripts.{script}")
+    monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail("the work began"))
+    out = ["--out_dir", "/proc"] if script == "bench" else ["--out", "/proc/x.json"]
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: module.main([*argv, *out]), f"{script}.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    fix = "pick another --out_dir" if script == "bench" else "pick another --out"
+    assert e.value.code == 1 and err[-1] == \
+        f"{script}.py: error: cannot write in the folder /proc: it takes no new files; {fix}", err
+
+
+def test_compile_batches_outside_batches_are_refused_when_nothing_compiles(tmp_path, monkeypatch, capsys):
+    """Bug caught: --compile_batches 5 with --batches 8 was checked only when compiling: without
+    --compile it was silently ignored. Now refused always, before any work."""
+    from scripts import bench_model
+    monkeypatch.setattr(bench_model, "measure_batch", lambda *a, **k: pytest.fail("the work began"))
+    with pytest.raises(SystemExit) as e:
+        bench_model.main(["--quick", "--no-hf", "--compile", "false", "--batches", "8",
+                          "--compile_batches", "5", "--out", str(tmp_path / "b.json")])
+    assert e.value.code == 2 and "--compile_batches 5: each must be one of --batches [8]" in \
+        capsys.readouterr().err

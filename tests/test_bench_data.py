@@ -143,3 +143,14 @@ def test_a_bad_option_is_the_only_line_printed(tmp_path, monkeypatch, capsys, ar
     captured = capsys.readouterr()
     said = captured.err + (e.value.code if isinstance(e.value.code, str) else "")  # (sys.exit("..."))
     assert captured.out == "" and len(said.splitlines()) == 1 and "error:" in said
+
+
+def test_an_empty_data_is_a_bad_setting(tmp_path, monkeypatch, capsys):
+    """Bug caught: `bench_data.py --data ''` (an unset variable) said "no such file ''", exit 1, where
+    the other scripts say an empty value is empty, exit 2 (a bad setting)."""
+    monkeypatch.setattr(bench_data, "run_child", lambda *a: pytest.fail("the work started"))
+    with pytest.raises(SystemExit) as e:
+        bench_data.main(["--data", "", "--out", str(tmp_path / "b.json")])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        ": error: --data is empty (an unset variable?); pass a text file, such as "
+        "train-lower.txt, or leave --data out for its default")

@@ -277,3 +277,24 @@ def test_the_table_compares_the_compiled_variant_where_it_ran(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[-4:] == ["ours/uncached", "same", "as", "cached"]
     assert lines[2].split() == ["1", "100", "300", "50", "6.00", "yes"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no-hf", "--variants", "hf"], "--variants hf with --no-hf leaves no variant to run; name another "
+                                      "variant, e.g. --variants cached"),  # (was an IndexError, late)
+    (["--ragged", "--variants", "hf"], "--variants hf with --ragged (our variants only) leaves no variant"),
+    (["--variants", "cached,cached"], "--variants: cached named twice; name each variant once"),
+    (["--variants", ""], "--variants is empty; name some of cached,compiled"),  # (was the default set)
+    (["--variants", ","], "--variants is empty"),
+])
+def test_variants_that_leave_nothing_or_repeat_are_refused_before_the_work(argv, message, tmp_path,
+                                                                            monkeypatch, capsys):
+    """Bug caught: --no-hf --variants hf built the model, then failed with an IndexError traceback
+    (compared_with's variants[0]); --variants cached,cached timed two identical columns;
+    --variants '' (an unset variable) silently meant the default set. Each is one line, exit 2."""
+    from scripts import bench_sample
+    monkeypatch.setattr(bench_sample, "build", lambda *a, **k: pytest.fail("the work began"))
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", *argv, "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and f": error: {message}" in err[-1], err

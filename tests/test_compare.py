@@ -496,3 +496,33 @@ def test_the_printed_command_line_is_the_one_run(tmp_path, corpus, monkeypatch, 
                       "--out", str(tmp_path / "img")])
     printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("=== moe"))
     assert "--plot ''" in printed and shlex.split(printed.split(": train.py ", 1)[1]) == seen[0]
+
+
+def test_a_signal_during_a_run_says_compare_cannot_go_on_from_it(tmp_path, corpus, monkeypatch, capsys):
+    """Bug caught: stopped by SIGTERM, train.py's line said `resume with --run compare-dense --out_dir DIR
+    --resume`, then compare.py's last line said a rerun starts the three runs again: the first hint
+    suggested something compare.py does not do (go on from a resumed run). compare.py's line now says
+    it cannot go on from its runs, that a rerun deletes their folders, and that train.py's --resume
+    trains a run on by itself."""
+    runs = tmp_path / "runs"
+
+    def stopped(argv):  # train.py stopped by the signal, its run folder kept with last.pt
+        run_dir = runs / argv[argv.index("--run") + 1]
+        run_dir.mkdir(parents=True)
+        (run_dir / "last.pt").write_bytes(b"")
+        print(f"stopped by a signal at step 3; checkpoints in {run_dir} (resume with "
+              f"{compare.train.resume_options(run_dir)})")
+        return {"step": 3, "best_val": None, "run_dir": str(run_dir), "finished": "signal"}
+    monkeypatch.setattr(compare.train, "main", stopped)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--preset", "debug", "--out_dir", str(runs), "--out", str(tmp_path / "img")])
+    got = capsys.readouterr()
+    assert "--resume" in got.out  # train.py's hint, as train.py gives it
+    last = got.err.strip().splitlines()[-1]
+    assert e.value.code == 130
+    assert last.startswith("compare.py: interrupted during the moe run; no comparison written, and "
+                           "compare.py cannot go on from its runs: a rerun starts the three again, deleting "
+                           "their folders")
+    assert "train.py --resume trains one on, by itself" in last
+    assert (runs / "compare-moe" / "last.pt").exists()  # (kept, as the line says, until a rerun)

@@ -3,6 +3,8 @@
 any number of layers. Run folders are written by hand
 (metrics.jsonl records as train.py writes them), so no model is trained here."""
 
+import errno
+import io
 import json
 import os
 import signal
@@ -219,6 +221,24 @@ def test_runs_are_compared_on_the_text_of_their_last_evaluation(tmp_path):
         "the runs were validated on different text (val_bytes: a 1169, b 807): their bits/byte do not "
         "compare; train them with the same --val_data and --eval_windows 0 (all of it)"]
     assert runlog.incomparable([a, (tmp_path / "c", [], [{"val_bytes": 1169}])]) == []
+
+
+def test_the_tokenizer_warning_says_which_runs_share_one(tmp_path):
+    """Bug caught: `plot_runs.py ck/t1 ck/t2 ck/t3`, t1 and t2 with byte-identical tokenizer.json files,
+    warned "the runs use different tokenizers (t1, t2, t3)": every run named, the odd one out not
+    told from the others. Now the runs are grouped by tokenizer."""
+    def run(name, vocab):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer.json").write_text(json.dumps({"model": {"vocab": vocab}}))
+        return tmp_path / name, [], []
+    t1, t2, t3, t4 = run("t1", {"a": 0}), run("t2", {"a": 0}), run("t3", {"b": 0}), run("t4", {"c": 0})
+    why = ("their training loss in nats/token and their tokens seen do not compare; compare validation "
+           "bits/byte")
+    assert runlog.incomparable([t1, t2, t3]) == [
+        f"the runs use 2 different tokenizers (one in t1, t2; another in t3): {why}"]
+    assert runlog.incomparable([t3, t1, t4, t2])[0].startswith(
+        "the runs use 3 different tokenizers (one in t3; another in t1, t2; another in t4): ")
+    assert runlog.incomparable([t1, t2]) == []
 
 
 def test_count_params_refuses_a_tiny_vocabulary_as_a_bad_setting(capsys):
@@ -469,3 +489,85 @@ def test_make_gpu_prep_runs_twice_and_says_when_the_shared_texts_are_missing(tmp
     copies = sorted((project / "gpu-data").iterdir())
     assert [c.read_text() for c in copies] == ["train-lower.txt\n", "valid-lower.txt\n"]
     assert all(c.stat().st_mode & 0o200 for c in copies)  # (replaceable by their owner)
+
+
+@pytest.mark.parametrize("script", ["export_hf.py", "count_params.py", "memory_model.py", "compare.py",
+                                    "sweep.py", "bench_model.py", "bench_sample.py"])
+def test_an_interrupt_while_a_script_imports_torch_is_one_line(tmp_path, script):
+    """Bug caught: Ctrl-C in the first seconds of these scripts (`import torch`, before errors was
+    imported and its hook installed) printed Python's traceback; now one line, a SIGINT's status, as
+    train.py and sample.py give."""
+    (tmp_path / "torch.py").write_text("raise KeyboardInterrupt  # Ctrl-C while torch imports\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert (done.returncode in (130, -signal.SIGINT), done.stderr) == (True, f"\n{script}: interrupted\n")
+
+
+class FullStream(io.StringIO):
+    """A stderr behind 2>/dev/full: every write fails."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("stderr", ["full", "closed"])
+def test_export_hf_warning_nowhere_to_go_leaves_the_export_and_stdout_alone(tmp_path, monkeypatch, capsys,
+                                                                           stderr):
+    """Bug caught: export_hf.py 2>/dev/full of a run without tokenizer.json exited 1 (its warning
+    could not be written) though the export was done; with stderr closed (2>&-, sys.stderr None) the
+    warning went to stdout (print's file=None). Now the warning is dropped, stderr put back after."""
+    calls = fake_checkpoint(monkeypatch, tmp_path, tokenizer=False)
+    with monkeypatch.context() as m:  # (undone before capsys is)
+        m.setattr(sys, "stderr", FullStream() if stderr == "full" else None)
+        export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")])
+        assert sys.stderr is None if stderr == "closed" else isinstance(sys.stderr, FullStream)
+    assert calls == [("export", str(tmp_path / "hf"), None, False)]
+    assert capsys.readouterr().out == f"exported {tmp_path / 'run' / 'last.pt'} -> {tmp_path / 'hf'}\n"
+
+
+def test_a_forced_export_replaces_a_sharded_resave_whole_and_keeps_other_files(tmp_path):
+    """Bug caught: export_hf.py --force over an export transformers saved again in shards left its
+    model-0000X-of-0000N.safetensors, model.safetensors.index.json and generation_config.json beside
+    the new model.safetensors (a loader could take the old shards' index). Now the old export goes
+    whole; a file of the user's (notes.txt) stays."""
+    from conftest import debug_args
+
+    import checkpoint
+    dest = tmp_path / "hf"
+    dest.mkdir()
+    shards = [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    for name in [*shards, "generation_config.json", "special_tokens_map.json", "config.json"]:
+        (dest / name).write_text("{}")
+    (dest / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shards[0],
+                                                                                  "b": shards[1]}}))
+    (dest / "notes.txt").write_text("mine")
+    (tmp_path / "outside.safetensors").write_text("not the export's")
+    (dest / "odd.safetensors").write_text("{}")  # listed in the index, named otherwise
+    index = json.loads((dest / "model.safetensors.index.json").read_text())
+    index["weight_map"].update({"c": "odd.safetensors", "d": "../outside.safetensors"})
+    (dest / "model.safetensors.index.json").write_text(json.dumps(index))
+    torch.manual_seed(0)
+    with pytest.raises(errors.CheckpointError, match="already holds a model"):
+        checkpoint.export_hf(model.Llama4(debug_args()), dest)
+    assert (dest / shards[0]).exists()  # refused without --force: all as it was
+    checkpoint.export_hf(model.Llama4(debug_args()), dest, replace=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert (tmp_path / "outside.safetensors").exists()  # (a path in the index is no file of the export's)
+    assert checkpoint.load_hf(dest).args.n_layers == debug_args().n_layers  # (the new weights load)
+
+
+def test_export_hf_import_of_a_run_folder_or_checkpoint_says_to_drop_import(tmp_path, capsys):
+    """Bug caught: `export_hf.py --import RUN_FOLDER` said "config.json is missing; is ... an exported HF
+    folder?", where the user meant the export; now it says so, as the reverse mistake does."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "model.json"):
+        (run / name).write_bytes(b"x")
+    for source, what in [(run, "a training run's folder (it holds last.pt)"),
+                         (run / "last.pt", "a checkpoint")]:
+        with pytest.raises(SystemExit) as e:
+            export_hf.main(["--import", str(source), str(tmp_path / "imp")])
+        assert e.value.code == 1 and capsys.readouterr().err == (
+            f"export_hf.py: error: {source} is {what}, not an HF folder; drop --import to export it "
+            "(--import makes a checkpoint of an HF folder)\n")
+    assert not (tmp_path / "imp").exists()

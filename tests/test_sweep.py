@@ -23,6 +23,21 @@ def corpus(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def toy_shared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shared")
+    write_stories(folder / "train-lower.txt")
+    write_stories(folder / "valid-lower.txt", n=20, seed=1)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def default_texts(toy_shared, monkeypatch):
+    """The default --data and --val_data (../shared's, checked before the first run) as toy texts, so
+    that a test that leaves them out does not need ../shared beside the clone."""
+    monkeypatch.setattr(sweep, "SHARED", toy_shared)
+
+
 def test_sweep_screens_confirms_reseeds_and_regularises(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"]})
     monkeypatch.setattr(sweep, "FOLLOWUPS", {"wd0.5": ["--weight_decay", "0.5"]})
@@ -101,13 +116,12 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
     with pytest.raises(SystemExit) as e:  # train.py refuses it: here, not at the first run
         sweep.main(["--out_dir", "", "--data", str(tmp_path / "no.txt")])
     assert e.value.code == 2 and "--out_dir: must name a folder, got ''" in capfd.readouterr().err
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(sweep.sources.DataError, match="^--data: no such file"):  # before train.py starts
         sweep.main(["--no_compile", "--no_variations", "--only", "tiny-2026-11",
                     "--data", str(tmp_path / "no.txt"), "--val_data", str(corpus / "valid.txt"),
                     "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
                     "--out", str(tmp_path / "img"), *TOY])
-    assert str(e.value.code).startswith("sweep.py: error: train.py failed for ")
-    assert "--data: no such file" in capfd.readouterr().err  # train.py's own line, above ours
+    assert not (tmp_path / "runs").exists()
 
 
 def test_an_empty_only_is_refused_not_the_whole_sweep(tmp_path, monkeypatch, capsys):
@@ -656,3 +670,54 @@ def test_the_readmes_sweep_may_keep_its_runs_and_cache_elsewhere(tmp_path, monke
     with pytest.raises(Started):
         sweep.main(["--no_compile", "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "c")])
     assert "they go to" not in capsys.readouterr().err
+
+
+def test_what_train_py_refuses_before_any_data_work_is_refused_before_the_first_run(corpus, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """Bug caught: --vocab_size 100 (too small a vocabulary), a checkpoint as --data and a --val_data
+    folder with no text started train.py, which refused them: train.py's error and sweep.py's "train.py
+    failed for ..." line, after --help promised a refusal before the first run (only config's option
+    checks were made, not runplan's settings checks nor the data paths'). Each is now one line, exit
+    status 2 for the setting, 1 for a file, before any run."""
+    from errors import run_script
+    monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
+    last = tmp_path / "run" / "last.pt"
+    last.parent.mkdir()
+    last.write_bytes(b"PK\x03\x04 a checkpoint")
+    (tmp_path / "no_text").mkdir()
+    data = ["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt")]
+    for extra, status, message in [
+            (["--vocab_size", "100"], 2,
+             "candidate tiny-2026-11: --vocab_size 100 is too small: a byte-level BPE needs at least 264"),
+            (["--data", str(last)], 1, f"--data: '{last}' is not .txt"),
+            (["--val_data", str(tmp_path / "no_text")], 1, f"--val_data: folder '{tmp_path / 'no_text'}' "
+                                                            "holds no .txt")]:
+        argv = ["--no_compile", "--no_variations", "--no_followups", "--only", "tiny-2026-11", *data, *extra,
+                "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache")]
+        with pytest.raises(SystemExit) as e:
+            run_script(lambda argv=argv: sweep.main(argv), "sweep.py")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (e.value.code, len(err)) == (status, 1), err
+        assert err[0].startswith(f"sweep.py: error: {message}"), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_setting_is_named_before_a_folder_of_runs_with_other_options(corpus, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Bug caught: --vocab_size 100 with an --out_dir holding finished runs of other options said the
+    folder "holds a run made with other train.py options ...; pick another --out_dir for these, or
+    delete it", pointing at deleting good runs when the mistake was the vocabulary size."""
+    from errors import run_script
+    argv = ["--no_compile", "--no_variations", "--no_followups", "--only", "tiny-2026-11", "--screen_minutes",
+            "0.01", "--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+            "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"), *TOY]
+    done = tmp_path / "runs" / "tiny-2026-11-0.01m-s1" / "sweep-result.json"  # a finished run, other options
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"name": "tiny-2026-11", "bits_per_byte": 2.0,
+                                "train_argv": ["--preset", "tiny", "--vocab_size", "300"]}))
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: sweep.main([*argv, "--vocab_size", "100"]), "sweep.py")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, err
+    assert err.startswith("sweep.py: error: candidate tiny-2026-11: --vocab_size 100 is too small"), err
+    assert done.exists()

@@ -962,7 +962,8 @@ def test_plot_runs_warns_when_the_curves_do_not_compare(tmp_path):
     assert warned == []  # a copy transformers saved again (a no-op post-processor) is the same tokenizer
     runlog.plot_runs([a, b, c], tmp_path / "abc.png", warn=warned.append)
     assert len(warned) == 2
-    assert "different tokenizers (a, b, c)" in warned[0] and "compare validation bits/byte" in warned[0]
+    assert "2 different tokenizers (one in a, b; another in c)" in warned[0]
+    assert "compare validation bits/byte" in warned[0]
     assert "different text (val_bytes: a 807, b 807, c 1169)" in warned[1]
 
 
