@@ -15,20 +15,20 @@ from scripts import sweep
 TOY = ["--vocab_size", "300", "--num_proc", "1"]  # passed to every run, after the candidate's own
 
 
+def toy_texts(folder, train: str, valid: str):
+    write_stories(folder / train)
+    write_stories(folder / valid, n=20, seed=1)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    write_stories(folder / "train.txt")
-    write_stories(folder / "valid.txt", n=20, seed=1)
-    return folder
+    return toy_texts(tmp_path_factory.mktemp("corpus"), "train.txt", "valid.txt")
 
 
 @pytest.fixture(scope="module")
 def toy_shared(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shared")
-    write_stories(folder / "train-lower.txt")
-    write_stories(folder / "valid-lower.txt", n=20, seed=1)
-    return folder
+    return toy_texts(tmp_path_factory.mktemp("shared"), "train-lower.txt", "valid-lower.txt")
 
 
 @pytest.fixture(autouse=True)
