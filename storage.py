@@ -11,6 +11,7 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
     os_error_in, refused_in    the OSError behind a wrapped failure; whether it is a write refused in a folder
     results_path(parser, ...)  where a script writes results: never over the README's figures by accident
+                               (results_file: one file, its folder checked to take it before the work)
     special_kind, not_an_image, not_a_file_to_write, not_a_result   what an output may not be written
                                over: a device or FIFO (atomic_write refuses it), a run's own file, a
                                folder, a file that is not an earlier result of the same benchmark
@@ -372,6 +373,15 @@ def results_path(parser, opts, figure: Path, ignore=(), extra=(), fallback=None)
     print(f"{parser.prog}: the results are not written to {figure}, which holds the README's run "
           f"(this one sets {flags.get(changed[0], changed[0])}); {instead}", file=sys.stderr)
     return fallback
+
+
+def results_file(parser, opts, figure: Path, **kw) -> Path | None:
+    """results_path for a script that writes one file, with its folder made and checked to take a
+    file before the work (a folder that takes none, /sys, was found after minutes of it)."""
+    out = results_path(parser, opts, figure, **kw)
+    if out is not None:
+        writable_folder(out.parent, "pick another --out")
+    return out
 
 
 def results_fix(results: Path, fallback) -> str:

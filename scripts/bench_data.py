@@ -200,9 +200,7 @@ def main(argv=None):
     if not os.path.isfile(opts.data):
         sys.exit(f"bench_data.py: error: no such file '{opts.data}'; pass --data FILE (../shared holds "
                  "train-lower.txt)")
-    out = storage.results_path(p, opts, ROOT / "img" / "bench_data.json")  # (after the errors: one line)
-    if out is not None:  # (before the work, not after it)
-        storage.writable_folder(out.parent, "pick another --out")
+    out = storage.results_file(p, opts, ROOT / "img" / "bench_data.json")  # (after the errors: one line)
 
     load = os.getloadavg()[0]  # the CPU may be shared: a busy core halves the parallel speed-up
     small, big, speed = measure(opts)

@@ -521,9 +521,7 @@ def main(argv=None):
     if not set(compile_batches) <= set(batches):  # (also when nothing compiles: it was ignored)
         p.error(f"--compile_batches {opts.compile_batches}: each must be one of --batches {batches}")
     figure = ROOT / "img" / ("bench_model_cuda.json" if cuda else "bench_model.json")
-    out = storage.results_path(p, opts, figure, ignore=("device",))
-    if out is not None:  # (before the work: a folder that takes no file was found after it)
-        storage.writable_folder(out.parent, "pick another --out")
+    out = storage.results_file(p, opts, figure, ignore=("device",))  # (before the work)
     variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])
 
     def variants_at(batch):  # compiling takes most of a GPU run's time: at the batches asked only

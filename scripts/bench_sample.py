@@ -270,9 +270,7 @@ def main(argv=None):
     if not cuda:
         torch.set_num_threads(2)
     figure = ROOT / "img" / ("bench_sample_cuda.json" if cuda else "bench_sample.json")
-    out = storage.results_path(opts.parser, opts.given, figure, ignore=("device",))
-    if out is not None:  # (before the work: a folder that takes no file was found after it)
-        storage.writable_folder(out.parent, "pick another --out")
+    out = storage.results_file(opts.parser, opts.given, figure, ignore=("device",))  # (before the work)
     model, hf = build(opts, device, dtype)
     name = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
     result = {"config": {"preset": opts.preset, "max_seq_len": opts.max_seq_len, "prompt": PROMPT,
