@@ -147,13 +147,14 @@ def test_hf_decodes_with_transformers_and_ragged_rows_are_cut(monkeypatch):
 
     import torch
 
+    import config
     import sample
     from scripts import bench_sample
 
     class FakeHF:
         def generate(self, prompts, **kwargs):
             return torch.cat([prompts, torch.full((prompts.shape[0], kwargs["max_new_tokens"]), 7)], 1)
-    model = SimpleNamespace(args=SimpleNamespace(pad_id=0))  # (hf: its pad id; ragged: generate's, faked)
+    model = SimpleNamespace(args=config.ModelArgs())  # (hf: its special ids; ragged: generate's, faked)
     prompts = torch.arange(48).reshape(3, 16)
     assert bench_sample.decode("hf", model, FakeHF(), prompts, 3) == [[7, 7, 7]] * 3
     rows = []
@@ -298,3 +299,27 @@ def test_variants_that_leave_nothing_or_repeat_are_refused_before_the_work(argv,
         main(["--quick", *argv, "--out", str(tmp_path / "x.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and f": error: {message}" in err[-1], err
+
+
+def test_transformers_masks_the_tokens_ours_never_draws(tmp_path):
+    """The hf variant disagreed with ours wherever greedy decoding's top token was one no training
+    target holds (sample.never_drawn): ours masks them, and transformers now too (suppress_tokens).
+    Here the final norm keeps one channel, and the output head reads it into <|image_start|> or
+    <|image_end|> alone: every other logit is 0, so masked the top is <|endoftext|> (id 0)."""
+    import torch
+    from transformers import Llama4ForCausalLM
+
+    import config
+    from checkpoint import export_hf
+    from model import Llama4
+    from scripts.bench_sample import decode
+
+    torch.manual_seed(0)
+    model = Llama4(config.ModelArgs(**config.PRESETS["debug"]["ModelArgs"])).eval()
+    with torch.no_grad():
+        model.norm.weight.zero_()[0] = 1.0
+        model.lm_head.weight.zero_()[[2, 3], 0] = torch.tensor([5.0, -5.0])
+    export_hf(model, tmp_path)
+    hf = Llama4ForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa", dtype=torch.float32).eval()
+    prompts = torch.tensor([[0, 11, 12, 13, 14], [0, 30, 31, 32, 33]])
+    assert decode("cached", model, hf, prompts, 6) == decode("hf", model, hf, prompts, 6) == [[0] * 6] * 2
