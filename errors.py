@@ -205,7 +205,8 @@ def signals_kept():
     tokenizing begins lands there: the run went on to train. Inside the block, what the SIGINT
     and SIGTERM handlers raise (SIGINT: KeyboardInterrupt; train.py's SIGTERM too) is recorded as it
     is raised; if it was lost, it is raised again at the next batch tokenized (data.py calls
-    raise_lost_signal there), or at the block's end, and Python's "Exception ignored" report of it
+    raise_lost_signal there), or at the block's end, or in place of an error that leaves the block
+    after it (one a cut download raised), and Python's "Exception ignored" report of it
     (sys.unraisablehook) is left out."""
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     kept = {s: h for s, h in old.items() if callable(h)}
@@ -227,6 +228,10 @@ def signals_kept():
     hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
+    except BaseException as e:
+        if _LOST and not isinstance(e, KeyboardInterrupt):  # (the user asked to stop: not exit 1)
+            raise _LOST[0] from None
+        raise
     finally:
         sys.unraisablehook = hook
         for s, h in kept.items():

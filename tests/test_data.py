@@ -893,6 +893,30 @@ def test_an_interrupt_lost_in_a_gc_callback_is_raised_again_without_a_report(cap
     assert ref() is None and "Exception ignored" not in capfd.readouterr().err
 
 
+def test_an_interrupt_lost_before_an_error_wins_over_it(capfd, monkeypatch):
+    """A Ctrl-C lost in a weakref callback as the Hub download began, which then failed: the run
+    ended with the download's error (exit 1), as if nobody had asked it to stop."""
+    import gc
+    import signal
+    import weakref
+
+    class Thing:
+        pass
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    with pytest.raises(KeyboardInterrupt) as e:
+        with errors.signals_kept():
+            thing = Thing()
+            ref = weakref.ref(thing, lambda r: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))
+            del thing
+            gc.collect()
+            raise DataError("cannot get 'roneneldan/TinyStories' from the Hugging Face Hub")
+    assert ref() is None and e.value.__suppress_context__
+    assert "Exception ignored" not in capfd.readouterr().err
+    with pytest.raises(DataError):  # an error with no interrupt lost before it is itself
+        with errors.signals_kept():
+            raise DataError("bad text")
+
+
 def test_interrupted_tokenization_leaves_nothing_and_is_rebuilt(tmp_path, corpus, monkeypatch):
     train_path, val_path, train_docs, _ = corpus
     kw = dict(data=str(train_path), val_data=str(val_path))
