@@ -10,8 +10,8 @@ after another. Generation stops at <|endoftext|>, after --max_new_tokens, or whe
 (max_seq_len) is full. A prompt too long to leave room for --max_new_tokens (up to half the
 context) is cut from the left, with a warning (its <|endoftext|> goes too). --image shows the
 vision stub a picture (the checkpoint must have it: --vision); an untrained vision tower makes the
-text meaningless. --prompt_file - reads the prompts from standard input. Ctrl-C prints what was
-generated so far (each sample of a batch, marked as interrupted) and exits with status 130. On CUDA
+text meaningless. --prompt_file - reads the prompts from standard input. Ctrl-C (or SIGTERM) prints
+what was generated so far (each sample of a batch, marked as interrupted) and exits with status 130. On CUDA
 the weights are bf16 and the decode step is compiled into a CUDA graph by default (--dtype,
 --compile); on CPU, fp32 and eager.
 
@@ -53,14 +53,18 @@ import codecs
 import errno
 import os
 import shlex
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from errors import UserError, first_line, quiet_stderr  # first: a Ctrl-C while torch imports is one line
+# errors before torch: a Ctrl-C while torch imports is one line (errors' sys.excepthook)
+from errors import UserError, first_line, quiet_stderr, take_signal
 from storage import signals_put_off
 
+if __name__ == "__main__":  # a SIGTERM (`timeout`, a scheduler) as a Ctrl-C: what was generated, one line
+    take_signal(signal.SIGTERM, signal.default_int_handler)
 # isort: split
 # torch's import is not safe to interrupt: its C code imports numpy and clears what that raised (the
 # whole story was told, exit 0), importlib's weakref callbacks drop it, its C++ aborts on it (134). So

@@ -1722,8 +1722,8 @@ class Finder:
     def find_spec(self, name, path=None, target=None):
         if name == "numpy":
             sys.meta_path.remove(self)
-            if how == "numpy":
-                os.kill(os.getpid(), signal.SIGINT)
+            if how in ("numpy", "sigterm"):
+                os.kill(os.getpid(), signal.SIGTERM if how == "sigterm" else signal.SIGINT)
                 time.sleep(0.5)
             else:
                 class Thing:
@@ -1741,7 +1741,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("how", ["numpy", "callback"])
+@pytest.mark.parametrize("how", ["numpy", "callback", "sigterm"])
 def test_a_ctrl_c_while_torch_imports_stops_sample(run_dir, how):
     """Bug caught: a Ctrl-C at the start of sample.py was sometimes ignored (about 1 in 10 between 0.1
     and 1.1 s): torch's import swallowed the KeyboardInterrupt (its C code imports numpy and clears the
@@ -1757,3 +1757,39 @@ def test_a_ctrl_c_while_torch_imports_stops_sample(run_dir, how):
                           timeout=120)
     assert done.returncode in (130, -signal.SIGINT), (done.returncode, done.stdout, done.stderr)
     assert done.stderr.strip() == "sample.py: interrupted" and done.stdout == ""
+
+
+# SIGTERM (as `timeout` sends) at the model's third forward: the prefill, then two decoding steps.
+SIGTERM_IN_DECODING = """
+import os, runpy, signal, sys, time
+import model
+calls, real = [], model.Llama4.forward
+
+def forward(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+    return real(self, *args, **kwargs)
+
+model.Llama4.forward = forward
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_sigterm_while_decoding_prints_what_was_generated(run_dir):
+    """Bug caught: SIGTERM (`timeout 60 python sample.py --num_samples 4`) killed sample.py as it
+    decoded: none of the batch's samples printed, no line, exit 143. Now as Ctrl-C: each sample as
+    far as it got, marked, one line, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(sample.__file__).parent
+    done = subprocess.run([sys.executable, "-c", SIGTERM_IN_DECODING, str(root / "sample.py"), "--ckpt",
+                           str(run_dir), "--prompt", "once", "--num_samples", "2", "--max_new_tokens", "40"],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode in (130, -signal.SIGINT), (done.returncode, done.stdout, done.stderr)
+    assert done.stderr.strip() == "sample.py: interrupted"
+    assert "sample 1 of 2 (interrupted)" in done.stdout and "sample 2 of 2 (interrupted)" in done.stdout
