@@ -575,6 +575,21 @@ def test_a_range_error_names_a_value_in_range_that_is_taken(cls, name, bad):
     assert getattr(cls(**{name: kind(typed)}), name) == kind(typed)
 
 
+@pytest.mark.parametrize("preset", list(config.PRESETS))
+def test_a_range_error_on_the_command_line_names_the_presets_value(preset, capsys):
+    """Bug caught: a range error named the class's default whatever the preset: --preset debug
+    --vocab_size 0 said "e.g. --vocab_size 32768 (the default)" where --help says 320, and with
+    --preset scout-17b-16e that fix (or --dim 512) was itself refused (token id 200008 outside it)."""
+    for name, bad in [(n, "0") for n in MODEL_AT_LEAST_1 + MODEL_POSITIVE + TRAIN_AT_LEAST_1] + \
+            [(n, "-1") for n in MODEL_NOT_NEGATIVE + TRAIN_NOT_NEGATIVE]:
+        with pytest.raises(SystemExit):
+            config.parse_args([ModelArgs, TrainArgs], ["--preset", preset, f"--{name}", bad], prog="t")
+        said = re.search(rf"e\.g\. --{name} (\S+) \(the default\)$", capsys.readouterr().err.strip())
+        _, (m, t) = config.parse_args([ModelArgs, TrainArgs], ["--preset", preset, f"--{name}", said[1]])
+        want = getattr(config.preset(preset, ModelArgs if hasattr(m, name) else TrainArgs), name)
+        assert getattr(m if hasattr(m, name) else t, name) == want, (name, said[1])
+
+
 @pytest.mark.parametrize("name", MODEL_AT_LEAST_1)
 def test_every_model_count_is_refused_at_0_and_at_2_to_the_31(name):
     """A model count left out of the range check (--moe_every 0 divided by zero in is_moe_layer), or
