@@ -18,6 +18,8 @@ they go to a temporary folder, deleted at the end, unless --out_dir says where.
 The files it writes in --out_dir (bench.json, bench.md, each part's JSON) must be new, empty or
 an earlier result of theirs, and the folder must take a new file: else one line before any work,
 as for each part's --out (a user's own bench.md was replaced; /sys failed after the parts ran).
+The JSON of a part not run, read back for bench.md, must be an earlier result too (an empty one
+is no table).
 """
 
 import argparse
@@ -209,23 +211,33 @@ def main(argv=None):
 def not_ours(out_dir: Path, only: list[str]) -> str | None:
     """Why bench.py may not write in out_dir, or None, said before any work: bench.json, bench.md or
     a part's JSON there that is not an earlier result of theirs (a user's own notes were replaced).
-    Empty files and new names are fine, as for each part's --out (storage.not_a_result)."""
+    Empty files and new names are fine, as for each part's --out (storage.not_a_result). The JSON of
+    a part not run is read back for bench.md: one there that is not a result (a traceback after the
+    parts ran) is refused too; an empty one is left out, as a missing one is."""
     import importlib
     keys = {f"bench_{name}.json": importlib.import_module(f"scripts.{PARTS[name][:-3]}").RESULT_KEYS
-            for name in only}
-    theirs = [name for name, k in {"bench.json": ("machine",), **keys}.items()
+            for name in PARTS}
+    wrote = {"bench.json": ("machine",), **{n: k for n, k in keys.items() if n[6:-5] in only}}
+    theirs = [name for name, k in wrote.items()
               if storage.not_a_result("--out_dir", str(out_dir / name), name, k)]
+    read = [name for name, k in keys.items() if name not in wrote
+            and storage.not_a_result("--out_dir", str(out_dir / name), name, k)]
     md = out_dir / "bench.md"
     try:
         if md.exists() and md.stat().st_size and not md.read_bytes().startswith(b"Machine: "):
             theirs.append(md.name)  # (ours begins with the machine line: see markdown())
     except OSError:  # (unreadable: its write fails later, in a line of its own)
         pass
-    if not theirs:
+    if not theirs and not read:
         return None
-    is_, it = ("is not an earlier result", "it") if len(theirs) == 1 else ("are not earlier results", "them")
-    return (f"--out_dir {out_dir}: {' and '.join(theirs)} there {is_} of bench.py, and the results would "
-            f"replace {it}; pick another --out_dir, or move {it} away")
+    said = []
+    for names, what in ((theirs, "the results would replace {}"), (read, "bench.md would read {} back")):
+        if names:
+            is_, it = ("is not an earlier result", "it") if len(names) == 1 else \
+                ("are not earlier results", "them")
+            said.append(f"{' and '.join(names)} there {is_} of bench.py, and {what.format(it)}")
+    it = "it" if len(theirs + read) == 1 else "them"
+    return f"--out_dir {out_dir}: {'; '.join(said)}; pick another --out_dir, or move {it} away"
 
 
 def run(opts, only: list[str], machine: dict, out_dir: Path) -> None:
@@ -237,7 +249,7 @@ def run(opts, only: list[str], machine: dict, out_dir: Path) -> None:
         saved = out_dir / f"bench_{name}.json"
         if name in only:
             results[name] = run_part(name, out_dir, QUICK[name] if opts.quick else [])
-        elif saved.exists():
+        elif saved.exists() and saved.stat().st_size:  # (empty: none, as not_ours lets it be)
             results[name] = json.loads(saved.read_bytes())
     machine["parts_run"] = only
     storage.save_json(out_dir / "bench.json", {"machine": machine, **results}, FIX, sort_keys=False)

@@ -971,6 +971,25 @@ def test_bench_refuses_an_out_dir_holding_files_not_its_own(tmp_path, monkeypatc
     assert json.loads((ours / "bench.json").read_text())["sample"] == SAMPLE
 
 
+def test_bench_refuses_a_part_to_read_back_that_is_no_result_and_skips_an_empty_one(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Bug caught: `bench.py --only data --out_dir d` read back d/bench_model.json for bench.md:
+    an empty one (which the parts run may hold) was a JSONDecodeError traceback, and a file of the
+    user's a KeyError in bench.md, after the parts ran. Now a non-result is one line before any
+    work, exit 2, and an empty file is no table, as a missing one."""
+    monkeypatch.setattr(bench, "run_part", lambda *a, **k: pytest.fail("a part ran"))
+    (tmp_path / "bench_model.json").write_text('{"mine": 1}')
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "sample", "--out_dir", str(tmp_path)])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"bench.py: error: --out_dir {tmp_path}: bench_model.json there is not an earlier result of "
+        "bench.py, and bench.md would read it back; pick another --out_dir, or move it away")
+    (tmp_path / "bench_model.json").write_text("")
+    monkeypatch.setattr(bench, "run_part", lambda *a, **k: SAMPLE)
+    bench.main(["--only", "sample", "--out_dir", str(tmp_path)])
+    assert "model" not in json.loads((tmp_path / "bench.json").read_text())
+
+
 @pytest.mark.parametrize("script, argv, work", [
     ("bench_model", ["--quick", "--no-hf"], "measure_batch"),
     ("bench_sample", ["--quick", "--no-hf"], "build"),
