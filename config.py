@@ -51,15 +51,16 @@ def _in_range(obj, name, ok, rule):
     (parse_args puts the preset's in: --preset debug --vocab_size 0 named the class's 32768)."""
     if not ok:
         value = getattr(obj, name)
-        e = ConfigError(_range_error(name, value, rule, next(f.default for f in dataclasses.fields(obj)
+        e = ConfigError(range_error(name, value, rule, next(f.default for f in dataclasses.fields(obj)
                                                              if f.name == name)))
         e.out_of_range = name, value, rule
         raise e
 
 
-def _range_error(name, value, rule, default) -> str:
-    default = default if isinstance(default, int) else f"{default:g}"
-    return f"--{name}: must be {rule}, got {value}; e.g. --{name} {default} (the default)"
+def range_error(name, value, rule, fix, whose: str = "the default") -> str:
+    """A range check's message: --name must be rule, got value; e.g. --name fix (whose value it is)."""
+    fix = fix if isinstance(fix, int) else f"{fix:g}"
+    return f"--{name}: must be {rule}, got {value}; e.g. --{name} {fix} ({whose})"
 
 
 def _check_utf8(name, text, fix):
@@ -973,7 +974,7 @@ def parse_args(classes, argv=None, prog=None, description=None, checked_later=No
             if not (checked_later and checked_later(ns)):
                 if hasattr(e, "out_of_range"):  # (the fix: the preset's value, as --help shows it)
                     bad, value, rule = e.out_of_range
-                    e = _range_error(bad, value, rule, defaults[cls.__name__][bad])
+                    e = range_error(bad, value, rule, defaults[cls.__name__][bad])
                 parser.error(str(e))
             unchecked = object.__new__(cls)  # (the fields, without __post_init__'s checks)
             unchecked.__dict__.update(values)

@@ -105,7 +105,13 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
         keep["wandb_project"] = TrainArgs.wandb_project  # W&B run never started, nor will one under it)
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
-    return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
+    try:
+        return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
+    except ConfigError as e:  # a typed value out of range: the fix is the run's own (not the class's)
+        name, value, rule = getattr(e, "out_of_range", (None,) * 3)
+        if name not in given or name not in saved_train:
+            raise
+        raise ConfigError(config.range_error(name, value, rule, saved_train[name], "the run's")) from None
 
 
 def check_model_typed(saved: ModelArgs, model_args: ModelArgs, typed, fix: str) -> None:

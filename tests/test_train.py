@@ -339,6 +339,9 @@ def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, 
     with pytest.raises(SystemExit) as e:  # what is wrong with the merged settings is still refused
         train.main(["--run", "r", "--out_dir", str(ckpt), "--resume", "--max_steps", "4", "--min_lr", "1e-3"])
     assert e.value.code == 2 and "--min_lr: 0.001 is above --lr 1e-05" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # Bug caught: the fix named was the class's 0.0006 "(the default)"
+        train.main(["--run", "r", "--out_dir", str(ckpt), "--resume", "--lr", "-1"])
+    assert e.value.code == 2 and capsys.readouterr().err.endswith("e.g. --lr 1e-05 (the run's)\n")
     with pytest.raises(SystemExit) as e:  # a --run that is not a plain name is named first, as ever
         train.main(["--run", "../r", "--out_dir", str(ckpt), "--resume", "--lr", "1e-5"])
     assert e.value.code == 2 and "--run: '../r' is not a plain name" in capsys.readouterr().err
