@@ -461,6 +461,11 @@ def test_make_refuses_a_venv_of_a_python_older_than_3_11_with_the_way_out(tmp_pa
         "make: .venv has Python 3.10.13, and this project needs Python 3.11 or later; make clean-venv, then "
         "make PYTHON=python3.11 (or another 3.11+)")
     assert not (tmp_path / "ran").exists()  # (pip never ran)
+    fake.unlink()
+    fake.symlink_to(tmp_path / "gone")  # Bug caught: the shell's "not found" line inside make's
+    r = make(".venv/.runtime", tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines()[0].startswith(
+        "make: .venv has a python that does not run, and this project needs Python 3.11 or later;")
 
 
 def test_make_gpu_prep_runs_twice_and_says_when_the_shared_texts_are_missing(tmp_path):
