@@ -504,10 +504,11 @@ def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
         cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path, exact=False).hash
         tokenizer_json = with_story_start(Path(tokenizer_path).read_bytes(), model.args.eos_id)
         storage.atomic_write(out / "tokenizer.json", tokenizer_json, fix)
-        storage.save_json(out / "tokenizer_config.json", {
+        storage.save_json(out / "tokenizer_config.json", {  # (left padding: a padded batch generates)
             "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
             "bos_token": SPECIAL_TOKENS["eos_id"], "pad_token": SPECIAL_TOKENS["pad_id"],
-            "model_max_length": model.args.max_seq_len, "clean_up_tokenization_spaces": False}, fix)
+            "padding_side": "left", "model_max_length": model.args.max_seq_len,
+            "clean_up_tokenization_spaces": False}, fix)
     weights = save(hf_state_dict(model), metadata={"format": "pt"})
     storage.atomic_write(out / "model.safetensors", weights, fix)
     storage.save_json(out / "config.json", cfg, fix, sort_keys=False)

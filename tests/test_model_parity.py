@@ -245,6 +245,31 @@ def test_an_exported_tokenizer_decodes_in_transformers_as_ours_does(tmp_path):
     assert settings["clean_up_tokenization_spaces"] is False
 
 
+def test_an_exported_tokenizer_pads_a_batch_for_generate(tmp_path):
+    """Bug caught: the exported tokenizer padded on the right, so transformers' generate on
+    tokenizer(["a long prompt", "short"], padding=True) continued the short row after its padding
+    (a warning, and another story than the row alone gives)."""
+    from conftest import WORDS
+    from transformers import AutoTokenizer
+
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train([" ".join(WORDS)] * 50, V)
+    tok.save(tmp_path / "tokenizer.json")
+    model = build()
+    checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "tokenizer.json")
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf = Llama4ForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    texts = ["the cat sat on a mat", "a dog"]
+    batch = hf_tok(texts, padding=True, return_tensors="pt")
+    assert hf_tok.padding_side == "left" and batch["attention_mask"][1, 0] == 0
+    with torch.no_grad():
+        rows = hf.generate(**batch, max_new_tokens=6, do_sample=False)
+        for row, mask, text in zip(rows, batch["attention_mask"], texts, strict=True):
+            alone = hf.generate(**hf_tok(text, return_tensors="pt"), max_new_tokens=6, do_sample=False)[0]
+            start = int((mask == 0).sum())  # (the row's left padding)
+            assert torch.equal(row[start:start + len(alone)], alone)
+
+
 def test_an_hf_folder_without_its_weights_is_named_so(tmp_path):
     """Catches load_hf reading a folder whose model.safetensors is gone: "is missing", not "corrupt"."""
     checkpoint.export_hf(build(), tmp_path)
