@@ -684,6 +684,10 @@ def test_eval_only_prints_one_json_line_and_logs_on_stderr(tmp_path, corpus, cac
     was not JSON), or the log lost."""
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))  # the debug preset warms up for 2
     assert "warning: --warmup_steps 2 is not below --max_steps 2" in capsys.readouterr().out
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])  # (its end: nothing to do)
+    assert "warmup" not in capsys.readouterr().out  # Bug caught: said again at every resume, as is
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "2"])
+    assert "warning: --warmup_steps 2 is not below --max_steps 2" in capsys.readouterr().out  # typed: said
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus),
                 "--cache_dir", str(cache), "--eval_windows", "0", "--lr", "1"])
     out, err = capsys.readouterr()
