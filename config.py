@@ -654,7 +654,8 @@ OTHER_SPELLING = {("sample.py", "--run"): "name the run's folder: --ckpt checkpo
                   ("sample.py", "--resume"): "name a run's folder or checkpoint with --ckpt",
                   ("sample.py", "--out_dir"): "name a run's folder or checkpoint with --ckpt",
                   ("sample.py", "--preset"): "a checkpoint carries its model's settings",
-                  ("train.py", "--ckpt"): "name a checkpoint to resume with --resume PATH"}
+                  ("train.py", "--ckpt"): "name a checkpoint with --resume PATH, and add --eval_only "
+                                         "to evaluate it"}
 
 
 def other_scripts_option(option: str, prog: str, options=()) -> str | None:

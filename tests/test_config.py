@@ -147,8 +147,8 @@ BAD = [
      "; see"),
     # an option of sample.py's: whose it is (--ckpt was "did you mean --plot?"), and train.py's spelling
     (["--num_samples", "3"], "unknown option --num_samples (sample.py's option, not train.py's); see"),
-    (["--ckpt", "c"], "--ckpt (sample.py's option, not train.py's; name a checkpoint to resume with "
-                      "--resume PATH)"),
+    (["--ckpt", "c"], "--ckpt (sample.py's option, not train.py's; name a checkpoint with --resume PATH, "
+                      "and add --eval_only to evaluate it)"),  # (it was said for resuming alone)
     (["-num-samples", "3"], "-num-samples (sample.py's option, not train.py's)"),  # (however spelt)
     # the fallback's head counts are ones n_kv_heads=2 divides none of: say so, or each fails next
     (["--dim", "130"], "pick --n_heads 1, 5, 13 or 65, each with --n_kv_heads 1 or another divisor of it "
