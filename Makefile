@@ -23,10 +23,10 @@ lint: $(VENV)/.dev
 # (a .venv made by another Python is kept: one older than 3.11 is refused at once, with the way out)
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "make: $(VENV) has" \
-		"$$($(BIN)/python -V 2>/dev/null || echo 'a python that does not run'), and this project" \
-		"needs Python 3.11 or later; make clean-venv, then make PYTHON=python3.11 (or another 3.11+)" >&2; \
-		exit 1; }
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "make: $(VENV) has $$($(BIN)/python -V 2>/dev/null || echo 'a python that does not run')," \
+		"and this project needs Python 3.11 or later; make clean-venv, then make PYTHON=python3.11" \
+		"(or another 3.11+)" >&2; exit 1; }
 	$(BIN)/pip install -r requirements.txt -c constraints.txt
 	touch $@
 
