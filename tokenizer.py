@@ -179,6 +179,9 @@ class Tokenizer:
             if text is not None and not _has_model(text):  # (the Rust parser's message then misleads:
                 why = 'JSON, but not a tokenizer: it has no "model"'  # `expected , or }` on {"a": 1})
             raise DataError(f"cannot read the tokenizer '{path}' ({why}); {fix}") from None
+        missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
+        if missing:  # (an HF folder's own, imported with its weights: the caller's advice, not --tokenizer's)
+            raise DataError(f"{path} has no {missing[0]} token (not a tokenizer this project writes); {fix}")
         loaded = cls(tok, exact=False)
         if exact and not loaded.gives_back_text():
             raise DataError(f"{path}: {NOT_EXACT}, which training and evaluation refuse (earlier versions of "

@@ -15,7 +15,8 @@ or a checkpoint already at the destination is replaced only with --force (a run'
 its optimizer state); an export is replaced whole (shards, index and generation_config.json of a
 re-save by transformers too), the folder's other files left. --import also takes Llama 4 folders
 this project did not write (special-token ids come from their config; weights in one file or in
-shards); a run folder or checkpoint given to --import is said to want no --import. An export is
+shards; a tokenizer without this project's special tokens, which sample.py and train.py refuse,
+is a warning); a run folder or checkpoint given to --import is said to want no --import. An export is
 written into a hidden .tmp-export-* folder in the destination, then renamed into place with Ctrl-C
 and SIGTERM put off: an interrupt or a full disk leaves the folder as it was or the whole new
 export, never a mix. Ctrl-C while torch imports is one line (errors is imported first, as in the
@@ -70,6 +71,8 @@ def export_or_import(argv=None):
                         f"tokenizer.json beside it, in {dest.parent}")
                 print(f"export_hf.py: warning: {theirs} is missing: the checkpoint got no tokenizer; {what}",
                       file=sys.stderr)
+            else:  # (said now, not when sample.py or train.py refuse it)
+                foreign_tokenizer(beside)
             print(f"imported {args.source} -> {dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)
@@ -97,6 +100,16 @@ def export_or_import(argv=None):
         sys.exit(130)
     finally:
         restore_sigterm()
+
+
+def foreign_tokenizer(path: Path) -> None:
+    """Warn when an import's tokenizer is not one this project reads (an HF folder's own, without
+    <|endoftext|> and the other special tokens): its weights are imported all the same."""
+    try:
+        Tokenizer.load(path, exact=False, fix="the weights are imported, but sample.py, train.py --eval_only "
+                       "and --init_from take only this project's tokenizers")
+    except UserError as e:
+        print(f"export_hf.py: warning: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -119,9 +119,9 @@ def test_import_gives_back_the_same_model(tmp_path):
     assert back.args.top_k == 2 and back.args.n_experts == 4
 
 
-def test_import_of_a_folder_written_by_transformers(tmp_path):
-    """A Llama 4 folder this project did not write: Meta-style special ids (eos 2, no pad), written
-    by transformers itself. It imports, with the folder's ids, and gives transformers' logits."""
+def save_theirs(folder):
+    """A Llama 4 folder this project did not write: Meta-style special ids (eos 2, no pad), saved by
+    transformers itself in shards, as released folders are. Returns the transformers model."""
     from transformers import Llama4TextConfig
     cfg = Llama4TextConfig(vocab_size=V, hidden_size=64, intermediate_size=32, intermediate_size_mlp=64,
                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -132,7 +132,14 @@ def test_import_of_a_folder_written_by_transformers(tmp_path):
     with torch.no_grad():
         for p in theirs.parameters():
             p.normal_(0, 0.1)
-    theirs.save_pretrained(tmp_path, max_shard_size="100KB")  # in shards, as released folders are
+    theirs.save_pretrained(folder, max_shard_size="100KB")
+    return theirs
+
+
+def test_import_of_a_folder_written_by_transformers(tmp_path):
+    """A Llama 4 folder this project did not write: it imports, with the folder's ids, and gives
+    transformers' logits."""
+    theirs = save_theirs(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 2
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
     assert not (tmp_path / "model.safetensors").exists()
@@ -143,6 +150,38 @@ def test_import_of_a_folder_written_by_transformers(tmp_path):
     with torch.no_grad():
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
 
+
+
+def test_import_with_a_tokenizer_of_another_kind_says_so_and_sampling_names_the_file(tmp_path, capsys):
+    """Bug caught: an HF folder whose tokenizer.json lacks this project's special tokens (its own,
+    as Meta's) imported silently; sample.py, train.py --init_from and the export then refused it with
+    "the tokenizer has no <|endoftext|> token; leave --tokenizer empty to train one", naming no file
+    and giving advice none of them takes. The import now warns (one line) and keeps the weights; each
+    refusal names the file and gives its caller's advice."""
+    import tokenizers
+
+    import errors
+    import sample
+    from scripts import export_hf
+    from tokenizer import Tokenizer
+    save_theirs(tmp_path / "hf")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.add_special_tokens(["<|begin_of_text|>", "<|x|>", "<|eot|>"])
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    capsys.readouterr()  # (transformers' progress bar)
+    export_hf.main(["--import", str(tmp_path / "hf"), str(tmp_path / "ck")])
+    out, err = capsys.readouterr()
+    beside = tmp_path / "ck" / "tokenizer.json"
+    assert out == f"imported {tmp_path / 'hf'} -> {tmp_path / 'ck' / 'last.pt'}\n"
+    assert err == (f"export_hf.py: warning: {beside} has no <|endoftext|> token (not a tokenizer this "
+                   "project writes); the weights are imported, but sample.py, train.py --eval_only and "
+                   "--init_from take only this project's tokenizers\n")
+    assert checkpoint.load_model(tmp_path / "ck" / "last.pt")[0].args.eos_id == 2
+    refused = rf"^{beside} has no <\|endoftext\|> token .*; put back the run"
+    with pytest.raises(sample.SampleError, match=refused):
+        sample.load(sample.SampleArgs(ckpt=str(tmp_path / "ck")), "cpu")
+    with pytest.raises(errors.DataError, match="; pass a tokenizer.json written by this project$"):
+        Tokenizer.load(beside)  # (--tokenizer's advice by default)
 
 
 def test_import_of_a_folder_in_the_pre_v5_rope_layout(tmp_path):
