@@ -198,6 +198,14 @@ class ModelArgs:
     def uses_rope(self, i: int) -> bool:
         return (i + 1) % self.nope_every != 0
 
+    @property
+    def never_drawn(self) -> list[int]:
+        """The special tokens no training target holds: all but <|endoftext|> (padding, and the image
+        layout's, which only a prompt places). Their logits are what initialisation left, so an
+        undertrained model would draw them, as "<|patch|>" in its story: sample.py never does, and
+        an export's generation_config.json has transformers' generate suppress them too."""
+        return sorted({getattr(self, name) for name in SPECIAL_TOKENS} - {self.eos_id})
+
     def __post_init__(self):
         _check_choices(self)
         for name in ["vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "expert_dim",

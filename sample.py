@@ -44,7 +44,7 @@ How this departs from the obvious version:
   (storage.signals_put_off), about a second. Prompt text may not hold image tokens (--image adds
   the image).
 - The special tokens other than <|endoftext|> (padding, the image layout's) are never drawn: no
-  training target holds them, so their logits are what initialisation left (never_drawn).
+  training target holds them, so their logits are what initialisation left (ModelArgs.never_drawn).
 - Prompts are encoded as training encodes a story (Tokenizer.encode_docs): "<|endoftext|>" typed
   in a prompt is text, as inside a story of the training text, not a story break.
 """
@@ -129,13 +129,6 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
-
-
-def never_drawn(args: config.ModelArgs) -> list[int]:
-    """The special tokens no training target holds: all but <|endoftext|> (padding, and the image
-    layout's, which only a prompt places). Their logits are what initialisation left, so an
-    undertrained model would draw them, as "<|patch|>" in its story: generate() never does."""
-    return sorted({getattr(args, name) for name in config.SPECIAL_TOKENS} - {args.eos_id})
 
 
 MIN_TEMPERATURE = 1e-6
@@ -309,7 +302,7 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
              top_p=1.0, greedy=False, seed=0, use_cache=True, compile: bool | str = False, images=None,
              on_token=None, stop_at_eos=True) -> list[list[int]]:
     """Continue each prompt (token ids); returns the new tokens of each row, <|endoftext|> excluded,
-    and never one of the special tokens no training target holds (never_drawn).
+    and never one of the special tokens no training target holds (ModelArgs.never_drawn).
 
     The loop keeps its state on the device (the new tokens, a `done` mask) and reads it on the
     host once every CHECK_EVERY tokens and at the end: to stop when every row has ended, and for
@@ -341,7 +334,7 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     eos = args.eos_id if stop_at_eos else -1
     generators = [torch.Generator(device=device).manual_seed(seed + i) for i in range(B)]
     never = torch.zeros(args.vocab_size, dtype=torch.bool)
-    never[never_drawn(args)] = True
+    never[args.never_drawn] = True
     never = never.to(device)  # (V,): masked in every row's logits
     sparse_is_sync_free = grouped_mm_supported(next(model.parameters()), (args.dim, args.expert_dim))
     with moe_reference_path(model, enabled=compile and use_cache and not sparse_is_sync_free):

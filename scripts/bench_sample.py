@@ -17,7 +17,7 @@ Same random weights, same prompts, greedy, variants interleaved, medians reporte
   hf          transformers' Llama4ForCausalLM.generate on the exported folder (its own cache)
 End-of-text neither stops nor is banned in any of them (transformers gets eos_token_id=None, not
 min_new_tokens, which would mask it), so every variant makes exactly --new_tokens tokens per row;
-the special tokens no training target holds are masked in all of them (sample.never_drawn;
+the special tokens no training target holds are masked in all of them (ModelArgs.never_drawn;
 transformers' suppress_tokens).
 Each variant first runs --warmup times untimed (the compiled one at least once: compiling and
 recording the CUDA graph happen there; `cudagraph_skips` counts the CUDA graphs Inductor skipped
@@ -64,7 +64,7 @@ def decode(variant, model, hf, prompts, new_tokens, ragged=False) -> list[list[i
     if variant == "hf":
         out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
                           do_sample=False, eos_token_id=None, pad_token_id=model.args.pad_id,
-                          suppress_tokens=sample.never_drawn(model.args))  # (as ours)
+                          suppress_tokens=model.args.never_drawn)  # (as ours)
         return out[:, prompts.shape[1]:].tolist()
     rows = [r[i % 8:] if ragged else r for i, r in enumerate(prompts.tolist())]
     compile = {"compiled": True, "compiled-nograph": "default"}.get(variant, False)

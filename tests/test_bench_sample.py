@@ -303,7 +303,7 @@ def test_variants_that_leave_nothing_or_repeat_are_refused_before_the_work(argv,
 
 def test_transformers_masks_the_tokens_ours_never_draws(tmp_path):
     """The hf variant disagreed with ours wherever greedy decoding's top token was one no training
-    target holds (sample.never_drawn): ours masks them, and transformers now too (suppress_tokens).
+    target holds (ModelArgs.never_drawn): ours masks them, and transformers now too (suppress_tokens).
     Here the final norm keeps one channel, and the output head reads it into <|image_start|> or
     <|image_end|> alone: every other logit is 0, so masked the top is <|endoftext|> (id 0)."""
     import torch

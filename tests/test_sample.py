@@ -97,7 +97,7 @@ def test_the_special_tokens_no_target_holds_are_never_drawn(use_cache):
     draws without the mask take several of the 7."""
     model = small_model()
     torch.nn.init.zeros_(model.norm.weight)
-    banned = sample.never_drawn(model.args)
+    banned = model.args.never_drawn
     assert banned == list(range(1, 8))  # (all but <|endoftext|>, id 0, which ends a story)
     rows = sample.generate(model, PROMPTS, 50, seed=1, stop_at_eos=False, use_cache=use_cache)
     drawn = [t for r in rows for t in r]
