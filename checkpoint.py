@@ -359,16 +359,18 @@ def hf_state_dict(model: Llama4) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "model.safetensors", "config.json")
+EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "model.safetensors", "generation_config.json",
+                "config.json")
 
 
 def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False) -> Path:
-    """Write config.json, model.safetensors and (given a tokenizer.json) the tokenizer files, with
-    the tokenizer's sha256 in config.json ("tokenizer_sha256", which loading checks). A folder that
+    """Write config.json, generation_config.json, model.safetensors and (given a tokenizer.json) the
+    tokenizer files, with the tokenizer's sha256 in config.json ("tokenizer_sha256", which loading
+    checks). A folder that
     already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`;
     a training run's folder always is (an export there mixed HF files into the run's). The export it
-    replaces goes whole: its shards, index and generation_config.json too (a re-save by transformers),
-    not the folder's other files.
+    replaces goes whole: its shards and index too (a re-save by transformers), not the folder's other
+    files.
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
@@ -396,7 +398,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     except OSError as e:
         raise storage.write_error(out / "model.safetensors", e, fix) from None
     wrote = set(EXPORT_FILES) if tokenizer_path is not None and Path(tokenizer_path).exists() else \
-        {"model.safetensors", "config.json"}
+        set(EXPORT_FILES) - {"tokenizer.json", "tokenizer_config.json"}
     try:
         try:
             _write_export(model, stage, tokenizer_path, fix)
@@ -423,10 +425,10 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
 
 def _other_export_files(out: Path) -> list[Path]:
     """The files of an export in `out` that ours do not hold, and so would not replace: what
-    transformers' save_pretrained adds (generation_config.json, special_tokens_map.json) and its
-    weights in shards (model.safetensors.index.json, the model-*-of-*.safetensors it lists)."""
+    transformers' save_pretrained adds (special_tokens_map.json) and its weights in shards
+    (model.safetensors.index.json, the model-*-of-*.safetensors it lists)."""
     index = out / "model.safetensors.index.json"
-    names = {"generation_config.json", "special_tokens_map.json", index.name}
+    names = {"special_tokens_map.json", index.name}
     names |= {p.name for p in out.glob("model-*-of-*.safetensors")}
     try:
         listed = json.loads(index.read_bytes())["weight_map"].values()
@@ -511,7 +513,16 @@ def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
             "clean_up_tokenization_spaces": False}, fix)
     weights = save(hf_state_dict(model), metadata={"format": "pt"})
     storage.atomic_write(out / "model.safetensors", weights, fix)
+    storage.save_json(out / "generation_config.json", hf_generation_config(model.args), fix, sort_keys=False)
     storage.save_json(out / "config.json", cfg, fix, sort_keys=False)
+
+
+def hf_generation_config(model_args: ModelArgs) -> dict:
+    """generation_config.json: transformers' generate as sample.py decodes, stopping at <|endoftext|>
+    and never drawing the special tokens no training target holds (ModelArgs.never_drawn; without it
+    an undertrained model's story took "<|patch|>" there, not in sample.py)."""
+    return {"bos_token_id": model_args.eos_id, "eos_token_id": model_args.eos_id,
+            "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn}
 
 
 def _free_special_ids(values: dict, text: dict) -> None:

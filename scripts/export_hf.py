@@ -5,15 +5,16 @@
     python scripts/export_hf.py --import hf_export/<run> checkpoints/<name>    # -> checkpoints/<name>/last.pt
 
 The folder holds config.json (model_type llama4_text, or llama4 when the model has the vision
-stub), model.safetensors and, when the run has one, the tokenizer (tokenizer.json plus
+stub), model.safetensors, generation_config.json (generate stops at <|endoftext|> and, as sample.py,
+never draws the other special tokens) and, when the run has one, the tokenizer (tokenizer.json plus
 tokenizer_config.json for PreTrainedTokenizerFast). `transformers.Llama4ForCausalLM` (or
 `Llama4ForConditionalGeneration`) loads it with no missing or unexpected keys. The run folder's
 tokenizer.json must be the one the checkpoint was trained with (its sha256 is in the checkpoint):
 another is refused, and nothing is exported; the export records the sha256 in config.json
 (tokenizer_sha256), which --import and `sample.py --hf` check. An export, another tokenizer.json
 or a checkpoint already at the destination is replaced only with --force (a run's last.pt holds
-its optimizer state); an export is replaced whole (shards, index and generation_config.json of a
-re-save by transformers too), the folder's other files left. --import also takes Llama 4 folders
+its optimizer state); an export is replaced whole (the shards and index of a re-save by
+transformers too), the folder's other files left. --import also takes Llama 4 folders
 this project did not write (special-token ids come from their config; weights in one file or in
 shards; a tokenizer without this project's special tokens, which sample.py and train.py refuse,
 is a warning); a run folder or checkpoint given to --import is said to want no --import. An export is

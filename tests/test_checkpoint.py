@@ -157,8 +157,9 @@ def test_an_export_puts_config_json_in_place_last_and_syncs_the_folder(tmp_path,
     monkeypatch.setattr(checkpoint.os, "replace", replace)
     monkeypatch.setattr(checkpoint.storage, "sync_folder", sync)
     checkpoint.export_hf(model, out)
-    assert events == ["model.safetensors", "config.json", "sync"]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert events == ["model.safetensors", "generation_config.json", "config.json", "sync"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json",
+                                                     "model.safetensors"]
 
 
 def test_an_export_without_a_tokenizer_into_a_folder_with_no_export_deletes_nothing(tmp_path):
@@ -169,8 +170,8 @@ def test_an_export_without_a_tokenizer_into_a_folder_with_no_export_deletes_noth
     out.mkdir()
     (out / "tokenizer_config.json").write_text('{"theirs": true}')
     checkpoint.export_hf(model, out)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors",
-                                                     "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json",
+                                                     "model.safetensors", "tokenizer_config.json"]
     assert (out / "tokenizer_config.json").read_text() == '{"theirs": true}'
 
 
@@ -550,7 +551,8 @@ def test_an_export_given_a_tokenizer_path_that_is_not_there_writes_the_model_alo
     wrote, or recorded the hash of a file it could not read."""
     model = small_model()
     hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "gone" / "tokenizer.json")
-    assert sorted(p.name for p in hf.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in hf.iterdir()) == ["config.json", "generation_config.json",
+                                                    "model.safetensors"]
     assert "tokenizer_sha256" not in json.loads((hf / "config.json").read_text())
 
 

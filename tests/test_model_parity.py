@@ -284,6 +284,28 @@ def test_an_exported_tokenizer_decodes_in_transformers_as_ours_does(tmp_path):
     assert settings["clean_up_tokenization_spaces"] is False
 
 
+def test_transformers_generate_on_an_export_never_draws_what_sample_py_never_draws(tmp_path):
+    """Bug caught: an export had no generation_config.json, so transformers' generate drew the special
+    tokens sample.py never draws (ModelArgs.never_drawn: no training target holds them), as
+    <|image_start|> where sample.py ends the story. Here the output head reads one channel into
+    <|image_start|> or <|image_end|> alone, every other logit 0: masked, the top is <|endoftext|>,
+    which stops both."""
+    import sample
+    torch.manual_seed(0)
+    model = Llama4(debug_args()).eval()
+    with torch.no_grad():
+        model.norm.weight.zero_()[0] = 1.0
+        model.lm_head.weight.zero_()[[2, 3], 0] = torch.tensor([5.0, -5.0])
+    checkpoint.export_hf(model, tmp_path)
+    hf = load_hf_model(Llama4ForCausalLM, tmp_path)
+    prompts = [[0, 11, 12, 13, 14], [0, 30, 31, 32, 33]]
+    out = hf.generate(torch.tensor(prompts), attention_mask=torch.ones(2, 5, dtype=torch.long),
+                      max_new_tokens=4, do_sample=False)
+    assert out[:, 5:].tolist() == [[0], [0]]  # (stopped there: <|endoftext|> ends a story)
+    assert sample.generate(model, prompts, 4, greedy=True) == [[], []]  # (ours leaves the eos out)
+    assert hf.generation_config.suppress_tokens == model.args.never_drawn == list(range(1, 8))
+
+
 def test_an_exported_tokenizer_pads_a_batch_for_generate(tmp_path):
     """Bug caught: the exported tokenizer padded on the right, so transformers' generate on
     tokenizer(["a long prompt", "short"], padding=True) continued the short row after its padding

@@ -556,7 +556,9 @@ def test_a_forced_export_replaces_a_sharded_resave_whole_and_keeps_other_files(t
         checkpoint.export_hf(model.Llama4(debug_args()), dest)
     assert (dest / shards[0]).exists()  # refused without --force: all as it was
     checkpoint.export_hf(model.Llama4(debug_args()), dest, replace=True)
-    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "generation_config.json",
+                                                      "model.safetensors", "notes.txt"]
+    assert "suppress_tokens" in json.loads((dest / "generation_config.json").read_text())  # (ours, not "{}")
     assert (tmp_path / "outside.safetensors").exists()  # (a path in the index is no file of the export's)
     assert checkpoint.load_hf(dest).args.n_layers == debug_args().n_layers  # (the new weights load)
 
