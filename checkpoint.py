@@ -632,7 +632,9 @@ def hf_weight_files(folder: Path) -> list[Path]:
 
 
 def load_hf(folder, device="cpu") -> Llama4:
-    """An HF folder (config.json + model.safetensors, or its shards) -> our model (eval mode)."""
+    """An HF folder (config.json + model.safetensors, or its shards) -> our model (eval mode). Another
+    model_type than Llama 4's is refused; a text model saved with tie_word_embeddings (no lm_head.weight)
+    gets the embedding as its output layer, as transformers loads it."""
     from safetensors.torch import load_file
     folder = Path(folder)
     if not folder.is_dir():
@@ -643,7 +645,12 @@ def load_hf(folder, device="cpu") -> Llama4:
         if not path.exists():
             raise CheckpointError(f"{path} is missing; is {folder} an exported HF folder?")
     try:
-        model_args = args_from_hf(json.loads((folder / "config.json").read_bytes()))
+        cfg = json.loads((folder / "config.json").read_bytes())
+        kind = cfg.get("model_type", "llama4_text")  # (a Llama 3 folder was read as Llama 4 lacking experts)
+        if kind not in ("llama4_text", "llama4"):
+            raise CheckpointError(f"{folder / 'config.json'} is not a Llama 4 model's (model_type {kind!r}, "
+                                  "not llama4_text, or llama4 with the vision stub); pass a Llama 4 folder")
+        model_args = args_from_hf(cfg)
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing section, ConfigError
         why = str(e) if isinstance(e, ConfigError) else first_line(e)
         raise CheckpointError(f"{folder / 'config.json'} describes no model this project builds ({why}); "
@@ -664,6 +671,9 @@ def load_hf(folder, device="cpu") -> Llama4:
         elif name.startswith(prefix + "lm_head."):
             name = name.removeprefix(prefix)
         ours[name] = tensor
+    if not model_args.vision and cfg.get("tie_word_embeddings") and "lm_head.weight" not in ours \
+            and "embed_tokens.weight" in ours:  # tied: saved once, and transformers' lm_head is the embedding
+        ours["lm_head.weight"] = ours["embed_tokens.weight"]
     where = weights[0] if len(weights) == 1 else folder / "model.safetensors.index.json"
     return build(model_args, ours, device, where, HF_FIX).eval()
 

@@ -119,14 +119,15 @@ def test_import_gives_back_the_same_model(tmp_path):
     assert back.args.top_k == 2 and back.args.n_experts == 4
 
 
-def save_theirs(folder):
+def save_theirs(folder, **overrides):
     """A Llama 4 folder this project did not write: Meta-style special ids (eos 2, no pad), saved by
     transformers itself in shards, as released folders are. Returns the transformers model."""
     from transformers import Llama4TextConfig
     cfg = Llama4TextConfig(vocab_size=V, hidden_size=64, intermediate_size=32, intermediate_size_mlp=64,
                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                            num_local_experts=4, attention_chunk_size=8, floor_scale=4,
-                           max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=None)
+                           max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+                           **overrides)
     torch.manual_seed(4)
     theirs = Llama4ForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -150,6 +151,38 @@ def test_import_of_a_folder_written_by_transformers(tmp_path):
     with torch.no_grad():
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
 
+
+
+def test_import_of_a_folder_with_tied_embeddings_takes_the_embedding_as_its_output_layer(tmp_path):
+    """Bug caught: a Llama4ForCausalLM folder saved with tie_word_embeddings true (save_pretrained
+    writes no lm_head.weight; transformers loads the embedding as the output layer) was refused as
+    "its weights do not fit its settings (Missing key(s) ...: "lm_head.weight"); export the folder
+    again with scripts/export_hf.py"."""
+    theirs = save_theirs(tmp_path, tie_word_embeddings=True)
+    from safetensors import safe_open
+    names = set()
+    for shard in tmp_path.glob("model-*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            names |= set(f.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    ours = checkpoint.load_hf(tmp_path)
+    tokens = torch.randint(0, V, (2, 30))
+    with torch.no_grad():
+        assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
+
+
+def test_a_folder_of_another_model_type_is_named_so_not_a_misfit_of_llama_4_weights(tmp_path):
+    """Bug caught: a Llama 3 folder (model_type "llama") was read as a Llama 4 one with this
+    project's defaults for what it does not say (16 experts), then refused as "its weights do not fit
+    its settings (Missing key(s) ...router.weight ...); export the folder again with
+    scripts/export_hf.py", advice that does not apply to a folder of another model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_hf(tmp_path)
+    assert str(e.value) == (f"{tmp_path / 'config.json'} is not a Llama 4 model's (model_type 'llama', not "
+                            "llama4_text, or llama4 with the vision stub); pass a Llama 4 folder")
 
 
 def test_import_with_a_tokenizer_of_another_kind_says_so_and_sampling_names_the_file(tmp_path, capsys):
