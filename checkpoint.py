@@ -303,6 +303,9 @@ def set_rng_state(s: dict) -> None:
 
 HF_FIX = "export the folder again with scripts/export_hf.py"
 TOP_LEVEL = {"boi_token_index", "eoi_token_index", "image_token_index"}  # Llama4Config, not text
+# transformers' values for what a config.json may leave out and that changes the logits, not the weights'
+# shapes: ours (64) read a hand-written config as another model, silently (beyond 64 tokens)
+HF_DEFAULTS = {"attention_chunk_size": 8192, "floor_scale": 8192}
 
 
 def _set(d: dict, dotted: str, value):
@@ -582,7 +585,7 @@ def args_from_hf(cfg: dict) -> ModelArgs:
     """ModelArgs from a transformers Llama 4 config.json (ours, or one this project did not write)."""
     vision = cfg.get("model_type") == "llama4"
     text = cfg["text_config"] if vision else cfg
-    text = {**text, "rope_parameters": hf_rope(text)}
+    text = {**HF_DEFAULTS, **text, "rope_parameters": hf_rope(text)}
     if vision:  # (its RoPE base too: a top-level rope_theta in older folders)
         seen = cfg["vision_config"]
         cfg = {**cfg, "vision_config": {**seen, "rope_parameters": hf_rope(seen)}}

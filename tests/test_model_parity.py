@@ -123,11 +123,11 @@ def save_theirs(folder, **overrides):
     """A Llama 4 folder this project did not write: Meta-style special ids (eos 2, no pad), saved by
     transformers itself in shards, as released folders are. Returns the transformers model."""
     from transformers import Llama4TextConfig
-    cfg = Llama4TextConfig(vocab_size=V, hidden_size=64, intermediate_size=32, intermediate_size_mlp=64,
-                           num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                           num_local_experts=4, attention_chunk_size=8, floor_scale=4,
-                           max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=None,
-                           **overrides)
+    settings = dict(vocab_size=V, hidden_size=64, intermediate_size=32, intermediate_size_mlp=64,
+                    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                    num_local_experts=4, attention_chunk_size=8, floor_scale=4, max_position_embeddings=64,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    cfg = Llama4TextConfig(**{**settings, **overrides})
     torch.manual_seed(4)
     theirs = Llama4ForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -169,6 +169,24 @@ def test_import_of_a_folder_with_tied_embeddings_takes_the_embedding_as_its_outp
     tokens = torch.randint(0, V, (2, 30))
     with torch.no_grad():
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
+
+
+def test_a_config_that_leaves_out_the_attention_chunk_means_transformers_default(tmp_path):
+    """Bug caught: a config.json without attention_chunk_size and floor_scale (written by hand) took
+    this project's defaults (64) where transformers takes 8192: past 64 tokens the logits were
+    another model's, with no error."""
+    from transformers import Llama4TextConfig
+    save_theirs(tmp_path, max_position_embeddings=256)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key in checkpoint.HF_DEFAULTS:
+        assert checkpoint.HF_DEFAULTS[key] == getattr(Llama4TextConfig(), key)  # (transformers' own)
+        del cfg[key]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
+    assert theirs.config.attention_chunk_size == 8192
+    tokens = torch.randint(0, V, (1, 100))
+    with torch.no_grad():
+        assert (checkpoint.load_hf(tmp_path)(tokens).logits - theirs(tokens).logits).abs().max() <= 1e-4
 
 
 def test_a_folder_of_another_model_type_is_named_so_not_a_misfit_of_llama_4_weights(tmp_path):
