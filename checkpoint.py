@@ -380,19 +380,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     kill -9 leaves is removed by the next export there, once its process is gone)."""
     import shutil
     import tempfile
-    check_export_folder(out_dir)
-    held = [f"a model ({n})" for n in ("config.json", "model.safetensors", "model.safetensors.index.json")
-            if (Path(out_dir) / n).exists()]
-    theirs = Path(out_dir) / "tokenizer.json"
-    if tokenizer_path is None:  # this export has none: an old export's own may go, not a run's
-        same = _exported_with(theirs)
-    else:
-        same = theirs.exists() and same_tokenizer(Path(tokenizer_path), theirs)
-    if theirs.exists() and not same:
-        held.append("another tokenizer.json (a run's checkpoints may need it)")
-    if held and not replace:
-        raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
-                              "another folder")
+    held = check_export_folder(out_dir, tokenizer_path, replace)
     existed, fix = Path(out_dir).exists(), "export it elsewhere"
     out = storage.make_folder(out_dir, fix)
     _sweep_stages(out)
@@ -442,14 +430,28 @@ def _other_export_files(out: Path) -> list[Path]:
     return [out / n for n in sorted(names - set(EXPORT_FILES)) if (out / n).is_file()]
 
 
-def check_export_folder(out_dir) -> None:
-    """A training run's folder is no export's (a run's best.pt exported into its own folder, or another
-    run's named as the destination: HF files among the run's): a CheckpointError, --force or not.
-    scripts/export_hf.py asks before it loads the checkpoint."""
+def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False) -> list[str]:
+    """What an export into out_dir would replace (an export, another tokenizer.json): a CheckpointError
+    unless `replace`. A training run's folder is no export's (a run's best.pt exported into its own
+    folder, or another run's named as the destination: HF files among the run's): a CheckpointError,
+    --force or not. scripts/export_hf.py asks before it loads the checkpoint (it may be large)."""
     run = storage.run_files(out_dir, but=("tokenizer.json",))
     if run:
         raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
                               f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
+    held = [f"a model ({n})" for n in ("config.json", "model.safetensors", "model.safetensors.index.json")
+            if (Path(out_dir) / n).exists()]
+    theirs = Path(out_dir) / "tokenizer.json"
+    if tokenizer_path is None:  # this export has none: an old export's own may go, not a run's
+        same = _exported_with(theirs)
+    else:
+        same = theirs.exists() and same_tokenizer(Path(tokenizer_path), theirs)
+    if theirs.exists() and not same:
+        held.append("another tokenizer.json (a run's checkpoints may need it)")
+    if held and not replace:
+        raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
+                              "another folder")
+    return held
 
 
 def _sweep_stages(out: Path) -> None:

@@ -77,9 +77,10 @@ def export_or_import(argv=None):
             print(f"imported {args.source} -> {dest}")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)
-            checkpoint.check_export_folder(args.dest)  # (before the checkpoint is read: it may be large)
-            model, ckpt = checkpoint.load_model(ckpt_path)
             tok = ckpt_path.parent / "tokenizer.json"
+            checkpoint.check_export_folder(args.dest, tok if tok.exists() else None,  # (before the checkpoint
+                                           args.force)  # is read: it may be large)
+            model, ckpt = checkpoint.load_model(ckpt_path)
             if tok.exists():  # the one the checkpoint was trained with, or nothing is exported
                 fix = checkpoint.TOKENIZER_FIX + "; nothing was exported"
                 checkpoint.check_tokenizer(Tokenizer.load(tok, fix, exact=False), tok, ckpt, ckpt_path,

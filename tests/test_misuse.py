@@ -34,6 +34,22 @@ def test_export_hf_refuses_an_empty_path_instead_of_writing_into_the_current_fol
     assert err.count("\n") == 1 and "is empty; name a path" in err
 
 
+def test_export_hf_refuses_an_export_already_there_before_it_reads_the_checkpoint(tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Bug caught: export_hf.py without --force into a folder that holds an export read the whole
+    checkpoint (minutes, for a large one) before it refused to replace it."""
+    calls = fake_export(monkeypatch, tmp_path)
+    monkeypatch.setattr(export_hf.checkpoint, "load_model", lambda path: pytest.fail("it was read"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        export_hf.main([str(tmp_path / "run"), str(tmp_path / "hf")])
+    assert e.value.code == 1 and calls == []
+    err = capsys.readouterr().err
+    assert err == (f"export_hf.py: error: {tmp_path / 'hf'} already holds a model (config.json); "
+                   "pass --force to replace it, or export to another folder\n")
+
+
 def test_export_hf_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tmp_path, monkeypatch,
                                                                                   capsys):
     """Catches export_hf.py's advice for a run folder's corrupt tokenizer.json: "pass a tokenizer.json
