@@ -719,6 +719,10 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     dest = Path(dest)
     if dest.is_dir() or dest.suffix != ".pt":
         dest = dest / "last.pt"
+    hf = [n for n in ("config.json", "model.safetensors") if (dest.parent / n).is_file()]
+    if hf:  # (an export's folder, the source's too: its last.pt made it a run folder that exports refused)
+        raise CheckpointError(f"{dest.parent} is an HF folder (it holds {hf[0]}); import into a folder "
+                              f"of its own, e.g. checkpoints/{dest.parent.resolve().name}")
     if dest.exists() and not replace:
         raise CheckpointError(f"{dest} already exists; pass --force to replace it (a training checkpoint "
                               "loses its optimizer state and cannot be resumed), or import to another path")

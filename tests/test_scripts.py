@@ -563,6 +563,28 @@ def test_a_forced_export_replaces_a_sharded_resave_whole_and_keeps_other_files(t
     assert checkpoint.load_hf(dest).args.n_layers == debug_args().n_layers  # (the new weights load)
 
 
+def test_export_hf_import_into_an_hf_folder_is_refused(tmp_path, capsys):
+    """Bug caught: `export_hf.py --import hf/a hf/b` (or into hf/a itself) put a last.pt among an
+    export's files: the folder then read as a training run's, which the next export there refused
+    even with --force. Now the import is refused, and nothing is written."""
+    from conftest import debug_args
+
+    import checkpoint
+    torch.manual_seed(0)
+    for name in ("a", "b"):
+        checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / name)
+    before = sorted(p.name for p in (tmp_path / "b").iterdir())
+    for dest in ("a", "b", "b/last.pt"):
+        with pytest.raises(SystemExit) as e:
+            export_hf.main(["--import", str(tmp_path / "a"), str(tmp_path / dest)])
+        folder = tmp_path / dest.removesuffix("/last.pt")
+        assert e.value.code == 1 and capsys.readouterr().err == (
+            f"export_hf.py: error: {folder} is an HF folder (it holds config.json); import into a folder of "
+            f"its own, e.g. checkpoints/{folder.name}\n")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before and "last.pt" not in before
+    checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / "b", replace=True)  # (still an export's)
+
+
 def test_export_hf_import_of_a_run_folder_or_checkpoint_says_to_drop_import(tmp_path, capsys):
     """Bug caught: `export_hf.py --import RUN_FOLDER` said "config.json is missing; is ... an exported HF
     folder?", where the user meant the export; now it says so, as the reverse mistake does."""
