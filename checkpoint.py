@@ -369,11 +369,10 @@ EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "model.safetensors", 
 def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False) -> Path:
     """Write config.json, generation_config.json, model.safetensors and (given a tokenizer.json) the
     tokenizer files, with the tokenizer's sha256 in config.json ("tokenizer_sha256", which loading
-    checks). A folder that
-    already holds an export, or another tokenizer.json (a run folder's), is refused unless `replace`;
-    a training run's folder always is (an export there mixed HF files into the run's). The export it
-    replaces goes whole: its shards and index too (a re-save by transformers), not the folder's other
-    files.
+    checks). A folder that already holds an export, or another tokenizer.json (a run folder's), is
+    refused unless `replace`; a training run's folder always is (an export there mixed HF files into
+    the run's): check_export_folder. The export it replaces goes whole: its shards and index too (a
+    re-save by transformers), not the folder's other files.
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
