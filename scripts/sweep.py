@@ -49,6 +49,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -288,14 +289,15 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
         result = json.loads(result_file.read_text())
         if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)
             sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
-                     f"({' '.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
+                     f"({shlex.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
         return result
     if run_dir.exists():  # an interrupted run: start it again
         import shutil
         shutil.rmtree(run_dir)
     argv = train_argv(setting, run, opts)
     load = os.getloadavg()[0]
-    print(f"\n=== {run} (load {load:.2f}): train.py {' '.join(argv)}", flush=True)
+    # (as a shell reads it: --plot '', not --plot; a --data path with a space, one word)
+    print(f"\n=== {run} (load {load:.2f}): train.py {shlex.join(argv)}", flush=True)
     t = time.time()
     restore_sigterm = sigterm_interrupts()  # a kill (timeout, a scheduler) is a Ctrl-C: train.py was left
     try:  # running on its own; now subprocess.run ends it, as on a Ctrl-C (this run starts again anyway)
@@ -460,7 +462,7 @@ def main(argv=None):
               "best_overrides": best["overrides"], "pick": pick["name"], "pick_overrides": pick["overrides"],
               "pick_mean_bits_per_byte": pick["mean"],
               "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
-              "command": "python scripts/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python scripts/sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "created": time.strftime("%Y-%m-%d %H:%M")}
     storage.save_json(out / "sweep.json", report)
     md = "\n".join([f"`{report['command']}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
@@ -472,7 +474,7 @@ def main(argv=None):
                     *(table(followup, f"Regularisation of the best: {opts.confirm_minutes:g} minutes, "
                                       "seeds 1 and 2") if followup else []),
                     f"Pick (lowest mean over seeds 1 and 2): **{pick['name']}**, {pick['mean']:.4f} "
-                    f"bits/byte: `{' '.join(pick['overrides'] + opts.extra)}`"])
+                    f"bits/byte: `{shlex.join(pick['overrides'] + opts.extra)}`"])
     storage.atomic_write(out / "sweep.md", (md + "\n").encode())
     plot(screen, confirm + followup, out / "sweep.png", Path(opts.val_data).name)
     print("\n" + md)

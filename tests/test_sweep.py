@@ -721,3 +721,27 @@ def test_a_bad_setting_is_named_before_a_folder_of_runs_with_other_options(corpu
     assert e.value.code == 2, err
     assert err.startswith("sweep.py: error: candidate tiny-2026-11: --vocab_size 100 is too small"), err
     assert done.exists()
+
+
+def test_the_printed_command_lines_are_the_ones_run(tmp_path, monkeypatch, capsys):
+    """Bug caught: the train.py command printed before each run, the other options named when a folder
+    holds another run, and the pick's options in sweep.md joined their words with spaces, so that an
+    empty value (--plot '') read as none and a path with a space as two words: pasted into a shell,
+    train.py failed with --plot's missing value (compare.py already printed them as a shell reads them)."""
+    import shlex
+    opts = fake_train_py(tmp_path, monkeypatch, ["--tokenizer_train_mb", "1"])
+    opts.data = str(tmp_path / "my texts" / "train.txt")
+    launched, trained = [], sweep.subprocess.run
+
+    def recorded(argv, **kwargs):
+        launched.append(argv[2:])
+        return trained(argv, **kwargs)
+    monkeypatch.setattr(sweep.subprocess, "run", recorded)
+    sweep.run_one("s", ["--lr", "1e-3"], 0.01, 1, opts)
+    printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("=== s-"))
+    assert "--plot ''" in printed and shlex.split(printed.split(": train.py ", 1)[1]) == launched[0]
+    with pytest.raises(SystemExit) as e:  # the same folder, other options: they are named as run
+        sweep.run_one("s", ["--lr", "2e-3"], 0.01, 1, opts)
+    said = str(e.value.code).split(" holds a run made with other train.py options (", 1)[1]
+    assert shlex.split(said.split("); pick another", 1)[0]) == sweep.train_setting(["--lr", "1e-3"], 0.01, 1,
+                                                                                   opts)
