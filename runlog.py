@@ -391,8 +391,13 @@ def _line(record: dict) -> str:
 
 
 def read_metrics(run_dir, warn=None) -> tuple[list, list]:
-    """(train records, val records) of a run folder."""
+    """(train records, val records) of a run folder; none yet where train.py has not logged its first
+    record (its run.lock and settings come before the data work: "is it a run folder?" there was an
+    error, and the other runs went unplotted)."""
     path = Path(run_dir) / "metrics.jsonl"
+    started = any((Path(run_dir) / name).is_file() for name in ("run.lock", "train.json", "model.json"))
+    if not path.exists() and started:
+        return [], []
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
     records = storage.read_jsonl(path, warn=warn)

@@ -600,3 +600,25 @@ def test_export_hf_import_of_a_run_folder_or_checkpoint_says_to_drop_import(tmp_
             f"export_hf.py: error: {source} is {what}, not an HF folder; drop --import to export it "
             "(--import makes a checkpoint of an HF folder)\n")
     assert not (tmp_path / "imp").exists()
+
+
+def test_plot_runs_draws_the_others_beside_a_run_that_has_logged_nothing_yet(tmp_path, capsys):
+    """Bug caught: `plot_runs.py ck/old ck/new` while ck/new's train.py was still reading its data (its
+    run.lock and settings written, no metrics.jsonl yet) said "ck/new/metrics.jsonl does not exist; is
+    ck/new a run folder?", exit 1, and drew nothing; an empty metrics.jsonl was a warning already."""
+    old, new = fake_run(tmp_path / "old"), tmp_path / "new"
+    new.mkdir()
+    for name in ("run.lock", "model.json", "train.json"):
+        (new / name).write_text("{}")
+    plot_runs.main([str(old), str(new), "--out", str(tmp_path / "p.png")])
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "p.png") and (tmp_path / "p.png").exists()
+    assert err == "plot_runs.py: warning: new has no records yet: it is not in the plot\n"
+    with pytest.raises(SystemExit) as e:  # alone: nothing to plot, said as such
+        plot_runs.main([str(new), "--out", str(tmp_path / "q.png")])
+    assert "no train or validation records in" in str(e.value.code)
+    for name in ("run.lock", "model.json", "train.json"):
+        (new / name).unlink()
+    with pytest.raises(SystemExit) as e:  # a folder train.py never ran in: still asked about
+        plot_runs.main([str(new), "--out", str(tmp_path / "q.png")])
+    assert str(e.value.code).endswith(f"is {new} a run folder?")
