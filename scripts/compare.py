@@ -116,7 +116,7 @@ def parse(argv):
         help="folder for the three run folders (default checkpoints/compare/)")
     add("--cache_dir", default=str(ROOT / "cache"), help="tokenizer and token shard cache (default cache/)")
     add("--seed", type=int, default=1337, help="the same for the three runs (default 1337)")
-    add("--batch_size", type=int, default=None, help="sequences per step (default: the preset's)")
+    add("--batch_size", type=int, default=None, help="sequences per micro-batch (default: the preset's)")
     add("--eval_every", type=int, default=500, help="evaluate every N steps and at the end (default 500)")
     add("--eval_windows", type=int, default=0,
         help="validation windows per evaluation (default 0: all of --val_data, the same for every run)")
@@ -128,7 +128,10 @@ def parse(argv):
         p.error(f"--minutes: must be a finite number of minutes, 0 or more, got {opts.minutes:g}")
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
-    settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
+    shared, _ = settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
+    if shared.is_dense:  # (three dense runs, two of them tabled as MoE, and no warning: routers were 0)
+        p.error(f"--moe_every {shared.moe_every} is above --n_layers {shared.n_layers}: the moe runs would "
+                "have no MoE layer, and nothing would be compared; lower --moe_every (1 by default)")
     opts.results = storage.results_path(p, opts, ROOT / "img", extra=extra, fallback=Path(opts.out_dir),
                                         ignore=("out_dir", "cache_dir", "wandb_mode"))  # (not the results)
     return opts, extra
@@ -187,6 +190,7 @@ def load_run(name: str, run_dir) -> dict:
         desc = f"{m['n_experts']} experts top-{m['top_k']}, {noise}, aux {m['router_aux_loss_coef']:g}"
     return {"name": name, "label": f"{name}: {desc}", "dir": run_dir, "model": m, "train": train_recs,
             "val": val_recs, "tokens_per_step": per_step, "batch_size": t["batch_size"],
+            "grad_accum": t["grad_accum"],
             "moe_layers": [i for i in range(m["n_layers"]) if (i + 1) % m["moe_every"] == 0]}
 
 
@@ -234,8 +238,9 @@ def no_data(out, message: str):
     return fig
 
 
-def plot_bpb(runs: list[dict], out):
-    """Validation bits/byte against wall-clock minutes (left) and tokens seen (right)."""
+def plot_bpb(runs: list[dict], out, budget: str = "wall-clock budget"):
+    """Validation bits/byte against wall-clock minutes (left) and tokens seen (right); `budget` is what
+    the runs share (a number of steps, for --minutes 0)."""
     fig = new_figure(figsize=(12, 4.5))
     left, right = fig.subplots(1, 2)
     for i, run in enumerate(runs):
@@ -247,7 +252,7 @@ def plot_bpb(runs: list[dict], out):
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("MoE vs dense at the same active parameters and wall-clock budget")
+    fig.suptitle(f"MoE vs dense at the same active parameters and {budget}")
     save(fig, out)
     return fig
 
@@ -312,6 +317,11 @@ def fmt(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
+def budget_of(minutes: float, max_steps: int | None) -> str:
+    """Each run's budget in words: --minutes 0 is none of time (it said "0 minutes or 6 steps")."""
+    return " or ".join([f"{minutes:g} minutes"] * bool(minutes) + [f"{max_steps} steps"] * bool(max_steps))
+
+
 def markdown(report: dict) -> str:
     s, mach = report["settings"], report["machine"]
     lines = ["| run | steps | tokens | val nats/token | val bits/byte | tokens/s | MFU | active params "
@@ -324,11 +334,14 @@ def markdown(report: dict) -> str:
                      f"| {fmt(r['mfu'], '.2%')} | {r['active_params']:,} "
                      f"| {fmt(r['max_expert_share'], '.3f')} | {fmt(r['router_entropy'], '.3f')} "
                      f"| {r['load_avg_before']:.2f} |")
-    budget = f"{s['minutes']:g} minutes" + (f" or {s['max_steps']} steps" if s["max_steps"] else "")
+    budget = budget_of(s["minutes"], s["max_steps"])
+    accum = s.get("grad_accum", 1)  # (a step's batch: it said "batch 4" of a step of 2 micro-batches of 4)
+    batch = f"{s['batch_size'] * accum} x {s['seq_len']} tokens"
+    batch += f" ({accum} micro-batches of {s['batch_size']})" if accum > 1 else ""
     data = f"{Path(s['data']).name} / {Path(s['val_data']).name}"
     lines += ["", f"Runs were sequential, not interleaved, on the same machine ({mach['cpu_count']} CPUs, "
               f"{mach['torch_threads']} torch threads, torch {mach['torch']}), each with a budget of "
-              f"{budget}, batch {s['batch_size']} x {s['seq_len']} tokens, seed {s['seed']}, the same "
+              f"{budget}, batch {batch}, seed {s['seed']}, the same "
               f"tokenizer ({s['tokenizer_sha256'][:12]}) and data ({data}). "
               "Load average = 1-minute load just before each run (the previous run of this comparison "
               "counts in it); tokens/s excludes evaluation; MFU against "
@@ -443,7 +456,8 @@ def main(argv=None) -> dict:
         "runs": rows,
         "settings": {"minutes": opts.minutes, "max_steps": opts.max_steps, "data": opts.data,
                      "val_data": opts.val_data,
-                     "seed": opts.seed, "batch_size": runs[0]["batch_size"], "seq_len": m0["max_seq_len"],
+                     "seed": opts.seed, "batch_size": runs[0]["batch_size"],
+                     "grad_accum": runs[0]["grad_accum"], "seq_len": m0["max_seq_len"],
                      "n_experts": m0["n_experts"], "eval_every": opts.eval_every,
                      "eval_windows": opts.eval_windows, "passed_through": extra,
                      "tokenizer_sha256": hashes.pop(), "out_dir": opts.out_dir, "cache_dir": opts.cache_dir,
@@ -458,7 +472,8 @@ def main(argv=None) -> dict:
     out = storage.make_folder(opts.results, fix)
     paths = {"bpb": out / "compare_bpb.png", "experts": out / "compare_experts.png",
              "entropy": out / "compare_entropy.png", "json": out / "compare.json", "md": out / "compare.md"}
-    figures = {"bpb": plot_bpb(runs, paths["bpb"]),
+    shared = "wall-clock budget" if opts.minutes else "number of steps"  # (--minutes 0: no budget of time)
+    figures = {"bpb": plot_bpb(runs, paths["bpb"], shared),
                "experts": plot_experts([r for r in runs if r["name"] in MOE_RUNS], paths["experts"]),
                "entropy": plot_entropy([r for r in runs if r["name"] in MOE_RUNS], paths["entropy"])}
     report["files"] = {k: str(v) for k, v in paths.items()}

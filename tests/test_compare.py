@@ -433,7 +433,8 @@ def test_the_runs_get_the_settings_and_the_table_says_what_they_ran(tmp_path, co
     options passed through (--moe_every 1 made the dense run MoE), a row's steps read from the last
     train record (not where the run ended), the table's batch taken from compare.py's --batch_size
     (None when not given), its budget without --max_steps, its nats and bits columns swapped, and the
-    active-width warning printed for matching runs."""
+    active-width warning printed for matching runs. Bug caught: the table's batch left --grad_accum out
+    ("batch 4 x 64 tokens" of steps of 2 x 4 sequences, its tokens column counting 8)."""
     seen = {}
     monkeypatch.setattr(compare.train, "main", fake_train_main(seen))
     result = compare.main(["--preset", "debug", "--data", str(corpus / "train.txt"),
@@ -452,7 +453,7 @@ def test_the_runs_get_the_settings_and_the_table_says_what_they_ran(tmp_path, co
     assert result["settings"]["batch_size"] == 4
     table = (tmp_path / "img" / "compare.md").read_text()
     assert "| 5 | 2,560 | 5.0000 | 2.0000 | 100 | n/a |" in table.splitlines()[2]
-    assert "a budget of 1 minutes or 5 steps, batch 4 x 64 tokens, seed 7," in table
+    assert "a budget of 1 minutes or 5 steps, batch 8 x 64 tokens (2 micro-batches of 4), seed 7," in table
 
 
 @pytest.mark.parametrize("bad", ["empty", "checkpoint", "val_empty"])
@@ -526,3 +527,31 @@ def test_a_signal_during_a_run_says_compare_cannot_go_on_from_it(tmp_path, corpu
                            "their folders")
     assert "train.py --resume trains one on, by itself" in last
     assert (runs / "compare-moe" / "last.pt").exists()  # (kept, as the line says, until a rerun)
+
+
+def test_a_comparison_without_a_time_budget_says_it_compares_at_equal_steps(tmp_path, corpus, monkeypatch):
+    """Bug caught: `--minutes 0 --max_steps 6` (no budget of time: the steps stop each run) wrote "each
+    with a budget of 0 minutes or 6 steps" in the table, and "at the same ... wall-clock budget" above
+    the bits/byte plot."""
+    monkeypatch.setattr(compare.train, "main", fake_train_main({}))
+    result = compare.main(["--preset", "debug", "--data", str(corpus / "train.txt"),
+                           "--val_data", str(corpus / "valid.txt"), "--minutes", "0", "--max_steps", "5",
+                           "--out", str(tmp_path / "img"), "--out_dir", str(tmp_path / "runs"),
+                           "--cache_dir", str(tmp_path / "cache")])
+    assert ", each with a budget of 5 steps, batch " in (tmp_path / "img" / "compare.md").read_text()
+    assert result["figures"]["bpb"].get_suptitle().endswith("the same active parameters and number of steps")
+    assert compare.budget_of(2.5, None) == "2.5 minutes" and compare.budget_of(1, 5) == "1 minutes or 5 steps"
+
+
+def test_options_that_leave_the_moe_runs_without_a_moe_layer_are_refused(tmp_path, capsys):
+    """Bug caught: `--moe_every 9` (or --n_layers 1 --moe_every 2) passed through trained three dense
+    models, tabled two of them as "moe" and "moe-ablation", without the warning of a width mismatch
+    (the dense twin matched them: no routers)."""
+    for argv in (["--moe_every", "9"], ["--n_layers", "1", "--moe_every", "2"]):
+        with pytest.raises(SystemExit) as e:
+            compare.parse(["--preset", "debug", *argv, "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, err
+        assert "the moe runs would have no MoE layer" in err
+    assert compare.parse(["--preset", "debug", "--moe_every", "2", "--out", str(tmp_path)])[1] == [
+        "--moe_every", "2"]
