@@ -170,7 +170,8 @@ def not_an_image(option: str, path: str, folder=".", example: str = "loss.png") 
         return problem
     if path and (target.is_dir() or path.endswith(os.sep)):  # (it warned at every evaluation, or wrote
         # a file of the folder's name)
-        return f"{option} {path} is a folder; name the image file, e.g. {option} {Path(path) / example}"
+        what = "is a folder" if target.is_dir() else "names a folder (it ends in a slash)"
+        return f"{option} {path} {what}; name the image file, e.g. {option} {Path(path) / example}"
     if not path or suffix in IMAGE_SUFFIXES:  # ("": no plot)
         return None
     if Path(path).name not in RUN_FILES:

@@ -187,7 +187,7 @@ def test_plot_names_that_replace_nothing_are_taken(tmp_path):
     assert storage.not_an_image("--plot", "loss.txt", tmp_path) is None
     assert storage.not_an_image("--plot", "plots.d", tmp_path) == (
         "--plot plots.d is a folder; name the image file, e.g. --plot plots.d/loss.png")
-    assert "is a folder" in storage.not_an_image("--plot", "newdir/", tmp_path)  # (a file newdir was written)
+    assert "names a folder" in storage.not_an_image("--plot", "new/", tmp_path)  # (a file "new" was written)
     for name in ["loss-0.1", "runs/lr3e-4_wd0.1"]:  # numbers, no format's suffix: a PNG
         assert storage.not_an_image("--plot", name, tmp_path) is None, name
     assert "at most 255" in storage.not_an_image("--plot", "a" * 300 + ".png", tmp_path)  # (errno 36 once)

@@ -52,6 +52,9 @@ def test_plot_runs_output_closed_early_ends_quietly(tmp_path):
 @pytest.mark.parametrize("out, message", [
     ("-", "--out -: the plot is an image file, not text for standard output"),
     ("folder", "--out {tmp}/folder is a folder; name the image file, e.g. --out {tmp}/folder/compare.png"),
+    # Bug caught: a new folder's name (it ends in a slash) was said to be a folder
+    ("new dir/", "--out {tmp}/new dir/ names a folder (it ends in a slash); name the image file, e.g. "
+                 "--out {tmp}/new dir/compare.png"),
     ("a_file/x.png", "--out {tmp}/a_file/x.png: {tmp}/a_file is a file, not a folder; pick another --out"),
     ("a_file/b/x.png", "--out {tmp}/a_file/b/x.png: {tmp}/a_file is a file, not a folder"),
     # Bugs caught: `--out ""` said "--out  is a folder"; --out cmp.xyz wrote a PNG named cmp.xyz
@@ -67,7 +70,7 @@ def test_plot_runs_refuses_an_out_that_cannot_be_an_image_before_any_work(tmp_pa
     run = fake_run(tmp_path / "r1")
     (tmp_path / "folder").mkdir()
     (tmp_path / "a_file").write_text("")
-    out = out if out in ("-", "") else str(tmp_path / out)
+    out = out if out in ("-", "") else str(tmp_path / out) + "/" * out.endswith("/")
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run), "--out", out])
     err = capsys.readouterr().err
