@@ -172,13 +172,14 @@ def test_a_batch_too_large_to_model_in_minutes_is_refused_before_any_work(tmp_pa
 
 
 def test_the_table_adds_held_to_step_memory_in_gigabytes_of_1024_mb():
-    """Catches the table's `step + held (GB)` column leaving out the held memory, or dividing by 1000."""
+    """Catches the table's `step + held (GB)` column leaving out the held memory, or dividing by 1000.
+    Bug caught: a ratio whose variant did not run (--variants moe,moe+ckpt) was a blank cell."""
     result = {"config": {"preset": "tiny", "max_seq_len": 64, "vocab_size": 4096, "dtype": "float32",
                          "device": "cuda", "torch": "2"},
               "batches": {"8": {"step_memory_mb": {"moe": 1536.0}, "held_mb": {"moe": 2560.0},
                                 "ratios": {"ckpt_memory_saving": 0.5}}}}
     md = memory_model.markdown(result)
-    assert "| 8 | moe | 1,536 | 2,560 | 4.0 |" in md and "| 8 | 50% |  |" in md
+    assert "| 8 | moe | 1,536 | 2,560 | 4.0 |" in md and "| 8 | 50% | n/a (no moe+plain-loss run) |" in md
 
 
 def test_a_batch_one_chunk_over_the_limit_is_refused(tmp_path, monkeypatch, capsys):
