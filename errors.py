@@ -5,7 +5,7 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
     UserError          the base; entry points catch it
       ConfigError      a setting is missing, mistyped or out of range (exit 2)
         DeviceError    a setting this process's device cannot take (each rank checks its own; exit 2)
-          MachineError a device this machine lacks (no CUDA, too few GPUs)
+          MachineError a device this machine lacks (no CUDA, too few GPUs, too little CPU memory)
       DataError        bad text, tokenizer or token cache
       CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
       RunError         a run cannot start or go on (busy run folder, non-finite weights)

@@ -403,12 +403,19 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
                           f"micro-batch per process (here {per_process}): use --grad_accum {world.size}, "
                           "or --compile_mode max-autotune-no-cudagraphs")
     need, have = memory_floor(model_args, train_args), runtime.device_memory(device)
-    if have and sum(need.values()) > have:
+    total = sum(need.values())
+    # the CPU's memory is the machine's: the job's processes there share it, each needing its own
+    # (and each would print the line: it is said once a machine); a GPU's is its own process's
+    procs = runtime.local_processes() if device.type == "cpu" else 1
+    if have and total * procs > have:
         parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in need.items() if v)
-        raise DeviceError(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
-                          f"needs at least {sum(need.values()) / 1e9:.1f} GB ({parts}) but {device} has "
-                          f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "
-                          "keep the batch), or use a smaller model")
+        shared = f" a process ({parts}), {total * procs / 1e9:.1f} GB for the {procs} processes here," \
+            if procs > 1 else f" ({parts})"
+        error = errors.MachineError if device.type == "cpu" else DeviceError
+        raise error(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
+                    f"needs at least {total / 1e9:.1f} GB{shared} but {device} has "
+                    f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "
+                    "keep the batch), or use a smaller model")
 
 
 # The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).

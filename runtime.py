@@ -3,6 +3,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
 
     resolve_device("auto")    cuda:0 when there is a GPU, else cpu; a clear error for a bad name
     World / setup_distributed the rank and world size, one process per GPU under torchrun
+    local_processes           the job's processes on this machine (which share its CPU memory)
     all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
     all_ranks_or_none         set-up checks every rank learns the outcome of (a failed rank's
                               error printed once, no rank left waiting at a collective)
@@ -69,6 +70,11 @@ class World(NamedTuple):
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def local_processes() -> int:
+    """The processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if "TORCHELASTIC_RUN_ID" in os.environ else 1
 
 
 def setup_distributed(device: torch.device) -> tuple[torch.device, World]:

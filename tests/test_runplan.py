@@ -357,6 +357,28 @@ def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tm
     runplan.check_settings(p, cpu, world)
 
 
+def test_the_cpu_memory_check_counts_the_processes_of_the_machine_and_is_said_once_there(tmp_path,
+                                                                                        monkeypatch):
+    """Bug caught: under `torchrun --nproc_per_node 2` on a CPU, a batch too big for the machine was
+    refused by each process with the same line (the CPU's memory is the machine's, not the process's),
+    and two processes that each fit but together did not passed the check."""
+    import errors
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2, grad_accum=2), None, None)
+    need = sum(runplan.memory_floor(DEBUG, p.train_args).values())
+    cpu, two = torch.device("cpu"), runtime.World(1, 2)
+    torchrun = dict(TORCHELASTIC_RUN_ID="job", RANK="1", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2")
+    for name, value in torchrun.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 2 * need - 1)
+    with pytest.raises(errors.MachineError, match="for the 2 processes here, but cpu has") as e:
+        runplan.check_settings(p, cpu, two)
+    assert not errors.reports(e.value) and e.value.exit_code == 2  # (local rank 0 says it for the machine)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 2 * need)
+    runplan.check_settings(p, cpu, two)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: need)  # a GPU is the process's own
+    runplan.check_settings(p, torch.device("cuda", 1), two)
+
+
 def test_a_plot_is_checked_against_the_files_of_the_run_folder_it_is_written_in(tmp_path):
     """Bug caught: --plot NAME checked in --out_dir, not in the run folder the plot is written in: the run
     folder's notes.txt replaced with the loss plot without a word, and a notes.txt beside the runs refused."""
