@@ -798,7 +798,7 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
     except BaseException as e:
         if folder is not None:
             folder.release()
-        if isinstance(e, KeyboardInterrupt) and plan is not None:
+        if plan is not None and (isinstance(e, KeyboardInterrupt) or runtime.peer_lost(e)):
             e.run_dir = plan.run_dir  # main() tells what is left there to resume from
         raise
     job.folder = folder
@@ -944,7 +944,7 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
         raise
     except Exception as e:  # out of memory: one line, with the batch this run uses (a checkpoint's)
         if runtime.peer_lost(e):  # (a rank killed: the others' collective fails, with a page of traceback)
-            raise peer_lost_error(e, job.run_dir) from e
+            raise peer_lost_error(e, job.run_dir, job.train_args.eval_only) from e
         if not runtime.out_of_memory(e):
             raise
         raise RunError(f"out of memory ({first_line(e)[:160]}); "
@@ -954,12 +954,12 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
             job.folder.release()
 
 
-def peer_lost_error(e: Exception, run_dir: Path | None) -> RunError:
+def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False) -> RunError:
     """The line for a collective that failed because another process of the job went away."""
     why = next(m for m in runtime.PEER_LOST if m in str(e)) if not isinstance(e, dist.DistNetworkError) else \
         first_line(e)[:120]
     return RunError(f"another process of this torchrun job stopped ({why}: it was killed or failed, and "
-                    f"torchrun's log names it); {left_to_resume(run_dir)}")
+                    f"torchrun's log names it); {left_to_resume(run_dir, eval_only)}")
 
 
 def memory_advice(batch_size: int | None = None) -> str:
@@ -1122,11 +1122,10 @@ def main(argv=None):
         sys.stdout.reconfigure(errors="backslashreplace")  # train.py) is printed as stderr prints it
     restore_sigterm = errors.sigterm_interrupts()
     restore_consoles = errors.tolerant_consoles("train.py", warn=not train_args.eval_only)
-    finished = False
+    finished = None  # the result, once the run finished
     try:
-        result = run(model_args, train_args, preset, parsed.given)
-        finished = True
-        return result
+        finished = run(model_args, train_args, preset, parsed.given)
+        return finished
     except UserError as e:
         if reports(e):  # (under torchrun: a bad setting by rank 0 alone)
             print(f"train.py: error: {e}", file=sys.stderr)
@@ -1137,8 +1136,9 @@ def main(argv=None):
             print(f"\ntrain.py: interrupted; {left}", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        if runtime.peer_lost(e):  # (in set-up, or at the last barrier: run() names the run folder)
-            print(f"train.py: error: {peer_lost_error(e, getattr(e, 'run_dir', None))}", file=sys.stderr)
+        if runtime.peer_lost(e):  # (in set-up: setup() names the run folder; the last barrier: leave_group)
+            lost = peer_lost_error(e, getattr(e, "run_dir", None), train_args.eval_only)
+            print(f"train.py: error: {lost}", file=sys.stderr)
             sys.exit(1)
         if not runtime.out_of_memory(e):
             raise
@@ -1148,12 +1148,26 @@ def main(argv=None):
         restore_sigterm()
         restore_consoles()
         if dist.is_initialized():
-            try:
-                if finished:  # no rank tears the process group down while another still uses it
-                    dist.barrier()
-            except KeyboardInterrupt:  # a second signal while the others finish: leave at once
-                pass
-            dist.destroy_process_group()
+            leave_group(finished, train_args.eval_only)
+
+
+def leave_group(finished: dict | None, eval_only: bool) -> None:
+    """Tear the process group down, a finished run once every rank is done with it; a process of the
+    job lost meanwhile (rank 0 killed while it finishes its W&B run) is one line and status 1, not
+    gloo's traceback."""
+    try:
+        if finished is not None:  # no rank tears the process group down while another still uses it
+            dist.barrier()
+    except KeyboardInterrupt:  # a second signal while the others finish: leave at once
+        pass
+    except Exception as e:
+        if not runtime.peer_lost(e):
+            raise
+        run_dir = finished.get("run_dir")
+        print(f"train.py: error: {peer_lost_error(e, run_dir and Path(run_dir), eval_only)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

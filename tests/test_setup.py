@@ -349,6 +349,56 @@ def test_a_process_lost_in_set_up_is_one_line_too(monkeypatch, capsys):
         "killed or failed, and torchrun's log names it); the checkpoints already written are complete\n")
 
 
+def lost_peer(monkeypatch, where, *names):
+    """`where`'s functions `names` raise what gloo raises for a process of the job gone; the process group
+    taken for initialised, its teardown recorded."""
+    import torch.distributed as dist
+    torn_down = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: torn_down.append(True))
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:60579")
+    for name in names:
+        monkeypatch.setattr(where, name, lost)
+    return torn_down
+
+
+def test_a_process_lost_in_set_up_names_what_is_left_in_the_run_folder(tmp_path, corpus, cache, done,
+                                                                       monkeypatch, capsys):
+    """Bug caught: a torchrun worker killed while the others prepared the data of a new run left them
+    `the checkpoints already written are complete` (none was, and the folder was gone), and one lost in
+    an --eval_only pass `--resume ... continues from its last.pt`."""
+    torn_down = lost_peer(monkeypatch, train, "build_job")
+    with pytest.raises(SystemExit) as e:
+        train.main(argv(tmp_path, corpus, cache, "--max_steps", "1"))
+    assert e.value.code == 1 and capsys.readouterr().err.endswith(
+        "torchrun's log names it); no checkpoint was written\n")
+    assert not (tmp_path / "ckpt" / "r").exists() and torn_down == [True]
+    copy_run(done, tmp_path)
+    monkeypatch.undo()  # (set-up works: the process is lost during the evaluation)
+    lost_peer(monkeypatch, train, "run_job")
+    with pytest.raises(SystemExit) as e:
+        train.main(argv(tmp_path, corpus, cache, "--eval_only"))
+    assert e.value.code == 1 and capsys.readouterr().err.endswith(
+        "torchrun's log names it); nothing was written (--eval_only only reads)\n")
+
+
+def test_a_process_lost_at_the_last_barrier_is_one_line_too(tmp_path, monkeypatch, capsys):
+    """Bug caught: rank 0 killed while it finished (its W&B run's upload) after the others were done left
+    them gloo's traceback from the barrier before the process group is torn down, not one line."""
+    import torch.distributed as dist
+    torn_down = lost_peer(monkeypatch, dist, "barrier")
+    monkeypatch.setattr(train, "run", lambda *args: {"run_dir": str(tmp_path)})
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "debug"])
+    assert e.value.code == 1 and torn_down == [True] and capsys.readouterr().err == (
+        "train.py: error: another process of this torchrun job stopped (Connection closed by peer: it was "
+        f"killed or failed, and torchrun's log names it); the checkpoints written are complete (--resume "
+        f"{tmp_path} continues from its last.pt)\n")
+
+
 def test_a_ctrl_c_while_the_run_is_planned_is_an_interrupt_with_no_run_folder(monkeypatch):
     """Catches setup naming the run folder of a plan not made yet (plan_run now runs inside the ranks'
     agreement): a Ctrl-C while a checkpoint loads was an AttributeError traceback."""
