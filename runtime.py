@@ -3,6 +3,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
 
     resolve_device("auto")    cuda:0 when there is a GPU, else cpu; a clear error for a bad name
     World / setup_distributed the rank and world size, one process per GPU under torchrun
+    set_up_done               the collectives' timeout back to the backend's once set-up is done
     local_processes           the job's processes on this machine (which share its CPU memory)
     all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
     all_ranks_or_none         set-up checks every rank learns the outcome of (a failed rank's
@@ -24,12 +25,16 @@ How this departs from the obvious version:
   start-up does not lower it (and lift the MFU).
 - A set-up step that fails on one rank is learned by all (all_ranks_or_none): no rank waits at a
   collective for one that has gone; one that fails on every rank is printed by rank 0 alone.
+- While rank 0 alone prepares the data (rank0_first), the others wait in a collective: the process
+  group starts with SETUP_TIMEOUT, not NCCL's 10 minutes (gloo's 30), and gets its backend's
+  default back when set-up is done (set_up_done), so a hang in training is found as soon as before.
 """
 
 import os
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 from typing import NamedTuple
 
 import torch
@@ -96,10 +101,27 @@ def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
     # active exception", exit -6). Imported first, it holds no group.
     from torch import _dynamo  # noqa: F401
     if device.type == "cuda":  # (bound to its GPU: barrier() then warns of no guess at the device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=SETUP_TIMEOUT)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=SETUP_TIMEOUT)
     return device, World(dist.get_rank(), dist.get_world_size())
+
+
+# Rank 0 alone prepares a new run's data (the hub's TinyStories on first use: its download, a BPE and
+# the tokenizing, minutes to tens of minutes) while the other ranks wait in a collective, which NCCL
+# aborted after 10 minutes (gloo after 30), the job with it.
+SETUP_TIMEOUT = timedelta(hours=3)
+
+
+def set_up_done() -> None:
+    """The process group's timeout back to its backend's default (NCCL's 10 minutes, gloo's 30) once
+    set-up is done: a hang in training is then found as soon as without SETUP_TIMEOUT."""
+    if not dist.is_initialized():
+        return
+    from torch.distributed import constants, distributed_c10d
+    nccl = dist.get_backend() == "nccl"
+    default = constants.default_pg_nccl_timeout if nccl else constants.default_pg_timeout
+    distributed_c10d._set_pg_timeout(default)  # (torchtitan's way too, after its first step)
 
 
 def all_reduce(values: list[float], device, world: World, op=None) -> list[float]:

@@ -971,6 +971,7 @@ def memory_advice(batch_size: int | None = None) -> str:
 
 def run_job(job: Job, state: LoopState) -> dict:
     """Train (or evaluate, with --eval_only) the job set up."""
+    runtime.set_up_done()  # (the ranks waited for rank 0's data with a longer timeout)
     if job.train_args.eval_only:
         return evaluate_only(job, state)
     return loop(job, state)  # (a finished run resumed never gets here: finished_run)

@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import warnings
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -85,7 +86,10 @@ def torchrun_env(monkeypatch):
     def init_process_group(backend, **kw):
         joined.append(backend)
         if backend == "nccl":  # Bug caught: no device_id (barrier() warned it guessed the device)
-            assert kw == {"device_id": torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))}
+            assert kw == {"device_id": torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))),
+                          "timeout": runtime.SETUP_TIMEOUT}
+        else:
+            assert kw == {"timeout": runtime.SETUP_TIMEOUT}
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
     monkeypatch.setattr(dist, "get_rank", lambda: int(os.environ["RANK"]))
     monkeypatch.setattr(dist, "get_world_size", lambda: int(os.environ["WORLD_SIZE"]))
@@ -134,6 +138,30 @@ def test_a_process_without_local_rank_takes_the_first_gpu(torchrun_env, monkeypa
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     assert runtime.setup_distributed(torch.device("cuda")) == (torch.device("cuda", 0), World(3, 4))
+
+def test_the_ranks_wait_for_rank_0s_data_past_the_backends_timeout_and_train_with_it(monkeypatch):
+    """Bug caught: while rank 0 alone prepared the data (the hub's TinyStories: its download and
+    tokenizing can take over 10 minutes), the others waited in a collective that NCCL aborts after 10
+    minutes (gloo 30), the whole job with it. A real gloo group (one process) starts with
+    SETUP_TIMEOUT and gets gloo's default back once set-up is done."""
+    import socket
+
+    from torch.distributed import constants
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    runtime.setup_distributed(torch.device("cpu"))
+    try:
+        gloo = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+        assert gloo.options._timeout == runtime.SETUP_TIMEOUT > timedelta(hours=1)
+        runtime.set_up_done()
+        assert gloo.options._timeout == constants.default_pg_timeout == timedelta(minutes=30)
+    finally:
+        dist.destroy_process_group()
+    runtime.set_up_done()  # (no group: nothing to do)
+
 
 @pytest.fixture
 def fake_all_reduce(monkeypatch):

@@ -333,6 +333,21 @@ def test_a_process_of_the_job_lost_in_the_run_is_one_line_naming_what_is_left(tm
                             f"complete (--resume {run_dir} continues from its last.pt)")
 
 
+@pytest.mark.parametrize("extra", [["--max_steps", "1"], ["--eval_only"]])
+def test_training_and_evaluation_get_the_backends_timeout_back_once_set_up(tmp_path, corpus, cache, done,
+                                                                           monkeypatch, extra):
+    """Catches the ranks training (or evaluating) with set-up's long timeout (runtime.SETUP_TIMEOUT, for
+    rank 0's data), where a hang would be found hours late, not at the backend's 10 minutes."""
+    calls = []
+    monkeypatch.setattr(train.runtime, "set_up_done", lambda: calls.append(True))
+    monkeypatch.setattr(train, "loop", lambda job, state: calls.append("loop") or {})
+    monkeypatch.setattr(train, "evaluate_only", lambda job, state: calls.append("eval") or {})
+    if "--eval_only" in extra:
+        copy_run(done, tmp_path)
+    train.main(argv(tmp_path, corpus, cache, *extra))
+    assert calls == [True, "eval" if "--eval_only" in extra else "loop"]
+
+
 def test_a_process_lost_in_set_up_is_one_line_too(monkeypatch, capsys):
     """Bug caught (the review's): a process killed while the others set up (the data, minutes) or at the
     last barrier still gave gloo's traceback: main() says it in one line, exit 1."""
