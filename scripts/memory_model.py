@@ -93,7 +93,9 @@ def markdown(result: dict) -> str:
     for b, r in result["batches"].items():
         ratios = r["ratios"]
         needs = {"ckpt_memory_saving": "moe+ckpt", "fused_loss_memory_saving": "moe+plain-loss"}
-        cells = [f"{ratios[k]:.0%}" if k in ratios else f"n/a (no {need} run)"  # (a blank cell read as lost)
+        # (a blank cell read as lost; each ratio needs moe too: it named the variant that ran)
+        cells = [f"{ratios[k]:.0%}" if k in ratios else
+                 f"n/a (no {' or '.join(v for v in ('moe', need) if v not in r['step_memory_mb'])} run)"
                  for k, need in needs.items()]
         lines.append(f"| {b} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"

@@ -182,6 +182,19 @@ def test_the_table_adds_held_to_step_memory_in_gigabytes_of_1024_mb():
     assert "| 8 | moe | 1,536 | 2,560 | 4.0 |" in md and "| 8 | 50% | n/a (no moe+plain-loss run) |" in md
 
 
+def test_a_ratio_left_out_names_the_variant_that_did_not_run():
+    """Bug caught: with --variants moe+ckpt,moe+plain-loss (no moe, which both ratios divide by) the
+    table said "n/a (no moe+ckpt run)" and "n/a (no moe+plain-loss run)" of variants that ran."""
+    mb = {"moe+ckpt": 1000.0, "moe+plain-loss": 2000.0}
+    result = {"config": {"preset": "tiny", "max_seq_len": 64, "vocab_size": 4096, "dtype": "float32",
+                         "device": "cuda", "torch": "2"},
+              "batches": {"8": {"step_memory_mb": mb, "held_mb": mb, "ratios": {}}}}
+    assert "| 8 | n/a (no moe run) | n/a (no moe run) |" in memory_model.markdown(result)
+    result["batches"]["8"].update(step_memory_mb={"dense": 1.0}, held_mb={"dense": 1.0})
+    assert "| 8 | n/a (no moe or moe+ckpt run) | n/a (no moe or moe+plain-loss run) |" in \
+        memory_model.markdown(result)
+
+
 def test_a_batch_one_chunk_over_the_limit_is_refused(tmp_path, monkeypatch, capsys):
     """Catches the loss's chunk count rounded down: a batch whose last chunk is partial (scout-128m at
     16,385 sequences: 4,096.25 chunks) passed the 4,096 limit and was modelled."""
