@@ -704,8 +704,9 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt.
     A checkpoint already at `dest` (a run's, with its optimizer state), or another tokenizer.json
     beside it (the one its run's checkpoints were trained with), is refused unless `replace`; the
-    same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A training
-    run's folder or checkpoint as `folder` is the export mistaken for an import: said so."""
+    same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A `dest` in an
+    HF folder is refused, --force or not (its last.pt made the folder a run's, which exports refuse). A
+    training run's folder or checkpoint as `folder` is the export mistaken for an import: said so."""
     source, what = Path(folder), None
     if source.is_file() and source.suffix == ".pt":
         what = "a checkpoint"

@@ -68,7 +68,8 @@ class DeviceError(ConfigError):
 
 
 class MachineError(DeviceError):
-    """A device this machine lacks (no CUDA, too few GPUs): the same for each process on it."""
+    """A device this machine lacks (no CUDA, too few GPUs, too little CPU memory): the same for each
+    process on it."""
 
 
 class RankError(UserError):

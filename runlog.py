@@ -392,8 +392,8 @@ def _line(record: dict) -> str:
 
 def read_metrics(run_dir, warn=None) -> tuple[list, list]:
     """(train records, val records) of a run folder; none yet where train.py has not logged its first
-    record (its run.lock and settings come before the data work: "is it a run folder?" there was an
-    error, and the other runs went unplotted)."""
+    record (its run.lock comes before the data work, its settings before the first step: "is it a run
+    folder?" there was an error, and the other runs went unplotted)."""
     path = Path(run_dir) / "metrics.jsonl"
     started = any((Path(run_dir) / name).is_file() for name in ("run.lock", "train.json", "model.json"))
     if not path.exists() and started:
