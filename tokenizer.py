@@ -155,8 +155,8 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
-    def load(cls, path, fix: str = "pass a tokenizer.json written by this project",
-             exact: bool = True) -> "Tokenizer":
+    def load(cls, path, fix: str = "pass a tokenizer.json written by this project, or leave --tokenizer "
+             "empty to train one", exact: bool = True) -> "Tokenizer":
         """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one).
         `exact` refuses one that does not give back its text, as training and evaluation must; a run
         that an earlier version trained with such a one is still sampled with it (not exact)."""

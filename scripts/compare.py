@@ -131,7 +131,7 @@ def parse(argv):
     shared, _ = settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
     if shared.is_dense:  # (three dense runs, two of them tabled as MoE, and no warning: routers were 0)
         p.error(f"--moe_every {shared.moe_every} is above --n_layers {shared.n_layers}: the moe runs would "
-                "have no MoE layer, and nothing would be compared; lower --moe_every (1 by default)")
+                "have no MoE layer, and nothing would be compared; lower --moe_every to at most --n_layers")
     opts.results = storage.results_path(p, opts, ROOT / "img", extra=extra, fallback=Path(opts.out_dir),
                                         ignore=("out_dir", "cache_dir", "wandb_mode"))  # (not the results)
     return opts, extra

@@ -231,7 +231,8 @@ def test_import_with_a_tokenizer_of_another_kind_says_so_and_sampling_names_the_
     refused = rf"^{beside} has no <\|endoftext\|> token .*; put back the run"
     with pytest.raises(sample.SampleError, match=refused):
         sample.load(sample.SampleArgs(ckpt=str(tmp_path / "ck")), "cpu")
-    with pytest.raises(errors.DataError, match="; pass a tokenizer.json written by this project$"):
+    with pytest.raises(errors.DataError, match="; pass a tokenizer.json written by this project, or leave "
+                                               "--tokenizer empty to train one$"):
         Tokenizer.load(beside)  # (--tokenizer's advice by default)
 
 
