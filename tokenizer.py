@@ -61,6 +61,11 @@ def too_small(vocab_size: int) -> str | None:
     return None
 
 
+def _missing_special(tok: tokenizers.Tokenizer) -> str | None:
+    """The first of this project's special tokens the tokenizer lacks, or None."""
+    return next((t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None), None)
+
+
 @contextmanager
 def _rust_threads_off():
     """Switch off the `tokenizers` thread pool (it reads TOKENIZERS_PARALLELISM at every call)."""
@@ -111,10 +116,9 @@ class Tokenizer:
 
     def __init__(self, tok: tokenizers.Tokenizer, exact: bool = True):
         self.tok = tok
-        missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
-        if missing:
-            raise DataError(f"the tokenizer has no {missing[0]} token; leave --tokenizer empty to train "
-                            "one with this project")
+        if missing := _missing_special(tok):
+            raise DataError(f"the tokenizer has no {missing} token; leave --tokenizer empty to train one "
+                            "with this project")
         fields = json.loads(tok.to_str())
         self.hash = identity(fields)
         # Checkpoints saved before may record the hash with the post-processor (None when it has none).
@@ -179,9 +183,9 @@ class Tokenizer:
             if text is not None and not _has_model(text):  # (the Rust parser's message then misleads:
                 why = 'JSON, but not a tokenizer: it has no "model"'  # `expected , or }` on {"a": 1})
             raise DataError(f"cannot read the tokenizer '{path}' ({why}); {fix}") from None
-        missing = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is None]
-        if missing:  # (an HF folder's own, imported with its weights: the caller's advice, not --tokenizer's)
-            raise DataError(f"{path} has no {missing[0]} token (not a tokenizer this project writes); {fix}")
+        if missing := _missing_special(tok):  # (an HF folder's own, imported with its weights: the caller's
+            # advice, not --tokenizer's)
+            raise DataError(f"{path} has no {missing} token (not a tokenizer this project writes); {fix}")
         loaded = cls(tok, exact=False)
         if exact and not loaded.gives_back_text():
             raise DataError(f"{path}: {NOT_EXACT}, which training and evaluation refuse (earlier versions of "
