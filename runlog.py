@@ -395,10 +395,9 @@ def read_metrics(run_dir, warn=None) -> tuple[list, list]:
     record (its run.lock comes before the data work, its settings before the first step: "is it a run
     folder?" there was an error, and the other runs went unplotted)."""
     path = Path(run_dir) / "metrics.jsonl"
-    started = any((Path(run_dir) / name).is_file() for name in ("run.lock", "train.json", "model.json"))
-    if not path.exists() and started:
-        return [], []
     if not path.exists():
+        if any((Path(run_dir) / name).is_file() for name in ("run.lock", "train.json", "model.json")):
+            return [], []  # (train.py started there)
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
     records = storage.read_jsonl(path, warn=warn)
     return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "val"]

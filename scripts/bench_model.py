@@ -348,14 +348,16 @@ def modelled_mb(variant, base, batch, dtype, cuda: bool) -> float | None:
         return None
 
 
+MEMORY_RATIOS = {  # name: (with, without) the saving, of step memory: 1 - with / without
+    "ckpt_memory_saving": ("moe+ckpt", "moe"),
+    "fused_loss_memory_saving": ("moe", "moe+plain-loss"),
+}
+
+
 def memory_ratios(mem: dict) -> dict:
-    """Step memory saved by activation checkpointing and by the fused loss (fractions)."""
-    out = {}
-    if "moe+ckpt" in mem and "moe" in mem:
-        out["ckpt_memory_saving"] = 1 - mem["moe+ckpt"] / mem["moe"]
-    if "moe+plain-loss" in mem and "moe" in mem:
-        out["fused_loss_memory_saving"] = 1 - mem["moe"] / mem["moe+plain-loss"]
-    return out
+    """Step memory saved by activation checkpointing and by the fused loss (fractions), where both
+    variants of each were measured."""
+    return {k: 1 - mem[a] / mem[b] for k, (a, b) in MEMORY_RATIOS.items() if a in mem and b in mem}
 
 
 TIME_RATIOS = {  # name: (numerator, denominator) of step seconds, where both were measured

@@ -472,8 +472,8 @@ def main(argv=None) -> dict:
     out = storage.make_folder(opts.results, fix)
     paths = {"bpb": out / "compare_bpb.png", "experts": out / "compare_experts.png",
              "entropy": out / "compare_entropy.png", "json": out / "compare.json", "md": out / "compare.md"}
-    shared = "wall-clock budget" if opts.minutes else "number of steps"  # (--minutes 0: no budget of time)
-    figures = {"bpb": plot_bpb(runs, paths["bpb"], shared),
+    budget = "wall-clock budget" if opts.minutes else "number of steps"  # (--minutes 0: no budget of time)
+    figures = {"bpb": plot_bpb(runs, paths["bpb"], budget),
                "experts": plot_experts([r for r in runs if r["name"] in MOE_RUNS], paths["experts"]),
                "entropy": plot_entropy([r for r in runs if r["name"] in MOE_RUNS], paths["entropy"])}
     report["files"] = {k: str(v) for k, v in paths.items()}

@@ -92,11 +92,9 @@ def markdown(result: dict) -> str:
               "|---|---|---|"]
     for b, r in result["batches"].items():
         ratios = r["ratios"]
-        needs = {"ckpt_memory_saving": "moe+ckpt", "fused_loss_memory_saving": "moe+plain-loss"}
-        # (a blank cell read as lost; each ratio needs moe too: it named the variant that ran)
-        cells = [f"{ratios[k]:.0%}" if k in ratios else
-                 f"n/a (no {' or '.join(v for v in ('moe', need) if v not in r['step_memory_mb'])} run)"
-                 for k, need in needs.items()]
+        cells = [f"{ratios[k]:.0%}" if k in ratios else  # (a blank cell read as lost)
+                 f"n/a (no {' or '.join(v for v in sorted(pair) if v not in r['step_memory_mb'])} run)"
+                 for k, pair in bench_model.MEMORY_RATIOS.items()]
         lines.append(f"| {b} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
