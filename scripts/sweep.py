@@ -182,12 +182,13 @@ def check_pass_through(p, opts) -> None:
                 "(a copy of another then); leave it out, or add --no_compile to pass it to every run")
 
 
-def check_candidates(p, stage1: dict[str, list[str]], opts) -> None:
+def check_candidates(p, stage1: dict[str, list[str]], opts) -> torch.device:
     """A bad value for any run of the sweep: one line naming the run now, not hours in. Each run's
     train.py command goes through what train.py refuses before any data work: its option checks
     (config), then its settings checks (runplan: a vocabulary too small for a BPE, a --tokenizer of
     another size, a batch too large for the device's memory, ...); then the --data and --val_data
-    (sources: no such file, an empty one, a checkpoint, a folder with no text; exit status 1)."""
+    (sources: no such file, an empty one, a checkpoint, a folder with no text; exit status 1). Returns
+    the device the runs train on."""
     for name, over in every_candidate(stage1, opts).items():
         said = io.StringIO()
         run = result_path(name, opts.screen_minutes, 1, opts).parent.name
@@ -200,10 +201,17 @@ def check_candidates(p, stage1: dict[str, list[str]], opts) -> None:
         preset, (model_args, train_args) = parsed
         try:
             plan = runplan.plan_run(model_args, train_args, preset, parsed.given)
-            runplan.check_settings(plan, runtime.resolve_device(train_args.device), runtime.World())
+            device = runtime.resolve_device(train_args.device)
+            runplan.check_settings(plan, device, runtime.World())
         except ConfigError as e:
             p.error(f"candidate {name}: {e}")
     sources.resolve_sources(train_args, log=lambda *_: None)  # (the same --data and --val_data for all)
+    return device
+
+
+def machine(device: torch.device) -> str:
+    """Where the runs trained, in words, for sweep.md and sweep.png: `2 CPU cores`, or the GPU's name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
 
 
 def repeated(opts) -> list[str]:
@@ -286,7 +294,13 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     run_dir, run = result_file.parent, result_file.parent.name
     setting = train_setting(overrides, minutes, seed, opts)
     if result_file.exists():
-        result = json.loads(result_file.read_text())
+        try:
+            result = json.loads(result_file.read_text())
+        except (ValueError, OSError) as e:  # (save_json is atomic: edited by hand, or another file)
+            result = f"{type(e).__name__}: {e}"
+        if not isinstance(result, dict):
+            sys.exit(f"sweep.py: error: {result_file} is not a result sweep.py wrote ({str(result)[:80]}); "
+                     f"delete {run_dir} to run {name} again")
         if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)
             sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
                      f"({shlex.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
@@ -352,7 +366,8 @@ def table(rows: list[dict], title: str) -> list[str]:
     return lines + [""]
 
 
-def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "valid-lower.txt"):
+def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "valid-lower.txt",
+         where: str = "2 CPU cores"):
     """Bits/byte of each candidate, screened (bars) and confirmed (points); returns the Figure (so tests
     can check its axes) after writing the PNG."""
     runlog.writable_home_dirs("MPLCONFIGDIR")  # (before matplotlib's first import: its warning)
@@ -377,7 +392,7 @@ def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "va
     shown = [r["bits_per_byte"] for r in screen + confirm if math.isfinite(r["bits_per_byte"])]
     if shown:  # every point, confirmed ones worse than any screened too (they were off the right edge)
         ax.set_xlim(min(shown) - 0.05, max(shown) + 0.02)
-    ax.set(xlabel=f"{val_name} bits per byte (lower is better)", title="tiny on 2 CPU cores: the sweep")
+    ax.set(xlabel=f"{val_name} bits per byte (lower is better)", title=f"tiny on {where}: the sweep")
     ax.grid(alpha=0.3, axis="x")
     storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
     return fig
@@ -428,7 +443,7 @@ def main(argv=None):
     opts, opts.extra = p.parse_known_args(argv)
     only = check_options(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
-    check_candidates(p, stage1, opts)
+    where = machine(check_candidates(p, stage1, opts))
     if again := repeated(opts):  # (allowed: --vocab_size 512 for all is a smaller sweep)
         print(f"sweep.py: warning: {', '.join(again)} would repeat the run each varies, as the "
               "options passed through come after theirs; leave those out, or add --no_variations or "
@@ -461,11 +476,11 @@ def main(argv=None):
     report = {"screen": screen, "confirm": confirm, "followup": followup, "best": best["name"],
               "best_overrides": best["overrides"], "pick": pick["name"], "pick_overrides": pick["overrides"],
               "pick_mean_bits_per_byte": pick["mean"],
-              "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
+              "machine": {"cpu_count": os.cpu_count(), "device": where, "torch": torch.__version__},
               "command": "python scripts/sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "created": time.strftime("%Y-%m-%d %H:%M")}
     storage.save_json(out / "sweep.json", report)
-    md = "\n".join([f"`{report['command']}` on {os.cpu_count()} CPU cores, torch {torch.__version__}; "
+    md = "\n".join([f"`{report['command']}` on {where}, torch {torch.__version__}; "
                     f"validation on all of {Path(opts.val_data).name} after each run's budget.", "",
                     *table(screen, f"Screening: {opts.screen_minutes:g} minutes each"),
                     *table(confirm, f"Confirmation: the best {opts.confirm} screened (and any confirmed "
@@ -476,7 +491,7 @@ def main(argv=None):
                     f"Pick (lowest mean over seeds 1 and 2): **{pick['name']}**, {pick['mean']:.4f} "
                     f"bits/byte: `{shlex.join(pick['overrides'] + opts.extra)}`"])
     storage.atomic_write(out / "sweep.md", (md + "\n").encode())
-    plot(screen, confirm + followup, out / "sweep.png", Path(opts.val_data).name)
+    plot(screen, confirm + followup, out / "sweep.png", Path(opts.val_data).name, where)
     print("\n" + md)
     return report
 

@@ -3,6 +3,7 @@ the table, plot and JSON are written, and a finished run is read back rather tha
 
 import argparse
 import json
+import os
 
 import pytest
 import torch
@@ -473,6 +474,32 @@ def test_the_plot_shows_every_point_a_nan_bar_at_the_bottom(tmp_path):
     assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a", "d", "c"]  # bottom to top
 
 
+def test_the_tables_and_the_plot_name_the_device_the_runs_trained_on(tmp_path, monkeypatch):
+    """Bug caught: sweep.png's title said "tiny on 2 CPU cores" and sweep.md "on N CPU cores" on any
+    machine: a sweep on a GPU (train.py's default device there) was labelled a CPU one."""
+    monkeypatch.setattr(sweep.torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    assert sweep.machine(torch.device("cuda:0")) == "NVIDIA H200"
+    assert sweep.machine(torch.device("cpu")) == f"{os.cpu_count()} CPU cores"
+    screen = [{"name": "a", "bits_per_byte": 2.0, "minutes": 1}]
+    ax = sweep.plot(screen, [], tmp_path / "sweep.png", "valid.txt", "NVIDIA H200").axes[0]
+    assert ax.get_title() == "tiny on NVIDIA H200: the sweep"
+
+
+def test_a_damaged_result_is_one_line_and_kept(tmp_path, monkeypatch):
+    """Bug caught: a sweep-result.json edited by hand into bad JSON (or a list) was a JSONDecodeError
+    traceback (or an AttributeError) when the sweep was run again."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    path = sweep.result_path("s", 0.01, 1, opts)
+    path.parent.mkdir(parents=True)
+    for text in ['{"name": "s", "bits_per', "[1, 2]"]:
+        path.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            sweep.run_one("s", [], 0.01, 1, opts)
+        assert str(e.value.code).startswith(f"sweep.py: error: {path} is not a result sweep.py wrote ("), e
+        assert str(e.value.code).endswith(f"; delete {path.parent} to run s again")
+        assert path.read_text() == text
+
+
 @pytest.mark.parametrize("train, expected", [
     ([{"kind": "train", "step": 2, "tokens": 100, "tokens_per_s": 10.0},
       {"kind": "train", "step": 4, "tokens": 300, "tokens_per_s": 20.0}], 15.0),  # 300 tokens in 10 + 10 s
@@ -666,7 +693,7 @@ def test_the_readmes_sweep_may_keep_its_runs_and_cache_elsewhere(tmp_path, monke
     """Catches --cache_dir (where tokenizers are kept, not a result) sending the README's sweep away
     from img/."""
     stop_at_the_first_run(monkeypatch)
-    monkeypatch.setattr(sweep, "check_candidates", lambda *args: None)  # (every candidate: seconds)
+    monkeypatch.setattr(sweep, "check_candidates", lambda *args: torch.device("cpu"))  # (all: seconds)
     with pytest.raises(Started):
         sweep.main(["--no_compile", "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "c")])
     assert "they go to" not in capsys.readouterr().err
