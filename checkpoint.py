@@ -440,6 +440,9 @@ def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False) -> 
                               f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors", "model.safetensors.index.json")
             if (Path(out_dir) / n).exists()]
+    writes_tokenizer = tokenizer_path is not None and Path(tokenizer_path).exists()
+    settings = ["generation_config.json"] + ["tokenizer_config.json"] * writes_tokenizer
+    held += [f"an export's {n}" for n in settings if (Path(out_dir) / n).exists()]  # (the files it writes)
     theirs = Path(out_dir) / "tokenizer.json"
     if tokenizer_path is None:  # this export has none: an old export's own may go, not a run's
         same = _exported_with(theirs)

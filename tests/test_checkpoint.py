@@ -235,6 +235,20 @@ def test_an_export_over_a_folders_weights_alone_needs_force(tmp_path):
     assert (out / "model.safetensors").read_bytes() != b"theirs"
 
 
+@pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json"])
+def test_an_export_over_a_folders_settings_alone_needs_force(tmp_path, name):
+    """Bug caught: a folder holding a generation_config.json or tokenizer_config.json but no model
+    (settings written by hand, or a copy) had them replaced by an export without --force."""
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / name).write_text('{"theirs": true}')
+    tiny_tokenizer(tmp_path / "tokenizer.json", "ab ab")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.export_hf(tokenizer_model(), out, tmp_path / "tokenizer.json")
+    assert str(e.value).startswith(f"{out} already holds an export's {name}; pass --force to replace it")
+    assert (out / name).read_text() == '{"theirs": true}'
+
+
 # --- what a third mutation audit of checkpoint.py found untested -----------------------------
 
 def touch_at(path, when):
