@@ -390,8 +390,9 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
                 raise ConfigError(f"--{name} {value}: the tokenizer this run trains has {token} at id {i}; "
                                   f"drop --{name} (other ids need a --tokenizer that has them)")
     # (micro-batches are training's: --eval_only splits its windows over the ranks, whatever the
-    # checkpoint's --grad_accum, which refused a run trained on 4 processes evaluated on 3)
-    if train_args.grad_accum % world.size and not train_args.eval_only:
+    # checkpoint's --grad_accum, which refused a run trained on 4 processes evaluated on 3; nor has a
+    # finished run resumed, which was told to split its batch before it was told it had finished)
+    if train_args.grad_accum % world.size and not train_args.eval_only and finished_limit(plan) is None:
         fit = -(-train_args.grad_accum // world.size) * world.size  # (the preset's 1, often: untyped)
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}, e.g. --grad_accum {fit}")

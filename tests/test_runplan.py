@@ -341,6 +341,12 @@ def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_proc
     for accum, device in ((3, torch.device("cpu")), (4, cuda)):
         evaluate = replace(t, grad_accum=accum, eval_only=True)
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, evaluate, None, None), device, two)
+    # Bug caught: a finished run resumed on 2 processes (its --grad_accum 1) was told to split its batch,
+    # not that it had reached its --max_steps (train.finished_run, after these checks)
+    done = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(max_steps=5), {"step": 5}, tmp_path / "last.pt")
+    runplan.check_settings(done, torch.device("cpu"), two)
+    with pytest.raises(ConfigError, match="--grad_accum 1 does not split over 2 processes"):
+        runplan.check_settings(done._replace(ckpt={"step": 4}), torch.device("cpu"), two)
 
 
 def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tmp_path, monkeypatch):
