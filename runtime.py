@@ -27,7 +27,8 @@ How this departs from the obvious version:
   collective for one that has gone; one that fails on every rank is printed by rank 0 alone.
 - While rank 0 alone prepares the data (rank0_first), the others wait in a collective: the process
   group starts with SETUP_TIMEOUT, not NCCL's 10 minutes (gloo's 30), and gets its backend's
-  default back when set-up is done (set_up_done), so a hang in training is found as soon as before.
+  default back when set-up is done (set_up_done), so a hang in training is found as soon as before;
+  the final barrier, where the others wait while rank 0 finishes its W&B run, has it again (wait_long).
 """
 
 import os
@@ -113,15 +114,23 @@ def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
 SETUP_TIMEOUT = timedelta(hours=3)
 
 
-def set_up_done() -> None:
+def set_up_done(long: bool = False) -> None:
     """The process group's timeout back to its backend's default (NCCL's 10 minutes, gloo's 30) once
-    set-up is done: a hang in training is then found as soon as without SETUP_TIMEOUT."""
+    set-up is done: a hang in training is then found as soon as without SETUP_TIMEOUT. `long`:
+    SETUP_TIMEOUT again (wait_long)."""
     if not dist.is_initialized():
         return
     from torch.distributed import constants, distributed_c10d
     nccl = dist.get_backend() == "nccl"
     default = constants.default_pg_nccl_timeout if nccl else constants.default_pg_timeout
-    distributed_c10d._set_pg_timeout(default)  # (torchtitan's way too, after its first step)
+    distributed_c10d._set_pg_timeout(SETUP_TIMEOUT if long else default)  # (torchtitan's way, after a step)
+
+
+def wait_long() -> None:
+    """SETUP_TIMEOUT again, for the final barrier: the other ranks wait there while rank 0 finishes its
+    W&B run (the upload of what is left: minutes on a slow network), which NCCL's 10 minutes aborted,
+    a run that had finished and saved reported failed."""
+    set_up_done(long=True)
 
 
 def all_reduce(values: list[float], device, world: World, op=None) -> list[float]:

@@ -1158,6 +1158,7 @@ def leave_group(finished: dict | None, eval_only: bool) -> None:
     gloo's traceback."""
     try:
         if finished is not None:  # no rank tears the process group down while another still uses it
+            runtime.wait_long()  # (rank 0 may be finishing its W&B run)
             dist.barrier()
     except KeyboardInterrupt:  # a second signal while the others finish: leave at once
         pass

@@ -158,6 +158,8 @@ def test_the_ranks_wait_for_rank_0s_data_past_the_backends_timeout_and_train_wit
         assert gloo.options._timeout == runtime.SETUP_TIMEOUT > timedelta(hours=1)
         runtime.set_up_done()
         assert gloo.options._timeout == constants.default_pg_timeout == timedelta(minutes=30)
+        runtime.wait_long()  # Bug caught: the final barrier, rank 0 finishing its W&B run, under the default
+        assert gloo.options._timeout == runtime.SETUP_TIMEOUT
     finally:
         dist.destroy_process_group()
     runtime.set_up_done()  # (no group: nothing to do)

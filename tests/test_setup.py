@@ -405,10 +405,13 @@ def test_a_process_lost_at_the_last_barrier_is_one_line_too(tmp_path, monkeypatc
     import torch.distributed as dist
     torn_down = lost_peer(monkeypatch, dist, "barrier")
     monkeypatch.setattr(train, "run", lambda *args: {"run_dir": str(tmp_path)})
+    # Bug caught: the others waited there under the backend's default timeout (NCCL's 10 minutes), which
+    # rank 0's W&B upload could outlast: the barrier waits with set-up's long one
+    monkeypatch.setattr(train.runtime, "wait_long", lambda: torn_down.append("long"))
     (tmp_path / "last.pt").write_bytes(b"")
     with pytest.raises(SystemExit) as e:
         train.main(["--preset", "debug"])
-    assert e.value.code == 1 and torn_down == [True] and capsys.readouterr().err == (
+    assert e.value.code == 1 and torn_down == ["long", True] and capsys.readouterr().err == (
         "train.py: error: another process of this torchrun job stopped (Connection closed by peer: it was "
         f"killed or failed, and torchrun's log names it); the checkpoints written are complete (--resume "
         f"{tmp_path} continues from its last.pt)\n")
