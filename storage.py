@@ -412,8 +412,9 @@ def append_jsonl(path, record: dict, fix: str | None = None) -> None:
 
 def read_jsonl(path, warn=None) -> list[dict]:
     """The records of a JSON Lines file. A last line that is not valid JSON (a write cut short by
-    a crash or a full disk) is dropped, and `warn` is told; a bad line elsewhere is an error
-    (ValueError naming the file and the line)."""
+    a crash or a full disk) is dropped, and `warn` is told; a bad line elsewhere, or JSON that is not
+    a record (an edit: no write cut short leaves one), is an error (ValueError naming the file and
+    the line)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     records = []
@@ -425,14 +426,13 @@ def read_jsonl(path, warn=None) -> list[dict]:
             record = json.loads(line)
         except ValueError:
             record = None
-        if not isinstance(record, dict):  # (valid JSON that is not a record: a log's reader would trip on it)
-            if i != last:
-                raise ValueError(f"{path}: line {i + 1} is not a JSON record; fix or delete that "
-                                 "line") from None
+        if record is None and i == last:  # (a record cut short: no prefix of {...} is JSON)
             if warn is not None:
                 warn(f"{path}: dropped a torn last line (line {i + 1}, {len(line)} characters), "
                      "left by a write that was cut short")
             continue
+        if not isinstance(record, dict):  # (valid JSON that is not a record: a log's reader would trip on it)
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record; fix or delete that line") from None
         records.append(record)
     return records
 

@@ -191,6 +191,11 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_a_bad_middle_line_named(
     path.write_text('{"step": 1}\n[1, 2]\n{"step": 3}\n')  # JSON, but not a record: no TypeError later
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
         storage.read_jsonl(path)
+    # Bug caught: JSON that is not a record as the last line (an edit: a record cut short is never JSON)
+    # was dropped as "a torn last line ... left by a write that was cut short"
+    path.write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
+        storage.read_jsonl(path, warn=warnings.append)
 
 
 # --- locks -----------------------------------------------------------------------------------
