@@ -246,10 +246,11 @@ class ModelArgs:
 
     def _check_special_ids(self):
         ids = {n: getattr(self, n) for n in SPECIAL_TOKENS}
-        for name, value in ids.items():
+        for name, value in ids.items():  # (-1: "or a --vocab_size above -1" was no fix)
+            fix = (f"an id below {self.vocab_size}, or a --vocab_size above {value}" if value >= 0 else
+                   f"an id from 0 to {self.vocab_size - 1}")
             _check(0 <= value < self.vocab_size, name,
-                   f"token id {value} is outside the vocabulary [0, {self.vocab_size}); give an id below "
-                   f"{self.vocab_size}, or a --vocab_size above {value}")
+                   f"token id {value} is outside the vocabulary [0, {self.vocab_size}); give {fix}")
         for name, value in ids.items():
             first = next(n for n, v in ids.items() if v == value)
             _check(first == name, first, f"{value} is also --{name}'s id; give each special token an id of "
@@ -787,8 +788,8 @@ class Parser(argparse.ArgumentParser):
         several stray words (an unquoted story) in one clause, not one each."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
 
-        def plain(option):  # --lr-min is --lr_min
-            return option.lstrip("-").replace("-", "_")
+        def plain(option):  # --lr-min and --LR_MIN are --lr_min
+            return option.lstrip("-").replace("-", "_").lower()
 
         def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
             return sorted(plain(option).split("_"))

@@ -371,6 +371,16 @@ def test_an_unknown_option_names_the_only_option_it_begins(capsys, typed, meant)
     assert e.value.code == 2 and f"{typed} (did you mean {meant}?)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("typed, meant", [("--DIM", "--dim"), ("--Max_Steps", "--max_steps"),
+                                          ("--LR-MIN", "--min_lr")])
+def test_an_option_typed_in_capitals_names_its_lower_case_spelling(capsys, typed, meant):
+    """Bug caught: `train.py --DIM 64` said "unknown option --DIM" with no "did you mean --dim?" (the
+    matching was case-sensitive, and difflib found nothing near)."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], [typed, "64"], prog="train.py")
+    assert e.value.code == 2 and f"unknown option {typed} (did you mean {meant}?)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("prog, cls, typed, hint", [
     ("sample.py", SampleArgs, "--to", "--to (which one? --top_k or --top_p)"),
     ("train.py", TrainArgs, "--max", "--max (which one? --max_steps, --max_minutes or --max_bad_steps)")])
@@ -837,6 +847,15 @@ def test_the_whole_error_line(argv, line, capsys):
     with pytest.raises(SystemExit) as e:
         config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py")
     assert e.value.code == 2 and capsys.readouterr().err == f"train.py: error: {line}\n"
+
+
+def test_a_negative_token_id_is_not_told_to_raise_the_vocabulary(capsys):
+    """Bug caught: `--eos_id -1` advised "or a --vocab_size above -1", which no vocabulary size fixes."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], ["--preset", "debug", "--eos_id", "-1"], prog="train.py")
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "train.py: error: --eos_id: token id -1 is outside the vocabulary [0, 320); give an id from 0 to "
+        "319\n")
 
 
 def test_a_bad_setting_is_said_on_rank_0_only(monkeypatch, capsys):
