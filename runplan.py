@@ -138,15 +138,32 @@ def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, pres
     check_model_typed(saved_model, model_args, set(given) - {"max_seq_len"}, "drop them: --init_from takes "
                       "the checkpoint's model (another model starts from scratch: drop --init_from)")
     if "max_seq_len" in given:
-        saved_model = ModelArgs(**{**config.to_dict(saved_model), "max_seq_len": model_args.max_seq_len})
+        saved = config.to_dict(saved_model)
+        saved_model = in_range(ModelArgs, {**saved, "max_seq_len": model_args.max_seq_len}, {"max_seq_len"},
+                               saved, "the checkpoint's")
     if "preset" not in given and ckpt.get("preset") in config.PRESETS:
         preset = ckpt["preset"]
     typed = {k: v for k, v in config.to_dict(train_args).items() if k in given}
-    return saved_model, TrainArgs(**{**config.to_dict(config.preset(preset, TrainArgs)), **typed}), preset
+    start = config.to_dict(config.preset(preset, TrainArgs))
+    train_args = in_range(TrainArgs, {**start, **typed}, typed, start, f"the {preset} preset's")
+    return saved_model, train_args, preset
+
+
+def in_range(cls, values: dict, typed, start: dict, whose: str):
+    """cls(**values), where a value typed (a name in `typed`) out of range is refused with start's value
+    (whose it is: the checkpoint's, the preset's) as its fix, not the class's default."""
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        name, value, rule = getattr(e, "out_of_range", (None,) * 3)
+        if name is None or name not in typed:
+            raise
+        raise ConfigError(config.range_error(name, value, rule, start[name], whose)) from None
 
 
 def check_init(train_args: TrainArgs, given) -> None:
-    """--init_from names a checkpoint, and starts a new run: not beside --resume or --eval_only."""
+    """--init_from names a checkpoint, and starts a new run: not beside --resume or --eval_only. Beside
+    either, --tokenizer '' is refused (--resume takes it: the tokenizer cached for the data)."""
     if "init_from" in given and not train_args.init_from:  # (an unset $CKPT: a run from scratch)
         raise ConfigError("--init_from '': name a checkpoint (a .pt file, a run folder or a run), or drop "
                           "--init_from to start from scratch")
@@ -154,10 +171,13 @@ def check_init(train_args: TrainArgs, given) -> None:
         raise ConfigError("--init_from starts a new run from a checkpoint's weights and --resume goes on "
                           "with a run; drop one of them (--resume CKPT --run NEW_NAME forks a run, with its "
                           "optimizer state and step)")
-    if train_args.init_from and "tokenizer" in given and not train_args.tokenizer:  # (an unset $TOK)
-        raise ConfigError("--tokenizer '' beside --init_from would train a new tokenizer, whose ids the "
-                          "checkpoint's model never learnt; drop --tokenizer to take the one beside the "
-                          "checkpoint, or name it")
+    if (train_args.init_from or train_args.eval_only) and "tokenizer" in given and not train_args.tokenizer:
+        # (an unset $TOK; --eval_only said the run "has no tokenizer.json", which was there all along)
+        why = ("would train a new tokenizer, whose ids the checkpoint's model never learnt" if
+               train_args.init_from else "names no file")
+        option = "--init_from" if train_args.init_from else "--eval_only"
+        raise ConfigError(f"--tokenizer '' beside {option} {why}; drop --tokenizer to take the one beside "
+                          "the checkpoint, or name it")
     if train_args.init_from and train_args.eval_only:
         raise ConfigError("--eval_only evaluates the checkpoint of --resume (or --run's latest), and "
                           "--init_from starts training; pass the checkpoint with --resume instead")
@@ -384,11 +404,14 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
         where = f"--tokenizer {train_args.tokenizer}"
         check_tokenizer(Tokenizer.load(train_args.tokenizer), model_args, where)
     if plan.ckpt is None and not train_args.tokenizer:  # one trained here puts them at ids 0, 1, ...
+        preset = config.PRESETS.get(plan.preset, {}).get("ModelArgs", {})
         for i, (name, token) in enumerate(config.SPECIAL_TOKENS.items()):
             value = getattr(model_args, name)
-            if value != i:
+            if value != i:  # (a preset's, the released ones: "drop --eos_id" named an option never typed)
+                fix = (f"the {plan.preset} preset sets it; pick another --preset" if preset.get(name) == value
+                       else f"drop --{name}")
                 raise ConfigError(f"--{name} {value}: the tokenizer this run trains has {token} at id {i}; "
-                                  f"drop --{name} (other ids need a --tokenizer that has them)")
+                                  f"{fix} (other ids need a --tokenizer that has them)")
     # (micro-batches are training's: --eval_only splits its windows over the ranks, whatever the
     # checkpoint's --grad_accum, which refused a run trained on 4 processes evaluated on 3; nor has a
     # finished run resumed, which was told to split its batch before it was told it had finished)

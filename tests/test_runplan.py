@@ -57,6 +57,26 @@ def test_a_typed_preset_must_agree_with_the_checkpoints_model():
     assert model == DEBUG
 
 
+def test_an_init_from_setting_out_of_range_names_the_value_it_starts_from():
+    """Bug caught: `--init_from CKPT --batch_size 0` (a debug checkpoint) advised the class's
+    "--batch_size 128 (the default)", not the 4 of the preset its training settings start from; and
+    `--max_seq_len 0` the class's 256, not the checkpoint's context."""
+    typed = object.__new__(TrainArgs)  # (as parse_args leaves it for init_settings to check)
+    typed.__dict__.update({**config.to_dict(TrainArgs()), "batch_size": 0, "init_from": "c.pt"})
+    ckpt = {**saved(), "preset": "debug"}
+    with pytest.raises(ConfigError) as e:
+        runplan.init_settings(ckpt, DEBUG, typed, "scout-128m", {"init_from", "batch_size"})
+    assert str(e.value) == "--batch_size: must be at least 1, got 0; e.g. --batch_size 4 (the debug preset's)"
+    with pytest.raises(ConfigError, match=r"e\.g\. --batch_size 16 \(the tiny preset's\)$"):
+        runplan.init_settings(ckpt, DEBUG, typed, "tiny", {"init_from", "batch_size", "preset"})
+    short = object.__new__(ModelArgs)  # (--max_seq_len 0: the context may change, not leave the range)
+    short.__dict__.update({**config.to_dict(DEBUG), "max_seq_len": 0})
+    with pytest.raises(ConfigError) as e:
+        runplan.init_settings(ckpt, short, TrainArgs(), "debug", {"init_from", "max_seq_len"})
+    assert str(e.value) == ("--max_seq_len: must be at least 1, got 0; e.g. --max_seq_len 64 (the "
+                            "checkpoint's)")
+
+
 def test_eval_only_scores_a_typed_val_data_whole_unless_eval_windows_is_typed():
     """Bug caught: --eval_windows typed beside --eval_only --val_data overridden by 0, or a resumed
     training run given --val_data evaluating whole files (eval_windows 0 outside --eval_only)."""
@@ -304,6 +324,22 @@ def test_a_resumed_checkpoints_vocabulary_is_not_refused_as_too_small(tmp_path):
     runplan.check_settings(resumed, cpu, world)
     started_from = runplan.RunPlan(tmp_path, small, TrainArgs(), None, None, init={"model_args": {}})
     runplan.check_settings(started_from, cpu, world)  # (--init_from: its model's vocabulary)
+
+
+def test_special_token_ids_a_preset_sets_are_named_as_the_presets(tmp_path):
+    """Bug caught: `train.py --preset scout-17b-16e` advised "drop --eos_id", an option never typed (the
+    preset sets the released tokenizer's ids); a typed id is still told to drop it."""
+    cpu, world = torch.device("cpu"), runtime.World()
+    scout = config.preset("scout-17b-16e", ModelArgs)
+    with pytest.raises(ConfigError) as e:
+        runplan.check_settings(runplan.RunPlan(tmp_path, scout, TrainArgs(), None, None, "scout-17b-16e"),
+                               cpu, world)
+    assert str(e.value) == ("--eos_id 200008: the tokenizer this run trains has <|endoftext|> at id 0; the "
+                            "scout-17b-16e preset sets it; pick another --preset (other ids need a "
+                            "--tokenizer that has them)")
+    typed = runplan.RunPlan(tmp_path, debug_args(eos_id=300), TrainArgs(), None, None, "debug")
+    with pytest.raises(ConfigError, match=r"at id 0; drop --eos_id \(other ids"):
+        runplan.check_settings(typed, cpu, world)
 
 
 def test_a_typed_tokenizer_that_disagrees_with_the_model_settings_is_refused_before_any_work(tmp_path):
@@ -843,6 +879,19 @@ def test_init_from_is_refused_empty_or_beside_resume_or_eval_only(tmp_path, trai
     train = {"init_from": str(tmp_path / "ckpt" / "a"), **train}
     with pytest.raises(ConfigError, match=re.escape(message)):
         plan(tmp_path, **train)
+
+
+def test_an_empty_tokenizer_beside_eval_only_is_refused_before_any_work(tmp_path):
+    """Bug caught: `train.py --eval_only --tokenizer ''` (an unset $TOK) stopped (exit status 1) saying the
+    run "has no tokenizer.json to evaluate with", advising to put back the file that was there all along
+    (--resume takes '' as the tokenizer cached for the data: kept)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    with pytest.raises(ConfigError) as e:
+        plan(tmp_path, run="r", tokenizer="", eval_only=True)
+    assert str(e.value) == ("--tokenizer '' beside --eval_only names no file; drop --tokenizer to take the "
+                            "one beside the checkpoint, or name it")
+    assert plan(tmp_path, run="r", eval_only=True).ckpt is not None  # (untyped: the run's own)
+    assert plan(tmp_path, resume=str(last), tokenizer="").train_args.tokenizer == ""
 
 
 def test_init_from_needs_the_checkpoints_tokenizer_and_a_folder_of_its_own(tmp_path):
