@@ -460,7 +460,8 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         verb = "has" if len(ignored) == 1 else "have"
         lines.append(f"--eval_only trains nothing: {', '.join(ignored)} {verb} no effect")
     resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
-    if t.warmup_steps >= t.max_steps and not t.eval_only and not resumed_as_is:
+    trains = not t.eval_only and finished_limit(plan) is None  # (a finished run: "raise --max_steps")
+    if t.warmup_steps >= t.max_steps and trains and not resumed_as_is:
         last = t.lr * t.max_steps / t.warmup_steps  # the last step's (train.lr_at's warmup)
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
                      f"rate rises to {last:.2g} (--lr {t.lr:g}) and never decays; "

@@ -687,13 +687,17 @@ def test_eval_only_prints_one_json_line_and_logs_on_stderr(tmp_path, corpus, cac
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])  # (its end: nothing to do)
     assert "warmup" not in capsys.readouterr().out  # Bug caught: said again at every resume, as is
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "2"])
-    assert "warning: --warmup_steps 2 is not below --max_steps 2" in capsys.readouterr().out  # typed: said
+    out = capsys.readouterr().out  # Bug caught: a finished run was warned of its warmup, then told to go on
+    assert "warmup" not in out and "already reached its --max_steps at step 2" in out
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "3",
+                "--warmup_steps", "3"])
+    assert "warning: --warmup_steps 3 is not below --max_steps 3" in capsys.readouterr().out  # typed: said
     train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus),
                 "--cache_dir", str(cache), "--eval_windows", "0", "--lr", "1"])
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1 and "data: validation:" in err and "--eval_only trains nothing" in err
     r = json.loads(out)
-    assert r["tokens"] > 0 and r["bytes"] > 0 and r["step"] == 2
+    assert r["tokens"] > 0 and r["bytes"] > 0 and r["step"] == 3
     assert r["bits_per_byte"] == pytest.approx(r["nats_per_token"] * r["tokens"] / (math.log(2) * r["bytes"]))
 
 
