@@ -760,6 +760,8 @@ def load_data(plan: RunPlan, world: World, device, log):
         else:
             out = data.prepare(train_args, model_args, log=log)
     if ckpt is not None:  # a tokenizer from the cache (the run's tokenizer.json was missing)
+        if not train_args.tokenizer and (ckpt_path.parent / "tokenizer.json").exists():  # --tokenizer ''
+            fix = f"drop --tokenizer '' to take the run's own, {ckpt_path.parent / 'tokenizer.json'}"
         checkpoint.check_tokenizer(out[0], train_args.tokenizer or "the cached tokenizer", ckpt, ckpt_path,
                                    fix)
     return out

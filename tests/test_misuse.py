@@ -117,6 +117,23 @@ def test_init_from_with_an_empty_tokenizer_checks_the_one_the_data_work_trained(
                                    "trained with") and "pass --tokenizer FILE" in str(e.value)
 
 
+def test_resume_with_an_empty_tokenizer_is_told_to_drop_it_not_to_put_the_file_back(tmp_path, monkeypatch):
+    """Bug caught: `--resume --tokenizer ''` on other --data (the cached tokenizer for it: a new BPE) was
+    refused with "put back the run's own tokenizer.json", which was there all along."""
+    import runtime
+    import train
+    trained = SimpleNamespace(hash="a" * 64, legacy_hash="b" * 64)
+    monkeypatch.setattr(train.data, "prepare", lambda *a, **k: (trained, None, None))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer="", eval_only=False),
+                           ckpt={"tokenizer": {"sha256": "c" * 64}}, ckpt_path=tmp_path / "last.pt",
+                           init=None, init_path=None, run_dir=tmp_path)
+    with pytest.raises(train.UserError) as e:
+        train.load_data(plan, runtime.World(), "cpu", print)
+    assert str(e.value).startswith(f"the cached tokenizer is not the tokenizer {tmp_path / 'last.pt'} was ")
+    assert str(e.value).endswith(f"; drop --tokenizer '' to take the run's own, {tmp_path}/tokenizer.json")
+
+
 @pytest.mark.parametrize("name", ["metrics.jsonl", "train.json", "last.pt"])
 def test_plot_runs_refuses_an_out_that_would_replace_a_runs_own_file(name, tmp_path, capsys):
     """Catches plot_runs.py --out RUN/metrics.jsonl (or train.json, last.pt: a slip of tab completion)
