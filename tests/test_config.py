@@ -158,6 +158,9 @@ BAD = [
     (["--out_dir", ""], "--out_dir: must name a folder, got ''"),  # (the run went into the current directory)
     (["--cache_dir", ""], "--cache_dir: must name a folder, got ''"),  # (the caches went there too)
     (["--text_field", ""], "--text_field: must name the records' text field, got ''"),  # (once: at a record)
+    # Bug caught: the hub was asked for dataset '' (exit 1, after the settings were taken)
+    (["--hf_dataset", ""], "--hf_dataset: must name a dataset on the Hugging Face Hub, got '' (and there is "
+                           "no --data); pass one (the default is roneneldan/TinyStories), or --data FILE"),
     # (W&B refused it once the run had started: the whole run went without W&B, exit 0)
     (["--wandb_project", "a/b"], "--wandb_project: 'a/b' is no W&B project name (the run went without W&B); "
                                  "pass 1 to 128 characters without / \\ # ? % or : (the default is "),
@@ -222,6 +225,15 @@ BAD = [
      "--pixel_shuffle_ratio: the 8x8 patch grid cannot be shuffled by 2.0; use one of"),
     (["--vision", "--pixel_shuffle_ratio", "1e-320"], "cannot be shuffled by 1e-320"),  # (1 / ratio is inf)
 ]
+
+
+def test_an_empty_hf_dataset_is_allowed_where_the_hub_is_not_read():
+    """--hf_dataset '' is refused only where the hub would be read: not beside --data, nor beside
+    --eval_only with a --val_data."""
+    TrainArgs(hf_dataset="", data="train.txt")
+    TrainArgs(hf_dataset="", eval_only=True, val_data="valid.txt")
+    with pytest.raises(ConfigError, match="--hf_dataset: must name a dataset"):
+        TrainArgs(hf_dataset="", eval_only=True)
 
 
 def test_the_pixel_shuffle_ratios_the_error_suggests_are_accepted():
