@@ -102,10 +102,10 @@ def document(text: str) -> str:
 # Sources: local files and the hub, as `datasets.Dataset`s with one "text" column
 
 
-def _walk(folder: str) -> list[str]:
-    """The data files under a folder (hidden ones and those in hidden folders left out), in linked
-    folders too, but for a link up (a loop); a file reached twice is listed at each path (resolve_files
-    keeps the first in sorted order)."""
+def _walk(folder: str, hidden: bool = False) -> list[str]:
+    """The data files under a folder (hidden ones and those in hidden folders left out, unless
+    `hidden`), in linked folders too, but for a link up (a loop); a file reached twice is listed at
+    each path (resolve_files keeps the first in sorted order)."""
     found = []
 
     def visit(path: Path, above: frozenset) -> None:
@@ -116,7 +116,7 @@ def _walk(folder: str) -> list[str]:
         except OSError:  # (a folder we may not read: passed over, as rglob did)
             return
         for e in entries:
-            if e.name.startswith("."):
+            if e.name.startswith(".") and not hidden:
                 continue
             if e.is_dir():
                 visit(path / e.name, above | {real})
@@ -151,15 +151,18 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         if skipped(path):
             return False
         if p.name == "dataset_dict.json":
-            raise DataError(f"{flag}: '{p.parent}' is a DatasetDict saved by save_to_disk; point {flag} at "
-                            f"one split's folder ({p.parent / 'train'}), --val_data at another")
+            raise DataError(_dataset_dict_refusal(p.parent, flag))
         return not (p.name in SAVED and any(p.parent.glob("*.arrow")))
 
     if os.path.isdir(spec):
         files = sorted(filter(wanted, _walk(spec)))
         if not files:
             left_out(_walk(spec))
-            raise DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file; check the path")
+            hidden = [f for f in _walk(spec, hidden=True) if not skipped(f)]  # (".data/train.txt")
+            raise DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file" + (
+                f" but in hidden folders or files, which a folder leaves out ({hidden[0]}"
+                f"{', ...' * (len(hidden) > 1)}); check the path, or name the hidden one" if hidden
+                else "; check the path"))
     elif os.path.isfile(spec):  # before the glob test: a file may be named tiny[1].txt
         files = [spec]
     elif any(c in spec for c in "*?["):
@@ -192,6 +195,21 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         if os.path.getsize(f) == 0:
             raise DataError(f"{flag}: '{f}' is empty; remove it or point {flag} at text")
     return files
+
+
+def _dataset_dict_refusal(folder: Path, flag: str) -> str:
+    """The line refusing a DatasetDict's folder (all its splits in one): it names the split `flag`
+    should read (its train split for --data, its validation split for --val_data) and the option
+    for another."""
+    try:
+        splits = json.loads((folder / "dataset_dict.json").read_bytes())["splits"]
+    except (OSError, ValueError, LookupError, TypeError):
+        splits = []
+    names = ("train",) if flag == "--data" else ("validation", "valid", "val", "test")
+    split = next((s for s in names if s in splits), None) or next(iter(splits), names[0])
+    other = "--val_data" if flag == "--data" else "--data"
+    return (f"{flag}: '{folder}' is a DatasetDict saved by save_to_disk; point {flag} at one split's folder "
+            f"({folder / str(split)}), {other} at another")
 
 
 def _identity(path: str) -> tuple[int, int] | str:
@@ -371,31 +389,63 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
             if not line.strip():
                 continue
             records += 1
+            if line.startswith(codecs.BOM_UTF8):  # (pyarrow reads one only at the start of the file)
+                return (f"line {n} starts with a byte-order mark (U+FEFF: files joined?), which pyarrow "
+                        "reads only at the start of the file; remove it")
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode())  # (json.loads would take UTF-16 bytes: pyarrow does not)
             except UnicodeDecodeError:
                 return f"line {n} is not UTF-8; convert the file to UTF-8"
             except ValueError:
                 return f"line {n} is not valid JSON; fix or remove it"
             if not isinstance(record, dict) or field not in record:
-                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
                 return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); every line needs "
                         f"one, or pass {_field_option(flag)} NAME")
             if not isinstance(record[field], str):
-                return (f"line {n}: '{field}' is {type(record[field]).__name__}, not text; fix the line or "
+                return (f"line {n}: '{field}' is {_json_type(record[field])}, not text; fix the line or "
                         f"pass {_field_option(flag)} NAME")
     return None if records else f"has no records (only blank lines); remove it or point {flag} at text"
 
 
-def _json_array_problem(path: str, flag: str) -> str | None:
-    """That a .json file is an empty array, where it is one (`datasets` says "corresponds to no
-    data"); None otherwise. Read whole: only after `datasets` failed on it."""
+def _json_type(value) -> str:
+    """A JSON value's type in words for an error line: null for None (not NoneType)."""
+    return "null" if value is None else type(value).__name__
+
+
+def _json_array_problem(path: str, field: str, flag: str) -> str | None:
+    """Why a .json file is no array of records with a string `field`: not JSON (JSON Lines, which
+    `datasets` reads in a .json too, get _json_problem's line), an empty array (`datasets` says
+    "corresponds to no data"), or the first record without the field as text; None otherwise (an
+    object: _json_object_problem's). Read whole: only after `datasets` failed on it."""
+    with open(path, "rb") as f:
+        raw = f.read().removeprefix(codecs.BOM_UTF8)
     try:
-        with open(path, "rb") as f:
-            empty = json.load(f) == []
-    except ValueError:
-        return None
-    return f"has no records (an empty array); remove it or point {flag} at text" if empty else None
+        text = raw.decode()  # (json.loads would take UTF-16 bytes: `datasets` does not)
+    except UnicodeDecodeError:
+        return "is not UTF-8; convert the file to UTF-8"
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        try:  # JSON Lines: the first line is JSON by itself
+            json.loads(next((line for line in text.splitlines() if line.strip()), ""))
+            return _json_problem(path, field, flag)
+        except ValueError:
+            return f"is not valid JSON ({e}); fix the file"
+    if data == []:
+        return f"has no records (an empty array); remove it or point {flag} at text"
+    option = _field_option(flag)
+    for row, record in enumerate(data if isinstance(data, list) else []):
+        if not isinstance(record, dict) or field not in record:
+            keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
+            return (f"row {row} has no '{field}' field (it has: {keys or 'nothing'}); every record needs "
+                    f"one, or pass {option} NAME")
+        if record[field] is None:
+            return f"row {row}: '{field}' is empty (null); fill or drop the row"
+        if not isinstance(record[field], str):
+            return (f"row {row}: '{field}' is {_json_type(record[field])}, not text; fix the row or pass "
+                    f"{option} NAME")
+    return None
 
 
 def _json_object_problem(path: str, field: str, flag: str) -> str | None:
@@ -482,21 +532,31 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
             problem = _table_problem(path, kind, flag)
         else:
             problem = _json_problem(path, field, flag) if jsonl else (
-                _json_array_problem(path, flag) or _json_object_problem(path, field, flag))
-        raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(e) + ')'}") from None
+                _json_array_problem(path, field, flag) or _json_object_problem(path, field, flag))
+        raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(_reason(e)) + ')'}") \
+            from None
     finally:
         library_log.setLevel(level)
     if problem := _column_problem(ds, field, option=_field_option(flag)):
         if jsonl:  # the line at fault, where it is one
             problem = _json_problem(path, field, flag) or problem
-        elif kind == "json":  # records inside an object: no --text_field reads them
-            problem = _json_object_problem(path, field, flag) or problem
+        elif kind == "json":  # records inside an object (no --text_field reads them), or the row at fault
+            rows = field in ds.column_names and _json_array_problem(path, field, flag)
+            problem = _json_object_problem(path, field, flag) or rows or problem
         raise DataError(f"{flag}: {path}: {problem}")
     feature = ds.features[field]
     ds = ds.select_columns([field])
     if field != "text":
         ds = ds.rename_column(field, "text")
     return ds.cast_column("text", datasets.Value("string")) if feature.dtype != "string" else ds
+
+
+def _reason(e: BaseException) -> BaseException:
+    """The error behind `datasets`' DatasetGenerationError ("An error occurred while generating the
+    dataset", which says nothing): pyarrow's, which names the fault and its row."""
+    while type(e).__name__ == "DatasetGenerationError" and (e.__cause__ or e.__context__):
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def _column_problem(ds, field: str, utf8: bool = True, option: str = "--text_field") -> str | None:

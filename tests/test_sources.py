@@ -182,6 +182,23 @@ def test_without_inode_numbers_a_link_beside_its_file_is_read_once(tmp_path, mon
     assert sources.resolve_files(str(folder), "--data") == [str(folder / "a.txt")]
 
 
+def test_a_folder_whose_text_is_all_hidden_says_so(tmp_path):
+    """Bug caught: a folder whose only text is in a hidden folder or file (.data/train.txt, .t.txt)
+    was said to hold "no .txt, .jsonl, .json, .parquet or .arrow file", though it does: the hidden
+    one, which a folder leaves out, is named."""
+    write(tmp_path / "a" / ".data" / "train.txt", official(docs(2)))
+    write(tmp_path / "b" / ".t.txt", official(docs(2)))
+    for name, hidden in (("a", ".data/train.txt"), ("b", ".t.txt")):
+        with pytest.raises(DataError, match=rf"^--data: folder '.*{name}' holds no .*\.arrow file but in "
+                                            rf"hidden folders or files, which a folder leaves out \(.*{name}/"
+                                            rf"{re.escape(hidden)}\); check the path, or name the hidden "
+                                            r"one$"):
+            sources.resolve_files(str(tmp_path / name), "--data")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError, match=r"folder '.*c' holds no .*\.arrow file; check the path$"):
+        sources.resolve_files(str(tmp_path / "c"), "--data")
+
+
 def test_a_glob_of_a_character_class_names_its_files(tmp_path):
     """Catches a glob with only [...] in it taken for a path: part[12].txt was "no such file"."""
     folder = tmp_path / "corpus"
@@ -189,6 +206,25 @@ def test_a_glob_of_a_character_class_names_its_files(tmp_path):
         write(folder / f"part{n}.txt", official(docs(1, start=n)))
     assert sources.resolve_files(str(folder / "part[12].txt"), "--data") == [
         str(folder / "part1.txt"), str(folder / "part2.txt")]
+
+
+def test_a_datasetdict_folder_given_as_val_data_names_its_validation_split(tmp_path):
+    """Bug caught: --val_data naming a DatasetDict's folder was told to "point --val_data at one
+    split's folder (dd/train), --val_data at another": the training split, and the option twice.
+    Its validation split is named (or, without one, a split it has), and --data for the other."""
+    import datasets
+    part = datasets.Dataset.from_dict({"text": docs(3)})
+    datasets.DatasetDict({"train": part, "validation": part}).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict({"train": part, "test": part}).save_to_disk(str(tmp_path / "tt"))
+    with pytest.raises(DataError, match=r"^--val_data: '.*dd' is a DatasetDict saved by save_to_disk; point "
+                                        r"--val_data at one split's folder \(.*dd/validation\), --data at "
+                                        r"another$"):
+        sources.resolve_files(str(tmp_path / "dd"), "--val_data")
+    with pytest.raises(DataError, match=r"point --val_data at one split's folder \(.*tt/test\)"):
+        sources.resolve_files(str(tmp_path / "tt"), "--val_data")
+    with pytest.raises(DataError, match=r"point --data at one split's folder \(.*dd/train\), --val_data at "
+                                        r"another$"):
+        sources.resolve_files(str(tmp_path / "dd"), "--data")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +375,7 @@ def test_a_failed_read_gives_the_datasets_logger_its_level_back(tmp_path):
     before = library_log.level
     library_log.setLevel(logging.INFO)
     try:
-        with pytest.raises(DataError, match=r"a.json: cannot read it"):
+        with pytest.raises(DataError, match=r"a.json: is not valid JSON"):
             load([write(tmp_path / "a.json", '[\n  {"text": "a story"},\n  oops\n]\n')], tmp_path)
         assert library_log.level == logging.INFO
     finally:
@@ -385,6 +421,43 @@ def test_a_jsonl_line_that_is_no_record_is_named(tmp_path, line, what):
     TypeError followed), and 5 has no `in`; the line is named, with what it is."""
     path = write(tmp_path / "t.jsonl", '{"text": "a story."}\n' + line + "\n")
     with pytest.raises(DataError, match=rf"t.jsonl: line 2 has no 'text' field \(it has: {what}\)"):
+        load([path], tmp_path)
+
+
+@pytest.mark.parametrize("name, text, what", [
+    ("n.json", "hello world", r"is not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\); fix the "
+                              r"file"),
+    ("i.json", '[{"text": "a"}, {"text": 5}]', r"row 1: 'text' is int, not text; fix the row or pass "
+                                               r"--text_field NAME"),
+    ("m.json", '[{"text": "a"}, {"txt": "b"}]', r"row 1 has no 'text' field \(it has: txt\); every record "
+                                                r"needs one, or pass --text_field NAME"),
+    ("z.jsonl", '{"text": "a"}\n{"text": null}\n', r"line 2: 'text' is null, not text"),
+    ("u.json", '[{"text": "a"}]'.encode("utf-16"), r"is not UTF-8; convert the file to UTF-8$"),
+    ("u.jsonl", '{"text": "a"}\n'.encode("utf-16"), r"line 1 is not UTF-8; convert the file to UTF-8$"),
+    ("b.jsonl", '\ufeff{"text": "a"}\n\ufeff{"text": "b"}\n{"story": "c"}\n',
+     r"line 2 starts with a byte-order mark \(U\+FEFF: files joined\?\), which pyarrow reads only at the "
+     r"start of the file; remove it$"),
+])
+def test_a_json_file_that_is_no_array_of_text_records_names_its_fault(tmp_path, name, text, what):
+    """Bug caught: a .json that is no JSON was "cannot read it (DatasetGenerationError: An error
+    occurred while generating the dataset)"; one record whose text is a number, "column 'text' holds
+    Json(decode=True), not text; pass --text_field NAME" (the field is right: the row is wrong); one
+    record without the field, "'text' is empty (null)"; a JSON Lines null, "is NoneType"; UTF-16
+    JSON (json.loads reads it, `datasets` does not), "cannot read it (...)", and in JSON Lines
+    "line 2 is not UTF-8"; a BOM inside JSON Lines (two files joined), which pyarrow refuses, "line 3
+    has no 'text' field" (json.loads read past it)."""
+    path = write(tmp_path / name, text)
+    with pytest.raises(DataError, match=rf"^--data: .*{re.escape(name)}: {what}"):
+        load([path], tmp_path)
+
+
+def test_a_jsonl_file_datasets_cannot_read_names_pyarrows_reason(tmp_path):
+    """Bug caught: a .jsonl line that is JSON to Python but not to pyarrow (a lone surrogate escape)
+    was "cannot read it (DatasetGenerationError: An error occurred while generating the dataset)",
+    which names neither the fault nor the row; pyarrow's error behind it does."""
+    path = write(tmp_path / "s.jsonl", '{"text": "a story."}\n{"text": "lone \\ud800 surrogate"}\n')
+    with pytest.raises(DataError, match=r"^--data: .*s.jsonl: cannot read it \(ArrowInvalid: JSON parse "
+                                        r"error: The surrogate pair in string is invalid\. in row 1\)$"):
         load([path], tmp_path)
 
 
