@@ -483,8 +483,10 @@ def _building(folder: Path, cache_dir: Path, log):
         # a cache miss fails at its first write instead (a lock file of another user's that this one
         # cannot open, in a folder it can write, is no such thing: refused, as builds would race)
         read_only = e.errno == errno.EROFS or (e.errno == errno.EACCES and not os.access(cache_dir, os.W_OK))
-        if e.errno in (errno.ENOTDIR, errno.EEXIST):  # (--cache_dir names a file)
-            raise DataError(f"--cache_dir {cache_dir}: a file is where a folder should be ({e.filename}); "
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):  # (--cache_dir names a file, or one is above it)
+            where = Path(e.filename or path.parent)
+            blocker = next((p for p in [where, *where.parents] if p.exists() and not p.is_dir()), where)
+            raise DataError(f"--cache_dir {cache_dir}: a file is where a folder should be ({blocker}); "
                             f"{CACHE_FIX}") from None
         if not read_only:
             raise

@@ -1072,15 +1072,18 @@ def test_a_log_that_cannot_be_printed_is_not_put_down_to_the_cache(tmp_path, cor
 
 def test_a_cache_dir_that_is_a_file_is_named_as_such(tmp_path, corpus):
     """--cache_dir naming a file (or holding a file where .locks goes): it was "FILE/.locks: Not a
-    directory; check the path, its permissions and --cache_dir"."""
+    directory; check the path, its permissions and --cache_dir".
+    Bug caught: the file named was always the .locks folder's path, FILE/.locks where --cache_dir is
+    the file, FILE/sub/.locks where a folder above it is: the file in the way is named."""
     train_path, val_path, _, _ = corpus
     text = train_path.read_text()
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / ".locks").write_text("not a folder")
-    for cache in (train_path, tmp_path / "c"):
+    for cache, blocker in ((train_path, train_path), (train_path / "sub", train_path),
+                           (tmp_path / "c", tmp_path / "c" / ".locks")):
         args = targs(tmp_path, data=str(train_path), val_data=str(val_path), cache_dir=str(cache))
         with pytest.raises(DataError, match=rf"^--cache_dir {re.escape(str(cache))}: a file is where a "
-                           r"folder should be \(.*\.locks\); pick another --cache_dir$"):
+                           rf"folder should be \({re.escape(str(blocker))}\); pick another --cache_dir$"):
             data.prepare(args, margs(), log=lambda msg: None)
     assert train_path.read_text() == text  # (nothing written over it)
 
@@ -1364,7 +1367,7 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
                           r"can only fill \d+ tokens .*, or raise --tokenizer_train_mb "
                           r"\(the first 0.001 MB were read\)"),
     "bad json array": ({"a.json": '[\n  {"text": "a story"},\n  oops\n]\n'}, dict(data="{tmp}/a.json"),
-                       r"a.json: cannot read it \("),  # (not "line 1 is not valid JSON": "[" is fine)
+                       r"a.json: is not valid JSON \(Expecting value: line 3 column 3"),  # (not "line 1")
     "glob of other files": ({"x.csv": "a,b", "y.md": "c"}, dict(data="{tmp}/*"),
                             r"'.*\*' matches no .txt, .jsonl, .json, .parquet or .arrow file "
                             r"\(only .*x.csv and 1 more\)"),
