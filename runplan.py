@@ -436,6 +436,12 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
         shared = f" a process ({parts}), {total * procs / 1e9:.1f} GB for the {procs} processes here," \
             if procs > 1 else f" ({parts})"
         error = errors.MachineError if device.type == "cpu" else DeviceError
+        (what, weights), = [(k, v) for k, v in need.items() if k.startswith("weights")]
+        if weights * procs > have:  # (no batch or context is small enough: --vocab_size 10**9 was told so)
+            raise error(f"the model's {what} alone need {weights * procs / 1e9:.1f} GB"
+                        f"{f' for the {procs} processes here' if procs > 1 else ''} but {device} has "
+                        f"{have / 1e9:.1f} GB; use a smaller model (--vocab_size, --dim, --n_layers, "
+                        "--n_experts, --expert_dim)")
         raise error(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
                     f"needs at least {total / 1e9:.1f} GB{shared} but {device} has "
                     f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "

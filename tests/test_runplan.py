@@ -397,6 +397,12 @@ def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tm
     runplan.check_settings(p, cpu, world)
     monkeypatch.setattr(runtime, "device_memory", lambda device: None)
     runplan.check_settings(p, cpu, world)
+    # Bug caught: weights alone past the memory (--vocab_size 10**9) were blamed on the context and batch
+    weights = runplan.memory_floor(DEBUG, p.train_args)["weights and optimizer state"]
+    monkeypatch.setattr(runtime, "device_memory", lambda device: weights - 1)
+    with pytest.raises(runplan.DeviceError, match=r"^the model's weights and optimizer state alone need "
+                                                  r".* use a smaller model \(--vocab_size, --dim"):
+        runplan.check_settings(p, cpu, world)
 
 
 def test_the_cpu_memory_check_counts_the_processes_of_the_machine_and_is_said_once_there(tmp_path,
@@ -678,8 +684,9 @@ def test_a_resumed_training_run_checks_its_saved_data_beside_its_val_data(tmp_pa
 def test_the_memory_refusal_names_what_it_counted_and_the_fix(tmp_path, monkeypatch):
     """Bug caught: the memory refusal listing a term that is nothing (activations 0.0 at --eval_only),
     or losing the fix it names (a smaller micro-batch, --grad_accum to keep the batch)."""
-    monkeypatch.setattr(runtime, "device_memory", lambda device: 1)
     p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2, eval_only=True), None, None)
+    weights = runplan.memory_floor(DEBUG, p.train_args)["weights"]  # (they fit: the batch does not)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: weights)
     with pytest.raises(runplan.DeviceError) as e:
         runplan.check_settings(p, torch.device("cpu"), runtime.World())
     assert str(e.value) == ("--max_seq_len 64 x --batch_size 2 needs at least 0.0 GB (weights 0.0, loss "
