@@ -407,7 +407,7 @@ class TrainArgs:
                      "eval_windows", "num_proc", "tokenizer_train_mb"]:
             _in_range(self, name, getattr(self, name) >= 0, ">= 0")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr:g} is above --lr {self.lr:g}; pass a "
-               "--min_lr at most --lr (each preset sets its own)")
+               "--min_lr at most --lr (each preset sets its own, and a resumed run keeps its own)")
         if self.lr * self.weight_decay >= 1:  # AdamW scales the matrices by 1 - lr * weight_decay
             raise ConfigError(f"--weight_decay: {self.weight_decay:g} x --lr {self.lr:g} is at least 1: "
                               "AdamW would zero or flip the sign of every matrix at each step; pick a "

@@ -204,7 +204,9 @@ BAD = [
     (["--seed", "-3"], "--seed: must be in [0, 2^63)"),
     (["--beta2", "1"], "--beta2: must be in [0, 1)"),  # (passed: AdamW's second moment never updated)
     (["--seed", str(2 ** 63)], "--seed: must be in [0, 2^63)"),
-    (["--min_lr", "1"], "--min_lr: 1 is above --lr 0.0006; pass a --min_lr at most --lr"),
+    # (a resume's --lr below the run's --min_lr was told of the presets' alone)
+    (["--min_lr", "1"], "--min_lr: 1 is above --lr 0.0006; pass a --min_lr at most --lr (each preset sets "
+                        "its own, and a resumed run keeps its own)"),
     (["--weight_decay", "2000"],  # (once accepted: AdamW multiplied every matrix by 1 - 1.2 each step)
      "--weight_decay: 2000 x --lr 0.0006 is at least 1: AdamW would zero or flip the sign of every matrix"),
     (["--rope_scaling", "yarn"], "--rope_scaling: invalid choice"),
