@@ -183,6 +183,9 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     elif os.path.islink(spec):
         raise DataError(f"{flag}: '{spec}' is a link to '{os.readlink(spec)}', which does not exist; fix the "
                         "link or the path")
+    elif spec.endswith(("/", os.sep)) and os.path.isfile(spec.rstrip("/" + os.sep)):  # (tab completion's /)
+        raise DataError(f"{flag}: '{spec.rstrip('/' + os.sep)}' is a file, not a folder; drop the trailing "
+                        f"{spec[-1]}")
     else:
         raise DataError(f"{flag}: no such file '{spec}'; check the path")
     first = {}  # a file reached by two paths (a symlink or hard link beside it, a glob through a linked

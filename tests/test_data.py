@@ -1100,6 +1100,10 @@ def test_a_pipe_or_a_broken_link_as_a_source_is_named_as_such(tmp_path):
     with pytest.raises(DataError, match=r"^--val_data: '.*link.txt' is a link to '.*gone.txt', which does "
                        r"not exist; fix the link or the path$"):
         sources.resolve_files(str(link), "--val_data")
+    # Bug caught: a file named with a trailing / (tab completion after a folder) was "no such file"
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(DataError, match=r"^--data: '.*a.txt' is a file, not a folder; drop the trailing /$"):
+        sources.resolve_files(f"{tmp_path / 'a.txt'}/", "--data")
 
 
 def test_a_finished_cache_on_a_read_only_disk_is_used(tmp_path, corpus, monkeypatch):
