@@ -486,6 +486,7 @@ class SampleArgs:
 
     def __post_init__(self):
         _in_range(self, "num_samples", self.num_samples >= 1, "at least 1")
+        _in_range(self, "num_samples", self.num_samples < 2**31, "below 2^31")  # (a row count: a traceback)
         _in_range(self, "max_new_tokens", self.max_new_tokens >= 1, "at least 1")
         _check(self.temperature > 0 or self.greedy, "temperature", f"must be positive, got "
                                                                    f"{self.temperature} (use --greedy for "

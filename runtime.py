@@ -279,14 +279,14 @@ OUT_OF_MEMORY_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "CUDA er
 
 
 def out_of_memory(e: BaseException | None) -> bool:
-    """An out-of-memory error (CUDA's, or the CPU allocator's RuntimeError), or an exception
-    wrapping one: Inductor raises what fails while it compiles (max-autotune allocates to time
+    """An out-of-memory error (CUDA's, the CPU allocator's RuntimeError, Python's MemoryError), or an
+    exception wrapping one: Inductor raises what fails while it compiles (max-autotune allocates to time
     its kernels) inside its own InductorError. (Not an error raised while handling one: its
     __context__ is not followed.)"""
     for _ in range(8):  # a short chain: the compiler's wrappers, then the error
         if e is None:
             return False
-        if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and any(
+        if isinstance(e, torch.OutOfMemoryError | MemoryError) or (isinstance(e, RuntimeError) and any(
                 m in str(e) for m in OUT_OF_MEMORY_MESSAGES)):
             return True
         e = getattr(e, "inner_exception", None) or e.__cause__

@@ -423,6 +423,15 @@ def test_out_of_memory_follows_a_compilers_wrappers():
     assert not runtime.out_of_memory(context) and not runtime.out_of_memory(None)
 
 
+def test_pythons_memory_error_is_out_of_memory():
+    """Bug caught: a MemoryError (a host allocation by Python itself, as a list of a billion rows) was
+    not out of memory: sample.py and train.py gave a traceback instead of their one line."""
+    assert runtime.out_of_memory(MemoryError())
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = MemoryError()
+    assert runtime.out_of_memory(wrapped)
+
+
 def test_out_of_memory_outside_torchs_allocator_is_out_of_memory():
     """Bug caught: CUDA running out outside torch's caching allocator (torch.AcceleratorError, a
     RuntimeError: "CUDA error: out of memory"; cuBLAS's workspace) taken for a compile failure (an

@@ -766,6 +766,29 @@ def test_running_out_of_memory_is_one_line_naming_the_fix(run_dir, monkeypatch, 
     assert "sample fewer rows at once (prompts x --num_samples)" in err
 
 
+def test_a_host_out_of_memory_is_the_same_one_line(run_dir, monkeypatch, capsys):
+    """Bug caught: Python's MemoryError (the prompts' rows built on the host: a --num_samples with a
+    few zeros too many) was a traceback, not the one line naming the fix that torch's allocators get."""
+    def no_room(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(sample, "prompts_from", no_room)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(run_dir), "--max_new_tokens", "2", "--num_samples", "1000000000"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.count("\n") == 0
+    assert err.startswith("sample.py: error: out of memory (MemoryError); sample fewer rows at once")
+
+
+def test_a_num_samples_no_batch_can_hold_is_a_bad_option(run_dir, capsys):
+    """Bug caught: --num_samples 10^20 was a traceback (OverflowError: cannot fit 'int' into an
+    index-sized integer, repeating the prompt's row), not a bad option's one line."""
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(run_dir), "--max_new_tokens", "2", "--num_samples", str(10 ** 20)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0
+    assert err.startswith(f"sample.py: error: --num_samples: must be below 2^31, got {10 ** 20}")
+
+
 def test_out_of_memory_in_a_compiled_decode_step_is_not_a_compiler_failure(monkeypatch, capsys):
     """Eager decoding would not need less memory: the error goes up (to sample.py's one line),
     with no fallback warning."""
