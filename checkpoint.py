@@ -567,14 +567,17 @@ def hf_rope(text: dict) -> dict:
 
 
 def _check_hf_layout(text: dict, args: ModelArgs):
-    """Refuse what transformers would build otherwise than ModelArgs can: explicit lists of NoPE
-    or MoE layers off the intervals, another head width, attention biases."""
+    """Refuse what transformers would build otherwise than ModelArgs can: explicit lists of NoPE,
+    MoE or chunked-attention layers off the intervals, another head width, attention biases,
+    another activation than SiLU."""
     layers = range(args.n_layers)
     derived = {"no_rope_layers": [int(args.uses_rope(i)) for i in layers],
-               "moe_layers": [i for i in layers if args.is_moe_layer(i)]}
+               "moe_layers": [i for i in layers if args.is_moe_layer(i)],
+               "layer_types": ["chunked_attention" if args.uses_rope(i) else "full_attention"
+                               for i in layers]}
     for key, want in derived.items():
         got = text.get(key)
-        given = got is not None if key == "moe_layers" else bool(got)  # (transformers' own tests)
+        given = bool(got) if key == "no_rope_layers" else got is not None  # (transformers' own tests)
         if given and list(got) != want:
             raise ConfigError(f"{key} {list(got)} is not every n-th layer ({want} from the interval); "
                               "only interval layouts are supported")
@@ -583,6 +586,8 @@ def _check_hf_layout(text: dict, args: ModelArgs):
                           f"= {args.head_dim}; only that head width is supported")
     if text.get("attention_bias"):
         raise ConfigError("attention_bias true is not supported (Llama 4 has no attention biases)")
+    if text.get("hidden_act", "silu") not in ("silu", "swish"):  # (transformers' two names for it)
+        raise ConfigError(f"hidden_act {text['hidden_act']!r} is not supported (Llama 4's experts use silu)")
 
 
 def args_from_hf(cfg: dict) -> ModelArgs:
@@ -644,8 +649,9 @@ def load_hf(folder, device="cpu") -> Llama4:
     gets the embedding as its output layer, as transformers loads it."""
     from safetensors.torch import load_file
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder; pass an HF folder (config.json, "
+    if not folder.is_dir():  # (a path to nothing was "not a folder", as a file is)
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(f"{folder} {what}; pass an HF folder (config.json, "
                               "model.safetensors), such as one scripts/export_hf.py writes")
     weights = hf_weight_files(folder)
     for path in [folder / "config.json", *weights]:

@@ -30,6 +30,11 @@ CASES = {
     "llama3-rope": dict(rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
                         rope_high_freq_factor=4.0, rope_original_max_seq_len=16, rope_theta=100.0),
     "no-temperature-tuning-gqa-1": dict(attn_temperature_tuning=False, n_kv_heads=1),
+    # Scout's released scaling: low_freq_factor == high_freq_factor, no band to interpolate
+    "llama3-rope-as-scout": dict(rope_scaling="llama3", rope_factor=16.0, rope_low_freq_factor=1.0,
+                                 rope_high_freq_factor=1.0, rope_original_max_seq_len=16, rope_theta=100.0),
+    "dense-nope-every-2": dict(moe_every=5, nope_every=2),  # no MoE layer; NoPE on layers 1 and 3
+    "one-chunk-mha-every-expert": dict(attn_chunk_size=64, n_kv_heads=4, top_k=4),
 }
 
 
@@ -274,6 +279,27 @@ def test_import_refuses_a_layout_it_cannot_build(tmp_path, key, value, message):
     checkpoint.export_hf(build(), tmp_path)
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(checkpoint.CheckpointError, match="describes no model this project builds") as e:
+        checkpoint.load_hf(tmp_path)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("layer_types", ["full_attention"] * 4, "layer_types ['full_attention', 'full_attention', "
+                                            "'full_attention', 'full_attention'] is not every n-th layer"),
+    ("hidden_act", "gelu", "hidden_act 'gelu' is not supported (Llama 4's experts use silu)"),
+])
+def test_import_refuses_what_transformers_would_build_otherwise(tmp_path, key, value, message):
+    """Bug caught: a config.json whose layer_types (transformers writes them on every save) attend
+    otherwise than the NoPE interval says, here every layer "full_attention", or whose hidden_act
+    is not silu, imported silently as this project's model: for those layer_types, logits 4.3 away
+    from transformers' past the first chunk."""
+    from transformers import Llama4TextConfig
+    checkpoint.export_hf(build(), tmp_path)
+    path = tmp_path / "config.json"
+    cfg = {**json.loads(path.read_text()), key: value}
+    path.write_text(json.dumps(cfg))
+    assert getattr(Llama4TextConfig(**cfg), key) == value  # (what transformers builds)
     with pytest.raises(checkpoint.CheckpointError, match="describes no model this project builds") as e:
         checkpoint.load_hf(tmp_path)
     assert message in str(e.value)

@@ -749,7 +749,8 @@ def test_an_hf_folder_that_does_not_exist_is_named_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sample.main(["--hf", str(tmp_path / "nosuch"), "--max_new_tokens", "2"])
     assert e.value.code == 1
-    assert capsys.readouterr().err.strip() == f"sample.py: error: {tmp_path / 'nosuch'} is not a folder; " \
+    # Bug caught: it said "is not a folder", as of a file
+    assert capsys.readouterr().err.strip() == f"sample.py: error: {tmp_path / 'nosuch'} does not exist; " \
         "pass an HF folder (config.json, model.safetensors), such as one scripts/export_hf.py writes"
 
 
