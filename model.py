@@ -6,9 +6,10 @@ the HF ones, so export is a matter of adding prefixes (scripts/export_hf.py). In
 
     tokens -> embed_tokens -> n_layers x Block -> norm -> lm_head -> logits
     Block:  x = x + self_attn(input_layernorm(x));  x = x + feed_forward(post_attention_layernorm(x))
-    self_attn: GQA. RoPE layers (3 of every 4): interleaved-pair RoPE, weightless RMS QK norm,
-               attention within aligned chunks of attn_chunk_size. NoPE layers (every 4th):
-               no positions, full causal attention, query temperature tuning.
+    self_attn: GQA. RoPE layers (all but every nope_every-th: 3 of every 4 by default):
+               interleaved-pair RoPE, weightless RMS QK norm (qk_norm), attention within aligned
+               chunks of attn_chunk_size. NoPE layers: no positions, full causal attention, query
+               temperature tuning (attn_temperature_tuning).
     feed_forward: MoE (every moe_every-th layer) = shared expert + top-k routed experts whose
                input is scaled by sigmoid(router logit); dense SwiGLU otherwise.
 
@@ -286,7 +287,7 @@ class Attention(nn.Module):
             else:
                 mask = attention_mask(pos, pos, self.chunk_size)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
         return self.o_proj(y)
 
     def _project(self, x, rope):
@@ -304,7 +305,7 @@ class Attention(nn.Module):
             return q, k, v
         # training: one matmul; q and k side by side, so RoPE and the norm run once
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2Hkv)D, dim)
-        qk, v = F.linear(x, w).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
+        qk, v = F.linear(x, w).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)  # (B, T, H+Hkv, D), v
         if self.use_rope:
             qk = self._rotate(qk, rope, v.dtype)
         q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
