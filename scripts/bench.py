@@ -90,8 +90,11 @@ def target(goal: str, batch: str) -> str:
 def markdown(results: dict, machine: dict) -> str:
     load = machine.get("load_before")  # (None where unknown: the GPU check's)
     back = [name for name in results if name not in machine.get("parts_run", PARTS)]
-    lines = [f"Machine: {machine['cpus']} CPU cores ({machine['cpu']}), torch {machine['torch']}, "
-             + (f"load average {load:.2f} before the run, " if load is not None else "") + machine["date"]
+    cores = f"{machine['cpus']} CPU cores ({machine['cpu']})" if machine["cpus"] else \
+        f"{machine['cpu']} (its host's CPU cores not recorded)"  # (gpu_check.py --render of older JSON)
+    lines = [f"Machine: {cores}, torch {machine['torch']}, "
+             + (f"load average {load:.2f} before the run, " if load is not None else "")
+             + (machine["date"] or "date not recorded")
              + (f" (the {', '.join(back)} tables read back from an earlier run's JSON)" if back else "")
              + ".", ""]
     if "model" in results:

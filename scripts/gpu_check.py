@@ -424,9 +424,10 @@ def markdown(out: Path) -> str:
     lines = [f"**Failed:** {', '.join(FAILED)}; see log.txt. The figures below are what the rest gave.", ""] \
         if FAILED else []
     if model := measured(out / "bench_model.json"):
-        # the run's machine and day, not those of a --render elsewhere (older JSON: this machine's, today)
-        machine = {"cpus": model.get("cpus", os.cpu_count()), "cpu": model["device"], "load_before": None,
-                   "torch": model["config"]["torch"], "date": model.get("date", time.strftime("%Y-%m-%d"))}
+        # the run's machine and day, not those of a --render elsewhere (older JSON has neither: said so,
+        # where it gave this machine's cores and today, "2 CPU cores (NVIDIA H200)")
+        machine = {"cpus": model.get("cpus"), "cpu": model["device"], "load_before": None,
+                   "torch": model["config"]["torch"], "date": model.get("date")}
         lines.append(bench.markdown({"model": model}, machine))
     for name in ["bench_sample.json", "bench_sample_fp32.json"]:  # greedy tokens must agree: say where not
         if sample := measured(out / name):
@@ -530,8 +531,9 @@ def render(out: Path) -> Path:
     """--render: gpu.md from the JSON a check left in `out`, its failures named (exit 1). A file that
     is not a check's JSON is a one-line error, and gpu.md is left as it was."""
     names = [name for files in PARTS.values() for name in files]
-    if not out.is_dir():  # (it said it could not write gpu.md there)
-        raise UserError(f"--render: {out} does not exist; pass --out the folder a check wrote its JSON to")
+    if not out.is_dir():  # (it said it could not write gpu.md there; of a file, that it did not exist)
+        what = "is a file, not a folder" if out.exists() else "does not exist"
+        raise UserError(f"--render: {out} {what}; pass --out the folder a check wrote its JSON to")
     if not any((out / name).is_file() for name in names):  # (it wrote an empty gpu.md, exit 0)
         raise UserError(f"--render: {out} holds none of {', '.join(names)}; pass --out the folder a "
                         "check wrote them to")

@@ -150,6 +150,9 @@ def main(argv=None):
         if flag.startswith("--") and flag not in model_options:
             p.error(p.unknown([flag], model_options))
     _, (model_args,) = config.parse_args([ModelArgs], ["--preset", opts.preset, *overrides], prog=p.prog)
+    if model_args.is_dense:  # (every "moe" row was a dense model's, and the dense twin another width)
+        p.error(f"--moe_every {model_args.moe_every} is above --n_layers {model_args.n_layers}: the moe "
+                "variants would have no MoE layer; lower --moe_every to at most --n_layers")
     variants = opts.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "moe" not in variants:

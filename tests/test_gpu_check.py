@@ -398,6 +398,19 @@ def test_render_of_missing_or_partial_results_is_one_line_and_keeps_gpu_md(tmp_p
     assert files is None or (out / "gpu.md").read_text() == "the last good one\n"
 
 
+def test_render_of_a_file_says_it_is_a_file(tmp_path, capsys):
+    """Bug caught: --render --out RUN/train.json (a file, not the check's folder) said the file "does not
+    exist". Now it says it is a file, in one line."""
+    from errors import run_script
+    out = tmp_path / "train.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: gpu_check.main(["--render", "--out", str(out)]), "gpu_check.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"gpu_check.py: error: --render: {out} is a file, not a folder; pass --out"), err
+
+
 def fake_train_run(tmp_path, monkeypatch, windows: int, follow_ups: dict, exit: int = 0, steps: int = 10,
                    lm_loss: list[float] | None = None):
     """gpu_check.sh recording the commands (argv and what train.json held as each began): a train.py
@@ -760,6 +773,23 @@ def test_render_elsewhere_keeps_the_gpu_runs_machine_and_day(tmp_path, monkeypat
     gpu_check.main(["--render", "--out", str(out)])
     md = (out / "gpu.md").read_text()
     assert md.startswith("Machine: 16 CPU cores (NVIDIA H200), torch 2.11, 2026-11-27.")
+
+
+def test_render_of_json_that_recorded_no_machine_or_day_does_not_make_them_up(tmp_path, monkeypatch):
+    """Bug caught: a bench_model.json without "cpus" and "date" (img/gpu's, from before they were
+    recorded) rendered "Machine: 2 CPU cores (NVIDIA H200), ..., <today>": the cores of the machine
+    that ran --render and the day it ran. Now it says neither was recorded."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    config = {"max_seq_len": 256, "dim": 512, "n_layers": 8, "n_experts": 16, "top_k": 1, "dtype": "bfloat16",
+              "repeats": 10, "torch": "2.11"}
+    (out / "bench_model.json").write_text(json.dumps({"device": "NVIDIA H200", "config": config,
+                                                      "batches": {}}))
+    monkeypatch.setattr(gpu_check.os, "cpu_count", lambda: 2)
+    gpu_check.main(["--render", "--out", str(out)])
+    first = (out / "gpu.md").read_text().splitlines()[0]
+    assert first == ("Machine: NVIDIA H200 (its host's CPU cores not recorded), torch 2.11, "
+                     "date not recorded."), first
 
 
 def test_only_a_failed_command_not_one_stopped_at_the_deadline_is_named_by_sh(tmp_path, monkeypatch):

@@ -251,3 +251,16 @@ def test_only_a_run_at_every_default_replaces_the_readmes_figure(tmp_path, monke
     memory_model.main([])
     assert json.loads((tmp_path / "img" / "memory_model.json").read_text())["config"]["top_k"] == 1
     assert (tmp_path / "img" / "memory_model.md").exists()
+
+
+def test_a_model_without_an_moe_layer_is_refused_before_any_work(monkeypatch, capsys):
+    """Bug caught: --moe_every above --n_layers modelled a dense model in every "moe" row (and the
+    ratios to it), with no word; compare.py refuses the same settings. Now one line, exit 2, no work."""
+    def work(*args):
+        raise AssertionError("the step was modelled")
+    monkeypatch.setattr(memory_model.bench_model, "modelled_step_memory", work)
+    with pytest.raises(SystemExit) as e:
+        memory_model.main(["--preset", "debug", "--moe_every", "9", "--batches", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert "--moe_every 9 is above --n_layers 4" in err, err
