@@ -32,6 +32,7 @@ How this departs from the obvious version:
 """
 
 import os
+import re
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -311,8 +312,10 @@ GPU_BF16_PEAK = {  # dense bf16 tensor-core FLOP/s, by the first key in the devi
 
 
 def gpu_bf16_peak(name: str) -> float | None:
-    """The table's peak for a device name ("NVIDIA H100 80GB HBM3": the H100 SXM's), or None."""
-    return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+    """The table's peak for a device name ("NVIDIA H100 80GB HBM3": the H100 SXM's), or None. A key
+    ends where the name's model ends ("A100" is not "RTX A1000"'s; "GH200" holds an H200)."""
+    return next((v for k, v in GPU_BF16_PEAK.items() if re.search(re.escape(k) + r"(?![0-9A-Za-z])", name)),
+                None)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:

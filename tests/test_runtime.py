@@ -165,6 +165,22 @@ def test_the_ranks_wait_for_rank_0s_data_past_the_backends_timeout_and_train_wit
     runtime.set_up_done()  # (no group: nothing to do)
 
 
+def test_an_nccl_group_gets_nccls_own_timeout_back_after_set_up(monkeypatch):
+    """The NCCL branch of set_up_done (CUDA only; the group faked): NCCL's default (10 minutes on a
+    CUDA build of torch; None on this CPU build, where it is faked), not gloo's 30, once set-up is
+    done, and SETUP_TIMEOUT again for the final barrier."""
+    from torch.distributed import constants, distributed_c10d
+    set_to = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(constants, "default_pg_nccl_timeout", timedelta(minutes=10))
+    monkeypatch.setattr(distributed_c10d, "_set_pg_timeout",
+                        lambda timeout, group=None: set_to.append(timeout))
+    runtime.set_up_done()
+    runtime.wait_long()
+    assert set_to == [timedelta(minutes=10), runtime.SETUP_TIMEOUT]
+
+
 @pytest.fixture
 def fake_all_reduce(monkeypatch):
     """dist.all_reduce faked: each call's values and op are recorded, and `others` (what the other
@@ -486,6 +502,20 @@ def test_gpu_names_that_hold_another_gpus_name_get_their_own_peak():
     names = {"NVIDIA L4": 121e12, "NVIDIA L40": 181e12, "NVIDIA L40S": 362e12, "NVIDIA A10G": 125e12,
              "NVIDIA A10": 125e12, "NVIDIA RTX A6000": 155e12, "NVIDIA GeForce RTX 4090": 165e12,
              "NVIDIA B200": 2250e12, "NVIDIA A800-SXM4-80GB": 312e12, "NVIDIA GeForce RTX 3090": 71e12}
+    assert {n: runtime.gpu_bf16_peak(n) for n in names} == names
+
+
+def test_a_gpu_whose_name_starts_with_a_table_name_is_not_that_gpu():
+    """Bug caught: a key matched anywhere in the name, digits following it included: "NVIDIA RTX
+    A1000" (a 6 GB workstation GPU) took the A100's 312 TFLOP/s (MFU a tenth of the truth). A key
+    now ends where the name's model number ends; names that hold another GPU's after a prefix (GH200,
+    GB200: the H200's and B200's chips) still get its peak."""
+    assert runtime.gpu_bf16_peak("NVIDIA RTX A1000 6GB Laptop GPU") is None
+    assert runtime.gpu_bf16_peak("NVIDIA RTX A1000") is None
+    names = {"NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12,
+             "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+             "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12, "NVIDIA GH200 480GB": 989e12,
+             "NVIDIA GB200": 2250e12}
     assert {n: runtime.gpu_bf16_peak(n) for n in names} == names
 
 
