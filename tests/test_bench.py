@@ -526,6 +526,38 @@ def test_bench_model_times_are_medians_after_a_warm_up(monkeypatch):
     assert secs == {"moe": 1.0} and failed == {"dense": "RuntimeError: out of memory"}
 
 
+def test_on_cuda_each_timed_step_runs_between_two_waits_and_a_failure_frees_its_memory(monkeypatch):
+    """time_variants on CUDA (faked): the clock starts once the device is idle and stops once the
+    step's kernels are done (the host returns before they end); a variant that failed gives its
+    cached memory back before the next is built (a step that ran out at batch 128 would otherwise
+    keep it from the others)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from scripts import bench_model
+    events, now = [], [0.0]
+
+    def make_step(variant, *args):
+        def step():
+            if variant == "dense":
+                raise RuntimeError("out of memory")
+            events.append(variant)
+            now[0] += 1.0
+        return step, None
+    monkeypatch.setattr(bench_model, "make_step", make_step)
+    monkeypatch.setattr(bench_model, "time", SimpleNamespace(perf_counter=lambda: events.append("clock")
+                                                             or now[0]))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(f"sync {device}"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("empty_cache"))
+    failed = {}
+    secs, _ = bench_model.time_variants(["dense", "moe"], {}, 2, 1, torch.device("cuda", 0), torch.bfloat16,
+                                        failed=failed)
+    assert secs == {"moe": 1.0} and set(failed) == {"dense"}
+    assert events == ["empty_cache", "moe", "sync cuda:0",  # dense failed; moe's warm-up step
+                      "sync cuda:0", "clock", "moe", "sync cuda:0", "clock"]  # the timed step
+
+
 def test_ops_per_step_counts_one_step_after_the_first_and_no_views(monkeypatch):
     """The aten op count: of a step after the first (which makes the optimizer's state), view ops
     left out."""

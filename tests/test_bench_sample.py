@@ -323,3 +323,30 @@ def test_transformers_masks_the_tokens_ours_never_draws(tmp_path):
     hf = Llama4ForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa", dtype=torch.float32).eval()
     prompts = torch.tensor([[0, 11, 12, 13, 14], [0, 30, 31, 32, 33]])
     assert decode("cached", model, hf, prompts, 6) == decode("hf", model, hf, prompts, 6) == [[0] * 6] * 2
+
+
+def test_a_cuda_decode_is_timed_from_an_idle_device_to_its_last_token(monkeypatch):
+    """timed() on CUDA (faked): the device is waited for before the clock starts (work queued
+    before is not the variant's) and before it stops (the host returns before the kernels end);
+    on the CPU nothing is waited for."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from scripts import bench_sample
+    events, now = [], [0.0]
+
+    def decode(variant, model, hf, prompts, new_tokens, ragged=False):
+        events.append("decode")
+        now[0] += 2.0
+        return [[1, 2]]
+    monkeypatch.setattr(bench_sample, "decode", decode)
+    monkeypatch.setattr(bench_sample, "time", SimpleNamespace(perf_counter=lambda: events.append("clock")
+                                                              or now[0]))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(f"sync {device}"))
+    prompts = SimpleNamespace(device=torch.device("cuda", 1))
+    assert bench_sample.timed("cached", None, None, prompts, 2) == (2.0, [[1, 2]])
+    assert events == ["sync cuda:1", "clock", "decode", "sync cuda:1", "clock"]
+    events.clear()
+    bench_sample.timed("cached", None, None, SimpleNamespace(device=torch.device("cpu")), 2)
+    assert events == ["clock", "decode", "clock"]

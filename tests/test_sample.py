@@ -165,6 +165,28 @@ def test_the_decode_step_compiles_in_the_mode_asked(monkeypatch, compile, mode):
     assert rows == sample.generate(model, PROMPTS, 5, greedy=True, stop_at_eos=False)
 
 
+def test_on_cuda_the_decode_step_compiles_into_a_cuda_graph_over_a_static_cache(monkeypatch):
+    """compile=True where the cache lives on CUDA (faked: a cache whose next_pos is on cuda:0): mode
+    "reduce-overhead", the cache's tensors marked static first (a CUDA graph reads and writes them
+    in place), and each call begins a CUDA graph step."""
+    from types import SimpleNamespace
+    events = []
+
+    class CudaCache:
+        next_pos = SimpleNamespace(clone=lambda: SimpleNamespace(device=torch.device("cuda", 0)))
+
+        def mark_static(self):
+            events.append("static")
+            return self
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: events.append(kwargs) or (
+        lambda model, tokens, cache: events.append(tuple(tokens.shape)) or "logits"))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
+    step = sample.DecodeStep(None, CudaCache(), compile=True)
+    assert [step(torch.tensor([5, 6])) for _ in range(3)] == ["logits"] * 3
+    assert events == [dict(mode="reduce-overhead", fullgraph=True, dynamic=False), "static",
+                      *["mark", (2, 1)] * 3]
+
+
 @pytest.mark.parametrize("when", ["wrapping", "first call", "second call"])
 def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsys, when):
     """Compiling fails at torch.compile or at the first call; recording a CUDA graph, at the second

@@ -521,6 +521,53 @@ def test_rng_state_saved_with_more_gpus_restores_on_fewer(monkeypatch):
     assert len(restored) == 1 and torch.equal(restored[0], state["cuda"][0])
 
 
+def test_rng_state_on_a_gpu_machine_holds_each_gpus_generator(monkeypatch):
+    """What a checkpoint saves where CUDA is available (a branch the CPU never takes): every GPU's
+    generator state, which set_rng_state puts back as it was."""
+    gpus = [torch.zeros(16, dtype=torch.uint8) + i for i in range(2)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [g.clone() for g in gpus])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    state = checkpoint.rng_state()
+    assert [torch.equal(a, b) for a, b in zip(state["cuda"], gpus, strict=True)] == [True, True]
+    checkpoint.set_rng_state(state)
+    assert [torch.equal(a, b) for a, b in zip(restored, gpus, strict=True)] == [True, True]
+
+
+def test_batches_on_cuda_are_pinned_and_copied_without_waiting(monkeypatch):
+    """On CUDA each micro-batch is pinned, then copied with non_blocking=True (the README's "pinned
+    and copied asynchronously": a copy from pageable memory makes the host wait); on the CPU neither
+    (pinning needs CUDA)."""
+    seen = []
+
+    class Rows:  # a batch tensor that records what is done with it
+        def __init__(self, name):
+            self.name = name
+
+        def pin_memory(self):
+            seen.append(("pin", self.name))
+            return self
+
+        def to(self, device, non_blocking=False):
+            seen.append(("to", self.name, str(device), non_blocking))
+            return self.name
+
+    monkeypatch.setattr(train.data, "get_batch",
+                        lambda *a, micro, **k: (Rows(f"x{micro}"), Rows(f"y{micro}")))
+    job = SimpleNamespace(device=torch.device("cuda", 0), micros=[0, 2], train_args=TrainArgs(batch_size=2),
+                          model_args=SimpleNamespace(max_seq_len=8), train_data=SimpleNamespace(tokens=None))
+    assert train.batches_at(job, 5) == [("x0", "y0"), ("x2", "y2")]
+    assert seen == [("pin", "x0"), ("pin", "y0"), ("to", "x0", "cuda:0", True), ("to", "y0", "cuda:0", True),
+                    ("pin", "x2"), ("pin", "y2"), ("to", "x2", "cuda:0", True), ("to", "y2", "cuda:0", True)]
+    seen.clear()
+    job.device = torch.device("cpu")
+    train.batches_at(job, 5)
+    assert seen == [("to", "x0", "cpu", False), ("to", "y0", "cpu", False), ("to", "x2", "cpu", False),
+                    ("to", "y2", "cpu", False)]
+
+
 def test_weights_only_checkpoint_cannot_be_resumed(tmp_path, corpus, cache, capsys):
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
     model, _ = checkpoint.load_model(tmp_path / "ckpt" / "r" / "last.pt")
@@ -1504,6 +1551,24 @@ def test_a_pause_on_cuda_waits_for_the_steps_queued_before_it(monkeypatch):
     job = SimpleNamespace(train_args=TrainArgs(max_steps=100, eval_every=10, save_every=20))
     state = train.LoopState(step=3)  # nothing to evaluate or save: no pause, so no wait on every step
     assert train.evaluate_and_save(job, state, window, stop_now=False) is None and waited == [None]
+
+
+def test_an_evaluation_on_cuda_waits_for_the_queued_steps_before_its_clock_starts(monkeypatch):
+    """evaluate() on CUDA (faked, stopped at the wait): the training steps the host queued before it
+    are waited for before its clock starts, so the evaluation's seconds are its own."""
+    events = []
+
+    class Waited(Exception):
+        pass
+
+    def synchronize(device=None):
+        events.append(f"sync {device}")
+        raise Waited
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: events.append("clock") or 0.0))
+    with pytest.raises(Waited):
+        train.evaluate(None, None, None, torch.device("cuda", 0))
+    assert events == ["sync cuda:0"]
 
 
 def test_a_crash_while_saving_an_evaluation_a_signal_put_off_does_not_write_its_record_twice(
