@@ -988,7 +988,9 @@ def parse_args(classes, argv=None, prog=None, description=None, checked_later=No
             if not (checked_later and checked_later(ns)):
                 if hasattr(e, "out_of_range"):  # (the fix: the preset's value, as --help shows it)
                     bad, value, rule = e.out_of_range
-                    e = range_error(bad, value, rule, defaults[cls.__name__][bad])
+                    whose = f"the {name} preset's" if bad in PRESETS.get(name, {}).get(cls.__name__, {}) \
+                        else "the default"  # (the debug preset's 4 was "the default")
+                    e = range_error(bad, value, rule, defaults[cls.__name__][bad], whose)
                 parser.error(str(e))
             unchecked = object.__new__(cls)  # (the fields, without __post_init__'s checks)
             unchecked.__dict__.update(values)

@@ -608,10 +608,15 @@ def test_a_range_error_on_the_command_line_names_the_presets_value(preset, capsy
             [(n, "-1") for n in MODEL_NOT_NEGATIVE + TRAIN_NOT_NEGATIVE]:
         with pytest.raises(SystemExit):
             config.parse_args([ModelArgs, TrainArgs], ["--preset", preset, f"--{name}", bad], prog="t")
-        said = re.search(rf"e\.g\. --{name} (\S+) \(the default\)$", capsys.readouterr().err.strip())
+        said = re.search(rf"e\.g\. --{name} (\S+) \((the default|the {preset} preset's)\)$",
+                         capsys.readouterr().err.strip())
         _, (m, t) = config.parse_args([ModelArgs, TrainArgs], ["--preset", preset, f"--{name}", said[1]])
         want = getattr(config.preset(preset, ModelArgs if hasattr(m, name) else TrainArgs), name)
         assert getattr(m if hasattr(m, name) else t, name) == want, (name, said[1])
+        # Bug caught: the preset's value was called "the default" (--preset debug --eval_every 0: 4)
+        cls = "ModelArgs" if hasattr(m, name) else "TrainArgs"
+        set_by_preset = name in config.PRESETS[preset].get(cls, {})
+        assert said[2] == (f"the {preset} preset's" if set_by_preset else "the default"), (name, said[2])
 
 
 @pytest.mark.parametrize("name", MODEL_AT_LEAST_1)
