@@ -103,8 +103,10 @@ def main(argv=None):
         print(f"count_params.py: error: {problem}", file=sys.stderr)
         sys.exit(2)
     rows, counts = table(args)
-    print(f"preset {name}: dim {args.dim}, {args.n_layers} layers, "
-          f"{args.n_experts} experts top-{args.top_k}, "
+    moe = sum(args.is_moe_layer(i) for i in range(args.n_layers))  # (--moe_every past n_layers: none)
+    experts = f"{args.n_experts} experts top-{args.top_k}" + (
+        f" in {moe} of the layers" if moe < args.n_layers else "") if moe else "no MoE layer"
+    print(f"preset {name}: dim {args.dim}, {args.n_layers} layers, {experts}, "
           f"vocab {args.vocab_size}, vision {'on' if args.vision else 'off'}")
     print(f"{'module':32s} {'parameters':>18s} {'share':>7s}")
     for kind, n in rows:

@@ -295,6 +295,15 @@ def test_count_params_shares_are_of_the_whole_model_vision_stub_included(capsys)
     assert sum(shares) == pytest.approx(100, abs=0.05 * len(shares))
 
 
+def test_count_params_heading_says_which_layers_have_experts(capsys):
+    """Bug caught: --moe_every past --n_layers (a dense model) was headed "16 experts top-1", and
+    --moe_every 2 did not say that half the layers have none."""
+    for extra, heading in [(["--moe_every", "100"], "4 layers, no MoE layer,"),
+                           (["--moe_every", "2"], "4 layers, 4 experts top-1 in 2 of the layers,")]:
+        count_params.main(["--preset", "debug", *extra])
+        assert heading in capsys.readouterr().out.splitlines()[0]
+
+
 def test_count_params_prints_the_debug_presets_table_as_counted_by_hand(capsys):
     """Catches a row under another's label (routed experts as dense layers), the table not sorted
     largest first, a share not of the total, a wrong top-k in the heading, or a count (active per
