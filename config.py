@@ -785,6 +785,8 @@ class Parser(argparse.ArgumentParser):
             values = []
         if not values or min(values) < 1:
             self.error(f"{flag} {text}: give whole numbers above 0 separated by commas, e.g. 32,128")
+        if twice := sorted({v for v in values if values.count(v) > 1}):  # (one row or column, silently)
+            self.error(f"{flag} {text}: {', '.join(map(str, twice))} given twice; give each once")
         return values
 
     def unknown(self, words, more_options=()) -> str:

@@ -159,6 +159,8 @@ def main(argv=None):
         what = f"{', '.join(map(repr, unknown))} unknown" if unknown else "moe is missing"
         p.error(f"--variants: {what}; choose from {', '.join(VARIANTS)}, "
                 "moe included (the ratios are to it)")
+    if twice := sorted({v for v in variants if variants.count(v) > 1}):  # (it ran each once, silently)
+        p.error(f"--variants: {', '.join(twice)} named twice; name each variant once")
     batches = p.counts("--batches", opts.batches)
     check_batches(p, batches, model_args)
     check_out(p, opts.out)  # (before the results_file line: an error is the one line printed)

@@ -191,6 +191,9 @@ def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
     ("bench_sample", ["--preset", "bogus"], 2, "argument --preset: invalid choice: 'bogus'"),
     ("bench_sample", ["--quick", "--preset", "tiny"], 2, "--quick decodes the debug preset"),
     ("bench_sample", ["--batches", "1,0"], 2, "--batches 1,0: give whole numbers above 0"),
+    # Bug caught: a batch or variant named twice was run once (memory_model) or twice (a repeated row)
+    ("bench_sample", ["--batches", "2,1,2"], 2, "--batches 2,1,2: 2 given twice; give each once"),
+    ("memory_model", ["--variants", "moe,moe", "--out", "-"], 2, "--variants: moe named twice"),
     ("export_hf", ["--forse", "a", "b"], 2, "error: unknown option --forse (did you mean --force?)"),
     ("plot_runs", ["--outt", "x"], 2, "error: unknown option --outt (did you mean --out?)"),
 ])
