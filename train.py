@@ -854,9 +854,9 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
     runner = compiled
     if world.size > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(
-            compiled, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model_args.vision)
+        runner = torch.nn.parallel.DistributedDataParallel(  # (the buffers, RoPE tables made from the
+            compiled, device_ids=[device.index] if device.type == "cuda" else None,  # settings, are each
+            find_unused_parameters=model_args.vision, broadcast_buffers=False)  # rank's: no broadcast a step)
     job = Job(model_args=model_args, train_args=train_args, preset=plan.preset, run_dir=plan.run_dir,
               device=device, world=world, log=log, tok=tok, train_data=train_data,
               val=EvalSet(val, tok, model_args, train_args, world, device),

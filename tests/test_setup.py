@@ -155,10 +155,12 @@ def test_a_ranks_job_holds_its_micro_batches_ddp_and_the_runs_figures(tmp_path, 
     wrapped, peaks = [], []
 
     class DDP(torch.nn.Module):
-        def __init__(self, module, device_ids=None, find_unused_parameters=False):
+        def __init__(self, module, device_ids=None, find_unused_parameters=False, broadcast_buffers=True):
             super().__init__()
             self.module = module
             wrapped.append((module, device_ids, find_unused_parameters))
+            # Bug caught: DDP broadcast rank 0's buffers (RoPE tables each rank makes alike) at every forward
+            assert broadcast_buffers is False
 
         def no_sync(self):
             return train.nullcontext()
