@@ -63,6 +63,13 @@ def range_error(name, value, rule, fix, whose: str = "the default") -> str:
     return f"--{name}: must be {rule}, got {value}; e.g. --{name} {fix} ({whose})"
 
 
+def whose_value(preset: str, cls, name: str) -> str:
+    """Whose an untyped setting's value is, for range_error: the preset's where it sets it, else the
+    default's."""
+    return f"the {preset} preset's" if name in PRESETS.get(preset, {}).get(cls.__name__, {}) \
+        else "the default"
+
+
 def _check_utf8(name, text, fix):
     """Bytes that are not UTF-8 reach sys.argv as lone surrogates (U+DC80 + byte): refuse them here,
     before they reach a file name, a plot or W&B."""
@@ -989,10 +996,9 @@ def parse_args(classes, argv=None, prog=None, description=None, checked_later=No
         except ConfigError as e:
             if not (checked_later and checked_later(ns)):
                 if hasattr(e, "out_of_range"):  # (the fix: the preset's value, as --help shows it)
-                    bad, value, rule = e.out_of_range
-                    whose = f"the {name} preset's" if bad in PRESETS.get(name, {}).get(cls.__name__, {}) \
-                        else "the default"  # (the debug preset's 4 was "the default")
-                    e = range_error(bad, value, rule, defaults[cls.__name__][bad], whose)
+                    bad, value, rule = e.out_of_range  # (the debug preset's 4 was "the default")
+                    fix = defaults[cls.__name__][bad]
+                    e = range_error(bad, value, rule, fix, whose_value(name, cls, bad))
                 parser.error(str(e))
             unchecked = object.__new__(cls)  # (the fields, without __post_init__'s checks)
             unchecked.__dict__.update(values)

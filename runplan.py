@@ -105,13 +105,11 @@ def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArg
         keep["wandb_project"] = TrainArgs.wandb_project  # W&B run never started, nor will one under it)
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
-    try:
-        return saved_model, config.from_dict(TrainArgs, keep, "checkpoint")
-    except ConfigError as e:  # a typed value out of range: the fix is the run's own (not the class's)
-        name, value, rule = getattr(e, "out_of_range", (None,) * 3)
-        if name not in given or name not in saved_train:
-            raise
-        raise ConfigError(config.range_error(name, value, rule, saved_train[name], "the run's")) from None
+    # a typed value out of range: the fix is the run's own (an import has none: the default, not the typed)
+    start, whose = (saved_train, "the run's") if ckpt.get("train_args") else (config.to_dict(TrainArgs()),
+                                                                             "the default")
+    return saved_model, in_range(lambda: config.from_dict(TrainArgs, keep, "checkpoint"), given, start,
+                                 lambda name: whose)
 
 
 def check_model_typed(saved: ModelArgs, model_args: ModelArgs, typed, fix: str) -> None:
@@ -139,26 +137,27 @@ def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, pres
                       "the checkpoint's model (another model starts from scratch: drop --init_from)")
     if "max_seq_len" in given:
         saved = config.to_dict(saved_model)
-        saved_model = in_range(ModelArgs, {**saved, "max_seq_len": model_args.max_seq_len}, {"max_seq_len"},
-                               saved, "the checkpoint's")
+        saved_model = in_range(lambda: ModelArgs(**{**saved, "max_seq_len": model_args.max_seq_len}),
+                               {"max_seq_len"}, saved, lambda name: "the checkpoint's")
     if "preset" not in given and ckpt.get("preset") in config.PRESETS:
         preset = ckpt["preset"]
     typed = {k: v for k, v in config.to_dict(train_args).items() if k in given}
     start = config.to_dict(config.preset(preset, TrainArgs))
-    train_args = in_range(TrainArgs, {**start, **typed}, typed, start, f"the {preset} preset's")
+    train_args = in_range(lambda: TrainArgs(**{**start, **typed}), typed, start,
+                          lambda name: config.whose_value(preset, TrainArgs, name))
     return saved_model, train_args, preset
 
 
-def in_range(cls, values: dict, typed, start: dict, whose: str):
-    """cls(**values), where a value typed (a name in `typed`) out of range is refused with start's value
-    (whose it is: the checkpoint's, the preset's) as its fix, not the class's default."""
+def in_range(make, typed, start: dict, whose):
+    """make(), where a value typed (a name in `typed`) out of range is refused with start's value
+    (whose(name) it is: the run's, the checkpoint's, the preset's) as its fix, not the class's default."""
     try:
-        return cls(**values)
+        return make()
     except ConfigError as e:
         name, value, rule = getattr(e, "out_of_range", (None,) * 3)
-        if name is None or name not in typed:
+        if name not in typed or name not in start:
             raise
-        raise ConfigError(config.range_error(name, value, rule, start[name], whose)) from None
+        raise ConfigError(config.range_error(name, value, rule, start[name], whose(name))) from None
 
 
 def check_init(train_args: TrainArgs, given) -> None:
@@ -438,10 +437,13 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
         error = errors.MachineError if device.type == "cpu" else DeviceError
         (what, weights), = [(k, v) for k, v in need.items() if k.startswith("weights")]
         if weights * procs > have:  # (no batch or context is small enough: --vocab_size 10**9 was told so)
+            fixed = plan.ckpt is not None or plan.init is not None  # (the model options are refused there)
+            fix = "use a device with more memory (a checkpoint's model is as it was trained)" if fixed else \
+                "use a smaller model (--vocab_size, --dim, --n_layers, --n_experts, --expert_dim)"
+            fewer = "run fewer processes, or " if weights <= have else ""  # (one fits: the CPU's, shared)
             raise error(f"the model's {what} alone need {weights * procs / 1e9:.1f} GB"
                         f"{f' for the {procs} processes here' if procs > 1 else ''} but {device} has "
-                        f"{have / 1e9:.1f} GB; use a smaller model (--vocab_size, --dim, --n_layers, "
-                        "--n_experts, --expert_dim)")
+                        f"{have / 1e9:.1f} GB; {fewer}{fix}")
         raise error(f"--max_seq_len {model_args.max_seq_len} x --batch_size {train_args.batch_size} "
                     f"needs at least {total / 1e9:.1f} GB{shared} but {device} has "
                     f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "

@@ -423,10 +423,10 @@ def read_jsonl(path, warn=None) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record, torn = json.loads(line), False
         except ValueError:
-            record = None
-        if record is None and i == last:  # (a record cut short: no prefix of {...} is JSON)
+            record, torn = None, True
+        if torn and i == last:  # (a record cut short: no prefix of {...} is JSON; a null is an edit)
             if warn is not None:
                 warn(f"{path}: dropped a torn last line (line {i + 1}, {len(line)} characters), "
                      "left by a write that was cut short")

@@ -77,6 +77,26 @@ def test_an_init_from_setting_out_of_range_names_the_value_it_starts_from():
                             "checkpoint's)")
 
 
+def test_a_range_error_names_a_value_the_run_would_take_and_whose_it_is():
+    """Bug caught: `--init_from CKPT --grad_clip -1` (a debug checkpoint) named the default's 1 as "the
+    debug preset's", which sets none (parse_args says "the default"); and `--eval_only --batch_size 0`
+    on an import (no training settings saved) advised "e.g. --batch_size 0 (the run's)", the typed
+    value itself."""
+    typed = object.__new__(TrainArgs)  # (as parse_args leaves it for init_settings to check)
+    typed.__dict__.update({**config.to_dict(TrainArgs()), "grad_clip": -1.0, "init_from": "c.pt"})
+    with pytest.raises(ConfigError) as e:
+        runplan.init_settings({**saved(), "preset": "debug"}, DEBUG, typed, "debug", {"init_from",
+                                                                                      "grad_clip"})
+    assert str(e.value) == "--grad_clip: must be >= 0, got -1.0; e.g. --grad_clip 1 (the default)"
+    evaluate = object.__new__(TrainArgs)
+    evaluate.__dict__.update({**config.to_dict(TrainArgs()), "batch_size": 0, "eval_only": True})
+    imported = {"model_args": config.to_dict(DEBUG)}  # (weights only: no train_args)
+    with pytest.raises(ConfigError) as e:
+        runplan.resume_settings(imported, DEBUG, evaluate, {"eval_only", "batch_size"})
+    assert str(e.value) == "--batch_size: must be at least 1, got 0; e.g. --batch_size 128 (the default)"
+    with pytest.raises(ConfigError, match=r"e\.g\. --batch_size 4 \(the run's\)$"):  # (a run's: its own)
+        runplan.resume_settings(saved(batch_size=4), DEBUG, evaluate, {"eval_only", "batch_size"})
+
 def test_eval_only_scores_a_typed_val_data_whole_unless_eval_windows_is_typed():
     """Bug caught: --eval_windows typed beside --eval_only --val_data overridden by 0, or a resumed
     training run given --val_data evaluating whole files (eval_windows 0 outside --eval_only)."""
@@ -403,6 +423,25 @@ def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tm
     with pytest.raises(runplan.DeviceError, match=r"^the model's weights and optimizer state alone need "
                                                   r".* use a smaller model \(--vocab_size, --dim"):
         runplan.check_settings(p, cpu, world)
+
+
+def test_weights_past_the_memory_of_a_checkpoints_model_or_of_many_processes_name_a_fix_that_works(
+        tmp_path, monkeypatch):
+    """Bug caught: a resumed (or --init_from, --eval_only) checkpoint whose weights alone exceed the
+    memory was told to use a smaller model (--vocab_size, --dim, ...), options refused beside a
+    checkpoint; and two CPU processes that each fit alone were not told to run fewer."""
+    resumed = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2), {"step": 1}, tmp_path / "last.pt")
+    weights = runplan.memory_floor(DEBUG, resumed.train_args)["weights and optimizer state"]
+    monkeypatch.setattr(runtime, "device_memory", lambda device: weights - 1)
+    with pytest.raises(runplan.DeviceError, match=r"alone need .* GB; use a device with more memory \(a "
+                                                  r"checkpoint's model is as it was trained\)$"):
+        runplan.check_settings(resumed, torch.device("cuda", 0), runtime.World())
+    monkeypatch.setattr(runtime, "local_processes", lambda: 2)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: weights)
+    fresh = resumed._replace(ckpt=None, ckpt_path=None, train_args=TrainArgs(batch_size=2, grad_accum=2))
+    with pytest.raises(runplan.DeviceError, match=r"for the 2 processes here but cpu has .* GB; run fewer "
+                                                  r"processes, or use a smaller model \(--vocab_size"):
+        runplan.check_settings(fresh, torch.device("cpu"), runtime.World(0, 2))
 
 
 def test_the_cpu_memory_check_counts_the_processes_of_the_machine_and_is_said_once_there(tmp_path,

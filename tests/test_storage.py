@@ -196,6 +196,10 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_a_bad_middle_line_named(
     path.write_text('{"step": 1}\n[1, 2]\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
         storage.read_jsonl(path, warn=warnings.append)
+    # Bug caught: a last line of JSON null (an edit too) was dropped as a torn line
+    path.write_text('{"step": 1}\nnull\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
+        storage.read_jsonl(path, warn=warnings.append)
 
 
 # --- locks -----------------------------------------------------------------------------------
