@@ -218,13 +218,22 @@ def check_tokenizer(tok: Tokenizer, tok_path, ckpt: dict, ckpt_path, fix: str = 
         raise CheckpointError(str(e)) from None
 
 
-def load_model(path, device="cpu") -> tuple[Llama4, dict]:
-    """A checkpoint -> (model in eval mode on `device`, the checkpoint's other contents, on the
-    CPU: the optimizer's moments, twice the weights, never reach the GPU)."""
+def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[Llama4, dict]:
+    """A checkpoint -> (model in eval mode on `device`, weights in `dtype` (None: as saved), the
+    checkpoint's other contents, on the CPU: the optimizer's moments, twice the weights, never
+    reach the GPU)."""
     ckpt = load_checkpoint(path, OTHER_FIX)
     model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(path))
-    state = {k: v.to(device) for k, v in ckpt.pop("model").items()}
+    state = to_device(ckpt.pop("model"), device, dtype)
     return build(model_args, state, device, path, OTHER_FIX).eval(), ckpt
+
+
+def to_device(state: dict, device, dtype: torch.dtype | None) -> dict:
+    """Each tensor moved to `device`, a floating one cast to `dtype` first, where it was read (the
+    CPU): the GPU never holds the fp32 weights of a model it runs in bf16, which took 1.5 times
+    the memory of fp32 weights alone while model.to(bf16) made its copy."""
+    cast = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}
+    return {k: v.to(device) for k, v in cast.items()}
 
 
 def build(model_args: ModelArgs, state: dict, device, where, fix: str, model: Llama4 | None = None) -> Llama4:
@@ -643,8 +652,9 @@ def hf_weight_files(folder: Path) -> list[Path]:
     return [folder / "model.safetensors"]
 
 
-def load_hf(folder, device="cpu") -> Llama4:
-    """An HF folder (config.json + model.safetensors, or its shards) -> our model (eval mode). Another
+def load_hf(folder, device="cpu", dtype: torch.dtype | None = None) -> Llama4:
+    """An HF folder (config.json + model.safetensors, or its shards) -> our model (eval mode, on
+    `device`, weights in `dtype`; None: as saved), read on the CPU and cast there. Another
     model_type than Llama 4's is refused; a text model saved with tie_word_embeddings (no lm_head.weight)
     gets the embedding as its output layer, as transformers loads it."""
     from safetensors.torch import load_file
@@ -671,7 +681,7 @@ def load_hf(folder, device="cpu") -> Llama4:
     state = {}
     for path in weights:
         try:
-            state.update(load_file(str(path), device=str(device)))
+            state.update(load_file(str(path)))
         except Exception as e:  # safetensors' own error type: a truncated or foreign file
             if runtime.out_of_memory(e):  # a good file too large for memory: not "corrupt"
                 raise
@@ -684,6 +694,7 @@ def load_hf(folder, device="cpu") -> Llama4:
         elif name.startswith(prefix + "lm_head."):
             name = name.removeprefix(prefix)
         ours[name] = tensor
+    ours = to_device(ours, device, dtype)
     if not model_args.vision and cfg.get("tie_word_embeddings") and "lm_head.weight" not in ours \
             and "embed_tokens.weight" in ours:  # tied: saved once, and transformers' lm_head is the embedding
         ours["lm_head.weight"] = ours["embed_tokens.weight"]

@@ -378,11 +378,11 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
         if (hf / "last.pt").is_file() and not (hf / "config.json").exists():  # (was "config.json is missing")
             raise SampleError(f"--hf {hf} is a run folder (it holds last.pt), not an exported Hugging Face "
                               f"folder; pass it as --ckpt {hf}")
-        model, where = checkpoint.load_hf(sample_args.hf, device), Path(sample_args.hf)
+        model, where = checkpoint.load_hf(sample_args.hf, device, dtype), Path(sample_args.hf)
         tok_file, ckpt = where / "tokenizer.json", None
     else:
         where = checkpoint.find_checkpoint(sample_args.ckpt, option="--ckpt ")
-        model, ckpt = checkpoint.load_model(where, device)
+        model, ckpt = checkpoint.load_model(where, device, dtype)
         tok_file = where.parent / "tokenizer.json"
     if not tok_file.exists():
         raise SampleError(f"no tokenizer.json beside {where}; copy the run's tokenizer there "
@@ -396,8 +396,6 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
         checkpoint.check_tokenizer(tok, tok_file, ckpt, where)
     else:  # the sha256 our export records in config.json, where it does
         checkpoint.check_hf_tokenizer(tok, tok_file, where, model.args)
-    if next(model.parameters()).dtype != dtype:  # the RoPE tables stay fp32
-        model = model.to(dtype).reset_buffers()
     return model, tok, str(where)
 
 

@@ -693,3 +693,31 @@ def test_an_export_starts_a_text_with_its_models_eos_id_not_the_defaults(tmp_pat
     hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "tokenizer.json")
     exported = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json"))
     assert exported.encode("aaaa").ids == [2, *tok.encode("aaaa")]
+
+
+def test_weights_reach_the_device_already_in_the_dtype_asked_for(tmp_path, monkeypatch):
+    """Catches load_model and load_hf moving the fp32 weights to the device and casting them there
+    (sample.py's bf16 on CUDA): the GPU held the fp32 weights and their bf16 copy at once. The
+    meta device stands in for the GPU: every weight the model is built from is there in bf16
+    already, the tied output layer of an import still shares the embedding, and the RoPE tables
+    stay fp32."""
+    model = small_model()
+    hf = checkpoint.export_hf(model, tmp_path / "hf")
+    config_json = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config_json, "tie_word_embeddings": True}))
+    from safetensors.torch import load_file, save_file
+    weights = load_file(hf / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "lm_head.weight"}, hf / "model.safetensors")
+    given, real_build = [], checkpoint.build
+
+    def build(model_args, state, *rest):
+        given.append({(v.dtype, v.device.type) for v in state.values()})
+        return real_build(model_args, state, *rest)
+    monkeypatch.setattr(checkpoint, "build", build)
+    for back in (checkpoint.load_model(small_checkpoint(tmp_path / "a.pt"), "meta", torch.bfloat16)[0],
+                 checkpoint.load_hf(hf, "meta", torch.bfloat16)):
+        assert {p.dtype for p in back.parameters()} == {torch.bfloat16}
+        assert back.inv_freq.dtype == torch.float32 and back.inv_freq.is_meta
+    assert given == [{(torch.bfloat16, "meta")}] * 2
+    cpu = checkpoint.load_hf(hf, "cpu", torch.bfloat16)
+    assert cpu.lm_head.weight.data_ptr() == cpu.embed_tokens.weight.data_ptr()

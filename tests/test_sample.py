@@ -1395,13 +1395,13 @@ def test_an_hf_folder_holding_a_last_pt_too_is_loaded_as_an_hf_folder(tmp_path, 
     (tmp_path / "config.json").write_text("{}")
     loaded, device = [], torch.device("cuda", 3)  # (never used: load_hf is faked)
 
-    def load_hf(path, device):
-        loaded.append((path, device))
+    def load_hf(path, device, dtype):
+        loaded.append((path, device, dtype))
         raise sample.SampleError("loaded as an HF folder")
     monkeypatch.setattr(sample.checkpoint, "load_hf", load_hf)
     with pytest.raises(sample.SampleError, match="^loaded as an HF folder$"):
-        sample.load(SampleArgs(hf=str(tmp_path)), device)
-    assert loaded == [(str(tmp_path), device)]  # (onto the device asked, as a checkpoint is)
+        sample.load(SampleArgs(hf=str(tmp_path)), device, torch.bfloat16)
+    assert loaded == [(str(tmp_path), device, torch.bfloat16)]  # (onto the device, in the dtype asked)
 
 
 def test_several_samples_are_printed_each_under_its_numbered_line():
