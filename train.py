@@ -642,7 +642,7 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
     """Save last.pt or best.pt now (the window's skipped steps settled into the state first); weights
     that are not finite are not saved: a RunError ends the run, the old file intact."""
     window.settle(state)
-    if not all(torch.isfinite(p).all() for p in job.model.parameters()):  # every rank agrees: same weights
+    if not finite(job.model.parameters()):  # every rank agrees: same weights
         raise RunError(f"weights are not finite at step {state.step}; not saving {name} (the previous "
                        "checkpoint is intact): lower --lr or raise --warmup_steps")
     saved_window = window.to_checkpoint(job)  # a collective under DDP: every rank takes part
@@ -652,6 +652,12 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
         if job.world.main:
             with job.stop.saving() if job.stop is not None else nullcontext():
                 checkpoint.save_checkpoint(job.run_dir / name, job.checkpoint(state, saved_window))
+
+
+def finite(tensors) -> bool:
+    """Whether every value is finite, read with one host sync (a read per tensor was a wait per
+    parameter on the GPU at each save)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 class Stop:

@@ -24,6 +24,7 @@ from conftest import (
     crash_after_saving,
     crash_in_step,
     debug_args,
+    host_syncs,
     shared_file,
     stop_at,
     write_stories,
@@ -937,6 +938,20 @@ def test_non_finite_weights_are_never_saved(tmp_path, corpus, cache, monkeypatch
         train.main(args(tmp_path, corpus, cache, "--max_steps", "6", "--save_every", "2"))
     assert "not saving" in capsys.readouterr().err
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
+
+
+def test_the_weights_finite_check_before_a_save_reads_the_device_once():
+    """Catches the check before a save reading one flag per parameter (a host sync each on the GPU:
+    hundreds per save for a 12-layer model), and missing a NaN or inf in any one of them."""
+    model = checkpoint.Llama4(debug_args(n_layers=2))
+    params = list(model.parameters())
+    assert len(params) > 10 and host_syncs(lambda: train.finite(params)) == 1 and train.finite(params)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with torch.no_grad():
+            params[-3].view(-1)[5] = bad
+        assert not train.finite(params)
+        with torch.no_grad():
+            params[-3].view(-1)[5] = 0.0
 
 
 def test_sigterm_saves_a_resumable_checkpoint(tmp_path, corpus, cache):
