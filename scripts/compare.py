@@ -30,7 +30,8 @@ How this departs from the obvious version:
   load average before each run is recorded and the table says so.
 - Run folders are --out_dir/compare-{moe,dense,moe-ablation}. compare.py deletes those three folders
   (and nothing else) before it starts, so a previous comparison never blocks a new one; copy them
-  elsewhere to keep them. Bad --data or --val_data (an empty file, a checkpoint) is refused before
+  elsewhere to keep them (a file or link of one of those names is refused, not deleted, and so is an
+  --out inside one). Bad --data or --val_data (an empty file, a checkpoint) is refused before
   that, as train.py would refuse it. The previous comparison's compare.json, .md and PNGs are only
   replaced at the end: a run that fails or is interrupted leaves them as they were (the last comparison's
   table and plots, though its run folders are gone). All runs share --cache_dir, so the tokenizer is
@@ -75,7 +76,7 @@ import sources  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
 from config import ModelArgs, TrainArgs  # noqa: E402
-from errors import DataError, run_script  # noqa: E402
+from errors import ConfigError, DataError, run_script  # noqa: E402
 from model import Llama4, count_parameters, flops_per_token  # noqa: E402
 from runlog import read_metrics, writable_home_dirs  # noqa: E402
 
@@ -92,6 +93,9 @@ OWNED = {"run": "compare.py names each run's folder (--out_dir/compare-NAME); pi
          "plot": "compare.py draws its own plots (in --out); plot_runs.py draws a run's loss curves",
          "max_minutes": "set each run's budget with compare.py's own --minutes",
          "tokenizer": "the three runs share one tokenizer, trained on --data and kept in --cache_dir"}
+# compare.py's options that reach train.py under their own names, with defaults of compare.py's (a range
+# error names those; --batch_size's default is the preset's, as train.py's error says; --max_steps has none)
+OWN_DEFAULTS = ["seed", "eval_every", "eval_windows"]
 FIELDS = ["steps", "tokens", "val_nats_per_token", "val_bits_per_byte", "tokens_per_s", "mfu"]
 
 
@@ -128,13 +132,32 @@ def parse(argv):
         p.error(f"--minutes: must be a finite number of minutes, 0 or more, got {opts.minutes:g}")
     if opts.minutes <= 0 and opts.max_steps is None:
         p.error("--minutes 0 needs --max_steps, or the runs never end")
-    shared, _ = settings_of(shared_argv(opts, extra))  # an unknown or bad pass-through option: one line, here
+    for name in ("data", "val_data", "out_dir", "cache_dir"):  # (train.py's fix named its own defaults)
+        if getattr(opts, name) == "":  # (--data '': the runs went to the Hugging Face Hub)
+            what = "file" if "data" in name else "folder"
+            p.error(f"--{name} is empty (an unset variable?); name a {what}, or leave --{name} out for its "
+                    f"default ({os.path.relpath(p.get_default(name), ROOT)})")
+    shared = checked_settings(p, opts, extra)  # an unknown or bad pass-through option: one line, here
     if shared.is_dense:  # (three dense runs, two of them tabled as MoE, and no warning: routers were 0)
         p.error(f"--moe_every {shared.moe_every} is above --n_layers {shared.n_layers}: the moe runs would "
                 "have no MoE layer, and nothing would be compared; lower --moe_every to at most --n_layers")
     opts.results = storage.results_path(p, opts, ROOT / "img", extra=extra, fallback=Path(opts.out_dir),
                                         ignore=("out_dir", "cache_dir", "wandb_mode"))  # (not the results)
+    check_out(p, opts)
     return opts, extra
+
+
+def check_out(p, opts) -> None:
+    """One line for an --out that would not do what it says: --out - (it made a folder named -), an
+    --out in a run folder (deleted with it by the next comparison)."""
+    if opts.out == "-":
+        p.error("--out -: the results are files (plots, compare.json and .md), not text for standard "
+                "output; name a folder, e.g. --out results")
+    results = opts.results.resolve()
+    for run_dir in (Path(opts.out_dir).resolve() / f"compare-{name}" for name in VARIANTS):
+        if results == run_dir or run_dir in results.parents:
+            p.error(f"--out {opts.out}: results in the run folder {run_dir}, which the next comparison "
+                    "deletes (results and all); pick a folder outside it, e.g. --out_dir itself")
 
 
 def shared_argv(opts, extra) -> list[str]:
@@ -147,6 +170,25 @@ def shared_argv(opts, extra) -> list[str]:
             "--max_steps", str(steps), "--save_every", str(steps),
             "--eval_every", str(opts.eval_every), "--out_dir", opts.out_dir, "--cache_dir", opts.cache_dir,
             "--plot", "", "--wandb_mode", opts.wandb_mode, "--wandb_group", "compare", *extra]
+
+
+def checked_settings(p, opts, extra) -> ModelArgs:
+    """The runs' shared model settings. A range error in an option of compare.py's own names compare.py's
+    default as its fix (train.py's named its own: `--preset debug --eval_every 0` said "e.g. --eval_every
+    4 (the debug preset's)" of compare.py's 500, and --max_steps 0 named train.py's 5000)."""
+    argv = shared_argv(opts, extra)
+    parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="compare.py", checked_later=lambda ns: True)
+    try:
+        TrainArgs(**config.to_dict(parsed[1][1]))
+    except ConfigError as e:
+        name, value, rule = getattr(e, "out_of_range", (None,) * 3)
+        if name == "max_steps":  # (compare.py's default: none)
+            p.error(f"--max_steps: must be {rule}, got {value}; " + (
+                f"e.g. --max_steps {TrainArgs.max_steps} (train.py's default)" if opts.minutes <= 0 else
+                "leave it out (compare.py's default: no limit, the --minutes budget stops each run)"))
+        if name in OWN_DEFAULTS:
+            p.error(config.range_error(name, value, rule, p.get_default(name), "compare.py's default"))
+    return settings_of(argv)[0]  # (any other error: train.py's, as it would say it)
 
 
 def variant_overrides(name: str, m: ModelArgs) -> list[str]:
@@ -362,7 +404,13 @@ def sha256(path) -> str:
 def clear_run_folders(out_dir: Path) -> None:
     """Delete a previous comparison's run folders (ours only), so that it does not block this one.
     All three are checked before any is deleted: another comparison on its second run still needs
-    its first run's folder."""
+    its first run's folder. A file or a link where a run folder goes is refused, before any run (a file
+    failed the second run, after the first had trained; a link was a traceback from rmtree)."""
+    for d in (out_dir / f"compare-{name}" for name in VARIANTS):
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            what = "a link" if d.is_symlink() else "a file"
+            sys.exit(f"compare.py: error: {d} is {what}, where compare.py puts a run folder (and deletes the "
+                     "last comparison's); move it away, or pick another --out_dir")
     run_dirs = [d for d in (out_dir / f"compare-{name}" for name in VARIANTS) if d.is_dir()]
     for run_dir in run_dirs:
         try:  # not while a train.py holds it (another comparison running)

@@ -131,6 +131,53 @@ def test_zero_steps_and_batches_are_train_pys_to_refuse(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv, fix", [
+    (["--preset", "debug", "--eval_every", "0"], "e.g. --eval_every 500 (compare.py's default)"),
+    (["--preset", "debug", "--eval_windows", "-1"], "e.g. --eval_windows 0 (compare.py's default)"),
+    (["--max_steps", "0"], "leave it out (compare.py's default: no limit, the --minutes budget stops"),
+    (["--minutes", "0", "--max_steps", "0"], "e.g. --max_steps 5000 (train.py's default)"),
+    (["--preset", "debug", "--batch_size", "0"], "e.g. --batch_size 4 (the debug preset's)"),  # its default
+    (["--preset", "debug", "--warmup_steps", "-1"], "e.g. --warmup_steps 2 (the debug preset's)")])
+def test_a_range_error_in_its_own_option_names_its_own_default(argv, fix, tmp_path, capsys):
+    """Bug caught: a bad value of compare.py's own --eval_every or --eval_windows named train.py's preset
+    value as the fix (--preset debug: "e.g. --eval_every 4 (the debug preset's)"; compare.py passes 500),
+    and --max_steps 0 named train.py's "5000 (the default)", where compare.py's default is no limit. A
+    pass-through option's error still names the preset's value, which is what the runs get."""
+    with pytest.raises(SystemExit) as e:
+        compare.parse([*argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("compare.py: error: --"), err
+    assert fix in err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", ""], "--data is empty (an unset variable?); name a file, or leave --data out for its "
+                     "default (../shared/data/tinystories/train-lower.txt)"),
+    (["--val_data", ""], "--val_data is empty (an unset variable?)"),
+    (["--out_dir", ""], "--out_dir is empty (an unset variable?); name a folder, or leave --out_dir out for "
+                        "its default (checkpoints/compare)"),  # (train.py's "the default is checkpoints")
+    (["--out", "-"], "--out -: the results are files"),
+    (["--out_dir", "{tmp}/runs", "--out", "{tmp}/runs/compare-moe"],
+     "--out {tmp}/runs/compare-moe: results in the run folder {tmp}/runs/compare-moe, which the next "
+     "comparison deletes"),
+    (["--out_dir", "{tmp}/runs", "--out", "{tmp}/runs/./compare-dense/img"], "results in the run folder "
+     "{tmp}/runs/compare-dense,")])
+def test_paths_that_would_not_do_what_they_say_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    """Bug caught: an empty --data (an unset variable) passed compare.py's check (Path('') is the current
+    folder) and the runs went to the Hugging Face Hub, after the last comparison's run folders were deleted;
+    an empty --val_data held out part of --data; an empty --out_dir named train.py's default as the fix;
+    --out - wrote a folder named -; an --out inside a run folder put the results where the next comparison
+    deletes them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as e:
+        compare.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("compare.py: error: --"), err
+    assert message.format(tmp=tmp_path) in err[-1]
+    assert not list(tmp_path.iterdir())
+
+
 def test_defaults_point_at_the_shared_files():
     a, extra = compare.parse([])
     assert a.data == str(ROOT.parent / "shared" / "data" / "tinystories" / "train-lower.txt")
@@ -384,6 +431,27 @@ def test_clearing_a_previous_comparison_deletes_its_three_run_folders_only(tmp_p
     (tmp_path / "mine" / "last.pt").write_bytes(b"keep")
     compare.clear_run_folders(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compare-other", "mine"]
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_or_link_where_a_run_folder_goes_is_refused_before_any_run(kind, tmp_path, corpus,
+                                                                          monkeypatch):
+    """Bug caught: a file named compare-dense in --out_dir let the moe run train, then failed the dense run
+    ("cannot write to ... (File exists)"); a link named compare-moe was a traceback from shutil.rmtree.
+    Neither is deleted: it is not a folder compare.py made."""
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    (runs / "compare-moe").mkdir(parents=True)  # a previous comparison's, kept as the stray one is refused
+    elsewhere.mkdir()
+    stray = runs / "compare-dense"
+    stray.write_text("notes") if kind == "file" else stray.symlink_to(elsewhere)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--preset", "debug", "--out_dir", str(runs), "--out", str(tmp_path / "img")])
+    assert str(e.value.code) == (f"compare.py: error: {stray} is a {kind}, where compare.py puts a run "
+                                 "folder (and deletes the last comparison's); move it away, or pick another "
+                                 "--out_dir")
+    assert (runs / "compare-moe").is_dir() and (stray.is_symlink() if kind == "link" else stray.is_file())
 
 
 def test_a_run_is_read_with_its_accumulated_batch_its_moe_layers_and_its_routing(tmp_path):
