@@ -41,9 +41,9 @@ def check_out(p, out: str) -> None:
 
 
 def run_folder(p, run: str) -> str:
-    """The run folder of what was typed: RUN/metrics.jsonl is RUN; a folder of runs (an --out_dir)
-    is a one-line error naming its runs, the newest first (it said "no metrics.jsonl; is it a run
-    folder?")."""
+    """The run folder of what was typed: RUN/metrics.jsonl is RUN; another file (RUN/last.pt) is a
+    one-line error naming its run folder; a folder of runs (an --out_dir) is a one-line error naming
+    its runs, the newest first (it said "no metrics.jsonl; is it a run folder?")."""
     if problem := storage.too_long("a run", run):  # (a traceback, errno 36)
         p.error(problem)
     path = Path(run)
@@ -52,6 +52,11 @@ def run_folder(p, run: str) -> str:
         return str(named)
     if path.name == "metrics.jsonl" and path.is_file():
         return str(path.parent)
+    if path.is_file():  # (RUN/last.pt, tab completion gone a level too far: "RUN/last.pt/metrics.jsonl
+        # does not exist; is RUN/last.pt a run folder?")
+        fix = f"pass its folder {path.parent}" if (path.parent / "metrics.jsonl").is_file() else \
+            "pass a run folder (one with metrics.jsonl)"
+        p.error(f"{run} is a file, not a run folder; {fix}")
     if path.is_dir() and not (path / "metrics.jsonl").exists():
         try:
             runs = [d for d in path.iterdir() if (d / "metrics.jsonl").is_file()]

@@ -561,3 +561,25 @@ def test_plot_runs_takes_a_runs_name_as_train_py_does(tmp_path, monkeypatch, cap
             {"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1, "lm_loss": 5.5}) + "\n")
     plot_runs.main(["parent", "ft1", "--out", str(tmp_path / "both.png")])
     assert (tmp_path / "both.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("name", ["last.pt", "model.json", "stray.txt"])
+def test_plot_runs_names_the_run_folder_of_a_file_typed_as_a_run(name, tmp_path, capsys):
+    """Bug caught: `plot_runs.py RUN/last.pt` (or any file as a run) said "RUN/last.pt/metrics.jsonl does
+    not exist; is RUN/last.pt a run folder?", as if the file were a folder; it names the file's run folder
+    now, where it has one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(
+        {"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1, "lm_loss": 5.5}) + "\n")
+    (run / "last.pt").write_bytes(b"x")
+    (run / "model.json").write_text("{}")
+    (tmp_path / "stray.txt").write_text("x")
+    typed = tmp_path / "stray.txt" if name == "stray.txt" else run / name
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(typed), "--out", str(tmp_path / "out.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    fix = "pass a run folder (one with metrics.jsonl)" if name == "stray.txt" else f"pass its folder {run}"
+    assert e.value.code == 2 and len(err) == 1 and err[0].endswith(f" error: {typed} is a file, not a run "
+                                                                   f"folder; {fix}")
+    assert not (tmp_path / "out.png").exists()
