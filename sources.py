@@ -48,6 +48,7 @@ How this departs from the obvious version:
 """
 
 import codecs
+import errno
 import glob
 import json
 import logging
@@ -118,9 +119,13 @@ def _walk(folder: str, hidden: bool = False) -> list[str]:
         for e in entries:
             if e.name.startswith(".") and not hidden:
                 continue
-            if e.is_dir():
+            try:
+                folder, file = e.is_dir(), e.is_file()
+            except OSError:  # (a link in a loop of links: passed over, as a glob passes it and a broken link)
+                continue
+            if folder:
                 visit(path / e.name, above | {real})
-            elif e.is_file() and Path(e.name).suffix.lower() in KINDS:
+            elif file and Path(e.name).suffix.lower() in KINDS:
                 found.append(str(path / e.name))  # (a.txt, not ./a.txt, as rglob spelt it)
     visit(Path(folder), frozenset())
     return found
@@ -133,6 +138,7 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     other files it matches, as a folder does; a DatasetDict's folder is refused: it holds all splits);
     files in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
     are left out of folders and globs alike (a glob that names a hidden folder takes its files).
+    A path that exists is read as typed, and so are the folders of a glob that exist (run[1]/*.txt).
     A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
     first path."""
     skip = [Path(d).resolve() for d in skip]
@@ -165,8 +171,8 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
                 else "; check the path"))
     elif os.path.isfile(spec):  # before the glob test: a file may be named tiny[1].txt
         files = [spec]
-    elif any(c in spec for c in "*?["):
-        matches = glob.glob(spec, recursive=True)
+    elif pattern := _glob_pattern(spec):
+        matches = glob.glob(pattern, recursive=True)
         found = [m for m in matches if os.path.isfile(m)] + [f for m in matches if os.path.isdir(m)
                                                              for f in _walk(m)]
         raw, found = found, sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its dirs)
@@ -180,6 +186,9 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     elif os.path.exists(spec):  # a pipe (/dev/stdin of `cat x |`, a FIFO) or a device: read more than once
         raise DataError(f"{flag}: '{spec}' is not a regular file (a pipe or a device), and the text is read "
                         f"more than once; save it to a .txt file and point {flag} at that")
+    elif os.path.islink(spec) and _link_loop(spec):
+        raise DataError(f"{flag}: '{spec}' is a link that leads back to itself (a loop, through "
+                        f"'{os.readlink(spec)}'); fix the link or the path")
     elif os.path.islink(spec):
         raise DataError(f"{flag}: '{spec}' is a link to '{os.readlink(spec)}', which does not exist; fix the "
                         "link or the path")
@@ -198,6 +207,28 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         if os.path.getsize(f) == 0:
             raise DataError(f"{flag}: '{f}' is empty; remove it or point {flag} at text")
     return files
+
+
+def _link_loop(path: str) -> bool:
+    """Whether following the link `path` comes back to a link already followed (a -> b -> a)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def _glob_pattern(spec: str) -> str | None:
+    """The glob that `spec` is, its folders that exist as typed read as such (run[1]/*.txt: the
+    folder run[1], not run1), or None where the rest holds no *, ? or [ (a path, not a glob)."""
+    parts = spec.split(os.sep)
+    head = 0
+    while head < len(parts) - 1 and os.path.isdir(os.sep.join(parts[:head + 1]) or os.sep):
+        head += 1
+    rest = os.sep.join(parts[head:])
+    if not any(c in rest for c in "*?["):
+        return None
+    return glob.escape(os.sep.join(parts[:head]) + os.sep) + rest if head else rest
 
 
 def _dataset_dict_refusal(folder: Path, flag: str) -> str:
@@ -301,13 +332,20 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
             tail = buf[cut:]
             if len(tail) > READ_CHUNK:  # a long line: kept as short as tells what it may be
                 text = tail.strip(SPACES)
-                if len(text) > len(marker):  # no separator, whatever follows: its start counted now
+                if len(text) > len(marker):  # no separator, whatever follows: counted now, but for its
+                    last = tail.rfind(marker)  # last bytes, where a marker may begin (none ends there)
+                    floor = last + len(marker) if last >= 0 else 0
+                    start = max(len(tail) - keep, floor)
+                    while floor < start < len(tail) and 0x80 <= tail[start] < 0xC0:  # (a character whole)
+                        start -= 1
                     markers += tail.count(marker)
-                    has_text = has_text or bool(tail.replace(marker, b"").decode("utf-8", "ignore").strip())
-                    tail = b"\x1f" + tail[-keep:]  # (holds no whole marker: none is counted twice; \x1f:
-                    # whitespace to str.strip, so no text; not in SPACES: no blank or marker line)
-                else:  # spaces around at most a marker: they change nothing (one kept after text)
-                    tail = text + (b" " if text and tail[-1:].strip(SPACES) == b"" else b"")
+                    counted = tail[:start].replace(marker, b"")
+                    has_text = has_text or bool(counted.decode("utf-8", "ignore").strip())
+                    tail = b"\x1f" + tail[start:]  # (\x1f: whitespace to str.strip, so no text; not in
+                    # SPACES: no blank or marker line)
+                else:  # spaces around at most a marker: their first and last tell what the line is
+                    start = tail.find(text) if text else len(tail)  # (as _txt_documents reads it)
+                    tail = tail[:min(start, 1)] + text + tail[start + len(text):][-1:]
             carry = tail + held
     valid += len(utf8.decode(b"", final=True).encode())
     if carry.replace(b"\r", b""):
@@ -336,11 +374,15 @@ def _txt_documents(path: str, stamp: str, layout: str):
         doc: list[str] = []  # the document being read, in parts
         line, mid = "", False  # the end of the last chunk, not yet split; mid: it goes on a line whose
         # start is already in `doc`, behind a "\x01" that keeps the rest from reading as a line's start
+        aside = None  # (short, parts): `line` starts with a long line of spaces around at most a marker,
+        # held as short as tells whether it separates documents; its text, kept aside, if it does not
 
         def split(text: str) -> tuple[list[str], str]:  # the documents `text` ends, and its last part
             parts = separator.split(text)
             if mid and text:
                 parts[0] = parts[0][1:]
+            if aside and parts[0].startswith(aside[0]):  # (a separator there would leave "": short is not)
+                parts[0] = "".join(aside[1]) + parts[0][len(aside[0]):]
             return parts[:-1], parts[-1]
 
         while chunk := f.read(READ_CHUNK):
@@ -350,16 +392,19 @@ def _txt_documents(path: str, stamp: str, layout: str):
                 line = last[max(0, len(last) - keep):]
                 last = last[:len(last) - len(line)]
             else:  # whole lines (a separator is one)
-                cut, moved = buf.rfind("\n") + 1, False
+                cut, moved, held = buf.rfind("\n") + 1, False, None
                 rest = buf[cut:]
                 if len(rest) > READ_CHUNK:  # a long line
                     text = rest.strip(SPACES.decode())
-                    if len(text) > len(EOT):  # no separator, whatever follows: into the document it goes
-                        cut, moved = len(buf), True
-                    else:  # spaces around at most a marker: they change nothing (one kept after text)
-                        end = " " if text and not rest[-1:].strip(SPACES.decode()) else ""
-                        buf = buf[:cut] + text + end
+                    if len(text) > len(EOT) or (mid and cut == 0):  # no separator, whatever follows (or
+                        cut, moved = len(buf), True  # the rest of a line that is none): into the document
+                    else:  # spaces around at most a marker: their first and last tell what the line is
+                        start = rest.find(text) if text else len(rest)  # (text starts with no space)
+                        short = rest[:min(start, 1)] + text + rest[start + len(text):][-1:]
+                        held = (short, aside[1] + [rest[len(aside[0]):]] if aside and cut == 0 else [rest])
+                        buf = buf[:cut] + short
                 done, last = split(buf[:cut])
+                aside = held or (aside if cut == 0 else None)
                 mid, line = (True, "\x01") if moved else (mid and cut == 0, buf[cut:])
             for part in done:
                 text = "".join(doc) + part

@@ -176,6 +176,46 @@ def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
         assert len(whole) == [2, 151, 3, 4, 3][n], (n, whole)
 
 
+def test_a_long_line_of_spaces_reads_as_a_short_one(tmp_path, monkeypatch):
+    """Bug caught: a line longer than a read (a MiB) holding spaces and tabs around at most a marker
+    was kept as its text and one space, to tell whether it separates documents; where it did not,
+    that stood in the document for the line (a line of 3 MB of spaces read as an empty one, "\tHi "
+    as "Hi "), and the rest of a long line of text after a read's worth of spaces lost them too. And
+    the scan took a long line's last bytes, the end of a marker or what may start one, for text."""
+    texts = [(f"{EOT}\na\n" + " " * 40 + "\nb\n{EOT}\n\t  Hi  \t\n{EOT}\n", "lines"),  # text lines
+             ("a\n\n  x" + " \t" * 20 + "y\n\nb " + " " * 30 + "\n \n", "blank"),
+             (f"{EOT}\nlong words here" + " " * 40 + "and more\n" + " " * 30 + f"{EOT}  \n{EOT}\nz", "lines"),
+             ("a\n" + "\t" * 30 + "b" + "\t" * 30 + "\n\nc\n", "blank")]
+    for n, (text, layout) in enumerate(texts):
+        path = tmp_path / f"t{n}.txt"
+        path.write_bytes(text.encode())
+        want = [d for d in sources.SEPARATORS[layout].split(text) if d.strip()]
+        assert [d["text"].strip() for d in sources._txt_documents(str(path), "", layout)] == [
+            d.strip() for d in want], n  # (read whole; document() strips what surrounds a document)
+        for size in (1, 2, 3, 5, 8, 13):
+            monkeypatch.setattr(sources, "READ_CHUNK", size)
+            assert sources._scan_txt(str(path), "--data")[0] == layout, (n, size)
+            got = [d["text"] for d in sources._txt_documents(str(path), "", layout)]
+            assert [d.strip() for d in got] == [d.strip() for d in want], (n, size)
+        monkeypatch.undo()
+    path = write(tmp_path / "markers.txt", f"{EOT}\n\t{EOT}" + f"  {EOT}" * 3)  # (no text: refused)
+    text = write(tmp_path / "text.txt", f"{EOT}\n\t{EOT}  {EOT}é{EOT}\n")  # (a character of text: read)
+    for size in range(1, 14):
+        monkeypatch.setattr(sources, "READ_CHUNK", size)
+        with pytest.raises(DataError, match="has no usable text"):
+            sources._scan_txt(str(path), "--data")
+        assert sources._scan_txt(str(text), "--data")[0] == "lines", size
+
+
+def test_a_line_of_spaces_over_a_mib_is_kept_in_its_document(tmp_path):
+    """The same at the real read size: 3 MB of spaces and tabs inside a document are in it."""
+    pad = " \t" * (3 << 19)
+    text = f"{EOT}\nstory one\n{pad}\n{pad}x{pad}\nmore\n{EOT}\nnext\n"
+    path = write(tmp_path / "t.txt", text)
+    assert [d["text"].strip() for d in sources._txt_documents(str(path), "", "lines")] == [
+        f"story one\n{pad}\n{pad}x{pad}\nmore", "next"]
+
+
 def test_markers_inside_lines_split_up_to_exactly_100_times_as_many_blank_lines(tmp_path):
     # catches `>` for `>=` in _scan_txt's test: only blank lines *over* 100 times the markers make them text
     for blanks, layout in [(100, "inline"), (101, "blank")]:

@@ -153,6 +153,23 @@ def test_a_folder_gives_the_files_of_folders_linked_inside_it_each_once(tmp_path
         str(many / "a" / "b.txt")]
 
 
+def test_a_link_in_a_loop_of_links_is_passed_over_in_a_folder_and_named_as_one(tmp_path):
+    """Bug caught: a folder holding a link in a loop of links (x.txt -> x.txt, a -> b -> a) stopped
+    the walk with an OSError ("Too many levels of symbolic links"; train.py: "check the path, its
+    permissions and --cache_dir"), where a glob over it passed the link over; and --data naming such
+    a link said it was "a link to 'b', which does not exist", though b does."""
+    folder = tmp_path / "corpus"
+    want = [str(write(folder / "a.txt", official(docs(2))))]
+    (folder / "x.txt").symlink_to(folder / "x.txt")
+    (folder / "l1.txt").symlink_to(folder / "l2.txt")
+    (folder / "l2.txt").symlink_to(folder / "l1.txt")
+    assert sources.resolve_files(str(folder), "--data") == want
+    assert sources.resolve_files(str(folder / "*"), "--data") == want
+    with pytest.raises(DataError, match=r"^--data: '.*l1\.txt' is a link that leads back to itself \(a loop, "
+                                        r"through '.*l2\.txt'\); fix the link or the path$"):
+        sources.resolve_files(str(folder / "l1.txt"), "--data")
+
+
 def test_a_text_field_typed_for_plain_text_keeps_its_shards_key(tmp_path):
     """Bug caught: --text_field foo beside a .txt --data (which has no fields) keyed new shards and a new
     tokenizer: the whole text tokenized again, to the same tokens. Records still key by their field."""
@@ -206,6 +223,26 @@ def test_a_glob_of_a_character_class_names_its_files(tmp_path):
         write(folder / f"part{n}.txt", official(docs(1, start=n)))
     assert sources.resolve_files(str(folder / "part[12].txt"), "--data") == [
         str(folder / "part1.txt"), str(folder / "part2.txt")]
+
+
+def test_a_glob_through_a_folder_named_with_brackets_reads_the_folder_as_typed(tmp_path, monkeypatch):
+    """Bug caught: a glob through a folder whose name holds [...] (run[1]/*.txt, as a run id or a
+    date makes them) read the folder's name as a character class (run1), and matched nothing. A
+    folder that exists is read as typed; a glob's part that names none is still a glob, and a path
+    with no glob left in it that names nothing is no such file."""
+    folder = tmp_path / "run[1]"
+    want = [write(folder / "a.txt", official(docs(1))), write(folder / "sub" / "b.txt", official(docs(1)))]
+    write(tmp_path / "run1" / "c.txt", official(docs(1)))  # (what the class would name)
+    assert sources.resolve_files(str(folder / "*.txt"), "--data") == [str(want[0])]
+    assert sources.resolve_files(str(folder / "**" / "*.txt"), "--data") == list(map(str, want))
+    assert sources.resolve_files(str(folder / "s?b" / "*"), "--data") == [str(want[1])]
+    assert sources.resolve_files(str(folder / "a.txt"), "--data") == [str(want[0])]  # (a path: as ever)
+    assert sources.resolve_files(str(tmp_path / "run[12]" / "*.txt"), "--data") == [
+        str(tmp_path / "run1" / "c.txt")]  # (no such folder: a class)
+    monkeypatch.chdir(tmp_path)  # (a relative spelling)
+    assert sources.resolve_files("run[1]/*.txt", "--data") == ["run[1]/a.txt"]
+    with pytest.raises(DataError, match=r"^--data: no such file '.*run\[1\]/b\.txt'; check the path$"):
+        sources.resolve_files(str(folder / "b.txt"), "--data")
 
 
 def test_a_datasetdict_folder_given_as_val_data_names_its_validation_split(tmp_path):
