@@ -962,12 +962,13 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
             job.folder.release()
 
 
-def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False) -> RunError:
+def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
+                    resume: str = "") -> RunError:
     """The line for a collective that failed because another process of the job went away."""
     why = next(m for m in runtime.PEER_LOST if m in str(e)) if not isinstance(e, dist.DistNetworkError) else \
         first_line(e)[:120]
     return RunError(f"another process of this torchrun job stopped ({why}: it was killed or failed, and "
-                    f"torchrun's log names it); {left_to_resume(run_dir, eval_only)}")
+                    f"torchrun's log names it); {left_to_resume(run_dir, eval_only, resume)}")
 
 
 def memory_advice(batch_size: int | None = None) -> str:
@@ -1107,12 +1108,13 @@ def resume_options(run_dir: Path) -> str:
     return f"{runplan.run_options(run_dir)} --resume"
 
 
-def left_to_resume(run_dir: Path | None, eval_only: bool = False) -> str:
-    """What an interrupted run leaves to go on from (run_dir: None before its folder is known)."""
+def left_to_resume(run_dir: Path | None, eval_only: bool = False, resume: str = "") -> str:
+    """What an interrupted run leaves to go on from (run_dir: None before its folder is known, when
+    nothing was written: it said "the checkpoints already written are complete" of a new run)."""
     if eval_only:
         return "nothing was written (--eval_only only reads)"
     if run_dir is None:
-        return "the checkpoints already written are complete"
+        return "no checkpoint was written" + (" (the resumed run's are as they were)" if resume else "")
     if (run_dir / "last.pt").exists():
         return f"the checkpoints written are complete (--resume {run_dir} continues from its last.pt)"
     if (run_dir / "best.pt").exists():
@@ -1141,12 +1143,13 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:  # a second signal, or one before the loop: no traceback, status 130
         if errors.main_rank():  # (under torchrun every rank is signalled: one line)
-            left = left_to_resume(getattr(e, "run_dir", None), train_args.eval_only)
+            left = left_to_resume(getattr(e, "run_dir", None), train_args.eval_only, train_args.resume)
             print(f"\ntrain.py: interrupted; {left}", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         if runtime.peer_lost(e):  # (in set-up: setup() names the run folder; the last barrier: leave_group)
-            lost = peer_lost_error(e, getattr(e, "run_dir", None), train_args.eval_only)
+            lost = peer_lost_error(e, getattr(e, "run_dir", None), train_args.eval_only,
+                                   train_args.resume)
             print(f"train.py: error: {lost}", file=sys.stderr)
             sys.exit(1)
         if not runtime.out_of_memory(e):

@@ -828,7 +828,8 @@ def test_an_interrupt_before_training_is_one_line_and_leaves_no_run_folder(tmp_p
 
 def test_the_interrupt_line_names_what_is_left_to_resume_from(tmp_path, corpus, cache, monkeypatch, capsys):
     """A resumed run interrupted while it sets up still has its last.pt; best.pt alone is named by
-    path; --eval_only wrote nothing; before the run folder is known, no claim is made."""
+    path; --eval_only wrote nothing; before the run folder is known, nothing was written (it said
+    "the checkpoints already written are complete", of a new run)."""
     train.main(train_args(tmp_path, corpus, cache, "--max_steps", "1"))
     run_dir = tmp_path / "ckpt" / "r"
 
@@ -850,7 +851,9 @@ def test_the_interrupt_line_names_what_is_left_to_resume_from(tmp_path, corpus, 
     assert train.left_to_resume(run_dir) == "the checkpoints written are complete " \
                                             f"(--resume {run_dir / 'best.pt'} continues from it)"
     assert train.left_to_resume(run_dir, eval_only=True).startswith("nothing was written")
-    assert train.left_to_resume(None) == "the checkpoints already written are complete"
+    assert train.left_to_resume(None) == "no checkpoint was written"
+    assert train.left_to_resume(None, resume="r") == \
+        "no checkpoint was written (the resumed run's are as they were)"
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
@@ -912,7 +915,7 @@ def test_an_interrupt_is_one_line_from_rank_0_alone(monkeypatch, capsys):
         raise KeyboardInterrupt
     monkeypatch.setattr(train, "run", interrupted)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
-    line = "train.py: interrupted; the checkpoints already written are complete"
+    line = "train.py: interrupted; no checkpoint was written"
     for rank, lines in [("1", []), ("0", ["", line])]:
         monkeypatch.setenv("RANK", rank)
         with pytest.raises(SystemExit) as e:

@@ -363,7 +363,7 @@ def test_a_process_lost_in_set_up_is_one_line_too(monkeypatch, capsys):
         train.main(["--preset", "debug"])
     assert e.value.code == 1 and capsys.readouterr().err == (
         "train.py: error: another process of this torchrun job stopped (Connection closed by peer: it was "
-        "killed or failed, and torchrun's log names it); the checkpoints already written are complete\n")
+        "killed or failed, and torchrun's log names it); no checkpoint was written\n")
 
 
 def lost_peer(monkeypatch, where, *names):
