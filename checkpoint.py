@@ -381,7 +381,8 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     checks). A folder that already holds an export, or another tokenizer.json (a run folder's), is
     refused unless `replace`; a training run's folder always is (an export there mixed HF files into
     the run's): check_export_folder. The export it replaces goes whole: its shards and index too (a
-    re-save by transformers), not the folder's other files.
+    re-save by transformers), not the folder's other files (a tokenizer_config.json no export
+    wrote among them: _dropped_tokenizer_files).
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
@@ -398,6 +399,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
         raise storage.write_error(out / "model.safetensors", e, fix) from None
     wrote = set(EXPORT_FILES) if tokenizer_path is not None and Path(tokenizer_path).exists() else \
         set(EXPORT_FILES) - {"tokenizer.json", "tokenizer_config.json"}
+    dropped = _dropped_tokenizer_files(out, held) if len(wrote) < len(EXPORT_FILES) else set()
     try:
         try:
             _write_export(model, stage, tokenizer_path, fix)
@@ -412,7 +414,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
                             path.unlink(missing_ok=True)
                     if name in wrote:  # (a staged file gone is an error, not a file this export lacks)
                         os.replace(stage / name, out / name)
-                    elif held:  # the replaced export's tokenizer, when this one has none
+                    elif name in dropped:  # the replaced export's tokenizer, when this one has none
                         (out / name).unlink(missing_ok=True)
                 except OSError as e:
                     raise storage.write_error(out / name, e, fix) from None
@@ -420,6 +422,20 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _dropped_tokenizer_files(out: Path, held: list[str]) -> set[str]:
+    """The tokenizer files an export without a tokenizer removes from `out`, which it replaces (held:
+    check_export_folder's list): those the replaced export wrote (its config.json records a
+    tokenizer_sha256) and a tokenizer.json check_export_folder named (another one: --force replaces
+    it). Any other tokenizer_config.json is the folder's own, named nowhere: it is left (it was
+    removed)."""
+    if not held:
+        return set()
+    names = {"tokenizer.json", "tokenizer_config.json"} if recorded_tokenizer(out) is not None else set()
+    if any("another tokenizer.json" in h for h in held):
+        names.add("tokenizer.json")
+    return names
 
 
 def _other_export_files(out: Path) -> list[Path]:

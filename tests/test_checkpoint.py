@@ -175,6 +175,30 @@ def test_an_export_without_a_tokenizer_into_a_folder_with_no_export_deletes_noth
     assert (out / "tokenizer_config.json").read_text() == '{"theirs": true}'
 
 
+def test_a_forced_export_without_a_tokenizer_removes_only_the_tokenizer_files_an_export_wrote(tmp_path):
+    """Bug caught: export_hf with --force and no tokenizer deleted a tokenizer_config.json it neither
+    writes nor named in its refusal (the folder's own, beside an export that had no tokenizer, or
+    beside settings alone). The tokenizer files of an export that had one still go with it."""
+    model = small_model()
+    for over_export in (True, False):
+        out = tmp_path / f"over-export-{over_export}"
+        out.mkdir()
+        if over_export:
+            checkpoint.export_hf(model, out)
+        else:
+            (out / "generation_config.json").write_text('{"theirs": true}')
+        (out / "tokenizer_config.json").write_text('{"theirs": true}')
+        checkpoint.export_hf(model, out, replace=True)
+        assert (out / "tokenizer_config.json").read_text() == '{"theirs": true}'
+        assert (out / "config.json").exists() and not (out / "tokenizer.json").exists()
+    out = tmp_path / "had-one"
+    tiny_tokenizer(tmp_path / "tokenizer.json", "ab ab")
+    checkpoint.export_hf(tokenizer_model(), out, tmp_path / "tokenizer.json")
+    checkpoint.export_hf(tokenizer_model(), out, replace=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json",
+                                                     "model.safetensors"]
+
+
 def test_a_folder_with_model_safetensors_ignores_a_stale_shard_index(tmp_path):
     """Catches hf_weight_files reading model.safetensors.index.json where model.safetensors is
     there too (an index left by an earlier sharded save): the folder's one file is its weights. A
