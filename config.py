@@ -432,9 +432,11 @@ class TrainArgs:
                "current directory); pass one (the default is cache), or . for the current directory")
         _check(self.text_field != "", "text_field", "must name the records' text field, got ''; pass one "
                "(the default is text)")  # (an unset variable: once refused at the first record)
+        # (unset: the hub was asked for ''); --eval_only reads validation text alone: --val_data's
+        local = "--val_data" if self.eval_only else "--data"
         _check(self.hf_dataset != "" or self.data or (self.eval_only and self.val_data), "hf_dataset",
-               "must name a dataset on the Hugging Face Hub, got '' (and there is no --data); pass one (the "
-               f"default is {TrainArgs.hf_dataset}), or --data FILE")  # (unset: the hub was asked for '')
+               f"must name a dataset on the Hugging Face Hub, got '' (and there is no {local}); pass one "
+               f"(the default is {TrainArgs.hf_dataset}), or {local} FILE")
         _check(wandb_project_ok(self.wandb_project), "wandb_project", f"{self.wandb_project!r} is no W&B "
                f"project name (the run went without W&B); pass 1 to 128 characters without / \\ # ? % or : "
                f"(the default is {TrainArgs.wandb_project})")

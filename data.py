@@ -552,7 +552,8 @@ def _log_coverage(val: TokenData, T: int, max_windows: int, log) -> None:
     windows = n_val_windows(val.tokens, T, max_windows)
     covered, targets = min(windows * T, val.n_tokens - 1), val.n_tokens - 1
     log(f"data: validation: {covered:,} of {targets:,} targets in {plural(windows, 'window')} of {T} tokens"
-        + (" (all)" if covered == targets else f" (the first {windows} windows: --eval_windows)"))
+        + (" (all)" if covered == targets else
+           f" (the first {'window' if windows == 1 else f'{windows} windows'}: --eval_windows)"))
 
 
 # ---------------------------------------------------------------------------------------------

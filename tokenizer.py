@@ -160,18 +160,20 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path, fix: str = "pass a tokenizer.json written by this project, or leave --tokenizer "
-             "empty to train one", exact: bool = True) -> "Tokenizer":
-        """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one).
-        `exact` refuses one that does not give back its text, as training and evaluation must; a run
-        that an earlier version trained with such a one is still sampled with it (not exact)."""
+             "empty to train one", exact: bool = True, missing: str = "leave it empty to train one"
+             ) -> "Tokenizer":
+        """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one, and
+        `missing` the other way out for a path that is no file: a checkpoint's tokenizer cannot be
+        trained anew). `exact` refuses one that does not give back its text, as training and
+        evaluation must; a run that an earlier version trained with such a one is still sampled with
+        it (not exact)."""
         if os.path.isdir(path):  # a run folder: its tokenizer is the file inside
             inside = Path(path) / "tokenizer.json"
             which = f" ({inside})" if inside.is_file() else ""
             raise DataError(f"--tokenizer: '{path}' is a folder; pass the tokenizer.json file itself{which}, "
-                            "or leave it empty to train one")
+                            f"or {missing}")
         if not os.path.isfile(path):
-            raise DataError(f"--tokenizer: no such file '{path}'; check the path, or leave it empty to "
-                            "train one")
+            raise DataError(f"--tokenizer: no such file '{path}'; check the path, or {missing}")
         text = None
         try:
             # read here, not by from_file: the Rust side takes only UTF-8 paths (a run folder made

@@ -309,6 +309,7 @@ class Job:
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
     continues: bool = False  # resumed into its own folder (a fork starts its folder's logs afresh)
+    imported: bool = False  # the checkpoint is an import's (weights only: no training step of its own)
     agreed: tuple = (0, 0.0)  # under torchrun: the step and clock of the ranks' last agreement (agree)
     agree_at: int = 1  # ... and the step of the next one, log steps aside
     trials: int = 0  # compiled training steps left that may still fail in the compiler (first_steps)
@@ -749,14 +750,16 @@ def load_data(plan: RunPlan, world: World, device, log):
     before any data work, with advice about the tokenizer (a checkpoint's model settings cannot
     change)."""
     model_args, train_args = plan.model_args, plan.train_args
-    fix = "put back the run's own tokenizer.json or pass it with --tokenizer FILE (another is a new --run)"
-    ckpt, ckpt_path = plan.ckpt, plan.ckpt_path
+    ckpt, ckpt_path, fix = plan.ckpt, plan.ckpt_path, tokenizer_fix(plan)
     if plan.init is not None:  # (its model reads that tokenizer's ids)
-        ckpt, ckpt_path, fix = plan.init, plan.init_path, "pass --tokenizer FILE, the one it was trained with"
-    if ckpt is not None and train_args.tokenizer:
+        ckpt, ckpt_path = plan.init, plan.init_path
+    if ckpt is not None and train_args.tokenizer:  # (no new one: "leave it empty to train one" is no way out)
+        beside = ckpt_path.parent / "tokenizer.json"
+        missing = (f"drop --tokenizer to take the one beside the checkpoint, {beside}" if beside.is_file()
+                   else f"name the one {ckpt_path} was trained with")
         with runtime.all_ranks_or_none(world, device, "checking the tokenizer"):  # (one line, not one a rank)
-            checkpoint.check_tokenizer(Tokenizer.load(train_args.tokenizer, fix), train_args.tokenizer, ckpt,
-                                       ckpt_path, fix)
+            tok = Tokenizer.load(train_args.tokenizer, fix, missing=missing)
+            checkpoint.check_tokenizer(tok, train_args.tokenizer, ckpt, ckpt_path, fix)
     with runtime.rank0_first(world, device):
         if train_args.eval_only:
             if not train_args.tokenizer:
@@ -767,10 +770,30 @@ def load_data(plan: RunPlan, world: World, device, log):
             out = data.prepare(train_args, model_args, log=log)
     if ckpt is not None:  # a tokenizer from the cache (the run's tokenizer.json was missing)
         if not train_args.tokenizer and (ckpt_path.parent / "tokenizer.json").exists():  # --tokenizer ''
-            fix = f"drop --tokenizer '' to take the run's own, {ckpt_path.parent / 'tokenizer.json'}"
+            whose = "the one beside the checkpoint" if plan.forks else "the run's own"
+            fix = f"drop --tokenizer '' to take {whose}, {ckpt_path.parent / 'tokenizer.json'}"
         checkpoint.check_tokenizer(out[0], train_args.tokenizer or "the cached tokenizer", ckpt, ckpt_path,
                                    fix)
     return out
+
+
+def tokenizer_fix(plan: RunPlan) -> str:
+    """load_data's advice where the tokenizer is not the checkpoint's, or there is none: the file to
+    put back, or --tokenizer. Only a resume of the run's own folder is told that another tokenizer is
+    a new --run: a fork is one already (its tokenizer is its parent's), --eval_only trains nothing,
+    and an import's tokenizer came from its HF folder."""
+    if plan.init is not None:
+        return "pass --tokenizer FILE, the one it was trained with"
+    beside = plan.ckpt_path.parent / "tokenizer.json" if plan.ckpt_path is not None else None
+    if plan.train_args.eval_only and plan.ckpt is not None and "train_args" not in plan.ckpt:  # an import
+        return (f"put back {beside}, the one its HF folder held (scripts/export_hf.py --import copies it), "
+                "or pass it with --tokenizer FILE")
+    if plan.train_args.eval_only:
+        return f"put back {beside}, the run's own, or pass it with --tokenizer FILE"
+    if plan.forks:
+        return (f"put back {beside} (the forked run's) or pass it with --tokenizer FILE (another tokenizer "
+                "is a run from scratch, without --resume)")
+    return "put back the run's own tokenizer.json or pass it with --tokenizer FILE (another is a new --run)"
 
 
 def make_log(world: World, stderr: bool = False):
@@ -872,7 +895,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
               fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
               ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan), window=(ckpt or {}).get("window"),
-              continues=ckpt is not None and not plan.forks)
+              continues=ckpt is not None and not plan.forks,
+              imported=ckpt is not None and "train_args" not in ckpt)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
         job.trials = job.eval_trials = 2 if train_args.compile_mode in config.CUDA_GRAPH_MODES else 1
     state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
@@ -1092,9 +1116,12 @@ def evaluate_step(job: Job, state: LoopState, window: Window) -> int:
 
 
 def evaluate_only(job: Job, state: LoopState) -> dict:
-    """--eval_only: one JSON line with the checkpoint's validation figures."""
+    """--eval_only: one JSON line with the checkpoint's validation figures, its step and path. An
+    import's step is null, and "imported": true says so (its "step": 0 read as an untrained model's)."""
     result = evaluate_job(job)
-    result.update(step=state.step, checkpoint=str(job.ckpt_path))
+    result.update(step=None if job.imported else state.step, checkpoint=str(job.ckpt_path))
+    if job.imported:
+        result["imported"] = True
     if job.world.main:
         print(json.dumps(result), flush=True)
         if getattr(sys.stdout, "lost", False):  # (its one output: not to be lost as the log may be)

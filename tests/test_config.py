@@ -238,6 +238,16 @@ def test_an_empty_hf_dataset_is_allowed_where_the_hub_is_not_read():
         TrainArgs(hf_dataset="", eval_only=True)
 
 
+def test_an_empty_hf_dataset_at_eval_only_names_val_data_as_the_fix():
+    """Bug caught: `--eval_only --hf_dataset ''` (an import: no data settings of its own) was told "there
+    is no --data ... or --data FILE", where the text to evaluate on is --val_data's; training still
+    names --data."""
+    for eval_only, option in ((True, "--val_data"), (False, "--data")):
+        with pytest.raises(ConfigError) as e:
+            TrainArgs(hf_dataset="", eval_only=eval_only)
+        assert f"(and there is no {option});" in str(e.value) and str(e.value).endswith(f", or {option} FILE")
+
+
 def test_the_pixel_shuffle_ratios_the_error_suggests_are_accepted():
     """The advice prints 1/3 as 0.333333 (it once refused that very value: 24 x 0.333333 is not 8).
     Each is taken as exactly 1 / n; an image gets (24 // n)^2 tokens, as model.pixel_shuffle makes."""

@@ -1904,6 +1904,15 @@ def test_a_training_split_of_exactly_one_window_is_enough(tmp_path, corpus):
         run(tmp_path, seq_len=n, **kw)
 
 
+def test_the_coverage_log_of_one_window_says_the_first_window():
+    """Bug caught: `--eval_windows 1` logged "1 window of 64 tokens (the first 1 windows: --eval_windows)"."""
+    from types import SimpleNamespace
+    logs, val = [], SimpleNamespace(tokens=np.zeros(200, dtype=np.uint16), n_tokens=200)
+    data._log_coverage(val, 64, 1, logs.append)
+    assert logs == ["data: validation: 64 of 199 targets in 1 window of 64 tokens (the first window: "
+                    "--eval_windows)"]
+
+
 def test_the_coverage_log_of_a_run_counts_eval_windows(tmp_path, corpus):
     """Catches prepare() or prepare_eval() logging the coverage of every window whatever
     --eval_windows (the run evaluates only the first ones), and prepare() tokenizing on one thread

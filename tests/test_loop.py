@@ -512,7 +512,8 @@ def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only
     cpu = torch.device("cpu")
     job = SimpleNamespace(world=runtime.World(1, 2), device=cpu, model=torch.nn.Linear(1, 1), stop=None,
                           run_dir=tmp_path, tokens_per_step=1, peak=None, ckpt_path=tmp_path / "last.pt",
-                          checkpoint=lambda state, window: {}, fpt=1.0, train_args=TrainArgs(),
+                          imported=False, checkpoint=lambda state, window: {}, fpt=1.0,
+                          train_args=TrainArgs(),
                           metrics=SimpleNamespace(write=lambda rec: wrote.append("train")))
     state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
     assert train.run_eval(job, state)
@@ -589,7 +590,8 @@ def test_eval_only_evaluates_the_compiled_model_and_prints_the_step_and_checkpoi
     monkeypatch.setattr(train, "evaluate",
                         lambda model, val, autocast, device: seen.append(model) or {"x": 1})
     job = SimpleNamespace(eval_trials=0, compiled="compiled", model="eager", val=None, autocast=None,
-                          device="cpu", world=runtime.World(), ckpt_path=tmp_path / "best.pt")
+                          device="cpu", world=runtime.World(), ckpt_path=tmp_path / "best.pt",
+                          imported=False)
     result = train.evaluate_only(job, train.LoopState(step=7))
     assert result == {"x": 1, "step": 7, "checkpoint": str(tmp_path / "best.pt")} and seen == ["compiled"]
     assert capsys.readouterr().out.splitlines() == [json.dumps(result)]

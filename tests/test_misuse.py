@@ -78,7 +78,7 @@ def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tm
     plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer=str(tok), eval_only=False),
                            ckpt=None if init else {}, ckpt_path=None if init else tmp_path / "last.pt",
                            init={} if init else None, init_path=tmp_path / "last.pt" if init else None,
-                           run_dir=tmp_path)
+                           run_dir=tmp_path, forks=False)
     with pytest.raises(train.UserError) as e:
         train.load_data(plan, train.World(), "cpu", print)
     assert fix in str(e.value)
@@ -95,7 +95,7 @@ def test_a_tokenizer_every_rank_refuses_is_rank_0s_line_alone(tmp_path, monkeypa
     monkeypatch.setattr(runtime, "all_reduce", lambda values, *a, **k: [1.0, 1.0])  # rank 0 failed too
     plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer=str(tok), eval_only=False),
                            ckpt={}, ckpt_path=tmp_path / "last.pt", init=None, init_path=None,
-                           run_dir=tmp_path)
+                           run_dir=tmp_path, forks=False)
     with pytest.raises(train.errors.RankError, match="rank 0 failed checking the tokenizer too"):
         train.load_data(plan, train.World(1, 2), "cpu", print)
 
@@ -110,7 +110,7 @@ def test_init_from_with_an_empty_tokenizer_checks_the_one_the_data_work_trained(
     monkeypatch.setattr(train.data, "prepare", lambda *a, **k: (trained, None, None))
     plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer="", eval_only=False),
                            ckpt=None, ckpt_path=None, init={"tokenizer": {"sha256": "c" * 64}},
-                           init_path=tmp_path / "last.pt", run_dir=tmp_path)
+                           init_path=tmp_path / "last.pt", run_dir=tmp_path, forks=False)
     with pytest.raises(train.UserError) as e:
         train.load_data(plan, runtime.World(), "cpu", print)
     assert str(e.value).startswith(f"the cached tokenizer is not the tokenizer {tmp_path / 'last.pt'} was "
@@ -127,11 +127,35 @@ def test_resume_with_an_empty_tokenizer_is_told_to_drop_it_not_to_put_the_file_b
     (tmp_path / "tokenizer.json").write_text("{}")
     plan = SimpleNamespace(model_args=None, train_args=SimpleNamespace(tokenizer="", eval_only=False),
                            ckpt={"tokenizer": {"sha256": "c" * 64}}, ckpt_path=tmp_path / "last.pt",
-                           init=None, init_path=None, run_dir=tmp_path)
+                           init=None, init_path=None, run_dir=tmp_path, forks=False)
     with pytest.raises(train.UserError) as e:
         train.load_data(plan, runtime.World(), "cpu", print)
     assert str(e.value).startswith(f"the cached tokenizer is not the tokenizer {tmp_path / 'last.pt'} was ")
     assert str(e.value).endswith(f"; drop --tokenizer '' to take the run's own, {tmp_path}/tokenizer.json")
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_fork_with_an_empty_tokenizer_is_told_of_its_parents_tokenizer(tmp_path, monkeypatch, beside):
+    """Bug caught: `--resume PARENT --run FORK --tokenizer ''` (a fork, already a new --run) refused with
+    "put back the run's own tokenizer.json ... (another is a new --run)": the fork has none of its own,
+    and another --run takes the same tokenizer. The advice names the parent's file."""
+    import runplan
+    import runtime
+    import train
+    trained = SimpleNamespace(hash="a" * 64, legacy_hash="b" * 64)
+    monkeypatch.setattr(train.data, "prepare", lambda *a, **k: (trained, None, None))
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    if beside:
+        (parent / "tokenizer.json").write_text("{}")
+    plan = runplan.RunPlan(tmp_path / "fork", None, SimpleNamespace(tokenizer="", eval_only=False),
+                           {"tokenizer": {"sha256": "c" * 64}}, parent / "last.pt")
+    with pytest.raises(train.UserError) as e:
+        train.load_data(plan, runtime.World(), "cpu", print)
+    fix = (f"drop --tokenizer '' to take the one beside the checkpoint, {parent / 'tokenizer.json'}" if beside
+           else f"put back {parent / 'tokenizer.json'} (the forked run's) or pass it with --tokenizer FILE "
+           "(another tokenizer is a run from scratch, without --resume)")
+    assert str(e.value).endswith(f"; {fix}") and "the run's own" not in str(e.value)
 
 
 @pytest.mark.parametrize("name", ["metrics.jsonl", "train.json", "last.pt"])
@@ -583,3 +607,41 @@ def test_plot_runs_names_the_run_folder_of_a_file_typed_as_a_run(name, tmp_path,
     assert e.value.code == 2 and len(err) == 1 and err[0].endswith(f" error: {typed} is a file, not a run "
                                                                    f"folder; {fix}")
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("imported", [False, True])
+def test_eval_only_without_a_tokenizer_is_not_told_another_is_a_new_run(tmp_path, imported):
+    """Bug caught: `--eval_only` of a run (or of an import, whose tokenizer came from its HF folder)
+    with no tokenizer.json beside it was told "put back the run's own tokenizer.json ... (another is
+    a new --run)": an evaluation starts no run. The advice names the file to put back."""
+    import runplan
+    import runtime
+    import train
+    ckpt = {"model_args": {}} if imported else {"model_args": {}, "train_args": {}}
+    plan = runplan.RunPlan(tmp_path, None, SimpleNamespace(tokenizer="", eval_only=True), ckpt,
+                           tmp_path / "last.pt")
+    with pytest.raises(train.UserError) as e:
+        train.load_data(plan, runtime.World(), "cpu", print)
+    whose = ("the one its HF folder held (scripts/export_hf.py --import copies it)" if imported
+             else "the run's own")
+    assert str(e.value) == (f"{tmp_path} has no tokenizer.json to evaluate with; put back "
+                            f"{tmp_path / 'tokenizer.json'}, {whose}, or pass it with --tokenizer FILE")
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_tokenizer_path_that_is_no_file_beside_a_checkpoint_is_not_told_to_train_one(tmp_path, beside):
+    """Bug caught: `--eval_only` (or --resume, --init_from) with a --tokenizer path that is not there was
+    told "leave it empty to train one": --tokenizer '' is refused there (or trains a tokenizer the
+    checkpoint's model never read). The way out is the tokenizer beside the checkpoint."""
+    import runplan
+    import runtime
+    import train
+    if beside:
+        (tmp_path / "tokenizer.json").write_text("{}")
+    args = SimpleNamespace(tokenizer=str(tmp_path / "nope.json"), eval_only=True)
+    plan = runplan.RunPlan(tmp_path, None, args, {"model_args": {}, "train_args": {}}, tmp_path / "last.pt")
+    with pytest.raises(train.UserError) as e:
+        train.load_data(plan, runtime.World(), "cpu", print)
+    way = (f"drop --tokenizer to take the one beside the checkpoint, {tmp_path / 'tokenizer.json'}" if beside
+           else f"name the one {tmp_path / 'last.pt'} was trained with")
+    assert str(e.value) == f"--tokenizer: no such file '{tmp_path / 'nope.json'}'; check the path, or {way}"

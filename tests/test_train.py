@@ -749,6 +749,26 @@ def test_eval_only_prints_one_json_line_and_logs_on_stderr(tmp_path, corpus, cac
     assert r["bits_per_byte"] == pytest.approx(r["nats_per_token"] * r["tokens"] / (math.log(2) * r["bytes"]))
 
 
+def test_eval_only_of_an_import_gives_no_step_and_says_it_is_an_import(tmp_path, corpus, cache, capsys):
+    """Bug caught: --eval_only of an imported checkpoint (weights only, saved with "step": 0) printed
+    "step": 0, as for a model never trained; its step is null and "imported": true says why. A run's
+    own checkpoint still gives its step, with no "imported"."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
+    model, _ = checkpoint.load_model(tmp_path / "ckpt" / "r" / "last.pt")
+    tok = tmp_path / "ckpt" / "r" / "tokenizer.json"
+    checkpoint.save_model_only(model, tmp_path / "ckpt" / "w" / "last.pt", Tokenizer.load(tok).hash)
+    shutil.copy(tok, tmp_path / "ckpt" / "w" / "tokenizer.json")
+    results = {}
+    for run in ("w", "r"):
+        capsys.readouterr()
+        train.main(["--run", run, "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data",
+                    str(corpus), "--cache_dir", str(cache), "--eval_windows", "2"])
+        results[run] = json.loads(capsys.readouterr().out)
+    assert results["w"]["step"] is None and results["w"]["imported"] is True
+    assert results["r"]["step"] == 1 and "imported" not in results["r"]
+    assert results["w"]["nats_per_token"] == results["r"]["nats_per_token"]
+
+
 class TargetIdLoss(torch.nn.Module):
     """A stand-in model whose loss on each real target is the target's id."""
 
