@@ -176,12 +176,13 @@ def report(opts, result):
     others = [v for v in ["hf", "uncached"] if v in opts.variants and ours in opts.variants]
     print(f"decode: {c['new_tokens']} new tokens after a {PROMPT}-token prompt, preset {c['preset']}, "
           f"greedy, {c['dtype']}, {c['device_name']}, median of {c['repeats']}")
-    print(f"{'batch':6s}" + "".join(f"{v + ' tok/s':>15s}" for v in opts.variants)
+    width = {v: max(15, len(v) + 7) for v in opts.variants}  # (" reference tok/s": a space between columns)
+    print(f"{'batch':6s}" + "".join(f"{v + ' tok/s':>{width[v]}s}" for v in opts.variants)
           + "".join(f"{k:>20s}" for k in [*(f"ours/{v}" for v in others), f"same as {base}"]))
     for key, r in result["results"].items():
         t = r["tokens_per_s"]
         same = "yes" if all(r[f"same_tokens_as_{base}"].values()) else "NO"
-        print(f"{key[5:]:6s}" + "".join(f"{t[v]:15,.0f}" for v in opts.variants)
+        print(f"{key[5:]:6s}" + "".join(f"{t[v]:{width[v]},.0f}" for v in opts.variants)
               + "".join(f"{r[f'{ours}_over_{v}']:20.2f}" for v in others) + f"{same:>20s}")
         for v, why in r.get("fell_back_to_eager", {}).items():
             print(f"  {v}: compiling failed ({why}); timed eagerly")

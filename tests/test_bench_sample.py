@@ -350,3 +350,22 @@ def test_a_cuda_decode_is_timed_from_an_idle_device_to_its_last_token(monkeypatc
     events.clear()
     bench_sample.timed("cached", None, None, SimpleNamespace(device=torch.device("cpu")), 2)
     assert events == ["clock", "decode", "clock"]
+
+
+def test_the_table_keeps_long_variant_names_apart(capsys):
+    """Bug caught: columns were 15 wide, so "reference tok/s" (15) and "compiled-nograph tok/s" (22)
+    ran into the column before them ("uncached tok/sreference tok/s"). Made-up result: nothing runs."""
+    from types import SimpleNamespace
+
+    from scripts import bench_sample
+    variants = ["cached", "uncached", "reference", "compiled-nograph"]
+    result = {"config": {"new_tokens": 8, "preset": "debug", "dtype": "float32", "device_name": "cpu",
+                         "repeats": 1},
+              "results": {"batch1": {"tokens_per_s": dict.fromkeys(variants, 1234567.0),
+                                     "cached_over_uncached": 1.0,
+                                     "same_tokens_as_cached": dict.fromkeys(variants, True)}}}
+    bench_sample.report(SimpleNamespace(variants=variants), result)
+    head, row = capsys.readouterr().out.splitlines()[1:3]
+    columns = [w for v in variants for w in (v, "tok/s")]
+    assert head.split() == ["batch", *columns, "ours/uncached", "same", "as", "cached"]
+    assert row.split() == ["1", *["1,234,567"] * 4, "1.00", "yes"]
