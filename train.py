@@ -881,6 +881,9 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
         load_optimizer(opt, ckpt["optimizer"])
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
     compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
+    # DDP wraps the compiled model, as torch's docs advise ("where to apply torch.compile"): Dynamo
+    # compiles inside DDP's forward, sees the DDP module and splits the graph at its gradient buckets
+    # (DDPOptimizer), so each bucket's all-reduce overlaps the rest of the backward
     runner = compiled
     if world.size > 1:
         runner = torch.nn.parallel.DistributedDataParallel(  # (the buffers, RoPE tables made from the
