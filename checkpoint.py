@@ -475,8 +475,9 @@ def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False) -> 
         same = theirs.exists() and same_tokenizer(Path(tokenizer_path), theirs)
     if theirs.exists() and not same:
         held.append("another tokenizer.json (a run's checkpoints may need it)")
-    if held and not replace:
-        raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to replace it, or export to "
+    if held and not replace:  # (an export without a tokenizer removes another one: it said "replace")
+        verb = "remove" if tokenizer_path is None and held[0].startswith("another tokenizer") else "replace"
+        raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to {verb} it, or export to "
                               "another folder")
     return held
 

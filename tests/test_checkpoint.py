@@ -455,7 +455,8 @@ def test_stages_of_exports_killed_are_swept_and_live_or_foreign_ones_kept(tmp_pa
 def test_an_export_never_replaces_a_runs_own_tokenizer_without_force(tmp_path):
     """Catches export_hf taking a tokenizer.json already in the folder for its own: an export
     without a tokenizer deleted a run folder's tokenizer.json (its checkpoints need it), and one
-    with another tokenizer replaced it, both without --force."""
+    with another tokenizer replaced it, both without --force. Bug caught: the one without a
+    tokenizer said "pass --force to replace it" of a file --force removes."""
     model = small_model()
     run = tmp_path / "run"
     run.mkdir()
@@ -465,7 +466,9 @@ def test_an_export_never_replaces_a_runs_own_tokenizer_without_force(tmp_path):
     for tokenizer_path in (None, tmp_path / "other.json"):
         with pytest.raises(checkpoint.CheckpointError) as e:
             checkpoint.export_hf(model, run, tokenizer_path)
+        verb = "remove" if tokenizer_path is None else "replace"
         assert "already holds another tokenizer.json" in str(e.value)
+        assert f"; pass --force to {verb} it, or export to another folder" in str(e.value)
         assert sorted(p.name for p in run.iterdir()) == ["tokenizer.json"]
         assert (run / "tokenizer.json").read_bytes() == before
     checkpoint.export_hf(model, run, run / "tokenizer.json")  # the same tokenizer: no --force needed
