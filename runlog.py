@@ -223,17 +223,18 @@ def resumed_records(path: Path, warn=None) -> list[dict]:
     line before the last (not ours to guess at) or a record train.py never writes. (runplan checks it
     before any data work too: the refusal came after the data and the model.)"""
     try:
-        records = storage.read_jsonl(path, warn=warn)
+        numbered = storage.numbered_jsonl(path, warn=warn)
     except ValueError as e:
         raise RunError(str(e)) from None
     except OSError as e:  # (a folder of that name, a file we may not read)
         raise RunError(f"cannot read {path} ({e.strerror or e}); make it the run's log again, or move it "
                        "away to start the log afresh") from None
-    foreign = next((r for r in records if not isinstance(r.get("step"), int) or "kind" not in r), None)
-    if foreign is not None:  # (a line added by hand, or by another program)
-        raise RunError(f"{path}: a record without a step and kind ({json.dumps(foreign)[:80]}), which "
-                       "train.py never writes; remove that line")
-    return records
+    foreign = [(n, r) for n, r in numbered if not isinstance(r.get("step"), int) or "kind" not in r]
+    if foreign:  # (a line added by hand, or by another program)
+        line, record = foreign[0]
+        raise RunError(f"{path}: line {line} is a record without a step and kind "
+                       f"({json.dumps(record)[:80]}), which train.py never writes; remove that line")
+    return [r for _, r in numbered]
 
 
 class Metrics:
@@ -390,17 +391,29 @@ def _line(record: dict) -> str:
 # Reading runs back
 
 
-def read_metrics(run_dir, warn=None) -> tuple[list, list]:
+def read_metrics(run_dir, warn=None, need=None) -> tuple[list, list]:
     """(train records, val records) of a run folder; none yet where train.py has not logged its first
     record (its run.lock comes before the data work, its settings before the first step: "is it a run
-    folder?" there was an error, and the other runs went unplotted)."""
+    folder?" there was an error, and the other runs went unplotted). `need` maps a kind ("train",
+    "val") to the fields each of its records must hold (plot_runs: its x axis and its curves). A
+    record without a kind, or without one of those, is a ValueError naming the file and its line (a
+    KeyError named the field alone: which of several runs held it?)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         if any((Path(run_dir) / name).is_file() for name in ("run.lock", "train.json", "model.json")):
             return [], []  # (train.py started there)
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
-    records = storage.read_jsonl(path, warn=warn)
-    return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "val"]
+    if path.is_dir():  # ("[Errno 21] Is a directory")
+        raise IsADirectoryError(f"{path} is a folder, not the run's log; put the run's metrics.jsonl file "
+                                f"in its place, or leave {run_dir} out")
+    records = storage.numbered_jsonl(path, warn=warn)
+    for line, r in records:
+        kind = r.get("kind") if r.get("kind") in ("train", "val") else None
+        if missing := next((f for f in ("kind", *(need or {}).get(kind, ())) if f not in r), None):
+            raise ValueError(f"{path}: line {line} has no {missing!r} field, which train.py writes in every "
+                             f"{kind or ''}{' ' * bool(kind)}record; pass run folders that this project's "
+                             "train.py wrote, or delete that line")
+    return [r for _, r in records if r["kind"] == "train"], [r for _, r in records if r["kind"] == "val"]
 
 
 def shown(run_dir) -> str:
@@ -465,7 +478,9 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(run_dir, *read_metrics(run_dir, warn)) for run_dir in run_dirs]
+    one = len(run_dirs) == 1  # (a single run draws its validation nats/token too)
+    drawn = {"train": (x, "lm_loss"), "val": (x, "bits_per_byte") + ("nats_per_token",) * one}
+    runs = [(run_dir, *read_metrics(run_dir, warn, need=drawn)) for run_dir in run_dirs]
     empty = [f"{shown(run_dir)} has no records yet: it is not in the plot"
              for run_dir, train, val in runs if not train and not val]
     for problem in incomparable(runs) + empty:

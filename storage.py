@@ -5,6 +5,7 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     save_json(path, obj)       atomic_write of indented, key-sorted JSON
     append_jsonl(path, record) add one line to a log
     read_jsonl(path)           the log's records, a torn last line dropped with a warning
+                               (numbered_jsonl: each with its line number, for errors that name it)
     writable_folder(path)      mkdir -p, and a file made and removed there: an output folder, checked
                                before the work
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
@@ -17,6 +18,7 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
                                folder, a file that is not an earlier result of the same benchmark
     too_long(option, path)     a name in a path past the 255 bytes a file system takes (a line, not
                                errno 36's traceback)
+    expand_home(path)          a path typed with a ~ the shell left (quoted), its home folder put in
 
 How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
@@ -235,6 +237,14 @@ def too_long(option: str, path) -> str | None:
     return None
 
 
+def expand_home(path: str) -> str:
+    """`path` with its leading ~ or ~user made the home folder, where the shell left it (a quoted
+    '~/corpus/*.txt': "no such file '~/x.txt'"); a folder named ~ in the working directory is read
+    as typed (a path that exists is)."""
+    head = path.split(os.sep, 1)[0]
+    return os.path.expanduser(path) if head.startswith("~") and not os.path.lexists(head) else path
+
+
 def special_kind(path) -> str | None:
     """What `path` is when it is a device, named pipe or socket ("a character device"), or None (a
     file, a folder, nothing there, or a name the OS cannot take). Writing there atomically (a new
@@ -415,6 +425,12 @@ def read_jsonl(path, warn=None) -> list[dict]:
     a crash or a full disk) is dropped, and `warn` is told; a bad line elsewhere, or JSON that is not
     a record (an edit: no write cut short leaves one), is an error (ValueError naming the file and
     the line)."""
+    return [record for _, record in numbered_jsonl(path, warn)]
+
+
+def numbered_jsonl(path, warn=None) -> list[tuple[int, dict]]:
+    """read_jsonl's records, each with its line number (from 1) in the file, for an error about a
+    record to name its line."""
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     records = []
@@ -433,7 +449,7 @@ def read_jsonl(path, warn=None) -> list[dict]:
             continue
         if not isinstance(record, dict):  # (valid JSON that is not a record: a log's reader would trip on it)
             raise ValueError(f"{path}: line {i + 1} is not a JSON record; fix or delete that line") from None
-        records.append(record)
+        records.append((i + 1, record))
     return records
 
 

@@ -41,17 +41,19 @@ def check_out(p, out: str) -> None:
 
 
 def run_folder(p, run: str) -> str:
-    """The run folder of what was typed: RUN/metrics.jsonl is RUN; another file (RUN/last.pt) is a
-    one-line error naming its run folder; a folder of runs (an --out_dir) is a one-line error naming
-    its runs, the newest first (it said "no metrics.jsonl; is it a run folder?")."""
+    """The run folder of what was typed: RUN/metrics.jsonl (a file, or a folder made by mistake) is
+    RUN; another file (RUN/last.pt) is a one-line error naming its run folder; a folder of runs (an
+    --out_dir) is a one-line error naming its runs, the newest first (it said "no metrics.jsonl; is it
+    a run folder?")."""
     if problem := storage.too_long("a run", run):  # (a traceback, errno 36)
         p.error(problem)
     path = Path(run)
     named = Path(config.TrainArgs.out_dir) / run
     if not path.exists() and named.is_dir():  # a run's name, as train.py takes it (under checkpoints/)
         return str(named)
-    if path.name == "metrics.jsonl" and path.is_file():
-        return str(path.parent)
+    if path.name == "metrics.jsonl" and (path.is_file() or path.is_dir() and not (path / path.name).exists()):
+        return str(path.parent)  # (a folder so named: plot_runs says it is no log, not "is RUN/metrics.jsonl
+        # a run folder?")
     if path.is_file():  # (RUN/last.pt, tab completion gone a level too far: "RUN/last.pt/metrics.jsonl
         # does not exist; is RUN/last.pt a run folder?")
         fix = f"pass its folder {path.parent}" if (path.parent / "metrics.jsonl").is_file() else \
@@ -88,10 +90,8 @@ def main(argv=None):
     try:
         out = runlog.plot_runs(args.runs, args.out, args.x, args.title,
                                warn=lambda m: print(f"plot_runs.py: warning: {m}", file=sys.stderr))
-    except KeyError as e:  # a record without a field every train.py record has
-        sys.exit(f"plot_runs.py: error: a metrics.jsonl record has no {e} field; pass run folders that "
-                 "this project's train.py wrote")
-    except (OSError, ValueError, UserError) as e:  # a bad metrics.jsonl line, a full disk ...
+    except (OSError, ValueError, UserError) as e:  # a bad metrics.jsonl line (or one without a field
+        # train.py writes: read_metrics names its file and line), a full disk ...
         sys.exit(f"plot_runs.py: error: {e}")
     print(out)  # (outside the try: a closed pipe is run_script's quiet 141, not an error)
 

@@ -143,7 +143,7 @@ def test_resume_survives_a_torn_metrics_line_and_plot_runs_names_a_bad_file(tmp_
     path.write_text(json.dumps({"kind": "train", "step": 1, "lm_loss": 5.0}) + "\n")  # another program's
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])
-    assert "a metrics.jsonl record has no 'tokens' field" in str(e.value.code)
+    assert f"{path}: line 1 has no 'tokens' field" in str(e.value.code)
     path.write_text("")
     with pytest.raises(SystemExit) as e:
         plot_runs.main([str(run_dir), "--out", str(tmp_path / "runs.png")])

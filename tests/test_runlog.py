@@ -360,9 +360,10 @@ def test_a_wandb_run_started_silent_says_where_it_is_in_one_line(tmp_path, monke
 
 def test_a_resumed_log_refuses_a_record_without_a_kind_as_one_line(tmp_path):
     """Catches a line with a step but no kind (added by hand) crashing the resume with a KeyError
-    traceback, rather than the one line that names it and the fix."""
+    traceback, rather than the one line that names it, its line number and the fix."""
     write_records(tmp_path, [{"kind": "train", "step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}])
-    with pytest.raises(RunError, match=r'a record without a step and kind \(\{"step": 2, "loss": 1.0\}\), '
+    with pytest.raises(RunError, match=r'metrics.jsonl: line 2 is a record without a step and kind '
+                                        r'\(\{"step": 2, "loss": 1.0\}\), '
                                         r"which train.py never writes; remove that line$"):
         runlog.Metrics(tmp_path, None, 2, log=lambda msg: None)
 

@@ -398,15 +398,40 @@ def test_plot_runs_passes_x_and_title_on(tmp_path, monkeypatch, capsys):
     assert given == [([run], out, "step", "two runs")] and capsys.readouterr().out == f"{out}\n"
 
 
-def test_plot_runs_names_the_field_a_record_lacks(tmp_path):
+def test_plot_runs_names_the_file_and_line_of_a_record_without_a_field(tmp_path):
     """Catches a metrics.jsonl record without a field train.py writes (from another program) as a
-    KeyError traceback instead of one line naming the field."""
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "lm_loss": 5.0}) + "\n")
-    with pytest.raises(SystemExit) as e:
-        plot_runs.main([str(run), "--out", str(tmp_path / "p.png")])
-    assert str(e.value.code).startswith("plot_runs.py: error: a metrics.jsonl record has no 'tokens' field")
+    KeyError traceback instead of one line naming the field; and that line not naming which of the
+    runs plotted held it, and where ("a metrics.jsonl record has no 'kind' field"). A field the plot
+    does not draw (tokens, with --x step) is not asked for."""
+    good, bad = fake_run(tmp_path / "good"), fake_run(tmp_path / "bad")
+    log = bad / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    fix = "pass run folders that this project's train.py wrote, or delete that line"
+    for line, out, field in [({"kind": "train", "step": 1, "lm_loss": 5.0}, "tokens", "every train record"),
+                             ({"step": 11, "tokens": 1, "lm_loss": 5.0}, "kind", "every record"),
+                             ({"kind": "val", "step": 11, "tokens": 1}, "bits_per_byte", "every val record")]:
+        log.write_text("\n".join([lines[0], "", json.dumps(line), *lines[1:]]) + "\n")
+        with pytest.raises(SystemExit) as e:
+            plot_runs.main([str(good), str(bad), "--out", str(tmp_path / "p.png")])
+        assert e.value.code == (f"plot_runs.py: error: {log}: line 3 has no {out!r} field, which train.py "
+                                f"writes in {field}; {fix}")
+        assert not (tmp_path / "p.png").exists()
+    log.write_text("\n".join([lines[0], json.dumps({"kind": "train", "step": 1, "lm_loss": 5.0})]) + "\n")
+    plot_runs.main([str(good), str(bad), "--out", str(tmp_path / "p.png"), "--x", "step"])
+    assert (tmp_path / "p.png").exists()
+
+
+def test_plot_runs_names_a_metrics_jsonl_that_is_a_folder_and_the_fix(tmp_path, capsys):
+    """Bug caught: a run whose metrics.jsonl is a folder (made by mistake) said "[Errno 21] Is a
+    directory: ..." with no fix, and that folder typed itself said ".../metrics.jsonl/metrics.jsonl
+    does not exist"; now one line names it and the fix."""
+    good, bad = fake_run(tmp_path / "good"), tmp_path / "bad"
+    (bad / "metrics.jsonl").mkdir(parents=True)
+    for typed in (bad, bad / "metrics.jsonl"):
+        with pytest.raises(SystemExit) as e:
+            plot_runs.main([str(good), str(typed), "--out", str(tmp_path / "p.png")])
+        assert e.value.code == (f"plot_runs.py: error: {bad / 'metrics.jsonl'} is a folder, not the run's "
+                                f"log; put the run's metrics.jsonl file in its place, or leave {bad} out")
     assert not (tmp_path / "p.png").exists()
 
 
