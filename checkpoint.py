@@ -105,7 +105,7 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix=NOT_S
     is also the advice when "" finds no run."""
     if problem := storage.too_long(option.strip() or "the checkpoint", path_or_run):  # (a traceback)
         raise CheckpointError(problem)
-    p = Path(path_or_run) if path_or_run else latest_run(out_dir, option)
+    p = Path(storage.expand_home(path_or_run)) if path_or_run else latest_run(out_dir, option)  # (a quoted ~)
     if not p.exists() and (Path(out_dir) / path_or_run).exists():
         p = Path(out_dir) / path_or_run
     if p.is_dir():

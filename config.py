@@ -41,6 +41,13 @@ def arg(default, help, *, hf=None, choices=None, const=None):
     return field(default=default, metadata=meta)
 
 
+def _expand_home(obj, names: list[str]) -> None:
+    """A path field's ~ that the shell left (quoted, or after = as in --out_dir=~/runs) made the home
+    folder, as the shell would have: --out_dir made a folder named ~ in the working directory."""
+    for name in names:
+        setattr(obj, name, storage.expand_home(getattr(obj, name)))
+
+
 def _check(ok, name, problem):
     if not ok:
         raise ConfigError(f"--{name}: {problem}")
@@ -406,6 +413,7 @@ class TrainArgs:
     seed: int = arg(1337, "random seed")
 
     def __post_init__(self):
+        _expand_home(self, ["data", "val_data", "tokenizer", "cache_dir", "out_dir", "resume", "init_from"])
         _check_choices(self)
         for name in ["batch_size", "grad_accum", "max_steps", "eval_every", "log_every",
                      "save_every", "max_bad_steps"]:
@@ -494,6 +502,7 @@ class SampleArgs:
     seed: int = arg(1337, "random seed")
 
     def __post_init__(self):
+        _expand_home(self, ["ckpt", "hf", "prompt_file", "image"])
         _in_range(self, "num_samples", self.num_samples >= 1, "at least 1")
         _in_range(self, "num_samples", self.num_samples < 2**31, "below 2^31")  # (a row count: a traceback)
         _in_range(self, "max_new_tokens", self.max_new_tokens >= 1, "at least 1")

@@ -324,7 +324,8 @@ def absolute(path: str) -> str:
     """A path setting made absolute against the working directory, as it is saved with the run, so
     that a resume from another folder reads the same files ('' stays: none, or the hub; a glob's
     folder is escaped, its name taken literally; a file that is not there, or a glob that matches
-    nothing, stays as typed, for the error that names it)."""
+    nothing, stays as typed, for the error that names it; a ~ the shell left is the home folder)."""
+    path = storage.expand_home(path)
     if not path or os.path.isabs(path):
         return path
     cwd, pattern = os.getcwd(), any(c in path for c in "*?[") and not os.path.lexists(path)

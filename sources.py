@@ -140,7 +140,8 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     are left out of folders and globs alike (a glob that names a hidden folder takes its files).
     A path that exists is read as typed, and so are the folders of a glob that exist (run[1]/*.txt).
     A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
-    first path."""
+    first path. A ~ the shell left (a quoted '~/corpus/*.txt') is the home folder."""
+    spec = storage.expand_home(spec)
     skip = [Path(d).resolve() for d in skip]
 
     def skipped(path: str) -> bool:
@@ -179,7 +180,8 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         files = [f for f in found if Path(f).suffix.lower() in KINDS]  # (the others left out, as in a folder)
         if not found:
             left_out(raw)
-            raise DataError(f"{flag}: no files match '{spec}'; check the path or glob")
+            fix = _a_list(spec, flag) or "; check the path or glob"
+            raise DataError(f"{flag}: no files match '{spec}'{fix}")
         if not files:
             raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file (only {found[0]}"
                             f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); check the glob")
@@ -196,7 +198,7 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         raise DataError(f"{flag}: '{spec.rstrip('/' + os.sep)}' is a file, not a folder; drop the trailing "
                         f"{spec[-1]}")
     else:
-        raise DataError(f"{flag}: no such file '{spec}'; check the path")
+        raise DataError(f"{flag}: no such file '{spec}'{_a_list(spec, flag) or '; check the path'}")
     first = {}  # a file reached by two paths (a symlink or hard link beside it, a glob through a linked
     for f in files:  # folder): once
         first.setdefault(_identity(f), f)
@@ -207,6 +209,19 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         if os.path.getsize(f) == 0:
             raise DataError(f"{flag}: '{f}' is empty; remove it or point {flag} at text")
     return files
+
+
+def _a_list(spec: str, flag: str) -> str | None:
+    """The end of the line refusing a list of sources in one `spec` ('a.txt,b.txt', 'a.txt b.txt': "no
+    such file"), where each of its parts names something on its own; else None."""
+    parts = [p for p in re.split(r"[,\s]+", spec) if p]
+    if len(parts) < 2 or not all(glob.glob(_glob_pattern(part) or glob.escape(part), recursive=True)
+                                 for part in map(storage.expand_home, parts)):
+        return None
+    named = " and ".join(parts) if len(parts) == 2 else f"{', '.join(parts[:2])} and {len(parts) - 2} more"
+    return (f", but {named} each exist: {flag} takes one file, folder or glob, "
+            f"not a list; put the files in one folder and pass that, or a quoted glob that matches them "
+            f"({flag} 'corpus/*.txt')")
 
 
 def _link_loop(path: str) -> bool:
@@ -743,6 +758,7 @@ def source_warnings(t, given) -> list[str]:
 
 
 def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:
+    spec = storage.expand_home(spec)  # (a quoted ~: its label and its folder test below, as resolve_files)
     files = resolve_files(spec, flag, skip)
     stats = [os.stat(f) for f in files]
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]

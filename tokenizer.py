@@ -166,7 +166,8 @@ class Tokenizer:
         `missing` the other way out for a path that is no file: a checkpoint's tokenizer cannot be
         trained anew). `exact` refuses one that does not give back its text, as training and
         evaluation must; a run that an earlier version trained with such a one is still sampled with
-        it (not exact)."""
+        it (not exact). A ~ the shell left (a quoted --tokenizer '~/tok.json') is the home folder."""
+        path = storage.expand_home(os.fspath(path))
         if os.path.isdir(path):  # a run folder: its tokenizer is the file inside
             inside = Path(path) / "tokenizer.json"
             which = f" ({inside})" if inside.is_file() else ""
@@ -185,9 +186,9 @@ class Tokenizer:
             if text is not None and not _has_model(text):  # (the Rust parser's message then misleads:
                 why = 'JSON, but not a tokenizer: it has no "model"'  # `expected , or }` on {"a": 1})
             raise DataError(f"cannot read the tokenizer '{path}' ({why}); {fix}") from None
-        if missing := _missing_special(tok):  # (an HF folder's own, imported with its weights: the caller's
+        if lacks := _missing_special(tok):  # (an HF folder's own, imported with its weights: the caller's
             # advice, not --tokenizer's)
-            raise DataError(f"{path} has no {missing} token (not a tokenizer this project writes); {fix}")
+            raise DataError(f"{path} has no {lacks} token (not a tokenizer this project writes); {fix}")
         loaded = cls(tok, exact=False)
         if exact and not loaded.gives_back_text():
             raise DataError(f"{path}: {NOT_EXACT}, which training and evaluation refuse (earlier versions of "

@@ -53,6 +53,21 @@ def test_a_path_that_exists_is_taken_before_a_run_of_that_name(tmp_path, monkeyp
     assert checkpoint.find_checkpoint("s", out_dir=tmp_path / "out") == tmp_path / "out" / "s" / "last.pt"
 
 
+def test_a_quoted_tilde_in_a_checkpoint_path_is_the_home_folder(tmp_path, monkeypatch):
+    """Bug caught: --resume, --init_from or sample.py --ckpt '~/runs/r' (quoted: the shell left the ~)
+    said "checkpoint ~/runs/r does not exist"; find_checkpoint takes ~ as the home folder, and so does
+    Tokenizer.load (--tokenizer '~/tok.json')."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home" / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "home" / "runs" / "r" / "last.pt").touch()
+    assert checkpoint.find_checkpoint("~/runs/r") == tmp_path / "home" / "runs" / "r" / "last.pt"
+    assert checkpoint.find_checkpoint("~/runs/r/last.pt") == tmp_path / "home" / "runs" / "r" / "last.pt"
+    from tokenizer import Tokenizer
+    tiny_tokenizer(tmp_path / "home" / "tok.json", "a cat sat")  # (data.py's --tokenizer: not made absolute)
+    assert Tokenizer.load("~/tok.json").vocab_size == 266
+
+
 def test_a_run_whose_last_pt_is_a_dangling_link_or_a_folder_names_that_file(tmp_path):
     """Catches find_checkpoint calling a run folder whose last.pt is a link to a file gone (a
     checkpoint moved to another disk) "not a run folder" or "no checkpoint yet", and returning a

@@ -1294,3 +1294,20 @@ def test_an_option_without_its_value_says_how_to_type_a_value_that_starts_with_a
             "where the value starts with '-')\n")
     _, (_, train_args) = config.parse_args([config.ModelArgs, config.TrainArgs], ["--run=-x"])
     assert train_args.run == "-x"
+
+
+def test_a_tilde_the_shell_left_in_any_path_option_is_the_home_folder(tmp_path, monkeypatch):
+    """Bug caught: --out_dir=~/runs (bash expands no ~ after =) or a quoted '~/cache' made a folder
+    named ~ in the working directory, while --data '~/x.txt' read the home folder's file: every path
+    option of train.py and sample.py now reads ~ as the home folder; one named ~ there is kept."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    home = str(tmp_path / "home")
+    t = config.parse_args([ModelArgs, TrainArgs], ["--out_dir=~/runs", "--cache_dir", "~/cache", "--data",
+                                                   "~/x.txt", "--tokenizer", "~/t.json"])[1][1]
+    assert (t.out_dir, t.cache_dir, t.data, t.tokenizer) == (f"{home}/runs", f"{home}/cache", f"{home}/x.txt",
+                                                             f"{home}/t.json")
+    s = config.parse_args([SampleArgs], ["--hf", "~/hf", "--prompt_file", "-", "--image", "~"])[1][0]
+    assert (s.hf, s.prompt_file, s.image) == (f"{home}/hf", "-", home)
+    (tmp_path / "~").mkdir()  # (a folder so named, in the working directory: as typed)
+    assert TrainArgs(out_dir="~/runs").out_dir == "~/runs"

@@ -790,3 +790,43 @@ def test_a_folder_whose_stray_file_fails_also_says_to_name_the_text_alone(tmp_pa
     with pytest.raises(DataError) as e:
         alone.load()
     assert "name the text alone" not in str(e.value)
+
+
+def test_a_quoted_tilde_in_data_is_the_home_folder(tmp_path, monkeypatch):
+    """Bug caught: --data '~/x.txt' (quoted, or a quoted glob '~/corpus/*.txt': the shell leaves the
+    ~) said "no such file '~/x.txt'"; now ~ is the home folder, in the path the run saves too
+    (runplan.absolute: a resume from elsewhere reads the same file), and a folder named ~ in the
+    working directory is still read as typed."""
+    import runplan
+    home = tmp_path / "home"
+    story = write(home / "corpus" / "x.txt", official(docs(2)))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert sources.resolve_files("~/corpus/x.txt", "--data") == [str(story)]
+    assert sources.resolve_files("~/corpus/*.txt", "--val_data") == [str(story)]
+    assert sources.resolve_files("~/corpus", "--data") == [str(story)]
+    assert runplan.absolute("~/corpus/x.txt") == str(story)
+    split = sources._local_split("~/corpus", "--data", "text", tmp_path / "cache", print)
+    assert split.label.startswith(f"--data {home / 'corpus'} (1 file")
+    write(tmp_path / "~" / "corpus" / "x.txt", official(docs(1)))  # (a folder so named: as typed)
+    assert sources.resolve_files("~/corpus/x.txt", "--data") == ["~/corpus/x.txt"]
+
+
+def test_a_list_of_sources_in_data_says_it_takes_one(tmp_path, monkeypatch):
+    """Bug caught: --data 'a.txt,b.txt' or 'a.txt b.txt' (or two globs) said "no such file", where each
+    part is there on its own; now the line says --data takes one file, folder or glob. A part that is
+    not there keeps the plain "no such file"."""
+    for name in ("a.txt", "b.txt", "c/d.txt"):
+        write(tmp_path / name, official(docs(1)))
+    monkeypatch.chdir(tmp_path)
+    tail = ("each exist: --data takes one file, folder or glob, not a list; put the files in one folder and "
+            "pass that, or a quoted glob that matches them (--data 'corpus/*.txt')")
+    for spec, head in [("a.txt,b.txt", "no such file 'a.txt,b.txt', but a.txt and b.txt "),
+                       ("a.txt b.txt", "no such file 'a.txt b.txt', but a.txt and b.txt "),
+                       ("a.txt, b.txt,c", "no such file 'a.txt, b.txt,c', but a.txt, b.txt and 1 more "),
+                       ("*.txt,c/*.txt", "no files match '*.txt,c/*.txt', but *.txt and c/*.txt ")]:
+        with pytest.raises(DataError) as e:
+            sources.resolve_files(spec, "--data")
+        assert str(e.value) == f"--data: {head}{tail}", spec
+    with pytest.raises(DataError, match=r"^--val_data: no such file 'a.txt,nope.txt'; check the path$"):
+        sources.resolve_files("a.txt,nope.txt", "--val_data")
