@@ -41,10 +41,17 @@ def arg(default, help, *, hf=None, choices=None, const=None):
     return field(default=default, metadata=meta)
 
 
-def _expand_home(obj, names: list[str]) -> None:
+# the path fields of each class, whose ~ is the home folder (_expand_home)
+PATH_FIELDS = {"TrainArgs": ("data", "val_data", "tokenizer", "cache_dir", "out_dir", "resume", "init_from"),
+               "SampleArgs": ("ckpt", "hf", "prompt_file", "image")}
+
+
+def _expand_home(obj) -> None:
     """A path field's ~ that the shell left (quoted, or after = as in --out_dir=~/runs) made the home
-    folder, as the shell would have: --out_dir made a folder named ~ in the working directory."""
-    for name in names:
+    folder, as the shell would have: --out_dir made a folder named ~ in the working directory. Run
+    by __post_init__, and by parse_args on settings it leaves unchecked (a resume's: its --out_dir
+    is looked in before the checkpoint's settings are)."""
+    for name in PATH_FIELDS.get(type(obj).__name__, ()):
         setattr(obj, name, storage.expand_home(getattr(obj, name)))
 
 
@@ -413,7 +420,7 @@ class TrainArgs:
     seed: int = arg(1337, "random seed")
 
     def __post_init__(self):
-        _expand_home(self, ["data", "val_data", "tokenizer", "cache_dir", "out_dir", "resume", "init_from"])
+        _expand_home(self)
         _check_choices(self)
         for name in ["batch_size", "grad_accum", "max_steps", "eval_every", "log_every",
                      "save_every", "max_bad_steps"]:
@@ -502,7 +509,7 @@ class SampleArgs:
     seed: int = arg(1337, "random seed")
 
     def __post_init__(self):
-        _expand_home(self, ["ckpt", "hf", "prompt_file", "image"])
+        _expand_home(self)
         _in_range(self, "num_samples", self.num_samples >= 1, "at least 1")
         _in_range(self, "num_samples", self.num_samples < 2**31, "below 2^31")  # (a row count: a traceback)
         _in_range(self, "max_new_tokens", self.max_new_tokens >= 1, "at least 1")
@@ -1013,5 +1020,6 @@ def parse_args(classes, argv=None, prog=None, description=None, checked_later=No
                 parser.error(str(e))
             unchecked = object.__new__(cls)  # (the fields, without __post_init__'s checks)
             unchecked.__dict__.update(values)
+            _expand_home(unchecked)  # (__post_init__ did not get that far: --resume --out_dir '~/runs')
             out.append(unchecked)
     return Parsed(getattr(ns, "preset", name), tuple(out), frozenset(given))

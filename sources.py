@@ -339,7 +339,9 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
             size += len(chunk)
             valid += len(utf8.decode(chunk).encode())
             buf = carry + chunk  # (a BOM cut by the chunk's end is whole in the next one's carry)
-            held = b"\r" if buf.endswith(b"\r") else b""  # (its \n may come in the next chunk)
+            held = b"\r" if buf.endswith(b"\r") else b""  # (its \n may come in the next chunk; and the
+            # start of a BOM the chunk cut: a long marker line's bytes to come, which made it text)
+            held = held or next((buf[-n:] for n in (2, 1) if buf.endswith(codecs.BOM_UTF8[:n])), b"")
             buf = buf[:len(buf) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             buf = buf.replace(codecs.BOM_UTF8, b"")
             cut = buf.rfind(b"\n") + 1

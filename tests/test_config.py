@@ -1311,3 +1311,15 @@ def test_a_tilde_the_shell_left_in_any_path_option_is_the_home_folder(tmp_path, 
     assert (s.hf, s.prompt_file, s.image) == (f"{home}/hf", "-", home)
     (tmp_path / "~").mkdir()  # (a folder so named, in the working directory: as typed)
     assert TrainArgs(out_dir="~/runs").out_dir == "~/runs"
+
+
+def test_a_tilde_in_a_path_option_is_the_home_folder_in_settings_left_unchecked(tmp_path, monkeypatch):
+    """Bug caught: `--resume --run r --out_dir '~/runs' --lr 1e-5` (a range error against the preset's
+    --min_lr, left for the checkpoint's settings to settle) kept --out_dir as typed: the run was looked
+    for under a folder named ~ ("there is no run r under --out_dir ~/runs/"), while the same line
+    without --lr found it."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--resume", "--run", "r", "--out_dir", "~/runs", "--tokenizer", "~/t.json", "--lr", "1e-5"]
+    t = config.parse_args([ModelArgs, TrainArgs], argv, checked_later=lambda ns: True)[1][1]
+    assert (t.out_dir, t.tokenizer, t.lr) == (f"{tmp_path}/home/runs", f"{tmp_path}/home/t.json", 1e-5)

@@ -176,6 +176,19 @@ def test_txt_documents_do_not_depend_on_where_reads_end(tmp_path, monkeypatch):
         assert len(whole) == [2, 151, 3, 4, 3][n], (n, whole)
 
 
+def test_a_marker_line_ending_in_a_bom_cut_by_a_read_still_separates(tmp_path, monkeypatch):
+    """Bug caught: a marker line longer than a read whose BOM (two files joined) the read cut was
+    taken for a line of text by the scan (the BOM's first bytes, not yet dropped, after the marker):
+    the file was split at the marker its story quotes, not at its marker line (chunks of 1, 2, 3, 5,
+    6 and 10 here; at the real read size, a marker line over a MiB long, spaces before its marker)."""
+    path = write(tmp_path / "t.txt", f"a{EOT}b\n{EOT}\ufeff\nc\n")
+    for size in range(1, 30):
+        monkeypatch.setattr(sources, "READ_CHUNK", size)
+        assert sources._scan_txt(str(path), "--data")[0] == "lines", size
+        got = [d["text"].strip() for d in sources._txt_documents(str(path), "", "lines")]
+        assert got == [f"a{EOT}b", "c"], size
+
+
 def test_a_long_line_of_spaces_reads_as_a_short_one(tmp_path, monkeypatch):
     """Bug caught: a line longer than a read (a MiB) holding spaces and tabs around at most a marker
     was kept as its text and one space, to tell whether it separates documents; where it did not,
