@@ -39,6 +39,7 @@ import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one li
 
 import checkpoint  # noqa: E402
 import config  # noqa: E402
+import storage  # noqa: E402
 from errors import UserError, quiet_stderr, run_script, sigterm_interrupts  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
@@ -64,6 +65,7 @@ def export_or_import(argv=None):
     for name in ("source", "dest"):  # ("" was the current folder: an export or last.pt landed there)
         if not getattr(args, name):
             p.error(f"{name} is empty; name a path (. for the current folder)")
+        setattr(args, name, storage.expand_home(getattr(args, name)))  # (a quoted ~: the home folder)
     restore_sigterm = sigterm_interrupts()  # a kill is a Ctrl-C: the hidden folder is cleaned up
     try:
         if args.do_import:

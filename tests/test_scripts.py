@@ -622,6 +622,22 @@ def test_export_hf_import_into_an_hf_folder_is_refused(tmp_path, capsys):
     checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / "b", replace=True)  # (still an export's)
 
 
+def test_export_hf_reads_a_quoted_tilde_as_the_home_folder_in_both_paths(tmp_path, monkeypatch, capsys):
+    """Bug caught: `export_hf.py --import '~/hf/a' '~/ck/imp'` (a ~ the shell left) read the HF folder
+    from home but wrote the checkpoint under a folder named ~ in the working directory; an export's
+    destination alike."""
+    from conftest import debug_args
+
+    import checkpoint
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / "home" / "hf" / "a")
+    export_hf.main(["--import", "~/hf/a", "~/ck/imp"])
+    export_hf.main(["~/ck/imp", "~/hf/b"])
+    assert (tmp_path / "home" / "ck" / "imp" / "last.pt").is_file()
+    assert (tmp_path / "home" / "hf" / "b" / "config.json").is_file() and not (tmp_path / "~").exists()
+
+
 def test_export_hf_import_of_a_run_folder_or_checkpoint_says_to_drop_import(tmp_path, capsys):
     """Bug caught: `export_hf.py --import RUN_FOLDER` said "config.json is missing; is ... an exported HF
     folder?", where the user meant the export; now it says so, as the reverse mistake does."""
