@@ -128,6 +128,9 @@ def parse(argv):
         help="Weights & Biases for the runs, group 'compare' (default disabled)")
     opts, extra = p.parse_known_args(argv)
     config.check_pass_through(p, extra, OWNED)
+    for name in ("data", "val_data", "out", "out_dir", "cache_dir"):  # (a quoted ~, as train.py reads it)
+        if getattr(opts, name):
+            setattr(opts, name, storage.expand_home(getattr(opts, name)))
     if not (math.isfinite(opts.minutes) and opts.minutes >= 0):  # (train.py would name its --max_minutes)
         p.error(f"--minutes: must be a finite number of minutes, 0 or more, got {opts.minutes:g}")
     if opts.minutes <= 0 and opts.max_steps is None:

@@ -184,6 +184,16 @@ def test_defaults_point_at_the_shared_files():
     assert a.val_data.endswith("valid-lower.txt") and a.minutes == 10 and extra == []
 
 
+def test_a_quoted_tilde_in_its_paths_is_the_home_folder(tmp_path, monkeypatch):
+    """Bug caught: `compare.py --data '~/x.txt'` said the training data does not exist (train.py reads a
+    ~ the shell left as the home folder), and --out_dir '~/c' would have made a folder named ~."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    opts, _ = compare.parse(["--data", "~/x.txt", "--val_data", "~/v.txt", "--out_dir", "~/c",
+                             "--cache_dir", "~/cache", "--out", "~/res"])
+    assert (opts.data, opts.val_data, opts.out_dir, opts.cache_dir, opts.results) == (
+        f"{tmp_path}/x.txt", f"{tmp_path}/v.txt", f"{tmp_path}/c", f"{tmp_path}/cache", tmp_path / "res")
+
+
 def test_a_run_off_the_defaults_writes_its_results_beside_its_runs(tmp_path, capsys):
     """The committed img/ figures are a 10-minute run's: a shorter one (or one with overrides passed
     through) writes to its --out_dir instead, unless --out says otherwise."""
