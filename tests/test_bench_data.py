@@ -92,6 +92,22 @@ def test_tokenization_speeds_count_the_documents_and_their_utf8_bytes(tmp_path, 
     assert (speed["docs"], speed["mb"], speed["loop_mb_s"]) == (2, mb, mb / 0.5)
 
 
+def test_tokenization_speeds_time_the_documents_prepare_reads(tmp_path, monkeypatch):
+    """Bug caught: the tokenizer was timed on the text split at <|endoftext|> only, read as strict
+    UTF-8: a file of blank-line documents (valid-lower.txt's layout) was timed as one document (the
+    parallel path's speed-up of nothing), and one byte that is not UTF-8, which prepare() lets
+    through, was a UnicodeDecodeError traceback after the prepare() runs."""
+    import data
+    tok = SimpleNamespace(encode=lambda d: [len(d)], encode_docs=lambda docs, n: [[len(d)] for d in docs])
+    monkeypatch.setattr(data, "Tokenizer", SimpleNamespace(load=lambda path: tok))
+    monkeypatch.setattr(bench_data, "best_of", lambda n, fn: (0.5, fn()))
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"One story." * 20 + b"\n\nTwo, caf\xe9.\n\n\nThree.\n")  # (1 byte in 1%: read)
+    speed = bench_data.tokenization_speeds(text, "tokenizer.json")
+    read = "One story." * 20 + "Two, caf\ufffd.Three."  # (the bad byte replaced, as prepare() reads it)
+    assert (speed["docs"], speed["mb"]) == (3, len(read.encode()) / 1e6)
+
+
 def test_the_child_reports_the_tokens_and_documents_of_both_splits(tmp_path, monkeypatch, capsys):
     """Catches the child's token (or document) count leaving out the validation split, or its MB not
     the file's size in 10^6 bytes."""
@@ -131,7 +147,8 @@ def test_the_decoding_table_compares_the_compiled_step_too():
     assert lines[4] == "| 1 | 100 | 300 | 20 | 10 | 5.0 | 10.0 | 15.0 | 30.0 |"
 
 
-@pytest.mark.parametrize("argv", [["--vocab_size", "100"], ["--data", "."], ["--data", "nosuch.txt"]])
+@pytest.mark.parametrize("argv", [["--vocab_size", "100"], ["--data", "."], ["--data", "nosuch.txt"],
+                                  ["--data", "/dev/null"]])
 def test_a_bad_option_is_the_only_line_printed(tmp_path, monkeypatch, capsys, argv):
     """Catches (a bug, fixed) the line that the results are not written to img/bench_data.json printed
     before the error of a bad --vocab_size or --data: two lines for one mistake, the first beside
@@ -143,6 +160,17 @@ def test_a_bad_option_is_the_only_line_printed(tmp_path, monkeypatch, capsys, ar
     captured = capsys.readouterr()
     said = captured.err + (e.value.code if isinstance(e.value.code, str) else "")  # (sys.exit("..."))
     assert captured.out == "" and len(said.splitlines()) == 1 and "error:" in said
+
+
+def test_a_device_as_data_is_named_as_one(tmp_path, monkeypatch, capsys):
+    """Bug caught: `bench_data.py --data /dev/null` said "no such file '/dev/null'" of a path that is
+    there (a device, not a text file)."""
+    monkeypatch.setattr(bench_data, "run_child", lambda *a: pytest.fail("the work started"))
+    with pytest.raises(SystemExit) as e:
+        bench_data.main(["--data", "/dev/null", "--out", str(tmp_path / "b.json")])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(
+        "error: --data /dev/null is a character device, not a file; pass a text file, such as "
+        "train-lower.txt")
 
 
 def test_an_empty_data_is_a_bad_setting(tmp_path, monkeypatch, capsys):
