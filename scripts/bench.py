@@ -227,7 +227,8 @@ def not_ours(out_dir: Path, only: list[str]) -> str | None:
             and storage.not_a_result("--out_dir", str(out_dir / name), name, k)]
     md = out_dir / "bench.md"
     try:
-        if md.exists() and md.stat().st_size and not md.read_bytes().startswith(b"Machine: "):
+        if storage.not_a_file_to_write("--out_dir", str(md), md.name) or (  # (a folder: after the parts)
+                md.exists() and md.stat().st_size and not md.read_bytes().startswith(b"Machine: ")):
             theirs.append(md.name)  # (ours begins with the machine line: see markdown())
     except OSError:  # (unreadable: its write fails later, in a line of its own)
         pass

@@ -560,6 +560,25 @@ def render(out: Path) -> Path:
     return out
 
 
+def check_tools(device: str, parts: list[str]) -> None:
+    """What every part needs, as one line before any of them runs (a UserError): torch, a --device
+    the project takes, and for the train part datasets."""
+    try:  # every part runs the project: a python3 without torch (not the GPU machine's) failed each one
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"{sys.executable} has no torch ({first_line(e)}); run the check with the project's "
+                        "Python (.venv/bin/python scripts/gpu_check.py), or make gpu-check on the GPU "
+                        "machine, whose python3 has it") from None
+    import runtime  # (--device mps, cpu:1: every part refused it, exit 2, and the check named only their
+    runtime.resolve_device(device)  # exits)
+    if "train" in parts:  # before the slow parts: train.py needs datasets, which a lent GPU machine lacks
+        try:
+            import datasets  # noqa: F401
+        except ImportError as e:
+            raise UserError(f"the train part needs datasets ({first_line(e)}): carry .whl (make gpu-prep "
+                            "fills it) and run make gpu-check, which installs it") from None
+
+
 def main(argv=None):
     start = time.monotonic()  # (before parse, which may import torch: the deadline counts it)
     opts, out = parse(argv)
@@ -568,18 +587,7 @@ def main(argv=None):
     FAILED.clear()
     if opts.render:
         return render(out)
-    try:  # every part runs the project: a python3 without torch (not the GPU machine's) failed each one
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"{sys.executable} has no torch ({first_line(e)}); run the check with the project's "
-                        "Python (.venv/bin/python scripts/gpu_check.py), or make gpu-check on the GPU "
-                        "machine, whose python3 has it") from None
-    if "train" in parts:  # before the slow parts: train.py needs datasets, which a lent GPU machine lacks
-        try:
-            import datasets  # noqa: F401
-        except ImportError as e:
-            raise UserError(f"the train part needs datasets ({first_line(e)}): carry .whl (make gpu-prep "
-                            "fills it) and run make gpu-check, which installs it") from None
+    check_tools(opts.device, parts)
     storage.make_folder(out, "pick another --out")
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept

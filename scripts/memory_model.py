@@ -61,6 +61,7 @@ VARIANTS = ["moe", "moe+ckpt", "moe+plain-loss", "dense"]
 # The fused loss loops over chunks of model.LOSS_CHUNK logits, and on fake tensors each chunk costs
 # about as much as one on real ones does launching its kernels: 512 chunks took 30 s on two cores.
 MAX_LOSS_CHUNKS = 4096
+MD_START = "Step memory modelled on fake tensors (scripts/memory_model.py)"  # the table's start (the .md)
 
 
 def measure(base: dict, batches: list[int], dtype, variants=VARIANTS, cuda: bool = True) -> dict:
@@ -79,7 +80,7 @@ def measure(base: dict, batches: list[int], dtype, variants=VARIANTS, cuda: bool
 def markdown(result: dict) -> str:
     c = result["config"]
     preset = " ".join([c["preset"], *c.get("overrides", [])])  # (none before they were taken)
-    lines = [f"Step memory modelled on fake tensors (scripts/memory_model.py), {preset}, context "
+    lines = [f"{MD_START}, {preset}, context "
              f"{c['max_seq_len']}, vocabulary {c['vocab_size']}, {c['dtype']}, as on {c['device']}, "
              f"torch {c['torch']}:", "",
              "| batch | variant | step memory (MB) | held between steps (MB) | step + held (GB) |",
@@ -112,6 +113,16 @@ def check_out(p, out: str | None) -> None:
     # (bench_model.py's results hold these keys too, and its "params": not one of ours)
     if problem := storage.not_a_result("--out", out, "memory_model.json", ("config", "batches"), ("params",)):
         p.error(problem)
+    md = Path(out).with_suffix(".md") if out else None  # (the table beside it: a user's notes.md was
+    # replaced; a folder there failed after the work, the JSON written)
+    try:
+        theirs = md is not None and (storage.not_a_file_to_write("--out", str(md), md.name) is not None or (
+            md.is_file() and md.stat().st_size > 0 and not md.read_bytes().startswith(MD_START.encode())))
+    except OSError:  # (unreadable: its write fails later, in a line of its own)
+        theirs = False
+    if theirs:
+        p.error(f"--out {out}: the table goes beside it as {md}, which is not an earlier table of this "
+                "script and would be replaced; name another --out, or move it away")
 
 
 def check_batches(p, batches: list[int], args: ModelArgs) -> None:

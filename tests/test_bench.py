@@ -418,6 +418,19 @@ def test_a_relative_out_dir_is_the_same_folder_to_the_parts(tmp_path, monkeypatc
     assert not (tmp_path / "repo").exists()
 
 
+def test_a_folder_named_bench_md_is_refused_before_the_parts(tmp_path, monkeypatch, capsys):
+    """Bug caught: a folder where bench.md goes passed the check (reading it raised, taken as an
+    unreadable file) and failed after the parts ran ("cannot write .../bench.md: Is a directory; the
+    previous file is intact")."""
+    (tmp_path / "bench.md").mkdir()
+    monkeypatch.setattr(bench, "run_part", lambda *a, **k: pytest.fail("a part ran"))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "data", "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert "bench.md there is not an earlier result of bench.py" in err[0]
+
+
 def test_ctrl_c_during_a_part_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
     """Ctrl-C reaches bench.py as well as the part it runs: it was a KeyboardInterrupt traceback."""
     def interrupted(*args, **kwargs):

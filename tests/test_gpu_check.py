@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import write_stories
 
+from errors import UserError
 from scripts import gpu_check
 
 
@@ -145,6 +146,20 @@ def test_a_smoke_test_never_replaces_the_readmes_figures(tmp_path, capsys):
         assert e.value.code == 2
         assert "--device cuda: no CUDA GPU here; for the smoke test" in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in figures.iterdir()} == before
+
+
+@pytest.mark.parametrize("device, message", [
+    ("mps", "--device mps: this project runs on cpu or cuda"),
+    ("cpu:1", "--device cpu:1: there is one CPU device; use --device cpu")])
+def test_a_device_the_project_refuses_is_one_line_before_any_part(tmp_path, monkeypatch, device, message):
+    """Bug caught: `--quick --device mps` (or cpu:1) ran every part, each refusing it (exit 2), and
+    the check said only "bench_model.py (exit 2), bench_sample.py (exit 2), train.py (exit 2) failed;
+    see log.txt". Now the device's own line, exit 2, and nothing written."""
+    monkeypatch.setattr(gpu_check, "sh", lambda *a, **k: pytest.fail("a part ran"))
+    with pytest.raises(UserError) as e:
+        gpu_check.main(["--quick", "--device", device, "--out", str(tmp_path / "gpu")])
+    assert e.value.exit_code == 2 and message in str(e.value)
+    assert not (tmp_path / "gpu").exists()
 
 
 def test_a_check_on_other_text_writes_beside_its_run(tmp_path, monkeypatch, capsys):
@@ -1064,6 +1079,7 @@ def test_each_benchmark_of_the_gpu_plan_gets_the_device_and_its_settings(tmp_pat
 
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (parse only: nothing runs on it)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # (cuda:1 is checked before the parts)
     ran, out = [], tmp_path / "gpu"
     monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append([str(a) for a in argv])
                         or subprocess.CompletedProcess(argv, 0, "", ""))

@@ -109,6 +109,31 @@ def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():
     assert cpu - cuda == norms * batch * args.max_seq_len * args.dim * 4
 
 
+@pytest.mark.parametrize("md", ["mine", "folder"])
+def test_a_table_beside_out_that_is_not_ours_is_refused_before_any_work(tmp_path, monkeypatch, capsys, md):
+    """Bug caught: `--out notes.json` replaced the user's own notes.md beside it with the table, and a
+    folder named m.md failed after the work, the JSON already written ("Is a directory; the previous
+    file is intact"). Now one line, exit 2, before any work; an earlier table of ours is replaced."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(memory_model, "measure", lambda *a, **k: pytest.fail("the work started"))
+    if md == "folder":
+        (tmp_path / "m.md").mkdir()
+    else:
+        (tmp_path / "m.md").write_text("my own notes\n")
+    with pytest.raises(SystemExit) as e:
+        memory_model.main(["--preset", "debug", "--batches", "1", "--variants", "moe", "--out", "m.json"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and (
+        "error: --out m.json: the table goes beside it as m.md, which is not an earlier table of this "
+        "script and would be replaced") in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.md"]
+    (tmp_path / "m.md").rmdir() if md == "folder" else (tmp_path / "m.md").unlink()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    memory_model.main(["--preset", "debug", "--batches", "1", "--variants", "moe", "--out", "m.json"])
+    memory_model.main(["--preset", "debug", "--batches", "1", "--variants", "moe", "--out", "m.json"])  # ours
+
+
 @pytest.mark.parametrize("out, message", [
     ("-", "--out -: the table already goes to standard output; --out names the JSON file to write"),
     ("m.md", "--out m.md: the table is written beside the JSON as m.md; name the JSON file, "
