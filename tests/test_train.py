@@ -1733,7 +1733,7 @@ def test_a_plot_whose_records_cannot_be_read_says_so(tmp_path, monkeypatch):
 
     def unreadable(path, warn=None):
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(storage, "read_jsonl", unreadable)
+    monkeypatch.setattr(storage, "numbered_jsonl", unreadable)  # (what read_metrics reads with)
     said = []
     assert runlog.plot_loss(folder, "loss.png", said.append) is None
     assert said == [f"plot: could not make {folder / 'loss.png'} ([Errno 13] Permission denied: "
