@@ -201,6 +201,9 @@ def make_folder(path, fix: str | None = None) -> Path:
             blocker = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()),
                            None)
             why = f"{blocker} is a file, not a folder" if blocker is not None else why
+        elif isinstance(e, FileNotFoundError):  # (parents=True: /proc says so of a folder it will not make)
+            holder = next((p for p in Path(path).parents if p.is_dir()), None)
+            why = f"{holder} takes no new folders" if holder is not None else why
         raise StorageError(f"cannot create the folder {path}: {why}; {advice(e, fix)}") from None
     return Path(path)
 

@@ -90,8 +90,13 @@ def target(goal: str, batch: str) -> str:
 def markdown(results: dict, machine: dict) -> str:
     load = machine.get("load_before")  # (None where unknown: the GPU check's)
     back = [name for name in results if name not in machine.get("parts_run", PARTS)]
-    cores = f"{machine['cpus']} CPU cores ({machine['cpu']})" if machine["cpus"] else \
-        f"{machine['cpu']} (its host's CPU cores not recorded)"  # (gpu_check.py --render of older JSON)
+    cpu = machine["cpu"]
+    if cpu.startswith("cpu ("):  # bench_model.py's CPU device (gpu_check.py's), "cpu (2 cores, 2 threads)",
+        cores = f"CPU {cpu[4:]}"  # names the cores: "2 CPU cores (cpu (2 cores, 2 threads))" said them twice
+    elif machine["cpus"]:
+        cores = f"{machine['cpus']} CPU cores ({cpu})"
+    else:  # (gpu_check.py --render of older JSON)
+        cores = f"{cpu} (its host's CPU cores not recorded)"
     lines = [f"Machine: {cores}, torch {machine['torch']}, "
              + (f"load average {load:.2f} before the run, " if load is not None else "")
              + (machine["date"] or "date not recorded")

@@ -215,14 +215,21 @@ def parse(argv):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS),
                    help="model shape (random weights: speed only)")
-    p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW)
-    p.add_argument("--new_tokens", type=config.at_least_1, default=NEW)
-    p.add_argument("--batches", default="1,8")
-    p.add_argument("--repeats", type=config.at_least_1, default=2)
+    p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW,
+                   help=f"the model's context, the KV cache's length (default {PROMPT + NEW}: the "
+                        f"{PROMPT}-token prompt and {NEW} --new_tokens; with --quick, the prompt and its "
+                        "--new_tokens)")
+    p.add_argument("--new_tokens", type=config.at_least_1, default=NEW,
+                   help=f"greedy tokens made per row (default {NEW}; 8 with --quick)")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes, each timed in turn "
+                                                    "(default 1,8; 1,2 with --quick)")
+    p.add_argument("--repeats", type=config.at_least_1, default=2,
+                   help="timed runs per variant and batch size, the median reported (default 2; 1 with "
+                        "--quick)")
     p.add_argument("--warmup", type=config.at_least(0), default=None,
                    help="untimed runs per variant (default: 1 on CUDA, 0 on CPU; the compiled variant "
                         "always 1+)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights and compute: auto = bfloat16 on CUDA from sm80 on, else float32")
     p.add_argument("--variants", default=None, help="comma-separated, of cached,compiled,compiled-nograph,"

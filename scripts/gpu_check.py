@@ -58,7 +58,8 @@ steps: a lost gradient makes fast steps), and what the deadline stopped or left 
 the deadline": a part, a benchmark, whose JSON keeps the batch sizes it finished and says it was
 cut, the train part's run or a command on its checkpoint) are named at the top of gpu.md, and the
 check exits 1. A part skipped or a benchmark that wrote nothing leaves a JSON that says so in place
-of its figures, so that --render, after the two calls of a lease, names it too.
+of its figures, so that --render, after the two calls of a lease, names it too. A --deadline under
+30 s, which would begin no part, is refused.
 """
 
 import argparse
@@ -470,16 +471,22 @@ def markdown(out: Path) -> str:
 def parse(argv):
     """The options, checked, and the folder the results go to."""
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", help="where every part runs (default cuda; cpu with --quick "
+                                                    "for the smoke test)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
     p.add_argument("--minutes", type=float, default=1.5,
                    help="the train.py run's budget (default 1.5; 0: what --deadline leaves)")
-    p.add_argument("--compile", default="true", choices=["auto", "true", "false"])
+    p.add_argument("--compile", default="true", choices=["auto", "true", "false"],
+                   help="the train part's --compile, of train.py and the greedy story's sample.py (default "
+                        "true)")
     p.add_argument("--compile_mode", default="default", choices=list(config.COMPILE_MODES),
                    help="torch.compile mode of the model and train parts (reduce-overhead and "
                         "max-autotune: CUDA graphs)")
-    p.add_argument("--data", default=find("train-lower.txt"))
-    p.add_argument("--val_data", default=find("valid-lower.txt"))
+    p.add_argument("--data", default=find("train-lower.txt"),
+                   help="the train part's training text (default train-lower.txt in gpu-data/, else in "
+                        "../shared/data/tinystories/)")
+    p.add_argument("--val_data", default=find("valid-lower.txt"),
+                   help="the train part's validation text (default valid-lower.txt, found as --data's)")
     p.add_argument("--out", default=None, help="folder for the JSON, gpu.md and log.txt (default: img/gpu/, "
                                                 "the README's, for a run at the defaults, --only, "
                                                 "--deadline and --work aside; --work/results for any other)")
@@ -491,16 +498,20 @@ def parse(argv):
                    help="run nothing: write gpu.md from the JSON already in --out (the files of a check "
                         "made in two calls, put together)")
     p.add_argument("--deadline", type=float, default=None,
-                   help="seconds: end within this (and 10 s), every file written (a command stopped there, a "
-                        "part with under 30 s left skipped, the train.py run shortened to fit); set it "
-                        "below a lease's time limit, so that the check stops itself first")
+                   help=f"seconds, {MIN_PART_S} or more: end within this (and 10 s), every file written (a "
+                        f"command stopped there, a part with under {MIN_PART_S} s left skipped, the train.py "
+                        "run shortened to fit); set it below a lease's time limit, so that the check stops "
+                        "itself first")
     opts = p.parse_args(argv)
     if not set(opts.only.split(",")) <= set(PARTS):
         p.error(f"--only {opts.only}: each part must be one of {','.join(PARTS)}")
-    for name in ("minutes", "deadline"):  # (nan stopped every command at once; train.py refused a
-        value = getattr(opts, name)  # negative --minutes only after the other parts had run)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            p.error(f"--{name}: must be a finite number, 0 or more, got {value:g}")
+    # (nan stopped every command at once; train.py refused a negative --minutes only after the other
+    # parts had run; --deadline 0 began no part, and named each "cut by the deadline")
+    for name, least in [("minutes", 0), ("deadline", MIN_PART_S)]:
+        value = getattr(opts, name)
+        if value is not None and not (math.isfinite(value) and value >= least):
+            why = f" (no part is begun with under {least} s left)" if least else ""
+            p.error(f"--{name}: must be a finite number, {least} or more{why}, got {value:g}")
     trains = "train" in opts.only.split(",") and not (opts.quick or opts.render)
     if trains and opts.minutes == 0 and opts.deadline is None:  # (--max_steps 1000000: hours on a GPU)
         p.error("--minutes 0 (no budget of its own) needs a --deadline, or the train part never ends")
@@ -588,7 +599,7 @@ def main(argv=None):
     if opts.render:
         return render(out)
     check_tools(opts.device, parts)
-    storage.make_folder(out, "pick another --out")
+    storage.writable_folder(out, "pick another --out")  # (/proc, /sys: log.txt's traceback)
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept
         log.write(f"# gpu_check.py --only {opts.only}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

@@ -14,6 +14,9 @@ from conftest import write_stories
 from errors import UserError
 from scripts import gpu_check
 
+LEAST = str(gpu_check.MIN_PART_S)  # the least --deadline taken: what parse() took of it leaves under
+# MIN_PART_S for the first part, which is skipped (a deadline that leaves no time is a bad option)
+
 
 def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     write_stories(tmp_path / "train.txt")
@@ -118,7 +121,7 @@ def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path)
     reserved = " before the 210 s kept for the train part"
     with pytest.raises(SystemExit, match=rf"error: the model part \(cut by the deadline: under 30 s left"
                                          rf"{reserved}, not begun\), the train part \(cut by the deadline"):
-        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", LEAST, "--out", str(out),
                         "--work", str(tmp_path / "work"), "--only", "model,train"])
     for name, part, kept in [("bench_model.json", "model", reserved), ("train.json", "train", "")]:
         assert json.loads((out / name).read_text()) == {  # (what --render reads)
@@ -135,7 +138,7 @@ def test_a_smoke_test_never_replaces_the_readmes_figures(tmp_path, capsys):
     figures = gpu_check.ROOT / "img" / "gpu"
     before = {f.name: f.read_bytes() for f in figures.iterdir()}
     with pytest.raises(SystemExit, match="cut by the deadline"):  # (every part skipped)
-        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--work", str(tmp_path / "work")])
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", LEAST, "--work", str(tmp_path / "work")])
     out = tmp_path / "work" / "results"
     assert (out / "gpu.md").exists()
     assert "not written to" in capsys.readouterr().err
@@ -330,12 +333,19 @@ def test_make_gpu_check_writes_where_the_device_tool_collects(tmp_path):
 
 
 def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
-    """--out under a file (or on a read-only disk) was a traceback."""
+    """--out under a file (or on a read-only disk) was a traceback. Bugs caught: /proc/g was "cannot
+    create the folder /proc/g: No such file or directory" (of /proc, which is there), now /proc
+    takes no new folders; /proc itself (a folder that takes no file) was log.txt's traceback."""
     from errors import run_script
     (tmp_path / "a_file").write_text("")
     bad = tmp_path / "a_file" / "gpu"
-    for argv, message in [(["--quick", "--device", "cpu", "--out", str(bad)],
-                           f"cannot create the folder {bad}")]:
+    cases = [(["--quick", "--device", "cpu", "--out", str(bad)], f"cannot create the folder {bad}")]
+    if Path("/proc/self").is_dir():  # (Linux's procfs: mkdir there says ENOENT)
+        cases.append((["--quick", "--device", "cpu", "--out", "/proc/g"],
+                      "cannot create the folder /proc/g: /proc takes no new folders; pick another --out"))
+        cases.append((["--quick", "--device", "cpu", "--out", "/proc"],
+                      "cannot write in the folder /proc: it takes no new files; pick another --out"))
+    for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             run_script(lambda argv=argv: gpu_check.main(argv), "gpu_check.py")
         err = capsys.readouterr().err.strip().splitlines()
@@ -343,15 +353,18 @@ def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
         assert err[-1].endswith("pick another --out")
 
 
-@pytest.mark.parametrize("flag, value", [("--deadline", "nan"), ("--deadline", "-5"), ("--minutes", "-1"),
-                                         ("--minutes", "inf")])
+@pytest.mark.parametrize("flag, value", [("--deadline", "nan"), ("--deadline", "-5"), ("--deadline", "0"),
+                                         ("--deadline", "29.5"), ("--minutes", "-1"), ("--minutes", "inf")])
 def test_a_deadline_or_budget_that_is_not_a_time_is_refused(tmp_path, capsys, flag, value):
     """--deadline nan stopped every command at once and the check exited 0 with an empty gpu.md;
-    a negative --minutes failed train.py only after the benchmarks had spent the lease."""
+    a negative --minutes failed train.py only after the benchmarks had spent the lease. Bug caught
+    (0, 29.5): a deadline under MIN_PART_S was taken, began no part and named each "cut by the
+    deadline", exit 1; now a bad option, exit 2, naming the least it takes."""
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "gpu"), flag, value])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert e.value.code == 2 and f"error: {flag}: must be a finite number, 0 or more" in err
+    least = "30 or more (no part is begun with under 30 s left)" if flag == "--deadline" else "0 or more"
+    assert e.value.code == 2 and f"error: {flag}: must be a finite number, {least}, got {value}" in err
     assert not (tmp_path / "gpu").exists()
 
 
@@ -726,12 +739,12 @@ def test_the_parts_before_train_leave_it_its_reserve_of_the_deadline(tmp_path, m
 
 
 def test_a_part_with_under_min_part_s_left_is_not_begun(tmp_path, monkeypatch):
-    """A deadline leaving 20 s (under MIN_PART_S, 30) skips every part, not only at 0 s left."""
+    """A deadline leaving under MIN_PART_S (30 s) skips every part, not only at 0 s left."""
     ran, out = [], tmp_path / "gpu"
     monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append(argv))
     with pytest.raises(SystemExit, match="the model part .cut by the deadline: under 30 s left, not begun., "
                                          "the sample part .cut by the deadline"):
-        gpu_check.main(["--device", "cpu", "--out", str(out), "--only", "model,sample", "--deadline", "20"])
+        gpu_check.main(["--device", "cpu", "--out", str(out), "--only", "model,sample", "--deadline", LEAST])
     assert ran == [] and "# model: skipped" in (out / "log.txt").read_text()
 
 
@@ -805,6 +818,37 @@ def test_render_of_json_that_recorded_no_machine_or_day_does_not_make_them_up(tm
     first = (out / "gpu.md").read_text().splitlines()[0]
     assert first == ("Machine: NVIDIA H200 (its host's CPU cores not recorded), torch 2.11, "
                      "date not recorded."), first
+
+
+def test_the_machine_line_of_a_cpu_check_says_each_fact_once(tmp_path):
+    """Bug caught: gpu.md of a check on the CPU (--quick, the smoke test) began "Machine: 2 CPU cores
+    (cpu (2 cores, 2 threads))": bench_model.py's CPU device already names its cores. The same
+    markdown() writes gpu.md after each part and for --render."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    config = {"max_seq_len": 64, "dim": 64, "n_layers": 2, "n_experts": 4, "top_k": 1, "dtype": "float32",
+              "repeats": 1, "torch": "2.11"}
+    model = {"device": "cpu (2 cores, 2 threads)", "cpus": 2, "date": "2026-12-03", "config": config,
+             "batches": {}}
+    (out / "bench_model.json").write_text(json.dumps(model))
+    gpu_check.main(["--render", "--out", str(out)])
+    first = (out / "gpu.md").read_text().splitlines()[0]
+    assert first == "Machine: CPU (2 cores, 2 threads), torch 2.11, 2026-12-03.", first
+
+
+def test_every_option_has_a_help_text_naming_its_default(monkeypatch):
+    """Bug caught: --device, --compile, --data and --val_data had no help text (--help showed the
+    bare option, and not that the data is looked for in gpu-data/ first)."""
+    import config
+    parsers, parse_args = [], config.Parser.parse_args
+    monkeypatch.setattr(config.Parser, "parse_args",
+                        lambda self, *a, **k: parsers.append(self) or parse_args(self, *a, **k))
+    with pytest.raises(SystemExit):
+        gpu_check.parse(["--help"])
+    helps = {a.option_strings[-1]: a.help for a in parsers[0]._actions if a.option_strings}
+    assert [name for name, text in helps.items() if not text] == []
+    for name in ("--device", "--compile", "--data", "--val_data"):
+        assert "default" in helps[name], name
 
 
 def test_only_a_failed_command_not_one_stopped_at_the_deadline_is_named_by_sh(tmp_path, monkeypatch):
@@ -931,7 +975,7 @@ def test_a_part_removes_its_half_written_files_from_before(tmp_path):
     out.mkdir()
     (out / ".tmp-123-bench_model.json").write_text("{")
     with pytest.raises(SystemExit, match="cut by the deadline"):
-        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", LEAST, "--out", str(out),
                         "--only", "model"])
     assert not list(out.glob(".tmp-*"))
 
@@ -1042,7 +1086,7 @@ def test_a_skipped_part_removes_each_of_its_files_from_before(tmp_path):
     for name in ("bench_sample.json", "bench_sample_fp32.json"):
         (out / name).write_text(json.dumps(old))
     with pytest.raises(SystemExit, match=r"the sample part \(cut by the deadline"):
-        gpu_check.main(["--quick", "--device", "cpu", "--deadline", "0", "--out", str(out),
+        gpu_check.main(["--quick", "--device", "cpu", "--deadline", LEAST, "--out", str(out),
                         "--only", "sample"])
     assert not (out / "bench_sample_fp32.json").exists()
     assert list(json.loads((out / "bench_sample.json").read_text())) == ["not_measured"]
