@@ -185,3 +185,13 @@ def crash_after_saving(monkeypatch, step: int, name: str = "last.pt"):
             raise Crash()
     monkeypatch.setattr(checkpoint, "save_checkpoint", saved_then_crashed)
     return lambda: monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+
+
+def option_helps(monkeypatch, parse) -> dict:
+    """{option: its help text} of the config.Parser that parse(["--help"]) builds (a script's own)."""
+    parsers, parse_args = [], config.Parser.parse_args
+    monkeypatch.setattr(config.Parser, "parse_args",
+                        lambda self, *a, **k: parsers.append(self) or parse_args(self, *a, **k))
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    return {a.option_strings[-1]: a.help for a in parsers[0]._actions if a.option_strings}

@@ -5,6 +5,7 @@ whether the greedy tokens agree)."""
 import json
 
 import pytest
+from conftest import option_helps
 
 from scripts.bench_sample import main
 
@@ -374,14 +375,8 @@ def test_the_table_keeps_long_variant_names_apart(capsys):
 def test_every_option_has_a_help_text_naming_its_default(monkeypatch):
     """Bug caught: --max_seq_len, --new_tokens, --batches and --repeats had no help text (--help
     showed the bare option, and not what a run at the defaults decodes)."""
-    import config
     from scripts import bench_sample
-    parsers, parse_args = [], config.Parser.parse_args
-    monkeypatch.setattr(config.Parser, "parse_args",
-                        lambda self, *a, **k: parsers.append(self) or parse_args(self, *a, **k))
-    with pytest.raises(SystemExit):
-        bench_sample.parse(["--help"])
-    helps = {a.option_strings[-1]: a.help for a in parsers[0]._actions if a.option_strings}
+    helps = option_helps(monkeypatch, bench_sample.parse)
     assert [name for name, text in helps.items() if not text] == []
     for name in ("--max_seq_len", "--new_tokens", "--batches", "--repeats", "--device"):
         assert "default" in helps[name], name

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_stories
+from conftest import option_helps, write_stories
 
 from errors import UserError
 from scripts import gpu_check
@@ -839,13 +839,7 @@ def test_the_machine_line_of_a_cpu_check_says_each_fact_once(tmp_path):
 def test_every_option_has_a_help_text_naming_its_default(monkeypatch):
     """Bug caught: --device, --compile, --data and --val_data had no help text (--help showed the
     bare option, and not that the data is looked for in gpu-data/ first)."""
-    import config
-    parsers, parse_args = [], config.Parser.parse_args
-    monkeypatch.setattr(config.Parser, "parse_args",
-                        lambda self, *a, **k: parsers.append(self) or parse_args(self, *a, **k))
-    with pytest.raises(SystemExit):
-        gpu_check.parse(["--help"])
-    helps = {a.option_strings[-1]: a.help for a in parsers[0]._actions if a.option_strings}
+    helps = option_helps(monkeypatch, gpu_check.parse)
     assert [name for name, text in helps.items() if not text] == []
     for name in ("--device", "--compile", "--data", "--val_data"):
         assert "default" in helps[name], name
