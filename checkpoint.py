@@ -424,6 +424,9 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     return out
 
 
+OTHER_TOKENIZER = "another tokenizer.json (a run's checkpoints may need it)"  # (check_export_folder's word)
+
+
 def _dropped_tokenizer_files(out: Path, held: list[str]) -> set[str]:
     """The tokenizer files an export without a tokenizer removes from `out`, which it replaces (held:
     check_export_folder's list): those the replaced export wrote (its config.json records a
@@ -433,7 +436,7 @@ def _dropped_tokenizer_files(out: Path, held: list[str]) -> set[str]:
     if not held:
         return set()
     names = {"tokenizer.json", "tokenizer_config.json"} if recorded_tokenizer(out) is not None else set()
-    if any("another tokenizer.json" in h for h in held):
+    if OTHER_TOKENIZER in held:
         names.add("tokenizer.json")
     return names
 
@@ -474,9 +477,9 @@ def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False) -> 
     else:
         same = theirs.exists() and same_tokenizer(Path(tokenizer_path), theirs)
     if theirs.exists() and not same:
-        held.append("another tokenizer.json (a run's checkpoints may need it)")
+        held.append(OTHER_TOKENIZER)
     if held and not replace:  # (an export without a tokenizer removes another one: it said "replace")
-        verb = "remove" if tokenizer_path is None and held[0].startswith("another tokenizer") else "replace"
+        verb = "remove" if tokenizer_path is None and held[0] == OTHER_TOKENIZER else "replace"
         raise CheckpointError(f"{out_dir} already holds {held[0]}; pass --force to {verb} it, or export to "
                               "another folder")
     return held

@@ -410,9 +410,10 @@ def read_metrics(run_dir, warn=None, need=None) -> tuple[list, list]:
     for line, r in records:
         kind = r.get("kind") if r.get("kind") in ("train", "val") else None
         if missing := next((f for f in ("kind", *(need or {}).get(kind, ())) if f not in r), None):
-            raise ValueError(f"{path}: line {line} has no {missing!r} field, which train.py writes in every "
-                             f"{kind or ''}{' ' * bool(kind)}record; pass run folders that this project's "
-                             "train.py wrote, or delete that line")
+            every = f"every {kind} record" if kind else "every record"
+            raise ValueError(f"{path}: line {line} has no {missing!r} field, which train.py writes in "
+                             f"{every}; pass run folders that this project's train.py wrote, or delete that "
+                             "line")
     return [r for _, r in records if r["kind"] == "train"], [r for _, r in records if r["kind"] == "val"]
 
 
