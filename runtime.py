@@ -3,6 +3,7 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
 
     resolve_device("auto")    cuda:0 when there is a GPU, else cpu; a clear error for a bad name
     World / setup_distributed the rank and world size, one process per GPU under torchrun
+    data_parallel             DDP around the model, its buffers not broadcast at each forward
     set_up_done               the collectives' timeout back to the backend's once set-up is done
     local_processes           the job's processes on this machine (which share its CPU memory)
     all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
@@ -31,6 +32,7 @@ How this departs from the obvious version:
   the final barrier, where the others wait while rank 0 finishes its W&B run, has it again (wait_long).
 """
 
+import inspect
 import os
 import re
 import time
@@ -107,6 +109,17 @@ def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
     else:
         dist.init_process_group("gloo", timeout=SETUP_TIMEOUT)
     return device, World(dist.get_rank(), dist.get_world_size())
+
+
+def data_parallel(model, device: torch.device, find_unused: bool):
+    """DDP around model, with no broadcast of rank 0's buffers at each forward: they are RoPE tables
+    each rank makes alike from the settings. torch 2.13 calls that forward_sync_buffers (and warns,
+    on every rank, at broadcast_buffers, which is all that earlier versions know)."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    known = inspect.signature(ddp).parameters
+    no_broadcast = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused, **{no_broadcast: False})
 
 
 # Rank 0 alone prepares a new run's data (the hub's TinyStories on first use: its download, a BPE and

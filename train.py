@@ -886,9 +886,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     # (DDPOptimizer), so each bucket's all-reduce overlaps the rest of the backward
     runner = compiled
     if world.size > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(  # (the buffers, RoPE tables made from the
-            compiled, device_ids=[device.index] if device.type == "cuda" else None,  # settings, are each
-            find_unused_parameters=model_args.vision, broadcast_buffers=False)  # rank's: no broadcast a step)
+        runner = runtime.data_parallel(compiled, device, find_unused=model_args.vision)
     job = Job(model_args=model_args, train_args=train_args, preset=plan.preset, run_dir=plan.run_dir,
               device=device, world=world, log=log, tok=tok, train_data=train_data,
               val=EvalSet(val, tok, model_args, train_args, world, device),
