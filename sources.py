@@ -36,7 +36,8 @@ the hub.
 How this departs from the obvious version:
 - A Split is identified without reading it: its `signature` (each file's path, size and
   modification time, the document rules, the held-out slice) is what data.py's cache keys hold,
-  so a cache hit on local files costs a few stat calls.
+  so a cache hit on local files costs a few stat calls. The `datasets` cache of a file's documents
+  is keyed by the same size and time (`datasets` alone keys a .jsonl's by its path and time).
 - A --data that is a pipe (`cat x | ... --data /dev/stdin`, a FIFO) is refused as such: a source
   is read more than once (scanned, then read, and identified by its size and time).
 - Bytes that are not UTF-8 in a .txt file are replaced by U+FFFD and counted in the log, per file;
@@ -213,7 +214,12 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
 
 def _a_list(spec: str, flag: str) -> str | None:
     """The end of the line refusing a list of sources in one `spec` ('a.txt,b.txt', 'a.txt b.txt': "no
-    such file"), where each of its parts names something on its own; else None."""
+    such file"), where each of its parts names something on its own; else None. A comma or space in
+    the name of a folder that exists is the path's own ('my corpus/x.txt' is no list of 'my' and
+    'corpus/x.txt'), not a list's."""
+    path = spec.split(os.sep)
+    if re.search(r"[,\s]", os.sep.join(path[:_folders_that_exist(path)])):
+        return None
     parts = [p for p in re.split(r"[,\s]+", spec) if p]
     if len(parts) < 2 or not all(glob.glob(_glob_pattern(part) or glob.escape(part), recursive=True)
                                  for part in map(storage.expand_home, parts)):
@@ -237,13 +243,19 @@ def _glob_pattern(spec: str) -> str | None:
     """The glob that `spec` is, its folders that exist as typed read as such (run[1]/*.txt: the
     folder run[1], not run1), or None where the rest holds no *, ? or [ (a path, not a glob)."""
     parts = spec.split(os.sep)
-    head = 0
-    while head < len(parts) - 1 and os.path.isdir(os.sep.join(parts[:head + 1]) or os.sep):
-        head += 1
+    head = _folders_that_exist(parts)
     rest = os.sep.join(parts[head:])
     if not any(c in rest for c in "*?["):
         return None
     return glob.escape(os.sep.join(parts[:head]) + os.sep) + rest if head else rest
+
+
+def _folders_that_exist(parts: list[str]) -> int:
+    """How many of a path's `parts`, from the first, name a folder that exists (the last part aside)."""
+    head = 0
+    while head < len(parts) - 1 and os.path.isdir(os.sep.join(parts[:head + 1]) or os.sep):
+        head += 1
+    return head
 
 
 def _dataset_dict_refusal(folder: Path, flag: str) -> str:
@@ -587,8 +599,10 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     library_log = logging.getLogger("datasets")
     level = library_log.level
     library_log.setLevel(logging.CRITICAL)  # it logs a failed read before raising: ours is the one line
+    st = os.stat(path)  # (`datasets` keys its cache by path and mtime alone: text of another size under
+    stamp = f"{st.st_size}-{st.st_mtime_ns}"  # the old time, as `cp -p` leaves it, came from the old cache)
     try:
-        ds = datasets.load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)
+        ds = datasets.load_dataset(kind, name=stamp, data_files=path, split="train", cache_dir=cache_dir)
     except Exception as e:
         cause = storage.os_error_in(e)
         if cause and (cause.errno in storage.NO_ROOM or storage.refused_in(cause, cache_dir)):
@@ -743,7 +757,9 @@ def source_warnings(t, given) -> list[str]:
     a text field named for plain text, a --val_fraction where a validation source is given, an
     --hf_dataset beside --data."""
     lines = []
-    for option, field, spec in (("--text_field", "text_field" in given, t.data),
+    # (--text_field names --val_data's field too, where no --val_text_field does: vs.jsonl beside t.txt)
+    val_reads_it = t.val_data and not t.val_text_field and not t.val_data.lower().endswith(".txt")
+    for option, field, spec in (("--text_field", "text_field" in given and not val_reads_it, t.data),
                                 ("--val_text_field", bool(t.val_text_field), t.val_data)):
         if field and spec.lower().endswith(".txt"):  # (a folder or glob may hold records)
             flag = "--data" if option == "--text_field" else "--val_data"
@@ -817,8 +833,9 @@ def warn_overlap(train: Split, val: Split, log) -> None:
 
 def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = True) -> tuple[Split, Split]:
     """The training and validation splits that train_args asks for (nothing is read yet).
-    need_train=False (evaluating): with a --val_data, the training split is None, its files not
-    even looked for (a checkpoint is scored where its training text is not)."""
+    need_train=False (evaluating): with a --val_data, or the hub's validation split, the training
+    split is None and the log names the validation text alone; a --val_data is still checked against
+    --data's files where they are there (a checkpoint is scored where its training text is not)."""
     cache_dir = Path(train_args.cache_dir)
 
     ours = (cache_dir, train_args.out_dir)  # left out of folders and globs
@@ -827,9 +844,15 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         field = train_args.val_text_field if flag == "--val_data" else ""
         return _local_split(spec, flag, field or train_args.text_field, cache_dir, log, ours)
 
-    if train_args.val_data and not need_train:
-        val = local(train_args.val_data, "--val_data")
+    if not need_train and (train_args.val_data or not train_args.data):  # (the training text is not read)
+        val = (local(train_args.val_data, "--val_data") if train_args.val_data
+               else _hub_split(train_args.hf_dataset, "validation", train_args.text_field, EVALUATE_LOCALLY))
         log(f"data: validation: {val.label}")
+        if train_args.val_data and train_args.data:  # (scoring the text a run trained on, without a word)
+            try:
+                warn_overlap(local(train_args.data, "--data"), val, log)
+            except DataError:  # (the training text gone or moved: nothing to compare)
+                pass
         return None, val
     train = (local(train_args.data, "--data") if train_args.data
              else _hub_split(train_args.hf_dataset, "train", train_args.text_field))
@@ -838,8 +861,7 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         if train_args.data:
             warn_overlap(train, val, log)
     elif not train_args.data:
-        val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field,
-                         TRAIN_LOCALLY if need_train else EVALUATE_LOCALLY)
+        val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field)
     else:
         every = held_out_every(train_args.val_fraction)
         val = Split(f"1 in {every} documents of --data, held out (no --val_data; --val_fraction "

@@ -401,6 +401,29 @@ def test_a_txt_file_edited_within_a_clock_tick_is_read_again(tmp_path):
     assert load([txt], tmp_path) == docs(3)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+def test_a_records_file_edited_within_a_clock_tick_is_read_again(tmp_path, suffix):
+    """Bug caught: `datasets` keys its cache of a .jsonl, .json or .parquet file by path and mtime
+    alone, so records rewritten to another size under the old time (`cp -p`, `rsync -t`) gave the old
+    documents, while the shards' key (which holds the size) said the file had changed: new shards of
+    the old text, with no word of it."""
+    path = tmp_path / f"t{suffix}"
+
+    def save(texts):
+        if suffix == ".parquet":
+            pq.write_table(pa.table({"text": texts}), path)
+        else:
+            records = [{"text": t} for t in texts]
+            write(path, "".join(json.dumps(r) + "\n" for r in records) if suffix == ".jsonl"
+                  else json.dumps(records))
+    save(docs(2))
+    assert load([path], tmp_path) == docs(2)
+    st = os.stat(path)
+    save(docs(3, start=5))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size != st.st_size and load([path], tmp_path) == docs(3, start=5)
+
+
 def test_a_failed_read_gives_the_datasets_logger_its_level_back(tmp_path):
     """Catches the `datasets` logger left at CRITICAL after a file it failed to read (its warnings
     unheard for the rest of the run). The level is set here: an earlier failed read in the same
@@ -669,6 +692,28 @@ def test_evaluating_without_a_validation_file_holds_out_the_same_slice(tmp_path)
     assert alone.documents()["text"] == [d + "\n" for d in docs(6)[1::2]]
 
 
+def test_evaluating_on_the_hubs_validation_split_names_no_training_split(tmp_path):
+    """Bug caught: --eval_only of a run that trained on the hub (no --data, no --val_data) logged
+    "data: train: roneneldan/TinyStories [train] (Hugging Face Hub); validation: ..." though the
+    evaluation never reads the training split."""
+    logs = []
+    train, val = sources.resolve_sources(targs(tmp_path), logs.append, need_train=False)
+    assert train is None and val.label == "roneneldan/TinyStories [validation] (Hugging Face Hub)"
+    assert logs == ["data: validation: roneneldan/TinyStories [validation] (Hugging Face Hub)"]
+
+
+def test_a_text_field_that_names_the_validation_records_field_is_not_said_to_do_nothing(tmp_path):
+    """Bug caught: --data t.txt --val_data v.jsonl --text_field story warned "--text_field has no
+    effect: --data t.txt is plain text", though it names the field v.jsonl's records are read by (no
+    --val_text_field): taking the warning at its word and dropping it broke the run."""
+    plain = ["--text_field has no effect: --data t.txt is plain text (it names the text field of .jsonl, "
+             ".json, .parquet and .arrow records)"]
+    for val_data, val_field, expected in [("v.jsonl", "", []), ("v.txt", "", plain), ("", "", plain),
+                                          ("v.jsonl", "story", plain), ("corpus", "", [])]:
+        args = targs(tmp_path, data="t.txt", val_data=val_data, text_field="story", val_text_field=val_field)
+        assert sources.source_warnings(args, {"text_field"}) == expected, (val_data, val_field)
+
+
 def test_a_local_signature_holds_each_files_absolute_path_size_and_mtime(tmp_path, monkeypatch):
     """Catches a file's modification time left out of the cache key (text edited to the same size
     hit the old shards), and a relative path kept (another folder's file of the same name, size and
@@ -766,6 +811,25 @@ def test_evaluating_reads_the_validation_file_by_its_own_text_field(tmp_path):
     assert alone.documents()["text"] == docs(2, start=4)
 
 
+def test_evaluating_on_the_runs_own_training_text_says_it_is_not_held_out(tmp_path):
+    """Bug caught: --eval_only --val_data on a file of the run's --data (its folder named, or the file
+    itself) scored the text the run trained on as validation text without a word, where training on
+    the same pair warns; a --data that is gone is passed over."""
+    corpus = tmp_path / "corpus"
+    story = write(corpus / "a.txt", official(docs(4)))
+    for data in (str(corpus), str(story)):
+        logs = []
+        none, val = sources.resolve_sources(targs(tmp_path, data=data, val_data=str(story)), logs.append,
+                                            need_train=False)
+        assert none is None and val.label.startswith(f"--val_data {story}")
+        assert logs[1].startswith(f"warning: --val_data and --data share 1 file ({story}): the validation "
+                                  "loss is not held out"), data
+    logs = []
+    sources.resolve_sources(targs(tmp_path, data=str(tmp_path / "gone"), val_data=str(story)), logs.append,
+                            need_train=False)
+    assert logs == [f"data: validation: {val.label}"]
+
+
 def test_a_folder_whose_stray_file_fails_also_says_to_name_the_text_alone(tmp_path):
     """Catches a folder's unreadable file (--data . in a project: a tokenizer.json) advised only to
     be converted into records to train on: it says too that the folder reads every such file, and
@@ -810,6 +874,20 @@ def test_a_quoted_tilde_in_data_is_the_home_folder(tmp_path, monkeypatch):
     assert split.label.startswith(f"--data {home / 'corpus'} (1 file")
     write(tmp_path / "~" / "corpus" / "x.txt", official(docs(1)))  # (a folder so named: as typed)
     assert sources.resolve_files("~/corpus/x.txt", "--data") == ["~/corpus/x.txt"]
+
+
+def test_a_missing_file_in_a_folder_named_with_a_space_is_no_list(tmp_path, monkeypatch):
+    """Bug caught: --data 'my corpus/x.txt', a file missing from the folder 'my corpus', was called a
+    list of sources ("but my and corpus/x.txt each exist: --data takes one file, folder or glob, not a
+    list") where a folder 'my' and a file 'corpus/x.txt' happened to be there."""
+    for name in ("my corpus/a.txt", "corpus/x.txt", "my/b.txt", "my, corpus/a.txt"):
+        write(tmp_path / name, official(docs(1)))
+    monkeypatch.chdir(tmp_path)
+    for spec in ("my corpus/x.txt", "my, corpus/x.txt", str(tmp_path / "my corpus" / "x.txt")):
+        with pytest.raises(DataError, match=rf"^--data: no such file '{re.escape(spec)}'; check the path$"):
+            sources.resolve_files(spec, "--data")
+    with pytest.raises(DataError, match="each exist: --data takes one file"):  # (a list still is one)
+        sources.resolve_files("my/b.txt corpus/x.txt", "--data")
 
 
 def test_a_list_of_sources_in_data_says_it_takes_one(tmp_path, monkeypatch):
