@@ -367,8 +367,8 @@ def _cached_tokenizer(path: Path, log) -> Tokenizer | None:
             tok = Tokenizer.load(path)
             log(f"data: tokenizer: cache hit {path} ({tok.vocab_size} tokens)")
             return tok
-        except DataError as e:
-            log(f"data: tokenizer: not reusing {path}: {e}")
+        except DataError as e:  # (its advice is for a --tokenizer typed: "leave --tokenizer empty", ...)
+            log(f"data: tokenizer: not reusing the cache: {str(e).rsplit('; ', 1)[0]}; training it again")
     return None
 
 

@@ -293,9 +293,12 @@ def check_tokenizer(tok: Tokenizer, model_args: ModelArgs, where: str = "the tok
         has = f"{model} has {model_args.vocab_size}" if model else f"--vocab_size is {model_args.vocab_size}"
         raise error(f"{where} has {tok.vocab_size} tokens but {has}; "
                     f"{fix or f'pass --vocab_size {tok.vocab_size}'}")
-    for name, i in tok.special_ids().items():
+    # every id that differs, in one line: a tokenizer with them all elsewhere was 8 runs, one id each
+    wrong = [(name, i) for name, i in tok.special_ids().items() if getattr(model_args, name) != i]
+    if wrong:
+        (name, i), more = wrong[0], len(wrong) - 1
         value = getattr(model_args, name)
-        if value != i:
-            has = f"{model} has {value} there" if model else f"--{name} is {value}"
-            raise error(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but {has}; "
-                        f"{fix or f'pass --{name} {i}'}")
+        has = f"{model} has {value} there" if model else f"--{name} is {value}"
+        others = f" (and {more} other special token{'s' * (more > 1)} at other ids)" if more else ""
+        raise error(f"{where} has {SPECIAL_TOKENS[name]} at id {i} but {has}{others}; "
+                    f"{fix or 'pass ' + ' '.join(f'--{n} {j}' for n, j in wrong)}")

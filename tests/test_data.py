@@ -1604,6 +1604,24 @@ def test_tokenizer_that_disagrees_with_the_model(tmp_path, corpus):
         tokenizer.check_tokenizer(tok, margs(300, pad_id=9))
 
 
+def test_a_tokenizer_with_every_special_token_elsewhere_names_every_id_at_once():
+    """Bug caught: a --tokenizer with its special tokens at 1..8 (an <unk> at 0) was refused one id a
+    run: "pass --eos_id 1", then "1 is also --pad_id's id", and so on through 8 options."""
+    from types import SimpleNamespace
+
+    import config
+    ids = {name: i + 1 for i, name in enumerate(SPECIAL_TOKENS)}
+    shifted = SimpleNamespace(vocab_size=300, special_ids=lambda: ids)
+    wanted = " ".join(f"--{name} {i}" for name, i in ids.items())
+    with pytest.raises(ConfigError) as e:
+        tokenizer.check_tokenizer(shifted, margs(300), "--tokenizer t.json")
+    assert str(e.value) == ("--tokenizer t.json has <|endoftext|> at id 1 but --eos_id is 0 (and 7 other "
+                            f"special tokens at other ids); pass {wanted}")
+    argv = ["--preset", "debug", "--vocab_size", "300", *wanted.split()]
+    _, (model_args, _) = config.parse_args([ModelArgs, TrainArgs], argv)
+    tokenizer.check_tokenizer(shifted, model_args)  # (what it says to pass is taken)
+
+
 def test_hub_offline_fails_fast_naming_data(tmp_path):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     t0 = time.time()
@@ -1863,14 +1881,18 @@ def test_a_trained_or_cached_tokenizer_is_checked_against_the_model(tmp_path, co
 
 def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, corpus):
     """Catches a cached tokenizer.json that cannot be read (a damaged file) failing every later run
-    instead of being trained again, with a log line naming it."""
+    instead of being trained again, with a log line naming it. Bug caught: that line ended with
+    --tokenizer's advice ("pass a tokenizer.json ..., or leave --tokenizer empty to train one"), to
+    a run that typed no --tokenizer and trains one anyway."""
     train_path, val_path, _, _ = corpus
     kw = dict(data=str(train_path), val_data=str(val_path))
     tok, *_ = run(tmp_path, **kw)
     [path] = (tmp_path / "cache").glob("tokenizer-*/tokenizer.json")
     path.write_text("{not json")
     again, *_, logs = run(tmp_path, **kw)
-    assert any(line.startswith(f"data: tokenizer: not reusing {path}: cannot read") for line in logs)
+    [line] = [line for line in logs if "not reusing" in line]
+    assert line.startswith(f"data: tokenizer: not reusing the cache: cannot read the tokenizer '{path}' (")
+    assert line.endswith("); training it again") and "--tokenizer" not in line
     assert again.hash == tok.hash == Tokenizer.load(path).hash
 
 
