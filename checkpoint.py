@@ -381,8 +381,8 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     checks). A folder that already holds an export, or another tokenizer.json (a run folder's), is
     refused unless `replace`; a training run's folder always is (an export there mixed HF files into
     the run's): check_export_folder. The export it replaces goes whole: its shards and index too (a
-    re-save by transformers), not the folder's other files (a tokenizer_config.json no export
-    wrote among them: _dropped_tokenizer_files).
+    re-save by transformers), not the folder's other files (a tokenizer_config.json without a
+    tokenizer.json among them: _dropped_tokenizer_files).
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
@@ -430,15 +430,15 @@ OTHER_TOKENIZER = "another tokenizer.json (a run's checkpoints may need it)"  # 
 def _dropped_tokenizer_files(out: Path, held: list[str]) -> set[str]:
     """The tokenizer files an export without a tokenizer removes from `out`, which it replaces (held:
     check_export_folder's list): those the replaced export wrote (its config.json records a
-    tokenizer_sha256) and a tokenizer.json check_export_folder named (another one: --force replaces
-    it). Any other tokenizer_config.json is the folder's own, named nowhere: it is left (it was
-    removed)."""
+    tokenizer_sha256), and a tokenizer.json check_export_folder named (another one: --force removes
+    it) with the tokenizer_config.json that configured it (left, it described a tokenizer no longer
+    there: transformers' AutoTokenizer failed on it). A tokenizer_config.json without a tokenizer.json
+    is the folder's own, named nowhere: it is left (it was removed)."""
     if not held:
         return set()
-    names = {"tokenizer.json", "tokenizer_config.json"} if recorded_tokenizer(out) is not None else set()
-    if OTHER_TOKENIZER in held:
-        names.add("tokenizer.json")
-    return names
+    if recorded_tokenizer(out) is not None or OTHER_TOKENIZER in held:
+        return {"tokenizer.json", "tokenizer_config.json"}
+    return set()
 
 
 def _other_export_files(out: Path) -> list[Path]:
@@ -741,7 +741,8 @@ def same_tokenizer(a: Path, b: Path) -> bool:
 
 def import_hf(folder, dest, replace: bool = False) -> Path:
     """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
-    A `dest` that is a folder, or a name without .pt, is a run folder: the checkpoint is its last.pt.
+    A `dest` that is a folder, a name without .pt or one ending in a slash, is a run folder: the
+    checkpoint is its last.pt.
     A checkpoint already at `dest` (a run's, with its optimizer state), or another tokenizer.json
     beside it (the one its run's checkpoints were trained with), is refused unless `replace`; the
     same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A `dest` in an
@@ -756,8 +757,9 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     if what:
         raise CheckpointError(f"{folder} is {what}, not an HF folder; drop --import to export it "
                               "(--import makes a checkpoint of an HF folder)")
+    folder_named = os.fspath(dest).endswith(("/", os.sep))  # (runs/x.pt/ was the file x.pt: Path drops /)
     dest = Path(dest)
-    if dest.is_dir() or dest.suffix != ".pt":
+    if dest.is_dir() or dest.suffix != ".pt" or folder_named:
         dest = dest / "last.pt"
     hf = [n for n in ("config.json", "model.safetensors") if (dest.parent / n).is_file()]
     if hf:  # (an export's folder, the source's too: its last.pt made it a run folder that exports refused)

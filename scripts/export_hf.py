@@ -15,7 +15,8 @@ another is refused, and nothing is exported; the export records the sha256 in co
 generation_config.json and tokenizer_config.json alone), another tokenizer.json or a checkpoint
 already at the destination is replaced only with --force (a run's last.pt holds its optimizer
 state); an export is replaced whole (the shards and index of a re-save by transformers too), the
-folder's other files left (a tokenizer_config.json no export wrote among them). An export into a
+folder's other files left (a tokenizer_config.json without a tokenizer.json among them; one beside
+a tokenizer.json that --force removes goes with it). An export into a
 run folder, or an --import into an HF folder, is refused even with --force (each would mix the two
 kinds of folder). --import also takes Llama 4 folders
 this project did not write (special-token ids come from their config; weights in one file or in

@@ -214,6 +214,22 @@ def test_a_forced_export_without_a_tokenizer_removes_only_the_tokenizer_files_an
                                                      "model.safetensors"]
 
 
+def test_a_forced_export_without_a_tokenizer_over_a_foreign_one_removes_its_tokenizer_config_too(tmp_path):
+    """Bug caught: export_hf --force without a tokenizer over an HF folder transformers saved with its
+    own tokenizer removed that tokenizer.json (and special_tokens_map.json) but left its
+    tokenizer_config.json, which described a tokenizer no longer there (AutoTokenizer failed on it)."""
+    model = small_model()
+    out = tmp_path / "foreign"
+    checkpoint.export_hf(model, out)
+    theirs = json.loads((out / "config.json").read_text())  # a folder no export of ours wrote
+    (out / "config.json").write_text(json.dumps({k: v for k, v in theirs.items() if k != "tokenizer_sha256"}))
+    tiny_tokenizer(out / "tokenizer.json", "ab ab")
+    (out / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    (out / "special_tokens_map.json").write_text("{}")
+    checkpoint.export_hf(model, out, replace=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json",
+                                                     "model.safetensors"]
+
 def test_a_folder_with_model_safetensors_ignores_a_stale_shard_index(tmp_path):
     """Catches hf_weight_files reading model.safetensors.index.json where model.safetensors is
     there too (an index left by an earlier sharded save): the folder's one file is its weights. A
@@ -545,6 +561,16 @@ def test_an_import_goes_to_a_run_folders_last_pt_and_records_its_tokenizer(tmp_p
     with pytest.raises(checkpoint.CheckpointError, match="tokenizer.json is another tokenizer"):
         checkpoint.import_hf(hf, run / "x.pt")
     assert sorted(p.name for p in run.iterdir()) == ["tokenizer.json"]
+
+
+def test_an_import_to_a_name_ending_in_a_slash_goes_into_that_folder(tmp_path):
+    """Bug caught: --import HF runs/imp.pt/ wrote the file runs/imp.pt (Path drops the slash) and the
+    tokenizer.json beside it into runs/, the folder of runs, not the folder named."""
+    hf = checkpoint.export_hf(small_model(), tmp_path / "hf")
+    (tmp_path / "runs").mkdir()
+    dest = checkpoint.import_hf(hf, f"{tmp_path / 'runs' / 'imp.pt'}/")
+    assert dest == tmp_path / "runs" / "imp.pt" / "last.pt" and dest.is_file()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["imp.pt"]
 
 
 def test_an_import_refuses_a_tokenizer_its_export_did_not_record(tmp_path):
