@@ -247,10 +247,12 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
     init = init_path = None
     if train_args.resume not in ("", "latest"):  # a checkpoint file or run folder
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved, option="--resume ")
-        # --run naming the checkpoint's own run continues it where it lies (from another directory
-        # too), unless --out_dir is typed; another name forks into --out_dir
-        own = train_args.run == ckpt_path.parent.name and "out_dir" not in given
-        run_dir = out / train_args.run if train_args.run and not own else ckpt_path.parent
+        # no --run, or one naming the checkpoint's own run, continues it where it lies (from another
+        # directory too); with --out_dir typed it forks into --out_dir under that name (without --run,
+        # a typed --out_dir was ignored); another name forks into --out_dir
+        name = train_args.run or Path(os.path.abspath(ckpt_path.parent)).name
+        own = train_args.run in ("", ckpt_path.parent.name) and "out_dir" not in given
+        run_dir = ckpt_path.parent if own else out / name
     elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
         run_dir = run_to_resume(train_args, out)
         ckpt_path = checkpoint.find_checkpoint(str(run_dir), out, not_saved)

@@ -196,16 +196,21 @@ def make_folder(path, fix: str | None = None) -> Path:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        why = e.strerror or e
-        if isinstance(e, (FileExistsError, NotADirectoryError)):  # ("File exists" of what?)
-            blocker = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()),
-                           None)
-            why = f"{blocker} is a file, not a folder" if blocker is not None else why
-        elif isinstance(e, FileNotFoundError):  # (parents=True: /proc says so of a folder it will not make)
-            holder = next((p for p in Path(path).parents if p.is_dir()), None)
-            why = f"{holder} takes no new folders" if holder is not None else why
+        why = no_folder(path, e)
         raise StorageError(f"cannot create the folder {path}: {why}; {advice(e, fix)}") from None
     return Path(path)
+
+
+def no_folder(path, e: OSError) -> str:
+    """Why mkdir -p `path` failed, in words: the file in the way, or the folder that takes no new ones."""
+    why = e.strerror or e
+    if isinstance(e, (FileExistsError, NotADirectoryError)):  # ("File exists" of what?)
+        blocker = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker is not None else why
+    elif isinstance(e, FileNotFoundError):  # (parents=True: /proc says so of a folder it will not make)
+        holder = next((p for p in Path(path).parents if p.is_dir()), None)
+        why = f"{holder} takes no new folders" if holder is not None else why
+    return str(why)
 
 
 def writable_folder(path, fix: str | None = None) -> Path:
@@ -509,13 +514,16 @@ class RunFolder:
     """The run folder, held by this process (rank 0) from before anything is written until the run
     ends: created if need be, locked (run.lock, an flock the kernel drops if the process dies), and
     swept of the temporaries a killed save left. A second train.py on the folder stops with a line
-    naming the first. A folder this run created and left empty is removed when it ends."""
+    naming the first. The folders this run created (a new --out_dir too) and left empty are removed
+    when it ends."""
 
     LOCK = "run.lock"
 
     def __init__(self, path: Path):
         self.path, self.lock = path, None
-        self.created = not path.exists()
+        # the outermost folder mkdir makes: a new --out_dir was left behind, empty, by a run that failed
+        self.made = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+        self.created = self.made is not None
         try:
             path.mkdir(parents=True, exist_ok=True)
             self.lock = lock(path / self.LOCK)
@@ -523,14 +531,25 @@ class RunFolder:
             raise RunError(f"{path} is in use by another train.py ({e.holder}); wait for it to end or stop "
                            "it, or pick another --run") from None
         except OSError as e:
-            with contextlib.suppress(OSError):  # a folder made here a moment ago and left empty goes
-                if self.created and not any(path.iterdir()):
-                    path.rmdir()
-            raise RunError(f"cannot write to {path} ({e.strerror or e}); pick another --out_dir or --run") \
-                from None
+            if self.created:  # folders made here a moment ago and left empty go
+                self.remove_made()
+            why = no_folder(path, e)
+            raise RunError(f"cannot write to {path} ({why}); pick another --out_dir or --run") from None
         for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
             if not stale.is_dir():  # (a killed export's staging folder: the next export's to sweep)
                 stale.unlink(missing_ok=True)
+
+    def remove_made(self) -> None:
+        """Remove the folders __init__ made, from the run folder up, while they are empty."""
+        for folder in [self.path, *self.path.parents]:
+            try:
+                folder.rmdir()
+            except FileNotFoundError:  # (mkdir failed below the folders it made)
+                pass
+            except OSError:  # someone put a file there meanwhile
+                return
+            if folder == self.made:
+                return
 
     def release(self) -> None:
         if (self.created and self.lock is not None and self.path.is_dir()
@@ -538,10 +557,7 @@ class RunFolder:
             (self.path / self.LOCK).unlink()  # unlinked while still locked: no one else can hold it
             self.lock.close()
             self.lock = None
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass  # someone put a file there meanwhile
+            self.remove_made()
         if self.lock is not None:
             self.lock.close()
             self.lock = None

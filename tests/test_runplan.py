@@ -206,6 +206,22 @@ def test_resume_by_path_with_out_dir_typed_forks_into_it(tmp_path):
     assert fork.run_dir == tmp_path / "ckpt" / "f" and fork.forks
 
 
+def test_resume_by_path_with_out_dir_typed_and_no_run_forks_into_it_under_the_same_name(tmp_path,
+                                                                                        monkeypatch):
+    """Bug caught: --resume A/r --out_dir B (no --run) went on in A/r, the --out_dir typed ignored (the
+    README says it forks; a run on a read-only or full disk, told to "pick another --out_dir", failed
+    there again). A loose checkpoint in the working folder forks under that folder's name."""
+    last = fake_checkpoint(tmp_path / "a" / "r" / "last.pt")
+    there = plan(tmp_path, resume=str(last), out_dir=str(tmp_path / "b"))
+    assert there.run_dir == tmp_path / "b" / "r" and there.forks
+    same = plan(tmp_path, resume=str(last), out_dir=str(tmp_path / "a"))
+    assert same.run_dir == tmp_path / "a" / "r" and not same.forks
+    assert plan(tmp_path, resume=str(last)).run_dir == last.parent  # (no --out_dir typed: where it lies)
+    monkeypatch.chdir(last.parent)
+    assert plan(tmp_path, resume="last.pt", out_dir=str(tmp_path / "b")).run_dir == tmp_path / "b" / "r"
+    assert plan(tmp_path, resume="last.pt").run_dir == Path(".")
+
+
 def test_a_resumed_run_takes_the_tokenizer_beside_its_checkpoint_first(tmp_path):
     """Bug caught: a fork reading the tokenizer of the folder it forks into (a killed run's) before the
     one beside its checkpoint; or a typed --tokenizer replaced by the checkpoint's."""

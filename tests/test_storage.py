@@ -410,6 +410,28 @@ def test_a_run_folder_goes_at_release_only_when_this_run_made_it_and_left_it_emp
     assert folder.lock is None and not storage.held(written / "run.lock")  # let go all the same
 
 
+def test_a_new_out_dir_a_run_made_goes_with_its_run_folder_when_left_empty(tmp_path, monkeypatch):
+    """Bug caught: a run that failed before writing anything (or resumed finished into a fork) under a
+    new --out_dir removed its run folder but left the --out_dir it made, empty; one there before, or
+    one that holds something else, stays."""
+    storage.RunFolder(tmp_path / "new" / "deeper" / "r").release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "theirs").mkdir()
+    storage.RunFolder(tmp_path / "theirs" / "new" / "r").release()
+    assert [p.name for p in tmp_path.iterdir()] == ["theirs"] and not any((tmp_path / "theirs").iterdir())
+    folder = storage.RunFolder(tmp_path / "theirs" / "new" / "r")
+    (tmp_path / "theirs" / "new" / "notes").write_text("mine")  # (put there as it ran)
+    folder.release()
+    assert [p.name for p in (tmp_path / "theirs" / "new").iterdir()] == ["notes"]
+
+    def denied(path, wait=False):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    monkeypatch.setattr(storage, "lock", denied)
+    with pytest.raises(storage.RunError):
+        storage.RunFolder(tmp_path / "other" / "r")
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_run_folder_sweeps_the_temporaries_of_every_kind_of_save(tmp_path):
     """Catches the sweep taking checkpoints' temporaries alone: a killed atomic write of
     train.json or tokenizer.json left its .tmp-* file in the folder for good. Files not named
@@ -560,6 +582,18 @@ def test_a_run_folder_that_cannot_be_locked_is_one_line_and_the_folder_it_made_g
         assert str(e.value) == (f"cannot write to {run} (Permission denied); pick another --out_dir or "
                                 "--run")
     assert not made.exists() and theirs.is_dir()
+
+
+def test_a_run_folder_where_a_file_is_names_that_file(tmp_path):
+    """Bug caught: --run naming a file (or an --out_dir that is one) said "cannot write to
+    checkpoints/r (File exists)" or "(Not a directory)", not which file is in the way."""
+    (tmp_path / "notes").write_text("mine")
+    for run in (tmp_path / "notes", tmp_path / "notes" / "r"):
+        with pytest.raises(storage.RunError) as e:
+            storage.RunFolder(run)
+        assert str(e.value) == (f"cannot write to {run} ({tmp_path / 'notes'} is a file, not a folder); pick "
+                                "another --out_dir or --run")
+    assert (tmp_path / "notes").read_text() == "mine"
 
 
 def test_a_plot_may_replace_a_png_from_before_but_no_other_file(tmp_path):
