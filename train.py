@@ -779,9 +779,9 @@ def load_data(plan: RunPlan, world: World, device, log):
 
 def tokenizer_fix(plan: RunPlan) -> str:
     """load_data's advice where the tokenizer is not the checkpoint's, or there is none: the file to
-    put back, or --tokenizer. Only a resume of the run's own folder is told that another tokenizer is
-    a new --run: a fork is one already (its tokenizer is its parent's), --eval_only trains nothing,
-    and an import's tokenizer came from its HF folder."""
+    put back, or --tokenizer. A resume, in its own folder or a fork, is told that another tokenizer is a
+    run from scratch, without --resume (not "a new --run": with --resume that is a fork, which refuses
+    it too); --eval_only trains nothing, and an import's tokenizer came from its HF folder."""
     if plan.init is not None:
         return "pass --tokenizer FILE, the one it was trained with"
     beside = plan.ckpt_path.parent / "tokenizer.json" if plan.ckpt_path is not None else None
@@ -793,7 +793,8 @@ def tokenizer_fix(plan: RunPlan) -> str:
     if plan.forks:
         return (f"put back {beside} (the forked run's) or pass it with --tokenizer FILE (another tokenizer "
                 "is a run from scratch, without --resume)")
-    return "put back the run's own tokenizer.json or pass it with --tokenizer FILE (another is a new --run)"
+    return ("put back the run's own tokenizer.json or pass it with --tokenizer FILE (another tokenizer is a "
+            "run from scratch, without --resume)")
 
 
 def make_log(world: World, stderr: bool = False):

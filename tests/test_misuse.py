@@ -65,13 +65,16 @@ def test_export_hf_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable
     assert "pass a tokenizer.json" not in err
 
 
-@pytest.mark.parametrize("init, fix", [(False, "put back the run's own tokenizer.json"),
+@pytest.mark.parametrize("init, fix", [(False, "put back the run's own tokenizer.json or pass it with "
+                                                "--tokenizer FILE (another tokenizer is a run from scratch, "
+                                                "without --resume)"),
                                        (True, "pass --tokenizer FILE, the one it was trained with")])
 def test_resume_advises_putting_back_the_runs_tokenizer_when_it_is_unreadable(tmp_path, init, fix):
     """Catches train.py --resume of a run whose tokenizer.json is corrupt advising "pass a
     tokenizer.json written by this project" (no --tokenizer was typed; another tokenizer is a new run)
     instead of putting the run's own back; at --init_from (a new run: nothing of its own to put back),
-    the advice names the checkpoint's tokenizer."""
+    the advice names the checkpoint's tokenizer. Bug caught: the resume's advice said "(another is a new
+    --run)", and --resume with a new --run is a fork, which refuses another tokenizer too."""
     import train
     tok = tmp_path / "tokenizer.json"
     tok.write_text("")
