@@ -134,19 +134,29 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix=NOT_S
     return p
 
 
-OTHER_FIX = "it was left in place: pass another checkpoint (e.g. best.pt)"
+def other_checkpoint(path) -> Path | None:
+    """The other of the last.pt and best.pt beside the checkpoint `path` (not best.pt when `path` is
+    best.pt), where there is one."""
+    path = Path(path)
+    return next((other for other in (path.with_name("last.pt"), path.with_name("best.pt"))
+                 if other.name != path.name and other.is_file()), None)
+
+
+def other_fix(path) -> str:
+    """The advice when the checkpoint `path` cannot be loaded: its run's other checkpoint, if any."""
+    other = other_checkpoint(path)
+    return f"it was left in place: pass {other} instead" if other else \
+        "it was left in place: pass another checkpoint"
 
 
 def resume_fix(path, eval_only: bool = False) -> str:
     """The advice when the checkpoint `path` cannot be resumed (or, `eval_only`, evaluated: --eval_only
     takes its checkpoint from --resume too): the other of its folder's last.pt and best.pt where
     there is one (not best.pt when it is best.pt that failed), else a new run (or another checkpoint)."""
-    path = Path(path)
-    for other in (path.with_name("last.pt"), path.with_name("best.pt")):
-        if other.name != path.name and other.is_file():
-            if eval_only:
-                return f"it was left in place: pass --resume {other} to evaluate that one"
-            return f"it was left in place: pass --resume {other}, or start a new --run"
+    if other := other_checkpoint(path):
+        if eval_only:
+            return f"it was left in place: pass --resume {other} to evaluate that one"
+        return f"it was left in place: pass --resume {other}, or start a new --run"
     if eval_only:
         return "it was left in place: evaluate another checkpoint with --resume (a .pt file or a run folder)"
     return "it was left in place: start a new --run, or pass --resume another checkpoint"
@@ -222,10 +232,10 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[Ll
     """A checkpoint -> (model in eval mode on `device`, weights in `dtype` (None: as saved), the
     checkpoint's other contents, on the CPU: the optimizer's moments, twice the weights, never
     reach the GPU)."""
-    ckpt = load_checkpoint(path, OTHER_FIX)
+    ckpt = load_checkpoint(path, other_fix(path))
     model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(path))
     state = to_device(ckpt.pop("model"), device, dtype)
-    return build(model_args, state, device, path, OTHER_FIX).eval(), ckpt
+    return build(model_args, state, device, path, other_fix(path)).eval(), ckpt
 
 
 def to_device(state: dict, device, dtype: torch.dtype | None) -> dict:

@@ -11,9 +11,9 @@ after another. Generation stops at <|endoftext|>, after --max_new_tokens, or whe
 context) is cut from the left, with a warning (its <|endoftext|> goes too). --image shows the
 vision stub a picture (the checkpoint must have it: --vision); an untrained vision tower makes the
 text meaningless. --prompt_file - reads the prompts from standard input. Ctrl-C (or SIGTERM) prints
-what was generated so far (each sample of a batch, marked as interrupted) and exits with status 130. On CUDA
-the weights are bf16 and the decode step is compiled into a CUDA graph by default (--dtype,
---compile); on CPU, fp32 and eager.
+what was generated so far (each sample of a batch, marked as interrupted unless it had ended) and
+exits with status 130. On CUDA the weights are bf16 and the decode step is compiled into a CUDA graph
+by default (--dtype, --compile); on CPU, fp32 and eager.
 
 How this departs from the obvious version:
 - Incremental decoding with the model's static KV cache (model.KVCache: allocated once, indexed
@@ -84,7 +84,11 @@ class SampleError(UserError):
     pass
 
 
-class PromptError(SampleError, config.ConfigError):
+class OptionError(SampleError, config.ConfigError):
+    """An option the checkpoint cannot take (--image without a vision stub): a bad option, exit 2."""
+
+
+class PromptError(OptionError):
     """A --prompt that cannot be told (an image token typed in it): a bad option, exit 2."""
 
 
@@ -306,11 +310,12 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
 
     The loop keeps its state on the device (the new tokens, a `done` mask) and reads it on the
     host once every CHECK_EVERY tokens and at the end: to stop when every row has ended, and for
-    on_token(rows), called then with each row's tokens so far (streaming; it lags by up to
-    CHECK_EVERY - 1 tokens). images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in
-    order. compile: compile the cached one-token step (True, or a torch.compile mode: DecodeStep).
-    stop_at_eos=False generates max_new_tokens whatever comes (for benchmarks). The model must be
-    in eval mode and every prompt hold a token (ValueError otherwise).
+    on_token(rows, ended), called then with each row's tokens so far (streaming; it lags by up to
+    CHECK_EVERY - 1 tokens) and whether each row has ended (at <|endoftext|> or its limit).
+    images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in order. compile: compile the
+    cached one-token step (True, or a torch.compile mode: DecodeStep). stop_at_eos=False generates
+    max_new_tokens whatever comes (for benchmarks). The model must be in eval mode and every prompt
+    hold a token (ValueError otherwise).
     """
     args, device = model.args, next(model.parameters()).device
     if any(m.training for m in model.modules()):  # (its router would draw noise from torch's generator)
@@ -357,9 +362,10 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
                     raise SampleError("the model's logits are not finite (NaN or inf): its weights are "
                                       "broken (a diverged run?); sample from an earlier checkpoint")
                 rows = [r[:r.index(eos)] if eos in r else r for r in so_far]
+                ended = [eos in r or len(r) == n for r, n in zip(so_far, limits, strict=True)]
                 if on_token is not None:
-                    on_token(rows)
-                if all(eos in r or len(r) == n for r, n in zip(so_far, limits, strict=True)):
+                    on_token(rows, ended)
+                if all(ended):
                     break
             if t < max_new - 1:
                 logits = step(nxt)
@@ -533,8 +539,9 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
         raise SampleError(f"the model's context is {args.max_seq_len} token: the story's start token "
                           "fills it, leaving no room for one more; train with --max_seq_len 2 or more")
     if len(prefix) > args.max_seq_len - 1:
-        raise SampleError(f"the image alone is {len(prefix)} tokens, more than the context allows "
-                          f"({args.max_seq_len - 1})")
+        raise OptionError(f"the image alone is {len(prefix)} tokens, more than the context allows "
+                          f"({args.max_seq_len - 1}); drop --image, or sample a model trained with a longer "
+                          "--max_seq_len")
     image_tokens = [config.SPECIAL_TOKENS[n] for n in ["image_start_id", "image_id", "patch_id",
                                                        "image_end_id"]]
     out = []
@@ -624,7 +631,7 @@ def _main(argv=None):
         images = None
         if sample_args.image:
             if not model.args.vision:
-                raise SampleError(f"{where} has no vision stub (it was trained without --vision); "
+                raise OptionError(f"{where} has no vision stub (it was trained without --vision); "
                                   "drop --image")
             images = load_image(sample_args.image, model.args).to(device, next(model.parameters()).dtype)
         prompts = prompts_from(sample_args, tok, model.args, lambda m: print(m, file=sys.stderr))
@@ -641,10 +648,10 @@ def tell(model: Llama4, tok: Tokenizer, prompts, images, sample_args: SampleArgs
     Ctrl-C what was generated by the last host read is printed (several samples: each so far)."""
     texts = [tok.decode(prompt_text(p, model.args)) for p in prompts]
     stream = len(prompts) == 1
-    printed, so_far = [0], [[[] for _ in prompts]]
+    printed, so_far, ended = [0], [[[] for _ in prompts]], [[False] * len(prompts)]
 
-    def on_token(rows):
-        so_far[0] = rows  # (what Ctrl-C prints)
+    def on_token(rows, rows_ended):
+        so_far[0], ended[0] = rows, rows_ended  # (what Ctrl-C prints)
         if not stream:
             return
         text = tok.decode(rows[0])
@@ -662,7 +669,7 @@ def tell(model: Llama4, tok: Tokenizer, prompts, images, sample_args: SampleArgs
     except OutputError:
         raise
     except KeyboardInterrupt:  # (main says so on stderr, exit status 130)
-        write("\n" if stream else samples(texts, so_far[0], tok, " (interrupted)"))
+        write("\n" if stream else samples(texts, so_far[0], tok, [not e for e in ended[0]]))
         raise
     except UserError as e:
         if stream:
@@ -672,11 +679,14 @@ def tell(model: Llama4, tok: Tokenizer, prompts, images, sample_args: SampleArgs
     return rows
 
 
-def samples(texts: list[str], rows: list[list[int]], tokenizer: Tokenizer, note: str = "") -> str:
-    """Several samples as printed: each under a line that numbers it."""
-    n = len(rows)
-    return "".join(f"{'-' * 20} sample {i + 1} of {n}{note} {'-' * 20}\n{text + tokenizer.decode(row)}\n"
-                   for i, (text, row) in enumerate(zip(texts, rows, strict=True)))
+def samples(texts: list[str], rows: list[list[int]], tokenizer: Tokenizer,
+            cut: list[bool] | None = None) -> str:
+    """Several samples as printed: each under a line that numbers it, marked where `cut` says the
+    row was interrupted before it ended."""
+    n, cut = len(rows), cut or [False] * len(rows)
+    return "".join(f"{'-' * 20} sample {i + 1} of {n}{' (interrupted)' * c} {'-' * 20}\n"
+                   f"{text + tokenizer.decode(row)}\n"
+                   for i, (text, row, c) in enumerate(zip(texts, rows, cut, strict=True)))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def test_streaming_gets_the_rows_every_16_tokens_and_at_the_end():
     model = small_model()
     seen = []
     rows = sample.generate(model, PROMPTS, 40, greedy=True, stop_at_eos=False,
-                           on_token=lambda r: seen.append([list(x) for x in r]))
+                           on_token=lambda r, ended: seen.append([list(x) for x in r]))
     assert [len(s[0]) for s in seen] == [16, 32, 40]
     assert seen[-1] == rows and all(s[i] == rows[i][:len(s[i])] for s in seen for i in range(3))
 
@@ -463,7 +463,7 @@ def test_a_streamed_story_is_printed_once_and_in_whole_characters(run_dir, monke
 
     def generate(model, prompts, max_new_tokens, on_token, **kw):  # a host read after every token
         for n in range(1, len(story) + 1):
-            on_token([story[:n]])
+            on_token([story[:n]], [n == len(story)])
         return [story]
     monkeypatch.setattr(sample, "generate", generate)
     sample.main(["--ckpt", str(run_dir), "--prompt", "once"])
@@ -571,8 +571,9 @@ def test_an_image_that_fills_the_context_is_refused():
     through: it is refused, naming its length and the context's room, as a longer one is."""
     big = dict(vision=True, image_size=224, patch_size=14)
     n = 1 + len(sample.image_prompt(config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], **big})))
-    with pytest.raises(sample.SampleError, match=rf"^the image alone is {n} tokens, more than the context "
-                                                 rf"allows \({n - 1}\)$"):
+    with pytest.raises(sample.OptionError, match=rf"^the image alone is {n} tokens, more than the context "
+                                                 rf"allows \({n - 1}\); drop --image, or sample a model "
+                                                 "trained with a longer --max_seq_len$"):
         stub_prompts("", new=8, **big, max_seq_len=n)
     ids, _, _ = stub_prompts("", new=8, **big, max_seq_len=n + 1)
     assert len(ids) == n
@@ -724,6 +725,26 @@ def test_bad_checkpoints_and_tokenizers_are_clear_errors(run_dir, tmp_path, caps
     assert err.startswith("sample.py: error:") and err.count("\n") == 0
     assert PROBLEMS[problem] in err and "--run" not in err and "--tokenizer" not in err
     assert out in ("", "once\n")  # the streamed prompt, ended
+
+
+def test_a_damaged_checkpoint_names_the_other_of_its_run_or_none(run_dir, tmp_path, capsys):
+    """Bug caught: a damaged checkpoint was always told to "pass another checkpoint (e.g. best.pt)",
+    also where best.pt was the damaged one or the folder held no best.pt."""
+    import shutil
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(run_dir / "last.pt", bad / "last.pt")
+    shutil.copy(run_dir / "tokenizer.json", bad / "tokenizer.json")
+    (bad / "best.pt").write_bytes(b"not a checkpoint")
+
+    def error(ckpt):
+        with pytest.raises(SystemExit) as e:
+            sample.main(["--ckpt", str(ckpt), "--max_new_tokens", "2"])
+        assert e.value.code == 1
+        return capsys.readouterr().err.strip()
+    assert error(bad / "best.pt").endswith(f"it was left in place: pass {bad / 'last.pt'} instead")
+    (bad / "best.pt").rename(bad / "last.pt")  # a damaged last.pt alone
+    assert error(bad).endswith("it was left in place: pass another checkpoint")
 
 
 @pytest.mark.parametrize("problem", ["config-json", "config-values", "safetensors", "weights-missing",
@@ -900,11 +921,13 @@ def test_output_that_cannot_be_written_is_one_line(run_dir, samples):
 
 
 def test_image_needs_a_vision_checkpoint(run_dir, tmp_path, capsys):
+    """Bug caught: --image for a checkpoint without the vision stub exited with status 1, where every
+    other option the run cannot take is a bad option, status 2."""
     from PIL import Image
     Image.new("RGB", (20, 20), "red").save(tmp_path / "red.png")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         sample.main(["--ckpt", str(run_dir), "--image", str(tmp_path / "red.png")])
-    assert "no vision stub" in capsys.readouterr().err
+    assert e.value.code == 2 and "no vision stub" in capsys.readouterr().err
 
 
 def test_image_runs_the_vision_path(tmp_path):
@@ -1180,9 +1203,11 @@ def test_ctrl_c_keeps_what_was_generated(run_dir, monkeypatch, capsys, num_sampl
     printed as far as it got, marked, and the exit status is 130; a streamed sample ends its line."""
     real = sample.generate
 
-    def interrupted(model, prompts, max_new_tokens, **kw):  # Ctrl-C after the first host read
-        real(model, prompts, sample.CHECK_EVERY, **kw)
-        raise KeyboardInterrupt
+    def interrupted(model, prompts, max_new_tokens, on_token, **kw):  # Ctrl-C after the first host read
+        def then_ctrl_c(rows, ended):
+            on_token(rows, [False] * len(rows))  # (no row has ended)
+            raise KeyboardInterrupt
+        real(model, prompts, sample.CHECK_EVERY, on_token=then_ctrl_c, **kw)
 
     monkeypatch.setattr(sample, "generate", interrupted)
     argv = ["--ckpt", str(run_dir), "--prompt", "once upon", "--num_samples", str(num_samples), "--seed", "3"]
@@ -1197,6 +1222,30 @@ def test_ctrl_c_keeps_what_was_generated(run_dir, monkeypatch, capsys, num_sampl
         assert got.out.startswith("once upon") and got.out.endswith("\n") and len(got.out) > 10
     else:
         assert got.out == whole.replace(f"of {num_samples} ", f"of {num_samples} (interrupted) ")
+
+
+def test_ctrl_c_marks_only_the_samples_that_had_not_ended(monkeypatch, capsys):
+    """Bug caught: Ctrl-C during a batch marked every sample "(interrupted)", the ones that had
+    already ended at <|endoftext|> too: a finished story read as cut short."""
+    from types import SimpleNamespace
+    model = small_model()
+    prompts = [PROMPTS[1], PROMPTS[2]]
+    rows = sample.generate(model, prompts, 40, greedy=True, stop_at_eos=False)
+    model.args.eos_id = next(t for t in rows[0][4:10] if t not in rows[1][:16] and t not in rows[0][:4])
+    real = sample.generate
+
+    def interrupted(*a, on_token, **kw):  # Ctrl-C right after the first host read
+        def then_ctrl_c(*seen):
+            on_token(*seen)
+            raise KeyboardInterrupt
+        return real(*a, on_token=then_ctrl_c, **kw)
+
+    monkeypatch.setattr(sample, "generate", interrupted)
+    tok, cpu = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids))), torch.device("cpu")
+    with pytest.raises(KeyboardInterrupt):
+        sample.tell(model, tok, prompts, None, SampleArgs(max_new_tokens=40, greedy=True), cpu)
+    out = capsys.readouterr().out
+    assert f"{'-' * 20} sample 1 of 2 {'-' * 20}" in out and "sample 2 of 2 (interrupted)" in out
 
 
 # --- what a mutation audit of sample.py found untested ----------------------------------------
@@ -1250,12 +1299,15 @@ def test_generation_stops_at_the_first_check_where_every_row_has_ended():
     eos = next(t for t in rows[0][4:10] if t not in rows[1] and t not in rows[0][:4])
     model.args.eos_id = eos
     seen = []
-    stopped = sample.generate(model, prompts, 40, greedy=True, on_token=seen.append)
+
+    def on_token(*a):
+        seen.append(a)
+    stopped = sample.generate(model, prompts, 40, greedy=True, on_token=on_token)
     assert stopped == [rows[0][:rows[0].index(eos)], rows[1]]
-    assert len(seen) == 1 and seen[0] == stopped
+    assert seen == [(stopped, [True, True])]
     seen.clear()  # the rows that ended by <|endoftext|> alone
-    assert sample.generate(model, prompts[:1], 40, greedy=True, on_token=seen.append) == stopped[:1]
-    assert len(seen) == 1
+    assert sample.generate(model, prompts[:1], 40, greedy=True, on_token=on_token) == stopped[:1]
+    assert seen == [(stopped[:1], [True])]
 
 
 def test_image_prompt_is_llama4s_single_tile_layout():
@@ -1409,9 +1461,9 @@ def test_several_samples_are_printed_each_under_its_numbered_line():
     after), its prompt's text then its story, and a line break after each."""
     from types import SimpleNamespace
     tok = SimpleNamespace(decode=lambda ids: "".join(chr(96 + i) for i in ids))
-    got = sample.samples(["Once", "Then"], [[1, 2], [3]], tok, " (interrupted)")
+    got = sample.samples(["Once", "Then"], [[1, 2], [3]], tok, [False, True])
     bar = "-" * 20
-    assert got == (f"{bar} sample 1 of 2 (interrupted) {bar}\nOnceab\n"
+    assert got == (f"{bar} sample 1 of 2 {bar}\nOnceab\n"
                    f"{bar} sample 2 of 2 (interrupted) {bar}\nThenc\n")
     assert sample.samples(["x"], [[]], tok) == f"{bar} sample 1 of 1 {bar}\nx\n"
 
