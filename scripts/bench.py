@@ -188,8 +188,9 @@ def main(argv=None):
     p = config.Parser(prog="bench.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of model,data,sample")
-    p.add_argument("--out_dir", default=None, help="where the JSON and bench.md go (default: img/; with "
-                                                  "--quick, a temporary folder, deleted at the end)")
+    p.add_argument("--out_dir", default=None, type=storage.expand_home,
+                   help="where the JSON and bench.md go (default: img/; with --quick, a temporary "
+                        "folder, deleted at the end)")
     p.add_argument("--quick", action="store_true", help="each part at a toy size, a few minutes in all: "
                                                         "a check that the bench works (not the README's "
                                                         "results)")

@@ -145,11 +145,12 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
 
 def parser():
     p = config.Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="text file in the official TinyStories layout")
-    p.add_argument("--out", default=None, help="a .json file, new or an earlier result of this benchmark "
-                                               "(default, for a run with every other option at its "
-                                               "default: img/bench_data.json; other runs write only where "
-                                               "--out says)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), type=storage.expand_home,
+                   help="text file in the official TinyStories layout")
+    p.add_argument("--out", default=None, type=storage.expand_home,
+                   help="a .json file, new or an earlier result of this benchmark (default, for a run with "
+                        "every other option at its default: img/bench_data.json; other runs write only "
+                        "where --out says)")
     p.add_argument("--repeat", type=config.at_least_1, default=10,
                    help="copies of the text in the memory test")
     p.add_argument("--vocab_size", type=config.at_least_1, default=4096,

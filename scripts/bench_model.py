@@ -483,10 +483,10 @@ def parser() -> config.Parser:
     p.add_argument("--profile", action="store_true",
                    help="also profile moe and moe+compile (torch.profiler, 3 steps): kernels, their "
                         "time against the wall time, the top ones (the GPU check does)")
-    p.add_argument("--out", default=None, help="a .json file, new or an earlier result of this benchmark "
-                                               "(default, for a run with every other option at its "
-                                               "default: img/bench_model.json, or bench_model_cuda.json on "
-                                               "CUDA; other runs write only where --out says)")
+    p.add_argument("--out", default=None, type=storage.expand_home,
+                   help="a .json file, new or an earlier result of this benchmark (default, for a run with "
+                        "every other option at its default: img/bench_model.json, or bench_model_cuda.json "
+                        "on CUDA; other runs write only where --out says)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     return p

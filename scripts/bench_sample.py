@@ -241,10 +241,10 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="the debug preset, 8 new tokens, batches 1,2, one "
                                                         "warm-up and one timed run, each unless typed: "
                                                         "seconds on CPU (a test)")
-    p.add_argument("--out", default=None, help="a .json file, new or an earlier result of this benchmark "
-                                               "(default, for a run with every other option at its "
-                                               "default: img/bench_sample.json, or bench_sample_cuda.json "
-                                               "on CUDA; other runs write only where --out says)")
+    p.add_argument("--out", default=None, type=storage.expand_home,
+                   help="a .json file, new or an earlier result of this benchmark (default, for a run with "
+                        "every other option at its default: img/bench_sample.json, or "
+                        "bench_sample_cuda.json on CUDA; other runs write only where --out says)")
     opts = p.parse_args(argv)
     opts.given, opts.parser = argparse.Namespace(**vars(opts)), p  # as typed: see storage.results_path
     check_variants(p, opts)

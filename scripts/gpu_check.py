@@ -482,15 +482,16 @@ def parse(argv):
     p.add_argument("--compile_mode", default="default", choices=list(config.COMPILE_MODES),
                    help="torch.compile mode of the model and train parts (reduce-overhead and "
                         "max-autotune: CUDA graphs)")
-    p.add_argument("--data", default=find("train-lower.txt"),
+    p.add_argument("--data", default=find("train-lower.txt"), type=storage.expand_home,
                    help="the train part's training text (default train-lower.txt in gpu-data/, else in "
                         "../shared/data/tinystories/)")
-    p.add_argument("--val_data", default=find("valid-lower.txt"),
+    p.add_argument("--val_data", default=find("valid-lower.txt"), type=storage.expand_home,
                    help="the train part's validation text (default valid-lower.txt, found as --data's)")
-    p.add_argument("--out", default=None, help="folder for the JSON, gpu.md and log.txt (default: img/gpu/, "
-                                                "the README's, for a run at the defaults, --only, "
-                                                "--deadline and --work aside; --work/results for any other)")
-    p.add_argument("--work", default=str(ROOT / "checkpoints" / "gpu-check"),
+    p.add_argument("--out", default=None, type=storage.expand_home,
+                   help="folder for the JSON, gpu.md and log.txt (default: img/gpu/, the README's, for a "
+                        "run at the defaults, --only, --deadline and --work aside; --work/results for any "
+                        "other)")
+    p.add_argument("--work", default=str(ROOT / "checkpoints" / "gpu-check"), type=storage.expand_home,
                    help="run folder and token cache of the train.py part (git-ignored by default)")
     p.add_argument("--only", default="model,sample,train",
                    help="comma-separated subset of model,sample,train (they run in that order)")

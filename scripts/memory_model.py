@@ -149,7 +149,7 @@ def main(argv=None):
     p.add_argument("--batches", default="32,128,512", help="comma-separated batch sizes (sequences)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {','.join(VARIANTS)}")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, type=storage.expand_home,
                    help="JSON out, the markdown table beside it (.md) (default, for a run with every "
                         "other option at its default: img/memory_model.json; other runs write only where "
                         "--out says)")

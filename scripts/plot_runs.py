@@ -74,10 +74,11 @@ def run_folder(p, run: str) -> str:
 
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl), or their metrics.jsonl")
-    p.add_argument("--out", default=None, help="image to write, its format by its name (.png, .svg, .pdf; "
-                                               "default compare.png beside the first run's folder: "
-                                               "checkpoints/compare.png for checkpoints/<run>)")
+    p.add_argument("runs", nargs="+", type=storage.expand_home,
+                   help="run folders (each with metrics.jsonl), or their metrics.jsonl")
+    p.add_argument("--out", default=None, type=storage.expand_home,
+                   help="image to write, its format by its name (.png, .svg, .pdf; default compare.png "
+                        "beside the first run's folder: checkpoints/compare.png for checkpoints/<run>)")
     p.add_argument("--x", choices=list(runlog.X_LABELS), default="tokens")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)

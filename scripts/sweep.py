@@ -268,6 +268,9 @@ OWNED = {"preset": f"{SET} (tiny, with each candidate's overrides)",
                       "OUT_DIR --run RUN` (its --out_dir: checkpoints/sweep by default)"}
 
 
+# the fields of train.py's records that run_one reads (runlog.read_metrics names a record without one)
+NEED = {"train": ("tokens", "tokens_per_s"),
+        "val": ("step", "tokens", "bits_per_byte", "nats_per_token", "val_tokens")}
 KEPT = "the runs finished so far are kept, and a rerun goes on from them"  # (each error of run_one)
 
 
@@ -324,9 +327,10 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     if done.returncode:
         sys.exit(f"sweep.py: error: train.py failed for {run} (exit {done.returncode}, its error is above); "
                  f"{KEPT}")
-    records = storage.read_jsonl(run_dir / "metrics.jsonl")
-    train = [r for r in records if r["kind"] == "train"]
-    val = [r for r in records if r["kind"] == "val"]
+    try:  # (none yet where train.py stopped before its first record; a record without a field named)
+        train, val = runlog.read_metrics(run_dir, need=NEED)
+    except (OSError, ValueError) as e:
+        sys.exit(f"sweep.py: error: {e}")
     if not val:  # a signal to train.py alone: it stops cleanly (status 0) before its final evaluation
         sys.exit(f"sweep.py: error: train.py stopped before its final evaluation for {run} (a signal?); "
                  f"{KEPT}")
@@ -433,13 +437,13 @@ def main(argv=None):
     p.add_argument("--no_variations", action="store_true", help="screen shapes only")
     p.add_argument("--no_compile", action="store_true", help="skip the compiled run of the best candidate")
     p.add_argument("--no_followups", action="store_true", help="skip stage 6 (regularisation)")
-    p.add_argument("--data", default=str(SHARED / "train-lower.txt"))
-    p.add_argument("--val_data", default=str(SHARED / "valid-lower.txt"))
-    p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"))
-    p.add_argument("--cache_dir", default=str(ROOT / "cache"))
-    p.add_argument("--out", default=None, help="folder for sweep.json, sweep.md, sweep.png (default: img/ "
-                                                "for the README's sweep, the defaults with or without "
-                                                "--no_compile; --out_dir for any other)")
+    p.add_argument("--data", default=str(SHARED / "train-lower.txt"), type=storage.expand_home)
+    p.add_argument("--val_data", default=str(SHARED / "valid-lower.txt"), type=storage.expand_home)
+    p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"), type=storage.expand_home)
+    p.add_argument("--cache_dir", default=str(ROOT / "cache"), type=storage.expand_home)
+    p.add_argument("--out", default=None, type=storage.expand_home,
+                   help="folder for sweep.json, sweep.md, sweep.png (default: img/ for the README's sweep, "
+                        "the defaults with or without --no_compile; --out_dir for any other)")
     opts, opts.extra = p.parse_known_args(argv)
     only = check_options(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}

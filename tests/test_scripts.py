@@ -638,6 +638,42 @@ def test_export_hf_reads_a_quoted_tilde_as_the_home_folder_in_both_paths(tmp_pat
     assert (tmp_path / "home" / "hf" / "b" / "config.json").is_file() and not (tmp_path / "~").exists()
 
 
+@pytest.mark.parametrize("script, argv, said", [
+    ("bench", ["--out_dir", "~/d"], "--out_dir {home}/d: bench.json there is not an earlier result"),
+    ("bench_data", ["--data", "~/none.txt"], "no such file '{home}/none.txt'"),
+    ("bench_data", ["--out", "~/x.txt"], "--out {home}/x.txt: the results are JSON"),
+    ("bench_model", ["--out", "~/x.txt"], "--out {home}/x.txt: the results are JSON"),
+    ("bench_sample", ["--out", "~/x.txt"], "--out {home}/x.txt: the results are JSON"),
+    ("memory_model", ["--out", "~/x.txt"], "--out {home}/x.txt: the results are JSON"),
+    ("gpu_check", ["--render", "--out", "~/none"], "--render: {home}/none does not exist"),
+    ("plot_runs", ["~/d/bench.json"], "{home}/d/bench.json is a file, not a run folder"),
+    ("plot_runs", ["~/d", "--out", "~/x.xyz"], "--out {home}/x.xyz"),
+    ("sweep", ["--data", "~/t.txt", "--val_data", "~/t.txt", "--out", "~/d/bench.json",
+               "--only", "tiny-2026-11"],
+     "cannot create the folder {home}/d/bench.json: {home}/d/bench.json is a file"),
+])
+def test_the_scripts_read_a_quoted_tilde_as_the_home_folder(tmp_path, monkeypatch, capsys, script, argv,
+                                                             said):
+    """Bug caught: `bench_data.py --out '~/x.json'` (or --out=~/x.json: the shell left the ~) wrote
+    ./~/x.json; bench.py, bench_model.py, bench_sample.py, memory_model.py, gpu_check.py, plot_runs.py
+    and sweep.py (its --out, --out_dir, --cache_dir) alike, where train.py and compare.py read the home
+    folder."""
+    import importlib
+    home = tmp_path / "home"
+    (home / "d").mkdir(parents=True)
+    (home / "d" / "bench.json").write_text("my notes")
+    (home / "t.txt").write_text("once upon a time\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"scripts.{script}")
+    if work := {"bench": "run", "sweep": "run_one"}.get(script):  # (a folder not found: they ran)
+        monkeypatch.setattr(module, work, lambda *args: pytest.fail("ran before the error"))
+    with pytest.raises((SystemExit, errors.UserError)) as e:  # (run_script makes a UserError one line)
+        module.main(argv)
+    assert said.format(home=home) in f"{getattr(e.value, 'code', e.value)}{capsys.readouterr().err}"
+    assert not (tmp_path / "~").exists()
+
+
 def test_export_hf_import_of_a_run_folder_or_checkpoint_says_to_drop_import(tmp_path, capsys):
     """Bug caught: `export_hf.py --import RUN_FOLDER` said "config.json is missing; is ... an exported HF
     folder?", where the user meant the export; now it says so, as the reverse mistake does."""
