@@ -564,7 +564,8 @@ class Window:
         return rec
 
     def to_checkpoint(self, job: Job) -> dict:
-        """The open window, summed over the ranks, on the CPU (saves wait for the device anyway)."""
+        """The open window, summed over the ranks, on the CPU (saves wait for the device anyway), and
+        how many ranks its per-rank means (losses, entropy) and applied steps were summed over."""
         sums = {k: v for k, v in (("losses", self.losses), ("counts", self.counts), ("entropy", self.entropy),
                                   ("applied", self.applied if self.steps else None)) if v is not None}
         if job.world.size > 1:
@@ -575,7 +576,8 @@ class Window:
         return {"steps": self.steps, "rank_steps": self.rank_steps(job.world), "tokens": self.tokens(job),
                 "busy_seconds": busy, "possible_flops": self.possible_flops(job, busy),
                 "process_seconds": self.process_seconds(job.world, busy), "grad_norm": float(self.grad_norm),
-                "worst": int(self.worst), "settled": self.settled, **{k: v.cpu() for k, v in sums.items()}}
+                "worst": int(self.worst), "settled": self.settled, "processes": job.world.size,
+                **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
     def resume(cls, state: LoopState, job: Job) -> "Window":
@@ -593,11 +595,16 @@ class Window:
             window.grad_norm.fill_(saved.get("grad_norm", math.nan))  # older checkpoints: unknown
             window.settled = saved.get("settled", 0)  # for the warning and the streak check of the window
             window.worst.fill_(max(saved.get("worst", 0), state.bad_in_row))
+            # the per-rank means and applied steps were summed over the saving run's processes: at
+            # today's number, so that each step weighs in the record as in an uninterrupted run
+            # (older checkpoints: as many processes as took the window's steps, on average)
+            scale = job.world.size / saved.get("processes", window.rank_steps_before / window.steps_before)
             # an older checkpoint's: every step counted as applied (its sums hold a skipped step's loss)
-            window.applied.fill_(saved.get("applied", window.rank_steps_before) if job.world.main else 0)
+            applied = saved.get("applied", window.rank_steps_before) * scale
+            window.applied.fill_(applied if job.world.main else 0)
             for k in ("losses", "counts", "entropy"):
                 if k in saved:
-                    v = saved[k].to(job.device)
+                    v = saved[k].to(job.device) * (1 if k == "counts" else scale)  # (counts: all tokens')
                     setattr(window, k, v if job.world.main else torch.zeros_like(v))
         return window
 

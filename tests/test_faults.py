@@ -454,20 +454,24 @@ def test_a_new_run_writes_its_own_tokenizer_over_a_killed_runs(tmp_path, corpus,
     assert tok.hash == checkpoint.load_checkpoint(run_dir / "last.pt")["tokenizer"]["sha256"]
 
 
-def test_a_window_resumed_with_another_number_of_processes_averages_over_what_each_took():
-    """The saved window's sums are over the processes of the run that saved it (2 here, 2 steps
-    each); the resumed one runs alone: its record is the mean over all 5 (rank, step) pairs."""
+def test_a_window_resumed_with_another_number_of_processes_weighs_each_step_once():
+    """Catches a window saved by 2 processes and resumed by 1 averaging over (rank, step) pairs: each
+    step before the checkpoint then weighed twice what each step after it does, where an uninterrupted
+    run (either number of processes: the global batch is the same) weighs every step once. Its sums
+    (2 steps of 2 ranks whose means were 2.0) count as 2 steps of 2.0 for the one process, then 3.0."""
     job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(0, 1), window={
-        "steps": 2, "rank_steps": 4, "busy_seconds": 1.0, "losses": torch.full((4,), 8.0)})
+        "steps": 2, "rank_steps": 4, "busy_seconds": 1.0, "losses": torch.full((4,), 8.0), "processes": 2})
     window = train.Window.resume(train.LoopState(step=2), job)
     window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
-    assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 5)
-    job.window |= {"applied": torch.tensor(3.0)}  # one of the 4 (rank, step) pairs saved was skipped
+    assert window.record(job)["loss"] == pytest.approx((2.0 + 2.0 + 3.0) / 3)
+    job.window |= {"applied": torch.tensor(2.0)}  # one of the 2 steps saved was skipped (on both ranks)
     window = train.Window.resume(train.LoopState(step=2), job)
     window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     window.add(train.StepOutput(torch.full((4,), math.nan), None, None, torch.tensor(math.nan),
                                 torch.tensor(1.0)))  # skipped: in no mean
-    assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 4)
+    assert window.record(job)["loss"] == pytest.approx((4.0 + 3.0) / 2)
+    job.window.pop("processes")  # an older checkpoint: summed over the processes that took its steps
+    assert train.Window.resume(train.LoopState(step=2), job).record(job)["loss"] == pytest.approx(4.0)
     job.window.pop("applied")
     job.window.pop("rank_steps")  # an older checkpoint: taken by as many processes as now
     window = train.Window.resume(train.LoopState(step=2), job)

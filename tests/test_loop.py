@@ -615,6 +615,29 @@ def test_a_window_saved_again_after_a_resume_counts_each_processes_steps_once(mo
     assert (saved["steps"], saved["rank_steps"], saved["tokens"]) == (3, 5, 300)
 
 
+def test_a_window_resumed_by_1_then_2_processes_weighs_each_step_once(monkeypatch):
+    """Catches a saved window's sums (of per-rank means, over the saving run's ranks) taken up as they
+    are by another number of processes: 2 steps saved by 2 ranks then weighed twice what the step the
+    1 process took after them did (2.6, not 3.0, where an uninterrupted run weighs each step once); and
+    the window saved again by that process, resumed by 2, scaled by its process-steps per step (5 / 3)
+    rather than by the 1 process whose sums they now are."""
+    monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: tensor.mul_(2))  # 2 ranks alike
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None, window=None)
+    window = train.Window(train.LoopState(), cpu)
+    for _ in range(2):
+        window.add(train.StepOutput(torch.full((4,), 2.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    job.window = window.to_checkpoint(job)
+    job.world = runtime.World()
+    window = train.Window.resume(train.LoopState(), job)
+    window.add(train.StepOutput(torch.full((4,), 5.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
+    assert window.record(job)["loss"] == pytest.approx((2.0 + 2.0 + 5.0) / 3)
+    job.window = window.to_checkpoint(job)
+    job.world = runtime.World(0, 2)
+    window = train.Window.resume(train.LoopState(), job)  # rank 0 holds both ranks' sums: 2 x (2 + 2 + 5)
+    assert (float(window.losses[0]), float(window.applied)) == (18.0, 6.0)
+
+
 def test_an_older_checkpoints_window_resumed_under_torchrun_counts_its_steps_at_todays_processes():
     """Catches a window saved without its process-steps (an older checkpoint's) counting them as one
     process's when resumed by 2: its applied steps (the means' divisor) and busy process-seconds (MFU's
