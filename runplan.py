@@ -30,12 +30,15 @@ How this departs from the obvious version:
   CUDA graphs with more than one micro-batch per process, a --plot named as a file of the run or
   one already there other than an image (exit status 2, as for any bad setting).
   Settings that are allowed but probably not meant get a warning line: training settings typed
-  beside --eval_only, a warmup as long as the run, a --val_fraction with a validation source or
-  other than the checkpoint's at --resume or --eval_only, a --val_text_field for a .txt --val_data
-  (and sources.py warns of --val_data files inside --data).
+  beside --eval_only (or a --run, --out_dir it does not use), a warmup as long as the run, a
+  --val_fraction with a validation source or other than the checkpoint's at --resume or
+  --eval_only, a --val_text_field for a .txt --val_data (and sources.py warns of --val_data files
+  inside --data).
 - The run folder is locked (storage.RunFolder) before what only its holder can check: a new run
   never takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed
-  into it), and a resumed checkpoint must be the model the folder's model.json describes.
+  into it), nor does a checkpoint resumed in its folder (best.pt) whose last.pt is at a later step
+  (it would be written over), and a resumed checkpoint must be the model the folder's model.json
+  describes.
 """
 
 import glob
@@ -79,15 +82,17 @@ class RunPlan(NamedTuple):
         return self.ckpt is not None and self.ckpt_path.parent.resolve() != self.run_dir.resolve()
 
 
-def resume_settings(ckpt: dict, model_args, train_args, given) -> tuple[ModelArgs, TrainArgs]:
+def resume_settings(ckpt: dict, model_args, train_args, given,
+                    ckpt_path=None) -> tuple[ModelArgs, TrainArgs]:
     """Settings for a resumed run: the checkpoint's, with the train settings typed on the command
-    line applied on top. Model settings typed on the command line must agree with the checkpoint.
-    --eval_only on a --val_data typed for it scores all of it, unless --eval_windows is typed too."""
+    line applied on top. Model settings typed on the command line must agree with the checkpoint
+    (the advice names --init_from ckpt_path where it could take them). --eval_only on a --val_data
+    typed for it scores all of it, unless --eval_windows is typed too."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
     typed = set(given) | (set(config.to_dict(model_args)) if "preset" in given else set())
-    check_model_typed(saved_model, model_args, typed, f"drop {what} to use the checkpoint's, or start a new "
-                      "--run")
+    other = "" if train_args.eval_only else other_model_fix(saved_model, model_args, typed, ckpt_path)
+    check_model_typed(saved_model, model_args, typed, f"drop {what} to use the checkpoint's{other}")
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
@@ -122,6 +127,21 @@ def check_model_typed(saved: ModelArgs, model_args: ModelArgs, typed, fix: str) 
         raise ConfigError("model settings differ from the checkpoint's (" + "; ".join(diffs) + f"); {fix}")
 
 
+def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path) -> str:
+    """The rest of the advice for a resume with other model settings typed: a new run from the
+    checkpoint's weights (--init_from) where it may change them all (INIT_MAY_CHANGE), else one from
+    scratch (a new --run with --resume is a fork, which refuses them too)."""
+    asked = config.to_dict(model_args)
+    differ = {k for k, v in config.to_dict(saved).items() if k in typed and v != asked[k]}
+    if ckpt_path is None or not differ <= set(INIT_MAY_CHANGE):
+        return ", or start a new --run with them, without --resume"
+    options = " ".join(f"--{k}" for k in sorted(differ))
+    return (f", or keep its weights in a new run at the new {options}: --init_from {ckpt_path} "
+            f"{run_options(Path(ckpt_path).parent.parent / 'NEW_NAME')}, without --resume")
+
+
+# the model settings --init_from may change: no weight depends on them (RoPE has no learned positions)
+INIT_MAY_CHANGE = ("max_seq_len",)
 INIT_FIX = "pass --init_from another checkpoint (a .pt file, e.g. the run's best.pt)"
 
 
@@ -133,8 +153,8 @@ def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, pres
     which names none, with the default's). --preset picks training settings only here. --max_seq_len
     may differ (a fine-tune at another context: no weight depends on it)."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
-    check_model_typed(saved_model, model_args, set(given) - {"max_seq_len"}, "drop them: --init_from takes "
-                      "the checkpoint's model (another model starts from scratch: drop --init_from)")
+    check_model_typed(saved_model, model_args, set(given) - set(INIT_MAY_CHANGE), "drop them: --init_from "
+                      "takes the checkpoint's model (another model starts from scratch: drop --init_from)")
     if "max_seq_len" in given:
         saved = config.to_dict(saved_model)
         saved_model = in_range(lambda: ModelArgs(**{**saved, "max_seq_len": model_args.max_seq_len}),
@@ -285,7 +305,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
             raise CheckpointError(f"{ckpt_path} holds weights only (an import), with no optimizer state or "
                                   "step to resume: it can be evaluated (--eval_only) or sampled, and a new "
                                   f"run trains on from its weights with --init_from {ckpt_path}")
-        model_args, train_args = resume_settings(ckpt, model_args, train_args, given)
+        model_args, train_args = resume_settings(ckpt, model_args, train_args, given, ckpt_path)
         preset = preset if "preset" in given else ckpt.get("preset", preset)
     where = {"run": run_dir.name, "out_dir": str(run_dir.parent)}  # (a resumed run: where it lies)
     train_args = TrainArgs(**{**config.to_dict(train_args), **where})
@@ -462,14 +482,20 @@ TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warm
 
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed
-    beside --eval_only, a warmup that outlasts the run, a --val_text_field for a .txt --val_data, a
-    --val_fraction typed where a validation source is given (it holds nothing out), another
-    held-out slice than the checkpoint's (at --resume or --eval_only)."""
+    beside --eval_only (and a --run or --out_dir that do not name --resume's checkpoint), a warmup
+    that outlasts the run, a --val_text_field for a .txt --val_data, a --val_fraction typed where a
+    validation source is given (it holds nothing out), another held-out slice than the checkpoint's
+    (at --resume or --eval_only)."""
     t, lines = plan.train_args, []
     ignored = [f"--{name}" for name in TRAINING_ONLY if name in given] if t.eval_only else []
     if ignored:  # (train.py --eval_only --lr 5 --max_steps 3 said nothing of them)
         verb = "has" if len(ignored) == 1 else "have"
         lines.append(f"--eval_only trains nothing: {', '.join(ignored)} {verb} no effect")
+    elsewhere = [f"--{name}" for name in ("run", "out_dir") if name in given] if t.eval_only else []
+    if elsewhere and plan.forks:  # (--eval_only --resume CKPT --run zz said nothing: it scores CKPT there)
+        verb = "has" if len(elsewhere) == 1 else "have"
+        lines.append(f"--eval_only scores {plan.ckpt_path} where it lies and writes nothing: "
+                     f"{' and '.join(elsewhere)} {verb} no effect")
     resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
     trains = not t.eval_only and finished_limit(plan) is None  # (a finished run: "raise --max_steps")
     if t.warmup_steps >= t.max_steps and trains and not resumed_as_is:
@@ -506,7 +532,8 @@ def finished_limit(plan: RunPlan) -> str | None:
 def claim_folder(plan: RunPlan) -> storage.RunFolder:
     """Lock the run folder, then check what only the folder's holder can check: a new run never
     takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed into it:
-    it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), a
+    it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), nor
+    does a best.pt resumed over its folder's later last.pt, a
     resumed checkpoint must be the model of the folder, and the metrics.jsonl a resumed run goes on
     with must read (before any data work: it was refused after the data and the model)."""
     folder = storage.RunFolder(plan.run_dir)
@@ -524,6 +551,7 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
                            f"{plan.ckpt_path} {run_options(plan.run_dir.parent / 'NEW_NAME')}), or continue "
                            f"that run with {run_options(plan.run_dir)} {how}")
         check_same_model(plan)
+        check_no_later_last(plan)
         log = plan.run_dir / "metrics.jsonl"  # (its own log, which it goes on with: not a finished run's)
         if plan.ckpt is not None and not plan.forks and log.exists() and not finished_limit(plan):
             runlog.resumed_records(log)
@@ -531,6 +559,29 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
         folder.release()
         raise
     return folder
+
+
+def check_no_later_last(plan: RunPlan) -> None:
+    """Another checkpoint of the run folder resumed there (its best.pt) while the folder's last.pt is
+    at a later step is refused before anything is written: the resumed run would write its own
+    last.pt over that one and cut metrics.jsonl back to the earlier step. A last.pt that cannot be
+    read (the reason best.pt is resumed, often) is no obstacle; nor is a finished run, which writes
+    nothing."""
+    last = plan.run_dir / "last.pt"
+    if plan.ckpt is None or plan.forks or finished_limit(plan) or not last.is_file() \
+            or last.resolve() == plan.ckpt_path.resolve():
+        return
+    try:  # (mmap: the step alone is read, not the weights)
+        later = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("step")
+    except Exception:  # not readable, or not a checkpoint: nothing good is lost by writing over it
+        return
+    step = plan.ckpt.get("step", 0)
+    if isinstance(later, int) and later > step:
+        raise RunError(f"{last} is at step {later}, later than {plan.ckpt_path} (step {step}), and resuming "
+                       f"that here would write over it and drop metrics.jsonl's records from step {step} on; "
+                       f"fork it into a new folder (--resume {plan.ckpt_path} "
+                       f"{run_options(plan.run_dir.parent / 'NEW_NAME')}), resume last.pt (--resume "
+                       f"{plan.run_dir}), or move {last} away first")
 
 
 def check_same_model(plan: RunPlan) -> None:

@@ -57,6 +57,27 @@ def test_a_typed_preset_must_agree_with_the_checkpoints_model():
     assert model == DEBUG
 
 
+def test_a_context_changed_at_resume_is_advised_to_init_from(tmp_path):
+    """Bug caught: --resume with another --max_seq_len advised "or start a new --run", which a fork refuses
+    too and from scratch loses the weights: --init_from keeps them at a new context (RoPE learns no
+    positions), and is named where it takes every setting that differs; --eval_only is not told to train."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    with pytest.raises(ConfigError) as e:
+        plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(last))
+    assert str(e.value) == (
+        "model settings differ from the checkpoint's (max_seq_len: checkpoint 64, asked 32); drop them to "
+        "use the checkpoint's, or keep its weights in a new run at the new --max_seq_len: --init_from "
+        f"{last} --run NEW_NAME --out_dir {tmp_path / 'ckpt'}, without --resume")
+    with pytest.raises(ConfigError, match=r"; drop them to use the checkpoint's, or start a new --run with "
+                                          r"them, without --resume$"):
+        plan(tmp_path, {"max_seq_len", "dim"}, model=debug_args(max_seq_len=32, dim=48), resume=str(last))
+    with pytest.raises(ConfigError, match=r"asked 32\); drop them to use the checkpoint's$"):
+        plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(last), eval_only=True)
+    model, _, _ = runplan.init_settings(checkpoint.load_checkpoint(last), debug_args(max_seq_len=32),
+                                        TrainArgs(), "debug", {"max_seq_len"})  # what it advises: taken
+    assert model == debug_args(max_seq_len=32)
+
+
 def test_an_init_from_setting_out_of_range_names_the_value_it_starts_from():
     """Bug caught: `--init_from CKPT --batch_size 0` (a debug checkpoint) advised the class's
     "--batch_size 128 (the default)", not the 4 of the preset its training settings start from; and
@@ -544,6 +565,35 @@ def test_a_fork_into_an_empty_folder_is_claimed(tmp_path):
     runplan.claim_folder(fork).release()
 
 
+def test_best_pt_resumed_in_its_folder_never_writes_over_a_later_last_pt(tmp_path):
+    """Bug caught: --resume RUN/best.pt (step 3) in its own folder, whose last.pt is at step 5, taken:
+    the run wrote its last.pt over the later one and cut metrics.jsonl back to step 3, saying only
+    "dropped 3 of its records". Refused before anything is written, naming the ways on; a last.pt at
+    the same step, or one that cannot be read (why best.pt is resumed, often), does not stop it."""
+    out = tmp_path / "ckpt"
+    best = fake_checkpoint(out / "r" / "best.pt", max_steps=8)
+    checkpoint.save_checkpoint(best, {**checkpoint.load_checkpoint(best), "step": 3})
+    last = best.with_name("last.pt")
+    checkpoint.save_checkpoint(last, {**checkpoint.load_checkpoint(best), "step": 5})
+    before = last.read_bytes()
+    p = plan(tmp_path, resume=str(best))
+    assert not p.forks
+    with pytest.raises(RunError, match=re.escape(
+            f"{last} is at step 5, later than {best} (step 3), and resuming that here would write over it "
+            f"and drop metrics.jsonl's records from step 3 on; fork it into a new folder (--resume {best} "
+            f"--run NEW_NAME --out_dir {out}), resume last.pt (--resume {out / 'r'}), or move {last} away "
+            "first")):
+        runplan.claim_folder(p)
+    assert last.read_bytes() == before and not storage.held(last.parent / "run.lock")
+    runplan.claim_folder(plan(tmp_path, resume=str(best), run="f")).release()  # the fork it advises
+    runplan.claim_folder(plan(tmp_path, resume=str(last))).release()  # last.pt itself
+    runplan.claim_folder(plan(tmp_path, resume=str(best), max_steps=3)).release()  # finished: writes nothing
+    checkpoint.save_checkpoint(last, {**checkpoint.load_checkpoint(best), "step": 3})
+    runplan.claim_folder(plan(tmp_path, resume=str(best))).release()  # the same step
+    last.write_bytes(b"torn")
+    runplan.claim_folder(plan(tmp_path, resume=str(best))).release()  # last.pt unreadable
+
+
 def test_the_folders_model_json_is_compared_on_the_keys_it_has(tmp_path):
     """Bug caught: a model.json lacking a setting (an older version's) or not JSON stopping the resume
     with a traceback; one of another model let through."""
@@ -667,6 +717,27 @@ def test_another_val_fraction_of_the_same_data_is_warned_of_however_its_path_is_
         p = runplan.RunPlan(None, DEBUG, TrainArgs(data=data, val_fraction=0.5, eval_only=True), ckpt, None)
         lines = runplan.setting_warnings(p, {"val_fraction"})
         assert "--val_fraction 0.5 is not the checkpoint's" in " ".join(lines), data
+
+
+def test_a_run_or_out_dir_eval_only_does_not_use_is_warned_of(tmp_path):
+    """Bug caught: train.py --eval_only --resume CKPT --run zz (or --out_dir elsewhere) said nothing of
+    the --run and --out_dir it ignores (it scores CKPT where it lies, and writes nothing); a --run or
+    --out_dir that names where CKPT lies, or finds it (--resume a --out_dir X), is not named."""
+    out = tmp_path / "ckpt"
+    best = fake_checkpoint(out / "a" / "best.pt")
+    fake_checkpoint(out / "a" / "last.pt")
+    p = plan(tmp_path, resume=str(best), run="zz", eval_only=True)
+    assert runplan.setting_warnings(p, {"resume", "run", "eval_only"}) == [
+        f"warning: --eval_only scores {best} where it lies and writes nothing: --run has no effect"]
+    p = plan(tmp_path, {"out_dir"}, resume=str(best), run="zz", eval_only=True, out_dir=str(tmp_path / "o"))
+    assert runplan.setting_warnings(p, {"resume", "run", "out_dir", "eval_only"}) == [
+        f"warning: --eval_only scores {best} where it lies and writes nothing: --run and --out_dir have no "
+        "effect"]
+    for typed in ({"run": "a"}, {"out_dir": str(out)}):  # where it lies, or what found it (a run name)
+        p = plan(tmp_path, set(typed), resume=str(best) if "run" in typed else "a", eval_only=True, **typed)
+        assert runplan.setting_warnings(p, {"resume", "eval_only", *typed}) == []
+    training = plan(tmp_path, resume=str(best), run="zz")  # a fork: --run is used
+    assert runplan.setting_warnings(training, {"resume", "run"}) == []
 
 
 def test_training_settings_typed_beside_eval_only_are_warned_of():
@@ -824,7 +895,8 @@ def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):
     with pytest.raises(ConfigError) as e:
         runplan.resume_settings(saved(), debug_args(dim=48), TrainArgs(), {"dim"})
     assert str(e.value) == ("model settings differ from the checkpoint's (dim: checkpoint 64, asked 48); "
-                            "drop them to use the checkpoint's, or start a new --run")
+                            "drop them to use the checkpoint's, or start a new --run with them, without "
+                            "--resume")
 
 
 def test_a_tokenizer_typed_empty_at_resume_is_kept_empty(tmp_path):
