@@ -142,11 +142,17 @@ def other_checkpoint(path) -> Path | None:
                  if other.name != path.name and other.is_file()), None)
 
 
+def _kept(path) -> str:
+    """The advice's opening for a checkpoint that cannot be loaded: that it was left in place (not
+    removed), said of a .pt file; a file of another kind (a tokenizer.json passed by mistake) was
+    never a checkpoint to keep."""
+    return "it was left in place: " if Path(path).suffix == ".pt" else ""
+
+
 def other_fix(path) -> str:
     """The advice when the checkpoint `path` cannot be loaded: its run's other checkpoint, if any."""
     other = other_checkpoint(path)
-    return f"it was left in place: pass {other} instead" if other else \
-        "it was left in place: pass another checkpoint"
+    return _kept(path) + (f"pass {other} instead" if other else "pass another checkpoint")
 
 
 def resume_fix(path, eval_only: bool = False) -> str:
@@ -155,11 +161,11 @@ def resume_fix(path, eval_only: bool = False) -> str:
     there is one (not best.pt when it is best.pt that failed), else a new run (or another checkpoint)."""
     if other := other_checkpoint(path):
         if eval_only:
-            return f"it was left in place: pass --resume {other} to evaluate that one"
-        return f"it was left in place: pass --resume {other}, or start a new --run"
+            return f"{_kept(path)}pass --resume {other} to evaluate that one"
+        return f"{_kept(path)}pass --resume {other}, or start a new --run"
     if eval_only:
-        return "it was left in place: evaluate another checkpoint with --resume (a .pt file or a run folder)"
-    return "it was left in place: start a new --run, or pass --resume another checkpoint"
+        return f"{_kept(path)}evaluate another checkpoint with --resume (a .pt file or a run folder)"
+    return f"{_kept(path)}start a new --run, or pass --resume another checkpoint"
 
 
 def load_checkpoint(path, fix: str | None = None) -> dict:
@@ -467,15 +473,20 @@ def _other_export_files(out: Path) -> list[Path]:
     return [out / n for n in sorted(names - set(EXPORT_FILES)) if (out / n).is_file()]
 
 
-def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False) -> list[str]:
+def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False, name: str = "NAME") -> list[str]:
     """What an export into out_dir would replace (an export, another tokenizer.json): a CheckpointError
     unless `replace`. A training run's folder is no export's (a run's best.pt exported into its own
-    folder, or another run's named as the destination: HF files among the run's): a CheckpointError,
-    --force or not. scripts/export_hf.py asks before it loads the checkpoint (it may be large)."""
+    folder, or another run's named as the destination: HF files among the run's), nor is a folder of
+    runs (an --out_dir: HF files among the run folders): a CheckpointError, --force or not (`name`:
+    the run exported, for the advice). scripts/export_hf.py asks before it loads the checkpoint (it
+    may be large)."""
     run = storage.run_files(out_dir, but=("tokenizer.json",))
     if run:
         raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
                               f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
+    if runs := run_folders(out_dir):  # (checkpoints/demo into checkpoints: HF files among the run folders)
+        raise CheckpointError(f"{out_dir} is a folder of runs ({named_runs(runs)}), not one run's export; "
+                              f"export into a folder of its own, e.g. hf_export/{name}")
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors", "model.safetensors.index.json")
             if (Path(out_dir) / n).exists()]
     writes_tokenizer = tokenizer_path is not None and Path(tokenizer_path).exists()
@@ -756,7 +767,8 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     A checkpoint already at `dest` (a run's, with its optimizer state), or another tokenizer.json
     beside it (the one its run's checkpoints were trained with), is refused unless `replace`; the
     same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A `dest` in an
-    HF folder is refused, --force or not (its last.pt made the folder a run's, which exports refuse). A
+    HF folder, or a folder of runs (an --out_dir) as `dest`, is refused, --force or not (its last.pt
+    made the folder a run's, which exports refuse; or a run among the runs). A
     training run's folder or checkpoint as `folder` is the export mistaken for an import: said so."""
     source, what = Path(folder), None
     if source.is_file() and source.suffix == ".pt":
@@ -769,6 +781,9 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
                               "(--import makes a checkpoint of an HF folder)")
     folder_named = os.fspath(dest).endswith(("/", os.sep))  # (runs/x.pt/ was the file x.pt: Path drops /)
     dest = Path(dest)
+    if runs := dest.is_dir() and run_folders(dest):  # (--import hf checkpoints: its last.pt among the runs)
+        raise CheckpointError(f"{dest} is a folder of runs ({named_runs(runs)}), not one run's; import into "
+                              f"a folder of its own, e.g. {dest / source.resolve().name}")
     if dest.is_dir() or dest.suffix != ".pt" or folder_named:
         dest = dest / "last.pt"
     hf = [n for n in ("config.json", "model.safetensors") if (dest.parent / n).is_file()]

@@ -17,8 +17,8 @@ already at the destination is replaced only with --force (a run's last.pt holds 
 state); an export is replaced whole (the shards and index of a re-save by transformers too), the
 folder's other files left (a tokenizer_config.json without a tokenizer.json among them; one beside
 a tokenizer.json that --force removes goes with it). An export into a
-run folder, or an --import into an HF folder, is refused even with --force (each would mix the two
-kinds of folder). --import also takes Llama 4 folders
+run folder or a folder of runs (an --out_dir), or an --import into an HF folder or a folder of
+runs, is refused even with --force (each would mix two kinds of folder). --import also takes Llama 4 folders
 this project did not write (special-token ids come from their config; weights in one file or in
 shards; a tokenizer without this project's special tokens, which sample.py and train.py refuse,
 is a warning); a run folder or checkpoint given to --import is said to want no --import. An export is
@@ -85,7 +85,8 @@ def export_or_import(argv=None):
             ckpt_path = checkpoint.find_checkpoint(args.source)
             tok = ckpt_path.parent / "tokenizer.json"
             checkpoint.check_export_folder(args.dest, tok if tok.exists() else None,  # (before the checkpoint
-                                           args.force)  # is read: it may be large)
+                                           args.force, ckpt_path.parent.resolve().name)  # is read: it may
+            # be large; the run's name for the advice)
             model, ckpt = checkpoint.load_model(ckpt_path)
             if tok.exists():  # the one the checkpoint was trained with, or nothing is exported
                 fix = checkpoint.TOKENIZER_FIX + "; nothing was exported"

@@ -386,6 +386,23 @@ def test_the_advice_for_a_checkpoint_that_failed_is_the_other_one_of_its_run(tmp
                                                       "--resume another checkpoint")
 
 
+def test_a_file_that_never_was_a_checkpoint_is_not_said_to_be_left_in_place(tmp_path):
+    """Bug caught: sample.py --ckpt RUN/tokenizer.json (or export_hf, --resume) told "it was left in place",
+    which reads as if a damaged checkpoint had been kept; a .pt file that fails still is told so."""
+    run = tmp_path / "r"
+    small_checkpoint(touch_at(run / "last.pt", 1e9))
+    (run / "tokenizer.json").write_text("{}")
+    for fix in (checkpoint.other_fix, checkpoint.resume_fix):
+        with pytest.raises(checkpoint.CheckpointError) as e:
+            checkpoint.load_checkpoint(run / "tokenizer.json", fix(run / "tokenizer.json"))
+        assert str(e.value).startswith(f"{run / 'tokenizer.json'} is corrupt or not a checkpoint at all "
+                                       "(not a zip archive, which torch.save writes); pass ")
+        assert "left in place" not in str(e.value) and str(run / "last.pt") in str(e.value)
+    assert checkpoint.other_fix(run / "other.pt") == f"it was left in place: pass {run / 'last.pt'} instead"
+    assert checkpoint.resume_fix(tmp_path / "x.json", eval_only=True) == (
+        "evaluate another checkpoint with --resume (a .pt file or a run folder)")
+
+
 def test_a_corrupt_checkpoint_is_named_with_the_other_checkpoint_of_its_run(tmp_path):
     """Catches load_checkpoint's default advice not being resume_fix (best.pt beside a corrupt
     last.pt went unnamed), and _unreadable telling random bytes from a torn zip wrongly."""

@@ -1223,6 +1223,21 @@ def test_an_export_into_a_training_runs_folder_is_refused(tmp_path, done, capsys
     assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_an_export_into_a_folder_of_runs_is_refused(tmp_path, done, capsys, force, monkeypatch):
+    """Bug caught: `export_hf.py ck/a ck` (the folder of runs, an --out_dir, as the destination: a slip for
+    ck/a's export folder) taken, config.json and model.safetensors written among the run folders."""
+    from scripts.export_hf import main as export_main
+    run_dir = copy_run(done, tmp_path, "a")
+    monkeypatch.setattr(checkpoint, "load_model", None)  # (refused before the checkpoint is read)
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(run_dir.parent), *force])
+    assert one_line_error(capsys, 1, e) == (f"export_hf.py: error: {run_dir.parent} is a folder of runs (a), "
+                                            "not one run's export; export into a folder of its own, e.g. "
+                                            "hf_export/a")
+    assert [p.name for p in run_dir.parent.iterdir()] == ["a"]
+
+
 def test_an_import_without_a_tokenizer_says_so_and_keeps_the_same_one_beside_it(tmp_path, done, capsys):
     # (and, beside a tokenizer already there, that it was not checked: it may be another model's)
     """Bug caught: an HF folder without tokenizer.json imported silently into a checkpoint that sample.py,

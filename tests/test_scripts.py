@@ -622,6 +622,28 @@ def test_export_hf_import_into_an_hf_folder_is_refused(tmp_path, capsys):
     checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / "b", replace=True)  # (still an export's)
 
 
+def test_export_hf_import_into_a_folder_of_runs_is_refused(tmp_path, capsys):
+    """Bug caught: `export_hf.py --import hf/a ck` (the folder of runs, an --out_dir, for ck/NAME) put a
+    last.pt and tokenizer.json among the run folders, exit 0. Now refused, --force or not, and nothing
+    is written; a run folder of its own under it is taken."""
+    from conftest import debug_args
+
+    import checkpoint
+    checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / "hf" / "a")
+    runs = tmp_path / "ck"
+    (runs / "r").mkdir(parents=True)
+    (runs / "r" / "train.json").write_text("{}")
+    for force in ([], ["--force"]):
+        with pytest.raises(SystemExit) as e:
+            export_hf.main(["--import", str(tmp_path / "hf" / "a"), str(runs), *force])
+        assert e.value.code == 1 and capsys.readouterr().err == (
+            f"export_hf.py: error: {runs} is a folder of runs (r), not one run's; import into a folder of "
+            f"its own, e.g. {runs / 'a'}\n")
+        assert [p.name for p in runs.iterdir()] == ["r"]
+    export_hf.main(["--import", str(tmp_path / "hf" / "a"), str(runs / "a")])
+    assert (runs / "a" / "last.pt").is_file()
+
+
 def test_export_hf_reads_a_quoted_tilde_as_the_home_folder_in_both_paths(tmp_path, monkeypatch, capsys):
     """Bug caught: `export_hf.py --import '~/hf/a' '~/ck/imp'` (a ~ the shell left) read the HF folder
     from home but wrote the checkpoint under a folder named ~ in the working directory; an export's
