@@ -714,6 +714,17 @@ def other_scripts_option(option: str, prog: str, options=()) -> str | None:
     return None
 
 
+def hf_spelling(option: str, options=()) -> str | None:
+    """Our option for the name of the transformers config field it maps to (--num_experts_per_tok:
+    --top_k; --hidden_size: --dim, the text model's before the vision encoder's), where `options` hold
+    every model setting (sample.py's --top_k is another thing); None for any other option."""
+    name = option.lstrip("-").replace("-", "_").lower()
+    fields = dataclasses.fields(ModelArgs)
+    if not {f"--{f.name}" for f in fields} <= set(options):
+        return None
+    return next((f"--{f.name}" for f in fields if (f.metadata["hf"] or "").split(".")[-1] == name), None)
+
+
 def _option_words(words: list[str]) -> list[str]:
     """The words that are options: where there are any, they alone are named, as a value after one
     (-prompt "Once upon") is not also a missing --name (a negative number or a lone - is a value)."""
@@ -860,6 +871,10 @@ class Parser(argparse.ArgumentParser):
             close = [o for o in options if parts(o) == parts(name)]
             if not close and (theirs := other_scripts_option(name, self.prog, options)):
                 hints.append(f"{w} ({theirs})")
+                continue
+            if not close and (ours := hf_spelling(name, options)):  # (--num_experts_per_tok: "did you
+                # mean --n_experts?", another setting; --hidden_size: --image_size)
+                hints.append(f"{w} (transformers' name; ours is {ours})")
                 continue
             starts = [o for o in options if plain(o).startswith(plain(name))]
             if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)

@@ -325,6 +325,25 @@ def test_sample_py_names_train_py_options_and_a_prompt_without_its_option_or_quo
     assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
+@pytest.mark.parametrize("option, ours", [("--num_experts_per_tok", "--top_k"), ("--hidden_size", "--dim"),
+                                          ("--num_attention_heads", "--n_heads"),
+                                          ("--intermediate_size", "--expert_dim"),
+                                          ("--interleave_moe_layer_step", "--moe_every"),
+                                          ("--max_position_embeddings", "--max_seq_len")])
+def test_a_transformers_config_name_names_our_option(option, ours, capsys):
+    """Bug caught: Llama4TextConfig's names (which --help prints beside ours) were met with difflib's
+    nearest option: --num_experts_per_tok "did you mean --n_experts?" (another setting), --hidden_size
+    and --intermediate_size --image_size, --num_attention_heads --vision_heads, and
+    --interleave_moe_layer_step or --max_position_embeddings nothing. sample.py's --top_k is not the
+    model's: there it is no hint."""
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs, TrainArgs], [option, "2"], prog="train.py")
+    assert f"unknown option {option} (transformers' name; ours is {ours}); see" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        config.parse_args([SampleArgs], ["--num_experts_per_tok", "2"], prog="sample.py")
+    assert "--top_k" not in capsys.readouterr().err
+
+
 def test_a_script_passing_train_py_options_through_names_sample_py_options_as_such(capsys):
     """Bug caught: compare.py --num_samples was told "did you mean --attn_scale?": a script that passes
     train.py's options through says an option of sample.py's is sample.py's."""
