@@ -91,8 +91,13 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
     typed = set(given) | (set(config.to_dict(model_args)) if "preset" in given else set())
-    other = "" if train_args.eval_only else other_model_fix(saved_model, model_args, typed, ckpt_path)
-    check_model_typed(saved_model, model_args, typed, f"drop {what} to use the checkpoint's{other}")
+    # (--eval_only trains no new --run: that advice, a model from scratch, was no fix for an evaluation)
+    if train_args.eval_only:
+        fix = f"drop {what}: --eval_only evaluates the checkpoint's model as it was trained"
+    else:
+        other = other_model_fix(saved_model, model_args, typed, ckpt_path)
+        fix = f"drop {what} to use the checkpoint's{other}"
+    check_model_typed(saved_model, model_args, typed, fix)
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
@@ -140,8 +145,10 @@ def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path) -
             f"{run_options(Path(ckpt_path).parent.parent / 'NEW_NAME')}, without --resume")
 
 
-# the model settings --init_from may change: no weight depends on them (RoPE has no learned positions)
-INIT_MAY_CHANGE = ("max_seq_len",)
+# model settings that --init_from may change, as no weight depends on them: the context (RoPE has no
+# learned positions), and the router losses' weights (a fine-tune of an import, with HF's aux weight
+# and no z-loss, refused both)
+INIT_MAY_CHANGE = ("max_seq_len", "router_aux_loss_coef", "router_z_loss_coef")
 INIT_FIX = "pass --init_from another checkpoint (a .pt file, e.g. the run's best.pt)"
 
 
@@ -150,15 +157,15 @@ def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, pres
     """--init_from's settings: the checkpoint's model (model options typed must agree: its weights are
     that model's), and the training settings typed on those of the preset, which is the checkpoint's
     unless --preset is typed (a tiny model goes on with tiny's batch and learning rate; an import,
-    which names none, with the default's). --preset picks training settings only here. --max_seq_len
-    may differ (a fine-tune at another context: no weight depends on it)."""
+    which names none, with the default's). --preset picks training settings only here. INIT_MAY_CHANGE
+    may differ (a fine-tune at another context, or with other router loss weights)."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     check_model_typed(saved_model, model_args, set(given) - set(INIT_MAY_CHANGE), "drop them: --init_from "
                       "takes the checkpoint's model (another model starts from scratch: drop --init_from)")
-    if "max_seq_len" in given:
+    if free := {name: getattr(model_args, name) for name in INIT_MAY_CHANGE if name in given}:
         saved = config.to_dict(saved_model)
-        saved_model = in_range(lambda: ModelArgs(**{**saved, "max_seq_len": model_args.max_seq_len}),
-                               {"max_seq_len"}, saved, lambda name: "the checkpoint's")
+        saved_model = in_range(lambda: ModelArgs(**{**saved, **free}), free, saved,
+                               lambda name: "the checkpoint's")
     if "preset" not in given and ckpt.get("preset") in config.PRESETS:
         preset = ckpt["preset"]
     typed = {k: v for k, v in config.to_dict(train_args).items() if k in given}
@@ -369,9 +376,10 @@ _COUNTED: dict[str, int] = {}  # parameters() of each model's settings (repr) me
 
 
 def parameters(model_args: ModelArgs) -> int:
-    """The model's parameter count, from a meta-device model of at most 2 * moe_every layers (a
+    """The model's parameter count, from a meta-device model of two layers, one dense and one MoE (a
     block's parameters depend only on whether it is MoE): no time spent building each of a huge
-    --n_layers. Counted once per settings (sweep.py checks ~600 candidates, of ~20 models)."""
+    --n_layers (nor, for a dense one, of a --moe_every above it). Counted once per settings (sweep.py
+    checks ~600 candidates, of ~20 models)."""
     key = repr(model_args)
     if key not in _COUNTED:
         _COUNTED[key] = _count_parameters(model_args)
@@ -380,14 +388,13 @@ def parameters(model_args: ModelArgs) -> int:
 
 def _count_parameters(model_args: ModelArgs) -> int:
     n = model_args.n_layers
-    with torch.device("meta"):
-        model = Llama4(replace(model_args, n_layers=min(n, 2 * model_args.moe_every)))
-    per_block = {model.args.is_moe_layer(i): sum(p.numel() for p in block.parameters())
-                 for i, block in enumerate(model.layers)}
-    blocks = sum(per_block[model_args.is_moe_layer(i)] for i in range(len(model.layers)))
+    with torch.device("meta"):  # layer 0 dense, layer 1 MoE (2 * moe_every layers built a dense
+        # --n_layers 1000000000 --moe_every 1000000001 one by one, for minutes, before its refusal)
+        model = Llama4(replace(model_args, n_layers=2, moe_every=2))
+    dense, moe_block = (sum(p.numel() for p in block.parameters()) for block in model.layers)
     moe = n // model_args.moe_every
-    rest = sum(p.numel() for p in model.parameters()) - blocks
-    return rest + moe * per_block.get(True, 0) + (n - moe) * per_block.get(False, 0)
+    rest = sum(p.numel() for p in model.parameters()) - dense - moe_block
+    return rest + moe * moe_block + (n - moe) * dense
 
 
 def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
@@ -483,9 +490,10 @@ TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warm
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed
     beside --eval_only (and a --run or --out_dir that do not name --resume's checkpoint), a warmup
-    that outlasts the run, a --val_text_field for a .txt --val_data, a --val_fraction typed where a
-    validation source is given (it holds nothing out), another held-out slice than the checkpoint's
-    (at --resume or --eval_only)."""
+    that outlasts the run, a new model of a context sample.py cannot generate from (--max_seq_len 1),
+    a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source is
+    given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
+    --eval_only)."""
     t, lines = plan.train_args, []
     ignored = [f"--{name}" for name in TRAINING_ONLY if name in given] if t.eval_only else []
     if ignored:  # (train.py --eval_only --lr 5 --max_steps 3 said nothing of them)
@@ -503,6 +511,9 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
                      f"rate rises to {last:.2g} (--lr {t.lr:g}) and never decays; "
                      "lower --warmup_steps")
+    if plan.model_args.max_seq_len < 2 and trains and plan.ckpt is None:  # (said at the run's start)
+        lines.append("--max_seq_len 1: sample.py cannot generate from a model of a 1-token context (the "
+                     "story's start token fills it); use 2 or more for a model to sample from")
     lines += sources.source_warnings(t, given)
     saved = (plan.ckpt or {}).get("train_args") or {}
     same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)

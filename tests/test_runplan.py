@@ -71,7 +71,8 @@ def test_a_context_changed_at_resume_is_advised_to_init_from(tmp_path):
     with pytest.raises(ConfigError, match=r"; drop them to use the checkpoint's, or start a new --run with "
                                           r"them, without --resume$"):
         plan(tmp_path, {"max_seq_len", "dim"}, model=debug_args(max_seq_len=32, dim=48), resume=str(last))
-    with pytest.raises(ConfigError, match=r"asked 32\); drop them to use the checkpoint's$"):
+    with pytest.raises(ConfigError, match=r"asked 32\); drop them: --eval_only evaluates the checkpoint's "
+                                          r"model as it was trained$"):
         plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(last), eval_only=True)
     model, _, _ = runplan.init_settings(checkpoint.load_checkpoint(last), debug_args(max_seq_len=32),
                                         TrainArgs(), "debug", {"max_seq_len"})  # what it advises: taken
@@ -351,6 +352,30 @@ def test_the_memory_floor_counts_weights_loss_chunk_and_activations():
     assert LOSS_CHUNK // V > tokens  # (the cap above is the batch's tokens)
     big = debug_args(vocab_size=LOSS_CHUNK * 2)  # a vocabulary past the chunk: one row at a time
     assert runplan.memory_floor(big, t)["loss chunk"] == big.vocab_size * 8
+
+
+@pytest.mark.parametrize("changes", [dict(moe_every=5), dict(moe_every=3, n_layers=7), dict(n_layers=1)])
+def test_a_dense_model_of_many_layers_is_counted_from_two(monkeypatch, changes):
+    """Bug caught: a dense model (--moe_every above --n_layers) was counted from a model of all its
+    layers (at most 2 * moe_every): --n_layers 1000000000 --moe_every 1000000001 built them one by one
+    on the meta device, for minutes, before the memory check could refuse it."""
+    args = debug_args(**changes)
+    with torch.device("meta"):
+        assert runplan.parameters(args) == sum(p.numel() for p in runplan.Llama4(args).parameters())
+    built = []
+
+    def spy(model_args):
+        built.append(model_args.n_layers)
+        if model_args.n_layers > 100:
+            raise AssertionError(f"built {model_args.n_layers} layers")
+        return Llama4(model_args)
+    Llama4 = runplan.Llama4
+    monkeypatch.setattr(runplan, "Llama4", spy)
+    monkeypatch.setattr(runplan, "_COUNTED", {})  # (counted once per settings)
+    huge = debug_args(n_layers=10**9, moe_every=10**9 + 1)
+    assert runplan.parameters(huge) == runplan.parameters(debug_args(moe_every=5)) + (10**9 - 4) * (
+        runplan.parameters(debug_args(n_layers=5, moe_every=6)) - runplan.parameters(debug_args(moe_every=5)))
+    assert max(built) <= 2
 
 
 def test_a_tensor_past_torchs_sizes_is_a_setting_refused():
@@ -762,6 +787,17 @@ def test_a_warmup_as_long_as_the_run_is_warned_of():
     assert runplan.setting_warnings(p._replace(train_args=replace(p.train_args, warmup_steps=9)), set()) == []
 
 
+def test_a_new_model_of_a_one_token_context_is_warned_of():
+    """Bug caught: --max_seq_len 1 trained without a word a model sample.py then refuses ("the model's
+    context is 1 token ...; train with --max_seq_len 2 or more"); a resumed run is not told again."""
+    p = runplan.RunPlan(None, debug_args(max_seq_len=1), TrainArgs(), None, None)
+    assert runplan.setting_warnings(p, {"max_seq_len"}) == [
+        "warning: --max_seq_len 1: sample.py cannot generate from a model of a 1-token context (the story's "
+        "start token fills it); use 2 or more for a model to sample from"]
+    assert runplan.setting_warnings(p._replace(ckpt={}), set()) == []
+    assert runplan.setting_warnings(p._replace(model_args=debug_args(max_seq_len=2)), set()) == []
+
+
 # --- a second audit: what the first left untested ---------------------------------------------------
 
 def test_resume_of_a_run_under_an_out_dir_with_no_runs_still_offers_a_new_run(tmp_path):
@@ -899,6 +935,16 @@ def test_refusals_at_resume_keep_the_fix_they_name(tmp_path):
                             "--resume")
 
 
+def test_model_settings_typed_at_eval_only_are_not_told_to_start_a_new_run():
+    """Bug caught: `--eval_only --resume CKPT --max_seq_len 32` advised "or start a new --run", which
+    trains a model from scratch: no fix for evaluating this one."""
+    with pytest.raises(ConfigError) as e:
+        runplan.resume_settings(saved(), debug_args(max_seq_len=32), TrainArgs(eval_only=True),
+                                {"max_seq_len"})
+    assert str(e.value) == ("model settings differ from the checkpoint's (max_seq_len: checkpoint 64, asked "
+                            "32); drop them: --eval_only evaluates the checkpoint's model as it was trained")
+
+
 def test_a_tokenizer_typed_empty_at_resume_is_kept_empty(tmp_path):
     """Bug caught: --tokenizer typed as '' at --resume (the tokenizer cached for the data, not a file)
     replaced by the copy beside the checkpoint: typed is typed, whatever its value."""
@@ -997,6 +1043,19 @@ def test_init_from_refuses_model_settings_typed_that_differ_from_the_checkpoints
     assert p.model_args == debug_args(max_seq_len=128)
     with pytest.raises(ConfigError, match="min_lr"):  # checked on the checkpoint's preset's settings
         plan(tmp_path, init_from=str(last), lr=1e-4, run="c")
+
+
+def test_init_from_takes_other_router_loss_weights(tmp_path):
+    """Bug caught: a fine-tune with another --router_aux_loss_coef or --router_z_loss_coef (of an
+    import, say: HF's aux weight and no z-loss) was refused as "model settings differ from the
+    checkpoint's", though no weight depends on them; --router_noise, which has weights, still is."""
+    last = init_checkpoint(tmp_path)
+    typed = debug_args(router_aux_loss_coef=0.01, router_z_loss_coef=1e-3)
+    p = plan(tmp_path, {"router_aux_loss_coef", "router_z_loss_coef"}, model=typed, init_from=str(last),
+             run="b")
+    assert p.model_args == typed
+    with pytest.raises(ConfigError, match=r"router_noise: checkpoint True, asked False"):
+        plan(tmp_path, {"router_noise"}, model=debug_args(router_noise=False), init_from=str(last), run="c")
 
 
 @pytest.mark.parametrize("train, message", [
