@@ -760,6 +760,16 @@ def same_tokenizer(a: Path, b: Path) -> bool:
         return a.read_bytes() == b.read_bytes()
 
 
+def new_folder(parent: Path, name: str) -> Path:
+    """parent/name, or parent/name-import (-import-2, ...) where that is taken: the folder an import's
+    advice names (hf_export/demo, exported from checkpoints/demo, named that training run, which
+    --force then replaced with the import)."""
+    folder, n = parent / name, 1
+    while os.path.lexists(folder):
+        folder, n = parent / f"{name}-import{f'-{n}' * (n > 1)}", n + 1
+    return folder
+
+
 def import_hf(folder, dest, replace: bool = False) -> Path:
     """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
     A `dest` that is a folder, a name without .pt or one ending in a slash, is a run folder: the
@@ -783,13 +793,14 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     dest = Path(dest)
     if runs := dest.is_dir() and run_folders(dest):  # (--import hf checkpoints: its last.pt among the runs)
         raise CheckpointError(f"{dest} is a folder of runs ({named_runs(runs)}), not one run's; import into "
-                              f"a folder of its own, e.g. {dest / source.resolve().name}")
+                              f"a folder of its own, e.g. {new_folder(dest, source.resolve().name)}")
     if dest.is_dir() or dest.suffix != ".pt" or folder_named:
         dest = dest / "last.pt"
     hf = [n for n in ("config.json", "model.safetensors") if (dest.parent / n).is_file()]
     if hf:  # (an export's folder, the source's too: its last.pt made it a run folder that exports refused)
+        own = new_folder(Path("checkpoints"), dest.parent.resolve().name)
         raise CheckpointError(f"{dest.parent} is an HF folder (it holds {hf[0]}); import into a folder "
-                              f"of its own, e.g. checkpoints/{dest.parent.resolve().name}")
+                              f"of its own, e.g. {own}")
     if dest.exists() and not replace:
         raise CheckpointError(f"{dest} already exists; pass --force to replace it (a training checkpoint "
                               "loses its optimizer state and cannot be resumed), or import to another path")

@@ -91,15 +91,16 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
     typed = set(given) | (set(config.to_dict(model_args)) if "preset" in given else set())
+    now = config.to_dict(train_args)
+    saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
+    text = {k: (now if k in given else saved_train).get(k, "") for k in ("data", "val_data")}  # (it reads)
     # (--eval_only trains no new --run: that advice, a model from scratch, was no fix for an evaluation)
     if train_args.eval_only:
         fix = f"drop {what}: --eval_only evaluates the checkpoint's model as it was trained"
     else:
-        other = other_model_fix(saved_model, model_args, typed, ckpt_path)
+        other = other_model_fix(saved_model, model_args, typed, ckpt_path, text)
         fix = f"drop {what} to use the checkpoint's{other}"
     check_model_typed(saved_model, model_args, typed, fix)
-    now = config.to_dict(train_args)
-    saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
     # --val_fraction 0.9) can be set right on the command line
     keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
@@ -132,17 +133,21 @@ def check_model_typed(saved: ModelArgs, model_args: ModelArgs, typed, fix: str) 
         raise ConfigError("model settings differ from the checkpoint's (" + "; ".join(diffs) + f"); {fix}")
 
 
-def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path) -> str:
+def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path, text: dict) -> str:
     """The rest of the advice for a resume with other model settings typed: a new run from the
-    checkpoint's weights (--init_from) where it may change them all (INIT_MAY_CHANGE), else one from
-    scratch (a new --run with --resume is a fork, which refuses them too)."""
+    checkpoint's weights (--init_from) where it may change them all (INIT_MAY_CHANGE), with the
+    --data and --val_data the resume reads (`text`: --init_from takes the model alone, and without
+    them trained on the hub's TinyStories), else one from scratch (a new --run with --resume is a
+    fork, which refuses them too)."""
     asked = config.to_dict(model_args)
     differ = {k for k, v in config.to_dict(saved).items() if k in typed and v != asked[k]}
     if ckpt_path is None or not differ <= set(INIT_MAY_CHANGE):
         return ", or start a new --run with them, without --resume"
     options = " ".join(f"--{k}" for k in sorted(differ))
-    return (f", or keep its weights in a new run at the new {options}: --init_from {ckpt_path} "
-            f"{run_options(Path(ckpt_path).parent.parent / 'NEW_NAME')}, without --resume")
+    sources_read = "".join(f" --{k} {shlex.quote(v)}" for k, v in text.items() if v)
+    return (f", or keep its weights in a new run at the new {options}: --init_from "
+            f"{shlex.quote(str(ckpt_path))} {run_options(Path(ckpt_path).parent.parent / 'NEW_NAME')}"
+            f"{sources_read}, without --resume")
 
 
 # model settings that --init_from may change, as no weight depends on them: the context (RoPE has no

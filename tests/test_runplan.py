@@ -76,6 +76,13 @@ def test_a_context_changed_at_resume_is_advised_to_init_from(tmp_path):
         plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(last), eval_only=True)
     model, _, _ = runplan.init_settings(checkpoint.load_checkpoint(last), debug_args(max_seq_len=32),
                                         TrainArgs(), "debug", {"max_seq_len"})  # what it advises: taken
+    # the text the run reads goes with it (--init_from takes the model alone: it read the hub's text)
+    saved_data = fake_checkpoint(tmp_path / "ckpt" / "d" / "last.pt", data="/c/my text.txt",
+                                 val_data="/c/v.txt")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"--out_dir {tmp_path / 'ckpt'} --data '/c/my text.txt' --val_data /c/w.txt, without --resume")):
+        plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(saved_data),
+             val_data="/c/w.txt")
     assert model == debug_args(max_seq_len=32)
 
 

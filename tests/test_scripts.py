@@ -600,13 +600,14 @@ def test_a_forced_export_replaces_a_sharded_resave_whole_and_keeps_other_files(t
     assert checkpoint.load_hf(dest).args.n_layers == debug_args().n_layers  # (the new weights load)
 
 
-def test_export_hf_import_into_an_hf_folder_is_refused(tmp_path, capsys):
+def test_export_hf_import_into_an_hf_folder_is_refused(tmp_path, capsys, monkeypatch):
     """Bug caught: `export_hf.py --import hf/a hf/b` (or into hf/a itself) put a last.pt among an
     export's files: the folder then read as a training run's, which the next export there refused
     even with --force. Now the import is refused, and nothing is written."""
     from conftest import debug_args
 
     import checkpoint
+    monkeypatch.chdir(tmp_path)  # (the advice's checkpoints/a: one not there)
     torch.manual_seed(0)
     for name in ("a", "b"):
         checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / name)
@@ -642,6 +643,30 @@ def test_export_hf_import_into_a_folder_of_runs_is_refused(tmp_path, capsys):
         assert [p.name for p in runs.iterdir()] == ["r"]
     export_hf.main(["--import", str(tmp_path / "hf" / "a"), str(runs / "a")])
     assert (runs / "a" / "last.pt").is_file()
+
+
+def test_export_hf_import_advice_never_names_a_training_run(tmp_path, capsys, monkeypatch):
+    """Bug caught: `export_hf.py --import hf/demo ck` (hf/demo exported from ck/demo) advised "import
+    into a folder of its own, e.g. ck/demo": the training run, whose last.pt that import, refused
+    there, replaced once --force was added as advised. An import into the HF folder itself likewise
+    named checkpoints/demo. The advice names a folder not there."""
+    from conftest import debug_args
+
+    import checkpoint
+    runs = tmp_path / "ck"
+    for name in ("demo", "demo-import"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "last.pt").write_bytes(b"a training run's")
+    checkpoint.export_hf(model.Llama4(debug_args()), tmp_path / "hf" / "demo")
+    with pytest.raises(SystemExit):
+        export_hf.main(["--import", str(tmp_path / "hf" / "demo"), str(runs)])
+    assert capsys.readouterr().err.endswith(f"e.g. {runs / 'demo-import-2'}\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").symlink_to(runs)
+    with pytest.raises(SystemExit):
+        export_hf.main(["--import", "hf/demo", "hf/demo"])
+    assert capsys.readouterr().err.endswith("e.g. checkpoints/demo-import-2\n")
+    assert checkpoint.new_folder(tmp_path / "hf", "a") == tmp_path / "hf" / "a"
 
 
 def test_export_hf_reads_a_quoted_tilde_as_the_home_folder_in_both_paths(tmp_path, monkeypatch, capsys):
