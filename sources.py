@@ -851,7 +851,7 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         if train_args.val_data and train_args.data:  # (scoring the text a run trained on, without a word)
             try:
                 warn_overlap(local(train_args.data, "--data"), val, log)
-            except DataError:  # (the training text gone or moved: nothing to compare)
+            except (DataError, OSError):  # (the training text gone, moved or unreadable: nothing to compare)
                 pass
         return None, val
     train = (local(train_args.data, "--data") if train_args.data

@@ -830,6 +830,23 @@ def test_evaluating_on_the_runs_own_training_text_says_it_is_not_held_out(tmp_pa
     assert logs == [f"data: validation: {val.label}"]
 
 
+def test_evaluating_beside_a_training_text_that_cannot_be_listed_says_nothing_of_it(tmp_path, monkeypatch):
+    """Catches the overlap check of --eval_only (which reads --data's files only to warn) ending in a
+    traceback where --data cannot be listed (a folder without read permission: PermissionError)."""
+    story = write(tmp_path / "v.txt", official(docs(2)))
+    real = sources.resolve_files
+
+    def unreadable(spec, flag, skip=()):
+        if flag == "--data":
+            raise PermissionError(13, "Permission denied", spec)
+        return real(spec, flag, skip)
+    monkeypatch.setattr(sources, "resolve_files", unreadable)
+    logs = []
+    none, val = sources.resolve_sources(targs(tmp_path, data=str(tmp_path / "locked"), val_data=str(story)),
+                                        logs.append, need_train=False)
+    assert none is None and logs == [f"data: validation: {val.label}"]
+
+
 def test_a_folder_whose_stray_file_fails_also_says_to_name_the_text_alone(tmp_path):
     """Catches a folder's unreadable file (--data . in a project: a tokenizer.json) advised only to
     be converted into records to train on: it says too that the folder reads every such file, and
