@@ -328,9 +328,23 @@ def set_rng_state(s: dict) -> None:
 
 HF_FIX = "export the folder again with scripts/export_hf.py"
 TOP_LEVEL = {"boi_token_index", "eoi_token_index", "image_token_index"}  # Llama4Config, not text
-# transformers' values for what a config.json may leave out and that changes the logits, not the weights'
-# shapes: ours (64) read a hand-written config as another model, silently (beyond 64 tokens)
-HF_DEFAULTS = {"attention_chunk_size": 8192, "floor_scale": 8192}
+# transformers' values (Llama4TextConfig, Llama4VisionConfig; a RoPE base, the class's default_theta) for
+# each key args_from_hf reads, by ModelArgs' `hf` names, where a config.json leaves it out: ours read a
+# hand-written config as another model, silently (64-token chunks, 4 vision heads for 16, a 256-token
+# context). Special-token ids are not here: one left out takes a free id (_free_special_ids).
+HF_DEFAULTS = {
+    "vocab_size": 202048, "hidden_size": 5120, "num_hidden_layers": 48, "num_attention_heads": 40,
+    "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
+    "num_local_experts": 16, "num_experts_per_tok": 1, "interleave_moe_layer_step": 1,
+    "no_rope_layer_interval": 4, "max_position_embeddings": 131072, "rope_parameters.rope_theta": 500000.0,
+    "use_qk_norm": True, "attention_chunk_size": 8192, "attn_temperature_tuning": True, "floor_scale": 8192,
+    "attn_scale": 0.1, "rms_norm_eps": 1e-5, "initializer_range": 0.02, "router_aux_loss_coef": 0.001,
+    "vision.hidden_size": 768, "vision.num_hidden_layers": 34, "vision.num_attention_heads": 16,
+    "vision.intermediate_size": 5632, "vision.image_size": 448, "vision.patch_size": 14,
+    "vision.pixel_shuffle_ratio": 0.5, "vision.projector_input_dim": 4096,
+    "vision.projector_output_dim": 4096, "vision.rope_parameters.rope_theta": 10000.0,
+}
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor")  # (transformers has no default for these)
 
 
 def _set(d: dict, dotted: str, value):
@@ -582,7 +596,7 @@ def hf_generation_config(model_args: ModelArgs) -> dict:
             "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn}
 
 
-def _free_special_ids(values: dict, text: dict) -> None:
+def _free_special_ids(values: dict) -> None:
     """Special-token ids: the folder's where its config names them, the first free ids otherwise."""
     for name in ("eos_id", "pad_id"):
         value = values.get(name)
@@ -592,7 +606,7 @@ def _free_special_ids(values: dict, text: dict) -> None:
         if values.get(name) is None:
             values.pop(name, None)
     taken = {values[n] for n in SPECIAL_TOKENS if n in values}
-    vocab = text.get("vocab_size", ModelArgs.vocab_size)
+    vocab = values["vocab_size"]
     free = (i for i in range(vocab) if i not in taken)
     for name in SPECIAL_TOKENS:
         if name not in values:
@@ -611,15 +625,28 @@ def hf_rope(text: dict) -> dict:
     if "type" in rope and "rope_type" not in rope:  # the oldest spelling
         rope["rope_type"] = rope.pop("type")
     rope.setdefault("rope_type", "default")
-    if text.get("rope_theta") is not None:
+    if "rope_theta" in text:  # (a null one too: transformers takes it, as it takes a null nested one)
         rope.setdefault("rope_theta", text["rope_theta"])
     return rope
 
 
+def _check_head_dim(text: dict, values: dict):
+    """Refuse another head width than hidden_size / num_attention_heads, the only one ModelArgs builds
+    (transformers' default 128 for a head_dim config.json leaves out: its q_proj would not fit the
+    weights, and from_pretrained refuses them)."""
+    head_dim, dim, heads = text.get("head_dim", HF_DEFAULTS["head_dim"]), values["dim"], values["n_heads"]
+    if heads >= 1 and head_dim * heads != dim:
+        left_out = [k for k in ("num_attention_heads", "head_dim") if k not in text]
+        note = (f", with transformers' default{'s' * (len(left_out) > 1)} for the {' and '.join(left_out)} "
+                "config.json leaves out") if left_out else ""
+        ratio = dim // heads if dim % heads == 0 else f"{dim} / {heads}"
+        raise ConfigError(f"head_dim {head_dim} differs from hidden_size / num_attention_heads = {ratio}"
+                          f"{note}; only that head width is supported")
+
+
 def _check_hf_layout(text: dict, args: ModelArgs):
     """Refuse what transformers would build otherwise than ModelArgs can: explicit lists of NoPE,
-    MoE or chunked-attention layers off the intervals, another head width, attention biases,
-    another activation than SiLU."""
+    MoE or chunked-attention layers off the intervals, attention biases, another activation than SiLU."""
     layers = range(args.n_layers)
     derived = {"no_rope_layers": [int(args.uses_rope(i)) for i in layers],
                "moe_layers": [i for i in layers if args.is_moe_layer(i)],
@@ -631,50 +658,83 @@ def _check_hf_layout(text: dict, args: ModelArgs):
         if given and list(got) != want:
             raise ConfigError(f"{key} {list(got)} is not every n-th layer ({want} from the interval); "
                               "only interval layouts are supported")
-    if text.get("head_dim") not in (None, args.head_dim):
-        raise ConfigError(f"head_dim {text['head_dim']} differs from hidden_size / num_attention_heads "
-                          f"= {args.head_dim}; only that head width is supported")
     if text.get("attention_bias"):
         raise ConfigError("attention_bias true is not supported (Llama 4 has no attention biases)")
     if text.get("hidden_act", "silu") not in ("silu", "swish"):  # (transformers' two names for it)
         raise ConfigError(f"hidden_act {text['hidden_act']!r} is not supported (Llama 4's experts use silu)")
 
 
+_LEFT_OUT = object()
+
+
+def _hf_value(cfg: dict, text: dict, name: str):
+    """The value config.json gives a ModelArgs `hf` name (vision.*: its vision_config's; the image
+    token ids: the top level's), or _LEFT_OUT."""
+    section = cfg["vision_config"] if name.startswith("vision.") else cfg if name in TOP_LEVEL else text
+    for key in name.removeprefix("vision.").split("."):
+        if not isinstance(section, dict) or key not in section:
+            return _LEFT_OUT
+        section = section[key]
+    return section
+
+
+def _hf_defaults(cfg: dict, text: dict, vision: bool) -> dict:
+    """HF_DEFAULTS' values for the keys config.json leaves out; a key it sets to null, where transformers
+    builds or runs no model (its config refuses it; a null attention_chunk_size fails in its forward), is
+    refused, as is a llama3 RoPE without its factors."""
+    taken = {}
+    for name, default in HF_DEFAULTS.items():
+        if name.startswith("vision.") and not vision:
+            continue
+        value = _hf_value(cfg, text, name)
+        key = name.replace("vision.", "vision_config.") if name.startswith("vision.") or not vision else \
+            f"text_config.{name}"
+        if value is None:
+            raise ConfigError(f"{key} is null, which transformers cannot run either; give a value, or leave "
+                              f"it out for transformers' default {default}")
+        if value is _LEFT_OUT:
+            taken[name] = default
+    if text["rope_parameters"]["rope_type"] == "llama3":
+        for key in LLAMA3_KEYS:
+            if text["rope_parameters"].get(key) is None:
+                raise ConfigError(f"rope_type llama3 needs rope_parameters.{key}, and config.json gives "
+                                  "none; transformers refuses that too")
+        if text["rope_parameters"].get("original_max_position_embeddings") is None:  # (transformers' default)
+            context = taken.get("max_position_embeddings", _hf_value(cfg, text, "max_position_embeddings"))
+            taken["rope_parameters.original_max_position_embeddings"] = context
+    return taken
+
+
 def args_from_hf(cfg: dict) -> ModelArgs:
-    """ModelArgs from a transformers Llama 4 config.json (ours, or one this project did not write)."""
+    """ModelArgs from a transformers Llama 4 config.json (ours, or one this project did not write):
+    what it leaves out is transformers' default (HF_DEFAULTS), not ours."""
     vision = cfg.get("model_type") == "llama4"
     text = cfg["text_config"] if vision else cfg
-    text = {**HF_DEFAULTS, **text, "rope_parameters": hf_rope(text)}
+    text = {**text, "rope_parameters": hf_rope(text)}
     if vision:  # (its RoPE base too: a top-level rope_theta in older folders)
         seen = cfg["vision_config"]
         cfg = {**cfg, "vision_config": {**seen, "rope_parameters": hf_rope(seen)}}
     if isinstance(text.get("attn_temperature_tuning"), int):  # released folders say 4: any non-zero is on
         text["attn_temperature_tuning"] = bool(text["attn_temperature_tuning"])
+    defaults = _hf_defaults(cfg, text, vision)
     values = {"vision": vision, "router_noise": False}
     for f in dataclasses.fields(ModelArgs):
         name = f.metadata.get("hf")
-        if name is None:
+        if name is None or not vision and (name.startswith("vision.") or name in TOP_LEVEL):
             continue
-        if name.startswith("vision."):
-            if not vision:
-                continue
-            source, name = cfg["vision_config"], name.removeprefix("vision.")
-        else:
-            source = cfg if name in TOP_LEVEL else text
-        if name in TOP_LEVEL and not vision:
-            continue
-        for key in name.split("."):
-            source = source.get(key) if isinstance(source, dict) else None
-        if source is not None or f.name in SPECIAL_TOKENS:
-            values[f.name] = source
-    _free_special_ids(values, text)
+        value = defaults.get(name, _hf_value(cfg, text, name))
+        if value is not _LEFT_OUT and (value is not None or f.name in SPECIAL_TOKENS):
+            values[f.name] = value
+    _free_special_ids(values)
     rope_type = text["rope_parameters"]["rope_type"]
     values["rope_scaling"] = "llama3" if rope_type == "llama3" else "none"
     if rope_type not in ("default", "llama3"):
         raise ConfigError(f"rope_type {rope_type!r} is not supported (default or llama3)")
     fields = {f.name: f.type for f in dataclasses.fields(ModelArgs)}
     values = {k: (float(v) if fields[k] is float else v) for k, v in values.items()}
-    args = config.from_dict(ModelArgs, values, where="config.json")
+    values = config.typed_fields(ModelArgs, values, where="config.json")
+    _check_head_dim(text, values)
+    args = ModelArgs(**values)
     _check_hf_layout(text, args)
     return args
 

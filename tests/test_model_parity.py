@@ -176,22 +176,152 @@ def test_import_of_a_folder_with_tied_embeddings_takes_the_embedding_as_its_outp
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
 
 
-def test_a_config_that_leaves_out_the_attention_chunk_means_transformers_default(tmp_path):
-    """Bug caught: a config.json without attention_chunk_size and floor_scale (written by hand) took
-    this project's defaults (64) where transformers takes 8192: past 64 tokens the logits were
-    another model's, with no error."""
-    from transformers import Llama4TextConfig
-    save_theirs(tmp_path, max_position_embeddings=256)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    for key in checkpoint.HF_DEFAULTS:
-        assert checkpoint.HF_DEFAULTS[key] == getattr(Llama4TextConfig(), key)  # (transformers' own)
-        del cfg[key]
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+def transformers_default(name: str):
+    """transformers' own default for a ModelArgs `hf` name (vision.*: Llama4VisionConfig's)."""
+    from transformers import Llama4TextConfig, Llama4VisionConfig
+    value = Llama4VisionConfig() if name.startswith("vision.") else Llama4TextConfig()
+    for key in name.removeprefix("vision.").split("."):
+        value = value[key] if isinstance(value, dict) else getattr(value, key)
+    return value
+
+
+def test_hf_defaults_are_transformers_own_for_every_setting_read():
+    """Bug caught: HF_DEFAULTS held the attention chunk and floor_scale alone, and every other key a
+    config.json left out took this project's default (max_position_embeddings 256 for 131072, 4
+    vision heads for 16, 8 heads for 40). Left out: the special-token ids (a free one), rope_type
+    (hf_rope: default) and the llama3 factors (transformers has none: refused when left out)."""
+    import config
+    names = {f.metadata["hf"] for f in config.dataclasses.fields(config.ModelArgs) if f.metadata["hf"]}
+    special = {config.ModelArgs.__dataclass_fields__[n].metadata["hf"] for n in SPECIAL_TOKENS} - {None}
+    rope = {"rope_parameters." + k for k in ["rope_type", "original_max_position_embeddings",
+                                              *checkpoint.LLAMA3_KEYS]}
+    assert set(checkpoint.HF_DEFAULTS) == names - special - rope | {"head_dim"}
+    for name, default in checkpoint.HF_DEFAULTS.items():
+        assert default == transformers_default(name), name
+
+
+def drop(folder, *keys, value=...):
+    """config.json without `keys` (dotted: nested), or with them set to `value`. Returns the config."""
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    for key in keys:
+        *outer, last = key.split(".")
+        section = cfg
+        for k in outer:
+            section = section[k]
+        if value is ...:
+            del section[last]
+        else:
+            section[last] = value
+    path.write_text(json.dumps(cfg))
+    return cfg
+
+
+LEFT_OUT = {  # keys left out -> (the folder's other settings, how many tokens, transformers' value)
+    # past 64 tokens our 64 was another model's
+    ("attention_chunk_size", "floor_scale"): (dict(max_position_embeddings=256), 100, 8192),
+    # our 256 refused a longer prompt
+    ("max_position_embeddings",): ({}, 300, 131072),
+    # our 8 heads of 10 were refused for the head_dim 2 the folder says
+    ("num_attention_heads",): (dict(hidden_size=80, num_attention_heads=40, num_key_value_heads=8,
+                                    head_dim=2), 30, 40),
+}
+
+
+@pytest.mark.parametrize("keys", list(LEFT_OUT), ids="+".join)
+def test_a_config_that_leaves_out_a_key_imports_as_transformers_loads_it(tmp_path, keys):
+    """Bug caught: a config.json without these keys (written by hand) took this project's defaults:
+    logits of another model, with no error, or a refusal, where transformers loads the folder."""
+    settings, n, value = LEFT_OUT[keys]
+    save_theirs(tmp_path, **settings)
+    drop(tmp_path, *keys)
     theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
-    assert theirs.config.attention_chunk_size == 8192
-    tokens = torch.randint(0, V, (1, 100))
+    assert getattr(theirs.config, keys[0]) == value
+    tokens = torch.randint(0, V, (1, n))
     with torch.no_grad():
         assert (checkpoint.load_hf(tmp_path)(tokens).logits - theirs(tokens).logits).abs().max() <= 1e-4
+
+
+def test_a_llama3_rope_without_its_original_context_takes_the_models_as_transformers_does(tmp_path):
+    """Bug caught: rope_parameters without original_max_position_embeddings took ours (8192) where
+    transformers takes max_position_embeddings (64): RoPE frequencies of another model, silently."""
+    checkpoint.export_hf(build(**CASES["llama3-rope"]), tmp_path)
+    drop(tmp_path, "rope_parameters.original_max_position_embeddings")
+    theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
+    ours = checkpoint.load_hf(tmp_path)
+    assert ours.args.rope_original_max_seq_len == theirs.config.max_position_embeddings == 64
+    tokens = torch.randint(0, V, (2, 37))
+    with torch.no_grad():
+        assert (ours(tokens).logits - theirs(tokens).logits).abs().max() <= 1e-4
+    drop(tmp_path, "rope_parameters.factor")
+    refused = "rope_type llama3 needs rope_parameters.factor, and config.json gives none; transformers"
+    with pytest.raises(checkpoint.CheckpointError, match=refused):
+        checkpoint.load_hf(tmp_path)
+
+
+def test_a_config_that_leaves_out_the_vision_heads_imports_transformers_16(tmp_path):
+    """Bug caught: a vision_config without num_attention_heads took our 4 where transformers takes
+    16: the same weights' shapes, other logits for an image, no error."""
+    ours = build(**{**VISION, "vision_dim": 64, "vision_heads": 16, "vision_mlp_dim": 256})
+    checkpoint.export_hf(ours, tmp_path)
+    drop(tmp_path, "vision_config.num_attention_heads")
+    theirs = load_hf_model(Llama4ForConditionalGeneration, tmp_path)
+    back = checkpoint.load_hf(tmp_path)
+    assert back.args.vision_heads == theirs.config.vision_config.num_attention_heads == 16
+    a = ours.args
+    image = [a.image_start_id, a.image_id] + [a.patch_id] * a.image_tokens + [a.image_end_id]
+    tokens = torch.tensor([[11, *image, 12]])
+    images = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        x = back(tokens, images=images).logits
+        assert (x - theirs(input_ids=tokens, pixel_values=images).logits).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["head_dim"], "head_dim 128 differs from hidden_size / num_attention_heads = 16, with transformers' "
+                   "default for the head_dim config.json leaves out; only that head width is supported"),
+    (["num_attention_heads", "head_dim"],
+     "head_dim 128 differs from hidden_size / num_attention_heads = 64 / 40, with transformers' defaults for "
+     "the num_attention_heads and head_dim config.json leaves out; only that head width is supported"),
+])
+def test_a_config_that_leaves_out_the_head_width_is_refused_as_transformers_refuses_it(tmp_path, keys,
+                                                                                        message):
+    """Bug caught: a config.json without head_dim (and num_attention_heads) imported with 16-wide
+    heads (of 8 heads: 8 wide, other logits, no error), where transformers builds 128-wide ones that the
+    weights do not fit, and refuses the folder."""
+    checkpoint.export_hf(build(), tmp_path)
+    drop(tmp_path, *keys)
+    hf_logging.set_verbosity_error()
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        Llama4ForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_hf(tmp_path)
+    assert str(e.value) == (f"{tmp_path / 'config.json'} describes no model this project builds ({message}); "
+                            f"{checkpoint.HF_FIX}")
+
+
+@pytest.mark.parametrize("key", ["attention_chunk_size", "max_position_embeddings", "num_attention_heads",
+                                 "head_dim", "rope_parameters.rope_theta",
+                                 "vision_config.num_attention_heads"])
+def test_a_null_transformers_cannot_run_is_refused_in_one_line(tmp_path, key):
+    """Bug caught: a key set to null took this project's default (attention_chunk_size 64, 4 vision
+    heads ...) where transformers refuses the config or, for a null attention_chunk_size, its forward
+    fails: a model transformers cannot run imported as another."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import Llama4Config
+    checkpoint.export_hf(build(**VISION), tmp_path)
+    path = key if key.startswith("vision") else f"text_config.{key}"
+    cfg = drop(tmp_path, path, value=None)
+    hf_logging.set_verbosity_error()
+    with pytest.raises((StrictDataclassError, ValueError, TypeError)):  # (its config refuses it, or runs)
+        theirs = Llama4ForConditionalGeneration(Llama4Config(**cfg)).eval()
+        theirs(input_ids=torch.tensor([[11, 12]]))
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_hf(tmp_path)
+    default = checkpoint.HF_DEFAULTS[key.replace("vision_config.", "vision.")]
+    assert str(e.value) == (f"{tmp_path / 'config.json'} describes no model this project builds ({path} is "
+                            "null, which transformers cannot run either; give a value, or leave it out for "
+                            f"transformers' default {default}); {checkpoint.HF_FIX}")
 
 
 def test_a_folder_of_another_model_type_is_named_so_not_a_misfit_of_llama_4_weights(tmp_path):

@@ -541,6 +541,13 @@ def test_a_cut_prompt_keeps_its_last_tokens():
     assert ids == [args.eos_id, *range(20, 30)] and not warnings
 
 
+def test_a_prompt_cut_to_one_token_is_told_in_the_singular():
+    """Bug caught: a 2-token context (one new token) cut a prompt to its start token alone, and the
+    warning said "keeping its last tokens, 1 tokens"."""
+    ids, _, warnings = stub_prompts("w w", new=1, max_seq_len=2, attn_chunk_size=2)
+    assert len(ids) == 1 and warnings[0].endswith("keeping its last token, 1 token (room for 1 new)")
+
+
 def test_a_context_of_one_token_is_refused_for_what_it_is():
     """A model trained with --max_seq_len 1 holds only the story's start token: the error says so,
     not that an image (there is none) is too long."""
@@ -781,7 +788,8 @@ def test_bad_hf_folders_are_clear_errors(run_dir, tmp_path, capsys, problem):
     err = capsys.readouterr().err.strip()
     assert err.startswith("sample.py: error:") and err.count("\n") == 0
     assert err.endswith("export the folder again with scripts/export_hf.py")
-    assert {"config-json": "config.json describes no model", "config-values": "heads do not divide",
+    assert {"config-json": "config.json describes no model",
+            "config-values": "head_dim 16 differs from hidden_size / num_attention_heads = 64 / 3;",
             "safetensors": "model.safetensors is corrupt",
             "weights-missing": "weights do not fit its settings (Missing key",
             "other-tokenizer": f"{hf / 'tokenizer.json'} is not the tokenizer {hf} was trained with",
