@@ -717,12 +717,14 @@ def other_scripts_option(option: str, prog: str, options=()) -> str | None:
 def hf_spelling(option: str, options=()) -> str | None:
     """Our option for the name of the transformers config field it maps to (--num_experts_per_tok:
     --top_k; --hidden_size: --dim, the text model's before the vision encoder's), where `options` hold
-    every model setting (sample.py's --top_k is another thing); None for any other option."""
+    every model setting (sample.py's --top_k is another thing); None for any other option. --rope_type
+    says that transformers' value "default" is our "none" (`--rope_scaling default` is refused)."""
     name = option.lstrip("-").replace("-", "_").lower()
     fields = dataclasses.fields(ModelArgs)
     if not {f"--{f.name}" for f in fields} <= set(options):
         return None
-    return next((f"--{f.name}" for f in fields if (f.metadata["hf"] or "").split(".")[-1] == name), None)
+    ours = next((f"--{f.name}" for f in fields if (f.metadata["hf"] or "").split(".")[-1] == name), None)
+    return f"{ours}, whose none is transformers' default" if ours == "--rope_scaling" else ours
 
 
 def _option_words(words: list[str]) -> list[str]:

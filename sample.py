@@ -559,11 +559,12 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
             tail = ids[len(ids) - min(len(ids), max(keep - len(prefix), 0)):]
             whole, what = prefix + tail, "the image and the last tokens of its text"
         elif n > keep:
-            whole, what = whole[-keep:], "its last tokens"
+            whole, what = whole[-keep:], "its last token" + "s" * (keep != 1)
         if len(whole) < n:
+            kept = f"{len(whole)} token{'s' * (len(whole) != 1)}"  # (1 with a 2-token context)
             warn(f"warning: prompt of {n} tokens leaves too little room for --max_new_tokens "
                  f"{sample_args.max_new_tokens} in the context of {args.max_seq_len}; keeping {what}, "
-                 f"{len(whole)} tokens (room for {args.max_seq_len - len(whole)} new)")
+                 f"{kept} (room for {args.max_seq_len - len(whole)} new)")
         ids = whole
         out += [ids] * sample_args.num_samples
     return out

@@ -344,6 +344,15 @@ def test_a_transformers_config_name_names_our_option(option, ours, capsys):
     assert "--top_k" not in capsys.readouterr().err
 
 
+def test_the_transformers_rope_type_is_named_with_our_spelling_of_its_default(capsys):
+    """Bug caught: --rope_type was told "ours is --rope_scaling", which refuses transformers' value
+    default (ours is none)."""
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs, TrainArgs], ["--rope_type", "default"], prog="train.py")
+    assert ("unknown option --rope_type (transformers' name; ours is --rope_scaling, whose none is "
+            "transformers' default); see") in capsys.readouterr().err
+
+
 def test_a_script_passing_train_py_options_through_names_sample_py_options_as_such(capsys):
     """Bug caught: compare.py --num_samples was told "did you mean --attn_scale?": a script that passes
     train.py's options through says an option of sample.py's is sample.py's."""
