@@ -238,10 +238,11 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None) -> tuple[Ll
     """A checkpoint -> (model in eval mode on `device`, weights in `dtype` (None: as saved), the
     checkpoint's other contents, on the CPU: the optimizer's moments, twice the weights, never
     reach the GPU)."""
-    ckpt = load_checkpoint(path, other_fix(path))
+    fix = other_fix(path)
+    ckpt = load_checkpoint(path, fix)
     model_args = config.from_dict(ModelArgs, ckpt["model_args"], where=str(path))
     state = to_device(ckpt.pop("model"), device, dtype)
-    return build(model_args, state, device, path, other_fix(path)).eval(), ckpt
+    return build(model_args, state, device, path, fix).eval(), ckpt
 
 
 def to_device(state: dict, device, dtype: torch.dtype | None) -> dict:

@@ -123,12 +123,18 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
                                  lambda name: whose)
 
 
+def differing(saved: ModelArgs, model_args: ModelArgs, typed) -> dict:
+    """The model settings typed (names in `typed`) that are not the checkpoint's: name -> (the
+    checkpoint's value, the value asked)."""
+    asked = config.to_dict(model_args)
+    return {k: (v, asked[k]) for k, v in config.to_dict(saved).items() if k in typed and v != asked[k]}
+
+
 def check_model_typed(saved: ModelArgs, model_args: ModelArgs, typed, fix: str) -> None:
     """The model settings typed (names in `typed`) must be the checkpoint's: a ConfigError (exit status 2:
     the options typed) listing those that differ, advising `fix`."""
-    asked = config.to_dict(model_args)
-    diffs = [f"{k}: checkpoint {v!r}, asked {asked[k]!r}" for k, v in config.to_dict(saved).items()
-             if k in typed and v != asked[k]]
+    pairs = differing(saved, model_args, typed)
+    diffs = [f"{k}: checkpoint {v!r}, asked {a!r}" for k, (v, a) in pairs.items()]
     if diffs:
         raise ConfigError("model settings differ from the checkpoint's (" + "; ".join(diffs) + f"); {fix}")
 
@@ -139,8 +145,7 @@ def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path, t
     --data and --val_data the resume reads (`text`: --init_from takes the model alone, and without
     them trained on the hub's TinyStories), else one from scratch (a new --run with --resume is a
     fork, which refuses them too)."""
-    asked = config.to_dict(model_args)
-    differ = {k for k, v in config.to_dict(saved).items() if k in typed and v != asked[k]}
+    differ = set(differing(saved, model_args, typed))
     if ckpt_path is None or not differ <= set(INIT_MAY_CHANGE):
         return ", or start a new --run with them, without --resume"
     options = " ".join(f"--{k}" for k in sorted(differ))
