@@ -625,13 +625,27 @@ def check_same_model(plan: RunPlan) -> None:
                               "this run's own checkpoint back")
 
 
-def wandb_id(plan: RunPlan) -> str | None:
+def wandb_id(plan: RunPlan, log=None) -> str | None:
     """The W&B run to go on with: the checkpoint's, unless it is resumed into another folder (a
-    fork, --resume CKPT --run NEW_NAME, gets a W&B run of its own) or that W&B run failed to finish
-    (it may lack records: a new one gets the whole history)."""
+    fork, --resume CKPT --run NEW_NAME, gets a W&B run of its own), that W&B run failed to finish
+    (it may lack records: a new one gets the whole history), or metrics.jsonl holds records past the
+    checkpoint's step (a run killed after its last save, or a rollback: last.pt moved away), which
+    that W&B run got and cannot take back: a new one gets the history the resumed run keeps, with
+    each step once (the old one is left as it was, which `log` says)."""
     if plan.ckpt is None or plan.forks:
         return None
     run_id = plan.ckpt.get("wandb_id")
-    return None if run_id in runlog.unfinished_wandb(plan.run_dir) else run_id
+    if run_id is None or run_id in runlog.unfinished_wandb(plan.run_dir):
+        return None
+    step, path = plan.ckpt.get("step", 0), plan.run_dir / "metrics.jsonl"
+    try:
+        past = sum(r["step"] > step for r in runlog.resumed_records(path)) if path.exists() else 0
+    except RunError:  # (claim_folder refused it already)
+        past = 0
+    says = log is not None and plan.train_args.wandb_mode != "disabled" and not plan.train_args.eval_only
+    if past and says:
+        log(f"wandb: W&B run {run_id} holds {past} record{'s' * (past != 1)} past step {step}, which W&B "
+            "cannot take back; a new W&B run gets the history from the start (the old one is left as it was)")
+    return None if past else run_id
 
 

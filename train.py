@@ -903,7 +903,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               no_sync=runner.no_sync if world.size > 1 else nullcontext,
               micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
               fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
-              ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan), window=(ckpt or {}).get("window"),
+              ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan, log if world.main else None),
+              window=(ckpt or {}).get("window"),
               continues=ckpt is not None and not plan.forks,
               imported=ckpt is not None and "train_args" not in ckpt)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)

@@ -533,9 +533,12 @@ def test_the_wandb_run_of_a_stopped_crashed_and_resumed_run_holds_the_records_of
         tmp_path, corpus, cache, monkeypatch):
     """A signal at step 4 puts its evaluation off after its train record went to W&B; the resumed
     run evaluates step 4 (a W&B step the run has passed, where W&B would drop it), logs step 5 and
-    crashes; the next resume logs step 5 again. The W&B history, against its `step` values, holds
-    each record of metrics.jsonl in order (step 5's twice: a crashed run's W&B may or may not have
-    kept what it logged)."""
+    crashes before its next save. Its resume drops metrics.jsonl's record past the checkpoint (step
+    5's), which the W&B run got and cannot take back, so it starts a new W&B run: that one holds each
+    record of metrics.jsonl once, in order, and the old one is left as it was.
+
+    Bug caught: the resumed run went on with the W&B run that held the dropped records, so its
+    charts showed the steps past the checkpoint twice (a rollback's with other values)."""
     runs = {}
 
     def start_wandb(targs, run_dir, settings, log):
@@ -555,8 +558,9 @@ def test_the_wandb_run_of_a_stopped_crashed_and_resumed_run_holds_the_records_of
     records = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
     assert records == [("train", 1), ("train", 2), ("val", 2), ("train", 3), ("train", 4), ("val", 4),
                        ("train", 5), ("train", 6), ("val", 6)]
-    logged = FakeWandbRun("w0", runs["w0"]).records()
-    assert len(runs) == 1 and list(dict.fromkeys(logged)) == records and logged.count(("train", 5)) == 2
+    assert list(runs) == ["w0", "w1"]  # w0: the first two sessions; w1: the last, from the start
+    assert FakeWandbRun("w1", runs["w1"]).records() == records
+    assert FakeWandbRun("w0", runs["w0"]).records() == records[:7]  # (left as it was)
 
 
 def test_every_key_logged_to_wandb_is_charted_against_the_step_value(tmp_path, monkeypatch):

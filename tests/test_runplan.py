@@ -2,6 +2,7 @@
 settings) in tmp_path: no token read, no model built but on the meta device."""
 
 import glob
+import json
 import os
 import re
 import time
@@ -651,6 +652,29 @@ def test_a_run_whose_wandb_run_did_not_finish_gets_a_new_one(tmp_path, monkeypat
     assert runplan.wandb_id(p) is None
     monkeypatch.setattr(runplan.runlog, "unfinished_wandb", lambda run_dir: {"xyz"})
     assert runplan.wandb_id(p) == "abc"
+
+
+def test_a_resume_that_drops_records_past_its_checkpoint_gets_a_new_wandb_run(tmp_path):
+    """A rollback (last.pt moved away, an earlier checkpoint resumed) drops metrics.jsonl's records
+    past its step, which the W&B run got: a new W&B run, said once; the record at the checkpoint's
+    own step (a stopped run's partial one) is no reason, nor is W&B off or an evaluation.
+
+    Bug caught: the W&B run went on with, its charts showing the old values of the re-run steps."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "kind": "train"}) + "\n"
+                                                   for s in (2, 4, 6, 8)))
+    p = runplan.RunPlan(run_dir, DEBUG, TrainArgs(wandb_mode="offline"), {"wandb_id": "abc", "step": 4},
+                        run_dir / "best.pt")
+    said = []
+    assert runplan.wandb_id(p, said.append) is None
+    assert said == ["wandb: W&B run abc holds 2 records past step 4, which W&B cannot take back; a new W&B "
+                    "run gets the history from the start (the old one is left as it was)"]
+    for quiet in (TrainArgs(wandb_mode="disabled"), TrainArgs(wandb_mode="offline", eval_only=True)):
+        said.clear()
+        assert runplan.wandb_id(p._replace(train_args=quiet), said.append) is None and said == []
+    assert runplan.wandb_id(p._replace(ckpt={"wandb_id": "abc", "step": 8}), said.append) == "abc"
+    assert said == []
 
 
 @pytest.mark.parametrize("n_layers, moe_every", [(5, 2), (7, 3), (2, 3)])
