@@ -503,8 +503,9 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     """Sources -> tokenizer -> token shards for a run; everything made is cached under --cache_dir.
 
     Raises DataError (one line) on bad input or a full disk: the entry point prints it and exits
-    with status 1. Under DDP, let rank 0 call it first (the others wait at a barrier, then get
-    cache hits); separate runs sharing --cache_dir wait for each other's builds (a lock per folder).
+    with status 1. Under DDP, let rank 0 call it first (the others wait for it, runtime.rank0_first,
+    then get cache hits); separate runs sharing --cache_dir wait for each other's builds (a lock per
+    folder).
     """
     threads, log = train_args.num_proc or os.cpu_count() or 1, _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):

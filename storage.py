@@ -4,8 +4,8 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     atomic_write(path, data)   replace a file all at once (bytes, or a function that writes them)
     save_json(path, obj)       atomic_write of indented, key-sorted JSON
     append_jsonl(path, record) add one line to a log
-    read_jsonl(path)           the log's records, a torn last line dropped with a warning
-                               (numbered_jsonl: each with its line number, for errors that name it)
+    numbered_jsonl(path)       the log's records, each with its line number (for errors that name it),
+                               a torn last line dropped with a warning
     writable_folder(path)      mkdir -p, and a file made and removed there: an output folder, checked
                                before the work
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
@@ -34,7 +34,7 @@ How this departs from the obvious version:
   umask), not the 0600 of the temporary file, so a shared run folder stays readable.
 - A log line is written with one `write` call; a disk that fills (or a `ulimit -f` reached)
   during it is one line, and the part written is cut off again; a process killed during it leaves
-  at most one torn line, at the end, which `read_jsonl` drops and reports instead of failing on
+  at most one torn line, at the end, which `numbered_jsonl` drops and reports instead of failing on
   it for ever after.
 - Locks are `flock`s on a file that is never deleted while in use (but by its holder, removing
   the empty run folder it made: RunFolder.release): the kernel releases one when its
@@ -428,17 +428,12 @@ def append_jsonl(path, record: dict, fix: str | None = None) -> None:
         os.close(fd)
 
 
-def read_jsonl(path, warn=None) -> list[dict]:
-    """The records of a JSON Lines file. A last line that is not valid JSON (a write cut short by
+def numbered_jsonl(path, warn=None) -> list[tuple[int, dict]]:
+    """The records of a JSON Lines file, each with its line number (from 1) in the file, for an
+    error about a record to name its line. A last line that is not valid JSON (a write cut short by
     a crash or a full disk) is dropped, and `warn` is told; a bad line elsewhere, or JSON that is not
     a record (an edit: no write cut short leaves one), is an error (ValueError naming the file and
     the line)."""
-    return [record for _, record in numbered_jsonl(path, warn)]
-
-
-def numbered_jsonl(path, warn=None) -> list[tuple[int, dict]]:
-    """read_jsonl's records, each with its line number (from 1) in the file, for an error about a
-    record to name its line."""
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     records = []

@@ -13,7 +13,7 @@ auxiliary terms, each logged apart. The run folder checkpoints/<run>/ holds last
 model.json / train.json, tokenizer.json, metrics.jsonl, loss.png (--plot), run.lock and the W&B
 run (wandb_unfinished.txt while its upload is not finished).
 
-How a training step flows (`run` calls setup, then `loop`, which calls the rest in this order):
+How a training step flows (`run` calls setup, then run_job calls `loop`, which calls the rest in this order):
     setup        the RunPlan (runplan.py: settings, the checkpoint's when resuming, checked before any
                  work; the run folder locked), then data, model, optimizer: a Job, and the LoopState
     LoopState    step, tokens, clock, best validation, bad steps: what a checkpoint saves

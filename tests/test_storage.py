@@ -16,6 +16,11 @@ import storage
 from errors import StorageError
 
 
+def records(path, warn=None) -> list[dict]:
+    """A JSON Lines file's records, as storage.numbered_jsonl reads them, without their line numbers."""
+    return [record for _, record in storage.numbered_jsonl(path, warn)]
+
+
 @contextmanager
 def umask(mask):
     old = os.umask(mask)
@@ -150,7 +155,7 @@ def test_appending_to_a_log_on_a_full_disk_is_one_line_and_leaves_no_torn_line(t
     assert "\n" not in str(e.value) and taken
     assert path.read_text() == '{"step": 1}\n'  # the 5 bytes written cut off again: no torn line
     storage.append_jsonl(path, {"step": 3})  # (room again: the log goes on, every line whole)
-    assert storage.read_jsonl(path) == [{"step": 1}, {"step": 3}]
+    assert records(path) == [{"step": 1}, {"step": 3}]
 
 
 def test_a_log_line_past_ulimit_f_is_cut_off_again(tmp_path):
@@ -164,7 +169,7 @@ def test_a_log_line_past_ulimit_f_is_cut_off_again(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
     assert out.count("\n") == 1 and "(ulimit -f)" in out and "raise the limit (ulimit -f unlimited)" in out
     assert path.stat().st_size < 1000 and path.read_bytes().endswith(b"}\n")
-    assert len(storage.read_jsonl(path)) == path.read_bytes().count(b"\n")  # every line whole
+    assert len(records(path)) == path.read_bytes().count(b"\n")  # every line whole
 
 
 def test_a_real_full_filesystem(tmp_path):
@@ -183,23 +188,23 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_a_bad_middle_line_named(
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
     warnings = []
-    assert storage.read_jsonl(path, warn=warnings.append) == [{"step": 1}, {"step": 2}]
+    assert records(path, warn=warnings.append) == [{"step": 1}, {"step": 2}]
     assert "dropped a torn last line (line 3" in warnings[0]
     path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
-        storage.read_jsonl(path)
+        records(path)
     path.write_text('{"step": 1}\n[1, 2]\n{"step": 3}\n')  # JSON, but not a record: no TypeError later
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
-        storage.read_jsonl(path)
+        records(path)
     # Bug caught: JSON that is not a record as the last line (an edit: a record cut short is never JSON)
     # was dropped as "a torn last line ... left by a write that was cut short"
     path.write_text('{"step": 1}\n[1, 2]\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
-        storage.read_jsonl(path, warn=warnings.append)
+        records(path, warn=warnings.append)
     # Bug caught: a last line of JSON null (an edit too) was dropped as a torn line
     path.write_text('{"step": 1}\nnull\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
-        storage.read_jsonl(path, warn=warnings.append)
+        records(path, warn=warnings.append)
 
 
 # --- locks -----------------------------------------------------------------------------------
@@ -362,12 +367,12 @@ def test_make_folder_names_the_file_in_the_way(tmp_path, under):
 
 
 def test_a_torn_last_line_followed_by_blank_lines_is_still_the_last_line(tmp_path):
-    """Catches read_jsonl taking the file's last line, blank or not, for its last record: a torn
+    """Catches numbered_jsonl taking the file's last line, blank or not, for its last record: a torn
     line with a newline after it (an editor adds one on saving) failed every resume after."""
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2, "lo\n\n')
     warnings = []
-    assert storage.read_jsonl(path, warn=warnings.append) == [{"step": 1}]
+    assert records(path, warn=warnings.append) == [{"step": 1}]
     assert len(warnings) == 1 and "dropped a torn last line (line 2, 15 characters)" in warnings[0]
 
 
@@ -530,12 +535,12 @@ def test_a_new_log_gets_the_mode_an_ordinary_write_would(tmp_path):
 
 
 def test_a_last_line_torn_inside_a_character_is_dropped_not_a_decode_error(tmp_path):
-    """Catches read_jsonl reading strictly as UTF-8: a write cut off in the middle of a multi-byte
+    """Catches numbered_jsonl reading strictly as UTF-8: a write cut off in the middle of a multi-byte
     character (a story's "é") made every later resume fail with UnicodeDecodeError."""
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"step": 1}\n{"text": "caf' + "é".encode()[:1])
     warnings = []
-    assert storage.read_jsonl(path, warn=warnings.append) == [{"step": 1}]
+    assert records(path, warn=warnings.append) == [{"step": 1}]
     assert len(warnings) == 1 and "dropped a torn last line (line 2" in warnings[0]
 
 
