@@ -465,7 +465,7 @@ def _dropped_tokenizer_files(out: Path, held: list[str]) -> set[str]:
     tokenizer_sha256), and a tokenizer.json check_export_folder named (another one: --force removes
     it) with the tokenizer_config.json that configured it (left, it described a tokenizer no longer
     there: transformers' AutoTokenizer failed on it). A tokenizer_config.json without a tokenizer.json
-    is the folder's own, named nowhere: it is left (it was removed)."""
+    is the folder's own, named nowhere: it is left, not removed."""
     if not held:
         return set()
     if recorded_tokenizer(out) is not None or OTHER_TOKENIZER in held:

@@ -556,7 +556,7 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
     it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), nor
     does a best.pt resumed over its folder's later last.pt, a
     resumed checkpoint must be the model of the folder, and the metrics.jsonl a resumed run goes on
-    with must read (before any data work: it was refused after the data and the model)."""
+    with must read (before any data work, not after the data and the model are built)."""
     folder = storage.RunFolder(plan.run_dir)
     try:
         held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]

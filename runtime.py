@@ -187,7 +187,7 @@ def all_ranks_or_none(world: World, device, what: str):
     failed raises its own error (and prints it), the others a RankError (no line of their own),
     rather than waiting at their next collective for a rank that has gone. Where rank 0's block
     failed too, another rank's UserError is a RankError as well: the ranks read the same settings and
-    files, and rank 0's line stands for all (it was printed once per process). The block must hold no
+    files, and rank 0's line stands for all (not one line per process). The block must hold no
     collective."""
     try:
         yield

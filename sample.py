@@ -381,7 +381,7 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
     HF folder."""
     if sample_args.hf:
         hf = Path(sample_args.hf)
-        if (hf / "last.pt").is_file() and not (hf / "config.json").exists():  # (was "config.json is missing")
+        if (hf / "last.pt").is_file() and not (hf / "config.json").exists():  # (not "config.json is missing")
             raise SampleError(f"--hf {hf} is a run folder (it holds last.pt), not an exported Hugging Face "
                               f"folder; pass it as --ckpt {hf}")
         model, where = checkpoint.load_hf(sample_args.hf, device, dtype), Path(sample_args.hf)

@@ -201,11 +201,11 @@ def main(argv=None):
                "date": time.strftime("%Y-%m-%d")}
     only = [name.strip() for name in opts.only.split(",") if name.strip()]  # ("model, data" too)
     unknown = sorted(set(only) - set(PARTS))
-    if not only:  # (it was "unknown part(s) ;", an empty name)
+    if not only:  # (rather than "unknown part(s) ;", an empty name)
         p.error(f"--only: name one or more of {', '.join(PARTS)}")
     if unknown:
         p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    if opts.out_dir == "":  # (an unset variable: it was img/, the README's figures, even with --quick)
+    if opts.out_dir == "":  # (an unset variable: not img/, the README's figures, even with --quick)
         p.error("--out_dir is empty (an unset variable?); name a folder, e.g. --out_dir bench-quick, or "
                 "leave --out_dir out for its default")
     if opts.quick and opts.out_dir is None:

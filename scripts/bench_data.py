@@ -197,7 +197,7 @@ def main(argv=None):
         p.error(problem)  # (before the work: a device or a checkpoint there became the JSON, a folder failed)
     if problem := too_small(opts.vocab_size):  # (the prepare() subprocess would say so, as exit 1)
         p.error(problem)
-    if not opts.data:  # (an unset variable: it was "no such file ''", exit 1)
+    if not opts.data:  # (an unset variable: rather than "no such file ''", exit 1)
         p.error("--data is empty (an unset variable?); pass a text file, such as train-lower.txt, or leave "
                 "--data out for its default")
     if os.path.isdir(opts.data):

@@ -520,7 +520,7 @@ def main(argv=None):
     batches = p.counts("--batches", opts.batches or ("32,128" if cuda else "8"))
     compiled = runtime.wants_compile(opts.compile, device)
     compile_batches = p.counts("--compile_batches", opts.compile_batches or str(max(batches)))
-    if not set(compile_batches) <= set(batches):  # (also when nothing compiles: it was ignored)
+    if not set(compile_batches) <= set(batches):  # (also when nothing compiles: not ignored)
         p.error(f"--compile_batches {opts.compile_batches}: each must be one of --batches {batches}")
     figure = ROOT / "img" / ("bench_model_cuda.json" if cuda else "bench_model.json")
     out = storage.results_file(p, opts, figure, ignore=("device",))  # (before the work)

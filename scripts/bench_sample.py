@@ -193,8 +193,8 @@ def report(opts, result):
 
 def check_variants(p, opts) -> None:
     """--variants as a one-line error before any work: a name unknown, named twice (two identical
-    columns), none at all (an unset variable: it was the default set), or only hf where --no-hf or
-    --ragged leaves it out (an IndexError after the model was built)."""
+    columns), none at all (an unset variable: not the default set), or only hf where --no-hf or
+    --ragged leaves it out (not an IndexError after the model is built)."""
     if opts.variants is None:
         return
     names = [v for v in opts.variants.split(",") if v]

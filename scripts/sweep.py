@@ -350,7 +350,7 @@ def tokens_per_s(train: list[dict]) -> float | None:
     """The run's tokens over its training seconds (evaluation excluded), i.e. the token-weighted
     harmonic mean of its windows' rates, as compare.py's; None (n/a in the tables) for a run with no
     train record, whose budget ran out before its first step: its score still ranks, and the sweep
-    goes on (it was a ZeroDivisionError, the runs after it not made)."""
+    goes on (rather than a ZeroDivisionError, the runs after it not made)."""
     seconds, before = 0.0, 0
     for r in train:  # (records carry the running total of tokens: each window's own over its rate)
         seconds += (r["tokens"] - before) / r["tokens_per_s"]
@@ -394,7 +394,7 @@ def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "va
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
     shown = [r["bits_per_byte"] for r in screen + confirm if math.isfinite(r["bits_per_byte"])]
-    if shown:  # every point, confirmed ones worse than any screened too (they were off the right edge)
+    if shown:  # every point, confirmed ones worse than any screened too (not off the right edge)
         ax.set_xlim(min(shown) - 0.05, max(shown) + 0.02)
     ax.set(xlabel=f"{val_name} bits per byte (lower is better)", title=f"tiny on {where}: the sweep")
     ax.grid(alpha=0.3, axis="x")
