@@ -104,12 +104,27 @@ def _divisors(n: int, near: int, ok=lambda d: True, count=6) -> str:
     return " or ".join(filter(None, [", ".join(map(str, chosen[:-1])), *map(str, chosen[-1:])]))
 
 
+# a value typed for a choice that is another project's name for one of ours: (option, value) -> ours, why
+CHOICE_SPELLINGS = {("--rope_scaling", "default"): ("none", "transformers' default is our none")}
+
+
+def choice_problem(option: str, value, choices) -> str:
+    """`'x' is not one of a, b` for a value that is not a choice of `option`, and the fix where one is
+    clear: ours for another project's name of it (CHOICE_SPELLINGS), else the nearest choice. The
+    command line (Parser) and settings read back (_check_choices) say the same."""
+    text = f"{value!r} is not one of {', '.join(map(str, choices))}"
+    if spelling := CHOICE_SPELLINGS.get((option, str(value).lower())):
+        return f"{text}; {spelling[1]}: {option} {spelling[0]}"
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f"{text}; did you mean {option} {close[0]}?" if close else text
+
+
 def _check_choices(obj):
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         if choices is not None:
             value = getattr(obj, f.name)
-            _check(value in choices, f.name, f"{value!r} is not one of {', '.join(map(str, choices))}")
+            _check(value in choices, f.name, choice_problem(f"--{f.name}", value, choices))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,14 +795,17 @@ class Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments"):  # (from argparse's other parse methods)
             words = message.split(": ", 1)[1].split()
             message = self.unknown(_option_words(words) or words)
-        choice = r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)"
-        if found := re.fullmatch(choice, message, re.S):
-            choices = re.findall(r"'([^']*)'", found[3])  # (--preset debg: "did you mean debug?")
-            close = difflib.get_close_matches(found[2], choices, n=1, cutoff=0.5)
-            message += f"; did you mean {found[1]} {close[0]}?" if close else ""
         if found := re.fullmatch(r"argument (--\w+): expected one argument", message):
             message += f"; give it a value ({found[1]}=VALUE where the value starts with '-')"
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _check_value(self, action, value):
+        """argparse's check of a choice, with our line (choice_problem), made from the choices themselves:
+        argparse's own ("invalid choice: ... (choose from ...)") named no fix for a value near none
+        (--rope_scaling default, transformers' none), and its wording changes between Python versions."""
+        if action.choices is not None and value not in action.choices:
+            option = max(action.option_strings, key=len, default=action.dest)
+            raise argparse.ArgumentError(None, f"{option}: {choice_problem(option, value, action.choices)}")
 
     def _print_message(self, message, file=None):
         """argparse passes over a write that fails, so --help > FILE on a full disk (or into a closed

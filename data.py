@@ -90,6 +90,7 @@ from tokenizer import PIECE_CHARS, Tokenizer, check_tokenizer, pieces, too_small
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
 META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
+REBUILD = "run again to rebuild it"  # the advice for a shard that fails its checks
 TOKENIZER_FORMAT = 3  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1;
 # 3: a document over PIECE_CHARS that crosses --tokenizer_train_mb gives only its pieces up to it)
@@ -120,38 +121,36 @@ class TokenData:
         self.path = Path(path)
         meta_path, bin_path = self.path / "meta.json", self.path / "tokens.bin"
         if not meta_path.is_file():
-            raise DataError(f"{self.path} has no meta.json: the tokenization did not finish; run again to "
-                            "rebuild it")
+            raise DataError(f"{self.path} has no meta.json: the tokenization did not finish", REBUILD)
         try:
             meta = json.loads(meta_path.read_bytes())
         except ValueError:
-            raise DataError(f"{meta_path} is not valid JSON; delete it and run again") from None
+            raise DataError(f"{meta_path} is not valid JSON", "delete it and run again") from None
         if not isinstance(meta, dict):
-            raise DataError(f"{meta_path} is not a table of the shard's figures; run again to rebuild it")
+            raise DataError(f"{meta_path} is not a table of the shard's figures", REBUILD)
         if meta.get("format") != FORMAT:
-            raise DataError(f"{self.path} was written in format {meta.get('format')}, not {FORMAT}; run "
-                            "again to rebuild it")
+            raise DataError(f"{self.path} was written in format {meta.get('format')}, not {FORMAT}", REBUILD)
         missing = [k for k in META_FIELDS if k not in meta]
         if missing:  # (a hand edit, or a damaged file that is still JSON)
-            raise DataError(f"{meta_path} lacks {', '.join(missing)}; run again to rebuild it")
+            raise DataError(f"{meta_path} lacks {', '.join(missing)}", REBUILD)
         if tokenizer_hash is not None and meta["tokenizer_hash"] != tokenizer_hash:
             raise DataError(f"{self.path} was written by tokenizer {meta['tokenizer_hash'][:12]}, not by "
-                            f"this run's {tokenizer_hash[:12]}; delete it or let prepare() rebuild it")
+                            f"this run's {tokenizer_hash[:12]}", "delete it or let prepare() rebuild it")
         dtype = np.dtype(meta["dtype"])
         st = bin_path.stat() if bin_path.is_file() else None
         size = st.st_size if st else 0
         if st is None or size != meta["n_tokens"] * dtype.itemsize:
             raise DataError(f"{bin_path} holds {size} bytes, not the {meta['n_tokens']} tokens meta.json "
-                            "promises; run again to rebuild it")
+                            "promises", REBUILD)
         if st.st_mtime_ns != meta["mtime_ns"] and _sha256(bin_path) != meta["sha256"]:
             raise DataError(f"{bin_path} changed since it was written (its sha256 is not the one meta.json "
-                            "recorded); run again to rebuild it")
+                            "recorded)", REBUILD)
         self.meta = meta
         self.tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(meta["n_tokens"],))
         top = _max_id(self.tokens)
         if top >= meta["vocab_size"]:
             raise DataError(f"{bin_path} holds token id {top}, outside the tokenizer's {meta['vocab_size']} "
-                            "tokens; run again to rebuild it")
+                            "tokens", REBUILD)
 
     n_tokens = property(lambda self: self.meta["n_tokens"])
     n_bytes = property(lambda self: self.meta["n_bytes"])
@@ -367,8 +366,8 @@ def _cached_tokenizer(path: Path, log) -> Tokenizer | None:
             tok = Tokenizer.load(path)
             log(f"data: tokenizer: cache hit {path} ({tok.vocab_size} tokens)")
             return tok
-        except DataError as e:  # (its advice is for a --tokenizer typed: "leave --tokenizer empty", ...)
-            log(f"data: tokenizer: not reusing the cache: {str(e).rsplit('; ', 1)[0]}; training it again")
+        except DataError as e:  # (its advice, e.fix, is for a --tokenizer typed: "leave --tokenizer empty")
+            log(f"data: tokenizer: not reusing the cache: {e.problem}; training it again")
     return None
 
 
@@ -387,8 +386,7 @@ def get_tokens(name: str, split: sources.Split, tok: Tokenizer, cache_dir, threa
                     f"{plural(shard.n_tokens, 'token')}, {plural(shard.n_bytes, 'byte')}")
                 return shard
             except DataError as e:
-                why = str(e).split("; ")[0]  # (its advice, "run again to rebuild it", is what follows)
-                log(f"data: {name}: not reusing the cache: {why}; rebuilding it")
+                log(f"data: {name}: not reusing the cache: {e.problem}; rebuilding it")  # (not e.fix)
         t0 = time.time()
         ds = split.documents()
         batches = (b["text"] for b in ds.iter(batch_size=BATCH_DOCS * threads))

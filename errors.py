@@ -37,10 +37,14 @@ from contextlib import contextmanager
 
 
 class UserError(Exception):
+    """`message; fix` on one line. `fix`, the advice, may be given apart: `problem` is then the line
+    without it, for a caller that gives its own advice (a cache that is rebuilt rather than fixed)."""
     exit_code = 1
 
-    def __init__(self, message):
-        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
+    def __init__(self, message, fix: str | None = None):
+        self.problem = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+        self.fix = fix
+        super().__init__(f"{self.problem}; {fix}" if fix else self.problem)
 
 
 class ConfigError(UserError, ValueError):

@@ -422,17 +422,19 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     try:
         with warnings.catch_warnings():  # a large photo, resized to image_size anyway
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            img.load()
-        try:
-            img = ImageOps.exif_transpose(img)
-        except (struct.error, TypeError, AttributeError):  # a damaged EXIF block (PIL writes it back
-            pass  # for the turned image; a text tag stored as a number: AttributeError): as stored
-        if img.mode.startswith("I;16"):
-            img = img.convert("I").point(lambda v: v / 257 + 0.5).convert("L")  # (+ 0.5: PIL truncates)
-        if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)
-            img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-        img = img.convert("RGB").resize((args.image_size, args.image_size))
+            opened = Image.open(path)
+        with opened:  # (closed when done: a GIF, or any image of several frames, keeps its file open)
+            opened.load()
+            img = opened
+            try:
+                img = ImageOps.exif_transpose(img)
+            except (struct.error, TypeError, AttributeError):  # a damaged EXIF block (PIL writes it back
+                pass  # for the turned image; a text tag stored as a number: AttributeError): as stored
+            if img.mode.startswith("I;16"):
+                img = img.convert("I").point(lambda v: v / 257 + 0.5).convert("L")  # (+ 0.5: PIL truncates)
+            if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)
+                img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+            img = img.convert("RGB").resize((args.image_size, args.image_size))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # (a broken PNG chunk;
         # over 179M pixels; a PNG text bomb)
         fix = ("check the path" if isinstance(e, FileNotFoundError) else "name an image file in it"

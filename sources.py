@@ -26,7 +26,8 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
   `datasets.Dataset.save_to_disk` writes: its folder's state.json and dataset_info.json are left
   out) with a text column ("json", "parquet" and "arrow").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
---out_dir (so `--data .` does not read our own cache and run files).
+--out_dir (so `--data .` does not read our own cache and run files); an empty file among them is left
+out, with a warning line.
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
 (documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
 empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines) and U+FEFF
@@ -141,7 +142,8 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     are left out of folders and globs alike (a glob that names a hidden folder takes its files).
     A path that exists is read as typed, and so are the folders of a glob that exist (run[1]/*.txt).
     A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
-    first path. A ~ the shell left (a quoted '~/corpus/*.txt') is the home folder."""
+    first path. A ~ the shell left (a quoted '~/corpus/*.txt') is the home folder. Empty files are
+    listed: _with_text leaves them out."""
     spec = storage.expand_home(spec)
     skip = [Path(d).resolve() for d in skip]
 
@@ -207,9 +209,23 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     for f in files:
         if Path(f).suffix.lower() not in KINDS:
             raise DataError(f"{flag}: '{f}' is not {FORMATS}; convert it or leave it out")
-        if os.path.getsize(f) == 0:
-            raise DataError(f"{flag}: '{f}' is empty; remove it or point {flag} at text")
     return files
+
+
+def _with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
+    """resolve_files' files without the empty ones (0 bytes), each left out with a warning line, so
+    that one stray empty file does not stop a run on a folder or glob (nor is part of the split's
+    signature: text written into it later is a new source). An empty file named alone, or a folder
+    or glob of empty files alone, is refused."""
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    if empty and os.path.isfile(spec):
+        raise DataError(f"{flag}: '{spec}' is empty; remove it or point {flag} at text")
+    if empty and len(empty) == len(files):
+        raise DataError(f"{flag}: every file of '{spec}' is empty ({empty[0]}{', ...' * (len(empty) > 1)}); "
+                        f"point {flag} at text")
+    for f in empty:
+        log(f"data: warning: {flag}: '{f}' is empty; left out of {spec}")
+    return [f for f in files if f not in empty]
 
 
 def _a_list(spec: str, flag: str) -> str | None:
@@ -777,7 +793,7 @@ def source_warnings(t, given) -> list[str]:
 
 def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:
     spec = storage.expand_home(spec)  # (a quoted ~: its label and its folder test below, as resolve_files)
-    files = resolve_files(spec, flag, skip)
+    files = _with_text(resolve_files(spec, flag, skip), spec, flag, log)
     stats = [os.stat(f) for f in files]
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]
     # plain text has no fields: its shards are keyed as under the default whatever --text_field says

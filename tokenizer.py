@@ -47,6 +47,7 @@ MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per by
 NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser, a prefix space, or special "
              "tokens not marked special)")
 
+TRAIN_ONE = "leave --tokenizer empty to train one with this project"  # (advice for a tokenizer refused)
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
 LONG_RUN = 256  # the BPE trainer sees runs of spaces or of non-spaces in pieces of this many characters
 _LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
@@ -117,8 +118,7 @@ class Tokenizer:
     def __init__(self, tok: tokenizers.Tokenizer, exact: bool = True):
         self.tok = tok
         if missing := _missing_special(tok):
-            raise DataError(f"the tokenizer has no {missing} token; leave --tokenizer empty to train one "
-                            "with this project")
+            raise DataError(f"the tokenizer has no {missing} token", TRAIN_ONE)
         fields = json.loads(tok.to_str())
         self.hash = identity(fields)
         # Checkpoints saved before may record the hash with the post-processor (None when it has none).
@@ -128,7 +128,7 @@ class Tokenizer:
         self.token_bytes = self._count_token_bytes()
         self._plain = None  # a copy that reads special-token strings as text, for the shards
         if exact and not self.gives_back_text():
-            raise DataError(NOT_EXACT + "; leave --tokenizer empty to train one with this project")
+            raise DataError(NOT_EXACT, TRAIN_ONE)
 
     PROBE = "Once, Tom said: \"<|endoftext|> is text\".\n\tÉté ☀ 42  "
 
@@ -185,15 +185,14 @@ class Tokenizer:
             why = first_line(e)
             if text is not None and not _has_model(text):  # (the Rust parser's message then misleads:
                 why = 'JSON, but not a tokenizer: it has no "model"'  # `expected , or }` on {"a": 1})
-            raise DataError(f"cannot read the tokenizer '{path}' ({why}); {fix}") from None
+            raise DataError(f"cannot read the tokenizer '{path}' ({why})", fix) from None
         if lacks := _missing_special(tok):  # (an HF folder's own, imported with its weights: the caller's
             # advice, not --tokenizer's)
-            raise DataError(f"{path} has no {lacks} token (not a tokenizer this project writes); {fix}")
+            raise DataError(f"{path} has no {lacks} token (not a tokenizer this project writes)", fix)
         loaded = cls(tok, exact=False)
         if exact and not loaded.gives_back_text():
             raise DataError(f"{path}: {NOT_EXACT}, which training and evaluation refuse (earlier versions of "
-                            "this project took it; sample.py still reads their runs); leave "
-                            "--tokenizer empty to train one with this project")
+                            "this project took it; sample.py still reads their runs)", TRAIN_ONE)
         return loaded
 
     def save(self, path, fix: str | None = None) -> None:
@@ -240,8 +239,7 @@ class Tokenizer:
             if i in special:
                 continue
             if not set(token) <= alphabet:
-                raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r}); leave --tokenizer "
-                                "empty to train one with this project")
+                raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r})", TRAIN_ONE)
             out[i] = len(token)
         return out
 

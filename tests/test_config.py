@@ -209,8 +209,8 @@ BAD = [
                         "its own, and a resumed run keeps its own)"),
     (["--weight_decay", "2000"],  # (once accepted: AdamW multiplied every matrix by 1 - 1.2 each step)
      "--weight_decay: 2000 x --lr 0.0006 is at least 1: AdamW would zero or flip the sign of every matrix"),
-    (["--rope_scaling", "yarn"], "--rope_scaling: invalid choice"),
-    (["--preset", "huge"], "--preset: invalid choice"),
+    (["--rope_scaling", "yarn"], "--rope_scaling: 'yarn' is not one of none, llama3"),
+    (["--preset", "huge"], "--preset: 'huge' is not one of scout-128m, tiny, debug, "),
     (["--vocab_size", "4"], "token id"),
     (["--vision", "--image_size", "100"],
      "--image_size: 100 is not a multiple of patch_size=14; use 98 or 112"),
@@ -1003,7 +1003,8 @@ def test_a_choice_is_checked_where_settings_do_not_pass_argparse():
     checkpoint's settings (from_dict) and a direct construction reach __post_init__ only."""
     with pytest.raises(ConfigError, match=r"^--rope_scaling: 'yarn' is not one of none, llama3$"):
         config.from_dict(ModelArgs, {"rope_scaling": "yarn"})
-    with pytest.raises(ConfigError, match=r"^--dtype: 'float16' is not one of auto, float32, bfloat16$"):
+    with pytest.raises(ConfigError, match=r"^--dtype: 'float16' is not one of auto, float32, bfloat16; "
+                                          r"did you mean --dtype bfloat16\?$"):
         TrainArgs(dtype="float16")
     with pytest.raises(ConfigError, match=r"^--compile_mode: 'fast' is not one of default, "
                                           r"reduce-overhead, "):
@@ -1307,7 +1308,22 @@ def test_an_invalid_choice_names_the_nearest_one(capsys):
         with pytest.raises(SystemExit) as e:
             config.parse_args([config.ModelArgs, config.TrainArgs], argv, prog="train.py")
         err = capsys.readouterr().err
-        assert e.value.code == 2 and "invalid choice" in err and err.rstrip("\n").endswith(")" + hint), err
+        assert e.value.code == 2 and f"error: {argv[0]}: '{argv[1]}' is not one of " in err, err
+        assert err.count("\n") == 1 and err.rstrip("\n").endswith(hint or "max-autotune-no-cudagraphs"), err
+
+
+def test_transformers_default_rope_type_is_told_our_none(capsys):
+    """Bug caught: `--rope_scaling default` (transformers' rope_type for no scaling) got argparse's bare
+    "invalid choice: 'default' (choose from 'none', 'llama3')", with no way on; a checkpoint's settings
+    that say it were told only that it is not a choice."""
+    fix = "'default' is not one of none, llama3; transformers' default is our none: --rope_scaling none"
+    for value in ("default", "Default"):
+        with pytest.raises(SystemExit) as e:
+            config.parse_args([ModelArgs, TrainArgs], ["--rope_scaling", value], prog="train.py")
+        said = fix.replace("default", value, 1)
+        assert e.value.code == 2 and capsys.readouterr().err == f"train.py: error: --rope_scaling: {said}\n"
+    with pytest.raises(ConfigError, match=f"^--rope_scaling: {fix}$"):
+        config.from_dict(ModelArgs, {"rope_scaling": "default"})
 
 
 def test_an_option_without_its_value_says_how_to_type_a_value_that_starts_with_a_dash(capsys):

@@ -1896,6 +1896,55 @@ def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, corpus):
     assert again.hash == tok.hash == Tokenizer.load(path).hash
 
 
+def test_an_empty_file_in_a_folder_is_left_out_with_a_warning(tmp_path, corpus):
+    """Bug caught: one empty .txt in a --data folder stopped the run ("'e.txt' is empty; remove it"),
+    where the folder's other files hold the text. It is left out with one warning line naming it, and
+    out of the cache key (the same shard as without it; text written into it later is a new one);
+    a folder of empty files alone, or an empty file named alone, is still an error."""
+    train_path, val_path, train_docs, _ = corpus
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    shutil.copy(train_path, folder / "a.txt")
+    _, alone, _, _ = run(tmp_path, data=str(folder), val_data=str(val_path))
+    write(folder / "e.txt", "")
+    tok, train, _, logs = run(tmp_path, data=str(folder), val_data=str(val_path))
+    assert [line for line in logs if "warning" in line] == [
+        f"data: warning: --data: '{folder / 'e.txt'}' is empty; left out of {folder}"]
+    assert train.path == alone.path and tok.decode(train.tokens) == stream(train_docs)
+    write(folder / "e.txt", "One more story.\n")
+    _, more, _, _ = run(tmp_path, data=str(folder), val_data=str(val_path))
+    assert more.path != train.path and more.n_docs == train.n_docs + 1
+    (folder / "a.txt").write_text("")
+    (folder / "e.txt").write_text("")
+    with pytest.raises(DataError, match=rf"^--data: every file of '{re.escape(str(folder))}' is empty \("):
+        run(tmp_path, data=str(folder), val_data=str(val_path))
+    with pytest.raises(DataError, match=r"^--data: '.*e.txt' is empty; remove it or point --data at text$"):
+        run(tmp_path, data=str(folder / "e.txt"), val_data=str(val_path))
+
+
+def test_a_cache_not_reused_is_named_whole_without_the_advice(tmp_path, corpus):
+    """Bug caught: the log line of a shard not reused kept its message up to the first "; ", taken for
+    the start of the advice: under a --cache_dir named `a; b` it said "not reusing the cache: .../a;
+    rebuilding it". The advice is now kept apart where the error is made (DataError.fix), and the
+    tokenizer cache's line, which cut its message at the last "; ", takes the problem alone too."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path), cache_dir=str(tmp_path / "a; b"))
+    _, train, _, _ = run(tmp_path, **kw)
+    (train.path / "meta.json").unlink()
+    _, _, _, logs = run(tmp_path, **kw)
+    [line] = [line for line in logs if "not reusing" in line]
+    assert line == (f"data: train: not reusing the cache: {train.path} has no meta.json: the tokenization "
+                    "did not finish; rebuilding it")
+    [path] = (tmp_path / "a; b").glob("tokenizer-*/tokenizer.json")
+    path.write_text("{not json")
+    with pytest.raises(DataError) as e:
+        Tokenizer.load(path)
+    problem, fix = e.value.problem, e.value.fix
+    assert fix.startswith("pass a tokenizer.json") and str(e.value) == f"{problem}; {fix}"
+    *_, logs = run(tmp_path, **kw)
+    assert f"data: tokenizer: not reusing the cache: {problem}; training it again" in logs
+
+
 def test_the_tokenizer_cache_is_keyed_by_its_rules_and_special_tokens(tmp_path, corpus, monkeypatch):
     """Catches the tokenizer cache key without TOKENIZER_FORMAT (a BPE trained by older rules
     reused) or without the special tokens."""

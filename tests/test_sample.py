@@ -1065,6 +1065,26 @@ def test_an_image_is_seen_upright_and_its_transparency_over_white(tmp_path):
     assert image[2, :40].mean() > 0.9 and image[0, -40:].mean() > 0.9
 
 
+def test_an_image_leaves_no_file_open(tmp_path):
+    """Bug caught: a GIF (whose file PIL keeps open for its other frames) was left open by load_image:
+    a ResourceWarning when it was collected (an error under `python -W error::ResourceWarning`)."""
+    import gc
+    import warnings
+
+    from PIL import Image
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    frames = [Image.new("P", (20, 20), i) for i in (0, 1)]
+    frames[0].save(tmp_path / "one.gif")
+    frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (20, 20), "blue").save(tmp_path / "blue.png")
+    for name in ("one.gif", "two.gif", "blue.png"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            sample.load_image(tmp_path / name, args)
+            gc.collect()
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)], name
+
+
 def test_an_image_with_a_damaged_exif_block_is_seen_as_stored():
     """PIL reads a damaged EXIF block and fails only in writing it back for the turned image
     (struct.error, TypeError): a traceback, for a photo that loaded before EXIF was looked at."""
