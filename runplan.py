@@ -14,7 +14,9 @@ since its settings are the run's.
 
 How this departs from the obvious version:
 - A resumed run's settings are its checkpoint's, with the training settings typed on the command
-  line on top (`given`: the options typed); model settings typed must agree with the checkpoint.
+  line on top (`given`: the options typed); model settings typed must agree with the checkpoint,
+  but for the router losses' weights, training-loss weights that a resume changes as it does --lr.
+  A resume that names another --run forks beside the checkpoint's folder (or into --out_dir, typed).
   The checkpoint's --data and --val_data must still be there (unless typed again), its tokenizer
   is the copy beside it, and path settings are saved absolute, so that a resume from another
   folder reads the same files.
@@ -86,7 +88,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
                     ckpt_path=None) -> tuple[ModelArgs, TrainArgs]:
     """Settings for a resumed run: the checkpoint's, with the train settings typed on the command
     line applied on top. Model settings typed on the command line must agree with the checkpoint
-    (the advice names --init_from ckpt_path where it could take them). --eval_only on a --val_data
+    (the advice names --init_from ckpt_path where it could take them), but for the router losses'
+    weights (RESUME_MAY_CHANGE), which a resume takes as it takes --lr. --eval_only on a --val_data
     typed for it scores all of it, unless --eval_windows is typed too."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
@@ -94,13 +97,19 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     text = {k: (now if k in given else saved_train).get(k, "") for k in ("data", "val_data")}  # (it reads)
+    # the router losses' weights are training-loss weights, which a resume may change as it may --lr
+    free = set() if train_args.eval_only else set(RESUME_MAY_CHANGE)
     # (--eval_only trains no new --run: that advice, a model from scratch, was no fix for an evaluation)
     if train_args.eval_only:
         fix = f"drop {what}: --eval_only evaluates the checkpoint's model as it was trained"
     else:
-        other = other_model_fix(saved_model, model_args, typed, ckpt_path, text)
+        other = other_model_fix(saved_model, model_args, typed - free, ckpt_path, text)
         fix = f"drop {what} to use the checkpoint's{other}"
-    check_model_typed(saved_model, model_args, typed, fix)
+    check_model_typed(saved_model, model_args, typed - free, fix)
+    if changed := {name: getattr(model_args, name) for name in free if name in given}:
+        saved = config.to_dict(saved_model)
+        saved_model = in_range(lambda: ModelArgs(**{**saved, **changed}), changed, saved,
+                               lambda name: "the checkpoint's")
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
     # --val_fraction 0.9) can be set right on the command line
     keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
@@ -151,7 +160,7 @@ def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path, t
     options = " ".join(f"--{k}" for k in sorted(differ))
     sources_read = "".join(f" --{k} {shlex.quote(v)}" for k, v in text.items() if v)
     return (f", or keep its weights in a new run at the new {options}: --init_from "
-            f"{shlex.quote(str(ckpt_path))} {run_options(Path(ckpt_path).parent.parent / 'NEW_NAME')}"
+            f"{shlex.quote(str(ckpt_path))} {run_options(beside(Path(ckpt_path).parent) / 'NEW_NAME')}"
             f"{sources_read}, without --resume")
 
 
@@ -159,6 +168,9 @@ def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path, t
 # learned positions), and the router losses' weights (a fine-tune of an import, with HF's aux weight
 # and no z-loss, refused both)
 INIT_MAY_CHANGE = ("max_seq_len", "router_aux_loss_coef", "router_z_loss_coef")
+# and that a resume may change: the router losses' weights (the context would change the windows, and
+# so the batches a resumed step draws)
+RESUME_MAY_CHANGE = ("router_aux_loss_coef", "router_z_loss_coef")
 INIT_FIX = "pass --init_from another checkpoint (a .pt file, e.g. the run's best.pt)"
 
 
@@ -219,15 +231,34 @@ def check_init(train_args: TrainArgs, given) -> None:
                           "--init_from starts training; pass the checkpoint with --resume instead")
 
 
-def run_options(run_dir: Path) -> str:
+def beside(folder: Path) -> Path:
+    """The folder that holds `folder`, as typed where that names it ("." or ".." made absolute)."""
+    return folder.parent if folder.name not in ("", ".", "..") else Path(os.path.abspath(folder)).parent
+
+
+def run_options(run_dir: Path, fork_of: Path | None = None) -> str:
     """The options that name the run in run_dir: --run NAME, and --out_dir where not the default
-    (quoted for the shell; --run=NAME for a name that begins with -)."""
+    (quoted for the shell; --run=NAME for a name that begins with -): checkpoints, or for a fork of
+    the checkpoint `fork_of` (--resume fork_of --run NAME), where it goes by default (fork_home)."""
     if run_dir.name in ("", ".", ".."):  # (--resume last.pt from inside the run folder: run_dir is ".")
         run_dir = run_dir.resolve()
     def option(name, value):  # (--run -x is taken for an option: --run=-x)
         return f"--{name}{'=' if value.startswith('-') else ' '}{shlex.quote(value)}"
-    default = run_dir.parent == Path(TrainArgs.out_dir)
+    default = run_dir.parent == (Path(TrainArgs.out_dir) if fork_of is None else fork_home(fork_of))
     return option("run", run_dir.name) + ("" if default else " " + option("out_dir", str(run_dir.parent)))
+
+
+def fork_home(ckpt_path: Path) -> Path:
+    """Where a fork of ckpt_path goes without --out_dir: beside the checkpoint's run folder (one
+    train.py made: it holds train.json), else (a loose file, a download) under the default --out_dir."""
+    folder = Path(ckpt_path).parent
+    return beside(folder) if (folder / "train.json").is_file() else Path(TrainArgs.out_dir)
+
+
+def fork_options(plan: RunPlan) -> str:
+    """The options that fork the checkpoint plan resumes into a new folder beside the run's,
+    --run NEW_NAME (and --out_dir where that folder is not beside the checkpoint's)."""
+    return run_options(beside(plan.run_dir) / "NEW_NAME", plan.ckpt_path)
 
 
 def start_again(run_dir: Path) -> str:
@@ -286,10 +317,13 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
         ckpt_path = checkpoint.find_checkpoint(train_args.resume, out, not_saved, option="--resume ")
         # no --run, or one naming the checkpoint's own run, continues it where it lies (from another
         # directory too); with --out_dir typed it forks into --out_dir under that name (without --run,
-        # a typed --out_dir was ignored); another name forks into --out_dir
+        # a typed --out_dir was ignored); another name forks beside the checkpoint's run folder
+        # (fork_home: wherever the shell is, not into ./checkpoints, which from inside the run folder
+        # is inside the run), or into --out_dir where typed
         name = train_args.run or Path(os.path.abspath(ckpt_path.parent)).name
         own = train_args.run in ("", ckpt_path.parent.name) and "out_dir" not in given
-        run_dir = ckpt_path.parent if own else out / name
+        forks_to = out if "out_dir" in given else fork_home(ckpt_path)
+        run_dir = ckpt_path.parent if own else forks_to / name
     elif train_args.resume == "latest" or train_args.eval_only:  # the latest checkpoint of --run
         run_dir = run_to_resume(train_args, out)
         ckpt_path = checkpoint.find_checkpoint(str(run_dir), out, not_saved)
@@ -569,8 +603,8 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
         if held and plan.forks:
             raise RunError(f"{plan.run_dir} already holds a run of its own ({held[0]}), which resuming "
                            f"{plan.ckpt_path} there would replace; fork into a new folder (--resume "
-                           f"{plan.ckpt_path} {run_options(plan.run_dir.parent / 'NEW_NAME')}), or continue "
-                           f"that run with {run_options(plan.run_dir)} {how}")
+                           f"{plan.ckpt_path} {fork_options(plan)}), or continue that run with "
+                           f"{run_options(plan.run_dir)} {how}")
         check_same_model(plan)
         check_no_later_last(plan)
         log = plan.run_dir / "metrics.jsonl"  # (its own log, which it goes on with: not a finished run's)
@@ -601,7 +635,7 @@ def check_no_later_last(plan: RunPlan) -> None:
         raise RunError(f"{last} is at step {later}, later than {plan.ckpt_path} (step {step}), and resuming "
                        f"that here would write over it and drop metrics.jsonl's records from step {step} on; "
                        f"fork it into a new folder (--resume {plan.ckpt_path} "
-                       f"{run_options(plan.run_dir.parent / 'NEW_NAME')}), resume last.pt (--resume "
+                       f"{fork_options(plan)}), resume last.pt (--resume "
                        f"{plan.run_dir}), or move {last} away first")
 
 
@@ -617,11 +651,11 @@ def check_same_model(plan: RunPlan) -> None:
     except ValueError:
         return  # not ours to judge: start_logging rewrites it
     diffs = [f"{k}: checkpoint {v!r}, folder {folder[k]!r}" for k, v in plan.ckpt["model_args"].items()
-             if k in folder and folder[k] != v]
+             if k in folder and folder[k] != v and k not in RESUME_MAY_CHANGE]  # (a resume may change them)
     if diffs:
         raise CheckpointError(f"{plan.ckpt_path} is not this run's model: its settings differ from {saved} ("
                               + "; ".join(diffs) + f"); resume it into a folder of its own (--resume "
-                              f"{plan.ckpt_path} {run_options(plan.run_dir.parent / 'NEW_NAME')}), or put "
+                              f"{plan.ckpt_path} {fork_options(plan)}), or put "
                               "this run's own checkpoint back")
 
 

@@ -23,14 +23,17 @@ from errors import CheckpointError, ConfigError, DataError, RunError
 from tokenizer import Tokenizer
 
 
-def fake_checkpoint(path, model=DEBUG, optimizer=True, preset="debug", **train):
-    """A checkpoint file train.py could resume: no weights, the settings given."""
+def fake_checkpoint(path, model=DEBUG, optimizer=True, preset="debug", run_folder=True, **train):
+    """A checkpoint file train.py could resume: no weights, the settings given; in a run folder (its
+    train.json beside it, as train.py writes) unless `run_folder` is false (a loose file)."""
     state = {"model": {}, "model_args": config.to_dict(model),
              "train_args": config.to_dict(TrainArgs(**train)), "preset": preset}
     if optimizer:
         state["optimizer"] = {}
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save_checkpoint(path, state)
+    if run_folder and not (path.parent / "train.json").exists():
+        (path.parent / "train.json").write_text(json.dumps(state["train_args"]))
     return path
 
 
@@ -85,6 +88,30 @@ def test_a_context_changed_at_resume_is_advised_to_init_from(tmp_path):
         plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(saved_data),
              val_data="/c/w.txt")
     assert model == debug_args(max_seq_len=32)
+
+
+def test_a_resume_takes_other_router_loss_weights_as_it_takes_another_lr(tmp_path):
+    """Bug caught: --resume with another --router_aux_loss_coef or --router_z_loss_coef (training-loss
+    weights, which no weight depends on) refused as "model settings differ from the checkpoint's",
+    though --init_from takes them and a resume takes another --lr; a checkpoint resumed so was then
+    refused by its own folder, whose model.json holds the new weights. Other model settings typed still
+    differ, --preset does not change them, and --eval_only (which trains nothing) still refuses them."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    typed = debug_args(router_aux_loss_coef=0.01, router_z_loss_coef=1e-3)
+    p = plan(tmp_path, {"router_aux_loss_coef", "router_z_loss_coef"}, model=typed, resume=str(last))
+    assert p.model_args == typed and not p.forks
+    (last.parent / "model.json").write_text(json.dumps(config.to_dict(typed)))  # what that run wrote
+    runplan.claim_folder(plan(tmp_path, resume=str(last))).release()  # the checkpoint's own, resumed again
+    assert plan(tmp_path, {"preset"}, model=typed, resume=str(last)).model_args == DEBUG
+    with pytest.raises(ConfigError, match=r"\(router_noise: checkpoint True, asked False\); drop them"):
+        plan(tmp_path, {"router_noise", "router_aux_loss_coef"},
+             model=debug_args(router_noise=False, router_aux_loss_coef=0.01), resume=str(last))
+    with pytest.raises(ConfigError, match=r"router_z_loss_coef: checkpoint 0.0, asked 0.001\); drop them: "):
+        plan(tmp_path, {"router_z_loss_coef"}, model=typed, resume=str(last), eval_only=True)
+    with pytest.raises(ConfigError, match=r"--router_aux_loss_coef: .*got -1.* \(the checkpoint's\)"):
+        bad = object.__new__(ModelArgs)  # (as parse_args leaves it for resume_settings to check)
+        bad.__dict__.update({**config.to_dict(DEBUG), "router_aux_loss_coef": -1.0})
+        plan(tmp_path, {"router_aux_loss_coef"}, model=bad, resume=str(last))
 
 
 def test_an_init_from_setting_out_of_range_names_the_value_it_starts_from():
@@ -232,8 +259,34 @@ def test_resume_by_path_with_out_dir_typed_forks_into_it(tmp_path):
     assert here.train_args.out_dir == str(tmp_path / "a")  # where it lies, not the --out_dir default
     there = plan(tmp_path, resume=str(last), run="r", out_dir=str(tmp_path / "b"))
     assert there.run_dir == tmp_path / "b" / "r" and there.forks
-    fork = plan(tmp_path, resume=str(last), run="f")
-    assert fork.run_dir == tmp_path / "ckpt" / "f" and fork.forks
+    fork = plan(tmp_path, resume=str(last), run="f")  # (no --out_dir typed: beside the checkpoint's run)
+    assert fork.run_dir == tmp_path / "a" / "f" and fork.forks
+
+
+def test_a_fork_lands_beside_its_checkpoints_run_wherever_the_shell_is(tmp_path, monkeypatch):
+    """Bug caught: `cd checkpoints/a && train.py --resume last.pt --run f` forked into
+    checkpoints/a/checkpoints/f, a run inside the run (the default --out_dir, taken from the working
+    folder); from elsewhere into ./checkpoints/f. A fork goes beside the run it forks, as a resume goes
+    on where it lies, and into --out_dir where one is typed; the advice to fork names the same place.
+    A loose checkpoint (no train.json beside it: a download) forks into ./checkpoints, not beside its
+    folder (~/Downloads/x.pt into ~/f)."""
+    loose = fake_checkpoint(tmp_path / "dl" / "x.pt", run_folder=False)
+    monkeypatch.chdir(tmp_path)
+    fork = runplan.plan_run(DEBUG, TrainArgs(resume=str(loose), run="f"), "debug", {"resume", "run"})
+    assert fork.run_dir == Path("checkpoints/f") and fork.forks
+    last = fake_checkpoint(tmp_path / "a" / "r" / "last.pt")
+    for cwd, resume in [(last.parent, "last.pt"), (tmp_path, "a/r/last.pt"), (tmp_path / "a", "r"),
+                        (tmp_path / "a" / "r", "."), (tmp_path / "a" / "r", "../r/last.pt")]:
+        monkeypatch.chdir(cwd)
+        fork = runplan.plan_run(DEBUG, TrainArgs(resume=resume, run="f"), "debug", {"resume", "run"})
+        assert fork.run_dir.resolve() == tmp_path / "a" / "f" and fork.forks, (cwd, resume)
+        there = runplan.plan_run(DEBUG, TrainArgs(resume=resume, run="f", out_dir=str(tmp_path / "b")),
+                                 "debug", {"resume", "run", "out_dir"})
+        assert there.run_dir == tmp_path / "b" / "f", (cwd, resume)
+    monkeypatch.chdir(last.parent)  # the advice: fork beside it, with no --out_dir to type
+    (last.parent / "model.json").write_text(json.dumps({"dim": 1}))
+    with pytest.raises(CheckpointError, match=r"\(--resume last.pt --run NEW_NAME\)"):
+        runplan.claim_folder(runplan.plan_run(DEBUG, TrainArgs(resume="last.pt"), "debug", {"resume"}))
 
 
 def test_resume_by_path_with_out_dir_typed_and_no_run_forks_into_it_under_the_same_name(tmp_path,
@@ -614,7 +667,7 @@ def test_best_pt_resumed_in_its_folder_never_writes_over_a_later_last_pt(tmp_pat
     with pytest.raises(RunError, match=re.escape(
             f"{last} is at step 5, later than {best} (step 3), and resuming that here would write over it "
             f"and drop metrics.jsonl's records from step 3 on; fork it into a new folder (--resume {best} "
-            f"--run NEW_NAME --out_dir {out}), resume last.pt (--resume {out / 'r'}), or move {last} away "
+            f"--run NEW_NAME), resume last.pt (--resume {out / 'r'}), or move {last} away "
             "first")):
         runplan.claim_folder(p)
     assert last.read_bytes() == before and not storage.held(last.parent / "run.lock")
@@ -712,7 +765,7 @@ def test_a_run_folder_without_a_checkpoint_yet_says_to_start_it_again_with_its_o
                            + "$"):
             plan(tmp_path, **how)
     (run_dir / "model.json").write_text("{}")
-    fake_checkpoint(tmp_path / "ckpt" / "old" / "last.pt")
+    fake_checkpoint(tmp_path / "ckpt" / "old" / "last.pt", run_folder=False)
     os.utime(tmp_path / "ckpt" / "old" / "last.pt", (1, time.time() - 100))
     with pytest.raises(ConfigError, match=re.escape(f"{again} was started with (in its model.json and "
                                                     "train.json), or pass --run old")):

@@ -664,8 +664,8 @@ def test_a_fork_never_overwrites_another_runs_checkpoint(tmp_path, corpus, cache
                         str(tmp_path / "ckpt" / "a" / "last.pt"), run="b"))
     err = capsys.readouterr().err
     assert "already holds a run of its own (last.pt)" in err
-    # Bug caught: the fork it advised left out --out_dir (typed out, it forked into ./checkpoints)
-    assert f"--run NEW_NAME --out_dir {tmp_path / 'ckpt'})" in err
+    # (the fork it advises goes beside a, as any fork without --out_dir typed)
+    assert f"--resume {tmp_path / 'ckpt' / 'a' / 'last.pt'} --run NEW_NAME)" in err
     assert f"or continue that run with --run b --out_dir {tmp_path / 'ckpt'} --resume" in err
     assert [(b / n).read_bytes() for n in ("last.pt", "metrics.jsonl")] == before
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--resume", str(b / "last.pt"), run="b"))
@@ -1731,7 +1731,7 @@ def test_a_plot_whose_records_cannot_be_read_says_so(tmp_path, monkeypatch):
     record = {"kind": "train", "step": 1, "tokens": 64, "lm_loss": 5.0}
     (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
 
-    def unreadable(path, warn=None):
+    def unreadable(path, warn=None, fix=None):
         raise PermissionError(13, "Permission denied", str(path))
     monkeypatch.setattr(storage, "numbered_jsonl", unreadable)  # (what read_metrics reads with)
     said = []
