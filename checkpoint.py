@@ -87,6 +87,16 @@ def _written(folder: Path) -> float:
     return max(times, default=0.0)
 
 
+def not_runs(folder, verb: str, example) -> None:
+    """A folder of runs (an --out_dir) as an export's or import's destination is a CheckpointError (it
+    would mix two kinds of folder), advising to `verb` ("export", "import") into a folder of its own
+    such as example() (a function: an import's is worked out from the folders there)."""
+    if runs := run_folders(folder):
+        whose = "one run's export" if verb == "export" else "one run's"
+        raise CheckpointError(f"{folder} is a folder of runs ({named_runs(runs)}), not {whose}; {verb} into "
+                              f"a folder of its own, e.g. {example()}")
+
+
 def named_runs(runs: list[Path], most: int = 5) -> str:
     """Up to `most` run names, and how many more there are."""
     more = f" and {len(runs) - most} more" if len(runs) > most else ""
@@ -500,9 +510,8 @@ def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False, nam
     if run:
         raise CheckpointError(f"{out_dir} is a training run's folder (it holds {run[0]}); export into a "
                               f"folder of its own, e.g. hf_export/{Path(out_dir).resolve().name}")
-    if runs := run_folders(out_dir):  # (checkpoints/demo into checkpoints: HF files among the run folders)
-        raise CheckpointError(f"{out_dir} is a folder of runs ({named_runs(runs)}), not one run's export; "
-                              f"export into a folder of its own, e.g. hf_export/{name}")
+    # (checkpoints/demo into checkpoints: HF files among the run folders)
+    not_runs(out_dir, "export", lambda: f"hf_export/{name}")
     held = [f"a model ({n})" for n in ("config.json", "model.safetensors", "model.safetensors.index.json")
             if (Path(out_dir) / n).exists()]
     writes_tokenizer = tokenizer_path is not None and Path(tokenizer_path).exists()
@@ -853,9 +862,8 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
                               "(--import makes a checkpoint of an HF folder)")
     folder_named = os.fspath(dest).endswith(("/", os.sep))  # (runs/x.pt/ was the file x.pt: Path drops /)
     dest = Path(dest)
-    if runs := dest.is_dir() and run_folders(dest):  # (--import hf checkpoints: its last.pt among the runs)
-        raise CheckpointError(f"{dest} is a folder of runs ({named_runs(runs)}), not one run's; import into "
-                              f"a folder of its own, e.g. {new_folder(dest, source.resolve().name)}")
+    # (--import hf checkpoints: its last.pt among the runs)
+    not_runs(dest, "import", lambda: new_folder(dest, source.resolve().name))
     if dest.is_dir() or dest.suffix != ".pt" or folder_named:
         dest = dest / "last.pt"
     hf = [n for n in ("config.json", "model.safetensors") if (dest.parent / n).is_file()]

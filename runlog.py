@@ -391,29 +391,31 @@ def _line(record: dict) -> str:
 # Reading runs back
 
 
-def read_metrics(run_dir, warn=None, need=None) -> tuple[list, list]:
+def read_metrics(run_dir, warn=None, need=None, fix=None) -> tuple[list, list]:
     """(train records, val records) of a run folder; none yet where train.py has not logged its first
     record (its run.lock comes before the data work, its settings before the first step: "is it a run
     folder?" there was an error, and the other runs went unplotted). `need` maps a kind ("train",
     "val") to the fields each of its records must hold (plot_runs: its x axis and its curves). A
     record without a kind, or without one of those, is a ValueError naming the file and its line (a
-    KeyError named the field alone: which of several runs held it?)."""
+    KeyError named the field alone: which of several runs held it?). `fix` is the advice of every such
+    error, a missing or unreadable log's too (sweep.py's: its run is trained again); by default a
+    reader's of run folders it was given (plot_runs)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         if any((Path(run_dir) / name).is_file() for name in ("run.lock", "train.json", "model.json")):
             return [], []  # (train.py started there)
-        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run folder?")
+        raise FileNotFoundError(f"{path} does not exist; {fix or f'is {run_dir} a run folder?'}")
     if path.is_dir():  # ("[Errno 21] Is a directory")
-        raise IsADirectoryError(f"{path} is a folder, not the run's log; put the run's metrics.jsonl file "
-                                f"in its place, or leave {run_dir} out")
-    records = storage.numbered_jsonl(path, warn=warn)
+        raise IsADirectoryError(f"{path} is a folder, not the run's log; " + (fix or "put the run's "
+                                f"metrics.jsonl file in its place, or leave {run_dir} out"))
+    records = storage.numbered_jsonl(path, warn=warn, fix=fix)
     for line, r in records:
         kind = r.get("kind") if r.get("kind") in ("train", "val") else None
         if missing := next((f for f in ("kind", *(need or {}).get(kind, ())) if f not in r), None):
             every = f"every {kind} record" if kind else "every record"
             raise ValueError(f"{path}: line {line} has no {missing!r} field, which train.py writes in "
-                             f"{every}; pass run folders that this project's train.py wrote, or delete that "
-                             "line")
+                             f"{every}; " + (fix or "pass run folders that this project's train.py wrote, or "
+                                             "delete that line"))
     return [r for _, r in records if r["kind"] == "train"], [r for _, r in records if r["kind"] == "val"]
 
 

@@ -428,12 +428,12 @@ def append_jsonl(path, record: dict, fix: str | None = None) -> None:
         os.close(fd)
 
 
-def numbered_jsonl(path, warn=None) -> list[tuple[int, dict]]:
+def numbered_jsonl(path, warn=None, fix=None) -> list[tuple[int, dict]]:
     """The records of a JSON Lines file, each with its line number (from 1) in the file, for an
-    error about a record to name its line. A last line that is not valid JSON (a write cut short by
-    a crash or a full disk) is dropped, and `warn` is told; a bad line elsewhere, or JSON that is not
-    a record (an edit: no write cut short leaves one), is an error (ValueError naming the file and
-    the line)."""
+    error about a record to name its line (and advise `fix`: by default, to fix or delete that
+    line). A last line that is not valid JSON (a write cut short by a crash or a full disk) is
+    dropped, and `warn` is told; a bad line elsewhere, or JSON that is not a record (an edit: no
+    write cut short leaves one), is an error (ValueError naming the file and the line)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     records = []
@@ -451,7 +451,8 @@ def numbered_jsonl(path, warn=None) -> list[tuple[int, dict]]:
                      "left by a write that was cut short")
             continue
         if not isinstance(record, dict):  # (valid JSON that is not a record: a log's reader would trip on it)
-            raise ValueError(f"{path}: line {i + 1} is not a JSON record; fix or delete that line") from None
+            fix = fix or "fix or delete that line"
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record; {fix}") from None
         records.append((i + 1, record))
     return records
 

@@ -328,7 +328,7 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
         sys.exit(f"sweep.py: error: train.py failed for {run} (exit {done.returncode}, its error is above); "
                  f"{KEPT}")
     try:  # (none yet where train.py stopped before its first record; a record without a field named)
-        train, val = runlog.read_metrics(run_dir, need=NEED)
+        train, val = runlog.read_metrics(run_dir, need=NEED, fix=f"{KEPT} (this one starts again)")
     except (OSError, ValueError) as e:
         sys.exit(f"sweep.py: error: {e}")
     if not val:  # a signal to train.py alone: it stops cleanly (status 0) before its final evaluation

@@ -782,3 +782,29 @@ def test_the_printed_command_lines_are_the_ones_run(tmp_path, monkeypatch, capsy
     said = str(e.value.code).split(" holds a run made with other train.py options (", 1)[1]
     assert shlex.split(said.split("); pick another", 1)[0]) == sweep.train_setting(["--lr", "1e-3"], 0.01, 1,
                                                                                    opts)
+
+
+@pytest.mark.parametrize("log, said", [
+    ('{"step": 2, "tokens": 512}\n', "metrics.jsonl: line 1 has no 'kind' field, which train.py writes"),
+    ("[1]\n{}\n", "metrics.jsonl: line 1 is not a JSON record"),
+    (None, "metrics.jsonl does not exist"),
+])
+def test_a_runs_unreadable_log_advises_sweeps_own_fix(tmp_path, monkeypatch, log, said):
+    """Bug caught: a log sweep.py could not read (a record without a field, a line that is no record, no
+    log at all) gave plot_runs.py's advice: "pass run folders that this project's train.py wrote, or
+    delete that line" (or "is it a run folder?"), where sweep.py picks no folders, and deletes the run
+    folder to train it again at the next call: that is its fix."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+
+    def wrote(argv, **kwargs):  # a train.py that exits 0 leaving that log
+        run_dir = tmp_path / "runs" / argv[argv.index("--run") + 1]
+        run_dir.mkdir(parents=True)
+        if log is not None:
+            (run_dir / "metrics.jsonl").write_text(log)
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", wrote)
+    with pytest.raises(SystemExit) as e:
+        sweep.run_one("s", [], 0.01, 1, opts)
+    message = str(e.value.code)
+    assert message.startswith("sweep.py: error: ") and said in message, message
+    assert message.endswith(f"; {sweep.KEPT} (this one starts again)"), message
