@@ -31,7 +31,8 @@ One after another, each in its own process:
      story with the decode step compiled and eager, compared (first: it matters most), --eval_only
      on valid-lower.txt and one sampled story (both eager: no goal times them). It needs datasets
      (make gpu-check installs it from .whl): without it the check stops at once, before the rest,
-     as it does on a Python without torch.
+     as it does on a Python without torch, and on a --data or --val_data that train.py would refuse
+     (a mistyped path, gpu-data/ not carried), with train.py's line.
 It writes to --out (default img/gpu/ for a run at the defaults, --only, --deadline and --work
 aside, and --data / --val_data naming train-lower.txt / valid-lower.txt wherever they lie; and
 --work/results/ for any other, so that a smoke test or other text never replaces the README's):
@@ -78,7 +79,7 @@ sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
 import storage  # noqa: E402
-from errors import UserError, first_line, run_script  # noqa: E402
+from errors import DataError, UserError, first_line, run_script  # noqa: E402
 
 PARTS = {"model": ["bench_model.json"], "sample": ["bench_sample.json", "bench_sample_fp32.json"],
          "train": ["train.json"]}  # each part's files under --out, in the order the parts run
@@ -591,6 +592,27 @@ def check_tools(device: str, parts: list[str]) -> None:
                             "fills it) and run make gpu-check, which installs it") from None
 
 
+def check_data(opts, parts: list[str]) -> None:
+    """The train part's --data and --val_data, checked as train.py reads them before any part runs
+    (a DataError; train.py found a missing one only after the benchmarks' minutes). A default that
+    is in neither of DATA_DIRS advises make gpu-prep; an empty one is train.py's to take."""
+    if "train" not in parts:
+        return
+    import sources  # (numpy and tokenizers: after check_tools has found the project's Python)
+    for name, default in [("data", find("train-lower.txt")), ("val_data", find("valid-lower.txt"))]:
+        value = getattr(opts, name)
+        if not value:  # (train.py's: the hub's text, or a slice of --data held out)
+            continue
+        try:
+            sources.resolve_files(value, f"--{name}", skip=(opts.work,))  # (train.py skips --work too)
+        except DataError:
+            if value != default:
+                raise
+            raise DataError(f"--{name}: {Path(value).name} is neither in gpu-data/ nor in {DATA_DIRS[-1]}; "
+                            "run make gpu-prep (and carry gpu-data to a GPU machine), or pass "
+                            f"--{name} PATH") from None
+
+
 def main(argv=None):
     start = time.monotonic()  # (before parse, which may import torch: the deadline counts it)
     opts, out = parse(argv)
@@ -600,6 +622,7 @@ def main(argv=None):
     if opts.render:
         return render(out)
     check_tools(opts.device, parts)
+    check_data(opts, parts)
     storage.writable_folder(out, "pick another --out")  # (/proc, /sys: log.txt's traceback)
     quick = ["--quick"] if opts.quick else []
     with open(out / "log.txt", "a", encoding="utf-8") as log:  # appended: every part's log kept

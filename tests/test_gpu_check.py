@@ -18,6 +18,22 @@ LEAST = str(gpu_check.MIN_PART_S)  # the least --deadline taken: what parse() to
 # MIN_PART_S for the first part, which is skipped (a deadline that leaves no time is a bad option)
 
 
+@pytest.fixture(scope="module")
+def gpu_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpu-data")
+    write_stories(folder / "train-lower.txt")
+    write_stories(folder / "valid-lower.txt", n=30, seed=1)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def default_texts(gpu_data, monkeypatch):
+    """The default --data and --val_data (gpu-data/'s or ../shared's, checked before any part with the
+    train part runs) as toy texts, so that a test that leaves them out does not need ../shared beside
+    the clone."""
+    monkeypatch.setattr(gpu_check, "DATA_DIRS", [gpu_data])
+
+
 def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     write_stories(tmp_path / "train.txt")
     write_stories(tmp_path / "valid.txt", n=30, seed=1)
@@ -184,12 +200,13 @@ def test_an_unknown_part_is_a_clear_error(tmp_path, capsys):
 
 
 def test_a_failed_command_is_named_in_gpu_md_and_the_check_exits_1(tmp_path):
-    """train.py failing (here: its data is missing, as when gpu-data was not carried) must not pass
-    for a finished check: a GPU session would be spent on it."""
+    """train.py failing (here: its text is shorter than a vocabulary) must not pass for a finished
+    check: a GPU session would be spent on it."""
     out = tmp_path / "gpu"
+    (tmp_path / "short.txt").write_text("a story too short to train a tokenizer on\n")
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--quick", "--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"),
-                        "--data", str(tmp_path / "missing.txt"), "--only", "train"])
+                        "--data", str(tmp_path / "short.txt"), "--only", "train"])
     assert "train.py (exit 1) failed" in str(e.value.code)
     assert (out / "gpu.md").read_text().startswith("**Failed:** train.py (exit 1); see log.txt.")
 
@@ -1230,6 +1247,8 @@ def test_the_train_part_gives_each_command_its_data_device_and_compile(tmp_path,
         "greedy true": (0, "a"), "greedy false": (0, "a"), "eval_only": (0, '{"bits_per_byte": 2.0}'),
         "story": (0, "b")})
     data, val = str(tmp_path / "t.txt"), str(tmp_path / "v.txt")
+    for text in (data, val):  # (checked before any part)
+        Path(text).write_text("a story\n")
     gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work"),
                     "--only", "train", "--data", data, "--val_data", val])
     train, compiled, eager, ev, story = [argv for argv, _ in ran]
@@ -1306,3 +1325,28 @@ def test_render_takes_an_out_that_holds_a_training_runs_files(tmp_path):
         (tmp_path / name).write_text("a run's")
     opts, out = gpu_check.parse(["--render", "--out", str(tmp_path)])
     assert opts.render and out == tmp_path
+
+
+@pytest.mark.parametrize("flag", ["--data", "--val_data"])
+def test_missing_train_text_is_one_line_before_any_part(tmp_path, monkeypatch, flag):
+    """Bug caught: a mistyped --data or --val_data (or gpu-data/ not carried to the GPU machine) was
+    found by train.py, the last part, after minutes of benchmarks. Now train.py's own line (exit 1)
+    before any part runs or anything is written; a default that is nowhere advises make gpu-prep; a
+    check without the train part does not read them."""
+    monkeypatch.setattr(gpu_check, "sh", lambda *a, **k: pytest.fail("a part ran"))
+    monkeypatch.setattr(gpu_check, "run_bench", lambda *a, **k: pytest.fail("a part ran"))
+    base = ["--quick", "--device", "cpu", "--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work")]
+    typo = str(tmp_path / "trian-lower.txt")
+    with pytest.raises(UserError) as e:
+        gpu_check.main([*base, flag, typo])
+    assert e.value.exit_code == 1 and str(e.value) == f"{flag}: no such file '{typo}'; check the path"
+    with pytest.raises(UserError, match=f"{flag}: no files match '.*nope/\\*.txt'"):  # (a glob, as train.py)
+        gpu_check.main([*base, flag, str(tmp_path / "nope" / "*.txt")])
+    monkeypatch.setattr(gpu_check, "DATA_DIRS", [tmp_path / "gpu-data", tmp_path / "shared"])
+    with pytest.raises(UserError) as e:  # (the defaults: in neither folder)
+        gpu_check.main(base)
+    assert str(e.value) == (f"--data: train-lower.txt is neither in gpu-data/ nor in {tmp_path / 'shared'}; "
+                            "run make gpu-prep (and carry gpu-data to a GPU machine), or pass --data PATH")
+    assert not (tmp_path / "gpu").exists()
+    monkeypatch.setattr(gpu_check, "run_bench", lambda *a, **k: None)
+    gpu_check.main([*base, "--only", "model", flag, typo])  # (no train part: not read)
