@@ -54,10 +54,12 @@ How this departs from the obvious version:
   (--eval_only only reads, and takes no lock). A folder a failed run created and left empty is
   removed.
 - Ctrl-C / SIGTERM finish the current step (under torchrun, the steps up to the ranks' next
-  agreement, within about 10 s: agree), save last.pt and exit cleanly; a second signal aborts
-  (exit status 130, one line), but never in the middle of a save: it waits for the file. One
-  before this session's first step is done aborts at once (a compiled first step compiles for
-  minutes; torchrun kills its workers 30 s after forwarding a signal).
+  agreement, within about 10 s: agree), or cut an evaluation short at its next batch (the ranks
+  agree in its one collective; it is put off into the checkpoint, as on an evaluation step), save
+  last.pt and exit cleanly; a second signal aborts (exit status 130, one line), but never in the
+  middle of a save: it waits for the file. One before this session's first step is done aborts at
+  once (a compiled first step compiles for minutes; torchrun kills its workers 30 s after
+  forwarding a signal).
 - What is refused before any work (a bad setting: exit status 2) and what gets a warning line are
   runplan.py's: the run's settings, folder and checkpoint are planned and checked there first.
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
@@ -381,17 +383,25 @@ class EvalSet:
 
 
 @torch.no_grad()
-def evaluate(model, val: EvalSet, autocast, device) -> dict:
+def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None) -> dict | None:
     """Loss over the fixed validation windows (this rank's share, summed over ranks), and the
-    seconds the pass took (after the device has finished the training steps queued before it)."""
+    seconds the pass took (after the device has finished the training steps queued before it).
+    None when a signal (`stop`, the loop's) cut it short: it is checked between batches (a flag on
+    the host: no wait for the device), and whether any rank was cut short travels with the sums in
+    the pass's one collective, so that every rank returns None alike, whatever batch each stopped at
+    (a large --val_data takes minutes: past the 30 s torchrun gives its workers after a signal)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
+    cut = False
     try:
         for i in range(0, len(val.x), val.batch_size):
+            if stop is not None and stop.requested:
+                cut = True
+                break
             x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
             with autocast:  # the loss alone: no (B, T, V) logits, no host read
                 lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
@@ -399,29 +409,35 @@ def evaluate(model, val: EvalSet, autocast, device) -> dict:
             nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
     finally:
         model.train(was_training)
-    nats, tokens, n_bytes = runtime.all_reduce([float(nats), val.tokens, val.bytes], device, val.world)
+    nats, tokens, n_bytes, cut = runtime.all_reduce([float(nats), val.tokens, val.bytes, float(cut)], device,
+                                                    val.world)
+    if cut:
+        return None
     per_token = nats / max(tokens, 1)
     return {"nats_per_token": per_token, "perplexity": math.exp(min(per_token, 50)),
             "bits_per_byte": data.bits_per_byte(nats, n_bytes) if n_bytes else float("nan"),
             "tokens": int(tokens), "bytes": int(n_bytes), "seconds": time.perf_counter() - start}
 
 
-def evaluate_job(job: Job) -> dict:
-    """evaluate() on the job's model; a compiled model's first evaluations fall back to eager as
-    its first training steps do (first_steps)."""
+def evaluate_job(job: Job, stop: "Stop | None" = None) -> dict | None:
+    """evaluate() on the job's model (None: `stop` cut it short); a compiled model's first
+    evaluations fall back to eager as its first training steps do (first_steps)."""
     if job.eval_trials == 0:
-        return evaluate(job.compiled, job.val, job.autocast, job.device)
+        return evaluate(job.compiled, job.val, job.autocast, job.device, stop)
     job.eval_trials -= 1
     try:
-        return evaluate(job.compiled, job.val, job.autocast, job.device)
+        return evaluate(job.compiled, job.val, job.autocast, job.device, stop)
     except Exception as e:  # whatever stops the compiler or the recording, out of memory aside
         run_eagerly(job, e, "an evaluation")
-        return evaluate(job.compiled, job.val, job.autocast, job.device)
+        return evaluate(job.compiled, job.val, job.autocast, job.device, stop)
 
 
-def run_eval(job: Job, state: LoopState) -> bool:
-    """Evaluate, write the val record and the loss plot; True when the result is the best yet."""
-    r = evaluate_job(job)
+def run_eval(job: Job, state: LoopState, stop: "Stop | None" = None) -> bool | None:
+    """Evaluate, write the val record and the loss plot; True when the result is the best yet, None
+    when a signal cut the evaluation short (`stop`: nothing written, the best kept)."""
+    r = evaluate_job(job, stop)
+    if r is None:
+        return None
     improved = r["nats_per_token"] < state.best_val
     state.best_val = min(state.best_val, r["nats_per_token"])
     with runtime.all_ranks_or_none(job.world, job.device, "writing metrics.jsonl"):  # (as log_step)
@@ -675,10 +691,13 @@ class Stop:
     session's first step is done (`started`), a signal aborts at once, as one before the loop
     does: that step would add nothing worth saving, and a compiled model's takes minutes to
     compile, past the 30 s torchrun gives its workers before killing them. A signal the process
-    was started to ignore (a non-interactive shell's background job ignores SIGINT) stays ignored."""
+    was started to ignore (a non-interactive shell's background job ignores SIGINT) stays ignored.
+    Under torchrun (`peers`) the save it promises is on a condition: torchrun also sends SIGTERM to
+    the rest of a job one of whose processes has died, and then nothing can be saved (the ranks'
+    next collective fails: run says so in one line)."""
 
-    def __init__(self, log, until: str = "this step"):
-        self.requested, self.log, self.until = False, log, until
+    def __init__(self, log, until: str = "this step", peers: bool = False):
+        self.requested, self.log, self.until, self.peers = False, log, until, peers
         self.in_save = self.abort = self.started = False
         main_thread = threading.current_thread() is threading.main_thread()  # the only one with handlers
         self.old = {s: errors.take_signal(s, self.handle)
@@ -700,8 +719,10 @@ class Stop:
             raise KeyboardInterrupt
         else:
             self.requested = True
-            self.log(f"\n{name}: finishing {self.until}, then saving a resumable checkpoint (send it again "
-                     "to abort)")
+            if_all = (" if every process of the job is still running (torchrun also sends SIGTERM when one "
+                      "has stopped; " if self.peers else " (")
+            self.log(f"\n{name}: finishing {self.until}, then saving a resumable checkpoint{if_all}send it "
+                     "again to abort)")
 
     @contextmanager
     def saving(self):
@@ -1029,7 +1050,7 @@ def loop(job: Job, state: LoopState) -> dict:
     bar = tqdm(total=None if t.max_minutes else t.max_steps, initial=state.step, disable=not job.world.main,
                dynamic_ncols=True, desc=job.run_dir.name)
     until = "this step" if job.world.size == 1 else f"the steps of the next {AGREE_SECONDS:g} s or so"
-    job.stop = stop = Stop(job.log, until)
+    job.stop = stop = Stop(job.log, until, peers=job.world.size > 1)
     job.agreed, job.agree_at = (state.step, state.elapsed), state.step + 1
     finished = "max_steps"
     job.model.train()
@@ -1061,7 +1082,7 @@ def loop(job: Job, state: LoopState) -> dict:
                 log_step(job, state, window, lr, bar)
                 window = Window(state, job.device)
             evaluated = evaluate_and_save(job, state, window, stop_now)
-            if stop_now:
+            if stop_now or state.eval_due:  # (eval_due: a signal cut this step's evaluation short)
                 finished = "signal"
                 break
         if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)
@@ -1085,44 +1106,48 @@ def loop(job: Job, state: LoopState) -> dict:
 
 def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool) -> int | None:
     """After a step before the last: the evaluation every eval_every steps (put off, not lost, when a
-    signal stops the run here: the resumed run evaluates this step first), last.pt every save_every
-    steps and when stopping. The step evaluated, or None."""
+    signal stops the run here or cuts the evaluation short: state.eval_due, the run stops, and the
+    resumed run evaluates this step first), last.pt every save_every steps and when stopping. The
+    step evaluated, or None."""
     t, evaluated = job.train_args, None
     evaluate = state.step % t.eval_every == 0 and state.step < t.max_steps
     save = (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now
     if not (evaluate or save):
         return None  # (no pause: on CUDA it waits for the device)
     with window.pause():
-        if evaluate and stop_now:
+        if evaluate and not stop_now:
+            evaluated = evaluate_step(job, state, window, job.stop)
+        if evaluate and evaluated is None:  # a signal at this step, or during its evaluation
             state.eval_due = True
-        elif evaluate:
-            evaluated = evaluate_step(job, state, window)
-        if save:
+        if save or state.eval_due:
             maybe_save(job, state, window, "last.pt")
     return evaluated
 
 
 def wrap_up(job: Job, state: LoopState, window: Window, evaluated: int | None, signalled: bool) -> None:
     """The end of a run no signal cut short: the final evaluation, unless the loop evaluated this step
-    (asked to stop at the last step: last.pt first, with the evaluation put off in it, in case the rest
-    of the grace period runs out), best.pt if there is none yet, then last.pt."""
+    (asked to stop at the last step, or during the final evaluation, which that cuts short: last.pt
+    first, with the evaluation put off in it, in case the rest of the grace period runs out; then the
+    whole evaluation), best.pt if there is none yet, then last.pt."""
     with window.pause():  # (the budget may end the run in the middle of a window: the saves hold it)
         if evaluated != state.step:
-            if signalled:
+            if signalled or evaluate_step(job, state, window, job.stop) is None:
                 state.eval_due = True
                 maybe_save(job, state, window, "last.pt")
                 state.eval_due = False
-            evaluate_step(job, state, window)
+                evaluate_step(job, state, window)
         if not (job.run_dir / "best.pt").exists():
             maybe_save(job, state, window, "best.pt")
         maybe_save(job, state, window, "last.pt")
 
 
-def evaluate_step(job: Job, state: LoopState, window: Window) -> int:
-    """Evaluate, keep best.pt if the result is the best yet; the step evaluated."""
-    if run_eval(job, state):
+def evaluate_step(job: Job, state: LoopState, window: Window, stop: "Stop | None" = None) -> int | None:
+    """Evaluate, keep best.pt if the result is the best yet; the step evaluated (None: a signal, `stop`,
+    cut the evaluation short)."""
+    improved = run_eval(job, state, stop)
+    if improved:
         maybe_save(job, state, window, "best.pt")
-    return state.step
+    return None if improved is None else state.step
 
 
 def evaluate_only(job: Job, state: LoopState) -> dict:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import typing
 from types import SimpleNamespace
 
@@ -248,10 +249,10 @@ def test_an_evaluation_a_signal_put_off_is_run_by_the_resumed_run(tmp_path, corp
     undo = stop_at(monkeypatch, 6)
     real_eval = train.run_eval
 
-    def killed_in_the_final_evaluation(job, state):  # a grace period too short for the evaluation
+    def killed_in_the_final_evaluation(job, state, stop):  # a grace period too short for the evaluation
         if state.step == 6:
             raise Crash()
-        return real_eval(job, state)
+        return real_eval(job, state, stop)
     monkeypatch.setattr(train, "run_eval", killed_in_the_final_evaluation)
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, run="last"))
@@ -262,6 +263,95 @@ def test_an_evaluation_a_signal_put_off_is_run_by_the_resumed_run(tmp_path, corp
     assert result["finished"] == "max_steps" and result["best_val"] == min(v for _, v in whole)
     assert [(r["step"], r["nats_per_token"]) for r in metrics(tmp_path, "last", kind="val")] == whole
     assert (tmp_path / "ckpt" / "last" / "best.pt").exists()
+
+
+def test_a_signal_during_an_evaluation_cuts_it_short_and_the_resumed_run_runs_it(tmp_path, corpus, cache,
+                                                                                  monkeypatch):
+    """Bug caught: a SIGTERM during an evaluation waited for the whole pass (minutes on a large
+    --val_data; torchrun kills its workers 30 s after a signal, so the save was lost). Now the pass
+    stops at its next batch, writes no val record, and is put off into last.pt as one a signal at
+    its step puts off: the resumed run's records are an uninterrupted run's, bit for bit. The final
+    evaluation too: cut short, last.pt saved with it put off, then run whole (here killed, as by
+    torchrun's SIGKILL: the resumed run runs it)."""
+    base = ["--max_steps", "6", "--log_every", "4", "--eval_every", "2", "--save_every", "100",
+            "--batch_size", "1"]  # evaluations of 4 batches (4 windows)
+
+    def records(run):
+        return {kind: [{k: r.get(k) for k in (*SAME, "nats_per_token")} for r in metrics(tmp_path, run, kind)]
+                for kind in ("train", "val")}
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    whole = records("whole")
+    assert [r["step"] for r in whole["val"]] == [2, 4, 6]
+    real = train.evaluate
+
+    class SignalledAtItsSecondBatch(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.batches = model, 0
+
+        def forward(self, x, targets):
+            self.batches += 1
+            if self.batches == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return self.model(x, targets=targets)
+    for run, step in (("cut", 4), ("final", 6)):
+        evals, cut = [], []
+
+        def evaluate(model, *a, evals=evals, cut=cut, step=step):
+            evals.append(1)
+            if len(evals) > step // 2:  # the final evaluation taken again, whole: killed
+                raise Crash()
+            if len(evals) < step // 2:
+                return real(model, *a)
+            cut.append(SignalledAtItsSecondBatch(model))
+            return real(cut[-1], *a)
+        monkeypatch.setattr(train, "evaluate", evaluate)
+        if run == "cut":
+            assert train.main(args(tmp_path, corpus, cache, *base, run=run))["finished"] == "signal"
+        else:
+            with pytest.raises(Crash):
+                train.main(args(tmp_path, corpus, cache, *base, run=run))
+        monkeypatch.setattr(train, "evaluate", real)
+        assert cut[0].batches == 2, run  # it stopped at the next batch
+        assert [r["step"] for r in metrics(tmp_path, run, "val")] == list(range(2, step, 2)), run
+        saved = checkpoint.load_checkpoint(tmp_path / "ckpt" / run / "last.pt")
+        assert (saved["step"], saved["eval_due"]) == (step, True), run
+        train.main(args(tmp_path, corpus, cache, *base, "--resume", run=run))
+        assert records(run) == whole, run
+        assert checkpoint.load_checkpoint(tmp_path / "ckpt" / run / "best.pt")["step"] == \
+            min(whole["val"], key=lambda r: r["nats_per_token"])["step"], run
+
+
+def test_under_torchrun_a_sigterm_during_a_long_evaluation_saves_within_torchruns_grace(tmp_path, corpus,
+                                                                                       cache):
+    """Bug caught: `torchrun --nproc_per_node 2` sent SIGTERM during an evaluation of a large --val_data:
+    the workers finished the whole pass before stopping, past the 30 s torchrun gives them before a
+    SIGKILL (the save lost). Now every rank leaves the pass at its next batch, they agree in its one
+    collective (no hang, whichever batch each stopped at), and last.pt is saved with it put off."""
+    val = write_stories(tmp_path / "val.txt", n=2500, seed=2)  # about 4,000 windows: seconds per rank
+    run_dir = tmp_path / "ckpt" / "r"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--",
+           str(ROOT / "train.py"), *args(tmp_path, corpus, cache, "--val_data", str(val), "--batch_size", "1",
+                                         "--eval_windows", "0", "--grad_accum", "2", "--max_steps", "1000",
+                                         "--eval_every", "2", "--save_every", "1000")]
+    job = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r["step"] == 2 for r in (metrics(tmp_path) if (run_dir / "metrics.jsonl").exists()
+                                                else [])):  # step 2 logged: its evaluation is next
+            assert job.poll() is None and time.monotonic() < deadline, job.stdout.read() if job.poll() else ""
+            time.sleep(0.05)
+        job.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out = job.communicate(timeout=120)[0]
+        took = time.monotonic() - sent
+    finally:
+        job.kill()
+    assert "stopped by a signal at step 2" in out, out[-3000:]
+    assert took < 20, f"{took:.1f} s from the signal to the end"  # (torchrun's grace: 30 s)
+    saved = checkpoint.load_checkpoint(run_dir / "last.pt")
+    assert (saved["step"], saved["eval_due"], metrics(tmp_path, kind="val")) == (2, True, [])
 
 
 def test_a_resumed_run_that_trains_no_step_keeps_the_train_record_of_its_window(tmp_path, corpus, cache,

@@ -177,7 +177,7 @@ def test_a_compiled_evaluation_that_fails_after_its_trials_is_raised(monkeypatch
     the compiler's)."""
     calls = []
 
-    def evaluate(model, val, autocast, device):
+    def evaluate(model, val, autocast, device, stop):
         calls.append(model)
         if len(calls) == 2:
             raise RuntimeError("not the compiler")
@@ -281,6 +281,27 @@ def test_a_first_signal_during_a_save_asks_for_a_stop_and_the_save_goes_on():
             except KeyboardInterrupt:
                 pytest.fail(f"a first signal during a save aborted (started={started})")
             assert stop.requested and not stop.abort and "SIGTERM: finishing this step" in said[-1]
+
+
+def test_under_torchrun_the_first_signals_line_promises_a_save_only_if_every_process_is_there():
+    """Bug caught: `kill -9` of one torchrun worker made torchrun SIGTERM the others, and rank 0 printed
+    "SIGTERM: finishing ..., then saving a resumable checkpoint" just before its next collective failed
+    with "another process of this torchrun job stopped ...; no checkpoint was written"."""
+    said = []
+    stop = train.Stop(said.append, "the steps of the next 10 s or so", peers=True)
+    try:
+        stop.started = True
+        stop.handle(signal.SIGTERM, None)
+    finally:
+        stop.restore()
+    assert said == ["\nSIGTERM: finishing the steps of the next 10 s or so, then saving a resumable "
+                    "checkpoint if every process of the job is still running (torchrun also sends "
+                    "SIGTERM when one has stopped; send it again to abort)"]
+    with stop_handler() as (stop, said):  # one process: nothing else can prevent the save
+        stop.started = True
+        stop.handle(signal.SIGINT, None)
+        assert said == ["\nSIGINT: finishing this step, then saving a resumable checkpoint (send it again to "
+                        "abort)"]
 
 
 def test_a_signal_before_the_first_step_aborts_and_puts_the_handlers_back():
@@ -492,7 +513,7 @@ def test_a_tie_with_the_best_validation_is_no_improvement(monkeypatch):
     """Catches run_eval taking a result equal to the best for an improvement: best.pt rewritten with a
     later, no better checkpoint (and its step moved on)."""
     results = iter([2.0, 2.0, 1.5, 1.5])
-    monkeypatch.setattr(train, "evaluate_job", lambda job: {"nats_per_token": next(results)})
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop: {"nats_per_token": next(results)})
     monkeypatch.setattr(train, "write_val_record", lambda job, state, r: None)
     job, state = SimpleNamespace(world=runtime.World(), device="cpu"), train.LoopState()
     assert [train.run_eval(job, state) for _ in range(4)] == [True, False, True, False]
@@ -506,7 +527,7 @@ def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only
     every process at once."""
     as_two_ranks(monkeypatch)
     wrote = []
-    monkeypatch.setattr(train, "evaluate_job", lambda job: {"nats_per_token": 1.0})
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None: {"nats_per_token": 1.0})
     monkeypatch.setattr(train, "write_val_record", lambda job, state, r: wrote.append("val"))
     monkeypatch.setattr(train.checkpoint, "save_checkpoint", lambda path, ckpt: wrote.append(path.name))
     cpu = torch.device("cpu")
@@ -588,7 +609,7 @@ def test_eval_only_evaluates_the_compiled_model_and_prints_the_step_and_checkpoi
     the eager model where evaluate_job takes the compiled one (falling back as training does)."""
     seen = []
     monkeypatch.setattr(train, "evaluate",
-                        lambda model, val, autocast, device: seen.append(model) or {"x": 1})
+                        lambda model, val, autocast, device, stop: seen.append(model) or {"x": 1})
     job = SimpleNamespace(eval_trials=0, compiled="compiled", model="eager", val=None, autocast=None,
                           device="cpu", world=runtime.World(), ckpt_path=tmp_path / "best.pt",
                           imported=False)

@@ -1452,7 +1452,7 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
     job.metrics = runlog.Metrics(tmp_path, None, None)
     (tmp_path / "metrics.jsonl").mkdir()  # a record cannot be appended
     window = train.Window(state, job.device)
-    monkeypatch.setattr(train, "evaluate_job", lambda job: {
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None: {
         "nats_per_token": 5.0, "perplexity": 148.4, "bits_per_byte": 4.0, "tokens": 256, "bytes": 400,
         "seconds": 0.1})
     with pytest.raises(StorageError):
@@ -1541,9 +1541,9 @@ def saved_windows(monkeypatch):
     monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0],
                                                        time=time.time))
 
-    def evaluate_job(job):
+    def evaluate_job(job, stop=None):
         offset[0] += 100.0
-        return real_evaluate(job)
+        return real_evaluate(job, stop)
 
     def save_checkpoint(path, ckpt):
         saved[ckpt["step"]] = ckpt["window"]
@@ -1761,7 +1761,7 @@ def test_a_crash_in_the_last_evaluation_of_a_budget_ended_run_keeps_its_last_tra
     monkeypatch.setattr(train.Clock, "spent", lambda clock, state: state.step >= 2)  # the budget
     undo = stop_at(monkeypatch, 2)
 
-    def killed(job):
+    def killed(job, stop=None):
         raise Crash
     monkeypatch.setattr(train, "evaluate_job", killed)
     with pytest.raises(Crash):
@@ -1811,13 +1811,14 @@ def test_cpu_memory_is_the_cgroup_limit_where_it_is_lower(tmp_path, monkeypatch,
 def recorded_loop_steps(monkeypatch, tmp_path, best_exists=False):
     """A job whose evaluations and saves are recorded, not made: (what, step, eval_due) tuples."""
     calls = []
-    monkeypatch.setattr(train, "evaluate_step", lambda job, state, window: calls.append(
+    monkeypatch.setattr(train, "evaluate_step", lambda job, state, window, stop=None: calls.append(
         ("eval", state.step, state.eval_due)) or state.step)
     monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name: calls.append(
         (name, state.step, state.eval_due)))
     if best_exists:
         (tmp_path / "best.pt").write_bytes(b"")
-    job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=3), run_dir=tmp_path)
+    job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=3), run_dir=tmp_path,
+                          stop=None)
     return job, calls
 
 
@@ -1861,7 +1862,7 @@ def test_wrap_up_after_a_signal_at_the_last_step_saves_the_put_off_evaluation_fi
 def test_best_pt_is_saved_only_when_validation_improves(monkeypatch):
     # catches: best.pt saved when validation got worse, or best_val following the last evaluation
     results = iter([3.0, 2.0, 2.5, 2.2, 1.0])
-    monkeypatch.setattr(train, "evaluate_job", lambda job: {"nats_per_token": next(results)})
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None: {"nats_per_token": next(results)})
     monkeypatch.setattr(train, "write_val_record", lambda job, state, r: None)
     saved = []
     monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name:
@@ -1937,9 +1938,9 @@ def test_a_signal_during_the_final_evaluation_is_reported_as_signalled(tmp_path,
     # catches: the result's "signalled" missing a signal after the last step (compare.py stops on it)
     real_eval = train.run_eval
 
-    def signalled_meanwhile(job, state):
+    def signalled_meanwhile(job, state, stop=None):
         job.stop.requested = True
-        return real_eval(job, state)
+        return real_eval(job, state, stop)
     monkeypatch.setattr(train, "run_eval", signalled_meanwhile)
     result = train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "100",
                              "--plot", ""))
