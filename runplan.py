@@ -98,7 +98,7 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     text = {k: (now if k in given else saved_train).get(k, "") for k in ("data", "val_data")}  # (it reads)
     # the router losses' weights are training-loss weights, which a resume may change as it may --lr
-    free = set() if train_args.eval_only else set(RESUME_MAY_CHANGE)
+    free = set(RESUME_MAY_CHANGE)  # (--eval_only keeps the checkpoint's: a warning says they do nothing)
     # (--eval_only trains no new --run: that advice, a model from scratch, was no fix for an evaluation)
     if train_args.eval_only:
         fix = f"drop {what}: --eval_only evaluates the checkpoint's model as it was trained"
@@ -106,7 +106,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
         other = other_model_fix(saved_model, model_args, typed - free, ckpt_path, text)
         fix = f"drop {what} to use the checkpoint's{other}"
     check_model_typed(saved_model, model_args, typed - free, fix)
-    if changed := {name: getattr(model_args, name) for name in free if name in given}:
+    changed = {name: getattr(model_args, name) for name in free if name in given}
+    if changed and not train_args.eval_only:
         saved = config.to_dict(saved_model)
         saved_model = in_range(lambda: ModelArgs(**{**saved, **changed}), changed, saved,
                                lambda name: "the checkpoint's")
@@ -539,7 +540,8 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
     --eval_only)."""
     t, lines = plan.train_args, []
-    ignored = [f"--{name}" for name in TRAINING_ONLY if name in given] if t.eval_only else []
+    unused = TRAINING_ONLY + RESUME_MAY_CHANGE  # (the router losses' weights: not in the loss evaluated)
+    ignored = [f"--{name}" for name in unused if name in given] if t.eval_only else []
     if ignored:  # (train.py --eval_only --lr 5 --max_steps 3 said nothing of them)
         verb = "has" if len(ignored) == 1 else "have"
         lines.append(f"--eval_only trains nothing: {', '.join(ignored)} {verb} no effect")
