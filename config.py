@@ -711,6 +711,26 @@ OTHER_SPELLING = {("sample.py", "--run"): "name the run's folder: --ckpt checkpo
                                          "to evaluate it"}
 
 
+def run_path_hint(word: str, prog: str, options) -> str | None:
+    """The hint for a checkpoint, run folder or exported HF folder typed without its option
+    (`sample.py checkpoints/demo`, `train.py last.pt --eval_only`): the options of train.py or
+    sample.py that take it, or that the command takes none (compare.py and sweep.py know train.py's
+    --resume, and refuse it); None for any other word."""
+    path = os.path.expanduser(word)
+    run = (path.endswith(".pt") and os.path.isfile(path)) or any(
+        os.path.isfile(os.path.join(path, name)) for name in ("last.pt", "best.pt", "metrics.jsonl"))
+    if not run and not os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    takers = [o for o in (("--ckpt", "--resume", "--init_from") if run else ("--hf",))
+              if o in options and prog in ("train.py", "sample.py")]
+    if takers:
+        return f"a {'checkpoint' if run else 'Hugging Face folder'}? pass it as {' or '.join(takers)}"
+    if run:
+        return "a run? this command takes none; scripts/plot_runs.py overlays the curves of runs trained"
+    return ("a Hugging Face folder? sample.py takes it as --hf; scripts/export_hf.py --import makes a "
+            "checkpoint of it")
+
+
 def other_scripts_option(option: str, prog: str, options=()) -> str | None:
     """'sample.py's option, not train.py's' for train.py or sample.py given an option of the other
     (--num-samples and -num_samples too), with that script's spelling of the same thing, if it has
@@ -855,8 +875,9 @@ class Parser(argparse.ArgumentParser):
 
         def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
             return sorted(plain(option).split("_"))
+        runs = {w: hint for w in words if (hint := run_path_hint(w, self.prog, options))}  # (typed bare)
         strays = [w for w in words if not w.startswith("-")  # (a word, not a --name; a file: a glob's)
-                  and not ("--data" in options and os.path.exists(w))]
+                  and not ("--data" in options and os.path.exists(w)) and w not in runs]
         hints, clauses = [], []
         if len(strays) > 1:  # once for them all, not a clause each (sample.py once upon a time)
             missing = "--prompt" if "--prompt" in options else "a --name"
@@ -873,9 +894,14 @@ class Parser(argparse.ArgumentParser):
             if name in options:
                 hints.append(f"{w} (after the bare --)")
                 continue
+            if w in runs:  # (several with one hint: in one clause, as files below)
+                same = [r for r in runs if runs[r] == runs[w]]
+                more = f" and {len(same) - 1} more" * (len(same) > 1)
+                hints += [f"{w}{more} ({runs[w]})"] * (w == same[0])
+                continue
             if not name.startswith("-") and "--data" in options and os.path.exists(w):  # (a glob the shell
                 # expanded, most often: its files named in one clause, not the advice once a file)
-                files = [f for f in words if not f.startswith("-") and os.path.exists(f)]
+                files = [f for f in words if not f.startswith("-") and os.path.exists(f) and f not in runs]
                 if w == files[0]:
                     n = len(files) - 1
                     more = f" and {n} more file{'s' * (n > 1)}" if n else ""

@@ -1367,3 +1367,27 @@ def test_a_tilde_in_a_path_option_is_the_home_folder_in_settings_left_unchecked(
     argv = ["--resume", "--run", "r", "--out_dir", "~/runs", "--tokenizer", "~/t.json", "--lr", "1e-5"]
     t = config.parse_args([ModelArgs, TrainArgs], argv, checked_later=lambda ns: True)[1][1]
     assert (t.out_dir, t.tokenizer, t.lr) == (f"{tmp_path}/home/runs", f"{tmp_path}/home/t.json", 1e-5)
+
+
+@pytest.mark.parametrize("prog, classes, typed, hint", [
+    ("sample.py", [SampleArgs], ["RUN"], "RUN (a checkpoint? pass it as --ckpt)"),
+    ("train.py", [ModelArgs, TrainArgs], ["RUN/last.pt", "--eval_only"],
+     "RUN/last.pt (a checkpoint? pass it as --resume or --init_from)"),
+    ("compare.py", [ModelArgs, TrainArgs], ["RUN", "RUN2"], "RUN and 1 more (a run? this command takes none; "
+     "scripts/plot_runs.py overlays"),
+    ("sample.py", [SampleArgs], ["HF"], "HF (a Hugging Face folder? pass it as --hf)")])
+def test_a_checkpoint_typed_without_its_option_names_the_option(tmp_path, capsys, prog, classes, typed, hint):
+    """Bug caught: `sample.py checkpoints/demo` was told to put --prompt before the path, and `train.py
+    checkpoints/demo/last.pt --eval_only` (or compare.py given two runs) that --data takes one file."""
+    for run in ("RUN", "RUN2"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "last.pt").write_bytes(b"x")
+        (tmp_path / run / "metrics.jsonl").write_text("")
+    (tmp_path / "HF").mkdir()
+    (tmp_path / "HF" / "config.json").write_text("{}")
+    argv = [str(tmp_path / w) if w[0].isupper() else w for w in typed]
+    with pytest.raises(SystemExit) as e:
+        config.parse_args(classes, argv, prog=prog)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"unknown option {tmp_path}/{hint}" in err, err
