@@ -363,8 +363,9 @@ def fmt(value, spec):
 
 
 def budget_of(minutes: float, max_steps: int | None) -> str:
-    """Each run's budget in words: --minutes 0 is none of time (it said "0 minutes or 6 steps")."""
-    return " or ".join([f"{minutes:g} minutes"] * bool(minutes) + [f"{max_steps} steps"] * bool(max_steps))
+    """Each run's budget in words: --minutes 0 is none of time (not "0 minutes or 6 steps"); 1 is singular."""
+    return " or ".join([f"{minutes:g} minute{'s' * (minutes != 1)}"] * bool(minutes)
+                       + [f"{max_steps} step{'s' * (max_steps != 1)}"] * bool(max_steps))
 
 
 def markdown(report: dict) -> str:

@@ -618,7 +618,8 @@ def test_a_comparison_without_a_time_budget_says_it_compares_at_equal_steps(tmp_
                            "--cache_dir", str(tmp_path / "cache")])
     assert ", each with a budget of 5 steps, batch " in (tmp_path / "img" / "compare.md").read_text()
     assert result["figures"]["bpb"].get_suptitle().endswith("the same active parameters and number of steps")
-    assert compare.budget_of(2.5, None) == "2.5 minutes" and compare.budget_of(1, 5) == "1 minutes or 5 steps"
+    assert compare.budget_of(2.5, None) == "2.5 minutes" and compare.budget_of(1, 5) == "1 minute or 5 steps"
+    assert compare.budget_of(0.5, 1) == "0.5 minutes or 1 step"  # (Bug caught: "1 minutes")
 
 
 def test_options_that_leave_the_moe_runs_without_a_moe_layer_are_refused(tmp_path, capsys):
