@@ -536,6 +536,7 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed
     beside --eval_only (and a --run or --out_dir that do not name --resume's checkpoint), a warmup
     that outlasts the run, a new model of a context sample.py cannot generate from (--max_seq_len 1),
+    or put an image in (a --vision model's),
     a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source is
     given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
     --eval_only)."""
@@ -560,6 +561,10 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     if plan.model_args.max_seq_len < 2 and trains and plan.ckpt is None:  # (said at the run's start)
         lines.append("--max_seq_len 1: sample.py cannot generate from a model of a 1-token context (the "
                      "story's start token fills it); use 2 or more for a model to sample from")
+    m, image = plan.model_args, 4 + plan.model_args.image_tokens  # (sample.image_prompt, and its start token)
+    if m.vision and m.max_seq_len > 1 and m.max_seq_len <= image and trains and plan.ckpt is None:
+        lines.append(f"--max_seq_len {m.max_seq_len}: sample.py --image cannot use this --vision model, an "
+                     f"image takes {image} tokens of its context; use {image + 1} or more for room to write")
     lines += sources.source_warnings(t, given)
     saved = (plan.ckpt or {}).get("train_args") or {}
     same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)

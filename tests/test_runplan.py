@@ -885,6 +885,20 @@ def test_a_new_model_of_a_one_token_context_is_warned_of():
     assert runplan.setting_warnings(p._replace(model_args=debug_args(max_seq_len=2)), set()) == []
 
 
+def test_a_new_vision_model_of_a_context_an_image_fills_is_warned_of():
+    """Bug caught: --vision with a context an image fills (its <|patch|> tokens and markers, after the
+    start token) trained without a word, and sample.py --image then refused the model."""
+    import sample
+    m = debug_args(vision=True)
+    image = 1 + len(sample.image_prompt(m))  # (the start token, then the image: sample.prompts_from)
+    p = runplan.RunPlan(None, replace(m, max_seq_len=image), TrainArgs(), None, None)
+    assert runplan.setting_warnings(p, {"max_seq_len"}) == [
+        f"warning: --max_seq_len {image}: sample.py --image cannot use this --vision model, an image takes "
+        f"{image} tokens of its context; use {image + 1} or more for room to write"]
+    assert runplan.setting_warnings(p._replace(model_args=replace(m, max_seq_len=image + 1)), set()) == []
+    assert runplan.setting_warnings(p._replace(ckpt={}), set()) == []  # (a resume: said at its start)
+
+
 # --- a second audit: what the first left untested ---------------------------------------------------
 
 def test_resume_of_a_run_under_an_out_dir_with_no_runs_still_offers_a_new_run(tmp_path):
