@@ -383,13 +383,14 @@ class EvalSet:
 
 
 @torch.no_grad()
-def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None) -> dict | None:
+def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, bar=None) -> dict | None:
     """Loss over the fixed validation windows (this rank's share, summed over ranks), and the
     seconds the pass took (after the device has finished the training steps queued before it).
     None when a signal (`stop`, the loop's) cut it short: it is checked between batches (a flag on
     the host: no wait for the device), and whether any rank was cut short travels with the sums in
     the pass's one collective, so that every rank returns None alike, whatever batch each stopped at
-    (a large --val_data takes minutes: past the 30 s torchrun gives its workers after a signal)."""
+    (a large --val_data takes minutes: past the 30 s torchrun gives its workers after a signal).
+    `bar` (a tqdm, --eval_only's) counts the batches."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -397,6 +398,8 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None) 
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
     cut = False
+    if bar is not None:
+        bar.reset(total=len(range(0, len(val.x), val.batch_size)))
     try:
         for i in range(0, len(val.x), val.batch_size):
             if stop is not None and stop.requested:
@@ -407,6 +410,8 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None) 
                 lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
             n = (y >= 0).sum()
             nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
+            if bar is not None:
+                bar.update(1)
     finally:
         model.train(was_training)
     nats, tokens, n_bytes, cut = runtime.all_reduce([float(nats), val.tokens, val.bytes, float(cut)], device,
@@ -419,17 +424,17 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None) 
             "tokens": int(tokens), "bytes": int(n_bytes), "seconds": time.perf_counter() - start}
 
 
-def evaluate_job(job: Job, stop: "Stop | None" = None) -> dict | None:
+def evaluate_job(job: Job, stop: "Stop | None" = None, bar=None) -> dict | None:
     """evaluate() on the job's model (None: `stop` cut it short); a compiled model's first
     evaluations fall back to eager as its first training steps do (first_steps)."""
     if job.eval_trials == 0:
-        return evaluate(job.compiled, job.val, job.autocast, job.device, stop)
+        return evaluate(job.compiled, job.val, job.autocast, job.device, stop, bar)
     job.eval_trials -= 1
     try:
-        return evaluate(job.compiled, job.val, job.autocast, job.device, stop)
+        return evaluate(job.compiled, job.val, job.autocast, job.device, stop, bar)
     except Exception as e:  # whatever stops the compiler or the recording, out of memory aside
         run_eagerly(job, e, "an evaluation")
-        return evaluate(job.compiled, job.val, job.autocast, job.device, stop)
+        return evaluate(job.compiled, job.val, job.autocast, job.device, stop, bar)
 
 
 def run_eval(job: Job, state: LoopState, stop: "Stop | None" = None) -> bool | None:
@@ -1152,8 +1157,12 @@ def evaluate_step(job: Job, state: LoopState, window: Window, stop: "Stop | None
 
 def evaluate_only(job: Job, state: LoopState) -> dict:
     """--eval_only: one JSON line with the checkpoint's validation figures, its step and path. An
-    import's step is null, and "imported": true says so (its "step": 0 read as an untrained model's)."""
-    result = evaluate_job(job)
+    import's step is null, and "imported": true says so (its "step": 0 read as an untrained model's).
+    In a terminal a bar on standard error counts the batches (a whole valid-lower.txt takes minutes on
+    a CPU); elsewhere (a log file, a pipe) it stays quiet."""
+    from tqdm import tqdm
+    with tqdm(desc="evaluating", unit="batch", leave=False, disable=None if job.world.main else True) as bar:
+        result = evaluate_job(job, bar=bar)
     result.update(step=None if job.imported else state.step, checkpoint=str(job.ckpt_path))
     if job.imported:
         result["imported"] = True

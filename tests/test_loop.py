@@ -177,7 +177,7 @@ def test_a_compiled_evaluation_that_fails_after_its_trials_is_raised(monkeypatch
     the compiler's)."""
     calls = []
 
-    def evaluate(model, val, autocast, device, stop):
+    def evaluate(model, val, autocast, device, stop, bar):
         calls.append(model)
         if len(calls) == 2:
             raise RuntimeError("not the compiler")
@@ -513,7 +513,7 @@ def test_a_tie_with_the_best_validation_is_no_improvement(monkeypatch):
     """Catches run_eval taking a result equal to the best for an improvement: best.pt rewritten with a
     later, no better checkpoint (and its step moved on)."""
     results = iter([2.0, 2.0, 1.5, 1.5])
-    monkeypatch.setattr(train, "evaluate_job", lambda job, stop: {"nats_per_token": next(results)})
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop, bar=None: {"nats_per_token": next(results)})
     monkeypatch.setattr(train, "write_val_record", lambda job, state, r: None)
     job, state = SimpleNamespace(world=runtime.World(), device="cpu"), train.LoopState()
     assert [train.run_eval(job, state) for _ in range(4)] == [True, False, True, False]
@@ -527,7 +527,7 @@ def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only
     every process at once."""
     as_two_ranks(monkeypatch)
     wrote = []
-    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None: {"nats_per_token": 1.0})
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None, bar=None: {"nats_per_token": 1.0})
     monkeypatch.setattr(train, "write_val_record", lambda job, state, r: wrote.append("val"))
     monkeypatch.setattr(train.checkpoint, "save_checkpoint", lambda path, ckpt: wrote.append(path.name))
     cpu = torch.device("cpu")
@@ -609,7 +609,7 @@ def test_eval_only_evaluates_the_compiled_model_and_prints_the_step_and_checkpoi
     the eager model where evaluate_job takes the compiled one (falling back as training does)."""
     seen = []
     monkeypatch.setattr(train, "evaluate",
-                        lambda model, val, autocast, device, stop: seen.append(model) or {"x": 1})
+                        lambda model, val, autocast, device, stop, bar: seen.append(model) or {"x": 1})
     job = SimpleNamespace(eval_trials=0, compiled="compiled", model="eager", val=None, autocast=None,
                           device="cpu", world=runtime.World(), ckpt_path=tmp_path / "best.pt",
                           imported=False)

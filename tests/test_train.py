@@ -749,6 +749,34 @@ def test_eval_only_prints_one_json_line_and_logs_on_stderr(tmp_path, corpus, cac
     assert r["bits_per_byte"] == pytest.approx(r["nats_per_token"] * r["tokens"] / (math.log(2) * r["bytes"]))
 
 
+def test_eval_only_counts_its_batches_on_a_bar_only_a_terminal_shows(tmp_path, corpus, cache, monkeypatch,
+                                                                     capsys):
+    """Bug caught: --eval_only of a whole valid-lower.txt ran for minutes on a CPU without a word, as if
+    hung. A bar counts its batches in a terminal (tqdm's disable=None: quiet in a log file or a pipe,
+    and standard output keeps the JSON line alone)."""
+    import tqdm
+    bars = []
+
+    class Bar(tqdm.tqdm):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.updates, self.disabled = 0, k.get("disable", False)
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates += n
+            return super().update(n)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--warmup_steps", "0"))
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    capsys.readouterr()
+    train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--eval_only", "--val_data", str(corpus),
+                "--cache_dir", str(cache), "--eval_windows", "0", "--batch_size", "2"])
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and json.loads(out)["tokens"] > 0
+    [bar] = bars
+    assert bar.disabled is None and bar.total == bar.updates > 1, (bar.disabled, bar.total, bar.updates)
+
+
 def test_eval_only_of_an_import_gives_no_step_and_says_it_is_an_import(tmp_path, corpus, cache, capsys):
     """Bug caught: --eval_only of an imported checkpoint (weights only, saved with "step": 0) printed
     "step": 0, as for a model never trained; its step is null and "imported": true says why. A run's
@@ -1452,7 +1480,7 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
     job.metrics = runlog.Metrics(tmp_path, None, None)
     (tmp_path / "metrics.jsonl").mkdir()  # a record cannot be appended
     window = train.Window(state, job.device)
-    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None: {
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None, bar=None: {
         "nats_per_token": 5.0, "perplexity": 148.4, "bits_per_byte": 4.0, "tokens": 256, "bytes": 400,
         "seconds": 0.1})
     with pytest.raises(StorageError):
@@ -1541,9 +1569,9 @@ def saved_windows(monkeypatch):
     monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0],
                                                        time=time.time))
 
-    def evaluate_job(job, stop=None):
+    def evaluate_job(job, stop=None, bar=None):
         offset[0] += 100.0
-        return real_evaluate(job, stop)
+        return real_evaluate(job, stop, bar)
 
     def save_checkpoint(path, ckpt):
         saved[ckpt["step"]] = ckpt["window"]
@@ -1862,7 +1890,7 @@ def test_wrap_up_after_a_signal_at_the_last_step_saves_the_put_off_evaluation_fi
 def test_best_pt_is_saved_only_when_validation_improves(monkeypatch):
     # catches: best.pt saved when validation got worse, or best_val following the last evaluation
     results = iter([3.0, 2.0, 2.5, 2.2, 1.0])
-    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None: {"nats_per_token": next(results)})
+    monkeypatch.setattr(train, "evaluate_job", lambda job, *a, **k: {"nats_per_token": next(results)})
     monkeypatch.setattr(train, "write_val_record", lambda job, state, r: None)
     saved = []
     monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name:
