@@ -179,7 +179,7 @@ class ModelArgs:
     router_aux_loss_coef: float = arg(0.001, "weight of the switch load-balancing loss",
                                       hf="router_aux_loss_coef")
     router_z_loss_coef: float = arg(0.0, "weight of the router z-loss (0 = off)")
-    # --- special token ids, written here by the tokenizer so model and tokenizer agree ---
+    # --- special token ids: the tokenizer's (0..7 in one trained here; tokenizer.check_tokenizer) ---
     eos_id: int = arg(0, "<|endoftext|>: document separator, also the start of every story",
                       hf="eos_token_id")
     pad_id: int = arg(1, "<|pad|>: padding for batched sampling", hf="pad_token_id")

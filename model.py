@@ -274,9 +274,9 @@ class Attention(nn.Module):
         q, k, v = self._project(x, rope)  # (B, T, H, D), (B, T, Hkv, D), (B, T, Hkv, D)
         if self.temperature:  # NoPE layers
             p = pos.clamp(min=0).float()
-            scale = 1.0 + self.attn_scale * torch.log1p(torch.floor((p + 1.0) / self.floor_scale))
-            q = (q * scale[:, :, None, None]).type_as(q)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+            scale = 1.0 + self.attn_scale * torch.log1p(torch.floor((p + 1.0) / self.floor_scale))  # (B, T)
+            q = (q * scale[:, :, None, None]).type_as(q)  # (B, T, 1, 1) over every head
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D) x 2
 
         if default_pos:
             y = self._attend_aligned(q, k, v)
@@ -297,9 +297,9 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if not self.training:  # HF's three projections (the reference, tests/test_model.py): no weight copy
-            q = self.q_proj(x).view(B, T, H, D)
-            k = self.k_proj(x).view(B, T, Hkv, D)
-            v = self.v_proj(x).view(B, T, Hkv, D)
+            q = self.q_proj(x).view(B, T, H, D)  # (B, T, H*D) -> (B, T, H, D)
+            k = self.k_proj(x).view(B, T, Hkv, D)  # (B, T, Hkv*D) -> (B, T, Hkv, D)
+            v = self.v_proj(x).view(B, T, Hkv, D)  # (B, T, Hkv*D) -> (B, T, Hkv, D)
             if self.use_rope:
                 q, k = self._rotate(q, rope, v.dtype), self._rotate(k, rope, v.dtype)
             return q, k, v
@@ -446,8 +446,8 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(n_experts, hidden, dim))
 
     def expert(self, e: int, z: torch.Tensor) -> torch.Tensor:
-        gate, up = (z @ self.gate_up_proj[e]).chunk(2, dim=-1)
-        return (F.silu(gate) * up) @ self.down_proj[e]
+        gate, up = (z @ self.gate_up_proj[e]).chunk(2, dim=-1)  # (n, 2I) -> (n, I) each
+        return (F.silu(gate) * up) @ self.down_proj[e]  # (n, dim)
 
     def forward(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """xs (M, dim) sorted by expert, counts (E,) tokens per expert -> (M, dim)."""
@@ -541,7 +541,7 @@ class MoE(nn.Module):
             out = self._sparse(h, flat, counts, scores)
         else:
             out = self._reference(h, top_idx, scores)
-        return out.view_as(x), Routing(logits, counts)
+        return out.view_as(x), Routing(logits, counts)  # out (N, dim) -> (B, T, dim)
 
     def _sparse(self, h, flat, counts, scores):
         order = flat.argsort(stable=True)  # assignments sorted by expert
@@ -669,6 +669,7 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x, pos, rope, cache=None, default_pos=False):
+        """x (B, T, dim) -> (B, T, dim), and the MoE layer's Routing (None on a dense layer)."""
         x = x + self.self_attn(to_compute_dtype(self.input_layernorm(x)), pos, rope, cache, default_pos)
         h = to_compute_dtype(self.post_attention_layernorm(x))
         if self.is_moe:
@@ -713,7 +714,8 @@ class Llama4(nn.Module):
         """tokens (B, T) ids; targets (B, T) next-token ids, -1 = ignore; images (N, 3, S, S) in
         the order of their <|patch|> tokens; image_mask (B, T) bool: the tokens the images fill
         (default: every <|patch|>); positions (B, T), -1 = padding (default: counting on from the
-        cache, or from 0); cache: a KVCache to write this call's keys into and read."""
+        cache, or from 0); cache: a KVCache to write this call's keys into and read; last_only: the
+        last position's logits alone, (B, 1, V). Given targets (loss_impl "fused"), no logits."""
         B, T = tokens.shape
         if last_only and targets is not None:
             raise ValueError("last_only computes one position's logits; it cannot take targets")
@@ -755,8 +757,9 @@ class Llama4(nn.Module):
                     z_grad=self.args.router_z_loss_coef != 0)
                 out.aux_loss, out.z_loss = aux.mean(), z.mean()
         if fused:
+            # x (B, T, dim) -> (B*T, dim), targets (B, T) -> (B*T,)
             out.lm_loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
-        elif targets is not None:
+        elif targets is not None:  # logits (B, T, V) -> (B*T, V)
             out.lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                           ignore_index=-1)
         if targets is not None:
@@ -834,7 +837,7 @@ def vision_rope(args: ModelArgs):
     Dv = args.vision_dim // args.vision_heads
     idx = torch.arange(g * g)
     f = 1.0 / (args.vision_rope_theta ** (torch.arange(0, Dv // 2, 2).float() / (Dv // 2)))  # (Dv/4,)
-    angles = torch.cat([((idx % g) + 1)[:, None] * f, ((idx // g) + 1)[:, None] * f], dim=-1)
+    angles = torch.cat([((idx % g) + 1)[:, None] * f, ((idx // g) + 1)[:, None] * f], dim=-1)  # (P, Dv/2)
     angles = torch.cat([angles, torch.zeros(1, Dv // 2)])  # (P + 1, Dv/2)
     return angles.cos()[:, None, :], angles.sin()[:, None, :]
 
@@ -905,6 +908,8 @@ class PixelShuffleAdapter(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.ratio = args.pixel_shuffle_ratio
+        # its input is the shuffled width vision_dim / ratio^2, which HF's config (and ours) holds in
+        # vision_mlp_dim (intermediate_size); ModelArgs checks that they are equal
         self.mlp = VisionMLP(args.vision_mlp_dim, args.projector_input_dim, args.projector_output_dim,
                              bias=False, gelu_out=True)
 
@@ -920,7 +925,7 @@ def pixel_shuffle(x, ratio):
     g, s = math.isqrt(P), round(1 / ratio)
     x = x.view(N, g // s, s, g // s, s, C)  # (N, row block, dr, col block, dc, C)
     x = x.permute(0, 1, 3, 2, 4, 5)  # (N, row block, col block, dr, dc, C)
-    return x.reshape(N, (g // s) ** 2, s * s * C)
+    return x.reshape(N, (g // s) ** 2, s * s * C)  # (N, (g/s)^2 tokens, s*s*C: the block's patches)
 
 
 class VisionModel(nn.Module):

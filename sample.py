@@ -377,8 +377,8 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
 
 
 def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, Tokenizer, str]:
-    """Model (eval mode, on device, weights in dtype) and tokenizer from a checkpoint or an exported
-    HF folder."""
+    """Model (eval mode, on device, weights in dtype), tokenizer and the path they were loaded from
+    (the checkpoint file, or the exported HF folder)."""
     if sample_args.hf:
         hf = Path(sample_args.hf)
         if (hf / "last.pt").is_file() and not (hf / "config.json").exists():  # (not "config.json is missing")

@@ -4,6 +4,7 @@
     Tokenizer.load(path) / .save(path)   tokenizer.json, which transformers' fast tokenizer loads
     encode / decode                      prompts and stories
     encode_docs                          documents for the token shards, in threads
+    pieces(text)                         a long document in pieces that encode to the whole's ids
     check_tokenizer(tok, model_args)     the model's vocabulary and special ids are the tokenizer's
 
 How this departs from the obvious version:
@@ -17,10 +18,11 @@ How this departs from the obvious version:
   exact=False, for the runs that earlier versions trained with one.
 - encode_docs reads special-token strings as plain text (only separators the data code puts
   there are special in a shard) and runs the Rust encoder in Python threads, which release the GIL.
-- A document longer than PIECE_CHARS is encoded (and trained on) in pieces cut before a space
-  between two non-space characters, where the byte-level pre-tokenizer starts a new word anyway:
-  the ids are the whole document's, and memory stays bounded (a 50 MB document with no separator
-  no longer costs gigabytes).
+- `pieces` cuts a document longer than PIECE_CHARS before a space between two non-space
+  characters, where the byte-level pre-tokenizer starts a new word anyway: data.py encodes (and
+  trains on) long documents piece by piece, the ids are the whole document's, and memory stays
+  bounded (a 50 MB document with no separator no longer costs gigabytes). encode and encode_docs
+  take a text whole.
 - The BPE trainer (not the encoder) gets runs of over LONG_RUN spaces or non-spaces cut into
   pieces: its time is quadratic in a word's length, and no word of prose is that long.
 """

@@ -96,7 +96,6 @@ OWNED = {"run": "compare.py names each run's folder (--out_dir/compare-NAME); pi
 # compare.py's options that reach train.py under their own names, with defaults of compare.py's (a range
 # error names those; --batch_size's default is the preset's, as train.py's error says; --max_steps has none)
 OWN_DEFAULTS = ["seed", "eval_every", "eval_windows"]
-FIELDS = ["steps", "tokens", "val_nats_per_token", "val_bits_per_byte", "tokens_per_s", "mfu"]
 
 
 def parse(argv):
