@@ -13,8 +13,10 @@ tiny preset's; 1 in 100 documents held out for validation as prepare() does with
    `datasets`, torch and the project's modules: some 320 MB of RSS that the text does not change) on
    the file and on the same text repeated `--repeat` times (a temporary file). The anonymous memory
    added, the process's own (sampled every 20 ms), must grow less than 1.5x, since tokenization
-   streams. The RSS added is shown beside it: it also counts pages of the memory-mapped files (the
-   `datasets` arrow copy, the shards), which grow with the text and which the kernel can drop.
+   streams (for a file of more documents than one round of tokenization batches: a smaller one,
+   --quick's, is held whole, and its ratio is shown, not checked). The RSS added is shown beside
+   it: it also counts pages of the memory-mapped files (the `datasets` arrow copy, the shards),
+   which grow with the text and which the kernel can drop.
 Prints a table and writes the numbers as JSON.
 """
 
@@ -222,6 +224,13 @@ def main(argv=None):
 
     ratio = added_mb(big, "anon") / added_mb(small, "anon")  # (the imports left out of both sides)
     rss_ratio = added_mb(big, "rss") / added_mb(small, "rss")
+    name = os.path.basename(opts.data)
+    from data import BATCH_DOCS  # (after the subprocesses: this process's memory is not measured)
+    one_batch = BATCH_DOCS * small["threads"]  # documents in one round of tokenization batches
+    checked = small["docs"] > one_batch  # (a text of one round is held whole: its memory grows with it)
+    ok = ratio < 1.5 or not checked
+    verdict = ("ok" if ratio < 1.5 else "FAIL") if checked else \
+        f"not checked: {name} is one round of tokenization batches ({one_batch:,} documents), held whole"
 
     def mem(r, kind):
         return (f"{added_mb(r, kind):.0f} MB (peak {r[f'peak_{kind}_mb']:.0f} MB, after imports "
@@ -231,10 +240,9 @@ def main(argv=None):
         "data": os.path.basename(opts.data), "vocab_size": opts.vocab_size, "cpus": os.cpu_count(),
         "load_average": load,
         "python": platform.python_version(), "end_to_end": small, "end_to_end_repeated": big,
-        "tokenization": speed, "added_anon_ratio": ratio, "added_anon_ratio_ok": ratio < 1.5,
+        "tokenization": speed, "added_anon_ratio": ratio, "added_anon_ratio_ok": ok,
         "added_rss_ratio": rss_ratio,
     }
-    name = os.path.basename(opts.data)
     rows = [
         ("end to end: prepare(), cold cache", f"{name}, {small['mb']:.1f} MB",
          f"{small['mb'] / small['seconds']:.2f} MB/s ({small['seconds']:.1f} s, {small['tokens']:,} tokens)"),
@@ -254,7 +262,7 @@ def main(argv=None):
         ("RSS prepare() adds (mapped files too)", name, mem(small, "rss")),
         ("RSS prepare() adds (mapped files too)", f"x{opts.repeat}", mem(big, "rss")),
         (f"anonymous memory added, x{opts.repeat} / x1 (must be < 1.5)", "",
-         f"{ratio:.2f} {'ok' if ratio < 1.5 else 'FAIL'}"),
+         f"{ratio:.2f} {verdict}"),
         (f"RSS added, x{opts.repeat} / x1", "", f"{rss_ratio:.2f}"),
     ]
     print_table(rows)
@@ -264,7 +272,7 @@ def main(argv=None):
     if out is not None:
         storage.save_json(out, result, "pick another --out", sort_keys=False)
         print(f"wrote {out}")
-    if ratio >= 1.5:
+    if not ok:
         sys.exit(1)
 
 
