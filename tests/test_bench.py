@@ -128,7 +128,7 @@ def test_bench_data_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["tokenization"]["docs"] >= 1 and result["end_to_end"]["tokens"] > 0
-    assert result["added_anon_ratio_ok"]
+    assert result["added_anon_ratio_ok"] is not False  # (None: a text of one tokenization round, not checked)
 
 
 @pytest.mark.parametrize("vocab, size, message", [
@@ -616,7 +616,7 @@ def test_cuda_peak_memory_is_the_measured_steps_above_what_is_held(monkeypatch):
 
 
 def test_bench_md_quotes_the_right_figures_and_rows():
-    """bench.md: MB/s and the peak-RSS ratio the right way up, every batch's decoding row, the model
+    """bench.md: MB/s and the memory ratio the right way up, every batch's decoding row, the model
     ratio rows under their own keys, and the tables read back from an earlier run named."""
     sample = {**SAMPLE, "results": {**SAMPLE["results"], "batch8": {"tokens_per_s": {"cached": 400.0,
                                                                                      "uncached": 100.0},
@@ -632,7 +632,7 @@ def test_bench_md_quotes_the_right_figures_and_rows():
     assert "| our MoE / our dense (same active parameters), time | 1.25 | <= 1.3 |" in md
     assert "| evaluation pass tokens/s / training step tokens/s | 3.50 | >= 3 (GPU) |" in md
     assert "| 1 | 100 | 20 | 5.0 |" in md and "| 8 | 400 | 100 | 4.0 |" in md
-    assert "| 2.00 MB/s |" in md and "300 MB vs 330 MB (ratio 1.10)" in md and "the file x10 |" in md
+    assert "| 2.00 MB/s |" in md and "50 MB vs 60 MB (ratio 1.20)" in md and "the file x10 |" in md
 
 
 def test_the_model_table_on_a_gpu_states_the_gpu_goals_and_the_compiled_ratios():
@@ -688,7 +688,8 @@ def test_bench_data_speed_ups_and_memory_ratio_the_right_way_up(tmp_path, monkey
             (cache_dir / "tokenizer-x").mkdir(parents=True)
             (cache_dir / "tokenizer-x" / "tokenizer.json").write_text("{}")
             anon = 300.0 if cache_dir.name == "cache1" else peak
-            return {"seconds": 1.0, "mb": 1.0, "tokens": 10, "peak_rss_mb": 1.0, "baseline_rss_mb": 1.0,
+            return {"seconds": 1.0, "mb": 1.0, "tokens": 10, "docs": 10 ** 6, "threads": 2,
+                    "peak_rss_mb": 1.0, "baseline_rss_mb": 1.0,
                     "peak_anon_mb": anon, "baseline_anon_mb": 0.0}
         monkeypatch.setattr(bench_data, "run_child", run_child)
         monkeypatch.setattr(bench_data, "tokenization_speeds", lambda path, tp: speed)

@@ -532,7 +532,7 @@ def test_the_runs_get_the_settings_and_the_table_says_what_they_ran(tmp_path, co
     assert result["settings"]["batch_size"] == 4
     table = (tmp_path / "img" / "compare.md").read_text()
     assert "| 5 | 2,560 | 5.0000 | 2.0000 | 100 | n/a |" in table.splitlines()[2]
-    assert "a budget of 1 minutes or 5 steps, batch 8 x 64 tokens (2 micro-batches of 4), seed 7," in table
+    assert "a budget of 1 minute or 5 steps, batch 8 x 64 tokens (2 micro-batches of 4), seed 7," in table
 
 
 @pytest.mark.parametrize("bad", ["empty", "checkpoint", "val_empty"])
