@@ -1087,7 +1087,9 @@ def loop(job: Job, state: LoopState) -> dict:
                 log_step(job, state, window, lr, bar)
                 window = Window(state, job.device)
             evaluated = evaluate_and_save(job, state, window, stop_now)
-            if stop_now or state.eval_due:  # (eval_due: a signal cut this step's evaluation short)
+            # (eval_due: a signal cut this step's evaluation short; at the step the budget is spent, the
+            # run's last, wrap_up saves and runs it whole, as for a signal there)
+            if stop_now or (state.eval_due and not job.clock.spent(state)):
                 finished = "signal"
                 break
         if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)

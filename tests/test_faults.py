@@ -322,6 +322,38 @@ def test_a_signal_during_an_evaluation_cuts_it_short_and_the_resumed_run_runs_it
             min(whole["val"], key=lambda r: r["nats_per_token"])["step"], run
 
 
+def test_a_signal_during_the_evaluation_at_the_step_the_budget_ends_changes_nothing(tmp_path, corpus, cache,
+                                                                                     monkeypatch):
+    """Bug caught: a signal during the evaluation of the step where --max_minutes ran out cut it short
+    and stopped the run as "signal", to be resumed, though at the run's last step a signal changes
+    nothing (README): now last.pt is saved with it put off, then it runs whole and the run ends on its
+    budget, with its val record and best.pt."""
+    monkeypatch.setattr(train.Clock, "spent", lambda clock, state: state.step >= 4)  # the budget
+    real, batches = train.evaluate, []
+
+    class SignalledAtItsSecondBatch(torch.nn.Module):  # (its first evaluation's second batch alone)
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, targets):
+            batches.append(1)
+            if len(batches) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return self.model(x, targets=targets)
+
+    def evaluate(model, *a):
+        return real(SignalledAtItsSecondBatch(model), *a)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    result = train.main(args(tmp_path, corpus, cache, "--max_steps", "10", "--log_every", "4", "--eval_every",
+                             "4", "--max_minutes", "1", "--batch_size", "1"))
+    assert (result["finished"], result["step"], result["signalled"]) == ("max_minutes", 4, True)
+    assert [r["step"] for r in metrics(tmp_path, kind="val")] == [4] and len(batches) == 2 + 4  # cut, whole
+    saved = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    assert (saved["step"], saved["eval_due"]) == (4, False)
+    assert (tmp_path / "ckpt" / "r" / "best.pt").exists()
+
+
 def test_under_torchrun_a_sigterm_during_a_long_evaluation_saves_within_torchruns_grace(tmp_path, corpus,
                                                                                        cache):
     """Bug caught: `torchrun --nproc_per_node 2` sent SIGTERM during an evaluation of a large --val_data:
