@@ -143,7 +143,7 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     A path that exists is read as typed, and so are the folders of a glob that exist (run[1]/*.txt).
     A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
     first path. A ~ the shell left (a quoted '~/corpus/*.txt') is the home folder. Empty files are
-    listed: _with_text leaves them out."""
+    listed: with_text leaves them out."""
     spec = storage.expand_home(spec)
     skip = [Path(d).resolve() for d in skip]
 
@@ -212,7 +212,7 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     return files
 
 
-def _with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
+def with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
     """resolve_files' files without the empty ones (0 bytes), each left out with a warning line, so
     that one stray empty file does not stop a run on a folder or glob (nor is part of the split's
     signature: text written into it later is a new source). An empty file named alone, or a folder
@@ -793,7 +793,7 @@ def source_warnings(t, given) -> list[str]:
 
 def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:
     spec = storage.expand_home(spec)  # (a quoted ~: its label and its folder test below, as resolve_files)
-    files = _with_text(resolve_files(spec, flag, skip), spec, flag, log)
+    files = with_text(resolve_files(spec, flag, skip), spec, flag, log)
     stats = [os.stat(f) for f in files]
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]
     # plain text has no fields: its shards are keyed as under the default whatever --text_field says

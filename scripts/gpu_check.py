@@ -595,7 +595,8 @@ def check_tools(device: str, parts: list[str]) -> None:
 def check_data(opts, parts: list[str]) -> None:
     """The train part's --data and --val_data, checked as train.py reads them before any part runs
     (a DataError; train.py found a missing one only after the benchmarks' minutes). A default that
-    is in neither of DATA_DIRS advises make gpu-prep; an empty one is train.py's to take."""
+    is in neither of DATA_DIRS advises make gpu-prep; an empty value is train.py's to take (and the
+    warning of an empty file in a folder, which it leaves out)."""
     if "train" not in parts:
         return
     import sources  # (numpy and tokenizers: after check_tools has found the project's Python)
@@ -604,9 +605,10 @@ def check_data(opts, parts: list[str]) -> None:
         if not value:  # (train.py's: the hub's text, or a slice of --data held out)
             continue
         try:
-            sources.resolve_files(value, f"--{name}", skip=(opts.work,))  # (train.py skips --work too)
+            files = sources.resolve_files(value, f"--{name}", skip=(opts.work,))  # (train.py skips --work)
+            sources.with_text(files, value, f"--{name}", log=lambda line: None)  # (an empty file alone)
         except DataError:
-            if value != default:
+            if value != default or os.path.exists(value):
                 raise
             raise DataError(f"--{name}: {Path(value).name} is neither in gpu-data/ nor in {DATA_DIRS[-1]}; "
                             "run make gpu-prep (and carry gpu-data to a GPU machine), or pass "

@@ -1342,6 +1342,9 @@ def test_missing_train_text_is_one_line_before_any_part(tmp_path, monkeypatch, f
     assert e.value.exit_code == 1 and str(e.value) == f"{flag}: no such file '{typo}'; check the path"
     with pytest.raises(UserError, match=f"{flag}: no files match '.*nope/\\*.txt'"):  # (a glob, as train.py)
         gpu_check.main([*base, flag, str(tmp_path / "nope" / "*.txt")])
+    (tmp_path / "empty.txt").write_text("")  # Bug caught: an empty file, which train.py refuses, let by
+    with pytest.raises(UserError, match=f"{flag}: '.*empty.txt' is empty; remove it or point {flag} at text"):
+        gpu_check.main([*base, flag, str(tmp_path / "empty.txt")])
     monkeypatch.setattr(gpu_check, "DATA_DIRS", [tmp_path / "gpu-data", tmp_path / "shared"])
     with pytest.raises(UserError) as e:  # (the defaults: in neither folder)
         gpu_check.main(base)
