@@ -685,8 +685,9 @@ def wandb_id(plan: RunPlan, log=None) -> str | None:
         past = 0
     says = log is not None and plan.train_args.wandb_mode != "disabled" and not plan.train_args.eval_only
     if past and says:
-        log(f"wandb: W&B run {run_id} holds {past} record{'s' * (past != 1)} past step {step}, which W&B "
-            "cannot take back; a new W&B run gets the history from the start (the old one is left as it was)")
+        log(f"wandb: metrics.jsonl holds {past} record{'s' * (past != 1)} past step {step}, which W&B run "
+            f"{run_id} may have got and cannot take back; a new W&B run gets the history from the start (the "
+            "old one is left as it was)")
     return None if past else run_id
 
 

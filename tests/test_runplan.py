@@ -724,8 +724,9 @@ def test_a_resume_that_drops_records_past_its_checkpoint_gets_a_new_wandb_run(tm
                         run_dir / "best.pt")
     said = []
     assert runplan.wandb_id(p, said.append) is None
-    assert said == ["wandb: W&B run abc holds 2 records past step 4, which W&B cannot take back; a new W&B "
-                    "run gets the history from the start (the old one is left as it was)"]
+    assert said == ["wandb: metrics.jsonl holds 2 records past step 4, which W&B run abc may have got and "
+                    "cannot take back; a new W&B run gets the history from the start (the old one is left as "
+                    "it was)"]
     for quiet in (TrainArgs(wandb_mode="disabled"), TrainArgs(wandb_mode="offline", eval_only=True)):
         said.clear()
         assert runplan.wandb_id(p._replace(train_args=quiet), said.append) is None and said == []
