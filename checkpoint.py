@@ -6,6 +6,7 @@ sample.py and scripts/export_hf.py alike.
     load_checkpoint / save_checkpoint   torch.load(weights_only=True) / an atomic torch.save
     check_tokenizer                  a tokenizer.json is the one a checkpoint was trained with
     load_model / save_model_only     a checkpoint <-> a model in eval mode (weights and settings only)
+    init_state                       --init_from's weights for a model with router noise turned on or off
     rng_state / set_rng_state        every random generator, as plain data a checkpoint can hold
     export_hf / load_hf / import_hf  our model <-> a transformers Llama 4 folder (config.json,
                                      model.safetensors or its shards, tokenizer files)
@@ -24,7 +25,8 @@ How this departs from the obvious version:
   disk) is one line, and the previous checkpoint stays as it was (storage.atomic_write).
 - Our parameter names are transformers', so the HF state dict only gains prefixes ("model." for
   the text decoder, "language_model." in front of that with vision); the router noise projection
-  is ours alone and is dropped on export (an imported model has router_noise off).
+  is ours alone and is dropped on export (an imported model has router_noise off; a run from it
+  may turn it on: init_state).
 - A folder that this project did not write (e.g. Meta's, whose eos_token_id is not 0) imports
   too: the special-token ids come from its config, and those it does not name take free ids.
 """
@@ -276,6 +278,20 @@ def build(model_args: ModelArgs, state: dict, device, where, fix: str, model: Ll
     except RuntimeError as e:  # load_state_dict lists every problem, one per line
         raise CheckpointError(f"{where}: its weights do not fit its settings ({weight_problems(e)}); "
                               f"{fix}") from None
+
+
+def init_state(model: Llama4, state: dict, saved_noise: bool) -> dict:
+    """--init_from's weights for `model`, whose router noise (model.args.router_noise) may differ
+    from the checkpoint's (`saved_noise`): turned on (an import, which has none), the noise projection
+    is the model's own, as init_weights left it (zero weight, noise std ROUTER_NOISE_INIT whatever the
+    input: the routing is the checkpoint's up to that noise, and exactly it in eval()); turned off, the
+    file's projection is dropped (a training extra no other weight reads). Every other weight is the
+    file's, loaded strictly: a file that holds a projection its settings deny is still refused."""
+    if model.args.router_noise == saved_noise:
+        return state
+    if not model.args.router_noise:
+        return {k: v for k, v in state.items() if ".router_noise." not in k}
+    return {**state, **{k: v for k, v in model.state_dict().items() if ".router_noise." in k}}
 
 
 MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "

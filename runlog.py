@@ -426,19 +426,31 @@ def shown(run_dir) -> str:
 
 
 def run_label(run_dir) -> str:
-    """Run name and the settings that tell runs apart (from model.json and train.json)."""
+    """Run name and the settings that tell runs apart (from model.json and train.json); a run started
+    from another's weights (--init_from) says which: "ft (from base/last.pt): ..." (its curve counts
+    its own steps and tokens, from 0, as train.py logs them)."""
     run_dir = Path(run_dir)
     try:  # (a field the run's version did not have yet takes today's default)
         m = {**config.to_dict(config.ModelArgs()), **json.loads((run_dir / "model.json").read_bytes())}
         t = {**config.to_dict(config.TrainArgs()), **json.loads((run_dir / "train.json").read_bytes())}
         dense = config.from_dict(config.ModelArgs, m).is_dense
+        start = f" (from {init_shown(t['init_from'])})" if t["init_from"] else ""
     except (OSError, ValueError, TypeError):  # (ConfigError is a ValueError; TypeError: not a table)
         return shown(run_dir)
     noise = "" if m["router_noise"] else " no-noise"
     moe = "dense" if dense else f"{m['n_experts']}e top-{m['top_k']}{noise}"
-    return (f"{shown(run_dir)}: d{m['dim']} L{m['n_layers']} {moe}, vocab {m['vocab_size']}, "
+    return (f"{shown(run_dir)}{start}: d{m['dim']} L{m['n_layers']} {moe}, vocab {m['vocab_size']}, "
             f"aux {m['router_aux_loss_coef']:g}, lr {t['lr']:g}, "
             f"batch {t['batch_size'] * t['grad_accum']}x{m['max_seq_len']}")
+
+
+def init_shown(init_from: str) -> str:
+    """The checkpoint a run started from (train.json's init_from, absolute), short: its folder's name
+    and its own (base/last.pt), as text a plot can draw (not UTF-8: U+FFFD, as shown)."""
+    path = Path(init_from)
+    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    # (a hand-edited lone surrogate: a UnicodeError, which run_label answers with the run's name alone)
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------------------------------------

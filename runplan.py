@@ -166,9 +166,11 @@ def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path, t
 
 
 # model settings that --init_from may change, as no weight depends on them: the context (RoPE has no
-# learned positions), and the router losses' weights (a fine-tune of an import, with HF's aux weight
-# and no z-loss, refused both)
-INIT_MAY_CHANGE = ("max_seq_len", "router_aux_loss_coef", "router_z_loss_coef")
+# learned positions), the router losses' weights (a fine-tune of an import, with HF's aux weight
+# and no z-loss, refused both), and router noise, a training extra that eval() never reads: on, its
+# projection starts from init_weights (an import has none), off, the file's is dropped
+# (checkpoint.init_state)
+INIT_MAY_CHANGE = ("max_seq_len", "router_aux_loss_coef", "router_z_loss_coef", "router_noise")
 # and that a resume may change: the router losses' weights (the context would change the windows, and
 # so the batches a resumed step draws)
 RESUME_MAY_CHANGE = ("router_aux_loss_coef", "router_z_loss_coef")
@@ -181,7 +183,8 @@ def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, pres
     that model's), and the training settings typed on those of the preset, which is the checkpoint's
     unless --preset is typed (a tiny model goes on with tiny's batch and learning rate; an import,
     which names none, with the default's). --preset picks training settings only here. INIT_MAY_CHANGE
-    may differ (a fine-tune at another context, or with other router loss weights)."""
+    may differ (a fine-tune at another context, with other router loss weights, or router noise
+    turned on or off)."""
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     check_model_typed(saved_model, model_args, set(given) - set(INIT_MAY_CHANGE), "drop them: --init_from "
                       "takes the checkpoint's model (another model starts from scratch: drop --init_from)")

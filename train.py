@@ -905,10 +905,14 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
         fix = checkpoint.resume_fix(plan.ckpt_path, train_args.eval_only)
         checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
     elif plan.init is not None:  # a new run from another's weights: its own optimizer, from step 0
-        checkpoint.build(model_args, plan.init["model"], device, plan.init_path, runplan.INIT_FIX, model)
+        saved_noise = config.from_dict(config.ModelArgs, plan.init["model_args"]).router_noise
+        state = checkpoint.init_state(model, plan.init["model"], saved_noise)
+        checkpoint.build(model_args, state, device, plan.init_path, runplan.INIT_FIX, model)
         trained = "train_args" in plan.init  # (an import holds weights and model settings only)
         at = f"its step {plan.init.get('step', 0)}" if trained else "an import, weights only"
-        log(f"initialised from {plan.init_path} ({at}): a new run from step 0")
+        noise = "" if saved_noise == model_args.router_noise else ", router noise " + (
+            "off: its projection dropped" if saved_noise else "on: its projection newly initialised")
+        log(f"initialised from {plan.init_path} ({at}{noise}): a new run from step 0")
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:

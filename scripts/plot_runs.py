@@ -3,7 +3,9 @@
     python scripts/plot_runs.py checkpoints/run-a checkpoints/run-b    # -> checkpoints/compare.png
 
 Left: training LM loss; right: validation bits per byte; both against tokens seen (or --x step /
-minutes). The legend names each run with its key settings (from model.json and train.json).
+minutes). The legend names each run with its key settings (from model.json and train.json), and a
+fine-tune (--init_from) the checkpoint it started from: "ft (from base/last.pt): ..." (its curve
+counts its own tokens, from 0).
 The drawing is runlog.plot_runs (train.py draws each run's loss.png with it); this is its
 command line, which takes a run's metrics.jsonl for its folder and refuses an --out whose name asks
 for a format matplotlib cannot write (runlog.plot_runs would write a PNG under that name).

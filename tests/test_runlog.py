@@ -182,6 +182,22 @@ def test_a_dense_run_is_labelled_dense(tmp_path):
     assert label.startswith("r: ") and " L2 dense, vocab " in label and "top-" not in label, label
 
 
+def test_a_fine_tune_is_labelled_with_the_checkpoint_it_started_from(tmp_path):
+    """Bug caught: a run started with --init_from (train.json's init_from) labelled as a run from
+    scratch, so a fine-tune overlaid on its parent read as two runs from scratch; the label names the
+    checkpoint short (its folder and file), drawable where its name is not UTF-8."""
+    run = a_run(tmp_path / "ft")
+    (run / "model.json").write_text(json.dumps({}))
+    (run / "train.json").write_text(json.dumps({"init_from": str(tmp_path / "ckpt" / "base" / "last.pt")}))
+    assert runlog.run_label(run).startswith("ft (from base/last.pt): d"), runlog.run_label(run)
+    (run / "train.json").write_text(json.dumps({"init_from": "/w/caf\udce9/last.pt"}))  # (mkdir $'caf\xe9')
+    assert runlog.run_label(run).startswith("ft (from caf\ufffd/last.pt): d")
+    (run / "train.json").write_text(json.dumps({"init_from": ""}))  # (a run from scratch says nothing)
+    assert runlog.run_label(run).startswith("ft: d")
+    (run / "train.json").write_text(json.dumps({"init_from": "/w/\ud800/last.pt"}))  # (hand-edited)
+    assert runlog.run_label(run) == "ft"
+
+
 # --- starting W&B -------------------------------------------------------------------------------
 
 def fake_wandb(monkeypatch, tmp_path) -> list:

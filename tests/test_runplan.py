@@ -1150,14 +1150,19 @@ def test_init_from_refuses_model_settings_typed_that_differ_from_the_checkpoints
 def test_init_from_takes_other_router_loss_weights(tmp_path):
     """Bug caught: a fine-tune with another --router_aux_loss_coef or --router_z_loss_coef (of an
     import, say: HF's aux weight and no z-loss) was refused as "model settings differ from the
-    checkpoint's", though no weight depends on them; --router_noise, which has weights, still is."""
+    checkpoint's", though no weight depends on them; nor does any but the router noise projection on
+    --router_noise (a training extra, dropped or started from init_weights: test_train), taken too
+    (an import has none); a setting that shapes other weights (--dim) still is refused."""
     last = init_checkpoint(tmp_path)
     typed = debug_args(router_aux_loss_coef=0.01, router_z_loss_coef=1e-3)
     p = plan(tmp_path, {"router_aux_loss_coef", "router_z_loss_coef"}, model=typed, init_from=str(last),
              run="b")
     assert p.model_args == typed
-    with pytest.raises(ConfigError, match=r"router_noise: checkpoint True, asked False"):
-        plan(tmp_path, {"router_noise"}, model=debug_args(router_noise=False), init_from=str(last), run="c")
+    p = plan(tmp_path, {"router_noise"}, model=debug_args(router_noise=False), init_from=str(last), run="c")
+    assert p.model_args == debug_args(router_noise=False)
+    with pytest.raises(ConfigError, match=r"dim: checkpoint 64, asked 32"):
+        plan(tmp_path, {"router_noise", "dim"}, model=debug_args(router_noise=False, dim=32),
+             init_from=str(last), run="d")
 
 
 @pytest.mark.parametrize("train, message", [

@@ -32,13 +32,14 @@ from conftest import (
 
 import checkpoint
 import config
+import model as model_module
 import runlog
 import runplan
 import runtime
 import storage
 import train
 from config import TrainArgs
-from errors import ConfigError
+from errors import CheckpointError, ConfigError
 from model import Llama4
 from tokenizer import Tokenizer
 
@@ -631,6 +632,59 @@ def test_init_from_an_import_and_its_refusals(tmp_path, corpus, cache, capsys):
             train.main(args(tmp_path, corpus, cache, "--init_from", str(w), *extra, run="c"))
         assert e.value.code == code and message in capsys.readouterr().err
         assert not (tmp_path / "ckpt" / "c").exists()
+
+
+def test_a_fine_tune_of_an_import_may_turn_router_noise_on_and_resumes_bit_exactly(
+        tmp_path, corpus, cache, capsys, monkeypatch):
+    """Bug caught: `--init_from IMPORT --router_noise true` refused as a model-setting mismatch (an HF
+    import has no router noise), though eval() never reads the noise projection. It starts at
+    init_weights' values (zero weight, noise std ROUTER_NOISE_INIT) beside the import's weights, trains,
+    and the fine-tune resumes bit for bit; turned off, a run's projection is dropped; a file holding a
+    projection its settings deny is still refused. W&B's config names the checkpoint started from."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", run="a"))
+    a = tmp_path / "ckpt" / "a"
+    model, _ = checkpoint.load_model(a / "last.pt")
+    checkpoint.export_hf(model, tmp_path / "hf", a / "tokenizer.json")
+    w = checkpoint.import_hf(tmp_path / "hf", tmp_path / "ckpt" / "w")
+    imported = checkpoint.load_checkpoint(w)
+    assert imported["model_args"]["router_noise"] is False
+    configs = []
+    monkeypatch.setattr(train.runlog, "start_wandb", lambda t, d, settings, log: configs.append(settings))
+    capsys.readouterr()
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--lr", "0", "--min_lr", "0", "--init_from",
+                    str(w), "--router_noise", "true", run="zero"))
+    said = capsys.readouterr().out
+    assert "(an import, weights only, router noise on: its projection newly initialised)" in said
+    assert configs[-1]["train"]["init_from"] == str(w) and configs[-1]["model"]["router_noise"] is True
+    zero = checkpoint.load_checkpoint(tmp_path / "ckpt" / "zero" / "last.pt")
+    assert zero["model_args"] == {**imported["model_args"], "router_noise": True}
+    assert all(torch.equal(zero["model"][k], v) for k, v in imported["model"].items())
+    noise = {k: v for k, v in zero["model"].items() if k not in imported["model"]}
+    assert noise and all(".router_noise." in k for k in noise)
+    for k, v in noise.items():  # init_weights': softplus(bias) = ROUTER_NOISE_INIT, whatever the input
+        assert not v.any() if k.endswith("weight") else torch.allclose(
+            torch.nn.functional.softplus(v), torch.full_like(v, model_module.ROUTER_NOISE_INIT))
+    # it trains (the projection learns) and resumes bit for bit
+    base = ["--max_steps", "4", "--save_every", "2", "--init_from", str(w), "--router_noise", "true"]
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    undo = crash_after_saving(monkeypatch, 2)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base, run="broken"))
+    undo()
+    train.main(args(tmp_path, corpus, cache, "--resume", run="broken"))
+    assert [r["loss"] for r in metrics(tmp_path, "whole")] == [r["loss"] for r in metrics(tmp_path, "broken")]
+    whole, broken = weights(tmp_path, "whole"), weights(tmp_path, "broken")
+    assert whole.keys() == broken.keys() and all(torch.equal(whole[k], broken[k]) for k in whole)
+    assert all(whole[k].ne(noise[k]).any() for k in noise)
+    # turned off: a run's projection dropped, every other weight kept
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--lr", "0", "--min_lr", "0", "--init_from",
+                    "whole", "--router_noise", "false", run="off"))
+    assert "(its step 4, router noise off: its projection dropped)" in capsys.readouterr().out
+    off = weights(tmp_path, "off")
+    assert off.keys() == whole.keys() - noise.keys() and all(torch.equal(v, whole[k]) for k, v in off.items())
+    bare = Llama4(debug_args(router_noise=False))  # (a file whose settings deny the projection it holds)
+    with pytest.raises(CheckpointError, match="Unexpected key"):
+        checkpoint.build(bare.args, checkpoint.init_state(bare, whole, False), "cpu", "f.pt", "fix", bare)
 
 
 def test_init_from_settings_are_checked_on_the_checkpoints_preset_not_at_parsing(monkeypatch):
