@@ -400,18 +400,20 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
     cut = False
     if bar is not None:
         bar.reset(total=len(range(0, len(val.x), val.batch_size)))
+    cutting = stop.during("this evaluation's batch (the evaluation is put off)") if stop else nullcontext()
     try:
-        for i in range(0, len(val.x), val.batch_size):
-            if stop is not None and stop.requested:
-                cut = True
-                break
-            x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
-            with autocast:  # the loss alone: no (B, T, V) logits, no host read
-                lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
-            n = (y >= 0).sum()
-            nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
-            if bar is not None:
-                bar.update(1)
+        with cutting:  # (what a signal's line says it finishes)
+            for i in range(0, len(val.x), val.batch_size):
+                if stop is not None and stop.requested:
+                    cut = True
+                    break
+                x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
+                with autocast:  # the loss alone: no (B, T, V) logits, no host read
+                    lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
+                n = (y >= 0).sum()
+                nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
+                if bar is not None:
+                    bar.update(1)
     finally:
         model.train(was_training)
     nats, tokens, n_bytes, cut = runtime.all_reduce([float(nats), val.tokens, val.bytes, float(cut)], device,
@@ -740,6 +742,15 @@ class Stop:
         if self.abort:
             self.restore()
             raise KeyboardInterrupt
+
+    @contextmanager
+    def during(self, until: str):
+        """What a signal's line says is finished first while the block runs (an evaluation: its batch)."""
+        before, self.until = self.until, until
+        try:
+            yield
+        finally:
+            self.until = before
 
     def restore(self):
         for s, h in self.old.items():

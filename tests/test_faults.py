@@ -323,7 +323,7 @@ def test_a_signal_during_an_evaluation_cuts_it_short_and_the_resumed_run_runs_it
 
 
 def test_a_signal_during_the_evaluation_at_the_step_the_budget_ends_changes_nothing(tmp_path, corpus, cache,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     """Bug caught: a signal during the evaluation of the step where --max_minutes ran out cut it short
     and stopped the run as "signal", to be resumed, though at the run's last step a signal changes
     nothing (README): now last.pt is saved with it put off, then it runs whole and the run ends on its
@@ -348,6 +348,7 @@ def test_a_signal_during_the_evaluation_at_the_step_the_budget_ends_changes_noth
     result = train.main(args(tmp_path, corpus, cache, "--max_steps", "10", "--log_every", "4", "--eval_every",
                              "4", "--max_minutes", "1", "--batch_size", "1"))
     assert (result["finished"], result["step"], result["signalled"]) == ("max_minutes", 4, True)
+    assert "SIGTERM: finishing this evaluation's batch (the evaluation is put off)" in capsys.readouterr().out
     assert [r["step"] for r in metrics(tmp_path, kind="val")] == [4] and len(batches) == 2 + 4  # cut, whole
     saved = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
     assert (saved["step"], saved["eval_due"]) == (4, False)

@@ -304,6 +304,19 @@ def test_under_torchrun_the_first_signals_line_promises_a_save_only_if_every_pro
                         "abort)"]
 
 
+def test_a_signal_during_an_evaluation_says_it_finishes_the_evaluations_batch():
+    """Bug caught: a signal during an evaluation said "finishing this step", though the step was done
+    and the evaluation is what it cuts short (and puts off); after the evaluation the line is the
+    loop's again."""
+    with stop_handler() as (stop, said):
+        stop.started = True
+        with stop.during("this evaluation's batch (the evaluation is put off)"):
+            stop.handle(signal.SIGINT, None)
+            assert said == ["\nSIGINT: finishing this evaluation's batch (the evaluation is put off), then "
+                            "saving a resumable checkpoint (send it again to abort)"]
+        assert stop.until == "this step"
+
+
 def test_a_signal_before_the_first_step_aborts_and_puts_the_handlers_back():
     """Catches the abort before the first step leaving train.py's handler in place: a later Ctrl-C (while
     the exception unwinds, or after the run in the same process) would still reach the Stop."""
