@@ -711,11 +711,12 @@ OTHER_SPELLING = {("sample.py", "--run"): "name the run's folder: --ckpt checkpo
                                          "to evaluate it"}
 
 
-def run_path_hint(word: str, prog: str, options) -> str | None:
+def run_path_hint(word: str, prog: str, options, typed=()) -> str | None:
     """The hint for a checkpoint, run folder or exported HF folder typed without its option
     (`sample.py checkpoints/demo`, `train.py last.pt --eval_only`): the options of train.py or
-    sample.py that take it, or that the command takes none (compare.py and sweep.py know train.py's
-    --resume, and refuse it); None for any other word."""
+    sample.py that take it (where one is `typed` already, that it takes one), or that the
+    command takes none (compare.py and sweep.py know train.py's --resume, and refuse it); None for
+    any other word."""
     path = os.path.expanduser(word)
     run = (path.endswith(".pt") and os.path.isfile(path)) or any(
         os.path.isfile(os.path.join(path, name)) for name in ("last.pt", "best.pt", "metrics.jsonl"))
@@ -723,8 +724,11 @@ def run_path_hint(word: str, prog: str, options) -> str | None:
         return None
     takers = [o for o in (("--ckpt", "--resume", "--init_from") if run else ("--hf",))
               if o in options and prog in ("train.py", "sample.py")]
+    what = "checkpoint" if run else "Hugging Face folder"
+    if given := [t for t in takers if t in typed]:  # (sample.py --ckpt a b/last.pt)
+        return f"a second {what}? {given[0]} takes one; pass one alone"
     if takers:
-        return f"a {'checkpoint' if run else 'Hugging Face folder'}? pass it as {' or '.join(takers)}"
+        return f"a {what}? pass it as {' or '.join(takers)}"
     if run:
         return "a run? this command takes none; scripts/plot_runs.py overlays the curves of runs trained"
     return ("a Hugging Face folder? sample.py takes it as --hf; scripts/export_hf.py --import makes a "
@@ -784,6 +788,7 @@ class Parser(argparse.ArgumentParser):
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             argv = sys.argv[1:] if args is None else list(args)
+            self.typed = [w.split("=", 1)[0] for w in argv if w.startswith("--")]  # (for unknown's hints)
             self.error(self.unquoted("--prompt", argv, extras)
                        or self.unknown(_option_words(extras) or extras))
         return ns
@@ -875,7 +880,8 @@ class Parser(argparse.ArgumentParser):
 
         def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
             return sorted(plain(option).split("_"))
-        runs = {w: hint for w in words if (hint := run_path_hint(w, self.prog, options))}  # (typed bare)
+        typed = getattr(self, "typed", ())  # (the paths typed bare: run_path_hint)
+        runs = {w: hint for w in words if (hint := run_path_hint(w, self.prog, options, typed))}
         strays = [w for w in words if not w.startswith("-")  # (a word, not a --name; a file: a glob's)
                   and not ("--data" in options and os.path.exists(w)) and w not in runs]
         hints, clauses = [], []

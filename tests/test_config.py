@@ -1375,7 +1375,12 @@ def test_a_tilde_in_a_path_option_is_the_home_folder_in_settings_left_unchecked(
      "RUN/last.pt (a checkpoint? pass it as --resume or --init_from)"),
     ("compare.py", [ModelArgs, TrainArgs], ["RUN", "RUN2"], "RUN and 1 more (a run? this command takes none; "
      "scripts/plot_runs.py overlays"),
-    ("sample.py", [SampleArgs], ["HF"], "HF (a Hugging Face folder? pass it as --hf)")])
+    ("sample.py", [SampleArgs], ["HF"], "HF (a Hugging Face folder? pass it as --hf)"),
+    # Bug caught: the option typed already was offered again (train.py --resume A B: "pass it as --resume")
+    ("sample.py", [SampleArgs], ["--ckpt", "RUN", "RUN2"],
+     "RUN2 (a second checkpoint? --ckpt takes one; pass one alone)"),
+    ("train.py", [ModelArgs, TrainArgs], ["--resume", "RUN", "RUN2"], "RUN2 (a second checkpoint? --resume "
+     "takes one; pass one alone)")])
 def test_a_checkpoint_typed_without_its_option_names_the_option(tmp_path, capsys, prog, classes, typed, hint):
     """Bug caught: `sample.py checkpoints/demo` was told to put --prompt before the path, and `train.py
     checkpoints/demo/last.pt --eval_only` (or compare.py given two runs) that --data takes one file."""
