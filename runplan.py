@@ -98,7 +98,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
     text = {k: (now if k in given else saved_train).get(k, "") for k in ("data", "val_data")}  # (it reads)
     # the router losses' weights are training-loss weights, which a resume may change as it may --lr
-    free = set(RESUME_MAY_CHANGE)  # (--eval_only keeps the checkpoint's: a warning says they do nothing)
+    # (--eval_only keeps the checkpoint's: a warning says they do nothing)
+    free = set(RESUME_MAY_CHANGE)
     # (--eval_only trains no new --run: that advice, a model from scratch, was no fix for an evaluation)
     if train_args.eval_only:
         fix = f"drop {what}: --eval_only evaluates the checkpoint's model as it was trained"
@@ -106,11 +107,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
         other = other_model_fix(saved_model, model_args, typed - free, ckpt_path, text)
         fix = f"drop {what} to use the checkpoint's{other}"
     check_model_typed(saved_model, model_args, typed - free, fix)
-    changed = {name: getattr(model_args, name) for name in free if name in given}
-    if changed and not train_args.eval_only:
-        saved = config.to_dict(saved_model)
-        saved_model = in_range(lambda: ModelArgs(**{**saved, **changed}), changed, saved,
-                               lambda name: "the checkpoint's")
+    if not train_args.eval_only:
+        saved_model = typed_on(saved_model, model_args, RESUME_MAY_CHANGE, given)
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
     # --val_fraction 0.9) can be set right on the command line
     keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
@@ -188,10 +186,7 @@ def init_settings(ckpt: dict, model_args: ModelArgs, train_args: TrainArgs, pres
     saved_model = config.from_dict(ModelArgs, ckpt["model_args"], "checkpoint")
     check_model_typed(saved_model, model_args, set(given) - set(INIT_MAY_CHANGE), "drop them: --init_from "
                       "takes the checkpoint's model (another model starts from scratch: drop --init_from)")
-    if free := {name: getattr(model_args, name) for name in INIT_MAY_CHANGE if name in given}:
-        saved = config.to_dict(saved_model)
-        saved_model = in_range(lambda: ModelArgs(**{**saved, **free}), free, saved,
-                               lambda name: "the checkpoint's")
+    saved_model = typed_on(saved_model, model_args, INIT_MAY_CHANGE, given)
     if "preset" not in given and ckpt.get("preset") in config.PRESETS:
         preset = ckpt["preset"]
     typed = {k: v for k, v in config.to_dict(train_args).items() if k in given}
@@ -211,6 +206,16 @@ def in_range(make, typed, start: dict, whose):
         if name not in typed or name not in start:
             raise
         raise ConfigError(config.range_error(name, value, rule, start[name], whose(name))) from None
+
+
+def typed_on(saved: ModelArgs, model_args: ModelArgs, names, given) -> ModelArgs:
+    """The checkpoint's model settings with those of `names` that were typed (`given`) on top,
+    range-checked together (an out-of-range value's advice names the checkpoint's)."""
+    changed = {name: getattr(model_args, name) for name in names if name in given}
+    if not changed:
+        return saved
+    base = config.to_dict(saved)
+    return in_range(lambda: ModelArgs(**{**base, **changed}), changed, base, lambda name: "the checkpoint's")
 
 
 def check_init(train_args: TrainArgs, given) -> None:
