@@ -542,6 +542,15 @@ class SampleArgs:
 # ---------------------------------------------------------------------------------------------
 # Presets: named starting points. Each maps dataclass name -> field overrides.
 
+# What Scout and Maverick share: their text shape, the released tokenizer's token ids, no router noise,
+# and the vision encoder. The two presets below add what differs.
+_RELEASED = dict(vocab_size=202048, dim=5120, n_layers=48, n_heads=40, n_kv_heads=8, expert_dim=8192,
+                 mlp_dim=16384, top_k=1, router_noise=False, attn_chunk_size=8192, attn_floor_scale=8192,
+                 eos_id=200008, pad_id=200018, image_start_id=200080, image_end_id=200081,
+                 image_id=200090, patch_id=200092, tile_x_id=200084, tile_y_id=200085, vision=True,
+                 vision_dim=1408, vision_layers=34, vision_heads=16, vision_mlp_dim=5632, image_size=336,
+                 patch_size=14, projector_input_dim=4096, projector_output_dim=4096)
+
 PRESETS = {
     # The default: a scaled-down Scout, 127.8M parameters in total, 48.2M active per token
     # (14.7M without the two 16.8M embedding matrices; scripts/count_params.py prints the table).
@@ -576,31 +585,14 @@ PRESETS = {
                           save_every=4, log_every=1, eval_windows=4, wandb_mode="disabled"),
     },
     # The released shapes, for parameter counting on the meta device (scripts/count_params.py).
-    # Token ids are those of the released tokenizer; no router noise, as released.
     "scout-17b-16e": {
-        "ModelArgs": dict(vocab_size=202048, dim=5120, n_layers=48, n_heads=40, n_kv_heads=8,
-                          expert_dim=8192, mlp_dim=16384, n_experts=16, top_k=1, moe_every=1,
-                          router_noise=False, max_seq_len=10485760, rope_scaling="llama3", rope_factor=16.0,
-                          rope_low_freq_factor=1.0, rope_high_freq_factor=1.0,
-                          rope_original_max_seq_len=8192, qk_norm=True, attn_chunk_size=8192,
-                          attn_floor_scale=8192, eos_id=200008, pad_id=200018,
-                          image_start_id=200080, image_end_id=200081, image_id=200090,
-                          patch_id=200092, tile_x_id=200084, tile_y_id=200085, vision=True,
-                          vision_dim=1408, vision_layers=34, vision_heads=16, vision_mlp_dim=5632,
-                          image_size=336, patch_size=14, projector_input_dim=4096,
-                          projector_output_dim=4096),
+        "ModelArgs": dict(**_RELEASED, n_experts=16, moe_every=1, max_seq_len=10485760, qk_norm=True,
+                          rope_scaling="llama3", rope_factor=16.0, rope_low_freq_factor=1.0,
+                          rope_high_freq_factor=1.0, rope_original_max_seq_len=8192),
         "TrainArgs": {},
     },
     "maverick-17b-128e": {
-        "ModelArgs": dict(vocab_size=202048, dim=5120, n_layers=48, n_heads=40, n_kv_heads=8,
-                          expert_dim=8192, mlp_dim=16384, n_experts=128, top_k=1, moe_every=2,
-                          router_noise=False, max_seq_len=1048576, qk_norm=False, attn_chunk_size=8192,
-                          attn_floor_scale=8192, eos_id=200008, pad_id=200018,
-                          image_start_id=200080, image_end_id=200081, image_id=200090,
-                          patch_id=200092, tile_x_id=200084, tile_y_id=200085, vision=True,
-                          vision_dim=1408, vision_layers=34, vision_heads=16, vision_mlp_dim=5632,
-                          image_size=336, patch_size=14, projector_input_dim=4096,
-                          projector_output_dim=4096),
+        "ModelArgs": dict(**_RELEASED, n_experts=128, moe_every=2, max_seq_len=1048576, qk_norm=False),
         "TrainArgs": {},
     },
 }
