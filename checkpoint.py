@@ -444,12 +444,24 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
-    kill -9 leaves is removed by the next export there, once its process is gone)."""
+    kill -9 leaves is removed by the next export there, once its process is gone). The folders made
+    for an export that fails or is interrupted are removed too, where they are left empty."""
+    held = check_export_folder(out_dir, tokenizer_path, replace)
+    made, fix = storage.missing_folder(out_dir), "export it elsewhere"
+    out = storage.make_folder(out_dir, fix)
+    try:
+        _place_export(model, out, tokenizer_path, held, made is None, fix)
+    except BaseException:  # (an interrupt, a full disk: a new folder was left behind, empty)
+        storage.remove_made(out, made)
+        raise
+    return out
+
+
+def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], existed: bool, fix: str) -> None:
+    """export_hf's files, staged in a hidden folder in `out` and renamed into place (held:
+    check_export_folder's list of what they replace; existed: whether `out` was there before)."""
     import shutil
     import tempfile
-    held = check_export_folder(out_dir, tokenizer_path, replace)
-    existed, fix = Path(out_dir).exists(), "export it elsewhere"
-    out = storage.make_folder(out_dir, fix)
     _sweep_stages(out)
     try:
         stage = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-export-{os.getpid()}-"))
@@ -479,7 +491,6 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
             storage.sync_folder(out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return out
 
 
 OTHER_TOKENIZER = "another tokenizer.json (a run's checkpoints may need it)"  # (check_export_folder's word)
@@ -866,7 +877,8 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A `dest` in an
     HF folder, or a folder of runs (an --out_dir) as `dest`, is refused, --force or not (its last.pt
     made the folder a run's, which exports refuse; or a run among the runs). A
-    training run's folder or checkpoint as `folder` is the export mistaken for an import: said so."""
+    training run's folder or checkpoint as `folder` is the export mistaken for an import: said so. A
+    checkpoint that cannot be written (a full disk, an interrupt) leaves none of the folders made for it."""
     source, what = Path(folder), None
     if source.is_file() and source.suffix == ".pt":
         what = "a checkpoint"
@@ -904,7 +916,12 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
         if ours is not None:
             check_hf_tokenizer(ours, tok, folder, model.args)  # the sha256 our export recorded, if any
             sha = ours.hash
-    save_model_only(model, dest, sha)
+    made = storage.missing_folder(dest.parent)
+    try:
+        save_model_only(model, dest, sha)
+    except BaseException:  # (a full disk, an interrupt: the new folder was left behind, empty)
+        storage.remove_made(dest.parent, made)
+        raise
     if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
         storage.atomic_write(theirs, tok.read_bytes())
     return Path(dest)

@@ -201,6 +201,29 @@ def make_folder(path, fix: str | None = None) -> Path:
     return Path(path)
 
 
+def missing_folder(path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist: the first folder make_folder would
+    make (None where `path` is there)."""
+    path = Path(path)
+    return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+
+
+def remove_made(path, made: Path | None) -> None:
+    """Remove `path` and its parents up to `made` (missing_folder's answer before they were made), while
+    they are empty: what a failed write leaves of the folders it made. None: nothing was made."""
+    if made is None:
+        return
+    for folder in [Path(path), *Path(path).parents]:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:  # (mkdir failed below the folders it made)
+            pass
+        except OSError:  # not empty: someone put a file there meanwhile
+            return
+        if folder == made:
+            return
+
+
 def no_folder(path, e: OSError) -> str:
     """Why mkdir -p `path` failed, in words: the file in the way, or the folder that takes no new ones."""
     why = e.strerror or e
@@ -518,7 +541,7 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path, self.lock = path, None
         # the outermost folder mkdir makes: a new --out_dir was left behind, empty, by a run that failed
-        self.made = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+        self.made = missing_folder(path)
         self.created = self.made is not None
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -537,15 +560,7 @@ class RunFolder:
 
     def remove_made(self) -> None:
         """Remove the folders __init__ made, from the run folder up, while they are empty."""
-        for folder in [self.path, *self.path.parents]:
-            try:
-                folder.rmdir()
-            except FileNotFoundError:  # (mkdir failed below the folders it made)
-                pass
-            except OSError:  # someone put a file there meanwhile
-                return
-            if folder == self.made:
-                return
+        remove_made(self.path, self.made)
 
     def release(self) -> None:
         if (self.created and self.lock is not None and self.path.is_dir()

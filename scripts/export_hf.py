@@ -23,9 +23,10 @@ this project did not write (special-token ids come from their config; weights in
 shards; a tokenizer without this project's special tokens, which sample.py and train.py refuse,
 is a warning); a run folder or checkpoint given to --import is said to want no --import. An export is
 written into a hidden .tmp-export-* folder in the destination, then renamed into place with Ctrl-C
-and SIGTERM put off: an interrupt or a full disk leaves the folder as it was or the whole new
-export, never a mix. Ctrl-C while torch imports is one line (errors is imported first, as in the
-other scripts that import torch); a warning stderr cannot take (2>/dev/full, 2>&-) is dropped.
+and SIGTERM put off: an interrupt or a full disk leaves the folder as it was (none, where there was
+none) or the whole new export, never a mix. Ctrl-C while torch imports is one line (errors is
+imported first, as in the other scripts that import torch); a warning stderr cannot take
+(2>/dev/full, 2>&-) is dropped.
 The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is its command line.
 """
 

@@ -1506,6 +1506,35 @@ def test_an_export_on_a_full_disk_names_the_file_it_was_to_become(tmp_path, done
     assert {p.name: p.read_bytes() for p in hf.iterdir()} == before
 
 
+@pytest.mark.parametrize("fault", ["full disk", "interrupt"])
+def test_an_export_or_import_that_fails_leaves_no_new_folder(fault, tmp_path, done, capsys, monkeypatch):
+    """Bug caught: an export (or import) into a new folder that failed (a full disk, Ctrl-C) left the
+    folders it had made behind, empty, where the interrupt's line said the destination "holds what it
+    held before". Now they go; a folder that was there already stays."""
+    import errno
+
+    import storage
+    from scripts.export_hf import main as export_main
+    run_dir = copy_run(done, tmp_path)
+    export_main([str(run_dir), str(tmp_path / "hf")])
+    real = storage.atomic_write
+
+    def failing(path, data, fix=None):
+        if str(path).endswith(("model.safetensors", "last.pt")):
+            if fault == "interrupt":
+                raise KeyboardInterrupt
+            raise storage.write_error(path, OSError(errno.ENOSPC, "No space left on device"), fix)
+        return real(path, data, fix)
+    monkeypatch.setattr(storage, "atomic_write", failing)
+    (tmp_path / "kept").mkdir()  # an empty folder that was there: left as it was
+    for argv in ([str(run_dir), str(tmp_path / "kept" / "new" / "hf")],
+                 ["--import", str(tmp_path / "hf"), str(tmp_path / "kept" / "new" / "run")]):
+        with pytest.raises(SystemExit) as e:
+            export_main(argv)
+        assert e.value.code == (130 if fault == "interrupt" else 1), capsys.readouterr().err
+        assert list((tmp_path / "kept").iterdir()) == []
+
+
 def test_an_export_whose_staged_file_is_gone_keeps_the_folder(tmp_path, done, capsys, monkeypatch):
     """A staged file gone before its rename (another export sweeping the folder) was read as one this
     export lacks: the old file was deleted and the export said it succeeded, leaving an empty folder.
