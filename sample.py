@@ -390,8 +390,10 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
         where = checkpoint.find_checkpoint(sample_args.ckpt, option="--ckpt ")
         model, ckpt = checkpoint.load_model(where, device, dtype)
         tok_file = where.parent / "tokenizer.json"
-    if not tok_file.exists():
-        raise SampleError(f"no tokenizer.json beside {where}; copy the run's tokenizer there "
+    if not tok_file.exists():  # (an HF folder holds its tokenizer.json; a checkpoint has it beside it)
+        raise SampleError(f"no tokenizer.json in {where}; put the model's tokenizer.json there (scripts/"
+                          "export_hf.py writes it into the folders it exports)" if ckpt is None else
+                          f"no tokenizer.json beside {where}; copy the run's tokenizer there "
                           "(scripts/export_hf.py writes it into exported folders)")
     try:
         tok = Tokenizer.load(tok_file, fix="put back the run's own tokenizer.json (or export again)",

@@ -796,6 +796,23 @@ def test_bad_hf_folders_are_clear_errors(run_dir, tmp_path, capsys, problem):
             }[problem] in err
 
 
+def test_an_hf_folder_without_its_tokenizer_is_told_to_hold_one(run_dir, tmp_path, capsys):
+    """Bug caught: `sample.py --hf FOLDER` without FOLDER/tokenizer.json said "no tokenizer.json beside
+    FOLDER; copy the run's tokenizer there", as of a checkpoint file: the tokenizer goes inside the
+    folder (a folder transformers saved has no run)."""
+    from scripts.export_hf import main as export_main
+    hf = tmp_path / "hf"
+    export_main([str(run_dir), str(hf)])
+    (hf / "tokenizer.json").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--hf", str(hf), "--max_new_tokens", "2"])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == (f"sample.py: error: no tokenizer.json in {hf}; put the model's "
+                                       "tokenizer.json there (scripts/export_hf.py writes it into the "
+                                       "folders it exports)\n")
+
+
 def test_an_hf_folder_that_does_not_exist_is_named_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sample.main(["--hf", str(tmp_path / "nosuch"), "--max_new_tokens", "2"])
