@@ -38,7 +38,8 @@ How this departs from the obvious version:
 - A Split is identified without reading it: its `signature` (each file's path, size and
   modification time, the document rules, the held-out slice) is what data.py's cache keys hold,
   so a cache hit on local files costs a few stat calls. The `datasets` cache of a file's documents
-  is keyed by the same size and time (`datasets` alone keys a .jsonl's by its path and time).
+  is keyed by the same absolute path, size and time (`datasets` alone keys a .jsonl's by its path
+  and time).
 - A --data that is a pipe (`cat x | ... --data /dev/stdin`, a FIFO) is refused as such: a source
   is read more than once (scanned, then read, and identified by its size and time).
 - Bytes that are not UTF-8 in a .txt file are replaced by U+FFFD and counted in the log, per file;
@@ -307,17 +308,25 @@ COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\
               b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}  # (magic bytes)
 
 
-def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, odd_nul: int = 0) -> None:
+def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, by_four=(0, 0, 0, 0)) -> None:
     """A DataError for a .txt file that is not UTF-8 text, from its first bytes and its counts of NUL
-    bytes (of them at odd offsets) and of bytes that are not UTF-8: compressed, UTF-16, a binary file,
-    another encoding."""
+    bytes (`by_four`: of them at offsets 0, 1, 2 and 3 modulo 4) and of bytes that are not UTF-8:
+    compressed, UTF-32, UTF-16, a binary file, another encoding."""
     packed = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
     if packed and max(nul, bad) > MAX_NON_UTF8 * size:  # (not text: the magic bytes are no accident)
         raise DataError(f"{flag}: '{path}' is {packed[0][0]}-compressed, not text; decompress it "
                         f"({packed[0][1]}) and point {flag} at the text")
+    # UTF-32 has a byte-order mark (before UTF-16's: FF FE 00 00 starts with FF FE), or NULs in 3 of
+    # every 4 bytes of Latin text, none (or nearly) at offsets 0 (little-endian) or 3 modulo 4
+    utf32 = head[:4] in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE) or (
+        sorted(by_four)[1] >= 0.9 * size / 4 and min(by_four) * 20 <= max(by_four))
+    if nul > MAX_NON_UTF8 * size and utf32:
+        raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-32?); "
+                        "convert it, e.g. iconv -f utf-32 -t utf-8")
     # UTF-16 has a byte-order mark, or its NULs (the high bytes of ASCII: half of Latin text's bytes,
     # fewer in other scripts) nearly all at odd offsets (little-endian) or at even ones; a binary
     # file's (a program, an image) fall on both
+    odd_nul = by_four[1] + by_four[3]
     utf16 = head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or (
         nul <= 0.55 * size and max(odd_nul, nul - odd_nul) >= 0.95 * nul)
     if nul > MAX_NON_UTF8 * size and utf16:
@@ -345,7 +354,8 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     marker = EOT.encode()
     keep = len(marker) - 1  # bytes of a long line kept: a marker may start in them
     utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
-    size = valid = nul = odd_nul = markers = marker_lines = blank = 0
+    size = valid = nul = markers = marker_lines = blank = 0
+    by_four = [0, 0, 0, 0]  # NUL bytes at offsets 0, 1, 2 and 3 modulo 4 (UTF-16's and UTF-32's fall on some)
     has_text = False
     carry = b""  # the line the last chunk ended in (newlines made \n), and a \r that may precede a \n
 
@@ -363,7 +373,9 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
         f.seek(0)
         while chunk := f.read(READ_CHUNK):
             if n := chunk.count(0):  # valid UTF-8, but text has none: UTF-16's fall on one parity
-                nul, odd_nul = nul + n, odd_nul + chunk[1 - size % 2::2].count(0)  # (at odd offsets)
+                nul += n
+                for i in range(4):
+                    by_four[(size + i) % 4] += chunk[i::4].count(0)
             size += len(chunk)
             valid += len(utf8.decode(chunk).encode())
             buf = carry + chunk  # (a BOM cut by the chunk's end is whole in the next one's carry)
@@ -396,7 +408,7 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     if carry.replace(b"\r", b""):
         count(carry.replace(b"\r", b"") + b"\n")
     bad = size - valid
-    _check_text(path, flag, head, size, nul, bad, odd_nul)
+    _check_text(path, flag, head, size, nul, bad, by_four)
     if not has_text:
         bytes_too = f", {plural(bad, 'byte')} not UTF-8" if bad else ""
         raise DataError(f"{flag}: '{path}' has no usable text (only whitespace{bytes_too}"
@@ -607,10 +619,12 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         if bad:
             log(f"data: warning: {path}: {plural(bad, 'byte')} not UTF-8, replaced by U+FFFD")
         st = os.stat(path)
+        # `datasets` keys its cache by gen_kwargs: the path is absolute, as the same name typed in
+        # another folder is another file, of the same size and time maybe
         return datasets.Dataset.from_generator(
             _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
-            cache_dir=cache_dir,
-            gen_kwargs={"path": path, "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
+            cache_dir=cache_dir, gen_kwargs={"path": os.path.abspath(path),
+                                             "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
     jsonl = Path(path).suffix.lower() == ".jsonl"  # (_json_problem reads lines: a .json array has none)
     library_log = logging.getLogger("datasets")
     level = library_log.level

@@ -319,6 +319,17 @@ def test_nul_bytes_are_put_down_to_utf16_only_where_utf16_is_likely(tmp_path):
             load([path], tmp_path)
 
 
+@pytest.mark.parametrize("codec", ["utf-32", "utf-32-le", "utf-32-be"])
+def test_a_utf32_file_is_named_as_utf32_not_utf16_or_binary(tmp_path, codec):
+    """Bug caught: a UTF-32 .txt file was "UTF-16? convert it, e.g. iconv -f utf-16" (its byte-order mark,
+    FF FE 00 00, starts with UTF-16's; that command gives text full of NULs) or, without a mark, "a
+    binary file?" (3 of 4 bytes NUL)."""
+    path = write(tmp_path / "t.txt", official(docs(3)).encode(codec))
+    says = "NUL: UTF-32?); convert it, e.g. iconv -f utf-32 -t utf-8"
+    with pytest.raises(DataError, match=re.escape(says)):
+        load([path], tmp_path)
+
+
 def test_a_stored_zip_is_named_as_a_zip_by_its_nul_bytes(tmp_path):
     """Catches the archive test judged by bytes that are not UTF-8 alone: a zip that stores its text
     uncompressed (zip -0) has few of them but many NULs, and was told "UTF-16? convert it"."""
@@ -399,6 +410,21 @@ def test_a_txt_file_edited_within_a_clock_tick_is_read_again(tmp_path):
     write(txt, official(docs(3)))
     os.utime(txt, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert load([txt], tmp_path) == docs(3)
+
+
+def test_a_txt_file_named_alike_in_another_folder_is_not_given_the_cached_documents(tmp_path, monkeypatch):
+    """Bug caught: the .txt generator's cache was keyed by the path as typed, so `--data d.txt` typed in
+    folder b, of the same size and time as a/d.txt read before from a shared --cache_dir (files unpacked
+    from one archive), gave a/d.txt's documents, while the shards' key (the absolute path) was b's."""
+    a = write(tmp_path / "a" / "d.txt", official(docs(2)))
+    b = write(tmp_path / "b" / "d.txt", official(docs(2, start=5)))
+    st = os.stat(a)
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(b).st_size == st.st_size
+    monkeypatch.chdir(a.parent)
+    assert load(["d.txt"], tmp_path) == docs(2)
+    monkeypatch.chdir(b.parent)
+    assert load(["d.txt"], tmp_path) == docs(2, start=5)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
