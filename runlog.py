@@ -401,14 +401,14 @@ def read_metrics(run_dir, warn=None, need=None, fix=None) -> tuple[list, list]:
     error, a missing or unreadable log's too (sweep.py's: its run is trained again); by default a
     reader's of run folders it was given (plot_runs)."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        if any((Path(run_dir) / name).is_file() for name in ("run.lock", "train.json", "model.json")):
-            return [], []  # (train.py started there)
-        raise FileNotFoundError(f"{path} does not exist; {fix or f'is {run_dir} a run folder?'}")
-    if path.is_dir():  # ("[Errno 21] Is a directory")
-        raise IsADirectoryError(f"{path} is a folder, not the run's log; " + (fix or "put the run's "
-                                f"metrics.jsonl file in its place, or leave {run_dir} out"))
-    records = storage.numbered_jsonl(path, warn=warn, fix=fix)
+    try:
+        records = numbered_metrics(path, warn, fix)
+    except OSError as e:
+        if e.errno is None:  # (one of numbered_metrics' own, its advice given)
+            raise
+        # (a log or run folder we may not read: "[Errno 13] Permission denied: ...", and no advice)
+        raise type(e)(f"cannot read {path} ({e.strerror or e}); "
+                      + (fix or f"make it readable, or leave {run_dir} out")) from None
     for line, r in records:
         kind = r.get("kind") if r.get("kind") in ("train", "val") else None
         if missing := next((f for f in ("kind", *(need or {}).get(kind, ())) if f not in r), None):
@@ -417,6 +417,20 @@ def read_metrics(run_dir, warn=None, need=None, fix=None) -> tuple[list, list]:
                              f"{every}; " + (fix or "pass run folders that this project's train.py wrote, or "
                                              "delete that line"))
     return [r for _, r in records if r["kind"] == "train"], [r for _, r in records if r["kind"] == "val"]
+
+
+def numbered_metrics(path: Path, warn, fix) -> list[tuple[int, dict]]:
+    """read_metrics' numbered records of `path`: none yet where train.py started (no log yet), and an
+    OSError of its own (no errno) for a missing log or a folder in its place."""
+    run_dir = path.parent
+    if not path.exists():
+        if any((run_dir / name).is_file() for name in ("run.lock", "train.json", "model.json")):
+            return []  # (train.py started there)
+        raise FileNotFoundError(f"{path} does not exist; {fix or f'is {run_dir} a run folder?'}")
+    if path.is_dir():  # ("[Errno 21] Is a directory")
+        raise IsADirectoryError(f"{path} is a folder, not the run's log; " + (fix or "put the run's "
+                                f"metrics.jsonl file in its place, or leave {run_dir} out"))
+    return storage.numbered_jsonl(path, warn=warn, fix=fix)
 
 
 def shown(run_dir) -> str:

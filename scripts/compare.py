@@ -20,35 +20,29 @@ other, so that a short run never replaces them):
   compare.md            the table as markdown (also printed)
 
 How this departs from the obvious version:
-- Runs go through train.main, the trainer users run, not a copy of its loop: what is compared is
-  what `python train.py` does. Each run is `train.py --preset tiny` plus the shared settings, then
-  any options compare.py does not know itself (model or training overrides, e.g. `--dim 96
-  --log_every 5`: they apply to all three runs), then the variant's own overrides.
-- The budget is wall clock, as train.py counts it (evaluations and best.pt saves included) and the
-  cosine schedule is laid over it; --max_steps is huge unless given, so the clock stops each run.
-  Training runs cannot be interleaved, so they are sequential on a machine that may be shared: the
-  load average before each run is recorded and the table says so.
-- Run folders are --out_dir/compare-{moe,dense,moe-ablation}. compare.py deletes those three folders
-  (and nothing else) before it starts, so a previous comparison never blocks a new one; copy them
-  elsewhere to keep them (a file or link of one of those names is refused, not deleted, and so is an
-  --out inside one). Bad --data or --val_data (an empty file, a checkpoint) is refused before
-  that, as train.py would refuse it. The previous comparison's compare.json, .md and PNGs are only
-  replaced at the end: a run that fails or is interrupted leaves them as they were (the last comparison's
-  table and plots, though its run folders are gone). All runs share --cache_dir, so the tokenizer is
-  trained and the shards are tokenized once (the first run's set-up, outside its budget); the three
-  tokenizer.json files are checked to be identical. Ctrl-C (or SIGTERM) stops the run in progress as
-  it stops train.py (last.pt saved), then compare.py: one line, exit status 130, no comparison
-  written (compare.py's line comes last, after any of train.py's, whose hint to --resume the run
-  trains that run on by itself: compare.py cannot go on from its runs, and a rerun deletes their
-  folders and starts the three again). One at a run's last step lets that run finish, as train.py
-  does, and then stops compare.py too; at the last run's last step every run is whole, so the
-  comparison is written first (then the line, and 130: a script that calls compare.py stops there
-  too).
-- tokens/s is the tokens of the logged windows over their training time (evaluation excluded), i.e.
-  the token-weighted harmonic mean of train.py's per-window rates; MFU is train.py's (against a
-  peak it measures with a short GEMM at the start of each run). Final validation is the last val
-  record: train.py evaluates at the end of every run. Expert shares are train.py's: each expert's
-  share of the assignments of every step in a logging window.
+- Runs go through train.main, the trainer users run, not a copy of its loop. Each run is `train.py
+  --preset tiny` plus the shared settings, then any options compare.py does not know itself (e.g.
+  `--dim 96 --log_every 5`: they apply to all three runs), then the variant's own overrides.
+- The budget is wall clock as train.py counts it (evaluations and best.pt saves included), with the
+  cosine laid over it; --max_steps is 10**9 unless given, so the clock stops each run. The runs
+  are sequential on a machine that may be shared: the load average before each is recorded.
+- Run folders are --out_dir/compare-{moe,dense,moe-ablation}; compare.py deletes those three (and
+  nothing else) before it starts, so copy them elsewhere to keep them (a file or link of one of those
+  names, or an --out inside one, is refused). A bad --data or --val_data (an empty file, a checkpoint)
+  is refused before that. The previous compare.json, .md and PNGs are replaced only at the end: a run
+  that fails or is interrupted leaves them as they were. The runs share --cache_dir (the tokenizer is
+  trained and the text tokenized once, outside the first run's budget); their three tokenizer.json
+  files are checked to be identical.
+- Ctrl-C (or SIGTERM) stops the run in progress as train.py stops (last.pt saved), then compare.py:
+  one line, last, exit status 130, no comparison written. compare.py cannot go on from its runs
+  (train.py's hint to --resume trains that one run on by itself; a rerun starts the three again). A
+  signal at a run's last step lets that run finish, then stops compare.py; at the last run's, every
+  run is whole and the comparison is written first (then the line, and 130).
+- tokens/s is the tokens of the logged windows over their training time (evaluation excluded): the
+  token-weighted harmonic mean of train.py's per-window rates. MFU is train.py's (against a peak it
+  measures at the start of each run). Final validation is the last val record (train.py evaluates at
+  the end of every run). Expert shares are train.py's: each expert's share of the assignments of
+  every step in a logging window.
 """
 
 import argparse
@@ -421,8 +415,19 @@ def clear_run_folders(out_dir: Path) -> None:
         except storage.Busy as e:
             sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
                      "it to end, or pick another --out_dir")
+        except OSError as e:  # (another user's folder: a PermissionError traceback)
+            cannot_delete(run_dir, e)
     for run_dir in run_dirs:
-        shutil.rmtree(run_dir)
+        try:
+            shutil.rmtree(run_dir)
+        except OSError as e:
+            cannot_delete(run_dir, e)
+
+
+def cannot_delete(run_dir: Path, e: OSError):
+    """One line, exit status 1, for a last comparison's run folder we may not delete (another user's)."""
+    sys.exit(f"compare.py: error: cannot delete the last comparison's run folder {run_dir} "
+             f"({e.strerror or e}); delete it yourself, or pick another --out_dir")
 
 
 def interrupted(name: str, whole: bool = False):

@@ -296,11 +296,15 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     result_file = result_path(name, minutes, seed, opts)
     run_dir, run = result_file.parent, result_file.parent.name
     setting = train_setting(overrides, minutes, seed, opts)
-    if result_file.exists():
-        try:
-            result = json.loads(result_file.read_text())
-        except (ValueError, OSError) as e:  # (save_json is atomic: edited by hand, or another file)
-            result = f"{type(e).__name__}: {e}"
+    try:
+        found = result_file.exists()
+        result = json.loads(result_file.read_text()) if found else None
+    except ValueError as e:  # (save_json is atomic: edited by hand, or another file)
+        result = f"{type(e).__name__}: {e}"
+    except OSError as e:  # (a run's folder or result we may not read: a traceback, or advice to delete it)
+        sys.exit(f"sweep.py: error: cannot read {result_file} ({e.strerror or e}); make it and its folder "
+                 f"readable, or delete {run_dir} to run {name} again")
+    if found:
         if not isinstance(result, dict):
             sys.exit(f"sweep.py: error: {result_file} is not a result sweep.py wrote ({str(result)[:80]}); "
                      f"delete {run_dir} to run {name} again")
@@ -310,7 +314,11 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
         return result
     if run_dir.exists():  # an interrupted run: start it again
         import shutil
-        shutil.rmtree(run_dir)
+        try:
+            shutil.rmtree(run_dir)
+        except OSError as e:  # (a traceback)
+            sys.exit(f"sweep.py: error: cannot delete {run_dir}, a run of {name} cut short, to run it again "
+                     f"({e.strerror or e}); delete it yourself, then rerun sweep.py")
     argv = train_argv(setting, run, opts)
     load = os.getloadavg()[0]
     # (as a shell reads it: --plot '', not --plot; a --data path with a space, one word)

@@ -444,6 +444,23 @@ def test_clearing_a_previous_comparison_deletes_its_three_run_folders_only(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compare-other", "mine"]
 
 
+@pytest.mark.parametrize("fails", ["lock", "rmtree"])
+def test_a_last_comparisons_folder_we_may_not_delete_is_one_line(tmp_path, monkeypatch, fails):
+    """Bug caught: an --out_dir whose last comparison's run folders belong to another user (a shared
+    checkpoints/compare) was a PermissionError traceback from run.lock or from rmtree."""
+    for name in NAMES:
+        (tmp_path / f"compare-{name}").mkdir()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(compare.storage if fails == "lock" else compare.shutil, fails, denied)
+    with pytest.raises(SystemExit) as e:
+        compare.clear_run_folders(tmp_path)
+    assert str(e.value.code) == (f"compare.py: error: cannot delete the last comparison's run folder "
+                                 f"{tmp_path / 'compare-moe'} (Permission denied); delete it yourself, or "
+                                 "pick another --out_dir")
+
+
 @pytest.mark.parametrize("kind", ["file", "link"])
 def test_a_file_or_link_where_a_run_folder_goes_is_refused_before_any_run(kind, tmp_path, corpus,
                                                                           monkeypatch):

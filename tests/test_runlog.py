@@ -476,3 +476,21 @@ def test_a_run_whose_tokenizer_json_or_train_json_is_damaged_is_compared_and_lab
     (a / "model.json").write_text("{}")
     (a / "train.json").write_text("[1, 2]")
     assert runlog.run_label(a) == "a"
+
+
+def test_a_log_it_may_not_read_is_one_line_with_advice(tmp_path, monkeypatch):
+    """Bug caught: a metrics.jsonl (or run folder) the reader may not read was "[Errno 13] Permission denied:
+    '.../metrics.jsonl'" with no advice (plot_runs.py, sweep.py), where every other unreadable log says
+    what to do."""
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "val", "step": 1}\n')
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "metrics.jsonl"))
+    monkeypatch.setattr(runlog.storage, "numbered_jsonl", denied)
+    log = tmp_path / "metrics.jsonl"
+    with pytest.raises(PermissionError) as e:
+        runlog.read_metrics(tmp_path)
+    assert str(e.value) == f"cannot read {log} (Permission denied); make it readable, or leave {tmp_path} out"
+    with pytest.raises(PermissionError) as e:
+        runlog.read_metrics(tmp_path, fix="run it again")
+    assert str(e.value) == f"cannot read {log} (Permission denied); run it again"

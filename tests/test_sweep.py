@@ -808,3 +808,60 @@ def test_a_runs_unreadable_log_advises_sweeps_own_fix(tmp_path, monkeypatch, log
     message = str(e.value.code)
     assert message.startswith("sweep.py: error: ") and said in message, message
     assert message.endswith(f"; {sweep.KEPT} (this one starts again)"), message
+
+
+def test_a_result_or_log_it_may_not_read_is_one_line_with_sweeps_fix(tmp_path, monkeypatch):
+    """Bug caught: a run folder sweep.py may not read (another user's, chmod 700) was a PermissionError
+    traceback from result_file.exists(); an unreadable sweep-result.json was called "not a result sweep.py
+    wrote", with advice to delete the finished run; an unreadable metrics.jsonl was "[Errno 13] Permission
+    denied: ..." with no advice at all."""
+    import pathlib
+    opts = fake_train_py(tmp_path, monkeypatch)
+    path = sweep.result_path("s", 0.01, 1, opts)
+    denied = PermissionError(13, "Permission denied")
+    exists, read_text = pathlib.Path.exists, pathlib.Path.read_text
+
+    def guarded(real, name):
+        def method(self, *a, **kw):
+            if self.name == name:
+                raise denied
+            return real(self, *a, **kw)
+        return method
+    for method, real in [("exists", exists), ("read_text", read_text)]:  # the folder, then the file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        with monkeypatch.context() as m:
+            m.setattr(pathlib.Path, method, guarded(real, "sweep-result.json"))
+            with pytest.raises(SystemExit) as e:
+                sweep.run_one("s", [], 0.01, 1, opts)
+        assert str(e.value.code) == (f"sweep.py: error: cannot read {path} (Permission denied); make it and "
+                                     f"its folder readable, or delete {path.parent} to run s again"), method
+        assert path.read_text() == "{}"
+    path.unlink()
+    path.parent.rmdir()
+
+    def unreadable(*args, **kwargs):
+        raise denied
+    monkeypatch.setattr(sweep.runlog.storage, "numbered_jsonl", unreadable)
+    with pytest.raises(SystemExit) as e:  # train.py wrote a log that sweep.py may not read
+        sweep.run_one("s", [], 0.01, 1, opts)
+    log = path.parent / "metrics.jsonl"
+    assert str(e.value.code) == (f"sweep.py: error: cannot read {log} (Permission denied); {sweep.KEPT} "
+                                 "(this one starts again)")
+
+
+def test_a_run_cut_short_that_it_may_not_delete_is_one_line(tmp_path, monkeypatch):
+    """Bug caught: the folder of a run cut short that sweep.py may not delete (another user's) was a
+    PermissionError traceback from rmtree, when the sweep went on."""
+    import shutil
+    opts = fake_train_py(tmp_path, monkeypatch)
+    run_dir = sweep.result_path("s", 0.01, 1, opts).parent
+    run_dir.mkdir(parents=True)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(shutil, "rmtree", denied)
+    with pytest.raises(SystemExit) as e:
+        sweep.run_one("s", [], 0.01, 1, opts)
+    assert str(e.value.code) == (f"sweep.py: error: cannot delete {run_dir}, a run of s cut short, to run it "
+                                 "again (Permission denied); delete it yourself, then rerun sweep.py")
