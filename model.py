@@ -393,8 +393,8 @@ grouped_mm_any_dtype.register_autograd(
 
 
 class ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous (bf16 grouped_mm's own
-    backward refuses expanded, stride-0 gradients, which a .sum() or .mean() loss hands it)."""
+    """Identity whose backward makes the incoming gradient contiguous (grouped_mm's own backward,
+    fp32 and bf16 alike, refuses expanded, stride-0 gradients, which a .sum() or .mean() loss hands it)."""
 
     @staticmethod
     def forward(x):
@@ -1037,32 +1037,46 @@ def count_parameters(model: Llama4) -> dict:
     }
 
 
+def summed_over_layers(args: ModelArgs, measure) -> dict:
+    """measure(model), a dict of counts that add up over a model's modules (parameters by kind,
+    count_parameters), for the model `args` describes, without building its layers: layers differ
+    in their parameters only by their feed-forward (MoE or dense; a NoPE layer's QK norm has no
+    weight), so three models of one or two layers, on the meta device, give what lies outside the
+    layers and what each kind of layer holds, and the whole is their sum over the layers. Any
+    n_layers answers at once (built layer by layer, --n_layers 2000000000 took hours)."""
+    def measured(n_layers, moe_every):
+        with torch.device("meta"):
+            return measure(Llama4(replace(args, n_layers=n_layers, moe_every=moe_every)))
+
+    one_moe, one_dense, two_moe = measured(1, 1), measured(1, 2), measured(2, 1)
+    n_moe = args.n_layers // args.moe_every  # layers moe_every - 1, 2 * moe_every - 1, ...
+    out = {}
+    for k in one_moe | one_dense | two_moe:
+        moe = two_moe.get(k, 0) - one_moe.get(k, 0)  # one MoE layer
+        outside = one_moe.get(k, 0) - moe  # embedding, final norm, lm_head, vision
+        dense = one_dense.get(k, 0) - outside  # one dense layer
+        out[k] = outside + n_moe * moe + (args.n_layers - n_moe) * dense
+    return out
+
+
 def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     """Training FLOPs per token: 6 x active matmul parameters (embedding lookups, the RMSNorm
     weights, which multiply no matrix, and the router noise projection, a training extra outside
     HF's model, excluded) plus attention's score and value matmuls, 12 x heads x head_dim x mean
     keys per query over a window of seq_len tokens (causal: (seq_len + 1) / 2; on chunked layers
-    the same within each aligned chunk, the window's last chunk possibly shorter). Layers differ
-    only by their feed-forward (MoE or dense) and their attention span (RoPE or NoPE), so models
-    of one or two layers are built and each kind of layer is counted once and multiplied: any
-    n_layers answers at once."""
-    def matmul(n_layers, moe_every):  # active matmul parameters of a model this deep
-        with torch.device("meta"):
-            model = Llama4(replace(args, n_layers=n_layers, moe_every=moe_every))
+    the same within each aligned chunk, the window's last chunk possibly shorter). The matmul
+    parameters are counted without building every layer (summed_over_layers): any n_layers
+    answers at once."""
+    def matmul(model):  # active matmul parameters
         counts = count_parameters(model)
         norms = sum(p.numel() for m in model.modules() if isinstance(m, RMSNorm) for p in m.parameters())
-        return counts["active_per_token"] - counts["embedding"] - counts["router_noise"] - norms
+        return {"matmul": counts["active_per_token"] - counts["embedding"] - counts["router_noise"] - norms}
 
-    one_moe, one_dense, two_moe = matmul(1, 1), matmul(1, 2), matmul(2, 1)
-    moe = two_moe - one_moe  # one MoE layer
-    outside = one_moe - moe  # lm_head
-    dense = one_dense - outside  # one dense layer
-    n_moe = args.n_layers // args.moe_every
-    n_nope = args.n_layers // args.nope_every
+    n_nope = args.n_layers // args.nope_every  # layers nope_every - 1, 2 * nope_every - 1, ...
 
     def attn(span):  # one layer's attention matmuls per token, queries seeing 1..span keys per chunk
         full, rest = divmod(seq_len, span)
         keys = (full * span * (span + 1) + rest * (rest + 1)) / 2 / seq_len  # mean keys per query
         return 12 * args.n_heads * args.head_dim * keys
-    return (6 * (outside + n_moe * moe + (args.n_layers - n_moe) * dense)
+    return (6 * summed_over_layers(args, matmul)["matmul"]
             + (args.n_layers - n_nope) * attn(args.attn_chunk_size) + n_nope * attn(seq_len))

@@ -63,7 +63,7 @@ import sources
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, DeviceError, RunError
-from model import LOSS_CHUNK, Llama4
+from model import LOSS_CHUNK, count_parameters, summed_over_layers
 from runtime import World
 from tokenizer import Tokenizer, check_tokenizer, too_small
 
@@ -395,11 +395,11 @@ PATHS = ("data", "val_data", "tokenizer")
 def init_tokenizer(init_path: Path) -> Path:
     """The tokenizer of --init_from's checkpoint: the tokenizer.json beside it (train.py and an import
     write one there); load_data checks it against the checkpoint's sha256."""
-    beside = init_path.parent / "tokenizer.json"
-    if not beside.is_file():
+    path = init_path.parent / "tokenizer.json"
+    if not path.is_file():
         raise CheckpointError(f"--init_from: there is no tokenizer.json beside {init_path} (the tokenizer "
                               "its model reads); pass --tokenizer FILE, the one it was trained with")
-    return beside
+    return path
 
 
 def absolute(path: str) -> str:
@@ -429,25 +429,13 @@ _COUNTED: dict[str, int] = {}  # parameters() of each model's settings (repr) me
 
 
 def parameters(model_args: ModelArgs) -> int:
-    """The model's parameter count, from a meta-device model of two layers, one dense and one MoE (a
-    block's parameters depend only on whether it is MoE): no time spent building each of a huge
-    --n_layers (nor, for a dense one, of a --moe_every above it). Counted once per settings (sweep.py
-    checks ~600 candidates, of ~20 models)."""
+    """The model's parameter count, from meta-device models of one or two layers
+    (model.summed_over_layers): no time spent building each of a huge --n_layers. Counted once per
+    settings (sweep.py checks ~600 candidates, of ~20 models)."""
     key = repr(model_args)
     if key not in _COUNTED:
-        _COUNTED[key] = _count_parameters(model_args)
+        _COUNTED[key] = summed_over_layers(model_args, count_parameters)["total"]
     return _COUNTED[key]
-
-
-def _count_parameters(model_args: ModelArgs) -> int:
-    n = model_args.n_layers
-    with torch.device("meta"):  # layer 0 dense, layer 1 MoE (2 * moe_every layers built a dense
-        # --n_layers 1000000000 --moe_every 1000000001 one by one, for minutes, before its refusal)
-        model = Llama4(replace(model_args, n_layers=2, moe_every=2))
-    dense, moe_block = (sum(p.numel() for p in block.parameters()) for block in model.layers)
-    moe = n // model_args.moe_every
-    rest = sum(p.numel() for p in model.parameters()) - dense - moe_block
-    return rest + moe * moe_block + (n - moe) * dense
 
 
 def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:

@@ -128,23 +128,28 @@ def data_parallel(model, device: torch.device, find_unused: bool):
 SETUP_TIMEOUT = timedelta(hours=3)
 
 
-def set_up_done(long: bool = False) -> None:
+def set_up_done() -> None:
     """The process group's timeout back to its backend's default (NCCL's 10 minutes, gloo's 30) once
-    set-up is done: a hang in training is then found as soon as without SETUP_TIMEOUT. `long`:
-    SETUP_TIMEOUT again (wait_long)."""
-    if not dist.is_initialized():
-        return
-    from torch.distributed import constants, distributed_c10d
-    nccl = dist.get_backend() == "nccl"
-    default = constants.default_pg_nccl_timeout if nccl else constants.default_pg_timeout
-    distributed_c10d._set_pg_timeout(SETUP_TIMEOUT if long else default)  # (torchtitan's way, after a step)
+    set-up is done: a hang in training is then found as soon as without SETUP_TIMEOUT."""
+    _set_timeout(None)
 
 
 def wait_long() -> None:
     """SETUP_TIMEOUT again, for the final barrier: the other ranks wait there while rank 0 finishes its
     W&B run (the upload of what is left: minutes on a slow network), which NCCL's 10 minutes aborted,
     a run that had finished and saved reported failed."""
-    set_up_done(long=True)
+    _set_timeout(SETUP_TIMEOUT)
+
+
+def _set_timeout(timeout: timedelta | None) -> None:
+    """The process group's timeout for its collectives: `timeout`, or (None) its backend's default."""
+    if not dist.is_initialized():
+        return
+    from torch.distributed import constants, distributed_c10d
+    if timeout is None:
+        nccl = dist.get_backend() == "nccl"
+        timeout = constants.default_pg_nccl_timeout if nccl else constants.default_pg_timeout
+    distributed_c10d._set_pg_timeout(timeout)  # (torchtitan's way, after a step)
 
 
 def all_reduce(values: list[float], device, world: World, op=None) -> list[float]:

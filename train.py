@@ -1132,14 +1132,14 @@ def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool
     resumed run evaluates this step first), last.pt every save_every steps and when stopping. The
     step evaluated, or None."""
     t, evaluated = job.train_args, None
-    evaluate = state.step % t.eval_every == 0 and state.step < t.max_steps
+    to_evaluate = state.step % t.eval_every == 0 and state.step < t.max_steps
     save = (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now
-    if not (evaluate or save):
+    if not (to_evaluate or save):
         return None  # (no pause: on CUDA it waits for the device)
     with window.pause():
-        if evaluate and not stop_now:
+        if to_evaluate and not stop_now:
             evaluated = evaluate_step(job, state, window, job.stop)
-        if evaluate and evaluated is None:  # a signal at this step, or during its evaluation
+        if to_evaluate and evaluated is None:  # a signal at this step, or during its evaluation
             state.eval_due = True
         if save or state.eval_due:
             maybe_save(job, state, window, "last.pt")

@@ -10,7 +10,6 @@ kind of layer is counted once and multiplied), so any --n_layers answers at once
 below 264 (8 special tokens + 256 bytes) is refused, as train.py refuses it.
 """
 
-import dataclasses
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,11 +19,9 @@ import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one li
 
 # isort: split
 
-import torch  # noqa: E402
-
 import config  # noqa: E402
 from errors import run_script  # noqa: E402
-from model import Llama4, count_parameters  # noqa: E402
+from model import Llama4, count_parameters, summed_over_layers  # noqa: E402
 from tokenizer import too_small  # noqa: E402
 
 # The Llama-4-Scout-17B-16E model card prints this total; the modules sum to one embedding
@@ -50,38 +47,21 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def counted(args: config.ModelArgs) -> tuple[dict, dict]:
-    """Parameters by module kind, and count_parameters, of the model built on the meta device."""
-    with torch.device("meta"):
-        model = Llama4(args)
-    rows = defaultdict(int)
+def measure(model: Llama4) -> dict:
+    """Parameters by module kind (kind_of), keyed ("kind", kind), and count_parameters, keyed
+    ("count", key): both from one set of models (summed_over_layers)."""
+    out = defaultdict(int)
     for name, p in model.named_parameters():
-        rows[kind_of(name)] += p.numel()
-    return rows, count_parameters(model)
+        out["kind", kind_of(name)] += p.numel()
+    return {**out, **{("count", k): n for k, n in count_parameters(model).items()}}
 
 
 def table(args: config.ModelArgs) -> tuple[list, dict]:
-    """Layers differ in their parameters only by their feed-forward (MoE or dense), so three models
-    of one or two layers give what lies outside the layers and what each kind of layer holds; the
-    whole is their sum over the layers, none of which is built (--n_layers 2000000000 built two
-    billion modules, for hours)."""
-    one_moe, one_dense, two_moe = (counted(dataclasses.replace(args, n_layers=n, moe_every=m))
-                                   for n, m in [(1, 1), (1, 2), (2, 1)])
-    n_moe = args.n_layers // args.moe_every
-    n_dense = args.n_layers - n_moe
-
-    def whole(i: int) -> dict:
-        a, b, c = one_moe[i], one_dense[i], two_moe[i]
-        out = {}
-        for k in a | b | c:
-            moe = c.get(k, 0) - a.get(k, 0)  # one MoE layer
-            outside = a.get(k, 0) - moe  # embedding, final norm, lm_head, vision
-            dense = b.get(k, 0) - outside  # one dense layer
-            out[k] = outside + n_moe * moe + n_dense * dense
-        return out
-
-    rows, counts = whole(0), whole(1)
-    return sorted(((k, n) for k, n in rows.items() if n), key=lambda r: -r[1]), counts
+    """The rows (module kind, parameters), largest first, and count_parameters, of the model `args`
+    describes, none of whose layers is built (model.summed_over_layers)."""
+    whole = summed_over_layers(args, measure)
+    rows = [(k, n) for (what, k), n in whole.items() if what == "kind" and n]
+    return sorted(rows, key=lambda r: -r[1]), {k: n for (what, k), n in whole.items() if what == "count"}
 
 
 def explain_scout_card(counts: dict) -> str:

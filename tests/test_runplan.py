@@ -15,6 +15,7 @@ from conftest import DEBUG, debug_args
 
 import checkpoint
 import config
+import model as model_module
 import runplan
 import runtime
 import storage
@@ -425,7 +426,7 @@ def test_a_dense_model_of_many_layers_is_counted_from_two(monkeypatch, changes):
     on the meta device, for minutes, before the memory check could refuse it."""
     args = debug_args(**changes)
     with torch.device("meta"):
-        assert runplan.parameters(args) == sum(p.numel() for p in runplan.Llama4(args).parameters())
+        assert runplan.parameters(args) == sum(p.numel() for p in model_module.Llama4(args).parameters())
     built = []
 
     def spy(model_args):
@@ -433,8 +434,8 @@ def test_a_dense_model_of_many_layers_is_counted_from_two(monkeypatch, changes):
         if model_args.n_layers > 100:
             raise AssertionError(f"built {model_args.n_layers} layers")
         return Llama4(model_args)
-    Llama4 = runplan.Llama4
-    monkeypatch.setattr(runplan, "Llama4", spy)
+    Llama4 = model_module.Llama4
+    monkeypatch.setattr(model_module, "Llama4", spy)  # (what model.summed_over_layers builds)
     monkeypatch.setattr(runplan, "_COUNTED", {})  # (counted once per settings)
     huge = debug_args(n_layers=10**9, moe_every=10**9 + 1)
     assert runplan.parameters(huge) == runplan.parameters(debug_args(moe_every=5)) + (10**9 - 4) * (

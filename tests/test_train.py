@@ -1369,10 +1369,10 @@ def test_out_of_range_setting_exits_before_any_work(tmp_path, corpus, cache, cap
 @pytest.mark.parametrize("preset, changes", [
     ("debug", {}), ("scout-128m", dict(moe_every=2)), ("tiny", dict(moe_every=3, n_layers=7)),
     ("debug", dict(n_layers=1)), ("debug", dict(moe_every=9, vision=True))])
-def test_parameters_counted_from_two_blocks_equal_the_models(preset, changes):
-    """The memory check counts parameters from a model of at most 2 * moe_every blocks: the count
-    is the whole model's, and a huge --n_layers (which took minutes and 24 GB to build, even on the
-    meta device) is counted at once."""
+def test_parameters_counted_from_models_of_one_or_two_layers_equal_the_models(preset, changes):
+    """The memory check counts parameters from models of one or two layers (summed_over_layers):
+    the count is the whole model's, and a huge --n_layers (which took minutes and 24 GB to build,
+    even on the meta device) is counted at once."""
     import dataclasses
     args = dataclasses.replace(config.preset(preset, config.ModelArgs), **changes)
     with torch.device("meta"):
