@@ -137,11 +137,12 @@ class TokenData:
             raise DataError(f"{self.path} was written by tokenizer {meta['tokenizer_hash'][:12]}, not by "
                             f"this run's {tokenizer_hash[:12]}", "delete it or let prepare() rebuild it")
         dtype = np.dtype(meta["dtype"])
-        st = bin_path.stat() if bin_path.is_file() else None
-        size = st.st_size if st else 0
-        if st is None or size != meta["n_tokens"] * dtype.itemsize:
-            raise DataError(f"{bin_path} holds {size} bytes, not the {meta['n_tokens']} tokens meta.json "
-                            "promises", REBUILD)
+        if not bin_path.is_file():
+            raise DataError(f"{bin_path} is missing (meta.json promises {meta['n_tokens']} tokens)", REBUILD)
+        st = bin_path.stat()
+        if st.st_size != meta["n_tokens"] * dtype.itemsize:
+            raise DataError(f"{bin_path} holds {st.st_size} bytes, not the {meta['n_tokens']} tokens "
+                            "meta.json promises", REBUILD)
         if st.st_mtime_ns != meta["mtime_ns"] and _sha256(bin_path) != meta["sha256"]:
             raise DataError(f"{bin_path} changed since it was written (its sha256 is not the one meta.json "
                             "recorded)", REBUILD)

@@ -26,8 +26,8 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
   `datasets.Dataset.save_to_disk` writes: its folder's state.json and dataset_info.json are left
   out) with a text column ("json", "parquet" and "arrow").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
---out_dir (so `--data .` does not read our own cache and run files); an empty file among them is left
-out, with a warning line.
+--out_dir (so `--data .` does not read our own cache and run files); an empty file among them, or a
+.txt of whitespace alone, is left out, with a warning line.
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
 (documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
 empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines) and U+FEFF
@@ -45,6 +45,9 @@ How this departs from the obvious version:
 - Bytes that are not UTF-8 in a .txt file are replaced by U+FFFD and counted in the log, per file;
   a file with more than 1% such bytes is refused (it is in another encoding: convert it). .jsonl,
   .parquet and .arrow must be valid UTF-8 (the formats require it) and are refused otherwise.
+- An --hf_dataset that is a local folder of .txt files is refused, naming the --data to pass:
+  `datasets` reads each line of a .txt as a document (a story's paragraphs apart, its separator
+  lines as text). A local folder of parquet or JSON Lines files reads a row per document, as the hub.
 - The hub is probed with one request before `datasets` (which retries for ~25 s) is asked, so a
   machine without network fails at once with a line naming --data. HF_HUB_OFFLINE=1 or
   HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache.
@@ -217,7 +220,8 @@ def with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
     """resolve_files' files without the empty ones (0 bytes), each left out with a warning line, so
     that one stray empty file does not stop a run on a folder or glob (nor is part of the split's
     signature: text written into it later is a new source). An empty file named alone, or a folder
-    or glob of empty files alone, is refused."""
+    or glob of empty files alone, is refused. (A .txt of whitespace alone is left out when it is
+    read: load_files.)"""
     empty = [f for f in files if os.path.getsize(f) == 0]
     if empty and os.path.isfile(spec):
         raise DataError(f"{flag}: '{spec}' is empty; remove it or point {flag} at text")
@@ -296,6 +300,15 @@ def _identity(path: str) -> tuple[int, int] | str:
     else every file there would be one file, and all but the first left out."""
     st = os.stat(path)
     return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+
+
+class NoText(DataError):
+    """A .txt file with no text but whitespace (and separators): refused named alone, left out of a
+    folder or glob with a warning line (load_files), as with_text leaves out an empty file."""
+
+    def __init__(self, flag: str, path: str, what: str, fix: str = "check the file"):
+        self.what = what
+        super().__init__(f"{flag}: '{path}' has no usable text ({what}); {fix}")
 
 
 SPACES = b" \t\f\v"  # spaces on a line (the newline aside)
@@ -411,8 +424,8 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     _check_text(path, flag, head, size, nul, bad, by_four)
     if not has_text:
         bytes_too = f", {plural(bad, 'byte')} not UTF-8" if bad else ""
-        raise DataError(f"{flag}: '{path}' has no usable text (only whitespace{bytes_too}"
-                        f"{' and ' + EOT + ' separators' if markers else ''}); check the file")
+        raise NoText(flag, path, f"only whitespace{bytes_too}"
+                     f"{' and ' + EOT + ' separators' if markers else ''}")
     if marker_lines:
         return "lines", bad, None
     inline = markers and markers * INLINE_SHARE >= blank
@@ -619,12 +632,16 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         if bad:
             log(f"data: warning: {path}: {plural(bad, 'byte')} not UTF-8, replaced by U+FFFD")
         st = os.stat(path)
-        # `datasets` keys its cache by gen_kwargs: the path is absolute, as the same name typed in
-        # another folder is another file, of the same size and time maybe
-        return datasets.Dataset.from_generator(
-            _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
-            cache_dir=cache_dir, gen_kwargs={"path": os.path.abspath(path),
-                                             "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
+        try:  # `datasets` keys its cache by gen_kwargs: the path is absolute, as the same name typed in
+            # another folder is another file, of the same size and time maybe
+            return datasets.Dataset.from_generator(
+                _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
+                cache_dir=cache_dir, gen_kwargs={"path": os.path.abspath(path),
+                                                 "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
+        except Exception as e:
+            if damaged := _damaged_cache(e, cache_dir):
+                raise damaged from None
+            raise
     jsonl = Path(path).suffix.lower() == ".jsonl"  # (_json_problem reads lines: a .json array has none)
     library_log = logging.getLogger("datasets")
     level = library_log.level
@@ -637,6 +654,8 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         cause = storage.os_error_in(e)
         if cause and (cause.errno in storage.NO_ROOM or storage.refused_in(cause, cache_dir)):
             raise  # the cache it writes, not the file: data._cache_writes says so
+        if damaged := _damaged_cache(e, cache_dir):
+            raise damaged from None
         if kind != "json":
             problem = _table_problem(path, kind, flag)
         else:
@@ -658,6 +677,30 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     if field != "text":
         ds = ds.rename_column(field, "text")
     return ds.cast_column("text", datasets.Value("string")) if feature.dtype != "string" else ds
+
+
+def _damaged_cache(e: BaseException, cache_dir: str) -> DataError | None:
+    """The DataError for `datasets` failing to read back its own cache of a file (an .arrow file in
+    cache_dir cut short or altered: "Expected to be able to read ... bytes", "Tried reading schema
+    message"), told by what failed (pyarrow, or an OSError without a number) and where: in datasets'
+    ArrowReader, which reads only the cache, not our files. None for any other failure: an OS error
+    with a number (permissions, a full disk), a split of no rows ("corresponds to no data")."""
+    import pyarrow as pa
+
+    for error in (e, e.__cause__ or e.__context__):
+        if not isinstance(error, pa.ArrowException) and not (isinstance(error, OSError) and not error.errno):
+            continue
+        tb, files = error.__traceback__, []
+        while tb is not None:  # (the file it read, where a frame of the reader names it)
+            if Path(tb.tb_frame.f_code.co_filename).parts[-2:] == ("datasets", "arrow_reader.py"):
+                files.append(tb.tb_frame.f_locals.get("filename"))
+            tb = tb.tb_next
+        if files:
+            what = next((f"{f}: " for f in reversed(files) if isinstance(f, str)), "")
+            return DataError(f"the datasets cache in {cache_dir} is damaged ({what}{first_line(error)}); "
+                             f"delete that folder (rm -r {shlex.quote(cache_dir)}: it is made again from "
+                             "the text) and run again")
+    return None
 
 
 def _reason(e: BaseException) -> BaseException:
@@ -690,11 +733,24 @@ def _column_problem(ds, field: str, utf8: bool = True, option: str = "--text_fie
 
 
 def load_files(files: list[str], flag: str, text_field: str = "text", cache_dir: str | None = None,
-               log=print):
-    """Local files as one `datasets.Dataset` with a "text" column: one row per document, file order."""
+               log=print, spec: str = ""):
+    """Local files as one `datasets.Dataset` with a "text" column: one row per document, file order.
+    Of a folder or glob `spec`, a .txt file of whitespace alone (NoText) is left out with a warning
+    line, as with_text leaves out an empty one; where every file is such, the folder is refused."""
     import datasets
 
-    parts = [_load_file(f, flag, text_field, cache_dir, log) for f in files]
+    parts, blank = [], []
+    for f in files:
+        try:
+            parts.append(_load_file(f, flag, text_field, cache_dir, log))
+        except NoText as e:
+            if not spec or os.path.isfile(spec):
+                raise
+            blank.append(f)
+            log(f"data: warning: {flag}: '{f}' has no usable text ({e.what}); left out of {spec}")
+    if not parts:
+        raise NoText(flag, spec, f"every file holds only whitespace or nothing: {blank[0]}"
+                     f"{', ...' * (len(blank) > 1)}", f"point {flag} at text")
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
@@ -706,6 +762,8 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     """A split of a hub dataset through `datasets.load_dataset`; fails fast when the hub is out of reach."""
     import datasets
 
+    if refusal := _local_txt_refusal(name, split):
+        raise DataError(refusal)
     if not datasets.config.HF_HUB_OFFLINE:
         from huggingface_hub import HfApi
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
@@ -726,6 +784,27 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
         raise DataError(f"{name!r} [{split}] {problem}")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+def _local_txt_refusal(name: str, split: str) -> str | None:
+    """The line refusing an --hf_dataset that is a local folder of .txt files, or None: `datasets`
+    reads those one line per document (a story's paragraphs apart, its <|endoftext|> lines as text),
+    where --data splits them into stories. A local folder of parquet or JSON Lines files (the hub's
+    layout, which the tests stand in for the hub with) reads as the hub does: a row per document."""
+    if not os.path.isdir(name):
+        return None
+    import datasets
+    try:
+        builder = datasets.load_dataset_builder(name)
+    except Exception:  # (no data files, ...: load_dataset says what is wrong)
+        return None
+    if builder.name != "text":
+        return None
+    files = [str(f) for f in (builder.config.data_files or {}).get(split, [])]
+    flag = "--data" if split == "train" else "--val_data"
+    return (f"--hf_dataset {name}: a local folder of .txt files, which `datasets` reads one line per "
+            f"document (a story's paragraphs apart, its {EOT} lines as text); pass {flag} "
+            f"{shlex.quote(files[0] if len(files) == 1 else name)} instead, which splits it into stories")
 
 
 def fraction_for(n: int) -> float:
@@ -818,9 +897,9 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
     label = f"{flag} {spec} ({len(files)} file{'s' * (len(files) > 1)}, {size})"
     def load():
         try:
-            return load_files(files, flag, text_field, str(cache_dir / "datasets"), log)
+            return load_files(files, flag, text_field, str(cache_dir / "datasets"), log, spec)
         except DataError as e:
-            if len(files) == 1:
+            if len(files) == 1 or isinstance(e, NoText):  # (a file of whitespace in a folder: left out)
                 raise
             # (--data . read a tokenizer.json in a cache folder, and was told to convert it to records)
             which = "in it" if os.path.isdir(spec) else "it matches"  # (a folder, or a glob)

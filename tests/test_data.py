@@ -1781,6 +1781,18 @@ def test_a_shard_longer_than_meta_json_promises_is_refused(tmp_path):
         TokenData(shard.path, tok.hash)
 
 
+def test_a_shard_whose_tokens_bin_is_gone_is_said_to_be_missing(tmp_path):
+    """Bug caught: a token cache whose tokens.bin was deleted was logged as "tokens.bin holds 0 bytes,
+    not the N tokens meta.json promises" (it is rebuilt all the same): it is missing, not empty."""
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    (shard.path / "tokens.bin").unlink()
+    with pytest.raises(DataError) as e:
+        TokenData(shard.path, tok.hash)
+    assert e.value.problem == (f"{shard.path / 'tokens.bin'} is missing (meta.json promises {shard.n_tokens} "
+                               "tokens)") and e.value.fix == data.REBUILD
+
+
 def test_shards_are_uint16_up_to_65536_tokens_exactly(tmp_path):
     """Catches the uint16/uint32 boundary off by one: a 65,536-token vocabulary's ids (0 .. 65,535)
     fit uint16 (half the disk and memory of uint32); one of 65,537 does not."""
@@ -1920,6 +1932,33 @@ def test_an_empty_file_in_a_folder_is_left_out_with_a_warning(tmp_path, corpus):
         run(tmp_path, data=str(folder), val_data=str(val_path))
     with pytest.raises(DataError, match=r"^--data: '.*e.txt' is empty; remove it or point --data at text$"):
         run(tmp_path, data=str(folder / "e.txt"), val_data=str(val_path))
+
+
+def test_a_file_of_whitespace_in_a_folder_or_glob_is_left_out_with_a_warning(tmp_path, corpus):
+    """Bug caught: an empty file in a --data folder was left out with a warning, but one holding only
+    "\\n" stopped the run ("'w.txt' has no usable text"). Now it is left out of a folder or glob
+    alike, with one warning line naming it; a folder or glob of such files alone, or one named alone,
+    is still an error."""
+    train_path, val_path, train_docs, _ = corpus
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    shutil.copy(train_path, folder / "a.txt")
+    write(folder / "w.txt", "\n")
+    for spec, cache in ((folder, "c1"), (folder / "*.txt", "c2")):  # (a cache hit reads no text: no warning)
+        tok, train, _, logs = run(tmp_path, data=str(spec), val_data=str(val_path),
+                                  cache_dir=str(tmp_path / cache))
+        assert [line for line in logs if "warning" in line] == [
+            f"data: warning: --data: '{folder / 'w.txt'}' has no usable text (only whitespace); left out of "
+            f"{spec}"]
+        assert tok.decode(train.tokens) == stream(train_docs)
+    write(folder / "a.txt", f" \n{EOT}\n")
+    with pytest.raises(DataError, match=rf"^--data: '{re.escape(str(folder))}' has no usable text \(every "
+                                        r"file holds only whitespace or nothing: .*a.txt, \.\.\.\); point "
+                                        "--data at text$"):
+        run(tmp_path, data=str(folder), val_data=str(val_path))
+    with pytest.raises(DataError, match=r"^--data: '.*w.txt' has no usable text \(only whitespace\); check "
+                                        "the file$"):
+        run(tmp_path, data=str(folder / "w.txt"), val_data=str(val_path))
 
 
 def test_a_cache_not_reused_is_named_whole_without_the_advice(tmp_path, corpus):

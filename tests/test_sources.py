@@ -11,6 +11,7 @@ slice's error.
 import json
 import os
 import re
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -585,6 +586,34 @@ def test_a_validation_json_object_hint_names_no_text_field_option_it_does_not_re
         sources.load_files([str(path)], "--val_data", "data", str(tmp_path / "cache"), log=print)
 
 
+@pytest.mark.parametrize("name", ["d.txt", "d.parquet"])
+@pytest.mark.parametrize("size", [1000, 0])
+def test_a_damaged_datasets_cache_is_named_with_the_folder_to_delete(tmp_path, name, size):
+    """Bug caught: an .arrow file of `datasets`' cache cut short (a full disk or a copy that stopped)
+    stopped the run with "--cache_dir c: OSError: Expected to be able to read ... bytes ...; check the
+    path, its permissions and --cache_dir" (a traceback where it was cut to nothing, and, for a
+    parquet source, "d.parquet: cannot read it": the source blamed). It names the cache file and the
+    folder to delete, which is made again from the text."""
+    path = tmp_path / name
+    texts = [f"{d}{' and on' * 200}" for d in docs(40)]  # (stories long enough for a cut to fall inside)
+    if name.endswith(".txt"):
+        write(path, official(texts))
+    else:
+        pq.write_table(pa.table({"text": texts}), path)
+    assert load([path], tmp_path) == texts
+    cache = tmp_path / "cache"
+    [arrow] = cache.rglob("*.arrow")
+    os.truncate(arrow, size)
+    with pytest.raises(DataError) as e:
+        load([path], tmp_path)
+    folder = re.escape(str(cache))
+    assert re.fullmatch(rf"the datasets cache in {folder} is damaged \({re.escape(str(arrow))}: "
+                        rf"\w+: .+\); delete that folder \(rm -r {folder}: it is made again "
+                        r"from the text\) and run again", str(e.value)), str(e.value)
+    shutil.rmtree(cache)
+    assert load([path], tmp_path) == texts
+
+
 def test_a_files_other_columns_are_left_out(tmp_path):
     """Catches a file's columns beside its text field kept: a .jsonl's ids joined the split (null in
     the rows of the .txt file read with it), a column data.py never reads."""
@@ -657,6 +686,23 @@ def test_offline_the_hub_is_not_probed(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", None)  # (a call fails)
     hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(2)}})
     assert sources.load_hub(str(hub), "train")["text"] == docs(2)
+
+
+def test_a_local_hf_dataset_folder_of_txt_files_is_refused_naming_data(tmp_path, monkeypatch):
+    """Bug caught: --hf_dataset FOLDER (offline) holding train.txt in the official layout was read by
+    `datasets` one line per document: 43 stories gave 180 documents, each paragraph apart and the
+    <|endoftext|> lines tokenized as text. It is refused with the --data (or --val_data) that splits
+    it into stories; a folder of JSON Lines, as one of parquet, still reads a row per document."""
+    hub = write(tmp_path / "hub" / "train.txt", official([d + "\n\nThe end." for d in docs(3)])).parent
+    for split, flag, named in (("train", "--data", hub / "train.txt"), ("validation", "--val_data", hub)):
+        with pytest.raises(DataError) as e:
+            sources.load_hub(str(hub), split)
+        assert str(e.value) == (f"--hf_dataset {hub}: a local folder of .txt files, which `datasets` reads "
+                                f"one line per document (a story's paragraphs apart, its {EOT} lines as "
+                                f"text); pass {flag} {named} instead, which splits it into stories")
+    records = tmp_path / "records"
+    write(records / "train.jsonl", "".join(json.dumps({"text": d + "\n\nThe end."}) + "\n" for d in docs(3)))
+    assert sources.load_hub(str(records), "train")["text"] == [d + "\n\nThe end." for d in docs(3)]
 
 
 def test_a_hub_split_is_loaded_once_and_keyed_by_its_files(tmp_path, monkeypatch):
