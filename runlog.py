@@ -408,7 +408,7 @@ def read_metrics(run_dir, warn=None, need=None, fix=None) -> tuple[list, list]:
             raise
         # (a log or run folder we may not read: "[Errno 13] Permission denied: ...", and no advice)
         raise type(e)(f"cannot read {path} ({e.strerror or e}); "
-                      + (fix or f"make it readable, or leave {run_dir} out")) from None
+                      + (fix or "make it readable")) from None
     for line, r in records:
         kind = r.get("kind") if r.get("kind") in ("train", "val") else None
         if missing := next((f for f in ("kind", *(need or {}).get(kind, ())) if f not in r), None):

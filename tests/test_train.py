@@ -1818,8 +1818,8 @@ def test_a_plot_whose_records_cannot_be_read_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "numbered_jsonl", unreadable)  # (what read_metrics reads with)
     said = []
     assert runlog.plot_loss(folder, "loss.png", said.append) is None
-    assert said == [f"plot: could not make {folder / 'loss.png'} ([Errno 13] Permission denied: "
-                    f"'{folder / 'metrics.jsonl'}'); training goes on"]
+    assert said == [f"plot: could not make {folder / 'loss.png'} (cannot read {folder / 'metrics.jsonl'} "
+                    "(Permission denied); make it readable); training goes on"]
     monkeypatch.undo()
 
     def full(path, data, fix=None):  # a StorageError's line names the file and the fix itself
