@@ -518,6 +518,7 @@ def parse(argv):
     if trains and opts.minutes == 0 and opts.deadline is None:  # (--max_steps 1000000: hours on a GPU)
         p.error("--minutes 0 (no budget of its own) needs a --deadline, or the train part never ends")
     if opts.device.startswith("cuda") and not opts.render:
+        check_torch()  # (a python3 without torch: one line, not this import's traceback)
         import torch
         if not torch.cuda.is_available():  # every part would fail, and gpu.md say only that
             p.error(f"--device {opts.device}: no CUDA GPU here; for the smoke test on a CPU pass --quick "
@@ -573,15 +574,21 @@ def render(out: Path) -> Path:
     return out
 
 
-def check_tools(device: str, parts: list[str]) -> None:
-    """What every part needs, as one line before any of them runs (a UserError): torch, a --device
-    the project takes, and for the train part datasets."""
-    try:  # every part runs the project: a python3 without torch (not the GPU machine's) failed each one
+def check_torch() -> None:
+    """torch, which every part runs the project with, as one line (a UserError): a python3 without it
+    (not the GPU machine's) failed each part."""
+    try:
         import torch  # noqa: F401
     except ImportError as e:
         raise UserError(f"{sys.executable} has no torch ({first_line(e)}); run the check with the project's "
                         "Python (.venv/bin/python scripts/gpu_check.py), or make gpu-check on the GPU "
                         "machine, whose python3 has it") from None
+
+
+def check_tools(device: str, parts: list[str]) -> None:
+    """What every part needs, as one line before any of them runs (a UserError): torch, a --device
+    the project takes, and for the train part datasets."""
+    check_torch()
     import runtime  # (--device mps, cpu:1: every part refused it, exit 2, and the check named only their
     runtime.resolve_device(device)  # exits)
     if "train" in parts:  # before the slow parts: train.py needs datasets, which a lent GPU machine lacks

@@ -118,3 +118,22 @@ def test_each_command_line_the_docs_show_takes_its_options():
             named = re.findall(r"(?<![\w-])--[a-zA-Z][\w-]*", m.group(2).split(" #")[0])
             wrong = [o for o in named if o not in takes[command] | PLACEHOLDERS]
             assert not wrong, f"{doc.name}: {line.strip()!r}: {command} has no {wrong}"
+
+
+def test_every_readme_section_the_project_points_to_is_a_heading():
+    """`(README, Name)`, `(README, "Name")` and `the README's Name section` in the code, requirements,
+    Makefile and docs name a README heading exactly (backticks aside).
+
+    Bug caught: requirements.txt sent a CPU user to "README, Quick start" for the CPU build of torch,
+    which is under "The two commands" (Quick start is now "Quick start on a laptop CPU", without it)."""
+    headings = {h.replace("`", "").strip() for h in
+                re.findall(r"(?m)^#+ (.*)$", (ROOT / "README.md").read_text())}
+    files = [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("*.txt"),
+             ROOT / "Makefile", *DOCS[1:]]
+    pointers = re.compile(r"README, \"?([^\")]+?)\"?\)|the README's ([A-Z][\w ]*?) section")
+    for path in files:
+        if path.name == "test_docs.py":  # (this test's own examples)
+            continue
+        for m in pointers.finditer(path.read_text()):
+            name = m.group(1) or m.group(2)
+            assert name in headings, f"{path.name} points to README section {name!r}, which is no heading"

@@ -582,6 +582,17 @@ def test_a_python_without_torch_stops_the_check_at_once_naming_the_python_to_use
     assert ran == [] and not (tmp_path / "gpu").exists()
 
 
+def test_make_gpu_check_on_a_python_without_torch_is_one_line_at_its_default_device(tmp_path, monkeypatch):
+    """Bug caught: `make gpu-check` (python3, --device cuda by default) on a laptop whose python3 lacks
+    torch was a ModuleNotFoundError traceback from parse's CUDA check, before main's one line."""
+    ran = []
+    monkeypatch.setattr(gpu_check, "sh", lambda *argv, log, until=None: ran.append(argv))
+    monkeypatch.setitem(sys.modules, "torch", None)  # (import torch: ImportError)
+    with pytest.raises(UserError, match=r"has no torch .*\.venv/bin/python scripts/gpu_check\.py"):
+        gpu_check.main(["--out", str(tmp_path / "gpu"), "--work", str(tmp_path / "work")])
+    assert ran == [] and not (tmp_path / "gpu").exists()
+
+
 def test_a_skipped_cuda_graph_is_counted_and_fails_the_check(tmp_path, monkeypatch):
     """Inductor skips a CUDA graph it cannot record without an error (and, by default, a word): the
     compiled decode step then runs without one. bench_sample.py counts the skips per compiled
