@@ -463,10 +463,13 @@ def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], exi
     import shutil
     import tempfile
     _sweep_stages(out)
+    kept = f"{out} is as it was" if existed else "nothing was exported"
     try:
         stage = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-export-{os.getpid()}-"))
-    except OSError as e:
-        raise storage.write_error(out / "model.safetensors", e, fix) from None
+    except OSError as e:  # (named as what failed: no file of the export was begun)
+        why = storage.REASONS.get(e.errno) or e.strerror or str(e)
+        raise StorageError(f"cannot create the hidden folder {out / '.tmp-export-*'} the export is written "
+                           f"into first: {why}; {storage.advice(e, fix)} ({kept})") from None
     wrote = set(EXPORT_FILES) if tokenizer_path is not None and Path(tokenizer_path).exists() else \
         set(EXPORT_FILES) - {"tokenizer.json", "tokenizer_config.json"}
     dropped = _dropped_tokenizer_files(out, held) if len(wrote) < len(EXPORT_FILES) else set()
@@ -474,7 +477,6 @@ def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], exi
         try:
             _write_export(model, stage, tokenizer_path, fix)
         except StorageError as e:  # named as the file it was to become (the hidden folder is gone)
-            kept = f"{out} is as it was" if existed else "nothing was exported"
             raise StorageError(f"{str(e).replace(str(stage), str(out))} ({kept})") from None
         with storage.signals_put_off():
             for name in EXPORT_FILES:

@@ -521,7 +521,7 @@ class SampleArgs:
     image: str = arg("", "PNG/JPEG to show the vision stub; an untrained vision tower makes the "
                          "text meaningless")
     device: str = arg("auto", "auto = cuda:0 when available, else cpu; or cpu, cuda, cuda:N")
-    seed: int = arg(1337, "random seed")
+    seed: int = arg(1337, "random seed: row r of the batch samples with seed + r, below 2^32")
 
     def __post_init__(self):
         _expand_home(self)
@@ -533,10 +533,20 @@ class SampleArgs:
                                                                    "argmax decoding)")
         _in_range(self, "top_k", self.top_k >= 0, ">= 0")
         _in_range(self, "top_p", 0 < self.top_p <= 1, "in (0, 1]")
-        _in_range(self, "seed", 0 <= self.seed < 2 ** 63, "in [0, 2^63)")  # row r: seed + r
+        check_sample_seed(self, self.num_samples * max(len(self.prompt), 1))  # (sample.py: --prompt_file's)
         _check(not (self.ckpt and self.hf), "hf", "give --ckpt or --hf, not both")
         for text in self.prompt:
             _check_utf8("prompt", text, "set the terminal to UTF-8, or use a --prompt_file saved as UTF-8")
+
+
+def check_sample_seed(sample_args: SampleArgs, rows: int) -> None:
+    """Row r of a batch of `rows` samples draws with a generator seeded seed + r, and torch's CPU
+    generator keeps only the low 32 bits of its seed (--seed 1 and 2^32 + 1 told the same stories):
+    every row's seed must be below 2^32, on every device alike, so that a seed names one story."""
+    rule = "in [0, 2^32)" if rows == 1 else f"in [0, 2^32 - {rows - 1}) for {rows} samples, row r drawing " \
+                                             "with seed + r"
+    _in_range(sample_args, "seed", 0 <= sample_args.seed < 2 ** 32 - (rows - 1),
+              f"{rule} (torch's CPU generator keeps 32 bits of a seed)")
 
 
 # ---------------------------------------------------------------------------------------------

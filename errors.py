@@ -144,12 +144,14 @@ def stdout_failed(e: OSError, prog: str, status=0):
     """Standard output's failed write `e`, said as run_script says it, and exit: a closed pipe (`| head`
     that stopped reading) quietly with a SIGPIPE's status (141), anything else (`> FILE` on a full disk)
     in one line, exit 1; `status`, a failure's already chosen (and said), outranks either. Stdout goes to
-    devnull first, or what its buffer still holds fails again at exit. (config.Parser's --help too.)"""
+    devnull first, or what its buffer still holds fails again at exit. (config.Parser's --help too.)
+    `e.done`, where the script set it, says what was done all the same ("the export in hf/ is whole")."""
     if not isinstance(e, BrokenPipeError):
         where = "somewhere with room" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "to a file"
+        done = f" ({e.done})" if getattr(e, "done", None) else ""
         try:
             print(f"{prog}: error: cannot write to standard output ({e.strerror or e}); send the output "
-                  f"{where}, or to a terminal", file=sys.stderr)
+                  f"{where}, or to a terminal{done}", file=sys.stderr)
         except OSError:  # stderr full too: the status says it (and not Python's 120 for a failed exit)
             drop_output(sys.stderr)
     drop_output()

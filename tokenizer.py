@@ -3,6 +3,7 @@
     Tokenizer.train(texts, vocab_size)   deterministic for given text
     Tokenizer.load(path) / .save(path)   tokenizer.json, which transformers' fast tokenizer loads
     encode / decode                      prompts and stories
+    decode_cut                           a prompt cut from the left, without a cut character's rest
     encode_docs                          documents for the token shards, in threads
     pieces(text)                         a long document in pieces that encode to the whole's ids
     check_tokenizer(tok, model_args)     the model's vocabulary and special ids are the tokenizer's
@@ -53,6 +54,18 @@ TRAIN_ONE = "leave --tokenizer empty to train one with this project"  # (advice 
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
 LONG_RUN = 256  # the BPE trainer sees runs of spaces or of non-spaces in pieces of this many characters
 _LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
+
+
+def _byte_of_stand_in() -> dict[str, int]:
+    """The byte each printable stand-in of the byte-level alphabet stands for (GPT-2's table, which
+    tokenizers' ByteLevel keeps): printable Latin-1 bytes stand for themselves, the others, in order,
+    are chr(256), chr(257), ..."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in kept]
+    return {chr(b): b for b in kept} | {chr(256 + n): b for n, b in enumerate(moved)}
+
+
+BYTE_OF = _byte_of_stand_in()
 
 
 def too_small(vocab_size: int) -> str | None:
@@ -206,6 +219,14 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def decode_cut(self, ids) -> str:
+        """decode(ids) for ids cut from the left (a prompt too long for the context), without what
+        is left of a character whose first bytes were cut off: decode gives each such byte as U+FFFD."""
+        text = self.decode(ids)
+        first = "".join(self.tok.id_to_token(int(i)) for i in ids[:3])[:3]  # (3 bytes at most are left)
+        cut = next((n for n, c in enumerate(first) if not 0x80 <= BYTE_OF.get(c, 0) < 0xC0), len(first))
+        return text[cut:] if text.startswith("\ufffd" * cut) else text
 
     def special_ids(self) -> dict:
         """ModelArgs field name -> token id, e.g. {"eos_id": 0, "pad_id": 1, ...}."""

@@ -26,7 +26,8 @@ written into a hidden .tmp-export-* folder in the destination, then renamed into
 and SIGTERM put off: an interrupt or a full disk leaves the folder as it was (none, where there was
 none) or the whole new export, never a mix. Ctrl-C while torch imports is one line (errors is
 imported first, as in the other scripts that import torch); a warning stderr cannot take
-(2>/dev/full, 2>&-) is dropped.
+(2>/dev/full, 2>&-) is dropped; a standard output that cannot take the closing line (> FILE on a
+full disk) is an error, exit 1, that says the export (or the checkpoint) is whole.
 The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is its command line.
 """
 
@@ -81,7 +82,7 @@ def export_or_import(argv=None):
                       file=sys.stderr)
             else:  # (said now, not when sample.py or train.py refuse it)
                 foreign_tokenizer(beside)
-            print(f"imported {args.source} -> {dest}")
+            say(f"imported {args.source} -> {dest}", f"the checkpoint {dest} is whole")
         else:
             ckpt_path = checkpoint.find_checkpoint(args.source)
             tok = ckpt_path.parent / "tokenizer.json"
@@ -97,7 +98,7 @@ def export_or_import(argv=None):
             if not tok.exists():
                 print(f"export_hf.py: warning: {tok} is missing: the folder got no tokenizer, and "
                       "sample.py --hf needs one", file=sys.stderr)
-            print(f"exported {ckpt_path} -> {args.dest}")
+            say(f"exported {ckpt_path} -> {args.dest}", f"the export in {args.dest} is whole")
     except UserError as e:
         print(f"export_hf.py: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -110,6 +111,16 @@ def export_or_import(argv=None):
         sys.exit(130)
     finally:
         restore_sigterm()
+
+
+def say(line: str, done: str) -> None:
+    """The closing line, to standard output; where that fails (> FILE on a full disk), run_script's
+    one-line error (exit 1) says `done` too: the work is whole, only this line was lost."""
+    try:
+        print(line, flush=True)  # (flushed here: at exit, run_script's flush would not know what was done)
+    except OSError as e:
+        e.done = done
+        raise
 
 
 def foreign_tokenizer(path: Path) -> None:

@@ -626,7 +626,7 @@ def suggests(name):
     *[(TrainArgs, n, 0) for n in TRAIN_AT_LEAST_1], *[(TrainArgs, n, -1) for n in TRAIN_NOT_NEGATIVE],
     (TrainArgs, "seed", -1), (TrainArgs, "val_fraction", 0.9), (TrainArgs, "beta1", 1.0),
     (TrainArgs, "beta2", -0.5), (SampleArgs, "num_samples", 0), (SampleArgs, "max_new_tokens", 0),
-    (SampleArgs, "top_k", -1), (SampleArgs, "top_p", 0.0), (SampleArgs, "seed", 2 ** 63)])
+    (SampleArgs, "top_k", -1), (SampleArgs, "top_p", 0.0), (SampleArgs, "seed", 2 ** 32)])
 def test_a_range_error_names_a_value_in_range_that_is_taken(cls, name, bad):
     """Bug caught: a range error (--lr: must be >= 0, got -1.0) named the problem and no fix; the fix it
     now names, the field's default, is itself accepted (typed as printed)."""
@@ -800,8 +800,9 @@ def test_the_divisors_offered_are_the_nearest_and_ok():
     (dict(top_k=-1), "--top_k: must be >= 0, got -1"),
     (dict(top_p=0.0), "--top_p: must be in (0, 1], got 0.0"),  # (nothing to sample from)
     (dict(top_p=1.5), "--top_p: must be in (0, 1], got 1.5"),
-    (dict(seed=-1), "--seed: must be in [0, 2^63), got -1"),
-    (dict(seed=2**63), f"--seed: must be in [0, 2^63), got {2**63}"),
+    (dict(seed=-1), "--seed: must be in [0, 2^32) (torch's CPU generator keeps 32 bits of a seed), got -1"),
+    (dict(seed=2**32), f"--seed: must be in [0, 2^32) (torch's CPU generator keeps 32 bits of a seed), got "
+                       f"{2**32}"),
     (dict(prompt=["ok", "caf\udce9"]), "--prompt: 'caf\\udce9' is not UTF-8 text (byte 0xe9 from the command "
                                        "line); set the terminal to UTF-8, or use a --prompt_file saved as "
                                        "UTF-8"),
@@ -812,6 +813,27 @@ def test_each_sampling_check_refuses_its_value(changes, message):
         SampleArgs(**changes)
     assert re.fullmatch(re.escape(message) + r"(; e\.g\. --\w+ \S+ \(the default\))?", str(e.value))
     assert SampleArgs(top_p=1.0, top_k=0, seed=0).top_p == 1.0
+
+
+@pytest.mark.parametrize("changes, last_row", [
+    (dict(), 0), (dict(num_samples=3), 2), (dict(prompt=["a", "b"], num_samples=2), 3)])
+def test_a_sample_seed_is_refused_where_a_row_would_draw_with_a_seed_past_32_bits(changes, last_row):
+    """Bug caught: --seed took [0, 2^63), but torch's CPU generator keeps only the low 32 bits of a seed,
+    so --seed 4294967297 told --seed 1's stories (and row r draws with seed + r: --seed 2^32 - 1 with
+    --num_samples 2 told --seed 0's as its second). Every row's seed is now below 2^32."""
+    import torch
+
+    def same_draws(a, b):
+        return torch.equal(torch.rand(4, generator=torch.Generator().manual_seed(a)),
+                           torch.rand(4, generator=torch.Generator().manual_seed(b)))
+    assert same_draws(1, 2**32 + 1)  # what the check is for (were torch to keep 64 bits, it could go)
+    rows = last_row + 1
+    assert SampleArgs(seed=2**32 - rows, **changes).seed == 2**32 - rows  # the last row's seed: 2^32 - 1
+    bound = f"2^32 - {last_row}" if last_row else "2^32"
+    for seed in [2**32 - rows + 1, 2**32 + 1, 2**63 - 1]:
+        with pytest.raises(ConfigError, match=re.escape(f"--seed: must be in [0, {bound})") + ".*" +
+                           re.escape(f"got {seed}; e.g. --seed 1337 (the default)")):
+            SampleArgs(seed=seed, **changes)
 
 
 def test_the_presets_are_what_their_comments_and_the_readme_promise():

@@ -1572,6 +1572,31 @@ def test_an_export_whose_file_cannot_be_put_in_place_is_one_line(tmp_path, done,
     assert not list(hf.glob(".tmp-*"))
 
 
+def test_an_export_into_a_folder_that_takes_no_new_one_names_the_hidden_folder(tmp_path, done, capsys,
+                                                                                 monkeypatch):
+    """Bug caught: an export into a read-only folder (setpriv --reuid=65534 ... export_hf.py RUN RO,
+    as root) said "cannot write RO/model.safetensors", a file not yet begun; what failed was making
+    the hidden folder the export is written into first. Now that is named."""
+    import errno
+    import tempfile
+
+    from scripts.export_hf import main as export_main
+    run_dir, hf = copy_run(done, tmp_path), tmp_path / "hf"
+    export_main([str(run_dir), str(hf)])
+    before = {p.name: p.read_bytes() for p in hf.iterdir()}
+
+    def refused(dir=None, prefix=None, **kwargs):  # (as root, chmod 555 would not stop it)
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x")
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        export_main([str(run_dir), str(hf), "--force"])
+    assert e.value.code == 1 and capsys.readouterr().err == (
+        f"export_hf.py: error: cannot create the hidden folder {hf / '.tmp-export-*'} the export is written "
+        f"into first: Permission denied; export it elsewhere ({hf} is as it was)\n")
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == before
+
+
 @pytest.mark.parametrize("script,argv,unbuffered", [("count_params.py", ["--preset", "debug"], "1"),
                                                      ("count_params.py", ["--preset", "debug"], ""),
                                                      ("export_hf.py", ["--help"], "")])

@@ -895,7 +895,7 @@ def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees
     bad.write_bytes(b"once upon\xff a time\n")
     for argv, want in [(["--prompt_file", str(bad)], "not UTF-8 text (byte 9)"),
                        (["--prompt", "look <|patch|> here"], "holds an image token"),
-                       (["--seed", str(2 ** 64 - 1)], "--seed: must be in [0, 2^63)")]:
+                       (["--seed", str(2 ** 64 - 1)], "--seed: must be in [0, 2^32)")]:
         with pytest.raises(SystemExit):
             sample.main(["--ckpt", str(run_dir), "--max_new_tokens", "2", *argv])
         err = capsys.readouterr().err.strip()
@@ -906,6 +906,42 @@ def test_bad_prompts_are_clear_errors_and_a_cut_prompt_shows_what_the_model_sees
     tok = Tokenizer.load(run_dir / "tokenizer.json")
     kept = tok.decode(tok.encode(text)[-63:])
     assert capsys.readouterr().out == kept + tok.decode(rows[0]) + "\n"
+
+
+def test_a_seed_whose_prompt_file_rows_would_pass_32_bits_is_refused_with_exit_2(run_dir, tmp_path, capsys):
+    """Bug caught: row r draws with seed + r and torch's CPU generator keeps 32 bits of a seed, so
+    --seed 2^32 - 1 with a --prompt_file of two prompts gave the second the seed 0 (its stories are
+    --seed 0's); the rows --prompt_file adds, known only once it is read, are counted too."""
+    prompts = tmp_path / "two.txt"
+    prompts.write_text("once upon\nlily\n")
+    argv = ["--ckpt", str(run_dir), "--max_new_tokens", "2", "--prompt_file", str(prompts)]
+    with pytest.raises(SystemExit) as e:
+        sample.main([*argv, "--seed", str(2 ** 32 - 1)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("sample.py: error: --seed: must be in [0, 2^32 - 1) for 2 samples")
+    assert len(sample.main([*argv, "--seed", str(2 ** 32 - 2)])) == 2
+
+
+@pytest.mark.parametrize("char, tail", [("\u00e9", "a"), ("\u20ac", "xyz")])  # 1 byte left of an é, 2 of a €
+def test_a_prompt_cut_inside_a_character_is_printed_from_its_first_whole_one(run_dir, capsys, char, tail):
+    """Bug caught: a prompt cut from the left in the middle of a multi-byte character was printed
+    starting with U+FFFD (one per byte kept of the cut character)."""
+    from tokenizers import pre_tokenizers
+
+    from tokenizer import BYTE_OF, Tokenizer
+    assert set(BYTE_OF) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert set(BYTE_OF.values()) == set(range(256))
+    tok = Tokenizer.load(run_dir / "tokenizer.json")
+    text = char * 40 + tail  # one token per byte in this tokenizer
+    ids = tok.encode_docs([text])[0]
+    kept = ids[-32:]  # (50 new tokens asked: room for half the context of 64)
+    data = text.encode()[-int(tok.token_bytes[kept].sum()):]
+    assert tok.decode(kept).startswith("\ufffd") and data[0] & 0xC0 == 0x80  # the cut is inside a character
+    rows = sample.main(["--ckpt", str(run_dir), "--prompt", text, "--max_new_tokens", "50", "--greedy"])
+    out = capsys.readouterr().out
+    assert out == data.lstrip(bytes(range(0x80, 0xC0))).decode() + tok.decode(rows[0]) + "\n"
+    assert tok.decode_cut(ids) == text and tok.decode_cut(ids[1:]) == text[1:]  # (whole ones: as they are)
 
 
 def test_output_closed_early_ends_quietly(run_dir):
@@ -1286,7 +1322,10 @@ def test_ctrl_c_marks_only_the_samples_that_had_not_ended(monkeypatch, capsys):
         return real(*a, on_token=then_ctrl_c, **kw)
 
     monkeypatch.setattr(sample, "generate", interrupted)
-    tok, cpu = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids))), torch.device("cpu")
+
+    def decode(ids):
+        return " ".join(map(str, ids))
+    tok, cpu = SimpleNamespace(decode=decode, decode_cut=decode), torch.device("cpu")  # (tell: decode_cut)
     with pytest.raises(KeyboardInterrupt):
         sample.tell(model, tok, prompts, None, SampleArgs(max_new_tokens=40, greedy=True), cpu)
     out = capsys.readouterr().out

@@ -567,6 +567,39 @@ def test_export_hf_warning_nowhere_to_go_leaves_the_export_and_stdout_alone(tmp_
     assert capsys.readouterr().out == f"exported {tmp_path / 'run' / 'last.pt'} -> {tmp_path / 'hf'}\n"
 
 
+class FullFile(io.StringIO):
+    """A stdout behind > FILE on a full disk: writes go to the buffer, and a flush of them fails,
+    dropping them (as a BufferedWriter's failed flush does)."""
+
+    def flush(self):
+        if self.getvalue():
+            self.seek(0)
+            self.truncate()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("direction", ["export", "import"])
+def test_export_hf_whose_stdout_is_full_says_the_export_is_whole(tmp_path, monkeypatch, capsys, direction):
+    """Bug caught: export_hf.py ... > /dev/full said only "cannot write to standard output", exit 1,
+    though the export (or import) was written whole: only its closing line was lost. The status stays
+    1, as for any script's standard output that fails (errors.run_script); the line says it is whole."""
+    calls = fake_checkpoint(monkeypatch, tmp_path)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer.json").write_text("{}")  # (an import's: read by foreign_tokenizer, faked)
+    if direction == "export":
+        argv, whole = [str(tmp_path / "run"), str(hf / "new")], f"the export in {hf / 'new'} is whole"
+    else:
+        argv, whole = ["--import", str(hf), str(tmp_path / "ckpt")], \
+            f"the checkpoint {tmp_path / 'ckpt' / 'last.pt'} is whole"
+    with monkeypatch.context() as m:  # (undone before capsys is)
+        m.setattr(sys, "stdout", FullFile())
+        with pytest.raises(SystemExit) as e:
+            errors.run_script(lambda: export_hf.main(argv), "export_hf.py")
+    assert e.value.code == 1 and [c[0] for c in calls][-1:] == [direction]
+    assert capsys.readouterr().err == f"export_hf.py: {NO_ROOM[:-1]} ({whole})\n"
+
+
 def test_a_forced_export_replaces_a_sharded_resave_whole_and_keeps_other_files(tmp_path):
     """Bug caught: export_hf.py --force over an export transformers saved again in shards left its
     model-0000X-of-0000N.safetensors, model.safetensors.index.json and generation_config.json beside
