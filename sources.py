@@ -679,16 +679,23 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     return ds.cast_column("text", datasets.Value("string")) if feature.dtype != "string" else ds
 
 
+class DamagedCache(DataError):
+    """`datasets` failing to read back its own cache of a file (_damaged_cache): the cache's fault, not
+    a source file's, so a folder's advice to name the text alone (_local_split) is not added to it."""
+
+
 def _damaged_cache(e: BaseException, cache_dir: str) -> DataError | None:
     """The DataError for `datasets` failing to read back its own cache of a file (an .arrow file in
-    cache_dir cut short or altered: "Expected to be able to read ... bytes", "Tried reading schema
-    message"), told by what failed (pyarrow, or an OSError without a number) and where: in datasets'
-    ArrowReader, which reads only the cache, not our files. None for any other failure: an OS error
-    with a number (permissions, a full disk), a split of no rows ("corresponds to no data")."""
+    cache_dir cut short, altered or gone: "Expected to be able to read ... bytes", "Tried reading
+    schema message", "[Errno 2] Failed to open local file"), told by what failed (pyarrow, an OSError
+    without a number, or one of a file not found) and where: in datasets' ArrowReader, which reads only
+    the cache, not our files. None for any other failure: an OS error with another number
+    (permissions, a full disk), a split of no rows ("corresponds to no data")."""
     import pyarrow as pa
 
     for error in (e, e.__cause__ or e.__context__):
-        if not isinstance(error, pa.ArrowException) and not (isinstance(error, OSError) and not error.errno):
+        if not isinstance(error, pa.ArrowException) and not (
+                isinstance(error, OSError) and error.errno in (None, errno.ENOENT)):
             continue
         tb, files = error.__traceback__, []
         while tb is not None:  # (the file it read, where a frame of the reader names it)
@@ -697,9 +704,9 @@ def _damaged_cache(e: BaseException, cache_dir: str) -> DataError | None:
             tb = tb.tb_next
         if files:
             what = next((f"{f}: " for f in reversed(files) if isinstance(f, str)), "")
-            return DataError(f"the datasets cache in {cache_dir} is damaged ({what}{first_line(error)}); "
-                             f"delete that folder (rm -r {shlex.quote(cache_dir)}: it is made again from "
-                             "the text) and run again")
+            return DamagedCache(f"the datasets cache in {cache_dir} is damaged ({what}{first_line(error)}); "
+                                f"delete that folder (rm -r {shlex.quote(cache_dir)}: it is made again from "
+                                "the text) and run again")
     return None
 
 
@@ -789,8 +796,10 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
 def _local_txt_refusal(name: str, split: str) -> str | None:
     """The line refusing an --hf_dataset that is a local folder of .txt files, or None: `datasets`
     reads those one line per document (a story's paragraphs apart, its <|endoftext|> lines as text),
-    where --data splits them into stories. A local folder of parquet or JSON Lines files (the hub's
-    layout, which the tests stand in for the hub with) reads as the hub does: a row per document."""
+    where --data splits them into stories. The flag's text is the split's file, or the folder where
+    all of its text is the split's (never another split's text: --data FOLDER of train and validation
+    files trained on both). A local folder of parquet or JSON Lines files (the hub's layout, which the
+    tests stand in for the hub with) reads as the hub does: a row per document."""
     if not os.path.isdir(name):
         return None
     import datasets
@@ -800,11 +809,20 @@ def _local_txt_refusal(name: str, split: str) -> str | None:
         return None
     if builder.name != "text":
         return None
-    files = [str(f) for f in (builder.config.data_files or {}).get(split, [])]
+    splits = builder.config.data_files or {}
+    files = [str(f) for f in splits.get(split, [])]
     flag = "--data" if split == "train" else "--val_data"
+    if len(files) == 1:
+        named = shlex.quote(files[0])
+    elif not files:  # (the folder's text is another split's: the training text, as --val_data)
+        named = f"FILE (it has no {split} text)"
+    elif len(files) == sum(len(f) for f in splits.values()):  # (all its text is this split's)
+        named = shlex.quote(name)
+    else:  # (the folder is this split's and another's: --data FOLDER trained on the validation text)
+        named = f"with a folder or glob of its {split} files alone ({files[0]}, ...)"
     return (f"--hf_dataset {name}: a local folder of .txt files, which `datasets` reads one line per "
-            f"document (a story's paragraphs apart, its {EOT} lines as text); pass {flag} "
-            f"{shlex.quote(files[0] if len(files) == 1 else name)} instead, which splits it into stories")
+            f"document (a story's paragraphs apart, its {EOT} lines as text); pass {flag} {named} instead, "
+            "which splits it into stories")
 
 
 def fraction_for(n: int) -> float:
@@ -899,8 +917,8 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
         try:
             return load_files(files, flag, text_field, str(cache_dir / "datasets"), log, spec)
         except DataError as e:
-            if len(files) == 1 or isinstance(e, NoText):  # (a file of whitespace in a folder: left out)
-                raise
+            if len(files) == 1 or isinstance(e, (NoText, DamagedCache)):  # (no fault of one file: the
+                raise  # folder's files of whitespace alone, or its cache)
             # (--data . read a tokenizer.json in a cache folder, and was told to convert it to records)
             which = "in it" if os.path.isdir(spec) else "it matches"  # (a folder, or a glob)
             raise DataError(f"{e}; or, if that file is no training text, name the text alone ({flag} "

@@ -614,6 +614,35 @@ def test_a_damaged_datasets_cache_is_named_with_the_folder_to_delete(tmp_path, n
     assert load([path], tmp_path) == texts
 
 
+@pytest.mark.parametrize("damage", ["cut short", "gone"])
+def test_a_damaged_datasets_cache_of_a_folder_is_named_without_the_folders_advice(tmp_path, damage):
+    """Bug caught: a damaged cache of one file of a --data folder took the folder's advice for a file
+    that is no text ("...; or, if that file is no training text, name the text alone"), though the
+    file at fault is the cache's; and a cache .arrow file gone (deleted by hand) was "[Errno 2] Failed
+    to open local file" (a .txt's traceback; a parquet's "d.parquet: cannot read it": the source blamed)."""
+    folder = tmp_path / "corpus"
+    texts = [f"{d}{' and on' * 200}" for d in docs(40)]
+    write(folder / "a.txt", official(texts))
+    pq.write_table(pa.table({"text": texts}), folder / "b.parquet")
+    split = sources._local_split(str(folder), "--data", "text", tmp_path / "cache", print)
+    assert len(split.load()) == 80
+    cache = tmp_path / "cache" / "datasets"
+    for arrow in sorted(cache.rglob("*.arrow"), key=lambda p: "parquet" not in str(p)):  # (parquet's first)
+        if damage == "gone":
+            arrow.unlink()
+        else:
+            os.truncate(arrow, 1000)
+        split = sources._local_split(str(folder), "--data", "text", tmp_path / "cache", print)
+        with pytest.raises(DataError) as e:
+            split.load()
+        named = re.escape(str(cache))
+        assert re.fullmatch(rf"the datasets cache in {named} is damaged \({re.escape(str(arrow))}: .+\); "
+                            rf"delete that folder \(rm -r {named}: it is made again from the text\) and "
+                            "run again", str(e.value)), str(e.value)
+        shutil.rmtree(cache)
+        assert len(split.load()) == 80
+
+
 def test_a_files_other_columns_are_left_out(tmp_path):
     """Catches a file's columns beside its text field kept: a .jsonl's ids joined the split (null in
     the rows of the .txt file read with it), a column data.py never reads."""
@@ -692,9 +721,11 @@ def test_a_local_hf_dataset_folder_of_txt_files_is_refused_naming_data(tmp_path,
     """Bug caught: --hf_dataset FOLDER (offline) holding train.txt in the official layout was read by
     `datasets` one line per document: 43 stories gave 180 documents, each paragraph apart and the
     <|endoftext|> lines tokenized as text. It is refused with the --data (or --val_data) that splits
-    it into stories; a folder of JSON Lines, as one of parquet, still reads a row per document."""
+    it into stories (test_a_local_hf_dataset_refusal_names_no_other_splits_text: the folder's other
+    text); a folder of JSON Lines, as one of parquet, still reads a row per document."""
     hub = write(tmp_path / "hub" / "train.txt", official([d + "\n\nThe end." for d in docs(3)])).parent
-    for split, flag, named in (("train", "--data", hub / "train.txt"), ("validation", "--val_data", hub)):
+    for split, flag, named in (("train", "--data", hub / "train.txt"),
+                               ("validation", "--val_data", "FILE (it has no validation text)")):
         with pytest.raises(DataError) as e:
             sources.load_hub(str(hub), split)
         assert str(e.value) == (f"--hf_dataset {hub}: a local folder of .txt files, which `datasets` reads "
@@ -703,6 +734,30 @@ def test_a_local_hf_dataset_folder_of_txt_files_is_refused_naming_data(tmp_path,
     records = tmp_path / "records"
     write(records / "train.jsonl", "".join(json.dumps({"text": d + "\n\nThe end."}) + "\n" for d in docs(3)))
     assert sources.load_hub(str(records), "train")["text"] == [d + "\n\nThe end." for d in docs(3)]
+
+
+def test_a_local_hf_dataset_refusal_names_no_other_splits_text(tmp_path):
+    """Bug caught: the --data or --val_data that the refusal of a local --hf_dataset folder of .txt files
+    named was the whole folder wherever the split had no single file: --data FOLDER of train-1.txt,
+    train-2.txt and valid.txt (training on the validation text), --val_data FOLDER of a.txt alone (or of
+    train.txt alone: scoring the training text). The folder is named only where all its text is the
+    split's; other splits' text is named as such, and a split of no file asks for one."""
+    def said(files, split):
+        folder = tmp_path / f"hub{len(list(tmp_path.iterdir()))}"
+        for name in files:
+            write(folder / name, official(docs(2)))
+        with pytest.raises(DataError) as e:
+            sources.load_hub(str(folder), split)
+        return str(e.value).split("; ", 1)[1], folder
+    for files, split, flag, named in (
+            (["train.txt"], "validation", "--val_data", "FILE (it has no validation text)"),
+            (["a.txt", "b.txt"], "validation", "--val_data", "FILE (it has no validation text)"),
+            (["a.txt", "b.txt"], "train", "--data", "{folder}"),
+            (["train-1.txt", "train-2.txt", "valid.txt"], "train", "--data",
+             "with a folder or glob of its train files alone ({folder}/train-1.txt, ...)")):
+        advice, folder = said(files, split)
+        named = named.format(folder=folder)
+        assert advice == f"pass {flag} {named} instead, which splits it into stories", advice
 
 
 def test_a_hub_split_is_loaded_once_and_keyed_by_its_files(tmp_path, monkeypatch):
