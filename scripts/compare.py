@@ -415,7 +415,7 @@ def clear_run_folders(out_dir: Path) -> None:
         except storage.Busy as e:
             sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
                      "it to end, or pick another --out_dir")
-        except OSError as e:  # (another user's folder: a PermissionError traceback)
+        except PermissionError as e:  # (another user's folder; a full disk is no failure to delete)
             cannot_delete(run_dir, e)
     for run_dir in run_dirs:
         try:
