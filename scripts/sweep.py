@@ -410,6 +410,24 @@ def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "va
     return fig
 
 
+def summary(report: dict, opts, where: str) -> str:
+    """sweep.md: the command and machine, a table per stage, and the pick."""
+    best = min(opts.confirm, len(report["screen"]))  # (fewer screened than --confirm: all of them)
+    confirmed = f"the best {best} screened" if best > 1 else "the best screened"
+    followup = report["followup"]
+    return "\n".join([f"`{report['command']}` on {where}, torch {torch.__version__}; "
+                      f"validation on all of {Path(opts.val_data).name} after each run's budget.", "",
+                      *table(report["screen"], f"Screening: {opts.screen_minutes:g} minutes each"),
+                      *table(report["confirm"], f"Confirmation: {confirmed} (and any confirmed earlier) "
+                                                f"for {opts.confirm_minutes:g} minutes; the best again with "
+                                                "seed 2" + ("" if opts.no_compile else ", and compiled")),
+                      *(table(followup, f"Regularisation of the best: {opts.confirm_minutes:g} minutes, "
+                                        "seeds 1 and 2") if followup else []),
+                      f"Pick (lowest mean over seeds 1 and 2): **{report['pick']}**, "
+                      f"{report['pick_mean_bits_per_byte']:.4f} bits/byte: "
+                      f"`{shlex.join(report['pick_overrides'] + opts.extra)}`"])
+
+
 def results_folder(p, opts) -> Path:
     """img/ for the README's sweep (`--no_compile`, any --out_dir or --cache_dir), else --out_dir."""
     return storage.results_path(p, opts, ROOT / "img", extra=opts.extra, fallback=Path(opts.out_dir),
@@ -492,16 +510,7 @@ def main(argv=None):
               "command": "python scripts/sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "created": time.strftime("%Y-%m-%d %H:%M")}
     storage.save_json(out / "sweep.json", report)
-    md = "\n".join([f"`{report['command']}` on {where}, torch {torch.__version__}; "
-                    f"validation on all of {Path(opts.val_data).name} after each run's budget.", "",
-                    *table(screen, f"Screening: {opts.screen_minutes:g} minutes each"),
-                    *table(confirm, f"Confirmation: the best {opts.confirm} screened (and any confirmed "
-                                    f"earlier) for {opts.confirm_minutes:g} minutes; the best again with "
-                                    "seed 2" + ("" if opts.no_compile else ", and compiled")),
-                    *(table(followup, f"Regularisation of the best: {opts.confirm_minutes:g} minutes, "
-                                      "seeds 1 and 2") if followup else []),
-                    f"Pick (lowest mean over seeds 1 and 2): **{pick['name']}**, {pick['mean']:.4f} "
-                    f"bits/byte: `{shlex.join(pick['overrides'] + opts.extra)}`"])
+    md = summary(report, opts, where)
     storage.atomic_write(out / "sweep.md", (md + "\n").encode())
     plot(screen, confirm + followup, out / "sweep.png", Path(opts.val_data).name, where)
     print("\n" + md)

@@ -865,3 +865,21 @@ def test_a_run_cut_short_that_it_may_not_delete_is_one_line(tmp_path, monkeypatc
         sweep.run_one("s", [], 0.01, 1, opts)
     assert str(e.value.code) == (f"sweep.py: error: cannot delete {run_dir}, a run of s cut short, to run it "
                                  "again (Permission denied); delete it yourself, then rerun sweep.py")
+
+
+@pytest.mark.parametrize("screened, confirm, heading", [(1, 3, "the best screened"),
+                                                        (2, 3, "the best 2 screened"),
+                                                        (3, 2, "the best 2 screened")])
+def test_the_confirmation_heading_counts_the_candidates_confirmed(screened, confirm, heading):
+    """Bug caught: sweep.md's heading said "Confirmation: the best 3 screened" (--confirm's default)
+    where fewer were screened: --only one shape with --no_variations confirms that one alone."""
+    def run(name):
+        return {"name": name, "minutes": 1.0, "seed": 1, "steps": 1, "tokens_per_s": 1.0, "params": 2,
+                "active_params": 1, "bits_per_byte": 1.0, "load_avg_before": 0.0}
+    screen = [run(f"s{i}") for i in range(screened)]
+    report = {"command": "python scripts/sweep.py", "screen": screen, "confirm": screen[:confirm],
+              "followup": [], "pick": "s0", "pick_overrides": [], "pick_mean_bits_per_byte": 1.0}
+    opts = argparse.Namespace(confirm=confirm, screen_minutes=1.0, confirm_minutes=2.0, no_compile=True,
+                              val_data="valid.txt", extra=[])
+    md = sweep.summary(report, opts, "2 CPU cores")
+    assert f"**Confirmation: {heading} (and any confirmed earlier) for 2 minutes;" in md
