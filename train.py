@@ -64,7 +64,8 @@ How this departs from the obvious version:
   runplan.py's: the run's settings, folder and checkpoint are planned and checked there first.
 - A compiled model's first training steps and evaluations (where it compiles, and under CUDA
   graphs records) fall back to the eager model with one warning line if they fail: the failed
-  step is taken again, eagerly, as a --compile false run takes it (first_steps).
+  step is taken again, eagerly, as a --compile false run takes it (first_steps). Under torchrun a
+  failed training step is a one-line error naming --compile false instead (run_eagerly).
 - --max_minutes lays the cosine over wall-clock time: the schedule's progress is the larger of
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
@@ -428,7 +429,8 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
 
 def evaluate_job(job: Job, stop: "Stop | None" = None, bar=None) -> dict | None:
     """evaluate() on the job's model (None: `stop` cut it short); a compiled model's first
-    evaluations fall back to eager as its first training steps do (first_steps)."""
+    evaluations fall back to eager as its first training steps do (first_steps), under torchrun too
+    (each rank's evaluation is its own until the one collective at its end: run_eagerly)."""
     if job.eval_trials == 0:
         return evaluate(job.compiled, job.val, job.autocast, job.device, stop, bar)
     job.eval_trials -= 1
@@ -915,15 +917,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     if ckpt is not None:
         fix = checkpoint.resume_fix(plan.ckpt_path, train_args.eval_only)
         checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
-    elif plan.init is not None:  # a new run from another's weights: its own optimizer, from step 0
-        saved_noise = config.from_dict(config.ModelArgs, plan.init["model_args"]).router_noise
-        state = checkpoint.init_state(model, plan.init["model"], saved_noise)
-        checkpoint.build(model_args, state, device, plan.init_path, runplan.INIT_FIX, model)
-        trained = "train_args" in plan.init  # (an import holds weights and model settings only)
-        at = f"its step {plan.init.get('step', 0)}" if trained else "an import, weights only"
-        noise = "" if saved_noise == model_args.router_noise else ", router noise " + (
-            "off: its projection dropped" if saved_noise else "on: its projection newly initialised")
-        log(f"initialised from {plan.init_path} ({at}{noise}): a new run from step 0")
+    elif plan.init is not None:
+        init_from(plan, model, device, log)
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
@@ -950,6 +945,31 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               imported=ckpt is not None and "train_args" not in ckpt)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
         job.trials = job.eval_trials = 2 if train_args.compile_mode in config.CUDA_GRAPH_MODES else 1
+    state = start_state(plan, job, log)
+    job.clock = Clock(train_args.max_minutes, state.elapsed)
+    if ckpt is not None and opt is not None:  # last: set-up draws (peak_flops' GEMM on the CPU)
+        checkpoint.set_rng_state(ckpt["rng"])
+    return job, state
+
+
+def init_from(plan: RunPlan, model: Llama4, device, log) -> None:
+    """--init_from: the checkpoint's weights into `model`, for a new run from step 0 with an optimizer
+    of its own; the router noise projection dropped, or newly initialised, where --router_noise is not
+    the checkpoint's."""
+    saved_noise = config.from_dict(config.ModelArgs, plan.init["model_args"]).router_noise
+    weights = checkpoint.init_state(model, plan.init["model"], saved_noise)
+    checkpoint.build(plan.model_args, weights, device, plan.init_path, runplan.INIT_FIX, model)
+    trained = "train_args" in plan.init  # (an import holds weights and model settings only)
+    at = f"its step {plan.init.get('step', 0)}" if trained else "an import, weights only"
+    noise = "" if saved_noise == plan.model_args.router_noise else ", router noise " + (
+        "off: its projection dropped" if saved_noise else "on: its projection newly initialised")
+    log(f"initialised from {plan.init_path} ({at}{noise}): a new run from step 0")
+
+
+def start_state(plan: RunPlan, job: Job, log) -> LoopState:
+    """The LoopState to start from: the checkpoint's (a new one without), its best validation forgotten
+    where the validation windows are not those it was measured on."""
+    ckpt, train_args = plan.ckpt, plan.train_args
     state = LoopState.from_checkpoint(ckpt, job.tokens_per_step) if ckpt is not None else LoopState()
     if not train_args.eval_only and state.val_set not in ("", job.val.key) and math.isfinite(state.best_val):
         log(f"the validation windows are not those the checkpoint's best ({state.best_val:.4f} nats/token) "
@@ -957,10 +977,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
             "the next evaluation replaces best.pt")
         state.best_val = math.inf
     state.val_set = job.val.key
-    job.clock = Clock(train_args.max_minutes, state.elapsed)
-    if ckpt is not None and opt is not None:  # last: set-up draws (peak_flops' GEMM on the CPU)
-        checkpoint.set_rng_state(ckpt["rng"])
-    return job, state
+    return state
 
 
 def start_logging(job: Job, state: LoopState) -> None:
@@ -1076,7 +1093,7 @@ def loop(job: Job, state: LoopState) -> dict:
     job.model.train()
     window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
     evaluated = None  # the step evaluated last here, if it was the last step taken
-    out = None  # the last step's output
+    out = None  # the last step's output (None: no step in this session, nor its lr to log)
     signalled = False
     failed = True  # until the loop ends without an exception: the W&B run is then marked failed
     try:
@@ -1127,10 +1144,10 @@ def loop(job: Job, state: LoopState) -> dict:
 
 
 def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool) -> int | None:
-    """After a step before the last: the evaluation every eval_every steps (put off, not lost, when a
-    signal stops the run here or cuts the evaluation short: state.eval_due, the run stops, and the
-    resumed run evaluates this step first), last.pt every save_every steps and when stopping. The
-    step evaluated, or None."""
+    """After each step (none at max_steps: wrap_up's): the evaluation every eval_every steps (put
+    off, not lost, when a signal stops the run here or cuts the evaluation short: state.eval_due, the
+    run stops, and the resumed run evaluates this step first), last.pt every save_every steps and
+    when stopping. The step evaluated, or None."""
     t, evaluated = job.train_args, None
     to_evaluate = state.step % t.eval_every == 0 and state.step < t.max_steps
     save = (state.step % t.save_every == 0 and state.step < t.max_steps) or stop_now
@@ -1147,10 +1164,10 @@ def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool
 
 
 def wrap_up(job: Job, state: LoopState, window: Window, evaluated: int | None, signalled: bool) -> None:
-    """The end of a run no signal cut short: the final evaluation, unless the loop evaluated this step
-    (asked to stop at the last step, or during the final evaluation, which that cuts short: last.pt
-    first, with the evaluation put off in it, in case the rest of the grace period runs out; then the
-    whole evaluation), best.pt if there is none yet, then last.pt."""
+    """The end of a run no signal cut short: the final evaluation (unless the loop evaluated this
+    step), best.pt if there is none yet, then last.pt. A signal at the last step, or one that cuts the
+    final evaluation short, saves last.pt first, with the evaluation put off in it (in case the rest
+    of the grace period runs out), then runs the whole evaluation."""
     with window.pause():  # (the budget may end the run in the middle of a window: the saves hold it)
         if evaluated != state.step:
             if signalled or evaluate_step(job, state, window, job.stop) is None:
@@ -1197,8 +1214,8 @@ def resume_options(run_dir: Path) -> str:
 
 
 def left_to_resume(run_dir: Path | None, eval_only: bool = False, resume: str = "") -> str:
-    """What an interrupted run leaves to go on from (run_dir: None before its folder is known, when
-    nothing was written: it said "the checkpoints already written are complete" of a new run)."""
+    """What an interrupted run leaves to go on from. run_dir is None before its folder is known, when
+    nothing was written (at --resume, `resume`: the checkpoints resumed from are as they were)."""
     if eval_only:
         return "nothing was written (--eval_only only reads)"
     if run_dir is None:
