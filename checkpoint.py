@@ -112,10 +112,10 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix=NOT_S
                     option: str = "") -> Path:
     """A checkpoint file from a file, a run folder, a run name, or "" (the most recent run). A run
     folder its run made but wrote no checkpoint into (stopped before its first save, or still
-    before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising `not_saved_fix`
-    (a string, or a function of that folder that gives one);
-    so is a folder of runs (an --out_dir), advising `option` (e.g. "--ckpt ") and its newest run; `option`
-    is also the advice when "" finds no run."""
+    before it) is a ConfigError (exit status 2: the option is wrong, not a file) advising
+    `not_saved_fix` (a string, or a function of that folder that gives one); so is a folder of runs
+    (an --out_dir), advising `option` (e.g. "--ckpt ") and its newest run; `option` is also the
+    advice when "" finds no run."""
     if problem := storage.too_long(option.strip() or "the checkpoint", path_or_run):  # (a traceback)
         raise CheckpointError(problem)
     p = Path(storage.expand_home(path_or_run)) if path_or_run else latest_run(out_dir, option)  # (a quoted ~)
@@ -441,6 +441,7 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     the run's): check_export_folder. The export it replaces goes whole: its shards and index too (a
     re-save by transformers), not the folder's other files (a tokenizer_config.json without a
     tokenizer.json among them: _dropped_tokenizer_files).
+
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
@@ -874,13 +875,15 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     """An HF folder -> a weights-only checkpoint at `dest`, with the folder's tokenizer.json beside it.
     A `dest` that is a folder, a name without .pt or one ending in a slash, is a run folder: the
     checkpoint is its last.pt.
+
     A checkpoint already at `dest` (a run's, with its optimizer state), or another tokenizer.json
     beside it (the one its run's checkpoints were trained with), is refused unless `replace`; the
-    same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A `dest` in an
-    HF folder, or a folder of runs (an --out_dir) as `dest`, is refused, --force or not (its last.pt
-    made the folder a run's, which exports refuse; or a run among the runs). A
-    training run's folder or checkpoint as `folder` is the export mistaken for an import: said so. A
-    checkpoint that cannot be written (a full disk, an interrupt) leaves none of the folders made for it."""
+    same tokenizer beside it is left as it is (not rewritten as the HF folder saved it). A `dest` in
+    an HF folder, or a folder of runs (an --out_dir) as `dest`, is refused, --force or not (its
+    last.pt made the folder a run's, which exports refuse; or a run among the runs). A training
+    run's folder or checkpoint as `folder` is the export mistaken for an import: said so. A
+    checkpoint that cannot be written (a full disk, an interrupt) leaves none of the folders made
+    for it."""
     source, what = Path(folder), None
     if source.is_file() and source.suffix == ".pt":
         what = "a checkpoint"

@@ -251,6 +251,10 @@ def attention_mask(q_pos, k_pos, chunk_size=None):
 
 
 class Attention(nn.Module):
+    """Grouped-query self-attention of one layer. RoPE layers: interleaved RoPE, the QK norm and
+    attention within aligned chunks; NoPE layers (every nope_every-th): no positions, full causal
+    attention and query temperature tuning."""
+
     def __init__(self, args: ModelArgs, layer: int):
         super().__init__()
         self.layer = layer
@@ -462,8 +466,8 @@ class Experts(nn.Module):
                 w1, w2 = ZeroEmptyGroups.apply(w1, counts), ZeroEmptyGroups.apply(w2, counts)
             if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
                 # traced on fake tensors (torch.compile, scripts/memory_model.py): bf16 only
-                gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)
-                return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)
+                gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)  # (M, I) each
+                return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)  # (M, dim)
             gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
             return ContiguousGrad.apply(F.grouped_mm(F.silu(gate) * up, w2, offs=offs))  # (M, dim)
         groups = xs.split(counts.tolist())  # the fallback: one matmul per expert, sizes read on the host
@@ -548,9 +552,9 @@ class MoE(nn.Module):
         token = order // self.top_k if self.top_k > 1 else order  # (N*k,) token of each sorted assignment
         scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)
         xs = scaled[order]  # (N*k, dim) expert inputs, grouped: one gather (and one scatter back)
-        ys = self.experts(xs, counts)
-        out = self.shared_expert(h)  # under autocast: bf16, like ys
-        return out.index_add(0, token, ys.to(out.dtype))
+        ys = self.experts(xs, counts)  # (N*k, dim), in the same order
+        out = self.shared_expert(h)  # (N, dim); under autocast: bf16, like ys
+        return out.index_add(0, token, ys.to(out.dtype))  # each token's k expert outputs added to it
 
     def _reference(self, h, top_idx, scores):
         out = self.shared_expert(h)
@@ -660,6 +664,8 @@ def to_compute_dtype(x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
+    """One decoder layer: x + attention(norm(x)), then + feed_forward(norm(x)) (MoE or dense SwiGLU)."""
+
     def __init__(self, args: ModelArgs, layer: int):
         super().__init__()
         self.self_attn = Attention(args, layer)
@@ -746,7 +752,7 @@ class Llama4(nn.Module):
                 routing.append(r)
         x = self.norm(x)
         if last_only:
-            x = x[:, -1:]
+            x = x[:, -1:]  # (B, 1, dim)
         fused = targets is not None and self.loss_impl == "fused"
         out = Output(logits=None if fused else few_row_logits(x, self.lm_head))
         if routing:
@@ -853,9 +859,9 @@ class VisionAttention(nn.Module):
 
     def forward(self, x, rope):
         B, P, _ = x.shape
-        q = self.q_proj(x).view(B, P, self.n_heads, self.head_dim)  # (B, P, H, D)
-        k = self.k_proj(x).view(B, P, self.n_heads, self.head_dim)
-        v = self.v_proj(x).view(B, P, self.n_heads, self.head_dim)
+        q = self.q_proj(x).view(B, P, self.n_heads, self.head_dim)  # (B, P, H*D) -> (B, P, H, D)
+        k = self.k_proj(x).view(B, P, self.n_heads, self.head_dim)  # (B, P, H, D)
+        v = self.v_proj(x).view(B, P, self.n_heads, self.head_dim)  # (B, P, H, D)
         q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         # (B, H, P, D) each; bidirectional
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -946,12 +952,12 @@ class VisionModel(nn.Module):
     def forward(self, images):
         """(N, 3, S, S) -> (N, image_tokens, projector_output_dim)."""
         x = self.patch_embedding(images)  # (N, P, Hv)
-        x = torch.cat([x, self.class_embedding.expand(x.shape[0], 1, -1)], dim=1)  # class token last
+        x = torch.cat([x, self.class_embedding.expand(x.shape[0], 1, -1)], dim=1)  # (N, P+1, Hv), class last
         x = self.layernorm_pre(x + self.positional_embedding_vlm)
         rope = rope_tables(self.rope_cos, self.rope_sin)  # (P + 1, 1, Dv) each
         for layer in self.model.layers:
             x = layer(x, rope)
-        x = self.layernorm_post(x)[:, :-1]  # drop the class token
+        x = self.layernorm_post(x)[:, :-1]  # (N, P, Hv): the class token dropped
         return self.vision_adapter(x)
 
 

@@ -350,21 +350,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
         ckpt_path = None
     ckpt = None
     if ckpt_path is not None:
-        fix = checkpoint.resume_fix(ckpt_path, train_args.eval_only)
-        try:
-            ckpt = checkpoint.load_checkpoint(ckpt_path, fix)
-        except KeyboardInterrupt as e:  # (the slow part of a resume's set-up)
-            e.run_dir = run_dir  # main() tells what is left there to resume from
-            raise
-        try:  # (types only: a setting a newer version refuses can be typed over, as resume_settings allows)
-            config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
-        except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
-            raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
-                                  f"{fix}") from None
-        if "optimizer" not in ckpt and not train_args.eval_only:
-            raise CheckpointError(f"{ckpt_path} holds weights only (an import), with no optimizer state or "
-                                  "step to resume: it can be evaluated (--eval_only) or sampled, and a new "
-                                  f"run trains on from its weights with --init_from {ckpt_path}")
+        ckpt = load_resumed(ckpt_path, run_dir, train_args.eval_only)
         model_args, train_args = resume_settings(ckpt, model_args, train_args, given, ckpt_path)
         preset = preset if "preset" in given else ckpt.get("preset", preset)
     where = {"run": run_dir.name, "out_dir": str(run_dir.parent)}  # (a resumed run: where it lies)
@@ -380,11 +366,33 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
     plan = RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset, init, init_path)
     for name, value in saved_paths(plan, given):  # the checkpoint's (not typed again): still there?
         if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
-            where = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run was "
-                     f"started in, and there is no such file here ({os.getcwd()})")  # (an older checkpoint's)
-            raise errors.DataError(f"--{name}: the checkpoint's {value} {where}; pass --{name} PATH")
+            problem = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run "
+                       f"was started in, and there is no such file here ({os.getcwd()})")  # (an older one's)
+            raise errors.DataError(f"--{name}: the checkpoint's {value} {problem}; pass --{name} PATH")
     paths = {k: absolute(getattr(train_args, k)) for k in PATHS}  # (as saved: a resume reads the same files)
     return plan._replace(train_args=replace(train_args, **paths))
+
+
+def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
+    """The checkpoint a run resumes (or --eval_only evaluates), loaded and checked before its settings
+    are read: training settings of types this version builds, and an optimizer state to resume (an
+    import's weights alone can be evaluated, not resumed)."""
+    fix = checkpoint.resume_fix(ckpt_path, eval_only)
+    try:
+        ckpt = checkpoint.load_checkpoint(ckpt_path, fix)
+    except KeyboardInterrupt as e:  # (the slow part of a resume's set-up)
+        e.run_dir = run_dir  # main() tells what is left there to resume from
+        raise
+    try:  # (types only: a setting a newer version refuses can be typed over, as resume_settings allows)
+        config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
+    except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
+        raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
+                              f"{fix}") from None
+    if "optimizer" not in ckpt and not eval_only:
+        raise CheckpointError(f"{ckpt_path} holds weights only (an import), with no optimizer state or "
+                              "step to resume: it can be evaluated (--eval_only) or sampled, and a new "
+                              f"run trains on from its weights with --init_from {ckpt_path}")
+    return ckpt
 
 
 # settings naming the text a run reads (empty --data: the hub); not --cache_dir, which is found by its
@@ -531,11 +539,10 @@ TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warm
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed
     beside --eval_only (and a --run or --out_dir that do not name --resume's checkpoint), a warmup
-    that outlasts the run, a new model of a context sample.py cannot generate from (--max_seq_len 1),
-    or put an image in (a --vision model's),
-    a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source is
-    given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
-    --eval_only)."""
+    that outlasts the run, a new model of a context sample.py cannot generate from (--max_seq_len 1)
+    or put an image in (a --vision model's), a --val_text_field for a .txt --val_data, a
+    --val_fraction typed where a validation source is given (it holds nothing out), another
+    held-out slice than the checkpoint's (at --resume or --eval_only)."""
     t, lines = plan.train_args, []
     unused = TRAINING_ONLY + RESUME_MAY_CHANGE  # (the router losses' weights: not in the loss evaluated)
     ignored = [f"--{name}" for name in unused if name in given] if t.eval_only else []
@@ -591,9 +598,9 @@ def claim_folder(plan: RunPlan) -> storage.RunFolder:
     """Lock the run folder, then check what only the folder's holder can check: a new run never
     takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed into it:
     it would replace the folder's checkpoints and cut its metrics.jsonl to the other run's), nor
-    does a best.pt resumed over its folder's later last.pt, a
-    resumed checkpoint must be the model of the folder, and the metrics.jsonl a resumed run goes on
-    with must read (before any data work, not after the data and the model are built)."""
+    does a best.pt resumed over its folder's later last.pt, a resumed checkpoint must be the model
+    of the folder, and the metrics.jsonl a resumed run goes on with must read (before any data
+    work, not after the data and the model are built)."""
     folder = storage.RunFolder(plan.run_dir)
     try:
         held = [n for n in ("last.pt", "best.pt") if (plan.run_dir / n).exists()]

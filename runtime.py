@@ -4,7 +4,8 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     resolve_device("auto")    cuda:0 when there is a GPU, else cpu; a clear error for a bad name
     World / setup_distributed the rank and world size, one process per GPU under torchrun
     data_parallel             DDP around the model, its buffers not broadcast at each forward
-    set_up_done               the collectives' timeout back to the backend's once set-up is done
+    set_up_done, wait_long    the collectives' timeout back to the backend's once set-up is done;
+                              the long one again for the final barrier
     local_processes           the job's processes on this machine (which share its CPU memory)
     all_reduce, rank0_first   a few numbers summed over the ranks; rank 0 building caches first
     all_ranks_or_none         set-up checks every rank learns the outcome of (a failed rank's
@@ -345,7 +346,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         return gpu_bf16_peak(torch.cuda.get_device_name(device))
     n = 1024
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
+    a @ b  # warm-up: the first call's set-up is not the peak
     return 2 * n**3 / fastest_call(lambda: a @ b, seconds=0.5)
 
 

@@ -28,7 +28,7 @@ How a training step flows (`run` calls setup, then run_job calls `loop`, which c
                  training steps)
     evaluate_and_save  every eval_every steps evaluate_step (run_eval: validation nats/token and
                  bits/byte, a metrics record, the plot; best.pt if it is the best), and every
-                 save_every steps and on a signal, last.pt (maybe_save)
+                 save_every steps and on a signal, last.pt (both written by write_checkpoint)
     wrap_up      at the end: the final evaluation, best.pt if there is none, last.pt
 
 How this departs from the obvious version:
@@ -160,6 +160,7 @@ class StepOutput(NamedTuple):
     router_entropy: torch.Tensor | None  # (L_moe,) mean over micro-batches
     grad_norm: torch.Tensor  # () before clipping
     skipped: torch.Tensor  # () 1.0 when the gradients were not finite and the update was skipped
+
 
 LOSSES = ("loss", "lm_loss", "aux_loss", "z_loss")
 
@@ -322,7 +323,9 @@ class Job:
     def tokens_per_step(self) -> int:
         return self.train_args.batch_size * self.train_args.grad_accum * self.model_args.max_seq_len
 
-    def checkpoint(self, state: LoopState, window: dict) -> dict:
+    def to_checkpoint(self, state: LoopState, window: dict) -> dict:
+        """What last.pt and best.pt hold (checkpoint.py's docstring lists it); `window`: the open log
+        window's Window.to_checkpoint."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 **state.to_checkpoint(self.train_args.seed), "model_args": config.to_dict(self.model_args),
                 "train_args": config.to_dict(self.train_args), "preset": self.preset,
@@ -671,9 +674,10 @@ def write_train_record(job: Job, state: LoopState, window: Window, lr: float, ba
             job.metrics.write(rec)
 
 
-def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
-    """Save last.pt or best.pt now (the window's skipped steps settled into the state first); weights
-    that are not finite are not saved: a RunError ends the run, the old file intact."""
+def write_checkpoint(job: Job, state: LoopState, window: Window, name: str) -> None:
+    """Write last.pt or best.pt (`name`) now, always (the window's skipped steps settled into the
+    state first); weights that are not finite are never written: a RunError ends the run, the old
+    file intact."""
     window.settle(state)
     if not finite(job.model.parameters()):  # every rank agrees: same weights
         raise RunError(f"weights are not finite at step {state.step}; not saving {name} (the previous "
@@ -684,7 +688,7 @@ def maybe_save(job: Job, state: LoopState, window: Window, name: str) -> None:
     with runtime.all_ranks_or_none(job.world, job.device, f"writing {name}"):
         if job.world.main:
             with job.stop.saving() if job.stop is not None else nullcontext():
-                checkpoint.save_checkpoint(job.run_dir / name, job.checkpoint(state, saved_window))
+                checkpoint.save_checkpoint(job.run_dir / name, job.to_checkpoint(state, saved_window))
 
 
 def finite(tensors) -> bool:
@@ -1057,8 +1061,10 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
 def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
                     resume: str = "") -> RunError:
     """The line for a collective that failed because another process of the job went away."""
-    why = next(m for m in runtime.PEER_LOST if m in str(e)) if not isinstance(e, dist.DistNetworkError) else \
-        first_line(e)[:120]
+    if isinstance(e, dist.DistNetworkError):
+        why = first_line(e)[:120]
+    else:  # (runtime.peer_lost found one of these in it)
+        why = next(m for m in runtime.PEER_LOST if m in str(e))
     return RunError(f"another process of this torchrun job stopped ({why}: it was killed or failed, and "
                     f"torchrun's log names it); {left_to_resume(run_dir, eval_only, resume)}")
 
@@ -1101,7 +1107,7 @@ def loop(job: Job, state: LoopState) -> dict:
             with window.pause():  # that a crash before the next save does not run it again
                 state.eval_due = False
                 evaluated = evaluate_step(job, state, window)
-                maybe_save(job, state, window, "last.pt")
+                write_checkpoint(job, state, window, "last.pt")
         while state.step < t.max_steps:
             if job.clock.spent(state):
                 finished = "max_minutes"
@@ -1159,7 +1165,7 @@ def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool
         if to_evaluate and evaluated is None:  # a signal at this step, or during its evaluation
             state.eval_due = True
         if save or state.eval_due:
-            maybe_save(job, state, window, "last.pt")
+            write_checkpoint(job, state, window, "last.pt")
     return evaluated
 
 
@@ -1172,12 +1178,12 @@ def wrap_up(job: Job, state: LoopState, window: Window, evaluated: int | None, s
         if evaluated != state.step:
             if signalled or evaluate_step(job, state, window, job.stop) is None:
                 state.eval_due = True
-                maybe_save(job, state, window, "last.pt")
+                write_checkpoint(job, state, window, "last.pt")
                 state.eval_due = False
                 evaluate_step(job, state, window)
         if not (job.run_dir / "best.pt").exists():
-            maybe_save(job, state, window, "best.pt")
-        maybe_save(job, state, window, "last.pt")
+            write_checkpoint(job, state, window, "best.pt")
+        write_checkpoint(job, state, window, "last.pt")
 
 
 def evaluate_step(job: Job, state: LoopState, window: Window, stop: "Stop | None" = None) -> int | None:
@@ -1185,7 +1191,7 @@ def evaluate_step(job: Job, state: LoopState, window: Window, stop: "Stop | None
     cut the evaluation short)."""
     improved = run_eval(job, state, stop)
     if improved:
-        maybe_save(job, state, window, "best.pt")
+        write_checkpoint(job, state, window, "best.pt")
     return None if improved is None else state.step
 
 

@@ -1,66 +1,35 @@
-"""The GPU check: what `make gpu-check` runs on a machine with one CUDA GPU, and what its --quick
-mode runs on a CPU in a test so that it cannot rot.
+"""The GPU check: what `make gpu-check` runs on a machine with one CUDA GPU; its --quick mode runs on
+a CPU in tests/test_gpu_check.py, so that it cannot rot. The README's GPU section has the detail.
 
-    python scripts/gpu_check.py                  # on the GPU machine
-    python scripts/gpu_check.py --only train,model --deadline 450   # the same in two commands, within
-    python scripts/gpu_check.py --only sample --deadline 280        # a lease of 15 minutes (at once)
+    python scripts/gpu_check.py                                     # all three parts, on the GPU machine
+    python scripts/gpu_check.py --only train,model --deadline 450   # the same in two calls, within
+    python scripts/gpu_check.py --only sample --deadline 280        # a 15-minute lease (at once)
     python scripts/gpu_check.py --render --out img/gpu              # gpu.md from both calls' JSON
-    python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu   # the smoke test
+    python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu # the smoke test
 
-Compiling takes most of its time. Estimated from the last H200 run (bench_model 236 s with four
-compiled variants, bench_sample 211 s, train 94 + 47 s), the compiles taken out since and the
-variants added: about 7 minutes for train,model and 5 for sample; with --deadline, the parts before
-a train part leave it TRAIN_RESERVE_S (210 s: a minute of training, its start-up and what follows),
-so that a benchmark running long is cut rather than the run.
+The parts, in this order, each command in its own process (compiling takes most of the time: about
+7 minutes for train,model and 5 for sample on an H200):
+  model   scripts/bench_model.py: training steps of MoE, dense, MoE + activation checkpointing and
+          transformers, bf16, eager at batch 32 and 128 and compiled at 128: time, MFU, peak
+          memory, the evaluation pass's pace, and a profile of the MoE step;
+  sample  scripts/bench_sample.py: first whether our decode variants' greedy tokens agree (fp32, a
+          left-padded batch of 8 ragged prompts), then decoding tokens/s against transformers'
+          generate (bf16);
+  train   a 90-second compiled train.py run (scout-128m, --vocab_size 8192) on train-lower.txt,
+          evaluating valid-lower.txt; then on its checkpoint the greedy story compiled vs eager,
+          --eval_only and one sampled story. It needs datasets (make gpu-check installs it).
 
-One after another, each in its own process:
-  1. scripts/bench_model.py --device cuda --profile --no-modelled: MoE, dense, MoE + activation
-     checkpointing and transformers at batch 32 and 128, eager, and compiled at 128 (the compiled
-     goals are at 128), bf16, with MFU and peak memory (not the memory model's figures: CPU work,
-     which scripts/memory_model.py gives anywhere), the evaluation pass's pace beside the training
-     step's, and a profile of the MoE step, eager and compiled (kernel time against wall time,
-     launches, the top kernels: what to work on next);
-  2. scripts/bench_sample.py --device cuda: in float32, on one left-padded batch of 8 ragged prompts,
-     whether our variants' greedy tokens agree (compiled with and without CUDA graphs, eager, and
-     eager on the MoE's reference path, which a compiled step takes in fp32 on CUDA); then decoding
-     tokens/s, ours (eager and compiled) vs transformers' generate (a deadline cuts the speed
-     figures, not the correctness check); a compiled step that fell back to eager or whose CUDA
-     graph Inductor skipped is named;
-  3. train.py on train-lower.txt for 90 seconds (scout-128m, --vocab_size 8192, compiled, evaluating
-     valid-lower.txt at the default cadence: the seconds per pass are reported), then the greedy
-     story with the decode step compiled and eager, compared (first: it matters most), --eval_only
-     on valid-lower.txt and one sampled story (both eager: no goal times them). It needs datasets
-     (make gpu-check installs it from .whl): without it the check stops at once, before the rest,
-     as it does on a Python without torch, and on a --data or --val_data that train.py would refuse
-     (a mistyped path, gpu-data/ not carried), with train.py's line.
-It writes to --out (default img/gpu/ for a run at the defaults, --only, --deadline and --work
-aside, and --data / --val_data naming train-lower.txt / valid-lower.txt wherever they lie; and
---work/results/ for any other, so that a smoke test or other text never replaces the README's):
-bench_model.json, bench_sample.json, bench_sample_fp32.json, train.json (the run's figures: steady-state and
-end-to-end tokens/s and MFU, the evaluation, the stories), gpu.md (the tables the README's GPU section
-quotes) and log.txt; the run goes to --work (checkpoints/gpu-check/, git-ignored). --compile_mode
-reduce-overhead compiles the model and train parts with CUDA graphs. Data: --data / --val_data, by
-default gpu-data/ in the checkout (`make gpu-prep` copies the shared files there, since ../shared
-does not travel to a lent GPU machine), else ../shared/data/tinystories/. A training run's folder
-is refused as --out: the check's train.json would replace the run's.
+Results go to --out: bench_model.json, bench_sample.json, bench_sample_fp32.json, train.json, gpu.md
+(the tables the README quotes) and log.txt. The default is img/gpu/ for a run at the defaults
+(--only, --deadline, --work and the folder train-lower.txt and valid-lower.txt lie in aside), else
+--work/results/, so that a smoke test never replaces the README's; the training run goes to --work
+(checkpoints/gpu-check/). Data: gpu-data/ (make gpu-prep), else ../shared/data/tinystories/.
 
-A lease's time limit kills a command with all it runs, so the check keeps what it has as it goes:
-each command's output reaches log.txt line by line, the benchmarks rewrite their JSON after each
-batch size, and gpu.md after each part. --deadline SECONDS makes it stop itself first: a command
-still running then is stopped (SIGTERM, then SIGKILL), a part with under 30 s left is skipped, the
-train.py run is shortened to leave 140 s for its start-up and what follows it, and gpu.md is
-written (train.json is written after the run and after each command that follows it). A part's files
-from an earlier check are removed when it begins, so none passes for this one's. A command that
-fails, a benchmark variant that fails, falls back to eager or (decoding) runs without the CUDA graph
-Inductor skipped, a compiled benchmark variant whose warm-up steps are not its eager twin's (their
-loss or gradient norm), a train.py or sample.py asked to compile that ran eagerly, a training run
-that learnt nothing (its loss still above LEARNT_SHARE of its first window's after LEARNT_AFTER
-steps: a lost gradient makes fast steps), and what the deadline stopped or left unstarted ("cut by
-the deadline": a part, a benchmark, whose JSON keeps the batch sizes it finished and says it was
-cut, the train part's run or a command on its checkpoint) are named at the top of gpu.md, and the
-check exits 1. A part skipped or a benchmark that wrote nothing leaves a JSON that says so in place
-of its figures, so that --render, after the two calls of a lease, names it too. A --deadline under
-30 s, which would begin no part, is refused.
+Files are written as the check goes (a part's old files removed when it begins), so a lease's
+time limit keeps what was done; --deadline SECONDS makes the check stop itself first (a part with
+under 30 s left is skipped, the parts before train leave it TRAIN_RESERVE_S (210 s), the
+train.py run is shortened to fit). What failed, fell back to eager, learnt nothing or was cut by
+the deadline is named at the top of gpu.md, and the check exits 1.
 """
 
 import argparse
@@ -102,6 +71,8 @@ FAILED: list[str] = []  # what of this check failed: commands, benchmark variant
 
 
 def find(name: str) -> str:
+    """A default data file: `name` in the first of DATA_DIRS that holds it, else the last one's path
+    (which check_data's error names)."""
     for folder in DATA_DIRS:
         if (folder / name).exists():
             return str(folder / name)
@@ -225,10 +196,10 @@ def train_part(opts, out: Path, log) -> dict:
     def keep():  # train.json after each command: a kill during the follow-ups keeps the figures so far
         storage.save_json(out / "train.json", result, "pick another --out", sort_keys=False)
     if (why := fell_back(trained)) and opts.compile != "false":  # eager figures, not compiled ones
-        result["fell_back_to_eager"] = why  # (a failure: train_fallbacks)
+        result["fell_back_to_eager"] = why  # (a failure: train_failures)
     result.update(run_figures(run_dir / "metrics.jsonl"))
     past = opts.until is not None and time.monotonic() >= opts.until
-    if trained.returncode == STOPPED or (trained.returncode == 0 and past):  # (a failure: train_fallbacks)
+    if trained.returncode == STOPPED or (trained.returncode == 0 and past):  # (a failure: train_failures)
         result["cut"] = ["train.py"] * (trained.returncode == STOPPED) + ["the commands on its checkpoint"]
     keep()
     if "steps" not in result or trained.returncode != 0 or past:
@@ -236,7 +207,7 @@ def train_part(opts, out: Path, log) -> dict:
 
     def follow_up(name, *argv):  # a command on the checkpoint; one stopped at the deadline is named
         r = sh(*argv, log=log, until=opts.until)
-        if r.returncode == STOPPED:  # (a failure: train_fallbacks)
+        if r.returncode == STOPPED:  # (a failure: train_failures)
             result.setdefault("cut", []).append(name)
         return r
     # first what matters most, the greedy comparison; then the checkpoint evaluates and samples
@@ -249,7 +220,7 @@ def train_part(opts, out: Path, log) -> dict:
     if ev.returncode == 0:
         try:
             result["eval"] = eval_result(ev.stdout)
-        except ValueError as e:  # (a failure: train_fallbacks)
+        except ValueError as e:  # (a failure: train_failures)
             result["eval_failed"] = first_line(e)
     keep()
     story = follow_up("sample.py (story)", "sample.py", "--ckpt", run_dir, "--prompt", "once upon a time",
@@ -325,12 +296,12 @@ def greedy_agreement(opts, run_dir: Path, run) -> dict:
     if a is None or b is None:
         return {"failed": True, "exits": [r.returncode for r in runs]}
     if (why := fell_back(runs[0])) and opts.compile != "false":  # eager against eager: no comparison
-        return {"fell_back_to_eager": why}  # (a failure: train_fallbacks)
+        return {"fell_back_to_eager": why}  # (a failure: train_failures)
     same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return {"same": a == b, "same_characters": same, "characters": max(len(a), len(b))}
 
 
-def train_fallbacks(result: dict, exits: bool = False) -> list[str]:
+def train_failures(result: dict, exits: bool = False) -> list[str]:
     """The train part's runs asked to compile that ran eagerly or that learnt nothing, its commands
     on the checkpoint cut by the deadline (the greedy comparison first), and an --eval_only without
     its figures, as FAILED names; with exits (for --render, where no command's exit is at hand), its
@@ -562,7 +533,7 @@ def render(out: Path) -> Path:
         for name in ["bench_model.json", "bench_sample.json", "bench_sample_fp32.json"]:
             FAILED.extend(failed_variants(out / name))
         if (out / "train.json").exists():
-            FAILED.extend(train_fallbacks(json.loads((out / "train.json").read_text()), exits=True))
+            FAILED.extend(train_failures(json.loads((out / "train.json").read_text()), exits=True))
         md = markdown(out)
     except (KeyError, TypeError, AttributeError) as e:  # (JSON of another program, or of an older check)
         raise UserError(f"--render: the JSON in {out} is not what this gpu_check.py writes "
@@ -684,7 +655,7 @@ def main(argv=None):
             write_summary(out)
         if due("train", opts.until):
             result = train_part(opts, out, log)
-            FAILED.extend(train_fallbacks(result))  # (train.json: written as it went)
+            FAILED.extend(train_failures(result))  # (train.json: written as it went)
     FAILED[:] = dict.fromkeys(FAILED)  # (a failed benchmark: named by sh, then from its JSON)
     write_summary(out)
     print((out / "gpu.md").read_text())

@@ -275,7 +275,7 @@ def test_a_run_that_fell_back_to_eager_fails_the_check(tmp_path, monkeypatch, ca
                            compile_mode="default", device="cpu", until=None)
     result = gpu_check.train_part(opts, tmp_path, log=None)
     assert result["fell_back_to_eager"].startswith("warning: the compiled model failed at an evaluation")
-    assert gpu_check.train_fallbacks(result) == ["train.py (evaluated eagerly)"]
+    assert gpu_check.train_failures(result) == ["train.py (evaluated eagerly)"]
     out = tmp_path / "gpu"  # and --render, from the JSON two device calls brought back, says the same
     out.mkdir()
     (out / "train.json").write_text(json.dumps({**result, "argv": [], "greedy": {"fell_back_to_eager": "w"}}))
@@ -714,7 +714,7 @@ def test_a_train_run_that_ends_past_the_deadline_runs_nothing_on_its_checkpoint(
                            compile="true", compile_mode="default", device="cpu", until=time.monotonic() - 1)
     result = gpu_check.train_part(opts, tmp_path / "gpu", log=None)
     assert len(ran) == 1 and result["steps"] == 30 and result["train_exit"] == 0
-    assert gpu_check.train_fallbacks(result) == ["the commands on its checkpoint (cut by the deadline)"]
+    assert gpu_check.train_failures(result) == ["the commands on its checkpoint (cut by the deadline)"]
 
 
 def test_the_train_budget_is_the_smaller_of_minutes_and_what_the_deadline_leaves(tmp_path, monkeypatch):

@@ -417,7 +417,7 @@ def test_a_signal_off_the_evaluation_grid_puts_no_evaluation_off(monkeypatch, tm
     run would evaluate (and write a val record, and maybe best.pt) off the --eval_every grid."""
     calls = []
     monkeypatch.setattr(train, "evaluate_step", lambda job, state, window: calls.append(("eval", state.step)))
-    monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name: calls.append(
+    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name: calls.append(
         (name, state.step, state.eval_due)))
     job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=4), run_dir=tmp_path)
     state, window = train.LoopState(step=3), train.Window(train.LoopState(), torch.device("cpu"))
@@ -426,21 +426,21 @@ def test_a_signal_off_the_evaluation_grid_puts_no_evaluation_off(monkeypatch, tm
 
 
 def test_a_save_settles_the_windows_skipped_steps_into_the_checkpoint(monkeypatch, tmp_path):
-    """Catches maybe_save not settling the window's non-finite steps into the state first: the checkpoint
-    would hold the count and streak of the last log step, and a run resumed from it would forget the
-    steps skipped since."""
+    """Catches write_checkpoint not settling the window's non-finite steps into the state first: the
+    checkpoint would hold the count and streak of the last log step, and a run resumed from it would
+    forget the steps skipped since."""
     saved = []
     monkeypatch.setattr(train.checkpoint, "save_checkpoint",
                         lambda path, ckpt: saved.append((path.name, ckpt)))
     cpu = torch.device("cpu")
     job = SimpleNamespace(model=torch.nn.Linear(1, 1), world=runtime.World(), device=cpu, stop=None,
                           run_dir=tmp_path, tokens_per_step=1, peak=None,
-                          checkpoint=lambda state, window: (state.skipped_steps, state.bad_in_row,
-                                                            window["settled"]))
+                          to_checkpoint=lambda state, window: (state.skipped_steps, state.bad_in_row,
+                                                               window["settled"]))
     state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
     for skipped in (1.0, 0.0, 1.0, 1.0):
         window.add(train.StepOutput(torch.zeros(4), None, None, torch.tensor(1.0), torch.tensor(skipped)))
-    train.maybe_save(job, state, window, "last.pt")
+    train.write_checkpoint(job, state, window, "last.pt")
     assert saved == [("last.pt", (3, 2, 3))]
 
 
@@ -546,12 +546,12 @@ def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only
     cpu = torch.device("cpu")
     job = SimpleNamespace(world=runtime.World(1, 2), device=cpu, model=torch.nn.Linear(1, 1), stop=None,
                           run_dir=tmp_path, tokens_per_step=1, peak=None, ckpt_path=tmp_path / "last.pt",
-                          imported=False, checkpoint=lambda state, window: {}, fpt=1.0,
+                          imported=False, to_checkpoint=lambda state, window: {}, fpt=1.0,
                           train_args=TrainArgs(),
                           metrics=SimpleNamespace(write=lambda rec: wrote.append("train")))
     state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
     assert train.run_eval(job, state)
-    train.maybe_save(job, state, window, "last.pt")
+    train.write_checkpoint(job, state, window, "last.pt")
     window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     train.log_step(job, state, window, 1e-3, SimpleNamespace(set_postfix=lambda **kw: wrote.append("bar")))
     assert train.evaluate_only(job, state) == {"nats_per_token": 1.0, "step": 0,

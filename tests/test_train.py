@@ -1530,7 +1530,7 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
                           run_dir=tmp_path, log=lambda msg: None, model=Llama4(debug_args()), compiled=None,
                           fpt=1.0, peak=None,
                           device=torch.device("cpu"), world=runtime.World(0, 2), tokens_per_step=1, trials=0,
-                          stop=None, checkpoint=lambda state, window: {"step": state.step})
+                          stop=None, to_checkpoint=lambda state, window: {"step": state.step})
     job.metrics = runlog.Metrics(tmp_path, None, None)
     (tmp_path / "metrics.jsonl").mkdir()  # a record cannot be appended
     window = train.Window(state, job.device)
@@ -1541,7 +1541,7 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
         if write == "logs":
             train.start_logging(job, state)
         elif write == "checkpoint":
-            train.maybe_save(job, state, window, "last.pt")
+            train.write_checkpoint(job, state, window, "last.pt")
         elif write == "train record":
             out = train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
             window.add(out)
@@ -1895,7 +1895,7 @@ def recorded_loop_steps(monkeypatch, tmp_path, best_exists=False):
     calls = []
     monkeypatch.setattr(train, "evaluate_step", lambda job, state, window, stop=None: calls.append(
         ("eval", state.step, state.eval_due)) or state.step)
-    monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name: calls.append(
+    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name: calls.append(
         (name, state.step, state.eval_due)))
     if best_exists:
         (tmp_path / "best.pt").write_bytes(b"")
@@ -1947,7 +1947,7 @@ def test_best_pt_is_saved_only_when_validation_improves(monkeypatch):
     monkeypatch.setattr(train, "evaluate_job", lambda job, *a, **k: {"nats_per_token": next(results)})
     monkeypatch.setattr(train, "write_val_record", lambda job, state, r: None)
     saved = []
-    monkeypatch.setattr(train, "maybe_save", lambda job, state, window, name:
+    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name:
                         saved.append((name, state.step)))
     job, state = SimpleNamespace(world=runtime.World(), device="cpu"), train.LoopState()
     for step in range(1, 6):
