@@ -316,8 +316,9 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     CHECK_EVERY - 1 tokens) and whether each row has ended (at <|endoftext|> or its limit).
     images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in order. compile: compile the
     cached one-token step (True, or a torch.compile mode: DecodeStep). stop_at_eos=False generates
-    max_new_tokens whatever comes (for benchmarks). The model must be in eval mode and every prompt
-    hold a token (ValueError otherwise).
+    max_new_tokens whatever comes (for benchmarks). Row r draws with seed + r, which must be in
+    [0, 2^32) (torch's CPU generator keeps 32 bits: seed 2^32 + 1 would tell seed 1's stories). The
+    model must be in eval mode and every prompt hold a token (ValueError otherwise, as for the seed).
     """
     args, device = model.args, next(model.parameters()).device
     if any(m.training for m in model.modules()):  # (its router would draw noise from torch's generator)
@@ -332,6 +333,10 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     if max(lens) > args.max_seq_len:  # (sample.py cuts them to fit)
         raise ValueError(f"a prompt of {max(lens)} tokens is longer than max_seq_len={args.max_seq_len}; "
                          "shorten it")
+    if not 0 <= seed <= 2 ** 32 - B:  # (as sample.py's --seed: config.check_sample_seed)
+        rule = "[0, 2^32)" if B == 1 else f"[0, 2^32 - {B - 1}) for {B} prompts, row r drawing with seed + r"
+        raise ValueError(f"seed: must be in {rule} (torch's CPU generator keeps 32 bits of a seed), got "
+                         f"{seed}")
     tokens, positions = left_pad(prompts, args.pad_id, device)
     # each row stops when its own context is full (a batch gives what its rows give one by one)
     limits = [min(max_new_tokens, args.max_seq_len - n) for n in lens]

@@ -318,6 +318,21 @@ def test_non_finite_logits_are_an_error_and_a_tiny_temperature_is_not():
             sample.generate(model, PROMPTS, 20, **how)
 
 
+def test_generate_refuses_a_seed_whose_rows_pass_2_to_the_32():
+    """Bug caught: generate() (the library entry point) took any seed, and torch's CPU generator keeps
+    32 bits of one: seed 2^32 + 1 told seed 1's stories and -1 told 2^32 - 1's, without a word
+    (sample.py's --seed refuses them; generate now does too, with a ValueError)."""
+    model = small_model()
+    last = sample.generate(model, PROMPTS, 6, temperature=1.0, seed=2 ** 32 - 3, stop_at_eos=False)
+    assert len(last) == 3  # rows seeded 2^32 - 3 .. 2^32 - 1: every row's seed fits
+    for seed in [2 ** 32 - 2, 2 ** 32 + 1, -1]:
+        with pytest.raises(ValueError, match=rf"^seed: must be in \[0, 2\^32 - 2\) for 3 prompts, row r "
+                                             rf"drawing with seed \+ r \(torch's .*, got {seed}$"):
+            sample.generate(model, PROMPTS, 6, temperature=1.0, seed=seed)
+    with pytest.raises(ValueError, match=r"^seed: must be in \[0, 2\^32\) \(torch's"):
+        sample.generate(model, PROMPTS[:1], 6, seed=2 ** 32)
+
+
 def test_same_seed_same_samples_other_seed_other_samples():
     model = small_model()
     a = sample.generate(model, PROMPTS, 30, temperature=1.0, seed=7, stop_at_eos=False)
