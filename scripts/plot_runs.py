@@ -81,8 +81,9 @@ def main(argv=None):
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="image to write, its format by its name (.png, .svg, .pdf; default compare.png "
                         "beside the first run's folder: checkpoints/compare.png for checkpoints/<run>)")
-    p.add_argument("--x", choices=list(runlog.X_LABELS), default="tokens")
-    p.add_argument("--title", default=None)
+    p.add_argument("--x", choices=list(runlog.X_LABELS), default="tokens",
+                   help="x axis: tokens seen, optimizer step or wall-clock minutes (default tokens)")
+    p.add_argument("--title", default=None, help="a title above both plots (default: none)")
     args = p.parse_args(argv)
     args.runs = [run_folder(p, run) for run in args.runs]
     if args.out is None:  # (compare.png in the current folder: an untracked file in the source tree)

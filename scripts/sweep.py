@@ -301,6 +301,9 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
         result = json.loads(result_file.read_text()) if found else None
     except ValueError as e:  # (save_json is atomic: edited by hand, or another file)
         result = f"{type(e).__name__}: {e}"
+    except IsADirectoryError:  # (not a result that "make it readable" would let it read)
+        sys.exit(f"sweep.py: error: {result_file} is a folder, not a result sweep.py wrote; delete {run_dir} "
+                 f"to run {name} again")
     except OSError as e:  # (a run's folder or result we may not read: a traceback, or advice to delete it)
         sys.exit(f"sweep.py: error: cannot read {result_file} ({e.strerror or e}); make it and its folder "
                  f"readable, or delete {run_dir} to run {name} again")
@@ -453,23 +456,40 @@ def check_options(p, opts) -> list[str]:
     return only
 
 
-def main(argv=None):
+def parser() -> config.Parser:
+    """sweep.py's options (any other goes to train.py: check_pass_through)."""
     p = config.Parser(prog="sweep.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--screen_minutes", type=float, default=2.5)
-    p.add_argument("--confirm_minutes", type=float, default=10.0)
-    p.add_argument("--confirm", type=int, default=3, help="how many screened candidates to confirm")
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--screen_minutes", type=float, default=2.5,
+                   help="wall-clock budget of each screening run, stages 1-3 (default 2.5)")
+    p.add_argument("--confirm_minutes", type=float, default=10.0,
+                   help="wall-clock budget of each run of stages 4-6: confirming, noise, compiled, "
+                        "follow-ups (default 10)")
+    p.add_argument("--confirm", type=int, default=3,
+                   help="how many screened candidates to confirm (default 3)")
     p.add_argument("--only", default=None, help="comma-separated shape names to screen (default: all)")
     p.add_argument("--no_variations", action="store_true", help="screen shapes only")
     p.add_argument("--no_compile", action="store_true", help="skip the compiled run of the best candidate")
     p.add_argument("--no_followups", action="store_true", help="skip stage 6 (regularisation)")
-    p.add_argument("--data", default=str(SHARED / "train-lower.txt"), type=storage.expand_home)
-    p.add_argument("--val_data", default=str(SHARED / "valid-lower.txt"), type=storage.expand_home)
-    p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"), type=storage.expand_home)
-    p.add_argument("--cache_dir", default=str(ROOT / "cache"), type=storage.expand_home)
+    p.add_argument("--data", default=str(SHARED / "train-lower.txt"), type=storage.expand_home,
+                   help="training text of every run (default ../shared/data/tinystories/train-lower.txt)")
+    p.add_argument("--val_data", default=str(SHARED / "valid-lower.txt"), type=storage.expand_home,
+                   help="validation text, all of it scored after each run (default valid-lower.txt, "
+                        "beside the default --data)")
+    p.add_argument("--out_dir", default=str(ROOT / "checkpoints" / "sweep"), type=storage.expand_home,
+                   help="folder of the run folders, <candidate>-<minutes>m-s<seed>; a finished one is read "
+                        "back, not run again (default checkpoints/sweep/)")
+    p.add_argument("--cache_dir", default=str(ROOT / "cache"), type=storage.expand_home,
+                   help="tokenizer and token shard cache of the runs, train.py's --cache_dir "
+                        "(default cache/)")
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="folder for sweep.json, sweep.md, sweep.png (default: img/ for the README's sweep, "
                         "the defaults with or without --no_compile; --out_dir for any other)")
+    return p
+
+
+def main(argv=None):
+    p = parser()
     opts, opts.extra = p.parse_known_args(argv)
     only = check_options(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}

@@ -791,3 +791,28 @@ def test_plot_runs_draws_the_others_beside_a_run_that_has_logged_nothing_yet(tmp
     with pytest.raises(SystemExit) as e:  # a folder train.py never ran in: still asked about
         plot_runs.main([str(new), "--out", str(tmp_path / "q.png")])
     assert str(e.value.code).endswith(f"is {new} a run folder?")
+
+
+class ParserSeen(BaseException):
+    """Raised where a script's --help would print: the parser, caught before any work."""
+
+
+@pytest.mark.parametrize("script", ["sample", "bench", "bench_data", "bench_model", "bench_sample", "compare",
+                                    "count_params", "export_hf", "gpu_check", "memory_model", "plot_runs",
+                                    "sweep"])
+def test_every_option_of_every_script_says_what_it_does_in_help(script, monkeypatch):
+    """Bug caught: `sweep.py --help` listed --screen_minutes, --confirm_minutes, --data, --val_data,
+    --out_dir and --cache_dir, and `plot_runs.py --help` --x and --title, with no word of what they
+    do (nor their defaults)."""
+    import argparse
+    import importlib
+
+    def seen(self, *args, **kwargs):
+        raise ParserSeen(self)
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", seen)
+    main = importlib.import_module(script if script == "sample" else f"scripts.{script}").main
+    with pytest.raises(ParserSeen) as e:
+        main(["--help"])
+    parser = e.value.args[0]
+    bare = [a.option_strings[-1] if a.option_strings else a.dest for a in parser._actions if not a.help]
+    assert bare == [], f"{script}.py --help says nothing of {', '.join(bare)}"

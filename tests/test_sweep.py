@@ -850,6 +850,19 @@ def test_a_result_or_log_it_may_not_read_is_one_line_with_sweeps_fix(tmp_path, m
                                  "(this one starts again)")
 
 
+def test_a_result_that_is_a_folder_is_not_called_unreadable(tmp_path, monkeypatch):
+    """Bug caught: a folder named sweep-result.json was "cannot read ... (Is a directory); make it and
+    its folder readable", advice that cannot help: it is named as a folder, with the delete advice."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    path = sweep.result_path("s", 0.01, 1, opts)
+    path.mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        sweep.run_one("s", [], 0.01, 1, opts)
+    assert str(e.value.code) == (f"sweep.py: error: {path} is a folder, not a result sweep.py wrote; delete "
+                                 f"{path.parent} to run s again")
+    assert path.is_dir()
+
+
 def test_a_run_cut_short_that_it_may_not_delete_is_one_line(tmp_path, monkeypatch):
     """Bug caught: the folder of a run cut short that sweep.py may not delete (another user's) was a
     PermissionError traceback from rmtree, when the sweep went on."""
