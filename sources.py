@@ -26,8 +26,9 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
   `datasets.Dataset.save_to_disk` writes: its folder's state.json and dataset_info.json are left
   out) with a text column ("json", "parquet" and "arrow").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
---out_dir (so `--data .` does not read our own cache and run files); an empty file among them, or a
-.txt of whitespace alone, is left out, with a warning line.
+--out_dir (so `--data .` does not read our own cache and run files); an empty file among them, a
+.txt of whitespace alone, or a .jsonl, .json, .parquet or .arrow file of no records, is left out,
+with a warning line.
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
 (documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
 empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines) and U+FEFF
@@ -47,10 +48,13 @@ How this departs from the obvious version:
   .parquet and .arrow must be valid UTF-8 (the formats require it) and are refused otherwise.
 - An --hf_dataset that is a local folder of .txt files is refused, naming the --data to pass:
   `datasets` reads each line of a .txt as a document (a story's paragraphs apart, its separator
-  lines as text). A local folder of parquet or JSON Lines files reads a row per document, as the hub.
+  lines as text). A local folder of parquet or JSON Lines files reads a row per document, as the hub;
+  one that `datasets` cannot read (no such split; one split save_to_disk wrote) is named as the
+  folder at fault, not the hub or its cache.
 - The hub is probed with one request before `datasets` (which retries for ~25 s) is asked, so a
   machine without network fails at once with a line naming --data. HF_HUB_OFFLINE=1 or
-  HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache.
+  HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache; so does an --hf_dataset that is
+  a local folder (`datasets` reads a folder that exists, whatever the hub holds).
 """
 
 import codecs
@@ -220,8 +224,8 @@ def with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
     """resolve_files' files without the empty ones (0 bytes), each left out with a warning line, so
     that one stray empty file does not stop a run on a folder or glob (nor is part of the split's
     signature: text written into it later is a new source). An empty file named alone, or a folder
-    or glob of empty files alone, is refused. (A .txt of whitespace alone is left out when it is
-    read: load_files.)"""
+    or glob of empty files alone, is refused. (A .txt of whitespace alone, and a file of no records,
+    is left out when it is read: load_files.)"""
     empty = [f for f in files if os.path.getsize(f) == 0]
     if empty and os.path.isfile(spec):
         raise DataError(f"{flag}: '{spec}' is empty; remove it or point {flag} at text")
@@ -304,11 +308,25 @@ def _identity(path: str) -> tuple[int, int] | str:
 
 class NoText(DataError):
     """A .txt file with no text but whitespace (and separators): refused named alone, left out of a
-    folder or glob with a warning line (load_files), as with_text leaves out an empty file."""
+    folder or glob with a warning line (load_files), as with_text leaves out an empty file. `told`:
+    what the warning line says of the file."""
 
     def __init__(self, flag: str, path: str, what: str, fix: str = "check the file"):
-        self.what = what
-        super().__init__(f"{flag}: '{path}' has no usable text ({what}); {fix}")
+        self.told = f"has no usable text ({what})"
+        super().__init__(f"{flag}: '{path}' {self.told}; {fix}")
+
+
+class NoRecords(NoText):
+    """A .jsonl, .json, .parquet or .arrow file of no records (blank lines, an empty array, no rows):
+    as NoText, refused named alone and left out of a folder or glob with a warning line. `problem`:
+    _json_problem's, _json_array_problem's or _table_problem's line."""
+
+    def __init__(self, flag: str, path: str, problem: str):
+        self.told = problem.split("; ")[0]
+        DataError.__init__(self, f"{flag}: {path}: {problem}")
+
+
+NO_RECORDS = ("has no records", "has no rows")  # how the lines of a file of no records start
 
 
 SPACES = b" \t\f\v"  # spaces on a line (the newline aside)
@@ -516,6 +534,11 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
                 return f"line {n} is not UTF-8; convert the file to UTF-8"
             except ValueError:
                 return f"line {n} is not valid JSON; fix or remove it"
+            try:  # (json.loads takes an escaped half of a UTF-16 pair, "\ud83d" alone: pyarrow does not)
+                json.dumps(record, ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                return (f"line {n} holds a lone surrogate (an escape such as \\ud83d without its pair: "
+                        "half of a character, as text cut inside an emoji); fix or remove the line")
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
                 return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); every line needs "
@@ -542,6 +565,8 @@ def _json_array_problem(path: str, field: str, flag: str) -> str | None:
         text = raw.decode()  # (json.loads would take UTF-16 bytes: `datasets` does not)
     except UnicodeDecodeError:
         return "is not UTF-8; convert the file to UTF-8"
+    if not text.strip():  # (whitespace: JSON Lines of blank lines, as _json_problem says)
+        return _json_problem(path, field, flag)
     try:
         data = json.loads(text)
     except ValueError as e:
@@ -661,6 +686,8 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         else:
             problem = _json_problem(path, field, flag) if jsonl else (
                 _json_array_problem(path, field, flag) or _json_object_problem(path, field, flag))
+        if problem and problem.startswith(NO_RECORDS):  # (left out of a folder or glob: load_files)
+            raise NoRecords(flag, path, problem) from None
         raise DataError(f"{flag}: {path}: {problem or 'cannot read it (' + first_line(_reason(e)) + ')'}") \
             from None
     finally:
@@ -742,11 +769,12 @@ def _column_problem(ds, field: str, utf8: bool = True, option: str = "--text_fie
 def load_files(files: list[str], flag: str, text_field: str = "text", cache_dir: str | None = None,
                log=print, spec: str = ""):
     """Local files as one `datasets.Dataset` with a "text" column: one row per document, file order.
-    Of a folder or glob `spec`, a .txt file of whitespace alone (NoText) is left out with a warning
-    line, as with_text leaves out an empty one; where every file is such, the folder is refused."""
+    Of a folder or glob `spec`, a .txt file of whitespace alone (NoText), or a .jsonl, .json, .parquet
+    or .arrow file of no records (NoRecords), is left out with a warning line, as with_text leaves out
+    an empty one; where every file is such, the folder is refused."""
     import datasets
 
-    parts, blank = [], []
+    parts, blank, records = [], [], False
     for f in files:
         try:
             parts.append(_load_file(f, flag, text_field, cache_dir, log))
@@ -754,10 +782,11 @@ def load_files(files: list[str], flag: str, text_field: str = "text", cache_dir:
             if not spec or os.path.isfile(spec):
                 raise
             blank.append(f)
-            log(f"data: warning: {flag}: '{f}' has no usable text ({e.what}); left out of {spec}")
+            records = records or isinstance(e, NoRecords)
+            log(f"data: warning: {flag}: '{f}' {e.told}; left out of {spec}")
     if not parts:
-        raise NoText(flag, spec, f"every file holds only whitespace or nothing: {blank[0]}"
-                     f"{', ...' * (len(blank) > 1)}", f"point {flag} at text")
+        raise NoText(flag, spec, f"every file holds only whitespace{', no records' * records} or nothing: "
+                     f"{blank[0]}{', ...' * (len(blank) > 1)}", f"point {flag} at text")
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
@@ -766,12 +795,13 @@ EVALUATE_LOCALLY = "pass --val_data FILE to evaluate on local text"  # (--eval_o
 
 
 def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_LOCALLY):
-    """A split of a hub dataset through `datasets.load_dataset`; fails fast when the hub is out of reach."""
+    """A split of a hub dataset through `datasets.load_dataset`; fails fast when the hub is out of reach.
+    A local folder (`datasets` reads one that exists before it asks the hub) is read without the probe."""
     import datasets
 
     if refusal := _local_txt_refusal(name, split):
         raise DataError(refusal)
-    if not datasets.config.HF_HUB_OFFLINE:
+    if not datasets.config.HF_HUB_OFFLINE and not os.path.isdir(name):
         from huggingface_hub import HfApi
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
             HfApi().dataset_info(name, timeout=10)
@@ -781,6 +811,8 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:
+        if os.path.isdir(name):  # (`datasets` read the folder: neither the hub nor its cache is at fault)
+            raise DataError(_local_load_failure(name, split, e, fix)) from None
         if datasets.config.HF_HUB_OFFLINE:
             raise DataError(f"cannot load {name!r}: offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) "
                             f"and not in the datasets cache, or that cache failed ({first_line(e)}); {fix}") \
@@ -791,6 +823,15 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
         raise DataError(f"{name!r} [{split}] {problem}")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+def _local_load_failure(name: str, split: str, e: Exception, fix: str) -> str:
+    """The line for an --hf_dataset that is a local folder `datasets` could not read a split of (no
+    such split, a folder save_to_disk wrote, which --data reads): the folder named, not the hub."""
+    if os.path.isfile(os.path.join(name, "state.json")):  # (save_to_disk's one split)
+        flag = "--data" if split == "train" else "--val_data"
+        fix = f"pass {flag} {shlex.quote(name)} instead, which reads it"
+    return f"--hf_dataset {name}: cannot load split {split!r} of this local folder ({first_line(e)}); {fix}"
 
 
 def _local_txt_refusal(name: str, split: str) -> str | None:
@@ -921,7 +962,8 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
                 raise  # folder's files of whitespace alone, or its cache)
             # (--data . read a tokenizer.json in a cache folder, and was told to convert it to records)
             which = "in it" if os.path.isdir(spec) else "it matches"  # (a folder, or a glob)
-            raise DataError(f"{e}; or, if that file is no training text, name the text alone ({flag} "
+            text = "training" if flag == "--data" else "validation"
+            raise DataError(f"{e}; or, if that file is no {text} text, name the text alone ({flag} "
                             f"{shlex.quote(spec)} reads every {FORMATS} file {which}: {len(files)})") \
                 from None
     return Split(label, source, cache(load))

@@ -1445,6 +1445,12 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
         r"--data: .*t.jsonl: line 4 has no 'text' field \(it has: title, id\); every line needs one"),
     "jsonl line not json": ({"b.jsonl": '{"text": "a story"}\n{"text": \n'}, dict(data="{tmp}/b.jsonl"),
                             r"b.jsonl: line 2 is not valid JSON"),
+    # Bug caught: a lone surrogate escape was "cannot read it (ArrowInvalid: JSON parse error: The surrogate
+    # pair in string is invalid. in row 1)", its line and fix unsaid (a .json array: `datasets` drops it)
+    "jsonl lone surrogate": ({"s.jsonl": '{"text": "a story"}\n{"text": "cut \\ud83d"}\n'},
+                             dict(data="{tmp}/s.jsonl"),
+                             r"^--data: .*s.jsonl: line 2 holds a lone surrogate \(an escape such as \\ud83d "
+                             r"without its pair: .*\); fix or remove the line$"),
     "jsonl of blank lines": ({"w.jsonl": "\n  \n\n"}, dict(data="{tmp}/w.jsonl"),
                              r"--data: .*w.jsonl: has no records \(only blank lines\); remove it or point "
                              r"--data at text"),  # (was: cannot read it (Instruction "train" ...))
@@ -1959,6 +1965,47 @@ def test_a_file_of_whitespace_in_a_folder_or_glob_is_left_out_with_a_warning(tmp
     with pytest.raises(DataError, match=r"^--data: '.*w.txt' has no usable text \(only whitespace\); check "
                                         "the file$"):
         run(tmp_path, data=str(folder / "w.txt"), val_data=str(val_path))
+
+
+def empty_arrow(path):
+    table = pa.table({"text": pa.array([], pa.string())})
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+
+
+@pytest.mark.parametrize("name, make, told", [
+    ("b.jsonl", lambda p: write(p, "\n  \n"), "has no records (only blank lines)"),
+    ("e.json", lambda p: write(p, "[]\n"), "has no records (an empty array)"),
+    ("w.json", lambda p: write(p, " \n\n"), "has no records (only blank lines)"),
+    ("p.parquet", lambda p: pq.write_table(pa.table({"text": pa.array([], pa.string())}), p), "has no rows"),
+    ("a.arrow", empty_arrow, "has no rows"),
+])
+def test_a_file_of_no_records_in_a_folder_or_glob_is_left_out_with_a_warning(tmp_path, corpus, name, make,
+                                                                             told):
+    """Bug caught: a .jsonl of blank lines, a .json of [] or a .parquet or .arrow of no rows in a --data
+    folder or glob stopped the run ("b.jsonl: has no records ...; or, if that file is no training
+    text, name the text alone"), where a .txt of whitespace there was left out with a warning. Now
+    it is left out alike; named alone, or a folder of such files alone, it is still an error."""
+    train_path, val_path, train_docs, _ = corpus
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    shutil.copy(train_path, folder / "a.txt")
+    make(folder / name)
+    for spec, cache in ((folder, "c1"), (folder / "*", "c2")):
+        tok, train, _, logs = run(tmp_path, data=str(spec), val_data=str(val_path),
+                                  cache_dir=str(tmp_path / cache))
+        assert [line for line in logs if "warning" in line] == [
+            f"data: warning: --data: '{folder / name}' {told}; left out of {spec}"]
+        assert tok.decode(train.tokens) == stream(train_docs)
+    with pytest.raises(DataError, match=rf"^--data: .*{re.escape(name)}: {re.escape(told)}; remove it or "
+                                        "point --data at text$"):
+        run(tmp_path, data=str(folder / name), val_data=str(val_path))
+    (folder / "a.txt").unlink()
+    write(folder / "w.txt", "\n")
+    with pytest.raises(DataError, match=rf"^--data: '{re.escape(str(folder))}' has no usable text \(every "
+                                        r"file holds only whitespace, no records or nothing: .*, \.\.\.\); "
+                                        "point --data at text$"):
+        run(tmp_path, data=str(folder), val_data=str(val_path), cache_dir=str(tmp_path / "c3"))
 
 
 def test_a_cache_not_reused_is_named_whole_without_the_advice(tmp_path, corpus):

@@ -539,12 +539,13 @@ def test_a_json_file_that_is_no_array_of_text_records_names_its_fault(tmp_path, 
 
 
 def test_a_jsonl_file_datasets_cannot_read_names_pyarrows_reason(tmp_path):
-    """Bug caught: a .jsonl line that is JSON to Python but not to pyarrow (a lone surrogate escape)
-    was "cannot read it (DatasetGenerationError: An error occurred while generating the dataset)",
-    which names neither the fault nor the row; pyarrow's error behind it does."""
-    path = write(tmp_path / "s.jsonl", '{"text": "a story."}\n{"text": "lone \\ud800 surrogate"}\n')
+    """Bug caught: a .jsonl line that is JSON to Python but not to pyarrow (a key twice; a lone
+    surrogate escape, which _json_problem now names) was "cannot read it (DatasetGenerationError: An
+    error occurred while generating the dataset)", which names neither the fault nor the row;
+    pyarrow's error behind it does."""
+    path = write(tmp_path / "s.jsonl", '{"text": "a story."}\n{"text": "one", "text": "two"}\n')
     with pytest.raises(DataError, match=r"^--data: .*s.jsonl: cannot read it \(ArrowInvalid: JSON parse "
-                                        r"error: The surrogate pair in string is invalid\. in row 1\)$"):
+                                        r"error: Column\(/text\) was specified twice in row 1\)$"):
         load([path], tmp_path)
 
 
@@ -715,6 +716,45 @@ def test_offline_the_hub_is_not_probed(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", None)  # (a call fails)
     hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(2)}})
     assert sources.load_hub(str(hub), "train")["text"] == docs(2)
+
+
+def test_online_a_local_hf_dataset_folder_is_read_without_the_probe(tmp_path, online, monkeypatch):
+    """Bug caught: --hf_dataset FOLDER worked only with HF_HUB_OFFLINE=1: online, the hub was probed
+    first, which refused the folder's path ("HFValidationError: Repo id must be in the form ...") or,
+    a relative one that looks like a repo id, failed without network ("cannot get 'hub' from the
+    Hugging Face Hub"), though `datasets` reads a local folder that exists without the hub."""
+    monkeypatch.setattr(online, "error", ConnectionError("Name or service not known"))
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(2)}})
+    monkeypatch.chdir(tmp_path)
+    for name in (str(hub), "hub"):
+        assert sources.load_hub(name, "train")["text"] == docs(2)
+    assert online.calls == []
+    with pytest.raises(DataError, match=r"^cannot get 'a/b' from the Hugging Face Hub"):
+        sources.load_hub("a/b", "train")  # (no such folder: the hub is probed)
+    assert online.calls == [("a/b", {"timeout": 10})]
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_local_hf_dataset_folder_that_fails_is_named_not_the_hub(tmp_path, request, offline):
+    """Bug caught: an --hf_dataset local folder without a validation split, or one save_to_disk wrote
+    (which `datasets` refuses: "use load_from_disk"), was told "offline ... and not in the datasets
+    cache, or that cache failed", or online "cannot load split ... from the Hugging Face Hub": the
+    folder is at fault, and a save_to_disk folder is one --data reads."""
+    import datasets
+    hub_probe = None if offline else request.getfixturevalue("online")  # (a stub: no network)
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(2)}})
+    with pytest.raises(DataError, match=rf"^--hf_dataset {re.escape(str(hub))}: cannot load split "
+                                        r"'validation' of this local folder \(ValueError: Unknown .*\); "
+                                        r"pass --data FILE \(and --val_data FILE\) to train on local text$"):
+        sources.load_hub(str(hub), "validation")
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": docs(2)}).save_to_disk(str(saved))
+    for split, flag in (("train", "--data"), ("validation", "--val_data")):
+        with pytest.raises(DataError, match=rf"^--hf_dataset {re.escape(str(saved))}: cannot load split "
+                                            rf"'{split}' of this local folder \(.*\); pass {flag} "
+                                            rf"{re.escape(str(saved))} instead, which reads it$"):
+            sources.load_hub(str(saved), split)
+    assert hub_probe is None or hub_probe.calls == []
 
 
 def test_a_local_hf_dataset_folder_of_txt_files_is_refused_naming_data(tmp_path, monkeypatch):
@@ -998,6 +1038,21 @@ def test_a_folder_whose_stray_file_fails_also_says_to_name_the_text_alone(tmp_pa
     with pytest.raises(DataError) as e:
         alone.load()
     assert "name the text alone" not in str(e.value)
+
+
+def test_a_val_data_folder_whose_stray_file_fails_says_validation_text(tmp_path):
+    """Bug caught: a --val_data folder whose stray file could not be read was told "or, if that file is
+    no training text, name the text alone (--val_data ...)": it is the validation text."""
+    folder = tmp_path / "valid"
+    write(folder / "stories.txt", official(docs(3)))
+    write(folder / "notes.json", json.dumps({"added_tokens": [{"id": 0, "content": "x"}]}))
+    _, val = sources.resolve_sources(targs(tmp_path, data=str(folder / "stories.txt"), val_data=str(folder)),
+                                     log=lambda line: None)
+    with pytest.raises(DataError) as e:
+        val.load()
+    assert str(e.value).startswith("--val_data: ") and str(e.value).endswith(
+        f"; or, if that file is no validation text, name the text alone (--val_data {folder} reads every "
+        f"{sources.FORMATS} file in it: 2)")
 
 
 def test_a_quoted_tilde_in_data_is_the_home_folder(tmp_path, monkeypatch):
