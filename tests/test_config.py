@@ -1142,6 +1142,25 @@ def test_the_defaults_leave_the_machine_to_decide_and_sample_as_documented():
     assert s.compile == "true"
 
 
+@pytest.mark.parametrize("typed, meant", [("0", "false"), ("no", "false"), ("False", "false"),
+                                          ("OFF", "false"), ("1", "true"), ("yes", "true"), ("on", "true"),
+                                          ("auto", "auto")])
+def test_compile_takes_what_a_bool_flag_takes(typed, meant):
+    """Bug caught: --compile 0 (or no, off, yes, 1, False) was refused as no choice of auto/true/false, where
+    every bool flag (--qk_norm 0, --grad_checkpoint no) takes it; train.py's and sample.py's alike."""
+    _, (_, t) = config.parse_args([ModelArgs, TrainArgs], ["--compile", typed], prog="train.py")
+    _, (s,) = config.parse_args([SampleArgs], [f"--compile={typed}"], prog="sample.py")
+    assert t.compile == s.compile == meant
+
+
+def test_compile_still_refuses_other_words(capsys):
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], ["--compile", "fals"], prog="train.py")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("train.py: error: --compile: 'fals' is not one of auto, true, false; "
+                                       "did you mean --compile false?\n")
+
+
 def test_the_presets_remaining_fields():
     """Preset fields the first audit left: tiny's dense width, debug's temperature steps and its
     schedule, the released context lengths, vision towers and special token ids (a tile id pair
