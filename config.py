@@ -468,8 +468,8 @@ class TrainArgs:
                f"must name a dataset on the Hugging Face Hub, got '' (and there is no {local}); pass one "
                f"(the default is {TrainArgs.hf_dataset}), or {local} FILE")
         _check(wandb_project_ok(self.wandb_project), "wandb_project", f"{self.wandb_project!r} is no W&B "
-               f"project name (the run went without W&B); pass 1 to 128 characters without / \\ # ? % or : "
-               f"(the default is {TrainArgs.wandb_project})")
+               "project name (W&B refuses it: the run would go without W&B); pass 1 to 128 characters "
+               f"without / \\ # ? % or : (the default is {TrainArgs.wandb_project})")
         check_run(self.run, self.out_dir)
 
 

@@ -35,10 +35,12 @@ of an offline session, or one offline now, is a new W&B run that gets the whole 
 """
 
 import json
+import netrc
 import os
 import shlex
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import config
 import storage
@@ -118,12 +120,20 @@ def _temp_folder(name: str) -> Path | None:
 
 
 def wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+    """Whether W&B holds credentials for its server (WANDB_BASE_URL, else api.wandb.ai) where W&B
+    looks for them: WANDB_API_KEY or WANDB_IDENTITY_TOKEN_FILE, or the server's entry in the netrc
+    file (NETRC, else ~/.netrc or ~/_netrc), which `wandb login` (--host for a server of one's own)
+    writes. A server's base_url saved in W&B's settings file alone is not read: WANDB_BASE_URL or
+    --wandb_mode online for it."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
     try:
-        import netrc
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        homes = [Path(name).expanduser() for name in ("~/.netrc", "~/_netrc")]
+        path = Path(os.environ["NETRC"]).expanduser() if os.environ.get("NETRC") else \
+            next((p for p in homes if p.exists()), homes[0])
+        return bool(host) and netrc.netrc(path).authenticators(host) is not None
+    except (netrc.NetrcParseError, OSError, RuntimeError):  # (none, unreadable; RuntimeError: no home)
         return False
 
 

@@ -675,18 +675,25 @@ def wandb_id(plan: RunPlan, log=None) -> str | None:
     (it may lack records: a new one gets the whole history), or metrics.jsonl holds records past the
     checkpoint's step (a run killed after its last save, or a rollback: last.pt moved away), which
     that W&B run got and cannot take back: a new one gets the history the resumed run keeps, with
-    each step once (the old one is left as it was, which `log` says)."""
+    each step once (the old one is left as it was, which `log` says), or another --wandb_project is
+    typed (W&B would start an empty run of that id there: a new one gets the whole history)."""
     if plan.ckpt is None or plan.forks:
         return None
     run_id = plan.ckpt.get("wandb_id")
     if run_id is None or run_id in runlog.unfinished_wandb(plan.run_dir):
+        return None
+    says = log is not None and plan.train_args.wandb_mode != "disabled" and not plan.train_args.eval_only
+    project, now = (plan.ckpt.get("train_args") or {}).get("wandb_project"), plan.train_args.wandb_project
+    if project is not None and project != now:
+        if says:
+            log(f"wandb: W&B run {run_id} is in project {project}, not --wandb_project {now}; a new W&B run "
+                f"in {now} gets the history from the start (the old one is left as it was)")
         return None
     step, path = plan.ckpt.get("step", 0), plan.run_dir / "metrics.jsonl"
     try:
         past = sum(r["step"] > step for r in runlog.resumed_records(path)) if path.exists() else 0
     except RunError:  # (claim_folder refused it already)
         past = 0
-    says = log is not None and plan.train_args.wandb_mode != "disabled" and not plan.train_args.eval_only
     if past and says:
         log(f"wandb: metrics.jsonl holds {past} record{'s' * (past != 1)} past step {step}, which W&B run "
             f"{run_id} may have got and cannot take back; a new W&B run gets the history from the start (the "

@@ -161,8 +161,10 @@ BAD = [
     # Bug caught: the hub was asked for dataset '' (exit 1, after the settings were taken)
     (["--hf_dataset", ""], "--hf_dataset: must name a dataset on the Hugging Face Hub, got '' (and there is "
                            "no --data); pass one (the default is roneneldan/TinyStories), or --data FILE"),
-    # (W&B refused it once the run had started: the whole run went without W&B, exit 0)
-    (["--wandb_project", "a/b"], "--wandb_project: 'a/b' is no W&B project name (the run went without W&B); "
+    # (W&B refused it once the run had started: the whole run went without W&B, exit 0); Bug caught:
+    # the refusal said "(the run went without W&B)", before any run
+    (["--wandb_project", "a/b"], "--wandb_project: 'a/b' is no W&B project name (W&B refuses it: the run "
+                                 "would go without W&B); "
                                  "pass 1 to 128 characters without / \\ # ? % or : (the default is "),
     (["--wandb_project", ""], "--wandb_project: '' is no W&B project name"),
     (["--wandb_project", "p" * 129], "is no W&B project name"),

@@ -336,6 +336,30 @@ def test_a_netrc_that_cannot_be_parsed_is_no_login(tmp_path, monkeypatch):
     assert [call["mode"] for call in calls] == ["offline"]
 
 
+def test_a_login_to_a_wandb_server_of_ones_own_or_in_another_netrc_file_is_a_login(tmp_path, monkeypatch):
+    """`wandb login --host https://wandb.example.com` writes that host's netrc entry, which W&B reads
+    for WANDB_BASE_URL; W&B reads the netrc file NETRC names, and WANDB_IDENTITY_TOKEN_FILE logs in too.
+
+    Bug caught: --wandb_mode auto read only ~/.netrc's api.wandb.ai and WANDB_API_KEY, so it logged
+    such runs offline, saying "not logged in"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    unset(monkeypatch, "WANDB_MODE", "WANDB_API_KEY", "NETRC", "WANDB_BASE_URL", "WANDB_IDENTITY_TOKEN_FILE")
+    (tmp_path / ".netrc").write_text("machine wandb.example.com\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert runlog.wandb_logged_in() is False  # (a key for another server)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")
+    assert runlog.wandb_logged_in() is True
+    monkeypatch.delenv("WANDB_BASE_URL")
+    (tmp_path / ".netrc").rename(tmp_path / "netrc")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    assert runlog.wandb_logged_in() is False
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert runlog.wandb_logged_in() is True
+    monkeypatch.delenv("NETRC")
+    monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
+    assert runlog.wandb_logged_in() is True
+
+
 def test_wandb_is_started_silent(tmp_path, monkeypatch):
     """Catches wandb.init started without silent=True: W&B's banner and its sync hints in every run's
     output, between the training lines."""

@@ -1230,3 +1230,21 @@ def test_a_new_run_without_a_name_is_named_by_the_time_it_is_given(tmp_path):
     t = 1_000_000_000.0
     p = runplan.plan_run(DEBUG, TrainArgs(out_dir=str(tmp_path)), "debug", frozenset(), t)
     assert p.run_dir == tmp_path / ("debug-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(t)))
+
+
+def test_a_resume_into_another_wandb_project_gets_a_new_wandb_run(tmp_path):
+    """W&B run ids are per project: resumed with another --wandb_project, wandb.init(id=abc) there
+    starts an empty run of that id, which no backfill fills. A new W&B run gets the whole history
+    instead (said once); the same project, or a checkpoint without settings, goes on with abc.
+
+    Bug caught: the checkpoint's id was gone on with, so the new project's run started at the resumed
+    step with the history before it missing."""
+    ckpt = {"wandb_id": "abc", "step": 4, "train_args": config.to_dict(TrainArgs(wandb_project="p1"))}
+    run_dir = tmp_path / "r"
+    p = runplan.RunPlan(run_dir, DEBUG, TrainArgs(wandb_project="p2"), ckpt, run_dir / "last.pt")
+    said = []
+    assert runplan.wandb_id(p, said.append) is None
+    assert said == ["wandb: W&B run abc is in project p1, not --wandb_project p2; a new W&B run in p2 gets "
+                    "the history from the start (the old one is left as it was)"]
+    assert runplan.wandb_id(p._replace(train_args=TrainArgs(wandb_project="p1"))) == "abc"
+    assert runplan.wandb_id(p._replace(ckpt={"wandb_id": "abc", "step": 4})) == "abc"
