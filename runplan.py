@@ -18,8 +18,8 @@ How this departs from the obvious version:
   but for the router losses' weights, training-loss weights that a resume changes as it does --lr.
   A resume that names another --run forks beside the checkpoint's folder (or into --out_dir, typed).
   The checkpoint's --data and --val_data must still be there (unless typed again), its tokenizer
-  is the copy beside it, and path settings are saved absolute, so that a resume from another
-  folder reads the same files.
+  is the copy beside it, and path settings (an --hf_dataset that is a local folder too) are saved
+  absolute, so that a resume from another folder reads the same files.
 - --resume without a path takes --run's last.pt, else the newest run's; a newest run that holds
   no last.pt is refused rather than passed over (it is most likely the run meant).
 - --init_from CKPT is a new run (plan.ckpt None: step 0, its own optimizer and W&B run) holding
@@ -368,9 +368,11 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
         if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
             problem = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run "
                        f"was started in, and there is no such file here ({os.getcwd()})")  # (an older one's)
-            raise errors.DataError(f"--{name}: the checkpoint's {value} {problem}; pass --{name} PATH")
+            fix = "FOLDER, or --data FILE" if name == "hf_dataset" else "PATH"
+            raise errors.DataError(f"--{name}: the checkpoint's {value} {problem}; pass --{name} {fix}")
     paths = {k: absolute(getattr(train_args, k)) for k in PATHS}  # (as saved: a resume reads the same files)
-    return plan._replace(train_args=replace(train_args, **paths))
+    hub = sources.saved_hf_dataset(train_args.hf_dataset)  # (a local folder: absolute too)
+    return plan._replace(train_args=replace(train_args, **paths, hf_dataset=hub))
 
 
 def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
@@ -426,10 +428,13 @@ def absolute(path: str) -> str:
 
 def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
     """The --data and --val_data the checkpoint saved (absolute, or an older checkpoint's as typed:
-    relative to the folder its run was started in, which it does not record) that this session
-    reads without their being typed again: (name, path) pairs."""
+    relative to the folder its run was started in, which it does not record), and the --hf_dataset
+    where it saved a local folder (an absolute path; a relative one is a hub name, or an older
+    checkpoint's folder), that this session reads without their being typed again: (name, path) pairs."""
     saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
     names = ["val_data"] + ([] if t.eval_only and t.val_data else ["data"])  # (--eval_only: --val_data alone)
+    hub = not t.data and not (t.eval_only and t.val_data)  # (the hub is read: for a split no file gives)
+    names += ["hf_dataset"] if hub and os.path.isabs(saved.get("hf_dataset", "")) else []
     return [(n, saved[n]) for n in names if n not in given and saved.get(n)]
 
 

@@ -502,7 +502,10 @@ def not_utf8(name: str, data: bytes, byte: int) -> str:
         return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, three in every four: {codec} "
                 f"without a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")
     even, odd = head[0::2].count(0), head[1::2].count(0)  # Latin text in UTF-16: NUL every other byte
-    if max(even, odd) * 2 >= len(head) // 2 > 0 and min(even, odd) * 20 <= max(even, odd):  # (not a .pt)
+    # (not a .pt; and one NUL falls on one parity in any file: a sign of UTF-16 beside bytes that are not
+    # UTF-8, é's E9 00, but not in UTF-8 text, a\0b\n)
+    one = max(even, odd) == 1 and data.decode("utf-8", "ignore").encode() == data
+    if max(even, odd) * 2 >= len(head) // 2 > 0 and min(even, odd) * 20 <= max(even, odd) and not one:
         codec = "UTF-16BE" if even > odd else "UTF-16LE"
         return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, every other one: {codec} without "
                 f"a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")

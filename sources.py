@@ -4,6 +4,7 @@
     Split                            one split's documents: a source, whole or one side of a held-out slice
     resolve_files(spec, flag)        a file, a folder or a glob -> the files it names
     load_files, load_hub             local files or a hub split as a `datasets.Dataset` with a "text" column
+    saved_hf_dataset                 an --hf_dataset as saved: a local folder's absolute path, or a hub name
     held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
     warn_overlap                     a warning when --val_data names files of --data
     document                         a document's text as it is tokenized (data.py applies it)
@@ -54,7 +55,9 @@ How this departs from the obvious version:
 - The hub is probed with one request before `datasets` (which retries for ~25 s) is asked, so a
   machine without network fails at once with a line naming --data. HF_HUB_OFFLINE=1 or
   HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache; so does an --hf_dataset that is
-  a local folder (`datasets` reads a folder that exists, whatever the hub holds).
+  a local folder (`datasets` reads a folder that exists, whatever the hub holds). Such a folder keys
+  our caches by its absolute path, and a run saves it so (saved_hf_dataset): offline, a name that is
+  no folder here reads `datasets`' cache of the last folder of that name it read, stale or not.
 """
 
 import codecs
@@ -84,6 +87,8 @@ HELD_OUT_RULES = 2  # version of which rows a held-out slice counts as documents
 # caches of held-out slices alone (2: a row of byte-order marks and whitespace is none, as document() says)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 FORMATS = ".txt, .jsonl, .json, .parquet or .arrow"
+PACKED = {".gz": ("gzip", "gunzip"), ".bz2": ("bzip2", "bunzip2"), ".xz": ("xz", "unxz"),  # (by name, a
+          ".zst": ("zstd", "unzstd"), ".zip": ("zip", "unzip")}  # file named alone; _check_text: by bytes)
 SAVED = ("state.json", "dataset_info.json")  # what `save_to_disk` writes beside its .arrow files: not text
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
@@ -215,7 +220,10 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         first.setdefault(_identity(f), f)
     files = list(first.values())
     for f in files:
-        if Path(f).suffix.lower() not in KINDS:
+        if (suffix := Path(f).suffix.lower()) in PACKED:  # (a.txt.gz: no other format to convert it to)
+            raise DataError(f"{flag}: '{f}' is {PACKED[suffix][0]}-compressed; decompress it "
+                            f"({PACKED[suffix][1]} {shlex.quote(f)}) and point {flag} at what it holds")
+        if suffix not in KINDS:
             raise DataError(f"{flag}: '{f}' is not {FORMATS}; convert it or leave it out")
     return files
 
@@ -356,10 +364,11 @@ def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, by_
                         "convert it, e.g. iconv -f utf-32 -t utf-8")
     # UTF-16 has a byte-order mark, or its NULs (the high bytes of ASCII: half of Latin text's bytes,
     # fewer in other scripts) nearly all at odd offsets (little-endian) or at even ones; a binary
-    # file's (a program, an image) fall on both
+    # file's (a program, an image) fall on both; one NUL falls on one parity in any file: a sign of UTF-16
+    # beside bytes that are not UTF-8 (the newline of CJK text), not in UTF-8 text (a\0b\n)
     odd_nul = by_four[1] + by_four[3]
     utf16 = head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or (
-        nul <= 0.55 * size and max(odd_nul, nul - odd_nul) >= 0.95 * nul)
+        (nul > 1 or bad) and nul <= 0.55 * size and max(odd_nul, nul - odd_nul) >= 0.95 * nul)
     if nul > MAX_NON_UTF8 * size and utf16:
         raise DataError(f"{flag}: '{path}' is not UTF-8 text ({nul:,} of {size:,} bytes are NUL: UTF-16?); "
                         "convert it, e.g. iconv -f utf-16 -t utf-8")
@@ -513,6 +522,11 @@ def _field_option(flag: str) -> str:
     return "--val_text_field" if flag == "--val_data" else "--text_field"
 
 
+LONE_SURROGATE = ("holds a lone surrogate (an escape such as \\ud83d without its pair: half of a character, "
+                  "as text cut inside an emoji)")
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # (paired or not: json.loads tells)
+
+
 def _json_problem(path: str, field: str, flag: str) -> str | None:
     """The first line of a JSON Lines file that has no string `field`, described, or that it has no
     records (blank lines only); None if all do."""
@@ -537,8 +551,7 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
             try:  # (json.loads takes an escaped half of a UTF-16 pair, "\ud83d" alone: pyarrow does not)
                 json.dumps(record, ensure_ascii=False).encode()
             except UnicodeEncodeError:
-                return (f"line {n} holds a lone surrogate (an escape such as \\ud83d without its pair: "
-                        "half of a character, as text cut inside an emoji); fix or remove the line")
+                return f"line {n} {LONE_SURROGATE}; fix or remove the line"
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
                 return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); every line needs "
@@ -547,6 +560,26 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
                 return (f"line {n}: '{field}' is {_json_type(record[field])}, not text; fix the line or "
                         f"pass {_field_option(flag)} NAME")
     return None if records else f"has no records (only blank lines); remove it or point {flag} at text"
+
+
+def _lone_surrogate(path: str) -> str | None:
+    """The row of a .json array that holds a lone surrogate, which `datasets` reads with that half
+    character silently dropped (a .jsonl's line is refused: _json_problem), or None. The file is
+    parsed only where its bytes hold a surrogate's escape."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not SURROGATE_ESCAPE.search(raw):
+        return None
+    try:
+        data = json.loads(raw.removeprefix(codecs.BOM_UTF8).decode())
+    except ValueError:  # (JSON Lines in a .json, which pyarrow read: it refuses a lone surrogate)
+        return None
+    for row, record in enumerate(data if isinstance(data, list) else [data]):
+        try:
+            json.dumps(record, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            return f"row {row} {LONE_SURROGATE}; fix or remove the row"
+    return None
 
 
 def _json_type(value) -> str:
@@ -692,6 +725,8 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
             from None
     finally:
         library_log.setLevel(level)
+    if kind == "json" and not jsonl and (problem := _lone_surrogate(path)):  # (as a .jsonl's line is)
+        raise DataError(f"{flag}: {path}: {problem}")
     if problem := _column_problem(ds, field, option=_field_option(flag)):
         if jsonl:  # the line at fault, where it is one
             problem = _json_problem(path, field, flag) or problem
@@ -969,16 +1004,25 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
     return Split(label, source, cache(load))
 
 
+def saved_hf_dataset(name: str) -> str:
+    """An --hf_dataset as a run saves it and its caches are keyed: a local folder that exists (which
+    `datasets` reads before it asks the hub) as its absolute path, so that a resume from another folder
+    reads the same files (not a `datasets` cache of that name, nor the hub), and `hub` and its absolute
+    path share one token cache; a hub name as it is."""
+    return os.path.abspath(name) if os.path.isdir(name) else name
+
+
 def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY) -> Split:
     load = cache(lambda: load_hub(name, split, text_field, fix))
 
     def source():
         ds = load()
         files = [f["filename"] for f in ds.cache_files]
-        return {"hub": name, "split": split, "text_field": text_field, "rows": len(ds), "files": files,
-                "documents": DOCUMENT_RULES}
+        return {"hub": saved_hf_dataset(name), "split": split, "text_field": text_field, "rows": len(ds),
+                "files": files, "documents": DOCUMENT_RULES}
 
-    return Split(f"{name} [{split}] (Hugging Face Hub)", source, load)
+    where = "a local folder" if os.path.isdir(name) else "Hugging Face Hub"
+    return Split(f"{name} [{split}] ({where})", source, load)
 
 
 def held_out_every(val_fraction: float) -> int:

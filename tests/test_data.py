@@ -1446,7 +1446,7 @@ BAD = {  # case: (files written in the test, prepare() settings, the expected me
     "jsonl line not json": ({"b.jsonl": '{"text": "a story"}\n{"text": \n'}, dict(data="{tmp}/b.jsonl"),
                             r"b.jsonl: line 2 is not valid JSON"),
     # Bug caught: a lone surrogate escape was "cannot read it (ArrowInvalid: JSON parse error: The surrogate
-    # pair in string is invalid. in row 1)", its line and fix unsaid (a .json array: `datasets` drops it)
+    # pair in string is invalid. in row 1)", its line and fix unsaid (a .json array's row: test_sources)
     "jsonl lone surrogate": ({"s.jsonl": '{"text": "a story"}\n{"text": "cut \\ud83d"}\n'},
                              dict(data="{tmp}/s.jsonl"),
                              r"^--data: .*s.jsonl: line 2 holds a lone surrogate \(an escape such as \\ud83d "

@@ -387,6 +387,28 @@ def test_path_settings_are_saved_absolute(tmp_path, monkeypatch):
         (str(tmp_path / "a.txt"), str(tmp_path / "v.txt"), str(tmp_path / "tok.json"))
 
 
+def test_a_local_hf_dataset_folder_is_saved_absolute_and_checked_at_resume(tmp_path, monkeypatch):
+    """Bug caught: --hf_dataset hub (a local folder in the working directory) was saved as typed, while
+    --data was saved absolute: a resume from another folder with HF_HUB_OFFLINE=1 read the `datasets`
+    cache of a dataset named "hub" (stale once the folder changed), and online asked the hub for "hub".
+    A hub name is saved as it is, and a saved folder that is gone is refused naming --hf_dataset."""
+    (tmp_path / "hub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert plan(tmp_path, hf_dataset="hub", run="r").train_args.hf_dataset == str(tmp_path / "hub")
+    assert plan(tmp_path, hf_dataset="me/stories", run="r").train_args.hf_dataset == "me/stories"
+    gone = str(tmp_path / "gone")
+    last = fake_checkpoint(tmp_path / "ckpt" / "g" / "last.pt", hf_dataset=gone)
+    with pytest.raises(DataError, match=re.escape(f"--hf_dataset: the checkpoint's {gone} no longer exists; "
+                                                  "pass --hf_dataset FOLDER, or --data FILE")):
+        plan(tmp_path, resume=str(last))
+    (tmp_path / "a.txt").write_text("x")
+    assert plan(tmp_path, resume=str(last), data="a.txt").train_args.data == str(tmp_path / "a.txt")
+    assert plan(tmp_path, resume=str(last), hf_dataset="hub").train_args.hf_dataset == str(tmp_path / "hub")
+    assert plan(tmp_path, run="g", eval_only=True, val_data="a.txt").train_args.hf_dataset == gone  # (unread)
+    named = fake_checkpoint(tmp_path / "ckpt" / "n" / "last.pt", hf_dataset="me/stories")
+    assert plan(tmp_path, resume=str(named)).train_args.hf_dataset == "me/stories"
+
+
 def test_damaged_training_settings_are_the_checkpoints_fault(tmp_path):
     """Bug caught: a checkpoint's training setting of the wrong type blamed on an option (ConfigError,
     exit status 2) rather than the file (CheckpointError, exit status 1)."""

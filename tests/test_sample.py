@@ -1516,6 +1516,26 @@ def test_a_short_file_that_is_not_utf8_is_not_named_utf16_or_utf32(data, tmp_pat
     assert str(e.value) == f"--prompt_file {path}: not UTF-8 text (byte {byte}); save it as UTF-8"
 
 
+@pytest.mark.parametrize("data", [b"a\0b\n", b"\0abc", b"\0a"])
+def test_a_short_file_with_one_nul_is_not_named_utf16(data, tmp_path):
+    """Bug caught: a 4-byte binary file, a\\0b\\n, was "1 of 4 bytes are NUL, every other one: UTF-16LE
+    without a byte-order mark?": one NUL falls on one parity in any file, so it tells nothing of UTF-16
+    (whose NULs fill every other byte) in UTF-8 text; two (a\\0b\\0 is "ab" in UTF-16LE) still name it,
+    and so does one beside bytes that are not UTF-8 (é in UTF-16LE, E9 00)."""
+    path = tmp_path / "p.txt"
+    path.write_bytes(data)
+    with pytest.raises(sample.SampleError) as e:
+        sample.prompt_file_lines(str(path))
+    assert str(e.value) == (f"--prompt_file {path}: not text (1 NUL byte: a binary file?); pass a text file "
+                            "with one prompt per line")
+    path.write_bytes(b"a\0b\0")
+    with pytest.raises(sample.SampleError, match=r"2 of 4 bytes are NUL, every other one: UTF-16LE"):
+        sample.prompt_file_lines(str(path))
+    path.write_bytes("é".encode("utf-16-le"))  # (E9 00)
+    with pytest.raises(sample.SampleError, match=r"1 of 2 bytes are NUL, every other one: UTF-16LE"):
+        sample.prompt_file_lines(str(path))
+
+
 @pytest.mark.parametrize("text, codec, want", [
     ("once upon a time \U0001F600 there was a dog\n", "utf-32-le", "three in every four: UTF-32LE"),
     ("once upon a time \u0432 \u043b\u0435\u0441\u0443\n", "utf-16-le", "every other one: UTF-16LE"),

@@ -11,6 +11,7 @@ slice's error.
 import json
 import os
 import re
+import shlex
 import shutil
 
 import pyarrow as pa
@@ -265,6 +266,22 @@ def test_a_datasetdict_folder_given_as_val_data_names_its_validation_split(tmp_p
         sources.resolve_files(str(tmp_path / "dd"), "--data")
 
 
+def test_a_compressed_file_named_alone_is_told_to_be_decompressed(tmp_path):
+    """Bug caught: --data a.txt.gz (or .bz2, .xz, .zst, .zip) was told "is not .txt, .jsonl, .json,
+    .parquet or .arrow; convert it or leave it out": it is text already, compressed; the fix is the
+    command that decompresses it. A file of another kind is still told to be converted."""
+    for name, kind, tool in (("a.txt.gz", "gzip", "gunzip"), ("a.jsonl.bz2", "bzip2", "bunzip2"),
+                             ("a.txt.xz", "xz", "unxz"), ("a.txt.ZST", "zstd", "unzstd"),
+                             ("my corpus.zip", "zip", "unzip")):
+        path = write(tmp_path / name, b"packed")
+        with pytest.raises(DataError) as e:
+            sources.resolve_files(str(path), "--data")
+        assert str(e.value) == (f"--data: '{path}' is {kind}-compressed; decompress it ({tool} "
+                                f"{shlex.quote(str(path))}) and point --data at what it holds")
+    with pytest.raises(DataError, match=r"x.csv' is not .txt, .jsonl, .json, .parquet or .arrow; convert it"):
+        sources.resolve_files(str(write(tmp_path / "x.csv", "a,b\n")), "--data")
+
+
 # ---------------------------------------------------------------------------------------------
 # .txt files: the layout chosen, bytes that are not UTF-8
 
@@ -318,6 +335,19 @@ def test_nul_bytes_are_put_down_to_utf16_only_where_utf16_is_likely(tmp_path):
         write(path, body)
         with pytest.raises(DataError, match=re.escape(says)):
             load([path], tmp_path)
+
+
+def test_a_short_txt_file_with_one_nul_is_not_put_down_to_utf16(tmp_path):
+    """Bug caught: a 4-byte .txt file, a\\0b\\n, was "UTF-16? convert it with iconv": one NUL falls on one
+    parity in any file, which tells nothing of UTF-16 in UTF-8 text; two (a\\0b\\0: "ab" in UTF-16LE)
+    still do, and so does one beside bytes that are not UTF-8
+    (test_nul_bytes_are_put_down_to_utf16_only_where_utf16_is_likely: a line of CJK text)."""
+    path = write(tmp_path / "t.txt", b"a\0b\n")
+    with pytest.raises(DataError, match=r"is not text \(1 of 4 bytes are NUL: a binary file\?\); point"):
+        load([path], tmp_path)
+    write(path, b"a\0b\0")
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(2 of 4 bytes are NUL: UTF-16\?\)"):
+        load([path], tmp_path)
 
 
 @pytest.mark.parametrize("codec", ["utf-32", "utf-32-le", "utf-32-be"])
@@ -547,6 +577,23 @@ def test_a_jsonl_file_datasets_cannot_read_names_pyarrows_reason(tmp_path):
     with pytest.raises(DataError, match=r"^--data: .*s.jsonl: cannot read it \(ArrowInvalid: JSON parse "
                                         r"error: Column\(/text\) was specified twice in row 1\)$"):
         load([path], tmp_path)
+
+
+def test_a_lone_surrogate_in_a_json_array_is_refused_with_its_row_as_in_json_lines(tmp_path):
+    """Bug caught: a .json array whose record held a lone surrogate escape ("\\ud83d" without its pair)
+    was read with that half character silently dropped ("cut  here"), while the same record in a .jsonl
+    is refused naming its line. A pair, an escaped backslash before "ud83d" and JSON Lines in a .json
+    are text."""
+    records = [{"text": "a story."}, {"text": "cut \ud83d here"}]
+    path = write(tmp_path / "s.json", json.dumps(records))
+    assert "\\ud83d" in path.read_text()  # (json.dumps escapes it, as a file cut inside an emoji holds it)
+    with pytest.raises(DataError, match=r"^--data: .*s.json: row 1 holds a lone surrogate \(an escape such "
+                                        r"as \\ud83d without its pair: .*\); fix or remove the row$"):
+        load([path], tmp_path)
+    ok = [{"text": "a \U0001F600 smile"}, {"text": "a path: C:\\ud83d"}]
+    assert load([write(tmp_path / "ok.json", json.dumps(ok))], tmp_path) == [r["text"] for r in ok]
+    lines = write(tmp_path / "l.json", "".join(json.dumps(r) + "\n" for r in ok))
+    assert load([lines], tmp_path) == [r["text"] for r in ok]
 
 
 def test_a_validation_table_without_a_text_column_names_val_text_field(tmp_path):
@@ -828,14 +875,31 @@ def test_hub_splits_are_train_and_validation_keyed_by_split(tmp_path):
     hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": docs(2, start=4)}})
     logs = []
     train, val = sources.resolve_sources(targs(tmp_path, hf_dataset=str(hub)), logs.append)
-    assert logs == [f"data: train: {hub} [train] (Hugging Face Hub); validation: {hub} [validation] "
-                    "(Hugging Face Hub)"]
+    assert logs == [f"data: train: {hub} [train] (a local folder); validation: {hub} [validation] "
+                    "(a local folder)"]
     assert train.documents()["text"] == docs(4) and val.documents()["text"] == docs(2, start=4)
     signatures = [s.signature["source"] for s in (train, val)]
     assert [s["split"] for s in signatures] == ["train", "validation"]
     assert [s["rows"] for s in signatures] == [4, 2]
     assert {k: v for k, v in signatures[0].items() if k not in ("split", "rows", "files")} == {
         k: v for k, v in signatures[1].items() if k not in ("split", "rows", "files")}
+
+
+def test_a_local_hf_dataset_folder_is_keyed_by_its_absolute_path_and_logged_as_a_folder(tmp_path,
+                                                                                        monkeypatch):
+    """Bug caught: a local --hf_dataset folder was logged "hub [train] (Hugging Face Hub)", and keyed
+    the caches by the name as typed: `hub` and its absolute path (as a run now saves it: a resume)
+    tokenized the same text twice. A hub name keys them as it is."""
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": docs(2)}})
+    monkeypatch.chdir(tmp_path)
+    logs, splits = [], {}
+    for name in ("hub", str(hub)):
+        splits[name] = sources.resolve_sources(targs(tmp_path, hf_dataset=name), logs.append)
+    assert logs[0] == ("data: train: hub [train] (a local folder); validation: hub [validation] "
+                       "(a local folder)")
+    assert [s.signature for s in splits["hub"]] == [s.signature for s in splits[str(hub)]]
+    assert splits["hub"][0].signature["source"]["hub"] == str(hub)
+    assert sources.saved_hf_dataset("roneneldan/TinyStories") == "roneneldan/TinyStories"
 
 
 def test_hub_training_text_with_a_validation_file_reads_nothing_yet(tmp_path, monkeypatch):
