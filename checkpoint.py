@@ -56,7 +56,10 @@ from tokenizer import check_tokenizer as check_model_tokenizer
 
 def latest_run(out_dir, option: str = "") -> Path:
     """The run under out_dir whose last.pt was written last; none is an error advising `option` (e.g.
-    "--ckpt ", the caller's option for a path; "" for a positional one)."""
+    "--ckpt ", the caller's option for a path; "" for a positional one); so is an out_dir that is a file."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # (it was "no run with a last.pt under" it)
+        raise CheckpointError(f"{out_dir} is a file, not a folder of runs; move it away, or pass {option}a "
+                              ".pt file or a run folder")
     runs = [p.parent for p in Path(out_dir).glob("*/last.pt")]
     if not runs:
         raise CheckpointError(f"no run with a last.pt under {out_dir}/; train one first or pass {option}a "

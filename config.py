@@ -676,10 +676,10 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}{hint}")
 
 
-def _switch(text: str) -> str:
+def switch(text: str) -> str:
     """A value of an auto/true/false option (--compile): what a bool flag takes for true or false (0, no,
     False, ...: --compile 0 was refused where --qk_norm 0 is not) as "true" or "false", any other word as
-    typed (auto, or a mistake that its choices then name)."""
+    typed (auto, or a mistake that its choices then name). The scripts' --compile options use it too."""
     try:
         return "true" if parse_bool(text) else "false"
     except argparse.ArgumentTypeError:
@@ -1042,8 +1042,8 @@ def build_parser(prog, description, classes, defaults):
             elif kind is list:
                 kw.update(action="append", type=str, default=None, metavar="TEXT")
             else:
-                switch = {"true", "false"} <= set(f.metadata.get("choices") or ())
-                kw.update(type=_switch if switch else _typed(kind))
+                on_off = {"true", "false"} <= set(f.metadata.get("choices") or ())
+                kw.update(type=switch if on_off else _typed(kind))
                 if f.metadata.get("const") is not None:
                     kw.update(nargs="?", const=f.metadata["const"])
                 if f.metadata.get("choices"):

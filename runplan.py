@@ -286,6 +286,9 @@ def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
     save) is refused, not passed over: it is most likely the run meant, and resuming another one
     would train that one on."""
     verb, runs = ("evaluate" if train_args.eval_only else "resume"), checkpoint.run_folders(out)
+    if out.exists() and not out.is_dir():  # (it was "no run with a last.pt under" it, or "no run x under" it)
+        raise CheckpointError(f"--out_dir {out} is a file, not a folder of runs; pass the --out_dir the run "
+                              "was trained in, or --resume a .pt file or a run folder")
     if train_args.run:
         if (out / train_args.run).exists():
             return out / train_args.run
@@ -377,7 +380,8 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
 
 def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
     """The checkpoint a run resumes (or --eval_only evaluates), loaded and checked before its settings
-    are read: training settings of types this version builds, and an optimizer state to resume (an
+    are read: training settings of types this version builds, the fields a resume reads of the types
+    it reads (check_resumed_fields), and an optimizer state to resume (an
     import's weights alone can be evaluated, not resumed)."""
     fix = checkpoint.resume_fix(ckpt_path, eval_only)
     try:
@@ -387,6 +391,7 @@ def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
         raise
     try:  # (types only: a setting a newer version refuses can be typed over, as resume_settings allows)
         config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
+        check_resumed_fields(ckpt, eval_only)
     except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
         raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
                               f"{fix}") from None
@@ -395,6 +400,28 @@ def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
                               "step to resume: it can be evaluated (--eval_only) or sampled, and a new "
                               f"run trains on from its weights with --init_from {ckpt_path}")
     return ckpt
+
+
+# what a resume reads of a checkpoint beside weights and settings (train.LoopState's fields, the RNG states,
+# the open log window, the W&B run), by type; an older checkpoint may lack all but step and rng
+NUMBER, NONE = (int, float), type(None)
+RESUMED_FIELDS = {"step": int, "tokens": int, "elapsed": NUMBER, "best_val": NUMBER, "bad_in_row": int,
+                  "skipped_steps": int, "eval_due": bool, "val_set": str, "rng": dict, "window": (dict, NONE),
+                  "wandb_id": (str, NONE), "preset": str}
+
+
+def check_resumed_fields(ckpt: dict, eval_only: bool) -> None:
+    """A ConfigError naming the first field a resume reads that a trained checkpoint lacks (step; rng,
+    where it trains) or that is of another type (a string step, an int window): a traceback otherwise."""
+    required = ("step",) if eval_only else ("step", "rng")
+    for name, kind in RESUMED_FIELDS.items():
+        if name not in ckpt:
+            if name in required and "optimizer" in ckpt:  # (an import has neither)
+                raise ConfigError(f"no {name} in it")
+        elif not isinstance(ckpt[name], kind) or (kind is int and isinstance(ckpt[name], bool)):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            kinds = " or ".join("None" if k is NONE else k.__name__ for k in kinds)
+            raise ConfigError(f"its {name} is of type {type(ckpt[name]).__name__}, not {kinds}")
 
 
 # settings naming the text a run reads (empty --data: the hub); not --cache_dir, which is found by its
@@ -544,10 +571,10 @@ TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warm
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed
     beside --eval_only (and a --run or --out_dir that do not name --resume's checkpoint), a warmup
-    that outlasts the run, a new model of a context sample.py cannot generate from (--max_seq_len 1)
-    or put an image in (a --vision model's), a --val_text_field for a .txt --val_data, a
-    --val_fraction typed where a validation source is given (it holds nothing out), another
-    held-out slice than the checkpoint's (at --resume or --eval_only)."""
+    that outlasts the run, a --compile_mode beside --compile false, a new model of a context sample.py
+    cannot generate from (--max_seq_len 1) or put an image in (a --vision model's), a --val_text_field
+    for a .txt --val_data, a --val_fraction typed where a validation source is given (it holds nothing
+    out), another held-out slice than the checkpoint's (at --resume or --eval_only)."""
     t, lines = plan.train_args, []
     unused = TRAINING_ONLY + RESUME_MAY_CHANGE  # (the router losses' weights: not in the loss evaluated)
     ignored = [f"--{name}" for name in unused if name in given] if t.eval_only else []
@@ -573,6 +600,9 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     if m.vision and m.max_seq_len > 1 and m.max_seq_len <= image and trains and plan.ckpt is None:
         lines.append(f"--max_seq_len {m.max_seq_len}: sample.py --image cannot use this --vision model, an "
                      f"image takes {image} tokens of its context; use {image + 1} or more for room to write")
+    if "compile_mode" in given and t.compile_mode != "default" and t.compile == "false":  # (said nothing)
+        lines.append(f"--compile_mode {t.compile_mode} has no effect with --compile false (nothing is "
+                     "compiled); drop it, or pass --compile true to compile in that mode")
     lines += sources.source_warnings(t, given)
     saved = (plan.ckpt or {}).get("train_args") or {}
     same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)

@@ -463,7 +463,7 @@ def parser() -> config.Parser:
                    help="model shape (default: scout-128m on CUDA, dim 256 on CPU)")
     p.add_argument("--batches", default=None,
                    help="comma-separated batch sizes (default 8 on CPU, 32,128 on CUDA)")
-    p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+    p.add_argument("--compile", choices=["auto", "true", "false"], default="auto", type=config.switch,
                    help="also time compiled variants (auto: on CUDA)")
     p.add_argument("--compile_batches", default=None,
                    help="comma-separated batch sizes that also time the compiled variants (default: the "

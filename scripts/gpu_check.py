@@ -448,7 +448,7 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
     p.add_argument("--minutes", type=float, default=1.5,
                    help="the train.py run's budget (default 1.5; 0: what --deadline leaves)")
-    p.add_argument("--compile", default="true", choices=["auto", "true", "false"],
+    p.add_argument("--compile", default="true", choices=["auto", "true", "false"], type=config.switch,
                    help="the train part's --compile, of train.py and the greedy story's sample.py (default "
                         "true)")
     p.add_argument("--compile_mode", default="default", choices=list(config.COMPILE_MODES),

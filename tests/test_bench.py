@@ -1082,3 +1082,12 @@ def test_compile_batches_outside_batches_are_refused_when_nothing_compiles(tmp_p
                           "--compile_batches", "5", "--out", str(tmp_path / "b.json")])
     assert e.value.code == 2 and "--compile_batches 5: each must be one of --batches [8]" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("typed, meant", [("0", "false"), ("off", "false"), ("Yes", "true"),
+                                          ("auto", "auto")])
+def test_bench_model_compile_takes_what_train_py_takes(typed, meant):
+    """Bug caught: bench_model.py --compile 0 (or off, yes) was refused as no choice of auto/true/false,
+    where train.py and sample.py take it (config.switch)."""
+    from scripts import bench_model
+    assert bench_model.parser().parse_args(["--compile", typed]).compile == meant

@@ -336,6 +336,17 @@ def test_no_run_to_take_names_the_callers_option_for_a_path(tmp_path):
                                 "file or a run folder")
 
 
+def test_no_run_to_take_where_the_runs_folder_is_a_file_says_it_is_a_file(tmp_path):
+    """Bug caught: sample.py with no --ckpt where checkpoints/ is a file said "no run with a last.pt under
+    checkpoints/", not that it is a file."""
+    out = tmp_path / "out"
+    out.write_text("")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.find_checkpoint("", out_dir=out, option="--ckpt ")
+    assert str(e.value) == (f"{out} is a file, not a folder of runs; move it away, or pass --ckpt a .pt file "
+                            "or a run folder")
+
+
 def test_a_folder_holding_run_lock_alone_is_a_run(tmp_path):
     """Catches run_folders leaving out a folder holding only run.lock (a run still before it wrote
     train.json, or stopped there): a folder of runs then did not list it, or was not one at all."""

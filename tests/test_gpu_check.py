@@ -1364,3 +1364,13 @@ def test_missing_train_text_is_one_line_before_any_part(tmp_path, monkeypatch, f
     assert not (tmp_path / "gpu").exists()
     monkeypatch.setattr(gpu_check, "run_bench", lambda *a, **k: None)
     gpu_check.main([*base, "--only", "model", flag, typo])  # (no train part: not read)
+
+
+@pytest.mark.parametrize("typed, meant", [("0", "false"), ("off", "false"), ("Yes", "true"),
+                                          ("auto", "auto")])
+def test_compile_takes_what_train_py_takes(tmp_path, typed, meant):
+    """Bug caught: gpu_check.py --compile 0 (or off, yes) was refused as no choice of auto/true/false,
+    where train.py and sample.py take it (config.switch); the train part passes it on as true or false."""
+    out = str(tmp_path / "gpu")
+    opts, _ = gpu_check.parse(["--device", "cpu", "--quick", "--out", out, "--compile", typed])
+    assert opts.compile == meant

@@ -3,6 +3,7 @@ settings) in tmp_path: no token read, no model built but on the meta device."""
 
 import glob
 import json
+import math
 import os
 import re
 import time
@@ -30,7 +31,7 @@ def fake_checkpoint(path, model=DEBUG, optimizer=True, preset="debug", run_folde
     state = {"model": {}, "model_args": config.to_dict(model),
              "train_args": config.to_dict(TrainArgs(**train)), "preset": preset}
     if optimizer:
-        state["optimizer"] = {}
+        state.update(optimizer={}, step=0, rng={})  # (what a resume reads: runplan.check_resumed_fields)
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save_checkpoint(path, state)
     if run_folder and not (path.parent / "train.json").exists():
@@ -418,6 +419,38 @@ def test_damaged_training_settings_are_the_checkpoints_fault(tmp_path):
     checkpoint.save_checkpoint(last, state)
     with pytest.raises(CheckpointError, match=f"{re.escape(str(last))} is damaged or from another version"):
         plan(tmp_path, resume=str(last))
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("step", "4", "its step is of type str, not int"), ("step", True, "its step is of type bool, not int"),
+    ("rng", None, "no rng in it"), ("window", 3, "its window is of type int, not dict or None"),
+    ("best_val", "x", "its best_val is of type str, not int or float"),
+    ("elapsed", [1.0], "its elapsed is of type list, not int or float"),
+    ("eval_due", "yes", "its eval_due is of type str, not bool"),
+    ("wandb_id", 3, "its wandb_id is of type int, not str or None")])
+def test_damaged_fields_a_resume_reads_are_the_checkpoints_fault(tmp_path, field, value, problem):
+    """Bug caught: a checkpoint that loads but holds a string step, no rng, an int window or a string
+    best_val stopped --resume (and --eval_only, but for rng, which it does not read) with a TypeError,
+    KeyError or AttributeError traceback; now one line naming the file and the field (exit status 1)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", max_steps=100)
+    state = checkpoint.load_checkpoint(last)
+    if value is None:
+        del state[field]
+    else:
+        state[field] = value
+    checkpoint.save_checkpoint(last, state)
+    for eval_only in (False, True):
+        if eval_only and field == "rng":
+            assert runplan.load_resumed(last, last.parent, eval_only)["step"] == 0
+            continue
+        with pytest.raises(CheckpointError) as e:
+            runplan.load_resumed(last, last.parent, eval_only)
+        assert str(e.value).startswith(f"{last} is damaged or from another version of this project "
+                                       f"({problem}); ")
+    good = {"step": 3, "tokens": 5, "elapsed": 1, "best_val": math.inf, "eval_due": False, "val_set": "",
+            "window": None, "wandb_id": None, "rng": {}}
+    checkpoint.save_checkpoint(last, {**state, **good})
+    assert runplan.load_resumed(last, last.parent, False)["step"] == 3
 
 
 # --- parameters and memory_floor ---------------------------------------------------------------------
@@ -828,6 +861,19 @@ def test_resume_with_no_run_anywhere_names_the_option_for_a_path(tmp_path):
                                 "--resume a .pt file or a run folder")
 
 
+def test_resume_with_an_out_dir_that_is_a_file_says_it_is_a_file(tmp_path):
+    """Bug caught: --resume or --eval_only (with --run or without) where --out_dir (checkpoints/ by default)
+    is a file said "no run with a last.pt under checkpoints/" or "there is no run x under --out_dir", not
+    that it is a file."""
+    (tmp_path / "ckpt").write_text("")
+    for train_args in (TrainArgs(resume="latest"), TrainArgs(eval_only=True),
+                       TrainArgs(resume="latest", run="x"), TrainArgs(eval_only=True, run="x")):
+        with pytest.raises(CheckpointError) as e:
+            runplan.run_to_resume(train_args, tmp_path / "ckpt")
+        assert str(e.value) == (f"--out_dir {tmp_path / 'ckpt'} is a file, not a folder of runs; pass the "
+                                "--out_dir the run was trained in, or --resume a .pt file or a run folder")
+
+
 def test_an_interrupt_while_loading_the_checkpoint_names_the_run_folder(tmp_path, monkeypatch):
     """Bug caught: a Ctrl-C during the checkpoint's load not carrying the run folder (main() names what
     is left there to resume from)."""
@@ -896,6 +942,20 @@ def test_a_warmup_as_long_as_the_run_is_warned_of():
         "warning: --warmup_steps 10 is not below --max_steps 10: the learning rate rises to 0.001 "
         "(--lr 0.001) and never decays; lower --warmup_steps"]
     assert runplan.setting_warnings(p._replace(train_args=replace(p.train_args, warmup_steps=9)), set()) == []
+
+
+def test_a_compile_mode_beside_compile_false_is_warned_of():
+    """Bug caught: --compile false --compile_mode reduce-overhead trained eagerly without a word of the mode
+    typed; the default mode, or a mode beside --compile auto or true, is not warned of."""
+    p = runplan.RunPlan(None, DEBUG, TrainArgs(compile="false", compile_mode="reduce-overhead"), None, None)
+    assert runplan.setting_warnings(p, {"compile", "compile_mode"}) == [
+        "warning: --compile_mode reduce-overhead has no effect with --compile false (nothing is compiled); "
+        "drop it, or pass --compile true to compile in that mode"]
+    for compile in ("auto", "true"):
+        assert runplan.setting_warnings(p._replace(train_args=replace(p.train_args, compile=compile)),
+                                        {"compile", "compile_mode"}) == []
+    default = p._replace(train_args=replace(p.train_args, compile_mode="default"))
+    assert runplan.setting_warnings(default, {"compile", "compile_mode"}) == []
 
 
 def test_a_new_model_of_a_one_token_context_is_warned_of():
