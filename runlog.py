@@ -189,7 +189,10 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
         if attempt == "online":  # (without a network it waits out init_timeout, in silence: say so)
             log(f"wandb: connecting (up to {WANDB_TIMEOUT} s without a network; offline after that, and "
                 "--wandb_mode offline skips the wait)")
-        try:
+        try:  # W&B silent before init: init's silent=True comes after its login, whose prompt in a
+            # terminal ("(1) Create a W&B account ...") waited for ever; the settings of the process's
+            # first setup decide it. Silent, a missing login is W&B's UsageError, as without a terminal
+            wandb.setup(wandb.Settings(silent=True))
             started = wandb.init(mode=attempt, **(run if attempt != "offline" else {**run, "id": None}))
         except Exception as e:
             log(f"wandb: {attempt} start failed ({_why(e)}); "
@@ -271,8 +274,10 @@ class Metrics:
     off once it succeeds), which a resume does not go on with."""
 
     def __init__(self, run_dir: Path, wandb_run, keep_until_step: int | None, log=print,
-                 open_window: bool = False, backfill: bool = False, eval_due: bool = False):
+                 open_window: bool = False, backfill: bool = False, eval_due: bool = False,
+                 moe_every: int = 1):
         self.path, self.wandb, self.log = run_dir / "metrics.jsonl", wandb_run, log
+        self.moe_every = moe_every  # (the W&B panels name the model's layers: _wandb_row)
         self._to_wandb(_against_step)
         if keep_until_step is not None and self.path.exists():  # drop lines a crashed run wrote
             records = resumed_records(self.path, warn=log)
@@ -285,7 +290,7 @@ class Metrics:
                     f"from its checkpoint there writes again; kept {len(kept)}")
             storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), storage.OUT_FIX)
             for r in kept if backfill else []:
-                self._to_wandb(lambda run, r=r: run.log(_wandb_row(r)))
+                self._to_wandb(lambda run, r=r: run.log(_wandb_row(r, moe_every)))
         elif keep_until_step is None and self.path.exists():  # (a run killed before its first save)
             n = sum(1 for line in self.path.read_bytes().splitlines() if line.strip())
             log(f"{self.path}: replacing its {n} record{'s' * (n != 1)}, of a run here that saved no "
@@ -294,7 +299,7 @@ class Metrics:
 
     def write(self, record: dict):
         storage.append_jsonl(self.path, record, storage.OUT_FIX)
-        self._to_wandb(lambda run: run.log(_wandb_row(record)))
+        self._to_wandb(lambda run: run.log(_wandb_row(record, self.moe_every)))
 
     def log_image(self, name: str, path, step: int):
         if path:
@@ -369,15 +374,18 @@ def unfinished_wandb(run_dir: Path) -> set[str]:
         return set()
 
 
-def _wandb_row(record: dict) -> dict:
+def _wandb_row(record: dict, moe_every: int = 1) -> dict:
     """A metrics record as W&B keys: train/loss, ..., val/bits_per_byte, ..., and each expert's share
-    and each layer's router entropy in their own panels."""
+    and each MoE layer's router entropy in their own panels, named by the model's layer index, as
+    scripts/compare.py labels them (a record lists the MoE layers alone: with --moe_every 2 its
+    first is layer 1; with moe_every 1 the names are those W&B histories have always had)."""
     prefix = record["kind"]
     row = {STEP: record["step"], **{f"{prefix}/{k}": v for k, v in record.items()
                                     if isinstance(v, (int, float)) and k not in ("step", "kind")}}
-    for i, layer in enumerate(record.get("expert_share") or []):
-        row.update({f"experts/layer{i}/expert{e}": s for e, s in enumerate(layer)})
-    row.update({f"router_entropy/layer{i}": h for i, h in enumerate(record.get("router_entropy") or [])})
+    for i, shares in enumerate(record.get("expert_share") or []):  # (MoE layers moe_every - 1, ...)
+        row.update({f"experts/layer{(i + 1) * moe_every - 1}/expert{e}": s for e, s in enumerate(shares)})
+    entropy = record.get("router_entropy") or []
+    row.update({f"router_entropy/layer{(i + 1) * moe_every - 1}": h for i, h in enumerate(entropy)})
     return row
 
 

@@ -454,9 +454,11 @@ def append_jsonl(path, record: dict, fix: str | None = None) -> None:
 def numbered_jsonl(path, warn=None, fix=None) -> list[tuple[int, dict]]:
     """The records of a JSON Lines file, each with its line number (from 1) in the file, for an
     error about a record to name its line (and advise `fix`: by default, to fix or delete that
-    line). A last line that is not valid JSON (a write cut short by a crash or a full disk) is
-    dropped, and `warn` is told; a bad line elsewhere, or JSON that is not a record (an edit: no
-    write cut short leaves one), is an error (ValueError naming the file and the line)."""
+    line). A last line that is not valid JSON and was cut short (a crash or a full disk during the
+    write: no newline after it, or the start of a record, `{`, whose newline an editor added on
+    saving) is dropped, and `warn` is told; a bad line elsewhere, a complete one (`hello` and its
+    newline), or JSON that is not a record (an edit: no write cut short leaves one), is an error
+    (ValueError naming the file and the line)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     records = []
@@ -468,7 +470,10 @@ def numbered_jsonl(path, warn=None, fix=None) -> list[tuple[int, dict]]:
             record, torn = json.loads(line), False
         except ValueError:
             record, torn = None, True
-        if torn and i == last:  # (a record cut short: no prefix of {...} is JSON; a null is an edit)
+        # cut short: no newline after it, or a record's start (an editor added the newline); no prefix of
+        # {...} is JSON, and a null is an edit
+        cut_short = i == len(lines) - 1 or line.lstrip().startswith("{")
+        if torn and i == last and cut_short:
             if warn is not None:
                 warn(f"{path}: dropped a torn last line (line {i + 1}, {len(line)} characters), "
                      "left by a write that was cut short")

@@ -1018,8 +1018,10 @@ def open_logs(job: Job, state: LoopState) -> None:
     storage.save_json(job.run_dir / "train.json", config.to_dict(train_args), storage.OUT_FIX)
     if not job.continues or not (job.run_dir / "tokenizer.json").exists():  # a killed run's may be there
         job.tok.save(job.run_dir / "tokenizer.json", fix=storage.OUT_FIX)
+    counts = count_parameters(job.model)  # (W&B's config alone: MoE and dense runs compared there)
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
-                "train": config.to_dict(train_args), "wandb_id": job.wandb_id}
+                "train": config.to_dict(train_args), "wandb_id": job.wandb_id,
+                "parameters": {k: counts[k] for k in ("total", "active_per_token")}}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     new_wandb = wandb_run is not None and wandb_run.id != job.wandb_id  # not the checkpoint's W&B run
     # an open window's record is written again only by a run that trains on (not one resumed for the
@@ -1027,7 +1029,7 @@ def open_logs(job: Job, state: LoopState) -> None:
     trains = state.step < train_args.max_steps and not job.clock.spent(state)
     job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if job.continues else None, log,
                                  open_window=trains and bool((job.window or {}).get("steps")),
-                                 backfill=new_wandb, eval_due=state.eval_due)
+                                 backfill=new_wandb, eval_due=state.eval_due, moe_every=model_args.moe_every)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import ROOT, Crash, crash_after_saving, crash_in_step, stop_at, write_stories
+from test_runlog import wandb_module
 from test_storage import FullAfter
 from test_train import args as train_args
 from test_train import metrics
@@ -724,7 +725,7 @@ def test_wandb_falling_back_to_offline_is_a_new_run_of_the_group(tmp_path, monke
         if kwargs["mode"] == "online":
             raise RuntimeError("api_key not configured (no-tty)")
         return "the run"
-    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    monkeypatch.setitem(sys.modules, "wandb", wandb_module(init))
     targs = config.TrainArgs(wandb_mode="online", wandb_group="sweep")
     lines = []
     assert runlog.start_wandb(targs, tmp_path, {"wandb_id": "abc"}, log=lines.append) == "the run"
@@ -770,7 +771,7 @@ def test_wandb_that_cannot_start_or_be_imported_leaves_the_run_to_metrics_jsonl(
 
     def init(**kwargs):
         raise NotADirectoryError(20, "Not a directory")
-    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    monkeypatch.setitem(sys.modules, "wandb", wandb_module(init))
     lines = []
     assert runlog.start_wandb(TrainArgs(wandb_mode="online"), tmp_path, {}, log=lines.append) is None
     assert "offline instead" in lines[1] and "metrics.jsonl only" in lines[2] and len(lines) == 3
@@ -811,7 +812,7 @@ def test_wandb_refusing_its_settings_names_the_setting(tmp_path, monkeypatch):
 
     def init(**kwargs):
         Settings(console="bogus")
-    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    monkeypatch.setitem(sys.modules, "wandb", wandb_module(init))
     lines = []
     assert runlog.start_wandb(TrainArgs(wandb_mode="offline"), tmp_path, {}, log=lines.append) is None
     assert len(lines) == 1 and "offline start failed (ValidationError: setting console: Input should be " \
@@ -847,8 +848,9 @@ def test_wandb_failing_in_the_middle_of_a_run_is_one_line_and_the_run_trains_on(
 
 
 def test_a_fork_gets_a_wandb_run_of_its_own(tmp_path):
+    """(A plan's train_args, which wandb_id reads for --wandb_project, are never None.)"""
     ckpt = {"wandb_id": "abc"}
-    plan = runplan.RunPlan(tmp_path / "r", None, None, ckpt, tmp_path / "r" / "last.pt")
+    plan = runplan.RunPlan(tmp_path / "r", None, TrainArgs(), ckpt, tmp_path / "r" / "last.pt")
     assert runplan.wandb_id(plan) == "abc"  # resumed in its own folder: the same W&B run
     assert runplan.wandb_id(plan._replace(run_dir=tmp_path / "fork")) is None
     assert runplan.wandb_id(plan._replace(ckpt=None, ckpt_path=None)) is None

@@ -66,6 +66,24 @@ def test_a_resumed_runs_new_wandb_run_gets_the_records_kept_and_no_others(tmp_pa
     assert run.rows == []
 
 
+def test_the_expert_panels_are_named_by_the_models_layer_in_a_backfill_too(tmp_path):
+    """Bug caught: W&B's expert and router entropy panels counted MoE layers alone (with --moe_every 2,
+    model layers 1 and 3 were layer0 and layer1, which scripts/compare.py labels layer 1 and 3); with
+    moe_every 1 the names stay those of every W&B history so far."""
+    rec = {"kind": "train", "step": 1, "expert_share": [[0.75, 0.25], [0.5, 0.5]],
+           "router_entropy": [0.6, 0.7]}
+    write_records(tmp_path, [rec])
+    run = Rows()
+    runlog.Metrics(tmp_path, run, 1, log=lambda msg: None, backfill=True, moe_every=2)
+    assert run.rows == [{"step": 1, "experts/layer1/expert0": 0.75, "experts/layer1/expert1": 0.25,
+                         "experts/layer3/expert0": 0.5, "experts/layer3/expert1": 0.5,
+                         "router_entropy/layer1": 0.6, "router_entropy/layer3": 0.7}]
+    assert runlog._wandb_row(rec) == runlog._wandb_row(rec, moe_every=1) == {
+        "step": 1, "experts/layer0/expert0": 0.75, "experts/layer0/expert1": 0.25,
+        "experts/layer1/expert0": 0.5, "experts/layer1/expert1": 0.5,
+        "router_entropy/layer0": 0.6, "router_entropy/layer1": 0.7}
+
+
 def test_a_new_run_starts_metrics_jsonl_afresh_and_each_record_is_a_line_and_a_wandb_row(tmp_path,
                                                                                         monkeypatch):
     """Catches a new run (keep_until_step None) appending to the metrics.jsonl an earlier run left in
@@ -200,6 +218,12 @@ def test_a_fine_tune_is_labelled_with_the_checkpoint_it_started_from(tmp_path):
 
 # --- starting W&B -------------------------------------------------------------------------------
 
+def wandb_module(init, **more):
+    """A wandb module whose init is `init` (setup does nothing; Settings are the dict of their fields)."""
+    return SimpleNamespace(**{"init": init, "Settings": lambda **k: k, "setup": lambda settings=None: None,
+                              **more})
+
+
 def fake_wandb(monkeypatch, tmp_path) -> list:
     """A wandb module whose init keeps its arguments; the list of them."""
     calls = []
@@ -207,7 +231,7 @@ def fake_wandb(monkeypatch, tmp_path) -> list:
     def init(**kwargs):
         calls.append(kwargs)
         return Rows()
-    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    monkeypatch.setitem(sys.modules, "wandb", wandb_module(init))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     return calls
 
@@ -368,6 +392,39 @@ def test_wandb_is_started_silent(tmp_path, monkeypatch):
     assert calls[0]["settings"]["silent"] is True
 
 
+def test_online_without_a_login_in_a_terminal_never_prompts_and_the_run_logs_offline(tmp_path, monkeypatch):
+    """Bug caught: --wandb_mode online without a login, in a terminal, showed W&B's "(1) Create a W&B
+    account ... Enter your choice:" prompt and waited for ever: init's silent=True applies after its
+    login, and W&B's prompt asks only where the process's W&B is not silent (its first setup's
+    settings). Now wandb.setup(silent) comes first, the missing login is W&B's UsageError (as without
+    a terminal), and the run logs offline, saying why."""
+    calls, sync = [], tmp_path / "r" / "wandb" / "offline-run-1"
+
+    class UsageError(Exception):
+        pass
+
+    def setup(settings=None):
+        calls.append(("setup", (settings or {}).get("silent")))
+
+    def init(mode, **kwargs):
+        if mode == "online":  # no credentials: W&B prompts in a terminal unless silent from the start
+            silent = next((how for what, how in calls if what == "setup"), None)
+            calls.append(("init", "raises UsageError" if silent else "prompts and waits for ever"))
+            raise UsageError("No API key configured. Use `wandb login` to log in.")
+        calls.append(("init", mode))
+        return SimpleNamespace(id="o", offline=True, settings=SimpleNamespace(sync_dir=str(sync)))
+    monkeypatch.setitem(sys.modules, "wandb", wandb_module(init, setup=setup))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    lines = []
+    run = runlog.start_wandb(TrainArgs(wandb_mode="online"), tmp_path / "r", {}, log=lines.append)
+    assert run.offline and [c for c in calls if c[0] == "init"] == [("init", "raises UsageError"),
+                                                                   ("init", "offline")]
+    assert calls[0] == ("setup", True)
+    why = "UsageError: No API key configured. Use `wandb login` to log in."
+    assert lines[1:] == [f"wandb: online start failed ({why}); logging offline instead",
+                         f"wandb: logging offline; upload it later with: wandb sync {sync}"]
+
+
 def test_a_wandb_run_started_silent_says_where_it_is_in_one_line(tmp_path, monkeypatch):
     """Bug caught: W&B is started silent (its banner hid the training lines), so nothing said where a
     run went: now the page of an online run, or the `wandb sync` command of an offline one (its folder
@@ -382,7 +439,7 @@ def test_a_wandb_run_started_silent_says_where_it_is_in_one_line(tmp_path, monke
     online = SimpleNamespace(id="w", offline=False, url="https://wandb.ai/me/llama4/runs/w")
 
     def said(how, run):
-        wandb = SimpleNamespace(init=lambda **k: run, Settings=lambda **k: k)
+        wandb = wandb_module(lambda **k: run)
         monkeypatch.setitem(sys.modules, "wandb", wandb)
         lines = []
         assert runlog.start_wandb(TrainArgs(wandb_mode=how), tmp_path / "r", {}, log=lines.append) is run
@@ -431,7 +488,7 @@ def test_a_wandb_start_that_fails_is_one_line_per_try_naming_the_error(tmp_path,
     def init(**kwargs):
         tries.append((kwargs["mode"], kwargs["id"]))
         raise RuntimeError("cannot reach api.wandb.ai\nTraceback (most recent call last):\n  ...")
-    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(init=init, Settings=lambda **k: k))
+    monkeypatch.setitem(sys.modules, "wandb", wandb_module(init))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     lines = []
     targs = TrainArgs(wandb_mode="online")

@@ -22,7 +22,7 @@ import runtime
 import train
 from config import ModelArgs, TrainArgs
 from errors import RunError
-from model import flops_per_token
+from model import count_parameters, flops_per_token
 
 
 def argv(tmp_path, corpus, cache, *extra):
@@ -258,6 +258,32 @@ def test_the_start_up_summary_names_the_runs_figures(tmp_path, done, corpus, cac
     assert any(line.startswith("compiling") for line in lines)
     assert "compiled, world size 1" in next(line for line in lines if line.startswith("run: "))
     job.metrics.finish(exit_code=0)
+
+
+def test_wandb_gets_the_parameter_counts_and_expert_panels_named_by_the_models_layer(tmp_path, corpus, cache,
+                                                                                     set_up, monkeypatch):
+    """Bug caught: W&B's config held no parameter counts (MoE and dense runs could not be compared
+    there), and its expert panels counted MoE layers alone: with --moe_every 2 the MoE layers 1 and
+    3 were experts/layer0 and layer1 in W&B, while scripts/compare.py labels them layer 1 and 3."""
+    from test_runlog import Rows
+    started = []
+
+    def start_wandb(targs, run_dir, settings, log):
+        started.append((settings, Rows()))
+        return started[-1][1]
+    monkeypatch.setattr(train.runlog, "start_wandb", start_wandb)
+    job, state = set_up(argv(tmp_path, corpus, cache, "--max_steps", "2", "--moe_every", "2"))
+    train.open_logs(job, state)
+    job.metrics.write({"kind": "train", "step": 1, "expert_share": [[0.5, 0.5, 0, 0], [0.25] * 4],
+                       "router_entropy": [1.0, 0.5]})  # (a record lists the MoE layers alone)
+    job.metrics.finish()
+    ((settings, run),) = started
+    assert {k for k in run.rows[0] if "layer" in k} == {
+        "router_entropy/layer1", "router_entropy/layer3", *(f"experts/layer{i}/expert{e}" for i in (1, 3)
+                                                             for e in range(4))}
+    counts = count_parameters(job.model)
+    assert settings["parameters"] == {k: counts[k] for k in ("total", "active_per_token")}
+    assert counts["total"] > counts["active_per_token"] > 0
 
 
 def test_start_logging_on_another_rank_than_0_writes_nothing(tmp_path, corpus, cache, set_up, monkeypatch):

@@ -376,6 +376,25 @@ def test_a_torn_last_line_followed_by_blank_lines_is_still_the_last_line(tmp_pat
     assert len(warnings) == 1 and "dropped a torn last line (line 2, 15 characters)" in warnings[0]
 
 
+def test_a_complete_last_line_that_is_not_json_is_damage_not_a_torn_write(tmp_path):
+    """Bug caught: a last line of text with its newline (`echo hello >> metrics.jsonl`) was dropped as
+    "a torn last line ... left by a write that was cut short", though a write cut short leaves no
+    newline after it (and a record's start, `{`, an editor may end with one): an error naming the line,
+    as a bad line elsewhere is; a torn line without its newline, whatever it holds, is still dropped."""
+    path = tmp_path / "metrics.jsonl"
+    for text in ('{"step": 1}\nhello\n', '{"step": 1}\nhello\n\n', '{"step": 1}\n]\n'):
+        path.write_text(text)
+        warnings = []
+        with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record; fix or delete"):
+            records(path, warn=warnings.append)
+        assert warnings == [], text
+    for text in ('{"step": 1}\nhel', '{"step": 1}\n\0\0\0', '{"step": 1}\n{"step": 2, "lo\n'):
+        path.write_text(text)
+        warnings = []
+        assert records(path, warn=warnings.append) == [{"step": 1}] and len(warnings) == 1, text
+        assert "dropped a torn last line (line 2" in warnings[0]
+
+
 def test_a_log_line_the_disk_refused_says_the_log_is_as_it_was(tmp_path, monkeypatch):
     """Catches append_jsonl's failure line not saying the log is intact (the part written is cut
     off again), and a log that cannot be opened claiming it."""
