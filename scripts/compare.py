@@ -28,10 +28,11 @@ How this departs from the obvious version:
   are sequential on a machine that may be shared: the load average before each is recorded.
 - Run folders are --out_dir/compare-{moe,dense,moe-ablation}; compare.py deletes those three (and
   nothing else) before it starts, so copy them elsewhere to keep them (a file or link of one of those
-  names, or an --out inside one, is refused). A bad --data or --val_data (an empty file, a checkpoint)
-  is refused before that. The previous compare.json, .md and PNGs are replaced only at the end: a run
-  that fails or is interrupted leaves them as they were. The runs share --cache_dir (the tokenizer is
-  trained and the text tokenized once, outside the first run's budget); their three tokenizer.json
+  names, or an --out inside one, is refused). The data is prepared before that (the tokenizer trained
+  and the text tokenized once, into --cache_dir, which the runs share: outside every run's budget), so
+  a bad --data or --val_data (an empty file, a checkpoint, text that is not UTF-8) is refused with the
+  last comparison's runs still there. The previous compare.json, .md and PNGs are replaced only at the
+  end: a run that fails or is interrupted leaves them as they were. The three runs' tokenizer.json
   files are checked to be identical.
 - Ctrl-C (or SIGTERM) stops the run in progress as train.py stops (last.pt saved), then compare.py:
   one line, last, exit status 130, no comparison written. compare.py cannot go on from its runs
@@ -66,6 +67,7 @@ import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one li
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import data  # noqa: E402
 import sources  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
@@ -75,6 +77,7 @@ from model import Llama4, count_parameters, flops_per_token  # noqa: E402
 from runlog import read_metrics, writable_home_dirs  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "tinystories"
+CACHE = ROOT / "cache"  # --cache_dir's default, in the project folder (as a run there: train.py's cache/)
 VARIANTS = ["moe", "dense", "moe-ablation"]
 MOE_RUNS = ["moe", "moe-ablation"]
 # train.py options that compare.py refuses to pass through: why, and what to do instead.
@@ -111,7 +114,7 @@ def parse(argv):
                                      "the defaults, the README's; --out_dir for any other)")
     add("--out_dir", default=str(ROOT / "checkpoints" / "compare"),
         help="folder for the three run folders (default checkpoints/compare/)")
-    add("--cache_dir", default=str(ROOT / "cache"), help="tokenizer and token shard cache (default cache/)")
+    add("--cache_dir", default=str(CACHE), help="tokenizer and token shard cache (default cache/)")
     add("--seed", type=int, default=1337, help="the same for the three runs (default 1337)")
     add("--batch_size", type=int, default=None, help="sequences per micro-batch (default: the preset's)")
     add("--eval_every", type=int, default=500, help="evaluate every N steps and at the end (default 500)")
@@ -469,6 +472,29 @@ def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict], bo
     return rows, runs, signalled
 
 
+def prepare_data(opts, train_args: TrainArgs, model_args: ModelArgs) -> None:
+    """The runs' data, checked and prepared (the tokenizer trained, the text tokenized, into
+    --cache_dir, where the runs find it) before the last comparison's run folders are deleted: a bad
+    --data or --val_data that train.py refused once it read it (text that is not UTF-8, a .jsonl
+    without the text field) came after clear_run_folders, the old runs lost for nothing. The files are
+    found first (an empty one, a checkpoint: refused before --out is made), then --out is made (one that
+    cannot be: refused before the data work), and removed again if the data is refused. Ctrl-C there:
+    one line, status 130, nothing deleted."""
+    sources.resolve_sources(train_args, log=lambda *_: None)
+    made = storage.missing_folder(opts.results)
+    storage.make_folder(opts.results, storage.results_fix(opts.results, opts.out_dir))  # (not after the runs)
+    print("preparing the data, once for the three runs", flush=True)
+    try:
+        data.prepare(train_args, model_args)
+    except BaseException as e:
+        storage.remove_made(opts.results, made)
+        if isinstance(e, KeyboardInterrupt):
+            print("\ncompare.py: interrupted while preparing the data; no run trained, and the last "
+                  "comparison's runs are as they were", file=sys.stderr)
+            sys.exit(130)
+        raise
+
+
 def main(argv=None) -> dict:
     opts, extra = parse(sys.argv[1:] if argv is None else list(argv))
     for what, path in [("training data", opts.data), ("validation data", opts.val_data)]:
@@ -478,11 +504,8 @@ def main(argv=None) -> dict:
             sys.exit(1)
     base = shared_argv(opts, extra)
     shared_model, shared_train = settings_of(base)
-    # an empty --data or a checkpoint named as one: train.py's DataError here, before the last comparison's
-    # run folders are deleted (train.py found it only after clear_run_folders)
-    sources.resolve_sources(shared_train, log=lambda *_: None)
+    prepare_data(opts, shared_train, shared_model)  # (before clear_run_folders)
     fix = storage.results_fix(opts.results, opts.out_dir)
-    storage.make_folder(opts.results, fix)  # before the runs, not after them (no --out: in --out_dir)
     argvs, sizes = {}, {}
     for name in VARIANTS:  # the variant's own overrides come after the options passed through (in base)
         over = variant_overrides(name, shared_model)

@@ -13,6 +13,13 @@ EXTRA = ["--log_every", "1"]  # passed through to train.py
 NAMES = ["moe", "dense", "moe-ablation"]
 
 
+@pytest.fixture(autouse=True)
+def cache_of_the_test(tmp_path, monkeypatch):
+    """compare.py prepares the data before its runs: without --cache_dir, in the test's folder, not
+    the project's cache/."""
+    monkeypatch.setattr(compare, "CACHE", tmp_path / "cache")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Synthetic stories in the TinyStories layout: a training and a validation file."""
@@ -575,6 +582,57 @@ def test_bad_data_is_refused_before_the_previous_comparisons_runs_are_deleted(tm
     assert str(e.value).startswith(said) and ("is empty" in str(e.value) or "is not .txt" in str(e.value))
     assert all((runs / f"compare-{name}" / "last.pt").read_bytes() == b"old" for name in NAMES)
     assert not (tmp_path / "img").exists()
+
+
+@pytest.mark.parametrize("bad", ["latin-1", "no_field"])
+def test_data_refused_only_once_read_is_refused_before_the_previous_comparisons_runs_are_deleted(
+        tmp_path, corpus, monkeypatch, bad):
+    """Bug caught: compare.py's check before it deleted the last comparison's run folders found the
+    files of --data but read none, so text in another encoding (Latin-1) or a .jsonl without the text
+    field passed it, and train.py refused it only after the three old run folders were deleted. The
+    data is now prepared (into --cache_dir, for the runs) before anything is deleted."""
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    runs = tmp_path / "runs"
+    for name in NAMES:
+        (runs / f"compare-{name}").mkdir(parents=True)
+        (runs / f"compare-{name}" / "last.pt").write_bytes(b"old")
+    data = {"latin-1": tmp_path / "latin.txt", "no_field": tmp_path / "stories.jsonl"}[bad]
+    if bad == "latin-1":
+        french = "Il \u00e9tait une fois un caf\u00e9 tr\u00e8s \u00e9l\u00e9gant.\n" * 50
+        data.write_bytes(french.encode("latin-1"))
+    else:
+        data.write_text("".join(json.dumps({"story": f"Once upon a time, story {i}."}) + "\n"
+                                for i in range(50)))
+    with pytest.raises(compare.DataError) as e:
+        compare.main(["--data", str(data), "--val_data", str(corpus / "valid.txt"), "--preset", "debug",
+                      "--out_dir", str(runs), "--out", str(tmp_path / "img"),
+                      "--cache_dir", str(tmp_path / "cache")])
+    assert str(e.value).startswith((f"--data: '{data}'", f"--data: {data}:"))
+    assert ("not UTF-8" in str(e.value)) if bad == "latin-1" else ("--text_field" in str(e.value))
+    assert all((runs / f"compare-{name}" / "last.pt").read_bytes() == b"old" for name in NAMES)
+    assert not (tmp_path / "img").exists()  # (made before the data work, and removed again)
+
+
+def test_ctrl_c_while_the_data_is_prepared_is_one_line_and_deletes_nothing(tmp_path, corpus, monkeypatch,
+                                                                          capsys):
+    """Bug caught (with the data now prepared before the runs): a Ctrl-C during that work (minutes on
+    all of TinyStories) is compare.py's one line and status 130, the last comparison's runs kept and
+    the --out folder it had just made removed, not the interpreter's bare "interrupted"."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(compare.data, "prepare", interrupted)
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    runs = tmp_path / "runs"
+    (runs / "compare-moe").mkdir(parents=True)
+    (runs / "compare-moe" / "last.pt").write_bytes(b"old")
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--preset", "debug", "--out_dir", str(runs), "--out", str(tmp_path / "img")])
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "compare.py: interrupted while preparing the data; no run trained, and the last comparison's runs "
+        "are as they were")
+    assert (runs / "compare-moe" / "last.pt").read_bytes() == b"old" and not (tmp_path / "img").exists()
 
 
 def test_the_printed_command_line_is_the_one_run(tmp_path, corpus, monkeypatch, capsys):
