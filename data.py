@@ -463,7 +463,8 @@ def _cache_writes(cache_dir):
 
 
 def _lock_path(folder: Path, cache_dir: Path) -> Path:
-    """The lock file of a cache folder: cache_dir/.locks/<its path under cache_dir, - for />.lock."""
+    """The lock file of a cache folder: cache_dir/.locks/<its path under cache_dir, - for />.lock (by
+    these files, left in place, sources.project_folder knows a cache that another run's --data holds)."""
     return cache_dir / ".locks" / f"{'-'.join(folder.relative_to(cache_dir).parts)}.lock"
 
 

@@ -27,7 +27,9 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
   `datasets.Dataset.save_to_disk` writes: its folder's state.json and dataset_info.json are left
   out) with a text column ("json", "parquet" and "arrow").
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
---out_dir (so `--data .` does not read our own cache and run files); an empty file among them, a
+--out_dir (so `--data .` does not read our own cache and run files), or in another token cache or
+run folder of this project's (project_folder: the corpus/cache that `cd corpus; train.py --data .`
+made, met by a later `--data corpus`), named in a log line; an empty file among them, a
 .txt of whitespace alone, or a .jsonl, .json, .parquet or .arrow file of no records, is left out,
 with a warning line.
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
@@ -118,10 +120,11 @@ def document(text: str) -> str:
 # Sources: local files and the hub, as `datasets.Dataset`s with one "text" column
 
 
-def _walk(folder: str, hidden: bool = False) -> list[str]:
+def _walk(folder: str, hidden: bool = False, kinds=KINDS) -> list[str]:
     """The data files under a folder (hidden ones and those in hidden folders left out, unless
     `hidden`), in linked folders too, but for a link up (a loop); a file reached twice is listed at
-    each path (resolve_files keeps the first in sorted order)."""
+    each path (resolve_files keeps the first in sorted order). `kinds`: the suffixes listed (PACKED:
+    the compressed files)."""
     found = []
 
     def visit(path: Path, above: frozenset) -> None:
@@ -140,34 +143,94 @@ def _walk(folder: str, hidden: bool = False) -> list[str]:
                 continue
             if folder:
                 visit(path / e.name, above | {real})
-            elif file and Path(e.name).suffix.lower() in KINDS:
+            elif file and Path(e.name).suffix.lower() in kinds:
                 found.append(str(path / e.name))  # (a.txt, not ./a.txt, as rglob spelt it)
     visit(Path(folder), frozenset())
     return found
 
 
-def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
+def project_folder(folder) -> str | None:
+    """What of this project's `folder` is, told by files that only it writes there: "a token cache"
+    (data.py's lock files, .locks/tokenizer-*.lock and .locks/tokens-*.lock, left in place), "a run
+    folder" (train.py's run.lock beside another file of a run), or None. Not by the name of a folder
+    or the kinds of its files: a folder of the user's is never taken for one of ours."""
+    folder = Path(folder)
+    locks = folder / ".locks"
+    if any(locks.glob("tokenizer-*.lock")) or any(locks.glob("tokens-*.lock")):
+        return "a token cache"
+    lock = storage.RunFolder.LOCK
+    if (folder / lock).is_file() and storage.run_files(folder, but=(lock,)):
+        return "a run folder"
+    return None
+
+
+class _LeftOut:
+    """Whether resolve_files leaves a file of a folder or glob out for the folder it is in: one of
+    `skip` (the run's --cache_dir and --out_dir), or a token cache or run folder of this project's
+    (project_folder) at or below the folder `spec` names, or a glob's folders as typed (base); `ours`
+    holds those of the latter that held files, and what each is."""
+
+    def __init__(self, skip, spec: str):
+        parts = spec.split(os.sep)
+        head = parts[:_folders_that_exist(parts)]
+        self.base = Path(spec if os.path.isdir(spec) else os.sep.join(head) or (os.sep if head else "."))
+        self.skip = [Path(d).resolve() for d in skip]
+        self.kind_of, self.ours = {}, {}  # project_folder of each folder looked at; those that held files
+
+    def own(self, path: str) -> bool:
+        return any(Path(path).resolve().is_relative_to(d) for d in self.skip)
+
+    def in_ours(self, path: str) -> bool:
+        for folder in [q for q in Path(path).parents if q.is_relative_to(self.base)]:  # (none above base)
+            if folder not in self.kind_of:
+                self.kind_of[folder] = project_folder(folder)
+            if self.kind_of[folder]:
+                self.ours[folder] = self.kind_of[folder]
+                return True
+        return False
+
+    def __call__(self, path: str) -> bool:
+        return self.own(path) or self.in_ours(path)
+
+    def refuse(self, raw: list[str], spec: str, flag: str) -> None:
+        """A folder or glob whose files `raw` were all left out is refused, saying so (not "holds no
+        .txt file" of a folder that held some)."""
+        if any(map(self, raw)):
+            where = " and ".join(["this run's --out_dir and --cache_dir"] * any(map(self.own, raw))
+                                 + [f"this project's token caches and run folders ({_listed(self.ours)})"]
+                                 * bool(self.ours))
+            raise DataError(f"{flag}: '{spec}' holds no {FORMATS} file outside {where}, which {flag} leaves "
+                            "out; check the path, or move the text out of them")
+
+
+def _no_files_in(spec: str, flag: str, skipped: _LeftOut) -> DataError:
+    """The line refusing a folder that gives no file: all left out (`skipped`), or compressed, or in
+    hidden folders, or none there."""
+    skipped.refuse(_walk(spec), spec, flag)
+    if packed := [f for f in _walk(spec, kinds=PACKED) if not skipped(f)]:
+        return DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file{_packed(packed, flag)}")
+    hidden = [f for f in _walk(spec, hidden=True) if not skipped(f)]  # (".data/train.txt")
+    return DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file" + (
+        f" but in hidden folders or files, which a folder leaves out ({hidden[0]}"
+        f"{', ...' * (len(hidden) > 1)}); check the path, or name the hidden one" if hidden
+        else "; check the path"))
+
+
+def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
     """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json,
     .parquet and .arrow files at any depth, and so does a folder a glob matches, leaving out those in
     hidden folders under it and the SAVED files of a `save_to_disk` folder (a glob leaves out the
     other files it matches, as a folder does; a DatasetDict's folder is refused: it holds all splits);
     files in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
-    are left out of folders and globs alike (a glob that names a hidden folder takes its files).
+    are left out of folders and globs alike (a glob that names a hidden folder takes its files), and
+    so are those in other token caches and run folders of this project's (project_folder) at or
+    below the folder named (a glob's folders as typed), with a line to `log` naming them.
     A path that exists is read as typed, and so are the folders of a glob that exist (run[1]/*.txt).
     A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
     first path. A ~ the shell left (a quoted '~/corpus/*.txt') is the home folder. Empty files are
     listed: with_text leaves them out."""
     spec = storage.expand_home(spec)
-    skip = [Path(d).resolve() for d in skip]
-
-    def skipped(path: str) -> bool:
-        return any(Path(path).resolve().is_relative_to(d) for d in skip)
-
-    def left_out(raw: list[str]) -> None:  # ("holds no .txt file" of a folder that held some)
-        if any(map(skipped, raw)):
-            raise DataError(f"{flag}: '{spec}' holds no {FORMATS} file outside this run's --out_dir and "
-                            f"--cache_dir, which {flag} leaves out; check the path, or move the text out "
-                            "of them")
+    skipped = _LeftOut(skip, spec)
 
     def wanted(path: str) -> bool:
         p = Path(path)
@@ -180,12 +243,7 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     if os.path.isdir(spec):
         files = sorted(filter(wanted, _walk(spec)))
         if not files:
-            left_out(_walk(spec))
-            hidden = [f for f in _walk(spec, hidden=True) if not skipped(f)]  # (".data/train.txt")
-            raise DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file" + (
-                f" but in hidden folders or files, which a folder leaves out ({hidden[0]}"
-                f"{', ...' * (len(hidden) > 1)}); check the path, or name the hidden one" if hidden
-                else "; check the path"))
+            raise _no_files_in(spec, flag, skipped)
     elif os.path.isfile(spec):  # before the glob test: a file may be named tiny[1].txt
         files = [spec]
     elif pattern := _glob_pattern(spec):
@@ -194,8 +252,11 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
                                                              for f in _walk(m)]
         raw, found = found, sorted(set(filter(wanted, found)))  # (a set: dir/** matches a file and its dirs)
         files = [f for f in found if Path(f).suffix.lower() in KINDS]  # (the others left out, as in a folder)
+        if not files and (packed := sorted({f for f in found if Path(f).suffix.lower() in PACKED} | {
+                f for m in matches if os.path.isdir(m) for f in _walk(m, kinds=PACKED) if not skipped(f)})):
+            raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file{_packed(packed, flag)}")
         if not found:
-            left_out(raw)
+            skipped.refuse(raw, spec, flag)
             fix = _a_list(spec, flag) or "; check the path or glob"
             raise DataError(f"{flag}: no files match '{spec}'{fix}")
         if not files:
@@ -219,6 +280,9 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
     for f in files:  # folder): once
         first.setdefault(_identity(f), f)
     files = list(first.values())
+    if skipped.ours and log:
+        log(f"data: {flag} {spec}: left out {plural(len(skipped.ours), 'folder')} that this project wrote "
+            f"({_listed(skipped.ours)})")
     for f in files:
         if (suffix := Path(f).suffix.lower()) in PACKED:  # (a.txt.gz: no other format to convert it to)
             raise DataError(f"{flag}: '{f}' is {PACKED[suffix][0]}-compressed; decompress it "
@@ -226,6 +290,22 @@ def resolve_files(spec: str, flag: str, skip=()) -> list[str]:
         if suffix not in KINDS:
             raise DataError(f"{flag}: '{f}' is not {FORMATS}; convert it or leave it out")
     return files
+
+
+def _packed(files: list[str], flag: str) -> str:
+    """The end of the line refusing a folder or glob of compressed files alone (a.txt.gz: text, but
+    not readable as it is): which they are, and how to decompress them."""
+    first, more = files[0], len(files) - 1
+    tool = PACKED[Path(first).suffix.lower()][1]
+    them, hold = ("them", "they hold") if more else ("it", "it holds")
+    return (f", only compressed ones ({first}{f' and {more} more' if more else ''}); decompress {them} "
+            f"({tool} {shlex.quote(first)}{', ...' * bool(more)}) and point {flag} at what {hold}")
+
+
+def _listed(folders: dict) -> str:
+    """Folders and what each is (`{path: what}`), the first three of them, in a line."""
+    items = [f"{folder}: {what}" for folder, what in sorted(folders.items())]
+    return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
 
 
 def with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
@@ -980,7 +1060,7 @@ def source_warnings(t, given) -> list[str]:
 
 def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:
     spec = storage.expand_home(spec)  # (a quoted ~: its label and its folder test below, as resolve_files)
-    files = with_text(resolve_files(spec, flag, skip), spec, flag, log)
+    files = with_text(resolve_files(spec, flag, skip, log), spec, flag, log)
     stats = [os.stat(f) for f in files]
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in zip(files, stats, strict=True)]
     # plain text has no fields: its shards are keyed as under the default whatever --text_field says

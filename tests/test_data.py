@@ -466,6 +466,40 @@ def test_a_folder_inside_a_hidden_folder_is_read_and_relative_skip_folders_are_s
     assert sources.resolve_files(".", "--data", skip=["cache"]) == ["a.txt"]
 
 
+def test_another_token_cache_or_run_folder_in_a_data_folder_is_left_out_and_named(tmp_path, monkeypatch):
+    """Bug caught: `cd corpus && train.py --data .` made corpus/cache; a later `--data corpus` with
+    another --cache_dir (scripts/compare.py's cache/, say) read that cache's tokenizer.json as
+    training text and stopped ("is one JSON object ...; convert it to JSON Lines"); so did a run folder
+    of another --out_dir (its train.json, metrics.jsonl). Both are known by the files only they hold
+    (the cache's lock files, the run's run.lock beside its settings), left out, and named in a line."""
+    import storage
+    corpus = tmp_path / "corpus"
+    write(corpus / "a.txt", official(stories(40)))
+    monkeypatch.chdir(corpus)
+    run(tmp_path, data=".", val_fraction=0.1, cache_dir="cache")  # corpus/cache, its own: left out
+    folder = storage.RunFolder(corpus / "runs" / "r1")  # a run of another --out_dir, as train.py leaves it
+    storage.save_json(folder.path / "train.json", {"lr": 0.001})
+    write(folder.path / "metrics.jsonl", '{"kind": "train", "step": 1}\n')
+    folder.release()
+    monkeypatch.chdir(tmp_path)
+    _, _, _, logs = run(tmp_path, data="corpus", val_fraction=0.1, cache_dir="other")
+    assert "data: --data corpus: left out 2 folders that this project wrote (corpus/cache: a token cache, " \
+           "corpus/runs/r1: a run folder)" in logs
+    assert any(line.startswith("data: train: --data corpus (1 file, ") for line in logs)
+    for spec, ours in (("corpus/**/*.json", "corpus/cache: a token cache, corpus/runs/r1: a run folder"),
+                       ("corpus/cache", "corpus/cache: a token cache")):  # (ours alone: refused, saying so)
+        with pytest.raises(DataError, match=rf"^--data: '{re.escape(spec)}' holds no .* file outside this "
+                                            rf"project's token caches and run folders \({ours}\), which"):
+            sources.resolve_files(spec, "--data")
+    # a folder of the user's is never taken for ours by names alone: a cache/ of text, a .locks/ of
+    # other locks, a run.lock beside text alone
+    mine = [write(tmp_path / "mine" / "cache" / "s.txt", "Once.\n"),
+            write(tmp_path / "mine" / "r" / "t.txt", "Two.\n")]
+    write(tmp_path / "mine" / "cache" / ".locks" / "x.lock", "")
+    write(tmp_path / "mine" / "r" / "run.lock", "")
+    assert sources.resolve_files("mine", "--data") == [str(p.relative_to(tmp_path)) for p in mine]
+
+
 def test_held_out_every_rounds_and_keeps_training_text():
     # catches 1 in int(1 / f) (0.15 is 1 in 7, not 6) and a 1-in-1 slice that leaves no training text
     fractions = (0.01, 0.15, 1 / 3, 0.5, 0.9, 1.0)

@@ -282,6 +282,29 @@ def test_a_compressed_file_named_alone_is_told_to_be_decompressed(tmp_path):
         sources.resolve_files(str(write(tmp_path / "x.csv", "a,b\n")), "--data")
 
 
+def test_a_folder_or_glob_of_compressed_files_alone_names_them_and_the_command(tmp_path):
+    """Bug caught: --data corpus, a folder that holds only stories.txt.gz (or a glob of such files),
+    said "holds no .txt, .jsonl, .json, .parquet or .arrow file; check the path" (or "no files match"
+    of a glob whose folder holds them): the path was right, the files compressed. The line now names
+    them and the command that decompresses them, as for one named alone."""
+    gz = write(tmp_path / "corpus" / "stories.txt.gz", b"packed")
+    write(tmp_path / "corpus" / "sub" / "b.txt.bz2", b"packed")
+    tail = (f"only compressed ones ({gz} and 1 more); decompress them (gunzip {gz}, ...) and point "
+            "--data at what they hold")
+    for spec, said in ((tmp_path / "corpus", f"folder '{tmp_path / 'corpus'}' holds"),
+                       (tmp_path / "corpus" / "**", f"'{tmp_path / 'corpus' / '**'}' matches"),
+                       (tmp_path / "corp*", f"'{tmp_path / 'corp*'}' matches")):
+        with pytest.raises(DataError) as e:
+            sources.resolve_files(str(spec), "--data")
+        assert str(e.value) == f"--data: {said} no .txt, .jsonl, .json, .parquet or .arrow file, {tail}"
+    with pytest.raises(DataError) as e:
+        sources.resolve_files(str(tmp_path / "corpus" / "*.gz"), "--val_data")
+    assert str(e.value).endswith(f"only compressed ones ({gz}); decompress it (gunzip {gz}) and point "
+                                 "--val_data at what it holds")
+    write(tmp_path / "corpus" / "a.txt", "Once upon a time.\n")  # (beside text: left out, as other kinds)
+    assert sources.resolve_files(str(tmp_path / "corpus"), "--data") == [str(tmp_path / "corpus" / "a.txt")]
+
+
 # ---------------------------------------------------------------------------------------------
 # .txt files: the layout chosen, bytes that are not UTF-8
 
@@ -1067,10 +1090,10 @@ def test_evaluating_beside_a_training_text_that_cannot_be_listed_says_nothing_of
     story = write(tmp_path / "v.txt", official(docs(2)))
     real = sources.resolve_files
 
-    def unreadable(spec, flag, skip=()):
+    def unreadable(spec, flag, skip=(), log=None):
         if flag == "--data":
             raise PermissionError(13, "Permission denied", spec)
-        return real(spec, flag, skip)
+        return real(spec, flag, skip, log)
     monkeypatch.setattr(sources, "resolve_files", unreadable)
     logs = []
     none, val = sources.resolve_sources(targs(tmp_path, data=str(tmp_path / "locked"), val_data=str(story)),
