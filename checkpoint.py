@@ -28,7 +28,9 @@ How this departs from the obvious version:
   is ours alone and is dropped on export (an imported model has router_noise off; a run from it
   may turn it on: init_state).
 - A folder that this project did not write (e.g. Meta's, whose eos_token_id is not 0) imports
-  too: the special-token ids come from its config, and those it does not name take free ids.
+  too: the special-token ids come from its config, those it does not name from its tokenizer.json
+  (ours name no patch or tile token: a run trained with them elsewhere came back with other ids),
+  and the rest take free ids.
 """
 
 import dataclasses
@@ -621,11 +623,12 @@ def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
         cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path, exact=False).hash
         tokenizer_json = with_story_start(Path(tokenizer_path).read_bytes(), model.args.eos_id)
         storage.atomic_write(out / "tokenizer.json", tokenizer_json, fix)
-        storage.save_json(out / "tokenizer_config.json", {  # (left padding: a padded batch generates)
+        storage.save_json(out / "tokenizer_config.json", {  # (left padding: a padded batch generates;
+            # split_special_tokens: a typed "<|endoftext|>" is text, as in a training story and a prompt)
             "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SPECIAL_TOKENS["eos_id"],
             "bos_token": SPECIAL_TOKENS["eos_id"], "pad_token": SPECIAL_TOKENS["pad_id"],
             "padding_side": "left", "model_max_length": model.args.max_seq_len,
-            "clean_up_tokenization_spaces": False}, fix)
+            "clean_up_tokenization_spaces": False, "split_special_tokens": True}, fix)
     weights = save(hf_state_dict(model), metadata={"format": "pt"})
     storage.atomic_write(out / "model.safetensors", weights, fix)
     storage.save_json(out / "generation_config.json", hf_generation_config(model.args), fix, sort_keys=False)
@@ -640,8 +643,10 @@ def hf_generation_config(model_args: ModelArgs) -> dict:
             "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn}
 
 
-def _free_special_ids(values: dict) -> None:
-    """Special-token ids: the folder's where its config names them, the first free ids otherwise."""
+def _free_special_ids(values: dict, tokenizer_ids: dict | None = None) -> None:
+    """Special-token ids: the folder's where its config names them; else its tokenizer's (tokenizer_ids:
+    name -> id, where free: config.json names no patch or tile token, and a text model's none of the
+    image ones), else the first free ids."""
     for name in ("eos_id", "pad_id"):
         value = values.get(name)
         if isinstance(value, list):  # Meta's configs list several end tokens: the first ends a story
@@ -651,6 +656,10 @@ def _free_special_ids(values: dict) -> None:
             values.pop(name, None)
     taken = {values[n] for n in SPECIAL_TOKENS if n in values}
     vocab = values["vocab_size"]
+    for name, i in (tokenizer_ids or {}).items():
+        if name not in values and isinstance(vocab, int) and 0 <= i < vocab and i not in taken:
+            values[name] = i
+            taken.add(i)
     free = (i for i in range(vocab) if i not in taken)
     for name in SPECIAL_TOKENS:
         if name not in values:
@@ -749,9 +758,10 @@ def _hf_defaults(cfg: dict, text: dict, vision: bool) -> dict:
     return taken
 
 
-def args_from_hf(cfg: dict) -> ModelArgs:
+def args_from_hf(cfg: dict, tokenizer_ids: dict | None = None) -> ModelArgs:
     """ModelArgs from a transformers Llama 4 config.json (ours, or one this project did not write):
-    what it leaves out is transformers' default (HF_DEFAULTS), not ours."""
+    what it leaves out is transformers' default (HF_DEFAULTS), not ours; a special-token id it leaves
+    out is the folder's tokenizer's (tokenizer_ids), or a free one."""
     vision = cfg.get("model_type") == "llama4"
     text = cfg["text_config"] if vision else cfg
     text = {**text, "rope_parameters": hf_rope(text)}
@@ -769,7 +779,7 @@ def args_from_hf(cfg: dict) -> ModelArgs:
         value = defaults.get(name, _hf_value(cfg, text, name))
         if value is not _LEFT_OUT and (value is not None or f.name in SPECIAL_TOKENS):
             values[f.name] = value
-    _free_special_ids(values)
+    _free_special_ids(values, tokenizer_ids)
     rope_type = text["rope_parameters"]["rope_type"]
     values["rope_scaling"] = "llama3" if rope_type == "llama3" else "none"
     if rope_type not in ("default", "llama3"):
@@ -797,6 +807,18 @@ def hf_weight_files(folder: Path) -> list[Path]:
     return [folder / "model.safetensors"]
 
 
+def tokenizer_special_ids(path: Path) -> dict:
+    """The ids a tokenizer.json gives this project's special tokens, by ModelArgs name (those it has);
+    {} where there is none, or none that `tokenizers` reads (load_hf's caller names it)."""
+    import tokenizers
+    try:
+        tok = tokenizers.Tokenizer.from_str(path.read_bytes().decode("utf-8"))
+    except Exception:  # (none there, not UTF-8, not a tokenizer: the Rust side's own exception type)
+        return {}
+    ids = {name: tok.token_to_id(text) for name, text in SPECIAL_TOKENS.items()}
+    return {name: i for name, i in ids.items() if i is not None}
+
+
 def load_hf(folder, device="cpu", dtype: torch.dtype | None = None) -> Llama4:
     """An HF folder (config.json + model.safetensors, or its shards) -> our model (eval mode, on
     `device`, weights in `dtype`; None: as saved), read on the CPU and cast there. Another
@@ -818,7 +840,7 @@ def load_hf(folder, device="cpu", dtype: torch.dtype | None = None) -> Llama4:
         if kind not in ("llama4_text", "llama4"):
             raise CheckpointError(f"{folder / 'config.json'} is not a Llama 4 model's (model_type {kind!r}, "
                                   "not llama4_text, or llama4 with the vision stub); pass a Llama 4 folder")
-        model_args = args_from_hf(cfg)
+        model_args = args_from_hf(cfg, tokenizer_special_ids(folder / "tokenizer.json"))
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad JSON, a missing section, ConfigError
         why = str(e) if isinstance(e, ConfigError) else first_line(e)
         raise CheckpointError(f"{folder / 'config.json'} describes no model this project builds ({why}); "

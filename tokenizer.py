@@ -14,9 +14,9 @@ How this departs from the obvious version:
 - `hash` is the sha256 of the canonical JSON (less the post-processor, which encoding never runs):
   checkpoints and token caches record it, so a run never silently continues or trains with
   another tokenizer.
-- A tokenizer.json that does not give back the text it encodes (a normaliser, a prefix space) is
-  refused for training and evaluation, naming the file; sampling and the export load it with
-  exact=False, for the runs that earlier versions trained with one.
+- A tokenizer.json that does not give back the text it encodes (a normaliser, a prefix space, a
+  byte without a token) is refused for training and evaluation, naming the file; sampling and the
+  export load it with exact=False, for the runs that earlier versions trained with one.
 - encode_docs reads special-token strings as plain text (only separators the data code puts
   there are special in a shard) and runs the Rust encoder in Python threads, which release the GIL.
 - `pieces` cuts a document longer than PIECE_CHARS before a space between two non-space
@@ -47,8 +47,8 @@ from errors import ConfigError, DataError, first_line
 
 EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
-NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser, a prefix space, or special "
-             "tokens not marked special)")
+NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser, a prefix space, special "
+             "tokens not marked special, or a byte it has no token for)")
 
 TRAIN_ONE = "leave --tokenizer empty to train one with this project"  # (advice for a tokenizer refused)
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
@@ -125,9 +125,11 @@ class Tokenizer:
     values (emoji and scripts never seen in training included: every byte is in the vocabulary).
     Pre-tokenization is the GPT-2 byte-level split (Llama 4's tiktoken-style regex differs mostly on
     digits and non-Latin scripts, which TinyStories hardly has).
-    `encode` reads special-token strings as special tokens (as transformers does); `decode` keeps
-    them as their text. `token_bytes[i]` is the number of UTF-8 bytes token i stands for, 0 for the
-    special tokens (so bits per byte count the separator as zero bytes: a conservative figure).
+    `encode` reads special-token strings as special tokens (as transformers does by default); the
+    shards, sample.py's prompts and the export's tokenizer read them as text (encode_docs;
+    split_special_tokens). `decode` keeps them as their text. `token_bytes[i]` is the number of
+    UTF-8 bytes token i stands for, 0 for the special tokens (so bits per byte count the separator
+    as zero bytes: a conservative figure).
     """
 
     def __init__(self, tok: tokenizers.Tokenizer, exact: bool = True):
@@ -149,8 +151,12 @@ class Tokenizer:
 
     def gives_back_text(self) -> bool:
         """The shards must hold the text as it is, and bits/byte count its bytes: a tokenizer that
-        changes text (a normaliser that lower-cases, a prefix space) or reads a special-token string
-        in the text as a special token (one not marked special) is refused for training (`exact`)."""
+        changes text (a normaliser that lower-cases, a prefix space), reads a special-token string
+        in the text as a special token (one not marked special), or lacks a token for some byte (a BPE
+        trained without the byte alphabet: the encoder drops, silently, every character it never saw)
+        is refused for training (`exact`)."""
+        if any(self.tok.token_to_id(c) is None for c in BYTE_OF):
+            return False
         ids = self.encode_docs([self.PROBE])[0]
         return self.decode(ids) == self.PROBE and int(self.token_bytes[ids].sum()) == len(self.PROBE.encode())
 

@@ -18,16 +18,17 @@ state); an export is replaced whole (the shards and index of a re-save by transf
 folder's other files left (a tokenizer_config.json without a tokenizer.json among them; one beside
 a tokenizer.json that --force removes goes with it). An export into a
 run folder or a folder of runs (an --out_dir), or an --import into an HF folder or a folder of
-runs, is refused even with --force (each would mix two kinds of folder). --import also takes Llama 4 folders
-this project did not write (special-token ids come from their config; weights in one file or in
-shards; a tokenizer without this project's special tokens, which sample.py and train.py refuse,
-is a warning); a run folder or checkpoint given to --import is said to want no --import. An export is
-written into a hidden .tmp-export-* folder in the destination, then renamed into place with Ctrl-C
-and SIGTERM put off: an interrupt or a full disk leaves the folder as it was (none, where there was
-none) or the whole new export, never a mix. Ctrl-C while torch imports is one line (errors is
-imported first, as in the other scripts that import torch); a warning stderr cannot take
-(2>/dev/full, 2>&-) is dropped; a standard output that cannot take the closing line (> FILE on a
-full disk) is an error, exit 1, that says the export (or the checkpoint) is whole.
+runs, is refused even with --force (each would mix two kinds of folder). --import also takes Llama 4
+folders this project did not write (special-token ids come from their config, else their
+tokenizer.json; weights in one file or in shards; a tokenizer without this project's special tokens,
+which sample.py and train.py refuse, is a warning); a run folder or checkpoint given to --import is
+said to want no --import. An export is written into a hidden .tmp-export-* folder in the
+destination, then renamed into place with Ctrl-C and SIGTERM put off: an interrupt or a full disk
+leaves the folder as it was (none, where there was none) or the whole new export, never a mix.
+Ctrl-C while torch imports is one line (errors is imported first, as in the other scripts that
+import torch); a warning stderr cannot take (2>/dev/full, 2>&-) is dropped; a standard output that
+cannot take the closing line (> FILE on a full disk) is an error, exit 1, that says the export (or
+the checkpoint) is whole.
 The conversion itself is checkpoint.export_hf / checkpoint.import_hf; this is its command line.
 """
 

@@ -1612,21 +1612,30 @@ def test_a_few_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
     assert tok.decode(train.tokens).count("\ufffd") == 3
 
 
-@pytest.mark.parametrize("edit", ["lowercase", "prefix space", "specials not special"])
+@pytest.mark.parametrize("edit", ["lowercase", "prefix space", "specials not special", "a byte missing"])
 def test_a_tokenizer_that_changes_the_text_is_refused(tmp_path, edit):
-    """A --tokenizer from elsewhere that lower-cases, adds a prefix space, or reads "<|endoftext|>"
-    in the text as the separator (its specials not marked special) would put other text in the
-    shards, and other bytes under bits/byte: refused at load."""
+    """A --tokenizer from elsewhere that lower-cases, adds a prefix space, reads "<|endoftext|>"
+    in the text as the separator (its specials not marked special), or has no token for a byte
+    would put other text in the shards, and other bytes under bits/byte: refused at load.
+    Bug caught: one without a token for NUL (a BPE trained without the byte alphabet: the
+    encoder dropped every character it never saw, silently) was taken for training."""
     spec = json.loads(small_tokenizer().tok.to_str())
     if edit == "lowercase":
         spec["normalizer"] = {"type": "Lowercase"}
     elif edit == "prefix space":
         spec["pre_tokenizer"]["add_prefix_space"] = True
+    elif edit == "a byte missing":
+        nul = next(c for c, b in tokenizer.BYTE_OF.items() if b == 0)
+        vocab = spec["model"]["vocab"]
+        vocab[max(vocab, key=vocab.get)] = vocab.pop(nul)  # (the ids stay 0..V-1)
     else:
         for token in spec["added_tokens"]:
             token["special"] = False
     path = tmp_path / "tok.json"
     path.write_text(json.dumps(spec))
+    if edit == "a byte missing":  # (NUL is no byte of the probe text: it was lost unseen)
+        lossy = Tokenizer.load(path, exact=False)
+        assert lossy.decode(lossy.encode_docs(["a\x00b"])[0]) == "ab"
     with pytest.raises(DataError, match="the tokenizer does not give back the text it encodes"):
         Tokenizer.load(path)
 

@@ -514,6 +514,57 @@ def test_transformers_generate_on_an_export_never_draws_what_sample_py_never_dra
     assert hf.generation_config.suppress_tokens == model.args.never_drawn == list(range(1, 8))
 
 
+def test_an_exported_tokenizer_reads_a_typed_special_token_as_text_as_sample_py_does(tmp_path):
+    """Bug caught: transformers' tokenizer("the cat <|endoftext|> sat") on an export gave id 0 where
+    the text "<|endoftext|>" was typed, when training and sample.py --prompt read it as plain text:
+    the same prompt, greedy, told another story in transformers' generate than in sample.py."""
+    from conftest import WORDS
+    from transformers import AutoTokenizer
+
+    import sample
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train([" ".join(WORDS)] * 50, V)
+    tok.save(tmp_path / "tokenizer.json")
+    checkpoint.export_hf(build(), tmp_path / "hf", tmp_path / "tokenizer.json")
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "the cat <|endoftext|> sat <|pad|>"
+    ours = sample.prompts_from(sample.SampleArgs(prompt=[text]), tok, debug_args(), print)[0]
+    assert ours == [0, *tok.encode_docs([text])[0]] and ours.count(0) == 1
+    assert hf_tok(text)["input_ids"] == ours
+    assert hf_tok.decode(ours, skip_special_tokens=True) == text  # (the typed text is kept)
+    assert hf_tok(["a", text], padding=True)["input_ids"][0][0] == DEBUG.pad_id  # (padding: still <|pad|>)
+
+
+def test_an_export_with_special_tokens_at_other_ids_imports_and_samples(tmp_path):
+    """Bug caught: a run trained with a --tokenizer whose special tokens are not at 0..7 (train.py
+    takes it with the --eos_id ... it names) exported, but config.json names no patch or tile token
+    (nor, for a text model, the image ones), so --import and sample.py --hf gave those the first free
+    ids and refused the folder's own tokenizer: "has <|image_start|> at id 3 but the model of ...
+    has 0 there ...; export the folder again". They take the folder's tokenizer's ids now."""
+    import tokenizers
+    from conftest import WORDS
+
+    import sample
+    from tokenizer import Tokenizer
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    bpe.train_from_iterator([" ".join(WORDS)] * 50, tokenizers.trainers.BpeTrainer(
+        vocab_size=V, special_tokens=["<unk>", *SPECIAL_TOKENS.values()], show_progress=False,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    tok = Tokenizer(bpe)
+    tok.save(tmp_path / "tokenizer.json")
+    ids = tok.special_ids()
+    assert ids["eos_id"] == 1 and ids["tile_y_id"] == 8
+    ours = build(**ids)
+    checkpoint.export_hf(ours, tmp_path / "hf", tmp_path / "tokenizer.json")
+    model, _, _ = sample.load(sample.SampleArgs(hf=str(tmp_path / "hf")), "cpu")
+    assert {name: getattr(model.args, name) for name in SPECIAL_TOKENS} == ids
+    back, _ = checkpoint.load_model(checkpoint.import_hf(tmp_path / "hf", tmp_path / "back"))
+    assert {name: getattr(back.args, name) for name in SPECIAL_TOKENS} == ids
+    sample.load(sample.SampleArgs(ckpt=str(tmp_path / "back")), "cpu")  # (with the tokenizer beside it)
+
+
 def test_an_exported_tokenizer_pads_a_batch_for_generate(tmp_path):
     """Bug caught: the exported tokenizer padded on the right, so transformers' generate on
     tokenizer(["a long prompt", "short"], padding=True) continued the short row after its padding
