@@ -380,15 +380,19 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
 
 def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
     """The checkpoint a run resumes (or --eval_only evaluates), loaded and checked before its settings
-    are read: training settings of types this version builds, the fields a resume reads of the types
-    it reads (check_resumed_fields), and an optimizer state to resume (an
-    import's weights alone can be evaluated, not resumed)."""
+    are read: training settings of types this version builds (an older checkpoint's --compile, a bool
+    before auto was one of its values, as "true" or "false"), the fields a resume reads of the types it
+    reads (check_resumed_fields), and an optimizer state to resume (an import's weights alone can be
+    evaluated, not resumed)."""
     fix = checkpoint.resume_fix(ckpt_path, eval_only)
     try:
         ckpt = checkpoint.load_checkpoint(ckpt_path, fix)
     except KeyboardInterrupt as e:  # (the slow part of a resume's set-up)
         e.run_dir = run_dir  # main() tells what is left there to resume from
         raise
+    saved = ckpt.get("train_args")
+    if isinstance(saved, dict) and isinstance(saved.get("compile"), bool):  # (a checkpoint from before
+        saved["compile"] = "true" if saved["compile"] else "false"  # --compile auto: it ran as it said)
     try:  # (types only: a setting a newer version refuses can be typed over, as resume_settings allows)
         config.typed_fields(TrainArgs, ckpt.get("train_args") or {}, "training settings")
         check_resumed_fields(ckpt, eval_only)

@@ -99,7 +99,7 @@ import runplan
 import runtime
 import storage
 from config import ModelArgs, TrainArgs
-from errors import RunError, UserError, first_line, reports
+from errors import CheckpointError, RunError, UserError, first_line, reports
 from model import Llama4, count_parameters, flops_per_token
 from runplan import RunPlan
 from runtime import World
@@ -125,12 +125,19 @@ def make_optimizer(model: Llama4, train_args: TrainArgs, device) -> torch.optim.
                              fused=device.type in ("cuda", "cpu"))
 
 
-def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict, path="the checkpoint") -> None:
     """The checkpoint's optimizer state (AdamW's moments and step counts) into `opt`, keeping the
     settings `opt` was built with (weight decay, betas, fused): load_state_dict would put back the
-    checkpoint's, and a --weight_decay or --beta2 typed at resume would be ignored."""
+    checkpoint's, and a --weight_decay or --beta2 typed at resume would be ignored. A state of other
+    parameter groups (an older version's, whose groups split the parameters otherwise) is a
+    CheckpointError naming `path`, the file it came from."""
     settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
-    opt.load_state_dict(saved)
+    try:
+        opt.load_state_dict(saved)
+    except ValueError as e:  # (torch: "... a parameter group that doesn't match the size of ...")
+        why = first_line(e)
+        raise CheckpointError(f"{path}: its optimizer state is not of this version's parameter groups "
+                              f"({why}); start a new run from its weights with --init_from {path}") from None
     for group, own in zip(opt.param_groups, settings, strict=True):
         group.update(own)
 
@@ -926,7 +933,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
-        load_optimizer(opt, ckpt["optimizer"])
+        load_optimizer(opt, ckpt["optimizer"], plan.ckpt_path)
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
     compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
     # DDP wraps the compiled model, as torch's docs advise ("where to apply torch.compile"): Dynamo

@@ -64,6 +64,20 @@ def test_a_resumed_optimizer_keeps_its_moments_and_the_settings_typed_at_resume(
     assert float(new.state[p]["step"]) == 1
 
 
+def test_an_optimizer_state_of_other_parameter_groups_is_the_checkpoints_fault_in_one_line():
+    """Bug caught: a checkpoint of the first train.py (its router noise projection decayed, in the
+    first group: the groups' sizes differ from this version's) resumed with torch's ValueError
+    traceback from load_state_dict; now a CheckpointError naming the file and --init_from."""
+    model = tiny_model()
+    old = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.dim() >= 2]},
+                             {"params": [p for p in model.parameters() if p.dim() < 2]}])
+    new = train.make_optimizer(model, TrainArgs(), torch.device("cpu"))
+    with pytest.raises(train.CheckpointError, match=r"^ck/last\.pt: its optimizer state is not of this "
+                       r"version's parameter groups \(.*\); start a new run from its weights with "
+                       r"--init_from ck/last\.pt$"):
+        train.load_optimizer(new, old.state_dict(), "ck/last.pt")
+
+
 # --- accumulation and a step ----------------------------------------------------------------
 
 def test_ddp_syncs_gradients_on_the_last_micro_batch_only():

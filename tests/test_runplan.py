@@ -410,6 +410,20 @@ def test_a_local_hf_dataset_folder_is_saved_absolute_and_checked_at_resume(tmp_p
     assert plan(tmp_path, resume=str(named)).train_args.hf_dataset == "me/stories"
 
 
+def test_a_checkpoint_from_before_compile_auto_resumes_compiling_as_it_did(tmp_path):
+    """Bug caught: a checkpoint written before --compile took auto (it was a bool then: every run's
+    train_args held compile False or True) was refused by --resume and --eval_only alike as "damaged
+    or from another version" (compile should be str), with best.pt advised, which failed the same way."""
+    for old, now in ((False, "false"), (True, "true")):
+        last = fake_checkpoint(tmp_path / "ckpt" / f"r{old}" / "last.pt")
+        state = checkpoint.load_checkpoint(last)
+        state["train_args"]["compile"] = old
+        checkpoint.save_checkpoint(last, state)
+        assert plan(tmp_path, resume=str(last)).train_args.compile == now
+        assert plan(tmp_path, resume=str(last), eval_only=True).train_args.compile == now
+        assert plan(tmp_path, ("compile",), resume=str(last), compile="auto").train_args.compile == "auto"
+
+
 def test_damaged_training_settings_are_the_checkpoints_fault(tmp_path):
     """Bug caught: a checkpoint's training setting of the wrong type blamed on an option (ConfigError,
     exit status 2) rather than the file (CheckpointError, exit status 1)."""
