@@ -89,8 +89,12 @@ HELD_OUT_RULES = 2  # version of which rows a held-out slice counts as documents
 # caches of held-out slices alone (2: a row of byte-order marks and whitespace is none, as document() says)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 FORMATS = ".txt, .jsonl, .json, .parquet or .arrow"
-PACKED = {".gz": ("gzip", "gunzip"), ".bz2": ("bzip2", "bunzip2"), ".xz": ("xz", "unxz"),  # (by name, a
-          ".zst": ("zstd", "unzstd"), ".zip": ("zip", "unzip")}  # file named alone; _check_text: by bytes)
+# compressed files: suffix, magic bytes, format, the command that decompresses it
+COMPRESSORS = [(".gz", b"\x1f\x8b", "gzip", "gunzip"), (".bz2", b"BZh", "bzip2", "bunzip2"),
+               (".xz", b"\xfd7zXZ\x00", "xz", "unxz"), (".zst", b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+               (".zip", b"PK\x03\x04", "zip", "unzip")]
+PACKED = {suffix: (kind, tool) for suffix, _, kind, tool in COMPRESSORS}  # by name (resolve_files)
+COMPRESSED = {magic: (kind, tool) for _, magic, kind, tool in COMPRESSORS}  # by bytes (_check_text)
 SAVED = ("state.json", "dataset_info.json")  # what `save_to_disk` writes beside its .arrow files: not text
 MAX_NON_UTF8 = 0.01  # share of bytes above which a .txt file is refused rather than repaired
 READ_CHUNK = 1 << 20  # bytes read at a time when scanning a .txt file
@@ -423,8 +427,6 @@ BLANK_LINE = re.compile(b"(?m)^[" + SPACES + b"]*\n")
 SEPARATORS = {"lines": re.compile(MARKER_LINE.pattern.decode()),  # (the text split's: the scan's, decoded)
               "blank": re.compile(BLANK_LINE.pattern.decode()), "inline": re.compile(re.escape(EOT))}
 INLINE_SHARE = 100  # markers inside lines separate documents unless blank lines are this many times more
-COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\xfd7zXZ\x00": ("xz", "unxz"),
-              b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}  # (magic bytes)
 
 
 def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, by_four=(0, 0, 0, 0)) -> None:
@@ -628,9 +630,7 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
                 return f"line {n} is not UTF-8; convert the file to UTF-8"
             except ValueError:
                 return f"line {n} is not valid JSON; fix or remove it"
-            try:  # (json.loads takes an escaped half of a UTF-16 pair, "\ud83d" alone: pyarrow does not)
-                json.dumps(record, ensure_ascii=False).encode()
-            except UnicodeEncodeError:
+            if _lone_surrogate_in(record):  # (json.loads takes "\ud83d" alone: pyarrow does not)
                 return f"line {n} {LONE_SURROGATE}; fix or remove the line"
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
@@ -655,11 +655,18 @@ def _lone_surrogate(path: str) -> str | None:
     except ValueError:  # (JSON Lines in a .json, which pyarrow read: it refuses a lone surrogate)
         return None
     for row, record in enumerate(data if isinstance(data, list) else [data]):
-        try:
-            json.dumps(record, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
+        if _lone_surrogate_in(record):
             return f"row {row} {LONE_SURROGATE}; fix or remove the row"
     return None
+
+
+def _lone_surrogate_in(record) -> bool:
+    """Whether a record json.loads read holds a lone surrogate (an escaped half of a UTF-16 pair)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _json_type(value) -> str:

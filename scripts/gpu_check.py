@@ -23,7 +23,8 @@ Results go to --out: bench_model.json, bench_sample.json, bench_sample_fp32.json
 (the tables the README quotes) and log.txt. The default is img/gpu/ for a run at the defaults
 (--only, --deadline, --work and the folder train-lower.txt and valid-lower.txt lie in aside), else
 --work/results/, so that a smoke test never replaces the README's; the training run goes to --work
-(checkpoints/gpu-check/). Data: gpu-data/ (make gpu-prep), else ../shared/data/tinystories/.
+(checkpoints/gpu-check/); a training run's folder is refused as --out (train.json would replace the
+run's). Data: gpu-data/ (make gpu-prep), else ../shared/data/tinystories/.
 
 Files are written as the check goes (a part's old files removed when it begins), so a lease's
 time limit keeps what was done; --deadline SECONDS makes the check stop itself first (a part with
