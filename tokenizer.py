@@ -48,7 +48,8 @@ from errors import ConfigError, DataError, first_line
 EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
 NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser, a prefix space, special "
-             "tokens not marked special, or a byte it has no token for)")
+             "tokens not marked special, an added token that decodes to other text, or a byte it has no "
+             "token for)")
 
 TRAIN_ONE = "leave --tokenizer empty to train one with this project"  # (advice for a tokenizer refused)
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
@@ -152,13 +153,16 @@ class Tokenizer:
     def gives_back_text(self) -> bool:
         """The shards must hold the text as it is, and bits/byte count its bytes: a tokenizer that
         changes text (a normaliser that lower-cases, a prefix space), reads a special-token string
-        in the text as a special token (one not marked special), or lacks a token for some byte (a BPE
-        trained without the byte alphabet: the encoder drops, silently, every character it never saw)
-        is refused for training (`exact`)."""
+        in the text as a special token (one not marked special), lacks a token for some byte (a BPE
+        trained without the byte alphabet: the encoder drops, silently, every character it never saw),
+        or has an added token that decodes to other text (an added "café": its "é" decodes as the byte
+        0xE9) is refused for training (`exact`)."""
         if any(self.tok.token_to_id(c) is None for c in BYTE_OF):
             return False
-        ids = self.encode_docs([self.PROBE])[0]
-        return self.decode(ids) == self.PROBE and int(self.token_bytes[ids].sum()) == len(self.PROBE.encode())
+        added = [t.content for t in self.tok.get_added_tokens_decoder().values() if not t.special]
+        texts = [self.PROBE, *added]  # (an added token is read as its text, and must decode to it)
+        return all(self.decode(ids) == text and int(self.token_bytes[ids].sum()) == len(text.encode())
+                   for text, ids in zip(texts, self.encode_docs(texts), strict=True))
 
     @classmethod
     def train(cls, texts, vocab_size: int) -> "Tokenizer":
@@ -261,11 +265,18 @@ class Tokenizer:
                 return [ids for out in pool.map(encode, parts) for ids in out]
 
     def _count_token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes per token: a BPE token's characters are stand-ins, one per byte; an added token
+        is text read as it is (its UTF-8 bytes; a special one 0: encode_docs never gives it). This
+        project's special tokens count 0 even when not marked special (gives_back_text then fails)."""
         alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
         special = set(self.special_ids().values())
+        added = self.tok.get_added_tokens_decoder()
         out = np.zeros(self.vocab_size, dtype=np.int64)
         for token, i in self.tok.get_vocab(with_added_tokens=True).items():
             if i in special:
+                continue
+            if i in added:
+                out[i] = 0 if added[i].special else len(added[i].content.encode())
                 continue
             if not set(token) <= alphabet:
                 raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r})", TRAIN_ONE)

@@ -2326,6 +2326,28 @@ def test_a_tokenizer_that_is_not_a_byte_level_bpe_is_refused_even_when_not_exact
         Tokenizer(words, exact=False)
 
 
+@pytest.mark.parametrize("word", ["\u65e5\u672c", "caf\u00e9"])
+def test_an_added_token_counts_the_utf8_bytes_of_its_text(tmp_path, word):
+    """An added token (not special) of a --tokenizer from elsewhere is read from the text as it is,
+    not from byte stand-ins: its bytes are its text's UTF-8 bytes. "日本" decodes to itself (taken);
+    an added "café" decodes as "caf" and the byte 0xE9 (its "é" is a stand-in there): refused.
+    Bug caught: token_bytes counted an added token's characters ("café" 4 bytes, not 5), "日本" was
+    refused as "not a byte-level BPE" even for sampling, and the added "café" was taken for training."""
+    raw = tokenizer.tokenizers.Tokenizer.from_str(small_tokenizer().tok.to_str())
+    raw.add_tokens([word])
+    path = tmp_path / "tok.json"
+    path.write_text(raw.to_str())
+    text = f"un {word} x"
+    loose = Tokenizer.load(path, exact=False)
+    ids = loose.encode_docs([text])[0]
+    assert raw.token_to_id(word) in ids and int(loose.token_bytes[ids].sum()) == len(text.encode())
+    if word == "caf\u00e9":
+        with pytest.raises(DataError, match="an added token that decodes to other text"):
+            Tokenizer.load(path)
+    else:
+        assert Tokenizer.load(path).decode(ids) == text
+
+
 def test_a_long_stretch_without_a_cut_between_words_is_cut_at_the_limit():
     """Catches pieces cutting at a space far back in its window (here after 1 character, not 10):
     the stretch of limit / 2 characters without a space between words is cut at the limit."""
