@@ -576,9 +576,10 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed
     beside --eval_only (and a --run or --out_dir that do not name --resume's checkpoint), a warmup
     that outlasts the run, a --compile_mode beside --compile false, a new model of a context sample.py
-    cannot generate from (--max_seq_len 1) or put an image in (a --vision model's), a --val_text_field
-    for a .txt --val_data, a --val_fraction typed where a validation source is given (it holds nothing
-    out), another held-out slice than the checkpoint's (at --resume or --eval_only)."""
+    cannot generate from (--max_seq_len 1) or put an image in (a --vision model's), a new model's llama3
+    RoPE scaling from a context no shorter than its own, a --val_text_field for a .txt --val_data, a
+    --val_fraction typed where a validation source is given (it holds nothing out), another held-out
+    slice than the checkpoint's (at --resume or --eval_only)."""
     t, lines = plan.train_args, []
     unused = TRAINING_ONLY + RESUME_MAY_CHANGE  # (the router losses' weights: not in the loss evaluated)
     ignored = [f"--{name}" for name in unused if name in given] if t.eval_only else []
@@ -604,6 +605,13 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     if m.vision and m.max_seq_len > 1 and m.max_seq_len <= image and trains and plan.ckpt is None:
         lines.append(f"--max_seq_len {m.max_seq_len}: sample.py --image cannot use this --vision model, an "
                      f"image takes {image} tokens of its context; use {image + 1} or more for room to write")
+    if (m.rope_scaling == "llama3" and m.rope_original_max_seq_len >= m.max_seq_len > 1 and trains
+            and plan.ckpt is None and plan.init is None):  # (an import's own L0 is its pretraining's)
+        fit = min(m.max_seq_len - 1, max(1, int(m.max_seq_len / m.rope_factor)))
+        lines.append(f"--rope_scaling llama3 stretches a context of --rope_original_max_seq_len "
+                     f"{m.rope_original_max_seq_len} to a longer one, and --max_seq_len {m.max_seq_len} is "
+                     "not longer (transformers warns of it at export); pass --rope_original_max_seq_len "
+                     f"{fit} (--max_seq_len / --rope_factor), or --rope_scaling none")
     if "compile_mode" in given and t.compile_mode != "default" and t.compile == "false":  # (said nothing)
         lines.append(f"--compile_mode {t.compile_mode} has no effect with --compile false (nothing is "
                      "compiled); drop it, or pass --compile true to compile in that mode")

@@ -972,6 +972,21 @@ def test_a_compile_mode_beside_compile_false_is_warned_of():
     assert runplan.setting_warnings(default, {"compile", "compile_mode"}) == []
 
 
+def test_llama3_rope_scaling_from_a_context_no_shorter_than_the_models_is_warned_of():
+    """Bug caught: --rope_scaling llama3 on the debug preset (context 64) trained without a word with
+    the default --rope_original_max_seq_len 8192, which transformers warns of at export ("must be less
+    than max_position_embeddings"); a shorter original context, a resume and --init_from are not warned."""
+    p = runplan.RunPlan(None, debug_args(rope_scaling="llama3"), TrainArgs(), None, None)
+    assert runplan.setting_warnings(p, {"rope_scaling"}) == [
+        "warning: --rope_scaling llama3 stretches a context of --rope_original_max_seq_len 8192 to a longer "
+        "one, and --max_seq_len 64 is not longer (transformers warns of it at export); pass "
+        "--rope_original_max_seq_len 8 (--max_seq_len / --rope_factor), or --rope_scaling none"]
+    assert runplan.setting_warnings(p._replace(model_args=replace(p.model_args, rope_original_max_seq_len=8)),
+                                    {"rope_scaling"}) == []
+    assert runplan.setting_warnings(p._replace(init={"step": 0}), {"rope_scaling"}) == []
+    assert runplan.setting_warnings(p._replace(ckpt={"step": 2}), set()) == []
+
+
 def test_a_new_model_of_a_one_token_context_is_warned_of():
     """Bug caught: --max_seq_len 1 trained without a word a model sample.py then refuses ("the model's
     context is 1 token ...; train with --max_seq_len 2 or more"); a resumed run is not told again."""
