@@ -28,12 +28,14 @@ How this departs from the obvious version:
   are sequential on a machine that may be shared: the load average before each is recorded.
 - Run folders are --out_dir/compare-{moe,dense,moe-ablation}; compare.py deletes those three (and
   nothing else) before it starts, so copy them elsewhere to keep them (a file or link of one of those
-  names, or an --out inside one, is refused). The data is prepared before that (the tokenizer trained
-  and the text tokenized once, into --cache_dir, which the runs share: outside every run's budget), so
-  a bad --data or --val_data (an empty file, a checkpoint, text that is not UTF-8) is refused with the
-  last comparison's runs still there. The previous compare.json, .md and PNGs are replaced only at the
-  end: a run that fails or is interrupted leaves them as they were. The three runs' tokenizer.json
-  files are checked to be identical.
+  names, or an --out inside one, is refused). Each run's settings are checked first, as train.py
+  checks them before any work (a batch too large for the memory), and the data is prepared before
+  that deletion too (the tokenizer trained and the text tokenized once, into --cache_dir, which the
+  runs share: outside every run's budget), so bad settings or a bad --data or --val_data (an empty
+  file, a checkpoint, text that is not UTF-8) are refused with the last comparison's runs still there.
+  The previous compare.json, .md and PNGs are replaced only at the end: a run that fails or is
+  interrupted leaves them as they were. The three runs' tokenizer.json files are checked to be
+  identical.
 - Ctrl-C (or SIGTERM) stops the run in progress as train.py stops (last.pt saved), then compare.py:
   one line, last, exit status 130, no comparison written. compare.py cannot go on from its runs
   (train.py's hint to --resume trains that one run on by itself; a rerun starts the three again). A
@@ -68,6 +70,8 @@ import torch  # noqa: E402
 
 import config  # noqa: E402
 import data  # noqa: E402
+import runplan  # noqa: E402
+import runtime  # noqa: E402
 import sources  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
@@ -472,6 +476,22 @@ def train_variants(argvs: dict, sizes: dict) -> tuple[list[dict], list[dict], bo
     return rows, runs, signalled
 
 
+def check_runs(argvs: dict) -> None:
+    """Each run's settings, refused as train.py refuses them before any work (runplan.check_settings: a
+    batch too large for the machine's memory, ...), before the data is prepared and the last
+    comparison's run folders are deleted: train.py refused them only after (the old runs lost for
+    nothing). plan_run reads no folder for a new run; what train.py checks of its folder
+    (claim_folder: the old runs' checkpoints) is for once they are deleted."""
+    for name, argv in argvs.items():
+        parsed = config.parse_args([ModelArgs, TrainArgs], argv, prog="compare.py")
+        preset, (model_args, train_args) = parsed
+        try:
+            plan = runplan.plan_run(model_args, train_args, preset, parsed.given)
+            runplan.check_settings(plan, runtime.resolve_device(train_args.device), runtime.World())
+        except ConfigError as e:  # (a DeviceError or MachineError too: their exit status kept)
+            raise type(e)(f"the {name} run: {e}") from None
+
+
 def prepare_data(opts, train_args: TrainArgs, model_args: ModelArgs) -> None:
     """The runs' data, checked and prepared (the tokenizer trained, the text tokenized, into
     --cache_dir, where the runs find it) before the last comparison's run folders are deleted: a bad
@@ -504,13 +524,13 @@ def main(argv=None) -> dict:
             sys.exit(1)
     base = shared_argv(opts, extra)
     shared_model, shared_train = settings_of(base)
+    # the variant's own overrides come after the options passed through (in base)
+    argvs = {name: base + variant_overrides(name, shared_model) + ["--run", f"compare-{name}"]
+             for name in VARIANTS}
+    check_runs(argvs)  # (before the data work, as train.py checks them, and before clear_run_folders)
     prepare_data(opts, shared_train, shared_model)  # (before clear_run_folders)
     fix = storage.results_fix(opts.results, opts.out_dir)
-    argvs, sizes = {}, {}
-    for name in VARIANTS:  # the variant's own overrides come after the options passed through (in base)
-        over = variant_overrides(name, shared_model)
-        argvs[name] = base + over + ["--run", f"compare-{name}"]
-        sizes[name] = size_of(settings_of(base + over)[0])
+    sizes = {name: size_of(settings_of(argv)[0]) for name, argv in argvs.items()}
     moe, dense = sizes["moe"]["active_params"], sizes["dense"]["active_params"]
     routers, gap = sizes["moe"]["router_params"], dense / moe - 1
     print(f"active parameters per token: moe {moe:,} ({routers:,} of them in routers), dense {dense:,} "

@@ -613,6 +613,27 @@ def test_data_refused_only_once_read_is_refused_before_the_previous_comparisons_
     assert not (tmp_path / "img").exists()  # (made before the data work, and removed again)
 
 
+def test_settings_train_py_refuses_are_refused_before_the_previous_comparisons_runs_are_deleted(
+        tmp_path, corpus, monkeypatch):
+    """Bug caught: a batch too large for the machine's memory (refused only by runplan.check_settings,
+    which compare.py did not run) passed the option and data checks, and train.py refused it only after
+    clear_run_folders had deleted the previous comparison's three run folders. Now it is refused first,
+    naming the run, with train.py's exit status (2), before any data work."""
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    runs = tmp_path / "runs"
+    for name in NAMES:
+        (runs / f"compare-{name}").mkdir(parents=True)
+        (runs / f"compare-{name}" / "last.pt").write_bytes(b"old")
+    with pytest.raises(compare.ConfigError) as e:
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--preset", "debug", "--batch_size", str(10**8), "--device", "cpu",
+                      "--out_dir", str(runs), "--out", str(tmp_path / "img")])
+    assert str(e.value).startswith("the moe run: --max_seq_len 64 x --batch_size 100000000 needs at least ")
+    assert e.value.exit_code == 2
+    assert all((runs / f"compare-{name}" / "last.pt").read_bytes() == b"old" for name in NAMES)
+    assert not (tmp_path / "img").exists() and not (tmp_path / "cache").exists()  # (no data work)
+
+
 def test_ctrl_c_while_the_data_is_prepared_is_one_line_and_deletes_nothing(tmp_path, corpus, monkeypatch,
                                                                           capsys):
     """Bug caught (with the data now prepared before the runs): a Ctrl-C during that work (minutes on
