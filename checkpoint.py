@@ -29,7 +29,7 @@ How this departs from the obvious version:
   may turn it on: init_state).
 - A folder that this project did not write (e.g. Meta's, whose eos_token_id is not 0) imports
   too: the special-token ids come from its config, those it does not name from its tokenizer.json
-  (ours name no patch or tile token: a run trained with them elsewhere came back with other ids),
+  (ours name no <|image|> or tile token: a run trained with them elsewhere came back with other ids),
   and the rest take free ids.
 """
 
@@ -645,7 +645,7 @@ def hf_generation_config(model_args: ModelArgs) -> dict:
 
 def _free_special_ids(values: dict, tokenizer_ids: dict | None = None) -> None:
     """Special-token ids: the folder's where its config names them; else its tokenizer's (tokenizer_ids:
-    name -> id, where free: config.json names no patch or tile token, and a text model's none of the
+    name -> id, where free: config.json names no <|image|> or tile token, and a text model's none of the
     image ones), else the first free ids."""
     for name in ("eos_id", "pad_id"):
         value = values.get(name)

@@ -48,8 +48,8 @@ from errors import ConfigError, DataError, first_line
 EOT = SPECIAL_TOKENS["eos_id"]  # "<|endoftext|>": the document separator
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256  # the special tokens and one token per byte
 NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser, a prefix space, special "
-             "tokens not marked special, an added token that decodes to other text, or a byte it has no "
-             "token for)")
+             "tokens not marked special, an added token that decodes to other text or takes the spaces "
+             "beside it, or a byte it has no token for)")
 
 TRAIN_ONE = "leave --tokenizer empty to train one with this project"  # (advice for a tokenizer refused)
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
@@ -156,11 +156,13 @@ class Tokenizer:
         in the text as a special token (one not marked special), lacks a token for some byte (a BPE
         trained without the byte alphabet: the encoder drops, silently, every character it never saw),
         or has an added token that decodes to other text (an added "café": its "é" decodes as the byte
-        0xE9) is refused for training (`exact`)."""
+        0xE9) or takes the spaces beside it (lstrip, rstrip: "a foo b" read as "afoob") is refused for
+        training (`exact`)."""
         if any(self.tok.token_to_id(c) is None for c in BYTE_OF):
             return False
         added = [t.content for t in self.tok.get_added_tokens_decoder().values() if not t.special]
-        texts = [self.PROBE, *added]  # (an added token is read as its text, and must decode to it)
+        # (an added token is read as its text, and must decode to it, spaces beside it kept)
+        texts = [self.PROBE, *(f" {text} " for text in added)]
         return all(self.decode(ids) == text and int(self.token_bytes[ids].sum()) == len(text.encode())
                    for text, ids in zip(texts, self.encode_docs(texts), strict=True))
 

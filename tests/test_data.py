@@ -2348,6 +2348,21 @@ def test_an_added_token_counts_the_utf8_bytes_of_its_text(tmp_path, word):
         assert Tokenizer.load(path).decode(ids) == text
 
 
+@pytest.mark.parametrize("strip", ["lstrip", "rstrip"])
+def test_an_added_token_that_takes_the_spaces_beside_it_is_refused_for_training(tmp_path, strip):
+    """An added token (not special) with lstrip or rstrip takes the space beside it from the text:
+    "un foo x" went into the shards as "unfoo x" (or "un foox"), with bits/byte over fewer bytes.
+    Bug caught: it was taken for training (the added token was probed alone, no space beside it)."""
+    raw = tokenizer.tokenizers.Tokenizer.from_str(small_tokenizer().tok.to_str())
+    raw.add_tokens([tokenizer.tokenizers.AddedToken("foo", **{strip: True})])
+    path = tmp_path / "tok.json"
+    path.write_text(raw.to_str())
+    loose = Tokenizer.load(path, exact=False)
+    assert loose.decode(loose.encode_docs(["un foo x"])[0]) != "un foo x"  # (what training would lose)
+    with pytest.raises(DataError, match="an added token that decodes to other text or takes the spaces"):
+        Tokenizer.load(path)
+
+
 def test_a_long_stretch_without_a_cut_between_words_is_cut_at_the_limit():
     """Catches pieces cutting at a space far back in its window (here after 1 character, not 10):
     the stretch of limit / 2 characters without a space between words is cut at the limit."""
