@@ -157,10 +157,17 @@ def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path, t
     if ckpt_path is None or not differ <= set(INIT_MAY_CHANGE):
         return ", or start a new --run with them, without --resume"
     options = " ".join(f"--{k}" for k in sorted(differ))
+    init = init_from_options(ckpt_path, text)
+    return f", or keep its weights in a new run at the new {options}: {init}, without --resume"
+
+
+def init_from_options(ckpt_path, text: dict) -> str:
+    """The options of a new run from the weights of ckpt_path (--init_from), in a NEW_NAME folder
+    beside its run, reading `text` ({"data": ..., "val_data": ...}: --init_from takes the model alone,
+    and without them a run trains on the hub's TinyStories)."""
     sources_read = "".join(f" --{k} {shlex.quote(v)}" for k, v in text.items() if v)
-    return (f", or keep its weights in a new run at the new {options}: --init_from "
-            f"{shlex.quote(str(ckpt_path))} {run_options(beside(Path(ckpt_path).parent) / 'NEW_NAME')}"
-            f"{sources_read}, without --resume")
+    return (f"--init_from {shlex.quote(str(ckpt_path))} "
+            f"{run_options(beside(Path(ckpt_path).parent) / 'NEW_NAME')}{sources_read}")
 
 
 # model settings that --init_from may change, as no weight depends on them: the context (RoPE has no

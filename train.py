@@ -125,19 +125,20 @@ def make_optimizer(model: Llama4, train_args: TrainArgs, device) -> torch.optim.
                              fused=device.type in ("cuda", "cpu"))
 
 
-def load_optimizer(opt: torch.optim.Optimizer, saved: dict, path="the checkpoint") -> None:
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict, path="the checkpoint", fix: str = "") -> None:
     """The checkpoint's optimizer state (AdamW's moments and step counts) into `opt`, keeping the
     settings `opt` was built with (weight decay, betas, fused): load_state_dict would put back the
     checkpoint's, and a --weight_decay or --beta2 typed at resume would be ignored. A state of other
     parameter groups (an older version's, whose groups split the parameters otherwise) is a
-    CheckpointError naming `path`, the file it came from."""
+    CheckpointError naming `path`, the file it came from, and advising `fix` (by default --init_from
+    `path`)."""
     settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
     try:
         opt.load_state_dict(saved)
     except ValueError as e:  # (torch: "... a parameter group that doesn't match the size of ...")
-        why = first_line(e)
+        fix = fix or f"start a new run from its weights with --init_from {path}"
         raise CheckpointError(f"{path}: its optimizer state is not of this version's parameter groups "
-                              f"({why}); start a new run from its weights with --init_from {path}") from None
+                              f"({first_line(e)}); {fix}") from None
     for group, own in zip(opt.param_groups, settings, strict=True):
         group.update(own)
 
@@ -933,7 +934,9 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
-        load_optimizer(opt, ckpt["optimizer"], plan.ckpt_path)
+        text = {k: getattr(train_args, k) for k in ("data", "val_data")}  # (--init_from: the model alone)
+        load_optimizer(opt, ckpt["optimizer"], plan.ckpt_path, "start a new run from its weights: train.py "
+                       f"{runplan.init_from_options(plan.ckpt_path, text)}")
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
     compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
     # DDP wraps the compiled model, as torch's docs advise ("where to apply torch.compile"): Dynamo

@@ -329,6 +329,24 @@ def test_resume_with_different_model_settings_lists_the_differences(tmp_path, co
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 4
 
 
+def test_an_optimizer_state_of_other_groups_advises_init_from_with_the_runs_text(tmp_path, corpus, cache,
+                                                                                 capsys):
+    """Bug caught: the first version's checkpoint (other parameter groups) was told --init_from PATH
+    alone, which trains the new run on the hub's TinyStories, not on the run's --data."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
+    path = tmp_path / "ckpt" / "r" / "last.pt"
+    ckpt = checkpoint.load_checkpoint(path)
+    groups = ckpt["optimizer"]["param_groups"]
+    ckpt["optimizer"]["param_groups"] = [{**groups[0], "params": groups[0]["params"][:1]},
+                                         {**groups[0], "params": sum((g["params"] for g in groups), [])[1:]}]
+    torch.save(ckpt, path)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "4"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "its optimizer state is not of this version's parameter groups" in err
+    assert f"--init_from {path} --run NEW_NAME --out_dir {tmp_path / 'ckpt'} --data {corpus}" in err
+
+
 def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, cache, capsys):
     """At resume the typed settings are checked with the checkpoint's (--min_lr 0 saved, --lr 1e-5
     typed), not with the default preset's (--min_lr 6e-5 and lr 6e-4, which refused both ways)."""
