@@ -454,7 +454,7 @@ class TrainArgs:
                   "in [1e-6, 0.5]")
         _check(self.val_data or not self.val_text_field, "val_text_field",
                f"{self.val_text_field!r} names the text field of --val_data's records, and there is no "
-               "--val_data (the hub's validation split and a held-out slice use --text_field); pass "
+               "--val_data (--hf_dataset's validation split and a held-out slice use --text_field); pass "
                "--val_data FILE, or --val_text_field ''")
         for name in ["beta1", "beta2"]:
             _in_range(self, name, 0 <= getattr(self, name) < 1, "in [0, 1)")

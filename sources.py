@@ -4,6 +4,7 @@
     Split                            one split's documents: a source, whole or one side of a held-out slice
     resolve_files(spec, flag)        a file, a folder or a glob -> the files it names
     load_files, load_hub             local files or a hub split as a `datasets.Dataset` with a "text" column
+    local_hf_dataset                 whether an --hf_dataset is a local folder (read, saved and named as one)
     saved_hf_dataset                 an --hf_dataset as saved: a local folder's absolute path, or a hub name
     held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
     warn_overlap                     a warning when --val_data names files of --data
@@ -916,6 +917,13 @@ TRAIN_LOCALLY = "pass --data FILE (and --val_data FILE) to train on local text"
 EVALUATE_LOCALLY = "pass --val_data FILE to evaluate on local text"  # (--eval_only: nothing is trained)
 
 
+def local_hf_dataset(name: str) -> bool:
+    """Whether an --hf_dataset is a local folder (one that exists: `datasets` reads it before it asks the
+    hub), which is read without the hub's probe, keyed and saved by its absolute path, and named as a
+    folder, not the hub, in log lines and messages; else it is a hub name."""
+    return os.path.isdir(name)
+
+
 def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_LOCALLY):
     """A split of a hub dataset through `datasets.load_dataset`; fails fast when the hub is out of reach.
     A local folder (`datasets` reads one that exists before it asks the hub) is read without the probe."""
@@ -923,7 +931,7 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
 
     if refusal := _local_txt_refusal(name, split):
         raise DataError(refusal)
-    if not datasets.config.HF_HUB_OFFLINE and not os.path.isdir(name):
+    if not datasets.config.HF_HUB_OFFLINE and not local_hf_dataset(name):
         from huggingface_hub import HfApi
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
             HfApi().dataset_info(name, timeout=10)
@@ -933,7 +941,7 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:
-        if os.path.isdir(name):  # (`datasets` read the folder: neither the hub nor its cache is at fault)
+        if local_hf_dataset(name):  # (`datasets` read the folder: neither the hub nor its cache is at fault)
             raise DataError(_local_load_failure(name, split, e, fix)) from None
         if datasets.config.HF_HUB_OFFLINE:
             raise DataError(f"cannot load {name!r}: offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) "
@@ -963,7 +971,7 @@ def _local_txt_refusal(name: str, split: str) -> str | None:
     all of its text is the split's (never another split's text: --data FOLDER of train and validation
     files trained on both). A local folder of parquet or JSON Lines files (the hub's layout, which the
     tests stand in for the hub with) reads as the hub does: a row per document."""
-    if not os.path.isdir(name):
+    if not local_hf_dataset(name):
         return None
     import datasets
     try:
@@ -1060,6 +1068,8 @@ def source_warnings(t, given) -> list[str]:
                      "text is --val_data's or held out of --data")
     if "val_fraction" in given and (t.val_data or not t.data):
         source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
+        if not t.val_data and local_hf_dataset(t.hf_dataset):  # (it said "the hub's" of a local folder)
+            source = f"the validation split of the local folder {t.hf_dataset}"
         lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
                      "part of --data only when no --val_data is given)")
     return lines
@@ -1096,7 +1106,7 @@ def saved_hf_dataset(name: str) -> str:
     `datasets` reads before it asks the hub) as its absolute path, so that a resume from another folder
     reads the same files (not a `datasets` cache of that name, nor the hub), and `hub` and its absolute
     path share one token cache; a hub name as it is."""
-    return os.path.abspath(name) if os.path.isdir(name) else name
+    return os.path.abspath(name) if local_hf_dataset(name) else name
 
 
 def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY) -> Split:
@@ -1108,7 +1118,7 @@ def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY)
         return {"hub": saved_hf_dataset(name), "split": split, "text_field": text_field, "rows": len(ds),
                 "files": files, "documents": DOCUMENT_RULES}
 
-    where = "a local folder" if os.path.isdir(name) else "Hugging Face Hub"
+    where = "a local folder" if local_hf_dataset(name) else "Hugging Face Hub"
     return Split(f"{name} [{split}] ({where})", source, load)
 
 

@@ -535,16 +535,12 @@ def test_an_exported_tokenizer_reads_a_typed_special_token_as_text_as_sample_py_
     assert hf_tok(["a", text], padding=True)["input_ids"][0][0] == DEBUG.pad_id  # (padding: still <|pad|>)
 
 
-def test_an_export_with_special_tokens_at_other_ids_imports_and_samples(tmp_path):
-    """Bug caught: a run trained with a --tokenizer whose special tokens are not at 0..7 (train.py
-    takes it with the --eos_id ... it names) exported, but config.json names no patch or tile token
-    (nor, for a text model, the image ones), so --import and sample.py --hf gave those the first free
-    ids and refused the folder's own tokenizer: "has <|image_start|> at id 3 but the model of ...
-    has 0 there ...; export the folder again". They take the folder's tokenizer's ids now."""
+def shifted_tokenizer(path) -> dict:
+    """A tokenizer.json at path whose special tokens are at 1..8 (an <unk> at 0), not this project's
+    0..7; its special ids (name -> id)."""
     import tokenizers
     from conftest import WORDS
 
-    import sample
     from tokenizer import Tokenizer
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -553,9 +549,20 @@ def test_an_export_with_special_tokens_at_other_ids_imports_and_samples(tmp_path
         vocab_size=V, special_tokens=["<unk>", *SPECIAL_TOKENS.values()], show_progress=False,
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
     tok = Tokenizer(bpe)
-    tok.save(tmp_path / "tokenizer.json")
+    tok.save(path)
     ids = tok.special_ids()
     assert ids["eos_id"] == 1 and ids["tile_y_id"] == 8
+    return ids
+
+
+def test_an_export_with_special_tokens_at_other_ids_imports_and_samples(tmp_path):
+    """Bug caught: a run trained with a --tokenizer whose special tokens are not at 0..7 (train.py
+    takes it with the --eos_id ... it names) exported, but config.json names no patch or tile token
+    (nor, for a text model, the image ones), so --import and sample.py --hf gave those the first free
+    ids and refused the folder's own tokenizer: "has <|image_start|> at id 3 but the model of ...
+    has 0 there ...; export the folder again". They take the folder's tokenizer's ids now."""
+    import sample
+    ids = shifted_tokenizer(tmp_path / "tokenizer.json")
     ours = build(**ids)
     checkpoint.export_hf(ours, tmp_path / "hf", tmp_path / "tokenizer.json")
     model, _, _ = sample.load(sample.SampleArgs(hf=str(tmp_path / "hf")), "cpu")
@@ -563,6 +570,28 @@ def test_an_export_with_special_tokens_at_other_ids_imports_and_samples(tmp_path
     back, _ = checkpoint.load_model(checkpoint.import_hf(tmp_path / "hf", tmp_path / "back"))
     assert {name: getattr(back.args, name) for name in SPECIAL_TOKENS} == ids
     sample.load(sample.SampleArgs(ckpt=str(tmp_path / "back")), "cpu")  # (with the tokenizer beside it)
+
+
+def test_transformers_reads_a_vision_exports_image_token_ids_as_its_tokenizers(tmp_path):
+    """A guard (it found no bug): transformers' Llama4Config reads three image ids, image_token_index
+    (<|patch|>, which image features replace), boi_token_index and eoi_token_index; the export writes
+    the tokenizer's, not transformers' defaults (200092, ...). <|image|> and the tile separators have
+    no config field (Llama4Processor finds them in the tokenizer by their text), and the exported
+    tokenizer holds them at the model's ids. Export, import and export again give the same files."""
+    from transformers import AutoConfig, AutoTokenizer
+    ids = shifted_tokenizer(tmp_path / "tokenizer.json")
+    checkpoint.export_hf(build(**VISION, **ids), tmp_path / "hf", tmp_path / "tokenizer.json")
+    hf_logging.set_verbosity_error()
+    cfg = AutoConfig.from_pretrained(tmp_path / "hf")
+    assert (cfg.image_token_id, cfg.boi_token_id, cfg.eoi_token_id) == (
+        ids["patch_id"], ids["image_start_id"], ids["image_end_id"])
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert {name: hf_tok.convert_tokens_to_ids(text) for name, text in SPECIAL_TOKENS.items()} == ids
+    back, _ = checkpoint.load_model(checkpoint.import_hf(tmp_path / "hf", tmp_path / "back" / "last.pt"))
+    assert {name: getattr(back.args, name) for name in SPECIAL_TOKENS} == ids
+    checkpoint.export_hf(back, tmp_path / "again", tmp_path / "back" / "tokenizer.json")
+    for name in checkpoint.EXPORT_FILES:
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes(), name
 
 
 def test_an_exported_tokenizer_pads_a_batch_for_generate(tmp_path):

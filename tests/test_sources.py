@@ -925,6 +925,23 @@ def test_a_local_hf_dataset_folder_is_keyed_by_its_absolute_path_and_logged_as_a
     assert sources.saved_hf_dataset("roneneldan/TinyStories") == "roneneldan/TinyStories"
 
 
+def test_a_local_hf_dataset_folder_is_never_called_the_hub_in_a_warning_or_refusal(tmp_path):
+    """Bug caught: with --hf_dataset a local folder, --val_fraction warned "the hub's validation split
+    is the validation text", and --val_text_field without --val_data was refused saying "the hub's
+    validation split ... use --text_field": the folder's split, read without the hub."""
+    from errors import ConfigError
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": docs(2)}})
+    assert sources.local_hf_dataset(str(hub)) and not sources.local_hf_dataset("roneneldan/TinyStories")
+    assert sources.source_warnings(targs(tmp_path, hf_dataset=str(hub)), {"val_fraction"}) == [
+        f"--val_fraction has no effect: the validation split of the local folder {hub} is the validation "
+        "text (it holds out part of --data only when no --val_data is given)"]
+    assert "the hub's validation split" in sources.source_warnings(targs(tmp_path), {"val_fraction"})[0]
+    with pytest.raises(ConfigError) as e:
+        targs(tmp_path, hf_dataset=str(hub), val_text_field="story")
+    assert "hub" not in str(e.value).replace(str(hub), "FOLDER")
+    assert "(--hf_dataset's validation split and a held-out slice use --text_field)" in str(e.value)
+
+
 def test_hub_training_text_with_a_validation_file_reads_nothing_yet(tmp_path, monkeypatch):
     """Catches warn_overlap asked of a hub training split (it has no files: it had to be loaded,
     and its source is a function), and the --val_data file then read through the hub."""
