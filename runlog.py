@@ -31,7 +31,9 @@ nothing): the resumed run logs again what it replaces in metrics.jsonl, so none 
 and a record that reached W&B before the crash is there twice, at the same step; so is the partial
 record of a window a signal cut short, beside the whole one the resumed run writes. W&B cannot
 resume an offline run (syncing a second offline folder of one id replaces the history): a resume
-of an offline session, or one offline now, is a new W&B run that gets the whole history.
+of an offline session, or one offline now, is a new W&B run that gets the whole history; so is one
+under another entity than its checkpoint's W&B run's (an id is per entity). Each train and val row
+holds `tokens` beside `step`: the x axis that compares runs of other batch sizes.
 """
 
 import json
@@ -49,6 +51,7 @@ from errors import RunError, StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
 STEP = "step"  # the x axis of the W&B charts: the optimizer step, logged as a value (see Metrics)
+TOKENS = "tokens"  # tokens trained on, in each train and val row of W&B: the x axis to compare runs by
 UNFINISHED = "wandb_unfinished.txt"  # the W&B runs whose finish failed, an id a line (Metrics.finish)
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +183,7 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
                name=train_args.wandb_name or run_dir.name, id=settings.get("wandb_id"), resume="allow",
                dir=str(run_dir), config=settings,
                settings=wandb.Settings(init_timeout=WANDB_TIMEOUT, silent=True))
+    run.update(_same_entity(wandb, run["id"], settings.get("wandb_entity"), log))
     # no network, no login: offline, to sync later; offline failing too (its folder unwritable, a
     # broken install): the run goes on without it. Never crash a run over its dashboard. Offline, a W&B
     # run is not resumed: `wandb sync` of a second offline folder of one id replaces the history the
@@ -202,6 +206,25 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
         _say_where(started, why_offline, log)
         return started
     return None
+
+
+def _same_entity(wandb, run_id: str | None, saved: str | None, log) -> dict:
+    """What init is given beyond `run` to go on with W&B run `run_id` of entity `saved` (the
+    checkpoint's): that entity, where none is set now (else the login's default entity, which may be
+    another), or a new W&B run (id None, which train.py gives the whole history) where another is set
+    now (WANDB_ENTITY, or W&B's settings file): W&B run ids are per entity, and the id there would be an
+    empty run. Nothing where either is unknown (a checkpoint of an earlier version saved no entity)."""
+    if run_id is None or not saved:
+        return {}
+    try:  # (W&B's own reading of WANDB_ENTITY and its settings files, which asks no server)
+        now = wandb.setup(wandb.Settings(silent=True)).settings.entity
+    except Exception:  # (a W&B that cannot start: the attempts below say why)
+        now = None
+    if now and now != saved:
+        log(f"wandb: W&B run {run_id} is in entity {saved}, not {now} (WANDB_ENTITY or W&B's settings); "
+            f"a new W&B run in {now} gets the history from the start (the old one is left as it was)")
+        return {"id": None}
+    return {"entity": saved}
 
 
 def _say_where(run, why_offline: str, log) -> None:
@@ -319,6 +342,17 @@ class Metrics:
         gets the whole history."""
         return None if getattr(self.wandb, "offline", False) else self.wandb_id
 
+    @property
+    def resumable_entity(self) -> str | None:
+        """The entity of the resumable_id's W&B run, for the checkpoint (W&B's server names it, the
+        login's default where none was set), so that a resume under another entity starts a new W&B
+        run (start_wandb); None without a resumable id, or where W&B does not say."""
+        try:
+            entity = self.wandb.entity if self.resumable_id is not None else None
+        except Exception:  # (a dead run)
+            return None
+        return entity if isinstance(entity, str) and entity else None
+
     def finish(self, exit_code: int = 0):
         """End the W&B run: finished, or failed (exit_code 1: the run stopped on an error). Its id is
         in the run folder's wandb_unfinished.txt until the finish succeeds, so that one which fails
@@ -382,6 +416,8 @@ def _wandb_row(record: dict, moe_every: int = 1) -> dict:
     prefix = record["kind"]
     row = {STEP: record["step"], **{f"{prefix}/{k}": v for k, v in record.items()
                                     if isinstance(v, (int, float)) and k not in ("step", "kind")}}
+    if "tokens" in record:  # (also as train/tokens and val/tokens: the keys W&B histories have had)
+        row[TOKENS] = record["tokens"]
     for i, shares in enumerate(record.get("expert_share") or []):  # (MoE layers moe_every - 1, ...)
         row.update({f"experts/layer{(i + 1) * moe_every - 1}/expert{e}": s for e, s in enumerate(shares)})
     entropy = record.get("router_entropy") or []
@@ -390,9 +426,10 @@ def _wandb_row(record: dict, moe_every: int = 1) -> dict:
 
 
 def _against_step(run):
-    """Every chart of the W&B run against the records' `step` value (see Metrics)."""
+    """Every chart of the W&B run against the records' `step` value (see Metrics); `tokens`, in every
+    train and val row, is the x axis a chart can be switched to (runs of other batch sizes compared)."""
     run.define_metric(STEP)
-    for name in ("train/*", "val/*", "experts/*", "router_entropy/*", "loss_plot"):
+    for name in ("train/*", "val/*", "experts/*", "router_entropy/*", "loss_plot", TOKENS):
         run.define_metric(name, step_metric=STEP)
 
 

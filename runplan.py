@@ -418,7 +418,7 @@ def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
 NUMBER, NONE = (int, float), type(None)
 RESUMED_FIELDS = {"step": int, "tokens": int, "elapsed": NUMBER, "best_val": NUMBER, "bad_in_row": int,
                   "skipped_steps": int, "eval_due": bool, "val_set": str, "rng": dict, "window": (dict, NONE),
-                  "wandb_id": (str, NONE), "preset": str}
+                  "wandb_id": (str, NONE), "wandb_entity": (str, NONE), "preset": str}
 
 
 def check_resumed_fields(ckpt: dict, eval_only: bool) -> None:
@@ -730,7 +730,8 @@ def wandb_id(plan: RunPlan, log=None) -> str | None:
     checkpoint's step (a run killed after its last save, or a rollback: last.pt moved away), which
     that W&B run got and cannot take back: a new one gets the history the resumed run keeps, with
     each step once (the old one is left as it was, which `log` says), or another --wandb_project is
-    typed (W&B would start an empty run of that id there: a new one gets the whole history)."""
+    typed (W&B would start an empty run of that id there: a new one gets the whole history; another
+    entity is start_wandb's to find, W&B's settings read)."""
     if plan.ckpt is None or plan.forks:
         return None
     run_id = plan.ckpt.get("wandb_id")

@@ -317,6 +317,7 @@ class Job:
     ckpt_path: Path | None = None  # the checkpoint resumed or evaluated
     metrics: runlog.Metrics | None = None
     wandb_id: str | None = None  # the checkpoint's W&B run, to go on with (saves: Metrics.wandb_id)
+    wandb_entity: str | None = None  # ... and its entity, where known (saves: Metrics.resumable_entity)
     folder: "storage.RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
@@ -338,7 +339,8 @@ class Job:
                 **state.to_checkpoint(self.train_args.seed), "model_args": config.to_dict(self.model_args),
                 "train_args": config.to_dict(self.train_args), "preset": self.preset,
                 "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "window": window,
-                "wandb_id": self.metrics.resumable_id if self.metrics is not None else None}
+                "wandb_id": self.metrics.resumable_id if self.metrics is not None else None,
+                "wandb_entity": self.metrics.resumable_entity if self.metrics is not None else None}
 
 
 class Clock:
@@ -954,7 +956,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
               fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
               ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan, log if world.main else None),
-              window=(ckpt or {}).get("window"),
+              wandb_entity=(ckpt or {}).get("wandb_entity"), window=(ckpt or {}).get("window"),
               continues=ckpt is not None and not plan.forks,
               imported=ckpt is not None and "train_args" not in ckpt)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
@@ -1031,6 +1033,7 @@ def open_logs(job: Job, state: LoopState) -> None:
     counts = count_parameters(job.model)  # (W&B's config alone: MoE and dense runs compared there)
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id,
+                "wandb_entity": job.wandb_entity,
                 "parameters": {k: counts[k] for k in ("total", "active_per_token")}}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     new_wandb = wandb_run is not None and wandb_run.id != job.wandb_id  # not the checkpoint's W&B run

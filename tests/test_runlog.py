@@ -42,11 +42,30 @@ def test_a_wandb_row_holds_each_records_numbers_under_its_kind_and_each_experts_
     rec = {"kind": "train", "step": 7, "loss": 2.5, "tokens": 1024, "window_steps": 4, "mfu": None,
            "expert_share": [[0.75, 0.25], [0.375, 0.625]], "router_entropy": [0.625, 0.25]}
     assert runlog._wandb_row(rec) == {
-        "step": 7, "train/loss": 2.5, "train/tokens": 1024, "train/window_steps": 4,
+        "step": 7, "train/loss": 2.5, "train/tokens": 1024, "train/window_steps": 4, "tokens": 1024,
         "experts/layer0/expert0": 0.75, "experts/layer0/expert1": 0.25, "experts/layer1/expert0": 0.375,
         "experts/layer1/expert1": 0.625, "router_entropy/layer0": 0.625, "router_entropy/layer1": 0.25}
     assert runlog._wandb_row({"kind": "val", "step": 8, "bits_per_byte": 1.5, "val_tokens": 900}) == {
         "step": 8, "val/bits_per_byte": 1.5, "val/val_tokens": 900}
+
+
+def test_train_and_val_rows_share_a_tokens_value_that_a_wandb_chart_can_take_as_its_x_axis(tmp_path):
+    """Bug caught: W&B rows held the tokens seen only as train/tokens and val/tokens, so no one x axis
+    put a run's training and validation curves on tokens (runs of other batch sizes compared at equal
+    tokens, as scripts/plot_runs.py draws them): every train and val row holds `tokens` too, defined
+    against the step, and the keys W&B histories have had stay (step stays the charts' x axis)."""
+    axes = {}
+
+    class Run(Rows):
+        def define_metric(self, name, step_metric=None):
+            axes[name] = step_metric
+    run = Run()
+    m = runlog.Metrics(tmp_path, run, None)
+    m.write({"kind": "train", "step": 4, "tokens": 2048, "lm_loss": 3.0})
+    m.write({"kind": "val", "step": 4, "tokens": 2048, "bits_per_byte": 1.5})
+    assert run.rows == [{"step": 4, "tokens": 2048, "train/tokens": 2048, "train/lm_loss": 3.0},
+                        {"step": 4, "tokens": 2048, "val/tokens": 2048, "val/bits_per_byte": 1.5}]
+    assert axes["tokens"] == axes["train/*"] == axes["val/*"] == "step" and axes["step"] is None
 
 
 def test_a_resumed_runs_new_wandb_run_gets_the_records_kept_and_no_others(tmp_path):
@@ -250,6 +269,48 @@ def test_start_wandb_gives_init_the_runs_names_id_folder_and_settings(tmp_path, 
         "dir": str(tmp_path / "r"), "config": settings}
     runlog.start_wandb(TrainArgs(wandb_mode="online"), tmp_path / "r", {}, log=print)
     assert calls[1]["name"] == "r" and calls[1]["group"] is None and calls[1]["id"] is None
+
+
+def test_a_resume_under_another_wandb_entity_starts_a_new_wandb_run(tmp_path, monkeypatch):
+    """Bug caught: a resume with another WANDB_ENTITY (or entity in W&B's settings file) than the
+    checkpoint's W&B run's went on with its id there, which online is an empty run of that id in the
+    other entity: it starts a new W&B run (train.py gives it the whole history), with a line. With no
+    entity set now, the run's own entity is given (not the login's default, which may be another);
+    with the checkpoint's unknown (an earlier version's), init is called as before."""
+    calls, now = fake_wandb(monkeypatch, tmp_path), {}
+
+    def setup(settings=None):
+        return SimpleNamespace(settings=SimpleNamespace(entity=now.get("entity")))
+    monkeypatch.setattr(sys.modules["wandb"], "setup", setup)
+    said, targs = [], TrainArgs(wandb_mode="online", wandb_project="proj")
+
+    def start(entity_now, saved):
+        now["entity"] = entity_now
+        runlog.start_wandb(targs, tmp_path / "r", {"wandb_id": "abc", "wandb_entity": saved}, said.append)
+        call = calls.pop()
+        return call["id"], call.get("entity")
+    assert start("team-b", "team-a") == (None, None)
+    assert said[:1] == ["wandb: W&B run abc is in entity team-a, not team-b (WANDB_ENTITY or W&B's "
+                        "settings); a new W&B run in team-b gets the history from the start (the old one is "
+                        "left as it was)"]
+    said.clear()
+    assert start("team-a", "team-a") == start(None, "team-a") == ("abc", "team-a")
+    assert start("team-b", None) == ("abc", None) and not any("entity" in line for line in said)
+
+
+def test_a_checkpoint_holds_the_entity_of_the_wandb_run_it_may_go_on_with(tmp_path):
+    """Catches Metrics.resumable_entity other than the resumable W&B run's entity (what W&B's server
+    named: a resume compares it with the entity set then): none for an offline run (no id saved), one
+    that names none, or one that fails (no id saved either)."""
+    run = Rows()
+    assert runlog.Metrics(tmp_path, run, None).resumable_entity is None  # (no entity attribute)
+    run.entity = "team-a"
+    assert runlog.Metrics(tmp_path, run, None).resumable_entity == "team-a"
+    run.offline = True
+    assert runlog.Metrics(tmp_path, run, None).resumable_entity is None
+    run.offline, run.entity = False, ""
+    assert runlog.Metrics(tmp_path, run, None).resumable_entity is None
+    assert runlog.Metrics(tmp_path, None, None).resumable_entity is None
 
 
 def test_wandb_mode_auto_follows_wandb_mode_and_then_the_login(tmp_path, monkeypatch):

@@ -441,7 +441,8 @@ def test_damaged_training_settings_are_the_checkpoints_fault(tmp_path):
     ("best_val", "x", "its best_val is of type str, not int or float"),
     ("elapsed", [1.0], "its elapsed is of type list, not int or float"),
     ("eval_due", "yes", "its eval_due is of type str, not bool"),
-    ("wandb_id", 3, "its wandb_id is of type int, not str or None")])
+    ("wandb_id", 3, "its wandb_id is of type int, not str or None"),
+    ("wandb_entity", 3, "its wandb_entity is of type int, not str or None")])
 def test_damaged_fields_a_resume_reads_are_the_checkpoints_fault(tmp_path, field, value, problem):
     """Bug caught: a checkpoint that loads but holds a string step, no rng, an int window or a string
     best_val stopped --resume (and --eval_only, but for rng, which it does not read) with a TypeError,
@@ -462,7 +463,7 @@ def test_damaged_fields_a_resume_reads_are_the_checkpoints_fault(tmp_path, field
         assert str(e.value).startswith(f"{last} is damaged or from another version of this project "
                                        f"({problem}); ")
     good = {"step": 3, "tokens": 5, "elapsed": 1, "best_val": math.inf, "eval_due": False, "val_set": "",
-            "window": None, "wandb_id": None, "rng": {}}
+            "window": None, "wandb_id": None, "wandb_entity": None, "rng": {}}
     checkpoint.save_checkpoint(last, {**state, **good})
     assert runplan.load_resumed(last, last.parent, False)["step"] == 3
 

@@ -1282,6 +1282,27 @@ def test_a_run_whose_wandb_failed_resumes_into_a_new_wandb_run_that_gets_the_who
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["wandb_id"] is None
 
 
+def test_a_checkpoint_saves_its_wandb_runs_entity_which_its_resume_is_given(tmp_path, corpus, cache,
+                                                                            monkeypatch):
+    """Bug caught: checkpoints held the W&B run's id but not its entity, so a resume under another
+    WANDB_ENTITY went on with that id in the other entity (an empty run there): last.pt holds the
+    entity W&B named, and the resume gives it to start_wandb beside the id (which compares it)."""
+    given = []
+
+    def start_wandb(targs, run_dir, settings, log):
+        given.append((settings["wandb_id"], settings["wandb_entity"]))
+        run = WandbRun(settings["wandb_id"] or "w0", [])
+        run.entity = "team-a"
+        return run
+    monkeypatch.setattr(runlog, "start_wandb", start_wandb)
+    base = ["--eval_every", "2", "--plot", ""]
+    train.main(args(tmp_path, corpus, cache, *base, "--max_steps", "2"))
+    saved = checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")
+    assert (saved["wandb_id"], saved["wandb_entity"]) == ("w0", "team-a")
+    train.main(args(tmp_path, corpus, cache, *base, "--max_steps", "3", "--resume"))
+    assert given == [(None, None), ("w0", "team-a")]
+
+
 def test_wandb_failing_to_finish_says_so_not_from_here_on(tmp_path, monkeypatch):
     """W&B's finish failing at the end of a run: the line says what is true there (the W&B run may
     lack its last records), not that the run logs to metrics.jsonl only "from here on". Where the
