@@ -1016,6 +1016,13 @@ def build_from_state(args: ModelArgs, state: dict, device="cpu") -> Llama4:
     return model.reset_buffers(device)  # the non-persistent buffers are still on the meta device
 
 
+def weight_decayed(name: str, p: nn.Parameter) -> bool:
+    """Whether AdamW decays a parameter (the first of train.make_optimizer's two groups): matrices, not
+    norms, biases, nor the router noise projection, which sets the noise scale (decaying it would push
+    the noise to a constant, not to zero)."""
+    return p.dim() >= 2 and ".router_noise." not in name
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameter counts
 

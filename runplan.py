@@ -17,7 +17,8 @@ How this departs from the obvious version:
   line on top (`given`: the options typed); model settings typed must agree with the checkpoint,
   but for the router losses' weights, training-loss weights that a resume changes as it does --lr.
   A resume that names another --run forks beside the checkpoint's folder (or into --out_dir, typed).
-  The checkpoint's --data and --val_data must still be there (unless typed again), its tokenizer
+  The checkpoint's --data and --val_data must still be there (unless typed again), and its
+  optimizer state be of this version's parameter groups (check_optimizer_groups); its tokenizer
   is the copy beside it, and path settings (an --hf_dataset that is a local folder too) are saved
   absolute, so that a resume from another folder reads the same files.
 - --resume without a path takes --run's last.pt, else the newest run's; a newest run that holds
@@ -63,7 +64,7 @@ import sources
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, DeviceError, RunError
-from model import LOSS_CHUNK, count_parameters, summed_over_layers
+from model import LOSS_CHUNK, count_parameters, summed_over_layers, weight_decayed
 from runtime import World
 from tokenizer import Tokenizer, check_tokenizer, too_small
 
@@ -382,7 +383,9 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
             raise errors.DataError(f"--{name}: the checkpoint's {value} {problem}; pass --{name} {fix}")
     paths = {k: absolute(getattr(train_args, k)) for k in PATHS}  # (as saved: a resume reads the same files)
     hub = sources.saved_hf_dataset(train_args.hf_dataset)  # (a local folder: absolute too)
-    return plan._replace(train_args=replace(train_args, **paths, hf_dataset=hub))
+    plan = plan._replace(train_args=replace(train_args, **paths, hf_dataset=hub))
+    check_optimizer_groups(plan)
+    return plan
 
 
 def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
@@ -414,7 +417,8 @@ def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
 
 
 # what a resume reads of a checkpoint beside weights and settings (train.LoopState's fields, the RNG states,
-# the open log window, the W&B run), by type; an older checkpoint may lack all but step and rng
+# the open log window, the W&B run), by type; an older checkpoint may lack all but step and rng (kept by
+# hand: tests/test_runplan.py holds it to what train.Job.to_checkpoint writes)
 NUMBER, NONE = (int, float), type(None)
 RESUMED_FIELDS = {"step": int, "tokens": int, "elapsed": NUMBER, "best_val": NUMBER, "bad_in_row": int,
                   "skipped_steps": int, "eval_due": bool, "val_set": str, "rng": dict, "window": (dict, NONE),
@@ -433,6 +437,38 @@ def check_resumed_fields(ckpt: dict, eval_only: bool) -> None:
             kinds = kind if isinstance(kind, tuple) else (kind,)
             kinds = " or ".join("None" if k is NONE else k.__name__ for k in kinds)
             raise ConfigError(f"its {name} is of type {type(ckpt[name]).__name__}, not {kinds}")
+
+
+def check_optimizer_groups(plan: RunPlan) -> None:
+    """A checkpoint resumed to train on must hold an optimizer state of this version's parameter
+    groups (train.make_optimizer's, by model.weight_decayed): the first version's split them otherwise
+    and cannot be loaded. Refused here, before any data is prepared, with the --init_from command that
+    keeps its weights (and the run's --data and --val_data); a finished run, which loads nothing, and
+    an optimizer state of another shape (load_optimizer's to judge) pass."""
+    saved = (plan.ckpt or {}).get("optimizer")
+    if plan.train_args.eval_only or finished_limit(plan) or not isinstance(saved, dict):
+        return
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in groups):
+        return
+
+    def split(model):
+        decayed = [weight_decayed(n, p) for n, p in model.named_parameters()]
+        return {"decay": sum(decayed), "no_decay": len(decayed) - sum(decayed)}
+    sizes, own = [len(g["params"]) for g in groups], summed_over_layers(plan.model_args, split)
+    if sizes != [own["decay"], own["no_decay"]]:
+        raise CheckpointError(f"{plan.ckpt_path}: its optimizer state is not of this version's parameter "
+                              f"groups (of {sizes} parameters, not [{own['decay']}, {own['no_decay']}]); "
+                              f"{init_from_fix(plan)}")
+
+
+def init_from_fix(plan: RunPlan) -> str:
+    """The advice for a checkpoint that cannot be resumed but whose weights can be kept: a new run
+    from them (--init_from), reading the run's --data and --val_data (--init_from takes the model
+    alone, and without them a run trains on the hub's TinyStories)."""
+    text = {k: getattr(plan.train_args, k) for k in ("data", "val_data")}
+    return f"start a new run from its weights: train.py {init_from_options(plan.ckpt_path, text)}"
 
 
 # settings naming the text a run reads (empty --data: the hub); not --cache_dir, which is found by its
@@ -638,14 +674,27 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
 
 def finished_limit(plan: RunPlan) -> str | None:
     """The limit a resumed run's checkpoint has reached (max_steps, or max_minutes: its time so far),
-    with no evaluation put off by a signal: there is nothing to train (train.finished_run). None where
-    the run trains on, and for --eval_only."""
+    with no evaluation put off by a signal, written at its run's end (ended): there is nothing to
+    train (train.finished_run). None where the run trains on or has yet to end (a run a signal
+    stopped, resumed with --max_steps lowered to its step: train.wrap_up ends it), and for
+    --eval_only."""
     ckpt, t = plan.ckpt, plan.train_args
-    if ckpt is None or t.eval_only or ckpt.get("eval_due"):
+    if ckpt is None or t.eval_only or ckpt.get("eval_due") or not ended(ckpt):
         return None
     if ckpt.get("step", 0) >= t.max_steps:
         return "max_steps"
     return "max_minutes" if t.max_minutes and ckpt.get("elapsed", 0.0) >= t.max_minutes * 60 else None
+
+
+def ended(ckpt: dict) -> bool:
+    """Whether a checkpoint was written at its run's end (train.wrap_up: the final evaluation done),
+    not before it (a signal, --save_every, a best.pt on the way): its step at the --max_steps it was
+    saved with, or its time at that --max_minutes. One without training settings counts as ended."""
+    saved = ckpt.get("train_args") or {}
+    if "max_steps" not in saved or ckpt.get("step", 0) >= saved["max_steps"]:
+        return True
+    budget = saved.get("max_minutes") or 0
+    return budget > 0 and ckpt.get("elapsed", 0.0) >= budget * 60
 
 
 def claim_folder(plan: RunPlan) -> storage.RunFolder:

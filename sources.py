@@ -30,7 +30,8 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
 A folder gives all such files under it, except in hidden folders and in the run's --cache_dir and
 --out_dir (so `--data .` does not read our own cache and run files), or in another token cache or
 run folder of this project's (project_folder: the corpus/cache that `cd corpus; train.py --data .`
-made, met by a later `--data corpus`), named in a log line; an empty file among them, a
+made, met by a later `--data corpus`), named in a log line (one named as the source itself, or
+as a glob's folder, is refused, naming it); an empty file among them, a
 .txt of whitespace alone, or a .jsonl, .json, .parquet or .arrow file of no records, is left out,
 with a warning line.
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
@@ -169,6 +170,15 @@ def project_folder(folder) -> str | None:
     return None
 
 
+def _not_ours(folder: str, flag: str) -> None:
+    """A folder named as a source (or a glob's folder as typed) that is a token cache or run folder of
+    this project's is refused, naming it: its files are what this project wrote, not text (one met
+    inside a folder named is left out instead, with a log line: _LeftOut)."""
+    if what := project_folder(folder):
+        raise DataError(f"{flag}: '{folder}' is {what} of this project's (files train.py wrote, not text); "
+                        f"point {flag} at the text instead")
+
+
 class _LeftOut:
     """Whether resolve_files leaves a file of a folder or glob out for the folder it is in: one of
     `skip` (the run's --cache_dir and --out_dir), or a token cache or run folder of this project's
@@ -236,6 +246,8 @@ def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
     listed: with_text leaves them out."""
     spec = storage.expand_home(spec)
     skipped = _LeftOut(skip, spec)
+    if os.path.isdir(spec) or (not os.path.isfile(spec) and _glob_pattern(spec)):
+        _not_ours(spec if os.path.isdir(spec) else str(skipped.base), flag)
 
     def wanted(path: str) -> bool:
         p = Path(path)

@@ -100,7 +100,7 @@ import runtime
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, RunError, UserError, first_line, reports
-from model import Llama4, count_parameters, flops_per_token
+from model import Llama4, count_parameters, flops_per_token, weight_decayed
 from runplan import RunPlan
 from runtime import World
 from tokenizer import Tokenizer
@@ -110,12 +110,10 @@ from tokenizer import Tokenizer
 
 
 def make_optimizer(model: Llama4, train_args: TrainArgs, device) -> torch.optim.AdamW:
-    """AdamW (fused); weight decay on matrices only (not norms, biases, nor the router noise projection,
-    which sets the noise scale: decaying it would push the noise to a constant, not to zero)."""
-    def decays(name, p):
-        return p.dim() >= 2 and ".router_noise." not in name
-    decay = [p for n, p in model.named_parameters() if decays(n, p)]
-    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
+    """AdamW (fused); weight decay on matrices only (model.weight_decayed: not norms, biases, nor the
+    router noise projection). runplan.check_optimizer_groups refuses a checkpoint of other groups."""
+    decay = [p for n, p in model.named_parameters() if weight_decayed(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not weight_decayed(n, p)]
     groups = [{"params": decay, "weight_decay": train_args.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel over all parameters; on CPU ~3x faster than the default, which matters for
@@ -906,10 +904,11 @@ class Finished(Exception):
 
 
 def finished_run(plan: RunPlan, log) -> dict | None:
-    """A run resumed at its --max_steps or with its --max_minutes spent, and no evaluation put off by
-    a signal: it says so and gives the result, judged on the checkpoint before any data is read or
-    model built (there is nothing to train; a lost cache or an offline hub does not matter). None
-    where the run trains on, and for --eval_only."""
+    """A run resumed at its --max_steps or with its --max_minutes spent, that ended there (not one a
+    signal stopped, resumed with a limit lowered to where it stopped: wrap_up ends that one), and no
+    evaluation put off by a signal: it says so and gives the result, judged on the checkpoint before
+    any data is read or model built (there is nothing to train; a lost cache or an offline hub does
+    not matter). None where the run trains on or has yet to end, and for --eval_only."""
     if (limit := runplan.finished_limit(plan)) is None:
         return None
     state = LoopState.from_checkpoint(plan.ckpt, 0)
@@ -936,9 +935,8 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
     model.set_grad_checkpointing(train_args.grad_checkpoint)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
-        text = {k: getattr(train_args, k) for k in ("data", "val_data")}  # (--init_from: the model alone)
-        load_optimizer(opt, ckpt["optimizer"], plan.ckpt_path, "start a new run from its weights: train.py "
-                       f"{runplan.init_from_options(plan.ckpt_path, text)}")
+        # (other parameter groups were refused in planning: runplan.check_optimizer_groups)
+        load_optimizer(opt, ckpt["optimizer"], plan.ckpt_path, runplan.init_from_fix(plan))
         log(f"resumed {plan.ckpt_path} at step {ckpt['step']}")
     compiled = runtime.compile_model(model, train_args.compile, device, log, train_args.compile_mode)
     # DDP wraps the compiled model, as torch's docs advise ("where to apply torch.compile"): Dynamo

@@ -471,7 +471,9 @@ def test_another_token_cache_or_run_folder_in_a_data_folder_is_left_out_and_name
     another --cache_dir (scripts/compare.py's cache/, say) read that cache's tokenizer.json as
     training text and stopped ("is one JSON object ...; convert it to JSON Lines"); so did a run folder
     of another --out_dir (its train.json, metrics.jsonl). Both are known by the files only they hold
-    (the cache's lock files, the run's run.lock beside its settings), left out, and named in a line."""
+    (the cache's lock files, the run's run.lock beside its settings), left out, and named in a line.
+    Bug caught too: one named as the source itself (--data checkpoints/r1) was refused as a folder
+    whose files were all left out ("holds no file outside ... (checkpoints/r1: a run folder)")."""
     import storage
     corpus = tmp_path / "corpus"
     write(corpus / "a.txt", official(stories(40)))
@@ -486,11 +488,18 @@ def test_another_token_cache_or_run_folder_in_a_data_folder_is_left_out_and_name
     assert "data: --data corpus: left out 2 folders that this project wrote (corpus/cache: a token cache, " \
            "corpus/runs/r1: a run folder)" in logs
     assert any(line.startswith("data: train: --data corpus (1 file, ") for line in logs)
-    for spec, ours in (("corpus/**/*.json", "corpus/cache: a token cache, corpus/runs/r1: a run folder"),
-                       ("corpus/cache", "corpus/cache: a token cache")):  # (ours alone: refused, saying so)
-        with pytest.raises(DataError, match=rf"^--data: '{re.escape(spec)}' holds no .* file outside this "
-                                            rf"project's token caches and run folders \({ours}\), which"):
-            sources.resolve_files(spec, "--data")
+    ours = "corpus/cache: a token cache, corpus/runs/r1: a run folder"  # (ours alone: refused, saying so)
+    with pytest.raises(DataError, match=r"^--data: 'corpus/\*\*/\*\.json' holds no .* file outside this "
+                                        rf"project's token caches and run folders \({ours}\), which"):
+        sources.resolve_files("corpus/**/*.json", "--data")
+    # named itself (a folder, or a glob's folder as typed): refused, naming it as ours
+    for spec, folder, what in (("corpus/cache", "corpus/cache", "a token cache"),
+                               ("corpus/runs/r1", "corpus/runs/r1", "a run folder"),
+                               ("corpus/runs/r1/*.json", "corpus/runs/r1", "a run folder")):
+        with pytest.raises(DataError, match=rf"^--val_data: '{re.escape(folder)}' is {what} of this "
+                                            r"project's \(files train.py wrote, not text\); point --val_data "
+                                            r"at the text instead$"):
+            sources.resolve_files(spec, "--val_data")
     # a folder of the user's is never taken for ours by names alone: a cache/ of text, a .locks/ of
     # other locks, a run.lock beside text alone
     mine = [write(tmp_path / "mine" / "cache" / "s.txt", "Once.\n"),

@@ -206,6 +206,35 @@ def test_resuming_a_finished_run_writes_nothing(tmp_path, done, capsys, monkeypa
     assert files() == before  # no second val record, no checkpoint written again
 
 
+def test_a_stopped_run_resumed_at_a_max_steps_lowered_to_its_step_ends_there(tmp_path, corpus, cache,
+                                                                             monkeypatch, capsys):
+    """A run a signal stopped at step 3, resumed with --max_steps 3, ends as a run of 3 steps does:
+    the final evaluation, best.pt and last.pt; resumed again, it has finished.
+    Bug caught: it was taken for a finished run: nothing written, no final evaluation, no best.pt."""
+    base = ["--max_steps", "8", "--log_every", "2", "--eval_every", "100", "--save_every", "100"]
+    undo = stop_at(monkeypatch, 3)
+    assert train.main(args(tmp_path, corpus, cache, *base))["finished"] == "signal"
+    undo()
+    run_dir = tmp_path / "ckpt" / "r"
+    assert not (run_dir / "best.pt").exists() and not metrics(tmp_path, kind="val")
+    result = train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "3"])
+    assert result["finished"] == "max_steps" and result["step"] == 3
+    assert "already reached" not in capsys.readouterr().out
+    assert [r["step"] for r in metrics(tmp_path, kind="val")] == [3]
+    assert [(r["step"], r["window_steps"]) for r in metrics(tmp_path)] == [(2, 2), (3, 1)]  # (kept, not lost)
+    last, best = (checkpoint.load_checkpoint(run_dir / n) for n in ("last.pt", "best.pt"))
+    assert last["step"] == best["step"] == 3 and last["best_val"] == result["best_val"] < math.inf
+    again = train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "3"])
+    assert again["step"] == 3 and "already reached its --max_steps at step 3" in capsys.readouterr().out
+    # the budget alike: stopped after 1 of its 10 minutes, resumed with --max_minutes 1, it ends there
+    def limit(budget: float, now: TrainArgs):
+        ckpt = {**train.LoopState(step=3, elapsed=60).to_checkpoint(0),
+                "train_args": config.to_dict(TrainArgs(max_steps=8, max_minutes=budget))}
+        return runplan.finished_limit(SimpleNamespace(ckpt=ckpt, train_args=now))
+    assert limit(10, TrainArgs(max_steps=8, max_minutes=1)) is None
+    assert limit(1, TrainArgs(max_steps=8, max_minutes=1)) == "max_minutes"  # (it ended on its budget)
+
+
 SAME = ("step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens", "expert_share",
         "router_entropy", "skipped_steps", "window_steps")
 

@@ -7,8 +7,9 @@ import math
 import os
 import re
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -468,6 +469,28 @@ def test_damaged_fields_a_resume_reads_are_the_checkpoints_fault(tmp_path, field
     assert runplan.load_resumed(last, last.parent, False)["step"] == 3
 
 
+def test_the_resumed_fields_checked_are_those_a_checkpoint_holds():
+    """runplan.RESUMED_FIELDS is kept by hand beside train.LoopState (runplan cannot import train): every
+    field train.Job.to_checkpoint writes beside weights, optimizer state and settings is one a resume
+    checks, of the type it is written with, and no field checked is one never written.
+    Bug caught: a LoopState field added without its entry (a resume would read it unchecked: a
+    damaged checkpoint's traceback), or an entry left behind for a field no longer written."""
+    import train  # (here alone: the rest of this file tests runplan without train)
+    from model import Llama4
+    model = Llama4(debug_args())
+    job = SimpleNamespace(model=model, opt=train.make_optimizer(model, TrainArgs(), torch.device("cpu")),
+                          train_args=TrainArgs(), model_args=debug_args(), preset="debug",
+                          tok=SimpleNamespace(hash="0" * 64), metrics=None)
+    saved = train.Job.to_checkpoint(job, train.LoopState(), window={"steps": 0})
+    not_read = {"model", "optimizer", "model_args", "train_args", "tokenizer", "data_position"}
+    assert set(saved) - not_read == set(runplan.RESUMED_FIELDS)
+    assert set(asdict(train.LoopState())) <= set(runplan.RESUMED_FIELDS)
+    runplan.check_resumed_fields(saved, eval_only=False)  # (each of the type it is written with)
+    typed = train.LoopState(step=1, tokens=2, elapsed=3.5, best_val=1.25, bad_in_row=1, skipped_steps=2,
+                            eval_due=True, val_set="k")
+    runplan.check_resumed_fields({**saved, **typed.to_checkpoint(0)}, eval_only=False)
+
+
 # --- parameters and memory_floor ---------------------------------------------------------------------
 
 def test_the_memory_floor_counts_weights_loss_chunk_and_activations():
@@ -747,7 +770,14 @@ def test_best_pt_resumed_in_its_folder_never_writes_over_a_later_last_pt(tmp_pat
     assert last.read_bytes() == before and not storage.held(last.parent / "run.lock")
     runplan.claim_folder(plan(tmp_path, resume=str(best), run="f")).release()  # the fork it advises
     runplan.claim_folder(plan(tmp_path, resume=str(last))).release()  # last.pt itself
+    # lowered to its step, a best.pt of the way (step 3 of 8) is not a finished run: it would end there,
+    # writing last.pt over the later one; a best.pt that ended its run (step 3 of 3) writes nothing
+    with pytest.raises(RunError, match=re.escape(f"{last} is at step 5, later than {best} (step 3)")):
+        runplan.claim_folder(plan(tmp_path, resume=str(best), max_steps=3))
+    ended = checkpoint.load_checkpoint(best)
+    checkpoint.save_checkpoint(best, {**ended, "train_args": {**ended["train_args"], "max_steps": 3}})
     runplan.claim_folder(plan(tmp_path, resume=str(best), max_steps=3)).release()  # finished: writes nothing
+    checkpoint.save_checkpoint(best, ended)
     checkpoint.save_checkpoint(last, {**checkpoint.load_checkpoint(best), "step": 3})
     runplan.claim_folder(plan(tmp_path, resume=str(best))).release()  # the same step
     last.write_bytes(b"torn")

@@ -330,9 +330,11 @@ def test_resume_with_different_model_settings_lists_the_differences(tmp_path, co
 
 
 def test_an_optimizer_state_of_other_groups_advises_init_from_with_the_runs_text(tmp_path, corpus, cache,
-                                                                                 capsys):
+                                                                                 capsys, monkeypatch):
     """Bug caught: the first version's checkpoint (other parameter groups) was told --init_from PATH
-    alone, which trains the new run on the hub's TinyStories, not on the run's --data."""
+    alone, which trains the new run on the hub's TinyStories, not on the run's --data.
+    Bug caught too: it was refused only once the data was prepared (a lost cache tokenized again,
+    for nothing); now in planning, before any data work."""
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2"))
     path = tmp_path / "ckpt" / "r" / "last.pt"
     ckpt = checkpoint.load_checkpoint(path)
@@ -340,11 +342,42 @@ def test_an_optimizer_state_of_other_groups_advises_init_from_with_the_runs_text
     ckpt["optimizer"]["param_groups"] = [{**groups[0], "params": groups[0]["params"][:1]},
                                          {**groups[0], "params": sum((g["params"] for g in groups), [])[1:]}]
     torch.save(ckpt, path)
+    monkeypatch.setattr(train, "load_data", lambda *a, **k: pytest.fail("the data was prepared"))
     with pytest.raises(SystemExit) as e:
         train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume", "--max_steps", "4"])
     err = capsys.readouterr().err
     assert e.value.code == 1 and "its optimizer state is not of this version's parameter groups" in err
     assert f"--init_from {path} --run NEW_NAME --out_dir {tmp_path / 'ckpt'} --data {corpus}" in err
+    assert err.strip().splitlines()[-1].startswith("train.py: error: ")  # (one line)
+    # a finished run loads no optimizer state: it says it has finished, as before
+    result = train.main(["--run", "r", "--out_dir", str(tmp_path / "ckpt"), "--resume"])
+    assert result["finished"] == "max_steps"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"router_noise": False}, {"moe_every": 2, "n_layers": 3},
+                                       {"vision": True}])
+def test_the_planned_optimizer_groups_are_those_make_optimizer_builds(overrides):
+    """runplan.check_optimizer_groups counts this version's groups without building the model: a
+    state of make_optimizer's groups passes for every kind of layer, the first version's (the router
+    noise projection decayed) is refused.
+    Bug caught: an optimizer state of other groups was refused only in train.build_job, after the data."""
+    args = debug_args(**overrides)
+    opt = train.make_optimizer(Llama4(args), TrainArgs(), torch.device("cpu"))
+    def plan(state):
+        return SimpleNamespace(ckpt={"step": 2, "optimizer": state}, ckpt_path=Path("ck/r/last.pt"),
+                               model_args=args, train_args=TrainArgs(max_steps=4, data="a.txt"))
+    runplan.check_optimizer_groups(plan(opt.state_dict()))
+    model = Llama4(args)
+    first = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.dim() >= 2]},
+                               {"params": [p for p in model.parameters() if p.dim() < 2]}])
+    if args.router_noise:  # (without it the first version's groups were these)
+        with pytest.raises(CheckpointError, match=r"^ck/r/last\.pt: its optimizer state is not of this "
+                           r"version's parameter groups \(of \[\d+, \d+\] parameters, not \[\d+, \d+\]\); "
+                           r"start a new run from its weights: train\.py --init_from ck/r/last\.pt --run "
+                           r"NEW_NAME --out_dir ck --data a\.txt$"):
+            runplan.check_optimizer_groups(plan(first.state_dict()))
+    else:
+        runplan.check_optimizer_groups(plan(first.state_dict()))
 
 
 def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, cache, capsys):
