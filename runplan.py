@@ -97,7 +97,7 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     typed = set(given) | (set(config.to_dict(model_args)) if "preset" in given else set())
     now = config.to_dict(train_args)
     saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
-    text = {k: (now if k in given else saved_train).get(k, "") for k in ("data", "val_data")}  # (it reads)
+    text = text_read({k: (now if k in given else saved_train).get(k) for k in TEXT_SETTINGS})  # (it reads)
     # the router losses' weights are training-loss weights, which a resume may change as it may --lr
     # (--eval_only keeps the checkpoint's: a warning says they do nothing)
     free = set(RESUME_MAY_CHANGE)
@@ -162,11 +162,27 @@ def other_model_fix(saved: ModelArgs, model_args: ModelArgs, typed, ckpt_path, t
     return f", or keep its weights in a new run at the new {options}: {init}, without --resume"
 
 
+# the settings that say what text a run reads, which a new run from its weights must be given again
+# (--init_from takes the model alone: without them it would read the hub's TinyStories)
+TEXT_SETTINGS = ("data", "val_data", "hf_dataset", "text_field", "val_text_field", "val_fraction")
+
+
+def text_read(settings: dict) -> dict:
+    """Of `settings` (TrainArgs fields by name), the TEXT_SETTINGS a new run must be typed to read the
+    same text: those not the default, less those another makes moot (--hf_dataset beside --data,
+    --val_fraction beside --val_data, --val_text_field without it: each warned of where typed)."""
+    default = config.to_dict(TrainArgs())
+    moot = {"hf_dataset": settings.get("data"), "val_fraction": settings.get("val_data"),
+            "val_text_field": not settings.get("val_data")}
+    return {k: settings[k] for k in TEXT_SETTINGS
+            if settings.get(k) is not None and settings[k] != default[k] and not moot.get(k)}
+
+
 def init_from_options(ckpt_path, text: dict) -> str:
     """The options of a new run from the weights of ckpt_path (--init_from), in a NEW_NAME folder
-    beside its run, reading `text` ({"data": ..., "val_data": ...}: --init_from takes the model alone,
-    and without them a run trains on the hub's TinyStories)."""
-    sources_read = "".join(f" --{k} {shlex.quote(v)}" for k, v in text.items() if v)
+    beside its run, reading `text` (text_read's: --init_from takes the model alone, and without them a
+    run trains on the hub's TinyStories)."""
+    sources_read = "".join(f" --{k} {shlex.quote(str(v))}" for k, v in text.items() if v != "")
     return (f"--init_from {shlex.quote(str(ckpt_path))} "
             f"{run_options(beside(Path(ckpt_path).parent) / 'NEW_NAME')}{sources_read}")
 
@@ -443,7 +459,7 @@ def check_optimizer_groups(plan: RunPlan) -> None:
     """A checkpoint resumed to train on must hold an optimizer state of this version's parameter
     groups (train.make_optimizer's, by model.weight_decayed): the first version's split them otherwise
     and cannot be loaded. Refused here, before any data is prepared, with the --init_from command that
-    keeps its weights (and the run's --data and --val_data); a finished run, which loads nothing, and
+    keeps its weights (and the text the run reads: text_read); a finished run, which loads nothing, and
     an optimizer state of another shape (load_optimizer's to judge) pass."""
     saved = (plan.ckpt or {}).get("optimizer")
     if plan.train_args.eval_only or finished_limit(plan) or not isinstance(saved, dict):
@@ -467,7 +483,7 @@ def init_from_fix(plan: RunPlan) -> str:
     """The advice for a checkpoint that cannot be resumed but whose weights can be kept: a new run
     from them (--init_from), reading the run's --data and --val_data (--init_from takes the model
     alone, and without them a run trains on the hub's TinyStories)."""
-    text = {k: getattr(plan.train_args, k) for k in ("data", "val_data")}
+    text = text_read(config.to_dict(plan.train_args))
     return f"start a new run from its weights: train.py {init_from_options(plan.ckpt_path, text)}"
 
 

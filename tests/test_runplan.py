@@ -93,6 +93,26 @@ def test_a_context_changed_at_resume_is_advised_to_init_from(tmp_path):
     assert model == debug_args(max_seq_len=32)
 
 
+def test_the_init_from_advice_reads_the_runs_hub_dataset_and_text_field(tmp_path):
+    """Bug caught: the --init_from advice carried --data and --val_data alone, so a run that read an
+    --hf_dataset (a local folder, or another hub dataset) or records by another --text_field was told a
+    command that trains on the hub's TinyStories, or fails on its records' field."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    last = fake_checkpoint(tmp_path / "ckpt" / "h" / "last.pt", hf_dataset=str(folder), text_field="story",
+                           val_fraction=0.05)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"--out_dir {tmp_path / 'ckpt'} --hf_dataset {folder} --text_field story --val_fraction 0.05, "
+            "without --resume")):
+        plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(last))
+    # what another setting makes moot is left out (each is warned of where typed); defaults are not typed
+    assert runplan.text_read(config.to_dict(TrainArgs(data="a.txt", hf_dataset="x/y", val_data="v.txt",
+                                                      val_fraction=0.1, val_text_field="t"))) == {
+        "data": "a.txt", "val_data": "v.txt", "val_text_field": "t"}
+    assert runplan.text_read({**config.to_dict(TrainArgs()), "val_text_field": "t"}) == {}
+    assert runplan.text_read({"data": "a.txt"}) == {"data": "a.txt"}  # (an older checkpoint's settings)
+
+
 def test_a_resume_takes_other_router_loss_weights_as_it_takes_another_lr(tmp_path):
     """Bug caught: --resume with another --router_aux_loss_coef or --router_z_loss_coef (training-loss
     weights, which no weight depends on) refused as "model settings differ from the checkpoint's",
