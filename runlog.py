@@ -581,15 +581,17 @@ def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
     """plot_runs' curves on its figure, written at out."""
     names = [shown(run_dir) for run_dir, _, _ in runs]
     for i, (run_dir, train, val) in enumerate(runs):
-        color = f"C{i}"
+        # matplotlib's 10 colours, then again dashed, dotted, ...: the 11th run was the 1st's twin
+        color, style = f"C{i % 10}", ["-", "--", ":", "-."][i // 10 % 4]
         label = run_label(run_dir)
         if names.count(names[i]) > 1:  # (runs of one name in two folders: told apart by the folder)
             label = f"{shown(Path(run_dir).resolve().parent)}/{label}"
         if train:
             left.plot([r[x] for r in train], [r["lm_loss"] for r in train], color=color, alpha=0.8,
-                      label=label, marker="o" if len(train) == 1 else None)
+                      label=label, marker="o" if len(train) == 1 else None, linestyle=style)
         if val:
-            right.plot([r[x] for r in val], [r["bits_per_byte"] for r in val], "o-", color=color, label=label)
+            right.plot([r[x] for r in val], [r["bits_per_byte"] for r in val], marker="o", linestyle=style,
+                       color=color, label=label)
             if len(run_dirs) == 1:  # a single run: its validation nats/token next to the train curve
                 left.plot([r[x] for r in val], [r["nats_per_token"] for r in val], "o-",
                           color="C1", label="validation")

@@ -7,8 +7,9 @@ minutes). The legend names each run with its key settings (from model.json and t
 fine-tune (--init_from) the checkpoint it started from: "ft (from base/last.pt): ..." (its curve
 counts its own tokens, from 0).
 The drawing is runlog.plot_runs (train.py draws each run's loss.png with it); this is its
-command line, which takes a run's metrics.jsonl for its folder and refuses an --out whose name asks
-for a format matplotlib cannot write (runlog.plot_runs would write a PNG under that name).
+command line, which takes a run's metrics.jsonl for its folder, draws a run given twice once, and
+refuses an --out whose name asks for a format matplotlib cannot write (runlog.plot_runs would write a
+PNG under that name).
 """
 
 import argparse
@@ -74,6 +75,20 @@ def run_folder(p, run: str) -> str:
     return run
 
 
+def once(runs: list[tuple[str, str]]) -> list[str]:
+    """The run folders of (what was typed, its run folder), each once, with a warning for one given
+    again (ck/a and ck/a/metrics.jsonl, a glob that holds a run named beside it): it was drawn twice,
+    one curve over the other, under one label in the legend."""
+    seen = {}
+    for typed, folder in runs:
+        if (key := os.path.realpath(folder)) in seen:
+            print(f"plot_runs.py: warning: {typed} is the run {seen[key][0]} given again; it is drawn once",
+                  file=sys.stderr)
+        else:
+            seen[key] = typed, folder
+    return [folder for _, folder in seen.values()]
+
+
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=storage.expand_home,
@@ -85,7 +100,7 @@ def main(argv=None):
                    help="x axis: tokens seen, optimizer step or wall-clock minutes (default tokens)")
     p.add_argument("--title", default=None, help="a title above both plots (default: none)")
     args = p.parse_args(argv)
-    args.runs = [run_folder(p, run) for run in args.runs]
+    args.runs = once([(run, run_folder(p, run)) for run in args.runs])
     if args.out is None:  # (compare.png in the current folder: an untracked file in the source tree)
         first = Path(os.path.normpath(args.runs[0]))
         first = Path(os.path.abspath(first)) if first.name in ("", "..") else first  # (`plot_runs.py .`)

@@ -590,6 +590,25 @@ def test_plot_runs_takes_a_runs_name_as_train_py_does(tmp_path, monkeypatch, cap
     assert (tmp_path / "both.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_plot_runs_draws_a_run_given_twice_once(tmp_path, monkeypatch, capsys):
+    """Bug caught: a run given twice (ck/a and ./ck/a/, or ck/a/metrics.jsonl: a glob that holds a run
+    named beside it) was drawn twice, one curve over the other, two rows of one label in the legend."""
+    drawn = []
+    monkeypatch.setattr(plot_runs.runlog, "plot_runs", lambda runs, out, *a, **k: drawn.append(runs) or out)
+    monkeypatch.chdir(tmp_path)
+    for run in ("a", "b"):
+        (tmp_path / "ck" / run).mkdir(parents=True)
+        (tmp_path / "ck" / run / "metrics.jsonl").write_text(json.dumps(
+            {"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1, "lm_loss": 5.5}) + "\n")
+    plot_runs.main(["ck/a", "ck/b", "./ck/a/", "ck/a/metrics.jsonl", str(tmp_path / "ck" / "b"),
+                    "--out", "both.png"])
+    assert drawn == [["ck/a", "ck/b"]]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"plot_runs.py: warning: {typed} is the run {first} given again; it is drawn once"
+                   for typed, first in (("./ck/a/", "ck/a"), ("ck/a/metrics.jsonl", "ck/a"),
+                                        (str(tmp_path / "ck" / "b"), "ck/b"))]
+
+
 @pytest.mark.parametrize("name", ["last.pt", "model.json", "stray.txt"])
 def test_plot_runs_names_the_run_folder_of_a_file_typed_as_a_run(name, tmp_path, capsys):
     """Bug caught: `plot_runs.py RUN/last.pt` (or any file as a run) said "RUN/last.pt/metrics.jsonl does

@@ -195,6 +195,18 @@ def test_a_run_with_no_records_is_named_and_runs_of_one_name_are_told_apart(tmp_
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["caf\ufffd/r", "x/r"]
 
 
+def test_eleven_runs_are_drawn_in_eleven_colour_and_line_style_pairs(tmp_path, monkeypatch):
+    """Bug caught: the 11th run took the 1st's colour and line (matplotlib's cycle has 10 colours), so
+    the two could not be told apart in the plot or its legend."""
+    from matplotlib.colors import to_hex
+    figures = drawn(monkeypatch)
+    runs = [a_run(tmp_path / f"r{i}") for i in range(11)]
+    runlog.plot_runs(runs, tmp_path / "p.png")
+    for ax in figures[0][1:]:  # (the colour as drawn: "C10" is drawn as "C0")
+        looks = [(to_hex(line.get_color()), line.get_linestyle()) for line in ax.lines]
+        assert len(looks) == 11 and len(set(looks)) == 11, looks
+
+
 def test_a_resumed_log_that_cannot_be_read_is_one_line(tmp_path):
     """Bug caught: a metrics.jsonl that is a folder (or unreadable) was a traceback at resume."""
     (tmp_path / "metrics.jsonl").mkdir()
