@@ -2,8 +2,9 @@
 
     python scripts/bench_data.py [--data FILE] [--out FILE] [--repeat 10] [--vocab_size 4096]
 
-Measures, on ../shared/data/tinystories/train-lower.txt by default (vocabulary 4096 by default, the
-tiny preset's; 1 in 100 documents held out for validation as prepare() does without --val_data):
+Measures, on a .txt --data (../shared/data/tinystories/train-lower.txt by default; vocabulary 4096
+by default, the tiny preset's; 1 in 100 documents held out for validation as prepare() does without
+--val_data):
 1. end to end: prepare() from a cold cache (read the text through `datasets`, train the BPE,
    tokenize both splits into shards) in a fresh subprocess: MB of text per second;
 2. tokenization alone, in this process and on the same documents: a single-threaded loop
@@ -157,7 +158,8 @@ def tokenization_speeds(path, tokenizer_path) -> dict:
 def parser():
     p = config.Parser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), type=storage.expand_home,
-                   help="text file in the official TinyStories layout")
+                   help="a .txt file, read as train.py reads one (default "
+                        "../shared/data/tinystories/train-lower.txt)")
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="a .json file, new or an earlier result of this benchmark (default, for a run with "
                         "every other option at its default: img/bench_data.json; other runs write only "
@@ -218,6 +220,10 @@ def main(argv=None):
     if not os.path.isfile(opts.data):
         sys.exit(f"bench_data.py: error: no such file '{opts.data}'; pass --data FILE (../shared holds "
                  "train-lower.txt)")
+    if Path(opts.data).suffix.lower() != ".txt":  # (a .jsonl: its copies, named .txt, were read as text and
+        # refused, naming a temporary file; its speeds were of its JSON lines as text)
+        p.error(f"--data {opts.data}: bench_data.py measures a .txt file (it splits the text and repeats it "
+                "as prepare() reads a .txt); pass one, such as train-lower.txt")
     out = storage.results_file(p, opts, ROOT / "img" / "bench_data.json")  # (after the errors: one line)
 
     load = os.getloadavg()[0]  # the CPU may be shared: a busy core halves the parallel speed-up

@@ -28,7 +28,8 @@ different lifetimes (Inductor frees and fuses differently).
 
 Only the fused loss costs more time at a larger batch (a loop over chunks of logits, as long on
 fake tensors as the kernels' launches on real ones), so a batch that needs over 4,096 of them
-(scout-128m: above 16,384) is refused with one line, before any work.
+(scout-128m: above 16,384) is refused with one line, before any work; so is a --vocab_size below 264
+(8 special tokens + 256 bytes), a model train.py refuses.
 
 Reports per batch: the step memory of moe, moe+ckpt, moe+plain-loss and dense (MB; its parts by
 kind in the JSON), what is held between steps (fp32 parameters and AdamW's two moments), and the
@@ -56,6 +57,7 @@ import model  # noqa: E402
 import storage  # noqa: E402
 from config import ModelArgs  # noqa: E402
 from errors import run_script  # noqa: E402
+from tokenizer import too_small  # noqa: E402
 
 VARIANTS = ["moe", "moe+ckpt", "moe+plain-loss", "dense"]
 # The fused loss loops over chunks of model.LOSS_CHUNK logits, and on fake tensors each chunk costs
@@ -161,6 +163,8 @@ def main(argv=None):
         if flag.startswith("--") and flag not in model_options:
             p.error(p.unknown([flag], model_options))
     _, (model_args,) = config.parse_args([ModelArgs], ["--preset", opts.preset, *overrides], prog=p.prog)
+    if problem := too_small(model_args.vocab_size):  # (a model train.py refuses, modelled: exit 0)
+        p.error(problem)
     if model_args.is_dense:  # (every "moe" row was a dense model's, and the dense twin another width)
         p.error(f"--moe_every {model_args.moe_every} is above --n_layers {model_args.n_layers}: the moe "
                 "variants would have no MoE layer; lower --moe_every to at most --n_layers")

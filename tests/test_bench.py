@@ -2,6 +2,7 @@
 so img/bench.md always holds every table; an unknown part is a clear error."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,20 @@ def test_bench_data_refuses_a_bad_argument_before_the_work(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as e:
         bench_data.main(["--data", str(text), *args, "--out", str(tmp_path / "b.json")])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["stories.jsonl", "stories.txt.gz", "stories"])
+def test_bench_data_refuses_a_data_file_that_is_not_txt(tmp_path, monkeypatch, capsys, name):
+    """Bug caught: a .jsonl --data was measured once as JSON, then its copies (named .txt) and its
+    tokenization speeds as plain text; the run ended on an error naming a temporary file."""
+    from scripts import bench_data
+    monkeypatch.setattr(bench_data, "run_child", lambda *a: pytest.fail("the work started"))
+    data = tmp_path / name
+    data.write_text('{"text": "Once upon a time."}\n')
+    with pytest.raises(SystemExit) as e:
+        bench_data.main(["--data", str(data), "--out", str(tmp_path / "b.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--data {data}: bench_data.py measures a .txt file" in err, err
 
 
 def test_bench_data_keeps_a_crashing_childs_traceback(monkeypatch):
@@ -1048,7 +1063,7 @@ def test_bench_refuses_a_part_to_read_back_that_is_no_result_and_skips_an_empty_
 @pytest.mark.parametrize("script, argv, work", [
     ("bench_model", ["--quick", "--no-hf"], "measure_batch"),
     ("bench_sample", ["--quick", "--no-hf"], "build"),
-    ("bench_data", ["--data", __file__], "run_child"),
+    ("bench_data", ["--data", str(Path(__file__).parents[1] / "requirements.txt")], "run_child"),  # (a .txt)
     ("memory_model", ["--preset", "debug", "--batches", "2"], "measure"),
     ("bench", ["--only", "sample"], "run_part"),
 ])

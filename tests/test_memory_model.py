@@ -289,3 +289,15 @@ def test_a_model_without_an_moe_layer_is_refused_before_any_work(monkeypatch, ca
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
     assert "--moe_every 9 is above --n_layers 4" in err, err
+
+
+def test_a_vocabulary_train_py_refuses_is_refused(tmp_path, capsys):
+    """Bug caught: --vocab_size 100 (below a byte-level BPE's 264, which train.py and count_params.py
+    refuse) was modelled as if it could train, exit 0."""
+    with pytest.raises(SystemExit) as e:
+        memory_model.main(["--preset", "debug", "--vocab_size", "100", "--batches", "2", "--out",
+                           str(tmp_path / "m.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: --vocab_size 100 is too small: a byte-level BPE needs at least 264" \
+        in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
