@@ -1,12 +1,16 @@
 """Settings: the dataclasses that describe a model, a training run and a sampling run, their
 named presets, and the one command-line layer that every entry point shares.
 
-    ModelArgs   the architecture (Llama 4 text decoder + the vision stub)
-    TrainArgs   everything about a training run (data, optimisation, schedule, logging ...)
-    SampleArgs  everything about sampling stories from a checkpoint
-    PRESETS     named starting points: scout-128m (default), tiny, debug (tests), scout-17b-16e,
-                maverick-17b-128e
-    parse_args  `--preset NAME` then `--field value` for any field of the dataclasses asked for
+    ModelArgs           the architecture (Llama 4 text decoder + the vision stub)
+    TrainArgs           everything about a training run (data, optimisation, schedule, logging ...)
+    SampleArgs          everything about sampling stories from a checkpoint
+    PRESETS, preset     named starting points: scout-128m (default), tiny, debug (tests), scout-17b-16e,
+                        maverick-17b-128e
+    to_dict, from_dict  settings as plain data, as checkpoints carry them
+    parse_args          `--preset NAME` then `--field value` for any field of the dataclasses asked for
+    Parser              argparse with one-line errors that name what was meant; every script uses it
+    switch, at_least, check_pass_through, refuse_training_settings
+                        the scripts' own options, read and refused as train.py's are
 
 How this departs from the obvious version:
 - Each field carries its help text in its metadata, and every ModelArgs field names the
@@ -31,6 +35,9 @@ from pathlib import Path
 
 import storage
 from errors import ConfigError, drop_output, main_rank, stdout_failed
+
+# ---------------------------------------------------------------------------------------------
+# Fields and their checks, shared by the dataclasses below
 
 
 def arg(default, help, *, hf=None, choices=None, const=None):
@@ -494,6 +501,11 @@ def check_run(run: str, out_dir: str) -> None:
                f"{run!r} holds a control character (a tab, a newline, ...); pick a name without one")
 
 
+def wandb_project_ok(name: str) -> bool:
+    """Whether W&B takes `name` as a project: one to 128 characters, none of / \\ # ? % :."""
+    return 0 < len(name) <= 128 and not set(name) & set("/\\#?%:")
+
+
 # ---------------------------------------------------------------------------------------------
 # A sampling run
 
@@ -661,6 +673,9 @@ def typed_fields(cls, d: dict, where: str = "settings") -> dict:
 # The command line: `--preset NAME`, then `--field value` for any field
 
 
+# Values as typed: each option's argparse type
+
+
 def _base_type(tp):
     return list if tp is list or typing.get_origin(tp) is list else tp
 
@@ -710,6 +725,28 @@ def _typed(kind):
         return value
     convert.__name__ = kind.__name__
     return convert
+
+
+def at_least(low: int):
+    """An argparse type: a whole number of `low` or more (1: a count of repeats or tokens; 0: of
+    warm-ups, which may be none)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number"
+                                             + (" above 0" if low == 1 else f", {low} or more"))
+        return value
+    convert.__name__ = f"at_least_{low}"
+    return convert
+
+
+at_least_1 = at_least(1)
+
+
+# Hints for an unknown option or a stray word: what was meant
 
 
 # For an option typed to the wrong script (train.py --num_samples, sample.py --lr): whose it is, and
@@ -776,6 +813,33 @@ def hf_spelling(option: str, options=()) -> str | None:
         return None
     ours = next((f"--{f.name}" for f in fields if (f.metadata["hf"] or "").split(".")[-1] == name), None)
     return f"{ours}, whose none is transformers' default" if ours == "--rope_scaling" else ours
+
+
+def _meant_option(name: str, prog: str, options) -> str | None:
+    """What an unknown --name was meant to be, as its hint says it: the option of the same words
+    (--lr-min, --LR_MIN and --min_lr: --lr_min), another script's (other_scripts_option), ours for
+    transformers' name (hf_spelling), the one option it begins (--temp: --temperature) or each of
+    several (--max), else the nearest spelling; None where none is near."""
+    def plain(option):  # --lr-min and --LR_MIN are --lr_min
+        return option.lstrip("-").replace("-", "_").lower()
+
+    def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
+        return sorted(plain(option).split("_"))
+    close = [o for o in options if parts(o) == parts(name)]
+    if not close and (theirs := other_scripts_option(name, prog, options)):
+        return theirs
+    if not close and (ours := hf_spelling(name, options)):  # (--num_experts_per_tok: "did you
+        # mean --n_experts?", another setting; --hidden_size: --image_size)
+        return f"transformers' name; ours is {ours}"
+    starts = [o for o in options if plain(o).startswith(plain(name))]
+    if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)
+        close = starts
+    if not close and len(starts) > 1 and plain(name):  # --max: --max_steps or --max_minutes, not a
+        # guess at one (a lone - begins every option)
+        shown = starts[:4] + ([f"{len(starts) - 4} more"] if len(starts) > 4 else [])
+        return f"which one? {', '.join(shown[:-1])} or {shown[-1]}"
+    close = close or difflib.get_close_matches(name, options, n=1)
+    return f"did you mean {close[0]}?" if close else None
 
 
 def _option_words(words: list[str]) -> list[str]:
@@ -883,15 +947,10 @@ class Parser(argparse.ArgumentParser):
         return values
 
     def unknown(self, words, more_options=()) -> str:
-        """The error for unknown options: each with the nearest of this parser's (or more_options);
-        several stray words (an unquoted story) in one clause, not one each."""
+        """The error for unknown options: each with what it was meant to be (_meant_option), among this
+        parser's options and more_options; several stray words (an unquoted story) in one clause, not one
+        each."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
-
-        def plain(option):  # --lr-min and --LR_MIN are --lr_min
-            return option.lstrip("-").replace("-", "_").lower()
-
-        def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
-            return sorted(plain(option).split("_"))
         typed = getattr(self, "typed", ())  # (the paths typed bare: run_path_hint)
         runs = {w: hint for w in words if (hint := run_path_hint(w, self.prog, options, typed))}
         strays = [w for w in words if not w.startswith("-")  # (a word, not a --name; a file: a glob's)
@@ -932,78 +991,13 @@ class Parser(argparse.ArgumentParser):
                 hints.append(f"{shlex.quote(w)} (options take the form --name value; is {missing} missing "
                              "before it?)")
                 continue
-            close = [o for o in options if parts(o) == parts(name)]
-            if not close and (theirs := other_scripts_option(name, self.prog, options)):
-                hints.append(f"{w} ({theirs})")
-                continue
-            if not close and (ours := hf_spelling(name, options)):  # (--num_experts_per_tok: "did you
-                # mean --n_experts?", another setting; --hidden_size: --image_size)
-                hints.append(f"{w} (transformers' name; ours is {ours})")
-                continue
-            starts = [o for o in options if plain(o).startswith(plain(name))]
-            if not close and len(starts) == 1:  # --temp: --temperature (difflib's pick was --help)
-                close = starts
-            if not close and len(starts) > 1 and plain(name):  # --max: --max_steps or --max_minutes, not a
-                # guess at one (a lone - begins every option)
-                shown = starts[:4] + ([f"{len(starts) - 4} more"] if len(starts) > 4 else [])
-                hints.append(f"{w} (which one? {', '.join(shown[:-1])} or {shown[-1]})")
-                continue
-            close = close or difflib.get_close_matches(name, options, n=1)
-            hints.append(f"{w} (did you mean {close[0]}?)" if close else w)
+            meant = _meant_option(name, self.prog, options)
+            hints.append(f"{w} ({meant})" if meant else w)
         clauses = [f"unknown option {', '.join(hints)}"] * bool(hints) + clauses
         return f"{'; '.join(clauses)}; see --help for the list"
 
 
-def wandb_project_ok(name: str) -> bool:
-    """Whether W&B takes `name` as a project: one to 128 characters, none of / \\ # ? % :."""
-    return 0 < len(name) <= 128 and not set(name) & set("/\\#?%:")
-
-
-def at_least(low: int):
-    """An argparse type: a whole number of `low` or more (1: a count of repeats or tokens; 0: of
-    warm-ups, which may be none)."""
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number"
-                                             + (" above 0" if low == 1 else f", {low} or more"))
-        return value
-    convert.__name__ = f"at_least_{low}"
-    return convert
-
-
-at_least_1 = at_least(1)
-
-
-def check_pass_through(parser: Parser, extra: list[str], owned=()) -> None:
-    """A script's options for train.py (what parser.parse_known_args left over): one the script
-    sets itself for every run or cannot take (`owned`: names, or a dict of name -> why and what to
-    do instead), or one train.py does not have, is a one-line error (exit 2); an unknown one names
-    the nearest option of the script or of train.py."""
-    fields = {f"--{f.name}" for cls in (ModelArgs, TrainArgs) for f in dataclasses.fields(cls)} | {"--preset"}
-    for word in extra:
-        flag = word.split("=")[0]
-        if not flag.startswith("--"):
-            continue
-        if flag[2:] in owned:
-            if isinstance(owned, dict):
-                parser.error(f"{flag} cannot be passed through to train.py: {owned[flag[2:]]}")
-            parser.error(f"{flag} is set by {parser.prog} for every run; it cannot be passed through")
-        if flag not in fields:
-            parser.error(parser.unknown([flag], sorted(f for f in fields if f[2:] not in owned)))
-
-
-def refuse_training_settings(parser: Parser, argv: list[str], why: str) -> None:
-    """A train.py setting (--lr, --batch_size, ...) typed to a script that takes the model's settings
-    only: one line naming it as such and `why` (the fix), not the "unknown option" the parser gives,
-    with its nearest model option (--lr: did you mean --help?; --batch_size: --patch_size?)."""
-    training = {f"--{f.name}" for f in dataclasses.fields(TrainArgs)}
-    typed = [flag for flag in (w.split("=")[0] for w in argv) if flag in training]
-    if typed:
-        parser.error(f"{typed[0]} is a training setting (train.py's), {why}")
+# Parsing: the parser built from the dataclasses, and the settings read
 
 
 def has_presets(classes) -> bool:
@@ -1103,3 +1097,34 @@ def parse_args(classes, argv=None, prog=None, description=None, checked_later=No
             _expand_home(unchecked)  # (__post_init__ did not get that far: --resume --out_dir '~/runs')
             out.append(unchecked)
     return Parsed(getattr(ns, "preset", name), tuple(out), frozenset(given))
+
+
+# For the scripts: train.py options passed through (compare.py, sweep.py), training ones refused
+
+
+def check_pass_through(parser: Parser, extra: list[str], owned=()) -> None:
+    """A script's options for train.py (what parser.parse_known_args left over): one the script
+    sets itself for every run or cannot take (`owned`: names, or a dict of name -> why and what to
+    do instead), or one train.py does not have, is a one-line error (exit 2); an unknown one names
+    the nearest option of the script or of train.py."""
+    fields = {f"--{f.name}" for cls in (ModelArgs, TrainArgs) for f in dataclasses.fields(cls)} | {"--preset"}
+    for word in extra:
+        flag = word.split("=")[0]
+        if not flag.startswith("--"):
+            continue
+        if flag[2:] in owned:
+            if isinstance(owned, dict):
+                parser.error(f"{flag} cannot be passed through to train.py: {owned[flag[2:]]}")
+            parser.error(f"{flag} is set by {parser.prog} for every run; it cannot be passed through")
+        if flag not in fields:
+            parser.error(parser.unknown([flag], sorted(f for f in fields if f[2:] not in owned)))
+
+
+def refuse_training_settings(parser: Parser, argv: list[str], why: str) -> None:
+    """A train.py setting (--lr, --batch_size, ...) typed to a script that takes the model's settings
+    only: one line naming it as such and `why` (the fix), not the "unknown option" the parser gives,
+    with its nearest model option (--lr: did you mean --help?; --batch_size: --patch_size?)."""
+    training = {f"--{f.name}" for f in dataclasses.fields(TrainArgs)}
+    typed = [flag for flag in (w.split("=")[0] for w in argv) if flag in training]
+    if typed:
+        parser.error(f"{typed[0]} is a training setting (train.py's), {why}")

@@ -2,15 +2,21 @@
 
     resolve_sources(train_args)      the training and validation Splits a run asks for (nothing read yet)
     Split                            one split's documents: a source, whole or one side of a held-out slice
+    held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
+    warn_overlap                     a warning when --val_data names files of --data
+    source_warnings                  the sources' settings that have no effect, as warning lines
     resolve_files(spec, flag)        a file, a folder or a glob -> the files it names
+    with_text                        those files less the empty ones, each left out with a warning line
+    project_folder                   whether a folder is a token cache or run folder of this project's
     load_files, load_hub             local files or a hub split as a `datasets.Dataset` with a "text" column
     local_hf_dataset                 whether an --hf_dataset is a local folder (read, saved and named as one)
     saved_hf_dataset                 an --hf_dataset as saved: a local folder's absolute path, or a hub name
-    held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
-    warn_overlap                     a warning when --val_data names files of --data
     document                         a document's text as it is tokenized (data.py applies it)
     plural, in_bytes                 counts and sizes in log lines (data.py's too)
     DOCUMENT_RULES, HELD_OUT_RULES   versions of these rules, part of the cache keys (data.py's)
+
+In the file the building blocks come first (small helpers, finding the files, reading them, the hub),
+and the Splits that resolve_sources builds from them last.
 
 Sources. By default TinyStories from the Hugging Face Hub through `datasets.load_dataset` (splits
 train and validation), cached where `datasets` caches. Or local files, for offline machines and
@@ -123,7 +129,7 @@ def document(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources: local files and the hub, as `datasets.Dataset`s with one "text" column
+# Finding the files: a file, a folder or a glob -> the files it names
 
 
 def _walk(folder: str, hidden: bool = False, kinds=KINDS) -> list[str]:
@@ -138,7 +144,7 @@ def _walk(folder: str, hidden: bool = False, kinds=KINDS) -> list[str]:
             return
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
-        except OSError:  # (a folder we may not read: passed over, as rglob did)
+        except OSError:  # (a folder we may not read: passed over, as a glob passes it)
             return
         for e in entries:
             if e.name.startswith(".") and not hidden:
@@ -150,7 +156,7 @@ def _walk(folder: str, hidden: bool = False, kinds=KINDS) -> list[str]:
             if folder:
                 visit(path / e.name, above | {real})
             elif file and Path(e.name).suffix.lower() in kinds:
-                found.append(str(path / e.name))  # (a.txt, not ./a.txt, as rglob spelt it)
+                found.append(str(path / e.name))  # (Path's join: a.txt under --data ., not ./a.txt)
     visit(Path(folder), frozenset())
     return found
 
@@ -180,10 +186,11 @@ def _not_ours(folder: str, flag: str) -> None:
 
 
 class _LeftOut:
-    """Whether resolve_files leaves a file of a folder or glob out for the folder it is in: one of
-    `skip` (the run's --cache_dir and --out_dir), or a token cache or run folder of this project's
-    (project_folder) at or below the folder `spec` names, or a glob's folders as typed (base); `ours`
-    holds those of the latter that held files, and what each is."""
+    """Called on a path: whether resolve_files leaves that file of a folder or glob out for the
+    folder it is in. That folder is one of `skip`, the run's --cache_dir and --out_dir (`own`), or a
+    token cache or run folder of this project's (project_folder) at or below `base`: the folder `spec`
+    names, or a glob's folders as typed (`in_ours`). `ours` maps each such folder of this project's
+    that held files to what it is, for the log line."""
 
     def __init__(self, skip, spec: str):
         parts = spec.split(os.sep)
@@ -223,7 +230,7 @@ def _no_files_in(spec: str, flag: str, skipped: _LeftOut) -> DataError:
     hidden folders, or none there."""
     skipped.refuse(_walk(spec), spec, flag)
     if packed := [f for f in _walk(spec, kinds=PACKED) if not skipped(f)]:
-        return DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file{_packed(packed, flag)}")
+        return DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file{_compressed_advice(packed, flag)}")
     hidden = [f for f in _walk(spec, hidden=True) if not skipped(f)]  # (".data/train.txt")
     return DataError(f"{flag}: folder '{spec}' holds no {FORMATS} file" + (
         f" but in hidden folders or files, which a folder leaves out ({hidden[0]}"
@@ -232,18 +239,21 @@ def _no_files_in(spec: str, flag: str, skipped: _LeftOut) -> DataError:
 
 
 def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
-    """A file, a folder or a glob -> sorted list of files. A folder gives its .txt, .jsonl, .json,
-    .parquet and .arrow files at any depth, and so does a folder a glob matches, leaving out those in
-    hidden folders under it and the SAVED files of a `save_to_disk` folder (a glob leaves out the
-    other files it matches, as a folder does; a DatasetDict's folder is refused: it holds all splits);
-    files in the `skip` folders (the run's --cache_dir and --out_dir, whose .json files are ours)
-    are left out of folders and globs alike (a glob that names a hidden folder takes its files), and
-    so are those in other token caches and run folders of this project's (project_folder) at or
-    below the folder named (a glob's folders as typed), with a line to `log` naming them.
+    """A file, a folder or a glob -> a sorted list of files.
+
+    A folder gives its .txt, .jsonl, .json, .parquet and .arrow files at any depth, and so does each
+    folder a glob matches; the glob's other matches are left out, as a folder's are. Folders and
+    globs alike leave out:
+    - files in hidden folders below the folder named (a glob that names a hidden folder takes its files);
+    - the SAVED files of a `save_to_disk` folder (a DatasetDict's folder, which holds every split, is
+      refused);
+    - files in the `skip` folders: the run's --cache_dir and --out_dir, whose .json files are ours;
+    - files in another token cache or run folder of this project's (project_folder) at or below the
+      folder named or a glob's folders as typed, with a line to `log` naming them.
     A path that exists is read as typed, and so are the folders of a glob that exist (run[1]/*.txt).
     A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
-    first path. A ~ the shell left (a quoted '~/corpus/*.txt') is the home folder. Empty files are
-    listed: with_text leaves them out."""
+    first path. A ~ that the shell left (a quoted '~/corpus/*.txt') is the home folder. Empty files
+    are listed: with_text leaves them out."""
     spec = storage.expand_home(spec)
     skipped = _LeftOut(skip, spec)
     if os.path.isdir(spec) or (not os.path.isfile(spec) and _glob_pattern(spec)):
@@ -271,10 +281,10 @@ def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
         files = [f for f in found if Path(f).suffix.lower() in KINDS]  # (the others left out, as in a folder)
         if not files and (packed := sorted({f for f in found if Path(f).suffix.lower() in PACKED} | {
                 f for m in matches if os.path.isdir(m) for f in _walk(m, kinds=PACKED) if not skipped(f)})):
-            raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file{_packed(packed, flag)}")
+            raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file{_compressed_advice(packed, flag)}")
         if not found:
             skipped.refuse(raw, spec, flag)
-            fix = _a_list(spec, flag) or "; check the path or glob"
+            fix = _list_advice(spec, flag) or "; check the path or glob"
             raise DataError(f"{flag}: no files match '{spec}'{fix}")
         if not files:
             raise DataError(f"{flag}: '{spec}' matches no {FORMATS} file (only {found[0]}"
@@ -292,7 +302,7 @@ def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
         raise DataError(f"{flag}: '{spec.rstrip('/' + os.sep)}' is a file, not a folder; drop the trailing "
                         f"{spec[-1]}")
     else:
-        raise DataError(f"{flag}: no such file '{spec}'{_a_list(spec, flag) or '; check the path'}")
+        raise DataError(f"{flag}: no such file '{spec}'{_list_advice(spec, flag) or '; check the path'}")
     first = {}  # a file reached by two paths (a symlink or hard link beside it, a glob through a linked
     for f in files:  # folder): once
         first.setdefault(_identity(f), f)
@@ -309,7 +319,7 @@ def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
     return files
 
 
-def _packed(files: list[str], flag: str) -> str:
+def _compressed_advice(files: list[str], flag: str) -> str:
     """The end of the line refusing a folder or glob of compressed files alone (a.txt.gz: text, but
     not readable as it is): which they are, and how to decompress them."""
     first, more = files[0], len(files) - 1
@@ -325,24 +335,7 @@ def _listed(folders: dict) -> str:
     return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
 
 
-def with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
-    """resolve_files' files without the empty ones (0 bytes), each left out with a warning line, so
-    that one stray empty file does not stop a run on a folder or glob (nor is part of the split's
-    signature: text written into it later is a new source). An empty file named alone, or a folder
-    or glob of empty files alone, is refused. (A .txt of whitespace alone, and a file of no records,
-    is left out when it is read: load_files.)"""
-    empty = [f for f in files if os.path.getsize(f) == 0]
-    if empty and os.path.isfile(spec):
-        raise DataError(f"{flag}: '{spec}' is empty; remove it or point {flag} at text")
-    if empty and len(empty) == len(files):
-        raise DataError(f"{flag}: every file of '{spec}' is empty ({empty[0]}{', ...' * (len(empty) > 1)}); "
-                        f"point {flag} at text")
-    for f in empty:
-        log(f"data: warning: {flag}: '{f}' is empty; left out of {spec}")
-    return [f for f in files if f not in empty]
-
-
-def _a_list(spec: str, flag: str) -> str | None:
+def _list_advice(spec: str, flag: str) -> str | None:
     """The end of the line refusing a list of sources in one `spec` ('a.txt,b.txt', 'a.txt b.txt': "no
     such file"), where each of its parts names something on its own; else None. A comma or space in
     the name of a folder that exists is the path's own ('my corpus/x.txt' is no list of 'my' and
@@ -411,6 +404,27 @@ def _identity(path: str) -> tuple[int, int] | str:
     return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
 
 
+def with_text(files: list[str], spec: str, flag: str, log) -> list[str]:
+    """resolve_files' files without the empty ones (0 bytes), each left out with a warning line, so
+    that one stray empty file does not stop a run on a folder or glob (nor is part of the split's
+    signature: text written into it later is a new source). An empty file named alone, or a folder
+    or glob of empty files alone, is refused. (A .txt of whitespace alone, and a file of no records,
+    is left out when it is read: load_files.)"""
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    if empty and os.path.isfile(spec):
+        raise DataError(f"{flag}: '{spec}' is empty; remove it or point {flag} at text")
+    if empty and len(empty) == len(files):
+        raise DataError(f"{flag}: every file of '{spec}' is empty ({empty[0]}{', ...' * (len(empty) > 1)}); "
+                        f"point {flag} at text")
+    for f in empty:
+        log(f"data: warning: {flag}: '{f}' is empty; left out of {spec}")
+    return [f for f in files if f not in empty]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the files: each a `datasets.Dataset` with one "text" column, joined by load_files
+
+
 class NoText(DataError):
     """A .txt file with no text but whitespace (and separators): refused named alone, left out of a
     folder or glob with a warning line (load_files), as with_text leaves out an empty file. `told`:
@@ -434,6 +448,9 @@ class NoRecords(NoText):
 NO_RECORDS = ("has no records", "has no rows")  # how the lines of a file of no records start
 
 
+# .txt files: scanned once for their layout, then split into documents as a stream
+
+
 SPACES = b" \t\f\v"  # spaces on a line (the newline aside)
 MARKER_LINE = re.compile(b"(?m)^[" + SPACES + b"]*" + re.escape(EOT.encode()) + b"[" + SPACES + b"]*\n")
 BLANK_LINE = re.compile(b"(?m)^[" + SPACES + b"]*\n")
@@ -442,7 +459,7 @@ SEPARATORS = {"lines": re.compile(MARKER_LINE.pattern.decode()),  # (the text sp
 INLINE_SHARE = 100  # markers inside lines separate documents unless blank lines are this many times more
 
 
-def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, by_four=(0, 0, 0, 0)) -> None:
+def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, by_four) -> None:
     """A DataError for a .txt file that is not UTF-8 text, from its first bytes and its counts of NUL
     bytes (`by_four`: of them at offsets 0, 1, 2 and 3 modulo 4) and of bytes that are not UTF-8:
     compressed, UTF-32, UTF-16, a binary file, another encoding."""
@@ -612,6 +629,9 @@ def _txt_documents(path: str, stamp: str, layout: str):
                 yield {"text": text}
 
 
+# Records (.jsonl, .json, .parquet, .arrow): why `datasets` could not read a file, in words
+
+
 def _field_option(flag: str) -> str:
     """The option that names the text field of `flag`'s files: --val_data's has its own."""
     return "--val_text_field" if flag == "--val_data" else "--text_field"
@@ -655,7 +675,7 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
     return None if records else f"has no records (only blank lines); remove it or point {flag} at text"
 
 
-def _lone_surrogate(path: str) -> str | None:
+def _lone_surrogate_problem(path: str) -> str | None:
     """The row of a .json array that holds a lone surrogate, which `datasets` reads with that half
     character silently dropped (a .jsonl's line is refused: _json_problem), or None. The file is
     parsed only where its bytes hold a surrogate's escape."""
@@ -776,6 +796,9 @@ def _table_problem(path: str, kind: str, flag: str) -> str | None:
     return f"has no rows; remove it or point {flag} at text" if rows == 0 else None
 
 
+# One file, then a list of them
+
+
 def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     """One local file as a `datasets.Dataset` with a "text" column, cached by `datasets` in cache_dir."""
     import datasets  # imported on first use: ~1 s, and a cache hit of data.prepare() never needs it
@@ -784,22 +807,38 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
         datasets.disable_progress_bars()
     kind = KINDS[Path(path).suffix.lower()]
     if kind == "text":
-        layout, bad, why = _scan_txt(path, flag)
-        if why:
-            log(f"data: {path}: {why}")
-        if bad:
-            log(f"data: warning: {path}: {plural(bad, 'byte')} not UTF-8, replaced by U+FFFD")
-        st = os.stat(path)
-        try:  # `datasets` keys its cache by gen_kwargs: the path is absolute, as the same name typed in
-            # another folder is another file, of the same size and time maybe
-            return datasets.Dataset.from_generator(
-                _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
-                cache_dir=cache_dir, gen_kwargs={"path": os.path.abspath(path),
-                                                 "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
-        except Exception as e:
-            if damaged := _damaged_cache(e, cache_dir):
-                raise damaged from None
-            raise
+        return _load_txt(path, flag, cache_dir, log)
+    return _load_records(path, kind, flag, field, cache_dir)
+
+
+def _load_txt(path: str, flag: str, cache_dir: str, log):
+    """A .txt file's documents, scanned for their layout (and refused where it is no text), then
+    split by our generator."""
+    import datasets
+
+    layout, bad, why = _scan_txt(path, flag)
+    if why:
+        log(f"data: {path}: {why}")
+    if bad:
+        log(f"data: warning: {path}: {plural(bad, 'byte')} not UTF-8, replaced by U+FFFD")
+    st = os.stat(path)
+    try:  # `datasets` keys its cache by gen_kwargs: the path is absolute, as the same name typed in
+        # another folder is another file, of the same size and time maybe
+        return datasets.Dataset.from_generator(
+            _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
+            cache_dir=cache_dir, gen_kwargs={"path": os.path.abspath(path),
+                                             "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
+    except Exception as e:
+        if damaged := _damaged_cache(e, cache_dir):
+            raise damaged from None
+        raise
+
+
+def _load_records(path: str, kind: str, flag: str, field: str, cache_dir: str):
+    """A .jsonl, .json, .parquet or .arrow file's records through `datasets.load_dataset`, their `field`
+    as the "text" column; where `datasets` fails, or the column is no text, a line saying why."""
+    import datasets
+
     jsonl = Path(path).suffix.lower() == ".jsonl"  # (_json_problem reads lines: a .json array has none)
     library_log = logging.getLogger("datasets")
     level = library_log.level
@@ -825,7 +864,7 @@ def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
             from None
     finally:
         library_log.setLevel(level)
-    if kind == "json" and not jsonl and (problem := _lone_surrogate(path)):  # (as a .jsonl's line is)
+    if kind == "json" and not jsonl and (problem := _lone_surrogate_problem(path)):  # (as a .jsonl's line is)
         raise DataError(f"{flag}: {path}: {problem}")
     if problem := _column_problem(ds, field, option=_field_option(flag)):
         if jsonl:  # the line at fault, where it is one
@@ -925,6 +964,10 @@ def load_files(files: list[str], flag: str, text_field: str = "text", cache_dir:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+# ---------------------------------------------------------------------------------------------
+# The hub: an --hf_dataset, a hub name or a local folder
+
+
 TRAIN_LOCALLY = "pass --data FILE (and --val_data FILE) to train on local text"
 EVALUATE_LOCALLY = "pass --val_data FILE to evaluate on local text"  # (--eval_only: nothing is trained)
 
@@ -934,6 +977,14 @@ def local_hf_dataset(name: str) -> bool:
     hub), which is read without the hub's probe, keyed and saved by its absolute path, and named as a
     folder, not the hub, in log lines and messages; else it is a hub name."""
     return os.path.isdir(name)
+
+
+def saved_hf_dataset(name: str) -> str:
+    """An --hf_dataset as a run saves it and its caches are keyed: a local folder that exists (which
+    `datasets` reads before it asks the hub) as its absolute path, so that a resume from another folder
+    reads the same files (not a `datasets` cache of that name, nor the hub), and `hub` and its absolute
+    path share one token cache; a hub name as it is."""
+    return os.path.abspath(name) if local_hf_dataset(name) else name
 
 
 def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_LOCALLY):
@@ -1008,6 +1059,16 @@ def _local_txt_refusal(name: str, split: str) -> str | None:
             "which splits it into stories")
 
 
+# ---------------------------------------------------------------------------------------------
+# Splits: what a run reads, identified before anything is read
+
+
+def held_out_every(val_fraction: float) -> int:
+    """Without a validation source, 1 in this many documents of --data is held out (at least 1 in 2:
+    an older checkpoint's --val_fraction may be over the 0.5 allowed now)."""
+    return max(2, round(1 / val_fraction))
+
+
 def fraction_for(n: int) -> float:
     """A --val_fraction that holds out one of n documents: 1 / n rounded up at 3 significant digits
     (1 in round(1 / f) is held out: 1 / n rounded to the nearest may round past n)."""
@@ -1062,32 +1123,8 @@ class Split:
         return ds.select(rows[held if self.keep == "val" else ~held])
 
 
-def source_warnings(t, given) -> list[str]:
-    """The text sources' settings that have no effect, for train.py (runplan.setting_warnings) and data.py:
-    a text field named for plain text, a --val_fraction where a validation source is given, an
-    --hf_dataset beside --data."""
-    lines = []
-    # (--text_field names --val_data's field too, where no --val_text_field does: vs.jsonl beside t.txt)
-    val_reads_it = t.val_data and not t.val_text_field and not t.val_data.lower().endswith(".txt")
-    for option, field, spec in (("--text_field", "text_field" in given and not val_reads_it, t.data),
-                                ("--val_text_field", bool(t.val_text_field), t.val_data)):
-        if field and spec.lower().endswith(".txt"):  # (a folder or glob may hold records)
-            flag = "--data" if option == "--text_field" else "--val_data"
-            lines.append(f"{option} has no effect: {flag} {spec} is plain text (it names the text field of "
-                         ".jsonl, .json, .parquet and .arrow records)")
-    if "hf_dataset" in given and t.data:  # (the hub is read only for a split no file gives)
-        lines.append(f"--hf_dataset has no effect: --data {t.data} is the training text, and the validation "
-                     "text is --val_data's or held out of --data")
-    if "val_fraction" in given and (t.val_data or not t.data):
-        source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
-        if not t.val_data and local_hf_dataset(t.hf_dataset):  # (it said "the hub's" of a local folder)
-            source = f"the validation split of the local folder {t.hf_dataset}"
-        lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
-                     "part of --data only when no --val_data is given)")
-    return lines
-
-
 def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, skip=()) -> Split:
+    """The Split of a --data or --val_data: its files found and stat'ed now, read on first use."""
     spec = storage.expand_home(spec)  # (a quoted ~: its label and its folder test below, as resolve_files)
     files = with_text(resolve_files(spec, flag, skip, log), spec, flag, log)
     stats = [os.stat(f) for f in files]
@@ -1098,6 +1135,7 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
     source = {"files": stamps, "text_field": "text" if plain else text_field, "documents": DOCUMENT_RULES}
     size = in_bytes(sum(s.st_size for s in stats))
     label = f"{flag} {spec} ({len(files)} file{'s' * (len(files) > 1)}, {size})"
+
     def load():
         try:
             return load_files(files, flag, text_field, str(cache_dir / "datasets"), log, spec)
@@ -1113,15 +1151,8 @@ def _local_split(spec: str, flag: str, text_field: str, cache_dir: Path, log, sk
     return Split(label, source, cache(load))
 
 
-def saved_hf_dataset(name: str) -> str:
-    """An --hf_dataset as a run saves it and its caches are keyed: a local folder that exists (which
-    `datasets` reads before it asks the hub) as its absolute path, so that a resume from another folder
-    reads the same files (not a `datasets` cache of that name, nor the hub), and `hub` and its absolute
-    path share one token cache; a hub name as it is."""
-    return os.path.abspath(name) if local_hf_dataset(name) else name
-
-
 def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY) -> Split:
+    """The Split of an --hf_dataset's split: nothing asked of the hub until its signature or documents are."""
     load = cache(lambda: load_hub(name, split, text_field, fix))
 
     def source():
@@ -1132,12 +1163,6 @@ def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY)
 
     where = "a local folder" if local_hf_dataset(name) else "Hugging Face Hub"
     return Split(f"{name} [{split}] ({where})", source, load)
-
-
-def held_out_every(val_fraction: float) -> int:
-    """Without a validation source, 1 in this many documents of --data is held out (at least 1 in 2:
-    an older checkpoint's --val_fraction may be over the 0.5 allowed now)."""
-    return max(2, round(1 / val_fraction))
 
 
 def warn_overlap(train: Split, val: Split, log) -> None:
@@ -1159,7 +1184,6 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
     split is None and the log names the validation text alone; a --val_data is still checked against
     --data's files where they are there (a checkpoint is scored where its training text is not)."""
     cache_dir = Path(train_args.cache_dir)
-
     ours = (cache_dir, train_args.out_dir)  # left out of folders and globs
 
     def local(spec, flag):  # (a --val_data's own --val_text_field; the hub's splits share their columns)
@@ -1192,3 +1216,28 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         train = Split(train.label, train.source, train.load, "train", every)
     log(f"data: train: {train.label}; validation: {val.label}")
     return train, val
+
+
+def source_warnings(t, given) -> list[str]:
+    """The text sources' settings that have no effect, for train.py (runplan.setting_warnings) and data.py:
+    a text field named for plain text, a --val_fraction where a validation source is given, an
+    --hf_dataset beside --data."""
+    lines = []
+    # (--text_field names --val_data's field too, where no --val_text_field does: vs.jsonl beside t.txt)
+    val_reads_it = t.val_data and not t.val_text_field and not t.val_data.lower().endswith(".txt")
+    for option, field, spec in (("--text_field", "text_field" in given and not val_reads_it, t.data),
+                                ("--val_text_field", bool(t.val_text_field), t.val_data)):
+        if field and spec.lower().endswith(".txt"):  # (a folder or glob may hold records)
+            flag = "--data" if option == "--text_field" else "--val_data"
+            lines.append(f"{option} has no effect: {flag} {spec} is plain text (it names the text field of "
+                         ".jsonl, .json, .parquet and .arrow records)")
+    if "hf_dataset" in given and t.data:  # (the hub is read only for a split no file gives)
+        lines.append(f"--hf_dataset has no effect: --data {t.data} is the training text, and the validation "
+                     "text is --val_data's or held out of --data")
+    if "val_fraction" in given and (t.val_data or not t.data):
+        source = f"--val_data {t.val_data}" if t.val_data else "the hub's validation split"
+        if not t.val_data and local_hf_dataset(t.hf_dataset):  # (it said "the hub's" of a local folder)
+            source = f"the validation split of the local folder {t.hf_dataset}"
+        lines.append(f"--val_fraction has no effect: {source} is the validation text (it holds out "
+                     "part of --data only when no --val_data is given)")
+    return lines
