@@ -273,6 +273,17 @@ def resumed_records(path: Path, warn=None) -> list[dict]:
     return [r for _, r in numbered]
 
 
+def _dropped(records: list[dict], k: int, again: set[str]) -> str:
+    """Which records a resume at step k drops: those after k, and at k those of the kinds in `again`
+    (its open window's partial train record, the val record of an evaluation put off)."""
+    at = sorted({r["kind"] for r in records if r["step"] == k and r["kind"] in again})
+    after = any(r["step"] > k for r in records)
+    if not at:
+        return f"those after step {k}"
+    what = f"the {' and '.join(at)} record{'s' * (len(at) > 1)} at step {k}"
+    return what + (" and those after it" if after else "")
+
+
 class Metrics:
     """metrics.jsonl in the run folder (rank 0), mirrored to W&B.
 
@@ -308,9 +319,9 @@ class Metrics:
             again = {kind for kind, redone in (("train", open_window), ("val", eval_due)) if redone}
             kept = [r for r in records if r["step"] < k or (r["step"] == k and r["kind"] not in again)]
             if len(kept) < len(records):
-                dropped = len(records) - len(kept)
-                log(f"{self.path}: dropped {dropped} of its records, from step {k} on, which the run resumed "
-                    f"from its checkpoint there writes again; kept {len(kept)}")
+                which = _dropped(records, k, again)
+                log(f"{self.path}: dropped {len(records) - len(kept)} of its records, {which}, which the run "
+                    f"resumed from its checkpoint there writes again; kept {len(kept)}")
             storage.atomic_write(self.path, "".join(_line(r) for r in kept).encode(), storage.OUT_FIX)
             for r in kept if backfill else []:
                 self._to_wandb(lambda run, r=r: run.log(_wandb_row(r, moe_every)))

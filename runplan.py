@@ -652,6 +652,9 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      f"{' and '.join(elsewhere)} {verb} no effect")
     resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
     trains = not t.eval_only and finished_limit(plan) is None  # (a finished run: "raise --max_steps")
+    if trains and plan.ckpt is not None and (plan.ckpt.get("step", 0) >= t.max_steps or (
+            t.max_minutes and plan.ckpt.get("elapsed", 0.0) >= t.max_minutes * 60)):
+        trains = False  # (a stopped run resumed with a limit lowered to where it is: it only ends there)
     if t.warmup_steps >= t.max_steps and trains and not resumed_as_is:
         last = t.lr * t.max_steps / t.warmup_steps  # the last step's (train.lr_at's warmup)
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
@@ -762,7 +765,7 @@ def check_no_later_last(plan: RunPlan) -> None:
     step = plan.ckpt.get("step", 0)
     if isinstance(later, int) and later > step:
         raise RunError(f"{last} is at step {later}, later than {plan.ckpt_path} (step {step}), and resuming "
-                       f"that here would write over it and drop metrics.jsonl's records from step {step} on; "
+                       f"that here would write over it and drop metrics.jsonl's records after step {step}; "
                        f"fork it into a new folder (--resume {plan.ckpt_path} "
                        f"{fork_options(plan)}), resume last.pt (--resume "
                        f"{plan.run_dir}), or move {last} away first")

@@ -581,12 +581,32 @@ def test_a_resume_says_how_many_records_it_dropped_and_kept_and_nothing_when_non
     runlog.Metrics(tmp_path, None, 5, log=said.append)
     assert said == []
     runlog.Metrics(tmp_path, None, 2, log=said.append)
-    assert said == [f"{tmp_path / 'metrics.jsonl'}: dropped 3 of its records, from step 2 on, which the run "
-                    "resumed from its checkpoint there writes again; kept 2"]
+    assert said == [f"{tmp_path / 'metrics.jsonl'}: dropped 3 of its records, those after step 2, which the "
+                    "run resumed from its checkpoint there writes again; kept 2"]
     # Bug caught: a new run in the folder of one killed before its first save replaced its log silently
     runlog.Metrics(tmp_path, None, None, log=said.append)
     assert said[-1] == (f"{tmp_path / 'metrics.jsonl'}: replacing its 2 records, of a run here that saved no "
                         "checkpoint") and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_resumes_dropped_line_names_the_records_at_its_step_apart_from_those_after_it(tmp_path):
+    """Bug caught: the line said "dropped N of its records, from step S on" where step S's records were
+    all kept (only those after S were dropped), and the same where S's partial train record was dropped
+    too (with --open_window) while its val record was kept."""
+    records = [{"kind": k, "step": s} for s in range(1, 5) for k in ("train", "val")]
+    said = []
+    for open_window, eval_due, kept, what in [
+            (False, False, 4, "those after step 2"),
+            (True, False, 3, "the train record at step 2 and those after it"),
+            (True, True, 2, "the train and val records at step 2 and those after it")]:
+        write_records(tmp_path, records)
+        runlog.Metrics(tmp_path, None, 2, log=said.append, open_window=open_window, eval_due=eval_due)
+        assert said[-1] == (f"{tmp_path / 'metrics.jsonl'}: dropped {8 - kept} of its records, {what}, which "
+                            f"the run resumed from its checkpoint there writes again; kept {kept}")
+    write_records(tmp_path, records[:4])
+    runlog.Metrics(tmp_path, None, 2, log=said.append, open_window=True)
+    assert said[-1] == (f"{tmp_path / 'metrics.jsonl'}: dropped 1 of its records, the train record at step "
+                        "2, which the run resumed from its checkpoint there writes again; kept 3")
 
 
 def test_a_finish_that_works_takes_its_run_off_the_list_and_the_empty_list_away(tmp_path):

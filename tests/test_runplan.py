@@ -783,7 +783,7 @@ def test_best_pt_resumed_in_its_folder_never_writes_over_a_later_last_pt(tmp_pat
     assert not p.forks
     with pytest.raises(RunError, match=re.escape(
             f"{last} is at step 5, later than {best} (step 3), and resuming that here would write over it "
-            f"and drop metrics.jsonl's records from step 3 on; fork it into a new folder (--resume {best} "
+            f"and drop metrics.jsonl's records after step 3; fork it into a new folder (--resume {best} "
             f"--run NEW_NAME), resume last.pt (--resume {out / 'r'}), or move {last} away "
             "first")):
         runplan.claim_folder(p)
@@ -1007,6 +1007,28 @@ def test_a_warmup_as_long_as_the_run_is_warned_of():
         "warning: --warmup_steps 10 is not below --max_steps 10: the learning rate rises to 0.001 "
         "(--lr 0.001) and never decays; lower --warmup_steps"]
     assert runplan.setting_warnings(p._replace(train_args=replace(p.train_args, warmup_steps=9)), set()) == []
+
+
+def test_a_run_resumed_with_max_steps_lowered_to_its_step_is_not_warned_of_its_warmup(tmp_path):
+    """Bug caught: a stopped run (step 5 of 8) resumed with --max_steps 5, which trains no step (it
+    ends with its final evaluation), was warned that --warmup_steps 5 "is not below --max_steps 5"
+    and that its rate "never decays", as if it would train; so was one whose evaluation a signal put
+    off at its last step. A resume that trains on is warned as before."""
+    ckpt = {"step": 5, "train_args": config.to_dict(TrainArgs(max_steps=8, warmup_steps=5))}
+    stopped = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(max_steps=5, warmup_steps=5, lr=1e-3), ckpt,
+                              tmp_path / "last.pt")
+    assert runplan.finished_limit(stopped) is None  # (it is not a finished run: it ends at step 5)
+    assert runplan.setting_warnings(stopped, {"resume", "max_steps"}) == []
+    put_off = stopped._replace(ckpt={**ckpt, "train_args": config.to_dict(TrainArgs(max_steps=5)),
+                                     "eval_due": True})
+    assert runplan.setting_warnings(put_off, {"resume", "warmup_steps"}) == []
+    budget = replace(stopped.train_args, max_steps=8, warmup_steps=8, max_minutes=1)
+    spent = stopped._replace(train_args=budget, ckpt={**ckpt, "elapsed": 61.0})  # (its time so far)
+    assert runplan.setting_warnings(spent, {"resume", "max_minutes", "warmup_steps"}) == []
+    trains = stopped._replace(train_args=replace(stopped.train_args, max_steps=6, warmup_steps=6))
+    assert runplan.setting_warnings(trains, {"resume", "max_steps"}) == [
+        "warning: --warmup_steps 6 is not below --max_steps 6: the learning rate rises to 0.001 "
+        "(--lr 0.001) and never decays; lower --warmup_steps"]
 
 
 def test_a_compile_mode_beside_compile_false_is_warned_of():

@@ -1220,8 +1220,8 @@ def test_a_resumed_log_says_what_it_dropped_and_refuses_a_record_it_did_not_writ
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     said = []
     runlog.Metrics(tmp_path, None, 10, log=said.append, open_window=True)
-    assert said == [f"{tmp_path / 'metrics.jsonl'}: dropped 1 of its records, from step 10 on, which the run "
-                    "resumed from its checkpoint there writes again; kept 1"]
+    assert said == [f"{tmp_path / 'metrics.jsonl'}: dropped 1 of its records, the train record at step 10, "
+                    "which the run resumed from its checkpoint there writes again; kept 1"]
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"note": "mine"}\n{"kind": "train", "step": 6}\n')
     with pytest.raises(train.RunError, match='a record without a step and kind \\({"note": "mine"}\\)'):
