@@ -138,6 +138,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 MIN_TEMPERATURE = 1e-6
+MAX_TEMPERATURE = 1e30  # logits / T is then 0 to float32 precision: uniform over the tokens left
 
 
 def choose(logits, generators, temperature=1.0, top_k=0, top_p=1.0, greedy=False) -> torch.Tensor:
@@ -148,14 +149,18 @@ def choose(logits, generators, temperature=1.0, top_k=0, top_p=1.0, greedy=False
     gives. It skips multinomial's input checks, which read the device twice per call: a softmax
     over logits with a finite maximum needs none. A temperature under MIN_TEMPERATURE samples as
     that does (the top token alone, but for near-ties, within about 1e-5): smaller ones overflow
-    logits / T to inf. A negative one is a ValueError, as on the command line."""
+    logits / T to inf. One over MAX_TEMPERATURE samples as that does (uniformly over the tokens the
+    filters leave): one past float32's largest (3.4e38, e.g. --temperature 1e300) was inf there,
+    and a masked logit's -inf / inf is NaN, whose argmax drew token 0, <|endoftext|>, at once. A
+    negative one is a ValueError, as on the command line."""
     logits = logits.float()
     if greedy:
         return logits.argmax(-1)
     if not temperature >= 0:  # (NaN too) max() below would silently take -1 as MIN_TEMPERATURE
         raise ValueError(f"temperature: must be at least 0, got {temperature} (use greedy=True for argmax "
                          "decoding)")
-    probs = filter_logits(logits / max(temperature, MIN_TEMPERATURE), top_k, top_p).softmax(-1)
+    temperature = min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
     q = torch.stack([torch.empty_like(p).exponential_(1, generator=g)
                      for p, g in zip(probs, generators, strict=True)])  # (B, V)
     return (probs / q).argmax(-1)

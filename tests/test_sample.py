@@ -1666,6 +1666,28 @@ def test_a_small_temperature_is_sampled_as_it_is_and_a_tinier_one_as_min_tempera
             sample.choose(tiny, floor, temperature=sample.MIN_TEMPERATURE).tolist()
 
 
+def test_a_huge_temperature_samples_uniformly_over_the_tokens_left_not_end_of_text():
+    """Bug caught: a temperature past float32's largest (--temperature 1e300, or inf in generate) was
+    inf in float32, the never-drawn tokens' -inf logits / inf were NaN, and argmax took token 0: every
+    story ended at once, empty, without a word. It now samples as 1e30 (MAX_TEMPERATURE) does: uniformly."""
+    logits = torch.randn(3, 12, generator=torch.Generator().manual_seed(0)) * 5
+    logits[:, 2:5] = float("-inf")  # (as generate masks the never-drawn tokens)
+    for t in (1e300, float("inf")):
+        ours, cap = ([torch.Generator().manual_seed(i) for i in range(3)] for _ in range(2))
+        drawn = set()
+        for _ in range(40):
+            got = sample.choose(logits, ours, temperature=t)
+            assert got.tolist() == sample.choose(logits, cap, temperature=1e30).tolist()
+            drawn |= set(got.tolist())
+        assert drawn == set(range(12)) - {2, 3, 4}  # every token left, none masked
+    ours = [torch.Generator().manual_seed(1)]
+    assert sample.choose(logits[:1], ours, temperature=1e300, top_k=2).item() in \
+        logits[0].topk(2).indices.tolist()
+    model = small_model()
+    rows = sample.generate(model, PROMPTS, 8, temperature=float("inf"), seed=1)
+    assert all(len(r) > 0 for r in rows)  # (eos is 1 token of 320: 8 of them in a row is no chance)
+
+
 def test_row_r_of_a_batch_draws_with_a_generator_seeded_seed_plus_r():
     """Catches each row's generator seeded otherwise than --seed + its row (seed + r + 1, or every
     row the same seed): a row's story is what torch.multinomial draws, step by step, from a full
