@@ -387,8 +387,9 @@ def _set(d: dict, dotted: str, value):
     d[last] = value
 
 
-def hf_config(model_args: ModelArgs) -> dict:
-    """config.json for Llama4ForCausalLM, or Llama4ForConditionalGeneration with vision."""
+def hf_config(model_args: ModelArgs, dtype: str = "float32") -> dict:
+    """config.json for Llama4ForCausalLM, or Llama4ForConditionalGeneration with vision; `dtype`, that
+    of the weights (torch_dtype: what from_pretrained(dtype="auto") loads them as)."""
     text, vision, top = {}, {}, {}
     for f in dataclasses.fields(ModelArgs):
         name = f.metadata.get("hf")
@@ -407,7 +408,7 @@ def hf_config(model_args: ModelArgs) -> dict:
     vision["rope_parameters"]["rope_type"] = "default"
     text.update(model_type="llama4_text", architectures=["Llama4ForCausalLM"], head_dim=model_args.head_dim,
                 bos_token_id=model_args.eos_id, hidden_act="silu", attention_bias=False,
-                tie_word_embeddings=False, torch_dtype="float32")
+                tie_word_embeddings=False, torch_dtype=dtype)
     if not model_args.vision:
         return text
     vision.update(model_type="llama4_vision_model", vision_output_dim=model_args.projector_output_dim,
@@ -415,7 +416,7 @@ def hf_config(model_args: ModelArgs) -> dict:
     text.pop("architectures")
     return {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"],
             "text_config": text, "vision_config": vision, "tie_word_embeddings": False,
-            "torch_dtype": "float32", **top}
+            "torch_dtype": dtype, **top}
 
 
 def hf_state_dict(model: Llama4) -> dict:
@@ -618,7 +619,8 @@ def with_story_start(tokenizer_json: bytes, start_id: int) -> bytes:
 def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
     """export_hf's files, into an empty folder."""
     from safetensors.torch import save
-    cfg = hf_config(model.args)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # (an import's bf16: not float32)
+    cfg = hf_config(model.args, dtype)
     if tokenizer_path is not None and Path(tokenizer_path).exists():
         cfg["tokenizer_sha256"] = Tokenizer.load(tokenizer_path, exact=False).hash
         tokenizer_json = with_story_start(Path(tokenizer_path).read_bytes(), model.args.eos_id)

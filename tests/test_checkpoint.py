@@ -817,3 +817,16 @@ def test_weights_reach_the_device_already_in_the_dtype_asked_for(tmp_path, monke
     assert given == [{(torch.bfloat16, "meta")}] * 2
     cpu = checkpoint.load_hf(hf, "cpu", torch.bfloat16)
     assert cpu.lm_head.weight.data_ptr() == cpu.embed_tokens.weight.data_ptr()
+
+
+def test_an_export_of_bf16_weights_says_bfloat16(tmp_path):
+    """Bug caught: config.json said torch_dtype float32 whatever the weights were, so a checkpoint
+    imported from a bf16 folder exported bf16 tensors labelled float32, and transformers'
+    from_pretrained(dtype="auto") loaded them as float32 (twice the memory, not the folder's dtype)."""
+    transformers = pytest.importorskip("transformers")
+    for dtype in (torch.float32, torch.bfloat16):
+        out = checkpoint.export_hf(small_model().to(dtype).eval(), tmp_path / str(dtype))
+        name = str(dtype).removeprefix("torch.")
+        assert json.loads((out / "config.json").read_text())["torch_dtype"] == name
+        hf = transformers.Llama4ForCausalLM.from_pretrained(out, dtype="auto")
+        assert {p.dtype for p in hf.parameters()} == {dtype}
