@@ -170,10 +170,11 @@ TEXT_SETTINGS = ("data", "val_data", "hf_dataset", "text_field", "val_text_field
 def text_read(settings: dict) -> dict:
     """Of `settings` (TrainArgs fields by name), the TEXT_SETTINGS a new run must be typed to read the
     same text: those not the default, less those another makes moot (--hf_dataset beside --data,
-    --val_fraction beside --val_data, --val_text_field without it: each warned of where typed)."""
+    --val_fraction beside --val_data or without --data, --val_text_field without --val_data: each
+    warned of where typed)."""
     default = config.to_dict(TrainArgs())
-    moot = {"hf_dataset": settings.get("data"), "val_fraction": settings.get("val_data"),
-            "val_text_field": not settings.get("val_data")}
+    data, val_data = settings.get("data"), settings.get("val_data")
+    moot = {"hf_dataset": data, "val_fraction": val_data or not data, "val_text_field": not val_data}
     return {k: settings[k] for k in TEXT_SETTINGS
             if settings.get(k) is not None and settings[k] != default[k] and not moot.get(k)}
 
@@ -456,18 +457,21 @@ def check_resumed_fields(ckpt: dict, eval_only: bool) -> None:
 
 
 def check_optimizer_groups(plan: RunPlan) -> None:
-    """A checkpoint resumed to train on must hold an optimizer state of this version's parameter
+    """A checkpoint resumed to train on must hold an optimizer state torch can load (its "state" and
+    "param_groups": else it is damaged, and was a KeyError's traceback) of this version's parameter
     groups (train.make_optimizer's, by model.weight_decayed): the first version's split them otherwise
     and cannot be loaded. Refused here, before any data is prepared, with the --init_from command that
-    keeps its weights (and the text the run reads: text_read); a finished run, which loads nothing, and
-    an optimizer state of another shape (load_optimizer's to judge) pass."""
-    saved = (plan.ckpt or {}).get("optimizer")
-    if plan.train_args.eval_only or finished_limit(plan) or not isinstance(saved, dict):
+    keeps its weights (and the text the run reads: text_read); a finished run, which loads nothing,
+    passes, and so does an import, which holds none (load_resumed's to refuse)."""
+    if plan.ckpt is None or "optimizer" not in plan.ckpt or plan.train_args.eval_only or finished_limit(plan):
         return
-    groups = saved.get("param_groups")
-    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
-                                               for g in groups):
-        return
+    saved = plan.ckpt["optimizer"]
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not (isinstance(groups, list) and isinstance(saved.get("state"), dict) and all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+        raise CheckpointError(f"{plan.ckpt_path} is damaged or from another version of this project (its "
+                              f"optimizer state holds no parameter groups and state torch can load); "
+                              f"{init_from_fix(plan)}")
 
     def split(model):
         decayed = [weight_decayed(n, p) for n, p in model.named_parameters()]
@@ -475,8 +479,8 @@ def check_optimizer_groups(plan: RunPlan) -> None:
     sizes, own = [len(g["params"]) for g in groups], summed_over_layers(plan.model_args, split)
     if sizes != [own["decay"], own["no_decay"]]:
         raise CheckpointError(f"{plan.ckpt_path}: its optimizer state is not of this version's parameter "
-                              f"groups (of {sizes} parameters, not [{own['decay']}, {own['no_decay']}]); "
-                              f"{init_from_fix(plan)}")
+                              f"groups (of {sizes} parameter tensors, not "
+                              f"[{own['decay']}, {own['no_decay']}]); {init_from_fix(plan)}")
 
 
 def init_from_fix(plan: RunPlan) -> str:

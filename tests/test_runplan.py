@@ -31,13 +31,23 @@ def fake_checkpoint(path, model=DEBUG, optimizer=True, preset="debug", run_folde
     train.json beside it, as train.py writes) unless `run_folder` is false (a loose file)."""
     state = {"model": {}, "model_args": config.to_dict(model),
              "train_args": config.to_dict(TrainArgs(**train)), "preset": preset}
-    if optimizer:
-        state.update(optimizer={}, step=0, rng={})  # (what a resume reads: runplan.check_resumed_fields)
+    if optimizer:  # (what a resume reads: runplan.check_resumed_fields, check_optimizer_groups)
+        state.update(optimizer=optimizer_state(model), step=0, rng={})
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save_checkpoint(path, state)
     if run_folder and not (path.parent / "train.json").exists():
         (path.parent / "train.json").write_text(json.dumps(state["train_args"]))
     return path
+
+
+def optimizer_state(model: ModelArgs) -> dict:
+    """An optimizer state of train.make_optimizer's two groups for `model` (parameter indices, no
+    moments), as runplan.check_optimizer_groups reads it."""
+    with torch.device("meta"):
+        params = model_module.Llama4(model).named_parameters()
+        decayed = [model_module.weight_decayed(n, p) for n, p in params]
+    return {"state": {}, "param_groups": [{"params": [i for i, d in enumerate(decayed) if d]},
+                                          {"params": [i for i, d in enumerate(decayed) if not d]}]}
 
 
 def plan(tmp_path, given=(), model=DEBUG, preset="debug", **train):
@@ -102,8 +112,8 @@ def test_the_init_from_advice_reads_the_runs_hub_dataset_and_text_field(tmp_path
     last = fake_checkpoint(tmp_path / "ckpt" / "h" / "last.pt", hf_dataset=str(folder), text_field="story",
                            val_fraction=0.05)
     with pytest.raises(ConfigError, match=re.escape(
-            f"--out_dir {tmp_path / 'ckpt'} --hf_dataset {folder} --text_field story --val_fraction 0.05, "
-            "without --resume")):
+            f"--out_dir {tmp_path / 'ckpt'} --hf_dataset {folder} --text_field story, without --resume")):
+        # (its --val_fraction holds nothing out: the folder's validation split is the validation text)
         plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(last))
     # what another setting makes moot is left out (each is warned of where typed); defaults are not typed
     assert runplan.text_read(config.to_dict(TrainArgs(data="a.txt", hf_dataset="x/y", val_data="v.txt",
@@ -111,6 +121,16 @@ def test_the_init_from_advice_reads_the_runs_hub_dataset_and_text_field(tmp_path
         "data": "a.txt", "val_data": "v.txt", "val_text_field": "t"}
     assert runplan.text_read({**config.to_dict(TrainArgs()), "val_text_field": "t"}) == {}
     assert runplan.text_read({"data": "a.txt"}) == {"data": "a.txt"}  # (an older checkpoint's settings)
+
+
+def test_the_init_from_advice_leaves_out_a_val_fraction_of_a_run_on_the_hub():
+    """Bug caught: a run on the hub (no --data) with --val_fraction typed, which holds nothing out (the
+    validation text is the hub's validation split: warned of where typed), was advised an --init_from
+    command carrying --val_fraction, which the new run was warned of again."""
+    hub = config.to_dict(TrainArgs(val_fraction=0.05))
+    assert runplan.text_read(hub) == {}
+    assert runplan.text_read({**hub, "hf_dataset": "x/y"}) == {"hf_dataset": "x/y"}
+    assert runplan.text_read({**hub, "data": "a.txt"}) == {"data": "a.txt", "val_fraction": 0.05}
 
 
 def test_a_resume_takes_other_router_loss_weights_as_it_takes_another_lr(tmp_path):

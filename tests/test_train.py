@@ -372,12 +372,33 @@ def test_the_planned_optimizer_groups_are_those_make_optimizer_builds(overrides)
                                {"params": [p for p in model.parameters() if p.dim() < 2]}])
     if args.router_noise:  # (without it the first version's groups were these)
         with pytest.raises(CheckpointError, match=r"^ck/r/last\.pt: its optimizer state is not of this "
-                           r"version's parameter groups \(of \[\d+, \d+\] parameters, not \[\d+, \d+\]\); "
+                           r"version's parameter groups \(of \[\d+, \d+\] parameter tensors, not "
+                           r"\[\d+, \d+\]\); "
                            r"start a new run from its weights: train\.py --init_from ck/r/last\.pt --run "
                            r"NEW_NAME --out_dir ck --data a\.txt$"):
             runplan.check_optimizer_groups(plan(first.state_dict()))
     else:
         runplan.check_optimizer_groups(plan(first.state_dict()))
+
+
+@pytest.mark.parametrize("saved", [{}, None, {"param_groups": []}, {"state": {}, "param_groups": "x"}])
+def test_an_optimizer_state_torch_cannot_load_is_a_damaged_checkpoint_refused_in_planning(saved):
+    """Bug caught: a checkpoint whose optimizer state is {} (or None, or lacks its "state") passed
+    runplan.check_optimizer_groups ("load_optimizer's to judge") and stopped the resume, after the data
+    was prepared, with a KeyError's traceback: it is a one-line CheckpointError (exit status 1) naming
+    the file, with the --init_from command that keeps its weights. --eval_only, which loads no
+    optimizer state, evaluates it."""
+    def plan(eval_only=False):
+        return SimpleNamespace(ckpt={"step": 2, "optimizer": saved}, ckpt_path=Path("ck/r/last.pt"),
+                               model_args=debug_args(),
+                               train_args=TrainArgs(max_steps=4, data="a.txt", eval_only=eval_only))
+    with pytest.raises(CheckpointError, match=r"^ck/r/last\.pt is damaged or from another version of this "
+                       r"project \(its optimizer state holds no parameter groups and state torch can load\); "
+                       r"start a new run from its weights: train\.py --init_from ck/r/last\.pt "
+                       r"--run NEW_NAME --out_dir ck --data a\.txt$") as e:
+        runplan.check_optimizer_groups(plan())
+    assert e.value.exit_code == 1
+    runplan.check_optimizer_groups(plan(eval_only=True))
 
 
 def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, cache, capsys):
