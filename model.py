@@ -2,16 +2,31 @@
 
 Faithful to Hugging Face `transformers` (`Llama4ForCausalLM`, `Llama4ForConditionalGeneration`):
 the same weights give the same logits (tests/test_model_parity.py). Module and parameter names are
-the HF ones, so export is a matter of adding prefixes (scripts/export_hf.py). In short:
+the HF ones, so export is a matter of adding prefixes (checkpoint.hf_state_dict, which
+scripts/export_hf.py runs). In short:
 
     tokens -> embed_tokens -> n_layers x Block -> norm -> lm_head -> logits
     Block:  x = x + self_attn(input_layernorm(x));  x = x + feed_forward(post_attention_layernorm(x))
-    self_attn: GQA. RoPE layers (all but every nope_every-th: 3 of every 4 by default):
-               interleaved-pair RoPE, weightless RMS QK norm (qk_norm), attention within aligned
-               chunks of attn_chunk_size. NoPE layers: no positions, full causal attention, query
-               temperature tuning (attn_temperature_tuning).
-    feed_forward: MoE (every moe_every-th layer) = shared expert + top-k routed experts whose
-               input is scaled by sigmoid(router logit); dense SwiGLU otherwise.
+    self_attn: GQA. RoPE layers: interleaved-pair RoPE, then the weightless RMS QK norm (qk_norm),
+               attention within aligned chunks of attn_chunk_size (key k seen by query q iff
+               k <= q and k // C == q // C). NoPE layers, every nope_every-th (layers 3, 7, 11, ...
+               by default): no positions, full causal attention, query temperature tuning
+               (attn_temperature_tuning).
+    feed_forward: on every moe_every-th layer (every layer by default) an MoE: a shared expert plus
+               the top-k routed experts of the raw router logits (no softmax, no renormalising),
+               each fed its input times sigmoid(its logit); a dense SwiGLU (mlp_dim) otherwise.
+
+What it holds, one section each, in this order:
+    building blocks     RMSNorm, FeedForward (SwiGLU), rope_frequencies, rope_tables, apply_rope
+    attention           attention_mask, Attention (GQA; chunked on RoPE layers, causal on NoPE ones)
+    grouped_mm          grouped_mm_supported, grouped_mm_any_dtype and what its gradients need
+    mixture of experts  Experts, Routing, router_stats (the router losses of all layers at once), MoE
+    the decoder         to_compute_dtype, Block, Output, Llama4
+    the vision stub     VisionModel and its parts, Projector
+    the loss            linear_cross_entropy: lm_head and the cross-entropy, chunk by chunk
+    generation          KVCache and CacheStep (the static KV cache), few_row_logits (decoding's logits)
+    initialisation      init_weights, build_from_state, weight_decayed (AdamW's two groups)
+    parameter counts    count_parameters, summed_over_layers, flops_per_token (on the meta device)
 
 How it departs from the obvious version (and from HF's code):
 - Sparse MoE dispatch: tokens are sorted by expert and each expert runs one matmul on its own
@@ -22,8 +37,8 @@ How it departs from the obvious version (and from HF's code):
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
   deterministic or off in eval(), so eval() is exactly HF's model in fp32 (in bf16, ours rounds q
   and k once after RoPE and the QK norm where HF rounds after each: one bf16 rounding more
-  precise; Attention._rotate). The losses are computed once for all MoE layers, from their
-  stacked router logits (router_stats), not layer by layer. Under autocast the router stays in
+  precise; Attention._rope_and_norm). The losses are computed once for all MoE layers, from
+  their stacked router logits (router_stats), not layer by layer. Under autocast the router stays in
   fp32 (HF's runs in bf16 there; fp32 parity is unaffected).
 - Positions are explicit (B, T) tensors: left-padded batches (position -1 = padding) and the KV
   cache fall out of the same mask code. RoPE, chunk boundaries and temperature tuning all count
@@ -150,89 +165,6 @@ def apply_rope(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch
 # Attention
 
 
-class KVCache:
-    """Keys and values of every layer for generation: static, allocated once, indexed by position.
-
-    Layer i keeps k[i], v[i] of shape (B, Hkv, S + 1, D). The token at position p of row b is
-    written at slot p, whatever padding came before it, so every row's cache is aligned by
-    position and left padding needs no special case when decoding. Slot S is scratch: padding
-    tokens (position -1) are written there and no live query sees it. Writes are scatters and
-    attention reads all S + 1 slots under a mask (slots and masks are built once per forward
-    call, in its CacheStep), so a decoding step keeps its shapes and never reads the device from
-    the host: what torch.compile and CUDA graphs need (mark_static() tells the compiler the
-    tensors keep their addresses, as transformers' StaticCache does).
-
-    Positions must count 0, 1, 2, ... from each row's first real token, padding only on the left
-    (what sample.left_pad makes), so that no position is beyond the columns fed so far.
-    `next_pos` (B,), on the device, is the position the next token of each row takes. `seen`
-    counts the columns fed by eager calls (padding included), for the length check; a compiled
-    step leaves it alone (a host counter would recompile the step at every token), so whoever
-    runs compiled steps bounds them by `length` (sample.generate does). `padding` is the left
-    padding of the most padded row (whoever pads sets it): the length check counts that row's
-    tokens, seen - padding, the fewest. The other rows reach the end sooner; a position past the
-    end is written to the scratch slot, and its row's output means nothing from then on: the
-    caller no longer reads it (sample.generate cuts each row at its own context limit).
-    """
-
-    def __init__(self, args: ModelArgs, batch_size: int, length: int | None = None, device=None,
-                 dtype=torch.float32):
-        self.length = length or args.max_seq_len  # S: positions 0 .. S - 1
-        shape = (batch_size, args.n_kv_heads, self.length + 1, args.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
-        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.seen = 0
-        self.padding = 0
-
-    def mark_static(self):
-        """For torch.compile: the tensors keep their addresses from call to call, so a CUDA graph
-        reads and writes them in place (imports torch._dynamo, a second or so: only when compiling)."""
-        for t in [*self.k, *self.v, self.next_pos]:
-            torch._dynamo.mark_static_address(t)
-        return self
-
-    def step(self, pos) -> "CacheStep":
-        """This forward call's use of the cache, for its tokens at positions `pos` (B, T), after
-        `seen` counts them. A compiled call reads all S + 1 slots (fixed shapes); an eager one only
-        the first `seen`, which hold every position written so far (the rest are masked anyway)."""
-        n = self.length + 1 if torch.compiler.is_compiling() else min(self.seen, self.length + 1)
-        return CacheStep(self, pos, n)
-
-
-class CacheStep:
-    """One forward call's use of a KVCache, shared by all its layers: the slots its tokens go to
-    and, per layer type (chunked or not), the mask of the first n slots its queries see, each
-    built once per call rather than once per layer."""
-
-    def __init__(self, cache: KVCache, pos, n: int):
-        self.cache, self.pos, self.n = cache, pos, n
-        # (B, T): padding, and a stopped row's positions past the end, to the scratch slot
-        self.slot = pos.masked_fill((pos < 0) | (pos >= cache.length), cache.length)
-        self.masks = {}
-
-    def update(self, i, k, v):
-        """Write layer i's keys and values (B, Hkv, T, D) at this call's slots; return the layer's
-        keys and values in the first n slots, (B, Hkv, n, D) each."""
-        K, V = self.cache.k[i], self.cache.v[i]
-        index = self.slot[:, None, :, None].expand_as(k)  # (B, Hkv, T, D): slot of each key
-        K.scatter_(2, index, k.to(K.dtype))
-        V.scatter_(2, index, v.to(V.dtype))
-        return K[:, :, :self.n], V[:, :, :self.n]
-
-    def mask(self, chunk_size):
-        """(B, 1, T, n), additive: 0 where a query sees a slot (slot s holds position s; the scratch
-        slot, position S, is beyond every query), -inf elsewhere; in the cache's dtype, so that
-        attention does not convert a boolean mask in every layer. (A stopped row's queries past the
-        end write to the scratch slot; on a chunked layer they may see no slot at all: a row whose
-        output, NaN on some backends and zeros on others, is never read.)"""
-        if chunk_size not in self.masks:
-            slots = torch.arange(self.n, device=self.pos.device)[None]  # (1, n)
-            allowed = attention_mask(self.pos, slots, chunk_size)
-            zeros = torch.zeros(allowed.shape, dtype=self.cache.k[0].dtype, device=allowed.device)
-            self.masks[chunk_size] = zeros.masked_fill(~allowed, float("-inf"))
-        return self.masks[chunk_size]
-
-
 def attention_mask(q_pos, k_pos, chunk_size=None):
     """Boolean mask (B, 1, Tq, Tk): key visible to query iff causal, not padding and, on chunked
     layers, in the same aligned chunk. q_pos (B, Tq), k_pos (B or 1, Tk), -1 = padding. A padding
@@ -270,7 +202,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, pos, rope, cache: CacheStep | None = None, default_pos: bool = False):
+    def forward(self, x, pos, rope, cache: "CacheStep | None" = None, default_pos: bool = False):
         """x (B, T, dim); pos (B, T) positions, -1 for padding; rope = rope_tables(cos, sin) for `pos`;
         cache: this call's KVCache.step(pos). default_pos: pos is arange(T) in every row and there
         is no cache (training and evaluation)."""
@@ -305,13 +237,13 @@ class Attention(nn.Module):
             k = self.k_proj(x).view(B, T, Hkv, D)  # (B, T, Hkv*D) -> (B, T, Hkv, D)
             v = self.v_proj(x).view(B, T, Hkv, D)  # (B, T, Hkv*D) -> (B, T, Hkv, D)
             if self.use_rope:
-                q, k = self._rotate(q, rope, v.dtype), self._rotate(k, rope, v.dtype)
+                q, k = self._rope_and_norm(q, rope, v.dtype), self._rope_and_norm(k, rope, v.dtype)
             return q, k, v
         # training: one matmul; q and k side by side, so RoPE and the norm run once
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2Hkv)D, dim)
         qk, v = F.linear(x, w).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)  # (B, T, H+Hkv, D), v
         if self.use_rope:
-            qk = self._rotate(qk, rope, v.dtype)
+            qk = self._rope_and_norm(qk, rope, v.dtype)
         q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
         # what attention keeps for backward must not be views that hold all of q, k and v
         # (RoPE made q and k anew; on NoPE layers the temperature makes q anew, where tuned)
@@ -321,7 +253,7 @@ class Attention(nn.Module):
             q = q if self.temperature else q.contiguous()
         return q, k, v
 
-    def _rotate(self, t, rope, dtype):
+    def _rope_and_norm(self, t, rope, dtype):
         """RoPE, then the QK norm where there is one, both in fp32, then one cast back to `dtype`.
         t (B, T, heads, D). HF casts back after RoPE and again after the norm: equal in fp32, one
         bf16 rounding more precise here (kept: bf16 runs resume bit for bit)."""
@@ -352,7 +284,7 @@ class Attention(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Mixture of experts
+# grouped_mm: the kernel of the sparse expert dispatch, and what it needs around it
 
 
 def grouped_mm_supported(x: torch.Tensor, widths=()) -> bool:
@@ -440,6 +372,10 @@ class ZeroEmptyGroups(torch.autograd.Function):
         return grad.masked_fill(empty, 0), None
 
 
+# ---------------------------------------------------------------------------------------------
+# Mixture of experts
+
+
 class Experts(nn.Module):
     """E SwiGLU experts in the HF layout: gate_up_proj (E, dim, 2I) with gate = first I columns,
     down_proj (E, I, dim). Expert_e(z) = (silu(z G_e) * (z U_e)) D_e."""
@@ -450,6 +386,7 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(n_experts, hidden, dim))
 
     def expert(self, e: int, z: torch.Tensor) -> torch.Tensor:
+        """Expert e on its inputs z (n, dim) -> (n, dim): the fallback's and MoE._reference's."""
         gate, up = (z @ self.gate_up_proj[e]).chunk(2, dim=-1)  # (n, 2I) -> (n, I) each
         return (F.silu(gate) * up) @ self.down_proj[e]  # (n, dim)
 
@@ -460,18 +397,22 @@ class Experts(nn.Module):
             dtype = torch.get_autocast_dtype(xs.device.type)
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
         if grouped_mm_supported(xs, (xs.shape[-1], w2.shape[1])):  # no host sync: groups stay on the device
-            offs = counts.cumsum(0, dtype=torch.int32)  # end row of each expert's group
-            if torch.is_grad_enabled() and w1.requires_grad and empty_groups_unzeroed(xs):  # (sm100: an idle
-                # expert's weight gradient was garbage; not when sampling)
-                w1, w2 = ZeroEmptyGroups.apply(w1, counts), ZeroEmptyGroups.apply(w2, counts)
-            if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
-                # traced on fake tensors (torch.compile, scripts/memory_model.py): bf16 only
-                gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)  # (M, I) each
-                return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)  # (M, dim)
-            gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
-            return ContiguousGrad.apply(F.grouped_mm(F.silu(gate) * up, w2, offs=offs))  # (M, dim)
+            return self._grouped(xs, w1, w2, counts)
         groups = xs.split(counts.tolist())  # the fallback: one matmul per expert, sizes read on the host
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
+
+    def _grouped(self, xs, w1, w2, counts):
+        """forward through torch's grouped GEMM: two grouped_mm calls over all experts at once."""
+        offs = counts.cumsum(0, dtype=torch.int32)  # (E,) end row of each expert's group
+        # Blackwell leaves an idle expert's weight gradient unwritten (no gradients when sampling)
+        if torch.is_grad_enabled() and w1.requires_grad and empty_groups_unzeroed(xs):
+            w1, w2 = ZeroEmptyGroups.apply(w1, counts), ZeroEmptyGroups.apply(w2, counts)
+        if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
+            # traced on fake tensors (torch.compile, scripts/memory_model.py), F.grouped_mm takes bf16 only
+            gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)  # (M, I) each
+            return grouped_mm_any_dtype(F.silu(gate) * up, w2, offs)  # (M, dim)
+        gate, up = F.grouped_mm(xs, w1, offs=offs).chunk(2, dim=-1)  # (M, I) each
+        return ContiguousGrad.apply(F.grouped_mm(F.silu(gate) * up, w2, offs=offs))  # (M, dim)
 
 
 class Routing(NamedTuple):
@@ -506,6 +447,9 @@ class MoE(nn.Module):
     """Shared expert + top-k routed experts; the router's sigmoid score scales the expert input.
 
     out = shared(h) + sum_{e in topk(logits)} Expert_e(sigmoid(logit_e) * h)
+
+    The top k of the raw logits (noisy in training), no softmax and no renormalisation; the shared
+    expert is a FeedForward of expert_dim that every token goes through.
     """
 
     impl = "sparse"  # or "reference": the plain masked loop over experts
@@ -567,98 +511,17 @@ class MoE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# The loss: cross-entropy through the output layer, without the (N, V) logits
-
-LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary),
-# held twice for a moment (the fp32 logits and their log-softmax)
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of x @ weight.T against targets (-1 = ignore), and its gradients,
-    chunk by chunk: a chunk's logits (c, V) live only inside the loop, and its gradient
-    (softmax - one-hot) is taken there too, so the backward pass only scales the saved gradients.
-    The full (N, V) logits, their fp32 copy and their log-softmax are never in memory.
-    Without gradients (evaluation) the loop computes the loss alone.
-    (The idea of Liger-Kernel's fused linear cross-entropy; plain PyTorch ops here.)"""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk_rows: int, with_grad: bool):
-        # x (N, D) and weight (V, D) in one dtype (the compute dtype), targets (N,)
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x, grad_w = torch.empty_like(x) if with_grad else None, None  # grad_w: (V, D), fp32 sum
-        for i in range(0, x.shape[0], chunk_rows):
-            xc, tc = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (c, D), (c,)
-            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V) fp32, one kernel
-            ignored = (tc < 0)[:, None]  # (c, 1)
-            rows, t = torch.arange(len(tc), device=x.device), tc.clamp(min=0)  # (c,) each
-            target_lp = log_probs[rows, t]  # (c,)
-            # (out of place: under torch.compile, torch 2.11 loses the gradient of an output
-            # that was updated in place, and every gradient through the loss came out 0)
-            total = total - target_lp.masked_fill(ignored[:, 0], 0).sum()
-            if not with_grad:
-                continue
-            # d(total)/d(logits) = softmax - one-hot, in the compute dtype; the target column is
-            # p_t - 1 from fp32 (expm1), rounded once: a bf16 p_t, then - 1, would zero the
-            # gradient of every token predicted with p_t > 0.998
-            g = log_probs.exp_().to(x.dtype)  # softmax (c, V), in place of the log-probabilities
-            g[rows, t] = torch.expm1(target_lp).to(g.dtype)  # (an index_put: a bf16 scatter is slow on CPU)
-            # ignored rows have no gradient: zeroed on the (c, D) side, not over the (c, V) one
-            grad_x[i:i + chunk_rows] = (g @ weight).masked_fill_(ignored, 0)  # (c, D)
-            gw = (g.t() @ xc.masked_fill(ignored, 0)).float()  # (V, D)
-            grad_w = gw if grad_w is None else grad_w.add_(gw)
-        if with_grad:
-            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_total.to(grad_x.dtype), grad_w * grad_total.to(grad_w.dtype), None, None, None
-
-
-FEW_ROWS = 16  # up to this many rows, CPU logits without gradients go through few_row_logits' path
-
-
-def few_row_logits(x: torch.Tensor, lm_head: nn.Linear) -> torch.Tensor:
-    """lm_head(x); on the CPU, for at most FEW_ROWS rows without gradients (decoding), computed as
-    weight @ x.T, which oneDNN runs 2.5-6x faster there for a weight this large (measured on 2
-    cores: 1.7 ms against 5.8 for one row, 4 against 10 for eight). A row alone goes as two: one
-    row takes a matrix-vector path as slow as F.linear's. The values are F.linear's up to rounding.
-    x (..., D) -> (..., V)."""
-    rows = x.reshape(-1, x.shape[-1])  # (N, D)
-    n = rows.shape[0]
-    if x.device.type != "cpu" or n > FEW_ROWS or (torch.is_grad_enabled() and x.requires_grad):
-        return lm_head(x)
-    both = torch.cat([rows, rows]) if n == 1 else rows  # (max(N, 2), D)
-    return (lm_head.weight @ both.t()).t()[:n].reshape(*x.shape[:-1], -1)  # (N, V) -> (..., V)
-
-
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of x @ weight.T (x (N, D), weight (V, D)) over targets >= 0, the same
-    value and gradients as F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-1)
-    under the same autocast (tests/test_model.py), in chunks of LOSS_CHUNK logits. Two edges
-    differ: with no target >= 0 it is 0 (F.cross_entropy gives NaN), and every negative target
-    is skipped (F.cross_entropy skips only -1)."""
-    kind = x.device.type
-    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-    with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    with torch.autocast(kind, enabled=False):  # cast once here, not per chunk
-        total = LinearCrossEntropy.apply(x.to(dtype), weight.to(dtype), targets,
-                                         max(1, LOSS_CHUNK // weight.shape[0]), with_grad)
-    return total / (targets >= 0).sum().clamp(min=1)
-
-
-# ---------------------------------------------------------------------------------------------
 # The decoder
 
 
 def to_compute_dtype(x: torch.Tensor) -> torch.Tensor:
     """x in autocast's dtype where autocast is on (the residual stream stays fp32). A normed
-    activation is read by several projections (q, k and v; router, noise, shared expert gate and
-    up): cast once here, autocast would cast it once per projection, and backward would cast each
-    gradient back. The projections see the same values; the MoE's expert inputs (h x router score)
-    are now a bf16 product rather than an fp32 one cast after, and the branches' gradients are
-    summed in bf16 before the one cast back, not in fp32 after several: rounding, no more."""
+    activation is read by several projections (q, k and v; the shared expert's gate and up; the
+    router and its noise, which read it cast back to fp32): cast once here, autocast would cast it
+    once per projection, and backward would cast each gradient back. The autocast projections see
+    the same values; the router sees h rounded to bf16, the MoE's expert inputs (h x router score)
+    are a bf16 product rather than an fp32 one cast after, and the branches' gradients are summed
+    in bf16 before the one cast back, not in fp32 after several: rounding, no more."""
     kind = x.device.type
     return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
 
@@ -697,6 +560,10 @@ class Output:
 
 
 class Llama4(nn.Module):
+    """The text decoder: Llama4ForCausalLM's modules, under its names less their `model.` prefix.
+    With args.vision, the vision stub beside it: Llama4ForConditionalGeneration's vision_model and
+    multi_modal_projector. forward returns an Output: the logits, and the losses given targets."""
+
     # "fused": with targets, linear_cross_entropy (the loss alone, no logits returned);
     # "reference": lm_head, then F.cross_entropy on the fp32 logits (tests hold them equal).
     loss_impl = "fused"
@@ -730,7 +597,7 @@ class Llama4(nn.Module):
         x = self._merge_images(tokens, x, images, image_mask)
         default_pos = positions is None and cache is None
         if positions is None:
-            positions = torch.arange(T, device=tokens.device).expand(B, T)
+            positions = torch.arange(T, device=tokens.device).expand(B, T)  # (B, T)
             if cache is not None:  # each row counts on from its own next position
                 positions = positions + cache.next_pos[:, None]
         if cache is not None:  # in place, on the device: no host read, a CUDA graph can hold it
@@ -762,19 +629,23 @@ class Llama4(nn.Module):
                     torch.stack([r.logits for r in routing]), out.expert_counts, self.args.top_k,
                     z_grad=self.args.router_z_loss_coef != 0)
                 out.aux_loss, out.z_loss = aux.mean(), z.mean()
-        if fused:
-            # x (B, T, dim) -> (B*T, dim), targets (B, T) -> (B*T,)
+        if targets is not None:
+            self._add_loss(out, x, targets, fused)
+        return out
+
+    def _add_loss(self, out: Output, x, targets, fused: bool):
+        """Set out.lm_loss, the mean cross-entropy of the normed x (B, T, dim) against targets
+        (B, T), and out.loss, which adds the router losses' weighted share where there are some."""
+        if fused:  # x (B, T, dim) -> (B*T, dim), targets (B, T) -> (B*T,)
             out.lm_loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
-        elif targets is not None:  # logits (B, T, V) -> (B*T, V)
+        else:  # logits (B, T, V) -> (B*T, V)
             out.lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                           ignore_index=-1)
-        if targets is not None:
-            out.loss = out.lm_loss
-            if out.aux_loss is not None:
-                out.loss = out.loss + self.args.router_aux_loss_coef * out.aux_loss
-                if self.args.router_z_loss_coef:  # off by default: no backward through it then
-                    out.loss = out.loss + self.args.router_z_loss_coef * out.z_loss
-        return out
+        out.loss = out.lm_loss
+        if out.aux_loss is not None:
+            out.loss = out.loss + self.args.router_aux_loss_coef * out.aux_loss
+            if self.args.router_z_loss_coef:  # off by default: no backward through it then
+                out.loss = out.loss + self.args.router_z_loss_coef * out.z_loss
 
     def _check_input(self, tokens, targets, cache):
         """Lengths always; token ids only where reading them costs nothing that matters: not with
@@ -968,6 +839,175 @@ class Projector(nn.Module):
 
     def forward(self, x):
         return self.linear_1(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss: cross-entropy through the output layer, without the (N, V) logits
+
+LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary),
+# held twice for a moment (the fp32 logits and their log-softmax)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of x @ weight.T against targets (-1 = ignore), and its gradients,
+    chunk by chunk: a chunk's logits (c, V) live only inside the loop, and its gradient
+    (softmax - one-hot) is taken there too, so the backward pass only scales the saved gradients.
+    The full (N, V) logits, their fp32 copy and their log-softmax are never in memory.
+    Without gradients (evaluation) the loop computes the loss alone.
+    (The idea of Liger-Kernel's fused linear cross-entropy; plain PyTorch ops here.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows: int, with_grad: bool):
+        # x (N, D) and weight (V, D) in one dtype (the compute dtype), targets (N,)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x, grad_w = torch.empty_like(x) if with_grad else None, None  # grad_w: (V, D), fp32 sum
+        for i in range(0, x.shape[0], chunk_rows):
+            xc, tc = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (c, D), (c,)
+            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V) fp32, one kernel
+            ignored = (tc < 0)[:, None]  # (c, 1)
+            rows, t = torch.arange(len(tc), device=x.device), tc.clamp(min=0)  # (c,) each
+            target_lp = log_probs[rows, t]  # (c,)
+            # (out of place: under torch.compile, torch 2.11 loses the gradient of an output
+            # that was updated in place, and every gradient through the loss came out 0)
+            total = total - target_lp.masked_fill(ignored[:, 0], 0).sum()
+            if not with_grad:
+                continue
+            # d(total)/d(logits) = softmax - one-hot, in the compute dtype; the target column is
+            # p_t - 1 from fp32 (expm1), rounded once: a bf16 p_t, then - 1, would zero the
+            # gradient of every token predicted with p_t > 0.998
+            g = log_probs.exp_().to(x.dtype)  # softmax (c, V), in place of the log-probabilities
+            g[rows, t] = torch.expm1(target_lp).to(g.dtype)  # (an index_put: a bf16 scatter is slow on CPU)
+            # ignored rows have no gradient: zeroed on the (c, D) side, not over the (c, V) one
+            grad_x[i:i + chunk_rows] = (g @ weight).masked_fill_(ignored, 0)  # (c, D)
+            gw = (g.t() @ xc.masked_fill(ignored, 0)).float()  # (V, D)
+            grad_w = gw if grad_w is None else grad_w.add_(gw)
+        if with_grad:
+            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_total.to(grad_x.dtype), grad_w * grad_total.to(grad_w.dtype), None, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of x @ weight.T (x (N, D), weight (V, D)) over targets >= 0, the same
+    value and gradients as F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-1)
+    under the same autocast (tests/test_model.py), in chunks of LOSS_CHUNK logits. Two edges
+    differ: with no target >= 0 it is 0 (F.cross_entropy gives NaN), and every negative target
+    is skipped (F.cross_entropy skips only -1)."""
+    kind = x.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    with torch.autocast(kind, enabled=False):  # cast once here, not per chunk
+        total = LinearCrossEntropy.apply(x.to(dtype), weight.to(dtype), targets,
+                                         max(1, LOSS_CHUNK // weight.shape[0]), with_grad)
+    return total / (targets >= 0).sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation: the static KV cache, and the logits of a few rows
+
+
+class KVCache:
+    """Keys and values of every layer for generation: static, allocated once, indexed by position.
+
+    Layer i keeps k[i], v[i] of shape (B, Hkv, S + 1, D). The token at position p of row b is
+    written at slot p, whatever padding came before it, so every row's cache is aligned by
+    position and left padding needs no special case when decoding. Slot S is scratch: padding
+    tokens (position -1) are written there and no live query sees it. Writes are scatters and
+    attention reads all S + 1 slots under a mask (slots and masks are built once per forward
+    call, in its CacheStep), so a decoding step keeps its shapes and never reads the device from
+    the host: what torch.compile and CUDA graphs need (mark_static() tells the compiler the
+    tensors keep their addresses, as transformers' StaticCache does).
+
+    Positions must count 0, 1, 2, ... from each row's first real token, padding only on the left
+    (what sample.left_pad makes), so that no position is beyond the columns fed so far.
+    `next_pos` (B,), on the device, is the position the next token of each row takes. `seen`
+    counts the columns fed by eager calls (padding included), for the length check; a compiled
+    step leaves it alone (a host counter would recompile the step at every token), so whoever
+    runs compiled steps bounds them by `length` (sample.generate does). `padding` is the left
+    padding of the most padded row (whoever pads sets it): the length check counts that row's
+    tokens, seen - padding, the fewest. The other rows reach the end sooner; a position past the
+    end is written to the scratch slot, and its row's output means nothing from then on: the
+    caller no longer reads it (sample.generate cuts each row at its own context limit).
+    """
+
+    def __init__(self, args: ModelArgs, batch_size: int, length: int | None = None, device=None,
+                 dtype=torch.float32):
+        self.length = length or args.max_seq_len  # S: positions 0 .. S - 1
+        shape = (batch_size, args.n_kv_heads, self.length + 1, args.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.seen = 0
+        self.padding = 0
+
+    def mark_static(self):
+        """For torch.compile: the tensors keep their addresses from call to call, so a CUDA graph
+        reads and writes them in place (imports torch._dynamo, a second or so: only when compiling)."""
+        for t in [*self.k, *self.v, self.next_pos]:
+            torch._dynamo.mark_static_address(t)
+        return self
+
+    def step(self, pos) -> "CacheStep":
+        """This forward call's use of the cache, for its tokens at positions `pos` (B, T), after
+        `seen` counts them. A compiled call reads all S + 1 slots (fixed shapes); an eager one only
+        the first `seen`, which hold every position written so far (the rest are masked anyway)."""
+        n = self.length + 1 if torch.compiler.is_compiling() else min(self.seen, self.length + 1)
+        return CacheStep(self, pos, n)
+
+
+class CacheStep:
+    """One forward call's use of a KVCache, shared by all its layers: the slots its tokens go to
+    and, per layer type (chunked or not), the mask of the first n slots its queries see, each
+    built once per call rather than once per layer."""
+
+    def __init__(self, cache: KVCache, pos, n: int):
+        self.cache, self.pos, self.n = cache, pos, n
+        # (B, T): padding, and a stopped row's positions past the end, to the scratch slot
+        self.slot = pos.masked_fill((pos < 0) | (pos >= cache.length), cache.length)
+        self.masks = {}
+
+    def update(self, i, k, v):
+        """Write layer i's keys and values (B, Hkv, T, D) at this call's slots; return the layer's
+        keys and values in the first n slots, (B, Hkv, n, D) each."""
+        K, V = self.cache.k[i], self.cache.v[i]
+        index = self.slot[:, None, :, None].expand_as(k)  # (B, Hkv, T, D): slot of each key
+        K.scatter_(2, index, k.to(K.dtype))
+        V.scatter_(2, index, v.to(V.dtype))
+        return K[:, :, :self.n], V[:, :, :self.n]
+
+    def mask(self, chunk_size):
+        """(B, 1, T, n), additive: 0 where a query sees a slot (slot s holds position s; the scratch
+        slot, position S, is beyond every query), -inf elsewhere; in the cache's dtype, so that
+        attention does not convert a boolean mask in every layer. (A stopped row's queries past the
+        end write to the scratch slot; on a chunked layer they may see no slot at all: a row whose
+        output, NaN on some backends and zeros on others, is never read.)"""
+        if chunk_size not in self.masks:
+            slots = torch.arange(self.n, device=self.pos.device)[None]  # (1, n)
+            allowed = attention_mask(self.pos, slots, chunk_size)
+            zeros = torch.zeros(allowed.shape, dtype=self.cache.k[0].dtype, device=allowed.device)
+            self.masks[chunk_size] = zeros.masked_fill(~allowed, float("-inf"))
+        return self.masks[chunk_size]
+
+
+FEW_ROWS = 16  # up to this many rows, CPU logits without gradients go through few_row_logits' path
+
+
+def few_row_logits(x: torch.Tensor, lm_head: nn.Linear) -> torch.Tensor:
+    """lm_head(x); on the CPU, for at most FEW_ROWS rows without gradients (decoding), computed as
+    weight @ x.T, which oneDNN runs 2.5-6x faster there for a weight this large (measured on 2
+    cores: 1.7 ms against 5.8 for one row, 4 against 10 for eight). A row alone goes as two: one
+    row takes a matrix-vector path as slow as F.linear's. The values are F.linear's up to rounding.
+    x (..., D) -> (..., V)."""
+    rows = x.reshape(-1, x.shape[-1])  # (N, D)
+    n = rows.shape[0]
+    if x.device.type != "cpu" or n > FEW_ROWS or (torch.is_grad_enabled() and x.requires_grad):
+        return lm_head(x)
+    both = torch.cat([rows, rows]) if n == 1 else rows  # (max(N, 2), D)
+    return (lm_head.weight @ both.t()).t()[:n].reshape(*x.shape[:-1], -1)  # (N, V) -> (..., V)
 
 
 # ---------------------------------------------------------------------------------------------
