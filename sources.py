@@ -4,6 +4,7 @@
     Split                            one split's documents: a source, whole or one side of a held-out slice
     held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
     warn_overlap                     a warning when --val_data names files of --data
+    warn_split_names                 a warning when a folder's files name both a training and a held-out split
     source_warnings                  the sources' settings that have no effect, as warning lines
     resolve_files(spec, flag)        a file, a folder or a glob -> the files it names
     with_text                        those files less the empty ones, each left out with a warning line
@@ -26,7 +27,8 @@ custom corpora: --data / --val_data take a file, a folder or a glob of
 - .txt without such lines: documents separated by the markers inside lines (a story per line
   ending in one, GPT-2's a<|endoftext|>b) where the file has them, unless its blank lines are over
   100 times as many (a stray marker in the text; the log says which it chose when both are
-  there); else by blank lines (or lines of spaces and tabs); all read by our generator through
+  there); else by blank lines (or lines of spaces and tabs), a long file of neither one document,
+  as the log says; all read by our generator through
   `datasets.Dataset.from_generator`, \\r\\n and \\r read as \\n, a BOM (U+FEFF) dropped wherever
   it is (two files joined hold one inside: a marker line behind it is one);
 - .jsonl (or .json: one array of records) with a text field (--text_field; --val_text_field for
@@ -457,6 +459,7 @@ BLANK_LINE = re.compile(b"(?m)^[" + SPACES + b"]*\n")
 SEPARATORS = {"lines": re.compile(MARKER_LINE.pattern.decode()),  # (the text split's: the scan's, decoded)
               "blank": re.compile(BLANK_LINE.pattern.decode()), "inline": re.compile(re.escape(EOT))}
 INLINE_SHARE = 100  # markers inside lines separate documents unless blank lines are this many times more
+ONE_DOCUMENT_LINES = 1000  # lines from which a file with no separator, one document, is said to be one
 
 
 def _check_text(path, flag: str, head: bytes, size: int, nul: int, bad: int, by_four) -> None:
@@ -501,19 +504,21 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
     marker in a file of blank-line documents: text), else "blank" (blank lines). Line endings and
     BOMs are read as the text-mode split reads them (\\r\\n and \\r are \\n, every U+FEFF dropped).
 
+    A long file with no separator at all is one document, and the line says so (_layout).
     Refuses a file with no text besides whitespace and markers, or with over 1% non-UTF-8 bytes.
     """
     marker = EOT.encode()
     keep = len(marker) - 1  # bytes of a long line kept: a marker may start in them
     utf8 = codecs.getincrementaldecoder("utf-8")("ignore")  # drops exactly the invalid bytes
-    size = valid = nul = markers = marker_lines = blank = 0
+    size = valid = nul = markers = marker_lines = blank = newlines = 0
     by_four = [0, 0, 0, 0]  # NUL bytes at offsets 0, 1, 2 and 3 modulo 4 (UTF-16's and UTF-32's fall on some)
     has_text = False
     carry = b""  # the line the last chunk ended in (newlines made \n), and a \r that may precede a \n
 
     def count(lines: bytes):  # whole lines, each ending in \n
-        nonlocal markers, marker_lines, blank, has_text
+        nonlocal markers, marker_lines, blank, newlines, has_text
         markers += lines.count(marker)
+        newlines += lines.count(b"\n")
         marker_lines += len(MARKER_LINE.findall(lines))
         blank += len(BLANK_LINE.findall(lines))
         # text as the split judges a document: str.strip's whitespace (U+3000, U+00A0 too) is none
@@ -565,13 +570,27 @@ def _scan_txt(path: str, flag: str) -> tuple[str, int, str | None]:
         bytes_too = f", {plural(bad, 'byte')} not UTF-8" if bad else ""
         raise NoText(flag, path, f"only whitespace{bytes_too}"
                      f"{' and ' + EOT + ' separators' if markers else ''}")
-    if marker_lines:
-        return "lines", bad, None
+    layout, why = _layout(markers, marker_lines, blank, newlines)
+    return layout, bad, why
+
+
+def _layout(markers: int, marker_lines: int, blank: int, lines: int) -> tuple[str, str | None]:
+    """A .txt file's layout from its counts of markers, marker lines, blank lines and lines (as
+    _scan_txt says), and a line saying which of two signals it followed (of marker lines too, where
+    blank lines are over INLINE_SHARE times as many), or that a long file with no separator at all is
+    one document (a document per line is no layout of ours), or None."""
+    if marker_lines:  # (blank lines far more: a stray marker line, or books; said, not judged)
+        return "lines", (f"{plural(marker_lines, EOT + ' line')} and {plural(blank, 'blank line')}: "
+                         "documents split at the marker lines alone, the blank lines kept inside them"
+                         if blank > INLINE_SHARE * marker_lines else None)
     inline = markers and markers * INLINE_SHARE >= blank
+    if not markers and not blank and lines >= ONE_DOCUMENT_LINES:
+        return "blank", (f"{lines:,} lines, none blank and no {EOT}: read as one document; if each line is "
+                         f"a document, put a blank line after each (sed G) or end each with {EOT}")
     both = f"{markers:,} {EOT} inside lines and {blank:,} blank lines" if markers and blank else None
     why = both and (f"{both}: documents split at the markers" if inline else
                     f"{both}: documents split at the blank lines, the markers kept as text")
-    return ("inline" if inline else "blank"), bad, why
+    return ("inline" if inline else "blank"), why
 
 
 def _txt_documents(path: str, stamp: str, layout: str):
@@ -665,14 +684,45 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
                 return f"line {n} is not valid JSON; fix or remove it"
             if _lone_surrogate_in(record):  # (json.loads takes "\ud83d" alone: pyarrow does not)
                 return f"line {n} {LONE_SURROGATE}; fix or remove the line"
+            nested = _nested_fix(record, field, path, flag)
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
-                return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); every line needs "
-                        f"one, or pass {_field_option(flag)} NAME")
+                return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); "
+                        f"{nested or f'every line needs one, or pass {_field_option(flag)} NAME'}")
             if not isinstance(record[field], str):
-                return (f"line {n}: '{field}' is {_json_type(record[field])}, not text; fix the line or "
-                        f"pass {_field_option(flag)} NAME")
+                return (f"line {n}: '{field}' is {_json_type(record[field])}, not text; "
+                        f"{nested or f'fix the line or pass {_field_option(flag)} NAME'}")
     return None if records else f"has no records (only blank lines); remove it or point {flag} at text"
+
+
+def _nested_fix(record, field: str, path: str, flag: str, array: bool = False) -> str | None:
+    """For a record whose text is inside an object ({"meta": {"text": ...}}), which no text field
+    option names (--text_field meta.text, meta, or text): the jq command that lifts it out into a
+    "text" field of JSON Lines (`array`: of a .json array's records), and what to pass then; else None."""
+    if not isinstance(record, dict):
+        return None
+
+    def text_at(keys):
+        obj = record
+        for key in keys:
+            obj = obj.get(key) if isinstance(obj, dict) else None
+        return isinstance(obj, str)
+    inside = record.get(field) if isinstance(record.get(field), dict) else {}
+    strings = sorted((k for k, v in inside.items() if isinstance(v, str)),
+                     key=lambda k: (k != "text", -len(inside[k])))  # (text, or the longest: not an id)
+    paths = [field.split(".")] * ("." in field) + [[field, k] for k in strings[:1]] + [
+        [k, field] for k, v in record.items() if isinstance(v, dict)]
+    keys = next((p for p in paths if text_at(p)), None)
+    if keys is None:
+        return None
+    expr = "".join(f".{k}" if re.fullmatch(r"[A-Za-z_]\w*", k, re.ASCII)
+                   else "." * (i == 0) + f"[{json.dumps(k)}]"  # (.a["b c"]: jq 1.6 takes no .a.["b c"])
+                   for i, k in enumerate(keys))
+    out = f"{Path(path).with_suffix('')}-text.jsonl"
+    option = _field_option(flag)
+    return (f"its text is inside '{'.'.join(keys)}', and nested fields are not read; lift it out (jq -c "
+            f"{shlex.quote(('.[] | ' if array else '') + '{text: ' + expr + '}')} {shlex.quote(path)} > "
+            f"{shlex.quote(out)}) and point {flag} at that" + f" without {option}" * (field != "text"))
 
 
 def _lone_surrogate_problem(path: str) -> str | None:
@@ -732,15 +782,16 @@ def _json_array_problem(path: str, field: str, flag: str) -> str | None:
         return f"has no records (an empty array); remove it or point {flag} at text"
     option = _field_option(flag)
     for row, record in enumerate(data if isinstance(data, list) else []):
+        nested = _nested_fix(record, field, path, flag, array=True)
         if not isinstance(record, dict) or field not in record:
             keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
-            return (f"row {row} has no '{field}' field (it has: {keys or 'nothing'}); every record needs "
-                    f"one, or pass {option} NAME")
+            return (f"row {row} has no '{field}' field (it has: {keys or 'nothing'}); "
+                    f"{nested or f'every record needs one, or pass {option} NAME'}")
         if record[field] is None:
             return f"row {row}: '{field}' is empty (null); fill or drop the row"
         if not isinstance(record[field], str):
-            return (f"row {row}: '{field}' is {_json_type(record[field])}, not text; fix the row or pass "
-                    f"{option} NAME")
+            return (f"row {row}: '{field}' is {_json_type(record[field])}, not text; "
+                    f"{nested or f'fix the row or pass {option} NAME'}")
     return None
 
 
@@ -801,14 +852,21 @@ def _table_problem(path: str, kind: str, flag: str) -> str | None:
 
 def _load_file(path: str, flag: str, field: str, cache_dir: str, log):
     """One local file as a `datasets.Dataset` with a "text" column, cached by `datasets` in cache_dir."""
-    import datasets  # imported on first use: ~1 s, and a cache hit of data.prepare() never needs it
-
-    if not sys.stderr.isatty():  # no progress bars in logs (the tokenization bar follows the same rule)
-        datasets.disable_progress_bars()
+    _no_bars_in_logs()
     kind = KINDS[Path(path).suffix.lower()]
     if kind == "text":
         return _load_txt(path, flag, cache_dir, log)
     return _load_records(path, kind, flag, field, cache_dir)
+
+
+def _no_bars_in_logs() -> None:
+    """No `datasets` progress bars where standard error is no terminal (a log file): the tokenization
+    bar follows the same rule. `datasets` is imported on first use: ~1 s, and a cache hit of
+    data.prepare() never needs it."""
+    import datasets
+
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
 
 
 def _load_txt(path: str, flag: str, cache_dir: str, log):
@@ -992,6 +1050,7 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     A local folder (`datasets` reads one that exists before it asks the hub) is read without the probe."""
     import datasets
 
+    _no_bars_in_logs()  # ("Generating train split: ..." of a local folder, the hub's downloads)
     if refusal := _local_txt_refusal(name, split):
         raise DataError(refusal)
     if not datasets.config.HF_HUB_OFFLINE and not local_hf_dataset(name):
@@ -1165,9 +1224,9 @@ def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY)
     return Split(f"{name} [{split}] ({where})", source, load)
 
 
-def warn_overlap(train: Split, val: Split, log) -> None:
+def warn_overlap(train: Split, val: Split, log) -> bool:
     """A warning when --val_data names a file that --data names too (the same file: by a symlink
-    or a hard link too)."""
+    or a hard link too); whether it was given."""
     def files(split):
         return {_identity(f[0]): os.path.realpath(f[0]) for f in split.source["files"]}
     train_files, val_files = files(train), files(val)
@@ -1176,6 +1235,46 @@ def warn_overlap(train: Split, val: Split, log) -> None:
         log(f"warning: --val_data and --data share {plural(len(shared), 'file')} ({shared[0]}"
             f"{', ...' * (len(shared) > 1)}): the validation loss is not held out; give --val_data other "
             "text, or leave it out to hold out 1 in round(1 / --val_fraction) documents of --data")
+    return bool(shared)
+
+
+TRAIN_WORDS = {"train", "training"}  # words of a file's name that name a split (as `datasets` reads them)
+HELD_OUT_WORDS = {"validation", "valid", "val", "dev", "test", "testing", "eval", "evaluation"}
+
+
+def split_named(files: list[str]) -> tuple[list[str], list[str]]:
+    """Of several files, those whose names name a training split and those that name a validation
+    or test split, by the words of their paths below the folder they share (TinyStories-valid.txt,
+    data/validation-00000-of-00001.parquet, valid/part-0.txt); a file that names both is in neither."""
+    if len(files) < 2:
+        return [], []
+    top = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    train, held = [], []
+    for f in files:
+        words = set(re.split(r"[^a-z0-9]+", os.path.relpath(os.path.abspath(f), top).lower()))
+        if bool(words & TRAIN_WORDS) != bool(words & HELD_OUT_WORDS):
+            (train if words & TRAIN_WORDS else held).append(f)
+    return train, held
+
+
+def warn_split_names(split: Split, spec: str, flag: str, log) -> None:
+    """A warning when a folder or glob of --data (--val_data) holds files named as a training split
+    beside files named as a validation or test split (a TinyStories download: TinyStories-train.txt
+    beside TinyStories-valid.txt; the hub's data/train-*.parquet beside data/validation-*.parquet):
+    it reads them all, so the run trains on the validation text (validates on the training text)."""
+    train, held = split_named([f[0] for f in split.source["files"]])
+    if not (train and held):
+        return
+    if flag == "--data":
+        ours, other, what, others = held, train, "a validation or test split", "training ones"
+        fix = ("point --data at the training files alone (a folder or quoted glob of them), --val_data at "
+               "the others")
+    else:
+        ours, other, what, others = train, held, "a training split", "validation or test ones"
+        fix = "point --val_data at the validation files alone"
+    use = "trains" if flag == "--data" else "validates"
+    log(f"data: warning: {flag} {spec} holds files named as {what} ({ours[0]}{', ...' * (len(ours) > 1)}) "
+        f"beside {others} ({other[0]}{', ...' * (len(other) > 1)}), and the run {use} on both; {fix}")
 
 
 def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = True) -> tuple[Split, Split]:
@@ -1194,6 +1293,8 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         val = (local(train_args.val_data, "--val_data") if train_args.val_data
                else _hub_split(train_args.hf_dataset, "validation", train_args.text_field, EVALUATE_LOCALLY))
         log(f"data: validation: {val.label}")
+        if train_args.val_data:
+            warn_split_names(val, train_args.val_data, "--val_data", log)
         if train_args.val_data and train_args.data:  # (scoring the text a run trained on, without a word)
             try:
                 warn_overlap(local(train_args.data, "--data"), val, log)
@@ -1202,10 +1303,11 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         return None, val
     train = (local(train_args.data, "--data") if train_args.data
              else _hub_split(train_args.hf_dataset, "train", train_args.text_field))
+    shared = False  # (files both read: warn_overlap says so, and no split's names are told of)
     if train_args.val_data:
         val = local(train_args.val_data, "--val_data")
         if train_args.data:
-            warn_overlap(train, val, log)
+            shared = warn_overlap(train, val, log)
     elif not train_args.data:
         val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field)
     else:
@@ -1215,6 +1317,9 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
                     train.label)
         train = Split(train.label, train.source, train.load, "train", every)
     log(f"data: train: {train.label}; validation: {val.label}")
+    for spec, flag, split in ((train_args.data, "--data", train), (train_args.val_data, "--val_data", val)):
+        if spec and not shared:
+            warn_split_names(split, spec, flag, log)
     return train, val
 
 

@@ -323,6 +323,23 @@ def test_the_log_says_which_separator_a_txt_file_with_both_follows(tmp_path):
                     "lines, the markers kept as text"]
 
 
+def test_a_txt_file_read_as_one_document_against_its_look_says_so(tmp_path):
+    """Bug caught: a .txt of one story per line (no blank line, no marker: 5,511 TinyStories lines)
+    was read as one document, and one of blank-line documents that ended in an <|endoftext|> line
+    too, without a word (with --val_data, training went on with every story boundary lost)."""
+    lines = write(tmp_path / "per-line.txt", "".join(f"story {i}.\n" for i in range(1000)))
+    stray = write(tmp_path / "stray.txt", "".join(f"p{i}.\n\n" for i in range(101)) + EOT + "\n")
+    short = write(tmp_path / "short.txt", "".join(f"line {i}.\n" for i in range(999)))  # (a poem, say)
+    stories = write(tmp_path / "stories.txt", official(["".join(f"p{i}.\n\n" for i in range(50))] * 2))
+    logs = []
+    assert len(load([lines], tmp_path, logs.append)) == len(load([stray], tmp_path, logs.append)) == 1
+    assert len(load([short], tmp_path, logs.append)) == 1 and len(load([stories], tmp_path, logs.append)) == 2
+    assert logs == [f"data: {lines}: 1,000 lines, none blank and no {EOT}: read as one document; if each "
+                    f"line is a document, put a blank line after each (sed G) or end each with {EOT}",
+                    f"data: {stray}: 1 {EOT} line and 101 blank lines: documents split at the marker lines "
+                    "alone, the blank lines kept inside them"]
+
+
 def test_a_txt_file_with_exactly_one_percent_of_bytes_not_utf8_is_repaired(tmp_path):
     """Catches >= for > at MAX_NON_UTF8: 1 bad byte in 100 is repaired and counted, 2 are refused."""
     logs = []
@@ -562,6 +579,27 @@ def test_a_jsonl_line_that_is_no_record_is_named(tmp_path, line, what):
     path = write(tmp_path / "t.jsonl", '{"text": "a story."}\n' + line + "\n")
     with pytest.raises(DataError, match=rf"t.jsonl: line 2 has no 'text' field \(it has: {what}\)"):
         load([path], tmp_path)
+
+
+@pytest.mark.parametrize("name, field, inner, said", [
+    ("n.jsonl", "text", "text", "line 1 has no 'text' field (it has: id, meta)"),
+    ("n.jsonl", "meta.story", "story", "line 1 has no 'meta.story' field (it has: id, meta)"),
+    ("n.jsonl", "meta", "story", "line 1: 'meta' is dict, not text"),
+    ("n.json", "meta", "story", "row 0: 'meta' is dict, not text"),
+])
+def test_text_inside_a_nested_object_is_told_how_to_lift_it_out(tmp_path, name, field, inner, said):
+    """Bug caught: a record with its text inside an object ({"meta": {"story": ...}}) was told "pass
+    --text_field NAME", which no name can satisfy (meta.story and meta were refused the same way):
+    the line says nested fields are not read and gives the jq command that lifts the text out."""
+    records = [{"id": i, "meta": {"lang": "en", inner: d}} for i, d in enumerate(docs(2))]
+    text = json.dumps(records) if name == "n.json" else "".join(json.dumps(r) + "\n" for r in records)
+    path = write(tmp_path / name, text)
+    lift = f"{'.[] | ' * (name == 'n.json')}{{text: .meta.{inner}}}"
+    with pytest.raises(DataError) as e:
+        load([path], tmp_path, text_field=field)
+    assert str(e.value) == (f"--data: {path}: {said}; its text is inside 'meta.{inner}', and nested fields "
+                            f"are not read; lift it out (jq -c '{lift}' {path} > {tmp_path / 'n-text.jsonl'}"
+                            ") and point --data at that" + " without --text_field" * (field != "text"))
 
 
 @pytest.mark.parametrize("name, text, what", [
@@ -925,6 +963,50 @@ def test_a_local_hf_dataset_folder_is_keyed_by_its_absolute_path_and_logged_as_a
     assert sources.saved_hf_dataset("roneneldan/TinyStories") == "roneneldan/TinyStories"
 
 
+def test_a_folder_of_training_and_validation_files_is_warned_of(tmp_path):
+    """Bug caught: --data on a TinyStories download (TinyStories-train.txt beside
+    TinyStories-valid.txt) or on a folder in the hub's layout (data/train-*.parquet beside
+    data/validation-*.parquet) trained on the validation text without a word; a --val_data folder
+    holding training files beside its validation ones validated on the training text."""
+    ts = tmp_path / "ts"
+    write(ts / "TinyStories-train.txt", official(docs(4)))
+    write(ts / "TinyStories-valid.txt", official(docs(2, start=4)))
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": docs(2, start=4)}})
+    for folder, held, train in ((ts, "TinyStories-valid.txt", "TinyStories-train.txt"),
+                                (hub, "data/validation-0.parquet", "data/train-0.parquet")):
+        logs = []
+        sources.resolve_sources(targs(tmp_path, data=str(folder)), logs.append)
+        assert logs[1:] == [f"data: warning: --data {folder} holds files named as a validation or test split "
+                            f"({folder / held}) beside training ones ({folder / train}), and the run trains "
+                            "on both; point --data at the training files alone (a folder or quoted glob of "
+                            "them), --val_data at the others"]
+    other = write(tmp_path / "corpus" / "stories.txt", official(docs(4, start=9)))
+    logs = []
+    sources.resolve_sources(targs(tmp_path, data=str(other), val_data=str(ts)), logs.append)
+    assert logs[1:] == [f"data: warning: --val_data {ts} holds files named as a training split "
+                        f"({ts / 'TinyStories-train.txt'}) beside validation or test ones "
+                        f"({ts / 'TinyStories-valid.txt'}), and the run validates on both; point --val_data "
+                        "at the validation files alone"]
+    _, val = sources.resolve_sources(targs(tmp_path, val_data=str(ts)), logs.append, need_train=False)
+    assert logs[-1] == logs[1]
+
+
+def test_files_named_as_one_split_or_sharing_files_with_val_data_get_no_split_warning(tmp_path):
+    """A folder whose names name one split (or none: a word inside a word is no split's name), and
+    a --data whose validation file --val_data names too (warn_overlap says so), get no split warning."""
+    write(tmp_path / "a" / "train-0.txt", official(docs(2)))
+    write(tmp_path / "a" / "train-1.txt", official(docs(2, start=2)))
+    write(tmp_path / "a" / "retrained-evaluated.txt", official(docs(2, start=4)))
+    logs = []
+    sources.resolve_sources(targs(tmp_path, data=str(tmp_path / "a"), val_fraction=0.5), logs.append)
+    assert not [line for line in logs if "warning" in line]
+    valid = write(tmp_path / "a" / "valid.txt", official(docs(2, start=6)))
+    sources.resolve_sources(targs(tmp_path, data=str(tmp_path / "a"), val_data=str(valid)), logs.append)
+    overlap = [line for line in logs if line.startswith("warning: --val_data and --data share 1 file")]
+    assert overlap and [line for line in logs if "warning" in line] == overlap
+    assert sources.split_named([str(tmp_path / "x" / "test.txt")]) == ([], [])  # (one file: no split)
+
+
 def test_a_local_hf_dataset_folder_is_never_called_the_hub_in_a_warning_or_refusal(tmp_path):
     """Bug caught: with --hf_dataset a local folder, --val_fraction warned "the hub's validation split
     is the validation text", and --val_text_field without --val_data was refused saying "the hub's
@@ -940,6 +1022,21 @@ def test_a_local_hf_dataset_folder_is_never_called_the_hub_in_a_warning_or_refus
         targs(tmp_path, hf_dataset=str(hub), val_text_field="story")
     assert "hub" not in str(e.value).replace(str(hub), "FOLDER")
     assert "(--hf_dataset's validation split and a held-out slice use --text_field)" in str(e.value)
+
+
+def test_a_local_hub_folder_draws_no_progress_bars_into_a_log(tmp_path, capfd):
+    """Bug caught: --hf_dataset FOLDER (the hub's layout) with its log sent to a file printed
+    `datasets`' "Generating train split: 0 examples [00:00, ...]" bars into it, where local files
+    (and the tokenization bar) print none unless standard error is a terminal."""
+    import datasets
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": docs(2, start=4)}})
+    was = datasets.is_progress_bar_enabled()
+    datasets.enable_progress_bars()
+    try:
+        assert sources.load_hub(str(hub), "train")["text"] == docs(4)
+    finally:
+        (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
+    assert "Generating" not in capfd.readouterr().err
 
 
 def test_hub_training_text_with_a_validation_file_reads_nothing_yet(tmp_path, monkeypatch):
