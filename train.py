@@ -1219,11 +1219,14 @@ def evaluate_only(job: Job, state: LoopState) -> dict:
     result.update(step=None if job.imported else state.step, checkpoint=str(job.ckpt_path))
     if job.imported:
         result["imported"] = True
-    if job.world.main:
-        print(json.dumps(result), flush=True)
-        if getattr(sys.stdout, "lost", False):  # (its one output: not to be lost as the log may be)
-            raise RunError("cannot print the result: standard output is closed or its disk is full; send it "
-                           "to a file with room, or to a terminal")
+    # rank 0 prints; the others learn whether it could (stdout on a full disk), rather than waiting for
+    # ever at the last barrier (leave_group) for a rank 0 stuck leaving its process group
+    with runtime.all_ranks_or_none(job.world, job.device, "printing the result"):
+        if job.world.main:
+            print(json.dumps(result), flush=True)
+            if getattr(sys.stdout, "lost", False):  # (its one output: not to be lost as the log may be)
+                raise RunError("cannot print the result: standard output is closed or its disk is full; send "
+                               "it to a file with room, or to a terminal")
     return result
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import debug_args
 
+import errors
 import runtime
 import train
 from config import TrainArgs
@@ -571,6 +572,30 @@ def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only
     assert train.evaluate_only(job, state) == {"nats_per_token": 1.0, "step": 0,
                                                "checkpoint": str(tmp_path / "last.pt")}
     assert wrote == [] and capsys.readouterr().out == ""
+
+
+def test_under_torchrun_every_rank_learns_whether_rank_0_printed_the_eval_only_line(monkeypatch, tmp_path):
+    """Bug caught: `torchrun --nproc_per_node 2 -- train.py --eval_only ... > /dev/full` hung (2 runs in 3)
+    after rank 0's one line: rank 1 had finished and waited at the last barrier for a rank 0 that failed
+    to print its result, and rank 0, leaving its process group under it, never exited. Now the ranks
+    agree on the print: rank 0 raises its error, the others a RankError (no line), none waits."""
+    monkeypatch.setattr(train, "evaluate_job", lambda job, stop=None, bar=None: {"nats_per_token": 1.0})
+    told = []
+
+    def rank_0_failed(values, device, world, op=None):  # (the verdict: [failures, rank 0's failure])
+        told.append(list(values))
+        return [1.0, 1.0]
+    monkeypatch.setattr(runtime, "all_reduce", rank_0_failed)
+    job = SimpleNamespace(world=runtime.World(1, 2), device=torch.device("cpu"), imported=False,
+                          ckpt_path=tmp_path / "last.pt")
+    with pytest.raises(errors.RankError, match="^another rank failed printing the result$"):
+        train.evaluate_only(job, train.LoopState())
+    job.world = runtime.World(0, 2)
+    monkeypatch.setattr(train.sys, "stdout", SimpleNamespace(write=lambda text: len(text), flush=lambda: None,
+                                                             lost=True))
+    with pytest.raises(errors.RunError, match="^cannot print the result: standard output is closed"):
+        train.evaluate_only(job, train.LoopState())
+    assert told == [[0.0, 0.0], [1.0, 1.0]]  # (rank 1 waited for the verdict; rank 0 told its failure)
 
 
 def logged_on_two_ranks(monkeypatch, tmp_path, steps=2, seconds=1.0):
