@@ -15,7 +15,8 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
 Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`); a
 DeviceError, which one rank may meet alone, is printed by each rank that meets it, a MachineError
 by each machine's first process (LOCAL_RANK 0). (Other errors that every rank meets in a set-up
-step, a corrupt checkpoint, are printed by rank 0 alone too: runtime.all_ranks_or_none.)
+step, a corrupt checkpoint, are printed by rank 0 alone too, and a bad setting rank 0 did not meet,
+by the rank that met it: runtime.all_ranks_or_none.)
 
 Importing this module makes a Ctrl-C that nothing catches one line, `<prog>: interrupted`, instead
 of a traceback (the exit status stays a SIGINT's, 130): train.py, sample.py and the scripts/ that import
@@ -38,8 +39,10 @@ from contextlib import contextmanager
 
 class UserError(Exception):
     """`message; fix` on one line. `fix`, the advice, may be given apart: `problem` is then the line
-    without it, for a caller that gives its own advice (a cache that is rebuilt rather than fixed)."""
+    without it, for a caller that gives its own advice (a cache that is rebuilt rather than fixed).
+    `alone`: this rank met it where rank 0 did not (runtime.all_ranks_or_none), so it prints it."""
     exit_code = 1
+    alone = False
 
     def __init__(self, message, fix: str | None = None):
         self.problem = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
@@ -92,6 +95,8 @@ def reports(e: UserError) -> bool:
     0, anything else (a DeviceError too) on every rank that meets it."""
     if isinstance(e, RankError):
         return False
+    if e.alone:  # (a bad setting rank 0 did not meet: a checkpoint that differs on another machine)
+        return True
     if isinstance(e, MachineError):  # (a node of a job may lack what another has; a LOCAL_RANK without
         # torchrun, left in the shell or another launcher's, is no job's)
         return "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("LOCAL_RANK", "0") == "0"

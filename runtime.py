@@ -181,7 +181,11 @@ def rank0_first(world: World, device):
     if not world.main:
         if not _verdict(True, device, world)[0]:  # waits for rank 0's
             raise RankError("rank 0 failed setting up the data")
-        yield
+        try:
+            yield
+        except UserError as e:  # (rank 0's block succeeded: this rank's error is its own to print)
+            e.alone = not isinstance(e, DeviceError)  # (a device's: errors.reports already says who)
+            raise
         return
     with all_ranks_or_none(world, device, "setting up the data"):
         yield
@@ -190,11 +194,11 @@ def rank0_first(world: World, device):
 @contextmanager
 def all_ranks_or_none(world: World, device, what: str):
     """Every rank runs the block, then all learn whether it succeeded everywhere: a rank whose block
-    failed raises its own error (and prints it), the others a RankError (no line of their own),
-    rather than waiting at their next collective for a rank that has gone. Where rank 0's block
-    failed too, another rank's UserError is a RankError as well: the ranks read the same settings and
-    files, and rank 0's line stands for all (not one line per process). The block must hold no
-    collective."""
+    failed raises its own error (and prints it, a bad setting too: `alone`), the others a RankError
+    (no line of their own), rather than waiting at their next collective for a rank that has gone.
+    Where rank 0's block failed too, another rank's UserError is a RankError as well: the ranks read
+    the same settings and files, and rank 0's line stands for all (not one line per process). The
+    block must hold no collective."""
     try:
         yield
     except BaseException as e:
@@ -203,6 +207,8 @@ def all_ranks_or_none(world: World, device, what: str):
             # (a DeviceError is this rank's own device's: printed by each rank that meets it)
             if isinstance(e, UserError) and not isinstance(e, DeviceError) and not (world.main or rank0_ok):
                 raise RankError(f"rank 0 failed {what} too") from None
+            if isinstance(e, UserError) and not (world.main or isinstance(e, DeviceError)):
+                e.alone = True  # rank 0 succeeded: this rank's line is the only one (errors.reports)
         raise
     if world.size > 1 and not _verdict(True, device, world)[0]:
         raise RankError(f"another rank failed {what}")

@@ -20,7 +20,7 @@ from conftest import ROOT
 
 import errors
 import runtime
-from errors import ConfigError, DeviceError, RankError
+from errors import ConfigError, DeviceError, RankError, UserError
 from runtime import World
 
 # --- resolve_device ---------------------------------------------------------------------------
@@ -308,6 +308,32 @@ def test_an_error_every_rank_meets_in_a_set_up_step_is_rank_0s_line_alone(fake_a
     with pytest.raises(errors.DeviceError):
         with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
             raise errors.DeviceError("cuda:1 has too little memory")
+
+
+def test_a_bad_setting_one_rank_meets_alone_is_printed_by_that_rank(fake_all_reduce, monkeypatch):
+    """Bug caught: a ConfigError rank 0 did not meet (a checkpoint of other model settings on another
+    machine's disk, a data file there that is not rank 0's) was printed by no process: the rank that
+    met it kept quiet as for a bad setting every rank meets, rank 0 stopped with a RankError (no line
+    either), and the torchrun job ended without a word of why. Now that rank prints it."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    for others, alone in (([0.0, 0.0], True), ([1.0, 1.0], False)):  # rank 0 succeeded; failed
+        fake_all_reduce.others = others
+        with pytest.raises(UserError) as e:
+            with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+                raise errors.ConfigError("dim: checkpoint 64, asked 48")
+        assert errors.reports(e.value) is alone  # (rank 0's own line stands for all where it failed too)
+    fake_all_reduce.others = [0.0, 0.0]  # rank0_first: this rank runs the block once rank 0's succeeded
+    with pytest.raises(errors.ConfigError) as e:
+        with runtime.rank0_first(World(1, 2), "cpu"):
+            raise errors.ConfigError("--val_text_field: no such column")
+    assert errors.reports(e.value)
+    assert not errors.reports(errors.ConfigError("x"))  # (one every rank meets: rank 0's line alone)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a machine's: still said once a machine (LOCAL_RANK 0)
+    with pytest.raises(errors.MachineError) as e:
+        with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
+            raise errors.MachineError("--device cuda: this machine has no CUDA")
+    assert not errors.reports(e.value)
 
 
 def test_peer_lost_is_a_collective_failing_for_a_process_gone(monkeypatch):
