@@ -928,8 +928,9 @@ def _load_records(path: str, kind: str, flag: str, field: str, cache_dir: str):
         if jsonl:  # the line at fault, where it is one
             problem = _json_problem(path, field, flag) or problem
         elif kind == "json":  # records inside an object (no --text_field reads them), or the row at fault
-            rows = field in ds.column_names and _json_array_problem(path, field, flag)
-            problem = _json_object_problem(path, field, flag) or rows or problem
+            # (or the text nested in an object, where no record has the field: _json_array_problem)
+            problem = (_json_object_problem(path, field, flag) or _json_array_problem(path, field, flag)
+                       or problem)
         raise DataError(f"{flag}: {path}: {problem}")
     feature = ds.features[field]
     ds = ds.select_columns([field])

@@ -586,11 +586,16 @@ def test_a_jsonl_line_that_is_no_record_is_named(tmp_path, line, what):
     ("n.jsonl", "meta.story", "story", "line 1 has no 'meta.story' field (it has: id, meta)"),
     ("n.jsonl", "meta", "story", "line 1: 'meta' is dict, not text"),
     ("n.json", "meta", "story", "row 0: 'meta' is dict, not text"),
+    ("n.json", "text", "text", "row 0 has no 'text' field (it has: id, meta)"),
+    ("n.json", "meta.story", "story", "row 0 has no 'meta.story' field (it has: id, meta)"),
 ])
 def test_text_inside_a_nested_object_is_told_how_to_lift_it_out(tmp_path, name, field, inner, said):
     """Bug caught: a record with its text inside an object ({"meta": {"story": ...}}) was told "pass
     --text_field NAME", which no name can satisfy (meta.story and meta were refused the same way):
-    the line says nested fields are not read and gives the jq command that lifts the text out."""
+    the line says nested fields are not read and gives the jq command that lifts the text out.
+    Bug caught: a .json array whose records all lack the field (their text in 'meta.text') was still
+    told "has no column 'text' ...; pass --text_field NAME" (its rows were read only for a column
+    it had)."""
     records = [{"id": i, "meta": {"lang": "en", inner: d}} for i, d in enumerate(docs(2))]
     text = json.dumps(records) if name == "n.json" else "".join(json.dumps(r) + "\n" for r in records)
     path = write(tmp_path / name, text)
