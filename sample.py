@@ -16,6 +16,19 @@ batch, marked as interrupted unless it had ended) and exits with status 130. On 
 are bf16 and the decode step is compiled into a CUDA graph by default (--dtype, --compile); on CPU,
 fp32 and eager.
 
+How the file is laid out, one section each, in this order:
+    errors            SampleError, and its kinds: OptionError and PromptError (exit 2), OutputError
+    token choice      filter_logits (top-k, top-p), choose (the next token of each row, no host read)
+    generation        left_pad, the one-token steps (decode_one and DecodeStep: cached, eager or
+                      compiled; RecomputeStep: --no_cache), start (the prefill and the step),
+                      moe_reference_path, check_request (generate's ValueErrors), generate (the loop)
+    loading           load (the model and its tokenizer, checked to match), load_image
+    prompts           image_prompt, prompts_from (each prompt's ids, cut to fit), prompt_file_lines
+                      and what it needs: read_prompt_file, not_utf8
+    the command line  main (exit statuses), fail, _main (options, model, prompts), warn_about_options,
+                      compile_wanted, tell (generate and print) and what it needs: prompt_text,
+                      samples, write
+
 How this departs from the obvious version:
 - Incremental decoding with the model's static KV cache (model.KVCache: allocated once, indexed
   by position): the prompt goes through the model once (prefill, eager), then one token per row
@@ -83,7 +96,7 @@ with signals_put_off():
 
 
 class SampleError(UserError):
-    pass
+    """What stops sample.py with one line: exit status 1 (2 for an OptionError)."""
 
 
 class OptionError(SampleError, config.ConfigError):
@@ -98,23 +111,6 @@ class OutputError(SampleError):
     """Standard output cannot take the story (a full disk behind `> FILE`, a closed stdout)."""
 
 
-def write(text: str) -> None:
-    """Text to stdout, flushed (streaming); a failed write is an OutputError (one line, exit 1)."""
-    try:
-        if sys.stdout is None:  # started with stdout closed (>&-)
-            raise OSError(errno.EBADF, "it is closed")
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:  # | head: main() stops quietly
-        raise
-    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, a Latin-1 locale, ...
-        raise OutputError(f"cannot write the story to standard output (its encoding, {sys.stdout.encoding}, "
-                          f"has no {e.object[e.start:e.end]!r}); set PYTHONIOENCODING=utf-8") from None
-    except OSError as e:
-        raise OutputError(f"cannot write the story to standard output ({e.strerror or e}); write it "
-                          "somewhere with room, or to a terminal") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # Token choice
 
@@ -124,15 +120,15 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     smallest set whose probability mass reaches top_p. The top token always stays: top_p <= 0
     keeps it alone (masking every token would make choose() return token 0). logits: (B, V)."""
     if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) each, most likely first
         probs = sorted_logits.softmax(-1)
         before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each token
         drop_sorted = before >= top_p  # the set is complete before this token
         drop_sorted[:, 0] = False  # (before is 0 there: top_p <= 0 would drop it)
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back in vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
@@ -239,25 +235,6 @@ class DecodeStep:
             return decode_one(self.model, tokens, self.cache)
 
 
-@contextmanager
-def moe_reference_path(model: Llama4, enabled: bool = True):
-    """Inside the block, MoE layers run their reference path (every expert on every token,
-    masked). A compiled step needs it where grouped_mm is missing: the sparse path's fallback then
-    reads expert group sizes on the host, which a CUDA graph cannot hold."""
-    moes = [m for m in model.modules() if isinstance(m, MoE)] if enabled else []
-    saved = [vars(m).get("impl") for m in moes]  # None: the layer follows the class's MoE.impl
-    for m in moes:
-        m.impl = "reference"
-    try:
-        yield
-    finally:  # as it was, so that a later `MoE.impl = ...` reaches the layers again
-        for m, impl in zip(moes, saved, strict=True):
-            if impl is None:
-                del m.impl
-            else:
-                m.impl = impl
-
-
 class RecomputeStep:
     """The reference step (--no_cache): chosen tokens (B,) -> the next logits (B, V), recomputing
     every row's whole sequence. The images fill the prompts' <|patch|> tokens; a generated <|patch|>
@@ -275,7 +252,7 @@ class RecomputeStep:
 
     def __call__(self, nxt: torch.Tensor) -> torch.Tensor:
         model, images = self.model, self.images
-        tokens = self.tokens = torch.cat([self.tokens, nxt[:, None]], 1)
+        tokens = self.tokens = torch.cat([self.tokens, nxt[:, None]], 1)  # (B, T) -> (B, T + 1)
         positions = self.positions = torch.cat([self.positions, self.positions[:, -1:] + 1], 1)
         patches = self.patches = torch.cat([self.patches, torch.zeros_like(self.patches[:, :1])], 1)
         over = tokens.shape[1] - model.args.max_seq_len
@@ -308,24 +285,29 @@ def start(model: Llama4, tokens, positions, images, max_new: int, use_cache: boo
     return logits[:, -1], DecodeStep(model, cache, compile)
 
 
-@torch.no_grad()
-def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0,
-             top_p=1.0, greedy=False, seed=0, use_cache=True, compile: bool | str = False, images=None,
-             on_token=None, stop_at_eos=True) -> list[list[int]]:
-    """Continue each prompt (token ids); returns the new tokens of each row, <|endoftext|> excluded,
-    and never one of the special tokens no training target holds (ModelArgs.never_drawn).
+@contextmanager
+def moe_reference_path(model: Llama4, enabled: bool = True):
+    """Inside the block, MoE layers run their reference path (every expert on every token,
+    masked). A compiled step needs it where grouped_mm is missing: the sparse path's fallback then
+    reads expert group sizes on the host, which a CUDA graph cannot hold."""
+    moes = [m for m in model.modules() if isinstance(m, MoE)] if enabled else []
+    saved = [vars(m).get("impl") for m in moes]  # None: the layer follows the class's MoE.impl
+    for m in moes:
+        m.impl = "reference"
+    try:
+        yield
+    finally:  # as it was, so that a later `MoE.impl = ...` reaches the layers again
+        for m, impl in zip(moes, saved, strict=True):
+            if impl is None:
+                del m.impl
+            else:
+                m.impl = impl
 
-    The loop keeps its state on the device (the new tokens, a `done` mask) and reads it on the
-    host once every CHECK_EVERY tokens and at the end: to stop when every row has ended, and for
-    on_token(rows, ended), called then with each row's tokens so far (streaming; it lags by up to
-    CHECK_EVERY - 1 tokens) and whether each row has ended (at <|endoftext|> or its limit).
-    images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in order. compile: compile the
-    cached one-token step (True, or a torch.compile mode: DecodeStep). stop_at_eos=False generates
-    max_new_tokens whatever comes (for benchmarks). Row r draws with seed + r, which must be in
-    [0, 2^32) (torch's CPU generator keeps 32 bits: seed 2^32 + 1 would tell seed 1's stories). The
-    model must be in eval mode and every prompt hold a token (ValueError otherwise, as for the seed).
-    """
-    args, device = model.args, next(model.parameters()).device
+
+def check_request(model: Llama4, prompts: list[list[int]], seed: int) -> None:
+    """A ValueError, naming the fix, unless the model is in eval mode, every prompt holds a token and
+    fits the context, and every row's seed (seed + row) is in [0, 2^32)."""
+    args = model.args
     if any(m.training for m in model.modules()):  # (its router would draw noise from torch's generator)
         raise ValueError("the model is in training mode (noisy routing: rows no longer reproducible from "
                          "their seeds); call model.eval() first")
@@ -342,6 +324,29 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
         rule = "[0, 2^32)" if B == 1 else f"[0, 2^32 - {B - 1}) for {B} prompts, row r drawing with seed + r"
         raise ValueError(f"seed: must be in {rule} (torch's CPU generator keeps 32 bits of a seed), got "
                          f"{seed}")
+
+
+@torch.no_grad()
+def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, temperature=1.0, top_k=0,
+             top_p=1.0, greedy=False, seed=0, use_cache=True, compile: bool | str = False, images=None,
+             on_token=None, stop_at_eos=True) -> list[list[int]]:
+    """Continue each prompt (token ids); returns the new tokens of each row, <|endoftext|> excluded,
+    and never one of the special tokens no training target holds (ModelArgs.never_drawn).
+
+    The loop keeps its state on the device (the new tokens, a `done` mask) and reads it on the
+    host once every CHECK_EVERY tokens and at the end: to stop when every row has ended, and for
+    on_token(rows, ended), called then with each row's tokens so far (streaming; it lags by up to
+    CHECK_EVERY - 1 tokens) and whether each row has ended (at <|endoftext|> or its limit).
+    images: (N, 3, S, S) for the <|patch|> tokens of the prompts, in order. compile: compile the
+    cached one-token step (True, or a torch.compile mode: DecodeStep). stop_at_eos=False generates
+    max_new_tokens whatever comes (for benchmarks). Row r draws with seed + r, which must be in
+    [0, 2^32) (torch's CPU generator keeps 32 bits: seed 2^32 + 1 would tell seed 1's stories). The
+    model must be in eval mode and every prompt hold a token (ValueError otherwise, as for the seed:
+    check_request).
+    """
+    check_request(model, prompts, seed)
+    args, device = model.args, next(model.parameters()).device
+    B, lens = len(prompts), [len(p) for p in prompts]
     tokens, positions = left_pad(prompts, args.pad_id, device)
     # each row stops when its own context is full (a batch gives what its rows give one by one)
     limits = [min(max_new_tokens, args.max_seq_len - n) for n in lens]
@@ -359,8 +364,9 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
                              padding=max(lens) - min(lens))
         out = torch.full((B, max_new), args.pad_id, dtype=torch.long, device=device)  # (B, max_new)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        for t in range(max_new):  # (a row past its own limit goes on, into the cache's scratch slot,
-            # and is cut on the host: its tokens are never read)
+        # a row past its own limit goes on, into the cache's scratch slot, and is cut on the host: its
+        # tokens are never read
+        for t in range(max_new):
             nxt = choose(logits.masked_fill(never, float("-inf")), generators, temperature, top_k, top_p,
                          greedy)
             nxt = torch.where(done, args.pad_id, nxt)  # finished rows feed padding, ignored
@@ -385,7 +391,7 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading
+# Loading the model and an image
 
 
 def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, Tokenizer, str]:
@@ -419,17 +425,14 @@ def load(sample_args: SampleArgs, device, dtype=torch.float32) -> tuple[Llama4, 
     return model, tok, str(where)
 
 
-def compile_wanted(setting: str, device: torch.device) -> bool:
-    """--compile: auto = on for CUDA (the decode step as a CUDA graph), off on CPU."""
-    return setting == "true" or (setting == "auto" and device.type == "cuda")
-
-
 def load_image(path, args: config.ModelArgs) -> torch.Tensor:
-    """A PNG/JPEG as (3, S, S), resized to image_size, scaled to [-1, 1] as Llama 4 does. As
-    transformers loads it: turned upright by its EXIF orientation (as stored where the EXIF block is
-    damaged), transparency over white. 16-bit grey is scaled to 8 bits, value * 255 / 65535 rounded
-    to the nearest (convert("RGB") clips it: all but black turns white). Images of 89M to 179M
-    pixels load without PIL's two-line DecompressionBombWarning (larger ones are refused)."""
+    """A PNG or JPEG as (3, S, S): resized to image_size and scaled to [-1, 1], as Llama 4 does.
+
+    It is read as transformers reads it: turned upright by its EXIF orientation (left as stored where
+    the EXIF block is damaged), with transparency over white. 16-bit grey is scaled to 8 bits, value *
+    255 / 65535 rounded to the nearest; convert("RGB") alone would clip it, turning all but black
+    white. Images of 89M to 179M pixels load without PIL's two-line DecompressionBombWarning; larger
+    ones are refused."""
     import struct
 
     from PIL import Image, ImageOps
@@ -442,15 +445,17 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
             img = opened
             try:
                 img = ImageOps.exif_transpose(img)
-            except (struct.error, TypeError, AttributeError):  # a damaged EXIF block (PIL writes it back
-                pass  # for the turned image; a text tag stored as a number: AttributeError): as stored
+            except (struct.error, TypeError, AttributeError):
+                # a damaged EXIF block, which PIL writes back for the turned image (a text tag stored
+                # as a number: AttributeError): the image as stored
+                pass
             if img.mode.startswith("I;16"):
                 img = img.convert("I").point(lambda v: v / 257 + 0.5).convert("L")  # (+ 0.5: PIL truncates)
             if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)
                 img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
             img = img.convert("RGB").resize((args.image_size, args.image_size))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # (a broken PNG chunk;
-        # over 179M pixels; a PNG text bomb)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # beside OSError: a broken PNG chunk (SyntaxError), a PNG text bomb (ValueError), over 179M pixels
         fix = ("check the path" if isinstance(e, FileNotFoundError) else "name an image file in it"
                if isinstance(e, IsADirectoryError) else "pass a smaller image"
                if isinstance(e, Image.DecompressionBombError) else "pass a PNG or JPEG file (any format "
@@ -461,87 +466,13 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     return (pixels.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5  # (S, S, 3) -> (3, S, S)
 
 
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
 def image_prompt(args: config.ModelArgs) -> list[int]:
     """The Llama 4 layout of one single-tile image: <|image_start|><|image|><|patch|>...<|image_end|>."""
     return [args.image_start_id, args.image_id] + [args.patch_id] * args.image_tokens + [args.image_end_id]
-
-
-def prompt_text(ids: list[int], args: config.ModelArgs) -> list[int]:
-    """The ids of a prompt to print: without the <|endoftext|> it starts with (a cut prompt has
-    none) and without the image's tokens."""
-    image = set(image_prompt(args))
-    return [t for t in (ids[1:] if ids[:1] == [args.eos_id] else ids) if t not in image]
-
-
-def read_prompt_file(name: str) -> str:
-    """The text of --prompt_file, "-" being standard input: a UTF-8 byte-order mark dropped, CRLF and
-    CR read as LF. A UnicodeDecodeError where it is not UTF-8."""
-    if name == "-":
-        if sys.stdin is None:  # started with stdin closed (<&-)
-            raise OSError(errno.EBADF, "standard input is closed")
-        data = sys.stdin.buffer.read()
-    else:
-        data = Path(name).read_bytes()
-    return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
-
-
-WIDE_BOMS = [(codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),  # (before UTF-16 LE's
-             (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")]  # FF FE, which they start)
-
-
-def not_utf8(name: str, data: bytes, byte: int) -> str:
-    """Why --prompt_file `name`, whose bytes are `data`, is no UTF-8 text (`byte`: the first bad
-    one), and how to convert it: UTF-16 and UTF-32 are named by their byte-order mark or, without
-    one, by their NUL bytes (which UTF-8 decodes, but no prompt holds)."""
-    utf8 = Path(name).with_stem(Path(name).stem + "-utf8") if Path(name).stem else "prompts-utf8.txt"
-    to = (f"{shlex.quote(name)} > {shlex.quote(str(utf8))}" if name != "-" else  # (> {name}: lost)
-          "FILE | sample.py ... --prompt_file -")
-    for bom, codec in WIDE_BOMS:
-        if data.startswith(bom):
-            return (f"{codec} text, not UTF-8 (it starts with a {codec} byte-order mark, "
-                    f"{bom.hex(' ').upper()}); convert it: iconv -f {codec} -t UTF-8 {to}")
-    nul, head = data.count(0), data[:1 << 16]
-    fours = [head[i::4].count(0) for i in range(4)]  # Latin text in UTF-32: NUL in 3 bytes of every 4
-    if sorted(fours)[1] * 10 >= len(head) // 4 * 9 > 0 and min(fours) * 20 <= max(fours):
-        codec = "UTF-32LE" if fours.index(min(fours)) == 0 else "UTF-32BE"
-        return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, three in every four: {codec} "
-                f"without a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")
-    even, odd = head[0::2].count(0), head[1::2].count(0)  # Latin text in UTF-16: NUL every other byte
-    # (not a .pt; and one NUL falls on one parity in any file: a sign of UTF-16 beside bytes that are not
-    # UTF-8, é's E9 00, but not in UTF-8 text, a\0b\n)
-    one = max(even, odd) == 1 and data.decode("utf-8", "ignore").encode() == data
-    if max(even, odd) * 2 >= len(head) // 2 > 0 and min(even, odd) * 20 <= max(even, odd) and not one:
-        codec = "UTF-16BE" if even > odd else "UTF-16LE"
-        return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, every other one: {codec} without "
-                f"a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")
-    if nul:
-        return (f"not text ({nul:,} NUL byte{'s' * (nul > 1)}: a binary file?); pass a text file with one "
-                "prompt per line")
-    return f"not UTF-8 text (byte {byte}); save it as UTF-8"
-
-
-def prompt_file_lines(name: str) -> list[str]:
-    """The prompts of --prompt_file `name` (- : standard input), its non-blank lines; a SampleError
-    (naming the fix) where it cannot be read, is not UTF-8 text or holds no prompt."""
-    stdin = name == "-"
-    try:
-        text = read_prompt_file(name)
-    except OSError as e:
-        fix = ("pipe the prompts into it, one per line, or pass a text file" if stdin else
-               "pass a text file with one prompt per line, or - for standard input")
-        raise SampleError(f"--prompt_file {name}: {e.strerror}; {fix}") from e
-    except UnicodeDecodeError as e:
-        raise SampleError(f"--prompt_file {name}: {not_utf8(name, e.object, e.start)}") from e
-    if "\0" in text:  # valid UTF-8, but no text holds NUL: UTF-16 or UTF-32 without a byte-order mark
-        raise SampleError(f"--prompt_file {name}: {not_utf8(name, text.encode(), text.index(chr(0)))}")
-    # \r\n and \r are "\n" by now; str.splitlines would also split on \f, \u2028, ...
-    lines = [ln for ln in text.split("\n") if ln.strip()]
-    if not lines:
-        where, fix = (("standard input was empty or blank", "pipe the prompts in") if stdin else
-                      ("every line is blank", "write the prompts"))
-        raise SampleError(f"--prompt_file {name} holds no prompt ({where}); {fix}, "
-                          "one per line, or leave --prompt_file out for a story from nothing")
-    return lines
 
 
 def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs, warn) -> list[list[int]]:
@@ -589,7 +520,86 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
     return out
 
 
+def prompt_file_lines(name: str) -> list[str]:
+    """The prompts of --prompt_file `name` (- : standard input), its non-blank lines; a SampleError
+    (naming the fix) where it cannot be read, is not UTF-8 text or holds no prompt."""
+    stdin = name == "-"
+    try:
+        text = read_prompt_file(name)
+    except OSError as e:
+        fix = ("pipe the prompts into it, one per line, or pass a text file" if stdin else
+               "pass a text file with one prompt per line, or - for standard input")
+        raise SampleError(f"--prompt_file {name}: {e.strerror}; {fix}") from e
+    except UnicodeDecodeError as e:
+        raise SampleError(f"--prompt_file {name}: {not_utf8(name, e.object, e.start)}") from e
+    if "\0" in text:  # valid UTF-8, but no text holds NUL: UTF-16 or UTF-32 without a byte-order mark
+        raise SampleError(f"--prompt_file {name}: {not_utf8(name, text.encode(), text.index(chr(0)))}")
+    # \r\n and \r are "\n" by now; str.splitlines would also split on \f, \u2028, ...
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if not lines:
+        where, fix = (("standard input was empty or blank", "pipe the prompts in") if stdin else
+                      ("every line is blank", "write the prompts"))
+        raise SampleError(f"--prompt_file {name} holds no prompt ({where}); {fix}, "
+                          "one per line, or leave --prompt_file out for a story from nothing")
+    return lines
+
+
+def read_prompt_file(name: str) -> str:
+    """The text of --prompt_file, "-" being standard input: a UTF-8 byte-order mark dropped, CRLF and
+    CR read as LF. A UnicodeDecodeError where it is not UTF-8."""
+    if name == "-":
+        if sys.stdin is None:  # started with stdin closed (<&-)
+            raise OSError(errno.EBADF, "standard input is closed")
+        data = sys.stdin.buffer.read()
+    else:
+        data = Path(name).read_bytes()
+    return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+
+
+# UTF-32 first: UTF-32 LE's byte-order mark, FF FE 00 00, starts with UTF-16 LE's, FF FE
+WIDE_BOMS = [(codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+             (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")]
+
+
+def not_utf8(name: str, data: bytes, byte: int) -> str:
+    """Why --prompt_file `name`, whose bytes are `data`, is no UTF-8 text (`byte`: the first bad
+    one), and how to convert it: UTF-16 and UTF-32 are named by their byte-order mark or, without
+    one, by their NUL bytes (which UTF-8 decodes, but no prompt holds)."""
+    utf8 = Path(name).with_stem(Path(name).stem + "-utf8") if Path(name).stem else "prompts-utf8.txt"
+    to = (f"{shlex.quote(name)} > {shlex.quote(str(utf8))}" if name != "-" else  # (> {name}: lost)
+          "FILE | sample.py ... --prompt_file -")
+    for bom, codec in WIDE_BOMS:
+        if data.startswith(bom):
+            return (f"{codec} text, not UTF-8 (it starts with a {codec} byte-order mark, "
+                    f"{bom.hex(' ').upper()}); convert it: iconv -f {codec} -t UTF-8 {to}")
+    nul, head = data.count(0), data[:1 << 16]
+    fours = [head[i::4].count(0) for i in range(4)]  # Latin text in UTF-32: NUL in 3 bytes of every 4
+    if sorted(fours)[1] * 10 >= len(head) // 4 * 9 > 0 and min(fours) * 20 <= max(fours):
+        codec = "UTF-32LE" if fours.index(min(fours)) == 0 else "UTF-32BE"
+        return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, three in every four: {codec} "
+                f"without a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")
+    # Latin text in UTF-16: NUL in every other byte, and (unlike a binary file such as a .pt) hardly
+    # any in the others. A lone NUL falls on one parity in any file: beside bytes that are not UTF-8
+    # (é as E9 00) it is a sign of UTF-16, but not in UTF-8 text (a\0b\n): `one`.
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    one = max(even, odd) == 1 and data.decode("utf-8", "ignore").encode() == data
+    if max(even, odd) * 2 >= len(head) // 2 > 0 and min(even, odd) * 20 <= max(even, odd) and not one:
+        codec = "UTF-16BE" if even > odd else "UTF-16LE"
+        return (f"not UTF-8 text ({nul:,} of {len(data):,} bytes are NUL, every other one: {codec} without "
+                f"a byte-order mark?); convert it, e.g. iconv -f {codec} -t UTF-8 {to}")
+    if nul:
+        return (f"not text ({nul:,} NUL byte{'s' * (nul > 1)}: a binary file?); pass a text file with one "
+                "prompt per line")
+    return f"not UTF-8 text (byte {byte}); save it as UTF-8"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
 def main(argv=None):
+    """_main, with one line and an exit status for what stops it: Ctrl-C (130), an output closed
+    early (141, silently), an error the user can fix (its own status: fail), out of memory (1)."""
     restore_stderr = quiet_stderr()  # a warning stderr cannot take (2>/dev/full, 2>&-) is dropped
     try:
         return _main(argv)
@@ -616,11 +626,13 @@ def main(argv=None):
 
 
 def fail(e: UserError):
+    """Exit with the error's one line on stderr and its exit status."""
     print(f"sample.py: error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
 
 
 def _main(argv=None):
+    """Parse the options, load the model and its tokenizer, build the prompts (and the image), tell."""
     parsed = config.parse_args([SampleArgs], argv, prog="sample.py", description=__doc__)
     sample_args = parsed[1][0]
     try:
@@ -635,19 +647,7 @@ def _main(argv=None):
         if not (sample_args.ckpt or sample_args.hf):
             print(f"sample.py: sampling {where}, the most recent run's (--ckpt picks another)",
                   file=sys.stderr)
-        if sample_args.no_cache and sample_args.compile == "true":
-            print("warning: --compile true compiles the cached decode step, and --no_cache has none: "
-                  "decoding eagerly", file=sys.stderr)
-        unused = [f"--{name}" for name in ("temperature", "top_k", "top_p") if name in parsed.given]
-        if sample_args.greedy and unused:  # (--greedy --temperature 0.5 said nothing)
-            drop = "" if sample_args.temperature <= 0 else \
-                f"; drop --greedy to sample with {'it' if len(unused) == 1 else 'them'}"  # (0: greedy's own)
-            print(f"warning: --greedy takes the most likely token each step: {', '.join(unused)} "
-                  f"{'has' if len(unused) == 1 else 'have'} no effect{drop}", file=sys.stderr)
-        if sample_args.greedy and sample_args.num_samples > 1:
-            n = sample_args.num_samples
-            print(f"warning: --greedy takes the most likely token each step, so the {n} --num_samples of a "
-                  "prompt are the same story; drop --greedy for different ones", file=sys.stderr)
+        warn_about_options(sample_args, parsed.given)
         images = None
         if sample_args.image:
             if not model.args.vision:
@@ -657,11 +657,34 @@ def _main(argv=None):
         prompts = prompts_from(sample_args, tok, model.args, lambda m: print(m, file=sys.stderr))
         config.check_sample_seed(sample_args, len(prompts))  # (--prompt_file's prompts are rows too)
         if images is not None:
-            images = images.expand(len(prompts), -1, -1, -1)
+            images = images.expand(len(prompts), -1, -1, -1)  # (3, S, S) -> (B, 3, S, S), one per row
     except UserError as e:
         fail(e)
 
     return tell(model, tok, prompts, images, sample_args, device)
+
+
+def warn_about_options(sample_args: SampleArgs, given) -> None:
+    """A warning on stderr for each option that has no effect beside another (`given`: the options
+    typed on the command line)."""
+    if sample_args.no_cache and sample_args.compile == "true":
+        print("warning: --compile true compiles the cached decode step, and --no_cache has none: "
+              "decoding eagerly", file=sys.stderr)
+    unused = [f"--{name}" for name in ("temperature", "top_k", "top_p") if name in given]
+    if sample_args.greedy and unused:  # (--greedy --temperature 0.5 said nothing)
+        drop = "" if sample_args.temperature <= 0 else \
+            f"; drop --greedy to sample with {'it' if len(unused) == 1 else 'them'}"  # (0: greedy's own)
+        print(f"warning: --greedy takes the most likely token each step: {', '.join(unused)} "
+              f"{'has' if len(unused) == 1 else 'have'} no effect{drop}", file=sys.stderr)
+    if sample_args.greedy and sample_args.num_samples > 1:
+        n = sample_args.num_samples
+        print(f"warning: --greedy takes the most likely token each step, so the {n} --num_samples of a "
+              "prompt are the same story; drop --greedy for different ones", file=sys.stderr)
+
+
+def compile_wanted(setting: str, device: torch.device) -> bool:
+    """--compile: auto = on for CUDA (the decode step as a CUDA graph), off on CPU."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
 
 
 def tell(model: Llama4, tok: Tokenizer, prompts, images, sample_args: SampleArgs, device) -> list[list[int]]:
@@ -669,16 +692,18 @@ def tell(model: Llama4, tok: Tokenizer, prompts, images, sample_args: SampleArgs
     Ctrl-C what was generated by the last host read is printed (several samples: each so far)."""
     texts = [tok.decode_cut(prompt_text(p, model.args)) for p in prompts]  # (a cut prompt: whole characters)
     stream = len(prompts) == 1
-    printed, so_far, ended = [0], [[[] for _ in prompts]], [[False] * len(prompts)]
+    printed = 0  # characters of the streamed sample written so far
+    so_far, ended = [[] for _ in prompts], [False] * len(prompts)  # (what Ctrl-C prints)
 
     def on_token(rows, rows_ended):
-        so_far[0], ended[0] = rows, rows_ended  # (what Ctrl-C prints)
+        nonlocal printed, so_far, ended
+        so_far, ended = rows, rows_ended
         if not stream:
             return
         text = tok.decode(rows[0])
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            write(text[printed[0]:])
-            printed[0] = len(text)
+            write(text[printed:])
+            printed = len(text)
 
     if stream:
         write(texts[0])
@@ -690,14 +715,21 @@ def tell(model: Llama4, tok: Tokenizer, prompts, images, sample_args: SampleArgs
     except OutputError:
         raise
     except KeyboardInterrupt:  # (main says so on stderr, exit status 130)
-        write("\n" if stream else samples(texts, so_far[0], tok, [not e for e in ended[0]]))
+        write("\n" if stream else samples(texts, so_far, tok, [not e for e in ended]))
         raise
     except UserError as e:
         if stream:
             write("\n")
         fail(e)
-    write(tok.decode(rows[0])[printed[0]:] + "\n" if stream else samples(texts, rows, tok))
+    write(tok.decode(rows[0])[printed:] + "\n" if stream else samples(texts, rows, tok))
     return rows
+
+
+def prompt_text(ids: list[int], args: config.ModelArgs) -> list[int]:
+    """The ids of a prompt to print: without the <|endoftext|> it starts with (a cut prompt has
+    none) and without the image's tokens."""
+    image = set(image_prompt(args))
+    return [t for t in (ids[1:] if ids[:1] == [args.eos_id] else ids) if t not in image]
 
 
 def samples(texts: list[str], rows: list[list[int]], tokenizer: Tokenizer,
@@ -708,6 +740,23 @@ def samples(texts: list[str], rows: list[list[int]], tokenizer: Tokenizer,
     return "".join(f"{'-' * 20} sample {i + 1} of {n}{' (interrupted)' * c} {'-' * 20}\n"
                    f"{text + tokenizer.decode(row)}\n"
                    for i, (text, row, c) in enumerate(zip(texts, rows, cut, strict=True)))
+
+
+def write(text: str) -> None:
+    """Text to stdout, flushed (streaming); a failed write is an OutputError (one line, exit 1)."""
+    try:
+        if sys.stdout is None:  # started with stdout closed (>&-)
+            raise OSError(errno.EBADF, "it is closed")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # | head: main() stops quietly
+        raise
+    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, a Latin-1 locale, ...
+        raise OutputError(f"cannot write the story to standard output (its encoding, {sys.stdout.encoding}, "
+                          f"has no {e.object[e.start:e.end]!r}); set PYTHONIOENCODING=utf-8") from None
+    except OSError as e:
+        raise OutputError(f"cannot write the story to standard output ({e.strerror or e}); write it "
+                          "somewhere with room, or to a terminal") from None
 
 
 if __name__ == "__main__":

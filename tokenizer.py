@@ -1,5 +1,7 @@
 """The tokenizer: a byte-level BPE (Hugging Face `tokenizers`) with the special tokens at ids 0..7.
 
+    too_small(vocab_size)                why a BPE of that size cannot be trained, before any text is read
+    identity(fields)                     the tokenizer's hash, from its JSON fields
     Tokenizer.train(texts, vocab_size)   deterministic for given text
     Tokenizer.load(path) / .save(path)   tokenizer.json, which transformers' fast tokenizer loads
     encode / decode                      prompts and stories
@@ -22,7 +24,7 @@ How this departs from the obvious version:
 - `pieces` cuts a document longer than PIECE_CHARS before a space between two non-space
   characters, where the byte-level pre-tokenizer starts a new word anyway: data.py encodes (and
   trains on) long documents piece by piece, the ids are the whole document's, and memory stays
-  bounded (a 50 MB document with no separator no longer costs gigabytes). encode and encode_docs
+  bounded (a 50 MB document with no separator would cost gigabytes whole). encode and encode_docs
   take a text whole.
 - The BPE trainer (not the encoder) gets runs of over LONG_RUN spaces or non-spaces cut into
   pieces: its time is quadratic in a word's length, and no word of prose is that long.
@@ -54,7 +56,6 @@ NOT_EXACT = ("the tokenizer does not give back the text it encodes (a normaliser
 TRAIN_ONE = "leave --tokenizer empty to train one with this project"  # (advice for a tokenizer refused)
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
 LONG_RUN = 256  # the BPE trainer sees runs of spaces or of non-spaces in pieces of this many characters
-_LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
 
 
 def _byte_of_stand_in() -> dict[str, int]:
@@ -70,8 +71,8 @@ BYTE_OF = _byte_of_stand_in()
 
 
 def too_small(vocab_size: int) -> str | None:
-    """Why a BPE of `vocab_size` tokens cannot be trained, or None (train.py and data.py refuse it
-    as a bad setting, before reading any text)."""
+    """Why a BPE of `vocab_size` tokens cannot be trained, or None. train.py and data.py refuse it
+    as a bad setting, before reading any text."""
     if vocab_size < MIN_VOCAB:
         return (f"--vocab_size {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB} "
                 f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
@@ -109,14 +110,14 @@ def identity(fields: dict) -> str:
     return _sha256({**fields, "post_processor": None})
 
 
-def _has_model(text: str) -> bool:
-    """Whether a file tokenizers cannot read is a tokenizer at all: not JSON, or a damaged tokenizer
-    (True), or JSON of another kind (False)."""
+def _json_but_not_a_tokenizer(text: str) -> bool:
+    """Whether a file tokenizers cannot read is JSON of another kind (no "model" in it), rather than
+    no JSON at all or a damaged tokenizer."""
     try:
         spec = json.loads(text)
     except ValueError:
-        return True
-    return isinstance(spec, dict) and "model" in spec
+        return False
+    return not (isinstance(spec, dict) and "model" in spec)
 
 
 class Tokenizer:
@@ -148,16 +149,37 @@ class Tokenizer:
         if exact and not self.gives_back_text():
             raise DataError(NOT_EXACT, TRAIN_ONE)
 
+    def _count_token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes per token. A BPE token's characters are stand-ins, one per byte. An added token
+        is text read as it is: its UTF-8 bytes, or 0 for a special one, which encode_docs never gives.
+        This project's special tokens count 0 even when not marked special; gives_back_text then
+        fails."""
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
+        special = set(self.special_ids().values())
+        added = self.tok.get_added_tokens_decoder()
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
+            if i in special:
+                continue
+            if i in added:
+                out[i] = 0 if added[i].special else len(added[i].content.encode())
+                continue
+            if not set(token) <= alphabet:
+                raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r})", TRAIN_ONE)
+            out[i] = len(token)
+        return out
+
     PROBE = "Once, Tom said: \"<|endoftext|> is text\".\n\tÉté ☀ 42  "
 
     def gives_back_text(self) -> bool:
-        """The shards must hold the text as it is, and bits/byte count its bytes: a tokenizer that
-        changes text (a normaliser that lower-cases, a prefix space), reads a special-token string
-        in the text as a special token (one not marked special), lacks a token for some byte (a BPE
-        trained without the byte alphabet: the encoder drops, silently, every character it never saw),
-        or has an added token that decodes to other text (an added "café": its "é" decodes as the byte
-        0xE9) or takes the spaces beside it (lstrip, rstrip: "a foo b" read as "afoob") is refused for
-        training (`exact`)."""
+        """Whether the tokenizer gives back the text it encodes, as training needs (`exact`): the
+        shards must hold the text as it is, and bits per byte count its bytes. It does not when it
+        - changes text: a normaliser that lower-cases, a prefix space;
+        - reads a special-token string in the text as a special token (one not marked special);
+        - lacks a token for some byte (a BPE trained without the byte alphabet): the encoder
+          silently drops every character it never saw;
+        - has an added token that decodes to other text (an added "café": its "é" decodes as the
+          byte 0xE9) or takes the spaces beside it (lstrip, rstrip: "a foo b" read as "afoob")."""
         if any(self.tok.token_to_id(c) is None for c in BYTE_OF):
             return False
         added = [t.content for t in self.tok.get_added_tokens_decoder().values() if not t.special]
@@ -189,11 +211,12 @@ class Tokenizer:
     def load(cls, path, fix: str = "pass a tokenizer.json written by this project, or leave --tokenizer "
              "empty to train one", exact: bool = True, missing: str = "leave it empty to train one"
              ) -> "Tokenizer":
-        """From a tokenizer.json (--tokenizer's errors; `fix` is the advice for an unreadable one, and
-        `missing` the other way out for a path that is no file: a checkpoint's tokenizer cannot be
-        trained anew). `exact` refuses one that does not give back its text, as training and
-        evaluation must; a run that an earlier version trained with such a one is still sampled with
-        it (not exact). A ~ the shell left (a quoted --tokenizer '~/tok.json') is the home folder."""
+        """From a tokenizer.json, with errors that name --tokenizer. `fix` is the advice for a file
+        that cannot be read, and `missing` the other way out for a path that is no file (a
+        checkpoint's tokenizer cannot be trained anew). `exact` refuses a tokenizer that does not give
+        back its text, as training and evaluation must; sampling and the export pass exact=False, so
+        that a run an earlier version trained with such a tokenizer can still be sampled. A ~ the
+        shell left (a quoted --tokenizer '~/tok.json') is the home folder."""
         path = storage.expand_home(os.fspath(path))
         if os.path.isdir(path):  # a run folder: its tokenizer is the file inside
             inside = Path(path) / "tokenizer.json"
@@ -210,11 +233,13 @@ class Tokenizer:
             tok = tokenizers.Tokenizer.from_str(text)
         except Exception as e:
             why = first_line(e)
-            if text is not None and not _has_model(text):  # (the Rust parser's message then misleads:
-                why = 'JSON, but not a tokenizer: it has no "model"'  # `expected , or }` on {"a": 1})
+            # the Rust parser's message would mislead there: `expected , or }` on {"a": 1}
+            if text is not None and _json_but_not_a_tokenizer(text):
+                why = 'JSON, but not a tokenizer: it has no "model"'
             raise DataError(f"cannot read the tokenizer '{path}' ({why})", fix) from None
-        if lacks := _missing_special(tok):  # (an HF folder's own, imported with its weights: the caller's
-            # advice, not --tokenizer's)
+        # checked before Tokenizer() does, to name the file and give the caller's advice (an HF folder's
+        # tokenizer, imported with its weights, cannot be trained anew: TRAIN_ONE would not help)
+        if lacks := _missing_special(tok):
             raise DataError(f"{path} has no {lacks} token (not a tokenizer this project writes)", fix)
         loaded = cls(tok, exact=False)
         if exact and not loaded.gives_back_text():
@@ -266,24 +291,9 @@ class Tokenizer:
             with ThreadPoolExecutor(len(parts)) as pool:
                 return [ids for out in pool.map(encode, parts) for ids in out]
 
-    def _count_token_bytes(self) -> np.ndarray:
-        """UTF-8 bytes per token: a BPE token's characters are stand-ins, one per byte; an added token
-        is text read as it is (its UTF-8 bytes; a special one 0: encode_docs never gives it). This
-        project's special tokens count 0 even when not marked special (gives_back_text then fails)."""
-        alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins, one per byte
-        special = set(self.special_ids().values())
-        added = self.tok.get_added_tokens_decoder()
-        out = np.zeros(self.vocab_size, dtype=np.int64)
-        for token, i in self.tok.get_vocab(with_added_tokens=True).items():
-            if i in special:
-                continue
-            if i in added:
-                out[i] = 0 if added[i].special else len(added[i].content.encode())
-                continue
-            if not set(token) <= alphabet:
-                raise DataError(f"the tokenizer is not a byte-level BPE (token {token!r})", TRAIN_ONE)
-            out[i] = len(token)
-        return out
+
+# ---------------------------------------------------------------------------------------------
+# Long texts: the encoder takes them in pieces, the BPE trainer in short runs
 
 
 def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
@@ -307,6 +317,9 @@ def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
     return out
 
 
+_LONG = re.compile(rf"\S{{{LONG_RUN}}}(?=\S)|\s{{{LONG_RUN}}}(?=\s)")  # LONG_RUN, where the run goes on
+
+
 def _short_runs(texts):
     """The trainer's texts (strings or lists of strings) as lists of strings in which no run of
     more than LONG_RUN characters is all spaces or all non-spaces: such a run is cut after every
@@ -322,12 +335,17 @@ def _short_runs(texts):
         yield out
 
 
+# ---------------------------------------------------------------------------------------------
+# The model's settings against the tokenizer
+
+
 def check_tokenizer(tok: Tokenizer, model_args: ModelArgs, where: str = "the tokenizer", model: str = "",
                     fix: str = "") -> None:
-    """The model's vocabulary size and special-token ids must be the tokenizer's. `model` names the
-    model when its settings are not the command line's (a checkpoint's: a DataError, the file's
-    fault), and `fix` then replaces the advice to pass other settings (which a resumed run or
-    sample.py cannot take); the command line's settings are a ConfigError (exit status 2)."""
+    """The model's vocabulary size and special-token ids must be the tokenizer's. A mismatch with
+    the command line's settings is a ConfigError (exit status 2) that names the settings to pass.
+    `model` names the model when its settings are a checkpoint's instead: a mismatch is then a
+    DataError, the file's fault, and `fix` replaces the advice, as a resumed run or sample.py cannot
+    take other settings."""
     error = DataError if model else ConfigError
     if tok.vocab_size != model_args.vocab_size:
         has = f"{model} has {model_args.vocab_size}" if model else f"--vocab_size is {model_args.vocab_size}"
