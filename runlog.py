@@ -51,7 +51,8 @@ from errors import RunError, StorageError, first_line
 
 X_LABELS = {"tokens": "tokens seen", "step": "optimizer step", "minutes": "wall-clock minutes"}
 STEP = "step"  # the x axis of the W&B charts: the optimizer step, logged as a value (see Metrics)
-TOKENS = "tokens"  # tokens trained on, in each train and val row of W&B: the x axis to compare runs by
+TOKENS = "tokens"  # the tokens the steps so far read, in each train and val row of W&B: the x axis to
+# compare runs by
 UNFINISHED = "wandb_unfinished.txt"  # the W&B runs whose finish failed, an id a line (Metrics.finish)
 
 # ---------------------------------------------------------------------------------------------

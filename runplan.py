@@ -485,8 +485,8 @@ def check_optimizer_groups(plan: RunPlan) -> None:
 
 def init_from_fix(plan: RunPlan) -> str:
     """The advice for a checkpoint that cannot be resumed but whose weights can be kept: a new run
-    from them (--init_from), reading the run's --data and --val_data (--init_from takes the model
-    alone, and without them a run trains on the hub's TinyStories)."""
+    from them (--init_from), reading the run's text (text_read: --init_from takes the model alone,
+    and without them a run trains on the hub's TinyStories)."""
     text = text_read(config.to_dict(plan.train_args))
     return f"start a new run from its weights: train.py {init_from_options(plan.ckpt_path, text)}"
 
@@ -655,10 +655,9 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         lines.append(f"--eval_only scores {plan.ckpt_path} where it lies and writes nothing: "
                      f"{' and '.join(elsewhere)} {verb} no effect")
     resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
-    trains = not t.eval_only and finished_limit(plan) is None  # (a finished run: "raise --max_steps")
-    if trains and plan.ckpt is not None and (plan.ckpt.get("step", 0) >= t.max_steps or (
-            t.max_minutes and plan.ckpt.get("elapsed", 0.0) >= t.max_minutes * 60)):
-        trains = False  # (a stopped run resumed with a limit lowered to where it is: it only ends there)
+    # (a run at its limit takes no step: finished, it is told "raise --max_steps"; stopped there by a
+    # signal, or with an evaluation put off, it only ends)
+    trains = not t.eval_only and (plan.ckpt is None or limit_reached(plan.ckpt, t) is None)
     if t.warmup_steps >= t.max_steps and trains and not resumed_as_is:
         last = t.lr * t.max_steps / t.warmup_steps  # the last step's (train.lr_at's warmup)
         lines.append(f"--warmup_steps {t.warmup_steps} is not below --max_steps {t.max_steps}: the learning "
@@ -704,6 +703,11 @@ def finished_limit(plan: RunPlan) -> str | None:
     ckpt, t = plan.ckpt, plan.train_args
     if ckpt is None or t.eval_only or ckpt.get("eval_due") or not ended(ckpt):
         return None
+    return limit_reached(ckpt, t)
+
+
+def limit_reached(ckpt: dict, t: TrainArgs) -> str | None:
+    """The limit of `t` a checkpoint is at: max_steps, or max_minutes (its time so far); else None."""
     if ckpt.get("step", 0) >= t.max_steps:
         return "max_steps"
     return "max_minutes" if t.max_minutes and ckpt.get("elapsed", 0.0) >= t.max_minutes * 60 else None
