@@ -684,14 +684,15 @@ def _json_problem(path: str, field: str, flag: str) -> str | None:
                 return f"line {n} is not valid JSON; fix or remove it"
             if _lone_surrogate_in(record):  # (json.loads takes "\ud83d" alone: pyarrow does not)
                 return f"line {n} {LONE_SURROGATE}; fix or remove the line"
-            nested = _nested_fix(record, field, path, flag)
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
-                return (f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); "
-                        f"{nested or f'every line needs one, or pass {_field_option(flag)} NAME'}")
+                fix = (_nested_fix(record, field, path, flag)
+                       or f"every line needs one, or pass {_field_option(flag)} NAME")
+                return f"line {n} has no '{field}' field (it has: {keys or 'nothing'}); {fix}"
             if not isinstance(record[field], str):
-                return (f"line {n}: '{field}' is {_json_type(record[field])}, not text; "
-                        f"{nested or f'fix the line or pass {_field_option(flag)} NAME'}")
+                fix = (_nested_fix(record, field, path, flag)
+                       or f"fix the line or pass {_field_option(flag)} NAME")
+                return f"line {n}: '{field}' is {_json_type(record[field])}, not text; {fix}"
     return None if records else f"has no records (only blank lines); remove it or point {flag} at text"
 
 
@@ -782,16 +783,16 @@ def _json_array_problem(path: str, field: str, flag: str) -> str | None:
         return f"has no records (an empty array); remove it or point {flag} at text"
     option = _field_option(flag)
     for row, record in enumerate(data if isinstance(data, list) else []):
-        nested = _nested_fix(record, field, path, flag, array=True)
         if not isinstance(record, dict) or field not in record:
             keys = ", ".join(record) if isinstance(record, dict) else _json_type(record)
-            return (f"row {row} has no '{field}' field (it has: {keys or 'nothing'}); "
-                    f"{nested or f'every record needs one, or pass {option} NAME'}")
+            fix = (_nested_fix(record, field, path, flag, array=True)
+                   or f"every record needs one, or pass {option} NAME")
+            return f"row {row} has no '{field}' field (it has: {keys or 'nothing'}); {fix}"
         if record[field] is None:
             return f"row {row}: '{field}' is empty (null); fill or drop the row"
         if not isinstance(record[field], str):
-            return (f"row {row}: '{field}' is {_json_type(record[field])}, not text; "
-                    f"{nested or f'fix the row or pass {option} NAME'}")
+            fix = _nested_fix(record, field, path, flag, array=True) or f"fix the row or pass {option} NAME"
+            return f"row {row}: '{field}' is {_json_type(record[field])}, not text; {fix}"
     return None
 
 
