@@ -67,6 +67,9 @@ How it departs from the obvious version (and from HF's code):
   (`few_row_logits`): for a weight as large as lm_head's (V x D, 67 MB in fp32 at scout-128m),
   the kernel F.linear reaches there is 2.5-6x slower for 1-16 rows, and was a third of each
   decoded token's time.
+- The `<|pad|>` embedding row is an ordinary one: HF builds embed_tokens with padding_idx, which
+  gives that row no gradient. No training text holds the pad id (special-token text is read as
+  plain text), so the two train alike; only tokens that hold it would tell them apart.
 """
 
 import math

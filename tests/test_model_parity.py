@@ -35,6 +35,11 @@ CASES = {
                                  rope_high_freq_factor=1.0, rope_original_max_seq_len=16, rope_theta=100.0),
     "dense-nope-every-2": dict(moe_every=5, nope_every=2),  # no MoE layer; NoPE on layers 1 and 3
     "one-chunk-mha-every-expert": dict(attn_chunk_size=64, n_kv_heads=4, top_k=4),
+    # every layer NoPE: full attention, temperature tuned from the first position on
+    "every-layer-nope-mha-floor-1": dict(nope_every=1, n_kv_heads=4, attn_floor_scale=1, attn_scale=0.5),
+    "no-nope-layer-chunk-3": dict(nope_every=5, attn_chunk_size=3),  # 37 = 12 chunks of 3 and 1 token
+    "chunk-1-dense-every-third": dict(attn_chunk_size=1, moe_every=3),  # each token sees itself alone
+    "three-heads-of-22": dict(dim=66, n_heads=3, n_kv_heads=1, expert_dim=30, mlp_dim=50),  # 11 RoPE pairs
 }
 
 
@@ -86,6 +91,41 @@ def test_text_logits_match_transformers(case, tmp_path):
     assert (a - b).abs().max().item() <= 1e-4
 
 
+def test_text_logits_match_at_every_length_about_a_chunk_boundary(tmp_path):
+    """A guard (it found no bug): one token, a chunk less one, one chunk and one past it (chunks of
+    8) are the edges of the folded-chunk path and of its last, partial chunk."""
+    ours = build()
+    checkpoint.export_hf(ours, tmp_path)
+    theirs = load_hf_model(Llama4ForCausalLM, tmp_path)
+    for T in [1, 7, 8, 9]:
+        tokens = torch.randint(0, V, (2, T))
+        with torch.no_grad():
+            assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4, T
+
+
+@pytest.mark.parametrize("case", ["top1-moe-every-layer", "top2-moe-every-other", "gqa-1-chunk-3"])
+def test_training_gradients_match_transformers(case, tmp_path):
+    """A guard (it found no bug): training's own paths (q, k and v from one matmul, the sparse expert
+    dispatch through grouped_mm, the fused loss) give transformers' autograd gradients for every
+    weight. Router noise off (a training extra HF lacks); no <|pad|> in the tokens: HF's embedding
+    has padding_idx, so its pad row never gets a gradient (ours does, but no training text holds
+    <|pad|>)."""
+    overrides = {"top1-moe-every-layer": {}, "top2-moe-every-other": dict(top_k=2, moe_every=2),
+                 "gqa-1-chunk-3": dict(n_kv_heads=1, attn_chunk_size=3, nope_every=2)}[case]
+    ours = build(router_noise=False, **overrides).train()
+    checkpoint.export_hf(ours, tmp_path)
+    theirs = load_hf_model(Llama4ForCausalLM, tmp_path).train()
+    x = torch.randint(8, V, (2, 41))
+    targets = x[:, 1:].clone()
+    targets[:, -1] = -1  # HF shifts the labels itself: its last position has no target
+    ours(x[:, :-1], targets=targets).lm_loss.backward()
+    theirs(input_ids=x[:, :-1], labels=x[:, :-1]).loss.backward()
+    named = dict(ours.named_parameters())
+    for hf_name, p in theirs.named_parameters():
+        g, want = named[hf_name.removeprefix("model.")].grad, p.grad
+        assert (g - want).abs().max() <= 1e-5 * want.abs().max(), hf_name
+
+
 def test_text_logits_match_at_full_context_through_the_folded_chunk_path(tmp_path):
     ours = build()
     checkpoint.export_hf(ours, tmp_path)
@@ -95,17 +135,23 @@ def test_text_logits_match_at_full_context_through_the_folded_chunk_path(tmp_pat
         assert (ours(tokens).logits - theirs(tokens).logits).abs().max().item() <= 1e-4
 
 
-def test_vision_logits_match_transformers_with_two_images(tmp_path):
-    ours = build(**VISION)
+@pytest.mark.parametrize("case", ["shuffle-1/2", "shuffle-1/3-eight-heads"])
+def test_vision_logits_match_transformers_with_three_images_in_two_rows(case, tmp_path):
+    """Two images in one row and one in the other: features fill the <|patch|> tokens in order,
+    across rows. Also a 6x6 patch grid shuffled by 1/3 (9 patches a token) and 4-wide vision heads."""
+    overrides = {"shuffle-1/2": VISION, "shuffle-1/3-eight-heads": dict(
+        VISION, image_size=84, pixel_shuffle_ratio=1 / 3, vision_mlp_dim=32 * 9, vision_heads=8)}
+    ours = build(**overrides[case])
     a = ours.args
     checkpoint.export_hf(ours, tmp_path)
     theirs = load_hf_model(Llama4ForConditionalGeneration, tmp_path)
-    n = a.image_tokens  # 4 features per 56px image
-    text = [11, 12, a.image_start_id, a.image_id] + [a.patch_id] * n + [a.image_end_id, 13]
-    text += [14, a.image_start_id, a.image_id] + [a.patch_id] * n + [a.image_end_id, 15, 16]
-    tokens = torch.tensor([text])
+    n = a.image_tokens  # 4 features per image: 2x2 blocks of a 4x4 grid, 3x3 ones of a 6x6 grid
+    image = [a.image_start_id, a.image_id] + [a.patch_id] * n + [a.image_end_id]
+    rows = [[11, 12, *image, 13, 14, *image, 15, 16], [17, *image, 18, 19]]
+    rows[1] += [20] * (len(rows[0]) - len(rows[1]))
+    tokens = torch.tensor(rows)
     torch.manual_seed(2)
-    images = torch.randn(2, 3, 56, 56)
+    images = torch.randn(3, 3, a.image_size, a.image_size)
     with torch.no_grad():
         x = ours(tokens, images=images).logits
         y = theirs(input_ids=tokens, pixel_values=images).logits
