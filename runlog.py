@@ -1,13 +1,17 @@
 """What a run leaves to read: metrics.jsonl, the Weights & Biases run, and loss plots. train.py
 writes through it; scripts/plot_runs.py and scripts/compare.py read through it.
 
-    Metrics                 metrics.jsonl in the run folder (one JSON line per log step and per
-                            evaluation), mirrored to W&B
-    start_wandb             --wandb_mode (auto: WANDB_MODE where set, else online when logged in,
-                            else offline); never crashes or hangs a run
-    read_metrics            (train records, val records) of a run folder
-    plot_runs / plot_loss   training loss and validation bits/byte of one run or several
-    writable_home_dirs      matplotlib's and W&B's cache folders, where the home folder's are unwritable
+What it holds, one section each, in this order:
+    caches              writable_home_dirs: matplotlib's and W&B's cache folders, where the home
+                        folder's are unwritable
+    metrics and W&B     start_wandb: --wandb_mode (auto: WANDB_MODE where set, else online when
+                        logged in, else offline), never crashing or hanging a run; Metrics:
+                        metrics.jsonl in the run folder (one JSON line per log step and per
+                        evaluation), mirrored to W&B; resumed_records, unfinished_wandb (what a
+                        resume goes on with)
+    reading runs back   read_metrics: (train records, val records) of a run folder; run_label
+    plots               plot_runs / plot_loss: training loss and validation bits/byte of one run or
+                        several; incomparable (what makes overlaid curves mislead)
 
 Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm",
 "tokens_per_s", "mfu", "tokens", "minutes", "skipped_steps", "expert_share", "router_entropy",

@@ -12,6 +12,18 @@ from the RunPlan (build_job, which asks wandb_id). Nothing here reads a token or
 memory (parameter counts come from the meta device); a resumed run's checkpoint is loaded here,
 since its settings are the run's.
 
+What it holds, one section each, in this order:
+    a resumed run's settings  RunPlan; resume_settings (the checkpoint's, with those typed on top),
+                              init_settings (--init_from's), check_init, text_read
+    naming runs               run_options, fork_options, start_again (advice that names a run
+                              folder), run_to_resume (--resume without a path)
+    planning                  plan_run, load_resumed, check_optimizer_groups, init_from_fix, absolute
+                              (a path setting as saved), saved_paths
+    before any work           memory_floor, check_settings (refused), setting_warnings (warned of)
+    a finished run            finished_limit, limit_reached (train.py says so, and trains nothing)
+    the run folder            claim_folder, check_no_later_last, check_same_model
+    W&B                       wandb_id
+
 How this departs from the obvious version:
 - A resumed run's settings are its checkpoint's, with the training settings typed on the command
   line on top (`given`: the options typed); model settings typed must agree with the checkpoint,
@@ -68,8 +80,12 @@ from model import LOSS_CHUNK, count_parameters, summed_over_layers, weight_decay
 from runtime import World
 from tokenizer import Tokenizer, check_tokenizer, too_small
 
+# ---------------------------------------------------------------------------------------------
+# The plan, and a resumed run's settings
+
 
 class RunPlan(NamedTuple):
+    """What plan_run settles before any work: the run folder, the settings, the checkpoint."""
     run_dir: Path
     model_args: ModelArgs
     train_args: TrainArgs
@@ -265,6 +281,10 @@ def check_init(train_args: TrainArgs, given) -> None:
                           "--init_from starts training; pass the checkpoint with --resume instead")
 
 
+# ---------------------------------------------------------------------------------------------
+# Naming runs: their folders, and the options that name them
+
+
 def beside(folder: Path) -> Path:
     """The folder that holds `folder`, as typed where that names it ("." or ".." made absolute)."""
     return folder.parent if folder.name not in ("", ".", "..") else Path(os.path.abspath(folder)).parent
@@ -334,6 +354,10 @@ def run_to_resume(train_args: TrainArgs, out: Path) -> Path:
     return run_dir
 
 
+# ---------------------------------------------------------------------------------------------
+# Planning: the run folder, the checkpoint and the settings
+
+
 def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
              started: float | None = None) -> RunPlan:
     """Run folder, settings (the checkpoint's when resuming), the checkpoint, its path and the preset.
@@ -392,12 +416,7 @@ def plan_run(model_args: ModelArgs, train_args: TrainArgs, preset: str, given,
                 train_args = TrainArgs(**{**config.to_dict(train_args), "tokenizer": str(candidate)})
                 break
     plan = RunPlan(run_dir, model_args, train_args, ckpt, ckpt_path, preset, init, init_path)
-    for name, value in saved_paths(plan, given):  # the checkpoint's (not typed again): still there?
-        if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
-            problem = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run "
-                       f"was started in, and there is no such file here ({os.getcwd()})")  # (an older one's)
-            fix = "FOLDER, or --data FILE" if name == "hf_dataset" else "PATH"
-            raise errors.DataError(f"--{name}: the checkpoint's {value} {problem}; pass --{name} {fix}")
+    check_saved_paths(plan, given)
     paths = {k: absolute(getattr(train_args, k)) for k in PATHS}  # (as saved: a resume reads the same files)
     hub = sources.saved_hf_dataset(train_args.hf_dataset)  # (a local folder: absolute too)
     plan = plan._replace(train_args=replace(train_args, **paths, hf_dataset=hub))
@@ -520,6 +539,17 @@ def absolute(path: str) -> str:
     return str(Path(glob.escape(cwd) if pattern else cwd) / path)
 
 
+def check_saved_paths(plan: RunPlan, given) -> None:
+    """The checkpoint's paths a resume reads without their being typed again (saved_paths) must still
+    be there: a DataError naming the first that is not."""
+    for name, value in saved_paths(plan, given):
+        if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
+            problem = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run "
+                       f"was started in, and there is no such file here ({os.getcwd()})")  # (an older one's)
+            fix = "FOLDER, or --data FILE" if name == "hf_dataset" else "PATH"
+            raise errors.DataError(f"--{name}: the checkpoint's {value} {problem}; pass --{name} {fix}")
+
+
 def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
     """The --data and --val_data the checkpoint saved (absolute, or an older checkpoint's as typed:
     relative to the folder its run was started in, which it does not record), and the --hf_dataset
@@ -530,6 +560,10 @@ def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
     hub = not t.data and not (t.eval_only and t.val_data)  # (the hub is read: for a split no file gives)
     names += ["hf_dataset"] if hub and os.path.isabs(saved.get("hf_dataset", "")) else []
     return [(n, saved[n]) for n in names if n not in given and saved.get(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Before any work: what is refused, and what is warned of
 
 
 _COUNTED: dict[str, int] = {}  # parameters() of each model's settings (repr) met so far
@@ -694,6 +728,10 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
     return [f"warning: {line}" for line in lines]
 
 
+# ---------------------------------------------------------------------------------------------
+# A finished run
+
+
 def finished_limit(plan: RunPlan) -> str | None:
     """The limit a resumed run's checkpoint has reached (max_steps, or max_minutes: its time so far),
     with no evaluation put off by a signal, written at its run's end (ended): there is nothing to
@@ -722,6 +760,10 @@ def ended(ckpt: dict) -> bool:
         return True
     budget = saved.get("max_minutes") or 0
     return budget > 0 and ckpt.get("elapsed", 0.0) >= budget * 60
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder: claimed, then checked by its holder
 
 
 def claim_folder(plan: RunPlan) -> storage.RunFolder:
@@ -797,6 +839,10 @@ def check_same_model(plan: RunPlan) -> None:
                               + "; ".join(diffs) + f"); resume it into a folder of its own (--resume "
                               f"{plan.ckpt_path} {fork_options(plan)}), or put "
                               "this run's own checkpoint back")
+
+
+# ---------------------------------------------------------------------------------------------
+# The W&B run to go on with
 
 
 def wandb_id(plan: RunPlan, log=None) -> str | None:

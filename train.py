@@ -31,6 +31,21 @@ How a training step flows (`run` calls setup, then run_job calls `loop`, which c
                  save_every steps and on a signal, last.pt (both written by write_checkpoint)
     wrap_up      at the end: the final evaluation, best.pt if there is none, last.pt
 
+What it holds, one section each, in this order:
+    the training step   make_optimizer, load_optimizer, lr_at, StepOutput, accumulate, train_step,
+                        first_steps, run_eagerly (a compile failure), batches_at
+    what a run holds    LoopState, Job, Clock (the --max_minutes budget)
+    evaluation          EvalSet, evaluate, evaluate_job, run_eval (and its record: write_val_record)
+    the log window      Window, log_step (and its record: write_train_record)
+    checkpoints         write_checkpoint, finite
+    signals             Stop, agree (the ranks' agreements under torchrun)
+    setting a run up    load_data, make_log, setup, finished_run, build_job, init_from, start_state,
+                        start_logging
+    the run             run, run_job, loop, evaluate_and_save, wrap_up, evaluate_step, evaluate_only
+    stopping early      the last line's parts: peer_lost_error, memory_advice, resume_options,
+                        left_to_resume
+    the command line    main, leave_group
+
 How this departs from the obvious version:
 - A step is a pure function of (seed, step): batches come from data.get_batch(seed, step, micro)
   and the router noise of each micro-batch is seeded by (seed, step, micro). So on CPU a resumed
@@ -106,7 +121,7 @@ from runtime import World
 from tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------
-# Optimisation
+# The training step: optimizer, schedule, batches
 
 
 def make_optimizer(model: Llama4, train_args: TrainArgs, device) -> torch.optim.AdamW:
@@ -318,7 +333,7 @@ class Job:
     wandb_entity: str | None = None  # ... and its entity, where known (saves: Metrics.resumable_entity)
     folder: "storage.RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
     stop: "Stop | None" = None  # the signal handler, while the loop runs
-    window: dict | None = None  # the log window a resumed checkpoint was saved in (Window.to_checkpoint)
+    resumed_window: dict | None = None  # the log window the checkpoint was saved in (Window.to_checkpoint)
     continues: bool = False  # resumed into its own folder (a fork starts its folder's logs afresh)
     imported: bool = False  # the checkpoint is an import's (weights only: no training step of its own)
     agreed: tuple = (0, 0.0)  # under torchrun: the step and clock of the ranks' last agreement (agree)
@@ -460,7 +475,7 @@ def run_eval(job: Job, state: LoopState, stop: "Stop | None" = None) -> bool | N
         return None
     improved = r["nats_per_token"] < state.best_val
     state.best_val = min(state.best_val, r["nats_per_token"])
-    with runtime.all_ranks_or_none(job.world, job.device, "writing metrics.jsonl"):  # (as log_step)
+    with runtime.all_ranks_or_none(job.world, job.device, "writing metrics.jsonl"):  # (as write_train_record)
         if job.world.main:
             write_val_record(job, state, r)
     return improved
@@ -480,7 +495,7 @@ def write_val_record(job: Job, state: LoopState, r: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Logging: a window of steps, read once per log step
+# The log window: steps summed on the device, read once per log step
 
 
 class Window:
@@ -616,9 +631,9 @@ class Window:
                 **{k: v.cpu() for k, v in sums.items()}}
 
     @classmethod
-    def resume(cls, state: LoopState, job: Job) -> "Window":
+    def from_checkpoint(cls, state: LoopState, job: Job) -> "Window":
         """The window a checkpoint was saved in (rank 0 holds the sums of all ranks), or a new one."""
-        window, saved = cls(state, job.device), job.window
+        window, saved = cls(state, job.device), job.resumed_window
         if saved and saved["steps"]:
             window.steps, window.busy_before = saved["steps"], saved["busy_seconds"]
             window.steps_before = saved["steps"]  # older checkpoints: taken by as many processes as now
@@ -682,6 +697,10 @@ def write_train_record(job: Job, state: LoopState, window: Window, lr: float, ba
             job.metrics.write(rec)
 
 
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
 def write_checkpoint(job: Job, state: LoopState, window: Window, name: str) -> None:
     """Write last.pt or best.pt (`name`) now, always (the window's skipped steps settled into the
     state first); weights that are not finite are never written: a RunError ends the run, the old
@@ -691,9 +710,7 @@ def write_checkpoint(job: Job, state: LoopState, window: Window, name: str) -> N
         raise RunError(f"weights are not finite at step {state.step}; not saving {name} (the previous "
                        "checkpoint is intact): lower --lr or raise --warmup_steps")
     saved_window = window.to_checkpoint(job)  # a collective under DDP: every rank takes part
-    # rank 0 writes; the others learn whether it could (a full disk), rather than failing at their
-    # next collective with a traceback of their own
-    with runtime.all_ranks_or_none(job.world, job.device, f"writing {name}"):
+    with runtime.all_ranks_or_none(job.world, job.device, f"writing {name}"):  # (as write_train_record)
         if job.world.main:
             with job.stop.saving() if job.stop is not None else nullcontext():
                 checkpoint.save_checkpoint(job.run_dir / name, job.to_checkpoint(state, saved_window))
@@ -703,6 +720,10 @@ def finite(tensors) -> bool:
     """Whether every value is finite, read with one host sync (a read per tensor was a wait per
     parameter on the GPU at each save)."""
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals, and the ranks' agreements under torchrun
 
 
 class Stop:
@@ -954,7 +975,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
               fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
               ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan, log if world.main else None),
-              wandb_entity=(ckpt or {}).get("wandb_entity"), window=(ckpt or {}).get("window"),
+              wandb_entity=(ckpt or {}).get("wandb_entity"), resumed_window=(ckpt or {}).get("window"),
               continues=ckpt is not None and not plan.forks,
               imported=ckpt is not None and "train_args" not in ckpt)
     if compiled is not model:  # the calls that compile (and under CUDA graphs, record)
@@ -1039,7 +1060,7 @@ def open_logs(job: Job, state: LoopState) -> None:
     # evaluation a signal put off, with its budget spent: it would lose the record)
     trains = state.step < train_args.max_steps and not job.clock.spent(state)
     job.metrics = runlog.Metrics(job.run_dir, wandb_run, state.step if job.continues else None, log,
-                                 open_window=trains and bool((job.window or {}).get("steps")),
+                                 open_window=trains and bool((job.resumed_window or {}).get("steps")),
                                  backfill=new_wandb, eval_due=state.eval_due, moe_every=model_args.moe_every)
 
 
@@ -1071,24 +1092,6 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
             job.folder.release()
 
 
-def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
-                    resume: str = "") -> RunError:
-    """The line for a collective that failed because another process of the job went away."""
-    if isinstance(e, dist.DistNetworkError):
-        why = first_line(e)[:120]
-    else:  # (runtime.peer_lost found one of these in it)
-        why = next(m for m in runtime.PEER_LOST if m in str(e))
-    return RunError(f"another process of this torchrun job stopped ({why}: it was killed or failed, and "
-                    f"torchrun's log names it); {left_to_resume(run_dir, eval_only, resume)}")
-
-
-def memory_advice(batch_size: int | None = None) -> str:
-    """What to do when a run runs out of memory (at set-up, before its batch is known: no batch)."""
-    now = f" (now {batch_size}; --grad_accum keeps the global batch)" if batch_size else ""
-    return (f"lower --batch_size{now} or set --grad_checkpoint true; the checkpoints already written "
-            "are complete")
-
-
 def run_job(job: Job, state: LoopState) -> dict:
     """Train (or evaluate, with --eval_only) the job set up."""
     runtime.set_up_done()  # (the ranks waited for rank 0's data with a longer timeout)
@@ -1110,7 +1113,7 @@ def loop(job: Job, state: LoopState) -> dict:
     job.agreed, job.agree_at = (state.step, state.elapsed), state.step + 1
     finished = "max_steps"
     job.model.train()
-    window = Window.resume(state, job)  # the window the checkpoint was saved in, if any
+    window = Window.from_checkpoint(state, job)  # the window the checkpoint was saved in, if any
     evaluated = None  # the step evaluated last here, if it was the last step taken
     out = None  # the last step's output (None: no step in this session, nor its lr to log)
     signalled = False
@@ -1230,6 +1233,28 @@ def evaluate_only(job: Job, state: LoopState) -> dict:
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# Stopping early: what the last line says, and what is left to resume from
+
+
+def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
+                    resume: str = "") -> RunError:
+    """The line for a collective that failed because another process of the job went away."""
+    if isinstance(e, dist.DistNetworkError):
+        why = first_line(e)[:120]
+    else:  # (runtime.peer_lost found one of these in it)
+        why = next(m for m in runtime.PEER_LOST if m in str(e))
+    return RunError(f"another process of this torchrun job stopped ({why}: it was killed or failed, and "
+                    f"torchrun's log names it); {left_to_resume(run_dir, eval_only, resume)}")
+
+
+def memory_advice(batch_size: int | None = None) -> str:
+    """What to do when a run runs out of memory (at set-up, before its batch is known: no batch)."""
+    now = f" (now {batch_size}; --grad_accum keeps the global batch)" if batch_size else ""
+    return (f"lower --batch_size{now} or set --grad_checkpoint true; the checkpoints already written "
+            "are complete")
+
+
 def resume_options(run_dir: Path) -> str:
     """The options that resume the run in run_dir: its name, and its --out_dir where not the default."""
     return f"{runplan.run_options(run_dir)} --resume"
@@ -1247,6 +1272,10 @@ def left_to_resume(run_dir: Path | None, eval_only: bool = False, resume: str = 
     if (run_dir / "best.pt").exists():
         return f"the checkpoints written are complete (--resume {run_dir / 'best.pt'} continues from it)"
     return "no checkpoint was written"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
 
 
 def main(argv=None):

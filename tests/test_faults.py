@@ -612,22 +612,23 @@ def test_a_window_resumed_with_another_number_of_processes_weighs_each_step_once
     step before the checkpoint then weighed twice what each step after it does, where an uninterrupted
     run (either number of processes: the global batch is the same) weighs every step once. Its sums
     (2 steps of 2 ranks whose means were 2.0) count as 2 steps of 2.0 for the one process, then 3.0."""
-    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(0, 1), window={
+    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(0, 1), resumed_window={
         "steps": 2, "rank_steps": 4, "busy_seconds": 1.0, "losses": torch.full((4,), 8.0), "processes": 2})
-    window = train.Window.resume(train.LoopState(step=2), job)
+    window = train.Window.from_checkpoint(train.LoopState(step=2), job)
     window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     assert window.record(job)["loss"] == pytest.approx((2.0 + 2.0 + 3.0) / 3)
-    job.window |= {"applied": torch.tensor(2.0)}  # one of the 2 steps saved was skipped (on both ranks)
-    window = train.Window.resume(train.LoopState(step=2), job)
+    job.resumed_window |= {"applied": torch.tensor(2.0)}  # one of the 2 steps saved was skipped (both ranks)
+    window = train.Window.from_checkpoint(train.LoopState(step=2), job)
     window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     window.add(train.StepOutput(torch.full((4,), math.nan), None, None, torch.tensor(math.nan),
                                 torch.tensor(1.0)))  # skipped: in no mean
     assert window.record(job)["loss"] == pytest.approx((4.0 + 3.0) / 2)
-    job.window.pop("processes")  # an older checkpoint: summed over the processes that took its steps
-    assert train.Window.resume(train.LoopState(step=2), job).record(job)["loss"] == pytest.approx(4.0)
-    job.window.pop("applied")
-    job.window.pop("rank_steps")  # an older checkpoint: taken by as many processes as now
-    window = train.Window.resume(train.LoopState(step=2), job)
+    job.resumed_window.pop("processes")  # an older checkpoint: summed over the processes that took its steps
+    window = train.Window.from_checkpoint(train.LoopState(step=2), job)
+    assert window.record(job)["loss"] == pytest.approx(4.0)
+    job.resumed_window.pop("applied")
+    job.resumed_window.pop("rank_steps")  # an older checkpoint: taken by as many processes as now
+    window = train.Window.from_checkpoint(train.LoopState(step=2), job)
     window.add(train.StepOutput(torch.full((4,), 3.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     assert window.record(job)["loss"] == pytest.approx((8.0 + 3.0) / 3)
 

@@ -388,7 +388,7 @@ def test_under_torchrun_a_sessions_first_step_is_agreed_on(monkeypatch, tmp_path
     job = SimpleNamespace(train_args=TrainArgs(max_steps=7, log_every=10), world=runtime.World(0, 2),
                           run_dir=tmp_path, log=lambda msg: None, model=torch.nn.Linear(1, 1),
                           device=torch.device("cpu"), clock=train.Clock(0), tokens_per_step=1, metrics=None,
-                          window=None)
+                          resumed_window=None)
     train.loop(job, train.LoopState(step=2))  # a resumed session: its first step is step 3
     assert taken == [3, 4, 5, 6, 7] and agreed[0] == 3 and agreed[-1] == 7
 
@@ -421,7 +421,7 @@ def test_the_schedule_reads_the_clock_in_minutes(monkeypatch, tmp_path):
     t = TrainArgs(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=3, max_minutes=10)
     job = SimpleNamespace(train_args=t, world=runtime.World(), run_dir=tmp_path, log=lambda msg: None,
                           model=torch.nn.Linear(1, 1), device=torch.device("cpu"), clock=train.Clock(10),
-                          tokens_per_step=1, metrics=None, window=None)
+                          tokens_per_step=1, metrics=None, resumed_window=None)
     result = train.loop(job, train.LoopState())
     assert result["finished"] == "max_steps" and seen == [0.0, 2.0, 2.0]
     assert lrs == [1.0, pytest.approx(real(t, 1, 2.0)), pytest.approx(real(t, 2, 2.0))]
@@ -635,12 +635,12 @@ def test_a_resumed_window_counts_its_earlier_tokens_at_the_tokens_per_step_they_
     counted at today's, not at those they were taken with (another --batch_size or --grad_accum)."""
     cpu = torch.device("cpu")
     job = SimpleNamespace(device=cpu, world=runtime.World(), tokens_per_step=100,
-                          window={"steps": 2, "busy_seconds": 2.0, "tokens": 400})  # taken at 200 a step
-    window = train.Window.resume(train.LoopState(), job)
+                          resumed_window={"steps": 2, "busy_seconds": 2.0, "tokens": 400})  # 200 a step
+    window = train.Window.from_checkpoint(train.LoopState(), job)
     window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     assert window.tokens(job) == 500
-    del job.window["tokens"]  # an older checkpoint's: at today's tokens per step
-    assert train.Window.resume(train.LoopState(), job).tokens(job) == 200
+    del job.resumed_window["tokens"]  # an older checkpoint's: at today's tokens per step
+    assert train.Window.from_checkpoint(train.LoopState(), job).tokens(job) == 200
 
 
 def test_under_torchrun_a_resumed_windows_sums_are_rank_0s_alone(monkeypatch):
@@ -650,8 +650,9 @@ def test_under_torchrun_a_resumed_windows_sums_are_rank_0s_alone(monkeypatch):
     cpu = torch.device("cpu")
     saved = {"steps": 2, "busy_seconds": 2.0, "applied": torch.tensor(4.0), "losses": torch.full((4,), 8.0)}
     for rank, applied, losses in ((0, 4.0, 8.0), (1, 0.0, 0.0)):
-        job = SimpleNamespace(device=cpu, world=runtime.World(rank, 2), tokens_per_step=100, window=saved)
-        window = train.Window.resume(train.LoopState(), job)
+        job = SimpleNamespace(device=cpu, world=runtime.World(rank, 2), tokens_per_step=100,
+                              resumed_window=saved)
+        window = train.Window.from_checkpoint(train.LoopState(), job)
         assert float(window.applied) == applied and torch.equal(window.losses, torch.full((4,), losses))
 
 
@@ -675,14 +676,15 @@ def test_a_window_saved_again_after_a_resume_counts_each_processes_steps_once(mo
     processes (a window saved by 2 processes, resumed by 1 and saved again: 7 process-steps, not 5)."""
     monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: None)
     cpu = torch.device("cpu")
-    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None, window=None)
+    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None,
+                          resumed_window=None)
     window = train.Window(train.LoopState(), cpu)
     for _ in range(2):
         window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
-    job.window = window.to_checkpoint(job)
-    assert (job.window["steps"], job.window["rank_steps"]) == (2, 4)
+    job.resumed_window = window.to_checkpoint(job)
+    assert (job.resumed_window["steps"], job.resumed_window["rank_steps"]) == (2, 4)
     job.world = runtime.World()
-    window = train.Window.resume(train.LoopState(), job)
+    window = train.Window.from_checkpoint(train.LoopState(), job)
     window.add(train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     saved = window.to_checkpoint(job)
     assert (saved["steps"], saved["rank_steps"], saved["tokens"]) == (3, 5, 300)
@@ -696,18 +698,20 @@ def test_a_window_resumed_by_1_then_2_processes_weighs_each_step_once(monkeypatc
     rather than by the 1 process whose sums they now are."""
     monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: tensor.mul_(2))  # 2 ranks alike
     cpu = torch.device("cpu")
-    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None, window=None)
+    job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None,
+                          resumed_window=None)
     window = train.Window(train.LoopState(), cpu)
     for _ in range(2):
         window.add(train.StepOutput(torch.full((4,), 2.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
-    job.window = window.to_checkpoint(job)
+    job.resumed_window = window.to_checkpoint(job)
     job.world = runtime.World()
-    window = train.Window.resume(train.LoopState(), job)
+    window = train.Window.from_checkpoint(train.LoopState(), job)
     window.add(train.StepOutput(torch.full((4,), 5.0), None, None, torch.tensor(1.0), torch.tensor(0.0)))
     assert window.record(job)["loss"] == pytest.approx((2.0 + 2.0 + 5.0) / 3)
-    job.window = window.to_checkpoint(job)
+    job.resumed_window = window.to_checkpoint(job)
     job.world = runtime.World(0, 2)
-    window = train.Window.resume(train.LoopState(), job)  # rank 0 holds both ranks' sums: 2 x (2 + 2 + 5)
+    # rank 0 holds both ranks' sums: 2 x (2 + 2 + 5)
+    window = train.Window.from_checkpoint(train.LoopState(), job)
     assert (float(window.losses[0]), float(window.applied)) == (18.0, 6.0)
 
 
@@ -717,7 +721,7 @@ def test_an_older_checkpoints_window_resumed_under_torchrun_counts_its_steps_at_
     earlier FLOPs at today's peak) half what they were."""
     cpu = torch.device("cpu")
     job = SimpleNamespace(device=cpu, world=runtime.World(0, 2), tokens_per_step=100, peak=None,
-                          window={"steps": 2, "busy_seconds": 3.0, "losses": torch.full((4,), 8.0)})
-    window = train.Window.resume(train.LoopState(), job)
+                          resumed_window={"steps": 2, "busy_seconds": 3.0, "losses": torch.full((4,), 8.0)})
+    window = train.Window.from_checkpoint(train.LoopState(), job)
     assert (window.rank_steps(job.world), float(window.applied)) == (4, 4.0)
     assert window.process_seconds(job.world, window.busy_before) == 6.0

@@ -213,12 +213,12 @@ def test_a_resumed_job_goes_on_from_its_checkpoint(tmp_path, done, corpus, cache
     job, state = set_up(argv(tmp_path, corpus, cache, "--max_steps", "4", "--resume"))
     assert state.step == 2 and state.elapsed == 500.0 and job.clock.elapsed() >= 500.0
     assert state.best_val == 1.25 and state.val_set == job.val.key != ""
-    assert job.window == window and job.wandb_id == "w1" and job.continues
+    assert job.resumed_window == window and job.wandb_id == "w1" and job.continues
     assert job.ckpt_path == run_dir / "last.pt"
     assert job.opt.state_dict()["state"]  # AdamW's moments, loaded
     fork, _ = set_up(["--resume", str(run_dir / "last.pt"), "--run", "f", "--out_dir", str(tmp_path / "ckpt"),
                       "--max_steps", "4", "--cache_dir", str(cache), "--plot", ""])
-    assert not fork.continues and fork.wandb_id is None and fork.window == window
+    assert not fork.continues and fork.wandb_id is None and fork.resumed_window == window
 
 
 def test_eval_only_of_a_weights_only_checkpoint_builds_no_optimizer(tmp_path, done, corpus, cache, set_up):

@@ -1657,20 +1657,20 @@ def resumed_window_record(tmp_path, monkeypatch, before, after, drop=()):
     monkeypatch.setattr(train.dist, "all_reduce", lambda tensor, *a, **k: None)  # the sum over ranks
     run_dir = tmp_path / "ckpt" / "r"
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = SimpleNamespace(device=torch.device("cpu"), window=None, tokens_per_step=100, fpt=6.0,
+    job = SimpleNamespace(device=torch.device("cpu"), resumed_window=None, tokens_per_step=100, fpt=6.0,
                           train_args=TrainArgs(), run_dir=run_dir, log=print)
     job.metrics = runlog.Metrics(run_dir, None, None)
     out = train.StepOutput(torch.ones(4), None, None, torch.tensor(1.0), torch.tensor(0.0))
     state = train.LoopState()
     for i, (processes, peak, seconds) in enumerate((before, after)):
         job.world, job.peak = runtime.World(0, processes), peak
-        window = train.Window.resume(state, job)
+        window = train.Window.from_checkpoint(state, job)
         for _ in range(2):
             now[0] += seconds
             window.add(out)
             state.step, state.tokens = state.step + 1, state.tokens + 100
         if i == 0:
-            job.window = {k: v for k, v in window.to_checkpoint(job).items() if k not in drop}
+            job.resumed_window = {k: v for k, v in window.to_checkpoint(job).items() if k not in drop}
     train.log_step(job, state, window, 1e-3, SimpleNamespace(set_postfix=lambda **kw: None))
     return metrics(tmp_path)[-1]
 
@@ -2207,9 +2207,9 @@ def logged_window(tmp_path, monkeypatch, outs, state, train_args=None, seconds=1
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
     said, bar = [], {}
-    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(), window=None, tokens_per_step=100,
-                          fpt=6.0, peak=1000.0, train_args=t, run_dir=run_dir, log=said.append,
-                          clock=train.Clock(t.max_minutes, state.elapsed))
+    job = SimpleNamespace(device=torch.device("cpu"), world=runtime.World(), resumed_window=None,
+                          tokens_per_step=100, fpt=6.0, peak=1000.0, train_args=t, run_dir=run_dir,
+                          log=said.append, clock=train.Clock(t.max_minutes, state.elapsed))
     job.metrics = runlog.Metrics(run_dir, None, None)
     window = train.Window(state, job.device)
     for out in outs:
@@ -2312,14 +2312,15 @@ def test_a_resumed_window_counts_the_skipped_steps_and_the_streak_settled_before
     warning line then counts only those after the resume) or the longest streak before the save,
     which had ended (a streak in the window not weighed against --max_bad_steps)."""
     cpu = torch.device("cpu")
-    job = SimpleNamespace(device=cpu, world=runtime.World(), tokens_per_step=100, peak=None, window=None)
+    job = SimpleNamespace(device=cpu, world=runtime.World(), tokens_per_step=100, peak=None,
+                          resumed_window=None)
     state = train.LoopState()
     window = train.Window(state, cpu)
     for skipped in (1.0, 1.0, 0.0):
         window.add(step_out([1.0] * 4, skipped=skipped))
     window.settle(state)  # as a save does
-    job.window = window.to_checkpoint(job)
-    window = train.Window.resume(state, job)
+    job.resumed_window = window.to_checkpoint(job)
+    window = train.Window.from_checkpoint(state, job)
     window.add(step_out([1.0] * 4))
     assert window.settle(state) == (2, 2) and (state.skipped_steps, state.bad_in_row) == (2, 0)
 
