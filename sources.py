@@ -6,6 +6,7 @@
     warn_overlap                     a warning when --val_data names files of --data
     warn_split_names                 a warning when a folder's files name both a training and a held-out split
     source_warnings                  the sources' settings that have no effect, as warning lines
+    plain_text_fields                the text-field settings a .txt --data or --val_data makes moot
     resolve_files(spec, flag)        a file, a folder or a glob -> the files it names
     with_text                        those files less the empty ones, each left out with a warning line
     project_folder                   whether a folder is a token cache or run folder of this project's
@@ -1226,9 +1227,9 @@ def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY)
     return Split(f"{name} [{split}] ({where})", source, load)
 
 
-def warn_overlap(train: Split, val: Split, log) -> bool:
+def warn_overlap(train: Split, val: Split, log) -> None:
     """A warning when --val_data names a file that --data names too (the same file: by a symlink
-    or a hard link too); whether it was given."""
+    or a hard link too)."""
     def files(split):
         return {_identity(f[0]): os.path.realpath(f[0]) for f in split.source["files"]}
     train_files, val_files = files(train), files(val)
@@ -1237,7 +1238,6 @@ def warn_overlap(train: Split, val: Split, log) -> bool:
         log(f"warning: --val_data and --data share {plural(len(shared), 'file')} ({shared[0]}"
             f"{', ...' * (len(shared) > 1)}): the validation loss is not held out; give --val_data other "
             "text, or leave it out to hold out 1 in round(1 / --val_fraction) documents of --data")
-    return bool(shared)
 
 
 TRAIN_WORDS = {"train", "training"}  # words of a file's name that name a split (as `datasets` reads them)
@@ -1305,11 +1305,10 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         return None, val
     train = (local(train_args.data, "--data") if train_args.data
              else _hub_split(train_args.hf_dataset, "train", train_args.text_field))
-    shared = False  # (files both read: warn_overlap says so, and no split's names are told of)
     if train_args.val_data:
         val = local(train_args.val_data, "--val_data")
-        if train_args.data:
-            shared = warn_overlap(train, val, log)
+        if train_args.data:  # (the split warning too, where it applies: its fix is the one that helps)
+            warn_overlap(train, val, log)
     elif not train_args.data:
         val = _hub_split(train_args.hf_dataset, "validation", train_args.text_field)
     else:
@@ -1320,9 +1319,22 @@ def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = 
         train = Split(train.label, train.source, train.load, "train", every)
     log(f"data: train: {train.label}; validation: {val.label}")
     for spec, flag, split in ((train_args.data, "--data", train), (train_args.val_data, "--val_data", val)):
-        if spec and not shared:
+        if spec:
             warn_split_names(split, spec, flag, log)
     return train, val
+
+
+def plain_text_fields(data: str, val_data: str, val_text_field: str) -> set[str]:
+    """The text-field settings that plain text makes moot: "text_field" where --data is a .txt file
+    (unless it names the field of --val_data's records, no --val_text_field naming theirs: vs.jsonl
+    beside t.txt), "val_text_field" where --val_data is one. A folder or glob may hold records."""
+    val_reads_it = val_data and not val_text_field and not val_data.lower().endswith(".txt")
+    moot = set()
+    if data.lower().endswith(".txt") and not val_reads_it:
+        moot.add("text_field")
+    if val_data.lower().endswith(".txt"):
+        moot.add("val_text_field")
+    return moot
 
 
 def source_warnings(t, given) -> list[str]:
@@ -1330,11 +1342,10 @@ def source_warnings(t, given) -> list[str]:
     a text field named for plain text, a --val_fraction where a validation source is given, an
     --hf_dataset beside --data."""
     lines = []
-    # (--text_field names --val_data's field too, where no --val_text_field does: vs.jsonl beside t.txt)
-    val_reads_it = t.val_data and not t.val_text_field and not t.val_data.lower().endswith(".txt")
-    for option, field, spec in (("--text_field", "text_field" in given and not val_reads_it, t.data),
+    moot = plain_text_fields(t.data, t.val_data, t.val_text_field)
+    for option, field, spec in (("--text_field", "text_field" in given, t.data),
                                 ("--val_text_field", bool(t.val_text_field), t.val_data)):
-        if field and spec.lower().endswith(".txt"):  # (a folder or glob may hold records)
+        if field and option[2:] in moot:
             flag = "--data" if option == "--text_field" else "--val_data"
             lines.append(f"{option} has no effect: {flag} {spec} is plain text (it names the text field of "
                          ".jsonl, .json, .parquet and .arrow records)")
