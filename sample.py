@@ -304,9 +304,11 @@ def moe_reference_path(model: Llama4, enabled: bool = True):
                 m.impl = impl
 
 
-def check_request(model: Llama4, prompts: list[list[int]], seed: int) -> None:
+def check_request(model: Llama4, prompts: list[list[int]], seed: int, top_k: int = 0,
+                  top_p: float = 1.0) -> None:
     """A ValueError, naming the fix, unless the model is in eval mode, every prompt holds a token and
-    fits the context, and every row's seed (seed + row) is in [0, 2^32)."""
+    fits the context, every row's seed (seed + row) is in [0, 2^32), top_k is not negative and top_p
+    not above 1 (as sample.py's --top_k and --top_p; a top_p <= 0 keeps the top token alone)."""
     args = model.args
     if any(m.training for m in model.modules()):  # (its router would draw noise from torch's generator)
         raise ValueError("the model is in training mode (noisy routing: rows no longer reproducible from "
@@ -324,6 +326,10 @@ def check_request(model: Llama4, prompts: list[list[int]], seed: int) -> None:
         rule = "[0, 2^32)" if B == 1 else f"[0, 2^32 - {B - 1}) for {B} prompts, row r drawing with seed + r"
         raise ValueError(f"seed: must be in {rule} (torch's CPU generator keeps 32 bits of a seed), got "
                          f"{seed}")
+    if not top_k >= 0:  # (both were taken as "off": every token sampled)
+        raise ValueError(f"top_k: must be >= 0 (0 = off), got {top_k}")
+    if not top_p <= 1:  # (NaN too)
+        raise ValueError(f"top_p: must be at most 1 (1 = off), got {top_p}")
 
 
 @torch.no_grad()
@@ -341,10 +347,10 @@ def generate(model: Llama4, prompts: list[list[int]], max_new_tokens: int, *, te
     cached one-token step (True, or a torch.compile mode: DecodeStep). stop_at_eos=False generates
     max_new_tokens whatever comes (for benchmarks). Row r draws with seed + r, which must be in
     [0, 2^32) (torch's CPU generator keeps 32 bits: seed 2^32 + 1 would tell seed 1's stories). The
-    model must be in eval mode and every prompt hold a token (ValueError otherwise, as for the seed:
-    check_request).
+    model must be in eval mode, every prompt hold a token, top_k be >= 0 and top_p at most 1
+    (ValueError otherwise, as for the seed: check_request).
     """
-    check_request(model, prompts, seed)
+    check_request(model, prompts, seed, top_k, top_p)
     args, device = model.args, next(model.parameters()).device
     B, lens = len(prompts), [len(p) for p in prompts]
     tokens, positions = left_pad(prompts, args.pad_id, device)

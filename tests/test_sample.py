@@ -3,6 +3,7 @@ streaming, the compiled decode step and its fallback, --dtype / --compile, long 
 folders, images, and bad input."""
 
 import codecs
+import re
 
 import pytest
 import torch
@@ -2032,3 +2033,15 @@ def test_a_sigterm_while_decoding_prints_what_was_generated(run_dir):
     assert done.returncode in (130, -signal.SIGINT), (done.returncode, done.stdout, done.stderr)
     assert done.stderr.strip() == "sample.py: interrupted"
     assert "sample 1 of 2 (interrupted)" in done.stdout and "sample 2 of 2 (interrupted)" in done.stdout
+
+
+def test_generate_refuses_a_negative_top_k_and_a_top_p_above_1_as_the_command_line_does():
+    """Bug caught: generate() as a library took top_k=-5 and top_p=1.5 (or NaN) as "off" and sampled
+    from every token without a word, where sample.py's --top_k -5 and --top_p 1.5 are refused. top_p
+    <= 0 stays the top token alone (tested above)."""
+    model = small_model()
+    for how, message in [(dict(top_k=-5), "top_k: must be >= 0 (0 = off), got -5"),
+                         (dict(top_p=1.5), "top_p: must be at most 1 (1 = off), got 1.5"),
+                         (dict(top_p=float("nan")), "top_p: must be at most 1 (1 = off), got nan")]:
+        with pytest.raises(ValueError, match=rf"^{re.escape(message)}$"):
+            sample.generate(model, PROMPTS, 4, **how)
