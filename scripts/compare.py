@@ -497,12 +497,13 @@ def prepare_data(opts, train_args: TrainArgs, model_args: ModelArgs) -> None:
     --cache_dir, where the runs find it) before the last comparison's run folders are deleted: a bad
     --data or --val_data that train.py refused once it read it (text that is not UTF-8, a .jsonl
     without the text field) came after clear_run_folders, the old runs lost for nothing. The files are
-    found first (an empty one, a checkpoint: refused before --out is made), then --out is made (one that
-    cannot be: refused before the data work), and removed again if the data is refused. Ctrl-C there:
-    one line, status 130, nothing deleted."""
+    found first (an empty one, a checkpoint: refused before --out is made), then --out is made and a
+    file made in it (one that cannot be: refused before the data work), and removed again if the data
+    is refused. Ctrl-C there: one line, status 130, nothing deleted."""
     sources.resolve_sources(train_args, log=lambda *_: None)
     made = storage.missing_folder(opts.results)
-    storage.make_folder(opts.results, storage.results_fix(opts.results, opts.out_dir))  # (not after the runs)
+    # (not after the runs: a folder there that takes no new file, /proc or a read-only disk, too)
+    storage.writable_folder(opts.results, storage.results_fix(opts.results, opts.out_dir))
     print("preparing the data, once for the three runs", flush=True)
     try:
         data.prepare(train_args, model_args)

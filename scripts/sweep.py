@@ -500,7 +500,7 @@ def main(argv=None):
               "--no_followups", file=sys.stderr)
     results = results_folder(p, opts)  # (no --out: the results go to --out_dir, which the advice names)
     fix = storage.results_fix(results, opts.out_dir)
-    out = storage.make_folder(results, fix)  # before the runs, not after
+    out = storage.writable_folder(results, fix)  # before the runs, not after (sweep.json comes hours in)
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
         best = min(screen, key=ranking)

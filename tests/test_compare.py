@@ -731,3 +731,15 @@ def test_options_that_leave_the_moe_runs_without_a_moe_layer_are_refused(tmp_pat
         assert "the moe runs would have no MoE layer" in err and err.endswith("to at most --n_layers\n")
     assert compare.parse(["--preset", "debug", "--moe_every", "2", "--out", str(tmp_path)])[1] == [
         "--moe_every", "2"]
+
+
+def test_an_out_folder_that_takes_no_files_is_refused_before_the_data_work(corpus, tmp_path, monkeypatch):
+    """Bug caught: --out on a folder that is there but takes no new files (/proc, a read-only disk)
+    passed (it was only made, not written to), and compare.py failed writing its results after the
+    three runs; the results folder is now written to before the data is prepared."""
+    from errors import StorageError
+    monkeypatch.setattr(compare.data, "prepare", lambda *args: pytest.fail("prepared the data"))
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    with pytest.raises(StorageError, match="^cannot write in the folder /proc/self: .*; pick another --out$"):
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--out_dir", str(tmp_path / "runs"), "--out", "/proc/self", "--minutes", "1"])

@@ -896,3 +896,15 @@ def test_the_confirmation_heading_counts_the_candidates_confirmed(screened, conf
                               val_data="valid.txt", extra=[])
     md = sweep.summary(report, opts, "2 CPU cores")
     assert f"**Confirmation: {heading} (and any confirmed earlier) for 2 minutes;" in md
+
+
+def test_an_out_folder_that_takes_no_files_is_refused_before_the_first_run(tmp_path, monkeypatch):
+    """Bug caught: --out on a folder that is there but takes no new files (/proc, a read-only disk)
+    passed (it was only made, not written to) and the sweep failed writing sweep.json after its last
+    run, hours in; the results folder is now written to before the first run, as bench.py's is."""
+    from errors import StorageError
+    stop_at_the_first_run(monkeypatch)
+    monkeypatch.setattr(sweep, "check_candidates", lambda *args: torch.device("cpu"))  # (all: seconds)
+    with pytest.raises(StorageError, match="^cannot write in the folder /proc/self: .*; pick another --out$"):
+        sweep.main(["--no_compile", "--screen_minutes", "1", "--out_dir", str(tmp_path / "runs"),
+                    "--out", "/proc/self"])
