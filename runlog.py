@@ -45,6 +45,7 @@ import netrc
 import os
 import shlex
 import tempfile
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -622,12 +623,14 @@ def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kind = out.suffix.lstrip(".").lower()  # the format the name asks for (png, svg, pdf, ...), else png
     kind = kind if kind in fig.canvas.get_supported_filetypes() else "png"
-    storage.atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=110))
+    with warnings.catch_warnings():  # a run named with an emoji or CJK: the font's box, not two log lines
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        fig.tight_layout()
+        storage.atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=110))
     return out
 
 

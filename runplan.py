@@ -45,10 +45,10 @@ How this departs from the obvious version:
   CUDA graphs with more than one micro-batch per process, a --plot named as a file of the run or
   one already there other than an image (exit status 2, as for any bad setting).
   Settings that are allowed but probably not meant get a warning line: training settings typed
-  beside --eval_only (or a --run, --out_dir it does not use), a warmup as long as the run, a
-  --val_fraction with a validation source or other than the checkpoint's at --resume or
-  --eval_only, a --val_text_field for a .txt --val_data (and sources.py warns of --val_data files
-  inside --data).
+  beside --eval_only (or a --run, --out_dir, or --data beside the run's --val_data, it does not
+  use), a warmup as long as the run, a --val_fraction with a validation source or other than the
+  checkpoint's at --resume or --eval_only, a --val_text_field for a .txt --val_data (and
+  sources.py warns of --val_data files inside --data).
 - The run folder is locked (storage.RunFolder) before what only its holder can check: a new run
   never takes a folder with a checkpoint, nor does a fork (another folder's checkpoint resumed
   into it), nor does a checkpoint resumed in its folder (best.pt) whose last.pt is at a later step
@@ -186,11 +186,13 @@ TEXT_SETTINGS = ("data", "val_data", "hf_dataset", "text_field", "val_text_field
 def text_read(settings: dict) -> dict:
     """Of `settings` (TrainArgs fields by name), the TEXT_SETTINGS a new run must be typed to read the
     same text: those not the default, less those another makes moot (--hf_dataset beside --data,
-    --val_fraction beside --val_data or without --data, --val_text_field without --val_data: each
-    warned of where typed)."""
+    --val_fraction beside --val_data or without --data, --val_text_field without --val_data, a text
+    field that plain text has no use for: sources.plain_text_fields; each warned of where typed)."""
     default = config.to_dict(TrainArgs())
-    data, val_data = settings.get("data"), settings.get("val_data")
+    data, val_data = settings.get("data") or "", settings.get("val_data") or ""
     moot = {"hf_dataset": data, "val_fraction": val_data or not data, "val_text_field": not val_data}
+    plain = sources.plain_text_fields(data, val_data, settings.get("val_text_field") or "")
+    moot |= dict.fromkeys(plain, True)
     return {k: settings[k] for k in TEXT_SETTINGS
             if settings.get(k) is not None and settings[k] != default[k] and not moot.get(k)}
 
@@ -670,13 +672,14 @@ TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warm
 
 
 def setting_warnings(plan: RunPlan, given) -> list[str]:
-    """Settings that are allowed but are probably not what was meant: training settings typed
-    beside --eval_only (and a --run or --out_dir that do not name --resume's checkpoint), a warmup
-    that outlasts the run, a --compile_mode beside --compile false, a new model of a context sample.py
-    cannot generate from (--max_seq_len 1) or put an image in (a --vision model's), a new model's llama3
-    RoPE scaling from a context no shorter than its own, a --val_text_field for a .txt --val_data, a
-    --val_fraction typed where a validation source is given (it holds nothing out), another held-out
-    slice than the checkpoint's (at --resume or --eval_only)."""
+    """Settings that are allowed but are probably not what was meant: training settings typed beside
+    --eval_only (and a --run or --out_dir that do not name --resume's checkpoint, a --data or --hf_dataset
+    where the run's --val_data is scored), a warmup that outlasts the run, a --compile_mode beside
+    --compile false, a new model of a context sample.py cannot generate from (--max_seq_len 1) or put an
+    image in (a --vision model's), a new model's llama3 RoPE scaling from a context no shorter than its
+    own, a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source is
+    given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
+    --eval_only)."""
     t, lines = plan.train_args, []
     unused = TRAINING_ONLY + RESUME_MAY_CHANGE  # (the router losses' weights: not in the loss evaluated)
     ignored = [f"--{name}" for name in unused if name in given] if t.eval_only else []
@@ -688,6 +691,12 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         verb = "has" if len(elsewhere) == 1 else "have"
         lines.append(f"--eval_only scores {plan.ckpt_path} where it lies and writes nothing: "
                      f"{' and '.join(elsewhere)} {verb} no effect")
+    # (the run's own --val_data is scored: --eval_only --data valid.txt scored it and said nothing)
+    sources_typed = [n for n in ("data", "hf_dataset") if n in given]
+    if t.eval_only and sources_typed and t.val_data and "val_data" not in given:
+        name = sources_typed[-1]
+        lines.append(f"--eval_only scores the run's --val_data {t.val_data}, not a slice of --{name}: "
+                     f"--{name} has no effect; pass --val_data {getattr(t, name)} to score it")
     resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
     # (a run at its limit takes no step: finished, it is told "raise --max_steps"; stopped there by a
     # signal, or with an evaluation put off, it only ends)

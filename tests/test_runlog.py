@@ -195,6 +195,19 @@ def test_a_run_with_no_records_is_named_and_runs_of_one_name_are_told_apart(tmp_
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["caf\ufffd/r", "x/r"]
 
 
+def test_a_run_named_with_an_emoji_is_drawn_without_a_font_warning(tmp_path):
+    """Bug caught: train.py --run "🐸 frog" printed matplotlib's two-line UserWarning (Glyph 128056
+    missing from font(s) DejaVu Sans, and the source line) into the run's log at its first plot; the
+    plot is still written, with the font's box for the missing character."""
+    import warnings
+    run = a_run(tmp_path / "\U0001f438 frog 中文")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert runlog.plot_loss(run, "loss.png", print) == run / "loss.png"
+    assert [str(w.message) for w in caught] == []
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_eleven_runs_are_drawn_in_eleven_colour_and_line_style_pairs(tmp_path, monkeypatch):
     """Bug caught: the 11th run took the 1st's colour and line (matplotlib's cycle has 10 colours), so
     the two could not be told apart in the plot or its legend."""

@@ -116,9 +116,9 @@ def test_the_init_from_advice_reads_the_runs_hub_dataset_and_text_field(tmp_path
         # (its --val_fraction holds nothing out: the folder's validation split is the validation text)
         plan(tmp_path, {"max_seq_len"}, model=debug_args(max_seq_len=32), resume=str(last))
     # what another setting makes moot is left out (each is warned of where typed); defaults are not typed
-    assert runplan.text_read(config.to_dict(TrainArgs(data="a.txt", hf_dataset="x/y", val_data="v.txt",
+    assert runplan.text_read(config.to_dict(TrainArgs(data="a.txt", hf_dataset="x/y", val_data="v.jsonl",
                                                       val_fraction=0.1, val_text_field="t"))) == {
-        "data": "a.txt", "val_data": "v.txt", "val_text_field": "t"}
+        "data": "a.txt", "val_data": "v.jsonl", "val_text_field": "t"}
     assert runplan.text_read({**config.to_dict(TrainArgs()), "val_text_field": "t"}) == {}
     assert runplan.text_read({"data": "a.txt"}) == {"data": "a.txt"}  # (an older checkpoint's settings)
 
@@ -131,6 +131,22 @@ def test_the_init_from_advice_leaves_out_a_val_fraction_of_a_run_on_the_hub():
     assert runplan.text_read(hub) == {}
     assert runplan.text_read({**hub, "hf_dataset": "x/y"}) == {"hf_dataset": "x/y"}
     assert runplan.text_read({**hub, "data": "a.txt"}) == {"data": "a.txt", "val_fraction": 0.05}
+
+
+def test_the_init_from_advice_leaves_out_a_text_field_that_plain_text_makes_moot():
+    """Bug caught: a run on a .txt --data typed with --text_field story (which plain text has no use
+    for: warned of where typed) was advised an --init_from command carrying --text_field story, which
+    the new run was warned of again; so was a --val_text_field beside a .txt --val_data. A --text_field
+    that --val_data's records are read by (no --val_text_field) is kept."""
+    def read(**kw):
+        return runplan.text_read(config.to_dict(TrainArgs(**kw)))
+    assert read(data="a.txt", text_field="story") == {"data": "a.txt"}
+    assert read(data="a.txt", val_data="v.txt", val_text_field="t") == {"data": "a.txt", "val_data": "v.txt"}
+    assert read(data="a.txt", val_data="v.jsonl", text_field="story") == {
+        "data": "a.txt", "val_data": "v.jsonl", "text_field": "story"}
+    assert read(data="corpus", text_field="story") == {"data": "corpus", "text_field": "story"}
+    assert read(text_field="story") == {"text_field": "story"}  # (the hub's records)
+    assert runplan.text_read({"data": "a.txt", "text_field": "story"}) == {"data": "a.txt"}  # (older)
 
 
 def test_a_resume_takes_other_router_loss_weights_as_it_takes_another_lr(tmp_path):
@@ -1005,6 +1021,31 @@ def test_a_run_or_out_dir_eval_only_does_not_use_is_warned_of(tmp_path):
         assert runplan.setting_warnings(p, {"resume", "eval_only", *typed}) == []
     training = plan(tmp_path, resume=str(best), run="zz")  # a fork: --run is used
     assert runplan.setting_warnings(training, {"resume", "run"}) == []
+
+
+def test_a_data_source_eval_only_does_not_score_is_warned_of(tmp_path):
+    """Bug caught: train.py --run r --eval_only --data valid.txt, for a run trained with --val_data, scored
+    the run's --val_data and said nothing of the --data typed (meant: --val_data valid.txt); where the
+    run held out a slice of --data, or --val_data is typed too, --data is used and not named."""
+    out, text = tmp_path / "ckpt", {}
+    for name in ("train", "val", "valid", "more"):
+        text[name] = tmp_path / f"{name}.txt"
+        text[name].write_text("once upon a time\n")
+    fake_checkpoint(out / "a" / "last.pt", data=str(text["train"]), val_data=str(text["val"]))
+    p = plan(tmp_path, run="a", eval_only=True, data=str(text["valid"]))
+    assert runplan.setting_warnings(p, {"run", "eval_only", "data"}) == [
+        f"warning: --eval_only scores the run's --val_data {text['val']}, not a slice of --data: --data has "
+        f"no effect; pass --val_data {text['valid']} to score it"]
+    p = plan(tmp_path, run="a", eval_only=True, hf_dataset="user/stories")
+    assert "--hf_dataset has no effect; pass --val_data user/stories" in runplan.setting_warnings(
+        p, {"run", "eval_only", "hf_dataset"})[0]
+    p = plan(tmp_path, run="a", eval_only=True, data=str(text["more"]), val_data=str(text["valid"]))
+    assert runplan.setting_warnings(p, {"run", "eval_only", "data", "val_data"}) == []
+    fake_checkpoint(out / "b" / "last.pt", data=str(text["train"]))  # a held-out slice: --data picks it
+    p = plan(tmp_path, run="b", eval_only=True, data=str(text["valid"]))
+    assert runplan.setting_warnings(p, {"run", "eval_only", "data"}) == []
+    training = plan(tmp_path, run="a", resume="latest", data=str(text["more"]))  # a resume trains on it
+    assert runplan.setting_warnings(training, {"run", "resume", "data"}) == []
 
 
 def test_training_settings_typed_beside_eval_only_are_warned_of():
