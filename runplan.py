@@ -630,8 +630,13 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     # finished run resumed, which was told to split its batch before it was told it had finished)
     if train_args.grad_accum % world.size and not train_args.eval_only and finished_limit(plan) is None:
         fit = -(-train_args.grad_accum // world.size) * world.size  # (the preset's 1, often: untyped)
+        # (a step's batch is --batch_size x --grad_accum sequences, whatever the processes: --grad_accum
+        # 2 over 2 doubles a run's batch of 1 x 32, --batch_size 16 --grad_accum 2 keeps it)
+        batch = train_args.batch_size * train_args.grad_accum
+        keep = (f" (a step's batch is --batch_size x --grad_accum sequences: --batch_size {batch // fit} "
+                f"--grad_accum {fit} keeps its {batch})" if batch % fit == 0 else "")
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
-                          f"use a multiple of {world.size}, e.g. --grad_accum {fit}")
+                          f"use a multiple of {world.size}, e.g. --grad_accum {fit}{keep}")
     per_process = 1 if train_args.eval_only else train_args.grad_accum // world.size
     graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES and device.type == "cuda"  # none on a CPU
     if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):

@@ -665,9 +665,18 @@ def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_proc
     with pytest.raises(ConfigError, match=r"\(here 2\): use --grad_accum 2"):
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, replace(t, grad_accum=4), None, None), cuda,
                                two)
-    with pytest.raises(ConfigError, match="--grad_accum 3 does not split over 2 processes; use a multiple of "
-                                          "2, e.g. --grad_accum 4$"):  # (the way on, typed out)
+    three = (r"--grad_accum 3 does not split over 2 processes; use a multiple of 2, e.g. --grad_accum 4 "
+             r"\(a step's batch is --batch_size x --grad_accum sequences: --batch_size 96 --grad_accum 4 "
+             r"keeps its 384\)$")  # (the way on, typed out)
+    with pytest.raises(ConfigError, match=three):
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, TrainArgs(grad_accum=3), None, None),
+                               torch.device("cpu"), two)
+    # Bug caught: the advice doubled a resumed run's batch without a word (--grad_accum 1 -> 2 over 2)
+    with pytest.raises(ConfigError, match=r"2 \(.*: --batch_size 5 --grad_accum 2 keeps its 10\)$"):
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=10), None, None),
+                               torch.device("cpu"), two)
+    with pytest.raises(ConfigError, match=r"e.g. --grad_accum 2$"):  # (no batch of 2 that keeps 7 sequences)
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=7), None, None),
                                torch.device("cpu"), two)
     # --eval_only trains no micro-batch: a checkpoint's --grad_accum 3 (or 4, with CUDA graphs) evaluates on 2
     for accum, device in ((3, torch.device("cpu")), (4, cuda)):
