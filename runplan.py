@@ -19,7 +19,8 @@ What it holds, one section each, in this order:
                               folder), run_to_resume (--resume without a path)
     planning                  plan_run, load_resumed, check_optimizer_groups, init_from_fix, absolute
                               (a path setting as saved), saved_paths
-    before any work           memory_floor, check_settings (refused), setting_warnings (warned of)
+    before any work           memory_floor, check_settings (refused), setting_warnings (warned of:
+                              unscored_source)
     a finished run            finished_limit, limit_reached (train.py says so, and trains nothing)
     the run folder            claim_folder, check_no_later_last, check_same_model
     W&B                       wandb_id
@@ -696,12 +697,7 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         verb = "has" if len(elsewhere) == 1 else "have"
         lines.append(f"--eval_only scores {plan.ckpt_path} where it lies and writes nothing: "
                      f"{' and '.join(elsewhere)} {verb} no effect")
-    # (the run's own --val_data is scored: --eval_only --data valid.txt scored it and said nothing)
-    sources_typed = [n for n in ("data", "hf_dataset") if n in given]
-    if t.eval_only and sources_typed and t.val_data and "val_data" not in given:
-        name = sources_typed[-1]
-        lines.append(f"--eval_only scores the run's --val_data {t.val_data}, not a slice of --{name}: "
-                     f"--{name} has no effect; pass --val_data {getattr(t, name)} to score it")
+    lines += unscored_source(t, given)
     resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
     # (a run at its limit takes no step: finished, it is told "raise --max_steps"; stopped there by a
     # signal, or with an evaluation put off, it only ends)
@@ -740,6 +736,24 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      f"in {every} documents of --data, held out; this slice {did}, so its validation loss "
                      "is not held out: type the run's own, or --val_data")
     return [f"warning: {line}" for line in lines]
+
+
+def unscored_source(t: TrainArgs, given) -> list[str]:
+    """The warning for a --data or --hf_dataset typed beside --eval_only of a run with its own --val_data,
+    which is scored instead (--eval_only --data valid.txt scored it and said nothing): none where --data
+    names that --val_data, nor for an --hf_dataset beside a --data (sources.source_warnings says so)."""
+    if not (t.eval_only and t.val_data and "val_data" not in given):
+        return []
+    scored = f"--eval_only scores the run's --val_data {t.val_data}"
+    if "data" in given and t.data:
+        if os.path.realpath(t.data) == os.path.realpath(t.val_data):
+            return []
+        return [f"{scored}, not a slice of --data: --data has no effect; pass --val_data {t.data} to score "
+                "it"]
+    if "hf_dataset" in given and not t.data:  # (--val_data takes files: the hub's split is scored without it)
+        return [f"{scored}, not the validation split of --hf_dataset: --hf_dataset has no effect; pass "
+                "--val_data '' to score that split"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1045,9 +1045,9 @@ def test_a_data_source_eval_only_does_not_score_is_warned_of(tmp_path):
     assert runplan.setting_warnings(p, {"run", "eval_only", "data"}) == [
         f"warning: --eval_only scores the run's --val_data {text['val']}, not a slice of --data: --data has "
         f"no effect; pass --val_data {text['valid']} to score it"]
-    p = plan(tmp_path, run="a", eval_only=True, hf_dataset="user/stories")
-    assert "--hf_dataset has no effect; pass --val_data user/stories" in runplan.setting_warnings(
-        p, {"run", "eval_only", "hf_dataset"})[0]
+    p = plan(tmp_path, run="a", eval_only=True, hf_dataset="user/stories")  # (beside --data: said once)
+    assert [line for line in runplan.setting_warnings(p, {"run", "eval_only", "hf_dataset"})
+            if "--eval_only" in line] == []
     p = plan(tmp_path, run="a", eval_only=True, data=str(text["more"]), val_data=str(text["valid"]))
     assert runplan.setting_warnings(p, {"run", "eval_only", "data", "val_data"}) == []
     fake_checkpoint(out / "b" / "last.pt", data=str(text["train"]))  # a held-out slice: --data picks it
@@ -1055,6 +1055,35 @@ def test_a_data_source_eval_only_does_not_score_is_warned_of(tmp_path):
     assert runplan.setting_warnings(p, {"run", "eval_only", "data"}) == []
     training = plan(tmp_path, run="a", resume="latest", data=str(text["more"]))  # a resume trains on it
     assert runplan.setting_warnings(training, {"run", "resume", "data"}) == []
+
+
+def test_the_eval_only_warning_of_an_unscored_source_names_a_fix_that_works(tmp_path):
+    """Bug caught: --eval_only --data val.txt, for a run whose --val_data is val.txt (the text typed is
+    the text scored), was told "--data has no effect; pass --val_data val.txt"; an --hf_dataset typed
+    for a run on the hub with its own --val_data was told "pass --val_data user/stories", which
+    --val_data refuses ("no such file": it takes files); with --data and --hf_dataset both typed, the
+    line named --hf_dataset (which --data makes moot) and not the --data meant to be scored."""
+    out, text = tmp_path / "ckpt", {}
+    for name in ("train", "val", "more"):
+        text[name] = tmp_path / f"{name}.txt"
+        text[name].write_text("once upon a time\n")
+    fake_checkpoint(out / "a" / "last.pt", data=str(text["train"]), val_data=str(text["val"]))
+
+    def said(run, **typed):
+        lines = runplan.setting_warnings(plan(tmp_path, run=run, eval_only=True, **typed),
+                                         {"run", "eval_only", *typed})
+        return [line for line in lines if line.startswith("warning: --eval_only")]
+    assert said("a", data=str(text["val"])) == []
+    assert said("a", data=str(text["more"]), hf_dataset="user/stories") == [
+        f"warning: --eval_only scores the run's --val_data {text['val']}, not a slice of --data: --data has "
+        f"no effect; pass --val_data {text['more']} to score it"]
+    fake_checkpoint(out / "h" / "last.pt", data="", hf_dataset="user/old", val_data=str(text["val"]))
+    assert said("h", hf_dataset="user/stories") == [
+        f"warning: --eval_only scores the run's --val_data {text['val']}, not the validation split of "
+        "--hf_dataset: --hf_dataset has no effect; pass --val_data '' to score that split"]
+    p = plan(tmp_path, run="h", eval_only=True, hf_dataset="user/stories", val_data="")  # (the fix works)
+    assert (p.train_args.val_data, runplan.setting_warnings(p, {"run", "eval_only", "hf_dataset",
+                                                                 "val_data"})) == ("", [])
 
 
 def test_training_settings_typed_beside_eval_only_are_warned_of():
