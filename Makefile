@@ -5,7 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train sample test lint clean-venv constraints gpu-prep gpu-check test-gpu-versions FORCE
+.PHONY: help train sample test lint clean-venv constraints gpu-prep gpu-check test-gpu-versions FORCE
+
+# A bare `make` lists the targets: it neither installs anything nor starts a 5,000-step run.
+help:
+	@echo "make train     # creates .venv, runs python train.py (ARGS=\"--preset tiny --data FILE\")"
+	@echo "make sample    # runs python sample.py (ARGS=\"--ckpt checkpoints/RUN --prompt '...'\")"
+	@echo "make test      # creates .venv with the dev tools, runs ruff and pytest (ARGS=\"-k parity\")"
+	@echo "make lint      # ruff alone"
+	@echo "other targets: clean-venv, constraints, gpu-prep, gpu-check, test-gpu-versions (README)"
 
 train: $(VENV)/.runtime
 	$(BIN)/python train.py $(ARGS)

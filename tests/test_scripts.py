@@ -483,6 +483,22 @@ def make(target, cwd, env=None):
                           text=True, env={**os.environ, **(env or {})}, timeout=60)
 
 
+def test_a_bare_make_lists_the_targets_and_installs_nothing(tmp_path):
+    """Bug caught: a bare `make` ran `make train`: it made .venv, installed torch and started the
+    default 5,000-step run on the hub's TinyStories."""
+    import re
+    import shutil
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("make train ")
+    assert list(tmp_path.iterdir()) == []  # (no .venv, nothing run)
+    phony = re.search(r"^\.PHONY: (.*)$", (ROOT / "Makefile").read_text(), flags=re.M)[1].split()
+    missing = [t for t in phony if t not in ("help", "FORCE") and not re.search(rf"\b{t}\b", r.stdout)]
+    assert not missing, f"make's help leaves out {missing}"
+
+
 def test_make_refuses_a_venv_of_a_python_older_than_3_11_with_the_way_out(tmp_path):
     """Bug caught: a .venv made by python3.10 (make PYTHON=..., or a system python3 of 3.10) failed
     pip's install with a resolver error that named no Python, and every later make kept that .venv."""
