@@ -726,9 +726,8 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      "compiled); drop it, or pass --compile true to compile in that mode")
     lines += sources.source_warnings(t, given)
     saved = (plan.ckpt or {}).get("train_args") or {}
-    same_data = (saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
-                 and not saved.get("val_data") and not t.val_data)  # (an older checkpoint's: as typed)
-    if same_data and "val_fraction" in given and saved.get("val_fraction") not in (None, t.val_fraction):
+    if held_out_of_saved_data(saved, t) and "val_fraction" in given and saved.get("val_fraction") not in (
+            None, t.val_fraction):
         # the checkpoint's validation text was a held-out slice of this --data: another slice overlaps
         did = "scores documents it trained on" if t.eval_only else "trains on documents it held out"
         every = sources.held_out_every(saved["val_fraction"])
@@ -736,6 +735,23 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      f"in {every} documents of --data, held out; this slice {did}, so its validation loss "
                      "is not held out: type the run's own, or --val_data")
     return [f"warning: {line}" for line in lines]
+
+
+def held_out_of_saved_data(saved: dict, t: TrainArgs) -> bool:
+    """Whether the validation text is a held-out slice of the checkpoint's own --data, as its was
+    (saved: the checkpoint's training settings; an older checkpoint's --data is as typed)."""
+    return bool(saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
+                and not saved.get("val_data") and not t.val_data)
+
+
+def held_out_moved(plan: RunPlan, saved_key: str, key: str) -> bool:
+    """Whether a held-out slice of the checkpoint's --data, at its --val_fraction, holds other
+    documents than those the run held out (the checkpoint's val_set and this run's, train.EvalSet.key:
+    the shard's content, then the window count): a file of --data added before another shifts which
+    documents are 1 in round(1 / --val_fraction), so the slice holds documents the run trained on."""
+    saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
+    return (held_out_of_saved_data(saved, t) and saved.get("val_fraction") == t.val_fraction
+            and bool(saved_key) and saved_key.split(":")[0] != key.split(":")[0])
 
 
 def unscored_source(t: TrainArgs, given) -> list[str]:

@@ -44,10 +44,11 @@ as a glob's folder, is refused, naming it); an empty file among them, a
 .txt of whitespace alone, or a .jsonl, .json, .parquet or .arrow file of no records, is left out,
 with a warning line.
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
-(documents k-1, 2k-1, ...), and the log says so. Documents are stripped of surrounding whitespace;
-empty ones are dropped. Line endings are normalised to \\n (Python's universal newlines) and U+FEFF
-dropped, in every format: the same text gives the same tokens from a .txt, a .jsonl, a .parquet or
-the hub.
+(documents k-1, 2k-1, ... of --data's files in order: a file added before another shifts the slice
+of those after it, which train.py warns of at a resume, runplan.held_out_moved), and the log says
+so. Documents are stripped of surrounding whitespace; empty ones are dropped. Line endings are
+normalised to \\n (Python's universal newlines) and U+FEFF dropped, in every format: the same text
+gives the same tokens from a .txt, a .jsonl, a .parquet or the hub.
 
 How this departs from the obvious version:
 - A Split is identified without reading it: its `signature` (each file's path, size and

@@ -401,6 +401,7 @@ class EvalSet:
         x, y = data.val_windows(val.tokens, T, train_args.eval_windows, start, stop, pad_id=model_args.pad_id)
         self.tokens, self.bytes = int((y >= 0).sum()), data.count_bytes(y, tok.token_bytes)
         self.key = f"{val.meta['sha256'][:16]}:{n}"  # which windows: the shard's content and their count
+        self.held_out = val.meta.get("signature", {}).get("keep") == "val"  # a held-out slice of --data
         B = self.batch_size = train_args.batch_size
         fill = -len(x) % B  # whole batches only (one shape for a compiled model): padding windows
         x = torch.cat([x, torch.full((fill, T), model_args.pad_id, dtype=x.dtype)])
@@ -1011,6 +1012,10 @@ def start_state(plan: RunPlan, job: Job, log) -> LoopState:
             "was measured on (another --val_data, --eval_windows or text): the best starts afresh, and "
             "the next evaluation replaces best.pt")
         state.best_val = math.inf
+    if job.val.held_out and runplan.held_out_moved(plan, state.val_set, job.val.key):
+        log("warning: the held-out slice of --data is not the one the checkpoint's run held out (files of "
+            "--data were added, removed or changed since): it holds documents the run trained on, so its "
+            "validation loss is not held out; put --data back as it was, or pass --val_data")
     state.val_set = job.val.key
     return state
 

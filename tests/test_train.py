@@ -1533,6 +1533,33 @@ def test_settings_probably_not_meant_get_a_warning_line():
     assert resumed(["val_fraction"], val_fraction=0.1, eval_only=True) == []
 
 
+def test_a_held_out_slice_of_a_grown_data_folder_is_warned_of(tmp_path, cache, capsys):
+    """Bug caught: a file added to --data's folder before another shifted which documents are the 1 in
+    100 held out, and the resumed run (or --eval_only) scored documents it had trained on as held out,
+    without a word."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    write_stories(folder / "a.txt", n=150, seed=1)
+    write_stories(folder / "c.txt", n=150, seed=2)
+    base = ["--preset", "debug", "--data", str(folder), "--out_dir", str(tmp_path / "ckpt"), "--run", "r",
+            "--cache_dir", str(cache), "--eval_every", "2"]
+    moved = "warning: the held-out slice of --data is not the one the checkpoint's run held out"
+
+    def said():
+        out = capsys.readouterr()
+        return out.out + out.err  # (--eval_only logs to stderr)
+    train.main([*base, "--max_steps", "2"])
+    train.main([*base, "--max_steps", "4", "--resume", "--eval_windows", "2"])  # same slice, fewer windows
+    assert moved not in said()
+    write_stories(folder / "b.txt", n=150, seed=3)  # read between a.txt and c.txt
+    train.main([*base, "--eval_only"])
+    assert said().count(moved) == 1
+    train.main([*base, "--max_steps", "6", "--resume"])
+    assert said().count(moved) == 1
+    train.main([*base, "--eval_only", "--val_data", str(write_stories(tmp_path / "v.txt", n=50, seed=4))])
+    assert moved not in said()  # (a file of its own)
+
+
 # --- scale out ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pace, agreed", [
