@@ -680,12 +680,12 @@ TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warm
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed beside
     --eval_only (and a --run or --out_dir that do not name --resume's checkpoint, a --data or --hf_dataset
-    where the run's --val_data is scored), a warmup that outlasts the run, a --compile_mode beside
-    --compile false, a new model of a context sample.py cannot generate from (--max_seq_len 1) or put an
-    image in (a --vision model's), a new model's llama3 RoPE scaling from a context no shorter than its
-    own, a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation source is
-    given (it holds nothing out), another held-out slice than the checkpoint's (at --resume or
-    --eval_only)."""
+    where the run's --val_data is scored, another --data whose held-out slice alone is), a warmup that
+    outlasts the run, a --compile_mode beside --compile false, a new model of a context sample.py cannot
+    generate from (--max_seq_len 1) or put an image in (a --vision model's), a new model's llama3 RoPE
+    scaling from a context no shorter than its own, a --val_text_field for a .txt --val_data, a
+    --val_fraction typed where a validation source is given (it holds nothing out), another held-out slice
+    than the checkpoint's (at --resume or --eval_only)."""
     t, lines = plan.train_args, []
     unused = TRAINING_ONLY + RESUME_MAY_CHANGE  # (the router losses' weights: not in the loss evaluated)
     ignored = [f"--{name}" for name in unused if name in given] if t.eval_only else []
@@ -697,7 +697,7 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         verb = "has" if len(elsewhere) == 1 else "have"
         lines.append(f"--eval_only scores {plan.ckpt_path} where it lies and writes nothing: "
                      f"{' and '.join(elsewhere)} {verb} no effect")
-    lines += unscored_source(t, given)
+    lines += unscored_source(plan, given)
     resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
     # (a run at its limit takes no step: finished, it is told "raise --max_steps"; stopped there by a
     # signal, or with an evaluation put off, it only ends)
@@ -754,10 +754,19 @@ def held_out_moved(plan: RunPlan, saved_key: str, key: str) -> bool:
             and bool(saved_key) and saved_key.split(":")[0] != key.split(":")[0])
 
 
-def unscored_source(t: TrainArgs, given) -> list[str]:
-    """The warning for a --data or --hf_dataset typed beside --eval_only of a run with its own --val_data,
-    which is scored instead (--eval_only --data valid.txt scored it and said nothing): none where --data
-    names that --val_data, nor for an --hf_dataset beside a --data (sources.source_warnings says so)."""
+def unscored_source(plan: RunPlan, given) -> list[str]:
+    """The warning for text typed beside --eval_only that is not scored as the user may think: a
+    --data or --hf_dataset where the run has its own --val_data, which is scored instead (--eval_only
+    --data valid.txt scored it and said nothing), none where --data names that --val_data, nor for an
+    --hf_dataset beside a --data (sources.source_warnings says so); and a --data other than the run's,
+    of which 1 in round(1 / --val_fraction) documents alone are scored, as a run on it would hold out."""
+    t = plan.train_args
+    saved = (plan.ckpt or {}).get("train_args") or {}
+    if t.eval_only and not t.val_data and "data" in given and t.data and not held_out_of_saved_data(saved, t):
+        every = sources.held_out_every(t.val_fraction)
+        return [f"--eval_only scores 1 in {every} documents of --data {t.data}, the slice a run on it "
+                f"would hold out (--val_fraction {t.val_fraction:g}), not all of it; pass --val_data "
+                f"{t.data} to score it whole"]
     if not (t.eval_only and t.val_data and "val_data" not in given):
         return []
     scored = f"--eval_only scores the run's --val_data {t.val_data}"

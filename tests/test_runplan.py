@@ -1051,8 +1051,9 @@ def test_a_data_source_eval_only_does_not_score_is_warned_of(tmp_path):
     p = plan(tmp_path, run="a", eval_only=True, data=str(text["more"]), val_data=str(text["valid"]))
     assert runplan.setting_warnings(p, {"run", "eval_only", "data", "val_data"}) == []
     fake_checkpoint(out / "b" / "last.pt", data=str(text["train"]))  # a held-out slice: --data picks it
-    p = plan(tmp_path, run="b", eval_only=True, data=str(text["valid"]))
-    assert runplan.setting_warnings(p, {"run", "eval_only", "data"}) == []
+    p = plan(tmp_path, run="b", eval_only=True, data=str(text["valid"]))  # (its slice: the test below)
+    assert runplan.setting_warnings(p, {"run", "eval_only", "data"})[0].startswith(
+        f"warning: --eval_only scores 1 in 100 documents of --data {text['valid']}")
     training = plan(tmp_path, run="a", resume="latest", data=str(text["more"]))  # a resume trains on it
     assert runplan.setting_warnings(training, {"run", "resume", "data"}) == []
 
@@ -1084,6 +1085,29 @@ def test_the_eval_only_warning_of_an_unscored_source_names_a_fix_that_works(tmp_
     p = plan(tmp_path, run="h", eval_only=True, hf_dataset="user/stories", val_data="")  # (the fix works)
     assert (p.train_args.val_data, runplan.setting_warnings(p, {"run", "eval_only", "hf_dataset",
                                                                  "val_data"})) == ("", [])
+
+
+def test_eval_only_on_another_data_says_it_scores_a_held_out_slice_of_it(tmp_path):
+    """Bug caught: --eval_only --data valid.txt, for a run without --val_data, scored 1 in 100 of
+    valid.txt's documents (the slice a run on it would hold out) without a word, where the user meant
+    to score the file; the run's own --data (its held-out slice) and a --val_data are not warned of."""
+    out, text = tmp_path / "ckpt", {}
+    for name in ("train", "other"):
+        text[name] = tmp_path / f"{name}.txt"
+        text[name].write_text("once upon a time\n")
+    fake_checkpoint(out / "a" / "last.pt", data=str(text["train"]), val_data="")
+
+    def said(**typed):
+        lines = runplan.setting_warnings(plan(tmp_path, run="a", eval_only=True, **typed),
+                                         {"run", "eval_only", *typed})
+        return [line for line in lines if line.startswith("warning: --eval_only")]
+    assert said(data=str(text["other"])) == [
+        f"warning: --eval_only scores 1 in 100 documents of --data {text['other']}, the slice a run on it "
+        f"would hold out (--val_fraction 0.01), not all of it; pass --val_data {text['other']} to score it "
+        "whole"]
+    assert said(data=str(text["train"])) == []  # the run's own held-out slice
+    assert said(data=str(text["other"]), val_data=str(text["other"])) == []  # (the fix)
+    assert said() == []
 
 
 def test_training_settings_typed_beside_eval_only_are_warned_of():
