@@ -638,11 +638,16 @@ def _write_export(model: Llama4, out: Path, tokenizer_path, fix: str) -> None:
 
 
 def hf_generation_config(model_args: ModelArgs) -> dict:
-    """generation_config.json: transformers' generate as sample.py decodes, stopping at <|endoftext|>
-    and never drawing the special tokens no training target holds (ModelArgs.never_drawn; without it
-    an undertrained model's story took "<|patch|>" there, not in sample.py)."""
+    """generation_config.json: transformers' generate as sample.py decodes by default (SampleArgs:
+    sampling at its temperature, top_k and top_p; without them generate was greedy), stopping at
+    <|endoftext|> and never drawing the special tokens no training target holds (ModelArgs.never_drawn;
+    without it an undertrained model's story took "<|patch|>" there, not in sample.py). The length is
+    left to generate's max_new_tokens (sample.py's 256 could run past a smaller model's context)."""
+    ours = config.SampleArgs()
     return {"bos_token_id": model_args.eos_id, "eos_token_id": model_args.eos_id,
-            "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn}
+            "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn,
+            "do_sample": not ours.greedy, "temperature": ours.temperature, "top_k": ours.top_k,
+            "top_p": ours.top_p}
 
 
 def _free_special_ids(values: dict, tokenizer_ids: dict | None = None) -> None:

@@ -78,10 +78,18 @@ def _in_range(obj, name, ok, rule):
         raise e
 
 
+# What a range error adds where 0 means something in a neighbouring option (--max_minutes 0: no limit)
+ZERO_NOTES = {"max_steps": "0 is not 'no limit' here, as it is for --max_minutes: to stop on time alone, "
+                           "give --max_minutes and a --max_steps the run will not reach; to score a "
+                           "checkpoint without training, --eval_only"}
+
+
 def range_error(name, value, rule, fix, whose: str = "the default") -> str:
-    """A range check's message: --name must be rule, got value; e.g. --name fix (whose value it is)."""
+    """A range check's message: --name must be rule, got value (a note where 0 means something
+    elsewhere: ZERO_NOTES); e.g. --name fix (whose value it is)."""
     fix = fix if isinstance(fix, int) else f"{fix:g}"
-    return f"--{name}: must be {rule}, got {value}; e.g. --{name} {fix} ({whose})"
+    note = f" ({ZERO_NOTES[name]})" if value == 0 and name in ZERO_NOTES else ""
+    return f"--{name}: must be {rule}, got {value}{note}; e.g. --{name} {fix} ({whose})"
 
 
 def whose_value(preset: str, cls, name: str) -> str:

@@ -138,10 +138,11 @@ class TokenData:
                             f"this run's {tokenizer_hash[:12]}", "delete it or let prepare() rebuild it")
         dtype = np.dtype(meta["dtype"])
         if not bin_path.is_file():
-            raise DataError(f"{bin_path} is missing (meta.json promises {meta['n_tokens']} tokens)", REBUILD)
+            raise DataError(f"{bin_path} is missing (meta.json promises {meta['n_tokens']:,} tokens)",
+                            REBUILD)
         st = bin_path.stat()
         if st.st_size != meta["n_tokens"] * dtype.itemsize:
-            raise DataError(f"{bin_path} holds {st.st_size} bytes, not the {meta['n_tokens']} tokens "
+            raise DataError(f"{bin_path} holds {st.st_size:,} bytes, not the {meta['n_tokens']:,} tokens "
                             "meta.json promises", REBUILD)
         if st.st_mtime_ns != meta["mtime_ns"] and _sha256(bin_path) != meta["sha256"]:
             raise DataError(f"{bin_path} changed since it was written (its sha256 is not the one meta.json "
@@ -517,8 +518,8 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
         train = get_tokens("train", train_split, tok, train_args.cache_dir, threads, log)
         T = model_args.max_seq_len
         if train.n_tokens < T + 1:
-            raise DataError(f"{train_split.label}: {train.n_tokens} tokens, fewer than one training window "
-                            f"of --max_seq_len + 1 = {T + 1}; add text or lower --max_seq_len")
+            raise DataError(f"{train_split.label}: {train.n_tokens:,} tokens, fewer than one training window "
+                            f"of --max_seq_len + 1 = {T + 1:,}; add text or lower --max_seq_len")
     _log_coverage(val, T, train_args.eval_windows, log)
     return tok, train, val
 
@@ -573,7 +574,7 @@ def get_batch(tokens, batch_size: int, seq_len: int, *, seed: int, step: int, mi
     tokens = getattr(tokens, "tokens", tokens)
     n = len(tokens)
     if n < seq_len + 1:
-        raise DataError(f"the training split has {n} tokens, fewer than one window of {seq_len + 1}; add "
+        raise DataError(f"the training split has {n:,} tokens, fewer than one window of {seq_len + 1:,}; add "
                         "text or lower --max_seq_len")
     rng = np.random.default_rng([seed, step, micro])
     starts = rng.integers(0, n - seq_len, size=batch_size)  # (B,)

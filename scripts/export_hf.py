@@ -5,9 +5,10 @@
     python scripts/export_hf.py --import hf_export/<run> checkpoints/<name>    # -> checkpoints/<name>/last.pt
 
 The folder holds config.json (model_type llama4_text, or llama4 when the model has the vision
-stub), model.safetensors, generation_config.json (generate stops at <|endoftext|> and, as sample.py,
-never draws the other special tokens) and, when the run has one, the tokenizer (tokenizer.json plus
-tokenizer_config.json for PreTrainedTokenizerFast). `transformers.Llama4ForCausalLM` (or
+stub), model.safetensors, generation_config.json (generate samples at sample.py's default temperature,
+top_k and top_p, stops at <|endoftext|> and, as sample.py, never draws the other special tokens)
+and, when the run has one, the tokenizer (tokenizer.json plus tokenizer_config.json for
+PreTrainedTokenizerFast). `transformers.Llama4ForCausalLM` (or
 `Llama4ForConditionalGeneration`) loads it with no missing or unexpected keys. The run folder's
 tokenizer.json must be the one the checkpoint was trained with (its sha256 is in the checkpoint):
 another is refused, and nothing is exported; the export records the sha256 in config.json

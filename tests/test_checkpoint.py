@@ -830,3 +830,18 @@ def test_an_export_of_bf16_weights_says_bfloat16(tmp_path):
         assert json.loads((out / "config.json").read_text())["torch_dtype"] == name
         hf = transformers.Llama4ForCausalLM.from_pretrained(out, dtype="auto")
         assert {p.dtype for p in hf.parameters()} == {dtype}
+
+
+def test_an_exports_generation_config_samples_as_sample_py_does_by_default(tmp_path):
+    """Bug caught: generation_config.json held no sampling settings, so transformers' generate on an
+    export decoded greedily (do_sample False), where sample.py samples at temperature 0.8 over every
+    token (top_k 0, top_p 1: off) by default."""
+    transformers = pytest.importorskip("transformers")
+    model = small_model()
+    out = checkpoint.export_hf(model, tmp_path / "hf")
+    gen = transformers.GenerationConfig.from_pretrained(out)
+    ours = config.SampleArgs()
+    assert gen.do_sample is (not ours.greedy)
+    assert (gen.temperature, gen.top_k, gen.top_p) == (ours.temperature, ours.top_k, ours.top_p)
+    assert (gen.bos_token_id, gen.eos_token_id, gen.pad_token_id) == (model.args.eos_id, model.args.eos_id,
+                                                                      model.args.pad_id)

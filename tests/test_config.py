@@ -639,6 +639,23 @@ def test_a_range_error_names_a_value_in_range_that_is_taken(cls, name, bad):
     assert getattr(cls(**{name: kind(typed)}), name) == kind(typed)
 
 
+def test_max_steps_0_says_it_is_not_no_limit_as_max_minutes_0_is_and_what_to_do_instead(capsys):
+    """Bug caught: --max_steps 0 (read as "no limit", as --max_minutes 0 is) said only "must be
+    at least 1, got 0; e.g. --max_steps 5000", not how to stop on time alone or to only evaluate."""
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs, TrainArgs], ["--max_minutes", "10", "--max_steps", "0"],
+                          prog="train.py")
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("train.py: error: --max_steps: must be at least 1, got 0 (0 is not 'no limit' "
+                           "here, as it is for --max_minutes: ")
+    assert "--max_minutes and a --max_steps the run will not reach" in said and "--eval_only" in said
+    assert said.endswith("; e.g. --max_steps 5000 (the default)")
+    assert TrainArgs(max_minutes=0).max_minutes == 0  # (no budget, as its --help says)
+    with pytest.raises(ConfigError) as e:
+        TrainArgs(max_steps=-3)  # (the note is of 0 alone)
+    assert str(e.value) == "--max_steps: must be at least 1, got -3; e.g. --max_steps 5000 (the default)"
+
+
 @pytest.mark.parametrize("preset", list(config.PRESETS))
 def test_a_range_error_on_the_command_line_names_the_presets_value(preset, capsys):
     """Bug caught: a range error named the class's default whatever the preset: --preset debug
@@ -697,7 +714,8 @@ def test_every_model_weight_is_refused_below_0_and_taken_at_0(name):
 @pytest.mark.parametrize("name", TRAIN_AT_LEAST_1)
 def test_every_training_count_is_refused_at_0(name):
     """A training count left out of the range check (--save_every 0: a modulo by zero mid-run)."""
-    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0{suggests(name)}"):
+    note = re.escape(f" ({config.ZERO_NOTES[name]})") if name in config.ZERO_NOTES else ""
+    with pytest.raises(ConfigError, match=rf"^--{name}: must be at least 1, got 0{note}{suggests(name)}"):
         TrainArgs(**{name: 0})
 
 

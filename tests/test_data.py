@@ -1367,6 +1367,14 @@ def test_batch_windows_reach_the_last_token_and_never_pass_it():
         data.get_batch(tokens[:T], 2, T, seed=0, step=0, micro=0)
 
 
+def test_a_split_shorter_than_a_window_counts_its_tokens_with_thousands_separators():
+    """Bug caught: "the training split has 1500 tokens, fewer than one window of 2001", where the logs
+    (and prepare's TokenData) write 1,500."""
+    with pytest.raises(DataError, match=r"^the training split has 1,500 tokens, fewer than one window of "
+                                        r"2,001; add text or lower --max_seq_len$"):
+        data.get_batch(np.zeros(1500, dtype=np.uint16), 2, 2000, seed=0, step=0, micro=0)
+
+
 def test_no_two_seed_step_micro_triples_draw_the_same_batch():
     # catches a seed that mixes its parts (seed + step): seed 1 at step 1 drew seed 2's step 0
     tokens = np.arange(50000, dtype=np.uint16)
@@ -1827,28 +1835,33 @@ def test_a_cache_hit_does_not_hash_the_shard(tmp_path, monkeypatch):
 
 def test_a_shard_longer_than_meta_json_promises_is_refused(tmp_path):
     """Catches TokenData's size check passing a tokens.bin longer than meta.json says (tokens
-    appended with the modification time put back, so no sha256 check)."""
+    appended with the modification time put back, so no sha256 check). Bug caught: its counts
+    (thousands of bytes and tokens) were printed without the thousands separator the logs use."""
     tok = small_tokenizer()
-    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    shard = data.write_tokens(tmp_path / "s", [stories(30)], tok)
+    assert shard.n_tokens >= 1000
     bin_path = shard.path / "tokens.bin"
     st = bin_path.stat()
     with open(bin_path, "ab") as f:
         f.write(np.array([5, 6], dtype=np.uint16).tobytes())
     os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    with pytest.raises(DataError, match=rf"holds {st.st_size + 4} bytes, not the {shard.n_tokens} tokens"):
+    with pytest.raises(DataError, match=rf"holds {st.st_size + 4:,} bytes, not the {shard.n_tokens:,} "
+                                        "tokens"):
         TokenData(shard.path, tok.hash)
 
 
 def test_a_shard_whose_tokens_bin_is_gone_is_said_to_be_missing(tmp_path):
     """Bug caught: a token cache whose tokens.bin was deleted was logged as "tokens.bin holds 0 bytes,
-    not the N tokens meta.json promises" (it is rebuilt all the same): it is missing, not empty."""
+    not the N tokens meta.json promises" (it is rebuilt all the same): it is missing, not empty; and its
+    count (thousands) was printed without the thousands separator the logs use."""
     tok = small_tokenizer()
-    shard = data.write_tokens(tmp_path / "s", [stories(3)], tok)
+    shard = data.write_tokens(tmp_path / "s", [stories(30)], tok)
+    assert shard.n_tokens >= 1000
     (shard.path / "tokens.bin").unlink()
     with pytest.raises(DataError) as e:
         TokenData(shard.path, tok.hash)
-    assert e.value.problem == (f"{shard.path / 'tokens.bin'} is missing (meta.json promises {shard.n_tokens} "
-                               "tokens)") and e.value.fix == data.REBUILD
+    assert e.value.problem == (f"{shard.path / 'tokens.bin'} is missing (meta.json promises "
+                               f"{shard.n_tokens:,} tokens)") and e.value.fix == data.REBUILD
 
 
 def test_shards_are_uint16_up_to_65536_tokens_exactly(tmp_path):
@@ -2115,14 +2128,15 @@ def test_a_shard_folder_holding_other_text_is_not_a_cache_hit(tmp_path, corpus):
 
 def test_a_training_split_of_exactly_one_window_is_enough(tmp_path, corpus):
     """Catches prepare()'s window check off by one: a split of --max_seq_len tokens (no window of
-    --max_seq_len + 1) passed, and get_batch failed at the first step."""
+    --max_seq_len + 1) passed, and get_batch failed at the first step. Bug caught: its counts (2,493
+    tokens) were printed without the thousands separator the logs use."""
     train_path, val_path, _, _ = corpus
     kw = dict(data=str(train_path), val_data=str(val_path))
     _, train, _, _ = run(tmp_path, **kw)
     n = train.n_tokens
     assert run(tmp_path, seq_len=n - 1, **kw)[1].n_tokens == n  # one window exactly
-    with pytest.raises(DataError, match=rf": {n} tokens, fewer than one training window of --max_seq_len "
-                       rf"\+ 1 = {n + 1}; add text or lower --max_seq_len$"):
+    with pytest.raises(DataError, match=rf": {n:,} tokens, fewer than one training window of --max_seq_len "
+                       rf"\+ 1 = {n + 1:,}; add text or lower --max_seq_len$"):
         run(tmp_path, seq_len=n, **kw)
 
 
