@@ -16,7 +16,7 @@ Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (
 DeviceError, which one rank may meet alone, is printed by each rank that meets it, a MachineError
 by each machine's first process (LOCAL_RANK 0). (Other errors that every rank meets in a set-up
 step, a corrupt checkpoint, are printed by rank 0 alone too, and a bad setting rank 0 did not meet,
-by the rank that met it: runtime.all_ranks_or_none.)
+by the lowest rank that met it, once for each distinct line: runtime.all_ranks_or_none.)
 
 Importing this module makes a Ctrl-C that nothing catches one line, `<prog>: interrupted`, instead
 of a traceback (the exit status stays a SIGINT's, 130): train.py, sample.py and the scripts/ that import
@@ -40,7 +40,8 @@ from contextlib import contextmanager
 class UserError(Exception):
     """`message; fix` on one line. `fix`, the advice, may be given apart: `problem` is then the line
     without it, for a caller that gives its own advice (a cache that is rebuilt rather than fixed).
-    `alone`: this rank met it where rank 0 did not (runtime.all_ranks_or_none), so it prints it."""
+    `alone`: this rank met it where rank 0 did not (runtime.all_ranks_or_none), and no lower rank
+    met the same line, so it prints it."""
     exit_code = 1
     alone = False
 

@@ -18,6 +18,8 @@ device's peak FLOP/s (for MFU). Used by train.py and sample.py.
     out_of_memory             whether an exception is (or wraps) running out of memory
     compile_failure           the one-line reason a compiled call failed, for its eager fallback
     peer_lost                 whether an error is a collective's, another process of the job gone
+    tell_peers_stop           a signal to one rank, told to the others between collectives (an
+                              evaluation's), through the job's store: peer_stopping
 
 How this departs from the obvious version:
 - Compiling is static (dynamic=False: one graph per shape, never a symbolic batch) and draws the
@@ -38,6 +40,7 @@ import os
 import re
 import time
 import warnings
+import zlib
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from typing import NamedTuple
@@ -169,6 +172,16 @@ def _verdict(ok: bool, device, world: World) -> tuple[bool, bool]:
     return total == 0, rank0 == 0
 
 
+def _first_to_say(line: str | None, device, world: World) -> bool:
+    """Whether no lower rank failed with this rank's `line` (None: this rank did not fail), so that ranks
+    that met one error alike print it once (a collective: every rank must call it)."""
+    said = [0.0] * world.size  # (a line's CRC-32, plus 1: a number float64 holds exactly, 0 for none)
+    if line is not None:
+        said[world.rank] = zlib.crc32(line.encode()) + 1.0
+    lines = all_reduce(said, device, world)
+    return said[world.rank] not in lines[:world.rank]
+
+
 @contextmanager
 def rank0_first(world: World, device):
     """Rank 0 runs the block first (building the data caches); the other ranks then run it (and
@@ -181,21 +194,21 @@ def rank0_first(world: World, device):
     if not world.main:
         if not _verdict(True, device, world)[0]:  # waits for rank 0's
             raise RankError("rank 0 failed setting up the data")
-        try:
-            yield
-        except UserError as e:  # (rank 0's block succeeded: this rank's error is its own to print)
-            e.alone = not isinstance(e, DeviceError)  # (a device's: errors.reports already says who)
-            raise
+        with all_ranks_or_none(world, device, "setting up the data"):  # (rank 0's succeeded: a failure
+            yield  # is this rank's own to print, once where several met it)
         return
     with all_ranks_or_none(world, device, "setting up the data"):
         yield
+    with all_ranks_or_none(world, device, "setting up the data"):  # (the others', after rank 0's)
+        pass
 
 
 @contextmanager
 def all_ranks_or_none(world: World, device, what: str):
     """Every rank runs the block, then all learn whether it succeeded everywhere: a rank whose block
-    failed raises its own error (and prints it, a bad setting too: `alone`), the others a RankError
-    (no line of their own), rather than waiting at their next collective for a rank that has gone.
+    failed raises its own error (and prints it, a bad setting too: `alone`; where several ranks met
+    the same line, the lowest of them alone), the others a RankError (no line of their own), rather
+    than waiting at their next collective for a rank that has gone.
     Where rank 0's block failed too, another rank's UserError is a RankError as well: the ranks read
     the same settings and files, and rank 0's line stands for all (not one line per process). The
     block must hold no collective."""
@@ -204,14 +217,39 @@ def all_ranks_or_none(world: World, device, what: str):
     except BaseException as e:
         if world.size > 1:
             rank0_ok = _verdict(False, device, world)[1]
+            first = _first_to_say(str(e), device, world) if rank0_ok else True
             # (a DeviceError is this rank's own device's: printed by each rank that meets it)
             if isinstance(e, UserError) and not isinstance(e, DeviceError) and not (world.main or rank0_ok):
                 raise RankError(f"rank 0 failed {what} too") from None
             if isinstance(e, UserError) and not (world.main or isinstance(e, DeviceError)):
+                if not first:  # (a lower rank prints this line: one a machine of a job on several, not eight)
+                    raise RankError(f"a lower rank failed {what} alike") from None
                 e.alone = True  # rank 0 succeeded: this rank's line is the only one (errors.reports)
         raise
-    if world.size > 1 and not _verdict(True, device, world)[0]:
-        raise RankError(f"another rank failed {what}")
+    if world.size > 1:
+        ok, rank0_ok = _verdict(True, device, world)
+        if not ok:
+            if rank0_ok:  # (the failed ranks learn which of them prints each line)
+                _first_to_say(None, device, world)
+            raise RankError(f"another rank failed {what}")
+
+
+# a rank a signal cut short in an evaluation says so in the job's store (torchrun's, which every rank
+# reaches without a collective); the others look there about every PEER_STOP_SECONDS (train.evaluate)
+STOP_KEY = "train.py/stop"
+PEER_STOP_SECONDS = 1.0
+
+
+def tell_peers_stop() -> None:
+    """Mark in the process group's store that this rank was asked to stop (for good: the run stops)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.distributed_c10d._get_default_store().set(STOP_KEY, "1")
+
+
+def peer_stopping() -> bool:
+    """Whether a rank of the job has marked the store (tell_peers_stop): a round trip to it, no collective."""
+    return (dist.is_available() and dist.is_initialized()
+            and dist.distributed_c10d._get_default_store().check([STOP_KEY]))
 
 
 # what a collective says when another process of the job has gone: gloo's connection to it reset or

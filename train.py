@@ -418,7 +418,9 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
     the host: no wait for the device), and whether any rank was cut short travels with the sums in
     the pass's one collective, so that every rank returns None alike, whatever batch each stopped at
     (a large --val_data takes minutes: past the 30 s torchrun gives its workers after a signal).
-    `bar` (a tqdm, --eval_only's) counts the batches."""
+    A rank cut short says so in the job's store, where the others look about once a second (a signal
+    to one process, or to one machine's of a job on several, stops them all in a second, not when
+    they have finished their share). `bar` (a tqdm, --eval_only's) counts the batches."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -426,6 +428,7 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
     cut = False
+    peers, look_at = stop is not None and val.world.size > 1, start + runtime.PEER_STOP_SECONDS
     if bar is not None:
         bar.reset(total=len(range(0, len(val.x), val.batch_size)))
     cutting = stop.during("this evaluation's batch (the evaluation is put off)") if stop else nullcontext()
@@ -433,8 +436,15 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
         with cutting:  # (what a signal's line says it finishes)
             for i in range(0, len(val.x), val.batch_size):
                 if stop is not None and stop.requested:
+                    if peers:
+                        runtime.tell_peers_stop()
                     cut = True
                     break
+                if peers and time.perf_counter() >= look_at:  # (no collective: a rank may be cut short here)
+                    look_at = time.perf_counter() + runtime.PEER_STOP_SECONDS
+                    if runtime.peer_stopping():
+                        cut = True
+                        break
                 x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
                 with autocast:  # the loss alone: no (B, T, V) logits, no host read
                     lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets

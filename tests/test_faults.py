@@ -417,6 +417,48 @@ def test_under_torchrun_a_sigterm_during_a_long_evaluation_saves_within_torchrun
     assert (saved["step"], saved["eval_due"], metrics(tmp_path, kind="val")) == (2, True, [])
 
 
+EVAL_RANK = """
+import json, sys, time
+from contextlib import nullcontext
+from types import SimpleNamespace
+import torch, torch.distributed as dist
+import runtime, train
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+runtime.PEER_STOP_SECONDS = 0.05
+class Slow(torch.nn.Module):  # 5 ms a batch, counted
+    calls = 0
+    def forward(self, x, targets):
+        Slow.calls += 1
+        time.sleep(0.005)
+        return SimpleNamespace(lm_loss=torch.tensor(1.0))
+val = SimpleNamespace(x=torch.zeros(400, 4, dtype=torch.long), y=torch.zeros(400, 4, dtype=torch.long),
+                      batch_size=1, tokens=1600, bytes=1600, world=runtime.World(rank, 2))
+stop = SimpleNamespace(requested=rank == 1, during=lambda until: nullcontext())  # a SIGTERM to rank 1 alone
+result = train.evaluate(Slow(), val, nullcontext(), "cpu", stop)
+print(json.dumps({"result": result, "batches": Slow.calls}), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_a_sigterm_to_one_torchrun_worker_cuts_the_others_evaluation_short_too(tmp_path):
+    """Bug caught: a SIGTERM to one worker of a torchrun job (or to one machine's torchrun, which forwards it
+    to that machine's workers alone) during an evaluation cut that worker's pass short, but the others
+    evaluated their whole share before the one collective told them (minutes on a large --val_data, past
+    the 30 s torchrun gives the signalled workers before a SIGKILL: the save lost). Now the others see it
+    in the job's store within a second (here 0.05 s) and every rank stops."""
+    procs = [subprocess.Popen([sys.executable, "-c", EVAL_RANK, str(rank), str(tmp_path / "store")], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for rank in (0, 1)]
+    try:
+        outs = [json.loads(p.communicate(timeout=120)[0].splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [o["result"] for o in outs] == [None, None]  # cut short on both: the evaluation is put off
+    assert outs[1]["batches"] == 0 and outs[0]["batches"] < 100, outs  # (not all 400 of its share)
+
+
 def test_a_resumed_run_that_trains_no_step_keeps_the_train_record_of_its_window(tmp_path, corpus, cache,
                                                                                 monkeypatch):
     """Stopped on an evaluation step in the middle of a log window (step 4), then resumed with

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import warnings
+import zlib
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -245,14 +246,14 @@ def test_rank_0_runs_the_block_first_then_tells_the_others(fake_all_reduce):
     fake_all_reduce.others = [0.0, 0.0]
     with runtime.rank0_first(World(0, 2), "cpu"):
         ran.append(len(fake_all_reduce.seen))
-    assert ran == [0] and [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0]]
+    assert ran == [0] and [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0]] * 2  # (then the others')
     with pytest.raises(ValueError):
         with runtime.rank0_first(World(0, 2), "cpu"):
             raise ValueError("bad data")
-    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0], [1.0, 1.0]]
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0]] * 2 + [[1.0, 1.0]]
     with runtime.rank0_first(World(), "cpu"):  # one process: no collective
         ran.append("alone")
-    assert ran == [0, "alone"] and len(fake_all_reduce.seen) == 2
+    assert ran == [0, "alone"] and len(fake_all_reduce.seen) == 3
 
 
 def test_a_ctrl_c_in_one_ranks_block_is_told_to_the_others(fake_all_reduce):
@@ -262,11 +263,12 @@ def test_a_ctrl_c_in_one_ranks_block_is_told_to_the_others(fake_all_reduce):
         with pytest.raises(stop):
             with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
                 raise stop()
-    assert [v for v, _, _ in fake_all_reduce.seen] == [[1.0, 0.0], [1.0, 0.0]]
+    verdicts = [v for v, _, _ in fake_all_reduce.seen][::2]  # (each then followed by which rank says it)
+    assert verdicts == [[1.0, 0.0], [1.0, 0.0]]
     with pytest.raises(KeyboardInterrupt):  # one process: nothing to tell
         with runtime.all_ranks_or_none(World(), "cpu", "its checks"):
             raise KeyboardInterrupt
-    assert len(fake_all_reduce.seen) == 2
+    assert len(fake_all_reduce.seen) == 4
 
 
 
@@ -280,7 +282,7 @@ def test_a_rank_whose_block_succeeded_stops_where_another_failed(fake_all_reduce
     with pytest.raises(RankError, match="another rank failed setting up the data"):
         with runtime.rank0_first(World(0, 2), "cpu"):
             pass
-    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0], [0.0, 0.0]]
+    assert [v for v, _, _ in fake_all_reduce.seen] == [[0.0, 0.0]] * 4  # (each verdict, then no line to say)
 
 
 def test_an_error_every_rank_meets_in_a_set_up_step_is_rank_0s_line_alone(fake_all_reduce):
@@ -308,6 +310,29 @@ def test_an_error_every_rank_meets_in_a_set_up_step_is_rank_0s_line_alone(fake_a
     with pytest.raises(errors.DeviceError):
         with runtime.all_ranks_or_none(World(1, 2), "cpu", "its checks"):
             raise errors.DeviceError("cuda:1 has too little memory")
+
+
+def test_an_error_several_ranks_meet_where_rank_0_did_not_is_printed_by_the_lowest_of_them(monkeypatch):
+    """Bug caught: ranks 1 and 2 of `torchrun --nproc_per_node 3` (or every process of a second machine)
+    that met one error rank 0 did not (a checkpoint missing on that machine's disk) each printed it:
+    the same line once per process. Now the lowest rank with that line prints it, the others none (a
+    RankError); a rank whose line differs prints its own."""
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    for rank1_says, printed in (("last.pt: no such file", False), ("best.pt: no such file", True)):
+        def all_reduce(values, device, world, op=None, rank1_says=rank1_says):  # ranks 1, 2 failed, not 0
+            if len(values) == 2:
+                return [2.0, 0.0]
+            return [0.0, zlib.crc32(rank1_says.encode()) + 1.0, values[2]]  # (each rank's line's number)
+        monkeypatch.setattr(runtime, "all_reduce", all_reduce)
+        with pytest.raises(UserError) as e:
+            with runtime.all_ranks_or_none(World(2, 3), "cpu", "loading the checkpoint"):
+                raise errors.CheckpointError("last.pt: no such file")
+        assert errors.reports(e.value) is printed, rank1_says
+        with pytest.raises(errors.CheckpointError) as e:  # rank 1, the lowest to meet it, prints it
+            with runtime.all_ranks_or_none(World(1, 3), "cpu", "loading the checkpoint"):
+                raise errors.CheckpointError(rank1_says)
+        assert errors.reports(e.value)
 
 
 def test_a_bad_setting_one_rank_meets_alone_is_printed_by_that_rank(fake_all_reduce, monkeypatch):
