@@ -182,11 +182,13 @@ def project_folder(folder) -> str | None:
 
 def _not_ours(folder: str, flag: str) -> None:
     """A folder named as a source (or a glob's folder as typed) that is a token cache or run folder of
-    this project's is refused, naming it: its files are what this project wrote, not text (one met
-    inside a folder named is left out instead, with a log line: _LeftOut)."""
+    this project's is refused, naming it (and a run folder's files, which told it): its files are what
+    this project wrote, not text (one met inside a folder named is left out instead, with a log line:
+    _LeftOut)."""
     if what := project_folder(folder):
-        raise DataError(f"{flag}: '{folder}' is {what} of this project's (files train.py wrote, not text); "
-                        f"point {flag} at the text instead")
+        named = ", ".join(storage.run_files(folder)) + ": " if what == "a run folder" else ""  # (to look at)
+        raise DataError(f"{flag}: '{folder}' is {what} of this project's ({named}files train.py wrote, not "
+                        f"text); point {flag} at the text instead")
 
 
 class _LeftOut:

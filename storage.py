@@ -36,9 +36,10 @@ How this departs from the obvious version:
   during it is one line, and the part written is cut off again; a process killed during it leaves
   at most one torn line, at the end, which `numbered_jsonl` drops and reports instead of failing on
   it for ever after.
-- Locks are `flock`s on a file that is never deleted while in use (but by its holder, removing
-  the empty run folder it made: RunFolder.release): the kernel releases one when its
-  process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
+- Locks are `flock`s on a file that is never deleted while in use (but by its holder, as it lets
+  go of a run.lock it made beside none of a run's files: RunFolder.release; one who locked the
+  file it unlinked locks the new one instead): the kernel releases one when its process dies, so a
+  lock file left by a crash (or `kill -9`) blocks nothing.
 """
 
 import contextlib
@@ -513,33 +514,50 @@ def lock(path, wait: bool = False):
     """Take an exclusive flock on `path` (created if need be) and return the open file: the lock
     lasts until the file is closed or the process ends. The file then says who holds it ("pid N on
     HOST since TIME"). With wait=False a lock held elsewhere raises Busy at once; with wait=True
-    this waits for it. The file is never deleted while in use (but by its holder, just before it
-    removes the folder), so that two processes always lock the same file."""
+    this waits for it. The file is never deleted while in use (but by its holder, as it lets it go:
+    RunFolder.release), so that two processes always lock the same file; a file its holder unlinked
+    after this opened it is let go, and the one at `path` now is locked instead."""
     import fcntl  # POSIX only, as is the rest of the training stack
-    f = open(path, "a+")
-    try:
+    while True:
+        f = open(path, "a+")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise Busy(path, holder) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
-    except BaseException:
-        f.close()
-        raise
-    return f
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise Busy(path, holder) from None
+            if same_file(f, path):
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                f.flush()
+                return f
+        except BaseException:
+            f.close()
+            raise
+        f.close()  # (unlinked by its holder as it let go: two processes would each hold a lock)
+
+
+def same_file(f, path) -> bool:
+    """Whether the open file `f` is the file at `path` now (not one unlinked, or replaced, since)."""
+    try:
+        here, there = os.fstat(f.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 class RunFolder:
     """The run folder, held by this process (rank 0) from before anything is written until the run
     ends: created if need be, locked (run.lock, an flock the kernel drops if the process dies), and
     swept of the temporaries a killed save left. A second train.py on the folder stops with a line
-    naming the first. The folders this run created (a new --out_dir too) and left empty are removed
-    when it ends."""
+    naming the first. A run.lock this run made goes when it ends having written none of a run's
+    other files (RUN_FILES) there: a run that failed early in a folder of the user's (--out_dir D
+    --run R, R their folder of text) left it looking like a run folder (sources.project_folder,
+    checkpoint.run_folders); one there before (a previous run's) stays. The folders this run created
+    (a new --out_dir too) and left empty are removed."""
 
     LOCK = "run.lock"
 
@@ -548,6 +566,7 @@ class RunFolder:
         # the outermost folder mkdir makes: a new --out_dir was left behind, empty, by a run that failed
         self.made = missing_folder(path)
         self.created = self.made is not None
+        self.made_lock = not os.path.lexists(path / self.LOCK)  # (there before: a previous run's)
         try:
             path.mkdir(parents=True, exist_ok=True)
             self.lock = lock(path / self.LOCK)
@@ -559,21 +578,35 @@ class RunFolder:
                 self.remove_made()
             why = no_folder(path, e)
             raise RunError(f"cannot write to {path} ({why}); pick another --out_dir or --run") from None
+        self.found = self.run_files()  # (a folder of the user's may hold a tokenizer.json of its own)
         for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
             if not stale.is_dir():  # (a killed export's staging folder: the next export's to sweep)
                 stale.unlink(missing_ok=True)
+
+    def run_files(self) -> dict:
+        """The run's files in the folder but run.lock, each with what tells a file written since."""
+        found = {}
+        for name in run_files(self.path, but=(self.LOCK,)):
+            with contextlib.suppress(OSError):  # (gone meanwhile)
+                st = (self.path / name).stat()
+                found[name] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return found
 
     def remove_made(self) -> None:
         """Remove the folders __init__ made, from the run folder up, while they are empty."""
         remove_made(self.path, self.made)
 
     def release(self) -> None:
-        if (self.created and self.lock is not None and self.path.is_dir()
-                and {p.name for p in self.path.iterdir()} == {self.LOCK}):
-            (self.path / self.LOCK).unlink()  # unlinked while still locked: no one else can hold it
+        if self.lock is None:
+            return
+        try:
+            ours = self.made_lock and same_file(self.lock, self.path / self.LOCK)
+            if ours and self.run_files() == self.found:  # (the run wrote none of its files here)
+                # unlinked while still locked: no one else can hold it (lock takes the file there instead)
+                with contextlib.suppress(OSError):  # (a folder made read-only meanwhile: the lock stays)
+                    (self.path / self.LOCK).unlink()
+        finally:
             self.lock.close()
             self.lock = None
+        if self.created:
             self.remove_made()
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None

@@ -67,7 +67,7 @@ How this departs from the obvious version:
 - One process owns a run folder: rank 0 holds an flock on run.lock from before anything is
   written until the end, so a second train.py on the folder stops with a line naming the first
   (--eval_only only reads, and takes no lock). A folder a failed run created and left empty is
-  removed.
+  removed, as is a run.lock it made where it wrote no other file of a run (storage.RunFolder).
 - Ctrl-C / SIGTERM finish the current step (under torchrun, the steps up to the ranks' next
   agreement, within about 10 s: agree), or cut an evaluation short at its next batch (the ranks
   agree in its one collective; it is put off into the checkpoint, as on an evaluation step), save

@@ -493,12 +493,15 @@ def test_another_token_cache_or_run_folder_in_a_data_folder_is_left_out_and_name
                                         rf"project's token caches and run folders \({ours}\), which"):
         sources.resolve_files("corpus/**/*.json", "--data")
     # named itself (a folder, or a glob's folder as typed): refused, naming it as ours
+    # (and a run folder's files, which told it: a run.lock a run left in a folder of text, say)
+    run_files = "train.json, metrics.jsonl, run.lock: "
     for spec, folder, what in (("corpus/cache", "corpus/cache", "a token cache"),
                                ("corpus/runs/r1", "corpus/runs/r1", "a run folder"),
                                ("corpus/runs/r1/*.json", "corpus/runs/r1", "a run folder")):
+        files = run_files if what == "a run folder" else ""
         with pytest.raises(DataError, match=rf"^--val_data: '{re.escape(folder)}' is {what} of this "
-                                            r"project's \(files train.py wrote, not text\); point --val_data "
-                                            r"at the text instead$"):
+                                            rf"project's \({files}files train.py wrote, not text\); point "
+                                            r"--val_data at the text instead$"):
             sources.resolve_files(spec, "--val_data")
     # a folder of the user's is never taken for ours by names alone: a cache/ of text, a .locks/ of
     # other locks, a run.lock beside text alone

@@ -6,12 +6,16 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
 
 import pytest
 import torch
 from conftest import ROOT, small_filesystem
 
+import checkpoint
+import sources
 import storage
 from errors import StorageError
 
@@ -425,13 +429,58 @@ def test_a_run_folder_goes_at_release_only_when_this_run_made_it_and_left_it_emp
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     storage.RunFolder(theirs).release()
-    assert theirs.is_dir() and [p.name for p in theirs.iterdir()] == ["run.lock"]  # there before: kept
+    assert theirs.is_dir() and not any(theirs.iterdir())  # there before: kept (this run's run.lock goes)
     written = tmp_path / "written"
     folder = storage.RunFolder(written)
     (written / "train.json").write_text("{}")
     folder.release()
     assert sorted(p.name for p in written.iterdir()) == ["run.lock", "train.json"]
     assert folder.lock is None and not storage.held(written / "run.lock")  # let go all the same
+
+
+def test_a_run_lock_made_in_a_folder_of_the_users_goes_unless_the_run_wrote_its_files_there(tmp_path):
+    """Bug caught: a run that failed early (bad data) in a folder of the user's (--out_dir D --run R)
+    left run.lock beside their files, which then made it a run folder to sources.project_folder (a
+    tokenizer.json of theirs beside it: --data R refused, R's text skipped under --data D) and to
+    checkpoint.run_folders. A run.lock there before (a previous run's) stays, as does one beside a
+    file of the run's written (or written over) by this run."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "a.txt").write_text("Once upon a time.")
+    (theirs / "tokenizer.json").write_text("{}")  # theirs, not a run's
+    storage.RunFolder(theirs).release()
+    assert sorted(p.name for p in theirs.iterdir()) == ["a.txt", "tokenizer.json"]
+    assert sources.project_folder(theirs) is None and checkpoint.run_folders(tmp_path) == []
+    folder = storage.RunFolder(theirs)
+    (theirs / "tokenizer.json").write_text('{"model": {}}')  # written over by the run
+    folder.release()
+    assert sorted(p.name for p in theirs.iterdir()) == ["a.txt", "run.lock", "tokenizer.json"]
+    assert not storage.held(theirs / "run.lock")
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "run.lock").write_text("pid 1 on host since then\n")  # a run's that wrote nothing else
+    storage.RunFolder(previous).release()
+    assert [p.name for p in previous.iterdir()] == ["run.lock"]
+
+
+def test_a_lock_its_holder_unlinks_while_another_waits_is_not_held_twice(tmp_path):
+    """Bug caught: a process that opened run.lock before its holder unlinked it (RunFolder.release)
+    took the flock on the unlinked file, and a third then made a new run.lock and locked it too: two
+    holders of one folder. lock() now locks the file at the path."""
+    path = tmp_path / "run.lock"
+    first, taken = storage.lock(path), []
+    waiter = threading.Thread(target=lambda: taken.append(storage.lock(path, wait=True)))
+    waiter.start()
+    time.sleep(0.3)  # (the waiter has opened the file and waits for its flock)
+    path.unlink()
+    first.close()
+    waiter.join(10)
+    try:
+        assert path.exists() and storage.same_file(taken[0], path)
+        with pytest.raises(storage.Busy):  # a third process is refused
+            storage.lock(path).close()
+    finally:
+        taken[0].close()
 
 
 def test_a_new_out_dir_a_run_made_goes_with_its_run_folder_when_left_empty(tmp_path, monkeypatch):

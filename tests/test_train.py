@@ -36,6 +36,7 @@ import model as model_module
 import runlog
 import runplan
 import runtime
+import sources
 import storage
 import train
 from config import TrainArgs
@@ -580,6 +581,21 @@ def test_a_run_that_fails_after_set_up_unlocks_and_removes_the_empty_folder_it_m
     with pytest.raises(RuntimeError, match="a bug") as e:
         train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
     assert e.value is not None and not (tmp_path / "ckpt" / "r").exists()  # (the error, and the job, kept)
+
+
+def test_a_run_that_fails_early_in_a_folder_of_the_users_leaves_no_run_lock(tmp_path, cache, capsys):
+    """Bug caught: --out_dir D --run R, R a folder of the user's text, failing after the folder was
+    locked (--data too small to hold out validation from) left run.lock there, beside a tokenizer.json
+    of theirs: a later --data R was refused as a run folder of this project's."""
+    theirs = tmp_path / "ckpt" / "r"
+    theirs.mkdir(parents=True)
+    (theirs / "a.txt").write_text("Once upon a time there was a cat. It sat on a mat.\n")
+    (theirs / "tokenizer.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        train.main(args(tmp_path, theirs / "a.txt", cache, "--max_steps", "1"))
+    assert "leaves none for validation" in capsys.readouterr().err
+    assert sorted(p.name for p in theirs.iterdir()) == ["a.txt", "tokenizer.json"]
+    assert sources.project_folder(theirs) is None
 
 
 def test_rng_state_saved_with_more_gpus_restores_on_fewer(monkeypatch):
