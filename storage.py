@@ -193,10 +193,13 @@ def not_an_image(option: str, path: str, folder=".", example: str = "loss.png") 
 
 
 def make_folder(path, fix: str | None = None) -> Path:
-    """mkdir -p, with a failure (a file in the way, no permission, a full disk) a StorageError."""
+    """mkdir -p, with a failure (a file in the way, no permission, a full disk, a name too long) a
+    StorageError, and the parents it made before failing removed again."""
+    made = missing_folder(path)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        remove_made(path, made)  # (--out NEW/<a name too long>: NEW was left behind, empty)
         why = no_folder(path, e)
         raise StorageError(f"cannot create the folder {path}: {why}; {advice(e, fix)}") from None
     return Path(path)
@@ -205,8 +208,8 @@ def make_folder(path, fix: str | None = None) -> Path:
 def missing_folder(path) -> Path | None:
     """The outermost of `path` and its parents that does not exist: the first folder make_folder would
     make (None where `path` is there)."""
-    path = Path(path)
-    return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    path = Path(path)  # (os.path.exists: Path.exists raises for a name too long, which is not there)
+    return next((p for p in reversed([path, *path.parents]) if not os.path.exists(p)), None)
 
 
 def remove_made(path, made: Path | None) -> None:
@@ -217,10 +220,9 @@ def remove_made(path, made: Path | None) -> None:
     for folder in [Path(path), *Path(path).parents]:
         try:
             folder.rmdir()
-        except FileNotFoundError:  # (mkdir failed below the folders it made)
-            pass
-        except OSError:  # not empty: someone put a file there meanwhile
-            return
+        except OSError as e:  # (not there: mkdir failed below the folders it made, a name too long)
+            if e.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # not empty: someone put a file there
+                return
         if folder == made:
             return
 
@@ -239,13 +241,16 @@ def no_folder(path, e: OSError) -> str:
 
 def writable_folder(path, fix: str | None = None) -> Path:
     """make_folder, then a file made and removed in it: a folder that takes no new file (/proc, /sys,
-    a read-only disk, no permission) is a StorageError before the work, not after minutes of it."""
+    a read-only disk, no permission) is a StorageError before the work, not after minutes of it, and
+    the folders made for it are removed again (a refused --out was left behind, empty)."""
+    made = missing_folder(path)
     path = make_folder(path, fix)
     try:
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
         os.close(fd)
         os.remove(tmp)
     except OSError as e:  # (/proc says ENOENT of a folder that is there)
+        remove_made(path, made)
         why = "it takes no new files" if e.errno == errno.ENOENT else REASONS.get(e.errno) or e.strerror or e
         raise StorageError(f"cannot write in the folder {path}: {why}; {advice(e, fix)}") from None
     return path

@@ -10,7 +10,9 @@ schedule, batch and tokenizer, measured rather than guessed.
     only with --no_compile, as the sweep makes the compiled run itself)
 
 Each run is a `train.py --preset tiny` subprocess with the candidate's overrides on
-../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt:
+../shared/data/tinystories/train-lower.txt, validated at the end on all of valid-lower.txt (the
+tokenizers and token shards the runs need are made first, in --cache_dir, as train.py makes them: one
+that takes no new file is refused before the first run, not at stage 2's first new vocabulary):
   1. screen every shape in SHAPES for --screen_minutes (2.5) of wall clock;
   2. screen each of VARIATIONS (learning rate, schedule, batch, tokenizer size) on the best shape;
   3. screen the variations that helped, combined (one per option: every pair, and all together);
@@ -64,6 +66,7 @@ import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one li
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import data  # noqa: E402
 import runlog  # noqa: E402
 import runplan  # noqa: E402
 import runtime  # noqa: E402
@@ -182,13 +185,14 @@ def check_pass_through(p, opts) -> None:
                 "(a copy of another then); leave it out, or add --no_compile to pass it to every run")
 
 
-def check_candidates(p, stage1: dict[str, list[str]], opts) -> torch.device:
+def check_candidates(p, stage1: dict[str, list[str]], opts) -> tuple[torch.device, list]:
     """A bad value for any run of the sweep: one line naming the run now, not hours in. Each run's
     train.py command goes through what train.py refuses before any data work: its option checks
     (config), then its settings checks (runplan: a vocabulary too small for a BPE, a --tokenizer of
     another size, a batch too large for the device's memory, ...); then the --data and --val_data
     (sources: no such file, an empty one, a checkpoint, a folder with no text; exit status 1). Returns
-    the device the runs train on."""
+    the device the runs train on, and the settings of each data the runs need (prepare_data)."""
+    needs = {}
     for name, over in every_candidate(stage1, opts).items():
         said = io.StringIO()
         run = result_path(name, opts.screen_minutes, 1, opts).parent.name
@@ -205,8 +209,29 @@ def check_candidates(p, stage1: dict[str, list[str]], opts) -> torch.device:
             runplan.check_settings(plan, device, runtime.World())
         except ConfigError as e:
             p.error(f"candidate {name}: {e}")
+        # (the text options are the same for all, the sweep's and those passed through: a vocabulary
+        # of a variation's is another tokenizer, and other shards)
+        needs.setdefault((model_args.vocab_size, model_args.max_seq_len), (train_args, model_args))
     sources.resolve_sources(train_args, log=lambda *_: None)  # (the same --data and --val_data for all)
-    return device
+    return device, list(needs.values())
+
+
+def prepare_data(needs: list, results: Path, made: Path | None) -> None:
+    """The tokenizer and token shards of every run, as train.py prepares them, before the first run: a
+    --cache_dir that takes no new file (read-only, or not ours) failed the first run of a vocabulary
+    not cached yet, stage 2's vocab2048 after the whole of stage 1. A read-only cache that holds them
+    all is used (data.prepare's cache hits), so it is not refused for being read-only. A refusal
+    removes the results folder the sweep made and left empty (missing_folder's `made`)."""
+    print(f"preparing the data of the runs: {len(needs)} vocabulary size(s), in --cache_dir", flush=True)
+    try:
+        for train_args, model_args in needs:
+            data.prepare(train_args, model_args)
+    except BaseException as e:
+        storage.remove_made(results, made)
+        if isinstance(e, KeyboardInterrupt):
+            print("\nsweep.py: interrupted while preparing the data; no run started", file=sys.stderr)
+            sys.exit(130)
+        raise
 
 
 def machine(device: torch.device) -> str:
@@ -493,14 +518,17 @@ def main(argv=None):
     opts, opts.extra = p.parse_known_args(argv)
     only = check_options(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
-    where = machine(check_candidates(p, stage1, opts))
+    device, needs = check_candidates(p, stage1, opts)
+    where = machine(device)
     if again := repeated(opts):  # (allowed: --vocab_size 512 for all is a smaller sweep)
         print(f"sweep.py: warning: {', '.join(again)} would repeat the run each varies, as the "
               "options passed through come after theirs; leave those out, or add --no_variations or "
               "--no_followups", file=sys.stderr)
     results = results_folder(p, opts)  # (no --out: the results go to --out_dir, which the advice names)
     fix = storage.results_fix(results, opts.out_dir)
+    made = storage.missing_folder(results)
     out = storage.writable_folder(results, fix)  # before the runs, not after (sweep.json comes hours in)
+    prepare_data(needs, results, made)  # (after the folder check: the data may take minutes)
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
     if not opts.no_variations:
         best = min(screen, key=ranking)

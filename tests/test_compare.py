@@ -743,3 +743,23 @@ def test_an_out_folder_that_takes_no_files_is_refused_before_the_data_work(corpu
     with pytest.raises(StorageError, match="^cannot write in the folder /proc/self: .*; pick another --out$"):
         compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
                       "--out_dir", str(tmp_path / "runs"), "--out", "/proc/self", "--minutes", "1"])
+
+
+@pytest.mark.parametrize("how", ["name too long", "takes no file"])
+def test_a_refused_out_folder_is_not_left_behind(corpus, tmp_path, monkeypatch, how):
+    """Bug caught: --out NEW/<a name too long>, or an --out made but taking no file, was refused, and
+    the folders made for it were left behind, empty (storage.writable_folder, as sweep.py's)."""
+    import errno
+    import tempfile
+
+    from errors import StorageError
+    monkeypatch.setattr(compare.data, "prepare", lambda *args: pytest.fail("prepared the data"))
+    out = tmp_path / "new" / ("x" * 300 if how == "name too long" else "out")
+    if how == "takes no file":
+        def refused(*args, **kw):
+            raise OSError(errno.EROFS, "Read-only file system")
+        monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(StorageError, match="; pick another --out$"):
+        compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+                      "--out_dir", str(tmp_path / "runs"), "--out", str(out), "--minutes", "1"])
+    assert not (tmp_path / "new").exists()

@@ -32,14 +32,21 @@ def toy_shared(tmp_path_factory):
     return toy_texts(tmp_path_factory.mktemp("shared"), "train-lower.txt", "valid-lower.txt")
 
 
+PREPARE_DATA = sweep.prepare_data  # (the tests that run the sweep's data work put it back)
+
+
 @pytest.fixture(autouse=True)
 def default_texts(toy_shared, monkeypatch):
     """The default --data and --val_data (../shared's, checked before the first run) as toy texts, so
-    that a test that leaves them out does not need ../shared beside the clone."""
+    that a test that leaves them out does not need ../shared beside the clone; the data work before
+    the first run is skipped (tiny's 4096 tokens are more than the toy texts fill, and --cache_dir's
+    default is the clone's) but where a test puts sweep.prepare_data back (PREPARE_DATA)."""
     monkeypatch.setattr(sweep, "SHARED", toy_shared)
+    monkeypatch.setattr(sweep, "prepare_data", lambda *args: None)
 
 
 def test_sweep_screens_confirms_reseeds_and_regularises(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "prepare_data", PREPARE_DATA)
     monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"]})
     monkeypatch.setattr(sweep, "FOLLOWUPS", {"wd0.5": ["--weight_decay", "0.5"]})
     argv = ["--no_compile", "--screen_minutes", "0.01", "--confirm_minutes", "0.02", "--confirm", "1",
@@ -703,7 +710,7 @@ def test_the_readmes_sweep_may_keep_its_runs_and_cache_elsewhere(tmp_path, monke
     """Catches --cache_dir (where tokenizers are kept, not a result) sending the README's sweep away
     from img/."""
     stop_at_the_first_run(monkeypatch)
-    monkeypatch.setattr(sweep, "check_candidates", lambda *args: torch.device("cpu"))  # (all: seconds)
+    monkeypatch.setattr(sweep, "check_candidates", lambda *args: (torch.device("cpu"), []))  # (all: seconds)
     with pytest.raises(Started):
         sweep.main(["--no_compile", "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "c")])
     assert "they go to" not in capsys.readouterr().err
@@ -904,7 +911,51 @@ def test_an_out_folder_that_takes_no_files_is_refused_before_the_first_run(tmp_p
     run, hours in; the results folder is now written to before the first run, as bench.py's is."""
     from errors import StorageError
     stop_at_the_first_run(monkeypatch)
-    monkeypatch.setattr(sweep, "check_candidates", lambda *args: torch.device("cpu"))  # (all: seconds)
+    monkeypatch.setattr(sweep, "check_candidates", lambda *args: (torch.device("cpu"), []))  # (all: seconds)
     with pytest.raises(StorageError, match="^cannot write in the folder /proc/self: .*; pick another --out$"):
         sweep.main(["--no_compile", "--screen_minutes", "1", "--out_dir", str(tmp_path / "runs"),
                     "--out", "/proc/self"])
+
+
+def test_a_cache_dir_that_takes_no_files_is_refused_before_the_first_run(corpus, tmp_path, monkeypatch):
+    """Bug caught: a --cache_dir that takes no new file (a read-only disk; a folder not ours) failed
+    only in the first run of a vocabulary not cached yet: stage 2's vocab2048, after the whole of stage
+    1. The data of every run is now prepared before the first (train.py's own check of the cache), and
+    the --out folder the sweep made for the results is removed again, empty."""
+    import errno
+
+    from errors import UserError
+    stop_at_the_first_run(monkeypatch)
+    monkeypatch.setattr(sweep, "prepare_data", PREPARE_DATA)
+    cache = tmp_path / "cache"
+    argv = ["--no_compile", "--no_followups", "--screen_minutes", "1", "--only", "tiny-2026-11",
+            "--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
+            "--out_dir", str(tmp_path / "runs"), "--cache_dir", str(cache),
+            "--out", str(tmp_path / "new" / "img"),
+            "--num_proc", "1"]
+    monkeypatch.setattr(sweep, "SHAPES", {"tiny-2026-11": ["--vocab_size", "300"]})
+    monkeypatch.setattr(sweep, "VARIATIONS", {"vocab310": ["--vocab_size", "310"]})
+    with pytest.raises(Started):  # vocabularies 300 and 310 cached
+        sweep.main(argv)
+    assert len(list(cache.glob("tokenizer-*"))) == 2
+    real_mkdir = os.mkdir
+
+    def refused(path, *args, **kw):  # (root, as here, writes in a folder chmod'ed away all the same)
+        if str(path).startswith(str(cache)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kw)
+    monkeypatch.setattr(os, "mkdir", refused)
+    monkeypatch.setattr(sweep.data.storage, "lock", lambda path, wait=False: refused(path))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    (tmp_path / "new" / "img").rmdir()
+    (tmp_path / "new").rmdir()
+    with pytest.raises(Started):  # a read-only cache that holds every run's data: used, not refused
+        sweep.main(argv)
+    monkeypatch.setattr(sweep, "VARIATIONS", {"vocab320": ["--vocab_size", "320"]})
+    (tmp_path / "new" / "img").rmdir()
+    (tmp_path / "new").rmdir()
+    with pytest.raises(UserError, match=rf"{cache}.*Read-only file system.*; pick (another|a writable) "
+                       "--cache_dir$") as e:  # (train.py's own line)
+        sweep.main(argv)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "new").exists()  # (made for the results, refused before any went there)
