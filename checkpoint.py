@@ -69,13 +69,14 @@ def latest_run(out_dir, option: str = "") -> Path:
     return max(runs, key=lambda p: (p / "last.pt").stat().st_mtime)
 
 
-RUN_FILES = ("last.pt", "best.pt", "train.json", "run.lock")  # one of them makes a folder a run's
+CHECKPOINTS = ("last.pt", "best.pt")  # a run's checkpoints: one makes a folder a run's, run.lock or not
 
 
 def run_folders(out_dir) -> list[Path]:
-    """The run folders under out_dir (with a checkpoint, or train.py's first files), the one written
-    to last first."""
-    runs = [p for p in Path(out_dir).glob("*") if any((p / name).exists() for name in RUN_FILES)]
+    """The run folders under out_dir (storage.run_folder_files: train.py's, from its first file on; or
+    holding a checkpoint, a run copied without its run.lock), the one written to last first."""
+    runs = [p for p in Path(out_dir).glob("*")
+            if any((p / name).exists() for name in CHECKPOINTS) or storage.run_folder_files(p)]
     return sorted(runs, key=_written, reverse=True)
 
 
@@ -131,7 +132,7 @@ def find_checkpoint(path_or_run: str, out_dir="checkpoints", not_saved_fix=NOT_S
         if not last.exists() and (p / "best.pt").is_file():  # killed before its first last.pt
             raise CheckpointError(f"{p} has no last.pt, only best.pt; pass {p / 'best.pt'} to use it")
         if not last.exists() and not last.is_symlink():  # (a dangling link is named below)
-            if any((p / name).exists() for name in ("run.lock", "train.json")):  # train.py's first files
+            if storage.run_folder_files(p):  # (its run.lock: a train.json of gpu_check.py's makes none)
                 fix = not_saved_fix(p) if callable(not_saved_fix) else not_saved_fix
                 raise ConfigError(f"{p} holds no checkpoint yet (its run stopped before its first save, or "
                                   f"has not reached it); {fix}")

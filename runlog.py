@@ -496,7 +496,7 @@ def numbered_metrics(path: Path, warn, fix) -> list[tuple[int, dict]]:
     OSError of its own (no errno) for a missing log or a folder in its place."""
     run_dir = path.parent
     if not path.exists():
-        if any((run_dir / name).is_file() for name in ("run.lock", "train.json", "model.json")):
+        if storage.run_folder_files(run_dir):
             return []  # (train.py started there)
         raise FileNotFoundError(f"{path} does not exist; {fix or f'is {run_dir} a run folder?'}")
     if path.is_dir():  # ("[Errno 21] Is a directory")

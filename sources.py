@@ -168,16 +168,21 @@ def _walk(folder: str, hidden: bool = False, kinds=KINDS) -> list[str]:
 def project_folder(folder) -> str | None:
     """What of this project's `folder` is, told by files that only it writes there: "a token cache"
     (data.py's lock files, .locks/tokenizer-*.lock and .locks/tokens-*.lock, left in place), "a run
-    folder" (train.py's run.lock beside another file of a run), or None. Not by the name of a folder
-    or the kinds of its files: a folder of the user's is never taken for one of ours."""
+    folder" (train.py's run.lock beside other files of a run, or alone: storage.run_folder_files, as
+    --resume and --ckpt tell one), or None. Not by the name of a folder or the kinds of its files: a
+    folder of the user's is never taken for one of ours."""
     folder = Path(folder)
     locks = folder / ".locks"
     if any(locks.glob("tokenizer-*.lock")) or any(locks.glob("tokens-*.lock")):
         return "a token cache"
-    lock = storage.RunFolder.LOCK
-    if (folder / lock).is_file() and storage.run_files(folder, but=(lock,)):
+    if storage.run_folder_files(folder):
         return "a run folder"
     return None
+
+
+def _named(folder, what: str) -> str:
+    """What project_folder says `folder` is, a run folder's files named (which told it, to look at)."""
+    return f"{what} ({', '.join(storage.run_folder_files(folder))})" if what == "a run folder" else what
 
 
 def _not_ours(folder: str, flag: str) -> None:
@@ -186,7 +191,7 @@ def _not_ours(folder: str, flag: str) -> None:
     this project wrote, not text (one met inside a folder named is left out instead, with a log line:
     _LeftOut)."""
     if what := project_folder(folder):
-        named = ", ".join(storage.run_files(folder)) + ": " if what == "a run folder" else ""  # (to look at)
+        named = ", ".join(storage.run_folder_files(folder)) + ": " if what == "a run folder" else ""
         raise DataError(f"{flag}: '{folder}' is {what} of this project's ({named}files train.py wrote, not "
                         f"text); point {flag} at the text instead")
 
@@ -196,7 +201,7 @@ class _LeftOut:
     folder it is in. That folder is one of `skip`, the run's --cache_dir and --out_dir (`own`), or a
     token cache or run folder of this project's (project_folder) at or below `base`: the folder `spec`
     names, or a glob's folders as typed (`in_ours`). `ours` maps each such folder of this project's
-    that held files to what it is, for the log line."""
+    that held files to what it is (a run folder's files named), for the log line."""
 
     def __init__(self, skip, spec: str):
         parts = spec.split(os.sep)
@@ -213,7 +218,7 @@ class _LeftOut:
             if folder not in self.kind_of:
                 self.kind_of[folder] = project_folder(folder)
             if self.kind_of[folder]:
-                self.ours[folder] = self.kind_of[folder]
+                self.ours[folder] = _named(folder, self.kind_of[folder])
                 return True
         return False
 

@@ -10,6 +10,8 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
                                before the work
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
     RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
+    run_folder_files(folder)   the files that make a folder a run's (its run.lock beside others, or
+                               alone), [] where it is none: the one test of "is it a run folder?"
     os_error_in, refused_in    the OSError behind a wrapped failure; whether it is a write refused in a folder
     results_path(parser, ...)  where a script writes results: never over the README's figures by accident
                                (results_file: one file, its folder checked to take it before the work)
@@ -152,9 +154,28 @@ RUN_FILES = ("last.pt", "best.pt", "model.json", "train.json", "tokenizer.json",
 
 
 def run_files(folder, but=()) -> list[str]:
-    """The RUN_FILES in `folder` (a training run's, when any is), leaving out `but`: an export's folder
-    holds a tokenizer.json too, a GPU check's a train.json."""
+    """The RUN_FILES in `folder`, by their names alone (what a write there would replace: a run's
+    files are refused as an export's or a GPU check's output; run_folder_files tells a run's folder),
+    leaving out `but`: an export's folder holds a tokenizer.json too, a GPU check's a train.json."""
     return [name for name in RUN_FILES if name not in but and (Path(folder) / name).is_file()]
+
+
+def run_folder_files(folder) -> list[str]:
+    """The files that make `folder` a training run's, [] where it is none: its run.lock (train.py's
+    first file there, made by nothing else) beside other RUN_FILES, or alone (a run killed before it
+    wrote another; hidden files aside). Not by names alone: a run.lock an older version left in a
+    folder of text, a train.json of the user's (their records) or of gpu_check.py's results make
+    none. What --data leaves out (sources.project_folder), what a folder of runs lists and --resume
+    and --ckpt take for a run (checkpoint.run_folders, find_checkpoint), and a run that has logged
+    nothing yet (runlog) all ask this."""
+    found = run_files(folder)
+    if RunFolder.LOCK not in found:
+        return []
+    try:
+        alone = all(p.name in found or p.name.startswith(".") for p in Path(folder).iterdir())
+    except OSError:  # (unreadable: known by its files alone)
+        alone = False
+    return found if len(found) > 1 or alone else []
 
 
 def not_an_image(option: str, path: str, folder=".", example: str = "loss.png") -> str | None:

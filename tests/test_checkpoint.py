@@ -249,14 +249,15 @@ def test_a_folder_with_model_safetensors_ignores_a_stale_shard_index(tmp_path):
     assert str(e.value).startswith(f"{hf / 'model.safetensors.index.json'} is not a safetensors index (")
 
 
-def test_a_run_folder_with_only_run_lock_or_train_json_holds_no_checkpoint_yet(tmp_path):
+def test_a_run_folder_with_only_run_lock_or_its_settings_holds_no_checkpoint_yet(tmp_path):
     """Catches find_checkpoint taking a folder that holds run.lock alone (a run stopped before it
     wrote train.json) for "not a run folder": it is a run that saved nothing yet (exit status 2,
-    the advice given)."""
-    for name in ("run.lock", "train.json"):
-        run = tmp_path / name.replace(".", "-")
+    the advice given); so is one that wrote its settings beside it."""
+    for names in (["run.lock"], ["run.lock", "train.json"]):
+        run = tmp_path / "-".join(names)
         run.mkdir()
-        (run / name).write_text("")
+        for name in names:
+            (run / name).write_text("")
         with pytest.raises(ConfigError) as e:
             checkpoint.find_checkpoint(str(run), not_saved_fix="start it again")
         assert str(e.value) == (f"{run} holds no checkpoint yet (its run stopped before its first save, "
@@ -355,6 +356,31 @@ def test_a_folder_holding_run_lock_alone_is_a_run(tmp_path):
     touch_at(out / "trained" / "best.pt", 1e9 - 10)
     touch_at(out / "notes" / "readme.txt", 1e9 + 10)
     assert checkpoint.run_folders(out) == [out / "starting", out / "trained"]
+
+
+def test_a_train_json_without_run_lock_or_a_stale_run_lock_beside_text_makes_no_run(tmp_path):
+    """Bug caught: a train.json without a run.lock (gpu_check.py's results, which go beside its run
+    under --work; a user's records) or a run.lock an older version left in a folder of text made a
+    folder a run's to --resume and --ckpt (run_folders, find_checkpoint), not to --data: `sample.py
+    --ckpt checkpoints/gpu-check` advised --ckpt checkpoints/gpu-check/results (the newest), which
+    "held no checkpoint yet", and --resume there refused, that newest "run" holding no last.pt."""
+    import sources
+    out = tmp_path / "out"
+    touch_at(out / "r" / "last.pt", 1e9)
+    touch_at(out / "results" / "train.json", 1e9 + 10)  # (gpu_check.py's, beside its gpu.md)
+    touch_at(out / "results" / "gpu.md", 1e9 + 10)
+    touch_at(out / "mine" / "a.txt", 1e9 + 20)
+    touch_at(out / "mine" / "run.lock", 1e9 + 20)
+    assert checkpoint.run_folders(out) == [out / "r"]
+    for folder in (out / "results", out / "mine"):
+        with pytest.raises(checkpoint.CheckpointError) as e:
+            checkpoint.find_checkpoint(str(folder))
+        assert str(e.value) == f"{folder} is not a run folder (no last.pt in it); pass a .pt file or a run " \
+                               "folder"
+        assert sources.project_folder(folder) is None  # (as --data takes it)
+    touch_at(out / "results" / "run.lock", 1e9 + 30)  # a run's settings beside its lock: a run, to both
+    assert checkpoint.run_folders(out) == [out / "results", out / "r"]
+    assert sources.project_folder(out / "results") == "a run folder"
 
 
 def test_a_run_with_best_pt_alone_names_that_file(tmp_path):

@@ -473,7 +473,11 @@ def test_another_token_cache_or_run_folder_in_a_data_folder_is_left_out_and_name
     of another --out_dir (its train.json, metrics.jsonl). Both are known by the files only they hold
     (the cache's lock files, the run's run.lock beside its settings), left out, and named in a line.
     Bug caught too: one named as the source itself (--data checkpoints/r1) was refused as a folder
-    whose files were all left out ("holds no file outside ... (checkpoints/r1: a run folder)")."""
+    whose files were all left out ("holds no file outside ... (checkpoints/r1: a run folder)").
+    Bug caught too: the line said "corpus/runs/r1: a run folder" without the files that made it one
+    (a run.lock a run left beside text of the user's, say), as the refusal of it named as the source
+    did; and a run.lock alone (a run killed while preparing its data), a run to --resume and --ckpt,
+    was no run folder to --data ("holds no .txt ... file; check the path")."""
     import storage
     corpus = tmp_path / "corpus"
     write(corpus / "a.txt", official(stories(40)))
@@ -486,19 +490,22 @@ def test_another_token_cache_or_run_folder_in_a_data_folder_is_left_out_and_name
     monkeypatch.chdir(tmp_path)
     _, _, _, logs = run(tmp_path, data="corpus", val_fraction=0.1, cache_dir="other")
     assert "data: --data corpus: left out 2 folders that this project wrote (corpus/cache: a token cache, " \
-           "corpus/runs/r1: a run folder)" in logs
+           "corpus/runs/r1: a run folder (train.json, metrics.jsonl, run.lock))" in logs
     assert any(line.startswith("data: train: --data corpus (1 file, ") for line in logs)
-    ours = "corpus/cache: a token cache, corpus/runs/r1: a run folder"  # (ours alone: refused, saying so)
+    r1 = "train.json, metrics.jsonl, run.lock"  # (the files that made it a run folder)
+    ours = rf"corpus/cache: a token cache, corpus/runs/r1: a run folder \({r1}\)"  # (ours alone: refused)
     with pytest.raises(DataError, match=r"^--data: 'corpus/\*\*/\*\.json' holds no .* file outside this "
                                         rf"project's token caches and run folders \({ours}\), which"):
         sources.resolve_files("corpus/**/*.json", "--data")
     # named itself (a folder, or a glob's folder as typed): refused, naming it as ours
     # (and a run folder's files, which told it: a run.lock a run left in a folder of text, say)
-    run_files = "train.json, metrics.jsonl, run.lock: "
-    for spec, folder, what in (("corpus/cache", "corpus/cache", "a token cache"),
-                               ("corpus/runs/r1", "corpus/runs/r1", "a run folder"),
-                               ("corpus/runs/r1/*.json", "corpus/runs/r1", "a run folder")):
-        files = run_files if what == "a run folder" else ""
+    write(corpus / "runs" / "killed" / "run.lock", "")  # (a run killed while preparing its data)
+    for spec, folder, files in (("corpus/cache", "corpus/cache", None),
+                                ("corpus/runs/r1", "corpus/runs/r1", f"{r1}: "),
+                                ("corpus/runs/r1/*.json", "corpus/runs/r1", f"{r1}: "),
+                                ("corpus/runs/killed", "corpus/runs/killed", "run.lock: ")):
+        what = "a token cache" if files is None else "a run folder"
+        files = files or ""
         with pytest.raises(DataError, match=rf"^--val_data: '{re.escape(folder)}' is {what} of this "
                                             rf"project's \({files}files train.py wrote, not text\); point "
                                             r"--val_data at the text instead$"):

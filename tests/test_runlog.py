@@ -681,3 +681,25 @@ def test_a_log_it_may_not_read_is_one_line_with_advice(tmp_path, monkeypatch):
     with pytest.raises(PermissionError) as e:
         runlog.read_metrics(tmp_path, fix="run it again")
     assert str(e.value) == f"cannot read {log} (Permission denied); run it again"
+
+
+def test_a_run_that_has_logged_nothing_yet_is_told_by_its_run_lock(tmp_path):
+    """Bug caught: a folder without a metrics.jsonl was a run that had logged nothing yet (no records,
+    no error) where it held a run.lock, a train.json or a model.json by name alone: a run.lock an older
+    version left in a folder of text, or gpu_check.py's results (train.json), left out of plot_runs.py
+    with "no records yet" where --data, --resume and --ckpt say it is no run folder. The run's
+    run.lock decides (storage.run_folder_files): alone, or beside its settings, it is a run."""
+    for files in (["run.lock"], ["run.lock", "model.json", "train.json"]):
+        run = tmp_path / "-".join(files)
+        run.mkdir()
+        for name in files:
+            (run / name).write_text("{}")
+        assert runlog.read_metrics(run) == ([], [])
+    for files in (["run.lock", "a.txt"], ["train.json", "gpu.md"], ["model.json"]):
+        folder = tmp_path / "-".join(files)
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}")
+        with pytest.raises(FileNotFoundError) as e:
+            runlog.read_metrics(folder)
+        assert str(e.value) == f"{folder / 'metrics.jsonl'} does not exist; is {folder} a run folder?"

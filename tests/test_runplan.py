@@ -273,6 +273,7 @@ def test_resume_without_a_path_takes_the_named_run_or_the_newest_with_a_last_pt(
     assert runplan.run_to_resume(TrainArgs(resume="latest", run="old"), out) == out / "old"
     (out / "newest").mkdir()
     (out / "newest" / "train.json").write_text("{}")  # stopped before its first save
+    (out / "newest" / "run.lock").touch()  # (beside it, as train.py leaves it)
     with pytest.raises(ConfigError, match="the newest run, .*newest, holds no last.pt"):
         runplan.run_to_resume(TrainArgs(resume="latest"), out)
     with pytest.raises(ConfigError, match=re.escape("has not reached it); pass --run new to evaluate the "
@@ -915,6 +916,7 @@ def test_a_run_folder_without_a_checkpoint_yet_gets_the_advice_of_what_was_asked
     without --resume (an option it did not type) rather than to pass another checkpoint."""
     (tmp_path / "ckpt" / "r").mkdir(parents=True)
     (tmp_path / "ckpt" / "r" / "train.json").write_text("{}")
+    (tmp_path / "ckpt" / "r" / "run.lock").touch()
     with pytest.raises(ConfigError, match=re.escape(f"has not reached it); {checkpoint.NOT_SAVED_FIX}")):
         plan(tmp_path, run="r", eval_only=True)
     with pytest.raises(ConfigError, match=re.escape("has not reached it); start it again without --resume")):
@@ -929,6 +931,7 @@ def test_a_run_folder_without_a_checkpoint_yet_says_to_start_it_again_with_its_o
     run_dir = tmp_path / "ckpt" / "r"
     run_dir.mkdir(parents=True)
     (run_dir / "train.json").write_text("{}")
+    (run_dir / "run.lock").touch()
     again = f"start it again without --resume, with --run r --out_dir {tmp_path / 'ckpt'} and the settings it"
     for how in (dict(run="r", resume="latest"), dict(resume=str(run_dir))):
         with pytest.raises(ConfigError, match=re.escape(f"it); {again} was started with (in its train.json)")
@@ -941,8 +944,7 @@ def test_a_run_folder_without_a_checkpoint_yet_says_to_start_it_again_with_its_o
                                                     "train.json), or pass --run old")):
         runplan.run_to_resume(TrainArgs(resume="latest"), tmp_path / "ckpt")
     (run_dir / "train.json").unlink()
-    (run_dir / "model.json").unlink()
-    (run_dir / "run.lock").touch()  # (killed while its data was prepared: no settings written yet)
+    (run_dir / "model.json").unlink()  # (killed while its data was prepared: run.lock alone)
     with pytest.raises(ConfigError, match=re.escape(f"{again} was started with") + "$"):
         plan(tmp_path, run="r", resume="latest")
 
@@ -1518,6 +1520,7 @@ def test_init_from_needs_the_checkpoints_tokenizer_and_a_folder_of_its_own(tmp_p
     with pytest.raises(ConfigError, match="holds no checkpoint yet.*pass --init_from another checkpoint"):
         (tmp_path / "ckpt" / "e").mkdir()
         (tmp_path / "ckpt" / "e" / "train.json").write_text("{}")
+        (tmp_path / "ckpt" / "e" / "run.lock").touch()
         plan(tmp_path, init_from=str(tmp_path / "ckpt" / "e"))
 
 

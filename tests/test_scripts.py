@@ -683,6 +683,7 @@ def test_export_hf_import_into_a_folder_of_runs_is_refused(tmp_path, capsys):
     runs = tmp_path / "ck"
     (runs / "r").mkdir(parents=True)
     (runs / "r" / "train.json").write_text("{}")
+    (runs / "r" / "run.lock").touch()
     for force in ([], ["--force"]):
         with pytest.raises(SystemExit) as e:
             export_hf.main(["--import", str(tmp_path / "hf" / "a"), str(runs), *force])
