@@ -1540,7 +1540,9 @@ def test_settings_probably_not_meant_get_a_warning_line():
         "out: type the run's own, or --val_data"]
     on = resumed(["val_fraction"], val_fraction=0.1, resume="latest")
     assert "trains on documents it held out" in on[0]
-    assert resumed(["val_fraction", "data"], val_fraction=0.5, data="other.txt", eval_only=True) == []
+    assert resumed(["val_fraction", "data"], val_fraction=0.5, data="other.txt", eval_only=True) == [
+        "warning: --eval_only scores 1 in 2 documents of --data other.txt, the slice a run on it would hold "
+        "out (--val_fraction 0.5), not all of it; pass --val_data other.txt to score it whole"]
     assert resumed(["val_fraction"], val_fraction=0.01, eval_only=True) == []  # the run's own
     assert resumed(["val_data"], val_data="v.txt", eval_only=True) == []  # a file of its own
     saved["train_args"]["val_fraction"] = 0.9  # an older version's (1 in 2 held out, as sources.py does)
