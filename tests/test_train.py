@@ -276,6 +276,42 @@ def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
     assert (tmp_path / "ckpt" / "broken" / "tokenizer.json").exists()
 
 
+def test_a_crash_between_micro_batches_in_warmup_after_skipped_steps_resumes_bit_exactly_from_a_new_cache(
+        tmp_path, corpus, monkeypatch):
+    """The edges of the exact resume the test above leaves out: --grad_accum 3 with a crash between two
+    micro-batches of a step (its gradients half summed), inside the warmup, with non-finite steps
+    skipped before and after the checkpoint (an open log window holding one), and the token cache
+    deleted before the resume (rebuilt with the run's tokenizer.json). Would catch a micro-batch's
+    data or router noise seeded by anything but (seed, step, micro), a skipped step that moved
+    AdamW's step count, or a rebuilt shard of other tokens."""
+    cache = tmp_path / "cache"  # (its own: deleted below)
+    base = ["--max_steps", "4", "--grad_accum", "3", "--batch_size", "2", "--warmup_steps", "4",
+            "--save_every", "2", "--eval_every", "3", "--log_every", "3", "--cache_dir", str(cache)]
+    poison(monkeypatch, {1, 2})
+    train.main(args(tmp_path, corpus, cache, *base, run="whole"))
+    real_seed = train.micro_seed
+
+    def crash_in_micro_batch_1_of_step_4(seed, step, micro):
+        if (step, micro) == (3, 1):
+            raise Crash()
+        return real_seed(seed, step, micro)
+    monkeypatch.setattr(train, "micro_seed", crash_in_micro_batch_1_of_step_4)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, *base, run="broken"))
+    monkeypatch.setattr(train, "micro_seed", real_seed)
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "broken" / "last.pt")["window"]["steps"] == 2
+    shutil.rmtree(cache)
+    train.main(args(tmp_path, corpus, cache, *base, "--resume", run="broken"))
+    same = ("step", "loss", "lr", "grad_norm", "tokens", "skipped_steps", "window_steps")
+    whole, broken = metrics(tmp_path, "whole"), metrics(tmp_path, "broken")
+    assert [r["skipped_steps"] for r in whole] == [2, 2]
+    assert [{k: r[k] for k in same} for r in broken] == [{k: r[k] for k in same} for r in whole]
+    val = [[r["nats_per_token"] for r in metrics(tmp_path, run, "val")] for run in ("whole", "broken")]
+    assert len(val[0]) == 2 and val[0] == val[1]
+    a, b = weights(tmp_path, "whole"), weights(tmp_path, "broken")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 KILL_DURING_SAVE = """
 import os, signal, torch
 import train
