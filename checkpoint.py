@@ -421,7 +421,9 @@ def hf_config(model_args: ModelArgs, dtype: str = "float32") -> dict:
 
 
 def hf_state_dict(model: Llama4) -> dict:
-    """Our state dict under HF's names (router noise dropped)."""
+    """Our state dict under HF's names (router noise dropped); an import's tied output layer (its
+    embedding, one tensor) is written twice, as config.json says tie_word_embeddings false (safetensors
+    refuses tensors that share memory)."""
     text_prefix = "language_model." if model.args.vision else ""
     out = {}
     for name, tensor in model.state_dict().items():
@@ -433,7 +435,12 @@ def hf_state_dict(model: Llama4) -> dict:
             out[text_prefix + name] = tensor
         else:
             out[text_prefix + "model." + name] = tensor
-    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+    out, seen = {k: v.detach().contiguous().cpu() for k, v in out.items()}, set()
+    for name, tensor in out.items():
+        if tensor.untyped_storage().data_ptr() in seen:
+            out[name] = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+    return out
 
 
 EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "model.safetensors", "generation_config.json",
@@ -830,8 +837,8 @@ def tokenizer_special_ids(path: Path) -> dict:
 def load_hf(folder, device="cpu", dtype: torch.dtype | None = None) -> Llama4:
     """An HF folder (config.json + model.safetensors, or its shards) -> our model (eval mode, on
     `device`, weights in `dtype`; None: as saved), read on the CPU and cast there. Another
-    model_type than Llama 4's is refused; a text model saved with tie_word_embeddings (no lm_head.weight)
-    gets the embedding as its output layer, as transformers loads it."""
+    model_type than Llama 4's is refused; a model saved with tie_word_embeddings (no lm_head.weight; with
+    vision, its text_config's) gets the embedding as its output layer, as transformers loads it."""
     from safetensors.torch import load_file
     folder = Path(folder)
     if not folder.is_dir():  # (a path to nothing was "not a folder", as a file is)
@@ -870,7 +877,8 @@ def load_hf(folder, device="cpu", dtype: torch.dtype | None = None) -> Llama4:
             name = name.removeprefix(prefix)
         ours[name] = tensor
     ours = to_device(ours, device, dtype)
-    if not model_args.vision and cfg.get("tie_word_embeddings") and "lm_head.weight" not in ours \
+    text = cfg["text_config"] if model_args.vision else cfg  # (the language model's own flag ties it)
+    if text.get("tie_word_embeddings") and "lm_head.weight" not in ours \
             and "embed_tokens.weight" in ours:  # tied: saved once, and transformers' lm_head is the embedding
         ours["lm_head.weight"] = ours["embed_tokens.weight"]
     where = weights[0] if len(weights) == 1 else folder / "model.safetensors.index.json"

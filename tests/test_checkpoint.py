@@ -871,3 +871,50 @@ def test_an_exports_generation_config_samples_as_sample_py_does_by_default(tmp_p
     assert (gen.temperature, gen.top_k, gen.top_p) == (ours.temperature, ours.top_k, ours.top_p)
     assert (gen.bos_token_id, gen.eos_token_id, gen.pad_token_id) == (model.args.eos_id, model.args.eos_id,
                                                                       model.args.pad_id)
+
+
+def test_import_of_a_vision_folder_with_tied_text_embeddings_takes_the_embedding_as_output(tmp_path):
+    """Bug caught: a Llama4ForConditionalGeneration folder whose text_config says tie_word_embeddings
+    true (transformers ties the language model's lm_head to its embedding and saves no
+    language_model.lm_head.weight) was refused as "its weights do not fit its settings (Missing
+    key(s) ...: "lm_head.weight")": only a text model's top-level flag was read."""
+    transformers = pytest.importorskip("transformers")
+    vision = dict(vision=True, vision_dim=32, vision_layers=1, vision_heads=2, vision_mlp_dim=128,
+                  image_size=28, patch_size=14, projector_input_dim=32, projector_output_dim=32)
+    args = ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64, n_experts=2, max_seq_len=16,
+                     **vision)
+    settings = checkpoint.hf_config(args)
+    settings["text_config"]["tie_word_embeddings"] = True
+    torch.manual_seed(0)
+    theirs = transformers.Llama4ForConditionalGeneration(transformers.Llama4Config(**settings)).eval()
+    theirs.save_pretrained(tmp_path)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert "language_model.lm_head.weight" not in set(f.keys())
+    ours = checkpoint.load_hf(tmp_path)
+    assert ours.lm_head.weight.data_ptr() == ours.embed_tokens.weight.data_ptr()
+    tokens = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        assert (ours(tokens).logits - theirs(input_ids=tokens).logits).abs().max().item() <= 1e-4
+
+
+def test_an_import_with_tied_embeddings_exports_again(tmp_path):
+    """Bug caught: a checkpoint imported from a folder saved with tied embeddings (its output layer
+    is its embedding, one tensor) failed to export with safetensors' traceback "Some tensors share
+    memory ... [{'model.embed_tokens.weight', 'lm_head.weight'}]"."""
+    model = small_model().eval()
+    hf = checkpoint.export_hf(model, tmp_path / "hf")
+    config_json = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config_json, "tie_word_embeddings": True}))
+    from safetensors.torch import load_file, save_file
+    weights = load_file(hf / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "lm_head.weight"}, hf / "model.safetensors")
+    tied, _ = checkpoint.load_model(checkpoint.import_hf(hf, tmp_path / "imported" / "last.pt"))
+    assert tied.lm_head.weight.data_ptr() == tied.embed_tokens.weight.data_ptr()
+    again = checkpoint.export_hf(tied, tmp_path / "again")
+    weights = load_file(again / "model.safetensors")
+    assert torch.equal(weights["lm_head.weight"], weights["model.embed_tokens.weight"])
+    back = checkpoint.load_hf(again)
+    tokens = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(back(tokens).logits, tied(tokens).logits)
