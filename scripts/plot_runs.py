@@ -52,8 +52,10 @@ def run_folder(p, run: str) -> str:
         p.error(problem)
     path = Path(run)
     named = Path(config.TrainArgs.out_dir) / run
-    if not path.exists() and named.is_dir():  # a run's name, as train.py takes it (under checkpoints/)
-        return str(named)
+    if not path.exists() and named.exists():  # a run's name, as train.py takes it (under checkpoints/),
+        path = named  # or its RUN/metrics.jsonl
+        if path.is_dir():
+            return str(path)
     if path.name == "metrics.jsonl" and (path.is_file() or path.is_dir() and not (path / path.name).exists()):
         return str(path.parent)  # (a folder so named: plot_runs says it is no log, not "is RUN/metrics.jsonl
         # a run folder?")

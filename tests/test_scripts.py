@@ -833,3 +833,14 @@ def test_every_option_of_every_script_says_what_it_does_in_help(script, monkeypa
     parser = e.value.args[0]
     bare = [a.option_strings[-1] if a.option_strings else a.dest for a in parser._actions if not a.help]
     assert bare == [], f"{script}.py --help says nothing of {', '.join(bare)}"
+
+
+def test_plot_runs_takes_a_runs_name_with_its_metrics_jsonl_under_checkpoints(tmp_path, monkeypatch, capsys):
+    """Bug caught: `plot_runs.py a b/metrics.jsonl` (run names under checkpoints/, the second with its
+    log, as the README has a run's name or its metrics.jsonl stand for its folder) said
+    "b/metrics.jsonl/metrics.jsonl does not exist; is b/metrics.jsonl a run folder?"."""
+    monkeypatch.chdir(tmp_path)
+    fake_run(tmp_path / "checkpoints" / "a"), fake_run(tmp_path / "checkpoints" / "b")
+    plot_runs.main(["a", "b/metrics.jsonl", "--out", "p.png"])
+    assert capsys.readouterr().out == "p.png\n"
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
