@@ -1829,6 +1829,23 @@ def test_several_samples_print_nothing_before_they_are_all_told(run_dir, capsys)
 
 
 
+def test_each_sample_of_a_batch_is_the_story_its_seed_tells_alone(run_dir, capsys):
+    """Checks README's claim from the command line: --num_samples 3 --seed S, two prompts of
+    different lengths (left padding), prints for row r what one sample alone (streamed) prints with
+    --seed S + r, and the same batch again gives the same text."""
+    prompts = ["once upon a time there was a little girl named lily", "lily"]
+    argv = ["--ckpt", str(run_dir), "--max_new_tokens", "30", "--temperature", "1.5"]
+    rows = sample.main([*argv, "--prompt", prompts[0], "--prompt", prompts[1], "--num_samples", "3",
+                        "--seed", "5"])
+    batch = capsys.readouterr().out
+    for r, row in enumerate(rows):
+        alone = sample.main([*argv, "--prompt", prompts[r // 3], "--seed", str(5 + r)])
+        assert alone == [row] and f"\n{capsys.readouterr().out}" in batch
+    assert len({tuple(row) for row in rows}) > 2  # (the samples of a prompt differ)
+    sample.main([*argv, "--prompt", prompts[0], "--prompt", prompts[1], "--num_samples", "3", "--seed", "5"])
+    assert capsys.readouterr().out == batch
+
+
 def test_a_fallback_at_the_second_call_counts_the_compiled_call_in_the_caches_seen(monkeypatch, capsys):
     """Catches the fallback counting the trial calls that ran compiled wrongly (both trials, or
     none): the cache's `seen` (the columns fed, which eager calls read and the length check counts)
