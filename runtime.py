@@ -177,7 +177,7 @@ def _first_to_say(line: str | None, device, world: World) -> bool:
     that met one error alike print it once (a collective: every rank must call it)."""
     said = [0.0] * world.size  # (a line's CRC-32, plus 1: a number float64 holds exactly, 0 for none)
     if line is not None:
-        said[world.rank] = zlib.crc32(line.encode()) + 1.0
+        said[world.rank] = zlib.crc32(line.encode(errors="surrogatepass")) + 1.0  # (a non-UTF-8 path's)
     lines = all_reduce(said, device, world)
     return said[world.rank] not in lines[:world.rank]
 

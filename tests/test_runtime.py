@@ -335,6 +335,24 @@ def test_an_error_several_ranks_meet_where_rank_0_did_not_is_printed_by_the_lowe
         assert errors.reports(e.value)
 
 
+def test_a_line_naming_a_non_utf8_path_still_reaches_the_collective(monkeypatch):
+    """Bug caught: a rank whose error named a run folder that is not UTF-8 (`mkdir $'r\\xff'`, which a
+    resume takes: printed as r\\udcff) raised UnicodeEncodeError in all_ranks_or_none, before the
+    collective that tells which rank prints the line: that rank's error was lost and the other ranks
+    waited for it at that collective. Now the line is counted and the rank's own error raised."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    calls = []
+    def all_reduce(values, device, world, op=None):  # rank 1 failed, rank 0 did not
+        calls.append(len(values))
+        return [1.0, 0.0] if len(values) == 2 else [0.0, values[1]]
+    monkeypatch.setattr(runtime, "all_reduce", all_reduce)
+    with pytest.raises(errors.CheckpointError) as e:
+        with runtime.all_ranks_or_none(World(1, 2), "cpu", "loading the checkpoint"):
+            raise errors.CheckpointError("checkpoints/r\udcff/last.pt: no such file")
+    assert calls == [2, 2] and errors.reports(e.value)  # (the verdict, then whose line it is)
+
+
 def test_a_bad_setting_one_rank_meets_alone_is_printed_by_that_rank(fake_all_reduce, monkeypatch):
     """Bug caught: a ConfigError rank 0 did not meet (a checkpoint of other model settings on another
     machine's disk, a data file there that is not rank 0's) was printed by no process: the rank that
