@@ -748,7 +748,9 @@ def held_out_moved(plan: RunPlan, saved_key: str, key: str) -> bool:
     """Whether a held-out slice of the checkpoint's --data, at its --val_fraction, holds other
     documents than those the run held out (the checkpoint's val_set and this run's, train.EvalSet.key:
     the shard's content, then the window count): a file of --data added before another shifts which
-    documents are 1 in round(1 / --val_fraction), so the slice holds documents the run trained on."""
+    documents are 1 in round(1 / --val_fraction), so the slice holds documents the run trained on (text
+    added at the end alone leaves the old slice where it was: the warning says so, as the shard's sha256
+    cannot tell it)."""
     saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
     return (held_out_of_saved_data(saved, t) and saved.get("val_fraction") == t.val_fraction
             and bool(saved_key) and saved_key.split(":")[0] != key.split(":")[0])
