@@ -499,4 +499,4 @@ def test_setup_names_a_new_run_by_rank_0s_clock(monkeypatch):
     with pytest.raises(Planned):
         train.setup(*parse(["--preset", "debug"]))
     assert sent[0] == [0.0] and got == [42.0]  # (rank 1 sends nothing of its own clock)
-    assert sent[1:] == [[1.0, 0.0]]  # (its failed plan told to the others: rank 0's line stands for it)
+    assert sent[1] == [1.0, 0.0]  # (its failed plan told to the others; then which failed rank says it)
