@@ -995,7 +995,7 @@ def _column_problem(ds, field: str, utf8: bool = True, option: str = "--text_fie
     if field not in ds.column_names:
         return f"has no column '{field}' (it has: {', '.join(ds.column_names)}); pass {option} NAME"
     feature = ds.features[field]
-    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+    if getattr(feature, "dtype", None) not in ("string", "large_string", "string_view"):
         return f"column '{field}' holds {feature}, not text; pass {option} NAME"
     column = ds.data.column(field)
     if column.null_count:
@@ -1102,8 +1102,10 @@ def _local_txt_refusal(name: str, split: str) -> str | None:
     reads those one line per document (a story's paragraphs apart, its <|endoftext|> lines as text),
     where --data splits them into stories. The flag's text is the split's file, or the folder where
     all of its text is the split's (never another split's text: --data FOLDER of train and validation
-    files trained on both). A local folder of parquet or JSON Lines files (the hub's layout, which the
-    tests stand in for the hub with) reads as the hub does: a row per document."""
+    files trained on both); of compressed ones (data/train.txt.gz, which `datasets` reads as .txt and
+    --data refuses), the command that decompresses them comes first. A local folder of parquet or JSON
+    Lines files (the hub's layout, which the tests stand in for the hub with) reads as the hub does: a
+    row per document."""
     if not local_hf_dataset(name):
         return None
     import datasets
@@ -1116,6 +1118,12 @@ def _local_txt_refusal(name: str, split: str) -> str | None:
     splits = builder.config.data_files or {}
     files = [str(f) for f in splits.get(split, [])]
     flag = "--data" if split == "train" else "--val_data"
+    packed = [f for f in files if Path(f).suffix.lower() in PACKED]  # (a.txt.gz: --data refuses it as it is)
+    unpack = ""
+    if packed:
+        tool, more = PACKED[Path(packed[0]).suffix.lower()][1], len(packed) > 1
+        unpack = f"decompress {'them' * more or 'it'} ({tool} {shlex.quote(packed[0])}{', ...' * more}) and "
+        files = [str(Path(f).with_suffix("")) if f in packed else f for f in files]  # (what they hold)
     if len(files) == 1:
         named = shlex.quote(files[0])
     elif not files:  # (the folder's text is another split's: the training text, as --val_data)
@@ -1125,8 +1133,8 @@ def _local_txt_refusal(name: str, split: str) -> str | None:
     else:  # (the folder is this split's and another's: --data FOLDER trained on the validation text)
         named = f"with a folder or glob of its {split} files alone ({files[0]}, ...)"
     return (f"--hf_dataset {name}: a local folder of .txt files, which `datasets` reads one line per "
-            f"document (a story's paragraphs apart, its {EOT} lines as text); pass {flag} {named} instead, "
-            "which splits it into stories")
+            f"document (a story's paragraphs apart, its {EOT} lines as text); {unpack}pass {flag} {named} "
+            "instead, which splits it into stories")
 
 
 # ---------------------------------------------------------------------------------------------

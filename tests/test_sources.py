@@ -552,6 +552,16 @@ def test_a_large_string_column_is_text_and_joins_other_files(tmp_path):
     assert load([txt, path], tmp_path, text_field="story") == docs(2, start=2) + docs(2)
 
 
+def test_a_string_view_column_is_text(tmp_path):
+    """Bug caught: a parquet file whose text column is string_view (as Arrow's newer writers, polars'
+    among them, can store it) was refused: "column 'text' holds Value('string_view'), not text; pass
+    --text_field NAME", though it is the text and no other option reads it."""
+    path = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"text": pa.array(docs(2), pa.string_view())}), path)
+    txt = write(tmp_path / "t.txt", official(docs(2, start=2)))
+    assert load([path, txt], tmp_path) == docs(2) + docs(2, start=2)
+
+
 def test_an_empty_arrow_file_in_the_file_format_has_no_rows(tmp_path):
     """Catches the Arrow file format not tried after the stream format: an empty .arrow file was
     "not an Arrow file, or a damaged one"."""
@@ -887,6 +897,23 @@ def test_a_local_hf_dataset_folder_of_txt_files_is_refused_naming_data(tmp_path,
     records = tmp_path / "records"
     write(records / "train.jsonl", "".join(json.dumps({"text": d + "\n\nThe end."}) + "\n" for d in docs(3)))
     assert sources.load_hub(str(records), "train")["text"] == [d + "\n\nThe end." for d in docs(3)]
+
+
+def test_a_local_hf_dataset_refusal_of_compressed_txt_files_says_to_decompress_them(tmp_path):
+    """Bug caught: --hf_dataset FOLDER in the hub's layout of data/train.txt.gz (`datasets` reads it as
+    .txt, a line per document) was refused with "pass --data FOLDER/data/train.txt.gz instead", which
+    --data refuses in turn ("is gzip-compressed; decompress it"). The refusal now says to decompress
+    it first and names the file that gives."""
+    import gzip
+    hub = tmp_path / "hub"
+    for split in ("train", "validation"):
+        write(hub / "data" / f"{split}.txt.gz", gzip.compress(official(docs(2)).encode()))
+    packed = hub / "data" / "train.txt.gz"
+    with pytest.raises(DataError) as e:
+        sources.load_hub(str(hub), "train")
+    assert str(e.value).split("; ", 1)[1] == (f"decompress it (gunzip {packed}) and pass --data "
+                                              f"{hub / 'data' / 'train.txt'} instead, which splits it into "
+                                              "stories")
 
 
 def test_a_local_hf_dataset_refusal_names_no_other_splits_text(tmp_path):
