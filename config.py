@@ -718,6 +718,28 @@ def _whole_number(text: str) -> int | None:
     return int(value) if value.is_integer() and abs(value) < 2**53 else None
 
 
+def _number_hint(text: str, kind) -> str:
+    """The fix for a number written as people write it, which Python does not read: a float for an int
+    (--dim 256.0, --max_steps 1e4), thousands separators (5,000), a trailing comma (3e-4,), a decimal
+    comma (0,001), a unit or suffix (10m, 5k); "" where none is clear (--dim 2.5)."""
+    def reads(word):
+        try:
+            return kind is int or math.isfinite(kind(word))
+        except ValueError:
+            return False
+    bare = text.strip()
+    if kind is int and (whole := _whole_number(bare)) is not None:
+        return f"; write {whole}"
+    if kind is int and re.fullmatch(r"[+-]?[1-9]\d{0,2}(,\d{3})+", bare):
+        return f"; write {bare.replace(',', '')}"
+    if "," in bare:
+        return f"; write {bare.rstrip(',')}" if reads(bare.rstrip(",")) else \
+            "; write it without commas" + " (a decimal point is .)" * (kind is float)
+    if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*[a-z%]+", bare, re.IGNORECASE):
+        return "; write the number alone, without a unit or suffix (--help says each option's unit)"
+    return ""
+
+
 def _typed(kind):
     names = {int: "an integer", float: "a number", str: "text"}
 
@@ -725,9 +747,8 @@ def _typed(kind):
         try:
             value = kind(text)
         except ValueError:
-            whole = _whole_number(text) if kind is int else None  # --dim 256.0, --max_steps 1e4
-            hint = f"; write {whole}" if whole is not None else ""
-            raise argparse.ArgumentTypeError(f"expected {names[kind]}, got {text!r}{hint}") from None
+            raise argparse.ArgumentTypeError(f"expected {names[kind]}, got {text!r}"
+                                             f"{_number_hint(text, kind)}") from None
         if kind is float and not math.isfinite(value):  # inf passes every range check
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         return value
@@ -823,17 +844,21 @@ def hf_spelling(option: str, options=()) -> str | None:
     return f"{ours}, whose none is transformers' default" if ours == "--rope_scaling" else ours
 
 
-def _meant_option(name: str, prog: str, options) -> str | None:
+def _meant_option(name: str, prog: str, options, offs=None) -> str | None:
     """What an unknown --name was meant to be, as its hint says it: the option of the same words
-    (--lr-min, --LR_MIN and --min_lr: --lr_min), another script's (other_scripts_option), ours for
-    transformers' name (hf_spelling), the one option it begins (--temp: --temperature) or each of
-    several (--max), else the nearest spelling; None where none is near."""
+    (--lr-min, --LR_MIN and --min_lr: --lr_min), how to turn an on/off option off (--no-X: `offs`
+    maps --X to it), another script's (other_scripts_option), ours for transformers' name
+    (hf_spelling), the one option it begins (--temp: --temperature) or each of several (--max), else
+    the nearest spelling; None where none is near."""
     def plain(option):  # --lr-min and --LR_MIN are --lr_min
         return option.lstrip("-").replace("-", "_").lower()
 
     def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
         return sorted(plain(option).split("_"))
     close = [o for o in options if parts(o) == parts(name)]
+    negated = f"--{plain(name)[3:]}" if plain(name).startswith("no_") else None
+    if not close and negated in (offs or {}):  # (the nearest spelling, --X, turns it on)
+        return offs[negated]
     if not close and (theirs := other_scripts_option(name, prog, options)):
         return theirs
     if not close and (ours := hf_spelling(name, options)):  # (--num_experts_per_tok: "did you
@@ -954,6 +979,17 @@ class Parser(argparse.ArgumentParser):
             self.error(f"{flag} {text}: {', '.join(map(str, twice))} given twice; give each once")
         return values
 
+    def offs(self, options) -> dict[str, str]:
+        """How to turn each on/off option of `options` off, for --no-X: one that takes true or false
+        (this parser's, or a setting of the dataclasses passed through to train.py), and a flag."""
+        on_off = {f"--{f.name}" for cls in (ModelArgs, TrainArgs, SampleArgs) for f in dataclasses.fields(cls)
+                  if _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata["choices"] or ())}
+        ours = {o: a for a in self._actions for o in a.option_strings}
+        offs = {o: f"to turn {o} off: {o} false" for o in options
+                if (ours[o].type in (parse_bool, switch) if o in ours else o in on_off)}
+        return offs | {o: f"{o} is off unless given: leave it out" for o, a in ours.items()
+                       if isinstance(a, argparse._StoreTrueAction)}
+
     def unknown(self, words, more_options=()) -> str:
         """The error for unknown options: each with what it was meant to be (_meant_option), among this
         parser's options and more_options; several stray words (an unquoted story) in one clause, not one
@@ -999,7 +1035,7 @@ class Parser(argparse.ArgumentParser):
                 hints.append(f"{shlex.quote(w)} (options take the form --name value; is {missing} missing "
                              "before it?)")
                 continue
-            meant = _meant_option(name, self.prog, options)
+            meant = _meant_option(name, self.prog, options, self.offs(options))
             hints.append(f"{w} ({meant})" if meant else w)
         clauses = [f"unknown option {', '.join(hints)}"] * bool(hints) + clauses
         return f"{'; '.join(clauses)}; see --help for the list"

@@ -939,13 +939,49 @@ def test_a_flag_given_a_checkpoint_names_resume():
     (["--dim", "1e300"], "argument --dim: expected an integer, got '1e300'"),  # (not 301 digits to write)
     (["--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),  # (NaN passes every range check)
     (["--dmi", "3"], "unknown option --dmi (did you mean --dim?); see --help for the list"),  # (not "3" too)
+    # a number as people write it: each named no fix
+    (["--max_steps", "5,000"], "argument --max_steps: expected an integer, got '5,000'; write 5000"),
+    (["--lr", "3e-4,"], "argument --lr: expected a number, got '3e-4,'; write 3e-4"),
+    (["--lr", "0,001"], "argument --lr: expected a number, got '0,001'; write it without commas (a decimal "
+                        "point is .)"),
+    (["--max_minutes", "10m"], "argument --max_minutes: expected a number, got '10m'; write the number "
+                               "alone, without a unit or suffix (--help says each option's unit)"),
+    (["--max_steps", "5k"], "argument --max_steps: expected an integer, got '5k'; write the number alone, "
+                            "without a unit or suffix (--help says each option's unit)"),
+    # --no-X: "did you mean --X?" named the option that turns X on
+    (["--no-qk_norm"], "unknown option --no-qk_norm (to turn --qk_norm off: --qk_norm false); see --help "
+                       "for the list"),
+    (["--no_compile"], "unknown option --no_compile (to turn --compile off: --compile false); see --help "
+                       "for the list"),
+    (["--no-grad-checkpoint"], "unknown option --no-grad-checkpoint (to turn --grad_checkpoint off: "
+                               "--grad_checkpoint false); see --help for the list"),
 ])
 def test_the_whole_error_line(argv, line, capsys):
     """A hint offered where it is wrong: a whole number for 2.5 or 1e300, NaN let through, the value
-    after an unknown option named as a second unknown one."""
+    after an unknown option named as a second unknown one; or missing, or the opposite of the fix."""
     with pytest.raises(SystemExit) as e:
         config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py")
     assert e.value.code == 2 and capsys.readouterr().err == f"train.py: error: {line}\n"
+
+
+@pytest.mark.parametrize("prog, typed, hint", [
+    ("sample.py", "--no-greedy", "--no-greedy (to turn --greedy off: --greedy false)"),
+    ("sample.py", "--no-cache", "--no-cache (did you mean --no_cache?)"),  # (an option of those words)
+    ("bench.py", "--no-quick", "--no-quick (--quick is off unless given: leave it out)"),
+    ("compare.py", "--no-vision", "--no-vision (to turn --vision off: --vision false)"),  # (passed through)
+])
+def test_a_negated_on_off_option_names_how_to_turn_it_off(prog, typed, hint, capsys):
+    """Bug caught: `--no-greedy` was told "did you mean --greedy?", the option that turns it on."""
+    if prog == "sample.py":
+        run = lambda: config.parse_args([SampleArgs], [typed], prog=prog)  # noqa: E731
+    else:
+        parser = config.Parser(prog=prog)
+        parser.add_argument("--quick", action="store_true")
+        run = (lambda: parser.parse_args([typed])) if prog == "bench.py" else (
+            lambda: config.check_pass_through(parser, [typed]))
+    with pytest.raises(SystemExit) as e:
+        run()
+    assert e.value.code == 2 and f"unknown option {hint}; see --help" in capsys.readouterr().err
 
 
 def test_a_negative_token_id_is_not_told_to_raise_the_vocabulary(capsys):
