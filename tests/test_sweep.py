@@ -260,6 +260,7 @@ def test_a_runs_log_without_a_record_or_a_field_is_one_line(corpus, tmp_path, mo
     def stopped(argv, **kwargs):
         run_dir = tmp_path / "runs" / argv[argv.index("--run") + 1]
         run_dir.mkdir(parents=True)
+        (run_dir / "run.lock").touch()  # (train.py's first file: storage.run_folder_files)
         (run_dir / "train.json").write_text("{}")
         if records is not None:
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
