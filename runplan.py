@@ -20,7 +20,8 @@ What it holds, one section each, in this order:
     planning                  plan_run, load_resumed, check_optimizer_groups, init_from_fix, absolute
                               (a path setting as saved), saved_paths
     before any work           memory_floor, check_settings (refused), setting_warnings (warned of:
-                              unscored_source)
+                              unscored_source, held_out_of_saved_data); held_out_moved (train.py's
+                              warning once the validation text is read)
     a finished run            finished_limit, limit_reached (train.py says so, and trains nothing)
     the run folder            claim_folder, check_no_later_last, check_same_model
     W&B                       wandb_id
