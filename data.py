@@ -616,7 +616,8 @@ def val_windows(tokens, seq_len: int, max_windows: int = 0, start: int = 0, stop
 
 
 def count_bytes(y, token_bytes: np.ndarray) -> int:
-    """UTF-8 bytes that the real targets (y >= 0) of a batch decode to."""
+    """UTF-8 bytes that the real targets (y >= 0) of a batch stand for (a token holding part of a
+    character counts the bytes it holds)."""
     y = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
     return int(token_bytes[y[y >= 0]].sum())
 

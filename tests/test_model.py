@@ -32,7 +32,7 @@ def set_impl(model, impl):
 
 @pytest.mark.parametrize("overrides", [{}, dict(moe_every=2), dict(qk_norm=False, top_k=2),
                                        dict(attn_chunk_size=64)])
-@pytest.mark.parametrize("T", [44, 48])  # 48 = 6 whole chunks (folded path), 44 = masked path
+@pytest.mark.parametrize("T", [44, 48])  # 48 = 6 whole chunks (folded path), 44 = 5 and a tail
 def test_future_tokens_never_change_past_logits(overrides, T):
     model = build(**overrides)
     x = torch.randint(0, V, (2, T))
@@ -43,6 +43,29 @@ def test_future_tokens_never_change_past_logits(overrides, T):
             y[:, t + 1:] = torch.randint(0, V, (2, T - t - 1))
             out = model(y).logits
             assert torch.allclose(out[:, :t + 1], ref[:, :t + 1], atol=1e-6), t
+            assert not torch.allclose(out[:, t + 1:], ref[:, t + 1:])
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(attn_chunk_size=64)])
+def test_future_tokens_never_change_past_logits_on_the_masked_path(overrides):
+    """The path sample.py takes (explicit positions: a left-padded batch, -1 for padding) builds its
+    own mask (attention_mask) rather than SDPA's is_causal: a future token changes no earlier logit
+    there either. Bug caught (a mutation): attention_mask without its causal condition passed the
+    causality test above."""
+    model = build(**overrides)
+    T, pad = 44, 5
+    x = torch.randint(0, V, (2, T))
+    positions = torch.arange(T).repeat(2, 1)
+    positions[1] = torch.arange(T) - pad
+    positions[1, :pad] = -1  # row 1: 5 padding columns, then its tokens from position 0
+    with torch.no_grad():
+        ref = model(x, positions=positions).logits
+        for t in [pad, pad + 7, 21, T - 2]:
+            y = x.clone()
+            y[:, t + 1:] = torch.randint(0, V, (2, T - t - 1))
+            out = model(y, positions=positions).logits
+            assert torch.allclose(out[0, :t + 1], ref[0, :t + 1], atol=1e-6), t
+            assert torch.allclose(out[1, pad:t + 1], ref[1, pad:t + 1], atol=1e-6), t
             assert not torch.allclose(out[:, t + 1:], ref[:, t + 1:])
 
 
