@@ -9,7 +9,7 @@ named presets, and the one command-line layer that every entry point shares.
     to_dict, from_dict  settings as plain data, as checkpoints carry them
     parse_args          `--preset NAME` then `--field value` for any field of the dataclasses asked for
     Parser              argparse with one-line errors that name what was meant; every script uses it
-    switch, at_least, check_pass_through, refuse_training_settings
+    switch, number, at_least, check_pass_through, refuse_training_settings
                         the scripts' own options, read and refused as train.py's are
 
 How this departs from the obvious version:
@@ -390,7 +390,9 @@ class TrainArgs:
                                     "validation source is given: 1 in round(1 / f), f at most 0.5")
     tokenizer: str = arg("", "tokenizer.json to use; empty = train one on the training text")
     cache_dir: str = arg("cache", "folder for tokenizers and token shards")
-    num_proc: int = arg(0, "tokenizer worker threads (0 = one per CPU core)")
+    num_proc: int = arg(0, "tokenizer worker threads (0 = one per CPU core); more than the CPU cores are "
+                           "capped at the cores: the encoding is CPU-bound, and each thread holds a batch of "
+                           "documents in memory")
     tokenizer_train_mb: float = arg(100.0, "MB of training text, from the start of the training "
                                            "split, that the BPE tokenizer is trained on (0 = all)")
     # --- batch and optimisation ---
@@ -756,14 +758,18 @@ def _typed(kind):
     return convert
 
 
+def number(kind):
+    """An argparse type for a script's own int or float option (compare.py --minutes, sweep.py --confirm):
+    read as train.py's are, with the same one-line errors and fixes (5,000: write 5000; 256.0 for an int:
+    write 256; 10m: the number alone), and a float finite (nan and inf pass every range check)."""
+    return _typed(kind)
+
+
 def at_least(low: int):
     """An argparse type: a whole number of `low` or more (1: a count of repeats or tokens; 0: of
-    warm-ups, which may be none)."""
+    warm-ups, which may be none), read as number(int) reads one."""
     def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
+        value = _typed(int)(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number"
                                              + (" above 0" if low == 1 else f", {low} or more"))

@@ -52,7 +52,8 @@ How this departs from the obvious version:
 - Parallel tokenization uses num_proc Python threads over the Rust encoder (which releases the
   GIL) instead of processes: no pickling or start-up cost, so it pays off even for small files, and
   the output is identical to a serial loop. Batches are streamed, so memory does not grow with the
-  corpus.
+  corpus. The threads are at most one per CPU core (tokenizer_threads): the work is CPU-bound, and
+  each thread's share of a batch (BATCH_DOCS documents) is held in memory.
 - Bits per byte count the separator as 0 bytes, while its prediction loss still counts: the figure
   is slightly conservative (higher) compared with counting only text tokens.
 - The BPE is trained on at most --tokenizer_train_mb MB from the start of the training split
@@ -373,6 +374,14 @@ def _cached_tokenizer(path: Path, log) -> Tokenizer | None:
     return None
 
 
+def tokenizer_threads(num_proc: int) -> int:
+    """--num_proc as the tokenizer's threads: 0 is one per CPU core, and more than the cores is the cores
+    (the encoding is CPU-bound, so more threads only add memory: each holds BATCH_DOCS documents, and
+    --num_proc 100000 read 100 million documents into memory at once, on as many threads)."""
+    cores = os.cpu_count() or 1
+    return min(num_proc, cores) or cores
+
+
 def get_tokens(name: str, split: sources.Split, tok: Tokenizer, cache_dir, threads: int = 1,
                log=print) -> TokenData:
     """The split's token shard: from the cache when source and tokenizer match, else tokenized now."""
@@ -508,7 +517,7 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     then get cache hits); separate runs sharing --cache_dir wait for each other's builds (a lock per
     folder).
     """
-    threads, log = train_args.num_proc or os.cpu_count() or 1, _printing(log)
+    threads, log = tokenizer_threads(train_args.num_proc), _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         train_split, val_split = sources.resolve_sources(train_args, log)
         tok = get_tokenizer(train_args, model_args, train_split, log, val_split)
@@ -532,8 +541,8 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     log = _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         _, val_split = sources.resolve_sources(train_args, log, need_train=False)
-        val = get_tokens("val", val_split, tok, train_args.cache_dir,
-                         train_args.num_proc or os.cpu_count() or 1, log)
+        val = get_tokens("val", val_split, tok, train_args.cache_dir, tokenizer_threads(train_args.num_proc),
+                         log)
     _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)
     return val
 

@@ -89,7 +89,7 @@ def child(path: str, cache_dir: str, vocab_size: str) -> None:
     print(json.dumps({"seconds": seconds, "mb": os.path.getsize(path) / 1e6, "peak_rss_mb": peak,
                       "baseline_rss_mb": baseline, "peak_anon_mb": max(anon), "baseline_anon_mb": anon[0],
                       "tokens": train.n_tokens + val.n_tokens,
-                      "docs": train.n_docs + val.n_docs, "threads": args.num_proc or os.cpu_count()}))
+                      "docs": train.n_docs + val.n_docs, "threads": data.tokenizer_threads(args.num_proc)}))
 
 
 def added_mb(r: dict, kind: str) -> float:

@@ -215,7 +215,7 @@ def parse(argv):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS),
                    help="model shape (random weights: speed only)")
-    p.add_argument("--max_seq_len", type=int, default=PROMPT + NEW,
+    p.add_argument("--max_seq_len", type=config.number(int), default=PROMPT + NEW,
                    help=f"the model's context, the KV cache's length (default {PROMPT + NEW}: the "
                         f"{PROMPT}-token prompt and {NEW} --new_tokens; with --quick, the prompt and its "
                         "--new_tokens)")

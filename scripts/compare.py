@@ -104,11 +104,11 @@ def parse(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Any other option (e.g. --dim 96 --log_every 5) goes to train.py, "
                                        "for all three runs.")
-    add = p.add_argument
+    add, integer = p.add_argument, config.number(int)  # (numbers read as train.py reads its own)
     add("--preset", default="tiny", choices=list(config.PRESETS),
         help="train.py preset of the runs (default tiny)")
-    add("--minutes", type=float, default=10.0, help="wall-clock budget per run (default 10)")
-    add("--max_steps", type=int, default=None,
+    add("--minutes", type=config.number(float), default=10.0, help="wall-clock budget per run (default 10)")
+    add("--max_steps", type=integer, default=None,
         help="also stop each run after this many steps (default: none, the budget decides)")
     add("--data", default=str(SHARED / "train-lower.txt"),
         help="training text (default ../shared/data/tinystories/train-lower.txt)")
@@ -119,10 +119,10 @@ def parse(argv):
     add("--out_dir", default=str(ROOT / "checkpoints" / "compare"),
         help="folder for the three run folders (default checkpoints/compare/)")
     add("--cache_dir", default=str(CACHE), help="tokenizer and token shard cache (default cache/)")
-    add("--seed", type=int, default=1337, help="the same for the three runs (default 1337)")
-    add("--batch_size", type=int, default=None, help="sequences per micro-batch (default: the preset's)")
-    add("--eval_every", type=int, default=500, help="evaluate every N steps and at the end (default 500)")
-    add("--eval_windows", type=int, default=0,
+    add("--seed", type=integer, default=1337, help="the same for the three runs (default 1337)")
+    add("--batch_size", type=integer, default=None, help="sequences per micro-batch (default: the preset's)")
+    add("--eval_every", type=integer, default=500, help="evaluate every N steps and at the end (default 500)")
+    add("--eval_windows", type=integer, default=0,
         help="validation windows per evaluation (default 0: all of --val_data, the same for every run)")
     add("--wandb_mode", default="disabled", choices=["auto", "online", "offline", "disabled"],
         help="Weights & Biases for the runs, group 'compare' (default disabled)")

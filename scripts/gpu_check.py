@@ -447,7 +447,7 @@ def parse(argv):
     p.add_argument("--device", default="cuda", help="where every part runs (default cuda; cpu with --quick "
                                                     "for the smoke test)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and runs (a smoke test, also on CPU)")
-    p.add_argument("--minutes", type=float, default=1.5,
+    p.add_argument("--minutes", type=config.number(float), default=1.5,
                    help="the train.py run's budget (default 1.5; 0: what --deadline leaves)")
     p.add_argument("--compile", default="true", choices=["auto", "true", "false"], type=config.switch,
                    help="the train part's --compile, of train.py and the greedy story's sample.py (default "
@@ -471,7 +471,7 @@ def parse(argv):
     p.add_argument("--render", action="store_true",
                    help="run nothing: write gpu.md from the JSON already in --out (the files of a check "
                         "made in two calls, put together)")
-    p.add_argument("--deadline", type=float, default=None,
+    p.add_argument("--deadline", type=config.number(float), default=None,
                    help=f"seconds, {MIN_PART_S} or more: end within this (and 10 s), every file written (a "
                         f"command stopped there, a part with under {MIN_PART_S} s left skipped, the train.py "
                         "run shortened to fit); set it below a lease's time limit, so that the check stops "

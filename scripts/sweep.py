@@ -485,12 +485,12 @@ def parser() -> config.Parser:
     """sweep.py's options (any other goes to train.py: check_pass_through)."""
     p = config.Parser(prog="sweep.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--screen_minutes", type=float, default=2.5,
+    p.add_argument("--screen_minutes", type=config.number(float), default=2.5,
                    help="wall-clock budget of each screening run, stages 1-3 (default 2.5)")
-    p.add_argument("--confirm_minutes", type=float, default=10.0,
+    p.add_argument("--confirm_minutes", type=config.number(float), default=10.0,
                    help="wall-clock budget of each run of stages 4-6: confirming, noise, compiled, "
                         "follow-ups (default 10)")
-    p.add_argument("--confirm", type=int, default=3,
+    p.add_argument("--confirm", type=config.number(int), default=3,
                    help="how many screened candidates to confirm (default 3)")
     p.add_argument("--only", default=None, help="comma-separated shape names to screen (default: all)")
     p.add_argument("--no_variations", action="store_true", help="screen shapes only")

@@ -228,12 +228,15 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_the_runs(tmp_path,
 
 def test_a_bad_minutes_names_minutes(tmp_path, capsys):
     """--minutes -1 or nan was refused as train.py's --max_minutes, which compare.py does not take,
-    and --minutes -0.5 was called --minutes 0."""
-    for value in ("-1", "nan", "inf", "-0.5"):
+    and --minutes -0.5 was called --minutes 0 (nan and inf: read as train.py reads a number)."""
+    for value, said in [("-1", "--minutes: must be a finite number of minutes, 0 or more, got -1"),
+                        ("nan", "argument --minutes: expected a finite number, got 'nan'"),
+                        ("inf", "argument --minutes: expected a finite number, got 'inf'"),
+                        ("-0.5", "--minutes: must be a finite number of minutes, 0 or more, got -0.5")]:
         with pytest.raises(SystemExit) as e:
             compare.main(["--minutes", value, "--max_steps", "5", "--out", str(tmp_path)])
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert e.value.code == 2 and err.startswith("compare.py: error: --minutes: must be a finite number")
+        assert e.value.code == 2 and err == f"compare.py: error: {said}"
     assert not list(tmp_path.iterdir())
 
 

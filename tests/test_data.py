@@ -2175,6 +2175,24 @@ def test_the_coverage_log_of_a_run_counts_eval_windows(tmp_path, corpus):
     assert line in logs
 
 
+def test_num_proc_above_the_cpu_cores_tokenizes_on_the_cores(tmp_path, corpus, monkeypatch):
+    """Bug caught: --num_proc 100000 started up to 100000 threads and read BATCH_DOCS x 100000 documents
+    into memory per batch; now the threads are at most the CPU cores (0: one per core, as before), each
+    batch BATCH_DOCS per thread, and the log line says how many threads tokenized."""
+    monkeypatch.setattr(data.os, "cpu_count", lambda: 3)
+    assert [data.tokenizer_threads(n) for n in (0, 1, 2, 3, 100000)] == [3, 1, 2, 3, 3]
+    calls, real = [], Tokenizer.encode_docs
+    monkeypatch.setattr(Tokenizer, "encode_docs", lambda self, texts, threads=1: calls.append(
+        (len(texts), threads)) or real(self, texts, threads))
+    monkeypatch.setattr(data, "BATCH_DOCS", 2)
+    train_path, val_path, _, _ = corpus
+    _, train, _, logs = run(tmp_path, data=str(train_path), val_data=str(val_path), num_proc=100000)
+    shards = [(docs, threads) for docs, threads in calls if threads > 1]  # (not the tokenizer's checks)
+    assert train.n_docs == 30 and {threads for _, threads in shards} == {3}
+    assert max(docs for docs, _ in shards) == 2 * 3  # (BATCH_DOCS x the threads: 30 documents at once before)
+    assert sum(", 3 threads) -> " in x for x in logs) == 2  # train and val
+
+
 def test_validation_windows_stop_at_the_cap_and_the_end():
     """Catches val_windows not capping `stop` at the windows there are (or --eval_windows): a range
     past them gave windows beyond the cap, or padding-only windows past the end."""

@@ -406,12 +406,13 @@ def test_bench_sample_refuses_a_negative_warmup(capsys):
     """Catches bench_sample.py --warmup -1 taken without a word (run as no warm-up, recorded as -1 in its
     JSON), where every other count of the script is refused below its least value."""
     from scripts import bench_sample
-    for value in ["-1", "x"]:
+    for value, said in [("-1", "'-1' is not a whole number, 0 or more"),
+                        ("x", "expected an integer, got 'x'")]:  # (read as config.number(int) reads it)
         with pytest.raises(SystemExit) as e:
             bench_sample.parse(["--quick", "--warmup", value])
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and err.count("\n") == 0
-        assert err.endswith(f"argument --warmup: {value!r} is not a whole number, 0 or more")
+        assert err.endswith(f"argument --warmup: {said}")
     assert bench_sample.parse(["--quick", "--warmup", "0"]).warmup == 0
 
 

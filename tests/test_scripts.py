@@ -139,6 +139,45 @@ def test_count_params_answers_two_billion_layers_without_building_them(monkeypat
     assert "1,778,208,000,524,416" in capsys.readouterr().out
 
 
+UNIT = "write the number alone, without a unit or suffix (--help says each option's unit)"
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("compare", ["--max_steps", "5,000"],
+     "argument --max_steps: expected an integer, got '5,000'; write 5000"),
+    ("compare", ["--seed", "256.0"], "argument --seed: expected an integer, got '256.0'; write 256"),
+    ("compare", ["--minutes", "10m"], f"argument --minutes: expected a number, got '10m'; {UNIT}"),
+    ("compare", ["--minutes", "nan"], "argument --minutes: expected a finite number, got 'nan'"),
+    ("compare", ["--minutes", "-1"], "--minutes: must be a finite number of minutes, 0 or more, got -1"),
+    ("gpu_check", ["--minutes", "inf"], "argument --minutes: expected a finite number, got 'inf'"),
+    ("gpu_check", ["--deadline", "3e-4,"], "argument --deadline: expected a number, got '3e-4,'; write 3e-4"),
+    ("gpu_check", ["--minutes", "-1"], "--minutes: must be a finite number, 0 or more, got -1"),
+    ("sweep", ["--confirm", "5,000"], "argument --confirm: expected an integer, got '5,000'; write 5000"),
+    ("sweep", ["--confirm", "3e-4"], "argument --confirm: expected an integer, got '3e-4'"),
+    ("sweep", ["--screen_minutes=-inf"],
+     "argument --screen_minutes: expected a finite number, got '-inf'"),
+    ("sweep", ["--confirm_minutes", "-1"], "--confirm_minutes: must be above 0, got -1"),
+    ("bench_sample", ["--max_seq_len", "256.0"],
+     "argument --max_seq_len: expected an integer, got '256.0'; write 256"),
+    ("bench_sample", ["--repeats", "5,000"],
+     "argument --repeats: expected an integer, got '5,000'; write 5000"),
+    ("bench_sample", ["--warmup", "-1"], "argument --warmup: '-1' is not a whole number, 0 or more"),
+    ("bench_data", ["--repeat", "10m"], f"argument --repeat: expected an integer, got '10m'; {UNIT}"),
+    ("bench_model", ["--repeats", "2.0"], "argument --repeats: expected an integer, got '2.0'; write 2"),
+])
+def test_the_scripts_numbers_are_read_as_train_pys_are(script, argv, message, capsys):
+    """Bug caught: the scripts' own number options (compare.py --max_steps 5,000, sweep.py --confirm,
+    gpu_check.py --deadline, bench_sample.py --max_seq_len 256.0, the counts of config.at_least) said
+    argparse's "invalid int value: '5,000'", with no fix, where train.py says "expected an integer, got
+    '5,000'; write 5000" (config.number). Their own range checks still come after; all before any work."""
+    import importlib
+    main = importlib.import_module(f"scripts.{script}").main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert (e.value.code, out, err.split(": error: ", 1)[1]) == (2, "", message + "\n")
+
+
 NO_ROOM = ("error: cannot write to standard output (No space left on device); send the output somewhere "
            "with room, or to a terminal\n")
 

@@ -115,7 +115,8 @@ def test_an_unknown_shape_and_a_failed_run_are_one_line(corpus, tmp_path, capfd)
             (["--only", "tiny-2026-11", "--min_lr", "3e-3"],
              "candidate tiny-2026-11: --min_lr: 0.003 is above --lr 0.002"),
             (["--screen_minutes", "0"], "--screen_minutes: must be above 0, got 0"),  # it never ended
-            (["--confirm_minutes", "inf"], "--confirm_minutes: must be a finite number, got inf"),  # hours in
+            (["--confirm_minutes", "inf"],  # hours in
+             "argument --confirm_minutes: expected a finite number, got 'inf'"),
             (["--confirm", "0"], "--confirm: must be above 0, got 0")]:
         with pytest.raises(SystemExit) as e:
             sweep.main([*argv, "--out_dir", str(tmp_path / "runs")])
