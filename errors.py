@@ -10,7 +10,8 @@ that names the problem and the fix. Entry points print `<prog>: error: <message>
       CheckpointError  a checkpoint is missing, corrupt, or does not match the settings
       RunError         a run cannot start or go on (busy run folder, non-finite weights)
       StorageError     a file cannot be written (disk full, quota, read-only); the old one is intact
-      RankError        under torchrun: another rank failed where this one waited for it (no line)
+      RankError        under torchrun: another rank failed where this one waited for it, or this rank
+                       met what rank 0 says for all (non-finite steps or weights) (no line)
 
 Under torchrun every rank meets a bad setting alike, so rank 0 alone prints it (`reports`); a
 DeviceError, which one rank may meet alone, is printed by each rank that meets it, a MachineError

@@ -1915,6 +1915,18 @@ def test_two_process_ddp_equals_one_process(tmp_path, corpus, cache):
         assert line in workers[0], out.stderr
 
 
+def test_under_torchrun_a_run_stopped_by_non_finite_steps_says_so_once(tmp_path, corpus, cache):
+    """Bug caught: `torchrun --nproc_per_node 2` with a learning rate that diverges: every rank met the
+    streak of non-finite steps alike (the weights are the same on every rank) and each printed its line
+    (eight on a machine of 8 GPUs), naming a last.pt only rank 0's machine can see. Rank 0 alone says it."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--"]
+    argv = args(tmp_path, corpus, cache, "--max_steps", "10", "--grad_accum", "2", "--lr", "1e30", "--min_lr",
+                "0", "--weight_decay", "0", "--max_bad_steps", "2", "--log_every", "5", "--eval_every", "100")
+    out = subprocess.run([*launcher, "train.py", *argv], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and out.stderr.count("non-finite steps in a row") == 1, out.stderr[-3000:]
+
+
 @pytest.mark.parametrize("env", [dict(RANK="0"), dict(RANK="3", WORLD_SIZE="4")])
 def test_a_rank_without_torchrun_is_one_line_before_any_work(tmp_path, corpus, cache, capsys, monkeypatch,
                                                               env):
