@@ -723,10 +723,11 @@ def _whole_number(text: str) -> int | None:
 def _number_hint(text: str, kind) -> str:
     """The fix for a number written as people write it, which Python does not read: a float for an int
     (--dim 256.0, --max_steps 1e4), thousands separators (5,000), a trailing comma (3e-4,), a decimal
-    comma (0,001), a unit or suffix (10m, 5k); "" where none is clear (--dim 2.5)."""
+    comma (0,001), a unit or suffix (10m, 5k); "" where none is clear (--dim 2.5). A fix
+    it names is one the option reads (not "write 1,5" for --dim 1,5)."""
     def reads(word):
         try:
-            return kind is int or math.isfinite(kind(word))
+            return math.isfinite(kind(word))
         except ValueError:
             return False
     bare = text.strip()
@@ -736,7 +737,7 @@ def _number_hint(text: str, kind) -> str:
         return f"; write {bare.replace(',', '')}"
     if "," in bare:
         return f"; write {bare.rstrip(',')}" if reads(bare.rstrip(",")) else \
-            "; write it without commas" + " (a decimal point is .)" * (kind is float)
+            "; write one number, without commas" + " (a decimal point is .)" * (kind is float)
     if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*[a-z%]+", bare, re.IGNORECASE):
         return "; write the number alone, without a unit or suffix (--help says each option's unit)"
     return ""
@@ -989,7 +990,7 @@ class Parser(argparse.ArgumentParser):
         """How to turn each on/off option of `options` off, for --no-X: one that takes true or false
         (this parser's, or a setting of the dataclasses passed through to train.py), and a flag."""
         on_off = {f"--{f.name}" for cls in (ModelArgs, TrainArgs, SampleArgs) for f in dataclasses.fields(cls)
-                  if _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata["choices"] or ())}
+                  if _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata.get("choices") or ())}
         ours = {o: a for a in self._actions for o in a.option_strings}
         offs = {o: f"to turn {o} off: {o} false" for o in options
                 if (ours[o].type in (parse_bool, switch) if o in ours else o in on_off)}

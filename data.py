@@ -377,8 +377,9 @@ def _cached_tokenizer(path: Path, log) -> Tokenizer | None:
 def tokenizer_threads(num_proc: int) -> int:
     """--num_proc as the tokenizer's threads: 0 is one per CPU core, and more than the cores is the cores
     (the encoding is CPU-bound, so more threads only add memory: each holds BATCH_DOCS documents, and
-    --num_proc 100000 read 100 million documents into memory at once, on as many threads)."""
-    cores = os.cpu_count() or 1
+    --num_proc 100000 read 100 million documents into memory at once, on as many threads); where the cores
+    are not known, --num_proc as given (0: one thread)."""
+    cores = os.cpu_count() or num_proc or 1
     return min(num_proc, cores) or cores
 
 

@@ -1121,8 +1121,10 @@ def _local_txt_refusal(name: str, split: str) -> str | None:
     packed = [f for f in files if Path(f).suffix.lower() in PACKED]  # (a.txt.gz: --data refuses it as it is)
     unpack = ""
     if packed:
-        tool, more = PACKED[Path(packed[0]).suffix.lower()][1], len(packed) > 1
-        unpack = f"decompress {'them' * more or 'it'} ({tool} {shlex.quote(packed[0])}{', ...' * more}) and "
+        tools = {PACKED[Path(f).suffix.lower()][1] for f in packed}
+        command = (f"{tools.pop()} {' '.join(map(shlex.quote, packed))}" if len(tools) == 1  # (to paste)
+                   else f"{PACKED[Path(packed[0]).suffix.lower()][1]} {shlex.quote(packed[0])}, ...")
+        unpack = f"decompress {'them' if len(packed) > 1 else 'it'} ({command}) and "
         files = [str(Path(f).with_suffix("")) if f in packed else f for f in files]  # (what they hold)
     if len(files) == 1:
         named = shlex.quote(files[0])

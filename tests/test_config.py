@@ -942,8 +942,8 @@ def test_a_flag_given_a_checkpoint_names_resume():
     # a number as people write it: each named no fix
     (["--max_steps", "5,000"], "argument --max_steps: expected an integer, got '5,000'; write 5000"),
     (["--lr", "3e-4,"], "argument --lr: expected a number, got '3e-4,'; write 3e-4"),
-    (["--lr", "0,001"], "argument --lr: expected a number, got '0,001'; write it without commas (a decimal "
-                        "point is .)"),
+    (["--lr", "0,001"], "argument --lr: expected a number, got '0,001'; write one number, without commas "
+                        "(a decimal point is .)"),
     (["--max_minutes", "10m"], "argument --max_minutes: expected a number, got '10m'; write the number "
                                "alone, without a unit or suffix (--help says each option's unit)"),
     (["--max_steps", "5k"], "argument --max_steps: expected an integer, got '5k'; write the number alone, "
@@ -962,6 +962,21 @@ def test_the_whole_error_line(argv, line, capsys):
     with pytest.raises(SystemExit) as e:
         config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py")
     assert e.value.code == 2 and capsys.readouterr().err == f"train.py: error: {line}\n"
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--dim", "1,5"], "expected an integer, got '1,5'; write one number, without commas"),
+    (["--max_steps", "5,000,"], "expected an integer, got '5,000,'; write one number, without commas"),
+    (["--max_steps", "5,000.0"], "expected an integer, got '5,000.0'; write one number, without commas"),
+    (["--lr", "1e-3,1e-4"], "expected a number, got '1e-3,1e-4'; write one number, without commas (a "
+                            "decimal point is .)"),
+])
+def test_a_number_with_commas_is_told_a_fix_that_reads(argv, hint, capsys):
+    """Bug caught: --dim 1,5 was told "write 1,5" (and 5,000, "write 5,000"), the very text refused;
+    --lr 1e-3,1e-4 (a list) was told to write it without commas, which makes 1e-31e-4."""
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs, TrainArgs], argv, prog="train.py")
+    assert capsys.readouterr().err == f"train.py: error: argument {argv[0]}: {hint}\n"
 
 
 @pytest.mark.parametrize("prog, typed, hint", [

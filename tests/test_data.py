@@ -2193,6 +2193,13 @@ def test_num_proc_above_the_cpu_cores_tokenizes_on_the_cores(tmp_path, corpus, m
     assert sum(", 3 threads) -> " in x for x in logs) == 2  # train and val
 
 
+def test_num_proc_is_kept_where_the_cpu_cores_are_not_known(monkeypatch):
+    """Bug caught: where os.cpu_count() is None (the cores not known), --num_proc 4 tokenized on one
+    thread (capped at the 1 that stood for the unknown count); 0 is still one thread there."""
+    monkeypatch.setattr(data.os, "cpu_count", lambda: None)
+    assert [data.tokenizer_threads(n) for n in (0, 1, 4)] == [1, 1, 4]
+
+
 def test_validation_windows_stop_at_the_cap_and_the_end():
     """Catches val_windows not capping `stop` at the windows there are (or --eval_windows): a range
     past them gave windows beyond the cap, or padding-only windows past the end."""

@@ -914,6 +914,11 @@ def test_a_local_hf_dataset_refusal_of_compressed_txt_files_says_to_decompress_t
     assert str(e.value).split("; ", 1)[1] == (f"decompress it (gunzip {packed}) and pass --data "
                                               f"{hub / 'data' / 'train.txt'} instead, which splits it into "
                                               "stories")
+    write(hub / "data" / "train-2.txt.gz", gzip.compress(official(docs(2)).encode()))
+    with pytest.raises(DataError) as e:  # (several: a command to paste, not "gunzip a.txt.gz, ...")
+        sources.load_hub(str(hub), "train")
+    assert f"decompress them (gunzip {hub / 'data' / 'train-2.txt.gz'} {packed}) and pass" in str(e.value) \
+        or f"decompress them (gunzip {packed} {hub / 'data' / 'train-2.txt.gz'}) and pass" in str(e.value)
 
 
 def test_a_local_hf_dataset_refusal_names_no_other_splits_text(tmp_path):
