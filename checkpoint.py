@@ -33,6 +33,7 @@ How this departs from the obvious version:
   and the rest take free ids.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -923,8 +924,8 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     an HF folder, or a folder of runs (an --out_dir) as `dest`, is refused, --force or not (its
     last.pt made the folder a run's, which exports refuse; or a run among the runs). A training
     run's folder or checkpoint as `folder` is the export mistaken for an import: said so. A
-    checkpoint that cannot be written (a full disk, an interrupt) leaves none of the folders made
-    for it."""
+    checkpoint or tokenizer that cannot be written (a full disk, an interrupt) leaves no new
+    checkpoint (but one replaced with --force) nor any of the folders made for it."""
     source, what = Path(folder), None
     if source.is_file() and source.suffix == ".pt":
         what = "a checkpoint"
@@ -962,12 +963,17 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
         if ours is not None:
             check_hf_tokenizer(ours, tok, folder, model.args)  # the sha256 our export recorded, if any
             sha = ours.hash
-    made = storage.missing_folder(dest.parent)
+    made, existed = storage.missing_folder(dest.parent), dest.exists()
     try:
         save_model_only(model, dest, sha)
-    except BaseException:  # (a full disk, an interrupt: the new folder was left behind, empty)
+        if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
+            storage.atomic_write(theirs, tok.read_bytes(), "write it elsewhere")
+    except BaseException as e:  # (a full disk, an interrupt: a new last.pt without its tokenizer, which
+        if not existed:  # the same command then refused, and the new folder, were left behind)
+            with contextlib.suppress(OSError):  # (none written: a file where its folder goes)
+                dest.unlink()
         storage.remove_made(dest.parent, made)
+        if isinstance(e, StorageError) and not existed:
+            raise StorageError(f"{e} (nothing was imported)") from None
         raise
-    if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
-        storage.atomic_write(theirs, tok.read_bytes())
     return Path(dest)

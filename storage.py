@@ -39,9 +39,9 @@ How this departs from the obvious version:
   at most one torn line, at the end, which `numbered_jsonl` drops and reports instead of failing on
   it for ever after.
 - Locks are `flock`s on a file that is never deleted while in use (but by its holder, as it lets
-  go of a run.lock it made beside none of a run's files: RunFolder.release; one who locked the
-  file it unlinked locks the new one instead): the kernel releases one when its process dies, so a
-  lock file left by a crash (or `kill -9`) blocks nothing.
+  go of a run.lock it made beside none of a run's files: RunFolder.release, or of a lock file it
+  made on a full disk; one who locked the file it unlinked locks the new one instead): the kernel
+  releases one when its process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
 """
 
 import contextlib
@@ -473,7 +473,7 @@ def append_jsonl(path, record: dict, fix: str | None = None) -> None:
             line = line[os.write(fd, line):]
     except OSError as e:
         os.ftruncate(fd, end)
-        raise write_error(path, e, fix, intact=True) from None
+        raise write_error(path, e, fix, intact=end > 0) from None
     finally:
         os.close(fd)
 
@@ -541,10 +541,12 @@ def lock(path, wait: bool = False):
     lasts until the file is closed or the process ends. The file then says who holds it ("pid N on
     HOST since TIME"). With wait=False a lock held elsewhere raises Busy at once; with wait=True
     this waits for it. The file is never deleted while in use (but by its holder, as it lets it go:
-    RunFolder.release), so that two processes always lock the same file; a file its holder unlinked
-    after this opened it is let go, and the one at `path` now is locked instead."""
+    RunFolder.release, or as a file it made cannot take its line: a full disk), so that two processes
+    always lock the same file; a file its holder unlinked after this opened it is let go, and the one
+    at `path` now is locked instead."""
     import fcntl  # POSIX only, as is the rest of the training stack
     while True:
+        made = not os.path.lexists(path)
         f = open(path, "a+")
         try:
             try:
@@ -554,11 +556,16 @@ def lock(path, wait: bool = False):
                 holder = f.read().strip() or "another process"
                 raise Busy(path, holder) from None
             if same_file(f, path):
-                f.seek(0)
-                f.truncate()
-                f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-                f.flush()
+                try:
+                    f.seek(0)
+                    f.truncate()
+                    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                    f.flush()
+                except OSError:  # (a full disk) a file made here goes, unlinked while still locked
+                    if made:
+                        os.unlink(path)
+                    raise
                 return f
         except BaseException:
             f.close()
@@ -602,8 +609,9 @@ class RunFolder:
         except OSError as e:
             if self.created:  # folders made here a moment ago and left empty go
                 self.remove_made()
-            why = no_folder(path, e)
-            raise RunError(f"cannot write to {path} ({why}); pick another --out_dir or --run") from None
+            why = REASONS.get(e.errno) or no_folder(path, e)
+            fix = advice(e, "pick another --out_dir or --run")  # (a full disk: free some space, too)
+            raise RunError(f"cannot write to {path} ({why}); {fix}") from None
         self.found = self.run_files()  # (a folder of the user's may hold a tokenizer.json of its own)
         for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
             if not stale.is_dir():  # (a killed export's staging folder: the next export's to sweep)

@@ -1609,6 +1609,37 @@ def test_an_export_or_import_that_fails_leaves_no_new_folder(fault, tmp_path, do
         assert list((tmp_path / "kept").iterdir()) == []
 
 
+def test_an_import_whose_tokenizer_does_not_fit_leaves_no_checkpoint(tmp_path, done, capsys, monkeypatch):
+    """Bug caught (on a real full tmpfs): --import into a new folder, the disk full after last.pt and
+    before its tokenizer.json, left that last.pt alone (sample.py refuses it, without its tokenizer),
+    said only that tokenizer.json could not be written, and the same command, once space was freed,
+    was refused: "last.pt already exists; pass --force". Now nothing is left, and it says so."""
+    import errno
+
+    import storage
+    from scripts.export_hf import main as export_main
+    run_dir = copy_run(done, tmp_path)
+    export_main([str(run_dir), str(tmp_path / "hf")])
+    real = storage.atomic_write
+
+    def full_at_tokenizer(path, data, fix=None):
+        if str(path).endswith("tokenizer.json"):
+            raise storage.write_error(path, OSError(errno.ENOSPC, "No space left on device"), fix)
+        return real(path, data, fix)
+    argv = ["--import", str(tmp_path / "hf"), str(tmp_path / "new" / "run")]
+    with monkeypatch.context() as m:
+        m.setattr(storage, "atomic_write", full_at_tokenizer)
+        with pytest.raises(SystemExit) as e:
+            export_main(argv)
+    line = one_line_error(capsys, 1, e)
+    tok = tmp_path / "new" / "run" / "tokenizer.json"
+    assert line.startswith(f"export_hf.py: error: cannot write {tok}: the disk is full")
+    assert line.endswith("(nothing was imported)")
+    assert not (tmp_path / "new").exists()
+    export_main(argv)  # space freed: the same command
+    assert sorted(p.name for p in (tmp_path / "new" / "run").iterdir()) == ["last.pt", "tokenizer.json"]
+
+
 def test_an_export_whose_staged_file_is_gone_keeps_the_folder(tmp_path, done, capsys, monkeypatch):
     """A staged file gone before its rename (another export sweeping the folder) was read as one this
     export lacks: the old file was deleted and the export said it succeeded, leaving an empty folder.

@@ -419,6 +419,18 @@ def test_a_log_line_the_disk_refused_says_the_log_is_as_it_was(tmp_path, monkeyp
     assert "intact" not in str(e.value) and str(e.value).endswith("; write somewhere else")
 
 
+def test_a_first_log_line_the_disk_refused_claims_no_previous_file(tmp_path, monkeypatch):
+    """Bug caught (a new run on a real full tmpfs): the first metrics.jsonl line refused said "the
+    previous file is intact" of a log that was not there before."""
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(storage.os, "write", full)
+    with pytest.raises(StorageError) as e:
+        storage.append_jsonl(tmp_path / "metrics.jsonl", {"step": 1}, fix="pick another --out_dir")
+    assert str(e.value) == (f"cannot write {tmp_path / 'metrics.jsonl'}: the disk is full "
+                            f"({os.strerror(errno.ENOSPC)}); free some space or pick another --out_dir")
+
+
 def test_a_run_folder_goes_at_release_only_when_this_run_made_it_and_left_it_empty(tmp_path):
     """Catches RunFolder.release removing a folder it did not make (an empty folder the user made
     for the run), and unlinking run.lock from a folder it keeps (one with files in it: the lock
@@ -655,6 +667,45 @@ def test_a_run_folder_that_cannot_be_locked_is_one_line_and_the_folder_it_made_g
         assert str(e.value) == (f"cannot write to {run} (Permission denied); pick another --out_dir or "
                                 "--run")
     assert not made.exists() and theirs.is_dir()
+
+
+class NoRoom:
+    """An open file whose writes fail as on a full disk (the rest is the real file's)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_run_folder_on_a_full_disk_leaves_no_run_lock_and_says_free_some_space(tmp_path, monkeypatch):
+    """Bug caught: a new run on a full disk (seen on a real 0-byte-free tmpfs: its folder is made, the
+    lock file's line is not written) left an empty run.lock (alone, what makes a folder a killed run's)
+    in the folders it made, and said "(No space left on device); pick another --out_dir or --run",
+    not that the disk is full nor to free some space."""
+    monkeypatch.setattr(storage, "open", lambda path, mode: NoRoom(open(path, mode)), raising=False)
+    made, theirs = tmp_path / "out" / "made", tmp_path / "theirs"
+    theirs.mkdir()
+    for run in (made, theirs):
+        with pytest.raises(storage.RunError) as e:
+            storage.RunFolder(run)
+        assert str(e.value) == (f"cannot write to {run} (the disk is full); free some space or pick another "
+                                "--out_dir or --run")
+    assert not (tmp_path / "out").exists() and list(theirs.iterdir()) == []
+
+
+def test_a_run_folder_on_a_real_full_disk(tmp_path):
+    with small_filesystem(tmp_path / "small", "64k") as disk:
+        with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):  # (filled)
+            while True:
+                f.write(b"\0" * 4096)
+        with pytest.raises(storage.RunError, match="the disk is full"):
+            storage.RunFolder(disk / "out" / "r")
+        assert [p.name for p in disk.iterdir()] == ["filler"]
 
 
 def test_a_run_folder_where_a_file_is_names_that_file(tmp_path):
