@@ -727,9 +727,10 @@ def _number_hint(text: str, kind) -> str:
     it names is one the option reads (not "write 1,5" for --dim 1,5)."""
     def reads(word):
         try:
-            return math.isfinite(kind(word))
+            value = kind(word)
         except ValueError:
             return False
+        return kind is int or math.isfinite(value)  # (an int past a float's range: OverflowError)
     bare = text.strip()
     if kind is int and (whole := _whole_number(bare)) is not None:
         return f"; write {whole}"

@@ -546,8 +546,10 @@ def lock(path, wait: bool = False):
     at `path` now is locked instead."""
     import fcntl  # POSIX only, as is the rest of the training stack
     while True:
-        made = not os.path.lexists(path)
-        f = open(path, "a+")
+        try:  # (made here, or not, as the open found it: another process may make it after a check)
+            f, made = open(path, "x+"), True
+        except FileExistsError:
+            f, made = open(path, "a+"), False
         try:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -566,6 +568,7 @@ def lock(path, wait: bool = False):
                     if made:
                         os.unlink(path)
                     raise
+                f.made = made  # (RunFolder: a run.lock made by this run goes if it wrote nothing)
                 return f
         except BaseException:
             f.close()
@@ -599,7 +602,6 @@ class RunFolder:
         # the outermost folder mkdir makes: a new --out_dir was left behind, empty, by a run that failed
         self.made = missing_folder(path)
         self.created = self.made is not None
-        self.made_lock = not os.path.lexists(path / self.LOCK)  # (there before: a previous run's)
         try:
             path.mkdir(parents=True, exist_ok=True)
             self.lock = lock(path / self.LOCK)
@@ -634,7 +636,7 @@ class RunFolder:
         if self.lock is None:
             return
         try:
-            ours = self.made_lock and same_file(self.lock, self.path / self.LOCK)
+            ours = self.lock.made and same_file(self.lock, self.path / self.LOCK)  # (not a previous run's)
             if ours and self.run_files() == self.found:  # (the run wrote none of its files here)
                 # unlinked while still locked: no one else can hold it (lock takes the file there instead)
                 with contextlib.suppress(OSError):  # (a folder made read-only meanwhile: the lock stays)

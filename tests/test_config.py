@@ -979,6 +979,16 @@ def test_a_number_with_commas_is_told_a_fix_that_reads(argv, hint, capsys):
     assert capsys.readouterr().err == f"train.py: error: argument {argv[0]}: {hint}\n"
 
 
+def test_a_number_too_large_for_a_float_with_a_comma_is_one_line(capsys):
+    """Bug caught: --max_steps 111...1, (400 digits and a trailing comma) was an OverflowError
+    traceback from the hint's check that the fix reads (math.isfinite of an int past a float's range)."""
+    big = "1" * 400
+    with pytest.raises(SystemExit):
+        config.parse_args([ModelArgs, TrainArgs], ["--max_steps", f"{big},"], prog="train.py")
+    assert capsys.readouterr().err == (f"train.py: error: argument --max_steps: expected an integer, got "
+                                       f"'{big},'; write {big}\n")
+
+
 @pytest.mark.parametrize("prog, typed, hint", [
     ("sample.py", "--no-greedy", "--no-greedy (to turn --greedy off: --greedy false)"),
     ("sample.py", "--no-cache", "--no-cache (did you mean --no_cache?)"),  # (an option of those words)

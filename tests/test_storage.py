@@ -698,6 +698,24 @@ def test_a_run_folder_on_a_full_disk_leaves_no_run_lock_and_says_free_some_space
     assert not (tmp_path / "out").exists() and list(theirs.iterdir()) == []
 
 
+def test_a_lock_file_made_meanwhile_by_another_process_stays_on_a_full_disk(tmp_path, monkeypatch):
+    """Bug caught: lock() read "no file there" before its open, another process made the lock file (and
+    let it go) in between, and this process, whose line the full disk refused, unlinked that file as
+    its own: a run.lock there before does not stay on a full disk."""
+    path = tmp_path / "run.lock"
+    real = open
+
+    def theirs_first(file, mode):
+        if not os.path.lexists(file):  # (the other process, between the check and the open)
+            with real(file, "w") as f:
+                f.write("pid 1 on elsewhere since 2024-01-01 00:00:00\n")
+        return NoRoom(real(file, mode))
+    monkeypatch.setattr(storage, "open", theirs_first, raising=False)
+    with pytest.raises(OSError):
+        storage.lock(path)
+    assert path.is_file()
+
+
 def test_a_run_folder_on_a_real_full_disk(tmp_path):
     with small_filesystem(tmp_path / "small", "64k") as disk:
         with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError):  # (filled)
