@@ -187,7 +187,9 @@ def rank0_first(world: World, device):
     """Rank 0 runs the block first (building the data caches); the other ranks then run it (and
     find the caches built). Two processes writing one cache would delete each other's files.
     Where rank 0's block fails (bad data: it prints why), the others stop with a RankError rather
-    than a broken barrier's traceback."""
+    than a broken barrier's traceback; where rank 0's succeeds and another's fails (a file another
+    machine lacks), all learn it at a second verdict that rank 0 joins with an empty block, and the
+    lowest rank that met each line prints it (all_ranks_or_none)."""
     if world.size == 1:
         yield
         return

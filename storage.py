@@ -11,7 +11,8 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     lock(path)                 an exclusive lock held while a file stays open (one process per folder)
     RunFolder(path)            a run's folder, made and locked by the one train.py that holds it
     run_folder_files(folder)   the files that make a folder a run's (its run.lock beside others, or
-                               alone), [] where it is none: the one test of "is it a run folder?"
+                               alone), [] where it is none (checkpoint.run_folders also takes a
+                               folder holding a checkpoint: a run copied without its run.lock)
     os_error_in, refused_in    the OSError behind a wrapped failure; whether it is a write refused in a folder
     results_path(parser, ...)  where a script writes results: never over the README's figures by accident
                                (results_file: one file, its folder checked to take it before the work)
@@ -166,8 +167,9 @@ def run_folder_files(folder) -> list[str]:
     wrote another; hidden files aside). Not by names alone: a run.lock an older version left in a
     folder of text, a train.json of the user's (their records) or of gpu_check.py's results make
     none. What --data leaves out (sources.project_folder), what a folder of runs lists and --resume
-    and --ckpt take for a run (checkpoint.run_folders, find_checkpoint), and a run that has logged
-    nothing yet (runlog) all ask this."""
+    and --ckpt take for a run (checkpoint.run_folders, find_checkpoint; they also take a folder
+    holding a checkpoint, a run copied without its run.lock), and a run that has logged nothing yet
+    (runlog) all ask this."""
     found = run_files(folder)
     if RunFolder.LOCK not in found:
         return []
@@ -614,12 +616,12 @@ class RunFolder:
             why = REASONS.get(e.errno) or no_folder(path, e)
             fix = advice(e, "pick another --out_dir or --run")  # (a full disk: free some space, too)
             raise RunError(f"cannot write to {path} ({why}); {fix}") from None
-        self.found = self.run_files()  # (a folder of the user's may hold a tokenizer.json of its own)
+        self.found = self._file_stamps()  # (a folder of the user's may hold a tokenizer.json of its own)
         for stale in path.glob(".tmp-*"):  # left by a save that was killed; the real files are intact
             if not stale.is_dir():  # (a killed export's staging folder: the next export's to sweep)
                 stale.unlink(missing_ok=True)
 
-    def run_files(self) -> dict:
+    def _file_stamps(self) -> dict:
         """The run's files in the folder but run.lock, each with what tells a file written since."""
         found = {}
         for name in run_files(self.path, but=(self.LOCK,)):
@@ -637,7 +639,7 @@ class RunFolder:
             return
         try:
             ours = self.lock.made and same_file(self.lock, self.path / self.LOCK)  # (not a previous run's)
-            if ours and self.run_files() == self.found:  # (the run wrote none of its files here)
+            if ours and self._file_stamps() == self.found:  # (the run wrote none of its files here)
                 # unlinked while still locked: no one else can hold it (lock takes the file there instead)
                 with contextlib.suppress(OSError):  # (a folder made read-only meanwhile: the lock stays)
                     (self.path / self.LOCK).unlink()
