@@ -36,9 +36,10 @@ How this departs from the obvious version:
 - The new file gets the permissions an ordinary `open(path, "w")` would give it (0666 less the
   umask), not the 0600 of the temporary file, so a shared run folder stays readable.
 - A log line is written with one `write` call; a disk that fills (or a `ulimit -f` reached)
-  during it is one line, and the part written is cut off again; a process killed during it leaves
-  at most one torn line, at the end, which `numbered_jsonl` drops and reports instead of failing on
-  it for ever after.
+  during it is one line, and the part written is cut off again (a log its first line would have
+  made is removed, as atomic_write leaves no file); a process killed during it leaves at most one
+  torn line, at the end, which `numbered_jsonl` drops and reports instead of failing on it for
+  ever after.
 - Locks are `flock`s on a file that is never deleted while in use (but by its holder, as it lets
   go of a run.lock it made beside none of a run's files: RunFolder.release, or of a lock file it
   made on a full disk; one who locked the file it unlinked locks the new one instead): the kernel
@@ -463,10 +464,15 @@ def results_fix(results: Path, fallback) -> str:
 
 def append_jsonl(path, record: dict, fix: str | None = None) -> None:
     """Append one JSON line, in one write call. A failed write (a full disk, `ulimit -f`) raises
-    StorageError, and the part of the line it wrote is cut off again: the log is as it was."""
+    StorageError, and the part of the line it wrote is cut off again: the log is as it was (a log
+    this call made is removed: an empty metrics.jsonl was taken for a run's log by plot_runs)."""
     line = (json.dumps(record) + "\n").encode()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:  # (made here, known by the open itself: a log another process made meanwhile stays)
+            fd, made = os.open(path, flags | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            fd, made = os.open(path, flags, 0o666), False
     except OSError as e:
         raise write_error(path, e, fix) from None
     try:
@@ -474,6 +480,9 @@ def append_jsonl(path, record: dict, fix: str | None = None) -> None:
         while line:  # (one call, unless the disk took only part of it: the next then fails)
             line = line[os.write(fd, line):]
     except OSError as e:
+        if made:
+            with contextlib.suppress(OSError):  # (the file stays empty where it cannot go)
+                os.unlink(path)
         os.ftruncate(fd, end)
         raise write_error(path, e, fix, intact=end > 0) from None
     finally:

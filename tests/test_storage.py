@@ -431,6 +431,22 @@ def test_a_first_log_line_the_disk_refused_claims_no_previous_file(tmp_path, mon
                             f"({os.strerror(errno.ENOSPC)}); free some space or pick another --out_dir")
 
 
+def test_a_first_log_line_the_disk_refused_leaves_no_empty_log(tmp_path, monkeypatch):
+    """Bug caught: a new run's first metrics.jsonl line refused (a full disk) left an empty
+    metrics.jsonl, which `plot_runs.py OUT_DIR` named as the newest run to plot (it had nothing to
+    plot) and a rerun reported "replacing its 0 records". A log that was there, empty, stays."""
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(storage.os, "write", full)
+    with pytest.raises(StorageError):
+        storage.append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+    assert list(tmp_path.iterdir()) == []  # as it was: no file
+    (tmp_path / "metrics.jsonl").write_bytes(b"")  # an empty log of before (a run killed as it opened it)
+    with pytest.raises(StorageError):
+        storage.append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b""
+
+
 def test_a_run_folder_goes_at_release_only_when_this_run_made_it_and_left_it_empty(tmp_path):
     """Catches RunFolder.release removing a folder it did not make (an empty folder the user made
     for the run), and unlinking run.lock from a folder it keeps (one with files in it: the lock
