@@ -744,7 +744,11 @@ def _number_hint(text: str, kind) -> str:
     return ""
 
 
-def _typed(kind):
+def number(kind):
+    """An argparse type for an int, float or text option (train.py's settings; compare.py --minutes,
+    sweep.py --confirm): read as train.py's are, with the same one-line errors and fixes (5,000: write
+    5000; 256.0 for an int: write 256; 10m: the number alone), and a float finite (nan and inf pass every
+    range check)."""
     names = {int: "an integer", float: "a number", str: "text"}
 
     def convert(text):
@@ -760,18 +764,11 @@ def _typed(kind):
     return convert
 
 
-def number(kind):
-    """An argparse type for a script's own int or float option (compare.py --minutes, sweep.py --confirm):
-    read as train.py's are, with the same one-line errors and fixes (5,000: write 5000; 256.0 for an int:
-    write 256; 10m: the number alone), and a float finite (nan and inf pass every range check)."""
-    return _typed(kind)
-
-
 def at_least(low: int):
     """An argparse type: a whole number of `low` or more (1: a count of repeats or tokens; 0: of
     warm-ups, which may be none), read as number(int) reads one."""
     def convert(text: str) -> int:
-        value = _typed(int)(text)
+        value = number(int)(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number"
                                              + (" above 0" if low == 1 else f", {low} or more"))
@@ -852,10 +849,24 @@ def hf_spelling(option: str, options=()) -> str | None:
     return f"{ours}, whose none is transformers' default" if ours == "--rope_scaling" else ours
 
 
-def _meant_option(name: str, prog: str, options, offs=None) -> str | None:
+def _off_hint(option: str, options, actions) -> str | None:
+    """How to turn --X off, for --no-X: a flag of `actions` is left out; an option of `options` that takes
+    true or false (parse_bool or switch, or a setting passed through to train.py) is given false."""
+    action = next((a for a in actions if option in a.option_strings), None)
+    if isinstance(action, argparse._StoreTrueAction):
+        return f"{option} is off unless given: leave it out"
+    fields = [f for cls in (ModelArgs, TrainArgs, SampleArgs) for f in dataclasses.fields(cls)
+              if f"--{f.name}" == option]
+    on_off = action.type in (parse_bool, switch) if action else any(
+        _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata.get("choices") or ())
+        for f in fields)
+    return f"to turn {option} off: {option} false" if on_off and option in options else None
+
+
+def _meant_option(name: str, prog: str, options, actions=()) -> str | None:
     """What an unknown --name was meant to be, as its hint says it: the option of the same words
-    (--lr-min, --LR_MIN and --min_lr: --lr_min), how to turn an on/off option off (--no-X: `offs`
-    maps --X to it), another script's (other_scripts_option), ours for transformers' name
+    (--lr-min, --LR_MIN and --min_lr: --lr_min), how to turn an on/off option off (--no-X: _off_hint
+    among the parser's `actions`), another script's (other_scripts_option), ours for transformers' name
     (hf_spelling), the one option it begins (--temp: --temperature) or each of several (--max), else
     the nearest spelling; None where none is near."""
     def plain(option):  # --lr-min and --LR_MIN are --lr_min
@@ -865,8 +876,9 @@ def _meant_option(name: str, prog: str, options, offs=None) -> str | None:
         return sorted(plain(option).split("_"))
     close = [o for o in options if parts(o) == parts(name)]
     negated = f"--{plain(name)[3:]}" if plain(name).startswith("no_") else None
-    if not close and negated in (offs or {}):  # (the nearest spelling, --X, turns it on)
-        return offs[negated]
+    # (for --no-X, the nearest spelling, --X, turns it on)
+    if not close and negated and (off := _off_hint(negated, options, actions)):
+        return off
     if not close and (theirs := other_scripts_option(name, prog, options)):
         return theirs
     if not close and (ours := hf_spelling(name, options)):  # (--num_experts_per_tok: "did you
@@ -987,17 +999,6 @@ class Parser(argparse.ArgumentParser):
             self.error(f"{flag} {text}: {', '.join(map(str, twice))} given twice; give each once")
         return values
 
-    def offs(self, options) -> dict[str, str]:
-        """How to turn each on/off option of `options` off, for --no-X: one that takes true or false
-        (this parser's, or a setting of the dataclasses passed through to train.py), and a flag."""
-        on_off = {f"--{f.name}" for cls in (ModelArgs, TrainArgs, SampleArgs) for f in dataclasses.fields(cls)
-                  if _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata.get("choices") or ())}
-        ours = {o: a for a in self._actions for o in a.option_strings}
-        offs = {o: f"to turn {o} off: {o} false" for o in options
-                if (ours[o].type in (parse_bool, switch) if o in ours else o in on_off)}
-        return offs | {o: f"{o} is off unless given: leave it out" for o, a in ours.items()
-                       if isinstance(a, argparse._StoreTrueAction)}
-
     def unknown(self, words, more_options=()) -> str:
         """The error for unknown options: each with what it was meant to be (_meant_option), among this
         parser's options and more_options; several stray words (an unquoted story) in one clause, not one
@@ -1043,7 +1044,7 @@ class Parser(argparse.ArgumentParser):
                 hints.append(f"{shlex.quote(w)} (options take the form --name value; is {missing} missing "
                              "before it?)")
                 continue
-            meant = _meant_option(name, self.prog, options, self.offs(options))
+            meant = _meant_option(name, self.prog, options, self._actions)
             hints.append(f"{w} ({meant})" if meant else w)
         clauses = [f"unknown option {', '.join(hints)}"] * bool(hints) + clauses
         return f"{'; '.join(clauses)}; see --help for the list"
@@ -1089,7 +1090,7 @@ def build_parser(prog, description, classes, defaults):
                 kw.update(action="append", type=str, default=None, metavar="TEXT")
             else:
                 on_off = {"true", "false"} <= set(f.metadata.get("choices") or ())
-                kw.update(type=switch if on_off else _typed(kind))
+                kw.update(type=switch if on_off else number(kind))
                 if f.metadata.get("const") is not None:
                     kw.update(nargs="?", const=f.metadata["const"])
                 if f.metadata.get("choices"):
