@@ -851,7 +851,8 @@ def hf_spelling(option: str, options=()) -> str | None:
 
 def _off_hint(option: str, options, actions) -> str | None:
     """How to turn --X off, for --no-X: a flag of `actions` is left out; an option of `options` that takes
-    true or false (parse_bool or switch, or a setting passed through to train.py) is given false."""
+    true or false (parse_bool or switch, or a setting passed through to train.py) is given false; any
+    other option of `options` is said to take a value (its choices, where it has them)."""
     action = next((a for a in actions if option in a.option_strings), None)
     if isinstance(action, argparse._StoreTrueAction):
         return f"{option} is off unless given: leave it out"
@@ -860,7 +861,13 @@ def _off_hint(option: str, options, actions) -> str | None:
     on_off = action.type in (parse_bool, switch) if action else any(
         _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata.get("choices") or ())
         for f in fields)
-    return f"to turn {option} off: {option} false" if on_off and option in options else None
+    if on_off and option in options:
+        return f"to turn {option} off: {option} false"
+    choices = (action.choices if action else None) or next(
+        (f.metadata.get("choices") for f in fields if f.metadata.get("choices")), None)
+    if option in options and choices:  # (--no-wandb_mode: "did you mean --wandb_mode?" named no value)
+        return f"{option} is not on/off; it takes one of {', '.join(map(str, choices))}"
+    return f"{option} is not on/off; it takes a value" if option in options else None
 
 
 def _meant_option(name: str, prog: str, options, actions=()) -> str | None:

@@ -955,6 +955,11 @@ def test_a_flag_given_a_checkpoint_names_resume():
                        "for the list"),
     (["--no-grad-checkpoint"], "unknown option --no-grad-checkpoint (to turn --grad_checkpoint off: "
                                "--grad_checkpoint false); see --help for the list"),
+    # --no-X of an option that takes a value: "did you mean --X?" named no value for it
+    (["--no-wandb_mode"], "unknown option --no-wandb_mode (--wandb_mode is not on/off; it takes one of auto, "
+                          "online, offline, disabled); see --help for the list"),
+    (["--no_data"], "unknown option --no_data (--data is not on/off; it takes a value); see --help for the "
+                    "list"),
 ])
 def test_the_whole_error_line(argv, line, capsys):
     """A hint offered where it is wrong: a whole number for 2.5 or 1e300, NaN let through, the value
