@@ -48,7 +48,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from errors import ConfigError, DeviceError, MachineError, RankError, UserError, first_line
+from errors import ConfigError, DeviceError, MachineError, RankError, RunError, UserError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -234,6 +234,13 @@ def all_ranks_or_none(world: World, device, what: str):
             if rank0_ok:  # (the failed ranks learn which of them prints each line)
                 _first_to_say(None, device, world)
             raise RankError(f"another rank failed {what}")
+
+
+def met_alike(world: World, message: str) -> UserError:
+    """The error for a failure every rank meets alike, from the same figures (summed losses, the
+    same weights): a RunError on rank 0, which prints it, a RankError on the others (no line of
+    their own), so that a job says it once."""
+    return (RunError if world.main else RankError)(message)
 
 
 # a rank a signal cut short in an evaluation says so in the job's store (torchrun's, which every rank

@@ -114,7 +114,7 @@ import runplan
 import runtime
 import storage
 from config import ModelArgs, TrainArgs
-from errors import CheckpointError, RankError, RunError, UserError, first_line, reports
+from errors import CheckpointError, RunError, UserError, first_line, reports
 from model import Llama4, count_parameters, flops_per_token, weight_decayed
 from runplan import RunPlan
 from runtime import World
@@ -683,8 +683,8 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, bar) -> None
     if worst >= job.train_args.max_bad_steps:
         saved = ("last.pt holds the last good state" if (job.run_dir / "last.pt").exists()
                  else left_to_resume(job.run_dir))  # best.pt alone, or nothing yet
-        # (every rank meets it alike, from the same summed streaks: rank 0 alone says it, once a job)
-        raise (RunError if job.world.main else RankError)(
+        # (every rank meets it alike, from the same summed streaks)
+        raise runtime.met_alike(job.world,
             f"{worst} non-finite steps in a row (by step {state.step}); lower --lr, raise "
             f"--warmup_steps or check the data; {saved}")
 
@@ -719,8 +719,8 @@ def write_checkpoint(job: Job, state: LoopState, window: Window, name: str) -> N
     state first); weights that are not finite are never written: a RunError ends the run, the old
     file intact."""
     window.settle(state)
-    if not finite(job.model.parameters()):  # every rank agrees: same weights (rank 0 alone says it)
-        raise (RunError if job.world.main else RankError)(
+    if not finite(job.model.parameters()):  # every rank agrees: same weights
+        raise runtime.met_alike(job.world,
             f"weights are not finite at step {state.step}; not saving {name} (the previous checkpoint is "
             "intact): lower --lr or raise --warmup_steps")
     saved_window = window.to_checkpoint(job)  # a collective under DDP: every rank takes part
