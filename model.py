@@ -857,35 +857,44 @@ class LinearCrossEntropy(torch.autograd.Function):
     (softmax - one-hot) is taken there too, so the backward pass only scales the saved gradients.
     The full (N, V) logits, their fp32 copy and their log-softmax are never in memory.
     Without gradients (evaluation) the loop computes the loss alone.
-    (The idea of Liger-Kernel's fused linear cross-entropy; plain PyTorch ops here.)"""
+    (The idea of Liger-Kernel's fused linear cross-entropy; plain PyTorch ops here.)
+    Eager mode on a GPU launches each op of the loop once per chunk (32 chunks a step of
+    scout-128m at batch 128), so the loop holds only what needs the chunk's logits: the masks and
+    the sum are taken once, over all rows."""
 
     @staticmethod
     def forward(ctx, x, weight, targets, chunk_rows: int, with_grad: bool):
         # x (N, D) and weight (V, D) in one dtype (the compute dtype), targets (N,)
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x, grad_w = torch.empty_like(x) if with_grad else None, None  # grad_w: (V, D), fp32 sum
+        ignored = targets < 0  # (N,)
+        t = targets.clamp(min=0)  # (N,)
+        if with_grad:
+            grad_x, grad_w = torch.empty_like(x), None  # grad_w: (V, D), fp32 sum
+        target_lps = []
         for i in range(0, x.shape[0], chunk_rows):
-            xc, tc = x[i:i + chunk_rows], targets[i:i + chunk_rows]  # (c, D), (c,)
-            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V) fp32, one kernel
-            ignored = (tc < 0)[:, None]  # (c, 1)
-            rows, t = torch.arange(len(tc), device=x.device), tc.clamp(min=0)  # (c,) each
-            target_lp = log_probs[rows, t]  # (c,)
-            # (out of place: under torch.compile, torch 2.11 loses the gradient of an output
-            # that was updated in place, and every gradient through the loss came out 0)
-            total = total - target_lp.masked_fill(ignored[:, 0], 0).sum()
+            xc, tc = x[i:i + chunk_rows], t[i:i + chunk_rows]  # (c, D), (c,)
+            rc = torch.arange(len(tc), device=x.device)  # (c,) (one (N,) arange sliced failed to
+            # compile in torch 2.11 at a second shape)
+            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V) fp32
+            target_lp = log_probs[rc, tc]  # (c,)
+            target_lps.append(target_lp)
             if not with_grad:
                 continue
             # d(total)/d(logits) = softmax - one-hot, in the compute dtype; the target column is
             # p_t - 1 from fp32 (expm1), rounded once: a bf16 p_t, then - 1, would zero the
-            # gradient of every token predicted with p_t > 0.998
+            # gradient of every token predicted with p_t > 0.998 (exp with a bf16 out= would be one
+            # kernel on CUDA, but on the CPU it takes twice the time of these two)
             g = log_probs.exp_().to(x.dtype)  # softmax (c, V), in place of the log-probabilities
-            g[rows, t] = torch.expm1(target_lp).to(g.dtype)  # (an index_put: a bf16 scatter is slow on CPU)
-            # ignored rows have no gradient: zeroed on the (c, D) side, not over the (c, V) one
-            grad_x[i:i + chunk_rows] = (g @ weight).masked_fill_(ignored, 0)  # (c, D)
-            gw = (g.t() @ xc.masked_fill(ignored, 0)).float()  # (V, D)
+            g[rc, tc] = torch.expm1(target_lp).to(g.dtype)  # (an index_put: a bf16 scatter is slow on CPU)
+            torch.mm(g, weight, out=grad_x[i:i + chunk_rows])  # (c, D)
+            kept = xc.masked_fill(ignored[i:i + chunk_rows, None], 0)  # (c, D): ignored rows add no
+            # weight gradient (masked here, not once over x: that copy would cost N x D more memory)
+            gw = (g.t() @ kept).float()  # (V, D)
             grad_w = gw if grad_w is None else grad_w.add_(gw)
+        # (out of place: under torch.compile, torch 2.11 loses the gradient of an output that was
+        # updated in place, and every gradient through the loss came out 0)
+        total = -torch.cat(target_lps).masked_fill(ignored, 0).sum()
         if with_grad:
-            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+            ctx.save_for_backward(grad_x.masked_fill_(ignored[:, None], 0), grad_w.to(weight.dtype))
         return total
 
     @staticmethod
