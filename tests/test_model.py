@@ -571,9 +571,10 @@ def test_fused_loss_without_gradients_does_no_gradient_work(monkeypatch):
 
 def test_the_fused_loss_launches_few_ops_per_chunk(monkeypatch):
     """Eager mode on a GPU launches each op of the loss's loop once per chunk (32 chunks a
-    scout-128m step at batch 128, where the loop was about 928 of the step's 1,535 aten ops on the
-    H200), so what does not need a chunk's logits is done once, over all rows. Bug caught (a CPU
-    proxy for launches): 29 ops per chunk with gradients and 15 without, now 22 and 8."""
+    scout-128m step at batch 128, where the loop was 704 of the step's 1,535 aten ops on the H200),
+    so what does not need a chunk's logits is done once, over all rows. Bug caught (a CPU proxy
+    for launches; views not counted, as in bench_model's ops): 22 ops per chunk with gradients
+    and 10 without, now 15 and 5."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import model as model_module
@@ -582,7 +583,7 @@ def test_the_fused_loss_launches_few_ops_per_chunk(monkeypatch):
         n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += 1
+            self.n += not func.is_view
             return func(*args, **(kwargs or {}))
 
     monkeypatch.setattr(model_module, "LOSS_CHUNK", 7 * V)  # chunks of 7 rows
@@ -597,7 +598,7 @@ def test_the_fused_loss_launches_few_ops_per_chunk(monkeypatch):
                 model_module.linear_cross_entropy(x, w, t)
             counts.append(ops.n)
         per_chunk[grad] = (counts[1] - counts[0]) / 8
-    assert per_chunk[False] <= 8 and per_chunk[True] < 23, per_chunk
+    assert per_chunk[False] <= 5 and per_chunk[True] <= 15, per_chunk
 
 
 @pytest.mark.parametrize("overrides", [
