@@ -432,8 +432,8 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
     if bar is not None:
         bar.reset(total=len(range(0, len(val.x), val.batch_size)))
     cutting = stop.during("this evaluation's batch (the evaluation is put off)") if stop else nullcontext()
-    try:
-        with cutting:  # (what a signal's line says it finishes)
+    try:  # one autocast for the pass: it casts each weight once, not once per batch (its cache)
+        with cutting, autocast:  # (cutting: what a signal's line says it finishes)
             for i in range(0, len(val.x), val.batch_size):
                 if stop is not None and stop.requested:
                     if peers:
@@ -446,8 +446,8 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
                         cut = True
                         break
                 x, y = val.x[i:i + val.batch_size], val.y[i:i + val.batch_size]
-                with autocast:  # the loss alone: no (B, T, V) logits, no host read
-                    lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
+                # the loss alone: no (B, T, V) logits, no host read
+                lm_loss = model(x, targets=y).lm_loss  # mean over this batch's real targets
                 n = (y >= 0).sum()
                 nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
                 if bar is not None:

@@ -123,6 +123,41 @@ def test_a_compiled_run_compiles_each_graph_once(tmp_path, corpus):
     assert graphs(8) == graphs(4) == (3, 2)
 
 
+def test_an_eager_evaluation_casts_each_weight_once_a_pass():
+    """Under bf16 autocast an eager evaluation runs every batch in one autocast context, whose cache
+    keeps each weight's bf16 copy for the pass: a batch after the first casts activations (and the
+    experts' and output layer's weights, cast by hand), not again the weights autocast casts. Bug
+    caught: an autocast context per batch recast them all: 71 casts a batch on the debug preset,
+    now 43 (its 4 layers' q, k, v, o and shared-expert weights: 28)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Casts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func is torch.ops.aten._to_copy.default
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = Llama4(debug_args())
+    B, T, V = 4, 32, model.args.vocab_size
+    x = torch.randint(0, V, (3 * B, T), generator=torch.Generator().manual_seed(0))
+    y = x.roll(-1, 1)
+    y[:, -1] = -1
+
+    def evaluate(rows):  # (result, casts) of one pass over x[rows]
+        n = int((y[rows] >= 0).sum())
+        val = SimpleNamespace(x=x[rows], y=y[rows], batch_size=B, tokens=n, bytes=n, world=World())
+        with Casts() as casts:
+            return train.evaluate(model, val, torch.autocast("cpu", dtype=torch.bfloat16), "cpu"), casts.n
+    (three, casts_three), casts_one = evaluate(slice(0, 3 * B)), evaluate(slice(0, B))[1]
+    assert (casts_three - casts_one) / 2 <= 43, (casts_one, casts_three)
+    # the same losses as a pass per batch, each with its own casts
+    alone = [evaluate(slice(i, i + B))[0] for i in (0, B, 2 * B)]
+    nats = sum(r["nats_per_token"] * r["tokens"] for r in alone)
+    assert three["nats_per_token"] == pytest.approx(nats / three["tokens"], rel=1e-12)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_evaluation_waits_for_the_device_once_and_gives_the_logits_loss(compiled):
     """evaluate() over 1 batch of windows and over 4 makes the same host syncs, one (the total
