@@ -859,8 +859,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     Without gradients (evaluation) the loop computes the loss alone.
     (The idea of Liger-Kernel's fused linear cross-entropy; plain PyTorch ops here.)
     Eager mode on a GPU launches each op of the loop once per chunk (32 chunks a step of
-    scout-128m at batch 128), so the loop holds only what needs the chunk's logits: the masks and
-    the sum are taken once, over all rows."""
+    scout-128m at batch 128), so the loop holds only what needs the chunk's logits: the target
+    mask, the clamped targets and the sum are taken once, over all rows."""
 
     @staticmethod
     def forward(ctx, x, weight, targets, chunk_rows: int, with_grad: bool):
@@ -892,7 +892,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_w = gw if grad_w is None else grad_w.add_(gw)
         # (out of place: under torch.compile, torch 2.11 loses the gradient of an output that was
         # updated in place, and every gradient through the loss came out 0)
-        total = -torch.cat(target_lps).masked_fill(ignored, 0).sum()
+        total = -torch.cat(target_lps or [x.new_zeros(0, dtype=torch.float32)]).masked_fill(ignored, 0).sum()
         if with_grad:
             ctx.save_for_backward(grad_x.masked_fill_(ignored[:, None], 0), grad_w.to(weight.dtype))
         return total

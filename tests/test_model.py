@@ -569,6 +569,15 @@ def test_fused_loss_without_gradients_does_no_gradient_work(monkeypatch):
     assert counts == [9, 27]
 
 
+def test_the_fused_loss_of_no_rows_is_0():
+    """Bug caught: without gradients (evaluation), no rows at all was a ValueError (torch.cat of
+    no chunks' losses), where "no target >= 0" is a loss of 0."""
+    from model import linear_cross_entropy
+    with torch.no_grad():
+        loss = linear_cross_entropy(torch.randn(0, 16), torch.randn(V, 16), torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0
+
+
 def test_the_fused_loss_launches_few_ops_per_chunk(monkeypatch):
     """Eager mode on a GPU launches each op of the loss's loop once per chunk (32 chunks a
     scout-128m step at batch 128, where the loop was 704 of the step's 1,535 aten ops on the H200),
