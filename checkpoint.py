@@ -924,8 +924,9 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     an HF folder, or a folder of runs (an --out_dir) as `dest`, is refused, --force or not (its
     last.pt made the folder a run's, which exports refuse; or a run among the runs). A training
     run's folder or checkpoint as `folder` is the export mistaken for an import: said so. A
-    checkpoint or tokenizer that cannot be written (a full disk, an interrupt) leaves no new
-    checkpoint (but one replaced with --force) nor any of the folders made for it."""
+    checkpoint or tokenizer that cannot be written (a full disk, an interrupt) leaves no new file (the
+    checkpoint and tokenizer --force was to replace as they were: never one new beside one old), nor
+    any of the folders made for it."""
     source, what = Path(folder), None
     if source.is_file() and source.suffix == ".pt":
         what = "a checkpoint"
@@ -963,17 +964,54 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
         if ours is not None:
             check_hf_tokenizer(ours, tok, folder, model.args)  # the sha256 our export recorded, if any
             sha = ours.hash
-    made, existed = storage.missing_folder(dest.parent), dest.exists()
+    made = storage.missing_folder(dest.parent)
     try:
-        save_model_only(model, dest, sha)
         if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
-            storage.atomic_write(theirs, tok.read_bytes(), "write it elsewhere")
+            _place_import(model, dest, sha, tok, theirs)
+        else:
+            save_model_only(model, dest, sha)
     except BaseException as e:  # (a full disk, an interrupt: a new last.pt without its tokenizer, which
-        if not existed:  # the same command then refused, and the new folder, were left behind)
-            with contextlib.suppress(OSError):  # (none written: a file where its folder goes)
-                dest.unlink()
-        storage.remove_made(dest.parent, made)
-        if isinstance(e, StorageError) and not existed:
+        storage.remove_made(dest.parent, made)  # the same command then refused, and the new folder, were
+        if isinstance(e, StorageError):  # left behind; with --force, beside the old run's tokenizer)
             raise StorageError(f"{e} (nothing was imported)") from None
         raise
     return Path(dest)
+
+
+def _place_import(model: Llama4, dest: Path, sha: str | None, tok: Path, theirs: Path) -> None:
+    """import_hf's checkpoint and tokenizer, written to hidden names beside them and renamed into place,
+    the tokenizer first: where the checkpoint's rename then fails, the tokenizer it replaced is put
+    back (the new one removed, where none was there), so the folder holds the old pair or the new one,
+    never a new last.pt beside an old tokenizer.json (that decodes it with another vocabulary)."""
+    staged = {p: p.with_name(f".tmp-import-{os.getpid()}-{p.name}") for p in (dest, theirs)}
+    old = theirs.read_bytes() if theirs.exists() else None
+    try:
+        try:
+            save_model_only(model, staged[dest], sha)
+            storage.atomic_write(staged[theirs], tok.read_bytes(), "write it elsewhere")
+        except StorageError as e:  # named as the file it was to become
+            raise StorageError(str(e).replace(staged[dest].name, dest.name)
+                               .replace(staged[theirs].name, theirs.name)) from None
+        with storage.signals_put_off():
+            try:
+                os.replace(staged[theirs], theirs)
+            except OSError as e:
+                raise storage.write_error(theirs, e, "write it elsewhere", intact=old is not None) from None
+            try:
+                os.replace(staged[dest], dest)
+            except OSError as e:
+                error = storage.write_error(dest, e, "write it elsewhere", intact=dest.exists())
+                try:
+                    if old is None:
+                        theirs.unlink()
+                    else:
+                        storage.atomic_write(theirs, old)
+                except (OSError, StorageError):  # (a full disk): no tokenizer rather than the wrong one
+                    theirs.unlink(missing_ok=True)
+                    error = StorageError(f"{error}; {theirs} could not be put back, so it was removed")
+                raise error from None
+            storage.sync_folder(dest.parent)
+    finally:
+        for path in staged.values():  # (none written: gone, or a file where its folder goes)
+            with contextlib.suppress(OSError):
+                path.unlink()

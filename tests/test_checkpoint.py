@@ -4,6 +4,8 @@ what a run's own checkpoints hold is in test_faults.py, which trains one)."""
 
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -708,6 +710,66 @@ def test_an_import_over_a_checkpoint_or_another_tokenizer_needs_force_and_then_r
     tiny_tokenizer(run / "tokenizer.json", "bbbb bbbb")
     assert checkpoint.import_hf(hf, run, replace=True) == run / "last.pt"
     assert checkpoint.load_checkpoint(run / "last.pt")["tokenizer"]["sha256"] == tok.hash
+    assert (run / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
+
+
+def _run_beside_another_tokenizer(tmp_path):
+    """An HF folder, and a run folder holding a last.pt and a tokenizer.json other than the folder's."""
+    model = tokenizer_model()
+    tiny_tokenizer(tmp_path / "tokenizer.json", "aaaa aaaa")
+    hf = checkpoint.export_hf(model, tmp_path / "hf", tmp_path / "tokenizer.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"a run's checkpoint")
+    tiny_tokenizer(run / "tokenizer.json", "bbbb bbbb")
+    return hf, run, {p.name: p.read_bytes() for p in run.iterdir()}
+
+
+def test_a_forced_import_stopped_before_its_tokenizer_leaves_the_old_pair(tmp_path, monkeypatch):
+    """Catches import_hf --force, the disk full (or an interrupt) after the new last.pt and before
+    its tokenizer.json, leaving that last.pt beside the old run's tokenizer.json: a checkpoint that
+    decodes with another vocabulary. Now the old pair stays as it was, and it says nothing was imported."""
+    import errno
+
+    import storage
+    hf, run, before = _run_beside_another_tokenizer(tmp_path)
+    real = storage.atomic_write
+    messages = []
+    for interrupt in (False, True):
+        def stopped_at_tokenizer(path, data, fix=None, interrupt=interrupt):
+            if str(path).endswith("tokenizer.json"):
+                raise KeyboardInterrupt if interrupt else \
+                    storage.write_error(path, OSError(errno.ENOSPC, "No space left on device"), fix)
+            return real(path, data, fix)
+        with monkeypatch.context() as m:
+            m.setattr(storage, "atomic_write", stopped_at_tokenizer)
+            with pytest.raises(KeyboardInterrupt if interrupt else storage.StorageError) as e:
+                checkpoint.import_hf(hf, run, replace=True)
+        messages.append(str(e.value))
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # no new file, no hidden one left
+    assert messages[0].startswith(f"cannot write {run / 'tokenizer.json'}: the disk is full")
+    assert messages[0].endswith("(nothing was imported)")
+
+
+def test_a_forced_import_whose_checkpoint_rename_fails_puts_the_old_tokenizer_back(tmp_path, monkeypatch):
+    """Catches import_hf renaming the new tokenizer.json into place and then failing on last.pt's
+    rename, leaving the old last.pt beside the new tokenizer. Now the old tokenizer is put back."""
+    import errno
+
+    hf, run, before = _run_beside_another_tokenizer(tmp_path)
+    real = os.replace
+
+    def failing(src, dst):
+        if Path(dst) == run / "last.pt" and Path(src).name.startswith(".tmp-import-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(dst))
+        return real(src, dst)
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", failing)
+        with pytest.raises(checkpoint.StorageError, match=re.escape(f"cannot write {run / 'last.pt'}: ")):
+            checkpoint.import_hf(hf, run, replace=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert checkpoint.import_hf(hf, run, replace=True) == run / "last.pt"  # the same, once it works
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "tokenizer.json"]
     assert (run / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
 
 
