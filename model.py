@@ -19,7 +19,8 @@ scripts/export_hf.py runs). In short:
 What it holds, one section each, in this order:
     building blocks     RMSNorm, FeedForward (SwiGLU), rope_frequencies, rope_tables, apply_rope
     attention           attention_mask, Attention (GQA; chunked on RoPE layers, causal on NoPE ones)
-    grouped_mm          grouped_mm_supported, grouped_mm_any_dtype and what its gradients need
+    grouped_mm          grouped_mm_supported, grouped_mm_any_dtype and what its gradients need,
+                        PermuteRows (the dispatch's gathers)
     mixture of experts  Experts, Routing, router_stats (the router losses of all layers at once), MoE
     the decoder         to_compute_dtype, Block, Output, Llama4
     the vision stub     VisionModel and its parts, Projector
@@ -31,8 +32,9 @@ What it holds, one section each, in this order:
 How it departs from the obvious version (and from HF's code):
 - Sparse MoE dispatch: tokens are sorted by expert and each expert runs one matmul on its own
   tokens (`grouped_mm` where the device has it, a loop over groups otherwise). HF runs every
-  expert on every token. `MoE.impl = "reference"` selects a plain masked loop over experts,
-  kept to test the fast path against.
+  expert on every token. The rows go to their experts and back by gathers of a permutation and
+  its inverse, in backward too (PermuteRows), not autograd's scatter-adds. `MoE.impl =
+  "reference"` selects a plain masked loop over experts, kept to test the fast path against.
 - Training-only routing extras (HF has none): noisy top-k gating with a learned noise scale, the
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
   deterministic or off in eval(), so eval() is exactly HF's model in fp32 (in bf16, ours rounds q
@@ -375,6 +377,26 @@ class ZeroEmptyGroups(torch.autograd.Function):
         return grad.masked_fill(empty, 0), None
 
 
+class PermuteRows(torch.autograd.Function):
+    """x[perm] for a permutation `perm` of x's rows, whose backward is the inverse permutation's
+    gather, grad[inverse]: autograd's for x[perm] is a scatter-add (an index_put with
+    accumulate, which sorts the indices on CUDA, and atomic adds when compiled), as is index_add's
+    forward. The MoE's dispatch to its experts and back is two of these, gathers both ways."""
+
+    @staticmethod
+    def forward(x, perm, inverse):
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
 # ---------------------------------------------------------------------------------------------
 # Mixture of experts
 
@@ -495,13 +517,15 @@ class MoE(nn.Module):
         return out.view_as(x), Routing(logits, counts)  # out (N, dim) -> (B, T, dim)
 
     def _sparse(self, h, flat, counts, scores):
-        order = flat.argsort(stable=True)  # assignments sorted by expert
-        token = order // self.top_k if self.top_k > 1 else order  # (N*k,) token of each sorted assignment
+        order = flat.argsort(stable=True)  # (N*k,) assignments sorted by expert
+        arange = torch.arange(order.shape[0], device=order.device)
+        rank = torch.empty_like(order).scatter_(0, order, arange)  # (N*k,) each assignment's sorted row
         scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)
-        xs = scaled[order]  # (N*k, dim) expert inputs, grouped: one gather (and one scatter back)
+        xs = PermuteRows.apply(scaled, order, rank)  # (N*k, dim) expert inputs, grouped by expert
         ys = self.experts(xs, counts)  # (N*k, dim), in the same order
+        back = PermuteRows.apply(ys, rank, order).view(-1, self.top_k, h.shape[-1])  # (N, k, dim) by token
         out = self.shared_expert(h)  # (N, dim); under autocast: bf16, like ys
-        return out.index_add(0, token, ys.to(out.dtype))  # each token's k expert outputs added to it
+        return out + (back[:, 0] if self.top_k == 1 else back.sum(1)).to(out.dtype)  # + its k outputs
 
     def _reference(self, h, top_idx, scores):
         out = self.shared_expert(h)
