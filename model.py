@@ -517,7 +517,9 @@ class MoE(nn.Module):
         return out.view_as(x), Routing(logits, counts)  # out (N, dim) -> (B, T, dim)
 
     def _sparse(self, h, flat, counts, scores):
-        order = flat.argsort(stable=True)  # (N*k,) assignments sorted by expert
+        # (N*k,) assignments sorted by expert; on CUDA a radix sort, one pass per byte of its keys:
+        # one pass for byte keys, eight for topk's int64
+        order = (flat.to(torch.uint8) if self.n_experts <= 256 else flat).argsort(stable=True)
         arange = torch.arange(order.shape[0], device=order.device)
         rank = torch.empty_like(order).scatter_(0, order, arange)  # (N*k,) each assignment's sorted row
         scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)

@@ -218,8 +218,10 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
     scatter-add of activations or gradients (x[order]'s autograd backward is an index_put with
     accumulate, which sorts its indices on a GPU; index_add and its compiled form are atomic adds).
     (The counts and the permutation's inverse are integer scatters; topk's backward scatters the
-    router's (N, E) logit gradients.)
-    Bug caught: the dispatch of 2026-12-04 scattered with index_add and took x[order]'s backward."""
+    router's (N, E) logit gradients.) The sort by expert sorts byte keys: a CUDA radix sort takes
+    one pass per byte (eight for topk's int64 indices).
+    Bug caught: the dispatch of 2026-12-04 scattered with index_add, took x[order]'s backward and
+    sorted int64 keys."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     scatters = ("index_put", "index_add", "scatter", "scatter_add", "_index_put_impl")
@@ -227,10 +229,12 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
     class Scatters(TorchDispatchMode):
         def __init__(self):
             super().__init__()
-            self.seen = []
+            self.seen, self.sorted = [], []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__.rstrip("_")
+            if name == "sort":
+                self.sorted.append(args[0].dtype)
             if name in scatters:
                 self.seen.append((name, args[0].dtype, args[0].shape[-1]))
             return func(*args, **(kwargs or {}))
@@ -242,7 +246,24 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
         out.square().sum().backward()
     rows = [s for s in mode.seen if s[1].is_floating_point and s[2] != moe.n_experts]
     assert any(s[1] == torch.int64 for s in mode.seen) and not rows, mode.seen
+    assert mode.sorted == [torch.uint8]
     assert h.grad is not None and moe.experts.gate_up_proj.grad is not None
+
+
+def test_more_than_256_experts_are_sorted_by_their_full_index():
+    """The sort by expert takes byte keys up to 256 experts; past them, the int64 indices (a byte
+    key would wrap expert 300 onto expert 44, and the groups would be wrong)."""
+    moe = next(m for m in build(n_experts=300, top_k=1).modules() if isinstance(m, MoE))
+    h = torch.randn(64, moe.router.in_features)
+    with torch.no_grad():  # feature 0 decides: expert 100 or 299 (a byte: 43, before 100)
+        moe.router.weight.mul_(0.01)[:, 0] = 0
+        moe.router.weight[100, 0], moe.router.weight[299, 0] = 10, -10
+        h[:, 0] = torch.linspace(-1, 1, 64).sign() * 5
+        sparse, routing = moe(h[None])
+        moe.impl = "reference"
+        reference, _ = moe(h[None])
+    assert routing.counts[100] == routing.counts[299] == 32
+    assert torch.allclose(sparse, reference, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["sparse", "reference"])
