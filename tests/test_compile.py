@@ -128,14 +128,15 @@ def test_an_eager_evaluation_casts_each_weight_once_a_pass():
     keeps each weight's bf16 copy for the pass: a batch after the first casts activations (and the
     experts' and output layer's weights, cast by hand), not again the weights autocast casts. Bug
     caught: an autocast context per batch recast them all: 71 casts a batch on the debug preset,
-    now 43 (its 4 layers' q, k, v, o and shared-expert weights: 28)."""
+    now 43 (its 4 layers' q, k, v, o and shared-expert weights: 28). Casts of floating tensors
+    (the MoE's sort casts its integer keys to bytes)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Casts(TorchDispatchMode):
         n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += func is torch.ops.aten._to_copy.default
+            self.n += func is torch.ops.aten._to_copy.default and args[0].is_floating_point()
             return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
@@ -199,14 +200,18 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     fp32 outside autocast (h cast once, not its weights), and RoPE takes three ops, not seven, and
     stays in fp32 through the QK norm; in training q, k and v are one matmul, and RoPE and the QK
     norm run once over q and k. Before: MoE 1,202 ops, dense twin 783; then 1,115 and 759; then
-    934 and 687; now 811 and 564 (the budgets leave a little room for a torch update)."""
+    934 and 687; then 811 and 564; now 830 and 563 (the budgets leave a little room for a torch
+    update). The last 20 are the dispatch's gathers both ways (PermuteRows: the permutation's
+    inverse, 3 ops, and an add for index_add) and its sort's byte keys (a cast), 5 a layer, for
+    what is one op on the CPU and many kernels on CUDA: x[order]'s backward (index_put with
+    accumulate sorts its indices there) and a radix sort of int64 keys (8 passes, 1 for bytes)."""
     import config
     from scripts import bench_model
     base = config.to_dict(debug_args())
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     ops = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
-    assert ops["moe"] <= 830 and ops["dense"] <= 580, ops
-    assert (ops["moe"] - ops["dense"]) / 4 <= 66, ops  # what one MoE layer adds over a dense one
+    assert ops["moe"] <= 850 and ops["dense"] <= 580, ops
+    assert (ops["moe"] - ops["dense"]) / 4 <= 71, ops  # what one MoE layer adds over a dense one
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsys):
