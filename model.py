@@ -59,7 +59,8 @@ How it departs from the obvious version (and from HF's code):
   QK norm run once over q and k together: a seventh fewer kernels in an eager step (one weight
   cast and one matmul each way instead of three, no sum of three input gradients, half the RoPE
   and norm ops). Evaluation and decoding keep HF's separate projections, which copy no weights
-  per call (decoding on a CPU is bound by reading them); tests hold the two equal.
+  per call (decoding on a CPU is bound by reading them); tests hold the two equal. So do the
+  router's logits and its noise scale (training only): one fp32 matmul of 2E columns, not two of E.
 - The loss never holds the (B*T, V) logits: given targets, `linear_cross_entropy` runs the output
   layer and the cross-entropy chunk by chunk, taking their gradients on the way when training (no
   logits are returned then; evaluation gets the loss alone too). `Llama4.loss_impl = "reference"`
@@ -499,10 +500,14 @@ class MoE(nn.Module):
         # activation memory. With bf16 weights (sample.py on CUDA) it is HF's bf16 router.
         with torch.autocast(h.device.type, enabled=False):
             hr = h.to(self.router.weight.dtype)
-            logits = self.router(hr)  # (N, E)
-            select = logits
-            if self.training and self.router_noise is not None:
-                select = logits + torch.randn_like(logits) * F.softplus(self.router_noise(hr))
+            if self.training and self.router_noise is not None:  # the logits and the noise's scale
+                # from one matmul (its weights side by side): a GEMM 16 columns wide half fills its tiles
+                w = torch.cat([self.router.weight, self.router_noise.weight])  # (2E, dim)
+                logits, noise = F.linear(hr, w).split(self.n_experts, dim=-1)  # (N, E) each
+                scale = F.softplus(noise + self.router_noise.bias)
+                select = logits + torch.randn_like(logits) * scale
+            else:
+                logits = select = self.router(hr)  # (N, E)
             top_logit, top_idx = select.topk(self.top_k, dim=-1)  # (N, k)
             # (N, k) in fp32 then cast, as HF: a bf16 sigmoid gives the same values, but its backward
             # takes y(1 - y) from the rounded y, which loses the router's gradient once y nears 1

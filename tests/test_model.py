@@ -1019,9 +1019,8 @@ def test_router_scores_are_the_sigmoid_of_the_noisy_logits_in_training():
     torch.nn.init.zeros_(moe.shared_expert.down_proj.weight)
     torch.nn.init.zeros_(moe.router_noise.weight)
     torch.nn.init.constant_(moe.router_noise.bias, 1.0)  # noise std softplus(1) = 1.31
-    logits = torch.randn(24, 4)
-    moe.router.forward = lambda x: logits
     h = torch.randn(1, 24, 64)
+    logits = h[0] @ moe.router.weight.detach().T  # (24, 4) the clean logits
     torch.manual_seed(7)
     with torch.no_grad():
         out, routing = moe(h)
@@ -1029,8 +1028,47 @@ def test_router_scores_are_the_sigmoid_of_the_noisy_logits_in_training():
     noisy = logits + torch.randn_like(logits) * torch.nn.functional.softplus(torch.ones(4))
     top = noisy.max(-1).values
     assert not torch.equal(noisy.argmax(-1), logits.argmax(-1))  # the noise moved some tokens
-    assert torch.equal(routing.logits, logits)  # the losses see the clean logits
+    torch.testing.assert_close(routing.logits, logits)  # the losses see the clean logits
     torch.testing.assert_close(out[0], h[0] * torch.sigmoid(top)[:, None])
+
+
+def test_the_router_and_its_noise_are_one_matmul_in_training_with_their_gradients():
+    """In training the router's logits and its noise scale come from one matmul over their weights
+    side by side (2E columns: a GEMM of E = 16 columns half fills its tiles on a GPU), with the
+    gradients of two separate linears. Experts made the identity and the shared expert zero, as
+    above, so the output is h x sigmoid(noisy top logit)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Widths(TorchDispatchMode):  # the output widths of the matmuls that run
+        def __init__(self):
+            super().__init__()
+            self.widths = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+                self.widths.append(out.shape[-1])
+            return out
+
+    torch.manual_seed(0)
+    moe = MoE(debug_args(router_noise=True, top_k=1)).train()
+    moe.experts.forward = lambda xs, counts: xs
+    torch.nn.init.zeros_(moe.shared_expert.down_proj.weight)
+    torch.nn.init.normal_(moe.router_noise.weight, std=0.1)
+    E, h = moe.n_experts, torch.randn(1, 24, 64)
+    torch.manual_seed(7)
+    with Widths() as mode:
+        out, routing = moe(h)
+    assert mode.widths.count(2 * E) == 1 and E not in mode.widths, mode.widths
+    (out.square().sum() + routing.logits.square().sum()).backward()
+    params = [moe.router.weight, moe.router_noise.weight, moe.router_noise.bias]
+    w, wn, b = [p.detach().clone().requires_grad_() for p in params]
+    torch.manual_seed(7)
+    logits, noise = h[0] @ w.T, h[0] @ wn.T + b  # (24, E) each: two linears
+    top = (logits + torch.randn_like(logits) * torch.nn.functional.softplus(noise)).max(-1).values
+    (((h[0] * torch.sigmoid(top)[:, None]) ** 2).sum() + logits.square().sum()).backward()
+    for p, ref in zip(params, [w, wn, b], strict=True):
+        torch.testing.assert_close(p.grad, ref.grad)
 
 
 def test_last_only_with_targets_is_a_clear_error():
