@@ -880,14 +880,6 @@ class Projector(nn.Module):
 
 LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary),
 # held twice for a moment (the fp32 logits and their log-softmax)
-EVAL_CHUNKS = 4  # without gradients (evaluation), chunks of 4 x LOSS_CHUNK: a quarter of the loop's
-# launches (eager evaluation on a GPU is bound by them), and no more memory than the step of the
-# same batch holds for backward (above 4 sequences of 256 tokens; below, the batch is one chunk)
-
-
-def loss_chunk_rows(vocab_size: int, with_grad: bool = True) -> int:
-    """Rows of the fused loss's chunks, for a vocabulary of vocab_size (at least 1)."""
-    return max(1, LOSS_CHUNK * (1 if with_grad else EVAL_CHUNKS) // vocab_size)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -945,7 +937,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of x @ weight.T (x (N, D), weight (V, D)) over targets >= 0, the same
     value and gradients as F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-1)
-    under the same autocast (tests/test_model.py), in chunks of loss_chunk_rows rows. Two edges
+    under the same autocast (tests/test_model.py), in chunks of LOSS_CHUNK logits. Two edges
     differ: with no target >= 0 it is 0 (F.cross_entropy gives NaN), and every negative target
     is skipped (F.cross_entropy skips only -1)."""
     kind = x.device.type
@@ -953,7 +945,7 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     with torch.autocast(kind, enabled=False):  # cast once here, not per chunk
         total = LinearCrossEntropy.apply(x.to(dtype), weight.to(dtype), targets,
-                                         loss_chunk_rows(weight.shape[0], with_grad), with_grad)
+                                         max(1, LOSS_CHUNK // weight.shape[0]), with_grad)
     return total / (targets >= 0).sum().clamp(min=1)
 
 

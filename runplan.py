@@ -78,7 +78,7 @@ import sources
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, ConfigError, DeviceError, RunError
-from model import count_parameters, loss_chunk_rows, summed_over_layers, weight_decayed
+from model import LOSS_CHUNK, count_parameters, summed_over_layers, weight_decayed
 from runtime import World
 from tokenizer import Tokenizer, check_tokenizer, too_small
 
@@ -587,8 +587,7 @@ def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
     """A lower bound, in bytes, on what one micro-batch needs (the real need is higher): the
     weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter),
     one chunk of the fused loss's fp32 logits and their log-softmax (the whole (B*T, V) logits are
-    never held; at --eval_only its larger chunks without gradients), and the residual stream each
-    layer keeps for backward."""
+    never held), and the residual stream each layer keeps for backward."""
     try:
         n_params = parameters(model_args)
     except (RuntimeError, OverflowError):  # a tensor past torch's sizes (--n_experts, --dim ... near 2^31)
@@ -598,7 +597,7 @@ def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
     V = model_args.vocab_size
     training = not train_args.eval_only
     return {"weights" + (" and optimizer state" if training else ""): n_params * (16 if training else 4),
-            "loss chunk": min(tokens, loss_chunk_rows(V, with_grad=training)) * V * 4 * 2,
+            "loss chunk": min(tokens, max(1, LOSS_CHUNK // V)) * V * 4 * 2,
             "activations": tokens * model_args.dim * 4 * model_args.n_layers * training}
 
 

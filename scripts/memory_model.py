@@ -130,7 +130,7 @@ def check_out(p, out: str | None) -> None:
 def check_batches(p, batches: list[int], args: ModelArgs) -> None:
     """A one-line error, before any work, for a batch whose loss loop would run for hours
     (--batches 100000000 on scout-128m: 25 million chunks; all else costs the same at any batch)."""
-    rows = model.loss_chunk_rows(args.vocab_size)  # as model.linear_cross_entropy chunks
+    rows = max(1, model.LOSS_CHUNK // args.vocab_size)  # as model.linear_cross_entropy chunks
     chunks = -(-max(batches) * args.max_seq_len // rows)
     if chunks <= MAX_LOSS_CHUNKS:
         return

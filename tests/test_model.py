@@ -627,23 +627,7 @@ def test_fused_loss_without_gradients_does_no_gradient_work(monkeypatch):
         with torch.set_grad_enabled(grad), Matmuls() as mm:
             model_module.linear_cross_entropy(x, w, t)
         counts.append(mm.n)
-    assert model_module.EVAL_CHUNKS == 4 and counts == [3, 27]  # evaluation: chunks of 28 rows
-
-
-def test_evaluation_takes_the_fused_loss_in_larger_chunks_with_the_same_loss(monkeypatch):
-    """Without gradients the loss's chunks are EVAL_CHUNKS times larger (a quarter of the eager
-    launches of an evaluation pass), and the loss is the same: its sum is taken once over all
-    rows, whatever the chunks. Bug caught: evaluation took the training step's chunks, 32 a
-    batch of 128 x 256 at a 32,768-token vocabulary (10 ops each on the H200's profile)."""
-    import model as model_module
-    x, w = torch.randn(60, 16), torch.randn(V, 16)
-    t = torch.randint(-1, V, (60,))
-    with torch.no_grad():
-        whole = model_module.linear_cross_entropy(x, w, t)
-        monkeypatch.setattr(model_module, "LOSS_CHUNK", 2 * V)  # 8 rows a chunk: 8 chunks of 60 rows
-        assert model_module.loss_chunk_rows(V, with_grad=False) == 8
-        chunked = model_module.linear_cross_entropy(x, w, t)
-    assert torch.allclose(chunked, whole, rtol=1e-6, atol=0)
+    assert counts == [9, 27]
 
 
 def test_the_fused_loss_of_no_rows_is_0():
@@ -672,15 +656,14 @@ def test_the_fused_loss_launches_few_ops_per_chunk(monkeypatch):
             self.n += not func.is_view
             return func(*args, **(kwargs or {}))
 
-    monkeypatch.setattr(model_module, "LOSS_CHUNK", 7 * V)  # chunks of 7 rows (28 without gradients)
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", 7 * V)  # chunks of 7 rows
     per_chunk = {}
     for grad in [False, True]:
         counts = []
-        rows = model_module.loss_chunk_rows(V, with_grad=grad)
         for chunks in (1, 9):
-            x = torch.randn(rows * chunks, 16, requires_grad=True)
+            x = torch.randn(7 * chunks, 16, requires_grad=True)
             w = torch.randn(V, 16, requires_grad=True)
-            t = torch.randint(0, V, (rows * chunks,))
+            t = torch.randint(0, V, (7 * chunks,))
             with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad), Ops() as ops:
                 model_module.linear_cross_entropy(x, w, t)
             counts.append(ops.n)

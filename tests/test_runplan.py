@@ -553,7 +553,7 @@ def test_the_resumed_fields_checked_are_those_a_checkpoint_holds():
 def test_the_memory_floor_counts_weights_loss_chunk_and_activations():
     """Bug caught: the floor's weights not 16 bytes a parameter in training and 4 at --eval_only, its loss
     chunk not capped at the batch's tokens, or activations counted at --eval_only."""
-    from model import EVAL_CHUNKS, LOSS_CHUNK
+    from model import LOSS_CHUNK
     n = runplan.parameters(DEBUG)
     t = TrainArgs(batch_size=2)
     tokens = 2 * DEBUG.max_seq_len
@@ -567,12 +567,6 @@ def test_the_memory_floor_counts_weights_loss_chunk_and_activations():
     assert LOSS_CHUNK // V > tokens  # (the cap above is the batch's tokens)
     big = debug_args(vocab_size=LOSS_CHUNK * 2)  # a vocabulary past the chunk: one row at a time
     assert runplan.memory_floor(big, t)["loss chunk"] == big.vocab_size * 8
-    # evaluation's chunks (no gradients) are EVAL_CHUNKS times larger
-    wide = debug_args(vocab_size=LOSS_CHUNK // 4)  # 4 rows a chunk in training, 16 at --eval_only
-    assert EVAL_CHUNKS == 4 and tokens > 16
-    assert runplan.memory_floor(wide, t)["loss chunk"] == 4 * wide.vocab_size * 8
-    assert runplan.memory_floor(wide, TrainArgs(batch_size=2, eval_only=True))["loss chunk"] == \
-        16 * wide.vocab_size * 8
 
 
 @pytest.mark.parametrize("changes", [dict(moe_every=5), dict(moe_every=3, n_layers=7), dict(n_layers=1)])
