@@ -1106,3 +1106,53 @@ def test_bench_model_compile_takes_what_train_py_takes(typed, meant):
     where train.py and sample.py take it (config.switch)."""
     from scripts import bench_model
     assert bench_model.parser().parse_args(["--compile", typed]).compile == meant
+
+
+# --- scripts/ab_trees.py: two source trees, each in processes of its own --------------------------
+
+def test_ab_trees_times_each_tree_with_its_own_code_in_alternating_rounds(tmp_path):
+    """Each tree's steps run its own modules (a process per tree and round: a module imported once
+    could not be both), so a tree whose step sleeps 40 ms more is 40 ms slower; the rounds alternate
+    their order. Bugs caught would be a child importing this tree's bench_model or config, and
+    rounds in one order (a drift of the machine would then fall on one tree)."""
+    from scripts import ab_trees
+    root = Path(ab_trees.ROOT)
+    order = tmp_path / "order.txt"
+
+    def tree(name: str, sleep: float) -> Path:  # this checkout, but a bench_model whose steps sleep
+        t = tmp_path / name
+        (t / "scripts").mkdir(parents=True)
+        for f in root.glob("*.py"):
+            (t / f.name).symlink_to(f)
+        for f in (root / "scripts").glob("*.py"):
+            if f.name != "bench_model.py":
+                (t / "scripts" / f.name).symlink_to(f)
+        (t / "scripts" / "bench_model.py").write_text(
+            (root / "scripts" / "bench_model.py").read_text() + "\n\n_make_step = make_step\n\n\n"
+            "def make_step(*args, **kwargs):\n"
+            f"    open({str(order)!r}, 'a').write({name!r} + ' ')\n"
+            "    step, job = _make_step(*args, **kwargs)\n"
+            f"    return (lambda: (time.sleep({sleep}), step())[1]), job\n")
+        return t
+    slow, fast = tree("slow", 0.04), tree("fast", 0.0)
+    result = ab_trees.main([str(slow), str(fast), "--preset", "debug", "--dtype", "float32", "--variants",
+                            "moe:1", "--repeats", "2", "--rounds", "2", "--out", str(tmp_path / "ab.json")])
+    figures = result["figures"]
+    assert figures[str(slow)]["moe:1"]["min_ms"] > figures[str(fast)]["moe:1"]["min_ms"] + 30
+    assert order.read_text() == "slow fast fast slow "
+    assert json.loads((tmp_path / "ab.json").read_text())["rounds"] == 2
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--variants", "moe"], "--variants moe: write an eager variant and its batch, as moe:128"),
+    (["--variants", "moe+compile:8"], "write an eager variant"),
+])
+def test_ab_trees_refuses_what_it_cannot_run_before_any_work(argv, says, tmp_path, capsys):
+    from scripts import ab_trees
+    root = str(ab_trees.ROOT)
+    with pytest.raises(SystemExit) as e:
+        ab_trees.main([root, root, *argv])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        ab_trees.main([str(tmp_path), root])
+    assert e.value.code == 2 and "holds no scripts/bench_model.py" in capsys.readouterr().err

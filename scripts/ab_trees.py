@@ -1,0 +1,169 @@
+"""A/B of two source trees: the same eager steps of scripts/bench_model.py, each tree's code in
+processes of its own, taking turns, on one machine.
+
+    git worktree add /tmp/old <commit>
+    python scripts/ab_trees.py /tmp/old . --device cuda --variants moe:128,moe+eval:128,moe:32
+
+Why: one benchmark run compares variants of one tree, side by side; two runs on two machines (or
+two GPU leases) differ by more than most changes (one lease's host ran every host-bound figure,
+transformers' included, 15-55% slower than another's). Here each round runs tree A, then tree B,
+one process each (a module imported is imported once: a process per tree), and the rounds
+alternate their order, so that a drift of the machine falls on both trees alike. Each process
+warms a variant up (3 steps), times `--repeats` steps (synchronised on CUDA) and, with --profile,
+sums over 2 steps what torch.profiler says of the host: kernels launched, and the time the host
+spent waiting on the device (cudaStreamSynchronize, cudaDeviceSynchronize), which tells a pass bound
+by the GPU (the host waits at the end) from one bound by the host. Per variant and tree it prints
+the median and the least of every round's steps. Nothing is written but the report (and --out's
+JSON); the trees are only read.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if "--child" in sys.argv:  # a tree's process: that tree's modules, before any of them is imported
+    _tree = sys.argv[sys.argv.index("--child") + 1]
+    sys.path[:0] = [_tree, str(Path(_tree) / "scripts")]
+else:
+    sys.path.insert(0, str(ROOT))
+import errors  # noqa: E402, F401  first: a Ctrl-C while torch imports is one line, no traceback
+
+# isort: split
+
+import config  # noqa: E402
+import storage  # noqa: E402
+from errors import UserError, run_script  # noqa: E402
+
+WARMUP = 3
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")
+
+
+def child(tree: str, spec: dict) -> dict:
+    """In a process of its own, whose modules are `tree`'s (sys.path, above): its bench_model
+    steps, timed (and profiled on CUDA), as JSON."""
+    import bench_model
+    import torch
+    device = torch.device(spec["device"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    base = config.to_dict(config.ModelArgs(**config.PRESETS[spec["preset"]]["ModelArgs"]))
+    dtype = getattr(torch, spec["dtype"])
+    out = {}
+    for name in spec["variants"]:
+        variant, batch = name.split(":")
+        step, _ = bench_model.make_step(variant, base, int(batch), device, dtype)
+        for _ in range(WARMUP):
+            step()
+        sync()
+        times = []
+        for _ in range(spec["repeats"]):
+            t = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - t)
+        out[name] = {"seconds": times}
+        if spec["profile"] and device.type == "cuda":
+            out[name].update(host_profile(step, sync))
+        del step
+    return out
+
+
+def host_profile(step, sync) -> dict:
+    """Per step, over 2: kernels launched and the host's wait on the device, in seconds."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        sync()
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
+    wait = sum(e.self_cpu_time_total for e in events if e.key in WAITS) / 1e6
+    return {"launches": launches / 2, "device_wait_s": wait / 2}
+
+
+def run_child(tree: Path, spec: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", str(tree), "--spec", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"the steps of {tree} failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summary(runs: list[dict]) -> dict:
+    """Each variant's figures over the rounds of one tree: median and least step, the profile's means."""
+    out = {}
+    for name in runs[0]:
+        seconds = [s for r in runs for s in r[name]["seconds"]]
+        out[name] = {"median_ms": 1000 * statistics.median(seconds), "min_ms": 1000 * min(seconds)}
+        for key in ("launches", "device_wait_s"):
+            if key in runs[0][name]:
+                out[name][key] = statistics.mean(r[name][key] for r in runs)
+    return out
+
+
+def parser() -> config.Parser:
+    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", help="the first source tree (a checkout, e.g. a git worktree of the old commit)")
+    p.add_argument("b", help="the second source tree (. for this one)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS), help="model shape")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="autocast dtype")
+    p.add_argument("--variants", default="moe:128,moe+eval:128",
+                   help="comma-separated bench_model variants with their batch, VARIANT:BATCH (eager ones: "
+                        "moe, dense, moe+ckpt, moe+plain-loss, moe+eval)")
+    p.add_argument("--rounds", type=config.at_least_1, default=2,
+                   help="rounds of one process per tree, in alternating order")
+    p.add_argument("--repeats", type=config.at_least_1, default=10,
+                   help="timed steps per variant and process")
+    p.add_argument("--profile", action="store_true",
+                   help="on CUDA, also kernels launched and the host's wait on the device")
+    p.add_argument("--out", default=None, type=storage.expand_home,
+                   help="also write the figures as JSON here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    p = parser()
+    if argv is None and "--child" in sys.argv:  # (the positional trees are not a child's)
+        i = sys.argv.index("--child")
+        print(json.dumps(child(sys.argv[i + 1], json.loads(sys.argv[sys.argv.index("--spec") + 1]))))
+        return None
+    opts = p.parse_args(argv)
+    trees = [Path(opts.a).resolve(), Path(opts.b).resolve()]
+    for tree in trees:
+        if not (tree / "scripts" / "bench_model.py").is_file():
+            p.error(f"{tree} holds no scripts/bench_model.py: give the root of a checkout of this project")
+    variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
+    for v in variants:
+        name, _, batch = v.partition(":")
+        if not batch.isdigit() or int(batch) < 1 or name.endswith("+compile") or name == "hf":
+            p.error(f"--variants {v}: write an eager variant and its batch, as moe:128")
+    spec = {"device": opts.device, "preset": opts.preset, "dtype": opts.dtype, "variants": variants,
+            "repeats": opts.repeats, "profile": opts.profile}
+    runs = {0: [], 1: []}
+    for r in range(opts.rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            runs[i].append(run_child(trees[i], spec))
+    result = {"trees": [str(t) for t in trees], **spec, "rounds": opts.rounds,
+              "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+              "figures": {str(trees[i]): summary(runs[i]) for i in (0, 1)}}
+    for name in variants:
+        for tree in trees:
+            f = result["figures"][str(tree)][name]
+            extra = "".join(f", {k} {f[k]:,.4g}" for k in ("launches", "device_wait_s") if k in f)
+            print(f"{name:>18}  {tree}: median {f['median_ms']:.1f} ms, least {f['min_ms']:.1f}{extra}")
+    if opts.out is not None:
+        storage.save_json(opts.out, result, "pick another --out")
+    return result
+
+
+if __name__ == "__main__":
+    run_script(main, "ab_trees.py")
