@@ -92,7 +92,10 @@ def run_child(tree: Path, spec: dict) -> dict:
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise UserError(f"the steps of {tree} failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise UserError(f"the steps of {tree} printed no figures")
+    return json.loads(lines[-1])
 
 
 def summary(runs: list[dict]) -> dict:
@@ -131,11 +134,11 @@ def parser() -> config.Parser:
 
 
 def main(argv=None):
-    p = parser()
-    if argv is None and "--child" in sys.argv:  # (the positional trees are not a child's)
+    if argv is None and "--child" in sys.argv:  # before the parser, whose names its tree may lack
         i = sys.argv.index("--child")
         print(json.dumps(child(sys.argv[i + 1], json.loads(sys.argv[sys.argv.index("--spec") + 1]))))
         return None
+    p = parser()
     opts = p.parse_args(argv)
     trees = [Path(opts.a).resolve(), Path(opts.b).resolve()]
     for tree in trees:
@@ -146,6 +149,8 @@ def main(argv=None):
         name, _, batch = v.partition(":")
         if not batch.isdigit() or int(batch) < 1 or name.endswith("+compile") or name == "hf":
             p.error(f"--variants {v}: write an eager variant and its batch, as moe:128")
+    if problem := storage.not_a_result("--out", opts.out, "ab.json", ("trees", "figures")):
+        p.error(problem)
     spec = {"device": opts.device, "preset": opts.preset, "dtype": opts.dtype, "variants": variants,
             "repeats": opts.repeats, "profile": opts.profile}
     runs = {0: [], 1: []}

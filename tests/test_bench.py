@@ -1112,7 +1112,8 @@ def test_bench_model_compile_takes_what_train_py_takes(typed, meant):
 
 def test_ab_trees_times_each_tree_with_its_own_code_in_alternating_rounds(tmp_path):
     """Each tree's steps run its own modules (a process per tree and round: a module imported once
-    could not be both), so a tree whose step sleeps 40 ms more is 40 ms slower; the rounds alternate
+    could not be both), so a tree whose step sleeps 0.6 s is that much slower (a margin above a
+    shared CPU's stalls: 40 ms was not, a fast step's least once 261 ms); the rounds alternate
     their order. Bugs caught would be a child importing this tree's bench_model or config, and
     rounds in one order (a drift of the machine would then fall on one tree)."""
     from scripts import ab_trees
@@ -1134,11 +1135,11 @@ def test_ab_trees_times_each_tree_with_its_own_code_in_alternating_rounds(tmp_pa
             "    step, job = _make_step(*args, **kwargs)\n"
             f"    return (lambda: (time.sleep({sleep}), step())[1]), job\n")
         return t
-    slow, fast = tree("slow", 0.04), tree("fast", 0.0)
+    slow, fast = tree("slow", 0.6), tree("fast", 0.0)
     result = ab_trees.main([str(slow), str(fast), "--preset", "debug", "--dtype", "float32", "--variants",
                             "moe:1", "--repeats", "2", "--rounds", "2", "--out", str(tmp_path / "ab.json")])
     figures = result["figures"]
-    assert figures[str(slow)]["moe:1"]["min_ms"] > figures[str(fast)]["moe:1"]["min_ms"] + 30
+    assert figures[str(slow)]["moe:1"]["min_ms"] >= 600 > figures[str(fast)]["moe:1"]["min_ms"]
     assert order.read_text() == "slow fast fast slow "
     assert json.loads((tmp_path / "ab.json").read_text())["rounds"] == 2
 
@@ -1156,3 +1157,41 @@ def test_ab_trees_refuses_what_it_cannot_run_before_any_work(argv, says, tmp_pat
     with pytest.raises(SystemExit) as e:
         ab_trees.main([str(tmp_path), root])
     assert e.value.code == 2 and "holds no scripts/bench_model.py" in capsys.readouterr().err
+
+
+def test_ab_trees_child_runs_a_tree_older_than_this_trees_parser(tmp_path):
+    """A tree's process takes its modules from that tree, so it may be one whose storage has no
+    expand_home (before 564deb4), which this tree's parser names. Bug caught: the child built the
+    parser before it ran, and failed on such a tree with "module 'storage' has no attribute
+    'expand_home'"."""
+    from scripts import ab_trees
+    root, old = Path(ab_trees.ROOT), tmp_path / "old"
+    (old / "scripts").mkdir(parents=True)
+    for f in root.glob("*.py"):
+        (old / f.name).symlink_to(f)
+    (old / "storage.py").unlink()
+    (old / "storage.py").write_text((root / "storage.py").read_text() + "\n\ndel expand_home\n")
+    (old / "scripts" / "bench_model.py").symlink_to(root / "scripts" / "bench_model.py")
+    spec = {"device": "cpu", "preset": "debug", "dtype": "float32", "variants": [], "repeats": 1,
+            "profile": False}
+    assert ab_trees.run_child(old, spec) == {}
+
+
+def test_ab_trees_refuses_an_out_that_is_no_result_of_its_before_any_work(tmp_path, monkeypatch, capsys):
+    """Bug caught: `--out RUN/last.pt` (or any file not an earlier A/B's) ran every round, then
+    replaced that file with the JSON; the other benchmarks refuse it first (storage.not_a_result)."""
+    from scripts import ab_trees
+    root = str(ab_trees.ROOT)
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(b"weights")
+
+    def no_child(tree, spec):
+        raise AssertionError("a tree's steps ran")
+    monkeypatch.setattr(ab_trees, "run_child", no_child)
+    for out in [checkpoint, tmp_path / "train.json"]:
+        if out.suffix == ".json":
+            out.write_text('{"argv": []}')
+        with pytest.raises(SystemExit) as e:
+            ab_trees.main([root, root, "--variants", "moe:1", "--out", str(out)])
+        assert e.value.code == 2 and f"--out {out}" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == b"weights"

@@ -855,7 +855,7 @@ class ParserSeen(BaseException):
 
 @pytest.mark.parametrize("script", ["sample", "bench", "bench_data", "bench_model", "bench_sample", "compare",
                                     "count_params", "export_hf", "gpu_check", "memory_model", "plot_runs",
-                                    "sweep"])
+                                    "sweep", "ab_trees"])
 def test_every_option_of_every_script_says_what_it_does_in_help(script, monkeypatch):
     """Bug caught: `sweep.py --help` listed --screen_minutes, --confirm_minutes, --data, --val_data,
     --out_dir and --cache_dir, and `plot_runs.py --help` --x and --title, with no word of what they
