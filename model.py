@@ -63,9 +63,11 @@ How it departs from the obvious version (and from HF's code):
   router's logits and its noise scale (training only): one fp32 matmul of 2E columns, not two of E.
 - The loss never holds the (B*T, V) logits: given targets, `linear_cross_entropy` runs the output
   layer and the cross-entropy chunk by chunk, taking their gradients on the way when training (no
-  logits are returned then; evaluation gets the loss alone too). `Llama4.loss_impl = "reference"`
-  is lm_head + F.cross_entropy, kept to test against; without targets (sampling) the model
-  returns logits as usual.
+  logits are returned then; evaluation gets the loss alone too). In eager mode on CUDA its
+  GEMMs write fp32 from bf16 operands (torch.mm's out_dtype), so no chunk's logits or weight
+  gradient is rounded to bf16 and cast back. `Llama4.loss_impl = "reference"` is lm_head +
+  F.cross_entropy, kept to test against; without targets (sampling) the model returns logits as
+  usual.
 - Decoding's logits on the CPU (a few rows, no gradients) are computed as weight @ x.T
   (`few_row_logits`): for a weight as large as lm_head's (V x D, 67 MB in fp32 at scout-128m),
   the kernel F.linear reaches there is 2.5-6x slower for 1-16 rows, and was a third of each
@@ -530,9 +532,11 @@ class MoE(nn.Module):
         scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)
         xs = PermuteRows.apply(scaled, order, rank)  # (N*k, dim) expert inputs, grouped by expert
         ys = self.experts(xs, counts)  # (N*k, dim), in the same order
-        back = PermuteRows.apply(ys, rank, order).view(-1, self.top_k, h.shape[-1])  # (N, k, dim) by token
+        back = PermuteRows.apply(ys, rank, order)  # (N*k, dim) by (token, slot)
+        if self.top_k > 1:  # (for k = 1 the rows are the tokens': no select, whose backward fills zeros)
+            back = back.view(-1, self.top_k, h.shape[-1]).sum(1)  # (N, k, dim) -> (N, dim)
         out = self.shared_expert(h)  # (N, dim); under autocast: bf16, like ys
-        return out + (back[:, 0] if self.top_k == 1 else back.sum(1)).to(out.dtype)  # + its k outputs
+        return out + back.to(out.dtype)  # + its k outputs
 
     def _reference(self, h, top_idx, scores):
         out = self.shared_expert(h)
@@ -880,6 +884,28 @@ class Projector(nn.Module):
 
 LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary),
 # held twice for a moment (the fp32 logits and their log-softmax)
+FP32_OUT_DEVICES = ("cuda",)  # where torch.mm takes out_dtype: an fp32 product of bf16 operands
+
+
+def fp32_out_gemm(x: torch.Tensor) -> bool:
+    """Whether the loss's GEMMs on x (bf16 or fp16) write their fp32 products directly (torch.mm's
+    and addmm's out_dtype: one cuBLAS GEMM, which accumulates in fp32 anyway; CUDA only in torch
+    2.11-2.13) rather than round them to x's dtype and cast them back. Not under torch.compile,
+    which fuses that cast into the next kernel itself."""
+    return (x.device.type in FP32_OUT_DEVICES and x.dtype in (torch.bfloat16, torch.float16)
+            and not torch.compiler.is_compiling())
+
+
+def mm_fp32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None, direct: bool = False):
+    """a @ b in fp32, plus acc (fp32) where given. With `direct` (fp32_out_gemm) the GEMM writes fp32
+    and adds acc in its epilogue; otherwise its product in a and b's dtype is cast to fp32 (a pass
+    over it, unvectorised on CUDA) and added (another pass). The direct sum is the more precise:
+    its product is not rounded to bf16 first."""
+    if direct:
+        return torch.mm(a, b, out_dtype=torch.float32) if acc is None else torch.addmm(
+            acc, a, b, out_dtype=torch.float32)
+    out = torch.mm(a, b).float()
+    return out if acc is None else acc.add_(out)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -900,27 +926,29 @@ class LinearCrossEntropy(torch.autograd.Function):
         t = targets.clamp(min=0)  # (N,)
         if with_grad:
             grad_x, grad_w = torch.empty_like(x), None  # grad_w: (V, D), fp32 sum
+        direct = fp32_out_gemm(x)  # eager CUDA: GEMMs that write fp32 (no cast of logits or grad_w)
         target_lps = []
         for i in range(0, x.shape[0], chunk_rows):
             xc, tc = x[i:i + chunk_rows], t[i:i + chunk_rows]  # (c, D), (c,)
             rc = torch.arange(len(tc), device=x.device)  # (c,) (one (N,) arange sliced failed to
             # compile in torch 2.11 at a second shape)
-            log_probs = (xc @ weight.t()).float().log_softmax(-1)  # (c, V) fp32
+            log_probs = mm_fp32(xc, weight.t(), direct=direct).log_softmax(-1)  # (c, V) fp32
             target_lp = log_probs[rc, tc]  # (c,)
             target_lps.append(target_lp)
             if not with_grad:
                 continue
             # d(total)/d(logits) = softmax - one-hot, in the compute dtype; the target column is
             # p_t - 1 from fp32 (expm1), rounded once: a bf16 p_t, then - 1, would zero the
-            # gradient of every token predicted with p_t > 0.998 (exp with a bf16 out= would be one
-            # kernel on CUDA, but on the CPU it takes twice the time of these two)
-            g = log_probs.exp_().to(x.dtype)  # softmax (c, V), in place of the log-probabilities
+            # gradient of every token predicted with p_t > 0.998
+            if direct:  # exp in fp32 written in bf16: one pass (on the CPU it is twice the time of two)
+                g = torch.exp(log_probs, out=torch.empty_like(log_probs, dtype=x.dtype))  # softmax (c, V)
+            else:
+                g = log_probs.exp_().to(x.dtype)  # softmax (c, V), in place of the log-probabilities
             g[rc, tc] = torch.expm1(target_lp).to(g.dtype)  # (an index_put: a bf16 scatter is slow on CPU)
             torch.mm(g, weight, out=grad_x[i:i + chunk_rows])  # (c, D)
             kept = xc.masked_fill(ignored[i:i + chunk_rows, None], 0)  # (c, D): ignored rows add no
             # weight gradient (masked here, not once over x: that copy would cost N x D more memory)
-            gw = (g.t() @ kept).float()  # (V, D)
-            grad_w = gw if grad_w is None else grad_w.add_(gw)
+            grad_w = mm_fp32(g.t(), kept, grad_w, direct)  # (V, D) fp32
         # (out of place: under torch.compile, torch 2.11 loses the gradient of an output that was
         # updated in place, and every gradient through the loss came out 0)
         total = -torch.cat(target_lps or [x.new_zeros(0, dtype=torch.float32)]).masked_fill(ignored, 0).sum()

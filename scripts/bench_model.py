@@ -56,6 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import config  # noqa: E402
+import model as model_module  # noqa: E402
 import runtime  # noqa: E402
 import storage  # noqa: E402
 import train  # noqa: E402
@@ -307,9 +308,10 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     and storage sizes, no data, no arithmetic; seconds even for scout-128m at batch 512) while
     MemTracker adds up the live tensors, which is what the CUDA caching allocator's
     max_memory_allocated counts. So a machine with no GPU can tell what a step needs on one.
-    cuda: what CUDA's kernels keep for backward where they differ from the CPU's (RMSNorm); the
-    experts are modelled on grouped_mm, which CUDA runs in bf16 only (fp32 there loops over the
-    experts: the same saved tensors, other temporaries).
+    cuda: what CUDA's kernels keep for backward where they differ from the CPU's (RMSNorm), and
+    the fused loss's CUDA path (GEMMs that write fp32: model.fp32_out_gemm); the experts are
+    modelled on grouped_mm, which CUDA runs in bf16 only (fp32 there loops over the experts: the
+    same saved tensors, other temporaries).
     Returns bytes: {"step", "held" (parameters and optimizer state), and the step's parts by
     MemTracker's kinds: "act", "temp", "grad", ...}; training variants only (not hf, eval or
     compiled ones)."""
@@ -323,7 +325,8 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     norm = mock.patch.object(F, "rms_norm", lambda input, normalized_shape, weight=None, eps=None:
                              CudaRMSNormMemory.apply(input, normalized_shape, weight, eps)) \
         if cuda else contextlib.nullcontext()
-    with FakeTensorMode(), norm:
+    loss = mock.patch.object(model_module, "FP32_OUT_DEVICES", ("cpu",)) if cuda else contextlib.nullcontext()
+    with FakeTensorMode(), norm, loss:
         step, job = make_step(variant, base, batch, cpu, dtype)
         step()  # the optimizer's state appears here, and is held between steps from now on
         tracker = MemTracker()

@@ -220,8 +220,11 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
     (The counts and the permutation's inverse are integer scatters; topk's backward scatters the
     router's (N, E) logit gradients.) The sort by expert sorts byte keys: a CUDA radix sort takes
     one pass per byte (eight for topk's int64 indices).
+    Nor does it fill any rows with zeros: for k = 1 the combine takes the gathered rows as they
+    are, where a select of slot 0 had a backward that filled an (N, 1, dim) tensor with zeros and
+    copied the gradient into it (two kernels a layer, each over the layer's activations).
     Bug caught: the dispatch of 2026-12-04 scattered with index_add, took x[order]'s backward and
-    sorted int64 keys."""
+    sorted int64 keys; the select's zeros (2026-12-04, evening)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     scatters = ("index_put", "index_add", "scatter", "scatter_add", "_index_put_impl")
@@ -229,7 +232,7 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
     class Scatters(TorchDispatchMode):
         def __init__(self):
             super().__init__()
-            self.seen, self.sorted = [], []
+            self.seen, self.sorted, self.zeroed = [], [], []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__.rstrip("_")
@@ -237,7 +240,11 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
                 self.sorted.append(args[0].dtype)
             if name in scatters:
                 self.seen.append((name, args[0].dtype, args[0].shape[-1]))
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+            if (name in ("select_backward", "zeros", "new_zeros", "zero", "fill", "zeros_like")
+                    and out.is_floating_point() and out.shape[-1] == moe.router.in_features):
+                self.zeroed.append(name)  # rows of activations (or their gradients) set to 0
+            return out
 
     moe = next(m for m in build(top_k=top_k).train().modules() if isinstance(m, MoE))
     h = torch.randn(2, 24, moe.router.in_features, requires_grad=True)
@@ -246,7 +253,7 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
         out.square().sum().backward()
     rows = [s for s in mode.seen if s[1].is_floating_point and s[2] != moe.n_experts]
     assert any(s[1] == torch.int64 for s in mode.seen) and not rows, mode.seen
-    assert mode.sorted == [torch.uint8]
+    assert mode.sorted == [torch.uint8] and not mode.zeroed, mode.zeroed
     assert h.grad is not None and moe.experts.gate_up_proj.grad is not None
 
 
@@ -669,6 +676,82 @@ def test_the_fused_loss_launches_few_ops_per_chunk(monkeypatch):
             counts.append(ops.n)
         per_chunk[grad] = (counts[1] - counts[0]) / 8
     assert per_chunk[False] <= 5 and per_chunk[True] <= 15, per_chunk
+
+
+def emulate_fp32_out_gemms(monkeypatch):
+    """The eager CUDA path of the fused loss on the CPU: its device joins FP32_OUT_DEVICES and
+    mm_fp32's direct GEMMs are computed as cuBLAS computes them (bf16 operands, fp32 sums), which
+    the CPU's mm refuses (its out_dtype overload is CUDA's; the calls themselves are checked on
+    the meta device below)."""
+    import model as model_module
+    plain = model_module.mm_fp32
+
+    def mm_fp32(a, b, acc=None, direct=False):
+        if not direct:
+            return plain(a, b, acc)
+        out = a.float() @ b.float()
+        return out if acc is None else acc + out
+    monkeypatch.setattr(model_module, "FP32_OUT_DEVICES", ("cpu",))
+    monkeypatch.setattr(model_module, "mm_fp32", mm_fp32)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_the_fused_loss_casts_no_logits_where_gemms_write_fp32(monkeypatch, direct):
+    """Where a GEMM can write fp32 from bf16 operands (torch.mm's out_dtype on CUDA, emulated here),
+    a chunk's logits and its weight gradient come out of their matmuls in fp32 and the softmax is
+    written in bf16 by exp itself. Bug caught: each chunk cast its (c, V) logits to fp32, its
+    softmax back to bf16 and its (V, D) weight gradient to fp32, three passes more a chunk, the
+    first and last by CUDA's unvectorised copy kernel (142 launches, 6.5 ms of an eager MoE
+    step's 47.7 ms of kernels at batch 128 on the H200). The loss and gradients stay those of
+    F.cross_entropy on the same logits (within the bf16 rounding the direct path skips)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import model as model_module
+    if direct:
+        emulate_fp32_out_gemms(monkeypatch)
+    monkeypatch.setattr(model_module, "LOSS_CHUNK", 7 * V)  # chunks of 7 rows
+    n, d = 63, 16  # 9 chunks; shapes (7, V) and (V, 16) are the logits' and the weight gradient's
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g, requires_grad=True)
+    w = torch.randn(V, d, generator=g, requires_grad=True)
+    t = torch.randint(0, V, (n,), generator=g)
+    t[4:9] = -1
+
+    class Casts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is torch.ops.aten._to_copy and tuple(out.shape) in ((7, V), (V, d)):
+                self.n += 1
+            return out
+    with torch.autocast("cpu", dtype=torch.bfloat16), Casts() as casts:
+        loss = model_module.linear_cross_entropy(x, w, t)
+    loss.backward()
+    assert casts.n == (0 if direct else 27) + 2  # + the weight to bf16 and its gradient back, once
+    xr, wr = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    logits = xr.bfloat16().float() @ wr.bfloat16().float().t()  # the bf16 operands' exact products
+    ref = torch.nn.functional.cross_entropy(logits, t, ignore_index=-1)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-2, atol=0)
+    for got, want in ((x.grad, xr.grad), (w.grad, wr.grad)):  # bf16 gradients of logits: 1e-2
+        assert (got - want).abs().max() <= 2e-2 * want.abs().max()
+
+
+def test_the_fused_loss_calls_torchs_fp32_out_gemms_as_they_are_declared(monkeypatch):
+    """The eager CUDA path's calls, run on the meta device (where torch registers mm's and
+    addmm's out_dtype overloads, as on CUDA; the CPU has none): a misspelt or mistyped call fails
+    here, not first on a GPU. Forward and backward, fp32 loss, bf16 gradients of x and weight."""
+    import model as model_module
+    monkeypatch.setattr(model_module, "FP32_OUT_DEVICES", ("meta",))
+    x = torch.empty(40, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.empty(V, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    t = torch.zeros(40, dtype=torch.long, device="meta")
+    assert model_module.fp32_out_gemm(x) and not model_module.fp32_out_gemm(x.float())
+    total = model_module.LinearCrossEntropy.apply(x, w, t, 7, True)  # 6 chunks, the last short
+    total.backward()
+    assert total.dtype == torch.float32 and total.shape == ()
+    assert x.grad.dtype == w.grad.dtype == torch.bfloat16 and w.grad.shape == (V, 16)
 
 
 @pytest.mark.parametrize("overrides", [
