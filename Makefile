@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: help train sample test lint clean-venv constraints gpu-prep gpu-check test-gpu-versions FORCE
+.PHONY: help train sample test lint clean-venv constraints gpu-prep gpu-check gpu-ab-base test-gpu-versions FORCE
 
 # A bare `make` lists the targets: it neither installs anything nor starts a 5,000-step run.
 help:
@@ -13,7 +13,7 @@ help:
 	@echo "make sample    # runs python sample.py (ARGS=\"--ckpt checkpoints/RUN --prompt '...'\")"
 	@echo "make test      # creates .venv with the dev tools, runs ruff and pytest (ARGS=\"-k parity\")"
 	@echo "make lint      # ruff alone"
-	@echo "other targets: clean-venv, constraints, gpu-prep, gpu-check, test-gpu-versions (README)"
+	@echo "other targets: clean-venv, constraints, gpu-prep, gpu-check, gpu-ab-base, test-gpu-versions (README)"
 
 train: $(VENV)/.runtime
 	$(BIN)/python train.py $(ARGS)
@@ -82,6 +82,17 @@ gpu-check:
 		--target /tmp/site .whl/*.whl || echo "gpu-check: warning: the wheels in .whl did not install;" \
 		"a check without its train part goes on, one with it stops (it needs datasets)" >&2; fi
 	PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(ARGS)
+
+# A commit's tree for an A/B on the GPU machine, which gets the checkout without its history:
+# `make gpu-ab-base BASE=<commit>` writes it to gpu-data/ab-base (carried with gpu-data), and there
+# python3 scripts/ab_trees.py gpu-data/ab-base . --device cuda --variants moe:32,moe:128 --out $OUT/ab.json
+gpu-ab-base:
+	@[ -n "$(BASE)" ] || { echo "gpu-ab-base: name the commit to compare against: make gpu-ab-base BASE=<commit>" >&2; exit 1; }
+	git rev-parse -q --verify "$(BASE)^{commit}" >/dev/null || { echo "gpu-ab-base: $(BASE) is no commit here;" \
+		"name one that git log lists" >&2; exit 1; }
+	rm -rf gpu-data/ab-base.tmp && mkdir -p gpu-data/ab-base.tmp
+	git archive "$(BASE)" | tar -x -C gpu-data/ab-base.tmp
+	rm -rf gpu-data/ab-base && mv gpu-data/ab-base.tmp gpu-data/ab-base
 
 # The tests under the versions a lent GPU machine has (torch 2.11, transformers 5.17, huggingface-hub
 # 1.33 and Python 3.12, where this machine has python3.12; KINDS.md in the device tool's folder), on

@@ -588,6 +588,35 @@ def test_make_gpu_prep_runs_twice_and_says_when_the_shared_texts_are_missing(tmp
     assert all(c.stat().st_mode & 0o200 for c in copies)  # (replaceable by their owner)
 
 
+def test_make_gpu_ab_base_writes_a_commits_tree_for_the_gpu_machine(tmp_path):
+    """The GPU machine gets the checkout without its history, so an A/B against an earlier commit
+    (scripts/ab_trees.py) needs that commit's tree in a carried folder: gpu-data/ab-base, the
+    commit's files alone, replaced whole by the next call. No commit, or one git does not know, is
+    a one-line error that leaves an earlier tree as it was."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+    git("init", "-q")
+    for text in ("one\n", "two\n"):
+        (tmp_path / "model.py").write_text(text)
+        git("add", "model.py")
+        git("commit", "-q", "-m", text.strip())
+    (tmp_path / "model.py").write_text("uncommitted\n")
+    r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "gpu-ab-base", "BASE=HEAD~1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    base = tmp_path / "gpu-data" / "ab-base"
+    assert sorted(p.name for p in base.iterdir()) == ["model.py"] and (base / "model.py").read_text() == "one\n"
+    r = make("gpu-ab-base", tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines()[0] == (
+        "gpu-ab-base: name the commit to compare against: make gpu-ab-base BASE=<commit>")
+    r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "gpu-ab-base", "BASE=nope"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.splitlines()[0] == (
+        "gpu-ab-base: nope is no commit here; name one that git log lists")
+    assert (base / "model.py").read_text() == "one\n" and not (tmp_path / "gpu-data" / "ab-base.tmp").exists()
+
+
 @pytest.mark.parametrize("script", ["export_hf.py", "count_params.py", "memory_model.py", "compare.py",
                                     "sweep.py", "bench_model.py", "bench_sample.py"])
 def test_an_interrupt_while_a_script_imports_torch_is_one_line(tmp_path, script):
