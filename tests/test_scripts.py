@@ -606,7 +606,8 @@ def test_make_gpu_ab_base_writes_a_commits_tree_for_the_gpu_machine(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     base = tmp_path / "gpu-data" / "ab-base"
-    assert sorted(p.name for p in base.iterdir()) == ["model.py"] and (base / "model.py").read_text() == "one\n"
+    assert sorted(p.name for p in base.iterdir()) == ["model.py"]
+    assert (base / "model.py").read_text() == "one\n"
     r = make("gpu-ab-base", tmp_path)
     assert r.returncode == 2 and r.stderr.splitlines()[0] == (
         "gpu-ab-base: name the commit to compare against: make gpu-ab-base BASE=<commit>")
