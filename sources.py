@@ -42,7 +42,11 @@ run folder of this project's (project_folder: the corpus/cache that `cd corpus; 
 made, met by a later `--data corpus`), named in a log line (one named as the source itself, or
 as a glob's folder, is refused, naming it); an empty file among them, a
 .txt of whitespace alone, or a .jsonl, .json, .parquet or .arrow file of no records, is left out,
-with a warning line.
+with a warning line. A folder or glob whose files name one split in two formats or more
+(TinyStories-train.txt beside data/train-*.parquet: a whole hub download holds each split as .txt
+and as .parquet) is refused, naming a copy of each: it would read the same text once per copy; one
+format's files (a file, or a quoted glob) are read. Files named as a training split beside files
+named as a validation or test split are read with a warning (warn_split_names).
 Without a validation source, 1 in round(1 / --val_fraction) documents is held out, evenly spread
 (documents k-1, 2k-1, ... of --data's files in order: a file added before another shifts the slice
 of those after it, which train.py warns of at a resume, runplan.held_out_moved), and the log says
@@ -264,7 +268,8 @@ def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
     A path that exists is read as typed, and so are the folders of a glob that exist (run[1]/*.txt).
     A file reached by two paths (a symlink beside its target, a hard link) is listed once, at its
     first path. A ~ that the shell left (a quoted '~/corpus/*.txt') is the home folder. Empty files
-    are listed: with_text leaves them out."""
+    are listed: with_text leaves them out. A folder or glob whose files name a split in two formats
+    (a hub download's TinyStories-train.txt and data/train-*.parquet: copies) is refused (_one_copy)."""
     spec = storage.expand_home(spec)
     skipped = _LeftOut(skip, spec)
     if os.path.isdir(spec) or (not os.path.isfile(spec) and _glob_pattern(spec)):
@@ -327,7 +332,7 @@ def resolve_files(spec: str, flag: str, skip=(), log=None) -> list[str]:
                             f"({PACKED[suffix][1]} {shlex.quote(f)}) and point {flag} at what it holds")
         if suffix not in KINDS:
             raise DataError(f"{flag}: '{f}' is not {FORMATS}; convert it or leave it out")
-    return files
+    return files if os.path.isfile(spec) else _one_copy(files, spec, flag)
 
 
 def _compressed_advice(files: list[str], flag: str) -> str:
@@ -1275,6 +1280,27 @@ def split_named(files: list[str]) -> tuple[list[str], list[str]]:
         if bool(words & TRAIN_WORDS) != bool(words & HELD_OUT_WORDS):
             (train if words & TRAIN_WORDS else held).append(f)
     return train, held
+
+
+def _one_copy(files: list[str], spec: str, flag: str) -> list[str]:
+    """A folder's or glob's files, where they hold one copy of each split; one whose files name a split
+    (split_named) in more than one format is refused: a dataset's download (the hub's
+    roneneldan/TinyStories: TinyStories-train.txt beside data/train-*.parquet) holds the same text in
+    each, and the run would read every copy. Empty files (with_text leaves them out) are no copy."""
+    for split, named in zip(("training", "validation or test"), split_named(files), strict=True):
+        kinds = {}  # format -> its files named as this split
+        for f in named:
+            if os.path.getsize(f):
+                kinds.setdefault(KINDS[Path(f).suffix.lower()], []).append(f)
+        if len(kinds) > 1:
+            use = "train" if flag == "--data" else "validate"
+            copies = "; ".join(f"{fs[0]}{', ...' * (len(fs) > 1)}" for fs in kinds.values())
+            one = next(iter(kinds.values()))[0]
+            raise DataError(f"{flag}: '{spec}' holds the {split} split in {len(kinds)} formats ({copies}), "
+                            f"as a dataset's download holds the same text in each, and the run would {use} "
+                            f"on every copy; point {flag} at one copy: a file ({one}) or a quoted glob of "
+                            "one format's files")
+    return files
 
 
 def warn_split_names(split: Split, spec: str, flag: str, log) -> None:

@@ -1040,6 +1040,57 @@ def test_files_named_as_one_split_get_no_split_warning(tmp_path):
     assert sources.split_named([str(tmp_path / "x" / "test.txt")]) == ([], [])  # (one file: no split)
 
 
+def hub_download(path):
+    """A whole hub download of roneneldan/TinyStories in small: each split as .txt files (V1 and V2)
+    and as data/*.parquet, the stories in a .tar.gz too, a README."""
+    write(path / "TinyStories-train.txt", official(docs(4)))
+    write(path / "TinyStories-valid.txt", official(docs(2, start=4)))
+    write(path / "TinyStoriesV2-GPT4-train.txt", official(docs(3, start=1)))
+    write(path / "TinyStoriesV2-GPT4-valid.txt", official(docs(2, start=4)))
+    write(path / "TinyStories_all_data.tar.gz", b"\x1f\x8b")
+    write(path / "README.md", "---\nlicense: cdla-sharing-1.0\n---\n")
+    return hub_folder(path, {"train": {"text": docs(4)}, "validation": {"text": docs(2, start=4)}})
+
+
+def test_a_folder_holding_a_split_in_several_formats_is_refused(tmp_path):
+    """Bug caught: --data on a whole hub download (TinyStories-train.txt beside
+    data/train-*.parquet: the same stories twice, TinyStoriesV2-GPT4-train.txt a third time) trained
+    on every copy, with a warning about its validation files alone; a --val_data folder holding its
+    split as .txt and .parquet validated on both."""
+    snap = hub_download(tmp_path / "TinyStories")
+    fix = f"a file ({snap / 'TinyStories-train.txt'}) or a quoted glob of one format's files"
+    for spec in (str(snap), f"{snap}/**"):
+        with pytest.raises(DataError) as e:
+            sources.resolve_files(spec, "--data")
+        assert str(e.value) == (
+            f"--data: '{spec}' holds the training split in 2 formats ({snap / 'TinyStories-train.txt'}, ...; "
+            f"{snap / 'data' / 'train-0.parquet'}), as a dataset's download holds the same text in each, and "
+            f"the run would train on every copy; point --data at one copy: {fix}")
+        with pytest.raises(DataError):
+            sources.resolve_sources(targs(tmp_path, data=spec), log=lambda line: None)
+    valid = tmp_path / "valid"
+    write(valid / "valid.txt", official(docs(2, start=4)))
+    pq.write_table(pa.table({"text": docs(2, start=4)}), valid / "validation.parquet")
+    with pytest.raises(DataError) as e:
+        train = str(snap / "TinyStories-train.txt")
+        sources.resolve_sources(targs(tmp_path, data=train, val_data=str(valid)), log=lambda line: None)
+    assert str(e.value).startswith(f"--val_data: '{valid}' holds the validation or test split in 2 formats")
+    assert "the run would validate on every copy; point --val_data at one copy: a file" in str(e.value)
+
+
+def test_one_format_of_a_download_or_formats_named_as_no_split_are_read(tmp_path):
+    """A glob of one format's files of a download, a split in one format beside another split in
+    another, and a folder whose formats name no split, are read (the split warning apart)."""
+    snap = hub_download(tmp_path / "TinyStories")
+    assert len(sources.resolve_files(f"{snap}/*.txt", "--data")) == 4
+    assert len(sources.resolve_files(f"{snap}/data", "--data")) == 2
+    write(tmp_path / "mixed" / "train.txt", official(docs(2)))
+    pq.write_table(pa.table({"text": docs(2, start=4)}), tmp_path / "mixed" / "valid.parquet")
+    write(tmp_path / "mixed" / "extra.jsonl", json.dumps({"text": "x"}) + "\n")
+    write(tmp_path / "mixed" / "empty-train.jsonl", "")  # (left out by with_text: no copy)
+    assert len(sources.resolve_files(str(tmp_path / "mixed"), "--data")) == 4
+
+
 def test_a_data_folder_whose_validation_file_val_data_names_gets_the_split_warning_too(tmp_path):
     """Bug caught: --data ts/ (TinyStories-train.txt beside TinyStories-valid.txt) with --val_data
     ts/TinyStories-valid.txt got the overlap warning alone, whose fix (other --val_data, or none)
