@@ -52,7 +52,9 @@ How this departs from the obvious version:
   run is bit-identical to an uninterrupted one (on CUDA, atomic adds in index_add and attention
   backward leave float-rounding differences), and 1 process equals N DDP processes with the same
   global batch (rank r takes micro-batches r, r + N, ...). RNG states are saved all the same.
-  With --max_minutes the schedule follows the clock, so a resumed run is not bit-identical.
+  With --max_minutes the schedule follows the clock, so a resumed run is not bit-identical (a
+  checkpoint saves the clock as its save begins, the step's evaluation and best.pt counted: only
+  the seconds of the save itself are not in the file).
 - The loop does not wait for the device between log steps (under torchrun, nor between the ranks'
   agreements, about 10 s apart): losses, expert counts and the count of skipped steps stay on the
   device until a log step reads them, and a non-finite step is skipped inside the fused AdamW
@@ -715,10 +717,13 @@ def write_train_record(job: Job, state: LoopState, window: Window, lr: float, ba
 
 
 def write_checkpoint(job: Job, state: LoopState, window: Window, name: str) -> None:
-    """Write last.pt or best.pt (`name`) now, always (the window's skipped steps settled into the
-    state first); weights that are not finite are never written: a RunError ends the run, the old
-    file intact."""
+    """Write last.pt or best.pt (`name`) now, always (the window's skipped steps and the clock
+    settled into the state first); weights that are not finite are never written: a RunError ends
+    the run, the old file intact."""
     window.settle(state)
+    # the clock now, not agree's after the step: the step's evaluation and best.pt's save count too
+    # (a resumed run would never count them); only the seconds of this save are not in its file
+    state.elapsed = runtime.all_reduce([job.clock.elapsed()], job.device, job.world, op=dist.ReduceOp.MAX)[0]
     if not finite(job.model.parameters()):  # every rank agrees: same weights
         raise runtime.met_alike(job.world,
             f"weights are not finite at step {state.step}; not saving {name} (the previous checkpoint is "

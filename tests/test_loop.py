@@ -449,7 +449,7 @@ def test_a_save_settles_the_windows_skipped_steps_into_the_checkpoint(monkeypatc
                         lambda path, ckpt: saved.append((path.name, ckpt)))
     cpu = torch.device("cpu")
     job = SimpleNamespace(model=torch.nn.Linear(1, 1), world=runtime.World(), device=cpu, stop=None,
-                          run_dir=tmp_path, tokens_per_step=1, peak=None,
+                          run_dir=tmp_path, tokens_per_step=1, peak=None, clock=train.Clock(0),
                           to_checkpoint=lambda state, window: (state.skipped_steps, state.bad_in_row,
                                                                window["settled"]))
     state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
@@ -457,6 +457,32 @@ def test_a_save_settles_the_windows_skipped_steps_into_the_checkpoint(monkeypatc
         window.add(train.StepOutput(torch.zeros(4), None, None, torch.tensor(1.0), torch.tensor(skipped)))
     train.write_checkpoint(job, state, window, "last.pt")
     assert saved == [("last.pt", (3, 2, 3))]
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_checkpoint_saves_the_clock_after_its_steps_evaluation(monkeypatch, tmp_path, ranks):
+    """Catches a save keeping the elapsed seconds agree read after the step, before its evaluation and
+    best.pt's save: a run resumed from it never counts those seconds (a --max_minutes budget larger
+    than it was given, a schedule behind the uninterrupted run's). Under torchrun the ranks' largest."""
+    if ranks == 2:
+        as_two_ranks(monkeypatch)
+    now, saved = [0.0], []
+    monkeypatch.setattr(train.Clock, "elapsed", lambda self: self.before + now[0])
+
+    def evaluate(job, state, stop=None):
+        now[0] += 30.0  # the evaluation's seconds
+        return True
+    monkeypatch.setattr(train, "run_eval", evaluate)
+    monkeypatch.setattr(train.checkpoint, "save_checkpoint",
+                        lambda path, ckpt: saved.append((path.name, ckpt)))
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(model=torch.nn.Linear(1, 1), world=runtime.World(0, ranks), device=cpu, stop=None,
+                          run_dir=tmp_path, tokens_per_step=1, peak=None, clock=train.Clock(10, 100.0),
+                          train_args=TrainArgs(max_steps=10, eval_every=4, save_every=4),
+                          to_checkpoint=lambda state, window: state.elapsed)
+    state = train.LoopState(step=4, elapsed=100.0)  # as agree left it after the step
+    assert train.evaluate_and_save(job, state, train.Window(train.LoopState(), cpu), stop_now=False) == 4
+    assert saved == [("best.pt", 130.0), ("last.pt", 130.0)] and state.elapsed == 130.0
 
 
 # --- how main exits ------------------------------------------------------------------------
@@ -562,7 +588,7 @@ def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only
     job = SimpleNamespace(world=runtime.World(1, 2), device=cpu, model=torch.nn.Linear(1, 1), stop=None,
                           run_dir=tmp_path, tokens_per_step=1, peak=None, ckpt_path=tmp_path / "last.pt",
                           imported=False, to_checkpoint=lambda state, window: {}, fpt=1.0,
-                          train_args=TrainArgs(),
+                          train_args=TrainArgs(), clock=train.Clock(0),
                           metrics=SimpleNamespace(write=lambda rec: wrote.append("train")))
     state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
     assert train.run_eval(job, state)

@@ -1704,7 +1704,8 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
                           run_dir=tmp_path, log=lambda msg: None, model=Llama4(debug_args()), compiled=None,
                           fpt=1.0, peak=None,
                           device=torch.device("cpu"), world=runtime.World(0, 2), tokens_per_step=1, trials=0,
-                          stop=None, to_checkpoint=lambda state, window: {"step": state.step})
+                          stop=None, to_checkpoint=lambda state, window: {"step": state.step},
+                          clock=train.Clock(0))
     job.metrics = runlog.Metrics(tmp_path, None, None)
     (tmp_path / "metrics.jsonl").mkdir()  # a record cannot be appended
     window = train.Window(state, job.device)
