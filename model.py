@@ -884,27 +884,27 @@ class Projector(nn.Module):
 
 LOSS_CHUNK = 2 ** 25  # logits per chunk: 128 MB in fp32 (1,024 rows of a 32768-token vocabulary),
 # held twice for a moment (the fp32 logits and their log-softmax)
-FP32_OUT_DEVICES = ("cuda",)  # where torch.mm takes out_dtype: an fp32 product of bf16 operands
+
+# where torch.mm takes out_dtype (an fp32 product of bf16 operands): CUDA, from torch 2.8
+FP32_OUT_DEVICES = ("cuda",) if hasattr(torch.ops.aten.mm, "dtype") else ()
 
 
 def fp32_out_gemm(x: torch.Tensor) -> bool:
     """Whether the loss's GEMMs on x (bf16 or fp16) write their fp32 products directly (torch.mm's
-    and addmm's out_dtype: one cuBLAS GEMM, which accumulates in fp32 anyway; CUDA only in torch
-    2.11-2.13) rather than round them to x's dtype and cast them back. Not under torch.compile,
-    which fuses that cast into the next kernel itself."""
+    out_dtype: one cuBLAS GEMM, which accumulates in fp32 anyway; CUDA only in torch 2.11-2.13)
+    rather than round them to x's dtype and cast them back. Not under torch.compile, which fuses
+    that cast into the next kernel itself."""
     return (x.device.type in FP32_OUT_DEVICES and x.dtype in (torch.bfloat16, torch.float16)
             and not torch.compiler.is_compiling())
 
 
 def mm_fp32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None, direct: bool = False):
-    """a @ b in fp32, plus acc (fp32) where given. With `direct` (fp32_out_gemm) the GEMM writes fp32
-    and adds acc in its epilogue; otherwise its product in a and b's dtype is cast to fp32 (a pass
-    over it, unvectorised on CUDA) and added (another pass). The direct sum is the more precise:
-    its product is not rounded to bf16 first."""
-    if direct:
-        return torch.mm(a, b, out_dtype=torch.float32) if acc is None else torch.addmm(
-            acc, a, b, out_dtype=torch.float32)
-    out = torch.mm(a, b).float()
+    """a @ b in fp32, added to acc (fp32, in place) where given. With `direct` (fp32_out_gemm) the
+    GEMM writes fp32; otherwise its product in a and b's dtype is cast to fp32, a pass more over
+    it (unvectorised on CUDA). The direct product is the more precise: not rounded to bf16 first.
+    (Not addmm's out_dtype, which would add acc in the GEMM: torch 2.11's meta kernel for it,
+    which fake tensors run, takes the dtype for addmm's beta.)"""
+    out = torch.mm(a, b, out_dtype=torch.float32) if direct else torch.mm(a, b).float()
     return out if acc is None else acc.add_(out)
 
 

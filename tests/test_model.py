@@ -739,10 +739,13 @@ def test_the_fused_loss_casts_no_logits_where_gemms_write_fp32(monkeypatch, dire
 
 
 def test_the_fused_loss_calls_torchs_fp32_out_gemms_as_they_are_declared(monkeypatch):
-    """The eager CUDA path's calls, run on the meta device (where torch registers mm's and
-    addmm's out_dtype overloads, as on CUDA; the CPU has none): a misspelt or mistyped call fails
-    here, not first on a GPU. Forward and backward, fp32 loss, bf16 gradients of x and weight."""
+    """The eager CUDA path's calls, run on the meta device (where torch registers mm's out_dtype
+    overload, as on CUDA; the CPU has none): a misspelt or mistyped call fails here, not first on a
+    GPU. Forward and backward, fp32 loss, bf16 gradients of x and weight. Bug caught (under torch
+    2.11, make test-gpu-versions): the weight gradient's sum by addmm's out_dtype, which 2.11's meta
+    kernel (fake tensors' too: the memory model's) read as addmm's beta, a TypeError."""
     import model as model_module
+    assert model_module.FP32_OUT_DEVICES == ("cuda",)  # (this torch has the overloads: the path is on)
     monkeypatch.setattr(model_module, "FP32_OUT_DEVICES", ("meta",))
     x = torch.empty(40, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
     w = torch.empty(V, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
