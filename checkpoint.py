@@ -460,8 +460,9 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     The files are written into a hidden .tmp-export-* folder in out_dir, then renamed into place,
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
-    kill -9 leaves is removed by the next export there, once its process is gone). The folders made
-    for an export that fails or is interrupted are removed too, where they are left empty."""
+    kill -9 leaves is removed by the next export there, once its process is gone; one killed between
+    its renames is kept, marked, until an export there completes, and load_hf refuses the mix). The
+    folders made for an export that fails or is interrupted are removed too, where they are left empty."""
     held = check_export_folder(out_dir, tokenizer_path, replace)
     made, fix = storage.missing_folder(out_dir), "export it elsewhere"
     out = storage.make_folder(out_dir, fix)
@@ -492,6 +493,7 @@ def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], exi
     try:
         try:
             _write_export(model, stage, tokenizer_path, fix)
+            storage.atomic_write(stage / RENAMING, b"", fix)  # (a kill -9 from here on: _mixed)
         except StorageError as e:  # named as the file it was to become (the hidden folder is gone)
             raise StorageError(f"{str(e).replace(str(stage), str(out))} ({kept})") from None
         with storage.signals_put_off():
@@ -507,6 +509,7 @@ def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], exi
                 except OSError as e:
                     raise storage.write_error(out / name, e, fix) from None
             storage.sync_folder(out)
+        _sweep_stages(out, done=True)  # (the mix a killed export left is gone: its mark goes too)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -576,19 +579,59 @@ def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False, nam
     return held
 
 
-def _sweep_stages(out: Path) -> None:
+RENAMING = ".renaming"  # in an export's stage from when all its files are written until it ends
+
+
+def _mixed(stage: Path) -> bool:
+    """Whether a killed export's stage (its process gone) marks its folder as a mix of two exports:
+    it had begun renaming its files into place, and config.json, renamed last, is still there."""
+    return (stage / RENAMING).exists() and (stage / "config.json").exists() and \
+        _gone(stage.name.split("-")[2])
+
+
+def _sweep_stages(out: Path, done: bool = False) -> None:
     """Remove the hidden .tmp-export-PID-* folders that exports killed (kill -9) left in out: those
-    whose process is gone (not another export's at work there, nor a folder named otherwise)."""
+    whose process is gone (not another export's at work there, nor a folder named otherwise). One
+    killed as it renamed its files (_mixed: load_hf refuses the folder) keeps its mark until an
+    export there is `done`: its other files go (the space)."""
     import shutil
     for stage in out.glob(".tmp-export-*-*"):
-        try:
-            os.kill(int(stage.name.split("-")[2]), 0)
-        except ValueError:  # not one of ours
-            continue
-        except ProcessLookupError:
+        if not done and _mixed(stage):
+            for path in stage.iterdir():
+                if path.name not in (RENAMING, "config.json"):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        elif _gone(stage.name.split("-")[2]):
             shutil.rmtree(stage, ignore_errors=True)
-        except OSError:  # alive, another user's
-            continue
+
+
+def _gone(pid: str) -> bool:
+    """Whether no process has the id `pid` (as a stage's name holds it): False for a live one, another
+    user's too, and for text that is no pid (a file not of ours)."""
+    try:
+        os.kill(int(pid), 0)
+    except ValueError:  # not one of ours
+        return False
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+# an import's stage (_place_import), or atomic_write's temporary of one: .tmp-RANDOM-.tmp-import-PID-NAME
+IMPORT_STAGE = re.compile(r"(?:\.tmp-[a-z0-9_]+-)?\.tmp-import-(\d+)-")
+
+
+def _sweep_import_stages(folder: Path) -> None:
+    """Remove the hidden .tmp-import-PID-* files that imports killed (kill -9) before or between their
+    renames left in `folder` (_place_import), with the temporaries of their writes: those whose process
+    is gone (not another import's at work there, nor a file named otherwise)."""
+    for stage in folder.glob(".tmp-*"):
+        match = IMPORT_STAGE.match(stage.name)
+        if match and not stage.is_dir() and _gone(match[1]):
+            with contextlib.suppress(OSError):  # (gone meanwhile, or a read-only folder: the import says so)
+                stage.unlink()
 
 
 def _exported_with(tok: Path) -> bool:
@@ -846,6 +889,11 @@ def load_hf(folder, device="cpu", dtype: torch.dtype | None = None) -> Llama4:
         what = "is not a folder" if folder.exists() else "does not exist"
         raise CheckpointError(f"{folder} {what}; pass an HF folder (config.json, "
                               "model.safetensors), such as one scripts/export_hf.py writes")
+    mixed = next((stage for stage in folder.glob(".tmp-export-*-*") if _mixed(stage)), None)
+    if mixed is not None:  # (a kill -9 between its renames: new files beside the old export's)
+        raise CheckpointError(f"{folder} holds a mix of two exports (one was killed while putting its files "
+                              f"in place: {mixed.name} is left); export into it again with "
+                              "scripts/export_hf.py --force")
     weights = hf_weight_files(folder)
     for path in [folder / "config.json", *weights]:
         if not path.exists():
@@ -965,6 +1013,7 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
             check_hf_tokenizer(ours, tok, folder, model.args)  # the sha256 our export recorded, if any
             sha = ours.hash
     made = storage.missing_folder(dest.parent)
+    _sweep_import_stages(dest.parent)
     try:
         if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
             _place_import(model, dest, sha, tok, theirs)
@@ -982,7 +1031,8 @@ def _place_import(model: Llama4, dest: Path, sha: str | None, tok: Path, theirs:
     """import_hf's checkpoint and tokenizer, written to hidden names beside them and renamed into place,
     the tokenizer first: where the checkpoint's rename then fails, the tokenizer it replaced is put
     back (the new one removed, where none was there), so the folder holds the old pair or the new one,
-    never a new last.pt beside an old tokenizer.json (that decodes it with another vocabulary)."""
+    never a new last.pt beside an old tokenizer.json (that decodes it with another vocabulary). The
+    hidden files a kill -9 leaves are removed by the next import there, once their process is gone."""
     staged = {p: p.with_name(f".tmp-import-{os.getpid()}-{p.name}") for p in (dest, theirs)}
     old = theirs.read_bytes() if theirs.exists() else None
     try:

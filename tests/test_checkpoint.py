@@ -980,3 +980,72 @@ def test_an_import_with_tied_embeddings_exports_again(tmp_path):
     tokens = torch.randint(0, 64, (2, 10))
     with torch.no_grad():
         assert torch.equal(back(tokens).logits, tied(tokens).logits)
+
+
+def test_stages_of_imports_killed_are_swept_by_the_next_import_and_live_or_foreign_ones_kept(tmp_path):
+    """Catches import_hf leaving for good the hidden .tmp-import-PID-* files (a whole checkpoint) and
+    their writes' temporaries that an import killed (kill -9) before or between its renames left,
+    or removing those of an import at work there. Bug caught: nothing swept them."""
+    import subprocess
+    import sys
+
+    hf, run, _ = _run_beside_another_tokenizer(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", ""])  # a process that has ended
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = [f".tmp-import-{gone.pid}-last.pt", f".tmp-import-{gone.pid}-tokenizer.json",
+                f".tmp-ab_12cd9-.tmp-import-{gone.pid}-last.pt"]
+        kept = [f".tmp-import-{live.pid}-last.pt", f".tmp-x1y2z3-.tmp-import-{live.pid}-tokenizer.json",
+                ".tmp-import-x-last.pt", ".tmp-mine"]
+        for name in dead + kept:
+            (run / name).write_bytes(b"part")
+        (run / f".tmp-export-{gone.pid}-x").mkdir()  # an export's folder: not an import's to remove
+        assert checkpoint.import_hf(hf, run, replace=True) == run / "last.pt"
+        assert sorted(p.name for p in run.glob(".tmp-*")) == sorted(kept + [f".tmp-export-{gone.pid}-x"])
+    finally:
+        live.kill()
+        live.wait()
+    assert (run / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
+
+
+def test_an_export_killed_between_its_renames_is_refused_as_a_mix_until_an_export_completes(
+        tmp_path, monkeypatch):
+    """Catches export_hf killed (kill -9) between the renames of its files leaving the new weights
+    beside the old export's config.json, unmarked: load_hf read them as one model (a shape error
+    at best), and the next export's sweep removed the last trace of it. Bug caught: the mix loaded
+    as a misfit of weights, not as a mix to export again."""
+    import shutil
+    import subprocess
+    import sys
+
+    hf = checkpoint.export_hf(small_model(), tmp_path / "hf")
+    larger = checkpoint.Llama4(ModelArgs(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64,
+                                         n_experts=2, max_seq_len=16))
+
+    class Killed(BaseException):
+        pass
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == hf / "config.json":
+            raise Killed
+        return real(src, dst)
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        m.setattr(shutil, "rmtree", lambda *a, **k: None)  # a kill -9 runs no cleanup
+        with pytest.raises(Killed):
+            checkpoint.export_hf(larger, hf, replace=True)
+    gone = subprocess.Popen([sys.executable, "-c", ""])  # a process that has ended: the killed export's
+    gone.wait()
+    stage = hf / f".tmp-export-{gone.pid}-x"
+    next(hf.glob(".tmp-export-*")).rename(stage)
+    mix = f"{hf} holds a mix of two exports (one was killed while putting its files in place: {stage.name} "
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(mix)):
+        checkpoint.load_hf(hf)
+    checkpoint._sweep_stages(hf)  # the next export's first step: the space goes, the mark stays
+    assert sorted(p.name for p in stage.iterdir()) == [".renaming", "config.json"]
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(mix)):
+        checkpoint.load_hf(hf)
+    checkpoint.export_hf(larger, hf, replace=True)  # one that completes: the mark goes
+    assert not list(hf.glob(".tmp-*")) and checkpoint.load_hf(hf).args.dim == 64
