@@ -849,6 +849,49 @@ def hf_spelling(option: str, options=()) -> str | None:
     return f"{ours}, whose none is transformers' default" if ours == "--rope_scaling" else ours
 
 
+def _on_off(option: str, options, actions) -> bool:
+    """Whether `option`, one of `options`, turns something on or off: a flag (store_true), or an option
+    given true or false (its action's type is parse_bool or switch, or, a setting passed through to
+    train.py with no action of this parser's, its field's is)."""
+    action = next((a for a in actions if option in a.option_strings), None)
+    if isinstance(action, argparse._StoreTrueAction):
+        return True
+    fields = [f for cls in (ModelArgs, TrainArgs, SampleArgs) for f in dataclasses.fields(cls)
+              if f"--{f.name}" == option]
+    return option in options and (action.type in (parse_bool, switch) if action else any(
+        _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata.get("choices") or ())
+        for f in fields))
+
+
+def _plain(option: str) -> str:
+    """An option's words as one spelling: --lr-min and --LR_MIN are lr_min."""
+    return option.lstrip("-").replace("-", "_").lower()
+
+
+def _nearest(name: str, options, actions) -> str | None:
+    """The hint for an unknown option that no rule of _meant_option's placed: the nearest option by
+    difflib, the names compared without their dashes (the -- they all share made --amp near --dim,
+    and --no_cache near --batches), else the one option that abbreviates it (--checkpoint: --ckpt);
+    for --no-X, only a --no-Y flag or an on/off option a typo of X (--no_compiled: how to turn --compile
+    off), as the no_ says what was meant (--no_cache was told --no-hf, --no-eval to turn --eval_only
+    off); None where none is near."""
+    spelt = {_plain(o): o for o in reversed(options)}  # (the first of the same words: -h before --help)
+    typed = _plain(name)
+    if typed.startswith("no_"):
+        flags = {p[3:]: o for p, o in spelt.items() if p.startswith("no_")}
+        if near := difflib.get_close_matches(typed[3:], list(flags), n=1, cutoff=0.8):
+            return f"did you mean {flags[near[0]]}?"
+        on_off = {p: o for p, o in spelt.items() if _on_off(o, options, actions)}
+        near = difflib.get_close_matches(typed[3:], list(on_off), n=1, cutoff=0.8)
+        return _off_hint(on_off[near[0]], options, actions) if near else None
+
+    def abbreviates(p):  # ckpt: c, k, p and t of checkpoint, in that order
+        rest = iter(typed)
+        return len(p) > 1 and p[0] == typed[:1] and all(c in rest for c in p)
+    near = difflib.get_close_matches(typed, list(spelt), n=1) or [p for p in spelt if abbreviates(p)]
+    return f"did you mean {spelt[near[0]]}?" if len(near) == 1 else None
+
+
 def _off_hint(option: str, options, actions) -> str | None:
     """How to turn --X off, for --no-X: a flag of `actions` is left out; an option of `options` that takes
     true or false (parse_bool or switch, or a setting passed through to train.py) is given false; any
@@ -858,10 +901,7 @@ def _off_hint(option: str, options, actions) -> str | None:
         return f"{option} is off unless given: leave it out"
     fields = [f for cls in (ModelArgs, TrainArgs, SampleArgs) for f in dataclasses.fields(cls)
               if f"--{f.name}" == option]
-    on_off = action.type in (parse_bool, switch) if action else any(
-        _base_type(f.type) is bool or {"true", "false"} <= set(f.metadata.get("choices") or ())
-        for f in fields)
-    if on_off and option in options:
+    if _on_off(option, options, actions):
         return f"to turn {option} off: {option} false"
     choices = (action.choices if action else None) or next(
         (f.metadata.get("choices") for f in fields if f.metadata.get("choices")), None)
@@ -876,8 +916,7 @@ def _meant_option(name: str, prog: str, options, actions=()) -> str | None:
     among the parser's `actions`), another script's (other_scripts_option), ours for transformers' name
     (hf_spelling), the one option it begins (--temp: --temperature) or each of several (--max), else
     the nearest spelling; None where none is near."""
-    def plain(option):  # --lr-min and --LR_MIN are --lr_min
-        return option.lstrip("-").replace("-", "_").lower()
+    plain = _plain
 
     def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
         return sorted(plain(option).split("_"))
@@ -898,8 +937,7 @@ def _meant_option(name: str, prog: str, options, actions=()) -> str | None:
         # guess at one (a lone - begins every option)
         shown = starts[:4] + ([f"{len(starts) - 4} more"] if len(starts) > 4 else [])
         return f"which one? {', '.join(shown[:-1])} or {shown[-1]}"
-    close = close or difflib.get_close_matches(name, options, n=1)
-    return f"did you mean {close[0]}?" if close else None
+    return f"did you mean {close[0]}?" if close else _nearest(name, options, actions)
 
 
 def _option_words(words: list[str]) -> list[str]:
@@ -1011,6 +1049,8 @@ class Parser(argparse.ArgumentParser):
         parser's options and more_options; several stray words (an unquoted story) in one clause, not one
         each."""
         options = [s for a in self._actions for s in a.option_strings] + list(more_options)
+        options = list(dict.fromkeys(options))  # (once each: compare.py's --cache_dir, train.py's too, was
+        # "which one? --cache_dir or --cache_dir")
         typed = getattr(self, "typed", ())  # (the paths typed bare: run_path_hint)
         runs = {w: hint for w in words if (hint := run_path_hint(w, self.prog, options, typed))}
         strays = [w for w in words if not w.startswith("-")  # (a word, not a --name; a file: a glob's)

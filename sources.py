@@ -197,7 +197,23 @@ def _not_ours(folder: str, flag: str) -> None:
     if what := project_folder(folder):
         named = ", ".join(storage.run_folder_files(folder)) + ": " if what == "a run folder" else ""
         raise DataError(f"{flag}: '{folder}' is {what} of this project's ({named}files train.py wrote, not "
-                        f"text); point {flag} at the text instead")
+                        f"text); point {flag} at the text instead{_stale_lock(folder) * bool(named)}")
+
+
+def _stale_lock(folder) -> str:
+    """For a run folder that holds text too (files of FORMATS that are none of a run's): the other way
+    out, its run.lock deleted. A run that stopped there early left it (an older version did whenever it
+    failed early; a run killed still does), and beside the user's own tokenizer.json or train.json it
+    makes their folder of text a run's. "" where the folder holds no text."""
+    texts = sorted(p.name for p in Path(folder).iterdir() if p.suffix.lower() in KINDS and p.is_file()
+                   and p.name not in storage.RUN_FILES)
+    if not texts:
+        return ""
+    more = f" and {len(texts) - 1} more" * (len(texts) > 1)
+    theirs = " and ".join(n for n in storage.run_folder_files(folder) if n != storage.RunFolder.LOCK)
+    lock = Path(folder) / storage.RunFolder.LOCK
+    return (f", or, if {texts[0]}{more} and {theirs} are yours, delete {lock}, left by a run that stopped "
+            "there (or by an older version)")
 
 
 class _LeftOut:

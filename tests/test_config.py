@@ -1014,6 +1014,40 @@ def test_a_negated_on_off_option_names_how_to_turn_it_off(prog, typed, hint, cap
     assert e.value.code == 2 and f"unknown option {hint}; see --help" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("prog, typed, hint", [
+    ("bench_sample", "--no_cache", "--no_cache; see"),  # (was: did you mean --batches?)
+    ("bench_sample", "--no-cache", "--no-cache; see"),  # (was: --no-hf, its no_ alone in common)
+    ("bench_sample", "--no_hf", "--no_hf (did you mean --no-hf?); see"),  # (the same words: still named)
+    ("train", "--amp", "--amp; see"),  # (was: --dim, the -- and an m in common)
+    ("train", "--no_flash", "--no_flash; see"),  # (was: --n_layers)
+    ("train", "--no-eval", "--no-eval; see"),  # (was: --eval_only, which turns an evaluation-only run on)
+    ("train", "--no_compiled", "--no_compiled (to turn --compile off: --compile false); see"),
+    ("sample", "--checkpoint", "--checkpoint (did you mean --ckpt?); see"),  # (an abbreviation of it)
+])
+def test_an_unknown_option_near_none_is_given_no_guess(prog, typed, hint, capsys):
+    """Bug caught: `bench_sample.py --no_cache` was told "did you mean --batches?": difflib compared the
+    names with their -- (two letters in common before any other), and --no-X with its no_ (--no-hf)."""
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        if prog == "bench_sample":
+            importlib.import_module("scripts.bench_sample").main([typed])
+        else:
+            classes = [ModelArgs, TrainArgs] if prog == "train" else [SampleArgs]
+            config.parse_args(classes, [typed], prog=f"{prog}.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: unknown option {hint}" in err, err
+
+
+def test_an_option_of_a_script_and_of_train_py_is_named_once(capsys):
+    """Bug caught: compare.py --cache was told "which one? --cache_dir or --cache_dir": an option that
+    the script has and that train.py has too (passed through) was counted twice."""
+    parser = config.Parser(prog="compare.py")
+    parser.add_argument("--cache_dir")
+    with pytest.raises(SystemExit):
+        config.check_pass_through(parser, ["--cache"])
+    assert "unknown option --cache (did you mean --cache_dir?); see" in capsys.readouterr().err
+
+
 def test_a_negative_token_id_is_not_told_to_raise_the_vocabulary(capsys):
     """Bug caught: `--eos_id -1` advised "or a --vocab_size above -1", which no vocabulary size fixes."""
     with pytest.raises(SystemExit) as e:
@@ -1366,11 +1400,11 @@ def test_argparses_own_unrecognized_arguments_name_the_options_alone(capsys):
 
 def test_a_lone_dash_beside_an_unknown_option_is_not_named(capsys):
     """Bug caught: _option_words keeping a lone - (a value: standard input), so that --foo - named it
-    too: "--foo (did you mean --hf?), - (did you mean -h?)"."""
+    too: "--foo (did you mean --hf?), - (did you mean -h?)". (--foo is near no option now.)"""
     with pytest.raises(SystemExit):
         config.parse_args([SampleArgs], ["--foo", "-"], prog="sample.py")
     err = capsys.readouterr().err
-    assert err.startswith("sample.py: error: unknown option --foo ") and "-h?" not in err, err
+    assert err == "sample.py: error: unknown option --foo; see --help for the list\n", err
 
 
 def test_an_unquoted_story_is_one_clause_not_one_per_word(capsys):

@@ -1407,3 +1407,26 @@ def test_a_list_of_sources_in_data_says_it_takes_one(tmp_path, monkeypatch):
         assert str(e.value) == f"--data: {head}{tail}", spec
     with pytest.raises(DataError, match=r"^--val_data: no such file 'a.txt,nope.txt'; check the path$"):
         sources.resolve_files("a.txt,nope.txt", "--val_data")
+
+
+def test_a_folder_of_text_with_a_stale_run_lock_names_the_lock_to_delete(tmp_path):
+    """Bug caught: a folder of text holding a tokenizer.json or train.json of the user's, beside a run.lock
+    that a run stopped early there left (an older version left it whenever it failed early; today a run
+    killed does), was refused as "a run folder of this project's (tokenizer.json, run.lock: ...); point
+    --data at the text instead": the text it named, with no way out. The fix names the run.lock to delete;
+    a run folder of no text is told no such thing."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, text in (("a.txt", "Once.\n"), ("b.txt", "Twice.\n"), ("tokenizer.json", "{}"),
+                       ("run.lock", "pid 1 on old since 2026-11-01\n")):
+        (corpus / name).write_text(text)
+    with pytest.raises(DataError) as e:
+        sources.resolve_files(str(corpus), "--data")
+    assert str(e.value) == (
+        f"--data: '{corpus}' is a run folder of this project's (tokenizer.json, run.lock: files train.py "
+        "wrote, not text); point --data at the text instead, or, if a.txt and 1 more and tokenizer.json are "
+        f"yours, delete {corpus / 'run.lock'}, left by a run that stopped there (or by an older version)")
+    for name in ("a.txt", "b.txt"):
+        (corpus / name).unlink()
+    with pytest.raises(DataError, match=r"point --data at the text instead$"):  # (a run's: no text in it)
+        sources.resolve_files(str(corpus), "--data")
