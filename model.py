@@ -55,12 +55,13 @@ How it departs from the obvious version (and from HF's code):
   materialised and no masked-out work is done.
 - Under autocast each normed activation is cast to bf16 once, in Block (`to_compute_dtype`), and
   shared by the projections that read it; autocast alone casts it again for each one (q, k, v).
-- In training, q, k and v come from one matmul over their weights side by side, and RoPE and the
-  QK norm run once over q and k together: a seventh fewer kernels in an eager step (one weight
-  cast and one matmul each way instead of three, no sum of three input gradients, half the RoPE
-  and norm ops). Evaluation and decoding keep HF's separate projections, which copy no weights
-  per call (decoding on a CPU is bound by reading them); tests hold the two equal. So do the
-  router's logits and its noise scale (training only): one fp32 matmul of 2E columns, not two of E.
+- Without a KV cache (training and evaluation), q, k and v come from one matmul over their
+  weights side by side, and RoPE and the QK norm run once over q and k together: a seventh fewer
+  kernels in an eager step (one weight cast and one matmul each way instead of three, no sum of
+  three input gradients, half the RoPE and norm ops), and in evaluation a seventh fewer ops too.
+  Decoding keeps HF's separate projections, which copy no weights per call (decoding on a CPU is
+  bound by reading them); tests hold the two equal. So do the router's logits and its noise scale
+  (training only): one fp32 matmul of 2E columns, not two of E.
 - The loss never holds the (B*T, V) logits: given targets, `linear_cross_entropy` runs the output
   layer and the cross-entropy chunk by chunk, taking their gradients on the way when training (no
   logits are returned then; evaluation gets the loss alone too). In eager mode on CUDA its
@@ -215,7 +216,7 @@ class Attention(nn.Module):
         cache: this call's KVCache.step(pos). default_pos: pos is arange(T) in every row and there
         is no cache (training and evaluation)."""
         B, T, _ = x.shape
-        q, k, v = self._project(x, rope)  # (B, T, H, D), (B, T, Hkv, D), (B, T, Hkv, D)
+        q, k, v = self._project(x, rope, cache is None)  # (B, T, H, D), (B, T, Hkv, D), (B, T, Hkv, D)
         if self.temperature:  # NoPE layers
             p = pos.clamp(min=0).float()
             scale = 1.0 + self.attn_scale * torch.log1p(torch.floor((p + 1.0) / self.floor_scale))  # (B, T)
@@ -234,13 +235,14 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
         return self.o_proj(y)
 
-    def _project(self, x, rope):
-        """q, k, v of x (B, T, dim), RoPE (and the QK norm) applied on RoPE layers. In training, a NoPE
-        layer's q with temperature tuning on is still a view of the fused projection: forward's
-        temperature makes it anew."""
+    def _project(self, x, rope, fused: bool = True):
+        """q, k, v of x (B, T, dim), RoPE (and the QK norm) applied on RoPE layers. `fused` (no KV
+        cache: training and evaluation): one matmul over the three weights side by side; else
+        (decoding) HF's three. In training, a NoPE layer's q with temperature tuning on is still a
+        view of the fused projection: forward's temperature makes it anew."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        if not self.training:  # HF's three projections (the reference, tests/test_model.py): no weight copy
+        if not fused:  # HF's three projections (the reference, tests/test_model.py): no weight copy
             q = self.q_proj(x).view(B, T, H, D)  # (B, T, H*D) -> (B, T, H, D)
             k = self.k_proj(x).view(B, T, Hkv, D)  # (B, T, Hkv*D) -> (B, T, Hkv, D)
             v = self.v_proj(x).view(B, T, Hkv, D)  # (B, T, Hkv*D) -> (B, T, Hkv, D)
@@ -253,6 +255,8 @@ class Attention(nn.Module):
         if self.use_rope:
             qk = self._rope_and_norm(qk, rope, v.dtype)
         q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
+        if not torch.is_grad_enabled():  # (views are what attention reads: strided rows, no copies)
+            return q, k, v
         # what attention keeps for backward must not be views that hold all of q, k and v
         # (RoPE made q and k anew; on NoPE layers the temperature makes q anew, where tuned)
         v = v.contiguous()

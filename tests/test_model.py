@@ -162,33 +162,44 @@ def test_left_padded_batch_equals_rows_alone():
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_training_projections_equal_hfs_separate_ones(autocast, monkeypatch):
-    """In training, q, k and v are one matmul over their weights side by side, and RoPE and the QK
-    norm run once over q and k; evaluation keeps HF's separate projections. Same loss and, up to
-    rounding, the same gradients (the input's gradient is now one sum inside the matmul, not three
-    added after: in bf16 a few units in the last place)."""
-    model = build(router_noise=False)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fused_projections_equal_hfs_separate_ones(autocast, mode, monkeypatch):
+    """Without a KV cache (training and evaluation), q, k and v are one matmul over their weights
+    side by side, and RoPE and the QK norm run once over q and k; decoding (a cache) keeps HF's
+    separate projections, which copy no weights per call. Same loss and, up to rounding, the same
+    gradients (the input's gradient is one sum inside the matmul, not three added after: in bf16 a
+    few units in the last place). Evaluation took HF's three projections until 2026-12-04 (night):
+    a seventh more of its eager ops."""
+    from model import Attention
+    model = getattr(build(router_noise=False), mode)()  # (eval() with gradients on: differentiated)
     args = model.args
     x = torch.randint(0, V, (2, 48))
     linear, rows = torch.nn.functional.linear, []  # the output rows of each linear's weight
     monkeypatch.setattr(torch.nn.functional, "linear",
                         lambda x, w, *a: rows.append(w.shape[0]) or linear(x, w, *a))
-    runs, fused = {}, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
-    for mode in ["train", "eval"]:  # eval() with gradients on: HF's projections, differentiated
-        getattr(model, mode)()
+    runs, fused, project = {}, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim, Attention._project
+    for how in ["fused", "separate"]:
+        if how == "separate":  # decoding's projections, forced without a cache
+            monkeypatch.setattr(Attention, "_project",
+                                lambda self, x, rope, fused=True: project(self, x, rope, False))
         model.zero_grad()
         rows.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(x, targets=x)
         out.lm_loss.backward()
-        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        runs[mode] = out.lm_loss.detach(), grads
-        assert rows.count(fused) == (args.n_layers if mode == "train" else 0)  # one matmul per layer
-    (lt, gt), (le, ge) = runs["train"], runs["eval"]
+        runs[how] = out.lm_loss.detach(), {n: p.grad for n, p in model.named_parameters()
+                                            if p.grad is not None}
+        assert rows.count(fused) == (args.n_layers if how == "fused" else 0)  # one matmul per layer
+    (lt, gt), (le, ge) = runs["fused"], runs["separate"]
     assert torch.allclose(lt, le, rtol=1e-6, atol=0)  # (equal on this CPU)
     assert gt.keys() == ge.keys() and any("k_proj" in n for n in gt)
     for name, g in ge.items():  # relative to each gradient's largest entry
         assert (gt[name] - g).abs().max() <= (3e-2 if autocast else 1e-5) * g.abs().max(), name
+    monkeypatch.setattr(Attention, "_project", project)
+    rows.clear()
+    with torch.no_grad():
+        model.eval()(x[:, :4], cache=KVCache(args, batch_size=2, length=8))  # decoding: HF's three
+    assert rows and rows.count(fused) == 0
 
 
 # --- MoE: sparse dispatch vs the reference loop ---------------------------------------------
