@@ -974,7 +974,8 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
     run's folder or checkpoint as `folder` is the export mistaken for an import: said so. A
     checkpoint or tokenizer that cannot be written (a full disk, an interrupt) leaves no new file (the
     checkpoint and tokenizer --force was to replace as they were: never one new beside one old), nor
-    any of the folders made for it."""
+    any of the folders made for it. The folder's run.lock is held while it writes (_hold): a train.py
+    started there meanwhile is refused, and an import into a live train.py's folder too."""
     source, what = Path(folder), None
     if source.is_file() and source.suffix == ".pt":
         what = "a checkpoint"
@@ -1013,18 +1014,50 @@ def import_hf(folder, dest, replace: bool = False) -> Path:
             check_hf_tokenizer(ours, tok, folder, model.args)  # the sha256 our export recorded, if any
             sha = ours.hash
     made = storage.missing_folder(dest.parent)
-    _sweep_import_stages(dest.parent)
     try:
-        if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
-            _place_import(model, dest, sha, tok, theirs)
-        else:
-            save_model_only(model, dest, sha)
+        held = _hold(dest.parent)  # (a train.py started meanwhile swept its hidden files as a killed save's)
+        try:
+            _sweep_import_stages(dest.parent)
+            if tok.exists() and not (theirs.exists() and same_tokenizer(tok, theirs)):
+                _place_import(model, dest, sha, tok, theirs)
+            else:
+                save_model_only(model, dest, sha)
+        finally:
+            _let_go(held, dest.parent)
     except BaseException as e:  # (a full disk, an interrupt: a new last.pt without its tokenizer, which
         storage.remove_made(dest.parent, made)  # the same command then refused, and the new folder, were
         if isinstance(e, StorageError):  # left behind; with --force, beside the old run's tokenizer)
             raise StorageError(f"{e} (nothing was imported)") from None
         raise
     return Path(dest)
+
+
+def _hold(folder: Path):
+    """The run.lock of `folder` (made if need be), taken as storage.RunFolder takes it, held while an
+    import writes there: a train.py is not let take the folder meanwhile (it would sweep the import's
+    hidden files as a killed save's), nor the import write beside a live train.py's files."""
+    storage.make_folder(folder, "write it elsewhere")
+    try:
+        return storage.lock(folder / storage.RunFolder.LOCK, who=storage.IMPORTING)
+    except storage.Busy as e:
+        by = "another import" if e.holder.startswith(storage.IMPORTING) else "a train.py"
+        raise CheckpointError(f"{folder} is in use by {by} ({e.holder}); wait for it to end or stop it, or "
+                              "import to another path") from None
+    except OSError:  # (a read-only folder, a full disk: the import's write says so, in its own words)
+        return None
+
+
+def _let_go(held, folder: Path) -> None:
+    """Let go of _hold's lock, its run.lock removed where the import made it (an import is no run of
+    train.py's: its folder holds a last.pt and a tokenizer.json); a previous run's stays."""
+    if held is None:
+        return
+    try:
+        if held.made and storage.same_file(held, folder / storage.RunFolder.LOCK):
+            with contextlib.suppress(OSError):  # (a folder made read-only meanwhile: the lock stays)
+                (folder / storage.RunFolder.LOCK).unlink()
+    finally:
+        held.close()
 
 
 def _place_import(model: Llama4, dest: Path, sha: str | None, tok: Path, theirs: Path) -> None:

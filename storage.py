@@ -41,9 +41,10 @@ How this departs from the obvious version:
   torn line, at the end, which `numbered_jsonl` drops and reports instead of failing on it for
   ever after.
 - Locks are `flock`s on a file that is never deleted while in use (but by its holder, as it lets
-  go of a run.lock it made beside none of a run's files: RunFolder.release, or of a lock file it
-  made on a full disk; one who locked the file it unlinked locks the new one instead): the kernel
-  releases one when its process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
+  go of a run.lock it made beside none of a run's files: RunFolder.release, or of one an import
+  made: checkpoint.import_hf, or of a lock file it made on a full disk; one who locked the file it
+  unlinked locks the new one instead): the kernel releases one when its process dies, so a lock
+  file left by a crash (or `kill -9`) blocks nothing.
 """
 
 import contextlib
@@ -547,14 +548,14 @@ def held(path) -> bool:
     return False
 
 
-def lock(path, wait: bool = False):
+def lock(path, wait: bool = False, who: str = ""):
     """Take an exclusive flock on `path` (created if need be) and return the open file: the lock
     lasts until the file is closed or the process ends. The file then says who holds it ("pid N on
-    HOST since TIME"). With wait=False a lock held elsewhere raises Busy at once; with wait=True
-    this waits for it. The file is never deleted while in use (but by its holder, as it lets it go:
-    RunFolder.release, or as a file it made cannot take its line: a full disk), so that two processes
-    always lock the same file; a file its holder unlinked after this opened it is let go, and the one
-    at `path` now is locked instead."""
+    HOST since TIME", after `who`: IMPORTING, an import's). With wait=False a lock held elsewhere
+    raises Busy at once; with wait=True this waits for it. The file is never deleted while in use
+    (but by its holder, as it lets it go: RunFolder.release, checkpoint.import_hf, or as a file it
+    made cannot take its line: a full disk), so that two processes always lock the same file; a file
+    its holder unlinked after this opened it is let go, and the one at `path` now is locked instead."""
     import fcntl  # POSIX only, as is the rest of the training stack
     while True:
         try:  # (made here, or not, as the open found it: another process may make it after a check)
@@ -572,7 +573,7 @@ def lock(path, wait: bool = False):
                 try:
                     f.seek(0)
                     f.truncate()
-                    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f.write(f"{who}pid {os.getpid()} on {socket.gethostname()} since "
                             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
                     f.flush()
                 except OSError:  # (a full disk) a file made here goes, unlinked while still locked
@@ -596,15 +597,19 @@ def same_file(f, path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+IMPORTING = "export_hf.py --import, "  # how an import's run.lock begins (checkpoint.import_hf)
+
+
 class RunFolder:
     """The run folder, held by this process (rank 0) from before anything is written until the run
     ends: created if need be, locked (run.lock, an flock the kernel drops if the process dies), and
     swept of the temporaries a killed save left. A second train.py on the folder stops with a line
-    naming the first. A run.lock this run made goes when it ends having written none of a run's
-    other files (RUN_FILES) there: a run that failed early in a folder of the user's (--out_dir D
-    --run R, R their folder of text) left it looking like a run folder (sources.project_folder,
-    checkpoint.run_folders); one there before (a previous run's) stays. The folders this run created
-    (a new --out_dir too) and left empty are removed."""
+    naming the first (an import writing there holds it too: checkpoint.import_hf, named as such). A
+    run.lock this run made goes when it ends having written none of a run's other files (RUN_FILES)
+    there: a run that failed early in a folder of the user's (--out_dir D --run R, R their folder of
+    text) left it looking like a run folder (sources.project_folder, checkpoint.run_folders); one
+    there before (a previous run's) stays. The folders this run created (a new --out_dir too) and
+    left empty are removed."""
 
     LOCK = "run.lock"
 
@@ -616,8 +621,9 @@ class RunFolder:
         try:
             path.mkdir(parents=True, exist_ok=True)
             self.lock = lock(path / self.LOCK)
-        except Busy as e:
-            raise RunError(f"{path} is in use by another train.py ({e.holder}); wait for it to end or stop "
+        except Busy as e:  # (an import takes it while it writes there: checkpoint.import_hf)
+            by = "an import" if e.holder.startswith(IMPORTING) else "another train.py"
+            raise RunError(f"{path} is in use by {by} ({e.holder}); wait for it to end or stop "
                            "it, or pick another --run") from None
         except OSError as e:
             if self.created:  # folders made here a moment ago and left empty go

@@ -23,7 +23,9 @@ runs, is refused even with --force (each would mix two kinds of folder). --impor
 folders this project did not write (special-token ids come from their config, else their
 tokenizer.json; weights in one file or in shards; a tokenizer without this project's special tokens,
 which sample.py and train.py refuse, is a warning); a run folder or checkpoint given to --import is
-said to want no --import. An export is written into a hidden .tmp-export-* folder in the
+said to want no --import. An --import holds the run folder's run.lock while it writes (a train.py
+started there meanwhile is refused, as is an import into a live train.py's folder), and removes
+one it made. An export is written into a hidden .tmp-export-* folder in the
 destination, then renamed into place with Ctrl-C and SIGTERM put off: an interrupt or a full disk
 leaves the folder as it was (none, where there was none) or the whole new export, never a mix.
 Ctrl-C while torch imports is one line (errors is imported first, as in the other scripts that

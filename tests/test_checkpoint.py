@@ -1049,3 +1049,47 @@ def test_an_export_killed_between_its_renames_is_refused_as_a_mix_until_an_expor
         checkpoint.load_hf(hf)
     checkpoint.export_hf(larger, hf, replace=True)  # one that completes: the mark goes
     assert not list(hf.glob(".tmp-*")) and checkpoint.load_hf(hf).args.dim == 64
+
+
+def test_a_train_py_started_mid_import_is_refused_and_the_imports_hidden_files_stay(tmp_path, monkeypatch):
+    """Catches import_hf writing into a run folder without its run.lock: a train.py started on the
+    folder while the import staged its files took the folder and swept the import's hidden
+    .tmp-import-PID-* files as a killed save's (the import's rename then failed). Now the train.py is
+    refused with its one-line "in use", the import completes, and leaves no run.lock of its own."""
+    import storage
+    hf, _, _ = _run_beside_another_tokenizer(tmp_path)
+    run = tmp_path / "fresh"
+    real, seen = storage.atomic_write, []
+
+    def write_then_start_a_train_py(path, data, fix=None):
+        real(path, data, fix)
+        if Path(path).name.startswith(".tmp-import-") and Path(path).name.endswith("tokenizer.json"):
+            staged = sorted(p.name for p in run.glob(".tmp-*"))
+            busy = f"{run} is in use by an import .*pid {os.getpid()} on "
+            with pytest.raises(storage.RunError, match=busy):
+                storage.RunFolder(run)
+            seen.append(staged == sorted(p.name for p in run.glob(".tmp-*")) and len(staged) == 2)
+    monkeypatch.setattr(storage, "atomic_write", write_then_start_a_train_py)
+    assert checkpoint.import_hf(hf, run) == run / "last.pt"
+    assert seen == [True]
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "tokenizer.json"]  # (no run.lock left)
+
+
+def test_an_import_into_a_folder_a_live_train_py_holds_is_refused_and_writes_nothing(tmp_path):
+    """Catches import_hf writing a last.pt and tokenizer.json into the folder of a train.py at work
+    there (its run.lock held): the run's next save replaced the import, or the import the run's files.
+    An import into a run folder no one holds keeps the run's run.lock there."""
+    import storage
+    hf, run, before = _run_beside_another_tokenizer(tmp_path)
+    (run / "last.pt").unlink()
+    (run / "tokenizer.json").unlink()
+    folder = storage.RunFolder(run)
+    try:
+        busy = f"{run} is in use by a train.py .*pid {os.getpid()}"
+        with pytest.raises(checkpoint.CheckpointError, match=busy):
+            checkpoint.import_hf(hf, run)
+        assert sorted(p.name for p in run.iterdir()) == ["run.lock"]
+    finally:
+        folder.lock.close()  # (let go, the run.lock left: a previous run's)
+    assert checkpoint.import_hf(hf, run) == run / "last.pt"
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "run.lock", "tokenizer.json"]
