@@ -871,7 +871,8 @@ def _plain(option: str) -> str:
 def _nearest(name: str, options, actions) -> str | None:
     """The hint for an unknown option that no rule of _meant_option's placed: the nearest option by
     difflib, the names compared without their dashes (the -- they all share made --amp near --dim,
-    and --no_cache near --batches), else the one option that abbreviates it (--checkpoint: --ckpt);
+    and --no_cache near --batches; of two as near, the one that begins as typed: --data_dir, --data),
+    else the one option that abbreviates its first word (--checkpoint: --ckpt; not --lr for --log_interval);
     for --no-X, only a --no-Y flag or an on/off option a typo of X (--no_compiled: how to turn --compile
     off), as the no_ says what was meant (--no_cache was told --no-hf, --no-eval to turn --eval_only
     off); None where none is near."""
@@ -885,10 +886,17 @@ def _nearest(name: str, options, actions) -> str | None:
         near = difflib.get_close_matches(typed[3:], list(on_off), n=1, cutoff=0.8)
         return _off_hint(on_off[near[0]], options, actions) if near else None
 
+    first = typed.split("_")[0]  # (an abbreviation shortens one word: --lr is none of --log_interval)
+
     def abbreviates(p):  # ckpt: c, k, p and t of checkpoint, in that order
-        rest = iter(typed)
-        return len(p) > 1 and p[0] == typed[:1] and all(c in rest for c in p)
-    near = difflib.get_close_matches(typed, list(spelt), n=1) or [p for p in spelt if abbreviates(p)]
+        rest = iter(first)
+        return 1 < len(p) < len(first) and p[0] == first[0] and all(c in rest for c in p)
+
+    def likeness(p):  # of two options alike, the one that begins as typed (--data_dir: --data, not --out_dir)
+        return difflib.SequenceMatcher(None, typed, p).ratio(), len(os.path.commonprefix([typed, p]))
+    near = [max(spelt, key=likeness)]
+    if likeness(near[0])[0] < 0.6:  # (difflib.get_close_matches' cutoff)
+        near = [p for p in spelt if abbreviates(p)]
     return f"did you mean {spelt[near[0]]}?" if len(near) == 1 else None
 
 

@@ -1038,6 +1038,23 @@ def test_an_unknown_option_near_none_is_given_no_guess(prog, typed, hint, capsys
     assert e.value.code == 2 and f"error: unknown option {hint}" in err, err
 
 
+@pytest.mark.parametrize("typed, hint", [
+    ("--log_interval", "--log_interval; see"),  # (was: did you mean --lr?)
+    ("--lr_warmup", "--lr_warmup; see"),  # (was: --lr)
+    ("--local_rank", "--local_rank; see"),  # (torch.distributed.launch's; was: --lr)
+    ("--data_dir", "--data_dir (did you mean --data?); see"),  # (was: --out_dir, as near without the --)
+    ("--learning_rate", "--learning_rate (did you mean --lr?); see"),  # (an abbreviation of its first word)
+])
+def test_an_option_abbreviates_a_word_typed_not_any_letters_of_it(typed, hint, capsys):
+    """Bug caught: --log_interval, --lr_warmup and --local_rank were told "did you mean --lr?" (an l and an
+    r in that order anywhere in the name made --lr its abbreviation), and --data_dir "--out_dir" (as near as
+    --data without the dashes, and after it in the alphabet)."""
+    with pytest.raises(SystemExit) as e:
+        config.parse_args([ModelArgs, TrainArgs], [typed], prog="train.py")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: unknown option {hint}" in err, err
+
+
 def test_an_option_of_a_script_and_of_train_py_is_named_once(capsys):
     """Bug caught: compare.py --cache was told "which one? --cache_dir or --cache_dir": an option that
     the script has and that train.py has too (passed through) was counted twice."""
