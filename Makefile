@@ -90,9 +90,9 @@ gpu-ab-base:
 	@[ -n "$(BASE)" ] || { echo "gpu-ab-base: name the commit to compare against: make gpu-ab-base BASE=<commit>" >&2; exit 1; }
 	git rev-parse -q --verify "$(BASE)^{commit}" >/dev/null || { echo "gpu-ab-base: $(BASE) is no commit here;" \
 		"name one that git log lists" >&2; exit 1; }
-	rm -rf gpu-data/ab-base.tmp && mkdir -p gpu-data/ab-base.tmp
-	git archive "$(BASE)" | tar -x -C gpu-data/ab-base.tmp
-	rm -rf gpu-data/ab-base && mv gpu-data/ab-base.tmp gpu-data/ab-base
+	rm -rf gpu-data/ab-base.tmp gpu-data/ab-base.tar && mkdir -p gpu-data/ab-base.tmp
+	git archive -o gpu-data/ab-base.tar "$(BASE)" && tar -x -C gpu-data/ab-base.tmp -f gpu-data/ab-base.tar
+	rm -rf gpu-data/ab-base gpu-data/ab-base.tar && mv gpu-data/ab-base.tmp gpu-data/ab-base
 
 # The tests under the versions a lent GPU machine has (torch 2.11, transformers 5.17, huggingface-hub
 # 1.33 and Python 3.12, where this machine has python3.12; KINDS.md in the device tool's folder), on
