@@ -1221,9 +1221,17 @@ def wrap_up(job: Job, state: LoopState, window: Window, evaluated: int | None, s
                 write_checkpoint(job, state, window, "last.pt")
                 state.eval_due = False
                 evaluate_step(job, state, window)
-        if not (job.run_dir / "best.pt").exists():
+        if no_best(job):
             write_checkpoint(job, state, window, "best.pt")
         write_checkpoint(job, state, window, "last.pt")
+
+
+def no_best(job: Job) -> bool:
+    """Whether the run has no best.pt yet, as rank 0 sees its folder (a collective under torchrun:
+    another node's view of a shared folder may lag, and a rank that saw otherwise would leave the
+    others waiting in write_checkpoint's collectives)."""
+    missing = float(job.world.main and not (job.run_dir / "best.pt").exists())
+    return runtime.all_reduce([missing], job.device, job.world, op=dist.ReduceOp.MAX)[0] > 0
 
 
 def evaluate_step(job: Job, state: LoopState, window: Window, stop: "Stop | None" = None) -> int | None:

@@ -2087,7 +2087,7 @@ def recorded_loop_steps(monkeypatch, tmp_path, best_exists=False):
     if best_exists:
         (tmp_path / "best.pt").write_bytes(b"")
     job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=3), run_dir=tmp_path,
-                          stop=None)
+                          stop=None, world=runtime.World(), device=torch.device("cpu"))
     return job, calls
 
 
@@ -2126,6 +2126,20 @@ def test_wrap_up_after_a_signal_at_the_last_step_saves_the_put_off_evaluation_fi
     calls.clear()
     train.wrap_up(job, state, window, 6, signalled=True)  # evaluated at this step already: saved alone
     assert calls == [("last.pt", 6, False)]
+
+
+def test_wrap_up_writes_best_pt_by_rank_0s_view_of_the_folder_on_every_rank(monkeypatch, tmp_path):
+    """Bug caught: each rank asked its own view of the run folder whether best.pt existed; on another
+    node (a shared folder whose view lags, as NFS's may) a rank that saw none went into write_checkpoint's
+    collectives alone, and the job hung at its end. Now rank 0's view, reduced over the ranks."""
+    job, calls = recorded_loop_steps(monkeypatch, tmp_path)  # (no best.pt in this rank's view)
+    job.world = runtime.World(1, 2)
+    seen = []
+    monkeypatch.setattr(runtime, "all_reduce",
+                        lambda values, device, world, op=None: seen.append(values) or [0.0])
+    state, window = train.LoopState(step=6), train.Window(train.LoopState(), torch.device("cpu"))
+    train.wrap_up(job, state, window, 6, signalled=False)  # rank 0 saw a best.pt: none written here either
+    assert calls == [("last.pt", 6, False)] and seen == [[0.0]]  # (this rank, not rank 0, says nothing)
 
 
 def test_best_pt_is_saved_only_when_validation_improves(monkeypatch):
