@@ -875,7 +875,8 @@ def _nearest(name: str, options, actions) -> str | None:
     else the one option that abbreviates its first word (--checkpoint: --ckpt; not --lr for --log_interval);
     for --no-X, only a --no-Y flag or an on/off option a typo of X (--no_compiled: how to turn --compile
     off), as the no_ says what was meant (--no_cache was told --no-hf, --no-eval to turn --eval_only
-    off); None where none is near."""
+    off), and for --noX, X an on/off option, how to turn it off (it was told --X, which turns it on);
+    None where none is near."""
     spelt = {_plain(o): o for o in reversed(options)}  # (the first of the same words: -h before --help)
     typed = _plain(name)
     if typed.startswith("no_"):
@@ -885,6 +886,8 @@ def _nearest(name: str, options, actions) -> str | None:
         on_off = {p: o for p, o in spelt.items() if _on_off(o, options, actions)}
         near = difflib.get_close_matches(typed[3:], list(on_off), n=1, cutoff=0.8)
         return _off_hint(on_off[near[0]], options, actions) if near else None
+    if typed.startswith("no") and typed[2:] in spelt and _on_off(spelt[typed[2:]], options, actions):
+        return _off_hint(spelt[typed[2:]], options, actions)  # --nocompile: not --compile, which is on
 
     first = typed.split("_")[0]  # (an abbreviation shortens one word: --lr is none of --log_interval)
 

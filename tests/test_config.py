@@ -1022,6 +1022,7 @@ def test_a_negated_on_off_option_names_how_to_turn_it_off(prog, typed, hint, cap
     ("train", "--no_flash", "--no_flash; see"),  # (was: --n_layers)
     ("train", "--no-eval", "--no-eval; see"),  # (was: --eval_only, which turns an evaluation-only run on)
     ("train", "--no_compiled", "--no_compiled (to turn --compile off: --compile false); see"),
+    ("train", "--nocompile", "--nocompile (to turn --compile off: --compile false); see"),  # (was: --compile)
     ("sample", "--checkpoint", "--checkpoint (did you mean --ckpt?); see"),  # (an abbreviation of it)
 ])
 def test_an_unknown_option_near_none_is_given_no_guess(prog, typed, hint, capsys):
