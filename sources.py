@@ -204,14 +204,18 @@ def _stale_lock(folder) -> str:
     """For a run folder that holds text too (files of FORMATS that are none of a run's): the other way
     out, its run.lock deleted. A run that stopped there early left it (an older version did whenever it
     failed early; a run killed still does), and beside the user's own tokenizer.json or train.json it
-    makes their folder of text a run's. "" where the folder holds no text."""
+    makes their folder of text a run's. "" where the folder holds no text, or its run.lock is held (a
+    live train.py's, or an import's: not one to delete)."""
     texts = sorted(p.name for p in Path(folder).iterdir() if p.suffix.lower() in KINDS and p.is_file()
                    and p.name not in storage.RUN_FILES)
-    if not texts:
+    lock = Path(folder) / storage.RunFolder.LOCK
+    try:
+        if not texts or not lock.is_file() or storage.held(lock):
+            return ""
+    except OSError:  # (a lock we may not open: no advice to delete it)
         return ""
     more = f" and {len(texts) - 1} more" * (len(texts) > 1)
     theirs = " and ".join(n for n in storage.run_folder_files(folder) if n != storage.RunFolder.LOCK)
-    lock = Path(folder) / storage.RunFolder.LOCK
     return (f", or, if {texts[0]}{more} and {theirs} are yours, delete {lock}, left by a run that stopped "
             "there (or by an older version)")
 

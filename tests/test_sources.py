@@ -1414,7 +1414,8 @@ def test_a_folder_of_text_with_a_stale_run_lock_names_the_lock_to_delete(tmp_pat
     that a run stopped early there left (an older version left it whenever it failed early; today a run
     killed does), was refused as "a run folder of this project's (tokenizer.json, run.lock: ...); point
     --data at the text instead": the text it named, with no way out. The fix names the run.lock to delete;
-    a run folder of no text is told no such thing."""
+    a run folder of no text, or one whose run.lock a live process holds (review: advised deleting a
+    live run's lock), is told no such thing."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name, text in (("a.txt", "Once.\n"), ("b.txt", "Twice.\n"), ("tokenizer.json", "{}"),
@@ -1426,6 +1427,12 @@ def test_a_folder_of_text_with_a_stale_run_lock_names_the_lock_to_delete(tmp_pat
         f"--data: '{corpus}' is a run folder of this project's (tokenizer.json, run.lock: files train.py "
         "wrote, not text); point --data at the text instead, or, if a.txt and 1 more and tokenizer.json are "
         f"yours, delete {corpus / 'run.lock'}, left by a run that stopped there (or by an older version)")
+    held = sources.storage.lock(corpus / "run.lock")  # a live train.py's: no advice to delete its lock
+    try:
+        with pytest.raises(DataError, match=r"point --data at the text instead$"):
+            sources.resolve_files(str(corpus), "--data")
+    finally:
+        held.close()
     for name in ("a.txt", "b.txt"):
         (corpus / name).unlink()
     with pytest.raises(DataError, match=r"point --data at the text instead$"):  # (a run's: no text in it)
