@@ -29,7 +29,7 @@ How a training step flows (`run` calls setup, then run_job calls `loop`, which c
     evaluate_and_save  every eval_every steps evaluate_step (run_eval: validation nats/token and
                  bits/byte, a metrics record, the plot; best.pt if it is the best), and every
                  save_every steps and on a signal, last.pt (both written by write_checkpoint)
-    wrap_up      at the end: the final evaluation, best.pt if there is none, last.pt
+    wrap_up      at the end: the final evaluation, best.pt if there is none (no_best), last.pt
 
 What it holds, one section each, in this order:
     the training step   make_optimizer, load_optimizer, lr_at, StepOutput, accumulate, train_step,
@@ -41,7 +41,8 @@ What it holds, one section each, in this order:
     signals             Stop, agree (the ranks' agreements under torchrun)
     setting a run up    load_data, make_log, setup, finished_run, build_job, init_from, start_state,
                         start_logging
-    the run             run, run_job, loop, evaluate_and_save, wrap_up, evaluate_step, evaluate_only
+    the run             run, run_job, loop, evaluate_and_save, wrap_up (no_best), evaluate_step,
+                        evaluate_only
     stopping early      the last line's parts: peer_lost_error, memory_advice, resume_options,
                         left_to_resume
     the command line    main, leave_group
