@@ -427,6 +427,9 @@ class TrainArgs:
     # --- evaluation, logging, checkpoints ---
     eval_every: int = arg(250, "evaluate every N steps (and at the end)")
     eval_windows: int = arg(0, "cap on validation windows, taken from the start (0 = all)")
+    eval_batch_size: int = arg(0, "validation windows per batch (0 = auto: the fewest batches of at most "
+                                  "4 x --batch_size, evened out; evaluation keeps nothing for a backward "
+                                  "pass, so its batches fit where training's do)")
     log_every: int = arg(10, "log train metrics every N steps")
     save_every: int = arg(500, "save a checkpoint every N steps (and at the end)")
     max_bad_steps: int = arg(5, "stop after this many non-finite steps in a row")
@@ -458,7 +461,7 @@ class TrainArgs:
                      "save_every", "max_bad_steps"]:
             _in_range(self, name, getattr(self, name) >= 1, "at least 1")
         for name in ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-                     "eval_windows", "num_proc", "tokenizer_train_mb"]:
+                     "eval_windows", "eval_batch_size", "num_proc", "tokenizer_train_mb"]:
             _in_range(self, name, getattr(self, name) >= 0, ">= 0")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr:g} is above --lr {self.lr:g}; pass a "
                "--min_lr at most --lr (each preset sets its own, and a resumed run keeps its own)")

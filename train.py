@@ -35,7 +35,8 @@ What it holds, one section each, in this order:
     the training step   make_optimizer, load_optimizer, lr_at, StepOutput, accumulate, train_step,
                         first_steps, run_eagerly (a compile failure), batches_at
     what a run holds    LoopState, Job, Clock (the --max_minutes budget)
-    evaluation          EvalSet, evaluate, evaluate_job, run_eval (and its record: write_val_record)
+    evaluation          eval_batch_size, EvalSet, evaluate, evaluate_job, run_eval (and its record:
+                        write_val_record)
     the log window      Window, log_step (and its record: write_train_record)
     checkpoints         write_checkpoint, finite
     signals             Stop, agree (the ranks' agreements under torchrun)
@@ -391,6 +392,22 @@ class Clock:
 # Evaluation
 
 
+EVAL_BATCHES_PER_TRAINING_BATCH = 4  # the auto --eval_batch_size's cap, in --batch_size's
+
+
+def eval_batch_size(n: int, train_args: TrainArgs) -> int:
+    """Windows per validation batch for n windows: --eval_batch_size (at most n), or (0, auto) the fewest
+    batches of at most 4 x --batch_size, evened out. A forward pass without gradients keeps no
+    activations, so a larger batch fits where a training batch does, and a pass is fewer, larger
+    launches (on a GPU an eager pass is bound by them); evened out, the last batch is not mostly
+    padding (375 windows at --batch_size 128: one batch of 375, not three of 128 with 9 of padding,
+    nor two of 256 with 137)."""
+    if train_args.eval_batch_size:  # (no more than there are windows: a batch of padding is no use)
+        return max(1, min(train_args.eval_batch_size, n))
+    batches = max(1, -(-n // (EVAL_BATCHES_PER_TRAINING_BATCH * train_args.batch_size)))
+    return max(1, -(-n // batches))
+
+
 class EvalSet:
     """This rank's share of the fixed validation windows, kept on the device, and the UTF-8 bytes
     their targets decode to (counted once). Evaluating reads the device once, at the end (on CUDA
@@ -405,7 +422,7 @@ class EvalSet:
         self.tokens, self.bytes = int((y >= 0).sum()), data.count_bytes(y, tok.token_bytes)
         self.key = f"{val.meta['sha256'][:16]}:{n}"  # which windows: the shard's content and their count
         self.held_out = val.meta.get("signature", {}).get("keep") == "val"  # a held-out slice of --data
-        B = self.batch_size = train_args.batch_size
+        B = self.batch_size = eval_batch_size(len(x), train_args)
         fill = -len(x) % B  # whole batches only (one shape for a compiled model): padding windows
         x = torch.cat([x, torch.full((fill, T), model_args.pad_id, dtype=x.dtype)])
         y = torch.cat([y, torch.full((fill, T), -1, dtype=y.dtype)])  # ... whose targets are ignored

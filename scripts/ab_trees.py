@@ -13,7 +13,9 @@ warms a variant up (3 steps), times `--repeats` steps (synchronised on CUDA) and
 sums over 2 steps what torch.profiler says of the host: kernels launched, and the time the host
 spent waiting on the device (cudaStreamSynchronize, cudaDeviceSynchronize), which tells a pass bound
 by the GPU (the host waits at the end) from one bound by the host. Per variant and tree it prints
-the median and the least of every round's steps. Nothing is written but the report (and --out's
+the median and the least of every round's steps, the sequences a step takes and the median per
+sequence (an evaluation at VARIANT:BATCH takes 4 x BATCH since the auto --eval_batch_size, so older
+trees' take fewer: compare them per sequence). Nothing is written but the report (and --out's
 JSON); the trees are only read.
 """
 
@@ -66,7 +68,9 @@ def child(tree: str, spec: dict) -> dict:
             step()
             sync()
             times.append(time.perf_counter() - t)
-        out[name] = {"seconds": times}
+        # sequences a step takes: an evaluation takes 4x its batch since train.py's auto --eval_batch_size
+        rows = bench_model.rows(variant, int(batch)) if hasattr(bench_model, "rows") else int(batch)
+        out[name] = {"seconds": times, "rows": rows}
         if spec["profile"] and device.type == "cuda":
             out[name].update(host_profile(step, sync))
         del step
@@ -103,7 +107,9 @@ def summary(runs: list[dict]) -> dict:
     out = {}
     for name in runs[0]:
         seconds = [s for r in runs for s in r[name]["seconds"]]
-        out[name] = {"median_ms": 1000 * statistics.median(seconds), "min_ms": 1000 * min(seconds)}
+        median, rows = statistics.median(seconds), runs[0][name]["rows"]
+        out[name] = {"median_ms": 1000 * median, "min_ms": 1000 * min(seconds), "rows": rows,
+                     "median_us_per_sequence": 1e6 * median / rows}
         for key in ("launches", "device_wait_s"):
             if key in runs[0][name]:
                 out[name][key] = statistics.mean(r[name][key] for r in runs)
@@ -164,7 +170,8 @@ def main(argv=None):
         for tree in trees:
             f = result["figures"][str(tree)][name]
             extra = "".join(f", {k} {f[k]:,.4g}" for k in ("launches", "device_wait_s") if k in f)
-            print(f"{name:>18}  {tree}: median {f['median_ms']:.1f} ms, least {f['min_ms']:.1f}{extra}")
+            print(f"{name:>18}  {tree}: median {f['median_ms']:.1f} ms, least {f['min_ms']:.1f}, "
+                  f"{f['rows']} sequences ({f['median_us_per_sequence']:.1f} us each){extra}")
     if opts.out is not None:
         storage.save_json(opts.out, result, "pick another --out")
     return result

@@ -93,6 +93,12 @@ def added_mb(r: dict, kind: str) -> float:
     return max(r[f"peak_{kind}_mb"] - r[f"baseline_{kind}_mb"], 1.0)
 
 
+def variant_name(v: str, r: dict) -> str:
+    """A variant's name in the training-step table, an evaluation's with its own batch (older JSON
+    has none: its evaluations took the training batch)."""
+    return f"{v} (batch {r['eval_batch']})" if v.startswith("moe+eval") and "eval_batch" in r else v
+
+
 def markdown(results: dict, machine: dict) -> str:
     load = machine.get("load_before")  # (None where unknown: the GPU check's)
     back = [name for name in results if name not in machine.get("parts_run", PARTS)]
@@ -124,7 +130,8 @@ def markdown(results: dict, machine: dict) -> str:
             for v in s:
                 mfu = f"{r['mfu'][v]:.1%}" if r["mfu"] else ""
                 ops = f"{r['ops_per_step'][v]:,}" if v in r["ops_per_step"] else ""
-                lines.append(f"| {v} | {s[v] * 1e3:.1f} | {r['tokens_per_second'][v]:,.0f} | {mfu} | {ops} | "
+                tok_s = f"{r['tokens_per_second'][v]:,.0f}"
+                lines.append(f"| {variant_name(v, r)} | {s[v] * 1e3:.1f} | {tok_s} | {mfu} | {ops} | "
                              + " | ".join(f"{col[v]:,.0f}" if v in col else "" for col in (mem, modelled))
                              + " |")
             ratio, gpu = r["ratios"], not m["device"].startswith("cpu")

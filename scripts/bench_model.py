@@ -12,8 +12,9 @@ Compares, on the same token batch and in one run (timings interleaved, medians r
   moe+ckpt    our MoE model with activation checkpointing
   moe+plain-loss  our MoE model with lm_head + F.cross_entropy (loss_impl "reference") instead of
               the fused linear cross-entropy, which never holds the (B*T, V) logits
-  moe+eval    not a training step: train.evaluate on one batch of the same shape (eval mode, no
-              gradients, the loss without logits), the pace of train.py's validation passes
+  moe+eval    not a training step: train.evaluate on one batch of train.py's auto validation batch at
+              this training batch, 4x as many sequences (eval mode, no gradients, the loss without
+              logits), the pace of train.py's validation passes
   hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert), eager
   moe+compile, dense+compile, moe+eval+compile   the same, torch.compile'd (with --compile; on by
               default on CUDA), at the largest batch only unless --compile_batches says otherwise;
@@ -95,6 +96,13 @@ def is_eval(variant: str) -> bool:
     return variant.startswith("moe+eval")
 
 
+def rows(variant: str, batch: int) -> int:
+    """Sequences a call of `variant` takes at training batch `batch`: an evaluation takes train.py's
+    auto validation batch (train.eval_batch_size: 4 x the training batch, where the validation set
+    has that many windows)."""
+    return train.EVAL_BATCHES_PER_TRAINING_BATCH * batch if is_eval(variant) else batch
+
+
 def make_step(variant: str, base: dict, batch: int, device, dtype):
     """Build `variant` and return (a function running one step, what it holds: .model, .opt)."""
     torch.manual_seed(0)
@@ -119,10 +127,10 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
         runner = runtime.static_compile(runner, COMPILE_MODE)
     autocast = runtime.autocast(device, dtype)
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, args.vocab_size, (batch, args.max_seq_len), generator=g).to(device)
-    if is_eval(variant):  # train.py's validation pass over one batch of windows
+    x = torch.randint(0, args.vocab_size, (rows(variant, batch), args.max_seq_len), generator=g).to(device)
+    if is_eval(variant):  # train.py's validation pass over one batch of windows, its own batch size
         n = x.numel()
-        val = SimpleNamespace(x=x, y=x, batch_size=batch, tokens=n, bytes=n, world=runtime.World())
+        val = SimpleNamespace(x=x, y=x, batch_size=len(x), tokens=n, bytes=n, world=runtime.World())
         return (lambda: train.evaluate(runner, val, autocast, device)), SimpleNamespace(model=model, opt=None)
     train_args = TrainArgs(batch_size=batch)
     job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
@@ -363,7 +371,7 @@ def memory_ratios(mem: dict) -> dict:
     return {k: 1 - mem[a] / mem[b] for k, (a, b) in MEMORY_RATIOS.items() if a in mem and b in mem}
 
 
-TIME_RATIOS = {  # name: (numerator, denominator) of step seconds, where both were measured
+TIME_RATIOS = {  # name: (numerator, denominator) of seconds per token, where both were measured
     "moe_over_dense_time": ("moe", "dense"),
     "ckpt_over_moe_time": ("moe+ckpt", "moe"),
     "plain_loss_over_fused_time": ("moe+plain-loss", "moe"),
@@ -402,9 +410,8 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
                   model_memory=True) -> dict:
     failed, warm = {}, {}
     secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed, warm)
-    tokens = batch * base["max_seq_len"]
     fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
-    tok_s = {v: tokens / s for v, s in secs.items()}
+    tok_s = {v: rows(v, batch) * base["max_seq_len"] / s for v, s in secs.items()}
     measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in secs]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
     cuda = device.type == "cuda"
@@ -415,8 +422,10 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
                             if not v.endswith("+compile")},
            "peak_step_memory_mb": mem,
            "modelled_step_memory_mb": modelled,  # scripts/memory_model.py: a check of the model
-           "ratios": {k: secs[a] / secs[b] for k, (a, b) in TIME_RATIOS.items() if a in secs and b in secs}
+           "ratios": {k: tok_s[b] / tok_s[a] for k, (a, b) in TIME_RATIOS.items() if a in secs and b in secs}
            | memory_ratios(mem)}
+    if any(map(is_eval, secs)):  # (older JSON has none: its evaluations took the training batch)
+        out["eval_batch"] = rows("moe+eval", batch)
     out["warm_up_steps"] = {v: [{"lm_loss": loss, "grad_norm": norm} for loss, norm in steps]
                             for v, steps in warm.items()}
     if wrong := disagreements(warm):  # (measured, but not the eager step: gpu_check.py names it)
@@ -440,7 +449,8 @@ def report(result: dict) -> None:
             ops = f"{r['ops_per_step'][v]:6d}" if v in r["ops_per_step"] else f"{'':6s}"
             mem = " ".join(f"{r[k][v]:8.0f}" if v in r.get(k, {}) else f"{'':8s}"
                            for k in ("peak_step_memory_mb", "modelled_step_memory_mb"))
-            print(f"{v:16s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}")
+            print(f"{v:16s} {s * 1e3:9.1f} {r['tokens_per_second'][v]:10,.0f} {mfu} {ops} {mem}"
+                  + (f"  (batch {r['eval_batch']})" if is_eval(v) and "eval_batch" in r else ""))
         for v, why in r.get("failed", {}).items():
             print(f"{v:16s} failed: {why}")
         for v, why in r.get("disagrees_with_eager", {}).items():

@@ -414,7 +414,8 @@ def test_bench_model_reports_aten_ops_per_step_of_each_eager_variant_beside_its_
     machine = {"cpus": 2, "cpu": "x", "torch": "t", "load_before": 0, "date": "d"}
     md = bench.markdown({"model": result}, machine).splitlines()
     for v, n in ops.items():
-        assert any(line.startswith(f"| {v} | ") and f"| {n:,} |" in line for line in md), v
+        assert any(line.startswith(f"| {bench.variant_name(v, batch)} | ") and f"| {n:,} |" in line
+                   for line in md), v
 
 
 def test_a_relative_out_dir_is_the_same_folder_to_the_parts(tmp_path, monkeypatch):
@@ -517,7 +518,8 @@ def test_quick_runs(tmp_path):
 
 def test_bench_model_figures_from_step_times(monkeypatch):
     """tokens/s, MFU (a third of the training FLOPs for evaluation, against the peak given) and the
-    ratios, from step times given: catches a wrong token count, FLOPs or peak, an inverted ratio."""
+    ratios, from step times given: catches a wrong token count (an evaluation's taken as the training
+    batch's, where it is train.py's validation batch, 4x), FLOPs or peak, an inverted ratio."""
     import torch
 
     from model import flops_per_token
@@ -533,9 +535,10 @@ def test_bench_model_figures_from_step_times(monkeypatch):
     assert r["tokens_per_second"]["moe"] == tokens / 0.5
     fpt = flops_per_token(bench_model.ModelArgs(**base), base["max_seq_len"])
     assert r["mfu"]["moe"] == pytest.approx(tokens / 0.5 * fpt / 1e12)
-    assert r["mfu"]["moe+eval"] == pytest.approx(tokens / 0.1 * fpt / 3 / 1e12)
+    assert r["tokens_per_second"]["moe+eval"] == 4 * tokens / 0.1 and r["eval_batch"] == 8
+    assert r["mfu"]["moe+eval"] == pytest.approx(4 * tokens / 0.1 * fpt / 3 / 1e12)
     assert r["ratios"] == pytest.approx({"moe_over_dense_time": 1.25, "ckpt_over_moe_time": 1.2,
-                                         "eval_over_train_speed": 5.0, "ckpt_memory_saving": 0.6})
+                                         "eval_over_train_speed": 20.0, "ckpt_memory_saving": 0.6})
 
 
 def test_bench_model_times_are_medians_after_a_warm_up(monkeypatch):
@@ -787,8 +790,8 @@ def test_bench_model_every_ratio_the_right_way_up(monkeypatch):
                                   torch.float32, None)
     assert r["ratios"] == pytest.approx({
         "moe_over_dense_time": 1.2, "ckpt_over_moe_time": 1.5, "plain_loss_over_fused_time": 0.8 / 0.6,
-        "eval_over_train_speed": 3.0, "hf_over_ours_time": 3.0, "moe_over_dense_time_compiled": 1.2,
-        "eager_over_compiled_time": 2.0, "eval_over_train_speed_compiled": 6.0,
+        "eval_over_train_speed": 12.0, "hf_over_ours_time": 3.0, "moe_over_dense_time_compiled": 1.2,
+        "eager_over_compiled_time": 2.0, "eval_over_train_speed_compiled": 24.0,  # (evaluation: 4x rows)
         "hf_over_ours_compiled_time": 6.0, "ckpt_memory_saving": 0.6, "fused_loss_memory_saving": 0.2})
     assert set(r["ops_per_step"]) == {v for v in secs if not v.endswith("+compile")} and r["mfu"] is None
 
@@ -1115,7 +1118,8 @@ def test_ab_trees_times_each_tree_with_its_own_code_in_alternating_rounds(tmp_pa
     could not be both), so a tree whose step sleeps 0.6 s is that much slower (a margin above a
     shared CPU's stalls: 40 ms was not, a fast step's least once 261 ms); the rounds alternate
     their order. Bugs caught would be a child importing this tree's bench_model or config, and
-    rounds in one order (a drift of the machine would then fall on one tree)."""
+    rounds in one order (a drift of the machine would then fall on one tree), and an evaluation's
+    time per sequence taken over the training batch rather than the 4x train.py evaluates in."""
     from scripts import ab_trees
     root = Path(ab_trees.ROOT)
     order = tmp_path / "order.txt"
@@ -1137,10 +1141,13 @@ def test_ab_trees_times_each_tree_with_its_own_code_in_alternating_rounds(tmp_pa
         return t
     slow, fast = tree("slow", 0.6), tree("fast", 0.0)
     result = ab_trees.main([str(slow), str(fast), "--preset", "debug", "--dtype", "float32", "--variants",
-                            "moe:1", "--repeats", "2", "--rounds", "2", "--out", str(tmp_path / "ab.json")])
+                            "moe:1,moe+eval:1", "--repeats", "2", "--rounds", "2",
+                            "--out", str(tmp_path / "ab.json")])
     figures = result["figures"]
     assert figures[str(slow)]["moe:1"]["min_ms"] >= 600 > figures[str(fast)]["moe:1"]["min_ms"]
-    assert order.read_text() == "slow fast fast slow "
+    assert order.read_text() == "slow slow fast fast fast fast slow slow "  # (two variants a process)
+    ev = figures[str(fast)]["moe+eval:1"]  # (train.py's validation batch: 4x; compared per sequence)
+    assert ev["rows"] == 4 and ev["median_us_per_sequence"] == pytest.approx(ev["median_ms"] * 250)
     assert json.loads((tmp_path / "ab.json").read_text())["rounds"] == 2
 
 

@@ -614,7 +614,7 @@ VISION_AT_LEAST_1 = ["vision_dim", "vision_layers", "vision_heads", "image_size"
 TRAIN_AT_LEAST_1 = ["batch_size", "grad_accum", "max_steps", "eval_every", "log_every", "save_every",
                     "max_bad_steps"]
 TRAIN_NOT_NEGATIVE = ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-                      "eval_windows", "num_proc", "tokenizer_train_mb"]
+                      "eval_windows", "eval_batch_size", "num_proc", "tokenizer_train_mb"]
 
 
 def suggests(name):

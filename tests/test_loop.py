@@ -518,11 +518,12 @@ def as_two_ranks(monkeypatch):
 
 
 def eval_set(n_tokens=41, world=None, batch_size=2, eval_windows=0):
-    """An EvalSet of windows of 4 over n_tokens token ids (a byte each) for `world`."""
+    """An EvalSet of windows of 4 over n_tokens token ids (a byte each) for `world`, in batches of
+    batch_size windows."""
     return train.EvalSet(SimpleNamespace(tokens=np.arange(5, 5 + n_tokens), meta={"sha256": "0" * 64}),
                          SimpleNamespace(token_bytes=np.ones(320, dtype=np.int64)), debug_args(max_seq_len=4),
-                         TrainArgs(batch_size=batch_size, eval_windows=eval_windows),
-                         world or runtime.World(), "cpu")
+                         TrainArgs(batch_size=batch_size, eval_batch_size=batch_size,
+                                   eval_windows=eval_windows), world or runtime.World(), "cpu")
 
 
 class MeanTarget(torch.nn.Module):

@@ -989,7 +989,7 @@ def test_validation_is_a_mean_over_real_targets_and_bytes_are_those_the_targets_
     token_bytes = np.arange(320) % 7 + 1
     val = train.EvalSet(SimpleNamespace(tokens=tokens, meta={"sha256": "0" * 64}),
                         SimpleNamespace(token_bytes=token_bytes), debug_args(max_seq_len=4),
-                        TrainArgs(batch_size=2), train.World(), "cpu")
+                        TrainArgs(batch_size=2, eval_batch_size=2), train.World(), "cpu")
     assert (val.tokens, val.bytes) == (10, int(token_bytes[tokens[1:]].sum()))
     r = train.evaluate(TargetIdLoss(), val, train.nullcontext(), "cpu")
     assert r["nats_per_token"] == pytest.approx(tokens[1:].mean())
@@ -2391,11 +2391,14 @@ class ModeLoss(torch.nn.Module):
         return SimpleNamespace(lm_loss=torch.tensor(self.loss, dtype=torch.float64))
 
 
-def windows_of_4(n_tokens, batch_size):
-    """An EvalSet of windows of 4 over n_tokens token ids (a byte each), in batches of batch_size windows."""
+def windows_of_4(n_tokens, batch_size, eval_batch_size=None):
+    """An EvalSet of windows of 4 over n_tokens token ids (a byte each), in batches of eval_batch_size
+    windows (default: batch_size; 0: train.py's auto)."""
+    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     return train.EvalSet(SimpleNamespace(tokens=np.arange(5, 5 + n_tokens), meta={"sha256": "0" * 64}),
                          SimpleNamespace(token_bytes=np.ones(320, dtype=np.int64)), debug_args(max_seq_len=4),
-                         TrainArgs(batch_size=batch_size), train.World(), "cpu")
+                         TrainArgs(batch_size=batch_size, eval_batch_size=eval_batch_size), train.World(),
+                         "cpu")
 
 
 def test_evaluation_runs_in_eval_mode_fills_whole_batches_and_gives_the_perplexity_of_its_mean():
@@ -2403,12 +2406,12 @@ def test_evaluation_runs_in_eval_mode_fills_whole_batches_and_gives_the_perplexi
     in training mode after it (an --eval_only model evaluated twice), padding that does not fill the
     last batch (another shape for a compiled model), and the perplexity of the summed nats rather than
     of the mean, or one that overflows on a diverged model."""
-    val = windows_of_4(13, 4)  # 3 windows of 4: one padding window fills the batch of 4
-    assert val.x.shape == val.y.shape == (4, 4) and (val.y[3] == -1).all() and val.tokens == 12
+    val = windows_of_4(21, 4)  # 5 windows of 4: three padding windows fill the second batch of 4
+    assert val.x.shape == val.y.shape == (8, 4) and (val.y[5:] == -1).all() and val.tokens == 20
     model = ModeLoss(0.5).eval()
     r = train.evaluate(model, val, train.nullcontext(), "cpu")
-    assert model.modes == [False] and not model.training
-    assert (r["tokens"], r["nats_per_token"], r["perplexity"]) == (12, 0.5, pytest.approx(math.exp(0.5)))
+    assert model.modes == [False, False] and not model.training
+    assert (r["tokens"], r["nats_per_token"], r["perplexity"]) == (20, 0.5, pytest.approx(math.exp(0.5)))
     model = ModeLoss(1000.0).train()  # diverged: no OverflowError
     r = train.evaluate(model, windows_of_4(13, 2), train.nullcontext(), "cpu")
     assert model.modes == [False, False] and model.training  # back in training mode
@@ -2446,6 +2449,35 @@ def test_a_windows_busy_seconds_leave_out_each_of_its_pauses(monkeypatch):
             assert window.busy() == busy  # (a save in a pause: the seconds before it)
     now[0] = 8.0
     assert window.busy() == 3.0
+
+
+def test_the_auto_evaluation_batch_is_the_fewest_of_at_most_4x_the_training_batch_evened_out():
+    """Bug caught: validation in batches of the training batch (valid-lower.txt's 375 windows at
+    --batch_size 128 were three batches, 9 windows of padding, where one batch of 375 fits: an eager
+    pass on a GPU is bound by its launches), an auto batch not evened out (two of 256 for 375: 137
+    windows of padding), or an --eval_batch_size over the windows there are padded to it."""
+    def size(n, batch_size, eval_batch_size=0):
+        return train.eval_batch_size(n, TrainArgs(batch_size=batch_size, eval_batch_size=eval_batch_size))
+    assert [size(375, b) for b in (128, 64, 32, 1)] == [375, 188, 125, 4]
+    assert [size(n, 2) for n in (0, 1, 8, 9, 17)] == [1, 1, 8, 5, 6]
+    assert [size(100, 128, e) for e in (16, 100, 512)] == [16, 100, 100] and size(0, 4, 8) == 1
+    val = windows_of_4(85, 2, eval_batch_size=0)  # 21 windows: three batches of 7, no padding
+    assert val.batch_size == 7 and val.x.shape == (21, 4) and (val.y >= 0).all()
+
+
+def test_the_validation_loss_of_a_model_does_not_depend_on_the_evaluation_batch():
+    """Bug caught: an evaluation batch that changes the loss (windows of one batch attending to another's,
+    padding windows counted): --eval_batch_size and its auto value are a matter of speed only."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args(max_seq_len=8)).eval()
+    tokens = np.random.default_rng(0).integers(0, model.args.vocab_size, 8 * 11 + 1)
+    sets = [train.EvalSet(SimpleNamespace(tokens=tokens, meta={"sha256": "0" * 64}),
+                          SimpleNamespace(token_bytes=np.ones(model.args.vocab_size, dtype=np.int64)),
+                          model.args, TrainArgs(batch_size=2, eval_batch_size=e), train.World(), "cpu")
+            for e in (1, 4, 0)]
+    assert [v.batch_size for v in sets] == [1, 4, 6]  # (11 windows: 11, 3 and 2 batches)
+    losses = [train.evaluate(model, v, train.nullcontext(), "cpu")["nats_per_token"] for v in sets]
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-6, abs=0)
 
 
 def test_a_batch_of_padding_windows_alone_adds_nothing_to_the_validation_loss():
