@@ -304,7 +304,7 @@ def test_a_signal_during_an_evaluation_cuts_it_short_and_the_resumed_run_runs_it
     evaluation too: cut short, last.pt saved with it put off, then run whole (here killed, as by
     torchrun's SIGKILL: the resumed run runs it)."""
     base = ["--max_steps", "6", "--log_every", "4", "--eval_every", "2", "--save_every", "100",
-            "--batch_size", "1"]  # evaluations of 4 batches (4 windows)
+            "--batch_size", "1", "--eval_batch_size", "1"]  # evaluations of 4 batches (4 windows)
 
     def records(run):
         return {kind: [{k: r.get(k) for k in (*SAME, "nats_per_token")} for r in metrics(tmp_path, run, kind)]
@@ -376,7 +376,7 @@ def test_a_signal_during_the_evaluation_at_the_step_the_budget_ends_changes_noth
         return real(SignalledAtItsSecondBatch(model), *a)
     monkeypatch.setattr(train, "evaluate", evaluate)
     result = train.main(args(tmp_path, corpus, cache, "--max_steps", "10", "--log_every", "4", "--eval_every",
-                             "4", "--max_minutes", "1", "--batch_size", "1"))
+                             "4", "--max_minutes", "1", "--batch_size", "1", "--eval_batch_size", "1"))
     assert (result["finished"], result["step"], result["signalled"]) == ("max_minutes", 4, True)
     assert "SIGTERM: finishing this evaluation's batch (the evaluation is put off)" in capsys.readouterr().out
     assert [r["step"] for r in metrics(tmp_path, kind="val")] == [4] and len(batches) == 2 + 4  # cut, whole
