@@ -32,8 +32,9 @@ How a training step flows (`run` calls setup, then run_job calls `loop`, which c
     wrap_up      at the end: the final evaluation, best.pt if there is none (no_best), last.pt
 
 What it holds, one section each, in this order:
-    the training step   make_optimizer, load_optimizer, lr_at, StepOutput, accumulate, train_step,
-                        first_steps, run_eagerly (a compile failure), batches_at
+    the training step   make_optimizer, load_optimizer, lr_at, micro_seed, seed_generators (the router
+                        noise's), StepOutput, accumulate, train_step, first_steps, run_eagerly (a
+                        compile failure), batches_at
     what a run holds    LoopState, Job, Clock (the --max_minutes budget)
     evaluation          eval_batch_size, EvalSet, evaluate, evaluate_job, run_eval (and its record:
                         write_val_record)
@@ -178,6 +179,17 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro, 1]).generate_state(1)[0])
 
 
+def seed_generators(seed: int, device: torch.device) -> None:
+    """torch.manual_seed(seed) for the generators a step draws from: the CPU's and `device`'s (the
+    router noise's). torch.manual_seed also queues the seed for every accelerator torch has not
+    started (on a CUDA machine XPU and MTIA; on the CPU CUDA too), formatting a traceback of the
+    call for each: Python work on the host each micro-batch, where an eager step is host-bound."""
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":  # (started: the batch is there) the device's own, not the current one
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
 class StepOutput(NamedTuple):
     """One optimizer step, all on the device (reading any of it waits for the step to finish)."""
     losses: torch.Tensor  # (4,) loss, lm_loss, aux_loss, z_loss: means over this rank's micro-batches
@@ -197,7 +209,7 @@ def accumulate(runner, batches, seed, step, micros, autocast, no_sync):
     model output is read before the next call (under CUDA graphs the next replay overwrites it)."""
     losses, counts, entropy = None, None, None
     for i, ((x, y), micro) in enumerate(zip(batches, micros, strict=True)):
-        torch.manual_seed(micro_seed(seed, step, micro))
+        seed_generators(micro_seed(seed, step, micro), x.device)
         with nullcontext() if i == len(batches) - 1 else no_sync():  # DDP syncs on the last only
             with autocast:
                 out = runner(x, targets=y)

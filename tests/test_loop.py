@@ -102,11 +102,42 @@ def test_ddp_syncs_gradients_on_the_last_micro_batch_only():
 def test_a_ranks_router_noise_is_seeded_by_its_micro_batch_numbers_not_their_positions(monkeypatch):
     """Catches the router seed drawn from a micro-batch's position in this rank's list: rank 1 of 2 (micro-
     batches 1 and 3) would repeat rank 0's noise, and N processes would no longer equal one."""
-    seen, real_seed = [], torch.manual_seed
-    monkeypatch.setattr(torch, "manual_seed", lambda s: seen.append(s) or real_seed(s))
+    seen, real_seed = [], train.seed_generators
+    monkeypatch.setattr(train, "seed_generators", lambda s, device: seen.append(s) or real_seed(s, device))
     model = Llama4(debug_args(max_seq_len=16, router_noise=True)).train()
     train.accumulate(model, [batch(1), batch(3)], 7, 4, [1, 3], train.nullcontext(), train.nullcontext)
     assert seen == [train.micro_seed(7, 4, 1), train.micro_seed(7, 4, 3)]
+
+
+def test_a_micro_batch_seeds_the_generators_it_draws_from_and_formats_no_traceback(monkeypatch):
+    """Bug caught: torch.manual_seed at each micro-batch also queued the seed for every accelerator
+    torch had not started (XPU and MTIA on a CUDA machine, CUDA on the CPU), formatting a traceback
+    of the call for each: host work in every step of a host-bound eager loop. The noise is still
+    torch.manual_seed's (a run resumed from an older checkpoint goes on as before), and on CUDA the
+    seed goes to the batch's device's generator, not the current device's (--device cuda:1)."""
+    import traceback
+    formatted = []
+    monkeypatch.setattr(traceback, "format_stack", lambda *a, **k: formatted.append(1) or [])
+    model = Llama4(debug_args(max_seq_len=16, router_noise=True)).train()
+    train.accumulate(model, [batch(1), batch(3)], 7, 4, [1, 3], train.nullcontext(), train.nullcontext)
+    assert formatted == []
+    train.seed_generators(5, torch.device("cpu"))
+    drawn = torch.randn(4)
+    torch.manual_seed(5)
+    assert torch.equal(drawn, torch.randn(4))
+
+    class Generator:
+        seed = None
+
+        def manual_seed(self, seed):
+            self.seed = seed
+    gens = [Generator(), Generator()]
+    monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    train.seed_generators(7, torch.device("cuda", 1))
+    assert (gens[0].seed, gens[1].seed) == (None, 7)
+    train.seed_generators(8, torch.device("cuda"))  # (no index: the current device's)
+    assert (gens[0].seed, gens[1].seed) == (8, 7)
 
 
 def test_router_entropy_is_a_mean_over_the_micro_batches_and_expert_counts_a_sum():
