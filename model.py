@@ -364,13 +364,20 @@ def empty_groups_unzeroed(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] >= 10
 
 
+def group_sizes(ends: torch.Tensor) -> torch.Tensor:
+    """Group ends (..., E) -> the groups' sizes (..., E), int64: the assignments routed to each expert."""
+    ends = ends.long()
+    return torch.diff(ends, dim=-1, prepend=ends.new_zeros(*ends.shape[:-1], 1))
+
+
 class ZeroEmptyGroups(torch.autograd.Function):
     """Identity on expert weights (E, ...) whose backward zeroes the gradient of the experts with no
-    rows (counts (E,) == 0): what grouped_mm left there is whatever the memory held, NaN included
-    (masked_fill, not a product: 0 * NaN is NaN). On the device, no host sync."""
+    rows (group ends (E,) equal to the previous expert's): what grouped_mm left there is whatever the
+    memory held, NaN included (masked_fill, not a product: 0 * NaN is NaN). On the device, no host
+    sync."""
 
     @staticmethod
-    def forward(w, counts):
+    def forward(w, ends):
         return w.view_as(w)
 
     @staticmethod
@@ -379,8 +386,8 @@ class ZeroEmptyGroups(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (counts,) = ctx.saved_tensors
-        empty = (counts == 0).view(-1, *[1] * (grad.dim() - 1))  # (E, 1, 1)
+        (ends,) = ctx.saved_tensors
+        empty = (group_sizes(ends) == 0).view(-1, *[1] * (grad.dim() - 1))  # (E, 1, 1)
         return grad.masked_fill(empty, 0), None
 
 
@@ -422,23 +429,24 @@ class Experts(nn.Module):
         gate, up = (z @ self.gate_up_proj[e]).chunk(2, dim=-1)  # (n, 2I) -> (n, I) each
         return (F.silu(gate) * up) @ self.down_proj[e]  # (n, dim)
 
-    def forward(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """xs (M, dim) sorted by expert, counts (E,) tokens per expert -> (M, dim)."""
+    def forward(self, xs: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """xs (M, dim) sorted by expert, ends (E,) int32 end row of each expert's group -> (M, dim)."""
         w1, w2 = self.gate_up_proj, self.down_proj
         if torch.is_autocast_enabled(xs.device.type):  # grouped_mm is not on autocast's list
             dtype = torch.get_autocast_dtype(xs.device.type)
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
         if grouped_mm_supported(xs, (xs.shape[-1], w2.shape[1])):  # no host sync: groups stay on the device
-            return self._grouped(xs, w1, w2, counts)
-        groups = xs.split(counts.tolist())  # the fallback: one matmul per expert, sizes read on the host
+            return self._grouped(xs, w1, w2, ends)
+        # the fallback: one matmul per expert, the group sizes read on the host
+        groups = xs.split(group_sizes(ends).tolist())
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
 
-    def _grouped(self, xs, w1, w2, counts):
-        """forward through torch's grouped GEMM: two grouped_mm calls over all experts at once."""
-        offs = counts.cumsum(0, dtype=torch.int32)  # (E,) end row of each expert's group
+    def _grouped(self, xs, w1, w2, offs):
+        """forward through torch's grouped GEMM: two grouped_mm calls over all experts at once; offs
+        (E,) int32, the end row of each expert's group."""
         # Blackwell leaves an idle expert's weight gradient unwritten (no gradients when sampling)
         if torch.is_grad_enabled() and w1.requires_grad and empty_groups_unzeroed(xs):
-            w1, w2 = ZeroEmptyGroups.apply(w1, counts), ZeroEmptyGroups.apply(w2, counts)
+            w1, w2 = ZeroEmptyGroups.apply(w1, offs), ZeroEmptyGroups.apply(w2, offs)
         if xs.dtype != torch.bfloat16 and (torch.compiler.is_compiling() or is_fake(xs)):
             # traced on fake tensors (torch.compile, scripts/memory_model.py), F.grouped_mm takes bf16 only
             gate, up = grouped_mm_any_dtype(xs, w1, offs).chunk(2, dim=-1)  # (M, I) each
@@ -451,7 +459,7 @@ class Routing(NamedTuple):
     """What one MoE layer reports besides its output; the model turns the layers' reports into
     their losses and statistics at once (router_stats)."""
     logits: torch.Tensor  # (N, E) the router's clean logits (before noise)
-    counts: torch.Tensor  # (E,) assignments routed to each expert
+    ends: torch.Tensor  # (E,) int32: assignments routed to experts 0..e, the end of e's group of rows
 
 
 def router_stats(logits: torch.Tensor, counts: torch.Tensor, top_k: int, z_grad: bool = True):
@@ -495,9 +503,15 @@ class MoE(nn.Module):
         self.router_noise = nn.Linear(args.dim, args.n_experts, bias=True) if args.router_noise else None
         self.experts = Experts(args.n_experts, args.dim, args.expert_dim)
         self.shared_expert = FeedForward(args.dim, args.expert_dim)
+        self.register_buffer("expert_ids", self.expert_keys(torch.arange(args.n_experts)), persistent=False)
+
+    def expert_keys(self, ids: torch.Tensor) -> torch.Tensor:
+        """Expert ids as the keys the rows are sorted by: bytes where they fit (on CUDA a radix sort
+        makes a pass per byte of its keys: one pass, not the eight of topk's int64)."""
+        return ids.to(torch.uint8) if self.n_experts <= 256 else ids
 
     def forward(self, x) -> tuple[torch.Tensor, Routing]:
-        """x (B, T, dim) -> out (B, T, dim), the layer's Routing (logits and counts)."""
+        """x (B, T, dim) -> out (B, T, dim), the layer's Routing (logits and group ends)."""
         h = x.reshape(-1, x.shape[-1])  # (N, dim)
         # The router runs in its weights' dtype, outside autocast: in fp32 under bf16 autocast
         # (Switch Transformer's "selective precision": routing decisions and scores from fp32
@@ -519,23 +533,22 @@ class MoE(nn.Module):
             # takes y(1 - y) from the rounded y, which loses the router's gradient once y nears 1
             scores = torch.sigmoid(top_logit.float()).to(h.dtype)
 
-        flat = top_idx.reshape(-1)  # (N*k,) expert of each (token, slot)
-        counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))  # (E,)
+        # the (N*k,) assignments, (token, slot) in order, sorted by expert; where each expert's group
+        # of sorted rows ends, from the sorted keys (no count by scatter-add, then a cumsum)
+        keys, order = self.expert_keys(top_idx.reshape(-1)).sort(stable=True)  # (N*k,) each
+        ends = torch.searchsorted(keys, self.expert_ids, right=True, out_int32=True)  # (E,)
         if self.impl == "sparse":
-            out = self._sparse(h, flat, counts, scores)
+            out = self._sparse(h, order, ends, scores)
         else:
             out = self._reference(h, top_idx, scores)
-        return out.view_as(x), Routing(logits, counts)  # out (N, dim) -> (B, T, dim)
+        return out.view_as(x), Routing(logits, ends)  # out (N, dim) -> (B, T, dim)
 
-    def _sparse(self, h, flat, counts, scores):
-        # (N*k,) assignments sorted by expert; on CUDA a radix sort, one pass per byte of its keys:
-        # one pass for byte keys, eight for topk's int64
-        order = (flat.to(torch.uint8) if self.n_experts <= 256 else flat).argsort(stable=True)
+    def _sparse(self, h, order, ends, scores):
         arange = torch.arange(order.shape[0], device=order.device)
-        rank = torch.empty_like(order).scatter_(0, order, arange)  # (N*k,) each assignment's sorted row
+        rank = arange.scatter(0, order, arange)  # (N*k,) each assignment's sorted row: order's inverse
         scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)
         xs = PermuteRows.apply(scaled, order, rank)  # (N*k, dim) expert inputs, grouped by expert
-        ys = self.experts(xs, counts)  # (N*k, dim), in the same order
+        ys = self.experts(xs, ends)  # (N*k, dim), in the same order
         back = PermuteRows.apply(ys, rank, order)  # (N*k, dim) by (token, slot)
         if self.top_k > 1:  # (for k = 1 the rows are the tokens': no select, whose backward fills zeros)
             back = back.view(-1, self.top_k, h.shape[-1]).sum(1)  # (N, k, dim) -> (N, dim)
@@ -665,7 +678,7 @@ class Llama4(nn.Module):
         fused = targets is not None and self.loss_impl == "fused"
         out = Output(logits=None if fused else few_row_logits(x, self.lm_head))
         if routing:
-            out.expert_counts = torch.stack([r.counts for r in routing])  # (L_moe, E)
+            out.expert_counts = group_sizes(torch.stack([r.ends for r in routing]))  # (L_moe, E)
             if self.training:  # all MoE layers at once: (L_moe, N, E) logits
                 aux, z, out.router_entropy = router_stats(
                     torch.stack([r.logits for r in routing]), out.expert_counts, self.args.top_k,
@@ -735,12 +748,16 @@ class Llama4(nn.Module):
         self.grad_checkpoint = enabled
 
     def reset_buffers(self, device=None):
-        """Recompute the RoPE tables in fp32 (after building on meta, or casting to bf16)."""
+        """Recompute the RoPE tables in fp32 and the MoE layers' expert ids (after building on meta,
+        or casting to bf16)."""
         device = device or self.embed_tokens.weight.device
         self.inv_freq = rope_frequencies(self.args).to(device)
         if self.args.vision:
             cos, sin = vision_rope(self.args)
             self.vision_model.rope_cos, self.vision_model.rope_sin = cos.to(device), sin.to(device)
+        for m in self.modules():
+            if isinstance(m, MoE):
+                m.expert_ids = m.expert_keys(torch.arange(m.n_experts, device=device))
         return self
 
 

@@ -84,10 +84,10 @@ def test_idle_experts_are_zeroed_inside_one_compiled_graph():
     turns what reaches an idle expert (NaN, inf) into zeros and passes the others' gradients on."""
     from model import ZeroEmptyGroups
     w = torch.ones(4, 3, 2, requires_grad=True)
-    counts = torch.tensor([2, 0, 5, 0])
+    ends = torch.tensor([2, 2, 7, 7], dtype=torch.int32)  # groups of 2, 0, 5 and 0 rows
     grad = torch.full((4, 3, 2), 3.0)
     grad[1], grad[3] = float("nan"), float("inf")
-    out = torch.compile(lambda w, c: ZeroEmptyGroups.apply(w, c) * 2, fullgraph=True)(w, counts)
+    out = torch.compile(lambda w, e: ZeroEmptyGroups.apply(w, e) * 2, fullgraph=True)(w, ends)
     out.backward(grad)
     assert w.grad[[1, 3]].eq(0).all() and w.grad[[0, 2]].eq(6).all()
 
@@ -204,15 +204,17 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     (PermuteRows: the permutation's inverse, 3 ops, and an add for index_add) and its sort's byte
     keys (a cast), 5 a layer, for what is one op on the CPU and many kernels on CUDA: x[order]'s
     backward (index_put with accumulate sorts its indices there) and a radix sort of int64 keys (8
-    passes, 1 for bytes); now 826 and 563, the router and its noise one matmul (the budgets leave a
-    little room for a torch update)."""
+    passes, 1 for bytes); then 826 and 563, the router and its noise one matmul; now 810 and 563, each
+    expert's group of rows ending where a search of the sorted keys says (no count by scatter-add,
+    nor its cumsum), the permutation's inverse an out-of-place scatter (the budgets leave a little
+    room for a torch update)."""
     import config
     from scripts import bench_model
     base = config.to_dict(debug_args())
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     ops = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
-    assert ops["moe"] <= 850 and ops["dense"] <= 580, ops
-    assert (ops["moe"] - ops["dense"]) / 4 <= 71, ops  # what one MoE layer adds over a dense one
+    assert ops["moe"] <= 830 and ops["dense"] <= 580, ops
+    assert (ops["moe"] - ops["dense"]) / 4 <= 67, ops  # what one MoE layer adds over a dense one
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsys):

@@ -44,15 +44,15 @@ def test_model_settings_override_the_preset_as_in_train_py(tmp_path, capsys):
         return memory_model.main(["--preset", "debug", "--dtype", "float32", "--batches", "2", "--variants",
                                   "moe", "--out", str(tmp_path / "m.json"), *overrides])
 
-    def held(**overrides):  # fp32 weights and buffers (the RoPE tables); AdamW's two moments and step
-        from config import PRESETS, ModelArgs  # count, but for the stub
+    def held(**overrides):  # fp32 weights, the buffers (RoPE tables, expert ids); AdamW's two moments
+        from config import PRESETS, ModelArgs  # and step count, but for the stub
         from model import Llama4
         with torch.device("meta"):
             model = Llama4(ModelArgs(**{**PRESETS["debug"]["ModelArgs"], **overrides}))
         stub = ("vision_model.", "multi_modal_projector.")
         weights = sum(4 * p.numel() if n.startswith(stub) else 12 * p.numel() + 4
                       for n, p in model.named_parameters())
-        return weights + sum(4 * b.numel() for b in model.buffers())
+        return weights + sum(b.element_size() * b.numel() for b in model.buffers())
     base, top2, vision = (run(*o)["batches"]["2"] for o in ([], ["--top_k", "2"], ["--vision"]))
     assert top2["step_memory_mb"]["moe"] > base["step_memory_mb"]["moe"]
     assert base["held_mb"]["moe"] * 2**20 == held()

@@ -12,7 +12,7 @@ from conftest import DEBUG, debug_args
 import config
 import model as model_module
 from config import ModelArgs
-from model import KVCache, Llama4, MoE, count_parameters, flops_per_token, router_stats
+from model import KVCache, Llama4, MoE, count_parameters, flops_per_token, group_sizes, router_stats
 
 V = DEBUG.vocab_size  # the debug preset: 4 layers (NoPE on layer 3), 4 experts, chunks of 8, context 64
 
@@ -228,8 +228,8 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
     """The rows go to their experts and back by gathers (index_select), forward and backward: no
     scatter-add of activations or gradients (x[order]'s autograd backward is an index_put with
     accumulate, which sorts its indices on a GPU; index_add and its compiled form are atomic adds).
-    (The counts and the permutation's inverse are integer scatters; topk's backward scatters the
-    router's (N, E) logit gradients.) The sort by expert sorts byte keys: a CUDA radix sort takes
+    (The permutation's inverse is an integer scatter; topk's backward scatters the router's (N, E)
+    logit gradients.) The sort by expert sorts byte keys: a CUDA radix sort takes
     one pass per byte (eight for topk's int64 indices).
     Nor does it fill any rows with zeros: for k = 1 the combine takes the gathered rows as they
     are, where a select of slot 0 had a backward that filled an (N, 1, dim) tensor with zeros and
@@ -280,7 +280,7 @@ def test_more_than_256_experts_are_sorted_by_their_full_index():
         sparse, routing = moe(h[None])
         moe.impl = "reference"
         reference, _ = moe(h[None])
-    assert routing.counts[100] == routing.counts[299] == 32
+    assert group_sizes(routing.ends)[100] == group_sizes(routing.ends)[299] == 32
     assert torch.allclose(sparse, reference, atol=1e-5)
 
 
@@ -390,9 +390,9 @@ def test_an_idle_experts_gradient_is_zero_where_grouped_mm_leaves_garbage(monkey
     experts = model_module.Experts(4, 16, 32)
     for p in experts.parameters():
         torch.nn.init.normal_(p, std=0.1)
-    counts = torch.tensor([3, 0, 5, 0])  # experts 1 and 3 idle
+    ends = torch.tensor([3, 3, 8, 8], dtype=torch.int32)  # groups of 3, 0, 5 and 0 rows: experts 1, 3 idle
     xs = torch.randn(8, 16)
-    experts(xs, counts).sum().backward()
+    experts(xs, ends).sum().backward()
     clean = [p.grad.clone() for p in (experts.gate_up_proj, experts.down_proj)]
     experts.zero_grad()
 
@@ -407,7 +407,7 @@ def test_an_idle_experts_gradient_is_zero_where_grouped_mm_leaves_garbage(monkey
     functional.grouped_mm = poisoned
     monkeypatch.setattr(model_module, "F", functional)  # (model.py's name for it only)
     monkeypatch.setattr(model_module, "empty_groups_unzeroed", lambda x: blackwell)
-    experts(xs, counts).sum().backward()
+    experts(xs, ends).sum().backward()
     for p, want in zip((experts.gate_up_proj, experts.down_proj), clean, strict=True):
         if blackwell:
             assert torch.equal(p.grad, want) and p.grad[[1, 3]].abs().sum() == 0
@@ -427,10 +427,11 @@ def test_sampling_puts_nothing_on_the_expert_weights(monkeypatch):
     monkeypatch.setattr(model_module, "empty_groups_unzeroed", lambda x: True)
     monkeypatch.setattr(model_module, "ZeroEmptyGroups", Refused)
     experts = model_module.Experts(4, 16, 32)
+    ends = torch.tensor([3, 3, 8, 8], dtype=torch.int32)  # groups of 3, 0, 5 and 0 rows
     with torch.no_grad():
-        experts(torch.randn(8, 16), torch.tensor([3, 0, 5, 0]))
+        experts(torch.randn(8, 16), ends)
     with pytest.raises(AssertionError, match="ZeroEmptyGroups applied"):  # (with gradients: it is)
-        experts(torch.randn(8, 16), torch.tensor([3, 0, 5, 0]))
+        experts(torch.randn(8, 16), ends)
 
 
 @pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float32), ((8, 0), torch.bfloat16),
@@ -502,10 +503,11 @@ def test_aux_and_z_loss_equal_hand_computed_values():
     moe.router.weight.data.zero_()
     with torch.no_grad():  # route through a known logit table
         moe.router.forward = lambda x: logits
-        _, (clean, counts) = moe(h)
+        _, (clean, ends) = moe(h)
     assert torch.equal(clean, logits)
     # top-1 picks experts 0, 1, 2, 1, 0, 3 -> f = (2, 2, 1, 1) / 6
-    assert counts.tolist() == [2, 2, 1, 1]
+    counts = group_sizes(ends)
+    assert counts.tolist() == [2, 2, 1, 1] and ends.tolist() == [2, 4, 5, 6]
     p = logits.softmax(-1).mean(0)
     expected = 4 * (2 / 6 * p[0] + 2 / 6 * p[1] + 1 / 6 * p[2] + 1 / 6 * p[3])
     # two layers at once: this one, and one with the experts' shares swapped around
@@ -528,8 +530,9 @@ def test_total_loss_adds_router_terms_with_their_coefficients():
     for h in hooks:
         h.remove()
     assert torch.allclose(out.loss, out.lm_loss + 0.01 * out.aux_loss + 0.001 * out.z_loss)
-    per_layer = [router_stats(r.logits[None], r.counts[None], 1) for r in seen]
-    assert len(per_layer) == 4 and torch.equal(out.expert_counts, torch.stack([r.counts for r in seen]))
+    per_layer = [router_stats(r.logits[None], group_sizes(r.ends)[None], 1) for r in seen]
+    assert len(per_layer) == 4
+    assert torch.equal(out.expert_counts, group_sizes(torch.stack([r.ends for r in seen])))
     assert torch.allclose(out.aux_loss, torch.cat([a for a, _, _ in per_layer]).mean())
     assert torch.allclose(out.z_loss, torch.cat([z for _, z, _ in per_layer]).mean())
     assert torch.allclose(out.router_entropy, torch.cat([e for _, _, e in per_layer]))
