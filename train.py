@@ -409,14 +409,16 @@ EVAL_BATCHES_PER_TRAINING_BATCH = 4  # the auto --eval_batch_size's cap, in --ba
 
 def eval_batch_size(n: int, train_args: TrainArgs) -> int:
     """Windows per validation batch for n windows: --eval_batch_size (at most n), or (0, auto) the fewest
-    batches of at most 4 x --batch_size, evened out. A forward pass without gradients keeps no
-    activations, so a larger batch fits where a training batch does, and a pass is fewer, larger
-    launches (on a GPU an eager pass is bound by them); evened out, the last batch is not mostly
-    padding (375 windows at --batch_size 128: one batch of 375, not three of 128 with 9 of padding,
-    nor two of 256 with 137)."""
+    batches of at most 4 x --batch_size (1 x with --grad_checkpoint, whose training batch was sized to
+    fit a layer's activations at a time, as an evaluation's are), evened out. A forward pass without
+    gradients keeps no layer's activations for backward, so a larger batch fits where a training
+    batch does, and a pass is fewer, larger launches (on a GPU an eager pass is bound by them);
+    evened out, the last batch is not mostly padding (375 windows at --batch_size 128: one batch of
+    375, not three of 128 with 9 of padding, nor two of 256 with 137)."""
     if train_args.eval_batch_size:  # (no more than there are windows: a batch of padding is no use)
         return max(1, min(train_args.eval_batch_size, n))
-    batches = max(1, -(-n // (EVAL_BATCHES_PER_TRAINING_BATCH * train_args.batch_size)))
+    cap = train_args.batch_size * (1 if train_args.grad_checkpoint else EVAL_BATCHES_PER_TRAINING_BATCH)
+    batches = max(1, -(-n // cap))
     return max(1, -(-n // batches))
 
 
@@ -484,6 +486,10 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
                 nats += torch.where(n > 0, lm_loss.double() * n, 0.0)  # (a batch of padding: no NaN mean)
                 if bar is not None:
                     bar.update(1)
+    except Exception as e:  # out of memory here: run()'s line advises a smaller evaluation batch
+        if runtime.out_of_memory(e):
+            e.eval_batch_size = val.batch_size
+        raise
     finally:
         model.train(was_training)
     nats, tokens, n_bytes, cut = runtime.all_reduce([float(nats), val.tokens, val.bytes, float(cut)], device,
@@ -1139,8 +1145,8 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
             raise peer_lost_error(e, job.run_dir, job.train_args.eval_only) from e
         if not runtime.out_of_memory(e):
             raise
-        raise RunError(f"out of memory ({first_line(e)[:160]}); "
-                       f"{memory_advice(job.train_args.batch_size)}") from e
+        advice = memory_advice(job.train_args.batch_size, getattr(e, "eval_batch_size", None))
+        raise RunError(f"out of memory ({first_line(e)[:160]}); {advice}") from e
     finally:
         if job.folder is not None:
             job.folder.release()
@@ -1310,8 +1316,12 @@ def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
                     f"torchrun's log names it); {left_to_resume(run_dir, eval_only, resume)}")
 
 
-def memory_advice(batch_size: int | None = None) -> str:
-    """What to do when a run runs out of memory (at set-up, before its batch is known: no batch)."""
+def memory_advice(batch_size: int | None = None, eval_batch: int | None = None) -> str:
+    """What to do when a run runs out of memory (at set-up, before its batch is known: no batch; in
+    an evaluation, eval_batch: the windows of its batches)."""
+    if eval_batch:
+        return (f"it was an evaluation's batch of {eval_batch} windows: lower --eval_batch_size (0, the "
+                "default, takes up to 4x --batch_size); the checkpoints already written are complete")
     now = f" (now {batch_size}; --grad_accum keeps the global batch)" if batch_size else ""
     return (f"lower --batch_size{now} or set --grad_checkpoint true; the checkpoints already written "
             "are complete")

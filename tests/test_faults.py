@@ -1917,6 +1917,27 @@ def test_out_of_memory_is_one_line_with_the_batch_the_run_uses(tmp_path, corpus,
     assert "lower --batch_size or set --grad_checkpoint true" in err
 
 
+def test_out_of_memory_in_an_evaluation_names_the_evaluation_batch(tmp_path, corpus, cache, monkeypatch,
+                                                                   capsys):
+    """Bug caught: an evaluation out of memory (its batches up to 4x the training batch since the auto
+    --eval_batch_size) was told "lower --batch_size", where --eval_batch_size is what ran out, and the
+    training batch fits."""
+    real = train.Llama4.forward
+
+    def oom_in_eval(model, *args, **kwargs):
+        if not model.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(train.Llama4, "forward", oom_in_eval)
+    with pytest.raises(SystemExit) as e:
+        train.main(train_args(tmp_path, corpus, cache, "--batch_size", "2", "--max_steps", "2",
+                              "--eval_every", "1", "--eval_batch_size", "3"))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 1 and line.startswith("train.py: error: out of memory (OutOfMemoryError")
+    assert "an evaluation's batch of 3 windows: lower --eval_batch_size" in line
+    assert "--batch_size (now" not in line
+
+
 def test_a_home_that_cannot_be_written_costs_no_plot_and_prints_no_noise(tmp_path, corpus, cache):
     """HOME and XDG_CACHE_HOME unwritable (a read-only home on a cluster, HOME=/nonexistent in a
     container; a file here, which root cannot write under either): matplotlib warned "Matplotlib

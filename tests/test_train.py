@@ -2455,12 +2455,15 @@ def test_the_auto_evaluation_batch_is_the_fewest_of_at_most_4x_the_training_batc
     """Bug caught: validation in batches of the training batch (valid-lower.txt's 375 windows at
     --batch_size 128 were three batches, 9 windows of padding, where one batch of 375 fits: an eager
     pass on a GPU is bound by its launches), an auto batch not evened out (two of 256 for 375: 137
-    windows of padding), or an --eval_batch_size over the windows there are padded to it."""
+    windows of padding), or an --eval_batch_size over the windows there are padded to it; with
+    --grad_checkpoint (memory tight) no larger than the training batch."""
     def size(n, batch_size, eval_batch_size=0):
         return train.eval_batch_size(n, TrainArgs(batch_size=batch_size, eval_batch_size=eval_batch_size))
     assert [size(375, b) for b in (128, 64, 32, 1)] == [375, 188, 125, 4]
     assert [size(n, 2) for n in (0, 1, 8, 9, 17)] == [1, 1, 8, 5, 6]
     assert [size(100, 128, e) for e in (16, 100, 512)] == [16, 100, 100] and size(0, 4, 8) == 1
+    # with --grad_checkpoint the training batch was sized for a layer's activations at a time: 1x
+    assert train.eval_batch_size(375, TrainArgs(batch_size=128, grad_checkpoint=True)) == 125
     val = windows_of_4(85, 2, eval_batch_size=0)  # 21 windows: three batches of 7, no padding
     assert val.batch_size == 7 and val.x.shape == (21, 4) and (val.y >= 0).all()
 
