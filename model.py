@@ -415,6 +415,9 @@ class PermuteRows(torch.autograd.Function):
 # Mixture of experts
 
 
+SHARED_IN_GROUPS_DEVICES = ("cuda",)  # where the shared expert joins the experts' grouped GEMMs
+
+
 class Experts(nn.Module):
     """E SwiGLU experts in the HF layout: gate_up_proj (E, dim, 2I) with gate = first I columns,
     down_proj (E, I, dim). Expert_e(z) = (silu(z G_e) * (z U_e)) D_e."""
@@ -440,6 +443,28 @@ class Experts(nn.Module):
         # the fallback: one matmul per expert, the group sizes read on the host
         groups = xs.split(group_sizes(ends).tolist())
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
+
+    def with_shared(self, xs, ends, h, shared: FeedForward) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(xs, ends) (M, dim) and the shared expert (a FeedForward of the experts' widths) on h
+        (N, dim) -> (N, dim). Under autocast on CUDA (SHARED_IN_GROUPS_DEVICES), where grouped_mm
+        runs, the shared expert is one more group of the same two grouped GEMMs, its weights appended:
+        9 fewer ops a training step's layer than its own three matmuls each way (their weights' casts
+        and matmuls, the gradients' matmuls and casts back), for one more copy of the experts' weights
+        than autocast's cast makes anyway. Elsewhere each runs on its own: in fp32 the experts'
+        weights are read where they are; on the CPU the copy (40 MB a layer at scout-128m, past
+        malloc's threshold for mapping fresh pages) cost more than the ops saved; decoding
+        (MoE.forward) would copy them all at each token."""
+        kind, widths = xs.device.type, (xs.shape[-1], self.down_proj.shape[1])  # (dim, I)
+        dtype = torch.get_autocast_dtype(kind)
+        if not (kind in SHARED_IN_GROUPS_DEVICES and torch.is_autocast_enabled(kind)
+                and grouped_mm_supported(xs.to(dtype), widths)):
+            return self(xs, ends), shared(h)
+        gate_up = torch.cat([shared.gate_proj.weight, shared.up_proj.weight]).t()  # (2I, dim) -> (dim, 2I)
+        w1 = torch.cat([self.gate_up_proj, gate_up[None]]).to(dtype)  # (E + 1, dim, 2I): the shared last
+        w2 = torch.cat([self.down_proj, shared.down_proj.weight.t()[None]]).to(dtype)  # (E + 1, I, dim)
+        offs = F.pad(ends, (0, 1), value=len(xs) + len(h))  # (E + 1,): h's rows after the experts'
+        ys = self._grouped(torch.cat([xs.to(dtype), h.to(dtype)]), w1, w2, offs)  # (M + N, dim)
+        return ys.split([len(xs), len(h)])
 
     def _grouped(self, xs, w1, w2, offs):
         """forward through torch's grouped GEMM: two grouped_mm calls over all experts at once; offs
@@ -510,8 +535,9 @@ class MoE(nn.Module):
         makes a pass per byte of its keys: one pass, not the eight of topk's int64)."""
         return ids.to(torch.uint8) if self.n_experts <= 256 else ids
 
-    def forward(self, x) -> tuple[torch.Tensor, Routing]:
-        """x (B, T, dim) -> out (B, T, dim), the layer's Routing (logits and group ends)."""
+    def forward(self, x, decoding: bool = False) -> tuple[torch.Tensor, Routing]:
+        """x (B, T, dim) -> out (B, T, dim), the layer's Routing (logits and group ends). decoding (a KV
+        cache's call): the shared expert on its own (Experts.forward)."""
         h = x.reshape(-1, x.shape[-1])  # (N, dim)
         # The router runs in its weights' dtype, outside autocast: in fp32 under bf16 autocast
         # (Switch Transformer's "selective precision": routing decisions and scores from fp32
@@ -538,21 +564,24 @@ class MoE(nn.Module):
         keys, order = self.expert_keys(top_idx.reshape(-1)).sort(stable=True)  # (N*k,) each
         ends = torch.searchsorted(keys, self.expert_ids, right=True, out_int32=True)  # (E,)
         if self.impl == "sparse":
-            out = self._sparse(h, order, ends, scores)
+            out = self._sparse(h, order, ends, scores, decoding)
         else:
             out = self._reference(h, top_idx, scores)
         return out.view_as(x), Routing(logits, ends)  # out (N, dim) -> (B, T, dim)
 
-    def _sparse(self, h, order, ends, scores):
+    def _sparse(self, h, order, ends, scores, decoding=False):
         arange = torch.arange(order.shape[0], device=order.device)
         rank = arange.scatter(0, order, arange)  # (N*k,) each assignment's sorted row: order's inverse
         scaled = (h[:, None, :] * scores[:, :, None]).reshape(-1, h.shape[-1])  # (N*k, dim) by (token, slot)
         xs = PermuteRows.apply(scaled, order, rank)  # (N*k, dim) expert inputs, grouped by expert
-        ys = self.experts(xs, ends)  # (N*k, dim), in the same order
+        if decoding:
+            ys, out = self.experts(xs, ends), self.shared_expert(h)
+        else:  # the shared expert as one more group of the experts' grouped GEMMs (under autocast)
+            ys, out = self.experts.with_shared(xs, ends, h, self.shared_expert)
+        # ys (N*k, dim) in the sorted order; out (N, dim), under autocast bf16 like ys
         back = PermuteRows.apply(ys, rank, order)  # (N*k, dim) by (token, slot)
         if self.top_k > 1:  # (for k = 1 the rows are the tokens': no select, whose backward fills zeros)
             back = back.view(-1, self.top_k, h.shape[-1]).sum(1)  # (N, k, dim) -> (N, dim)
-        out = self.shared_expert(h)  # (N, dim); under autocast: bf16, like ys
         return out + back.to(out.dtype)  # + its k outputs
 
     def _reference(self, h, top_idx, scores):
@@ -597,7 +626,7 @@ class Block(nn.Module):
         x = x + self.self_attn(to_compute_dtype(self.input_layernorm(x)), pos, rope, cache, default_pos)
         h = to_compute_dtype(self.post_attention_layernorm(x))
         if self.is_moe:
-            y, routing = self.feed_forward(h)
+            y, routing = self.feed_forward(h, decoding=cache is not None)
             return x + y, routing
         return x + self.feed_forward(h), None
 

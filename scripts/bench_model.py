@@ -317,7 +317,8 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     MemTracker adds up the live tensors, which is what the CUDA caching allocator's
     max_memory_allocated counts. So a machine with no GPU can tell what a step needs on one.
     cuda: what CUDA's kernels keep for backward where they differ from the CPU's (RMSNorm), and
-    the fused loss's CUDA path (GEMMs that write fp32: model.fp32_out_gemm); the experts are
+    the fused loss's CUDA path (GEMMs that write fp32: model.fp32_out_gemm) and the shared expert
+    in the experts' grouped GEMMs (model.SHARED_IN_GROUPS_DEVICES); the experts are
     modelled on grouped_mm, which CUDA runs in bf16 only (fp32 there loops over the experts: the
     same saved tensors, other temporaries).
     Returns bytes: {"step", "held" (parameters and optimizer state), and the step's parts by
@@ -334,7 +335,9 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
                              CudaRMSNormMemory.apply(input, normalized_shape, weight, eps)) \
         if cuda else contextlib.nullcontext()
     loss = mock.patch.object(model_module, "FP32_OUT_DEVICES", ("cpu",)) if cuda else contextlib.nullcontext()
-    with FakeTensorMode(), norm, loss:
+    shared = mock.patch.object(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",)) if cuda \
+        else contextlib.nullcontext()
+    with FakeTensorMode(), norm, loss, shared:
         step, job = make_step(variant, base, batch, cpu, dtype)
         step()  # the optimizer's state appears here, and is held between steps from now on
         tracker = MemTracker()

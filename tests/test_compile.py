@@ -58,10 +58,16 @@ def test_a_compiled_run_draws_the_eager_router_noise():
     assert grads_a["layers.0.feed_forward.router_noise.weight"].abs().max() > 0  # the noise was drawn
 
 
-def test_the_cuda_default_compiles_whole_under_bf16_autocast():
+@pytest.mark.parametrize("shared_in_groups", [False, True])
+def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, shared_in_groups):
     """What train.py runs on CUDA, on the CPU: fullgraph=True under bf16 autocast, the fused loss
     included (it casts once and turns autocast off inside), close to eager in loss and in every
-    parameter's gradient (bf16 rounding: a few percent of each one's largest), the experts' too."""
+    parameter's gradient (bf16 rounding: a few percent of each one's largest), the experts' too;
+    and with the shared expert in the experts' grouped GEMMs, as on CUDA
+    (model.SHARED_IN_GROUPS_DEVICES)."""
+    import model as model_module
+    if shared_in_groups:
+        monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
     torch.manual_seed(0)
     model = Llama4(debug_args(router_noise=False)).train()
     x = torch.randint(0, model.args.vocab_size, (2, 32))
@@ -204,10 +210,11 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     (PermuteRows: the permutation's inverse, 3 ops, and an add for index_add) and its sort's byte
     keys (a cast), 5 a layer, for what is one op on the CPU and many kernels on CUDA: x[order]'s
     backward (index_put with accumulate sorts its indices there) and a radix sort of int64 keys (8
-    passes, 1 for bytes); then 826 and 563, the router and its noise one matmul; now 810 and 563, each
-    expert's group of rows ending where a search of the sorted keys says (no count by scatter-add,
-    nor its cumsum), the permutation's inverse an out-of-place scatter (the budgets leave a little
-    room for a torch update)."""
+    passes, 1 for bytes); then 826 and 563, the router and its noise one matmul; then 810 and 563,
+    each expert's group of rows ending where a search of the sorted keys says (no count by
+    scatter-add, nor its cumsum), the permutation's inverse an out-of-place scatter; now 810 and 563,
+    and 774 on CUDA's path, where the shared expert is one more group of the routed experts' grouped
+    GEMMs (the budgets leave a little room for a torch update)."""
     import config
     from scripts import bench_model
     base = config.to_dict(debug_args())
@@ -215,6 +222,11 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     ops = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
     assert ops["moe"] <= 830 and ops["dense"] <= 580, ops
     assert (ops["moe"] - ops["dense"]) / 4 <= 67, ops  # what one MoE layer adds over a dense one
+    import model as model_module  # CUDA's path: the shared expert in the experts' grouped GEMMs
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
+        cuda_path = bench_model.ops_per_step("moe", base, 4, cpu, bf16)
+    assert cuda_path <= 790 and ops["moe"] - cuda_path == 4 * 9, (cuda_path, ops)
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsys):

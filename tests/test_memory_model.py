@@ -95,14 +95,17 @@ def test_an_out_that_cannot_be_written_is_one_line(tmp_path):
     assert done.stderr.endswith("; pick another --out\n") and done.stdout == ""
 
 
-def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output():
+def test_on_cuda_a_weighted_norm_keeps_no_fp32_copy_of_its_output(monkeypatch):
     """RMSNorm passes its weight to F.rms_norm (fp32 input): CUDA's fused kernel then keeps x and
     1/rms for backward, where `F.rms_norm(x) * weight` would also keep the normed x, fp32, for the
-    weight's gradient (as the CPU's composite ops do): one (B, T, dim) fp32 per weighted norm."""
+    weight's gradient (as the CPU's composite ops do): one (B, T, dim) fp32 per weighted norm. (The
+    CPU's step modelled with the shared expert in the experts' grouped GEMMs, as CUDA's is.)"""
+    import model as model_module
     from config import PRESETS, ModelArgs, to_dict
     from scripts import bench_model
     args = ModelArgs(**PRESETS["debug"]["ModelArgs"])
     base, batch = to_dict(args), 4
+    monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
     cpu, cuda = (bench_model.modelled_step_memory("moe", base, batch, torch.bfloat16, cuda)["step"]
                  for cuda in (False, True))
     norms = 2 * args.n_layers + 1  # before attention and the feed-forward in each block, and the last

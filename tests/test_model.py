@@ -284,6 +284,57 @@ def test_more_than_256_experts_are_sorted_by_their_full_index():
     assert torch.allclose(sparse, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("autocast, device", [(False, "cpu"), (True, "cpu"), (True, "cuda")])
+def test_the_shared_expert_is_a_group_of_the_experts_grouped_gemms_but_in_decoding(monkeypatch, autocast,
+                                                                                   device):
+    """Under autocast on CUDA, in training and evaluation, the shared expert runs as one more group
+    of the routed experts' two grouped GEMMs (its weights appended to the copy autocast makes), not as
+    three matmuls of its own each way (9 fewer ops a layer in a training step); decoding (a KV
+    cache's call), which would copy every expert's weights at each token to append them, fp32, whose
+    expert weights are read in place, and the CPU run it on its own. Both give the same output and
+    the same gradient to every weight and to the input. (CUDA's path on the CPU: its device in
+    model.SHARED_IN_GROUPS_DEVICES.)
+    Bug caught: the shared expert's own matmuls in a bf16 training step (2026-12-04: 9 ops a layer)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import model as model_module
+    if device == "cuda":
+        monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
+
+    class Matmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.mm = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.mm += func.overloadpacket.__name__ in ("mm", "addmm", "bmm")
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    moe = MoE(debug_args(top_k=2, router_noise=False)).train()
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    h = torch.randn(2, 12, 64)
+    results = {}
+    for decoding in (False, True):
+        x = h.clone().requires_grad_(True)
+        moe.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), Matmuls() as mode:
+            out, _ = moe(x, decoding=decoding)
+            out.float().square().sum().backward()
+        results[decoding] = (out.float(), x.grad, {n: p.grad.clone() for n, p in moe.named_parameters()},
+                             mode.mm)
+    (a, xa, ga, mm_fused), (b, xb, gb, mm_own) = results[False], results[True]
+    # the router's matmuls (forward, and two for its gradients), and the shared expert's 3 x 3 on its own
+    assert (mm_fused, mm_own) == ((3, 12) if autocast and device == "cuda" else (12, 12))
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(xa, xb, **tol)
+    assert ga.keys() == gb.keys() and any(n.startswith("shared_expert.") for n in ga)
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], **tol, msg=name)
+
+
 @pytest.mark.parametrize("impl", ["sparse", "reference"])
 def test_moe_runs_under_bf16_autocast(impl):
     """bf16 autocast (the default on CUDA) mixes bf16 expert outputs with fp32 activations; the
@@ -1089,6 +1140,12 @@ def test_init_draws_every_weight_at_its_documented_std():
     assert {"embed_tokens", "lm_head", "router", "gate_up_proj", "down_proj", "q_proj", "linear_1"} <= seen
 
 
+def identity_experts(xs, ends, also=None):
+    """Experts.forward made the identity on the expert inputs; the shared expert, where it is passed
+    (`also`), runs as it is."""
+    return xs if also is None else (xs, also[1](also[0]))
+
+
 def test_router_scores_are_the_sigmoid_of_the_noisy_logits_in_training():
     """Catches the expert score taken from the clean logit while top-k picked on the noisy one (with
     noisy top-k gating, Shazeer et al., the gate is the noisy logit's sigmoid), and a noise scale
@@ -1098,7 +1155,7 @@ def test_router_scores_are_the_sigmoid_of_the_noisy_logits_in_training():
     moe = MoE(debug_args(router_noise=True)).train()
     for w in moe.experts.parameters():
         torch.nn.init.normal_(w, std=0.1)
-    moe.experts.forward = lambda xs, counts: xs  # identity experts: out = sum of the scaled inputs
+    moe.experts.forward = identity_experts  # out = sum of the scaled inputs, + the shared expert's
     torch.nn.init.zeros_(moe.shared_expert.down_proj.weight)
     torch.nn.init.zeros_(moe.router_noise.weight)
     torch.nn.init.constant_(moe.router_noise.bias, 1.0)  # noise std softplus(1) = 1.31
@@ -1135,7 +1192,7 @@ def test_the_router_and_its_noise_are_one_matmul_in_training_with_their_gradient
 
     torch.manual_seed(0)
     moe = MoE(debug_args(router_noise=True, top_k=1)).train()
-    moe.experts.forward = lambda xs, counts: xs
+    moe.experts.forward = identity_experts
     torch.nn.init.zeros_(moe.shared_expert.down_proj.weight)
     torch.nn.init.normal_(moe.router_noise.weight, std=0.1)
     E, h = moe.n_experts, torch.randn(1, 24, 64)
