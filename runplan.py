@@ -672,8 +672,9 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
 
 
 # The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).
+# (Not --grad_checkpoint: it sizes the evaluation's auto batch, train.eval_batch_size.)
 TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay",
-                 "beta1", "beta2", "grad_clip", "grad_checkpoint", "eval_every", "log_every", "save_every",
+                 "beta1", "beta2", "grad_clip", "eval_every", "log_every", "save_every",
                  "max_bad_steps", "tokenizer_train_mb", "plot", "wandb_mode", "wandb_project", "wandb_group",
                  "wandb_name")
 

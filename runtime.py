@@ -117,8 +117,9 @@ def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
 
 def data_parallel(model, device: torch.device, find_unused: bool):
     """DDP around model, with no broadcast of rank 0's buffers at each forward: they are RoPE tables
-    each rank makes alike from the settings. torch 2.13 calls that forward_sync_buffers (and warns,
-    on every rank, at broadcast_buffers, which is all that earlier versions know)."""
+    and the MoE layers' expert ids, which each rank makes alike from the settings. torch 2.13 calls
+    that forward_sync_buffers (and warns, on every rank, at broadcast_buffers, which is all that
+    earlier versions know)."""
     ddp = torch.nn.parallel.DistributedDataParallel
     known = inspect.signature(ddp).parameters
     no_broadcast = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"

@@ -466,7 +466,7 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
     if bar is not None:
         bar.reset(total=len(range(0, len(val.x), val.batch_size)))
     cutting = stop.during("this evaluation's batch (the evaluation is put off)") if stop else nullcontext()
-    try:  # one autocast for the pass: it casts each weight once, not once per batch (its cache)
+    try:  # one autocast for the pass: it casts its weights once, not once per batch (its cache)
         with cutting, autocast:  # (cutting: what a signal's line says it finishes)
             for i in range(0, len(val.x), val.batch_size):
                 if stop is not None and stop.requested:
@@ -1318,8 +1318,8 @@ def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
 
 def memory_advice(batch_size: int | None = None, eval_batch: int | None = None) -> str:
     """What to do when a run runs out of memory (at set-up, before its batch is known: no batch; in
-    an evaluation, eval_batch: the windows of its batches)."""
-    if eval_batch:
+    an evaluation, eval_batch: the windows of its batches; at one, there is no lower to go)."""
+    if eval_batch and eval_batch > 1:
         return (f"it was an evaluation's batch of {eval_batch} windows: lower --eval_batch_size (0, the "
                 "default, takes up to 4x --batch_size); the checkpoints already written are complete")
     now = f" (now {batch_size}; --grad_accum keeps the global batch)" if batch_size else ""

@@ -1558,3 +1558,13 @@ def test_a_resume_into_another_wandb_project_gets_a_new_wandb_run(tmp_path):
                     "the history from the start (the old one is left as it was)"]
     assert runplan.wandb_id(p._replace(train_args=TrainArgs(wandb_project="p1"))) == "abc"
     assert runplan.wandb_id(p._replace(ckpt={"wandb_id": "abc", "step": 4})) == "abc"
+
+
+def test_grad_checkpoint_typed_beside_eval_only_is_not_said_to_do_nothing():
+    """Bug caught: train.py --eval_only --grad_checkpoint true was warned "--grad_checkpoint has no
+    effect", where it sizes the evaluation's batch (the auto --eval_batch_size: 1x --batch_size, not 4x)."""
+    import train
+    p = runplan.RunPlan(None, DEBUG, TrainArgs(eval_only=True), None, None)
+    assert runplan.setting_warnings(p, {"grad_checkpoint"}) == []
+    sizes = [train.eval_batch_size(256, TrainArgs(batch_size=8, grad_checkpoint=on)) for on in (False, True)]
+    assert sizes == [32, 8]  # what it does there: the auto evaluation batch is 1x --batch_size, not 4x

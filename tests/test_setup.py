@@ -331,6 +331,14 @@ def test_memory_advice_names_the_batch_where_it_is_known():
     assert "now" not in train.memory_advice() and "--grad_checkpoint true" in train.memory_advice()
 
 
+def test_memory_advice_after_an_evaluation_of_one_window_a_batch_does_not_say_lower_it():
+    """Bug caught: an evaluation out of memory at batches of one window (--eval_batch_size 1, or a rank's
+    one window) was told "lower --eval_batch_size", which cannot go lower; larger ones are."""
+    assert "lower --eval_batch_size" in train.memory_advice(6, 2)
+    assert "lower --eval_batch_size" not in train.memory_advice(6, 1)
+    assert train.memory_advice(6, 1) == train.memory_advice(6)
+
+
 def test_an_interrupt_during_the_run_names_the_run_folder(tmp_path, corpus, cache, monkeypatch):
     """run() not setting the KeyboardInterrupt's run_dir: main's interrupt line could not name the
     checkpoints left to resume from."""

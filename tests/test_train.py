@@ -146,8 +146,8 @@ def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise(m
     assert torch.equal(train.batches_at(job, step=5)[0][0], x0)  # a pure function of (seed, step, micro)
     seeds = {train.micro_seed(1337, step, micro) for step in range(3) for micro in range(4)}
     assert len(seeds) == 12 and train.micro_seed(1337, 2, 3) != train.micro_seed(7, 2, 3)
-    seen, real_seed = [], torch.manual_seed
-    monkeypatch.setattr(torch, "manual_seed", lambda s: seen.append(s) or real_seed(s))
+    seen, real_seed = [], train.seed_generators
+    monkeypatch.setattr(train, "seed_generators", lambda s, device: seen.append(s) or real_seed(s, device))
     model = Llama4(debug_args(max_seq_len=16, router_noise=True)).train()
     batches = [(x % 320, y % 320) for x, y in train.batches_at(job, step=5)]  # (ids in the vocabulary)
     train.accumulate(model, batches, 1337, 5, [0, 1], train.nullcontext(), train.nullcontext)
