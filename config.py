@@ -925,12 +925,26 @@ def _off_hint(option: str, options, actions) -> str | None:
     return f"{option} is not on/off; it takes a value" if option in options else None
 
 
+def _off_choice(option: str, options, actions) -> str | None:
+    """How to turn X off, for --no-X where X is no option but the first word of one that takes
+    "disabled" (--no_wandb: --wandb_mode disabled), else None."""
+    fields = {f"--{f.name}": f for cls in (ModelArgs, TrainArgs, SampleArgs) for f in dataclasses.fields(cls)}
+    for o in options:
+        action = next((a for a in actions if o in a.option_strings), None)
+        choices = (action.choices if action else None) or (fields[o].metadata.get("choices") if o in fields
+                                                            else None)
+        if _plain(o).startswith(_plain(option) + "_") and "disabled" in (choices or ()):
+            return f"to turn {option[2:]} off: {o} disabled"
+    return None
+
+
 def _meant_option(name: str, prog: str, options, actions=()) -> str | None:
     """What an unknown --name was meant to be, as its hint says it: the option of the same words
     (--lr-min, --LR_MIN and --min_lr: --lr_min), how to turn an on/off option off (--no-X: _off_hint
-    among the parser's `actions`), another script's (other_scripts_option), ours for transformers' name
-    (hf_spelling), the one option it begins (--temp: --temperature) or each of several (--max), else
-    the nearest spelling; None where none is near."""
+    among the parser's `actions`; --no_wandb: _off_choice, --wandb_mode disabled), another script's
+    (other_scripts_option), ours for transformers' name (hf_spelling), the one option it begins
+    (--temp: --temperature) or each of several (--max), else the nearest spelling; None where none
+    is near."""
     plain = _plain
 
     def parts(option):  # --lr_min, --lr-min and --min_lr: the same words in another order
@@ -938,7 +952,8 @@ def _meant_option(name: str, prog: str, options, actions=()) -> str | None:
     close = [o for o in options if parts(o) == parts(name)]
     negated = f"--{plain(name)[3:]}" if plain(name).startswith("no_") else None
     # (for --no-X, the nearest spelling, --X, turns it on)
-    if not close and negated and (off := _off_hint(negated, options, actions)):
+    if not close and negated and (off := _off_hint(negated, options, actions) or _off_choice(negated, options,
+                                                                                          actions)):
         return off
     if not close and (theirs := other_scripts_option(name, prog, options)):
         return theirs

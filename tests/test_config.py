@@ -1023,6 +1023,8 @@ def test_a_negated_on_off_option_names_how_to_turn_it_off(prog, typed, hint, cap
     ("train", "--no-eval", "--no-eval; see"),  # (was: --eval_only, which turns an evaluation-only run on)
     ("train", "--no_compiled", "--no_compiled (to turn --compile off: --compile false); see"),
     ("train", "--nocompile", "--nocompile (to turn --compile off: --compile false); see"),  # (was: --compile)
+    ("train", "--no_wandb", "--no_wandb (to turn wandb off: --wandb_mode disabled); see"),  # (was: no hint)
+    ("train", "--no-wandb", "--no-wandb (to turn wandb off: --wandb_mode disabled); see"),
     ("sample", "--checkpoint", "--checkpoint (did you mean --ckpt?); see"),  # (an abbreviation of it)
 ])
 def test_an_unknown_option_near_none_is_given_no_guess(prog, typed, hint, capsys):
