@@ -952,8 +952,8 @@ def _meant_option(name: str, prog: str, options, actions=()) -> str | None:
     close = [o for o in options if parts(o) == parts(name)]
     negated = f"--{plain(name)[3:]}" if plain(name).startswith("no_") else None
     # (for --no-X, the nearest spelling, --X, turns it on)
-    if not close and negated and (off := _off_hint(negated, options, actions) or _off_choice(negated, options,
-                                                                                          actions)):
+    off = negated and (_off_hint(negated, options, actions) or _off_choice(negated, options, actions))
+    if not close and off:
         return off
     if not close and (theirs := other_scripts_option(name, prog, options)):
         return theirs

@@ -33,7 +33,8 @@ How it departs from the obvious version (and from HF's code):
 - Sparse MoE dispatch: tokens are sorted by expert and each expert runs one matmul on its own
   tokens (`grouped_mm` where the device has it, a loop over groups otherwise). HF runs every
   expert on every token. The rows go to their experts and back by gathers of a permutation and
-  its inverse, in backward too (PermuteRows), not autograd's scatter-adds. `MoE.impl =
+  its inverse, in backward too (PermuteRows), not autograd's scatter-adds; under autocast on CUDA
+  the shared expert is one more group of the same grouped GEMMs (Experts.with_shared). `MoE.impl =
   "reference"` selects a plain masked loop over experts, kept to test the fast path against.
 - Training-only routing extras (HF has none): noisy top-k gating with a learned noise scale, the
   switch load-balancing loss, an optional router z-loss, per-expert token counts. All are
@@ -445,8 +446,8 @@ class Experts(nn.Module):
         return torch.cat([self.expert(e, z) if len(z) else z for e, z in enumerate(groups)])
 
     def with_shared(self, xs, ends, h, shared: FeedForward) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward(xs, ends) (M, dim) and the shared expert (a FeedForward of the experts' widths) on h
-        (N, dim) -> (N, dim). Under autocast on CUDA (SHARED_IN_GROUPS_DEVICES), where grouped_mm
+        """forward(xs, ends) and the shared expert (a FeedForward of the experts' widths) on h (N, dim):
+        ((M, dim), (N, dim)). Under autocast on CUDA (SHARED_IN_GROUPS_DEVICES), where grouped_mm
         runs, the shared expert is one more group of the same two grouped GEMMs, its weights appended:
         9 fewer ops a training step's layer than its own three matmuls each way (their weights' casts
         and matmuls, the gradients' matmuls and casts back), for one more copy of the experts' weights
