@@ -977,12 +977,17 @@ class LinearCrossEntropy(torch.autograd.Function):
         t = targets.clamp(min=0)  # (N,)
         if with_grad:
             grad_x, grad_w = torch.empty_like(x), None  # grad_w: (V, D), fp32 sum
+            # ignored rows add no weight gradient: x's rows zeroed once (an (N, D) copy for the loss's
+            # time), not a chunk's at each chunk
+            kept_x = x.masked_fill(ignored[:, None], 0)  # (N, D)
         direct = fp32_out_gemm(x)  # eager CUDA: GEMMs that write fp32 (no cast of logits or grad_w)
+        whole = torch.arange(min(chunk_rows, x.shape[0]), device=x.device)  # (c,) a whole chunk's rows
         target_lps = []
         for i in range(0, x.shape[0], chunk_rows):
             xc, tc = x[i:i + chunk_rows], t[i:i + chunk_rows]  # (c, D), (c,)
-            rc = torch.arange(len(tc), device=x.device)  # (c,) (one (N,) arange sliced failed to
-            # compile in torch 2.11 at a second shape)
+            # (the last, partial chunk its own arange: one arange sliced failed to compile in torch
+            # 2.11 at a second shape)
+            rc = whole if len(tc) == len(whole) else torch.arange(len(tc), device=x.device)  # (c,)
             log_probs = mm_fp32(xc, weight.t(), direct=direct).log_softmax(-1)  # (c, V) fp32
             target_lp = log_probs[rc, tc]  # (c,)
             target_lps.append(target_lp)
@@ -997,9 +1002,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 g = log_probs.exp_().to(x.dtype)  # softmax (c, V), in place of the log-probabilities
             g[rc, tc] = torch.expm1(target_lp).to(g.dtype)  # (an index_put: a bf16 scatter is slow on CPU)
             torch.mm(g, weight, out=grad_x[i:i + chunk_rows])  # (c, D)
-            kept = xc.masked_fill(ignored[i:i + chunk_rows, None], 0)  # (c, D): ignored rows add no
-            # weight gradient (masked here, not once over x: that copy would cost N x D more memory)
-            grad_w = mm_fp32(g.t(), kept, grad_w, direct)  # (V, D) fp32
+            grad_w = mm_fp32(g.t(), kept_x[i:i + chunk_rows], grad_w, direct)  # (V, D) fp32
         # (out of place: under torch.compile, torch 2.11 loses the gradient of an output that was
         # updated in place, and every gradient through the loss came out 0)
         total = -torch.cat(target_lps or [x.new_zeros(0, dtype=torch.float32)]).masked_fill(ignored, 0).sum()
