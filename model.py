@@ -17,12 +17,14 @@ scripts/export_hf.py runs). In short:
                each fed its input times sigmoid(its logit); a dense SwiGLU (mlp_dim) otherwise.
 
 What it holds, one section each, in this order:
-    building blocks     RMSNorm, FeedForward (SwiGLU), rope_frequencies, rope_tables, apply_rope
+    building blocks     RMSNorm, compute_weight (how modules read weights), FeedForward (SwiGLU),
+                        rope_frequencies, rope_tables, apply_rope
     attention           attention_mask, Attention (GQA; chunked on RoPE layers, causal on NoPE ones)
     grouped_mm          grouped_mm_supported, grouped_mm_any_dtype and what its gradients need,
                         PermuteRows (the dispatch's gathers)
     mixture of experts  Experts, Routing, router_stats (the router losses of all layers at once), MoE
-    the decoder         to_compute_dtype, Block, Output, Llama4
+    the decoder         to_compute_dtype, CastPlan and CastOnce (weights cast at once), Block, Output,
+                        Llama4
     the vision stub     VisionModel and its parts, Projector
     the loss            linear_cross_entropy: lm_head and the cross-entropy, chunk by chunk
     generation          KVCache and CacheStep (the static KV cache), few_row_logits (decoding's logits)
@@ -56,6 +58,14 @@ How it departs from the obvious version (and from HF's code):
   materialised and no masked-out work is done.
 - Under autocast each normed activation is cast to bf16 once, in Block (`to_compute_dtype`), and
   shared by the projections that read it; autocast alone casts it again for each one (q, k, v).
+- An eager training step under autocast on CUDA casts the weights autocast would cast (every
+  matmul's but the router's) all at once, into one buffer, and their gradients back at once
+  (CastOnce: foreach copies; Llama4.weights_cast_once), where autocast casts each weight at its use
+  and backward each gradient: 996 aten ops a scout-128m step where there were 1,100. Modules read
+  their weights through compute_weight; Attention's q, k and v side by side and the experts' stacks
+  with the shared expert appended come out of the same copy ready-made. The values and gradients
+  are autocast's bit for bit (tests/test_model.py); compiled steps, evaluation, decoding, DDP and
+  checkpointed steps cast per use.
 - Without a KV cache (training and evaluation), q, k and v come from one matmul over their
   weights side by side, and RoPE and the QK norm run once over q and k together: a seventh fewer
   kernels in an eager step (one weight cast and one matmul each way instead of three, no sum of
@@ -79,6 +89,7 @@ How it departs from the obvious version (and from HF's code):
   plain text), so the two train alike; only tokens that hold it would tell them apart.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -118,6 +129,30 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight  # HF: round, then the weight
 
 
+# (module, name) -> a tensor in the compute dtype, while an eager training forward under autocast on
+# CUDA has cast the weights autocast would cast all at once (Llama4.weights_cast_once, CastPlan); else
+# empty. The modules read their matmuls' weights through compute_weight and cast_copy.
+_cast_once: dict = {}
+
+
+def cast_copy(module: nn.Module, name: str) -> torch.Tensor | None:
+    """What this forward's CastOnce made under (module, name): one of module's weights in the
+    compute dtype, or several of them put together (CastPlan); None where it made none."""
+    return None if torch.compiler.is_compiling() or not _cast_once else _cast_once.get((module, name))
+
+
+def compute_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """module's weight `name` as this forward reads it: its copy in the compute dtype where the
+    forward cast the weights at once (cast_copy), else the weight itself (which autocast casts)."""
+    w = cast_copy(module, name)
+    return getattr(module, name) if w is None else w
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """layer(x) for a Linear without bias, through compute_weight."""
+    return F.linear(x, compute_weight(layer))
+
+
 class FeedForward(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)). The shared expert and the dense layers. (Not fused into
     one gate-and-up matmul, as Attention's q, k and v are in training: on the CPU that was slower,
@@ -130,7 +165,11 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return linear(F.silu(linear(x, self.gate_proj)) * linear(x, self.up_proj), self.down_proj)
+
+    def plan_cast(self, plan: "CastPlan"):
+        for m in (self.gate_proj, self.up_proj, self.down_proj):
+            plan.weight(m)
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
@@ -234,7 +273,7 @@ class Attention(nn.Module):
                 mask = attention_mask(pos, pos, self.chunk_size)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
-        return self.o_proj(y)
+        return linear(y, self.o_proj)
 
     def _project(self, x, rope, fused: bool = True):
         """q, k, v of x (B, T, dim), RoPE (and the QK norm) applied on RoPE layers. `fused` (no KV
@@ -251,7 +290,9 @@ class Attention(nn.Module):
                 q, k = self._rope_and_norm(q, rope, v.dtype), self._rope_and_norm(k, rope, v.dtype)
             return q, k, v
         # training: one matmul; q and k side by side, so RoPE and the norm run once
-        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2Hkv)D, dim)
+        w = cast_copy(self, "qkv")  # ((H+2Hkv)D, dim), made by CastOnce, or:
+        if w is None:
+            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         qk, v = F.linear(x, w).view(B, T, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)  # (B, T, H+Hkv, D), v
         if self.use_rope:
             qk = self._rope_and_norm(qk, rope, v.dtype)
@@ -265,6 +306,15 @@ class Attention(nn.Module):
             k = k.contiguous()
             q = q if self.temperature else q.contiguous()
         return q, k, v
+
+    def plan_cast(self, plan: "CastPlan"):
+        """q, k and v side by side (_project's one matmul in training), and o."""
+        a = self.q_proj.weight.shape[0]
+        b, c = a + self.k_proj.weight.shape[0], a + 2 * self.k_proj.weight.shape[0]
+        plan.tensor(self, "qkv", (c, self.q_proj.weight.shape[1]), [
+            (self.q_proj, "weight", (slice(0, a),), False), (self.k_proj, "weight", (slice(a, b),), False),
+            (self.v_proj, "weight", (slice(b, c),), False)])
+        plan.weight(self.o_proj)
 
     def _rope_and_norm(self, t, rope, dtype):
         """RoPE, then the QK norm where there is one, both in fp32, then one cast back to `dtype`.
@@ -305,12 +355,17 @@ def grouped_mm_supported(x: torch.Tensor, widths=()) -> bool:
     fallback reads the group offsets on the host, a sync per call), for rows of `widths`
     elements (the model's dim and expert_dim) in x's dtype that are whole multiples of 16 bytes, as
     its strides must be (an expert_dim of 98 in fp32, or a dim of 60 in bf16, is not)."""
-    if not hasattr(F, "grouped_mm") or any(w * x.element_size() % 16 for w in widths):
+    return grouped_mm_supports(x.device, x.dtype, widths)
+
+
+def grouped_mm_supports(device: torch.device, dtype: torch.dtype, widths=()) -> bool:
+    """grouped_mm_supported for a tensor of `dtype` on `device`."""
+    if not hasattr(F, "grouped_mm") or any(w * dtype.itemsize % 16 for w in widths):
         return False
-    if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.bfloat16)
-    if x.device.type == "cuda":
-        return torch.cuda.get_device_capability(x.device)[0] in (9, 10) and x.dtype == torch.bfloat16
+    if device.type == "cpu":
+        return dtype in (torch.float32, torch.bfloat16)
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] in (9, 10) and dtype == torch.bfloat16
     return False
 
 
@@ -430,12 +485,12 @@ class Experts(nn.Module):
 
     def expert(self, e: int, z: torch.Tensor) -> torch.Tensor:
         """Expert e on its inputs z (n, dim) -> (n, dim): the fallback's and MoE._reference's."""
-        gate, up = (z @ self.gate_up_proj[e]).chunk(2, dim=-1)  # (n, 2I) -> (n, I) each
-        return (F.silu(gate) * up) @ self.down_proj[e]  # (n, dim)
+        gate, up = (z @ compute_weight(self, "gate_up_proj")[e]).chunk(2, dim=-1)  # (n, 2I) -> (n, I) each
+        return (F.silu(gate) * up) @ compute_weight(self, "down_proj")[e]  # (n, dim)
 
     def forward(self, xs: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
         """xs (M, dim) sorted by expert, ends (E,) int32 end row of each expert's group -> (M, dim)."""
-        w1, w2 = self.gate_up_proj, self.down_proj
+        w1, w2 = compute_weight(self, "gate_up_proj"), compute_weight(self, "down_proj")
         if torch.is_autocast_enabled(xs.device.type):  # grouped_mm is not on autocast's list
             dtype = torch.get_autocast_dtype(xs.device.type)
             xs, w1, w2 = xs.to(dtype), w1.to(dtype), w2.to(dtype)
@@ -455,17 +510,39 @@ class Experts(nn.Module):
         weights are read where they are; on the CPU the copy (40 MB a layer at scout-128m, past
         malloc's threshold for mapping fresh pages) cost more than the ops saved; decoding
         (MoE.forward) would copy them all at each token."""
-        kind, widths = xs.device.type, (xs.shape[-1], self.down_proj.shape[1])  # (dim, I)
-        dtype = torch.get_autocast_dtype(kind)
-        if not (kind in SHARED_IN_GROUPS_DEVICES and torch.is_autocast_enabled(kind)
-                and grouped_mm_supported(xs.to(dtype), widths)):
+        if not self.shares_groups(xs.device):
             return self(xs, ends), shared(h)
-        gate_up = torch.cat([shared.gate_proj.weight, shared.up_proj.weight]).t()  # (2I, dim) -> (dim, 2I)
-        w1 = torch.cat([self.gate_up_proj, gate_up[None]]).to(dtype)  # (E + 1, dim, 2I): the shared last
-        w2 = torch.cat([self.down_proj, shared.down_proj.weight.t()[None]]).to(dtype)  # (E + 1, I, dim)
+        dtype = torch.get_autocast_dtype(xs.device.type)
+        w1, w2 = cast_copy(self, "w1"), cast_copy(self, "w2")  # made by CastOnce, or:
+        if w1 is None:
+            gate_up = torch.cat([shared.gate_proj.weight, shared.up_proj.weight]).t()  # (dim, 2I)
+            w1 = torch.cat([self.gate_up_proj, gate_up[None]]).to(dtype)  # (E + 1, dim, 2I): the shared last
+            w2 = torch.cat([self.down_proj, shared.down_proj.weight.t()[None]]).to(dtype)  # (E + 1, I, dim)
         offs = F.pad(ends, (0, 1), value=len(xs) + len(h))  # (E + 1,): h's rows after the experts'
         ys = self._grouped(torch.cat([xs.to(dtype), h.to(dtype)]), w1, w2, offs)  # (M + N, dim)
         return ys.split([len(xs), len(h)])
+
+    def shares_groups(self, device: torch.device) -> bool:
+        """Whether with_shared runs the shared expert as one more group (autocast on, on CUDA, where
+        grouped_mm takes autocast's dtype and the widths)."""
+        kind, widths = device.type, (self.gate_up_proj.shape[1], self.down_proj.shape[1])  # (dim, I)
+        return (kind in SHARED_IN_GROUPS_DEVICES and torch.is_autocast_enabled(kind)
+                and grouped_mm_supports(device, torch.get_autocast_dtype(kind), widths))
+
+    def plan_cast(self, plan: "CastPlan", shared: FeedForward):
+        """The experts' weights and the shared expert's: as with_shared's two (E + 1) stacks where it
+        runs the shared expert as one more group, else each alone."""
+        if not self.shares_groups(self.gate_up_proj.device):
+            plan.weight(self, "gate_up_proj")
+            plan.weight(self, "down_proj")
+            return shared.plan_cast(plan)
+        (E, dim, I2), I, every = self.gate_up_proj.shape, self.down_proj.shape[1], slice(None)
+        plan.tensor(self, "w1", (E + 1, dim, I2), [  # the shared expert's gate and up, transposed, last
+            (self, "gate_up_proj", (slice(0, E),), False),
+            (shared.gate_proj, "weight", (E, every, slice(0, I)), True),
+            (shared.up_proj, "weight", (E, every, slice(I, I2)), True)])
+        plan.tensor(self, "w2", (E + 1, I, dim), [
+            (self, "down_proj", (slice(0, E),), False), (shared.down_proj, "weight", (E,), True)])
 
     def _grouped(self, xs, w1, w2, offs):
         """forward through torch's grouped GEMM: two grouped_mm calls over all experts at once; offs
@@ -570,6 +647,9 @@ class MoE(nn.Module):
             out = self._reference(h, top_idx, scores)
         return out.view_as(x), Routing(logits, ends)  # out (N, dim) -> (B, T, dim)
 
+    def plan_cast(self, plan: "CastPlan"):
+        self.experts.plan_cast(plan, self.shared_expert)  # (not the router's: it runs in fp32)
+
     def _sparse(self, h, order, ends, scores, decoding=False):
         arange = torch.arange(order.shape[0], device=order.device)
         rank = arange.scatter(0, order, arange)  # (N*k,) each assignment's sorted row: order's inverse
@@ -609,6 +689,108 @@ def to_compute_dtype(x: torch.Tensor) -> torch.Tensor:
     in bf16 before the one cast back, not in fp32 after several: rounding, no more."""
     kind = x.device.type
     return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
+
+
+# where a training forward casts the weights once, all together (Llama4.weights_cast_once): CUDA.
+# Not the CPU, which is bound by arithmetic, not launches, and where the buffers (the copies' and the
+# gradients', past malloc's threshold for mapping fresh pages) cost page faults at every step
+CAST_ONCE_DEVICES = ("cuda",)
+
+
+CAST_ALIGN = 128  # elements: where each tensor starts in CastOnce's buffers (256 bytes in bf16), as the
+# caching allocator aligns its own blocks: cuBLAS picks slower kernels for operands not aligned to 16
+# bytes, and grouped_mm refuses them
+
+
+def flat_views(shapes, dtype: torch.dtype, device) -> list[torch.Tensor]:
+    """Views in `shapes` of one new buffer, each starting at a multiple of CAST_ALIGN elements."""
+    sizes = [math.prod(s) for s in shapes]
+    padded = [-(-n // CAST_ALIGN) * CAST_ALIGN for n in sizes]
+    flat = torch.empty(sum(padded), dtype=dtype, device=device)
+    return [(v if n == p else v[:n]).view(s) for v, n, p, s in zip(flat.split(padded), sizes, padded, shapes,
+                                                                     strict=True)]
+
+
+class CastPlan:
+    """The compute-dtype tensors one CastOnce makes, and where each weight goes in them. A tensor is
+    one weight, read through compute_weight(module, name), or several put together, read through
+    cast_copy(module, key): Attention's q, k and v side by side, the experts with the shared expert
+    appended (Experts.with_shared). A weight's place in its tensor is a view in the weight's shape
+    (an index, then a transpose or not), and the same view of the tensor's gradient is its
+    gradient. Data only (no closures): a model keeps its plans (Llama4.weights_cast_once)."""
+
+    def __init__(self):
+        self.keys, self.shapes = [], []  # per tensor made: (module, name), shape
+        self.slots, self.places = [], []  # per weight: (module, name), (tensor's index, index, transposed)
+
+    def weight(self, module: nn.Module, name: str = "weight"):
+        self.tensor(module, name, getattr(module, name).shape, [(module, name, (), False)])
+
+    def tensor(self, module: nn.Module, name: str, shape, pieces):
+        """A tensor of `shape`, cast_copy(module, name), of pieces [(module, weight name, index,
+        transposed)]: weight = tensor[index], transposed or not."""
+        for m, n, index, transposed in pieces:
+            self.slots.append((m, n))
+            self.places.append((len(self.shapes), index, transposed))
+        self.keys.append((module, name))
+        self.shapes.append(torch.Size(shape))
+
+    def weights(self) -> list[torch.Tensor]:
+        return [getattr(m, n) for m, n in self.slots]
+
+    def pieces(self, tensors) -> list[torch.Tensor]:
+        """Each weight's view of `tensors` (the tensors made, or their gradients)."""
+        views = [tensors[i][index] if index else tensors[i] for i, index, _ in self.places]
+        return [v.t() if transposed else v for v, (_, _, transposed) in zip(views, self.places, strict=True)]
+
+
+class CastOnce(torch.autograd.Function):
+    """The weights -> the tensors of a CastPlan in `dtype`, views of one buffer (flat_views) that
+    foreach copies fill; backward reads each weight's gradient out of the tensors' gradients the
+    same way, cast back into one buffer. Two or three ops each way where autocast casts each
+    weight, backward casts each gradient back, and copies those of the weights read transposed
+    (the shared expert's in the experts' grouped GEMMs). The values are autocast's (the same
+    rounding), and so is each weight's gradient (its one use's, cast once); the weights'
+    gradients are views of one buffer."""
+
+    @staticmethod
+    def forward(ctx, plan: CastPlan, dtype, *weights):
+        ctx.plan, ctx.dtype = plan, weights[0].dtype
+        tensors = flat_views(plan.shapes, dtype, weights[0].device)
+        copy_pieces(plan, plan.pieces(tensors), weights)
+        return tuple(tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        pieces = ctx.plan.pieces(grads)
+        out = flat_views([g.shape for g in pieces], ctx.dtype, pieces[0].device)
+        copy_pieces(ctx.plan, out, pieces)
+        return None, None, *out
+
+
+def copy_pieces(plan: CastPlan, dst, src):
+    """dst[i].copy_(src[i]) for each weight, as two foreach copies: one of the weights in their own
+    layout (on CUDA one kernel for all, casting as it copies: its fast path wants each pair's strides
+    alike) and one of those the plan transposes (a copy each)."""
+    for transposed in (False, True):
+        which = [i for i, (_, _, t) in enumerate(plan.places) if t == transposed]
+        if which:
+            torch._foreach_copy_([dst[i] for i in which], [src[i] for i in which])
+
+
+@contextlib.contextmanager
+def cast_once(plan: CastPlan, dtype):
+    """Within the block, compute_weight and cast_copy give the tensors of `plan`, made by CastOnce
+    from the weights (fp32 all: else there is nothing to do, and autocast casts what it casts)."""
+    weights = plan.weights()
+    if any(w.dtype != torch.float32 for w in weights):
+        yield
+        return
+    _cast_once.update(zip(plan.keys, CastOnce.apply(plan, dtype, *weights), strict=True))
+    try:
+        yield
+    finally:
+        _cast_once.clear()
 
 
 class Block(nn.Module):
@@ -652,6 +834,10 @@ class Llama4(nn.Module):
     # "fused": with targets, linear_cross_entropy (the loss alone, no logits returned);
     # "reference": lm_head, then F.cross_entropy on the fp32 logits (tests hold them equal).
     loss_impl = "fused"
+    # an eager training forward under autocast on CUDA casts the weights autocast would cast all at
+    # once (weights_cast_once); off under DDP (runtime.data_parallel), whose gradient buckets would
+    # then all be ready at the end of backward, with no communication overlapping it
+    cast_weights_once = True
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -665,6 +851,7 @@ class Llama4(nn.Module):
             self.vision_model = VisionModel(args)
             self.multi_modal_projector = Projector(args)
         self.grad_checkpoint = False
+        self.cast_plans = {}  # (device, dtype) -> the CastPlan of weights_cast_once
         init_weights(self)
 
     def forward(self, tokens, targets=None, *, images=None, image_mask=None, positions=None, cache=None,
@@ -674,10 +861,14 @@ class Llama4(nn.Module):
         (default: every <|patch|>); positions (B, T), -1 = padding (default: counting on from the
         cache, or from 0); cache: a KVCache to write this call's keys into and read; last_only: the
         last position's logits alone, (B, 1, V). Given targets (loss_impl "fused"), no logits."""
-        B, T = tokens.shape
         if last_only and targets is not None:
             raise ValueError("last_only computes one position's logits; it cannot take targets")
         self._check_input(tokens, targets, cache)
+        with self.weights_cast_once(cache):
+            return self._forward(tokens, targets, images, image_mask, positions, cache, last_only)
+
+    def _forward(self, tokens, targets, images, image_mask, positions, cache, last_only) -> Output:
+        B, T = tokens.shape
         x = self.embed_tokens(tokens)  # (B, T, dim)
         x = self._merge_images(tokens, x, images, image_mask)
         default_pos = positions is None and cache is None
@@ -718,11 +909,38 @@ class Llama4(nn.Module):
             self._add_loss(out, x, targets, fused)
         return out
 
+    def weights_cast_once(self, cache=None):
+        """A context in which, for an eager training forward under autocast on CUDA (gradients on,
+        no KV cache, fp32 weights), the weights autocast casts for its matmuls (attention's, the
+        feed forwards' and experts', the output layer's: not the router's, norms' or embedding's)
+        are their compute-dtype copies, all made by one CastOnce (this model's CastPlan, built
+        once): two or three ops each way where autocast casts each weight and backward casts each
+        gradient back (a scout-128m step at batch 1: 996 aten ops, 1,100 before; eager on a GPU is
+        bound by launching them). The same values and gradients. Not when compiling (the compiler
+        fuses the casts), in evaluation (autocast keeps its copies for a pass of many batches),
+        decoding (it would copy every weight at each token), under DDP (cast_weights_once) or
+        with activation checkpointing (the bf16 gradients of every weight, all held until the
+        last, would add to the peak it lowered, 25% at batch 32; its recomputation casts again)."""
+        kind = self.lm_head.weight.device.type
+        if not (kind in CAST_ONCE_DEVICES and self.cast_weights_once and not self.grad_checkpoint
+                and cache is None and torch.is_grad_enabled() and torch.is_autocast_enabled(kind)
+                and not torch.compiler.is_compiling() and not _cast_once):
+            return contextlib.nullcontext()
+        device, dtype = self.lm_head.weight.device, torch.get_autocast_dtype(kind)
+        if (plan := self.cast_plans.get((device, dtype))) is None:
+            plan = self.cast_plans[device, dtype] = CastPlan()
+            for layer in self.layers:
+                layer.self_attn.plan_cast(plan)
+                layer.feed_forward.plan_cast(plan)
+            plan.weight(self.lm_head)
+        return cast_once(plan, dtype)
+
     def _add_loss(self, out: Output, x, targets, fused: bool):
         """Set out.lm_loss, the mean cross-entropy of the normed x (B, T, dim) against targets
         (B, T), and out.loss, which adds the router losses' weighted share where there are some."""
         if fused:  # x (B, T, dim) -> (B*T, dim), targets (B, T) -> (B*T,)
-            out.lm_loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            weight = compute_weight(self.lm_head)  # (V, dim)
+            out.lm_loss = linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten())
         else:  # logits (B, T, V) -> (B*T, V)
             out.lm_loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                           ignore_index=-1)
@@ -1130,7 +1348,7 @@ def few_row_logits(x: torch.Tensor, lm_head: nn.Linear) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1])  # (N, D)
     n = rows.shape[0]
     if x.device.type != "cpu" or n > FEW_ROWS or (torch.is_grad_enabled() and x.requires_grad):
-        return lm_head(x)
+        return linear(x, lm_head)
     both = torch.cat([rows, rows]) if n == 1 else rows  # (max(N, 2), D)
     return (lm_head.weight @ both.t()).t()[:n].reshape(*x.shape[:-1], -1)  # (N, V) -> (..., V)
 

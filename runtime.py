@@ -119,7 +119,10 @@ def data_parallel(model, device: torch.device, find_unused: bool):
     """DDP around model, with no broadcast of rank 0's buffers at each forward: they are RoPE tables
     and the MoE layers' expert ids, which each rank makes alike from the settings. torch 2.13 calls
     that forward_sync_buffers (and warns, on every rank, at broadcast_buffers, which is all that
-    earlier versions know)."""
+    earlier versions know). The model's weights are cast per use, not all at once
+    (Llama4.cast_weights_once): at once, every gradient would reach DDP's buckets at the end of
+    backward, and no all-reduce would overlap it."""
+    model.cast_weights_once = False
     ddp = torch.nn.parallel.DistributedDataParallel
     known = inspect.signature(ddp).parameters
     no_broadcast = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"

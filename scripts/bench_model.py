@@ -318,7 +318,8 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     max_memory_allocated counts. So a machine with no GPU can tell what a step needs on one.
     cuda: what CUDA's kernels keep for backward where they differ from the CPU's (RMSNorm), and
     the fused loss's CUDA path (GEMMs that write fp32: model.fp32_out_gemm) and the shared expert
-    in the experts' grouped GEMMs (model.SHARED_IN_GROUPS_DEVICES); the experts are
+    in the experts' grouped GEMMs (model.SHARED_IN_GROUPS_DEVICES) and the weights cast at once
+    (model.CAST_ONCE_DEVICES); the experts are
     modelled on grouped_mm, which CUDA runs in bf16 only (fp32 there loops over the experts: the
     same saved tensors, other temporaries).
     Returns bytes: {"step", "held" (parameters and optimizer state), and the step's parts by
@@ -337,7 +338,9 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     loss = mock.patch.object(model_module, "FP32_OUT_DEVICES", ("cpu",)) if cuda else contextlib.nullcontext()
     shared = mock.patch.object(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",)) if cuda \
         else contextlib.nullcontext()
-    with FakeTensorMode(), norm, loss, shared:
+    once = mock.patch.object(model_module, "CAST_ONCE_DEVICES", ("cpu",)) if cuda \
+        else contextlib.nullcontext()
+    with FakeTensorMode(), norm, loss, shared, once:
         step, job = make_step(variant, base, batch, cpu, dtype)
         step()  # the optimizer's state appears here, and is held between steps from now on
         tracker = MemTracker()

@@ -63,11 +63,13 @@ def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, shared
     """What train.py runs on CUDA, on the CPU: fullgraph=True under bf16 autocast, the fused loss
     included (it casts once and turns autocast off inside), close to eager in loss and in every
     parameter's gradient (bf16 rounding: a few percent of each one's largest), the experts' too;
-    and with the shared expert in the experts' grouped GEMMs, as on CUDA
-    (model.SHARED_IN_GROUPS_DEVICES)."""
+    and on CUDA's path, the shared expert in the experts' grouped GEMMs (model.SHARED_IN_GROUPS_DEVICES)
+    and the eager step's weights cast at once (model.CAST_ONCE_DEVICES), which a compiled one leaves
+    to the compiler."""
     import model as model_module
     if shared_in_groups:
         monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
+        monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
     torch.manual_seed(0)
     model = Llama4(debug_args(router_noise=False)).train()
     x = torch.randint(0, model.args.vocab_size, (2, 32))
@@ -213,8 +215,9 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     passes, 1 for bytes); then 826 and 563, the router and its noise one matmul; then 810 and 563,
     each expert's group of rows ending where a search of the sorted keys says (no count by
     scatter-add, nor its cumsum), the permutation's inverse an out-of-place scatter; now 810 and 563,
-    and 774 on CUDA's path, where the shared expert is one more group of the routed experts' grouped
-    GEMMs (the budgets leave a little room for a torch update)."""
+    and on CUDA's path 706 and 521: the shared expert one more group of the routed experts' grouped
+    GEMMs (774 with it alone), and the weights autocast casts cast all at once, their gradients cast
+    back at once (model.CastOnce) (the budgets leave a little room for a torch update)."""
     import config
     from scripts import bench_model
     base = config.to_dict(debug_args())
@@ -225,8 +228,11 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     import model as model_module  # CUDA's path: the shared expert in the experts' grouped GEMMs
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
-        cuda_path = bench_model.ops_per_step("moe", base, 4, cpu, bf16)
-    assert cuda_path <= 790 and ops["moe"] - cuda_path == 4 * 9, (cuda_path, ops)
+        shared = bench_model.ops_per_step("moe", base, 4, cpu, bf16)
+        mp.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
+        cuda_path = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
+    assert ops["moe"] - shared == 4 * 9, (shared, ops)
+    assert cuda_path["moe"] <= 720 and cuda_path["dense"] <= 535, cuda_path
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsys):

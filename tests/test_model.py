@@ -1510,3 +1510,136 @@ def test_an_eager_cache_step_reads_only_the_slots_written(monkeypatch):
     assert set(got[:model.args.n_layers]) == {5} and set(got[model.args.n_layers:]) == {6}
     cache.seen = 40
     assert cache.step(torch.tensor([[39], [39]])).n == 13
+
+
+
+class WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts foreach copies (CastOnce's) and casts from fp32 to bf16 (autocast's and the loss's
+    casts of the weights, and of activations: compare differences)."""
+
+    def __init__(self):
+        super().__init__()
+        self.foreach, self.casts = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.foreach += func is torch.ops.aten._foreach_copy_.default
+        self.casts += (func is torch.ops.aten._to_copy.default and args[0].dtype == torch.float32
+                       and (kwargs or {}).get("dtype") == torch.bfloat16)
+        return func(*args, **(kwargs or {}))
+
+
+def cast_once_step(monkeypatch, once: bool, shared_in_groups: bool = True, micro_batches: int = 2,
+                   **overrides):
+    """A bf16-autocast training step of a debug model on CUDA's path (model.CAST_ONCE_DEVICES, and
+    SHARED_IN_GROUPS_DEVICES where shared_in_groups, on the CPU), its weights cast at once or per
+    use: (losses, gradients, WeightCasts)."""
+    monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
+    monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",) if shared_in_groups else ())
+    torch.manual_seed(0)
+    model = Llama4(debug_args(**overrides)).train()
+    model.cast_weights_once = once
+    x = torch.randint(0, model.args.vocab_size, (micro_batches, 2, 32),
+                      generator=torch.Generator().manual_seed(1))
+    losses = []
+    with WeightCasts() as counted:
+        for i in range(micro_batches):  # gradients accumulate over micro-batches, as train.accumulate's do
+            torch.manual_seed(5 + i)  # (the router noise)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x[i], targets=x[i])
+            assert model_module._cast_once == {}  # (the copies are the forward's alone)
+            out.loss.backward()
+            losses.append(float(out.loss.detach()))
+    return losses, {n: p.grad for n, p in model.named_parameters()}, counted
+
+
+@pytest.mark.parametrize("moe_every, shared_in_groups", [(1, True), (2, True), (1, False)])
+def test_weights_cast_at_once_give_autocasts_losses_and_gradients_bit_for_bit(monkeypatch, moe_every,
+                                                                              shared_in_groups):
+    """An eager training forward under autocast on CUDA (its path here, on the CPU) casts the weights
+    autocast casts all at once (model.CastOnce: foreach copies, not a cast per weight and a cast back
+    per gradient): the same losses and every gradient bit for bit, over two micro-batches whose
+    gradients accumulate, with dense layers too (moe_every 2), and with the shared expert in the
+    experts' grouped GEMMs (its weights transposed into their stacks) or not.
+    Bugs caught: a weight read as itself beside its copy (cast again, and a zero gradient beside the
+    real one), a gradient cast back to another weight of its shape (the plan's order), the shared
+    expert's transposed gradients."""
+    per_use = cast_once_step(monkeypatch, False, shared_in_groups, moe_every=moe_every)
+    once = cast_once_step(monkeypatch, True, shared_in_groups, moe_every=moe_every)
+    assert per_use[0] == once[0]
+    assert per_use[1].keys() == once[1].keys()
+    for name, g in per_use[1].items():
+        assert torch.equal(g, once[1][name]), name
+    # two micro-batches, each way: one foreach copy, and one more of the shared expert's transposed weights
+    assert (per_use[2].foreach, once[2].foreach) == (0, 2 * 2 * (2 if shared_in_groups else 1))
+    # the casts a forward no longer makes: q, k and v (one cast), o; the experts' two stacks, or their
+    # two weights and the shared expert's three; a dense layer's three; the output layer's
+    layers, moe = debug_args().n_layers, debug_args().n_layers // moe_every
+    weights = 2 * layers + (2 if shared_in_groups else 5) * moe + 3 * (layers - moe) + 1
+    assert per_use[2].casts - once[2].casts == 2 * weights
+
+
+@pytest.mark.parametrize("case", ["cpu", "flag off (DDP)", "checkpointing", "no gradients", "decoding",
+                                  "no autocast", "bf16 weights"])
+def test_weights_are_cast_per_use_where_casting_at_once_does_not_pay(monkeypatch, case):
+    """Llama4.weights_cast_once casts at once only in an eager training forward under autocast, on
+    CUDA (model.CAST_ONCE_DEVICES), fp32 weights, outside DDP (runtime.data_parallel turns
+    cast_weights_once off: every gradient would reach its buckets at the end of backward) and without
+    activation checkpointing (all the gradients at once would add a bf16 copy of every weight's to
+    the peak a checkpointed step lowered; its recomputation casts again anyway); not in evaluation,
+    which autocast's cache serves over a pass, nor in decoding (every weight copied at each token).
+    Each of those runs as before: no foreach copy, no copy left behind."""
+    if case != "cpu":
+        monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
+    torch.manual_seed(0)
+    model = Llama4(debug_args(router_noise=False)).train()
+    model.cast_weights_once = case != "flag off (DDP)"
+    model.set_grad_checkpointing(case == "checkpointing")
+    if case == "bf16 weights":
+        model = model.to(torch.bfloat16).reset_buffers()
+    x = torch.randint(0, model.args.vocab_size, (2, 16))
+    cache = KVCache(model.args, 2) if case == "decoding" else None
+    with WeightCasts() as counted, torch.set_grad_enabled(case not in ("no gradients", "decoding")), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=case != "no autocast"):
+        out = model(x, targets=None if cache else x, cache=cache)
+    assert counted.foreach == 0 and model_module._cast_once == {}
+    assert out.logits is not None or out.loss.isfinite()
+
+
+def test_a_forward_that_fails_leaves_no_weight_copies_behind(monkeypatch):
+    """The weights' copies of a forward that raised (out of memory, say) are dropped with it, and the
+    next forward casts its own.
+    Bug caught: copies left in model._cast_once would be read by every later forward, evaluation and
+    decoding included, stale and in bf16."""
+    monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
+    torch.manual_seed(0)
+    model = Llama4(debug_args()).train()
+    x = torch.randint(0, model.args.vocab_size, (2, 16))
+    norm = model.norm.forward
+    monkeypatch.setattr(model.norm, "forward", lambda t: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="out of memory"):
+        model(x, targets=x)
+    assert model_module._cast_once == {}
+    monkeypatch.setattr(model.norm, "forward", norm)
+    with WeightCasts() as counted, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, targets=x).loss.backward()
+    assert counted.foreach == 2  # (one each way: the shared expert on its own on the CPU)
+
+
+def test_cast_once_aligns_each_copy_and_gradient_and_casts_like_to():
+    """model.CastOnce on weights of odd sizes (3 x 5, 7): each copy and each gradient starts at a
+    multiple of model.CAST_ALIGN elements of its buffer (cuBLAS runs slower kernels on operands not
+    aligned to 16 bytes; grouped_mm refuses them), and holds w.to(bf16), transposed where the plan
+    says; each weight's gradient is its copy's, cast back.
+    Bug caught: views packed end to end, the second starting 15 elements (30 bytes) in."""
+    from model import CAST_ALIGN, CastOnce, CastPlan
+    a, b = torch.nn.Linear(5, 3, bias=False), torch.nn.Linear(7, 1, bias=False)
+    plan = CastPlan()
+    plan.weight(a)
+    plan.tensor(b, "t", (7, 1), [(b, "weight", (), True)])
+    copies = CastOnce.apply(plan, torch.bfloat16, *plan.weights())
+    assert [c.storage_offset() % CAST_ALIGN for c in copies] == [0, 0]
+    assert torch.equal(copies[0], a.weight.bfloat16()) and torch.equal(copies[1], b.weight.t().bfloat16())
+    g = [torch.randn(c.shape).to(torch.bfloat16) for c in copies]
+    torch.autograd.backward(copies, g)
+    assert [w.grad.storage_offset() % CAST_ALIGN for w in (a.weight, b.weight)] == [0, 0]
+    assert torch.equal(a.weight.grad, g[0].float()) and torch.equal(b.weight.grad, g[1].t().float())

@@ -951,7 +951,8 @@ device, world = runtime.setup_distributed(torch.device("cpu"))
 model = torch.nn.Linear(2, 2)
 model.register_buffer("table", torch.ones(3), persistent=False)
 ddp = runtime.data_parallel(model, device, find_unused=False)
-print(ddp.broadcast_buffers, ddp.will_sync_module_buffers(), ddp.find_unused_parameters)
+print(ddp.broadcast_buffers, ddp.will_sync_module_buffers(), ddp.find_unused_parameters,
+      model.cast_weights_once)
 dist.destroy_process_group()
 """
 
@@ -959,7 +960,9 @@ dist.destroy_process_group()
 def test_ddp_is_built_with_no_buffer_broadcast_and_no_warning():
     """Under torchrun every rank printed torch 2.13's FutureWarning that DDP's broadcast_buffers is
     deprecated (for forward_sync_buffers): four lines a rank at every start. Its buffers are still
-    not broadcast at each forward. (A fresh process: DDP's process group.)"""
+    not broadcast at each forward, and the model's weights are cast per use (cast_weights_once off:
+    cast at once, every gradient would reach DDP's buckets at the end of backward, overlapping no
+    all-reduce with it). (A fresh process: DDP's process group.)"""
     out = subprocess.run([sys.executable, "-c", DATA_PARALLEL], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
-    assert out.returncode == 0 and out.stdout.split() == ["False", "False", "False"], out.stderr[-3000:]
+    assert out.returncode == 0 and out.stdout.split() == ["False"] * 4, out.stderr[-3000:]
