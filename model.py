@@ -64,8 +64,9 @@ How it departs from the obvious version (and from HF's code):
   and backward each gradient: 996 aten ops a scout-128m step where there were 1,100. Modules read
   their weights through compute_weight; Attention's q, k and v side by side and the experts' stacks
   with the shared expert appended come out of the same copy ready-made. The values and gradients
-  are autocast's bit for bit (tests/test_model.py); compiled steps, evaluation, decoding, DDP and
-  checkpointed steps cast per use.
+  are autocast's bit for bit (tests/test_model.py). An eager evaluation casts them at once for its
+  whole pass (402 -> 356 ops a pass of one batch); compiled steps, decoding, DDP and checkpointed
+  steps cast per use.
 - Without a KV cache (training and evaluation), q, k and v come from one matmul over their
   weights side by side, and RoPE and the QK norm run once over q and k together: a seventh fewer
   kernels in an eager step (one weight cast and one matmul each way instead of three, no sum of
@@ -909,22 +910,24 @@ class Llama4(nn.Module):
             self._add_loss(out, x, targets, fused)
         return out
 
-    def weights_cast_once(self, cache=None):
+    def weights_cast_once(self, cache=None, whole_pass: bool = False):
         """A context in which, for an eager training forward under autocast on CUDA (gradients on,
         no KV cache, fp32 weights), the weights autocast casts for its matmuls (attention's, the
         feed forwards' and experts', the output layer's: not the router's, norms' or embedding's)
         are their compute-dtype copies, all made by one CastOnce (this model's CastPlan, built
         once): two or three ops each way where autocast casts each weight and backward casts each
         gradient back (a scout-128m step at batch 1: 996 aten ops, 1,100 before; eager on a GPU is
-        bound by launching them). The same values and gradients. Not when compiling (the compiler
-        fuses the casts), in evaluation (autocast keeps its copies for a pass of many batches),
-        decoding (it would copy every weight at each token), under DDP (cast_weights_once) or
-        with activation checkpointing (the bf16 gradients of every weight, all held until the
-        last, would add to the peak it lowered, 25% at batch 32; its recomputation casts again)."""
+        bound by launching them). The same values and gradients. `whole_pass`: for the forwards of
+        an evaluation, around all its batches (train.evaluate), as autocast's own cache lasts for a
+        pass; a forward without gradients otherwise casts per use. Not when compiling (the compiler
+        fuses the casts), decoding (it would copy every weight at each token), under DDP
+        (cast_weights_once) or with activation checkpointing (the bf16 gradients of every weight,
+        all held until the last, would add to the peak it lowered, 25% at batch 32; its
+        recomputation casts again)."""
         kind = self.lm_head.weight.device.type
         if not (kind in CAST_ONCE_DEVICES and self.cast_weights_once and not self.grad_checkpoint
-                and cache is None and torch.is_grad_enabled() and torch.is_autocast_enabled(kind)
-                and not torch.compiler.is_compiling() and not _cast_once):
+                and cache is None and (torch.is_grad_enabled() or whole_pass)
+                and torch.is_autocast_enabled(kind) and not torch.compiler.is_compiling() and not _cast_once):
             return contextlib.nullcontext()
         device, dtype = self.lm_head.weight.device, torch.get_autocast_dtype(kind)
         if (plan := self.cast_plans.get((device, dtype))) is None:

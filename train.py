@@ -466,8 +466,11 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
     if bar is not None:
         bar.reset(total=len(range(0, len(val.x), val.batch_size)))
     cutting = stop.during("this evaluation's batch (the evaluation is put off)") if stop else nullcontext()
-    try:  # one autocast for the pass: it casts its weights once, not once per batch (its cache)
-        with cutting, autocast:  # (cutting: what a signal's line says it finishes)
+    # one autocast for the pass: it casts its weights once, not once per batch (its cache); an eager
+    # model on CUDA casts them all at once for the pass (Llama4.weights_cast_once)
+    casting = model.weights_cast_once if isinstance(model, Llama4) else lambda whole_pass: nullcontext()
+    try:
+        with cutting, autocast, casting(whole_pass=True):  # (cutting: what a signal's line says it finishes)
             for i in range(0, len(val.x), val.batch_size):
                 if stop is not None and stop.requested:
                     if peers:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import debug_args, host_syncs
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import runtime
 import train
@@ -165,6 +166,46 @@ def test_an_eager_evaluation_casts_each_weight_once_a_pass():
     alone = [evaluate(slice(i, i + B))[0] for i in (0, B, 2 * B)]
     nats = sum(r["nats_per_token"] * r["tokens"] for r in alone)
     assert three["nats_per_token"] == pytest.approx(nats / three["tokens"], rel=1e-12)
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+def test_an_eager_evaluation_on_cuda_casts_the_weights_at_once_for_the_pass(monkeypatch, batches):
+    """On CUDA's path (model.CAST_ONCE_DEVICES and SHARED_IN_GROUPS_DEVICES on the CPU), an eager
+    evaluation casts the weights all at once for the whole pass (Llama4.weights_cast_once with
+    whole_pass: two foreach copies, whatever the batches), not each in every batch's forward nor
+    once per use: the same loss, bit for bit, as casting per use (cast_weights_once off), where
+    autocast's cache keeps only the copies of weights (o's), not of what is put together from
+    them, so a pass of 3 batches cast those 3 times.
+    Bug caught: a pass that made its copies per batch, or none."""
+    import model as model_module
+    monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
+    monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
+
+    class Copies(TorchDispatchMode):
+        foreach = casts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.foreach += func is torch.ops.aten._foreach_copy_.default
+            self.casts += func is torch.ops.aten._to_copy.default and args[0].dtype == torch.float32
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = Llama4(debug_args())
+    x = torch.randint(0, model.args.vocab_size, (12, 32), generator=torch.Generator().manual_seed(0))
+    n = x.numel()
+    results = {}
+    for cast_once in (False, True):
+        model.cast_weights_once = cast_once
+        val = SimpleNamespace(x=x, y=x, batch_size=12 // batches, tokens=n, bytes=n, world=World())
+        with Copies() as copies:
+            r = train.evaluate(model, val, torch.autocast("cpu", dtype=torch.bfloat16), "cpu")
+        results[cast_once] = (r["nats_per_token"], copies.foreach, copies.casts)
+    (nats, foreach, casts), (nats_once, foreach_once, casts_once) = results[False], results[True]
+    assert nats == nats_once and (foreach, foreach_once) == (0, 2)
+    # casting per use: o's weight once a pass (autocast's cache), and in every batch what the cache
+    # does not hold: q, k and v put together, the experts' two stacks, the output layer's (the loss's)
+    layers = model.args.n_layers
+    assert casts - casts_once == layers + (3 * layers + 1) * batches, (casts, casts_once)
 
 
 @pytest.mark.parametrize("compiled", [False, True])

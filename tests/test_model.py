@@ -1585,9 +1585,10 @@ def test_weights_are_cast_per_use_where_casting_at_once_does_not_pay(monkeypatch
     CUDA (model.CAST_ONCE_DEVICES), fp32 weights, outside DDP (runtime.data_parallel turns
     cast_weights_once off: every gradient would reach its buckets at the end of backward) and without
     activation checkpointing (all the gradients at once would add a bf16 copy of every weight's to
-    the peak a checkpointed step lowered; its recomputation casts again anyway); not in evaluation,
-    which autocast's cache serves over a pass, nor in decoding (every weight copied at each token).
-    Each of those runs as before: no foreach copy, no copy left behind."""
+    the peak a checkpointed step lowered; its recomputation casts again anyway); not in a forward
+    without gradients unless for a whole pass (train.evaluate's: tests/test_compile.py), nor in
+    decoding (every weight copied at each token). Each of those runs as before: no foreach copy,
+    no copy left behind."""
     if case != "cpu":
         monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
     torch.manual_seed(0)
