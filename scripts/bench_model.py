@@ -16,14 +16,16 @@ Compares, on the same token batch and in one run (timings interleaved, medians r
               this training batch, 4x as many sequences (eval mode, no gradients, the loss without
               logits), the pace of train.py's validation passes
   hf          transformers' Llama4ForCausalLM with identical weights (it runs every expert), eager
-  moe+compile, dense+compile, moe+eval+compile   the same, torch.compile'd (with --compile; on by
-              default on CUDA), at the largest batch only unless --compile_batches says otherwise;
-              the batches that compile are measured first (a run cut at a deadline keeps them)
+  moe+compile, dense+compile, moe+eval+compile, moe+ckpt+compile   the same, torch.compile'd (with
+              --compile; on by default on CUDA, where train.py compiles by default), at the largest
+              batch only unless --compile_batches says otherwise; the batches that compile are
+              measured first (a run cut at a deadline keeps them)
 and reports per variant: step time, tokens/s, MFU (train.py's FLOPs per token against the device
 peak: the GPU table, or a GEMM timed now on CPU; a third of them for evaluation, which has no
 backward pass), aten ops per step of the eager variants (a CPU
 proxy for kernel launches: view ops excluded) and the peak memory of a step for moe, moe+ckpt and
-moe+plain-loss (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
+moe+plain-loss, and on CUDA for moe+compile and moe+ckpt+compile, checkpointing's saving as train.py
+runs it there (torch.cuda.max_memory_allocated on CUDA; on CPU the peak RSS above the post-setup
 baseline, in a fresh subprocess per variant), beside what scripts/memory_model.py computes for it
 on fake tensors (so that each run checks that model; --no-modelled skips that CPU work). Ratios
 are what the README quotes. A compiled variant's warm-up steps (the weights, batch and router
@@ -120,7 +122,7 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
         with tempfile.TemporaryDirectory() as d:
             export_hf(ours.cpu(), d)
             model = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").to(device).train()
-    ours.set_grad_checkpointing(variant == "moe+ckpt")
+    ours.set_grad_checkpointing(variant.startswith("moe+ckpt"))
     ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model
     if variant.endswith("+compile"):  # static shapes, as train.py compiles: one graph per batch size
@@ -147,13 +149,20 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), failed=None, warm=None):
+# on CUDA, the step memory of these is taken after their warm-up (peak_memory would compile them again):
+# checkpointing's saving as train.py runs it there
+COMPILED_PEAKS = ("moe+compile", "moe+ckpt+compile")
+
+
+def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), failed=None, warm=None,
+                  peaks=None):
     """Median seconds per step of each variant, and a profile of those in `profiled`. A variant
     that fails to build or warm up (a compiler failure, out of memory at a large batch) is left
     out with a warning, and its reason goes to `failed`: the others are still measured (a GPU
     lease is too short to lose them). `warm` gets each training variant's warm-up steps'
     (lm_loss, gradient norm), for `disagreements`; an eager twin of a compiled variant there
-    then warms up as many steps as it."""
+    then warms up as many steps as it. `peaks` gets, on CUDA, the step memory of the
+    COMPILED_PEAKS variants (bytes, as peak_memory), from one more step after their warm-up."""
     steps = {}
     for v in variants:
         try:
@@ -164,6 +173,8 @@ def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), fa
                 if warm is not None and hasattr(out, "grad_norm"):  # (a host read, in the warm-up)
                     warm.setdefault(v, []).append((float(out.losses[1]), float(out.grad_norm)))
             sync(device)
+            if peaks is not None and v in COMPILED_PEAKS and device.type == "cuda":
+                peaks[v] = cuda_step_memory(steps[v], device)
         except UserError:  # a bad setting: every variant's, said in one line
             raise
         except Exception as e:
@@ -272,18 +283,23 @@ def peak_memory_child(variant: str, base: dict, batch: int, dtype) -> int:
     return (_rss_kb("VmHWM") - baseline) * 1024
 
 
+def cuda_step_memory(step, device) -> int:
+    """Bytes one more call of `step` takes on CUDA above what is held before it."""
+    sync(device)
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - held
+
+
 def peak_memory(variant, base, batch, device, dtype) -> int:
     """Bytes a training step takes above what is held between steps."""
     if device.type == "cuda":
         step, _ = make_step(variant, base, batch, device, dtype)
         step()
-        sync(device)
-        torch.cuda.empty_cache()
-        held = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - held
+        return cuda_step_memory(step, device)
     # glibc otherwise keeps freed memory, so RSS would show the allocator's history, not the step's
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--base", json.dumps(base),
@@ -367,6 +383,7 @@ def modelled_mb(variant, base, batch, dtype, cuda: bool) -> float | None:
 
 MEMORY_RATIOS = {  # name: (with, without) the saving, of step memory: 1 - with / without
     "ckpt_memory_saving": ("moe+ckpt", "moe"),
+    "ckpt_memory_saving_compiled": ("moe+ckpt+compile", "moe+compile"),
     "fused_loss_memory_saving": ("moe", "moe+plain-loss"),
 }
 
@@ -380,6 +397,7 @@ def memory_ratios(mem: dict) -> dict:
 TIME_RATIOS = {  # name: (numerator, denominator) of seconds per token, where both were measured
     "moe_over_dense_time": ("moe", "dense"),
     "ckpt_over_moe_time": ("moe+ckpt", "moe"),
+    "ckpt_over_moe_time_compiled": ("moe+ckpt+compile", "moe+compile"),
     "plain_loss_over_fused_time": ("moe+plain-loss", "moe"),
     "eval_over_train_speed": ("moe", "moe+eval"),  # validation tokens/s over training tokens/s
     "hf_over_ours_time": ("hf", "moe"),
@@ -390,7 +408,8 @@ TIME_RATIOS = {  # name: (numerator, denominator) of seconds per token, where bo
 }
 
 
-AGREE_WITH = {"moe+compile": "moe", "dense+compile": "dense"}  # compiled: the eager step it must equal
+# compiled: the eager step it must equal
+AGREE_WITH = {"moe+compile": "moe", "dense+compile": "dense", "moe+ckpt+compile": "moe+ckpt"}
 AGREE_TOL = {"lm_loss": 0.01, "gradient norm": 0.05}  # relative, step by step (the same weights, batch
 # and router noise): bf16 rounding and a routing tie or two, not a lost gradient (under torch.compile,
 # torch 2.11 once took every gradient through the fused loss as 0: the loss, a fast step, nothing learnt)
@@ -414,12 +433,14 @@ def disagreements(warm: dict) -> dict:
 
 def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=(),
                   model_memory=True) -> dict:
-    failed, warm = {}, {}
-    secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed, warm)
+    failed, warm, peaks = {}, {}, {}
+    secs, profiles = time_variants(variants, base, batch, repeats, device, dtype, profiled, failed, warm,
+                                   peaks)
     fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
     tok_s = {v: rows(v, batch) * base["max_seq_len"] / s for v, s in secs.items()}
     measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in secs]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
+    mem |= {v: peaks[v] / 2**20 for v in peaks if v in secs}  # (CUDA's compiled steps, from their warm-up)
     cuda = device.type == "cuda"
     modelled = {v: m for v in measured if model_memory and (m := modelled_mb(v, base, batch, dtype, cuda))}
     out = {"step_seconds": secs, "tokens_per_second": tok_s,
@@ -547,7 +568,8 @@ def main(argv=None):
 
     def variants_at(batch):  # compiling takes most of a GPU run's time: at the batches asked only
         compiling = compiled and batch in compile_batches
-        return variants + (["moe+compile", "dense+compile", "moe+eval+compile"] if compiling else [])
+        return variants + (["moe+compile", "dense+compile", "moe+eval+compile", "moe+ckpt+compile"]
+                           if compiling else [])
     peak = runtime.peak_flops(device, dtype)
     with torch.device("meta"):
         counts = {v: count_parameters(Llama4(variant_args(v, base))) for v in ["moe", "dense"]}
