@@ -113,13 +113,17 @@ def test_a_training_step_makes_no_host_sync(tmp_path, corpus):
     assert run(9) == run(3)
 
 
-def test_a_compiled_run_compiles_each_graph_once(tmp_path, corpus):
+@pytest.mark.parametrize("compile_eval_after_s", [0.0, train.COMPILE_EVAL_AFTER_S])
+def test_a_compiled_run_compiles_each_graph_once(tmp_path, corpus, monkeypatch, compile_eval_after_s):
     """train.py --compile true compiles three graphs whatever the run's length: the start-up
-    preflight, the training forward (with its backward) and the evaluation forward. Going back and
-    forth between training and evaluation, logging and saving recompile nothing (on a GPU each
-    recompile of scout-128m would cost about a minute). Runs of 4 and 8 steps, evaluating, logging
-    and saving every 2, compile the same graphs."""
+    preflight, the training forward (with its backward) and the evaluation forward, once the eager
+    evaluations have taken train.COMPILE_EVAL_AFTER_S (at 0, from the first); with the default, a
+    short run's fast evaluations stay eager and compile nothing. Going back and forth between
+    training and evaluation, logging and saving recompile nothing (on a GPU each recompile of
+    scout-128m would cost about a minute). Runs of 4 and 8 steps, evaluating, logging and saving
+    every 2, compile the same graphs."""
     from torch._dynamo.utils import counters
+    monkeypatch.setattr(train, "COMPILE_EVAL_AFTER_S", compile_eval_after_s)
 
     def graphs(steps):
         torch._dynamo.reset()
@@ -129,7 +133,7 @@ def test_a_compiled_run_compiles_each_graph_once(tmp_path, corpus):
                     "--max_steps", str(steps), "--eval_every", "2", "--log_every", "2", "--save_every", "2",
                     "--run", f"c{steps}"])
         return counters["stats"]["unique_graphs"], counters["frames"]["ok"]
-    assert graphs(8) == graphs(4) == (3, 2)
+    assert graphs(8) == graphs(4) == ((3, 2) if compile_eval_after_s == 0 else (2, 1))
 
 
 def test_an_eager_evaluation_casts_each_weight_once_a_pass():
@@ -411,13 +415,15 @@ def test_a_compiled_model_that_fails_at_first_runs_eagerly_as_an_eager_run(tmp_p
                                                                            capsys, fail, calls, mode):
     """A compiled model's first steps and evaluations (compiling; under CUDA graphs, recording on
     the second call) may fail on a GPU the project never ran on. One warning line, then the run
-    goes on eagerly: the failed step again, from the same batches and seeds. The stand-in's
+    goes on eagerly: the failed step again, from the same batches and seeds (evaluations compiled
+    from the first: train.COMPILE_EVAL_AFTER_S at 0). The stand-in's
     calls before its failure are the eager model's, so metrics and final weights equal an eager
     run's exactly (a real compiled first step differs in rounding). Later calls never go to the
     compiled model again."""
     import json
 
     import runtime
+    monkeypatch.setattr(train, "COMPILE_EVAL_AFTER_S", 0.0)
     runners = []
 
     def failing(model, *args, **kwargs):

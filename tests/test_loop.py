@@ -7,6 +7,7 @@ ties, an evaluation's seconds, --eval_only's line.
 Each test names the bug it catches: a mutation audit found these went unnoticed."""
 
 import json
+import math
 import signal
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -193,9 +194,10 @@ def test_a_step_whose_gradient_overflowed_to_inf_is_skipped(monkeypatch):
 
 # --- a compiled model's fallback ------------------------------------------------------------
 
-def fallback_job(trials=1, eval_trials=1, size=1):
-    said = []
-    return SimpleNamespace(trials=trials, eval_trials=eval_trials, world=runtime.World(0, size),
+def fallback_job(trials=1, eval_trials=1, size=1, eager_eval_s=math.inf):
+    said = []  # (eager_eval_s: by default, the eager evaluations have taken long enough to compile)
+    return SimpleNamespace(trials=trials, eval_trials=eval_trials, eager_eval_s=eager_eval_s,
+                           world=runtime.World(0, size),
                            log=said.append, model="eager", compiled="compiled", runner="ddp(compiled)",
                            said=said, opt=SimpleNamespace(zero_grad=lambda set_to_none: None))
 
@@ -235,6 +237,28 @@ def test_a_compiled_evaluation_that_fails_after_its_trials_is_raised(monkeypatch
     with pytest.raises(RuntimeError, match="not the compiler"):
         train.evaluate_job(job)
     assert calls == ["compiled", "compiled"] and job.said == []
+
+
+def test_a_compiled_run_evaluates_eagerly_until_its_evaluations_have_cost_what_compiling_does(monkeypatch):
+    """Compiling the evaluation costs seconds (8 for scout-128m on an H200) where an eager pass over a
+    small validation set takes a fraction of one: a compiled run's evaluations run the eager model
+    until they have taken train.COMPILE_EVAL_AFTER_S in all, then the compiled one (with its
+    fallback trials); a pass a signal cut short (None) counts nothing. Bug caught: a 90-second run
+    spent 8 s compiling an evaluation whose eager passes took 0.07 s each."""
+    passes = iter([{"seconds": 4.0}, None, *[{"seconds": 4.0}] * 3, {"seconds": 1.0}])
+    calls = []
+    monkeypatch.setattr(train, "evaluate", lambda model, *a: calls.append(model) or next(passes))
+    monkeypatch.setattr(train, "COMPILE_EVAL_AFTER_S", 10.0)
+    job = fallback_job(eval_trials=1, eager_eval_s=0.0)
+    job.val = job.autocast = job.device = None
+    results = [train.evaluate_job(job) for _ in range(6)]
+    assert calls == ["eager"] * 4 + ["compiled"] * 2 and job.eager_eval_s == 12.0
+    assert results[1] is None and job.eval_trials == 0 and job.said == []
+    job = fallback_job(eager_eval_s=0.0)  # an eager run (or one fallen back): its one model
+    job.compiled, job.val, job.autocast, job.device = job.model, None, None, None
+    monkeypatch.setattr(train, "evaluate", lambda model, *a: calls.append(model) or {"seconds": 1.0})
+    train.evaluate_job(job)
+    assert calls[-1] == "eager" and job.eager_eval_s == 0.0
 
 
 def test_a_failed_compiled_step_moves_training_and_evaluation_to_the_eager_model(monkeypatch):
@@ -714,18 +738,19 @@ def test_under_torchrun_a_resumed_windows_sums_are_rank_0s_alone(monkeypatch):
         assert float(window.applied) == applied and torch.equal(window.losses, torch.full((4,), losses))
 
 
-def test_eval_only_evaluates_the_compiled_model_and_prints_the_step_and_checkpoint(monkeypatch, tmp_path,
-                                                                                     capsys):
-    """Catches --eval_only's line without the checkpoint it evaluated or its step, or an evaluation of
-    the eager model where evaluate_job takes the compiled one (falling back as training does)."""
+def test_eval_only_evaluates_the_eager_model_and_prints_the_step_and_checkpoint(monkeypatch, tmp_path,
+                                                                                  capsys):
+    """Catches --eval_only's line without the checkpoint it evaluated or its step, or a compiled
+    model's one pass evaluated compiled (compiling it costs more than the pass saves:
+    train.COMPILE_EVAL_AFTER_S)."""
     seen = []
     monkeypatch.setattr(train, "evaluate",
-                        lambda model, val, autocast, device, stop, bar: seen.append(model) or {"x": 1})
-    job = SimpleNamespace(eval_trials=0, compiled="compiled", model="eager", val=None, autocast=None,
+                        lambda model, val, autocast, device, stop, bar: seen.append(model) or {"seconds": 1})
+    job = SimpleNamespace(eval_trials=1, compiled="compiled", model="eager", val=None, autocast=None,
                           device="cpu", world=runtime.World(), ckpt_path=tmp_path / "best.pt",
-                          imported=False)
+                          imported=False, eager_eval_s=0.0)
     result = train.evaluate_only(job, train.LoopState(step=7))
-    assert result == {"x": 1, "step": 7, "checkpoint": str(tmp_path / "best.pt")} and seen == ["compiled"]
+    assert result == {"seconds": 1, "step": 7, "checkpoint": str(tmp_path / "best.pt")} and seen == ["eager"]
     assert capsys.readouterr().out.splitlines() == [json.dumps(result)]
 
 
