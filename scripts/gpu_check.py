@@ -259,7 +259,9 @@ def run_figures(metrics: Path) -> dict:
         mfu_per_token_s = train[-1]["mfu"] / train[-1]["tokens_per_s"]
         result["end_to_end_mfu"] = result["end_to_end_tokens_per_s"] * mfu_per_token_s
     val = [r for r in records if r["kind"] == "val"]
-    passes = val[1:] or val  # the first pass compiles the evaluation graph
+    # the first pass warms up (eager: train.py compiles its evaluations only once they have taken
+    # train.COMPILE_EVAL_AFTER_S, and the pass that compiles is then a later one)
+    passes = val[1:] or val
     if passes:
         seconds = sorted(r["val_seconds"] for r in passes)[len(passes) // 2]
         result.update(evaluations=len(val), eval_seconds=seconds, eval_tokens=passes[0]["val_tokens"],
