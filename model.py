@@ -758,23 +758,25 @@ class CastOnce(torch.autograd.Function):
     def forward(ctx, plan: CastPlan, dtype, *weights):
         ctx.plan, ctx.dtype = plan, weights[0].dtype
         tensors = flat_views(plan.shapes, dtype, weights[0].device)
-        copy_pieces(plan, plan.pieces(tensors), weights)
+        copy_pieces(plan.pieces(tensors), weights)
         return tuple(tensors)
 
     @staticmethod
     def backward(ctx, *grads):
         pieces = ctx.plan.pieces(grads)
         out = flat_views([g.shape for g in pieces], ctx.dtype, pieces[0].device)
-        copy_pieces(ctx.plan, out, pieces)
+        copy_pieces(out, pieces)
         return None, None, *out
 
 
-def copy_pieces(plan: CastPlan, dst, src):
-    """dst[i].copy_(src[i]) for each weight, as two foreach copies: one of the weights in their own
-    layout (on CUDA one kernel for all, casting as it copies: its fast path wants each pair's strides
-    alike) and one of those the plan transposes (a copy each)."""
-    for transposed in (False, True):
-        which = [i for i, (_, _, t) in enumerate(plan.places) if t == transposed]
+def copy_pieces(dst: list[torch.Tensor], src: list[torch.Tensor]):
+    """dst[i].copy_(src[i]) for each i, as two foreach copies: one of the pairs whose strides are
+    alike (on CUDA one kernel for all of them, casting as it copies: its fast path takes only such
+    pairs), one of the rest (the shared expert's weights, transposed in the experts' stacks, and
+    any gradient in another layout than its weight's: a copy each)."""
+    alike = [a.stride() == b.stride() for a, b in zip(dst, src, strict=True)]
+    for same in (True, False):
+        which = [i for i, x in enumerate(alike) if x == same]
         if which:
             torch._foreach_copy_([dst[i] for i in which], [src[i] for i in which])
 
