@@ -923,11 +923,12 @@ class Llama4(nn.Module):
         an evaluation, around all its batches (train.evaluate), as autocast's own cache lasts for a
         pass; a forward without gradients otherwise casts per use. Not when compiling (the compiler
         fuses the casts), decoding (it would copy every weight at each token), under DDP
-        (cast_weights_once) or with activation checkpointing (the bf16 gradients of every weight,
-        all held until the last, would add to the peak it lowered, 25% at batch 32; its
-        recomputation casts again)."""
+        (cast_weights_once) or in a checkpointed training forward (the bf16 gradients of every
+        weight, all held until the last, would add to the peak it lowered, 25% at batch 32; its
+        recomputation casts again): a checkpointing model's evaluations still cast at once."""
         kind = self.lm_head.weight.device.type
-        if not (kind in CAST_ONCE_DEVICES and self.cast_weights_once and not self.grad_checkpoint
+        checkpointed = self.grad_checkpoint and self.training and torch.is_grad_enabled()  # (as _forward's)
+        if not (kind in CAST_ONCE_DEVICES and self.cast_weights_once and not checkpointed
                 and cache is None and (torch.is_grad_enabled() or whole_pass)
                 and torch.is_autocast_enabled(kind) and not torch.compiler.is_compiling() and not _cast_once):
             return contextlib.nullcontext()

@@ -172,15 +172,17 @@ def test_an_eager_evaluation_casts_each_weight_once_a_pass():
     assert three["nats_per_token"] == pytest.approx(nats / three["tokens"], rel=1e-12)
 
 
-@pytest.mark.parametrize("batches", [1, 3])
-def test_an_eager_evaluation_on_cuda_casts_the_weights_at_once_for_the_pass(monkeypatch, batches):
+@pytest.mark.parametrize("batches, checkpointing", [(1, False), (3, False), (3, True)])
+def test_an_eager_evaluation_on_cuda_casts_the_weights_at_once_for_the_pass(monkeypatch, batches,
+                                                                              checkpointing):
     """On CUDA's path (model.CAST_ONCE_DEVICES and SHARED_IN_GROUPS_DEVICES on the CPU), an eager
     evaluation casts the weights all at once for the whole pass (Llama4.weights_cast_once with
     whole_pass: two foreach copies, whatever the batches), not each in every batch's forward nor
     once per use: the same loss, bit for bit, as casting per use (cast_weights_once off), where
     autocast's cache keeps only the copies of weights (o's), not of what is put together from
-    them, so a pass of 3 batches cast those 3 times.
-    Bug caught: a pass that made its copies per batch, or none."""
+    them, so a pass of 3 batches cast those 3 times. A model that checkpoints its training steps
+    (--grad_checkpoint) does not checkpoint an evaluation, and casts at once there too.
+    Bugs caught: a pass that made its copies per batch, or none; none for a checkpointing model."""
     import model as model_module
     monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
     monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
@@ -195,6 +197,7 @@ def test_an_eager_evaluation_on_cuda_casts_the_weights_at_once_for_the_pass(monk
 
     torch.manual_seed(0)
     model = Llama4(debug_args())
+    model.set_grad_checkpointing(checkpointing)
     x = torch.randint(0, model.args.vocab_size, (12, 32), generator=torch.Generator().manual_seed(0))
     n = x.numel()
     results = {}
