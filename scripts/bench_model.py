@@ -162,7 +162,8 @@ def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), fa
     lease is too short to lose them). `warm` gets each training variant's warm-up steps'
     (lm_loss, gradient norm), for `disagreements`; an eager twin of a compiled variant there
     then warms up as many steps as it. `peaks` gets, on CUDA, the step memory of the
-    COMPILED_PEAKS variants (bytes, as peak_memory), from one more step after their warm-up."""
+    COMPILED_PEAKS variants (bytes, as peak_memory), from one more step after their warm-up; not
+    under CUDA graphs, whose private pool, recorded in the warm-up, is all held between steps."""
     steps = {}
     for v in variants:
         try:
@@ -173,7 +174,8 @@ def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), fa
                 if warm is not None and hasattr(out, "grad_norm"):  # (a host read, in the warm-up)
                     warm.setdefault(v, []).append((float(out.losses[1]), float(out.grad_norm)))
             sync(device)
-            if peaks is not None and v in COMPILED_PEAKS and device.type == "cuda":
+            if peaks is not None and v in COMPILED_PEAKS and device.type == "cuda" \
+                    and COMPILE_MODE not in config.CUDA_GRAPH_MODES:  # (a CUDA graph's pool is held)
                 peaks[v] = cuda_step_memory(steps[v], device)
         except UserError:  # a bad setting: every variant's, said in one line
             raise
