@@ -715,7 +715,7 @@ def flat_views(shapes, dtype: torch.dtype, device) -> list[torch.Tensor]:
 class CastPlan:
     """The compute-dtype tensors one CastOnce makes, and where each weight goes in them. A tensor is
     one weight, read through compute_weight(module, name), or several put together, read through
-    cast_copy(module, key): Attention's q, k and v side by side, the experts with the shared expert
+    cast_copy(module, name): Attention's q, k and v side by side, the experts with the shared expert
     appended (Experts.with_shared). A weight's place in its tensor is a view in the weight's shape
     (an index, then a transpose or not), and the same view of the tensor's gradient is its
     gradient. Data only (no closures): a model keeps its plans (Llama4.weights_cast_once)."""

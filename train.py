@@ -496,14 +496,16 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
         raise
     finally:
         model.train(was_training)
-    nats, tokens, n_bytes, cut = runtime.all_reduce([float(nats), val.tokens, val.bytes, float(cut)], device,
-                                                    val.world)
+    # the pass's seconds, the ranks' mean: the same on every rank (evaluate_job's switch to the
+    # compiled model, COMPILE_EVAL_AFTER_S, is then taken at the same pass by all of them)
+    nats, tokens, n_bytes, cut, seconds = runtime.all_reduce(
+        [float(nats), val.tokens, val.bytes, float(cut), time.perf_counter() - start], device, val.world)
     if cut:
         return None
     per_token = nats / max(tokens, 1)
     return {"nats_per_token": per_token, "perplexity": math.exp(min(per_token, 50)),
             "bits_per_byte": data.bits_per_byte(nats, n_bytes) if n_bytes else float("nan"),
-            "tokens": int(tokens), "bytes": int(n_bytes), "seconds": time.perf_counter() - start}
+            "tokens": int(tokens), "bytes": int(n_bytes), "seconds": seconds / val.world.size}
 
 
 # A compiled run's evaluations run the eager model until they have taken this long in all, then the

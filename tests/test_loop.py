@@ -261,6 +261,28 @@ def test_a_compiled_run_evaluates_eagerly_until_its_evaluations_have_cost_what_c
     assert calls[-1] == "eager" and job.eager_eval_s == 0.0
 
 
+def test_an_evaluations_seconds_are_the_ranks_mean_and_alike_on_every_rank(monkeypatch):
+    """Under torchrun an evaluation's seconds travel with its sums in the pass's one all-reduce, and
+    are the ranks' mean: every rank reads the same figure, so evaluate_job's switch to the compiled
+    model (train.COMPILE_EVAL_AFTER_S) comes at the same pass on all of them. The other rank is
+    faked: the all-reduce adds its figures (3 s for its pass).
+    Bug caught: each rank summed its own seconds, and near the threshold one rank compiled its
+    evaluation a pass before another (which waited in the all-reduce meanwhile)."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args())
+    x = torch.randint(0, model.args.vocab_size, (4, 16))
+    n = x.numel()
+    val = SimpleNamespace(x=x, y=x, batch_size=4, tokens=n, bytes=n, world=runtime.World(0, 2))
+    reduced = []
+
+    def all_reduce(values, device, world):
+        reduced.append(values)
+        return [v * 2 for v in values[:4]] + [values[4] + 3.0]
+    monkeypatch.setattr(train.runtime, "all_reduce", all_reduce)
+    result = train.evaluate(model, val, train.nullcontext(), "cpu")
+    assert result["seconds"] == pytest.approx((reduced[0][4] + 3.0) / 2) and result["tokens"] == 2 * n
+
+
 def test_a_failed_compiled_step_moves_training_and_evaluation_to_the_eager_model(monkeypatch):
     """Catches run_eagerly after a training step's failure leaving evaluations on the compiled model (or
     its trials), the loop on it, or dynamo's graphs (and CUDA graph memory) kept."""
