@@ -890,7 +890,7 @@ class Llama4(nn.Module):
 
         routing = []
         for layer in self.layers:
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled() and step is None:
+            if self.checkpointing() and step is None:
                 x, r = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
             else:
                 x, r = layer(x, positions, rope, step, default_pos)
@@ -926,13 +926,13 @@ class Llama4(nn.Module):
         (cast_weights_once) or in a checkpointed training forward (the bf16 gradients of every
         weight, all held until the last, would add to the peak it lowered, 25% at batch 32; its
         recomputation casts again): a checkpointing model's evaluations still cast at once."""
-        kind = self.lm_head.weight.device.type
-        checkpointed = self.grad_checkpoint and self.training and torch.is_grad_enabled()  # (as _forward's)
-        if not (kind in CAST_ONCE_DEVICES and self.cast_weights_once and not checkpointed
+        device = self.lm_head.weight.device
+        kind = device.type
+        if not (kind in CAST_ONCE_DEVICES and self.cast_weights_once and not self.checkpointing()
                 and cache is None and (torch.is_grad_enabled() or whole_pass)
                 and torch.is_autocast_enabled(kind) and not torch.compiler.is_compiling() and not _cast_once):
             return contextlib.nullcontext()
-        device, dtype = self.lm_head.weight.device, torch.get_autocast_dtype(kind)
+        dtype = torch.get_autocast_dtype(kind)
         if (plan := self.cast_plans.get((device, dtype))) is None:
             plan = self.cast_plans[device, dtype] = CastPlan()
             for layer in self.layers:
@@ -1000,6 +1000,11 @@ class Llama4(nn.Module):
 
     def set_grad_checkpointing(self, enabled: bool):
         self.grad_checkpoint = enabled
+
+    def checkpointing(self) -> bool:
+        """Whether a forward now checkpoints its layers: grad_checkpoint set, in training, gradients
+        on (and no KV cache: _forward checks that)."""
+        return self.grad_checkpoint and self.training and torch.is_grad_enabled()
 
     def reset_buffers(self, device=None):
         """Recompute the RoPE tables in fp32 and the MoE layers' expert ids (after building on meta,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import config
 
@@ -195,3 +196,18 @@ def option_helps(monkeypatch, parse) -> dict:
     with pytest.raises(SystemExit):
         parse(["--help"])
     return {a.option_strings[-1]: a.help for a in parsers[0]._actions if a.option_strings}
+
+
+class WeightCasts(TorchDispatchMode):
+    """Counts foreach copies (CastOnce's) and casts from fp32 to bf16 (autocast's and the loss's
+    casts of the weights, and of activations: compare differences)."""
+
+    def __init__(self):
+        super().__init__()
+        self.foreach, self.casts = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.foreach += func is torch.ops.aten._foreach_copy_.default
+        self.casts += (func is torch.ops.aten._to_copy.default and args[0].dtype == torch.float32
+                       and (kwargs or {}).get("dtype") == torch.bfloat16)
+        return func(*args, **(kwargs or {}))

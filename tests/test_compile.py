@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import debug_args, host_syncs
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import WeightCasts, debug_args, host_syncs
 
 import runtime
 import train
@@ -187,14 +186,6 @@ def test_an_eager_evaluation_on_cuda_casts_the_weights_at_once_for_the_pass(monk
     monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
     monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
 
-    class Copies(TorchDispatchMode):
-        foreach = casts = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.foreach += func is torch.ops.aten._foreach_copy_.default
-            self.casts += func is torch.ops.aten._to_copy.default and args[0].dtype == torch.float32
-            return func(*args, **(kwargs or {}))
-
     torch.manual_seed(0)
     model = Llama4(debug_args())
     model.set_grad_checkpointing(checkpointing)
@@ -204,7 +195,7 @@ def test_an_eager_evaluation_on_cuda_casts_the_weights_at_once_for_the_pass(monk
     for cast_once in (False, True):
         model.cast_weights_once = cast_once
         val = SimpleNamespace(x=x, y=x, batch_size=12 // batches, tokens=n, bytes=n, world=World())
-        with Copies() as copies:
+        with WeightCasts() as copies:
             r = train.evaluate(model, val, torch.autocast("cpu", dtype=torch.bfloat16), "cpu")
         results[cast_once] = (r["nats_per_token"], copies.foreach, copies.casts)
     (nats, foreach, casts), (nats_once, foreach_once, casts_once) = results[False], results[True]

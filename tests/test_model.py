@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import DEBUG, debug_args
+from conftest import DEBUG, WeightCasts, debug_args
 
 import config
 import model as model_module
@@ -1511,21 +1511,6 @@ def test_an_eager_cache_step_reads_only_the_slots_written(monkeypatch):
     cache.seen = 40
     assert cache.step(torch.tensor([[39], [39]])).n == 13
 
-
-
-class WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts foreach copies (CastOnce's) and casts from fp32 to bf16 (autocast's and the loss's
-    casts of the weights, and of activations: compare differences)."""
-
-    def __init__(self):
-        super().__init__()
-        self.foreach, self.casts = 0, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.foreach += func is torch.ops.aten._foreach_copy_.default
-        self.casts += (func is torch.ops.aten._to_copy.default and args[0].dtype == torch.float32
-                       and (kwargs or {}).get("dtype") == torch.bfloat16)
-        return func(*args, **(kwargs or {}))
 
 
 def cast_once_step(monkeypatch, once: bool, shared_in_groups: bool = True, micro_batches: int = 2,
