@@ -530,10 +530,11 @@ class Experts(nn.Module):
         return (kind in SHARED_IN_GROUPS_DEVICES and torch.is_autocast_enabled(kind)
                 and grouped_mm_supports(device, torch.get_autocast_dtype(kind), widths))
 
-    def plan_cast(self, plan: "CastPlan", shared: FeedForward):
+    def plan_cast(self, plan: "CastPlan", shared: FeedForward, grouped: bool = True):
         """The experts' weights and the shared expert's: as with_shared's two (E + 1) stacks where it
-        runs the shared expert as one more group, else each alone."""
-        if not self.shares_groups(self.gate_up_proj.device):
+        runs the shared expert as one more group, else (or where the MoE does not call with_shared:
+        `grouped` False, its reference loop) each alone."""
+        if not (grouped and self.shares_groups(self.gate_up_proj.device)):
             plan.weight(self, "gate_up_proj")
             plan.weight(self, "down_proj")
             return shared.plan_cast(plan)
@@ -648,8 +649,8 @@ class MoE(nn.Module):
             out = self._reference(h, top_idx, scores)
         return out.view_as(x), Routing(logits, ends)  # out (N, dim) -> (B, T, dim)
 
-    def plan_cast(self, plan: "CastPlan"):
-        self.experts.plan_cast(plan, self.shared_expert)  # (not the router's: it runs in fp32)
+    def plan_cast(self, plan: "CastPlan"):  # (not the router's weights: it runs in fp32)
+        self.experts.plan_cast(plan, self.shared_expert, grouped=self.impl == "sparse")
 
     def _sparse(self, h, order, ends, scores, decoding=False):
         arange = torch.arange(order.shape[0], device=order.device)
@@ -854,7 +855,7 @@ class Llama4(nn.Module):
             self.vision_model = VisionModel(args)
             self.multi_modal_projector = Projector(args)
         self.grad_checkpoint = False
-        self.cast_plans = {}  # (device, dtype) -> the CastPlan of weights_cast_once
+        self.cast_plans = {}  # (device, dtype, the MoE layers' impl) -> weights_cast_once's CastPlan
         init_weights(self)
 
     def forward(self, tokens, targets=None, *, images=None, image_mask=None, positions=None, cache=None,
@@ -933,8 +934,9 @@ class Llama4(nn.Module):
                 and torch.is_autocast_enabled(kind) and not torch.compiler.is_compiling() and not _cast_once):
             return contextlib.nullcontext()
         dtype = torch.get_autocast_dtype(kind)
-        if (plan := self.cast_plans.get((device, dtype))) is None:
-            plan = self.cast_plans[device, dtype] = CastPlan()
+        key = (device, dtype, tuple(getattr(layer.feed_forward, "impl", None) for layer in self.layers))
+        if (plan := self.cast_plans.get(key)) is None:  # (a MoE's impl changes what it reads)
+            plan = self.cast_plans[key] = CastPlan()
             for layer in self.layers:
                 layer.self_attn.plan_cast(plan)
                 layer.feed_forward.plan_cast(plan)

@@ -1514,15 +1514,16 @@ def test_an_eager_cache_step_reads_only_the_slots_written(monkeypatch):
 
 
 def cast_once_step(monkeypatch, once: bool, shared_in_groups: bool = True, micro_batches: int = 2,
-                   **overrides):
+                   impl: str = "sparse", **overrides):
     """A bf16-autocast training step of a debug model on CUDA's path (model.CAST_ONCE_DEVICES, and
     SHARED_IN_GROUPS_DEVICES where shared_in_groups, on the CPU), its weights cast at once or per
-    use: (losses, gradients, WeightCasts)."""
+    use, its MoE layers' `impl`: (losses, gradients, WeightCasts)."""
     monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
     monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",) if shared_in_groups else ())
     torch.manual_seed(0)
     model = Llama4(debug_args(**overrides)).train()
     model.cast_weights_once = once
+    set_impl(model, impl)
     x = torch.randint(0, model.args.vocab_size, (micro_batches, 2, 32),
                       generator=torch.Generator().manual_seed(1))
     losses = []
@@ -1561,6 +1562,30 @@ def test_weights_cast_at_once_give_autocasts_losses_and_gradients_bit_for_bit(mo
     layers, moe = debug_args().n_layers, debug_args().n_layers // moe_every
     weights = 2 * layers + (2 if shared_in_groups else 5) * moe + 3 * (layers - moe) + 1
     assert per_use[2].casts - once[2].casts == 2 * weights
+
+
+def test_the_reference_moe_casts_its_experts_weights_each_alone(monkeypatch):
+    """With MoE.impl = "reference" (the plain loop over experts, no grouped GEMMs) on CUDA's path, the
+    weights cast at once are the experts' and the shared expert's own, each alone, which the loop
+    reads (Experts.expert, the shared FeedForward): the losses and gradients of casting per use, bit
+    for bit, and no copy of the shared expert's weights transposed into the experts' stacks.
+    Bug caught: the stacks with_shared reads were made and never read (the loop's weights cast per
+    use besides); a plan kept from the sparse path's step."""
+    per_use = cast_once_step(monkeypatch, False, impl="reference")
+    once = cast_once_step(monkeypatch, True, impl="reference")
+    assert per_use[0] == once[0]
+    for name, g in per_use[1].items():
+        assert torch.equal(g, once[1][name]), name
+    assert once[2].foreach == 2 * 2  # two micro-batches, one foreach copy each way: nothing transposed
+    layers = debug_args().n_layers  # q, k and v (one cast), o; five weights an MoE layer; the output layer's
+    assert per_use[2].casts - once[2].casts >= 2 * (2 * layers + 5 * layers + 1)
+    model = Llama4(debug_args()).train()  # one model, its impl switched between steps: a plan for each
+    for impl in ("sparse", "reference", "sparse"):
+        set_impl(model, impl)
+        with WeightCasts() as counted, torch.autocast("cpu", dtype=torch.bfloat16):
+            x = torch.randint(0, model.args.vocab_size, (2, 16))
+            model(x, targets=x).loss.backward()
+        assert counted.foreach == (2 if impl == "reference" else 4), impl
 
 
 @pytest.mark.parametrize("case", ["cpu", "flag off (DDP)", "checkpointing", "no gradients", "decoding",
