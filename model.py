@@ -402,12 +402,8 @@ class ContiguousGrad(torch.autograd.Function):
     fp32 and bf16 alike, refuses expanded, stride-0 gradients, which a .sum() or .mean() loss hands it)."""
 
     @staticmethod
-    def forward(x):
+    def forward(ctx, x):
         return x.view_as(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
 
     @staticmethod
     def backward(ctx, grad):
@@ -434,12 +430,9 @@ class ZeroEmptyGroups(torch.autograd.Function):
     sync."""
 
     @staticmethod
-    def forward(w, ends):
+    def forward(ctx, w, ends):
+        ctx.save_for_backward(ends)
         return w.view_as(w)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad):
@@ -455,12 +448,9 @@ class PermuteRows(torch.autograd.Function):
     forward. The MoE's dispatch to its experts and back is two of these, gathers both ways."""
 
     @staticmethod
-    def forward(x, perm, inverse):
+    def forward(ctx, x, perm, inverse):
+        ctx.save_for_backward(inverse)
         return x.index_select(0, perm)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[2])
 
     @staticmethod
     def backward(ctx, grad):

@@ -1564,6 +1564,28 @@ def test_weights_cast_at_once_give_autocasts_losses_and_gradients_bit_for_bit(mo
     assert per_use[2].casts - once[2].casts == 2 * weights
 
 
+def test_a_training_step_inspects_no_signature(monkeypatch):
+    """The model's autograd Functions (the MoE's row permutations, ContiguousGrad, ZeroEmptyGroups,
+    CastOnce, the fused loss) take their ctx in forward: torch's Function.apply binds the arguments
+    of one written with a separate setup_context through inspect.signature at every call, about
+    10 us of host time each (3 a MoE layer; an eager step on a GPU is bound by the host). A CPU
+    proxy: an eager training step on CUDA's path, Blackwell's zeroing included, calls no
+    inspect.signature.
+    Bug caught: the three MoE Functions written with setup_context (18 calls a scout-128m forward)."""
+    import inspect
+    monkeypatch.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
+    monkeypatch.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
+    monkeypatch.setattr(model_module, "empty_groups_unzeroed", lambda x: True)
+    torch.manual_seed(0)
+    model = Llama4(debug_args()).train()
+    x = torch.randint(0, model.args.vocab_size, (2, 16))
+    calls, signature = [], inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda *a, **k: calls.append(a) or signature(*a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, targets=x).loss.backward()
+    assert calls == [] and model.layers[0].feed_forward.experts.gate_up_proj.grad is not None
+
+
 def test_the_reference_moe_casts_its_experts_weights_each_alone(monkeypatch):
     """With MoE.impl = "reference" (the plain loop over experts, no grouped GEMMs) on CUDA's path, the
     weights cast at once are the experts' and the shared expert's own, each alone, which the loop
