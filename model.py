@@ -85,6 +85,12 @@ How it departs from the obvious version (and from HF's code):
   (`few_row_logits`): for a weight as large as lm_head's (V x D, 67 MB in fp32 at scout-128m),
   the kernel F.linear reaches there is 2.5-6x slower for 1-16 rows, and was a third of each
   decoded token's time.
+- Activation checkpointing (--grad_checkpoint) recomputes each layer, eager, through torch's
+  reentrant checkpoint, which hooks none of the tensors a layer saves for backward; the
+  non-reentrant one, torch's advice, calls Python three times for each. A checkpointed training
+  step bound by the host took 1.13-1.21x the time of one keeping its activations, where it took
+  1.41-1.46x (docs/performance.md). Compiled, under DDP and for an input without gradients, the
+  non-reentrant one (`checkpoint_layer`).
 - The `<|pad|>` embedding row is an ordinary one: HF builds embed_tokens with padding_idx, which
   gives that row no gradient. No training text holds the pad id (special-token text is read as
   plain text), so the two train alike; only tokens that hold it would tell them apart.
@@ -808,6 +814,28 @@ class Block(nn.Module):
         return x + self.feed_forward(h), None
 
 
+def checkpoint_layer(layer: Block, x, positions, rope, default_pos: bool, reentrant: bool):
+    """layer(x, ...) with its activations recomputed in backward rather than kept (activation
+    checkpointing): (x, Routing or None). Eager, by torch's reentrant checkpoint: its forward runs
+    without gradients, its backward runs the layer again and backward through it. The non-reentrant
+    one keeps the graph and hooks every tensor the layer saves for backward (about 50 a MoE layer,
+    three Python calls each: packed, recomputed, unpacked); at a shape where the host is the bound
+    (as in an eager step on a GPU), a checkpointed training step took 1.41-1.46x the time of one
+    that keeps its activations, against 1.13-1.21x reentrant (docs/performance.md). The
+    non-reentrant one where the reentrant cannot serve: compiled (the compiler takes the
+    non-reentrant one as its own), under DDP (Llama4.reentrant_checkpoint), or for an input without
+    gradients (frozen embeddings: the reentrant one would give the layer's weights none)."""
+    if not reentrant:
+        return checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
+
+    def run(x):  # outputs flat, tensors only (the reentrant one is an autograd Function)
+        y, routing = layer(x, positions, rope, None, default_pos)
+        return (y,) if routing is None else (y, *routing)
+
+    out = checkpoint(run, x, use_reentrant=True)
+    return out[0], (Routing(*out[1:]) if len(out) > 1 else None)
+
+
 @dataclass
 class Output:
     logits: torch.Tensor | None  # (B, T, V), (B, 1, V) with last_only, None with a fused loss
@@ -832,6 +860,9 @@ class Llama4(nn.Module):
     # once (weights_cast_once); off under DDP (runtime.data_parallel), whose gradient buckets would
     # then all be ready at the end of backward, with no communication overlapping it
     cast_weights_once = True
+    # an eager checkpointed layer is recomputed by torch's reentrant checkpoint (checkpoint_layer);
+    # off under DDP (runtime.data_parallel), whose unused-parameter search cannot see into it
+    reentrant_checkpoint = True
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -882,7 +913,9 @@ class Llama4(nn.Module):
         routing = []
         for layer in self.layers:
             if self.checkpointing() and step is None:
-                x, r = checkpoint(layer, x, positions, rope, None, default_pos, use_reentrant=False)
+                reentrant = (self.reentrant_checkpoint and x.requires_grad
+                             and not torch.compiler.is_compiling())
+                x, r = checkpoint_layer(layer, x, positions, rope, default_pos, reentrant)
             else:
                 x, r = layer(x, positions, rope, step, default_pos)
             if r is not None:

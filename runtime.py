@@ -121,8 +121,12 @@ def data_parallel(model, device: torch.device, find_unused: bool):
     that forward_sync_buffers (and warns, on every rank, at broadcast_buffers, which is all that
     earlier versions know). The model's weights are cast per use, not all at once
     (Llama4.cast_weights_once): at once, every gradient would reach DDP's buckets at the end of
-    backward, and no all-reduce would overlap it."""
+    backward, and no all-reduce would overlap it. Its checkpointed layers (--grad_checkpoint) are
+    recomputed by torch's non-reentrant checkpoint (Llama4.reentrant_checkpoint): DDP's search for
+    unused parameters (vision models) cannot see into a reentrant one, and would mark its weights
+    ready twice."""
     model.cast_weights_once = False
+    model.reentrant_checkpoint = False
     ddp = torch.nn.parallel.DistributedDataParallel
     known = inspect.signature(ddp).parameters
     no_broadcast = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"

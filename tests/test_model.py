@@ -844,15 +844,22 @@ def test_odd_valid_shapes_train(overrides):
 
 # --- activation checkpointing ---------------------------------------------------------------
 
-def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("reentrant, autocast", [(True, False), (False, False), (True, True)])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(reentrant, autocast):
+    """A checkpointed step, its layers recomputed by torch's reentrant checkpoint (eager) or the
+    non-reentrant one (compiled, DDP), fp32 or under bf16 autocast: the loss, expert counts and
+    gradients of the step that keeps its activations, the router's (through the aux loss, which
+    reads the layers' logits out of the checkpoint) and the router noise's included."""
     model = build().train()
+    model.reentrant_checkpoint = reentrant
     x = torch.randint(0, V, (2, 32))
     results = []
     for enabled in [False, True]:
         model.set_grad_checkpointing(enabled)
         model.zero_grad()
         torch.manual_seed(5)  # same router noise
-        out = model(x, targets=x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x, targets=x)
         out.loss.backward()
         results.append((out.loss.detach(), out.expert_counts,
                         [p.grad.clone() for p in model.parameters() if p.grad is not None]))
@@ -860,6 +867,38 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     assert torch.equal(ca, cb) and torch.allclose(la, lb, atol=1e-6)
     for a, b in zip(ga, gb, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["eager", "flag off (DDP)", "frozen embeddings"])
+def test_an_eager_checkpointed_layer_is_recomputed_by_the_reentrant_checkpoint(monkeypatch, case):
+    """Eager, each checkpointed layer goes through torch's reentrant checkpoint, which hooks no saved
+    tensor (the non-reentrant one calls Python three times for each of the ~50 a MoE layer saves: at
+    a host-bound shape a checkpointed step took 1.41-1.46x the time of one keeping its activations,
+    against 1.13-1.21x reentrant). The non-reentrant one under DDP (reentrant_checkpoint off: DDP's
+    unused-parameter search cannot see into the reentrant one; tests/test_runtime.py) and for a
+    layer input without gradients (frozen embeddings), where the reentrant one would give the
+    first layer's weights no gradient: they get the gradients of the step without checkpointing.
+    Bug caught: a frozen embedding's step whose first layer learnt nothing (grads None)."""
+    real, calls = model_module.checkpoint, []
+    monkeypatch.setattr(model_module, "checkpoint",
+                        lambda *a, use_reentrant, **k: calls.append(use_reentrant) or real(
+                            *a, use_reentrant=use_reentrant, **k))
+    model = build(router_noise=False).train()
+    model.reentrant_checkpoint = case != "flag off (DDP)"
+    model.embed_tokens.weight.requires_grad_(case != "frozen embeddings")
+    x = torch.randint(0, V, (2, 16))
+    grads = []
+    for enabled in (False, True):
+        model.set_grad_checkpointing(enabled)
+        model.zero_grad(set_to_none=True)
+        model(x, targets=x).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    n = model.args.n_layers  # (frozen embeddings: the first layer's input alone has no gradient)
+    assert calls == {"eager": [True] * n, "flag off (DDP)": [False] * n,
+                     "frozen embeddings": [False] + [True] * (n - 1)}[case]
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        assert grads[1][name] is not None and torch.allclose(g, grads[1][name], atol=1e-6), name
 
 
 def test_activation_checkpointing_keeps_a_cache():
@@ -1567,8 +1606,8 @@ def test_weights_cast_at_once_give_autocasts_losses_and_gradients_bit_for_bit(mo
 def test_a_training_step_inspects_no_signature(monkeypatch):
     """The model's autograd Functions (the MoE's row permutations, ContiguousGrad, ZeroEmptyGroups,
     CastOnce, the fused loss) take their ctx in forward: torch's Function.apply binds the arguments
-    of one written with a separate setup_context through inspect.signature at every call, about
-    10 us of host time each (3 a MoE layer; an eager step on a GPU is bound by the host). A CPU
+    of one written with a separate setup_context through inspect.signature at every call: host
+    time (3 a MoE layer; an eager step on a GPU is bound by the host). A CPU
     proxy: an eager training step on CUDA's path, Blackwell's zeroing included, calls no
     inspect.signature.
     Bug caught: the three MoE Functions written with setup_context (18 calls a scout-128m forward)."""

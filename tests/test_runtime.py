@@ -957,6 +957,40 @@ dist.destroy_process_group()
 """
 
 
+DATA_PARALLEL_CHECKPOINTED = """
+import dataclasses, os, socket
+import torch, torch.distributed as dist
+import config, runtime
+from model import Llama4
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+device, world = runtime.setup_distributed(torch.device("cpu"))
+torch.manual_seed(0)
+model = Llama4(dataclasses.replace(config.preset("debug", config.ModelArgs), vision=True))
+model.train().set_grad_checkpointing(True)
+ddp = runtime.data_parallel(model, device, find_unused=True)
+x = torch.randint(0, model.args.vocab_size, (2, 16))
+for _ in range(2):
+    ddp(x, targets=x).loss.backward()
+print(model.reentrant_checkpoint, model.layers[0].self_attn.o_proj.weight.grad is not None)
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_trains_a_checkpointing_vision_model_on_text():
+    """Under DDP a checkpointed layer is recomputed by torch's non-reentrant checkpoint
+    (runtime.data_parallel sets Llama4.reentrant_checkpoint off): a vision model trained on text
+    has unused weights (the vision tower), so DDP searches for them, and cannot see into a
+    reentrant checkpoint, whose recomputed weights it then marks ready twice.
+    Bug caught: "Expected to mark a variable ready only once" at the first backward. (A fresh
+    process: DDP's process group.)"""
+    out = subprocess.run([sys.executable, "-c", DATA_PARALLEL_CHECKPOINTED], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "True"], out.stderr[-3000:]
+
+
 def test_ddp_is_built_with_no_buffer_broadcast_and_no_warning():
     """Under torchrun every rank printed torch 2.13's FutureWarning that DDP's broadcast_buffers is
     deprecated (for forward_sync_buffers): four lines a rank at every start. Its buffers are still
