@@ -304,7 +304,10 @@ class Attention(nn.Module):
         if self.use_rope:
             qk = self._rope_and_norm(qk, rope, v.dtype)
         q, k = qk.split([H, Hkv], dim=2)  # (B, T, H, D), (B, T, Hkv, D)
-        if not torch.is_grad_enabled():  # (views are what attention reads: strided rows, no copies)
+        # without gradients (evaluation), views are what attention reads: strided rows, no copies.
+        # Not in training mode: a checkpointed layer's first forward runs without gradients
+        # (checkpoint_layer) and must read the layouts its recomputation reads (the same kernels)
+        if not (torch.is_grad_enabled() or self.training):
             return q, k, v
         # what attention keeps for backward must not be views that hold all of q, k and v
         # (RoPE made q and k anew; on NoPE layers the temperature makes q anew, where tuned)
@@ -861,7 +864,9 @@ class Llama4(nn.Module):
     # then all be ready at the end of backward, with no communication overlapping it
     cast_weights_once = True
     # an eager checkpointed layer is recomputed by torch's reentrant checkpoint (checkpoint_layer);
-    # off under DDP (runtime.data_parallel), whose unused-parameter search cannot see into it
+    # off under DDP (runtime.data_parallel), whose unused-parameter search cannot see into it. The
+    # reentrant one takes loss.backward() only: torch.autograd.grad or backward(inputs=...) through
+    # a checkpointing model want it off
     reentrant_checkpoint = True
 
     def __init__(self, args: ModelArgs):

@@ -901,6 +901,25 @@ def test_an_eager_checkpointed_layer_is_recomputed_by_the_reentrant_checkpoint(m
         assert grads[1][name] is not None and torch.allclose(g, grads[1][name], atol=1e-6), name
 
 
+def test_a_checkpointed_layer_is_recomputed_from_the_layouts_of_its_first_forward(monkeypatch):
+    """The reentrant checkpoint runs a layer's first forward without gradients and recomputes it
+    with them; attention must read the same q, k and v layouts both times (evaluation's strided
+    views, training's contiguous copies: on a GPU another layout may take another kernel, whose
+    rounding would give the recomputation, and the gradients, other values or routes than the
+    forward's loss).
+    Bug caught: the first forward read views where its recomputation read contiguous copies."""
+    real, seen = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: seen.append((q.stride(), k.stride(), v.stride())) or
+                        real(q, k, v, **kw))
+    model = build(router_noise=False).train()
+    model.set_grad_checkpointing(True)
+    x = torch.randint(0, V, (2, 16))
+    model(x, targets=x).loss.backward()
+    n = len(seen) // 2  # the first forwards, then their recomputations (the layers in reverse)
+    assert n and sorted(seen[:n]) == sorted(seen[n:])
+
+
 def test_activation_checkpointing_keeps_a_cache():
     """A cached forward in training mode with checkpointing on writes and reads the cache, as
     without checkpointing (checkpointing is skipped for it: recomputing would write it twice)."""
