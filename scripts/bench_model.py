@@ -31,7 +31,9 @@ on fake tensors (so that each run checks that model; --no-modelled skips that CP
 are what the README quotes. A compiled variant's warm-up steps (the weights, batch and router
 noise of its eager twin's, which warms up as many) must give the eager lm_loss and gradient norm
 within AGREE_TOL, the first (compiled) and the last (a CUDA graph's replay, where one is recorded):
-one that does not is named (disagrees_with_eager), since a fast step with wrong gradients is none.
+one that does not is named (disagrees_with_eager), since a fast step with wrong gradients is none;
+so must moe+ckpt's give moe's (a checkpointed layer is recomputed by torch's reentrant checkpoint,
+eager: from another forward than the loss's, were its kernels another's).
 --profile adds, for moe and moe+compile, where a step's time goes (torch.profiler): on CUDA the
 kernels' time against the wall time (host- or device-bound), their count, and the top kernels.
 """
@@ -410,21 +412,25 @@ TIME_RATIOS = {  # name: (numerator, denominator) of seconds per token, where bo
 }
 
 
-# compiled: the eager step it must equal
-AGREE_WITH = {"moe+compile": "moe", "dense+compile": "dense", "moe+ckpt+compile": "moe+ckpt"}
+# a variant: the step it must equal (compiled: its eager twin; checkpointed: the step that keeps its
+# activations, which recomputing them changes in no value)
+AGREE_WITH = {"moe+compile": "moe", "dense+compile": "dense", "moe+ckpt+compile": "moe+ckpt",
+              "moe+ckpt": "moe"}
 AGREE_TOL = {"lm_loss": 0.01, "gradient norm": 0.05}  # relative, step by step (the same weights, batch
 # and router noise): bf16 rounding and a routing tie or two, not a lost gradient (under torch.compile,
 # torch 2.11 once took every gradient through the fused loss as 0: the loss, a fast step, nothing learnt)
 
 
 def disagreements(warm: dict) -> dict:
-    """The compiled variants whose lm_loss or gradient norm at a warm-up step is not their eager
-    twin's at that step (within AGREE_TOL), each with the figures of the first such step; warm:
-    {variant: [(lm_loss, grad_norm) per warm-up step]}."""
+    """The variants whose lm_loss or gradient norm at a warm-up step is not that of the step they
+    must equal (AGREE_WITH: a compiled one's eager twin, moe+ckpt's moe) at that step (within
+    AGREE_TOL), each with the figures of the first such step; warm: {variant: [(lm_loss, grad_norm)
+    per warm-up step]}."""
     out = {}
     for v, eager in AGREE_WITH.items():
+        twin = "eager" if v.endswith("+compile") else eager
         for i, (ours, theirs) in enumerate(zip(warm.get(v, []), warm.get(eager, []), strict=False)):
-            wrong = [f"warm-up step {i + 1}'s {name} {a:.4g}, eager {b:.4g}"
+            wrong = [f"warm-up step {i + 1}'s {name} {a:.4g}, {twin} {b:.4g}"
                      for (name, tol), a, b in zip(AGREE_TOL.items(), ours, theirs, strict=True)
                      if not abs(a - b) <= tol * abs(b)]  # (NaN too)
             if wrong:

@@ -881,7 +881,8 @@ def test_a_compiled_step_that_is_not_the_eager_one_is_named():
     step is not its eager twin's at that step (torch 2.11 compiled the fused loss to zero gradients:
     the same loss, a fast step, nothing learnt), the first such step named; catches the check
     dropped, the wrong twin, NaN passing, only the first step compared (a CUDA graph's replay is
-    the third)."""
+    the third). moe+ckpt is held to moe's steps the same way.
+    Bug caught (moe+ckpt): a checkpointed step's gradients not compared with the plain step's."""
     import math
 
     from scripts import bench_model
@@ -895,6 +896,11 @@ def test_a_compiled_step_that_is_not_the_eager_one_is_named():
     assert bench_model.disagreements({**eager, "moe+compile": [(9.2, 2.0)]}) == {
         "moe+compile": "warm-up step 1's lm_loss 9.2, eager 9"}  # (2% off: the loss is held to 1%)
     assert bench_model.disagreements({"moe+compile": [(9.0, 0.0)], "dense": [(9.1, 1.5)]}) == {}  # (no twin)
+    # the checkpointed step must be the step that keeps its activations (the reentrant checkpoint's
+    # recomputation, eager, from another forward than the loss's, were its kernels another's)
+    assert bench_model.disagreements({**eager, "moe+ckpt": [(9.0, 1.0)]}) == {
+        "moe+ckpt": "warm-up step 1's gradient norm 1, moe 2"}
+    assert bench_model.disagreements({**eager, "moe+ckpt": [(9.0, 2.0)]}) == {}
 
 
 def test_the_warm_up_steps_are_compared_and_a_lost_gradient_is_a_failure(tmp_path, monkeypatch):
@@ -918,7 +924,7 @@ def test_the_warm_up_steps_are_compared_and_a_lost_gradient_is_a_failure(tmp_pat
             return out
     monkeypatch.setattr(bench_model, "peak_memory", lambda v, *args: 2**20)  # (seconds each: a child)
     monkeypatch.setattr(bench_model, "ops_per_step", lambda *args: 1)
-    variants, cpu = ["moe", "dense", "moe+compile", "dense+compile"], torch.device("cpu")
+    variants, cpu = ["moe", "dense", "moe+ckpt", "moe+compile", "dense+compile"], torch.device("cpu")
     results = {}
     compilers = {"same": lambda model, mode: model, "lost": lambda model, mode: LosesGradient(model)}
     for name, compiler in compilers.items():
