@@ -938,16 +938,22 @@ def test_stdout_and_stderr_both_full_exit_with_the_status(monkeypatch):
         assert e.value.code == expected
 
 
-DATA_PARALLEL = """
-import os, socket, warnings
+# a process group of one rank on the CPU (gloo), for the scripts below (each in a fresh process)
+ONE_RANK = """
+import os, socket
 import torch, torch.distributed as dist
 import runtime
-warnings.simplefilter("error")
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
 os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 device, world = runtime.setup_distributed(torch.device("cpu"))
+"""
+
+DATA_PARALLEL = """
+import warnings
+warnings.simplefilter("error")
+""" + ONE_RANK + """
 model = torch.nn.Linear(2, 2)
 model.register_buffer("table", torch.ones(3), persistent=False)
 ddp = runtime.data_parallel(model, device, find_unused=False)
@@ -957,16 +963,10 @@ dist.destroy_process_group()
 """
 
 
-DATA_PARALLEL_CHECKPOINTED = """
-import dataclasses, os, socket
-import torch, torch.distributed as dist
-import config, runtime
+DATA_PARALLEL_CHECKPOINTED = ONE_RANK + """
+import dataclasses
+import config
 from model import Llama4
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-device, world = runtime.setup_distributed(torch.device("cpu"))
 torch.manual_seed(0)
 model = Llama4(dataclasses.replace(config.preset("debug", config.ModelArgs), vision=True))
 model.train().set_grad_checkpointing(True)
