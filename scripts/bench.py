@@ -178,7 +178,26 @@ def profile_tables(profiles: dict) -> list[str]:
                      f"{prof['device_reads']:g} device reads")
         lines += [head + " per step:", "", "| op or kernel | ms per step | calls per step |", "|---|---|---|"]
         lines += [f"| `{name}` | {ms:.2f} | {calls:g} |" for name, ms, calls in prof["top"][:10]] + [""]
+    for moe, dense in [("moe", "dense"), ("moe+compile", "dense+compile")]:
+        if "by_kind" in profiles.get(moe, {}) and "by_kind" in profiles.get(dense, {}):
+            lines += kind_table(moe, profiles[moe], dense, profiles[dense])
     return lines
+
+
+def kind_table(moe: str, a: dict, dense: str, b: dict) -> list[str]:
+    """The MoE step's kernels (CPU: aten ops) beside its dense twin's, by kind (bench_model.KERNEL_KINDS),
+    the kinds that add most time first: where the MoE's extra time goes."""
+    ka, kb = a["by_kind"], b["by_kind"]
+    kinds = sorted(ka.keys() | kb.keys(), key=lambda k: -(ka.get(k, [0, 0])[0] - kb.get(k, [0, 0])[0]))
+    what = "kernels" if a["device_ms"] is not None else "aten ops (self CPU time)"
+    lines = [f"{moe} against {dense}, {what} by kind, per step (ms, calls):", "",
+             f"| kind | {moe} | {dense} | difference |", "|---|---|---|---|"]
+    for k in kinds + ["all"]:
+        (ma, ca), (mb, cb) = [(sum(t for t, _ in d.values()), sum(c for _, c in d.values())) if k == "all"
+                              else d.get(k, (0.0, 0.0)) for d in (ka, kb)]
+        lines.append(f"| {k} | {ma:.2f} ({ca:,.0f}) | {mb:.2f} ({cb:,.0f}) | "
+                     f"{ma - mb:+.2f} ({ca - cb:+,.0f}) |")
+    return lines + [""]
 
 
 def sample_table(sm: dict) -> list[str]:

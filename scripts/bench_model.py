@@ -34,14 +34,17 @@ within AGREE_TOL, the first (compiled) and the last (a CUDA graph's replay, wher
 one that does not is named (disagrees_with_eager), since a fast step with wrong gradients is none;
 so must moe+ckpt's give moe's (a checkpointed layer is recomputed by torch's reentrant checkpoint,
 eager: from another forward than the loss's, were its kernels another's).
---profile adds, for moe and moe+compile, where a step's time goes (torch.profiler): on CUDA the
-kernels' time against the wall time (host- or device-bound), their count, and the top kernels.
+--profile adds, for moe and dense, eager and compiled, where a step's time goes (torch.profiler): on
+CUDA the kernels' time against the wall time (host- or device-bound), their count, the top kernels,
+and their time by kind (GEMM, grouped GEMM, Inductor's fused kernels, sorts...), which the report
+sets beside the dense twin's: where the MoE's extra time goes.
 """
 
 import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -151,6 +154,10 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+# --profile's variants: the MoE step and its dense twin, eager and compiled (bench.profile_tables sets
+# each MoE step's kernels beside its twin's, by kind: where the MoE's extra time goes)
+PROFILED = ["moe", "dense", "moe+compile", "dense+compile"]
+
 # on CUDA, the step memory of these is taken after their warm-up (peak_memory would compile them again):
 # checkpointing's saving as train.py runs it there
 COMPILED_PEAKS = ("moe+compile", "moe+ckpt+compile")
@@ -239,11 +246,40 @@ def profile_step(step, device, n: int = 3, top: int = 15) -> dict:
         timed = [e for e in events if e.key.startswith("aten::")]
     timed.sort(key=self_time, reverse=True)
     reads = sum(e.count for e in events if e.key == "aten::_local_scalar_dense")
+    kinds = {}  # kind -> [ms, calls] per step
+    for e in timed:
+        k = kinds.setdefault(kernel_kind(e.key), [0.0, 0.0])
+        k[0] += self_time(e) / n / 1e3
+        k[1] += e.count / n
     return {"steps": n, "wall_ms": wall * 1e3,
             "device_ms": sum(map(self_time, timed)) / n / 1e3 if cuda else None,
             "kernels": sum(e.count for e in timed) / n if cuda else None,
             "device_reads": reads / n if cuda else None,
-            "top": [[e.key[:90], self_time(e) / n / 1e3, e.count / n] for e in timed[:top]]}
+            "top": [[e.key[:90], self_time(e) / n / 1e3, e.count / n] for e in timed[:top]],
+            "by_kind": dict(sorted(kinds.items(), key=lambda kv: -kv[1][0]))}
+
+
+# What a CUDA kernel (or, on the CPU, an aten op) does, from its name: the first pattern that matches.
+# Inductor's kernels first (their names list the ops they fuse: "triton_poi_fused_index_select_mul_0"),
+# torch's grouped GEMM (CUTLASS, GroupProblemShape) and attention before the other GEMMs (cuBLAS: nvjet,
+# xmma).
+KERNEL_KINDS = [
+    ("fused by Inductor", r"^triton_|^cpp_fused"),
+    ("grouped GEMM", r"grouped_mm|GroupProblemShape|[Gg]rouped"),
+    ("attention", r"(?i)flash|fmha|sdpa|attention"),  # (before GEMM: CUTLASS's fmha kernels)
+    ("GEMM", r"(?i)gemm|gemv|nvjet|xmma|cublas|cutlass|^aten::(mm|addmm|bmm)$"),  # (matmul calls mm)
+    ("sort, top-k, search", r"(?i)sort|topk|radix|searchsorted"),
+    ("optimizer, foreach", r"(?i)multi_tensor_apply|foreach|adam"),
+    ("gather, scatter", r"(?i)index|gather|scatter|embedding"),
+    ("copy, cast, fill", r"(?i)copy|memcpy|memset|catarray|^aten::cat$|fill|^aten::(clone|contiguous)$"),
+    ("softmax, norm, reduction", r"(?i)softmax|norm|reduce|^aten::(sum|mean|logsumexp)$"),
+    ("elementwise", r"(?i)elementwise|^aten::(mul|add|sub|div|silu|sigmoid|exp|pow|rsqrt|neg|where)"),
+]
+
+
+def kernel_kind(name: str) -> str:
+    """The KERNEL_KINDS kind of a kernel's or an aten op's name, "other" where none matches."""
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name)), "other")
 
 
 class OpCounter(TorchDispatchMode):
@@ -529,8 +565,9 @@ def parser() -> config.Parser:
                    help="skip the memory model's figures (CPU work, seconds each: scripts/memory_model.py "
                         "gives them anywhere; the GPU check skips them)")
     p.add_argument("--profile", action="store_true",
-                   help="also profile moe and moe+compile (torch.profiler, 3 steps): kernels, their "
-                        "time against the wall time, the top ones (the GPU check does)")
+                   help="also profile moe and dense, eager and compiled (torch.profiler, 3 steps): "
+                        "kernels, their time against the wall time, the top ones, the MoE's time by kind "
+                        "of kernel beside its dense twin's (the GPU check does)")
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="a .json file, new or an earlier result of this benchmark (default, for a run with "
                         "every other option at its default: img/bench_model.json, or bench_model_cuda.json "
@@ -596,7 +633,7 @@ def main(argv=None):
     done = {}
     for b in sorted(batches, key=lambda b: not (compiled and b in compile_batches)):
         done[b] = measure_batch(variants_at(b), base, b, repeats, device, dtype, peak,
-                                ["moe", "moe+compile"] if opts.profile else [],
+                                PROFILED if opts.profile else [],
                                 model_memory=not opts.no_modelled)
         result["batches"] = {str(x): done[x] for x in batches if x in done}
         report({**result, "batches": {str(b): done[b]}})

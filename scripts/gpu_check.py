@@ -11,7 +11,8 @@ The parts, in this order, each command in its own process (compiling takes most 
 7 minutes for train,model and 5 for sample on an H200):
   model   scripts/bench_model.py: training steps of MoE, dense, MoE + activation checkpointing and
           transformers, bf16, eager at batch 32 and 128 and compiled at 128: time, MFU, peak
-          memory, the evaluation pass's pace, and a profile of the MoE step;
+          memory, the evaluation pass's pace, and a profile of the MoE step beside its dense
+          twin's;
   sample  scripts/bench_sample.py: first whether our decode variants' greedy tokens agree (fp32, a
           left-padded batch of 8 ragged prompts), then decoding tokens/s against transformers'
           generate (bf16);

@@ -774,6 +774,83 @@ def test_a_profile_is_per_step_and_its_top_ops_take_most_first(monkeypatch):
     ms = [t for _, t, _ in prof["top"]]
     assert ms == sorted(ms, reverse=True) and ms[0] > ms[-1]
     assert {name: calls for name, _, calls in prof["top"]}["aten::add"] == 2
+    kinds = prof["by_kind"]  # per step too, each op once, the kinds that take most first
+    assert kinds["GEMM"][1] == 1 and kinds["elementwise"][1] == 2
+    assert [ms for ms, _ in kinds.values()] == sorted((ms for ms, _ in kinds.values()), reverse=True)
+    assert sum(ms for ms, _ in kinds.values()) == pytest.approx(sum(ms for _, ms, _ in prof["top"]))
+
+
+# kernel names from the H200's profiles of 2026-12-04 (torch 2.11), and the CPU's aten ops
+KERNEL_NAMES = {
+    "_ZN7cutlass13device_kernelIN2at4cuda6detail25enable_3x_kernel_for_sm9xINS_4gemm6kernel13GemmUniversal"
+    "INS_4gemm16GroupProblemShapeIN4cute5tupleIJiiiEEEEE": "grouped GEMM",
+    "aten::_grouped_mm": "grouped GEMM",
+    "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT": "GEMM",
+    "sm80_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize128x32x8_stage3": "GEMM",
+    "aten::mm": "GEMM",
+    "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64": "attention",
+    "fmha_cutlassF_bf16_aligned_64x64_rf_sm80": "attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+    "triton_poi_fused__to_copy_index_select_mul_0": "fused by Inductor",
+    "triton_red_fused__log_softmax_gather_1": "fused by Inductor",
+    "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIterat":
+        "copy, cast, fill",
+    "void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda":
+        "copy, cast, fill",
+    "Memset (Device)": "copy, cast, fill",
+    "aten::_to_copy": "copy, cast, fill",
+    "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>": "elementwise",
+    "aten::mul": "elementwise",
+    "void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float":
+        "softmax, norm, reduction",
+    "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float, true>":
+        "softmax, norm, reduction",
+    "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous n":
+        "optimizer, foreach",
+    "aten::_fused_adamw_": "optimizer, foreach",
+    "void cub::DeviceRadixSortOnesweepKernel<cub::DeviceRadixSortPolicy<unsigned char": "sort, top-k, search",
+    "void at::native::sbtopk::gatherTopK<float, unsigned int, 2, false>": "sort, top-k, search",
+    "aten::searchsorted": "sort, top-k, search",
+    "void at::native::(anonymous namespace)::indexSelectLargeIndex<c10::BFloat16, long, unsigned int":
+        "gather, scatter",
+    "aten::scatter": "gather, scatter",
+    "aten::empty": "other",
+}
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_kernel_kinds_by_name(name):
+    """What the profiles' kernels and aten ops do, from their names (catches the grouped GEMM, whose
+    CUTLASS kernel also matches the GEMMs' pattern, or CUTLASS's attention, counted as GEMMs; an
+    Inductor kernel counted by an op its name lists; a copy kernel, launched as an elementwise one,
+    counted as arithmetic)."""
+    from scripts import bench_model
+    assert bench_model.kernel_kind(name) == KERNEL_NAMES[name]
+
+
+def test_the_moe_step_beside_its_dense_twin_by_kind():
+    """bench.profile_tables: for each MoE step profiled with its dense twin (eager, compiled), a table
+    of their time by kind, the kinds that add most first, and the sums; none for a step whose twin
+    was not profiled, nor for older JSON without kinds."""
+    from scripts import bench
+
+    def prof(kinds, device=1.0):
+        return {"steps": 3, "wall_ms": 9.0, "device_ms": device, "kernels": 1.0, "device_reads": 0,
+                "top": [], "by_kind": kinds}
+    profiles = {"moe": prof({"GEMM": [5.0, 10], "sort, top-k, search": [1.0, 4], "attention": [2.0, 2]}),
+                "dense": prof({"GEMM": [4.5, 12], "attention": [2.5, 2]}),
+                "moe+compile": prof({"GEMM": [1.0, 1]})}
+    lines = bench.profile_tables(profiles)
+    start = lines.index("moe against dense, kernels by kind, per step (ms, calls):")
+    assert lines[start + 2:start + 9] == [
+        "| kind | moe | dense | difference |", "|---|---|---|---|",
+        "| sort, top-k, search | 1.00 (4) | 0.00 (0) | +1.00 (+4) |",
+        "| GEMM | 5.00 (10) | 4.50 (12) | +0.50 (-2) |",
+        "| attention | 2.00 (2) | 2.50 (2) | -0.50 (+0) |",
+        "| all | 8.00 (16) | 7.00 (14) | +1.00 (+2) |", ""]
+    assert not any("moe+compile against" in line for line in lines)  # (dense+compile not profiled)
+    del profiles["dense"]["by_kind"]  # (JSON from before kinds)
+    assert not any("against" in line for line in bench.profile_tables(profiles))
 
 
 def test_bench_model_every_ratio_the_right_way_up(monkeypatch):
@@ -834,10 +911,10 @@ def test_bench_model_builds_what_each_variant_names(tmp_path, monkeypatch):
     assert built["dense+compile"].args == bench_model.ModelArgs(**base).dense_twin() != built["moe"].args
 
 
-def test_profile_asks_for_the_eager_and_the_compiled_moe_step(tmp_path, monkeypatch):
+def test_profile_asks_for_the_eager_and_the_compiled_moe_step_and_their_dense_twins(tmp_path, monkeypatch):
     """--profile profiles moe and moe+compile (the GPU check's "what to work on next": the compiled
-    step's kernels above all); catches moe+compile dropped from what measure_batch is asked to profile,
-    and --no-modelled passed the wrong way up."""
+    step's kernels above all) and their dense twins (what the MoE adds, by kind); catches a variant
+    dropped from what measure_batch is asked to profile, and --no-modelled passed the wrong way up."""
     from scripts import bench_model
     seen = []
 
@@ -850,7 +927,7 @@ def test_profile_asks_for_the_eager_and_the_compiled_moe_step(tmp_path, monkeypa
     common = ["--quick", "--no-hf", "--compile", "false", "--out", str(tmp_path / "b.json")]
     bench_model.main([*common, "--profile", "--no-modelled"])
     bench_model.main(common)
-    assert seen == [(["moe", "moe+compile"], False), ([], True)]
+    assert seen == [(["moe", "dense", "moe+compile", "dense+compile"], False), ([], True)]
 
 
 def test_a_variant_that_failed_is_not_profiled_nor_warned_about(monkeypatch, capsys):

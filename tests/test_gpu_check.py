@@ -61,6 +61,7 @@ def test_quick_gpu_check_runs_every_part_on_cpu(tmp_path):
     assert "Training step" in md and "modelled (MB)" in md
     assert "steady_tokens_per_s" in md and "Greedy story" in md
     assert "Where a moe step's time goes" in md
+    assert "moe against dense, aten ops (self CPU time) by kind, per step (ms, calls):" in md
     assert "eval_over_train_speed" in md and "evaluation pass tokens/s / training step tokens/s" in md
 
 
