@@ -1,6 +1,7 @@
 """train.py: loss falls, schedule, accumulation, exact resume, crashes, DDP, NaN, signals, logging,
 bad input. Small models on small text so that the whole file runs in about a minute."""
 
+import copy
 import errno
 import json
 import math
@@ -155,21 +156,63 @@ def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise(m
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])
-def test_adamw_sees_the_gradients_clipped_to_grad_clip_and_0_clips_nothing(clip):
-    # catches: clipping skipped, or --grad_clip 0 ("off") clipping every gradient to zero
+def test_the_step_is_adamw_on_the_gradients_clipped_to_grad_clip_and_0_clips_nothing(clip):
+    """The weights a step leaves are those of clip_grad_norm_ and then AdamW on the same gradients,
+    to within rounding (the fused AdamW clips them as it reads them: clip_in_step), and bit for bit
+    with --grad_clip 0; catches clipping skipped, --grad_clip 0 ("off") clipping every gradient to
+    zero, or the scale the wrong way up (the gradients multiplied by the norm)."""
     torch.manual_seed(0)
     model = Llama4(debug_args(max_seq_len=16))
+    before = copy.deepcopy(model)
     t = TrainArgs(grad_clip=clip)
     opt = train.make_optimizer(model, t, torch.device("cpu"))
-    seen, real_step = [], opt.step
-    opt.step = lambda *a, **k: seen.append(float(torch.nn.utils.get_total_norm(
-        [p.grad for p in model.parameters() if p.grad is not None]))) or real_step(*a, **k)
+    grads, real_step = {}, opt.step
+    opt.step = lambda *a, **k: grads.update({n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}) or real_step(*a, **k)
     job = SimpleNamespace(model=model, runner=model, opt=opt, train_args=t, micros=[0],
                           autocast=train.nullcontext(), no_sync=train.nullcontext)
     x = torch.randint(0, 320, (2, 16))
     out = train.train_step(job, [(x, x.roll(-1, 1))], 0, 1e-3)
     assert float(out.grad_norm) > 0.05  # (the norm before clipping)
-    assert seen == [pytest.approx(clip or float(out.grad_norm), rel=1e-4)]
+    for n, p in before.named_parameters():
+        p.grad = grads.get(n)
+    if clip:
+        assert float(torch.nn.utils.clip_grad_norm_(before.parameters(), clip)) == \
+            pytest.approx(float(out.grad_norm), rel=1e-5)
+    reference = train.make_optimizer(before, t, torch.device("cpu"))
+    for group in reference.param_groups:
+        group["lr"] = 1e-3
+    reference.step()
+    for (n, p), q in zip(model.named_parameters(), before.parameters(), strict=True):
+        if clip:
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9, msg=n)
+        else:
+            assert torch.equal(p, q), n
+
+
+def test_clipping_makes_no_pass_of_its_own_over_the_gradients():
+    """The fused AdamW clips the gradients as it reads them (its grad_scale): a step dispatches no
+    multiply of every gradient (clip_grad_norm_'s _foreach_mul_, a pass over 128M fp32 gradients at
+    scout-128m), whether or not the norm is above --grad_clip (catches clip_grad_norm_ put back)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+    model = Llama4(debug_args(max_seq_len=16))
+    t = TrainArgs(grad_clip=0.05)
+    job = SimpleNamespace(model=model, runner=model, opt=train.make_optimizer(model, t, torch.device("cpu")),
+                          train_args=t, micros=[0], autocast=train.nullcontext(), no_sync=train.nullcontext)
+    x = torch.randint(0, 320, (2, 16))
+    with Ops() as ops:
+        out = train.train_step(job, [(x, x.roll(-1, 1))], 0, 1e-3)
+    assert float(out.grad_norm) > 0.05 and "_fused_adamw_" in ops.names
+    assert not [n for n in ops.names if n.startswith("_foreach_mul")]
 
 
 def test_weight_decay_falls_on_weight_matrices_only():
