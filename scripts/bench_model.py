@@ -261,9 +261,12 @@ def profile_step(step, device, n: int = 3, top: int = 15) -> dict:
 
 # What a CUDA kernel (or, on the CPU, an aten op) does, from its name: the first pattern that matches.
 # Inductor's kernels first (their names list the ops they fuse: "triton_poi_fused_index_select_mul_0"),
+# but for its templates (max-autotune's GEMMs: "triton_tem_fused_mm_3"),
 # torch's grouped GEMM (CUTLASS, GroupProblemShape) and attention before the other GEMMs (cuBLAS: nvjet,
 # xmma).
 KERNEL_KINDS = [
+    ("grouped GEMM", r"^triton_tem_.*grouped_mm"),  # (max-autotune's tuned GEMMs: Inductor's templates)
+    ("GEMM", r"^triton_tem_"),
     ("fused by Inductor", r"^triton_|^cpp_fused"),
     ("grouped GEMM", r"grouped_mm|GroupProblemShape|[Gg]rouped"),
     ("attention", r"(?i)flash|fmha|sdpa|attention"),  # (before GEMM: CUTLASS's fmha kernels)
@@ -272,8 +275,8 @@ KERNEL_KINDS = [
     ("optimizer, foreach", r"(?i)multi_tensor_apply|foreach|adam"),
     ("gather, scatter", r"(?i)index|gather|scatter|embedding"),
     ("copy, cast, fill", r"(?i)copy|memcpy|memset|catarray|^aten::cat$|fill|^aten::(clone|contiguous)$"),
-    ("softmax, norm, reduction", r"(?i)softmax|norm|reduce|^aten::(sum|mean|logsumexp)$"),
-    ("elementwise", r"(?i)elementwise|^aten::(mul|add|sub|div|silu|sigmoid|exp|pow|rsqrt|neg|where)"),
+    ("softmax, norm, reduction", r"(?i)softmax|norm(?!al)|GammaBeta|reduce|^aten::(sum|mean|logsumexp)$"),
+    ("elementwise", r"(?i)elementwise|^aten::(mul|add|sub|div|silu|sigmoid|exp|pow|rsqrt|neg|where|normal)"),
 ]
 
 

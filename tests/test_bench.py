@@ -815,6 +815,15 @@ KERNEL_NAMES = {
         "gather, scatter",
     "aten::scatter": "gather, scatter",
     "aten::empty": "other",
+    # max-autotune's GEMMs are Inductor's templates; the router noise's randn is no norm; the weight's
+    # gradient of a norm (the fused RMSNorm's backward: a layer norm kernel) is one
+    "triton_tem_fused_mm_t_3": "GEMM",
+    "triton_tem_fused__grouped_mm_5": "grouped GEMM",
+    "void at::native::(anonymous namespace)::distribution_elementwise_grid_stride_kernel<float, 4, "
+    "at::native::templates::cuda::normal_and_transform<float, float": "elementwise",
+    "aten::normal_": "elementwise",
+    "void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernelTemplate<float, float, 32u":
+        "softmax, norm, reduction",
 }
 
 
@@ -823,7 +832,8 @@ def test_kernel_kinds_by_name(name):
     """What the profiles' kernels and aten ops do, from their names (catches the grouped GEMM, whose
     CUTLASS kernel also matches the GEMMs' pattern, or CUTLASS's attention, counted as GEMMs; an
     Inductor kernel counted by an op its name lists; a copy kernel, launched as an elementwise one,
-    counted as arithmetic)."""
+    counted as arithmetic; max-autotune's tuned GEMMs counted as fused kernels, the router noise's
+    normal_ as a norm)."""
     from scripts import bench_model
     assert bench_model.kernel_kind(name) == KERNEL_NAMES[name]
 
