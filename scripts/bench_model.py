@@ -34,7 +34,8 @@ within AGREE_TOL, the first (compiled) and the last (a CUDA graph's replay, wher
 one that does not is named (disagrees_with_eager), since a fast step with wrong gradients is none;
 so must moe+ckpt's give moe's (a checkpointed layer is recomputed by torch's reentrant checkpoint,
 eager: from another forward than the loss's, were its kernels another's).
---profile adds, for moe and dense, eager and compiled, where a step's time goes (torch.profiler): on
+--profile adds, for moe and dense, eager and compiled, and the eager evaluation pass (moe+eval),
+where a step's time goes (torch.profiler): on
 CUDA the kernels' time against the wall time (host- or device-bound), their count, the top kernels,
 and their time by kind (GEMM, grouped GEMM, Inductor's fused kernels, sorts...), which the report
 sets beside the dense twin's: where the MoE's extra time goes.
@@ -155,8 +156,9 @@ def sync(device):
 
 
 # --profile's variants: the MoE step and its dense twin, eager and compiled (bench.profile_tables sets
-# each MoE step's kernels beside its twin's, by kind: where the MoE's extra time goes)
-PROFILED = ["moe", "dense", "moe+compile", "dense+compile"]
+# each MoE step's kernels beside its twin's, by kind: where the MoE's extra time goes), and the eager
+# evaluation pass (train.py evaluates eagerly until its evaluations have cost what compiling does)
+PROFILED = ["moe", "dense", "moe+eval", "moe+compile", "dense+compile"]
 
 # on CUDA, the step memory of these is taken after their warm-up (peak_memory would compile them again):
 # checkpointing's saving as train.py runs it there
@@ -568,9 +570,9 @@ def parser() -> config.Parser:
                    help="skip the memory model's figures (CPU work, seconds each: scripts/memory_model.py "
                         "gives them anywhere; the GPU check skips them)")
     p.add_argument("--profile", action="store_true",
-                   help="also profile moe and dense, eager and compiled (torch.profiler, 3 steps): "
-                        "kernels, their time against the wall time, the top ones, the MoE's time by kind "
-                        "of kernel beside its dense twin's (the GPU check does)")
+                   help="also profile moe and dense, eager and compiled, and moe+eval (torch.profiler, "
+                        "3 steps): kernels, their time against the wall time, the top ones, the MoE's time "
+                        "by kind of kernel beside its dense twin's (the GPU check does)")
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="a .json file, new or an earlier result of this benchmark (default, for a run with "
                         "every other option at its default: img/bench_model.json, or bench_model_cuda.json "

@@ -923,7 +923,8 @@ def test_bench_model_builds_what_each_variant_names(tmp_path, monkeypatch):
 
 def test_profile_asks_for_the_eager_and_the_compiled_moe_step_and_their_dense_twins(tmp_path, monkeypatch):
     """--profile profiles moe and moe+compile (the GPU check's "what to work on next": the compiled
-    step's kernels above all) and their dense twins (what the MoE adds, by kind); catches a variant
+    step's kernels above all), their dense twins (what the MoE adds, by kind) and the eager
+    evaluation pass (train.py's until its evaluations have cost a compile); catches a variant
     dropped from what measure_batch is asked to profile, and --no-modelled passed the wrong way up."""
     from scripts import bench_model
     seen = []
@@ -937,7 +938,7 @@ def test_profile_asks_for_the_eager_and_the_compiled_moe_step_and_their_dense_tw
     common = ["--quick", "--no-hf", "--compile", "false", "--out", str(tmp_path / "b.json")]
     bench_model.main([*common, "--profile", "--no-modelled"])
     bench_model.main(common)
-    assert seen == [(["moe", "dense", "moe+compile", "dense+compile"], False), ([], True)]
+    assert seen == [(["moe", "dense", "moe+eval", "moe+compile", "dense+compile"], False), ([], True)]
 
 
 def test_a_variant_that_failed_is_not_profiled_nor_warned_about(monkeypatch, capsys):
