@@ -614,17 +614,20 @@ class MoE(nn.Module):
         makes a pass per byte of its keys: one pass, not the eight of topk's int64)."""
         return ids.to(torch.uint8) if self.n_experts <= 256 else ids
 
-    def forward(self, x, decoding: bool = False) -> tuple[torch.Tensor, Routing]:
+    def forward(self, x, decoding: bool = False, router_input=None) -> tuple[torch.Tensor, Routing]:
         """x (B, T, dim) -> out (B, T, dim), the layer's Routing (logits and group ends). decoding (a KV
-        cache's call): the shared expert on its own (Experts.forward)."""
+        cache's call): the shared expert on its own (Experts.forward). router_input: what the router
+        reads, x's values before x was cast to the compute dtype (Block: the fp32 normed x; default x)."""
         h = x.reshape(-1, x.shape[-1])  # (N, dim)
         # The router runs in its weights' dtype, outside autocast: in fp32 under bf16 autocast
         # (Switch Transformer's "selective precision": routing decisions and scores from fp32
-        # logits), which casts h once rather than the router's and the noise's weights, and their
-        # gradients back; backward keeps that fp32 h (N, dim) per MoE layer, about 4% more
-        # activation memory. With bf16 weights (sample.py on CUDA) it is HF's bf16 router.
+        # logits), on the fp32 normed x the Block hands it, not h rounded to bf16 and cast back (two
+        # casts a layer, one each way, and a rounding); backward keeps that fp32 (N, dim) per MoE
+        # layer, about 4% more activation memory. With bf16 weights (sample.py on CUDA) it is HF's
+        # bf16 router.
+        r = h if router_input is None else router_input.reshape(h.shape)  # (N, dim)
         with torch.autocast(h.device.type, enabled=False):
-            hr = h.to(self.router.weight.dtype)
+            hr = r.to(self.router.weight.dtype)
             if self.training and self.router_noise is not None:  # the logits and the noise's scale
                 # from one matmul (its weights side by side): a GEMM 16 columns wide half fills its tiles
                 w = torch.cat([self.router.weight, self.router_noise.weight])  # (2E, dim)
@@ -682,12 +685,12 @@ class MoE(nn.Module):
 
 def to_compute_dtype(x: torch.Tensor) -> torch.Tensor:
     """x in autocast's dtype where autocast is on (the residual stream stays fp32). A normed
-    activation is read by several projections (q, k and v; the shared expert's gate and up; the
-    router and its noise, which read it cast back to fp32): cast once here, autocast would cast it
-    once per projection, and backward would cast each gradient back. The autocast projections see
-    the same values; the router sees h rounded to bf16, the MoE's expert inputs (h x router score)
-    are a bf16 product rather than an fp32 one cast after, and the branches' gradients are summed
-    in bf16 before the one cast back, not in fp32 after several: rounding, no more."""
+    activation is read by several projections (q, k and v; the shared expert's gate and up; not the
+    router and its noise, which read the fp32 normed x itself): cast once here, autocast would cast
+    it once per projection, and backward would cast each gradient back. The autocast projections
+    see the same values; the MoE's expert inputs (h x router score) are a bf16 product rather than
+    an fp32 one cast after, and the branches' gradients are summed in bf16 before the one cast
+    back, not in fp32 after several: rounding, no more."""
     kind = x.device.type
     return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
 
@@ -810,9 +813,10 @@ class Block(nn.Module):
     def forward(self, x, pos, rope, cache=None, default_pos=False):
         """x (B, T, dim) -> (B, T, dim), and the MoE layer's Routing (None on a dense layer)."""
         x = x + self.self_attn(to_compute_dtype(self.input_layernorm(x)), pos, rope, cache, default_pos)
-        h = to_compute_dtype(self.post_attention_layernorm(x))
-        if self.is_moe:
-            y, routing = self.feed_forward(h, decoding=cache is not None)
+        normed = self.post_attention_layernorm(x)  # (B, T, dim) in the residual stream's dtype
+        h = to_compute_dtype(normed)
+        if self.is_moe:  # (the router reads the normed x as it is: fp32 under autocast)
+            y, routing = self.feed_forward(h, decoding=cache is not None, router_input=normed)
             return x + y, routing
         return x + self.feed_forward(h), None
 

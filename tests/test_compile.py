@@ -253,17 +253,20 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
     backward (index_put with accumulate sorts its indices there) and a radix sort of int64 keys (8
     passes, 1 for bytes); then 826 and 563, the router and its noise one matmul; then 810 and 563,
     each expert's group of rows ending where a search of the sorted keys says (no count by
-    scatter-add, nor its cumsum), the permutation's inverse an out-of-place scatter; now 810 and 563,
+    scatter-add, nor its cumsum), the permutation's inverse an out-of-place scatter; then 810 and 563,
     and on CUDA's path 706 and 521: the shared expert one more group of the routed experts' grouped
     GEMMs (774 with it alone), and the weights autocast casts cast all at once, their gradients cast
-    back at once (model.CastOnce) (the budgets leave a little room for a torch update)."""
+    back at once (model.CastOnce); now 800 and 561, on CUDA's path 696 and 519: the fused AdamW
+    clips the gradients (no multiply of them all), and the router reads the fp32 normed x (no cast
+    of its bf16 copy back, nor of that cast's gradient) (the budgets leave a little room for a torch
+    update)."""
     import config
     from scripts import bench_model
     base = config.to_dict(debug_args())
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     ops = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
-    assert ops["moe"] <= 830 and ops["dense"] <= 580, ops
-    assert (ops["moe"] - ops["dense"]) / 4 <= 67, ops  # what one MoE layer adds over a dense one
+    assert ops["moe"] <= 815 and ops["dense"] <= 575, ops
+    assert (ops["moe"] - ops["dense"]) / 4 <= 62, ops  # what one MoE layer adds over a dense one
     import model as model_module  # CUDA's path: the shared expert in the experts' grouped GEMMs
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",))
@@ -271,7 +274,7 @@ def test_aten_ops_per_training_step_stay_within_their_budget():
         mp.setattr(model_module, "CAST_ONCE_DEVICES", ("cpu",))
         cuda_path = {v: bench_model.ops_per_step(v, base, 4, cpu, bf16) for v in ["moe", "dense"]}
     assert ops["moe"] - shared == 4 * 9, (shared, ops)
-    assert cuda_path["moe"] <= 720 and cuda_path["dense"] <= 535, cuda_path
+    assert cuda_path["moe"] <= 710 and cuda_path["dense"] <= 530, cuda_path
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsys):

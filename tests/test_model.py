@@ -1270,6 +1270,26 @@ def test_the_router_and_its_noise_are_one_matmul_in_training_with_their_gradient
         torch.testing.assert_close(p.grad, ref.grad)
 
 
+def test_under_autocast_the_router_reads_the_fp32_normed_x_not_its_bf16_copy():
+    """A MoE layer's router runs in fp32 under bf16 autocast on the normed x as the norm gave it,
+    not on the bf16 copy the experts read, cast back (one rounding to bf16 less, and two casts a
+    layer fewer: the cast back and its gradient's): its logits are those of the fp32 normed x
+    (catches the router handed h, the bf16 copy)."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args(router_noise=False)).train()
+    block, seen = model.layers[0], {}
+    block.post_attention_layernorm.register_forward_hook(lambda m, a, out: seen.update(normed=out))
+    block.feed_forward.register_forward_hook(lambda m, a, out: seen.update(logits=out[1].logits))
+    x = torch.randint(0, 320, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, targets=x)
+    normed, logits, w = seen["normed"].detach(), seen["logits"].detach(), block.feed_forward.router.weight
+    assert normed.dtype == logits.dtype == torch.float32
+    torch.testing.assert_close(logits, normed.reshape(-1, 64) @ w.detach().T, rtol=0, atol=0)
+    rounded = normed.bfloat16().float().reshape(-1, 64) @ w.detach().T  # the bf16 copy, cast back
+    assert not torch.equal(logits, rounded)
+
+
 def test_last_only_with_targets_is_a_clear_error():
     """Catches the last_only-with-targets check dropped (the loss would be taken on one position)."""
     model = build()
