@@ -35,10 +35,10 @@ one that does not is named (disagrees_with_eager), since a fast step with wrong 
 so must moe+ckpt's give moe's (a checkpointed layer is recomputed by torch's reentrant checkpoint,
 eager: from another forward than the loss's, were its kernels another's).
 --profile adds, for moe and dense, eager and compiled, and the eager evaluation pass (moe+eval),
-where a step's time goes (torch.profiler): on
-CUDA the kernels' time against the wall time (host- or device-bound), their count, the top kernels,
-and their time by kind (GEMM, grouped GEMM, Inductor's fused kernels, sorts...), which the report
-sets beside the dense twin's: where the MoE's extra time goes.
+where a step's time goes (torch.profiler): on CUDA the kernels' time against the wall time (host- or
+device-bound), their count, the top kernels, and their time by kind (GEMM, grouped GEMM, Inductor's
+fused kernels, sorts...), which the report sets beside the dense twin's: where the MoE's extra time
+goes.
 """
 
 import argparse
@@ -263,9 +263,8 @@ def profile_step(step, device, n: int = 3, top: int = 15) -> dict:
 
 # What a CUDA kernel (or, on the CPU, an aten op) does, from its name: the first pattern that matches.
 # Inductor's kernels first (their names list the ops they fuse: "triton_poi_fused_index_select_mul_0"),
-# but for its templates (max-autotune's GEMMs: "triton_tem_fused_mm_3"),
-# torch's grouped GEMM (CUTLASS, GroupProblemShape) and attention before the other GEMMs (cuBLAS: nvjet,
-# xmma).
+# but for its templates (max-autotune's GEMMs: "triton_tem_fused_mm_3"); torch's grouped GEMM (CUTLASS,
+# GroupProblemShape) and attention before the other GEMMs (cuBLAS: nvjet, xmma).
 KERNEL_KINDS = [
     ("grouped GEMM", r"^triton_tem_.*grouped_mm"),  # (max-autotune's tuned GEMMs: Inductor's templates)
     ("GEMM", r"^triton_tem_"),
