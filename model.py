@@ -23,7 +23,8 @@ What it holds, one section each, in this order:
     grouped_mm          grouped_mm_supported, grouped_mm_any_dtype and what its gradients need,
                         PermuteRows (the dispatch's gathers)
     mixture of experts  Experts, Routing, router_stats (the router losses of all layers at once), MoE
-    the decoder         to_compute_dtype, CastPlan and CastOnce (weights cast at once), Block, Output,
+    the decoder         to_compute_dtype, CastPlan and CastOnce (weights cast at once), Block,
+                        checkpoint_layer, run_layer and Regions (what compiles by regions), Output,
                         Llama4
     the vision stub     VisionModel and its parts, Projector
     the loss            linear_cross_entropy: lm_head and the cross-entropy, chunk by chunk
@@ -85,6 +86,10 @@ How it departs from the obvious version (and from HF's code):
   (`few_row_logits`): for a weight as large as lm_head's (V x D, 67 MB in fp32 at scout-128m),
   the kernel F.linear reaches there is 2.5-6x slower for 1-16 rows, and was a third of each
   decoded token's time.
+- Compiled (runtime.static_compile), the model runs its layers and its head (the final norm, the
+  router losses and the loss) as compiled regions, which runtime.RegionalModel passes to forward
+  (Regions): the compiler traces one layer of each kind and every layer of that kind runs its
+  graph, where compiling the whole forward traces and lowers each layer again.
 - Activation checkpointing (--grad_checkpoint) recomputes each layer, eager, through torch's
   reentrant checkpoint, which hooks none of the tensors a layer saves for backward; the
   non-reentrant one, torch's advice, calls Python three times for each. A checkpointed training
@@ -843,6 +848,22 @@ def checkpoint_layer(layer: Block, x, positions, rope, default_pos: bool, reentr
     return out[0], (Routing(*out[1:]) if len(out) > 1 else None)
 
 
+def run_layer(layer: Block, x, positions, rope, default_pos: bool):
+    """layer(x, ...) without a KV cache: the function a regionally compiled model compiles for its
+    layers (Regions.layer), one graph for all layers of a kind."""
+    return layer(x, positions, rope, None, default_pos)
+
+
+class Regions(NamedTuple):
+    """The compiled functions a regionally compiled model (runtime.RegionalModel) runs: a training
+    or evaluation forward calls `layer` (run_layer compiled) on each decoder layer, or
+    `checkpointed` (checkpoint_layer compiled) under --grad_checkpoint, then `head` (Llama4._head
+    compiled) once; the embedding and the RoPE tables run eagerly (a dozen ops)."""
+    layer: object
+    checkpointed: object
+    head: object
+
+
 @dataclass
 class Output:
     logits: torch.Tensor | None  # (B, T, V), (B, 1, V) with last_only, None with a fused loss
@@ -889,19 +910,22 @@ class Llama4(nn.Module):
         init_weights(self)
 
     def forward(self, tokens, targets=None, *, images=None, image_mask=None, positions=None, cache=None,
-                last_only=False) -> Output:
+                last_only=False, regions: "Regions | None" = None) -> Output:
         """tokens (B, T) ids; targets (B, T) next-token ids, -1 = ignore; images (N, 3, S, S) in
         the order of their <|patch|> tokens; image_mask (B, T) bool: the tokens the images fill
         (default: every <|patch|>); positions (B, T), -1 = padding (default: counting on from the
         cache, or from 0); cache: a KVCache to write this call's keys into and read; last_only: the
-        last position's logits alone, (B, 1, V). Given targets (loss_impl "fused"), no logits."""
+        last position's logits alone, (B, 1, V). Given targets (loss_impl "fused"), no logits.
+        regions: the compiled layer and head to run (runtime.RegionalModel passes them; no cache)."""
         if last_only and targets is not None:
             raise ValueError("last_only computes one position's logits; it cannot take targets")
+        if regions is not None and cache is not None:
+            raise ValueError("a regionally compiled model does not decode; pass the cache to the model")
         self._check_input(tokens, targets, cache)
-        with self.weights_cast_once(cache):
-            return self._forward(tokens, targets, images, image_mask, positions, cache, last_only)
+        with self.weights_cast_once(cache) if regions is None else contextlib.nullcontext():
+            return self._forward(tokens, targets, images, image_mask, positions, cache, last_only, regions)
 
-    def _forward(self, tokens, targets, images, image_mask, positions, cache, last_only) -> Output:
+    def _forward(self, tokens, targets, images, image_mask, positions, cache, last_only, regions) -> Output:
         B, T = tokens.shape
         x = self.embed_tokens(tokens)  # (B, T, dim)
         x = self._merge_images(tokens, x, images, image_mask)
@@ -922,13 +946,24 @@ class Llama4(nn.Module):
         routing = []
         for layer in self.layers:
             if self.checkpointing() and step is None:
-                reentrant = (self.reentrant_checkpoint and x.requires_grad
-                             and not torch.compiler.is_compiling())
-                x, r = checkpoint_layer(layer, x, positions, rope, default_pos, reentrant)
+                if regions is not None:  # (compiled, as the whole model compiles it: non-reentrant)
+                    x, r = regions.checkpointed(layer, x, positions, rope, default_pos, False)
+                else:
+                    reentrant = (self.reentrant_checkpoint and x.requires_grad
+                                 and not torch.compiler.is_compiling())
+                    x, r = checkpoint_layer(layer, x, positions, rope, default_pos, reentrant)
+            elif regions is not None:
+                x, r = regions.layer(layer, x, positions, rope, default_pos)
             else:
                 x, r = layer(x, positions, rope, step, default_pos)
             if r is not None:
                 routing.append(r)
+        head = regions.head if regions is not None else Llama4._head
+        return head(self, x, routing, targets, last_only)
+
+    def _head(self, x, routing: list, targets, last_only: bool) -> Output:
+        """The final norm of the last layer's x (B, T, dim), then the logits or the loss against
+        targets, and the router losses and counts of the MoE layers' `routing`."""
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]  # (B, 1, dim)

@@ -1128,9 +1128,9 @@ def start_logging(job: Job, state: LoopState) -> None:
         + (f" or {train_args.max_minutes:g} minutes" if train_args.max_minutes else "")
         + (f" | peak {job.peak / 1e12:.2f} TFLOP/s" if job.peak else ""))
     if job.trials:  # otherwise a still progress bar looks like a hang
-        log("compiling: the first step takes longer (23 s for scout-128m on an H200), and so does "
-            f"the first compiled evaluation (8 s), after {COMPILE_EVAL_AFTER_S:g} s of eager ones; "
-            "--compile false skips it")
+        log("compiling: the first step takes longer (up to 23 s for scout-128m on an H200), and so "
+            f"does the first compiled evaluation (up to 8 s), after {COMPILE_EVAL_AFTER_S:g} s of eager "
+            "ones; --compile false skips it")
     # rank 0 writes; the others learn whether it could (a bad metrics.jsonl, a full disk), rather
     # than failing at the first step's collective with a traceback of their own
     with runtime.all_ranks_or_none(job.world, job.device, "starting the run's logs"):

@@ -1,6 +1,7 @@
-"""What GPU speed rests on, held on a CPU: the model compiles whole (no graph break) and the
-compiled model trains exactly like the eager one; a training step never waits for the device,
-and evaluation waits once, at its end."""
+"""What GPU speed rests on, held on a CPU: the model compiles whole (no graph break), and by
+regions as train.py compiles it (one graph a kind of layer), and the compiled model trains exactly
+like the eager one; a training step never waits for the device, and evaluation waits once, at its
+end."""
 
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -37,12 +38,16 @@ def test_compiled_model_equals_eager_in_loss_and_every_gradient():
     assert grads_a["layers.0.feed_forward.router.weight"].abs().max() > 1e-3  # the router learns
 
 
-def test_a_compiled_run_draws_the_eager_router_noise():
-    """train.py compiles with runtime.static_compile, whose graph draws the router noise from
-    torch's generator as eager mode does: the same seed gives the same noise, loss and gradients
-    (plain torch.compile's own random numbers gave a loss 1e-4 away here)."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_compiled_run_draws_the_eager_router_noise(checkpointing):
+    """train.py compiles with runtime.static_compile, by regions (each layer and the head), whose
+    graphs draw the router noise from torch's generator as eager mode does: the same seed gives the
+    same noise, loss and gradients (plain torch.compile's own random numbers gave a loss 1e-4 away
+    here); with --grad_checkpoint too, where the compiled layers are recomputed by the non-reentrant
+    checkpoint and the eager ones by the reentrant one."""
     torch.manual_seed(0)
     model = Llama4(debug_args(router_noise=True)).train()
+    model.set_grad_checkpointing(checkpointing)
     x = torch.randint(0, model.args.vocab_size, (2, model.args.max_seq_len))
     results = []
     for runner in [model, runtime.static_compile(model)]:
@@ -59,8 +64,9 @@ def test_a_compiled_run_draws_the_eager_router_noise():
 
 
 @pytest.mark.parametrize("shared_in_groups", [False, True])
-def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, shared_in_groups):
-    """What train.py runs on CUDA, on the CPU: fullgraph=True under bf16 autocast, the fused loss
+def test_the_cuda_default_compiles_each_region_whole_under_bf16_autocast(monkeypatch, shared_in_groups):
+    """What train.py runs on CUDA, on the CPU: the model compiled by regions (runtime.RegionalModel:
+    each layer and the head), each with fullgraph=True, under bf16 autocast, the fused loss
     included (it casts once and turns autocast off inside), close to eager in loss and in every
     parameter's gradient (bf16 rounding: a few percent of each one's largest), the experts' too;
     and on CUDA's path, the shared expert in the experts' grouped GEMMs (model.SHARED_IN_GROUPS_DEVICES)
@@ -74,7 +80,7 @@ def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, shared
     model = Llama4(debug_args(router_noise=False)).train()
     x = torch.randint(0, model.args.vocab_size, (2, 32))
     results = []
-    for runner in [model, torch.compile(model, fullgraph=True)]:
+    for runner in [model, runtime.RegionalModel(model, dynamic=False, fullgraph=True)]:
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = runner(x, targets=x)
@@ -84,6 +90,46 @@ def test_the_cuda_default_compiles_whole_under_bf16_autocast(monkeypatch, shared
     assert (loss_a - loss_b).abs() < 1e-2
     for name, g in grads_a.items():
         assert g.abs().max() > 0 and (g - grads_b[name]).abs().max() < 5e-2 * g.abs().max(), name
+
+
+def test_a_regionally_compiled_model_traces_each_kind_of_layer_once():
+    """runtime.static_compile compiles a Llama4 by regions (runtime.RegionalModel): one graph for
+    each kind of layer (RoPE or NoPE, MoE or dense) and one for the head, for training and for
+    evaluation, whatever the number of layers: 12 layers compile the graphs 4 do, where the whole
+    model compiled traces and lowers every layer again (scout-128m compiled 1.5-1.8x slower so:
+    scripts/bench_compile.py). Bug caught: a layer's own attribute in its graph's
+    guards (its index, say) compiles one graph a layer, and past torch's 8 a frame, runs eagerly."""
+    from torch._dynamo.utils import counters
+
+    def graphs(n_layers):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = Llama4(debug_args(n_layers=n_layers, moe_every=2)).train()
+        compiled = runtime.static_compile(model)
+        x = torch.randint(0, model.args.vocab_size, (2, 16))
+        compiled(x, targets=x).loss.backward()
+        training = counters["stats"]["unique_graphs"]
+        model.eval()
+        with torch.no_grad():
+            compiled(x, targets=x)
+        return training, counters["stats"]["unique_graphs"]
+    # RoPE dense (layer 0), RoPE MoE (1), NoPE MoE (3), the head; again in evaluation
+    assert graphs(12) == graphs(4) == (4, 8)
+
+
+def test_a_regionally_compiled_model_is_the_model_underneath():
+    """A RegionalModel holds the model as torch.compile's wrapper does (its state dict the model's
+    under `_orig_mod.`, the same parameters, attributes read through), and refuses a KV cache: it
+    compiles training and evaluation forwards (sample.py compiles its decoding step itself)."""
+    model = Llama4(debug_args())
+    compiled = runtime.static_compile(model)
+    assert isinstance(compiled, runtime.RegionalModel) and compiled._orig_mod is model
+    assert compiled.args is model.args and list(compiled.parameters()) == list(model.parameters())
+    assert list(compiled.state_dict()) == [f"_orig_mod.{k}" for k in model.state_dict()]
+    with pytest.raises(ValueError, match="does not decode; pass the cache to the model"):
+        compiled(torch.zeros(1, 4, dtype=torch.long), cache=object())
+    assert not isinstance(runtime.static_compile(model, whole=True), runtime.RegionalModel)
 
 
 def test_idle_experts_are_zeroed_inside_one_compiled_graph():
@@ -114,8 +160,9 @@ def test_a_training_step_makes_no_host_sync(tmp_path, corpus):
 
 @pytest.mark.parametrize("compile_eval_after_s", [0.0, train.COMPILE_EVAL_AFTER_S])
 def test_a_compiled_run_compiles_each_graph_once(tmp_path, corpus, monkeypatch, compile_eval_after_s):
-    """train.py --compile true compiles three graphs whatever the run's length: the start-up
-    preflight, the training forward (with its backward) and the evaluation forward, once the eager
+    """train.py --compile true compiles the same graphs whatever the run's length: the start-up
+    preflight; for training (forward with its backward) a RoPE layer, a NoPE layer and the head
+    (the regions: runtime.RegionalModel), and the same three for evaluation once the eager
     evaluations have taken train.COMPILE_EVAL_AFTER_S (at 0, from the first); with the default, a
     short run's fast evaluations stay eager and compile nothing. Going back and forth between
     training and evaluation, logging and saving recompile nothing (on a GPU each recompile of
@@ -132,7 +179,7 @@ def test_a_compiled_run_compiles_each_graph_once(tmp_path, corpus, monkeypatch, 
                     "--max_steps", str(steps), "--eval_every", "2", "--log_every", "2", "--save_every", "2",
                     "--run", f"c{steps}"])
         return counters["stats"]["unique_graphs"], counters["frames"]["ok"]
-    assert graphs(8) == graphs(4) == ((3, 2) if compile_eval_after_s == 0 else (2, 1))
+    assert graphs(8) == graphs(4) == ((7, 6) if compile_eval_after_s == 0 else (4, 3))
 
 
 def test_an_eager_evaluation_casts_each_weight_once_a_pass():
@@ -286,9 +333,9 @@ def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsy
     seen = []
     monkeypatch.setattr(runtime, "compile_problem", lambda device: None)
 
-    def fake_compile(model, mode=None, dynamic=None):  # a wrapper, so that train.py sees a compiled model
+    def fake_compile(fn, mode=None, dynamic=None):  # each region as it is (train.py sees a RegionalModel)
         seen.append((mode, dynamic))
-        return ReplayingRunner(model)
+        return fn
     monkeypatch.setattr(torch, "compile", fake_compile)
     for mode, says in [("reduce-overhead", "compiled (reduce-overhead), "), ("default", "compiled, ")]:
         train.main(["--preset", "debug", "--data", str(corpus), "--out_dir", str(tmp_path / "ckpt"),
@@ -296,11 +343,11 @@ def test_compile_mode_reaches_torch_compile(tmp_path, corpus, monkeypatch, capsy
                     "true", "--compile_mode", mode, "--run", mode])
         out = capsys.readouterr().out
         assert f"dtype float32, {says}world size 1" in out and "\ncompiling: the first step" in out
-    assert seen == [("reduce-overhead", False), (None, False)]
+    assert seen == [("reduce-overhead", False)] * 3 + [(None, False)] * 3  # the layer, checkpointed, head
     from scripts import bench_model
     seen.clear()
     bench_model.make_step("moe+compile", bench_model.QUICK_SHAPE, 2, torch.device("cpu"), torch.float32)
-    assert seen == [(None, False)]
+    assert seen == [(None, False)] * 3
 
 
 def test_compiling_is_the_default_on_cuda_only_and_unavailable_compiling_runs_eagerly(tmp_path, corpus,
