@@ -97,6 +97,7 @@ class HFRunner(torch.nn.Module):
 
 
 COMPILE_MODE = "default"  # torch.compile's mode for the +compile variants (--compile_mode)
+COMPILE_WHOLE = False  # the +compile variants' model compiled whole, not by regions (--compile_whole)
 RESULT_KEYS = ("config", "batches", "params")  # in its JSON: an existing --out without them is refused
 
 
@@ -132,7 +133,7 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model
     if variant.endswith("+compile"):  # static shapes, as train.py compiles: one graph per batch size
-        runner = runtime.static_compile(runner, COMPILE_MODE)
+        runner = runtime.static_compile(runner, COMPILE_MODE, whole=COMPILE_WHOLE)
     autocast = runtime.autocast(device, dtype)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, args.vocab_size, (rows(variant, batch), args.max_seq_len), generator=g).to(device)
@@ -560,6 +561,9 @@ def parser() -> config.Parser:
                    choices=list(config.COMPILE_MODES),
                    help="torch.compile mode of the compiled variants (reduce-overhead and max-autotune: "
                         "CUDA graphs), as train.py's --compile_mode")
+    p.add_argument("--compile_whole", action="store_true",
+                   help="compile the model whole, not by regions (each layer and the head on its own, "
+                        "as train.py compiles: runtime.RegionalModel), to time one against the other")
     p.add_argument("--repeats", type=config.at_least_1, default=None,
                    help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
     p.add_argument("--quick", action="store_true",
@@ -590,8 +594,8 @@ def main(argv=None):
         return None
     if problem := storage.not_a_result("--out", opts.out, "bench_model.json", RESULT_KEYS):
         p.error(problem)  # (before the work: a device or a checkpoint there became the JSON, a folder failed)
-    global COMPILE_MODE
-    COMPILE_MODE = opts.compile_mode
+    global COMPILE_MODE, COMPILE_WHOLE
+    COMPILE_MODE, COMPILE_WHOLE = opts.compile_mode, opts.compile_whole
     device = runtime.resolve_device(opts.device)
     cuda = device.type == "cuda"
     if not cuda:
@@ -626,7 +630,8 @@ def main(argv=None):
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores, 2 threads)",
         "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),  # (the run's, for gpu_check.py --render)
         "config": {**base, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
-                   "compile_mode": opts.compile_mode, "compile_batches": compile_batches if compiled else [],
+                   "compile_mode": opts.compile_mode, "compile_whole": opts.compile_whole,
+                   "compile_batches": compile_batches if compiled else [],
                    "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}
                    for v, c in counts.items()},

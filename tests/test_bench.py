@@ -516,6 +516,21 @@ def test_quick_runs(tmp_path):
     assert "**Data** (train-sample.txt, vocabulary 512)" in (tmp_path / "bench.md").read_text()
 
 
+def test_bench_compile_quick_times_both_scopes_in_fresh_processes(tmp_path):
+    """scripts/bench_compile.py --quick for real: the first compiled training step and the steps
+    after it, the model compiled whole and by regions (train.py's), each in a process of its own,
+    the ratios whole / regional, and its JSON. Bug caught: a child that compiled both scopes alike
+    (the scope not reaching static_compile) would time one against itself."""
+    from scripts import bench_compile
+    out = tmp_path / "c.json"
+    result = bench_compile.main(["--quick", "--steps", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["preset"] == "debug"
+    assert result["compiled_as"] == {"whole": "OptimizedModule", "regional": "RegionalModel"}
+    for scope in bench_compile.SCOPES:
+        assert result["scopes"][scope]["cold_s"] > 0 and result["scopes"][scope]["step_ms"] > 0
+    assert set(result["ratios"]) == {"whole_over_regional_cold_s", "whole_over_regional_step_ms"}
+
+
 def test_bench_model_figures_from_step_times(monkeypatch):
     """tokens/s, MFU (a third of the training FLOPs for evaluation, against the peak given) and the
     ratios, from step times given: catches a wrong token count (an evaluation's taken as the training
@@ -898,24 +913,25 @@ def test_compile_batches_outside_batches_are_refused(tmp_path, capsys):
 
 def test_bench_model_builds_what_each_variant_names(tmp_path, monkeypatch):
     """moe+ckpt and moe+ckpt+compile checkpoint activations, moe+plain-loss takes the reference loss,
-    dense+compile is the dense twin, and the compiled variants take --compile_mode (catches each
-    dropped)."""
+    dense+compile is the dense twin, and the compiled variants take --compile_mode and
+    --compile_whole (catches each dropped)."""
     import torch
 
     from scripts import bench_model
     modes = []
     monkeypatch.setattr(bench_model.runtime, "static_compile",
-                        lambda model, mode: modes.append(mode) or model)
+                        lambda model, mode, whole=False: modes.append((mode, whole)) or model)
     monkeypatch.setattr(bench_model, "COMPILE_MODE", "default")  # (restored after: main sets it)
+    monkeypatch.setattr(bench_model, "COMPILE_WHOLE", False)
     monkeypatch.setattr(bench_model, "measure_batch", lambda *args, **kwargs: {})
     monkeypatch.setattr(bench_model, "report", lambda result: None)
     bench_model.main(["--quick", "--no-hf", "--compile", "false", "--compile_mode", "reduce-overhead",
-                      "--batches", "2", "--out", str(tmp_path / "b.json")])
+                      "--compile_whole", "--batches", "2", "--out", str(tmp_path / "b.json")])
     assert bench_model.COMPILE_MODE == "reduce-overhead"
     cpu, base = torch.device("cpu"), bench_model.QUICK_SHAPE
     built = {v: bench_model.make_step(v, base, 1, cpu, torch.float32)[1].model
              for v in ["moe", "moe+ckpt", "moe+plain-loss", "dense+compile", "moe+ckpt+compile"]}
-    assert modes == ["reduce-overhead"] * 2
+    assert modes == [("reduce-overhead", True)] * 2  # (--compile_whole: the model compiled whole)
     assert [built[v].grad_checkpoint for v in built] == [False, True, False, False, True]
     assert [built[v].loss_impl for v in built] == ["fused", "fused", "reference", "fused", "fused"]
     assert built["dense+compile"].args == bench_model.ModelArgs(**base).dense_twin() != built["moe"].args
@@ -1014,7 +1030,8 @@ def test_the_warm_up_steps_are_compared_and_a_lost_gradient_is_a_failure(tmp_pat
     monkeypatch.setattr(bench_model, "ops_per_step", lambda *args: 1)
     variants, cpu = ["moe", "dense", "moe+ckpt", "moe+compile", "dense+compile"], torch.device("cpu")
     results = {}
-    compilers = {"same": lambda model, mode: model, "lost": lambda model, mode: LosesGradient(model)}
+    compilers = {"same": lambda model, mode, whole: model,
+                 "lost": lambda model, mode, whole: LosesGradient(model)}
     for name, compiler in compilers.items():
         monkeypatch.setattr(bench_model.runtime, "static_compile", compiler)
         results[name] = bench_model.measure_batch(variants, bench_model.QUICK_SHAPE, 2, 1, cpu, torch.float32,
@@ -1037,7 +1054,7 @@ def test_the_warm_up_steps_are_compared_and_a_lost_gradient_is_a_failure(tmp_pat
 
 
 @pytest.mark.parametrize("script, work", [("bench_data", "run_child"), ("bench_sample", "measure"),
-                                          ("bench_model", "measure_batch")])
+                                          ("bench_model", "measure_batch"), ("bench_compile", "run")])
 def test_benchmarks_refuse_an_out_that_is_no_earlier_result_of_theirs(script, work, tmp_path, monkeypatch,
                                                                       capsys):
     """Bug caught: bench_sample.py --quick --out checkpoints/a/last.pt (bench_model.py and
@@ -1076,7 +1093,8 @@ def test_benchmarks_refuse_an_out_that_is_no_earlier_result_of_theirs(script, wo
 
 @pytest.mark.parametrize("script, figures", [
     ("bench_model", ["bench_model.json", "bench_model_scout_cpu.json", "gpu/bench_model.json"]),
-    ("bench_sample", ["bench_sample.json", "gpu/bench_sample.json"]), ("bench_data", ["bench_data.json"])])
+    ("bench_sample", ["bench_sample.json", "gpu/bench_sample.json"]), ("bench_data", ["bench_data.json"]),
+    ("bench_compile", ["bench_compile.json"])])
 def test_a_rerun_may_replace_the_readme_figures_and_earlier_results(script, figures, tmp_path):
     """Catches the --out check refusing a benchmark's own earlier JSON: the README's figures in img/
     (bench.py and a rerun pass them as --out), one cut short by a deadline (gpu_check.py marks it
