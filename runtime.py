@@ -327,6 +327,10 @@ def wants_compile(choice: str, device: torch.device) -> bool:
     return choice == "true" or (choice == "auto" and device.type == "cuda")
 
 
+# the kinds of decoder layer, each a graph of a region's (RoPE or NoPE, MoE or dense)
+REGION_KINDS = 4
+
+
 def static_compile(model, mode: str = "default", whole: bool = False):
     """torch.compile in `mode` (--compile_mode), for static shapes: a run's shapes never change,
     and a graph with a symbolic batch (what automatic dynamic shapes make of a second shape in one
@@ -346,6 +350,12 @@ def static_compile(model, mode: str = "default", whole: bool = False):
                             UserWarning)
     options = dict(mode=None if mode == "default" else mode, dynamic=False)
     if isinstance(model, Llama4) and not whole:
+        # a region's code is every RegionalModel's in the process and holds a graph for each kind of
+        # layer where the whole forward held one: the recompile limit (8 a code object) scaled by as
+        # much, or the graphs past it (bench_model's variants at two batches) run eagerly
+        import torch._dynamo.config
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, REGION_KINDS * 8)
         return RegionalModel(model, **options)
     return torch.compile(model, **options)
 
@@ -359,7 +369,7 @@ class RegionalModel(torch.nn.Module):
     faster so on a CPU, 1.8x with its kernels built (scripts/bench_compile.py), and the time no
     longer grows with the layers. The embedding and the RoPE tables run eagerly (a dozen ops a
     step). The model is the wrapper's `_orig_mod`, as in torch.compile's: its state dict is the
-    model's under that prefix, and its attributes read through."""
+    model's under that prefix, and its attributes read and set through."""
 
     def __init__(self, model: Llama4, **options):
         super().__init__()
@@ -385,6 +395,12 @@ class RegionalModel(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._orig_mod, name)
+
+    def __setattr__(self, name, value):  # the model's settings go to the model, as in torch.compile's
+        if name in ("_orig_mod", "regions", "training") or "_orig_mod" not in self.__dict__["_modules"]:
+            super().__setattr__(name, value)
+        else:
+            setattr(self._orig_mod, name, value)
 
 
 def compile_problem(device: torch.device) -> str | None:

@@ -118,14 +118,39 @@ def test_a_regionally_compiled_model_traces_each_kind_of_layer_once():
     assert graphs(12) == graphs(4) == (4, 8)
 
 
+def test_regions_compiled_at_several_shapes_in_one_process_all_stay_compiled():
+    """A region's code (run_layer, the head) is one for every RegionalModel of a process, and holds a
+    graph for each kind of layer (up to 4) at each shape, mode and model, where the whole model's
+    forward held one: torch's recompile limit (8 a code object) was met 4 times sooner.
+    Bug caught: bench_model --compile_batches 1,2 (its MoE, dense and evaluation variants at two
+    batches: 12 layer graphs) ran some "compiled" variants eagerly, one warning the only sign; here
+    3 kinds of layer evaluated at 3 batch sizes (9 layer graphs) ran the last eagerly."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = Llama4(debug_args(n_layers=4, moe_every=2)).eval()  # RoPE dense, RoPE MoE, NoPE MoE
+    with torch._dynamo.config.patch(recompile_limit=8), torch.no_grad():  # (torch's, and back after)
+        compiled = runtime.static_compile(model)
+        for batch in (1, 2, 3):
+            x = torch.randint(0, model.args.vocab_size, (batch, 16))
+            compiled(x, targets=x)
+    assert not [k for k in counters["unimplemented"] if "recompile limit" in k]
+    assert counters["stats"]["unique_graphs"] == 3 * (3 + 1)  # each batch: 3 kinds of layer, the head
+
+
 def test_a_regionally_compiled_model_is_the_model_underneath():
     """A RegionalModel holds the model as torch.compile's wrapper does (its state dict the model's
-    under `_orig_mod.`, the same parameters, attributes read through), and refuses a KV cache: it
+    under `_orig_mod.`, the same parameters, attributes read and set through), and refuses a KV cache: it
     compiles training and evaluation forwards (sample.py compiles its decoding step itself)."""
     model = Llama4(debug_args())
     compiled = runtime.static_compile(model)
     assert isinstance(compiled, runtime.RegionalModel) and compiled._orig_mod is model
     assert compiled.args is model.args and list(compiled.parameters()) == list(model.parameters())
+    compiled.loss_impl = "reference"  # (set on the model: a setting on the wrapper would do nothing)
+    assert model.loss_impl == "reference" and "loss_impl" not in vars(compiled)
+    compiled.eval()
+    assert not model.training and not compiled.training
     assert list(compiled.state_dict()) == [f"_orig_mod.{k}" for k in model.state_dict()]
     with pytest.raises(ValueError, match="does not decode; pass the cache to the model"):
         compiled(torch.zeros(1, 4, dtype=torch.long), cache=object())
