@@ -236,7 +236,8 @@ def train_part(opts, out: Path, log) -> dict:
 
 def run_figures(metrics: Path) -> dict:
     """The figures of a train.py run from its metrics.jsonl: steps, steady-state and end-to-end
-    tokens/s and MFU, the evaluation's pace; none before its first train window."""
+    tokens/s and MFU, the first window's seconds beyond the steady pace (compiling), the
+    evaluation's pace; none before its first train window."""
     records = []
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
         try:
@@ -254,6 +255,9 @@ def run_figures(metrics: Path) -> dict:
                   if steady else None,
                   steady_mfu=sorted((r["mfu"] or 0) for r in steady)[len(steady) // 2] if steady else None,
                   end_to_end_tokens_per_s=train[-1]["tokens"] / (last["minutes"] * 60))
+    if steady:  # the first window's seconds beyond its tokens' at the steady pace: its compiling, mostly
+        first, pace = train[0], result["steady_tokens_per_s"]
+        result["first_window_extra_s"] = first["minutes"] * 60 - first["tokens"] / pace
     if "lm_loss" in train[-1]:  # the first window's and the last's (learnt_nothing)
         result.update(first_lm_loss=train[0]["lm_loss"], lm_loss=train[-1]["lm_loss"])
     if train[-1]["mfu"]:
@@ -420,9 +424,10 @@ def markdown(out: Path) -> str:
             lines.append("")
     if t := measured(out / "train.json"):
         lines += ["**train.py** " + " ".join(t["argv"]), "", "| figure | value |", "|---|---|"]
-        for k in ["steps", "tokens", "minutes", "first_lm_loss", "lm_loss", "steady_windows",
-                  "steady_tokens_per_s", "steady_mfu", "end_to_end_tokens_per_s", "end_to_end_mfu",
-                  "evaluations", "eval_tokens", "eval_seconds", "eval_tokens_per_s", "eval_over_train_speed"]:
+        for k in ["steps", "tokens", "minutes", "first_window_extra_s", "first_lm_loss", "lm_loss",
+                  "steady_windows", "steady_tokens_per_s", "steady_mfu", "end_to_end_tokens_per_s",
+                  "end_to_end_mfu", "evaluations", "eval_tokens", "eval_seconds", "eval_tokens_per_s",
+                  "eval_over_train_speed"]:
             if k in t and t[k] is None:  # (the steady figures of a run with one window)
                 lines.append(f"| {k} | none: no window after the first, which compiled |")
             elif k in t:

@@ -669,7 +669,8 @@ def test_make_gpu_check_stops_at_once_on_a_python_the_wheels_do_not_fit(tmp_path
 def test_run_figures_are_the_medians_of_the_steady_windows_and_later_passes(tmp_path):
     """The train part's figures from metrics.jsonl: medians over the windows after the first (which
     compiled) and the evaluation passes after the first; end to end over the whole run, in seconds;
-    catches the first window's or the mean's tokens/s, minutes for seconds, an inverted ratio."""
+    the first window's seconds beyond the steady pace (the compiling's); catches the first window's
+    or the mean's tokens/s, minutes for seconds, an inverted ratio."""
     train = [(10, 0.5, 10.0, 0.01), (20, 1.0, 100.0, 0.1), (30, 1.5, 300.0, 0.3), (40, 2.0, 200.0, 0.2)]
     records = [{"kind": "train", "step": s, "tokens": 100 * s, "minutes": m, "tokens_per_s": t, "mfu": f}
                for s, m, t, f in train]
@@ -679,6 +680,7 @@ def test_run_figures_are_the_medians_of_the_steady_windows_and_later_passes(tmp_
     got = gpu_check.run_figures(tmp_path / "metrics.jsonl")
     assert got["steps"] == 40 and got["steady_windows"] == 3
     assert got["steady_tokens_per_s"] == 200.0 and got["steady_mfu"] == 0.2
+    assert got["first_window_extra_s"] == pytest.approx(30 - 1000 / 200)  # (its compiling, mostly)
     assert got["end_to_end_tokens_per_s"] == pytest.approx(4000 / 150)
     assert got["end_to_end_mfu"] == pytest.approx(4000 / 150 * 0.2 / 200)  # the last window's MFU per tok/s
     assert got["evaluations"] == 4 and got["eval_seconds"] == 3.0 and got["eval_tokens_per_s"] == 300.0
