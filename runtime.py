@@ -27,7 +27,8 @@ How this departs from the obvious version:
   router noise from torch's generator, as eager mode does: a compiled run draws the noise its
   --compile false twin draws, and either can resume the other.
 - The model compiles by regions, each decoder layer on its own and the head (RegionalModel), not
-  whole: one graph serves every layer of a kind, so compiling takes less than half the time.
+  whole: one graph serves every layer of a kind, so compiling scout-128m took 1.5-1.8x less time
+  (scripts/bench_compile.py), and no more with more layers.
 - The CPU's peak is the fastest of half a second of GEMMs, not their mean, so a busy moment at
   start-up does not lower it (and lift the MFU).
 - A set-up step that fails on one rank is learned by all (all_ranks_or_none): no rank waits at a
