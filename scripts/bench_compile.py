@@ -90,8 +90,9 @@ def child(what: str, base: dict, batch: int, device: str, cache: str, steps: int
     directory `cache`; its JSON result."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
     out = subprocess.run([sys.executable, __file__, "--child", what, "--base", json.dumps(base),
-                          "--batch", str(batch), "--device", device, "--steps", str(steps)]
-                         + (["--warm"] if warm else []), env=env, capture_output=True, text=True)
+                          "--batch", str(batch), "--device", device]
+                         + (["--steps", str(steps)] if steps else []) + (["--warm"] if warm else []),
+                         env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"bench_compile: the {what} child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -121,14 +122,17 @@ def run(base: dict, batch: int, device: str, steps: int, rounds: int, warm: bool
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--preset", default=None, help="a preset's model (scout-128m; debug with --quick)")
-    p.add_argument("--vocab_size", type=int, default=8192, help="the model's vocabulary (the GPU check's)")
-    p.add_argument("--batch", type=int, default=None, help="sequences a step (CPU 1, CUDA 32)")
-    p.add_argument("--steps", type=int, default=10,
+    p.add_argument("--preset", default=None, choices=sorted(config.PRESETS),
+                   help="a preset's model (scout-128m; debug with --quick)")
+    p.add_argument("--vocab_size", type=config.at_least_1, default=8192,
+                   help="the model's vocabulary (the GPU check's)")
+    p.add_argument("--batch", type=config.at_least_1, default=None, help="sequences a step (CPU 1, CUDA 32)")
+    p.add_argument("--steps", type=config.at_least_1, default=10,
                    help="rounds of steady steps (two of each scope, interleaved)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of both scopes (the least is reported)")
+    p.add_argument("--rounds", type=config.at_least_1, default=2,
+                   help="rounds of both scopes (the least is reported)")
     p.add_argument("--quick", action="store_true", help="the debug preset, one round, no warm runs")
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="a .json file, new or an earlier result of this benchmark, for the results too "
