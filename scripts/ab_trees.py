@@ -17,6 +17,17 @@ the median and the least of every round's steps, the sequences a step takes and 
 sequence (an evaluation at VARIANT:BATCH takes 4 x BATCH since the auto --eval_batch_size, so older
 trees' take fewer: compare them per sequence). Nothing is written but the report (and --out's
 JSON); the trees are only read.
+
+--host (CPU only): the host's share of an eager step, where a GPU's step is bound by it (batch 32 on
+the H200: 15 ms of kernels in a 34 ms step). Each tree's CUDA-only code paths are switched on for
+the CPU (the `model.*_DEVICES` tuples a tree has: the weights cast at once, the shared expert in the
+grouped GEMMs), and the three functions whose CPU kernels cost far more than a GPU's launch are
+stood in for by one op each way (zeros of the output's shape; gradients laid out like the inputs, as
+CUDA's kernels write them): `F.grouped_mm` (on the CPU a loop over the groups, a matmul and a host
+read of each offset), attention (its output laid out as flash attention's) and `F.rms_norm` (six ops
+on the CPU, one fused kernel on CUDA). At a small shape (`--preset debug`, batch 1) the step's time
+is then what the host spends dispatching it: its ops, autograd and Python; not the launches' own
+cost. The losses are nonsense (the stand-ins' zeros); only the time is read.
 """
 
 import argparse
@@ -43,6 +54,8 @@ import storage  # noqa: E402
 from errors import UserError, run_script  # noqa: E402
 
 WARMUP = 3
+# --host: the `model` tuples naming the devices that take CUDA-only paths (those a tree has)
+CUDA_PATHS = ("CAST_ONCE_DEVICES", "SHARED_IN_GROUPS_DEVICES")
 WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
@@ -51,6 +64,8 @@ def child(tree: str, spec: dict) -> dict:
     steps, timed (and profiled on CUDA), as JSON."""
     import bench_model
     import torch
+    if spec.get("host"):
+        host_proxy()
     device = torch.device(spec["device"])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     base = config.to_dict(config.ModelArgs(**config.PRESETS[spec["preset"]]["ModelArgs"]))
@@ -75,6 +90,41 @@ def child(tree: str, spec: dict) -> dict:
             out[name].update(host_profile(step, sync))
         del step
     return out
+
+
+def host_proxy():
+    """--host, in a tree's process: its CUDA-only paths on for the CPU, and the functions whose CPU
+    kernels cost more than a GPU's launch (grouped_mm's loop, attention, RMSNorm's six ops) one op
+    each way."""
+    import torch
+    import torch.nn.functional as F
+
+    import model
+
+    class StandIn(torch.autograd.Function):  # zeros of the output's shape; backward, zeros like
+        @staticmethod  # each input (its layout: CUDA's kernels write their gradients so)
+        def forward(ctx, shape, *inputs):
+            ctx.save_for_backward(*inputs)
+            return inputs[0].new_zeros(shape)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None, *(None if t is None else torch.zeros_like(t) for t in ctx.saved_tensors)
+
+    def grouped_mm(x, w, offs=None, **kwargs):  # (M, K) x (G, K, N) -> (M, N)
+        return StandIn.apply((x.shape[0], w.shape[-1]), x, w)
+
+    def attention(q, k, v, *args, **kwargs):  # (B, H, T, D) -> (B, H, T, Dv), laid out (B, T, H, Dv)
+        *batch, H, T, _ = q.shape  # (as flash attention's output: heads merged by a view, not a copy)
+        return StandIn.apply((*batch, T, H, v.shape[-1]), q, k, v).transpose(-3, -2)
+
+    def rms_norm(x, shape, weight=None, eps=None):
+        return StandIn.apply(x.shape, x, weight)
+
+    for name in CUDA_PATHS:
+        if hasattr(model, name):
+            setattr(model, name, (*getattr(model, name), "cpu"))
+    F.grouped_mm, F.scaled_dot_product_attention, F.rms_norm = grouped_mm, attention, rms_norm
 
 
 def host_profile(step, sync) -> dict:
@@ -132,6 +182,8 @@ def parser() -> config.Parser:
                    help="timed steps per variant and process")
     p.add_argument("--profile", action="store_true",
                    help="on CUDA, also kernels launched and the host's wait on the device")
+    p.add_argument("--host", action="store_true",
+                   help="CPU only: the host's share of a step (CUDA's paths; slow CPU kernels one op)")
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="also write the figures as JSON here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -155,10 +207,12 @@ def main(argv=None):
         name, _, batch = v.partition(":")
         if not batch.isdigit() or int(batch) < 1 or name.endswith("+compile") or name == "hf":
             p.error(f"--variants {v}: write an eager variant and its batch, as moe:128")
+    if opts.host and opts.device != "cpu":
+        p.error("--host stands in for a GPU's kernels on the CPU: drop --device or --host")
     if problem := storage.not_a_result("--out", opts.out, "ab.json", ("trees", "figures")):
         p.error(problem)
     spec = {"device": opts.device, "preset": opts.preset, "dtype": opts.dtype, "variants": variants,
-            "repeats": opts.repeats, "profile": opts.profile}
+            "repeats": opts.repeats, "profile": opts.profile, "host": opts.host}
     runs = {0: [], 1: []}
     for r in range(opts.rounds):
         for i in ((0, 1) if r % 2 == 0 else (1, 0)):

@@ -1304,6 +1304,64 @@ def test_ab_trees_child_runs_a_tree_older_than_this_trees_parser(tmp_path):
     assert ab_trees.run_child(old, spec) == {}
 
 
+HOST_PROBE = """
+import collections, sys
+sys.path[:0] = [{root!r}, {root!r} + "/scripts"]
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+import ab_trees, config, model
+if {host}:
+    ab_trees.host_proxy()
+import bench_model
+ops = collections.Counter()
+class Count(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {{}}))
+base = config.to_dict(config.ModelArgs(**config.PRESETS["debug"]["ModelArgs"]))
+step, job = bench_model.make_step("moe", base, 1, torch.device("cpu"), torch.bfloat16)
+step()
+with Count():
+    step()
+print(repr((dict(ops), model.CAST_ONCE_DEVICES, model.SHARED_IN_GROUPS_DEVICES)))
+"""
+
+
+def host_probe(host: bool) -> tuple:
+    import subprocess
+    import sys
+
+    from scripts import ab_trees
+    done = subprocess.run([sys.executable, "-c", HOST_PROBE.format(root=str(ab_trees.ROOT), host=host)],
+                          capture_output=True, text=True, check=True)
+    return eval(done.stdout.strip().splitlines()[-1])  # noqa: S307  (the probe's own printout)
+
+
+def test_ab_trees_host_proxy_dispatches_the_gpus_ops_and_stands_in_for_the_cpus_slow_kernels():
+    """--host times what a GPU's host does in an eager step: the CUDA-only code paths switched on (the
+    weights cast at once, the shared expert among the grouped GEMMs) and the ops whose CPU kernels
+    cost far more than a launch (grouped_mm's loop over the groups, the CPU's attention, RMSNorm as
+    six ops) one op each way. Bugs caught would be a proxy timing
+    the CPU's grouped_mm loop (a matmul and a host read a group) or attention kernel as if they were
+    host work, or CUDA's paths left off (the step the GPU runs is not the one timed)."""
+    plain, cast_once, shared = host_probe(False)
+    assert plain["_grouped_mm"] and plain["_scaled_dot_product_flash_attention_for_cpu"] and plain["rsqrt"]
+    assert cast_once == shared == ("cuda",)
+    ops, cast_once, shared = host_probe(True)  # (autograd checks the stand-ins' gradients' shapes)
+    assert not {"_grouped_mm", "_scaled_dot_product_flash_attention_for_cpu", "rsqrt"} & set(ops)
+    assert "cpu" in cast_once and "cpu" in shared
+    assert ops["_foreach_copy_"] and not plain.get("_foreach_copy_")  # the weights cast at once (CUDA's)
+    assert sum(ops.values()) < sum(plain.values())
+
+
+def test_ab_trees_host_proxy_is_for_the_cpu(capsys):
+    from scripts import ab_trees
+    root = str(ab_trees.ROOT)
+    with pytest.raises(SystemExit) as e:
+        ab_trees.main([root, root, "--host", "--device", "cuda"])
+    assert e.value.code == 2 and "--host stands in for a GPU's kernels on the CPU" in capsys.readouterr().err
+
+
 def test_ab_trees_refuses_an_out_that_is_no_result_of_its_before_any_work(tmp_path, monkeypatch, capsys):
     """Bug caught: `--out RUN/last.pt` (or any file not an earlier A/B's) ran every round, then
     replaced that file with the JSON; the other benchmarks refuse it first (storage.not_a_result)."""
