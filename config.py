@@ -424,6 +424,9 @@ class TrainArgs:
                             choices=list(COMPILE_MODES))
     grad_checkpoint: bool = arg(False, "activation checkpointing per block (less memory, more "
                                        "compute)")
+    grad_checkpoint_layers: int = arg(0, "with --grad_checkpoint, recompute only the first N decoder layers "
+                                         "(0 = all): each one recomputed saves about as much step memory "
+                                         "and costs about as much time")
     # --- evaluation, logging, checkpoints ---
     eval_every: int = arg(250, "evaluate every N steps (and at the end)")
     eval_windows: int = arg(0, "cap on validation windows, taken from the start (0 = all)")
@@ -462,7 +465,8 @@ class TrainArgs:
                      "save_every", "max_bad_steps"]:
             _in_range(self, name, getattr(self, name) >= 1, "at least 1")
         for name in ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-                     "eval_windows", "eval_batch_size", "num_proc", "tokenizer_train_mb"]:
+                     "eval_windows", "eval_batch_size", "num_proc", "tokenizer_train_mb",
+                     "grad_checkpoint_layers"]:
             _in_range(self, name, getattr(self, name) >= 0, ">= 0")
         _check(self.min_lr <= self.lr, "min_lr", f"{self.min_lr:g} is above --lr {self.lr:g}; pass a "
                "--min_lr at most --lr (each preset sets its own, and a resumed run keeps its own)")

@@ -95,7 +95,8 @@ How it departs from the obvious version (and from HF's code):
   non-reentrant one, torch's advice, calls Python three times for each. A checkpointed training
   step bound by the host took 1.13-1.21x the time of one keeping its activations, where it took
   1.41-1.46x (docs/performance.md). Compiled, under DDP and for an input without gradients, the
-  non-reentrant one (`checkpoint_layer`).
+  non-reentrant one (`checkpoint_layer`). --grad_checkpoint_layers N recomputes the first N layers
+  alone: less memory saved, for less time.
 - The `<|pad|>` embedding row is an ordinary one: HF builds embed_tokens with padding_idx, which
   gives that row no gradient. No training text holds the pad id (special-token text is read as
   plain text), so the two train alike; only tokens that hold it would tell them apart.
@@ -906,6 +907,7 @@ class Llama4(nn.Module):
             self.vision_model = VisionModel(args)
             self.multi_modal_projector = Projector(args)
         self.grad_checkpoint = False
+        self.grad_checkpoint_layers = 0  # recompute only the first N layers under grad_checkpoint (0 = all)
         self.cast_plans = {}  # (device, dtype, the MoE layers' impl) -> weights_cast_once's CastPlan
         init_weights(self)
 
@@ -944,8 +946,9 @@ class Llama4(nn.Module):
         step = cache.step(positions) if cache is not None else None  # write slots, masks: once
 
         routing = []
-        for layer in self.layers:
-            if self.checkpointing() and step is None:
+        recomputed = len(self.layers) if self.grad_checkpoint_layers == 0 else self.grad_checkpoint_layers
+        for i, layer in enumerate(self.layers):
+            if self.checkpointing() and step is None and i < recomputed:
                 if regions is not None:  # (compiled, as the whole model compiles it: non-reentrant)
                     x, r = regions.checkpointed(layer, x, positions, rope, default_pos, False)
                 else:
@@ -1067,8 +1070,11 @@ class Llama4(nn.Module):
         """(N, 3, S, S) pixels -> (N * image_tokens, dim) features in the text model's space."""
         return self.multi_modal_projector(self.vision_model(images)).flatten(0, 1)
 
-    def set_grad_checkpointing(self, enabled: bool):
-        self.grad_checkpoint = enabled
+    def set_grad_checkpointing(self, enabled: bool, layers: int = 0):
+        """Activation checkpointing of every decoder layer, or (`layers` > 0) of the first `layers`
+        alone: each layer recomputed saves about as much step memory and costs about as much time
+        (Megatron-LM's --recompute-num-layers, its "block" method)."""
+        self.grad_checkpoint, self.grad_checkpoint_layers = enabled, layers
 
     def checkpointing(self) -> bool:
         """Whether a forward now checkpoints its layers: grad_checkpoint set, in training, gradients

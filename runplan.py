@@ -605,9 +605,10 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     """What can be refused before any work, as a bad setting (ConfigError, exit status 2): a
     vocabulary smaller than a byte-level BPE, a vocabulary size or special-token ids other than those
     of the tokenizer the run will train or was given (--tokenizer), a batch that does not split over
-    the processes, CUDA graphs with more than one micro-batch per process, a micro-batch whose
-    weights, loss chunk and residual stream alone exceed the device's memory, a --plot that would
-    replace a file of the run (metrics.jsonl, last.pt: a plot is written at every evaluation)."""
+    the processes, CUDA graphs with more than one micro-batch per process, more layers to recompute
+    (--grad_checkpoint_layers) than the model has, a micro-batch whose weights, loss chunk and
+    residual stream alone exceed the device's memory, a --plot that would replace a file of the run
+    (metrics.jsonl, last.pt: a plot is written at every evaluation)."""
     model_args, train_args = plan.model_args, plan.train_args
     plot = "" if train_args.eval_only else train_args.plot  # (--eval_only draws no plot)
     if problem := storage.not_an_image("--plot", plot, plan.run_dir):
@@ -639,6 +640,10 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
                 f"--grad_accum {fit} keeps its {batch})" if batch % fit == 0 else "")
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}, e.g. --grad_accum {fit}{keep}")
+    layers = model_args.n_layers
+    if train_args.grad_checkpoint_layers > layers and not train_args.eval_only:
+        raise ConfigError(f"--grad_checkpoint_layers {train_args.grad_checkpoint_layers}: the model has "
+                          f"{layers} decoder layers; recompute at most {layers} (0 = all of them)")
     per_process = 1 if train_args.eval_only else train_args.grad_accum // world.size
     graphs = train_args.compile_mode in config.CUDA_GRAPH_MODES and device.type == "cuda"  # none on a CPU
     if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):
@@ -673,21 +678,22 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
 
 # The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).
 # (Not --grad_checkpoint: it sizes the evaluation's auto batch, train.eval_batch_size.)
-TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay",
-                 "beta1", "beta2", "grad_clip", "eval_every", "log_every", "save_every",
-                 "max_bad_steps", "tokenizer_train_mb", "plot", "wandb_mode", "wandb_project", "wandb_group",
-                 "wandb_name")
+TRAINING_ONLY = ("grad_accum", "grad_checkpoint_layers", "max_steps", "max_minutes", "lr", "min_lr",
+                 "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "eval_every", "log_every",
+                 "save_every", "max_bad_steps", "tokenizer_train_mb", "plot", "wandb_mode", "wandb_project",
+                 "wandb_group", "wandb_name")
 
 
 def setting_warnings(plan: RunPlan, given) -> list[str]:
     """Settings that are allowed but are probably not what was meant: training settings typed beside
     --eval_only (and a --run or --out_dir that do not name --resume's checkpoint, a --data or --hf_dataset
     where the run's --val_data is scored, another --data whose held-out slice alone is), a warmup that
-    outlasts the run, a --compile_mode beside --compile false, a new model of a context sample.py cannot
-    generate from (--max_seq_len 1) or put an image in (a --vision model's), a new model's llama3 RoPE
-    scaling from a context no shorter than its own, a --val_text_field for a .txt --val_data, a
-    --val_fraction typed where a validation source is given (it holds nothing out), another held-out slice
-    than the checkpoint's (at --resume or --eval_only)."""
+    outlasts the run, a --grad_checkpoint_layers without --grad_checkpoint, a --compile_mode beside
+    --compile false, a new model of a context sample.py cannot generate from (--max_seq_len 1) or put
+    an image in (a --vision model's), a new model's llama3 RoPE scaling from a context no shorter
+    than its own, a --val_text_field for a .txt --val_data, a --val_fraction typed where a validation
+    source is given (it holds nothing out), another held-out slice than the checkpoint's (at --resume
+    or --eval_only)."""
     t, lines = plan.train_args, []
     unused = TRAINING_ONLY + RESUME_MAY_CHANGE  # (the router losses' weights: not in the loss evaluated)
     ignored = [f"--{name}" for name in unused if name in given] if t.eval_only else []
@@ -723,6 +729,9 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      f"{m.rope_original_max_seq_len} to a longer one, and --max_seq_len {m.max_seq_len} is "
                      "not longer (transformers warns of it at export); pass --rope_original_max_seq_len "
                      f"{fit} (--max_seq_len / --rope_factor), or --rope_scaling none")
+    if "grad_checkpoint_layers" in given and t.grad_checkpoint_layers and not t.grad_checkpoint and trains:
+        lines.append(f"--grad_checkpoint_layers {t.grad_checkpoint_layers} has no effect without "
+                     "--grad_checkpoint true (no layer is recomputed); pass both, or drop it")
     if "compile_mode" in given and t.compile_mode != "default" and t.compile == "false":  # (said nothing)
         lines.append(f"--compile_mode {t.compile_mode} has no effect with --compile false (nothing is "
                      "compiled); drop it, or pass --compile true to compile in that mode")

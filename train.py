@@ -1043,7 +1043,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
         checkpoint.build(model_args, ckpt["model"], device, plan.ckpt_path, fix, model)
     elif plan.init is not None:
         init_from(plan, model, device, log)
-    model.set_grad_checkpointing(train_args.grad_checkpoint)
+    model.set_grad_checkpointing(train_args.grad_checkpoint, train_args.grad_checkpoint_layers)
     opt = None if train_args.eval_only else make_optimizer(model, train_args, device)
     if ckpt is not None and opt is not None:
         # (other parameter groups were refused in planning: runplan.check_optimizer_groups)

@@ -66,6 +66,8 @@ def child(tree: str, spec: dict) -> dict:
     import torch
     if spec.get("host"):
         host_proxy()
+    if spec.get("ckpt_layers"):  # (moe+ckpt-part's layers; a tree from before it has no such variant)
+        bench_model.CKPT_LAYERS = spec["ckpt_layers"]
     device = torch.device(spec["device"])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     base = config.to_dict(config.ModelArgs(**config.PRESETS[spec["preset"]]["ModelArgs"]))
@@ -175,13 +177,15 @@ def parser() -> config.Parser:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="autocast dtype")
     p.add_argument("--variants", default="moe:128,moe+eval:128",
                    help="comma-separated bench_model variants with their batch, VARIANT:BATCH (eager ones: "
-                        "moe, dense, moe+ckpt, moe+plain-loss, moe+eval)")
+                        "moe, dense, moe+ckpt, moe+ckpt-part with --ckpt_layers, moe+plain-loss, moe+eval)")
     p.add_argument("--rounds", type=config.at_least_1, default=2,
                    help="rounds of one process per tree, in alternating order")
     p.add_argument("--repeats", type=config.at_least_1, default=10,
                    help="timed steps per variant and process")
     p.add_argument("--profile", action="store_true",
                    help="on CUDA, also kernels launched and the host's wait on the device")
+    p.add_argument("--ckpt_layers", type=config.at_least_1, default=None,
+                   help="the layers moe+ckpt-part recomputes (train.py's --grad_checkpoint_layers)")
     p.add_argument("--host", action="store_true",
                    help="CPU only: the host's share of a step (CUDA's paths; slow CPU kernels one op)")
     p.add_argument("--out", default=None, type=storage.expand_home,
@@ -207,12 +211,15 @@ def main(argv=None):
         name, _, batch = v.partition(":")
         if not batch.isdigit() or int(batch) < 1 or name.endswith("+compile") or name == "hf":
             p.error(f"--variants {v}: write an eager variant and its batch, as moe:128")
+    if any(v.startswith("moe+ckpt-part") for v in variants) != bool(opts.ckpt_layers):
+        p.error("--variants moe+ckpt-part and --ckpt_layers N go together: it checkpoints the first N layers")
     if opts.host and opts.device != "cpu":
         p.error("--host stands in for a GPU's kernels on the CPU: drop --device or --host")
     if problem := storage.not_a_result("--out", opts.out, "ab.json", ("trees", "figures")):
         p.error(problem)
     spec = {"device": opts.device, "preset": opts.preset, "dtype": opts.dtype, "variants": variants,
-            "repeats": opts.repeats, "profile": opts.profile, "host": opts.host}
+            "repeats": opts.repeats, "profile": opts.profile, "host": opts.host,
+            "ckpt_layers": opts.ckpt_layers}
     runs = {0: [], 1: []}
     for r in range(opts.rounds):
         for i in ((0, 1) if r % 2 == 0 else (1, 0)):

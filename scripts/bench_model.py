@@ -10,6 +10,8 @@ Compares, on the same token batch and in one run (timings interleaved, medians r
   moe         our MoE model (16 routed experts + shared, top-1, sparse dispatch)
   dense       our model with dense SwiGLU layers of the same active width (ModelArgs.dense_twin)
   moe+ckpt    our MoE model with activation checkpointing
+  moe+ckpt-part  with --ckpt_layers N: checkpointing of the first N layers alone (train.py's
+              --grad_checkpoint_layers), and moe+ckpt-part+compile where the others compile
   moe+plain-loss  our MoE model with lm_head + F.cross_entropy (loss_impl "reference") instead of
               the fused linear cross-entropy, which never holds the (B*T, V) logits
   moe+eval    not a training step: train.evaluate on one batch of train.py's auto validation batch at
@@ -98,6 +100,7 @@ class HFRunner(torch.nn.Module):
 
 COMPILE_MODE = "default"  # torch.compile's mode for the +compile variants (--compile_mode)
 COMPILE_WHOLE = False  # the +compile variants' model compiled whole, not by regions (--compile_whole)
+CKPT_LAYERS = 0  # the layers moe+ckpt-part recomputes (--ckpt_layers: train.py's --grad_checkpoint_layers)
 RESULT_KEYS = ("config", "batches", "params")  # in its JSON: an existing --out without them is refused
 
 
@@ -129,7 +132,10 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
         with tempfile.TemporaryDirectory() as d:
             export_hf(ours.cpu(), d)
             model = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").to(device).train()
-    ours.set_grad_checkpointing(variant.startswith("moe+ckpt"))
+    part = variant.startswith("moe+ckpt-part")
+    if part and not CKPT_LAYERS:  # (0 would checkpoint them all, as moe+ckpt)
+        raise UserError(f"{variant} checkpoints the first --ckpt_layers layers: give --ckpt_layers")
+    ours.set_grad_checkpointing(variant.startswith("moe+ckpt"), CKPT_LAYERS if part else 0)
     ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model
     if variant.endswith("+compile"):  # static shapes, as train.py compiles: one graph per batch size
@@ -163,7 +169,7 @@ PROFILED = ["moe", "dense", "moe+eval", "moe+compile", "dense+compile"]
 
 # on CUDA, the step memory of these is taken after their warm-up (peak_memory would compile them again):
 # checkpointing's saving as train.py runs it there
-COMPILED_PEAKS = ("moe+compile", "moe+ckpt+compile")
+COMPILED_PEAKS = ("moe+compile", "moe+ckpt+compile", "moe+ckpt-part+compile")
 
 
 def time_variants(variants, base, batch, repeats, device, dtype, profiled=(), failed=None, warm=None,
@@ -348,7 +354,8 @@ def peak_memory(variant, base, batch, device, dtype) -> int:
     # glibc otherwise keeps freed memory, so RSS would show the allocator's history, not the step's
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--base", json.dumps(base),
-                          "--batches", str(batch), "--dtype", str(dtype).removeprefix("torch.")],
+                          "--batches", str(batch), "--dtype", str(dtype).removeprefix("torch."),
+                          *(["--ckpt_layers", str(CKPT_LAYERS)] if CKPT_LAYERS else [])],
                          capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -429,6 +436,8 @@ def modelled_mb(variant, base, batch, dtype, cuda: bool) -> float | None:
 MEMORY_RATIOS = {  # name: (with, without) the saving, of step memory: 1 - with / without
     "ckpt_memory_saving": ("moe+ckpt", "moe"),
     "ckpt_memory_saving_compiled": ("moe+ckpt+compile", "moe+compile"),
+    "ckpt_part_memory_saving": ("moe+ckpt-part", "moe"),
+    "ckpt_part_memory_saving_compiled": ("moe+ckpt-part+compile", "moe+compile"),
     "fused_loss_memory_saving": ("moe", "moe+plain-loss"),
 }
 
@@ -443,6 +452,8 @@ TIME_RATIOS = {  # name: (numerator, denominator) of seconds per token, where bo
     "moe_over_dense_time": ("moe", "dense"),
     "ckpt_over_moe_time": ("moe+ckpt", "moe"),
     "ckpt_over_moe_time_compiled": ("moe+ckpt+compile", "moe+compile"),
+    "ckpt_part_over_moe_time": ("moe+ckpt-part", "moe"),
+    "ckpt_part_over_moe_time_compiled": ("moe+ckpt-part+compile", "moe+compile"),
     "plain_loss_over_fused_time": ("moe+plain-loss", "moe"),
     "eval_over_train_speed": ("moe", "moe+eval"),  # validation tokens/s over training tokens/s
     "hf_over_ours_time": ("hf", "moe"),
@@ -456,7 +467,7 @@ TIME_RATIOS = {  # name: (numerator, denominator) of seconds per token, where bo
 # a variant: the step it must equal (compiled: its eager twin; checkpointed: the step that keeps its
 # activations, which recomputing them changes in no value)
 AGREE_WITH = {"moe+compile": "moe", "dense+compile": "dense", "moe+ckpt+compile": "moe+ckpt",
-              "moe+ckpt": "moe"}
+              "moe+ckpt": "moe", "moe+ckpt-part+compile": "moe+ckpt-part", "moe+ckpt-part": "moe"}
 AGREE_TOL = {"lm_loss": 0.01, "gradient norm": 0.05}  # relative, step by step (the same weights, batch
 # and router noise): bf16 rounding and a routing tie or two, not a lost gradient (under torch.compile,
 # torch 2.11 once took every gradient through the fused loss as 0: the loss, a fast step, nothing learnt)
@@ -487,7 +498,7 @@ def measure_batch(variants, base, batch, repeats, device, dtype, peak, profiled=
                                    peaks)
     fpt = flops_per_token(ModelArgs(**base), base["max_seq_len"])
     tok_s = {v: rows(v, batch) * base["max_seq_len"] / s for v, s in secs.items()}
-    measured = [v for v in ["moe", "moe+ckpt", "moe+plain-loss"] if v in secs]
+    measured = [v for v in ["moe", "moe+ckpt", "moe+ckpt-part", "moe+plain-loss"] if v in secs]
     mem = {v: peak_memory(v, base, batch, device, dtype) / 2**20 for v in measured}
     mem |= {v: peaks[v] / 2**20 for v in peaks if v in secs}  # (CUDA's compiled steps, from their warm-up)
     cuda = device.type == "cuda"
@@ -564,6 +575,9 @@ def parser() -> config.Parser:
     p.add_argument("--compile_whole", action="store_true",
                    help="compile the model whole, not by regions (each layer and the head on its own, "
                         "as train.py compiles: runtime.RegionalModel), to time one against the other")
+    p.add_argument("--ckpt_layers", type=config.at_least_1, default=None,
+                   help="also time moe+ckpt-part: checkpointing of the first N layers alone (train.py's "
+                        "--grad_checkpoint_layers), eager and where the others compile")
     p.add_argument("--repeats", type=config.at_least_1, default=None,
                    help="timed steps per variant (default 9 on CPU, 10 on CUDA)")
     p.add_argument("--quick", action="store_true",
@@ -586,16 +600,16 @@ def parser() -> config.Parser:
 
 
 def main(argv=None):
+    global COMPILE_MODE, COMPILE_WHOLE, CKPT_LAYERS
     p = parser()
     opts = p.parse_args(argv)
+    COMPILE_MODE, COMPILE_WHOLE, CKPT_LAYERS = opts.compile_mode, opts.compile_whole, opts.ckpt_layers or 0
     if opts.child:
         dtype = getattr(torch, opts.dtype)
         print(peak_memory_child(opts.child, json.loads(opts.base), int(opts.batches), dtype))
         return None
     if problem := storage.not_a_result("--out", opts.out, "bench_model.json", RESULT_KEYS):
         p.error(problem)  # (before the work: a device or a checkpoint there became the JSON, a folder failed)
-    global COMPILE_MODE, COMPILE_WHOLE
-    COMPILE_MODE, COMPILE_WHOLE = opts.compile_mode, opts.compile_whole
     device = runtime.resolve_device(opts.device)
     cuda = device.type == "cuda"
     if not cuda:
@@ -610,6 +624,8 @@ def main(argv=None):
         base = dict(config.PRESETS[preset]["ModelArgs"]) if preset else CPU_SHAPE
         base = config.to_dict(ModelArgs(**base))
         repeats = opts.repeats or (10 if cuda else 9)
+    if CKPT_LAYERS > base["n_layers"]:
+        p.error(f"--ckpt_layers {CKPT_LAYERS}: the model has {base['n_layers']} layers; give at most that")
     batches = p.counts("--batches", opts.batches or ("32,128" if cuda else "8"))
     compiled = runtime.wants_compile(opts.compile, device)
     compile_batches = p.counts("--compile_batches", opts.compile_batches or str(max(batches)))
@@ -617,12 +633,14 @@ def main(argv=None):
         p.error(f"--compile_batches {opts.compile_batches}: each must be one of --batches {batches}")
     figure = ROOT / "img" / ("bench_model_cuda.json" if cuda else "bench_model.json")
     out = storage.results_file(p, opts, figure, ignore=("device",))  # (before the work)
-    variants = ["moe", "dense", "moe+ckpt", "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf else ["hf"])
+    part = ["moe+ckpt-part"] if CKPT_LAYERS else []
+    variants = ["moe", "dense", "moe+ckpt", *part, "moe+plain-loss", "moe+eval"] + ([] if opts.no_hf
+                                                                                  else ["hf"])
 
     def variants_at(batch):  # compiling takes most of a GPU run's time: at the batches asked only
         compiling = compiled and batch in compile_batches
-        return variants + (["moe+compile", "dense+compile", "moe+eval+compile", "moe+ckpt+compile"]
-                           if compiling else [])
+        return variants + (["moe+compile", "dense+compile", "moe+eval+compile", "moe+ckpt+compile",
+                            *(f"{v}+compile" for v in part)] if compiling else [])
     peak = runtime.peak_flops(device, dtype)
     with torch.device("meta"):
         counts = {v: count_parameters(Llama4(variant_args(v, base))) for v in ["moe", "dense"]}
@@ -631,6 +649,7 @@ def main(argv=None):
         "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),  # (the run's, for gpu_check.py --render)
         "config": {**base, "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
                    "compile_mode": opts.compile_mode, "compile_whole": opts.compile_whole,
+                   "ckpt_layers": CKPT_LAYERS,
                    "compile_batches": compile_batches if compiled else [],
                    "torch": torch.__version__, "peak_flops": peak},
         "params": {v: {"total": c["total"], "active_per_token": c["active_per_token"]}

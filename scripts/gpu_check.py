@@ -9,10 +9,10 @@ a CPU in tests/test_gpu_check.py, so that it cannot rot. The README's GPU sectio
 
 The parts, in this order, each command in its own process (compiling takes most of the time: about
 7 minutes for train,model and 5 for sample on an H200):
-  model   scripts/bench_model.py: training steps of MoE, dense, MoE + activation checkpointing and
-          transformers, bf16, eager at batch 32 and 128 and compiled at 128: time, MFU, peak
-          memory, the evaluation pass's pace, and a profile of the MoE step beside its dense
-          twin's;
+  model   scripts/bench_model.py: training steps of MoE, dense, MoE + activation checkpointing (of
+          every layer, and of the first 4: --grad_checkpoint_layers) and transformers, bf16, eager
+          at batch 32 and 128 and compiled at 128: time, MFU, peak memory, the evaluation pass's
+          pace, and a profile of the MoE step beside its dense twin's;
   sample  scripts/bench_sample.py: first whether our decode variants' greedy tokens agree (fp32, a
           left-padded batch of 8 ragged prompts), then decoding tokens/s against transformers'
           generate (bf16);
@@ -57,6 +57,8 @@ PARTS = {"model": ["bench_model.json"], "sample": ["bench_sample.json", "bench_s
 STOPPED = 124  # sh()'s exit code for a command stopped at the deadline, or not started past it
 KILL_GRACE_S = 10  # --deadline: from SIGTERM to SIGKILL for a command still running at the deadline
 MIN_PART_S = 30  # --deadline: a part is not begun with less time than this left
+GPU_CKPT_LAYERS = 4  # the model part's moe+ckpt-part: 4 of scout-128m's 6 layers (the memory model: 42% and
+# 52% less step memory at batch 32 and 128, the goal's 40%, for two thirds of the recomputation)
 FOLLOW_UP_S = 140  # --deadline: what the train part keeps back from its run's budget for what that
 # budget does not count (the run's start-up before its clock starts, ~34 s on the H200 with the data
 # cached, its last evaluation and saves) and the four follow-ups (--eval_only, three sample.py runs,
@@ -638,7 +640,9 @@ def main(argv=None):
         if opts.until is not None and "train" in parts:
             before_train = opts.until - TRAIN_RESERVE_S
         if due("model", before_train):  # (the memory model is CPU work: not on a lease's time)
-            extra = ["--no-hf", "--compile", "false"] if opts.quick else ["--no-modelled"]
+            # (and checkpointing the first 4 of scout-128m's 6 layers: train.py's --grad_checkpoint_layers)
+            extra = ["--no-hf", "--compile", "false"] if opts.quick else \
+                ["--no-modelled", "--ckpt_layers", str(GPU_CKPT_LAYERS)]
             run_bench(out / "bench_model.json", "scripts/bench_model.py", "--device", opts.device, *quick,
                       *extra, "--profile", "--compile_mode", opts.compile_mode, log=log, until=before_train)
             write_summary(out)  # after each part: what is done is summed up

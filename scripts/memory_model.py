@@ -3,6 +3,7 @@
     python scripts/memory_model.py                    # scout-128m, bf16 autocast, batch 32, 128, 512
     python scripts/memory_model.py --batches 8 --dtype float32 --preset tiny
     python scripts/memory_model.py --preset tiny --top_k 2 --max_seq_len 512   # any ModelArgs override
+    python scripts/memory_model.py --ckpt_layers 4    # also moe+ckpt-part: the first 4 layers recomputed
 
 Each variant's training step (bench_model.make_step: train.train_step, forward + backward +
 clipping + fused AdamW) runs on fake tensors: torch's FakeTensorMode gives every tensor its shape,
@@ -31,7 +32,8 @@ fake tensors as the kernels' launches on real ones), so a batch that needs over 
 (scout-128m: above 16,384) is refused with one line, before any work; so is a --vocab_size below 264
 (8 special tokens + 256 bytes), a model train.py refuses.
 
-Reports per batch: the step memory of moe, moe+ckpt, moe+plain-loss and dense (MB; its parts by
+Reports per batch: the step memory of moe, moe+ckpt (and with --ckpt_layers N, moe+ckpt-part:
+train.py's --grad_checkpoint_layers N), moe+plain-loss and dense (MB; its parts by
 kind in the JSON), what is held between steps (fp32 parameters and AdamW's two moments), and the
 ratios the README quotes: memory saved by activation checkpointing and by the fused loss.
 """
@@ -79,7 +81,8 @@ def measure(base: dict, batches: list[int], dtype, variants=VARIANTS, cuda: bool
     return out
 
 
-TABLE_RATIOS = ("ckpt_memory_saving", "fused_loss_memory_saving")  # the ratio table's columns, in order:
+TABLE_RATIOS = ("ckpt_memory_saving", "ckpt_part_memory_saving", "fused_loss_memory_saving")  # the ratio
+# table's columns, in order (the partial checkpointing's where --ckpt_layers ran it):
 # of the eager steps this script models (not bench_model's compiled ones)
 
 
@@ -95,13 +98,17 @@ def markdown(result: dict) -> str:
         for v, mb in r["step_memory_mb"].items():
             held = r["held_mb"][v]
             lines.append(f"| {b} | {v} | {mb:,.0f} | {held:,.0f} | {(mb + held) / 1024:.1f} |")
-    lines += ["", "| batch | activation checkpointing: memory saved | fused loss: memory saved |",
-              "|---|---|---|"]
+    layers = c.get("ckpt_layers")
+    columns = [k for k in TABLE_RATIOS if layers or k != "ckpt_part_memory_saving"]
+    titles = {"ckpt_memory_saving": "activation checkpointing: memory saved",
+              "ckpt_part_memory_saving": f"checkpointing the first {layers} layers: memory saved",
+              "fused_loss_memory_saving": "fused loss: memory saved"}
+    lines += ["", f"| batch | {' | '.join(titles[k] for k in columns)} |", "|---" * (len(columns) + 1) + "|"]
     for b, r in result["batches"].items():
-        ratios = r["ratios"]
+        ratios, pairs = r["ratios"], bench_model.MEMORY_RATIOS
         cells = [f"{ratios[k]:.0%}" if k in ratios else  # (a blank cell read as lost)
-                 f"n/a (no {' or '.join(v for v in sorted(pair) if v not in r['step_memory_mb'])} run)"
-                 for k, pair in bench_model.MEMORY_RATIOS.items() if k in TABLE_RATIOS]
+                 f"n/a (no {' or '.join(v for v in sorted(pairs[k]) if v not in r['step_memory_mb'])} run)"
+                 for k in columns]
         lines.append(f"| {b} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
@@ -155,6 +162,9 @@ def main(argv=None):
     p.add_argument("--batches", default="32,128,512", help="comma-separated batch sizes (sequences)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--ckpt_layers", type=config.at_least_1, default=None,
+                   help="also moe+ckpt-part: activation checkpointing of the first N layers alone "
+                        "(train.py's --grad_checkpoint_layers)")
     p.add_argument("--out", default=None, type=storage.expand_home,
                    help="JSON out, the markdown table beside it (.md) (default, for a run with every "
                         "other option at its default: img/memory_model.json; other runs write only where "
@@ -180,6 +190,12 @@ def main(argv=None):
                 "moe included (the ratios are to it)")
     if twice := sorted({v for v in variants if variants.count(v) > 1}):  # (it ran each once, silently)
         p.error(f"--variants: {', '.join(twice)} named twice; name each variant once")
+    if opts.ckpt_layers:
+        if opts.ckpt_layers > model_args.n_layers:
+            p.error(f"--ckpt_layers {opts.ckpt_layers}: the model has {model_args.n_layers} layers; give at "
+                    "most that")
+        variants.insert(variants.index("moe+ckpt" if "moe+ckpt" in variants else "moe") + 1, "moe+ckpt-part")
+        bench_model.CKPT_LAYERS = opts.ckpt_layers
     batches = p.counts("--batches", opts.batches)
     check_batches(p, batches, model_args)
     check_out(p, opts.out)  # (before the results_file line: an error is the one line printed)
@@ -188,7 +204,7 @@ def main(argv=None):
     base = config.to_dict(model_args)
     dtype = getattr(torch, opts.dtype)
     result = {"config": {"preset": opts.preset, "overrides": overrides, **base, "dtype": opts.dtype,
-                         "device": opts.device, "torch": torch.__version__},
+                         "device": opts.device, "torch": torch.__version__, "ckpt_layers": opts.ckpt_layers},
               "batches": measure(base, batches, dtype, variants, opts.device == "cuda")}
     md = markdown(result)
     print(md, end="")

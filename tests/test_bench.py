@@ -198,6 +198,29 @@ def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
     assert str(e.value.code).startswith("bench.py: error: scripts/no_such_script.py failed (exit 2")
 
 
+def test_checkpointing_the_first_layers_alone_is_timed_beside_checkpointing_them_all(tmp_path, monkeypatch):
+    """--ckpt_layers N times moe+ckpt-part (train.py's --grad_checkpoint_layers N), eager and compiled,
+    beside moe+ckpt: its time and memory ratios to moe, its memory between moe's and moe+ckpt's (the
+    memory model's, and the CPU's peak measured in a child process, which is told N), its warm-up steps
+    those of moe (the same values: nothing recomputed changes them). Bug caught: the child measuring the
+    peak memory was not given N, and checkpointed every layer."""
+    from scripts import bench_model
+    runs, real_run = [], bench_model.subprocess.run
+    monkeypatch.setattr(bench_model.subprocess, "run",
+                        lambda argv, **kw: runs.append(argv) or real_run(argv, **kw))
+    result = bench_model.main(["--quick", "--no-hf", "--compile", "true", "--ckpt_layers", "1",
+                               "--batches", "2", "--out", str(tmp_path / "m.json")])
+    b = result["batches"]["2"]
+    assert {"moe+ckpt-part", "moe+ckpt-part+compile"} <= set(b["step_seconds"]) and "failed" not in b
+    assert {"ckpt_part_over_moe_time", "ckpt_part_over_moe_time_compiled", "ckpt_part_memory_saving"} <= \
+        set(b["ratios"])
+    assert "disagrees_with_eager" not in b and result["config"]["ckpt_layers"] == 1
+    modelled = b["modelled_step_memory_mb"]
+    assert modelled["moe+ckpt"] < modelled["moe+ckpt-part"] < modelled["moe"]
+    child = [a for a in runs if "moe+ckpt-part" in a]
+    assert child and child[0][child[0].index("--ckpt_layers") + 1] == "1"
+
+
 @pytest.mark.parametrize("script, argv, code, message", [
     ("bench_model", ["--preset", "bogus"], 2, "error: --preset: 'bogus' is not one of "),
     ("bench_model", ["--device", "cuda"], 2, "bench_model.py: error: --device cuda: CUDA is not available"),
@@ -207,6 +230,7 @@ def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
     ("memory_model", ["--batches", "0", "--out", "-"], 2, "--batches 0: give whole numbers above 0"),
     ("bench_data", ["--repeat", "0"], 2, "argument --repeat: '0' is not a whole number above 0"),
     ("bench_model", ["--quick", "--preset", "debug"], 2, "--quick times its own tiny shape, not a preset"),
+    ("bench_model", ["--quick", "--ckpt_layers", "3"], 2, "--ckpt_layers 3: the model has 2 layers"),
     ("bench_compile", ["--preset", "bogus"], 2, "error: --preset: 'bogus' is not one of "),
     ("bench_compile", ["--rounds", "0"], 2, "--rounds: '0' is not a whole number above 0"),
     ("bench_compile", ["--quick", "--steps", "0"], 2, "--steps: '0' is not a whole number above 0"),

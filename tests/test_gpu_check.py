@@ -1166,6 +1166,7 @@ def test_each_benchmark_of_the_gpu_plan_gets_the_device_and_its_settings(tmp_pat
                                                      ("bench_model.json", "bench_sample_fp32.json",
                                                       "bench_sample.json")]
     assert "--profile" in model and "--no-modelled" in model and "--quick" not in model + agree + speed
+    assert value(model, "--ckpt_layers") == "4"  # (4 of scout-128m's 6 layers: --grad_checkpoint_layers)
     assert [value(agree, flag) for flag in ("--new_tokens", "--repeats", "--batches")] == ["128", "1", "8"]
 
 

@@ -22,6 +22,23 @@ def test_scout_checkpointing_and_the_fused_loss_save_memory_at_the_gpu_shape(tmp
     assert "| 32 | moe+ckpt |" in md and "activation checkpointing: memory saved" in md
 
 
+def test_checkpointing_four_of_scouts_six_layers_saves_the_goals_memory_at_the_gpu_shape(tmp_path, capsys):
+    """--ckpt_layers N models train.py's --grad_checkpoint_layers N (the first N layers recomputed,
+    for less of the recomputation's time): at scout-128m's batch 32, 4 of its 6 layers still save the
+    goal's 40% (the whole-layer checkpoint 63%), between the two; more layers than the model has is a
+    one-line error before any work."""
+    result = memory_model.main(["--batches", "32", "--variants", "moe,moe+ckpt", "--ckpt_layers", "4",
+                                "--out", str(tmp_path / "m.json")])
+    r = result["batches"]["32"]
+    assert list(r["step_memory_mb"]) == ["moe", "moe+ckpt", "moe+ckpt-part"]
+    assert r["ratios"]["ckpt_memory_saving"] > r["ratios"]["ckpt_part_memory_saving"] >= 0.40
+    md = (tmp_path / "m.md").read_text()
+    assert "| 32 | moe+ckpt-part |" in md and "checkpointing the first 4 layers: memory saved" in md
+    with pytest.raises(SystemExit):
+        memory_model.main(["--ckpt_layers", "7", "--out", str(tmp_path / "x.json")])
+    assert "--ckpt_layers 7: the model has 6 layers; give at most that" in capsys.readouterr().err
+
+
 def test_fp32_and_bad_options(tmp_path, capsys):
     r = memory_model.main(["--preset", "debug", "--dtype", "float32", "--batches", "2", "--variants",
                            "moe,moe+ckpt", "--out", str(tmp_path / "m.json")])["batches"]["2"]

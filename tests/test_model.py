@@ -869,7 +869,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(reentrant, a
         assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["eager", "flag off (DDP)", "frozen embeddings"])
+@pytest.mark.parametrize("case", ["eager", "flag off (DDP)", "frozen embeddings", "first 2 layers"])
 def test_an_eager_checkpointed_layer_is_recomputed_by_the_reentrant_checkpoint(monkeypatch, case):
     """Eager, each checkpointed layer goes through torch's reentrant checkpoint, which hooks no saved
     tensor (the non-reentrant one calls Python three times for each of the ~50 a MoE layer saves: at
@@ -878,6 +878,7 @@ def test_an_eager_checkpointed_layer_is_recomputed_by_the_reentrant_checkpoint(m
     unused-parameter search cannot see into the reentrant one; tests/test_runtime.py) and for a
     layer input without gradients (frozen embeddings), where the reentrant one would give the
     first layer's weights no gradient: they get the gradients of the step without checkpointing.
+    With --grad_checkpoint_layers 2, the first two layers alone are recomputed, the same gradients.
     Bug caught: a frozen embedding's step whose first layer learnt nothing (grads None)."""
     real, calls = model_module.checkpoint, []
     monkeypatch.setattr(model_module, "checkpoint",
@@ -889,13 +890,14 @@ def test_an_eager_checkpointed_layer_is_recomputed_by_the_reentrant_checkpoint(m
     x = torch.randint(0, V, (2, 16))
     grads = []
     for enabled in (False, True):
-        model.set_grad_checkpointing(enabled)
+        model.set_grad_checkpointing(enabled, 2 if case == "first 2 layers" else 0)
         model.zero_grad(set_to_none=True)
         model(x, targets=x).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     n = model.args.n_layers  # (frozen embeddings: the first layer's input alone has no gradient)
-    assert calls == {"eager": [True] * n, "flag off (DDP)": [False] * n,
-                     "frozen embeddings": [False] + [True] * (n - 1)}[case]
+    expected = {"eager": [True] * n, "flag off (DDP)": [False] * n, "first 2 layers": [True] * 2,
+                "frozen embeddings": [False] + [True] * (n - 1)}
+    assert n > 2 and calls == expected[case]
     assert grads[0].keys() == grads[1].keys()
     for name, g in grads[0].items():
         assert grads[1][name] is not None and torch.allclose(g, grads[1][name], atol=1e-6), name

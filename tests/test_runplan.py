@@ -691,6 +691,35 @@ def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_proc
         runplan.check_settings(done._replace(ckpt={"step": 4}), torch.device("cpu"), two)
 
 
+def test_more_layers_to_recompute_than_the_model_has_is_refused_and_none_without_checkpointing_warned(
+        tmp_path, monkeypatch):
+    """--grad_checkpoint_layers N recomputes the first N decoder layers: more than the model has is a
+    one-line error before any work (not all of them, silently), and N typed without --grad_checkpoint
+    true a warning (no layer is recomputed), as is N beside --eval_only (it trains nothing)."""
+    monkeypatch.setattr(runtime, "device_memory", lambda device: None)
+    cpu, world = torch.device("cpu"), runtime.World()
+    on = TrainArgs(grad_checkpoint=True, grad_checkpoint_layers=DEBUG.n_layers)
+    runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, on, None, None), cpu, world)
+    too_many = replace(on, grad_checkpoint_layers=DEBUG.n_layers + 1)
+    with pytest.raises(ConfigError, match=r"^--grad_checkpoint_layers 5: the model has 4 decoder layers; "
+                                          r"recompute at most 4 \(0 = all of them\)$"):
+        runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, too_many, None, None), cpu, world)
+    evaluate = runplan.RunPlan(tmp_path, DEBUG, replace(too_many, eval_only=True), None, None)
+    runplan.check_settings(evaluate, cpu, world)  # (--eval_only: warned of below, not refused)
+    given = {"grad_checkpoint_layers"}
+    off = runplan.RunPlan(None, DEBUG, TrainArgs(grad_checkpoint_layers=2), None, None)
+    assert runplan.setting_warnings(off, given) == [
+        "warning: --grad_checkpoint_layers 2 has no effect without --grad_checkpoint true (no layer is "
+        "recomputed); pass both, or drop it"]
+    both = off._replace(train_args=replace(on, grad_checkpoint_layers=2))
+    assert runplan.setting_warnings(both, given) == []
+    evaluating = off._replace(train_args=replace(on, grad_checkpoint_layers=2, eval_only=True))
+    assert runplan.setting_warnings(evaluating, given) == [
+        "warning: --eval_only trains nothing: --grad_checkpoint_layers has no effect"]
+    with pytest.raises(ConfigError, match="grad_checkpoint_layers"):
+        TrainArgs(grad_checkpoint_layers=-1)
+
+
 def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tmp_path, monkeypatch):
     """Bug caught: the memory check made against an unknown (None) device memory, or not made."""
     p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2), None, None)

@@ -136,10 +136,13 @@ def test_a_new_models_weights_are_a_function_of_the_seed(tmp_path, corpus, cache
 
 
 def test_grad_checkpoint_reaches_the_model(tmp_path, corpus, cache, set_up):
-    """--grad_checkpoint not passed to the model: it kept every activation (out of memory)."""
-    on, _ = set_up(argv(tmp_path / "a", corpus, cache, "--grad_checkpoint", "true"))
+    """--grad_checkpoint not passed to the model: it kept every activation (out of memory); nor
+    --grad_checkpoint_layers (every layer recomputed)."""
+    on, _ = set_up(argv(tmp_path / "a", corpus, cache, "--grad_checkpoint", "true",
+                        "--grad_checkpoint_layers", "2"))
     off, _ = set_up(argv(tmp_path / "b", corpus, cache))
     assert on.model.grad_checkpoint is True and off.model.grad_checkpoint is False
+    assert on.model.grad_checkpoint_layers == 2 and off.model.grad_checkpoint_layers == 0
 
 
 def build(tmp_path, corpus, cache, *extra, world=None):
