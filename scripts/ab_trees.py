@@ -18,10 +18,11 @@ sequence (an evaluation at VARIANT:BATCH takes 4 x BATCH since the auto --eval_b
 trees' take fewer: compare them per sequence). Nothing is written but the report (and --out's
 JSON); the trees are only read.
 
---host (CPU only): the host's share of an eager step, where a GPU's step is bound by it (batch 32 on
-the H200: 15 ms of kernels in a 34 ms step). Each tree's CUDA-only code paths are switched on for
-the CPU (the `model.*_DEVICES` tuples a tree has: the weights cast at once, the shared expert in the
-grouped GEMMs), and the three functions whose CPU kernels cost far more than a GPU's launch are
+--host (CPU only, bf16 autocast): the host's share of an eager step, where a GPU's step is bound by it
+(batch 32 on the H200: 15 ms of kernels in a 34 ms step). Each tree's CUDA-only code paths are switched
+on for the CPU (CUDA_PATHS, the `model` tuples a tree has: the weights cast at once, the shared expert
+in the grouped GEMMs; not FP32_OUT_DEVICES, whose fp32-out GEMM the CPU lacks: the loss's GEMMs take a
+cast more each), and the three functions whose CPU kernels cost far more than a GPU's launch are
 stood in for by one op each way (zeros of the output's shape; gradients laid out like the inputs, as
 CUDA's kernels write them): `F.grouped_mm` (on the CPU a loop over the groups, a matmul and a host
 read of each offset), attention (its output laid out as flash attention's) and `F.rms_norm` (six ops
@@ -66,7 +67,10 @@ def child(tree: str, spec: dict) -> dict:
     import torch
     if spec.get("host"):
         host_proxy()
-    if spec.get("ckpt_layers"):  # (moe+ckpt-part's layers; a tree from before it has no such variant)
+    if spec.get("ckpt_layers"):  # (moe+ckpt-part's layers)
+        if not hasattr(bench_model, "CKPT_LAYERS"):  # (its make_step took moe+ckpt-part for moe+ckpt)
+            raise UserError("this tree has no moe+ckpt-part (--grad_checkpoint_layers): it would "
+                            "checkpoint every layer; A/B moe+ckpt instead")
         bench_model.CKPT_LAYERS = spec["ckpt_layers"]
     device = torch.device(spec["device"])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -213,8 +217,14 @@ def main(argv=None):
             p.error(f"--variants {v}: write an eager variant and its batch, as moe:128")
     if any(v.startswith("moe+ckpt-part") for v in variants) != bool(opts.ckpt_layers):
         p.error("--variants moe+ckpt-part and --ckpt_layers N go together: it checkpoints the first N layers")
+    layers = config.ModelArgs(**config.PRESETS[opts.preset]["ModelArgs"]).n_layers
+    if (opts.ckpt_layers or 0) > layers:  # (every layer recomputed: moe+ckpt, under another name)
+        p.error(f"--ckpt_layers {opts.ckpt_layers}: the {opts.preset} preset has {layers} layers; "
+                "give at most that")
     if opts.host and opts.device != "cpu":
         p.error("--host stands in for a GPU's kernels on the CPU: drop --device or --host")
+    if opts.host and opts.dtype != "bfloat16":  # (CUDA's fp32 experts loop over the groups: not stood in)
+        p.error("--host times CUDA's bf16 autocast step (its paths are bf16's): drop --dtype float32")
     if problem := storage.not_a_result("--out", opts.out, "ab.json", ("trees", "figures")):
         p.error(problem)
     spec = {"device": opts.device, "preset": opts.preset, "dtype": opts.dtype, "variants": variants,

@@ -1328,6 +1328,24 @@ def test_ab_trees_child_runs_a_tree_older_than_this_trees_parser(tmp_path):
     assert ab_trees.run_child(old, spec) == {}
 
 
+def test_ab_trees_refuses_moe_ckpt_part_in_a_tree_older_than_it(tmp_path):
+    """--ckpt_layers N times moe+ckpt-part in each tree; a tree from before --grad_checkpoint_layers has
+    no such variant. Bug caught: its bench_model took "moe+ckpt-part" for moe+ckpt (the name starts so)
+    and checkpointed every layer, silently: the A/B set all layers recomputed against N."""
+    from errors import UserError
+    from scripts import ab_trees
+    root, old = Path(ab_trees.ROOT), tmp_path / "old"
+    (old / "scripts").mkdir(parents=True)
+    for f in root.glob("*.py"):
+        (old / f.name).symlink_to(f)
+    (old / "scripts" / "bench_model.py").write_text(  # (its make_step: any moe+ckpt* checkpoints them all)
+        "def make_step(variant, base, batch, device, dtype):\n    return (lambda: None), None\n")
+    spec = {"device": "cpu", "preset": "debug", "dtype": "float32", "variants": ["moe+ckpt-part:1"],
+            "repeats": 1, "profile": False, "host": False, "ckpt_layers": 1}
+    with pytest.raises(UserError, match=r"the steps of .*old failed: .*no moe\+ckpt-part"):
+        ab_trees.run_child(old, spec)
+
+
 HOST_PROBE = """
 import collections, sys
 sys.path[:0] = [{root!r}, {root!r} + "/scripts"]
@@ -1379,11 +1397,29 @@ def test_ab_trees_host_proxy_dispatches_the_gpus_ops_and_stands_in_for_the_cpus_
 
 
 def test_ab_trees_host_proxy_is_for_the_cpu(capsys):
+    """--host times, on the CPU, the host's share of CUDA's bf16 autocast step. Bug caught: --dtype
+    float32 was timed, a step no GPU runs (CUDA's fp32 experts are a loop over the groups, reading
+    their sizes on the host; the proxy stood in one grouped GEMM for it): a figure of nothing."""
     from scripts import ab_trees
     root = str(ab_trees.ROOT)
     with pytest.raises(SystemExit) as e:
         ab_trees.main([root, root, "--host", "--device", "cuda"])
     assert e.value.code == 2 and "--host stands in for a GPU's kernels on the CPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        ab_trees.main([root, root, "--host", "--dtype", "float32", "--rounds", "1", "--repeats", "1",
+                       "--variants", "moe:1", "--preset", "debug"])
+    assert e.value.code == 2 and "--host times CUDA's bf16 autocast step" in capsys.readouterr().err
+
+
+def test_ab_trees_refuses_more_layers_to_recompute_than_the_presets(capsys):
+    """Bug caught: --ckpt_layers 9 on the debug preset's 4 layers timed every layer recomputed (moe+ckpt)
+    under moe+ckpt-part's name; bench_model.py, memory_model.py and train.py refuse it."""
+    from scripts import ab_trees
+    root = str(ab_trees.ROOT)
+    with pytest.raises(SystemExit) as e:
+        ab_trees.main([root, root, "--preset", "debug", "--variants", "moe+ckpt-part:1", "--ckpt_layers", "9",
+                       "--rounds", "1", "--repeats", "1"])
+    assert e.value.code == 2 and "--ckpt_layers 9: the debug preset has 4 layers" in capsys.readouterr().err
 
 
 def test_ab_trees_refuses_an_out_that_is_no_result_of_its_before_any_work(tmp_path, monkeypatch, capsys):
