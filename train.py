@@ -1181,7 +1181,7 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
             raise peer_lost_error(e, job.run_dir, job.train_args.eval_only) from e
         if not runtime.out_of_memory(e):
             raise
-        advice = memory_advice(job.train_args.batch_size, getattr(e, "eval_batch_size", None))
+        advice = memory_advice(job.train_args.batch_size, getattr(e, "eval_batch_size", None), job.train_args)
         raise RunError(f"out of memory ({first_line(e)[:160]}); {advice}") from e
     finally:
         if job.folder is not None:
@@ -1352,15 +1352,21 @@ def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
                     f"torchrun's log names it); {left_to_resume(run_dir, eval_only, resume)}")
 
 
-def memory_advice(batch_size: int | None = None, eval_batch: int | None = None) -> str:
+def memory_advice(batch_size: int | None = None, eval_batch: int | None = None,
+                  train_args: TrainArgs | None = None) -> str:
     """What to do when a run runs out of memory (at set-up, before its batch is known: no batch; in
-    an evaluation, eval_batch: the windows of its batches; at one, there is no lower to go)."""
+    an evaluation, eval_batch: the windows of its batches; at one, there is no lower to go). With
+    the run's train_args, checkpointing is advised as far as it is not on already."""
     if eval_batch and eval_batch > 1:
         return (f"it was an evaluation's batch of {eval_batch} windows: lower --eval_batch_size (0, the "
                 "default, takes up to 4x --batch_size); the checkpoints already written are complete")
     now = f" (now {batch_size}; --grad_accum keeps the global batch)" if batch_size else ""
-    return (f"lower --batch_size{now} or set --grad_checkpoint true; the checkpoints already written "
-            "are complete")
+    more = " or set --grad_checkpoint true"
+    if train_args is not None and train_args.grad_checkpoint:  # (every layer recomputed: nothing more)
+        layers = train_args.grad_checkpoint_layers
+        more = f" or raise --grad_checkpoint_layers (now {layers}; 0 recomputes every layer)" if layers \
+            else ""
+    return f"lower --batch_size{now}{more}; the checkpoints already written are complete"
 
 
 def resume_options(run_dir: Path) -> str:

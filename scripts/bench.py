@@ -75,13 +75,14 @@ RATIO_ROWS = [  # bench_model.py's ratios in the model table: key, what it is, f
      ">= 40%"),
     ("ckpt_over_moe_time_compiled", "activation checkpointing, both compiled: time / without", ".2f", "",
      "<= 1.3"),
-    ("ckpt_part_memory_saving", "checkpointing the first layers (--ckpt_layers): memory saved", ".0%", "",
-     ">= 40%"),
-    ("ckpt_part_over_moe_time", "checkpointing the first layers: time / without", ".2f", "", "<= 1.3"),
-    ("ckpt_part_memory_saving_compiled", "checkpointing the first layers, both compiled: memory saved",
-     ".0%", "", ">= 40%"),
-    ("ckpt_part_over_moe_time_compiled", "checkpointing the first layers, both compiled: time / without",
-     ".2f", "", "<= 1.3"),
+    # ({layers}: bench_model's --ckpt_layers, in its config)
+    ("ckpt_part_memory_saving", "checkpointing the first {layers} layers: memory saved", ".0%", "", ">= 40%"),
+    ("ckpt_part_over_moe_time", "checkpointing the first {layers} layers: time / without", ".2f", "",
+     "<= 1.3"),
+    ("ckpt_part_memory_saving_compiled", "checkpointing the first {layers} layers, both compiled: memory "
+     "saved", ".0%", "", ">= 40%"),
+    ("ckpt_part_over_moe_time_compiled", "checkpointing the first {layers} layers, both compiled: time / "
+     "without", ".2f", "", "<= 1.3"),
     ("plain_loss_over_fused_time",
      "plain loss (lm_head + F.cross_entropy) / fused linear cross-entropy, time", ".2f", "not slower (~1)",
      "not slower (~1)"),
@@ -147,7 +148,9 @@ def markdown(results: dict, machine: dict) -> str:
                              + " |")
             ratio, gpu = r["ratios"], not m["device"].startswith("cpu")
             lines += ["", "| ratio | measured | target |", "|---|---|---|"]
-            lines += [f"| {label} | {ratio[key]:{fmt}} | {target(on_gpu if gpu else on_cpu, batch)} |"
+            layers = m["config"].get("ckpt_layers") or "N"
+            lines += [f"| {label.format(layers=layers)} | {ratio[key]:{fmt}} | "
+                      f"{target(on_gpu if gpu else on_cpu, batch)} |"
                       for key, label, fmt, on_cpu, on_gpu in RATIO_ROWS
                       if key in ratio]  # (a variant that failed leaves its ratios out)
             lines += [f"| {v} | failed: {why} | |" for v, why in r.get("failed", {}).items()]

@@ -219,6 +219,9 @@ def test_checkpointing_the_first_layers_alone_is_timed_beside_checkpointing_them
     assert modelled["moe+ckpt"] < modelled["moe+ckpt-part"] < modelled["moe"]
     child = [a for a in runs if "moe+ckpt-part" in a]
     assert child and child[0][child[0].index("--ckpt_layers") + 1] == "1"
+    machine = {"cpus": 2, "cpu": "x", "torch": "t", "load_before": 0, "date": "d"}
+    md = bench.markdown({"model": result}, machine)
+    assert "| checkpointing the first 1 layers: time / without |" in md
 
 
 @pytest.mark.parametrize("script, argv, code, message", [

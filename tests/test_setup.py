@@ -334,6 +334,16 @@ def test_memory_advice_names_the_batch_where_it_is_known():
     assert "now" not in train.memory_advice() and "--grad_checkpoint true" in train.memory_advice()
 
 
+def test_memory_advice_does_not_advise_the_checkpointing_a_run_already_has():
+    """Bug caught: a run out of memory with --grad_checkpoint true was told to set --grad_checkpoint
+    true; with --grad_checkpoint_layers N the way on is more layers (or 0: every one)."""
+    assert "set --grad_checkpoint true" in train.memory_advice(6, None, TrainArgs())
+    every = train.memory_advice(6, None, TrainArgs(grad_checkpoint=True))
+    assert "grad_checkpoint" not in every and "lower --batch_size (now 6" in every
+    some = train.memory_advice(6, None, TrainArgs(grad_checkpoint=True, grad_checkpoint_layers=2))
+    assert "or raise --grad_checkpoint_layers (now 2; 0 recomputes every layer)" in some
+
+
 def test_memory_advice_after_an_evaluation_of_one_window_a_batch_does_not_say_lower_it():
     """Bug caught: an evaluation out of memory at batches of one window (--eval_batch_size 1, or a rank's
     one window) was told "lower --eval_batch_size", which cannot go lower; larger ones are."""
