@@ -234,12 +234,15 @@ def main(argv=None):
     for r in range(opts.rounds):
         for i in ((0, 1) if r % 2 == 0 else (1, 0)):
             runs[i].append(run_child(trees[i], spec))
-    result = {"trees": [str(t) for t in trees], **spec, "rounds": opts.rounds,
+    # one tree twice (its variants side by side, in processes of their own): the second named apart,
+    # not merged into the first's figures under one name
+    names = [str(trees[0]), str(trees[1]) + (" (again)" if trees[1] == trees[0] else "")]
+    result = {"trees": names, **spec, "rounds": opts.rounds,
               "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-              "figures": {str(trees[i]): summary(runs[i]) for i in (0, 1)}}
+              "figures": {names[i]: summary(runs[i]) for i in (0, 1)}}
     for name in variants:
-        for tree in trees:
-            f = result["figures"][str(tree)][name]
+        for tree in names:
+            f = result["figures"][tree][name]
             extra = "".join(f", {k} {f[k]:,.4g}" for k in ("launches", "device_wait_s") if k in f)
             print(f"{name:>18}  {tree}: median {f['median_ms']:.1f} ms, least {f['min_ms']:.1f}, "
                   f"{f['rows']} sequences ({f['median_us_per_sequence']:.1f} us each){extra}")

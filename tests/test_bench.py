@@ -1298,6 +1298,22 @@ def test_ab_trees_times_each_tree_with_its_own_code_in_alternating_rounds(tmp_pa
     assert json.loads((tmp_path / "ab.json").read_text())["rounds"] == 2
 
 
+def test_ab_trees_given_one_tree_twice_keeps_both_processes_figures(tmp_path, monkeypatch, capsys):
+    """`ab_trees.py . .` times one tree's variants in processes of their own, by turns. Bug caught:
+    the figures were keyed by the tree's path, so the second process's replaced the first's and the
+    report printed each line twice, the same."""
+    from scripts import ab_trees
+    root = str(ab_trees.ROOT)
+    seconds = iter([[0.1], [0.2], [0.4], [0.3]])  # (round 1: a then b; round 2: b then a)
+    monkeypatch.setattr(ab_trees, "run_child",
+                        lambda tree, spec: {"moe:1": {"seconds": next(seconds), "rows": 1}})
+    result = ab_trees.main([root, root, "--variants", "moe:1", "--rounds", "2"])
+    assert result["trees"] == [root, f"{root} (again)"]
+    assert [result["figures"][t]["moe:1"]["min_ms"] for t in result["trees"]] == \
+        pytest.approx([100.0, 200.0])
+    assert f"{root} (again): median" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--variants", "moe"], "--variants moe: write an eager variant and its batch, as moe:128"),
     (["--variants", "moe+compile:8"], "write an eager variant"),
