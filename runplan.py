@@ -641,7 +641,7 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
         raise ConfigError(f"--grad_accum {train_args.grad_accum} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}, e.g. --grad_accum {fit}{keep}")
     layers = model_args.n_layers
-    if train_args.grad_checkpoint_layers > layers and not train_args.eval_only:
+    if train_args.grad_checkpoint_layers > layers:  # (--eval_only too: it sizes the evaluation's batch)
         raise ConfigError(f"--grad_checkpoint_layers {train_args.grad_checkpoint_layers}: the model has "
                           f"{layers} decoder layers; recompute at most {layers} (0 = all of them)")
     per_process = 1 if train_args.eval_only else train_args.grad_accum // world.size
@@ -677,8 +677,9 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
 
 
 # The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).
-# (Not --grad_checkpoint: it sizes the evaluation's auto batch, train.eval_batch_size.)
-TRAINING_ONLY = ("grad_accum", "grad_checkpoint_layers", "max_steps", "max_minutes", "lr", "min_lr",
+# (Not --grad_checkpoint nor its --grad_checkpoint_layers: they size the evaluation's auto batch,
+# train.eval_batch_multiple.)
+TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr",
                  "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "eval_every", "log_every",
                  "save_every", "max_bad_steps", "tokenizer_train_mb", "plot", "wandb_mode", "wandb_project",
                  "wandb_group", "wandb_name")
@@ -729,7 +730,8 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      f"{m.rope_original_max_seq_len} to a longer one, and --max_seq_len {m.max_seq_len} is "
                      "not longer (transformers warns of it at export); pass --rope_original_max_seq_len "
                      f"{fit} (--max_seq_len / --rope_factor), or --rope_scaling none")
-    if "grad_checkpoint_layers" in given and t.grad_checkpoint_layers and not t.grad_checkpoint and trains:
+    if ("grad_checkpoint_layers" in given and t.grad_checkpoint_layers and not t.grad_checkpoint
+            and (trains or t.eval_only)):
         lines.append(f"--grad_checkpoint_layers {t.grad_checkpoint_layers} has no effect without "
                      "--grad_checkpoint true (no layer is recomputed); pass both, or drop it")
     if "compile_mode" in given and t.compile_mode != "default" and t.compile == "false":  # (said nothing)

@@ -424,19 +424,29 @@ class Clock:
 EVAL_BATCHES_PER_TRAINING_BATCH = 4  # the auto --eval_batch_size's cap, in --batch_size's
 
 
-def eval_batch_size(n: int, train_args: TrainArgs) -> int:
+def eval_batch_size(n: int, train_args: TrainArgs, n_layers: int) -> int:
     """Windows per validation batch for n windows: --eval_batch_size (at most n), or (0, auto) the fewest
-    batches of at most 4 x --batch_size (1 x with --grad_checkpoint, whose training batch was sized to
-    fit a layer's activations at a time, as an evaluation's are), evened out. A forward pass without
+    batches of at most eval_batch_multiple x --batch_size, evened out. A forward pass without
     gradients keeps no layer's activations for backward, so a larger batch fits where a training
     batch does, and a pass is fewer, larger launches (on a GPU an eager pass is bound by them);
     evened out, the last batch is not mostly padding (375 windows at --batch_size 128: one batch of
     375, not three of 128 with 9 of padding, nor two of 256 with 137)."""
     if train_args.eval_batch_size:  # (no more than there are windows: a batch of padding is no use)
         return max(1, min(train_args.eval_batch_size, n))
-    cap = train_args.batch_size * (1 if train_args.grad_checkpoint else EVAL_BATCHES_PER_TRAINING_BATCH)
+    cap = train_args.batch_size * eval_batch_multiple(train_args, n_layers)
     batches = max(1, -(-n // cap))
     return max(1, -(-n // batches))
+
+
+def eval_batch_multiple(train_args: TrainArgs, n_layers: int) -> int:
+    """The auto evaluation batch's cap in training batches: 4, or with --grad_checkpoint one more than
+    the layers whose activations a training step keeps (a training batch sized to fit them and one
+    layer's at a time, as an evaluation holds: 1 with every layer recomputed, 3 with the first 4 of 6;
+    at most 4)."""
+    if not train_args.grad_checkpoint:
+        return EVAL_BATCHES_PER_TRAINING_BATCH
+    recomputed = train_args.grad_checkpoint_layers or n_layers  # (0: every layer)
+    return max(1, min(EVAL_BATCHES_PER_TRAINING_BATCH, n_layers - recomputed + 1))
 
 
 class EvalSet:
@@ -453,7 +463,7 @@ class EvalSet:
         self.tokens, self.bytes = int((y >= 0).sum()), data.count_bytes(y, tok.token_bytes)
         self.key = f"{val.meta['sha256'][:16]}:{n}"  # which windows: the shard's content and their count
         self.held_out = val.meta.get("signature", {}).get("keep") == "val"  # a held-out slice of --data
-        B = self.batch_size = eval_batch_size(len(x), train_args)
+        B = self.batch_size = eval_batch_size(len(x), train_args, model_args.n_layers)
         fill = -len(x) % B  # whole batches only (one shape for a compiled model): padding windows
         x = torch.cat([x, torch.full((fill, T), model_args.pad_id, dtype=x.dtype)])
         y = torch.cat([y, torch.full((fill, T), -1, dtype=y.dtype)])  # ... whose targets are ignored
@@ -1181,7 +1191,8 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
             raise peer_lost_error(e, job.run_dir, job.train_args.eval_only) from e
         if not runtime.out_of_memory(e):
             raise
-        advice = memory_advice(job.train_args.batch_size, getattr(e, "eval_batch_size", None), job.train_args)
+        advice = memory_advice(job.train_args.batch_size, getattr(e, "eval_batch_size", None), job.train_args,
+                               job.model_args.n_layers)
         raise RunError(f"out of memory ({first_line(e)[:160]}); {advice}") from e
     finally:
         if job.folder is not None:
@@ -1353,19 +1364,20 @@ def peer_lost_error(e: Exception, run_dir: Path | None, eval_only: bool = False,
 
 
 def memory_advice(batch_size: int | None = None, eval_batch: int | None = None,
-                  train_args: TrainArgs | None = None) -> str:
+                  train_args: TrainArgs | None = None, n_layers: int = 0) -> str:
     """What to do when a run runs out of memory (at set-up, before its batch is known: no batch; in
     an evaluation, eval_batch: the windows of its batches; at one, there is no lower to go). With
-    the run's train_args, checkpointing is advised as far as it is not on already."""
+    the run's train_args (and its model's n_layers), checkpointing is advised as far as it is not on
+    already."""
     if eval_batch and eval_batch > 1:
         return (f"it was an evaluation's batch of {eval_batch} windows: lower --eval_batch_size (0, the "
                 "default, takes up to 4x --batch_size); the checkpoints already written are complete")
     now = f" (now {batch_size}; --grad_accum keeps the global batch)" if batch_size else ""
     more = " or set --grad_checkpoint true"
     if train_args is not None and train_args.grad_checkpoint:  # (every layer recomputed: nothing more)
-        layers = train_args.grad_checkpoint_layers
-        more = f" or raise --grad_checkpoint_layers (now {layers}; 0 recomputes every layer)" if layers \
-            else ""
+        layers = train_args.grad_checkpoint_layers  # (as many as the model has: every one, as 0 is)
+        some = layers > 0 and (n_layers == 0 or layers < n_layers)  # (n_layers 0: not known)
+        more = f" or raise --grad_checkpoint_layers (now {layers}; 0 recomputes every layer)" if some else ""
     return f"lower --batch_size{now}{more}; the checkpoints already written are complete"
 
 

@@ -695,7 +695,8 @@ def test_more_layers_to_recompute_than_the_model_has_is_refused_and_none_without
         tmp_path, monkeypatch):
     """--grad_checkpoint_layers N recomputes the first N decoder layers: more than the model has is a
     one-line error before any work (not all of them, silently), and N typed without --grad_checkpoint
-    true a warning (no layer is recomputed), as is N beside --eval_only (it trains nothing)."""
+    true a warning (no layer is recomputed), beside --eval_only too (where it sizes the evaluation's
+    batch: refused alike past the model's layers, no "trains nothing" warning)."""
     monkeypatch.setattr(runtime, "device_memory", lambda device: None)
     cpu, world = torch.device("cpu"), runtime.World()
     on = TrainArgs(grad_checkpoint=True, grad_checkpoint_layers=DEBUG.n_layers)
@@ -705,7 +706,8 @@ def test_more_layers_to_recompute_than_the_model_has_is_refused_and_none_without
                                           r"recompute at most 4 \(0 = all of them\)$"):
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, too_many, None, None), cpu, world)
     evaluate = runplan.RunPlan(tmp_path, DEBUG, replace(too_many, eval_only=True), None, None)
-    runplan.check_settings(evaluate, cpu, world)  # (--eval_only: warned of below, not refused)
+    with pytest.raises(ConfigError, match=r"^--grad_checkpoint_layers 5: "):  # (it sizes the evaluation)
+        runplan.check_settings(evaluate, cpu, world)
     given = {"grad_checkpoint_layers"}
     off = runplan.RunPlan(None, DEBUG, TrainArgs(grad_checkpoint_layers=2), None, None)
     assert runplan.setting_warnings(off, given) == [
@@ -713,9 +715,14 @@ def test_more_layers_to_recompute_than_the_model_has_is_refused_and_none_without
         "recomputed); pass both, or drop it"]
     both = off._replace(train_args=replace(on, grad_checkpoint_layers=2))
     assert runplan.setting_warnings(both, given) == []
+    # beside --eval_only it sizes the evaluation's auto batch (train.eval_batch_multiple), as
+    # --grad_checkpoint does: no warning, but none without --grad_checkpoint true
     evaluating = off._replace(train_args=replace(on, grad_checkpoint_layers=2, eval_only=True))
-    assert runplan.setting_warnings(evaluating, given) == [
-        "warning: --eval_only trains nothing: --grad_checkpoint_layers has no effect"]
+    assert runplan.setting_warnings(evaluating, given) == []
+    unchecked = evaluating._replace(train_args=replace(off.train_args, eval_only=True))
+    assert runplan.setting_warnings(unchecked, given) == [
+        "warning: --grad_checkpoint_layers 2 has no effect without --grad_checkpoint true (no layer is "
+        "recomputed); pass both, or drop it"]
     with pytest.raises(ConfigError, match="grad_checkpoint_layers"):
         TrainArgs(grad_checkpoint_layers=-1)
 
@@ -1595,5 +1602,6 @@ def test_grad_checkpoint_typed_beside_eval_only_is_not_said_to_do_nothing():
     import train
     p = runplan.RunPlan(None, DEBUG, TrainArgs(eval_only=True), None, None)
     assert runplan.setting_warnings(p, {"grad_checkpoint"}) == []
-    sizes = [train.eval_batch_size(256, TrainArgs(batch_size=8, grad_checkpoint=on)) for on in (False, True)]
+    sizes = [train.eval_batch_size(256, TrainArgs(batch_size=8, grad_checkpoint=on), 4)
+             for on in (False, True)]
     assert sizes == [32, 8]  # what it does there: the auto evaluation batch is 1x --batch_size, not 4x

@@ -137,12 +137,15 @@ def test_a_new_models_weights_are_a_function_of_the_seed(tmp_path, corpus, cache
 
 def test_grad_checkpoint_reaches_the_model(tmp_path, corpus, cache, set_up):
     """--grad_checkpoint not passed to the model: it kept every activation (out of memory); nor
-    --grad_checkpoint_layers (every layer recomputed)."""
+    --grad_checkpoint_layers (every layer recomputed), nor the model's layers to the evaluation's auto
+    batch (2 of the debug preset's 4 recomputed: 3x --batch_size, evened out)."""
     on, _ = set_up(argv(tmp_path / "a", corpus, cache, "--grad_checkpoint", "true",
-                        "--grad_checkpoint_layers", "2"))
-    off, _ = set_up(argv(tmp_path / "b", corpus, cache))
+                        "--grad_checkpoint_layers", "2", "--batch_size", "1"))
+    off, _ = set_up(argv(tmp_path / "b", corpus, cache, "--batch_size", "1"))
     assert on.model.grad_checkpoint is True and off.model.grad_checkpoint is False
     assert on.model.grad_checkpoint_layers == 2 and off.model.grad_checkpoint_layers == 0
+    assert len(off.val.x) == off.val.batch_size == 4  # (4 windows: one batch of 4, at most 4x)
+    assert on.val.batch_size == 2  # (at most 3: two batches of 2)
 
 
 def build(tmp_path, corpus, cache, *extra, world=None):
@@ -336,12 +339,16 @@ def test_memory_advice_names_the_batch_where_it_is_known():
 
 def test_memory_advice_does_not_advise_the_checkpointing_a_run_already_has():
     """Bug caught: a run out of memory with --grad_checkpoint true was told to set --grad_checkpoint
-    true; with --grad_checkpoint_layers N the way on is more layers (or 0: every one)."""
+    true; with --grad_checkpoint_layers N the way on is more layers (or 0: every one), unless N is
+    every layer the model has (it was told to raise it)."""
     assert "set --grad_checkpoint true" in train.memory_advice(6, None, TrainArgs())
     every = train.memory_advice(6, None, TrainArgs(grad_checkpoint=True))
     assert "grad_checkpoint" not in every and "lower --batch_size (now 6" in every
     some = train.memory_advice(6, None, TrainArgs(grad_checkpoint=True, grad_checkpoint_layers=2))
     assert "or raise --grad_checkpoint_layers (now 2; 0 recomputes every layer)" in some
+    assert some == train.memory_advice(6, None, TrainArgs(grad_checkpoint=True, grad_checkpoint_layers=2), 4)
+    # as many as the model has recompute every layer, as 0 does: no more to raise
+    assert train.memory_advice(6, None, TrainArgs(grad_checkpoint=True, grad_checkpoint_layers=4), 4) == every
 
 
 def test_memory_advice_after_an_evaluation_of_one_window_a_batch_does_not_say_lower_it():

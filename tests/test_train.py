@@ -2501,14 +2501,29 @@ def test_the_auto_evaluation_batch_is_the_fewest_of_at_most_4x_the_training_batc
     windows of padding), or an --eval_batch_size over the windows there are padded to it; with
     --grad_checkpoint (memory tight) no larger than the training batch."""
     def size(n, batch_size, eval_batch_size=0):
-        return train.eval_batch_size(n, TrainArgs(batch_size=batch_size, eval_batch_size=eval_batch_size))
+        return train.eval_batch_size(n, TrainArgs(batch_size=batch_size, eval_batch_size=eval_batch_size), 4)
     assert [size(375, b) for b in (128, 64, 32, 1)] == [375, 188, 125, 4]
     assert [size(n, 2) for n in (0, 1, 8, 9, 17)] == [1, 1, 8, 5, 6]
     assert [size(100, 128, e) for e in (16, 100, 512)] == [16, 100, 100] and size(0, 4, 8) == 1
     # with --grad_checkpoint the training batch was sized for a layer's activations at a time: 1x
-    assert train.eval_batch_size(375, TrainArgs(batch_size=128, grad_checkpoint=True)) == 125
+    assert train.eval_batch_size(375, TrainArgs(batch_size=128, grad_checkpoint=True), 4) == 125
     val = windows_of_4(85, 2, eval_batch_size=0)  # 21 windows: three batches of 7, no padding
     assert val.batch_size == 7 and val.x.shape == (21, 4) and (val.y >= 0).all()
+
+
+def test_the_auto_evaluation_batch_with_some_layers_recomputed_is_one_more_than_those_kept():
+    """Bug caught: with --grad_checkpoint_layers N (the first N of L layers recomputed) the auto
+    evaluation batch stayed 1x --batch_size, as with every layer recomputed, where the training batch
+    was sized for the L - N layers' activations a step keeps (and one layer's at a time, as an
+    evaluation holds): (L - N + 1)x fits, 4x at most; N = L (or 0) recomputes every layer: 1x."""
+    def multiple(layers, n_layers=6):
+        return train.eval_batch_multiple(TrainArgs(grad_checkpoint=True, grad_checkpoint_layers=layers),
+                                         n_layers)
+    assert [multiple(n) for n in (0, 6, 5, 4, 3, 2, 1)] == [1, 1, 2, 3, 4, 4, 4]
+    assert train.eval_batch_multiple(TrainArgs(grad_checkpoint_layers=5), 6) == 4  # (no --grad_checkpoint)
+    some = TrainArgs(batch_size=128, grad_checkpoint=True, grad_checkpoint_layers=4)
+    assert train.eval_batch_size(375, some, 6) == 375 and train.eval_batch_size(375, some, 4) == 125
+    assert train.eval_batch_size(1000, some, 6) == 334  # (three batches of at most 384, evened out)
 
 
 def test_the_validation_loss_of_a_model_does_not_depend_on_the_evaluation_batch():
