@@ -535,11 +535,13 @@ def evaluate(model, val: EvalSet, autocast, device, stop: "Stop | None" = None, 
 
 
 # A compiled run's evaluations run the eager model until they have taken this long in all, then the
-# compiled one: compiling the evaluation took 8 s for scout-128m on an H200, where an eager pass over
-# valid-lower.txt takes about 0.07 s (0.02 s compiled), so a run with a small validation set never
-# pays to compile it, and one with a large set compiles once its eager passes have cost about as
-# much as compiling does (at worst the two costs add); --eval_only (one pass) never compiles
-COMPILE_EVAL_AFTER_S = 10.0
+# compiled one: compiling the evaluation took 8 s for scout-128m on an H200 (the model compiled
+# whole), where an eager pass over valid-lower.txt takes about 0.07 s (0.02 s compiled), so a run
+# with a small validation set never pays to compile it, and one with a large set compiles once its
+# eager passes have cost about as much as compiling does (at worst the two costs add). By regions
+# the evaluation's tracing and lowering, most of a GPU's compile, took 2.07x less on a CPU
+# (scripts/bench_compile.py: warm_eval_s), so about 4 s; --eval_only (one pass) never compiles
+COMPILE_EVAL_AFTER_S = 4.0
 
 
 def evaluate_job(job: Job, stop: "Stop | None" = None, bar=None) -> dict | None:

@@ -1,6 +1,6 @@
-"""Compile-time benchmark: how long the first compiled training step takes, the model compiled whole
-against by regions (runtime.RegionalModel: each decoder layer and the head on its own, what train.py
-compiles), and how fast each then steps.
+"""Compile-time benchmark: how long the first compiled training step takes, and the first compiled
+evaluation after it, the model compiled whole against by regions (runtime.RegionalModel: each
+decoder layer and the head on its own, what train.py compiles), and how fast each then steps.
 
     python scripts/bench_compile.py                  # CPU: scout-128m at vocabulary 8192, batch 1, fp32
     python scripts/bench_compile.py --device cuda    # GPU: the same at batch 32, bf16 autocast
@@ -8,7 +8,9 @@ compiles), and how fast each then steps.
 
 The step is train.py's (bench_model.make_step: forward, backward, clipping, fused AdamW). Each
 first step runs in a fresh process with an empty Inductor cache of its own: `cold` is its time
-there (tracing, lowering and building every kernel: what a new machine's first run pays). `warm` is
+there (tracing, lowering and building every kernel: what a new machine's first run pays), and
+`cold_eval` that of the evaluation of one batch of train.py's auto validation batch (4x the training
+batch) after it, on the same compiled model (eval mode and no gradients: graphs of its own). `warm` is
 the same again in that cache, its graph caches off, so that only the kernels are built already: the
 tracing and lowering, which the CPU's C++ compiler otherwise hides (on a GPU Triton builds kernels
 in parallel workers, and the compile is mostly this Python). Rounds alternate the two scopes; the
@@ -67,7 +69,20 @@ def first_step(scope: str, base: dict, batch: int, device: str, warm: bool) -> d
         functorch_config.enable_autograd_cache = False
     device = torch.device(device)
     step, job = build(scope, base, batch, device)
-    return {"first_s": timed(step, device), "compiled": type(job.runner).__name__}
+    first = timed(step, device)
+    evaluate = evaluation(job.runner, base, batch, device)  # (after a step, as in train.py: its own graphs)
+    return {"first_s": first, "eval_first_s": timed(evaluate, device), "compiled": type(job.runner).__name__}
+
+
+def evaluation(runner, base: dict, batch: int, device: torch.device):
+    """train.py's evaluation of one batch of its auto validation batch at this training batch (4x its
+    sequences, bench_model.rows) on the compiled `runner`: its first call compiles the evaluation's
+    graphs (eval mode, no gradients: others than the training step's)."""
+    args = bench_model.variant_args("moe", base)
+    x = torch.randint(0, args.vocab_size, (bench_model.rows("moe+eval", batch), args.max_seq_len),
+                      generator=torch.Generator().manual_seed(1)).to(device)
+    return bench_model.evaluation(runner, x, runtime.autocast(device, runtime.compute_dtype("auto", device)),
+                                  device)
 
 
 def steady(base: dict, batch: int, device: str, steps: int) -> dict:
@@ -102,17 +117,19 @@ def run(base: dict, batch: int, device: str, steps: int, rounds: int, warm: bool
     """Per scope the least over rounds of the cold (and warm) first step's seconds, then the steady
     step's ms; the ratios whole / regional. `shared`: one cache directory for all (--quick: each
     child reuses the kernels the ones before built)."""
-    got = {s: {"cold_s": [], "warm_s": []} for s in SCOPES}
+    got = {s: {"cold_s": [], "warm_s": [], "cold_eval_s": [], "warm_eval_s": []} for s in SCOPES}
     compiled_as = {}  # what each scope's child compiled: a check that the scopes differ
     for _ in range(rounds):
         for scope in SCOPES:
             with tempfile.TemporaryDirectory() as fresh:
                 r = child(scope, base, batch, device, shared or fresh)
                 got[scope]["cold_s"].append(r["first_s"])
+                got[scope]["cold_eval_s"].append(r["eval_first_s"])
                 compiled_as[scope] = r["compiled"]
                 if warm:
-                    got[scope]["warm_s"].append(child(scope, base, batch, device, shared or fresh,
-                                                      warm=True)["first_s"])
+                    r = child(scope, base, batch, device, shared or fresh, warm=True)
+                    got[scope]["warm_s"].append(r["first_s"])
+                    got[scope]["warm_eval_s"].append(r["eval_first_s"])
     best = {s: {k: min(v) for k, v in got[s].items() if v} for s in SCOPES}
     with tempfile.TemporaryDirectory() as fresh:
         for scope, ms in child("steady", base, batch, device, shared or fresh, steps).items():

@@ -143,10 +143,8 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     autocast = runtime.autocast(device, dtype)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, args.vocab_size, (rows(variant, batch), args.max_seq_len), generator=g).to(device)
-    if is_eval(variant):  # train.py's validation pass over one batch of windows, its own batch size
-        n = x.numel()
-        val = SimpleNamespace(x=x, y=x, batch_size=len(x), tokens=n, bytes=n, world=runtime.World())
-        return (lambda: train.evaluate(runner, val, autocast, device)), SimpleNamespace(model=model, opt=None)
+    if is_eval(variant):
+        return evaluation(runner, x, autocast, device), SimpleNamespace(model=model, opt=None)
     train_args = TrainArgs(batch_size=batch)
     job = SimpleNamespace(model=model, runner=runner, train_args=train_args, micros=[0], no_sync=None,
                           opt=train.make_optimizer(model, train_args, device), autocast=autocast)
@@ -155,6 +153,13 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
     def step():
         return train.train_step(job, batches, 0, 1e-4)  # a train.StepOutput
     return step, job
+
+
+def evaluation(runner, x: torch.Tensor, autocast, device):
+    """train.py's validation pass over one batch of windows x (B, T), its own batch size: a function."""
+    n = x.numel()
+    val = SimpleNamespace(x=x, y=x, batch_size=len(x), tokens=n, bytes=n, world=runtime.World())
+    return lambda: train.evaluate(runner, val, autocast, device)
 
 
 def sync(device):
