@@ -432,8 +432,8 @@ class TrainArgs:
     eval_windows: int = arg(0, "cap on validation windows, taken from the start (0 = all)")
     eval_batch_size: int = arg(0, "validation windows per batch (0 = auto: the fewest batches of at most "
                                   "4 x --batch_size, evened out; with --grad_checkpoint 1 x, or one more "
-                                  "than the layers not recomputed; evaluation keeps nothing for a "
-                                  "backward pass, so its batches fit where training's do)")
+                                  "than the layers not recomputed (4 x at most); evaluation keeps "
+                                  "nothing for a backward pass, so its batches fit where training's do)")
     log_every: int = arg(10, "log train metrics every N steps")
     save_every: int = arg(500, "save a checkpoint every N steps (and at the end)")
     max_bad_steps: int = arg(5, "stop after this many non-finite steps in a row")

@@ -61,7 +61,8 @@ def timed(step, device) -> float:
 
 
 def first_step(scope: str, base: dict, batch: int, device: str, warm: bool) -> dict:
-    """In this (fresh) process: the seconds of `scope`'s first training step (compiling it)."""
+    """In this (fresh) process: the seconds of `scope`'s first training step (compiling it), and of
+    the first evaluation after it (compiling the evaluation's graphs)."""
     if warm:  # the kernels are in the cache directory already; trace and lower everything again
         from torch._functorch import config as functorch_config
         from torch._inductor import config as inductor_config

@@ -215,8 +215,9 @@ def train_part(opts, out: Path, log) -> dict:
             result.setdefault("cut", []).append(name)
         return r
     # first what matters most, the greedy comparison; then the checkpoint evaluates and samples
-    # (eagerly: the run's own evaluations timed the compiled pass, and greedy_agreement compiled the
-    # decode step; two more compiles would cost ~40 s)
+    # (eagerly: the run's own evaluations timed the pass, compiled once they had taken
+    # train.COMPILE_EVAL_AFTER_S, and greedy_agreement compiled the decode step; two more compiles
+    # would cost ~40 s)
     result["greedy"] = greedy_agreement(opts, run_dir, follow_up)
     keep()
     ev = follow_up("train.py --eval_only", "train.py", "--run", "gpu-check", "--eval_only", "--val_data",

@@ -184,14 +184,15 @@ def test_a_training_step_makes_no_host_sync(tmp_path, corpus):
     assert run(9) == run(3)
 
 
-@pytest.mark.parametrize("compile_eval_after_s", [0.0, train.COMPILE_EVAL_AFTER_S])
+@pytest.mark.parametrize("compile_eval_after_s", [0.0, 60.0])
 def test_a_compiled_run_compiles_each_graph_once(tmp_path, corpus, monkeypatch, compile_eval_after_s):
     """train.py --compile true compiles the same graphs whatever the run's length: the start-up
     preflight; for training (forward with its backward) a RoPE layer, a NoPE layer and the head
     (the regions: runtime.RegionalModel), and the same three for evaluation once the eager
-    evaluations have taken train.COMPILE_EVAL_AFTER_S (at 0, from the first); with the default, a
-    short run's fast evaluations stay eager and compile nothing. Going back and forth between
-    training and evaluation, logging and saving recompile nothing (on a GPU each recompile of
+    evaluations have taken train.COMPILE_EVAL_AFTER_S (at 0, from the first); below it (60 s here,
+    past what a short run's evaluations take on a loaded machine) they stay eager and compile
+    nothing. Going back and forth between training and evaluation, logging and saving recompile
+    nothing (on a GPU each recompile of
     scout-128m would cost about a minute). Runs of 4 and 8 steps, evaluating, logging and saving
     every 2, compile the same graphs."""
     from torch._dynamo.utils import counters
