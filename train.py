@@ -442,7 +442,7 @@ def eval_batch_multiple(train_args: TrainArgs, n_layers: int) -> int:
     """The auto evaluation batch's cap in training batches: 4, or with --grad_checkpoint one more than
     the layers whose activations a training step keeps (a training batch sized to fit them and one
     layer's at a time, as an evaluation holds: 1 with every layer recomputed, 3 with the first 4 of 6;
-    at most 4)."""
+    at most 4). The memory model holds each within its training step (tests/test_memory_model.py)."""
     if not train_args.grad_checkpoint:
         return EVAL_BATCHES_PER_TRAINING_BATCH
     recomputed = train_args.grad_checkpoint_layers or n_layers  # (0: every layer)

@@ -398,29 +398,58 @@ def modelled_step_memory(variant, base, batch, dtype, cuda: bool = True) -> dict
     Returns bytes: {"step", "held" (parameters and optimizer state), and the step's parts by
     MemTracker's kinds: "act", "temp", "grad", ...}; training variants only (not hf, eval or
     compiled ones)."""
+    if variant == "hf" or is_eval(variant) or variant.endswith("+compile"):
+        raise ValueError(f"{variant}: the memory model runs our eager training steps only")
+    with modelling(cuda):
+        step, job = make_step(variant, base, batch, torch.device("cpu"), dtype)
+        step()  # the optimizer's state appears here, and is held between steps from now on
+        return tracked(step, job.model, job.opt)
+
+
+def modelled_eval_memory(base, windows: int, dtype, cuda: bool = True) -> dict:
+    """modelled_step_memory of an eager evaluation of one batch of `windows` (train.evaluate's work
+    a batch: eval mode, no gradients, the weights cast at once for the pass, the loss alone): its
+    "step" is what the pass takes above the parameters ("held"; a training run's optimizer state
+    and nothing else of its step is held beside it, the gradients set to None)."""
+    with modelling(cuda):
+        torch.manual_seed(0)
+        ours = Llama4(variant_args("moe", base)).eval()
+        x = torch.zeros(windows, ours.args.max_seq_len, dtype=torch.long)
+
+        def evaluate():
+            with torch.no_grad(), runtime.autocast(torch.device("cpu"), dtype), \
+                    ours.weights_cast_once(whole_pass=True):
+                return ours(x, targets=x).lm_loss
+        return tracked(evaluate, ours, None)
+
+
+@contextlib.contextmanager
+def modelling(cuda: bool):
+    """Fake tensors (FakeTensorMode), and with `cuda` CUDA's code paths and RMSNorm's saved tensors
+    (modelled_step_memory)."""
     from unittest import mock
 
     from torch._subclasses.fake_tensor import FakeTensorMode
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(FakeTensorMode())
+        if cuda:
+            stack.enter_context(mock.patch.object(
+                F, "rms_norm", lambda input, normalized_shape, weight=None, eps=None:
+                CudaRMSNormMemory.apply(input, normalized_shape, weight, eps)))
+            for name in ("FP32_OUT_DEVICES", "SHARED_IN_GROUPS_DEVICES", "CAST_ONCE_DEVICES"):
+                stack.enter_context(mock.patch.object(model_module, name, ("cpu",)))
+        yield
+
+
+def tracked(step, model: torch.nn.Module, opt) -> dict:
+    """MemTracker's peak over one call of `step` (in modelling()): bytes {"step": above "held"
+    (parameters, buffers and the optimizer's state), "held", and the step's parts by kind}."""
     from torch.distributed._tools.mem_tracker import MemTracker
-    cpu = torch.device("cpu")
-    if variant == "hf" or is_eval(variant) or variant.endswith("+compile"):
-        raise ValueError(f"{variant}: the memory model runs our eager training steps only")
-    norm = mock.patch.object(F, "rms_norm", lambda input, normalized_shape, weight=None, eps=None:
-                             CudaRMSNormMemory.apply(input, normalized_shape, weight, eps)) \
-        if cuda else contextlib.nullcontext()
-    loss = mock.patch.object(model_module, "FP32_OUT_DEVICES", ("cpu",)) if cuda else contextlib.nullcontext()
-    shared = mock.patch.object(model_module, "SHARED_IN_GROUPS_DEVICES", ("cpu",)) if cuda \
-        else contextlib.nullcontext()
-    once = mock.patch.object(model_module, "CAST_ONCE_DEVICES", ("cpu",)) if cuda \
-        else contextlib.nullcontext()
-    with FakeTensorMode(), norm, loss, shared, once:
-        step, job = make_step(variant, base, batch, cpu, dtype)
-        step()  # the optimizer's state appears here, and is held between steps from now on
-        tracker = MemTracker()
-        tracker.track_external(job.model, job.opt)
-        with tracker:
-            step()
-        peak = tracker.get_tracker_snapshot("peak")[cpu]
+    tracker = MemTracker()
+    tracker.track_external(*(t for t in (model, opt) if t is not None))
+    with tracker:
+        step()
+    peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
     kinds = {str(k).rsplit(".", 1)[-1].lower(): v for k, v in peak.items()}
     held = kinds.pop("param", 0) + kinds.pop("buffer", 0) + kinds.pop("opt", 0)
     return {"step": kinds.pop("total") - held, "held": held, **{k: v for k, v in kinds.items() if v}}

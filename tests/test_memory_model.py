@@ -325,3 +325,29 @@ def test_a_vocabulary_train_py_refuses_is_refused(tmp_path, capsys):
     assert e.value.code == 2 and "error: --vocab_size 100 is too small: a byte-level BPE needs at least 264" \
         in err and err.count("\n") == 1, err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_auto_evaluation_batch_fits_where_the_training_step_did_at_the_gpu_shape(monkeypatch):
+    """train.eval_batch_multiple sizes the auto evaluation batch in training batches: 4x, 1x with every
+    layer recomputed, one more than the layers kept with the first N recomputed. On the memory model
+    (scout-128m, bf16, CUDA's paths, training batch 32) each evaluation takes no more than its
+    training step (above what both hold: the parameters, and the optimizer's state kept beside an
+    evaluation): 1,940 MB against 885 (4x), 716 against 644 (1x), 1,131 against 740 (3x, 4 of 6).
+    Bug caught: a rule giving every-layer checkpointing 4x (885 MB where the step took 716: the
+    evaluation's cast weights and loss chunk are most of its memory), or an evaluation holding more
+    than it did (the (B*T, V) logits)."""
+    from config import PRESETS, ModelArgs, TrainArgs
+    from scripts import bench_model
+    from train import eval_batch_multiple
+    base, B = {**PRESETS["scout-128m"]["ModelArgs"], "vocab_size": 32768}, 32
+    layers = ModelArgs(**base).n_layers
+    for variant, recomputed in [("moe", 0), ("moe+ckpt", 0), ("moe+ckpt-part", 4)]:
+        monkeypatch.setattr(bench_model, "CKPT_LAYERS", recomputed)
+        step = bench_model.modelled_step_memory(variant, base, B, torch.bfloat16)["step"]
+        times = eval_batch_multiple(TrainArgs(grad_checkpoint=variant != "moe",
+                                              grad_checkpoint_layers=recomputed), layers)
+        assert times == {"moe": 4, "moe+ckpt": 1, "moe+ckpt-part": 3}[variant]
+        evaluation = bench_model.modelled_eval_memory(base, times * B, torch.bfloat16)["step"]
+        assert evaluation <= step, (variant, times, evaluation / 2**20, step / 2**20)
+    wider = bench_model.modelled_eval_memory(base, 4 * B, torch.bfloat16)["step"]
+    assert wider > bench_model.modelled_step_memory("moe+ckpt", base, B, torch.bfloat16)["step"]
