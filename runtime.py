@@ -52,6 +52,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
+from config import CUDA_GRAPH_MODES
 from errors import ConfigError, DeviceError, MachineError, RankError, RunError, UserError, first_line
 from model import Llama4, Regions, checkpoint_layer, run_layer
 
@@ -370,16 +371,23 @@ class RegionalModel(torch.nn.Module):
     faster so on a CPU, 1.8x with its kernels built (scripts/bench_compile.py), and the time no
     longer grows with the layers. The embedding and the RoPE tables run eagerly (a dozen ops a
     step). The model is the wrapper's `_orig_mod`, as in torch.compile's: its state dict is the
-    model's under that prefix, and its attributes read and set through."""
+    model's under that prefix, and its attributes read and set through. Under CUDA graphs
+    (reduce-overhead, max-autotune) each forward is one step of CUDA graph trees: without
+    gradients (evaluation) each region's call would otherwise start a new one, whose replays
+    overwrite the last region's outputs, the next region's input (torch's cudagraph_trees:
+    can_start_new_generation)."""
 
     def __init__(self, model: Llama4, **options):
         super().__init__()
+        self.cuda_graphs = options.get("mode") in CUDA_GRAPH_MODES  # (set before the model: its own)
         self._orig_mod = model
         self.regions = Regions(layer=torch.compile(run_layer, **options),
                                checkpointed=torch.compile(checkpoint_layer, **options),
                                head=torch.compile(Llama4._head, **options))
 
     def forward(self, *args, **kwargs):
+        if self.cuda_graphs:  # the last forward's outputs are consumed (train.accumulate, evaluate)
+            torch.compiler.cudagraph_mark_step_begin()
         return self._orig_mod(*args, regions=self.regions, **kwargs)
 
     @property
@@ -398,7 +406,8 @@ class RegionalModel(torch.nn.Module):
             return getattr(self._orig_mod, name)
 
     def __setattr__(self, name, value):  # the model's settings go to the model, as in torch.compile's
-        if name in ("_orig_mod", "regions", "training") or "_orig_mod" not in self.__dict__["_modules"]:
+        own = ("_orig_mod", "regions", "training", "cuda_graphs")
+        if name in own or "_orig_mod" not in self.__dict__["_modules"]:
             super().__setattr__(name, value)
         else:
             setattr(self._orig_mod, name, value)

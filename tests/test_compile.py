@@ -3,6 +3,7 @@ regions as train.py compiles it (one graph a kind of layer), and the compiled mo
 like the eager one; a training step never waits for the device, and evaluation waits once, at its
 end."""
 
+import dataclasses
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -138,6 +139,68 @@ def test_regions_compiled_at_several_shapes_in_one_process_all_stay_compiled():
             compiled(x, targets=x)
     assert not [k for k in counters["unimplemented"] if "recompile limit" in k]
     assert counters["stats"]["unique_graphs"] == 3 * (3 + 1)  # each batch: 3 kinds of layer, the head
+
+
+class GraphTrees:
+    """torch.compile as CUDA graph trees (reduce-overhead) treat a compiled function's outputs, on the
+    CPU: each call of a compiled function is a new torch.compile invocation, and one with no backward
+    pending (no gradients) starts a new generation, whose replays overwrite every output of the last
+    one (torch 2.11, torch/_inductor/cudagraph_trees.py: can_start_new_generation,
+    dealloc_current_path_weakrefs). Once torch.compiler.cudagraph_mark_step_begin() has been called,
+    generations are its steps instead. An overwritten output read again raises, as on CUDA."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.marks, self.gen, self.pending = 0, 0, None, False
+        self.live, self.dead = [], []
+        monkeypatch.setattr(torch, "compile", self.compile)
+        monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", self.mark)
+
+    def mark(self):
+        self.marks += 1
+
+    def compile(self, fn, mode=None, dynamic=None, **_):
+        def run(*args, **kwargs):
+            self.calls += 1
+            now = self.marks or self.calls
+            if now != self.gen and (self.marks or not self.pending):  # a new generation
+                self.gen, self.dead, self.live = now, self.dead + self.live, []
+            inputs = torch.utils._pytree.tree_leaves((args, kwargs))
+            if any(t is d for t in inputs for d in self.dead):
+                raise RuntimeError("Error: accessing tensor output of CUDAGraphs that has been overwritten "
+                                   "by a subsequent run.")
+            out = fn(*args, **kwargs)
+            self.pending = self.pending or torch.is_grad_enabled()
+            fields = dataclasses.fields(out) if dataclasses.is_dataclass(out) else None
+            parts = out if fields is None else [getattr(out, f.name) for f in fields]
+            self.live += [t for t in torch.utils._pytree.tree_leaves(parts) if isinstance(t, torch.Tensor)]
+            return out
+        return run
+
+
+def test_a_regionally_compiled_model_under_cuda_graphs_evaluates_and_trains(monkeypatch):
+    """Under CUDA graphs (--compile_mode reduce-overhead on CUDA), a RegionalModel's forward is one
+    step of the graph trees (torch.compiler.cudagraph_mark_step_begin), not one per region: each
+    region reads the last one's output, and the head every MoE layer's routing. Bug caught: without
+    gradients (train.evaluate) every region's call started a new generation, which overwrote the
+    output the next region reads ("accessing tensor output of CUDAGraphs that has been overwritten"):
+    the compiled evaluation failed and train.py evaluated eagerly from then on. Training steps
+    (backward pending) went on as before, and a model compiled whole (one call a forward) too."""
+    trees = GraphTrees(monkeypatch)
+    model = Llama4(debug_args())
+    compiled = runtime.RegionalModel(model, mode="reduce-overhead", dynamic=False)
+    x = torch.randint(0, model.args.vocab_size, (2, model.args.max_seq_len))
+    for _ in range(2):
+        compiled.train()
+        loss = compiled(x, targets=x).loss
+        loss.backward()
+        trees.pending = False  # (the backward graphs ran)
+        compiled.eval()
+        with torch.no_grad():
+            assert torch.isfinite(compiled(x, targets=x).lm_loss)
+    assert trees.marks == 4
+    trees.marks = 0
+    runtime.RegionalModel(model, dynamic=False)(x, targets=x)  # (no CUDA graphs: no steps marked)
+    assert trees.marks == 0
 
 
 def test_a_regionally_compiled_model_is_the_model_underneath():
