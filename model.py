@@ -24,8 +24,8 @@ What it holds, one section each, in this order:
                         PermuteRows (the dispatch's gathers)
     mixture of experts  Experts, Routing, router_stats (the router losses of all layers at once), MoE
     the decoder         to_compute_dtype, CastPlan and CastOnce (weights cast at once), Block,
-                        checkpoint_layer, run_layer and Regions (what compiles by regions), Output,
-                        Llama4
+                        recomputed_layers, checkpoint_layer, run_layer and Regions (what compiles by
+                        regions), Output, Llama4
     the vision stub     VisionModel and its parts, Projector
     the loss            linear_cross_entropy: lm_head and the cross-entropy, chunk by chunk
     generation          KVCache and CacheStep (the static KV cache), few_row_logits (decoding's logits)
@@ -827,6 +827,12 @@ class Block(nn.Module):
         return x + self.feed_forward(h), None
 
 
+def recomputed_layers(setting: int, n_layers: int) -> int:
+    """How many decoder layers, the first ones, activation checkpointing recomputes under
+    --grad_checkpoint_layers `setting` (0: all n_layers)."""
+    return setting or n_layers
+
+
 def checkpoint_layer(layer: Block, x, positions, rope, default_pos: bool, reentrant: bool):
     """layer(x, ...) with its activations recomputed in backward rather than kept (activation
     checkpointing): (x, Routing or None). Eager, by torch's reentrant checkpoint: its forward runs
@@ -946,7 +952,7 @@ class Llama4(nn.Module):
         step = cache.step(positions) if cache is not None else None  # write slots, masks: once
 
         routing = []
-        recomputed = len(self.layers) if self.grad_checkpoint_layers == 0 else self.grad_checkpoint_layers
+        recomputed = recomputed_layers(self.grad_checkpoint_layers, len(self.layers))
         for i, layer in enumerate(self.layers):
             if self.checkpointing() and step is None and i < recomputed:
                 if regions is not None:  # (compiled, as the whole model compiles it: non-reentrant)

@@ -121,7 +121,7 @@ import runtime
 import storage
 from config import ModelArgs, TrainArgs
 from errors import CheckpointError, RunError, UserError, first_line, reports
-from model import Llama4, count_parameters, flops_per_token, weight_decayed
+from model import Llama4, count_parameters, flops_per_token, recomputed_layers, weight_decayed
 from runplan import RunPlan
 from runtime import World
 from tokenizer import Tokenizer
@@ -445,7 +445,7 @@ def eval_batch_multiple(train_args: TrainArgs, n_layers: int) -> int:
     at most 4). The memory model holds each within its training step (tests/test_memory_model.py)."""
     if not train_args.grad_checkpoint:
         return EVAL_BATCHES_PER_TRAINING_BATCH
-    recomputed = train_args.grad_checkpoint_layers or n_layers  # (0: every layer)
+    recomputed = recomputed_layers(train_args.grad_checkpoint_layers, n_layers)
     return max(1, min(EVAL_BATCHES_PER_TRAINING_BATCH, n_layers - recomputed + 1))
 
 
