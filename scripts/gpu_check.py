@@ -8,7 +8,7 @@ a CPU in tests/test_gpu_check.py, so that it cannot rot. The README's GPU sectio
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gpu # the smoke test
 
 The parts, in this order, each command in its own process (compiling takes most of the time: about
-7 minutes for train,model and 5 for sample on an H200):
+6 minutes for train,model and 3 for sample on an H200):
   model   scripts/bench_model.py: training steps of MoE, dense, MoE + activation checkpointing (of
           every layer, and of the first 4: --grad_checkpoint_layers) and transformers, bf16, eager
           at batch 32 and 128 and compiled at 128: time, MFU, peak memory, the evaluation pass's

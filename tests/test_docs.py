@@ -108,7 +108,7 @@ def test_each_command_line_the_docs_show_takes_its_options():
         text = doc.read_text().replace("\\\n", " ")
         blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
         lines = [line for block in blocks for line in block.splitlines()]
-        lines += [" ".join(m.split()) for m in re.findall(r"`((?:python|make) [^`]+)`", text)]
+        lines += [" ".join(m.split()) for m in re.findall(r"`((?:python|make)\s[^`]+)`", text)]
         for line in lines:
             m = (re.search(r"(?:python|--) ((?:scripts/)?\w+)\.py\b(.*)", line)
                  or re.search(r"make (train|sample|gpu-check) ARGS=\"([^\"]*)", line))
@@ -137,3 +137,47 @@ def test_every_readme_section_the_project_points_to_is_a_heading():
         for m in pointers.finditer(path.read_text()):
             name = m.group(1) or m.group(2)
             assert name in headings, f"{path.name} points to README section {name!r}, which is no heading"
+
+
+def module_constant(name: str, module: str | None):
+    """A top-level NAME = ... of the project's code (`module`'s, or the one file that sets it), from
+    its source: literals, and sums or products of the file's other literal constants."""
+    paths = [ROOT / f"{module}.py", ROOT / "scripts" / f"{module}.py"] if module else \
+        [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]
+    found = []
+    for path in (p for p in paths if p.is_file()):
+        tree = ast.parse(path.read_text())
+        known, target = {}, None
+        for node in tree.body:
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and isinstance(node.targets[0], ast.Name)):
+                continue
+            try:
+                known[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+            if node.targets[0].id == name:
+                target = node.value
+        if target is not None:
+            code = compile(ast.Expression(target), path.name, "eval")
+            found.append(eval(code, {"__builtins__": {}}, known))
+    assert len(found) == 1, f"{name} is set in {len(found)} files, not one"
+    return found[0]
+
+
+def test_a_constant_the_docs_quote_in_seconds_has_that_value():
+    """"N s ... (`module.NAME`" or "(`NAME`": the seconds the prose gives beside a constant are the
+    constant's value in the code.
+
+    Bug caught: docs/performance.md said evaluations run eagerly "until its evaluations have taken 10
+    s in all (`train.COMPILE_EVAL_AFTER_S`)" after the threshold had become 4 s (the README's 4 s)."""
+    quoted = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?) s\b[^`()]{0,40}\(`(?:(\w+)\.)?([A-Z][A-Z0-9_]+)`")
+    seen = 0
+    for doc in DOCS:
+        for m in quoted.finditer(doc.read_text()):
+            seconds, module, name = float(m.group(1)), m.group(2), m.group(3)
+            seen += 1
+            assert seconds == module_constant(name, module), \
+                f"{doc.name}: {' '.join(m.group(0).split())!r}, but the code's {name} is " \
+                f"{module_constant(name, module)}"
+    assert seen >= 2  # the README's COMPILE_EVAL_AFTER_S and TRAIN_RESERVE_S at least
