@@ -91,6 +91,8 @@ from tokenizer import PIECE_CHARS, Tokenizer, check_tokenizer, pieces, too_small
 
 FORMAT = 2  # version of the shard layout and meta.json; caches of another version are rebuilt
 META_FIELDS = ("tokenizer_hash", "vocab_size", "dtype", "n_tokens", "n_docs", "n_bytes", "sha256", "mtime_ns")
+META_TYPES = {"tokenizer_hash": str, "dtype": str, "sha256": str}  # (the others: whole numbers)
+DTYPES = ("uint16", "uint32")  # what write_tokens writes
 REBUILD = "run again to rebuild it"  # the advice for a shard that fails its checks
 TOKENIZER_FORMAT = 3  # version of the tokenizer training rules; cached tokenizers of another are retrained
 # (2: long runs reach the trainer in pieces; a text without them trains the same tokenizer as 1;
@@ -134,6 +136,8 @@ class TokenData:
         missing = [k for k in META_FIELDS if k not in meta]
         if missing:  # (a hand edit, or a damaged file that is still JSON)
             raise DataError(f"{meta_path} lacks {', '.join(missing)}", REBUILD)
+        if wrong := _wrong_type(meta):  # (a flipped bit, a hand edit: a TypeError or ValueError below)
+            raise DataError(f"{meta_path}: {wrong}", REBUILD)
         if tokenizer_hash is not None and meta["tokenizer_hash"] != tokenizer_hash:
             raise DataError(f"{self.path} was written by tokenizer {meta['tokenizer_hash'][:12]}, not by "
                             f"this run's {tokenizer_hash[:12]}", "delete it or let prepare() rebuild it")
@@ -164,6 +168,18 @@ class TokenData:
 
     def __repr__(self):
         return f"TokenData({str(self.path)!r}, {self.n_tokens:,} tokens, {self.n_docs:,} documents)"
+
+
+def _wrong_type(meta: dict) -> str | None:
+    """What is wrong with the type of a field of meta.json, or None: text, a whole number (not a
+    bool), a dtype that write_tokens writes."""
+    for k in META_FIELDS:
+        kind = META_TYPES.get(k, int)
+        if not isinstance(meta[k], kind) or isinstance(meta[k], bool):
+            return f"{k} is {meta[k]!r}, not {'text' if kind is str else 'a whole number'}"
+    if meta["dtype"] not in DTYPES:
+        return f"dtype is {meta['dtype']!r}, not {' or '.join(DTYPES)}"
+    return None
 
 
 def _sha256(path) -> str:

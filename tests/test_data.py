@@ -2514,3 +2514,26 @@ def test_data_py_leaves_the_vocabulary_of_a_given_tokenizer_to_prepare(tmp_path,
     data.main(["--preset", "tiny", "--data", "x.txt", "--tokenizer", "t.json", "--vocab_size", "263",
                "--cache_dir", str(tmp_path / "cache")])
     assert called == [263]
+
+
+@pytest.mark.parametrize("field, value", [("dtype", "uint1v"), ("dtype", "float64"), ("n_tokens", "52106"),
+                                          ("vocab_size", "300"), ("mtime_ns", None), ("tokenizer_hash", 7),
+                                          ("sha256", 5), ("n_bytes", 1.5)])
+def test_a_meta_json_with_a_field_of_the_wrong_type_is_rebuilt(tmp_path, corpus, field, value):
+    """A meta.json that is still JSON but holds a field of the wrong type (a flipped bit in "uint16",
+    a number turned into a string by a hand edit) is a one-line DataError that prepare() rebuilds.
+
+    Bug caught: TokenData formatted or compared the field as it was (`{meta['n_tokens']:,}` of a string,
+    np.dtype("uint1v")), so data.py and train.py stopped with a ValueError or TypeError traceback, at
+    every run: the shard was never rebuilt."""
+    train_path, val_path, train_docs, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, train, _, _ = run(tmp_path, **kw)
+    folder = train.path
+    (folder / "meta.json").write_text(json.dumps({**train.meta, field: value}))
+    where = re.escape(str(folder / "meta.json"))
+    with pytest.raises(DataError, match=rf"^{where}: {field} is .*; run again to rebuild it$"):
+        TokenData(folder, tok.hash)
+    _, train, _, logs = run(tmp_path, **kw)
+    assert any("not reusing the cache" in line for line in logs)
+    assert tok.decode(train.tokens) == stream(train_docs)
