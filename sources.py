@@ -80,6 +80,7 @@ How this departs from the obvious version:
 
 import codecs
 import errno
+import filecmp
 import glob
 import json
 import logging
@@ -1272,11 +1273,19 @@ def _hub_split(name: str, split: str, text_field: str, fix: str = TRAIN_LOCALLY)
 
 def warn_overlap(train: Split, val: Split, log) -> None:
     """A warning when --val_data names a file that --data names too (the same file: by a symlink
-    or a hard link too)."""
+    or a hard link too), or a copy of one (the same bytes: compared only where the sizes match,
+    and up to the first byte that differs)."""
     def files(split):
         return {_identity(f[0]): os.path.realpath(f[0]) for f in split.source["files"]}
     train_files, val_files = files(train), files(val)
     shared = sorted(val_files[k] for k in val_files.keys() & train_files.keys())
+    by_size = {}  # size -> --data's files of that size
+    for path in train_files.values():
+        by_size.setdefault(os.path.getsize(path), []).append(path)
+    for path in sorted(val_files[k] for k in val_files.keys() - train_files.keys()):
+        same = [t for t in by_size.get(os.path.getsize(path), []) if filecmp.cmp(path, t, shallow=False)]
+        if same:
+            shared.append(f"{path}, a copy of {same[0]}")
     if shared:
         log(f"warning: --val_data and --data share {plural(len(shared), 'file')} ({shared[0]}"
             f"{', ...' * (len(shared) > 1)}): the validation loss is not held out; give --val_data other "

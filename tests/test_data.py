@@ -573,7 +573,7 @@ def test_validation_files_inside_the_training_data_get_a_warning(tmp_path):
     a = write(tmp_path / "corpus" / "a.txt", official(stories(4)))
     write(tmp_path / "corpus" / "b.txt", official(stories(4)))
     (tmp_path / "link.txt").symlink_to(a)
-    other = write(tmp_path / "other.txt", official(stories(4)))
+    other = write(tmp_path / "other.txt", official(stories(4, start=8)))  # (other text: a copy is warned of)
     for val, warned in [(tmp_path / "link.txt", True), (other, False)]:
         logs = []
         sources.resolve_sources(TrainArgs(data=str(tmp_path / "corpus"), val_data=str(val)), logs.append)
@@ -2537,3 +2537,30 @@ def test_a_meta_json_with_a_field_of_the_wrong_type_is_rebuilt(tmp_path, corpus,
     _, train, _, logs = run(tmp_path, **kw)
     assert any("not reusing the cache" in line for line in logs)
     assert tok.decode(train.tokens) == stream(train_docs)
+
+
+def test_val_data_that_is_a_copy_of_a_data_file_is_warned_of(tmp_path):
+    """--val_data on another file holding the same bytes as a file of --data (a copy of the training
+    text, made to try things out, or the same download in two places) scores the text the run trains
+    on, as the same file under another name does: the same warning. A file of the same size with
+    other text is no copy.
+
+    Bug caught: warn_overlap compared files by identity (device and inode) alone, so a copy got no
+    warning and its validation loss, not held out, read as one."""
+    a, b = stories(4), stories(4, start=4)
+    write(tmp_path / "train.txt", official(a))
+    write(tmp_path / "copy.txt", official(a))
+    write(tmp_path / "other.txt", official(b))
+    split = lambda name: sources.Split(name, {"files": [[str(tmp_path / name)]]}, None)  # noqa: E731
+    logs = []
+    sources.warn_overlap(split("train.txt"), split("copy.txt"), logs.append)
+    assert len(logs) == 1 and logs[0].startswith(
+        f"warning: --val_data and --data share 1 file ({tmp_path / 'copy.txt'}, a copy of "
+        f"{tmp_path / 'train.txt'}): the validation loss is not held out")
+    same_size = tmp_path / "same-size.txt"  # other text, the training file's size
+    text = (tmp_path / "train.txt").read_bytes()
+    same_size.write_bytes(text[:-2] + b"!\n")
+    logs = []
+    sources.warn_overlap(split("train.txt"), split("same-size.txt"), logs.append)
+    sources.warn_overlap(split("train.txt"), split("other.txt"), logs.append)
+    assert logs == []
