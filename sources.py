@@ -3,7 +3,7 @@
     resolve_sources(train_args)      the training and validation Splits a run asks for (nothing read yet)
     Split                            one split's documents: a source, whole or one side of a held-out slice
     held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
-    warn_overlap                     a warning when --val_data names files of --data
+    warn_overlap                     a warning when --val_data names files of --data, or copies of them
     warn_split_names                 a warning when a folder's files name both a training and a held-out split
     source_warnings                  the sources' settings that have no effect, as warning lines
     plain_text_fields                the text-field settings a .txt --data or --val_data makes moot
