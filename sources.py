@@ -1,6 +1,6 @@
 """Sources: where a run's text comes from, read as documents (data.py tokenizes them).
 
-    resolve_sources(train_args)      the training and validation Splits a run asks for (nothing read yet)
+    resolve_sources(train_args)      the training and validation Splits a run asks for (no text read yet)
     Split                            one split's documents: a source, whole or one side of a held-out slice
     held_out_every, fraction_for     1 in how many documents is held out; a --val_fraction for 1 in n
     warn_overlap                     a warning when --val_data names files of --data, or copies of them
@@ -57,7 +57,8 @@ gives the same tokens from a .txt, a .jsonl, a .parquet or the hub.
 How this departs from the obvious version:
 - A Split is identified without reading it: its `signature` (each file's path, size and
   modification time, the document rules, the held-out slice) is what data.py's cache keys hold,
-  so a cache hit on local files costs a few stat calls. The `datasets` cache of a file's documents
+  so a cache hit on local files costs a few stat calls (and, where a --val_data file has the size
+  of a --data file, a comparison of their bytes: warn_overlap). The `datasets` cache of a file's documents
   is keyed by the same absolute path, size and time (`datasets` alone keys a .jsonl's by its path
   and time).
 - A --data that is a pipe (`cat x | ... --data /dev/stdin`, a FIFO) is refused as such: a source
@@ -1283,13 +1284,22 @@ def warn_overlap(train: Split, val: Split, log) -> None:
     for path in train_files.values():
         by_size.setdefault(os.path.getsize(path), []).append(path)
     for path in sorted(val_files[k] for k in val_files.keys() - train_files.keys()):
-        same = [t for t in by_size.get(os.path.getsize(path), []) if filecmp.cmp(path, t, shallow=False)]
+        same = [t for t in by_size.get(os.path.getsize(path), []) if same_bytes(path, t)]
         if same:
             shared.append(f"{path}, a copy of {same[0]}")
     if shared:
         log(f"warning: --val_data and --data share {plural(len(shared), 'file')} ({shared[0]}"
             f"{', ...' * (len(shared) > 1)}): the validation loss is not held out; give --val_data other "
             "text, or leave it out to hold out 1 in round(1 / --val_fraction) documents of --data")
+
+
+def same_bytes(a: str, b: str) -> bool:
+    """Whether files a and b hold the same bytes (read up to the first block that differs); False
+    where either cannot be read (a warm cache's run never reads its text: that is no reason to stop)."""
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 TRAIN_WORDS = {"train", "training"}  # words of a file's name that name a split (as `datasets` reads them)
@@ -1353,7 +1363,8 @@ def warn_split_names(split: Split, spec: str, flag: str, log) -> None:
 
 
 def resolve_sources(train_args: config.TrainArgs, log=print, need_train: bool = True) -> tuple[Split, Split]:
-    """The training and validation splits that train_args asks for (nothing is read yet).
+    """The training and validation splits that train_args asks for (no text is read yet, but for
+    warn_overlap's comparison of files of one size).
     need_train=False (evaluating): with a --val_data, or the hub's validation split, the training
     split is None and the log names the validation text alone; a --val_data is still checked against
     --data's files where they are there (a checkpoint is scored where its training text is not)."""

@@ -2564,3 +2564,25 @@ def test_val_data_that_is_a_copy_of_a_data_file_is_warned_of(tmp_path):
     sources.warn_overlap(split("train.txt"), split("same-size.txt"), logs.append)
     sources.warn_overlap(split("train.txt"), split("other.txt"), logs.append)
     assert logs == []
+
+
+def test_a_val_data_file_that_cannot_be_read_is_no_copy(tmp_path, monkeypatch):
+    """The copy check reads files that a run with a warm cache never reads (text of another user,
+    stat-able but not readable): where it cannot read one, that file is no copy, and the check goes
+    on (the same file under another name is still warned of); it never stops the run.
+
+    Bug caught: filecmp.cmp's PermissionError came out of warn_overlap, so a run on a shared cache
+    whose --val_data and --data files had the same size stopped, where it had trained before."""
+    a = official(stories(4))
+    write(tmp_path / "train.txt", a)
+    write(tmp_path / "copy.txt", a)
+    os.link(tmp_path / "train.txt", tmp_path / "link.txt")
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "copy.txt"))
+    monkeypatch.setattr(sources.filecmp, "cmp", unreadable)
+    split = lambda *names: sources.Split("x", {"files": [[str(tmp_path / n)] for n in names]}, None)  # noqa: E731
+    logs = []
+    sources.warn_overlap(split("train.txt"), split("copy.txt", "link.txt"), logs.append)
+    assert len(logs) == 1 and logs[0].startswith(
+        f"warning: --val_data and --data share 1 file ({tmp_path / 'link.txt'}): ")
