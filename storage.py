@@ -377,6 +377,35 @@ def not_a_result(option: str, path: str | None, example: str, keys: tuple[str, .
             f"it; {instead}")
 
 
+def foreign_results(option: str, folder, files: dict, prog: str, fix: str) -> str | None:
+    """Why a script may not write its results in `folder`, or None, said before its runs: a file there
+    under one of their names that is no earlier result of it (`files`: name -> the keys its JSON holds,
+    or the bytes its markdown begins with), or a folder or special file there. compare.py and sweep.py
+    replaced a user's notes in compare.md, or another benchmark's JSON, after their runs."""
+    theirs = []
+    for name, ours in files.items():
+        path = os.path.join(folder, name)
+        if isinstance(ours, tuple):
+            theirs += [name] if not_a_result(option, path, name, ours) else []
+            continue
+        try:
+            bad = not_a_file_to_write(option, path, name) or (
+                os.path.isfile(path) and os.path.getsize(path) > 0 and not _begins(path, ours))
+        except OSError:  # (unreadable: its write fails later, in a line of its own)
+            bad = False
+        theirs += [name] if bad else []
+    if not theirs:
+        return None
+    is_, it = ("is not an earlier result", "it") if len(theirs) == 1 else ("are not earlier results", "them")
+    return (f"{option} {folder}: {' and '.join(theirs)} there {is_} of {prog}, and the results would "
+            f"replace {it}; {fix}, or move {it} away")
+
+
+def _begins(path: str, start: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(start)) == start
+
+
 def atomic_write(path, data, fix: str | None = None) -> None:
     """Replace `path` with `data` (bytes, or a function writing to a binary file) so that a crash
     at any moment leaves either the old file or the new one, never a mix. A failed write raises

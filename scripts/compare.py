@@ -152,7 +152,8 @@ def parse(argv):
 
 def check_out(p, opts) -> None:
     """One line for an --out that would not do what it says: --out - (it made a folder named -), an
-    --out in a run folder (deleted with it by the next comparison)."""
+    --out in a run folder (deleted with it by the next comparison), a compare.json or compare.md there
+    that is no earlier comparison's (a user's notes)."""
     if opts.out == "-":
         p.error("--out -: the results are files (plots, compare.json and .md), not text for standard "
                 "output; name a folder, e.g. --out results")
@@ -161,6 +162,12 @@ def check_out(p, opts) -> None:
         if results == run_dir or run_dir in results.parents:
             p.error(f"--out {opts.out}: results in the run folder {run_dir}, which the next comparison "
                     "deletes (results and all); pick a folder outside it, e.g. --out_dir itself")
+    files = {"compare.json": ("runs", "settings"), "compare.md": b"| run | steps |"}
+    option = "--out" if opts.out is not None else "--out_dir" if opts.results == Path(opts.out_dir) else \
+        "the results folder"  # (img/, the defaults')
+    if problem := storage.foreign_results(option, opts.results, files, "compare.py",
+                                          storage.results_fix(opts.results, opts.out_dir)):
+        p.error(problem)  # (a user's compare.md was replaced after the three runs)
 
 
 def shared_argv(opts, extra) -> list[str]:

@@ -526,6 +526,11 @@ def main(argv=None):
               "--no_followups", file=sys.stderr)
     results = results_folder(p, opts)  # (no --out: the results go to --out_dir, which the advice names)
     fix = storage.results_fix(results, opts.out_dir)
+    files = {"sweep.json": ("screen", "confirm"), "sweep.md": b"`python scripts/sweep.py"}
+    option = "--out" if opts.out is not None else "--out_dir" if Path(results) == Path(opts.out_dir) else \
+        "the results folder"  # (img/, the defaults')
+    if problem := storage.foreign_results(option, results, files, "sweep.py", fix):
+        p.error(problem)  # (a user's sweep.md was replaced after every run)
     made = storage.missing_folder(results)
     out = storage.writable_folder(results, fix)  # before the runs, not after (sweep.json comes hours in)
     prepare_data(needs, results, made)  # (after the folder check: the data may take minutes)

@@ -766,3 +766,26 @@ def test_a_refused_out_folder_is_not_left_behind(corpus, tmp_path, monkeypatch, 
         compare.main(["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"),
                       "--out_dir", str(tmp_path / "runs"), "--out", str(out), "--minutes", "1"])
     assert not (tmp_path / "new").exists()
+
+
+def test_files_of_another_kind_under_its_results_names_are_refused_before_the_runs(tmp_path, corpus,
+                                                                                    monkeypatch, capsys):
+    """Bug caught: a user's notes in --out's compare.md, and another benchmark's JSON at its compare.json,
+    were replaced by the comparison's at its end, after the three runs, without a word; an earlier
+    comparison's files there (the README's img/) are replaced as before."""
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained"))
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "compare.md").write_text("my notes\n")
+    (out / "compare.json").write_text(json.dumps({"device": "cpu", "config": {}}))
+    argv = ["--data", str(corpus / "train.txt"), "--val_data", str(corpus / "valid.txt"), "--out", str(out),
+            "--out_dir", str(tmp_path / "runs"), "--minutes", "0.1"]
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith(f"compare.py: error: --out {out}: compare.json and "
+                                                    "compare.md there are not earlier results"), err
+    assert (out / "compare.md").read_text() == "my notes\n" and not (tmp_path / "runs").exists()
+    for name in ("compare.json", "compare.md"):  # an earlier comparison's: no objection
+        (out / name).write_bytes((ROOT / "img" / name).read_bytes())
+    assert compare.parse(argv)[0].results == out

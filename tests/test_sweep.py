@@ -961,3 +961,30 @@ def test_a_cache_dir_that_takes_no_files_is_refused_before_the_first_run(corpus,
         sweep.main(argv)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "new").exists()  # (made for the results, refused before any went there)
+
+
+def test_files_of_another_kind_under_its_results_names_are_refused_before_the_runs(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Bug caught: a user's notes in --out's sweep.md, and another benchmark's JSON at its sweep.json,
+    were replaced by the sweep's at its end, hours of runs in, without a word; an earlier sweep's files
+    there (the README's img/) are replaced as before."""
+    from errors import run_script
+    monkeypatch.setattr(sweep, "run_one", lambda *args: pytest.fail("ran first"))
+    out = tmp_path / "img"
+    out.mkdir()
+    (out / "sweep.md").write_text("my notes\n")
+    argv = ["--only", "tiny-2026-11", "--out", str(out), "--out_dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: sweep.main(argv), "sweep.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith(f"sweep.py: error: --out {out}: sweep.md there is not "
+                                                    "an earlier result"), err
+    assert (out / "sweep.md").read_text() == "my notes\n"
+    (out / "sweep.md").write_bytes((sweep.ROOT / "img" / "sweep.md").read_bytes())
+    (out / "sweep.json").write_text(json.dumps({"runs": [], "settings": {}}))  # compare.py's
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: sweep.main(argv), "sweep.py")
+    assert "sweep.json there is not an earlier result" in capsys.readouterr().err
+    (out / "sweep.json").write_bytes((sweep.ROOT / "img" / "sweep.json").read_bytes())
+    with pytest.raises(BaseException, match="ran first"):  # an earlier sweep's files: on to the runs
+        sweep.main(argv)
