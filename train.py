@@ -1256,7 +1256,8 @@ def loop(job: Job, state: LoopState) -> dict:
                 finished = "signal"
                 break
         if window.steps and out is not None:  # the last, partial window (a budget or a signal ended the run)
-            log_step(job, state, window, lr, bar)
+            with window.pause():  # its record's writing is no training time of the window the saves keep
+                log_step(job, state, window, lr, bar)
         if finished != "signal":
             wrap_up(job, state, window, evaluated, signalled)
         failed = False

@@ -1870,6 +1870,37 @@ def test_a_window_saved_after_an_evaluation_does_not_count_the_evaluation_as_tra
     assert saved[2]["steps"] == 2 and saved[2]["busy_seconds"] < 100
 
 
+def test_a_window_the_budget_cut_saves_leaves_out_the_writing_of_its_partial_record(
+        tmp_path, corpus, cache, monkeypatch):
+    """The budget ends the run in the middle of a log window: its partial train record is written
+    (a W&B log, an append: a fake 100 s here), then the last saves keep the open window, which a
+    resume with a larger --max_minutes goes on with. Writing a record is no training time (an
+    uninterrupted run's next window starts after it), so the saved window's busy seconds leave it out.
+
+    Bug caught: the window was saved with the writing of its partial record counted as training time,
+    so the whole record after the resume showed lower tokens/s and MFU than an uninterrupted run's
+    (2 s of a slow write: 7.9 s for 5.9 s of steps)."""
+    from types import SimpleNamespace
+    offset, saved = [0.0], {}
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0],
+                                                       time=time.time))
+    real_write, real_save = runlog.Metrics.write, checkpoint.save_checkpoint
+
+    def write(self, record):
+        real_write(self, record)
+        offset[0] += 100.0 if record["kind"] == "train" else 0.0
+
+    def save_checkpoint(path, ckpt):
+        saved[ckpt["step"]] = ckpt["window"]
+        real_save(path, ckpt)
+    monkeypatch.setattr(runlog.Metrics, "write", write)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(train.Clock, "spent", lambda clock, state: state.step >= 2)  # the budget
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--log_every", "4", "--max_minutes", "1"))
+    assert metrics(tmp_path)[0]["window_steps"] == 2  # the partial record was written before the saves
+    assert saved[2]["steps"] == 2 and saved[2]["busy_seconds"] < 100
+
+
 def test_a_pause_on_cuda_waits_for_the_steps_queued_before_it(monkeypatch):
     """On CUDA the loop does not wait for the device between log steps, so a save or evaluation off
     the log grid waited for the queued training steps inside its pause: their seconds counted as
