@@ -378,10 +378,20 @@ def not_a_result(option: str, path: str | None, example: str, keys: tuple[str, .
 
 
 def foreign_results(option: str, folder, files: dict, prog: str, fix: str) -> str | None:
-    """Why a script may not write its results in `folder`, or None, said before its runs: a file there
-    under one of their names that is no earlier result of it (`files`: name -> the keys its JSON holds,
-    or the bytes its markdown begins with), or a folder or special file there. compare.py and sweep.py
-    replaced a user's notes in compare.md, or another benchmark's JSON, after their runs."""
+    """Why a script may not write its results in `folder`, or None, said before its runs: the
+    foreign_files there. compare.py and sweep.py replaced a user's notes in compare.md, or another
+    benchmark's JSON, after their runs."""
+    theirs = foreign_files(option, folder, files)
+    if not theirs:
+        return None
+    said, it = not_earlier_results(theirs, prog)
+    return f"{option} {folder}: {said}, and the results would replace {it}; {fix}, or move {it} away"
+
+
+def foreign_files(option: str, folder, files: dict) -> list[str]:
+    """The names of `files` (name -> the keys its JSON holds, or the bytes its markdown begins with)
+    that stand in `folder` as no earlier result of the script writing them (empty files and new
+    names are fine), or as a folder or special file."""
     theirs = []
     for name, ours in files.items():
         path = os.path.join(folder, name)
@@ -394,11 +404,21 @@ def foreign_results(option: str, folder, files: dict, prog: str, fix: str) -> st
         except OSError:  # (unreadable: its write fails later, in a line of its own)
             bad = False
         theirs += [name] if bad else []
-    if not theirs:
-        return None
-    is_, it = ("is not an earlier result", "it") if len(theirs) == 1 else ("are not earlier results", "them")
-    return (f"{option} {folder}: {' and '.join(theirs)} there {is_} of {prog}, and the results would "
-            f"replace {it}; {fix}, or move {it} away")
+    return theirs
+
+
+def not_earlier_results(names: list[str], prog: str) -> tuple[str, str]:
+    """("a and b there are not earlier results of prog", "them"): how the refusals name such files."""
+    is_, it = ("is not an earlier result", "it") if len(names) == 1 else ("are not earlier results", "them")
+    return f"{' and '.join(names)} there {is_} of {prog}", it
+
+
+def results_option(results, out, fallback) -> str:
+    """The option that chose a results folder, as a refusal names it: --out where one was given, the
+    script's --out_dir (`fallback`) where the results go there, else the defaults' folder (img/)."""
+    if out is not None:
+        return "--out"
+    return "--out_dir" if Path(results) == Path(fallback) else "the results folder"
 
 
 def _begins(path: str, start: bytes) -> bool:

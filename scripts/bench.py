@@ -274,26 +274,19 @@ def not_ours(out_dir: Path, only: list[str]) -> str | None:
     import importlib
     keys = {f"bench_{name}.json": importlib.import_module(f"scripts.{PARTS[name][:-3]}").RESULT_KEYS
             for name in PARTS}
-    wrote = {"bench.json": ("machine",), **{n: k for n, k in keys.items() if n[6:-5] in only}}
-    theirs = [name for name, k in wrote.items()
-              if storage.not_a_result("--out_dir", str(out_dir / name), name, k)]
+    # (bench.md: ours begins with the machine line, see markdown(); a folder there: after the parts)
+    wrote = {"bench.json": ("machine",), **{n: k for n, k in keys.items() if n[6:-5] in only},
+             "bench.md": b"Machine: "}
+    theirs = storage.foreign_files("--out_dir", out_dir, wrote)
     read = [name for name, k in keys.items() if name not in wrote
             and storage.not_a_result("--out_dir", str(out_dir / name), name, k)]
-    md = out_dir / "bench.md"
-    try:
-        if storage.not_a_file_to_write("--out_dir", str(md), md.name) or (  # (a folder: after the parts)
-                md.exists() and md.stat().st_size and not md.read_bytes().startswith(b"Machine: ")):
-            theirs.append(md.name)  # (ours begins with the machine line: see markdown())
-    except OSError:  # (unreadable: its write fails later, in a line of its own)
-        pass
     if not theirs and not read:
         return None
     said = []
     for names, what in ((theirs, "the results would replace {}"), (read, "bench.md would read {} back")):
         if names:
-            is_, it = ("is not an earlier result", "it") if len(names) == 1 else \
-                ("are not earlier results", "them")
-            said.append(f"{' and '.join(names)} there {is_} of bench.py, and {what.format(it)}")
+            named, it = storage.not_earlier_results(names, "bench.py")
+            said.append(f"{named}, and {what.format(it)}")
     it = "it" if len(theirs + read) == 1 else "them"
     return f"--out_dir {out_dir}: {'; '.join(said)}; pick another --out_dir, or move {it} away"
 

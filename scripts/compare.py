@@ -163,8 +163,7 @@ def check_out(p, opts) -> None:
             p.error(f"--out {opts.out}: results in the run folder {run_dir}, which the next comparison "
                     "deletes (results and all); pick a folder outside it, e.g. --out_dir itself")
     files = {"compare.json": ("runs", "settings"), "compare.md": b"| run | steps |"}
-    option = "--out" if opts.out is not None else "--out_dir" if opts.results == Path(opts.out_dir) else \
-        "the results folder"  # (img/, the defaults')
+    option = storage.results_option(opts.results, opts.out, opts.out_dir)
     if problem := storage.foreign_results(option, opts.results, files, "compare.py",
                                           storage.results_fix(opts.results, opts.out_dir)):
         p.error(problem)  # (a user's compare.md was replaced after the three runs)

@@ -527,8 +527,7 @@ def main(argv=None):
     results = results_folder(p, opts)  # (no --out: the results go to --out_dir, which the advice names)
     fix = storage.results_fix(results, opts.out_dir)
     files = {"sweep.json": ("screen", "confirm"), "sweep.md": b"`python scripts/sweep.py"}
-    option = "--out" if opts.out is not None else "--out_dir" if Path(results) == Path(opts.out_dir) else \
-        "the results folder"  # (img/, the defaults')
+    option = storage.results_option(results, opts.out, opts.out_dir)
     if problem := storage.foreign_results(option, results, files, "sweep.py", fix):
         p.error(problem)  # (a user's sweep.md was replaced after every run)
     made = storage.missing_folder(results)
