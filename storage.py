@@ -389,9 +389,9 @@ def foreign_results(option: str, folder, files: dict, prog: str, fix: str) -> st
 
 
 def foreign_files(option: str, folder, files: dict) -> list[str]:
-    """The names of `files` (name -> the keys its JSON holds, or the bytes its markdown begins with)
-    that stand in `folder` as no earlier result of the script writing them (empty files and new
-    names are fine), or as a folder or special file."""
+    """The names of `files` (name -> the keys its JSON holds, or the bytes its markdown begins with, or a
+    list of such starts) that stand in `folder` as no earlier result of the script writing them (empty
+    files and new names are fine), or as a folder or special file."""
     theirs = []
     for name, ours in files.items():
         path = os.path.join(folder, name)
@@ -421,9 +421,10 @@ def results_option(results, out, fallback) -> str:
     return "--out_dir" if Path(results) == Path(fallback) else "the results folder"
 
 
-def _begins(path: str, start: bytes) -> bool:
+def _begins(path: str, start: bytes | list[bytes]) -> bool:
+    starts = tuple(start) if isinstance(start, list) else (start,)
     with open(path, "rb") as f:
-        return f.read(len(start)) == start
+        return f.read(max(map(len, starts))).startswith(starts)
 
 
 def atomic_write(path, data, fix: str | None = None) -> None:

@@ -25,7 +25,8 @@ Results go to --out: bench_model.json, bench_sample.json, bench_sample_fp32.json
 (--only, --deadline, --work and the folder train-lower.txt and valid-lower.txt lie in aside), else
 --work/results/, so that a smoke test never replaces the README's; the training run goes to --work
 (checkpoints/gpu-check/); a training run's folder is refused as --out (train.json would replace the
-run's). Data: gpu-data/ (make gpu-prep), else ../shared/data/tinystories/.
+run's), as is a folder holding a file under those names that no check wrote (a user's notes in gpu.md,
+another benchmark's JSON). Data: gpu-data/ (make gpu-prep), else ../shared/data/tinystories/.
 
 Files are written as the check goes (a part's old files removed when it begins), so a lease's
 time limit keeps what was done; --deadline SECONDS makes the check stop itself first (a part with
@@ -54,6 +55,11 @@ from errors import DataError, UserError, first_line, run_script  # noqa: E402
 
 PARTS = {"model": ["bench_model.json"], "sample": ["bench_sample.json", "bench_sample_fp32.json"],
          "train": ["train.json"]}  # each part's files under --out, in the order the parts run
+RESULTS = {"bench_model.json": ("config", "batches", "params"), "bench_sample.json": ("config", "results"),
+           "bench_sample_fp32.json": ("config", "results"), "train.json": ("argv", "train_exit"),
+           "gpu.md": [b"**Failed:** ", b"Machine: ", b"**Decoding** ", b"float32, ", b"bfloat16, ",
+                      b"float16, ", b"**train.py** ", b"\n"]}  # what the files a check replaces hold (the
+# keys of its JSON, the starts of gpu.md by what was measured), so that --out refuses a file of another's
 STOPPED = 124  # sh()'s exit code for a command stopped at the deadline, or not started past it
 KILL_GRACE_S = 10  # --deadline: from SIGTERM to SIGKILL for a command still running at the deadline
 MIN_PART_S = 30  # --deadline: a part is not begun with less time than this left
@@ -516,6 +522,9 @@ def parse(argv):
         beside = out.parent / f"{out.name}-gpu-check"
         p.error(f"--out {out} is a training run's folder (it holds {run[0]}), whose train.json the check's "
                 f"would replace; name a folder of its own, e.g. --out {beside}")
+    files = {"gpu.md": RESULTS["gpu.md"]} if opts.render else RESULTS  # (a part removes its files first)
+    if problem := storage.foreign_results("--out", out, files, "gpu_check.py", "pick another --out"):
+        p.error(problem)  # (a user's train.json or gpu.md notes went without a word)
     return opts, out
 
 

@@ -134,7 +134,8 @@ def test_a_part_without_time_left_is_skipped_and_its_old_files_removed(tmp_path)
     as cut by the deadline, with exit 1 (it was only logged: a check that looked done)."""
     out = tmp_path / "gpu"
     out.mkdir()
-    (out / "bench_model.json").write_text("{}")  # an earlier run's: must not pass for this one's
+    (out / "bench_model.json").write_text('{"config": {}, "batches": {}, "params": 1}')  # an earlier run's:
+    # it must not pass for this one's
     reserved = " before the 210 s kept for the train part"
     with pytest.raises(SystemExit, match=rf"error: the model part \(cut by the deadline: under 30 s left"
                                          rf"{reserved}, not begun\), the train part \(cut by the deadline"):
@@ -435,7 +436,7 @@ def test_render_of_missing_or_partial_results_is_one_line_and_keeps_gpu_md(tmp_p
     out = tmp_path / "gpu"
     if files is not None:
         out.mkdir()
-        (out / "gpu.md").write_text("the last good one\n")
+        (out / "gpu.md").write_text("Machine: the last good one\n")
         for name, text in files.items():
             (out / name).write_text(text)
     with pytest.raises(SystemExit) as e:
@@ -443,7 +444,7 @@ def test_render_of_missing_or_partial_results_is_one_line_and_keeps_gpu_md(tmp_p
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.count("\n") == 1, err
     assert err.startswith("gpu_check.py: error: " + message.format(out=out)), err
-    assert files is None or (out / "gpu.md").read_text() == "the last good one\n"
+    assert files is None or (out / "gpu.md").read_text() == "Machine: the last good one\n"
 
 
 def test_render_of_a_file_says_it_is_a_file(tmp_path, capsys):
@@ -1380,3 +1381,52 @@ def test_compile_takes_what_train_py_takes(tmp_path, typed, meant):
     out = str(tmp_path / "gpu")
     opts, _ = gpu_check.parse(["--device", "cpu", "--quick", "--out", out, "--compile", typed])
     assert opts.compile == meant
+
+
+@pytest.mark.parametrize("name, text", [
+    ("train.json", '{"lr": 0.001, "notes": "my records"}'),  # a user's, not a run's folder
+    ("bench_model.json", '{"device": "cpu", "rows": []}'),  # another benchmark's
+    ("bench_sample_fp32.json", "not JSON"),
+    ("gpu.md", "# My notes on the GPU\n")])
+def test_a_folder_holding_files_not_of_the_check_is_refused_as_out(tmp_path, monkeypatch, capsys, name, text):
+    """Bug caught: a part removed the files under its names in --out when it began (an older check's,
+    so that a part cut short left none of its figures), and gpu.md was rewritten after each part,
+    whatever they were: a user's train.json or gpu.md notes, another benchmark's bench_model.json, gone
+    without a word. Refused now before any part, exit 2, one line, every file left; --render, which
+    writes only gpu.md, refuses a gpu.md that is not the check's."""
+    out = tmp_path / "gpu"
+    out.mkdir()
+    (out / name).write_text(text)
+    monkeypatch.setattr(gpu_check, "sh", lambda *a, **k: pytest.fail("a part ran"))
+    for argv in [["--quick", "--device", "cpu", "--only", "model"], ["--render"]]:
+        if argv == ["--render"] and name != "gpu.md":
+            continue
+        with pytest.raises(SystemExit) as e:
+            gpu_check.main([*argv, "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1].endswith(
+            f"error: --out {out}: {name} there is not an earlier result of gpu_check.py, and the results "
+            "would replace it; pick another --out, or move it away"), err
+        assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == text
+
+
+def test_every_gpu_md_and_json_a_check_writes_is_taken_as_its_own(tmp_path):
+    """The refusal above must never block a check or a --render on its own earlier files: the README's
+    img/gpu/, and gpu.md as a check in any state writes it (nothing measured, a part failed, only the
+    fp32 decode pass, only the train part)."""
+    from storage import foreign_files
+    assert foreign_files("--out", gpu_check.ROOT / "img" / "gpu", gpu_check.RESULTS) == []
+    out = tmp_path / "gpu"
+    out.mkdir()
+    fp32 = {"config": {"dtype": "float32"}, "results": {"batch8": {"share_of_tokens_as_cached": {"x": 0.5}}}}
+    train = json.loads((gpu_check.ROOT / "img" / "gpu" / "train.json").read_text())
+    for failed, files in [([], {}), (["x"], {}), ([], {"bench_sample_fp32.json": fp32}),
+                          ([], {"train.json": train}), ([], {"bench_model.json": {"not_measured": "x"}})]:
+        for f in out.iterdir():
+            f.unlink()
+        for f, doc in files.items():
+            (out / f).write_text(json.dumps(doc))
+        gpu_check.FAILED[:] = failed
+        gpu_check.write_summary(out)
+        assert foreign_files("--out", out, gpu_check.RESULTS) == [], (out / "gpu.md").read_text()[:80]
+    gpu_check.FAILED.clear()
