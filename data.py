@@ -30,7 +30,9 @@ How this departs from the obvious version:
   the shard's size, the format version, the tokenizer hash and the largest token id (one np.max
   pass); the shard's sha256 is checked too whenever its size or modification time is not the one
   meta.json recorded (hashing costs a read of the file, ~2 s per GB, too much for every open of
-  the 1.9 GB TinyStories shard). A shard that fails is rebuilt, with a log line.
+  the 1.9 GB TinyStories shard). A shard that fails is rebuilt, with a log line. So is a cached
+  tokenizer that is not the one trained there (a tokenizer.json copied over it): its size, special ids
+  and hash are checked against the folder's key and its meta.json.
 - One process at a time builds or checks a cache folder or trains a tokenizer (an flock in
   --cache_dir/.locks/): runs sharing --cache_dir wait for each other's builds instead of deleting
   each other's files or training the same tokenizer twice.
@@ -354,7 +356,7 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
                 "special": list(SPECIAL_TOKENS.values())})
     path = Path(train_args.cache_dir) / f"tokenizer-{key}" / "tokenizer.json"
     with _building(path.parent, Path(train_args.cache_dir), log):  # another run may be training it
-        tok = _cached_tokenizer(path, log)
+        tok = _cached_tokenizer(path, vocab, log)
         if tok is None:
             if val is not None:
                 val.documents()
@@ -372,6 +374,8 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
                         from None
                 raise
             tok.save(path, CACHE_FIX)
+            # (_cached_tokenizer checks it: a tokenizer.json copied over this one is not taken for it)
+            storage.save_json(path.parent / "meta.json", {"tokenizer_hash": tok.hash}, CACHE_FIX)
             what = "the start of the training text, capped" if used["capped"] else "all the training text"
             log(f"data: tokenizer: trained on {in_bytes(used['bytes'])} ({what}) in {time.time() - t0:.1f} s "
                 f"-> {path}")
@@ -379,14 +383,38 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
     return tok
 
 
-def _cached_tokenizer(path: Path, log) -> Tokenizer | None:
+def _cached_tokenizer(path: Path, vocab_size: int, log) -> Tokenizer | None:
+    """The tokenizer cached at `path`, or None to train it again: a file that cannot be read, or one that
+    is not the one trained there (a tokenizer.json copied over it by hand), with a log line saying why."""
     if path.is_file():
         try:
             tok = Tokenizer.load(path)
+            if why := _not_trained_here(tok, path.parent / "meta.json", vocab_size):
+                raise DataError(f"{path} is not the tokenizer trained there ({why}; pass a tokenizer of your "
+                                "own with --tokenizer FILE)")
             log(f"data: tokenizer: cache hit {path} ({tok.vocab_size} tokens)")
             return tok
         except DataError as e:  # (its advice, e.fix, is for a --tokenizer typed: "leave --tokenizer empty")
             log(f"data: tokenizer: not reusing the cache: {e.problem}; training it again")
+    return None
+
+
+def _not_trained_here(tok: Tokenizer, record: Path, vocab_size: int) -> str | None:
+    """How a cached tokenizer differs from the one trained in its folder, or None: the vocabulary asked
+    for (in the folder's key), the special tokens at the ids training gives them, and the hash that
+    `record` (meta.json, written beside it) holds. A cache trained before there was a record has none
+    (and a damaged record counts as none): the first two checks alone."""
+    trained = {name: i for i, name in enumerate(SPECIAL_TOKENS)}  # (Tokenizer.train puts them first)
+    if tok.vocab_size != vocab_size:
+        return f"{tok.vocab_size} tokens, not the {vocab_size} it was trained with"
+    if tok.special_ids() != trained:
+        return f"its special tokens are not at ids 0 to {len(trained) - 1}, where training puts them"
+    try:
+        recorded = json.loads(record.read_bytes()).get("tokenizer_hash") if record.is_file() else None
+    except (ValueError, AttributeError):  # (damaged, or JSON of another shape: as if there were none)
+        recorded = None
+    if isinstance(recorded, str) and recorded != tok.hash:
+        return f"sha256 {tok.hash[:12]}, not the {recorded[:12]} it was trained with"
     return None
 
 

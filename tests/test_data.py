@@ -1989,6 +1989,33 @@ def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, corpus):
     assert again.hash == tok.hash == Tokenizer.load(path).hash
 
 
+def test_a_tokenizer_copied_over_the_cached_one_is_trained_again(tmp_path, corpus):
+    """A tokenizer.json copied by hand over the cached one is not what the cache trained: the cache says
+    so in one log line (with --tokenizer, the way to train with a tokenizer of one's own) and trains
+    it again, and the shards are those of the tokenizer trained. Bug caught: one of another size
+    stopped the run with "the tokenizer has 320 tokens but --vocab_size is 300; pass --vocab_size
+    320", advice for a setting the user never changed; one of the same size trained on other text
+    was taken silently, as if the cache had trained it on this text."""
+    train_path, val_path, train_docs, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, *_ = run(tmp_path, **kw)
+    [path] = (tmp_path / "cache").glob("tokenizer-*/tokenizer.json")
+    bigger, other = Tokenizer.train(stories(30), 320), Tokenizer.train([s.upper() for s in stories(30)], 300)
+    assert other.vocab_size == tok.vocab_size and other.hash != tok.hash
+    for copied, why in [(bigger, "320 tokens, not the 300 it was trained with"),
+                        (other, f"sha256 {other.hash[:12]}, not the {tok.hash[:12]} it was trained with")]:
+        copied.save(path)
+        again, train, _, logs = run(tmp_path, **kw)
+        [line] = [line for line in logs if "not reusing" in line]
+        assert line == (f"data: tokenizer: not reusing the cache: {path} is not the tokenizer trained there "
+                        f"({why}; pass a tokenizer of your own with --tokenizer FILE); training it again")
+        assert again.hash == tok.hash == Tokenizer.load(path).hash
+        assert again.decode(train.tokens) == stream(train_docs)
+    (path.parent / "meta.json").unlink()  # a cache trained before the record: still a cache hit
+    *_, logs = run(tmp_path, **kw)
+    assert f"data: tokenizer: cache hit {path} (300 tokens)" in logs
+
+
 def test_an_empty_file_in_a_folder_is_left_out_with_a_warning(tmp_path, corpus):
     """Bug caught: one empty .txt in a --data folder stopped the run ("'e.txt' is empty; remove it"),
     where the folder's other files hold the text. It is left out with one warning line naming it, and
