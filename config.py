@@ -464,6 +464,8 @@ class TrainArgs:
         for name in ["batch_size", "grad_accum", "max_steps", "eval_every", "log_every",
                      "save_every", "max_bad_steps"]:
             _in_range(self, name, getattr(self, name) >= 1, "at least 1")
+        # (a count of micro-batches a step draws: 10**19 was an OverflowError traceback in train.build_job)
+        _in_range(self, "grad_accum", self.grad_accum < 2**31, "below 2^31")
         for name in ["max_minutes", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
                      "eval_windows", "eval_batch_size", "num_proc", "tokenizer_train_mb",
                      "grad_checkpoint_layers"]:

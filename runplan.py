@@ -19,9 +19,9 @@ What it holds, one section each, in this order:
                               folder), run_to_resume (--resume without a path)
     planning                  plan_run, load_resumed, check_optimizer_groups, init_from_fix, absolute
                               (a path setting as saved), saved_paths
-    before any work           memory_floor, check_settings (refused), setting_warnings (warned of:
-                              unscored_source, held_out_of_saved_data); held_out_moved (train.py's
-                              warning once the validation text is read)
+    before any work           memory_floor, check_settings (refused; check_step_batches), setting_warnings
+                              (warned of: unscored_source, held_out_of_saved_data); held_out_moved
+                              (train.py's warning once the validation text is read)
     a finished run            finished_limit, limit_reached (train.py says so, and trains nothing)
     the run folder            claim_folder, check_no_later_last, check_same_model
     W&B                       wandb_id
@@ -43,7 +43,8 @@ How this departs from the obvious version:
 - What can be refused before any work is: a vocabulary below 264, special-token ids that the
   tokenizer the run trains does not have, a --tokenizer whose size or special ids are not the
   model settings' (a new run from scratch), a batch that does not split over the processes, a
-  micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory,
+  micro-batch whose weights, loss chunk and residual stream alone exceed the device's memory (or
+  a --grad_accum whose micro-batches, all drawn before a step, do with them: check_step_batches),
   CUDA graphs with more than one micro-batch per process, a --plot named as a file of the run or
   one already there other than an image (exit status 2, as for any bad setting).
   Settings that are allowed but probably not meant get a warning line: training settings typed
@@ -607,8 +608,9 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     of the tokenizer the run will train or was given (--tokenizer), a batch that does not split over
     the processes, CUDA graphs with more than one micro-batch per process, more layers to recompute
     (--grad_checkpoint_layers) than the model has, a micro-batch whose weights, loss chunk and
-    residual stream alone exceed the device's memory, a --plot that would replace a file of the run
-    (metrics.jsonl, last.pt: a plot is written at every evaluation)."""
+    residual stream alone exceed the device's memory, or a step's micro-batches with them
+    (check_step_batches), a --plot that would replace a file of the run (metrics.jsonl, last.pt: a
+    plot is written at every evaluation)."""
     model_args, train_args = plan.model_args, plan.train_args
     plot = "" if train_args.eval_only else train_args.plot  # (--eval_only draws no plot)
     if problem := storage.not_an_image("--plot", plot, plan.run_dir):
@@ -674,6 +676,26 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
                     f"needs at least {total / 1e9:.1f} GB{shared} but {device} has "
                     f"{have / 1e9:.1f} GB; lower --max_seq_len or --batch_size (raise --grad_accum to "
                     "keep the batch), or use a smaller model")
+    if have and not train_args.eval_only and finished_limit(plan) is None:
+        check_step_batches(plan, device, world, total * procs, have, procs)
+
+
+def check_step_batches(plan: RunPlan, device, world: World, floor: int, have: int, procs: int) -> None:
+    """A step draws all its micro-batches (this process's share of --grad_accum: int64 inputs and
+    targets) before it trains on them (train.batches_at): where those past the first, which the memory
+    floor (`floor` bytes, for the `procs` processes on this device) stands for, and the floor exceed the
+    device's `have`, a refusal naming --grad_accum. (--grad_accum 300000000 read the data and built the
+    model, then ran out of memory advising a lower --batch_size.)"""
+    t, T = plan.train_args, plan.model_args.max_seq_len
+    micros = -(-t.grad_accum // world.size)  # (rank 0's: ranks r, r + size, ...)
+    held = (micros - 1) * t.batch_size * T * 16 * procs
+    if floor + held > have:
+        error = errors.MachineError if device.type == "cpu" else DeviceError
+        share = f" (this process's share of {world.size})" if world.size > 1 else ""
+        raise error(f"--grad_accum {t.grad_accum}: a step draws its {micros:,} micro-batches{share} of "
+                    f"--batch_size {t.batch_size} x --max_seq_len {T} tokens before it trains on them "
+                    f"({held / 1e9:.1f} GB past the first, on top of the {floor / 1e9:.1f} GB a micro-batch "
+                    f"needs), but {device} has {have / 1e9:.1f} GB; lower --grad_accum")
 
 
 # The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).

@@ -22,7 +22,7 @@ import runplan
 import runtime
 import storage
 from config import ModelArgs, TrainArgs
-from errors import CheckpointError, ConfigError, DataError, RunError
+from errors import CheckpointError, ConfigError, DataError, MachineError, RunError
 from tokenizer import Tokenizer
 
 
@@ -1605,3 +1605,30 @@ def test_grad_checkpoint_typed_beside_eval_only_is_not_said_to_do_nothing():
     sizes = [train.eval_batch_size(256, TrainArgs(batch_size=8, grad_checkpoint=on), 4)
              for on in (False, True)]
     assert sizes == [32, 8]  # what it does there: the auto evaluation batch is 1x --batch_size, not 4x
+
+
+def test_a_grad_accum_whose_micro_batches_exceed_the_memory_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Bug caught: a step's micro-batches are all drawn before its first forward (train.batches_at), and
+    no check counted them: --grad_accum 300000000 read the data and built the model, then ran out of
+    memory advising a lower --batch_size (which was 4), and --grad_accum 9999999999999999999 was an
+    OverflowError traceback (list(range(...)) in train.build_job)."""
+    cpu, world = torch.device("cpu"), runtime.World()
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2, grad_accum=1000), None, None)
+    held = 999 * 2 * DEBUG.max_seq_len * 16  # (int64 inputs and targets, past the first: the floor's)
+    floor = sum(runplan.memory_floor(DEBUG, p.train_args).values())
+    monkeypatch.setattr(runtime, "device_memory", lambda device: held - 1 + floor)
+    with pytest.raises(MachineError, match=r"^--grad_accum 1000: a step draws its 1,000 micro-batches "
+                                                  r"of --batch_size 2 x --max_seq_len 64 tokens before it "
+                                                  r"trains on them .*; lower --grad_accum"):
+        runplan.check_settings(p, cpu, world)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: held + floor)
+    runplan.check_settings(p, cpu, world)
+    two = runtime.World(rank=0, size=2)  # (each process draws its half)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 499 * 2 * DEBUG.max_seq_len * 16 + floor)
+    monkeypatch.setattr(runtime, "local_processes", lambda: 1)
+    runplan.check_settings(p, torch.device("cuda", 0), two)
+    evaluating = p._replace(train_args=replace(p.train_args, eval_only=True))  # (it draws none)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: floor)
+    runplan.check_settings(evaluating, cpu, world)
+    with pytest.raises(ConfigError, match=r"--grad_accum: must be below 2\^31, got 9999999999999999999"):
+        TrainArgs(grad_accum=9999999999999999999)
