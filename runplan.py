@@ -20,8 +20,8 @@ What it holds, one section each, in this order:
     planning                  plan_run, load_resumed, check_optimizer_groups, init_from_fix, absolute
                               (a path setting as saved), saved_paths
     before any work           memory_floor, check_settings (refused; check_step_batches), setting_warnings
-                              (warned of: unscored_source, held_out_of_saved_data); held_out_moved
-                              (train.py's warning once the validation text is read)
+                              (warned of: unscored_source, held_out_of_saved_data), resume_changes
+                              (said); held_out_moved (train.py's warning once the validation text is read)
     a finished run            finished_limit, limit_reached (train.py says so, and trains nothing)
     the run folder            claim_folder, check_no_later_last, check_same_model
     W&B                       wandb_id
@@ -770,6 +770,36 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      f"in {every} documents of --data, held out; this slice {did}, so its validation loss "
                      "is not held out: type the run's own, or --val_data")
     return [f"warning: {line}" for line in lines]
+
+
+# settings a resume always sets anew, whatever its run saved (where it lies, what it was asked to do, the
+# tokenizer copy it reads: checked by its hash)
+RESUME_SETS = ("resume", "eval_only", "run", "out_dir", "tokenizer")
+
+
+def resume_changes(plan: RunPlan, given) -> str | None:
+    """At a resume that trains, the settings typed that are not the run's (its training settings and the
+    router losses' weights: RESUME_MAY_CHANGE) as one line, so that a value from a shell's history or a
+    script, not meant for this run, is seen: a resume takes them (only the model's others are refused).
+    None where none differs, at --eval_only (setting_warnings says they do nothing), for a finished run
+    (it trains nothing: told to raise its limit) and for a checkpoint with no run's settings (an import's
+    weights: refused as a resume)."""
+    saved = (plan.ckpt or {}).get("train_args")
+    if not isinstance(saved, dict) or plan.train_args.eval_only or finished_limit(plan):
+        return None
+    train = config.to_dict(plan.train_args)  # (in the dataclass's order)
+    pairs = [(train, saved, [k for k in train if k not in RESUME_SETS]),
+             (config.to_dict(plan.model_args), plan.ckpt.get("model_args") or {}, RESUME_MAY_CHANGE)]
+    changed = [f"--{k} {_shown(now[k])} (the run's {_shown(was[k])})" for now, was, names in pairs
+               for k in names if k in given and k in now and k in was and now[k] != was[k]]
+    return f"resume: {', '.join(changed)}, in force from here" if changed else None
+
+
+def _shown(value) -> str:
+    """A setting's value as typed on a command line."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "''" if value == "" else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def held_out_of_saved_data(saved: dict, t: TrainArgs) -> bool:

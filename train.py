@@ -1004,6 +1004,8 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
             runplan.check_settings(plan, device, world)  # (its memory check reads each rank's own device)
             for line in runplan.setting_warnings(plan, given):
                 log(line)
+            if changes := runplan.resume_changes(plan, given):
+                log(changes)
             folder = runplan.claim_folder(plan) if world.main and not plan.train_args.eval_only else None
         if (done := finished_run(plan, log)) is not None:
             raise Finished(done)

@@ -1632,3 +1632,27 @@ def test_a_grad_accum_whose_micro_batches_exceed_the_memory_is_refused_before_an
     runplan.check_settings(evaluating, cpu, world)
     with pytest.raises(ConfigError, match=r"--grad_accum: must be below 2\^31, got 9999999999999999999"):
         TrainArgs(grad_accum=9999999999999999999)
+
+
+def test_a_resume_says_each_setting_typed_that_is_not_the_runs(tmp_path):
+    """Bug caught: a resume took another --lr, --batch_size or router loss weight (a value left in a
+    shell's history, say) without a word: the run's own settings changed unseen. One line now names
+    each with the run's value; nothing where the typed values are the run's, where only the bookkeeping
+    of a resume is typed, at --eval_only, or for a finished run (it trains nothing)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", lr=3e-3, batch_size=4, wandb_mode="offline",
+                           max_steps=100)
+    model = debug_args(router_aux_loss_coef=0.01)
+    p = plan(tmp_path, {"router_aux_loss_coef", "preset"}, model=model, resume=str(last), lr=1e-3,
+             batch_size=4, wandb_mode="disabled", max_steps=100)
+    typed = {"resume", "lr", "batch_size", "wandb_mode", "router_aux_loss_coef"}
+    assert runplan.resume_changes(p, typed) == (
+        f"resume: --lr 0.001 (the run's 0.003), --wandb_mode disabled (the run's offline), "
+        f"--router_aux_loss_coef 0.01 (the run's {DEBUG.router_aux_loss_coef:g}), in force from here")
+    same = plan(tmp_path, resume=str(last), lr=3e-3, run="r")
+    assert runplan.resume_changes(same, {"resume", "lr", "run", "out_dir"}) is None
+    judged = plan(tmp_path, resume=str(last), lr=1e-3, eval_only=True)
+    assert runplan.resume_changes(judged, {"resume", "lr", "eval_only"}) is None
+    done = fake_checkpoint(tmp_path / "ckpt" / "d" / "last.pt", max_steps=5)
+    checkpoint.save_checkpoint(done, {**torch.load(done, weights_only=False), "step": 5})  # (finished)
+    assert runplan.resume_changes(plan(tmp_path, resume=str(done), lr=1e-3, max_steps=6), {"resume", "lr"})
+    assert runplan.resume_changes(plan(tmp_path, resume=str(done), lr=1e-3), {"resume", "lr"}) is None
