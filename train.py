@@ -1002,11 +1002,12 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
         with runtime.all_ranks_or_none(world, device, "its settings or run folder checks"):
             plan = runplan.plan_run(model_args, train_args, preset, given, started)
             runplan.check_settings(plan, device, world)  # (its memory check reads each rank's own device)
+            folder = runplan.claim_folder(plan) if world.main and not plan.train_args.eval_only else None
+            # (after the claim: a run refused its folder said the warnings of its settings first)
             for line in runplan.setting_warnings(plan, given):
                 log(line)
             if changes := runplan.resume_changes(plan, given):
                 log(changes)
-            folder = runplan.claim_folder(plan) if world.main and not plan.train_args.eval_only else None
         if (done := finished_run(plan, log)) is not None:
             raise Finished(done)
         job, state = build_job(plan, device, world, log)

@@ -865,11 +865,15 @@ def test_init_from_settings_are_checked_on_the_checkpoints_preset_not_at_parsing
 
 
 def test_a_new_run_never_overwrites_a_checkpoint(tmp_path, corpus, cache, capsys):
+    """...and the refusal is the one line said (bug caught: the warnings of the settings the run was
+    refused, here a warmup past --max_steps, came first, as if it were to run)."""
     train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
+    assert "warning: --warmup_steps" in capsys.readouterr().out  # (the debug preset's, past 1 step)
     before = (tmp_path / "ckpt" / "r" / "last.pt").read_bytes()
     with pytest.raises(SystemExit):
         train.main(args(tmp_path, corpus, cache, "--max_steps", "1"))
-    assert "already holds a checkpoint" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "already holds a checkpoint" in said.err and "warning" not in said.out + said.err
     assert (tmp_path / "ckpt" / "r" / "last.pt").read_bytes() == before
 
 
