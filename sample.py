@@ -437,8 +437,8 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     It is read as transformers reads it: turned upright by its EXIF orientation (left as stored where
     the EXIF block is damaged), with transparency over white. 16-bit grey is scaled to 8 bits, value *
     255 / 65535 rounded to the nearest; convert("RGB") alone would clip it, turning all but black
-    white. Images of 89M to 179M pixels load without PIL's two-line DecompressionBombWarning; larger
-    ones are refused."""
+    white (sixteen_bit_grey: its transparent shade over white too). Images of 89M to 179M pixels load
+    without PIL's two-line DecompressionBombWarning; larger ones are refused."""
     import struct
 
     from PIL import Image, ImageOps
@@ -456,7 +456,7 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
                 # as a number: AttributeError): the image as stored
                 pass
             if img.mode.startswith("I;16"):
-                img = img.convert("I").point(lambda v: v / 257 + 0.5).convert("L")  # (+ 0.5: PIL truncates)
+                img = sixteen_bit_grey(img)
             if "A" in img.getbands() or "transparency" in img.info:  # (RGBA, LA, a palette's clear colour)
                 img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
             img = img.convert("RGB").resize((args.image_size, args.image_size))
@@ -470,6 +470,21 @@ def load_image(path, args: config.ModelArgs) -> torch.Tensor:
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(args.image_size,
                                                                                   args.image_size, 3)
     return (pixels.permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5  # (S, S, 3) -> (3, S, S)
+
+
+def sixteen_bit_grey(img):
+    """A 16-bit grey image (PIL's I;16 modes) in 8 bits: L, value * 255 / 65535 rounded to the nearest
+    (PIL's point() truncates), or LA where it has a transparent shade (a tRNS value, 16-bit: matched
+    before the scaling, as no 8-bit value equals most of them), clear where it is that shade."""
+    import numpy as np
+    from PIL import Image
+    wide = img.convert("I")
+    grey = wide.point(lambda v: v / 257 + 0.5).convert("L")  # (+ 0.5: PIL truncates)
+    clear = img.info.get("transparency")
+    if not isinstance(clear, int):
+        return grey
+    alpha = Image.fromarray(np.where(np.asarray(wide) == clear, 0, 255).astype(np.uint8))
+    return Image.merge("LA", (grey, alpha))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +524,8 @@ def prompts_from(sample_args: SampleArgs, tok: Tokenizer, args: config.ModelArgs
                 f"--prompt_file {sample_args.prompt_file}: the prompt {text[:40]!r}"
             raise (PromptError if given else SampleError)(
                 f"{where} holds an image token (<|image_start|>, <|image|>, <|patch|> or <|image_end|>); "
-                "remove it (--image puts an image in)")
+                "remove it (" + ("--image puts an image in)" if args.vision else
+                                 "this model has no vision stub: it reads no image)"))
         n, whole = len(prefix) + len(ids), prefix + ids
         if sample_args.image:  # the image is kept whole: only its text is cut
             tail = ids[len(ids) - min(len(ids), max(keep - len(prefix), 0)):]

@@ -1211,6 +1211,27 @@ def test_a_16_bit_grey_image_is_rounded_to_8_bits_not_truncated(value):
     assert torch.allclose(sample.load_image(grey, args), torch.tensor(eight / 255 * 2 - 1), atol=1e-6)
 
 
+def test_a_16_bit_grey_images_transparent_shade_is_seen_over_white():
+    """A 16-bit grey PNG's transparent shade (its tRNS value, 16-bit) is white, the other shades
+    scaled to 8 bits, as every other transparency is seen over white.
+    Bug caught: the shade was matched against the 8-bit image (no 8-bit value equals 315), so the
+    clear pixels kept their dark grey."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    args = config.ModelArgs(**{**config.PRESETS["debug"]["ModelArgs"], "vision": True})
+    shades = np.full((args.image_size, args.image_size), 315, dtype=np.uint16)
+    shades[:, args.image_size // 2:] = 32896  # the right half opaque mid-grey (128 * 257)
+    grey = io.BytesIO()
+    Image.fromarray(shades).save(grey, "PNG", transparency=315)
+    assert Image.open(grey).mode == "I;16" and Image.open(grey).info["transparency"] == 315
+    half = args.image_size // 2
+    image = sample.load_image(grey, args)
+    assert torch.equal(image[:, :, :half - 1], torch.ones(3, args.image_size, half - 1))  # clear: white
+    assert torch.allclose(image[:, :, half + 1:], torch.tensor(128 / 255 * 2 - 1), atol=1e-6)
+
+
 def test_uncached_decoding_with_an_image_takes_a_generated_patch_token_as_text(monkeypatch):
     """The image fills the prompt's <|patch|> tokens; a <|patch|> the model picks is a token like
     any other, as in the cached path (whose decode steps see no image). The uncached path gave
@@ -1425,7 +1446,17 @@ def test_a_prompt_holding_any_image_token_is_refused():
     SampleError naming the fix."""
     for token in ["<|image_start|>", "<|image|>", "<|patch|>", "<|image_end|>"]:
         with pytest.raises(sample.SampleError, match=r"holds an image token .*--image puts an image in"):
-            stub_prompts(f"look {token} here", new=3)
+            stub_prompts(f"look {token} here", new=3, vision=True)
+
+
+def test_an_image_token_in_a_text_models_prompt_is_not_told_to_use_image():
+    """Bug caught: a model without the vision stub was told "--image puts an image in" for an image
+    token typed in its prompt: --image is then refused (the checkpoint has no vision stub)."""
+    with pytest.raises(sample.SampleError, match=r"holds an image token .*; remove it \(this model has no "
+                                                 r"vision stub: it reads no image\)$"):
+        stub_prompts("look <|image|> here", new=3)
+    with pytest.raises(sample.SampleError, match=r"remove it \(--image puts an image in\)$"):
+        stub_prompts("look <|image|> here", new=3, vision=True)
 
 
 def test_prompts_and_a_prompt_file_are_all_told_each_num_samples_times_in_order(tmp_path):
@@ -1960,7 +1991,7 @@ def test_an_image_token_in_a_prompt_option_is_a_bad_option_and_in_a_prompt_file_
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a<|image|>b\n")
     fix = ("holds an image token (<|image_start|>, <|image|>, <|patch|> or <|image_end|>); remove it "
-           "(--image puts an image in)\n")
+           "(this model has no vision stub: it reads no image)\n")  # (a vision one's: --image puts one in)
     for argv, code, where in [(["--prompt", "a<|image|>b"], 2, "--prompt 'a<|image|>b'"),
                               (["--prompt_file", str(prompts)], 1, f"--prompt_file {prompts}: the prompt "
                                                                    "'a<|image|>b'")]:
