@@ -571,33 +571,35 @@ def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
 # Before any work: what is refused, and what is warned of
 
 
-_COUNTED: dict[str, int] = {}  # parameters() of each model's settings (repr) met so far
+_COUNTED: dict[str, dict] = {}  # count_parameters() of each model's settings (repr) met so far
 
 
-def parameters(model_args: ModelArgs) -> int:
-    """The model's parameter count, from meta-device models of one or two layers
-    (model.summed_over_layers): no time spent building each of a huge --n_layers. Counted once per
-    settings (sweep.py checks ~600 candidates, of ~20 models)."""
+def parameters(model_args: ModelArgs, kind: str = "total") -> int:
+    """The model's parameter count (`kind`: a count_parameters key, "vision" for the vision stub's), from
+    meta-device models of one or two layers (model.summed_over_layers): no time spent building each of
+    a huge --n_layers. Counted once per settings (sweep.py checks ~600 candidates, of ~20 models)."""
     key = repr(model_args)
     if key not in _COUNTED:
-        _COUNTED[key] = summed_over_layers(model_args, count_parameters)["total"]
-    return _COUNTED[key]
+        _COUNTED[key] = summed_over_layers(model_args, count_parameters)
+    return _COUNTED[key][kind]
 
 
 def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
     """A lower bound, in bytes, on what one micro-batch needs (the real need is higher): the
-    weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter),
+    weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter; 4 for
+    the vision stub's, which training on text leaves without gradients or moments),
     one chunk of the fused loss's fp32 logits and their log-softmax (the whole (B*T, V) logits are
     never held), and the residual stream each layer keeps for backward."""
     try:
-        n_params = parameters(model_args)
+        n_params, untrained = parameters(model_args), parameters(model_args, "vision")
     except (RuntimeError, OverflowError):  # a tensor past torch's sizes (--n_experts, --dim ... near 2^31)
         raise ConfigError("the model settings ask for a weight tensor larger than torch can hold; lower "
                           "--vocab_size, --dim, --n_experts or --expert_dim") from None
     tokens = train_args.batch_size * model_args.max_seq_len
     V = model_args.vocab_size
     training = not train_args.eval_only
-    return {"weights" + (" and optimizer state" if training else ""): n_params * (16 if training else 4),
+    return {"weights" + (" and optimizer state" if training else ""): n_params * 4
+            + (n_params - untrained) * 12 * training,
             "loss chunk": min(tokens, max(1, LOSS_CHUNK // V)) * V * 4 * 2,
             "activations": tokens * model_args.dim * 4 * model_args.n_layers * training}
 
@@ -667,7 +669,8 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
         if weights * procs > have:  # (no batch or context is small enough: --vocab_size 10**9 was told so)
             fixed = plan.ckpt is not None or plan.init is not None  # (the model options are refused there)
             fix = "use a device with more memory (a checkpoint's model is as it was trained)" if fixed else \
-                "use a smaller model (--vocab_size, --dim, --n_layers, --n_experts, --expert_dim)"
+                "use a smaller model (--vocab_size, --dim, --n_layers, --n_experts, --expert_dim" + \
+                (", --vision_dim, --vision_layers)" if model_args.vision else ")")
             fewer = "run fewer processes, or " if weights <= have else ""  # (one fits: the CPU's, shared)
             raise error(f"the model's {what} alone need {weights * procs / 1e9:.1f} GB"
                         f"{f' for the {procs} processes here' if procs > 1 else ''} but {device} has "

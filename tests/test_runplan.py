@@ -569,6 +569,28 @@ def test_the_memory_floor_counts_weights_loss_chunk_and_activations():
     assert runplan.memory_floor(big, t)["loss chunk"] == big.vocab_size * 8
 
 
+def test_the_memory_floor_counts_the_untrained_vision_stub_as_weights_alone(tmp_path, monkeypatch):
+    """train.py trains on text alone: a --vision model's encoder and projector get no gradient and no
+    AdamW moments, 4 bytes a parameter, not 16. A model whose weights fit is not refused, and one that
+    does not is told of the vision settings too.
+    Bug caught: --preset debug --vision --vision_dim 4096 --vision_layers 10 --vision_mlp_dim 16384
+    (2.0B vision parameters, 8.1 GB) was refused on a 25 GB CPU: "weights and optimizer state alone
+    need 32.3 GB ... use a smaller model (--vocab_size, --dim, ...)", none of them the vision stub's."""
+    vision = replace(DEBUG, vision=True)
+    total, text = runplan.parameters(vision), runplan.parameters(DEBUG)
+    assert total > 3 * text  # (the default stub outweighs the debug model)
+    floor = runplan.memory_floor(vision, TrainArgs(batch_size=2))
+    assert floor["weights and optimizer state"] == 4 * total + 12 * text
+    assert runplan.memory_floor(vision, TrainArgs(batch_size=2, eval_only=True))["weights"] == 4 * total
+    p = runplan.RunPlan(tmp_path, vision, TrainArgs(batch_size=2), None, None)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: sum(floor.values()))
+    runplan.check_settings(p, torch.device("cuda", 0), runtime.World())  # (fits: not refused)
+    monkeypatch.setattr(runtime, "device_memory", lambda device: floor["weights and optimizer state"] - 1)
+    with pytest.raises(runplan.DeviceError, match=r"use a smaller model \(--vocab_size, .*--expert_dim, "
+                                                  r"--vision_dim, --vision_layers\)$"):
+        runplan.check_settings(p, torch.device("cuda", 0), runtime.World())
+
+
 @pytest.mark.parametrize("changes", [dict(moe_every=5), dict(moe_every=3, n_layers=7), dict(n_layers=1)])
 def test_a_dense_model_of_many_layers_is_counted_from_two(monkeypatch, changes):
     """Bug caught: a dense model (--moe_every above --n_layers) was counted from a model of all its
