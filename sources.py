@@ -100,9 +100,10 @@ import storage
 from errors import DataError, first_line
 from tokenizer import EOT
 
-DOCUMENT_RULES = 5  # version of how sources split into documents (and empty rows are left out of
+DOCUMENT_RULES = 6  # version of how sources split into documents (and empty rows are left out of
 # a held-out slice's count): a new one rebuilds their caches (4: \r\n and \r are \n in every format;
-# 5: U+FEFF is dropped wherever it is, in every format)
+# 5: U+FEFF is dropped wherever it is, in every format; 6: a line over a read, a MiB, keeps its spaces;
+# test_data's DOCUMENT_DIGESTS holds what each reads)
 HELD_OUT_RULES = 2  # version of which rows a held-out slice counts as documents: a new one rebuilds the
 # caches of held-out slices alone (2: a row of byte-order marks and whitespace is none, as document() says)
 KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
@@ -630,9 +631,10 @@ def _layout(markers: int, marker_lines: int, blank: int, lines: int) -> tuple[st
 
 
 def _txt_documents(path: str, stamp: str, layout: str):
-    """Documents of a .txt file, split as _scan_txt's `layout` says. `stamp`: size and mtime, for
-    the cache key. Every BOM (U+FEFF) is dropped; line endings are read as \\n (universal newlines).
-    Each part of the text is split once: a document (or a line) of any length streams through."""
+    """Documents of a .txt file, split as _scan_txt's `layout` says. `stamp`: size, mtime and
+    DOCUMENT_RULES, for the cache key. Every BOM (U+FEFF) is dropped; line endings are read as \\n
+    (universal newlines). Each part of the text is split once: a document (or a line) of any length
+    streams through."""
     separator, keep, lines = SEPARATORS[layout], len(EOT) - 1, layout != "inline"
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         doc: list[str] = []  # the document being read, in parts
@@ -918,11 +920,12 @@ def _load_txt(path: str, flag: str, cache_dir: str, log):
         log(f"data: warning: {path}: {plural(bad, 'byte')} not UTF-8, replaced by U+FFFD")
     st = os.stat(path)
     try:  # `datasets` keys its cache by gen_kwargs: the path is absolute, as the same name typed in
-        # another folder is another file, of the same size and time maybe
+        # another folder is another file, of the same size and time maybe; the stamp holds the rules (it
+        # fingerprints _txt_documents by name, not code: an earlier version's documents came back)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}:rules {DOCUMENT_RULES}"
         return datasets.Dataset.from_generator(
             _txt_documents, features=datasets.Features({"text": datasets.Value("string")}),
-            cache_dir=cache_dir, gen_kwargs={"path": os.path.abspath(path),
-                                             "stamp": f"{st.st_size}:{st.st_mtime_ns}", "layout": layout})
+            cache_dir=cache_dir, gen_kwargs={"path": os.path.abspath(path), "stamp": stamp, "layout": layout})
     except Exception as e:
         if damaged := _damaged_cache(e, cache_dir):
             raise damaged from None

@@ -229,6 +229,50 @@ def test_a_line_of_spaces_over_a_mib_is_kept_in_its_document(tmp_path):
         f"story one\n{pad}\n{pad}x{pad}\nmore", "next"]
 
 
+# The documents these texts read as, by DOCUMENT_RULES (a sha256 of the layouts and texts): 5 is what
+# its first version (70c05ca) read. A change of how text splits into documents fails here until
+# DOCUMENT_RULES is raised and its digest recorded: a cache keyed by the old number is not reused.
+DOCUMENT_DIGESTS = {5: "62e4e5b345fd7685", 6: "bf42552d7c8b6ec8"}
+
+
+def test_document_rules_name_how_text_reads(tmp_path):
+    """Bug caught: a long line's spaces kept (a line over a MiB of spaces, then text) changed the documents
+    a .txt file reads as under the same DOCUMENT_RULES, 5, so a token cache an earlier version built (1 MB
+    of the line's spaces lost, 56,161 tokens) was a cache hit for this one, which reads 1,103,462: the
+    run trained on other text than a fresh cache gives, without a word."""
+    pad = " " * (sources.READ_CHUNK + 5)
+    texts = [f"{EOT}\nstory one\n{pad}and then{pad}\nmore\n{EOT}\nnext\n",
+             f"{EOT}\na\n" + " " * 40 + f"\nb\n{EOT}\n\t  Hi  \t\n{EOT}\n",
+             "a\r\n\r\nb\ufeff c\n\n\n d \n", f"x {EOT} y {EOT} z\n"]
+    read = []
+    for n, text in enumerate(texts):
+        path = tmp_path / f"t{n}.txt"
+        path.write_bytes(text.encode())
+        layout = sources._scan_txt(str(path), "--data")[0]
+        read.append([layout, [d["text"] for d in sources._txt_documents(str(path), "", layout)]])
+    digest = hashlib.sha256(json.dumps(read).encode()).hexdigest()[:16]
+    assert DOCUMENT_DIGESTS.get(sources.DOCUMENT_RULES) == digest, (
+        f"documents read otherwise than DOCUMENT_RULES {sources.DOCUMENT_RULES} did ({digest}): raise it")
+
+
+def test_new_document_rules_read_a_txt_file_again(tmp_path, monkeypatch):
+    """Bug caught: the `datasets` cache of a .txt file's documents was keyed by its path, size, time and
+    layout alone (datasets fingerprints our generator by name, not code), so documents an earlier
+    version split by its rules came back from that cache after DOCUMENT_RULES was raised: the token
+    cache was rebuilt, from the old documents (56,161 tokens where the new rules read 1,103,462)."""
+    path = write(tmp_path / "t.txt", f"{EOT}\none\n{EOT}\ntwo\n")
+    cache = str(tmp_path / "cache")
+
+    def texts():
+        return [sources.document(r["text"]) for r in sources._load_txt(str(path), "--data", cache, print)]
+
+    with monkeypatch.context() as m:  # an earlier version: other rules, under the number before
+        m.setattr(sources, "DOCUMENT_RULES", sources.DOCUMENT_RULES - 1)
+        m.setitem(sources.SEPARATORS, "lines", re.compile("(?!)"))  # (splits nothing)
+        assert len(texts()) == 1
+    assert texts() == ["one", "two"]
+
+
 def test_markers_inside_lines_split_up_to_exactly_100_times_as_many_blank_lines(tmp_path):
     # catches `>` for `>=` in _scan_txt's test: only blank lines *over* 100 times the markers make them text
     for blanks, layout in [(100, "inline"), (101, "blank")]:
