@@ -1065,6 +1065,33 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, corpus, cache, monke
     assert all(torch.isfinite(t).all() for t in w.values())
 
 
+def test_a_skipped_step_leaves_the_weights_and_the_optimizer_state_as_they_were():
+    """A step whose gradients are not finite changes nothing the next step reads: not the weights,
+    nor AdamW's step counts and moments (catches: the update skipped but the step counted, which
+    shifts Adam's bias correction, or the weights decayed on a skipped step)."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args(max_seq_len=16))
+    t = TrainArgs(grad_clip=1.0, weight_decay=0.1)
+    job = SimpleNamespace(model=model, runner=model, opt=train.make_optimizer(model, t, torch.device("cpu")),
+                          train_args=t, micros=[0], autocast=train.nullcontext(), no_sync=train.nullcontext)
+    x = torch.randint(0, 320, (2, 16))
+    train.train_step(job, [(x, x.roll(-1, 1))], 0, 1e-3)
+    weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(job.opt.state_dict()["state"])
+    for bad in (float("nan"), float("inf")):
+        x[0, 0] = 0
+        with torch.no_grad():
+            model.embed_tokens.weight[0, 0] = bad  # a non-finite loss and gradients
+        out = train.train_step(job, [(x, x.roll(-1, 1))], 1, 1e-3)
+        assert float(out.skipped) == 1.0
+        with torch.no_grad():
+            model.embed_tokens.weight[0, 0] = weights["embed_tokens.weight"][0, 0]
+        for name, w in model.state_dict().items():
+            assert torch.equal(w, weights[name]), name
+        for i, saved in state.items():
+            for k, v in job.opt.state_dict()["state"][i].items():
+                assert torch.equal(v, saved[k]), (i, k)
+
+
 def test_a_log_window_with_a_skipped_step_means_the_applied_steps(tmp_path, corpus, cache, monkeypatch):
     """Steps 1 and 2 have a NaN loss and are skipped: the window of steps 0-3 records the mean of
     steps 0 and 3 (each logged alone in a run that logs every step), not NaN, and counts the two;
