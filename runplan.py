@@ -695,10 +695,11 @@ def check_step_batches(plan: RunPlan, device, world: World, floor: int, have: in
     if floor + held > have:
         error = errors.MachineError if device.type == "cpu" else DeviceError
         share = f" (this process's share of {world.size})" if world.size > 1 else ""
+        each = f" each, for the {procs} processes here" if procs > 1 else ""
         raise error(f"--grad_accum {t.grad_accum}: a step draws its {micros:,} micro-batches{share} of "
                     f"--batch_size {t.batch_size} x --max_seq_len {T} tokens before it trains on them "
-                    f"({held / 1e9:.1f} GB past the first, on top of the {floor / 1e9:.1f} GB a micro-batch "
-                    f"needs), but {device} has {have / 1e9:.1f} GB; lower --grad_accum")
+                    f"({held / 1e9:.1f} GB past the first{each}, on top of the {floor / 1e9:.1f} GB their "
+                    f"micro-batch needs), but {device} has {have / 1e9:.1f} GB; lower --grad_accum")
 
 
 # The settings of training alone: typed beside --eval_only, they change nothing (a warning says so).
@@ -794,15 +795,26 @@ def resume_changes(plan: RunPlan, given) -> str | None:
     pairs = [(train, saved, [k for k in train if k not in RESUME_SETS]),
              (config.to_dict(plan.model_args), plan.ckpt.get("model_args") or {}, RESUME_MAY_CHANGE)]
     changed = [f"--{k} {_shown(now[k])} (the run's {_shown(was[k])})" for now, was, names in pairs
-               for k in names if k in given and k in now and k in was and now[k] != was[k]]
+               for k in names if k in given and k in now and k in was and not _same(k, now[k], was[k])]
     return f"resume: {', '.join(changed)}, in force from here" if changed else None
 
 
+def _same(name: str, now, was) -> bool:
+    """Whether a setting typed at a resume is the run's: --data and --val_data as the files they name (as
+    held_out_of_saved_data: ../data/x.txt from another folder, a folder's trailing slash, an older
+    checkpoint's relative path, all the run's own file, were said to be changes)."""
+    if now == was:
+        return True
+    files = name in ("data", "val_data") and bool(now and was)
+    return files and os.path.realpath(now) == os.path.realpath(was)
+
+
 def _shown(value) -> str:
-    """A setting's value as typed on a command line."""
+    """A setting's value as typed on a command line (a float in full where :g rounds it: 0.00123456789
+    and 0.001234568 were both 0.00123457)."""
     if isinstance(value, float):
-        return f"{value:g}"
-    return "''" if value == "" else str(value).lower() if isinstance(value, bool) else str(value)
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    return str(value).lower() if isinstance(value, bool) else shlex.quote(str(value))  # ('' for none)
 
 
 def held_out_of_saved_data(saved: dict, t: TrainArgs) -> bool:

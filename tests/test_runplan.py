@@ -1678,3 +1678,35 @@ def test_a_resume_says_each_setting_typed_that_is_not_the_runs(tmp_path):
     checkpoint.save_checkpoint(done, {**torch.load(done, weights_only=False), "step": 5})  # (finished)
     assert runplan.resume_changes(plan(tmp_path, resume=str(done), lr=1e-3, max_steps=6), {"resume", "lr"})
     assert runplan.resume_changes(plan(tmp_path, resume=str(done), lr=1e-3), {"resume", "lr"}) is None
+
+
+def test_a_resume_does_not_say_a_path_typed_another_way_is_a_change(tmp_path, monkeypatch):
+    """Bug caught: --data typed at a resume as the run's own file, but from another folder (../data/x.txt),
+    with a trailing slash on a folder, or beside an older checkpoint that saved it relative, was said to
+    be a change ("resume: --data /p/sub/../data/x.txt (the run's /p/data/x.txt), in force from here"):
+    the same file, compared as strings. And a value :g rounds to the run's (--lr 0.00123456789 against
+    0.001234568) was said as a change from itself."""
+    data = tmp_path / "p" / "data"
+    data.mkdir(parents=True)
+    (data / "x.txt").write_text("text")
+    (tmp_path / "p" / "sub").mkdir()
+    for n, (cwd, saved, typed) in enumerate([("sub", str(data / "x.txt"), "../data/x.txt"),
+                                             ("", str(data), f"{data}/"),
+                                             ("", "data/x.txt", "data/x.txt")]):
+        monkeypatch.chdir(tmp_path / "p" / cwd)
+        last = fake_checkpoint(tmp_path / "ckpt" / f"r{n}" / "last.pt", data=saved, max_steps=100)
+        p = plan(tmp_path, resume=str(last), data=typed, max_steps=100)
+        assert runplan.resume_changes(p, {"resume", "data"}) is None, (saved, typed)
+    elsewhere = tmp_path / "p" / "y.txt"
+    elsewhere.write_text("other text")
+    p = plan(tmp_path, resume=str(last), data=str(elsewhere), max_steps=100)
+    assert runplan.resume_changes(p, {"resume", "data"}) == (
+        f"resume: --data {elsewhere} (the run's data/x.txt), in force from here")
+    last = fake_checkpoint(tmp_path / "ckpt" / "lr" / "last.pt", lr=0.001234568, max_steps=100)
+    p = plan(tmp_path, resume=str(last), lr=0.00123456789, max_steps=100)
+    assert runplan.resume_changes(p, {"resume", "lr"}) == (
+        "resume: --lr 0.00123456789 (the run's 0.001234568), in force from here")
+    last = fake_checkpoint(tmp_path / "ckpt" / "w" / "last.pt", wandb_name="", max_steps=100)
+    p = plan(tmp_path, resume=str(last), wandb_name="my run", max_steps=100)  # (as a shell takes it back)
+    assert runplan.resume_changes(p, {"resume", "wandb_name"}) == (
+        "resume: --wandb_name 'my run' (the run's ''), in force from here")

@@ -486,10 +486,15 @@ def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, 
     typed), not with the default preset's (--min_lr 6e-5 and lr 6e-4, which refused both ways)."""
     ckpt = tmp_path / "ckpt"
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--min_lr", "0"))
+    capsys.readouterr()
     train.main(["--run", "r", "--out_dir", str(ckpt), "--resume", "--max_steps", "3", "--lr", "1e-5"])
     saved = checkpoint.load_checkpoint(ckpt / "r" / "last.pt")["train_args"]
     assert (saved["lr"], saved["min_lr"]) == (1e-5, 0.0)
-    capsys.readouterr()
+    # (the resume says what it changed, before any work: train.setup logs runplan.resume_changes)
+    said = capsys.readouterr().out.splitlines()
+    [line] = [n for n, line in enumerate(said) if line.startswith("resume: ")]
+    assert said[line].startswith("resume: --max_steps 3 (the run's 2), --lr 1e-05 (the run's ") and \
+        not any(s.startswith("data: ") for s in said[:line])
     with pytest.raises(SystemExit) as e:  # what is wrong with the merged settings is still refused
         train.main(["--run", "r", "--out_dir", str(ckpt), "--resume", "--max_steps", "4", "--min_lr", "1e-3"])
     assert e.value.code == 2 and "--min_lr: 0.001 is above --lr 1e-05" in capsys.readouterr().err
