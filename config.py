@@ -49,7 +49,8 @@ def arg(default, help, *, hf=None, choices=None, const=None):
 
 
 # the path fields of each class, whose ~ is the home folder (_expand_home)
-PATH_FIELDS = {"TrainArgs": ("data", "val_data", "tokenizer", "cache_dir", "out_dir", "resume", "init_from"),
+PATH_FIELDS = {"TrainArgs": ("data", "val_data", "hf_dataset", "tokenizer", "cache_dir", "out_dir", "resume",
+                             "init_from"),
                "SampleArgs": ("ckpt", "hf", "prompt_file", "image")}
 
 

@@ -83,6 +83,7 @@ import codecs
 import errno
 import filecmp
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -1094,6 +1095,8 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     _no_bars_in_logs()  # ("Generating train split: ..." of a local folder, the hub's downloads)
     if refusal := _local_txt_refusal(name, split):
         raise DataError(refusal)
+    if _no_such_folder(name):  # (a path: the hub's probe would say "Repo id must be ...", no help)
+        raise DataError(f"--hf_dataset {name}: no such folder (a hub dataset is named as OWNER/NAME); {fix}")
     if not datasets.config.HF_HUB_OFFLINE and not local_hf_dataset(name):
         from huggingface_hub import HfApi
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
@@ -1101,8 +1104,12 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
         except Exception as e:
             raise DataError(f"cannot get {name!r} from the Hugging Face Hub ({first_line(e)}); {fix}, or "
                             "set HF_HUB_OFFLINE=1 to use a copy in the datasets cache") from None
+    library_log = logging.getLogger("datasets")
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)  # it logs a failed read before raising: ours is the one line
     try:
-        ds = datasets.load_dataset(name, split=split)
+        ds = (_load_local_folder(name, split) if local_hf_dataset(name)
+              else datasets.load_dataset(name, split=split))
     except Exception as e:
         if local_hf_dataset(name):  # (`datasets` read the folder: neither the hub nor its cache is at fault)
             raise DataError(_local_load_failure(name, split, e, fix)) from None
@@ -1112,10 +1119,39 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
                 from None
         raise DataError(f"cannot load split {split!r} of {name!r} from the Hugging Face Hub "
                         f"({first_line(e)}); {fix}") from None
+    finally:
+        library_log.setLevel(level)
     if problem := _column_problem(ds, text_field, utf8=False):  # (the hub's arrow files are UTF-8)
         raise DataError(f"{name!r} [{split}] {problem}")
     ds = ds.select_columns([text_field])
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
+
+
+def _no_such_folder(name: str) -> bool:
+    """Whether an --hf_dataset is the path of a folder that is not there: a hub name is NAME or
+    OWNER/NAME, never absolute, nor starting with . or ~ (a quoted ~ the config made the home folder)."""
+    return not local_hf_dataset(name) and (os.path.isabs(name) or name.startswith((".", "~"))
+                                           or name.count("/") > 1)
+
+
+def _load_local_folder(name: str, split: str):
+    """A split of an --hf_dataset that is a local folder, read by the builder `datasets` picks for it
+    (parquet, json, arrow, ...) from that split's files alone, its cache keyed by each file's path, size
+    and time, as --data's files are: `datasets` keys a folder's cache by the files' times alone (other
+    text under the old time, as `cp -p` or `rsync -t` leave it, read the old rows), and by every
+    split's files (an edit of the validation files made the training split again)."""
+    import datasets
+    try:
+        builder = datasets.load_dataset_builder(name)
+        files = [str(f) for f in (builder.config.data_files or {}).get(split, [])]
+    except Exception:  # (no data files: load_dataset says what is wrong)
+        files = []
+    if not files or os.path.isfile(os.path.join(name, "state.json")):  # (no such split, one split
+        # save_to_disk wrote: load_dataset says what is wrong)
+        return datasets.load_dataset(name, split=split)
+    stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in ((f, os.stat(f)) for f in files)]
+    stamp = hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
+    return datasets.load_dataset(builder.name, name=f"local-{stamp}", data_files={split: files}, split=split)
 
 
 def _local_load_failure(name: str, split: str, e: Exception, fix: str) -> str:
@@ -1124,6 +1160,13 @@ def _local_load_failure(name: str, split: str, e: Exception, fix: str) -> str:
     if os.path.isfile(os.path.join(name, "state.json")):  # (save_to_disk's one split)
         flag = "--data" if split == "train" else "--val_data"
         fix = f"pass {flag} {shlex.quote(name)} instead, which reads it"
+    for path in map(str, sorted(Path(name).rglob("*"))):  # (a file of no rows, a damaged one: named)
+        kind = KINDS.get(Path(path).suffix.lower())
+        hidden = any(part.startswith(".") for part in Path(path).relative_to(name).parts)
+        if kind in ("parquet", "arrow") and not hidden and \
+                (problem := _table_problem(path, kind, "--hf_dataset")):
+            return f"--hf_dataset {name}: {path} {problem}"
+    e = _reason(e)
     return f"--hf_dataset {name}: cannot load split {split!r} of this local folder ({first_line(e)}); {fix}"
 
 

@@ -1437,3 +1437,51 @@ def test_a_folder_of_text_with_a_stale_run_lock_names_the_lock_to_delete(tmp_pat
         (corpus / name).unlink()
     with pytest.raises(DataError, match=r"point --data at the text instead$"):  # (a run's: no text in it)
         sources.resolve_files(str(corpus), "--data")
+
+
+def test_a_local_hf_dataset_folder_edited_under_its_old_time_is_read_again(tmp_path):
+    """Bug caught: --hf_dataset FOLDER whose data/train-0.parquet was replaced by other text of another
+    size under the old modification time (as `cp -p`, `rsync -t` or `tar x` leave it) read the old
+    rows from `datasets`' cache, which keys a local file by its time alone: training on text no longer
+    there, without a word. A folder's split is keyed by each file's path, size and time, as --data's."""
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": docs(2)}})
+    assert sources.load_hub(str(hub), "train")["text"] == docs(4)
+    path = hub / "data" / "train-0.parquet"
+    st = path.stat()
+    pq.write_table(pa.table({"text": docs(5, start=10)}), path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size != st.st_size
+    assert sources.load_hub(str(hub), "train")["text"] == docs(5, start=10)
+
+
+def test_a_local_hf_dataset_folder_with_an_empty_file_names_that_file(tmp_path, capfd):
+    """Bug caught: --hf_dataset FOLDER whose data/validation-0.parquet has no rows stopped the train
+    split with "cannot load split 'train' of this local folder (DatasetGenerationError: An error occurred
+    while generating the dataset)" after a second line `datasets` logged ("Failed to read file ...
+    BatchSize must be greater than 0"): neither named the empty file as the fault, and the training
+    split was read from every split's files."""
+    none = pa.array([], pa.string())
+    hub = hub_folder(tmp_path / "hub", {"train": {"text": docs(4)}, "validation": {"text": none}})
+    empty = hub / "data" / "validation-0.parquet"
+    assert sources.load_hub(str(hub), "train")["text"] == docs(4)  # (its own files alone)
+    with pytest.raises(DataError) as e:
+        sources.load_hub(str(hub), "validation")
+    assert str(e.value) == f"--hf_dataset {hub}: {empty} has no rows; remove it or point --hf_dataset at text"
+    assert capfd.readouterr().err == ""
+
+
+def test_an_hf_dataset_path_that_is_no_folder_is_told_so_not_sent_to_the_hub(tmp_path, online):
+    """Bug caught: --hf_dataset /data/stories or ./stories (a folder path mistyped, or not there yet)
+    was asked of the hub, and told "cannot get '/data/stories' from the Hugging Face Hub
+    (HFValidationError: Repo id must be in the form 'repo_name' ...); ... or set HF_HUB_OFFLINE=1",
+    a fix that cannot help. A quoted '~/hub' (--hf_dataset=~/hub) was not the home folder, as in the
+    other path options."""
+    for name in (str(tmp_path / "nope"), "./nope", "../nope", "~/nope-g-test"):
+        with pytest.raises(DataError) as e:
+            sources.load_hub(name, "train")
+        assert str(e.value) == (f"--hf_dataset {name}: no such folder (a hub dataset is named as "
+                                "OWNER/NAME); pass --data FILE (and --val_data FILE) to train on local text")
+    assert online.calls == []
+    home = os.path.expanduser("~")
+    assert TrainArgs(hf_dataset="~/hub").hf_dataset == os.path.join(home, "hub")
+    assert TrainArgs(hf_dataset="user/stories").hf_dataset == "user/stories"
