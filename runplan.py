@@ -584,12 +584,16 @@ def parameters(model_args: ModelArgs, kind: str = "total") -> int:
     return _COUNTED[key][kind]
 
 
-def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
-    """A lower bound, in bytes, on what one micro-batch needs (the real need is higher): the
-    weights (with their gradients and AdamW's two moments when training: 16 bytes a parameter; 4 for
-    the vision stub's, which training on text leaves without gradients or moments),
-    one chunk of the fused loss's fp32 logits and their log-softmax (the whole (B*T, V) logits are
-    never held), and the residual stream each layer keeps for backward."""
+def memory_floor(model_args: ModelArgs, train_args: TrainArgs, world_size: int = 1) -> dict:
+    """A lower bound, in bytes, on what one micro-batch needs (the real need is higher), the larger
+    of two moments of a training step: its loss, in the forward (the weights and AdamW's two moments,
+    12 bytes a parameter, 4 for the vision stub's, which training on text leaves without gradients or
+    moments; one chunk of the fused loss's fp32 logits and their log-softmax, the whole (B*T, V)
+    logits never held; the residual stream each layer keeps for backward), and the end of its
+    backward (the weights, moments and gradients, 16 bytes a parameter, the activations freed). The
+    gradients count at the loss too where this process takes more than one micro-batch a step
+    (--grad_accum over `world_size`): the earlier micro-batches' are held there. Evaluation
+    (--eval_only): the weights and the loss chunk. The values add up to the floor."""
     try:
         n_params, untrained = parameters(model_args), parameters(model_args, "vision")
     except (RuntimeError, OverflowError):  # a tensor past torch's sizes (--n_experts, --dim ... near 2^31)
@@ -597,11 +601,25 @@ def memory_floor(model_args: ModelArgs, train_args: TrainArgs) -> dict:
                           "--vocab_size, --dim, --n_experts or --expert_dim") from None
     tokens = train_args.batch_size * model_args.max_seq_len
     V = model_args.vocab_size
-    training = not train_args.eval_only
-    return {"weights" + (" and optimizer state" if training else ""): n_params * 4
-            + (n_params - untrained) * 12 * training,
-            "loss chunk": min(tokens, max(1, LOSS_CHUNK // V)) * V * 4 * 2,
-            "activations": tokens * model_args.dim * 4 * model_args.n_layers * training}
+    chunk = min(tokens, max(1, LOSS_CHUNK // V)) * V * 4 * 2
+    if train_args.eval_only:
+        return {"weights": n_params * 4, "loss chunk": chunk, "activations": 0}
+    trained = n_params - untrained
+    held, grads = n_params * 4 + trained * 8, trained * 4
+    loss = {"loss chunk": chunk, "activations": tokens * model_args.dim * 4 * model_args.n_layers}
+    if train_args.grad_accum // world_size > 1:  # the gradients of the micro-batches before
+        return {"weights and optimizer state": held, "gradients": grads, **loss}
+    # (a step's peak is at one moment: before its first gradient or after its last activation is freed)
+    later = loss if sum(loss.values()) > grads else {"gradients": grads}
+    return {"weights and optimizer state": held, **later}
+
+
+def fixed_memory(model_args: ModelArgs, train_args: TrainArgs) -> int:
+    """What no batch or context lowers (after memory_floor, which refuses a model too large to count):
+    the weights, and in training their gradients and AdamW's two moments (16 bytes a parameter, 4 for
+    the untrained vision stub's)."""
+    n_params, untrained = parameters(model_args), parameters(model_args, "vision")
+    return n_params * 4 + (n_params - untrained) * 12 * (not train_args.eval_only)
 
 
 def check_settings(plan: RunPlan, device, world: World) -> None:
@@ -655,7 +673,7 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
                           f"overwrites the gradients of the micro-batch before it, so it takes one "
                           f"micro-batch per process (here {per_process}): use --grad_accum {world.size}, "
                           "or --compile_mode max-autotune-no-cudagraphs")
-    need, have = memory_floor(model_args, train_args), runtime.device_memory(device)
+    need, have = memory_floor(model_args, train_args, world.size), runtime.device_memory(device)
     total = sum(need.values())
     # the CPU's memory is the machine's: the job's processes there share it, each needing its own
     # (and each would print the line: it is said once a machine); a GPU's is its own process's
@@ -665,7 +683,8 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
         shared = f" a process ({parts}), {total * procs / 1e9:.1f} GB for the {procs} processes here," \
             if procs > 1 else f" ({parts})"
         error = errors.MachineError if device.type == "cpu" else DeviceError
-        (what, weights), = [(k, v) for k, v in need.items() if k.startswith("weights")]
+        what = "weights" if train_args.eval_only else "weights and optimizer state"
+        weights = fixed_memory(model_args, train_args)
         if weights * procs > have:  # (no batch or context is small enough: --vocab_size 10**9 was told so)
             fixed = plan.ckpt is not None or plan.init is not None  # (the model options are refused there)
             fix = "use a device with more memory (a checkpoint's model is as it was trained)" if fixed else \

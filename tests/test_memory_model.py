@@ -351,3 +351,24 @@ def test_the_auto_evaluation_batch_fits_where_the_training_step_did_at_the_gpu_s
         assert evaluation <= step, (variant, times, evaluation / 2**20, step / 2**20)
     wider = bench_model.modelled_eval_memory(base, 4 * B, torch.bfloat16)["step"]
     assert wider > bench_model.modelled_step_memory("moe+ckpt", base, B, torch.bfloat16)["step"]
+
+
+@pytest.mark.parametrize("preset, batch, variant", [("tiny", 1, "moe"), ("tiny", 4, "moe+ckpt"),
+                                                    ("debug", 1, "moe+ckpt")])
+def test_the_memory_floor_is_below_the_modelled_peak_of_a_step(preset, batch, variant):
+    """runplan.memory_floor is a lower bound: no step may need less (check_settings refuses a run whose
+    floor exceeds the device's memory). Checked against the step's peak on fake tensors (in fp32 within
+    2% of the CPU's measured peak RSS), on the CPU's kernels and on CUDA's.
+    Bug caught: the floor added the gradients (4 bytes a parameter) to the loss chunk and the residual
+    stream, which the forward holds before any gradient exists: --preset tiny --batch_size 1 had a floor
+    of 78.8 MB for a step that peaks at 72.0 MB (CPU, fp32), and 104.3 MB at --batch_size 4
+    --grad_checkpoint for one of 90.6 MB."""
+    import config
+    import runplan
+    from config import ModelArgs, TrainArgs
+    from scripts import bench_model
+    base = config.PRESETS[preset]["ModelArgs"]
+    floor = sum(runplan.memory_floor(ModelArgs(**base), TrainArgs(batch_size=batch)).values())
+    for dtype, cuda in [(torch.float32, False), (torch.bfloat16, True)]:
+        r = bench_model.modelled_step_memory(variant, base, batch, dtype, cuda)
+        assert floor <= r["held"] + r["step"], (dtype, floor / 2**20, (r["held"] + r["step"]) / 2**20)

@@ -1032,6 +1032,57 @@ def test_flops_per_token_is_the_hand_count(overrides, seq_len):
     assert flops_per_token(args, seq_len) == pytest.approx(hand_flops(args, seq_len), rel=1e-12)
 
 
+def counted_training_flops(args, batch: int, seq_len: int) -> dict:
+    """torch's FlopCounterMode over one training forward and backward (the fused loss included), by
+    aten op. Two kernels it has no formula for are counted here from their shapes: grouped_mm (the
+    experts: 2 x rows x in x out, the rows being those routed, not every token) and the CPU's SDPA,
+    counted as its causal mask lets it work (2 matmuls, forward; 4, backward; over the keys each query
+    sees, T(T+1)/2 a chunk) where torch's own formulas count a full T x T."""
+    from torch.utils.flop_counter import FlopCounterMode
+    aten = torch.ops.aten
+
+    def grouped(a, b, *rest, out_shape=None, **kw):  # (M, K) x (G, K, N), or (K, M) x (M, N) -> (G, K, N)
+        return 2 * a[0] * a[1] * b[-1]
+
+    def keys(q, k, causal):
+        return q[2] * (q[2] + 1) // 2 if causal else q[2] * k[2]
+
+    def sdpa(q, k, v, dropout_p=0.0, is_causal=False, *rest, out_shape=None, **kw):
+        return 4 * q[0] * q[1] * q[3] * keys(q, k, is_causal)
+
+    def sdpa_backward(grad, q, k, v, out, lse, dropout_p=0.0, is_causal=False, *rest, out_shape=None, **kw):
+        return 8 * q[0] * q[1] * q[3] * keys(q, k, is_causal)
+    formulas = {aten._grouped_mm: grouped, aten._scaled_dot_product_flash_attention_for_cpu: sdpa,
+                aten._scaled_dot_product_flash_attention_for_cpu_backward: sdpa_backward}
+    torch.manual_seed(0)
+    model = Llama4(args).train()
+    x, y = (torch.randint(0, args.vocab_size, (batch, seq_len)) for _ in range(2))
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
+        model(x, targets=y).loss.backward()
+    return {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+
+
+@pytest.mark.parametrize("overrides, seq_len", [
+    ({}, 64), ({}, 20), (dict(moe_every=2), 64), (dict(n_layers=2, moe_every=3), 64),
+    (dict(top_k=2), 40), (dict(nope_every=1), 64), (dict(vocab_size=4096), 64)])
+def test_flops_per_token_is_what_a_training_step_runs(overrides, seq_len):
+    """MFU's FLOPs against torch's FlopCounterMode on a real training step (a count independent of
+    the shapes flops_per_token reads): dense and MoE layers, top-1 and top-2 (the experts a token is
+    not routed to cost nothing), chunked and NoPE attention, a window with a partial last chunk, a
+    large vocabulary (lm_head is a matmul; the embedding, a lookup, is not). Without the router noise,
+    which flops_per_token leaves out by its docstring; with it, the noise's matmul is the difference."""
+    args = debug_args(router_noise=False, **overrides)
+    counts = counted_training_flops(args, 2, seq_len)
+    assert {"aten.mm", "aten._scaled_dot_product_flash_attention_for_cpu"} <= set(counts)  # (counted)
+    assert ("aten._grouped_mm" in counts) == any(args.is_moe_layer(i) for i in range(args.n_layers))
+    assert sum(counts.values()) == pytest.approx(2 * seq_len * flops_per_token(args, seq_len), rel=1e-12)
+    noisy = replace(args, router_noise=True)
+    moe_layers = sum(noisy.is_moe_layer(i) for i in range(noisy.n_layers))
+    extra = 6 * noisy.dim * noisy.n_experts * moe_layers  # the noise projection, per token
+    assert sum(counted_training_flops(noisy, 2, seq_len).values()) == pytest.approx(
+        2 * seq_len * (flops_per_token(noisy, seq_len) + extra), rel=1e-12)
+
+
 def test_flops_per_token_answers_a_billion_layers_without_building_them(monkeypatch):
     """It built every layer on the meta device: --n_layers 1000000000 (which count_params.py and
     memory_model.py take) never answered. Each kind of layer is now built once and multiplied."""

@@ -552,21 +552,34 @@ def test_the_resumed_fields_checked_are_those_a_checkpoint_holds():
 
 def test_the_memory_floor_counts_weights_loss_chunk_and_activations():
     """Bug caught: the floor's weights not 16 bytes a parameter in training and 4 at --eval_only, its loss
-    chunk not capped at the batch's tokens, or activations counted at --eval_only."""
+    chunk not capped at the batch's tokens, or activations counted at --eval_only. And (a floor above
+    the step's real peak, tests/test_memory_model.py) the gradients added to the loss chunk and the
+    activations with one micro-batch a step, where the loss comes before any gradient is made."""
     from model import LOSS_CHUNK
     n = runplan.parameters(DEBUG)
-    t = TrainArgs(batch_size=2)
-    tokens = 2 * DEBUG.max_seq_len
     V = DEBUG.vocab_size
-    assert runplan.memory_floor(DEBUG, t) == {
-        "weights and optimizer state": 16 * n,
-        "loss chunk": min(tokens, LOSS_CHUNK // V) * V * 8,
-        "activations": tokens * DEBUG.dim * 4 * DEBUG.n_layers}
-    assert runplan.memory_floor(DEBUG, TrainArgs(batch_size=2, eval_only=True)) == {
-        "weights": 4 * n, "loss chunk": min(tokens, LOSS_CHUNK // V) * V * 8, "activations": 0}
-    assert LOSS_CHUNK // V > tokens  # (the cap above is the batch's tokens)
+    for batch in (2, 8):
+        tokens = batch * DEBUG.max_seq_len
+        loss = {"loss chunk": min(tokens, LOSS_CHUNK // V) * V * 8,
+                "activations": tokens * DEBUG.dim * 4 * DEBUG.n_layers}
+        # one micro-batch: the larger of the loss's moment and the end of backward's (the gradients)
+        later = loss if sum(loss.values()) > 4 * n else {"gradients": 4 * n}
+        assert runplan.memory_floor(DEBUG, TrainArgs(batch_size=batch)) == {
+            "weights and optimizer state": 12 * n, **later}
+        # more micro-batches a step in this process: the earlier ones' gradients are held at the loss
+        both = {"weights and optimizer state": 12 * n, "gradients": 4 * n, **loss}
+        assert runplan.memory_floor(DEBUG, TrainArgs(batch_size=batch, grad_accum=4), world_size=2) == both
+        assert runplan.memory_floor(DEBUG, TrainArgs(batch_size=batch, grad_accum=2), world_size=2) == \
+            {"weights and optimizer state": 12 * n, **later}
+        assert runplan.memory_floor(DEBUG, TrainArgs(batch_size=batch, eval_only=True)) == {
+            "weights": 4 * n, "loss chunk": loss["loss chunk"], "activations": 0}
+        assert runplan.fixed_memory(DEBUG, TrainArgs(batch_size=batch)) == 16 * n
+    assert "gradients" in runplan.memory_floor(DEBUG, TrainArgs(batch_size=2))  # (both moments are met)
+    assert "gradients" not in runplan.memory_floor(DEBUG, TrainArgs(batch_size=8))
+    assert LOSS_CHUNK // V > 8 * DEBUG.max_seq_len  # (the cap above is the batch's tokens)
     big = debug_args(vocab_size=LOSS_CHUNK * 2)  # a vocabulary past the chunk: one row at a time
-    assert runplan.memory_floor(big, t)["loss chunk"] == big.vocab_size * 8
+    assert runplan.memory_floor(big, TrainArgs(batch_size=2, eval_only=True))["loss chunk"] == \
+        big.vocab_size * 8
 
 
 def test_the_memory_floor_counts_the_untrained_vision_stub_as_weights_alone(tmp_path, monkeypatch):
@@ -580,7 +593,8 @@ def test_the_memory_floor_counts_the_untrained_vision_stub_as_weights_alone(tmp_
     total, text = runplan.parameters(vision), runplan.parameters(DEBUG)
     assert total > 3 * text  # (the default stub outweighs the debug model)
     floor = runplan.memory_floor(vision, TrainArgs(batch_size=2))
-    assert floor["weights and optimizer state"] == 4 * total + 12 * text
+    assert floor["weights and optimizer state"] == 4 * total + 8 * text  # (+ 4 * text: the gradients)
+    assert runplan.fixed_memory(vision, TrainArgs(batch_size=2)) == 4 * total + 12 * text
     assert runplan.memory_floor(vision, TrainArgs(batch_size=2, eval_only=True))["weights"] == 4 * total
     p = runplan.RunPlan(tmp_path, vision, TrainArgs(batch_size=2), None, None)
     monkeypatch.setattr(runtime, "device_memory", lambda device: sum(floor.values()))
@@ -751,18 +765,18 @@ def test_more_layers_to_recompute_than_the_model_has_is_refused_and_none_without
 
 def test_memory_past_the_devices_is_refused_and_unknown_memory_is_not_checked(tmp_path, monkeypatch):
     """Bug caught: the memory check made against an unknown (None) device memory, or not made."""
-    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2), None, None)
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=8), None, None)  # (loss past the gradients)
     need = sum(runplan.memory_floor(DEBUG, p.train_args).values())
     cpu, world = torch.device("cpu"), runtime.World()
     monkeypatch.setattr(runtime, "device_memory", lambda device: need - 1)
-    with pytest.raises(runplan.DeviceError, match="--max_seq_len 64 x --batch_size 2 needs at least"):
+    with pytest.raises(runplan.DeviceError, match="--max_seq_len 64 x --batch_size 8 needs at least"):
         runplan.check_settings(p, cpu, world)
     monkeypatch.setattr(runtime, "device_memory", lambda device: need)
     runplan.check_settings(p, cpu, world)
     monkeypatch.setattr(runtime, "device_memory", lambda device: None)
     runplan.check_settings(p, cpu, world)
     # Bug caught: weights alone past the memory (--vocab_size 10**9) were blamed on the context and batch
-    weights = runplan.memory_floor(DEBUG, p.train_args)["weights and optimizer state"]
+    weights = runplan.fixed_memory(DEBUG, p.train_args)
     monkeypatch.setattr(runtime, "device_memory", lambda device: weights - 1)
     with pytest.raises(runplan.DeviceError, match=r"^the model's weights and optimizer state alone need "
                                                   r".* use a smaller model \(--vocab_size, --dim"):
@@ -775,7 +789,7 @@ def test_weights_past_the_memory_of_a_checkpoints_model_or_of_many_processes_nam
     memory was told to use a smaller model (--vocab_size, --dim, ...), options refused beside a
     checkpoint; and two CPU processes that each fit alone were not told to run fewer."""
     resumed = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2), {"step": 1}, tmp_path / "last.pt")
-    weights = runplan.memory_floor(DEBUG, resumed.train_args)["weights and optimizer state"]
+    weights = runplan.fixed_memory(DEBUG, resumed.train_args)
     monkeypatch.setattr(runtime, "device_memory", lambda device: weights - 1)
     with pytest.raises(runplan.DeviceError, match=r"alone need .* GB; use a device with more memory \(a "
                                                   r"checkpoint's model is as it was trained\)$"):
@@ -794,8 +808,8 @@ def test_the_cpu_memory_check_counts_the_processes_of_the_machine_and_is_said_on
     refused by each process with the same line (the CPU's memory is the machine's, not the process's),
     and two processes that each fit but together did not passed the check."""
     import errors
-    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=2, grad_accum=2), None, None)
-    need = sum(runplan.memory_floor(DEBUG, p.train_args).values())
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(batch_size=8, grad_accum=2), None, None)
+    need = sum(runplan.memory_floor(DEBUG, p.train_args, world_size=2).values())  # (the batch's moment)
     cpu, two = torch.device("cpu"), runtime.World(1, 2)
     torchrun = dict(TORCHELASTIC_RUN_ID="job", RANK="1", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2")
     for name, value in torchrun.items():
