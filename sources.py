@@ -75,11 +75,15 @@ How this departs from the obvious version:
   machine without network fails at once with a line naming --data. HF_HUB_OFFLINE=1 or
   HF_DATASETS_OFFLINE=1 skip the probe and use the `datasets` cache; so does an --hf_dataset that is
   a local folder (`datasets` reads a folder that exists, whatever the hub holds). Such a folder keys
-  our caches by its absolute path, and a run saves it so (saved_hf_dataset): offline, a name that is
-  no folder here reads `datasets`' cache of the last folder of that name it read, stale or not.
+  our caches by its absolute path, and a run saves it so (saved_hf_dataset). A split is read from its
+  own files, keyed by each one's path, size and time (and its README.md config's settings); a path
+  that is no folder is refused as such. Offline, a bare name that is no folder here is asked of the
+  `datasets` cache, which may hold an older version's copy of a folder of that name (`datasets`
+  warns that it reads a cached version).
 """
 
 import codecs
+import dataclasses
 import errno
 import filecmp
 import glob
@@ -1106,7 +1110,8 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
                             "set HF_HUB_OFFLINE=1 to use a copy in the datasets cache") from None
     library_log = logging.getLogger("datasets")
     level = library_log.level
-    library_log.setLevel(logging.CRITICAL)  # it logs a failed read before raising: ours is the one line
+    if local_hf_dataset(name):  # it logs a failed read before raising: ours is the one line (a hub
+        library_log.setLevel(logging.CRITICAL)  # name's warnings are said: offline, its cached copy's)
     try:
         ds = (_load_local_folder(name, split) if local_hf_dataset(name)
               else datasets.load_dataset(name, split=split))
@@ -1151,7 +1156,18 @@ def _load_local_folder(name: str, split: str):
         return datasets.load_dataset(name, split=split)
     stamps = [[os.path.abspath(f), st.st_size, st.st_mtime_ns] for f, st in ((f, os.stat(f)) for f in files)]
     stamp = hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
-    return datasets.load_dataset(builder.name, name=f"local-{stamp}", data_files={split: files}, split=split)
+    return datasets.load_dataset(builder.name, name=f"local-{stamp}", data_files={split: files}, split=split,
+                                 **_reading_settings(builder.config))
+
+
+def _reading_settings(builder_config) -> dict:
+    """The settings of a builder config that are not its class's defaults, but for its name and files:
+    how a README.md's config reads its files (a parquet `filters`, a CSV `sep`, a JSON `field`), which
+    `datasets` keys its cache by, as it does the files."""
+    default = type(builder_config)()
+    own = ("name", "version", "data_dir", "data_files", "description")
+    return {f.name: getattr(builder_config, f.name) for f in dataclasses.fields(builder_config)
+            if f.name not in own and getattr(builder_config, f.name) != getattr(default, f.name)}
 
 
 def _local_load_failure(name: str, split: str, e: Exception, fix: str) -> str:

@@ -1485,3 +1485,41 @@ def test_an_hf_dataset_path_that_is_no_folder_is_told_so_not_sent_to_the_hub(tmp
     home = os.path.expanduser("~")
     assert TrainArgs(hf_dataset="~/hub").hf_dataset == os.path.join(home, "hub")
     assert TrainArgs(hf_dataset="user/stories").hf_dataset == "user/stories"
+
+
+def test_a_local_hf_dataset_folder_keeps_its_readme_configs_reading_settings(tmp_path):
+    """Bug caught: --hf_dataset FOLDER whose README.md config reads its files with settings of its
+    own (a parquet `filters`, a CSV `sep`, a JSON `field`) was read without them once each split was
+    read from its own files: every row of data/train-0.parquet, the other language's too, trained on
+    without a word (and a resume of a run that had read the filtered rows read the others)."""
+    train = {"text": ["en one", "fr un", "en two"], "lang": ["en", "fr", "en"]}
+    hub = hub_folder(tmp_path / "hub", {"train": train, "validation": {"text": ["en v", "fr v"],
+                                                                       "lang": ["en", "fr"]}})
+    (hub / "README.md").write_text("---\nconfigs:\n- config_name: default\n  filters:\n  - [lang, '==', en]\n"
+                                   "  data_files:\n  - split: train\n    path: data/train-*\n"
+                                   "  - split: validation\n    path: data/validation-*\n---\n")
+    assert sources.load_hub(str(hub), "train")["text"] == ["en one", "en two"]
+    assert sources.load_hub(str(hub), "validation")["text"] == ["en v"]
+
+
+def test_a_hub_datasets_warnings_are_still_said(online, monkeypatch):
+    """Bug caught: `datasets`' logger, silenced around a local folder's load (its failed read is
+    said in our one line), was silenced for a hub name too: offline, "Using the latest cached version
+    of the dataset since ... couldn't be found on the Hugging Face Hub", the one word that a run reads
+    a cached copy (of a folder of that name an older version read, stale or not), was no longer said."""
+    import logging
+
+    import datasets
+    said, library_log = [], logging.getLogger("datasets")
+
+    def load_dataset(name, split):  # (whether its handler's stream is capfd's depends on its import)
+        said.append(logging.getLogger("datasets.load").isEnabledFor(logging.WARNING))
+        return datasets.Dataset.from_dict({"text": docs(2)})
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    before = library_log.level
+    library_log.setLevel(logging.WARNING)
+    try:
+        assert sources.load_hub("a/b", "train")["text"] == docs(2)
+        assert said == [True] and library_log.level == logging.WARNING
+    finally:
+        library_log.setLevel(before)
