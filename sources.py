@@ -1100,7 +1100,8 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     if refusal := _local_txt_refusal(name, split):
         raise DataError(refusal)
     if _no_such_folder(name):  # (a path: the hub's probe would say "Repo id must be ...", no help)
-        raise DataError(f"--hf_dataset {name}: no such folder (a hub dataset is named as OWNER/NAME); {fix}")
+        what = "a file, not a folder" if os.path.isfile(name) else "no such folder"
+        raise DataError(f"--hf_dataset {name}: {what} (a hub dataset is named as OWNER/NAME); {fix}")
     if not datasets.config.HF_HUB_OFFLINE and not local_hf_dataset(name):
         from huggingface_hub import HfApi
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up

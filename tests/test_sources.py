@@ -1481,6 +1481,9 @@ def test_an_hf_dataset_path_that_is_no_folder_is_told_so_not_sent_to_the_hub(tmp
             sources.load_hub(name, "train")
         assert str(e.value) == (f"--hf_dataset {name}: no such folder (a hub dataset is named as "
                                 "OWNER/NAME); pass --data FILE (and --val_data FILE) to train on local text")
+    (tmp_path / "x.parquet").write_bytes(b"")  # (a file: --data reads it)
+    with pytest.raises(DataError, match=r"x.parquet: a file, not a folder \(a hub dataset is named as "):
+        sources.load_hub(str(tmp_path / "x.parquet"), "train")
     assert online.calls == []
     home = os.path.expanduser("~")
     assert TrainArgs(hf_dataset="~/hub").hf_dataset == os.path.join(home, "hub")
