@@ -604,8 +604,7 @@ def memory_floor(model_args: ModelArgs, train_args: TrainArgs, world_size: int =
     chunk = min(tokens, max(1, LOSS_CHUNK // V)) * V * 4 * 2
     if train_args.eval_only:
         return {"weights": n_params * 4, "loss chunk": chunk, "activations": 0}
-    trained = n_params - untrained
-    held, grads = n_params * 4 + trained * 8, trained * 4
+    held, grads = _weight_bytes(n_params, untrained)
     loss = {"loss chunk": chunk, "activations": tokens * model_args.dim * 4 * model_args.n_layers}
     if train_args.grad_accum // world_size > 1:  # the gradients of the micro-batches before
         return {"weights and optimizer state": held, "gradients": grads, **loss}
@@ -614,12 +613,20 @@ def memory_floor(model_args: ModelArgs, train_args: TrainArgs, world_size: int =
     return {"weights and optimizer state": held, **later}
 
 
+def _weight_bytes(n_params: int, untrained: int) -> tuple[int, int]:
+    """In training, (the weights and AdamW's two moments, the gradients): 4 bytes a parameter, and 8 and
+    4 more of each trained one (the vision stub's are not: training on text gives them no gradient)."""
+    trained = n_params - untrained
+    return n_params * 4 + trained * 8, trained * 4
+
+
 def fixed_memory(model_args: ModelArgs, train_args: TrainArgs) -> int:
     """What no batch or context lowers (after memory_floor, which refuses a model too large to count):
-    the weights, and in training their gradients and AdamW's two moments (16 bytes a parameter, 4 for
-    the untrained vision stub's)."""
-    n_params, untrained = parameters(model_args), parameters(model_args, "vision")
-    return n_params * 4 + (n_params - untrained) * 12 * (not train_args.eval_only)
+    the weights, and in training their gradients and AdamW's two moments."""
+    n_params = parameters(model_args)
+    if train_args.eval_only:
+        return n_params * 4
+    return sum(_weight_bytes(n_params, parameters(model_args, "vision")))
 
 
 def check_settings(plan: RunPlan, device, world: World) -> None:

@@ -1099,10 +1099,11 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     _no_bars_in_logs()  # ("Generating train split: ..." of a local folder, the hub's downloads)
     if refusal := _local_txt_refusal(name, split):
         raise DataError(refusal)
-    if _no_such_folder(name):  # (a path: the hub's probe would say "Repo id must be ...", no help)
+    local = local_hf_dataset(name)
+    if not local and _path_like(name):  # (a path: the hub's probe would say "Repo id must be ...", no help)
         what = "a file, not a folder" if os.path.isfile(name) else "no such folder"
         raise DataError(f"--hf_dataset {name}: {what} (a hub dataset is named as OWNER/NAME); {fix}")
-    if not datasets.config.HF_HUB_OFFLINE and not local_hf_dataset(name):
+    if not datasets.config.HF_HUB_OFFLINE and not local:
         from huggingface_hub import HfApi
         try:  # one request, no retries: `datasets` would retry for ~25 s before giving up
             HfApi().dataset_info(name, timeout=10)
@@ -1111,13 +1112,12 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
                             "set HF_HUB_OFFLINE=1 to use a copy in the datasets cache") from None
     library_log = logging.getLogger("datasets")
     level = library_log.level
-    if local_hf_dataset(name):  # it logs a failed read before raising: ours is the one line (a hub
-        library_log.setLevel(logging.CRITICAL)  # name's warnings are said: offline, its cached copy's)
+    if local:  # it logs a failed read before raising: ours is the one line (a hub name's warnings are
+        library_log.setLevel(logging.CRITICAL)  # said: offline, its cached copy's)
     try:
-        ds = (_load_local_folder(name, split) if local_hf_dataset(name)
-              else datasets.load_dataset(name, split=split))
+        ds = _load_local_folder(name, split) if local else datasets.load_dataset(name, split=split)
     except Exception as e:
-        if local_hf_dataset(name):  # (`datasets` read the folder: neither the hub nor its cache is at fault)
+        if local:  # (`datasets` read the folder: neither the hub nor its cache is at fault)
             raise DataError(_local_load_failure(name, split, e, fix)) from None
         if datasets.config.HF_HUB_OFFLINE:
             raise DataError(f"cannot load {name!r}: offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) "
@@ -1133,11 +1133,10 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
 
 
-def _no_such_folder(name: str) -> bool:
-    """Whether an --hf_dataset is the path of a folder that is not there: a hub name is NAME or
+def _path_like(name: str) -> bool:
+    """Whether an --hf_dataset that is no folder here is a path, not a hub name: those are NAME or
     OWNER/NAME, never absolute, nor starting with . or ~ (a quoted ~ the config made the home folder)."""
-    return not local_hf_dataset(name) and (os.path.isabs(name) or name.startswith((".", "~"))
-                                           or name.count("/") > 1)
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
 def _load_local_folder(name: str, split: str):
