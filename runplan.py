@@ -14,7 +14,8 @@ since its settings are the run's.
 
 What it holds, one section each, in this order:
     a resumed run's settings  RunPlan; resume_settings (the checkpoint's, with those typed on top),
-                              init_settings (--init_from's), check_init, text_read
+                              run_settings (an older checkpoint's corrected), init_settings
+                              (--init_from's), check_init, text_read
     naming runs               run_options, fork_options, start_again (advice that names a run
                               folder), run_to_resume (--resume without a path)
     planning                  plan_run, load_resumed, check_optimizer_groups, init_from_fix, absolute
@@ -115,7 +116,9 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
     typed = set(given) | (set(config.to_dict(model_args)) if "preset" in given else set())
     now = config.to_dict(train_args)
-    saved_train = ckpt.get("train_args") or now  # a weights-only checkpoint (import, export) has none
+    # the run's settings as it goes on with them (an older checkpoint's corrected: run_settings); a
+    # weights-only checkpoint (import, export) has none
+    saved_train = run_settings(ckpt["train_args"]) if ckpt.get("train_args") else now
     text = text_read({k: (now if k in given else saved_train).get(k) for k in TEXT_SETTINGS})  # (it reads)
     # the router losses' weights are training-loss weights, which a resume may change as it may --lr
     # (--eval_only keeps the checkpoint's: a warning says they do nothing)
@@ -130,18 +133,13 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     if not train_args.eval_only:
         saved_model = typed_on(saved_model, model_args, RESUME_MAY_CHANGE, given)
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
-    # --val_fraction 0.9) can be set right on the command line
+    # --val_fraction 0.9) can be set right on the command line; after the corrections (run_settings), so
+    # that a value they correct, typed, is refused as for a new run
     keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
     # (the saved --out_dir is not used: plan_run puts where the run lies; one saved as "" before
     # check_run refused it would stop the resume)
     keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run,
                 out_dir=train_args.out_dir)
-    if keep.get("cache_dir") == "":  # (saved before --cache_dir '' was refused: it meant the current folder)
-        keep["cache_dir"] = "."
-    if keep.get("text_field") == "":  # (saved before it was refused: beside .txt text, which has no fields)
-        keep["text_field"] = "text"
-    if not config.wandb_project_ok(keep.get("wandb_project", "")):  # (saved before it was refused: that
-        keep["wandb_project"] = TrainArgs.wandb_project  # W&B run never started, nor will one under it)
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     # a typed value out of range: the fix is the run's own (an import has none: the default, not the typed)
@@ -149,6 +147,24 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
                                                                              "the default")
     return saved_model, in_range(lambda: config.from_dict(TrainArgs, keep, "checkpoint"), given, start,
                                  lambda name: whose)
+
+
+def run_settings(saved: dict) -> dict:
+    """A checkpoint's training settings as its run goes on with them (resume_settings puts the typed
+    ones on top; resume_changes compares with these): an older version's values that this one refuses
+    read as they were meant, and a ~ left in a path as the home folder (TrainArgs makes a typed one so).
+    (An older --compile, a bool, load_resumed makes "true" or "false" in the checkpoint itself.)"""
+    run = dict(saved)
+    if run.get("cache_dir") == "":  # (saved before --cache_dir '' was refused: it meant the current folder)
+        run["cache_dir"] = "."
+    if run.get("text_field") == "":  # (saved before it was refused: beside .txt text, which has no fields)
+        run["text_field"] = "text"
+    if not config.wandb_project_ok(run.get("wandb_project", "")):  # (saved before it was refused: that
+        run["wandb_project"] = TrainArgs.wandb_project  # W&B run never started, nor will one under it)
+    for name in config.PATH_FIELDS["TrainArgs"]:
+        if isinstance(run.get(name), str):
+            run[name] = storage.expand_home(run[name])
+    return run
 
 
 def differing(saved: ModelArgs, model_args: ModelArgs, typed) -> dict:
@@ -818,21 +834,27 @@ def resume_changes(plan: RunPlan, given) -> str | None:
     if not isinstance(saved, dict) or plan.train_args.eval_only or finished_limit(plan):
         return None
     train = config.to_dict(plan.train_args)  # (in the dataclass's order)
-    pairs = [(train, saved, [k for k in train if k not in RESUME_SETS]),
+    # (the run's own as it goes on with them: an older checkpoint's --cache_dir '' is ., as typed)
+    pairs = [(train, run_settings(saved), [k for k in train if k not in RESUME_SETS]),
              (config.to_dict(plan.model_args), plan.ckpt.get("model_args") or {}, RESUME_MAY_CHANGE)]
     changed = [f"--{k} {_shown(now[k])} (the run's {_shown(was[k])})" for now, was, names in pairs
-               for k in names if k in given and k in now and k in was and not _same(k, now[k], was[k])]
+               for k in names if k in given and k in now and k in was
+               and not _same(k, now[k], was[k], plan.run_dir)]
     return f"resume: {', '.join(changed)}, in force from here" if changed else None
 
 
-def _same(name: str, now, was) -> bool:
-    """Whether a setting typed at a resume is the run's: --data and --val_data as the files they name (as
+def _same(name: str, now, was, run_dir) -> bool:
+    """Whether a setting typed at a resume is the run's: --data, --val_data and --cache_dir as the files
+    they name, --plot as the file it names in `run_dir`, where a relative one lies (as
     held_out_of_saved_data: ../data/x.txt from another folder, a folder's trailing slash, an older
-    checkpoint's relative path, all the run's own file, were said to be changes)."""
+    checkpoint's relative path, ./cache for the run's cache, ./loss.png for its plot, all the run's
+    own, were said to be changes)."""
     if now == was:
         return True
-    files = name in ("data", "val_data") and bool(now and was)
-    return files and os.path.realpath(now) == os.path.realpath(was)
+    if not (name in ("data", "val_data", "cache_dir", "plot") and now and was):
+        return False
+    folder = str(run_dir) if name == "plot" else ""  # (os.path.join: an absolute path is itself)
+    return os.path.realpath(os.path.join(folder, now)) == os.path.realpath(os.path.join(folder, was))
 
 
 def _shown(value) -> str:

@@ -1724,3 +1724,82 @@ def test_a_resume_does_not_say_a_path_typed_another_way_is_a_change(tmp_path, mo
     p = plan(tmp_path, resume=str(last), wandb_name="my run", max_steps=100)  # (as a shell takes it back)
     assert runplan.resume_changes(p, {"resume", "wandb_name"}) == (
         "resume: --wandb_name 'my run' (the run's ''), in force from here")
+
+
+def older_checkpoint(path, **saved):
+    """fake_checkpoint's file with training settings an older version saved (`saved`: values this
+    version refuses, which TrainArgs cannot be built with), over a run of 100 steps."""
+    fake_checkpoint(path, max_steps=100)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["train_args"].update(saved)
+    checkpoint.save_checkpoint(path, ckpt)
+    return path
+
+
+def test_a_resume_compares_with_an_older_checkpoints_settings_as_corrected(tmp_path, monkeypatch):
+    """Bug caught: resume_changes compared the typed settings with the checkpoint's as saved, not as the
+    run goes on with them: beside an older checkpoint's --cache_dir '' (read as .), --text_field ''
+    (text), a --wandb_project W&B refuses (the default: that run went without W&B), or a ~ left in a
+    path (the home folder), typing the value the run already had was said to be a change ("resume:
+    --cache_dir . (the run's ''), in force from here"); another value named the run's as saved."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # (no folder named ~ here: a saved ~/cache is the home folder's)
+    home_cache = str(tmp_path / "home" / "cache")
+    for n, (saved, name, run_has) in enumerate([({"cache_dir": ""}, "cache_dir", "."),
+                                                ({"text_field": ""}, "text_field", "text"),
+                                                ({"wandb_project": "team/proj"}, "wandb_project",
+                                                 TrainArgs.wandb_project),
+                                                ({"compile": True}, "compile", "true"),
+                                                ({"cache_dir": "~/cache"}, "cache_dir", home_cache)]):
+        last = older_checkpoint(tmp_path / "ckpt" / f"r{n}" / "last.pt", **saved)
+        p = plan(tmp_path, resume=str(last), max_steps=100, **{name: run_has})
+        assert getattr(p.train_args, name) == run_has
+        assert runplan.resume_changes(p, {"resume", name}) is None, saved
+        value = "false" if name == "compile" else "x"
+        other = plan(tmp_path, resume=str(last), max_steps=100, **{name: value})
+        assert runplan.resume_changes(other, {"resume", name}) == (
+            f"resume: --{name} {value} (the run's {run_has}), in force from here")
+
+
+def test_a_value_refused_for_a_new_run_is_refused_when_typed_at_a_resume(tmp_path):
+    """Bug caught: the corrections of an older checkpoint's settings (--cache_dir '' read as ., --text_field
+    '' as text, a --wandb_project W&B refuses as the default) were made after the typed values went on
+    top, so the same values typed at --resume were taken without a word: `--resume --wandb_project
+    team/proj` logged to the default project, where a new run is refused "is no W&B project name"."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", max_steps=100)
+    for name, value, refusal in [("cache_dir", "", "must name a folder, got ''"),
+                                 ("text_field", "", "must name the records' text field, got ''"),
+                                 ("wandb_project", "team/proj", "'team/proj' is no W&B project name")]:
+        typed = object.__new__(TrainArgs)  # (as parse_args leaves it for resume_settings to check)
+        typed.__dict__.update({**config.to_dict(TrainArgs()), "resume": str(last), name: value,
+                               "out_dir": str(tmp_path / "ckpt")})
+        with pytest.raises(ConfigError, match=f"^--{name}: {re.escape(refusal)}"):
+            runplan.plan_run(DEBUG, typed, "debug", {"resume", name})
+
+
+def test_a_resume_does_not_say_the_runs_cache_dir_typed_another_way_is_a_change(tmp_path, monkeypatch):
+    """Bug caught: --cache_dir typed at a resume as the run's own folder in another spelling (./cache,
+    cache/, its absolute path) was said to be a change ("resume: --cache_dir ./cache (the run's cache),
+    in force from here"), compared as strings, as --data was; another folder still is one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").mkdir()
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", cache_dir="cache", max_steps=100)
+    for typed in ["./cache", "cache/", str(tmp_path / "cache")]:
+        p = plan(tmp_path, resume=str(last), cache_dir=typed, max_steps=100)
+        assert runplan.resume_changes(p, {"resume", "cache_dir"}) is None, typed
+    p = plan(tmp_path, resume=str(last), cache_dir="other", max_steps=100)
+    assert runplan.resume_changes(p, {"resume", "cache_dir"}) == (
+        "resume: --cache_dir other (the run's cache), in force from here")
+
+
+def test_a_resume_does_not_say_the_runs_plot_typed_another_way_is_a_change(tmp_path):
+    """Bug caught: --plot typed at a resume as the run's own file in another spelling (./loss.png, or its
+    path in the run folder, where a relative --plot lies) was said to be a change ("resume: --plot
+    ./loss.png (the run's loss.png), in force from here"); another file still is one."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", max_steps=100)
+    for typed in ["./loss.png", str(tmp_path / "ckpt" / "r" / "loss.png")]:
+        p = plan(tmp_path, resume=str(last), plot=typed, max_steps=100)
+        assert runplan.resume_changes(p, {"resume", "plot"}) is None, typed
+    p = plan(tmp_path, resume=str(last), plot=str(tmp_path / "loss.png"), max_steps=100)
+    assert runplan.resume_changes(p, {"resume", "plot"}) == (
+        f"resume: --plot {tmp_path / 'loss.png'} (the run's loss.png), in force from here")
