@@ -91,12 +91,14 @@ How this departs from the obvious version:
   steps done / max_steps and minutes spent / max_minutes, and the run ends when either is spent.
 """
 
+import gc
 import json
 import math
 import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -1448,7 +1450,24 @@ def main(argv=None):
         restore_sigterm()
         restore_consoles()
         if dist.is_initialized():
+            free_frames(sys.exc_info()[1])
             leave_group(finished, train_args.eval_only)
+
+
+def free_frames(e: BaseException | None) -> None:
+    """Clear the locals of the frames that an exception on its way out holds (its traceback's, and
+    those of the exceptions it came from), and collect what they alone kept: the run's Job, and under
+    torchrun its DDP wrapper, whose Reducer holds the process group. Kept past destroy_process_group,
+    the Reducer was freed as the interpreter exited, in gloo's destructor, which joins its threads: a
+    rank hung there at exit (once, under load). The traceback still prints (names and lines, no locals)."""
+    chain, seen = [e], set()
+    while chain:
+        e = chain.pop()
+        if e is not None and id(e) not in seen:
+            seen.add(id(e))
+            traceback.clear_frames(e.__traceback__)  # (main's own frame, still running, is left as it is)
+            chain += [e.__cause__, e.__context__]
+    gc.collect()  # (whatever the frames held in a reference cycle)
 
 
 def leave_group(finished: dict | None, eval_only: bool) -> None:

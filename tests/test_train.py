@@ -2084,6 +2084,48 @@ def test_the_process_group_is_freed_by_destroy_process_group():
     assert out.returncode == 0 and out.stdout.split() == ["freed"], out.stderr[-3000:]
 
 
+@pytest.mark.parametrize("how", ["error", "done"])
+def test_the_job_is_freed_before_the_process_group_is_destroyed(tmp_path, corpus, cache, monkeypatch, how):
+    """Bug caught: a torchrun worker hung at exit (both ranks, once in a full test suite under load),
+    in the gloo group's destructor joining its threads, called from the DDP Reducer's dealloc as the
+    interpreter exited: on an error exit (here too many non-finite steps) the traceback's frames kept
+    the run's Job, and so its DDP wrapper (job.runner) and the Reducer, alive past
+    destroy_process_group. Here, under a real gloo group of one process, the Job is gone when the
+    group is destroyed, on an error exit and on a normal one."""
+    import socket
+    import weakref
+
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    jobs, alive = [], []
+    run_job, destroy = train.run_job, dist.destroy_process_group
+
+    def watched_run_job(job, state):
+        jobs.append(weakref.ref(job))
+        return run_job(job, state)
+
+    def watched_destroy(*a, **kw):
+        alive.append([ref() is not None for ref in jobs])
+        return destroy(*a, **kw)
+    monkeypatch.setattr(train, "run_job", watched_run_job)
+    monkeypatch.setattr(dist, "destroy_process_group", watched_destroy)
+    try:
+        if how == "error":
+            diverge = ("--lr", "1e30", "--min_lr", "0", "--weight_decay", "0", "--max_bad_steps", "2")
+            with pytest.raises(SystemExit):
+                train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--eval_every", "100", *diverge))
+        else:
+            train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "100"))
+    finally:
+        if dist.is_initialized():
+            destroy()
+    assert alive == [[False]]
+
+
 def test_a_plot_that_fails_closes_its_figure(tmp_path, monkeypatch):
     """plot_loss turns any failure into a warning and training goes on: the figure of each failed
     plot was left open (one per evaluation, and matplotlib's 'More than 20 figures' warning)."""
