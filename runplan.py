@@ -775,7 +775,10 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
         lines.append(f"--eval_only scores {plan.ckpt_path} where it lies and writes nothing: "
                      f"{' and '.join(elsewhere)} {verb} no effect")
     lines += unscored_source(plan, given)
-    resumed_as_is = plan.ckpt is not None and not {"warmup_steps", "max_steps"} & set(given)  # (said once)
+    # (said once, at the run's start: not again where a resume has the run's own, typed or not)
+    run = run_settings((plan.ckpt or {}).get("train_args") or {})
+    resumed_as_is = plan.ckpt is not None and all(run.get(k) == getattr(t, k) for k in ("warmup_steps",
+                                                                                       "max_steps"))
     # (a run at its limit takes no step: finished, it is told "raise --max_steps"; stopped there by a
     # signal, or with an evaluation put off, it only ends)
     trains = not t.eval_only and (plan.ckpt is None or limit_reached(plan.ckpt, t) is None)
@@ -829,7 +832,8 @@ def resume_changes(plan: RunPlan, given) -> str | None:
     script, not meant for this run, is seen: a resume takes them (only the model's others are refused).
     None where none differs, at --eval_only (setting_warnings says they do nothing), for a finished run
     (it trains nothing: told to raise its limit) and for a checkpoint with no run's settings (an import's
-    weights: refused as a resume)."""
+    weights: refused as a resume). One at its limit that has yet to end trains no step: not "in force"
+    (_trains_no_step)."""
     saved = (plan.ckpt or {}).get("train_args")
     if not isinstance(saved, dict) or plan.train_args.eval_only or finished_limit(plan):
         return None
@@ -837,10 +841,29 @@ def resume_changes(plan: RunPlan, given) -> str | None:
     # (the run's own as it goes on with them: an older checkpoint's --cache_dir '' is ., as typed)
     pairs = [(train, run_settings(saved), [k for k in train if k not in RESUME_SETS]),
              (config.to_dict(plan.model_args), plan.ckpt.get("model_args") or {}, RESUME_MAY_CHANGE)]
-    changed = [f"--{k} {_shown(now[k])} (the run's {_shown(was[k])})" for now, was, names in pairs
+    changed = {k: f"--{k} {_shown(now[k])} (the run's {_shown(was[k])})" for now, was, names in pairs
                for k in names if k in given and k in now and k in was
-               and not _same(k, now[k], was[k], plan.run_dir)]
-    return f"resume: {', '.join(changed)}, in force from here" if changed else None
+               and not _same(k, now[k], was[k], plan.run_dir)}
+    if (limit := limit_reached(plan.ckpt, plan.train_args)) is not None:
+        return _trains_no_step(plan, limit, changed)
+    return f"resume: {', '.join(changed.values())}, in force from here" if changed else None
+
+
+def _trains_no_step(plan: RunPlan, limit: str, changed: dict) -> str | None:
+    """resume_changes' line for a resume at a limit it has reached (a run a signal stopped, resumed
+    with --max_steps or --max_minutes lowered to where it stopped, or with an evaluation put off there):
+    it trains no step (train.wrap_up ends it), so no change typed is in force; None where none is typed.
+    `changed`: the settings typed that are not the run's, by name, as the line names them."""
+    if not changed:
+        return None
+    t, step = plan.train_args, plan.ckpt.get("step", 0)
+    named = changed.pop(limit, f"--{limit} {_shown(getattr(t, limit))}")
+    at = (f"is not above its step {step}" if limit == "max_steps"
+          else f"is spent by its {plan.ckpt.get('elapsed', 0.0) / 60:.1f} minutes so far")
+    others = ", ".join(f"--{k}" for k in changed)
+    moot = f"; {others} {'has' if len(changed) == 1 else 'have'} no effect" if changed else ""
+    ends = "it trains no step, and ends there (its final evaluation, then last.pt)"
+    return f"resume: {named} {at}: {ends}{moot}"
 
 
 def _same(name: str, now, was, run_dir) -> bool:
@@ -851,6 +874,8 @@ def _same(name: str, now, was, run_dir) -> bool:
     own, were said to be changes)."""
     if now == was:
         return True
+    if name == "device":  # (cuda and cuda:0 are one GPU; auto is the one it resolves to here)
+        return runtime.same_device(now, was)
     if not (name in ("data", "val_data", "cache_dir", "plot") and now and was):
         return False
     folder = str(run_dir) if name == "plot" else ""  # (os.path.join: an absolute path is itself)

@@ -1803,3 +1803,74 @@ def test_a_resume_does_not_say_the_runs_plot_typed_another_way_is_a_change(tmp_p
     p = plan(tmp_path, resume=str(last), plot=str(tmp_path / "loss.png"), max_steps=100)
     assert runplan.resume_changes(p, {"resume", "plot"}) == (
         f"resume: --plot {tmp_path / 'loss.png'} (the run's loss.png), in force from here")
+
+
+def test_a_resume_does_not_say_the_runs_device_named_another_way_is_a_change(tmp_path, monkeypatch):
+    """Bug caught: --device typed at a resume as the device the run's names (cuda against its cuda:0,
+    cpu against its auto on a machine without a GPU, cuda:1 against cuda:0 under torchrun, where each
+    process takes its own GPU) was said to be a change ("resume: --device cuda (the run's cuda:0), in
+    force from here"), compared as strings; another device still is one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("RANK", raising=False)
+    def change(saved: str, typed: str):
+        last = fake_checkpoint(tmp_path / "ckpt" / f"r{len(list((tmp_path / 'ckpt').glob('*')))}" / "last.pt",
+                               device=saved, max_steps=100)
+        return runplan.resume_changes(plan(tmp_path, resume=str(last), device=typed, max_steps=100),
+                                      {"resume", "device"})
+    for saved, typed in [("cuda:0", "cuda"), ("cuda", "cuda:0"), ("auto", "cuda:0"), ("auto", "cuda")]:
+        assert change(saved, typed) is None, (saved, typed)
+    assert change("auto", "cuda:1") == "resume: --device cuda:1 (the run's auto), in force from here"
+    assert change("cuda", "cpu") == "resume: --device cpu (the run's cuda), in force from here"
+    monkeypatch.setenv("RANK", "0")  # (torchrun's: setup_distributed puts each process on its LOCAL_RANK)
+    assert change("cuda:0", "cuda:1") is None
+    assert change("cuda:0", "cpu") == "resume: --device cpu (the run's cuda:0), in force from here"
+    monkeypatch.delenv("RANK")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert change("auto", "cpu") is None
+    assert change("cuda:0", "cpu") == "resume: --device cpu (the run's cuda:0), in force from here"
+
+
+def test_a_resume_that_trains_no_step_does_not_say_its_changes_are_in_force(tmp_path):
+    """Bug caught: a run a signal stopped at step 5 (of 8), resumed with --max_steps 3, said "resume:
+    --max_steps 3 (the run's 8), in force from here" (and so of an --lr typed beside it), though it
+    trains no step: it ends there (train.wrap_up). It says so now, and that the others do nothing."""
+    ckpt = {"step": 5, "elapsed": 90.0, "train_args": config.to_dict(TrainArgs(max_steps=8, lr=3e-3))}
+    stopped = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(max_steps=3, lr=1e-3), ckpt, tmp_path / "last.pt")
+    assert runplan.finished_limit(stopped) is None  # (not a finished run: it ends at step 5)
+    assert runplan.resume_changes(stopped, {"resume", "max_steps", "lr"}) == (
+        "resume: --max_steps 3 (the run's 8) is not above its step 5: it trains no step, and ends there "
+        "(its final evaluation, then last.pt); --lr has no effect")
+    at = stopped._replace(train_args=TrainArgs(max_steps=5, lr=3e-3))
+    assert runplan.resume_changes(at, {"resume", "max_steps"}) == (
+        "resume: --max_steps 5 (the run's 8) is not above its step 5: it trains no step, and ends there "
+        "(its final evaluation, then last.pt)")
+    spent = stopped._replace(train_args=TrainArgs(max_steps=8, lr=3e-3, max_minutes=1))
+    assert runplan.resume_changes(spent, {"resume", "max_minutes"}) == (
+        "resume: --max_minutes 1 (the run's 0) is spent by its 1.5 minutes so far: it trains no step, and "
+        "ends there (its final evaluation, then last.pt)")
+    put_off = stopped._replace(ckpt={**ckpt, "train_args": config.to_dict(TrainArgs(max_steps=5, lr=3e-3)),
+                                     "eval_due": True}, train_args=TrainArgs(max_steps=5, lr=1e-3))
+    assert runplan.resume_changes(put_off, {"resume", "lr"}) == (  # (the evaluation a signal put off)
+        "resume: --max_steps 5 is not above its step 5: it trains no step, and ends there (its final "
+        "evaluation, then last.pt); --lr has no effect")
+    trains = stopped._replace(train_args=TrainArgs(max_steps=6, lr=1e-3))
+    assert runplan.resume_changes(trains, {"resume", "max_steps", "lr"}) == (
+        "resume: --max_steps 6 (the run's 8), --lr 0.001 (the run's 0.003), in force from here")
+
+
+def test_a_resume_typing_the_runs_own_warmup_and_max_steps_is_not_warned_of_them_again(tmp_path):
+    """Bug caught: a run warned at its start that --warmup_steps 10 "is not below --max_steps 10" was
+    warned again when resumed with its own --max_steps 10 typed (a command line from the shell's history
+    with --resume added): the warning, said once at the start, came back for settings it already had.
+    One typed anew (another --max_steps) is warned of, as before."""
+    ckpt = {"step": 2, "train_args": config.to_dict(TrainArgs(max_steps=10, warmup_steps=10))}
+    same = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(max_steps=10, warmup_steps=10, lr=1e-3), ckpt,
+                           tmp_path / "last.pt")
+    for typed in ({"resume", "max_steps"}, {"resume", "warmup_steps"}, {"resume"},
+                  {"resume", "max_steps", "warmup_steps"}):
+        assert runplan.setting_warnings(same, typed) == [], typed
+    shorter = same._replace(train_args=TrainArgs(max_steps=9, warmup_steps=10, lr=1e-3))
+    assert runplan.setting_warnings(shorter, {"resume", "max_steps"}) == [
+        "warning: --warmup_steps 10 is not below --max_steps 9: the learning rate rises to 0.0009 "
+        "(--lr 0.001) and never decays; lower --warmup_steps"]
