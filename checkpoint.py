@@ -461,7 +461,8 @@ def export_hf(model: Llama4, out_dir, tokenizer_path=None, replace: bool = False
     config.json last, with Ctrl-C and SIGTERM put off until all are there: a full disk or an
     interrupt leaves the folder as it was or the whole new export, never a mix (the hidden folder a
     kill -9 leaves is removed by the next export there, once its process is gone; one killed between
-    its renames is kept, marked, until an export there completes, and load_hf refuses the mix). The
+    its renames, or whose rename failed half way, is kept, marked, until an export there completes,
+    and load_hf refuses the mix). The
     folders made for an export that fails or is interrupted are removed too, where they are left empty."""
     held = check_export_folder(out_dir, tokenizer_path, replace)
     made, fix = storage.missing_folder(out_dir), "export it elsewhere"
@@ -496,22 +497,41 @@ def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], exi
             storage.atomic_write(stage / RENAMING, b"", fix)  # (a kill -9 from here on: _mixed)
         except StorageError as e:  # named as the file it was to become (the hidden folder is gone)
             raise StorageError(f"{str(e).replace(str(stage), str(out))} ({kept})") from None
+        changed = False  # (whether the folder holds any file of this export yet)
         with storage.signals_put_off():
             for name in EXPORT_FILES:
                 try:
                     if name == "config.json" and held:  # the replaced export's other files go first
                         for path in _other_export_files(out):
                             path.unlink(missing_ok=True)
+                            changed = True
                     if name in wrote:  # (a staged file gone is an error, not a file this export lacks)
                         os.replace(stage / name, out / name)
+                        changed = True
                     elif name in dropped:  # the replaced export's tokenizer, when this one has none
                         (out / name).unlink(missing_ok=True)
-                except OSError as e:
-                    raise storage.write_error(out / name, e, fix) from None
+                        changed = True
+                except OSError as e:  # (a rename that fails half way: a full disk, a quota, a read-only
+                    # folder; the stage stays marked, as a kill -9's does, so load_hf refuses the mix)
+                    said = _mark_failed(stage, out) if changed else kept
+                    raise StorageError(f"{storage.write_error(out / name, e, fix)} ({said})") from None
             storage.sync_folder(out)
         _sweep_stages(out, done=True)  # (the mix a killed export left is gone: its mark goes too)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if (stage / FAILED).exists():
+            _sweep_stages(out)  # (its other files go: the space)
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _mark_failed(stage: Path, out: Path) -> str:
+    """Mark a stage whose renames stopped half way beside an old export's config.json (FAILED: _mixed,
+    whatever its process), and say what `out` holds. (Without one, no model is read from `out`.)"""
+    if not (out / "config.json").exists():
+        return f"{out} holds part of this export, without its config.json: export into it again with --force"
+    with contextlib.suppress(OSError):
+        os.replace(stage / RENAMING, stage / FAILED)
+    return f"{out} holds a mix of two exports: export into it again with --force"
 
 
 OTHER_TOKENIZER = "another tokenizer.json (a run's checkpoints may need it)"  # (check_export_folder's word)
@@ -580,13 +600,15 @@ def check_export_folder(out_dir, tokenizer_path=None, replace: bool = False, nam
 
 
 RENAMING = ".renaming"  # in an export's stage from when all its files are written until it ends
+FAILED = ".failed"  # instead, in the stage of one whose renames failed half way (it is over, not killed)
 
 
 def _mixed(stage: Path) -> bool:
-    """Whether a killed export's stage (its process gone) marks its folder as a mix of two exports:
-    it had begun renaming its files into place, and config.json, renamed last, is still there."""
-    return (stage / RENAMING).exists() and (stage / "config.json").exists() and \
-        _gone(stage.name.split("-")[2])
+    """Whether a killed export's stage (its process gone), or a failed one's, marks its folder as a
+    mix of two exports: it had begun renaming its files into place, and config.json, renamed last,
+    is still there."""
+    return (stage / "config.json").exists() and ((stage / FAILED).exists() or (stage / RENAMING).exists()
+                                                 and _gone(stage.name.split("-")[2]))
 
 
 def _sweep_stages(out: Path, done: bool = False) -> None:
@@ -598,10 +620,10 @@ def _sweep_stages(out: Path, done: bool = False) -> None:
     for stage in out.glob(".tmp-export-*-*"):
         if not done and _mixed(stage):
             for path in stage.iterdir():
-                if path.name not in (RENAMING, "config.json"):
+                if path.name not in (RENAMING, FAILED, "config.json"):
                     with contextlib.suppress(OSError):
                         path.unlink()
-        elif _gone(stage.name.split("-")[2]):
+        elif _gone(stage.name.split("-")[2]) or (stage / FAILED).exists():
             shutil.rmtree(stage, ignore_errors=True)
 
 
@@ -891,7 +913,7 @@ def load_hf(folder, device="cpu", dtype: torch.dtype | None = None) -> Llama4:
                               "model.safetensors), such as one scripts/export_hf.py writes")
     mixed = next((stage for stage in folder.glob(".tmp-export-*-*") if _mixed(stage)), None)
     if mixed is not None:  # (a kill -9 between its renames: new files beside the old export's)
-        raise CheckpointError(f"{folder} holds a mix of two exports (one was killed while putting its files "
+        raise CheckpointError(f"{folder} holds a mix of two exports (one was stopped while putting its files "
                               f"in place: {mixed.name} is left); export into it again with "
                               "scripts/export_hf.py --force")
     weights = hf_weight_files(folder)

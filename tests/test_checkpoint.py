@@ -1040,12 +1040,38 @@ def test_an_export_killed_between_its_renames_is_refused_as_a_mix_until_an_expor
     gone.wait()
     stage = hf / f".tmp-export-{gone.pid}-x"
     next(hf.glob(".tmp-export-*")).rename(stage)
-    mix = f"{hf} holds a mix of two exports (one was killed while putting its files in place: {stage.name} "
+    mix = f"{hf} holds a mix of two exports (one was stopped while putting its files in place: {stage.name} "
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(mix)):
         checkpoint.load_hf(hf)
     checkpoint._sweep_stages(hf)  # the next export's first step: the space goes, the mark stays
     assert sorted(p.name for p in stage.iterdir()) == [".renaming", "config.json"]
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(mix)):
+        checkpoint.load_hf(hf)
+    checkpoint.export_hf(larger, hf, replace=True)  # one that completes: the mark goes
+    assert not list(hf.glob(".tmp-*")) and checkpoint.load_hf(hf).args.dim == 64
+
+
+def test_an_export_whose_rename_fails_half_way_says_so_and_is_refused_as_a_mix(tmp_path, monkeypatch):
+    """Bug caught: export --force over an export, with a rename into place failing (a full disk, a
+    quota, a folder turned read-only) after the new weights were in place: the hidden folder and its
+    mark went with the error, leaving the new model.safetensors beside the old config.json unmarked;
+    load_hf read them as one model ("its weights do not fit its settings"). Now the error says the
+    folder holds a mix, load_hf refuses it as one, and an export that completes clears it."""
+    import errno
+    hf = checkpoint.export_hf(small_model(), tmp_path / "hf")
+    larger = checkpoint.Llama4(ModelArgs(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64,
+                                         n_experts=2, max_seq_len=16))
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == hf / "generation_config.json":  # (the weights are in place before it)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(checkpoint.StorageError, match=re.escape(f"{hf} holds a mix of two exports")):
+            checkpoint.export_hf(larger, hf, replace=True)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"{hf} holds a mix of two exports")):
         checkpoint.load_hf(hf)
     checkpoint.export_hf(larger, hf, replace=True)  # one that completes: the mark goes
     assert not list(hf.glob(".tmp-*")) and checkpoint.load_hf(hf).args.dim == 64
