@@ -39,6 +39,7 @@ import json
 import os
 import random
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,9 @@ def _unreadable(path, e: Exception) -> str:
         return f"cannot be read ({oe.strerror})"
     if head != b"PK\x03\x04":
         return "is corrupt or not a checkpoint at all (not a zip archive, which torch.save writes)"
+    if not zipfile.is_zipfile(path):  # (a zip's start without its end: the central directory is last)
+        return (f"is cut short ({os.path.getsize(path):,} bytes, a zip archive without its end: a save or "
+                "a copy that did not finish)")
     if "weights_only" in str(e) or "Weights only load failed" in str(e):
         return ("is not a checkpoint of this project (it holds Python objects, which ours never do; it "
                 "was not loaded, as that could run code)")

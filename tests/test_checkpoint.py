@@ -456,8 +456,21 @@ def test_a_corrupt_checkpoint_is_named_with_the_other_checkpoint_of_its_run(tmp_
     (run / "last.pt").write_bytes((run / "best.pt").read_bytes()[:300])  # a torn save: a zip's start
     with pytest.raises(checkpoint.CheckpointError) as e:
         checkpoint.load_checkpoint(run / "last.pt", fix="fix it")
-    msg = str(e.value)
-    assert msg.startswith(f"{run / 'last.pt'} is corrupt or unreadable (") and "at all" not in msg
+    assert str(e.value) == (f"{run / 'last.pt'} is cut short (300 bytes, a zip archive without its end: a "
+                            "save or a copy that did not finish); fix it")
+
+
+def test_a_checkpoint_cut_anywhere_is_named_cut_short(tmp_path):
+    """Bug caught: a checkpoint cut short (a copy that did not finish, a disk that filled under another
+    tool) was "corrupt or unreadable (RuntimeError: PytorchStreamReader failed reading zip archive:
+    failed finding central directory)", or "(OSError: [Errno 22] Invalid argument)": torch's words,
+    which do not say what happened to the file."""
+    data = small_checkpoint(tmp_path / "whole.pt").read_bytes()
+    for size in (4, 200, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.pt").write_bytes(data[:size])
+        with pytest.raises(checkpoint.CheckpointError) as e:
+            checkpoint.load_checkpoint(tmp_path / "cut.pt", fix="fix it")
+        assert f"is cut short ({size:,} bytes" in str(e.value), (size, str(e.value))
 
 
 def test_the_random_generators_come_back_exactly_mid_sequence():
