@@ -15,7 +15,8 @@ sample.py and scripts/export_hf.py alike.
 
 A checkpoint is a dict: "model" (state dict), "model_args" and "train_args" (settings as plain data),
 "tokenizer" ({"file", "sha256"}), "preset", "wandb_id" and "wandb_entity", and for a resumable one
-"optimizer", the open log window ("window": train.Window.to_checkpoint) and the training loop's state
+"optimizer", the open log window ("window": train.Window.to_checkpoint), the device and dtype it trained
+on ("trained_on": {"device": "cuda:0", "dtype": "bfloat16"}) and the training loop's state
 (train.LoopState: step, tokens, elapsed, best_val, ..., rng, data_position). A weights-only checkpoint
 (save_model_only, an import) holds "model", "model_args", "step" and maybe "tokenizer".
 

@@ -21,8 +21,9 @@ What it holds, one section each, in this order:
     planning                  plan_run, load_resumed, check_optimizer_groups, init_from_fix, absolute
                               (a path setting as saved), saved_paths
     before any work           memory_floor, check_settings (refused; check_step_batches), setting_warnings
-                              (warned of: unscored_source, held_out_of_saved_data), resume_changes
-                              (said); held_out_moved (train.py's warning once the validation text is read)
+                              (warned of: unscored_source, held_out_of_saved_data), resume_changes and
+                              device_change (said; trained_on); held_out_moved (train.py's warning once
+                              the validation text is read)
     a finished run            finished_limit, limit_reached (train.py says so, and trains nothing)
     the run folder            claim_folder, check_no_later_last, check_same_model
     W&B                       wandb_id
@@ -137,9 +138,10 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     # that a value they correct, typed, is refused as for a new run
     keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
     # (the saved --out_dir is not used: plan_run puts where the run lies; one saved as "" before
-    # check_run refused it would stop the resume)
+    # check_run refused it would stop the resume; the saved --device neither: train.setup runs where the
+    # --device typed, or auto, says, and that one is recorded: device_change says where it is another)
     keep.update(resume=train_args.resume, eval_only=train_args.eval_only, run=train_args.run,
-                out_dir=train_args.out_dir)
+                out_dir=train_args.out_dir, device=train_args.device)
     if train_args.eval_only and "val_data" in given and "eval_windows" not in given:
         keep["eval_windows"] = 0  # a file given to be scored is scored whole, not the run's sample of it
     # a typed value out of range: the fix is the run's own (an import has none: the default, not the typed)
@@ -474,12 +476,13 @@ def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
 
 
 # what a resume reads of a checkpoint beside weights and settings (train.LoopState's fields, the RNG states,
-# the open log window, the W&B run), by type; an older checkpoint may lack all but step and rng (kept by
-# hand: tests/test_runplan.py holds it to what train.Job.to_checkpoint writes)
+# the open log window, the W&B run, the device and dtype it trained on), by type; an older checkpoint may
+# lack all but step and rng (kept by hand: tests/test_runplan.py holds it to what train.Job.to_checkpoint
+# writes)
 NUMBER, NONE = (int, float), type(None)
 RESUMED_FIELDS = {"step": int, "tokens": int, "elapsed": NUMBER, "best_val": NUMBER, "bad_in_row": int,
                   "skipped_steps": int, "eval_due": bool, "val_set": str, "rng": dict, "window": (dict, NONE),
-                  "wandb_id": (str, NONE), "wandb_entity": (str, NONE), "preset": str}
+                  "wandb_id": (str, NONE), "wandb_entity": (str, NONE), "preset": str, "trained_on": dict}
 
 
 def check_resumed_fields(ckpt: dict, eval_only: bool) -> None:
@@ -822,8 +825,8 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
 
 
 # settings a resume always sets anew, whatever its run saved (where it lies, what it was asked to do, the
-# tokenizer copy it reads: checked by its hash)
-RESUME_SETS = ("resume", "eval_only", "run", "out_dir", "tokenizer")
+# tokenizer copy it reads: checked by its hash, the device this session runs on: device_change)
+RESUME_SETS = ("resume", "eval_only", "run", "out_dir", "tokenizer", "device")
 
 
 def resume_changes(plan: RunPlan, given) -> str | None:
@@ -874,12 +877,60 @@ def _same(name: str, now, was, run_dir) -> bool:
     own, were said to be changes)."""
     if now == was:
         return True
-    if name == "device":  # (cuda and cuda:0 are one GPU; auto is the one it resolves to here)
-        return runtime.same_device(now, was)
     if not (name in ("data", "val_data", "cache_dir", "plot") and now and was):
         return False
     folder = str(run_dir) if name == "plot" else ""  # (os.path.join: an absolute path is itself)
     return os.path.realpath(os.path.join(folder, now)) == os.path.realpath(os.path.join(folder, was))
+
+
+def device_change(plan: RunPlan, device: torch.device, dtype: torch.dtype, given) -> str | None:
+    """At a resume that trains, one line where this session trains on another kind of device (cpu,
+    cuda) than the run last trained on, or in another dtype (--dtype auto: bfloat16 on a GPU from sm80
+    on, float32 on a CPU): --device is where this session runs, as --out_dir is where it lies (a run
+    started with --device cpu on a GPU machine, resumed without it, trains on the GPU), so a resume is
+    not bit for bit the run it continues. It names the option that goes back, where this machine can.
+    `device`, `dtype`: this session's, resolved. None where both are the run's (another GPU is no
+    change), where the checkpoint cannot tell (trained_on), where nothing trains (as resume_changes:
+    --eval_only, a finished run, one at its limit), and for the dtype where --dtype is typed
+    (resume_changes names it)."""
+    saved = (plan.ckpt or {}).get("train_args")
+    if not isinstance(saved, dict) or plan.train_args.eval_only or limit_reached(plan.ckpt, plan.train_args):
+        return None
+    if (was := trained_on(plan.ckpt)) is None:
+        return None
+    was_device, was_dtype = was
+    now_dtype = str(dtype).removeprefix("torch.")
+    kind = torch.device(was_device).type
+    other_dtype = was_dtype not in (None, now_dtype) and "dtype" not in given
+    if kind == device.type and not other_dtype:
+        return None
+    line = (f"resume: on {device} in {now_dtype} (the run trained on {was_device}"
+            f"{f' in {was_dtype}' if was_dtype else ''}): its steps from here are not bit for bit the run's")
+    if kind != device.type:
+        back = f"--device {kind}" if kind == "cpu" or torch.cuda.is_available() else None
+    else:
+        back = f"--dtype {was_dtype}"
+    return f"{line}; {back} goes on as it did" if back else line
+
+
+def trained_on(ckpt: dict) -> tuple[str, str | None] | None:
+    """The device and dtype a checkpoint's run last trained on, as it records them ("trained_on", from
+    train.Job.to_checkpoint); an older checkpoint's from its saved --device and --dtype where they tell
+    (--dtype auto is float32 on a CPU, on a GPU as its generation said: None). None where its --device
+    does not tell: auto (a GPU or the CPU, by the machine of the day), or no device's name."""
+    record = ckpt.get("trained_on")
+    if isinstance(record, dict):
+        name, dtype = record.get("device"), record.get("dtype")
+    else:
+        saved = ckpt.get("train_args") or {}
+        name, dtype = saved.get("device"), saved.get("dtype", "auto")
+        if dtype == "auto":
+            dtype = "float32" if name == "cpu" else None
+    try:
+        kind = torch.device(name).type if isinstance(name, str) else None
+    except RuntimeError:  # (auto, or a damaged record)
+        kind = None
+    return (name, dtype if isinstance(dtype, str) else None) if kind in ("cpu", "cuda") else None
 
 
 def _shown(value) -> str:

@@ -2,7 +2,6 @@
 device's peak FLOP/s (for MFU). Used by train.py and sample.py.
 
     resolve_device("auto")    cuda:0 when there is a GPU, else cpu; a clear error for a bad name
-    same_device               whether two --device names run on one device here
     World / setup_distributed the rank and world size, one process per GPU under torchrun
     data_parallel             DDP around the model, its buffers not broadcast at each forward
     set_up_done, wait_long    the collectives' timeout back to the backend's once set-up is done;
@@ -80,21 +79,6 @@ def resolve_device(name: str) -> torch.device:
             raise MachineError(f"--device {name}: there are {torch.cuda.device_count()} GPUs here; "
                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
-
-
-def same_device(a: str, b: str) -> bool:
-    """Whether --device `a` and `b` run on one device here (auto as it resolves; cuda is cuda:0, the
-    current GPU; under torchrun every cuda name is the process's own GPU: setup_distributed). A name
-    that is no device here is compared as it is spelt."""
-    def key(name: str) -> str:
-        try:
-            device = resolve_device(name)
-        except UserError:
-            return name
-        if device.type == "cuda":
-            return "cuda" if "RANK" in os.environ else f"cuda:{device.index or 0}"
-        return str(device)
-    return key(a) == key(b)
 
 
 class World(NamedTuple):

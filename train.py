@@ -383,12 +383,14 @@ class Job:
     def to_checkpoint(self, state: LoopState, window: dict) -> dict:
         """What last.pt and best.pt hold (checkpoint.py's docstring lists it); `window`: the open log
         window's Window.to_checkpoint."""
+        dtype = runtime.compute_dtype(self.train_args.dtype, self.device)  # (runplan.device_change reads it)
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 **state.to_checkpoint(self.train_args.seed), "model_args": config.to_dict(self.model_args),
                 "train_args": config.to_dict(self.train_args), "preset": self.preset,
                 "tokenizer": {"file": "tokenizer.json", "sha256": self.tok.hash}, "window": window,
                 "wandb_id": self.metrics.resumable_id if self.metrics is not None else None,
-                "wandb_entity": self.metrics.resumable_entity if self.metrics is not None else None}
+                "wandb_entity": self.metrics.resumable_entity if self.metrics is not None else None,
+                "trained_on": {"device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}}
 
 
 class Clock:
@@ -1010,6 +1012,9 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
                 log(line)
             if changes := runplan.resume_changes(plan, given):
                 log(changes)
+            dtype = runtime.compute_dtype(plan.train_args.dtype, device)
+            if moved := runplan.device_change(plan, device, dtype, given):
+                log(moved)
         if (done := finished_run(plan, log)) is not None:
             raise Finished(done)
         job, state = build_job(plan, device, world, log)

@@ -537,7 +537,7 @@ def test_the_resumed_fields_checked_are_those_a_checkpoint_holds():
     model = Llama4(debug_args())
     job = SimpleNamespace(model=model, opt=train.make_optimizer(model, TrainArgs(), torch.device("cpu")),
                           train_args=TrainArgs(), model_args=debug_args(), preset="debug",
-                          tok=SimpleNamespace(hash="0" * 64), metrics=None)
+                          tok=SimpleNamespace(hash="0" * 64), metrics=None, device=torch.device("cpu"))
     saved = train.Job.to_checkpoint(job, train.LoopState(), window={"steps": 0})
     not_read = {"model", "optimizer", "model_args", "train_args", "tokenizer", "data_position"}
     assert set(saved) - not_read == set(runplan.RESUMED_FIELDS)
@@ -1805,32 +1805,6 @@ def test_a_resume_does_not_say_the_runs_plot_typed_another_way_is_a_change(tmp_p
         f"resume: --plot {tmp_path / 'loss.png'} (the run's loss.png), in force from here")
 
 
-def test_a_resume_does_not_say_the_runs_device_named_another_way_is_a_change(tmp_path, monkeypatch):
-    """Bug caught: --device typed at a resume as the device the run's names (cuda against its cuda:0,
-    cpu against its auto on a machine without a GPU, cuda:1 against cuda:0 under torchrun, where each
-    process takes its own GPU) was said to be a change ("resume: --device cuda (the run's cuda:0), in
-    force from here"), compared as strings; another device still is one."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.delenv("RANK", raising=False)
-    def change(saved: str, typed: str):
-        last = fake_checkpoint(tmp_path / "ckpt" / f"r{len(list((tmp_path / 'ckpt').glob('*')))}" / "last.pt",
-                               device=saved, max_steps=100)
-        return runplan.resume_changes(plan(tmp_path, resume=str(last), device=typed, max_steps=100),
-                                      {"resume", "device"})
-    for saved, typed in [("cuda:0", "cuda"), ("cuda", "cuda:0"), ("auto", "cuda:0"), ("auto", "cuda")]:
-        assert change(saved, typed) is None, (saved, typed)
-    assert change("auto", "cuda:1") == "resume: --device cuda:1 (the run's auto), in force from here"
-    assert change("cuda", "cpu") == "resume: --device cpu (the run's cuda), in force from here"
-    monkeypatch.setenv("RANK", "0")  # (torchrun's: setup_distributed puts each process on its LOCAL_RANK)
-    assert change("cuda:0", "cuda:1") is None
-    assert change("cuda:0", "cpu") == "resume: --device cpu (the run's cuda:0), in force from here"
-    monkeypatch.delenv("RANK")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert change("auto", "cpu") is None
-    assert change("cuda:0", "cpu") == "resume: --device cpu (the run's cuda:0), in force from here"
-
-
 def test_a_resume_that_trains_no_step_does_not_say_its_changes_are_in_force(tmp_path):
     """Bug caught: a run a signal stopped at step 5 (of 8), resumed with --max_steps 3, said "resume:
     --max_steps 3 (the run's 8), in force from here" (and so of an --lr typed beside it), though it
@@ -1874,3 +1848,69 @@ def test_a_resume_typing_the_runs_own_warmup_and_max_steps_is_not_warned_of_them
     assert runplan.setting_warnings(shorter, {"resume", "max_steps"}) == [
         "warning: --warmup_steps 10 is not below --max_steps 9: the learning rate rises to 0.0009 "
         "(--lr 0.001) and never decays; lower --warmup_steps"]
+
+
+def test_a_resume_records_the_device_this_session_runs_on_not_the_runs_saved_one(tmp_path):
+    """Bug caught: a run started with --device cpu on a GPU machine, resumed without --device, ran on
+    cuda:0 (train.setup resolves the --device typed, or auto) while its settings, and so the train.json
+    and checkpoints it wrote next, still said --device cpu. --device is where this session runs, like
+    --out_dir: the one in force is recorded, and a resume line does not call it a change of the run's
+    settings (device_change says where the device or precision is not the run's)."""
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", device="cpu", max_steps=100)
+    untyped = runplan.plan_run(DEBUG, TrainArgs(resume=str(last), out_dir=str(tmp_path / "ckpt")), "debug",
+                               {"resume"})
+    assert untyped.train_args.device == "auto"  # (the default: what train.setup resolved)
+    typed = plan(tmp_path, resume=str(last), device="cuda:1", max_steps=100)
+    assert typed.train_args.device == "cuda:1"
+    assert runplan.resume_changes(typed, {"resume", "device"}) is None
+
+
+def test_a_resume_says_where_its_device_or_precision_is_not_the_one_the_run_trained_on(tmp_path, monkeypatch):
+    """Bug caught: a run trained on the CPU in float32, resumed on a GPU machine without --device, went on
+    on cuda:0 in bfloat16 (--dtype auto) without a word, and so did one trained on a GPU resumed on a
+    machine without one: not the run it continues. One line says so before any work, with the option
+    that goes back where this machine has that device; nothing where both are the run's (another GPU
+    of the same kind is no change), for a checkpoint that cannot tell (an older one's --device auto),
+    where nothing trains (--eval_only, a finished run, one at its limit), and for a typed --dtype
+    (resume_changes names it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cpu, gpu, f32, bf16 = torch.device("cpu"), torch.device("cuda", 0), torch.float32, torch.bfloat16
+    def ckpt(device, dtype, step=2, **train):
+        return {"step": step, "train_args": config.to_dict(TrainArgs(max_steps=10, **train)),
+                "trained_on": {"device": device, "dtype": dtype}}
+    def change(saved, device, in_dtype, given=("resume",), **train):
+        p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(max_steps=10, **train), saved, tmp_path / "last.pt")
+        return runplan.device_change(p, device, in_dtype, set(given))
+    assert change(ckpt("cpu", "float32"), gpu, bf16) == (
+        "resume: on cuda:0 in bfloat16 (the run trained on cpu in float32): its steps from here are not bit "
+        "for bit the run's; --device cpu goes on as it did")
+    assert change(ckpt("cuda:0", "bfloat16"), cpu, f32) == (
+        "resume: on cpu in float32 (the run trained on cuda:0 in bfloat16): its steps from here are not bit "
+        "for bit the run's; --device cuda goes on as it did")
+    assert change(ckpt("cuda:0", "float32"), gpu, bf16) == (  # (an sm75 GPU's --dtype auto)
+        "resume: on cuda:0 in bfloat16 (the run trained on cuda:0 in float32): its steps from here are not "
+        "bit for bit the run's; --dtype float32 goes on as it did")
+    for same in [(ckpt("cpu", "float32"), cpu, f32), (ckpt("cuda:0", "bfloat16"), torch.device("cuda", 1),
+                                                       bf16)]:
+        assert change(*same) is None
+    assert change(ckpt("cuda:0", "float32"), gpu, bf16, {"resume", "dtype"}, dtype="bfloat16") is None
+    assert change(ckpt("cuda:0", "float32"), cpu, bf16, {"resume", "dtype"}, dtype="bfloat16") == (
+        "resume: on cpu in bfloat16 (the run trained on cuda:0 in float32): its steps from here are not bit "
+        "for bit the run's; --device cuda goes on as it did")
+    for nothing_trains in [dict(eval_only=True), dict(step=10), dict(max_minutes=1)]:
+        saved = ckpt("cpu", "float32", step=nothing_trains.pop("step", 2))
+        saved["elapsed"] = 90.0
+        assert change(saved, gpu, bf16, **nothing_trains) is None, nothing_trains
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert change(ckpt("cuda:0", "bfloat16"), cpu, f32) == (  # (no GPU here to go back to)
+        "resume: on cpu in float32 (the run trained on cuda:0 in bfloat16): its steps from here are not bit "
+        "for bit the run's")
+    # an older checkpoint records no device: its saved --device and --dtype tell what they can
+    older = {"step": 2, "train_args": config.to_dict(TrainArgs(max_steps=10, device="cpu"))}
+    assert change(older, gpu, bf16).startswith(
+        "resume: on cuda:0 in bfloat16 (the run trained on cpu in float32): ")
+    older["train_args"].update(device="cuda")
+    assert change(older, cpu, f32).startswith("resume: on cpu in float32 (the run trained on cuda): ")
+    assert change(older, gpu, bf16) is None  # (its --dtype auto: bfloat16 or float32 by its GPU)
+    older["train_args"].update(device="auto")
+    assert change(older, cpu, f32) is None  # (cuda:0 or the cpu, by the machine of the day)

@@ -944,6 +944,31 @@ def test_best_val_starts_afresh_on_other_validation_windows(tmp_path, corpus, ca
     assert "best starts afresh" not in capsys.readouterr().out  # (an evaluation keeps no best)
 
 
+def test_a_resume_records_the_device_it_runs_on_and_says_where_the_run_trained_on_another(
+        tmp_path, corpus, cache, capsys):
+    """Bug caught: a run started with --device cpu, resumed without --device, ran where auto said (cuda:0
+    on a GPU machine, in bfloat16) without a word, and recorded --device cpu in its train.json and
+    checkpoints all the same. A checkpoint now records the device and dtype it trained on; a resume says
+    where it trains on another (here a record of a GPU's, resumed on this CPU), and records the --device
+    in force."""
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--device", "cpu"))
+    last, run_dir = tmp_path / "ckpt" / "r" / "last.pt", tmp_path / "ckpt" / "r"
+    ckpt = checkpoint.load_checkpoint(last)
+    assert ckpt["trained_on"] == {"device": "cpu", "dtype": "float32"}
+    assert ckpt["train_args"]["device"] == "cpu"
+    checkpoint.save_checkpoint(last, {**ckpt, "trained_on": {"device": "cuda:0", "dtype": "bfloat16"}})
+    capsys.readouterr()
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "3", "--resume"))
+    assert "resume: on cpu in float32 (the run trained on cuda:0 in bfloat16): its steps from here are not " \
+           "bit for bit the run's" in capsys.readouterr().out
+    ckpt = checkpoint.load_checkpoint(last)
+    assert ckpt["trained_on"] == {"device": "cpu", "dtype": "float32"}
+    saved_json = json.loads((run_dir / "train.json").read_text())
+    assert ckpt["train_args"]["device"] == saved_json["device"] == "auto"
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--resume", "--device", "cpu"))
+    assert "resume: on" not in capsys.readouterr().out  # (the same device, the same dtype)
+
+
 def test_an_older_checkpoint_without_its_validation_windows_keeps_its_best(tmp_path, corpus, cache, capsys):
     """Catches a checkpoint that does not name its validation windows (an older train.py's) losing its
     best at resume: the next evaluation, however worse, would replace best.pt."""
