@@ -258,6 +258,8 @@ def summarize(run: dict, steps: int) -> dict:
     routed = recs[-1] if recs and "expert_share" in recs[-1] else None
     entropy = routed and routed["router_entropy"]
     return {"run": run["name"], "steps": steps, "tokens": steps * run["tokens_per_step"],
+            # (steps train.py skipped as non-finite, the loss NaN: the run trained nothing in those)
+            "skipped_steps": recs[-1].get("skipped_steps", 0) if recs else 0,
             "val_nats_per_token": last_val.get("nats_per_token"),
             "val_bits_per_byte": last_val.get("bits_per_byte"), "tokens_per_s": tok_s, "mfu": mfu,
             "minutes": last_val.get("minutes"),
@@ -380,7 +382,8 @@ def markdown(report: dict) -> str:
              "| max expert share | router entropy | load avg before |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["runs"]:
-        lines.append(f"| {r['label']} | {r['steps']:,} | {r['tokens']:,} "
+        skipped = f" ({r['skipped_steps']:,} non-finite, skipped)" if r.get("skipped_steps") else ""
+        lines.append(f"| {r['label']} | {r['steps']:,}{skipped} | {r['tokens']:,} "
                      f"| {fmt(r['val_nats_per_token'], '.4f')} | {fmt(r['val_bits_per_byte'], '.4f')} "
                      f"| {fmt(r['tokens_per_s'], ',.0f')} "
                      f"| {fmt(r['mfu'], '.2%')} | {r['active_params']:,} "

@@ -38,7 +38,8 @@ How this departs from the obvious version:
 - Runs are sequential on one machine that may be shared: the load average before each run is
   recorded beside it. A run whose folder holds sweep-result.json (written after its final
   validation) is read back, not run again, so an interrupted sweep continues where it stopped; any
-  other folder of a candidate (a run cut short) is deleted and run again.
+  other folder of a candidate (a run cut short) is deleted and run again, but one a train.py still
+  holds (another sweep's on this --out_dir, or the train.py of a sweep killed with kill -9) is refused.
 - Candidates are named lists of train.py overrides, applied on top of `--preset tiny`; the first
   shape spells out the 2026-11 tiny preset in full, so it stays the baseline whatever the preset
   becomes, and every other shape starts from it.
@@ -309,10 +310,41 @@ def train_setting(overrides: list[str], minutes: float, seed: int, opts) -> list
             "--seed", str(seed)]
 
 
+def same_setting(recorded: list[str], setting: list[str], device: torch.device | None) -> bool:
+    """Whether a finished run's train.py options (its result's) make the run `setting` would: the same
+    options, or the same but for the --compile false that train_setting adds beside a compiled run,
+    where the device's --compile auto is eager too (a sweep with --no_compile on the CPU, rerun
+    without it to add its compiled run: every run was refused)."""
+    def eager_left_out(argv):
+        return argv[:2] + argv[4:] if argv[2:4] == ["--compile", "false"] else argv  # (after --preset tiny)
+    return recorded == setting or (device is not None and not runtime.wants_compile("auto", device)
+                                   and eager_left_out(recorded) == eager_left_out(setting))
+
+
 def train_argv(setting: list[str], run: str, opts) -> list[str]:
     """The whole train.py command line of a run: its setting, with where it goes."""
     return [*setting, "--plot", "", "--wandb_mode", "disabled", "--out_dir", opts.out_dir,
             "--cache_dir", opts.cache_dir, "--run", run]
+
+
+def clear_cut_short(run_dir: Path, name: str) -> None:
+    """Delete the folder of a run of `name` cut short, to run it again; not one a train.py still holds
+    (another sweep on this --out_dir, or the train.py of a sweep killed with `kill -9`, which lives on):
+    its files, its lock too, were deleted under it, and the train.py started there ran beside it."""
+    import shutil
+    try:
+        storage.lock(run_dir / "run.lock").close()
+    except storage.Busy as e:
+        sys.exit(f"sweep.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for it to "
+                 "end (another sweep on this --out_dir?) or stop it, then rerun sweep.py; or pick another "
+                 "--out_dir")
+    except OSError:  # (a folder we may not write: rmtree says so below)
+        pass
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as e:  # (a traceback)
+        sys.exit(f"sweep.py: error: cannot delete {run_dir}, a run of {name} cut short, to run it again "
+                 f"({e.strerror or e}); delete it yourself, then rerun sweep.py")
 
 
 def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
@@ -336,17 +368,13 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
         if not isinstance(result, dict):
             sys.exit(f"sweep.py: error: {result_file} is not a result sweep.py wrote ({str(result)[:80]}); "
                      f"delete {run_dir} to run {name} again")
-        if result.get("train_argv", setting) != setting:  # (results from before it was recorded: kept)
+        if not same_setting(result.get("train_argv", setting), setting,  # (results from before it was
+                            getattr(opts, "device", None)):  # recorded: kept)
             sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
                      f"({shlex.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
         return result
     if run_dir.exists():  # an interrupted run: start it again
-        import shutil
-        try:
-            shutil.rmtree(run_dir)
-        except OSError as e:  # (a traceback)
-            sys.exit(f"sweep.py: error: cannot delete {run_dir}, a run of {name} cut short, to run it again "
-                     f"({e.strerror or e}); delete it yourself, then rerun sweep.py")
+        clear_cut_short(run_dir, name)
     argv = train_argv(setting, run, opts)
     load = os.getloadavg()[0]
     # (as a shell reads it: --plot '', not --plot; a --data path with a space, one word)
@@ -376,6 +404,9 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
               "steps": val["step"], "tokens": val["tokens"], "bits_per_byte": val["bits_per_byte"],
               "nats_per_token": val["nats_per_token"], "val_tokens": val["val_tokens"],
               "tokens_per_s": tokens_per_s(train),
+              # (the steps train.py skipped as non-finite: a candidate whose loss went NaN, scored on the
+              # weights from before, finished a clean-looking run when its budget came before --max_bad_steps)
+              "skipped_steps": train[-1].get("skipped_steps", 0) if train else 0,
               "load_avg_before": round(load, 2), "wall_seconds": round(time.time() - t, 1),
               **size_of(overrides + opts.extra)}
     storage.save_json(result_file, result)
@@ -399,7 +430,8 @@ def table(rows: list[dict], title: str) -> list[str]:
              "valid bits/byte | load avg before |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=ranking):
         speed = "n/a" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
-        lines.append(f"| {r['name']} | {r['minutes']:g} | {r['seed']} | {r['steps']:,} | "
+        skipped = f" ({r['skipped_steps']:,} non-finite, skipped)" if r.get("skipped_steps") else ""
+        lines.append(f"| {r['name']} | {r['minutes']:g} | {r['seed']} | {r['steps']:,}{skipped} | "
                      f"{speed} | {r['params'] / 1e6:.2f}M "
                      f"({r['active_params'] / 1e6:.2f}M) | {r['bits_per_byte']:.4f} | "
                      f"{r['load_avg_before']:.2f} |")
@@ -457,9 +489,10 @@ def summary(report: dict, opts, where: str) -> str:
 
 
 def results_folder(p, opts) -> Path:
-    """img/ for the README's sweep (`--no_compile`, any --out_dir or --cache_dir), else --out_dir."""
+    """img/ for the README's sweep (`--no_compile`, any --out_dir or --cache_dir), else --out_dir (opts.device
+    is the runs' device, which main sets: not an option)."""
     return storage.results_path(p, opts, ROOT / "img", extra=opts.extra, fallback=Path(opts.out_dir),
-                                ignore=("extra", "no_compile", "out_dir", "cache_dir"))
+                                ignore=("extra", "no_compile", "out_dir", "cache_dir", "device"))
 
 
 def check_options(p, opts) -> list[str]:
@@ -519,6 +552,7 @@ def main(argv=None):
     only = check_options(p, opts)
     stage1 = {k: v for k, v in shapes().items() if not only or k in only}
     device, needs = check_candidates(p, stage1, opts)
+    opts.device = device  # (run_one: whether --compile auto was eager, see same_setting)
     where = machine(device)
     if again := repeated(opts):  # (allowed: --vocab_size 512 for all is a smaller sweep)
         print(f"sweep.py: warning: {', '.join(again)} would repeat the run each varies, as the "

@@ -408,6 +408,25 @@ def test_a_row_weights_windows_by_their_tokens_and_reads_the_last_records():
     assert row["tokens"] == 60
 
 
+def test_a_run_whose_steps_were_skipped_as_non_finite_says_so_in_its_row():
+    """Bug caught: a run whose loss went NaN had its non-finite steps skipped by train.py and, its
+    budget spent before --max_bad_steps in a row, finished: the table gave it its steps and tokens
+    as trained, and its score (of the weights from before the NaNs) beside the others', with nothing
+    to say that part of its steps trained nothing."""
+    run = {"name": "moe", "tokens_per_step": 10, "val": [{"nats_per_token": 5.0, "bits_per_byte": 3.0}],
+           "train": [{"step": 6, "tokens_per_s": 10.0, "mfu": None, "skipped_steps": 3}]}
+    row = compare.summarize(run, 6)
+    assert row["skipped_steps"] == 3
+    report = {"runs": [{**row, "label": "moe: x", "active_params": 1, "load_avg_before": 0.0}],
+              "machine": {"cpu_count": 2, "torch_threads": 2, "torch": "2"},
+              "settings": {"minutes": 1, "max_steps": None, "batch_size": 1, "seq_len": 8, "seed": 1,
+                           "data": "a", "val_data": "b", "tokenizer_sha256": "0" * 64, "n_experts": 4}}
+    assert "| moe: x | 6 (3 non-finite, skipped) | 60 |" in compare.markdown(report)
+    run["train"][0]["skipped_steps"] = 0
+    report["runs"][0].update(compare.summarize(run, 6))
+    assert "| moe: x | 6 | 60 |" in compare.markdown(report)
+
+
 def test_one_run_of_another_tokenizer_is_refused_too(tmp_path, corpus, monkeypatch):
     """Catches the tokenizer check passing when two of the three runs share a tokenizer and one does not."""
     runs = tmp_path / "runs"

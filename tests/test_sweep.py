@@ -588,6 +588,67 @@ def test_a_run_cut_short_is_run_again_in_a_fresh_folder(tmp_path, monkeypatch):
     assert not (left / "last.pt").exists() and (left / "sweep-result.json").exists()
 
 
+def test_a_run_folder_in_use_by_a_train_py_is_not_deleted(tmp_path, monkeypatch):
+    """Bug caught: run_one deleted the folder of a run cut short without asking whether a train.py
+    still held it: a second sweep on the same --out_dir, or a rerun after `kill -9 sweep.py` (its
+    train.py lives on), deleted the live run's files under it (its lock file too), and the train.py
+    started there ran beside the other one, in the same folder (the other failed "cannot write
+    metrics.jsonl", or wrote its records into the new run's log)."""
+    import storage
+    opts = fake_train_py(tmp_path, monkeypatch)
+    live = sweep.result_path("s", 0.01, 1, opts).parent
+    live.mkdir(parents=True)
+    (live / "train.json").write_text("{}")
+    held = storage.lock(live / "run.lock")
+    try:
+        with pytest.raises(SystemExit) as e:
+            sweep.run_one("s", [], 0.01, 1, opts)
+    finally:
+        held.close()
+    assert str(e.value.code).startswith(f"sweep.py: error: {live} is in use by another train.py (pid ")
+    assert (live / "train.json").exists() and not (live / "sweep-result.json").exists()
+
+
+@pytest.mark.parametrize("device, same", [("cpu", True), ("cuda", False)])
+def test_runs_of_a_sweep_with_no_compile_are_read_back_where_compile_auto_was_eager(tmp_path, monkeypatch,
+                                                                                     device, same):
+    """Bug caught: a sweep rerun without --no_compile (to add its compiled run, stage 5) refused every
+    finished run of the same sweep with --no_compile, "made with other train.py options", on the CPU,
+    where those runs' --compile auto was eager, as the --compile false of the rerun's: a sweep of hours
+    to run again in another --out_dir. On CUDA auto compiled them: those are other runs, refused."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    assert sweep.run_one("s", [], 0.01, 1, opts)["bits_per_byte"] == 2.0
+    opts.no_compile, opts.device = False, torch.device(device)
+    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kw: pytest.fail("trained again"))
+    if same:
+        assert sweep.run_one("s", [], 0.01, 1, opts)["bits_per_byte"] == 2.0
+    else:
+        with pytest.raises(SystemExit, match="holds a run made with other train.py options"):
+            sweep.run_one("s", [], 0.01, 1, opts)
+
+
+def test_a_run_whose_steps_were_skipped_as_non_finite_says_so_in_its_result_and_table(tmp_path, monkeypatch):
+    """Bug caught: a candidate whose loss went NaN (an --lr too high) had its non-finite steps skipped
+    by train.py; its budget ran out before --max_bad_steps in a row, so it finished, scored on the
+    weights from before the NaNs (3.75 bits/byte after 6 steps, 3 of them skipped), and the result and
+    tables showed a clean run of 6 steps: nothing said half of it trained nothing."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    run = sweep.result_path("s", 0.01, 1, opts).parent
+    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kw: (
+        finished_run(run, step=6, tokens=1536, tokens_per_s=100.0, bpb=3.75, nats=6.2, val_tokens=100),
+        (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().replace(
+            '"tokens_per_s": 100.0}', '"tokens_per_s": 100.0, "skipped_steps": 3}', 1)),
+        sweep.subprocess.CompletedProcess(argv, 0))[-1])
+    result = sweep.run_one("s", [], 0.01, 1, opts)
+    assert result["skipped_steps"] == 3
+    row = sweep.table([{**result, "minutes": 0.01}], "t")[4]
+    assert row.startswith("| s | 0.01 | 1 | 6 (3 non-finite, skipped) | ")
+    clean = {**result, "skipped_steps": 0}
+    assert "| 6 |" in sweep.table([clean], "t")[4]
+    del clean["skipped_steps"]  # (a result from before it was recorded)
+    assert "| 6 |" in sweep.table([clean], "t")[4]
+
+
 def test_every_shape_and_variation_starts_from_what_it_varies():
     """Catches a shape losing the 2026-11 baseline it starts from (its --lr 2e-3, batch, ...), or a
     variation losing the best shape's overrides."""
