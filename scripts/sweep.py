@@ -40,6 +40,14 @@ How this departs from the obvious version:
   validation) is read back, not run again, so an interrupted sweep continues where it stopped; any
   other folder of a candidate (a run cut short) is deleted and run again, but one a train.py still
   holds (another sweep's on this --out_dir, or the train.py of a sweep killed with kill -9) is refused.
+  A result is read back only for the same train.py options on the same text: it records the sha256
+  of the token shards of --data and --val_data (the validation windows as train.py's EvalSet.key), so
+  a file edited since, or a relative path that names another file, is refused, not ranked beside
+  runs on other text (a file touched or moved, its text the same, is not).
+- A candidate that diverges (train.py stops it after --max_bad_steps non-finite steps in a row, exit
+  status 1) is a result too, "diverged" in the tables: it ranks last, is never varied, confirmed or
+  picked, and a rerun reads it back; any other failure of train.py (a bad setting, out of memory, a
+  crash) stops the sweep, the runs finished kept.
 - Candidates are named lists of train.py overrides, applied on top of `--preset tiny`; the first
   shape spells out the 2026-11 tiny preset in full, so it stays the baseline whatever the preset
   becomes, and every other shape starts from it.
@@ -128,18 +136,34 @@ def variations(best: str, overrides: list[str]) -> dict[str, list[str]]:
     return {f"{best}+{name}": overrides + over for name, over in VARIATIONS.items()}
 
 
-def ranking(r: dict) -> tuple[bool, float]:
+def ranking(r: dict) -> tuple[bool, bool, float]:
     """The key of every ranking of runs, best first: the lowest bits/byte, a NaN (an evaluation that
-    overflowed) last. On the bare scores min() kept a NaN that came first, and sorted() left a list
-    with a NaN unsorted."""
-    return math.isnan(r["bits_per_byte"]), r["bits_per_byte"]
+    overflowed) last, and after it a run that diverged (no score). On the bare scores min() kept a NaN
+    that came first, and sorted() left a list with a NaN unsorted."""
+    return diverged(r), math.isnan(r["bits_per_byte"]), r["bits_per_byte"]
+
+
+def diverged(r: dict) -> bool:
+    """Whether a run's result is of a train.py stopped by --max_bad_steps non-finite steps in a row."""
+    return r.get("status") == "diverged"
+
+
+def best_of(runs: list[dict], what: str) -> dict:
+    """The best of `runs`, which must not have diverged: one that did is never varied, confirmed or
+    picked (a sweep whose every `what` diverged stops, in one line)."""
+    best = min(runs, key=ranking)
+    if diverged(best):
+        sys.exit(f"sweep.py: error: every {what} diverged (train.py stopped each after --max_bad_steps "
+                 f"non-finite steps in a row): nothing to go on from; check the data, or pass train.py "
+                 f"options that keep them finite (a lower --lr, more --warmup_steps); {KEPT}")
+    return best
 
 
 def combinations(best: str, overrides: list[str], screened: list[dict]) -> dict[str, list[str]]:
     """Stage 3: the variations that beat the best shape, one per option they set (the best lr, the
     best batch, ...), combined: every pair of them, and all of them together."""
     score = {r["name"]: ranking(r) for r in screened}
-    unscreened = (True, math.inf)  # (ranks with the NaNs: beats nothing)
+    unscreened = (True, True, math.inf)  # (ranks with the diverged runs: beats nothing)
     winners, options = [], set()
     for name in sorted(VARIATIONS, key=lambda v: score.get(f"{best}+{v}", unscreened)):
         option = VARIATIONS[name][0]
@@ -217,22 +241,33 @@ def check_candidates(p, stage1: dict[str, list[str]], opts) -> tuple[torch.devic
     return device, list(needs.values())
 
 
-def prepare_data(needs: list, results: Path, made: Path | None) -> None:
+def prepare_data(needs: list, results: Path, made: Path | None) -> dict:
     """The tokenizer and token shards of every run, as train.py prepares them, before the first run: a
     --cache_dir that takes no new file (read-only, or not ours) failed the first run of a vocabulary
     not cached yet, stage 2's vocab2048 after the whole of stage 1. A read-only cache that holds them
     all is used (data.prepare's cache hits), so it is not refused for being read-only. A refusal
-    removes the results folder the sweep made and left empty (missing_folder's `made`)."""
+    removes the results folder the sweep made and left empty (missing_folder's `made`).
+    Returns what identifies the text of the runs of each (vocabulary, window length), which each result
+    records (text_of): the training shard's sha256, and the validation windows' key as train.py's
+    EvalSet.key (the shard's sha256 and the windows' count). A shard is the text's tokens, under a
+    tokenizer trained on --data (deterministic): other text, other sha256; the same text, touched,
+    copied or moved, the same."""
     print(f"preparing the data of the runs: {len(needs)} vocabulary size(s), in --cache_dir", flush=True)
+    texts = {}
     try:
         for train_args, model_args in needs:
-            data.prepare(train_args, model_args)
+            _, train, val = data.prepare(train_args, model_args)
+            T = model_args.max_seq_len
+            windows = data.n_val_windows(val.tokens, T, train_args.eval_windows)
+            texts[model_args.vocab_size, T] = {"--data": train.meta["sha256"][:16],
+                                               "--val_data": f"{val.meta['sha256'][:16]}:{windows}"}
     except BaseException as e:
         storage.remove_made(results, made)
         if isinstance(e, KeyboardInterrupt):
             print("\nsweep.py: interrupted while preparing the data; no run started", file=sys.stderr)
             sys.exit(130)
         raise
+    return texts
 
 
 def machine(device: torch.device) -> str:
@@ -249,13 +284,17 @@ def repeated(opts) -> list[str]:
 
 
 def pick_best(runs: list[dict]) -> dict:
-    """The candidate with the lowest mean bits/byte over its seeds: name, overrides, mean."""
+    """The candidate with the lowest mean bits/byte over its seeds: name, overrides, mean (not one that
+    diverged with any seed)."""
     by_name: dict[str, list[dict]] = {}
     for r in runs:
         by_name.setdefault(r["name"], []).append(r)
-    means = [{"name": n, "bits_per_byte": sum(r["bits_per_byte"] for r in rs) / len(rs)}
-             for n, rs in by_name.items()]
+    means = [{"name": n, "bits_per_byte": sum(r["bits_per_byte"] for r in rs) / len(rs),
+              "status": "diverged" if any(map(diverged, rs)) else None} for n, rs in by_name.items()]
     best = min(means, key=ranking)
+    if diverged(best):  # (a candidate that diverged with either seed is never picked)
+        sys.exit(f"sweep.py: error: every candidate of the pick diverged with seed 1 or 2 "
+                 f"({', '.join(by_name)}): nothing to pick; {KEPT}")
     return {"name": best["name"], "overrides": by_name[best["name"]][0]["overrides"],
             "mean": best["bits_per_byte"]}
 
@@ -347,12 +386,24 @@ def clear_cut_short(run_dir: Path, name: str) -> None:
                  f"({e.strerror or e}); delete it yourself, then rerun sweep.py")
 
 
-def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
-    """One budgeted train.py run (or its earlier result, made with the same train.py options),
-    scored on all of --val_data."""
-    result_file = result_path(name, minutes, seed, opts)
-    run_dir, run = result_file.parent, result_file.parent.name
-    setting = train_setting(overrides, minutes, seed, opts)
+def settings_of(setting: list[str]) -> tuple:
+    """(ModelArgs, TrainArgs) of a run's train.py options (checked before the first run)."""
+    return config.parse_args([config.ModelArgs, config.TrainArgs], setting, prog="sweep.py")[1]
+
+
+def text_of(setting: list[str], opts) -> dict | None:
+    """What identifies the text a run of `setting` trains and is scored on (prepare_data's, for its
+    vocabulary and window length); None where the sweep did no data work (a test's)."""
+    if not getattr(opts, "texts", None):
+        return None
+    m = settings_of(setting)[0]
+    return opts.texts.get((m.vocab_size, m.max_seq_len))
+
+
+def read_back(result_file: Path, name: str, setting: list[str], text: dict | None, opts) -> dict | None:
+    """A finished run's result (None where there is none), where it is one of the same train.py options
+    on the same text; else one line (results from before either was recorded are kept)."""
+    run_dir = result_file.parent
     try:
         found = result_file.exists()
         result = json.loads(result_file.read_text()) if found else None
@@ -364,14 +415,31 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
     except OSError as e:  # (a run's folder or result we may not read: a traceback, or advice to delete it)
         sys.exit(f"sweep.py: error: cannot read {result_file} ({e.strerror or e}); make it and its folder "
                  f"readable, or delete {run_dir} to run {name} again")
-    if found:
-        if not isinstance(result, dict):
-            sys.exit(f"sweep.py: error: {result_file} is not a result sweep.py wrote ({str(result)[:80]}); "
-                     f"delete {run_dir} to run {name} again")
-        if not same_setting(result.get("train_argv", setting), setting,  # (results from before it was
-                            getattr(opts, "device", None)):  # recorded: kept)
-            sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
-                     f"({shlex.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
+    if not found:
+        return None
+    if not isinstance(result, dict):
+        sys.exit(f"sweep.py: error: {result_file} is not a result sweep.py wrote ({str(result)[:80]}); "
+                 f"delete {run_dir} to run {name} again")
+    if not same_setting(result.get("train_argv", setting), setting, getattr(opts, "device", None)):
+        sys.exit(f"sweep.py: error: {run_dir} holds a run made with other train.py options "
+                 f"({shlex.join(result['train_argv'])}); pick another --out_dir for these, or delete it")
+    # (the options name the files, not their text: one edited since, or a relative path typed elsewhere)
+    if (was := result.get("text")) and text and was != text:
+        flag = next(f for f in text if was.get(f) != text[f])
+        sys.exit(f"sweep.py: error: {run_dir} holds a run scored on other text than {flag} "
+                 f"{opts.data if flag == '--data' else opts.val_data} holds now (the file changed since, or "
+                 "the path names another); pick another --out_dir for these runs, or delete it")
+    return result
+
+
+def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) -> dict:
+    """One budgeted train.py run (or its earlier result, made with the same train.py options on the
+    same text), scored on all of --val_data; a run that diverged is a result too, never run again."""
+    result_file = result_path(name, minutes, seed, opts)
+    run_dir, run = result_file.parent, result_file.parent.name
+    setting = train_setting(overrides, minutes, seed, opts)
+    text = text_of(setting, opts)
+    if (result := read_back(result_file, name, setting, text, opts)) is not None:
         return result
     if run_dir.exists():  # an interrupted run: start it again
         clear_cut_short(run_dir, name)
@@ -388,29 +456,62 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
         sys.exit(130)
     finally:
         restore_sigterm()
-    if done.returncode:
-        sys.exit(f"sweep.py: error: train.py failed for {run} (exit {done.returncode}, its error is above); "
-                 f"{KEPT}")
+    result = {"name": name, "run": run, "minutes": minutes, "seed": seed, "overrides": overrides,
+              "train_argv": setting, **({"text": text} if text else {}),
+              **scores(run_dir, run, done.returncode, settings_of(setting)[1].max_bad_steps),
+              "load_avg_before": round(load, 2), "wall_seconds": round(time.time() - t, 1),
+              **size_of(overrides + opts.extra)}
+    storage.save_json(result_file, result)
+    if diverged(result):
+        print(f"sweep.py: {run} diverged ({result['reason']}): it ranks last, and the sweep goes on",
+              file=sys.stderr)
+    return result
+
+
+def scores(run_dir: Path, run: str, status: int, max_bad_steps: int) -> dict:
+    """What a train.py run's log gives its result: the score of its last evaluation, or for a run that
+    train.py stopped after --max_bad_steps non-finite steps in a row (status 1; see divergence) the
+    status "diverged", the reason, and no score (NaN); any other failure stops the sweep, in one line."""
+    failed = f"sweep.py: error: train.py failed for {run} (exit {status}, its error is above); {KEPT}"
+    if status not in (0, 1):
+        sys.exit(failed)
     try:  # (none yet where train.py stopped before its first record; a record without a field named)
         train, val = runlog.read_metrics(run_dir, need=NEED, fix=f"{KEPT} (this one starts again)")
     except (OSError, ValueError) as e:
-        sys.exit(f"sweep.py: error: {e}")
+        sys.exit(failed if status else f"sweep.py: error: {e}")
+    # (the steps train.py skipped as non-finite: a candidate whose loss went NaN, scored on the weights
+    # from before, finished a clean-looking run when its budget came before --max_bad_steps)
+    skipped = train[-1].get("skipped_steps", 0) if train else 0
+    if status:
+        if (reason := divergence(train, val, max_bad_steps)) is None:
+            sys.exit(failed)
+        return {"status": "diverged", "reason": reason, "steps": train[-1]["step"],
+                "tokens": train[-1]["tokens"], "bits_per_byte": math.nan, "nats_per_token": math.nan,
+                "val_tokens": None, "tokens_per_s": tokens_per_s(train), "skipped_steps": skipped}
     if not val:  # a signal to train.py alone: it stops cleanly (status 0) before its final evaluation
         sys.exit(f"sweep.py: error: train.py stopped before its final evaluation for {run} (a signal?); "
                  f"{KEPT}")
     val = val[-1]
-    result = {"name": name, "run": run, "minutes": minutes, "seed": seed, "overrides": overrides,
-              "train_argv": setting,
-              "steps": val["step"], "tokens": val["tokens"], "bits_per_byte": val["bits_per_byte"],
-              "nats_per_token": val["nats_per_token"], "val_tokens": val["val_tokens"],
-              "tokens_per_s": tokens_per_s(train),
-              # (the steps train.py skipped as non-finite: a candidate whose loss went NaN, scored on the
-              # weights from before, finished a clean-looking run when its budget came before --max_bad_steps)
-              "skipped_steps": train[-1].get("skipped_steps", 0) if train else 0,
-              "load_avg_before": round(load, 2), "wall_seconds": round(time.time() - t, 1),
-              **size_of(overrides + opts.extra)}
-    storage.save_json(result_file, result)
-    return result
+    return {"steps": val["step"], "tokens": val["tokens"], "bits_per_byte": val["bits_per_byte"],
+            "nats_per_token": val["nats_per_token"], "val_tokens": val["val_tokens"],
+            "tokens_per_s": tokens_per_s(train), "skipped_steps": skipped}
+
+
+def divergence(train: list[dict], val: list[dict], max_bad_steps: int) -> str | None:
+    """Why train.py (exit status 1) stopped a run, where its log shows it was for --max_bad_steps
+    non-finite steps in a row: it stops at the log step after the streak, the train record with them
+    written; so its last record is a train record whose window skipped steps, --max_bad_steps or more
+    in all. None for any other failure (a bad setting or data, out of memory, a crash): no such
+    record. (train.py's records hold the run's skipped steps, not the streak: a crash in the window
+    right after such a record would be read as a divergence too.)"""
+    if val or not train:
+        return None
+    skipped = train[-1].get("skipped_steps", 0)
+    before = train[-2].get("skipped_steps", 0) if len(train) > 1 else 0
+    if skipped < max_bad_steps or skipped == before:
+        return None
+    return (f"train.py stopped it: {skipped:,} non-finite steps skipped by step {train[-1]['step']:,}, "
+            f"--max_bad_steps {max_bad_steps} of them in a row")
 
 
 def tokens_per_s(train: list[dict]) -> float | None:
@@ -431,9 +532,10 @@ def table(rows: list[dict], title: str) -> list[str]:
     for r in sorted(rows, key=ranking):
         speed = "n/a" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f}"
         skipped = f" ({r['skipped_steps']:,} non-finite, skipped)" if r.get("skipped_steps") else ""
+        score = "diverged" if diverged(r) else f"{r['bits_per_byte']:.4f}"
         lines.append(f"| {r['name']} | {r['minutes']:g} | {r['seed']} | {r['steps']:,}{skipped} | "
                      f"{speed} | {r['params'] / 1e6:.2f}M "
-                     f"({r['active_params'] / 1e6:.2f}M) | {r['bits_per_byte']:.4f} | "
+                     f"({r['active_params'] / 1e6:.2f}M) | {score} | "
                      f"{r['load_avg_before']:.2f} |")
     return lines + [""]
 
@@ -566,22 +668,23 @@ def main(argv=None):
         p.error(problem)  # (a user's sweep.md was replaced after every run)
     made = storage.missing_folder(results)
     out = storage.writable_folder(results, fix)  # before the runs, not after (sweep.json comes hours in)
-    prepare_data(needs, results, made)  # (after the folder check: the data may take minutes)
+    opts.texts = prepare_data(needs, results, made)  # (after the folder check: the data may take minutes)
     screen = [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage1.items()]
+    best = best_of(screen, "shape screened")
     if not opts.no_variations:
-        best = min(screen, key=ranking)
         stage2 = variations(best["name"], best["overrides"])
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage2.items()]
         stage3 = combinations(best["name"], best["overrides"], screen)
         screen += [run_one(name, over, opts.screen_minutes, 1, opts) for name, over in stage3.items()]
     # The best --confirm screened, and any other screened candidate an earlier sweep confirmed (none
     # at --confirm_minutes equal to --screen_minutes: every screened run's result is where its would be).
-    ranked = sorted(screen, key=ranking)
+    # A candidate that diverged is never confirmed.
+    ranked = [r for r in sorted(screen, key=ranking) if not diverged(r)]
     earlier = opts.confirm_minutes != opts.screen_minutes
     confirm = [run_one(r["name"], r["overrides"], opts.confirm_minutes, 1, opts) for i, r in enumerate(ranked)
                if i < opts.confirm or (earlier and result_path(r["name"], opts.confirm_minutes, 1,
                                                                opts).exists())]
-    best = min(confirm, key=ranking)
+    best = best_of(confirm, "candidate confirmed")
     confirm.append(run_one(best["name"], best["overrides"], opts.confirm_minutes, 2, opts))
     if not opts.no_compile:
         confirm.append(run_one(best["name"] + "+compile", best["overrides"] + ["--compile", "true"],

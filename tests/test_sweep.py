@@ -1049,3 +1049,134 @@ def test_files_of_another_kind_under_its_results_names_are_refused_before_the_ru
     (out / "sweep.json").write_bytes((sweep.ROOT / "img" / "sweep.json").read_bytes())
     with pytest.raises(BaseException, match="ran first"):  # an earlier sweep's files: on to the runs
         sweep.main(argv)
+
+
+def test_a_result_on_other_text_than_the_files_hold_now_is_refused(corpus, tmp_path, monkeypatch):
+    """Bug caught: results were matched by the train.py options alone, the --data and --val_data paths
+    as typed: a --val_data edited in place (or a relative path typed in another folder, naming another
+    file) had the earlier runs read back and ranked beside the new ones, scored on other text. Now each
+    result records what identifies its text (the token shards' sha256, train.py's EvalSet.key for the
+    validation windows): a file touched but not changed is still read back; one changed is refused."""
+    import shutil
+    monkeypatch.setattr(sweep, "prepare_data", PREPARE_DATA)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for name in ("train.txt", "valid.txt"):
+        shutil.copy(corpus / name, texts / name)
+
+    def trained(argv, **kwargs):
+        run_dir = sweep.Path(argv[argv.index("--out_dir") + 1]) / argv[argv.index("--run") + 1]
+        finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    argv = [*one_toy_run(corpus, tmp_path), "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"]
+    argv[argv.index("--data") + 1] = str(texts / "train.txt")
+    argv[argv.index("--val_data") + 1] = str(texts / "valid.txt")
+    report = sweep.main(argv)
+    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kw: pytest.fail("trained again"))
+    os.utime(texts / "valid.txt")  # the same text, another modification time: read back
+    assert sweep.main(argv)["screen"] == report["screen"]
+    with open(texts / "valid.txt", "a") as f:  # edited in place: other text under the same path
+        f.write("One more story, about a cat.\n\n")
+    with pytest.raises(SystemExit) as e:
+        sweep.main(argv)
+    said = str(e.value.code)
+    assert said.startswith(f"sweep.py: error: {tmp_path / 'runs' / 'tiny-2026-11-0.01m-s1'} holds a run "
+                           f"scored on other text than --val_data {texts / 'valid.txt'} holds now"), said
+    assert said.endswith("; pick another --out_dir for these runs, or delete it") and "\n" not in said
+    val = report["screen"][0]["text"]["--val_data"]  # (train.py's EvalSet.key: the windows' shard, count)
+    assert set(report["screen"][0]["text"]) == {"--data", "--val_data"} and val.split(":")[1].isdigit()
+    monkeypatch.setattr(sweep.subprocess, "run", trained)  # relative paths, typed in another folder:
+    argv[argv.index("--data") + 1], argv[argv.index("--val_data") + 1] = "train.txt", "valid.txt"
+    argv[argv.index("--out_dir") + 1] = str(tmp_path / "runs2")
+    monkeypatch.chdir(texts)
+    sweep.main(argv)
+    other = tmp_path / "other"
+    shutil.copytree(corpus, other)  # (its valid.txt is the one before the edit)
+    monkeypatch.chdir(other)
+    with pytest.raises(SystemExit) as e:
+        sweep.main(argv)
+    assert "holds a run scored on other text than --val_data valid.txt holds now" in str(e.value.code)
+
+
+def diverging_train_py(tmp_path, monkeypatch, diverges, status=1):
+    """A train.py that finishes at once, or for a candidate in `diverges` stops as train.py does after
+    --max_bad_steps (5) non-finite steps in a row: a train record with them, exit status `status`."""
+    def run(argv, **kwargs):
+        run = argv[argv.index("--run") + 1]
+        run_dir = tmp_path / "runs" / run
+        if not any(run.startswith(f"{name}-") for name in diverges):
+            finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0 - len(run) / 1000,
+                         nats=5.0, val_tokens=100)  # (a longer name scores better)
+            return sweep.subprocess.CompletedProcess(argv, 0)
+        run_dir.mkdir(parents=True)
+        records = [{"kind": "train", "step": 10, "tokens": 2560, "tokens_per_s": 100.0, "skipped_steps": 0},
+                   {"kind": "train", "step": 20, "tokens": 5120, "tokens_per_s": 100.0, "skipped_steps": 6}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return sweep.subprocess.CompletedProcess(argv, status)
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+
+
+def test_a_candidate_that_diverges_ranks_last_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    """Bug caught: a candidate whose loss went non-finite for --max_bad_steps steps in a row (train.py
+    stops it, exit status 1) stopped the whole sweep, and every rerun failed at that same candidate:
+    the sweep could not get past it but by leaving its stage out. Now its result records it as
+    diverged: it ranks last, the tables say so, it is never confirmed, varied or picked, and a rerun
+    reads it back; a train.py that fails otherwise (a crash, no such skipped steps) still stops the
+    sweep."""
+    monkeypatch.setattr(sweep, "VARIATIONS", {"lr3e-3": ["--lr", "3e-3"], "batch8": ["--batch_size", "8"]})
+    monkeypatch.setattr(sweep, "FOLLOWUPS", {"wd0.5": ["--weight_decay", "0.5"]})
+    diverging_train_py(tmp_path, monkeypatch, ["tiny-2026-11", "d192-e8+lr3e-3"])
+    argv = ["--only", "tiny-2026-11,d192-e8", "--no_compile", "--confirm", "3", "--screen_minutes", "1",
+            "--confirm_minutes", "2", "--out_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "img")]
+    report = sweep.main(argv)
+    diverged = {r["name"]: r for r in report["screen"] if r.get("status") == "diverged"}
+    assert list(diverged) == ["tiny-2026-11", "d192-e8+lr3e-3"]
+    assert "6 non-finite steps skipped by step 20" in diverged["tiny-2026-11"]["reason"]
+    assert [r["name"] for r in sorted(report["screen"], key=sweep.ranking)][-2:] == list(diverged)
+    assert report["best"] == "d192-e8+batch8" and not set(diverged) & {r["name"] for r in report["confirm"]}
+    assert "d192-e8+batch8+lr3e-3" not in [r["name"] for r in report["screen"]]  # (it did not help)
+    md = (tmp_path / "img" / "sweep.md").read_text()
+    assert "| tiny-2026-11 | 1 | 1 | 20 (6 non-finite, skipped) | 100 | " in md and "| diverged |" in md
+    monkeypatch.setattr(sweep.subprocess, "run", lambda argv, **kw: pytest.fail("trained again"))
+    again = sweep.main(argv)  # read back, not run again (json: NaN == NaN)
+    assert json.dumps(again["screen"], sort_keys=True) == json.dumps(report["screen"], sort_keys=True)
+    assert again["pick"] == report["pick"]
+
+    def run(name, bpb, status=None):
+        return {"name": name, "overrides": [f"--{name}"], "bits_per_byte": bpb, "status": status}
+    assert sweep.pick_best([run("a", 0.9), run("a", 2.0, "diverged"), run("b", 1.0), run("b", 1.1)])[
+        "name"] == "b"  # (a diverged seed: never picked)
+    with pytest.raises(SystemExit, match="every candidate of the pick diverged"):
+        sweep.pick_best([run("a", 0.9), run("a", 2.0, "diverged")])
+
+    for diverges, status, said in [(["tiny-2026-11", "d192-e8"], 1, "every shape screened diverged"),
+                                   (["d192-e8"], 2, "train.py failed for d192-e8-1m-s1 (exit 2")]:
+        shutil_rmtree(tmp_path / "runs")
+        diverging_train_py(tmp_path, monkeypatch, diverges, status)
+        with pytest.raises(SystemExit) as e:
+            sweep.main(argv)
+        assert said in str(e.value.code), e.value.code
+
+
+def test_a_failure_that_is_not_a_divergence_still_stops_the_sweep(tmp_path, monkeypatch):
+    """A train.py that fails with status 1 for another reason (a crash, out of memory) after steps that
+    were all finite, or before its first record, is not a divergence: the sweep stops there."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    run_dir = sweep.result_path("s", 0.01, 1, opts).parent
+
+    def crashed(argv, **kwargs):
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps(
+            {"kind": "train", "step": 10, "tokens": 2560, "tokens_per_s": 100.0, "skipped_steps": 0}) + "\n")
+        return sweep.subprocess.CompletedProcess(argv, 1)
+    monkeypatch.setattr(sweep.subprocess, "run", crashed)
+    with pytest.raises(SystemExit) as e:
+        sweep.run_one("s", [], 0.01, 1, opts)
+    assert str(e.value.code).startswith("sweep.py: error: train.py failed for s-0.01m-s1 (exit 1")
+    assert not (run_dir / "sweep-result.json").exists()
+
+
+def shutil_rmtree(path):
+    import shutil
+    shutil.rmtree(path)
