@@ -578,8 +578,9 @@ def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
     """The --data and --val_data the checkpoint saved (absolute, or an older checkpoint's as typed:
     relative to the folder its run was started in, which it does not record), and the --hf_dataset
     where it saved a local folder (an absolute path; a relative one is a hub name, or an older
-    checkpoint's folder), that this session reads without their being typed again: (name, path) pairs."""
-    saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
+    checkpoint's folder), that this session reads without their being typed again: (name, path) pairs,
+    as the run goes on with them (run_settings: an older checkpoint's ~ is the home folder)."""
+    saved, t = run_settings((plan.ckpt or {}).get("train_args") or {}), plan.train_args
     names = ["val_data"] + ([] if t.eval_only and t.val_data else ["data"])  # (--eval_only: --val_data alone)
     hub = not t.data and not (t.eval_only and t.val_data)  # (the hub is read: for a split no file gives)
     names += ["hf_dataset"] if hub and os.path.isabs(saved.get("hf_dataset", "")) else []
@@ -891,8 +892,8 @@ def device_change(plan: RunPlan, device: torch.device, dtype: torch.dtype, given
     not bit for bit the run it continues. It names the option that goes back, where this machine can.
     `device`, `dtype`: this session's, resolved. None where both are the run's (another GPU is no
     change), where the checkpoint cannot tell (trained_on), where nothing trains (as resume_changes:
-    --eval_only, a finished run, one at its limit), and for the dtype where --dtype is typed
-    (resume_changes names it)."""
+    --eval_only, a finished run, one at its limit), and for the dtype where a --dtype other than the
+    run's is typed (resume_changes names it; the run's own, auto, may resolve to another)."""
     saved = (plan.ckpt or {}).get("train_args")
     if not isinstance(saved, dict) or plan.train_args.eval_only or limit_reached(plan.ckpt, plan.train_args):
         return None
@@ -901,7 +902,8 @@ def device_change(plan: RunPlan, device: torch.device, dtype: torch.dtype, given
     was_device, was_dtype = was
     now_dtype = str(dtype).removeprefix("torch.")
     kind = torch.device(was_device).type
-    other_dtype = was_dtype not in (None, now_dtype) and "dtype" not in given
+    named = "dtype" in given and saved.get("dtype") not in (None, plan.train_args.dtype)  # (resume_changes')
+    other_dtype = was_dtype not in (None, now_dtype) and not named
     if kind == device.type and not other_dtype:
         return None
     line = (f"resume: on {device} in {now_dtype} (the run trained on {was_device}"
@@ -943,7 +945,9 @@ def _shown(value) -> str:
 
 def held_out_of_saved_data(saved: dict, t: TrainArgs) -> bool:
     """Whether the validation text is a held-out slice of the checkpoint's own --data, as its was
-    (saved: the checkpoint's training settings; an older checkpoint's --data is as typed)."""
+    (saved: the checkpoint's training settings, read as its run goes on with them, run_settings; an
+    older checkpoint's relative --data is as typed)."""
+    saved = run_settings(saved)
     return bool(saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
                 and not saved.get("val_data") and not t.val_data)
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import DEBUG, debug_args
+from conftest import DEBUG, debug_args, write_stories
 
 import checkpoint
 import config
@@ -1914,3 +1914,36 @@ def test_a_resume_says_where_its_device_or_precision_is_not_the_one_the_run_trai
     assert change(older, gpu, bf16) is None  # (its --dtype auto: bfloat16 or float32 by its GPU)
     older["train_args"].update(device="auto")
     assert change(older, cpu, f32) is None  # (cuda:0 or the cpu, by the machine of the day)
+
+
+def test_an_older_checkpoints_data_under_a_tilde_is_read_and_held_out_as_the_home_folders(tmp_path,
+                                                                                         monkeypatch):
+    """Bug caught: run_settings reads an older checkpoint's ~/stories.txt (a --data=~/... the shell left)
+    as the home folder's, but check_saved_paths and held_out_of_saved_data read the checkpoint as saved:
+    a resume without --data was refused ("the checkpoint's ~/stories.txt is relative to the folder its
+    run was started in"), and with the run's own --data typed, another --val_fraction was not warned of
+    (its slice trains on documents the run held out)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # (no folder named ~ here)
+    data = write_stories(tmp_path / "home" / "stories.txt")
+    last = older_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", data="~/stories.txt", val_fraction=0.1)
+    p = plan(tmp_path, resume=str(last), max_steps=100)  # (refused: DataError)
+    assert p.train_args.data == str(data)
+    other = plan(tmp_path, resume=str(last), max_steps=100, data=str(data), val_fraction=0.2)
+    assert any("--val_fraction 0.2 is not the checkpoint's" in line
+               for line in runplan.setting_warnings(other, {"resume", "data", "val_fraction"}))
+
+
+def test_a_typed_dtype_that_is_the_runs_own_still_says_where_it_resolves_to_another(tmp_path, monkeypatch):
+    """Bug caught: device_change kept quiet of the dtype wherever --dtype was typed, leaving it to
+    resume_changes, which names it only where it is not the run's: a run trained in bfloat16 (--dtype
+    auto on an sm80 GPU), resumed on an sm75 GPU with its own --dtype auto typed (a command line from the
+    shell's history), went on in float32 with neither line saying so."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    saved = {"step": 2, "train_args": config.to_dict(TrainArgs(max_steps=10)),
+             "trained_on": {"device": "cuda:0", "dtype": "bfloat16"}}
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(max_steps=10, dtype="auto"), saved, tmp_path / "last.pt")
+    assert runplan.resume_changes(p, {"resume", "dtype"}) is None
+    assert runplan.device_change(p, torch.device("cuda", 0), torch.float32, {"resume", "dtype"}) == (
+        "resume: on cuda:0 in float32 (the run trained on cuda:0 in bfloat16): its steps from here are not "
+        "bit for bit the run's; --dtype bfloat16 goes on as it did")
