@@ -496,6 +496,7 @@ def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], exi
     wrote = set(EXPORT_FILES) if tokenizer_path is not None and Path(tokenizer_path).exists() else \
         set(EXPORT_FILES) - {"tokenizer.json", "tokenizer_config.json"}
     dropped = _dropped_tokenizer_files(out, held) if len(wrote) < len(EXPORT_FILES) else set()
+    mixed = False  # (whether a failed rename left new files beside the old export's config.json)
     try:
         try:
             _write_export(model, stage, tokenizer_path, fix)
@@ -519,12 +520,13 @@ def _place_export(model: Llama4, out: Path, tokenizer_path, held: list[str], exi
                 except OSError as e:  # (a rename that fails half way: a full disk, a quota, a read-only
                     # folder; the stage stays marked, as a kill -9's does, so load_hf refuses the mix)
                     said = _mark_failed(stage, out) if changed else kept
+                    mixed = changed and (out / "config.json").exists()
                     raise StorageError(f"{storage.write_error(out / name, e, fix)} ({said})") from None
             storage.sync_folder(out)
         _sweep_stages(out, done=True)  # (the mix a killed export left is gone: its mark goes too)
     finally:
-        if (stage / FAILED).exists():
-            _sweep_stages(out)  # (its other files go: the space)
+        if mixed:  # the stage stays, marked (its other files go: the space); where FAILED could not be
+            _sweep_stages(out)  # put, whole, marked RENAMING: a mix once this process is gone (_mixed)
         else:
             shutil.rmtree(stage, ignore_errors=True)
 

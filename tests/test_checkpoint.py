@@ -1090,6 +1090,29 @@ def test_an_export_whose_rename_fails_half_way_says_so_and_is_refused_as_a_mix(t
     assert not list(hf.glob(".tmp-*")) and checkpoint.load_hf(hf).args.dim == 64
 
 
+def test_an_export_whose_failed_mark_cannot_be_put_keeps_its_stage_as_a_kill_9s(tmp_path, monkeypatch):
+    """Bug caught: where a rename failed half way and the .failed mark could not be put either (the
+    same full disk), the stage was deleted, the mix left unmarked: load_hf read the new weights with
+    the old config.json. The stage now stays, marked .renaming, a mix once its process is gone."""
+    import errno
+    hf = checkpoint.export_hf(small_model(), tmp_path / "hf")
+    larger = checkpoint.Llama4(ModelArgs(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64,
+                                         n_experts=2, max_seq_len=16))
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == hf / "generation_config.json" or Path(dst).name == checkpoint.FAILED:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(checkpoint.StorageError, match=re.escape(f"{hf} holds a mix of two exports")):
+            checkpoint.export_hf(larger, hf, replace=True)
+    monkeypatch.setattr(checkpoint, "_gone", lambda pid: True)  # (this process, as if it had ended)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"{hf} holds a mix of two exports")):
+        checkpoint.load_hf(hf)
+
+
 def test_a_train_py_started_mid_import_is_refused_and_the_imports_hidden_files_stay(tmp_path, monkeypatch):
     """Catches import_hf writing into a run folder without its run.lock: a train.py started on the
     folder while the import staged its files took the folder and swept the import's hidden
