@@ -1064,12 +1064,10 @@ def test_an_export_killed_between_its_renames_is_refused_as_a_mix_until_an_expor
     assert not list(hf.glob(".tmp-*")) and checkpoint.load_hf(hf).args.dim == 64
 
 
-def test_an_export_whose_rename_fails_half_way_says_so_and_is_refused_as_a_mix(tmp_path, monkeypatch):
-    """Bug caught: export --force over an export, with a rename into place failing (a full disk, a
-    quota, a folder turned read-only) after the new weights were in place: the hidden folder and its
-    mark went with the error, leaving the new model.safetensors beside the old config.json unmarked;
-    load_hf read them as one model ("its weights do not fit its settings"). Now the error says the
-    folder holds a mix, load_hf refuses it as one, and an export that completes clears it."""
+def export_failing_half_way(tmp_path, monkeypatch, failed_mark_too: bool = False):
+    """A small model's export in tmp_path/hf, and a larger model's export --force over it whose rename
+    of generation_config.json fails (the disk full; the weights are in place before it), and that of
+    the .failed mark too where asked; checks the error names the mix. Returns (hf, the larger model)."""
     import errno
     hf = checkpoint.export_hf(small_model(), tmp_path / "hf")
     larger = checkpoint.Llama4(ModelArgs(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64,
@@ -1077,13 +1075,24 @@ def test_an_export_whose_rename_fails_half_way_says_so_and_is_refused_as_a_mix(t
     real = os.replace
 
     def replace(src, dst):
-        if Path(dst) == hf / "generation_config.json":  # (the weights are in place before it)
+        mark = failed_mark_too and Path(dst).name == checkpoint.FAILED
+        if Path(dst) == hf / "generation_config.json" or mark:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(src, dst)
     with monkeypatch.context() as m:
         m.setattr(os, "replace", replace)
         with pytest.raises(checkpoint.StorageError, match=re.escape(f"{hf} holds a mix of two exports")):
             checkpoint.export_hf(larger, hf, replace=True)
+    return hf, larger
+
+
+def test_an_export_whose_rename_fails_half_way_says_so_and_is_refused_as_a_mix(tmp_path, monkeypatch):
+    """Bug caught: export --force over an export, with a rename into place failing (a full disk, a
+    quota, a folder turned read-only) after the new weights were in place: the hidden folder and its
+    mark went with the error, leaving the new model.safetensors beside the old config.json unmarked;
+    load_hf read them as one model ("its weights do not fit its settings"). Now the error says the
+    folder holds a mix, load_hf refuses it as one, and an export that completes clears it."""
+    hf, larger = export_failing_half_way(tmp_path, monkeypatch)
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"{hf} holds a mix of two exports")):
         checkpoint.load_hf(hf)
     checkpoint.export_hf(larger, hf, replace=True)  # one that completes: the mark goes
@@ -1094,20 +1103,7 @@ def test_an_export_whose_failed_mark_cannot_be_put_keeps_its_stage_as_a_kill_9s(
     """Bug caught: where a rename failed half way and the .failed mark could not be put either (the
     same full disk), the stage was deleted, the mix left unmarked: load_hf read the new weights with
     the old config.json. The stage now stays, marked .renaming, a mix once its process is gone."""
-    import errno
-    hf = checkpoint.export_hf(small_model(), tmp_path / "hf")
-    larger = checkpoint.Llama4(ModelArgs(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64,
-                                         n_experts=2, max_seq_len=16))
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(dst) == hf / "generation_config.json" or Path(dst).name == checkpoint.FAILED:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(src, dst)
-    with monkeypatch.context() as m:
-        m.setattr(os, "replace", replace)
-        with pytest.raises(checkpoint.StorageError, match=re.escape(f"{hf} holds a mix of two exports")):
-            checkpoint.export_hf(larger, hf, replace=True)
+    hf, _ = export_failing_half_way(tmp_path, monkeypatch, failed_mark_too=True)
     monkeypatch.setattr(checkpoint, "_gone", lambda pid: True)  # (this process, as if it had ended)
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"{hf} holds a mix of two exports")):
         checkpoint.load_hf(hf)
