@@ -15,13 +15,15 @@ What it holds, one section each, in this order:
 
 Records: {"kind": "train", "step", "loss", "lm_loss", "aux_loss", "z_loss", "lr", "grad_norm",
 "tokens_per_s", "mfu", "tokens", "minutes", "skipped_steps", "expert_share", "router_entropy",
-"window_steps"} and {"kind": "val", "step", "minutes", "tokens", "nats_per_token", "perplexity",
-"bits_per_byte", "val_tokens", "val_bytes", "val_seconds"}; `tokens` is tokens trained on. A train
+"window_steps", "bad_streak"} and {"kind": "val", "step", "minutes", "tokens", "nats_per_token",
+"perplexity", "bits_per_byte", "val_tokens", "val_bytes", "val_seconds"}; `tokens` is tokens trained
+on. A train
 record holds the means over the `window_steps` steps before it: --log_every of them, fewer in the
 last record of a run stopped early (by --max_steps, the budget or a signal). Skipped (non-finite)
 steps are left out of the means; `lr` is the last step's, and `grad_norm` (before clipping) the last
 applied step's: NaN where every step of the window was skipped; `skipped_steps` is the run's total
-so far, not the window's.
+so far, not the window's; `bad_streak` the most in a row in the window (a streak from the window
+before counted whole): --max_bad_steps of them stop the run right after the record.
 
 How this departs from the obvious version: the log survives what a run goes through. A torn last
 line (a crash or a full disk during the append) is dropped with a warning when the file is read; a

@@ -768,8 +768,8 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, bar) -> None
     if skipped:
         job.log(f"step {state.step}: {skipped} non-finite loss or gradient step(s) in the last "
                 f"{window.steps}, updates skipped (up to {worst} in a row)")
-    write_train_record(job, state, window, lr, bar)
-    if worst >= job.train_args.max_bad_steps:
+    write_train_record(job, state, window, lr, bar, worst)
+    if worst >= job.train_args.max_bad_steps:  # (the record's bad_streak: what scripts/sweep.py reads)
         saved = ("last.pt holds the last good state" if (job.run_dir / "last.pt").exists()
                  else left_to_resume(job.run_dir))  # best.pt alone, or nothing yet
         # (every rank meets it alike, from the same summed streaks)
@@ -778,8 +778,9 @@ def log_step(job: Job, state: LoopState, window: Window, lr: float, bar) -> None
             f"--warmup_steps or check the data; {saved}")
 
 
-def write_train_record(job: Job, state: LoopState, window: Window, lr: float, bar) -> None:
-    """The window's train record, to metrics.jsonl and W&B (rank 0), and the progress bar's figures."""
+def write_train_record(job: Job, state: LoopState, window: Window, lr: float, bar, worst: int) -> None:
+    """The window's train record, to metrics.jsonl and W&B (rank 0), and the progress bar's figures;
+    `worst`: the most non-finite steps in a row in the window (log_step stops the run at --max_bad_steps)."""
     rec = window.record(job)
     busy = rec.pop("busy_seconds")
     tok_s = window.tokens(job) / max(busy, 1e-9)
@@ -788,7 +789,8 @@ def write_train_record(job: Job, state: LoopState, window: Window, lr: float, ba
     # the gradient norm of the window's last applied step (the same on every rank; NaN: none applied)
     rec.update(kind="train", step=state.step, lr=lr, grad_norm=float(window.grad_norm), tokens_per_s=tok_s,
                mfu=mfu, tokens=state.tokens,
-               minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps)
+               minutes=state.elapsed / 60, skipped_steps=state.skipped_steps, window_steps=window.steps,
+               bad_streak=worst)
     # rank 0 writes; the others learn whether it could (a full disk), rather than failing at their
     # next collective with a traceback of their own
     with runtime.all_ranks_or_none(job.world, job.device, "writing metrics.jsonl"):

@@ -45,9 +45,9 @@ How this departs from the obvious version:
   a file edited since, or a relative path that names another file, is refused, not ranked beside
   runs on other text (a file touched or moved, its text the same, is not).
 - A candidate that diverges (train.py stops it after --max_bad_steps non-finite steps in a row, exit
-  status 1) is a result too, "diverged" in the tables: it ranks last, is never varied, confirmed or
-  picked, and a rerun reads it back; any other failure of train.py (a bad setting, out of memory, a
-  crash) stops the sweep, the runs finished kept.
+  status 1, its last record's bad_streak that many) is a result too, "diverged" in the tables: it
+  ranks last, is never varied, confirmed or picked, and a rerun reads it back; any other failure of
+  train.py (a bad setting, out of memory, a crash) stops the sweep, the runs finished kept.
 - Candidates are named lists of train.py overrides, applied on top of `--preset tiny`; the first
   shape spells out the 2026-11 tiny preset in full, so it stays the baseline whatever the preset
   becomes, and every other shape starts from it.
@@ -499,19 +499,15 @@ def scores(run_dir: Path, run: str, status: int, max_bad_steps: int) -> dict:
 
 def divergence(train: list[dict], val: list[dict], max_bad_steps: int) -> str | None:
     """Why train.py (exit status 1) stopped a run, where its log shows it was for --max_bad_steps
-    non-finite steps in a row: it stops at the log step after the streak, the train record with them
-    written; so its last record is a train record whose window skipped steps, --max_bad_steps or more
-    in all. None for any other failure (a bad setting or data, out of memory, a crash): no such
-    record. (train.py's records hold the run's skipped steps, not the streak: a crash in the window
-    right after such a record would be read as a divergence too.)"""
-    if val or not train:
+    non-finite steps in a row: it stops right after the train record of the window they came in, whose
+    bad_streak (the most in a row, a streak from the window before counted whole) is then at least
+    --max_bad_steps. None for any other failure (a bad setting or data, out of memory, a crash): no
+    such record last (the run's skipped_steps, its total, could reach it with steps skipped apart)."""
+    if val or not train or train[-1].get("bad_streak", 0) < max_bad_steps:
         return None
-    skipped = train[-1].get("skipped_steps", 0)
-    before = train[-2].get("skipped_steps", 0) if len(train) > 1 else 0
-    if skipped < max_bad_steps or skipped == before:
-        return None
-    return (f"train.py stopped it: {skipped:,} non-finite steps skipped by step {train[-1]['step']:,}, "
-            f"--max_bad_steps {max_bad_steps} of them in a row")
+    last = train[-1]
+    return (f"train.py stopped it: {last['bad_streak']:,} non-finite steps in a row by step {last['step']:,} "
+            f"(--max_bad_steps {max_bad_steps}), {last.get('skipped_steps', 0):,} skipped in all")
 
 
 def tokens_per_s(train: list[dict]) -> float | None:

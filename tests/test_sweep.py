@@ -1111,7 +1111,8 @@ def diverging_train_py(tmp_path, monkeypatch, diverges, status=1):
             return sweep.subprocess.CompletedProcess(argv, 0)
         run_dir.mkdir(parents=True)
         records = [{"kind": "train", "step": 10, "tokens": 2560, "tokens_per_s": 100.0, "skipped_steps": 0},
-                   {"kind": "train", "step": 20, "tokens": 5120, "tokens_per_s": 100.0, "skipped_steps": 6}]
+                   {"kind": "train", "step": 20, "tokens": 5120, "tokens_per_s": 100.0, "skipped_steps": 6,
+                    "bad_streak": 6}]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         return sweep.subprocess.CompletedProcess(argv, status)
     monkeypatch.setattr(sweep.subprocess, "run", run)
@@ -1132,7 +1133,7 @@ def test_a_candidate_that_diverges_ranks_last_and_the_sweep_goes_on(tmp_path, mo
     report = sweep.main(argv)
     diverged = {r["name"]: r for r in report["screen"] if r.get("status") == "diverged"}
     assert list(diverged) == ["tiny-2026-11", "d192-e8+lr3e-3"]
-    assert "6 non-finite steps skipped by step 20" in diverged["tiny-2026-11"]["reason"]
+    assert "6 non-finite steps in a row by step 20" in diverged["tiny-2026-11"]["reason"]
     assert [r["name"] for r in sorted(report["screen"], key=sweep.ranking)][-2:] == list(diverged)
     assert report["best"] == "d192-e8+batch8" and not set(diverged) & {r["name"] for r in report["confirm"]}
     assert "d192-e8+batch8+lr3e-3" not in [r["name"] for r in report["screen"]]  # (it did not help)
@@ -1171,6 +1172,28 @@ def test_a_failure_that_is_not_a_divergence_still_stops_the_sweep(tmp_path, monk
             {"kind": "train", "step": 10, "tokens": 2560, "tokens_per_s": 100.0, "skipped_steps": 0}) + "\n")
         return sweep.subprocess.CompletedProcess(argv, 1)
     monkeypatch.setattr(sweep.subprocess, "run", crashed)
+    with pytest.raises(SystemExit) as e:
+        sweep.run_one("s", [], 0.01, 1, opts)
+    assert str(e.value.code).startswith("sweep.py: error: train.py failed for s-0.01m-s1 (exit 1")
+    assert not (run_dir / "sweep-result.json").exists()
+
+
+def test_a_failure_after_steps_skipped_apart_is_not_a_divergence(tmp_path, monkeypatch):
+    """Bug caught: a run that skipped non-finite steps now and then (2 a window, never 5 in a row), then
+    failed otherwise with status 1 (out of memory in its final evaluation, a crash) before another
+    record, was recorded as diverged: its skipped_steps, the run's total, had reached --max_bad_steps
+    and grown in its last window. The result was read back at every rerun (the candidate never run
+    again, ranked last). Now the sweep reads the record's bad_streak, train.py's own streak."""
+    opts = fake_train_py(tmp_path, monkeypatch)
+    run_dir = sweep.result_path("s", 0.01, 1, opts).parent
+
+    def failed(argv, **kwargs):
+        run_dir.mkdir(parents=True)
+        records = [{"kind": "train", "step": s, "tokens": 256 * s, "tokens_per_s": 100.0, "skipped_steps": k,
+                    "bad_streak": 2} for s, k in ((10, 2), (20, 4), (30, 6))]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return sweep.subprocess.CompletedProcess(argv, 1)
+    monkeypatch.setattr(sweep.subprocess, "run", failed)
     with pytest.raises(SystemExit) as e:
         sweep.run_one("s", [], 0.01, 1, opts)
     assert str(e.value.code).startswith("sweep.py: error: train.py failed for s-0.01m-s1 (exit 1")

@@ -1199,6 +1199,9 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path, co
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
     # Bug caught: the record of the steps that stopped the run was printed, never written
     assert (metrics(tmp_path)[-1]["step"], metrics(tmp_path)[-1]["skipped_steps"]) == (5, 3)
+    # Bug caught: no record said how many came in a row (scripts/sweep.py guessed a divergence from the
+    # run's total skipped_steps, which steps skipped apart reach too)
+    assert [r["bad_streak"] for r in metrics(tmp_path)] == [0, 0, 1, 2, 3]
 
 
 def test_a_run_stopped_by_an_error_is_a_failed_wandb_run_and_names_no_missing_checkpoint(
@@ -1251,6 +1254,7 @@ def test_a_run_of_non_finite_steps_between_log_steps_still_stops_the_run(tmp_pat
                         "--save_every", "5", "--max_bad_steps", "5"))
     out, err = capsys.readouterr()
     assert e.value.code == 1 and "8 non-finite steps in a row (by step 10)" in err
+    assert metrics(tmp_path)[-1]["bad_streak"] == 8  # (the streak, not what the window ends with)
     assert "step 10: 8 non-finite loss or gradient step(s) in the last 10" in out + err
 
 
@@ -2517,6 +2521,7 @@ def test_a_train_record_holds_each_field_under_its_key_in_its_units(tmp_path, mo
     keys = ("step", "tokens", "minutes", "skipped_steps", "window_steps", "lr", "grad_norm")
     assert {k: rec[k] for k in keys} == {"step": 14, "tokens": 1400, "minutes": 1.5, "skipped_steps": 4,
                                          "window_steps": 4, "lr": 2e-3, "grad_norm": 0.25}
+    assert rec["bad_streak"] == 1  # (the most in a row: 2 skipped apart)
     assert rec["loss"] == 4.0 and rec["lm_loss"] == 3.0
     # 400 tokens in 4 s; 2400 FLOPs done of the 4000 possible
     assert rec["tokens_per_s"] == pytest.approx(100.0) and rec["mfu"] == pytest.approx(0.6)
