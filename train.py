@@ -47,7 +47,7 @@ What it holds, one section each, in this order:
                         evaluate_only
     stopping early      the last line's parts: peer_lost_error, memory_advice, resume_options,
                         left_to_resume
-    the command line    main, leave_group
+    the command line    main, leave (free_frames, leave_group)
 
 How this departs from the obvious version:
 - A step is a pure function of (seed, step): batches come from data.get_batch(seed, step, micro)
@@ -1457,8 +1457,20 @@ def main(argv=None):
         restore_sigterm()
         restore_consoles()
         if dist.is_initialized():
-            free_frames(sys.exc_info()[1])
-            leave_group(finished, train_args.eval_only)
+            leave(finished, train_args.eval_only, sys.exc_info()[1])
+
+
+def leave(finished: dict | None, eval_only: bool, leaving: BaseException | None) -> None:
+    """main's exit work under torchrun: free_frames, then leave_group. torchrun sends SIGTERM to the rest
+    of a job one of whose processes failed or was killed, which lands here once they said why (`leaving`:
+    the exception on its way out, its line printed): its KeyboardInterrupt is dropped then, not a second
+    line (`train.py: interrupted`) and an end by SIGINT in place of the status chosen."""
+    for work in (lambda: free_frames(leaving), lambda: leave_group(finished, eval_only)):
+        try:
+            work()
+        except KeyboardInterrupt:
+            if leaving is None:
+                raise
 
 
 def free_frames(e: BaseException | None) -> None:

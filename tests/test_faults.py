@@ -1128,6 +1128,32 @@ def test_an_interrupt_is_one_line_from_rank_0_alone(monkeypatch, capsys):
         assert e.value.code == 130 and capsys.readouterr().err.splitlines() == lines
 
 
+@pytest.mark.parametrize("where", ["free_frames", "leave_group"])
+def test_torchruns_sigterm_as_a_failed_job_exits_adds_no_interrupted_line(monkeypatch, capsys, where):
+    """Bug caught: `kill -9` of one torchrun worker: the other said its one line (another process of this
+    torchrun job stopped ...), then torchrun's SIGTERM to it landed in main's exit work (free_frames'
+    gc.collect, leave_group), and its KeyboardInterrupt escaped main: rank 0 printed `train.py:
+    interrupted` under that line, and each worker ended by SIGINT (exit -2) instead of status 1."""
+    def peer_lost(*args, **kwargs):
+        raise errors.RunError("another process of this torchrun job stopped (Connection closed by peer)")
+
+    def sigterm_lands(*args, **kwargs):
+        raise KeyboardInterrupt  # (what torchrun's SIGTERM raises there)
+    monkeypatch.setattr(train, "run", peer_lost)
+    monkeypatch.setattr(train.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(train, "free_frames", sigterm_lands if where == "free_frames" else lambda e: None)
+    monkeypatch.setattr(train, "leave_group", sigterm_lands if where == "leave_group" else lambda *a: None)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("RANK", "0")
+    try:
+        train.main(["--preset", "debug"])
+    except BaseException as e:  # (a KeyboardInterrupt let through would stop pytest itself)
+        left = e
+    assert (type(left), getattr(left, "code", None)) == (SystemExit, 1)
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: error: another process of this torchrun job stopped (Connection closed by peer)"]
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_an_interrupt_while_torch_imports_is_one_line(tmp_path, rank):
     """Ctrl-C in the seconds `import torch` takes, before main() can catch anything: Python's
