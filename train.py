@@ -1461,16 +1461,16 @@ def main(argv=None):
 
 
 def leave(finished: dict | None, eval_only: bool, leaving: BaseException | None) -> None:
-    """main's exit work under torchrun: free_frames, then leave_group. torchrun sends SIGTERM to the rest
-    of a job one of whose processes failed or was killed, which lands here once they said why (`leaving`:
-    the exception on its way out, its line printed): its KeyboardInterrupt is dropped then, not a second
-    line (`train.py: interrupted`) and an end by SIGINT in place of the status chosen."""
+    """main's exit work under torchrun: free_frames, then leave_group. A signal that lands here comes
+    after the run's last line: torchrun's SIGTERM to the rest of a job one of whose processes failed or
+    was killed, once they said why (`leaving`: the exception on its way out), or a SIGTERM as a finished
+    run exits. Its KeyboardInterrupt is dropped: not a second line (`train.py: interrupted`) under the
+    last, and an end by SIGINT in place of the status chosen."""
     for work in (lambda: free_frames(leaving), lambda: leave_group(finished, eval_only)):
         try:
             work()
         except KeyboardInterrupt:
-            if leaving is None:
-                raise
+            pass
 
 
 def free_frames(e: BaseException | None) -> None:
@@ -1479,6 +1479,8 @@ def free_frames(e: BaseException | None) -> None:
     torchrun its DDP wrapper, whose Reducer holds the process group. Kept past destroy_process_group,
     the Reducer was freed as the interpreter exited, in gloo's destructor, which joins its threads: a
     rank hung there at exit (once, under load). The traceback still prints (names and lines, no locals)."""
+    if e is None:  # (a run that ended well: its Job went with run's frame)
+        return
     chain, seen = [e], set()
     while chain:
         e = chain.pop()

@@ -1154,6 +1154,24 @@ def test_torchruns_sigterm_as_a_failed_job_exits_adds_no_interrupted_line(monkey
         "train.py: error: another process of this torchrun job stopped (Connection closed by peer)"]
 
 
+def test_a_sigterm_as_a_finished_torchrun_job_exits_adds_no_interrupted_line(monkeypatch, capsys):
+    """Bug caught: torchrun's SIGTERM landing in a finished run's exit work (leave_group's
+    destroy_process_group) escaped main: `train.py: interrupted` under the run's last line, and an end
+    by SIGINT, for a run whose checkpoints and final evaluation were all written."""
+    def sigterm_lands(*args, **kwargs):
+        raise KeyboardInterrupt  # (what torchrun's SIGTERM raises there)
+    monkeypatch.setattr(train, "run", lambda *a: {"finished": True})
+    monkeypatch.setattr(train.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(train, "leave_group", sigterm_lands)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("RANK", "0")
+    try:
+        left = train.main(["--preset", "debug"])
+    except BaseException as e:  # (a KeyboardInterrupt let through would stop pytest itself)
+        left = e
+    assert left == {"finished": True} and capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_an_interrupt_while_torch_imports_is_one_line(tmp_path, rank):
     """Ctrl-C in the seconds `import torch` takes, before main() can catch anything: Python's
