@@ -1160,37 +1160,22 @@ def test_a_candidate_that_diverges_ranks_last_and_the_sweep_goes_on(tmp_path, mo
         assert said in str(e.value.code), e.value.code
 
 
-def test_a_failure_that_is_not_a_divergence_still_stops_the_sweep(tmp_path, monkeypatch):
+@pytest.mark.parametrize("skipped", [[0], [2, 4, 6]], ids=["all-finite", "skipped-apart"])
+def test_a_failure_that_is_not_a_divergence_still_stops_the_sweep(tmp_path, monkeypatch, skipped):
     """A train.py that fails with status 1 for another reason (a crash, out of memory) after steps that
-    were all finite, or before its first record, is not a divergence: the sweep stops there."""
-    opts = fake_train_py(tmp_path, monkeypatch)
-    run_dir = sweep.result_path("s", 0.01, 1, opts).parent
-
-    def crashed(argv, **kwargs):
-        run_dir.mkdir(parents=True)
-        (run_dir / "metrics.jsonl").write_text(json.dumps(
-            {"kind": "train", "step": 10, "tokens": 2560, "tokens_per_s": 100.0, "skipped_steps": 0}) + "\n")
-        return sweep.subprocess.CompletedProcess(argv, 1)
-    monkeypatch.setattr(sweep.subprocess, "run", crashed)
-    with pytest.raises(SystemExit) as e:
-        sweep.run_one("s", [], 0.01, 1, opts)
-    assert str(e.value.code).startswith("sweep.py: error: train.py failed for s-0.01m-s1 (exit 1")
-    assert not (run_dir / "sweep-result.json").exists()
-
-
-def test_a_failure_after_steps_skipped_apart_is_not_a_divergence(tmp_path, monkeypatch):
-    """Bug caught: a run that skipped non-finite steps now and then (2 a window, never 5 in a row), then
-    failed otherwise with status 1 (out of memory in its final evaluation, a crash) before another
-    record, was recorded as diverged: its skipped_steps, the run's total, had reached --max_bad_steps
-    and grown in its last window. The result was read back at every rerun (the candidate never run
-    again, ranked last). Now the sweep reads the record's bad_streak, train.py's own streak."""
+    were all finite is not a divergence: the sweep stops there. Bug caught (skipped-apart): a run that
+    skipped non-finite steps now and then (2 a window, never 5 in a row), then failed otherwise before
+    another record, was recorded as diverged: its skipped_steps, the run's total, had reached
+    --max_bad_steps and grown in its last window. The result was read back at every rerun (the
+    candidate never run again, ranked last). Now the sweep reads the record's bad_streak, train.py's
+    own streak."""
     opts = fake_train_py(tmp_path, monkeypatch)
     run_dir = sweep.result_path("s", 0.01, 1, opts).parent
 
     def failed(argv, **kwargs):
         run_dir.mkdir(parents=True)
-        records = [{"kind": "train", "step": s, "tokens": 256 * s, "tokens_per_s": 100.0, "skipped_steps": k,
-                    "bad_streak": 2} for s, k in ((10, 2), (20, 4), (30, 6))]
+        records = [{"kind": "train", "step": 10 * (i + 1), "tokens": 2560 * (i + 1), "tokens_per_s": 100.0,
+                    "skipped_steps": k, "bad_streak": min(k, 2)} for i, k in enumerate(skipped)]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         return sweep.subprocess.CompletedProcess(argv, 1)
     monkeypatch.setattr(sweep.subprocess, "run", failed)
