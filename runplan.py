@@ -117,9 +117,9 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     what = "--preset (it sets every model setting) and the model options" if "preset" in given else "them"
     typed = set(given) | (set(config.to_dict(model_args)) if "preset" in given else set())
     now = config.to_dict(train_args)
-    # the run's settings as it goes on with them (an older checkpoint's corrected: run_settings); a
-    # weights-only checkpoint (import, export) has none
-    saved_train = run_settings(ckpt["train_args"]) if ckpt.get("train_args") else now
+    # (as the run goes on with them: load_resumed corrected an older checkpoint's, run_settings; a
+    # weights-only checkpoint, an import or export, has none)
+    saved_train = ckpt.get("train_args") or now
     text = text_read({k: (now if k in given else saved_train).get(k) for k in TEXT_SETTINGS})  # (it reads)
     # the router losses' weights are training-loss weights, which a resume may change as it may --lr
     # (--eval_only keeps the checkpoint's: a warning says they do nothing)
@@ -134,8 +134,8 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
     if not train_args.eval_only:
         saved_model = typed_on(saved_model, model_args, RESUME_MAY_CHANGE, given)
     # the typed settings go on top before the checks, so that one a newer version refuses (a saved
-    # --val_fraction 0.9) can be set right on the command line; after the corrections (run_settings), so
-    # that a value they correct, typed, is refused as for a new run
+    # --val_fraction 0.9) can be set right on the command line; after the corrections (run_settings, in
+    # load_resumed), so that a value they correct, typed, is refused as for a new run
     keep = {**saved_train, **{k: v for k, v in now.items() if k in given}}
     # (the saved --out_dir is not used: plan_run puts where the run lies; one saved as "" before
     # check_run refused it would stop the resume; the saved --device neither: train.setup runs where the
@@ -152,10 +152,11 @@ def resume_settings(ckpt: dict, model_args, train_args, given,
 
 
 def run_settings(saved: dict) -> dict:
-    """A checkpoint's training settings as its run goes on with them (resume_settings puts the typed
-    ones on top; resume_changes compares with these): an older version's values that this one refuses
-    read as they were meant, and a ~ left in a path as the home folder (TrainArgs makes a typed one so).
-    (An older --compile, a bool, load_resumed makes "true" or "false" in the checkpoint itself.)"""
+    """A checkpoint's training settings as its run goes on with them, which load_resumed puts in the
+    checkpoint it loads (resume_settings puts the typed ones on top; resume_changes, saved_paths and
+    the held-out checks read these): an older version's values that this one refuses read as they were
+    meant, and a ~ left in a path as the home folder (TrainArgs makes a typed one so). (An older
+    --compile, a bool, load_resumed makes "true" or "false" before the types are checked.)"""
     run = dict(saved)
     if run.get("cache_dir") == "":  # (saved before --cache_dir '' was refused: it meant the current folder)
         run["cache_dir"] = "."
@@ -468,6 +469,8 @@ def load_resumed(ckpt_path: Path, run_dir: Path, eval_only: bool) -> dict:
     except ConfigError as e:  # the file's fault, not an option's: exit status 1, naming it
         raise CheckpointError(f"{ckpt_path} is damaged or from another version of this project ({e}); "
                               f"{fix}") from None
+    if isinstance(saved, dict):  # every reader of the run's settings reads them as the run goes on
+        ckpt["train_args"] = run_settings(saved)
     if "optimizer" not in ckpt and not eval_only:
         raise CheckpointError(f"{ckpt_path} holds weights only (an import), with no optimizer state or "
                               "step to resume: it can be evaluated (--eval_only) or sampled, and a new "
@@ -580,7 +583,7 @@ def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
     where it saved a local folder (an absolute path; a relative one is a hub name, or an older
     checkpoint's folder), that this session reads without their being typed again: (name, path) pairs,
     as the run goes on with them (run_settings: an older checkpoint's ~ is the home folder)."""
-    saved, t = run_settings((plan.ckpt or {}).get("train_args") or {}), plan.train_args
+    saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
     names = ["val_data"] + ([] if t.eval_only and t.val_data else ["data"])  # (--eval_only: --val_data alone)
     hub = not t.data and not (t.eval_only and t.val_data)  # (the hub is read: for a split no file gives)
     names += ["hf_dataset"] if hub and os.path.isabs(saved.get("hf_dataset", "")) else []
@@ -780,7 +783,7 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
                      f"{' and '.join(elsewhere)} {verb} no effect")
     lines += unscored_source(plan, given)
     # (said once, at the run's start: not again where a resume has the run's own, typed or not)
-    run = run_settings((plan.ckpt or {}).get("train_args") or {})
+    run = (plan.ckpt or {}).get("train_args") or {}
     resumed_as_is = plan.ckpt is not None and all(run.get(k) == getattr(t, k) for k in ("warmup_steps",
                                                                                        "max_steps"))
     # (a run at its limit takes no step: finished, it is told "raise --max_steps"; stopped there by a
@@ -842,8 +845,8 @@ def resume_changes(plan: RunPlan, given) -> str | None:
     if not isinstance(saved, dict) or plan.train_args.eval_only or finished_limit(plan):
         return None
     train = config.to_dict(plan.train_args)  # (in the dataclass's order)
-    # (the run's own as it goes on with them: an older checkpoint's --cache_dir '' is ., as typed)
-    pairs = [(train, run_settings(saved), [k for k in train if k not in RESUME_SETS]),
+    # (the run's own as it goes on with them, run_settings: an older checkpoint's --cache_dir '' is .)
+    pairs = [(train, saved, [k for k in train if k not in RESUME_SETS]),
              (config.to_dict(plan.model_args), plan.ckpt.get("model_args") or {}, RESUME_MAY_CHANGE)]
     changed = {k: f"--{k} {_shown(now[k])} (the run's {_shown(was[k])})" for now, was, names in pairs
                for k in names if k in given and k in now and k in was
@@ -945,9 +948,8 @@ def _shown(value) -> str:
 
 def held_out_of_saved_data(saved: dict, t: TrainArgs) -> bool:
     """Whether the validation text is a held-out slice of the checkpoint's own --data, as its was
-    (saved: the checkpoint's training settings, read as its run goes on with them, run_settings; an
-    older checkpoint's relative --data is as typed)."""
-    saved = run_settings(saved)
+    (saved: the checkpoint's training settings, as its run goes on with them: run_settings; an older
+    checkpoint's relative --data is as typed)."""
     return bool(saved.get("data") and t.data and os.path.realpath(saved["data"]) == os.path.realpath(t.data)
                 and not saved.get("val_data") and not t.val_data)
 

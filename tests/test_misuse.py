@@ -294,7 +294,8 @@ def test_eval_only_and_resume_are_not_refused_over_their_own_saved_settings(tmp_
     evaluating = plan._replace(train_args=TrainArgs(out_dir=str(tmp_path), run="r", plot=args.plot,
                                                     eval_only=True))
     runplan.check_settings(evaluating, runtime.resolve_device("cpu"), runtime.World())
-    saved = {"model_args": to_dict(DEBUG), "train_args": {**to_dict(TrainArgs()), "cache_dir": ""}}
+    saved = {"model_args": to_dict(DEBUG),  # (as load_resumed gives it: run_settings)
+             "train_args": runplan.run_settings({**to_dict(TrainArgs()), "cache_dir": ""})}
     _, resumed = runplan.resume_settings(saved, DEBUG, TrainArgs(resume="latest"), frozenset({"resume"}))
     assert resumed.cache_dir == "."
 

@@ -1391,14 +1391,19 @@ def test_eval_only_evaluates_the_checkpoint_resume_names(tmp_path):
     assert plan(tmp_path, resume=str(best), run="a", eval_only=True).ckpt_path == best
 
 
+def as_loaded(ckpt: dict) -> dict:
+    """A checkpoint dict as load_resumed gives it: its training settings as the run goes on with them."""
+    return {**ckpt, "train_args": runplan.run_settings(ckpt["train_args"])}
+
+
 def test_a_checkpoint_saved_with_an_empty_text_field_resumes(tmp_path):
     """Bug caught: --text_field '' (refused since; it once trained on .txt text, which has no fields)
     saved in a checkpoint stopped its resume and --eval_only with a refusal of a setting not typed."""
-    ckpt = {**saved(), "train_args": {**config.to_dict(TrainArgs()), "text_field": ""}}
+    ckpt = as_loaded({**saved(), "train_args": {**config.to_dict(TrainArgs()), "text_field": ""}})
     _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest"), set())
     assert t.text_field == "text"
     # the same for a --wandb_project W&B refuses (the run went without W&B: --eval_only was refused too)
-    ckpt = {**saved(), "train_args": {**config.to_dict(TrainArgs()), "wandb_project": "team/proj"}}
+    ckpt = as_loaded({**saved(), "train_args": {**config.to_dict(TrainArgs()), "wandb_project": "team/proj"}})
     _, t = runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest", eval_only=True), set())
     assert t.wandb_project == TrainArgs().wandb_project
 
