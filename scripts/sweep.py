@@ -26,7 +26,8 @@ that takes no new file is refused before the first run, not at stage 2's first n
      10 minutes read train-lower.txt about 7 times and the MoE overfits it, which a 2.5-minute
      screen is too short to show. The pick is the lowest mean over the two seeds.
 It writes img/sweep.json (every run: settings, steps, tokens/s, parameters, validation),
-img/sweep.md (the tables) and img/sweep.png (bits/byte of each candidate, screened and confirmed);
+img/sweep.md (the tables) and img/sweep.png (bits/byte of each candidate, screened and confirmed; a
+run with no score, diverged or NaN, named in its row);
 a sweep with other settings writes them to --out_dir instead (or to --out), never over the
 README's.
 
@@ -43,11 +44,14 @@ How this departs from the obvious version:
   A result is read back only for the same train.py options on the same text: it records the sha256
   of the token shards of --data and --val_data (the validation windows as train.py's EvalSet.key), so
   a file edited since, or a relative path that names another file, is refused, not ranked beside
-  runs on other text (a file touched or moved, its text the same, is not).
+  runs on other text (a file touched or moved, its text the same, is not). The key is taken again after
+  each run: a file edited while the sweep runs stops it there, in one line, that run's result not
+  written (it may have read either text), the runs before it kept as on the text they had.
 - A candidate that diverges (train.py stops it after --max_bad_steps non-finite steps in a row, exit
-  status 1, its last record's bad_streak that many) is a result too, "diverged" in the tables: it
-  ranks last, is never varied, confirmed or picked, and a rerun reads it back; any other failure of
-  train.py (a bad setting, out of memory, a crash) stops the sweep, the runs finished kept.
+  status 1, its last record's bad_streak that many) is a result too, "diverged" in the tables and
+  sweep.png (a hatched row, not a gap): it ranks last, is never varied, confirmed or picked, and a
+  rerun reads it back; any other failure of train.py (a bad setting, out of memory, a crash) stops
+  the sweep, the runs finished kept.
 - Candidates are named lists of train.py overrides, applied on top of `--preset tiny`; the first
   shape spells out the 2026-11 tiny preset in full, so it stays the baseline whatever the preset
   becomes, and every other shape starts from it.
@@ -256,11 +260,7 @@ def prepare_data(needs: list, results: Path, made: Path | None) -> dict:
     texts = {}
     try:
         for train_args, model_args in needs:
-            _, train, val = data.prepare(train_args, model_args)
-            T = model_args.max_seq_len
-            windows = data.n_val_windows(val.tokens, T, train_args.eval_windows)
-            texts[model_args.vocab_size, T] = {"--data": train.meta["sha256"][:16],
-                                               "--val_data": f"{val.meta['sha256'][:16]}:{windows}"}
+            texts[model_args.vocab_size, model_args.max_seq_len] = text_key(train_args, model_args)
     except BaseException as e:
         storage.remove_made(results, made)
         if isinstance(e, KeyboardInterrupt):
@@ -268,6 +268,33 @@ def prepare_data(needs: list, results: Path, made: Path | None) -> dict:
             sys.exit(130)
         raise
     return texts
+
+
+def text_key(train_args, model_args, log=print) -> dict:
+    """What identifies the text of a run of these settings (prepare_data's), its data prepared as its
+    train.py prepares it: cache hits where that text was prepared before."""
+    _, train, val = data.prepare(train_args, model_args, log)
+    windows = data.n_val_windows(val.tokens, model_args.max_seq_len, train_args.eval_windows)
+    return {"--data": train.meta["sha256"][:16], "--val_data": f"{val.meta['sha256'][:16]}:{windows}"}
+
+
+def check_text_kept(text: dict | None, argv: list[str], run: str, opts) -> None:
+    """After a run, before its result is written: the key of its text taken again. The keys are taken
+    when the sweep starts (prepare_data), but a --data or --val_data edited while it ran gave the later
+    runs' results the start's key, recorded as on the old text. Where the text changed since the start,
+    this run (which read it at some point of its own: before or after the edit) is not recorded, and
+    the sweep stops in one line; the runs before it are kept, results on the text they had. A file
+    touched, its text the same, changes nothing (the same shards)."""
+    if not text:
+        return
+    model_args, train_args = settings_of(argv)
+    now = text_key(train_args, model_args, log=lambda *_: None)  # (cache hits where the text is the same)
+    if now != text:
+        flag = next(f for f in text if now[f] != text[f])
+        sys.exit(f"sweep.py: error: {flag} {opts.data if flag == '--data' else opts.val_data} changed while "
+                 f"the sweep ran: {run} may have read either text, so its result is not kept (it runs "
+                 "again); the runs before it are kept, on the text from before: put that back and rerun "
+                 "sweep.py to go on, or sweep the new text with another --out_dir")
 
 
 def machine(device: torch.device) -> str:
@@ -461,6 +488,7 @@ def run_one(name: str, overrides: list[str], minutes: float, seed: int, opts) ->
               **scores(run_dir, run, done.returncode, settings_of(setting)[1].max_bad_steps),
               "load_avg_before": round(load, 2), "wall_seconds": round(time.time() - t, 1),
               **size_of(overrides + opts.extra)}
+    check_text_kept(text, argv, run, opts)  # (the key recorded is of the text the run read)
     storage.save_json(result_file, result)
     if diverged(result):
         print(f"sweep.py: {run} diverged ({result['reason']}): it ranks last, and the sweep goes on",
@@ -559,6 +587,7 @@ def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "va
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
+    mark_unscored(ax, names, screen, confirm)
     shown = [r["bits_per_byte"] for r in screen + confirm if math.isfinite(r["bits_per_byte"])]
     if shown:  # every point, confirmed ones worse than any screened too (not off the right edge)
         ax.set_xlim(min(shown) - 0.05, max(shown) + 0.02)
@@ -566,6 +595,27 @@ def plot(screen: list[dict], confirm: list[dict], out: Path, val_name: str = "va
     ax.grid(alpha=0.3, axis="x")
     storage.atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
     return fig
+
+
+def mark_unscored(ax, names: list[str], screen: list[dict], confirm: list[dict]) -> None:
+    """Name in its row, at the left of the axes, each run with no score, which has no bar or point: it
+    was an empty row, a diverged candidate read as a gap. "diverged" (a screened one's row also gets
+    a grey hatched bar across the axes) or "NaN score" (an evaluation that overflowed); a confirmed or
+    follow-up run's with its budget and seed."""
+    said: dict[str, list[str]] = {}
+    for r in screen + confirm:
+        if math.isfinite(r["bits_per_byte"]) or r["name"] not in names:
+            continue
+        row = names.index(r["name"])
+        what = "diverged" if diverged(r) else "NaN score"
+        screened = any(r is s for s in screen)
+        said.setdefault(r["name"], []).append(what if screened else
+                                              f"{what} ({r['minutes']:g} min, seed {r['seed']})")
+        if screened and diverged(r):
+            ax.axhspan(row - 0.4, row + 0.4, facecolor="0.85", edgecolor="0.6", hatch="//", lw=0)
+    for name, what in said.items():  # (x in axes coordinates, y in rows: whatever the limits)
+        ax.text(0.01, names.index(name), "; ".join(what), transform=ax.get_yaxis_transform(), va="center",
+                fontsize=8, color="0.25", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
 
 
 def summary(report: dict, opts, where: str) -> str:

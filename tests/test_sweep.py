@@ -1188,3 +1188,71 @@ def test_a_failure_that_is_not_a_divergence_still_stops_the_sweep(tmp_path, monk
 def shutil_rmtree(path):
     import shutil
     shutil.rmtree(path)
+
+
+def test_a_text_edited_while_the_sweep_runs_stops_it_not_recorded_as_the_old_text(corpus, tmp_path,
+                                                                                   monkeypatch):
+    """Bug caught: the text keys were taken once, when the sweep started: a --val_data edited while it
+    ran (here during the confirmation run) gave the later runs' results the start's key, so runs on
+    other text were recorded, ranked and read back as if on the old one. Now the key is taken again
+    right after each run: text changed since the start stops the sweep in one line, that run's result
+    not written (it runs again); the runs before it kept; a file touched, its text the same, goes on."""
+    import shutil
+    monkeypatch.setattr(sweep, "prepare_data", PREPARE_DATA)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for name in ("train.txt", "valid.txt"):
+        shutil.copy(corpus / name, texts / name)
+    edit = {"run": None, "how": None}
+
+    def trained(argv, **kwargs):
+        run = argv[argv.index("--run") + 1]
+        if run == edit["run"]:  # the file changes while this run trains
+            edit["how"](texts / "valid.txt")
+        finished_run(sweep.Path(argv[argv.index("--out_dir") + 1]) / run, step=2, tokens=512,
+                     tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    argv = [*one_toy_run(corpus, tmp_path), "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"]
+    argv[argv.index("--data") + 1] = str(texts / "train.txt")
+    argv[argv.index("--val_data") + 1] = str(texts / "valid.txt")
+    edit.update(run="tiny-2026-11-0.02m-s1", how=os.utime)  # touched: the same text, the sweep goes on
+    report = sweep.main(argv)
+    assert len({json.dumps(r["text"]) for r in report["screen"] + report["confirm"]}) == 1
+    shutil.rmtree(tmp_path / "runs")
+
+    def appended(path):
+        with open(path, "a") as f:
+            f.write("One more story, about a cat.\n\n")
+    edit.update(how=appended)
+    with pytest.raises(SystemExit) as e:
+        sweep.main(argv)
+    said, runs = str(e.value.code), tmp_path / "runs"
+    assert said.startswith(f"sweep.py: error: --val_data {texts / 'valid.txt'} changed while the sweep ran: "
+                           "tiny-2026-11-0.02m-s1 "), said
+    assert "\n" not in said
+    assert (runs / "tiny-2026-11-0.01m-s1" / "sweep-result.json").exists()  # (before the edit: kept)
+    assert not (runs / "tiny-2026-11-0.02m-s1" / "sweep-result.json").exists()  # (not as on the old text)
+
+
+def test_a_diverged_candidate_is_named_in_the_plot_not_a_gap(tmp_path):
+    """Bug caught: a screened candidate that diverged (no score, NaN) was an empty row in sweep.png, as
+    a NaN evaluation is: nothing said it diverged. Its row now reads "diverged" at the left of the axes,
+    over a grey hatched bar across them (a NaN evaluation reads "NaN score"); a follow-up seed that
+    diverged is named in its row too."""
+    nan = float("nan")
+    screen = [{"name": "a", "bits_per_byte": 2.0, "minutes": 1},
+              {"name": "b", "bits_per_byte": nan, "minutes": 1, "status": "diverged"},
+              {"name": "c", "bits_per_byte": nan, "minutes": 1}]
+    confirm = [{"name": "a", "bits_per_byte": 1.9, "seed": 1, "minutes": 2},
+               {"name": "a+wd", "bits_per_byte": nan, "seed": 2, "minutes": 2, "status": "diverged"}]
+    fig = sweep.plot(screen, confirm, tmp_path / "sweep.png")
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    said = {rows[round(t.get_position()[1])]: t.get_text() for t in ax.texts}
+    assert said == {"b": "diverged", "c": "NaN score", "a+wd": "diverged (2 min, seed 2)"}
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1
+    assert hatched[0].get_y() + hatched[0].get_height() / 2 == pytest.approx(rows.index("b"))
+    assert (hatched[0].get_x(), hatched[0].get_width()) == (0, 1)  # (in axes coordinates: all across)
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
