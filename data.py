@@ -37,7 +37,8 @@ How this departs from the obvious version:
   --cache_dir/.locks/): runs sharing --cache_dir wait for each other's builds instead of deleting
   each other's files or training the same tokenizer twice.
 - Nothing under --cache_dir is deleted (a run started before the change, or an older checkout of
-  the project, may still read a shard):
+  the project, may still read a shard) but the temporary files killed builds left in shard folders
+  (up to a shard's size each), under each folder's lock, so never one a live build is writing:
   a cache miss names, in one log line with their size and an `rm -r` command, the older shards of
   the same files (or hub split) and tokenizer that other document rules, another shard format or an
   earlier version of the files left behind (1.9 GB each on TinyStories), but for those another
@@ -523,6 +524,42 @@ def _lock_path(folder: Path, cache_dir: Path) -> Path:
     return cache_dir / ".locks" / f"{'-'.join(folder.relative_to(cache_dir).parts)}.lock"
 
 
+def _sweep_temporaries(cache_dir: Path, log) -> None:
+    """Delete the temporary files (.tmp-*) that killed builds left in the shard folders of the cache
+    (a shard's is up to its size: 1.9 GB on TinyStories), whichever shards this run builds: each
+    folder's under its lock (_building), which every build holds while it writes there, so a folder
+    another process builds or checks now (another run sharing --cache_dir, another rank) is left
+    alone; a folder left empty goes, as write_tokens removes one it leaves so. An OSError (a
+    read-only cache, another user's lock) skips a folder. One log line says what went."""
+    removed, size = 0, 0
+    try:
+        folders = sorted(cache_dir.glob("tokens/*"))
+    except OSError:
+        return
+    for folder in folders:
+        try:
+            if not any(folder.glob(".tmp-*")):  # (most folders: no lock taken)
+                continue
+            path = _lock_path(folder, cache_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            held = storage.lock(path)
+        except (storage.Busy, OSError):
+            continue
+        try:  # (listed again under the lock: a build that ended meanwhile renamed its own)
+            for stale in folder.glob(".tmp-*"):
+                with suppress(OSError):
+                    n = stale.stat().st_size
+                    stale.unlink()
+                    removed, size = removed + 1, size + n
+            with suppress(OSError):
+                folder.rmdir()  # (only where it is empty)
+        finally:
+            held.close()
+    if removed:
+        log(f"data: removed {plural(removed, 'temporary file')} ({in_bytes(size)}) that killed builds left "
+            f"in {cache_dir / 'tokens'}")
+
+
 @contextmanager
 def _building(folder: Path, cache_dir: Path, log):
     """One process at a time builds (or checks) a cache folder: two runs sharing --cache_dir would
@@ -565,6 +602,7 @@ def prepare(train_args: config.TrainArgs, model_args: config.ModelArgs,
     threads, log = tokenizer_threads(train_args.num_proc), _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         train_split, val_split = sources.resolve_sources(train_args, log)
+        _sweep_temporaries(Path(train_args.cache_dir), log)
         tok = get_tokenizer(train_args, model_args, train_split, log, val_split)
         # the validation text first: what is wrong with it (a bad file, a held-out slice of none) is
         # said before the long pass over --data (all of TinyStories: minutes), not after
@@ -586,6 +624,7 @@ def prepare_eval(train_args: config.TrainArgs, model_args: config.ModelArgs, tok
     log = _printing(log)
     with errors.signals_kept(), _cache_writes(train_args.cache_dir):
         _, val_split = sources.resolve_sources(train_args, log, need_train=False)
+        _sweep_temporaries(Path(train_args.cache_dir), log)
         val = get_tokens("val", val_split, tok, train_args.cache_dir, tokenizer_threads(train_args.num_proc),
                          log)
     _log_coverage(val, model_args.max_seq_len, train_args.eval_windows, log)

@@ -27,7 +27,8 @@ How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
   a temporary file beside the target, is flushed and fsync'ed, renamed over the target, and the
   folder is fsync'ed so the rename itself survives a power cut. Temporary files are named
-  `.tmp-*`, so a run folder can sweep the ones a killed process left behind.
+  `.tmp-*`, so a run folder (and a cache's shard folder: data.py) can sweep the ones a killed
+  process left behind.
 - A write that fails for want of space (or quota, or a read-only disk) is a StorageError naming
   the file, the reason and the fix, one line, with the old file intact and no temporary left.
   torch.save reports such a failure as "RuntimeError: ... unexpected pos ..."; the OSError that

@@ -904,6 +904,41 @@ def test_older_caches_of_another_tokenizer_in_use_or_unreadable_are_not_named(tm
     assert all(p.exists() for p in [train.path, other.path, busy, *tokens.glob("train-*")])
 
 
+def test_a_killed_builds_temporaries_are_swept_but_not_a_live_builders(tmp_path, corpus):
+    """The temporary shard a killed build left (`.tmp-*-tokens.bin`, up to 1.9 GB on TinyStories) in a
+    shard folder of the cache is deleted by the next run on that --cache_dir, whichever shards it builds
+    (a folder left holding nothing goes too), under the folder's lock: one whose lock another process
+    holds (another run sharing --cache_dir, building that shard now) keeps its temporary.
+
+    Bug caught: a killed build's temporary stayed in the cache until that same shard was built again
+    (never, for a shard of files since changed), wasting its size on disk."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    _, train, _, _ = run(tmp_path, **kw)
+    tokens, locks = train.path.parent, tmp_path / "cache" / ".locks"
+    killed = write(tokens / "train-killed" / ".tmp-abc123-tokens.bin", b"\x00" * 5000)  # its only file
+    beside = write(train.path / ".tmp-def456-meta.json", b"{")  # beside a complete shard
+    live = write(tokens / "train-live" / ".tmp-ghi789-tokens.bin", b"\x00" * 3000)
+    holder = subprocess.Popen(  # another train.py, building train-live now: it holds the folder's lock
+        [sys.executable, "-c", "import sys, storage; held = storage.lock(sys.argv[1]); "
+         "print('held', flush=True); sys.stdin.read()", str(locks / "tokens-train-live.lock")],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        _, train2, _, logs = run(tmp_path, **kw)  # cache hits: no shard of those folders is built
+    finally:
+        holder.communicate("")
+    assert train2.path == train.path and any("train: cache hit" in line for line in logs)
+    assert not killed.exists() and not killed.parent.exists() and not beside.exists()
+    assert live.exists(), "the temporary of a build still running was deleted"
+    [line] = [line for line in logs if "temporary file" in line]
+    assert line == (f"data: removed 2 temporary files ({sources.in_bytes(5001)}) that killed builds left "
+                    f"in {tokens}")
+    _, _, _, logs = run(tmp_path, **kw)  # the builder gone (its lock dropped): its temporary goes now
+    assert not live.exists() and not live.parent.exists()
+    assert any("removed 1 temporary file " in line for line in logs)
+
+
 def test_older_caches_of_a_hub_split_are_found_by_its_name(tmp_path):
     """A hub split's shards are the same source whatever files and rows the `datasets` cache holds
     (a new revision of the dataset): the name, the split and the text field say which."""
