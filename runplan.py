@@ -833,14 +833,15 @@ def setting_warnings(plan: RunPlan, given) -> list[str]:
 RESUME_SETS = ("resume", "eval_only", "run", "out_dir", "tokenizer", "device")
 
 
-def resume_changes(plan: RunPlan, given) -> str | None:
+def resume_changes(plan: RunPlan, given, dtype: torch.dtype | None = None) -> str | None:
     """At a resume that trains, the settings typed that are not the run's (its training settings and the
     router losses' weights: RESUME_MAY_CHANGE) as one line, so that a value from a shell's history or a
     script, not meant for this run, is seen: a resume takes them (only the model's others are refused).
     None where none differs, at --eval_only (setting_warnings says they do nothing), for a finished run
     (it trains nothing: told to raise its limit) and for a checkpoint with no run's settings (an import's
     weights: refused as a resume). One at its limit that has yet to end trains no step: not "in force"
-    (_trains_no_step)."""
+    (_trains_no_step). A --dtype typed is the run's where it is the dtype the run trained in (_dtype_named;
+    `dtype`: this session's, resolved)."""
     saved = (plan.ckpt or {}).get("train_args")
     if not isinstance(saved, dict) or plan.train_args.eval_only or finished_limit(plan):
         return None
@@ -851,6 +852,8 @@ def resume_changes(plan: RunPlan, given) -> str | None:
     changed = {k: f"--{k} {_shown(now[k])} (the run's {_shown(was[k])})" for now, was, names in pairs
                for k in names if k in given and k in now and k in was
                and not _same(k, now[k], was[k], plan.run_dir)}
+    if "dtype" in changed and not _dtype_named(plan, given, dtype):
+        del changed["dtype"]
     if (limit := limit_reached(plan.ckpt, plan.train_args)) is not None:
         return _trains_no_step(plan, limit, changed)
     return f"resume: {', '.join(changed.values())}, in force from here" if changed else None
@@ -896,7 +899,7 @@ def device_change(plan: RunPlan, device: torch.device, dtype: torch.dtype, given
     `device`, `dtype`: this session's, resolved. None where both are the run's (another GPU is no
     change), where the checkpoint cannot tell (trained_on), where nothing trains (as resume_changes:
     --eval_only, a finished run, one at its limit), and for the dtype where a --dtype other than the
-    run's is typed (resume_changes names it; the run's own, auto, may resolve to another)."""
+    run's is typed (resume_changes names it, _dtype_named; the run's own, auto, may resolve to another)."""
     saved = (plan.ckpt or {}).get("train_args")
     if not isinstance(saved, dict) or plan.train_args.eval_only or limit_reached(plan.ckpt, plan.train_args):
         return None
@@ -905,7 +908,7 @@ def device_change(plan: RunPlan, device: torch.device, dtype: torch.dtype, given
     was_device, was_dtype = was
     now_dtype = str(dtype).removeprefix("torch.")
     kind = torch.device(was_device).type
-    named = "dtype" in given and saved.get("dtype") not in (None, plan.train_args.dtype)  # (resume_changes')
+    named = _dtype_named(plan, given, dtype)  # (resume_changes')
     other_dtype = was_dtype not in (None, now_dtype) and not named
     if kind == device.type and not other_dtype:
         return None
@@ -916,6 +919,20 @@ def device_change(plan: RunPlan, device: torch.device, dtype: torch.dtype, given
     else:
         back = f"--dtype {was_dtype}"
     return f"{line}; {back} goes on as it did" if back else line
+
+
+def _dtype_named(plan: RunPlan, given, dtype: torch.dtype | None) -> bool:
+    """Whether resume_changes names a --dtype typed at a resume (and so device_change leaves the dtype
+    to it): typed, not the run's saved --dtype, and not the dtype the run trained in (trained_on) as
+    resolved now: --dtype float32 where the run's auto trained in float32 (on a CPU), or auto that
+    resolves to the float32 the run's --dtype float32 trained in, changes nothing. `dtype`: this
+    session's, resolved (None: a typed auto stays unresolved, and is named)."""
+    saved, typed = plan.ckpt.get("train_args") or {}, plan.train_args.dtype
+    if "dtype" not in given or saved.get("dtype") in (None, typed):
+        return False
+    now = str(dtype).removeprefix("torch.") if dtype is not None else None if typed == "auto" else typed
+    was = trained_on(plan.ckpt)
+    return was is None or was[1] is None or now != was[1]
 
 
 def trained_on(ckpt: dict) -> tuple[str, str | None] | None:

@@ -1012,9 +1012,9 @@ def setup(model_args: ModelArgs, train_args: TrainArgs, preset: str, given) -> t
             # (after the claim: a run refused its folder said the warnings of its settings first)
             for line in runplan.setting_warnings(plan, given):
                 log(line)
-            if changes := runplan.resume_changes(plan, given):
-                log(changes)
             dtype = runtime.compute_dtype(plan.train_args.dtype, device)
+            if changes := runplan.resume_changes(plan, given, dtype):
+                log(changes)
             if moved := runplan.device_change(plan, device, dtype, given):
                 log(moved)
         if (done := finished_run(plan, log)) is not None:

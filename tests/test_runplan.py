@@ -1952,3 +1952,55 @@ def test_a_typed_dtype_that_is_the_runs_own_still_says_where_it_resolves_to_anot
     assert runplan.device_change(p, torch.device("cuda", 0), torch.float32, {"resume", "dtype"}) == (
         "resume: on cuda:0 in float32 (the run trained on cuda:0 in bfloat16): its steps from here are not "
         "bit for bit the run's; --dtype bfloat16 goes on as it did")
+
+
+def test_a_typed_dtype_that_resolves_to_the_one_the_run_trained_in_is_no_change(tmp_path, monkeypatch):
+    """A --dtype typed at a resume that is the dtype the run trained in (trained_on) changes nothing:
+    --dtype float32 where the run's --dtype auto trained in float32 (on the CPU), or --dtype auto where it
+    resolves now to the float32 the run's --dtype float32 trained in; neither resume_changes nor
+    device_change says a word. One that is not (auto resolving to bfloat16 on a GPU, or a checkpoint that
+    cannot tell what it trained in: an older one's --device auto) is named as before.
+
+    Bug caught: resume_changes compared the typed --dtype with the run's saved one alone: "resume: --dtype
+    float32 (the run's auto), in force from here" on a CPU run whose auto was float32, although nothing
+    changed."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cpu, gpu, f32, bf16 = torch.device("cpu"), torch.device("cuda", 0), torch.float32, torch.bfloat16
+    given = {"resume", "dtype"}
+
+    def plan_of(saved_dtype, typed, trained=("cpu", "float32"), device="auto"):
+        saved = TrainArgs(max_steps=10, dtype=saved_dtype, device=device)
+        ckpt = {"step": 2, "train_args": config.to_dict(saved)}
+        if trained is not None:
+            ckpt["trained_on"] = {"device": trained[0], "dtype": trained[1]}
+        now = TrainArgs(max_steps=10, dtype=typed)
+        return runplan.RunPlan(tmp_path, DEBUG, now, ckpt, tmp_path / "last.pt")
+
+    for saved_dtype, typed in [("auto", "float32"), ("float32", "auto")]:  # each is the run's float32
+        p = plan_of(saved_dtype, typed)
+        assert runplan.resume_changes(p, given, f32) is None, (saved_dtype, typed)
+        assert runplan.device_change(p, cpu, f32, given) is None, (saved_dtype, typed)
+    p = plan_of("auto", "float32")  # (float32 needs no resolving: nothing said without this session's dtype)
+    assert runplan.resume_changes(p, given) is None
+    assert runplan.device_change(p, gpu, f32, given) == (  # (the run's dtype, on another kind of device)
+        "resume: on cuda:0 in float32 (the run trained on cpu in float32): its steps from here are not bit "
+        "for bit the run's; --device cpu goes on as it did")
+    # an older checkpoint, no trained_on: its saved --device cpu with --dtype auto trained in float32
+    older = plan_of("auto", "float32", trained=None, device="cpu")
+    assert runplan.resume_changes(older, given, f32) is None
+    assert runplan.device_change(older, cpu, f32, given) is None
+    # a typed dtype that is not the one the run trained in is named, as before
+    p = plan_of("float32", "auto")
+    assert runplan.resume_changes(p, given, bf16) == (
+        "resume: --dtype auto (the run's float32), in force from here")
+    assert runplan.device_change(p, gpu, bf16, given) == (
+        "resume: on cuda:0 in bfloat16 (the run trained on cpu in float32): its steps from here are not bit "
+        "for bit the run's; --device cpu goes on as it did")
+    p = plan_of("auto", "bfloat16")
+    assert runplan.resume_changes(p, given, bf16) == (
+        "resume: --dtype bfloat16 (the run's auto), in force from here")
+    assert runplan.device_change(p, cpu, bf16, given) is None  # (named by resume_changes)
+    unknown = plan_of("auto", "float32", trained=None, device="auto")  # (cannot tell: named as typed)
+    assert runplan.resume_changes(unknown, given, f32) == (
+        "resume: --dtype float32 (the run's auto), in force from here")
+    assert runplan.device_change(unknown, cpu, f32, given) is None

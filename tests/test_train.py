@@ -481,6 +481,26 @@ def test_an_optimizer_state_torch_cannot_load_is_a_damaged_checkpoint_refused_in
     runplan.check_optimizer_groups(plan(eval_only=True))
 
 
+def test_resume_with_the_dtype_the_run_trained_in_typed_names_no_change(tmp_path, corpus, cache, capsys):
+    """--dtype float32 typed at the resume of a CPU run whose --dtype auto trained in float32, and then
+    --dtype auto where the run's is float32 (auto is float32 on the CPU), change nothing: the resume
+    line names only what does (train.setup hands resume_changes this session's dtype).
+
+    Bug caught: "resume: --max_steps 2 (the run's 1), --dtype float32 (the run's auto), in force from
+    here", although the run went on in the float32 it trained in."""
+    out = str(tmp_path / "ckpt")
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "1", "--device", "cpu"))
+    for steps, dtype in [("2", "float32"), ("3", "auto")]:
+        capsys.readouterr()
+        train.main(["--run", "r", "--out_dir", out, "--resume", "--device", "cpu", "--max_steps", steps,
+                    "--dtype", dtype])
+        said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resume: ")]
+        assert said == [f"resume: --max_steps {steps} (the run's {int(steps) - 1}), in force from here"], \
+            dtype
+        assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["trained_on"] == {
+            "device": "cpu", "dtype": "float32"}
+
+
 def test_resume_checks_typed_settings_against_the_checkpoints(tmp_path, corpus, cache, capsys):
     """At resume the typed settings are checked with the checkpoint's (--min_lr 0 saved, --lr 1e-5
     typed), not with the default preset's (--min_lr 6e-5 and lr 6e-4, which refused both ways)."""
