@@ -33,19 +33,22 @@ How this departs from the obvious version:
   start-up does not lower it (and lift the MFU).
 - A set-up step that fails on one rank is learned by all (all_ranks_or_none): no rank waits at a
   collective for one that has gone; one that fails on every rank is printed by rank 0 alone.
-- While rank 0 alone prepares the data (rank0_first), the others wait in a collective: the process
-  group starts with SETUP_TIMEOUT, not NCCL's 10 minutes (gloo's 30), and gets its backend's
-  default back when set-up is done (set_up_done), so a hang in training is found as soon as before;
+- While rank 0 alone prepares the data (rank0_first), the others wait on the job's store, looking
+  every RANK0_LOOK_SECONDS (in a collective Python runs no signal handler: a SIGTERM took effect when
+  rank 0 was done, minutes later); then they wait in a collective (the verdict): the process group
+  starts with SETUP_TIMEOUT, not NCCL's 10 minutes (gloo's 30), and gets its backend's default back
+  when set-up is done (set_up_done), so a hang in training is found as soon as before;
   the final barrier, where the others wait while rank 0 finishes its W&B run, has it again (wait_long).
 """
 
 import inspect
+import itertools
 import os
 import re
 import time
 import warnings
 import zlib
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -142,8 +145,8 @@ def data_parallel(model, device: torch.device, find_unused: bool):
 
 
 # Rank 0 alone prepares a new run's data (the hub's TinyStories on first use: its download, a BPE and
-# the tokenizing, minutes to tens of minutes) while the other ranks wait in a collective, which NCCL
-# aborted after 10 minutes (gloo after 30), the job with it.
+# the tokenizing, minutes to tens of minutes) while the other ranks wait (on the store, then in a
+# collective), which NCCL aborted after 10 minutes (gloo after 30), the job with it.
 SETUP_TIMEOUT = timedelta(hours=3)
 
 
@@ -204,20 +207,49 @@ def rank0_first(world: World, device):
     Where rank 0's block fails (bad data: it prints why), the others stop with a RankError rather
     than a broken barrier's traceback; where rank 0's succeeds and another's fails (a file another
     machine lacks), all learn it at a second verdict that rank 0 joins with an empty block, and the
-    lowest rank that met each line prints it (all_ranks_or_none)."""
+    lowest rank that met each line prints it (all_ranks_or_none). The others wait for rank 0's block
+    on the job's store, not in a collective (rank0_done), so that a signal stops one of them at once
+    (torchrun's agent then stops rank 0 as it stops the rest of a failed job)."""
     if world.size == 1:
         yield
         return
+    done = f"runtime/rank0_first/{next(_RANK0_BLOCKS)}/done"  # (every rank counts its calls alike)
     if not world.main:
-        if not _verdict(True, device, world)[0]:  # waits for rank 0's
+        rank0_done(done)
+        if not _verdict(True, device, world)[0]:
             raise RankError("rank 0 failed setting up the data")
         with all_ranks_or_none(world, device, "setting up the data"):  # (rank 0's succeeded: a failure
             yield  # is this rank's own to print, once where several met it)
         return
     with all_ranks_or_none(world, device, "setting up the data"):
-        yield
+        try:
+            yield
+        finally:
+            store_mark(done)
     with all_ranks_or_none(world, device, "setting up the data"):  # (the others', after rank 0's)
         pass
+
+
+_RANK0_BLOCKS = itertools.count()  # rank0_first's calls in this process: a store key for each
+RANK0_LOOK_SECONDS = 0.05  # how often the other ranks look whether rank 0's block is done
+
+
+def rank0_done(key: str) -> None:
+    """Wait until rank 0 has marked `key` in the job's store (its block done, or failed), looking every
+    RANK0_LOOK_SECONDS: Python runs its signal handlers between looks, where it runs none in a
+    collective (a SIGTERM then took effect when rank 0 was done, minutes later). A signal meanwhile
+    is told to the others (tell_peers_stop) before it stops this rank. After SETUP_TIMEOUT the rank
+    goes on to the verdict, which waits for rank 0 under the group's own timeout."""
+    if not dist.is_initialized():  # (a fake group: the verdict alone)
+        return
+    store = dist.distributed_c10d._get_default_store()
+    deadline = time.monotonic() + SETUP_TIMEOUT.total_seconds()
+    try:
+        while not store.check([key]) and time.monotonic() < deadline:
+            time.sleep(RANK0_LOOK_SECONDS)
+    except KeyboardInterrupt:
+        tell_peers_stop()
+        raise
 
 
 @contextmanager
@@ -266,8 +298,15 @@ PEER_STOP_SECONDS = 1.0
 
 def tell_peers_stop() -> None:
     """Mark in the process group's store that this rank was asked to stop (for good: the run stops)."""
+    store_mark(STOP_KEY)
+
+
+def store_mark(key: str) -> None:
+    """Set `key` in the process group's store (none: nothing). A store gone (its host stopped) is let
+    be: the collective after finds the job broken, and the error on its way out is kept."""
     if dist.is_available() and dist.is_initialized():
-        dist.distributed_c10d._get_default_store().set(STOP_KEY, "1")
+        with suppress(RuntimeError):
+            dist.distributed_c10d._get_default_store().set(key, "1")
 
 
 def peer_stopping() -> bool:

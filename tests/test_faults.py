@@ -459,6 +459,68 @@ def test_a_sigterm_to_one_torchrun_worker_cuts_the_others_evaluation_short_too(t
     assert outs[1]["batches"] == 0 and outs[0]["batches"] < 100, outs  # (not all 400 of its share)
 
 
+RANK0_FIRST_RANK = """
+import sys, time
+from contextlib import contextmanager
+from pathlib import Path
+import data, runtime, train
+marks, block = Path(sys.argv[1]), runtime.rank0_first
+def prepare(*args, **kwargs):  # rank 0's data preparation: slow (the hub's download, a BPE), never done here
+    (marks / "preparing").touch()
+    time.sleep(60)
+    raise SystemExit("rank 0's preparation ran to its end: the test never stopped it")
+@contextmanager
+def rank0_first(world, device):  # (the test signals rank 1 once it is there)
+    (marks / f"rank0_first{world.rank}").touch()
+    with block(world, device):
+        yield
+data.prepare, runtime.rank0_first = prepare, rank0_first
+train.main(sys.argv[2:])
+"""
+
+
+def test_a_sigterm_to_a_rank_waiting_for_rank_0s_data_stops_it_at_once(tmp_path, corpus, cache):
+    """Bug caught (a torchrun chaos probe): a SIGTERM to a worker other than rank 0 while rank 0 alone
+    prepared the data (runtime.rank0_first) took effect only once rank 0 was done, minutes later: the
+    worker waited in a gloo collective, where Python runs no signal handler. Now it waits on the job's
+    store, where Python runs them: it stops at once (status 130, silently: rank 0 speaks for the job),
+    and torchrun's agent then stops rank 0 (here the test, as the agent does: a SIGTERM), which says
+    the job's one line (another process stopped)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_USE_AGENT_STORE"}
+    env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               TORCHELASTIC_RUN_ID="test", OMP_NUM_THREADS="1")  # (torchrun's, as its workers get them)
+    procs = [subprocess.Popen([sys.executable, "-c", RANK0_FIRST_RANK, str(marks),
+                               *args(tmp_path, corpus, cache, "--grad_accum", "2")], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+             for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 120
+        while not ((marks / "preparing").exists() and (marks / "rank0_first1").exists()):
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, [
+                p.communicate() for p in procs]
+            time.sleep(0.05)
+        time.sleep(0.5)  # (rank 1 waiting for rank 0's data)
+        procs[1].send_signal(signal.SIGTERM)
+        err1 = procs[1].communicate(timeout=30)[1]  # (its exit: a second or more on a loaded machine)
+        assert procs[0].poll() is None, procs[0].communicate()  # (rank 0 still preparing: 60 s)
+        procs[0].send_signal(signal.SIGTERM)
+        err0 = procs[0].communicate(timeout=30)[1]
+    finally:
+        for p in procs:
+            p.kill()
+    assert (procs[1].returncode, "train.py:" in err1) == (130, False), err1  # (rank 0's line for all)
+    assert procs[0].returncode == 1 and "Traceback" not in err0, err0  # (the job's line: rank 1 went first)
+    assert err0.splitlines()[-1].startswith("train.py: error: another process of this torchrun job "
+                                            "stopped"), err0
+
+
 def test_a_resumed_run_that_trains_no_step_keeps_the_train_record_of_its_window(tmp_path, corpus, cache,
                                                                                 monkeypatch):
     """Stopped on an evaluation step in the middle of a log window (step 4), then resumed with
