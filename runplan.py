@@ -2,9 +2,9 @@
 
     plan = plan_run(model_args, train_args, preset, given)   # settings, run folder, checkpoint
     check_settings(plan, device, world)                       # refused: a ConfigError, exit status 2
-    setting_warnings(plan, given)                             # allowed, but probably not meant
     folder = claim_folder(plan)                               # the run folder, locked (rank 0; not
                                                               # at --eval_only, which only reads)
+    setting_warnings(plan, given)                             # allowed, but probably not meant
     wandb_id(plan)                                            # the W&B run to go on with, if any
 
 train.py's setup calls the first four in that order, then builds the data, model and optimizer

@@ -191,7 +191,7 @@ def test_bench_data_keeps_a_crashing_childs_traceback(monkeypatch):
     assert "Traceback (most recent call last)" in str(e.value.code)
 
 
-def test_a_failed_part_is_one_line(tmp_path, monkeypatch, capsys):
+def test_a_failed_part_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "PARTS", {"data": "no_such_script.py"})
     with pytest.raises(SystemExit) as e:
         bench.run_part("data", tmp_path)
@@ -735,7 +735,7 @@ def test_the_model_table_on_a_gpu_states_the_gpu_goals_and_the_compiled_ratios()
     assert [row.rsplit("|", 2)[1] for row in rows["cpu"]] == on_cpu * 2
 
 
-def test_bench_data_speed_ups_and_memory_ratio_the_right_way_up(tmp_path, monkeypatch, capsys):
+def test_bench_data_speed_ups_and_memory_ratio_the_right_way_up(tmp_path, monkeypatch):
     """Speed-ups are the loop's (or one thread's) time over the parallel path's; the memory ratio is
     what prepare() adds to the repeated text's anonymous memory over what it adds to the file's, and
     1.5 or more fails (exit 1). The prepare()
@@ -1300,7 +1300,7 @@ def test_ab_trees_times_each_tree_with_its_own_code_in_alternating_rounds(tmp_pa
     assert json.loads((tmp_path / "ab.json").read_text())["rounds"] == 2
 
 
-def test_ab_trees_given_one_tree_twice_keeps_both_processes_figures(tmp_path, monkeypatch, capsys):
+def test_ab_trees_given_one_tree_twice_keeps_both_processes_figures(monkeypatch, capsys):
     """`ab_trees.py . .` times one tree's variants in processes of their own, by turns. Bug caught:
     the figures were keyed by the tree's path, so the second process's replaced the first's and the
     report printed each line twice, the same."""

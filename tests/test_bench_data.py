@@ -36,7 +36,7 @@ def fake_child(monkeypatch, small: float = 30.0, big: float = 33.0, docs: int = 
     return given
 
 
-def test_the_copies_are_the_file_repeated_and_speeds_are_timed_on_the_file(tmp_path, monkeypatch, capsys):
+def test_the_copies_are_the_file_repeated_and_speeds_are_timed_on_the_file(tmp_path, monkeypatch):
     """Catches the memory test's text holding one copy fewer than --repeat, and the tokenizer timed on
     the repeated text (not the file) or with another tokenizer than the file's."""
     text = tmp_path / "t.txt"
@@ -90,7 +90,7 @@ def test_the_memory_ratio_of_a_text_held_whole_is_shown_not_checked(tmp_path, mo
     assert "2.00 not checked: t.txt is one round of tokenization batches (2,048 documents), held whole" in row
 
 
-def test_a_missing_data_file_is_one_line_before_the_work(tmp_path, monkeypatch, capsys):
+def test_a_missing_data_file_is_one_line_before_the_work(tmp_path, monkeypatch):
     """Catches a --data file that does not exist handed to the work (a FileNotFoundError traceback from
     the prepare() subprocess) instead of one line naming it, with nothing written."""
     monkeypatch.setattr(bench_data, "run_child", lambda *a: pytest.fail("the work started"))

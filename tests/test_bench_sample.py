@@ -218,7 +218,7 @@ def test_every_compiled_variant_is_warmed_up_and_its_own_skips_counted(tmp_path,
     assert result["results"]["batch1"]["cudagraph_skips"] == {"compiled": 2, "compiled-nograph": 0}
 
 
-def test_the_model_is_built_with_the_context_asked(tmp_path):
+def test_the_model_is_built_with_the_context_asked():
     """--max_seq_len sizes the model (and its static KV cache), not the preset's context."""
     import torch
 

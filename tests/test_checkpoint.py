@@ -797,7 +797,7 @@ def test_a_tokenizer_of_another_size_than_the_checkpoints_model_is_a_checkpoint_
     assert str(e.value) == "tokenizer.json has 266 tokens but the model of r/last.pt has 64; put it back"
 
 
-def test_a_special_token_a_config_sets_to_null_takes_a_free_id(tmp_path):
+def test_a_special_token_a_config_sets_to_null_takes_a_free_id():
     """Catches args_from_hf keeping a special-token id the folder's config.json sets to null (no
     pad token: Meta's configs say so) instead of giving it a free id."""
     cfg = checkpoint.hf_config(small_model().args)
@@ -819,7 +819,7 @@ def test_an_explicit_layer_list_on_the_interval_is_taken_and_one_off_it_refused(
         checkpoint.args_from_hf(cfg)
 
 
-def test_weights_loaded_into_a_built_model_must_fit_it_all(tmp_path):
+def test_weights_loaded_into_a_built_model_must_fit_it_all():
     """Catches build loading a state dict into a model built already without strict checking (a
     resumed run whose checkpoint lacks a weight went on with that weight freshly initialised): a
     missing or extra weight is a CheckpointError naming the file."""

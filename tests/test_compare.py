@@ -118,7 +118,7 @@ def test_options_it_owns_are_refused(tmp_path, capsys):
                                  "folder" in capsys.readouterr().err
 
 
-def test_an_unknown_pass_through_option_is_one_line_before_anything_else(tmp_path, capsys):
+def test_an_unknown_pass_through_option_is_one_line_before_anything_else(capsys):
     """It used to say where the results would go first (as if the typo were a real setting)."""
     with pytest.raises(SystemExit) as e:
         compare.main(["--minuts", "2"])
@@ -240,7 +240,7 @@ def test_a_bad_minutes_names_minutes(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_busy_run_folder_is_refused_before_any_folder_is_deleted(tmp_path, corpus, monkeypatch, capsys):
+def test_a_busy_run_folder_is_refused_before_any_folder_is_deleted(tmp_path, corpus, monkeypatch):
     """With compare-dense in use (another comparison on its second run), compare-moe, that
     comparison's finished first run, was deleted before the busy one was found: the other
     comparison then failed at its end, reading the tokenizer of a folder that was gone."""

@@ -50,7 +50,7 @@ def stories(n, start=0):
     return out
 
 
-def write(path, text, mode="w"):
+def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(text, bytes):
         path.write_bytes(text)
@@ -803,10 +803,6 @@ def test_shards_are_uint32_past_65536_tokens(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # The cache
-
-
-def shard_files(cache):
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.parent.parent.name == "tokens")
 
 
 def test_cache_reuse_and_invalidation(tmp_path, corpus):

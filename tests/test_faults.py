@@ -1080,8 +1080,8 @@ def test_an_interrupt_before_training_is_one_line_and_leaves_no_run_folder(tmp_p
     trains: one line, status 130, no folder; SIGTERM's own handler is put back afterwards."""
     def interrupt(*args):
         if how == "sigterm":
-            assert callable(signal.getsignal(signal.SIGTERM))  # train.interrupt (kept by data.py), else
-            # it would kill pytest
+            # errors.sigterm_interrupts's handler (kept by data.py), else it would kill pytest
+            assert callable(signal.getsignal(signal.SIGTERM))
             os.kill(os.getpid(), signal.SIGTERM)  # its handler raises KeyboardInterrupt
         raise KeyboardInterrupt
     monkeypatch.setattr(Tokenizer, "train", interrupt)

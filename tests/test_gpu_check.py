@@ -213,7 +213,7 @@ def test_a_failed_command_is_named_in_gpu_md_and_the_check_exits_1(tmp_path):
     assert (out / "gpu.md").read_text().startswith("**Failed:** train.py (exit 1); see log.txt.")
 
 
-def test_a_variant_bench_model_could_not_measure_fails_the_check(tmp_path, monkeypatch, capsys):
+def test_a_variant_bench_model_could_not_measure_fails_the_check(tmp_path, monkeypatch):
     """bench_model.py goes on without a variant that fails (a compiler failure on the GPU); the
     check names it at the top of gpu.md and exits 1, so that the table is not taken as whole."""
     import subprocess
@@ -986,7 +986,7 @@ def test_render_says_whether_the_greedy_stories_agree(tmp_path):
         assert line in (out / "gpu.md").read_text()
 
 
-def test_only_and_deadline_keep_the_readmes_folder(tmp_path, monkeypatch, capsys):
+def test_only_and_deadline_keep_the_readmes_folder(tmp_path, monkeypatch):
     """The two calls a lease takes (--only, --deadline) write img/gpu/ as a full check does; --quick
     does not (catches "only" and "deadline" dropped from what results_path ignores)."""
     import torch

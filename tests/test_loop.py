@@ -747,7 +747,7 @@ def test_a_resumed_window_counts_its_earlier_tokens_at_the_tokens_per_step_they_
     assert train.Window.from_checkpoint(train.LoopState(), job).tokens(job) == 200
 
 
-def test_under_torchrun_a_resumed_windows_sums_are_rank_0s_alone(monkeypatch):
+def test_under_torchrun_a_resumed_windows_sums_are_rank_0s_alone():
     """Catches every rank taking up the saved window's sums (they are already summed over the ranks): the
     resumed record's loss sums and applied steps counted once per rank (its means right by chance, its
     expert shares and the steps it averages over not)."""

@@ -185,7 +185,7 @@ def test_an_out_that_would_not_keep_the_json_is_refused_before_any_work(tmp_path
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
 
 
-def test_a_bad_option_is_the_only_line_printed(tmp_path, capsys):
+def test_a_bad_option_is_the_only_line_printed(capsys):
     """A bad --batches came after the line that the results would not be written to img/: two lines."""
     with pytest.raises(SystemExit) as e:
         memory_model.main(["--preset", "debug", "--batches", "0"])
@@ -262,7 +262,7 @@ def test_an_out_named_md_in_capitals_is_refused_too(tmp_path, capsys):
     assert e.value.code == 2 and "the table is written beside the JSON as m.md" in capsys.readouterr().err
 
 
-def test_what_main_passes_to_the_model_and_writes_from_what_it_returns(tmp_path, monkeypatch, capsys):
+def test_what_main_passes_to_the_model_and_writes_from_what_it_returns(tmp_path, monkeypatch):
     """Catches --dtype or --device not reaching the modelled step (bf16 always, CUDA's kernels always),
     the held memory listed among the step's parts, the ratios left out, and a batch of exactly 4,096
     loss chunks (scout-128m at 16,384) refused. The step's memory is faked: figures given."""

@@ -498,7 +498,7 @@ def test_an_atomic_write_never_replaces_a_device_or_fifo(tmp_path):
     assert stat.S_ISFIFO(fifo.stat().st_mode) and not list(tmp_path.glob(".tmp-*"))
 
 
-def test_plot_runs_without_out_from_below_a_run_folder_writes_beside_the_run(tmp_path, monkeypatch, capsys):
+def test_plot_runs_without_out_from_below_a_run_folder_writes_beside_the_run(tmp_path, monkeypatch):
     """Bug caught: `plot_runs.py ..` (the run folder, from a folder inside it) without --out took ".."
     as a name and wrote compare.png into the current folder, inside the run; it lands beside the run."""
     run = tmp_path / "checkpoints" / "a"
@@ -580,7 +580,7 @@ def test_an_evaluation_on_the_hubs_text_offline_advises_local_validation_text(tm
             val.load()
 
 
-def test_plot_runs_takes_a_runs_name_as_train_py_does(tmp_path, monkeypatch, capsys):
+def test_plot_runs_takes_a_runs_name_as_train_py_does(tmp_path, monkeypatch):
     """Bug caught: `plot_runs.py parent ft1` (the names train.py's --run, --resume and --init_from take)
     refused as folders that do not exist."""
     monkeypatch.chdir(tmp_path)

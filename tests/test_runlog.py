@@ -605,7 +605,7 @@ def test_a_resume_says_how_many_records_it_dropped_and_kept_and_nothing_when_non
 def test_a_resumes_dropped_line_names_the_records_at_its_step_apart_from_those_after_it(tmp_path):
     """Bug caught: the line said "dropped N of its records, from step S on" where step S's records were
     all kept (only those after S were dropped), and the same where S's partial train record was dropped
-    too (with --open_window) while its val record was kept."""
+    too (with open_window) while its val record was kept."""
     records = [{"kind": k, "step": s} for s in range(1, 5) for k in ("train", "val")]
     said = []
     for open_window, eval_due, kept, what in [

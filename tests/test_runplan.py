@@ -1396,7 +1396,7 @@ def as_loaded(ckpt: dict) -> dict:
     return {**ckpt, "train_args": runplan.run_settings(ckpt["train_args"])}
 
 
-def test_a_checkpoint_saved_with_an_empty_text_field_resumes(tmp_path):
+def test_a_checkpoint_saved_with_an_empty_text_field_resumes():
     """Bug caught: --text_field '' (refused since; it once trained on .txt text, which has no fields)
     saved in a checkpoint stopped its resume and --eval_only with a refusal of a setting not typed."""
     ckpt = as_loaded({**saved(), "train_args": {**config.to_dict(TrainArgs()), "text_field": ""}})

@@ -1924,7 +1924,7 @@ def test_a_file_that_is_no_image_is_told_to_pass_one(tmp_path):
 
 
 @pytest.mark.parametrize("stderr", ["full", "closed"])
-def test_a_warning_stderr_cannot_take_neither_stops_the_story_nor_lands_in_it(run_dir, tmp_path, stderr):
+def test_a_warning_stderr_cannot_take_neither_stops_the_story_nor_lands_in_it(run_dir, stderr):
     """Bugs caught: sample.py ... --greedy --top_k 3 2>/dev/full exited 1 with nothing printed (the
     warning's failed write killed it before the story); with stderr closed (2>&-: sys.stderr is None,
     and print's file=None is stdout) the warning was the story's first line. Now the warning is

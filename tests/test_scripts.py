@@ -111,7 +111,7 @@ def test_export_hf_interrupted_says_the_destination_may_be_unfinished(tmp_path, 
     ["--preset", "debug", "--n_layers", "3", "--moe_every", "5", "--vision", "true", "--qk_norm", "false"],
     ["--preset", "maverick-17b-128e", "--n_layers", "5"],
 ])
-def test_count_params_counts_as_the_whole_model_built_on_the_meta_device(argv, capsys):
+def test_count_params_counts_as_the_whole_model_built_on_the_meta_device(argv):
     """count_params.py builds a few one- or two-layer models, not every layer (--n_layers 2000000000
     built two billion modules and never answered); its table and counts are the whole model's."""
     _, (args,) = config.parse_args([config.ModelArgs], argv)
@@ -299,7 +299,7 @@ def test_count_params_explains_the_scout_model_cards_total(capsys):
     assert "exactly one embedding matrix" in out and "not one embedding" not in out
 
 
-def test_export_hf_keeps_a_bad_settings_status_and_puts_sigterm_back(tmp_path, monkeypatch, capsys):
+def test_export_hf_keeps_a_bad_settings_status_and_puts_sigterm_back(tmp_path, monkeypatch):
     """Catches export_hf.py exiting 1 for a bad setting (a folder of runs given as the checkpoint: 2),
     and leaving SIGTERM as a Ctrl-C once it is done (its caller's handler lost)."""
     def refused(*args, **kwargs):
@@ -460,7 +460,7 @@ def test_plot_runs_names_the_file_and_line_of_a_record_without_a_field(tmp_path)
     assert (tmp_path / "p.png").exists()
 
 
-def test_plot_runs_names_a_metrics_jsonl_that_is_a_folder_and_the_fix(tmp_path, capsys):
+def test_plot_runs_names_a_metrics_jsonl_that_is_a_folder_and_the_fix(tmp_path):
     """Bug caught: a run whose metrics.jsonl is a folder (made by mistake) said "[Errno 21] Is a
     directory: ..." with no fix, and that folder typed itself said ".../metrics.jsonl/metrics.jsonl
     does not exist"; now one line names it and the fix."""
@@ -788,7 +788,7 @@ def test_export_hf_import_advice_never_names_a_training_run(tmp_path, capsys, mo
     assert checkpoint.new_folder(tmp_path / "hf", "a") == tmp_path / "hf" / "a"
 
 
-def test_export_hf_reads_a_quoted_tilde_as_the_home_folder_in_both_paths(tmp_path, monkeypatch, capsys):
+def test_export_hf_reads_a_quoted_tilde_as_the_home_folder_in_both_paths(tmp_path, monkeypatch):
     """Bug caught: `export_hf.py --import '~/hf/a' '~/ck/imp'` (a ~ the shell left) read the HF folder
     from home but wrote the checkpoint under a folder named ~ in the working directory; an export's
     destination alike."""

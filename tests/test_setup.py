@@ -244,7 +244,7 @@ def test_eval_only_of_a_weights_only_checkpoint_builds_no_optimizer(tmp_path, do
 
 # --- start_logging, run -----------------------------------------------------------------------------
 
-def test_the_start_up_summary_names_the_runs_figures(tmp_path, done, corpus, cache, set_up, monkeypatch):
+def test_the_start_up_summary_names_the_runs_figures(tmp_path, done, corpus, cache, set_up):
     """The start-up line losing the resumed step, the tokens per step, the world size, eager/compiled,
     the peak; the "compiling" line shown for an eager model."""
     copy_run(done, tmp_path)

@@ -880,7 +880,7 @@ def test_a_local_hf_dataset_folder_that_fails_is_named_not_the_hub(tmp_path, req
     assert hub_probe is None or hub_probe.calls == []
 
 
-def test_a_local_hf_dataset_folder_of_txt_files_is_refused_naming_data(tmp_path, monkeypatch):
+def test_a_local_hf_dataset_folder_of_txt_files_is_refused_naming_data(tmp_path):
     """Bug caught: --hf_dataset FOLDER (offline) holding train.txt in the official layout was read by
     `datasets` one line per document: 43 stories gave 180 documents, each paragraph apart and the
     <|endoftext|> lines tokenized as text. It is refused with the --data (or --val_data) that splits
@@ -1208,7 +1208,7 @@ def test_both_sides_of_a_held_out_slice_are_keyed_by_their_slice_and_counting(tm
             "keep": keep, "every": 4, "counting": sources.HELD_OUT_RULES}
 
 
-def test_holding_out_from_one_document_names_no_val_fraction(tmp_path):
+def test_holding_out_from_one_document_names_no_val_fraction():
     """Catches the fix "raise --val_fraction to 1" for a single document (1 in 1 would leave no
     training text: --val_data is the only way); two documents name 0.5."""
     import datasets

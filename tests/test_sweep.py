@@ -809,8 +809,7 @@ def test_what_train_py_refuses_before_any_data_work_is_refused_before_the_first_
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_bad_setting_is_named_before_a_folder_of_runs_with_other_options(corpus, tmp_path, monkeypatch,
-                                                                          capsys):
+def test_a_bad_setting_is_named_before_a_folder_of_runs_with_other_options(corpus, tmp_path, capsys):
     """Bug caught: --vocab_size 100 with an --out_dir holding finished runs of other options said the
     folder "holds a run made with other train.py options ...; pick another --out_dir for these, or
     delete it", pointing at deleting good runs when the mistake was the vocabulary size."""
@@ -1118,7 +1117,7 @@ def diverging_train_py(tmp_path, monkeypatch, diverges, status=1):
     monkeypatch.setattr(sweep.subprocess, "run", run)
 
 
-def test_a_candidate_that_diverges_ranks_last_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+def test_a_candidate_that_diverges_ranks_last_and_the_sweep_goes_on(tmp_path, monkeypatch):
     """Bug caught: a candidate whose loss went non-finite for --max_bad_steps steps in a row (train.py
     stops it, exit status 1) stopped the whole sweep, and every rerun failed at that same candidate:
     the sweep could not get past it but by leaving its stage out. Now its result records it as

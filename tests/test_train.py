@@ -1357,7 +1357,7 @@ def test_loss_plot_includes_the_evaluation_just_made(tmp_path, corpus, cache, mo
     assert drawn_with == [1, 2]
 
 
-def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache, capsys):
+def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache):
     from scripts import plot_runs
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "1", run="a"))
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--eval_every", "1", "--top_k", "2",
@@ -2378,8 +2378,7 @@ def test_a_signal_aborts_before_the_first_step_stops_after_it_and_a_second_waits
         stop.restore()
 
 
-def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_put_off(monkeypatch,
-                                                                                          tmp_path):
+def test_a_finished_run_resumed_trains_no_more_but_runs_the_evaluation_a_signal_put_off(tmp_path):
     # catches: a run resumed at its --max_steps or budget training on, or skipping its put-off
     # evaluation
     said = []
