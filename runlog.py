@@ -216,6 +216,22 @@ def start_wandb(train_args, run_dir: Path, settings: dict, log=print):
     return None
 
 
+def new_wandb_run(run, run_id: str | None, log=print) -> bool:
+    """Whether `run` (start_wandb's) is a new W&B run, to be given the history kept from the start
+    (Metrics' backfill): another than the checkpoint's `run_id`, or one of that id that W&B's server
+    did not hold (run.resumed False: another server than the checkpoint's run was on, WANDB_BASE_URL,
+    or a run moved to another project), which W&B's resume="allow" starts empty; `log` says so."""
+    if run is None:
+        return False
+    if run.id != run_id:
+        return True
+    if getattr(run, "resumed", True) is not False:  # (a W&B that does not say: the checkpoint's run)
+        return False
+    log(f"wandb: W&B run {run_id} was not found where it was resumed (another server, WANDB_BASE_URL, or it "
+        "was moved to another project), so W&B started it anew: it gets the history from the start")
+    return True
+
+
 def _same_entity(wandb, run_id: str | None, saved: str | None, log) -> dict:
     """What init is given beyond `run` to go on with W&B run `run_id` of entity `saved` (the
     checkpoint's): that entity, where none is set now (else the login's default entity, which may be

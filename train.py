@@ -1175,7 +1175,7 @@ def open_logs(job: Job, state: LoopState) -> None:
                 "wandb_entity": job.wandb_entity,
                 "parameters": {k: counts[k] for k in ("total", "active_per_token")}}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
-    new_wandb = wandb_run is not None and wandb_run.id != job.wandb_id  # not the checkpoint's W&B run
+    new_wandb = runlog.new_wandb_run(wandb_run, job.wandb_id, log)  # not the checkpoint's W&B run
     # an open window's record is written again only by a run that trains on (not one resumed for the
     # evaluation a signal put off, with its budget spent: it would lose the record)
     trains = state.step < train_args.max_steps and not job.clock.spent(state)

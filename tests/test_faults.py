@@ -934,6 +934,36 @@ def test_wandb_turned_on_at_resume_gets_the_whole_history(tmp_path, corpus, cach
     assert "experts/layer0/expert0" in runs["w"][0] and runs["w"][0]["step"] == 1
 
 
+def test_a_resume_whose_wandb_run_the_server_lacks_gives_the_new_one_the_whole_history(
+        tmp_path, corpus, cache, monkeypatch, capsys):
+    """W&B resume="allow" with an id its server does not hold (another WANDB_BASE_URL than the
+    checkpoint's run was on, a run moved to another project) starts an empty run of that id, which W&B
+    says (run.resumed False): that run gets the history from the start, and a line says why.
+
+    Bug caught: the resume logged only the steps after the checkpoint to it (it was taken for the
+    checkpoint's W&B run), so its charts began at the checkpoint's step."""
+    runs = {}
+
+    class Run(FakeWandbRun):
+        resumed = False  # (W&B's answer for a run of that id it did not hold)
+    base = ["--max_steps", "4", "--eval_every", "2", "--save_every", "2", "--plot", ""]
+    monkeypatch.setattr(train.runlog, "start_wandb", lambda targs, run_dir, settings, log: FakeWandbRun(
+        "w", runs.setdefault("w", [])))
+    train.main(train_args(tmp_path, corpus, cache, *base, "--max_steps", "2"))
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["wandb_id"] == "w"
+    monkeypatch.setattr(train.runlog, "start_wandb", lambda targs, run_dir, settings, log: Run(
+        settings["wandb_id"], runs.setdefault("elsewhere", [])))
+    capsys.readouterr()
+    train.main(train_args(tmp_path, corpus, cache, *base, "--resume"))
+    lines = (tmp_path / "ckpt" / "r" / "metrics.jsonl").read_text().splitlines()
+    records = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
+    assert Run("w", runs["elsewhere"]).records() == records and records[0] == ("train", 1)
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wandb:")]
+    assert said == ["wandb: W&B run w was not found where it was resumed (another server, WANDB_BASE_URL, "
+                    "or it was moved to another project), so W&B started it anew: it gets the history "
+                    "from the start"]
+
+
 def test_wandb_refusing_its_settings_names_the_setting(tmp_path, monkeypatch):
     """WANDB_CONSOLE=bogus in the environment: W&B's error says "1 validation error for Settings"
     in its first line; the line names the setting and the value instead."""
