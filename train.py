@@ -1162,6 +1162,15 @@ def start_logging(job: Job, state: LoopState) -> None:
             open_logs(job, state)
 
 
+def session_of(job: Job) -> dict:
+    """Where and how this session trains, as --device auto, --dtype auto and --compile auto resolved
+    (W&B's config: runs compared there by the settings they ran with, not the "auto" typed)."""
+    dtype = runtime.compute_dtype(job.train_args.dtype, job.device)
+    name = torch.cuda.get_device_name(job.device) if job.device.type == "cuda" else "cpu"
+    return {"device": str(job.device), "device_name": name, "dtype": str(dtype).removeprefix("torch."),
+            "processes": job.world.size, "compiled": bool(job.trials)}
+
+
 def open_logs(job: Job, state: LoopState) -> None:
     """The settings files, the tokenizer, W&B and metrics.jsonl (rank 0 alone)."""
     model_args, train_args, log = job.model_args, job.train_args, job.log
@@ -1173,7 +1182,8 @@ def open_logs(job: Job, state: LoopState) -> None:
     settings = {"preset": job.preset, "model": config.to_dict(model_args),
                 "train": config.to_dict(train_args), "wandb_id": job.wandb_id,
                 "wandb_entity": job.wandb_entity,
-                "parameters": {k: counts[k] for k in ("total", "active_per_token")}}
+                "parameters": {k: counts[k] for k in ("total", "active_per_token")},
+                "session": session_of(job)}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     new_wandb = runlog.new_wandb_run(wandb_run, job.wandb_id, log)  # not the checkpoint's W&B run
     # an open window's record is written again only by a run that trains on (not one resumed for the

@@ -821,6 +821,23 @@ def test_the_wandb_run_of_a_stopped_crashed_and_resumed_run_holds_the_records_of
     assert FakeWandbRun("w0", runs["w0"]).records() == records[:7]  # (left as it was)
 
 
+def test_the_wandb_config_names_the_device_dtype_and_compiling_the_run_resolved(tmp_path, corpus, cache,
+                                                                                monkeypatch):
+    """Bug caught (a W&B probe): W&B's config held --device, --dtype and --compile as typed, "auto"
+    for all three by default, so runs compared there could not be told apart by the GPU or CPU, the
+    dtype or the compiling they ran with. It holds them as resolved (`session`)."""
+    seen = []
+
+    def start_wandb(targs, run_dir, settings, log):
+        seen.append(settings)
+        return FakeWandbRun("w", [])
+    monkeypatch.setattr(train.runlog, "start_wandb", start_wandb)
+    train.main(train_args(tmp_path, corpus, cache, "--max_steps", "1", "--plot", "", "--compile", "false"))
+    assert seen[0]["train"]["dtype"] == "auto"  # (as typed; the session's as resolved)
+    assert seen[0]["session"] == {"device": "cpu", "device_name": "cpu", "dtype": "float32", "processes": 1,
+                                  "compiled": False}
+
+
 def test_every_key_logged_to_wandb_is_charted_against_the_step_value(tmp_path, monkeypatch):
     """Each row carries the optimizer step as `step`, not as W&B's own step: a key that no
     define_metric(..., step_metric="step") covers is charted against W&B's row count instead (a
