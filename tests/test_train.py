@@ -137,6 +137,20 @@ def test_accumulated_losses_are_means_over_the_micro_batches():
     assert lm[1] == pytest.approx(lm[0], rel=1e-5)
 
 
+def test_accumulated_router_entropy_is_a_mean_over_the_micro_batches_and_counts_a_sum():
+    """Four micro-batches alike give one's router entropy (a mean) and four times its expert counts (a
+    sum: the step's assignments). Mutation caught: the entropy summed over the micro-batches (a router
+    entropy k times too high in the train record at --grad_accum k)."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args(max_seq_len=16, router_noise=False))
+    x = torch.randint(0, 320, (2, 16))
+    out = [train.accumulate(model, [(x, x.roll(1, 1))] * k, 0, 0, list(range(k)), train.nullcontext(),
+                            train.nullcontext) for k in (1, 4)]
+    (_, counts_1, entropy_1), (_, counts_4, entropy_4) = out
+    torch.testing.assert_close(entropy_4, entropy_1)
+    assert torch.equal(counts_4, 4 * counts_1) and float(entropy_1.min()) > 0
+
+
 def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise(monkeypatch):
     # catches: every micro-batch of a step taking the same windows, or the same router noise seed
     job = SimpleNamespace(device=torch.device("cpu"), micros=[0, 1], model_args=debug_args(max_seq_len=16),
@@ -153,6 +167,31 @@ def test_the_micro_batches_of_a_step_are_other_windows_with_other_router_noise(m
     batches = [(x % 320, y % 320) for x, y in train.batches_at(job, step=5)]  # (ids in the vocabulary)
     train.accumulate(model, batches, 1337, 5, [0, 1], train.nullcontext(), train.nullcontext)
     assert seen == [train.micro_seed(1337, 5, 0), train.micro_seed(1337, 5, 1)]
+
+
+def test_a_ranks_micro_batches_draw_the_router_noise_one_process_draws_for_them():
+    """Under torchrun rank r takes micro-batches r, r + W, ...: their router noise is seeded by those
+    micro-batch numbers, so two ranks' gradients, averaged, are one process's at the same --grad_accum.
+    Mutation caught: the noise seeded by the micro-batch's place in this rank's list (0, 1, ...), not its
+    number: rank 1 drew rank 0's noise, the same within a process of one rank."""
+    torch.manual_seed(0)
+    model = Llama4(debug_args(max_seq_len=16, router_noise=True)).train()
+    with torch.no_grad():  # noise of std 1 (not the 0.01 it starts at): a clear effect on the gradients
+        for m in model.modules():
+            if isinstance(m, model_module.MoE):
+                m.router_noise.bias.fill_(math.log(math.expm1(1.0)))
+    x = torch.randint(0, 320, (8, 16))
+    batches = list(zip(x.chunk(4), x.roll(1, 1).chunk(4), strict=True))
+
+    def grads(micros):
+        model.zero_grad()
+        train.accumulate(model, [batches[m] for m in micros], 5, 3, micros, train.nullcontext(),
+                         train.nullcontext)
+        return [p.grad.clone() for p in model.parameters()]
+    one = grads([0, 1, 2, 3])
+    ranks = [grads([0, 2]), grads([1, 3])]  # two ranks at --grad_accum 4: DDP averages their gradients
+    for a, b, c in zip(one, *ranks, strict=True):
+        torch.testing.assert_close((b + c) / 2, a, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])
