@@ -356,9 +356,11 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
     key = _key({"source": train.signature, "vocab_size": vocab, "cap_bytes": cap, "format": TOKENIZER_FORMAT,
                 "special": list(SPECIAL_TOKENS.values())})
     path = Path(train_args.cache_dir) / f"tokenizer-{key}" / "tokenizer.json"
-    with _building(path.parent, Path(train_args.cache_dir), log):  # another run may be training it
+    with _building(path.parent, Path(train_args.cache_dir), log) as no_room:  # another run may train it
         tok = _cached_tokenizer(path, vocab, log)
         if tok is None:
+            if no_room:
+                raise no_room
             if val is not None:
                 val.documents()
             t0, used = time.time(), {}
@@ -433,7 +435,7 @@ def get_tokens(name: str, split: sources.Split, tok: Tokenizer, cache_dir, threa
     """The split's token shard: from the cache when source and tokenizer match, else tokenized now."""
     key = _key({"source": split.signature, "tokenizer": tok.hash, "format": FORMAT})
     folder = Path(cache_dir) / "tokens" / f"{name}-{key}"
-    with _building(folder, Path(cache_dir), log):
+    with _building(folder, Path(cache_dir), log) as no_room:
         if folder.exists():
             try:
                 shard = TokenData(folder, tok.hash)
@@ -444,6 +446,8 @@ def get_tokens(name: str, split: sources.Split, tok: Tokenizer, cache_dir, threa
                 return shard
             except DataError as e:
                 log(f"data: {name}: not reusing the cache: {e.problem}; rebuilding it")  # (not e.fix)
+        if no_room:
+            raise no_room
         t0 = time.time()
         ds = split.documents()
         batches = (b["text"] for b in ds.iter(batch_size=BATCH_DOCS * threads))
@@ -563,14 +567,18 @@ def _sweep_temporaries(cache_dir: Path, log) -> None:
 @contextmanager
 def _building(folder: Path, cache_dir: Path, log):
     """One process at a time builds (or checks) a cache folder: two runs sharing --cache_dir would
-    otherwise delete each other's files, or both train a tokenizer. The lock is in cache_dir/.locks/."""
-    path = _lock_path(folder, cache_dir)
+    otherwise delete each other's files, or both train a tokenizer. The lock is in cache_dir/.locks/.
+    Yields the OSError that kept it from being taken on a full disk (no room for .locks/ or its
+    file), else None: a hit is read without it, and the caller raises that error at a miss (built
+    without the lock, it could race a build that another run began once room was freed). A lock file
+    made with no room for its line is held all the same (storage.lock's full_ok)."""
+    path, no_room = _lock_path(folder, cache_dir), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        held = storage.lock(path)
+        held = storage.lock(path, full_ok=True)
     except storage.Busy as e:
         log(f"data: {folder} is being built by another process ({e.holder}); waiting for it")
-        held = storage.lock(path, wait=True)
+        held = storage.lock(path, wait=True, full_ok=True)
     except OSError as e:  # a read-only cache (a shared, finished one): nobody builds in it, so no lock;
         # a cache miss fails at its first write instead (a lock file of another user's that this one
         # cannot open, in a folder it can write, is no such thing: refused, as builds would race)
@@ -580,11 +588,13 @@ def _building(folder: Path, cache_dir: Path, log):
             blocker = next((p for p in [where, *where.parents] if p.exists() and not p.is_dir()), where)
             raise DataError(f"--cache_dir {cache_dir}: a file is where a folder should be ({blocker}); "
                             f"{CACHE_FIX}") from None
-        if not read_only:
+        if e.errno in storage.NO_ROOM:
+            no_room = e
+        elif not read_only:
             raise
         held = None
     try:
-        yield
+        yield no_room
     finally:
         if held is not None:
             held.close()

@@ -43,9 +43,9 @@ How this departs from the obvious version:
   ever after.
 - Locks are `flock`s on a file that is never deleted while in use (but by its holder, as it lets
   go of a run.lock it made beside none of a run's files: RunFolder.release, or of one an import
-  made: checkpoint.import_hf, or of a lock file it made on a full disk; one who locked the file it
-  unlinked locks the new one instead): the kernel releases one when its process dies, so a lock
-  file left by a crash (or `kill -9`) blocks nothing.
+  made: checkpoint.import_hf, or of a lock file it made on a full disk, but a cache's, held empty
+  instead; one who locked the file it unlinked locks the new one instead): the kernel releases one
+  when its process dies, so a lock file left by a crash (or `kill -9`) blocks nothing.
 """
 
 import contextlib
@@ -599,14 +599,17 @@ def held(path) -> bool:
     return False
 
 
-def lock(path, wait: bool = False, who: str = ""):
+def lock(path, wait: bool = False, who: str = "", full_ok: bool = False):
     """Take an exclusive flock on `path` (created if need be) and return the open file: the lock
     lasts until the file is closed or the process ends. The file then says who holds it ("pid N on
     HOST since TIME", after `who`: IMPORTING, an import's). With wait=False a lock held elsewhere
     raises Busy at once; with wait=True this waits for it. The file is never deleted while in use
     (but by its holder, as it lets it go: RunFolder.release, checkpoint.import_hf, or as a file it
     made cannot take its line: a full disk), so that two processes always lock the same file; a file
-    its holder unlinked after this opened it is let go, and the one at `path` now is locked instead."""
+    its holder unlinked after this opened it is let go, and the one at `path` now is locked instead.
+    With full_ok (a cache's build lock: data._building), a disk with no room for the line leaves the
+    file empty and held (Busy names its holder "another process"): a cache hit needs no room, and a
+    build fails at its first write as it would have here."""
     import fcntl  # POSIX only, as is the rest of the training stack
     while True:
         try:  # (made here, or not, as the open found it: another process may make it after a check)
@@ -621,16 +624,18 @@ def lock(path, wait: bool = False, who: str = ""):
                 holder = f.read().strip() or "another process"
                 raise Busy(path, holder) from None
             if same_file(f, path):
-                try:
-                    f.seek(0)
-                    f.truncate()
-                    f.write(f"{who}pid {os.getpid()} on {socket.gethostname()} since "
-                            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-                    f.flush()
-                except OSError:  # (a full disk) a file made here goes, unlinked while still locked
-                    if made:
-                        os.unlink(path)
-                    raise
+                line = (f"{who}pid {os.getpid()} on {socket.gethostname()} since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
+                try:  # (unbuffered: a line the disk refused is not flushed again, and refused, at close)
+                    os.ftruncate(f.fileno(), 0)
+                    while line:
+                        line = line[os.write(f.fileno(), line):]
+                except OSError as e:  # (a full disk) a file made here goes, unlinked while still locked
+                    if not (full_ok and e.errno in NO_ROOM):
+                        if made:
+                            os.unlink(path)
+                        raise
+                    os.ftruncate(f.fileno(), 0)  # (the part written, if any: shrinking takes no room)
                 f.made = made  # (RunFolder: a run.lock made by this run goes if it wrote nothing)
                 return f
         except BaseException:

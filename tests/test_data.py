@@ -1295,12 +1295,56 @@ def test_a_finished_cache_on_a_read_only_disk_is_used(tmp_path, corpus, monkeypa
     kw = dict(data=str(train_path), val_data=str(val_path))
     tok, train, _, _ = run(tmp_path, **kw)
 
-    def read_only(path, wait=False):
+    def read_only(path, wait=False, **kw):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
     monkeypatch.setattr(storage, "lock", read_only)
     again, train_again, _, logs = run(tmp_path, **kw)
     assert again.hash == tok.hash and train_again.meta == train.meta
     assert any("train: cache hit" in line for line in logs)
+
+
+def test_a_finished_cache_on_a_full_disk_without_its_lock_files_is_used(tmp_path, corpus, monkeypatch,
+                                                                         request):
+    """A complete cache on a full disk whose .locks/ files are gone (`cp -r cache/*` skips hidden
+    folders) is a hit: a lock file the disk has no room to write its line in is held empty, and
+    where there is no room for .locks/ itself (ext4: a folder takes a block) the hit is read without
+    a lock. A miss there is the one-line full-disk error, and one with no lock builds nothing.
+    Bug caught (a disk-full probe): both stopped with "cannot write the cache under --cache_dir ...:
+    the disk is full", which a read-only cache, or the lock files in place, did not."""
+    train_path, val_path, _, _ = corpus
+    kw, cache = dict(data=str(train_path), val_data=str(val_path)), tmp_path / "cache"
+    tok, train, val, _ = run(tmp_path, **kw)
+    real_write, real_mkdir = os.write, os.mkdir
+
+    def write(fd, data):  # no room for a lock file's "pid N on HOST" line
+        if data.startswith(b"pid "):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    def mkdir(path, *args, **kw):  # no room for the .locks folder
+        if os.path.basename(path) == ".locks":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_mkdir(path, *args, **kw)
+    monkeypatch.setattr(os, "write", write)
+    for no_folder in (False, True):
+        shutil.rmtree(cache / ".locks")
+        monkeypatch.setattr(os, "mkdir", mkdir if no_folder else real_mkdir)
+        again, train_again, val_again, logs = run(tmp_path, **kw)
+        assert again.hash == tok.hash and (train_again.meta, val_again.meta) == (train.meta, val.meta)
+        assert sum("cache hit" in line for line in logs) == 3, logs
+        assert (cache / ".locks").exists() != no_folder
+    full = (r"^cannot write the cache under --cache_dir .*: the disk is full \(.*\); free some space or pick "
+            r"another --cache_dir$")
+    before = sorted(cache.iterdir())
+    with pytest.raises(DataError, match=full):  # a miss (another vocabulary) with no lock: not built
+        run(tmp_path, vocab=320, **kw)
+    assert sorted(cache.iterdir()) == before
+    monkeypatch.setattr(os, "mkdir", real_mkdir)
+    request.getfixturevalue("full_disk")  # a miss under a lock with no line: its first write fails
+    locked = r"^cannot write .*: the disk is full .*; free some space or pick another --cache_dir$"
+    with pytest.raises(UserError, match=locked) as e:
+        run(tmp_path, vocab=320, **kw)
+    assert "\n" not in str(e.value)
 
 
 def test_another_users_lock_in_a_writable_cache_is_not_skipped(tmp_path, corpus, monkeypatch):
@@ -1309,7 +1353,7 @@ def test_another_users_lock_in_a_writable_cache_is_not_skipped(tmp_path, corpus,
     import storage
     train_path, val_path, _, _ = corpus
 
-    def not_mine(path, wait=False):
+    def not_mine(path, wait=False, **kw):
         raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
     monkeypatch.setattr(storage, "lock", not_mine)
     with pytest.raises(DataError, match="Permission denied"):
@@ -1324,6 +1368,28 @@ def test_a_real_full_cache_disk(tmp_path):
     with small_filesystem(tmp_path / "small", "64k") as disk:
         with pytest.raises(UserError, match=r"the disk is full .*pick another --cache_dir") as e:
             data.prepare(targs(disk, data=text, val_data=text), margs(), log=lambda m: None)
+        assert "\n" not in str(e.value)
+
+
+def test_a_real_full_cache_disk_holding_a_finished_cache_without_its_lock_files(tmp_path):
+    """The disk-full probe's case on a real tmpfs, filled: a finished cache whose .locks/ folder is
+    gone is a hit, and a miss there the one-line full-disk error."""
+    text = str(shared_file("train-sample.txt"))
+    with small_filesystem(tmp_path / "small", "2m") as disk:
+        args = targs(disk, data=text, val_data=text)
+        tok, train, _ = data.prepare(args, margs(), log=lambda m: None)
+        shutil.rmtree(disk / "cache" / ".locks")
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(fd, b"x" * 512)
+        os.close(fd)
+        logs = []
+        again, train_again, _ = data.prepare(args, margs(), log=logs.append)
+        assert again.hash == tok.hash and train_again.meta == train.meta
+        assert sum("cache hit" in line for line in logs) == 3, logs
+        with pytest.raises(UserError, match=r"the disk is full .*pick another --cache_dir") as e:
+            data.prepare(args, margs(vocab=320), log=lambda m: None)
         assert "\n" not in str(e.value)
 
 

@@ -567,6 +567,44 @@ def test_a_lock_held_without_a_note_is_named_another_process_and_held_sees_it(tm
         mine.close()
 
 
+def test_a_cache_lock_on_a_full_disk_is_held_with_no_line_and_a_run_lock_is_not(tmp_path, monkeypatch):
+    """A lock file whose "pid N on HOST" line the disk refuses: with full_ok (the cache's build
+    locks: data._building) the flock is kept on the empty file, which names "another process" to
+    whoever asks; without it (run.lock) the error stands and a file made there goes. The part of
+    the line written is cut off, and nothing raises again as the lock is let go.
+    Bug caught (a disk-full probe): a finished cache on a full disk, its .locks/ files gone (`cp -r
+    cache/*` skips hidden folders), stopped train.py with "the disk is full" though every lookup was
+    a hit: lock() made the lock file, could not write its line, deleted the file and raised."""
+    real = os.write
+
+    def full(fd, data):  # the disk takes 5 bytes of the line, then is full
+        if len(data) > 5:
+            return real(fd, data[:5])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    new, old = tmp_path / "new.lock", tmp_path / "old.lock"
+    old.write_text("pid 1 on gone since 2020-01-01 00:00:00\n")  # a dead holder's line
+    with monkeypatch.context() as m:
+        m.setattr(storage.os, "write", full)
+        for path in (new, old):
+            held = storage.lock(path, full_ok=True)
+            try:
+                assert path.read_bytes() == b"" and storage.same_file(held, path)
+                with pytest.raises(storage.Busy) as e:  # two processes never both hold it
+                    storage.lock(path, full_ok=True)
+                assert e.value.holder == "another process"
+            finally:
+                held.close()
+            assert path.exists() and not storage.held(path)
+        with pytest.raises(OSError) as e:
+            storage.lock(tmp_path / "run.lock")
+        assert e.value.errno == errno.ENOSPC and not (tmp_path / "run.lock").exists()
+    mine = storage.lock(new, full_ok=True)  # room again: the line is written
+    try:
+        assert new.read_text().startswith(f"pid {os.getpid()} on ")
+    finally:
+        mine.close()
+
+
 # --- what a third mutation audit of storage.py found untested --------------------------------
 
 def test_an_error_outside_the_named_reasons_is_said_once_and_one_without_strerror_still_named(tmp_path):
@@ -685,17 +723,11 @@ def test_a_run_folder_that_cannot_be_locked_is_one_line_and_the_folder_it_made_g
     assert not made.exists() and theirs.is_dir()
 
 
-class NoRoom:
-    """An open file whose writes fail as on a full disk (the rest is the real file's)."""
-
-    def __init__(self, f):
-        self.f = f
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def write(self, text):
+def no_room(monkeypatch):
+    """Writes fail as on a full disk (lock() writes its line with os.write, unbuffered)."""
+    def full(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(storage.os, "write", full)
 
 
 def test_a_run_folder_on_a_full_disk_leaves_no_run_lock_and_says_free_some_space(tmp_path, monkeypatch):
@@ -703,7 +735,7 @@ def test_a_run_folder_on_a_full_disk_leaves_no_run_lock_and_says_free_some_space
     lock file's line is not written) left an empty run.lock (alone, what makes a folder a killed run's)
     in the folders it made, and said "(No space left on device); pick another --out_dir or --run",
     not that the disk is full nor to free some space."""
-    monkeypatch.setattr(storage, "open", lambda path, mode: NoRoom(open(path, mode)), raising=False)
+    no_room(monkeypatch)
     made, theirs = tmp_path / "out" / "made", tmp_path / "theirs"
     theirs.mkdir()
     for run in (made, theirs):
@@ -725,8 +757,9 @@ def test_a_lock_file_made_meanwhile_by_another_process_stays_on_a_full_disk(tmp_
         if not os.path.lexists(file):  # (the other process, between the check and the open)
             with real(file, "w") as f:
                 f.write("pid 1 on elsewhere since 2024-01-01 00:00:00\n")
-        return NoRoom(real(file, mode))
+        return real(file, mode)
     monkeypatch.setattr(storage, "open", theirs_first, raising=False)
+    no_room(monkeypatch)
     with pytest.raises(OSError):
         storage.lock(path)
     assert path.is_file()
