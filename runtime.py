@@ -39,6 +39,9 @@ How this departs from the obvious version:
   starts with SETUP_TIMEOUT, not NCCL's 10 minutes (gloo's 30), and gets its backend's default back
   when set-up is done (set_up_done), so a hang in training is found as soon as before;
   the final barrier, where the others wait while rank 0 finishes its W&B run, has it again (wait_long).
+- The marks a rank leaves in the job's store (a stop, rank 0's data done) are its attempt's (job_key):
+  torchrun --max_restarts keeps the store across restarts, where a restarted job read the first
+  attempt's (its evaluations cut short at once, as if a rank had been stopped).
 """
 
 import inspect
@@ -213,7 +216,7 @@ def rank0_first(world: World, device):
     if world.size == 1:
         yield
         return
-    done = f"runtime/rank0_first/{next(_RANK0_BLOCKS)}/done"  # (every rank counts its calls alike)
+    done = job_key(f"runtime/rank0_first/{next(_RANK0_BLOCKS)}/done")  # (every rank counts its calls alike)
     if not world.main:
         rank0_done(done)
         if not _verdict(True, device, world)[0]:
@@ -298,7 +301,15 @@ PEER_STOP_SECONDS = 1.0
 
 def tell_peers_stop() -> None:
     """Mark in the process group's store that this rank was asked to stop (for good: the run stops)."""
-    store_mark(STOP_KEY)
+    store_mark(job_key(STOP_KEY))
+
+
+def job_key(name: str) -> str:
+    """`name` as this attempt's key in the job's store: torchrun's agent keeps its store across the
+    restarts --max_restarts allows (TORCHELASTIC_RESTART_COUNT counts them), where a mark the attempt
+    before left (a stop, rank 0's data done) would be read as this one's. (A change of machines in an
+    elastic job, --nnodes MIN:MAX, is no restart: its keys are the attempt's before.)"""
+    return f"{name}/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 
 
 def store_mark(key: str) -> None:
@@ -312,7 +323,7 @@ def store_mark(key: str) -> None:
 def peer_stopping() -> bool:
     """Whether a rank of the job has marked the store (tell_peers_stop): a round trip to it, no collective."""
     return (dist.is_available() and dist.is_initialized()
-            and dist.distributed_c10d._get_default_store().check([STOP_KEY]))
+            and dist.distributed_c10d._get_default_store().check([job_key(STOP_KEY)]))
 
 
 # what a collective says when another process of the job has gone: gloo's connection to it reset or

@@ -5,6 +5,7 @@ branch needs it (torch.cuda's functions monkeypatched); what only a GPU can run 
 
 import errno
 import io
+import itertools
 import os
 import signal
 import subprocess
@@ -1000,3 +1001,36 @@ def test_ddp_is_built_with_no_buffer_broadcast_and_no_warning():
     out = subprocess.run([sys.executable, "-c", DATA_PARALLEL], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.split() == ["False"] * 4, out.stderr[-3000:]
+
+
+def test_a_restarted_torchrun_attempt_reads_no_mark_of_the_attempt_before(fake_all_reduce, monkeypatch):
+    """torchrun --max_restarts N keeps its agent's store across the attempts (the workers' keys with
+    it): a mark the attempt before left (a SIGTERM's stop, rank 0's data done) is not this attempt's.
+    Bug caught: a restarted attempt's ranks read the first attempt's marks: its evaluations were cut
+    short at once (peer_stopping, as if a rank had been stopped), and its ranks other than 0 went past
+    the wait for rank 0's data (rank0_first) into a collective, where a SIGTERM waits for rank 0."""
+    store = dist.HashStore()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    fake_all_reduce.others = [0.0, 0.0]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # the first attempt: rank 0's data, then a stop
+    monkeypatch.setattr(runtime, "_RANK0_BLOCKS", itertools.count())
+    with runtime.rank0_first(World(0, 2), "cpu"):
+        pass
+    runtime.tell_peers_stop()
+    assert runtime.peer_stopping()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the restart: new processes, the same store
+    monkeypatch.setattr(runtime, "_RANK0_BLOCKS", itertools.count())
+    assert not runtime.peer_stopping()
+    looks = []
+
+    def sleep(seconds):  # rank 1 waits on the store for rank 0 of this attempt; a SIGTERM meanwhile
+        looks.append(seconds)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runtime.time, "sleep", sleep)
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with runtime.rank0_first(World(1, 2), "cpu"):
+            ran.append("block")
+    assert looks == [runtime.RANK0_LOOK_SECONDS] and ran == []
+    assert runtime.peer_stopping()  # (the SIGTERM told to this attempt's ranks)
