@@ -533,8 +533,10 @@ def _sweep_temporaries(cache_dir: Path, log) -> None:
     (a shard's is up to its size: 1.9 GB on TinyStories), whichever shards this run builds: each
     folder's under its lock (_building), which every build holds while it writes there, so a folder
     another process builds or checks now (another run sharing --cache_dir, another rank) is left
-    alone; a folder left empty goes, as write_tokens removes one it leaves so. An OSError (a
-    read-only cache, another user's lock) skips a folder. One log line says what went."""
+    alone; a folder left empty goes, as write_tokens removes one it leaves so. A lock file with no
+    room for its line is held empty (storage.lock's full_ok: a full disk is where the room is wanted
+    most); an OSError (a read-only cache, another user's lock, no room for .locks/) skips a folder.
+    One log line says what went."""
     removed, size = 0, 0
     try:
         folders = sorted(cache_dir.glob("tokens/*"))
@@ -546,7 +548,7 @@ def _sweep_temporaries(cache_dir: Path, log) -> None:
                 continue
             path = _lock_path(folder, cache_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
-            held = storage.lock(path)
+            held = storage.lock(path, full_ok=True)
         except (storage.Busy, OSError):
             continue
         try:  # (listed again under the lock: a build that ended meanwhile renamed its own)

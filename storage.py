@@ -607,9 +607,9 @@ def lock(path, wait: bool = False, who: str = "", full_ok: bool = False):
     (but by its holder, as it lets it go: RunFolder.release, checkpoint.import_hf, or as a file it
     made cannot take its line: a full disk), so that two processes always lock the same file; a file
     its holder unlinked after this opened it is let go, and the one at `path` now is locked instead.
-    With full_ok (a cache's build lock: data._building), a disk with no room for the line leaves the
-    file empty and held (Busy names its holder "another process"): a cache hit needs no room, and a
-    build fails at its first write as it would have here."""
+    With full_ok (a cache's build lock: data._building, and its sweep's: data._sweep_temporaries), a
+    disk with no room for the line leaves the file empty and held (Busy names its holder "another
+    process"): a cache hit needs no room, and a build fails at its first write as it would have here."""
     import fcntl  # POSIX only, as is the rest of the training stack
     while True:
         try:  # (made here, or not, as the open found it: another process may make it after a check)

@@ -935,6 +935,31 @@ def test_a_killed_builds_temporaries_are_swept_but_not_a_live_builders(tmp_path,
     assert any("removed 1 temporary file " in line for line in logs)
 
 
+def test_a_killed_builds_temporaries_are_swept_on_a_full_disk(tmp_path, corpus, monkeypatch):
+    """On a disk with no room for a lock file's line, the temporaries killed builds left go all the
+    same (the folder's lock held empty, as a build's is: storage.lock's full_ok): that is where their
+    size (1.9 GB on TinyStories) is wanted back most; the lock file the build left, or none.
+    Bug caught: the sweep took the lock needing room for its line, so on a full disk it skipped every
+    folder and the temporaries that filled the disk stayed."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    _, train, _, _ = run(tmp_path, **kw)
+    tokens, locks = train.path.parent, tmp_path / "cache" / ".locks"
+    killed = write(tokens / "train-killed" / ".tmp-abc123-tokens.bin", b"\x00" * 5000)  # no lock file
+    left = write(tokens / "val-killed" / ".tmp-def456-tokens.bin", b"\x00" * 3000)
+    write(locks / "tokens-val-killed.lock", b"pid 1 on host since 2026-12-05 10:00:00\n")  # its build's
+    real_write = os.write
+
+    def full(fd, data):  # no room for a lock file's "pid N on HOST" line
+        if data.startswith(b"pid "):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", full)
+    _, _, _, logs = run(tmp_path, **kw)
+    assert not killed.exists() and not left.exists() and not killed.parent.exists()
+    assert any("removed 2 temporary files" in line for line in logs), logs
+
+
 def test_older_caches_of_a_hub_split_are_found_by_its_name(tmp_path):
     """A hub split's shards are the same source whatever files and rows the `datasets` cache holds
     (a new revision of the dataset): the name, the split and the text field say which."""
