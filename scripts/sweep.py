@@ -270,12 +270,31 @@ def prepare_data(needs: list, results: Path, made: Path | None) -> dict:
     return texts
 
 
-def text_key(train_args, model_args, log=print) -> dict:
+_KEYS: dict[str, dict] = {}  # text_key's, by what its files' signatures were (paths, sizes, times)
+
+
+def text_key(train_args, model_args, log=print, note: str = "") -> dict:
     """What identifies the text of a run of these settings (prepare_data's), its data prepared as its
-    train.py prepares it: cache hits where that text was prepared before."""
+    train.py prepares it: cache hits where that text was prepared before. Files whose signatures are
+    the ones keyed before are not prepared again (check_text_kept after every run: a stat each); where
+    they are not, `note` is said first (a file touched or edited: its tokenizer and shards are made
+    again, minutes on TinyStories, not in silence)."""
+    try:
+        splits = sources.resolve_sources(train_args, log=lambda *_: None)
+        seen = json.dumps([[split.signature for split in splits], model_args.vocab_size,
+                           model_args.max_seq_len, train_args.eval_windows], sort_keys=True, default=str)
+    except (errors.UserError, OSError):  # (a file gone or unreadable: data.prepare says it in one line)
+        seen = None
+    if seen in _KEYS:
+        return _KEYS[seen]
+    if note:
+        log(note)
     _, train, val = data.prepare(train_args, model_args, log)
     windows = data.n_val_windows(val.tokens, model_args.max_seq_len, train_args.eval_windows)
-    return {"--data": train.meta["sha256"][:16], "--val_data": f"{val.meta['sha256'][:16]}:{windows}"}
+    key = {"--data": train.meta["sha256"][:16], "--val_data": f"{val.meta['sha256'][:16]}:{windows}"}
+    if seen is not None:
+        _KEYS[seen] = key
+    return key
 
 
 def check_text_kept(text: dict | None, argv: list[str], run: str, opts) -> None:
@@ -284,11 +303,13 @@ def check_text_kept(text: dict | None, argv: list[str], run: str, opts) -> None:
     runs' results the start's key, recorded as on the old text. Where the text changed since the start,
     this run (which read it at some point of its own: before or after the edit) is not recorded, and
     the sweep stops in one line; the runs before it are kept, results on the text they had. A file
-    touched, its text the same, changes nothing (the same shards)."""
+    touched, its text the same, changes nothing (the same shards); files not written to are not
+    prepared again (text_key)."""
     if not text:
         return
     model_args, train_args = settings_of(argv)
-    now = text_key(train_args, model_args, log=lambda *_: None)  # (cache hits where the text is the same)
+    now = text_key(train_args, model_args, note=f"sweep.py: --data or --val_data was written to while {run} "
+                   "ran: preparing its text again, to tell whether it changed")
     if now != text:
         flag = next(f for f in text if now[f] != text[f])
         sys.exit(f"sweep.py: error: {flag} {opts.data if flag == '--data' else opts.val_data} changed while "

@@ -43,6 +43,7 @@ def default_texts(toy_shared, monkeypatch):
     default is the clone's) but where a test puts sweep.prepare_data back (PREPARE_DATA)."""
     monkeypatch.setattr(sweep, "SHARED", toy_shared)
     monkeypatch.setattr(sweep, "prepare_data", lambda *args: None)
+    monkeypatch.setattr(sweep, "_KEYS", {})  # (text_key's, a test's own)
 
 
 def test_sweep_screens_confirms_reseeds_and_regularises(corpus, tmp_path, monkeypatch):
@@ -1232,6 +1233,27 @@ def test_a_text_edited_while_the_sweep_runs_stops_it_not_recorded_as_the_old_tex
     assert "\n" not in said
     assert (runs / "tiny-2026-11-0.01m-s1" / "sweep-result.json").exists()  # (before the edit: kept)
     assert not (runs / "tiny-2026-11-0.02m-s1" / "sweep-result.json").exists()  # (not as on the old text)
+
+
+def test_files_not_written_to_are_not_prepared_again_after_each_run(corpus, tmp_path, monkeypatch, capsys):
+    """Bug caught (a review): the text's key, taken again after each run, prepared the data again each
+    time (a few seconds of hits), and where a file had been touched or edited it trained the tokenizer
+    and tokenized all of --data again in silence (minutes on TinyStories) before the sweep went on or
+    stopped. Files whose signatures (paths, sizes, times) are the start's are not prepared again; a
+    file written to is, after a line that says why."""
+    monkeypatch.setattr(sweep, "prepare_data", PREPARE_DATA)
+    calls, prepare = [], sweep.data.prepare
+    monkeypatch.setattr(sweep.data, "prepare", lambda *a, **k: calls.append(1) or prepare(*a, **k))
+
+    def trained(argv, **kwargs):
+        run_dir = sweep.Path(argv[argv.index("--out_dir") + 1]) / argv[argv.index("--run") + 1]
+        finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
+        return sweep.subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    argv = [*one_toy_run(corpus, tmp_path), "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"]
+    sweep.main(argv)
+    assert len(calls) == 1  # (before the first run alone: not after each of its two runs)
+    assert "preparing its text again" not in capsys.readouterr().out
 
 
 def test_a_diverged_candidate_is_named_in_the_plot_not_a_gap(tmp_path):
