@@ -2779,3 +2779,68 @@ def test_a_val_data_file_that_cannot_be_read_is_no_copy(tmp_path, monkeypatch):
     sources.warn_overlap(split("train.txt"), split("copy.txt", "link.txt"), logs.append)
     assert len(logs) == 1 and logs[0].startswith(
         f"warning: --val_data and --data share 1 file ({tmp_path / 'link.txt'}): ")
+
+
+def test_tokenizers_of_two_vocabularies_are_cached_side_by_side(tmp_path, corpus):
+    """A run with another --vocab_size trains its own tokenizer beside the first, and each is a cache
+    hit from then on. Mutation caught: a tokenizer cache key without the vocabulary size (the second
+    size trained over the first in the same folder, so that runs alternating between the two
+    retrained the BPE every time)."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok300, *_ = run(tmp_path, **kw)
+    tok320, *_ = run(tmp_path, vocab=320, **kw)
+    assert len(list((tmp_path / "cache").glob("tokenizer-*/tokenizer.json"))) == 2
+    for vocab, tok in [(300, tok300), (320, tok320)]:
+        again, *_, logs = run(tmp_path, vocab=vocab, **kw)
+        assert sum("cache hit" in line for line in logs) == 3 and again.hash == tok.hash
+
+
+def test_a_cached_tokenizer_with_its_special_tokens_elsewhere_is_trained_again(tmp_path, corpus, monkeypatch):
+    """A tokenizer.json of the same size copied over a cached one from before meta.json recorded its
+    hash, with its special tokens at other ids than training puts them, is trained again, with a log
+    line saying why. Mutation caught: the special-id check of the cached tokenizer left out (the run
+    stopped with "pass --eos_id 7 --pad_id 6 ...", settings the user never changed)."""
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    tok, *_ = run(tmp_path, **kw)
+    [path] = (tmp_path / "cache").glob("tokenizer-*/tokenizer.json")
+    with monkeypatch.context() as m:  # Tokenizer.train puts SPECIAL_TOKENS first, in their order
+        m.setattr(tokenizer, "SPECIAL_TOKENS", dict(reversed(SPECIAL_TOKENS.items())))
+        other = Tokenizer.train(stories(30), 300)
+    assert other.vocab_size == 300 and other.special_ids()["eos_id"] == len(SPECIAL_TOKENS) - 1
+    other.save(path)
+    (path.parent / "meta.json").unlink()
+    again, *_, logs = run(tmp_path, **kw)
+    [line] = [line for line in logs if "not reusing" in line]
+    assert "its special tokens are not at ids 0 to 7, where training puts them" in line
+    assert again.hash == tok.hash == Tokenizer.load(path).hash
+
+
+def test_a_shard_shorter_than_meta_json_promises_is_refused(tmp_path):
+    """TokenData's size check refuses a tokens.bin shorter than meta.json says, even with its
+    modification time put back (so no sha256 check). Mutation caught: the size check passing a
+    shorter file (np.memmap then raised a ValueError, a traceback, instead of a shard rebuilt)."""
+    tok = small_tokenizer()
+    shard = data.write_tokens(tmp_path / "s", [stories(30)], tok)
+    bin_path = shard.path / "tokens.bin"
+    st = bin_path.stat()
+    os.truncate(bin_path, st.st_size - 2)
+    os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DataError, match=rf"holds {st.st_size - 2:,} bytes, not the {shard.n_tokens:,} "
+                                        "tokens"):
+        TokenData(shard.path, tok.hash)
+
+
+def test_decode_cut_drops_the_three_bytes_left_of_a_cut_four_byte_character():
+    """A prompt cut after the first byte of a 4-byte character (an emoji) keeps its 3 other bytes, 3
+    tokens in a tokenizer that never saw it: decode_cut drops them all.
+    Mutation caught: decode_cut looking at the first 2 tokens only (one U+FFFD was left)."""
+    tok = small_tokenizer()
+    text = "\U0001f642\U0001f642 ok"
+    ids = tok.encode_docs([text])[0]
+    assert tok.token_bytes[ids[:8]].tolist() == [1] * 8  # one token per byte of the emoji
+    for k in range(1, 4):
+        assert tok.decode(ids[k:]).startswith("\ufffd" * (4 - k))
+        assert tok.decode_cut(ids[k:]) == text[1:]
+    assert tok.decode_cut(ids) == text

@@ -2093,3 +2093,33 @@ def test_generate_refuses_a_negative_top_k_and_a_top_p_above_1_as_the_command_li
                          (dict(top_p=float("nan")), "top_p: must be at most 1 (1 = off), got nan")]:
         with pytest.raises(ValueError, match=rf"^{re.escape(message)}$"):
             sample.generate(model, PROMPTS, 4, **how)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_row_that_ended_feeds_padding_and_its_logits_are_no_longer_checked(monkeypatch, use_cache):
+    """A row that drew <|endoftext|> feeds padding from then on, and what its logits hold then (NaN
+    here, as a row past its end may see on CUDA) stops nothing: its tokens are cut.
+    Mutation caught: the `done` mask not set at <|endoftext|> (NaN logits after a row's end stopped
+    the batch as "weights are broken"), and an ended row feeding the tokens it still draws instead of
+    padding."""
+    model = small_model()
+    prompts = [PROMPTS[1], PROMPTS[2]]
+    rows = sample.generate(model, prompts, 20, greedy=True, stop_at_eos=False, use_cache=use_cache)
+    k = next(i for i in range(2, 12) if rows[0][i] not in rows[1] and rows[0][i] not in rows[0][:i])
+    model.args.eos_id = rows[0][k]  # row 0 ends at its token k, row 1 runs on
+    start, fed = sample.start, []
+
+    def start_spied(*args, **kwargs):
+        logits, step = start(*args, **kwargs)
+
+        def spied(nxt):
+            fed.append(nxt.tolist())
+            out = step(nxt).clone()
+            if len(fed) > k:  # the logits for row 0's tokens after its end
+                out[0] = float("nan")
+            return out
+        return logits, spied
+    monkeypatch.setattr(sample, "start", start_spied)
+    assert sample.generate(model, prompts, 20, greedy=True, use_cache=use_cache) == [rows[0][:k], rows[1]]
+    assert [f[0] for f in fed] == rows[0][:k + 1] + [model.args.pad_id] * (18 - k)
+    assert [f[1] for f in fed] == rows[1][:19]
