@@ -1151,3 +1151,22 @@ def test_an_import_into_a_folder_a_live_train_py_holds_is_refused_and_writes_not
         folder.lock.close()  # (let go, the run.lock left: a previous run's)
     assert checkpoint.import_hf(hf, run) == run / "last.pt"
     assert sorted(p.name for p in run.iterdir()) == ["last.pt", "run.lock", "tokenizer.json"]
+
+
+def test_an_empty_no_rope_layers_list_is_read_as_none_given():
+    """Mutation caught: _check_hf_layout taking no_rope_layers [] as a list given (got is not None),
+    refusing a folder transformers loads with the interval's layout (it reads an empty list as none)."""
+    args = ModelArgs(dim=32, n_layers=4, n_heads=2, n_kv_heads=1, vocab_size=64, n_experts=2, max_seq_len=16)
+    cfg = checkpoint.hf_config(args)
+    cfg["no_rope_layers"] = []
+    assert checkpoint.args_from_hf(cfg).nope_every == 4
+
+
+def test_a_tokenizer_id_the_config_gives_another_special_token_takes_a_free_id():
+    """Mutation caught: _free_special_ids giving a special token the tokenizer's id where config.json
+    already gives that id to another (`i not in taken` dropped): two special tokens on one id."""
+    cfg = checkpoint.hf_config(small_model().args)
+    args = checkpoint.args_from_hf(cfg, {"image_id": cfg["pad_token_id"], "patch_id": 60})
+    ids = [getattr(args, name) for name in config.SPECIAL_TOKENS]
+    assert args.pad_id == cfg["pad_token_id"] and args.patch_id == 60
+    assert args.image_id != args.pad_id and len(set(ids)) == len(ids), ids

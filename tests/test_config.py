@@ -1579,3 +1579,12 @@ def test_a_checkpoint_typed_without_its_option_names_the_option(tmp_path, capsys
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
     assert f"unknown option {tmp_path}/{hint}" in err, err
+
+
+@pytest.mark.parametrize("text", ["", "y", "n", "2", "-1", "none", "truee"])
+def test_a_flag_refuses_any_other_word(text):
+    """Mutation caught: parse_bool taking a word beyond 1/true/yes/on and 0/false/no/off ("y", or an
+    empty $VAR as false): a typo or an unset variable was a setting, silently."""
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^expected true or false, got "):
+        config.parse_bool(text)

@@ -703,3 +703,23 @@ def test_a_run_that_has_logged_nothing_yet_is_told_by_its_run_lock(tmp_path):
         with pytest.raises(FileNotFoundError) as e:
             runlog.read_metrics(folder)
         assert str(e.value) == f"{folder / 'metrics.jsonl'} does not exist; is {folder} a run folder?"
+
+
+@pytest.mark.parametrize("bad", [{"kind": "train", "loss": 1.0}, {"kind": "train", "step": "2"},
+                                 {"kind": "val", "step": 2.0}])
+def test_a_resumed_log_refuses_a_record_without_a_whole_step_as_one_line(tmp_path, bad):
+    """Mutation caught: resumed_records checking the kind alone, so that a record with no step, or a
+    step that is not a whole number (a hand edit), was a KeyError or TypeError traceback at resume."""
+    write_records(tmp_path, [{"kind": "train", "step": 1, "loss": 2.0}, bad])
+    with pytest.raises(RunError, match=r"metrics.jsonl: line 2 is a record without a step and kind"):
+        runlog.Metrics(tmp_path, None, 2, log=lambda msg: None)
+
+
+def test_the_first_ten_runs_are_drawn_solid_and_the_next_ten_dashed(tmp_path, monkeypatch):
+    """Mutation caught: the line style cycling with each run (i % 4) rather than after matplotlib's
+    ten colours, so that two runs of a plot were drawn dotted and dashed for no reason."""
+    figures = drawn(monkeypatch)
+    runs = [a_run(tmp_path / f"r{i}") for i in range(12)]
+    runlog.plot_runs(runs, tmp_path / "p.png")
+    styles = [line.get_linestyle() for line in figures[0][1].lines]
+    assert styles == ["-"] * 10 + ["--"] * 2, styles
