@@ -808,3 +808,21 @@ def test_files_of_another_kind_under_its_results_names_are_refused_before_the_ru
     for name in ("compare.json", "compare.md"):  # an earlier comparison's: no objection
         (out / name).write_bytes((ROOT / "img" / name).read_bytes())
     assert compare.parse(argv)[0].results == out
+
+
+# --- what a mutation probe of compare.py found untested --------------------------------------
+
+def test_a_row_reads_its_skipped_steps_mfu_and_max_share_from_the_right_records():
+    """skipped_steps in a train record count the run's steps so far (the last record's is the run's);
+    the MFU scales the last window's by the rate (a resume's windows may differ in peak); the max
+    expert share is over every MoE layer.
+    Mutation caught: the first record's skipped_steps or MFU read, or the first layer's share alone."""
+    run = {"name": "moe", "tokens_per_step": 10, "val": [], "train": [
+        {"step": 2, "tokens_per_s": 10.0, "mfu": 0.3, "skipped_steps": 1,
+         "expert_share": [[0.5, 0.5]], "router_entropy": [0.6]},
+        {"step": 6, "tokens_per_s": 40.0, "mfu": 0.4, "skipped_steps": 3,
+         "expert_share": [[0.6, 0.4], [0.1, 0.9]], "router_entropy": [0.5, 0.3]}]}
+    row = compare.summarize(run, 6)
+    assert row["skipped_steps"] == 3
+    assert row["mfu"] == pytest.approx(20.0 * 0.4 / 40.0)
+    assert row["max_expert_share"] == 0.9

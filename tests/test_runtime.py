@@ -1034,3 +1034,41 @@ def test_a_restarted_torchrun_attempt_reads_no_mark_of_the_attempt_before(fake_a
             ran.append("block")
     assert looks == [runtime.RANK0_LOOK_SECONDS] and ran == []
     assert runtime.peer_stopping()  # (the SIGTERM told to this attempt's ranks)
+
+
+# --- what a mutation probe of runtime.py found untested ----------------------------------------
+
+
+def test_rank_0s_block_marks_the_store_for_the_others_when_it_fails_too(fake_all_reduce, monkeypatch):
+    """The ranks other than 0 wait on the job's store for rank 0's mark (rank0_done): rank 0 leaves it
+    whether its block succeeded or failed, so that the others go on to the verdict at once.
+    Mutation caught: the mark left out (or left only where the block succeeded): the other ranks
+    waited for SETUP_TIMEOUT (3 hours) before they learned that rank 0 had failed."""
+    store = dist.HashStore()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setattr(runtime, "_RANK0_BLOCKS", itertools.count())
+    fake_all_reduce.others = [0.0, 0.0]
+    with runtime.rank0_first(World(0, 2), "cpu"):
+        pass
+    with pytest.raises(ValueError):
+        with runtime.rank0_first(World(0, 2), "cpu"):
+            raise ValueError("bad data")
+    assert store.check([runtime.job_key("runtime/rank0_first/0/done"),
+                        runtime.job_key("runtime/rank0_first/1/done")])
+
+
+def test_local_processes_are_torchruns_local_world_size_and_one_without_torchrun(monkeypatch):
+    """The processes sharing this machine's memory: torchrun's LOCAL_WORLD_SIZE in a torchrun job, 1
+    where a RANK or LOCAL_WORLD_SIZE was left in the shell (or set by a scheduler) without torchrun.
+    Mutation caught: a torchrun job told by RANK: one process checked its batch against an eighth of
+    the machine's memory, refused for the 8 processes a leftover LOCAL_WORLD_SIZE=8 said were there."""
+    for name in ("TORCHELASTIC_RUN_ID", "RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert runtime.local_processes() == 1
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert runtime.local_processes() == 1
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    assert runtime.local_processes() == 8

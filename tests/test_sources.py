@@ -1526,3 +1526,27 @@ def test_a_hub_datasets_warnings_are_still_said(online, monkeypatch):
         assert said == [True] and library_log.level == logging.WARNING
     finally:
         library_log.setLevel(before)
+
+
+# --- what a mutation probe of sources.py found untested --------------------------------------
+
+def test_a_file_whose_name_names_both_a_training_and_a_held_out_split_is_in_neither(tmp_path):
+    """split_named sorts files by the split their names name; a name that holds words of both
+    (train-vs-valid.txt, a training file in a folder named valid/) names no one split and is left out
+    of both, so that it neither counts as a training copy (_one_copy) nor makes the split warning.
+    Mutation caught: such a file put in the training split (any word of either kind counting)."""
+    files = [str(tmp_path / n) for n in ("train-vs-valid.txt", "valid.txt", "valid/train.txt", "notes.txt")]
+    assert sources.split_named(files) == ([], [str(tmp_path / "valid.txt")])
+
+
+def test_the_default_relative_cache_and_out_dir_are_left_out_of_data_dot(tmp_path, monkeypatch):
+    """The run's --cache_dir and --out_dir are relative by default (cache, checkpoints): `--data .` in
+    the folder that holds them leaves their files out, as it does absolute ones.
+    Mutation caught: the skipped folders compared unresolved: a file's resolved path is never below
+    the relative "cache", and `--data .` read the cache's and the runs' .json files as text."""
+    write(tmp_path / "a.txt", official(docs(2)))
+    write(tmp_path / "cache" / "tokens" / "t" / "meta.json", "{}")
+    write(tmp_path / "checkpoints" / "r" / "train.json", "{}")
+    monkeypatch.chdir(tmp_path)
+    assert sources.resolve_files(".", "--data", skip=("cache", "checkpoints")) == ["a.txt"]
+    assert sources.resolve_files("*", "--data", skip=("cache", "checkpoints")) == ["a.txt"]

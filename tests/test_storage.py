@@ -891,3 +891,83 @@ def test_an_interrupt_torch_wrapped_in_a_runtime_error_is_raised_as_the_interrup
     with pytest.raises(KeyboardInterrupt):
         storage.atomic_write(path, interrupted)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# --- what a mutation probe of storage.py found untested --------------------------------------
+
+def test_a_run_file_written_over_at_its_size_or_under_its_time_counts_as_written(tmp_path):
+    """RunFolder.release tells a file the run wrote by its size and its modification time both: a
+    train.json written over in place at the same size (its time moved), or a metrics.jsonl appended to
+    on a file system whose coarse clock left its time as it was, is the run's, and run.lock stays.
+    Mutation caught: either stamp left out: the run's run.lock unlinked beside files it wrote (the
+    folder then no run folder to sources.project_folder and checkpoint.run_folders)."""
+    for name, write in (("train.json", lambda p: p.write_text('{"b": 2}')),
+                        ("metrics.jsonl", lambda p: p.write_text(p.read_text() + '{"step": 2}\n'))):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / name
+        path.write_text('{"a": 1}' if name == "train.json" else '{"step": 1}\n')
+        os.utime(path, ns=(10**18, 10**18))
+        run = storage.RunFolder(folder)
+        write(path)
+        if name == "train.json":  # (in place, at the size it had: its time alone tells)
+            os.utime(path, ns=(2 * 10**18, 2 * 10**18))
+        else:  # (its size alone tells)
+            os.utime(path, ns=(10**18, 10**18))
+        run.release()
+        assert (folder / "run.lock").exists(), name
+
+
+def test_a_killed_runs_lock_beside_hidden_files_alone_is_a_run_folder(tmp_path):
+    """A run killed before it wrote a file but run.lock leaves a folder of that one file, beside hidden
+    ones (a save's .tmp-* that was killed too, a .DS_Store): a run folder still. Beside a file of the
+    user's it is none.
+    Mutation caught: a hidden file counted as the user's, so that the killed run's folder was no run
+    folder (its text read by --data, --resume not finding it)."""
+    (tmp_path / "run.lock").write_text("")
+    (tmp_path / ".tmp-abc-last.pt").write_bytes(b"\0")
+    assert storage.run_folder_files(tmp_path) == ["run.lock"]
+    (tmp_path / "notes.txt").write_text("mine")
+    assert storage.run_folder_files(tmp_path) == []
+
+
+def test_a_cache_lock_whose_line_fails_for_another_reason_than_room_is_an_error(tmp_path, monkeypatch):
+    """full_ok keeps a cache's lock held empty where the disk has no room for its line; a write that
+    fails otherwise (an I/O error) is raised as it is without full_ok, the file made for it gone.
+    Mutation caught: full_ok taking every failed write for a full disk (a failing disk's lock held
+    empty, and the build going on to fail later on its first write, far from the cause)."""
+    def broken(fd, data):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    path = tmp_path / "tokens.lock"
+    monkeypatch.setattr(storage.os, "write", broken)
+    with pytest.raises(OSError) as e:
+        storage.lock(path, full_ok=True)
+    assert e.value.errno == errno.EIO and not path.exists()
+
+
+def test_a_name_of_255_bytes_is_taken_and_one_of_256_is_too_long(tmp_path):
+    """NAME_MAX (255 bytes) is the longest name a file system takes: that name is fine, one byte more
+    is the one-line error (a character of two bytes counts as two).
+    Mutation caught: the bound taken as exclusive: a name of exactly 255 bytes refused."""
+    assert storage.too_long("--out", tmp_path / ("x" * 255)) is None
+    assert "256 bytes long" in storage.too_long("--out", tmp_path / ("x" * 256))
+    assert "256 bytes long" in storage.too_long("--out", tmp_path / ("é" * 128))
+    assert storage.too_long("--out", tmp_path / ("é" * 127 + "x")) is None
+
+
+def test_a_lock_file_replaced_at_its_path_is_no_longer_the_same_file(tmp_path):
+    """same_file tells whether an open lock file is still the file at its path: not once another file
+    has been put there (made after its holder unlinked it, or renamed over it).
+    Mutation caught: same_file true whenever something is at the path: a waiter kept its flock on the
+    unlinked file while a third process locked the new one (two holders of one folder), and
+    RunFolder.release unlinked a run.lock that another run had made."""
+    path = tmp_path / "run.lock"
+    path.write_text("")
+    with open(path, "a+") as f:
+        assert storage.same_file(f, path)
+        other = tmp_path / "other"
+        other.write_text("")
+        os.replace(other, path)
+        assert not storage.same_file(f, path)
+        path.unlink()
+        assert not storage.same_file(f, path)
