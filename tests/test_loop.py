@@ -480,6 +480,15 @@ def test_a_single_process_moves_the_runs_clock_at_every_step(monkeypatch):
     assert train.agree(job, state, SimpleNamespace(requested=True))
 
 
+def test_a_budget_is_spent_once_the_clock_reaches_it_not_only_past_it():
+    """Mutation caught: Clock.spent comparing elapsed > budget rather than >=: a session whose clock
+    stands exactly at --max_minutes would train a step more, where runplan.limit_reached (>=) takes
+    the same checkpoint for a finished run. No budget (0) is never spent."""
+    clock = train.Clock(max_minutes=1)
+    assert clock.spent(train.LoopState(elapsed=60.0)) and not clock.spent(train.LoopState(elapsed=59.5))
+    assert not train.Clock(max_minutes=0).spent(train.LoopState(elapsed=1e9))
+
+
 # --- the loop -------------------------------------------------------------------------------
 
 def test_the_schedule_reads_the_clock_in_minutes(monkeypatch, tmp_path):
@@ -650,6 +659,17 @@ def test_a_tie_with_the_best_validation_is_no_improvement(monkeypatch):
     job, state = SimpleNamespace(world=runtime.World(), device="cpu"), train.LoopState()
     assert [train.run_eval(job, state) for _ in range(4)] == [True, False, True, False]
     assert state.best_val == 1.5
+
+
+def test_an_evaluation_a_signal_cut_short_writes_no_best_pt(monkeypatch):
+    """Mutation caught: evaluate_step writing best.pt when run_eval returns None (a signal cut the
+    evaluation short) as for an improvement: best.pt would hold weights never evaluated, in place of
+    the best ones."""
+    monkeypatch.setattr(train, "run_eval", lambda job, state, stop=None: None)
+    saved = []
+    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name: saved.append(name))
+    assert train.evaluate_step(SimpleNamespace(), train.LoopState(step=4), None) is None
+    assert saved == []
 
 
 def test_under_torchrun_only_rank_0_writes_records_checkpoints_and_the_eval_only_line(monkeypatch, tmp_path,

@@ -2676,6 +2676,26 @@ def test_a_resumed_window_counts_the_skipped_steps_and_the_streak_settled_before
     assert window.settle(state) == (2, 2) and (state.skipped_steps, state.bad_in_row) == (2, 0)
 
 
+def test_an_older_checkpoints_window_without_its_worst_streak_takes_the_states_streak():
+    """Mutation caught: Window.from_checkpoint taking the saved window's "worst" alone, 0 where an older
+    checkpoint lacks it: a streak of non-finite steps under way at the save (state.bad_in_row) would
+    be weighed against --max_bad_steps at the resumed window's log step only if it went on."""
+    cpu = torch.device("cpu")
+    job = SimpleNamespace(device=cpu, world=runtime.World(), tokens_per_step=100, peak=None,
+                          resumed_window=None)
+    state = train.LoopState()
+    window = train.Window(state, cpu)
+    for skipped in (0.0, 1.0, 1.0, 1.0):
+        window.add(step_out([1.0] * 4, skipped=skipped))
+    window.settle(state)  # as a save does
+    saved = window.to_checkpoint(job)
+    del saved["worst"]  # (as an older version saved it)
+    job.resumed_window = saved
+    window = train.Window.from_checkpoint(state, job)
+    window.add(step_out([1.0] * 4))  # the streak ended after the resume: still the window's worst
+    assert window.settle(state)[1] == 3
+
+
 def test_a_windows_busy_seconds_leave_out_each_of_its_pauses(monkeypatch):
     """Catches a pause's seconds replacing the window's earlier pauses rather than adding to them (an
     evaluation and a later save in one window: the evaluation counted as training time)."""
