@@ -35,6 +35,13 @@ def toy_shared(tmp_path_factory):
 PREPARE_DATA = sweep.prepare_data  # (the tests that run the sweep's data work put it back)
 
 
+def finished_at_once(argv, **kwargs):
+    """A train.py (subprocess.run's stand-in) whose run finishes at once, with one evaluation."""
+    run_dir = sweep.Path(argv[argv.index("--out_dir") + 1]) / argv[argv.index("--run") + 1]
+    finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
+    return sweep.subprocess.CompletedProcess(argv, 0)
+
+
 @pytest.fixture(autouse=True)
 def default_texts(toy_shared, monkeypatch):
     """The default --data and --val_data (../shared's, checked before the first run) as toy texts, so
@@ -1064,11 +1071,7 @@ def test_a_result_on_other_text_than_the_files_hold_now_is_refused(corpus, tmp_p
     for name in ("train.txt", "valid.txt"):
         shutil.copy(corpus / name, texts / name)
 
-    def trained(argv, **kwargs):
-        run_dir = sweep.Path(argv[argv.index("--out_dir") + 1]) / argv[argv.index("--run") + 1]
-        finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
-        return sweep.subprocess.CompletedProcess(argv, 0)
-    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    monkeypatch.setattr(sweep.subprocess, "run", finished_at_once)
     argv = [*one_toy_run(corpus, tmp_path), "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"]
     argv[argv.index("--data") + 1] = str(texts / "train.txt")
     argv[argv.index("--val_data") + 1] = str(texts / "valid.txt")
@@ -1086,7 +1089,7 @@ def test_a_result_on_other_text_than_the_files_hold_now_is_refused(corpus, tmp_p
     assert said.endswith("; pick another --out_dir for these runs, or delete it") and "\n" not in said
     val = report["screen"][0]["text"]["--val_data"]  # (train.py's EvalSet.key: the windows' shard, count)
     assert set(report["screen"][0]["text"]) == {"--data", "--val_data"} and val.split(":")[1].isdigit()
-    monkeypatch.setattr(sweep.subprocess, "run", trained)  # relative paths, typed in another folder:
+    monkeypatch.setattr(sweep.subprocess, "run", finished_at_once)  # relative paths, typed in another folder:
     argv[argv.index("--data") + 1], argv[argv.index("--val_data") + 1] = "train.txt", "valid.txt"
     argv[argv.index("--out_dir") + 1] = str(tmp_path / "runs2")
     monkeypatch.chdir(texts)
@@ -1245,11 +1248,7 @@ def test_files_not_written_to_are_not_prepared_again_after_each_run(corpus, tmp_
     calls, prepare = [], sweep.data.prepare
     monkeypatch.setattr(sweep.data, "prepare", lambda *a, **k: calls.append(1) or prepare(*a, **k))
 
-    def trained(argv, **kwargs):
-        run_dir = sweep.Path(argv[argv.index("--out_dir") + 1]) / argv[argv.index("--run") + 1]
-        finished_run(run_dir, step=2, tokens=512, tokens_per_s=100.0, bpb=2.0, nats=5.0, val_tokens=100)
-        return sweep.subprocess.CompletedProcess(argv, 0)
-    monkeypatch.setattr(sweep.subprocess, "run", trained)
+    monkeypatch.setattr(sweep.subprocess, "run", finished_at_once)
     argv = [*one_toy_run(corpus, tmp_path), "--no_followups", "--confirm", "1", "--confirm_minutes", "0.02"]
     sweep.main(argv)
     assert len(calls) == 1  # (before the first run alone: not after each of its two runs)
