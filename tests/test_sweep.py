@@ -1015,7 +1015,7 @@ def test_a_cache_dir_that_takes_no_files_is_refused_before_the_first_run(corpus,
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_mkdir(path, *args, **kw)
     monkeypatch.setattr(os, "mkdir", refused)
-    monkeypatch.setattr(sweep.data.storage, "lock", lambda path, wait=False: refused(path))
+    monkeypatch.setattr(sweep.data.storage, "lock", lambda path, wait=False, **kw: refused(path))
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     (tmp_path / "new" / "img").rmdir()
     (tmp_path / "new").rmdir()
