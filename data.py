@@ -376,9 +376,12 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
                     raise DataError(f"{e}, or raise --tokenizer_train_mb (the first {mb:g} MB were read)") \
                         from None
                 raise
-            tok.save(path, CACHE_FIX)
-            # (_cached_tokenizer checks it: a tokenizer.json copied over this one is not taken for it)
+            # the record first (_cached_tokenizer checks it: a tokenizer.json copied over this one is not
+            # taken for it), so that a tokenizer.json in the cache always has it (a full disk refusing it
+            # left one without, which later hits never wrote)
+            storage.make_folder(path.parent, CACHE_FIX)
             storage.save_json(path.parent / "meta.json", {"tokenizer_hash": tok.hash}, CACHE_FIX)
+            tok.save(path, CACHE_FIX)
             what = "the start of the training text, capped" if used["capped"] else "all the training text"
             log(f"data: tokenizer: trained on {in_bytes(used['bytes'])} ({what}) in {time.time() - t0:.1f} s "
                 f"-> {path}")

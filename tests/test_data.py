@@ -30,6 +30,7 @@ from conftest import ROOT, debug_args, shared_file, small_filesystem
 import data
 import errors
 import sources
+import storage
 import tokenizer
 from config import SPECIAL_TOKENS, ModelArgs, TrainArgs
 from data import TokenData
@@ -2815,6 +2816,33 @@ def test_a_cached_tokenizer_with_its_special_tokens_elsewhere_is_trained_again(t
     [line] = [line for line in logs if "not reusing" in line]
     assert "its special tokens are not at ids 0 to 7, where training puts them" in line
     assert again.hash == tok.hash == Tokenizer.load(path).hash
+
+
+def test_a_tokenizer_whose_record_a_full_disk_refused_is_not_left_without_it(tmp_path, corpus, monkeypatch):
+    """A full disk refusing the cached tokenizer's meta.json (its hash, the check that no other
+    tokenizer.json was copied over it) fails the run in the one full-disk line and leaves no
+    tokenizer.json without its record: the next run trains it again and writes both.
+    Bug caught (the disk-full probe): tokenizer.json was written first, so it stayed without its
+    meta.json, and every later run took it as a hit and never wrote the record."""
+    train_path, val_path, _, _ = corpus
+    kw, real_save_json = dict(data=str(train_path), val_data=str(val_path)), storage.save_json
+
+    def no_room(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def save_json(path, obj, fix=None, **options):  # no room for the tokenizer's record
+        if os.path.basename(os.path.dirname(path)).startswith("tokenizer-"):
+            return storage.atomic_write(path, no_room, fix)
+        return real_save_json(path, obj, fix, **options)
+    with monkeypatch.context() as m:
+        m.setattr(storage, "save_json", save_json)
+        with pytest.raises(UserError, match=r"^cannot write .*meta.json.*: the disk is full"):
+            run(tmp_path, **kw)
+    assert not list((tmp_path / "cache").glob("tokenizer-*/tokenizer.json"))
+    tok, *_, logs = run(tmp_path, **kw)
+    [folder] = (tmp_path / "cache").glob("tokenizer-*")
+    assert json.loads((folder / "meta.json").read_text()) == {"tokenizer_hash": tok.hash}
+    assert Tokenizer.load(folder / "tokenizer.json").hash == tok.hash
 
 
 def test_a_shard_shorter_than_meta_json_promises_is_refused(tmp_path):
