@@ -58,6 +58,7 @@ import shlex
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,19 +426,20 @@ def clear_run_folders(out_dir: Path) -> None:
             sys.exit(f"compare.py: error: {d} is {what}, where compare.py puts a run folder (and deletes the "
                      "last comparison's); move it away, or pick another --out_dir")
     run_dirs = [d for d in (out_dir / f"compare-{name}" for name in VARIANTS) if d.is_dir()]
-    for run_dir in run_dirs:
-        try:  # not while a train.py holds it (another comparison running)
-            storage.lock(run_dir / "run.lock").close()
-        except storage.Busy as e:
-            sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for "
-                     "it to end, or pick another --out_dir")
-        except PermissionError as e:  # (another user's folder; a full disk is no failure to delete)
-            cannot_delete(run_dir, e)
-    for run_dir in run_dirs:
-        try:
-            shutil.rmtree(run_dir)
-        except OSError as e:
-            cannot_delete(run_dir, e)
+    with ExitStack() as held:  # (their locks held until they are gone: no train.py starts there between)
+        for run_dir in run_dirs:
+            try:  # not while a train.py holds it (another comparison running)
+                held.enter_context(storage.lock(run_dir / "run.lock", full_ok=True))
+            except storage.Busy as e:
+                sys.exit(f"compare.py: error: {run_dir} is in use by another train.py ({e.holder}); wait "
+                         "for it to end, or pick another --out_dir")
+            except PermissionError as e:  # (another user's folder; a full disk deletes: full_ok)
+                cannot_delete(run_dir, e)
+        for run_dir in run_dirs:
+            try:
+                shutil.rmtree(run_dir)
+            except OSError as e:
+                cannot_delete(run_dir, e)
 
 
 def cannot_delete(run_dir: Path, e: OSError):

@@ -417,10 +417,12 @@ def train_argv(setting: list[str], run: str, opts) -> list[str]:
 def clear_cut_short(run_dir: Path, name: str) -> None:
     """Delete the folder of a run of `name` cut short, to run it again; not one a train.py still holds
     (another sweep on this --out_dir, or the train.py of a sweep killed with `kill -9`, which lives on):
-    its files, its lock too, were deleted under it, and the train.py started there ran beside it."""
+    its files, its lock too, were deleted under it, and the train.py started there ran beside it. The lock
+    is held while the folder goes, so that no train.py starts there in between."""
     import shutil
+    held = None
     try:
-        storage.lock(run_dir / "run.lock").close()
+        held = storage.lock(run_dir / "run.lock", full_ok=True)  # (a full disk: the room is wanted)
     except storage.Busy as e:
         sys.exit(f"sweep.py: error: {run_dir} is in use by another train.py ({e.holder}); wait for it to "
                  "end (another sweep on this --out_dir?) or stop it, then rerun sweep.py; or pick another "
@@ -432,6 +434,9 @@ def clear_cut_short(run_dir: Path, name: str) -> None:
     except OSError as e:  # (a traceback)
         sys.exit(f"sweep.py: error: cannot delete {run_dir}, a run of {name} cut short, to run it again "
                  f"({e.strerror or e}); delete it yourself, then rerun sweep.py")
+    finally:
+        if held is not None:
+            held.close()
 
 
 def settings_of(setting: list[str]) -> tuple:

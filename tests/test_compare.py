@@ -473,6 +473,34 @@ def test_clearing_a_previous_comparison_deletes_its_three_run_folders_only(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compare-other", "mine"]
 
 
+def test_a_previous_comparison_is_deleted_under_its_locks_on_a_full_disk_too(tmp_path, monkeypatch):
+    """The three run folders go while compare.py holds their run.lock files, on a full disk too (no room
+    for a lock's holder line: the room is what deleting makes). Bug caught: a full disk was an OSError
+    traceback, and each lock was let go before its folder was deleted (a train.py starting there in
+    between lost its files)."""
+    import errno
+    import os
+    real_rmtree, real_write, seen = compare.shutil.rmtree, os.write, []
+    for name in NAMES:
+        (tmp_path / f"compare-{name}").mkdir()
+
+    def rmtree(path, *args, **kwargs):  # a train.py starting now in any of them left is refused
+        for left in tmp_path.iterdir():
+            with pytest.raises(compare.storage.Busy):
+                compare.storage.lock(left / "run.lock")
+        seen.append(path.name)
+        return real_rmtree(path, *args, **kwargs)
+
+    def write(fd, data):  # no room for a lock's "pid N on HOST" line
+        if data.startswith(b"pid "):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+    monkeypatch.setattr(compare.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(os, "write", write)
+    compare.clear_run_folders(tmp_path)
+    assert sorted(seen) == sorted(f"compare-{name}" for name in NAMES) and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("fails", ["lock", "rmtree"])
 def test_a_last_comparisons_folder_we_may_not_delete_is_one_line(tmp_path, monkeypatch, fails):
     """Bug caught: an --out_dir whose last comparison's run folders belong to another user (a shared

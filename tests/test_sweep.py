@@ -957,6 +957,35 @@ def test_a_run_cut_short_that_it_may_not_delete_is_one_line(tmp_path, monkeypatc
                                  "again (Permission denied); delete it yourself, then rerun sweep.py")
 
 
+def test_a_run_cut_short_is_deleted_under_its_lock_on_a_full_disk_too(tmp_path, monkeypatch):
+    """The folder of a run cut short goes while sweep.py holds its run.lock, a full disk too (no room
+    for the lock's holder line: the room is what deleting makes). Bug caught: the lock was let go
+    before the folder was deleted, so a train.py starting there in between lost its files."""
+    import errno
+    import shutil
+
+    from scripts.sweep import storage
+    opts = fake_train_py(tmp_path, monkeypatch)
+    run_dir = sweep.result_path("s", 0.01, 1, opts).parent
+    run_dir.mkdir(parents=True)
+    real_rmtree, real_write, seen = shutil.rmtree, os.write, []
+
+    def rmtree(path, *args, **kwargs):  # a train.py starting now is refused
+        with pytest.raises(storage.Busy):
+            storage.lock(path / "run.lock")
+        seen.append(path)
+        return real_rmtree(path, *args, **kwargs)
+
+    def write(fd, data):  # no room for a lock's "pid N on HOST" line
+        if data.startswith(b"pid "):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    monkeypatch.setattr(os, "write", write)
+    sweep.clear_cut_short(run_dir, "s")
+    assert seen == [run_dir] and not run_dir.exists()
+
+
 @pytest.mark.parametrize("screened, confirm, heading", [(1, 3, "the best screened"),
                                                         (2, 3, "the best 2 screened"),
                                                         (3, 2, "the best 2 screened")])
