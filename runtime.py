@@ -35,19 +35,24 @@ How this departs from the obvious version:
   collective for one that has gone; one that fails on every rank is printed by rank 0 alone.
 - While rank 0 alone prepares the data (rank0_first), the others wait on the job's store, looking
   every RANK0_LOOK_SECONDS (in a collective Python runs no signal handler: a SIGTERM took effect when
-  rank 0 was done, minutes later); then they wait in a collective (the verdict): the process group
-  starts with SETUP_TIMEOUT, not NCCL's 10 minutes (gloo's 30), and gets its backend's default back
-  when set-up is done (set_up_done), so a hang in training is found as soon as before;
+  rank 0 was done, minutes later), for up to SETUP_TIMEOUT: past it, a hung rank 0, they stop there
+  (rank0_done; they went on into the collective, found it 6 hours in). Then they wait in a collective
+  (the verdict): the process group starts with SETUP_TIMEOUT, not NCCL's 10 minutes (gloo's 30), and
+  gets its backend's default back when set-up is done (set_up_done), so a hang in training is found
+  as soon as before;
   the final barrier, where the others wait while rank 0 finishes its W&B run, has it again (wait_long).
 - The marks a rank leaves in the job's store (a stop, rank 0's data done) are its attempt's (job_key):
-  torchrun --max_restarts keeps the store across restarts, where a restarted job read the first
-  attempt's (its evaluations cut short at once, as if a rank had been stopped).
+  torchrun keeps the store across restarts (--max_restarts) and changes of machines (--nnodes MIN:MAX),
+  where a new attempt read the one before's (its evaluations cut short at once, as if a rank had been
+  stopped). An attempt is an id rank 0 draws at set-up (_new_attempt): the restart count, the key
+  before, stays the same when the machines change.
 """
 
 import inspect
 import itertools
 import os
 import re
+import secrets
 import time
 import warnings
 import zlib
@@ -124,7 +129,26 @@ def setup_distributed(device: torch.device) -> tuple[torch.device, World]:
         dist.init_process_group("nccl", device_id=device, timeout=SETUP_TIMEOUT)
     else:
         dist.init_process_group("gloo", timeout=SETUP_TIMEOUT)
-    return device, World(dist.get_rank(), dist.get_world_size())
+    world = World(dist.get_rank(), dist.get_world_size())
+    _new_attempt(world)
+    return device, world
+
+
+_attempt = "0"  # this attempt's id in its store keys (job_key): rank 0's, drawn at setup_distributed
+
+
+def _new_attempt(world: World) -> None:
+    """A fresh id for this attempt's store keys (job_key), drawn by rank 0 and broadcast to the others
+    (a collective, at set-up, where every rank is there). torchrun's agent keeps its store, the
+    workers' keys with it, across the attempts of a job: the restarts --max_restarts allows, and a
+    change of machines in an elastic job (--nnodes MIN:MAX), which is no restart
+    (TORCHELASTIC_RESTART_COUNT stays) and whose new round's workers reach the same store unprefixed
+    (torch 2.13: elastic/agent/server/api.py, "membership changes do not count as retries";
+    elastic/rendezvous/dynamic_rendezvous.py keeps one shared TCPStore server across rounds)."""
+    global _attempt
+    drawn = [secrets.token_hex(8) if world.main else None]
+    dist.broadcast_object_list(drawn, src=0)
+    _attempt = drawn[0]
 
 
 def data_parallel(model, device: torch.device, find_unused: bool):
@@ -218,7 +242,7 @@ def rank0_first(world: World, device):
         return
     done = job_key(f"runtime/rank0_first/{next(_RANK0_BLOCKS)}/done")  # (every rank counts its calls alike)
     if not world.main:
-        rank0_done(done)
+        rank0_done(done, world)
         if not _verdict(True, device, world)[0]:
             raise RankError("rank 0 failed setting up the data")
         with all_ranks_or_none(world, device, "setting up the data"):  # (rank 0's succeeded: a failure
@@ -237,18 +261,26 @@ _RANK0_BLOCKS = itertools.count()  # rank0_first's calls in this process: a stor
 RANK0_LOOK_SECONDS = 0.05  # how often the other ranks look whether rank 0's block is done
 
 
-def rank0_done(key: str) -> None:
+def rank0_done(key: str, world: World) -> None:
     """Wait until rank 0 has marked `key` in the job's store (its block done, or failed), looking every
     RANK0_LOOK_SECONDS: Python runs its signal handlers between looks, where it runs none in a
     collective (a SIGTERM then took effect when rank 0 was done, minutes later). A signal meanwhile
-    is told to the others (tell_peers_stop) before it stops this rank. After SETUP_TIMEOUT the rank
-    goes on to the verdict, which waits for rank 0 under the group's own timeout."""
+    is told to the others (tell_peers_stop) before it stops this rank. Past SETUP_TIMEOUT with no mark
+    the rank stops (rank 1 says why, the others silently: rank 0 says nothing), rather than going on
+    to the verdict, which waited for a hung rank 0 as long again under the group's timeout (6 hours
+    in all); torchrun's agent then stops rank 0 as it stops the rest of a failed job."""
     if not dist.is_initialized():  # (a fake group: the verdict alone)
         return
     store = dist.distributed_c10d._get_default_store()
     deadline = time.monotonic() + SETUP_TIMEOUT.total_seconds()
     try:
-        while not store.check([key]) and time.monotonic() < deadline:
+        while not store.check([key]):
+            if time.monotonic() >= deadline:
+                minutes = f"{SETUP_TIMEOUT.total_seconds() / 60:g} minutes"
+                raise (RunError if world.rank == 1 else RankError)(
+                    f"rank 0 did not finish setting up the data within {minutes} (it may be stuck: its "
+                    "output says where)", "prepare the data in one process first (python data.py with the "
+                    "run's options), then start the job again")
             time.sleep(RANK0_LOOK_SECONDS)
     except KeyboardInterrupt:
         tell_peers_stop()
@@ -305,11 +337,11 @@ def tell_peers_stop() -> None:
 
 
 def job_key(name: str) -> str:
-    """`name` as this attempt's key in the job's store: torchrun's agent keeps its store across the
-    restarts --max_restarts allows (TORCHELASTIC_RESTART_COUNT counts them), where a mark the attempt
-    before left (a stop, rank 0's data done) would be read as this one's. (A change of machines in an
-    elastic job, --nnodes MIN:MAX, is no restart: its keys are the attempt's before.)"""
-    return f"{name}/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    """`name` as this attempt's key in the job's store: torchrun's agent keeps its store across a job's
+    attempts (a restart, a change of machines: _new_attempt), where a mark the attempt before left (a
+    stop, rank 0's data done) would be read as this one's. The attempt is rank 0's id for it, drawn at
+    set-up: TORCHELASTIC_RESTART_COUNT, the key before, stays the same when the machines change."""
+    return f"{name}/attempt-{_attempt}"
 
 
 def store_mark(key: str) -> None:

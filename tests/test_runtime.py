@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 import zlib
 from datetime import timedelta
@@ -98,6 +99,8 @@ def torchrun_env(monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
     monkeypatch.setattr(dist, "get_rank", lambda: int(os.environ["RANK"]))
     monkeypatch.setattr(dist, "get_world_size", lambda: int(os.environ["WORLD_SIZE"]))
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: None)  # (the attempt's id)
+    monkeypatch.setattr(runtime, "_attempt", runtime._attempt)
     return joined
 
 
@@ -1005,7 +1008,8 @@ def test_ddp_is_built_with_no_buffer_broadcast_and_no_warning():
 
 def test_a_restarted_torchrun_attempt_reads_no_mark_of_the_attempt_before(fake_all_reduce, monkeypatch):
     """torchrun --max_restarts N keeps its agent's store across the attempts (the workers' keys with
-    it): a mark the attempt before left (a SIGTERM's stop, rank 0's data done) is not this attempt's.
+    it): a mark the attempt before left (a SIGTERM's stop, rank 0's data done) is not this attempt's
+    (each attempt's id is rank 0's, drawn at set-up: faked here).
     Bug caught: a restarted attempt's ranks read the first attempt's marks: its evaluations were cut
     short at once (peer_stopping, as if a rank had been stopped), and its ranks other than 0 went past
     the wait for rank 0's data (rank0_first) into a collective, where a SIGTERM waits for rank 0."""
@@ -1013,13 +1017,13 @@ def test_a_restarted_torchrun_attempt_reads_no_mark_of_the_attempt_before(fake_a
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
     fake_all_reduce.others = [0.0, 0.0]
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # the first attempt: rank 0's data, then a stop
+    monkeypatch.setattr(runtime, "_attempt", "first")  # the first attempt: rank 0's data, then a stop
     monkeypatch.setattr(runtime, "_RANK0_BLOCKS", itertools.count())
     with runtime.rank0_first(World(0, 2), "cpu"):
         pass
     runtime.tell_peers_stop()
     assert runtime.peer_stopping()
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the restart: new processes, the same store
+    monkeypatch.setattr(runtime, "_attempt", "second")  # the restart: new processes, the same store
     monkeypatch.setattr(runtime, "_RANK0_BLOCKS", itertools.count())
     assert not runtime.peer_stopping()
     looks = []
@@ -1034,6 +1038,101 @@ def test_a_restarted_torchrun_attempt_reads_no_mark_of_the_attempt_before(fake_a
             ran.append("block")
     assert looks == [runtime.RANK0_LOOK_SECONDS] and ran == []
     assert runtime.peer_stopping()  # (the SIGTERM told to this attempt's ranks)
+
+
+def test_a_new_round_of_an_elastic_job_reads_no_mark_of_the_round_before(monkeypatch):
+    """A change of machines in an elastic torchrun job (--nnodes MIN:MAX) starts new workers on the
+    agent's store (its shared TCPStore, kept across rounds; the workers' keys unprefixed by round),
+    and is no restart: TORCHELASTIC_RESTART_COUNT stays. Each attempt's keys are rank 0's id, drawn
+    at set-up (runtime._new_attempt). Real gloo groups, one rank each, on a store standing for the agent's.
+    Bug caught: the keys were the restart count's: a new round read the round before's marks (a
+    stop: its evaluations cut short at once; rank 0's data done: the others past the wait for it)."""
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, multi_tenant=True)  # (torchrun's agent's)
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(agent.port),
+                            TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(runtime, "_attempt", runtime._attempt)
+    stopping = []
+    for _ in range(2):  # the round before (a rank stopped), then the new one
+        runtime.setup_distributed(torch.device("cpu"))
+        try:
+            stopping.append(runtime.peer_stopping())
+            runtime.tell_peers_stop()
+        finally:
+            dist.destroy_process_group()
+    assert stopping == [False, False]
+
+
+def test_a_rank_whose_rank_0_never_marks_its_data_done_stops_at_the_deadline(fake_all_reduce, monkeypatch):
+    """The ranks other than 0 wait on the job's store for rank 0's data (rank0_done) for SETUP_TIMEOUT;
+    past it, with no mark, they stop there: rank 1 with a line (rank 0, hung, says nothing), the others
+    silently (a RankError: one line for the job).
+    Bug caught: they went on into the verdict, a collective, which waits for the hung rank 0 as long
+    again under the group's timeout: a hung rank 0 was found after 6 hours."""
+    store = dist.HashStore()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    monkeypatch.setattr(runtime, "SETUP_TIMEOUT", timedelta(seconds=0.2))
+    for rank, kind in ((1, errors.RunError), (2, RankError)):
+        monkeypatch.setattr(runtime, "_RANK0_BLOCKS", itertools.count())
+        start = time.monotonic()
+        with pytest.raises(kind) as caught, runtime.rank0_first(World(rank, 3), "cpu"):
+            pytest.fail("the block ran without rank 0's data")
+        assert 0.2 <= time.monotonic() - start < 2
+        assert str(caught.value) == (
+            "rank 0 did not finish setting up the data within 0.00333333 minutes (it may be stuck: its "
+            "output says where); prepare the data in one process first (python data.py with the run's "
+            "options), then start the job again")
+        assert errors.reports(caught.value) == (rank == 1)
+    assert fake_all_reduce.seen == []  # (no collective entered)
+
+
+RANK0_HUNG = """
+import os, time
+from datetime import timedelta
+import torch
+import errors, runtime
+device, world = runtime.setup_distributed(torch.device("cpu"))
+runtime.SETUP_TIMEOUT = timedelta(seconds=1)  # the wait on the store (the group's timeout stays 3 hours)
+if world.main:
+    time.sleep(120)  # rank 0 hung in setting up the data: it never marks the store
+start = time.monotonic()
+try:
+    with runtime.rank0_first(world, device):
+        pass
+except errors.UserError as e:
+    print(type(e).__name__, f"{time.monotonic() - start:.1f}", e, flush=True)
+os._exit(1)  # (no teardown of the group with rank 0 hung)
+"""
+
+
+def test_under_torchrun_a_rank_whose_rank_0_hangs_stops_within_the_deadline():
+    """A real gloo job of 2 processes, its group's timeout SETUP_TIMEOUT (3 hours), the wait on the
+    store for rank 0's data cut to 1 s: rank 1 stops about 1 s in, with its line, while rank 0 hangs.
+    Bug caught: rank 1 went on into the verdict, where it waited for rank 0 as long again (the test's
+    30 s ran out)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_USE_AGENT_STORE"}
+    env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", RANK0_HUNG], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**env, "RANK": str(rank)})
+             for rank in (0, 1)]
+    try:
+        out, err = procs[1].communicate(timeout=30)  # (the imports and set-up: seconds on a loaded machine)
+        assert procs[0].poll() is None  # (rank 0 still hung)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    kind, took, line = out.split(" ", 2)
+    assert (kind, line.strip()) == ("RunError", "rank 0 did not finish setting up the data within 0.0166667 "
+                                    "minutes (it may be stuck: its output says where); prepare the data in "
+                                    "one process first (python data.py with the run's options), then start "
+                                    "the job again"), err[-3000:]
+    assert 1 <= float(took) < 10
 
 
 # --- what a mutation probe of runtime.py found untested ----------------------------------------
