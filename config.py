@@ -107,6 +107,14 @@ def _check_utf8(name, text, fix):
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         byte = ord(text[e.start]) & 0xff
+        try:  # UTF-8 bytes that a locale of another encoding (C without Python's UTF-8 mode) did not read
+            utf8 = os.fsencode(text).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            raise ConfigError(f"--{name}: {utf8[:40]!r} is UTF-8 text that this locale's encoding "
+                              f"({sys.getfilesystemencoding()}) does not read; run with LC_ALL=C.UTF-8 "
+                              "(or PYTHONUTF8=1)") from None
         raise ConfigError(f"--{name}: {text[:40]!r} is not UTF-8 text (byte {byte:#x} from the command "
                           f"line); {fix}") from None
 
@@ -488,6 +496,8 @@ class TrainArgs:
             _in_range(self, name, 0 <= getattr(self, name) < 1, "in [0, 1)")
         _check(self.cache_dir != "", "cache_dir", "must name a folder, got '' (the caches would go into the "
                "current directory); pass one (the default is cache), or . for the current directory")
+        if (self.data or self.val_data) and (problem := storage.not_utf8_name("--cache_dir", self.cache_dir)):
+            raise ConfigError(problem)  # (the datasets cache of local text, read by pyarrow)
         _check(self.text_field != "", "text_field", "must name the records' text field, got ''; pass one "
                "(the default is text)")  # (an unset variable: once refused at the first record)
         # (unset: the hub was asked for ''); --eval_only reads validation text alone: --val_data's

@@ -21,6 +21,8 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
                                folder, a file that is not an earlier result of the same benchmark
     too_long(option, path)     a name in a path past the 255 bytes a file system takes (a line, not
                                errno 36's traceback)
+    not_utf8_name(option, path)  a folder pyarrow cannot open: its name on disk is not the UTF-8 of
+                               the one Python holds (a Latin-1 or C locale, a name in other bytes)
     expand_home(path)          a path typed with a ~ the shell left (quoted), its home folder put in
 
 How this departs from the obvious version:
@@ -298,6 +300,28 @@ def too_long(option: str, path) -> str | None:
             return (f"{option} names {short}, {len(os.fsencode(part))} bytes long; a file or folder name "
                     f"takes at most {NAME_MAX}: use a shorter one")
     return None
+
+
+def not_utf8_name(option: str, path) -> str | None:
+    """Why pyarrow (the datasets cache's reader) cannot open files under `path`, or None. pyarrow
+    opens a path by the UTF-8 of the name Python holds, and Python names a file by the locale's
+    encoding: under a Latin-1 locale a non-ASCII name is other bytes (its files "not found", a
+    cache said damaged), under C without UTF-8 mode a lone surrogate (a UnicodeEncodeError's
+    traceback), and in any locale a name whose bytes are not UTF-8 has no UTF-8 at all."""
+    full = os.path.abspath(path)
+    ours = full.encode(sys.getfilesystemencoding(), "surrogateescape")
+    try:
+        if full.encode("utf-8") == ours:
+            return None
+    except UnicodeEncodeError:
+        pass
+    where = "" if os.path.isabs(path) else f" (it is {full!r})"
+    if sys.getfilesystemencoding().replace("-", "").lower() == "utf8":
+        return (f"{option} {path!r}{where} is not a UTF-8 name, and pyarrow (which reads the datasets "
+                f"cache of local text) opens only UTF-8 ones; pick a {option} in plain ASCII")
+    return (f"{option} {path!r}{where} is not plain ASCII, and file names here are "
+            f"{sys.getfilesystemencoding()} (the locale's), where pyarrow (which reads the datasets cache "
+            f"of local text) opens UTF-8 ones; run with LC_ALL=C.UTF-8, or pick a {option} in plain ASCII")
 
 
 def expand_home(path: str) -> str:

@@ -1588,3 +1588,32 @@ def test_a_flag_refuses_any_other_word(text):
     import argparse
     with pytest.raises(argparse.ArgumentTypeError, match=r"^expected true or false, got "):
         config.parse_bool(text)
+
+
+def test_a_non_ascii_cache_dir_outside_a_utf8_locale_is_one_line_before_any_work(tmp_path):
+    """Bug caught: the datasets cache of local text is read by pyarrow, which opens files by the
+    UTF-8 of their names: under LC_ALL=C without Python's UTF-8 mode a non-ASCII --cache_dir was a
+    UnicodeEncodeError's traceback after the text was read (and under a Latin-1 locale "the datasets
+    cache ... is damaged; delete that folder", which the next run met again)."""
+    (tmp_path / "t.txt").write_text("once upon a time there was a cat.\n\n" * 200)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    args = [sys.executable, "train.py", "--preset", "debug", "--data", str(tmp_path / "t.txt"),
+            "--cache_dir", str(tmp_path / "cäche"), "--out_dir", str(tmp_path / "out"), "--max_steps", "1",
+            "--wandb_mode", "disabled"]
+    out = subprocess.run([a.encode() for a in args], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    err = out.stderr.decode(errors="replace")
+    assert out.returncode == 2, err
+    assert err.strip().count("\n") == 0 and "--cache_dir" in err and "LC_ALL=C.UTF-8" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_utf8_prompt_in_a_c_locale_is_told_the_locale_not_that_it_is_not_utf8():
+    """Bug caught: under LC_ALL=C without Python's UTF-8 mode, `--prompt "Café"` (UTF-8 bytes, as a
+    UTF-8 terminal sends them) was refused as "is not UTF-8 text (byte 0xc3)": the text is UTF-8, the
+    locale is not, and "set the terminal to UTF-8" was a fix for the wrong thing."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = subprocess.run([sys.executable.encode(), b"sample.py", b"--prompt", "Café ☕".encode()], cwd=ROOT,
+                         env=env, capture_output=True, timeout=120)
+    err = out.stderr.decode(errors="replace")
+    assert out.returncode == 2, err
+    assert err.strip().count("\n") == 0 and "is UTF-8 text" in err and "LC_ALL=C.UTF-8" in err, err

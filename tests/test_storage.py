@@ -971,3 +971,17 @@ def test_a_lock_file_replaced_at_its_path_is_no_longer_the_same_file(tmp_path):
         assert not storage.same_file(f, path)
         path.unlink()
         assert not storage.same_file(f, path)
+
+
+def test_a_folder_pyarrow_cannot_open_is_named_with_the_fix(monkeypatch, tmp_path):
+    """Bug caught: under a Latin-1 locale a non-ASCII --cache_dir held a datasets cache that pyarrow
+    (opening the UTF-8 of the name: other bytes) could not find: "the datasets cache ... is damaged;
+    delete that folder", met again at the next run. An ASCII name, or a UTF-8 locale, is fine."""
+    assert storage.not_utf8_name("--cache_dir", tmp_path / "café") is None  # (the tests' UTF-8 locale)
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    assert storage.not_utf8_name("--cache_dir", tmp_path / "cache") is None
+    problem = storage.not_utf8_name("--cache_dir", "café")
+    assert "is not plain ASCII" in problem and "iso8859-1" in problem and "LC_ALL=C.UTF-8" in problem
+    assert f"(it is {os.path.abspath('café')!r})" in problem  # (a relative one: where it is)
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "utf-8")
+    assert "is not a UTF-8 name" in storage.not_utf8_name("--cache_dir", "caf\udce9")
