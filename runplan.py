@@ -571,8 +571,9 @@ def check_saved_paths(plan: RunPlan, given) -> None:
     be there: a DataError naming the first that is not."""
     for name, value in saved_paths(plan, given):
         if not (os.path.lexists(value) or glob.glob(value, recursive=True)):
+            what = "folder" if name == "hf_dataset" else "file"  # (relative: an older checkpoint's)
             problem = ("no longer exists" if os.path.isabs(value) else "is relative to the folder its run "
-                       f"was started in, and there is no such file here ({os.getcwd()})")  # (an older one's)
+                       f"was started in, and there is no such {what} here ({os.getcwd()})")
             fix = "FOLDER, or --data FILE" if name == "hf_dataset" else "PATH"
             raise errors.DataError(f"--{name}: the checkpoint's {value} {problem}; pass --{name} {fix}")
 
@@ -580,13 +581,14 @@ def check_saved_paths(plan: RunPlan, given) -> None:
 def saved_paths(plan: RunPlan, given) -> list[tuple[str, str]]:
     """The --data and --val_data the checkpoint saved (absolute, or an older checkpoint's as typed:
     relative to the folder its run was started in, which it does not record), and the --hf_dataset
-    where it saved a local folder (an absolute path; a relative one is a hub name, or an older
-    checkpoint's folder), that this session reads without their being typed again: (name, path) pairs,
-    as the run goes on with them (run_settings: an older checkpoint's ~ is the home folder)."""
+    where it saved a local folder (an absolute path, or an older checkpoint's folder as typed where it
+    cannot be a hub name, sources.path_like: ./corpus; OWNER/NAME may be either, and is left to the hub),
+    that this session reads without their being typed again: (name, path) pairs, as the run goes on
+    with them (run_settings: an older checkpoint's ~ is the home folder)."""
     saved, t = (plan.ckpt or {}).get("train_args") or {}, plan.train_args
     names = ["val_data"] + ([] if t.eval_only and t.val_data else ["data"])  # (--eval_only: --val_data alone)
     hub = not t.data and not (t.eval_only and t.val_data)  # (the hub is read: for a split no file gives)
-    names += ["hf_dataset"] if hub and os.path.isabs(saved.get("hf_dataset", "")) else []
+    names += ["hf_dataset"] if hub and sources.path_like(saved.get("hf_dataset", "")) else []
     return [(n, saved[n]) for n in names if n not in given and saved.get(n)]
 
 

@@ -1100,7 +1100,7 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     if refusal := _local_txt_refusal(name, split):
         raise DataError(refusal)
     local = local_hf_dataset(name)
-    if not local and _path_like(name):  # (a path: the hub's probe would say "Repo id must be ...", no help)
+    if not local and path_like(name):  # (a path: the hub's probe would say "Repo id must be ...", no help)
         what = "a file, not a folder" if os.path.isfile(name) else "no such folder"
         raise DataError(f"--hf_dataset {name}: {what} (a hub dataset is named as OWNER/NAME); {fix}")
     if not datasets.config.HF_HUB_OFFLINE and not local:
@@ -1133,7 +1133,7 @@ def load_hub(name: str, split: str, text_field: str = "text", fix: str = TRAIN_L
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
 
 
-def _path_like(name: str) -> bool:
+def path_like(name: str) -> bool:
     """Whether an --hf_dataset that is no folder here is a path, not a hub name: those are NAME or
     OWNER/NAME, never absolute, nor starting with . or ~ (a quoted ~ the config made the home folder)."""
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1

@@ -468,6 +468,28 @@ def test_a_local_hf_dataset_folder_is_saved_absolute_and_checked_at_resume(tmp_p
     assert plan(tmp_path, resume=str(named)).train_args.hf_dataset == "me/stories"
 
 
+def test_an_older_checkpoints_relative_hf_dataset_folder_is_named_as_the_checkpoints(tmp_path, monkeypatch):
+    """Bug caught: a checkpoint of a version before local --hf_dataset folders were saved absolute holds
+    the folder as typed (./corpus, ../data/hub); resumed from another folder, only an absolute one was
+    checked, so the run went on to load_hub's "--hf_dataset ./corpus: no such folder (a hub dataset is
+    named as OWNER/NAME); pass --data FILE", which names neither the checkpoint nor the fix that goes
+    on with its text. A relative path that cannot be a hub name is checked as --data's is; OWNER/NAME,
+    which may be a hub name, is left to the hub (found by a probe of runs of older commits)."""
+    (tmp_path / "start" / "corpus").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    last = fake_checkpoint(tmp_path / "ckpt" / "r" / "last.pt", hf_dataset="./corpus")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    said = ("--hf_dataset: the checkpoint's ./corpus is relative to the folder its run was started in, and "
+            f"there is no such folder here ({tmp_path / 'elsewhere'}); "
+            "pass --hf_dataset FOLDER, or --data FILE")
+    with pytest.raises(DataError, match=re.escape(said)):
+        plan(tmp_path, resume=str(last))
+    monkeypatch.chdir(tmp_path / "start")  # (where it was started: read from there, saved absolute)
+    assert plan(tmp_path, resume=str(last)).train_args.hf_dataset == str(tmp_path / "start" / "corpus")
+    hub = fake_checkpoint(tmp_path / "ckpt" / "h" / "last.pt", hf_dataset="me/stories")
+    assert plan(tmp_path, resume=str(hub)).train_args.hf_dataset == "me/stories"  # (a hub name: as it is)
+
+
 def test_a_checkpoint_from_before_compile_auto_resumes_compiling_as_it_did(tmp_path):
     """Bug caught: a checkpoint written before --compile took auto (it was a bool then: every run's
     train_args held compile False or True) was refused by --resume and --eval_only alike as "damaged
