@@ -1127,7 +1127,8 @@ def start_state(plan: RunPlan, job: Job, log) -> LoopState:
         state.best_val = math.inf
     if job.val.held_out and runplan.held_out_moved(plan, state.val_set, job.val.key):
         log("warning: the held-out slice of --data is not the one the checkpoint's run held out (files of "
-            "--data were added, removed or changed since): unless text was only added at its end, it holds "
+            "--data were added, removed or changed since, or the version of this project that trained the "
+            "run split them into other documents): unless text was only added at its end, it holds "
             "documents the run trained on, so its validation loss is not held out; put --data back as it "
             "was, or pass --val_data")
     state.val_set = job.val.key
