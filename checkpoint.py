@@ -723,12 +723,18 @@ def hf_generation_config(model_args: ModelArgs) -> dict:
     sampling at its temperature, top_k and top_p; without them generate was greedy), stopping at
     <|endoftext|> and never drawing the special tokens no training target holds (ModelArgs.never_drawn;
     without it an undertrained model's story took "<|patch|>" there, not in sample.py). The length is
-    left to generate's max_new_tokens (sample.py's 256 could run past a smaller model's context)."""
+    left to generate's max_new_tokens (sample.py's 256 could run past a smaller model's context).
+    A model whose RoPE layers attend within chunks of 1 token decodes with transformers' static cache:
+    its default one keeps every key of such a layer where it should keep none (transformers 5.23,
+    DynamicSlidingWindowLayer: `[-window + 1:]` is `[-0:]`), and generate told another story."""
     ours = config.SampleArgs()
-    return {"bos_token_id": model_args.eos_id, "eos_token_id": model_args.eos_id,
-            "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn,
-            "do_sample": not ours.greedy, "temperature": ours.temperature, "top_k": ours.top_k,
-            "top_p": ours.top_p}
+    settings = {"bos_token_id": model_args.eos_id, "eos_token_id": model_args.eos_id,
+                "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn,
+                "do_sample": not ours.greedy, "temperature": ours.temperature, "top_k": ours.top_k,
+                "top_p": ours.top_p}
+    if model_args.attn_chunk_size == 1 and any(map(model_args.uses_rope, range(model_args.n_layers))):
+        settings["cache_implementation"] = "static"
+    return settings
 
 
 def _free_special_ids(values: dict, tokenizer_ids: dict | None = None) -> None:

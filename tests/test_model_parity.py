@@ -567,6 +567,29 @@ def test_transformers_generate_on_an_export_never_draws_what_sample_py_never_dra
     assert hf.generation_config.suppress_tokens == model.args.never_drawn == list(range(1, 8))
 
 
+def test_transformers_generate_on_an_export_of_one_token_chunks_tells_sample_pys_story(tmp_path):
+    """A model whose RoPE layers attend within chunks of 1 token: transformers' generate on its export
+    gives sample.py's greedy tokens (its generation_config.json asks for the static cache). Bug caught
+    (a parity fuzz): transformers' default cache keeps every key of such a layer where it should keep
+    none, so generate told another story from the first decoded token; its full forward was right.
+    If the last assertion fails, transformers has mended its cache: drop cache_implementation."""
+    import sample
+    torch.manual_seed(0)
+    model = Llama4(debug_args(attn_chunk_size=1, router_noise=False, init_std=0.1)).eval()
+    checkpoint.export_hf(model, tmp_path)
+    hf = load_hf_model(Llama4ForCausalLM, tmp_path)
+    prompt, kw = [9, 10, 11, 12], dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None)
+    ours = sample.generate(model, [prompt], 8, greedy=True, stop_at_eos=False)[0]
+    theirs = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 4, dtype=torch.long), **kw)
+    assert theirs[0, 4:].tolist() == ours
+    assert checkpoint.hf_generation_config(debug_args(attn_chunk_size=2)).get("cache_implementation") is None
+    assert checkpoint.hf_generation_config(debug_args(attn_chunk_size=1, nope_every=1)).get(
+        "cache_implementation") is None  # (every layer NoPE: no chunks)
+    dynamic = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                          cache_implementation="dynamic", **kw)
+    assert dynamic[0, 4:].tolist() != ours  # (transformers' default cache still wrong here: see above)
+
+
 def test_an_exported_tokenizer_reads_a_typed_special_token_as_text_as_sample_py_does(tmp_path):
     """Bug caught: transformers' tokenizer("the cat <|endoftext|> sat") on an export gave id 0 where
     the text "<|endoftext|>" was typed, when training and sample.py --prompt read it as plain text:
