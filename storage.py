@@ -307,11 +307,11 @@ def not_utf8_name(option: str, path) -> str | None:
     opens a path by the UTF-8 of the name Python holds, and Python names a file by the locale's
     encoding: under a Latin-1 locale a non-ASCII name is other bytes (its files "not found", a
     cache said damaged), under C without UTF-8 mode a lone surrogate (a UnicodeEncodeError's
-    traceback), and in any locale a name whose bytes are not UTF-8 has no UTF-8 at all."""
+    traceback), and in any locale a name whose bytes are not UTF-8 has no UTF-8 at all. A name of
+    characters the locale's encoding lacks (one a checkpoint saved under a UTF-8 locale) is refused too."""
     full = os.path.abspath(path)
-    ours = full.encode(sys.getfilesystemencoding(), "surrogateescape")
     try:
-        if full.encode("utf-8") == ours:
+        if full.encode("utf-8") == full.encode(sys.getfilesystemencoding(), "surrogateescape"):
             return None
     except UnicodeEncodeError:
         pass

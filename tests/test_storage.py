@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT, small_filesystem
 
 import checkpoint
+import config
 import sources
 import storage
 from errors import StorageError
@@ -985,3 +986,16 @@ def test_a_folder_pyarrow_cannot_open_is_named_with_the_fix(monkeypatch, tmp_pat
     assert f"(it is {os.path.abspath('café')!r})" in problem  # (a relative one: where it is)
     monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "utf-8")
     assert "is not a UTF-8 name" in storage.not_utf8_name("--cache_dir", "caf\udce9")
+
+
+@pytest.mark.parametrize("encoding, name", [("ascii", "cäche"), ("iso8859-1", "c☕che")])
+def test_a_saved_folder_name_this_locale_cannot_write_is_named_with_the_fix(monkeypatch, encoding, name):
+    """A --cache_dir a checkpoint saved under a UTF-8 locale (its JSON holds the characters, not the
+    command line's bytes) resumed under C (ascii) or Latin-1: the name is refused with the locale fix.
+    Bug caught: not_utf8_name encoded the name in the locale's encoding first, outside its try: a
+    UnicodeEncodeError's traceback from TrainArgs at --resume, where a line was meant."""
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: encoding)
+    problem = storage.not_utf8_name("--cache_dir", name)
+    assert "is not plain ASCII" in problem and encoding in problem and "LC_ALL=C.UTF-8" in problem
+    with pytest.raises(config.ConfigError, match=r"^--cache_dir .*LC_ALL=C\.UTF-8"):
+        config.TrainArgs(data="stories.txt", cache_dir=name)
