@@ -435,6 +435,8 @@ def clear_run_folders(out_dir: Path) -> None:
                          "for it to end, or pick another --out_dir")
             except PermissionError as e:  # (another user's folder; a full disk deletes: full_ok)
                 cannot_delete(run_dir, e)
+            except OSError:  # (no room to make a run.lock: deleting makes room; rmtree says what else fails)
+                pass
         for run_dir in run_dirs:
             try:
                 shutil.rmtree(run_dir)

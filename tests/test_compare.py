@@ -501,6 +501,23 @@ def test_a_previous_comparison_is_deleted_under_its_locks_on_a_full_disk_too(tmp
     assert sorted(seen) == sorted(f"compare-{name}" for name in NAMES) and not list(tmp_path.iterdir())
 
 
+def test_a_previous_comparison_whose_locks_a_full_disk_cannot_make_is_deleted(tmp_path, monkeypatch):
+    """A last comparison's run folders without a run.lock (a run.lock its run made goes with it when it
+    wrote nothing else) on a disk with no room to make one: they are deleted all the same (the room is
+    what deleting makes). Bug caught: open()'s OSError (no room for a new file) was compare.py's
+    traceback: full_ok covers the holder line alone, and only a PermissionError was caught."""
+    import errno
+    import os
+    for name in NAMES:
+        (tmp_path / f"compare-{name}").mkdir()
+
+    def no_room(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(compare.storage, "lock", no_room)
+    compare.clear_run_folders(tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("fails", ["lock", "rmtree"])
 def test_a_last_comparisons_folder_we_may_not_delete_is_one_line(tmp_path, monkeypatch, fails):
     """Bug caught: an --out_dir whose last comparison's run folders belong to another user (a shared
