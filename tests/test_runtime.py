@@ -1087,6 +1087,36 @@ def test_a_rank_whose_rank_0_never_marks_its_data_done_stops_at_the_deadline(fak
     assert fake_all_reduce.seen == []  # (no collective entered)
 
 
+def test_rank_1_gives_up_on_rank_0_first_and_the_others_a_little_later(fake_all_reduce, monkeypatch):
+    """Rank 1, which says why the job stops, gives up waiting for rank 0's data at SETUP_TIMEOUT; the
+    other ranks 1% later, so that a mark that comes between (rank 0 done at the last moment) is seen
+    by them, and none stops silently while rank 1 goes on. Review's race: all gave up at the same
+    time, and one could stop silently as rank 1, seeing the mark, went on: the job said nothing."""
+    store = dist.HashStore()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: store)
+    monkeypatch.setattr(runtime, "SETUP_TIMEOUT", timedelta(seconds=100))
+    now = [0.0]
+
+    def sleep(seconds):  # a clock of its own: rank 0 marks its data done 100.5 s in
+        now[0] += seconds
+        if now[0] >= 100.5:
+            store.set(runtime.job_key("runtime/rank0_first/0/done"), "1")
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    for rank in (1, 2):
+        now[0] = 0.0
+        monkeypatch.setattr(runtime, "_RANK0_BLOCKS", itertools.count())
+        store.delete_key(runtime.job_key("runtime/rank0_first/0/done"))
+        ran = []
+        if rank == 1:
+            with pytest.raises(errors.RunError), runtime.rank0_first(World(rank, 3), "cpu"):
+                ran.append(rank)
+        else:
+            with runtime.rank0_first(World(rank, 3), "cpu"):
+                ran.append(rank)
+        assert ran == ([] if rank == 1 else [2]) and now[0] < 101
+
+
 RANK0_HUNG = """
 import os, time
 from datetime import timedelta
