@@ -1140,7 +1140,7 @@ def test_under_torchrun_a_rank_whose_rank_0_hangs_stops_within_the_deadline():
     """A real gloo job of 2 processes, its group's timeout SETUP_TIMEOUT (3 hours), the wait on the
     store for rank 0's data cut to 1 s: rank 1 stops about 1 s in, with its line, while rank 0 hangs.
     Bug caught: rank 1 went on into the verdict, where it waited for rank 0 as long again (the test's
-    30 s ran out)."""
+    time limit ran out)."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1151,7 +1151,7 @@ def test_under_torchrun_a_rank_whose_rank_0_hangs_stops_within_the_deadline():
                               stderr=subprocess.PIPE, text=True, env={**env, "RANK": str(rank)})
              for rank in (0, 1)]
     try:
-        out, err = procs[1].communicate(timeout=30)  # (the imports and set-up: seconds on a loaded machine)
+        out, err = procs[1].communicate(timeout=120)  # (2 imports of torch and set-up: 10 s under load)
         assert procs[0].poll() is None  # (rank 0 still hung)
     finally:
         for p in procs:
