@@ -703,7 +703,7 @@ def check_settings(plan: RunPlan, device, world: World) -> None:
     if graphs and per_process > 1 and runtime.wants_compile(train_args.compile, device):
         raise ConfigError(f"--compile_mode {train_args.compile_mode} replays CUDA graphs, and a replay "
                           f"overwrites the gradients of the micro-batch before it, so it takes one "
-                          f"micro-batch per process (here {per_process}): use --grad_accum {world.size}, "
+                          f"micro-batch per process (here {per_process}); use --grad_accum {world.size}, "
                           "or --compile_mode max-autotune-no-cudagraphs")
     need, have = memory_floor(model_args, train_args, world.size), runtime.device_memory(device)
     total = sum(need.values())

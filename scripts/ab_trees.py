@@ -209,7 +209,7 @@ def main(argv=None):
     trees = [Path(opts.a).resolve(), Path(opts.b).resolve()]
     for tree in trees:
         if not (tree / "scripts" / "bench_model.py").is_file():
-            p.error(f"{tree} holds no scripts/bench_model.py: give the root of a checkout of this project")
+            p.error(f"{tree} holds no scripts/bench_model.py; give the root of a checkout of this project")
     variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
     for v in variants:
         name, _, batch = v.partition(":")
@@ -222,9 +222,9 @@ def main(argv=None):
         p.error(f"--ckpt_layers {opts.ckpt_layers}: the {opts.preset} preset has {layers} layers; "
                 "give at most that")
     if opts.host and opts.device != "cpu":
-        p.error("--host stands in for a GPU's kernels on the CPU: drop --device or --host")
+        p.error("--host stands in for a GPU's kernels on the CPU; drop --device or --host")
     if opts.host and opts.dtype != "bfloat16":  # (CUDA's fp32 experts loop over the groups: not stood in)
-        p.error("--host times CUDA's bf16 autocast step (its paths are bf16's): drop --dtype float32")
+        p.error("--host times CUDA's bf16 autocast step (its paths are bf16's); drop --dtype float32")
     if problem := storage.not_a_result("--out", opts.out, "ab.json", ("trees", "figures")):
         p.error(problem)
     spec = {"device": opts.device, "preset": opts.preset, "dtype": opts.dtype, "variants": variants,

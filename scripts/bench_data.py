@@ -15,8 +15,8 @@ by default, the tiny preset's; 1 in 100 documents held out for validation as pre
    the file and on the same text repeated `--repeat` times (a temporary file). The anonymous memory
    added, the process's own (sampled every 20 ms), must grow less than 1.5x, since tokenization
    streams (for a file of more documents than one round of tokenization batches: a smaller one,
-   --quick's, or the default file on 6 or more CPUs, is held whole: its ratio is shown, not checked,
-   and the JSON's added_anon_ratio_ok is null). The RSS added is shown beside
+   bench.py --quick's, or the default file on 6 or more CPUs, is held whole: its ratio is shown,
+   not checked, and the JSON's added_anon_ratio_ok is null). The RSS added is shown beside
    it: it also counts pages of the memory-mapped files (the `datasets` arrow copy, the shards),
    which grow with the text and which the kernel can drop.
 Prints a table and writes the numbers as JSON.
@@ -109,7 +109,9 @@ def run_child(path, cache_dir, vocab_size) -> dict:
                     "train.py does by default: pass a --data file of 100 documents or more")
         sys.exit(f"bench_data.py: error: {line}")
     if out.returncode != 0:
-        sys.exit(f"bench_data.py: error: the prepare() subprocess failed:\n{out.stderr}")
+        print(out.stderr, end="", file=sys.stderr)  # (a crash's traceback, then the one line last)
+        sys.exit(f"bench_data.py: error: the prepare() subprocess failed (exit {out.returncode}, its output "
+                 "is above)")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

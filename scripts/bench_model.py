@@ -134,7 +134,7 @@ def make_step(variant: str, base: dict, batch: int, device, dtype):
             model = Llama4ForCausalLM.from_pretrained(d, attn_implementation="sdpa").to(device).train()
     part = variant.startswith("moe+ckpt-part")
     if part and not CKPT_LAYERS:  # (0 would checkpoint them all, as moe+ckpt)
-        raise UserError(f"{variant} checkpoints the first --ckpt_layers layers: give --ckpt_layers")
+        raise UserError(f"{variant} checkpoints the first --ckpt_layers layers; give --ckpt_layers")
     ours.set_grad_checkpointing(variant.startswith("moe+ckpt"), CKPT_LAYERS if part else 0)
     ours.loss_impl = "reference" if variant == "moe+plain-loss" else "fused"
     runner = HFRunner(model) if variant == "hf" else model

@@ -13,7 +13,7 @@ Same random weights, same prompts, greedy, variants interleaved, medians reporte
   reference   cached, with the MoE's reference path (every expert, masked), eager (only when named
               in --variants): the path a compiled step takes where grouped_mm is missing (fp32 on
               CUDA), so that comparing compiled against it leaves the compiler alone in question
-  uncached    our generate() recomputing the whole sequence each step (--no_cache)
+  uncached    our generate() recomputing the whole sequence each step (sample.py's --no_cache)
   hf          transformers' Llama4ForCausalLM.generate on the exported folder (its own cache)
 End-of-text neither stops nor is banned in any of them (transformers gets eos_token_id=None, not
 min_new_tokens, which would mask it), so every variant makes exactly --new_tokens tokens per row;

@@ -18,14 +18,14 @@ kernel there that keeps x and 1/rms, where the CPU's composite ops also keep the
 
 How far to trust it: run on the commit the last H200 measurement came from (a842e28), it gave that
 measurement to within 0.2% (MoE step memory 5,416 vs 5,420 MB at batch 32, 21,029 vs 21,039 MB at
-128; with activation checkpointing 3,754 vs 3,754 and 14,920 vs 14,920). bench_model.py records
-this model beside each measurement it takes (on the CPU, modelling the CPU's kernels: in fp32
-within 2 MB of the measured peak RSS); the GPU check skips it (--no-modelled: CPU work on a lease's
-time), so set a GPU run's measured peaks beside this script's figures for the same settings. It
-cannot see what the allocator keeps cached but unused (fragmentation), nor what kernels allocate
-outside torch's tensors (workspaces: cuBLAS, SDPA; on the CPU in bf16 the measured RSS runs 9-13
-MB above the model at bench_model's --quick shape, where fp32 agrees), nor a compiled step's
-different lifetimes (Inductor frees and fuses differently).
+128; with activation checkpointing 3,754 vs 3,754 and 14,920 vs 14,920). bench_model.py records this
+model beside each measurement it takes (on the CPU, modelling the CPU's kernels: in fp32 within 2 MB
+of the measured peak RSS); the GPU check skips it (bench_model.py --no-modelled: CPU work on a
+lease's time), so set a GPU run's measured peaks beside this script's figures for the same settings.
+It cannot see what the allocator keeps cached but unused (fragmentation), nor what kernels allocate
+outside torch's tensors (workspaces: cuBLAS, SDPA; on the CPU in bf16 the measured RSS runs 9-13 MB
+above the model at bench_model's --quick shape, where fp32 agrees), nor a compiled step's different
+lifetimes (Inductor frees and fuses differently).
 
 Only the fused loss costs more time at a larger batch (a loop over chunks of logits, as long on
 fake tensors as the kernels' launches on real ones), so a batch that needs over 4,096 of them

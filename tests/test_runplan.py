@@ -721,7 +721,7 @@ def test_grad_accum_must_split_over_the_processes_and_cuda_graphs_count_per_proc
     cuda, two = torch.device("cuda"), runtime.World(0, 2)
     t = TrainArgs(compile="true", compile_mode="reduce-overhead", grad_accum=2)
     runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, t, None, None), cuda, two)  # 1 each: allowed
-    with pytest.raises(ConfigError, match=r"\(here 2\): use --grad_accum 2"):
+    with pytest.raises(ConfigError, match=r"\(here 2\); use --grad_accum 2"):
         runplan.check_settings(runplan.RunPlan(tmp_path, DEBUG, replace(t, grad_accum=4), None, None), cuda,
                                two)
     three = (r"--grad_accum 3 does not split over 2 processes; use a multiple of 2, e.g. --grad_accum 4 "
