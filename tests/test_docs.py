@@ -1,5 +1,7 @@
 """The docs against the code: what README.md and docs/ name (options, files, make targets) exists,
-and the README's preset table gives each preset's parameter counts.
+and the README's preset table gives each preset's parameter counts; and the code's own advice: each
+option an error, warning or --help text names is its program's (or the program it names), and each
+error is one line.
 
 A renamed or removed option, script or target, or a retuned preset, leaves the prose behind; these
 checks read the Markdown and the code (models on the meta device), and train nothing.
@@ -24,9 +26,13 @@ OTHER_TOOLS = re.compile(r"(?m)(?:^|`)[ \t]*(?:\S*python3? -m |\S*/)?"
 def script_options(path) -> set[str]:
     """The options a file's parser adds: each add_argument("--...") (or an alias of it, add = ...)."""
     tree = ast.parse(path.read_text())
-    adders = {"add_argument"} | {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
-                                 and getattr(node.value, "attr", None) == "add_argument"
-                                 for t in node.targets if isinstance(t, ast.Name)}
+    adders = {"add_argument"}
+    for node in ast.walk(tree):  # add = p.add_argument, or add, integer = p.add_argument, ... (compare.py)
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], (ast.Name, ast.Tuple)):
+            names = getattr(node.targets[0], "elts", node.targets)
+            values = getattr(node.value, "elts", [node.value])
+            adders |= {n.id for n, v in zip(names, values, strict=False)
+                       if isinstance(n, ast.Name) and getattr(v, "attr", None) == "add_argument"}
     return {"--help"} | {a.value for node in ast.walk(tree) if isinstance(node, ast.Call)
                          and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) in adders
                          for a in node.args if isinstance(a, ast.Constant)
@@ -181,3 +187,102 @@ def test_a_constant_the_docs_quote_in_seconds_has_that_value():
                 f"{doc.name}: {' '.join(m.group(0).split())!r}, but the code's {name} is " \
                 f"{module_constant(name, module)}"
     assert seen >= 2  # the README's COMPILE_EVAL_AFTER_S and TRAIN_RESERVE_S at least
+
+
+# The code's own advice: the options its messages name, and their one line
+
+
+OPTION = re.compile(r"(?<![\w-])--[a-zA-Z][\w-]*")
+# the program an option belongs to, named before it: "train.py's --lr", "sample.py --hf", "trained with"
+NAMED_PROGRAM = re.compile(r"\b(\w+)\.py\b|\b(train)(?:ed|ing)?\b")
+
+
+def said(node) -> str:
+    """A message's literal text, with {} for what is filled in (f-strings, +, a if c else b)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(said(v) if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    if isinstance(node, ast.BinOp):
+        return said(node.left) + said(node.right)
+    if isinstance(node, ast.IfExp):
+        return said(node.body) + " " + said(node.orelse)
+    return ""
+
+
+def docstrings(tree) -> set[int]:
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+
+
+def texts(path):
+    """(line, text) of each string the code says, whole (an f-string, a + b, a if c else b as one) and
+    docstrings aside (they are for readers, and config.py's quote typos): messages, help texts, fixes."""
+    tree = ast.parse(path.read_text())
+    skip, parts = docstrings(tree), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.JoinedStr, ast.BinOp, ast.IfExp)) and said(node):
+            parts |= {id(child) for child in ast.walk(node) if child is not node}
+    strings = (ast.Constant, ast.JoinedStr, ast.BinOp, ast.IfExp)
+    for node in ast.walk(tree):
+        if id(node) not in skip | parts and isinstance(node, strings):
+            if text := said(node):
+                yield node.lineno, text
+
+
+def messages(path):
+    """(line, text) of each error's message: the first argument of an XError(...), sys.exit(...) or
+    parser.error(...)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and node.args:
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None) or ""
+            if name.endswith("Error") or name in ("error", "exit"):
+                yield node.lineno, said(node.args[0])
+
+
+def options_by_program() -> dict[str, set[str]]:
+    fields = {f"--{f.name}" for cls in (config.ModelArgs, config.TrainArgs) for f in dataclasses.fields(cls)}
+    fields |= {"--preset", "--help"}
+    takes = {"train": fields, "data": fields,
+             "sample": {f"--{f.name}" for f in dataclasses.fields(config.SampleArgs)} | {"--help"}}
+    for path in ROOT.glob("scripts/*.py"):
+        passed_on = fields if "ModelArgs" in path.read_text() else set()  # config's parser, or train.py's
+        takes[path.stem] = script_options(path) | passed_on
+    return takes
+
+
+def test_every_option_a_message_names_is_its_programs():
+    """An option named in an error, a warning or a help text exists: in a program's file (train.py,
+    sample.py, data.py, scripts/) it is that program's, or that of the program named before it in
+    the message ("train.py's --lr", "sample.py --hf", "trained with --vision"); in a module the
+    programs share, some program's. A rename leaves no advice behind.
+
+    Bug caught: compare.py's own options (--minutes, --out) were not seen as its (its add_argument
+    has an alias made in a tuple assignment), so the docs could have named them for any script."""
+    takes, known = options_by_program(), project_options() | TORCHRUN | {"--name", "--option"}  # (the form)
+    assert {"--minutes", "--out"} <= takes["compare"]
+    wrong = []
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]:
+        prog = path.stem if path.stem in takes else None
+        for line, text in texts(path):
+            if OPTION.fullmatch(text):  # a command line's word ("--data", path): another program's
+                continue
+            for m in OPTION.finditer(text):
+                named = [a or b for a, b in NAMED_PROGRAM.findall(text[:m.start()]) if (a or b) in takes]
+                owners = [prog] + named[-1:] if prog else []
+                if not (m.group() in known and (not owners or any(m.group() in takes[o] for o in owners))):
+                    wrong.append(f"{path.relative_to(ROOT)}:{line} {m.group()}: {text.strip()[:100]!r}")
+    assert not wrong, "messages name options their program lacks:\n" + "\n".join(wrong)
+
+
+def test_every_error_message_is_one_line():
+    """README: every error is one line. No literal part of an error's message holds a newline.
+
+    Bug caught: bench_data.py's failed prepare() subprocess exited with "error: ... failed:" and the
+    child's whole stderr after it, so the error was not the last line."""
+    broken = [f"{path.relative_to(ROOT)}:{line}: {text[:80]!r}"
+              for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]
+              for line, text in messages(path) if "\n" in text.strip()]
+    assert not broken, "errors of more than one line:\n" + "\n".join(broken)
