@@ -179,16 +179,20 @@ def test_bench_data_refuses_a_data_file_that_is_not_txt(tmp_path, monkeypatch, c
     assert e.value.code == 2 and f"--data {data}: bench_data.py measures a .txt file" in err, err
 
 
-def test_bench_data_keeps_a_crashing_childs_traceback(monkeypatch):
-    """Only bad text (the child's exit 3) is cut to one line; a crash keeps what a bug report needs."""
+def test_bench_data_keeps_a_crashing_childs_traceback(monkeypatch, capsys):
+    """Only bad text (the child's exit 3) is cut to one line; a crash keeps what a bug report needs:
+    the child's traceback on stderr, above the one error line (which came first, the traceback after)."""
     import subprocess
 
     from scripts import bench_data
-    crash = subprocess.CompletedProcess([], 1, "", "Traceback (most recent call last):\n  ...\nValueError: x")
+    trace = "Traceback (most recent call last):\n  ...\nValueError: x\n"
+    crash = subprocess.CompletedProcess([], 1, "", trace)
     monkeypatch.setattr(bench_data.subprocess, "run", lambda *a, **k: crash)
     with pytest.raises(SystemExit) as e:
         bench_data.run_child("f.txt", "cache", 4096)
-    assert "Traceback (most recent call last)" in str(e.value.code)
+    assert capsys.readouterr().err == crash.stderr
+    assert e.value.code == ("bench_data.py: error: the prepare() subprocess failed (exit 1, its output is "
+                            "above)")
 
 
 def test_a_failed_part_is_one_line(tmp_path, monkeypatch):
