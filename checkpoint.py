@@ -732,7 +732,7 @@ def hf_generation_config(model_args: ModelArgs) -> dict:
                 "pad_token_id": model_args.pad_id, "suppress_tokens": model_args.never_drawn,
                 "do_sample": not ours.greedy, "temperature": ours.temperature, "top_k": ours.top_k,
                 "top_p": ours.top_p}
-    if model_args.attn_chunk_size == 1 and any(map(model_args.uses_rope, range(model_args.n_layers))):
+    if model_args.attn_chunk_size == 1 and model_args.nope_every != 1:  # (1: every layer NoPE, no chunk)
         settings["cache_implementation"] = "static"
     return settings
 
