@@ -109,9 +109,14 @@ def run_child(path, cache_dir, vocab_size) -> dict:
                     "train.py does by default: pass a --data file of 100 documents or more")
         sys.exit(f"bench_data.py: error: {line}")
     if out.returncode != 0:
-        print(out.stderr, end="", file=sys.stderr)  # (a crash's traceback, then the one line last)
-        sys.exit(f"bench_data.py: error: the prepare() subprocess failed (exit {out.returncode}, its output "
-                 "is above)")
+        if out.stderr:  # (a crash's traceback, then the one line last, on a line of its own: a killed
+            print(out.stderr.rstrip("\n"), file=sys.stderr)  # child's progress bar ends in no newline)
+        how = f"exit {out.returncode}"
+        if out.returncode < 0:  # (the OOM killer's SIGKILL, in a memory benchmark, leaves no traceback)
+            oom = " (SIGKILL: out of memory?)" if out.returncode == -9 else ""
+            how = f"killed by signal {-out.returncode}{oom}"
+        sys.exit(f"bench_data.py: error: the prepare() subprocess failed ({how}, "
+                 f"{'its output is above' if out.stderr else 'with no output'})")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -195,6 +195,27 @@ def test_bench_data_keeps_a_crashing_childs_traceback(monkeypatch, capsys):
                             "above)")
 
 
+
+@pytest.mark.parametrize("returncode, stderr, said", [
+    (-9, "Map:  40%|####      | 4/10\r", "killed by signal 9 (SIGKILL: out of memory?), its output is above"),
+    (-9, "", "killed by signal 9 (SIGKILL: out of memory?), with no output"),
+    (1, "Fatal Python error: Segmentation fault", "exit 1, its output is above")])
+def test_bench_data_a_killed_childs_error_is_its_own_last_line(monkeypatch, capsys, returncode, stderr, said):
+    """A child killed mid-way (the OOM killer, in a memory benchmark) leaves a progress bar's line
+    unended, or nothing at all: the error line is still a line of its own, and says how it ended.
+    Bug caught: the error line was glued to the end of the child's last line ("4/10\rbench_data.py:
+    error: ...", the one line not last), and said "exit -9, its output is above" over nothing."""
+    import subprocess
+
+    from scripts import bench_data
+    ended = subprocess.CompletedProcess([], returncode, "", stderr)
+    monkeypatch.setattr(bench_data.subprocess, "run", lambda *a, **k: ended)
+    with pytest.raises(SystemExit) as e:
+        bench_data.run_child("f.txt", "cache", 4096)
+    err = capsys.readouterr().err
+    assert err == (stderr + "\n" if stderr else "")
+    assert e.value.code == f"bench_data.py: error: the prepare() subprocess failed ({said})"
+
 def test_a_failed_part_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "PARTS", {"data": "no_such_script.py"})
     with pytest.raises(SystemExit) as e:
