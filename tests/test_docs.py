@@ -193,8 +193,10 @@ def test_a_constant_the_docs_quote_in_seconds_has_that_value():
 
 
 OPTION = re.compile(r"(?<![\w-])--[a-zA-Z][\w-]*")
-# the program an option belongs to, named before it: "train.py's --lr", "sample.py --hf", "trained with"
-NAMED_PROGRAM = re.compile(r"\b(\w+)\.py\b|\b(train)(?:ed|ing)?\b")
+# the program an option belongs to, named before it: "train.py's --lr", "sample.py --hf", "trained with",
+# "torchrun --nproc_per_node"
+NAMED_PROGRAM = re.compile(r"\b(?:(\w+)\.py|(train)(?:ed|ing)?|(torchrun))\b")
+COMMAND_WORD = re.compile(OPTION.pattern + r"(?:=\S*)?")  # one word of a command line: "--data", "--lr={}"
 
 
 def said(node) -> str:
@@ -217,10 +219,10 @@ def docstrings(tree) -> set[int]:
             and isinstance(node.body[0].value, ast.Constant)}
 
 
-def texts(path):
+def texts(source: str):
     """(line, text) of each string the code says, whole (an f-string, a + b, a if c else b as one) and
     docstrings aside (they are for readers, and config.py's quote typos): messages, help texts, fixes."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(source)
     skip, parts = docstrings(tree), set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.JoinedStr, ast.BinOp, ast.IfExp)) and said(node):
@@ -250,7 +252,23 @@ def options_by_program() -> dict[str, set[str]]:
     for path in ROOT.glob("scripts/*.py"):
         passed_on = fields if "ModelArgs" in path.read_text() else set()  # config's parser, or train.py's
         takes[path.stem] = script_options(path) | passed_on
-    return takes
+    return takes | {"torchrun": TORCHRUN}
+
+
+def misnamed(source: str, prog: str | None, takes: dict[str, set[str]], known: set[str]):
+    """(line, option, text) of each option a string of `source` names that is not its program's
+    (`prog`; None: a module the programs share, where any program's does) nor the program's named
+    before it. A command line's one word ("--data", f"--lr={lr}") and another tool's command
+    (OTHER_TOOLS: git's, nvidia-smi's) are theirs."""
+    for line, text in texts(source):
+        if COMMAND_WORD.fullmatch(text):
+            continue
+        text = OTHER_TOOLS.sub("", text)
+        for m in OPTION.finditer(text):
+            named = ["".join(g) for g in NAMED_PROGRAM.findall(text[:m.start()]) if "".join(g) in takes]
+            owners = [prog] + named[-1:] if prog else []
+            if not (m.group() in known and (not owners or any(m.group() in takes[o] for o in owners))):
+                yield line, m.group(), text
 
 
 def test_every_option_a_message_names_is_its_programs():
@@ -263,18 +281,29 @@ def test_every_option_a_message_names_is_its_programs():
     has an alias made in a tuple assignment), so the docs could have named them for any script."""
     takes, known = options_by_program(), project_options() | TORCHRUN | {"--name", "--option"}  # (the form)
     assert {"--minutes", "--out"} <= takes["compare"]
-    wrong = []
-    for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]:
-        prog = path.stem if path.stem in takes else None
-        for line, text in texts(path):
-            if OPTION.fullmatch(text):  # a command line's word ("--data", path): another program's
-                continue
-            for m in OPTION.finditer(text):
-                named = [a or b for a, b in NAMED_PROGRAM.findall(text[:m.start()]) if (a or b) in takes]
-                owners = [prog] + named[-1:] if prog else []
-                if not (m.group() in known and (not owners or any(m.group() in takes[o] for o in owners))):
-                    wrong.append(f"{path.relative_to(ROOT)}:{line} {m.group()}: {text.strip()[:100]!r}")
+    wrong = [f"{path.relative_to(ROOT)}:{line} {option}: {text.strip()[:100]!r}"
+             for path in [*ROOT.glob("*.py"), *ROOT.glob("scripts/*.py")]
+             for line, option, text in misnamed(path.read_text(), path.stem if path.stem in takes else None,
+                                                takes, known)]
     assert not wrong, "messages name options their program lacks:\n" + "\n".join(wrong)
+
+
+def test_another_tools_options_in_the_code_are_its_own():
+    """A command the code runs (git's --format=%H, nvidia-smi's --query-gpu, torchrun's
+    --nproc_per_node) or one word of a command line for another program (f"--lr={lr}" in an argv for
+    train.py) names options that are not the program's own; an option the program lacks is still found.
+
+    Bug caught: each of these was "messages name options their program lacks" (only the docs took
+    OTHER_TOOLS, and a command line's word counted only as "--data", not "--lr=...")."""
+    source = ("import subprocess, sys\n"
+              "subprocess.run(['git', 'log', '-1', '--format=%H'])\n"
+              "subprocess.run('nvidia-smi --query-gpu=memory.used --format=csv', shell=True)\n"
+              "argv = [sys.executable, 'train.py', f'--lr={3e-4}', '--max_steps=10']\n"
+              "HELP = 'runs under torchrun --nproc_per_node N'\n"
+              "sys.exit('compare.py: error: --no_such is not an option')\n")
+    takes, known = options_by_program(), project_options() | TORCHRUN
+    assert [(line, option) for line, option, _ in misnamed(source, "compare", takes, known)] == \
+        [(6, "--no_such")]
 
 
 def test_every_error_message_is_one_line():
