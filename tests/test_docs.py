@@ -103,13 +103,9 @@ def test_the_readme_preset_table_gives_each_presets_parameter_counts():
 def test_each_command_line_the_docs_show_takes_its_options():
     """`python train.py ...`, `make train ARGS="..."`, `python scripts/x.py ...`: each option belongs
     to that command (a script that passes model or training settings on takes those too)."""
-    fields = {f"--{f.name}" for cls in (config.ModelArgs, config.TrainArgs) for f in dataclasses.fields(cls)}
-    fields |= {"--preset", "--help"}
-    takes = {"train": fields, "data": fields,
-             "sample": {f"--{f.name}" for f in dataclasses.fields(config.SampleArgs)} | {"--help"}}
-    for path in ROOT.glob("scripts/*.py"):
-        passed_on = fields if "ModelArgs" in path.read_text() else set()  # config's parser, or train.py's
-        takes[f"scripts/{path.stem}"] = script_options(path) | passed_on
+    scripts = {path.stem for path in ROOT.glob("scripts/*.py")}
+    takes = {f"scripts/{name}" if name in scripts else name: options
+             for name, options in options_by_program().items() if name != "torchrun"}
     for doc in DOCS:
         text = doc.read_text().replace("\\\n", " ")
         blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
@@ -245,6 +241,8 @@ def messages(path):
 
 
 def options_by_program() -> dict[str, set[str]]:
+    """Each program's options, by name (train, data, sample, each script's stem, torchrun): a script that
+    passes model or training settings on takes those too."""
     fields = {f"--{f.name}" for cls in (config.ModelArgs, config.TrainArgs) for f in dataclasses.fields(cls)}
     fields |= {"--preset", "--help"}
     takes = {"train": fields, "data": fields,
