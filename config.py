@@ -244,6 +244,12 @@ class ModelArgs:
         return (i + 1) % self.moe_every == 0
 
     @property
+    def n_moe_layers(self) -> int:
+        """How many layers is_moe_layer answers yes for (moe_every - 1, 2 * moe_every - 1, ...), counted
+        rather than asked of each layer (a loop took minutes at --n_layers 2000000000)."""
+        return self.n_layers // self.moe_every
+
+    @property
     def is_dense(self) -> bool:
         """No MoE layer at all (moe_every > n_layers): every feed-forward is a dense SwiGLU."""
         return self.moe_every > self.n_layers  # the first MoE layer is layer moe_every - 1

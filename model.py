@@ -1537,7 +1537,7 @@ def summed_over_layers(args: ModelArgs, measure) -> dict:
             return measure(Llama4(replace(args, n_layers=n_layers, moe_every=moe_every)))
 
     one_moe, one_dense, two_moe = measured(1, 1), measured(1, 2), measured(2, 1)
-    n_moe = args.n_layers // args.moe_every  # layers moe_every - 1, 2 * moe_every - 1, ...
+    n_moe = args.n_moe_layers
     out = {}
     for k in one_moe | one_dense | two_moe:
         moe = two_moe.get(k, 0) - one_moe.get(k, 0)  # one MoE layer

@@ -83,9 +83,7 @@ def main(argv=None):
         print(f"count_params.py: error: {problem}", file=sys.stderr)
         sys.exit(2)
     rows, counts = table(args)
-    # MoE layers: moe_every - 1, 2 * moe_every - 1, ... (past n_layers: none), counted, not looped over
-    # (asking is_moe_layer of each layer took 3 minutes at --n_layers 2000000000)
-    moe = args.n_layers // args.moe_every
+    moe = args.n_moe_layers  # (--moe_every past n_layers: none)
     experts = f"{args.n_experts} experts top-{args.top_k}" + (
         f" in {moe} of the layers" if moe < args.n_layers else "") if moe else "no MoE layer"
     print(f"preset {name}: dim {args.dim}, {args.n_layers} layers, {experts}, "
