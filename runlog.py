@@ -38,7 +38,8 @@ and a record that reached W&B before the crash is there twice, at the same step;
 record of a window a signal cut short, beside the whole one the resumed run writes. W&B cannot
 resume an offline run (syncing a second offline folder of one id replaces the history): a resume
 of an offline session, or one offline now, is a new W&B run that gets the whole history; so is one
-under another entity than its checkpoint's W&B run's (an id is per entity). Each train and val row
+under another entity than its checkpoint's W&B run's (an id is per entity); say_superseded names the
+older offline folders it makes superfluous to upload. Each train and val row
 holds `tokens` beside `step`: the x axis that compares runs of other batch sizes.
 """
 
@@ -230,6 +231,20 @@ def new_wandb_run(run, run_id: str | None, log=print) -> bool:
     log(f"wandb: W&B run {run_id} was not found where it was resumed (another server, WANDB_BASE_URL, or it "
         "was moved to another project), so W&B started it anew: it gets the history from the start")
     return True
+
+
+def say_superseded(run, run_dir: Path, log=print) -> None:
+    """For a new W&B run that gets every record from the start (new_wandb_run): name the older
+    offline folders in the run folder, which hold parts of the same records, so that a `wandb sync`
+    of them all (a glob) does not put a second, shorter copy of the curves beside this run's."""
+    own = getattr(getattr(run, "settings", None), "sync_dir", None)
+    own = Path(own).resolve() if own else None
+    older = [p for p in sorted((run_dir / "wandb").glob("offline-run-*")) if p.resolve() != own]
+    if older:
+        n = len(older)
+        log(f"wandb: this W&B run gets every record from the start; the {n} older offline "
+            f"folder{'s' * (n != 1)} in {run_dir / 'wandb'} (offline-run-*) hold{'s' * (n == 1)} parts of "
+            "them: upload only this one (or delete them)")
 
 
 def _same_entity(wandb, run_id: str | None, saved: str | None, log) -> dict:

@@ -1187,6 +1187,8 @@ def open_logs(job: Job, state: LoopState) -> None:
                 "session": session_of(job)}
     wandb_run = runlog.start_wandb(train_args, job.run_dir, settings, log)
     new_wandb = runlog.new_wandb_run(wandb_run, job.wandb_id, log)  # not the checkpoint's W&B run
+    if new_wandb:
+        runlog.say_superseded(wandb_run, job.run_dir, log)
     # an open window's record is written again only by a run that trains on (not one resumed for the
     # evaluation a signal put off, with its budget spent: it would lose the record)
     trains = state.step < train_args.max_steps and not job.clock.spent(state)

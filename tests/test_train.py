@@ -1637,7 +1637,7 @@ def test_a_wandb_run_that_failed_to_finish_is_not_gone_on_with(tmp_path, corpus,
     assert list(runs) == ["w0", "w1"] and runs["w1"][-1]["step"] == 7
 
 
-def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch):
+def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, monkeypatch, capsys):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -1646,6 +1646,16 @@ def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, m
     train.main(args(tmp_path, corpus, cache, "--max_steps", "2", "--wandb_mode", "offline"))
     runs = list((tmp_path / "ckpt" / "r" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    capsys.readouterr()
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "3", "--wandb_mode", "offline", "--resume"))
+    # Bug caught: a resume offline is a new W&B run with every record, and nothing said that the
+    # first session's folder is superseded: `wandb sync .../offline-run-*` put a second, shorter
+    # copy of the curves beside it
+    wandb_dir = tmp_path / "ckpt" / "r" / "wandb"
+    assert len(list(wandb_dir.glob("offline-run-*"))) == 2
+    assert (f"wandb: this W&B run gets every record from the start; the 1 older offline folder in "
+            f"{wandb_dir} (offline-run-*) holds parts of them: upload only this one (or delete them)"
+            in capsys.readouterr().out)
     monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own switch: --wandb_mode auto follows it
     assert runlog.start_wandb(TrainArgs(wandb_mode="auto"), tmp_path, {}) is None
 
