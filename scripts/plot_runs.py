@@ -91,6 +91,23 @@ def once(runs: list[tuple[str, str]]) -> list[str]:
     return [folder for _, folder in seen.values()]
 
 
+def check_title(p, title: str | None) -> None:
+    """A --title whose $...$ math matplotlib cannot parse is refused in one line (savefig's error was
+    four lines, none naming --title); a title with an even count of unescaped $ is math to matplotlib."""
+    if not title or (title.count("$") - title.count(r"\$")) % 2 or "$" not in title.replace(r"\$", ""):
+        return
+    runlog.writable_home_dirs("MPLCONFIGDIR")
+    from matplotlib.mathtext import MathTextParser
+    try:
+        MathTextParser("path").parse(title)
+    except ValueError as e:
+        why = ([line for line in str(e).splitlines() if line.strip()] or ["a parse error"])[-1]
+        why = why.split(": ", 1)[-1].split("  (at char")[0].strip()  # (pyparsing's type and position go)
+        why = why if len(why) <= 80 else why[:77] + "..."
+        p.error(f"--title '{title}': matplotlib cannot read its $...$ math ({why}); write each $ as \\$ for "
+                "a plain dollar sign")
+
+
 def main(argv=None):
     p = config.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=storage.expand_home,
@@ -108,6 +125,7 @@ def main(argv=None):
         first = Path(os.path.abspath(first)) if first.name in ("", "..") else first  # (`plot_runs.py .`)
         args.out = str(first.parent / "compare.png")
     check_out(p, args.out)
+    check_title(p, args.title)
     try:
         out = runlog.plot_runs(args.runs, args.out, args.x, args.title,
                                warn=lambda m: print(f"plot_runs.py: warning: {m}", file=sys.stderr))

@@ -669,3 +669,23 @@ def test_a_tokenizer_path_that_is_no_file_beside_a_checkpoint_is_not_told_to_tra
     way = (f"drop --tokenizer to take the one beside the checkpoint, {tmp_path / 'tokenizer.json'}" if beside
            else f"name the one {tmp_path / 'last.pt'} was trained with")
     assert str(e.value) == f"--tokenizer: no such file '{tmp_path / 'nope.json'}'; check the path, or {way}"
+
+
+@pytest.mark.parametrize("title", [r"$\foo$", "$x^$"])
+def test_plot_runs_refuses_a_title_whose_math_matplotlib_cannot_read(title, tmp_path, capsys):
+    """Bug caught: plot_runs.py --title '$\\foo$' (math matplotlib cannot parse) ended in a four-line
+    error that began with an empty line and named neither --title nor a fix. Now one line naming the
+    option and how to write a dollar sign as text, before any drawing; escaped, the title draws."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 5, "tokens": 1280, "minutes": 0.1,
+                                                   "lm_loss": 5.5}) + "\n")
+    out = tmp_path / "p.png"
+    with pytest.raises(SystemExit) as e:
+        plot_runs.main([str(run), "--out", str(out), "--title", title])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert f"error: --title '{title}': matplotlib cannot" in err
+    assert r"\$" in err and not out.exists()
+    plot_runs.main([str(run), "--out", str(out), "--title", title.replace("$", r"\$")])
+    assert out.is_file()
