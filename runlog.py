@@ -627,6 +627,12 @@ def plot_runs(run_dirs, out, x="tokens", title=None, warn=None) -> Path:
         plt.close(fig)
 
 
+def literal(text: str) -> str:
+    """`text` (a run's name, a folder) as matplotlib draws it as written: two $ in it are math to
+    matplotlib, and one it cannot parse failed the figure ('a$\\b$': every evaluation's plot)."""
+    return text.replace("$", r"\$")
+
+
 def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
     """plot_runs' curves on its figure, written at out."""
     names = [shown(run_dir) for run_dir, _, _ in runs]
@@ -636,6 +642,7 @@ def _draw(fig, left, right, runs, run_dirs, out, x, title) -> Path:
         label = run_label(run_dir)
         if names.count(names[i]) > 1:  # (runs of one name in two folders: told apart by the folder)
             label = f"{shown(Path(run_dir).resolve().parent)}/{label}"
+        label = literal(label)
         if train:
             left.plot([r[x] for r in train], [r["lm_loss"] for r in train], color=color, alpha=0.8,
                       label=label, marker="o" if len(train) == 1 else None, linestyle=style)
@@ -673,7 +680,7 @@ def plot_loss(run_dir: Path, out, log=print) -> Path | None:
     goes on."""
     out = Path(run_dir) / out
     try:
-        return plot_runs([run_dir], out, title=f"{shown(run_dir)}: loss")
+        return plot_runs([run_dir], out, title=f"{literal(shown(run_dir))}: loss")
     except StorageError as e:  # (its line names the plot and the fix)
         log(f"plot: {e}; training goes on")
     except OSError as e:  # (its text names the file: metrics.jsonl, or the plot's folder)

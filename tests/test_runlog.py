@@ -163,6 +163,20 @@ def test_the_loss_plot_draws_lm_loss_nats_and_bits_per_byte_with_a_legend_and_th
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["r"]
 
 
+def test_a_run_named_with_dollar_signs_is_drawn_with_its_name_as_written(tmp_path, monkeypatch):
+    """Bug caught: matplotlib reads the text between two $ as math, so a run named 'lr$\\alpha$' was
+    drawn with an alpha, and one named 'a$\\b$' (math it cannot parse) failed every plot of the run:
+    train.py's loss.png at each evaluation ('plot: could not draw ...'), and plot_runs.py."""
+    figures, other = drawn(monkeypatch), a_run(tmp_path / "s")
+    for name in ["a$\\b$", "lr$\\alpha$", "one$"]:
+        run, said, written = a_run(tmp_path / name), [], name.replace("$", "\\$")
+        assert runlog.plot_loss(run, "loss.png", said.append) == run / "loss.png" and said == []
+        fig, left, _ = figures[-1]
+        assert fig.get_suptitle() == f"{written}: loss"
+        assert left.get_legend().get_texts()[0].get_text() == written
+        assert runlog.plot_runs([run, other], tmp_path / "p.png") == tmp_path / "p.png"
+
+
 def test_a_single_train_record_is_drawn_as_a_point(tmp_path, monkeypatch):
     """Catches a run's one train record (a run stopped after its first log step) drawn as a line
     of one point, which shows nothing."""
