@@ -288,7 +288,10 @@ class ModelArgs:
             def even(d):  # n_heads = d gives an even head_dim
                 return self.dim // d % 2 == 0
             heads = _divisors(self.dim, self.n_heads, lambda d: even(d) and d % self.n_kv_heads == 0)
-            fix = f"pick --n_heads {heads}" if heads else "use an even --dim"
+            m = 2 * self.n_heads  # (an even dim alone may still leave an odd head_dim or a remainder)
+            near = " or ".join(map(str, sorted({max(m, self.dim // m * m), (self.dim // m + 1) * m})))
+            fix = (f"pick --n_heads {heads}" if heads
+                   else f"use a --dim that is a multiple of 2 x n_heads ({near})")
             if not heads and (heads := _divisors(self.dim, self.n_heads, even)):  # none that n_kv_heads
                 # divides: each would fail its check next (--dim 130: 1, 5, 13 or 65, n_kv_heads 2)
                 fix = (f"pick --n_heads {heads}, each with --n_kv_heads 1 or another divisor of it "

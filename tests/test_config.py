@@ -180,7 +180,12 @@ BAD = [
     (["--dim", "24", "--n_heads", "8"],
      "--n_heads: head_dim = dim / n_heads = 3 must be even for RoPE; pick --n_heads 2, 4, 6 or 12"),
     (["--dim", "25", "--n_heads", "5"],
-     "head_dim = dim / n_heads = 5 must be even for RoPE; use an even --dim"),
+     "head_dim = dim / n_heads = 5 must be even for RoPE; use a --dim that is a multiple of 2 x n_heads "
+     "(20 or 30)"),
+    # Bug caught: "use an even --dim" for an odd dim, where an even one could still be refused (62 at
+    # 8 heads): now a multiple of 2 x n_heads, which keeps the typed heads
+    (["--dim", "63"], "--n_heads: 8 heads do not divide dim=63; use a --dim that is a multiple of 2 x "
+     "n_heads (48 or 64)"),
     (["--n_kv_heads", "3"],
      "--n_kv_heads: 3 kv heads do not divide n_heads=8; pick --n_kv_heads 1, 2, 4 or 8"),
     (["--top_k", "17"],
