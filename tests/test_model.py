@@ -284,6 +284,22 @@ def test_more_than_256_experts_are_sorted_by_their_full_index():
     assert torch.allclose(sparse, reference, atol=1e-5)
 
 
+def test_257_experts_the_first_count_past_a_byte_are_sorted_by_their_full_index():
+    """Holds: byte keys serve up to 256 experts (ids 0..255) and no further: at 257, expert 256 keeps a
+    group of its own (a byte key would wrap it onto expert 0, and both groups would be wrong)."""
+    moe = next(m for m in build(n_experts=257, top_k=1).modules() if isinstance(m, MoE))
+    h = torch.randn(64, moe.router.in_features)
+    with torch.no_grad():  # feature 0 decides: expert 0 or 256
+        moe.router.weight.mul_(0.01)[:, 0] = 0
+        moe.router.weight[0, 0], moe.router.weight[256, 0] = 10, -10
+        h[:, 0] = torch.linspace(-1, 1, 64).sign() * 5
+        sparse, routing = moe(h[None])
+        moe.impl = "reference"
+        reference, _ = moe(h[None])
+    assert group_sizes(routing.ends)[0] == group_sizes(routing.ends)[256] == 32
+    assert torch.allclose(sparse, reference, atol=1e-5)
+
+
 @pytest.mark.parametrize("autocast, device", [(False, "cpu"), (True, "cpu"), (True, "cuda")])
 def test_the_shared_expert_is_a_group_of_the_experts_grouped_gemms_but_in_decoding(monkeypatch, autocast,
                                                                                    device):
