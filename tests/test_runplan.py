@@ -216,6 +216,18 @@ def test_a_range_error_names_a_value_the_run_would_take_and_whose_it_is():
     with pytest.raises(ConfigError, match=r"e\.g\. --batch_size 4 \(the run's\)$"):  # (a run's: its own)
         runplan.resume_settings(saved(batch_size=4), DEBUG, evaluate, {"eval_only", "batch_size"})
 
+
+def test_a_saved_value_this_version_refuses_is_told_with_the_default_as_its_fix_not_the_runs():
+    """Holds: a checkpoint's own setting that this version refuses, not typed at the resume, is refused
+    with the class's default as its fix (in_range re-words typed values alone), not "e.g. --batch_size
+    0 (the run's)", the refused value itself."""
+    ckpt = saved()
+    ckpt["train_args"]["batch_size"] = 0  # (saved by a version that took it)
+    with pytest.raises(ConfigError) as e:
+        runplan.resume_settings(ckpt, DEBUG, TrainArgs(resume="latest"), {"resume"})
+    assert str(e.value) == "--batch_size: must be at least 1, got 0; e.g. --batch_size 128 (the default)"
+
+
 def test_eval_only_scores_a_typed_val_data_whole_unless_eval_windows_is_typed():
     """Bug caught: --eval_windows typed beside --eval_only --val_data overridden by 0, or a resumed
     training run given --val_data evaluating whole files (eval_windows 0 outside --eval_only)."""
@@ -488,6 +500,19 @@ def test_an_older_checkpoints_relative_hf_dataset_folder_is_named_as_the_checkpo
     assert plan(tmp_path, resume=str(last)).train_args.hf_dataset == str(tmp_path / "start" / "corpus")
     hub = fake_checkpoint(tmp_path / "ckpt" / "h" / "last.pt", hf_dataset="me/stories")
     assert plan(tmp_path, resume=str(hub)).train_args.hf_dataset == "me/stories"  # (a hub name: as it is)
+
+
+def test_an_optimizer_state_of_the_two_groups_in_the_other_order_is_refused_in_planning(tmp_path):
+    """Holds: the parameter groups are compared in their order (decayed first, as train.make_optimizer
+    builds them), so a state with the two swapped, which torch's load_state_dict would mismatch, is
+    refused in planning, not passed for holding the same two sizes."""
+    state = optimizer_state(DEBUG)
+    state["param_groups"].reverse()
+    path = tmp_path / "r" / "last.pt"
+    p = runplan.RunPlan(path.parent, DEBUG, TrainArgs(max_steps=4), {"step": 2, "optimizer": state}, path)
+    with pytest.raises(CheckpointError, match=r"not of this version's parameter groups \(of \[\d+, \d+\]"):
+        runplan.check_optimizer_groups(p)
+    runplan.check_optimizer_groups(p._replace(ckpt={"step": 2, "optimizer": optimizer_state(DEBUG)}))
 
 
 def test_a_checkpoint_from_before_compile_auto_resumes_compiling_as_it_did(tmp_path):
@@ -1107,6 +1132,18 @@ def test_another_val_fraction_of_the_same_data_is_warned_of_however_its_path_is_
         assert "--val_fraction 0.5 is not the checkpoint's" in " ".join(lines), data
 
 
+def test_a_checkpoint_that_saved_no_val_fraction_is_not_warned_of_another(tmp_path, monkeypatch):
+    """Holds: a checkpoint whose settings hold no --val_fraction (an older one's) has no held-out slice to
+    compare a typed one with: no warning (and no KeyError reading the slice it does not have)."""
+    (tmp_path / "a.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    saved = config.to_dict(TrainArgs(data=str(tmp_path / "a.txt")))
+    del saved["val_fraction"]
+    p = runplan.RunPlan(None, DEBUG, TrainArgs(data="a.txt", val_fraction=0.5, eval_only=True),
+                        {"train_args": saved}, None)
+    assert not any("val_fraction" in line for line in runplan.setting_warnings(p, {"val_fraction"}))
+
+
 def test_a_run_or_out_dir_eval_only_does_not_use_is_warned_of(tmp_path):
     """Bug caught: train.py --eval_only --resume CKPT --run zz (or --out_dir elsewhere) said nothing of
     the --run and --out_dir it ignores (it scores CKPT where it lies, and writes nothing); a --run or
@@ -1277,6 +1314,30 @@ def test_llama3_rope_scaling_from_a_context_no_shorter_than_the_models_is_warned
                                     {"rope_scaling"}) == []
     assert runplan.setting_warnings(p._replace(init={"step": 0}), {"rope_scaling"}) == []
     assert runplan.setting_warnings(p._replace(ckpt={"step": 2}), set()) == []
+
+
+def test_the_llama3_warnings_fix_is_a_context_shorter_than_the_models_at_any_rope_factor():
+    """Holds: at a --rope_factor of 1 or below (positive is all it must be), --max_seq_len / --rope_factor
+    is no shorter than the model's context, and the original context the warning advises is the longest
+    that is shorter (63 at --max_seq_len 64), one the warning is then silent for."""
+    for factor in (1.0, 0.5):
+        model = debug_args(rope_scaling="llama3", rope_factor=factor)
+        p = runplan.RunPlan(None, model, TrainArgs(), None, None)
+        (line,) = runplan.setting_warnings(p, {"rope_scaling"})
+        assert "pass --rope_original_max_seq_len 63 (--max_seq_len / --rope_factor)" in line
+        fixed = p._replace(model_args=replace(p.model_args, rope_original_max_seq_len=63))
+        assert runplan.setting_warnings(fixed, {"rope_scaling"}) == []
+
+
+def test_llama3_rope_scaling_from_a_context_as_long_as_the_models_is_warned_of():
+    """Holds: an original context equal to --max_seq_len is warned of too (transformers wants it less than
+    max_position_embeddings); one token shorter is not."""
+    p = runplan.RunPlan(None, debug_args(rope_scaling="llama3", rope_original_max_seq_len=64), TrainArgs(),
+                        None, None)
+    (line,) = runplan.setting_warnings(p, {"rope_scaling"})
+    assert "--rope_original_max_seq_len 64 to a longer one, and --max_seq_len 64 is not longer" in line
+    shorter = p._replace(model_args=replace(p.model_args, rope_original_max_seq_len=63))
+    assert runplan.setting_warnings(shorter, {"rope_scaling"}) == []
 
 
 def test_a_new_model_of_a_one_token_context_is_warned_of():
@@ -2026,3 +2087,72 @@ def test_a_typed_dtype_that_resolves_to_the_one_the_run_trained_in_is_no_change(
     assert runplan.resume_changes(unknown, given, f32) == (
         "resume: --dtype float32 (the run's auto), in force from here")
     assert runplan.device_change(unknown, cpu, f32, given) is None
+
+
+def test_a_checkpoint_that_saved_no_dtype_is_told_of_another_dtype_typed(tmp_path):
+    """Holds: a checkpoint whose settings hold no --dtype (an older one's, on --device cpu: it trained in
+    float32) resumed with --dtype bfloat16 typed: resume_changes cannot name it (there is no run's value
+    to compare), so device_change says the precision is not the run's, with the --dtype that goes back."""
+    train_args = config.to_dict(TrainArgs(max_steps=10, device="cpu"))
+    del train_args["dtype"]
+    p = runplan.RunPlan(tmp_path, DEBUG, TrainArgs(max_steps=10, device="cpu", dtype="bfloat16"),
+                        {"step": 2, "train_args": train_args}, tmp_path / "last.pt")
+    given = {"resume", "dtype"}
+    assert runplan.resume_changes(p, given, torch.bfloat16) is None
+    assert runplan.device_change(p, torch.device("cpu"), torch.bfloat16, given) == (
+        "resume: on cpu in bfloat16 (the run trained on cpu in float32): its steps from here are not bit for "
+        "bit the run's; --dtype float32 goes on as it did")
+
+
+def test_a_recorded_device_of_a_kind_this_project_does_not_train_on_tells_nothing():
+    """Holds: trained_on reads a record naming a cpu or cuda device (the --device choices); any other
+    device's name (a damaged record: meta, mps) is no device the run trained on, as auto is not."""
+    record = {"device": "cuda:1", "dtype": "bfloat16"}
+    assert runplan.trained_on({"trained_on": record}) == ("cuda:1", "bfloat16")
+    for name in ("meta", "mps", "auto"):
+        assert runplan.trained_on({"trained_on": {"device": name, "dtype": "float32"}}) is None, name
+
+
+def test_a_held_out_slice_is_moved_by_other_content_not_by_another_window_count(tmp_path):
+    """Holds: held_out_moved compares the content part of the two EvalSet keys (content:windows), so an
+    evaluation of another --eval_windows over the same slice is no move, and other content is."""
+    data = tmp_path / "a.txt"
+    data.write_text("x")
+    ckpt = {"train_args": config.to_dict(TrainArgs(data=str(data), val_fraction=0.01))}
+    t = TrainArgs(data=str(data), val_fraction=0.01)
+    p = runplan.RunPlan(tmp_path, DEBUG, t, ckpt, tmp_path / "last.pt")
+    assert not runplan.held_out_moved(p, "abc:10", "abc:20")
+    assert runplan.held_out_moved(p, "abc:10", "xyz:10")
+
+
+def test_a_checkpoint_whose_time_is_exactly_max_minutes_is_at_its_limit():
+    """Holds: the time limit is reached at --max_minutes itself (>=, as the step limit is at --max_steps),
+    not only past it; a second short of it is not."""
+    t = TrainArgs(max_steps=100, max_minutes=1.0)
+    assert runplan.limit_reached({"step": 3, "elapsed": 60.0}, t) == "max_minutes"
+    assert runplan.limit_reached({"step": 3, "elapsed": 59.0}, t) is None
+    assert runplan.limit_reached({"step": 100, "elapsed": 0.0}, t) == "max_steps"
+
+
+def test_a_fork_is_claimed_whatever_the_metrics_jsonl_its_new_folder_holds(tmp_path):
+    """Holds: claim_folder reads the metrics.jsonl of a run resumed in its own folder (the log it goes
+    on with), not one a fork finds in its new folder (no log of the run it resumes), so a damaged one
+    there does not stop the fork; in the run's own folder it is refused."""
+    other = fake_checkpoint(tmp_path / "ckpt" / "o" / "last.pt")
+    folder = tmp_path / "ckpt" / "f"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text("not json\n{\"step\": 1}\n")
+    fork = runplan.RunPlan(folder, DEBUG, TrainArgs(), checkpoint.load_checkpoint(other), other)
+    assert fork.forks
+    runplan.claim_folder(fork).release()
+    (other.parent / "metrics.jsonl").write_text("not json\n{\"step\": 1}\n")
+    with pytest.raises(RunError):
+        runplan.claim_folder(fork._replace(run_dir=other.parent))
+
+
+def test_grad_checkpoint_layers_typed_as_its_default_0_is_not_warned_of():
+    """Holds: the warning of a --grad_checkpoint_layers without --grad_checkpoint is for a count of layers
+    typed; its default, 0 (all of them, where checkpointing is on), typed (a script that always passes
+    it) asks for nothing that is not done, and is not warned of."""
+    off = runplan.RunPlan(None, DEBUG, TrainArgs(grad_checkpoint_layers=0), None, None)
+    assert runplan.setting_warnings(off, {"grad_checkpoint_layers"}) == []
