@@ -235,16 +235,22 @@ def new_wandb_run(run, run_id: str | None, log=print) -> bool:
 
 def say_superseded(run, run_dir: Path, log=print) -> None:
     """For a new W&B run that gets every record from the start (new_wandb_run): name the older
-    offline folders in the run folder, which hold parts of the same records, so that a `wandb sync`
-    of them all (a glob) does not put a second, shorter copy of the curves beside this run's."""
+    offline folders in the run folder, which hold earlier sessions' records (of this run, or of one
+    killed before its first save that a new run replaces), so that a `wandb sync` of them all (a glob)
+    does not put a second, shorter copy of the curves beside this run's. An online run needs no upload.
+    A folder that cannot be read (an I/O error, a symlink loop) is left unsaid: never a crash."""
     own = getattr(getattr(run, "settings", None), "sync_dir", None)
-    own = Path(own).resolve() if own else None
-    older = [p for p in sorted((run_dir / "wandb").glob("offline-run-*")) if p.resolve() != own]
+    try:
+        own = Path(own).resolve() if own else None
+        older = [p for p in sorted((run_dir / "wandb").glob("offline-run-*")) if p.resolve() != own]
+    except (OSError, RuntimeError):  # (RuntimeError: resolve's symlink loop, before Python 3.13)
+        return
     if older:
         n = len(older)
+        upload = "upload only this one" if getattr(run, "offline", False) else "they need no upload"
         log(f"wandb: this W&B run gets every record from the start; the {n} older offline "
-            f"folder{'s' * (n != 1)} in {run_dir / 'wandb'} (offline-run-*) hold{'s' * (n == 1)} parts of "
-            "them: upload only this one (or delete them)")
+            f"folder{'s' * (n != 1)} in {run_dir / 'wandb'} (offline-run-*) hold{'s' * (n == 1)} earlier "
+            f"sessions' records: {upload} (or delete them)")
 
 
 def _same_entity(wandb, run_id: str | None, saved: str | None, log) -> dict:

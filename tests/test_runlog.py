@@ -337,6 +337,34 @@ def test_a_resume_under_another_wandb_entity_starts_a_new_wandb_run(tmp_path, mo
     assert start("team-b", None) == ("abc", None) and not any("entity" in line for line in said)
 
 
+def test_a_new_wandb_runs_line_on_older_offline_folders_fits_the_run_and_never_crashes_it(tmp_path,
+                                                                                          monkeypatch):
+    """Bug caught: say_superseded resolved each offline-run-* in the run folder's wandb folder
+    unguarded, so one that could not be read (a symlink loop: resolve's RuntimeError; an I/O error
+    from the glob) crashed the run while it started its logs, over advice for its dashboard; and a new
+    W&B run online was told to "upload only this one", which uploads as it goes (the older folders
+    need no upload)."""
+    folder = tmp_path / "wandb"
+    own, older = folder / "offline-run-2", folder / "offline-run-1"
+    own.mkdir(parents=True)
+    older.mkdir()
+    said, offline = [], SimpleNamespace(offline=True, settings=SimpleNamespace(sync_dir=str(own)))
+    runlog.say_superseded(offline, tmp_path, said.append)
+    online = SimpleNamespace(offline=False, settings=SimpleNamespace(sync_dir=str(folder / "run-3")))
+    runlog.say_superseded(online, tmp_path, said.append)
+    cases = [(1, "", "upload only this one"), (2, "s", "they need no upload")]
+    assert said == [f"wandb: this W&B run gets every record from the start; the {n} older offline folder{s} "
+                    f"in {folder} (offline-run-*) hold{'' if s else 's'} earlier sessions' records: {fix} "
+                    "(or delete them)" for n, s, fix in cases]
+    (folder / "offline-run-0").symlink_to("offline-run-0")  # (a loop)
+    runlog.say_superseded(online, tmp_path, said.append)
+    def glob(self, pattern):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(runlog.Path, "glob", glob)
+    runlog.say_superseded(online, tmp_path, said.append)
+    assert len(said) == 2
+
+
 def test_a_checkpoint_holds_the_entity_of_the_wandb_run_it_may_go_on_with(tmp_path):
     """Catches Metrics.resumable_entity other than the resumable W&B run's entity (what W&B's server
     named: a resume compares it with the entity set then): none for an offline run (no id saved), one

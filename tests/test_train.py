@@ -1654,8 +1654,8 @@ def test_wandb_offline_run_is_created_without_network(tmp_path, corpus, cache, m
     wandb_dir = tmp_path / "ckpt" / "r" / "wandb"
     assert len(list(wandb_dir.glob("offline-run-*"))) == 2
     assert (f"wandb: this W&B run gets every record from the start; the 1 older offline folder in "
-            f"{wandb_dir} (offline-run-*) holds parts of them: upload only this one (or delete them)"
-            in capsys.readouterr().out)
+            f"{wandb_dir} (offline-run-*) holds earlier sessions' records: upload only this one (or delete "
+            "them)" in capsys.readouterr().out)
     monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own switch: --wandb_mode auto follows it
     assert runlog.start_wandb(TrainArgs(wandb_mode="auto"), tmp_path, {}) is None
 
