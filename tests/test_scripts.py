@@ -920,3 +920,91 @@ def test_plot_runs_takes_a_runs_name_with_its_metrics_jsonl_under_checkpoints(tm
     plot_runs.main(["a", "b/metrics.jsonl", "--out", "p.png"])
     assert capsys.readouterr().out == "p.png\n"
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def lowercasing_export(tmp_path):
+    """An export (hf/a) of a small model with a tokenizer that lower-cases (one an earlier version
+    trained with: it does not give back its text, which training refuses); its tokenizer's path."""
+    import checkpoint
+    from tokenizer import Tokenizer
+    spec = json.loads(Tokenizer.train(["aaaa bbbb"] * 20, 266).tok.to_str())
+    spec["normalizer"] = {"type": "Lowercase"}
+    path = tmp_path / "tok.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(errors.DataError, match="which training and evaluation refuse"):
+        Tokenizer.load(path)
+    small = model.Llama4(config.ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=266,
+                                          n_experts=2, max_seq_len=16))
+    checkpoint.export_hf(small, tmp_path / "hf" / "a", path)
+    return path
+
+
+def test_export_hf_reads_a_tokenizer_that_changes_text_as_sampling_does(tmp_path, capsys):
+    """Holds: export_hf.py reads the run's tokenizer.json (export) and the HF folder's (import) as
+    sample.py does (exact=False), not as training does: a tokenizer that does not give back its text
+    imports without a warning, and the checkpoint exports again with it."""
+    from tokenizer import Tokenizer
+    path = lowercasing_export(tmp_path)
+    capsys.readouterr()
+    export_hf.main(["--import", str(tmp_path / "hf" / "a"), str(tmp_path / "ck" / "imp")])
+    assert capsys.readouterr().err == ""
+    export_hf.main([str(tmp_path / "ck" / "imp"), str(tmp_path / "hf" / "b")])
+    assert capsys.readouterr().err == ""
+    again = Tokenizer.load(tmp_path / "hf" / "b" / "tokenizer.json", exact=False)
+    assert again.hash == Tokenizer.load(path, exact=False).hash
+
+
+def test_export_hf_checks_the_destination_with_the_runs_tokenizer_before_loading(tmp_path, monkeypatch,
+                                                                                  capsys):
+    """Holds: export_hf.py checks the destination against the run's own tokenizer.json before it
+    reads the checkpoint: a folder that holds only a copy of that tokenizer.json takes the export
+    without --force (not refused as another tokenizer to remove), and one that holds an export's
+    tokenizer_config.json is refused before the (maybe large) checkpoint is loaded."""
+    import shutil
+    lowercasing_export(tmp_path)
+    export_hf.main(["--import", str(tmp_path / "hf" / "a"), str(tmp_path / "ck" / "imp")])
+    (tmp_path / "hf" / "c").mkdir()
+    shutil.copy(tmp_path / "ck" / "imp" / "tokenizer.json", tmp_path / "hf" / "c")
+    export_hf.main([str(tmp_path / "ck" / "imp"), str(tmp_path / "hf" / "c")])
+    assert (tmp_path / "hf" / "c" / "config.json").is_file()
+    (tmp_path / "hf" / "d").mkdir()
+    (tmp_path / "hf" / "d" / "tokenizer_config.json").write_text("{}")
+    monkeypatch.setattr(export_hf.checkpoint, "load_model", lambda path: pytest.fail("loaded first"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        export_hf.main([str(tmp_path / "ck" / "imp"), str(tmp_path / "hf" / "d")])
+    assert e.value.code == 1
+    assert capsys.readouterr().err.startswith(f"export_hf.py: error: {tmp_path / 'hf' / 'd'} already holds "
+                                              "an export's tokenizer_config.json; pass --force")
+
+
+def test_count_params_rows_put_the_vision_stub_apart(capsys):
+    """Holds: count_params.py's rows give the vision stub its own rows (encoder + adapter, and the
+    projector), which with the text model's sum to the whole: its attention, norms and MLPs are not
+    counted among the text model's kinds; a dense layer's SwiGLU has its row, not "other"."""
+    argv = ["--preset", "debug", "--vision", "true", "--moe_every", "2"]
+    args = config.parse_args([config.ModelArgs], argv, prog="count_params.py")[1][0]
+    rows, counts = count_params.table(args)
+    rows = dict(rows)
+    vision = rows["vision encoder + adapter"] + rows["multimodal projector"]
+    assert vision == counts["vision"] > 0 and "other" not in rows and rows["dense SwiGLU layers"] > 0
+    assert sum(rows.values()) - vision == counts["text"]
+
+
+def test_plot_runs_takes_a_run_folder_named_metrics_jsonl_as_itself(tmp_path):
+    """Holds: a run folder that is named metrics.jsonl (holding its own metrics.jsonl) is that run, not
+    its parent folder, which only a metrics.jsonl file (or a folder so named without one) stands for."""
+    run = fake_run(tmp_path / "metrics.jsonl")
+    p = config.Parser(prog="plot_runs.py")
+    assert plot_runs.run_folder(p, str(run)) == str(run)
+    assert plot_runs.run_folder(p, str(run / "metrics.jsonl")) == str(run)
+
+
+def test_plot_runs_checks_the_math_of_a_title_that_also_has_an_escaped_dollar(capsys):
+    """Holds: check_title counts only the unescaped $ (an even count is math): a title with a \\$ beside
+    $...$ math that matplotlib cannot parse is refused in one line, before any work."""
+    p = config.Parser(prog="plot_runs.py")
+    with pytest.raises(SystemExit) as e:
+        plot_runs.check_title(p, r"costs \$5: $\foo$")
+    assert e.value.code == 2 and "matplotlib cannot read its $...$ math" in capsys.readouterr().err
+    plot_runs.check_title(p, r"costs \$5: $x^2$")  # (math it can read: taken)
