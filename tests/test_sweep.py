@@ -1305,3 +1305,72 @@ def test_a_diverged_candidate_is_named_in_the_plot_not_a_gap(tmp_path):
     assert hatched[0].get_y() + hatched[0].get_height() / 2 == pytest.approx(rows.index("b"))
     assert (hatched[0].get_x(), hatched[0].get_width()) == (0, 1)  # (in axes coordinates: all across)
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_diverged_run_ranks_after_one_with_a_nan_score():
+    """Holds: ranking puts a run that diverged after one whose evaluation was NaN (neither has a finite
+    score): best_of goes on from the NaN-scored one, not stopping the sweep as if every run diverged,
+    and the tables list the diverged run last, whichever came first."""
+    nan = float("nan")
+    gone = {"name": "a", "bits_per_byte": nan, "status": "diverged"}
+    scored = {"name": "b", "bits_per_byte": nan}
+    assert sweep.best_of([gone, scored], "shape screened") is scored
+    assert [r["name"] for r in sorted([gone, scored], key=sweep.ranking)] == ["b", "a"]
+
+
+def test_the_candidates_checked_keep_each_variations_own_setting(monkeypatch):
+    """Holds: every_candidate orders a group's variations as stage 3 does (undone_last), so the run it
+    checks is the one the sweep makes: with cosine-to-0 listed before lr3e-3, their combination is
+    checked with --min_lr 0, not lr3e-3's 3e-4."""
+    monkeypatch.setattr(sweep, "VARIATIONS", {k: sweep.VARIATIONS[k] for k in ("cosine-to-0", "lr3e-3")})
+    opts = argparse.Namespace(no_variations=False, no_followups=True, no_compile=True)
+    over = sweep.every_candidate({"s": []}, opts)["s+cosine-to-0+lr3e-3"]
+    assert dict(zip(over[::2], over[1::2], strict=True)) == {"--lr": "3e-3", "--min_lr": "0"}
+
+
+def test_ctrl_c_while_the_data_is_prepared_is_one_line_and_status_130(tmp_path, monkeypatch, capsys):
+    """Holds: a Ctrl-C while prepare_data makes the runs' tokenizers and shards is one line, the exit
+    status an interrupt's (130), and the results folder the sweep made (still empty) goes."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sweep, "text_key", interrupted)
+    results = tmp_path / "made" / "img"
+    results.mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        PREPARE_DATA([(None, argparse.Namespace(vocab_size=512, max_seq_len=64))], results, tmp_path / "made")
+    assert e.value.code == 130 and not (tmp_path / "made").exists()
+    assert capsys.readouterr().err == "\nsweep.py: interrupted while preparing the data; no run started\n"
+
+
+def test_a_text_prepared_again_is_said_first(monkeypatch):
+    """Holds: text_key says its `note` (why: a --data or --val_data written to while a run ran) before
+    it prepares a text again, which takes minutes on TinyStories, not in silence."""
+    from types import SimpleNamespace
+
+    def gone(*args, **kwargs):
+        raise OSError("gone")
+    said = []
+    shard = SimpleNamespace(meta={"sha256": "ab" * 32}, tokens=[0] * 10)
+    monkeypatch.setattr(sweep.sources, "resolve_sources", gone)  # (no signature: prepared again)
+    monkeypatch.setattr(sweep.data, "prepare",
+                        lambda t, m, log: said.append("prepared") or (None, shard, shard))
+    monkeypatch.setattr(sweep.data, "n_val_windows", lambda tokens, length, windows: 3)
+    key = sweep.text_key(SimpleNamespace(eval_windows=0), SimpleNamespace(vocab_size=512, max_seq_len=64),
+                         log=said.append, note="why")
+    assert said == ["why", "prepared"] and key == {"--data": "ab" * 8, "--val_data": "ab" * 8 + ":3"}
+
+
+def test_a_run_that_failed_after_its_evaluation_is_no_divergence():
+    """Holds: divergence reads a failed train.py (exit 1) as diverged only where it stopped before any
+    evaluation: one with a val record (it evaluated, then failed: a save) is a failure that stops the
+    sweep, whatever its last train record's bad_streak."""
+    train = [{"step": 20, "tokens": 640, "bad_streak": 6, "skipped_steps": 6}]
+    assert sweep.divergence(train, [], 6).startswith("train.py stopped it: 6 non-finite steps in a row")
+    assert sweep.divergence(train, [{"step": 20}], 6) is None
+
+
+def test_the_defaults_are_the_budgets_and_count_the_readme_names():
+    """Holds: sweep.py's defaults are the ones its docstring and help give (the README's sweep): 2.5
+    minutes a screen, 10 a confirmation (the demo's budget), the three best screened confirmed."""
+    opts = sweep.parser().parse_known_args([])[0]
+    assert (opts.screen_minutes, opts.confirm_minutes, opts.confirm) == (2.5, 10.0, 3)
