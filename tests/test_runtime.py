@@ -1201,3 +1201,29 @@ def test_local_processes_are_torchruns_local_world_size_and_one_without_torchrun
     assert runtime.local_processes() == 1
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     assert runtime.local_processes() == 8
+
+
+def test_a_machine_error_is_said_by_each_machines_first_process(monkeypatch):
+    """Holds: under torchrun a MachineError is printed by the first process of each machine (LOCAL_RANK
+    0), a second machine's too (RANK 8), and by no other process of a machine."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    for rank, local, says in (("8", "0", True), ("9", "1", False), ("0", "0", True)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", local)
+        assert errors.reports(errors.MachineError("no CUDA")) is says, (rank, local)
+
+
+def test_run_script_keeps_a_failures_status_over_a_closed_pipe(monkeypatch):
+    """Holds: a script that fails (sys.exit(3), its line already said) and whose output then meets a
+    closed pipe exits with its failure's status, not the pipe's quiet 141."""
+    class Closed(io.StringIO):
+        def flush(self):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    monkeypatch.setattr(sys, "stdout", Closed())
+
+    def main():
+        print("partial")
+        sys.exit(3)
+    with pytest.raises(SystemExit) as e:
+        errors.run_script(main, "x.py")
+    assert e.value.code == 3
