@@ -268,35 +268,21 @@ def test_the_sparse_dispatch_gathers_both_ways_and_scatters_no_rows(top_k):
     assert h.grad is not None and moe.experts.gate_up_proj.grad is not None
 
 
-def test_more_than_256_experts_are_sorted_by_their_full_index():
-    """The sort by expert takes byte keys up to 256 experts; past them, the int64 indices (a byte
-    key would wrap expert 300 onto expert 44, and the groups would be wrong)."""
-    moe = next(m for m in build(n_experts=300, top_k=1).modules() if isinstance(m, MoE))
+@pytest.mark.parametrize("n_experts, low, high", [(300, 100, 299), (257, 0, 256)])
+def test_more_than_256_experts_are_sorted_by_their_full_index(n_experts, low, high):
+    """The sort by expert takes byte keys up to 256 experts (ids 0..255); past them, the int64
+    indices (a byte key would wrap expert 299 onto 43, before 100, and 256, the first id past a byte,
+    onto 0: the groups would be wrong). 257 holds the bound itself (a mutation probe's)."""
+    moe = next(m for m in build(n_experts=n_experts, top_k=1).modules() if isinstance(m, MoE))
     h = torch.randn(64, moe.router.in_features)
-    with torch.no_grad():  # feature 0 decides: expert 100 or 299 (a byte: 43, before 100)
+    with torch.no_grad():  # feature 0 decides: expert `low` or `high`
         moe.router.weight.mul_(0.01)[:, 0] = 0
-        moe.router.weight[100, 0], moe.router.weight[299, 0] = 10, -10
+        moe.router.weight[low, 0], moe.router.weight[high, 0] = 10, -10
         h[:, 0] = torch.linspace(-1, 1, 64).sign() * 5
         sparse, routing = moe(h[None])
         moe.impl = "reference"
         reference, _ = moe(h[None])
-    assert group_sizes(routing.ends)[100] == group_sizes(routing.ends)[299] == 32
-    assert torch.allclose(sparse, reference, atol=1e-5)
-
-
-def test_257_experts_the_first_count_past_a_byte_are_sorted_by_their_full_index():
-    """Holds: byte keys serve up to 256 experts (ids 0..255) and no further: at 257, expert 256 keeps a
-    group of its own (a byte key would wrap it onto expert 0, and both groups would be wrong)."""
-    moe = next(m for m in build(n_experts=257, top_k=1).modules() if isinstance(m, MoE))
-    h = torch.randn(64, moe.router.in_features)
-    with torch.no_grad():  # feature 0 decides: expert 0 or 256
-        moe.router.weight.mul_(0.01)[:, 0] = 0
-        moe.router.weight[0, 0], moe.router.weight[256, 0] = 10, -10
-        h[:, 0] = torch.linspace(-1, 1, 64).sign() * 5
-        sparse, routing = moe(h[None])
-        moe.impl = "reference"
-        reference, _ = moe(h[None])
-    assert group_sizes(routing.ends)[0] == group_sizes(routing.ends)[256] == 32
+    assert group_sizes(routing.ends)[low] == group_sizes(routing.ends)[high] == 32
     assert torch.allclose(sparse, reference, atol=1e-5)
 
 
