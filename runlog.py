@@ -39,8 +39,8 @@ record of a window a signal cut short, beside the whole one the resumed run writ
 resume an offline run (syncing a second offline folder of one id replaces the history): a resume
 of an offline session, or one offline now, is a new W&B run that gets the whole history; so is one
 under another entity than its checkpoint's W&B run's (an id is per entity); say_superseded names the
-older offline folders it makes superfluous to upload. Each train and val row
-holds `tokens` beside `step`: the x axis that compares runs of other batch sizes.
+older offline folders it makes superfluous to upload. Each train and val row holds `tokens` beside
+`step`: the x axis that compares runs of other batch sizes.
 """
 
 import json

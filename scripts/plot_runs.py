@@ -94,7 +94,8 @@ def once(runs: list[tuple[str, str]]) -> list[str]:
 def check_title(p, title: str | None) -> None:
     """A --title whose $...$ math matplotlib cannot parse is refused in one line (savefig's error was
     four lines, none naming --title); a title with an even count of unescaped $ is math to matplotlib."""
-    if not title or (title.count("$") - title.count(r"\$")) % 2 or "$" not in title.replace(r"\$", ""):
+    unescaped = (title or "").replace(r"\$", "").count("$")
+    if not unescaped or unescaped % 2:  # (no math: drawn as written)
         return
     runlog.writable_home_dirs("MPLCONFIGDIR")
     from matplotlib.mathtext import MathTextParser
