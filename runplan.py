@@ -758,8 +758,8 @@ def check_step_batches(plan: RunPlan, device, world: World, floor: int, have: in
 # train.eval_batch_multiple.)
 TRAINING_ONLY = ("grad_accum", "max_steps", "max_minutes", "lr", "min_lr",
                  "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "eval_every", "log_every",
-                 "save_every", "max_bad_steps", "tokenizer_train_mb", "plot", "wandb_mode", "wandb_project",
-                 "wandb_group", "wandb_name")
+                 "save_every", "save_in_background", "max_bad_steps", "tokenizer_train_mb", "plot",
+                 "wandb_mode", "wandb_project", "wandb_group", "wandb_name")
 
 
 def setting_warnings(plan: RunPlan, given) -> list[str]:

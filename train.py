@@ -65,6 +65,8 @@ How this departs from the obvious version:
   too (its grad_scale), as it reads them, rather than a pass of clip_grad_norm_ over them.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
   weights_only=True, never written when non-finite. A full disk is one line; the old file stays.
+  On Linux a forked child process writes them while training goes on (checkpoint.Saves): the
+  run's end and a stop by a signal wait for it; a failed write is told at the next save.
   A console that goes away (`| head`, 2>/dev/full) does not stop the run (errors.Console).
 - A checkpoint also holds the open log window (its loss sums, expert counts, steps, tokens): a resumed
   run goes on with it, so metrics.jsonl gets the records an uninterrupted run writes (the partial
@@ -101,7 +103,7 @@ import time
 import traceback
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -368,6 +370,7 @@ class Job:
     folder: "storage.RunFolder | None" = None  # the run folder this process holds (rank 0, not --eval_only)
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     resumed_window: dict | None = None  # the log window the checkpoint was saved in (Window.to_checkpoint)
+    saves: checkpoint.Saves = field(default_factory=checkpoint.Saves)  # checkpoints being written (rank 0)
     continues: bool = False  # resumed into its own folder (a fork starts its folder's logs afresh)
     imported: bool = False  # the checkpoint is an import's (weights only: no training step of its own)
     agreed: tuple = (0, 0.0)  # under torchrun: the step and clock of the ranks' last agreement (agree)
@@ -805,9 +808,10 @@ def write_train_record(job: Job, state: LoopState, window: Window, lr: float, ba
 # Checkpoints
 
 
-def write_checkpoint(job: Job, state: LoopState, window: Window, name: str) -> None:
+def write_checkpoint(job: Job, state: LoopState, window: Window, name: str, wait: bool = False) -> None:
     """Write last.pt or best.pt (`name`) now, always (the window's skipped steps and the clock
-    settled into the state first); weights that are not finite are never written: a RunError ends
+    settled into the state first), in the background (checkpoint.Saves: training goes on as a child
+    process writes it) unless `wait`; weights that are not finite are never written: a RunError ends
     the run, the old file intact."""
     window.settle(state)
     # the clock now, not agree's after the step: the step's evaluation and best.pt's save count too
@@ -821,7 +825,10 @@ def write_checkpoint(job: Job, state: LoopState, window: Window, name: str) -> N
     with runtime.all_ranks_or_none(job.world, job.device, f"writing {name}"):  # (as write_train_record)
         if job.world.main:
             with job.stop.saving() if job.stop is not None else nullcontext():
-                checkpoint.save_checkpoint(job.run_dir / name, job.to_checkpoint(state, saved_window))
+                job.saves.wait(but=state.step)  # (the earlier saves: each failure is this one's too)
+                job.saves.save(job.run_dir / name, job.to_checkpoint(state, saved_window), key=state.step)
+                if wait:
+                    job.saves.wait()
 
 
 def finite(tensors) -> bool:
@@ -1087,6 +1094,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               autocast=runtime.autocast(device, dtype),
               no_sync=runner.no_sync if world.size > 1 else nullcontext,
               micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
+              saves=checkpoint.Saves(checkpoint.BACKGROUND and train_args.save_in_background),
               fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
               ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan, log if world.main else None),
               wandb_entity=(ckpt or {}).get("wandb_entity"), resumed_window=(ckpt or {}).get("window"),
@@ -1222,8 +1230,11 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
                                job.model_args.n_layers)
         raise RunError(f"out of memory ({first_line(e)[:160]}); {advice}") from e
     finally:
-        if job.folder is not None:
-            job.folder.release()
+        try:
+            job.saves.finish(job.log)  # (a run cut short: the saves it began complete before it ends)
+        finally:
+            if job.folder is not None:
+                job.folder.release()
 
 
 def run_job(job: Job, state: LoopState) -> dict:
@@ -1315,8 +1326,8 @@ def evaluate_and_save(job: Job, state: LoopState, window: Window, stop_now: bool
             evaluated = evaluate_step(job, state, window, job.stop)
         if to_evaluate and evaluated is None:  # a signal at this step, or during its evaluation
             state.eval_due = True
-        if save or state.eval_due:
-            write_checkpoint(job, state, window, "last.pt")
+        if save or state.eval_due:  # (the run stops: the file complete before it ends)
+            write_checkpoint(job, state, window, "last.pt", wait=stop_now or state.eval_due)
     return evaluated
 
 
@@ -1329,19 +1340,20 @@ def wrap_up(job: Job, state: LoopState, window: Window, evaluated: int | None, s
         if evaluated != state.step:
             if signalled or evaluate_step(job, state, window, job.stop) is None:
                 state.eval_due = True
-                write_checkpoint(job, state, window, "last.pt")
+                write_checkpoint(job, state, window, "last.pt", wait=True)
                 state.eval_due = False
                 evaluate_step(job, state, window)
         if no_best(job):
             write_checkpoint(job, state, window, "best.pt")
-        write_checkpoint(job, state, window, "last.pt")
+        write_checkpoint(job, state, window, "last.pt", wait=True)  # (every save complete)
 
 
 def no_best(job: Job) -> bool:
     """Whether the run has no best.pt yet, as rank 0 sees its folder (a collective under torchrun:
     another node's view of a shared folder may lag, and a rank that saw otherwise would leave the
     others waiting in write_checkpoint's collectives)."""
-    missing = float(job.world.main and not (job.run_dir / "best.pt").exists())
+    best = job.run_dir / "best.pt"
+    missing = float(job.world.main and not (best.exists() or job.saves.writing(best)))
     return runtime.all_reduce([missing], job.device, job.world, op=dist.ReduceOp.MAX)[0] > 0
 
 

@@ -176,9 +176,11 @@ def crash_in_step(monkeypatch, n: int):
 
 
 def crash_after_saving(monkeypatch, step: int, name: str = "last.pt"):
-    """A crash just after train.py saved `name` at `step` (the file complete); returns the undo."""
+    """A crash just after train.py saved `name` at `step` (the file complete; saved by train.py's own
+    process, not in the background: a crash there is the process's); returns the undo."""
     import checkpoint
     real_save = checkpoint.save_checkpoint
+    monkeypatch.setattr(checkpoint, "BACKGROUND", False)
 
     def saved_then_crashed(path, state):
         real_save(path, state)

@@ -5,6 +5,8 @@ what a run's own checkpoints hold is in test_faults.py, which trains one)."""
 import json
 import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import torch
 import checkpoint
 import config
 from config import ModelArgs
-from errors import ConfigError
+from errors import ConfigError, StorageError
 
 
 def small_model():
@@ -1170,3 +1172,105 @@ def test_a_tokenizer_id_the_config_gives_another_special_token_takes_a_free_id()
     ids = [getattr(args, name) for name in config.SPECIAL_TOKENS]
     assert args.pad_id == cfg["pad_token_id"] and args.patch_id == 60
     assert args.image_id != args.pad_id and len(set(ids)) == len(ids), ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving in the background (checkpoint.Saves)
+
+background_only = pytest.mark.skipif(not checkpoint.BACKGROUND, reason="in the background on Linux alone")
+
+
+def slow_save(monkeypatch, seconds: float):
+    """save_checkpoint taking `seconds` more (in the process that writes: the child, in the background)."""
+    real = checkpoint.save_checkpoint
+
+    def slow(path, state, fix=checkpoint.storage.OUT_FIX):
+        time.sleep(seconds)
+        real(path, state, fix)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
+
+
+@background_only
+def test_a_background_save_writes_the_state_as_it_was_when_begun_and_returns_at_once(tmp_path, monkeypatch):
+    """Bug caught: a save that held the training loop for the whole write (2 s a save of scout-128m on
+    an H200, where the CUDA defaults evaluate every 5 s or so). Holds too: the file holds the state as it
+    was when the save began, not as the next step left it (the weights change in place)."""
+    slow_save(monkeypatch, 1.5)
+    saves, weights = checkpoint.Saves(), torch.arange(4.0)
+    began = time.perf_counter()
+    saves.save(tmp_path / "last.pt", {"model": {"w": weights}, "step": 3}, key=3)
+    assert time.perf_counter() - began < 1.0 and saves.writing(tmp_path / "last.pt")
+    weights.mul_(-1)  # the next step
+    saves.wait()
+    assert time.perf_counter() - began >= 1.5 and not saves.pending
+    assert torch.equal(torch.load(tmp_path / "last.pt", weights_only=True)["model"]["w"], torch.arange(4.0))
+
+
+@background_only
+def test_two_saves_of_one_file_are_written_in_turn(tmp_path, monkeypatch):
+    """Bug caught: a second save of a file begun while the first was still written (last.pt saved at a
+    step by evaluate_and_save, then by wrap_up after the final evaluation): the two children raced,
+    and the older state could be renamed into place last."""
+    slow_save(monkeypatch, 1.0)
+    saves = checkpoint.Saves()
+    saves.save(tmp_path / "last.pt", {"step": 4, "best_val": 5.0}, key=4)
+    monkeypatch.setattr(checkpoint, "save_checkpoint",  # (the second, without the wait: first to finish)
+                        lambda path, state, fix=None: torch.save(state, path))
+    saves.save(tmp_path / "last.pt", {"step": 4, "best_val": 4.0}, key=4)
+    saves.wait()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["best_val"] == 4.0
+
+
+@background_only
+def test_a_background_save_that_fails_is_its_line_at_the_next_wait_and_keeps_the_previous_file(
+        tmp_path, full_disk):
+    """Bug caught: a background save's failure (a full disk) lost, or told otherwise than a save made at
+    once tells it: the same one line, raised by the next wait (before the next save, at the end), the
+    previous file intact."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous checkpoint")
+    with pytest.raises(StorageError) as at_once:
+        checkpoint.Saves(background=False).save(path, {"step": 1})
+    saves = checkpoint.Saves()
+    saves.save(path, {"step": 1}, key=1)
+    saves.wait(but=1)  # (saves of the same step, best.pt then last.pt, are not waited for)
+    with pytest.raises(StorageError) as later:
+        saves.wait()
+    assert str(later.value) == str(at_once.value) and "No space left on device" in str(later.value)
+    assert path.read_bytes() == b"the previous checkpoint" and not list(tmp_path.glob(".tmp-*"))
+
+
+@background_only
+def test_a_background_save_is_not_cut_short_by_ctrl_c(tmp_path, monkeypatch):
+    """Bug caught: Ctrl-C (SIGINT to the whole process group) or torchrun's SIGTERM ending the child
+    process half way through the checkpoint it writes; train.py's own process decides what a signal
+    does (Stop: never in the middle of a save)."""
+    slow_save(monkeypatch, 1.0)
+    saves = checkpoint.Saves()
+    saves.save(tmp_path / "last.pt", {"step": 2}, key=2)
+    (_, _, pid, _), = saves.pending
+    time.sleep(0.3)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        os.kill(pid, s)
+    saves.wait()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_a_save_where_no_child_process_can_be_made_is_made_at_once(tmp_path, monkeypatch):
+    """Bug caught: a fork that fails (memory, a process limit) losing the save; it is made at once."""
+    def no_fork():
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(checkpoint.os, "fork", no_fork)
+    saves = checkpoint.Saves(background=True)
+    saves.save(tmp_path / "last.pt", {"step": 5}, key=5)
+    assert not saves.pending and torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 5
+
+
+def test_to_host_rebuilds_containers_and_leaves_the_cpus_tensors_as_they_are():
+    """Holds: to_host copies what is not on the CPU (a GPU's tensors, which a forked child cannot
+    read) and leaves the rest: the CPU's tensors are the fork's copy."""
+    w = torch.ones(2)
+    state = {"model": {"w": w}, "rng": [torch.zeros(1), (1, "a")], "step": 3}
+    host = checkpoint.to_host(state)
+    assert host["model"]["w"] is w and host["rng"][0] is state["rng"][0] and host["rng"][1] == (1, "a")
+    assert host["step"] == 3 and host["model"] is not state["model"] and host["rng"] is not state["rng"]

@@ -1100,14 +1100,21 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_last_checkpoint_stays(tmp
     assert not list(run_dir.glob(".tmp-*"))
 
 
+@pytest.mark.parametrize("background", [False, True])
 def test_a_second_signal_during_a_save_aborts_once_the_save_is_complete(tmp_path, corpus, cache,
-                                                                       monkeypatch, capsys):
-    real = torch.save
+                                                                       monkeypatch, capsys, background):
+    """Two Ctrl-C while a save is written: train.py's own save (the signals sent as it writes), or
+    (`background`) while it waits for its last save, which a child process writes (sent by the child:
+    signals to train.py alone, as the child ignores them): the run ends at 130 once the file is complete."""
+    real, step = torch.save, 8 if background else 4
+    monkeypatch.setattr(checkpoint, "BACKGROUND", background)
 
     def signals_during_save(obj, f, *a, **k):
-        if obj.get("step") == 4:
-            os.kill(os.getpid(), signal.SIGINT)  # the first: finish the step, save, stop
-            os.kill(os.getpid(), signal.SIGINT)  # the second, in the middle of the save: abort
+        if obj.get("step") == step and os.readlink(f"/proc/self/fd/{f.fileno()}").endswith("last.pt"):
+            train_py = os.getppid() if background else os.getpid()
+            os.kill(train_py, signal.SIGINT)  # the first: finish the step, save, stop
+            os.kill(train_py, signal.SIGINT)  # the second, in the middle of the save: abort
+            time.sleep(0.5 * background)  # (both handled while train.py waits)
         return real(obj, f, *a, **k)
     monkeypatch.setattr(torch, "save", signals_during_save)
     with pytest.raises(SystemExit) as e:
@@ -1116,7 +1123,7 @@ def test_a_second_signal_during_a_save_aborts_once_the_save_is_complete(tmp_path
     run_dir = tmp_path / "ckpt" / "r"
     assert one_line_error(capsys, 130, e) == f"train.py: interrupted; the checkpoints written are complete " \
                                              f"(--resume {run_dir} continues from its last.pt)"
-    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 4  # the save went through
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == step  # the save went through
     assert not list(run_dir.glob(".tmp-*"))
 
 

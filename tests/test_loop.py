@@ -518,7 +518,7 @@ def test_a_signal_off_the_evaluation_grid_puts_no_evaluation_off(monkeypatch, tm
     run would evaluate (and write a val record, and maybe best.pt) off the --eval_every grid."""
     calls = []
     monkeypatch.setattr(train, "evaluate_step", lambda job, state, window: calls.append(("eval", state.step)))
-    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name: calls.append(
+    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name, wait=False: calls.append(
         (name, state.step, state.eval_due)))
     job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=4), run_dir=tmp_path)
     state, window = train.LoopState(step=3), train.Window(train.LoopState(), torch.device("cpu"))
@@ -536,6 +536,7 @@ def test_a_save_settles_the_windows_skipped_steps_into_the_checkpoint(monkeypatc
     cpu = torch.device("cpu")
     job = SimpleNamespace(model=torch.nn.Linear(1, 1), world=runtime.World(), device=cpu, stop=None,
                           run_dir=tmp_path, tokens_per_step=1, peak=None, clock=train.Clock(0),
+                          saves=train.checkpoint.Saves(background=False),  # (recorded here)
                           to_checkpoint=lambda state, window: (state.skipped_steps, state.bad_in_row,
                                                                window["settled"]))
     state, window = train.LoopState(), train.Window(train.LoopState(), cpu)
@@ -564,6 +565,7 @@ def test_a_checkpoint_saves_the_clock_after_its_steps_evaluation(monkeypatch, tm
     cpu = torch.device("cpu")
     job = SimpleNamespace(model=torch.nn.Linear(1, 1), world=runtime.World(0, ranks), device=cpu, stop=None,
                           run_dir=tmp_path, tokens_per_step=1, peak=None, clock=train.Clock(10, 100.0),
+                          saves=train.checkpoint.Saves(background=False),  # (recorded here)
                           train_args=TrainArgs(max_steps=10, eval_every=4, save_every=4),
                           to_checkpoint=lambda state, window: state.elapsed)
     state = train.LoopState(step=4, elapsed=100.0)  # as agree left it after the step
@@ -667,7 +669,8 @@ def test_an_evaluation_a_signal_cut_short_writes_no_best_pt(monkeypatch):
     the best ones."""
     monkeypatch.setattr(train, "run_eval", lambda job, state, stop=None: None)
     saved = []
-    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name: saved.append(name))
+    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name, wait=False: saved.append(
+        name))
     assert train.evaluate_step(SimpleNamespace(), train.LoopState(step=4), None) is None
     assert saved == []
 

@@ -335,6 +335,29 @@ def test_loading_a_checkpoint_never_runs_the_code_it_holds(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+@pytest.mark.skipif(not checkpoint.BACKGROUND, reason="saves in the background on Linux alone")
+def test_a_run_ends_once_the_saves_its_children_write_are_complete_and_reaped(tmp_path, corpus, cache,
+                                                                             monkeypatch):
+    """Bug caught: a run that returned (its last line said, its run folder let go) while a child
+    process still wrote its last checkpoint, or left its children unreaped. Holds too: the saves
+    are made in the background, and best.pt and last.pt of one step are written side by side."""
+    forks, real_fork, real_save = [], checkpoint.fork_call, checkpoint.save_checkpoint
+    monkeypatch.setattr(checkpoint, "fork_call", lambda work: forks.append(real_fork(work)) or forks[-1])
+
+    def slow(path, state, fix=storage.OUT_FIX):  # (in the child)
+        time.sleep(0.5)
+        real_save(path, state, fix)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
+    train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--save_every", "2", "--eval_every", "2"))
+    assert len(forks) == 4 and all(forks)  # best.pt and last.pt at steps 2 and 4
+    for pid, _ in forks:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    run_dir = tmp_path / "ckpt" / "r"
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 4
+    assert checkpoint.load_checkpoint(run_dir / "best.pt")["step"] == 4
+
+
 def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
     base = ["--max_steps", "8", "--eval_every", "3", "--save_every", "4"]
     train.main(args(tmp_path, corpus, cache, *base, run="whole"))
@@ -396,7 +419,8 @@ def test_a_crash_between_micro_batches_in_warmup_after_skipped_steps_resumes_bit
 
 KILL_DURING_SAVE = """
 import os, signal, torch
-import train
+import checkpoint, train
+checkpoint.BACKGROUND = {background!r}
 real = torch.save
 def half_then_die(obj, f, *a, **k):
     if obj.get("step") == 4:
@@ -409,12 +433,21 @@ train.main({argv!r})
 """
 
 
-def test_kill_9_during_a_save_leaves_the_previous_checkpoint(tmp_path, corpus, cache):
+@pytest.mark.parametrize("background", [False, True])
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint(tmp_path, corpus, cache, background):
+    """The process writing last.pt killed half way: train.py itself, or (`background`, Linux's way) the
+    child process writing it, whose end the run tells in one line at its next save, and stops."""
     argv = args(tmp_path, corpus, cache, "--max_steps", "6", "--save_every", "2", "--eval_every", "100")
-    code = KILL_DURING_SAVE.format(argv=argv)
+    code = KILL_DURING_SAVE.format(argv=argv, background=background)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == -signal.SIGKILL, out.stderr
     run_dir = tmp_path / "ckpt" / "r"
+    if background:
+        assert out.returncode == 1
+        assert out.stderr.splitlines()[-1] == (
+            f"train.py: error: cannot write {run_dir / 'last.pt'}: the process writing it failed (killed by "
+            "SIGKILL); the previous last.pt, if any, is intact; resume from it")
+    else:
+        assert out.returncode == -signal.SIGKILL, out.stderr
     assert list(run_dir.glob(".tmp-*"))  # the half-written temporary is there ...
     assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 2  # ... and last.pt is intact
     train.main(argv + ["--resume"])
@@ -1903,7 +1936,7 @@ def test_rank_0_failing_to_write_tells_the_other_ranks(monkeypatch, tmp_path, fu
                           fpt=1.0, peak=None,
                           device=torch.device("cpu"), world=runtime.World(0, 2), tokens_per_step=1, trials=0,
                           stop=None, to_checkpoint=lambda state, window: {"step": state.step},
-                          clock=train.Clock(0))
+                          clock=train.Clock(0), saves=checkpoint.Saves(background=False))
     job.metrics = runlog.Metrics(tmp_path, None, None)
     (tmp_path / "metrics.jsonl").mkdir()  # a record cannot be appended
     window = train.Window(state, job.device)
@@ -2005,6 +2038,7 @@ def saved_windows(monkeypatch):
         real_save(path, ckpt)
     monkeypatch.setattr(train, "evaluate_job", evaluate_job)
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(checkpoint, "BACKGROUND", False)  # (saved, recorded, by this process)
     return saved
 
 
@@ -2050,6 +2084,7 @@ def test_a_window_the_budget_cut_saves_leaves_out_the_writing_of_its_partial_rec
         real_save(path, ckpt)
     monkeypatch.setattr(runlog.Metrics, "write", write)
     monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(checkpoint, "BACKGROUND", False)  # (saved, recorded, by this process)
     monkeypatch.setattr(train.Clock, "spent", lambda clock, state: state.step >= 2)  # the budget
     train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--log_every", "4", "--max_minutes", "1"))
     assert metrics(tmp_path)[0]["window_steps"] == 2  # the partial record was written before the saves
@@ -2107,6 +2142,7 @@ def test_a_crash_while_saving_an_evaluation_a_signal_put_off_does_not_write_its_
     def killed(path, ckpt):
         raise Crash
     monkeypatch.setattr(checkpoint, "save_checkpoint", killed)
+    monkeypatch.setattr(checkpoint, "BACKGROUND", False)  # (the process itself dies)
     with pytest.raises(Crash):
         train.main(args(tmp_path, corpus, cache, *base, "--resume"))
     monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
@@ -2353,12 +2389,13 @@ def recorded_loop_steps(monkeypatch, tmp_path, best_exists=False):
     calls = []
     monkeypatch.setattr(train, "evaluate_step", lambda job, state, window, stop=None: calls.append(
         ("eval", state.step, state.eval_due)) or state.step)
-    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name: calls.append(
-        (name, state.step, state.eval_due)))
+    monkeypatch.setattr(train, "write_checkpoint", lambda job, state, window, name, wait=False: calls.append(
+        (name, state.step, state.eval_due) + ("wait",) * wait))
     if best_exists:
         (tmp_path / "best.pt").write_bytes(b"")
     job = SimpleNamespace(train_args=TrainArgs(max_steps=6, eval_every=2, save_every=3), run_dir=tmp_path,
-                          stop=None, world=runtime.World(), device=torch.device("cpu"))
+                          stop=None, world=runtime.World(), device=torch.device("cpu"),
+                          saves=checkpoint.Saves())
     return job, calls
 
 
@@ -2374,7 +2411,7 @@ def test_evaluations_and_saves_fall_on_their_steps_and_the_last_is_evaluated_onc
     assert evaluated is None
     train.wrap_up(job, state, window, evaluated, signalled=False)
     assert calls == [("eval", 2, False), ("last.pt", 3, False), ("eval", 4, False), ("eval", 6, False),
-                     ("best.pt", 6, False), ("last.pt", 6, False)]
+                     ("best.pt", 6, False), ("last.pt", 6, False, "wait")]  # (the last: every save complete)
 
 
 def test_a_signal_on_an_evaluation_step_saves_last_pt_with_the_evaluation_put_off(monkeypatch, tmp_path):
@@ -2384,7 +2421,7 @@ def test_a_signal_on_an_evaluation_step_saves_last_pt_with_the_evaluation_put_of
     assert train.evaluate_and_save(job, state, window, stop_now=True) is None
     state.step = 5  # off the grids: saved all the same
     train.evaluate_and_save(job, state, window, stop_now=True)
-    assert calls == [("last.pt", 4, True), ("last.pt", 5, True)]
+    assert calls == [("last.pt", 4, True, "wait"), ("last.pt", 5, True, "wait")]  # (complete before the stop)
 
 
 def test_wrap_up_after_a_signal_at_the_last_step_saves_the_put_off_evaluation_first(monkeypatch, tmp_path):
@@ -2393,10 +2430,10 @@ def test_wrap_up_after_a_signal_at_the_last_step_saves_the_put_off_evaluation_fi
     job, calls = recorded_loop_steps(monkeypatch, tmp_path, best_exists=True)
     state, window = train.LoopState(step=6), train.Window(train.LoopState(), torch.device("cpu"))
     train.wrap_up(job, state, window, None, signalled=True)
-    assert calls == [("last.pt", 6, True), ("eval", 6, False), ("last.pt", 6, False)]
+    assert calls == [("last.pt", 6, True, "wait"), ("eval", 6, False), ("last.pt", 6, False, "wait")]
     calls.clear()
     train.wrap_up(job, state, window, 6, signalled=True)  # evaluated at this step already: saved alone
-    assert calls == [("last.pt", 6, False)]
+    assert calls == [("last.pt", 6, False, "wait")]
 
 
 def test_wrap_up_writes_best_pt_by_rank_0s_view_of_the_folder_on_every_rank(monkeypatch, tmp_path):
@@ -2410,7 +2447,7 @@ def test_wrap_up_writes_best_pt_by_rank_0s_view_of_the_folder_on_every_rank(monk
                         lambda values, device, world, op=None: seen.append(values) or [0.0])
     state, window = train.LoopState(step=6), train.Window(train.LoopState(), torch.device("cpu"))
     train.wrap_up(job, state, window, 6, signalled=False)  # rank 0 saw a best.pt: none written here either
-    assert calls == [("last.pt", 6, False)] and seen == [[0.0]]  # (this rank, not rank 0, says nothing)
+    assert calls == [("last.pt", 6, False, "wait")] and seen == [[0.0]]  # (this rank, not rank 0, silent)
 
 
 def test_best_pt_is_saved_only_when_validation_improves(monkeypatch):
