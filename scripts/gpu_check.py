@@ -195,11 +195,13 @@ def train_part(opts, out: Path, log) -> dict:
         if opts.until is not None:  # within the deadline, leaving some for compiling and what follows
             fits = max(0.25, (opts.until - time.monotonic() - FOLLOW_UP_S) / 60)
             minutes = min(minutes, fits) if minutes > 0 else fits  # (0: no budget of its own)
+        # evaluations, saves (in the background) and the plot at the defaults' cadence: end to end is
+        # what a user's run pays
         argv = ["--preset", "scout-128m", "--vocab_size", "8192", "--max_minutes", f"{minutes:g}",
-                "--max_steps", "1000000", "--save_every", "1000000"]  # evaluation: the default cadence
+                "--max_steps", "1000000"]
     argv += ["--data", opts.data, "--val_data", opts.val_data, "--compile", opts.compile,
-             "--compile_mode", opts.compile_mode,
-             "--device", opts.device, "--wandb_mode", "disabled", "--plot", "", *common]
+             "--compile_mode", opts.compile_mode, "--device", opts.device, "--wandb_mode", "disabled",
+             *common]
     trained = sh("train.py", *argv, log=log, until=opts.until)
     result = {"argv": [str(a) for a in argv], "train_exit": trained.returncode}
 

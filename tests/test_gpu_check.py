@@ -1258,9 +1258,10 @@ def test_a_second_call_keeps_the_first_calls_files_and_log(tmp_path, monkeypatch
 
 
 def test_the_train_part_gives_each_command_its_data_device_and_compile(tmp_path, monkeypatch):
-    """The train part's command lines (recorded, not run): catches the run's --vocab_size or
-    --save_every dropped (another model, or checkpoints saved on a lease's time), --eval_only without
-    its --val_data, --device or --compile false, and the story compiled (~20 s of a lease each)."""
+    """The train part's command lines (recorded, not run): catches the run's --vocab_size dropped
+    (another model), its saves or plot turned off (end to end would not be what a run at the defaults
+    pays: a save held the loop 2 s on an H200 before saves went to the background), --eval_only
+    without its --val_data, --device or --compile false, and the story compiled (~20 s of a lease each)."""
     ran = fake_train_run(tmp_path, monkeypatch, windows=3, follow_ups={
         "greedy true": (0, "a"), "greedy false": (0, "a"), "eval_only": (0, '{"bits_per_byte": 2.0}'),
         "story": (0, "b")})
@@ -1273,8 +1274,9 @@ def test_the_train_part_gives_each_command_its_data_device_and_compile(tmp_path,
 
     def value(argv, flag):
         return argv[argv.index(flag) + 1]
-    flags = ("--preset", "--vocab_size", "--save_every", "--data", "--val_data", "--compile")
-    assert [value(train, flag) for flag in flags] == ["scout-128m", "8192", "1000000", data, val, "true"]
+    flags = ("--preset", "--vocab_size", "--data", "--val_data", "--compile")
+    assert [value(train, flag) for flag in flags] == ["scout-128m", "8192", data, val, "true"]
+    assert "--save_every" not in train and "--plot" not in train and "--eval_every" not in train
     assert [value(argv, "--compile") for argv in (compiled, eager, ev, story)] == ["true"] + ["false"] * 3
     assert [value(argv, "--device") for argv in (train, compiled, eager, ev, story)] == ["cpu"] * 5
     assert "--eval_only" in ev and value(ev, "--val_data") == val
