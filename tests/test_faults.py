@@ -1989,6 +1989,13 @@ def test_a_bad_option_whose_output_is_closed_keeps_argparses_exit_status():
     assert done.stderr == "usage: x.py [-h]\nx.py: error: unrecognized arguments: --bad\n"
 
 
+def test_a_failures_message_whose_output_is_closed_is_still_said():
+    """Holds: sys.exit("<prog>: error: ...") (compare.py's, bench.py's), not yet said when its output
+    meets a closed stdout at the final flush, is said then and exits 1, not the pipe's quiet 141."""
+    done = run_script_into_a_closed_pipe("print('partial'); sys.exit('x.py: error: bad; pass --x 2')")
+    assert (done.returncode, done.stderr) == (1, "x.py: error: bad; pass --x 2\n")
+
+
 FULL = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 NO_ROOM = ("error: cannot write to standard output (No space left on device); send the output somewhere "
            "with room, or to a terminal\n")
@@ -2019,6 +2026,34 @@ def test_output_with_no_room_keeps_an_exit_status_already_chosen(body, status, f
     with open("/dev/full", "w") as full:
         done = run_script_with(body, full)
     assert (done.returncode, done.stderr) == (status, f"{first}x.py: {NO_ROOM}")
+
+
+@FULL
+@pytest.mark.parametrize("body,status", [("print('x' * 100000)", 1),
+                                         ("print('partial'); raise SystemExit(3)", 3)])
+def test_output_and_stderr_with_no_room_end_with_the_status(body, status):
+    """Holds: with stdout and stderr both full (`> FILE 2>&1` on a full disk) the status still says
+    the failure (1, or the one already chosen): the line stderr could not take is dropped with it, not
+    met again by the flush at exit, which made every such end Python's 120."""
+    code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom errors import run_script\n"
+            f"def main():\n    {body}\nrun_script(main, 'x.py')\n")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=full, timeout=60,
+                              env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert done.returncode == status
+
+
+@FULL
+def test_what_quiet_stderr_still_holds_is_dropped_when_it_ends():
+    """Holds: a part of a line (no newline yet: a progress bar's) that a full stderr (2>/dev/full) still
+    held under quiet_stderr is dropped by its restore, not met by the flush at exit, which made a story
+    or an export that went well end with Python's 120."""
+    code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport errors\nrestore = errors.quiet_stderr()\n"
+            "sys.stderr.write('50%')\nrestore()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (stderr's buffer holds it)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", code], stderr=full, timeout=60, env=env)
+    assert done.returncode == 0
 
 
 def test_an_oserror_that_is_not_stdouts_is_not_taken_for_it():

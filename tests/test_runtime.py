@@ -885,6 +885,16 @@ def test_the_uncaught_interrupt_is_one_line_on_rank_0_only(monkeypatch, capsys):
     assert passed == [ValueError]
 
 
+def test_the_uncaught_interrupt_with_stderr_closed_says_nothing(monkeypatch, capsys):
+    """Holds: with stderr closed (`2>&-`: sys.stderr is None) the interrupt's line is not said, rather
+    than said in standard output (print's file=None), in the middle of sample.py's story."""
+    monkeypatch.setattr("sys.argv", ["/x/sample.py"])
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr("sys.stderr", None)
+    errors._interrupted(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().out == ""
+
+
 def test_run_script_prints_a_user_errors_line_and_exits_with_its_status(capsys):
     """Catches run_script exiting 1 for a bad setting (or 2 for another error), or the line's form."""
     for error, status in ((errors.ConfigError("--x 3: too big"), 2), (errors.DataError("--x 3: too big"), 1)):
@@ -1227,3 +1237,17 @@ def test_run_script_keeps_a_failures_status_over_a_closed_pipe(monkeypatch):
     with pytest.raises(SystemExit) as e:
         errors.run_script(main, "x.py")
     assert e.value.code == 3
+
+
+def test_run_script_with_stdout_closed_runs_the_script(monkeypatch):
+    """Holds: with stdout closed from the start (`>&-`: sys.stdout is None) a script runs, its prints
+    going nowhere (not into a wrapper of None, an AttributeError), and a broken pipe that is not
+    stdout's (a subprocess's) goes on as itself, not as an AttributeError from asking None for its
+    descriptor (the traceback then names errors.py's look at stdout, not the script's pipe)."""
+    monkeypatch.setattr(sys, "stdout", None)
+    assert errors.run_script(lambda: print("table") or 7, "x.py") == 7
+
+    def main():
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    with pytest.raises(BrokenPipeError):
+        errors.run_script(main, "x.py")
