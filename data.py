@@ -43,6 +43,8 @@ How this departs from the obvious version:
   the same files (or hub split) and tokenizer that other document rules, another shard format or an
   earlier version of the files left behind (1.9 GB each on TinyStories), but for those another
   process holds the lock of. Shards of another tokenizer are never named: another run may use them.
+  A tokenizer trained names, in one such line, the other tokenizers cached there (each training text,
+  --vocab_size or --tokenizer_train_mb makes one, a few MB each), for the user to delete those unused.
 - A full disk under --cache_dir (or a file past `ulimit -f`; while writing a shard, the tokenizer,
   or `datasets`' own cache, which wraps the OSError in its errors) is one DataError/StorageError
   line naming --cache_dir; so is a --cache_dir that cannot be written (read-only, or not ours) on
@@ -385,8 +387,38 @@ def get_tokenizer(train_args: config.TrainArgs, model_args: config.ModelArgs, tr
             what = "the start of the training text, capped" if used["capped"] else "all the training text"
             log(f"data: tokenizer: trained on {in_bytes(used['bytes'])} ({what}) in {time.time() - t0:.1f} s "
                 f"-> {path}")
+            _log_other_tokenizers(path.parent, Path(train_args.cache_dir), log)
     check_tokenizer(tok, model_args)
     return tok
+
+
+def _log_other_tokenizers(folder: Path, cache_dir: Path, log) -> None:
+    """After a tokenizer is trained into `folder`, one line naming the other tokenizer folders in
+    cache_dir (each new training text, --vocab_size or --tokenizer_train_mb makes one, a few MB each),
+    oldest first, with their size: said as a tokenizer is trained, not at every hit. They are left
+    there: a run may use them (another --vocab_size is no older one). Those another process holds the
+    lock of (training or checking them now) are left out; an OSError skips a folder."""
+    found = []
+    try:
+        paths = [p for p in cache_dir.glob("tokenizer-*") if p.name != folder.name]
+    except OSError:
+        return
+    for path in paths:
+        with suppress(OSError):
+            if path.is_dir() and not storage.held(_lock_path(path, cache_dir)):
+                size = sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+                found.append((path.stat().st_mtime_ns, path, size))
+    if found:
+        found.sort()
+        n, more = len(found), f" (and {len(found) - 3} more)" * (len(found) > 3)
+        kept, them, delete = ("it is", "it", "delete it if no run does") if n == 1 else \
+            ("they are", "them", "delete those no run uses")
+        total = in_bytes(sum(size for *_, size in found))
+        named = " ".join(shlex.quote(str(p)) for _, p, _ in found[:3])
+        log(f"data: tokenizer: {cache_dir} also holds {plural(n, 'other cached tokenizer')} ({total}), "
+            f"trained on other text, with other settings or by an older version of this project; {kept} kept "
+            f"for the runs that use {them}: {delete} (a run folder keeps its own tokenizer.json, and a "
+            f"deleted one is trained again when a run wants it): rm -r {named}{more}")
 
 
 def _cached_tokenizer(path: Path, vocab_size: int, log) -> Tokenizer | None:

@@ -866,6 +866,47 @@ def test_a_cache_miss_names_the_older_caches_of_its_source_and_keeps_them(tmp_pa
     assert val.path.is_dir() and val2.path.is_dir() and val3.n_docs == 3
 
 
+def other_tokenizers(logs):
+    return [line for line in logs if "other cached tokenizer" in line]
+
+
+def test_a_new_tokenizer_names_the_other_cached_tokenizers_and_keeps_them(tmp_path, corpus):
+    """Each new tokenizer (another --vocab_size, other text) is trained into a new folder under
+    --cache_dir: the miss that makes one names the others there once, with their size, and deletes
+    nothing; a hit says nothing, nor does the first tokenizer, and one another process holds (being
+    trained or checked now) is not named.
+    Bug caught: the old tokenizer folders piled up in the cache and nothing ever said so."""
+    import storage
+    train_path, val_path, _, _ = corpus
+    kw = dict(data=str(train_path), val_data=str(val_path))
+    cache = tmp_path / "cache"
+    _, _, _, logs = run(tmp_path, **kw)
+    assert not other_tokenizers(logs)  # the first: no other
+    [first] = cache.glob("tokenizer-*")
+    _, _, _, logs = run(tmp_path, vocab=320, **kw)
+    [second] = set(cache.glob("tokenizer-*")) - {first}
+    size = sources.in_bytes(folder_size(first))
+    assert other_tokenizers(logs) == [
+        f"data: tokenizer: {cache} also holds 1 other cached tokenizer ({size}), trained on other text, with"
+        " other settings or by an older version of this project; it is kept for the runs that use it: delete"
+        " it if no run does (a run folder keeps its own tokenizer.json, and a deleted one is trained again"
+        f" when a run wants it): rm -r {first}"]
+    _, _, _, logs = run(tmp_path, vocab=320, **kw)  # a cache hit: said once, not at every run
+    assert any("tokenizer: cache hit" in line for line in logs) and not other_tokenizers(logs)
+    busy = shutil.copytree(first, cache / "tokenizer-busy")
+    held = storage.lock(cache / ".locks" / "tokenizer-busy.lock")  # another run trains it now
+    try:
+        _, _, _, logs = run(tmp_path, vocab=340, **kw)
+    finally:
+        held.close()
+    [line] = other_tokenizers(logs)
+    size = sources.in_bytes(folder_size(first) + folder_size(second))
+    assert line.startswith(f"data: tokenizer: {cache} also holds 2 other cached tokenizers ({size}),")
+    assert "they are kept for the runs that use them: delete those no run uses" in line and "busy" not in line
+    assert sorted(line.split("rm -r ")[1].split()) == sorted([str(first), str(second)])
+    assert first.is_dir() and second.is_dir() and busy.is_dir()
+
+
 def test_older_caches_of_another_tokenizer_in_use_or_unreadable_are_not_named(tmp_path, corpus, monkeypatch):
     """A shard of another tokenizer (another vocabulary, which another run may use), one whose build
     lock another process holds, and one whose meta.json cannot be read are never named, and

@@ -986,6 +986,36 @@ def test_a_run_cut_short_is_deleted_under_its_lock_on_a_full_disk_too(tmp_path, 
     assert seen == [run_dir] and not run_dir.exists()
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_run_cut_short_lets_its_lock_go_once_deleted(tmp_path, monkeypatch, fails):
+    """Holds: clear_cut_short closes the run.lock it takes (its file open, on a folder it deletes) once
+    the folder is gone, or could not go (one line): not held on by the sweep until it ends."""
+    import errno
+    import shutil
+
+    from scripts.sweep import storage
+    opts = fake_train_py(tmp_path, monkeypatch)
+    run_dir = sweep.result_path("s", 0.01, 1, opts).parent
+    run_dir.mkdir(parents=True)
+    real_lock, taken = storage.lock, []
+
+    def lock(*args, **kwargs):
+        taken.append(real_lock(*args, **kwargs))
+        return taken[-1]
+
+    def rmtree(path, *args, **kwargs):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+    monkeypatch.setattr(storage, "lock", lock)
+    if fails:
+        monkeypatch.setattr(shutil, "rmtree", rmtree)
+        with pytest.raises(SystemExit, match="cannot delete"):
+            sweep.clear_cut_short(run_dir, "s")
+    else:
+        sweep.clear_cut_short(run_dir, "s")
+    [held] = taken
+    assert held.closed and run_dir.exists() == fails
+
+
 @pytest.mark.parametrize("screened, confirm, heading", [(1, 3, "the best screened"),
                                                         (2, 3, "the best 2 screened"),
                                                         (3, 2, "the best 2 screened")])
