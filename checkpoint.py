@@ -43,9 +43,7 @@ import json
 import os
 import random
 import re
-import signal
 import sys
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -273,16 +271,15 @@ class Saves:
         self._wait([p for p in self.pending if Path(p[1]) == Path(path)])
         if self.background:
             host = to_host(state)  # (what the child writes; a tensor on the CPU is the fork's copy)
-            child = fork_call(lambda: save_checkpoint(path, host))  # (its failure: child_result)
+            child = storage.fork_call(lambda: save_checkpoint(path, host))  # (its end: child_result)
             if child is not None:
                 self.pending.append((key, path, *child))
                 return
         save_checkpoint(path, state)
 
     def busy(self) -> bool:
-        """Whether a save begun is still being written (its child not ended; none is reaped here)."""
-        return any(os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-                   for _, _, pid, _ in self.pending)
+        """Whether a save begun is still being written."""
+        return any(storage.running(pid) for _, _, pid, _ in self.pending)
 
     def writing(self, path) -> bool:
         """Whether a save to `path` is under way."""
@@ -321,52 +318,15 @@ def to_host(obj):
     return obj
 
 
-def fork_call(work) -> tuple[int, int] | None:
-    """Run work() in a forked child process that ignores SIGINT and SIGTERM: (its pid, the read end of
-    a pipe that gets its failure's text), or None where no child could be forked."""
-    read, write = os.pipe()
-    stopping = {signal.SIGINT, signal.SIGTERM}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # (none lands before the child ignores it)
-    try:
-        with warnings.catch_warnings():  # (Python 3.12: a fork by a process with threads, which ours has)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-    except OSError:
-        os.close(read)
-        os.close(write)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return None
-    if pid == 0:  # the child: never returns
-        status = 1
-        try:
-            for s in stopping:
-                signal.signal(s, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(read)
-            work()
-            status = 0
-        except BaseException as e:  # (its text to the parent; os._exit: no atexit work, no buffers flushed)
-            with contextlib.suppress(BaseException):
-                os.write(write, (str(e) if isinstance(e, StorageError) else first_line(e)).encode())
-        finally:
-            os._exit(status)
-    os.close(write)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    return pid, read
-
-
 def child_result(pid: int, read: int, path) -> str | None:
-    """Wait for fork_call's child writing `path`: None where it succeeded, else its failure's line."""
-    with os.fdopen(read, "rb") as pipe:
-        text = pipe.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+    """Wait for the child writing `path` (storage.fork_call's): None where it succeeded, else its
+    failure's line (a StorageError's own)."""
+    how, text = storage.child_end(pid, read)
+    if how is None:
         return None
-    if text.startswith("cannot write"):  # (a StorageError's own line)
+    if text.startswith("cannot write"):
         return text
-    why = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else
-           text or f"status {os.WEXITSTATUS(status)}")
-    return (f"cannot write {path}: the process writing it failed ({why}); the previous "
+    return (f"cannot write {path}: the process writing it failed ({text or how}); the previous "
             f"{Path(path).name}, if any, is intact; resume from it")
 
 

@@ -454,8 +454,8 @@ class TrainArgs:
                                   "nothing for a backward pass, so its batches fit where training's do)")
     log_every: int = arg(10, "log train metrics every N steps")
     save_every: int = arg(500, "save a checkpoint every N steps (and at the end)")
-    save_in_background: bool = arg(True, "write each checkpoint from a child process while training goes on "
-                                         "(Linux; false: training waits for each save)")
+    save_in_background: bool = arg(True, "write each checkpoint (and draw the plot) from a child process "
+                                         "while training goes on (Linux; false: training waits for each)")
     max_bad_steps: int = arg(5, "stop after this many non-finite steps in a row")
     out_dir: str = arg("checkpoints", "folder holding run folders")
     run: str = arg("", "run name, the folder out_dir/<run>/ (empty = preset and time)")

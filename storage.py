@@ -24,6 +24,7 @@ JSON Lines logs, folder locks, and where the scripts may write their results.
     not_utf8_name(option, path)  a folder pyarrow cannot open: its name on disk is not the UTF-8 of
                                the one Python holds (a Latin-1 or C locale, a name in other bytes)
     expand_home(path)          a path typed with a ~ the shell left (quoted), its home folder put in
+    fork_call / child_end      work done by a forked child process that ignores Ctrl-C, and its end
 
 How this departs from the obvious version:
 - A crash at any moment leaves either the old file or the new one, never a mix: the data goes to
@@ -60,9 +61,10 @@ import stat
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-from errors import RunError, StorageError
+from errors import RunError, StorageError, first_line
 
 REASONS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
            errno.EROFS: "the disk is read-only",
@@ -597,6 +599,71 @@ def numbered_jsonl(path, warn=None, fix=None) -> list[tuple[int, dict]]:
             raise ValueError(f"{path}: line {i + 1} is not a JSON record; {fix}") from None
         records.append((i + 1, record))
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Work in a child process
+
+
+def fork_call(work) -> tuple[int, int] | None:
+    """Run work() in a forked child process (Linux: train.py's checkpoints and plot, written while
+    training goes on) that ignores SIGINT and SIGTERM (sent to a whole process group by Ctrl-C and
+    torchrun: the parent decides what they stop): (its pid, the read end of a pipe that gets the text
+    work() returns, or its failure's: a StorageError's line, another's first line), or None where no
+    child could be forked (memory, a process limit). The child ends with os._exit: no atexit work,
+    no buffers of the parent's flushed twice."""
+    read, write = os.pipe()
+    stopping = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # (none lands before the child ignores it)
+    try:
+        with warnings.catch_warnings():  # (Python 3.12: a fork by a process with threads, which ours has)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return None
+    if pid == 0:  # the child: never returns
+        status = 1
+        try:
+            for s in stopping:
+                signal.signal(s, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(read)
+            said = work()
+            _write_all(write, said or "")
+            status = 0
+        except BaseException as e:
+            with contextlib.suppress(BaseException):
+                _write_all(write, str(e) if isinstance(e, StorageError) else first_line(e))
+        finally:
+            os._exit(status)
+    os.close(write)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return pid, read
+
+
+def _write_all(fd: int, text: str) -> None:
+    data = text.encode(errors="replace")
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def child_end(pid: int, read: int) -> tuple[str | None, str]:
+    """Wait for fork_call's child: (None where it succeeded, else how it ended: "killed by SIGKILL",
+    "status 1"), and the text it sent."""
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}", text
+    return (None if os.WEXITSTATUS(status) == 0 else f"status {os.WEXITSTATUS(status)}"), text
+
+
+def running(pid: int) -> bool:
+    """Whether fork_call's child `pid` has not ended yet (it is not reaped here: child_end does)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
 
 # ---------------------------------------------------------------------------------------------

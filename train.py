@@ -371,6 +371,7 @@ class Job:
     stop: "Stop | None" = None  # the signal handler, while the loop runs
     resumed_window: dict | None = None  # the log window the checkpoint was saved in (Window.to_checkpoint)
     saves: checkpoint.Saves = field(default_factory=checkpoint.Saves)  # checkpoints being written (rank 0)
+    drawing: tuple | None = None  # the loss plot a child process draws: (pid, its pipe, step), end_plot's
     continues: bool = False  # resumed into its own folder (a fork starts its folder's logs afresh)
     imported: bool = False  # the checkpoint is an import's (weights only: no training step of its own)
     agreed: tuple = (0, 0.0)  # under torchrun: the step and clock of the ranks' last agreement (agree)
@@ -593,8 +594,41 @@ def write_val_record(job: Job, state: LoopState, r: dict) -> None:
                                                                     "bits_per_byte")},
                        "val_tokens": r["tokens"], "val_bytes": r["bytes"], "val_seconds": r["seconds"]})
     if job.train_args.plot:  # drawn after the write, so the plot has this point
-        path = runlog.plot_loss(job.run_dir, job.train_args.plot, job.log)
-        job.metrics.log_image("loss_plot", path, state.step)
+        draw_plot(job, state.step)
+
+
+def draw_plot(job: Job, step: int) -> None:
+    """The loss plot (--plot) with this evaluation's point, drawn by a child process where the saves
+    are (Job.saves.background; some 0.3 s a plot on our CPU, where the CUDA defaults evaluate every 5 s
+    or so), once the previous one's end is told (end_plot); else here."""
+    end_plot(job)
+    folder, plot = job.run_dir, job.train_args.plot
+    if job.saves.background:
+        def draw() -> str:  # (in the child: the lines plot_loss says go back to the parent)
+            said = []
+            runlog.plot_loss(folder, plot, said.append)
+            return "\n".join(said)
+        if (child := storage.fork_call(draw)) is not None:
+            job.drawing = (*child, step)
+            return
+    job.metrics.log_image("loss_plot", runlog.plot_loss(folder, plot, job.log), step)
+
+
+def end_plot(job: Job) -> None:
+    """Wait for the plot a child process draws, if any: the lines it said (a failure's) said here,
+    else its image logged (W&B) at its evaluation's step."""
+    if job.drawing is None:
+        return
+    (pid, read, step), job.drawing = job.drawing, None
+    how, said = storage.child_end(pid, read)
+    path = job.run_dir / job.train_args.plot
+    if how is not None:  # (plot_loss says its own failures: this is the child's end)
+        job.log(f"plot: could not draw {path} ({said or how}); training goes on")
+    elif said:
+        for line in said.splitlines():
+            job.log(line)
+    else:
+        job.metrics.log_image("loss_plot", path, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1300,8 +1334,11 @@ def loop(job: Job, state: LoopState) -> dict:
     finally:
         stop.restore()
         bar.close()
-        if job.metrics is not None:
-            job.metrics.finish(exit_code=1 if failed else 0)
+        try:
+            end_plot(job)  # (its image to W&B before the W&B run ends)
+        finally:
+            if job.metrics is not None:
+                job.metrics.finish(exit_code=1 if failed else 0)
     job.log((f"stopped by a signal at step {state.step}; checkpoints in {job.run_dir} (resume with "
              f"{resume_options(job.run_dir)})" if finished == "signal" else
              f"done at step {state.step} ({finished}); checkpoints in {job.run_dir}")

@@ -341,15 +341,15 @@ def test_a_run_ends_once_the_saves_its_children_write_are_complete_and_reaped(tm
     """Bug caught: a run that returned (its last line said, its run folder let go) while a child
     process still wrote its last checkpoint, or left its children unreaped. Holds too: the saves
     are made in the background, and best.pt and last.pt of one step are written side by side."""
-    forks, real_fork, real_save = [], checkpoint.fork_call, checkpoint.save_checkpoint
-    monkeypatch.setattr(checkpoint, "fork_call", lambda work: forks.append(real_fork(work)) or forks[-1])
+    forks, real_fork, real_save = [], storage.fork_call, checkpoint.save_checkpoint
+    monkeypatch.setattr(storage, "fork_call", lambda work: forks.append(real_fork(work)) or forks[-1])
 
     def slow(path, state, fix=storage.OUT_FIX):  # (in the child)
         time.sleep(0.5)
         real_save(path, state, fix)
     monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
     train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--save_every", "2", "--eval_every", "2"))
-    assert len(forks) == 4 and all(forks)  # best.pt and last.pt at steps 2 and 4
+    assert len(forks) == 6 and all(forks)  # best.pt, last.pt and the plot at steps 2 and 4
     for pid, _ in forks:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
@@ -1417,16 +1417,54 @@ def test_metrics_jsonl_and_loss_plot_are_written(tmp_path, corpus, cache):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_loss_plot_includes_the_evaluation_just_made(tmp_path, corpus, cache, monkeypatch):
-    drawn_with = []
-    real = runlog.plot_loss
+@pytest.mark.parametrize("background", [False, True])
+def test_loss_plot_includes_the_evaluation_just_made(tmp_path, corpus, cache, monkeypatch, background):
+    """Each plot is drawn once its evaluation's record is written, by train.py or (`background`) by a
+    child process: a file records what each saw (a list would stay in the child)."""
+    drawn_with, real = tmp_path / "drawn_with", runlog.plot_loss
 
     def spy(run_dir, out, log):
-        drawn_with.append(len(metrics(tmp_path, kind="val")))  # val records on disk at drawing time
+        with open(drawn_with, "a") as f:  # val records on disk at drawing time, and by whom
+            f.write(f"{len(metrics(tmp_path, kind='val'))} {os.getpid() == train_py}\n")
         return real(run_dir, out, log)
     monkeypatch.setattr(runlog, "plot_loss", spy)
+    monkeypatch.setattr(checkpoint, "BACKGROUND", background)
+    train_py = os.getpid()
     train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--eval_every", "2"))
-    assert drawn_with == [1, 2]
+    assert drawn_with.read_text().split("\n") == [f"1 {not background}", f"2 {not background}", ""]
+
+
+@pytest.mark.skipif(not checkpoint.BACKGROUND, reason="draws in the background on Linux alone")
+def test_a_plot_drawn_in_the_background_tells_its_failure_and_logs_its_image_once_drawn(tmp_path,
+                                                                                       monkeypatch):
+    """Bug caught: the plot's line when it cannot be drawn lost in the child process that drew it, or
+    its W&B image logged before the plot was drawn (or at another evaluation's step); and training
+    held for each plot (some 0.3 s on our CPU, where the CUDA defaults evaluate every 5 s or so)."""
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Image=lambda path: f"image of {path}"))
+    rows, said = [], []
+    job = SimpleNamespace(run_dir=tmp_path, train_args=TrainArgs(plot="loss.png"), log=said.append,
+                          saves=checkpoint.Saves(), drawing=None)
+    job.metrics = runlog.Metrics(tmp_path, WandbRun("w", rows), None)
+    real = runlog.plot_loss
+
+    def slow(run_dir, out, log):  # (in the child)
+        time.sleep(1.0)
+        return real(run_dir, out, log)
+    monkeypatch.setattr(runlog, "plot_loss", slow)
+    job.metrics.write({"kind": "val", "step": 2, "tokens": 10, "minutes": 0.1, "bits_per_byte": 2.0,
+                       "nats_per_token": 4.0, "val_bytes": 100})
+    began, logged = time.perf_counter(), len(rows)  # (the val record's row)
+    train.draw_plot(job, 2)
+    assert time.perf_counter() - began < 0.9 and job.drawing is not None and len(rows) == logged
+    train.end_plot(job)
+    assert rows[logged:] == [{"step": 2, "loss_plot": f"image of {tmp_path / 'loss.png'}"}] and said == []
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "metrics.jsonl").write_text("")  # nothing to plot: plot_loss's own line
+    train.draw_plot(job, 4)
+    train.end_plot(job)
+    assert len(rows) == logged + 1 and said == [
+        f"plot: could not draw {tmp_path / 'loss.png'} (ValueError: no train or validation records in "
+        f"{tmp_path}: nothing to plot); training goes on"]
 
 
 def test_plot_runs_overlays_runs_with_a_legend(tmp_path, corpus, cache):
@@ -2674,7 +2712,8 @@ def test_a_val_record_and_line_hold_each_figure_under_its_own_name(tmp_path, mon
     monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Image=lambda path: f"image of {path}"))
     monkeypatch.setattr(runlog, "plot_loss", lambda run_dir, out, log: run_dir / out)
     rows, said = [], []
-    job = SimpleNamespace(run_dir=tmp_path, train_args=TrainArgs(plot="loss.png"), log=said.append)
+    job = SimpleNamespace(run_dir=tmp_path, train_args=TrainArgs(plot="loss.png"), log=said.append,
+                          saves=checkpoint.Saves(background=False), drawing=None)  # (drawn here)
     job.metrics = runlog.Metrics(tmp_path, WandbRun("w", rows), None)
     r = {"nats_per_token": 2.5, "perplexity": math.exp(2.5), "bits_per_byte": 0.875, "tokens": 1234,
          "bytes": 5678, "seconds": 1.25}
