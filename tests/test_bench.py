@@ -132,6 +132,22 @@ def test_bench_data_runs_end_to_end(tmp_path):
     assert result["added_anon_ratio_ok"] is not False  # (None: a text of one tokenization round, not checked)
 
 
+def test_bench_save_runs_end_to_end(tmp_path):
+    """The checkpoint-save benchmark on a small model: a save at once, one in the background with the
+    steps taken while it is written, then as many with nothing written; the file is gone afterwards."""
+    from conftest import ROOT
+
+    from scripts import bench_save
+    if not bench_save.checkpoint.BACKGROUND:
+        pytest.skip("saves in the background on Linux alone")
+    out = tmp_path / "bench_save.json"
+    r = bench_save.main(["--preset", "debug", "--vocab_size", "512", "--seq", "16", "--rounds", "2", "--dir",
+                         str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text()) == r and len(r["rounds"]) == 2 and r["checkpoint_mb"] > 0
+    assert 0 < r["held_s"] and r["held_s"] <= r["complete_s"] and r["step_s_idle"] > 0
+    assert list((tmp_path / "work").iterdir()) == [] and str(ROOT) in bench_save.__file__
+
+
 @pytest.mark.parametrize("vocab, size, message", [
     ("4096", 40000, "--vocab_size 4096: the training text can only fill"),  # the advice names this option
     ("300", 3000, "too few documents; bench_data.py holds out 1 in 100 for validation"),  # not --val_data
