@@ -245,8 +245,10 @@ def save_checkpoint(path, state: dict, fix: str = storage.OUT_FIX) -> None:
 
 # A checkpoint written by a child process (Linux: fork), so that training goes on as the file is
 # written: torch.save holds Python's lock as it writes (a thread writing scout-128m's 1.2 GB left the
-# training thread 14% of its time), and on an H200 a save took 2 s, where the CUDA defaults evaluate
-# every 5 s or so of training (writing best.pt when it improves) and save last.pt every 10 s
+# training thread 14% of its time), and a save took 3.6-4 s on our CPU and about 2 s on an H200 (the
+# gap after best.pt's first save in img/gpu/log.txt), where the CUDA defaults evaluate every 5 s or so
+# of training (writing best.pt when it improves) and save last.pt every 10 s (train.in_background: by
+# default on CUDA alone)
 BACKGROUND = sys.platform == "linux"
 
 

@@ -454,8 +454,11 @@ class TrainArgs:
                                   "nothing for a backward pass, so its batches fit where training's do)")
     log_every: int = arg(10, "log train metrics every N steps")
     save_every: int = arg(500, "save a checkpoint every N steps (and at the end)")
-    save_in_background: bool = arg(True, "write each checkpoint (and draw the plot) from a child process "
-                                         "while training goes on (Linux; false: training waits for each)")
+    save_in_background: str = arg("auto", "write each checkpoint (and draw the plot) from a child process "
+                                          "while training goes on (Linux): auto = on CUDA (on the CPU the "
+                                          "steps' writes to the memory the child shares cost about what the "
+                                          "save does: scripts/bench_save.py), true, false",
+                                  choices=["auto", "true", "false"])
     max_bad_steps: int = arg(5, "stop after this many non-finite steps in a row")
     out_dir: str = arg("checkpoints", "folder holding run folders")
     run: str = arg("", "run name, the folder out_dir/<run>/ (empty = preset and time)")

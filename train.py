@@ -65,8 +65,9 @@ How this departs from the obvious version:
   too (its grad_scale), as it reads them, rather than a pass of clip_grad_norm_ over them.
 - Checkpoints are written atomically (temporary file, fsync, rename), loaded with
   weights_only=True, never written when non-finite. A full disk is one line; the old file stays.
-  On Linux a forked child process writes them while training goes on (checkpoint.Saves): the
-  run's end and a stop by a signal wait for it; a failed write is told at the next save.
+  On CUDA (Linux) a forked child process writes them, and draws the loss plot, while training goes
+  on (checkpoint.Saves, in_background): the run's end and a stop by a signal wait for it; a failed
+  write is told at the next save.
   A console that goes away (`| head`, 2>/dev/full) does not stop the run (errors.Console).
 - A checkpoint also holds the open log window (its loss sums, expert counts, steps, tokens): a resumed
   run goes on with it, so metrics.jsonl gets the records an uninterrupted run writes (the partial
@@ -865,6 +866,16 @@ def write_checkpoint(job: Job, state: LoopState, window: Window, name: str, wait
                     job.saves.wait()
 
 
+def in_background(setting: str, device: torch.device) -> bool:
+    """Whether --save_in_background (auto, true, false) writes the saves and plots from a child process:
+    where one can be forked (checkpoint.BACKGROUND), and for auto on CUDA alone. On the CPU the steps
+    write the weights, moments and activations the fork shares with the child, and each page written
+    is copied: a 1.2 GB tensor written took 2.0 s with a child alive against 0.07 s (our CPU, a VM),
+    and a scout-128m step during a background save 3.4x its time, about what the save itself costs
+    (scripts/bench_save.py); on CUDA they live in the GPU's memory."""
+    return checkpoint.BACKGROUND and (setting == "true" or (setting == "auto" and device.type == "cuda"))
+
+
 def finite(tensors) -> bool:
     """Whether every value is finite, read with one host sync (a read per tensor was a wait per
     parameter on the GPU at each save)."""
@@ -1128,7 +1139,7 @@ def build_job(plan: RunPlan, device, world: World, log) -> tuple[Job, LoopState]
               autocast=runtime.autocast(device, dtype),
               no_sync=runner.no_sync if world.size > 1 else nullcontext,
               micros=list(range(world.rank, train_args.grad_accum, world.size)), clock=None,
-              saves=checkpoint.Saves(checkpoint.BACKGROUND and train_args.save_in_background),
+              saves=checkpoint.Saves(in_background(train_args.save_in_background, device)),
               fpt=flops_per_token(model_args, model_args.max_seq_len), peak=runtime.peak_flops(device, dtype),
               ckpt_path=plan.ckpt_path, wandb_id=runplan.wandb_id(plan, log if world.main else None),
               wandb_entity=(ckpt or {}).get("wandb_entity"), resumed_window=(ckpt or {}).get("window"),

@@ -11,7 +11,9 @@ optimizer, settings) into a temporary folder under --dir (the disk the runs writ
    fork) and the seconds until the file is complete;
 3. the loop's pace meanwhile: training steps (forward, backward, AdamW) on one batch of --batch x
    --seq tokens, timed while the child writes, against as many with nothing written: what the
-   child's share of the machine and the pages the fork makes the next steps copy cost.
+   child's share of the machine and the pages the fork makes the next steps copy cost; the loop's
+   cost of the background save is the seconds held plus the steps' time beyond their pace, against
+   the save made at once (train.py's --save_in_background auto: on CUDA alone, by these figures).
 Medians over --rounds, side by side in one process; prints a table and writes JSON (--out).
 """
 
@@ -92,9 +94,10 @@ def one_round(path: Path, state, step) -> dict:
         t = time.perf_counter()
         step()
         idle.append(time.perf_counter() - t)
+    idle_s = statistics.median(idle)
     return {"at_once_s": at_once, "held_s": held, "complete_s": complete, "steps_while_writing": len(steps),
-            "step_s_writing": statistics.median(steps) if steps else None,
-            "step_s_idle": statistics.median(idle)}
+            "step_s_writing": statistics.median(steps) if steps else None, "step_s_idle": idle_s,
+            "loop_cost_s": held + sum(steps) - len(steps) * idle_s}  # (the loop's loss to the child)
 
 
 def measure(opts) -> dict:
@@ -117,6 +120,7 @@ def measure(opts) -> dict:
     return {"device": device_name(device), "preset": opts.preset, "vocab_size": opts.vocab_size,
             "checkpoint_mb": size / 1e6, "rounds": rounds, **figures,
             "held_over_at_once": figures["held_s"] / figures["at_once_s"],
+            "loop_cost_over_at_once": figures["loop_cost_s"] / figures["at_once_s"],
             "step_slowdown_while_writing": slow,
             "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "torch": torch.__version__}
 
@@ -136,6 +140,8 @@ def main(argv=None):
     rows = [("checkpoint", f"{r['checkpoint_mb']:,.0f} MB"), ("save at once", f"{r['at_once_s']:.2f} s"),
             ("background: loop held", f"{r['held_s']:.3f} s ({r['held_over_at_once']:.3f}x)"),
             ("background: file complete", f"{r['complete_s']:.2f} s"),
+            ("background: loop's cost", f"{r['loop_cost_s']:.2f} s ({r['loop_cost_over_at_once']:.2f}x the "
+                                        "save at once: held + the steps' time beyond their pace)"),
             ("step while writing / idle", "none taken" if r["step_slowdown_while_writing"] is None else
              f"{r['step_s_writing']:.3f} s / {r['step_s_idle']:.3f} s "
              f"({r['step_slowdown_while_writing']:.2f}x)")]

@@ -1260,7 +1260,7 @@ def test_a_second_call_keeps_the_first_calls_files_and_log(tmp_path, monkeypatch
 def test_the_train_part_gives_each_command_its_data_device_and_compile(tmp_path, monkeypatch):
     """The train part's command lines (recorded, not run): catches the run's --vocab_size dropped
     (another model), its saves or plot turned off (end to end would not be what a run at the defaults
-    pays: a save held the loop 2 s on an H200 before saves went to the background), --eval_only
+    pays: a save held the loop about 2 s on an H200 before saves went to the background), --eval_only
     without its --val_data, --device or --compile false, and the story compiled (~20 s of a lease each)."""
     ran = fake_train_run(tmp_path, monkeypatch, windows=3, follow_ups={
         "greedy true": (0, "a"), "greedy false": (0, "a"), "eval_only": (0, '{"bits_per_byte": 2.0}'),
