@@ -33,15 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import checkpoint  # noqa: E402
 import config  # noqa: E402
+import runtime  # noqa: E402
 import storage  # noqa: E402
 from config import ModelArgs  # noqa: E402
 from errors import run_script  # noqa: E402
 from model import Llama4  # noqa: E402
 
+RESULT_KEYS = ("at_once_s", "rounds")  # in its JSON: an existing --out without them is refused
+
 
 def parser():
-    p = argparse.ArgumentParser(prog="bench_save.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.Parser(prog="bench_save.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="scout-128m", choices=sorted(config.PRESETS))
     p.add_argument("--vocab_size", type=config.at_least(264), default=8192)
     p.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast, as train.py there)")
@@ -101,7 +104,7 @@ def one_round(path: Path, state, step) -> dict:
 
 
 def measure(opts) -> dict:
-    device = torch.device(opts.device)
+    device = runtime.resolve_device(opts.device)
     model, opt, args, step = build(opts, device)
 
     def state():  # what train.py's Job.to_checkpoint holds, less the loop's small fields
@@ -132,7 +135,10 @@ def device_name(device: torch.device) -> str:
 
 
 def main(argv=None):
-    opts = parser().parse_args(argv)
+    p = parser()
+    opts = p.parse_args(argv)
+    if problem := storage.not_a_result("--out", opts.out, "bench_save.json", RESULT_KEYS):
+        p.error(problem)  # (before the work)
     if not checkpoint.BACKGROUND:
         raise SystemExit("bench_save.py: error: saves are made in the background on Linux alone; "
                          "run it there")
@@ -150,7 +156,7 @@ def main(argv=None):
     for name, value in rows:
         print(f"  {name:<28}{value}")
     if opts.out:
-        storage.save_json(opts.out, r, "pass another --out", sort_keys=False)
+        storage.save_json(opts.out, r, "pick another --out", sort_keys=False)
     return r
 
 
