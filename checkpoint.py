@@ -38,6 +38,7 @@ How this departs from the obvious version:
 """
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -310,11 +311,16 @@ class Saves:
 def to_host(obj):
     """A checkpoint's dict with each tensor not on the CPU copied there (dicts, lists and tuples
     rebuilt): what a child process writes (it cannot use the GPU; the device's weights change at the
-    next step). A tensor on the CPU is left as it is: the fork copies the memory."""
+    next step). A tensor on the CPU is left as it is: the fork copies the memory. A dict keeps its
+    type and attributes (a state dict's OrderedDict and its _metadata, the modules' versions): the
+    file is the one a save made at once writes."""
     if isinstance(obj, torch.Tensor):
         return obj if obj.device.type == "cpu" else obj.to("cpu")
     if isinstance(obj, dict):
-        return {k: to_host(v) for k, v in obj.items()}
+        host = copy.copy(obj)
+        for k, v in obj.items():
+            host[k] = to_host(v)
+        return host
     if type(obj) in (list, tuple):
         return type(obj)(to_host(v) for v in obj)
     return obj

@@ -1274,3 +1274,23 @@ def test_to_host_rebuilds_containers_and_leaves_the_cpus_tensors_as_they_are():
     host = checkpoint.to_host(state)
     assert host["model"]["w"] is w and host["rng"][0] is state["rng"][0] and host["rng"][1] == (1, "a")
     assert host["step"] == 3 and host["model"] is not state["model"] and host["rng"] is not state["rng"]
+
+
+@background_only
+def test_a_background_save_writes_the_bytes_a_save_made_at_once_writes(tmp_path):
+    """Bug caught: to_host rebuilt each dict as a plain one, so a background save lost what a state
+    dict holds beside its tensors (an OrderedDict's `_metadata`: each module's version, which
+    load_state_dict hands to the modules) and wrote other bytes than a save made at once."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": checkpoint.rng_state(),
+             "step": 1}
+    checkpoint.Saves(background=False).save(tmp_path / "at_once.pt", state)
+    saves = checkpoint.Saves()
+    saves.save(tmp_path / "background.pt", state, key=1)
+    saves.wait()
+    assert (tmp_path / "background.pt").read_bytes() == (tmp_path / "at_once.pt").read_bytes()
+    loaded = torch.load(tmp_path / "background.pt", weights_only=True)["model"]
+    assert loaded._metadata == model.state_dict()._metadata

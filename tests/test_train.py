@@ -2502,6 +2502,16 @@ def test_wrap_up_writes_best_pt_by_rank_0s_view_of_the_folder_on_every_rank(monk
     assert calls == [("last.pt", 6, False, "wait")] and seen == [[0.0]]  # (this rank, not rank 0, silent)
 
 
+def test_wrap_up_writes_no_second_best_pt_while_the_first_is_still_being_written(monkeypatch, tmp_path):
+    """Holds: a best.pt a child process still writes (the final evaluation's, not yet renamed into
+    place) counts as there (no_best): wrap_up does not write it again, waiting for the first."""
+    job, calls = recorded_loop_steps(monkeypatch, tmp_path)  # (no best.pt in the folder)
+    job.saves.pending.append((6, tmp_path / "best.pt", 0, -1))  # (as Saves.save leaves it; never waited)
+    state, window = train.LoopState(step=6), train.Window(train.LoopState(), torch.device("cpu"))
+    train.wrap_up(job, state, window, 6, signalled=False)
+    assert calls == [("last.pt", 6, False, "wait")]
+
+
 def test_best_pt_is_saved_only_when_validation_improves(monkeypatch):
     # catches: best.pt saved when validation got worse, or best_val following the last evaluation
     results = iter([3.0, 2.0, 2.5, 2.2, 1.0])
