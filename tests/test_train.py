@@ -359,6 +359,32 @@ def test_a_run_ends_once_the_saves_its_children_write_are_complete_and_reaped(tm
     assert checkpoint.load_checkpoint(run_dir / "best.pt")["step"] == 4
 
 
+@pytest.mark.skipif(not checkpoint.BACKGROUND, reason="saves in the background on Linux alone")
+def test_a_run_that_crashes_waits_for_the_save_a_child_writes_before_it_lets_its_folder_go(
+        tmp_path, corpus, cache, monkeypatch):
+    """Bug caught: a run ending by an error (here a crash in the step after a save) let its run folder
+    go, and left the child writing last.pt unreaped, before the file was complete: run()'s finally
+    waits for the saves begun (Saves.finish)."""
+    forks, real_fork, real_save = [], storage.fork_call, checkpoint.save_checkpoint
+    monkeypatch.setattr(storage, "fork_call", lambda work: forks.append(real_fork(work)) or forks[-1])
+
+    def slow(path, state, fix=storage.OUT_FIX):  # (in the child)
+        time.sleep(1.0)
+        real_save(path, state, fix)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
+    released, real_release = [], storage.RunFolder.release
+    monkeypatch.setattr(storage.RunFolder, "release", lambda folder: released.append(
+        (tmp_path / "ckpt" / "r" / "last.pt").exists()) or real_release(folder))
+    crash_in_step(monkeypatch, 3)
+    with pytest.raises(Crash):
+        train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--save_every", "2",
+                        "--eval_every", "100", "--save_in_background", "true"))
+    assert len(forks) == 1 and released == [True]  # (last.pt of step 2, complete before the folder went)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forks[0][0], os.WNOHANG)
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
+
+
 def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
     base = ["--max_steps", "8", "--eval_every", "3", "--save_every", "4"]
     train.main(args(tmp_path, corpus, cache, *base, run="whole"))
