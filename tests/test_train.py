@@ -1469,7 +1469,7 @@ def test_loss_plot_includes_the_evaluation_just_made(tmp_path, corpus, cache, mo
     ("auto", "cuda", True), ("auto", "cpu", False), ("true", "cpu", True), ("false", "cuda", False)])
 def test_saves_and_plots_are_made_in_the_background_by_default_on_cuda_alone(setting, device, background):
     """Bug caught: background saves on the CPU by default, where the steps' writes to the memory the fork
-    shares cost about what the save does (a scout-128m step 3.4x its time during one: bench_save.py),
+    shares cost about what the save does (scout-128m's steps 4.1x their time during one: bench_save.py),
     or not on CUDA, where a save held the loop about 2 s; --save_in_background true/false decide."""
     assert train.in_background(setting, torch.device(device)) == (background and checkpoint.BACKGROUND)
 
