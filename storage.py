@@ -55,6 +55,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -744,6 +745,21 @@ def same_file(f, path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+def ended(holder: str) -> bool:
+    """Whether a lock's holder, as `lock` wrote it ("pid N on HOST since TIME"), is a process of this
+    machine that has ended (the lock then held by a child process it forked, fork_call's)."""
+    found = re.search(r"pid (\d+) on (\S+) since", holder)
+    if found is None or found[2] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(found[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # (another user's: alive)
+        pass
+    return False
+
+
 IMPORTING = "export_hf.py --import, "  # how an import's run.lock begins (checkpoint.import_hf)
 
 
@@ -769,6 +785,10 @@ class RunFolder:
             path.mkdir(parents=True, exist_ok=True)
             self.lock = lock(path / self.LOCK)
         except Busy as e:  # (an import takes it while it writes there: checkpoint.import_hf)
+            if ended(e.holder):  # (train.py killed: its fork_call children hold the lock they inherited)
+                raise RunError(f"{path} is held by a child process of a train.py that has ended "
+                               f"({e.holder}): it still writes a checkpoint or plot that train.py began; "
+                               "wait for it to end (seconds), or pick another --run") from None
             by = "an import" if e.holder.startswith(IMPORTING) else "another train.py"
             raise RunError(f"{path} is in use by {by} ({e.holder}); wait for it to end or stop "
                            "it, or pick another --run") from None

@@ -1262,8 +1262,11 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
     except Finished as e:
         return e.result
     try:
-        return run_job(job, state)
-    except KeyboardInterrupt as e:  # main() tells what is left to resume from
+        try:
+            return run_job(job, state)
+        finally:  # (a run cut short: the saves it began complete before it ends)
+            job.saves.finish(job.log)
+    except KeyboardInterrupt as e:  # main() tells what is left to resume from (one in finish's wait too)
         e.run_dir = job.run_dir
         raise
     except Exception as e:  # out of memory: one line, with the batch this run uses (a checkpoint's)
@@ -1275,11 +1278,8 @@ def run(model_args: ModelArgs, train_args: TrainArgs, preset: str = config.DEFAU
                                job.model_args.n_layers)
         raise RunError(f"out of memory ({first_line(e)[:160]}); {advice}") from e
     finally:
-        try:
-            job.saves.finish(job.log)  # (a run cut short: the saves it began complete before it ends)
-        finally:
-            if job.folder is not None:
-                job.folder.release()
+        if job.folder is not None:
+            job.folder.release()
 
 
 def run_job(job: Job, state: LoopState) -> dict:

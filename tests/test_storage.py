@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -875,6 +876,38 @@ def test_a_second_run_on_a_busy_folder_leaves_the_first_ones_save_in_progress_al
         with pytest.raises(storage.RunError, match="is in use by another train.py"):
             storage.RunFolder(run)
     assert (run / ".tmp-abc-last.pt").read_bytes() == b"a save in progress"
+
+
+KILLED_WHILE_ITS_CHILD_WRITES = """
+import os, signal, sys, time
+import storage
+folder = storage.RunFolder(storage.Path(sys.argv[1]))
+pid, _ = storage.fork_call(lambda: time.sleep(60))  # (a checkpoint being written)
+storage.Path(sys.argv[2]).write_text(str(pid))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_folder_a_killed_train_py_s_child_still_holds_names_that_child(tmp_path):
+    """Bug caught: a train.py killed (-9) while a child process wrote its checkpoint left the folder
+    locked by that child, and a --resume was told it is "in use by another train.py (pid N ...); wait
+    for it to end or stop it": pid N was gone (kill: no such process), the child unnamed."""
+    run = tmp_path / "r"
+    subprocess.run([sys.executable, "-c", KILLED_WHILE_ITS_CHILD_WRITES, str(run), str(tmp_path / "child")],
+                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)  # (not piped:
+    # the child inherits them, and a pipe would be waited on for its end)
+    child = int((tmp_path / "child").read_text())
+    try:
+        holder = (run / "run.lock").read_text().strip()
+        with pytest.raises(storage.RunError) as e:
+            storage.RunFolder(run)
+        assert str(e.value) == (f"{run} is held by a child process of a train.py that has ended ({holder}): "
+                                "it still writes a checkpoint or plot that train.py began; wait for it to "
+                                "end (seconds), or pick another --run")
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert not storage.ended(f"pid {os.getpid()} on {storage.socket.gethostname()} since now")
+    assert not storage.ended(f"pid {child} on another-host since now")  # (its pids are not ours to look up)
 
 
 def test_an_interrupt_torch_wrapped_in_a_runtime_error_is_raised_as_the_interrupt(tmp_path):

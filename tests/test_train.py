@@ -385,6 +385,43 @@ def test_a_run_that_crashes_waits_for_the_save_a_child_writes_before_it_lets_its
     assert checkpoint.load_checkpoint(tmp_path / "ckpt" / "r" / "last.pt")["step"] == 2
 
 
+@pytest.mark.skipif(not checkpoint.BACKGROUND, reason="saves in the background on Linux alone")
+def test_a_signal_while_a_stopped_run_waits_for_its_saves_names_the_checkpoints_written(tmp_path, corpus,
+                                                                                       cache, monkeypatch,
+                                                                                       capsys):
+    """Bug caught: a run aborted by a second Ctrl-C waits for the saves its children write; one more
+    Ctrl-C in that wait (a user pressing it again, or SIGTERM to the group) ended it with 'interrupted; no
+    checkpoint was written', step 2's last.pt and best.pt in its folder (that KeyboardInterrupt, raised
+    in run's `finally`, named no run folder). Holds too: the children go on to complete their files."""
+    stopped, left, real_end, real_record = [], [], storage.child_end, train.write_train_record
+
+    def second_signal(job, state, *rest):  # (at step 5: step 4's saves are being written)
+        real_record(job, state, *rest)
+        if state.step == 5:
+            stopped.append(state.step)
+            raise KeyboardInterrupt
+
+    def third_signal(pid, read):  # (in each wait after it: the plot's, the saves')
+        if not stopped:
+            return real_end(pid, read)
+        left.append((pid, read))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "write_train_record", second_signal)
+    monkeypatch.setattr(storage, "child_end", third_signal)
+    argv = args(tmp_path, corpus, cache, "--max_steps", "8", "--save_every", "2", "--eval_every", "2",
+                "--save_in_background", "true")
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 130
+    run_dir = tmp_path / "ckpt" / "r"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"train.py: interrupted; the checkpoints written are complete (--resume {run_dir} continues from its "
+        "last.pt)")
+    assert left and all(real_end(pid, read)[0] is None for pid, read in left)  # (each reaped here)
+    assert checkpoint.load_checkpoint(run_dir / "last.pt")["step"] == 4
+    assert checkpoint.load_checkpoint(run_dir / "best.pt")["step"] == 4
+
+
 def test_resume_is_bit_exact(tmp_path, corpus, cache, monkeypatch):
     base = ["--max_steps", "8", "--eval_every", "3", "--save_every", "4"]
     train.main(args(tmp_path, corpus, cache, *base, run="whole"))
