@@ -465,7 +465,7 @@ def test_under_torchrun_a_sessions_first_step_is_agreed_on(monkeypatch, tmp_path
     job = SimpleNamespace(train_args=TrainArgs(max_steps=7, log_every=10), world=runtime.World(0, 2),
                           run_dir=tmp_path, log=lambda msg: None, model=torch.nn.Linear(1, 1),
                           device=torch.device("cpu"), clock=train.Clock(0), tokens_per_step=1, metrics=None,
-                          resumed_window=None)
+                          resumed_window=None, drawing=None)
     train.loop(job, train.LoopState(step=2))  # a resumed session: its first step is step 3
     assert taken == [3, 4, 5, 6, 7] and agreed[0] == 3 and agreed[-1] == 7
 
@@ -507,7 +507,7 @@ def test_the_schedule_reads_the_clock_in_minutes(monkeypatch, tmp_path):
     t = TrainArgs(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=3, max_minutes=10)
     job = SimpleNamespace(train_args=t, world=runtime.World(), run_dir=tmp_path, log=lambda msg: None,
                           model=torch.nn.Linear(1, 1), device=torch.device("cpu"), clock=train.Clock(10),
-                          tokens_per_step=1, metrics=None, resumed_window=None)
+                          tokens_per_step=1, metrics=None, resumed_window=None, drawing=None)
     result = train.loop(job, train.LoopState())
     assert result["finished"] == "max_steps" and seen == [0.0, 2.0, 2.0]
     assert lrs == [1.0, pytest.approx(real(t, 1, 2.0)), pytest.approx(real(t, 2, 2.0))]
