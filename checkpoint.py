@@ -313,7 +313,8 @@ def to_host(obj):
     rebuilt): what a child process writes (it cannot use the GPU; the device's weights change at the
     next step). A tensor on the CPU is left as it is: the fork copies the memory. A dict keeps its
     type and attributes (a state dict's OrderedDict and its _metadata, the modules' versions): the
-    file is the one a save made at once writes."""
+    file is the one a save made at once writes, but that a GPU's tensors are recorded as the CPU's
+    (load_checkpoint maps every tensor to the CPU)."""
     if isinstance(obj, torch.Tensor):
         return obj if obj.device.type == "cpu" else obj.to("cpu")
     if isinstance(obj, dict):

@@ -335,19 +335,26 @@ def test_loading_a_checkpoint_never_runs_the_code_it_holds(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+def slow_children(monkeypatch, seconds: float) -> list:
+    """Each save `seconds` longer (in the child that writes it); the list of (pid, pipe) each
+    storage.fork_call gave, saves and plots alike."""
+    forks, real_fork, real_save = [], storage.fork_call, checkpoint.save_checkpoint
+    monkeypatch.setattr(storage, "fork_call", lambda work: forks.append(real_fork(work)) or forks[-1])
+
+    def slow(path, state, fix=storage.OUT_FIX):
+        time.sleep(seconds)
+        real_save(path, state, fix)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
+    return forks
+
+
 @pytest.mark.skipif(not checkpoint.BACKGROUND, reason="saves in the background on Linux alone")
 def test_a_run_ends_once_the_saves_its_children_write_are_complete_and_reaped(tmp_path, corpus, cache,
                                                                              monkeypatch):
     """Bug caught: a run that returned (its last line said, its run folder let go) while a child
     process still wrote its last checkpoint, or left its children unreaped. Holds too: the saves
     are made in the background, and best.pt and last.pt of one step are written side by side."""
-    forks, real_fork, real_save = [], storage.fork_call, checkpoint.save_checkpoint
-    monkeypatch.setattr(storage, "fork_call", lambda work: forks.append(real_fork(work)) or forks[-1])
-
-    def slow(path, state, fix=storage.OUT_FIX):  # (in the child)
-        time.sleep(0.5)
-        real_save(path, state, fix)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
+    forks = slow_children(monkeypatch, 0.5)
     train.main(args(tmp_path, corpus, cache, "--max_steps", "4", "--save_every", "2", "--eval_every", "2",
                     "--save_in_background", "true"))  # (auto: on CUDA alone)
     assert len(forks) == 6 and all(forks)  # best.pt, last.pt and the plot at steps 2 and 4
@@ -365,13 +372,7 @@ def test_a_run_that_crashes_waits_for_the_save_a_child_writes_before_it_lets_its
     """Bug caught: a run ending by an error (here a crash in the step after a save) let its run folder
     go, and left the child writing last.pt unreaped, before the file was complete: run()'s finally
     waits for the saves begun (Saves.finish)."""
-    forks, real_fork, real_save = [], storage.fork_call, checkpoint.save_checkpoint
-    monkeypatch.setattr(storage, "fork_call", lambda work: forks.append(real_fork(work)) or forks[-1])
-
-    def slow(path, state, fix=storage.OUT_FIX):  # (in the child)
-        time.sleep(1.0)
-        real_save(path, state, fix)
-    monkeypatch.setattr(checkpoint, "save_checkpoint", slow)
+    forks = slow_children(monkeypatch, 1.0)
     released, real_release = [], storage.RunFolder.release
     monkeypatch.setattr(storage.RunFolder, "release", lambda folder: released.append(
         (tmp_path / "ckpt" / "r" / "last.pt").exists()) or real_release(folder))
